@@ -1,0 +1,82 @@
+"""Shared fixtures: the real packaged SmolLM2-135M-Instruct and ShareGPT data, loaded once per session."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except Exception:
+        return False
+
+
+def pytest_collection_modifyitems(config, items):
+    if _cuda():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (run on the GPU machine)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def smol_source():
+    """The packaged model, dequantized into the cache (first use ~30 s)."""
+    from bench.config import PACKAGED_MODEL
+    from train.models import resolve_model
+
+    return resolve_model(PACKAGED_MODEL)
+
+
+@pytest.fixture(scope="session")
+def smol_tokenizer(smol_source):
+    """(tokenizer, template_name) with the chat template used for training and evaluation."""
+    from train.models import load_tokenizer
+
+    return load_tokenizer(smol_source, "auto")
+
+
+@pytest.fixture(scope="session")
+def smol_base(smol_source):
+    """The packaged model loaded for evaluation on CPU (fp32), no adapter."""
+    from evals.modeling import load_for_eval
+
+    return load_for_eval(smol_source, device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="session")
+def packaged_raw():
+    """The packaged ShareGPT records (17,671 recovered from the truncated file)."""
+    from train.sources import read_source
+
+    return read_source("packaged:sharegpt-v3")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory, smol_source):
+    """A 2-layer random-weight Llama with SmolLM2's tokenizer: real architecture, seconds to train."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    out = tmp_path_factory.mktemp("tiny-llama")
+    tok = AutoTokenizer.from_pretrained(smol_source.path)
+    cfg = LlamaConfig(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    LlamaForCausalLM(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
