@@ -210,12 +210,19 @@ class RunConfig:
     name: str = "run"
     """Run name; the run folder is runs/<name> unless --out says otherwise."""
     model: ModelConfig = field(default_factory=ModelConfig)
+    """Base model and how it is loaded."""
     data: DataConfig = field(default_factory=DataConfig)
+    """Conversations: source, splits, rendering."""
     lora: LoraConfig = field(default_factory=LoraConfig)
+    """Adapter shape."""
     train: TrainConfig = field(default_factory=TrainConfig)
+    """Optimisation and checkpoints."""
     eval: EvalConfig = field(default_factory=EvalConfig)
+    """Perplexity, lm-eval tasks, probes."""
     report: ReportConfig = field(default_factory=ReportConfig)
+    """Significance level and title."""
     gate: GateConfig = field(default_factory=GateConfig)
+    """Release gate rules."""
 
 
 # ----------------------------------------------------------------------------- building from data

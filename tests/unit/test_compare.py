@@ -1,0 +1,205 @@
+"""reports.compare on synthetic base/tuned Results: verdicts, methods, refusals, JSON round-trip, leaderboard."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from evals.results import Metric, Results
+from reports import stats
+from reports.compare import (
+    Comparison,
+    ComparisonError,
+    Leaderboard,
+    compare,
+    compare_run,
+    leaderboard,
+    leaderboard_from_runs,
+)
+
+
+def _load_synthetic():
+    name = "tunebench_test_synthetic"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "fixtures" / "synthetic.py")
+        sys.modules[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules[name])
+    return sys.modules[name]
+
+
+synthetic = _load_synthetic()
+
+
+@pytest.fixture(scope="module")
+def improved() -> Comparison:
+    return compare(*synthetic.make_pair("improved"))
+
+
+def test_improvement_verdicts_methods_and_intervals(improved):
+    ppl = improved.row("perplexity/test")
+    assert ppl.verdict == "improved" and ppl.delta < 0 and ppl.ci_high < 0 and ppl.p_value < 0.01
+    assert ppl.n == 60 and ppl.unit == "conversations" and "paired bootstrap over 60 items" in ppl.method
+    assert ppl.rel_delta == pytest.approx(ppl.delta / ppl.base)
+    # Every metric carries n and an interval of its delta.
+    for r in improved.rows:
+        assert r.n > 0 and r.ci_low is not None and r.ci_high is not None and r.p_value is not None, r
+        assert r.ci_low <= r.delta + 1e-12 and r.delta <= r.ci_high + 1e-12, r
+
+
+def test_binary_items_use_mcnemar_and_samples_group_by_prompt(improved):
+    acc = improved.row("lm_eval/tunebench_facts_mc/acc")
+    b, c = acc.details["discordant"]["base_only"], acc.details["discordant"]["tuned_only"]
+    assert acc.method.startswith("McNemar exact") and acc.p_value == stats.mcnemar_exact(b, c)
+    seed = improved.row("probes/default/seed/pass_rate")
+    assert "5 prompts (samples grouped per prompt)" in seed.method and seed.details["samples"] == 15
+
+
+def test_missing_items_fall_back_to_unpaired_normal_and_say_so(improved):
+    em = improved.row("lm_eval/tunebench_arith_gen/exact_match")
+    assert em.method.startswith("unpaired normal approximation")
+    se = 0.068 * 2 ** 0.5
+    assert (em.ci_low, em.ci_high) == pytest.approx((em.delta - 1.959964 * se, em.delta + 1.959964 * se), abs=1e-5)
+
+
+def test_planted_regression_is_regressed():
+    comp = compare(*synthetic.make_pair("regressed"))
+    assert comp.row("perplexity/test").verdict == "regressed"
+    assert comp.row("lm_eval/tunebench_facts_mc/acc").verdict == "regressed"
+    assert comp.counts()["regressed"] == 2
+
+
+def test_identical_results_change_nothing():
+    comp = compare(*synthetic.make_pair("same"))
+    for r in comp.rows:
+        assert r.delta == 0 and r.verdict == "no significant change" and r.p_value == pytest.approx(1.0), r
+
+
+def test_verdict_reads_higher_is_better_from_the_metric():
+    def one(value_items, hib):
+        res = Results(label="x", model={}, inputs={})
+        res.add(Metric(name="custom/score", value=sum(value_items) / len(value_items), higher_is_better=hib,
+                       n=len(value_items)), [{"id": str(k), "num": v, "den": 1} for k, v in enumerate(value_items)])
+        return res
+
+    low, high = [0.1 * (k % 5) for k in range(50)], [0.1 * (k % 5) + 0.2 for k in range(50)]
+    assert compare(one(low, True), one(high, True)).row("custom/score").verdict == "improved"
+    assert compare(one(low, False), one(high, False)).row("custom/score").verdict == "regressed"
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("test_tokens", "0000000000000000"),
+    ("template_sha", "llama-3.1-aaaa"),
+    ("probe_sets", {"default": "probes-v2"}),
+    ("sampling", {"greedy": {"temperature": 0.7}}),
+])
+def test_refuses_results_on_different_inputs(key, value):
+    base, tuned = synthetic.make_pair("improved")
+    tuned.inputs[key] = value
+    with pytest.raises(ComparisonError) as e:
+        compare(base, tuned)
+    msg = str(e.value)
+    assert f"inputs.{key}" in msg and json.dumps(value, sort_keys=True)[:20] in msg
+    assert json.dumps(base.inputs[key], sort_keys=True)[:20] in msg
+
+
+def test_refuses_other_base_model_or_template():
+    base, tuned = synthetic.make_pair("improved")
+    tuned.model["base"]["identity"] = "sha256:other"
+    with pytest.raises(ComparisonError, match="model.base.identity.*sha256:5be1a0c2.*sha256:other"):
+        compare(base, tuned)
+    base, tuned = synthetic.make_pair("improved")
+    tuned.model["template"] = "llama-3.1"
+    with pytest.raises(ComparisonError, match="model.template"):
+        compare(base, tuned)
+
+
+def test_refuses_items_that_do_not_pair():
+    base, tuned = synthetic.make_pair("improved")
+    tuned.items["perplexity/test"] = tuned.items["perplexity/test"][:-1]
+    with pytest.raises(ComparisonError, match="perplexity/test: .*1 only in base"):
+        compare(base, tuned)
+
+
+def test_metrics_on_one_side_are_listed_not_compared():
+    base, tuned = synthetic.make_pair("improved")
+    tuned.metrics = [m for m in tuned.metrics if m.name != "lm_eval/tunebench_arith_gen/exact_match"]
+    comp = compare(base, tuned)
+    assert comp.only_in_base == ["lm_eval/tunebench_arith_gen/exact_match"]
+    with pytest.raises(KeyError, match="known: perplexity/test"):
+        comp.row("lm_eval/tunebench_arith_gen/exact_match")
+
+
+def test_headlines_exclude_per_probe_breakdowns(improved):
+    heads = [r.metric for r in improved.headline_rows()]
+    assert "probes/default/greedy/pass_rate" in heads and "perplexity/test" in heads
+    assert not any("fibonacci" in h for h in heads)
+
+
+def test_pure_deterministic_and_order_independent():
+    base, tuned = synthetic.make_pair("improved")
+    before = (copy.deepcopy(base.to_dict()), copy.deepcopy(tuned.to_dict()))
+    first = compare(base, tuned, seed=3)
+    assert (base.to_dict(), tuned.to_dict()) == before
+    tuned.metrics.reverse()
+    again = compare(base, tuned, seed=3)
+    assert first.to_dict() == again.to_dict()
+
+
+def test_json_round_trip(improved):
+    text = json.dumps(improved.to_dict(), allow_nan=False)
+    back = Comparison.from_dict(json.loads(text))
+    assert back == improved
+    with pytest.raises(ValueError, match="schema"):
+        Comparison.from_dict({**improved.to_dict(), "schema": "other/1"})
+
+
+def test_assertion_helpers_print_values_delta_and_interval(improved):
+    ppl = improved.row("perplexity/test")
+    ppl.assert_improved().assert_not_regressed().assert_value("<", ppl.base).assert_value("<", 0, side="delta")
+    em = improved.row("lm_eval/tunebench_arith_gen/exact_match")
+    with pytest.raises(AssertionError) as e:
+        em.assert_improved()
+    msg = str(e.value)
+    assert "base 0.25 -> tuned 0.3" in msg and "delta +0.05" in msg and "95% CI [-0.1385, +0.2385]" in msg
+    with pytest.raises(AssertionError, match=r"expected tuned >= 0.5, got 0.3"):
+        em.assert_value(">=", 0.5)
+    with pytest.raises(ValueError, match="unknown operator"):
+        em.assert_value("~", 1)
+
+
+def test_leaderboard_compares_each_adapter_with_one_base():
+    base, good = synthetic.make_pair("improved")
+    bad = synthetic.make_results("tuned", "regressed")
+    board = leaderboard(base, {"good": good, "bad": bad}, n_boot=300)
+    assert list(board.comparisons) == ["good", "bad"]
+    rows = {r["metric"]: r for r in board.rows()}
+    assert rows["perplexity/test"]["adapters"]["good"].verdict == "improved"
+    assert rows["perplexity/test"]["adapters"]["bad"].verdict == "regressed"
+    assert not any("fibonacci" in m for m in board.metrics)
+    assert Leaderboard.from_dict(json.loads(json.dumps(board.to_dict()))).to_dict() == board.to_dict()
+    other = synthetic.make_results("tuned", "improved")
+    other.model["base"]["identity"] = "sha256:other"
+    with pytest.raises(ComparisonError, match="adapter 'other'"):
+        leaderboard(base, {"good": good, "other": other})
+
+
+def test_runs_on_disk(tmp_path):
+    a = synthetic.write_run(tmp_path / "a", *synthetic.make_pair("improved"), alpha=0.1, n_boot=400)
+    b = synthetic.write_run(tmp_path / "b", *synthetic.make_pair("regressed"))
+    comp = compare_run(a)
+    assert comp.alpha == 0.1 and comp.n_boot == 400
+    board = leaderboard_from_runs([a, b])
+    assert list(board.comparisons) == ["a", "b"]
+    other_base = synthetic.make_results("base")
+    other_base.inputs["test_tokens"] = "ffff"
+    c = synthetic.write_run(tmp_path / "c", other_base, synthetic.make_results("tuned"))
+    with pytest.raises(ComparisonError, match="different base"):
+        leaderboard_from_runs([a, c])
+    (b / "eval" / "tuned" / "results.json").unlink()
+    with pytest.raises(FileNotFoundError, match="tuned.*results.json: missing"):
+        compare_run(b)

@@ -1,0 +1,111 @@
+"""The typed run config: presets, overrides, validation messages."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.config import (
+    ConfigError,
+    RunConfig,
+    SamplingConfig,
+    dump_yaml,
+    field_docs,
+    from_dict,
+    load_config,
+    preset_names,
+    to_dict,
+)
+
+
+def test_every_preset_loads_and_validates():
+    names = preset_names()
+    assert {"smoke", "llama-3.2-1b-finetome", "llama-3.2-3b-finetome"} <= set(names)
+    for name in names:
+        cfg = load_config(name)
+        assert isinstance(cfg, RunConfig)
+        assert cfg.name == name
+        assert from_dict(to_dict(cfg)) == cfg  # the resolved config written to run folders reads back
+
+
+def test_llama_presets_carry_the_notebook_settings():
+    for name in ("llama-3.2-1b-finetome", "llama-3.2-3b-finetome"):
+        cfg = load_config(name)
+        assert cfg.model.ref.startswith("unsloth/Llama-3.2-") and cfg.model.ref.endswith("-Instruct-bnb-4bit")
+        assert cfg.data.source == "mlabonne/FineTome-100k"
+        assert (cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout) == (16, 16, 0.0)
+        assert cfg.lora.target_modules == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+        t = cfg.train
+        assert (t.batch_size, t.grad_accum, t.warmup_steps, t.lr, t.optimizer) == (2, 4, 5, 2e-4, "adamw_8bit")
+        assert (t.weight_decay, t.scheduler, t.seed, t.max_steps, cfg.data.max_length) == (0.01, "linear", 3407, 60, 2048)
+        assert cfg.model.chat_template == "llama-3.1"
+
+
+def test_each_preset_file_starts_with_the_command_that_runs_it():
+    from bench.config import CONFIGS_DIR
+
+    for p in CONFIGS_DIR.glob("*.yaml"):
+        assert p.read_text().startswith(f"# tunebench run {p.stem}"), p
+
+
+def test_dotted_overrides_are_typed():
+    cfg = load_config("smoke", ["train.lr=1e-4", "lora.r=32", "train.backend=hf", "data.max_test=null",
+                                "lora.target_modules=q_proj,v_proj", "model.trust_remote_code=false"])
+    assert cfg.train.lr == 1e-4 and isinstance(cfg.train.lr, float)
+    assert cfg.lora.r == 32 and cfg.train.backend == "hf" and cfg.data.max_test is None
+    assert cfg.lora.target_modules == ["q_proj", "v_proj"]
+
+
+@pytest.mark.parametrize(
+    "override, fragments",
+    [
+        ("train.lrr=1e-4", ["unknown key 'train.lrr'", "did you mean 'train.lr'"]),
+        ("trian.lr=1e-4", ["unknown key 'trian'", "did you mean 'train'"]),
+        ("train.backend=unslot", ["train.backend", "'unslot'", "did you mean 'unsloth'"]),
+        ("train.batch_size=two", ["train.batch_size", "'two'", "not an integer"]),
+        ("train.batch_size=0", ["train.batch_size", "must be >= 1"]),
+        ("data.test_fraction=1.5", ["data.test_fraction", "[0, 1)"]),
+        ("lora.dropout=1.0", ["lora.dropout"]),
+        ("train.lr", ["section.key=value"]),
+    ],
+)
+def test_bad_values_name_key_value_and_what_is_allowed(override, fragments):
+    with pytest.raises(ConfigError) as e:
+        load_config("smoke", [override])
+    for f in fragments:
+        assert f in str(e.value)
+
+
+def test_unknown_preset_suggests_a_name():
+    with pytest.raises(ConfigError, match="(?i)did you mean 'smoke'"):
+        load_config("smok")
+
+
+def test_bad_yaml_names_file_and_line(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("# tunebench run bad\nname: x\ntrain:\n  lr: [1e-4\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml line \d+"):
+        load_config(p)
+
+
+def test_sampling_entries_are_validated():
+    with pytest.raises(ConfigError, match="temperature"):
+        load_config("smoke", ["eval.probe_sampling=[{name: a, temperature: -1}]"])
+    cfg = load_config("smoke", ["eval.probe_sampling=[{name: g, temperature: 0}]"])
+    assert cfg.eval.probe_sampling == [SamplingConfig(name="g", temperature=0.0)]
+
+
+def test_every_field_has_a_docstring():
+    from bench import config as c
+
+    for cls in (c.ModelConfig, c.DataConfig, c.LoraConfig, c.TrainConfig, c.SamplingConfig, c.EvalConfig,
+                c.ReportConfig, c.GateConfig, c.RunConfig):
+        docs = field_docs(cls)
+        missing = [f for f in cls.__dataclass_fields__ if f not in docs]
+        assert not missing, f"{cls.__name__} fields without a docstring: {missing}"
+
+
+def test_resolved_yaml_round_trips(tmp_path):
+    cfg = load_config("smoke", ["train.max_steps=3"])
+    p = tmp_path / "config.yaml"
+    p.write_text(dump_yaml(cfg))
+    assert load_config(p) == cfg

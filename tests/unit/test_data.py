@@ -1,0 +1,205 @@
+"""Conversation pipeline on small conversations written for the tests, with the real SmolLM2 tokenizer."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bench.config import DataConfig
+from train.data import (
+    DROP_REASONS,
+    Conversation,
+    content_key,
+    encode,
+    encode_split,
+    split_of,
+    standardize,
+    standardize_and_split,
+    template_info,
+)
+from train.sources import DataError, RawData, decode_json_array, read_file
+
+
+def conv(*turns):
+    return {"conversations": [{"from": r, "value": v} for r, v in turns]}
+
+
+@pytest.mark.parametrize(
+    "record, reason",
+    [
+        ("not a mapping", "malformed"),
+        ({"conversations": "text"}, "malformed"),
+        ({"conversations": []}, "empty"),
+        (conv(("human", "hi"), ("chatgpt", "hello")), "unknown_role"),
+        (conv(("human", "hi"), ("gpt", "")), "empty_content"),
+        (conv(("human", "  "), ("gpt", "x")), "empty_content"),
+        ({"conversations": [{"from": "human", "value": 3}, {"from": "gpt", "value": "x"}]}, "empty_content"),
+        (conv(("system", "be nice")), "system_only"),
+        (conv(("human", "a"), ("human", "b")), "no_assistant_turn"),
+        (conv(("gpt", "I start"), ("human", "ok")), "starts_with_assistant"),
+        (conv(("system", "s"), ("gpt", "I start")), "starts_with_assistant"),
+        (conv(("human", "a"), ("gpt", "b"), ("gpt", "c")), "not_alternating"),
+        (conv(("human", "a"), ("system", "mid"), ("gpt", "c")), "not_alternating"),
+        (conv(("human", "a"), ("gpt", "b"), ("human", "c")), "ends_with_user"),
+    ],
+)
+def test_every_drop_reason(record, reason):
+    messages, why = standardize(record)
+    assert messages is None and why == reason and why in DROP_REASONS
+
+
+def test_roles_map_like_unsloth_standardize_sharegpt():
+    msgs, why = standardize(conv(("system", "s"), ("Human", "q"), ("gpt", "a"), ("user", "q2"), ("assistant", "a2")))
+    assert why is None
+    assert [m["role"] for m in msgs] == ["system", "user", "assistant", "user", "assistant"]
+    msgs, _ = standardize({"messages": [{"role": "input", "content": "q"}, {"role": "output", "content": "a"}]})
+    assert [m["role"] for m in msgs] == ["user", "assistant"]
+
+
+def test_nothing_trainable_is_a_clear_error():
+    raw = RawData([conv(("gpt", "x")), {"conversations": []}], "f.jsonl", "id")
+    with pytest.raises(DataError, match="no trainable conversation remains.*starts_with_assistant=1.*empty=1"):
+        standardize_and_split(raw, DataConfig())
+
+
+def test_truncated_json_array_keeps_complete_records(tmp_path):
+    records = [conv(("human", f"q{i}"), ("gpt", f"a{i}")) for i in range(5)]
+    text = json.dumps(records, indent=1)
+    cut = text[: text.index('"a3"') + 2]  # mid-string, like the packaged file
+    p = tmp_path / "cut.json"
+    p.write_text(cut)
+    raw = read_file(p)
+    assert len(raw.records) == 3
+    assert raw.warnings and "truncated" in raw.warnings[0] and "3 complete records" in raw.warnings[0]
+    with pytest.raises(DataError, match="expected a JSON array"):
+        decode_json_array('{"a": 1}', "x.json")
+
+
+def test_truncated_jsonl_and_bad_lines(tmp_path):
+    good = [json.dumps(conv(("human", f"q{i}"), ("gpt", f"a{i}"))) for i in range(4)]
+    p = tmp_path / "d.jsonl"
+    p.write_text(good[0] + "\n{not json}\n" + "\n".join(good[1:]) + '\n{"conversations": [{"fr')
+    raw = read_file(p)
+    assert len(raw.records) == 4
+    assert raw.malformed == ["line 2: Expecting property name enclosed in double quotes"]
+    assert any("incomplete" in w for w in raw.warnings)
+    std = standardize_and_split(raw, DataConfig(test_fraction=0.0, validation_fraction=0.0))
+    assert std.dropped["malformed"] == 1 and len(std.splits["train"]) == 4
+
+
+def test_split_is_deterministic_and_duplicates_never_cross_splits():
+    base = [conv(("human", f"question {i}"), ("gpt", f"answer {i}")) for i in range(400)]
+    # exact copies and copies differing only in case and whitespace
+    dupes = [conv(("human", f"QUESTION   {i}"), ("gpt", f"answer {i} ")) for i in range(0, 400, 3)]
+    raw = RawData(base + dupes, "t", "id")
+    cfg = DataConfig(validation_fraction=0.1, test_fraction=0.2, max_validation=None, max_test=None)
+    a = standardize_and_split(raw, cfg)
+    b = standardize_and_split(raw, cfg)
+    assert {s: [c.id for c in v] for s, v in a.splits.items()} == {s: [c.id for c in v] for s, v in b.splits.items()}
+    where = {}
+    for split, convs in a.splits.items():
+        for c in convs:
+            where.setdefault(c.key, set()).add(split)
+    assert all(len(s) == 1 for s in where.values())
+    assert a.duplicates == len(dupes)
+    assert 40 < len(a.splits["test"]) < 130 and 10 < len(a.splits["validation"]) < 80
+    m = standardize(base[0])[0]
+    assert split_of(content_key(m, "s1"), 0.1, 0.2) in ("train", "validation", "test")
+
+
+def test_caps_take_lowest_hashes():
+    raw = RawData([conv(("human", f"q{i}"), ("gpt", f"a{i}")) for i in range(200)], "t", "id")
+    full = standardize_and_split(raw, DataConfig(max_test=None, max_validation=None))
+    capped = standardize_and_split(raw, DataConfig(max_train=10))
+    assert [c.id for c in capped.splits["train"]] == [c.id for c in full.splits["train"][:10]]
+
+
+def _labelled_runs(e):
+    runs, cur = [], []
+    for i, lab in zip(e.input_ids, e.labels):
+        if lab != -100:
+            assert lab == i
+            cur.append(i)
+        elif cur:
+            runs.append(cur)
+            cur = []
+    if cur:
+        runs.append(cur)
+    return runs
+
+
+CASES = [
+    [{"role": "user", "content": "Hi there"}, {"role": "assistant", "content": "Hello! How can I help?"}],
+    [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "2+2?"},
+     {"role": "assistant", "content": "4"}, {"role": "user", "content": "And 3+3?"},
+     {"role": "assistant", "content": " 6, of course.\n"}],
+    [{"role": "user", "content": "Ünïcödé? 日本語 🎉"}, {"role": "assistant", "content": "Ja — 日本語です 🎉✓"}],
+    [{"role": "user", "content": "code"}, {"role": "assistant", "content": "```py\nprint('x')\n```"}],
+]
+
+
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_mask_is_token_exact(smol_tokenizer, case):
+    tok, name = smol_tokenizer
+    info = template_info(tok, name)
+    messages = CASES[case]
+    e = encode(tok, Conversation("c", messages), info.end_of_turn)
+    decoded = [tok.decode(r) for r in _labelled_runs(e)]
+    assert decoded == [m["content"] + info.end_of_turn for m in messages if m["role"] == "assistant"]
+
+
+def test_template_markers_are_derived_from_the_template(smol_tokenizer):
+    tok, name = smol_tokenizer
+    info = template_info(tok, name)
+    assert (info.end_of_turn, info.instruction_part, info.response_part) == (
+        "<|im_end|>", "<|im_start|>user\n", "<|im_start|>assistant\n")
+
+
+@pytest.fixture(scope="module")
+def llama31_tokenizer(smol_source):
+    """SmolLM2's tokenizer with the Llama-3 special tokens added and the shipped llama-3.1 template."""
+    from transformers import AutoTokenizer
+
+    from train.models import template_text
+
+    tok = AutoTokenizer.from_pretrained(smol_source.path)
+    tok.add_special_tokens({"additional_special_tokens": [
+        "<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]})
+    tok.bos_token = "<|begin_of_text|>"
+    tok.chat_template = template_text("llama-3.1")
+    return tok
+
+
+def test_mask_with_the_llama31_template(llama31_tokenizer):
+    tok = llama31_tokenizer
+    info = template_info(tok, "llama-3.1")
+    assert info.end_of_turn == "<|eot_id|>"
+    assert info.response_part == "<|start_header_id|>assistant<|end_header_id|>\n\n"
+    assert info.instruction_part == "<|start_header_id|>user<|end_header_id|>\n\n"
+    for messages in CASES:
+        e = encode(tok, Conversation("c", messages), info.end_of_turn)
+        assert tok.decode(e.input_ids[:1]) == "<|begin_of_text|>"  # the template's BOS, not a second one
+        assert e.input_ids.count(tok.bos_token_id) == 1
+        assert [tok.decode(r) for r in _labelled_runs(e)] == [
+            m["content"] + "<|eot_id|>" for m in messages if m["role"] == "assistant"]
+
+
+def test_truncation_policy(smol_tokenizer):
+    tok, name = smol_tokenizer
+    info = template_info(tok, name)
+    long_answer = " ".join(f"word{i}" for i in range(300))
+    convs = [
+        Conversation("short", CASES[0]),
+        Conversation("long", [{"role": "user", "content": "tell me"}, {"role": "assistant", "content": long_answer}]),
+        Conversation("late", [{"role": "user", "content": long_answer}, {"role": "assistant", "content": "ok"}]),
+    ]
+    kept, dropped = encode_split(tok, convs, info.end_of_turn, 128, "truncate")
+    assert [e.id for e in kept] == ["short", "long"]
+    assert dropped == {"no_assistant_token_within_max_length": 1}
+    long = kept[1]
+    assert long.truncated and len(long.input_ids) == 128 and long.n_tokens > 128
+    # the kept labels are a prefix of the answer: truncation never invents or shifts labels
+    assert long_answer.startswith(tok.decode(_labelled_runs(long)[0]).strip()[:50])
+    kept, dropped = encode_split(tok, convs, info.end_of_turn, 128, "drop")
+    assert [e.id for e in kept] == ["short"] and dropped == {"over_max_length": 2}
