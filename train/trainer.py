@@ -233,6 +233,7 @@ def sft_config(cfg: RunConfig, ckpt_dir: Path, backend: str, has_val: bool, dtyp
         seed=t.seed,
         data_seed=t.seed,
         logging_steps=t.logging_steps,
+        logging_nan_inf_filter=False,  # the default hides a NaN loss from the logs; the NaN guard must see it
         eval_strategy="steps" if (has_val and t.eval_every) else "no",
         eval_steps=t.eval_every or None,
         save_strategy="steps" if t.save_every else "no",

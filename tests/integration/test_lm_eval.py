@@ -1,0 +1,141 @@
+"""lm-eval through the child process, with the real packaged SmolLM2 and a real (random, non-zero) LoRA adapter.
+
+Both runs happen from a foreign working directory, so the shipped task data must resolve from the task folder.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from evals.lm_eval_runner import LmEvalError, run_lm_eval, task_documents
+from evals.results import aggregate
+
+LIMIT = 8
+TASKS = ["tunebench_facts_mc", "tunebench_arith_gen"]
+EXPECTED = {
+    "lm_eval/tunebench_facts_mc/acc", "lm_eval/tunebench_facts_mc/acc_norm",
+    "lm_eval/tunebench_arith_gen/exact_match",
+}
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def lora_adapter(smol_source, tmp_path_factory):
+    """A LoRA adapter whose B matrices are random (not zero), so it really changes the model's outputs."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(smol_source.path, dtype=torch.float32)
+    peft_model = get_peft_model(model, LoraConfig(r=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    out = tmp_path_factory.mktemp("adapter")
+    peft_model.save_pretrained(out)
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def runs(smol_source, lora_adapter, tmp_path_factory):
+    """(base, tuned, cwd): both evaluated from a scratch folder, not the repository."""
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(elsewhere)
+        # one thread per child: on a shared 2-core box, OpenMP spinning makes generation many times slower
+        mp.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))
+        kw = dict(tasks=TASKS, limit=LIMIT, batch_size=8, apply_chat_template=True, device="cpu", timeout=900)
+        base = run_lm_eval(smol_source.path, None, label="base", **kw)
+        tuned = run_lm_eval(smol_source.path, lora_adapter, label="tuned", **kw)
+    return base, tuned, elsewhere
+
+
+@pytest.mark.slow
+def test_metrics_have_values_intervals_and_items(runs):
+    base, tuned, _ = runs
+    for res in (base, tuned):
+        assert {m.name for m in res.metrics} == EXPECTED
+        for m in res.metrics:
+            assert m.n == LIMIT and m.unit == "documents" and m.group == "lm_eval"
+            assert 0.0 <= m.value <= 1.0 and m.higher_is_better is True
+            assert m.stderr is not None and m.ci_method == "lm-eval stderr (normal)"
+            assert 0.0 <= m.ci_low <= m.value <= m.ci_high <= 1.0
+            items = res.items[m.items]
+            assert len(items) == LIMIT
+            assert aggregate(items, "mean") == pytest.approx(m.value)
+            assert m.details["chat_template"] is True and m.details["n_shot"] == 0
+            assert m.details["lm_eval_version"] == "0.4.13"
+        em = res.metric("lm_eval/tunebench_arith_gen/exact_match")
+        assert em.details["filter"] == "first-integer" and em.details["output_type"] == "generate_until"
+        assert res.timings["lm_eval"] > 0
+    assert base.label == "base" and tuned.label == "tuned"
+
+
+@pytest.mark.slow
+def test_base_and_tuned_are_paired_on_the_same_documents(runs):
+    base, tuned, _ = runs
+    for name in EXPECTED:
+        ids_base = [i["id"] for i in base.items[base.metric(name).items]]
+        ids_tuned = [i["id"] for i in tuned.items[tuned.metric(name).items]]
+        assert ids_base == ids_tuned == [str(i) for i in range(LIMIT)]
+    # same task configs, documents, limit and chat-template flag: the comparison is allowed
+    assert base.inputs == tuned.inputs
+    assert set(base.inputs) == {f"lm_eval/{t}" for t in TASKS}
+    assert base.inputs["lm_eval/tunebench_facts_mc"]["limit"] == LIMIT
+
+
+@pytest.mark.slow
+def test_adapter_is_recorded_and_changes_outputs(runs, lora_adapter):
+    base, tuned, _ = runs
+    assert base.model["adapter"] is None and tuned.model["adapter"] == lora_adapter
+    assert len(tuned.model["adapter_sha256"]) == 64
+    assert base.model["template_sha"] == tuned.model["template_sha"]
+    replies = [[s["response"] for s in r.artifacts["lm_eval/tunebench_arith_gen"]["samples"]] for r in (base, tuned)]
+    assert len(replies[0]) == LIMIT and replies[0] != replies[1]
+
+
+@pytest.mark.slow
+def test_task_data_resolves_outside_the_repository(runs):
+    *_, cwd = runs
+    assert not Path(cwd).resolve().is_relative_to(PROJECT_ROOT)
+    assert Path.cwd() != Path(cwd)  # the fixture put the working directory back
+
+
+def test_unknown_task_is_a_clear_error(smol_source):
+    with pytest.raises(LmEvalError) as err:
+        run_lm_eval(smol_source.path, None, ["tunebench_fact_mc"], limit=2, batch_size=2,
+                    apply_chat_template=False, device="cpu", timeout=300)
+    msg = str(err.value)
+    assert "unknown lm-eval task 'tunebench_fact_mc'" in msg
+    assert "did you mean 'tunebench_facts_mc'" in msg
+    assert "tunebench_arith_gen" in msg and "lm-eval ls tasks" in msg
+    assert "Traceback" not in msg
+
+
+def test_missing_adapter_fails_before_starting_lm_eval(smol_source, tmp_path):
+    from evals.modeling import AdapterError
+
+    with pytest.raises(AdapterError, match="adapter_config.json"):
+        run_lm_eval(smol_source.path, str(tmp_path), TASKS, limit=2, batch_size=2, apply_chat_template=False)
+
+
+def test_task_documents_from_another_directory(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    docs = task_documents(["tunebench"], limit=5)
+    assert set(docs) == set(TASKS)
+    assert [i for i, _ in docs["tunebench_facts_mc"]] == ["0", "1", "2", "3", "4"]
+    first = docs["tunebench_facts_mc"][0][1]
+    assert first.startswith("Question: What is the chemical symbol for gold?") and "Au" in first
+    assert len(task_documents(["tunebench_arith_gen"], limit=None)["tunebench_arith_gen"]) == 80
+
+
+def test_standard_task_without_its_data_is_a_clear_error():
+    """arc_easy reads its data from the hub: offline (and not cached) that must be a clear error."""
+    try:
+        docs = task_documents(["arc_easy"], limit=2)
+    except LmEvalError as e:
+        assert "arc_easy" in str(e) and "Hugging Face hub" in str(e)
+        assert "tunebench_facts_mc" in str(e)
+    else:  # the data was reachable (online or cached): then the task is usable like any other
+        assert len(docs["arc_easy"]) == 2

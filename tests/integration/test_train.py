@@ -1,0 +1,189 @@
+"""Training with both backends on CPU: real TRL trainer, real packaged model and data, real checkpoints."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import TrainerCallback
+
+from bench.config import dump_yaml, load_config
+from bench.io import sha256_file
+from train.trainer import RunExistsError, TrainingError, latest_checkpoint, train
+
+SMALL = ["data.max_train=16", "data.max_validation=4", "data.max_test=8", "data.max_length=128",
+         "train.batch_size=2", "train.grad_accum=1", "train.warmup_steps=0", "train.lr=1e-3",
+         "train.eval_every=0", "train.logging_steps=1"]
+
+
+def tiny_cfg(model_dir, *extra):
+    return load_config("smoke", [f"model.ref={model_dir}", "train.backend=hf", "train.max_steps=6",
+                                 "train.save_every=2", "train.gradient_checkpointing=false", *SMALL, *extra])
+
+
+class Capture(TrainerCallback):
+    """Keeps what the trainer hands its callbacks, for assertions after training."""
+
+    def on_train_begin(self, args, state, control, model=None, train_dataloader=None, **kw):
+        self.batch = next(iter(train_dataloader))
+
+    def on_train_end(self, args, state, control, model=None, **kw):
+        self.model = model
+
+
+def test_hf_backend_trains_lora_only_on_assistant_tokens(tmp_path, smol_source):
+    cfg = load_config("smoke", ["train.backend=hf", "train.max_steps=2", "train.save_every=0",
+                                "train.eval_every=1", *SMALL])
+    cap = Capture()
+    res = train(cfg, tmp_path / "run", extra_callbacks=[cap])
+    m = res.manifest
+    # labels are exactly the shared assistant mask, shifted by nothing: label == input id where trained
+    batch = cap.batch
+    trained = batch["labels"] != -100
+    assert trained.any() and (~trained).any()
+    assert torch.equal(batch["labels"][trained], batch["input_ids"][trained])
+    # base weights untouched, LoRA weights moved
+    base = load_file(os.path.join(smol_source.path, "model.safetensors"))
+    for name, p in cap.model.named_parameters():
+        if "lora_" in name:
+            continue
+        key = name.replace("base_model.model.", "").replace(".base_layer", "")
+        if key in base:
+            assert torch.equal(p.detach().cpu(), base[key]), key
+    lora_b = [p for n, p in cap.model.named_parameters() if "lora_B" in n]
+    assert lora_b and all(p.requires_grad for p in lora_b) and any(p.abs().sum() > 0 for p in lora_b)
+    # the run folder
+    adapter = tmp_path / "run" / "adapter"
+    for f in ("adapter_config.json", "adapter_model.safetensors", "manifest.json", "tokenizer_config.json"):
+        assert (adapter / f).exists(), f
+    assert (tmp_path / "run" / "loss_curve.png").stat().st_size > 1000
+    assert m["backend"]["name"] == "hf" and m["steps"] == 2
+    assert all(math.isfinite(p["loss"]) for p in m["loss_history"]) and len(m["loss_history"]) == 2
+    assert m["eval_history"] and math.isfinite(m["final_eval_loss"])
+    assert 0 < m["trainable_percent"] < 10 and m["tokens_seen"] > 0 and m["tokens_per_s"] > 0
+    for key in ("versions", "data", "peak_memory", "git_commit", "config", "model", "template", "wall_time_s"):
+        assert key in m
+    assert m["versions"]["transformers"] == "5.17.0" and m["data"]["splits"]["train"] > 0
+
+
+def test_unsloth_backend_trains_in_its_own_process(tmp_path, smol_source):
+    """Unsloth patches transformers at import, so it trains in a child process, as `tunebench run` does."""
+    cfg = load_config("smoke", ["train.backend=unsloth", "train.max_steps=2", "train.save_every=0",
+                                "train.gradient_checkpointing=true", *SMALL])
+    (tmp_path / "cfg.yaml").write_text(dump_yaml(cfg))
+    weights = os.path.join(smol_source.path, "model.safetensors")
+    before = sha256_file(weights)
+    out = subprocess.run([sys.executable, "-m", "bench.cli", "train", str(tmp_path / "cfg.yaml"), "--out",
+                          str(tmp_path / "run")], capture_output=True, text=True, timeout=1200)
+    assert out.returncode == 0, out.stderr[-3000:]
+    m = json.loads((tmp_path / "run" / "adapter" / "manifest.json").read_text())
+    assert m["backend"]["name"] == "unsloth" and m["versions"]["unsloth"] == "2026.10.9"
+    # Unsloth's train_on_responses_only labelled exactly the tokens of the shared mask
+    assert m["backend"]["mask_agreement_with_shared"] == 1.0
+    assert all(math.isfinite(p["loss"]) for p in m["loss_history"]) and m["steps"] == 2
+    tensors = load_file(str(tmp_path / "run" / "adapter" / "adapter_model.safetensors"))
+    assert any("lora_B" in k and v.abs().sum() > 0 for k, v in tensors.items())
+    assert sha256_file(weights) == before  # the base model on disk is never written
+
+
+def test_unsloth_marker_that_matches_nothing_fails_before_training(tmp_path):
+    cfg = load_config("smoke", ["train.backend=unsloth", "train.max_steps=2", *SMALL])
+    (tmp_path / "cfg.yaml").write_text(dump_yaml(cfg))
+    script = textwrap.dedent(f"""
+        import unsloth, sys
+        import train.data as d
+        from bench.config import load_config
+        from train.backends import BackendError
+        from train.trainer import train
+        orig = d.template_info
+        def wrong(tok, name):
+            info = orig(tok, name)
+            info.response_part = "<|im_start|>nobody\\n"
+            return info
+        d.template_info = wrong
+        try:
+            train(load_config({str(tmp_path / "cfg.yaml")!r}), {str(tmp_path / "run")!r})
+        except BackendError as e:
+            print("REFUSED:", e)
+            sys.exit(0)
+        sys.exit("trained although no response marker matched")
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "REFUSED:" in out.stdout and "nobody" in out.stdout
+    assert latest_checkpoint(tmp_path / "run" / "checkpoints") is None
+
+
+class SigintAt(TrainerCallback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kw):
+        if state.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C, delivered to the trainer's handler
+
+
+def test_ctrl_c_saves_a_checkpoint_and_resume_reproduces_the_curve(tmp_path, tiny_llama_dir):
+    full = train(tiny_cfg(tiny_llama_dir), tmp_path / "full").manifest["loss_history"]
+    cut = train(tiny_cfg(tiny_llama_dir), tmp_path / "cut", extra_callbacks=[SigintAt(3)])
+    # the signal lands after step 3's bookkeeping: step 4 finishes, then the checkpoint is written
+    assert cut.interrupted and cut.checkpoint.name == "checkpoint-4"
+    assert not (tmp_path / "cut" / "adapter").exists()
+    with pytest.raises(RunExistsError, match="--resume"):
+        train(tiny_cfg(tiny_llama_dir), tmp_path / "cut")
+    resumed = train(tiny_cfg(tiny_llama_dir), tmp_path / "cut", resume=True).manifest
+    assert [p["step"] for p in resumed["loss_history"]] == [1, 2, 3, 4, 5, 6]
+    # same seed, same data order, restored RNG and optimizer state: the curve matches to 1e-4 (stated tolerance)
+    for a, b in zip(full, resumed["loss_history"]):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-4), (a, b)
+    assert resumed["tokens_seen"] == train(tiny_cfg(tiny_llama_dir), tmp_path / "full", resume=True).manifest[
+        "tokens_seen"]
+
+
+class PoisonAt(TrainerCallback):
+    """Blow up one LoRA weight after an update, as a diverging optimizer would."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, model=None, **kw):
+        if state.global_step == self.step:
+            with torch.no_grad():
+                next(p for n, p in model.named_parameters() if "lora_A" in n).fill_(float("nan"))
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, tiny_llama_dir):
+    with pytest.raises(TrainingError, match=r"loss became nan at step 4.*checkpoint-2"):
+        train(tiny_cfg(tiny_llama_dir), tmp_path / "run", extra_callbacks=[PoisonAt(3)])
+    ckpts = sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("checkpoint-*"))
+    assert ckpts == ["checkpoint-2"]
+    assert not (tmp_path / "run" / "adapter").exists()
+    assert not list((tmp_path / "run" / "checkpoints").glob(".staging*"))
+
+
+def test_export_merged_loads_without_peft(tmp_path, tiny_llama_dir):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from train.export import export_merged
+
+    res = train(tiny_cfg(tiny_llama_dir, "train.max_steps=3", "train.save_every=0"), tmp_path / "run")
+    out = export_merged(tmp_path / "run", dtype="float32")
+    merged = AutoModelForCausalLM.from_pretrained(out)
+    assert not any("lora" in n for n, _ in merged.named_parameters())
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32)
+    tuned = PeftModel.from_pretrained(base, str(res.adapter_dir))
+    x = torch.randint(0, 1000, (2, 24))
+    with torch.no_grad():
+        a, b = merged(x).logits, tuned(x).logits
+        plain = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)(x).logits
+    assert torch.allclose(a, b, atol=1e-4)
+    assert not torch.allclose(a, plain, atol=1e-4)  # the adapter is really in there
