@@ -80,3 +80,20 @@ def tiny_llama_dir(tmp_path_factory, smol_source):
     LlamaForCausalLM(cfg).save_pretrained(out)
     tok.save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def smol_adapter_run(tmp_path_factory):
+    """A run folder whose adapter was trained (hf backend, 3 steps) on the packaged model and data."""
+    from bench.config import dump_yaml, load_config
+    from train.trainer import train
+
+    out = tmp_path_factory.mktemp("smol-run")
+    cfg = load_config("smoke", [
+        "train.backend=hf", "train.max_steps=3", "train.save_every=0", "train.eval_every=0",
+        "train.gradient_checkpointing=false", "data.max_train=24", "data.max_validation=4", "data.max_test=12",
+        "data.max_length=160", "train.batch_size=4", "train.grad_accum=1", "train.lr=2e-3", "train.warmup_steps=0",
+    ])
+    (out / "config.yaml").write_text(dump_yaml(cfg))
+    train(cfg, out)
+    return out

@@ -69,12 +69,13 @@ def _looks_like_hub_id(ref: str) -> bool:
     return len(parts) == 2 and all(parts) and not ref.startswith((".", "/", "~"))
 
 
-def resolve_model(ref: str, revision: str | None = None) -> ModelSource:
+def resolve_model(ref: str | Path, revision: str | None = None) -> ModelSource:
     """Turn a model reference into a loadable source, dequantizing GGUF files on first use.
 
     Raises:
         ModelError: unknown packaged name, missing path, or an unusable file.
     """
+    ref = str(ref)
     if ref.startswith("packaged:"):
         if ref not in PACKAGED_MODELS:
             raise ModelError(f"unknown packaged model {ref!r}; known: {', '.join(PACKAGED_MODELS)}")

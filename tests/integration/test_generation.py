@@ -1,0 +1,197 @@
+"""Generation, the generation cache, probe runs and the chat REPL on the real packaged SmolLM2 (CPU, fp32).
+
+Answers are kept to a few tokens: these tests pin behaviour (padding, seeding, caching, scoring), not quality.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import textwrap
+
+import pytest
+
+from bench.config import SamplingConfig
+from evals.chat import chat
+from evals.generation import GenerationCache, generate
+from evals.probes import load_probe_set, run_probes, wilson
+
+GREEDY = SamplingConfig(name="greedy", temperature=0.0, min_p=None, max_new_tokens=12)
+SAMPLED = SamplingConfig(name="seed", temperature=1.5, min_p=0.1, max_new_tokens=10, n_samples=2)
+PROMPTS = [  # different lengths, so the batch really is left padded
+    [{"role": "user", "content": "Continue the Fibonacci sequence: 1, 1, 2, 3, 5, 8,"}],
+    [{"role": "user", "content": "Hi!"}],
+    [{"role": "system", "content": "Answer briefly."},
+     {"role": "user", "content": "What is the capital of France? Please answer in one short sentence."}],
+]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: on 2 cores shared with other jobs, OpenMP barriers in every decode step made
+    generation ~10x slower with 2 threads (measured: 1 vs 10 tokens/s)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def counted_generate(smol_base, monkeypatch):
+    """Counts real model.generate calls (the call goes through unchanged)."""
+    calls = []
+    real = smol_base.model.generate
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs["input_ids"].shape[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(smol_base.model, "generate", counting)
+    return calls
+
+
+def test_left_padded_batch_matches_one_at_a_time(smol_base, counted_generate):
+    batched = generate(smol_base, PROMPTS, GREEDY, seed=0, batch_size=len(PROMPTS), progress=False,
+                       use_cache=False)
+    assert counted_generate == [3]
+    for i, prompt in enumerate(PROMPTS):
+        alone = generate(smol_base, [prompt], GREEDY, seed=0, batch_size=1, progress=False, use_cache=False)
+        assert alone.samples[0] == batched.samples[i]
+        assert alone.token_counts[0] == batched.token_counts[i]
+    assert all(text for text in batched.texts)
+    assert batched.new_tokens == sum(c[0] for c in batched.token_counts) > 0
+    assert batched.tokens_per_s > 0
+
+
+def test_sampling_is_reproducible_per_seed(smol_base):
+    def run(seed):
+        return generate(smol_base, PROMPTS[:2], SAMPLED, seed=seed, batch_size=2, progress=False,
+                        use_cache=False).samples
+
+    first, again, other = run(7), run(7), run(8)
+    assert first == again
+    assert first != other
+    assert all(len(s) == SAMPLED.n_samples for s in first)
+
+
+def test_cache_avoids_regeneration(smol_base, counted_generate, tmp_path):
+    kw = {"seed": 3, "batch_size": 2, "progress": False, "cache_dir": tmp_path}
+    fresh = generate(smol_base, PROMPTS, SAMPLED, **kw)
+    assert (fresh.cache_hits, fresh.cache_misses) == (0, 6)
+    n_calls = len(counted_generate)
+    assert n_calls == fresh.generate_calls == 4  # 2 samples x 2 batches
+    cached = generate(smol_base, PROMPTS, SAMPLED, **kw)
+    assert len(counted_generate) == n_calls and cached.generate_calls == 0
+    assert (cached.cache_hits, cached.cache_misses, cached.new_tokens) == (6, 0, 0)
+    assert cached.samples == fresh.samples and cached.token_counts == fresh.token_counts
+    # another seed is another cache group: a miss; one new prompt only generates that prompt
+    assert generate(smol_base, PROMPTS[:1], SAMPLED, **{**kw, "seed": 4}).cache_misses == 2
+    extra = [{"role": "user", "content": "Name a color."}]
+    mixed = generate(smol_base, [*PROMPTS, extra], SAMPLED, **kw)
+    assert (mixed.cache_hits, mixed.cache_misses) == (6, 2)
+    files = list(tmp_path.glob("*.json"))
+    assert len(files) == 2 and all(json.loads(f.read_text())["entries"] for f in files)
+
+
+def test_run_probes_scores_and_caches(smol_base, counted_generate, tmp_path):
+    probe_file = tmp_path / "mini.yaml"
+    probe_file.write_text(textwrap.dedent("""
+        name: mini
+        version: 1
+        probes:
+          - id: fibonacci
+            template: "Continue the Fibonacci sequence: 1, 1, 2, 3, 5, 8,"
+            checks: [{sequence: [13, 21, 34]}]
+          - id: capital
+            template: "What is the capital of {{ country }}? One sentence."
+            vars: [{country: France, capital: Paris}, {country: Japan, capital: Tokyo}]
+            checks: [{contains: "{{ capital }}", ignore_case: true}]
+    """), encoding="utf-8")
+    greedy = SamplingConfig(name="greedy", temperature=0.0, min_p=None, max_new_tokens=10)
+    sampled = SamplingConfig(name="seed", temperature=1.5, min_p=0.1, max_new_tokens=6, n_samples=2)
+    kw = {"batch_size": 4, "seed": 11, "cache_dir": tmp_path / "cache", "label": "base"}
+    res = run_probes(smol_base, [str(probe_file)], [greedy, sampled], **kw)
+
+    overall = res.metric("probes/mini/greedy/pass_rate")
+    assert (overall.n, overall.unit, overall.ci_method, overall.group) == (3, "samples", "wilson", "probes")
+    assert overall.higher_is_better and overall.aggregate == "mean"
+    k = overall.details["passed"]
+    assert overall.value == pytest.approx(k / 3)
+    assert (overall.ci_low, overall.ci_high) == pytest.approx(wilson(k, 3))
+    assert overall.ci_low <= overall.value <= overall.ci_high
+    assert res.metric("probes/mini/seed/pass_rate").n == 6  # 3 prompts x 2 samples
+    cap = res.metric("probes/mini/seed/capital/pass_rate")
+    assert cap.n == 4 and [i["id"] for i in res.items[cap.items]] == [
+        "capital[0]#0", "capital[0]#1", "capital[1]#0", "capital[1]#1"]
+    assert {i["den"] for i in res.items[overall.items]} == {1}
+    assert {i["num"] for i in res.items[overall.items]} <= {0.0, 1.0}
+
+    rows = res.artifacts["probe_transcripts"]["mini"]["greedy"]
+    assert [r["id"] for r in rows] == ["fibonacci#0", "capital[0]#0", "capital[1]#0"]
+    assert all(r["passed"] == (not r["failed"]) for r in rows)
+    assert res.inputs["probe_sets"]["mini"]["fingerprint"] == load_probe_set(probe_file).fingerprint
+    assert res.inputs["probe_seed"] == 11 and len(res.inputs["probe_sampling"]) == 2
+
+    n_calls = len(counted_generate)
+    again = run_probes(smol_base, [str(probe_file)], [greedy, sampled], **kw)
+    assert len(counted_generate) == n_calls  # nothing regenerated
+    stats = again.artifacts["probe_generation"]["mini"]
+    assert stats["greedy"]["cache_hits"] == 3 and stats["seed"]["cache_hits"] == 6
+    assert stats["seed"]["cache_misses"] == 0
+    assert again.artifacts["probe_transcripts"] == res.artifacts["probe_transcripts"]
+    assert [(m.name, m.value) for m in again.metrics] == [(m.name, m.value) for m in res.metrics]
+
+
+def test_run_probes_on_the_default_set(smol_base, tmp_path):
+    short = SamplingConfig(name="greedy", temperature=0.0, min_p=None, max_new_tokens=6)
+    res = run_probes(smol_base, ["default"], [short], batch_size=34, seed=1, cache_dir=tmp_path)
+    ps = load_probe_set("default")
+    overall = res.metric("probes/default/greedy/pass_rate")
+    assert overall.n == len(ps.prompts)
+    assert overall.ci_low is not None and overall.ci_low <= overall.value <= overall.ci_high
+    per_probe = [m for m in res.metrics if m.name != overall.name]
+    assert len(per_probe) == len(ps.probe_ids) and sum(m.n for m in per_probe) == overall.n
+    assert all(not math.isnan(m.value) and m.ci_method == "wilson" for m in per_probe)
+    stats = res.artifacts["probe_generation"]["default"]["greedy"]
+    assert stats["new_tokens"] > 0 and stats["tokens_per_s"] > 0
+
+
+def test_chat_streams_answers_and_keeps_history(smol_base, capsys):
+    script = iter(["Hi!", "Name a color."])
+
+    def read(prompt):
+        try:
+            return next(script)
+        except StopIteration:  # end of the script is Ctrl-D
+            raise EOFError from None
+
+    short = SamplingConfig(name="greedy", temperature=0.0, min_p=None, max_new_tokens=8)
+    history = chat(smol_base, short, system="Be brief.", input_fn=read)
+    out = capsys.readouterr().out
+    assert [m["role"] for m in history] == ["system", "user", "assistant", "user", "assistant"]
+    assert history[2]["content"] and history[2]["content"] in out  # the answer was streamed to stdout
+    assert history[4]["content"] in out
+
+
+def test_chat_reset_and_exit(smol_base, capsys):
+    script = iter(["Hi!", "/reset", "Name a color.", "/exit", "never read"])
+    short = SamplingConfig(name="greedy", temperature=0.0, min_p=None, max_new_tokens=6)
+    history = chat(smol_base, short, input_fn=lambda _: next(script))
+    assert [m["role"] for m in history] == ["user", "assistant"]
+    assert history[0]["content"] == "Name a color."
+    assert next(script) == "never read"  # /exit stopped reading input
+    assert "conversation cleared" in capsys.readouterr().out
+
+
+def test_cache_keeps_entries_of_concurrent_writers_and_survives_damage(tmp_path, caplog):
+    group = {"model": "m", "seed": 1}
+    first, second = GenerationCache(tmp_path, group), GenerationCache(tmp_path, group)  # both open, then write
+    first.put_many({"a#0": {"text": "A", "new_tokens": 1}})
+    second.put_many({"b#0": {"text": "B", "new_tokens": 1}})
+    assert set(GenerationCache(tmp_path, group).entries) == {"a#0", "b#0"}
+    assert GenerationCache(tmp_path, {"model": "other", "seed": 1}).entries == {}
+    first.path.write_text("{ half a file", encoding="utf-8")
+    assert GenerationCache(tmp_path, group).entries == {}  # a regeneration, never a crash or a wrong answer
+    assert "unreadable generation cache" in caplog.text
