@@ -42,7 +42,12 @@ def test_default_set_holds_the_seed_probe_and_variants():
     assert 20 <= len(ps.prompts) <= 40
     seed = next(p for p in ps.prompts if p.id == "fibonacci")
     assert seed.text == "Continue the Fibonacci sequence: 1, 1, 2, 3, 5, 8,"
-    assert [c.spec() for c in seed.checks] == [{"sequence": [13, 21, 34]}]
+    assert [c.spec()["sequence"] for c in seed.checks] == [[13, 21, 34]]
+    # the shipped seed check: the right continuation, restated prompt allowed; wrong or skipped numbers fail
+    for ok in ("13, 21, 34", "13, 21, 34, 55, 89", "1, 1, 2, 3, 5, 8, 13, 21, 34", "Next: 13, 21 and 34."):
+        assert seed.evaluate(ok) == [], ok
+    for bad in ("13, 20", "13, 20, 33", "21, 34", "1, 1, 2, 3, 5, 8, 13, 20", "8, 13, 21, 34", "13, 21"):
+        assert seed.evaluate(bad) != [], bad
     by_id = {p.id: p for p in ps.prompts}
     # continuations computed in the templates
     assert by_id["fibonacci-like[0]"].text.endswith("2, 1, 3, 4, 7, 11,")
@@ -50,8 +55,7 @@ def test_default_set_holds_the_seed_probe_and_variants():
     assert by_id["powers[0]"].checks[0].value == [32, 64, 128]
     assert by_id["squares-cubes[0]"].checks[0].value == [36, 49, 64]
     assert len({p.id for p in ps.prompts}) == len(ps.prompts)
-    # the seed probe is strict; its variants accept an answer that restates the given numbers first
-    assert seed.evaluate("1, 1, 2, 3, 5, 8, 13, 21, 34") != []
+    # the seed probe and its variants accept an answer that restates the given numbers first
     assert by_id["powers[0]"].evaluate("1, 2, 4, 8, 16, 32, 64, 128") == []
     assert by_id["no-made-up-doi"].evaluate("It is DOI:1999.10.1088.1083") != []
     assert by_id["no-made-up-doi"].evaluate("I cannot find a DOI for that paper.") == []
