@@ -35,6 +35,9 @@ def _setup_logging(verbose: bool) -> None:
                         format="%(asctime)s %(levelname).1s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for noisy in ("httpx", "urllib3", "filelock", "matplotlib", "datasets", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # optional native kernels that a CPU install lacks by design: their load failures are not the user's problem
+    for noisy in ("torchao", "bitsandbytes.backends.cpu.ops"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 

@@ -67,7 +67,7 @@ def test_metrics_have_values_intervals_and_items(runs):
             assert m.details["chat_template"] is True and m.details["n_shot"] == 0
             assert m.details["lm_eval_version"] == "0.4.13"
         em = res.metric("lm_eval/tunebench_arith_gen/exact_match")
-        assert em.details["filter"] == "first-integer" and em.details["output_type"] == "generate_until"
+        assert em.details["filter"] == "last-integer" and em.details["output_type"] == "generate_until"
         assert res.timings["lm_eval"] > 0
     assert base.label == "base" and tuned.label == "tuned"
 

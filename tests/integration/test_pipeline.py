@@ -1,0 +1,98 @@
+"""`tunebench run smoke` end to end, as README's first Quick start line runs it: offline, CPU, real parts.
+
+The run is made once per session; the tests read its folder. It takes a few minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def tunebench(*args, timeout=1500):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", "bench.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT, env=env)
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pipeline") / "smoke"
+    t0 = time.perf_counter()
+    res = tunebench("run", "smoke", "--out", str(out))
+    assert res.returncode == 0, res.stderr[-4000:]
+    return out, res, time.perf_counter() - t0
+
+
+def test_smoke_run_writes_a_report_with_real_numbers(smoke_run):
+    out, res, seconds = smoke_run
+    for rel in ("config.yaml", "data/data_report.md", "adapter/manifest.json", "adapter/adapter_model.safetensors",
+                "loss_curve.png", "eval/base/results.json", "eval/tuned/results.json", "eval/contamination.json",
+                "comparison.json", "report.md", "gate.json"):
+        assert (out / rel).exists(), rel
+    assert f"report: {out / 'report.md'}" in res.stdout and "perplexity/test" in res.stdout  # headline printed
+    comp = json.loads((out / "comparison.json").read_text())
+    rows = {r["metric"]: r for r in comp["rows"]}
+    ppl = rows["perplexity/test"]
+    assert ppl["base"] != ppl["tuned"] and ppl["ci_low"] is not None and ppl["n"] > 10  # the tuned side differs
+    assert any(m.startswith("lm_eval/tunebench_facts_mc/") for m in rows)
+    assert "probes/default/seed/fibonacci/pass_rate" in rows and "probes/default/greedy/pass_rate" in rows
+    report = (out / "report.md").read_text()
+    for section in ("## Headline", "## Perplexity", "## lm-eval tasks", "## Probes", "Fibonacci", "## Training",
+                    "## Data", "## Contamination", "## Environment"):
+        assert section in report, section
+    manifest = json.loads((out / "adapter" / "manifest.json").read_text())
+    assert manifest["backend"]["name"] == "unsloth"  # auto picks Unsloth: it imports and runs on CPU
+    assert manifest["backend"]["mask_agreement_with_shared"] == 1.0
+    base = json.loads((out / "eval" / "base" / "results.json").read_text())
+    tuned = json.loads((out / "eval" / "tuned" / "results.json").read_text())
+    assert base["inputs"]["test_tokens"] == tuned["inputs"]["test_tokens"]  # identical tokens, prompts, seeds
+    assert base["inputs"]["probe_sets"] == tuned["inputs"]["probe_sets"]
+    print(f"smoke run took {seconds:.0f} s")
+
+
+def test_rerun_skips_finished_stages(smoke_run):
+    out, _, _ = smoke_run
+    before = (out / "eval" / "tuned" / "results.json").stat().st_mtime
+    t0 = time.perf_counter()
+    res = tunebench("run", "smoke", "--out", str(out))
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "stage train" not in res.stderr and "stage eval" not in res.stderr
+    assert (out / "eval" / "tuned" / "results.json").stat().st_mtime == before
+    assert time.perf_counter() - t0 < 120
+
+
+def test_gate_exit_codes_follow_the_rules(smoke_run, tmp_path):
+    out, _, _ = smoke_run
+    assert tunebench("gate", str(out)).returncode == 0
+    strict = tmp_path / "strict.yaml"
+    strict.write_text("rules:\n  - metric: perplexity/test\n    min_improvement_rel: 0.9\n")
+    res = tunebench("gate", str(out), "--rules", str(strict), "--out", str(tmp_path / "v.json"))
+    assert res.returncode == 1 and "FAIL" in res.stdout
+    assert json.loads((tmp_path / "v.json").read_text())["passed"] is False
+    missing = tmp_path / "missing.yaml"
+    missing.write_text("rules:\n  - metric: lm_eval/no_such_task/acc\n    max_regression: 0\n")
+    assert tunebench("gate", str(out), "--rules", str(missing), "--out", str(tmp_path / "m.json")).returncode == 2
+
+
+def test_example_quality_tests_run_against_the_smoke_run(smoke_run):
+    out, _, _ = smoke_run
+    res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(ROOT / "tests/quality"),
+                          "--tunebench-run", str(out)], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert "test_perplexity_significantly_lower_after_tuning PASSED" in res.stdout or " passed" in res.stdout, res.stdout
+    assert res.returncode == 0, res.stdout[-3000:]
+
+
+def test_compare_builds_a_leaderboard(smoke_run, tmp_path):
+    out, _, _ = smoke_run
+    res = tunebench("compare", str(out), str(out), "--out", str(tmp_path / "board.md"))
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "perplexity/test" in (tmp_path / "board.md").read_text()
