@@ -94,24 +94,31 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"interrupted: checkpoint {result.checkpoint}; continue with `tunebench train ... --resume`",
               file=sys.stderr)
         return 130
+    if result.manifest is None:  # not the main process of a distributed job: it wrote nothing
+        return 0
     atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
-    m = result.manifest or {}
+    m = result.manifest
     print(f"adapter: {result.adapter_dir}  backend={m.get('backend', {}).get('name')}  steps={m.get('steps')}  "
           f"loss={m.get('final_train_loss')}  real tokens/s={m.get('tokens_per_s')}")
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from bench import dist
     from evals.runner import evaluate_model, save_contamination
 
+    if args.run and "=" in args.run and not Path(args.run).exists():  # an override, not a run folder
+        args.overrides, args.run = [args.run, *args.overrides], None
     if args.run:
         run_dir = Path(args.run)
         cfg = load_config(run_dir / "config.yaml", args.overrides)
-        contamination = save_contamination(run_dir, cfg)
+        dist.init()
+        contamination = save_contamination(run_dir, cfg) if dist.is_main() else None
         for label, adapter in (("base", None), ("tuned", run_dir / "adapter")):
             out = run_dir / "eval" / label / "results.json"
             evaluate_model(cfg, run_dir, label, adapter, out, contamination)
-            print(f"{label}: {out}")
+            if dist.is_main():
+                print(f"{label}: {out}")
         return 0
     if not args.model:
         raise ConfigError("give a run folder (tunebench eval RUN) or --model REF [--adapter DIR] --data-from RUN")
@@ -122,7 +129,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     label = args.label or ("tuned" if args.adapter else "base")
     out = Path(args.out) if args.out else run_dir / "eval" / label / "results.json"
     evaluate_model(cfg, run_dir, label, args.adapter, out)
-    print(f"{label}: {out}")
+    if dist.is_main():
+        print(f"{label}: {out}")
     return 0
 
 

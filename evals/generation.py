@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench import dist
 from bench.config import SamplingConfig
 from bench.io import atomic_write_json, cache_root, fingerprint, package_version
 
@@ -288,32 +289,43 @@ def generate(
         missing.sort(key=lambda i: (-len(ids[i]), i))
         todo.append((s, missing))
     out.cache_misses = sum(len(m) for _, m in todo)
-    n_batches = sum((len(m) + batch_size - 1) // batch_size for _, m in todo)
+    # Under torchrun every process must see the same cache state before any of them writes to it: the
+    # batches (and so each batch's seed) are then the ones a single process would make, and each process
+    # takes every world_size-th of them.
+    dist.barrier()
+    batches = [(s, b, missing[start:start + batch_size]) for s, missing in todo
+               for b, start in enumerate(range(0, len(missing), batch_size))]
+    mine = [batches[k] for k in dist.shard(len(batches))]
+    done: dict[tuple[int, int], tuple[str, int]] = {}
 
-    bar = tqdm(total=n_batches, desc=f"generate[{sampling.name}]", disable=not progress or n_batches == 0)
-    for s, missing in todo:
-        for b, start in enumerate(range(0, len(missing), batch_size)):
-            rows = missing[start:start + batch_size]
-            input_ids, mask = left_pad([ids[i] for i in rows], kwargs["pad_token_id"])
-            torch.manual_seed(batch_seed(seed, s, b))
-            t0 = time.perf_counter()
-            with torch.inference_mode():
-                gen = model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device), **kwargs)
-            out.seconds += time.perf_counter() - t0
-            out.generate_calls += 1
-            new = gen[:, input_ids.shape[1]:].tolist()
-            fresh = {}
-            for i, row in zip(rows, new, strict=True):
-                n_new = count_new_tokens(row, stops)
-                text = tok.decode(row[:n_new], skip_special_tokens=True).strip()
-                out.samples[i][s], out.token_counts[i][s] = text, n_new
-                out.new_tokens += n_new
-                fresh[GenerationCache.key(prompts[i], s)] = {"text": text, "new_tokens": n_new}
-            if cache:
-                cache.put_many(fresh)  # per batch: an interrupted run keeps what it generated
-            bar.update(1)
-            bar.set_postfix(tok_s=f"{out.tokens_per_s:.1f}")
+    bar = tqdm(total=len(mine), desc=f"generate[{sampling.name}]",
+               disable=not progress or not mine or not dist.is_main())
+    for s, b, rows in mine:
+        input_ids, mask = left_pad([ids[i] for i in rows], kwargs["pad_token_id"])
+        torch.manual_seed(batch_seed(seed, s, b))
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            gen = model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device), **kwargs)
+        out.seconds += time.perf_counter() - t0
+        out.generate_calls += 1
+        new = gen[:, input_ids.shape[1]:].tolist()
+        fresh = {}
+        for i, row in zip(rows, new, strict=True):
+            n_new = count_new_tokens(row, stops)
+            text = tok.decode(row[:n_new], skip_special_tokens=True).strip()
+            out.samples[i][s], out.token_counts[i][s] = text, n_new
+            out.new_tokens += n_new
+            done[(i, s)] = (text, n_new)
+            fresh[GenerationCache.key(prompts[i], s)] = {"text": text, "new_tokens": n_new}
+        if cache:
+            cache.put_many(fresh)  # per batch: an interrupted run keeps what it generated
+        bar.update(1)
+        bar.set_postfix(tok_s=f"{out.tokens_per_s:.1f}")
     bar.close()
+    if dist.world_size() > 1:
+        for part in dist.gather(done):
+            for (i, s), (text, n_new) in part.items():
+                out.samples[i][s], out.token_counts[i][s] = text, n_new
     if out.generate_calls:
         log.info("generated %d new tokens in %.1fs (%.1f tok/s); cache hits %d, misses %d",
                  out.new_tokens, out.seconds, out.tokens_per_s, out.cache_hits, out.cache_misses)

@@ -60,6 +60,7 @@ def run_lm_eval(
     label: str = "base",
     timeout: float | None = None,
     template: str = "auto",
+    num_processes: int = 1,
 ) -> Results:
     """Evaluate a model (optionally with a LoRA adapter) with lm-eval in a separate process.
 
@@ -76,6 +77,8 @@ def run_lm_eval(
         timeout: Seconds before the child is killed; None = no limit.
         template: Chat template choice for the base tokenizer (``auto``, ``llama-3.1``, ``chatml``, ``model``),
             as in training; an adapter folder that carries its own tokenizer uses that one.
+        num_processes: >1 runs lm-eval data-parallel through ``accelerate launch`` (one process per GPU);
+            lm-eval gathers the documents' results on its main process.
 
     Returns:
         A partial Results (label, model, inputs, metrics, items, artifacts, timings) to merge into a full one.
@@ -103,6 +106,10 @@ def run_lm_eval(
         spec_path, out_path = Path(tmp) / "spec.json", Path(tmp) / "out.json"
         atomic_write_json(spec_path, spec)
         cmd = [sys.executable, "-m", "evals.lm_eval_runner", str(spec_path), str(out_path)]
+        if num_processes > 1:
+            launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes),
+                      "--main_process_port", str(_free_port())]
+            cmd = launch + (["--multi_gpu"] if _cuda() else []) + ["-m", "evals.lm_eval_runner", *cmd[3:]]
         rc, tail = _run_child(cmd, timeout)
         data = read_json(out_path) if out_path.exists() else {}
     if "error" in data:
@@ -118,6 +125,20 @@ def run_lm_eval(
         log.info("lm-eval (%s) %s = %.4f [%s, %s] (n=%d)", label, m.name, m.value,
                  _fmt(m.ci_low), _fmt(m.ci_high), m.n)
     return results
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def _fmt(x: float | None) -> str:
@@ -140,9 +161,14 @@ def _check_adapter(adapter: str) -> str:
     return sha256_file(weights)
 
 
+_LAUNCHER_VARS = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
+                  "ROLE_WORLD_SIZE", "GROUP_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"}
+
+
 def _run_child(cmd: list[str], timeout: float | None) -> tuple[int, str]:
     """Run the child, echo its output as it comes (progress bars included), return (status, last lines)."""
-    env = dict(os.environ)
+    # a caller running under torchrun must not hand its own rendezvous to the child (it has its own launcher)
+    env = {k: v for k, v in os.environ.items() if k not in _LAUNCHER_VARS and not k.startswith("TORCHELASTIC_")}
     # the child imports this very tree, wherever the caller's working directory is
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH")) if p)
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -390,7 +416,7 @@ def _task_results(res: Results, name: str, task: Any, out: dict[str, Any], spec:
     }
 
 
-def _evaluate(spec: dict[str, Any]) -> Results:
+def _evaluate(spec: dict[str, Any]) -> Results | None:
     """The child's work: load tasks and model, run lm-eval, convert its output."""
     import lm_eval
 
@@ -414,8 +440,8 @@ def _evaluate(spec: dict[str, Any]) -> Results:
         batch_size=spec["batch_size"], device=device, apply_chat_template=spec["apply_chat_template"],
         log_samples=True, task_manager=manager, bootstrap_iters=BOOTSTRAP_ITERS,
     )
-    if out is None:
-        raise LmEvalError("lm-eval returned no results (not rank 0?); run without a distributed launcher")
+    if out is None:  # a data-parallel worker: lm-eval gathered its documents onto the main process
+        return None
     res = Results(label=spec["label"], model=_identity(spec, template_name, tok, device, dtype), inputs={})
     for name, task in tasks.items():
         _task_results(res, name, task, out, spec)
@@ -459,7 +485,8 @@ def main(argv: list[str] | None = None) -> int:
         first = (str(e).strip().splitlines() or [""])[0][:500]
         atomic_write_json(out_path, {"error": f"lm-eval failed: {type(e).__name__}: {first} (traceback above)"})
         return 1
-    atomic_write_json(out_path, {"results": res.to_dict()})
+    if res is not None:  # data-parallel workers other than the main one have nothing to write
+        atomic_write_json(out_path, {"results": res.to_dict()})
     return 0
 
 

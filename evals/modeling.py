@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,7 +52,9 @@ def pick_device(device: str = "auto") -> str:
 
     if device != "auto":
         return device
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if torch.cuda.is_available():  # under torchrun/accelerate each process takes the GPU of its local rank
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    return "cpu"
 
 
 def pick_dtype(dtype: str, device: str) -> Any:
@@ -140,7 +143,6 @@ def load_for_eval(
     Raises:
         ModelError / AdapterError: with a message that says what to do.
     """
-    import torch
     from transformers import AutoModelForCausalLM
 
     source = model_ref if isinstance(model_ref, ModelSource) else resolve_model(model_ref)

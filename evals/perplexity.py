@@ -13,6 +13,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from bench import dist
 from evals.results import Metric
 from train.data import Encoded, tokens_fingerprint
 
@@ -59,11 +60,14 @@ def score(model: Any, encoded: list[Encoded], batch_tokens: int = 16384, pad_id:
     backbone, head = _backbone_and_head(model)
     items: list[dict[str, Any] | None] = [None] * len(encoded)
     groups = batches_by_length(encoded, batch_tokens)
+    # under torchrun each process scores whole batches (the same batches one process would), so the
+    # gathered records equal a single-process run
+    mine = [groups[g] for g in dist.shard(len(groups))]
     t0 = time.perf_counter()
-    bar = tqdm(total=sum(len(e.input_ids) for e in encoded), desc="perplexity", unit="tok", disable=not progress,
-               leave=False)
+    bar = tqdm(total=sum(len(encoded[i].input_ids) for g in mine for i in g), desc="perplexity", unit="tok",
+               disable=not progress or not dist.is_main(), leave=False)
     with torch.inference_mode():
-        for group in groups:
+        for group in mine:
             width = max(len(encoded[i].input_ids) for i in group)
             ids = torch.full((len(group), width), pad_id, dtype=torch.long)
             labels = torch.full((len(group), width), -100, dtype=torch.long)
@@ -96,6 +100,10 @@ def score(model: Any, encoded: list[Encoded], batch_tokens: int = 16384, pad_id:
                 items[i] = {"id": encoded[i].id, "num": float(per_row[r]), "den": int(counts[r])}
             bar.update(sum(len(encoded[i].input_ids) for i in group))
     bar.close()
+    if dist.world_size() > 1:
+        for part in dist.gather({i: x for i, x in enumerate(items) if x is not None}):
+            for i, x in part.items():
+                items[i] = x
     return [x for x in items if x is not None], time.perf_counter() - t0
 
 

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench import dist
 from bench.config import RunConfig
 from bench.io import atomic_write_json, environment, read_json
 from evals.results import Results
@@ -96,6 +97,7 @@ def evaluate_model(
 
     run_dir = Path(run_dir)
     t0 = time.perf_counter()
+    distributed = dist.init()  # under torchrun: perplexity and probe batches are split across processes
     source = resolve_model(cfg.model.ref, cfg.model.revision)
     loaded = load_for_eval(source, adapter, cfg.model.chat_template, dtype=cfg.model.dtype,
                            load_in_4bit=use_4bit(cfg.model), trust_remote_code=cfg.model.trust_remote_code)
@@ -127,20 +129,24 @@ def evaluate_model(
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    if cfg.eval.lm_eval_tasks:
+    if cfg.eval.lm_eval_tasks and dist.is_main():
         from evals.lm_eval_runner import run_lm_eval
 
         t = time.perf_counter()
+        # under torchrun on GPUs the main process launches lm-eval data-parallel over the same GPUs
+        procs = dist.world_size() if distributed and torch.cuda.is_available() else 1
         lm = run_lm_eval(model_path, str(adapter) if adapter else None, list(cfg.eval.lm_eval_tasks),
                          cfg.eval.lm_eval_limit, cfg.eval.lm_eval_batch_size, cfg.eval.lm_eval_chat_template,
-                         dtype=cfg.model.dtype, label=label, template=template)
+                         dtype=cfg.model.dtype, label=label, template=template, num_processes=procs)
         results.merge(lm)
         results.timings["lm_eval_s"] = round(time.perf_counter() - t, 2)
+    dist.barrier()
 
     if contamination is not None:
         results.artifacts["contamination"] = contamination
     results.timings["total_s"] = round(time.perf_counter() - t0, 2)
-    if out_path is not None:
+    results.environment["world_size"] = dist.world_size()
+    if out_path is not None and dist.is_main():
         results.save(out_path)
     return results
 

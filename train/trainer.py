@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench import dist
 from bench.config import RunConfig, to_dict
 from bench.io import atomic_dir, atomic_write_json, read_json
 from train import manifest as manifest_mod
@@ -103,7 +104,12 @@ def make_callbacks(state: _State, total_steps: int) -> list[Any]:
             log.warning("%s received: saving a resumable checkpoint after this step (again to abort)", state.signal)
 
         def on_step_end(self, args, st, control, **kw):
-            if state.signal is not None:
+            stop = state.signal is not None
+            if dist.world_size() > 1:  # every rank must stop at the same step, or DDP hangs
+                stop = any(dist.gather(stop))
+                if stop and state.signal is None:
+                    state.signal = "SIGINT (another rank)"
+            if stop:
                 control.should_save = True
                 control.should_training_stop = True
 
@@ -123,14 +129,17 @@ def make_callbacks(state: _State, total_steps: int) -> list[Any]:
 
     class Progress(TrainerCallback):
         def on_train_begin(self, args, st, control, **kw):
-            self.bar = tqdm(total=total_steps, initial=st.global_step, desc="train", unit="step", dynamic_ncols=True)
+            self.bar = tqdm(total=total_steps, initial=st.global_step, desc="train", unit="step", dynamic_ncols=True,
+                            disable=not dist.is_main())
             self._t0 = time.perf_counter()
             self._tok0 = state.tokens
 
         def on_log(self, args, st, control, logs=None, **kw):
             logs = logs or {}
             dt = time.perf_counter() - self._t0
-            post = {"tok/s": f"{(state.tokens - self._tok0) / dt:,.0f}" if dt > 0 else "-"}
+            # this process's tokens x processes: the job's rate (the manifest sums the exact counts)
+            rate = (state.tokens - self._tok0) * dist.world_size() / dt if dt > 0 else 0
+            post = {"tok/s": f"{rate:,.0f}" if dt > 0 else "-"}
             if "loss" in logs:
                 post["loss"] = f"{logs['loss']:.4f}"
             if "eval_loss" in logs:
@@ -160,28 +169,48 @@ def _trainer_class(state: _State, backend: str):
                 return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
+        def _load_optimizer_and_scheduler(self, checkpoint):
+            if checkpoint is not None and self.args.world_size > 1 and self.args.device.type == "cpu":
+                # transformers maps the optimizer state to args.device ("cpu:N" under multi-CPU DDP), which
+                # torch.load cannot restore to; on CPU the plain "cpu" location is the same memory
+                import torch
+
+                self.optimizer.load_state_dict(torch.load(os.path.join(checkpoint, "optimizer.pt"),
+                                                          map_location="cpu", weights_only=True))
+                self.lr_scheduler.load_state_dict(torch.load(os.path.join(checkpoint, "scheduler.pt"),
+                                                             weights_only=True))
+                return
+            super()._load_optimizer_and_scheduler(checkpoint)
+
         def _save_checkpoint(self, model, trial):
             # Build the checkpoint in a staging folder, then rename: a crash mid-save leaves no
             # checkpoint-N that looks complete.
             real = self.args.output_dir
             staging = os.path.join(real, ".staging")
-            shutil.rmtree(staging, ignore_errors=True)
-            os.makedirs(staging)
+            if dist.is_main():
+                shutil.rmtree(staging, ignore_errors=True)
+                os.makedirs(staging)
+            dist.barrier()  # every rank writes its RNG state into the same staging folder
             self.args.output_dir = staging
             try:
                 super()._save_checkpoint(model, trial)
             finally:
                 self.args.output_dir = real
-            name = f"checkpoint-{self.state.global_step}"
-            atomic_write_json(os.path.join(staging, name, "tunebench_state.json"),
-                              {"tokens_seen": state.total_tokens, "seconds": state.seconds})
-            final = os.path.join(real, name)
-            if os.path.exists(final):
-                shutil.rmtree(final)
-            os.replace(os.path.join(staging, name), final)
-            shutil.rmtree(staging, ignore_errors=True)
-            for old in sorted(Path(real).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))[:-2]:
-                shutil.rmtree(old, ignore_errors=True)
+            tokens = sum(dist.gather(state.tokens)) + state.prior_tokens
+            dist.barrier()
+            if dist.is_main():
+                name = f"checkpoint-{self.state.global_step}"
+                atomic_write_json(os.path.join(staging, name, "tunebench_state.json"),
+                                  {"tokens_seen": tokens, "seconds": state.seconds,
+                                   "world_size": dist.world_size()})
+                final = os.path.join(real, name)
+                if os.path.exists(final):
+                    shutil.rmtree(final)
+                os.replace(os.path.join(staging, name), final)
+                shutil.rmtree(staging, ignore_errors=True)
+                for old in sorted(Path(real).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))[:-2]:
+                    shutil.rmtree(old, ignore_errors=True)
+            dist.barrier()
 
     return TunebenchTrainer
 
@@ -307,7 +336,9 @@ def train(
     if prepared is None:
         tok, tname = load_tokenizer(source, cfg.model.chat_template, cfg.model.trust_remote_code)
         report_path = run_dir / "data" / "data_report.json"
-        prepared = data_mod.prepare(tok, tname, cfg.data, None if report_path.exists() else run_dir / "data")
+        write = dist.is_main() and not report_path.exists()
+        prepared = data_mod.prepare(tok, tname, cfg.data, run_dir / "data" if write else None)
+        dist.barrier()
         if report_path.exists() and read_json(report_path)["fingerprint"] != prepared.fingerprint:
             raise TrainingError(
                 f"{run_dir}/data was prepared from other data or another template than this config gives; "
@@ -361,6 +392,10 @@ def train(
 
     if val_ds is not None:
         trainer.evaluate()  # final response-only validation loss, in the log history
+    tokens_seen = sum(dist.gather(state.tokens)) + state.prior_tokens  # the whole job's real tokens
+    if not dist.is_main():
+        dist.barrier()  # the main process writes the adapter, manifest and plot
+        return TrainResult(run_dir, adapter_dir, None)
     man = manifest_mod.build(
         cfg=to_dict(cfg),
         model=manifest_of(source),
@@ -373,9 +408,11 @@ def train(
         trainable=trainable,
         total=total,
         steps=trainer.state.global_step,
-        tokens_seen=state.total_tokens,
+        tokens_seen=tokens_seen,
         wall_time_s=seconds,
         log_history=trainer.state.log_history,
+        extra={"world_size": dist.world_size(),
+               "effective_batch_size": cfg.train.batch_size * cfg.train.grad_accum * dist.world_size()},
     )
     with atomic_dir(adapter_dir) as tmp:
         trainer.model.save_pretrained(tmp, safe_serialization=True)
@@ -383,4 +420,5 @@ def train(
         atomic_write_json(tmp / "manifest.json", man)
     manifest_mod.plot_loss_curve(man, run_dir / "loss_curve.png")
     log.info("adapter written to %s (%.0f real tokens/s)", adapter_dir, man["tokens_per_s"] or 0)
+    dist.barrier()
     return TrainResult(run_dir, adapter_dir, man)

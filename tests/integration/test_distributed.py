@@ -1,0 +1,89 @@
+"""Data-parallel runs under torchrun on CPU (2 processes, gloo): training writes from rank 0 only and
+resumes; evaluation splits batches across processes and gathers results identical to one process."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.config import dump_yaml, load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def launch(args, nproc=2, cache=None, timeout=900):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    if cache:
+        env["TUNEBENCH_CACHE"] = str(cache)  # separate generation caches: nothing is reused between runs
+    cmd = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+           if nproc > 1 else [sys.executable]) + ["-m", "bench.cli", *args]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
+    assert res.returncode == 0, res.stderr[-4000:]
+    return res
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory, tiny_llama_dir):
+    root = tmp_path_factory.mktemp("ddp")
+    cfg = load_config("smoke", [
+        f"model.ref={tiny_llama_dir}", "train.backend=auto", "train.max_steps=4", "train.save_every=2",
+        "train.gradient_checkpointing=false", "data.max_train=16", "data.max_validation=4", "data.max_test=10",
+        "data.max_length=128", "train.batch_size=2", "train.grad_accum=1", "train.warmup_steps=0",
+        "train.eval_every=0", "eval.lm_eval_tasks=[]",
+        "eval.probe_sampling=[{name: seed, temperature: 1.5, min_p: 0.1, max_new_tokens: 8, n_samples: 2},"
+        " {name: greedy, temperature: 0, max_new_tokens: 8}]", "eval.probe_batch_size=4",
+    ])
+    (root / "cfg.yaml").write_text(dump_yaml(cfg))
+    launch(["train", str(root / "cfg.yaml"), "--out", str(root / "run")])
+    return root
+
+
+def test_ddp_training_writes_once_and_counts_the_whole_job(ddp_run):
+    run = ddp_run / "run"
+    m = json.loads((run / "adapter" / "manifest.json").read_text())
+    assert m["world_size"] == 2 and m["effective_batch_size"] == 4
+    assert m["backend"]["name"] == "hf" and "WORLD_SIZE=2" in m["backend"]["reason"]
+    assert m["steps"] == 4 and m["tokens_seen"] > 0
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["checkpoint-2", "checkpoint-4"]
+    assert len(list((run / "checkpoints" / "checkpoint-2").glob("rng_state_*.pth"))) == 2  # one per rank
+    assert not list(run.rglob("*.tmp")) and not (run / "checkpoints" / ".staging").exists()
+
+
+def test_ddp_resume_on_the_same_world_size_reproduces_the_curve(ddp_run):
+    run = ddp_run / "run"
+    first = json.loads((run / "adapter" / "manifest.json").read_text())["loss_history"]
+    resumed = ddp_run / "resumed"
+    shutil.copytree(run, resumed)
+    shutil.rmtree(resumed / "adapter")
+    shutil.rmtree(resumed / "checkpoints" / "checkpoint-4")
+    launch(["train", str(ddp_run / "cfg.yaml"), "--out", str(resumed), "--resume"])
+    again = json.loads((resumed / "adapter" / "manifest.json").read_text())["loss_history"]
+    assert [p["step"] for p in again] == [1, 2, 3, 4]
+    for a, b in zip(first, again, strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-4)
+
+
+def test_sharded_evaluation_equals_one_process(ddp_run, tmp_path, tiny_llama_dir):
+    run = ddp_run / "run"
+    common = ["--model", str(tiny_llama_dir), "--adapter", str(run / "adapter"), "--data-from", str(run)]
+    launch(["eval", *common, "--out", str(tmp_path / "two.json")], nproc=2, cache=tmp_path / "c2")
+    launch(["eval", *common, "--out", str(tmp_path / "one.json")], nproc=1, cache=tmp_path / "c1")
+    two, one = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("two", "one"))
+    assert two["environment"]["world_size"] == 2 and one["environment"]["world_size"] == 1
+    assert two["inputs"] == one["inputs"]
+    p1, p2 = one["items"]["perplexity/test"], two["items"]["perplexity/test"]
+    assert [(i["id"], i["den"]) for i in p2] == [(i["id"], i["den"]) for i in p1]
+    assert [i["num"] for i in p2] == pytest.approx([i["num"] for i in p1], rel=1e-6)
+    assert sorted(two["items"]) == sorted(one["items"])
+    for key, items in one["items"].items():
+        if key.startswith("probes/"):
+            assert two["items"][key] == items, key
+    t1, t2 = one["artifacts"]["probe_transcripts"], two["artifacts"]["probe_transcripts"]
+    for s in t1["default"]:
+        assert [x["output"] for x in t1["default"][s]] == [x["output"] for x in t2["default"][s]], s
