@@ -481,7 +481,7 @@ def field_docs(cls: type) -> dict[str, str]:
     tree = ast.parse(src)
     docs: dict[str, str] = {}
     body = tree.body[0].body  # type: ignore[attr-defined]
-    for a, b in zip(body, body[1:]):
+    for a, b in zip(body, body[1:], strict=False):
         if isinstance(a, ast.AnnAssign) and isinstance(a.target, ast.Name):
             if isinstance(b, ast.Expr) and isinstance(getattr(b, "value", None), ast.Constant):
                 docs[a.target.id] = str(b.value.value)

@@ -5,8 +5,9 @@ No Llama 3.2 checkpoint or tokenizer is reachable offline, and speed does not de
 weights, so a shape is the published config with random bf16 weights, saved once as safetensors so that
 every benchmark process loads the identical model with ``from_pretrained``. The tokenizer is the packaged
 SmolLM2 one with the Llama 3 special tokens added: the shipped ``llama-3.1`` template then renders and
-tokenizes with real marker tokens (Unsloth's ``train_on_responses_only`` needs that), but token counts are
-SmolLM2's, not Llama 3's (its 49k vocabulary splits text into somewhat more tokens than Llama 3's 128k one).
+tokenizes with real marker tokens (Unsloth's ``train_on_responses_only`` needs that), and Llama 3's
+pre-tokenizer split; but token counts are SmolLM2's, not Llama 3's (its 49k vocabulary splits text into
+somewhat more tokens than Llama 3's 128k one).
 """
 
 from __future__ import annotations
@@ -50,6 +51,10 @@ PUBLISHED_PARAMS = {"llama-3.2-1b": 1_235_814_400, "llama-3.2-3b": 3_212_749_824
 # llama-3.1 template's markers are single special tokens, as they are for the real model.
 LLAMA3_SPECIAL = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
                   "<|eot_id|>", "<|eom_id|>", "<|python_tag|>", "<|finetune_right_pad_id|>"]
+# Llama 3's pre-tokenizer split (its tokenizer.json): unlike SmolLM2's GPT-2 split it keeps a run of newlines
+# together, so "<|end_header_id|>\n\n" + text tokenizes as the marker alone does, as it does for Llama 3.
+LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
+                r"\s*[\r\n]+|\s+(?!\S)|\s+")
 SHAPE_MARKER = "tunebench_shape.json"
 
 
@@ -110,24 +115,32 @@ def standin_tokenizer(source: str | Path | None = None) -> Any:
             SmolLM2 tokenizer.
 
     Returns:
-        The tokenizer, with bos ``<|begin_of_text|>``, eos ``<|eot_id|>``, pad ``<|finetune_right_pad_id|>``
-        and the llama-3.1 chat template. Adding the tokens again to an already converted one changes nothing.
+        The tokenizer, with bos ``<|begin_of_text|>``, eos ``<|eot_id|>``, pad ``<|finetune_right_pad_id|>``,
+        Llama 3's pre-tokenizer split and the llama-3.1 chat template. Converting an already converted one
+        changes nothing.
 
     Raises:
         ShapeError: the folder cannot be loaded, or its vocabulary would not fit the 128,256-row embedding.
     """
+    from tokenizers import Regex, pre_tokenizers
     from transformers import AutoTokenizer
 
     from train.models import template_text
 
     src = str(source) if source is not None else default_tokenizer_source()
     try:
-        tok = AutoTokenizer.from_pretrained(src)
+        tok = AutoTokenizer.from_pretrained(src, clean_up_tokenization_spaces=False)
     except (OSError, ValueError) as e:
         raise ShapeError(f"--tokenizer {src}: cannot load a tokenizer there ({e}); give a tokenizer folder") from None
     tok.add_special_tokens({"extra_special_tokens": LLAMA3_SPECIAL}, replace_extra_special_tokens=False)
     tok.bos_token, tok.eos_token, tok.pad_token = "<|begin_of_text|>", "<|eot_id|>", "<|finetune_right_pad_id|>"
     tok.chat_template = template_text("llama-3.1")
+    # Without this, "\n\n" before text becomes two tokens but one in the bare marker, and Unsloth's
+    # train_on_responses_only labels differ from the shared mask on every conversation.
+    tok.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False),
+    ])
     if len(tok) > SHAPES["llama-3.2-1b"]["vocab_size"]:
         raise ShapeError(f"--tokenizer {src}: {len(tok)} tokens do not fit Llama 3's 128,256-row embedding")
     return tok

@@ -196,6 +196,15 @@ def _num(x: Any, pattern: str = "{:,}") -> str | None:
     return pattern.format(x)
 
 
+def _utc(ts: Any) -> str | None:
+    """A Unix time as an ISO UTC timestamp (manifests store seconds since the epoch)."""
+    import datetime
+
+    if not isinstance(ts, (int, float)):
+        return ts
+    return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
 def training_summary(m: dict[str, Any]) -> str | None:
     """Key facts of the training manifest as a two-column table."""
     cfg = m.get("config") or {}
@@ -237,7 +246,7 @@ def training_summary(m: dict[str, Any]) -> str | None:
         ("Final validation loss", _num(evals[-1].get("eval_loss"), "{:.4f}") if evals else None),
         ("Data fingerprint", _get(m, "data", "fingerprint")),
         ("Git commit", m.get("git_commit")),
-        ("Created", m.get("created")),
+        ("Created", _utc(m.get("created"))),
     ], headers=("Training", ""))
 
 

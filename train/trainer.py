@@ -272,7 +272,9 @@ def sft_config(cfg: RunConfig, ckpt_dir: Path, backend: str, has_val: bool, dtyp
         use_cpu=not cuda,
         bf16=cuda and dtype == torch.bfloat16,
         fp16=cuda and dtype == torch.float16,
-        max_length=cfg.data.max_length,
+        # the data step already cut every conversation to data.max_length; TRL refuses padding_free with a
+        # max_length it cannot enforce without packing, so only pass it where it acts
+        max_length=None if (t.padding_free and not t.packing) else cfg.data.max_length,
         packing=t.packing,
         padding_free=t.padding_free,
         gradient_checkpointing=backend == "hf" and t.gradient_checkpointing,

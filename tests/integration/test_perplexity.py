@@ -31,7 +31,7 @@ def test_batched_perplexity_equals_direct_computation(smol_base, smol_adapter_ru
     items, _ = score(smol_base.model, encoded, batch_tokens=600, pad_id=smol_base.tokenizer.pad_token_id,
                      progress=False)
     assert [i["id"] for i in items] == [e.id for e in encoded]
-    for e, item in zip(encoded, items):
+    for e, item in zip(encoded, items, strict=True):
         nll, n = direct_nll(smol_base.model, e)
         assert item["den"] == n == e.n_assistant - (1 if e.labels[0] != -100 else 0)
         assert item["num"] == pytest.approx(nll, rel=2e-4)

@@ -142,7 +142,7 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_reproduces_the_curve(tmp_path, tin
     resumed = train(tiny_cfg(tiny_llama_dir), tmp_path / "cut", resume=True).manifest
     assert [p["step"] for p in resumed["loss_history"]] == [1, 2, 3, 4, 5, 6]
     # same seed, same data order, restored RNG and optimizer state: the curve matches to 1e-4 (stated tolerance)
-    for a, b in zip(full, resumed["loss_history"]):
+    for a, b in zip(full, resumed["loss_history"], strict=True):
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-4), (a, b)
     assert resumed["tokens_seen"] == train(tiny_cfg(tiny_llama_dir), tmp_path / "full", resume=True).manifest[
         "tokens_seen"]
@@ -187,3 +187,13 @@ def test_export_merged_loads_without_peft(tmp_path, tiny_llama_dir):
         plain = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)(x).logits
     assert torch.allclose(a, b, atol=1e-4)
     assert not torch.allclose(a, plain, atol=1e-4)  # the adapter is really in there
+
+
+def test_padding_free_gives_the_padded_loss(tmp_path, tiny_llama_dir):
+    """One flattened row per batch (block-causal mask from position_ids) computes the same loss as padding."""
+    args = ["train.max_steps=2", "train.save_every=0", "train.batch_size=4"]
+    padded = train(tiny_cfg(tiny_llama_dir, *args), tmp_path / "padded").manifest
+    free = train(tiny_cfg(tiny_llama_dir, *args, "train.padding_free=true"), tmp_path / "free").manifest
+    for a, b in zip(padded["loss_history"], free["loss_history"], strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], abs=2e-4)
+    assert free["tokens_seen"] == padded["tokens_seen"]  # real tokens only, either way

@@ -117,7 +117,7 @@ def test_caps_take_lowest_hashes():
 
 def _labelled_runs(e):
     runs, cur = [], []
-    for i, lab in zip(e.input_ids, e.labels):
+    for i, lab in zip(e.input_ids, e.labels, strict=True):
         if lab != -100:
             assert lab == i
             cur.append(i)

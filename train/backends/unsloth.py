@@ -81,7 +81,7 @@ class UnslothBackend:
                 f"does not occur as tokens in the rendered text (template {info.name!r})"
             )
         ours = [e.labels for e in prepared.encoded["train"]]
-        same = sum(1 for a, b in zip(labels, ours) if list(a) == list(b))
+        same = sum(1 for a, b in zip(labels, ours, strict=False) if list(a) == list(b))
         trainer._tunebench_mask_agreement = same / max(1, len(ours))
         if same < len(ours):
             log.warning("Unsloth's response mask differs from the shared mask on %d of %d conversations",

@@ -1,0 +1,256 @@
+"""The speed benchmarks' CPU-checkable parts: published shapes, the stand-in tokenizer, the arithmetic, the
+reports, the no-CUDA exit, and the data export; plus one small end-to-end run on a GPU."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from bench import speed
+from bench.evalspeed import eval_targets, fixed_length_prompts, render_eval_md
+from bench.shapes import PUBLISHED_PARAMS, count_params, shape_config, standin_tokenizer
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+@pytest.fixture(scope="module")
+def standin():
+    return standin_tokenizer()
+
+
+# ----------------------------------------------------------------------------- shapes and tokenizer
+
+
+@pytest.mark.parametrize("name", ["llama-3.2-1b", "llama-3.2-3b"])
+def test_shapes_have_the_published_parameter_counts(name):
+    cfg = shape_config(name)
+    assert cfg.tie_word_embeddings and cfg.vocab_size == 128256 and cfg.num_key_value_heads == 8
+    assert cfg.max_position_embeddings == 131072 and cfg.rope_parameters["rope_theta"] == 500000.0
+    assert count_params(cfg) == PUBLISHED_PARAMS[name]  # built on the meta device: nothing is allocated
+
+
+def test_published_counts_are_the_known_sizes():
+    assert PUBLISHED_PARAMS["llama-3.2-1b"] == pytest.approx(1.236e9, rel=1e-3)
+    assert PUBLISHED_PARAMS["llama-3.2-3b"] == pytest.approx(3.21e9, rel=1e-3)
+
+
+def test_unknown_shape_names_the_known_ones():
+    with pytest.raises(ValueError, match="did you mean 'llama-3.2-1b'"):
+        shape_config("llama-3.2-1B")
+
+
+def test_standin_tokenizer_renders_llama31_with_real_marker_tokens(standin):
+    from train.data import template_info
+
+    tok = standin
+    info = template_info(tok, "llama-3.1")
+    assert info.end_of_turn == "<|eot_id|>"
+    assert info.response_part == "<|start_header_id|>assistant<|end_header_id|>\n\n"
+    assert info.instruction_part == "<|start_header_id|>user<|end_header_id|>\n\n"
+    text = tok.apply_chat_template([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}],
+                                   tokenize=False)
+    assert text.startswith("<|begin_of_text|><|start_header_id|>system<|end_header_id|>")
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert max(ids) < 128256 and len(tok) < 128256
+    for marker in ("<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"):
+        assert tok.convert_tokens_to_ids(marker) in ids  # one special token each, not split text
+    assert tok.bos_token == "<|begin_of_text|>" and tok.eos_token == "<|eot_id|>"
+
+
+def test_standin_tokenizer_keeps_newlines_together_as_llama3_does(standin):
+    # the marker's trailing "\n\n" must tokenize the same alone and before text, or Unsloth's response mask
+    # (which searches for the marker's tokens) and the shared mask disagree
+    marker = standin("<|end_header_id|>\n\n", add_special_tokens=False)["input_ids"]
+    before_text = standin("<|end_header_id|>\n\nHello", add_special_tokens=False)["input_ids"]
+    assert before_text[: len(marker)] == marker
+
+
+def test_fixed_length_prompts_have_exactly_the_asked_length(standin):
+    from evals.generation import render_prompt
+    from train.data import Conversation
+
+    long_text = " ".join(f"word{i}" for i in range(200))
+    convs = [Conversation(id=str(i), messages=[{"role": "user", "content": f"{i} {long_text}"},
+                                               {"role": "assistant", "content": "ok"}]) for i in range(5)]
+    convs.insert(0, Conversation(id="short", messages=[{"role": "user", "content": "hi"},
+                                                        {"role": "assistant", "content": "ok"}]))
+    prompts, info = fixed_length_prompts(standin, convs, 8, 64)
+    assert len(prompts) == 8 and info["distinct"] == 5  # the short one is passed over; the rest repeat
+    assert all(len(render_prompt(standin, p)) == 64 for p in prompts)
+    with pytest.raises(ValueError, match="template alone"):
+        fixed_length_prompts(standin, convs, 2, 10)
+
+
+# ----------------------------------------------------------------------------- arithmetic
+
+
+def test_mfu_arithmetic():
+    # 6 * 1e9 params * 1e4 tokens/s = 6e13 FLOP/s against 100 TFLOP/s
+    assert speed.mfu(1_000_000_000, 10_000, 100.0) == pytest.approx(0.6)
+    assert speed.mfu(1_000_000_000, 10_000, 100.0, flops_per_param_token=2.0) == pytest.approx(0.2)
+    assert speed.mfu(1, 1.0, None) is None
+
+
+def test_summarize_steps_excludes_warmup_and_counts_real_tokens():
+    # (step, time, cumulative real tokens, cumulative positions); steps 1-2 are warm-up
+    marks = [(0, 0.0, 0, 0), (1, 10.0, 100, 200), (2, 11.0, 200, 400), (3, 12.0, 1200, 1600),
+             (4, 14.0, 2200, 2800), (5, 15.0, 3200, 4000)]
+    s = speed.summarize_steps(marks, warmup=2)
+    assert s["measured_steps"] == 3 and s["seconds"] == 4.0 and s["real_tokens"] == 3000
+    assert s["real_tokens_per_s"] == 750.0 and s["positions_per_s"] == 900.0
+    assert s["step_s_median"] == 1.0 and s["step_s_p90"] == pytest.approx(1.8)
+    assert s["padding_fraction"] == pytest.approx(1 - 3000 / 3600, abs=1e-4)
+    with pytest.raises(ValueError, match="warm-up"):
+        speed.summarize_steps(marks[:3], warmup=2)
+
+
+def test_percentile_and_point_pairing():
+    assert speed.percentile([1, 2, 3, 4], 50) == 2.5
+    assert speed.points_of([2, 8, 16], [4]) == [(2, 4), (8, 4), (16, 4)]
+    assert speed.points_of([2, 16], [4, 1]) == [(2, 4), (16, 1)]
+    with pytest.raises(ValueError, match="one per batch size"):
+        speed.points_of([2, 8, 16], [4, 1])
+
+
+# ----------------------------------------------------------------------------- reports
+
+
+def _speed_results():
+    row = {"status": "ok", "shape": "llama-3.2-1b", "point": 0, "batch_size": 2, "grad_accum": 4,
+           "measured_steps": 40, "positions_per_s": 0, "step_s_median": 1.0, "step_s_p10": 0.9, "step_s_p90": 1.2,
+           "steady_peak_allocated_gib": 1.0, "peak_reserved_gib": 2.0}
+    return {
+        "created": "2026-11-27T00:00:00Z", "command": "tunebench bench speed",
+        "card": {"name": "NVIDIA H100 80GB HBM3", "memory_gib": 79.1, "capability": "9.0"},
+        "environment": {"python": "3.12.3", "cuda": "13.0", "torch": "2.11.0", "transformers": "5.17.0",
+                        "trl": "1.15.0", "peft": "0.21.0", "unsloth": "2026.10.9", "bitsandbytes": "0.50.2"},
+        "calibration": {"peak_tflops": 700.0, "datasheet_tflops": 989.4, "method": "torch.mm"},
+        "settings": {"quantization": "4-bit nf4", "lora": {"r": 16, "alpha": 16, "targets": ["q_proj"]},
+                     "max_length": 2048, "warmup_steps": 6, "measured_steps_first_point": 40,
+                     "first_point_is_seed_settings": True, "backends": {"unsloth": "u", "hf": "h"}},
+        "shapes": {"llama-3.2-1b": {"params": 1_235_814_400, "weights": "random init"}},
+        "rows": [dict(row, backend="unsloth", real_tokens_per_s=14000.0, real_tokens=1000, peak_allocated_gib=1.5,
+                      mfu=0.148, mask_agreement=1.0),
+                 dict(row, backend="hf", real_tokens_per_s=10000.0, real_tokens=1000, peak_allocated_gib=3.0, mfu=0.1),
+                 {"status": "error", "shape": "llama-3.2-1b", "backend": "hf-padfree", "point": 0, "batch_size": 2,
+                  "grad_accum": 4, "error": "ValueError: padding_free | max_length"}],
+    }
+
+
+def test_speed_ratios_and_targets():
+    res = _speed_results()
+    (ratio,) = speed.speed_ratios(res["rows"])
+    assert ratio["backend"] == "unsloth" and ratio["real_tokens_per_s_ratio"] == 1.4
+    assert ratio["peak_allocated_ratio"] == 0.5 and ratio["same_tokens"]
+    t = {x["target"].split()[1]: x for x in speed.speed_targets(res["rows"], ["llama-3.2-1b"])}
+    assert t["real"]["met"] is True and t["real"]["margin"] == pytest.approx(0.1)
+    assert t["peak"]["met"] is True and t["peak"]["value"] == 0.5
+    mfu_target = next(x for x in speed.speed_targets(res["rows"], ["llama-3.2-1b"]) if "MFU" in x["target"])
+    assert mfu_target["met"] is False and mfu_target["where"] == "unsloth 2x4"
+    none = speed.speed_targets([], ["llama-3.2-1b"])
+    assert all(x["met"] is None for x in none)
+
+
+def test_speed_markdown_has_card_versions_settings_rows_and_targets(tmp_path):
+    res = _speed_results()
+    speed.write_speed(res, tmp_path)
+    md = (tmp_path / "speed.md").read_text()
+    data = json.loads((tmp_path / "speed.json").read_text())
+    assert data["targets"] and data["ratios"]
+    for needle in ("NVIDIA H100 80GB HBM3", "torch 2.11.0", "transformers 5.17.0", "trl 1.15.0", "peft 0.21.0",
+                   "unsloth 2026.10.9", "bitsandbytes 0.50.2", "700 TFLOP/s", "r=16", "max length 2048",
+                   "Random weights", "stand-in tokenizer", "| unsloth | 2 × 4 | 14,000 |", "1.40",
+                   "error: ValueError: padding_free / max_length", "## Targets", "**yes**", "**no**"):
+        assert needle in md, needle
+
+
+def test_eval_markdown_and_targets():
+    res = {k: v for k, v in _speed_results().items() if k not in ("rows", "settings")}
+    res["settings"] = {"dtype": "bfloat16", "attention": "sdpa", "max_length": 2048, "ppl_batch_tokens": [16384],
+                       "ppl_conversations": 500, "gen_batch": 64, "gen_batches": 2, "prompt_tokens": 64,
+                       "new_tokens": 128, "lora": {"r": 16, "alpha": 16, "targets": ["q_proj"], "init": "random"}}
+    res["rows"] = [
+        {"shape": "llama-3.2-1b", "variant": "base", "kind": "perplexity", "batch_tokens": 16384,
+         "input_tokens": 1000, "tokens_per_s": 100000.0, "cold_tokens_per_s": 50000.0, "mfu": 0.5,
+         "mfu_actual_work": 0.45, "peak_allocated_gib": 7.0},
+        {"shape": "llama-3.2-1b", "variant": "base", "kind": "generation", "sampling": "seed", "batch": 64,
+         "new_tokens": 8192, "new_tokens_per_s": 2500.0, "cold_new_tokens_per_s": 2000.0, "ms_per_step": 25.0,
+         "rows_x_steps_per_s": 2500.0, "peak_allocated_gib": 3.0},
+    ]
+    targets = eval_targets(res["rows"], ["llama-3.2-1b"], 64)
+    by = {t["target"]: t for t in targets}
+    assert by["perplexity MFU (2·N·tokens/s) >= 45% [base]"]["met"] is True
+    assert by["generation new tokens/s >= 3,000 [base, seed]"]["met"] is False
+    assert by["perplexity MFU (2·N·tokens/s) >= 45% [lora]"]["met"] is None
+    res["targets"] = targets
+    md = render_eval_md(res)
+    for needle in ("NVIDIA H100 80GB HBM3", "peft 0.21.0", "128 prompts of 64 tokens",
+                   "| base | 16,384 | 1,000 | 100,000 (50,000) | 50.0% |", "| base | seed | 64 | 8,192 | 2,500 (2,000) |"):
+        assert needle in md, needle
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+@pytest.mark.skipif(_cuda(), reason="checks the behaviour without CUDA")
+@pytest.mark.parametrize("command", ["speed", "eval"])
+def test_without_cuda_speed_and_eval_exit_3_and_say_why(command, capsys, tmp_path):
+    assert speed.main([command, "--out", str(tmp_path / "out")]) == speed.EXIT_NO_CUDA
+    assert "needs a CUDA GPU; measured numbers only come from one" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_flag_values_are_named():
+    import argparse
+
+    with pytest.raises(argparse.ArgumentTypeError, match="--batch-size"):
+        speed.parse_int_list("2,x", "--batch-size")
+    with pytest.raises(ValueError, match="did you mean 'unsloth'"):
+        speed._names("unslot", speed.BACKENDS, "--backends")
+
+
+def test_export_data_writes_sharegpt_jsonl_that_read_source_reads_back(tmp_path):
+    from bench.config import DataConfig
+    from train.data import standardize_and_split
+    from train.sources import read_source
+
+    out = tmp_path / "convs.jsonl"
+    assert speed.main(["export-data", "--n", "25", "--out", str(out)]) == 0
+    lines = out.read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 25
+    first = json.loads(lines[0])
+    assert set(first) == {"id", "conversations"} and {"from", "value"} == set(first["conversations"][0])
+    raw = read_source(str(out))
+    assert len(raw.records) == 25 and not raw.warnings and not raw.malformed
+    std = standardize_and_split(raw, DataConfig(source=str(out), max_validation=0, max_test=0))
+    assert len(std.splits["train"]) == 25 and sum(std.dropped.values()) == 0  # same content hash: all land in train again
+
+
+# ----------------------------------------------------------------------------- on a GPU
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_speed_end_to_end_on_a_tiny_shape(tmp_path):
+    """Both backends through the suite's train() on a 2-layer shape, a few steps each.
+
+    Where the packaged model and data are not installed (the GPU machine), point TUNEBENCH_SPEED_TOKENIZER and
+    TUNEBENCH_SPEED_DATA at what `export-tokenizer` and `export-data` wrote.
+    """
+    inputs = ["--data", os.environ.get("TUNEBENCH_SPEED_DATA", "packaged:sharegpt-v3")]
+    if os.environ.get("TUNEBENCH_SPEED_TOKENIZER"):
+        inputs += ["--tokenizer", os.environ["TUNEBENCH_SPEED_TOKENIZER"]]
+    code = speed.main(["speed", "--shape", "tiny", "--backends", "unsloth,hf", "--steps", "2", "--warmup", "1",
+                       "--max-length", "512", "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work"),
+                       *inputs])
+    data = json.loads((tmp_path / "out" / "speed.json").read_text())
+    assert code == 0, [r.get("error") for r in data["rows"]]
+    assert {r["backend"] for r in data["rows"]} == {"unsloth", "hf"}
+    assert all(r["real_tokens_per_s"] > 0 and r["peak_allocated_gib"] > 0 for r in data["rows"])
+    assert (tmp_path / "out" / "speed.md").exists() and data["calibration"]["peak_tflops"] > 0
