@@ -28,7 +28,9 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from bench import dist
 from bench.io import atomic_write_json, atomic_write_text, cache_root, read_json
+from bench.scaling import combine_rank_marks, render_scaling, scaling_rows, worker_command
 from bench.shapes import export_data, load_prepared
 
 log = logging.getLogger("tunebench.speed")
@@ -238,10 +240,15 @@ def run_train_point(spec: dict[str, Any]) -> dict[str, Any]:
     result = train(cfg, spec["run_dir"], overwrite=True, prepared=prepared, extra_callbacks=[timer])
     wall = time.perf_counter() - t0
     man = result.manifest or {}
-    row = summarize_steps(timer.marks, spec["warmup"])
+    marks = timer.marks
+    if dist.world_size() > 1:
+        marks = combine_rank_marks(dist.gather(timer.marks))
+    row = summarize_steps(marks, spec["warmup"])
+    row["world_size"] = dist.world_size()
     row.update(timer.memory_summary())
-    row["mfu"] = mfu(spec["params"], row["real_tokens_per_s"], spec.get("peak_tflops"))
-    row["mfu_datasheet"] = mfu(spec["params"], row["real_tokens_per_s"], spec.get("datasheet_tflops"))
+    per_gpu = row["real_tokens_per_s"] / dist.world_size()  # MFU is per card: N cards have N times the peak
+    row["mfu"] = mfu(spec["params"], per_gpu, spec.get("peak_tflops"))
+    row["mfu_datasheet"] = mfu(spec["params"], per_gpu, spec.get("datasheet_tflops"))
     row.update({
         "backend_used": (man.get("backend") or {}).get("name"),
         "mask_agreement": (man.get("backend") or {}).get("mask_agreement_with_shared"),
@@ -286,6 +293,8 @@ def worker_main(spec_arg: str) -> int:
         result = {"status": "error", "error": f"{type(e).__name__}: {str(e)[:2000]}", "traceback": tb[-25:]}
         log.error("worker %s failed: %s", spec.get("label"), result["error"])
     result["process_wall_s"] = round(time.perf_counter() - t0, 1)
+    if int(os.environ.get("RANK", "0")) != 0:  # a data-parallel worker: rank 0 writes the job's row
+        return 0 if result["status"] == "ok" else 1
     atomic_write_json(spec["result"], result)
     return 0 if result["status"] == "ok" else 1
 
@@ -322,7 +331,7 @@ def spawn(spec: dict[str, Any], work: Path, budget: Budget, min_seconds: float =
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     print(f"\n=== {label}: starting worker ({left:.0f} s of budget left) ===", flush=True)
     t0 = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "bench.speed", "worker", str(spec_path)], env=env,
+    proc = subprocess.Popen(worker_command(str(spec_path), spec.get("world_size", 1)), env=env,
                             start_new_session=True)  # its own group: a timeout ends it and its children
     try:
         code = proc.wait(timeout=left)
@@ -403,6 +412,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--sweep-backends", default="unsloth,hf",
                    help="backends run at the points after the first (any of the above)")
     s.add_argument("--no-4bit", action="store_true", help="bf16 LoRA instead of QLoRA")
+    s.add_argument("--world-size", type=int, default=1,
+                   help="also run hf data-parallel under torchrun on this many GPUs and report scaling efficiency")
     s = sub.add_parser("eval", help="evaluation speed: perplexity and batched generation, GPU only")
     common_flags(s)
     s.add_argument("--ppl-batch-tokens", default="16384,65536", help="perplexity batch-token budgets (a list sweeps)")
@@ -516,6 +527,7 @@ def run_speed(args: argparse.Namespace) -> int:
     peak = (setup_res.get("calibration") or {}).get("peak_tflops")
     sheet = (setup_res.get("calibration") or {}).get("datasheet_tflops")
     need = max((args.warmup + (args.steps if i == 0 else args.sweep_steps)) * b * a for i, (b, a) in enumerate(points))
+    need *= max(1, args.world_size)  # each data-parallel process reads its own conversations
     need += need // 10 + 8  # a few conversations lose every assistant token at max_length and are dropped
     data: dict[str, Any] = {}
     for name, s in shapes.items():
@@ -539,6 +551,21 @@ def run_speed(args: argparse.Namespace) -> int:
                 row.update(spawn(spec, work, budget))
                 results["rows"].append(row)
                 write_speed(results, out)
+    if args.world_size > 1:  # hf under torchrun at the first point, against its one-process row above
+        bs, ga = points[0]
+        for name, s in shapes.items():
+            label = f"{name}-hf-{bs}x{ga}-ddp{args.world_size}"
+            spec = {"kind": "train", "label": label, "shape": name, "backend": "hf", "model_dir": s["path"],
+                    "chat_template": s["chat_template"], "prepared": str(s["prepared"]), "data_source": args.data,
+                    "batch_size": bs, "grad_accum": ga, "max_length": args.max_length, "warmup": args.warmup,
+                    "steps": args.steps, "r": args.r, "alpha": args.alpha, "targets": args.lora_targets.split(","),
+                    "load_in_4bit": not args.no_4bit, "params": s["info"]["params"], "peak_tflops": peak,
+                    "datasheet_tflops": sheet, "run_dir": str(work / "runs" / label), "world_size": args.world_size}
+            row = {"shape": name, "backend": "hf", "point": 0, "batch_size": bs, "grad_accum": ga,
+                   "max_length": args.max_length, "r": args.r, "world_size": args.world_size}
+            row.update(spawn(spec, work, budget))
+            results["rows"].append(row)
+            write_speed(results, out)
     ok = all(r["status"] == "ok" for r in results["rows"])
     print(f"\nresults: {out / 'speed.json'} and {out / 'speed.md'}" + ("" if ok else " (some rows failed or were skipped)"))
     return EXIT_OK if ok else EXIT_INCOMPLETE
@@ -547,7 +574,7 @@ def run_speed(args: argparse.Namespace) -> int:
 def speed_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Every backend against hf at the same shape and point (same invocation, same card, same batches)."""
     out = []
-    ok = [r for r in rows if r.get("status") == "ok"]
+    ok = [r for r in rows if r.get("status") == "ok" and r.get("world_size", 1) == 1]
     for base in (r for r in ok if r["backend"] == "hf"):
         for r in ok:
             if r is base or (r["shape"], r["point"]) != (base["shape"], base["point"]):
@@ -582,7 +609,7 @@ def speed_targets(rows: list[dict[str, Any]], shapes: list[str]) -> list[dict[st
     out = []
     for shape in shapes:
         ok = [r for r in rows if r.get("status") == "ok" and r["shape"] == shape]
-        first = {r["backend"]: r for r in ok if r["point"] == 0}
+        first = {r["backend"]: r for r in ok if r["point"] == 0 and r.get("world_size", 1) == 1}
         h = first.get("hf")
         why = "needs ok unsloth and hf rows at the first point"
         for name in [b for b in first if b.startswith("unsloth")] or ["unsloth"]:
@@ -605,6 +632,7 @@ def write_speed(results: dict[str, Any], out: Path) -> None:
     """speed.json (the source of truth), then speed.md rendered from it; both atomically."""
     results["ratios"] = speed_ratios(results["rows"])
     results["targets"] = speed_targets(results["rows"], list(results.get("shapes", {})))
+    results["scaling"] = scaling_rows(results["rows"])
     atomic_write_json(out / "speed.json", results)
     atomic_write_text(out / "speed.md", render_speed_md(results))
 
@@ -690,6 +718,7 @@ def render_speed_md(results: dict[str, Any]) -> str:
                          f"{_f(q['real_tokens_per_s_ratio'], '.2f')} | {_f(q['peak_allocated_ratio'], '.2f')} | "
                          f"{_f(q['peak_reserved_ratio'], '.2f')} | {'yes' if q['same_tokens'] else 'no'} |")
         lines.append("")
+    lines += render_scaling(results.get("scaling") or [])
     lines += target_table(results.get("targets") or [])
     return "\n".join(lines) + "\n"
 

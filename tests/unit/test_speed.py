@@ -254,3 +254,34 @@ def test_speed_end_to_end_on_a_tiny_shape(tmp_path):
     assert {r["backend"] for r in data["rows"]} == {"unsloth", "hf"}
     assert all(r["real_tokens_per_s"] > 0 and r["peak_allocated_gib"] > 0 for r in data["rows"])
     assert (tmp_path / "out" / "speed.md").exists() and data["calibration"]["peak_tflops"] > 0
+
+
+# ----------------------------------------------------------------------------- data-parallel scaling
+
+
+def test_world_size_launches_torchrun_and_scaling_is_computed_from_one_invocation():
+    import sys
+
+    from bench.scaling import combine_rank_marks, render_scaling, scaling_rows, worker_command
+
+    assert worker_command("s.json", 1) == [sys.executable, "-m", "bench.speed", "worker", "s.json"]
+    cmd = worker_command("s.json", 2)
+    assert cmd[:3] == [sys.executable, "-m", "torch.distributed.run"] and "--nproc_per_node=2" in cmd
+    assert cmd[-4:] == ["-m", "bench.speed", "worker", "s.json"]
+    # rank 0's clock, every rank's tokens
+    marks = combine_rank_marks([[(0, 0.0, 0, 0), (1, 1.0, 100, 120)], [(0, 0.1, 0, 0), (1, 1.2, 80, 120)]])
+    assert marks == [(0, 0.0, 0, 0), (1, 1.0, 180, 240)]
+    rows = [
+        {"status": "ok", "shape": "s", "backend": "hf", "point": 0, "batch_size": 2, "grad_accum": 4,
+         "real_tokens_per_s": 1000.0},
+        {"status": "ok", "shape": "s", "backend": "hf", "point": 0, "batch_size": 2, "grad_accum": 4,
+         "real_tokens_per_s": 1800.0, "world_size": 2},
+    ]
+    (s,) = scaling_rows(rows)
+    assert (s["speedup"], s["efficiency"], s["effective_batch_n"]) == (1.8, 0.9, 16)
+    assert "90%" in "\n".join(render_scaling([s]))
+    # the one-process ratios and targets ignore the data-parallel row
+    from bench.speed import speed_ratios, speed_targets
+
+    assert speed_ratios(rows) == []
+    assert all(t["value"] is None for t in speed_targets(rows, ["s"]) if "÷ hf" in t["target"])
