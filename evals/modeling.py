@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.io import sha256_file
-from train.models import ModelError, ModelSource, hub_error, load_tokenizer, resolve_model
+from train.models import ModelError, ModelSource, load_causal_lm, load_tokenizer, resolve_model
 
 log = logging.getLogger(__name__)
 
@@ -143,14 +143,10 @@ def load_for_eval(
     Raises:
         ModelError / AdapterError: with a message that says what to do.
     """
-    from transformers import AutoModelForCausalLM
-
     source = model_ref if isinstance(model_ref, ModelSource) else resolve_model(model_ref)
     dev = pick_device(device)
     torch_dtype = pick_dtype(dtype, dev)
-    adapter_cfg, adapter_sha = (None, None)
-    if adapter is not None:
-        adapter_cfg, adapter_sha = check_adapter(adapter, source)
+    adapter_sha = check_adapter(adapter, source)[1] if adapter is not None else None
     if adapter is not None and (Path(adapter) / "tokenizer_config.json").exists():
         # the adapter folder carries the tokenizer + template it was trained with: use exactly that
         from transformers import AutoTokenizer
@@ -159,25 +155,7 @@ def load_for_eval(
         template_name = adapter_manifest(adapter).get("template", {}).get("name", template)
     else:
         tok, template_name = load_tokenizer(source, template, trust_remote_code)
-    kwargs: dict[str, Any] = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code}
-    if load_in_4bit:
-        if not dev.startswith("cuda"):
-            raise ModelError("4-bit loading needs CUDA (bitsandbytes); set model.load_in_4bit=off on CPU")
-        from transformers import BitsAndBytesConfig
-
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch_dtype,
-            bnb_4bit_use_double_quant=True,
-        )
-        kwargs["device_map"] = {"": dev}
-    try:
-        model = AutoModelForCausalLM.from_pretrained(source.path, revision=source.revision, **kwargs)
-    except OSError as e:
-        if source.kind == "hub":
-            raise hub_error(source.ref, e) from None
-        raise ModelError(f"{source.path}: cannot load the model ({e})") from None
-    if not load_in_4bit:
-        model.to(dev)
+    model = load_causal_lm(source, torch_dtype, load_in_4bit, dev, trust_remote_code)
     if adapter is not None:
         from peft import PeftModel
 

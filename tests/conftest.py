@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 import pytest
+
+# shared test data builders (tests/fixtures/synthetic.py) import as `synthetic`
+sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")

@@ -255,6 +255,37 @@ def template_sha(tok: Any) -> str:
     return fingerprint(tok.chat_template or "")
 
 
+def load_causal_lm(source: ModelSource, dtype: Any, load_in_4bit: bool, device: str,
+                   trust_remote_code: bool = False) -> Any:
+    """Base weights for training or evaluation: bitsandbytes nf4 (double quant) on ``device`` when asked.
+
+    Raises:
+        ModelError: 4-bit without CUDA, or a model that cannot be loaded (hub errors say how to go offline).
+    """
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": trust_remote_code}
+    if load_in_4bit:
+        if not device.startswith("cuda"):
+            raise ModelError("4-bit loading needs CUDA (bitsandbytes); set model.load_in_4bit=off on CPU")
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype,
+            bnb_4bit_use_double_quant=True,
+        )
+        kwargs["device_map"] = {"": device}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source.path, revision=source.revision, **kwargs)
+    except OSError as e:
+        if source.kind == "hub":
+            raise hub_error(source.ref, e) from None
+        raise ModelError(f"{source.path}: cannot load the model ({e})") from None
+    if not load_in_4bit:  # bitsandbytes placed the 4-bit weights already
+        model.to(device)
+    return model
+
+
 def manifest_of(source: ModelSource) -> dict[str, Any]:
     """What a results or manifest file records about the base model."""
     d = source.to_dict()

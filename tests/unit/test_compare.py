@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
+import synthetic  # tests/fixtures/synthetic.py (on sys.path via conftest)
 
 from evals.results import Metric, Results
 from reports import stats
@@ -21,18 +19,6 @@ from reports.compare import (
     leaderboard,
     leaderboard_from_runs,
 )
-
-
-def _load_synthetic():
-    name = "tunebench_test_synthetic"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "fixtures" / "synthetic.py")
-        sys.modules[name] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(sys.modules[name])
-    return sys.modules[name]
-
-
-synthetic = _load_synthetic()
 
 
 @pytest.fixture(scope="module")

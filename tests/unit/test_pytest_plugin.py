@@ -2,30 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import synthetic  # tests/fixtures/synthetic.py (on sys.path via conftest)
 
 from reports.compare import compare, fmt, fmt_interval
 
 pytest_plugins = ["pytester"]
 
 QUALITY_TESTS = Path(__file__).resolve().parents[1] / "quality" / "test_quality.py"
-
-
-def _load_synthetic():
-    name = "tunebench_test_synthetic"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "fixtures" / "synthetic.py")
-        sys.modules[name] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(sys.modules[name])
-    return sys.modules[name]
-
-
-synthetic = _load_synthetic()
 
 
 @pytest.fixture

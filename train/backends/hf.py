@@ -11,7 +11,6 @@ import logging
 from typing import Any
 
 from train.backends import compute_dtype, labels_dataset, use_4bit
-from train.models import ModelError, hub_error
 
 log = logging.getLogger(__name__)
 
@@ -24,29 +23,13 @@ class HFBackend:
         """Base model (4-bit nf4 on CUDA when enabled) with a fresh LoRA adapter attached."""
         import torch
         from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-        from transformers import AutoModelForCausalLM
 
-        from train.models import load_tokenizer
+        from train.models import load_causal_lm, load_tokenizer
 
         dtype = compute_dtype(model_cfg)
-        kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": model_cfg.trust_remote_code}
         four_bit = use_4bit(model_cfg)
-        if four_bit:
-            from transformers import BitsAndBytesConfig
-
-            kwargs["quantization_config"] = BitsAndBytesConfig(
-                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype,
-                bnb_4bit_use_double_quant=True,
-            )
-            kwargs["device_map"] = {"": _local_device()}
-        try:
-            model = AutoModelForCausalLM.from_pretrained(source.path, revision=source.revision, **kwargs)
-        except OSError as e:
-            if source.kind == "hub":
-                raise hub_error(source.ref, e) from None
-            raise ModelError(f"{source.path}: cannot load the model ({e})") from None
-        if not four_bit and torch.cuda.is_available():
-            model.to(_local_device())
+        device = _local_device() if torch.cuda.is_available() else "cpu"
+        model = load_causal_lm(source, dtype, four_bit, device, model_cfg.trust_remote_code)
         if four_bit:
             model = prepare_model_for_kbit_training(
                 model, use_gradient_checkpointing=train_cfg.gradient_checkpointing,
