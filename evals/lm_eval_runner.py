@@ -27,7 +27,7 @@ from collections import defaultdict, deque
 from pathlib import Path
 from typing import Any
 
-from bench.io import atomic_write_json, fingerprint, package_version, read_json, sha256_file
+from bench.io import atomic_write_json, fingerprint, package_version, read_json
 from evals.results import Metric, Results
 from evals.tasks import SHIPPED_GROUP, SHIPPED_TASKS, TASKS_DIR
 
@@ -92,7 +92,10 @@ def run_lm_eval(
         raise LmEvalError("no lm-eval tasks given; set eval.lm_eval_tasks (e.g. [tunebench_facts_mc])")
     if limit is not None and limit < 1:
         raise LmEvalError(f"lm-eval limit {limit!r} must be a positive number of documents or null (all)")
-    adapter_sha = _check_adapter(adapter) if adapter is not None else None
+    from evals.modeling import adapter_sha as weights_sha
+
+    # fail before starting a child on a missing or half-written adapter
+    adapter_sha = weights_sha(adapter) if adapter is not None else None
     spec = {
         "model_path": str(model_path), "adapter": str(adapter) if adapter is not None else None,
         "adapter_sha256": adapter_sha, "tasks": list(tasks), "limit": limit, "batch_size": int(batch_size),
@@ -143,22 +146,6 @@ def _free_port() -> int:
 
 def _fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:.4f}"
-
-
-def _check_adapter(adapter: str) -> str:
-    """Fail before starting a child on a missing or half-written adapter; return its weights' SHA-256."""
-    from evals.modeling import AdapterError
-
-    folder = Path(adapter)
-    weights = folder / "adapter_model.safetensors"
-    if not folder.is_dir():
-        raise AdapterError(f"adapter {adapter!r}: no such folder; pass a run's adapter/ folder")
-    if not (folder / "adapter_config.json").exists() or not weights.exists():
-        raise AdapterError(
-            f"adapter {adapter!r}: needs adapter_config.json and adapter_model.safetensors "
-            "(a half-written or pickled adapter is not loaded)"
-        )
-    return sha256_file(weights)
 
 
 _LAUNCHER_VARS = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",

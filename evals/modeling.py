@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench import dist
 from bench.io import sha256_file
 from train.models import ModelError, ModelSource, load_causal_lm, load_tokenizer, resolve_model
 
@@ -53,7 +53,7 @@ def pick_device(device: str = "auto") -> str:
     if device != "auto":
         return device
     if torch.cuda.is_available():  # under torchrun/accelerate each process takes the GPU of its local rank
-        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+        return f"cuda:{dist.local_rank()}"
     return "cpu"
 
 
@@ -76,26 +76,34 @@ def adapter_manifest(adapter: str | Path) -> dict[str, Any]:
     return {}
 
 
-def check_adapter(adapter: str | Path, source: ModelSource) -> tuple[dict[str, Any], str]:
-    """Validate an adapter folder against the base it will be applied to.
-
-    Returns:
-        (adapter_config, sha256 of adapter_model.safetensors)
+def adapter_sha(adapter: str | Path) -> str:
+    """SHA-256 of an adapter's weights, after checking the folder holds a complete safetensors adapter.
 
     Raises:
-        AdapterError: missing folder/files, or a manifest that names another base.
+        AdapterError: no such folder, or adapter_config.json / adapter_model.safetensors missing.
     """
     adapter = Path(adapter)
     if not adapter.is_dir():
         raise AdapterError(f"adapter {str(adapter)!r}: no such folder; pass a run's adapter/ folder")
-    cfg_path = adapter / "adapter_config.json"
     weights = adapter / "adapter_model.safetensors"
-    if not cfg_path.exists() or not weights.exists():
+    if not (adapter / "adapter_config.json").exists() or not weights.exists():
         raise AdapterError(
             f"adapter {str(adapter)!r}: needs adapter_config.json and adapter_model.safetensors "
             "(a half-written or pickled adapter is not loaded)"
         )
-    config = json.loads(cfg_path.read_text(encoding="utf-8"))
+    return sha256_file(weights)
+
+
+def check_adapter(adapter: str | Path, source: ModelSource) -> str:
+    """Validate an adapter folder against the base it will be applied to.
+
+    Returns:
+        sha256 of adapter_model.safetensors
+
+    Raises:
+        AdapterError: missing folder/files, or a manifest that names another base.
+    """
+    sha = adapter_sha(adapter)
     manifest = adapter_manifest(adapter)
     trained_on = (manifest.get("model") or {}).get("identity")
     if trained_on and trained_on != source.identity:
@@ -103,7 +111,7 @@ def check_adapter(adapter: str | Path, source: ModelSource) -> tuple[dict[str, A
             f"adapter {str(adapter)!r} was trained on {trained_on} but the base is {source.identity} "
             f"({source.ref}); evaluate it with the base it was trained on"
         )
-    return config, sha256_file(weights)
+    return sha
 
 
 def _check_shapes(model: Any, adapter: Path) -> None:
@@ -146,7 +154,7 @@ def load_for_eval(
     source = model_ref if isinstance(model_ref, ModelSource) else resolve_model(model_ref)
     dev = pick_device(device)
     torch_dtype = pick_dtype(dtype, dev)
-    adapter_sha = check_adapter(adapter, source)[1] if adapter is not None else None
+    weights_sha = check_adapter(adapter, source) if adapter is not None else None
     if adapter is not None and (Path(adapter) / "tokenizer_config.json").exists():
         # the adapter folder carries the tokenizer + template it was trained with: use exactly that
         from transformers import AutoTokenizer
@@ -164,5 +172,5 @@ def load_for_eval(
     model.eval()
     if getattr(model, "generation_config", None) is not None and tok.pad_token_id is not None:
         model.generation_config.pad_token_id = tok.pad_token_id
-    return Loaded(model, tok, template_name, source, str(adapter) if adapter else None, adapter_sha, dev,
+    return Loaded(model, tok, template_name, source, str(adapter) if adapter else None, weights_sha, dev,
                   str(torch_dtype).replace("torch.", ""))

@@ -55,12 +55,6 @@ def latest_checkpoint(ckpt_dir: Path) -> Path | None:
 # ----------------------------------------------------------------------------- callbacks
 
 
-def _callbacks_base():
-    from transformers import TrainerCallback
-
-    return TrainerCallback
-
-
 class _State:
     """Counters shared between the trainer subclass and the callbacks."""
 
@@ -76,15 +70,11 @@ class _State:
     def seconds(self) -> float:
         return self.prior_seconds + time.perf_counter() - self.started
 
-    @property
-    def total_tokens(self) -> int:
-        return self.prior_tokens + self.tokens
-
 
 def make_callbacks(state: _State, total_steps: int) -> list[Any]:
     """Signal handling, NaN guard and progress bar, as transformers TrainerCallbacks."""
-    TrainerCallback = _callbacks_base()
     from tqdm.auto import tqdm
+    from transformers import TrainerCallback
 
     class SignalCallback(TrainerCallback):
         """First SIGINT/SIGTERM: finish the step, save a resumable checkpoint, stop. Second: abort."""

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import difflib
 import importlib.util
-import os
 from typing import Any, Protocol
+
+from bench import dist
 
 BACKENDS = ("unsloth", "hf")
 
@@ -31,11 +32,6 @@ class Backend(Protocol):
     def finish_trainer(self, trainer: Any, prepared: Any) -> Any: ...
 
 
-def world_size() -> int:
-    """Processes in this job (torchrun / accelerate set WORLD_SIZE)."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
 def choose_backend(requested: str) -> tuple[str, str]:
     """Resolve ``train.backend`` to a concrete backend and say why.
 
@@ -52,9 +48,9 @@ def choose_backend(requested: str) -> tuple[str, str]:
         raise BackendError(f"train.backend {requested!r} is unknown (known: auto, {', '.join(BACKENDS)}){dym}")
     if requested != "auto":
         return requested, "requested in the config"
-    if world_size() > 1:
+    if dist.world_size() > 1:
         return "hf", (
-            f"WORLD_SIZE={world_size()}: Unsloth 2026.10.9 trains on one process only; transformers+peft "
+            f"WORLD_SIZE={dist.world_size()}: Unsloth 2026.10.9 trains on one process only; transformers+peft "
             "runs data-parallel under torchrun/accelerate"
         )
     if importlib.util.find_spec("unsloth") is None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from bench import dist
 from train.backends import compute_dtype, labels_dataset, use_4bit
 
 log = logging.getLogger(__name__)
@@ -28,7 +29,7 @@ class HFBackend:
 
         dtype = compute_dtype(model_cfg)
         four_bit = use_4bit(model_cfg)
-        device = _local_device() if torch.cuda.is_available() else "cpu"
+        device = f"cuda:{dist.local_rank()}" if torch.cuda.is_available() else "cpu"
         model = load_causal_lm(source, dtype, four_bit, device, model_cfg.trust_remote_code)
         if four_bit:
             model = prepare_model_for_kbit_training(
@@ -60,8 +61,3 @@ class HFBackend:
     def finish_trainer(self, trainer: Any, prepared: Any) -> Any:
         return trainer
 
-
-def _local_device() -> str:
-    import os
-
-    return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
