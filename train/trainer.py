@@ -236,7 +236,7 @@ def sft_config(cfg: RunConfig, ckpt_dir: Path, backend: str, has_val: bool, dtyp
         optim = "adamw_8bit" if cuda else "adamw_torch"
     elif optim in ("adamw_8bit", "paged_adamw_8bit") and not cuda:
         raise BackendError(f"train.optimizer={optim} needs CUDA (bitsandbytes); use adamw_torch or auto on CPU")
-    return SFTConfig(
+    args = SFTConfig(
         output_dir=str(ckpt_dir),
         per_device_train_batch_size=t.batch_size,
         per_device_eval_batch_size=t.batch_size,
@@ -272,6 +272,27 @@ def sft_config(cfg: RunConfig, ckpt_dir: Path, backend: str, has_val: bool, dtyp
         dataloader_num_workers=0,
         ddp_find_unused_parameters=False,
     )
+    return one_gpu_per_process(args)
+
+
+def one_gpu_per_process(args: Any) -> Any:
+    """Keep a process that no launcher started on one GPU when the host has several.
+
+    Left alone, ``Trainer`` wraps the model in ``nn.DataParallel`` over every visible GPU, which TRL's
+    trainers refuse ("does not support nn.DataParallel") and which would not be the data-parallel training
+    tunebench does under torchrun anyway. The model was loaded on ``cuda:LOCAL_RANK`` (0 here); train there,
+    as ``Trainer`` itself does for a model split with ``device_map``.
+    """
+    import torch
+
+    from bench import dist
+
+    if dist.world_size() == 1 and torch.cuda.is_available() and torch.cuda.device_count() > 1:
+        _ = args.device  # sets n_gpu from the visible devices; then pin it
+        args._n_gpu = 1
+        log.info("%d GPUs visible to one process: training on cuda:0 only; for data-parallel training launch "
+                 "with torchrun or accelerate launch (README: Several GPUs)", torch.cuda.device_count())
+    return args
 
 
 def resolve_backend(requested: str) -> tuple[str, str]:
@@ -382,7 +403,8 @@ def train(
                     state.signal, trainer.state.global_step, ckpt)
         return TrainResult(run_dir, None, None, interrupted=True, checkpoint=ckpt)
 
-    if val_ds is not None:
+    evaluated = any(h.get("step") == trainer.state.global_step and "eval_loss" in h for h in trainer.state.log_history)
+    if val_ds is not None and not evaluated:
         trainer.evaluate()  # final response-only validation loss, in the log history
     tokens_seen = sum(dist.gather(state.tokens)) + state.prior_tokens  # the whole job's real tokens
     if not dist.is_main():

@@ -87,3 +87,32 @@ def test_sharded_evaluation_equals_one_process(ddp_run, tmp_path, tiny_llama_dir
     t1, t2 = one["artifacts"]["probe_transcripts"], two["artifacts"]["probe_transcripts"]
     for s in t1["default"]:
         assert [x["output"] for x in t1["default"][s]] == [x["output"] for x in t2["default"][s]], s
+
+    # the same check as a tool (used for the GPU verification): identical, and a changed item is caught
+    from bench.same_results import compare_results, main
+
+    assert main([str(tmp_path / "one.json"), str(tmp_path / "two.json"), "--out", str(tmp_path / "v.json")]) == 0
+    verdict = json.loads((tmp_path / "v.json").read_text())
+    assert verdict["same"] and verdict["world_sizes"] == [1, 2]
+    assert verdict["item_sets"]["perplexity/test"]["n"] == len(p1)
+    changed = json.loads(json.dumps(two))
+    changed["items"]["perplexity/test"][0]["num"] *= 1.001
+    changed["artifacts"]["probe_transcripts"]["default"]["greedy"][0]["output"] += "!"
+    verdict = compare_results(one, changed)
+    assert not verdict["same"]
+    assert verdict["item_sets"]["perplexity/test"]["first_differing"] == [p1[0]["id"]]
+    assert verdict["probe_texts"]["default/greedy"]["differing"] == 1
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not __import__("torch").cuda.is_available() or __import__("torch").cuda.device_count() < 2,
+                    reason="needs a host with 2 or more CUDA GPUs")
+def test_one_process_on_a_multi_gpu_host_trains_on_one_gpu(tmp_path):
+    """Without a launcher, Trainer would wrap the model in nn.DataParallel, which TRL refuses: keep one GPU."""
+    import torch
+
+    from train.trainer import sft_config
+
+    cfg = load_config("smoke", [])
+    args = sft_config(cfg, tmp_path, "hf", has_val=False, dtype=torch.bfloat16)
+    assert args.n_gpu == 1 and args.device == torch.device("cuda:0")

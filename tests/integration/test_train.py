@@ -40,8 +40,8 @@ class Capture(TrainerCallback):
 
 
 def test_hf_backend_trains_lora_only_on_assistant_tokens(tmp_path, smol_source):
-    cfg = load_config("smoke", ["train.backend=hf", "train.max_steps=2", "train.save_every=0",
-                                "train.eval_every=1", *SMALL])
+    cfg = load_config("smoke", ["train.backend=hf", "train.max_steps=2", "train.save_every=0", *SMALL,
+                                "train.eval_every=1"])
     cap = Capture()
     res = train(cfg, tmp_path / "run", extra_callbacks=[cap])
     m = res.manifest
@@ -68,6 +68,7 @@ def test_hf_backend_trains_lora_only_on_assistant_tokens(tmp_path, smol_source):
     assert m["backend"]["name"] == "hf" and m["steps"] == 2
     assert all(math.isfinite(p["loss"]) for p in m["loss_history"]) and len(m["loss_history"]) == 2
     assert m["eval_history"] and math.isfinite(m["final_eval_loss"])
+    assert [h["step"] for h in m["eval_history"]] == [1, 2]  # no second evaluation of the last step
     assert 0 < m["trainable_percent"] < 10 and m["tokens_seen"] > 0 and m["tokens_per_s"] > 0
     for key in ("versions", "data", "peak_memory", "git_commit", "config", "model", "template", "wall_time_s"):
         assert key in m
