@@ -308,6 +308,26 @@ def resolve_backend(requested: str) -> tuple[str, str]:
     return name, reason
 
 
+def check_resume_world_size(checkpoint: Path | None) -> None:
+    """A checkpoint resumes only on the number of processes that wrote it (data order and batch depend on it).
+
+    Raises:
+        TrainingError: the checkpoint was written by a job of another size, with the command that fits it.
+    """
+    if checkpoint is None:
+        return
+    state_file = checkpoint / "tunebench_state.json"
+    saved = int(read_json(state_file).get("world_size", 1)) if state_file.exists() else 1
+    if saved != dist.world_size():
+        launch = (f"torchrun --nproc_per_node {saved} -m bench.cli train ... --resume" if saved > 1
+                  else "tunebench train ... --resume (one process, no launcher)")
+        raise TrainingError(
+            f"{checkpoint} was written by a job of {saved} process(es) and this one has {dist.world_size()}: "
+            f"the data order and effective batch would change mid-run. Resume with {launch}, or start over "
+            "with --overwrite"
+        )
+
+
 def train(
     cfg: RunConfig,
     run_dir: str | Path,
@@ -337,6 +357,8 @@ def train(
     if resume and adapter_dir.exists():
         log.info("%s is already trained; nothing to resume", adapter_dir)
         return TrainResult(run_dir, adapter_dir, read_json(adapter_dir / "manifest.json"))
+    if resume:
+        check_resume_world_size(latest_checkpoint(ckpt_dir))
 
     backend_name, reason = resolve_backend(cfg.train.backend)  # before transformers is imported
     import torch
@@ -426,7 +448,9 @@ def train(
         wall_time_s=seconds,
         log_history=trainer.state.log_history,
         extra={"world_size": dist.world_size(),
-               "effective_batch_size": cfg.train.batch_size * cfg.train.grad_accum * dist.world_size()},
+               "effective_batch_size": cfg.train.batch_size * cfg.train.grad_accum * dist.world_size(),
+               # what the trainer trained through: DistributedDataParallel when the ranks kept one model
+               "model_wrapper": type(getattr(trainer, "model_wrapped", trainer.model)).__name__},
     )
     with atomic_dir(adapter_dir) as tmp:
         trainer.model.save_pretrained(tmp, safe_serialization=True)

@@ -4,6 +4,7 @@ resumes; evaluation splits batches across processes and gathers results identica
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -49,6 +50,7 @@ def test_ddp_training_writes_once_and_counts_the_whole_job(ddp_run):
     m = json.loads((run / "adapter" / "manifest.json").read_text())
     assert m["world_size"] == 2 and m["effective_batch_size"] == 4
     assert m["backend"]["name"] == "hf" and "WORLD_SIZE=2" in m["backend"]["reason"]
+    assert m["model_wrapper"] == "DistributedDataParallel"  # the ranks trained one model, not two
     assert m["steps"] == 4 and m["tokens_seen"] > 0
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["checkpoint-2", "checkpoint-4"]
     assert len(list((run / "checkpoints" / "checkpoint-2").glob("rng_state_*.pth"))) == 2  # one per rank
@@ -67,6 +69,35 @@ def test_ddp_resume_on_the_same_world_size_reproduces_the_curve(ddp_run):
     assert [p["step"] for p in again] == [1, 2, 3, 4]
     for a, b in zip(first, again, strict=True):
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-4)
+
+
+def test_resume_on_another_world_size_is_refused_before_loading_anything(ddp_run, tmp_path):
+    from train.trainer import TrainingError, train
+
+    resumed = tmp_path / "resumed"
+    shutil.copytree(ddp_run / "run", resumed)
+    shutil.rmtree(resumed / "adapter")
+    cfg = load_config(ddp_run / "cfg.yaml")
+    with pytest.raises(TrainingError, match=r"checkpoint-4 was written by a job of 2 process\(es\) and this one has 1"
+                                             r".*torchrun --nproc_per_node 2"):
+        train(cfg, resumed, resume=True)
+    assert (resumed / "checkpoints" / "checkpoint-4").exists()  # nothing already written is touched
+
+
+def test_unsloth_under_torchrun_trains_one_model_data_parallel(tmp_path, tiny_llama_dir):
+    """Unsloth's own DDP path (its loader maps each rank to its LOCAL_RANK device), here on CPU with gloo."""
+    cfg = load_config("smoke", [
+        f"model.ref={tiny_llama_dir}", "train.backend=unsloth", "train.max_steps=3", "train.save_every=0",
+        "data.max_train=16", "data.max_validation=4", "data.max_test=4", "data.max_length=128",
+        "train.batch_size=2", "train.grad_accum=1", "train.warmup_steps=0", "train.eval_every=0",
+    ])
+    (tmp_path / "cfg.yaml").write_text(dump_yaml(cfg))
+    launch(["train", str(tmp_path / "cfg.yaml"), "--out", str(tmp_path / "run")])
+    m = json.loads((tmp_path / "run" / "adapter" / "manifest.json").read_text())
+    assert m["backend"]["name"] == "unsloth" and m["world_size"] == 2 and m["effective_batch_size"] == 4
+    assert m["model_wrapper"] == "DistributedDataParallel" and m["steps"] == 3
+    assert all(math.isfinite(p["loss"]) for p in m["loss_history"])
+    assert len(list((tmp_path / "run").rglob("manifest.json"))) == 1 and not list((tmp_path / "run").rglob("*.tmp"))
 
 
 def test_sharded_evaluation_equals_one_process(ddp_run, tmp_path, tiny_llama_dir):

@@ -35,7 +35,8 @@ class Backend(Protocol):
 def choose_backend(requested: str) -> tuple[str, str]:
     """Resolve ``train.backend`` to a concrete backend and say why.
 
-    ``auto`` picks Unsloth where it is installed and this is a single-process job, else ``hf``. Whether
+    ``auto`` picks Unsloth where it is installed and this is a single-process job, else ``hf`` (under a
+    launcher, ``hf``: its data-parallel path is the one verified on GPUs; an explicit ``unsloth`` is honoured). Whether
     Unsloth also *imports* is checked when the trainer imports it (first, before transformers); a failed
     import under ``auto`` falls back to ``hf`` with the error as the reason.
 
@@ -50,8 +51,9 @@ def choose_backend(requested: str) -> tuple[str, str]:
         return requested, "requested in the config"
     if dist.world_size() > 1:
         return "hf", (
-            f"WORLD_SIZE={dist.world_size()}: Unsloth 2026.10.9 trains on one process only; transformers+peft "
-            "runs data-parallel under torchrun/accelerate"
+            f"WORLD_SIZE={dist.world_size()}: tunebench's data-parallel training is verified on GPUs with "
+            "transformers+peft; Unsloth's own DDP runs under torchrun on CPU but is not yet verified on GPUs "
+            "(train.backend=unsloth chooses it)"
         )
     if importlib.util.find_spec("unsloth") is None:
         return "hf", "unsloth is not installed (pip install 'tunebench[cuda]' on a CUDA box)"
