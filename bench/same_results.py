@@ -16,10 +16,6 @@ from typing import Any
 from bench.io import atomic_write_json, read_json
 
 
-def _close(a: float, b: float, rel: float) -> bool:
-    return abs(a - b) <= rel * max(abs(a), abs(b), 1e-12)
-
-
 def compare_items(one: list[dict[str, Any]], many: list[dict[str, Any]], rel: float) -> dict[str, Any]:
     """One item set of two results: same ids in the same order, same denominators, numerators within rel."""
     ids_one, ids_many = [i["id"] for i in one], [i["id"] for i in many]
@@ -29,11 +25,11 @@ def compare_items(one: list[dict[str, Any]], many: list[dict[str, Any]], rel: fl
         out["only_one"] = sorted(set(ids_one) - set(ids_many))[:10]
         out["only_many"] = sorted(set(ids_many) - set(ids_one))[:10]
         return out
-    diffs = [i["id"] for i, j in zip(one, many, strict=True)
-             if i["den"] != j["den"] or not _close(float(i["num"]), float(j["num"]), rel)]
-    rels = [abs(i["num"] - j["num"]) / max(abs(i["num"]), abs(j["num"]), 1e-12) for i, j in zip(one, many, strict=True)]
+    pairs = list(zip(one, many, strict=True))
+    rels = [abs(i["num"] - j["num"]) / max(abs(i["num"]), abs(j["num"]), 1e-12) for i, j in pairs]
+    diffs = [i["id"] for (i, j), r in zip(pairs, rels, strict=True) if i["den"] != j["den"] or r > rel]
     out.update(differing=len(diffs), first_differing=diffs[:10], max_rel_diff=max(rels, default=0.0),
-               bitwise=all(i == j for i, j in zip(one, many, strict=True)), same=not diffs)
+               bitwise=all(i == j for i, j in pairs), same=not diffs)
     return out
 
 

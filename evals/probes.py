@@ -39,6 +39,7 @@ from bench.config import SamplingConfig
 from bench.io import fingerprint
 from evals.generation import generate, samples_per_prompt
 from evals.results import Metric, Results
+from reports.stats import wilson as wilson_interval
 
 PROBES_DIR = Path(__file__).resolve().parent / "probes"
 SET_KEYS = ("name", "version", "description", "system", "macros", "probes")
@@ -457,9 +458,7 @@ def parse_probe_set(data: Any, path: str | Path) -> ProbeSet:
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     """Wilson score interval for k passes out of n (reports.stats); an empty set says nothing: (0, 1)."""
-    from reports.stats import wilson as _wilson
-
-    return (0.0, 1.0) if n == 0 else _wilson(k, n, z)
+    return (0.0, 1.0) if n == 0 else wilson_interval(k, n, z)
 
 
 def _pass_rate(name: str, items: list[dict[str, Any]], details: dict[str, Any]) -> Metric:

@@ -285,8 +285,6 @@ def one_gpu_per_process(args: Any) -> Any:
     """
     import torch
 
-    from bench import dist
-
     if dist.world_size() == 1 and torch.cuda.is_available() and torch.cuda.device_count() > 1:
         _ = args.device  # sets n_gpu from the visible devices; then pin it
         args._n_gpu = 1
