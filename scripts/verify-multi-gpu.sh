@@ -13,21 +13,21 @@ py=${PYTHON:-python3}
 case $step in
   train)
     export TUNEBENCH_CACHE=$work/cache-many
-    $py -m torch.distributed.run --standalone --nproc_per_node "$nproc" -m bench.cli train smollm2-gpu \
+    $py -m torch.distributed.run --standalone --nproc_per_node "$nproc" -m tunebench train smollm2-gpu \
       model.ref="$model" data.source="$data" train.backend=auto train.max_steps=60 train.eval_every=30 \
       train.save_every=30 --out "$run" --overwrite
-    $py -m torch.distributed.run --standalone --nproc_per_node "$nproc" -m bench.cli eval "$run"
-    $py -m bench.cli report "$run"
+    $py -m torch.distributed.run --standalone --nproc_per_node "$nproc" -m tunebench eval "$run"
+    $py -m tunebench report "$run"
     ;;
   eval-one)
     mkdir -p "$work/cache-one"
     # the same dequantized weights, but no generations carried over from the data-parallel run
     ln -sfn "$work/cache-many/gguf" "$work/cache-one/gguf"
-    TUNEBENCH_CACHE=$work/cache-one $py -m bench.cli eval --model "$model" --adapter "$run/adapter" \
+    TUNEBENCH_CACHE=$work/cache-one $py -m tunebench eval --model "$model" --adapter "$run/adapter" \
       --data-from "$run" --label tuned --out "$work/tuned-one-process.json"
     ;;
   compare)
-    $py -m bench.same_results "$work/tuned-one-process.json" "$run/eval/tuned/results.json" \
+    $py -m tunebench.bench.same_results "$work/tuned-one-process.json" "$run/eval/tuned/results.json" \
       --out "$work/same-results.json"
     ;;
   *) echo "unknown step $step (train, eval-one, compare)" >&2; exit 2 ;;

@@ -37,8 +37,8 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def smol_source():
     """The packaged model, dequantized into the cache (first use ~30 s)."""
-    from bench.config import PACKAGED_MODEL
-    from train.models import resolve_model
+    from tunebench.core.config import PACKAGED_MODEL
+    from tunebench.models.loading import resolve_model
 
     return resolve_model(PACKAGED_MODEL)
 
@@ -46,7 +46,7 @@ def smol_source():
 @pytest.fixture(scope="session")
 def smol_tokenizer(smol_source):
     """(tokenizer, template_name) with the chat template used for training and evaluation."""
-    from train.models import load_tokenizer
+    from tunebench.models.loading import load_tokenizer
 
     return load_tokenizer(smol_source, "auto")
 
@@ -54,7 +54,7 @@ def smol_tokenizer(smol_source):
 @pytest.fixture(scope="session")
 def smol_base(smol_source):
     """The packaged model loaded for evaluation on CPU (fp32), no adapter."""
-    from evals.modeling import load_for_eval
+    from tunebench.evals.modeling import load_for_eval
 
     return load_for_eval(smol_source, device="cpu", dtype="float32")
 
@@ -62,7 +62,7 @@ def smol_base(smol_source):
 @pytest.fixture(scope="session")
 def packaged_raw():
     """The packaged ShareGPT records (17,671 recovered from the truncated file)."""
-    from train.sources import read_source
+    from tunebench.data.sources import read_source
 
     return read_source("packaged:sharegpt-v3")
 
@@ -90,8 +90,8 @@ def tiny_llama_dir(tmp_path_factory, smol_source):
 @pytest.fixture(scope="session")
 def smol_adapter_run(tmp_path_factory):
     """A run folder whose adapter was trained (hf backend, 3 steps) on the packaged model and data."""
-    from bench.config import dump_yaml, load_config
-    from train.trainer import train
+    from tunebench.core.config import dump_yaml, load_config
+    from tunebench.train.trainer import train
 
     out = tmp_path_factory.mktemp("smol-run")
     cfg = load_config("smoke", [

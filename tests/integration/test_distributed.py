@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.config import dump_yaml, load_config
+from tunebench.core.config import dump_yaml, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -23,7 +23,7 @@ def launch(args, nproc=2, cache=None, timeout=900):
     if cache:
         env["TUNEBENCH_CACHE"] = str(cache)  # separate generation caches: nothing is reused between runs
     cmd = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-           if nproc > 1 else [sys.executable]) + ["-m", "bench.cli", *args]
+           if nproc > 1 else [sys.executable]) + ["-m", "tunebench", *args]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
     assert res.returncode == 0, res.stderr[-4000:]
     return res
@@ -72,7 +72,7 @@ def test_ddp_resume_on_the_same_world_size_reproduces_the_curve(ddp_run):
 
 
 def test_resume_on_another_world_size_is_refused_before_loading_anything(ddp_run, tmp_path):
-    from train.trainer import TrainingError, train
+    from tunebench.train.trainer import TrainingError, train
 
     resumed = tmp_path / "resumed"
     shutil.copytree(ddp_run / "run", resumed)
@@ -120,7 +120,7 @@ def test_sharded_evaluation_equals_one_process(ddp_run, tmp_path, tiny_llama_dir
         assert [x["output"] for x in t1["default"][s]] == [x["output"] for x in t2["default"][s]], s
 
     # the same check as a tool (used for the GPU verification): identical, and a changed item is caught
-    from bench.same_results import compare_results, main
+    from tunebench.bench.same_results import compare_results, main
 
     assert main([str(tmp_path / "one.json"), str(tmp_path / "two.json"), "--out", str(tmp_path / "v.json")]) == 0
     verdict = json.loads((tmp_path / "v.json").read_text())
@@ -142,7 +142,7 @@ def test_one_process_on_a_multi_gpu_host_trains_on_one_gpu(tmp_path):
     """Without a launcher, Trainer would wrap the model in nn.DataParallel, which TRL refuses: keep one GPU."""
     import torch
 
-    from train.trainer import sft_config
+    from tunebench.train.trainer import sft_config
 
     cfg = load_config("smoke", [])
     args = sft_config(cfg, tmp_path, "hf", has_val=False, dtype=torch.bfloat16)

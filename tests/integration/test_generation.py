@@ -11,10 +11,10 @@ import textwrap
 
 import pytest
 
-from bench.config import SamplingConfig
-from evals.chat import chat
-from evals.generation import GenerationCache, generate
-from evals.probes import load_probe_set, run_probes, wilson
+from tunebench.core.config import SamplingConfig
+from tunebench.evals.chat import chat
+from tunebench.evals.generation import GenerationCache, generate
+from tunebench.evals.probes import load_probe_set, run_probes, wilson
 
 GREEDY = SamplingConfig(name="greedy", temperature=0.0, min_p=None, max_new_tokens=12)
 SAMPLED = SamplingConfig(name="seed", temperature=1.5, min_p=0.1, max_new_tokens=10, n_samples=2)

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from evals.lm_eval_runner import LmEvalError, run_lm_eval, task_documents
-from evals.results import aggregate
+from tunebench.evals.lm_eval_runner import LmEvalError, run_lm_eval, task_documents
+from tunebench.evals.results import aggregate
 
 LIMIT = 8
 TASKS = ["tunebench_facts_mc", "tunebench_arith_gen"]
@@ -114,7 +114,7 @@ def test_unknown_task_is_a_clear_error(smol_source):
 
 
 def test_missing_adapter_fails_before_starting_lm_eval(smol_source, tmp_path):
-    from evals.modeling import AdapterError
+    from tunebench.evals.modeling import AdapterError
 
     with pytest.raises(AdapterError, match="adapter_config.json"):
         run_lm_eval(smol_source.path, str(tmp_path), TASKS, limit=2, batch_size=2, apply_chat_template=False)

@@ -7,11 +7,11 @@ import math
 import pytest
 import torch
 
-from bench.config import load_config
-from evals.modeling import AdapterError, load_for_eval
-from evals.perplexity import batches_by_length, evaluate, score
-from evals.runner import encoded_test_split
-from train.data import Encoded
+from tunebench.core.config import load_config
+from tunebench.data.conversations import Encoded
+from tunebench.evals.modeling import AdapterError, load_for_eval
+from tunebench.evals.perplexity import batches_by_length, evaluate, score
+from tunebench.evals.runner import encoded_test_split
 
 
 def direct_nll(model, e: Encoded) -> tuple[float, int]:

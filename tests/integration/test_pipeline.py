@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def tunebench(*args, timeout=1500):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-m", "bench.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "tunebench", *args], capture_output=True, text=True,
                           timeout=timeout, cwd=ROOT, env=env)
 
 

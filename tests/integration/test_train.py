@@ -15,9 +15,9 @@ import torch
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-from bench.config import dump_yaml, load_config
-from bench.io import sha256_file
-from train.trainer import RunExistsError, TrainingError, latest_checkpoint, train
+from tunebench.core.config import dump_yaml, load_config
+from tunebench.core.io import sha256_file
+from tunebench.train.trainer import RunExistsError, TrainingError, latest_checkpoint, train
 
 SMALL = ["data.max_train=16", "data.max_validation=4", "data.max_test=8", "data.max_length=128",
          "train.batch_size=2", "train.grad_accum=1", "train.warmup_steps=0", "train.lr=1e-3",
@@ -82,7 +82,7 @@ def test_unsloth_backend_trains_in_its_own_process(tmp_path, smol_source):
     (tmp_path / "cfg.yaml").write_text(dump_yaml(cfg))
     weights = os.path.join(smol_source.path, "model.safetensors")
     before = sha256_file(weights)
-    out = subprocess.run([sys.executable, "-m", "bench.cli", "train", str(tmp_path / "cfg.yaml"), "--out",
+    out = subprocess.run([sys.executable, "-m", "tunebench", "train", str(tmp_path / "cfg.yaml"), "--out",
                           str(tmp_path / "run")], capture_output=True, text=True, timeout=1200)
     assert out.returncode == 0, out.stderr[-3000:]
     m = json.loads((tmp_path / "run" / "adapter" / "manifest.json").read_text())
@@ -100,10 +100,10 @@ def test_unsloth_marker_that_matches_nothing_fails_before_training(tmp_path):
     (tmp_path / "cfg.yaml").write_text(dump_yaml(cfg))
     script = textwrap.dedent(f"""
         import unsloth, sys
-        import train.data as d
-        from bench.config import load_config
-        from train.backends import BackendError
-        from train.trainer import train
+        import tunebench.data.conversations as d
+        from tunebench.core.config import load_config
+        from tunebench.train.backends import BackendError
+        from tunebench.train.trainer import train
         orig = d.template_info
         def wrong(tok, name):
             info = orig(tok, name)
@@ -174,7 +174,7 @@ def test_export_merged_loads_without_peft(tmp_path, tiny_llama_dir):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from train.export import export_merged
+    from tunebench.train.export import export_merged
 
     res = train(tiny_cfg(tiny_llama_dir, "train.max_steps=3", "train.save_every=0"), tmp_path / "run")
     out = export_merged(tmp_path / "run", dtype="float32")

@@ -1,4 +1,4 @@
-"""reports.compare on synthetic base/tuned Results: verdicts, methods, refusals, JSON round-trip, leaderboard."""
+"""tunebench.reports.compare on synthetic base/tuned Results: verdicts, methods, refusals, JSON round-trip, leaderboard."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import json
 import pytest
 import synthetic  # tests/fixtures/synthetic.py (on sys.path via conftest)
 
-from evals.results import Metric, Results
-from reports import stats
-from reports.compare import (
+from tunebench.core import stats
+from tunebench.evals.results import Metric, Results
+from tunebench.reports.compare import (
     Comparison,
     ComparisonError,
     Leaderboard,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.config import (
+from tunebench.core.config import (
     ConfigError,
     RunConfig,
     SamplingConfig,
@@ -41,7 +41,7 @@ def test_llama_presets_carry_the_notebook_settings():
 
 
 def test_each_preset_file_starts_with_the_command_that_runs_it():
-    from bench.config import CONFIGS_DIR
+    from tunebench.core.config import CONFIGS_DIR
 
     for p in CONFIGS_DIR.glob("*.yaml"):
         assert p.read_text().startswith(f"# tunebench run {p.stem}"), p
@@ -95,7 +95,7 @@ def test_sampling_entries_are_validated():
 
 
 def test_every_field_has_a_docstring():
-    from bench import config as c
+    from tunebench.core import config as c
 
     for cls in (c.ModelConfig, c.DataConfig, c.LoraConfig, c.TrainConfig, c.SamplingConfig, c.EvalConfig,
                 c.ReportConfig, c.GateConfig, c.RunConfig):

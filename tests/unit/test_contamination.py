@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from evals import contamination as contam
-from evals.contamination import MIN_SHINGLE_WORDS, contamination, conversation_text, words
+from tunebench.evals import contamination as contam
+from tunebench.evals.contamination import MIN_SHINGLE_WORDS, contamination, conversation_text, words
 
 ITEM = ("The lighthouse keeper counted forty seven ships passing the northern rocks during the long "
         "winter storm of that unusual year")  # 20 words: 8 13-grams

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from bench.config import DataConfig
-from train.data import (
+from tunebench.core.config import DataConfig
+from tunebench.data.conversations import (
     DROP_REASONS,
     Conversation,
     content_key,
@@ -18,7 +18,7 @@ from train.data import (
     standardize_and_split,
     template_info,
 )
-from train.sources import DataError, RawData, decode_json_array, read_file
+from tunebench.data.sources import DataError, RawData, decode_json_array, read_file
 
 
 def conv(*turns):
@@ -161,7 +161,7 @@ def llama31_tokenizer(smol_source):
     """SmolLM2's tokenizer with the Llama-3 special tokens added and the shipped llama-3.1 template."""
     from transformers import AutoTokenizer
 
-    from train.models import template_text
+    from tunebench.models.loading import template_text
 
     tok = AutoTokenizer.from_pretrained(smol_source.path)
     tok.add_special_tokens({"additional_special_tokens": [

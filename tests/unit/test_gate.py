@@ -8,7 +8,8 @@ import json
 import pytest
 import synthetic  # tests/fixtures/synthetic.py (on sys.path via conftest)
 
-from bench.gate import (
+from tunebench.reports.compare import compare
+from tunebench.reports.gate import (
     DEFAULT_RULES,
     GateError,
     GateVerdict,
@@ -18,7 +19,6 @@ from bench.gate import (
     load_rules,
     parse_rules,
 )
-from reports.compare import compare
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import textwrap
 import pytest
 from jinja2.sandbox import SecurityError
 
-from evals.probes import (
+from tunebench.evals.probes import (
     CHECK_KINDS,
     Check,
     ProbeError,

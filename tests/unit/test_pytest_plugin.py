@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import synthetic  # tests/fixtures/synthetic.py (on sys.path via conftest)
 
-from reports.compare import compare, fmt, fmt_interval
+from tunebench.reports.compare import compare, fmt, fmt_interval
 
 pytest_plugins = ["pytester"]
 
@@ -21,7 +21,7 @@ def run_tests(pytester, request, monkeypatch):
     """Run pytest in-process on the given test source, loading the plugin once however it is installed."""
     monkeypatch.delenv("TUNEBENCH_RUN", raising=False)
     # The pytest11 entry point loads the plugin in an installed checkout; load it explicitly otherwise.
-    extra = [] if request.config.pluginmanager.has_plugin("tunebench") else ["-p", "reports.pytest_plugin"]
+    extra = [] if request.config.pluginmanager.has_plugin("tunebench") else ["-p", "tunebench.reports.pytest_plugin"]
 
     def run(source: str, *args: str):
         pytester.makepyfile(test_q=source)
@@ -77,6 +77,6 @@ def test_missing_run_folder_is_an_error_not_a_skip(run_tests, tmp_path):
 
 
 def test_importing_the_plugin_is_cheap():
-    code = ("import sys, reports.pytest_plugin; heavy = {'torch', 'transformers', 'numpy', 'evals.results'} "
+    code = ("import sys, tunebench.reports.pytest_plugin; heavy = {'torch', 'transformers', 'numpy', 'tunebench.evals.results'} "
             "& set(sys.modules); assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2])

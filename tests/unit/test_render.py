@@ -17,9 +17,15 @@ from pathlib import Path
 
 import pytest
 
-from bench.gate import evaluate_gate
-from reports.compare import Comparison, compare, leaderboard
-from reports.render import cell, context_from_run, fibonacci_transcripts, render_leaderboard, render_report
+from tunebench.reports.compare import Comparison, compare, leaderboard
+from tunebench.reports.gate import evaluate_gate
+from tunebench.reports.render import (
+    cell,
+    context_from_run,
+    fibonacci_transcripts,
+    render_leaderboard,
+    render_report,
+)
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 GOLDEN_MD = FIXTURES / "report_golden.md"

@@ -8,9 +8,9 @@ import os
 
 import pytest
 
-from bench import speed
-from bench.evalspeed import eval_targets, fixed_length_prompts, render_eval_md
-from bench.shapes import PUBLISHED_PARAMS, count_params, shape_config, standin_tokenizer
+from tunebench.bench import speed
+from tunebench.bench.evalspeed import eval_targets, fixed_length_prompts, render_eval_md
+from tunebench.bench.shapes import PUBLISHED_PARAMS, count_params, shape_config, standin_tokenizer
 
 
 def _cuda() -> bool:
@@ -46,7 +46,7 @@ def test_unknown_shape_names_the_known_ones():
 
 
 def test_standin_tokenizer_renders_llama31_with_real_marker_tokens(standin):
-    from train.data import template_info
+    from tunebench.data.conversations import template_info
 
     tok = standin
     info = template_info(tok, "llama-3.1")
@@ -72,8 +72,8 @@ def test_standin_tokenizer_keeps_newlines_together_as_llama3_does(standin):
 
 
 def test_fixed_length_prompts_have_exactly_the_asked_length(standin):
-    from evals.generation import render_prompt
-    from train.data import Conversation
+    from tunebench.data.conversations import Conversation
+    from tunebench.evals.generation import render_prompt
 
     long_text = " ".join(f"word{i}" for i in range(200))
     convs = [Conversation(id=str(i), messages=[{"role": "user", "content": f"{i} {long_text}"},
@@ -216,9 +216,9 @@ def test_bad_flag_values_are_named():
 
 
 def test_export_data_writes_sharegpt_jsonl_that_read_source_reads_back(tmp_path):
-    from bench.config import DataConfig
-    from train.data import standardize_and_split
-    from train.sources import read_source
+    from tunebench.core.config import DataConfig
+    from tunebench.data.conversations import standardize_and_split
+    from tunebench.data.sources import read_source
 
     out = tmp_path / "convs.jsonl"
     assert speed.main(["export-data", "--n", "25", "--out", str(out)]) == 0
@@ -262,12 +262,12 @@ def test_speed_end_to_end_on_a_tiny_shape(tmp_path):
 def test_world_size_launches_torchrun_and_scaling_is_computed_from_one_invocation():
     import sys
 
-    from bench.scaling import combine_rank_marks, render_scaling, scaling_rows, worker_command
+    from tunebench.bench.scaling import combine_rank_marks, render_scaling, scaling_rows, worker_command
 
-    assert worker_command("s.json", 1) == [sys.executable, "-m", "bench.speed", "worker", "s.json"]
+    assert worker_command("s.json", 1) == [sys.executable, "-m", "tunebench.bench.speed", "worker", "s.json"]
     cmd = worker_command("s.json", 2)
     assert cmd[:3] == [sys.executable, "-m", "torch.distributed.run"] and "--nproc_per_node=2" in cmd
-    assert cmd[-4:] == ["-m", "bench.speed", "worker", "s.json"]
+    assert cmd[-4:] == ["-m", "tunebench.bench.speed", "worker", "s.json"]
     # rank 0's clock, every rank's tokens
     marks = combine_rank_marks([[(0, 0.0, 0, 0), (1, 1.0, 100, 120)], [(0, 0.1, 0, 0), (1, 1.2, 80, 120)]])
     assert marks == [(0, 0.0, 0, 0), (1, 1.0, 180, 240)]
@@ -281,7 +281,7 @@ def test_world_size_launches_torchrun_and_scaling_is_computed_from_one_invocatio
     assert (s["speedup"], s["efficiency"], s["effective_batch_n"]) == (1.8, 0.9, 16)
     assert "90%" in "\n".join(render_scaling([s]))
     # the one-process ratios and targets ignore the data-parallel row
-    from bench.speed import speed_ratios, speed_targets
+    from tunebench.bench.speed import speed_ratios, speed_targets
 
     assert speed_ratios(rows) == []
     assert all(t["value"] is None for t in speed_targets(rows, ["s"]) if "÷ hf" in t["target"])

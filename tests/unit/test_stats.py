@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from evals.results import aggregate
-from reports import stats
+from tunebench.core import stats
+from tunebench.evals.results import aggregate
 
 
 def _items(num, den=None, prefix="i"):

@@ -1,0 +1,298 @@
+"""The `tunebench` command. Each subcommand parses, builds the config, and calls one function.
+
+Exit codes: 0 ok · 1 a quality gate failed · 2 invalid input (config, data, model, rules) · 130 interrupted
+(a resumable checkpoint was saved).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import traceback
+from pathlib import Path
+
+from tunebench.core.config import RunConfig, load_config
+from tunebench.core.errors import EXIT_INTERRUPTED, EXIT_INVALID_INPUT, ConfigError, TunebenchError
+
+log = logging.getLogger("tunebench")
+
+EXAMPLES = """examples:
+  tunebench run smoke                         # offline CPU demo: packaged SmolLM2 + ShareGPT, ~10 min
+  tunebench run llama-3.2-1b-finetome         # GPU + hub: Unsloth QLoRA on FineTome-100k
+  tunebench train smoke train.lr=1e-4 lora.r=32
+  tunebench eval runs/smoke                   # base and tuned of a trained run
+  tunebench eval --model packaged:smollm2-135m-instruct --adapter runs/smoke/adapter
+  tunebench gate runs/smoke --rules configs/gates/default.yaml
+  tunebench compare runs/a runs/b             # leaderboard of adapters against one base
+  tunebench chat --model packaged:smollm2-135m-instruct --adapter runs/smoke/adapter
+  tunebench export runs/smoke --merged
+  tunebench bench speed --shape llama-3.2-1b  # GPU only
+"""
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname).1s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("httpx", "urllib3", "filelock", "matplotlib", "datasets", "huggingface_hub"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    # optional native kernels that a CPU install lacks by design: their load failures are not the user's problem
+    for noisy in ("torchao", "bitsandbytes.backends.cpu.ops"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _config(args: argparse.Namespace) -> RunConfig:
+    return load_config(args.preset, args.overrides)
+
+
+def _run_dir(args: argparse.Namespace, cfg: RunConfig) -> Path:
+    return Path(args.out) if getattr(args, "out", None) else Path("runs") / cfg.name
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    from tunebench.core.config import preset_names
+
+    for name in preset_names():
+        print(name)
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from tunebench.core.config import dump_yaml
+
+    print(dump_yaml(_config(args)), end="")
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from tunebench.core.config import dump_yaml
+    from tunebench.core.io import atomic_write_text
+    from tunebench.data import conversations as data_mod
+    from tunebench.models.loading import load_tokenizer, resolve_model
+
+    cfg = _config(args)
+    run_dir = _run_dir(args, cfg)
+    source = resolve_model(cfg.model.ref, cfg.model.revision)
+    tok, tname = load_tokenizer(source, cfg.model.chat_template, cfg.model.trust_remote_code)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
+    prepared = data_mod.prepare(tok, tname, cfg.data, run_dir / "data")
+    print(data_mod.render_report(prepared.report))
+    print(f"data report: {run_dir / 'data' / 'data_report.md'}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from tunebench.core.config import dump_yaml
+    from tunebench.core.io import atomic_write_text
+    from tunebench.train.trainer import train
+
+    cfg = _config(args)
+    run_dir = _run_dir(args, cfg)
+    result = train(cfg, run_dir, resume=args.resume, overwrite=args.overwrite)
+    if result.interrupted:
+        print(f"interrupted: checkpoint {result.checkpoint}; continue with `tunebench train ... --resume`",
+              file=sys.stderr)
+        return 130
+    if result.manifest is None:  # not the main process of a distributed job: it wrote nothing
+        return 0
+    atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
+    m = result.manifest
+    print(f"adapter: {result.adapter_dir}  backend={m.get('backend', {}).get('name')}  steps={m.get('steps')}  "
+          f"loss={m.get('final_train_loss')}  real tokens/s={m.get('tokens_per_s')}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from tunebench.core import dist
+    from tunebench.evals.runner import evaluate_model, save_contamination
+
+    if args.run and "=" in args.run and not Path(args.run).exists():  # an override, not a run folder
+        args.overrides, args.run = [args.run, *args.overrides], None
+    if args.run:
+        run_dir = Path(args.run)
+        cfg = load_config(run_dir / "config.yaml", args.overrides)
+        dist.init()
+        contamination = save_contamination(run_dir, cfg) if dist.is_main() else None
+        for label, adapter in (("base", None), ("tuned", run_dir / "adapter")):
+            out = run_dir / "eval" / label / "results.json"
+            evaluate_model(cfg, run_dir, label, adapter, out, contamination)
+            if dist.is_main():
+                print(f"{label}: {out}")
+        return 0
+    if not args.model:
+        raise ConfigError("give a run folder (tunebench eval RUN) or --model REF [--adapter DIR] --data-from RUN")
+    if not args.data_from:
+        raise ConfigError("--model needs --data-from RUN: the run folder whose test split and settings to use")
+    run_dir = Path(args.data_from)
+    cfg = load_config(run_dir / "config.yaml", [f"model.ref={args.model}", *args.overrides])
+    label = args.label or ("tuned" if args.adapter else "base")
+    out = Path(args.out) if args.out else run_dir / "eval" / label / "results.json"
+    evaluate_model(cfg, run_dir, label, args.adapter, out)
+    if dist.is_main():
+        print(f"{label}: {out}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from tunebench.app.pipeline import run
+
+    cfg = _config(args)
+    result = run(cfg, _run_dir(args, cfg), overwrite=args.overwrite)
+    print("\n" + result.headline)
+    print(f"report: {result.report}")
+    return result.gate_code if args.gate_exit else 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from tunebench.app.pipeline import finish
+
+    run_dir = Path(args.run)
+    result = finish(run_dir, load_config(run_dir / "config.yaml"))
+    print(result.headline)
+    print(f"report: {result.report}")
+    return 0
+
+
+def cmd_gate(args: argparse.Namespace) -> int:
+    from tunebench.reports.gate import gate_main
+
+    return gate_main(args.run, args.rules, args.out)
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from tunebench.core.io import atomic_write_text
+    from tunebench.reports.compare import leaderboard_from_runs
+    from tunebench.reports.render import render_leaderboard
+
+    text = render_leaderboard(leaderboard_from_runs(args.runs))
+    print(text)
+    if args.out:
+        atomic_write_text(args.out, text)
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from tunebench.core.config import SamplingConfig
+    from tunebench.evals.chat import chat
+    from tunebench.evals.modeling import load_for_eval
+
+    loaded = load_for_eval(args.model, args.adapter, args.template)
+    sampling = SamplingConfig(name="chat", temperature=args.temperature, min_p=args.min_p,
+                              max_new_tokens=args.max_new_tokens)
+    chat(loaded, sampling, system=args.system)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from tunebench.train.export import export_merged
+
+    if not args.merged:
+        raise ConfigError("export needs --merged (the adapter folder itself is already the LoRA export)")
+    out = export_merged(args.run, args.out, dtype=args.dtype)
+    print(f"merged model: {out}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    # `tunebench bench ...` is dispatched by tunebench.cli before this parser runs; the entry is here for --help
+    raise ConfigError("run the benchmarks as `tunebench bench speed|eval ...` (or python -m tunebench bench ...)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tunebench", description="Fine-tune chat models with LoRA and prove, with "
+                                "intervals, whether the adapter beats its base.", epilog=EXAMPLES,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def preset_cmd(name: str, fn, help: str, out: bool = True) -> argparse.ArgumentParser:
+        s = sub.add_parser(name, help=help)
+        s.add_argument("preset", help="preset name (see `tunebench presets`) or a YAML file")
+        s.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=1e-4 lora.r=32")
+        if out:
+            s.add_argument("--out", help="run folder (default runs/<name>)")
+        s.set_defaults(fn=fn)
+        return s
+
+    s = sub.add_parser("presets", help="list the shipped presets")
+    s.set_defaults(fn=cmd_presets)
+    preset_cmd("config", cmd_config, "print the resolved config", out=False)
+    preset_cmd("data", cmd_data, "prepare data: standardize, split, render, mask; write the data report")
+    s = preset_cmd("train", cmd_train, "train a LoRA adapter")
+    s.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+    s.add_argument("--overwrite", action="store_true", help="discard earlier training output in the folder")
+    s = preset_cmd("run", cmd_run, "the whole pipeline: data, train, eval base+tuned, compare, report, gate")
+    s.add_argument("--overwrite", action="store_true", help="start the run folder from scratch")
+    s.add_argument("--gate-exit", action="store_true", help="exit with the gate's code (1 when a rule fails)")
+
+    s = sub.add_parser("eval", help="evaluate base and tuned of a run, or one model on a run's inputs")
+    s.add_argument("run", nargs="?", help="run folder (evaluates base and tuned)")
+    s.add_argument("overrides", nargs="*", default=[], help="dotted overrides of the run's config")
+    s.add_argument("--model", help="model reference (hub id, folder, .gguf, packaged:...)")
+    s.add_argument("--adapter", help="LoRA adapter folder")
+    s.add_argument("--data-from", help="run folder whose test split and settings to use with --model")
+    s.add_argument("--label", help="label in the results (default base/tuned)")
+    s.add_argument("--out", help="results.json path")
+    s.set_defaults(fn=cmd_eval)
+
+    s = sub.add_parser("report", help="re-render report.md, comparison.json and gate.json of a run")
+    s.add_argument("run")
+    s.set_defaults(fn=cmd_report)
+    s = sub.add_parser("gate", help="release gate: exit 0 pass, 1 fail, 2 invalid input")
+    s.add_argument("run")
+    s.add_argument("--rules", help="rules YAML (default: the run's gate.rules, else configs/gates/default.yaml)")
+    s.add_argument("--out", help="verdict JSON (default RUN/gate.json)")
+    s.set_defaults(fn=cmd_gate)
+    s = sub.add_parser("compare", help="leaderboard: several runs' adapters against their common base")
+    s.add_argument("runs", nargs="+")
+    s.add_argument("--out", help="write the Markdown table here too")
+    s.set_defaults(fn=cmd_compare)
+    s = sub.add_parser("chat", help="interactive chat, streamed token by token")
+    s.add_argument("--model", default="packaged:smollm2-135m-instruct")
+    s.add_argument("--adapter")
+    s.add_argument("--template", default="auto")
+    s.add_argument("--system")
+    s.add_argument("--temperature", type=float, default=1.5)
+    s.add_argument("--min-p", type=float, default=0.1)
+    s.add_argument("--max-new-tokens", type=int, default=256)
+    s.set_defaults(fn=cmd_chat)
+    s = sub.add_parser("export", help="write a merged 16-bit model that loads without peft")
+    s.add_argument("run", help="run folder or adapter folder")
+    s.add_argument("--merged", action="store_true")
+    s.add_argument("--out", help="output folder (default RUN/merged)")
+    s.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    s.set_defaults(fn=cmd_export)
+    s = sub.add_parser("bench", help="GPU benchmarks: `tunebench bench speed|eval --help`", add_help=False)
+    s.add_argument("bench_args", nargs=argparse.REMAINDER)
+    s.set_defaults(fn=cmd_bench)
+    return p
+
+
+def _fail(err: BaseException, code: int, verbose: bool) -> int:
+    """Print one paragraph (the traceback too with -v) and return the exit code."""
+    if verbose:
+        traceback.print_exception(err)
+    label = "interrupted" if code == EXIT_INTERRUPTED else "error"
+    print(f"{label}: {err}", file=sys.stderr)
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse ``argv``, run one subcommand, and map errors to exit codes by class (see core.errors)."""
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        return args.fn(args)
+    except TunebenchError as e:
+        return _fail(e, e.exit_code, args.verbose)
+    except (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError) as e:
+        return _fail(e, EXIT_INVALID_INPUT, args.verbose)  # a path the user named that is not there / not usable
+    except KeyboardInterrupt as e:
+        return _fail(e, EXIT_INTERRUPTED, args.verbose)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

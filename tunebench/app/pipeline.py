@@ -1,0 +1,167 @@
+"""`tunebench run`: data -> train -> evaluate base and tuned -> compare -> report -> gate, in one run folder.
+
+Each stage records a fingerprint of its inputs in ``stages.json``; a re-run skips stages whose inputs
+have not changed, so a rerun after a crash continues where it stopped (training resumes from its last
+checkpoint). Training runs in a child process: Unsloth must be imported before transformers there, and
+evaluation must never run on Unsloth-patched transformers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tunebench.core.config import RunConfig, dump_yaml, to_dict
+from tunebench.core.errors import Interrupted, PipelineError
+from tunebench.core.io import atomic_write_json, atomic_write_text, fingerprint, read_json
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PipelineResult:
+    run_dir: Path
+    report: Path
+    gate_code: int
+    headline: str
+
+
+def prepare_run_dir(cfg: RunConfig, run_dir: Path, overwrite: bool) -> None:
+    """Create the run folder, or accept it if it holds the same config; refuse a different one."""
+    cfg_path = run_dir / "config.yaml"
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if overwrite:
+            shutil.rmtree(run_dir)
+        elif cfg_path.exists():
+            import yaml
+
+            old = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
+            if fingerprint(old) != fingerprint(to_dict(cfg)):
+                diff = _diff(old, to_dict(cfg))
+                raise PipelineError(
+                    f"{run_dir} holds a run with another config ({diff}); pass --overwrite to replace it or "
+                    "--out to use another folder"
+                )
+        else:
+            raise PipelineError(f"{run_dir} exists and is not a tunebench run; pass --overwrite or --out")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(cfg_path, dump_yaml(cfg))
+
+
+def _diff(a: Any, b: Any, prefix: str = "") -> str:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b)):
+            if a.get(k) != b.get(k):
+                return _diff(a.get(k), b.get(k), f"{prefix}{k}.")
+    return f"{prefix.rstrip('.')}: {a!r} -> {b!r}"
+
+
+class Stages:
+    """stages.json: stage name -> fingerprint of the inputs it was completed with."""
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / "stages.json"
+        self.done: dict[str, str] = read_json(self.path) if self.path.exists() else {}
+
+    def fresh(self, name: str, fp: str, *outputs: Path) -> bool:
+        return self.done.get(name) == fp and all(p.exists() for p in outputs)
+
+    def mark(self, name: str, fp: str) -> None:
+        self.done[name] = fp
+        atomic_write_json(self.path, self.done)
+
+
+def _train_child(run_dir: Path) -> None:
+    """Run `tunebench train` on the run's config in a child process; Ctrl-C reaches it and it checkpoints."""
+    cmd = [sys.executable, "-m", "tunebench", "train", str(run_dir / "config.yaml"), "--out", str(run_dir),
+           "--resume"]
+    log.info("training in a child process: %s", " ".join(cmd))
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)  # the child gets the terminal's SIGINT and saves
+    try:
+        code = subprocess.call(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    finally:
+        signal.signal(signal.SIGINT, old)
+    if code == 130:
+        raise Interrupted(f"training was interrupted; a checkpoint is in {run_dir}/checkpoints. "
+                          "Run the same command again to continue.")
+    if code != 0:
+        raise PipelineError(f"training failed (exit code {code}); see the messages above")
+
+
+def run(cfg: RunConfig, run_dir: str | Path, overwrite: bool = False, progress: bool = True) -> PipelineResult:
+    """The whole pipeline. Returns where the report is and the gate's exit code."""
+    from tunebench.data import conversations as data_mod
+    from tunebench.evals.runner import evaluate_model, save_contamination
+    from tunebench.models.loading import load_tokenizer, resolve_model
+
+    run_dir = Path(run_dir)
+    prepare_run_dir(cfg, run_dir, overwrite)
+    stages = Stages(run_dir)
+    source = resolve_model(cfg.model.ref, cfg.model.revision)
+
+    data_fp = fingerprint([to_dict(cfg.data), cfg.model.chat_template, source.identity])
+    if not stages.fresh("data", data_fp, run_dir / "data" / "data_report.json"):
+        log.info("stage data")
+        tok, tname = load_tokenizer(source, cfg.model.chat_template, cfg.model.trust_remote_code)
+        data_mod.prepare(tok, tname, cfg.data, run_dir / "data")
+        stages.mark("data", data_fp)
+
+    train_fp = fingerprint([data_fp, to_dict(cfg.model), to_dict(cfg.lora), to_dict(cfg.train)])
+    adapter = run_dir / "adapter"
+    if not stages.fresh("train", train_fp, adapter / "manifest.json"):
+        if stages.done.get("train") not in (None, train_fp):  # settings changed: old checkpoints don't apply
+            shutil.rmtree(adapter, ignore_errors=True)
+            shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+        log.info("stage train")
+        _train_child(run_dir)
+        stages.mark("train", train_fp)
+
+    eval_fp = fingerprint([data_fp, to_dict(cfg.model), to_dict(cfg.eval), cfg.report.alpha])
+    contamination_path = run_dir / "eval" / "contamination.json"
+    if not stages.fresh("contamination", eval_fp, contamination_path):
+        log.info("stage contamination")
+        save_contamination(run_dir, cfg)
+        stages.mark("contamination", eval_fp)
+    contamination = read_json(contamination_path)
+
+    base_path = run_dir / "eval" / "base" / "results.json"
+    if not stages.fresh("eval_base", eval_fp, base_path):
+        log.info("stage eval base")
+        evaluate_model(cfg, run_dir, "base", None, base_path, contamination, progress)
+        stages.mark("eval_base", eval_fp)
+
+    manifest = read_json(adapter / "manifest.json")
+    tuned_fp = fingerprint([eval_fp, train_fp, manifest.get("created")])
+    tuned_path = run_dir / "eval" / "tuned" / "results.json"
+    if not stages.fresh("eval_tuned", tuned_fp, tuned_path):
+        log.info("stage eval tuned")
+        evaluate_model(cfg, run_dir, "tuned", adapter, tuned_path, contamination, progress)
+        stages.mark("eval_tuned", tuned_fp)
+
+    return finish(run_dir, cfg)
+
+
+def finish(run_dir: Path, cfg: RunConfig) -> PipelineResult:
+    """Compare, gate and render from the results files (always recomputed: cheap and deterministic)."""
+    import io
+
+    from tunebench.reports.compare import compare, load_run_results
+    from tunebench.reports.gate import gate_main
+    from tunebench.reports.render import context_from_run, metric_table, render_report
+
+    results = load_run_results(run_dir)
+    comparison = compare(results["base"], results["tuned"], cfg.report.alpha, cfg.eval.bootstrap_samples)
+    atomic_write_json(run_dir / "comparison.json", comparison.to_dict())
+    buf = io.StringIO()
+    code = gate_main(run_dir, cfg.gate.rules, stream=buf)
+    report = render_report(comparison, context_from_run(run_dir, results))
+    atomic_write_text(run_dir / "report.md", report)
+    headline = metric_table(comparison.headline_rows(), comparison.alpha, detailed=False)
+    return PipelineResult(run_dir, run_dir / "report.md", code, headline + "\n\n" + buf.getvalue())

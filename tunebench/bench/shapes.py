@@ -1,0 +1,397 @@
+"""What the speed benchmarks run on: model shapes with random weights, a stand-in Llama-3 tokenizer, the
+card's measured bf16 peak, and conversations encoded once by the suite's own data pipeline.
+
+No Llama 3.2 checkpoint or tokenizer is reachable offline, and speed does not depend on the values of the
+weights, so a shape is the published config with random bf16 weights, saved once as safetensors so that
+every benchmark process loads the identical model with ``from_pretrained``. The tokenizer is the packaged
+SmolLM2 one with the Llama 3 special tokens added: the shipped ``llama-3.1`` template then renders and
+tokenizes with real marker tokens (Unsloth's ``train_on_responses_only`` needs that), and Llama 3's
+pre-tokenizer split; but token counts are SmolLM2's, not Llama 3's (its 49k vocabulary splits text into
+somewhat more tokens than Llama 3's 128k one).
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import logging
+import pickle
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from tunebench.core.errors import BenchmarkError as ShapeError
+from tunebench.core.io import (
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    cache_root,
+    fingerprint,
+)
+
+log = logging.getLogger(__name__)
+
+# Llama 3.2 ships llama3-style RoPE scaling; it changes no FLOP count but keeps the config faithful.
+_LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "high_freq_factor": 4.0,
+                "low_freq_factor": 1.0, "original_max_position_embeddings": 8192}
+_LLAMA32_COMMON = {"vocab_size": 128256, "intermediate_size": 8192, "num_key_value_heads": 8,
+                   "max_position_embeddings": 131072, "rms_norm_eps": 1e-5, "tie_word_embeddings": True,
+                   "hidden_act": "silu", "rope_parameters": _LLAMA3_ROPE}
+
+SHAPES: dict[str, dict[str, Any]] = {
+    # meta-llama/Llama-3.2-1B(-Instruct) config.json: 1,235,814,400 parameters with tied embeddings
+    "llama-3.2-1b": {**_LLAMA32_COMMON, "hidden_size": 2048, "num_hidden_layers": 16, "num_attention_heads": 32,
+                     "head_dim": 64},
+    # meta-llama/Llama-3.2-3B(-Instruct) config.json: 3,212,749,824 parameters with tied embeddings
+    "llama-3.2-3b": {**_LLAMA32_COMMON, "hidden_size": 3072, "num_hidden_layers": 28, "num_attention_heads": 24,
+                     "head_dim": 128},
+    # Not a published model: two small layers on the Llama 3 vocabulary, for smoke tests of the harness.
+    "tiny": {**_LLAMA32_COMMON, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+             "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16},
+}
+
+PUBLISHED_PARAMS = {"llama-3.2-1b": 1_235_814_400, "llama-3.2-3b": 3_212_749_824}
+
+# Llama 3 special tokens (ids 128000+ in the real vocabulary); added to the stand-in tokenizer so the
+# llama-3.1 template's markers are single special tokens, as they are for the real model.
+LLAMA3_SPECIAL = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
+                  "<|eot_id|>", "<|eom_id|>", "<|python_tag|>", "<|finetune_right_pad_id|>"]
+# Llama 3's pre-tokenizer split (its tokenizer.json): unlike SmolLM2's GPT-2 split it keeps a run of newlines
+# together, so "<|end_header_id|>\n\n" + text tokenizes as the marker alone does, as it does for Llama 3.
+LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
+                r"\s*[\r\n]+|\s+(?!\S)|\s+")
+SHAPE_MARKER = "tunebench_shape.json"
+
+
+def is_named_shape(name: str) -> bool:
+    """True for a shape this module builds (as opposed to a model reference used as is)."""
+    return name in SHAPES
+
+
+def shape_config(name: str, tokenizer: Any = None) -> Any:
+    """The LlamaConfig of a named shape; bos/eos/pad ids follow ``tokenizer`` when one is given.
+
+    Raises:
+        ShapeError: unknown name (with the known ones and a did-you-mean).
+    """
+    from transformers import LlamaConfig
+
+    if name not in SHAPES:
+        hint = difflib.get_close_matches(name, list(SHAPES), n=1)
+        dym = f"; did you mean {hint[0]!r}?" if hint else ""
+        raise ShapeError(f"unknown shape {name!r} (known: {', '.join(SHAPES)}, or a model reference){dym}")
+    ids: dict[str, Any] = {"bos_token_id": 128000, "eos_token_id": 128009, "pad_token_id": None}
+    if tokenizer is not None:
+        ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+               "pad_token_id": tokenizer.pad_token_id}
+    return LlamaConfig(**SHAPES[name], **ids)
+
+
+def count_params(config: Any) -> int:
+    """Parameters of a causal LM built from ``config`` (tied embeddings counted once), without allocating."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return sum(p.numel() for p in model.parameters())  # parameters() yields a tied tensor once
+
+
+# ----------------------------------------------------------------------------- the stand-in tokenizer
+
+
+def default_tokenizer_source() -> str:
+    """The packaged SmolLM2 model folder (dequantized once into the cache), whose tokenizer is the base."""
+    from tunebench.core.config import PACKAGED_MODEL
+    from tunebench.models.loading import resolve_model
+
+    return resolve_model(PACKAGED_MODEL).path
+
+
+def standin_tokenizer(source: str | Path | None = None) -> Any:
+    """A tokenizer that renders the llama-3.1 template with real special tokens.
+
+    Args:
+        source: a tokenizer folder (SmolLM2's, or one written by ``export_tokenizer``); default: the packaged
+            SmolLM2 tokenizer.
+
+    Returns:
+        The tokenizer, with bos ``<|begin_of_text|>``, eos ``<|eot_id|>``, pad ``<|finetune_right_pad_id|>``,
+        Llama 3's pre-tokenizer split and the llama-3.1 chat template. Converting an already converted one
+        changes nothing.
+
+    Raises:
+        ShapeError: the folder cannot be loaded, or its vocabulary would not fit the 128,256-row embedding.
+    """
+    from tokenizers import Regex, pre_tokenizers
+    from transformers import AutoTokenizer
+
+    from tunebench.models.loading import template_text
+
+    src = str(source) if source is not None else default_tokenizer_source()
+    try:
+        tok = AutoTokenizer.from_pretrained(src, clean_up_tokenization_spaces=False)
+    except (OSError, ValueError) as e:
+        raise ShapeError(f"--tokenizer {src}: cannot load a tokenizer there ({e}); give a tokenizer folder") from None
+    tok.add_special_tokens({"extra_special_tokens": LLAMA3_SPECIAL}, replace_extra_special_tokens=False)
+    tok.bos_token, tok.eos_token, tok.pad_token = "<|begin_of_text|>", "<|eot_id|>", "<|finetune_right_pad_id|>"
+    tok.chat_template = template_text("llama-3.1")
+    # Without this, "\n\n" before text becomes two tokens but one in the bare marker, and Unsloth's
+    # train_on_responses_only labels differ from the shared mask on every conversation.
+    tok.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False),
+    ])
+    if len(tok) > SHAPES["llama-3.2-1b"]["vocab_size"]:
+        raise ShapeError(f"--tokenizer {src}: {len(tok)} tokens do not fit Llama 3's 128,256-row embedding")
+    return tok
+
+
+def export_tokenizer(out: str | Path, source: str | Path | None = None) -> Path:
+    """Write the stand-in tokenizer to ``out`` (small; it travels to a machine without the packaged model)."""
+    out = Path(out)
+    tok = standin_tokenizer(source)
+    out.mkdir(parents=True, exist_ok=True)
+    tok.save_pretrained(out)
+    return out
+
+
+# ----------------------------------------------------------------------------- building a shape
+
+
+def shape_dir(name: str, tokenizer_source: str | None, root: str | Path | None = None) -> Path:
+    """Where a built shape lives: keyed by its config and tokenizer source, so a change rebuilds it."""
+    root = Path(root) if root is not None else cache_root() / "shapes"
+    key = fingerprint([SHAPES[name], str(tokenizer_source or "packaged"), 0])
+    return root / f"{name}-{key[:10]}"
+
+
+def build_shape(name: str, tokenizer_source: str | None = None, root: str | Path | None = None,
+                device: str | None = None) -> Path:
+    """Build a named shape once (random bf16 weights + stand-in tokenizer) and return its folder.
+
+    The weights are initialised on ``device`` (default CUDA when present: seconds instead of minutes for
+    billions of parameters) with the model's own initialiser under a fixed seed, then saved as safetensors.
+    Concurrent builders each write a temp folder and only one rename wins.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, GenerationConfig
+
+    final = shape_dir(name, tokenizer_source, root)
+    if (final / SHAPE_MARKER).exists():
+        return final
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    tok = standin_tokenizer(tokenizer_source)
+    config = shape_config(name, tok)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
+    log.info("building shape %s (random bf16 weights) on %s into %s", name, device, final)
+    try:
+        torch.manual_seed(0)
+        with torch.device(device):
+            model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+        model.generation_config = GenerationConfig(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                                                   pad_token_id=tok.pad_token_id)
+        n = sum(p.numel() for p in model.parameters())
+        model.save_pretrained(tmp, safe_serialization=True)
+        del model
+        tok.save_pretrained(tmp)
+        atomic_write_json(tmp / SHAPE_MARKER, {
+            "shape": name, "params": n, "weights": "random init (transformers initializer, seed 0), bfloat16",
+            "tokenizer": f"stand-in: {tokenizer_source or 'packaged SmolLM2-135M-Instruct'} + Llama 3 special tokens",
+            "config": SHAPES[name],
+        })
+        try:
+            tmp.rename(final)
+        except OSError:  # another process finished first: its folder is identical
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def describe(name_or_ref: str, folder: str | Path) -> dict[str, Any]:
+    """What a results file says about a shape: parameters, key dimensions, and where the weights come from."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(str(folder))
+    marker = Path(folder) / SHAPE_MARKER
+    info = {
+        "name": name_or_ref,
+        "path": str(folder),
+        "params": count_params(config),
+        "hidden_size": config.hidden_size,
+        "layers": config.num_hidden_layers,
+        "heads": config.num_attention_heads,
+        "kv_heads": getattr(config, "num_key_value_heads", None),
+        "vocab_size": config.vocab_size,
+        "tied_embeddings": bool(getattr(config, "tie_word_embeddings", False)),
+    }
+    if marker.exists():
+        import json
+
+        meta = json.loads(marker.read_text(encoding="utf-8"))
+        info["weights"], info["tokenizer"] = meta["weights"], meta["tokenizer"]
+    else:
+        info["weights"], info["tokenizer"] = "as given (the model's own)", "the model's own"
+    return info
+
+
+# ----------------------------------------------------------------------------- the card, and the setup worker
+
+
+# Dense bf16 tensor-core peaks from the vendor datasheets (TFLOP/s), matched by substring, most specific first.
+DATASHEET_BF16_TFLOPS = [("H200", 989.4), ("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.4),
+                         ("A100", 312.0), ("L40S", 362.1), ("A10G", 70.0), ("L4", 121.0)]
+
+
+def datasheet_tflops(device_name: str | None) -> float | None:
+    """The datasheet dense bf16 peak of a card, or None for an unknown card."""
+    for key, value in DATASHEET_BF16_TFLOPS:
+        if device_name and key in device_name:
+            return value
+    return None
+
+
+def measure_matmul_peak(n: int = 8192, iters: int = 50, repeats: int = 3) -> dict[str, Any]:
+    """The card's achievable dense bf16 rate: ``repeats`` timed loops of ``iters`` n×n×n matmuls, best kept."""
+    import torch
+
+    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    c = torch.empty(n, n, device="cuda", dtype=torch.bfloat16)
+    for _ in range(10):  # clocks up, cuBLAS heuristics chosen
+        torch.mm(a, b, out=c)
+    rates = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(iters):
+            torch.mm(a, b, out=c)
+        end.record()
+        end.synchronize()
+        rates.append(2 * n**3 * iters / (start.elapsed_time(end) / 1e3) / 1e12)
+    del a, b, c
+    torch.cuda.empty_cache()
+    name = torch.cuda.get_device_name(0)
+    return {"method": f"torch.mm bf16 {n}x{n}x{n}, {repeats} loops of {iters}, best loop",
+            "tflops_per_loop": [round(r, 1) for r in rates], "peak_tflops": round(max(rates), 1),
+            "datasheet_tflops": datasheet_tflops(name)}
+
+
+def cuda_facts() -> dict[str, Any]:
+    """Card name, memory and compute capability (empty without CUDA)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return {}
+    p = torch.cuda.get_device_properties(0)
+    return {"name": p.name, "memory_gib": round(p.total_memory / 2**30, 1), "capability": f"{p.major}.{p.minor}",
+            "sms": p.multi_processor_count}
+
+
+def run_setup(spec: dict[str, Any]) -> dict[str, Any]:
+    """Worker: build the named shapes (weights initialised on the GPU) and measure the matmul peak."""
+    import torch
+
+    from tunebench.core.io import environment
+
+    out: dict[str, Any] = {"environment": environment(), "card": cuda_facts(), "shapes": {}}
+    for name in spec["build"]:
+        t0 = time.perf_counter()
+        out["shapes"][name] = {"path": str(build_shape(name, spec.get("tokenizer"), spec.get("root"))),
+                               "seconds": round(time.perf_counter() - t0, 1)}
+    if spec.get("calibrate") and torch.cuda.is_available():
+        out["calibration"] = measure_matmul_peak()
+        log.info("bf16 matmul peak: %.1f TFLOP/s", out["calibration"]["peak_tflops"])
+    return out
+
+
+def resolve_shapes(names: list[str], tokenizer: str | None) -> dict[str, dict[str, Any]]:
+    """Named shapes to build, and model references to use as they are (resolved now: errors come early)."""
+    from tunebench.models.loading import resolve_model
+
+    out = {}
+    for name in names:
+        if is_named_shape(name):
+            out[name] = {"build": True, "chat_template": "llama-3.1"}
+        else:
+            out[name] = {"build": False, "path": resolve_model(name).path, "chat_template": "auto"}
+    return out
+
+
+# ----------------------------------------------------------------------------- conversations
+
+
+def save_prepared(prepared: Any, path: Path) -> Path:
+    """Pickle the encoded data for the workers (same code, same machine: pickle is the simple, exact form)."""
+    return atomic_write_bytes(path, pickle.dumps(prepared, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def load_prepared(path: str | Path) -> Any:
+    """Read back what ``save_prepared`` wrote."""
+    with open(path, "rb") as f:
+        return pickle.load(f)
+
+
+def prepare_data(model_dir: str, chat_template: str, source: str, max_length: int, n_train: int,
+                 work: Path) -> tuple[Path, dict[str, Any], Any]:
+    """Encode conversations once through the suite's data pipeline; cached by tokenizer, source and caps."""
+    from tunebench.core.config import DataConfig
+    from tunebench.core.io import sha256_file
+    from tunebench.data.conversations import prepare
+    from tunebench.models.loading import load_tokenizer, resolve_model
+
+    tok, tname = load_tokenizer(resolve_model(model_dir), chat_template)
+    tok_file = Path(model_dir) / "tokenizer.json"
+    src = Path(source)
+    key = fingerprint([sha256_file(tok_file) if tok_file.exists() else model_dir, tok.chat_template, source,
+                       [src.stat().st_size, int(src.stat().st_mtime)] if src.is_file() else None, max_length, n_train])
+    path = work / "data" / f"{key}.pkl"
+    if path.exists():
+        prepared = load_prepared(path)
+    else:
+        cfg = DataConfig(source=source, max_length=max_length, max_train=n_train, max_validation=0, max_test=0)
+        prepared = prepare(tok, tname, cfg)
+        save_prepared(prepared, path)
+    split = prepared.report["splits"]["train"]
+    summary = {"source": prepared.report["source"], "identity": prepared.report["source_identity"],
+               "conversations": split["conversations"], "truncated": split["truncated"],
+               "tokens": split["tokens"], "assistant_tokens": split["assistant_tokens"],
+               "fingerprint": prepared.fingerprint, "template": tname,
+               "max_length": max_length}
+    return path, summary, prepared
+
+
+def export_data(n: int, out: str | Path, source: str = "packaged:sharegpt-v3", max_mb: float = 15.0) -> dict[str, Any]:
+    """Write the first ``n`` clean training conversations of ``source`` as ShareGPT JSONL.
+
+    "First" is the training split's own order (lowest content hashes: a deterministic random sample). Read
+    back with the default split settings, every record lands in the training split again, since the split
+    is decided by the content hash.
+
+    Returns:
+        {"written": conversations, "mb": size, "stopped_by_size": bool}
+    """
+    from tunebench.core.config import DataConfig
+    from tunebench.data.conversations import standardize_and_split
+    from tunebench.data.sources import read_source
+
+    std = standardize_and_split(read_source(source), DataConfig(source=source, max_validation=0, max_test=0))
+    back = {"user": "human", "assistant": "gpt", "system": "system"}
+    lines: list[str] = []
+    size, limit, stopped = 0, int(max_mb * 2**20), False
+    for conv in std.splits["train"][:n]:
+        line = json.dumps({"id": conv.id, "conversations": [{"from": back[m["role"]], "value": m["content"]}
+                                                             for m in conv.messages]}, ensure_ascii=False) + "\n"
+        if size + len(line.encode("utf-8")) > limit:
+            stopped = True
+            log.warning("stopped at %d conversations: the next one would pass --max-mb %.1f", len(lines), max_mb)
+            break
+        lines.append(line)
+        size += len(line.encode("utf-8"))
+    atomic_write_text(out, "".join(lines))
+    return {"written": len(lines), "mb": size / 2**20, "stopped_by_size": stopped}

@@ -1,0 +1,486 @@
+"""One typed run configuration: sections, YAML presets, dotted overrides, validation.
+
+Load order: preset YAML -> dotted CLI overrides (``train.lr=1e-4``) -> validation -> resolution.
+Every error names the key, the bad value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+
+import yaml
+
+from tunebench.core.errors import ConfigError
+
+CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
+PACKAGED_MODEL = "packaged:smollm2-135m-instruct"
+PACKAGED_DATA = "packaged:sharegpt-v3"
+
+
+@dataclass
+class ModelConfig:
+    """Which base model to load, and how."""
+
+    ref: str = PACKAGED_MODEL
+    """Hub id, local folder, .gguf file, or `packaged:smollm2-135m-instruct` (offline default)."""
+    chat_template: Literal["auto", "llama-3.1", "chatml", "model"] = "auto"
+    """Template for training and every evaluation; auto = llama-3.1 for Llama 3.x, else the model's own."""
+    load_in_4bit: Literal["auto", "on", "off"] = "auto"
+    """4-bit (QLoRA) base weights; auto = on with CUDA, off on CPU (bitsandbytes 4-bit needs CUDA)."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Compute dtype; auto = bfloat16 on CUDA (float16 on pre-Ampere), float32 on CPU."""
+    trust_remote_code: bool = False
+    """Run code shipped with a hub model. Off unless you trust the repository."""
+    revision: str | None = None
+    """Hub revision (branch, tag or commit) for reproducible loads."""
+
+
+@dataclass
+class DataConfig:
+    """Where conversations come from and how they are split and rendered."""
+
+    source: str = PACKAGED_DATA
+    """Hub dataset id, local .jsonl/.json/.parquet, or `packaged:sharegpt-v3` (offline default)."""
+    hub_split: str = "train"
+    """Split to read from a hub dataset."""
+    conversations_field: str = "conversations"
+    """Field holding the list of turns in each record."""
+    validation_fraction: float = 0.01
+    """Share of conversations (by content hash) in the validation split."""
+    test_fraction: float = 0.02
+    """Share of conversations (by content hash) in the test split; training never sees it."""
+    max_train: int | None = None
+    """Cap on training conversations (lowest hashes kept: deterministic); null = all."""
+    max_validation: int | None = 200
+    """Cap on validation conversations; null = all."""
+    max_test: int | None = 500
+    """Cap on test conversations; null = all."""
+    max_length: int = 2048
+    """Maximum tokens per rendered conversation."""
+    truncation: Literal["truncate", "drop"] = "truncate"
+    """Over-long conversations: cut at max_length, or drop them. Both are counted in the data report."""
+    split_salt: str = "tunebench-v1"
+    """Salt of the split hash; change it to draw a different split."""
+
+
+@dataclass
+class LoraConfig:
+    """LoRA adapter shape."""
+
+    r: int = 16
+    """Rank of the update matrices."""
+    alpha: int = 16
+    """Scaling numerator (scale = alpha / r, or alpha / sqrt(r) with rsLoRA)."""
+    dropout: float = 0.0
+    """Dropout on the LoRA input; 0 lets Unsloth use its fused kernels."""
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    """Module names to adapt."""
+    use_rslora: bool = False
+    """Rank-stabilized LoRA scaling."""
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and checkpointing."""
+
+    backend: Literal["auto", "unsloth", "hf"] = "auto"
+    """auto = Unsloth where it imports and runs (single process), else transformers+peft."""
+    batch_size: int = 2
+    """Conversations per device step."""
+    grad_accum: int = 4
+    """Steps accumulated per optimizer update."""
+    max_steps: int = 60
+    """Optimizer updates; -1 = use epochs."""
+    epochs: float = 1.0
+    """Passes over the training split when max_steps is -1."""
+    lr: float = 2e-4
+    """Peak learning rate."""
+    scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
+    """Learning-rate schedule after warm-up."""
+    warmup_steps: int = 5
+    """Linear warm-up updates."""
+    optimizer: Literal["auto", "adamw_torch", "adamw_8bit", "paged_adamw_8bit", "sgd"] = "auto"
+    """auto = adamw_8bit on CUDA, adamw_torch on CPU (bitsandbytes 8-bit optimizers need CUDA)."""
+    weight_decay: float = 0.01
+    """Decoupled weight decay."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping."""
+    seed: int = 3407
+    """Seed for LoRA init, data order and dropout."""
+    padding_free: bool = False
+    """Concatenate a batch without padding (needs a flash/varlen attention path; Unsloth does its own)."""
+    packing: bool = False
+    """Pack several conversations into one max_length row."""
+    gradient_checkpointing: bool = True
+    """Recompute activations in the backward pass (Unsloth's offloaded variant on the unsloth backend)."""
+    eval_every: int = 0
+    """Validation loss (assistant tokens only) every N updates; 0 = only at the end."""
+    save_every: int = 0
+    """Resumable checkpoint every N updates; 0 = only at the end or on interrupt."""
+    logging_steps: int = 1
+    """Loss logged every N updates."""
+
+
+@dataclass
+class SamplingConfig:
+    """One way of generating probe answers."""
+
+    name: str = "seed"
+    """Label used in reports."""
+    temperature: float = 1.5
+    """0 = greedy."""
+    min_p: float | None = 0.1
+    """Min-p nucleus cut (relative to the top token's probability)."""
+    top_p: float | None = None
+    """Top-p nucleus cut."""
+    max_new_tokens: int = 64
+    """Generation length cap."""
+    n_samples: int = 1
+    """Samples per prompt (each with its own fixed seed; greedy ignores it)."""
+
+
+@dataclass
+class EvalConfig:
+    """What to measure on base and tuned."""
+
+    perplexity: bool = True
+    """Held-out perplexity over assistant tokens of the test split."""
+    ppl_batch_tokens: int = 16384
+    """Token budget per perplexity batch (sorted by length, padded)."""
+    bootstrap_samples: int = 2000
+    """Bootstrap resamples for intervals."""
+    lm_eval_tasks: list[str] = field(default_factory=lambda: ["tunebench_facts_mc", "tunebench_arith_gen"])
+    """lm-evaluation-harness tasks (the shipped offline ones, or any standard task you can reach)."""
+    lm_eval_limit: int | None = None
+    """Documents per task (null = all)."""
+    lm_eval_batch_size: int = 8
+    """lm-eval batch size."""
+    lm_eval_chat_template: bool = True
+    """Apply the chat template inside lm-eval (it changes scores; recorded)."""
+    probe_files: list[str] = field(default_factory=lambda: ["default"])
+    """Probe YAML files; `default` is the shipped set."""
+    probe_sampling: list[SamplingConfig] = field(
+        default_factory=lambda: [
+            SamplingConfig(name="seed", temperature=1.5, min_p=0.1),
+            SamplingConfig(name="greedy", temperature=0.0, min_p=None),
+        ]
+    )
+    """Sampling settings; every probe set runs under each."""
+    probe_batch_size: int = 32
+    """Prompts per generate() call (left padded)."""
+    probe_seed: int = 1234
+    """Base seed for sampling; base and tuned use the same seeds."""
+    contamination_ngram: int = 13
+    """Word n-gram length for the train/eval overlap check."""
+
+
+@dataclass
+class ReportConfig:
+    """How the comparison is judged and written."""
+
+    alpha: float = 0.05
+    """Significance level for verdicts (95% intervals at 0.05)."""
+    title: str | None = None
+    """Report title; defaults to the run name."""
+
+
+@dataclass
+class GateConfig:
+    """Release gate."""
+
+    rules: str | None = None
+    """Rules YAML; null = the shipped default rules."""
+
+
+@dataclass
+class RunConfig:
+    """Everything one `tunebench run` needs."""
+
+    name: str = "run"
+    """Run name; the run folder is runs/<name> unless --out says otherwise."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """Base model and how it is loaded."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Conversations: source, splits, rendering."""
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    """Adapter shape."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Optimisation and checkpoints."""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    """Perplexity, lm-eval tasks, probes."""
+    report: ReportConfig = field(default_factory=ReportConfig)
+    """Significance level and title."""
+    gate: GateConfig = field(default_factory=GateConfig)
+    """Release gate rules."""
+
+
+# ----------------------------------------------------------------------------- building from data
+
+
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in get_args(tp))
+    if origin is list:
+        return f"list[{_type_name(get_args(tp)[0])}]"
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Return ``value`` as type ``tp`` or raise ConfigError naming ``key``."""
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as e:
+                errors.append(e)
+        raise ConfigError(f"{key}: {value!r} is not allowed; expected {_type_name(tp)}")
+    if origin is Literal:
+        allowed = get_args(tp)
+        if value in allowed:
+            return value
+        hint = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
+        dym = f" (did you mean {hint[0]!r}?)" if hint else ""
+        raise ConfigError(f"{key}: {value!r} is not allowed; choose one of {', '.join(map(repr, allowed))}{dym}")
+    if origin is list:
+        (item_tp,) = get_args(tp)
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: {value!r} is not a list; expected {_type_name(tp)}")
+        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping of {tp.__name__} fields, got {value!r}")
+        return build(tp, value, prefix=key)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "on", "off", "1", "0"):
+            return value.lower() in ("true", "yes", "on", "1")
+        raise ConfigError(f"{key}: {value!r} is not a boolean; use true or false")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, (int, str, float)):
+            raise ConfigError(f"{key}: {value!r} is not an integer")
+        try:
+            f = float(value)
+        except ValueError:
+            raise ConfigError(f"{key}: {value!r} is not an integer") from None
+        if f != int(f):
+            raise ConfigError(f"{key}: {value!r} is not an integer")
+        return int(f)
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: {value!r} is not a number")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: {value!r} is not a number") from None
+    if tp is str:
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"{key}: {value!r} is not a string")
+        return str(value)
+    raise ConfigError(f"{key}: unsupported type {tp!r}")
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a mapping, rejecting unknown keys with a did-you-mean."""
+    hints = _hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        full = f"{prefix}.{key}" if prefix else str(key)
+        if key not in names:
+            hint = difflib.get_close_matches(str(key), names, n=1)
+            dym = f"; did you mean {(prefix + '.' if prefix else '') + hint[0]!r}?" if hint else ""
+            raise ConfigError(f"unknown key {full!r}{dym} (known: {', '.join(names)})")
+        kwargs[key] = _coerce(value, hints[key], full)
+    obj = cls(**kwargs)
+    _validate(obj, prefix)
+    return obj
+
+
+def _validate(obj: Any, prefix: str) -> None:
+    """Range checks that types cannot express."""
+
+    def bad(name: str, msg: str) -> ConfigError:
+        return ConfigError(f"{prefix + '.' if prefix else ''}{name}: {getattr(obj, name)!r} {msg}")
+
+    if isinstance(obj, DataConfig):
+        for name in ("validation_fraction", "test_fraction"):
+            if not 0.0 <= getattr(obj, name) < 1.0:
+                raise bad(name, "must be in [0, 1)")
+        if obj.validation_fraction + obj.test_fraction >= 1.0:
+            raise bad("test_fraction", "plus validation_fraction must leave room for training (< 1)")
+        if obj.max_length < 16:
+            raise bad("max_length", "must be at least 16 tokens")
+    if isinstance(obj, LoraConfig):
+        if obj.r < 1:
+            raise bad("r", "must be >= 1")
+        if not 0.0 <= obj.dropout < 1.0:
+            raise bad("dropout", "must be in [0, 1)")
+        if not obj.target_modules:
+            raise bad("target_modules", "must name at least one module")
+    if isinstance(obj, TrainConfig):
+        for name in ("batch_size", "grad_accum"):
+            if getattr(obj, name) < 1:
+                raise bad(name, "must be >= 1")
+        if obj.max_steps == 0 or obj.max_steps < -1:
+            raise bad("max_steps", "must be a positive number of updates, or -1 to use epochs")
+        if obj.lr <= 0:
+            raise bad("lr", "must be > 0")
+    if isinstance(obj, EvalConfig):
+        names = [s.name for s in obj.probe_sampling]
+        if len(set(names)) != len(names):
+            raise bad("probe_sampling", "has repeated names; give each sampling setting its own name")
+        if obj.contamination_ngram < 3:
+            raise bad("contamination_ngram", "must be >= 3")
+    if isinstance(obj, SamplingConfig):
+        if obj.temperature < 0:
+            raise bad("temperature", "must be >= 0 (0 = greedy)")
+        if obj.min_p is not None and not 0 <= obj.min_p < 1:
+            raise bad("min_p", "must be in [0, 1)")
+        if obj.n_samples < 1:
+            raise bad("n_samples", "must be >= 1")
+    if isinstance(obj, ReportConfig) and not 0 < obj.alpha < 0.5:
+        raise bad("alpha", "must be in (0, 0.5)")
+
+
+# ----------------------------------------------------------------------------- presets and overrides
+
+
+def preset_names() -> list[str]:
+    """Names of the presets shipped in configs/."""
+    return sorted(p.stem for p in CONFIGS_DIR.glob("*.yaml"))
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of config sections")
+    return data
+
+
+def resolve_preset_path(preset: str) -> Path:
+    """Map a preset name or a YAML path to a file, with a did-you-mean for typos."""
+    p = Path(preset)
+    if p.suffix in (".yaml", ".yml") and p.exists():
+        return p
+    candidate = CONFIGS_DIR / f"{preset}.yaml"
+    if candidate.exists():
+        return candidate
+    names = preset_names()
+    hint = difflib.get_close_matches(preset, names, n=1)
+    dym = f" Did you mean {hint[0]!r}?" if hint else ""
+    raise ConfigError(f"unknown preset {preset!r}: not a file and not one of {', '.join(names)}.{dym}")
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split ``a.b.c=value`` into a key path and a YAML-typed value."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.key=value (e.g. train.lr=1e-4)")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override {text!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    if isinstance(value, str):
+        try:  # "1e-4" is a string to YAML 1.1; accept it as a number
+            value = ast.literal_eval(value) if value.strip() and value.strip()[0] in "-+.0123456789" else value
+        except (ValueError, SyntaxError):
+            pass
+    return key.split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply dotted overrides to a raw config mapping (validated afterwards by build)."""
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for part in path[:-1]:
+            nxt = node.setdefault(part, {})
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"override {text!r}: {part!r} is a value, not a section")
+            node = nxt
+        node[path[-1]] = value
+    return data
+
+
+def load_config(preset: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Load a preset (name or path), apply overrides, validate.
+
+    Raises:
+        ConfigError: unknown preset, bad YAML, unknown key or bad value.
+    """
+    path = resolve_preset_path(str(preset))
+    data = _read_yaml(path)
+    data.setdefault("name", path.stem)
+    data = apply_overrides(data, list(overrides or []))
+    try:
+        return build(RunConfig, data)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain-data view of a config (for JSON/YAML and fingerprints)."""
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(data: dict[str, Any]) -> RunConfig:
+    """Inverse of to_dict (used when reading a run folder)."""
+    return build(RunConfig, data)
+
+
+def dump_yaml(cfg: RunConfig) -> str:
+    """The resolved config as YAML."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Attribute docstrings of a config class (for `tunebench config --explain`)."""
+    import inspect
+
+    src = inspect.getsource(cls)
+    tree = ast.parse(src)
+    docs: dict[str, str] = {}
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    for a, b in zip(body, body[1:], strict=False):
+        if isinstance(a, ast.AnnAssign) and isinstance(a.target, ast.Name):
+            if isinstance(b, ast.Expr) and isinstance(getattr(b, "value", None), ast.Constant):
+                docs[a.target.id] = str(b.value.value)
+    return docs

@@ -1,0 +1,122 @@
+"""One error hierarchy. Each class carries the exit code the command line returns for it, so the CLI maps
+errors by class (never by name): invalid input 2, a gate rule failed 1, interrupted 130.
+
+Every stage raises these with a message that says what was wrong, where, and what to do; the CLI prints
+that one paragraph without a traceback (``-v`` adds it).
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+from jinja2.exceptions import SecurityError
+
+EXIT_OK = 0
+EXIT_GATE_FAILED = 1
+EXIT_INVALID_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+
+class TunebenchError(Exception):
+    """Base of every error tunebench raises on purpose; ``exit_code`` is what the command returns."""
+
+    exit_code = EXIT_INVALID_INPUT
+
+
+class InvalidInput(TunebenchError):
+    """Input that cannot be used (config, data, model, adapter, rules, run folder): exit code 2."""
+
+    exit_code = EXIT_INVALID_INPUT
+
+
+class GateFailed(TunebenchError):
+    """A release-gate rule failed: exit code 1."""
+
+    exit_code = EXIT_GATE_FAILED
+
+
+class Interrupted(TunebenchError):
+    """Stopped by the user (Ctrl-C, SIGTERM) after saving what can be resumed: exit code 130."""
+
+    exit_code = EXIT_INTERRUPTED
+
+
+class ConfigError(InvalidInput, ValueError):
+    """A preset, override or value that cannot be used; the message says what to do."""
+
+
+class DataError(InvalidInput):
+    """Input data that cannot be used; the message says what, where and what to do."""
+
+
+class TemplateError(DataError):
+    """The chat template does not reproduce message contents verbatim, so no mask can be derived."""
+
+
+class ModelError(InvalidInput):
+    """A model reference that cannot be resolved or loaded; the message says what to do."""
+
+
+class AdapterError(ModelError):
+    """An adapter folder that is missing, damaged, or made for another base model."""
+
+
+class BackendError(InvalidInput):
+    """A training backend that cannot run here, with the reason."""
+
+
+class TrainingError(InvalidInput):
+    """Training stopped for a reason the user must act on (NaN loss, existing run folder, ...)."""
+
+
+class RunExistsError(TrainingError):
+    """The run folder already holds training output; resume or overwrite explicitly."""
+
+
+class ProbeError(InvalidInput, ValueError):
+    """A probe file that cannot be used; the message names the file, the line and the fix."""
+
+
+class ProbeSecurityError(ProbeError, SecurityError):
+    """A probe template tried to leave the sandbox (attribute access to internals, unsafe calls)."""
+
+
+class LmEvalError(InvalidInput):
+    """lm-eval could not run: unknown task, unreachable task data, failed child process. The message says why."""
+
+
+class ComparisonError(InvalidInput, ValueError):
+    """Base and tuned results that cannot be compared (different inputs, models or items)."""
+
+
+class GateError(InvalidInput, ValueError):
+    """Rules or inputs the gate cannot judge (exit code 2); the message says where and what to do."""
+
+
+class PipelineError(InvalidInput):
+    """A run folder or stage problem the user must resolve."""
+
+
+class ExportError(InvalidInput):
+    """An export that cannot be written (no adapter, unsupported architecture or quantization, disk full)."""
+
+
+class BenchmarkError(InvalidInput, ValueError):
+    """A benchmark shape, tokenizer source or setup that cannot be used; the message says what to do."""
+
+
+def did_you_mean(word: str, choices: Iterable[str], prefix: str = " Did you mean ", suffix: str = "?") -> str:
+    """The closest of ``choices`` to ``word`` as a sentence fragment, or "" when none is close.
+
+    Args:
+        word: what the user wrote.
+        choices: the known names.
+        prefix: text before the quoted suggestion.
+        suffix: text after it.
+
+    Returns:
+        e.g. ``" Did you mean 'unsloth'?"``, or an empty string.
+    """
+    hint = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1)
+    return f"{prefix}{hint[0]!r}{suffix}" if hint else ""

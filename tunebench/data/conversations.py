@@ -1,0 +1,491 @@
+"""Conversations: standardize ShareGPT turns, drop what cannot be trained (counted by reason), split by
+content hash, render with the chat template, and compute the assistant-token mask.
+
+The mask is computed here and only here; training (where the backend does not mask itself) and the
+perplexity evaluation both use it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import statistics
+import unicodedata
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from tunebench.core.config import DataConfig
+from tunebench.core.errors import TemplateError
+from tunebench.core.io import atomic_write_json, atomic_write_text, fingerprint, read_json
+from tunebench.data.sources import DataError, RawData, read_source
+
+log = logging.getLogger(__name__)
+
+# Unsloth's standardize_sharegpt aliases (unsloth_zoo.dataset_utils.standardize_data_formats), compared
+# case-insensitively. Other roles seen in real ShareGPT dumps (chatgpt, bing, bard) say which product
+# produced a turn, not which side of the dialogue it is; Unsloth refuses them, and so do we (per conversation).
+ROLE_ALIASES = {
+    "system": "system",
+    "user": "user",
+    "human": "user",
+    "input": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "output": "assistant",
+}
+
+DROP_REASONS = {
+    "malformed": "record is not a mapping with a list of turns",
+    "empty": "no turns",
+    "unknown_role": "a turn's role is not one of " + ", ".join(sorted(ROLE_ALIASES)),
+    "empty_content": "a turn's content is empty or not a string",
+    "system_only": "only system turns",
+    "no_assistant_turn": "no assistant turn",
+    "starts_with_assistant": "first non-system turn is the assistant's",
+    "not_alternating": "user and assistant turns do not alternate (or a system turn mid-conversation)",
+    "ends_with_user": "last turn is the user's (nothing to learn from it)",
+    "over_max_length": "longer than data.max_length (truncation=drop)",
+    "no_assistant_token_within_max_length": "no assistant token left inside data.max_length (truncation=truncate)",
+}
+
+SPLITS = ("train", "validation", "test")
+
+
+@dataclass
+class Conversation:
+    """A trainable conversation in {role, content} form."""
+
+    id: str
+    messages: list[dict[str, str]]
+    key: str = ""
+    """Content hash (after normalization): decides the split; equal content, equal split."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "key": self.key, "messages": self.messages}
+
+
+# ----------------------------------------------------------------------------- standardize + validate
+
+
+def _turns_of(record: Any, conversations_field: str) -> list[Any] | None:
+    if not isinstance(record, dict):
+        return None
+    for name in (conversations_field, "conversations", "messages"):
+        turns = record.get(name)
+        if isinstance(turns, list):
+            return turns
+    return None
+
+
+def standardize(record: Any, conversations_field: str = "conversations") -> tuple[list[dict[str, str]] | None, str | None]:
+    """Map one record to {role, content} messages, or return the reason it cannot be trained.
+
+    Returns:
+        (messages, None) or (None, drop_reason) with drop_reason a key of DROP_REASONS.
+    """
+    turns = _turns_of(record, conversations_field)
+    if turns is None:
+        return None, "malformed"
+    if not turns:
+        return None, "empty"
+    messages: list[dict[str, str]] = []
+    bad_content = False
+    for t in turns:
+        if not isinstance(t, dict):
+            return None, "malformed"
+        role = t.get("from", t.get("role"))
+        content = t.get("value", t.get("content"))
+        mapped = ROLE_ALIASES.get(role.strip().lower()) if isinstance(role, str) else None
+        if mapped is None:
+            return None, "unknown_role"
+        if not isinstance(content, str) or not content.strip():
+            bad_content = True
+        messages.append({"role": mapped, "content": content if isinstance(content, str) else ""})
+    if bad_content:
+        return None, "empty_content"
+    roles = [m["role"] for m in messages]
+    if all(r == "system" for r in roles):
+        return None, "system_only"
+    if "assistant" not in roles:
+        return None, "no_assistant_turn"
+    body = roles[1:] if roles[0] == "system" else roles
+    if body[0] == "assistant":
+        return None, "starts_with_assistant"
+    for i, r in enumerate(body):
+        if r != ("user" if i % 2 == 0 else "assistant"):
+            return None, "not_alternating"
+    if body[-1] == "user":
+        return None, "ends_with_user"
+    return messages, None
+
+
+def normalize_for_hash(messages: list[dict[str, str]]) -> str:
+    """Content normalized so that trivially different copies (case, spacing, unicode form) hash alike."""
+    parts = []
+    for m in messages:
+        text = unicodedata.normalize("NFKC", m["content"]).lower()
+        parts.append(m["role"] + "\x1f" + re.sub(r"\s+", " ", text).strip())
+    return "\x1e".join(parts)
+
+
+def content_key(messages: list[dict[str, str]], salt: str) -> str:
+    """Split key: SHA-256 of the salt and the normalized content."""
+    return hashlib.sha256((salt + "\x1d" + normalize_for_hash(messages)).encode("utf-8")).hexdigest()
+
+
+def split_of(key: str, validation_fraction: float, test_fraction: float) -> str:
+    """Deterministic split from the key's leading 60 bits, read as a uniform number in [0, 1)."""
+    u = int(key[:15], 16) / float(16**15)
+    if u < test_fraction:
+        return "test"
+    if u < test_fraction + validation_fraction:
+        return "validation"
+    return "train"
+
+
+@dataclass
+class Standardized:
+    """The outcome of standardizing and splitting a source."""
+
+    splits: dict[str, list[Conversation]]
+    dropped: Counter
+    warnings: list[str]
+    n_records: int
+    duplicates: int
+    uncapped: dict[str, int]
+    source: str
+    identity: str
+    drop_examples: dict[str, list[str]] = field(default_factory=dict)
+
+
+def standardize_and_split(raw: RawData, cfg: DataConfig) -> Standardized:
+    """Standardize every record, drop with reasons, split by content hash, apply the caps.
+
+    Raises:
+        DataError: nothing trainable remains.
+    """
+    dropped: Counter = Counter()
+    examples: dict[str, list[str]] = {}
+    dropped["malformed"] += len(raw.malformed)
+    buckets: dict[str, list[Conversation]] = {s: [] for s in SPLITS}
+    seen: Counter = Counter()
+    for idx, record in enumerate(tqdm(raw.records, desc="standardize", unit="conv", leave=False)):
+        rid = str(record.get("id", idx)) if isinstance(record, dict) else str(idx)
+        messages, reason = standardize(record, cfg.conversations_field)
+        if reason is not None:
+            dropped[reason] += 1
+            examples.setdefault(reason, [])
+            if len(examples[reason]) < 5:
+                examples[reason].append(rid)
+            continue
+        key = content_key(messages, cfg.split_salt)
+        seen[key] += 1
+        split = split_of(key, cfg.validation_fraction, cfg.test_fraction)
+        buckets[split].append(Conversation(id=rid, messages=messages, key=key))
+    duplicates = sum(c - 1 for c in seen.values() if c > 1)
+    uncapped = {s: len(v) for s, v in buckets.items()}
+    caps = {"train": cfg.max_train, "validation": cfg.max_validation, "test": cfg.max_test}
+    for s in SPLITS:
+        buckets[s].sort(key=lambda c: (c.key, c.id))  # lowest hashes first: a deterministic random sample
+        if caps[s] is not None:
+            buckets[s] = buckets[s][: caps[s]]
+    if not buckets["train"]:
+        total = sum(dropped.values())
+        raise DataError(
+            f"{raw.source}: no trainable conversation remains ({len(raw.records)} records, {total} dropped: "
+            + ", ".join(f"{k}={v}" for k, v in dropped.most_common())
+            + "). Check data.conversations_field and the role names (see DROP_REASONS in train/data.py)."
+        )
+    return Standardized(
+        splits=buckets,
+        dropped=dropped,
+        warnings=list(raw.warnings),
+        n_records=len(raw.records) + len(raw.malformed),
+        duplicates=duplicates,
+        uncapped=uncapped,
+        source=raw.source,
+        identity=raw.identity,
+        drop_examples=examples,
+    )
+
+
+# ----------------------------------------------------------------------------- render + mask
+
+
+@dataclass
+class TemplateInfo:
+    """Facts derived from a chat template by rendering sentinel conversations."""
+
+    name: str
+    end_of_turn: str
+    """Text that closes an assistant turn (a special token such as <|im_end|> or <|eot_id|>)."""
+    instruction_part: str
+    """Text that opens a user turn (Unsloth's train_on_responses_only instruction_part)."""
+    response_part: str
+    """Text that opens an assistant turn (Unsloth's response_part)."""
+    sha: str
+
+    def to_dict(self) -> dict[str, str]:
+        return dict(self.__dict__)
+
+
+def template_info(tok: Any, name: str) -> TemplateInfo:
+    """Derive end-of-turn and the user/assistant markers from the template itself, not per model family."""
+    u1, a1, u2, a2 = "\u2063U1\u2063", "\u2063A1\u2063", "\u2063U2\u2063", "\u2063A2\u2063"
+    msgs = [
+        {"role": "user", "content": u1},
+        {"role": "assistant", "content": a1},
+        {"role": "user", "content": u2},
+        {"role": "assistant", "content": a2},
+    ]
+    text = tok.apply_chat_template(msgs, tokenize=False)
+    if any(s not in text for s in (u1, a1, u2, a2)):
+        raise TemplateError(f"chat template {name!r} does not reproduce message contents verbatim")
+    after_user = text[text.index(u1) + len(u1) : text.index(a1)]
+    after_assistant = text[text.index(a1) + len(a1) : text.index(u2)]
+    ids = tok(after_assistant, add_special_tokens=False)["input_ids"]
+    eot = tok.decode(ids[:1]) if ids else ""
+    if not eot.strip() or not after_assistant.startswith(eot):
+        raise TemplateError(f"chat template {name!r}: cannot find the token that ends an assistant turn")
+    response_part = after_user[len(eot) :].lstrip() if after_user.startswith(eot) else after_user.lstrip()
+    instruction_part = after_assistant[len(eot) :].lstrip()
+    return TemplateInfo(name, eot, instruction_part, response_part, fingerprint(tok.chat_template or ""))
+
+
+@dataclass
+class Encoded:
+    """One conversation as model input."""
+
+    id: str
+    input_ids: list[int]
+    labels: list[int]
+    """input_ids on assistant tokens (content + end-of-turn), -100 elsewhere."""
+    truncated: bool
+    n_tokens: int
+    """Tokens before truncation."""
+
+    @property
+    def n_assistant(self) -> int:
+        return sum(1 for x in self.labels if x != -100)
+
+
+def render_with_spans(tok: Any, messages: list[dict[str, str]], eot: str) -> tuple[str, list[tuple[int, int]]]:
+    """Render a conversation and return the character spans of each assistant content + end-of-turn."""
+    full = tok.apply_chat_template(messages, tokenize=False)
+    spans = []
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        prefix = tok.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
+        start = len(prefix)
+        end = start + len(m["content"])
+        if not full.startswith(prefix) or full[start:end] != m["content"]:
+            raise TemplateError(
+                "the chat template changes message text (strips or rewrites it), so assistant tokens cannot "
+                "be located; use model.chat_template=chatml or llama-3.1"
+            )
+        if full.startswith(eot, end):
+            end += len(eot)
+        spans.append((start, end))
+    return full, spans
+
+
+def encode(tok: Any, conv: Conversation, eot: str, max_length: int | None = None) -> Encoded:
+    """Tokenize a rendered conversation and label exactly its assistant tokens (content + end-of-turn).
+
+    A token is an assistant token when its first character lies inside an assistant span. Templates
+    carry their own BOS, so the tokenizer adds no special tokens.
+    """
+    text, spans = render_with_spans(tok, conv.messages, eot)
+    enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = list(enc["input_ids"])
+    labels = [-100] * len(ids)
+    j = 0
+    for t, (s, e) in enumerate(enc["offset_mapping"]):
+        while j < len(spans) and s >= spans[j][1]:
+            j += 1
+        if j < len(spans) and spans[j][0] <= s < spans[j][1] and e > s:
+            labels[t] = ids[t]
+    n = len(ids)
+    truncated = max_length is not None and n > max_length
+    if truncated:
+        ids, labels = ids[:max_length], labels[:max_length]
+    return Encoded(conv.id, ids, labels, truncated, n)
+
+
+def encode_split(
+    tok: Any, convs: list[Conversation], eot: str, max_length: int, truncation: str, desc: str = "encode"
+) -> tuple[list[Encoded], Counter]:
+    """Encode a split, applying the truncation policy; return (kept, dropped-by-reason)."""
+    kept: list[Encoded] = []
+    dropped: Counter = Counter()
+    for conv in tqdm(convs, desc=desc, unit="conv", leave=False):
+        e = encode(tok, conv, eot, max_length)
+        if e.truncated and truncation == "drop":
+            dropped["over_max_length"] += 1
+            continue
+        if e.n_assistant == 0:
+            dropped["no_assistant_token_within_max_length"] += 1
+            continue
+        kept.append(e)
+    return kept, dropped
+
+
+def tokens_fingerprint(encoded: list[Encoded]) -> str:
+    """Identity of the exact token sequences and labels (base and tuned must see the same)."""
+    h = hashlib.sha256()
+    for e in encoded:
+        h.update(e.id.encode())
+        h.update(bytes(str(e.input_ids), "ascii"))
+        h.update(bytes(str(e.labels), "ascii"))
+    return h.hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------- the data step
+
+
+def _length_stats(values: list[int]) -> dict[str, float]:
+    if not values:
+        return {"n": 0}
+    v = sorted(values)
+    q = lambda p: v[min(len(v) - 1, int(p * (len(v) - 1) + 0.5))]  # noqa: E731
+    return {"n": len(v), "mean": round(statistics.fmean(v), 1), "min": v[0], "p50": q(0.5), "p90": q(0.9),
+            "p99": q(0.99), "max": v[-1], "total": sum(v)}
+
+
+@dataclass
+class PreparedData:
+    """The data step's product: encoded splits plus the report that describes them."""
+
+    encoded: dict[str, list[Encoded]]
+    conversations: dict[str, list[Conversation]]
+    template: TemplateInfo
+    report: dict[str, Any]
+
+    @property
+    def fingerprint(self) -> str:
+        return self.report["fingerprint"]
+
+
+def prepare(tok: Any, template_name: str, cfg: DataConfig, out_dir: str | Path | None = None) -> PreparedData:
+    """Read, standardize, split, encode; write the split files and the data report into ``out_dir``.
+
+    Raises:
+        DataError: unreadable source, or nothing trainable.
+    """
+    raw = read_source(cfg.source, cfg.hub_split)
+    for w in raw.warnings:
+        log.warning(w)
+    std = standardize_and_split(raw, cfg)
+    info = template_info(tok, template_name)
+    encoded: dict[str, list[Encoded]] = {}
+    length_dropped: dict[str, Counter] = {}
+    for s in SPLITS:
+        encoded[s], length_dropped[s] = encode_split(
+            tok, std.splits[s], info.end_of_turn, cfg.max_length, cfg.truncation, desc=f"encode {s}"
+        )
+    if not encoded["train"]:
+        raise DataError(
+            f"{cfg.source}: every training conversation lost its assistant tokens at max_length={cfg.max_length}; "
+            "raise data.max_length or use data.truncation=truncate"
+        )
+    kept_ids = {s: {e.id for e in encoded[s]} for s in SPLITS}
+    convs = {s: [c for c in std.splits[s] if c.id in kept_ids[s]] for s in SPLITS}
+    split_fp = {s: tokens_fingerprint(encoded[s]) for s in SPLITS}
+    report = {
+        "schema": "tunebench.data_report/1",
+        "source": std.source,
+        "source_identity": std.identity,
+        "config": cfg.__dict__,
+        "template": info.to_dict(),
+        "records": std.n_records,
+        "dropped": dict(std.dropped.most_common()),
+        "dropped_by_length": {s: dict(c) for s, c in length_dropped.items()},
+        "drop_reasons": DROP_REASONS,
+        "drop_examples": std.drop_examples,
+        "clean": sum(std.uncapped.values()),
+        "exact_duplicates": std.duplicates,
+        "split_sizes_before_caps": std.uncapped,
+        "splits": {
+            s: {
+                "conversations": len(encoded[s]),
+                "truncated": sum(e.truncated for e in encoded[s]),
+                "tokens": _length_stats([len(e.input_ids) for e in encoded[s]]),
+                "assistant_tokens": _length_stats([e.n_assistant for e in encoded[s]]),
+                "fingerprint": split_fp[s],
+            }
+            for s in SPLITS
+        },
+        "warnings": std.warnings,
+    }
+    report["fingerprint"] = fingerprint([std.identity, split_fp, info.sha])
+    prepared = PreparedData(encoded, convs, info, report)
+    if out_dir is not None:
+        write(prepared, Path(out_dir))
+    return prepared
+
+
+def write(prepared: PreparedData, out_dir: Path) -> None:
+    """Write split files (JSONL), the data report (JSON + Markdown), atomically."""
+    import json
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for s, convs in prepared.conversations.items():
+        atomic_write_text(
+            out_dir / f"{s}.jsonl", "".join(json.dumps(c.to_dict(), ensure_ascii=False) + "\n" for c in convs)
+        )
+    atomic_write_json(out_dir / "data_report.json", prepared.report)
+    atomic_write_text(out_dir / "data_report.md", render_report(prepared.report))
+
+
+def load_split(out_dir: str | Path, split: str) -> list[Conversation]:
+    """Read back a split written by ``write``."""
+    import json
+
+    path = Path(out_dir) / f"{split}.jsonl"
+    if not path.exists():
+        raise DataError(f"{path}: missing; run `tunebench data` first")
+    return [Conversation(**json.loads(line)) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+def read_report(out_dir: str | Path) -> dict[str, Any]:
+    """The data report of a run folder."""
+    return read_json(Path(out_dir) / "data_report.json")
+
+
+def render_report(report: dict[str, Any]) -> str:
+    """Markdown view of the data report (the JSON is the source of truth)."""
+    lines = [
+        "# Data report",
+        "",
+        f"- source: `{report['source']}` ({report['source_identity']})",
+        f"- records read: {report['records']}; clean: {report['clean']}; exact duplicates: {report['exact_duplicates']}",
+        f"- template: `{report['template']['name']}` (end of turn `{report['template']['end_of_turn']}`)",
+        f"- fingerprint: `{report['fingerprint']}`",
+        "",
+        "## Dropped",
+        "",
+        "| reason | conversations | meaning |",
+        "|---|---:|---|",
+    ]
+    for k, v in report["dropped"].items():
+        lines.append(f"| {k} | {v} | {report['drop_reasons'].get(k, '')} |")
+    for s, c in report["dropped_by_length"].items():
+        for k, v in c.items():
+            lines.append(f"| {k} ({s}) | {v} | {report['drop_reasons'].get(k, '')} |")
+    lines += ["", "## Splits", "", "| split | conversations | truncated | tokens p50 | tokens p90 | tokens max | assistant tokens | fingerprint |",
+              "|---|---:|---:|---:|---:|---:|---:|---|"]
+    for s, d in report["splits"].items():
+        t = d["tokens"]
+        lines.append(
+            f"| {s} | {d['conversations']} | {d['truncated']} | {t.get('p50', '-')} | {t.get('p90', '-')} | "
+            f"{t.get('max', '-')} | {d['assistant_tokens'].get('total', 0)} | `{d['fingerprint']}` |"
+        )
+    if report["warnings"]:
+        lines += ["", "## Warnings", ""] + [f"- {w}" for w in report["warnings"]]
+    return "\n".join(lines) + "\n"

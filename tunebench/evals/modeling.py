@@ -1,0 +1,173 @@
+"""Loading a base model, optionally with a LoRA adapter, for evaluation (plain transformers + peft).
+
+Evaluation never runs in a process where Unsloth has patched transformers: base and tuned go through the
+same code path, so a difference between them is the adapter's doing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tunebench.core import dist
+from tunebench.core.errors import AdapterError
+from tunebench.core.io import sha256_file
+from tunebench.models.loading import ModelSource, load_causal_lm, load_tokenizer, resolve_model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Loaded:
+    """A model ready for evaluation, with what identifies it."""
+
+    model: Any
+    tokenizer: Any
+    template: str
+    source: ModelSource
+    adapter: str | None
+    adapter_sha: str | None
+    device: str
+    dtype: str
+
+    def identity(self) -> dict[str, Any]:
+        return {
+            "base": self.source.to_dict(),
+            "adapter": self.adapter,
+            "adapter_sha256": self.adapter_sha,
+            "template": self.template,
+            "dtype": self.dtype,
+            "device": self.device,
+        }
+
+
+def pick_device(device: str = "auto") -> str:
+    import torch
+
+    if device != "auto":
+        return device
+    if torch.cuda.is_available():  # under torchrun/accelerate each process takes the GPU of its local rank
+        return f"cuda:{dist.local_rank()}"
+    return "cpu"
+
+
+def pick_dtype(dtype: str, device: str) -> Any:
+    """bf16 on CUDA (fp16 before Ampere), fp32 on CPU unless asked."""
+    import torch
+
+    if dtype != "auto":
+        return getattr(torch, dtype)
+    if device.startswith("cuda"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def adapter_manifest(adapter: str | Path) -> dict[str, Any]:
+    """The tunebench manifest beside an adapter, or {} for a foreign adapter."""
+    for p in (Path(adapter) / "manifest.json", Path(adapter).parent / "manifest.json"):
+        if p.exists():
+            return json.loads(p.read_text(encoding="utf-8"))
+    return {}
+
+
+def adapter_sha(adapter: str | Path) -> str:
+    """SHA-256 of an adapter's weights, after checking the folder holds a complete safetensors adapter.
+
+    Raises:
+        AdapterError: no such folder, or adapter_config.json / adapter_model.safetensors missing.
+    """
+    adapter = Path(adapter)
+    if not adapter.is_dir():
+        raise AdapterError(f"adapter {str(adapter)!r}: no such folder; pass a run's adapter/ folder")
+    weights = adapter / "adapter_model.safetensors"
+    if not (adapter / "adapter_config.json").exists() or not weights.exists():
+        raise AdapterError(
+            f"adapter {str(adapter)!r}: needs adapter_config.json and adapter_model.safetensors "
+            "(a half-written or pickled adapter is not loaded)"
+        )
+    return sha256_file(weights)
+
+
+def check_adapter(adapter: str | Path, source: ModelSource) -> str:
+    """Validate an adapter folder against the base it will be applied to.
+
+    Returns:
+        sha256 of adapter_model.safetensors
+
+    Raises:
+        AdapterError: missing folder/files, or a manifest that names another base.
+    """
+    sha = adapter_sha(adapter)
+    manifest = adapter_manifest(adapter)
+    trained_on = (manifest.get("model") or {}).get("identity")
+    if trained_on and trained_on != source.identity:
+        raise AdapterError(
+            f"adapter {str(adapter)!r} was trained on {trained_on} but the base is {source.identity} "
+            f"({source.ref}); evaluate it with the base it was trained on"
+        )
+    return sha
+
+
+def _check_shapes(model: Any, adapter: Path) -> None:
+    """Compare every LoRA tensor with the base layer it attaches to (catches a different base size)."""
+    from safetensors import safe_open
+
+    modules = dict(model.named_modules())
+    with safe_open(str(adapter / "adapter_model.safetensors"), framework="pt") as f:
+        for key in f.keys():
+            if ".lora_A." not in key and ".lora_B." not in key:
+                continue
+            base_name = key.split(".lora_")[0].removeprefix("base_model.model.")
+            mod = modules.get(base_name)
+            if mod is None or not hasattr(mod, "in_features"):
+                raise AdapterError(f"adapter tensor {key!r} targets {base_name!r}, which this base model lacks")
+            shape = f.get_slice(key).get_shape()
+            want = mod.in_features if ".lora_A." in key else mod.out_features
+            got = shape[1] if ".lora_A." in key else shape[0]
+            if want != got:
+                raise AdapterError(
+                    f"adapter tensor {key!r} has {got} features where the base layer has {want}: "
+                    "the adapter was trained on another base model"
+                )
+
+
+def load_for_eval(
+    model_ref: str | ModelSource,
+    adapter: str | Path | None = None,
+    template: str = "auto",
+    dtype: str = "auto",
+    device: str = "auto",
+    load_in_4bit: bool = False,
+    trust_remote_code: bool = False,
+) -> Loaded:
+    """Load base (+ adapter) with transformers/peft in eval mode.
+
+    Raises:
+        ModelError / AdapterError: with a message that says what to do.
+    """
+    source = model_ref if isinstance(model_ref, ModelSource) else resolve_model(model_ref)
+    dev = pick_device(device)
+    torch_dtype = pick_dtype(dtype, dev)
+    weights_sha = check_adapter(adapter, source) if adapter is not None else None
+    if adapter is not None and (Path(adapter) / "tokenizer_config.json").exists():
+        # the adapter folder carries the tokenizer + template it was trained with: use exactly that
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(str(adapter))
+        template_name = adapter_manifest(adapter).get("template", {}).get("name", template)
+    else:
+        tok, template_name = load_tokenizer(source, template, trust_remote_code)
+    model = load_causal_lm(source, torch_dtype, load_in_4bit, dev, trust_remote_code)
+    if adapter is not None:
+        from peft import PeftModel
+
+        _check_shapes(model, Path(adapter))
+        model = PeftModel.from_pretrained(model, str(adapter), is_trainable=False)
+    model.eval()
+    if getattr(model, "generation_config", None) is not None and tok.pad_token_id is not None:
+        model.generation_config.pad_token_id = tok.pad_token_id
+    return Loaded(model, tok, template_name, source, str(adapter) if adapter else None, weights_sha, dev,
+                  str(torch_dtype).replace("torch.", ""))

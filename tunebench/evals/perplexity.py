@@ -1,0 +1,150 @@
+"""Held-out perplexity over assistant tokens (the shared mask), batched and sorted by length.
+
+The LM head runs only on positions that are scored, in chunks, so full-vocabulary logits are never
+materialized for a whole batch: on a 128k vocabulary that is most of the memory and much of the time.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from tunebench.core import dist
+from tunebench.data.conversations import Encoded, tokens_fingerprint
+from tunebench.evals.results import Metric
+
+log = logging.getLogger(__name__)
+
+HEAD_CHUNK = 4096  # scored positions per LM-head matmul: bounds the fp32 logits buffer to HEAD_CHUNK x vocab
+
+
+def batches_by_length(encoded: list[Encoded], batch_tokens: int) -> list[list[int]]:
+    """Indices grouped so that (longest in batch) x (batch size) stays within ``batch_tokens``."""
+    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i].input_ids))
+    out: list[list[int]] = []
+    cur: list[int] = []
+    for i in order:
+        longest = len(encoded[cur[0]].input_ids) if cur else len(encoded[i].input_ids)
+        if cur and longest * (len(cur) + 1) > batch_tokens:
+            out.append(cur)
+            cur = []
+        cur.append(i)
+    if cur:
+        out.append(cur)
+    return out
+
+
+def _backbone_and_head(model: Any) -> tuple[Any, Any]:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    backbone = getattr(base, base.base_model_prefix, None)
+    head = base.get_output_embeddings()
+    if backbone is None or head is None or getattr(base.config, "final_logit_softcapping", None):
+        return None, None
+    return backbone, head
+
+
+def score(model: Any, encoded: list[Encoded], batch_tokens: int = 16384, pad_id: int = 0,
+          progress: bool = True) -> tuple[list[dict[str, Any]], float]:
+    """Summed NLL and scored-token count per conversation.
+
+    Returns:
+        (items, seconds) with items ``{"id", "num": summed NLL (nats), "den": assistant tokens}`` in input order.
+    """
+    import torch
+
+    device = next(model.parameters()).device
+    backbone, head = _backbone_and_head(model)
+    items: list[dict[str, Any] | None] = [None] * len(encoded)
+    groups = batches_by_length(encoded, batch_tokens)
+    # under torchrun each process scores whole batches (the same batches one process would), so the
+    # gathered records equal a single-process run
+    mine = [groups[g] for g in dist.shard(len(groups))]
+    t0 = time.perf_counter()
+    bar = tqdm(total=sum(len(encoded[i].input_ids) for g in mine for i in g), desc="perplexity", unit="tok",
+               disable=not progress or not dist.is_main(), leave=False)
+    with torch.inference_mode():
+        for group in mine:
+            width = max(len(encoded[i].input_ids) for i in group)
+            ids = torch.full((len(group), width), pad_id, dtype=torch.long)
+            labels = torch.full((len(group), width), -100, dtype=torch.long)
+            mask = torch.zeros((len(group), width), dtype=torch.long)
+            for r, i in enumerate(group):
+                n = len(encoded[i].input_ids)
+                ids[r, :n] = torch.tensor(encoded[i].input_ids)
+                labels[r, :n] = torch.tensor(encoded[i].labels)
+                mask[r, :n] = 1
+            ids, labels, mask = ids.to(device), labels.to(device), mask.to(device)
+            target = labels[:, 1:]
+            scored = target != -100
+            if backbone is not None:
+                hidden = backbone(input_ids=ids, attention_mask=mask).last_hidden_state[:, :-1]
+                h = hidden[scored]
+                t = target[scored]
+                nll = torch.empty(t.shape[0], dtype=torch.float32, device=device)
+                for s in range(0, t.shape[0], HEAD_CHUNK):
+                    logits = head(h[s : s + HEAD_CHUNK]).float()
+                    nll[s : s + HEAD_CHUNK] = torch.nn.functional.cross_entropy(
+                        logits, t[s : s + HEAD_CHUNK], reduction="none")
+            else:  # models whose head does more than a matmul: full logits, still batched
+                logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+                nll = torch.nn.functional.cross_entropy(logits[scored], target[scored], reduction="none")
+            per_row = torch.zeros(len(group), dtype=torch.float64, device=device)
+            row_index = torch.arange(len(group), device=device).unsqueeze(1).expand_as(target)[scored]
+            per_row.index_add_(0, row_index, nll.double())
+            counts = scored.sum(dim=1)
+            for r, i in enumerate(group):
+                items[i] = {"id": encoded[i].id, "num": float(per_row[r]), "den": int(counts[r])}
+            bar.update(sum(len(encoded[i].input_ids) for i in group))
+    bar.close()
+    if dist.world_size() > 1:
+        for part in dist.gather({i: x for i, x in enumerate(items) if x is not None}):
+            for i, x in part.items():
+                items[i] = x
+    return [x for x in items if x is not None], time.perf_counter() - t0
+
+
+def evaluate(model: Any, tokenizer: Any, encoded: list[Encoded], *, split: str = "test", batch_tokens: int = 16384,
+             n_boot: int = 2000, alpha: float = 0.05, seed: int = 0, progress: bool = True
+             ) -> tuple[Metric, list[dict[str, Any]], dict[str, Any]]:
+    """Token-weighted perplexity with a bootstrap interval over conversations.
+
+    Returns:
+        (metric, per-conversation items, inputs fingerprint entries)
+    """
+    from tunebench.core.stats import bootstrap_ci
+
+    if not encoded:
+        raise ValueError(f"the {split} split is empty: nothing to score (raise data.max_{split} or test_fraction)")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    items, seconds = score(model, encoded, batch_tokens, pad, progress)
+    tokens = sum(i["den"] for i in items)
+    total_tokens = sum(len(e.input_ids) for e in encoded)
+    nll = sum(i["num"] for i in items)
+    ci = bootstrap_ci(items, "exp_ratio", n_boot=n_boot, alpha=alpha, seed=seed)
+    metric = Metric(
+        name=f"perplexity/{split}",
+        value=math.exp(nll / tokens),
+        higher_is_better=False,
+        n=len(items),
+        unit="conversations",
+        ci_low=ci.low,
+        ci_high=ci.high,
+        ci_method=f"bootstrap over conversations ({n_boot} resamples, percentile)",
+        aggregate="exp_ratio",
+        group="perplexity",
+        details={
+            "scored_tokens": tokens,
+            "input_tokens": total_tokens,
+            "mean_nll": nll / tokens,
+            "seconds": round(seconds, 3),
+            "tokens_per_s": round(total_tokens / seconds, 1) if seconds > 0 else None,
+        },
+    )
+    inputs = {f"{split}_tokens": tokens_fingerprint(encoded), f"{split}_scored_tokens": tokens}
+    log.info("perplexity/%s = %.4f [%.4f, %.4f] over %d conversations, %d tokens (%.0f tok/s)", split,
+             metric.value, ci.low, ci.high, len(items), tokens, metric.details["tokens_per_s"] or 0)
+    return metric, items, inputs

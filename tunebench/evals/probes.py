@@ -1,0 +1,538 @@
+"""Probe sets: declarative YAML prompts with objective checks, run on a model -> pass-rate metrics.
+
+A probe set file (``evals/probes/default.yaml`` is the shipped one)::
+
+    name: mine
+    version: 1
+    system: You are terse.            # optional system prompt for every probe
+    macros: |                         # optional Jinja macros, callable from every template and check
+      {% macro double(x) %}{{ x * 2 }}{% endmacro %}
+    probes:
+      - id: capital
+        template: "What is the capital of {{ country }}?"
+        vars:                         # a mapping of lists (cartesian product) or a list of mappings
+          - {country: France, capital: Paris}
+        checks:                       # all must pass
+          - contains: "{{ capital }}"
+            ignore_case: true
+          - max_words: 40
+
+Templates and check strings are Jinja rendered in an immutable sandbox with StrictUndefined: a probe
+file cannot reach Python internals, and a misspelt variable is an error rather than an empty string.
+Every error names the file and line and says what to change.
+"""
+
+from __future__ import annotations
+
+import difflib
+import itertools
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from jinja2 import StrictUndefined, TemplateSyntaxError, meta, nodes
+from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
+
+from tunebench.core.config import SamplingConfig
+from tunebench.core.errors import ProbeError, ProbeSecurityError
+from tunebench.core.io import fingerprint
+from tunebench.core.stats import wilson as wilson_interval
+from tunebench.evals.generation import generate, samples_per_prompt
+from tunebench.evals.results import Metric, Results
+
+PROBES_DIR = Path(__file__).resolve().parent / "probes"
+SET_KEYS = ("name", "version", "description", "system", "macros", "probes")
+PROBE_KEYS = ("id", "description", "template", "system", "vars", "checks")
+CHECK_KINDS = {
+    "contains": "every listed string appears in the answer",
+    "contains_any": "at least one listed string appears",
+    "not_contains": "none of the listed strings appears",
+    "regex": "the regular expression matches somewhere (re.search)",
+    "not_regex": "the regular expression matches nowhere",
+    "sequence": "the first numbers in the answer are exactly these, in order",
+    "max_words": "at most this many whitespace-separated words",
+    "max_chars": "at most this many characters (surrounding whitespace ignored)",
+}
+TEXT_KINDS = ("contains", "contains_any", "not_contains", "regex", "not_regex")
+CHECK_OPTIONS = {"ignore_case": TEXT_KINDS, "allow_echo": ("sequence",)}
+_ID = re.compile(r"^[A-Za-z0-9_.\-]+$")
+# a number not glued to a word ("v2") or to a preceding digit/dot; "1-2" reads as 1, 2
+_NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?")
+_ENV = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
+
+
+# ----------------------------------------------------------------------------- YAML with line numbers
+
+
+class _Map(dict):
+    """A YAML mapping that remembers its line and where each value starts (1-based)."""
+
+    line: int = 0
+    value_lines: dict[Any, int]
+    block: dict[Any, bool]
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader (no Python objects can be built) that records source lines of mappings."""
+
+
+def _construct_map(loader: _Loader, node: yaml.MappingNode) -> _Map:
+    loader.flatten_mapping(node)
+    m = _Map()
+    m.line, m.value_lines, m.block = node.start_mark.line + 1, {}, {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if isinstance(key, (dict, list)):
+            raise yaml.constructor.ConstructorError(
+                None, None, "a mapping is used as a key (an unquoted '{{ ... }}'?)", key_node.start_mark)
+        m[key] = loader.construct_object(value_node, deep=True)
+        m.value_lines[key] = value_node.start_mark.line + 1
+        # a literal/folded block's text starts on the line after its '|' or '>'
+        m.block[key] = getattr(value_node, "style", None) in ("|", ">")
+    return m
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_map)
+
+
+@dataclass(frozen=True)
+class _Src:
+    """Where a template's text sits in its file."""
+
+    path: Path
+    line: int
+    block: bool = False
+
+    @classmethod
+    def of(cls, path: Path, parent: Any, key: str) -> _Src:
+        lines = getattr(parent, "value_lines", {})
+        return cls(path, lines.get(key, getattr(parent, "line", 0)), getattr(parent, "block", {}).get(key, False))
+
+    def at(self, template_line: int | None = None) -> str:
+        if not template_line:
+            return f"{self.path}:{self.line}"
+        return f"{self.path}:{self.line + template_line - (0 if self.block else 1)}"
+
+
+def _plain(value: Any) -> Any:
+    """Line-tracking mappings back to plain dicts (what templates and JSON see)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return [_plain(v) for v in value] if isinstance(value, list) else value
+
+
+def _dym(name: str, known: list[str]) -> str:
+    hint = difflib.get_close_matches(str(name), known, n=1)
+    return f" (did you mean {hint[0]!r}?)" if hint else ""
+
+
+# ----------------------------------------------------------------------------- Jinja in a sandbox
+
+
+def _template_line(exc: BaseException) -> int | None:
+    """The template line a render error came from (Jinja rewrites tracebacks to template lines)."""
+    tb, line = exc.__traceback__, None
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == "<template>":
+            line = line or tb.tb_lineno
+        tb = tb.tb_next
+    return line
+
+
+def render(text: str, ctx: dict[str, Any], src: _Src, what: str) -> str:
+    """Render user-written Jinja ``text`` with ``ctx`` in the sandbox.
+
+    Raises:
+        ProbeError: syntax error, undefined variable, or a failing expression, with file and line.
+        ProbeSecurityError: the template reached for something the sandbox forbids.
+    """
+    try:
+        tree = _ENV.parse(text)
+    except TemplateSyntaxError as e:
+        raise ProbeError(f"{src.at(e.lineno)}: {what}: Jinja syntax error: {e.message}. Fix the template "
+                         "(write literal braces as {{ '{{' }}).") from None
+    known = sorted(ctx)
+    unknown = sorted(meta.find_undeclared_variables(tree) - set(ctx) - set(_ENV.globals))
+    if unknown:
+        name = unknown[0]
+        line = next((n.lineno for n in tree.find_all(nodes.Name) if n.name == name), None)
+        raise ProbeError(f"{src.at(line)}: {what}: undefined variable {name!r}{_dym(name, known)}; define it "
+                         f"under vars (defined: {', '.join(known) or 'none'}) or fix its spelling")
+    try:
+        return _ENV.from_string(tree).render(ctx)
+    except SecurityError as e:
+        raise ProbeSecurityError(f"{src.at(_template_line(e))}: {what}: {e} Probe templates run in a sandbox; "
+                                 "use variables, filters and macros only.") from e
+    except Exception as e:  # user code: any failure is reported at its line
+        raise ProbeError(f"{src.at(_template_line(e))}: {what}: {type(e).__name__}: {e}. Fix the template "
+                         "or its vars.") from e
+
+
+def _render_deep(value: Any, ctx: dict[str, Any], src: _Src, what: str) -> Any:
+    if isinstance(value, str):
+        return render(value, ctx, src, what) if ("{{" in value or "{%" in value) else value
+    if isinstance(value, list):
+        return [_render_deep(v, ctx, src, what) for v in value]
+    return value
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def numbers_in(text: str) -> list[float]:
+    """The numbers in ``text`` in order ("13, 21 and 34." -> [13, 21, 34])."""
+    return [float(m) for m in _NUMBER.findall(text)]
+
+
+def _num(x: float) -> int | float:
+    return int(x) if float(x).is_integer() else float(x)
+
+
+@dataclass
+class Check:
+    """One objective test of an answer."""
+
+    kind: str
+    value: Any
+    """list[str] for the contains kinds, a pattern for regex kinds, numbers for sequence, int for max_*."""
+    ignore_case: bool = False
+    allow_echo: bool = False
+    """sequence: skip the prompt's numbers if the answer starts by repeating them."""
+
+    def spec(self) -> dict[str, Any]:
+        """The check as written (options only when on): part of the set's fingerprint."""
+        options = {"ignore_case": self.ignore_case, "allow_echo": self.allow_echo}
+        return {self.kind: self.value, **{k: True for k, on in options.items() if on}}
+
+    def __call__(self, output: str, prompt: str = "") -> str | None:
+        """None if ``output`` passes, else why it failed."""
+        k, v = self.kind, self.value
+        fold = (lambda s: s.casefold()) if self.ignore_case else (lambda s: s)
+        if k in ("contains", "contains_any", "not_contains"):
+            found = [s for s in v if fold(s) in fold(output)]
+            if k == "contains" and len(found) < len(v):
+                return f"contains: missing {[s for s in v if s not in found]}"
+            if k == "contains_any" and not found:
+                return f"contains_any: none of {v}"
+            if k == "not_contains" and found:
+                return f"not_contains: found {found}"
+            return None
+        if k in ("regex", "not_regex"):
+            m = re.search(v, output, re.IGNORECASE if self.ignore_case else 0)
+            if k == "regex" and not m:
+                return f"regex: no match for {v!r}"
+            return f"not_regex: {v!r} matched {m.group(0)!r}" if k == "not_regex" and m else None
+        if k == "sequence":
+            got = numbers_in(output)
+            echo = numbers_in(prompt)
+            if self.allow_echo and echo and got[: len(echo)] == echo:
+                got = got[len(echo):]
+            head = [_num(x) for x in got[: len(v)]]
+            return None if head == v else f"sequence: expected {v}, first numbers were {head}"
+        if k == "max_words":
+            n = len(output.split())
+            return None if n <= v else f"max_words: {n} words > {v}"
+        n = len(output.strip())
+        return None if n <= v else f"max_chars: {n} characters > {v}"
+
+
+def _parse_check(raw: Any, ctx: dict[str, Any], path: Path, where: str) -> Check:
+    """Validate and render one check mapping (e.g. ``{contains: "{{ capital }}", ignore_case: true}``)."""
+    line = getattr(raw, "line", 0)
+    if not isinstance(raw, dict):
+        raise ProbeError(f"{path}:{line}: {where}: each check is a mapping such as `- contains: Paris`, "
+                         f"got {raw!r}")
+    kinds = [k for k in raw if k in CHECK_KINDS]
+    for key in raw:
+        if key not in CHECK_KINDS and key not in CHECK_OPTIONS:
+            raise ProbeError(f"{path}:{getattr(raw, 'value_lines', {}).get(key, line)}: {where}: unknown check "
+                             f"kind {key!r}{_dym(key, [*CHECK_KINDS, *CHECK_OPTIONS])}; known kinds: "
+                             f"{', '.join(CHECK_KINDS)} (options: {', '.join(CHECK_OPTIONS)})")
+    if len(kinds) != 1:
+        raise ProbeError(f"{path}:{line}: {where}: a check has exactly one kind, found {kinds or 'none'}; "
+                         "write each as its own list item")
+    kind = kinds[0]
+    for opt, allowed in CHECK_OPTIONS.items():
+        if opt in raw and kind not in allowed:
+            raise ProbeError(f"{path}:{line}: {where}: option {opt!r} does not apply to {kind!r} "
+                             f"(only to {', '.join(allowed)})")
+        if opt in raw and not isinstance(raw[opt], bool):
+            raise ProbeError(f"{path}:{line}: {where}: {opt} must be true or false, got {raw[opt]!r}")
+    src = _Src.of(path, raw, kind)
+    value = _render_deep(raw[kind], ctx, src, f"{where}, check {kind!r}")
+    bad = f"{src.at()}: {where}: {kind}"
+    if kind in ("contains", "contains_any", "not_contains"):
+        value = value if isinstance(value, list) else [value]
+        if not value or not all(isinstance(s, (str, int, float)) for s in value):
+            raise ProbeError(f"{bad} needs a string or a list of strings, got {raw[kind]!r}")
+        value = [str(s) for s in value]
+    elif kind in ("regex", "not_regex"):
+        if not isinstance(value, str):
+            raise ProbeError(f"{bad} needs one pattern string, got {value!r}")
+        try:
+            re.compile(value)
+        except re.error as e:
+            raise ProbeError(f"{bad}: invalid regular expression {value!r} ({e}); quote it with single "
+                             "quotes in YAML so backslashes survive") from None
+    elif kind == "sequence":
+        nums: list[float] = []
+        for x in value if isinstance(value, list) else [value]:
+            if isinstance(x, str):  # a rendered template such as "{{ a + d }} {{ a + 2 * d }}"
+                nums += numbers_in(x)
+            elif isinstance(x, (int, float)) and not isinstance(x, bool):
+                nums.append(x)
+            else:
+                nums = []
+                break
+        if not nums:
+            raise ProbeError(f"{bad} needs numbers, e.g. `sequence: [13, 21, 34]`, got {value!r}")
+        value = [_num(n) for n in nums]
+    else:
+        whole = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+        if not (whole or isinstance(value, str) and value.strip().isdigit()):
+            raise ProbeError(f"{bad} needs a whole number >= 0, got {value!r}")
+        value = int(value)
+    return Check(kind, value, ignore_case=bool(raw.get("ignore_case", False)),
+                 allow_echo=bool(raw.get("allow_echo", False)))
+
+
+# ----------------------------------------------------------------------------- probe sets
+
+
+@dataclass
+class Prompt:
+    """One expanded probe: a conversation to answer and the checks its answer must pass."""
+
+    id: str
+    probe: str
+    messages: list[dict[str, str]]
+    checks: list[Check]
+    vars: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def text(self) -> str:
+        """The user turn."""
+        return self.messages[-1]["content"]
+
+    def evaluate(self, output: str) -> list[str]:
+        """Why ``output`` fails, one reason per failing check (empty: it passes)."""
+        return [r for c in self.checks if (r := c(output, self.text)) is not None]
+
+
+@dataclass
+class ProbeSet:
+    """A loaded, fully expanded probe file."""
+
+    name: str
+    version: str
+    path: str
+    system: str | None
+    prompts: list[Prompt]
+
+    @property
+    def probe_ids(self) -> list[str]:
+        return list(dict.fromkeys(p.probe for p in self.prompts))
+
+    @property
+    def fingerprint(self) -> str:
+        """Hash of everything that decides the scores: names, expanded messages and checks."""
+        return fingerprint({"name": self.name, "version": self.version, "prompts": [
+            {"id": p.id, "messages": p.messages, "checks": [c.spec() for c in p.checks]} for p in self.prompts]})
+
+
+def shipped_sets() -> list[str]:
+    """Names of the probe sets shipped in evals/probes/."""
+    return sorted(p.stem for p in PROBES_DIR.glob("*.yaml"))
+
+
+def load_probe_set(name_or_path: str | Path) -> ProbeSet:
+    """Load and expand a probe set: a shipped name (``default``) or a YAML path.
+
+    Raises:
+        ProbeError: unknown name, unreadable file, bad YAML, or a bad probe (with file and line).
+    """
+    path = Path(name_or_path)
+    if not (path.suffix in (".yaml", ".yml") or path.exists()):
+        path = PROBES_DIR / f"{name_or_path}.yaml"
+        if not path.exists():
+            known = shipped_sets()
+            raise ProbeError(f"unknown probe set {str(name_or_path)!r}{_dym(str(name_or_path), known)}: "
+                             f"pass a .yaml path or one of {', '.join(known)}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ProbeError(f"{path}: cannot read the probe file ({e.strerror}); check the path") from None
+    try:
+        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise ProbeError(f"{where}: not valid YAML: {e.problem or e.context}. Fix the syntax there (a value "
+                         "starting with '{{' or '{%' must be quoted or written as a | block).") from None
+    return parse_probe_set(data, path)
+
+
+def _check_keys(raw: dict, allowed: tuple[str, ...], path: Path, where: str) -> None:
+    for key in raw:
+        if key not in allowed:
+            line = getattr(raw, "value_lines", {}).get(key, getattr(raw, "line", 0))
+            raise ProbeError(f"{path}:{line}: {where}: unknown key {key!r}{_dym(key, list(allowed))}; "
+                             f"allowed: {', '.join(allowed)}")
+
+
+def _var_rows(raw: Any, path: Path, line: int, where: str) -> list[dict[str, Any]]:
+    """vars -> one dict per prompt: a mapping of lists expands as a cartesian product."""
+    if raw is None:
+        return [{}]
+    if isinstance(raw, dict):
+        lists = [v if isinstance(v, list) else [v] for v in raw.values()]
+        return [_plain(dict(zip(raw, combo, strict=True))) for combo in itertools.product(*lists)]
+    if isinstance(raw, list) and all(isinstance(r, dict) for r in raw):
+        return [_plain(r) for r in raw]
+    raise ProbeError(f"{path}:{line}: {where}: vars must be a mapping of lists (expanded as a cartesian "
+                     "product) or a list of mappings")
+
+
+def parse_probe_set(data: Any, path: str | Path) -> ProbeSet:
+    """Validate and expand probe-set data read from ``path`` (see the module docstring)."""
+    path = Path(path)
+    if not isinstance(data, dict):
+        raise ProbeError(f"{path}: the top level must be a mapping with name, version and probes")
+    _check_keys(data, SET_KEYS, path, "probe set")
+    name = str(data.get("name", path.stem))
+    if not _ID.match(name):
+        raise ProbeError(f"{path}: name {name!r} may use only letters, digits, '_', '-' and '.' "
+                         "(it becomes part of metric names)")
+    macros: dict[str, Any] = {}
+    if data.get("macros"):
+        src = _Src.of(path, data, "macros")
+        render(data["macros"], {}, src, "macros")  # reports syntax and sandbox errors at their lines
+        module = _ENV.from_string(data["macros"]).module
+        macros = {k: v for k, v in module.__dict__.items() if not k.startswith("_")}
+    probes = data.get("probes")
+    if not isinstance(probes, list) or not probes:
+        raise ProbeError(f"{path}:{getattr(data, 'line', 1)}: probe set: needs a non-empty `probes:` list")
+    set_system = data.get("system")
+    prompts: list[Prompt] = []
+    seen: set[str] = set()
+    for i, raw in enumerate(probes):
+        line = getattr(raw, "line", 0)
+        if not isinstance(raw, dict):
+            raise ProbeError(f"{path}:{line}: probes[{i}] must be a mapping with id, template and checks")
+        pid = raw.get("id")
+        where = f"probe {pid!r}" if pid else f"probes[{i}]"
+        _check_keys(raw, PROBE_KEYS, path, where)
+        if not isinstance(pid, str) or not _ID.match(pid) or pid in seen:
+            raise ProbeError(f"{path}:{line}: {where}: needs a unique `id` of letters, digits, '_', '-', '.'")
+        seen.add(pid)
+        for key, kind in (("template", str), ("checks", list)):
+            if not isinstance(raw.get(key), kind) or not raw[key]:
+                raise ProbeError(f"{path}:{line}: {where}: needs a non-empty `{key}`")
+        rows = _var_rows(raw.get("vars"), path, getattr(raw, "value_lines", {}).get("vars", line), where)
+        if not rows:
+            raise ProbeError(f"{path}:{line}: {where}: vars expand to no prompts (an empty list?)")
+        system = raw.get("system", set_system)
+        for j, row in enumerate(rows):
+            ctx = {**macros, **row}
+            label = where if "vars" not in raw else f"{where} (vars {row})"
+            text = render(raw["template"], ctx, _Src.of(path, raw, "template"), label).strip()
+            checks = [_parse_check(c, ctx, path, label) for c in raw["checks"]]
+            messages = ([{"role": "system", "content": str(system)}] if system else []) + [
+                {"role": "user", "content": text}]
+            prompts.append(Prompt(pid if "vars" not in raw else f"{pid}[{j}]", pid, messages, checks,
+                                  dict(row)))
+    return ProbeSet(name, str(data.get("version", "1")), str(path), set_system, prompts)
+
+
+# ----------------------------------------------------------------------------- running
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval for k passes out of n (reports.stats); an empty set says nothing: (0, 1)."""
+    return (0.0, 1.0) if n == 0 else wilson_interval(k, n, z)
+
+
+def _pass_rate(name: str, items: list[dict[str, Any]], details: dict[str, Any]) -> Metric:
+    k, n = int(sum(i["num"] for i in items)), len(items)
+    low, high = wilson(k, n)
+    return Metric(name=name, value=k / n if n else float("nan"), higher_is_better=True, n=n, unit="samples",
+                  ci_low=low, ci_high=high, ci_method="wilson", aggregate="mean", group="probes",
+                  details={"passed": k, **details})
+
+
+def run_probes(
+    loaded: Any,
+    probe_sets: list[ProbeSet | str],
+    samplings: list[SamplingConfig],
+    batch_size: int = 32,
+    seed: int = 1234,
+    cache_dir: str | Path | None = None,
+    label: str = "base",
+    use_cache: bool = True,
+    progress: bool = False,
+) -> Results:
+    """Generate every probe under every sampling setting and score the answers.
+
+    Args:
+        loaded: an ``evals.modeling.Loaded``.
+        probe_sets: ProbeSets, shipped names or YAML paths.
+        samplings: decoding settings; each set runs under each.
+        batch_size: prompts per generate call.
+        seed: base seed (give base and tuned the same one: their samples are then paired).
+        cache_dir: generation cache folder (default: the shared cache under ``cache_root()``).
+        label: ``base`` or ``tuned``.
+        use_cache: False regenerates everything.
+        progress: show progress bars.
+
+    Returns:
+        A partial Results: ``probes/<set>/<sampling>/pass_rate`` and ``.../<probe>/pass_rate`` metrics with
+        per-item records ``{"id": "<prompt>#<sample>", ...}``; transcripts and generation statistics in
+        artifacts; set fingerprints, sampling settings and seed in inputs.
+
+    Raises:
+        ProbeError: a bad probe set, or two sets / samplings with the same name.
+    """
+    sets = [s if isinstance(s, ProbeSet) else load_probe_set(s) for s in probe_sets]
+    for kind, names in (("probe set", [s.name for s in sets]), ("sampling", [s.name for s in samplings])):
+        if len(set(names)) != len(names) or any("/" in n for n in names):
+            raise ProbeError(f"{kind} names {names} must be unique and free of '/' (they form metric names)")
+    results = Results(label=label, model=loaded.identity(), inputs={
+        "probe_sets": {s.name: {"fingerprint": s.fingerprint, "version": s.version, "prompts": len(s.prompts)}
+                       for s in sets},
+        "probe_sampling": [asdict(s) for s in samplings],
+        "probe_seed": seed,
+    })
+    transcripts: dict[str, dict[str, list]] = {}
+    stats: dict[str, dict[str, dict]] = {}
+    for ps in sets:
+        for smp in samplings:
+            gen = generate(loaded, [p.messages for p in ps.prompts], smp, seed, batch_size, progress=progress,
+                           cache_dir=cache_dir, use_cache=use_cache)
+            items: list[dict[str, Any]] = []
+            by_probe: dict[str, list[dict[str, Any]]] = {pid: [] for pid in ps.probe_ids}
+            rows = []
+            for p, outs, counts in zip(ps.prompts, gen.samples, gen.token_counts, strict=True):
+                for s, (text, n_tok) in enumerate(zip(outs, counts, strict=True)):
+                    failed = p.evaluate(text)
+                    item = {"id": f"{p.id}#{s}", "num": 0.0 if failed else 1.0, "den": 1}
+                    items.append(item)
+                    by_probe[p.probe].append(item)
+                    rows.append({"id": item["id"], "probe": p.probe, "prompt": p.text, "output": text,
+                                 "passed": not failed, "failed": failed, "new_tokens": n_tok})
+            prefix = f"probes/{ps.name}/{smp.name}"
+            common = {"set": ps.name, "set_version": ps.version, "sampling": smp.name,
+                      "samples_per_prompt": samples_per_prompt(smp)}
+            results.add(_pass_rate(f"{prefix}/pass_rate", items, common), items)
+            for pid, its in by_probe.items():
+                results.add(_pass_rate(f"{prefix}/{pid}/pass_rate", its, {**common, "probe": pid}), its)
+            transcripts.setdefault(ps.name, {})[smp.name] = rows
+            stats.setdefault(ps.name, {})[smp.name] = {
+                "new_tokens": gen.new_tokens, "seconds": gen.seconds, "tokens_per_s": gen.tokens_per_s,
+                "cache_hits": gen.cache_hits, "cache_misses": gen.cache_misses,
+                "generate_calls": gen.generate_calls, "batch_size": batch_size}
+            results.timings[f"{prefix}/generate_s"] = gen.seconds
+    results.artifacts["probe_transcripts"] = transcripts
+    results.artifacts["probe_generation"] = stats
+    return results

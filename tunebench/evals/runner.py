@@ -1,0 +1,162 @@
+"""`tunebench eval`: score one model (base, or base + adapter) on the run's fixed inputs.
+
+Base and tuned go through this same function with the same test tokens, probe prompts, seeds and
+lm-eval documents; only the adapter differs.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from tunebench.core import dist
+from tunebench.core.config import RunConfig
+from tunebench.core.io import atomic_write_json, environment, read_json
+from tunebench.data.conversations import DataError, TemplateInfo, encode_split, load_split, tokens_fingerprint
+from tunebench.evals.results import Results
+
+log = logging.getLogger(__name__)
+
+
+def encoded_test_split(run_dir: Path, tokenizer: Any, cfg: RunConfig) -> tuple[list[Any], dict[str, Any]]:
+    """Re-encode the run's test split with the evaluation tokenizer and check it is the data step's tokens.
+
+    Raises:
+        DataError: the tokens differ from the data report's fingerprint (another template or tokenizer).
+    """
+    report = read_json(run_dir / "data" / "data_report.json")
+    info = TemplateInfo(**report["template"])
+    convs = load_split(run_dir / "data", "test")
+    encoded, _ = encode_split(tokenizer, convs, info.end_of_turn, cfg.data.max_length, cfg.data.truncation,
+                              desc="encode test")
+    want = report["splits"]["test"]["fingerprint"]
+    if tokens_fingerprint(encoded) != want:
+        raise DataError(
+            f"{run_dir}/data: the test split encodes to different tokens than the data step recorded "
+            f"({tokens_fingerprint(encoded)} != {want}); the tokenizer or chat template changed. Re-run `tunebench data`."
+        )
+    return encoded, report
+
+
+def contamination_report(run_dir: Path, cfg: RunConfig, probe_prompts: list[tuple[str, str]] | None = None
+                         ) -> dict[str, Any]:
+    """Overlap of training conversations with the test split, lm-eval documents and probe prompts."""
+    from tunebench.evals.contamination import contamination, conversation_text
+
+    train = load_split(run_dir / "data", "train")
+    test = load_split(run_dir / "data", "test")
+    sets: dict[str, list[tuple[str, str]]] = {"test split": [(c.id, conversation_text(c.messages)) for c in test]}
+    if cfg.eval.lm_eval_tasks:
+        try:
+            from tunebench.evals.lm_eval_runner import task_documents
+
+            for task, docs in task_documents(cfg.eval.lm_eval_tasks, cfg.eval.lm_eval_limit).items():
+                sets[f"lm_eval/{task}"] = docs
+        except Exception as e:  # a task whose documents cannot be read offline is reported, not fatal here
+            log.warning("contamination: could not read lm-eval documents (%s)", e)
+    if probe_prompts:
+        sets["probes"] = probe_prompts
+    return contamination((conversation_text(c.messages) for c in train), sets, n=cfg.eval.contamination_ngram)
+
+
+def probe_prompt_texts(cfg: RunConfig) -> list[tuple[str, str]]:
+    """(id, prompt text) of every probe prompt, for the contamination check."""
+    from tunebench.evals.probes import load_probe_set
+
+    out = []
+    for name in cfg.eval.probe_files:
+        s = load_probe_set(name)
+        out += [(f"{s.name}/{p.id}", p.text) for p in s.prompts]
+    return out
+
+
+def evaluate_model(
+    cfg: RunConfig,
+    run_dir: str | Path,
+    label: str,
+    adapter: str | Path | None = None,
+    out_path: str | Path | None = None,
+    contamination: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> Results:
+    """Perplexity, probes and lm-eval tasks for one model; writes results.json atomically.
+
+    Raises:
+        ModelError, AdapterError, DataError, ProbeError, LmEvalError: with what to do.
+    """
+    import torch
+
+    from tunebench.evals import perplexity
+    from tunebench.evals.modeling import load_for_eval
+    from tunebench.evals.probes import run_probes
+    from tunebench.models.loading import resolve_model
+    from tunebench.train.backends import use_4bit
+
+    run_dir = Path(run_dir)
+    t0 = time.perf_counter()
+    distributed = dist.init()  # under torchrun: perplexity and probe batches are split across processes
+    source = resolve_model(cfg.model.ref, cfg.model.revision)
+    loaded = load_for_eval(source, adapter, cfg.model.chat_template, dtype=cfg.model.dtype,
+                           load_in_4bit=use_4bit(cfg.model), trust_remote_code=cfg.model.trust_remote_code)
+    results = Results(label=label, model=loaded.identity(), inputs={}, environment=environment())
+    results.timings["load_s"] = round(time.perf_counter() - t0, 2)
+
+    if cfg.eval.perplexity:
+        encoded, report = encoded_test_split(run_dir, loaded.tokenizer, cfg)
+        t = time.perf_counter()
+        metric, items, inputs = perplexity.evaluate(
+            loaded.model, loaded.tokenizer, encoded, split="test", batch_tokens=cfg.eval.ppl_batch_tokens,
+            n_boot=cfg.eval.bootstrap_samples, alpha=cfg.report.alpha, progress=progress)
+        results.add(metric, items)
+        results.inputs.update(inputs)
+        results.inputs["template_sha"] = report["template"]["sha"]
+        results.timings["perplexity_s"] = round(time.perf_counter() - t, 2)
+
+    if cfg.eval.probe_files and cfg.eval.probe_sampling:
+        t = time.perf_counter()
+        probes = run_probes(loaded, list(cfg.eval.probe_files), list(cfg.eval.probe_sampling),
+                            batch_size=cfg.eval.probe_batch_size, seed=cfg.eval.probe_seed, label=label,
+                            progress=progress)
+        results.merge(probes)
+        results.timings["probes_s"] = round(time.perf_counter() - t, 2)
+
+    # lm-eval loads its own copy of the model in a child process: free ours first
+    model_path, template = source.path, loaded.template
+    del loaded
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    if cfg.eval.lm_eval_tasks and dist.is_main():
+        from tunebench.evals.lm_eval_runner import run_lm_eval
+
+        t = time.perf_counter()
+        # under torchrun on GPUs the main process launches lm-eval data-parallel over the same GPUs
+        procs = dist.world_size() if distributed and torch.cuda.is_available() else 1
+        lm = run_lm_eval(model_path, str(adapter) if adapter else None, list(cfg.eval.lm_eval_tasks),
+                         cfg.eval.lm_eval_limit, cfg.eval.lm_eval_batch_size, cfg.eval.lm_eval_chat_template,
+                         dtype=cfg.model.dtype, label=label, template=template, num_processes=procs)
+        results.merge(lm)
+        results.timings["lm_eval_s"] = round(time.perf_counter() - t, 2)
+    dist.barrier()
+
+    if contamination is not None:
+        results.artifacts["contamination"] = contamination
+    results.timings["total_s"] = round(time.perf_counter() - t0, 2)
+    results.environment["world_size"] = dist.world_size()
+    if out_path is not None and dist.is_main():
+        results.save(out_path)
+    return results
+
+
+def save_contamination(run_dir: Path, cfg: RunConfig) -> dict[str, Any]:
+    """Compute the contamination report once per run (it depends on data, not on the model)."""
+    path = run_dir / "eval" / "contamination.json"
+    rep = contamination_report(run_dir, cfg, probe_prompt_texts(cfg) if cfg.eval.probe_files else None)
+    atomic_write_json(path, rep)
+    return rep
+
+
+__all__ = ["evaluate_model", "save_contamination", "encoded_test_split"]

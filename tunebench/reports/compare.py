@@ -1,0 +1,520 @@
+"""Base vs tuned: a pure function from two ``Results`` to a ``Comparison`` (schema ``tunebench.comparison/1``).
+
+For every metric present in both results: base and tuned values, delta = tuned - base, the delta's
+(1 - alpha) interval and a p-value from paired statistics on the per-item records:
+
+- paired bootstrap over items (conversations, documents, samples); items whose ids all look like
+  ``<prompt>#<k>`` are repeated samples of one prompt and are resampled per prompt;
+- for pass/fail items, the p-value is McNemar's exact test on the discordant pairs;
+- without per-item records on both sides, an unpaired normal approximation from the two recorded
+  stderrs/intervals (the row's ``method`` says so).
+
+The verdict reads ``higher_is_better`` from the metric: ``improved`` / ``regressed`` when p < alpha,
+``no significant change`` otherwise. Base and tuned must have been computed on the same inputs:
+any shared fingerprint in ``Results.inputs`` that differs raises ``ComparisonError``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import operator
+import re
+import zlib
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from tunebench.core import stats
+from tunebench.core.errors import ComparisonError
+from tunebench.core.stats import fmt, fmt_interval, fmt_p  # noqa: F401  (re-exported for render, gate, tests)
+from tunebench.evals.results import Metric, Results
+
+SCHEMA = "tunebench.comparison/1"
+LEADERBOARD_SCHEMA = "tunebench.leaderboard/1"
+IMPROVED, REGRESSED, UNCHANGED = "improved", "regressed", "no significant change"
+_SAMPLE_ID = re.compile(r"^(?P<unit>.+)#\d+$")
+
+
+def _finite(x: Any) -> float | None:
+    return float(x) if x is not None and math.isfinite(float(x)) else None
+
+
+# ----------------------------------------------------------------------------- one metric
+
+
+@dataclass
+class MetricComparison:
+    """One metric, base vs tuned, with paired statistics and assertion helpers for quality tests."""
+
+    metric: str
+    group: str
+    unit: str
+    higher_is_better: bool
+    aggregate: str
+    base: float | None
+    tuned: float | None
+    delta: float | None
+    """tuned - base."""
+    rel_delta: float | None
+    """delta / |base| (None when base is 0)."""
+    ci_low: float | None
+    ci_high: float | None
+    """(1 - alpha) interval of delta."""
+    p_value: float | None
+    significant: bool
+    """p_value < alpha."""
+    verdict: str
+    n: int
+    """Paired units the statistics rest on (items, or prompts when samples were grouped)."""
+    method: str
+    alpha: float = 0.05
+    n_base: int = 0
+    n_tuned: int = 0
+    base_ci: list[float] | None = None
+    tuned_ci: list[float] | None = None
+    headline: bool = False
+    """Key metric for the report's headline table (not a per-probe breakdown)."""
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def improvement(self) -> float | None:
+        """Delta oriented so that positive is better."""
+        if self.delta is None:
+            return None
+        return self.delta if self.higher_is_better else -self.delta
+
+    def describe(self) -> str:
+        """One line with both values, the delta, its interval, p and n."""
+        level = f"{100 * (1 - self.alpha):g}%"
+        rel = f" ({self.rel_delta * 100:+.1f}%)" if self.rel_delta is not None else ""
+        better = "higher" if self.higher_is_better else "lower"
+        return (
+            f"{self.metric}: base {fmt(self.base)} -> tuned {fmt(self.tuned)}, delta {fmt(self.delta, True)}{rel}, "
+            f"{level} CI {fmt_interval(self.ci_low, self.ci_high)}, p={fmt_p(self.p_value)}, "
+            f"n={self.n} {self.unit}; {better} is better; verdict: {self.verdict} [{self.method}]"
+        )
+
+    def assert_improved(self) -> MetricComparison:
+        """Fail unless tuned is significantly better than base."""
+        if self.verdict != IMPROVED:
+            raise AssertionError(f"expected a significant improvement, got '{self.verdict}'. {self.describe()}")
+        return self
+
+    def assert_not_regressed(self) -> MetricComparison:
+        """Fail if tuned is significantly worse than base."""
+        if self.verdict == REGRESSED:
+            raise AssertionError(f"significant regression. {self.describe()}")
+        return self
+
+    def assert_value(self, op: str, x: float, side: str = "tuned") -> MetricComparison:
+        """Fail unless ``<side value> <op> x`` (side: tuned | base | delta; op: < <= > >= == !=)."""
+        ops = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge,
+               "==": operator.eq, "!=": operator.ne}
+        if op not in ops:
+            raise ValueError(f"unknown operator {op!r}; use one of {', '.join(ops)}")
+        if side not in ("tuned", "base", "delta"):
+            raise ValueError(f"side must be 'tuned', 'base' or 'delta' (got {side!r})")
+        value = getattr(self, side)
+        if value is None or not ops[op](value, x):
+            raise AssertionError(f"expected {side} {op} {fmt(x)}, got {fmt(value)}. {self.describe()}")
+        return self
+
+
+def _cluster_keys(ids: list[str]) -> dict[str, str] | None:
+    """Prompt of each ``prompt#k`` sample id, when grouping gives 2..n-1 clusters; else None."""
+    keys = {}
+    for i in ids:
+        m = _SAMPLE_ID.match(i)
+        if not m:
+            return None
+        keys[i] = m.group("unit")
+    return keys if 2 <= len(set(keys.values())) < len(ids) else None
+
+
+def _sub_seed(seed: int, name: str) -> int:
+    # Per-metric stream: a metric's interval does not change when other metrics are added or reordered.
+    return (seed * 1_000_003 + zlib.crc32(name.encode("utf-8"))) % (2**32)
+
+
+def _metric_ci(m: Metric) -> list[float] | None:
+    return [m.ci_low, m.ci_high] if m.ci_low is not None and m.ci_high is not None else None
+
+
+def compare_metric(
+    bm: Metric,
+    tm: Metric,
+    b_items: list[dict[str, Any]] | None,
+    t_items: list[dict[str, Any]] | None,
+    alpha: float = 0.05,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> MetricComparison:
+    """Compare one metric (see the module docstring for the methods).
+
+    Raises:
+        ComparisonError: items that do not pair up (different ids), or disagreeing metric definitions.
+    """
+    name = bm.name
+    if bm.higher_is_better != tm.higher_is_better or bm.aggregate != tm.aggregate:
+        raise ComparisonError(
+            f"{name}: base and tuned define the metric differently (higher_is_better {bm.higher_is_better} vs "
+            f"{tm.higher_is_better}, aggregate {bm.aggregate!r} vs {tm.aggregate!r}); re-run both evaluations"
+        )
+    base, tuned = _finite(bm.value), _finite(tm.value)
+    delta = tuned - base if base is not None and tuned is not None else None
+    details: dict[str, Any] = {}
+    low = high = p = None
+    n = min(bm.n, tm.n)
+    if b_items and t_items:
+        try:
+            ids, b_num, b_den, t_num, t_den = stats.pair_items(b_items, t_items)
+            clusters = _cluster_keys(ids)
+            pr = stats.paired_bootstrap(b_items, t_items, bm.aggregate, n_boot, alpha, _sub_seed(seed, name),
+                                        clusters=clusters)
+        except ValueError as e:
+            raise ComparisonError(f"{name}: {e}") from None
+        low, high, p, n, method = _finite(pr.low), _finite(pr.high), pr.p_value, pr.n, pr.method
+        if clusters:
+            method = method.replace("clusters", "prompts (samples grouped per prompt)")
+            details["samples"] = len(ids)
+        if stats.is_binary(b_num, b_den) and stats.is_binary(t_num, t_den):
+            b, c = stats.discordant(b_num, t_num)
+            p = stats.mcnemar_exact(b, c)
+            n = len(ids)
+            details["discordant"] = {"base_only": b, "tuned_only": c}
+            method = f"McNemar exact test on {n} paired items (b={b}, c={c}); interval: {method}"
+    else:
+        b_se = stats.standard_error(bm.stderr, bm.ci_low, bm.ci_high)
+        t_se = stats.standard_error(tm.stderr, tm.ci_low, tm.ci_high)
+        if delta is not None and b_se is not None and t_se is not None:
+            _, low, high, p = stats.normal_difference(base, b_se, tuned, t_se, alpha)
+            method = "unpaired normal approximation from recorded stderrs (no per-item records; ignores pairing)"
+        else:
+            method = "no per-item records and no stderr/interval: no test possible"
+    significant = p is not None and delta is not None and p < alpha
+    oriented = None if delta is None else (delta if bm.higher_is_better else -delta)
+    verdict = UNCHANGED
+    if significant and oriented:
+        verdict = IMPROVED if oriented > 0 else REGRESSED
+    return MetricComparison(
+        metric=name,
+        group=bm.group or name.split("/", 1)[0],
+        unit=bm.unit,
+        higher_is_better=bm.higher_is_better,
+        aggregate=bm.aggregate,
+        base=base,
+        tuned=tuned,
+        delta=delta,
+        rel_delta=delta / abs(base) if delta is not None and base else None,
+        ci_low=low,
+        ci_high=high,
+        p_value=_finite(p) if p is not None else None,
+        significant=significant,
+        verdict=verdict,
+        n=n,
+        method=method,
+        alpha=alpha,
+        n_base=bm.n,
+        n_tuned=tm.n,
+        base_ci=_metric_ci(bm),
+        tuned_ci=_metric_ci(tm),
+        details=details,
+    )
+
+
+# ----------------------------------------------------------------------------- whole results
+
+
+def _short(v: Any) -> str:
+    text = json.dumps(v, sort_keys=True, default=str)
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def _model_facts(model: dict[str, Any]) -> dict[str, Any]:
+    """What must agree between base and tuned models: base weights, chat template, dtype."""
+    facts: dict[str, Any] = {}
+    src = model.get("base")
+    if isinstance(src, dict) and src.get("identity") is not None:
+        facts["model.base.identity"] = src["identity"]
+    for key in ("template", "dtype"):
+        if model.get(key) is not None:
+            facts[f"model.{key}"] = model[key]
+    return facts
+
+
+def check_same_inputs(base: Results, tuned: Results) -> dict[str, Any]:
+    """Return the shared input fingerprints, or raise if base and tuned were fed different inputs.
+
+    Raises:
+        ComparisonError: naming the first differing key and both values.
+    """
+    b_facts = {**{f"inputs.{k}": v for k, v in base.inputs.items()}, **_model_facts(base.model)}
+    t_facts = {**{f"inputs.{k}": v for k, v in tuned.inputs.items()}, **_model_facts(tuned.model)}
+    for key in sorted(set(b_facts) & set(t_facts)):
+        if b_facts[key] != t_facts[key]:
+            raise ComparisonError(
+                f"{base.label!r} and {tuned.label!r} were not evaluated on the same inputs: {key} is "
+                f"{_short(b_facts[key])} for {base.label} but {_short(t_facts[key])} for {tuned.label}. "
+                "Re-run both evaluations with the same data, template, probe sets and sampling."
+            )
+    return {k: base.inputs[k] for k in base.inputs if k in tuned.inputs}
+
+
+def _mark_headlines(rows: list[MetricComparison], explicit: dict[str, Any]) -> None:
+    """A row is a headline unless it breaks another row down (``a/b/X/leaf`` when ``a/b/leaf`` exists)."""
+    names = {r.metric for r in rows}
+    for r in rows:
+        flag = explicit.get(r.metric)
+        if isinstance(flag, bool):
+            r.headline = flag
+            continue
+        parts = r.metric.split("/")
+        r.headline = not (len(parts) >= 3 and "/".join(parts[:-2] + parts[-1:]) in names)
+
+
+@dataclass
+class Comparison:
+    """Every shared metric of two results, compared."""
+
+    base_label: str
+    tuned_label: str
+    alpha: float
+    n_boot: int
+    seed: int
+    rows: list[MetricComparison]
+    inputs: dict[str, Any] = field(default_factory=dict)
+    """Input fingerprints both sides share (checked equal)."""
+    base_model: dict[str, Any] = field(default_factory=dict)
+    tuned_model: dict[str, Any] = field(default_factory=dict)
+    only_in_base: list[str] = field(default_factory=list)
+    only_in_tuned: list[str] = field(default_factory=list)
+    schema: str = SCHEMA
+
+    def row(self, metric: str) -> MetricComparison:
+        """The row of one metric. Raises KeyError listing the known metrics."""
+        for r in self.rows:
+            if r.metric == metric:
+                return r
+        raise KeyError(f"no metric {metric!r} in the comparison; known: {', '.join(r.metric for r in self.rows)}")
+
+    def rows_in(self, group: str) -> list[MetricComparison]:
+        return [r for r in self.rows if r.group == group]
+
+    def headline_rows(self) -> list[MetricComparison]:
+        return [r for r in self.rows if r.headline]
+
+    def counts(self) -> dict[str, int]:
+        """How many rows got each verdict."""
+        out = {IMPROVED: 0, REGRESSED: 0, UNCHANGED: 0}
+        for r in self.rows:
+            out[r.verdict] = out.get(r.verdict, 0) + 1
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return _clean(asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "comparison") -> Comparison:
+        if data.get("schema") != SCHEMA:
+            raise ValueError(f"{where}: schema {data.get('schema')!r} is not {SCHEMA!r}; recompute the comparison")
+        known = {f.name for f in fields(MetricComparison)}
+        rows = [MetricComparison(**{k: v for k, v in r.items() if k in known}) for r in data.get("rows", [])]
+        return cls(rows=rows, **{k: v for k, v in data.items() if k != "rows"})
+
+
+def _clean(obj: Any) -> Any:
+    """Non-finite floats -> None, so comparison.json is strict JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+def compare(base: Results, tuned: Results, alpha: float = 0.05, n_boot: int = 2000, seed: int = 0) -> Comparison:
+    """Compare every metric present in both results (pure: reads nothing, writes nothing).
+
+    Args:
+        base: Results of the base model.
+        tuned: Results of base + adapter, computed on the same inputs.
+        alpha: Significance level; intervals are (1 - alpha).
+        n_boot: Bootstrap resamples per metric.
+        seed: Seed of the resampling (each metric derives its own stream from it and its name).
+
+    Returns:
+        A Comparison whose rows follow the base results' metric order.
+
+    Raises:
+        ComparisonError: different input fingerprints, base model or template, or items that do not pair.
+    """
+    if not 0 < alpha < 0.5:
+        raise ValueError(f"alpha must be in (0, 0.5) (got {alpha})")
+    if 2 / (n_boot + 1) >= alpha:  # the smallest bootstrap p-value is 2 / (n_boot + 1)
+        raise ValueError(f"n_boot={n_boot} can never give p < alpha={alpha}; use at least {math.ceil(2 / alpha)} "
+                         "resamples (eval.bootstrap_samples; 2000 is the default)")
+    inputs = check_same_inputs(base, tuned)
+    t_by_name = {m.name: m for m in tuned.metrics}
+    rows = []
+    for bm in base.metrics:
+        tm = t_by_name.get(bm.name)
+        if tm is None:
+            continue
+        b_items = base.items.get(bm.items) if bm.items else None
+        t_items = tuned.items.get(tm.items) if tm.items else None
+        rows.append(compare_metric(bm, tm, b_items, t_items, alpha, n_boot, seed))
+    _mark_headlines(rows, {m.name: m.details.get("headline") for m in base.metrics})
+    b_names = {m.name for m in base.metrics}
+    return Comparison(
+        base_label=base.label,
+        tuned_label=tuned.label,
+        alpha=alpha,
+        n_boot=n_boot,
+        seed=seed,
+        rows=rows,
+        inputs=inputs,
+        base_model=base.model,
+        tuned_model=tuned.model,
+        only_in_base=[m.name for m in base.metrics if m.name not in t_by_name],
+        only_in_tuned=[m.name for m in tuned.metrics if m.name not in b_names],
+    )
+
+
+# ----------------------------------------------------------------------------- several adapters
+
+
+@dataclass
+class Leaderboard:
+    """Several adapters, each compared with the same base."""
+
+    base_label: str
+    alpha: float
+    metrics: list[str]
+    """Headline metrics shown, in order."""
+    comparisons: dict[str, Comparison]
+    """Adapter name -> its comparison with the base."""
+    schema: str = LEADERBOARD_SCHEMA
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One dict per metric: metric, base value, and per adapter its row (or None when absent)."""
+        out = []
+        for name in self.metrics:
+            per = {a: next((r for r in c.rows if r.metric == name), None) for a, c in self.comparisons.items()}
+            first = next((r for r in per.values() if r is not None), None)
+            out.append({"metric": name, "base": first.base if first else None,
+                        "higher_is_better": first.higher_is_better if first else None, "adapters": per})
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return _clean({"schema": self.schema, "base_label": self.base_label, "alpha": self.alpha,
+                       "metrics": self.metrics, "comparisons": {k: c.to_dict() for k, c in self.comparisons.items()}})
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Leaderboard:
+        comps = {k: Comparison.from_dict(v) for k, v in data["comparisons"].items()}
+        return cls(data["base_label"], data["alpha"], data["metrics"], comps, data.get("schema", LEADERBOARD_SCHEMA))
+
+
+def leaderboard(
+    base: Results,
+    tuned: dict[str, Results],
+    alpha: float = 0.05,
+    n_boot: int = 2000,
+    seed: int = 0,
+    metrics: Sequence[str] | None = None,
+) -> Leaderboard:
+    """Compare several adapters with one base.
+
+    Args:
+        base: Results of the shared base model.
+        tuned: Adapter name -> its Results.
+        alpha, n_boot, seed: As for ``compare``.
+        metrics: Metrics to tabulate; default = every headline metric, in first-seen order.
+
+    Raises:
+        ComparisonError: an adapter evaluated on another base model or other inputs (names the adapter).
+    """
+    if not tuned:
+        raise ValueError("leaderboard needs at least one adapter")
+    comps = {}
+    for name, res in tuned.items():
+        try:
+            comps[name] = compare(base, res, alpha, n_boot, seed)
+        except ComparisonError as e:
+            raise ComparisonError(f"adapter {name!r}: {e}") from None
+    if metrics is None:
+        seen: dict[str, None] = {}
+        for c in comps.values():
+            seen.update({r.metric: None for r in c.headline_rows()})
+        metrics = list(seen)
+    return Leaderboard(base.label, alpha, list(metrics), comps)
+
+
+# ----------------------------------------------------------------------------- run folders (I/O, not pure)
+
+
+def load_run_results(run_dir: str | Path) -> dict[str, Results]:
+    """``{"base", "tuned"}`` Results of a run folder.
+
+    Raises:
+        FileNotFoundError: a results file is missing (says which stage to run).
+        ValueError: a results file is not valid JSON or has another schema.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"{run_dir}: no such run folder")
+    out = {}
+    for side in ("base", "tuned"):
+        path = run_dir / "eval" / side / "results.json"
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: missing; evaluate the {side} model first (`tunebench eval`)")
+        out[side] = Results.load(path)
+    return out
+
+
+def run_settings(run_dir: str | Path) -> dict[str, Any]:
+    """alpha, n_boot and gate rules from a run's resolved config.yaml (defaults when absent)."""
+    import yaml
+
+    cfg: dict[str, Any] = {}
+    path = Path(run_dir) / "config.yaml"
+    if path.exists():
+        cfg = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    section = lambda k: cfg.get(k) if isinstance(cfg.get(k), dict) else {}  # noqa: E731
+    return {
+        "name": cfg.get("name") or Path(run_dir).name,
+        "alpha": float(section("report").get("alpha") or 0.05),
+        "n_boot": int(section("eval").get("bootstrap_samples") or 2000),
+        "gate_rules": section("gate").get("rules"),
+    }
+
+
+def compare_run(run_dir: str | Path, seed: int = 0) -> Comparison:
+    """Load a run folder's results and compare them with the run's own alpha and bootstrap size."""
+    res, settings = load_run_results(run_dir), run_settings(run_dir)
+    return compare(res["base"], res["tuned"], settings["alpha"], settings["n_boot"], seed)
+
+
+def leaderboard_from_runs(run_dirs: Sequence[str | Path], seed: int = 0) -> Leaderboard:
+    """``tunebench compare RUN_A RUN_B ...``: every run's adapter against the first run's base.
+
+    Raises:
+        ComparisonError: a run whose base model or evaluation inputs differ from the first run's.
+    """
+    if not run_dirs:
+        raise ValueError("give at least one run folder")
+    loaded = {Path(d): load_run_results(d) for d in run_dirs}
+    first_dir, first = next(iter(loaded.items()))
+    settings = run_settings(first_dir)
+    tuned: dict[str, Results] = {}
+    for d, res in loaded.items():
+        try:
+            check_same_inputs(first["base"], res["base"])
+        except ComparisonError as e:
+            raise ComparisonError(f"run {d} has a different base than {first_dir}: {e}") from None
+        name = d.name if d.name not in tuned else str(d)
+        tuned[name] = res["tuned"]
+    return leaderboard(first["base"], tuned, settings["alpha"], settings["n_boot"], seed)

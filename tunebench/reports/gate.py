@@ -1,0 +1,359 @@
+"""Release gate: rules over a Comparison decide whether an adapter may ship.
+
+Rules file (YAML; a list, or a mapping with a ``rules:`` list)::
+
+    rules:
+      - metric: perplexity/test           # exact name, or a glob: * = one path segment, ** = any depth
+        max_regression: 0                 # absolute, in the metric's units
+        require_significant: true
+      - metric: "lm_eval/*/acc"
+        max_regression_rel: 0.02          # relative to |base|: 0.02 = 2% of the base value
+        optional: true                    # skip (not fail) when no metric matches
+
+Fields: ``metric`` (required), ``name`` (label), ``direction`` (``auto`` = the metric's ``higher_is_better``,
+or ``higher`` / ``lower``), ``min_improvement``, ``min_improvement_rel``, ``max_regression``,
+``max_regression_rel`` (at least one threshold), ``require_significant`` (default false), ``optional``
+(default false).
+
+Improvement I is delta oriented so that positive is better; regression is -I.
+
+- ``min_improvement[_rel]``: passes when I (or I / |base|) >= the threshold. With ``require_significant``
+  the improvement must also be significant (p < alpha and I > 0).
+- ``max_regression[_rel]``: fails when -I (or -I / |base|) > the threshold. With ``require_significant``
+  it fails only when the regression is also significant (p < alpha and I < 0): noise cannot fail it.
+
+Exit codes of ``gate_main``: 0 every rule passed or was skipped, 1 a rule failed, 2 invalid input
+(missing results or metric, mismatched inputs, bad rules file).
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+import sys
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, TextIO
+
+import yaml
+from tabulate import tabulate
+
+from tunebench.core.errors import GateError
+from tunebench.core.io import atomic_write_json
+from tunebench.reports.compare import (
+    Comparison,
+    MetricComparison,
+    compare,
+    fmt,
+    fmt_p,
+    load_run_results,
+    run_settings,
+)
+
+GATES_DIR = Path(__file__).resolve().parent.parent / "configs" / "gates"
+DEFAULT_RULES = GATES_DIR / "default.yaml"
+SCHEMA = "tunebench.gate/1"
+_THRESHOLDS = ("min_improvement", "min_improvement_rel", "max_regression", "max_regression_rel")
+
+
+@dataclass
+class GateRule:
+    """One rule of a rules file."""
+
+    metric: str
+    name: str | None = None
+    direction: str = "auto"
+    min_improvement: float | None = None
+    min_improvement_rel: float | None = None
+    max_regression: float | None = None
+    max_regression_rel: float | None = None
+    require_significant: bool = False
+    optional: bool = False
+    where: str = "rules"
+    """File and line the rule came from (for messages)."""
+
+    @property
+    def label(self) -> str:
+        return self.name or self.metric
+
+    def threshold_text(self) -> str:
+        parts = []
+        for key, text in (("min_improvement", "improvement ≥ {}"), ("min_improvement_rel", "improvement ≥ {} of base"),
+                          ("max_regression", "regression ≤ {}"), ("max_regression_rel", "regression ≤ {} of base")):
+            v = getattr(self, key)
+            if v is not None:
+                parts.append(text.format(f"{v * 100:g}%" if key.endswith("_rel") else f"{v:g}"))
+        if self.require_significant:
+            parts.append("significance required" if self._has_min() else "fails only if significant")
+        return ", ".join(parts)
+
+    def _has_min(self) -> bool:
+        return self.min_improvement is not None or self.min_improvement_rel is not None
+
+
+@dataclass
+class GateRow:
+    """The verdict of one rule on one metric."""
+
+    rule: str
+    metric: str
+    status: str
+    """pass | fail | skipped"""
+    reason: str
+    threshold: str
+    base: float | None = None
+    tuned: float | None = None
+    delta: float | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    p_value: float | None = None
+
+
+@dataclass
+class GateVerdict:
+    """All rule rows and the overall outcome."""
+
+    passed: bool
+    rows: list[GateRow]
+    alpha: float | None
+    rules_source: str | None = None
+    status: str = "pass"
+    """pass | fail | invalid"""
+    error: str | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+    schema: str = SCHEMA
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GateVerdict:
+        rows = [GateRow(**r) for r in data.get("rows", [])]
+        return cls(rows=rows, **{k: v for k, v in data.items() if k != "rows"})
+
+
+# ----------------------------------------------------------------------------- rules
+
+
+def glob_to_regex(pattern: str) -> re.Pattern[str]:
+    """``*`` matches within one path segment, ``**`` across segments, ``?`` one character."""
+    out = []
+    for tok in re.split(r"(\*\*|\*|\?)", pattern):
+        out.append({"**": ".*", "*": "[^/]*", "?": "[^/]"}.get(tok, re.escape(tok)))
+    return re.compile("^" + "".join(out) + "$")
+
+
+def parse_rule(data: Any, where: str) -> GateRule:
+    """Validate one rule mapping.
+
+    Raises:
+        GateError: unknown key (with a did-you-mean), wrong type, or no threshold; names ``where``.
+    """
+    if not isinstance(data, dict):
+        raise GateError(f"{where}: a rule must be a mapping with at least 'metric' and a threshold, got {data!r}")
+    names = [f.name for f in fields(GateRule) if f.name != "where"]
+    for key in data:
+        if key not in names:
+            hint = difflib.get_close_matches(str(key), names, n=1)
+            dym = f" (did you mean {hint[0]!r}?)" if hint else ""
+            raise GateError(f"{where}: unknown key {key!r}{dym}; allowed: {', '.join(names)}")
+    metric = data.get("metric")
+    if not isinstance(metric, str) or not metric.strip():
+        raise GateError(f"{where}: 'metric' must be a metric name or glob such as 'perplexity/test'")
+    if data.get("direction", "auto") not in ("auto", "higher", "lower"):
+        raise GateError(f"{where}: direction {data['direction']!r} must be 'auto', 'higher' or 'lower'")
+    for key in _THRESHOLDS:
+        v = data.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):
+            raise GateError(f"{where}: {key} must be a number, got {v!r}")
+        if v is not None and key.startswith("max_") and v < 0:
+            raise GateError(f"{where}: {key} must be >= 0 (it is how much worse the tuned model may be)")
+    if all(data.get(k) is None for k in _THRESHOLDS):
+        raise GateError(f"{where}: rule for {metric!r} sets no threshold; add one of {', '.join(_THRESHOLDS)}")
+    for key in ("require_significant", "optional"):
+        if key in data and not isinstance(data[key], bool):
+            raise GateError(f"{where}: {key} must be true or false, got {data[key]!r}")
+    if "name" in data and not isinstance(data["name"], str):
+        raise GateError(f"{where}: name must be a string")
+    kwargs = {k: (float(v) if k in _THRESHOLDS and v is not None else v) for k, v in data.items()}
+    return GateRule(where=where, **kwargs)
+
+
+def parse_rules(text: str, source: str = "rules") -> list[GateRule]:
+    """Parse a rules document (YAML text), with file:line in every error.
+
+    Raises:
+        GateError: invalid YAML or an invalid rule.
+    """
+    try:
+        data = yaml.safe_load(text)
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark else ""
+        raise GateError(f"{source}{line}: not valid YAML ({getattr(e, 'problem', None) or e})") from None
+    if isinstance(data, dict) and set(data) <= {"rules", "description"}:
+        data = data.get("rules")
+        node = next((v for k, v in node.value if k.value == "rules"), None) if node is not None else None
+    if not isinstance(data, list) or not data:
+        raise GateError(f"{source}: expected a non-empty list of rules (or a mapping with a 'rules:' list)")
+    lines = [n.start_mark.line + 1 for n in node.value] if isinstance(node, yaml.SequenceNode) else []
+    return [parse_rule(d, f"{source} line {lines[k]}" if k < len(lines) else f"{source} rule {k + 1}")
+            for k, d in enumerate(data)]
+
+
+def resolve_rules_path(rules: str | Path | None) -> Path:
+    """A rules file path, a shipped gate name (``default``), or None for the default rules."""
+    if rules is None:
+        return DEFAULT_RULES
+    p = Path(rules)
+    if p.is_file():
+        return p
+    shipped = GATES_DIR / f"{rules}.yaml"
+    if p.suffix == "" and shipped.is_file():
+        return shipped
+    known = ", ".join(sorted(q.stem for q in GATES_DIR.glob("*.yaml")))
+    raise GateError(f"rules file {str(rules)!r} not found; give a YAML path or a shipped gate ({known})")
+
+
+def load_rules(path: str | Path | None = None) -> list[GateRule]:
+    """Read and validate a rules file (None = the shipped default)."""
+    p = resolve_rules_path(path)
+    return parse_rules(p.read_text(encoding="utf-8"), str(p))
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def _show(key: str, v: float, signed: bool = True) -> str:
+    """Relative thresholds and values as percentages of base, absolute ones in the metric's units."""
+    if key.endswith("_rel"):
+        return f"{v * 100:+.2f}%" if signed else f"{v * 100:g}%"
+    return fmt(v, signed) if signed else f"{v:g}"
+
+
+def _judge(rule: GateRule, r: MetricComparison) -> GateRow:
+    row = GateRow(rule=rule.label, metric=r.metric, status="pass", reason="", threshold=rule.threshold_text(),
+                  base=r.base, tuned=r.tuned, delta=r.delta, ci_low=r.ci_low, ci_high=r.ci_high, p_value=r.p_value)
+    if r.delta is None or r.base is None:
+        row.status, row.reason = "fail", "no value on one side: cannot judge"
+        return row
+    hib = r.higher_is_better if rule.direction == "auto" else rule.direction == "higher"
+    imp = r.delta if hib else -r.delta
+    rel = imp / abs(r.base) if r.base else (0.0 if imp == 0 else math.copysign(math.inf, imp))
+    sig = f"p={fmt_p(r.p_value)}"
+    better, worse = r.significant and imp > 0, r.significant and imp < 0
+    problems, notes = [], []
+    for key, value in (("min_improvement", imp), ("min_improvement_rel", rel)):
+        limit = getattr(rule, key)
+        if limit is None:
+            continue
+        ok = value >= limit
+        (notes if ok else problems).append(
+            f"improvement {_show(key, value)} {'≥' if ok else '<'} {_show(key, limit, signed=False)}")
+    if rule._has_min() and rule.require_significant and not better:
+        problems.append(f"improvement not significant ({sig})")
+    for key, value in (("max_regression", -imp), ("max_regression_rel", -rel)):
+        limit = getattr(rule, key)
+        if limit is None:
+            continue
+        shown, want = _show(key, value), _show(key, limit, signed=False)
+        if value <= 0:
+            notes.append(f"no regression (improvement {_show(key, -value)})")
+        elif value <= limit:
+            notes.append(f"regression {shown} ≤ {want}")
+        elif rule.require_significant and not worse:
+            notes.append(f"regression {shown} > {want} but not significant ({sig})")
+        else:
+            problems.append(f"regression {shown} > {want}" + (f", significant ({sig})" if worse else ""))
+    row.status = "fail" if problems else "pass"
+    row.reason = "; ".join(problems or notes)
+    return row
+
+
+def evaluate_gate(comparison: Comparison, rules: list[GateRule] | list[dict[str, Any]] | str | Path | None
+                  ) -> GateVerdict:
+    """Apply rules to a comparison.
+
+    Args:
+        comparison: Base vs tuned comparison.
+        rules: Parsed rules, rule mappings, a rules file path / shipped name, or None for the default.
+
+    Returns:
+        GateVerdict: passed is True when no rule failed (skipped rules do not fail).
+
+    Raises:
+        GateError: invalid rules, or a non-optional rule matching no metric.
+    """
+    source = None
+    if rules is None or isinstance(rules, (str, Path)):
+        source = str(resolve_rules_path(rules))
+        rules = load_rules(rules)
+    parsed = [r if isinstance(r, GateRule) else parse_rule(r, f"rule {k + 1}") for k, r in enumerate(rules)]
+    rows: list[GateRow] = []
+    for rule in parsed:
+        rx = glob_to_regex(rule.metric)
+        matched = [r for r in comparison.rows if rx.match(r.metric)]
+        if not matched:
+            if rule.optional:
+                rows.append(GateRow(rule.label, rule.metric, "skipped", "no metric matches (optional rule)",
+                                    rule.threshold_text()))
+                continue
+            known = ", ".join(r.metric for r in comparison.rows) or "none"
+            raise GateError(f"{rule.where}: no compared metric matches {rule.metric!r} (known: {known}); "
+                            "fix the name, or set 'optional: true' if the metric may be absent")
+        rows.extend(_judge(rule, r) for r in matched)
+    counts = {s: sum(r.status == s for r in rows) for s in ("pass", "fail", "skipped")}
+    passed = counts["fail"] == 0
+    return GateVerdict(passed=passed, rows=rows, alpha=comparison.alpha, rules_source=source,
+                       status="pass" if passed else "fail", counts=counts)
+
+
+def format_verdict(verdict: GateVerdict) -> str:
+    """Plain-text table for the terminal."""
+    body = [[r.status.upper(), r.rule, r.metric, fmt(r.base), fmt(r.tuned), fmt(r.delta, True),
+             f"[{fmt(r.ci_low, True)}, {fmt(r.ci_high, True)}]" if r.ci_low is not None else "n/a",
+             r.threshold, r.reason] for r in verdict.rows]
+    head = (f"gate {'PASSED' if verdict.passed else 'FAILED'}: {verdict.counts.get('pass', 0)} pass, "
+            f"{verdict.counts.get('fail', 0)} fail, {verdict.counts.get('skipped', 0)} skipped "
+            f"(alpha={verdict.alpha:g}; rules: {verdict.rules_source or 'inline'})")
+    return head + "\n" + tabulate(body, headers=["Status", "Rule", "Metric", "Base", "Tuned", "Δ", "CI of Δ",
+                                                 "Threshold", "Reason"], tablefmt="simple", disable_numparse=True)
+
+
+def gate_main(run_dir: str | Path, rules_path: str | Path | None = None, out_path: str | Path | None = None,
+              seed: int = 0, stream: TextIO | None = None) -> int:
+    """Judge a run folder, print the table and write ``gate.json`` atomically.
+
+    Args:
+        run_dir: Run folder with ``eval/base/results.json`` and ``eval/tuned/results.json``.
+        rules_path: Rules YAML or shipped gate name; default: the run config's ``gate.rules``, else
+            ``configs/gates/default.yaml``.
+        out_path: Where to write the verdict; default ``<run_dir>/gate.json``.
+        seed: Bootstrap seed (the pipeline's comparison uses 0 too).
+        stream: Where to print (default stdout; errors go to stderr).
+
+    Returns:
+        0 passed, 1 a rule failed, 2 invalid input.
+    """
+    stream = stream or sys.stdout
+    run_dir = Path(run_dir)
+    out = Path(out_path) if out_path else run_dir / "gate.json"
+    try:
+        settings = run_settings(run_dir)
+        path = resolve_rules_path(rules_path or settings["gate_rules"])
+        rules = load_rules(path)
+        results = load_run_results(run_dir)
+        comparison = compare(results["base"], results["tuned"], settings["alpha"], settings["n_boot"], seed)
+        verdict = evaluate_gate(comparison, rules)
+        verdict.rules_source = str(path)
+    except (OSError, ValueError, yaml.YAMLError) as e:  # GateError and ComparisonError are ValueErrors
+        print(f"gate: invalid input: {e}", file=sys.stderr)
+        if out.parent.is_dir():
+            atomic_write_json(out, GateVerdict(False, [], None, status="invalid", error=str(e)).to_dict())
+        return 2
+    print(format_verdict(verdict), file=stream)
+    atomic_write_json(out, verdict.to_dict())
+    print(f"wrote {out}", file=stream)
+    return 0 if verdict.passed else 1

@@ -1,0 +1,415 @@
+"""Markdown report of a run: one Jinja template fed by tables built here (the only Markdown formatter).
+
+``render_report(comparison, context)`` turns a Comparison plus optional run facts (manifest, data report,
+artifacts, environment, gate verdict) into Markdown. Tables go through ``tabulate(tablefmt="github")``;
+the output depends only on its inputs, so a golden file can pin it.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from tabulate import tabulate
+
+from tunebench.reports.compare import Comparison, Leaderboard, MetricComparison, fmt, fmt_interval, fmt_p
+
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+TEMPLATE = "report.md.j2"
+_VERDICT = {"improved": "**improved**", "regressed": "**regressed**"}
+
+
+# ----------------------------------------------------------------------------- cells and tables
+
+
+def cell(value: Any) -> str:
+    """One table cell: pipes escaped, newlines flattened, nested data as compact JSON."""
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        text = fmt(value)
+    elif isinstance(value, (dict, list)):
+        text = json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)
+        text = text if len(text) <= 160 else text[:157] + "..."
+    else:
+        text = str(value)
+    return text.replace("|", "\\|").replace("\r", "").replace("\n", " ")
+
+
+def table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
+    """A GitHub-flavoured Markdown table; cells are passed through ``cell`` and never re-parsed as numbers."""
+    return tabulate([[cell(v) for v in r] for r in rows], headers=list(headers), tablefmt="github",
+                    disable_numparse=True)
+
+
+def kv_table(pairs: Iterable[tuple[str, Any]], headers: Sequence[str] = ("", "")) -> str | None:
+    """Two-column table of the pairs whose value is present."""
+    rows = [(k, v) for k, v in pairs if v is not None and v != {} and v != []]
+    return table(rows, headers) if rows else None
+
+
+def _delta(r: MetricComparison) -> str:
+    rel = f" ({r.rel_delta * 100:+.1f}%)" if r.rel_delta is not None else ""
+    return fmt(r.delta, signed=True) + rel
+
+
+def _with_ci(value: float | None, ci: list[float] | None) -> str:
+    return fmt(value) + (f" {fmt_interval(ci[0], ci[1], signed=False)}" if ci else "")
+
+
+def _verdict(r: MetricComparison) -> str:
+    return _VERDICT.get(r.verdict, r.verdict)
+
+
+def metric_table(rows: Sequence[MetricComparison], alpha: float, label=lambda r: f"`{r.metric}`",
+                 detailed: bool = True) -> str:
+    """Base, tuned, delta, interval, p, verdict and n per row (plus CIs and method when detailed)."""
+    level = f"{100 * (1 - alpha):g}% CI of Δ"
+    if detailed:
+        headers = ["Metric", "Base", "Tuned", "Δ", level, "p", "Verdict", "n", "Method"]
+        body = [[label(r), _with_ci(r.base, r.base_ci), _with_ci(r.tuned, r.tuned_ci), _delta(r),
+                 fmt_interval(r.ci_low, r.ci_high), fmt_p(r.p_value), _verdict(r), f"{r.n} {r.unit}", r.method]
+                for r in rows]
+    else:
+        headers = ["Metric", "Better", "Base", "Tuned", "Δ", level, "p", "Verdict", "n"]
+        body = [[label(r), "higher" if r.higher_is_better else "lower", fmt(r.base), fmt(r.tuned), _delta(r),
+                 fmt_interval(r.ci_low, r.ci_high), fmt_p(r.p_value), _verdict(r), f"{r.n} {r.unit}"]
+                for r in rows]
+    return table(body, headers)
+
+
+# ----------------------------------------------------------------------------- sections
+
+
+def _lm_eval_sections(rows: list[MetricComparison], alpha: float) -> list[dict[str, Any]]:
+    tasks: dict[str, list[MetricComparison]] = {}
+    for r in rows:  # lm_eval/<task>/<metric>
+        parts = r.metric.split("/")
+        tasks.setdefault(parts[1] if len(parts) > 2 else r.metric, []).append(r)
+    return [{"task": t, "table": metric_table(rs, alpha, label=lambda r: f"`{'/'.join(r.metric.split('/')[2:])}`")}
+            for t, rs in tasks.items()]
+
+
+def _probe_sections(rows: list[MetricComparison], alpha: float) -> list[dict[str, Any]]:
+    """probes/<set>/<sampling>/<leaf> (overall) and probes/<set>/<sampling>/<probe>/<leaf> (per probe)."""
+    sets: dict[str, dict[str, dict[str, list]]] = {}
+    for r in rows:
+        parts = r.metric.split("/")
+        if len(parts) < 4:
+            parts = parts + ["-"] * (4 - len(parts))
+        slot = sets.setdefault(parts[1], {}).setdefault(parts[2], {"overall": [], "probes": []})
+        slot["overall" if len(parts) == 4 else "probes"].append(r)
+    out = []
+    for name, samplings in sets.items():
+        items = []
+        for sampling, slot in samplings.items():
+            items.append({
+                "sampling": sampling,
+                "overall": metric_table(slot["overall"], alpha, label=lambda r: f"`{r.metric.split('/')[-1]}`")
+                if slot["overall"] else None,
+                "probes": metric_table(slot["probes"], alpha, label=lambda r: f"`{'/'.join(r.metric.split('/')[3:-1])}`")
+                if slot["probes"] else None,
+            })
+        out.append({"name": name, "samplings": items})
+    return out
+
+
+def _pre(text: Any) -> str:
+    return f"<pre>{html.escape(str(text if text is not None else ''))}</pre>"
+
+
+def _prompt_id(t: dict[str, Any]) -> str:
+    """A transcript's prompt: ``prompt_id``, else its item id without the ``#<sample>`` suffix."""
+    if t.get("prompt_id") is not None:
+        return str(t["prompt_id"])
+    return str(t.get("id", "")).rsplit("#", 1)[0]
+
+
+def _status(t: dict[str, Any] | None) -> str:
+    if t is None:
+        return "(no transcript)"
+    if t.get("passed"):
+        return "✅ passed"
+    # evals.probes records every failing check's reason in "failed"; older records hold one "failed_check".
+    failed = t.get("failed_check") or t.get("failed")
+    if isinstance(failed, (list, tuple)):
+        failed = "; ".join(str(f) for f in failed)
+    return "❌ failed" + (f": {html.escape(str(failed))}" if failed else "")
+
+
+def fibonacci_transcripts(base_artifacts: dict[str, Any], tuned_artifacts: dict[str, Any],
+                          needle: str = "fibonacci") -> list[dict[str, Any]]:
+    """Side-by-side HTML blocks of the transcripts whose probe or prompt id contains ``needle``.
+
+    Transcripts are ``artifacts["probe_transcripts"][set][sampling]`` lists of
+    ``{"id": "<prompt>#<k>" or "prompt_id", "probe", "prompt", "output", "passed", "failed"/"failed_check"}``.
+    """
+    b_all = (base_artifacts or {}).get("probe_transcripts") or {}
+    t_all = (tuned_artifacts or {}).get("probe_transcripts") or {}
+
+    def pick(ts: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+        return [t for t in ts or [] if needle in f"{t.get('probe', '')} {_prompt_id(t)}".lower()]
+
+    out = []
+    for set_name in list(dict.fromkeys([*b_all, *t_all])):
+        b_set, t_set = b_all.get(set_name) or {}, t_all.get(set_name) or {}
+        for sampling in list(dict.fromkeys([*b_set, *t_set])):
+            b_ts, t_ts = pick(b_set.get(sampling)), pick(t_set.get(sampling))
+            if not b_ts and not t_ts:
+                continue
+            # Pair the k-th sample of a prompt on each side (same seeds on both sides).
+            blocks = []
+            for pid in list(dict.fromkeys(_prompt_id(t) for t in [*b_ts, *t_ts])):
+                bs = [t for t in b_ts if _prompt_id(t) == pid]
+                ts = [t for t in t_ts if _prompt_id(t) == pid]
+                prompt = (bs or ts)[0].get("prompt", "")
+                rows = [f'<tr><th colspan="2">{html.escape(pid)}</th></tr>',
+                        f'<tr><td colspan="2">{_pre(prompt)}</td></tr>',
+                        "<tr><th>base</th><th>tuned</th></tr>"]
+                for k in range(max(len(bs), len(ts))):
+                    b = bs[k] if k < len(bs) else None
+                    t = ts[k] if k < len(ts) else None
+                    rows.append(f"<tr><td>{_status(b)}</td><td>{_status(t)}</td></tr>")
+                    rows.append(f"<tr><td>{_pre(b.get('output') if b else '')}</td>"
+                                f"<td>{_pre(t.get('output') if t else '')}</td></tr>")
+                blocks.append("<table>\n" + "\n".join(rows) + "\n</table>")
+            out.append({"set": set_name, "sampling": sampling, "html": "\n\n".join(blocks)})
+    return out
+
+
+def _get(d: Any, *path: str) -> Any:
+    for key in path:
+        if not isinstance(d, dict):
+            return None
+        d = d.get(key)
+    return d
+
+
+def _num(x: Any, pattern: str = "{:,}") -> str | None:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return None
+    return pattern.format(x)
+
+
+def _utc(ts: Any) -> str | None:
+    """A Unix time as an ISO UTC timestamp (manifests store seconds since the epoch)."""
+    import datetime
+
+    if not isinstance(ts, (int, float)):
+        return ts
+    return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def training_summary(m: dict[str, Any]) -> str | None:
+    """Key facts of the training manifest as a two-column table."""
+    cfg = m.get("config") or {}
+    lora, train = cfg.get("lora") or {}, cfg.get("train") or {}
+    backend = m.get("backend") or {}
+    mem = m.get("peak_memory") or {}
+    losses, evals = m.get("loss_history") or [], m.get("eval_history") or []
+    batch = (f"{train['batch_size']} × {train['grad_accum']} accumulation"
+             if "batch_size" in train and "grad_accum" in train else None)
+    memory = None
+    if mem:
+        memory = f"{_num(mem.get('allocated_gib'), '{:.2f}')} GiB allocated, " \
+                 f"{_num(mem.get('reserved_gib'), '{:.2f}')} GiB reserved ({mem.get('kind')})"
+    params = None
+    if m.get("trainable_params") is not None:
+        params = (f"{_num(m.get('trainable_params'))} of {_num(m.get('total_params'))} "
+                  f"({_num(m.get('trainable_percent'), '{:.3f}')}%)")
+    lora_text = (f"r={lora.get('r')}, alpha={lora.get('alpha')}, dropout={lora.get('dropout')}, "
+                 f"rsLoRA={lora.get('use_rslora')}, targets: {', '.join(lora.get('target_modules') or [])}"
+                 if lora else None)
+    return kv_table([
+        ("Base model", _get(m, "model", "ref")),
+        ("Model identity", _get(m, "model", "identity")),
+        ("Chat template", _get(m, "template", "name")),
+        ("Backend", f"{backend.get('name')} ({backend.get('reason')})" if backend else None),
+        ("LoRA", lora_text),
+        ("Learning rate", f"{train.get('lr')} ({train.get('scheduler')}, {train.get('warmup_steps')} warm-up steps)"
+         if "lr" in train else None),
+        ("Batch", batch),
+        ("Optimizer", train.get("optimizer")),
+        ("Seed", train.get("seed")),
+        ("Steps", m.get("steps")),
+        ("Tokens seen", _num(m.get("tokens_seen"))),
+        ("Wall time", _num(m.get("wall_time_s"), "{:.1f} s")),
+        ("Throughput", _num(m.get("tokens_per_s"), "{:.1f} tokens/s")),
+        ("Peak memory", memory),
+        ("Trainable parameters", params),
+        ("Final training loss", _num(losses[-1].get("loss"), "{:.4f}") if losses else None),
+        ("Final validation loss", _num(evals[-1].get("eval_loss"), "{:.4f}") if evals else None),
+        ("Data fingerprint", _get(m, "data", "fingerprint")),
+        ("Git commit", m.get("git_commit")),
+        ("Created", _utc(m.get("created"))),
+    ], headers=("Training", ""))
+
+
+def data_summary(d: dict[str, Any]) -> dict[str, Any]:
+    """Overview, per-split and dropped-record tables of the data report."""
+    overview = kv_table([("Source", d.get("source")), ("Records read", _num(d.get("records"))),
+                         ("Clean conversations", _num(d.get("clean"))), ("Chat template", _get(d, "template", "name")),
+                         ("Fingerprint", d.get("fingerprint"))], headers=("Data", ""))
+    total = lambda v: v.get("total") if isinstance(v, dict) else v  # noqa: E731
+    splits = [[name, s.get("conversations"), _num(total(s.get("tokens"))), _num(total(s.get("assistant_tokens"))),
+               s.get("fingerprint")] for name, s in (d.get("splits") or {}).items()]
+    dropped = [[reason, n] for reason, n in (d.get("dropped") or {}).items()]
+    return {
+        "overview": overview,
+        "splits": table(splits, ["Split", "Conversations", "Tokens", "Assistant tokens", "Fingerprint"])
+        if splits else None,
+        "dropped": table(dropped, ["Dropped because", "Records"]) if dropped else None,
+        "warnings": [str(w) for w in d.get("warnings") or []],
+    }
+
+
+def contamination_table(artifacts: Sequence[dict[str, Any] | None]) -> str | None:
+    """Train/eval n-gram overlap per evaluation set (the first artifacts holding it win).
+
+    Accepts ``evals.contamination`` output (``{"n", ..., "sets": {name: {"checked", "contaminated", "share",
+    "worst": [{"id", "fraction", ...}]}}}``) or a plain ``{name: {"n", "overlapping", "share", "worst"}}``.
+    """
+    cont = next((a["contamination"] for a in artifacts if a and a.get("contamination")), None)
+    if not isinstance(cont, dict):
+        return None
+    sets = cont["sets"] if isinstance(cont.get("sets"), dict) else cont
+
+    def worst(ws: Any) -> str:
+        shown = []
+        for w in (ws or [])[:3]:
+            if isinstance(w, dict):
+                share = w.get("fraction", w.get("share"))
+                text = str(w.get("id", "?")) + (f" ({share * 100:.0f}%)" if isinstance(share, (int, float)) else "")
+            else:
+                text = str(w)
+            shown.append(text if len(text) <= 60 else text[:57] + "...")
+        return ", ".join(shown)
+
+    rows = []
+    for name, c in sets.items():
+        if not isinstance(c, dict):
+            continue
+        share = c.get("share")
+        rows.append([name, c.get("checked", c.get("n", c.get("items"))), c.get("contaminated", c.get("overlapping")),
+                     f"{share * 100:.2f}%" if isinstance(share, (int, float)) else None, worst(c.get("worst"))])
+    return table(rows, ["Evaluation set", "Checked", "Overlapping with training", "Share", "Most overlapping"]) \
+        if rows else None
+
+
+def gate_table(gate: dict[str, Any]) -> str | None:
+    rows = [[r.get("rule"), f"`{r.get('metric')}`", r.get("base"), r.get("tuned"), fmt(r.get("delta"), True),
+             fmt_interval(r.get("ci_low"), r.get("ci_high")), r.get("threshold"), r.get("status"), r.get("reason")]
+            for r in gate.get("rows") or []]
+    return table(rows, ["Rule", "Metric", "Base", "Tuned", "Δ", "CI of Δ", "Threshold", "Status", "Reason"]) \
+        if rows else None
+
+
+def _flat(d: dict[str, Any] | None) -> list[tuple[str, Any]]:
+    return [(str(k), v) for k, v in (d or {}).items()]
+
+
+def build_view(comparison: Comparison, context: dict[str, Any]) -> dict[str, Any]:
+    """Everything the template prints, already formatted."""
+    c, ctx = comparison, context
+    groups = {"perplexity", "lm_eval", "probes"}
+    manifest, data_report, gate = ctx.get("manifest"), ctx.get("data_report"), ctx.get("gate")
+    b_art, t_art = ctx.get("base_artifacts") or {}, ctx.get("tuned_artifacts") or {}
+    versions = (manifest or {}).get("versions")
+    other = [r for r in c.rows if r.group not in groups]
+    return {
+        "title": ctx.get("title") or ctx.get("name") or f"{c.tuned_label} vs {c.base_label}",
+        "name": ctx.get("name"),
+        "c": c,
+        "level": f"{100 * (1 - c.alpha):g}%",
+        "counts": c.counts(),
+        "headline": metric_table(c.headline_rows(), c.alpha, detailed=False) if c.headline_rows() else None,
+        "perplexity": metric_table(c.rows_in("perplexity"), c.alpha) if c.rows_in("perplexity") else None,
+        "lm_eval": _lm_eval_sections(c.rows_in("lm_eval"), c.alpha),
+        "probes": _probe_sections(c.rows_in("probes"), c.alpha),
+        "fibonacci": fibonacci_transcripts(b_art, t_art),
+        "other": metric_table(other, c.alpha) if other else None,
+        "inputs": kv_table(_flat(c.inputs), headers=("Input", "Fingerprint")),
+        "training": training_summary(manifest) if manifest else None,
+        "loss_curve": ctx.get("loss_curve"),
+        "data": data_summary(data_report) if data_report else None,
+        "contamination": contamination_table([t_art, b_art]),
+        "environment": kv_table(_flat(ctx.get("environment")), headers=("Environment", "")),
+        "versions": kv_table(_flat(versions), headers=("Package", "Version")),
+        "gate": gate,
+        "gate_table": gate_table(gate) if gate else None,
+    }
+
+
+def _env() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+        undefined=jinja2.StrictUndefined,  # a misspelt view key fails loudly instead of vanishing
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+
+
+def render_report(comparison: Comparison, context: dict[str, Any] | None = None) -> str:
+    """Render the Markdown report.
+
+    Args:
+        comparison: The run's Comparison.
+        context: Optional facts, each adding a section when present: ``name``, ``title``, ``manifest``,
+            ``data_report``, ``loss_curve`` (path relative to the report), ``environment``,
+            ``base_artifacts`` / ``tuned_artifacts`` (Results.artifacts), ``gate`` (GateVerdict.to_dict()).
+
+    Returns:
+        Markdown text ending in a newline.
+    """
+    text = _env().get_template(TEMPLATE).render(**build_view(comparison, context or {}))
+    while "\n\n\n" in text:  # optional sections leave blank runs behind
+        text = text.replace("\n\n\n", "\n\n")
+    return text.rstrip("\n") + "\n"
+
+
+def context_from_run(run_dir: str | Path, results: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Collect the report context from a run folder (files that are absent are simply left out).
+
+    Args:
+        run_dir: The run folder.
+        results: Optional already-loaded ``{"base", "tuned"}`` Results (saves re-reading them).
+    """
+    from tunebench.core.io import read_json
+    from tunebench.reports.compare import load_run_results, run_settings
+
+    run = Path(run_dir)
+    results = results or load_run_results(run)
+    ctx: dict[str, Any] = {"name": run_settings(run)["name"],
+                           "base_artifacts": results["base"].artifacts,
+                           "tuned_artifacts": results["tuned"].artifacts,
+                           "environment": results["tuned"].environment or None}
+    for key, rel in (("manifest", "adapter/manifest.json"), ("data_report", "data/data_report.json"),
+                     ("gate", "gate.json")):
+        if (run / rel).exists():
+            ctx[key] = read_json(run / rel)
+    if (run / "loss_curve.png").exists():
+        ctx["loss_curve"] = "loss_curve.png"
+    return {k: v for k, v in ctx.items() if v is not None}
+
+
+def render_leaderboard(board: Leaderboard) -> str:
+    """Markdown table for ``tunebench compare``: one row per metric, one column per adapter."""
+    names = list(board.comparisons)
+    body = []
+    for row in board.rows():
+        cells = [f"`{row['metric']}`", "higher" if row["higher_is_better"] else "lower", fmt(row["base"])]
+        for a in names:
+            r = row["adapters"][a]
+            cells.append("–" if r is None else
+                         f"{fmt(r.tuned)} ({fmt(r.delta, True)} {fmt_interval(r.ci_low, r.ci_high)}, {r.verdict})")
+        body.append(cells)
+    level = f"{100 * (1 - board.alpha):g}%"
+    head = f"Adapters against base `{board.base_label}`; cells: tuned value (Δ and its {level} interval, verdict).\n\n"
+    return head + table(body, ["Metric", "Better", "Base", *names]) + "\n"

@@ -1,0 +1,453 @@
+"""`tunebench train`: TRL's SFTTrainer around a backend, with atomic checkpoints, Ctrl-C that saves a
+resumable checkpoint, a NaN guard, a progress bar with tokens/s, and an adapter that carries its manifest.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tunebench.core import dist
+from tunebench.core.config import RunConfig, to_dict
+from tunebench.core.errors import RunExistsError, TrainingError
+from tunebench.core.io import atomic_dir, atomic_write_json, read_json
+from tunebench.train import manifest as manifest_mod
+from tunebench.train.backends import BackendError, choose_backend, get_backend, import_unsloth
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    adapter_dir: Path | None
+    manifest: dict[str, Any] | None
+    interrupted: bool = False
+    checkpoint: Path | None = None
+
+
+def latest_checkpoint(ckpt_dir: Path) -> Path | None:
+    """The highest-step complete checkpoint (checkpoints appear only by atomic rename)."""
+    if not ckpt_dir.is_dir():
+        return None
+    best = None
+    for p in ckpt_dir.iterdir():
+        if p.is_dir() and p.name.startswith("checkpoint-") and p.name.split("-")[-1].isdigit():
+            if best is None or int(p.name.split("-")[-1]) > int(best.name.split("-")[-1]):
+                best = p
+    return best
+
+
+# ----------------------------------------------------------------------------- callbacks
+
+
+class _State:
+    """Counters shared between the trainer subclass and the callbacks."""
+
+    def __init__(self) -> None:
+        self.tokens = 0
+        self.prior_tokens = 0
+        self.prior_seconds = 0.0
+        self.started = time.perf_counter()
+        self.signal: str | None = None
+        self.bad_loss: tuple[int, float] | None = None
+
+    @property
+    def seconds(self) -> float:
+        return self.prior_seconds + time.perf_counter() - self.started
+
+
+def make_callbacks(state: _State, total_steps: int) -> list[Any]:
+    """Signal handling, NaN guard and progress bar, as transformers TrainerCallbacks."""
+    from tqdm.auto import tqdm
+    from transformers import TrainerCallback
+
+    class SignalCallback(TrainerCallback):
+        """First SIGINT/SIGTERM: finish the step, save a resumable checkpoint, stop. Second: abort."""
+
+        def on_train_begin(self, args, st, control, **kw):
+            self._old = {}
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                try:
+                    self._old[sig] = signal.signal(sig, self._handle)
+                except ValueError:  # not the main thread: leave signals alone
+                    pass
+
+        def _handle(self, signum, frame):
+            if state.signal is not None:
+                raise KeyboardInterrupt
+            state.signal = signal.Signals(signum).name
+            log.warning("%s received: saving a resumable checkpoint after this step (again to abort)", state.signal)
+
+        def on_step_end(self, args, st, control, **kw):
+            stop = state.signal is not None
+            if dist.world_size() > 1:  # every rank must stop at the same step, or DDP hangs
+                stop = any(dist.gather(stop))
+                if stop and state.signal is None:
+                    state.signal = "SIGINT (another rank)"
+            if stop:
+                control.should_save = True
+                control.should_training_stop = True
+
+        def on_train_end(self, args, st, control, **kw):
+            for sig, old in self._old.items():
+                signal.signal(sig, old)
+
+    class NaNGuard(TrainerCallback):
+        """Stop on a non-finite loss before it can be checkpointed."""
+
+        def on_log(self, args, st, control, logs=None, **kw):
+            loss = (logs or {}).get("loss")
+            if loss is not None and not math.isfinite(loss):
+                state.bad_loss = (st.global_step, loss)
+                control.should_save = False
+                control.should_training_stop = True
+
+    class Progress(TrainerCallback):
+        def on_train_begin(self, args, st, control, **kw):
+            self.bar = tqdm(total=total_steps, initial=st.global_step, desc="train", unit="step", dynamic_ncols=True,
+                            disable=not dist.is_main())
+            self._t0 = time.perf_counter()
+            self._tok0 = state.tokens
+
+        def on_log(self, args, st, control, logs=None, **kw):
+            logs = logs or {}
+            dt = time.perf_counter() - self._t0
+            # this process's tokens x processes: the job's rate (the manifest sums the exact counts)
+            rate = (state.tokens - self._tok0) * dist.world_size() / dt if dt > 0 else 0
+            post = {"tok/s": f"{rate:,.0f}" if dt > 0 else "-"}
+            if "loss" in logs:
+                post["loss"] = f"{logs['loss']:.4f}"
+            if "eval_loss" in logs:
+                post["val"] = f"{logs['eval_loss']:.4f}"
+            self.bar.set_postfix(post)
+
+        def on_step_end(self, args, st, control, **kw):
+            self.bar.update(st.global_step - self.bar.n)
+
+        def on_train_end(self, args, st, control, **kw):
+            self.bar.close()
+
+    return [SignalCallback(), NaNGuard(), Progress()]
+
+
+def _trainer_class(state: _State, backend: str):
+    """SFTTrainer (Unsloth's patched one when Unsloth was imported first) with atomic checkpoints."""
+    from transformers import Trainer
+    from trl import SFTTrainer
+
+    class TunebenchTrainer(SFTTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if backend == "hf" and self.args.device.type == "cpu":
+                # TRL 1.15 computes the SFT loss through a fused LM head whose Triton kernel has no CPU driver;
+                # transformers' own loss is the same token-mean NLL over the labels (and honours
+                # num_items_in_batch under gradient accumulation).
+                return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+        def _load_optimizer_and_scheduler(self, checkpoint):
+            if checkpoint is not None and self.args.world_size > 1 and self.args.device.type == "cpu":
+                # transformers maps the optimizer state to args.device ("cpu:N" under multi-CPU DDP), which
+                # torch.load cannot restore to; on CPU the plain "cpu" location is the same memory
+                import torch
+
+                self.optimizer.load_state_dict(torch.load(os.path.join(checkpoint, "optimizer.pt"),
+                                                          map_location="cpu", weights_only=True))
+                self.lr_scheduler.load_state_dict(torch.load(os.path.join(checkpoint, "scheduler.pt"),
+                                                             weights_only=True))
+                return
+            super()._load_optimizer_and_scheduler(checkpoint)
+
+        def _save_checkpoint(self, model, trial):
+            # Build the checkpoint in a staging folder, then rename: a crash mid-save leaves no
+            # checkpoint-N that looks complete.
+            real = self.args.output_dir
+            staging = os.path.join(real, ".staging")
+            if dist.is_main():
+                shutil.rmtree(staging, ignore_errors=True)
+                os.makedirs(staging)
+            dist.barrier()  # every rank writes its RNG state into the same staging folder
+            self.args.output_dir = staging
+            try:
+                super()._save_checkpoint(model, trial)
+            finally:
+                self.args.output_dir = real
+            tokens = sum(dist.gather(state.tokens)) + state.prior_tokens
+            dist.barrier()
+            if dist.is_main():
+                name = f"checkpoint-{self.state.global_step}"
+                atomic_write_json(os.path.join(staging, name, "tunebench_state.json"),
+                                  {"tokens_seen": tokens, "seconds": state.seconds,
+                                   "world_size": dist.world_size()})
+                final = os.path.join(real, name)
+                if os.path.exists(final):
+                    shutil.rmtree(final)
+                os.replace(os.path.join(staging, name), final)
+                shutil.rmtree(staging, ignore_errors=True)
+                for old in sorted(Path(real).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))[:-2]:
+                    shutil.rmtree(old, ignore_errors=True)
+            dist.barrier()
+
+    return TunebenchTrainer
+
+
+def _count_tokens_hook(model: Any, state: _State):
+    """Count real (non-padding) input tokens of every training forward pass."""
+
+    def hook(module, args, kwargs):
+        if not module.training:
+            return
+        mask = kwargs.get("attention_mask")
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if mask is not None and mask.dim() == 2:
+            state.tokens += int(mask.sum())
+        elif ids is not None:  # padding-free batches carry no padding
+            state.tokens += int(ids.numel())
+
+    return model.register_forward_pre_hook(hook, with_kwargs=True)
+
+
+# ----------------------------------------------------------------------------- the stage
+
+
+def sft_config(cfg: RunConfig, ckpt_dir: Path, backend: str, has_val: bool, dtype: Any) -> Any:
+    """TRL SFTConfig from the typed config."""
+    import torch
+    from trl import SFTConfig
+
+    t = cfg.train
+    cuda = torch.cuda.is_available()
+    optim = t.optimizer
+    if optim == "auto":
+        optim = "adamw_8bit" if cuda else "adamw_torch"
+    elif optim in ("adamw_8bit", "paged_adamw_8bit") and not cuda:
+        raise BackendError(f"train.optimizer={optim} needs CUDA (bitsandbytes); use adamw_torch or auto on CPU")
+    args = SFTConfig(
+        output_dir=str(ckpt_dir),
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.grad_accum,
+        max_steps=t.max_steps,
+        num_train_epochs=t.epochs,
+        learning_rate=t.lr,
+        lr_scheduler_type=t.scheduler,
+        warmup_steps=t.warmup_steps,
+        optim=optim,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        seed=t.seed,
+        data_seed=t.seed,
+        logging_steps=t.logging_steps,
+        logging_nan_inf_filter=False,  # the default hides a NaN loss from the logs; the NaN guard must see it
+        eval_strategy="steps" if (has_val and t.eval_every) else "no",
+        eval_steps=t.eval_every or None,
+        save_strategy="steps" if t.save_every else "no",
+        save_steps=t.save_every or 500,
+        report_to="none",
+        disable_tqdm=True,
+        use_cpu=not cuda,
+        bf16=cuda and dtype == torch.bfloat16,
+        fp16=cuda and dtype == torch.float16,
+        # the data step already cut every conversation to data.max_length; TRL refuses padding_free with a
+        # max_length it cannot enforce without packing, so only pass it where it acts
+        max_length=None if (t.padding_free and not t.packing) else cfg.data.max_length,
+        packing=t.packing,
+        padding_free=t.padding_free,
+        gradient_checkpointing=backend == "hf" and t.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+        dataloader_num_workers=0,
+        ddp_find_unused_parameters=False,
+    )
+    return one_gpu_per_process(args)
+
+
+def one_gpu_per_process(args: Any) -> Any:
+    """Keep a process that no launcher started on one GPU when the host has several.
+
+    Left alone, ``Trainer`` wraps the model in ``nn.DataParallel`` over every visible GPU, which TRL's
+    trainers refuse ("does not support nn.DataParallel") and which would not be the data-parallel training
+    tunebench does under torchrun anyway. The model was loaded on ``cuda:LOCAL_RANK`` (0 here); train there,
+    as ``Trainer`` itself does for a model split with ``device_map``.
+    """
+    import torch
+
+    if dist.world_size() == 1 and torch.cuda.is_available() and torch.cuda.device_count() > 1:
+        _ = args.device  # sets n_gpu from the visible devices; then pin it
+        args._n_gpu = 1
+        log.info("%d GPUs visible to one process: training on cuda:0 only; for data-parallel training launch "
+                 "with torchrun or accelerate launch (README: Several GPUs)", torch.cuda.device_count())
+    return args
+
+
+def resolve_backend(requested: str) -> tuple[str, str]:
+    """Pick the backend; import Unsloth now (before transformers) when it is the choice."""
+    name, reason = choose_backend(requested)
+    if name == "unsloth":
+        err = import_unsloth()
+        if err is not None:
+            if requested == "unsloth":
+                raise BackendError(f"train.backend=unsloth but unsloth does not import here: {err}")
+            name, reason = "hf", f"unsloth is installed but does not import here ({err})"
+    log.info("backend: %s (%s)", name, reason)
+    return name, reason
+
+
+def check_resume_world_size(checkpoint: Path | None) -> None:
+    """A checkpoint resumes only on the number of processes that wrote it (data order and batch depend on it).
+
+    Raises:
+        TrainingError: the checkpoint was written by a job of another size, with the command that fits it.
+    """
+    if checkpoint is None:
+        return
+    state_file = checkpoint / "tunebench_state.json"
+    saved = int(read_json(state_file).get("world_size", 1)) if state_file.exists() else 1
+    if saved != dist.world_size():
+        launch = (f"torchrun --nproc_per_node {saved} -m tunebench train ... --resume" if saved > 1
+                  else "tunebench train ... --resume (one process, no launcher)")
+        raise TrainingError(
+            f"{checkpoint} was written by a job of {saved} process(es) and this one has {dist.world_size()}: "
+            f"the data order and effective batch would change mid-run. Resume with {launch}, or start over "
+            "with --overwrite"
+        )
+
+
+def train(
+    cfg: RunConfig,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    prepared: Any = None,
+    extra_callbacks: list[Any] | None = None,
+) -> TrainResult:
+    """Train a LoRA adapter into ``run_dir/adapter`` (with manifest.json) from ``cfg``.
+
+    Raises:
+        RunExistsError: the folder has training output and neither resume nor overwrite was asked.
+        TrainingError: a non-finite loss (the last good checkpoint is kept).
+        BackendError, ModelError, DataError: with what to do.
+    """
+    run_dir = Path(run_dir)
+    adapter_dir, ckpt_dir = run_dir / "adapter", run_dir / "checkpoints"
+    has_output = adapter_dir.exists() or latest_checkpoint(ckpt_dir) is not None
+    if has_output and not (resume or overwrite):
+        raise RunExistsError(
+            f"{run_dir} already holds training output; pass --resume to continue it or --overwrite to start over"
+        )
+    if overwrite:
+        shutil.rmtree(adapter_dir, ignore_errors=True)
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+    if resume and adapter_dir.exists():
+        log.info("%s is already trained; nothing to resume", adapter_dir)
+        return TrainResult(run_dir, adapter_dir, read_json(adapter_dir / "manifest.json"))
+    if resume:
+        check_resume_world_size(latest_checkpoint(ckpt_dir))
+
+    backend_name, reason = resolve_backend(cfg.train.backend)  # before transformers is imported
+    import torch
+
+    from tunebench.data import conversations as data_mod
+    from tunebench.models.loading import load_tokenizer, manifest_of, resolve_model
+    from tunebench.train.backends import compute_dtype
+
+    source = resolve_model(cfg.model.ref, cfg.model.revision)
+    if prepared is None:
+        tok, tname = load_tokenizer(source, cfg.model.chat_template, cfg.model.trust_remote_code)
+        report_path = run_dir / "data" / "data_report.json"
+        write = dist.is_main() and not report_path.exists()
+        prepared = data_mod.prepare(tok, tname, cfg.data, run_dir / "data" if write else None)
+        dist.barrier()
+        if report_path.exists() and read_json(report_path)["fingerprint"] != prepared.fingerprint:
+            raise TrainingError(
+                f"{run_dir}/data was prepared from other data or another template than this config gives; "
+                "re-run `tunebench data` (or --overwrite)"
+            )
+    backend = get_backend(backend_name)
+    torch.manual_seed(cfg.train.seed)
+    model, tok = backend.load(source, cfg.model, cfg.lora, cfg.train, cfg.data.max_length, prepared.template.name)
+    train_ds, val_ds = backend.datasets(prepared, tok)
+    dtype = compute_dtype(cfg.model)
+    args = sft_config(cfg, ckpt_dir, backend_name, val_ds is not None, dtype)
+    steps_per_epoch = math.ceil(len(train_ds) / (cfg.train.batch_size * cfg.train.grad_accum))
+    total_steps = cfg.train.max_steps if cfg.train.max_steps > 0 else math.ceil(steps_per_epoch * cfg.train.epochs)
+    state = _State()
+    trainer = _trainer_class(state, backend_name)(
+        model=model, processing_class=tok, train_dataset=train_ds, eval_dataset=val_ds, args=args,
+        callbacks=make_callbacks(state, total_steps) + list(extra_callbacks or []),
+    )
+    trainer = backend.finish_trainer(trainer, prepared)
+    trainable, total = manifest_mod.count_parameters(trainer.model)
+    log.info("trainable parameters: %s of %s (%.3f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
+
+    resume_from = latest_checkpoint(ckpt_dir) if resume else None
+    if resume_from is not None:
+        prior = read_json(resume_from / "tunebench_state.json") if (resume_from / "tunebench_state.json").exists() else {}
+        state.prior_tokens, state.prior_seconds = prior.get("tokens_seen", 0), prior.get("seconds", 0.0)
+        log.info("resuming from %s", resume_from)
+    handle = _count_tokens_hook(trainer.model, state)
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    state.started = time.perf_counter()
+    try:
+        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    finally:
+        handle.remove()
+    seconds = state.seconds
+
+    if state.bad_loss is not None:
+        step, loss = state.bad_loss
+        last = latest_checkpoint(ckpt_dir)
+        raise TrainingError(
+            f"loss became {loss} at step {step}; training stopped and nothing was saved after it. "
+            + (f"Last good checkpoint: {last} (lower train.lr and run with --resume)." if last else
+               "No checkpoint was saved before it (set train.save_every); lower train.lr and start over.")
+        )
+    if state.signal is not None:
+        ckpt = latest_checkpoint(ckpt_dir)
+        log.warning("interrupted by %s at step %d; checkpoint %s; continue with --resume",
+                    state.signal, trainer.state.global_step, ckpt)
+        return TrainResult(run_dir, None, None, interrupted=True, checkpoint=ckpt)
+
+    evaluated = any(h.get("step") == trainer.state.global_step and "eval_loss" in h for h in trainer.state.log_history)
+    if val_ds is not None and not evaluated:
+        trainer.evaluate()  # final response-only validation loss, in the log history
+    tokens_seen = sum(dist.gather(state.tokens)) + state.prior_tokens  # the whole job's real tokens
+    if not dist.is_main():
+        dist.barrier()  # the main process writes the adapter, manifest and plot
+        return TrainResult(run_dir, adapter_dir, None)
+    man = manifest_mod.build(
+        cfg=to_dict(cfg),
+        model=manifest_of(source),
+        template=prepared.template.to_dict(),
+        backend={"name": backend_name, "reason": reason,
+                 "mask_agreement_with_shared": getattr(trainer, "_tunebench_mask_agreement", 1.0)},
+        data={"fingerprint": prepared.fingerprint,
+              "splits": {s: len(v) for s, v in prepared.encoded.items()},
+              "split_fingerprints": {s: d["fingerprint"] for s, d in prepared.report["splits"].items()}},
+        trainable=trainable,
+        total=total,
+        steps=trainer.state.global_step,
+        tokens_seen=tokens_seen,
+        wall_time_s=seconds,
+        log_history=trainer.state.log_history,
+        extra={"world_size": dist.world_size(),
+               "effective_batch_size": cfg.train.batch_size * cfg.train.grad_accum * dist.world_size(),
+               # what the trainer trained through: DistributedDataParallel when the ranks kept one model
+               "model_wrapper": type(getattr(trainer, "model_wrapped", trainer.model)).__name__},
+    )
+    with atomic_dir(adapter_dir) as tmp:
+        trainer.model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        atomic_write_json(tmp / "manifest.json", man)
+    manifest_mod.plot_loss_curve(man, run_dir / "loss_curve.png")
+    log.info("adapter written to %s (%.0f real tokens/s)", adapter_dir, man["tokens_per_s"] or 0)
+    dist.barrier()
+    return TrainResult(run_dir, adapter_dir, man)
