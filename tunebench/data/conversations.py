@@ -274,42 +274,108 @@ class Encoded:
         return sum(1 for x in self.labels if x != -100)
 
 
-def render_with_spans(tok: Any, messages: list[dict[str, str]], eot: str) -> tuple[str, list[tuple[int, int]]]:
-    """Render a conversation and return the character spans of each assistant content + end-of-turn."""
-    full = tok.apply_chat_template(messages, tokenize=False)
-    spans = []
-    for i, m in enumerate(messages):
-        if m["role"] != "assistant":
-            continue
-        prefix = tok.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
-        start = len(prefix)
-        end = start + len(m["content"])
-        if not full.startswith(prefix) or full[start:end] != m["content"]:
+def content_spans(tok: Any, messages: list[dict[str, str]], add_generation_prompt: bool = False
+                  ) -> tuple[str, list[tuple[int, int]]]:
+    """Render a conversation and return the character span of every message's content.
+
+    Each content is replaced by a unique sentinel and rendered once, so the spans come from the template
+    itself (no search for the content text, which could also occur inside the template's own markers).
+
+    Raises:
+        TemplateError: the template rewrites message text (strips or changes it), so contents cannot be located.
+    """
+    sentinels = [f"\u2063S{i}\u2063" for i in range(len(messages))]
+    marked = tok.apply_chat_template([dict(m, content=s) for m, s in zip(messages, sentinels, strict=True)],
+                                     tokenize=False, add_generation_prompt=add_generation_prompt)
+    full = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    spans, shift, pos = [], 0, 0
+    for m, s in zip(messages, sentinels, strict=True):
+        at = marked.find(s, pos)
+        if at < 0:
             raise TemplateError(
-                "the chat template changes message text (strips or rewrites it), so assistant tokens cannot "
+                "the chat template changes message text (strips or rewrites it), so message tokens cannot "
                 "be located; use model.chat_template=chatml or llama-3.1"
             )
-        if full.startswith(eot, end):
-            end += len(eot)
-        spans.append((start, end))
+        pos = at + len(s)
+        start = at + shift
+        spans.append((start, start + len(m["content"])))
+        shift += len(m["content"]) - len(s)
+    if any(full[a:b] != m["content"] for (a, b), m in zip(spans, messages, strict=True)) or len(full) != len(marked) + shift:
+        raise TemplateError(
+            "the chat template changes message text (strips or rewrites it), so message tokens cannot "
+            "be located; use model.chat_template=chatml or llama-3.1"
+        )
     return full, spans
+
+
+def _special_tokens(tok: Any) -> dict[str, int]:
+    """The tokenizer's special tokens (text -> id): what whole-text tokenization turns into control tokens."""
+    found = {str(a.content): i for i, a in getattr(tok, "added_tokens_decoder", {}).items() if a.special}
+    for text in getattr(tok, "all_special_tokens", []):
+        found.setdefault(text, tok.convert_tokens_to_ids(text))
+    return found
+
+
+def tokenize_rendered(tok: Any, text: str, spans: list[tuple[int, int]]) -> tuple[list[int], list[tuple[int, int]]]:
+    """Tokenize rendered text so that only the template's own markers become control tokens.
+
+    The text is cut at the special tokens that lie in the template's own text (outside every message
+    content), exactly where whole-text tokenization would cut; each piece between them is tokenized with
+    special tokens split (``split_special_tokens``). So ``<|eot_id|>`` or ``<|im_start|>`` written inside a
+    message stays text and cannot forge a turn, while a conversation without such text gets the same ids
+    as ``tok(text)``.
+
+    Returns:
+        token ids and each token's (start, end) character offsets in ``text``.
+    """
+    specials = _special_tokens(tok)
+    pattern = re.compile("|".join(re.escape(s) for s in sorted(specials, key=len, reverse=True))) if specials else None
+    cuts: list[tuple[int, int, int]] = []  # (start, end, id) of template control tokens
+    edges = [0] + [x for span in spans for x in span] + [len(text)]
+    for k in range(0, len(edges) - 1, 2):  # even gaps are template text
+        a, b = edges[k], edges[k + 1]
+        if pattern is not None:
+            cuts += [(m.start(), m.end(), specials[m.group()]) for m in pattern.finditer(text, a, b)]
+    ids: list[int] = []
+    offsets: list[tuple[int, int]] = []
+    pos = 0
+    for a, b, tid in [*cuts, (len(text), len(text), -1)]:
+        if a > pos:
+            enc = tok(text[pos:a], add_special_tokens=False, return_offsets_mapping=True, split_special_tokens=True)
+            ids += enc["input_ids"]
+            offsets += [(pos + s, pos + e) for s, e in enc["offset_mapping"]]
+        if tid >= 0:
+            ids.append(tid)
+            offsets.append((a, b))
+        pos = b
+    return ids, offsets
+
+
+def encode_messages(tok: Any, messages: list[dict[str, str]], add_generation_prompt: bool = False) -> list[int]:
+    """Token ids of a rendered conversation or prompt, with message contents kept as text (no control tokens)."""
+    text, spans = content_spans(tok, messages, add_generation_prompt)
+    return tokenize_rendered(tok, text, spans)[0]
 
 
 def encode(tok: Any, conv: Conversation, eot: str, max_length: int | None = None) -> Encoded:
     """Tokenize a rendered conversation and label exactly its assistant tokens (content + end-of-turn).
 
-    A token is an assistant token when its first character lies inside an assistant span. Templates
-    carry their own BOS, so the tokenizer adds no special tokens.
+    A token is an assistant token when its first character lies inside an assistant content or in the
+    end-of-turn marker right after it. Message contents never produce control tokens (see
+    ``tokenize_rendered``). Templates carry their own BOS, so the tokenizer adds no special tokens.
     """
-    text, spans = render_with_spans(tok, conv.messages, eot)
-    enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids = list(enc["input_ids"])
+    text, spans = content_spans(tok, conv.messages)
+    label_spans = []
+    for (s, e), m in zip(spans, conv.messages, strict=True):
+        if m["role"] == "assistant":
+            label_spans.append((s, e + len(eot) if text.startswith(eot, e) else e))
+    ids, offsets = tokenize_rendered(tok, text, spans)
     labels = [-100] * len(ids)
     j = 0
-    for t, (s, e) in enumerate(enc["offset_mapping"]):
-        while j < len(spans) and s >= spans[j][1]:
+    for t, (s, e) in enumerate(offsets):
+        while j < len(label_spans) and s >= label_spans[j][1]:
             j += 1
-        if j < len(spans) and spans[j][0] <= s < spans[j][1] and e > s:
+        if j < len(label_spans) and label_spans[j][0] <= s < label_spans[j][1] and e > s:
             labels[t] = ids[t]
     n = len(ids)
     truncated = max_length is not None and n > max_length
