@@ -6,7 +6,9 @@ import pytest
 
 from tunebench.core.config import (
     ConfigError,
+    Machine,
     RunConfig,
+    asked,
     SamplingConfig,
     dump_yaml,
     field_docs,
@@ -21,15 +23,47 @@ def test_every_preset_loads_and_validates():
     names = preset_names()
     assert {"smoke", "llama-3.2-1b-finetome", "llama-3.2-3b-finetome"} <= set(names)
     for name in names:
-        cfg = load_config(name)
-        assert isinstance(cfg, RunConfig)
-        assert cfg.name == name
-        assert from_dict(to_dict(cfg)) == cfg  # the resolved config written to run folders reads back
+        for machine in (GPU, CPU):
+            try:
+                cfg = load_config(name, machine=machine)
+            except ConfigError as e:  # a GPU-only preset on a CPU machine: refused with the fix
+                assert machine is CPU and "needs CUDA" in str(e) and "use off or auto on CPU" in str(e)
+                continue
+            assert isinstance(cfg, RunConfig)
+            assert cfg.name == name
+            assert from_dict(to_dict(cfg)) == cfg  # the resolved config written to run folders reads back
+        assert load_config(name, resolved=False).name == name
+
+
+GPU = Machine(cuda=True, bf16=True, world_size=1, unsloth_installed=True)
+CPU = Machine(cuda=False, bf16=False, world_size=1, unsloth_installed=True)
+
+
+@pytest.mark.parametrize("machine, expected", [
+    (GPU, {"model.dtype": "bfloat16", "model.load_in_4bit": "on", "train.optimizer": "adamw_8bit",
+           "train.backend": "unsloth"}),
+    (CPU, {"model.dtype": "float32", "model.load_in_4bit": "off", "train.optimizer": "adamw_torch",
+           "train.backend": "unsloth"}),
+    (Machine(cuda=True, bf16=False, world_size=2, unsloth_installed=True),
+     {"model.dtype": "float16", "model.load_in_4bit": "on", "train.optimizer": "adamw_8bit", "train.backend": "hf"}),
+    (Machine(cuda=False, bf16=False, world_size=1, unsloth_installed=False),
+     {"model.dtype": "float32", "model.load_in_4bit": "off", "train.optimizer": "adamw_torch", "train.backend": "hf"}),
+])
+def test_auto_is_resolved_once_with_reasons(machine, expected):
+    cfg = load_config("smoke", ["model.dtype=auto", "model.load_in_4bit=auto", "train.optimizer=auto",
+                                "train.backend=auto"], machine=machine)
+    got = {k: getattr(getattr(cfg, k.split(".")[0]), k.split(".")[1]) for k in expected}
+    assert got == expected
+    assert set(cfg.resolution) == set(expected) and all(cfg.resolution.values())
+    # the run folder keeps what was asked beside what was resolved
+    back = asked(cfg)
+    assert all(back[k.split(".")[0]][k.split(".")[1]] == "auto" for k in expected) and back["resolution"] == {}
+    assert load_config("smoke", [f"{k}={v}" for k, v in expected.items()], machine=machine).resolution == {}
 
 
 def test_llama_presets_carry_the_notebook_settings():
     for name in ("llama-3.2-1b-finetome", "llama-3.2-3b-finetome"):
-        cfg = load_config(name)
+        cfg = load_config(name, machine=GPU)
         assert cfg.model.ref.startswith("unsloth/Llama-3.2-") and cfg.model.ref.endswith("-Instruct-bnb-4bit")
         assert cfg.data.source == "mlabonne/FineTome-100k"
         assert (cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout) == (16, 16, 0.0)

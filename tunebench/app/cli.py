@@ -13,8 +13,21 @@ import sys
 import traceback
 from pathlib import Path
 
-from tunebench.core.config import RunConfig, load_config
+from tunebench.app.pipeline import finish, resolve_template, run, write_config
+from tunebench.core import dist
+from tunebench.core.config import RunConfig, SamplingConfig, dump_yaml, load_config, preset_names
 from tunebench.core.errors import EXIT_INTERRUPTED, EXIT_INVALID_INPUT, ConfigError, TunebenchError
+from tunebench.core.io import atomic_write_text
+from tunebench.data import conversations as data_mod
+from tunebench.evals.chat import chat
+from tunebench.evals.modeling import load_for_eval
+from tunebench.evals.runner import evaluate_model, save_contamination
+from tunebench.models.loading import load_tokenizer, resolve_model
+from tunebench.reports.compare import leaderboard_from_runs
+from tunebench.reports.gate import gate_main
+from tunebench.reports.render import render_leaderboard
+from tunebench.train.export import export_merged
+from tunebench.train.trainer import train
 
 log = logging.getLogger("tunebench")
 
@@ -52,32 +65,28 @@ def _run_dir(args: argparse.Namespace, cfg: RunConfig) -> Path:
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
-    from tunebench.core.config import preset_names
-
     for name in preset_names():
         print(name)
     return 0
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    from tunebench.core.config import dump_yaml
-
-    print(dump_yaml(_config(args)), end="")
+    try:
+        print(dump_yaml(_config(args)), end="")
+    except ConfigError as e:  # a preset for another machine (a GPU preset here): show what it asks for
+        print(dump_yaml(load_config(args.preset, args.overrides, resolved=False)), end="")
+        print(f"# not resolvable on this machine: {e}")
     return 0
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    from tunebench.core.config import dump_yaml
-    from tunebench.core.io import atomic_write_text
-    from tunebench.data import conversations as data_mod
-    from tunebench.models.loading import load_tokenizer, resolve_model
-
     cfg = _config(args)
     run_dir = _run_dir(args, cfg)
     source = resolve_model(cfg.model.ref, cfg.model.revision)
+    cfg = resolve_template(cfg, source)
     tok, tname = load_tokenizer(source, cfg.model.chat_template, cfg.model.trust_remote_code)
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
+    write_config(cfg, run_dir)
     prepared = data_mod.prepare(tok, tname, cfg.data, run_dir / "data")
     print(data_mod.render_report(prepared.report))
     print(f"data report: {run_dir / 'data' / 'data_report.md'}")
@@ -85,11 +94,8 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from tunebench.core.config import dump_yaml
-    from tunebench.core.io import atomic_write_text
-    from tunebench.train.trainer import train
-
     cfg = _config(args)
+    cfg = resolve_template(cfg, resolve_model(cfg.model.ref, cfg.model.revision))
     run_dir = _run_dir(args, cfg)
     result = train(cfg, run_dir, resume=args.resume, overwrite=args.overwrite)
     if result.interrupted:
@@ -98,7 +104,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 130
     if result.manifest is None:  # not the main process of a distributed job: it wrote nothing
         return 0
-    atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
+    write_config(cfg, run_dir)
     m = result.manifest
     print(f"adapter: {result.adapter_dir}  backend={m.get('backend', {}).get('name')}  steps={m.get('steps')}  "
           f"loss={m.get('final_train_loss')}  real tokens/s={m.get('tokens_per_s')}")
@@ -106,9 +112,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from tunebench.core import dist
-    from tunebench.evals.runner import evaluate_model, save_contamination
-
     if args.run and "=" in args.run and not Path(args.run).exists():  # an override, not a run folder
         args.overrides, args.run = [args.run, *args.overrides], None
     if args.run:
@@ -137,8 +140,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from tunebench.app.pipeline import run
-
     cfg = _config(args)
     result = run(cfg, _run_dir(args, cfg), overwrite=args.overwrite)
     print("\n" + result.headline)
@@ -147,8 +148,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from tunebench.app.pipeline import finish
-
     run_dir = Path(args.run)
     result = finish(run_dir, load_config(run_dir / "config.yaml"))
     print(result.headline)
@@ -157,16 +156,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_gate(args: argparse.Namespace) -> int:
-    from tunebench.reports.gate import gate_main
-
     return gate_main(args.run, args.rules, args.out)
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from tunebench.core.io import atomic_write_text
-    from tunebench.reports.compare import leaderboard_from_runs
-    from tunebench.reports.render import render_leaderboard
-
     text = render_leaderboard(leaderboard_from_runs(args.runs))
     print(text)
     if args.out:
@@ -175,10 +168,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
-    from tunebench.core.config import SamplingConfig
-    from tunebench.evals.chat import chat
-    from tunebench.evals.modeling import load_for_eval
-
     loaded = load_for_eval(args.model, args.adapter, args.template)
     sampling = SamplingConfig(name="chat", temperature=args.temperature, min_p=args.min_p,
                               max_new_tokens=args.max_new_tokens)
@@ -187,8 +176,6 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from tunebench.train.export import export_merged
-
     if not args.merged:
         raise ConfigError("export needs --merged (the adapter folder itself is already the LoRA export)")
     out = export_merged(args.run, args.out, dtype=args.dtype)

@@ -8,6 +8,7 @@ evaluation must never run on Unsloth-patched transformers.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import shutil
@@ -18,9 +19,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tunebench.core.config import RunConfig, dump_yaml, to_dict
+import yaml
+
+from tunebench.core.config import RunConfig, asked, dump_yaml, from_dict, to_dict
 from tunebench.core.errors import Interrupted, PipelineError
 from tunebench.core.io import atomic_write_json, atomic_write_text, fingerprint, read_json
+from tunebench.data import conversations as data_mod
+from tunebench.evals.runner import evaluate_model, save_contamination
+from tunebench.models.loading import (
+    ModelSource,
+    choose_template,
+    load_config_of,
+    load_tokenizer,
+    resolve_model,
+)
+from tunebench.reports.compare import compare, load_run_results
+from tunebench.reports.gate import gate_main
+from tunebench.reports.render import context_from_run, metric_table, render_report
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +48,25 @@ class PipelineResult:
     headline: str
 
 
+def resolve_template(cfg: RunConfig, source: ModelSource) -> RunConfig:
+    """Resolve ``model.chat_template=auto`` from the model itself (the machine-dependent values were resolved by
+    load_config), so every stage reads one concrete template name."""
+    if cfg.model.chat_template != "auto":
+        return cfg
+    name = choose_template("auto", load_config_of(source, cfg.model.trust_remote_code))
+    out = from_dict(to_dict(cfg))
+    out.model.chat_template = name
+    out.resolution["model.chat_template"] = ("llama-3.1: a Llama 3.x model" if name == "llama-3.1"
+                                             else "the model's own template (not a Llama 3.x model)")
+    return out
+
+
+def write_config(cfg: RunConfig, run_dir: Path) -> None:
+    """config.yaml: the resolved config every stage reads; config.asked.yaml: what was asked for."""
+    atomic_write_text(run_dir / "config.asked.yaml", yaml.safe_dump(asked(cfg), sort_keys=False))
+    atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
+
+
 def prepare_run_dir(cfg: RunConfig, run_dir: Path, overwrite: bool) -> None:
     """Create the run folder, or accept it if it holds the same config; refuse a different one."""
     cfg_path = run_dir / "config.yaml"
@@ -40,7 +74,6 @@ def prepare_run_dir(cfg: RunConfig, run_dir: Path, overwrite: bool) -> None:
         if overwrite:
             shutil.rmtree(run_dir)
         elif cfg_path.exists():
-            import yaml
 
             old = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
             if fingerprint(old) != fingerprint(to_dict(cfg)):
@@ -52,7 +85,7 @@ def prepare_run_dir(cfg: RunConfig, run_dir: Path, overwrite: bool) -> None:
         else:
             raise PipelineError(f"{run_dir} exists and is not a tunebench run; pass --overwrite or --out")
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(cfg_path, dump_yaml(cfg))
+    write_config(cfg, run_dir)
 
 
 def _diff(a: Any, b: Any, prefix: str = "") -> str:
@@ -97,14 +130,12 @@ def _train_child(run_dir: Path) -> None:
 
 def run(cfg: RunConfig, run_dir: str | Path, overwrite: bool = False, progress: bool = True) -> PipelineResult:
     """The whole pipeline. Returns where the report is and the gate's exit code."""
-    from tunebench.data import conversations as data_mod
-    from tunebench.evals.runner import evaluate_model, save_contamination
-    from tunebench.models.loading import load_tokenizer, resolve_model
 
     run_dir = Path(run_dir)
+    source = resolve_model(cfg.model.ref, cfg.model.revision)
+    cfg = resolve_template(cfg, source)
     prepare_run_dir(cfg, run_dir, overwrite)
     stages = Stages(run_dir)
-    source = resolve_model(cfg.model.ref, cfg.model.revision)
 
     data_fp = fingerprint([to_dict(cfg.data), cfg.model.chat_template, source.identity])
     if not stages.fresh("data", data_fp, run_dir / "data" / "data_report.json"):
@@ -150,11 +181,7 @@ def run(cfg: RunConfig, run_dir: str | Path, overwrite: bool = False, progress: 
 
 def finish(run_dir: Path, cfg: RunConfig) -> PipelineResult:
     """Compare, gate and render from the results files (always recomputed: cheap and deterministic)."""
-    import io
 
-    from tunebench.reports.compare import compare, load_run_results
-    from tunebench.reports.gate import gate_main
-    from tunebench.reports.render import context_from_run, metric_table, render_report
 
     results = load_run_results(run_dir)
     comparison = compare(results["base"], results["tuned"], cfg.report.alpha, cfg.eval.bootstrap_samples)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import ast
 import dataclasses
 import difflib
+import importlib.util
+import inspect
 import types
 import typing
 from dataclasses import dataclass, field
@@ -17,9 +19,11 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 
+from tunebench.core import dist
 from tunebench.core.errors import ConfigError
+from tunebench.core.io import package_path
 
-CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
+CONFIGS_DIR = package_path("configs")
 PACKAGED_MODEL = "packaged:smollm2-135m-instruct"
 PACKAGED_DATA = "packaged:sharegpt-v3"
 
@@ -221,6 +225,8 @@ class RunConfig:
     """Significance level and title."""
     gate: GateConfig = field(default_factory=GateConfig)
     """Release gate rules."""
+    resolution: dict[str, str] = field(default_factory=dict)
+    """Filled by resolution, not by hand: why each `auto` setting took its value on the machine that ran."""
 
 
 # ----------------------------------------------------------------------------- building from data
@@ -257,11 +263,17 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         raise ConfigError(f"{key}: {value!r} is not allowed; expected {_type_name(tp)}")
     if origin is Literal:
         allowed = get_args(tp)
+        if isinstance(value, bool) and {"on", "off"} <= set(allowed):  # YAML 1.1 reads on/off as booleans
+            value = "on" if value else "off"
         if value in allowed:
             return value
         hint = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
         dym = f" (did you mean {hint[0]!r}?)" if hint else ""
         raise ConfigError(f"{key}: {value!r} is not allowed; choose one of {', '.join(map(repr, allowed))}{dym}")
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: {value!r} is not a mapping")
+        return {str(k): str(v) for k, v in value.items()}
     if origin is list:
         (item_tp,) = get_args(tp)
         if isinstance(value, str):
@@ -440,20 +452,117 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def load_config(preset: str | Path, overrides: list[str] | None = None) -> RunConfig:
-    """Load a preset (name or path), apply overrides, validate.
+@dataclass(frozen=True)
+class Machine:
+    """The facts about this machine and launch that ``auto`` settings resolve against."""
+
+    cuda: bool
+    bf16: bool
+    world_size: int
+    unsloth_installed: bool
+
+    @classmethod
+    def detect(cls) -> Machine:
+        """Ask torch about CUDA, the launcher about the process count, and the importer about Unsloth."""
+        import torch  # heavy: only to ask whether CUDA is there, when a config is resolved
+
+        cuda = torch.cuda.is_available()
+        return cls(cuda=cuda, bf16=cuda and torch.cuda.is_bf16_supported(), world_size=dist.world_size(),
+                   unsloth_installed=importlib.util.find_spec("unsloth") is not None)
+
+
+def resolve(cfg: RunConfig, machine: Machine | None = None) -> tuple[RunConfig, dict[str, str]]:
+    """Resolve every machine-dependent ``auto`` once: backend, dtype, 4-bit, optimizer.
+
+    The chat template's ``auto`` depends on the model, not the machine: the models layer resolves it when the
+    tokenizer is loaded, and the run folder records the result.
+
+    Returns:
+        a copy of ``cfg`` without those ``auto`` values, and the reason for each resolved value.
 
     Raises:
-        ConfigError: unknown preset, bad YAML, unknown key or bad value.
+        ConfigError: a setting this machine cannot honour (4-bit or 8-bit optimizers without CUDA).
+    """
+    m = machine or Machine.detect()
+    out = from_dict(to_dict(cfg))
+    why: dict[str, str] = {}
+    if out.model.dtype == "auto":
+        out.model.dtype = auto_dtype(m.cuda, m.bf16)
+        why["model.dtype"] = "CUDA with bf16" if m.bf16 else ("CUDA before Ampere" if m.cuda else "CPU")
+    if out.model.load_in_4bit == "auto":
+        out.model.load_in_4bit = "on" if m.cuda else "off"
+        why["model.load_in_4bit"] = "CUDA: QLoRA" if m.cuda else "CPU: bitsandbytes 4-bit needs CUDA"
+    elif out.model.load_in_4bit == "on" and not m.cuda:
+        raise ConfigError("model.load_in_4bit=on needs CUDA (bitsandbytes 4-bit); use off or auto on CPU")
+    if out.train.optimizer == "auto":
+        out.train.optimizer = "adamw_8bit" if m.cuda else "adamw_torch"
+        why["train.optimizer"] = "CUDA: bitsandbytes 8-bit AdamW" if m.cuda else "CPU: torch AdamW"
+    elif out.train.optimizer in ("adamw_8bit", "paged_adamw_8bit") and not m.cuda:
+        raise ConfigError(f"train.optimizer={out.train.optimizer} needs CUDA (bitsandbytes); use adamw_torch "
+                          "or auto on CPU")
+    if out.train.backend == "auto":
+        if m.world_size > 1:
+            out.train.backend = "hf"
+            why["train.backend"] = (
+                f"WORLD_SIZE={m.world_size}: tunebench's data-parallel training is verified on GPUs with "
+                "transformers+peft; Unsloth's own DDP runs under torchrun on CPU but is not yet verified on GPUs "
+                "(train.backend=unsloth chooses it)")
+        elif not m.unsloth_installed:
+            out.train.backend = "hf"
+            why["train.backend"] = "unsloth is not installed (pip install 'tunebench[cuda]' on a CUDA box)"
+        else:
+            out.train.backend = "unsloth"
+            why["train.backend"] = "unsloth is installed and this is a single-process job"
+    out.resolution = {**out.resolution, **why}
+    return out, why
+
+
+def asked(cfg: RunConfig) -> dict[str, Any]:
+    """What the user asked for: the resolved config with every resolved key set back to ``auto``."""
+    data = to_dict(cfg)
+    for key in cfg.resolution:
+        section, name = key.split(".", 1)
+        data[section][name] = "auto"
+    data["resolution"] = {}
+    return data
+
+
+def auto_dtype(cuda: bool, bf16: bool) -> str:
+    """The compute dtype ``auto`` means: bf16 on CUDA (fp16 before Ampere), fp32 on CPU."""
+    return ("bfloat16" if bf16 else "float16") if cuda else "float32"
+
+
+def load_config(preset: str | Path, overrides: list[str] | None = None, *, resolved: bool = True,
+                machine: Machine | None = None) -> RunConfig:
+    """Load a preset (name or path), apply overrides, validate, and resolve ``auto`` for this machine.
+
+    Args:
+        preset: a preset name (see ``preset_names``) or a YAML path (e.g. a run folder's config.yaml).
+        overrides: dotted ``section.key=value`` strings.
+        resolved: resolve machine-dependent ``auto`` values (see ``resolve``); False gives what was asked.
+        machine: the facts to resolve against (default: this machine).
+
+    Raises:
+        ConfigError: unknown preset, bad YAML, unknown key or bad value, or a setting this machine can't honour.
     """
     path = resolve_preset_path(str(preset))
     data = _read_yaml(path)
     data.setdefault("name", path.stem)
     data = apply_overrides(data, list(overrides or []))
     try:
-        return build(RunConfig, data)
+        cfg = build(RunConfig, data)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
+    return resolve(cfg, machine)[0] if resolved else cfg
+
+
+def read_run_config(run_dir: str | Path) -> RunConfig:
+    """The resolved config a run folder was made with (its config.yaml), without resolving anything again;
+    defaults when the folder has none (results copied without their config)."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.exists():
+        return RunConfig(name=Path(run_dir).name)
+    return load_config(path, resolved=False)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -473,8 +582,6 @@ def dump_yaml(cfg: RunConfig) -> str:
 
 def field_docs(cls: type) -> dict[str, str]:
     """Attribute docstrings of a config class (for `tunebench config --explain`)."""
-    import inspect
-
     src = inspect.getsource(cls)
     tree = ast.parse(src)
     docs: dict[str, str] = {}

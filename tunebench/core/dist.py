@@ -38,8 +38,8 @@ def init() -> bool:
     """
     if world_size() <= 1:
         return False
-    import torch
-    import torch.distributed as dist
+    import torch  # heavy: torch, imported when needed
+    import torch.distributed as dist  # heavy: torch, imported when needed
 
     if not dist.is_initialized():
         if torch.cuda.is_available():
@@ -51,7 +51,7 @@ def init() -> bool:
 def barrier() -> None:
     """Wait for every process (no-op alone)."""
     if world_size() > 1:
-        import torch.distributed as dist
+        import torch.distributed as dist  # heavy: torch, imported when needed
 
         init()
         dist.barrier()
@@ -61,7 +61,7 @@ def gather(obj: Any) -> list[Any]:
     """Every process's ``obj``, in rank order, on every process (``[obj]`` alone)."""
     if world_size() <= 1:
         return [obj]
-    import torch.distributed as dist
+    import torch.distributed as dist  # heavy: torch, imported when needed
 
     init()
     out: list[Any] = [None] * world_size()

@@ -16,6 +16,7 @@ import subprocess
 import tempfile
 import uuid
 from collections.abc import Iterator
+from importlib import metadata, resources
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +121,15 @@ def fingerprint(obj: Any) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
+def package_path(*parts: str) -> Path:
+    """A folder or file shipped as tunebench package data (presets, gate rules, templates, tasks, probes).
+
+    Read through importlib.resources, so it is found in a wheel install as in a checkout; tunebench is never
+    imported from a zip, so the resource is a real path that lm-eval and Jinja loaders can open.
+    """
+    return Path(str(resources.files("tunebench").joinpath(*parts)))
+
+
 def cache_root() -> Path:
     """Where derived artifacts (dequantized GGUF folders, generation caches) live."""
     root = os.environ.get("TUNEBENCH_CACHE") or os.path.join(
@@ -150,7 +160,6 @@ def git_commit() -> str | None:
 
 def package_version(name: str) -> str | None:
     """Installed version of a distribution, without importing it."""
-    from importlib import metadata
 
     try:
         return metadata.version(name)
@@ -160,7 +169,7 @@ def package_version(name: str) -> str | None:
 
 def environment() -> dict[str, Any]:
     """Versions and hardware facts recorded in every manifest and results file."""
-    import torch
+    import torch  # heavy: torch, imported when needed
 
     env: dict[str, Any] = {
         "python": platform.python_version(),

@@ -8,6 +8,7 @@ perplexity evaluation both use it.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import re
 import statistics
@@ -498,7 +499,6 @@ def prepare(tok: Any, template_name: str, cfg: DataConfig, out_dir: str | Path |
 
 def write(prepared: PreparedData, out_dir: Path) -> None:
     """Write split files (JSONL), the data report (JSON + Markdown), atomically."""
-    import json
 
     out_dir.mkdir(parents=True, exist_ok=True)
     for s, convs in prepared.conversations.items():
@@ -511,7 +511,6 @@ def write(prepared: PreparedData, out_dir: Path) -> None:
 
 def load_split(out_dir: str | Path, split: str) -> list[Conversation]:
     """Read back a split written by ``write``."""
-    import json
 
     path = Path(out_dir) / f"{split}.jsonl"
     if not path.exists():

@@ -154,7 +154,7 @@ def read_file(path: Path) -> RawData:
         records, warnings = decode_json_array(text, str(path))
         return RawData(records, str(path), identity, warnings)
     if path.suffix == ".parquet":
-        import pandas as pd
+        import pandas as pd  # heavy: pandas, imported when needed
 
         try:
             frame = pd.read_parquet(path)
@@ -175,7 +175,7 @@ def _frame_records(frame: Any) -> list[Any]:
 
 def _read_hub(name: str, split: str) -> RawData:
     try:
-        import datasets
+        import datasets  # heavy: datasets, imported when needed
 
         ds = datasets.load_dataset(name, split=split)
     except Exception as e:  # datasets raises ConnectionError, FileNotFoundError, DatasetNotFoundError...

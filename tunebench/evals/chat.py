@@ -46,8 +46,8 @@ def chat(
     Returns:
         The conversation as it stood when the chat ended.
     """
-    import torch
-    from transformers import TextStreamer
+    import torch  # heavy: torch, imported when needed
+    from transformers import TextStreamer  # heavy: transformers, imported when needed
 
     tok, model = loaded.tokenizer, loaded.model
     base: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []

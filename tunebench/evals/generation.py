@@ -11,19 +11,21 @@ messages and the sampling settings means re-running an unchanged evaluation gene
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock
+from tqdm.auto import tqdm
+
 from tunebench.core import dist
 from tunebench.core.config import SamplingConfig
 from tunebench.core.io import atomic_write_json, cache_root, fingerprint, package_version
+from tunebench.models.loading import template_sha
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +124,7 @@ def batch_seed(seed: int, sample: int, batch: int) -> int:
 
 def left_pad(rows: list[list[int]], pad_id: int) -> tuple[Any, Any]:
     """(input_ids, attention_mask) with padding on the left, so every row ends where generation starts."""
-    import torch
+    import torch  # heavy: torch, imported when needed
 
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
@@ -179,31 +181,15 @@ class GenerationCache:
     def put_many(self, new: dict[str, dict[str, Any]]) -> None:
         """Merge ``new`` into the file (and into memory)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with _locked(self.path.with_suffix(".lock")):
+        with FileLock(self.path.with_suffix(".lock")):  # processes sharing one cache merge, never clobber
             merged = self._read()
             merged.update(new)
             atomic_write_json(self.path, {"group": self.group, "entries": merged})
         self.entries = merged
 
 
-@contextlib.contextmanager
-def _locked(lock_path: Path) -> Iterator[None]:
-    try:
-        import fcntl
-    except ImportError:  # no flock (Windows): atomic writes still prevent corruption
-        yield
-        return
-    with open(lock_path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def cache_group(loaded: Any, sampling: SamplingConfig, seed: int) -> dict[str, Any]:
     """Everything besides the messages that decides an answer; the sampling's name is only a label."""
-    from tunebench.models.loading import template_sha
 
     if is_greedy(sampling):
         decoding: dict[str, Any] = {"do_sample": False}
@@ -257,8 +243,7 @@ def generate(
     Raises:
         ValueError: batch_size below 1.
     """
-    import torch
-    from tqdm.auto import tqdm
+    import torch  # heavy: torch, imported when needed
 
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size}: use at least 1 prompt per batch")

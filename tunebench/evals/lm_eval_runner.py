@@ -18,19 +18,24 @@ import json
 import logging
 import math
 import os
+import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import traceback
 from collections import defaultdict, deque
 from pathlib import Path
 from typing import Any
 
 from tunebench.core.errors import LmEvalError
 from tunebench.core.io import atomic_write_json, fingerprint, package_version, read_json
+from tunebench.evals.modeling import adapter_manifest, pick_device, pick_dtype
+from tunebench.evals.modeling import adapter_sha as weights_sha
 from tunebench.evals.results import Metric, Results
 from tunebench.evals.tasks import SHIPPED_GROUP, SHIPPED_TASKS, TASKS_DIR
+from tunebench.models.loading import ModelError, load_tokenizer, resolve_model, template_sha
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +94,6 @@ def run_lm_eval(
         raise LmEvalError("no lm-eval tasks given; set eval.lm_eval_tasks (e.g. [tunebench_facts_mc])")
     if limit is not None and limit < 1:
         raise LmEvalError(f"lm-eval limit {limit!r} must be a positive number of documents or null (all)")
-    from tunebench.evals.modeling import adapter_sha as weights_sha
 
     # fail before starting a child on a missing or half-written adapter
     adapter_sha = weights_sha(adapter) if adapter is not None else None
@@ -128,14 +132,12 @@ def run_lm_eval(
 
 
 def _cuda() -> bool:
-    import torch
+    import torch  # heavy: torch, imported when needed
 
     return torch.cuda.is_available()
 
 
 def _free_port() -> int:
-    import socket
-
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -200,7 +202,7 @@ def _task_manager(names: list[str]) -> Any:
     Raises:
         LmEvalError: some names are known to neither; the message lists the shipped ones and close matches.
     """
-    from lm_eval.tasks import TaskManager
+    from lm_eval.tasks import TaskManager  # heavy: lm-eval, imported when needed
 
     shipped = TaskManager(include_path=str(TASKS_DIR), include_defaults=False)
     if all(n in shipped.all_tasks for n in names):
@@ -288,8 +290,6 @@ def task_documents(tasks: list[str], limit: int | None) -> dict[str, list[tuple[
 
 
 def _identity(spec: dict[str, Any], template_name: str, tok: Any, device: str, dtype: str) -> dict[str, Any]:
-    from tunebench.models.loading import ModelError, resolve_model, template_sha
-
     try:
         base: dict[str, Any] = resolve_model(spec["model_path"]).to_dict()
     except ModelError:
@@ -303,13 +303,11 @@ def _identity(spec: dict[str, Any], template_name: str, tok: Any, device: str, d
 
 def _tokenizer(spec: dict[str, Any]) -> tuple[Any, str]:
     """The tokenizer + chat template evaluation uses everywhere (see evals.modeling.load_for_eval)."""
-    from tunebench.models.loading import load_tokenizer, resolve_model
 
     adapter = spec["adapter"]
     if adapter is not None and (Path(adapter) / "tokenizer_config.json").exists():
-        from transformers import AutoTokenizer
+        from transformers import AutoTokenizer  # heavy: transformers, imported when needed
 
-        from tunebench.evals.modeling import adapter_manifest
 
         tok = AutoTokenizer.from_pretrained(adapter)
         name = adapter_manifest(adapter).get("template", {}).get("name", spec["template"])
@@ -402,9 +400,8 @@ def _task_results(res: Results, name: str, task: Any, out: dict[str, Any], spec:
 
 def _evaluate(spec: dict[str, Any]) -> Results | None:
     """The child's work: load tasks and model, run lm-eval, convert its output."""
-    import lm_eval
+    import lm_eval  # heavy: lm-eval, imported when needed
 
-    from tunebench.evals.modeling import pick_device, pick_dtype
 
     names = spec["tasks"]
     manager = _task_manager(names)
@@ -444,7 +441,6 @@ class _DropNoise(logging.Filter):
 def main(argv: list[str] | None = None) -> int:
     """Child entry point: ``python -m tunebench.evals.lm_eval_runner SPEC.json OUT.json``; exit 0, 2 (usage error,
     message in OUT) or 1 (unexpected failure, traceback on stderr, summary in OUT)."""
-    from tunebench.models.loading import ModelError
 
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 2:
@@ -463,7 +459,6 @@ def main(argv: list[str] | None = None) -> int:
         atomic_write_json(out_path, {"error": str(e)})
         return 2
     except Exception as e:
-        import traceback
 
         traceback.print_exc()
         first = (str(e).strip().splitlines() or [""])[0][:500]

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from tunebench.core import dist
+from tunebench.core.config import auto_dtype
 from tunebench.core.errors import AdapterError
 from tunebench.core.io import sha256_file
 from tunebench.models.loading import ModelSource, load_causal_lm, load_tokenizer, resolve_model
@@ -45,7 +46,7 @@ class Loaded:
 
 
 def pick_device(device: str = "auto") -> str:
-    import torch
+    import torch  # heavy: torch, imported when needed
 
     if device != "auto":
         return device
@@ -56,13 +57,12 @@ def pick_device(device: str = "auto") -> str:
 
 def pick_dtype(dtype: str, device: str) -> Any:
     """bf16 on CUDA (fp16 before Ampere), fp32 on CPU unless asked."""
-    import torch
+    import torch  # heavy: torch, imported when needed
 
-    if dtype != "auto":
-        return getattr(torch, dtype)
-    if device.startswith("cuda"):
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
+    if dtype == "auto":
+        cuda = device.startswith("cuda")
+        dtype = auto_dtype(cuda, cuda and torch.cuda.is_bf16_supported())
+    return getattr(torch, dtype)
 
 
 def adapter_manifest(adapter: str | Path) -> dict[str, Any]:
@@ -113,7 +113,7 @@ def check_adapter(adapter: str | Path, source: ModelSource) -> str:
 
 def _check_shapes(model: Any, adapter: Path) -> None:
     """Compare every LoRA tensor with the base layer it attaches to (catches a different base size)."""
-    from safetensors import safe_open
+    from safetensors import safe_open  # heavy: safetensors, imported when needed
 
     modules = dict(model.named_modules())
     with safe_open(str(adapter / "adapter_model.safetensors"), framework="pt") as f:
@@ -154,7 +154,7 @@ def load_for_eval(
     weights_sha = check_adapter(adapter, source) if adapter is not None else None
     if adapter is not None and (Path(adapter) / "tokenizer_config.json").exists():
         # the adapter folder carries the tokenizer + template it was trained with: use exactly that
-        from transformers import AutoTokenizer
+        from transformers import AutoTokenizer  # heavy: transformers, imported when needed
 
         tok = AutoTokenizer.from_pretrained(str(adapter))
         template_name = adapter_manifest(adapter).get("template", {}).get("name", template)
@@ -162,7 +162,7 @@ def load_for_eval(
         tok, template_name = load_tokenizer(source, template, trust_remote_code)
     model = load_causal_lm(source, torch_dtype, load_in_4bit, dev, trust_remote_code)
     if adapter is not None:
-        from peft import PeftModel
+        from peft import PeftModel  # heavy: peft, imported when needed
 
         _check_shapes(model, Path(adapter))
         model = PeftModel.from_pretrained(model, str(adapter), is_trainable=False)

@@ -14,6 +14,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from tunebench.core import dist
+from tunebench.core.stats import bootstrap_ci
 from tunebench.data.conversations import Encoded, tokens_fingerprint
 from tunebench.evals.results import Metric
 
@@ -54,7 +55,7 @@ def score(model: Any, encoded: list[Encoded], batch_tokens: int = 16384, pad_id:
     Returns:
         (items, seconds) with items ``{"id", "num": summed NLL (nats), "den": assistant tokens}`` in input order.
     """
-    import torch
+    import torch  # heavy: torch, imported when needed
 
     device = next(model.parameters()).device
     backbone, head = _backbone_and_head(model)
@@ -115,7 +116,6 @@ def evaluate(model: Any, tokenizer: Any, encoded: list[Encoded], *, split: str =
     Returns:
         (metric, per-conversation items, inputs fingerprint entries)
     """
-    from tunebench.core.stats import bootstrap_ci
 
     if not encoded:
         raise ValueError(f"the {split} split is empty: nothing to score (raise data.max_{split} or test_fraction)")

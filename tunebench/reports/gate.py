@@ -40,7 +40,7 @@ import yaml
 from tabulate import tabulate
 
 from tunebench.core.errors import GateError
-from tunebench.core.io import atomic_write_json
+from tunebench.core.io import atomic_write_json, package_path
 from tunebench.reports.compare import (
     Comparison,
     MetricComparison,
@@ -51,7 +51,7 @@ from tunebench.reports.compare import (
     run_settings,
 )
 
-GATES_DIR = Path(__file__).resolve().parent.parent / "configs" / "gates"
+GATES_DIR = package_path("configs", "gates")
 DEFAULT_RULES = GATES_DIR / "default.yaml"
 SCHEMA = "tunebench.gate/1"
 _THRESHOLDS = ("min_improvement", "min_improvement_rel", "max_regression", "max_regression_rel")

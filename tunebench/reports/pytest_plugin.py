@@ -60,7 +60,9 @@ def tunebench_run(pytestconfig: pytest.Config) -> Path:
 @pytest.fixture(scope="session")
 def tunebench_results(tunebench_run: Path) -> dict[str, Any]:
     """``{"base": Results, "tuned": Results}`` of the run."""
-    from tunebench.reports.compare import load_run_results
+    from tunebench.reports.compare import (
+        load_run_results,  # heavy: numpy; pytest loads this plugin in every session
+    )
 
     try:
         return load_run_results(tunebench_run)
@@ -75,7 +77,7 @@ def tunebench_comparison(tunebench_run: Path, tunebench_results: dict[str, Any])
     Rows have assertion helpers: ``.row(name).assert_improved()``, ``.assert_not_regressed()``,
     ``.assert_value(op, x, side="tuned")``; failures print both values, the delta and its interval.
     """
-    from tunebench.reports.compare import ComparisonError, compare, run_settings
+    from tunebench.reports.compare import ComparisonError, compare, run_settings  # heavy: numpy (see above)
 
     settings = run_settings(tunebench_run)
     try:

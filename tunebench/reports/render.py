@@ -7,6 +7,7 @@ the output depends only on its inputs, so a golden file can pin it.
 
 from __future__ import annotations
 
+import datetime
 import html
 import json
 import math
@@ -17,9 +18,19 @@ from typing import Any
 import jinja2
 from tabulate import tabulate
 
-from tunebench.reports.compare import Comparison, Leaderboard, MetricComparison, fmt, fmt_interval, fmt_p
+from tunebench.core.io import package_path, read_json
+from tunebench.reports.compare import (
+    Comparison,
+    Leaderboard,
+    MetricComparison,
+    fmt,
+    fmt_interval,
+    fmt_p,
+    load_run_results,
+    run_settings,
+)
 
-TEMPLATES = Path(__file__).resolve().parent / "templates"
+TEMPLATES = package_path("reports", "templates")
 TEMPLATE = "report.md.j2"
 _VERDICT = {"improved": "**improved**", "regressed": "**regressed**"}
 
@@ -198,7 +209,6 @@ def _num(x: Any, pattern: str = "{:,}") -> str | None:
 
 def _utc(ts: Any) -> str | None:
     """A Unix time as an ISO UTC timestamp (manifests store seconds since the epoch)."""
-    import datetime
 
     if not isinstance(ts, (int, float)):
         return ts
@@ -381,8 +391,6 @@ def context_from_run(run_dir: str | Path, results: dict[str, Any] | None = None)
         run_dir: The run folder.
         results: Optional already-loaded ``{"base", "tuned"}`` Results (saves re-reading them).
     """
-    from tunebench.core.io import read_json
-    from tunebench.reports.compare import load_run_results, run_settings
 
     run = Path(run_dir)
     results = results or load_run_results(run)

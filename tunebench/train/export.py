@@ -30,9 +30,9 @@ def export_merged(run_or_adapter: str | Path, out: str | Path | None = None, dty
     Raises:
         ModelError / AdapterError: no adapter, or an adapter of another base.
     """
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    import torch  # heavy: torch, imported when needed
+    from peft import PeftModel  # heavy: peft, imported when needed
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # heavy: transformers, imported when needed
 
     adapter = _adapter_dir(run_or_adapter)
     manifest = adapter_manifest(adapter)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import resource
 import time
 from pathlib import Path
 from typing import Any
@@ -13,7 +15,7 @@ SCHEMA = "tunebench.manifest/1"
 
 def peak_memory() -> dict[str, Any]:
     """Peak memory of this process: CUDA allocator peaks on GPU, max RSS on CPU."""
-    import torch
+    import torch  # heavy: torch, imported when needed
 
     if torch.cuda.is_available():
         return {
@@ -21,7 +23,6 @@ def peak_memory() -> dict[str, Any]:
             "allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3),
             "reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 3),
         }
-    import resource
 
     return {"kind": "cpu_rss", "rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)}
 
@@ -98,12 +99,11 @@ def build(
 
 def plot_loss_curve(manifest: dict[str, Any], path: str | Path) -> Path:
     """Train (and validation) loss against step, written atomically as PNG."""
-    import io
 
-    import matplotlib
+    import matplotlib  # heavy: matplotlib, imported when needed
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # heavy: matplotlib, imported when needed
 
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
     tr = manifest["loss_history"]

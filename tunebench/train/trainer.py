@@ -14,12 +14,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from tunebench.core import dist
 from tunebench.core.config import RunConfig, to_dict
 from tunebench.core.errors import RunExistsError, TrainingError
 from tunebench.core.io import atomic_dir, atomic_write_json, read_json
+from tunebench.data import conversations as data_mod
+from tunebench.models.loading import load_tokenizer, manifest_of, resolve_model
 from tunebench.train import manifest as manifest_mod
-from tunebench.train.backends import BackendError, choose_backend, get_backend, import_unsloth
+from tunebench.train.backends import BACKENDS, BackendError, compute_dtype, get_backend, import_unsloth
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +70,7 @@ class _State:
 
 def make_callbacks(state: _State, total_steps: int) -> list[Any]:
     """Signal handling, NaN guard and progress bar, as transformers TrainerCallbacks."""
-    from tqdm.auto import tqdm
-    from transformers import TrainerCallback
+    from transformers import TrainerCallback  # heavy: transformers, imported when needed
 
     class SignalCallback(TrainerCallback):
         """First SIGINT/SIGTERM: finish the step, save a resumable checkpoint, stop. Second: abort."""
@@ -140,8 +143,8 @@ def make_callbacks(state: _State, total_steps: int) -> list[Any]:
 
 def _trainer_class(state: _State, backend: str):
     """SFTTrainer (Unsloth's patched one when Unsloth was imported first) with atomic checkpoints."""
-    from transformers import Trainer
-    from trl import SFTTrainer
+    from transformers import Trainer  # heavy: transformers, imported when needed
+    from trl import SFTTrainer  # heavy: trl, imported when needed
 
     class TunebenchTrainer(SFTTrainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -156,7 +159,7 @@ def _trainer_class(state: _State, backend: str):
             if checkpoint is not None and self.args.world_size > 1 and self.args.device.type == "cpu":
                 # transformers maps the optimizer state to args.device ("cpu:N" under multi-CPU DDP), which
                 # torch.load cannot restore to; on CPU the plain "cpu" location is the same memory
-                import torch
+                import torch  # heavy: torch, imported when needed
 
                 self.optimizer.load_state_dict(torch.load(os.path.join(checkpoint, "optimizer.pt"),
                                                           map_location="cpu", weights_only=True))
@@ -219,16 +222,12 @@ def _count_tokens_hook(model: Any, state: _State):
 
 def sft_config(cfg: RunConfig, ckpt_dir: Path, backend: str, has_val: bool, dtype: Any) -> Any:
     """TRL SFTConfig from the typed config."""
-    import torch
-    from trl import SFTConfig
+    import torch  # heavy: torch, imported when needed
+    from trl import SFTConfig  # heavy: trl, imported when needed
 
     t = cfg.train
     cuda = torch.cuda.is_available()
-    optim = t.optimizer
-    if optim == "auto":
-        optim = "adamw_8bit" if cuda else "adamw_torch"
-    elif optim in ("adamw_8bit", "paged_adamw_8bit") and not cuda:
-        raise BackendError(f"train.optimizer={optim} needs CUDA (bitsandbytes); use adamw_torch or auto on CPU")
+    optim = t.optimizer  # resolved by core.config.resolve
     args = SFTConfig(
         output_dir=str(ckpt_dir),
         per_device_train_batch_size=t.batch_size,
@@ -276,7 +275,7 @@ def one_gpu_per_process(args: Any) -> Any:
     tunebench does under torchrun anyway. The model was loaded on ``cuda:LOCAL_RANK`` (0 here); train there,
     as ``Trainer`` itself does for a model split with ``device_map``.
     """
-    import torch
+    import torch  # heavy: torch, imported when needed
 
     if dist.world_size() == 1 and torch.cuda.is_available() and torch.cuda.device_count() > 1:
         _ = args.device  # sets n_gpu from the visible devices; then pin it
@@ -286,13 +285,22 @@ def one_gpu_per_process(args: Any) -> Any:
     return args
 
 
-def resolve_backend(requested: str) -> tuple[str, str]:
-    """Pick the backend; import Unsloth now (before transformers) when it is the choice."""
-    name, reason = choose_backend(requested)
+def resolve_backend(train_cfg: Any, resolution: dict[str, str]) -> tuple[str, str]:
+    """The resolved backend and why; import Unsloth now (before transformers) when it is the choice.
+
+    The config resolved ``auto`` already (core.config.resolve); only a failed Unsloth import, a runtime fact,
+    changes the choice here: to ``hf`` when the user asked for ``auto``, to an error when they asked for Unsloth.
+    """
+    name = train_cfg.backend
+    if name not in BACKENDS:
+        raise BackendError(f"train.backend {name!r} is unknown or unresolved (known: {', '.join(BACKENDS)}); "
+                           "load the config with tunebench.core.config.load_config")
+    asked_auto = "train.backend" in resolution
+    reason = resolution.get("train.backend", "requested in the config")
     if name == "unsloth":
         err = import_unsloth()
         if err is not None:
-            if requested == "unsloth":
+            if not asked_auto:
                 raise BackendError(f"train.backend=unsloth but unsloth does not import here: {err}")
             name, reason = "hf", f"unsloth is installed but does not import here ({err})"
     log.info("backend: %s (%s)", name, reason)
@@ -351,12 +359,9 @@ def train(
     if resume:
         check_resume_world_size(latest_checkpoint(ckpt_dir))
 
-    backend_name, reason = resolve_backend(cfg.train.backend)  # before transformers is imported
-    import torch
+    backend_name, reason = resolve_backend(cfg.train, cfg.resolution)  # before transformers is imported
+    import torch  # heavy: torch, imported when needed
 
-    from tunebench.data import conversations as data_mod
-    from tunebench.models.loading import load_tokenizer, manifest_of, resolve_model
-    from tunebench.train.backends import compute_dtype
 
     source = resolve_model(cfg.model.ref, cfg.model.revision)
     if prepared is None:

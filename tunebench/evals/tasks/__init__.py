@@ -4,8 +4,9 @@ Each task is a YAML file here; its data is a JSONL file beside it, read by ``uti
 ``!function utils.<name>`` relative to the YAML file, so nothing depends on the working directory).
 """
 
-from pathlib import Path
 
-TASKS_DIR = Path(__file__).resolve().parent
+from tunebench.core.io import package_path
+
+TASKS_DIR = package_path("evals", "tasks")
 SHIPPED_TASKS = ("tunebench_facts_mc", "tunebench_arith_gen")
 SHIPPED_GROUP = "tunebench"

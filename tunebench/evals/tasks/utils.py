@@ -30,7 +30,7 @@ def read_jsonl(name: str) -> list[dict[str, Any]]:
 
 
 def _as_test_split(rows: list[dict[str, Any]]) -> Any:
-    import datasets
+    import datasets  # heavy: datasets, imported when needed
 
     return datasets.DatasetDict({"test": datasets.Dataset.from_list(rows)})
 

@@ -11,7 +11,8 @@ import logging
 from typing import Any
 
 from tunebench.core import dist
-from tunebench.train.backends import compute_dtype, labels_dataset, use_4bit
+from tunebench.models.loading import load_causal_lm, load_tokenizer
+from tunebench.train.backends.base import compute_dtype, labels_dataset, use_4bit
 
 log = logging.getLogger(__name__)
 
@@ -22,10 +23,13 @@ class HFBackend:
     def load(self, source: Any, model_cfg: Any, lora_cfg: Any, train_cfg: Any, max_length: int,
              template_name: str) -> tuple[Any, Any]:
         """Base model (4-bit nf4 on CUDA when enabled) with a fresh LoRA adapter attached."""
-        import torch
-        from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+        import torch  # heavy: torch, imported when needed
+        from peft import (  # heavy: peft, imported when needed
+            LoraConfig,
+            get_peft_model,
+            prepare_model_for_kbit_training,
+        )
 
-        from tunebench.models.loading import load_causal_lm, load_tokenizer
 
         dtype = compute_dtype(model_cfg)
         four_bit = use_4bit(model_cfg)

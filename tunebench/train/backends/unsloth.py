@@ -10,7 +10,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from tunebench.train.backends import BackendError, compute_dtype, labels_dataset, use_4bit
+from tunebench.core.errors import BackendError
+from tunebench.models.loading import load_tokenizer
+from tunebench.train.backends.base import compute_dtype, labels_dataset, use_4bit
 
 log = logging.getLogger(__name__)
 
@@ -21,9 +23,10 @@ class UnslothBackend:
     def load(self, source: Any, model_cfg: Any, lora_cfg: Any, train_cfg: Any, max_length: int,
              template_name: str) -> tuple[Any, Any]:
         """FastLanguageModel + get_peft_model; the tokenizer keeps the template tunebench renders with."""
-        from unsloth import FastLanguageModel
+        from unsloth import (  # heavy: unsloth patches transformers on import
+            FastLanguageModel,  # heavy: unsloth patches transformers on import, imported when needed
+        )
 
-        from tunebench.models.loading import load_tokenizer
 
         model, _unsloth_tok = FastLanguageModel.from_pretrained(
             model_name=source.path,
@@ -62,7 +65,9 @@ class UnslothBackend:
         Raises:
             BackendError: the response marker matches nothing, so every label would be -100.
         """
-        from unsloth.chat_templates import train_on_responses_only
+        from unsloth.chat_templates import (  # heavy: unsloth patches transformers on import
+            train_on_responses_only,  # heavy: unsloth patches transformers on import, imported when needed
+        )
 
         info = prepared.template
         try:
@@ -91,7 +96,9 @@ class UnslothBackend:
 
 def check_llama31_template(unsloth_tok: Any, tok: Any) -> None:
     """Unsloth's get_chat_template('llama-3.1') must render exactly as tunebench's shipped template."""
-    from unsloth.chat_templates import get_chat_template
+    from unsloth.chat_templates import (  # heavy: unsloth patches transformers on import
+        get_chat_template,  # heavy: unsloth patches transformers on import, imported when needed
+    )
 
     theirs = get_chat_template(unsloth_tok, chat_template="llama-3.1")
     msgs = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]
