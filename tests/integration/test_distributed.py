@@ -39,7 +39,7 @@ def ddp_run(tmp_path_factory, tiny_llama_dir):
         "train.eval_every=0", "eval.lm_eval_tasks=[]",
         "eval.probe_sampling=[{name: seed, temperature: 1.5, min_p: 0.1, max_new_tokens: 8, n_samples: 2},"
         " {name: greedy, temperature: 0, max_new_tokens: 8}]", "eval.probe_batch_size=4",
-    ])
+    ], resolved=False)  # a preset file: each process of the launch resolves `auto` for itself
     (root / "cfg.yaml").write_text(dump_yaml(cfg))
     launch(["train", str(root / "cfg.yaml"), "--out", str(root / "run")])
     return root

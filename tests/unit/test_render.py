@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from tunebench.core.markdown import cell
 from tunebench.reports.compare import Comparison, compare, leaderboard
 from tunebench.reports.gate import evaluate_gate
 from tunebench.reports.render import (
-    cell,
     context_from_run,
     fibonacci_transcripts,
     render_leaderboard,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-import difflib
 import importlib.util
 import inspect
 import types
@@ -20,7 +19,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 import yaml
 
 from tunebench.core import dist
-from tunebench.core.errors import ConfigError
+from tunebench.core.errors import ConfigError, did_you_mean
 from tunebench.core.io import package_path
 
 CONFIGS_DIR = package_path("configs")
@@ -267,8 +266,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             value = "on" if value else "off"
         if value in allowed:
             return value
-        hint = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
-        dym = f" (did you mean {hint[0]!r}?)" if hint else ""
+        dym = did_you_mean(str(value), allowed, " (did you mean ", "?)")
         raise ConfigError(f"{key}: {value!r} is not allowed; choose one of {', '.join(map(repr, allowed))}{dym}")
     if origin is dict:
         if not isinstance(value, dict):
@@ -329,8 +327,7 @@ def build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     for key, value in data.items():
         full = f"{prefix}.{key}" if prefix else str(key)
         if key not in names:
-            hint = difflib.get_close_matches(str(key), names, n=1)
-            dym = f"; did you mean {(prefix + '.' if prefix else '') + hint[0]!r}?" if hint else ""
+            dym = did_you_mean(full, [(prefix + "." if prefix else "") + n for n in names], "; did you mean ")
             raise ConfigError(f"unknown key {full!r}{dym} (known: {', '.join(names)})")
         kwargs[key] = _coerce(value, hints[key], full)
     obj = cls(**kwargs)
@@ -413,8 +410,7 @@ def resolve_preset_path(preset: str) -> Path:
     if candidate.exists():
         return candidate
     names = preset_names()
-    hint = difflib.get_close_matches(preset, names, n=1)
-    dym = f" Did you mean {hint[0]!r}?" if hint else ""
+    dym = did_you_mean(preset, names)
     raise ConfigError(f"unknown preset {preset!r}: not a file and not one of {', '.join(names)}.{dym}")
 
 

@@ -106,17 +106,19 @@ class BenchmarkError(InvalidInput, ValueError):
     """A benchmark shape, tokenizer source or setup that cannot be used; the message says what to do."""
 
 
-def did_you_mean(word: str, choices: Iterable[str], prefix: str = " Did you mean ", suffix: str = "?") -> str:
+def did_you_mean(word: str, choices: Iterable[str], prefix: str = " Did you mean ", suffix: str = "?",
+                 n: int = 1) -> str:
     """The closest of ``choices`` to ``word`` as a sentence fragment, or "" when none is close.
 
     Args:
         word: what the user wrote.
         choices: the known names.
-        prefix: text before the quoted suggestion.
-        suffix: text after it.
+        prefix: text before the quoted suggestion(s).
+        suffix: text after them.
+        n: how many suggestions at most (joined with "or").
 
     Returns:
         e.g. ``" Did you mean 'unsloth'?"``, or an empty string.
     """
-    hint = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1)
-    return f"{prefix}{hint[0]!r}{suffix}" if hint else ""
+    hints = difflib.get_close_matches(str(word), [str(c) for c in choices], n=n)
+    return f"{prefix}{' or '.join(repr(h) for h in hints)}{suffix}" if hints else ""

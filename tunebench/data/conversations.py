@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from tunebench.core.config import DataConfig
 from tunebench.core.errors import TemplateError
 from tunebench.core.io import atomic_write_json, atomic_write_text, fingerprint, read_json
+from tunebench.core.markdown import table
 from tunebench.data.sources import DataError, RawData, read_source
 
 log = logging.getLogger(__name__)
@@ -535,22 +536,17 @@ def render_report(report: dict[str, Any]) -> str:
         "",
         "## Dropped",
         "",
-        "| reason | conversations | meaning |",
-        "|---|---:|---|",
     ]
-    for k, v in report["dropped"].items():
-        lines.append(f"| {k} | {v} | {report['drop_reasons'].get(k, '')} |")
-    for s, c in report["dropped_by_length"].items():
-        for k, v in c.items():
-            lines.append(f"| {k} ({s}) | {v} | {report['drop_reasons'].get(k, '')} |")
-    lines += ["", "## Splits", "", "| split | conversations | truncated | tokens p50 | tokens p90 | tokens max | assistant tokens | fingerprint |",
-              "|---|---:|---:|---:|---:|---:|---:|---|"]
-    for s, d in report["splits"].items():
-        t = d["tokens"]
-        lines.append(
-            f"| {s} | {d['conversations']} | {d['truncated']} | {t.get('p50', '-')} | {t.get('p90', '-')} | "
-            f"{t.get('max', '-')} | {d['assistant_tokens'].get('total', 0)} | `{d['fingerprint']}` |"
-        )
+    reasons = report["drop_reasons"]
+    dropped = [(k, v, reasons.get(k, "")) for k, v in report["dropped"].items()]
+    dropped += [(f"{k} ({s})", v, reasons.get(k, "")) for s, c in report["dropped_by_length"].items()
+                for k, v in c.items()]
+    lines += [table(dropped, ["reason", "conversations", "meaning"]), "", "## Splits", ""]
+    splits = [(s, d["conversations"], d["truncated"], d["tokens"].get("p50"), d["tokens"].get("p90"),
+               d["tokens"].get("max"), d["assistant_tokens"].get("total", 0), f"`{d['fingerprint']}`")
+              for s, d in report["splits"].items()]
+    lines.append(table(splits, ["split", "conversations", "truncated", "tokens p50", "tokens p90", "tokens max",
+                                "assistant tokens", "fingerprint"]))
     if report["warnings"]:
         lines += ["", "## Warnings", ""] + [f"- {w}" for w in report["warnings"]]
     return "\n".join(lines) + "\n"

@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import datetime
 import html
-import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import jinja2
-from tabulate import tabulate
 
 from tunebench.core.io import package_path, read_json
+from tunebench.core.markdown import kv_table, table
 from tunebench.reports.compare import (
     Comparison,
     Leaderboard,
@@ -36,32 +35,6 @@ _VERDICT = {"improved": "**improved**", "regressed": "**regressed**"}
 
 
 # ----------------------------------------------------------------------------- cells and tables
-
-
-def cell(value: Any) -> str:
-    """One table cell: pipes escaped, newlines flattened, nested data as compact JSON."""
-    if value is None:
-        return "–"
-    if isinstance(value, float):
-        text = fmt(value)
-    elif isinstance(value, (dict, list)):
-        text = json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)
-        text = text if len(text) <= 160 else text[:157] + "..."
-    else:
-        text = str(value)
-    return text.replace("|", "\\|").replace("\r", "").replace("\n", " ")
-
-
-def table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
-    """A GitHub-flavoured Markdown table; cells are passed through ``cell`` and never re-parsed as numbers."""
-    return tabulate([[cell(v) for v in r] for r in rows], headers=list(headers), tablefmt="github",
-                    disable_numparse=True)
-
-
-def kv_table(pairs: Iterable[tuple[str, Any]], headers: Sequence[str] = ("", "")) -> str | None:
-    """Two-column table of the pairs whose value is present."""
-    rows = [(k, v) for k, v in pairs if v is not None and v != {} and v != []]
-    return table(rows, headers) if rows else None
 
 
 def _delta(r: MetricComparison) -> str:

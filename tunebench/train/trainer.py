@@ -38,15 +38,13 @@ class TrainResult:
 
 
 def latest_checkpoint(ckpt_dir: Path) -> Path | None:
-    """The highest-step complete checkpoint (checkpoints appear only by atomic rename)."""
+    """The highest-step complete checkpoint (checkpoints appear only by atomic rename, so every one is whole)."""
+    from transformers.trainer_utils import get_last_checkpoint  # heavy: transformers
+
     if not ckpt_dir.is_dir():
         return None
-    best = None
-    for p in ckpt_dir.iterdir():
-        if p.is_dir() and p.name.startswith("checkpoint-") and p.name.split("-")[-1].isdigit():
-            if best is None or int(p.name.split("-")[-1]) > int(best.name.split("-")[-1]):
-                best = p
-    return best
+    last = get_last_checkpoint(str(ckpt_dir))
+    return Path(last) if last else None
 
 
 # ----------------------------------------------------------------------------- callbacks
