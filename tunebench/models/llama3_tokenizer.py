@@ -106,15 +106,13 @@ def export_llama3_tokenizer(out: str | Path, model_file: str | Path | None = Non
     return out
 
 
-def llama3_tokenizer(model_file: str | Path | None = None, root: str | Path | None = None) -> Any:
-    """The converted Llama 3 tokenizer, from the cache (converted and saved there on first use).
+def llama3_tokenizer_dir(model_file: str | Path | None = None, root: str | Path | None = None) -> Path:
+    """The cached folder of the converted Llama 3 tokenizer (converted and saved there on first use).
 
     Args:
         model_file: a tiktoken BPE file; default: the one llama-models ships.
         root: cache folder; default: ``<tunebench cache>/tokenizers``.
     """
-    from transformers import AutoTokenizer
-
     path = Path(model_file) if model_file is not None else tokenizer_model_file()
     root = Path(root) if root is not None else cache_root() / "tokenizers"
     final = root / f"llama3-{sha256_file(path)[:12]}"
@@ -125,10 +123,17 @@ def llama3_tokenizer(model_file: str | Path | None = None, root: str | Path | No
             export_llama3_tokenizer(tmp, path)
             tmp.rename(final)
         except OSError:  # another process finished first: its folder is identical
-            shutil.rmtree(tmp, ignore_errors=True)
+            pass
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-    return AutoTokenizer.from_pretrained(str(final), clean_up_tokenization_spaces=False)
+    return final
+
+
+def llama3_tokenizer(model_file: str | Path | None = None, root: str | Path | None = None) -> Any:
+    """The converted Llama 3 tokenizer (see ``convert``), loaded from the cache folder."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(llama3_tokenizer_dir(model_file, root)), clean_up_tokenization_spaces=False)
 
 
 def is_llama3_tokenizer(tok: Any) -> bool:
