@@ -56,7 +56,10 @@ def spawn(spec: dict[str, Any], work: Path, budget: Budget, min_seconds: float =
         code = proc.wait(timeout=left)
     except subprocess.TimeoutExpired:
         _stop(proc)
-        return {"status": "error", "error": f"timed out after {time.monotonic() - t0:.0f} s (the --budget-s ran out)"}
+        timed_out = f"timed out after {time.monotonic() - t0:.0f} s (the --budget-s ran out)"
+        if Path(spec["result"]).exists():  # a sweep writes what it measured after each candidate
+            return dict(read_json(spec["result"]), error=timed_out)
+        return {"status": "error", "error": timed_out}
     except KeyboardInterrupt:
         _stop(proc)
         raise

@@ -128,7 +128,7 @@ def run_sweep(spec: dict[str, Any]) -> dict[str, Any]:
         if group in stopped:
             rows.append(dict(row, status="skipped", error="a smaller micro-batch of this layout was over the limit"))
             continue
-        if time.time() > spec["deadline"] - spec.get("min_seconds", 25):
+        if time.time() > spec["deadline"] - spec.get("min_seconds", 40):
             rows.append(dict(row, status="skipped", error="skipped: the --budget-s ran out"))
             continue
         point = dict(spec, backend=row["backend"], batch_size=cand["batch_size"], grad_accum=cand["grad_accum"],
@@ -153,6 +153,8 @@ def run_sweep(spec: dict[str, Any]) -> dict[str, Any]:
         log.info("find-best: %s %dx%d -> %s %s", row["backend"], cand["batch_size"], cand["grad_accum"],
                  row["status"], row.get("real_tokens_per_s", row.get("error", "")))
         rows.append(row)
+        if spec.get("result"):  # what is measured so far survives a timeout that ends this process
+            atomic_write_json(spec["result"], {"status": "ok", "rows": rows, "partial": True})
     return {"rows": rows}
 
 
