@@ -61,7 +61,8 @@ def render_speed_md(results: dict[str, Any]) -> str:
                      f"p90 {t.get('p90')}, max {t.get('max')}; {d.get('truncated')} truncated at {d.get('max_length')}")
     for b, note in st.get("backends", {}).items():
         lines.append(f"- `{b}`: {note}")
-    lines += ["", f"> **Random weights, {tokenizer_note(results)}** Each shape is the published Llama 3.2 "
+    title, note = tokenizer_note(results)
+    lines += ["", f"> **Random weights, {title}.** {note} Each shape is the published Llama 3.2 "
               "architecture with random bf16 weights (speed does not depend on their values; losses do, so ignore "
               "them). **MFU** = 6 · N · real tokens/s ÷ the "
               "measured matmul peak, N = all parameters with tied embeddings counted once; attention FLOPs and "
@@ -105,6 +106,8 @@ def render_speed_md(results: dict[str, Any]) -> str:
     lines += render_scaling(results.get("scaling") or [])
     lines += find_best_section(results)
     lines += target_table(results.get("targets") or [])
+    if results.get("notes"):  # what the person who ran it adds: conditions the numbers depend on
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in results["notes"]]
     return "\n".join(lines) + "\n"
 
 
@@ -124,14 +127,15 @@ def target_table(targets: list[dict[str, Any]]) -> list[str]:
 
 
 
-def tokenizer_note(results: dict[str, Any]) -> str:
+def tokenizer_note(results: dict[str, Any]) -> tuple[str, str]:
     """What the token counts come from: Meta's Llama 3 tokenizer, or the SmolLM2 stand-in of older runs."""
     kinds = {str(i.get("tokenizer", "")) for i in (results.get("shapes") or {}).values()}
     if kinds and all(k.startswith("Llama 3") for k in kinds):
-        return ("Llama 3 tokenizer.** Token counts come from Meta's Llama 3 tokenizer (llama-models 0.3.0 "
-                "`tokenizer.model`, converted to a transformers tokenizer), as the real Llama 3.2 models count them.")
-    return ("stand-in tokenizer.** Token counts come from a stand-in tokenizer (SmolLM2's vocabulary plus the "
-            "Llama 3 special tokens), which splits text into more tokens than Llama 3's would.")
+        return "Llama 3 tokenizer", ("Token counts come from Meta's Llama 3 tokenizer (llama-models 0.3.0 "
+                                     "`tokenizer.model`, converted to a transformers tokenizer), as the real "
+                                     "Llama 3.2 models count them.")
+    return "stand-in tokenizer", ("Token counts come from a stand-in tokenizer (SmolLM2's vocabulary plus the "
+                                  "Llama 3 special tokens), which splits text into more tokens than Llama 3's would.")
 
 
 def find_best_section(results: dict[str, Any]) -> list[str]:

@@ -129,7 +129,7 @@ def run_sweep(spec: dict[str, Any]) -> dict[str, Any]:
             rows.append(dict(row, status="skipped", error="a smaller micro-batch of this layout was over the limit"))
             continue
         if time.time() > spec["deadline"] - spec.get("min_seconds", 40):
-            rows.append(dict(row, status="skipped", error="skipped: the --budget-s ran out"))
+            rows.append(dict(row, status="skipped", error="the --budget-s ran out"))
             continue
         point = dict(spec, backend=row["backend"], batch_size=cand["batch_size"], grad_accum=cand["grad_accum"],
                      gradient_checkpointing=group[1],
