@@ -10,6 +10,7 @@ from tunebench.bench.shapes import export_data
 from tunebench.bench.spawn import EXIT_INPUT, EXIT_NO_CUDA, EXIT_OK, SetupError
 from tunebench.bench.trainspeed import run_speed
 from tunebench.bench.worker import BACKENDS, LAYOUTS, worker_main
+from tunebench.core.errors import InvalidInput
 from tunebench.models.llama3_tokenizer import export_llama3_tokenizer
 
 NO_CUDA = ("tunebench bench {cmd} needs a CUDA GPU; measured numbers only come from one. Nothing was run or "
@@ -96,6 +97,15 @@ def main(argv: list[str] | None = None) -> int:
                             datefmt="%H:%M:%S")
     if args.command == "worker":
         return worker_main(args.spec)
+    try:
+        return dispatch(args)
+    except (argparse.ArgumentTypeError, ValueError, InvalidInput, FileNotFoundError, SetupError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_INPUT
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    """Run the parsed command (bad input raises; ``main`` turns it into exit code 2)."""
     if args.command == "export-data":
         info = export_data(args.n, args.out, args.data, args.max_mb)
         print(f"wrote {info['written']} conversations ({info['mb']:.1f} MB) to {args.out}")
@@ -108,22 +118,13 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"Llama 3 tokenizer written to {export_llama3_tokenizer(args.out)}")
         return EXIT_OK
-    import torch
+    import torch  # heavy: only the GPU benchmarks need it
 
     if not torch.cuda.is_available():
         print(NO_CUDA.format(cmd=args.command), file=sys.stderr)
         return EXIT_NO_CUDA
-    from tunebench.data.sources import DataError
-    from tunebench.models.loading import ModelError
+    if args.command == "speed":
+        return run_speed(args)
+    from tunebench.bench.evalspeed import run_eval
 
-    try:
-        if args.command == "speed":
-            return run_speed(args)
-        from tunebench.bench.evalspeed import run_eval
-
-        return run_eval(args)
-    except (argparse.ArgumentTypeError, ValueError, ModelError, DataError, FileNotFoundError, SetupError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_INPUT
-
-
+    return run_eval(args)

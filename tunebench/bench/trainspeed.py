@@ -11,7 +11,7 @@ from typing import Any
 from tunebench.bench.markdown import write_speed
 from tunebench.bench.metrics import SEED_POINT, config_line, find_best, parse_int_list, parse_names, points_of
 from tunebench.bench.spawn import EXIT_INCOMPLETE, EXIT_OK, Budget, setup, spawn, work_dir
-from tunebench.bench.worker import BACKENDS, LAYOUTS
+from tunebench.bench.worker import BACKENDS, LAYOUTS, backend_name
 
 
 def run_speed(args: argparse.Namespace) -> int:
@@ -23,6 +23,7 @@ def run_speed(args: argparse.Namespace) -> int:
     sweep = parse_names(args.sweep_backends, BACKENDS, "--sweep-backends")
     points = points_of(parse_int_list(args.batch_size, "--batch-size"), parse_int_list(args.grad_accum, "--grad-accum"))
     candidates = find_best_candidates(args) if args.find_best else []
+    parse_names(args.find_best_backend, BACKENDS, "--find-best-backend")  # bad input fails before any GPU work
     budget, work, out = Budget(args.budget_s), work_dir(args), Path(args.out)
     shapes = resolve_shapes([x.strip() for x in args.shape.split(",") if x.strip()], args.tokenizer)
     results = new_results(args, backends, sweep, points)
@@ -142,6 +143,9 @@ def run_sweeps(results: dict[str, Any], shapes: dict[str, dict[str, Any]], args:
                sheet: float | None, out: Path) -> None:
     """One sweep worker per shape; its rows join the results (marked ``find_best``), then the choice is printed."""
     family = BACKENDS[parse_names(args.find_best_backend, BACKENDS, "--find-best-backend")[0]][0]
+    for layout in dict.fromkeys(c["layout"] for c in candidates):
+        name = backend_name(family, layout)
+        results["settings"]["backends"].setdefault(name, BACKENDS[name][3])
     results["settings"]["find_best"] = {"backend": family, "candidates": candidates,
                                         "memory_limit_gib": args.memory_limit_gib,
                                         "measured_steps": args.sweep_steps, "warmup_steps": args.warmup}
