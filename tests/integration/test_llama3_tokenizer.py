@@ -86,3 +86,15 @@ def test_a_file_that_is_not_llama3s_is_refused(tmp_path):
     bad.write_text("aGk= 0\n")  # a valid tiktoken file with a single rank
     with pytest.raises(ModelError, match="expected 128,256"):
         convert(bad)
+
+
+def test_benchmark_shapes_count_tokens_with_it(llama3_tokenizer_dir):
+    """A tokenizer folder written by `bench export-tokenizer` is used as it is for the llama-3.2 shapes."""
+    from tunebench.bench.shapes import shape_config, shape_tokenizer
+
+    tok, note = shape_tokenizer(llama3_tokenizer_dir)
+    assert is_llama3_tokenizer(tok) and note.startswith("Llama 3")
+    cfg = shape_config("llama-3.2-1b", tok)
+    assert (cfg.bos_token_id, cfg.eos_token_id, cfg.pad_token_id, cfg.vocab_size) == (128000, 128009, 128004, len(tok))
+    text = tok.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True)
+    assert text.endswith("<|start_header_id|>assistant<|end_header_id|>\n\n")
