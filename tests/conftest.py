@@ -102,3 +102,11 @@ def smol_adapter_run(tmp_path_factory):
     (out / "config.yaml").write_text(dump_yaml(cfg))
     train(cfg, out)
     return out
+
+
+@pytest.fixture(scope="session")
+def llama3_tokenizer_dir():
+    """Meta's Llama 3 tokenizer (llama-models' tiktoken file) converted once into the tunebench cache."""
+    from tunebench.models.llama3_tokenizer import llama3_tokenizer_dir
+
+    return llama3_tokenizer_dir()

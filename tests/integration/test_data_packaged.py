@@ -7,6 +7,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from tunebench.core.config import DataConfig
 from tunebench.data.conversations import prepare, standardize, standardize_and_split
 
@@ -49,20 +51,45 @@ def test_prepare_writes_report_and_splits(tmp_path, smol_tokenizer):
     assert again.fingerprint == prepared.fingerprint  # deterministic
 
 
-def test_same_semantics_as_unsloth_standardize_sharegpt(packaged_raw, tmp_path):
-    """Our standardization equals Unsloth's on real records (run where Unsloth can patch freely)."""
+@pytest.fixture(scope="module")
+def unsloth_side(packaged_raw, llama3_tokenizer_dir, tmp_path_factory):
+    """One process where Unsloth can patch freely: its standardize_sharegpt on 300 real records, and those
+    conversations rendered by its get_chat_template(tok, "llama-3.1") on the converted Llama 3 tokenizer."""
     sample = [r for r in packaged_raw.records[:3000] if standardize(r)[1] is None][:300]
-    ours = [standardize(r)[0] for r in sample]
-    src = tmp_path / "sample.json"
+    src = tmp_path_factory.mktemp("unsloth") / "sample.json"
     src.write_text(json.dumps([{"conversations": r["conversations"]} for r in sample]))
     script = textwrap.dedent(f"""
         import json, unsloth
-        from unsloth.chat_templates import standardize_sharegpt
+        from unsloth.chat_templates import get_chat_template, standardize_sharegpt
         from datasets import Dataset
+        from transformers import AutoTokenizer
         ds = standardize_sharegpt(Dataset.from_list(json.load(open({str(src)!r}))), num_proc=1)
-        print(json.dumps([[{{"role": m["role"], "content": m["content"]}} for m in c] for c in ds["conversations"]]))
+        convs = [[{{"role": m["role"], "content": m["content"]}} for m in c] for c in ds["conversations"]]
+        tok = get_chat_template(AutoTokenizer.from_pretrained({str(llama3_tokenizer_dir)!r}), chat_template="llama-3.1")
+        rendered = [tok.apply_chat_template(c, tokenize=False) for c in convs]
+        print(json.dumps({{"standardized": convs, "rendered": rendered}}))
     """)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
-    theirs = json.loads(out.stdout.strip().splitlines()[-1])
-    assert theirs == ours
+    return sample, json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_same_semantics_as_unsloth_standardize_sharegpt(unsloth_side):
+    """Our standardization equals Unsloth's on real records."""
+    sample, theirs = unsloth_side
+    assert theirs["standardized"] == [standardize(r)[0] for r in sample]
+
+
+def test_llama31_renders_as_unsloths_get_chat_template_with_the_llama3_tokenizer(unsloth_side, llama3_tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    from tunebench.models.loading import template_text
+
+    sample, theirs = unsloth_side
+    tok = AutoTokenizer.from_pretrained(str(llama3_tokenizer_dir))
+    tok.chat_template = template_text("llama-3.1")
+    ours = [tok.apply_chat_template(standardize(r)[0], tokenize=False) for r in sample]
+    assert len(ours) == 300 and ours == theirs["rendered"]
+    # and they tokenize to the same ids, each marker one special token
+    ids = tok(ours[0], add_special_tokens=False)["input_ids"]
+    assert ids[0] == 128000 and ids.count(128009) == len(sample[0]["conversations"]) + 1  # + the system turn

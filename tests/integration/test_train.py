@@ -198,3 +198,41 @@ def test_padding_free_gives_the_padded_loss(tmp_path, tiny_llama_dir):
     for a, b in zip(padded["loss_history"], free["loss_history"], strict=True):
         assert a["loss"] == pytest.approx(b["loss"], abs=2e-4)
     assert free["tokens_seen"] == padded["tokens_seen"]  # real tokens only, either way
+
+
+def test_packed_rows_give_the_padded_loss_on_assistant_tokens_only(tmp_path, tiny_llama_dir, packaged_raw):
+    """TRL best-fit packing (several conversations per max_length row, position_ids restart per conversation)
+    trains on the same assistant tokens and computes the same first-step loss as padded batches of the same
+    conversations, and no conversation attends to the one packed before it."""
+    from tunebench.data.conversations import standardize
+
+    short = [r for r in packaged_raw.records[:2000] if standardize(r)[1] is None
+             and sum(len(t["value"]) for t in r["conversations"]) < 500][:10]
+    src = tmp_path / "short.jsonl"
+    src.write_text("".join(json.dumps({"id": str(i), "conversations": r["conversations"]}) + "\n"
+                           for i, r in enumerate(short)))
+    args = ["train.max_steps=1", "train.save_every=0", "train.batch_size=16", "data.max_length=512",
+            f"data.source={src}", "data.max_validation=0", "data.max_test=0"]
+    cap = Capture()
+    padded = train(tiny_cfg(tiny_llama_dir, *args), tmp_path / "padded").manifest
+    packed = train(tiny_cfg(tiny_llama_dir, *args, "train.packing=true"), tmp_path / "packed",
+                   extra_callbacks=[cap]).manifest
+    assert packed["loss_history"][0]["loss"] == pytest.approx(padded["loss_history"][0]["loss"], abs=2e-4)
+    assert packed["tokens_seen"] == padded["tokens_seen"]
+    batch = cap.batch
+    assert batch["input_ids"].shape[0] == 1  # one flattened row: no padding
+    pos = batch["position_ids"][0]
+    starts = (pos == 0).nonzero().flatten().tolist()
+    assert len(starts) == packed["data"]["splits"]["train"]  # every conversation restarts its positions
+    assert len(starts) > (pos.numel() + 511) // 512  # and rows really hold several conversations
+    trained = batch["labels"][0] != -100
+    assert not trained[starts].any()  # no conversation is trained to follow the one before it
+    assert torch.equal(batch["labels"][0][trained], batch["input_ids"][0][trained])
+    # the packed row's logits equal each conversation's logits alone: no attention across conversations
+    model = cap.model.eval()
+    with torch.no_grad():
+        together = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits[0]
+        bounds = starts + [pos.numel()]
+        for a, b in list(zip(bounds, bounds[1:], strict=False))[:4]:
+            alone = model(input_ids=batch["input_ids"][:, a:b]).logits[0]
+            assert torch.allclose(together[a:b], alone, atol=1e-4)

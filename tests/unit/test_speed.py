@@ -35,9 +35,19 @@ def test_shapes_have_the_published_parameter_counts(name):
     assert count_params(cfg) == PUBLISHED_PARAMS[name]  # built on the meta device: nothing is allocated
 
 
-def test_published_counts_are_the_known_sizes():
-    assert PUBLISHED_PARAMS["llama-3.2-1b"] == pytest.approx(1.236e9, rel=1e-3)
-    assert PUBLISHED_PARAMS["llama-3.2-3b"] == pytest.approx(3.21e9, rel=1e-3)
+@pytest.mark.parametrize("name", ["llama-3.2-1b", "llama-3.2-3b", "tiny"])
+def test_parameter_count_is_the_architecture_sum_with_tied_embeddings_once(name):
+    """count_params (what MFU divides by) equals the sum over the architecture's matrices and norms."""
+    from transformers import LlamaConfig
+
+    cfg = shape_config(name)
+    h, n_layers, inter, vocab = cfg.hidden_size, cfg.num_hidden_layers, cfg.intermediate_size, cfg.vocab_size
+    q, kv = cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim
+    per_layer = h * q + 2 * h * kv + q * h + 3 * h * inter + 2 * h  # q, k+v, o, gate+up+down, two RMSNorms
+    tied = vocab * h + n_layers * per_layer + h  # embedding (= lm_head), layers, final norm
+    assert count_params(cfg) == tied
+    untied = LlamaConfig(**{**cfg.to_dict(), "tie_word_embeddings": False})
+    assert count_params(untied) == tied + vocab * h  # an untied lm_head is counted once more
 
 
 def test_unknown_shape_names_the_known_ones():
@@ -135,7 +145,7 @@ def _speed_results():
                      "max_length": 2048, "warmup_steps": 6, "measured_steps_first_point": 40,
                      "first_point_is_seed_settings": True, "backends": {"unsloth": "u", "hf": "h"}},
         "shapes": {"llama-3.2-1b": {"params": 1_235_814_400, "weights": "random init"}},
-        "rows": [dict(row, backend="unsloth", real_tokens_per_s=14000.0, real_tokens=1000, peak_allocated_gib=1.5,
+        "rows": [dict(row, backend="unsloth", real_tokens_per_s=19000.0, real_tokens=1000, peak_allocated_gib=1.5,
                       mfu=0.148, mask_agreement=1.0),
                  dict(row, backend="hf", real_tokens_per_s=10000.0, real_tokens=1000, peak_allocated_gib=3.0, mfu=0.1),
                  {"status": "error", "shape": "llama-3.2-1b", "backend": "hf-padfree", "point": 0, "batch_size": 2,
@@ -146,7 +156,7 @@ def _speed_results():
 def test_speed_ratios_and_targets():
     res = _speed_results()
     (ratio,) = speed.speed_ratios(res["rows"])
-    assert ratio["backend"] == "unsloth" and ratio["real_tokens_per_s_ratio"] == 1.4
+    assert ratio["backend"] == "unsloth" and ratio["real_tokens_per_s_ratio"] == 1.9
     assert ratio["peak_allocated_ratio"] == 0.5 and ratio["same_tokens"]
     t = {x["target"].split()[1]: x for x in speed.speed_targets(res["rows"], ["llama-3.2-1b"])}
     assert t["real"]["met"] is True and t["real"]["margin"] == pytest.approx(0.1)
@@ -165,7 +175,7 @@ def test_speed_markdown_has_card_versions_settings_rows_and_targets(tmp_path):
     assert data["targets"] and data["ratios"]
     for needle in ("NVIDIA H100 80GB HBM3", "torch 2.11.0", "transformers 5.17.0", "trl 1.15.0", "peft 0.21.0",
                    "unsloth 2026.10.9", "bitsandbytes 0.50.2", "700 TFLOP/s", "r=16", "max length 2048",
-                   "Random weights", "stand-in tokenizer", "| unsloth | 2 × 4 | 14,000 |", "1.40",
+                   "Random weights", "stand-in tokenizer", "| unsloth | 2 × 4 | 19,000 |", "1.90",
                    "error: ValueError: padding_free / max_length", "## Targets", "**yes**", "**no**"):
         assert needle in md, needle
 
@@ -195,6 +205,64 @@ def test_eval_markdown_and_targets():
         assert needle in md, needle
 
 
+def test_find_best_picks_the_fastest_row_that_fits_and_prints_its_config_line(tmp_path):
+    base = {"status": "ok", "shape": "s", "grad_accum": 1, "find_best": True, "load_in_4bit": True}
+    rows = [dict(base, backend="unsloth", layout="padded", batch_size=8, real_tokens_per_s=30000.0,
+                 peak_reserved_gib=10.0, gradient_checkpointing=True),
+            dict(base, backend="unsloth-packed", layout="packed", batch_size=8, real_tokens_per_s=45000.0,
+                 peak_reserved_gib=30.0, gradient_checkpointing=False),
+            dict(base, backend="unsloth-packed", layout="packed", batch_size=16, real_tokens_per_s=50000.0,
+                 peak_reserved_gib=60.0, gradient_checkpointing=False),
+            dict(base, backend="unsloth-padfree", layout="padfree", batch_size=32, status="over_limit")]
+    assert speed.find_best(rows, None)["real_tokens_per_s"] == 50000.0
+    best = speed.find_best(rows, 40.0)  # the 16-row packed setting needs 60 GiB
+    assert (best["layout"], best["batch_size"]) == ("packed", 8)
+    assert speed.find_best(rows, 5.0) is None
+    line = speed.config_line(best, "smollm2-gpu")
+    assert line == ("tunebench run smollm2-gpu train.backend=unsloth train.batch_size=8 train.grad_accum=1 "
+                    "train.padding_free=false train.packing=true train.gradient_checkpointing=false "
+                    "\"model.load_in_4bit='on'\"")
+    # every override the line gives is a real config key with a valid value
+    import shlex
+
+    from tunebench.core.config import load_config
+
+    cfg = load_config("smoke", shlex.split(line)[3:])
+    assert cfg.train.packing and not cfg.train.padding_free and cfg.train.batch_size == 8
+    assert not cfg.train.gradient_checkpointing and cfg.model.load_in_4bit == "on"
+
+
+def test_find_best_candidates_ascend_within_each_layout_and_the_report_shows_the_choice(tmp_path):
+    import argparse
+
+    from tunebench.bench.trainspeed import find_best_candidates
+
+    args = argparse.Namespace(layouts="packed,padded", grad_ckpt="on,off", find_best_batches="16,4,8")
+    cands = find_best_candidates(args)
+    assert len(cands) == 2 * 2 * 3 and all(c["grad_accum"] == 1 for c in cands)
+    groups: dict = {}
+    for c in cands:
+        groups.setdefault((c["layout"], c["gradient_checkpointing"]), []).append(c["batch_size"])
+    assert all(b == [4, 8, 16] for b in groups.values()) and len(groups) == 4
+    with pytest.raises(ValueError, match="did you mean 'padfree'"):
+        find_best_candidates(argparse.Namespace(layouts="padfre", grad_ckpt="on", find_best_batches="4"))
+    res = _speed_results()
+    res["settings"]["find_best"] = {"backend": "unsloth", "memory_limit_gib": 40.0, "measured_steps": 8}
+    row = dict(res["rows"][0], backend="unsloth-packed", layout="packed", batch_size=8, grad_accum=1,
+               find_best=True, gradient_checkpointing=False, point=None, real_tokens_per_s=60000.0, mfu=0.46)
+    res["rows"].append(row)
+    res["find_best"] = {"llama-3.2-1b": {"backend": "unsloth-packed", "batch_size": 8, "grad_accum": 1,
+                                         "gradient_checkpointing": False, "real_tokens_per_s": 60000.0, "mfu": 0.46,
+                                         "peak_reserved_gib": 2.0, "config_line": speed.config_line(row)}}
+    speed.write_speed(res, tmp_path)
+    md = (tmp_path / "speed.md").read_text()
+    for needle in ("## Fastest setting (--find-best)", "**unsloth-packed 8 × 1**", "40.0 GiB",
+                   "| unsloth-packed, no ckpt (find-best) | 8 × 1 | 60,000 |", "train.packing=true"):
+        assert needle in md, needle
+    mfu_target = next(t for t in json.loads((tmp_path / "speed.json").read_text())["targets"] if "MFU" in t["target"])
+    assert mfu_target["met"] is True and mfu_target["where"] == "unsloth-packed 8x1"
+
+
 # ----------------------------------------------------------------------------- command line
 
 
@@ -212,7 +280,7 @@ def test_bad_flag_values_are_named():
     with pytest.raises(argparse.ArgumentTypeError, match="--batch-size"):
         speed.parse_int_list("2,x", "--batch-size")
     with pytest.raises(ValueError, match="did you mean 'unsloth'"):
-        speed._names("unslot", speed.BACKENDS, "--backends")
+        speed.parse_names("unslot", speed.BACKENDS, "--backends")
 
 
 def test_export_data_writes_sharegpt_jsonl_that_read_source_reads_back(tmp_path):

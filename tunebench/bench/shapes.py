@@ -1,13 +1,13 @@
-"""What the speed benchmarks run on: model shapes with random weights, a stand-in Llama-3 tokenizer, the
-card's measured bf16 peak, and conversations encoded once by the suite's own data pipeline.
+"""What the speed benchmarks run on: model shapes with random weights, Meta's Llama 3 tokenizer, the card's
+measured bf16 peak, and conversations encoded once by the suite's own data pipeline.
 
-No Llama 3.2 checkpoint or tokenizer is reachable offline, and speed does not depend on the values of the
-weights, so a shape is the published config with random bf16 weights, saved once as safetensors so that
-every benchmark process loads the identical model with ``from_pretrained``. The tokenizer is the packaged
-SmolLM2 one with the Llama 3 special tokens added: the shipped ``llama-3.1`` template then renders and
-tokenizes with real marker tokens (Unsloth's ``train_on_responses_only`` needs that), and Llama 3's
-pre-tokenizer split; but token counts are SmolLM2's, not Llama 3's (its 49k vocabulary splits text into
-somewhat more tokens than Llama 3's 128k one).
+No Llama 3.2 checkpoint is reachable offline, and speed does not depend on the values of the weights, so a
+shape is the published config with random bf16 weights, saved once as safetensors so that every benchmark
+process loads the identical model with ``from_pretrained``. The tokenizer is the real Llama 3 one
+(``tunebench.models.llama3_tokenizer``: llama-models' tiktoken file, converted), so token counts are the ones
+the real Llama 3.2 models see. Without llama-models, ``--tokenizer`` takes a folder written by
+``export-tokenizer``; a folder of another vocabulary becomes the older stand-in (that vocabulary plus the
+Llama 3 special tokens and split), whose token counts differ from Llama 3's.
 """
 
 from __future__ import annotations
@@ -161,16 +161,42 @@ def export_tokenizer(out: str | Path, source: str | Path | None = None) -> Path:
 # ----------------------------------------------------------------------------- building a shape
 
 
+def shape_tokenizer(source: str | Path | None = None) -> tuple[Any, str]:
+    """The tokenizer a named shape is built with, and what it is (for the results).
+
+    Args:
+        source: None for Meta's Llama 3 tokenizer (needs llama-models); a folder holding a Llama 3 tokenizer
+            (e.g. from ``export-tokenizer``) is used as it is; any other folder becomes the stand-in.
+    """
+    from transformers import AutoTokenizer
+
+    from tunebench.models.llama3_tokenizer import is_llama3_tokenizer, llama3_tokenizer
+
+    if source is None:
+        return llama3_tokenizer(), "Llama 3 (llama-models 0.3.0 tokenizer.model, converted)"
+    try:
+        tok = AutoTokenizer.from_pretrained(str(source), clean_up_tokenization_spaces=False)
+    except (OSError, ValueError) as e:
+        raise ShapeError(f"--tokenizer {source}: cannot load a tokenizer there ({e}); give a tokenizer folder") from None
+    if is_llama3_tokenizer(tok):
+        if not tok.chat_template:
+            from tunebench.models.loading import template_text
+
+            tok.chat_template = template_text("llama-3.1")
+        return tok, f"Llama 3 (from {source})"
+    return standin_tokenizer(source), f"stand-in: {source} + Llama 3 special tokens"
+
+
 def shape_dir(name: str, tokenizer_source: str | None, root: str | Path | None = None) -> Path:
     """Where a built shape lives: keyed by its config and tokenizer source, so a change rebuilds it."""
     root = Path(root) if root is not None else cache_root() / "shapes"
-    key = fingerprint([SHAPES[name], str(tokenizer_source or "packaged"), 0])
+    key = fingerprint([SHAPES[name], str(tokenizer_source or "llama3"), 0])
     return root / f"{name}-{key[:10]}"
 
 
 def build_shape(name: str, tokenizer_source: str | None = None, root: str | Path | None = None,
                 device: str | None = None) -> Path:
-    """Build a named shape once (random bf16 weights + stand-in tokenizer) and return its folder.
+    """Build a named shape once (random bf16 weights + its tokenizer, see ``shape_tokenizer``) and return its folder.
 
     The weights are initialised on ``device`` (default CUDA when present: seconds instead of minutes for
     billions of parameters) with the model's own initialiser under a fixed seed, then saved as safetensors.
@@ -183,7 +209,7 @@ def build_shape(name: str, tokenizer_source: str | None = None, root: str | Path
     if (final / SHAPE_MARKER).exists():
         return final
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    tok = standin_tokenizer(tokenizer_source)
+    tok, tok_note = shape_tokenizer(tokenizer_source)
     config = shape_config(name, tok)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
@@ -200,7 +226,7 @@ def build_shape(name: str, tokenizer_source: str | None = None, root: str | Path
         tok.save_pretrained(tmp)
         atomic_write_json(tmp / SHAPE_MARKER, {
             "shape": name, "params": n, "weights": "random init (transformers initializer, seed 0), bfloat16",
-            "tokenizer": f"stand-in: {tokenizer_source or 'packaged SmolLM2-135M-Instruct'} + Llama 3 special tokens",
+            "tokenizer": tok_note,
             "config": SHAPES[name],
         })
         try:

@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 
 class UnslothBackend:
     name = "unsloth"
+    packing = False
 
     def load(self, source: Any, model_cfg: Any, lora_cfg: Any, train_cfg: Any, max_length: int,
              template_name: str) -> tuple[Any, Any]:
@@ -28,6 +29,7 @@ class UnslothBackend:
         )
 
 
+        self.packing = bool(train_cfg.packing)
         model, _unsloth_tok = FastLanguageModel.from_pretrained(
             model_name=source.path,
             max_seq_length=max_length,
@@ -53,9 +55,12 @@ class UnslothBackend:
         return model, tok
 
     def datasets(self, prepared: Any, tokenizer: Any) -> tuple[Any, Any]:
-        """input_ids only: labels come from train_on_responses_only in finish_trainer."""
-        train = labels_dataset(prepared.encoded["train"], with_labels=False)
-        val = (labels_dataset(prepared.encoded["validation"], with_labels=False)
+        """input_ids only: labels come from train_on_responses_only in finish_trainer. Packed: input_ids + the
+        shared mask as labels, since a packed row holds several conversations and Unsloth's marker search would
+        train on the next conversation's system header (it runs from one response marker to the next user one)."""
+        packing = self.packing
+        train = labels_dataset(prepared.encoded["train"], with_labels=packing)
+        val = (labels_dataset(prepared.encoded["validation"], with_labels=packing)
                if prepared.encoded["validation"] else None)
         return train, val
 
@@ -69,6 +74,9 @@ class UnslothBackend:
             train_on_responses_only,  # heavy: unsloth patches transformers on import, imported when needed
         )
 
+        if self.packing:
+            trainer._tunebench_mask_agreement = 1.0  # the shared mask is the labels (see datasets)
+            return trainer
         info = prepared.template
         try:
             trainer = train_on_responses_only(

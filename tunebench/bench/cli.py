@@ -1,0 +1,130 @@
+"""The ``tunebench bench`` command line: flags, the no-CUDA exit, and dispatch to the benchmarks."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from tunebench.bench.shapes import export_data
+from tunebench.bench.spawn import EXIT_INPUT, EXIT_NO_CUDA, EXIT_OK, SetupError
+from tunebench.bench.trainspeed import run_speed
+from tunebench.bench.worker import BACKENDS, LAYOUTS, worker_main
+from tunebench.core.errors import InvalidInput
+from tunebench.models.llama3_tokenizer import export_llama3_tokenizer
+
+NO_CUDA = ("tunebench bench {cmd} needs a CUDA GPU; measured numbers only come from one. Nothing was run or "
+           "written. Run it on the GPU machine (see `python -m tunebench.bench.speed {cmd} --help`).")
+DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def common_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--shape", default="llama-3.2-1b",
+                   help="llama-3.2-1b, llama-3.2-3b, tiny, or a model reference; several separated by commas")
+    p.add_argument("--data", default="packaged:sharegpt-v3",
+                   help="conversations (packaged:sharegpt-v3, or a JSONL written by export-data)")
+    p.add_argument("--tokenizer", help="tokenizer folder for the named shapes (default: Meta's Llama 3 tokenizer from "
+                   "llama-models, converted; a folder from export-tokenizer; a non-Llama-3 folder becomes the stand-in)")
+    p.add_argument("--r", type=int, default=16, help="LoRA rank")
+    p.add_argument("--alpha", type=int, default=16, help="LoRA alpha")
+    p.add_argument("--lora-targets", default=",".join(DEFAULT_TARGETS), help="LoRA target modules")
+    p.add_argument("--out", default="bench-out", help="folder for the JSON and Markdown results")
+    p.add_argument("--work", help="scratch folder for shapes, encoded data and worker files "
+                   "(default: the tunebench cache)")
+    p.add_argument("--budget-s", type=float, default=570.0,
+                   help="wall-clock budget; workers that would start after it are skipped (default 570)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tunebench bench", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True, metavar="{speed,eval,export-data,export-tokenizer}")
+    s = sub.add_parser("speed", help="training speed: unsloth vs hf (each in its own process), GPU only")
+    common_flags(s)
+    s.add_argument("--backends", default="unsloth,hf,hf-padfree", help=f"any of {', '.join(BACKENDS)}")
+    s.add_argument("--batch-size", default="2", help="conversations per device step; a list sweeps, e.g. 2,8,16")
+    s.add_argument("--grad-accum", default="4", help="accumulation steps: one value, or one per batch size")
+    s.add_argument("--max-length", type=int, default=2048)
+    s.add_argument("--warmup", type=int, default=6, help="optimizer steps before measuring")
+    s.add_argument("--steps", type=int, default=40, help="measured optimizer steps at the first point")
+    s.add_argument("--sweep-steps", type=int, default=20, help="measured optimizer steps at the other points")
+    s.add_argument("--sweep-backends", default="unsloth,hf",
+                   help="backends run at the points after the first (any of the above)")
+    s.add_argument("--no-4bit", action="store_true", help="bf16 LoRA instead of QLoRA")
+    s.add_argument("--no-grad-ckpt", action="store_true", help="train without gradient checkpointing")
+    s.add_argument("--world-size", type=int, default=1,
+                   help="also run hf data-parallel under torchrun on this many GPUs and report scaling efficiency")
+    s.add_argument("--find-best", action="store_true",
+                   help="after the --backends rows, sweep --find-best-batches (micro-batches, accumulation 1) x "
+                   "--layouts x --grad-ckpt of --find-best-backend within --memory-limit-gib, in one process, then "
+                   "print the fastest setting and the config line that trains with it")
+    s.add_argument("--layouts", default=",".join(LAYOUTS), help=f"--find-best batch layouts: any of {', '.join(LAYOUTS)}")
+    s.add_argument("--grad-ckpt", default="on", help="--find-best gradient checkpointing: on, off, or on,off")
+    s.add_argument("--find-best-batches", default="4,8,16,32", help="--find-best micro-batches")
+    s.add_argument("--find-best-backend", default="unsloth", help="--find-best backend family (unsloth or hf)")
+    s.add_argument("--memory-limit-gib", type=float, help="--find-best memory cap (default: the whole card)")
+    s = sub.add_parser("eval", help="evaluation speed: perplexity and batched generation, GPU only")
+    common_flags(s)
+    s.add_argument("--ppl-batch-tokens", default="16384,65536", help="perplexity batch-token budgets (a list sweeps)")
+    s.add_argument("--ppl-conversations", type=int, default=500, help="conversations scored per setting")
+    s.add_argument("--max-length", type=int, default=2048)
+    s.add_argument("--gen-batch", type=int, default=64, help="prompts per generate() call")
+    s.add_argument("--gen-batches", type=int, default=2, help="timed generate() calls per setting")
+    s.add_argument("--prompt-tokens", type=int, default=64, help="rendered prompt length in tokens")
+    s.add_argument("--new-tokens", type=int, default=128, help="max new tokens per answer")
+    s = sub.add_parser("export-data", help="write the first N clean training conversations as ShareGPT JSONL")
+    s.add_argument("--n", type=int, default=3000)
+    s.add_argument("--out", required=True)
+    s.add_argument("--data", default="packaged:sharegpt-v3")
+    s.add_argument("--max-mb", type=float, default=15.0, help="stop before the file grows past this")
+    s = sub.add_parser("export-tokenizer", help="write the Llama 3 tokenizer folder (converted from llama-models)")
+    s.add_argument("--out", required=True)
+    s.add_argument("--standin", action="store_true",
+                   help="write the old stand-in instead (SmolLM2's vocabulary + the Llama 3 special tokens)")
+    s.add_argument("--tokenizer", help="with --standin: base tokenizer folder (default: the packaged SmolLM2 one)")
+    s = sub.add_parser("worker", help=argparse.SUPPRESS)
+    s.add_argument("spec")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``tunebench bench ...`` and ``python -m tunebench.bench.speed ...``; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    args.argv = argv
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname).1s %(name)s: %(message)s",
+                            datefmt="%H:%M:%S")
+    if args.command == "worker":
+        return worker_main(args.spec)
+    try:
+        return dispatch(args)
+    except (argparse.ArgumentTypeError, ValueError, InvalidInput, FileNotFoundError, SetupError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_INPUT
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    """Run the parsed command (bad input raises; ``main`` turns it into exit code 2)."""
+    if args.command == "export-data":
+        info = export_data(args.n, args.out, args.data, args.max_mb)
+        print(f"wrote {info['written']} conversations ({info['mb']:.1f} MB) to {args.out}")
+        return EXIT_OK
+    if args.command == "export-tokenizer":
+        if args.standin:
+            from tunebench.bench.shapes import export_tokenizer
+
+            print(f"stand-in tokenizer written to {export_tokenizer(args.out, args.tokenizer)}")
+        else:
+            print(f"Llama 3 tokenizer written to {export_llama3_tokenizer(args.out)}")
+        return EXIT_OK
+    import torch  # heavy: only the GPU benchmarks need it
+
+    if not torch.cuda.is_available():
+        print(NO_CUDA.format(cmd=args.command), file=sys.stderr)
+        return EXIT_NO_CUDA
+    if args.command == "speed":
+        return run_speed(args)
+    from tunebench.bench.evalspeed import run_eval
+
+    return run_eval(args)

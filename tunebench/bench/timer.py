@@ -1,0 +1,76 @@
+"""The step timer a benchmark worker hands the suite's trainer: timestamps per optimizer step, tokens, memory."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+
+def make_step_timer(warmup: int) -> Any:
+    """A TrainerCallback that timestamps every optimizer step (after a CUDA sync) and counts tokens.
+
+    Real tokens are counted by the suite's own ``tunebench.train.trainer._count_tokens_hook`` (attention-mask sum, or
+    every position of a padding-free row); input positions (padding included) by a second hook. The peak
+    memory counters are read and reset when warm-up ends, so the result holds both the peak of the whole
+    ``trainer.train()`` and the steady-state peak of the measured steps.
+    """
+    import torch
+    from transformers import TrainerCallback
+
+    from tunebench.train.trainer import _count_tokens_hook
+
+    cuda = torch.cuda.is_available()
+
+    class StepTimer(TrainerCallback):
+        def __init__(self) -> None:
+            self.tokens = 0  # written by _count_tokens_hook
+            self.positions = 0
+            self.marks: list[tuple[int, float, int, int]] = []
+            self.memory: dict[str, float] = {}
+            self._handles: list[Any] = []
+
+        def _positions_hook(self, module, args, kwargs):
+            ids = kwargs.get("input_ids", args[0] if args else None)
+            if module.training and ids is not None:
+                self.positions += int(ids.numel())
+
+        def _mark(self, step: int) -> None:
+            if cuda:
+                torch.cuda.synchronize()
+            self.marks.append((step, time.perf_counter(), self.tokens, self.positions))
+
+        def on_train_begin(self, args, state, control, model=None, **kw):
+            self._handles = [_count_tokens_hook(model, self),
+                             model.register_forward_pre_hook(self._positions_hook, with_kwargs=True)]
+            if cuda:
+                self.memory["resident_at_train_begin_gib"] = torch.cuda.memory_allocated() / 2**30
+            self._mark(state.global_step)
+
+        def on_step_end(self, args, state, control, **kw):
+            self._mark(state.global_step)
+            if cuda and state.global_step == warmup:
+                self.memory["warmup_peak_allocated_gib"] = torch.cuda.max_memory_allocated() / 2**30
+                self.memory["warmup_peak_reserved_gib"] = torch.cuda.max_memory_reserved() / 2**30
+                torch.cuda.reset_peak_memory_stats()
+
+        def on_train_end(self, args, state, control, **kw):
+            if cuda:
+                self.memory["steady_peak_allocated_gib"] = torch.cuda.max_memory_allocated() / 2**30
+                self.memory["steady_peak_reserved_gib"] = torch.cuda.max_memory_reserved() / 2**30
+            for h in self._handles:
+                h.remove()
+            self._handles = []
+
+        def memory_summary(self) -> dict[str, float]:
+            m = self.memory
+            out = {k: round(v, 3) for k, v in m.items()}
+            if "steady_peak_allocated_gib" in m:
+                out["peak_allocated_gib"] = round(max(m.get("warmup_peak_allocated_gib", 0),
+                                                      m["steady_peak_allocated_gib"]), 3)
+                out["peak_reserved_gib"] = round(max(m.get("warmup_peak_reserved_gib", 0),
+                                                     m["steady_peak_reserved_gib"]), 3)
+            return out
+
+    return StepTimer()
+
+

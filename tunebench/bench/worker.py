@@ -1,0 +1,196 @@
+"""Benchmark worker processes: ``python -m tunebench.bench.speed worker SPEC`` runs one job (setup, one training
+point, a find-best sweep, or an evaluation shape) and writes its result JSON, errors included.
+
+Each job runs in its own process so that Unsloth, imported first there, never patches another backend.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import traceback
+from typing import Any
+
+from tunebench.bench.metrics import mfu, summarize_steps
+from tunebench.bench.scaling import combine_rank_marks
+from tunebench.bench.shapes import load_prepared
+from tunebench.bench.timer import make_step_timer
+from tunebench.core import dist
+from tunebench.core.io import atomic_write_json, read_json
+
+log = logging.getLogger("tunebench.speed")
+
+# Batch layouts: name -> (train.padding_free, train.packing)
+LAYOUTS: dict[str, tuple[bool, bool]] = {"padded": (False, False), "padfree": (True, False), "packed": (False, True)}
+
+# Name -> (train.backend, train.padding_free, train.packing, what it measures)
+BACKENDS: dict[str, tuple[str, bool, bool, str]] = {
+    "unsloth": ("unsloth", False, False, "Unsloth FastLanguageModel + its SFTTrainer patches, as the suite runs it by "
+                "default: train.padding_free=false reaches SFTConfig explicitly, which switches off Unsloth's own "
+                "padding-free choice, so batches are padded and each decoder block is compiled"),
+    "unsloth-padfree": ("unsloth", True, False, "unsloth backend with train.padding_free=true: Unsloth's varlen "
+                        "padding-free batches (no padding, no block compile)"),
+    "unsloth-packed": ("unsloth", False, True, "unsloth backend with train.packing=true: TRL best-fit-decreasing "
+                       "packing into max_length rows, Unsloth's packed varlen attention (no cross-conversation "
+                       "attention), labels from the shared assistant mask"),
+    "hf": ("hf", False, False, "transformers + peft + bitsandbytes, SDPA attention, right-padded batches"),
+    "hf-padfree": ("hf", True, False, "hf backend with train.padding_free=true: one flattened row per micro-batch; "
+                   "transformers 5 builds a block-causal SDPA mask from position_ids (masking_utils."
+                   "find_packed_sequence_indices)"),
+    "hf-packed": ("hf", False, True, "hf backend with train.packing=true (TRL best-fit packing into max_length rows, "
+                  "position_ids, the same block-causal SDPA mask)"),
+}
+
+
+def backend_name(backend: str, layout: str) -> str:
+    """The BACKENDS entry of a backend family in a layout: ("unsloth", "packed") -> "unsloth-packed"."""
+    return backend if layout == "padded" else f"{backend}-{layout}"
+
+
+def run_train_point(spec: dict[str, Any]) -> dict[str, Any]:
+    """Worker: one backend at one (batch, accumulation) point through the suite's ``train.trainer.train``."""
+    import shutil
+
+    import torch
+
+    from tunebench.core.config import DataConfig, LoraConfig, ModelConfig, RunConfig, TrainConfig
+    from tunebench.train.trainer import train
+
+    backend, padding_free, packing, _ = BACKENDS[spec["backend"]]
+    cuda = torch.cuda.is_available()
+    cfg = RunConfig(
+        name=f"speed-{spec['shape']}-{spec['backend']}-{spec['batch_size']}x{spec['grad_accum']}",
+        model=ModelConfig(ref=spec["model_dir"], chat_template=spec["chat_template"],
+                          load_in_4bit="on" if cuda and spec.get("load_in_4bit", True) else "off"),
+        data=DataConfig(source=spec["data_source"], max_length=spec["max_length"], max_validation=0, max_test=0),
+        lora=LoraConfig(r=spec["r"], alpha=spec["alpha"], target_modules=list(spec["targets"])),
+        train=TrainConfig(backend=backend, batch_size=spec["batch_size"], grad_accum=spec["grad_accum"],
+                          max_steps=spec["warmup"] + spec["steps"], save_every=0, eval_every=0,
+                          padding_free=padding_free, packing=packing, seed=3407,
+                          gradient_checkpointing=spec.get("gradient_checkpointing", True)),
+    )
+    prepared = load_prepared(spec["prepared"])
+    timer = make_step_timer(spec["warmup"])
+    t0 = time.perf_counter()
+    result = train(cfg, spec["run_dir"], overwrite=True, prepared=prepared, extra_callbacks=[timer])
+    wall = time.perf_counter() - t0
+    man = result.manifest or {}
+    marks = timer.marks
+    if dist.world_size() > 1:
+        marks = combine_rank_marks(dist.gather(timer.marks))
+    row = summarize_steps(marks, spec["warmup"])
+    row["world_size"] = dist.world_size()
+    row.update(timer.memory_summary())
+    per_gpu = row["real_tokens_per_s"] / dist.world_size()  # MFU is per card: N cards have N times the peak
+    row["mfu"] = mfu(spec["params"], per_gpu, spec.get("peak_tflops"))
+    row["mfu_datasheet"] = mfu(spec["params"], per_gpu, spec.get("datasheet_tflops"))
+    row.update({
+        "backend_used": (man.get("backend") or {}).get("name"),
+        "mask_agreement": (man.get("backend") or {}).get("mask_agreement_with_shared"),
+        "trainable_params": man.get("trainable_params"),
+        "steps_run": man.get("steps"),
+        "first_loss": (man.get("loss_history") or [{}])[0].get("loss"),
+        "final_loss": man.get("final_train_loss"),
+        "train_wall_s": round(wall, 1),
+        "load_in_4bit": cfg.model.load_in_4bit == "on",
+        "gradient_checkpointing": cfg.train.gradient_checkpointing,
+        "optimizer": "adamw_8bit" if cuda else "adamw_torch",
+    })
+    shutil.rmtree(spec["run_dir"], ignore_errors=True)  # the adapter of a random model is worth nothing
+    return row
+
+
+def run_sweep(spec: dict[str, Any]) -> dict[str, Any]:
+    """Worker for ``--find-best``: many (layout, micro-batch) candidates of one backend in this one process.
+
+    One process pays the backend's import (Unsloth: ~30 s) once. The card is capped at the memory limit
+    (``torch.cuda.set_per_process_memory_fraction``), so a candidate over it fails with an out-of-memory
+    error instead of borrowing memory the user does not have; then the larger micro-batches of the same
+    layout are skipped. Candidates that would start after ``spec["deadline"]`` (wall clock) are skipped.
+    """
+    import gc
+
+    import torch
+
+    limit = spec.get("memory_limit_gib")
+    if limit and torch.cuda.is_available():
+        total = torch.cuda.get_device_properties(0).total_memory / 2**30
+        torch.cuda.set_per_process_memory_fraction(min(1.0, limit / total))
+    rows: list[dict[str, Any]] = []
+    stopped: set[tuple[str, bool]] = set()
+    for cand in spec["candidates"]:
+        group = (cand["layout"], cand.get("gradient_checkpointing", True))
+        row = {k: cand[k] for k in ("layout", "batch_size", "grad_accum")}
+        row.update(backend=backend_name(spec["family"], cand["layout"]),
+                   gradient_checkpointing=group[1])
+        if group in stopped:
+            rows.append(dict(row, status="skipped", error="a smaller micro-batch of this layout was over the limit"))
+            continue
+        if time.time() > spec["deadline"] - spec.get("min_seconds", 40):
+            rows.append(dict(row, status="skipped", error="the --budget-s ran out"))
+            continue
+        point = dict(spec, backend=row["backend"], batch_size=cand["batch_size"], grad_accum=cand["grad_accum"],
+                     gradient_checkpointing=group[1],
+                     run_dir=f"{spec['run_dir']}-{cand['layout']}-{cand['batch_size']}-gc{int(group[1])}")
+        log.info("find-best: %s %dx%d, gradient checkpointing %s", row["backend"], cand["batch_size"],
+                 cand["grad_accum"], group[1])
+        try:
+            row.update(run_train_point(point), status="ok")
+        except torch.OutOfMemoryError as e:
+            stopped.add(group)
+            row.update(status="over_limit", error=f"out of memory under the {limit} GiB limit: {str(e)[:200]}")
+        except Exception as e:  # recorded; the sweep goes on with the next layout
+            tb = traceback.format_exc().splitlines()
+            row.update(status="error", error=f"{type(e).__name__}: {str(e)[:1000]}", traceback=tb[-15:])
+            stopped.add(group)
+        finally:
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats()
+        log.info("find-best: %s %dx%d -> %s %s", row["backend"], cand["batch_size"], cand["grad_accum"],
+                 row["status"], row.get("real_tokens_per_s", row.get("error", "")))
+        rows.append(row)
+        if spec.get("result"):  # what is measured so far survives a timeout that ends this process
+            atomic_write_json(spec["result"], {"status": "ok", "rows": rows, "partial": True})
+    return {"rows": rows}
+
+
+def worker_main(spec_arg: str) -> int:
+    """``python -m tunebench.bench.speed worker SPEC``: run one job, write its result JSON (errors included)."""
+    spec = json.loads(spec_arg) if spec_arg.lstrip().startswith("{") else read_json(spec_arg)
+    if (spec["kind"] == "train" and BACKENDS[spec["backend"]][0] == "unsloth") or spec.get("family") == "unsloth":
+        from tunebench.train.backends import import_unsloth
+
+        err = import_unsloth()  # before transformers/trl/peft: Unsloth patches them on import
+        if err:
+            log.error("unsloth does not import: %s", err)
+    t0 = time.perf_counter()
+    try:
+        if spec["kind"] == "setup":
+            from tunebench.bench.shapes import run_setup
+
+            result = run_setup(spec)
+        elif spec["kind"] == "train":
+            result = run_train_point(spec)
+        elif spec["kind"] == "sweep":
+            result = run_sweep(spec)
+        elif spec["kind"] == "eval":
+            from tunebench.bench.evalspeed import run_eval_shape
+
+            result = run_eval_shape(spec)
+        else:
+            raise ValueError(f"unknown worker kind {spec['kind']!r}")
+        result["status"] = "ok"
+    except BaseException as e:  # recorded in the results; the parent carries on with the next job
+        tb = traceback.format_exc().splitlines()
+        result = {"status": "error", "error": f"{type(e).__name__}: {str(e)[:2000]}", "traceback": tb[-25:]}
+        log.error("worker %s failed: %s", spec.get("label"), result["error"])
+    result["process_wall_s"] = round(time.perf_counter() - t0, 1)
+    if int(os.environ.get("RANK", "0")) != 0:  # a data-parallel worker: rank 0 writes the job's row
+        return 0 if result["status"] == "ok" else 1
+    atomic_write_json(spec["result"], result)
+    return 0 if result["status"] == "ok" else 1
+
