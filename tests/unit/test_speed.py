@@ -221,13 +221,14 @@ def test_find_best_picks_the_fastest_row_that_fits_and_prints_its_config_line(tm
     line = speed.config_line(best, "smollm2-gpu")
     assert line == ("tunebench run smollm2-gpu train.backend=unsloth train.batch_size=8 train.grad_accum=1 "
                     "train.padding_free=false train.packing=true train.gradient_checkpointing=false "
-                    "\"model.load_in_4bit='on'\"")
+                    "model.load_in_4bit=on")
     # every override the line gives is a real config key with a valid value
     import shlex
 
-    from tunebench.core.config import load_config
+    from tunebench.core.config import Machine, load_config
 
-    cfg = load_config("smoke", shlex.split(line)[3:])
+    gpu = Machine(cuda=True, bf16=True, world_size=1, unsloth_installed=True)  # the line is for the GPU it ran on
+    cfg = load_config("smoke", shlex.split(line)[3:], machine=gpu)
     assert cfg.train.packing and not cfg.train.padding_free and cfg.train.batch_size == 8
     assert not cfg.train.gradient_checkpointing and cfg.model.load_in_4bit == "on"
 
