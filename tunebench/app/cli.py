@@ -16,7 +16,13 @@ from pathlib import Path
 from tunebench.app.pipeline import finish, resolve_template, run, write_config
 from tunebench.core import dist
 from tunebench.core.config import RunConfig, SamplingConfig, dump_yaml, load_config, preset_names
-from tunebench.core.errors import EXIT_INTERRUPTED, EXIT_INVALID_INPUT, ConfigError, TunebenchError
+from tunebench.core.errors import (
+    EXIT_INTERRUPTED,
+    EXIT_INVALID_INPUT,
+    ConfigError,
+    PipelineError,
+    TunebenchError,
+)
 from tunebench.core.io import atomic_write_text
 from tunebench.data import conversations as data_mod
 from tunebench.evals.chat import chat
@@ -116,6 +122,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         args.overrides, args.run = [args.run, *args.overrides], None
     if args.run:
         run_dir = Path(args.run)
+        if not (run_dir / "config.yaml").is_file():
+            raise PipelineError(f"{run_dir}: not a tunebench run folder (no config.yaml); give the folder that "
+                                "`tunebench run` or `tunebench train` wrote (runs/<name>)")
         cfg = load_config(run_dir / "config.yaml", args.overrides)
         dist.init()
         contamination = save_contamination(run_dir, cfg) if dist.is_main() else None

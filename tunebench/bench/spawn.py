@@ -12,13 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from tunebench.bench.scaling import worker_command
+from tunebench.core.errors import TunebenchError
 from tunebench.core.io import atomic_write_json, cache_root, read_json
 
 EXIT_OK, EXIT_INCOMPLETE, EXIT_INPUT, EXIT_NO_CUDA = 0, 1, 2, 3
 
 
-class SetupError(RuntimeError):
-    """The setup worker (shape building, calibration) failed: nothing can be measured."""
+class SetupError(TunebenchError):
+    """The setup worker (shape building, calibration) failed: nothing can be measured (exit code 2)."""
 
 
 class Budget:
