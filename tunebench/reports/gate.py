@@ -62,6 +62,8 @@ GATES_DIR = Path(__file__).resolve().parent.parent / "configs" / "gates"
 DEFAULT_RULES = GATES_DIR / "default.yaml"
 SCHEMA = "tunebench.gate/2"
 _THRESHOLDS = ("min_improvement", "min_improvement_rel", "max_regression", "max_regression_rel")
+MAX_ITEMS_SHOWN = 10**7
+"""Beyond this many items the observed change sits on the margin for any practical purpose."""
 PASS, FAIL, INCONCLUSIVE, SKIPPED = "pass", "fail", "inconclusive", "skipped"
 _REMOVED_KEYS = {
     "require_significant": (
@@ -301,6 +303,8 @@ def judge(rule: GateRule, r: MetricComparison) -> GateRow:
         else:
             verdicts.append(INCONCLUSIVE)
             more = stats.items_needed(r.n, lo, hi, abs(imp - margin), r.alpha)
+            if more is not None and more > MAX_ITEMS_SHOWN:  # the change sits almost on the margin
+                more = None
             if more is not None:
                 needed.append(more)
             hint = (f"; about {more} paired items would conclude (have {r.n}; observed variance, 80% power)"
