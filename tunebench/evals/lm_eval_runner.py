@@ -30,6 +30,7 @@ from typing import Any
 from tunebench.core.errors import LmEvalError
 from tunebench.core.io import atomic_write_json, fingerprint, package_version, read_json
 from tunebench.core.stats import Z95
+from tunebench.evals import humaneval
 from tunebench.evals.packaged_data import PACKAGE, PACKAGE_VERSION, packaged_tasks
 from tunebench.evals.results import Metric, Results
 from tunebench.evals.tasks import SHIPPED_GROUP, SHIPPED_TASKS, TASKS_DIR
@@ -243,7 +244,12 @@ def _load_tasks(manager: Any, names: list[str], source: str = "auto",
     for name in names:
         try:
             with packaged_tasks(source, used):
-                loaded = manager.load([name])
+                if name == humaneval.TASK and source != "hub" and (humaneval.problems_path() or source == "packaged"):
+                    import lm_eval.tasks  # heavy: lm-eval
+
+                    loaded = {"tasks": {name: humaneval.stock_task(Path(lm_eval.tasks.__file__).parent)}}
+                else:
+                    loaded = manager.load([name])
         except LmEvalError:
             raise
         except Exception as e:  # datasets/hub errors come in many types; the message is what matters
@@ -437,6 +443,8 @@ def _evaluate(spec: dict[str, Any]) -> Results | None:
         model="hf", model_args=model_args, tasks=list(tasks.values()), limit=spec["limit"],
         batch_size=spec["batch_size"], device=device, apply_chat_template=spec["apply_chat_template"],
         log_samples=True, task_manager=manager, bootstrap_iters=BOOTSTRAP_ITERS,
+        # naming humaneval is the opt-in to run model-written code (in a child process, with a timeout)
+        confirm_run_unsafe_code=any(getattr(t, "UNSAFE_CODE", False) for t in tasks.values()),
     )
     if out is None:  # a data-parallel worker: lm-eval gathered its documents onto the main process
         return None

