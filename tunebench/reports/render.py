@@ -134,12 +134,24 @@ def decision(gate: dict[str, Any] | None) -> list[str]:
 # ----------------------------------------------------------------------------- sections
 
 
-def _lm_eval_sections(rows: list[MetricComparison], alpha: float) -> list[dict[str, Any]]:
+def data_source(src: Any) -> str | None:
+    """Where a task's documents came from, in words (hub, or packaged with package and version)."""
+    if not isinstance(src, dict) or not src.get("source"):
+        return None
+    if src["source"] != "packaged":
+        return str(src["source"])
+    where = f" ({src['dataset']} {src.get('split', '')}, {src.get('documents', '?')} documents)" if src.get("dataset") else ""
+    return f"packaged, {src.get('package')} {src.get('version')}{where}"
+
+
+def _lm_eval_sections(rows: list[MetricComparison], alpha: float,
+                      inputs: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     tasks: dict[str, list[MetricComparison]] = {}
     for r in rows:  # lm_eval/<task>/<metric>
         parts = r.metric.split("/")
         tasks.setdefault(parts[1] if len(parts) > 2 else r.metric, []).append(r)
-    return [{"task": t, "table": metric_table(rs, alpha, label=lambda r: f"`{'/'.join(r.metric.split('/')[2:])}`")}
+    return [{"task": t, "table": metric_table(rs, alpha, label=lambda r: f"`{'/'.join(r.metric.split('/')[2:])}`"),
+             "source": data_source(((inputs or {}).get(f"lm_eval/{t}") or {}).get("data_source"))}
             for t, rs in tasks.items()]
 
 
@@ -381,7 +393,7 @@ def build_view(comparison: Comparison, context: dict[str, Any]) -> dict[str, Any
         "few_samples": FEW_SAMPLES,
         "headline": metric_table(c.headline_rows(), c.alpha, detailed=False) if c.headline_rows() else None,
         "perplexity": metric_table(c.rows_in("perplexity"), c.alpha) if c.rows_in("perplexity") else None,
-        "lm_eval": _lm_eval_sections(c.rows_in("lm_eval"), c.alpha),
+        "lm_eval": _lm_eval_sections(c.rows_in("lm_eval"), c.alpha, c.inputs),
         "probes": _probe_sections(c.rows_in("probes"), c.alpha),
         "fibonacci": fibonacci_transcripts(b_art, t_art),
         "other": metric_table(other, c.alpha) if other else None,
