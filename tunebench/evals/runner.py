@@ -57,7 +57,8 @@ def contamination_report(run_dir: Path, cfg: RunConfig, probe_prompts: list[tupl
     if cfg.eval.lm_eval_tasks:
         try:
 
-            for task, docs in task_documents(cfg.eval.lm_eval_tasks, cfg.eval.lm_eval_limit).items():
+            for task, docs in task_documents(cfg.eval.lm_eval_tasks, cfg.eval.lm_eval_limit,
+                                              cfg.eval.lm_eval_source).items():
                 sets[f"lm_eval/{task}"] = docs
         except Exception as e:  # a task whose documents cannot be read offline is reported, not fatal here
             log.warning("contamination: could not read lm-eval documents (%s)", e)
@@ -134,7 +135,8 @@ def evaluate_model(
         procs = dist.world_size() if distributed and torch.cuda.is_available() else 1
         lm = run_lm_eval(model_path, str(adapter) if adapter else None, list(cfg.eval.lm_eval_tasks),
                          cfg.eval.lm_eval_limit, cfg.eval.lm_eval_batch_size, cfg.eval.lm_eval_chat_template,
-                         dtype=cfg.model.dtype, label=label, template=template, num_processes=procs)
+                         dtype=cfg.model.dtype, label=label, template=template, num_processes=procs,
+                         source=cfg.eval.lm_eval_source)
         results.merge(lm)
         results.timings["lm_eval_s"] = round(time.perf_counter() - t, 2)
     dist.barrier()

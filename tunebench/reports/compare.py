@@ -5,13 +5,17 @@ For every metric present in both results: base and tuned values, delta = tuned -
 
 - paired bootstrap over items (conversations, documents, samples); items whose ids all look like
   ``<prompt>#<k>`` are repeated samples of one prompt and are resampled per prompt;
-- for pass/fail items, the p-value is McNemar's exact test on the discordant pairs;
+- for pass/fail items, the p-value is McNemar's exact test on the discordant pairs and the interval
+  Newcombe's paired score interval (the bootstrap collapses to [0, 0] when a few items all agree);
 - without per-item records on both sides, an unpaired normal approximation from the two recorded
   stderrs/intervals (the row's ``method`` says so).
 
 The verdict reads ``higher_is_better`` from the metric: ``improved`` / ``regressed`` when p < alpha,
 ``no significant change`` otherwise. Base and tuned must have been computed on the same inputs:
 any shared fingerprint in ``Results.inputs`` that differs raises ``ComparisonError``.
+
+Every row carries ``mde``, its minimum detectable effect at its n (paired design, two-sided alpha,
+80% power, the observed variance): a metric whose mde exceeds a gate's margin cannot carry that decision.
 """
 
 from __future__ import annotations
@@ -79,6 +83,8 @@ class MetricComparison:
     headline: bool = False
     """Key metric for the report's headline table (not a per-probe breakdown)."""
     details: dict[str, Any] = field(default_factory=dict)
+    mde: float | None = None
+    """Minimum detectable effect at this n (paired, two-sided alpha, 80% power), in the metric's units."""
 
     @property
     def improvement(self) -> float | None:
@@ -186,7 +192,12 @@ def compare_metric(
             p = stats.mcnemar_exact(b, c)
             n = len(ids)
             details["discordant"] = {"base_only": b, "tuned_only": c}
-            method = f"McNemar exact test on {n} paired items (b={b}, c={c}); interval: {method}"
+            if not clusters:  # one pass/fail per item: a score interval, honest also at small n
+                low, high = stats.paired_proportion_interval(b_num, t_num, alpha)
+                method = (f"McNemar exact test on {n} paired items (b={b}, c={c}); "
+                          "interval: Newcombe paired score (method 10)")
+            else:
+                method = f"McNemar exact test on {n} paired items (b={b}, c={c}); interval: {method}"
     else:
         b_se = stats.standard_error(bm.stderr, bm.ci_low, bm.ci_high)
         t_se = stats.standard_error(tm.stderr, tm.ci_low, tm.ci_high)
@@ -223,6 +234,7 @@ def compare_metric(
         base_ci=_metric_ci(bm),
         tuned_ci=_metric_ci(tm),
         details=details,
+        mde=stats.detectable_effect(low, high, alpha),
     )
 
 

