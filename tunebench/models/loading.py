@@ -150,6 +150,17 @@ def dequantize_gguf(gguf: str | Path) -> tuple[Path, str]:
     return final, digest
 
 
+def gguf_field(path: str | Path, key: str) -> Any:
+    """One metadata value of a GGUF file (None when absent), read without loading tensors."""
+    from gguf import GGUFReader  # heavy: gguf-py memory-maps the file
+
+    try:
+        field = GGUFReader(str(path)).fields.get(key)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"{path}: not a readable GGUF file ({e})") from None
+    return None if field is None else field.contents()
+
+
 def _fix_gguf_special_tokens(tok: Any, config: Any) -> None:
     """GGUF tokenizer conversion marks the BOS token as EOS; take EOS/PAD ids from the model config."""
     eos_id = config.eos_token_id[0] if isinstance(config.eos_token_id, list) else config.eos_token_id
