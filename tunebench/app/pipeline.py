@@ -145,23 +145,70 @@ def run(cfg: RunConfig, run_dir: str | Path, overwrite: bool = False, progress: 
         evaluate_model(cfg, run_dir, "tuned", adapter, tuned_path, contamination, progress)
         stages.mark("eval_tuned", tuned_fp)
 
+    if cfg.export.gguf:
+        export_stage(cfg, run_dir, stages, fingerprint([train_fp, manifest.get("created")]), eval_fp, contamination,
+                     progress)
     return finish(run_dir, cfg)
+
+
+def export_stage(cfg: RunConfig, run_dir: Path, stages: Stages, adapter_fp: str, eval_fp: str,
+                 contamination: dict[str, Any] | None = None, progress: bool = True) -> list[Path]:
+    """Write the GGUF files of cfg.export.gguf, then score each like the adapter (eval/gguf-<type>/results.json).
+
+    Cached like the other stages: the export reruns when the adapter, the types or gguf-py change; an
+    artifact's evaluation when its file or the evaluation settings change.
+
+    Returns:
+        The GGUF paths.
+    """
+    import dataclasses
+
+    from tunebench.core.io import package_version
+    from tunebench.evals.runner import evaluate_model
+    from tunebench.reports.compare import ARTIFACT_PREFIX
+    from tunebench.train.gguf_export import export_gguf
+
+    files = [run_dir / "export" / f"model-{q}.gguf" for q in cfg.export.gguf]
+    export_fp = fingerprint([adapter_fp, list(cfg.export.gguf), package_version("gguf")])
+    if not stages.fresh("export", export_fp, *files, run_dir / "export" / "export.json"):
+        log.info("stage export (%s)", ", ".join(cfg.export.gguf))
+        export_gguf(run_dir, list(cfg.export.gguf))
+        stages.mark("export", export_fp)
+    if not cfg.export.evaluate:
+        return files
+    for q, path in zip(cfg.export.gguf, files):
+        label = ARTIFACT_PREFIX + q
+        out = run_dir / "eval" / label / "results.json"
+        fp = fingerprint([eval_fp, export_fp, q])
+        if not stages.fresh(f"eval_{label}", fp, out):
+            log.info("stage eval %s", label)
+            acfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, ref=str(path)))
+            evaluate_model(acfg, run_dir, label, None, out, contamination, progress, artifact=True)
+            stages.mark(f"eval_{label}", fp)
+    return files
 
 
 def finish(run_dir: Path, cfg: RunConfig) -> PipelineResult:
     """Compare, gate and render from the results files (always recomputed: cheap and deterministic)."""
     import io
 
-    from tunebench.reports.compare import compare, load_run_results
+    from tunebench.reports.compare import compare, compare_artifacts, load_artifact_results, load_run_results
     from tunebench.reports.gate import gate_main
     from tunebench.reports.render import context_from_run, metric_table, render_report
 
     results = load_run_results(run_dir)
     comparison = compare(results["base"], results["tuned"], cfg.report.alpha, cfg.eval.bootstrap_samples)
     atomic_write_json(run_dir / "comparison.json", comparison.to_dict())
+    exported = compare_artifacts(results["tuned"], load_artifact_results(run_dir), cfg.report.alpha,
+                                 cfg.eval.bootstrap_samples)
+    if exported:
+        atomic_write_json(run_dir / "export_comparison.json", {q: c.to_dict() for q, c in exported.items()})
     buf = io.StringIO()
     code = gate_main(run_dir, cfg.gate.rules, stream=buf)
-    report = render_report(comparison, context_from_run(run_dir, results))
+    context = context_from_run(run_dir, results)
+    if exported:
+        context["export_comparisons"] = exported
+    report = render_report(comparison, context)
     atomic_write_text(run_dir / "report.md", report)
     headline = metric_table(comparison.headline_rows(), comparison.alpha, detailed=False)
     return PipelineResult(run_dir, run_dir / "report.md", code, headline + "\n\n" + buf.getvalue())
