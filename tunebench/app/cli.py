@@ -143,7 +143,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def artifact_label(gguf: str | Path) -> str:
     """``RUN/export/model-q8_0.gguf`` -> ``gguf-q8_0``: the results folder and label of an exported artifact."""
-    return "gguf-" + Path(gguf).stem.removeprefix("model-")
+    from tunebench.reports.compare import ARTIFACT_PREFIX
+
+    return ARTIFACT_PREFIX + Path(gguf).stem.removeprefix("model-")
 
 
 def cmd_run(args: argparse.Namespace) -> int:

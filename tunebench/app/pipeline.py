@@ -176,7 +176,7 @@ def export_stage(cfg: RunConfig, run_dir: Path, stages: Stages, adapter_fp: str,
         stages.mark("export", export_fp)
     if not cfg.export.evaluate:
         return files
-    for q, path in zip(cfg.export.gguf, files):
+    for q, path in zip(cfg.export.gguf, files, strict=True):
         label = ARTIFACT_PREFIX + q
         out = run_dir / "eval" / label / "results.json"
         fp = fingerprint([eval_fp, export_fp, q])
