@@ -203,3 +203,34 @@ def test_a_full_disk_leaves_the_previous_file_intact(tiny_llama_dir, tmp_path, m
         gguf_export.write_gguf(target, model, meta, "q8_0", info)
     assert sha256_file(target) == old
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model-f16.gguf"]  # no temp file left behind
+
+
+def test_llama3_rope_scaling_survives_the_round_trip(tiny_llama_dir, tmp_path):
+    """Llama 3 style: rope scaling goes into rope_freqs (for llama.cpp) and comes back into the transformers config."""
+    import gguf
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from tunebench.models.loading import resolve_model
+    from tunebench.train import gguf_export
+
+    tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    tok.chat_template = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+    rope = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=131072,
+                      rope_parameters=rope, tie_word_embeddings=True, bos_token_id=tok.bos_token_id,
+                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(1)
+    model = LlamaForCausalLM(cfg).eval()
+    meta = gguf_export.tokenizer_metadata(tok, cfg, resolve_model(tiny_llama_dir))
+    path = tmp_path / "model-f32.gguf"
+    gguf_export.write_gguf(path, model, meta, "f32", {"name": "tiny", "tunebench": gguf_export.rope_provenance(cfg)})
+    names = {t.name for t in gguf.GGUFReader(path).tensors}
+    assert "rope_freqs.weight" in names and "output.weight" not in names  # tied embeddings: no separate head
+    back = AutoModelForCausalLM.from_pretrained(resolve_model(path).path, dtype=torch.float32).eval()
+    assert back.config.rope_parameters["rope_type"] == "llama3" and back.config.rope_parameters["factor"] == 32.0
+    ids = tok("The quick brown fox jumps over the lazy dog " * 4, return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert torch.allclose(model(ids).logits, back(ids).logits, atol=1e-4)

@@ -190,6 +190,16 @@ def _rope_freqs(config: Any) -> Any | None:
     return np.asarray(out, dtype=np.float32)
 
 
+def rope_provenance(config: Any) -> dict[str, str]:
+    """``{"rope_parameters": json}`` when rope is scaled: transformers' GGUF reader drops it, models.loading restores it."""
+    import json
+
+    rope = getattr(config, "rope_parameters", None) or {}
+    if rope.get("rope_type", "default") == "default":
+        return {}
+    return {"rope_parameters": json.dumps(rope, sort_keys=True)}
+
+
 def check_architecture(config: Any) -> None:
     """Refuse what this writer does not convert (it writes the llama architecture only).
 
@@ -360,7 +370,8 @@ def export_gguf(run_or_adapter: str | Path, quants: str | list[str] = "f16,q8_0"
     manifest = adapter_manifest(adapter)
     template = manifest.get("template", {}) or {}
     provenance = {"base": source.identity, "adapter_sha256": adapter_sha(adapter),
-                  "template": template.get("name", "model"), "template_sha": fingerprint(tok.chat_template)}
+                  "template": template.get("name", "model"), "template_sha": fingerprint(tok.chat_template),
+                  **rope_provenance(merged.config)}
     run_name = adapter.parent.name
     artifacts = []
     for q in names:
