@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tunebench.core.config import RunConfig, dump_yaml, to_dict
-from tunebench.core.errors import Interrupted, PipelineError
+from tunebench.core.config import RunConfig, dump_yaml, from_dict, to_dict
+from tunebench.core.errors import ConfigError, Interrupted, PipelineError
 from tunebench.core.io import atomic_write_json, atomic_write_text, fingerprint, read_json
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,10 @@ def prepare_run_dir(cfg: RunConfig, run_dir: Path, overwrite: bool) -> None:
             import yaml
 
             old = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
+            try:  # a section added since (e.g. export) takes its defaults: the same run, not another config
+                old = to_dict(from_dict(old))
+            except ConfigError:
+                pass
             if fingerprint(old) != fingerprint(to_dict(cfg)):
                 diff = _diff(old, to_dict(cfg))
                 raise PipelineError(
