@@ -345,6 +345,19 @@ def _discard(w: Any, tmp: Path) -> None:
         pass
 
 
+def _kept_artifacts(out_dir: Path, adapter_sha256: str, names: list[str]) -> list[dict[str, Any]]:
+    """Artifacts of an earlier export of the same adapter that this one did not rewrite (still listed)."""
+    import json
+
+    try:
+        old = json.loads((out_dir / "export.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    if old.get("adapter_sha256") != adapter_sha256:
+        return []
+    return [a for a in old.get("artifacts", []) if a.get("quant") not in names and (out_dir / a["file"]).exists()]
+
+
 def export_gguf(run_or_adapter: str | Path, quants: str | list[str] = "f16,q8_0", out: str | Path | None = None
                 ) -> Path:
     """Merge the run's adapter and write ``model-<quant>.gguf`` + ``model-<quant>.Modelfile`` per type.
@@ -383,6 +396,7 @@ def export_gguf(run_or_adapter: str | Path, quants: str | list[str] = "f16,q8_0"
         atomic_write_text(mf, modelfile_text(path.name, tok, go, note=f"run {run_name}, {q}"))
         artifacts.append({**info, "modelfile": mf.name})
     atomic_write_text(out_dir / "Modelfile", modelfile_text(artifacts[0]["file"], tok, go, note=f"run {run_name}"))
+    artifacts = _kept_artifacts(out_dir, provenance["adapter_sha256"], names) + artifacts
     atomic_write_json(out_dir / "export.json", {
         "schema": "tunebench.export/1", "adapter": str(adapter), "base": source.to_dict(), **provenance,
         "writer": f"gguf-py {package_version('gguf')}", "pre_tokenizer": tok_meta["pre"],
