@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from tunebench.core.config import RunConfig, dump_yaml, from_dict, to_dict
-from tunebench.core.errors import ConfigError, Interrupted, PipelineError
+from tunebench.core.errors import ComparisonError, ConfigError, Interrupted, PipelineError
 from tunebench.core.io import atomic_write_json, atomic_write_text, fingerprint, read_json
 
 log = logging.getLogger(__name__)
@@ -203,8 +203,13 @@ def finish(run_dir: Path, cfg: RunConfig) -> PipelineResult:
     results = load_run_results(run_dir)
     comparison = compare(results["base"], results["tuned"], cfg.report.alpha, cfg.eval.bootstrap_samples)
     atomic_write_json(run_dir / "comparison.json", comparison.to_dict())
-    exported = compare_artifacts(results["tuned"], load_artifact_results(run_dir), cfg.report.alpha,
-                                 cfg.eval.bootstrap_samples)
+    exported = {}
+    for name, res in load_artifact_results(run_dir).items():
+        try:
+            exported.update(compare_artifacts(results["tuned"], {name: res}, cfg.report.alpha,
+                                              cfg.eval.bootstrap_samples))
+        except ComparisonError as e:  # e.g. scored before the evaluation settings changed: left out, said why
+            log.warning("export section: %s; re-evaluate it to include it", e)
     if exported:
         atomic_write_json(run_dir / "export_comparison.json", {q: c.to_dict() for q, c in exported.items()})
     buf = io.StringIO()
