@@ -143,3 +143,18 @@ def test_resolved_yaml_round_trips(tmp_path):
     p = tmp_path / "config.yaml"
     p.write_text(dump_yaml(cfg))
     assert load_config(p) == cfg
+
+
+def test_a_run_folder_from_before_a_new_config_section_is_still_the_same_run(tmp_path):
+    import yaml
+
+    from tunebench.app.pipeline import prepare_run_dir
+    from tunebench.core.errors import PipelineError
+
+    cfg = load_config("smoke")
+    old = to_dict(cfg)
+    old.pop("export")  # written by a version without the export section
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
+    prepare_run_dir(cfg, tmp_path, overwrite=False)  # accepted: the defaults make it the same config
+    with pytest.raises(PipelineError, match="export.gguf"):
+        prepare_run_dir(load_config("smoke", ["export.gguf=[q8_0]"]), tmp_path, overwrite=False)

@@ -23,16 +23,17 @@ from tunebench.core.errors import (
     PipelineError,
     TunebenchError,
 )
-from tunebench.core.io import atomic_write_text
+from tunebench.core.io import atomic_write_text, read_json
 from tunebench.data import conversations as data_mod
 from tunebench.evals.chat import chat
 from tunebench.evals.modeling import load_for_eval
 from tunebench.evals.runner import evaluate_model, save_contamination
 from tunebench.models.loading import load_tokenizer, resolve_model
-from tunebench.reports.compare import leaderboard_from_runs
+from tunebench.reports.compare import ARTIFACT_PREFIX, leaderboard_from_runs
 from tunebench.reports.gate import gate_main
 from tunebench.reports.render import render_leaderboard
 from tunebench.train.export import export_merged
+from tunebench.train.gguf_export import export_gguf, parse_quants
 from tunebench.train.trainer import train
 
 log = logging.getLogger("tunebench")
@@ -47,6 +48,8 @@ EXAMPLES = """examples:
   tunebench compare runs/a runs/b             # leaderboard of adapters against one base
   tunebench chat --model packaged:smollm2-135m-instruct --adapter runs/smoke/adapter
   tunebench export runs/smoke --merged
+  tunebench export runs/smoke --gguf --quant f16,q8_0
+  tunebench eval --model runs/smoke/export/model-q8_0.gguf --data-from runs/smoke
   tunebench bench speed --shape llama-3.2-1b  # GPU only
 """
 
@@ -139,13 +142,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if not args.data_from:
         raise ConfigError("--model needs --data-from RUN: the run folder whose test split and settings to use")
     run_dir = Path(args.data_from)
+    # a .gguf without an adapter is an exported artifact: checked for the run's template, scored as written
+    artifact = Path(args.model).suffix == ".gguf" and not args.adapter
     cfg = load_config(run_dir / "config.yaml", [f"model.ref={args.model}", *args.overrides])
-    label = args.label or ("tuned" if args.adapter else "base")
+    label = args.label or (artifact_label(args.model) if artifact else "tuned" if args.adapter else "base")
     out = Path(args.out) if args.out else run_dir / "eval" / label / "results.json"
-    evaluate_model(cfg, run_dir, label, args.adapter, out)
+    evaluate_model(cfg, run_dir, label, args.adapter, out, artifact=artifact)
     if dist.is_main():
         print(f"{label}: {out}")
     return 0
+
+
+def artifact_label(gguf: str | Path) -> str:
+    """``RUN/export/model-q8_0.gguf`` -> ``gguf-q8_0``: the results folder and label of an exported artifact."""
+
+    return ARTIFACT_PREFIX + Path(gguf).stem.removeprefix("model-")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -185,10 +196,19 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    if not args.merged:
-        raise ConfigError("export needs --merged (the adapter folder itself is already the LoRA export)")
-    out = export_merged(args.run, args.out, dtype=args.dtype)
-    print(f"merged model: {out}")
+    if not (args.merged or args.gguf):
+        raise ConfigError("export needs --merged (a 16-bit transformers folder) and/or --gguf [--quant f16,q8_0] "
+                          "(the adapter folder itself is already the LoRA export)")
+    if args.gguf:
+        parse_quants(args.quant)  # refuse a bad type before the merged export spends minutes
+    if args.merged:
+        out = export_merged(args.run, args.out if not args.gguf else None, dtype=args.dtype)
+        print(f"merged model: {out}")
+    if args.gguf:
+        out = export_gguf(args.run, args.quant, args.out)
+        for a in read_json(out / "export.json")["artifacts"]:
+            print(f"gguf: {out / a['file']}  ({a['quant']}, {a['bytes'] / 1e6:.0f} MB)  Modelfile: {out / a['modelfile']}")
+        print(f"evaluate: tunebench eval --model {out / 'model-<quant>.gguf'} --data-from {args.run}")
     return 0
 
 
@@ -255,10 +275,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--min-p", type=float, default=0.1)
     s.add_argument("--max-new-tokens", type=int, default=256)
     s.set_defaults(fn=cmd_chat)
-    s = sub.add_parser("export", help="write a merged 16-bit model that loads without peft")
+    s = sub.add_parser("export", help="write the merged model: a 16-bit folder (--merged) and/or GGUF files (--gguf)")
     s.add_argument("run", help="run folder or adapter folder")
-    s.add_argument("--merged", action="store_true")
-    s.add_argument("--out", help="output folder (default RUN/merged)")
+    s.add_argument("--merged", action="store_true", help="a merged 16-bit transformers folder (RUN/merged)")
+    s.add_argument("--gguf", action="store_true", help="GGUF files + Ollama Modelfiles for llama.cpp/Ollama (RUN/export)")
+    s.add_argument("--quant", default="f16,q8_0",
+                   help="GGUF types, comma-separated (default f16,q8_0; also f32, bf16, q4_0, q4_1, q5_0, q5_1)")
+    s.add_argument("--out", help="output folder (default RUN/merged, or RUN/export with --gguf)")
     s.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     s.set_defaults(fn=cmd_export)
     s = sub.add_parser("bench", help="GPU benchmarks: `tunebench bench speed|eval --help`", add_help=False)

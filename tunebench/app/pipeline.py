@@ -8,6 +8,7 @@ evaluation must never run on Unsloth-patched transformers.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import os
@@ -22,8 +23,8 @@ from typing import Any
 import yaml
 
 from tunebench.core.config import RunConfig, asked, dump_yaml, from_dict, to_dict
-from tunebench.core.errors import Interrupted, PipelineError
-from tunebench.core.io import atomic_write_json, atomic_write_text, fingerprint, read_json
+from tunebench.core.errors import ComparisonError, ConfigError, Interrupted, PipelineError
+from tunebench.core.io import atomic_write_json, atomic_write_text, fingerprint, package_version, read_json
 from tunebench.data import conversations as data_mod
 from tunebench.evals.runner import evaluate_model, save_contamination
 from tunebench.models.loading import (
@@ -33,9 +34,16 @@ from tunebench.models.loading import (
     load_tokenizer,
     resolve_model,
 )
-from tunebench.reports.compare import compare, load_run_results
+from tunebench.reports.compare import (
+    ARTIFACT_PREFIX,
+    compare,
+    compare_artifacts,
+    load_artifact_results,
+    load_run_results,
+)
 from tunebench.reports.gate import gate_main
 from tunebench.reports.render import context_from_run, metric_table, render_report
+from tunebench.train.gguf_export import export_gguf
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +84,10 @@ def prepare_run_dir(cfg: RunConfig, run_dir: Path, overwrite: bool) -> None:
         elif cfg_path.exists():
 
             old = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
+            try:  # a section added since (e.g. export) takes its defaults: the same run, not another config
+                old = to_dict(from_dict(old))
+            except ConfigError:
+                pass
             if fingerprint(old) != fingerprint(to_dict(cfg)):
                 diff = _diff(old, to_dict(cfg))
                 raise PipelineError(
@@ -176,7 +188,42 @@ def run(cfg: RunConfig, run_dir: str | Path, overwrite: bool = False, progress: 
         evaluate_model(cfg, run_dir, "tuned", adapter, tuned_path, contamination, progress)
         stages.mark("eval_tuned", tuned_fp)
 
+    if cfg.export.gguf:
+        export_stage(cfg, run_dir, stages, fingerprint([train_fp, manifest.get("created")]), eval_fp, contamination,
+                     progress)
     return finish(run_dir, cfg)
+
+
+def export_stage(cfg: RunConfig, run_dir: Path, stages: Stages, adapter_fp: str, eval_fp: str,
+                 contamination: dict[str, Any] | None = None, progress: bool = True) -> list[Path]:
+    """Write the GGUF files of cfg.export.gguf, then score each like the adapter (eval/gguf-<type>/results.json).
+
+    Cached like the other stages: the export reruns when the adapter, the types or gguf-py change; an
+    artifact's evaluation when its file or the evaluation settings change.
+
+    Returns:
+        The GGUF paths.
+    """
+
+
+    files = [run_dir / "export" / f"model-{q}.gguf" for q in cfg.export.gguf]
+    export_fp = fingerprint([adapter_fp, list(cfg.export.gguf), package_version("gguf")])
+    if not stages.fresh("export", export_fp, *files, run_dir / "export" / "export.json"):
+        log.info("stage export (%s)", ", ".join(cfg.export.gguf))
+        export_gguf(run_dir, list(cfg.export.gguf))
+        stages.mark("export", export_fp)
+    if not cfg.export.evaluate:
+        return files
+    for q, path in zip(cfg.export.gguf, files, strict=True):
+        label = ARTIFACT_PREFIX + q
+        out = run_dir / "eval" / label / "results.json"
+        fp = fingerprint([eval_fp, export_fp, q])
+        if not stages.fresh(f"eval_{label}", fp, out):
+            log.info("stage eval %s", label)
+            acfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, ref=str(path)))
+            evaluate_model(acfg, run_dir, label, None, out, contamination, progress, artifact=True)
+            stages.mark(f"eval_{label}", fp)
+    return files
 
 
 def finish(run_dir: Path, cfg: RunConfig) -> PipelineResult:
@@ -186,9 +233,21 @@ def finish(run_dir: Path, cfg: RunConfig) -> PipelineResult:
     results = load_run_results(run_dir)
     comparison = compare(results["base"], results["tuned"], cfg.report.alpha, cfg.eval.bootstrap_samples)
     atomic_write_json(run_dir / "comparison.json", comparison.to_dict())
+    exported = {}
+    for name, res in load_artifact_results(run_dir).items():
+        try:
+            exported.update(compare_artifacts(results["tuned"], {name: res}, cfg.report.alpha,
+                                              cfg.eval.bootstrap_samples))
+        except ComparisonError as e:  # e.g. scored before the evaluation settings changed: left out, said why
+            log.warning("export section: %s; re-evaluate it to include it", e)
+    if exported:
+        atomic_write_json(run_dir / "export_comparison.json", {q: c.to_dict() for q, c in exported.items()})
     buf = io.StringIO()
     code = gate_main(run_dir, cfg.gate.rules, stream=buf)
-    report = render_report(comparison, context_from_run(run_dir, results))
+    context = context_from_run(run_dir, results)
+    if exported:
+        context["export_comparisons"] = exported
+    report = render_report(comparison, context)
     atomic_write_text(run_dir / "report.md", report)
     headline = metric_table(comparison.headline_rows(), comparison.alpha, detailed=False)
     return PipelineResult(run_dir, run_dir / "report.md", code, headline + "\n\n" + buf.getvalue())

@@ -206,6 +206,20 @@ class GateConfig:
     """Rules YAML; null = the shipped default rules."""
 
 
+# GGUF types the export can write (tunebench.train.gguf_export re-checks against the installed gguf-py)
+EXPORT_QUANTS = ("f32", "f16", "bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0")
+
+
+@dataclass
+class ExportConfig:
+    """Export stage of `tunebench run`: GGUF files of the merged model, evaluated like the adapter."""
+
+    gguf: list[str] = field(default_factory=list)
+    """GGUF types to write into RUN/export (e.g. [f16, q8_0]); empty = no export stage."""
+    evaluate: bool = True
+    """Score each artifact on the run's test tokens, prompts and seeds (eval/gguf-<type>/results.json)."""
+
+
 @dataclass
 class RunConfig:
     """Everything one `tunebench run` needs."""
@@ -228,6 +242,8 @@ class RunConfig:
     """Release gate rules."""
     resolution: dict[str, str] = field(default_factory=dict)
     """Filled by resolution, not by hand: why each `auto` setting took its value on the machine that ran."""
+    export: ExportConfig = field(default_factory=ExportConfig)
+    """GGUF export of the merged model, and its evaluation against the adapter."""
 
 
 # ----------------------------------------------------------------------------- building from data
@@ -379,6 +395,12 @@ def _validate(obj: Any, prefix: str) -> None:
             raise bad("min_p", "must be in [0, 1)")
         if obj.n_samples < 1:
             raise bad("n_samples", "must be >= 1")
+    if isinstance(obj, ExportConfig):
+        for q in obj.gguf:
+            if q not in EXPORT_QUANTS:
+                raise bad("gguf", f"names {q!r}, which the GGUF export cannot write; allowed: "
+                          f"{', '.join(EXPORT_QUANTS)}{did_you_mean(q, EXPORT_QUANTS, prefix='; did you mean ')} (k-quants such as "
+                          "q4_k_m need llama.cpp's llama-quantize)")
     if isinstance(obj, ReportConfig) and not 0 < obj.alpha < 0.5:
         raise bad("alpha", "must be in (0, 0.5)")
 

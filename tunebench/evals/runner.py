@@ -14,7 +14,8 @@ from typing import Any
 
 from tunebench.core import dist
 from tunebench.core.config import RunConfig
-from tunebench.core.io import atomic_write_json, environment, read_json
+from tunebench.core.errors import ModelError
+from tunebench.core.io import atomic_write_json, environment, fingerprint, read_json
 from tunebench.data.conversations import DataError, TemplateInfo, encode_split, load_split, tokens_fingerprint
 from tunebench.evals import perplexity
 from tunebench.evals.contamination import contamination, conversation_text
@@ -77,6 +78,34 @@ def probe_prompt_texts(cfg: RunConfig) -> list[tuple[str, str]]:
     return out
 
 
+def check_artifact_template(gguf: str | Path, run_dir: Path) -> str:
+    """An exported GGUF must carry the run's chat template in its metadata: the text llama.cpp and Ollama render.
+
+    Returns:
+        The template text.
+
+    Raises:
+        ModelError: no ``tokenizer.chat_template`` in the metadata, or one that differs from the run's.
+    """
+    from tunebench.models.loading import gguf_field
+
+    text = gguf_field(gguf, "tokenizer.chat_template")
+    if not text:
+        raise ModelError(
+            f"{gguf}: the GGUF metadata has no tokenizer.chat_template, so llama.cpp and Ollama would render prompts "
+            "with a default template, not the run's. Re-export with `tunebench export RUN --gguf`"
+        )
+    report = read_json(run_dir / "data" / "data_report.json")
+    want = report["template"]["sha"]
+    if fingerprint(text) != want:
+        raise ModelError(
+            f"{gguf}: the chat template in the GGUF metadata ({fingerprint(text)}) is not the one run {run_dir} was "
+            f"trained and evaluated with ({report['template']['name']}, {want}); scores would not be comparable. "
+            "Export this run's adapter with `tunebench export RUN --gguf`"
+        )
+    return str(text)
+
+
 def evaluate_model(
     cfg: RunConfig,
     run_dir: str | Path,
@@ -85,8 +114,13 @@ def evaluate_model(
     out_path: str | Path | None = None,
     contamination: dict[str, Any] | None = None,
     progress: bool = True,
+    artifact: bool = False,
 ) -> Results:
     """Perplexity, probes and lm-eval tasks for one model; writes results.json atomically.
+
+    Args:
+        artifact: ``cfg.model.ref`` is an exported GGUF of this run: its metadata must carry the run's chat
+            template (checked before loading), and it is loaded as written (never re-quantized to 4-bit).
 
     Raises:
         ModelError, AdapterError, DataError, ProbeError, LmEvalError: with what to do.
@@ -97,10 +131,15 @@ def evaluate_model(
     run_dir = Path(run_dir)
     t0 = time.perf_counter()
     distributed = dist.init()  # under torchrun: perplexity and probe batches are split across processes
+    if artifact:
+        check_artifact_template(cfg.model.ref, run_dir)
     source = resolve_model(cfg.model.ref, cfg.model.revision)
     loaded = load_for_eval(source, adapter, cfg.model.chat_template, dtype=cfg.model.dtype,
-                           load_in_4bit=cfg.model.load_in_4bit == "on", trust_remote_code=cfg.model.trust_remote_code)
+                           load_in_4bit=False if artifact else cfg.model.load_in_4bit == "on",
+                           trust_remote_code=cfg.model.trust_remote_code)
     results = Results(label=label, model=loaded.identity(), inputs={}, environment=environment())
+    if artifact:
+        results.model["artifact"] = Path(cfg.model.ref).name
     results.timings["load_s"] = round(time.perf_counter() - t0, 2)
 
     if cfg.eval.perplexity:

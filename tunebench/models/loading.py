@@ -138,6 +138,7 @@ def dequantize_gguf(gguf: str | Path) -> tuple[Path, str]:
             # a GGUF-loaded model refuses save_pretrained until the quantization config is dropped
             quantizer.remove_quantization_config(model)
         _fix_gguf_special_tokens(tok, model.config)
+        _restore_rope(gguf, model.config)
         model.generation_config.pad_token_id = tok.pad_token_id
         model.generation_config.eos_token_id = tok.eos_token_id
         model.save_pretrained(tmp, safe_serialization=True)
@@ -151,6 +152,30 @@ def dequantize_gguf(gguf: str | Path) -> tuple[Path, str]:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final, digest
+
+
+def gguf_field(path: str | Path, key: str) -> Any:
+    """One metadata value of a GGUF file (None when absent), read without loading tensors."""
+    from gguf import GGUFReader  # heavy: gguf-py memory-maps the file
+
+    try:
+        field = GGUFReader(str(path)).fields.get(key)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"{path}: not a readable GGUF file ({e})") from None
+    return None if field is None else field.contents()
+
+
+def _restore_rope(gguf: Path, config: Any) -> None:
+    """Put back rope scaling that transformers' GGUF reader drops (Llama 3's lives in a rope_freqs tensor).
+
+    ``tunebench export --gguf`` records the model's rope parameters as ``tunebench.rope_parameters``; files
+    from elsewhere are left as transformers reads them.
+    """
+    import json
+
+    text = gguf_field(gguf, "tunebench.rope_parameters")
+    if text:
+        config.rope_parameters = json.loads(text)
 
 
 def _fix_gguf_special_tokens(tok: Any, config: Any) -> None:

@@ -258,14 +258,19 @@ def _model_facts(model: dict[str, Any]) -> dict[str, Any]:
     return facts
 
 
-def check_same_inputs(base: Results, tuned: Results) -> dict[str, Any]:
+def check_same_inputs(base: Results, tuned: Results, same_base: bool = True) -> dict[str, Any]:
     """Return the shared input fingerprints, or raise if base and tuned were fed different inputs.
+
+    ``same_base=False`` drops the base-weights check only (an exported artifact has other weights than the
+    adapter's base by design); inputs, template and dtype must still agree.
 
     Raises:
         ComparisonError: naming the first differing key and both values.
     """
     b_facts = {**{f"inputs.{k}": v for k, v in base.inputs.items()}, **_model_facts(base.model)}
     t_facts = {**{f"inputs.{k}": v for k, v in tuned.inputs.items()}, **_model_facts(tuned.model)}
+    if not same_base:
+        b_facts.pop("model.base.identity", None)
     for key in sorted(set(b_facts) & set(t_facts)):
         if b_facts[key] != t_facts[key]:
             raise ComparisonError(
@@ -349,7 +354,8 @@ def _clean(obj: Any) -> Any:
     return obj
 
 
-def compare(base: Results, tuned: Results, alpha: float = 0.05, n_boot: int = 2000, seed: int = 0) -> Comparison:
+def compare(base: Results, tuned: Results, alpha: float = 0.05, n_boot: int = 2000, seed: int = 0,
+            same_base: bool = True) -> Comparison:
     """Compare every metric present in both results (pure: reads nothing, writes nothing).
 
     Args:
@@ -358,6 +364,7 @@ def compare(base: Results, tuned: Results, alpha: float = 0.05, n_boot: int = 20
         alpha: Significance level; intervals are (1 - alpha).
         n_boot: Bootstrap resamples per metric.
         seed: Seed of the resampling (each metric derives its own stream from it and its name).
+        same_base: require both sides to share base weights (False for the adapter vs an exported artifact).
 
     Returns:
         A Comparison whose rows follow the base results' metric order.
@@ -370,7 +377,7 @@ def compare(base: Results, tuned: Results, alpha: float = 0.05, n_boot: int = 20
     if 2 / (n_boot + 1) >= alpha:  # the smallest bootstrap p-value is 2 / (n_boot + 1)
         raise ValueError(f"n_boot={n_boot} can never give p < alpha={alpha}; use at least {math.ceil(2 / alpha)} "
                          "resamples (eval.bootstrap_samples; 2000 is the default)")
-    inputs = check_same_inputs(base, tuned)
+    inputs = check_same_inputs(base, tuned, same_base)
     t_by_name = {m.name: m for m in tuned.metrics}
     rows = []
     for bm in base.metrics:
@@ -486,6 +493,36 @@ def load_run_results(run_dir: str | Path) -> dict[str, Results]:
         if not path.exists():
             raise FileNotFoundError(f"{path}: missing; evaluate the {side} model first (`tunebench eval`)")
         out[side] = Results.load(path)
+    return out
+
+
+ARTIFACT_PREFIX = "gguf-"
+"""eval/gguf-<type>/results.json holds an exported artifact's results (label gguf-<type>)."""
+
+
+def load_artifact_results(run_dir: str | Path) -> dict[str, Results]:
+    """Exported artifacts' Results of a run folder, by type (``{"q8_0": ...}``); {} when none was evaluated."""
+    out = {}
+    for path in sorted((Path(run_dir) / "eval").glob(f"{ARTIFACT_PREFIX}*/results.json")):
+        out[path.parent.name.removeprefix(ARTIFACT_PREFIX)] = Results.load(path)
+    return out
+
+
+def compare_artifacts(tuned: Results, artifacts: dict[str, Results], alpha: float = 0.05, n_boot: int = 2000,
+                      seed: int = 0) -> dict[str, Comparison]:
+    """Each exported artifact against the adapter it was exported from, paired item by item.
+
+    Rows read ``base`` = the adapter, ``tuned`` = the artifact, delta = artifact - adapter.
+
+    Raises:
+        ComparisonError: an artifact scored on other inputs, template or dtype (names the artifact).
+    """
+    out = {}
+    for name, res in artifacts.items():
+        try:
+            out[name] = compare(tuned, res, alpha, n_boot, seed, same_base=False)
+        except ComparisonError as e:
+            raise ComparisonError(f"artifact {name!r}: {e}") from None
     return out
 
 

@@ -9,7 +9,15 @@ Rules file (YAML; a list, or a mapping with a ``rules:`` list)::
         max_regression: 0.02              # absolute, in the metric's units (2 points of accuracy)
         optional: true                    # skip (not fail) when no metric matches
 
-Fields: ``metric`` (required), ``name`` (label), ``direction`` (``auto`` = the metric's ``higher_is_better``,
+A rule with ``artifact: q8_0`` reads the comparison of that exported artifact against the adapter
+(eval/gguf-q8_0/results.json vs eval/tuned/results.json) instead of adapter vs base, so a release is blocked
+when the export loses what training gained::
+
+      - metric: perplexity/test
+        artifact: q8_0                    # q8_0 perplexity at most 1% above the adapter's
+        max_regression_rel: 0.01
+
+Fields: ``metric`` (required), ``name`` (label), ``artifact``, ``direction`` (``auto`` = the metric's ``higher_is_better``,
 or ``higher`` / ``lower``), ``min_improvement``, ``min_improvement_rel``, ``max_regression``,
 ``max_regression_rel`` (at least one threshold), ``optional`` (default false).
 
@@ -59,7 +67,9 @@ from tunebench.reports.compare import (
     Comparison,
     MetricComparison,
     compare,
+    compare_artifacts,
     fmt,
+    load_artifact_results,
     load_run_results,
     run_settings,
 )
@@ -94,6 +104,8 @@ class GateRule:
     max_regression: float | None = None
     max_regression_rel: float | None = None
     optional: bool = False
+    artifact: str | None = None
+    """Exported artifact (GGUF type) whose comparison against the adapter this rule reads; None = adapter vs base."""
     where: str = "rules"
     """File and line the rule came from (for messages)."""
 
@@ -219,6 +231,8 @@ def parse_rule(data: Any, where: str) -> GateRule:
         raise GateError(f"{where}: optional must be true or false, got {data['optional']!r}")
     if "name" in data and not isinstance(data["name"], str):
         raise GateError(f"{where}: name must be a string")
+    if data.get("artifact") is not None and not isinstance(data["artifact"], str):
+        raise GateError(f"{where}: artifact must be an exported type such as q8_0, got {data['artifact']!r}")
     kwargs = {k: (float(v) if k in _THRESHOLDS and v is not None else v) for k, v in data.items()}
     return GateRule(where=where, **kwargs)
 
@@ -322,13 +336,14 @@ def judge(rule: GateRule, r: MetricComparison) -> GateRow:
     return row
 
 
-def evaluate_gate(comparison: Comparison, rules: list[GateRule] | list[dict[str, Any]] | str | Path | None
-                  ) -> GateVerdict:
+def evaluate_gate(comparison: Comparison, rules: list[GateRule] | list[dict[str, Any]] | str | Path | None,
+                  artifacts: dict[str, Comparison] | None = None) -> GateVerdict:
     """Apply rules to a comparison.
 
     Args:
         comparison: Base vs tuned comparison.
         rules: Parsed rules, rule mappings, a rules file path / shipped name, or None for the default.
+        artifacts: exported type -> adapter vs artifact comparison, read by rules that set ``artifact``.
 
     Returns:
         GateVerdict: status fail when a rule failed, else inconclusive when one was, else pass
@@ -345,7 +360,19 @@ def evaluate_gate(comparison: Comparison, rules: list[GateRule] | list[dict[str,
     rows: list[GateRow] = []
     for rule in parsed:
         rx = glob_to_regex(rule.metric)
-        matched = [r for r in comparison.rows if rx.match(r.metric)]
+        source_rows = comparison.rows
+        if rule.artifact is not None:
+            if rule.artifact not in (artifacts or {}):
+                if rule.optional:
+                    rows.append(GateRow(rule.label, rule.metric, "skipped",
+                                        f"artifact {rule.artifact} not evaluated (optional rule)", rule.threshold_text()))
+                    continue
+                known = ", ".join(artifacts or {}) or "none"
+                raise GateError(f"{rule.where}: rule reads artifact {rule.artifact!r}, which this run has not evaluated "
+                                f"(evaluated: {known}); `tunebench export RUN --gguf --quant {rule.artifact}` then "
+                                f"`tunebench eval --model RUN/export/model-{rule.artifact}.gguf --data-from RUN`")
+            source_rows = artifacts[rule.artifact].rows
+        matched = [r for r in source_rows if rx.match(r.metric)]
         if not matched:
             if rule.optional:
                 rows.append(GateRow(rule.label, rule.metric, "skipped", "no metric matches (optional rule)",
@@ -354,7 +381,11 @@ def evaluate_gate(comparison: Comparison, rules: list[GateRule] | list[dict[str,
             known = ", ".join(r.metric for r in comparison.rows) or "none"
             raise GateError(f"{rule.where}: no compared metric matches {rule.metric!r} (known: {known}); "
                             "fix the name, or set 'optional: true' if the metric may be absent")
-        rows.extend(judge(rule, r) for r in matched)
+        for r in matched:
+            row = judge(rule, r)
+            if rule.artifact is not None:  # base/tuned columns hold adapter/artifact values
+                row.metric = f"{r.metric} [{rule.artifact} vs adapter]"
+            rows.append(row)
     counts = {s: sum(r.status == s for r in rows) for s in (PASS, FAIL, INCONCLUSIVE, SKIPPED)}
     status = FAIL if counts[FAIL] else INCONCLUSIVE if counts[INCONCLUSIVE] else PASS
     return GateVerdict(passed=status == PASS, rows=rows, alpha=comparison.alpha, rules_source=source,
@@ -398,7 +429,9 @@ def gate_main(run_dir: str | Path, rules_path: str | Path | None = None, out_pat
         rules = load_rules(path)
         results = load_run_results(run_dir)
         comparison = compare(results["base"], results["tuned"], settings["alpha"], settings["n_boot"], seed)
-        verdict = evaluate_gate(comparison, rules)
+        artifacts = compare_artifacts(results["tuned"], load_artifact_results(run_dir), settings["alpha"],
+                                      settings["n_boot"], seed) if any(r.artifact for r in rules) else {}
+        verdict = evaluate_gate(comparison, rules, artifacts)
         verdict.rules_source = str(path)
     except (OSError, ValueError, yaml.YAMLError) as e:  # GateError and ComparisonError are ValueErrors
         print(f"gate: invalid input: {e}", file=sys.stderr)

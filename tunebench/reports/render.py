@@ -354,6 +354,51 @@ def gate_table(gate: dict[str, Any]) -> str | None:
                         "Reason"]) if rows else None
 
 
+def _rel(x: float | None, ref: float | None) -> str:
+    return "–" if x is None or not ref else f"{x / abs(ref) * 100:+.2f}%"
+
+
+def export_view(comparison: Comparison, artifacts: dict[str, Comparison]) -> dict[str, Any] | None:
+    """The export section: base, adapter and each artifact side by side, Δ and intervals paired against the adapter.
+
+    Args:
+        comparison: base vs adapter.
+        artifacts: type -> adapter vs that artifact (``compare_artifacts``).
+
+    Returns:
+        ``{"lines": [...], "table": str, "level": str}``, or None without artifacts.
+    """
+    if not artifacts:
+        return None
+    level = f"{100 * (1 - comparison.alpha):g}%"
+    main = {r.metric: r for r in comparison.rows}
+    first = next(iter(artifacts.values()))
+    metrics = [r.metric for r in first.headline_rows()]
+    lines = []
+    for name, comp in artifacts.items():
+        for r in comp.rows:
+            if r.group == "perplexity" and r.headline:
+                better = "lower" if not r.higher_is_better else "higher"
+                lines.append(f"**{name}** changes `{r.metric}` by {_rel(r.delta, r.base)} "
+                             f"[{_rel(r.ci_low, r.base)}, {_rel(r.ci_high, r.base)}] against the adapter "
+                             f"(Δ {fmt(r.delta, True)}, p={fmt_p(r.p_value)}, n={r.n} {r.unit}; {better} is better; "
+                             f"{r.verdict})")
+    headers = ["Metric", "Base", "Adapter"]
+    for name in artifacts:
+        headers += [name, f"Δ {name} vs adapter ({level} CI)"]
+    body = []
+    for m in metrics:
+        rows = {name: next((r for r in comp.rows if r.metric == m), None) for name, comp in artifacts.items()}
+        ref = next((r for r in rows.values() if r is not None), None)
+        line = [f"`{m}`", main[m].base if m in main else None, ref.base if ref else None]
+        for r in rows.values():
+            line += [None, None] if r is None else [
+                r.tuned, f"{fmt(r.delta, True)} ({_rel(r.delta, r.base)}) {fmt_interval(r.ci_low, r.ci_high)}, "
+                         f"{_verdict(r)}"]
+        body.append(line)
+    return {"lines": lines, "table": table(body, headers), "level": level}
+
+
 def _flat(d: dict[str, Any] | None) -> list[tuple[str, Any]]:
     return [(str(k), v) for k, v in (d or {}).items()]
 
@@ -389,6 +434,7 @@ def build_view(comparison: Comparison, context: dict[str, Any]) -> dict[str, Any
         "versions": kv_table(_flat(versions), headers=("Package", "Version")),
         "gate": gate,
         "gate_table": gate_table(gate) if gate else None,
+        "export": export_view(c, ctx.get("export_comparisons") or {}),
     }
 
 
@@ -410,7 +456,8 @@ def render_report(comparison: Comparison, context: dict[str, Any] | None = None)
         comparison: The run's Comparison.
         context: Optional facts, each adding a section when present: ``name``, ``title``, ``manifest``,
             ``data_report``, ``loss_curve`` (path relative to the report), ``environment``,
-            ``base_artifacts`` / ``tuned_artifacts`` (Results.artifacts), ``gate`` (GateVerdict.to_dict()).
+            ``base_artifacts`` / ``tuned_artifacts`` (Results.artifacts), ``gate`` (GateVerdict.to_dict()),
+            ``export_comparisons`` (type -> adapter vs exported artifact Comparison).
 
     Returns:
         Markdown text ending in a newline.
