@@ -176,7 +176,14 @@ class EvalConfig:
     )
     """Sampling settings; every probe set runs under each."""
     probe_batch_size: int = 32
-    """Prompts per generate() call (left padded)."""
+    """Answers per generate() call (left padded); all samples of all prompts share one pool of batches."""
+    generation_cache: Literal["auto", "static", "dynamic"] = "auto"
+    """KV cache for probe generation: static (compiled, fixed shapes) is fastest on CUDA; auto = static on CUDA,
+    dynamic on CPU (where compiling costs more than it saves)."""
+    merge_adapter: bool = True
+    """Fold the LoRA adapter into 16-bit base weights before evaluating (what `export --merged` ships, and as
+    fast as the base); false evaluates it unmerged through peft, on the base it was trained against (4-bit
+    for QLoRA)."""
     probe_seed: int = 1234
     """Base seed for sampling; base and tuned use the same seeds."""
     contamination_ngram: int = 13
