@@ -175,8 +175,9 @@ class EvalConfig:
         ]
     )
     """Sampling settings; every probe set runs under each."""
-    probe_batch_size: int = 32
-    """Answers per generate() call (left padded); all samples of all prompts share one pool of batches."""
+    probe_batch_size: int = 256
+    """Answers per generate() call (left padded); all samples of all prompts share one pool of batches, so a
+    GPU answers the default probe run in one call (CPU presets use less: rows that finished early still cost)."""
     generation_cache: Literal["auto", "static", "dynamic"] = "auto"
     """KV cache for probe generation: static (compiled, fixed shapes) is fastest on CUDA; auto = static on CUDA,
     dynamic on CPU (where compiling costs more than it saves)."""
