@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tunebench.bench.shapes import load_prepared
-from tunebench.core.io import atomic_write_json, atomic_write_text
+from tunebench.core.io import atomic_write_json, atomic_write_text, read_json
 
 log = logging.getLogger("tunebench.speed")
 
@@ -265,6 +265,28 @@ def lm_eval_generation_rows(loaded: Any, batches: list[int], cache: str) -> list
     return rows
 
 
+class _Rows(list):
+    """The worker's rows, also written to ``path`` after each one: a worker stopped by the budget keeps what it
+    measured (the parent reads the file when the worker wrote no result)."""
+
+    def __init__(self, path: str | None):
+        super().__init__()
+        self.path = path
+
+    def _save(self) -> None:
+        if self.path:
+            atomic_write_json(Path(self.path), {"rows": list(self)})
+
+    def append(self, row: dict[str, Any]) -> None:
+        super().append(row)
+        self._save()
+
+    def __iadd__(self, more: Any) -> _Rows:
+        super().__iadd__(more)
+        self._save()
+        return self
+
+
 def _guarded(fn: Any, *args: Any) -> dict[str, Any]:
     """One row; a failure (a compile error, out of memory) becomes a row that says so, and the others go on."""
     try:
@@ -304,7 +326,7 @@ def run_eval_shape(spec: dict[str, Any]) -> dict[str, Any]:
                  SamplingConfig(name="greedy", temperature=0.0, min_p=None, max_new_tokens=spec["new_tokens"])]
     probe = torch.tensor([encoded[0].input_ids[:512]], device=loaded.model.device)
     ref_logits: dict[str, Any] = {}
-    rows: list[dict[str, Any]] = []
+    rows = _Rows(spec.get("partial"))
     for variant in ("base", "lora-unmerged", "lora-merged"):
         if variant == "lora-unmerged":
             loaded = with_random_lora(loaded, spec["r"], spec["alpha"], spec["targets"])
@@ -346,7 +368,7 @@ def run_eval_shape(spec: dict[str, Any]) -> dict[str, Any]:
         except Exception as e:  # bitsandbytes missing or failing: the speed rows stand without it
             log.warning("merge-base comparison skipped: %s", e)
             rows.append({"kind": "merge-base", "comparison": "skipped", "error": f"{type(e).__name__}: {e}"})
-    return {"rows": rows, "prompts": prompt_info, "dtype": "bfloat16" if cuda else "float32"}
+    return {"rows": list(rows), "prompts": prompt_info, "dtype": "bfloat16" if cuda else "float32"}
 
 
 # ----------------------------------------------------------------------------- the parent
@@ -394,7 +416,13 @@ def run_eval(args: argparse.Namespace) -> int:
                 "head_params": info["vocab_size"] * info["hidden_size"], "tied": info["tied_embeddings"],
                 "peak_tflops": cal.get("peak_tflops"), **PROBE_RUN, "merge_base": True,
                 "lm_eval_batches": [32, 80]}
+        partial = work / "results" / f"{name}-eval.partial.json"
+        partial.unlink(missing_ok=True)
+        spec["partial"] = str(partial)
         res = spawn(spec, work, budget, min_seconds=60)
+        if res.get("status") != "ok" and not res.get("rows") and partial.exists():  # stopped by the budget
+            res["rows"] = read_json(partial)["rows"]
+            res["error"] = f"{res.get('error')}; the rows it measured before are kept"
         status[name] = {k: res.get(k) for k in ("status", "error", "prompts", "dtype", "worker_s")}
         results["rows"] += [{"shape": name, **r} for r in res.get("rows", [])]
         results["workers"] = status
