@@ -162,8 +162,8 @@ class EvalConfig:
     """lm-evaluation-harness tasks (the shipped offline ones, or any standard task you can reach)."""
     lm_eval_limit: int | None = None
     """Documents per task (null = all)."""
-    lm_eval_batch_size: int = 8
-    """lm-eval batch size."""
+    lm_eval_batch_size: int = 64
+    """lm-eval batch size (generate_until on an H100, 1B shape: 80 documents took 1.7 s at 80, 4.1 s at 32)."""
     lm_eval_chat_template: bool = True
     """Apply the chat template inside lm-eval (it changes scores; recorded)."""
     probe_files: list[str] = field(default_factory=lambda: ["default"])
