@@ -81,7 +81,7 @@ def test_cache_avoids_regeneration(smol_base, counted_generate, tmp_path):
     fresh = generate(smol_base, PROMPTS, SAMPLED, **kw)
     assert (fresh.cache_hits, fresh.cache_misses) == (0, 6)
     n_calls = len(counted_generate)
-    assert n_calls == fresh.generate_calls == 4  # 2 samples x 2 batches
+    assert n_calls == fresh.generate_calls == 3  # 3 prompts x 2 samples in one pool, batches of 2
     cached = generate(smol_base, PROMPTS, SAMPLED, **kw)
     assert len(counted_generate) == n_calls and cached.generate_calls == 0
     assert (cached.cache_hits, cached.cache_misses, cached.new_tokens) == (6, 0, 0)

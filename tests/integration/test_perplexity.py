@@ -66,6 +66,39 @@ def test_trained_adapter_changes_the_test_perplexity(smol_source, smol_adapter_r
     assert tuned.adapter_sha and tuned.identity()["adapter_sha256"] == tuned.adapter_sha
 
 
+def test_merged_and_unmerged_adapter_agree(smol_source, smol_adapter_run):
+    """Merging (the default) changes the arithmetic, not the model: same perplexity, same greedy answers."""
+    from peft import PeftModel
+
+    from tunebench.core.config import SamplingConfig
+    from tunebench.evals.generation import generate
+
+    cfg = load_config(smol_adapter_run / "config.yaml")
+    assert cfg.eval.merge_adapter is True  # the default
+    kw = {"device": "cpu", "dtype": "float32"}
+    merged = load_for_eval(smol_source, smol_adapter_run / "adapter", **kw)
+    unmerged = load_for_eval(smol_source, smol_adapter_run / "adapter", merge_adapter=False, **kw)
+    assert not isinstance(merged.model, PeftModel) and isinstance(unmerged.model, PeftModel)
+    assert not any("lora_" in n for n, _ in merged.model.named_parameters())
+    assert merged.identity()["adapter_merged"] is True and unmerged.identity()["adapter_merged"] is False
+    assert "16-bit" in merged.identity()["adapter_base"]
+
+    encoded, _ = encoded_test_split(smol_adapter_run, merged.tokenizer, cfg)
+    pm, items_m, _ = evaluate(merged.model, merged.tokenizer, encoded, n_boot=50, progress=False)
+    pu, items_u, _ = evaluate(unmerged.model, unmerged.tokenizer, encoded, n_boot=50, progress=False)
+    assert pm.value == pytest.approx(pu.value, rel=1e-4)
+    assert [i["num"] for i in items_m] == pytest.approx([i["num"] for i in items_u], rel=1e-4)
+
+    torch.set_num_threads(1)  # see test_generation: decode steps on shared cores
+    prompts = [[{"role": "user", "content": "Continue the Fibonacci sequence: 1, 1, 2, 3, 5, 8,"}],
+               [{"role": "user", "content": "What is the capital of France?"}],
+               [{"role": "user", "content": "Name three colors."}]]
+    greedy = SamplingConfig(name="greedy", temperature=0.0, min_p=None, max_new_tokens=16)
+    texts = [generate(m, prompts, greedy, seed=0, batch_size=3, progress=False, use_cache=False).texts
+             for m in (merged, unmerged)]
+    assert texts[0] == texts[1] and all(texts[0])
+
+
 def test_bad_adapters_are_refused_with_a_reason(tmp_path, smol_source, smol_adapter_run, tiny_llama_dir):
     with pytest.raises(AdapterError, match="no such folder"):
         load_for_eval(smol_source, tmp_path / "missing")

@@ -56,7 +56,12 @@ def test_smoke_run_writes_a_report_with_real_numbers(smoke_run):
     tuned = json.loads((out / "eval" / "tuned" / "results.json").read_text())
     assert base["inputs"]["test_tokens"] == tuned["inputs"]["test_tokens"]  # identical tokens, prompts, seeds
     assert base["inputs"]["probe_sets"] == tuned["inputs"]["probe_sets"]
-    print(f"smoke run took {seconds:.0f} s")
+    assert tuned["model"]["adapter_merged"] is True  # evaluation merges by default: what ships
+    timings = json.loads((out / "timings.json").read_text())
+    assert set(timings["stages"]) == {"data", "train", "contamination", "eval_base", "eval_tuned"}
+    assert all(s > 0 for s in timings["stages"].values())
+    assert "wall time: train" in report and "wall time: eval tuned" in report
+    print(f"smoke run took {seconds:.0f} s; stages {timings['stages']}; eval {tuned['timings']}")
 
 
 def test_rerun_skips_finished_stages(smoke_run):

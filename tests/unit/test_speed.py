@@ -185,23 +185,39 @@ def test_eval_markdown_and_targets():
     res["settings"] = {"dtype": "bfloat16", "attention": "sdpa", "max_length": 2048, "ppl_batch_tokens": [16384],
                        "ppl_conversations": 500, "gen_batch": 64, "gen_batches": 2, "prompt_tokens": 64,
                        "new_tokens": 128, "lora": {"r": 16, "alpha": 16, "targets": ["q_proj"], "init": "random"}}
+    one = {"shape": "llama-3.2-1b"}
+    gen = {**one, "kind": "generation", "batch": 64, "new_tokens": 8192, "cold_new_tokens_per_s": 2000.0,
+           "ms_per_step": 25.0, "rows_x_steps_per_s": 2500.0, "peak_allocated_gib": 3.0}
     res["rows"] = [
-        {"shape": "llama-3.2-1b", "variant": "base", "kind": "perplexity", "batch_tokens": 16384,
+        {**one, "variant": "base", "kind": "perplexity", "batch_tokens": 16384,
          "input_tokens": 1000, "tokens_per_s": 100000.0, "cold_tokens_per_s": 50000.0, "mfu": 0.5,
          "mfu_actual_work": 0.45, "peak_allocated_gib": 7.0},
-        {"shape": "llama-3.2-1b", "variant": "base", "kind": "generation", "sampling": "seed", "batch": 64,
-         "new_tokens": 8192, "new_tokens_per_s": 2500.0, "cold_new_tokens_per_s": 2000.0, "ms_per_step": 25.0,
-         "rows_x_steps_per_s": 2500.0, "peak_allocated_gib": 3.0},
+        {**one, "variant": "lora-merged", "kind": "perplexity", "batch_tokens": 16384, "input_tokens": 1000,
+         "tokens_per_s": 99000.0, "cold_tokens_per_s": 50000.0, "mfu": 0.495, "mfu_actual_work": 0.44,
+         "peak_allocated_gib": 7.0},
+        {**gen, "variant": "base", "path": "suite generate", "sampling": "seed", "new_tokens_per_s": 2500.0},
+        {**gen, "variant": "lora-merged", "path": "suite generate", "sampling": "seed", "new_tokens_per_s": 2000.0},
+        {**gen, "variant": "base", "path": "raw generate(static)", "sampling": "seed", "new_tokens_per_s": 2400.0},
+        {**one, "variant": "base", "kind": "probe-run", "prompts": 34, "samples_per_prompt": 4, "batch": 256,
+         "calls": 1, "new_tokens": 8704, "new_tokens_per_s": 21000.0, "cold_s": 30.0},
+        {**one, "variant": "lora-unmerged", "kind": "generation", "error": "RuntimeError: boom"},
     ]
     targets = eval_targets(res["rows"], ["llama-3.2-1b"], 64)
     by = {t["target"]: t for t in targets}
     assert by["perplexity MFU (2·N·tokens/s) >= 45% [base]"]["met"] is True
-    assert by["generation new tokens/s >= 3,000 [base, seed]"]["met"] is False
-    assert by["perplexity MFU (2·N·tokens/s) >= 45% [lora]"]["met"] is None
+    assert by["perplexity tokens/s ÷ base >= 0.95 [lora-merged]"]["met"] is True
+    assert by["generation new tokens/s ÷ base >= 0.95 [lora-merged, seed]"]["value"] == pytest.approx(0.8)
+    assert by["generation new tokens/s ÷ base >= 0.95 [lora-merged, seed]"]["met"] is False
+    assert by["suite generation ÷ raw generate(static) >= 1 [seed]"]["met"] is True
+    assert by["default probe run new tokens/s >= 20,000 [base]"]["met"] is True
+    assert by["perplexity tokens/s ÷ base >= 0.95 [lora-unmerged]"]["met"] is None  # not measured
     res["targets"] = targets
     md = render_eval_md(res)
     for needle in ("NVIDIA H100 80GB HBM3", "peft 0.21.0", "128 prompts of 64 tokens",
-                   "| base | 16,384 | 1,000 | 100,000 (50,000) | 50.0% |", "| base | seed | 64 | 8,192 | 2,500 (2,000) |"):
+                   "| base | 16,384 | 1,000 | 100,000 (50,000) | 50.0% |",
+                   "| base | suite generate | seed | 64 | 8,192 | 2,500 (2,000) |",
+                   "| base | raw generate(static) | seed | 64 |", "| base | 34×4 | 256 | 1 | 8,704 | 21,000 |",
+                   "**failed**: RuntimeError: boom"):
         assert needle in md, needle
 
 

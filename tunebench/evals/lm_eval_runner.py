@@ -71,6 +71,8 @@ def run_lm_eval(
     template: str = "auto",
     num_processes: int = 1,
     source: str = "auto",
+    merge_adapter: bool = False,
+    loaded: Any = None,
 ) -> Results:
     """Evaluate a model (optionally with a LoRA adapter) with lm-eval in a separate process.
 
@@ -90,6 +92,10 @@ def run_lm_eval(
         num_processes: >1 runs lm-eval data-parallel through ``accelerate launch`` (one process per GPU);
             lm-eval gathers the documents' results on its main process.
         source: Stock tasks' documents: ``auto``, ``hub`` or ``packaged`` (see ``evals.packaged_data``).
+        merge_adapter: fold the adapter into the base weights before evaluating (as ``load_for_eval`` does).
+        loaded: the ``evals.modeling.Loaded`` this process already holds for the same model: lm-eval then runs
+            here on it (no child, no second load). Ignored with ``num_processes`` > 1 or when Unsloth has
+            patched transformers in this process (lm-eval's HF model breaks on the patched classes).
 
     Returns:
         A partial Results (label, model, inputs, metrics, items, artifacts, timings) to merge into a full one.
@@ -110,11 +116,27 @@ def run_lm_eval(
         "model_path": str(model_path), "adapter": str(adapter) if adapter is not None else None,
         "adapter_sha256": adapter_sha, "tasks": list(tasks), "limit": limit, "batch_size": int(batch_size),
         "apply_chat_template": bool(apply_chat_template), "device": device, "dtype": dtype, "label": label,
-        "template": template, "source": source,
+        "template": template, "source": source, "merge_adapter": bool(merge_adapter),
     }
-    log.info("lm-eval (%s): tasks %s, limit %s, chat template %s, in a child process",
-             label, ", ".join(tasks), limit, "on" if apply_chat_template else "off")
+    in_process = loaded is not None and num_processes == 1 and "unsloth" not in sys.modules
+    log.info("lm-eval (%s): tasks %s, limit %s, chat template %s, %s", label, ", ".join(tasks), limit,
+             "on" if apply_chat_template else "off", "on the loaded model" if in_process else "in a child process")
     start = time.perf_counter()
+    if in_process:
+        logging.getLogger("lm_eval").setLevel(logging.WARNING)
+        results = _evaluate(spec, loaded)
+        assert results is not None  # one process: it is the main one
+    else:
+        results = _in_child(spec, num_processes, timeout)
+    results.timings["lm_eval"] = round(time.perf_counter() - start, 3)
+    for m in results.metrics:
+        log.info("lm-eval (%s) %s = %.4f [%s, %s] (n=%d)", label, m.name, m.value,
+                 _fmt(m.ci_low), _fmt(m.ci_high), m.n)
+    return results
+
+
+def _in_child(spec: dict[str, Any], num_processes: int, timeout: float | None) -> Results:
+    """Run ``_evaluate`` in a child process (data-parallel under accelerate when asked) and read its result."""
     with tempfile.TemporaryDirectory(prefix="tunebench-lm-eval-") as tmp:
         spec_path, out_path = Path(tmp) / "spec.json", Path(tmp) / "out.json"
         atomic_write_json(spec_path, spec)
@@ -132,12 +154,7 @@ def run_lm_eval(
             f"the lm-eval child process exited with status {rc} without writing a result; "
             f"its last output:\n{tail}\nRe-run with the same settings to see the full log above."
         )
-    results = Results.from_dict(data["results"], where="lm-eval child output")
-    results.timings["lm_eval"] = round(time.perf_counter() - start, 3)
-    for m in results.metrics:
-        log.info("lm-eval (%s) %s = %.4f [%s, %s] (n=%d)", label, m.name, m.value,
-                 _fmt(m.ci_low), _fmt(m.ci_high), m.n)
-    return results
+    return Results.from_dict(data["results"], where="lm-eval child output")
 
 
 def _cuda() -> bool:
@@ -319,7 +336,7 @@ def _identity(spec: dict[str, Any], template_name: str, tok: Any, device: str, d
     return {
         "base": base, "adapter": spec["adapter"], "adapter_sha256": spec["adapter_sha256"],
         "template": template_name, "template_sha": template_sha(tok), "dtype": dtype, "device": device,
-        "runner": "lm-eval hf",
+        "runner": "lm-eval hf", **({"adapter_merged": bool(spec.get("merge_adapter"))} if spec["adapter"] else {}),
     }
 
 
@@ -422,8 +439,22 @@ def _task_results(res: Results, name: str, task: Any, out: dict[str, Any], spec:
     }
 
 
-def _evaluate(spec: dict[str, Any]) -> Results | None:
-    """The child's work: load tasks and model, run lm-eval, convert its output."""
+def _hflm(spec: dict[str, Any], tok: Any, device: str, dtype: str, loaded: Any = None) -> Any:
+    """lm-eval's HF model around ``loaded`` (this process's model, no second copy), else loaded from the spec's
+    path (+ adapter, merged when the spec says so: the same model the rest of the evaluation scores)."""
+    from lm_eval.models.huggingface import HFLM  # heavy: lm-eval
+
+    if loaded is not None:
+        return HFLM(pretrained=loaded.model, tokenizer=tok, batch_size=spec["batch_size"])
+    lm = HFLM(pretrained=spec["model_path"], peft=spec["adapter"], tokenizer=tok, dtype=dtype, device=device,
+              batch_size=spec["batch_size"], trust_remote_code=False)
+    if spec["adapter"] is not None and spec.get("merge_adapter", False):
+        lm._model = lm._model.merge_and_unload()  # HFLM keeps peft's wrapper; fold it as load_for_eval does
+    return lm
+
+
+def _evaluate(spec: dict[str, Any], loaded: Any = None) -> Results | None:
+    """Load tasks (and the model, unless ``loaded`` is given), run lm-eval, convert its output."""
     import lm_eval  # heavy: lm-eval, imported when needed
 
 
@@ -431,20 +462,21 @@ def _evaluate(spec: dict[str, Any]) -> Results | None:
     manager = _task_manager(names)
     sources: dict[str, dict[str, Any]] = {}
     tasks = _load_tasks(manager, names, spec.get("source", "auto"), sources)
-    device = pick_device(spec["device"])
-    dtype = str(pick_dtype(spec["dtype"], device)).replace("torch.", "")
-    tok, template_name = _tokenizer(spec)
+    if loaded is not None:
+        tok, template_name, device, dtype = loaded.tokenizer, loaded.template, loaded.device, loaded.dtype
+    else:
+        device = pick_device(spec["device"])
+        dtype = str(pick_dtype(spec["dtype"], device)).replace("torch.", "")
+        tok, template_name = _tokenizer(spec)
     for name, task in tasks.items():
         total = len(task.eval_docs)
         used = total if spec["limit"] is None else min(total, spec["limit"])
         log.info("lm-eval task %s: %d of %d documents, %s, chat template %s", name, used, total,
                  task.OUTPUT_TYPE, "on" if spec["apply_chat_template"] else "off")
-    model_args = {"pretrained": spec["model_path"], "peft": spec["adapter"], "tokenizer": tok, "dtype": dtype,
-                  "trust_remote_code": False}
     out = lm_eval.simple_evaluate(
-        model="hf", model_args=model_args, tasks=list(tasks.values()), limit=spec["limit"],
-        batch_size=spec["batch_size"], device=device, apply_chat_template=spec["apply_chat_template"],
-        log_samples=True, task_manager=manager, bootstrap_iters=BOOTSTRAP_ITERS,
+        model=_hflm(spec, tok, device, dtype, loaded), tasks=list(tasks.values()), limit=spec["limit"],
+        apply_chat_template=spec["apply_chat_template"], log_samples=True, task_manager=manager,
+        bootstrap_iters=BOOTSTRAP_ITERS,
         # naming humaneval is the opt-in to run model-written code (in a child process, with a timeout)
         confirm_run_unsafe_code=any(getattr(t, "UNSAFE_CODE", False) for t in tasks.values()),
     )

@@ -32,9 +32,13 @@ class Loaded:
     adapter_sha: str | None
     device: str
     dtype: str
+    merged: bool = False
+    """The adapter is folded into the base weights (a plain transformers model, no peft wrapper)."""
+    load_in_4bit: bool = False
+    """Base weights are bitsandbytes nf4."""
 
     def identity(self) -> dict[str, Any]:
-        return {
+        ident = {
             "base": self.source.to_dict(),
             "adapter": self.adapter,
             "adapter_sha256": self.adapter_sha,
@@ -42,6 +46,20 @@ class Loaded:
             "dtype": self.dtype,
             "device": self.device,
         }
+        if self.adapter is not None:
+            ident["adapter_merged"] = self.merged
+            ident["adapter_base"] = merge_base(self.merged, self.load_in_4bit)
+        if self.load_in_4bit:
+            ident["weights"] = "nf4 4-bit (bitsandbytes)"
+        return ident
+
+
+def merge_base(merged: bool, load_in_4bit: bool) -> str:
+    """Which base weights an adapter is applied to, in words (recorded with every result)."""
+    if merged:
+        return "merged into the original 16-bit base weights (what `tunebench export --merged` ships)"
+    return "unmerged (peft) on the " + ("nf4 4-bit base it was trained against" if load_in_4bit
+                                        else "16-bit base")
 
 
 def pick_device(device: str = "auto") -> str:
@@ -95,8 +113,16 @@ def load_for_eval(
     device: str = "auto",
     load_in_4bit: bool = False,
     trust_remote_code: bool = False,
+    merge_adapter: bool = True,
 ) -> Loaded:
     """Load base (+ adapter) with transformers/peft in eval mode.
+
+    Args:
+        merge_adapter: fold the adapter into the base weights (``merge_and_unload``): evaluation then costs
+            what the base costs, and it is the model users ship. For an adapter trained on a 4-bit base, the
+            merge uses the original 16-bit weights (``load_in_4bit`` is ignored), as ``export --merged`` does;
+            merging into 4-bit weights would requantize them. False keeps peft's unmerged adapter on the base
+            loaded as asked (4-bit: what a QLoRA adapter was trained against).
 
     Raises:
         ModelError / AdapterError: with a message that says what to do.
@@ -113,14 +139,18 @@ def load_for_eval(
         template_name = adapter_manifest(adapter).get("template", {}).get("name", template)
     else:
         tok, template_name = load_tokenizer(source, template, trust_remote_code)
-    model = load_causal_lm(source, torch_dtype, load_in_4bit, dev, trust_remote_code)
+    merged = adapter is not None and merge_adapter
+    four_bit = load_in_4bit and not merged
+    model = load_causal_lm(source, torch_dtype, four_bit, dev, trust_remote_code)
     if adapter is not None:
         from peft import PeftModel  # heavy: peft, imported when needed
 
         _check_shapes(model, Path(adapter))
         model = PeftModel.from_pretrained(model, str(adapter), is_trainable=False)
+        if merged:
+            model = model.merge_and_unload()
     model.eval()
     if getattr(model, "generation_config", None) is not None and tok.pad_token_id is not None:
         model.generation_config.pad_token_id = tok.pad_token_id
     return Loaded(model, tok, template_name, source, str(adapter) if adapter else None, weights_sha, dev,
-                  str(torch_dtype).replace("torch.", ""))
+                  str(torch_dtype).replace("torch.", ""), merged=merged, load_in_4bit=four_bit)

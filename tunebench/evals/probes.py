@@ -472,6 +472,7 @@ def run_probes(
     label: str = "base",
     use_cache: bool = True,
     progress: bool = False,
+    cache_implementation: str = "auto",
 ) -> Results:
     """Generate every probe under every sampling setting and score the answers.
 
@@ -479,12 +480,13 @@ def run_probes(
         loaded: an ``evals.modeling.Loaded``.
         probe_sets: ProbeSets, shipped names or YAML paths.
         samplings: decoding settings; each set runs under each.
-        batch_size: prompts per generate call.
+        batch_size: answers per generate call (all samples of all prompts of all sets share the batches).
         seed: base seed (give base and tuned the same one: their samples are then paired).
         cache_dir: generation cache folder (default: the shared cache under ``cache_root()``).
         label: ``base`` or ``tuned``.
         use_cache: False regenerates everything.
         progress: show progress bars.
+        cache_implementation: KV cache for generation (``auto``: static on CUDA, dynamic on CPU).
 
     Returns:
         A partial Results: ``probes/<set>/<sampling>/pass_rate`` and ``.../<probe>/pass_rate`` metrics with
@@ -506,14 +508,25 @@ def run_probes(
     })
     transcripts: dict[str, dict[str, list]] = {}
     stats: dict[str, dict[str, dict]] = {}
-    for ps in sets:
-        for smp in samplings:
-            gen = generate(loaded, [p.messages for p in ps.prompts], smp, seed, batch_size, progress=progress,
-                           cache_dir=cache_dir, use_cache=use_cache)
+    for smp in samplings:
+        # one pool per sampling: every sample of every prompt of every set fills the same batches
+        pool = [p.messages for ps in sets for p in ps.prompts]
+        gen = generate(loaded, pool, smp, seed, batch_size, progress=progress, cache_dir=cache_dir,
+                       use_cache=use_cache, cache_implementation=cache_implementation)
+        shared = {"new_tokens": gen.new_tokens, "seconds": gen.seconds, "tokens_per_s": gen.tokens_per_s,
+                  "cache_hits": gen.cache_hits, "cache_misses": gen.cache_misses,
+                  "generate_calls": gen.generate_calls, "batch_size": batch_size, "answers": len(pool) * (
+                      samples_per_prompt(smp)), "sets": [ps.name for ps in sets]}
+        results.timings[f"probes/{smp.name}/generate_s"] = gen.seconds
+        offset = 0
+        for ps in sets:
+            outs_of = gen.samples[offset:offset + len(ps.prompts)]
+            counts_of = gen.token_counts[offset:offset + len(ps.prompts)]
+            offset += len(ps.prompts)
             items: list[dict[str, Any]] = []
             by_probe: dict[str, list[dict[str, Any]]] = {pid: [] for pid in ps.probe_ids}
             rows = []
-            for p, outs, counts in zip(ps.prompts, gen.samples, gen.token_counts, strict=True):
+            for p, outs, counts in zip(ps.prompts, outs_of, counts_of, strict=True):
                 for s, (text, n_tok) in enumerate(zip(outs, counts, strict=True)):
                     failed = p.evaluate(text)
                     item = {"id": f"{p.id}#{s}", "num": 0.0 if failed else 1.0, "den": 1}
@@ -528,11 +541,7 @@ def run_probes(
             for pid, its in by_probe.items():
                 results.add(_pass_rate(f"{prefix}/{pid}/pass_rate", its, {**common, "probe": pid}), its)
             transcripts.setdefault(ps.name, {})[smp.name] = rows
-            stats.setdefault(ps.name, {})[smp.name] = {
-                "new_tokens": gen.new_tokens, "seconds": gen.seconds, "tokens_per_s": gen.tokens_per_s,
-                "cache_hits": gen.cache_hits, "cache_misses": gen.cache_misses,
-                "generate_calls": gen.generate_calls, "batch_size": batch_size}
-            results.timings[f"{prefix}/generate_s"] = gen.seconds
+            stats.setdefault(ps.name, {})[smp.name] = shared  # the generate() call that served all sets
     results.artifacts["probe_transcripts"] = transcripts
     results.artifacts["probe_generation"] = stats
     return results

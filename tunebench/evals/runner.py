@@ -134,9 +134,13 @@ def evaluate_model(
     if artifact:
         check_artifact_template(cfg.model.ref, run_dir)
     source = resolve_model(cfg.model.ref, cfg.model.revision)
+    # merging evaluates the 16-bit model users ship; the base is then scored in 16 bit too, so the pair differs
+    # only by the adapter (unmerged keeps a QLoRA adapter on the 4-bit base it was trained against)
     loaded = load_for_eval(source, adapter, cfg.model.chat_template, dtype=cfg.model.dtype,
-                           load_in_4bit=False if artifact else cfg.model.load_in_4bit == "on",
-                           trust_remote_code=cfg.model.trust_remote_code)
+                           load_in_4bit=False if artifact else (cfg.model.load_in_4bit == "on"
+                                                                 and not cfg.eval.merge_adapter),
+                           trust_remote_code=cfg.model.trust_remote_code, merge_adapter=cfg.eval.merge_adapter)
+    template = loaded.template
     results = Results(label=label, model=loaded.identity(), inputs={}, environment=environment())
     if artifact:
         results.model["artifact"] = Path(cfg.model.ref).name
@@ -157,27 +161,27 @@ def evaluate_model(
         t = time.perf_counter()
         probes = run_probes(loaded, list(cfg.eval.probe_files), list(cfg.eval.probe_sampling),
                             batch_size=cfg.eval.probe_batch_size, seed=cfg.eval.probe_seed, label=label,
-                            progress=progress)
+                            progress=progress, cache_implementation=cfg.eval.generation_cache)
         results.merge(probes)
         results.timings["probes_s"] = round(time.perf_counter() - t, 2)
 
-    # lm-eval loads its own copy of the model in a child process: free ours first
-    model_path, template = source.path, loaded.template
-    del loaded
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
     if cfg.eval.lm_eval_tasks and dist.is_main():
 
-        t = time.perf_counter()
-        # under torchrun on GPUs the main process launches lm-eval data-parallel over the same GPUs
+        # under torchrun on GPUs the main process launches lm-eval data-parallel over the same GPUs, in a child
+        # that loads its own copy: free ours first. One process runs lm-eval on the model it already holds.
         procs = dist.world_size() if distributed and torch.cuda.is_available() else 1
-        lm = run_lm_eval(model_path, str(adapter) if adapter else None, list(cfg.eval.lm_eval_tasks),
+        if procs > 1:
+            loaded = None
+            _release_memory()
+        t = time.perf_counter()
+        lm = run_lm_eval(source.path, str(adapter) if adapter else None, list(cfg.eval.lm_eval_tasks),
                          cfg.eval.lm_eval_limit, cfg.eval.lm_eval_batch_size, cfg.eval.lm_eval_chat_template,
                          dtype=cfg.model.dtype, label=label, template=template, num_processes=procs,
-                         source=cfg.eval.lm_eval_source)
+                         source=cfg.eval.lm_eval_source, merge_adapter=cfg.eval.merge_adapter, loaded=loaded)
         results.merge(lm)
         results.timings["lm_eval_s"] = round(time.perf_counter() - t, 2)
+    loaded = None
+    _release_memory()
     dist.barrier()
 
     if contamination is not None:
@@ -187,6 +191,15 @@ def evaluate_model(
     if out_path is not None and dist.is_main():
         results.save(out_path)
     return results
+
+
+def _release_memory() -> None:
+    """Hand a dropped model's GPU memory back (before a child loads its own copy, or at the end)."""
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def save_contamination(run_dir: Path, cfg: RunConfig) -> dict[str, Any]:

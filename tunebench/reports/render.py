@@ -403,6 +403,13 @@ def _flat(d: dict[str, Any] | None) -> list[tuple[str, Any]]:
     return [(str(k), v) for k, v in (d or {}).items()]
 
 
+def _stage_rows(times: dict[str, Any] | None) -> list[tuple[str, Any]]:
+    """One row per pipeline stage with its wall time (timings.json), then their sum."""
+    stages = (times or {}).get("stages") or {}
+    rows = [(f"wall time: {name.replace('_', ' ')}", f"{sec:.1f} s") for name, sec in stages.items()]
+    return rows + ([("wall time: all stages", f"{sum(stages.values()):.1f} s")] if stages else [])
+
+
 def build_view(comparison: Comparison, context: dict[str, Any]) -> dict[str, Any]:
     """Everything the template prints, already formatted."""
     c, ctx = comparison, context
@@ -430,7 +437,8 @@ def build_view(comparison: Comparison, context: dict[str, Any]) -> dict[str, Any
         "loss_curve": ctx.get("loss_curve"),
         "data": data_summary(data_report) if data_report else None,
         "contamination": contamination_table([t_art, b_art]),
-        "environment": kv_table(_flat(ctx.get("environment")), headers=("Environment", "")),
+        "environment": kv_table(_flat(ctx.get("environment")) + _stage_rows(ctx.get("stage_times")),
+                                headers=("Environment", "")),
         "versions": kv_table(_flat(versions), headers=("Package", "Version")),
         "gate": gate,
         "gate_table": gate_table(gate) if gate else None,
@@ -458,6 +466,7 @@ def render_report(comparison: Comparison, context: dict[str, Any] | None = None)
             ``data_report``, ``loss_curve`` (path relative to the report), ``environment``,
             ``base_artifacts`` / ``tuned_artifacts`` (Results.artifacts), ``gate`` (GateVerdict.to_dict()),
             ``export_comparisons`` (type -> adapter vs exported artifact Comparison).
+            ``stage_times`` (the run's timings.json: wall time per pipeline stage).
 
     Returns:
         Markdown text ending in a newline.
@@ -483,7 +492,7 @@ def context_from_run(run_dir: str | Path, results: dict[str, Any] | None = None)
                            "tuned_artifacts": results["tuned"].artifacts,
                            "environment": results["tuned"].environment or None}
     for key, rel in (("manifest", "adapter/manifest.json"), ("data_report", "data/data_report.json"),
-                     ("gate", "gate.json")):
+                     ("gate", "gate.json"), ("stage_times", "timings.json")):
         if (run / rel).exists():
             ctx[key] = read_json(run / rel)
     if (run / "loss_curve.png").exists():
