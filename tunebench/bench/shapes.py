@@ -12,7 +12,6 @@ Llama 3 special tokens and split), whose token counts differ from Llama 3's.
 
 from __future__ import annotations
 
-import difflib
 import json
 import logging
 import pickle
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from tunebench.core.errors import BenchmarkError as ShapeError
+from tunebench.core.errors import did_you_mean
 from tunebench.core.io import (
     atomic_write_bytes,
     atomic_write_json,
@@ -79,8 +79,7 @@ def shape_config(name: str, tokenizer: Any = None) -> Any:
     from transformers import LlamaConfig
 
     if name not in SHAPES:
-        hint = difflib.get_close_matches(name, list(SHAPES), n=1)
-        dym = f"; did you mean {hint[0]!r}?" if hint else ""
+        dym = did_you_mean(name, SHAPES, "; did you mean ")
         raise ShapeError(f"unknown shape {name!r} (known: {', '.join(SHAPES)}, or a model reference){dym}")
     ids: dict[str, Any] = {"bos_token_id": 128000, "eos_token_id": 128009, "pad_token_id": None}
     if tokenizer is not None:

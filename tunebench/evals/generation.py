@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from tunebench.core import dist
 from tunebench.core.config import SamplingConfig
 from tunebench.core.io import atomic_write_json, cache_root, fingerprint, package_version
+from tunebench.data.conversations import encode_messages
 from tunebench.models.loading import template_sha
 
 log = logging.getLogger(__name__)
@@ -134,9 +135,11 @@ def static_cache_kwargs(total_len: int) -> dict[str, Any]:
 
 
 def render_prompt(tokenizer: Any, messages: Messages) -> list[int]:
-    """Token ids of a conversation with the assistant turn opened (the template adds special tokens)."""
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
+    """Token ids of a conversation with the assistant turn opened (the template adds special tokens).
+
+    Message contents stay text: control strings typed into a prompt or a chat never become control tokens
+    (the same tokenization training uses, see ``data.conversations.tokenize_rendered``)."""
+    return encode_messages(tokenizer, list(messages), add_generation_prompt=True)
 
 
 def batch_seed(seed: int, sample: int, batch: int) -> int:

@@ -18,7 +18,6 @@ Every task's data source is recorded in its metrics' details and in ``inputs``.
 from __future__ import annotations
 
 import codecs
-import difflib
 import json
 import logging
 import math
@@ -34,7 +33,7 @@ from collections import defaultdict, deque
 from pathlib import Path
 from typing import Any
 
-from tunebench.core.errors import LmEvalError
+from tunebench.core.errors import LmEvalError, did_you_mean
 from tunebench.core.io import atomic_write_json, fingerprint, package_version, read_json
 from tunebench.core.stats import Z95
 from tunebench.evals import humaneval
@@ -244,8 +243,7 @@ def unknown_tasks_message(unknown: list[str], known: list[str]) -> str:
     """What to say about task names lm-eval does not know: the shipped ones, close matches, where to look."""
     parts = []
     for name in unknown:
-        close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
-        hint = f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+        hint = did_you_mean(name, known, " (did you mean ", "?)", n=3)
         parts.append(f"{name!r}{hint}")
     shipped = [f"{SHIPPED_GROUP} (group of both)", *SHIPPED_TASKS]
     others = len(set(known) - {SHIPPED_GROUP, *SHIPPED_TASKS})

@@ -24,7 +24,6 @@ Every error names the file and line and says what to change.
 
 from __future__ import annotations
 
-import difflib
 import itertools
 import re
 from dataclasses import asdict, dataclass, field
@@ -36,8 +35,9 @@ from jinja2 import StrictUndefined, TemplateSyntaxError, meta, nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
 from tunebench.core.config import SamplingConfig
-from tunebench.core.errors import ProbeError, ProbeSecurityError
+from tunebench.core.errors import ProbeError, ProbeSecurityError, did_you_mean
 from tunebench.core.io import fingerprint, package_path
+from tunebench.core.stats import Z95
 from tunebench.core.stats import wilson as wilson_interval
 from tunebench.evals.generation import generate, samples_per_prompt
 from tunebench.evals.results import Metric, Results
@@ -124,8 +124,7 @@ def _plain(value: Any) -> Any:
 
 
 def _dym(name: str, known: list[str]) -> str:
-    hint = difflib.get_close_matches(str(name), known, n=1)
-    return f" (did you mean {hint[0]!r}?)" if hint else ""
+    return did_you_mean(str(name), known, " (did you mean ", "?)")
 
 
 # ----------------------------------------------------------------------------- Jinja in a sandbox
@@ -449,7 +448,7 @@ def parse_probe_set(data: Any, path: str | Path) -> ProbeSet:
 # ----------------------------------------------------------------------------- running
 
 
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
     """Wilson score interval for k passes out of n (reports.stats); an empty set says nothing: (0, 1)."""
     return (0.0, 1.0) if n == 0 else wilson_interval(k, n, z)
 

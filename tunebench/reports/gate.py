@@ -43,7 +43,6 @@ that was not significant passed, which is absence of evidence read as evidence o
 
 from __future__ import annotations
 
-import difflib
 import math
 import re
 import sys
@@ -61,6 +60,7 @@ from tunebench.core.errors import (
     EXIT_INVALID_INPUT,
     EXIT_OK,
     GateError,
+    did_you_mean,
 )
 from tunebench.core.io import atomic_write_json, package_path
 from tunebench.reports.compare import (
@@ -211,8 +211,7 @@ def parse_rule(data: Any, where: str) -> GateRule:
         if key in _REMOVED_KEYS:
             raise GateError(f"{where}: {_REMOVED_KEYS[key]}")
         if key not in names:
-            hint = difflib.get_close_matches(str(key), names, n=1)
-            dym = f" (did you mean {hint[0]!r}?)" if hint else ""
+            dym = did_you_mean(str(key), names, " (did you mean ", "?)")
             raise GateError(f"{where}: unknown key {key!r}{dym}; allowed: {', '.join(names)}")
     metric = data.get("metric")
     if not isinstance(metric, str) or not metric.strip():
