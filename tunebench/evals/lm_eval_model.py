@@ -1,0 +1,176 @@
+"""lm-eval's own HF model (``HFLM``), with its ``generate_until`` fed through a static compiled KV cache.
+
+Why: lm-eval generates each batch with a dynamic cache at the loglikelihood batch size, and every batch has its
+own shape. On an H100, ``gsm8k_cot`` (8-shot chain of thought, up to 256 new tokens) ran at about 1 s per document
+for a 135M model at batch 32, the bulk of a full standard evaluation.
+
+What changes is only how the tokens are produced, never which prompts, settings or post-processing:
+
+- every batch of one ``generate_until`` call has one shape: rows are padded with copies of the last row up to the
+  generation batch size, contexts left-padded to the widest context of the call, and the cache sized to a
+  multiple of ``generation.STATIC_CACHE_STEP``, so the decode step compiles once (``cache_implementation="static"``,
+  as the probes use);
+- one stopping criterion marks each row done as soon as any of its stop strings occurs in what it generated, and
+  the batch ends when every row is done. lm-eval cuts each answer at the first stop string anyway
+  (``postprocess_generated_text``), so where generation stops never changes the answer; it only saves steps.
+- the strings of a call are tokenized up front in batches (the fast tokenizer's batch encoding, the same ids as
+  lm-eval's one-string ``tok_encode``, which then reads them from a memo). lm-eval encodes every request's context
+  and context + continuation one at a time: on a GPU, a full MMLU + HellaSwag + ARC + PIQA pass (110k requests)
+  spent about as long tokenizing as scoring.
+
+Tokenization, left truncation, the stop strings (with EOS), decoding, post-processing and lm-eval's request cache
+stay lm-eval's (``HFLM.generate_until`` runs unchanged around ``_model_generate``). Greedy answers equal lm-eval's
+plain path up to the numerics of another batch shape (bf16 on GPUs), as with another lm-eval batch size.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from tunebench.evals.generation import static_cache_kwargs
+
+RUNNER = "lm-eval hf"
+
+
+@functools.cache
+def model_class() -> type:
+    """The ``HFLM`` subclass (built on first use: lm-eval is a heavy import)."""
+    import torch  # heavy: torch
+    from lm_eval.models.huggingface import HFLM  # heavy: lm-eval
+    from lm_eval.models.utils import _add_special_kwargs, has_bos_prefix  # heavy: lm-eval
+    from transformers import StoppingCriteria, StoppingCriteriaList  # heavy: transformers
+
+    class StopStrings(StoppingCriteria):
+        """Per row: done once one of ``stops`` occurs in the tokens generated after ``start``; done stays done."""
+
+        def __init__(self, tokenizer: Any, stops: list[str], start: int, rows: int):
+            self.tokenizer, self.stops, self.start = tokenizer, [s for s in stops if s], start
+            # lm-eval looks back len(tokens of the stop) + 2 tokens; the longest stop's window covers every stop
+            self.lookback = max((len(tokenizer.encode(s, add_special_tokens=False)) for s in self.stops), default=0) + 2
+            self.done = torch.zeros(rows, dtype=torch.bool)
+
+        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+            todo = (~self.done).nonzero().flatten().tolist()
+            if todo and self.stops and input_ids.shape[1] > self.start:
+                window = input_ids[todo, self.start:][:, -self.lookback:].tolist()
+                for row, text in zip(todo, self.tokenizer.batch_decode(window), strict=True):
+                    if any(s in text for s in self.stops):
+                        self.done[row] = True
+            return self.done.to(input_ids.device)
+
+    class TunebenchLM(HFLM):
+        """``HFLM`` whose generation runs at fixed shapes on a static cache (see the module docstring)."""
+
+        def __init__(self, *args: Any, generate_batch_size: int | None = None, cache_implementation: str = "auto",
+                     **kwargs: Any):
+            super().__init__(*args, **kwargs)
+            self.generate_batch_size = int(generate_batch_size or self.batch_size_per_gpu)
+            # as for the probes (generation.use_static_cache): static on CUDA unless asked otherwise, never for
+            # 4-bit weights (bitsandbytes layers do not compile)
+            quantized = bool(getattr(self.model, "is_loaded_in_4bit", False))
+            self.static = cache_implementation == "static" or (
+                cache_implementation == "auto" and self.device.type == "cuda" and not quantized)
+            self._rows = self._width = 0
+            self._encoded: dict[str, list[int]] = {}
+
+        # ------------------------------------------------------------------ tokenization, batched up front
+
+        def tok_encode(self, string: str, add_special_tokens: bool | None = None,
+                       left_truncate_len: int | None = None, **kwargs: Any) -> list[int]:
+            hit = self._encoded.get(string) if add_special_tokens is None and not kwargs else None
+            if hit is None:
+                return super().tok_encode(string, add_special_tokens, left_truncate_len, **kwargs)
+            return hit[-left_truncate_len:] if left_truncate_len else list(hit)
+
+        def _encode_all(self, strings: set[str]) -> None:
+            """Fill the memo: each string with the special-token setting ``HFLM.tok_encode`` gives it."""
+            bos = self.tokenizer.decode(self.prefix_token_id)
+            groups: dict[bool | None, list[str]] = {}
+            for text in strings:
+                special = _add_special_kwargs(None, self.add_bos_token).get("add_special_tokens")
+                groups.setdefault(False if has_bos_prefix(text, bos) else special, []).append(text)
+            for special, texts in groups.items():
+                kw = {} if special is None else {"add_special_tokens": special}
+                for start in range(0, len(texts), 4096):
+                    chunk = texts[start:start + 4096]
+                    self._encoded.update(zip(chunk, self.tokenizer(chunk, **kw)["input_ids"], strict=True))
+
+        def loglikelihood(self, requests: list[Any], disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+            strings: set[str] = set()
+            for context, continuation in (r.args for r in requests):
+                if not context:
+                    strings.add(continuation)
+                    continue
+                spaces = len(context) - len(context.rstrip())  # as TemplateLM._encode_pair splits the pair
+                if spaces:
+                    context, continuation = context[:-spaces], context[-spaces:] + continuation
+                strings.update((context, context + continuation))
+            self._encode_all(strings)
+            try:
+                return super().loglikelihood(requests, disable_tqdm)
+            finally:
+                self._encoded = {}
+
+        # ------------------------------------------------------------------ generation
+
+        def generate_until(self, requests: list[Any], disable_tqdm: bool = False) -> list[str]:
+            if not requests:
+                return []
+            self._encode_all({r.args[0] for r in requests})
+            self._rows = min(self.generate_batch_size, len(requests))
+            # the widest context of the call (a little slack: batch tokenization may add BOS), capped as lm-eval caps
+            widest = max(len(self.tok_encode(r.args[0])) for r in requests) + 2
+            self._width = min(widest, self.max_length)
+            loglikelihood_batch = self.batch_size_per_gpu
+            self.batch_size_per_gpu = self.generate_batch_size
+            try:
+                return super().generate_until(requests, disable_tqdm)
+            finally:
+                self.batch_size_per_gpu = loglikelihood_batch
+                self._encoded = {}
+
+        def _model_generate(self, context: Any, max_length: int, stop: list[str], **kwargs: Any) -> Any:
+            n, width = context.shape
+            mask = kwargs.pop("attention_mask", None)
+            if mask is None:
+                mask = torch.ones_like(context)
+            rows, target = n, width
+            if self.static:  # one shape for every batch of the call: one compiled decode step
+                rows, target = max(n, self._rows), max(width, self._width)
+                context = _pad_rows(_pad_left(context, target, self.tokenizer.pad_token_id), rows)
+                mask = _pad_rows(_pad_left(mask.to(context.device), target, 0), rows)
+                kwargs.update(static_cache_kwargs(target + max_length - width))
+            # lm-eval's normalization of the decoding settings (HFLM._model_generate)
+            kwargs["temperature"] = kwargs.get("temperature", 0.0)
+            do_sample = kwargs.get("do_sample")
+            if kwargs["temperature"] == 0.0 and do_sample is None:
+                kwargs["do_sample"] = do_sample = False
+            if do_sample is False and kwargs["temperature"] == 0.0:
+                kwargs.pop("temperature", None)
+            stopping = StoppingCriteriaList([StopStrings(self.tokenizer, stop, target, rows)])
+            with torch.autocast(device_type=self.device.type, dtype=self.mixed_precision_dtype,
+                                enabled=self.mixed_precision_dtype is not None):
+                out = self.model.generate(input_ids=context, attention_mask=mask,
+                                          max_new_tokens=max_length - width, stopping_criteria=stopping,
+                                          pad_token_id=self.tokenizer.pad_token_id, use_cache=True, **kwargs)
+            return out[:n, target - width:]  # lm-eval slices the continuation off at the original width
+
+    def _pad_left(x: Any, width: int, value: int) -> Any:
+        if x.shape[1] >= width:
+            return x
+        pad = torch.full((x.shape[0], width - x.shape[1]), value, dtype=x.dtype, device=x.device)
+        return torch.cat([pad, x], dim=1)
+
+    def _pad_rows(x: Any, rows: int) -> Any:
+        if x.shape[0] >= rows:
+            return x
+        return torch.cat([x, x[-1:].expand(rows - x.shape[0], -1)], dim=0)  # filler rows, answers discarded
+
+    return TunebenchLM
+
+
+def describe(lm: Any) -> str:
+    """How generate_until ran, for the results' model identity."""
+    cache = "static cache" if lm.static else "dynamic cache"
+    return f"{RUNNER} (generate_until: {cache}, batch {lm.generate_batch_size}, per-row stop strings)"
