@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from typing import Any
 
 from tunebench.core.io import fingerprint
 from tunebench.core.stats import Z95
