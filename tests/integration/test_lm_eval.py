@@ -193,7 +193,6 @@ def test_static_cache_generate_until_answers_as_lm_evals_own(smol_base):
     manager = _task_manager(names)
     fast = model_class()(pretrained=smol_base.model, tokenizer=smol_base.tokenizer, batch_size=4,
                          generate_batch_size=3, cache_implementation="static")
-    assert fast.static and describe(fast).endswith("static cache, batch 3, per-row stop strings)")
     answers, scores = [], []
     for lm in (HFLM(pretrained=smol_base.model, tokenizer=smol_base.tokenizer, batch_size=4), fast):
         out = lm_eval.simple_evaluate(model=lm, tasks=list(_load_tasks(manager, names).values()), limit=5,
@@ -205,6 +204,7 @@ def test_static_cache_generate_until_answers_as_lm_evals_own(smol_base):
     assert answers[0] == answers[1] and scores[0] == scores[1]
     assert not any("\n\n" in a or "Question:" in a for a in answers[1])  # cut at the stop strings
     assert fast.batch_size_per_gpu == 4  # the loglikelihood batch size is restored after generation
+    assert fast.static and describe(fast).endswith("static cache, batch 3, per-row stop strings)")
 
 
 def test_batched_tokenization_gives_lm_evals_own_ids(smol_base, stock_manager):

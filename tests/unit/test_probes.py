@@ -342,3 +342,21 @@ def test_wilson_interval():
     assert wilson(0, 10)[0] == 0.0 and 0.25 < wilson(0, 10)[1] < 0.35
     assert wilson(10, 10)[1] == 1.0
     assert wilson(0, 0) == (0.0, 1.0)
+
+
+def test_auto_cache_compiles_only_calls_long_enough_to_repay_it():
+    """auto: static on CUDA for >= STATIC_MIN_STEPS decode steps or an open-ended chat; dynamic on CPU, for short
+    calls and for 4-bit weights; an explicit choice is taken as given."""
+    from types import SimpleNamespace
+
+    from tunebench.evals.generation import STATIC_MIN_STEPS, use_static_cache
+
+    def on(device, four_bit=False):
+        return SimpleNamespace(model=SimpleNamespace(device=device), device=device, load_in_4bit=four_bit)
+
+    gpu, cpu = on("cuda:0"), on("cpu")
+    assert use_static_cache(gpu, "auto", STATIC_MIN_STEPS) and use_static_cache(gpu, "auto", None)
+    assert not use_static_cache(gpu, "auto", 2 * 64)  # the default probe run: 2 calls of 64 tokens
+    assert not use_static_cache(cpu, "auto", 10 * STATIC_MIN_STEPS)
+    assert not use_static_cache(on("cuda:0", four_bit=True), "auto", 10 * STATIC_MIN_STEPS)
+    assert use_static_cache(cpu, "static", 1) and not use_static_cache(gpu, "dynamic", None)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tunebench.app.pipeline import finish, resolve_template, run, write_config
 from tunebench.core import dist
-from tunebench.core.config import RunConfig, SamplingConfig, dump_yaml, load_config, preset_names
+from tunebench.core.config import RunConfig, SamplingConfig, dump_yaml, load_config, preset_names, read_run_config
 from tunebench.core.errors import (
     EXIT_INTERRUPTED,
     EXIT_INVALID_INPUT,
@@ -169,7 +169,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     run_dir = Path(args.run)
-    result = finish(run_dir, load_config(run_dir / "config.yaml"))
+    if not (run_dir / "config.yaml").is_file():
+        raise PipelineError(f"{run_dir}: not a tunebench run folder (no config.yaml); give the folder that "
+                            "`tunebench run` wrote (runs/<name>)")
+    # the run's own resolved config, as recorded: a GPU run's folder re-renders on any machine
+    result = finish(run_dir, read_run_config(run_dir))
     print(result.headline)
     print(f"report: {result.report}")
     return 0
