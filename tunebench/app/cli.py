@@ -15,7 +15,14 @@ from pathlib import Path
 
 from tunebench.app.pipeline import finish, resolve_template, run, write_config
 from tunebench.core import dist
-from tunebench.core.config import RunConfig, SamplingConfig, dump_yaml, load_config, preset_names, read_run_config
+from tunebench.core.config import (
+    RunConfig,
+    SamplingConfig,
+    dump_yaml,
+    load_config,
+    preset_names,
+    read_run_config,
+)
 from tunebench.core.errors import (
     EXIT_INTERRUPTED,
     EXIT_INVALID_INPUT,
