@@ -72,3 +72,23 @@ def test_bad_input_exits_2_with_one_paragraph(capsys, tmp_path, monkeypatch, arg
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert needle in err and "Traceback" not in err
+
+
+def test_report_rerenders_a_gpu_run_folder_on_a_cpu(tmp_path, capsys):
+    """`tunebench report` reads the run's recorded (resolved) config: a folder made on a GPU, whose config asks for
+    4-bit weights, re-renders here; the MMLU group leads its section and the gate verdict is the stored one."""
+    import shutil
+    from pathlib import Path
+
+    published = Path(__file__).resolve().parents[2] / "reports/published/2026-12-01-h200-smollm2-standard-limit100"
+    run = tmp_path / "run"
+    shutil.copytree(published, run)
+    for f in ("report.md", "comparison.json", "gate.json", "export_comparison.json"):
+        (run / f).unlink()
+    assert cli.main(["report", str(run)]) == 0
+    report = (run / "report.md").read_text(encoding="utf-8")
+    assert report.startswith("# smollm2-standard\n\n**Not enough evidence.**")
+    assert "`lm_eval/mmlu/acc`" in report and "## Export" in report
+    assert (run / "gate.json").read_text() == (published / "gate.json").read_text()
+    assert "report:" in capsys.readouterr().out
+    assert cli.main(["report", str(tmp_path / "nothing")]) == 2
