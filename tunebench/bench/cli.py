@@ -6,7 +6,8 @@ import argparse
 import logging
 import sys
 
-from tunebench.bench.shapes import export_data
+from tunebench.bench.evalspeed import run_eval
+from tunebench.bench.shapes import export_data, export_tokenizer
 from tunebench.bench.spawn import EXIT_INPUT, EXIT_NO_CUDA, EXIT_OK, SetupError
 from tunebench.bench.trainspeed import run_speed
 from tunebench.bench.worker import BACKENDS, LAYOUTS, worker_main
@@ -112,7 +113,6 @@ def dispatch(args: argparse.Namespace) -> int:
         return EXIT_OK
     if args.command == "export-tokenizer":
         if args.standin:
-            from tunebench.bench.shapes import export_tokenizer
 
             print(f"stand-in tokenizer written to {export_tokenizer(args.out, args.tokenizer)}")
         else:
@@ -125,6 +125,5 @@ def dispatch(args: argparse.Namespace) -> int:
         return EXIT_NO_CUDA
     if args.command == "speed":
         return run_speed(args)
-    from tunebench.bench.evalspeed import run_eval
 
     return run_eval(args)

@@ -15,8 +15,23 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tunebench.bench.shapes import load_prepared
+from tunebench.bench.markdown import _f, header_lines, target_table
+from tunebench.bench.metrics import _target, mfu, parse_int_list
+from tunebench.bench.shapes import load_prepared, prepare_data, resolve_shapes
+from tunebench.bench.spawn import EXIT_INCOMPLETE, EXIT_OK, Budget, setup, spawn, work_dir
+from tunebench.core.config import SamplingConfig
 from tunebench.core.io import atomic_write_json, atomic_write_text, read_json
+from tunebench.evals.generation import (
+    generate,
+    generation_kwargs,
+    left_pad,
+    render_prompt,
+    static_cache_kwargs,
+)
+from tunebench.evals.lm_eval_runner import _load_tasks, _task_manager
+from tunebench.evals.modeling import Loaded, load_for_eval
+from tunebench.evals.perplexity import batches_by_length, score
+from tunebench.evals.probes import load_probe_set
 
 log = logging.getLogger("tunebench.speed")
 
@@ -37,7 +52,6 @@ def fixed_length_prompts(tok: Any, conversations: list[Any], n: int, prompt_toke
     Raises:
         ValueError: the template alone is longer than ``prompt_tokens``, or no conversation is long enough.
     """
-    from tunebench.evals.generation import render_prompt
 
     overhead = len(render_prompt(tok, [{"role": "user", "content": ""}]))
     want = prompt_tokens - overhead
@@ -70,10 +84,9 @@ def fixed_length_prompts(tok: Any, conversations: list[Any], n: int, prompt_toke
 
 def with_random_lora(loaded: Any, r: int, alpha: int, targets: list[str]) -> Any:
     """The same model with a random-init (non-zero B) LoRA adapter attached by peft, as a tuned model is."""
-    import torch
-    from peft import LoraConfig, get_peft_model
+    import torch  # heavy: torch, imported when needed
+    from peft import LoraConfig, get_peft_model  # heavy: peft, imported when needed
 
-    from tunebench.evals.modeling import Loaded
 
     torch.manual_seed(0)
     model = get_peft_model(loaded.model, LoraConfig(r=r, lora_alpha=alpha, target_modules=list(targets),
@@ -85,7 +98,7 @@ def with_random_lora(loaded: Any, r: int, alpha: int, targets: list[str]) -> Any
 
 
 def _sync_reset() -> None:
-    import torch
+    import torch  # heavy: torch, imported when needed
 
     if torch.cuda.is_available():
         torch.cuda.synchronize()
@@ -93,7 +106,7 @@ def _sync_reset() -> None:
 
 
 def _peak_gib() -> float | None:
-    import torch
+    import torch  # heavy: torch, imported when needed
 
     return round(torch.cuda.max_memory_allocated() / 2**30, 3) if torch.cuda.is_available() else None
 
@@ -104,8 +117,6 @@ def perplexity_row(loaded: Any, encoded: list[Any], batch_tokens: int, spec: dic
     The cold pass meets every batch shape for the first time (kernel selection, allocator growth); an
     evaluation scores each split once, so both numbers matter, but only the warm one says what the code can do.
     """
-    from tunebench.bench.speed import mfu
-    from tunebench.evals.perplexity import batches_by_length, score
 
     pad = loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else 0
     _sync_reset()
@@ -131,7 +142,6 @@ def perplexity_row(loaded: Any, encoded: list[Any], batch_tokens: int, spec: dic
 
 def generation_row(loaded: Any, prompts: list[Messages], sampling: Any, batch: int) -> dict[str, Any]:
     """New tokens/s of ``evals.generation.generate`` (cache off), after one untimed batch of the same settings."""
-    from tunebench.evals.generation import generate
 
     # a full-length warm-up: a short one leaves first-time costs (KV-cache growth, sampling kernels) in the timing
     warm = generate(loaded, prompts[:batch], sampling, seed=99, batch_size=batch, progress=False, use_cache=False)
@@ -153,9 +163,8 @@ def generation_row(loaded: Any, prompts: list[Messages], sampling: Any, batch: i
 def raw_generation_row(loaded: Any, prompts: list[Messages], sampling: Any, batch: int) -> dict[str, Any]:
     """The reference: plain ``model.generate(cache_implementation="static")`` (compiled) on the same prompts,
     batch and decoding knobs, without the suite's pooling, padding to one shape, seeding or decoding."""
-    import torch
+    import torch  # heavy: torch, imported when needed
 
-    from tunebench.evals.generation import generation_kwargs, left_pad, render_prompt
 
     tok, model = loaded.tokenizer, loaded.model
     kwargs = {**generation_kwargs(loaded, sampling), "cache_implementation": "static"}
@@ -187,9 +196,6 @@ def probe_run_row(loaded: Any, prompts: list[Messages], spec: dict[str, Any]) ->
     """The default probe run's generation: the shipped probe set's prompt count, the sampled setting's samples
     per prompt, all answers in one pool (``spec['probe_batch']`` per call); cold (first call, compile included)
     and warm."""
-    from tunebench.core.config import SamplingConfig
-    from tunebench.evals.generation import generate
-    from tunebench.evals.probes import load_probe_set
 
     n = len(load_probe_set("default").prompts)
     smp = SamplingConfig(name="seed", temperature=1.5, min_p=0.1, max_new_tokens=spec["probe_new_tokens"],
@@ -212,9 +218,8 @@ def merge_base_rows(spec: dict[str, Any], encoded: list[Any], merged_logits: Any
     """For a QLoRA adapter: how far the adapter on its 4-bit base (what it was trained against) is from the
     adapter merged into the original 16-bit weights (what the suite evaluates and ships). Same random LoRA
     (seed 0) as the other rows; compared on next-token distributions of the same tokens."""
-    import torch
+    import torch  # heavy: torch, imported when needed
 
-    from tunebench.evals.modeling import load_for_eval
 
     q = load_for_eval(spec["model_dir"], template=spec["chat_template"], dtype="bfloat16", device="cuda",
                       load_in_4bit=True)
@@ -238,11 +243,9 @@ def lm_eval_generation_rows(loaded: Any, batches: list[int], cache: str) -> list
     wall time per setting. HFLM allows an int or "auto" batch size and passes the task's generation_kwargs to
     ``model.generate``; the KV cache is chosen through the model's generation_config (static: sized once to
     ``STATIC_CACHE_STEP`` multiples so chunks of different widths share one compiled step)."""
-    import lm_eval
-    from lm_eval.models.huggingface import HFLM
+    import lm_eval  # heavy: lm_eval, imported when needed
+    from lm_eval.models.huggingface import HFLM  # heavy: lm_eval, imported when needed
 
-    from tunebench.evals.generation import static_cache_kwargs
-    from tunebench.evals.lm_eval_runner import _load_tasks, _task_manager
 
     gc = loaded.model.generation_config
     if cache == "static":
@@ -298,7 +301,7 @@ def _guarded(fn: Any, *args: Any) -> dict[str, Any]:
 
 
 def _logits(model: Any, probe: Any) -> Any:
-    import torch
+    import torch  # heavy: torch, imported when needed
 
     with torch.inference_mode():
         return model(input_ids=probe).logits[0].float()
@@ -308,10 +311,8 @@ def run_eval_shape(spec: dict[str, Any]) -> dict[str, Any]:
     """Worker: perplexity and generation speed for one shape, side by side in one process: the base model, the
     same model with a random LoRA adapter unmerged (peft) and then merged (as evaluation does by default), and
     raw ``generate(cache_implementation="static")`` at the same batch; then the default probe run."""
-    import torch
+    import torch  # heavy: torch, imported when needed
 
-    from tunebench.core.config import SamplingConfig
-    from tunebench.evals.modeling import Loaded, load_for_eval
 
     cuda = torch.cuda.is_available()
     loaded = load_for_eval(spec["model_dir"], template=spec["chat_template"],
@@ -376,8 +377,6 @@ def run_eval_shape(spec: dict[str, Any]) -> dict[str, Any]:
 
 def run_eval(args: argparse.Namespace) -> int:
     """The parent of ``bench eval``: setup, data, one worker per shape, results after each."""
-    from tunebench.bench.shapes import prepare_data, resolve_shapes
-    from tunebench.bench.speed import EXIT_INCOMPLETE, EXIT_OK, Budget, parse_int_list, setup, spawn, work_dir
 
     budgets = parse_int_list(args.ppl_batch_tokens, "--ppl-batch-tokens")
     budget, work, out = Budget(args.budget_s), work_dir(args), Path(args.out)
@@ -436,7 +435,6 @@ def eval_targets(rows: list[dict[str, Any]], shapes: list[str], gen_batch: int) 
     """Issue 13's evaluation targets, per shape: with an adapter (merged, the default; and unmerged) perplexity and
     generation reach 95% of the base's throughput; the suite's generation reaches raw ``generate(static)`` at
     the same batch; the default probe run reaches 20,000 new tokens/s; base perplexity MFU >= 45%."""
-    from tunebench.bench.speed import _target
 
     out = []
     for shape in shapes:
@@ -489,7 +487,6 @@ def write_eval(results: dict[str, Any], out: Path) -> None:
 
 def render_eval_md(results: dict[str, Any]) -> str:
     """Markdown view of eval_speed.json."""
-    from tunebench.bench.speed import _f, header_lines, target_table
 
     st = results["settings"]
     lines = header_lines(results, "Evaluation speed: perplexity and generation")

@@ -21,6 +21,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from tunebench.core.config import PACKAGED_MODEL, DataConfig
 from tunebench.core.errors import BenchmarkError as ShapeError
 from tunebench.core.errors import did_you_mean
 from tunebench.core.io import (
@@ -28,8 +29,14 @@ from tunebench.core.io import (
     atomic_write_json,
     atomic_write_text,
     cache_root,
+    environment,
     fingerprint,
+    sha256_file,
 )
+from tunebench.data.conversations import prepare, standardize_and_split
+from tunebench.data.sources import read_source
+from tunebench.models.llama3_tokenizer import is_llama3_tokenizer, llama3_tokenizer
+from tunebench.models.loading import load_tokenizer, resolve_model, template_text
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +83,7 @@ def shape_config(name: str, tokenizer: Any = None) -> Any:
     Raises:
         ShapeError: unknown name (with the known ones and a did-you-mean).
     """
-    from transformers import LlamaConfig
+    from transformers import LlamaConfig  # heavy: transformers, imported when needed
 
     if name not in SHAPES:
         dym = did_you_mean(name, SHAPES, "; did you mean ")
@@ -90,8 +97,8 @@ def shape_config(name: str, tokenizer: Any = None) -> Any:
 
 def count_params(config: Any) -> int:
     """Parameters of a causal LM built from ``config`` (tied embeddings counted once), without allocating."""
-    import torch
-    from transformers import AutoModelForCausalLM
+    import torch  # heavy: torch, imported when needed
+    from transformers import AutoModelForCausalLM  # heavy: transformers, imported when needed
 
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
@@ -103,8 +110,6 @@ def count_params(config: Any) -> int:
 
 def default_tokenizer_source() -> str:
     """The packaged SmolLM2 model folder (dequantized once into the cache), whose tokenizer is the base."""
-    from tunebench.core.config import PACKAGED_MODEL
-    from tunebench.models.loading import resolve_model
 
     return resolve_model(PACKAGED_MODEL).path
 
@@ -124,10 +129,9 @@ def standin_tokenizer(source: str | Path | None = None) -> Any:
     Raises:
         ShapeError: the folder cannot be loaded, or its vocabulary would not fit the 128,256-row embedding.
     """
-    from tokenizers import Regex, pre_tokenizers
-    from transformers import AutoTokenizer
+    from tokenizers import Regex, pre_tokenizers  # heavy: tokenizers, imported when needed
+    from transformers import AutoTokenizer  # heavy: transformers, imported when needed
 
-    from tunebench.models.loading import template_text
 
     src = str(source) if source is not None else default_tokenizer_source()
     try:
@@ -167,9 +171,8 @@ def shape_tokenizer(source: str | Path | None = None) -> tuple[Any, str]:
         source: None for Meta's Llama 3 tokenizer (needs llama-models); a folder holding a Llama 3 tokenizer
             (e.g. from ``export-tokenizer``) is used as it is; any other folder becomes the stand-in.
     """
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # heavy: transformers, imported when needed
 
-    from tunebench.models.llama3_tokenizer import is_llama3_tokenizer, llama3_tokenizer
 
     if source is None:
         return llama3_tokenizer(), "Llama 3 (llama-models 0.3.0 tokenizer.model, converted)"
@@ -179,7 +182,6 @@ def shape_tokenizer(source: str | Path | None = None) -> tuple[Any, str]:
         raise ShapeError(f"--tokenizer {source}: cannot load a tokenizer there ({e}); give a tokenizer folder") from None
     if is_llama3_tokenizer(tok):
         if not tok.chat_template:
-            from tunebench.models.loading import template_text
 
             tok.chat_template = template_text("llama-3.1")
         return tok, f"Llama 3 (from {source})"
@@ -201,8 +203,11 @@ def build_shape(name: str, tokenizer_source: str | None = None, root: str | Path
     billions of parameters) with the model's own initialiser under a fixed seed, then saved as safetensors.
     Concurrent builders each write a temp folder and only one rename wins.
     """
-    import torch
-    from transformers import AutoModelForCausalLM, GenerationConfig
+    import torch  # heavy: torch, imported when needed
+    from transformers import (  # heavy: transformers, imported when needed
+        AutoModelForCausalLM,
+        GenerationConfig,
+    )
 
     final = shape_dir(name, tokenizer_source, root)
     if (final / SHAPE_MARKER).exists():
@@ -240,7 +245,7 @@ def build_shape(name: str, tokenizer_source: str | None = None, root: str | Path
 
 def describe(name_or_ref: str, folder: str | Path) -> dict[str, Any]:
     """What a results file says about a shape: parameters, key dimensions, and where the weights come from."""
-    from transformers import AutoConfig
+    from transformers import AutoConfig  # heavy: transformers, imported when needed
 
     config = AutoConfig.from_pretrained(str(folder))
     marker = Path(folder) / SHAPE_MARKER
@@ -256,7 +261,6 @@ def describe(name_or_ref: str, folder: str | Path) -> dict[str, Any]:
         "tied_embeddings": bool(getattr(config, "tie_word_embeddings", False)),
     }
     if marker.exists():
-        import json
 
         meta = json.loads(marker.read_text(encoding="utf-8"))
         info["weights"], info["tokenizer"] = meta["weights"], meta["tokenizer"]
@@ -283,7 +287,7 @@ def datasheet_tflops(device_name: str | None) -> float | None:
 
 def measure_matmul_peak(n: int = 8192, iters: int = 50, repeats: int = 3) -> dict[str, Any]:
     """The card's achievable dense bf16 rate: ``repeats`` timed loops of ``iters`` n×n×n matmuls, best kept."""
-    import torch
+    import torch  # heavy: torch, imported when needed
 
     a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
     b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
@@ -309,7 +313,7 @@ def measure_matmul_peak(n: int = 8192, iters: int = 50, repeats: int = 3) -> dic
 
 def cuda_facts() -> dict[str, Any]:
     """Card name, memory and compute capability (empty without CUDA)."""
-    import torch
+    import torch  # heavy: torch, imported when needed
 
     if not torch.cuda.is_available():
         return {}
@@ -320,9 +324,8 @@ def cuda_facts() -> dict[str, Any]:
 
 def run_setup(spec: dict[str, Any]) -> dict[str, Any]:
     """Worker: build the named shapes (weights initialised on the GPU) and measure the matmul peak."""
-    import torch
+    import torch  # heavy: torch, imported when needed
 
-    from tunebench.core.io import environment
 
     out: dict[str, Any] = {"environment": environment(), "card": cuda_facts(), "shapes": {}}
     for name in spec["build"]:
@@ -337,7 +340,6 @@ def run_setup(spec: dict[str, Any]) -> dict[str, Any]:
 
 def resolve_shapes(names: list[str], tokenizer: str | None) -> dict[str, dict[str, Any]]:
     """Named shapes to build, and model references to use as they are (resolved now: errors come early)."""
-    from tunebench.models.loading import resolve_model
 
     out = {}
     for name in names:
@@ -365,10 +367,6 @@ def load_prepared(path: str | Path) -> Any:
 def prepare_data(model_dir: str, chat_template: str, source: str, max_length: int, n_train: int,
                  work: Path) -> tuple[Path, dict[str, Any], Any]:
     """Encode conversations once through the suite's data pipeline; cached by tokenizer, source and caps."""
-    from tunebench.core.config import DataConfig
-    from tunebench.core.io import sha256_file
-    from tunebench.data.conversations import prepare
-    from tunebench.models.loading import load_tokenizer, resolve_model
 
     tok, tname = load_tokenizer(resolve_model(model_dir), chat_template)
     tok_file = Path(model_dir) / "tokenizer.json"
@@ -401,9 +399,6 @@ def export_data(n: int, out: str | Path, source: str = "packaged:sharegpt-v3", m
     Returns:
         {"written": conversations, "mb": size, "stopped_by_size": bool}
     """
-    from tunebench.core.config import DataConfig
-    from tunebench.data.conversations import standardize_and_split
-    from tunebench.data.sources import read_source
 
     std = standardize_and_split(read_source(source), DataConfig(source=source, max_validation=0, max_test=0))
     back = {"user": "human", "assistant": "gpt", "system": "system"}

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from tunebench.bench.scaling import worker_command
+from tunebench.bench.shapes import describe
 from tunebench.core.errors import TunebenchError
 from tunebench.core.io import atomic_write_json, cache_root, read_json
 
@@ -88,7 +89,6 @@ def _stop(proc: subprocess.Popen) -> None:
 
 def setup(shapes: dict[str, dict[str, Any]], args: argparse.Namespace, work: Path, budget: Budget) -> dict[str, Any]:
     """Calibrate the card and build the shapes in a worker; fill in each shape's folder and description."""
-    from tunebench.bench.shapes import describe
 
     spec = {"kind": "setup", "label": "setup", "build": [n for n, s in shapes.items() if s["build"]],
             "tokenizer": args.tokenizer, "root": str(work / "shapes"), "calibrate": True}

@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from tunebench.train.trainer import _count_tokens_hook
+
 
 def make_step_timer(warmup: int) -> Any:
     """A TrainerCallback that timestamps every optimizer step (after a CUDA sync) and counts tokens.
@@ -14,10 +16,9 @@ def make_step_timer(warmup: int) -> Any:
     memory counters are read and reset when warm-up ends, so the result holds both the peak of the whole
     ``trainer.train()`` and the steady-state peak of the measured steps.
     """
-    import torch
-    from transformers import TrainerCallback
+    import torch  # heavy: torch, imported when needed
+    from transformers import TrainerCallback  # heavy: transformers, imported when needed
 
-    from tunebench.train.trainer import _count_tokens_hook
 
     cuda = torch.cuda.is_available()
 

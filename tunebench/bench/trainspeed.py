@@ -10,6 +10,7 @@ from typing import Any
 
 from tunebench.bench.markdown import write_speed
 from tunebench.bench.metrics import SEED_POINT, config_line, find_best, parse_int_list, parse_names, points_of
+from tunebench.bench.shapes import prepare_data, resolve_shapes
 from tunebench.bench.spawn import EXIT_INCOMPLETE, EXIT_OK, Budget, setup, spawn, work_dir
 from tunebench.bench.worker import BACKENDS, LAYOUTS, backend_name
 
@@ -17,7 +18,6 @@ from tunebench.bench.worker import BACKENDS, LAYOUTS, backend_name
 def run_speed(args: argparse.Namespace) -> int:
     """The parent of ``bench speed``: setup, data, one worker per (point, shape, backend), results after each;
     with ``--find-best``, then the sweep worker of each shape and the fastest setting within the memory limit."""
-    from tunebench.bench.shapes import resolve_shapes
 
     backends = parse_names(args.backends, BACKENDS, "--backends")
     sweep = parse_names(args.sweep_backends, BACKENDS, "--sweep-backends")
@@ -98,7 +98,6 @@ def data_need(args: argparse.Namespace, points: list[tuple[int, int]], candidate
 def setup_and_data(results: dict[str, Any], shapes: dict[str, dict[str, Any]], args: argparse.Namespace, work: Path,
                    budget: Budget, need: int) -> tuple[float | None, float | None]:
     """Run the setup worker (card, peak, shapes), encode the data once per shape; returns (peak, datasheet)."""
-    from tunebench.bench.shapes import prepare_data
 
     setup_res = setup(shapes, args, work, budget)
     results.update(card=setup_res["card"], environment=setup_res["environment"],

@@ -6,19 +6,25 @@ Each job runs in its own process so that Unsloth, imported first there, never pa
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
+import shutil
 import time
 import traceback
 from typing import Any
 
+from tunebench.bench.evalspeed import run_eval_shape
 from tunebench.bench.metrics import mfu, summarize_steps
 from tunebench.bench.scaling import combine_rank_marks
-from tunebench.bench.shapes import load_prepared
+from tunebench.bench.shapes import load_prepared, run_setup
 from tunebench.bench.timer import make_step_timer
 from tunebench.core import dist
+from tunebench.core.config import DataConfig, LoraConfig, ModelConfig, RunConfig, TrainConfig
 from tunebench.core.io import atomic_write_json, read_json
+from tunebench.train.backends import import_unsloth
+from tunebench.train.trainer import train
 
 log = logging.getLogger("tunebench.speed")
 
@@ -51,12 +57,9 @@ def backend_name(backend: str, layout: str) -> str:
 
 def run_train_point(spec: dict[str, Any]) -> dict[str, Any]:
     """Worker: one backend at one (batch, accumulation) point through the suite's ``train.trainer.train``."""
-    import shutil
 
-    import torch
+    import torch  # heavy: torch, imported when needed
 
-    from tunebench.core.config import DataConfig, LoraConfig, ModelConfig, RunConfig, TrainConfig
-    from tunebench.train.trainer import train
 
     backend, padding_free, packing, _ = BACKENDS[spec["backend"]]
     cuda = torch.cuda.is_available()
@@ -110,9 +113,8 @@ def run_sweep(spec: dict[str, Any]) -> dict[str, Any]:
     error instead of borrowing memory the user does not have; then the larger micro-batches of the same
     layout are skipped. Candidates that would start after ``spec["deadline"]`` (wall clock) are skipped.
     """
-    import gc
 
-    import torch
+    import torch  # heavy: torch, imported when needed
 
     limit = spec.get("memory_limit_gib")
     if limit and torch.cuda.is_available():
@@ -162,7 +164,6 @@ def worker_main(spec_arg: str) -> int:
     """``python -m tunebench.bench.speed worker SPEC``: run one job, write its result JSON (errors included)."""
     spec = json.loads(spec_arg) if spec_arg.lstrip().startswith("{") else read_json(spec_arg)
     if (spec["kind"] == "train" and BACKENDS[spec["backend"]][0] == "unsloth") or spec.get("family") == "unsloth":
-        from tunebench.train.backends import import_unsloth
 
         err = import_unsloth()  # before transformers/trl/peft: Unsloth patches them on import
         if err:
@@ -170,7 +171,6 @@ def worker_main(spec_arg: str) -> int:
     t0 = time.perf_counter()
     try:
         if spec["kind"] == "setup":
-            from tunebench.bench.shapes import run_setup
 
             result = run_setup(spec)
         elif spec["kind"] == "train":
@@ -178,7 +178,6 @@ def worker_main(spec_arg: str) -> int:
         elif spec["kind"] == "sweep":
             result = run_sweep(spec)
         elif spec["kind"] == "eval":
-            from tunebench.bench.evalspeed import run_eval_shape
 
             result = run_eval_shape(spec)
         else:
