@@ -8,6 +8,7 @@ template, a full disk) is refused with exit code 2 and nothing already written i
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 
@@ -137,8 +138,11 @@ def test_export_stage_is_cached(exported):
     run, cfg, stages = exported
     files = [run / "export" / "model-q8_0.gguf", run / "eval" / "gguf-q8_0" / "results.json"]
     before = [p.stat().st_mtime_ns for p in files]
+    timings = json.loads((run / "timings.json").read_text())["stages"]
+    assert set(timings) == {"export", "eval_gguf-f16", "eval_gguf-q8_0"} and all(t > 0 for t in timings.values())
     export_stage(cfg, run, stages, "adapter-fp", "eval-fp", progress=False)
     assert [p.stat().st_mtime_ns for p in files] == before
+    assert json.loads((run / "timings.json").read_text())["stages"] == timings  # a fresh stage keeps its time
 
 
 def test_bad_input_is_refused_with_exit_code_2(exported, tmp_path, capsys):

@@ -18,7 +18,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -112,11 +112,12 @@ def _diff(a: Any, b: Any, prefix: str = "") -> str:
 
 
 class Stages:
-    """stages.json: stage name -> fingerprint of the inputs it was completed with."""
+    """stages.json: stage name -> fingerprint of the inputs it was completed with; timings.json: how long each took."""
 
     def __init__(self, run_dir: Path):
         self.path = run_dir / "stages.json"
         self.done: dict[str, str] = read_json(self.path) if self.path.exists() else {}
+        self.clock = StageClock(run_dir)
 
     def fresh(self, name: str, fp: str, *outputs: Path) -> bool:
         return self.done.get(name) == fp and all(p.exists() for p in outputs)
@@ -124,6 +125,20 @@ class Stages:
     def mark(self, name: str, fp: str) -> None:
         self.done[name] = fp
         atomic_write_json(self.path, self.done)
+
+    def run(self, name: str, fp: str, outputs: list[Path], fn: Callable[[], Any]) -> bool:
+        """Run ``fn`` unless stage ``name`` is fresh (same inputs, outputs present); time it, then mark it done.
+
+        Returns:
+            Whether the stage ran.
+        """
+        if self.fresh(name, fp, *outputs):
+            return False
+        log.info("stage %s", name.replace("_", " "))
+        with self.clock.stage(name):
+            fn()
+        self.mark(name, fp)
+        return True
 
 
 class StageClock:
@@ -166,51 +181,39 @@ def run(cfg: RunConfig, run_dir: str | Path, overwrite: bool = False, progress: 
     source = resolve_model(cfg.model.ref, cfg.model.revision)
     cfg = resolve_template(cfg, source)
     prepare_run_dir(cfg, run_dir, overwrite)
-    stages, clock = Stages(run_dir), StageClock(run_dir)
+    stages = Stages(run_dir)
+
+    def data() -> None:
+        tok, tname = load_tokenizer(source, cfg.model.chat_template, cfg.model.trust_remote_code)
+        data_mod.prepare(tok, tname, cfg.data, run_dir / "data")
 
     data_fp = fingerprint([to_dict(cfg.data), cfg.model.chat_template, source.identity])
-    if not stages.fresh("data", data_fp, run_dir / "data" / "data_report.json"):
-        log.info("stage data")
-        with clock.stage("data"):
-            tok, tname = load_tokenizer(source, cfg.model.chat_template, cfg.model.trust_remote_code)
-            data_mod.prepare(tok, tname, cfg.data, run_dir / "data")
-        stages.mark("data", data_fp)
+    stages.run("data", data_fp, [run_dir / "data" / "data_report.json"], data)
 
-    train_fp = fingerprint([data_fp, to_dict(cfg.model), to_dict(cfg.lora), to_dict(cfg.train)])
-    adapter = run_dir / "adapter"
-    if not stages.fresh("train", train_fp, adapter / "manifest.json"):
+    def train() -> None:
         if stages.done.get("train") not in (None, train_fp):  # settings changed: old checkpoints don't apply
             shutil.rmtree(adapter, ignore_errors=True)
             shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
-        log.info("stage train")
-        with clock.stage("train"):
-            _train_child(run_dir)
-        stages.mark("train", train_fp)
+        _train_child(run_dir)
+
+    train_fp = fingerprint([data_fp, to_dict(cfg.model), to_dict(cfg.lora), to_dict(cfg.train)])
+    adapter = run_dir / "adapter"
+    stages.run("train", train_fp, [adapter / "manifest.json"], train)
 
     eval_fp = fingerprint([data_fp, to_dict(cfg.model), to_dict(cfg.eval), cfg.report.alpha])
     contamination_path = run_dir / "eval" / "contamination.json"
-    if not stages.fresh("contamination", eval_fp, contamination_path):
-        log.info("stage contamination")
-        with clock.stage("contamination"):
-            save_contamination(run_dir, cfg)
-        stages.mark("contamination", eval_fp)
+    stages.run("contamination", eval_fp, [contamination_path], lambda: save_contamination(run_dir, cfg))
     contamination = read_json(contamination_path)
 
     base_path = run_dir / "eval" / "base" / "results.json"
-    if not stages.fresh("eval_base", eval_fp, base_path):
-        log.info("stage eval base")
-        with clock.stage("eval_base"):
-            evaluate_model(cfg, run_dir, "base", None, base_path, contamination, progress)
-        stages.mark("eval_base", eval_fp)
+    stages.run("eval_base", eval_fp, [base_path],
+               lambda: evaluate_model(cfg, run_dir, "base", None, base_path, contamination, progress))
 
     manifest = read_json(adapter / "manifest.json")
     tuned_fp = fingerprint([eval_fp, train_fp, manifest.get("created")])
     tuned_path = run_dir / "eval" / "tuned" / "results.json"
-    if not stages.fresh("eval_tuned", tuned_fp, tuned_path):
-        log.info("stage eval tuned")
-        with clock.stage("eval_tuned"):
-            evaluate_model(cfg, run_dir, "tuned", adapter, tuned_path, contamination, progress)
-        stages.mark("eval_tuned", tuned_fp)
+    stages.run("eval_tuned", tuned_fp, [tuned_path],
+               lambda: evaluate_model(cfg, run_dir, "tuned", adapter, tuned_path, contamination, progress))
 
     if cfg.export.gguf:
         export_stage(cfg, run_dir, stages, fingerprint([train_fp, manifest.get("created")]), eval_fp, contamination,
@@ -232,21 +235,17 @@ def export_stage(cfg: RunConfig, run_dir: Path, stages: Stages, adapter_fp: str,
 
     files = [run_dir / "export" / f"model-{q}.gguf" for q in cfg.export.gguf]
     export_fp = fingerprint([adapter_fp, list(cfg.export.gguf), package_version("gguf")])
-    if not stages.fresh("export", export_fp, *files, run_dir / "export" / "export.json"):
-        log.info("stage export (%s)", ", ".join(cfg.export.gguf))
-        export_gguf(run_dir, list(cfg.export.gguf))
-        stages.mark("export", export_fp)
+    stages.run("export", export_fp, [*files, run_dir / "export" / "export.json"],
+               lambda: export_gguf(run_dir, list(cfg.export.gguf)))
     if not cfg.export.evaluate:
         return files
     for q, path in zip(cfg.export.gguf, files, strict=True):
         label = ARTIFACT_PREFIX + q
         out = run_dir / "eval" / label / "results.json"
-        fp = fingerprint([eval_fp, export_fp, q])
-        if not stages.fresh(f"eval_{label}", fp, out):
-            log.info("stage eval %s", label)
-            acfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, ref=str(path)))
-            evaluate_model(acfg, run_dir, label, None, out, contamination, progress, artifact=True)
-            stages.mark(f"eval_{label}", fp)
+        acfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, ref=str(path)))
+        stages.run(f"eval_{label}", fingerprint([eval_fp, export_fp, q]), [out],
+                   lambda acfg=acfg, label=label, out=out: evaluate_model(acfg, run_dir, label, None, out,
+                                                                          contamination, progress, artifact=True))
     return files
 
 
