@@ -82,6 +82,11 @@ def fixed_length_prompts(tok: Any, conversations: list[Any], n: int, prompt_toke
     return out, {"prompts": n, "distinct": distinct, "prompt_tokens": prompt_tokens, "template_tokens": overhead}
 
 
+CACHE = "static"
+"""The suite's generation rows measure its static compiled cache (``generation_cache: static``); under ``auto`` calls
+this short take the dynamic cache (``generation.STATIC_MIN_STEPS``)."""
+
+
 def with_random_lora(loaded: Any, r: int, alpha: int, targets: list[str]) -> Any:
     """The same model with a random-init (non-zero B) LoRA adapter attached by peft, as a tuned model is."""
     import torch  # heavy: torch, imported when needed
@@ -144,9 +149,11 @@ def generation_row(loaded: Any, prompts: list[Messages], sampling: Any, batch: i
     """New tokens/s of ``evals.generation.generate`` (cache off), after one untimed batch of the same settings."""
 
     # a full-length warm-up: a short one leaves first-time costs (KV-cache growth, sampling kernels) in the timing
-    warm = generate(loaded, prompts[:batch], sampling, seed=99, batch_size=batch, progress=False, use_cache=False)
+    warm = generate(loaded, prompts[:batch], sampling, seed=99, batch_size=batch, progress=False, use_cache=False,
+                    cache_implementation=CACHE)
     _sync_reset()
-    g = generate(loaded, prompts, sampling, seed=1234, batch_size=batch, progress=True, use_cache=False)
+    g = generate(loaded, prompts, sampling, seed=1234, batch_size=batch, progress=True, use_cache=False,
+                 cache_implementation=CACHE)
     # equal-length prompts keep the caller's order, so batch k is prompts[k*batch:(k+1)*batch]
     steps = sum(max(c[0] for c in g.token_counts[i:i + batch]) for i in range(0, len(prompts), batch))
     return {
@@ -201,11 +208,12 @@ def probe_run_row(loaded: Any, prompts: list[Messages], spec: dict[str, Any]) ->
     smp = SamplingConfig(name="seed", temperature=1.5, min_p=0.1, max_new_tokens=spec["probe_new_tokens"],
                          n_samples=spec["probe_samples"])
     t = time.perf_counter()
-    cold = generate(loaded, prompts[:n], smp, seed=5, batch_size=spec["probe_batch"], progress=False, use_cache=False)
+    cold = generate(loaded, prompts[:n], smp, seed=5, batch_size=spec["probe_batch"], progress=False, use_cache=False,
+                    cache_implementation=CACHE)
     cold_s = time.perf_counter() - t
     _sync_reset()
     g = generate(loaded, prompts[:n], smp, seed=1234, batch_size=spec["probe_batch"], progress=False,
-                 use_cache=False)
+                 use_cache=False, cache_implementation=CACHE)
     return {"kind": "probe-run", "path": "suite generate (pooled)", "sampling": smp.name, "prompts": n,
             "samples_per_prompt": smp.n_samples, "batch": spec["probe_batch"], "calls": g.generate_calls,
             "max_new_tokens": smp.max_new_tokens, "new_tokens": g.new_tokens, "seconds": round(g.seconds, 3),
@@ -329,6 +337,8 @@ def run_eval_shape(spec: dict[str, Any]) -> dict[str, Any]:
     ref_logits: dict[str, Any] = {}
     rows = _Rows(spec.get("partial"))
     for variant in ("base", "lora-unmerged", "lora-merged"):
+        if cuda:  # each model compiles its own decode step: a graph recompiled for another model can turn dynamic
+            torch._dynamo.reset()
         if variant == "lora-unmerged":
             loaded = with_random_lora(loaded, spec["r"], spec["alpha"], spec["targets"])
         elif variant == "lora-merged":  # the evaluation default: fold the same adapter into the 16-bit weights
