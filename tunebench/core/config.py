@@ -187,8 +187,9 @@ class EvalConfig:
     """Answers per generate() call (left padded); all samples of all prompts share one pool of batches, so a
     GPU answers the default probe run in one call (CPU presets use less: rows that finished early still cost)."""
     generation_cache: Literal["auto", "static", "dynamic"] = "auto"
-    """KV cache for probe and lm-eval generation: static (compiled, fixed shapes) is fastest on CUDA; auto = static on CUDA,
-    dynamic on CPU (where compiling costs more than it saves)."""
+    """KV cache for probe and lm-eval generation: static (compiled, fixed shapes) has the fastest steps on CUDA but
+    compiles for 25-70 s; auto = static on CUDA for calls of at least generation.STATIC_MIN_STEPS decode steps,
+    else dynamic (and always dynamic on CPU)."""
     merge_adapter: bool = True
     """Fold the LoRA adapter into 16-bit base weights before evaluating (what `export --merged` ships, and as
     fast as the base); false evaluates it unmerged through peft, on the base it was trained against (4-bit

@@ -6,8 +6,8 @@ batch is seeded from (seed, batch index) right before it runs: base and tuned, g
 size and seed, make the same batches and draw from the same random streams, which makes their sampled answers
 paired rather than independent.
 
-On CUDA the KV cache is static and the decode step compiled (``cache_implementation="static"``); every batch
-of a call then has the same shape (rows padded to the batch size, prompts to the longest one, the cache to a
+On CUDA, for calls long enough to repay compiling (``use_static_cache``), the KV cache is static and the decode
+step compiled (``cache_implementation="static"``); every batch of a call then has the same shape (rows padded to the batch size, prompts to the longest one, the cache to a
 multiple of ``STATIC_CACHE_STEP``), so the step compiles once instead of once per batch shape.
 
 A generation cache keyed by the model's identity (adapter hash included), the chat template, the
@@ -274,7 +274,7 @@ def generate(
         progress: show a progress bar.
         cache_dir: folder of the generation cache; default ``cache_root()/"generations"``.
         use_cache: read and write the cache (False regenerates everything and stores nothing).
-        cache_implementation: ``auto`` (static on CUDA, dynamic on CPU), ``static`` or ``dynamic``.
+        cache_implementation: ``auto`` (see ``use_static_cache``), ``static`` or ``dynamic``.
 
     Returns:
         A Generation with answers in the caller's order, token counts, timing and cache statistics.

@@ -485,7 +485,7 @@ def run_probes(
         label: ``base`` or ``tuned``.
         use_cache: False regenerates everything.
         progress: show progress bars.
-        cache_implementation: KV cache for generation (``auto``: static on CUDA, dynamic on CPU).
+        cache_implementation: KV cache for generation (``auto``: see ``generation.use_static_cache``).
 
     Returns:
         A partial Results: ``probes/<set>/<sampling>/pass_rate`` and ``.../<probe>/pass_rate`` metrics with
