@@ -21,6 +21,7 @@ from tunebench.bench.shapes import load_prepared, prepare_data, resolve_shapes
 from tunebench.bench.spawn import EXIT_INCOMPLETE, EXIT_OK, Budget, setup, spawn, work_dir
 from tunebench.core.config import SamplingConfig
 from tunebench.core.io import atomic_write_json, atomic_write_text, read_json
+from tunebench.evals import lm_eval_model
 from tunebench.evals.generation import (
     generate,
     generation_kwargs,
@@ -247,32 +248,37 @@ def merge_base_rows(spec: dict[str, Any], encoded: list[Any], merged_logits: Any
 
 
 def lm_eval_generation_rows(loaded: Any, batches: list[int], cache: str) -> list[dict[str, Any]]:
-    """lm-eval 0.4.13's generate_until path (HFLM, as GSM8K runs it) on the shipped tunebench_arith_gen task:
-    wall time per setting. HFLM allows an int or "auto" batch size and passes the task's generation_kwargs to
-    ``model.generate``; the KV cache is chosen through the model's generation_config (static: sized once to
-    ``STATIC_CACHE_STEP`` multiples so chunks of different widths share one compiled step)."""
+    """generate_until as GSM8K runs it, on the shipped tunebench_arith_gen task, wall time per setting, two ways side
+    by side: lm-eval 0.4.13's own HFLM (the KV cache chosen through the model's generation_config; static sized once
+    to ``STATIC_CACHE_STEP`` multiples) and the suite's path (``evals.lm_eval_model``: generate batch, per-row stop
+    strings, the cache asked for)."""
     import lm_eval  # heavy: lm_eval, imported when needed
     from lm_eval.models.huggingface import HFLM  # heavy: lm_eval, imported when needed
 
-
     gc = loaded.model.generation_config
-    if cache == "static":
-        kw = static_cache_kwargs(512)
-        gc.cache_implementation, gc.max_cache_len = kw["cache_implementation"], kw["max_cache_len"]
     manager = _task_manager(["tunebench_arith_gen"])
     rows = []
-    try:
-        for batch in batches:
-            lm = HFLM(pretrained=loaded.model, tokenizer=loaded.tokenizer, batch_size=batch)
-            for attempt in ("cold", "warm"):
-                tasks = _load_tasks(manager, ["tunebench_arith_gen"])
-                t = time.perf_counter()
-                lm_eval.simple_evaluate(model=lm, tasks=list(tasks.values()), apply_chat_template=True,
-                                        task_manager=manager, bootstrap_iters=0, log_samples=False)
-                rows.append({"kind": "lm-eval", "task": "tunebench_arith_gen", "documents": 80, "batch": batch,
-                             "cache": cache, "pass": attempt, "seconds": round(time.perf_counter() - t, 2)})
-    finally:
-        gc.cache_implementation, gc.max_cache_len = None, None
+
+    def timed(lm: Any, batch: int, runner: str) -> None:
+        for attempt in ("cold", "warm"):
+            tasks = _load_tasks(manager, ["tunebench_arith_gen"])
+            t = time.perf_counter()
+            lm_eval.simple_evaluate(model=lm, tasks=list(tasks.values()), apply_chat_template=True,
+                                    task_manager=manager, bootstrap_iters=0, log_samples=False)
+            rows.append({"kind": "lm-eval", "runner": runner, "task": "tunebench_arith_gen", "documents": 80,
+                         "batch": batch, "cache": cache, "pass": attempt, "seconds": round(time.perf_counter() - t, 2)})
+
+    for batch in batches:
+        if cache == "static":
+            kw = static_cache_kwargs(512)
+            gc.cache_implementation, gc.max_cache_len = kw["cache_implementation"], kw["max_cache_len"]
+        try:
+            timed(HFLM(pretrained=loaded.model, tokenizer=loaded.tokenizer, batch_size=batch), batch, "lm-eval HFLM")
+        finally:
+            gc.cache_implementation, gc.max_cache_len = None, None
+        timed(lm_eval_model.model_class()(pretrained=loaded.model, tokenizer=loaded.tokenizer, batch_size=batch,
+                                          generate_batch_size=batch, cache_implementation=cache),
+              batch, "tunebench")
     return rows
 
 
@@ -549,11 +555,13 @@ def render_eval_md(results: dict[str, Any]) -> str:
                       f"{_f(r['new_tokens_per_s'])} | {_f(r['cold_s'], '.1f')} |") for r in probe]
         lme = [r for r in mine if r["kind"] == "lm-eval"]
         if lme:
-            lines += ["", "lm-eval generate_until (HFLM, tunebench_arith_gen: 80 documents, greedy, up to 64 new "
-                      "tokens, chat template), wall time of simple_evaluate:", "",
-                      "| batch | KV cache | pass | seconds |", "|---:|---|---|---:|"]
-            lines += [f"| {r.get('batch', '')} | {r['cache']} | " + (f"**failed**: {r['error']} | |" if "error" in r
-                      else f"{r['pass']} | {r['seconds']:.1f} |") for r in lme]
+            lines += ["", "lm-eval generate_until (tunebench_arith_gen: 80 documents, greedy, up to 64 new tokens, chat "
+                      "template), wall time of simple_evaluate; runner `lm-eval HFLM` is lm-eval's own model, `tunebench` "
+                      "the suite's (evals/lm_eval_model.py):", "",
+                      "| runner | batch | KV cache | pass | seconds |", "|---|---:|---|---|---:|"]
+            lines += [f"| {r.get('runner', 'lm-eval HFLM')} | {r.get('batch', '')} | {r['cache']} | "
+                      + (f"**failed**: {r['error']} | |" if "error" in r else f"{r['pass']} | {r['seconds']:.1f} |")
+                      for r in lme]
         merge = [r for r in mine if r["kind"] == "merge-base"]
         if merge:
             lines += ["", "Which base a QLoRA adapter is merged into (next-token distributions over one "
