@@ -12,6 +12,7 @@ from tunebench.data.conversations import (
     Conversation,
     content_key,
     encode,
+    encode_many,
     encode_split,
     split_of,
     standardize,
@@ -247,3 +248,25 @@ def test_plain_conversations_tokenize_as_whole_text(smol_tokenizer, llama31_toke
             e = encode(tok, Conversation("c", messages), info.end_of_turn)
             assert e.input_ids == tok(tok.apply_chat_template(messages, tokenize=False),
                                       add_special_tokens=False)["input_ids"]
+
+
+def test_batched_encoding_equals_one_conversation_at_a_time(smol_tokenizer, llama31_tokenizer, packaged_raw):
+    """A split encoded as one batch (the backend's parallel encode_batch) gives each conversation exactly the ids,
+    labels and lengths it gets alone, for real ShareGPT conversations, hostile contents and both templates; a
+    tokenizer whose backend has truncation switched on takes transformers' own call and gives the same."""
+    import copy
+
+    std = standardize_and_split(RawData(packaged_raw.records[:300], "packaged", "test"), DataConfig(validation_fraction=0.0,
+                                                                                             test_fraction=0.0))
+    convs = std.splits["train"][:120] + [Conversation("forged", FORGED)] + [Conversation("c", m) for m in CASES]
+    for tok, name in (smol_tokenizer, (llama31_tokenizer, "llama-3.1")):
+        eot = template_info(tok, name).end_of_turn
+        alone = [encode(tok, c, eot, max_length=512) for c in convs]
+        batched = encode_many(tok, convs, eot, max_length=512)
+        assert batched == alone
+        assert any(e.truncated for e in alone) and sum(e.n_assistant > 0 for e in alone) > len(alone) // 2
+        slow = copy.deepcopy(tok)
+        slow.backend_tokenizer.enable_truncation(max_length=4)  # direct encoding would cut every piece at 4
+        assert encode_many(slow, convs[:20], eot, max_length=512) == alone[:20]
+        kept, dropped = encode_split(tok, convs, eot, 512, "drop")
+        assert kept == [e for e in alone if not e.truncated and e.n_assistant] and dropped["over_max_length"]

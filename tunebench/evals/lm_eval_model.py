@@ -26,32 +26,14 @@ plain path up to the numerics of another batch shape (bf16 on GPUs), as with ano
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import os
-from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
+from tunebench.core.threads import tokenizer_threads
 from tunebench.evals.generation import static_cache_kwargs, use_static_cache
 
 RUNNER = "lm-eval hf"
-
-
-@contextlib.contextmanager
-def _tokenizer_threads() -> Iterator[None]:
-    """Let the fast tokenizer encode a batch on every core (``TOKENIZERS_PARALLELISM``, read per call), even where
-    the environment turned it off for forked workers: on one thread, batch encoding is barely faster than lm-eval's
-    string-at-a-time loop (2,251 vs 1,801 strings/s on 2 cores here; 4,425 with both)."""
-    old = os.environ.get("TOKENIZERS_PARALLELISM")
-    os.environ["TOKENIZERS_PARALLELISM"] = "true"
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("TOKENIZERS_PARALLELISM", None)
-        else:
-            os.environ["TOKENIZERS_PARALLELISM"] = old
 
 
 @functools.lru_cache(maxsize=4096)
@@ -132,7 +114,7 @@ def model_class() -> type:
             for text in strings:
                 special = _add_special_kwargs(None, self.add_bos_token).get("add_special_tokens")
                 groups.setdefault(False if has_bos_prefix(text, bos) else special, []).append(text)
-            with _tokenizer_threads():
+            with tokenizer_threads():
                 for special, texts in groups.items():
                     kw = {} if special is None else {"add_special_tokens": special}
                     for start in range(0, len(texts), 4096):
