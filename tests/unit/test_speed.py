@@ -219,6 +219,13 @@ def test_eval_markdown_and_targets():
                    "| base | raw generate(static) | seed | 64 |", "| base | 34×4 | 256 | 1 | 8,704 | 21,000 |",
                    "**failed**: RuntimeError: boom"):
         assert needle in md, needle
+    # the note names the tokenizer the shapes used
+    assert ("Random weights, Llama 3 tokenizer" in md) == str(
+        res["shapes"]["llama-3.2-1b"].get("tokenizer", "")).startswith("Llama 3")
+    res["shapes"]["llama-3.2-1b"]["tokenizer"] = "Llama 3 (converted from llama-models)"
+    assert "**Random weights, Llama 3 tokenizer**" in render_eval_md(res)
+    res["shapes"]["llama-3.2-1b"]["tokenizer"] = "stand-in (SmolLM2 vocabulary)"
+    assert "**Random weights, stand-in tokenizer**" in render_eval_md(res)
 
 
 def test_find_best_picks_the_fastest_row_that_fits_and_prints_its_config_line(tmp_path):

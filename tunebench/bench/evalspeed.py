@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tunebench.bench.markdown import _f, header_lines, target_table
+from tunebench.bench.markdown import _f, header_lines, target_table, tokenizer_note
 from tunebench.bench.metrics import _target, mfu, parse_int_list
 from tunebench.bench.shapes import load_prepared, prepare_data, resolve_shapes
 from tunebench.bench.spawn import EXIT_INCOMPLETE, EXIT_OK, Budget, setup, spawn, work_dir
@@ -513,7 +513,7 @@ def render_eval_md(results: dict[str, Any]) -> str:
         f"{st['prompt_tokens']} tokens in batches of {st['gen_batch']}, generation cache off; LoRA r={st['lora']['r']} "
         f"alpha={st['lora']['alpha']} on {', '.join(st['lora']['targets'])}, {st['lora']['init']}",
         "",
-        "> **Random weights, stand-in tokenizer** (see speed.md). Perplexity **MFU** = 2 · N · input tokens/s ÷ "
+        f"> **Random weights, {tokenizer_note(results)[0]}** (see speed.md). Perplexity **MFU** = 2 · N · input tokens/s ÷ "
         "the measured matmul peak over the second (warm) pass; the cold first pass is shown in brackets; "
         "*actual-work MFU* counts the LM head only on the scored (assistant) positions, "
         "as the suite computes it. Generation with random weights rarely emits an end-of-turn token, so nearly "
