@@ -336,4 +336,16 @@ def test_loglikelihood_on_scored_positions_gives_lm_evals_own_values(smol_base, 
         assert {k: outs[1]["results"][name][k] for k in metrics} == metrics
     assert any(len(r) == 4 for _, r in ours)  # the MMLU subject's four choices
     assert kept and all(1 <= keep <= width for keep, width in kept)
+    # under a logits budget a batch is scored in parts, and scores the same
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("tunebench.evals.lm_eval_model.LOGITS_BUDGET", 49152 * 8)
+        forwards = len(kept)
+        split = lm_eval.simple_evaluate(model=fast, tasks=list(_load_tasks(stock_manager, names, "packaged").values()),
+                                        limit=6, log_samples=True, task_manager=stock_manager)
+    assert len(kept) - forwards > forwards  # more, smaller forwards
+    for name in names:
+        again, ours = ([s["resps"] for s in out["samples"][name]] for out in (split, outs[1]))
+        assert [r[0][1] for a in again for r in a] == [r[0][1] for b in ours for r in b]
+        assert [r[0][0] for a in again for r in a] == pytest.approx([r[0][0] for b in ours for r in b], rel=1e-5,
+                                                                    abs=1e-4)
     assert sum(keep for keep, _ in kept) < sum(width for _, width in kept) / 2  # most positions never reach the head

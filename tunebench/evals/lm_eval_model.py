@@ -39,6 +39,9 @@ from tunebench.core.threads import tokenizer_threads
 from tunebench.evals.generation import static_cache_kwargs, use_static_cache
 
 RUNNER = "lm-eval hf"
+LOGITS_BUDGET = 2**28
+"""Most logits one loglikelihood forward may return (batch x kept positions x vocabulary; 1 GiB in float32): a
+batch whose scored positions spread wider is scored in consecutive parts."""
 
 
 @functools.lru_cache(maxsize=4096)
@@ -187,35 +190,50 @@ def model_class() -> type:
                             f"({len(continuation_enc)}) exceeds model's maximum length ({self.max_length}). "
                             f"Truncating {total - self.max_length + 1} tokens from the left.")
                     rows.append((context_enc + continuation_enc)[-(self.max_length + 1):][:-1])
-                width = max(len(r) for r in rows)
-                # logits at position p score token p + 1: row r's continuation is scored at [len(r) - n, len(r))
-                first = min(len(row) - len(cont) for row, (_, _, cont) in zip(rows, chunk, strict=True))
-                batched = torch.tensor([r + [0] * (width - len(r)) for r in rows], dtype=torch.long)
-                multi_logits = F.log_softmax(self._scored_logits(batched.to(self.device), width - first), dim=-1,
-                                             dtype=self.softmax_dtype)  # [batch, width - first, vocab]
-                scored = []  # (request strings, continuation, its logits, the row's greedy tokens), in lm-eval's order
-                for (request_str, ctx_tokens, cont_toks), logits, row in zip(chunk, multi_logits, rows, strict=True):
-                    logits = logits[len(row) - len(cont_toks) - first:len(row) - first].unsqueeze(0)
-                    greedy = logits.argmax(dim=-1)
-                    for req_str, cont, cont_logits in re_ord.get_cache(req_str=request_str, cxt_toks=ctx_tokens,
-                                                                        cont_toks=cont_toks, logits=logits):
-                        scored.append((req_str, cont, cont_logits, greedy))
-                conts = torch.tensor([t for _, cont, _, _ in scored for t in cont], dtype=torch.long)
-                conts = conts.to(self.device).split([len(cont) for _, cont, _, _ in scored])
-                sums, equal = [], []
-                for (_, _, logits, greedy), cont in zip(scored, conts, strict=True):
-                    cont = cont.unsqueeze(0)  # [1, seq]
-                    equal.append((greedy[:, -cont.shape[1]:] == cont).all())
-                    sums.append(torch.gather(logits, 2, cont.unsqueeze(-1)).squeeze(-1).sum())
-                for (req_str, _, _, _), total_lp, max_equal in zip(
-                        scored, torch.stack(sums).tolist(), torch.stack(equal).tolist(), strict=True):
-                    answer = (float(total_lp), bool(max_equal))
-                    res.append(answer)
-                    if req_str is not None:
-                        self.cache_hook.add_partial("loglikelihood", req_str, answer)
-                    pbar.update(1)
+                chunk = list(chunk)
+                for lo, hi in self._logit_parts(rows, chunk):
+                    for req_str, answer in self._score_part(rows[lo:hi], chunk[lo:hi], re_ord):
+                        res.append(answer)
+                        if req_str is not None:
+                            self.cache_hook.add_partial("loglikelihood", req_str, answer)
+                        pbar.update(1)
             pbar.close()
             return re_ord.get_original(res)
+
+        def _score_part(self, rows: list[list[int]], part: list[Any],
+                        re_ord: Any) -> list[tuple[Any, tuple[float, bool]]]:
+            """(request strings, (log-likelihood, is greedy)) of one forward's requests, in lm-eval's order."""
+            width = max(len(r) for r in rows)
+            # logits at position p score token p + 1: row r's continuation is scored at [len(r) - n, len(r))
+            first = min(len(row) - len(cont) for row, (_, _, cont) in zip(rows, part, strict=True))
+            batched = torch.tensor([r + [0] * (width - len(r)) for r in rows], dtype=torch.long)
+            multi_logits = F.log_softmax(self._scored_logits(batched.to(self.device), width - first), dim=-1,
+                                         dtype=self.softmax_dtype)  # [batch, width - first, vocab]
+            scored = []  # (request strings, continuation, its logits, the row's greedy tokens)
+            for (request_str, ctx_tokens, cont_toks), logits, row in zip(part, multi_logits, rows, strict=True):
+                logits = logits[len(row) - len(cont_toks) - first:len(row) - first].unsqueeze(0)
+                greedy = logits.argmax(dim=-1)
+                for req_str, cont, cont_logits in re_ord.get_cache(req_str=request_str, cxt_toks=ctx_tokens,
+                                                                    cont_toks=cont_toks, logits=logits):
+                    scored.append((req_str, cont, cont_logits, greedy))
+            conts = torch.tensor([t for _, cont, _, _ in scored for t in cont], dtype=torch.long)
+            conts = conts.to(self.device).split([len(cont) for _, cont, _, _ in scored])
+            sums, equal = [], []
+            for (_, _, logits, greedy), cont in zip(scored, conts, strict=True):
+                cont = cont.unsqueeze(0)  # [1, seq]
+                equal.append((greedy[:, -cont.shape[1]:] == cont).all())
+                sums.append(torch.gather(logits, 2, cont.unsqueeze(-1)).squeeze(-1).sum())
+            return [(req_str, (float(lp), bool(eq))) for (req_str, _, _, _), lp, eq in zip(
+                scored, torch.stack(sums).tolist(), torch.stack(equal).tolist(), strict=True)]
+
+        def _logit_parts(self, rows: list[list[int]], chunk: list[Any]) -> list[tuple[int, int]]:
+            """Consecutive (start, end) slices of a batch whose kept logits stay within ``LOGITS_BUDGET`` elements
+            (one slice unless the batch's scored positions spread wide, as in the first, longest batch)."""
+            vocab = int(getattr(self._config, "vocab_size", 0) or 1)
+            width = max(len(r) for r in rows)
+            first = min(len(row) - len(cont) for row, (_, _, cont) in zip(rows, chunk, strict=True))
+            step = max(1, LOGITS_BUDGET // ((width - first) * vocab))
+            return [(lo, min(lo + step, len(rows))) for lo in range(0, len(rows), step)]
 
         def _scored_logits(self, inps: Any, keep: int) -> Any:
             """Logits of the last ``keep`` positions (lm-eval's ``_model_call``, asking the model for fewer)."""
