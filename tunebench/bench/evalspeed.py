@@ -513,7 +513,8 @@ def render_eval_md(results: dict[str, Any]) -> str:
         f"{st['prompt_tokens']} tokens in batches of {st['gen_batch']}, generation cache off; LoRA r={st['lora']['r']} "
         f"alpha={st['lora']['alpha']} on {', '.join(st['lora']['targets'])}, {st['lora']['init']}",
         "",
-        f"> **Random weights, {tokenizer_note(results)[0]}** (see speed.md). Perplexity **MFU** = 2 · N · input tokens/s ÷ "
+        f"> **Random weights, {tokenizer_note(results)[0]}** (see speed.md). Perplexity **MFU** = 2 · N · input "
+        "tokens/s ÷ "
         "the measured matmul peak over the second (warm) pass; the cold first pass is shown in brackets; "
         "*actual-work MFU* counts the LM head only on the scored (assistant) positions, "
         "as the suite computes it. Generation with random weights rarely emits an end-of-turn token, so nearly "
