@@ -76,6 +76,59 @@ def test_sampling_is_reproducible_per_seed(smol_base):
     assert all(len(s) == SAMPLED.n_samples for s in first)
 
 
+def test_decode_loop_answers_as_generate_and_one_at_a_time(smol_base):
+    """The suite's static-cache decode loop (evals.decoding; eager on CPU, the same step a GPU captures as a CUDA
+    graph) gives transformers' greedy answers, batched or one at a time, and reproducible samples per seed."""
+    kw = {"seed": 0, "progress": False, "use_cache": False}
+    reference = generate(smol_base, PROMPTS, GREEDY, batch_size=len(PROMPTS), cache_implementation="dynamic", **kw)
+    loop = generate(smol_base, PROMPTS, GREEDY, batch_size=len(PROMPTS), cache_implementation="graph", **kw)
+    assert (reference.path, loop.path) == ("dynamic", "graph")
+    assert loop.samples == reference.samples and loop.token_counts == reference.token_counts
+    for i, prompt in enumerate(PROMPTS):
+        alone = generate(smol_base, [prompt], GREEDY, batch_size=1, cache_implementation="graph", **kw)
+        assert alone.samples[0] == loop.samples[i] and alone.token_counts[0] == loop.token_counts[i]
+    # two batches of two rows (the second padded with a filler row) reuse one decoder
+    two = generate(smol_base, PROMPTS, GREEDY, batch_size=2, cache_implementation="graph", **kw)
+    assert two.generate_calls == 2 and two.samples == loop.samples
+
+    def sampled(seed):
+        return generate(smol_base, PROMPTS[:2], SAMPLED, seed=seed, batch_size=4, progress=False, use_cache=False,
+                        cache_implementation="graph").samples
+
+    first = sampled(7)
+    assert first == sampled(7) and first != sampled(8)
+    assert all(len(s) == SAMPLED.n_samples and all(s) for s in first)
+
+
+def test_decode_loop_stops_when_every_row_is_done(smol_base):
+    """Rows end at their stop token (padding after it); a caller's own stop rule ends the batch early."""
+    import torch
+
+    from tunebench.evals.decoding import STOP_CHECK_EVERY, StaticDecoder
+    from tunebench.evals.generation import left_pad, pad_id, render_prompt, stop_token_ids
+
+    tok = smol_base.tokenizer
+    rows = [render_prompt(tok, m) for m in PROMPTS]
+    ids, mask = left_pad(rows, pad_id(tok))
+    stops = stop_token_ids(smol_base)
+    decoder = StaticDecoder(smol_base.model, len(rows), ids.shape[1], 40, stops, pad_id(tok))
+    full = decoder(ids, mask, seed=0)
+    for row in full.tolist():
+        if any(t in stops for t in row):
+            end = next(i for i, t in enumerate(row) if t in stops)
+            assert all(t == pad_id(tok) for t in row[end + 1:])
+    asked = []
+
+    def stop_now(so_far):
+        asked.append(so_far.shape[1])
+        return torch.ones(so_far.shape[0], dtype=torch.bool)
+
+    early = decoder(ids, mask, seed=0, stopped=stop_now)
+    assert asked == [STOP_CHECK_EVERY]
+    assert torch.equal(early[:, :STOP_CHECK_EVERY], full[:, :STOP_CHECK_EVERY])
+    assert (early[:, STOP_CHECK_EVERY:] == pad_id(tok)).all()
+
+
 def test_cache_avoids_regeneration(smol_base, counted_generate, tmp_path):
     kw = {"seed": 3, "batch_size": 2, "progress": False, "cache_dir": tmp_path}
     fresh = generate(smol_base, PROMPTS, SAMPLED, **kw)

@@ -180,9 +180,10 @@ def test_same_values_as_lm_evals_own_simple_evaluate(smol_source, stock_manager)
     assert acc.n == 4
 
 
-def test_static_cache_generate_until_answers_as_lm_evals_own(smol_base):
-    """generate_until through tunebench's fixed-shape static-cache path (filler rows, extra left padding, per-row
-    stop strings) gives lm-eval's own HFLM answers and scores, greedy, on the same model."""
+def test_fixed_shape_generate_until_answers_as_lm_evals_own(smol_base):
+    """generate_until through tunebench's fixed-shape paths (filler rows, extra left padding, per-row stop
+    strings), on transformers' static cache and through the suite's decode loop (evals.decoding, eager on CPU,
+    stop strings checked every few steps), gives lm-eval's own HFLM answers and scores, greedy, on the same model."""
     import lm_eval
     from lm_eval.models.huggingface import HFLM
 
@@ -191,20 +192,24 @@ def test_static_cache_generate_until_answers_as_lm_evals_own(smol_base):
 
     names = ["tunebench_arith_gen"]
     manager = _task_manager(names)
-    fast = model_class()(pretrained=smol_base.model, tokenizer=smol_base.tokenizer, batch_size=4,
-                         generate_batch_size=3, cache_implementation="static")
+    fast = {cache: model_class()(pretrained=smol_base.model, tokenizer=smol_base.tokenizer, batch_size=4,
+                                 generate_batch_size=3, cache_implementation=cache) for cache in ("static", "graph")}
     answers, scores = [], []
-    for lm in (HFLM(pretrained=smol_base.model, tokenizer=smol_base.tokenizer, batch_size=4), fast):
+    for lm in (HFLM(pretrained=smol_base.model, tokenizer=smol_base.tokenizer, batch_size=4), *fast.values()):
         out = lm_eval.simple_evaluate(model=lm, tasks=list(_load_tasks(manager, names).values()), limit=5,
                                       apply_chat_template=True, log_samples=True, task_manager=manager)
         samples = sorted(out["samples"]["tunebench_arith_gen"], key=lambda s: s["doc_id"])
         answers.append([s["resps"][0][0] for s in samples])
         scores.append(out["results"]["tunebench_arith_gen"]["exact_match,last-integer"])
     assert len(answers[0]) == 5 and all(answers[0])
-    assert answers[0] == answers[1] and scores[0] == scores[1]
-    assert not any("\n\n" in a or "Question:" in a for a in answers[1])  # cut at the stop strings
-    assert fast.batch_size_per_gpu == 4  # the loglikelihood batch size is restored after generation
-    assert fast.static and describe(fast).endswith("static cache, batch 3, per-row stop strings)")
+    assert answers[0] == answers[1] == answers[2] and scores[0] == scores[1] == scores[2]
+    for ans in answers[1:]:
+        assert not any("\n\n" in a or "Question:" in a for a in ans)  # cut at the stop strings
+    assert all(lm.batch_size_per_gpu == 4 for lm in fast.values())  # the loglikelihood batch size is restored
+    assert fast["static"].path == "static" and fast["graph"].path == "graph"
+    assert fast["static"].loop_batches == 0 and fast["graph"].loop_batches == 2  # 5 documents, 3 rows a batch
+    assert describe(fast["static"]).endswith("static cache, compiled, batch 3, per-row stop strings)")
+    assert describe(fast["graph"]).endswith("CUDA graph decode loop, batch 3, per-row stop strings)")
 
 
 def test_batched_tokenization_gives_lm_evals_own_ids(smol_base, stock_manager):

@@ -195,11 +195,11 @@ def test_eval_markdown_and_targets():
         {**one, "variant": "lora-merged", "kind": "perplexity", "batch_tokens": 16384, "input_tokens": 1000,
          "tokens_per_s": 99000.0, "cold_tokens_per_s": 50000.0, "mfu": 0.495, "mfu_actual_work": 0.44,
          "peak_allocated_gib": 7.0},
-        {**gen, "variant": "base", "path": "suite generate", "sampling": "seed", "new_tokens_per_s": 2500.0},
+        {**gen, "variant": "base", "path": "suite generate", "decode_path": "graph", "sampling": "seed", "new_tokens_per_s": 2500.0},
         {**gen, "variant": "lora-merged", "path": "suite generate", "sampling": "seed", "new_tokens_per_s": 2000.0},
         {**gen, "variant": "base", "path": "raw generate(static)", "sampling": "seed", "new_tokens_per_s": 2400.0},
         {**one, "variant": "base", "kind": "probe-run", "prompts": 34, "samples_per_prompt": 4, "batch": 256,
-         "calls": 1, "new_tokens": 8704, "new_tokens_per_s": 21000.0, "cold_s": 30.0},
+         "calls": 1, "new_tokens": 8704, "new_tokens_per_s": 21000.0, "cold_s": 30.0, "decode_path": "graph"},
         {**one, "variant": "lora-unmerged", "kind": "generation", "error": "RuntimeError: boom"},
     ]
     targets = eval_targets(res["rows"], ["llama-3.2-1b"], 64)
@@ -215,8 +215,8 @@ def test_eval_markdown_and_targets():
     md = render_eval_md(res)
     for needle in ("NVIDIA H100 80GB HBM3", "peft 0.21.0", "128 prompts of 64 tokens",
                    "| base | 16,384 | 1,000 | 100,000 (50,000) | 50.0% |",
-                   "| base | suite generate | seed | 64 | 8,192 | 2,500 (2,000) |",
-                   "| base | raw generate(static) | seed | 64 |", "| base | 34×4 | 256 | 1 | 8,704 | 21,000 |",
+                   "| base | suite generate (graph) | seed | 64 | 8,192 | 2,500 (2,000) |",
+                   "| base | raw generate(static) | seed | 64 |", "| base | 34×4 (graph) | 256 | 1 | 8,704 | 21,000 |",
                    "**failed**: RuntimeError: boom"):
         assert needle in md, needle
     # the note names the tokenizer the shapes used

@@ -27,7 +27,6 @@ from tunebench.evals.generation import (
     generation_kwargs,
     left_pad,
     render_prompt,
-    static_cache_kwargs,
 )
 from tunebench.evals.lm_eval_runner import _load_tasks, _task_manager
 from tunebench.evals.modeling import Loaded, load_for_eval
@@ -83,9 +82,9 @@ def fixed_length_prompts(tok: Any, conversations: list[Any], n: int, prompt_toke
     return out, {"prompts": n, "distinct": distinct, "prompt_tokens": prompt_tokens, "template_tokens": overhead}
 
 
-CACHE = "static"
-"""The suite's generation rows measure its static compiled cache (``generation_cache: static``); under ``auto`` calls
-this short take the dynamic cache (``generation.STATIC_MIN_STEPS``)."""
+CACHE = "auto"
+"""The suite's generation rows run what evaluations run (``generation_cache: auto``: on CUDA the decode loop of
+``evals.decoding``, each step one CUDA graph replay); each row records the loop that ran."""
 
 
 def with_random_lora(loaded: Any, r: int, alpha: int, targets: list[str]) -> Any:
@@ -159,13 +158,42 @@ def generation_row(loaded: Any, prompts: list[Messages], sampling: Any, batch: i
     steps = sum(max(c[0] for c in g.token_counts[i:i + batch]) for i in range(0, len(prompts), batch))
     return {
         "kind": "generation", "sampling": sampling.name, "temperature": sampling.temperature, "min_p": sampling.min_p,
-        "batch": batch, "calls": g.generate_calls, "prompts": len(prompts), "max_new_tokens": sampling.max_new_tokens,
+        "decode_path": g.path, "batch": batch, "calls": g.generate_calls, "prompts": len(prompts), "max_new_tokens": sampling.max_new_tokens,
         "new_tokens": g.new_tokens, "decode_steps": steps, "seconds": round(g.seconds, 3),
         "new_tokens_per_s": round(g.tokens_per_s, 1), "cold_new_tokens_per_s": round(warm.tokens_per_s, 1),
         "ms_per_step": round(1000 * g.seconds / max(1, steps), 2),
         "rows_x_steps_per_s": round(batch * steps / g.seconds, 1) if g.seconds else None,
         "peak_allocated_gib": _peak_gib(),
     }
+
+
+def graph_check_row(loaded: Any, prompts: list[Messages], sampling: Any, batch: int) -> dict[str, Any]:
+    """The decode loop with its step captured as a CUDA graph against the same loop run eagerly, on one batch with
+    the same seed: the tokens must be identical (the same kernels run), and the time per step says what the
+    capture saves."""
+    import torch  # heavy: torch, imported when needed
+
+    from tunebench.evals.decoding import StaticDecoder
+
+    tok = loaded.tokenizer
+    kw = generation_kwargs(loaded, sampling)
+    ids, mask = left_pad([render_prompt(tok, m) for m in prompts[:batch]], kw["pad_token_id"])
+    out, seconds, captured = {}, {}, False
+    for graphs in (True, False):
+        decoder = StaticDecoder(loaded.model, ids.shape[0], ids.shape[1], sampling.max_new_tokens, kw["eos_token_id"],
+                                kw["pad_token_id"], temperature=sampling.temperature, top_p=sampling.top_p,
+                                min_p=sampling.min_p, graphs=graphs)
+        decoder(ids, mask, seed=11)  # first call: allocation (and the capture)
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        out[graphs] = decoder(ids, mask, seed=11).cpu()
+        seconds[graphs] = time.perf_counter() - t
+        captured = captured or decoder.captured
+    steps = sampling.max_new_tokens
+    return {"kind": "graph-check", "sampling": sampling.name, "batch": int(ids.shape[0]), "steps": steps,
+            "captured": captured, "identical": bool(torch.equal(out[True], out[False])),
+            "graph_ms_per_step": round(1000 * seconds[True] / steps, 2),
+            "eager_ms_per_step": round(1000 * seconds[False] / steps, 2)}
 
 
 def raw_generation_row(loaded: Any, prompts: list[Messages], sampling: Any, batch: int) -> dict[str, Any]:
@@ -215,7 +243,8 @@ def probe_run_row(loaded: Any, prompts: list[Messages], spec: dict[str, Any]) ->
     _sync_reset()
     g = generate(loaded, prompts[:n], smp, seed=1234, batch_size=spec["probe_batch"], progress=False,
                  use_cache=False, cache_implementation=CACHE)
-    return {"kind": "probe-run", "path": "suite generate (pooled)", "sampling": smp.name, "prompts": n,
+    return {"kind": "probe-run", "path": "suite generate (pooled)", "decode_path": g.path, "sampling": smp.name,
+            "prompts": n,
             "samples_per_prompt": smp.n_samples, "batch": spec["probe_batch"], "calls": g.generate_calls,
             "max_new_tokens": smp.max_new_tokens, "new_tokens": g.new_tokens, "seconds": round(g.seconds, 3),
             "new_tokens_per_s": round(g.tokens_per_s, 1),
@@ -247,15 +276,13 @@ def merge_base_rows(spec: dict[str, Any], encoded: list[Any], merged_logits: Any
     return rows
 
 
-def lm_eval_generation_rows(loaded: Any, batches: list[int], cache: str) -> list[dict[str, Any]]:
+def lm_eval_generation_rows(loaded: Any, batches: list[int]) -> list[dict[str, Any]]:
     """generate_until as GSM8K runs it, on the shipped tunebench_arith_gen task, wall time per setting, two ways side
-    by side: lm-eval 0.4.13's own HFLM (the KV cache chosen through the model's generation_config; static sized once
-    to ``STATIC_CACHE_STEP`` multiples) and the suite's path (``evals.lm_eval_model``: generate batch, per-row stop
-    strings, the cache asked for)."""
+    by side: lm-eval 0.4.13's own HFLM (transformers' dynamic cache, its default) and the suite's path
+    (``evals.lm_eval_model``: fixed-shape batches, per-row stop strings, the decode loop ``auto`` picks)."""
     import lm_eval  # heavy: lm_eval, imported when needed
     from lm_eval.models.huggingface import HFLM  # heavy: lm_eval, imported when needed
 
-    gc = loaded.model.generation_config
     manager = _task_manager(["tunebench_arith_gen"])
     rows = []
 
@@ -266,18 +293,13 @@ def lm_eval_generation_rows(loaded: Any, batches: list[int], cache: str) -> list
             lm_eval.simple_evaluate(model=lm, tasks=list(tasks.values()), apply_chat_template=True,
                                     task_manager=manager, bootstrap_iters=0, log_samples=False)
             rows.append({"kind": "lm-eval", "runner": runner, "task": "tunebench_arith_gen", "documents": 80,
-                         "batch": batch, "cache": cache, "pass": attempt, "seconds": round(time.perf_counter() - t, 2)})
+                         "batch": batch, "cache": getattr(lm, "path", "dynamic"), "pass": attempt,
+                         "seconds": round(time.perf_counter() - t, 2)})
 
     for batch in batches:
-        if cache == "static":
-            kw = static_cache_kwargs(512)
-            gc.cache_implementation, gc.max_cache_len = kw["cache_implementation"], kw["max_cache_len"]
-        try:
-            timed(HFLM(pretrained=loaded.model, tokenizer=loaded.tokenizer, batch_size=batch), batch, "lm-eval HFLM")
-        finally:
-            gc.cache_implementation, gc.max_cache_len = None, None
+        timed(HFLM(pretrained=loaded.model, tokenizer=loaded.tokenizer, batch_size=batch), batch, "lm-eval HFLM")
         timed(lm_eval_model.model_class()(pretrained=loaded.model, tokenizer=loaded.tokenizer, batch_size=batch,
-                                          generate_batch_size=batch, cache_implementation=cache),
+                                          generate_batch_size=batch, cache_implementation=CACHE),
               batch, "tunebench")
     return rows
 
@@ -310,7 +332,7 @@ def _guarded(fn: Any, *args: Any) -> dict[str, Any]:
         return fn(*args)
     except Exception as e:
         log.warning("%s failed: %s", fn.__name__, e)
-        kind = "probe-run" if fn is probe_run_row else "generation"
+        kind = {probe_run_row: "probe-run", graph_check_row: "graph-check"}.get(fn, "generation")
         return {"kind": kind, "error": f"{type(e).__name__}: {str(e)[:300]}"}
 
 
@@ -364,18 +386,21 @@ def run_eval_shape(spec: dict[str, Any]) -> dict[str, Any]:
                          **_guarded(generation_row, loaded, gen_prompts, sampling, spec["gen_batch"])})
         if variant == "base" and cuda:
             for sampling in samplings:
+                log.info("%s/base: decode loop, CUDA graph vs eager (%s)", spec["shape"], sampling.name)
+                rows.append({"variant": "base", **_guarded(graph_check_row, loaded, gen_prompts, sampling,
+                                                           spec["gen_batch"])})
+            for sampling in samplings:
                 log.info("%s/base: raw generate(static) (%s), batch %d", spec["shape"], sampling.name,
                          spec["gen_batch"])
                 rows.append({"variant": "base", "sampling": sampling.name,
                              **_guarded(raw_generation_row, loaded, gen_prompts, sampling, spec["gen_batch"])})
         if variant == "base" and spec.get("lm_eval_batches") and cuda:
-            for cache in ("dynamic", "static"):
-                log.info("%s/base: lm-eval generate_until, %s cache", spec["shape"], cache)
-                try:
-                    rows += lm_eval_generation_rows(loaded, spec["lm_eval_batches"], cache)
-                except Exception as e:
-                    log.warning("lm-eval generate_until (%s) failed: %s", cache, e)
-                    rows.append({"kind": "lm-eval", "cache": cache, "error": f"{type(e).__name__}: {str(e)[:300]}"})
+            log.info("%s/base: lm-eval generate_until", spec["shape"])
+            try:
+                rows += lm_eval_generation_rows(loaded, spec["lm_eval_batches"])
+            except Exception as e:
+                log.warning("lm-eval generate_until failed: %s", e)
+                rows.append({"kind": "lm-eval", "cache": CACHE, "error": f"{type(e).__name__}: {str(e)[:300]}"})
         if spec.get("probe_batch") and variant in ("base", "lora-merged"):
             log.info("%s/%s: default probe run", spec["shape"], variant)
             rows.append({"variant": variant, **_guarded(probe_run_row, loaded, prompts, spec)})
@@ -430,7 +455,7 @@ def run_eval(args: argparse.Namespace) -> int:
                 "targets": args.lora_targets.split(","), "params": info["params"],
                 "head_params": info["vocab_size"] * info["hidden_size"], "tied": info["tied_embeddings"],
                 "peak_tflops": cal.get("peak_tflops"), **PROBE_RUN, "merge_base": True,
-                "lm_eval_batches": [32, 80]}
+                "lm_eval_batches": [80]}
         partial = work / "results" / f"{name}-eval.partial.json"
         partial.unlink(missing_ok=True)
         spec["partial"] = str(partial)
@@ -542,17 +567,28 @@ def render_eval_md(results: dict[str, Any]) -> str:
                 lines.append(f"| {r.get('variant')} | {r.get('path', '')} | {r.get('sampling', '')} | | | "
                              f"**failed**: {r['error']} | | | |")
                 continue
-            lines.append(f"| {r['variant']} | {r.get('path', 'suite generate')} | {r['sampling']} | {r['batch']} | "
+            path = r.get("path", "suite generate") + (f" ({r['decode_path']})" if r.get("decode_path") else "")
+            lines.append(f"| {r['variant']} | {path} | {r['sampling']} | {r['batch']} | "
                          f"{r['new_tokens']:,} | {_f(r['new_tokens_per_s'])} ({_f(r.get('cold_new_tokens_per_s'))}) | "
                          f"{_f(r.get('ms_per_step'), '.1f')} | {_f(r.get('rows_x_steps_per_s'))} | "
                          f"{_f(r['peak_allocated_gib'], '.2f')} |")
+        checks = [r for r in mine if r["kind"] == "graph-check"]
+        if checks:
+            lines += ["", "The decode loop with each step one CUDA graph replay against the same loop run eagerly "
+                      "(one batch, one seed, full length):", "",
+                      "| sampling | batch | steps | captured | identical tokens | graph ms/step | eager ms/step |",
+                      "|---|---:|---:|---|---|---:|---:|"]
+            lines += [f"| {r.get('sampling', '')} | " + (f"**failed**: {r['error']} | | | | | |" if "error" in r else
+                      f"{r['batch']} | {r['steps']} | {r['captured']} | {r['identical']} | "
+                      f"{r['graph_ms_per_step']:.2f} | {r['eager_ms_per_step']:.2f} |") for r in checks]
         probe = [r for r in mine if r["kind"] == "probe-run"]
         if probe:
-            lines += ["", "Default probe run (one pool of all answers, static cache on CUDA):", "",
-                      "| model | answers | batch | calls | new tokens | new tokens/s | first call (compile) s |",
+            lines += ["", "Default probe run (one pool of all answers; the decode loop that ran in brackets):", "",
+                      "| model | answers | batch | calls | new tokens | new tokens/s | first call s |",
                       "|---|---:|---:|---:|---:|---:|---:|"]
             lines += [f"| {r['variant']} | " + (f"**failed**: {r['error']} | | | | | |" if "error" in r else
-                      f"{r['prompts']}×{r['samples_per_prompt']} | {r['batch']} | {r['calls']} | {r['new_tokens']:,} | "
+                      f"{r['prompts']}×{r['samples_per_prompt']} ({r.get('decode_path', 'static')}) | {r['batch']} | "
+                      f"{r['calls']} | {r['new_tokens']:,} | "
                       f"{_f(r['new_tokens_per_s'])} | {_f(r['cold_s'], '.1f')} |") for r in probe]
         lme = [r for r in mine if r["kind"] == "lm-eval"]
         if lme:

@@ -186,10 +186,11 @@ class EvalConfig:
     probe_batch_size: int = 256
     """Answers per generate() call (left padded); all samples of all prompts share one pool of batches, so a
     GPU answers the default probe run in one call (CPU presets use less: rows that finished early still cost)."""
-    generation_cache: Literal["auto", "static", "dynamic"] = "auto"
-    """KV cache for probe and lm-eval generation: static (compiled, fixed shapes) has the fastest steps on CUDA but
-    compiles for 25-70 s; auto = static on CUDA for calls of at least generation.STATIC_MIN_STEPS decode steps,
-    else dynamic (and always dynamic on CPU)."""
+    generation_cache: Literal["auto", "graph", "static", "dynamic"] = "auto"
+    """Decode loop for probe and lm-eval generation: graph = the suite's static-cache loop, each step one CUDA graph
+    replay (evals.decoding; eager on CPU); static = transformers' static cache, compiled (25-70 s per model);
+    dynamic = transformers' default. auto = graph on CUDA where the model allows it, else static on CUDA for calls
+    of at least generation.STATIC_MIN_STEPS decode steps, else dynamic (always dynamic on CPU)."""
     merge_adapter: bool = True
     """Fold the LoRA adapter into 16-bit base weights before evaluating (what `export --merged` ships, and as
     fast as the base); false evaluates it unmerged through peft, on the base it was trained against (4-bit

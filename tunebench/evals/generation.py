@@ -6,9 +6,11 @@ batch is seeded from (seed, batch index) right before it runs: base and tuned, g
 size and seed, make the same batches and draw from the same random streams, which makes their sampled answers
 paired rather than independent.
 
-On CUDA, for calls long enough to repay compiling (``use_static_cache``), the KV cache is static and the decode
-step compiled (``cache_implementation="static"``); every batch of a call then has the same shape (rows padded to the batch size, prompts to the longest one, the cache to a
-multiple of ``STATIC_CACHE_STEP``), so the step compiles once instead of once per batch shape.
+On CUDA the batches go through the suite's decode loop (``evals.decoding``: a static KV cache, each step replayed
+as one CUDA graph) where the model allows it, else, for calls long enough to repay compiling
+(``use_static_cache``), through transformers' static cache with a compiled step (``cache_implementation="static"``);
+see ``decode_path``. On either static path every batch of a call has the same shape (rows padded to the batch size,
+prompts to the longest one), so one capture or one compiled step serves the whole call.
 
 A generation cache keyed by the model's identity (adapter hash included), the chat template, the
 messages and the sampling settings means re-running an unchanged evaluation generates nothing.
@@ -53,7 +55,9 @@ class Generation:
     cache_hits: int = 0
     cache_misses: int = 0
     generate_calls: int = 0
-    """How many batches went through model.generate (0 when everything came from the cache)."""
+    """How many batches were generated (0 when everything came from the cache)."""
+    path: str = ""
+    """The decode loop that ran (``decode_path``): graph, static or dynamic; empty when nothing was generated."""
     token_counts: list[list[int]] = field(default_factory=list)
     """token_counts[i][s]: new tokens of that answer (up to and including the end-of-turn token)."""
 
@@ -134,6 +138,30 @@ def use_static_cache(loaded: Any, choice: str = "auto", decode_steps: int | None
     on_cuda = str(getattr(loaded.model, "device", loaded.device)).startswith("cuda")
     long_enough = decode_steps is None or decode_steps >= STATIC_MIN_STEPS
     return on_cuda and not getattr(loaded, "load_in_4bit", False) and long_enough
+
+
+def decode_path(loaded: Any, choice: str = "auto", decode_steps: int | None = None) -> str:
+    """Which loop generates: ``graph`` (the suite's static-cache loop, ``evals.decoding``; one CUDA graph per call
+    on CUDA, eager elsewhere), ``static`` (transformers' static cache, compiled) or ``dynamic`` (transformers'
+    default cache).
+
+    ``auto``: ``graph`` on CUDA for every model the loop supports (capture costs about one step, so short calls
+    gain too); otherwise ``use_static_cache``'s rule. ``graph`` asked for a model the loop does not support
+    falls back to ``dynamic`` with a warning that says why."""
+    from tunebench.evals.decoding import unsupported_reason
+
+    if choice in ("static", "dynamic"):
+        return choice
+    why = unsupported_reason(loaded.model)
+    if choice == "graph":
+        if why is None:
+            return "graph"
+        log.warning("generation_cache graph: %s, so transformers' dynamic cache generates instead", why)
+        return "dynamic"
+    on_cuda = str(getattr(loaded.model, "device", loaded.device)).startswith("cuda")
+    if on_cuda and why is None and not getattr(loaded, "load_in_4bit", False):
+        return "graph"
+    return "static" if use_static_cache(loaded, choice, decode_steps) else "dynamic"
 
 
 def static_cache_kwargs(total_len: int) -> dict[str, Any]:
@@ -274,7 +302,7 @@ def generate(
         progress: show a progress bar.
         cache_dir: folder of the generation cache; default ``cache_root()/"generations"``.
         use_cache: read and write the cache (False regenerates everything and stores nothing).
-        cache_implementation: ``auto`` (see ``use_static_cache``), ``static`` or ``dynamic``.
+        cache_implementation: ``auto``, ``graph``, ``static`` or ``dynamic`` (see ``decode_path``).
 
     Returns:
         A Generation with answers in the caller's order, token counts, timing and cache statistics.
@@ -318,27 +346,37 @@ def generate(
     batches = [(b, missing[start:start + batch_size]) for b, start in enumerate(range(0, len(missing), batch_size))]
     mine = [batches[k] for k in dist.shard(len(batches))]
     steps = len(mine) * sampling.max_new_tokens
-    static = use_static_cache(loaded, cache_implementation, steps) and bool(missing)
-    width, rows_per_call = 0, 0
-    if static:  # one shape for every batch: one compiled decode step
+    out.path = decode_path(loaded, cache_implementation, steps) if missing else ""
+    width, rows_per_call, decoder = 0, 0, None
+    if out.path in ("static", "graph"):  # one shape for every batch: one compiled step or one captured graph
         width = max(len(ids[i]) for i, _ in missing)
         rows_per_call = min(batch_size, len(missing))
+    if out.path == "static":
         kwargs.update(static_cache_kwargs(width + sampling.max_new_tokens))
+    elif out.path == "graph":
+        from tunebench.evals.decoding import StaticDecoder
+
+        decoder = StaticDecoder(model, rows_per_call, width, sampling.max_new_tokens, kwargs["eos_token_id"],
+                                kwargs["pad_token_id"], temperature=sampling.temperature, top_p=sampling.top_p,
+                                min_p=sampling.min_p)
     done: dict[tuple[int, int], tuple[str, int]] = {}
 
     bar = tqdm(total=len(mine), desc=f"generate[{sampling.name}]",
                disable=not progress or not mine or not dist.is_main())
     for b, pairs in mine:
         rows = [ids[i] for i, _ in pairs]
-        rows += [rows[-1]] * (rows_per_call - len(rows))  # static shape: filler rows, answers discarded
+        rows += [rows[-1]] * (rows_per_call - len(rows))  # one shape: filler rows, answers discarded
         input_ids, mask = left_pad(rows, kwargs["pad_token_id"], width)
-        torch.manual_seed(batch_seed(seed, 0, b))
         t0 = time.perf_counter()
-        with torch.inference_mode():
-            gen = model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device), **kwargs)
+        if decoder is not None:
+            new = decoder(input_ids, mask, seed=batch_seed(seed, 0, b)).tolist()
+        else:
+            torch.manual_seed(batch_seed(seed, 0, b))
+            with torch.inference_mode():
+                gen = model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device), **kwargs)
+            new = gen[:, input_ids.shape[1]:].tolist()
         out.seconds += time.perf_counter() - t0
         out.generate_calls += 1
-        new = gen[:, input_ids.shape[1]:].tolist()
         fresh = {}
         for (i, s), row in zip(pairs, new, strict=False):
             n_new = count_new_tokens(row, stops)
@@ -357,7 +395,7 @@ def generate(
             for (i, s), (text, n_new) in part.items():
                 out.samples[i][s], out.token_counts[i][s] = text, n_new
     if out.generate_calls:
-        log.info("generated %d new tokens in %.1fs (%.1f tok/s, %s cache); cache hits %d, misses %d",
-                 out.new_tokens, out.seconds, out.tokens_per_s, "static" if static else "dynamic",
-                 out.cache_hits, out.cache_misses)
+        how = out.path + (f" ({decoder.why_eager})" if decoder is not None and decoder.why_eager else "")
+        log.info("generated %d new tokens in %.1fs (%.1f tok/s, %s decoding); cache hits %d, misses %d",
+                 out.new_tokens, out.seconds, out.tokens_per_s, how, out.cache_hits, out.cache_misses)
     return out

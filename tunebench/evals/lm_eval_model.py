@@ -8,13 +8,15 @@ string at a time: for MMLU + HellaSwag + ARC + PIQA that is 110k requests, 220k 
 
 What changes is only how the tokens are produced, never which prompts, settings or post-processing:
 
-- where the call is long enough to repay compiling (``generation.use_static_cache``), every batch of one
-  ``generate_until`` call has one shape: rows are padded with copies of the last row up to the
-  generation batch size, contexts left-padded to the widest context of the call, and the cache sized to a
-  multiple of ``generation.STATIC_CACHE_STEP``, so the decode step compiles once (``cache_implementation="static"``,
-  as the probes use);
-- one stopping criterion marks each row done as soon as any of its stop strings occurs in what it generated, and
-  the batch ends when every row is done. lm-eval cuts each answer at the first stop string anyway
+- on CUDA every batch goes through the suite's decode loop (``evals.decoding``, each step one CUDA graph replay),
+  or, where the model does not allow it, through transformers' compiled static cache for calls long enough to
+  repay compiling (``generation.decode_path``, as the probes choose). On both, every batch of one
+  ``generate_until`` call has one shape: rows are padded with copies of the last row up to the generation batch
+  size and contexts left-padded to the widest context of the call, so one capture (or one compiled step, the
+  cache sized to a multiple of ``generation.STATIC_CACHE_STEP``) serves the call. Decoding settings other than
+  greedy or temperature / top-p sampling go through ``model.generate``;
+- one stopping criterion marks each row done as soon as any of its stop strings occurs in what it generated (the
+  decode loop asks every ``decoding.STOP_CHECK_EVERY`` steps), and the batch ends when every row is done. lm-eval cuts each answer at the first stop string anyway
   (``postprocess_generated_text``), so where generation stops never changes the answer; it only saves steps.
 - generation runs at its own batch size (``eval.lm_eval_generate_batch_size``);
 - loglikelihood asks the model for the logits of scored positions only (``TunebenchLM._loglikelihood_tokens``),
@@ -36,7 +38,8 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from tunebench.core.threads import tokenizer_threads
-from tunebench.evals.generation import static_cache_kwargs, use_static_cache
+from tunebench.evals import decoding
+from tunebench.evals.generation import decode_path, static_cache_kwargs
 
 RUNNER = "lm-eval hf"
 LOGITS_BUDGET = 2**28
@@ -78,12 +81,14 @@ def model_class() -> type:
     from transformers import StoppingCriteria, StoppingCriteriaList  # heavy: transformers
 
     class StopStrings(StoppingCriteria):
-        """Per row: done once one of ``stops`` occurs in the tokens generated after ``start``; done stays done."""
+        """Per row: done once one of ``stops`` occurs in the tokens generated after ``start``; done stays done.
+        ``every``: how many tokens arrive between two calls (the window looks back that much further)."""
 
-        def __init__(self, tokenizer: Any, stops: list[str], start: int, rows: int):
+        def __init__(self, tokenizer: Any, stops: list[str], start: int, rows: int, every: int = 1):
             self.tokenizer, self.stops, self.start = tokenizer, [s for s in stops if s], start
             # lm-eval looks back len(tokens of the stop) + 2 tokens; the longest stop's window covers every stop
-            self.lookback = max((len(tokenizer.encode(s, add_special_tokens=False)) for s in self.stops), default=0) + 2
+            longest = max((len(tokenizer.encode(s, add_special_tokens=False)) for s in self.stops), default=0)
+            self.lookback = longest + 2 + every - 1
             self.done = torch.zeros(rows, dtype=torch.bool)
 
         def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
@@ -103,8 +108,10 @@ def model_class() -> type:
             super().__init__(*args, **kwargs)
             self.generate_batch_size = int(generate_batch_size or self.batch_size_per_gpu)
             self.cache_implementation = cache_implementation
-            self.static = False  # decided per generate_until call, as for the probes
+            self.path = "dynamic"  # decided per generate_until call, as for the probes (generation.decode_path)
             self._rows = self._width = 0
+            self._decoders: dict[tuple[Any, ...], Any] = {}
+            self.loop_batches = 0  # batches the suite's decode loop generated (the rest went through generate)
             self._encoded: dict[str, list[int]] = {}
 
         # ------------------------------------------------------------------ tokenization, batched up front
@@ -254,8 +261,8 @@ def model_class() -> type:
             longest = max(int(r.args[1].get("max_gen_toks", self.max_gen_toks)) for r in requests)
             steps = -(-len(requests) // self._rows) * longest
             quantized = bool(getattr(self.model, "is_loaded_in_4bit", False))
-            self.static = use_static_cache(SimpleNamespace(model=self.model, device=str(self.device),
-                                                           load_in_4bit=quantized), self.cache_implementation, steps)
+            self.path = decode_path(SimpleNamespace(model=self.model, device=str(self.device), load_in_4bit=quantized),
+                                    self.cache_implementation, steps)
             # the widest context of the call (a little slack: batch tokenization may add BOS), capped as lm-eval caps
             widest = max(len(self.tok_encode(r.args[0])) for r in requests) + 2
             self._width = min(widest, self.max_length)
@@ -266,6 +273,7 @@ def model_class() -> type:
             finally:
                 self.batch_size_per_gpu = loglikelihood_batch
                 self._encoded = {}
+                self._decoders = {}  # their KV caches and graphs: freed with the call
 
         def _model_generate(self, context: Any, max_length: int, stop: list[str], **kwargs: Any) -> Any:
             n, width = context.shape
@@ -273,10 +281,12 @@ def model_class() -> type:
             if mask is None:
                 mask = torch.ones_like(context)
             rows, target = n, width
-            if self.static:  # one shape for every batch of the call: one compiled decode step
+            original = context
+            if self.path != "dynamic":  # one shape for every batch of the call: one capture or compiled step
                 rows, target = max(n, self._rows), max(width, self._width)
                 context = _pad_rows(_pad_left(context, target, self.tokenizer.pad_token_id), rows)
                 mask = _pad_rows(_pad_left(mask.to(context.device), target, 0), rows)
+            if self.path == "static":
                 kwargs.update(static_cache_kwargs(target + max_length - width))
             # lm-eval's normalization of the decoding settings (HFLM._model_generate)
             kwargs["temperature"] = kwargs.get("temperature", 0.0)
@@ -285,6 +295,14 @@ def model_class() -> type:
                 kwargs["do_sample"] = do_sample = False
             if do_sample is False and kwargs["temperature"] == 0.0:
                 kwargs.pop("temperature", None)
+            decoder = self._decoder(rows, target, max_length - width, kwargs)
+            if decoder is not None:
+                every = decoding.STOP_CHECK_EVERY
+                crit = StopStrings(self.tokenizer, stop, 0, rows, every)
+                seed = int(torch.randint(2**62, (1,)).item())  # from lm-eval's seeded torch RNG: reproducible
+                new = decoder(context, mask, seed, stopped=lambda so_far: crit(so_far, None).cpu())
+                self.loop_batches += 1
+                return torch.cat([original.to(new.device), new[:n]], dim=1)
             stopping = StoppingCriteriaList([StopStrings(self.tokenizer, stop, target, rows)])
             with torch.autocast(device_type=self.device.type, dtype=self.mixed_precision_dtype,
                                 enabled=self.mixed_precision_dtype is not None):
@@ -292,6 +310,27 @@ def model_class() -> type:
                                           max_new_tokens=max_length - width, stopping_criteria=stopping,
                                           pad_token_id=self.tokenizer.pad_token_id, use_cache=True, **kwargs)
             return out[:n, target - width:]  # lm-eval slices the continuation off at the original width
+
+        def _decoder(self, rows: int, width: int, new_tokens: int, kwargs: dict[str, Any]) -> Any:
+            """The call's ``decoding.StaticDecoder`` for these settings (made once per shape), or None where
+            ``model.generate`` runs: another path, mixed precision, or decoding knobs the loop does not have."""
+            if self.path != "graph" or self.mixed_precision_dtype is not None:
+                return None
+            knobs = {k: v for k, v in kwargs.items() if k not in ("do_sample", "temperature", "top_p")}
+            if knobs:
+                return None
+            sampled = bool(kwargs.get("do_sample"))
+            temperature = float(kwargs.get("temperature", 1.0)) if sampled else 0.0
+            top_p = kwargs.get("top_p") if sampled else None
+            key = (rows, width, new_tokens, temperature, top_p)
+            if key not in self._decoders:
+                stops = [i for i in (self.tokenizer.eos_token_id, getattr(self.model.generation_config,
+                                                                           "eos_token_id", None)) if i is not None]
+                flat = [j for i in stops for j in (i if isinstance(i, list) else [i])]
+                self._decoders[key] = decoding.StaticDecoder(
+                    self.model, rows, width, new_tokens, flat, self.tokenizer.pad_token_id,
+                    temperature=temperature, top_p=top_p)
+            return self._decoders[key]
 
     def _scored_span(rows: list[list[int]], requests: list[Any]) -> tuple[int, int]:
         """(padded width, first scored position) of a batch: logits at position p score token p + 1, so row r's
@@ -315,5 +354,6 @@ def model_class() -> type:
 
 def describe(lm: Any) -> str:
     """How generate_until ran, for the results' model identity."""
-    cache = "static cache" if lm.static else "dynamic cache"
+    cache = {"graph": "static cache, CUDA graph decode loop", "static": "static cache, compiled",
+             "dynamic": "dynamic cache"}[lm.path]
     return f"{RUNNER} (generate_until: {cache}, batch {lm.generate_batch_size}, per-row stop strings)"
