@@ -133,7 +133,7 @@ class StaticDecoder:
         import torch  # heavy: torch, imported when needed
 
         nxt = torch.where(self.done, self.pad_id, nxt)
-        self.done |= torch.isin(nxt, self.stops)
+        self.done |= (nxt[:, None] == self.stops[None, :]).any(dim=-1)
         self.out.index_copy_(1, self.column, nxt[:, None])
         self.token.copy_(nxt[:, None])
         self.column.add_(1)
