@@ -377,3 +377,21 @@ def test_world_size_launches_torchrun_and_scaling_is_computed_from_one_invocatio
 
     assert speed_ratios(rows) == []
     assert all(t["value"] is None for t in speed_targets(rows, ["s"]) if "÷ hf" in t["target"])
+
+
+def test_train_worker_runs_one_point_through_the_suites_trainer(tmp_path, tiny_llama_dir):
+    """The speed worker builds its run config itself: it must be resolved for the machine (dtype, optimizer), as
+    a preset is, or the trainer refuses it. One hf point on CPU, bf16-LoRA settings (no 4-bit)."""
+    from tunebench.bench.shapes import prepare_data
+    from tunebench.bench.worker import run_train_point
+
+    prepared, summary, _ = prepare_data(str(tiny_llama_dir), "auto", "packaged:sharegpt-v3", 256, 16, tmp_path)
+    spec = {"kind": "train", "label": "cpu", "shape": "tiny", "backend": "hf", "model_dir": str(tiny_llama_dir),
+            "chat_template": "auto", "prepared": str(prepared), "data_source": "packaged:sharegpt-v3",
+            "batch_size": 2, "grad_accum": 1, "max_length": 256, "warmup": 1, "steps": 2, "r": 4, "alpha": 8,
+            "targets": ["q_proj", "v_proj"], "load_in_4bit": False, "params": 10**6, "peak_tflops": None,
+            "datasheet_tflops": None, "gradient_checkpointing": False, "run_dir": str(tmp_path / "run")}
+    row = run_train_point(spec)
+    assert 0 < summary["conversations"] <= 16
+    assert row["steps_run"] == 3 and row["real_tokens_per_s"] > 0
+    assert row["load_in_4bit"] is False and row["backend_used"] == "hf"

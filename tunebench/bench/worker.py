@@ -21,7 +21,7 @@ from tunebench.bench.scaling import combine_rank_marks
 from tunebench.bench.shapes import load_prepared, run_setup
 from tunebench.bench.timer import make_step_timer
 from tunebench.core import dist
-from tunebench.core.config import DataConfig, LoraConfig, ModelConfig, RunConfig, TrainConfig
+from tunebench.core.config import DataConfig, LoraConfig, ModelConfig, RunConfig, TrainConfig, resolve
 from tunebench.core.io import atomic_write_json, read_json
 from tunebench.train.backends import import_unsloth
 from tunebench.train.trainer import train
@@ -74,6 +74,7 @@ def run_train_point(spec: dict[str, Any]) -> dict[str, Any]:
                           padding_free=padding_free, packing=packing, seed=3407,
                           gradient_checkpointing=spec.get("gradient_checkpointing", True)),
     )
+    cfg, _ = resolve(cfg)  # dtype and optimizer for this machine, as load_config resolves a preset
     prepared = load_prepared(spec["prepared"])
     timer = make_step_timer(spec["warmup"])
     t0 = time.perf_counter()
