@@ -59,3 +59,47 @@ def test_models_the_loop_does_not_take():
     mistral = MistralForCausalLM(MistralConfig(**small, sliding_window=8, attn_implementation="sdpa"))
     assert "sliding-window" in unsupported_reason(mistral)
     assert unsupported_reason(object()) == "not a transformers generation model"
+
+
+def test_grouped_decode_attention_equals_transformers_sdpa():
+    """One query position under grouped-query attention: the query heads laid out as rows against their key/value
+    head give what transformers' SDPA path gives after copying keys and values per head (repeat_kv), mask included;
+    other shapes go to transformers' function itself."""
+    from types import SimpleNamespace
+
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from tunebench.evals.decoding import grouped_decode_attention
+
+    torch.manual_seed(0)
+    module = SimpleNamespace(num_key_value_groups=4, is_causal=True, training=False)
+    key, value = torch.randn(3, 2, 40, 16), torch.randn(3, 2, 40, 16)
+    mask = torch.rand(3, 1, 1, 40) > 0.3
+    mask[:, :, :, 0] = True
+    for q_len in (1, 5):
+        query = torch.randn(3, 8, q_len, 16)
+        m = mask.expand(3, 1, q_len, 40)
+        ours, _ = grouped_decode_attention(module, query, key, value, m, scaling=0.25)
+        theirs, _ = sdpa_attention_forward(module, query, key, value, m, scaling=0.25)
+        assert ours.shape == theirs.shape == (3, q_len, 8, 16)
+        assert torch.allclose(ours, theirs, atol=1e-5)
+
+
+def test_decoder_restores_the_models_attention_and_agrees_without_grouping():
+    """The decode steps switch the attention implementation for their duration only; greedy tokens agree with
+    transformers' SDPA path on a GQA model."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tunebench.evals.decoding import StaticDecoder
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2,
+                                         attn_implementation="sdpa")).eval()
+    ids = torch.randint(3, 96, (3, 9))
+    mask = torch.ones_like(ids)
+    mask[1, :4] = 0  # left padding
+    out = {grouped: StaticDecoder(model, 3, 9, 12, [0], 1, grouped=grouped)(ids, mask, seed=0)
+           for grouped in (True, False)}
+    assert torch.equal(out[True], out[False])
+    assert model.config._attn_implementation == "sdpa"

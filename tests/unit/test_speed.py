@@ -290,6 +290,13 @@ def test_find_best_candidates_ascend_within_each_layout_and_the_report_shows_the
 # ----------------------------------------------------------------------------- command line
 
 
+def test_eval_parts_are_checked_before_anything_runs(capsys, tmp_path):
+    assert speed.main(["eval", "--parts", "generation,decodes", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "unknown decodes" in err and "choose from perplexity, generation" in err
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.skipif(_cuda(), reason="checks the behaviour without CUDA")
 @pytest.mark.parametrize("command", ["speed", "eval"])
 def test_without_cuda_speed_and_eval_exit_3_and_say_why(command, capsys, tmp_path):

@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from tunebench.bench.evalspeed import run_eval
+from tunebench.bench.evalspeed import PARTS, parse_parts, run_eval
 from tunebench.bench.shapes import export_data, export_eval_data, export_tokenizer
 from tunebench.bench.spawn import EXIT_INPUT, EXIT_NO_CUDA, EXIT_OK, SetupError
 from tunebench.bench.trainspeed import run_speed
@@ -67,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("eval", help="evaluation speed: perplexity and batched generation, GPU only")
     common_flags(s)
     s.add_argument("--ppl-batch-tokens", default="16384,65536", help="perplexity batch-token budgets (a list sweeps)")
+    s.add_argument("--parts", default=",".join(PARTS), help=f"what to measure: any of {', '.join(PARTS)}")
     s.add_argument("--ppl-conversations", type=int, default=500, help="conversations scored per setting")
     s.add_argument("--max-length", type=int, default=2048)
     s.add_argument("--gen-batch", type=int, default=64, help="prompts per generate() call")
@@ -126,6 +127,8 @@ def dispatch(args: argparse.Namespace) -> int:
         else:
             print(f"Llama 3 tokenizer written to {export_llama3_tokenizer(args.out)}")
         return EXIT_OK
+    if args.command == "eval":
+        parse_parts(args.parts)  # bad input fails before any GPU check
     import torch  # heavy: only the GPU benchmarks need it
 
     if not torch.cuda.is_available():

@@ -20,6 +20,7 @@ from tunebench.bench.metrics import _target, mfu, parse_int_list
 from tunebench.bench.shapes import load_prepared, prepare_data, resolve_shapes
 from tunebench.bench.spawn import EXIT_INCOMPLETE, EXIT_OK, Budget, setup, spawn, work_dir
 from tunebench.core.config import SamplingConfig
+from tunebench.core.errors import InvalidInput
 from tunebench.core.io import atomic_write_json, atomic_write_text, read_json
 from tunebench.evals import lm_eval_model
 from tunebench.evals.generation import (
@@ -39,7 +40,24 @@ Messages = list[dict[str, str]]
 PROBE_RUN = {"probe_samples": 4, "probe_new_tokens": 64, "probe_batch": 256, "probe_prompts": 34}
 """The default probe run of the Llama presets: the shipped set's 34 prompts x 4 samples at temperature 1.5,
 64 new tokens, all answers in one pool (eval.probe_batch_size 256)."""
+PARTS = ("perplexity", "generation", "raw", "lm-eval", "probe", "merge", "decode")
+"""What ``bench eval --parts`` can choose (default: all): perplexity and generation rows per model; raw
+generate(static) and the CUDA graph check (base); lm-eval generate_until; the default probe run; the 4-bit merge
+comparison; the decode attention comparison."""
 TARGETS = {"adapter_ratio": 0.95, "vs_raw_static": 1.0, "probe_run_tokens_per_s": 20000.0, "ppl_mfu": 0.45}
+
+
+def parse_parts(text: str) -> list[str]:
+    """``--parts``: a comma list of ``PARTS``.
+
+    Raises:
+        InvalidInput: an unknown part, or none."""
+    parts = [x.strip() for x in text.split(",") if x.strip()]
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown or not parts:
+        raise InvalidInput(f"--parts {text!r}: unknown {', '.join(unknown) or 'empty list'}; choose from "
+                           f"{', '.join(PARTS)}")
+    return parts
 
 
 def fixed_length_prompts(tok: Any, conversations: list[Any], n: int, prompt_tokens: int) -> tuple[list[Messages], dict]:
@@ -194,6 +212,35 @@ def graph_check_row(loaded: Any, prompts: list[Messages], sampling: Any, batch: 
             "captured": captured, "identical": bool(torch.equal(out[True], out[False])),
             "graph_ms_per_step": round(1000 * seconds[True] / steps, 2),
             "eager_ms_per_step": round(1000 * seconds[False] / steps, 2)}
+
+
+def decode_attention_rows(loaded: Any, batch: int, widths: list[int], new_tokens: int) -> list[dict[str, Any]]:
+    """Time per decode step (CUDA graph replays) with transformers' SDPA attention (keys and values copied per
+    query head, ``repeat_kv``) against ``decoding.grouped_decode_attention``, at each context width: random
+    token ids, greedy, ``new_tokens`` steps, after one untimed call of the same shape."""
+    import torch  # heavy: torch, imported when needed
+
+    from tunebench.evals.decoding import StaticDecoder
+
+    pad = loaded.tokenizer.pad_token_id or 0
+    rows = []
+    for width in widths:
+        ids = torch.randint(1000, 20000, (batch, width))
+        mask = torch.ones_like(ids)
+        for grouped in (False, True):
+            decoder = StaticDecoder(loaded.model, batch, width, new_tokens, [-1], pad, graphs=True, grouped=grouped)
+            decoder(ids, mask, seed=0)
+            torch.cuda.synchronize()
+            t = time.perf_counter()
+            decoder(ids, mask, seed=0)
+            torch.cuda.synchronize()
+            seconds = time.perf_counter() - t
+            rows.append({"kind": "decode-attention", "attention": "grouped" if grouped else "sdpa (repeat_kv)",
+                         "batch": batch, "width": width, "steps": new_tokens, "captured": decoder.captured,
+                         "seconds": round(seconds, 3), "ms_per_step": round(1000 * seconds / new_tokens, 2),
+                         "new_tokens_per_s": round(batch * new_tokens / seconds, 1)})
+            del decoder
+    return rows
 
 
 def raw_generation_row(loaded: Any, prompts: list[Messages], sampling: Any, batch: int) -> dict[str, Any]:
@@ -364,6 +411,14 @@ def run_eval_shape(spec: dict[str, Any]) -> dict[str, Any]:
     probe = torch.tensor([encoded[0].input_ids[:512]], device=loaded.model.device)
     ref_logits: dict[str, Any] = {}
     rows = _Rows(spec.get("partial"))
+    parts = set(spec.get("parts") or PARTS)
+    if "decode" in parts and cuda:
+        log.info("%s/base: decode attention, sdpa vs grouped", spec["shape"])
+        try:
+            rows += decode_attention_rows(loaded, 128, [64, 1024], 64)
+        except Exception as e:
+            log.warning("decode attention rows failed: %s", e)
+            rows.append({"kind": "decode-attention", "error": f"{type(e).__name__}: {str(e)[:300]}"})
     for variant in ("base", "lora-unmerged", "lora-merged"):
         if cuda:  # each model compiles its own decode step: a graph recompiled for another model can turn dynamic
             torch._dynamo.reset()
@@ -377,14 +432,14 @@ def run_eval_shape(spec: dict[str, Any]) -> dict[str, Any]:
             ref_logits["base" if variant == "base" else "lora"] = _logits(loaded.model, probe)
         lora_dtype = next((str(p.dtype).replace("torch.", "") for n, p in loaded.model.named_parameters()
                            if "lora_" in n), None)
-        for bt in spec["ppl_batch_tokens"]:
+        for bt in spec["ppl_batch_tokens"] if "perplexity" in parts else []:
             log.info("%s/%s: perplexity at %d batch tokens", spec["shape"], variant, bt)
             rows.append({"variant": variant, "lora_dtype": lora_dtype, **perplexity_row(loaded, encoded, bt, spec)})
-        for sampling in samplings:
+        for sampling in samplings if "generation" in parts else []:
             log.info("%s/%s: generation (%s), batch %d", spec["shape"], variant, sampling.name, spec["gen_batch"])
             rows.append({"variant": variant, "lora_dtype": lora_dtype, "path": "suite generate",
                          **_guarded(generation_row, loaded, gen_prompts, sampling, spec["gen_batch"])})
-        if variant == "base" and cuda:
+        if variant == "base" and cuda and "raw" in parts:
             for sampling in samplings:
                 log.info("%s/base: decode loop, CUDA graph vs eager (%s)", spec["shape"], sampling.name)
                 rows.append({"variant": "base", **_guarded(graph_check_row, loaded, gen_prompts, sampling,
@@ -394,17 +449,17 @@ def run_eval_shape(spec: dict[str, Any]) -> dict[str, Any]:
                          spec["gen_batch"])
                 rows.append({"variant": "base", "sampling": sampling.name,
                              **_guarded(raw_generation_row, loaded, gen_prompts, sampling, spec["gen_batch"])})
-        if variant == "base" and spec.get("lm_eval_batches") and cuda:
+        if variant == "base" and spec.get("lm_eval_batches") and cuda and "lm-eval" in parts:
             log.info("%s/base: lm-eval generate_until", spec["shape"])
             try:
                 rows += lm_eval_generation_rows(loaded, spec["lm_eval_batches"])
             except Exception as e:
                 log.warning("lm-eval generate_until failed: %s", e)
                 rows.append({"kind": "lm-eval", "cache": CACHE, "error": f"{type(e).__name__}: {str(e)[:300]}"})
-        if spec.get("probe_batch") and variant in ("base", "lora-merged"):
+        if spec.get("probe_batch") and variant in ("base", "lora-merged") and "probe" in parts:
             log.info("%s/%s: default probe run", spec["shape"], variant)
             rows.append({"variant": variant, **_guarded(probe_run_row, loaded, prompts, spec)})
-    if spec.get("merge_base") and cuda:
+    if spec.get("merge_base") and cuda and "merge" in parts:
         try:
             rows += [{"shape": spec["shape"], **r} for r in merge_base_rows(spec, encoded, ref_logits, probe)]
         except Exception as e:  # bitsandbytes missing or failing: the speed rows stand without it
@@ -420,6 +475,7 @@ def run_eval(args: argparse.Namespace) -> int:
     """The parent of ``bench eval``: setup, data, one worker per shape, results after each."""
 
     budgets = parse_int_list(args.ppl_batch_tokens, "--ppl-batch-tokens")
+    parts = parse_parts(args.parts)
     budget, work, out = Budget(args.budget_s), work_dir(args), Path(args.out)
     shapes = resolve_shapes([x.strip() for x in args.shape.split(",") if x.strip()], args.tokenizer)
     results: dict[str, Any] = {
@@ -432,7 +488,7 @@ def run_eval(args: argparse.Namespace) -> int:
                      "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens,
                      "lora": {"r": args.r, "alpha": args.alpha, "targets": args.lora_targets.split(","),
                               "init": "random (peft init_lora_weights=False)"},
-                     "data": args.data, "probe_run": PROBE_RUN},
+                     "data": args.data, "probe_run": PROBE_RUN, "parts": parts},
         "rows": [],
     }
     setup_res = setup(shapes, args, work, budget)
@@ -454,7 +510,7 @@ def run_eval(args: argparse.Namespace) -> int:
                 "new_tokens": args.new_tokens, "r": args.r, "alpha": args.alpha,
                 "targets": args.lora_targets.split(","), "params": info["params"],
                 "head_params": info["vocab_size"] * info["hidden_size"], "tied": info["tied_embeddings"],
-                "peak_tflops": cal.get("peak_tflops"), **PROBE_RUN, "merge_base": True,
+                "peak_tflops": cal.get("peak_tflops"), **PROBE_RUN, "merge_base": True, "parts": parts,
                 "lm_eval_batches": [80]}
         partial = work / "results" / f"{name}-eval.partial.json"
         partial.unlink(missing_ok=True)
@@ -572,6 +628,15 @@ def render_eval_md(results: dict[str, Any]) -> str:
                          f"{r['new_tokens']:,} | {_f(r['new_tokens_per_s'])} ({_f(r.get('cold_new_tokens_per_s'))}) | "
                          f"{_f(r.get('ms_per_step'), '.1f')} | {_f(r.get('rows_x_steps_per_s'))} | "
                          f"{_f(r['peak_allocated_gib'], '.2f')} |")
+        attn = [r for r in mine if r["kind"] == "decode-attention"]
+        if attn:
+            lines += ["", "Decode step attention (CUDA graph replays, greedy, random token ids; the suite decodes with "
+                      "`grouped`):", "",
+                      "| attention | batch | context width | steps | ms/step | new tokens/s |",
+                      "|---|---:|---:|---:|---:|---:|"]
+            lines += [("| " + (f"**failed**: {r['error']} | | | | | |" if "error" in r else
+                      f"{r['attention']} | {r['batch']} | {r['width']:,} | {r['steps']} | {r['ms_per_step']:.2f} | "
+                      f"{_f(r['new_tokens_per_s'])} |")) for r in attn]
         checks = [r for r in mine if r["kind"] == "graph-check"]
         if checks:
             lines += ["", "The decode loop with each step one CUDA graph replay against the same loop run eagerly "

@@ -15,6 +15,12 @@ position only. Sampling applies transformers' warpers in transformers' order, wi
 made by a generator seeded per call: the same seed gives the same answers, and the draw follows the same
 distribution as ``torch.multinomial`` over the softmax. Greedy takes the argmax, as ``generate`` does.
 
+Decode steps attend through ``grouped_decode_attention``: for grouped-query attention (Llama 3.2: 32 query heads on 8
+key/value heads; SmolLM2: 9 on 3) transformers' SDPA path copies the keys and values once per query head of a group
+whenever a mask is given (``repeat_kv``), which at a 1,000-token context is most of a step's memory traffic; with one
+query position the query heads of a group can instead be laid out as that many query rows against their one
+key/value head, so SDPA reads the cache once. Prefill (many query positions) keeps transformers' SDPA path.
+
 Only decoder-only models whose static cache is plain full attention and whose attention is SDPA take this loop
 (``unsupported_reason``); others, and 4-bit weights, go through ``model.generate``. On CPU the same step runs
 eagerly (the tests use that). If capture fails on a GPU, the step runs eagerly and a warning says why.
@@ -22,8 +28,9 @@ eagerly (the tests use that). If capture fails on a GPU, the step runs eagerly a
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -34,6 +41,48 @@ STOP_CHECK_EVERY = 8
 """Decode steps between checks whether every row has stopped (each check is one host-device sync)."""
 WARMUP_STEPS = 1
 """Eager steps (on a side stream) before a capture: lazy initialisations must not happen inside it."""
+
+
+DECODE_ATTENTION = "tunebench_grouped_decode"
+"""The name ``grouped_decode_attention`` is registered under in transformers' AttentionInterface."""
+
+
+def grouped_decode_attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any,
+                             dropout: float = 0.0, scaling: float | None = None, **kwargs: Any) -> tuple[Any, None]:
+    """transformers' SDPA attention, except for one query position under grouped-query attention: query heads
+    ``[b, kv_heads * groups, 1, d]`` become ``[b, kv_heads, groups, d]`` rows against ``[b, kv_heads, L, d]``
+    keys and values (head ``i`` reads key/value head ``i // groups``, as ``repeat_kv`` lays them out), so the cache
+    is read once instead of copied ``groups`` times. Returns ``[b, 1, heads, d]``, as transformers' functions do."""
+    import torch  # heavy: torch, imported when needed
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward  # heavy: transformers
+
+    b, heads, q_len, d = query.shape
+    kv_heads = key.shape[1]
+    if q_len != 1 or kv_heads == heads or heads % kv_heads or dropout:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    mask = None if attention_mask is None else attention_mask[:, :, :, : key.shape[-2]]
+    rows = query.reshape(b, kv_heads, heads // kv_heads, d)
+    out = torch.nn.functional.scaled_dot_product_attention(rows, key, value, attn_mask=mask, scale=scaling)
+    return out.reshape(b, heads, 1, d).transpose(1, 2).contiguous(), None
+
+
+def _register_attention() -> None:
+    from transformers import AttentionInterface  # heavy: transformers
+
+    if DECODE_ATTENTION not in AttentionInterface._global_mapping:
+        AttentionInterface.register(DECODE_ATTENTION, grouped_decode_attention)
+
+
+@contextlib.contextmanager
+def _attention(config: Any, name: str) -> Iterator[None]:
+    """The model's attention implementation set to ``name`` for the block (its modules read it at every call)."""
+    before = config._attn_implementation
+    config._attn_implementation = name
+    try:
+        yield
+    finally:
+        config._attn_implementation = before
 
 
 def unsupported_reason(model: Any) -> str | None:
@@ -90,11 +139,12 @@ class StaticDecoder:
         pad_id: the padding id.
         temperature, top_p, min_p: sampling; temperature 0 is greedy.
         graphs: capture the step as a CUDA graph (ignored off CUDA).
+        grouped: decode steps attend through ``grouped_decode_attention`` (else transformers' SDPA path).
     """
 
     def __init__(self, model: Any, rows: int, width: int, max_new_tokens: int, stop_ids: list[int], pad_id: int,
                  temperature: float = 0.0, top_p: float | None = None, min_p: float | None = None,
-                 graphs: bool = True):
+                 graphs: bool = True, grouped: bool = True):
         import torch  # heavy: torch, imported when needed
         from transformers.cache_utils import StaticCache  # heavy: transformers
 
@@ -103,6 +153,10 @@ class StaticDecoder:
         self.temperature, self.top_p, self.min_p = temperature, top_p, min_p
         self.device = next(model.parameters()).device
         self.graphs = graphs and self.device.type == "cuda"
+        self.config = model.config.get_text_config(decoder=True)
+        self.step_attention = DECODE_ATTENTION if grouped else self.config._attn_implementation
+        if grouped:
+            _register_attention()
         self.cache_len = -(-(width + max_new_tokens) // CACHE_ALIGN) * CACHE_ALIGN
         self.cache = StaticCache(config=model.config, max_cache_len=self.cache_len)
         dev = self.device
@@ -208,21 +262,22 @@ class StaticDecoder:
             self.position.copy_(position[:, -1:] + 1)
             self.write.fill_(self.width)
             made = 1  # tokens per row so far
-            while made < self.max_new:
-                if self.graphs and not self.captured:
-                    n = min(WARMUP_STEPS, self.max_new - made)
-                    self._capture(generator, n)  # n real steps, then the capture
-                else:
-                    n = 1
-                    self._draw(generator)
-                    if self.captured:
-                        self.graph.replay()
+            with _attention(self.config, self.step_attention):
+                while made < self.max_new:
+                    if self.graphs and not self.captured:
+                        n = min(WARMUP_STEPS, self.max_new - made)
+                        self._capture(generator, n)  # n real steps, then the capture
                     else:
-                        self._step()
-                made += n
-                if made % STOP_CHECK_EVERY < n or made == self.max_new:
-                    if stopped is not None:
-                        self.done |= stopped(self.out[:, :made].cpu()).to(self.device)
-                    if bool(self.done.all()):
-                        break
+                        n = 1
+                        self._draw(generator)
+                        if self.captured:
+                            self.graph.replay()
+                        else:
+                            self._step()
+                    made += n
+                    if made % STOP_CHECK_EVERY < n or made == self.max_new:
+                        if stopped is not None:
+                            self.done |= stopped(self.out[:, :made].cpu()).to(self.device)
+                        if bool(self.done.all()):
+                            break
             return self.out.clone()
