@@ -170,8 +170,8 @@ class EvalConfig:
     lm_eval_batch_size: int = 64
     """lm-eval batch size (generate_until on an H100, 1B shape: 80 documents took 1.7 s at 80, 4.1 s at 32)."""
     lm_eval_generate_batch_size: int = 128
-    """Rows per generate call of lm-eval's generate_until tasks (gsm8k_cot...), on the KV cache of
-    ``generation_cache`` (static and compiled on CUDA: one shape per call, see evals.lm_eval_model)."""
+    """Rows per generate call of lm-eval's generate_until tasks (gsm8k_cot...), through the decode loop of
+    ``generation_cache`` (on CUDA the suite's CUDA graph loop: one shape per call, see evals.lm_eval_model)."""
     lm_eval_chat_template: bool = True
     """Apply the chat template inside lm-eval (it changes scores; recorded)."""
     probe_files: list[str] = field(default_factory=lambda: ["default"])

@@ -50,8 +50,9 @@ def chat(
         input_fn: reads one user line (``input``; tests pass a scripted one).
         print_fn: prints messages that are not the streamed answer.
         seed: makes sampled answers reproducible (turn t uses a seed derived from seed and t).
-        cache_implementation: KV cache (``auto``: static and compiled on CUDA, its size rounded up so that
-            the step recompiles only when the conversation outgrows it; dynamic on CPU).
+        cache_implementation: KV cache of ``generate``, which streams (``auto``: static and compiled on CUDA, its
+            size rounded up so that the step recompiles only when the conversation outgrows it; dynamic on CPU;
+            ``graph``, the probes' CUDA graph loop, does not stream, so the chat takes the dynamic cache for it).
 
     Returns:
         The conversation as it stood when the chat ended.

@@ -123,7 +123,8 @@ def generation_kwargs(loaded: Any, sampling: SamplingConfig) -> dict[str, Any]:
 
 
 STATIC_MIN_STEPS = 4096
-"""Under ``auto``, a call takes the static compiled cache only when it runs at least this many decode steps (batches
+"""Under ``auto``, for a model the decode loop does not support (``decode_path``), a call takes transformers' static
+compiled cache only when it runs at least this many decode steps (batches
 x new tokens): compiling costs 25-70 s per model and shape, and saves ~10 ms per step (1B shape, batch 64: 5.9 vs
 15 ms on an H100). In a `tunebench run smollm2-standard` on an H200 the static probe runs took 38.6 s and 68.2 s
 for 64-token answers (compile included); the same runs on the dynamic cache took 6-25 s for the other models."""

@@ -257,7 +257,7 @@ def model_class() -> type:
                 return []
             self._encode_all({r.args[0] for r in requests})
             self._rows = min(self.generate_batch_size, len(requests))
-            # the probes' rule (generation.use_static_cache): static only where the decode steps repay compiling
+            # the probes' rule (generation.decode_path): the CUDA graph loop, else static where steps repay compiling
             longest = max(int(r.args[1].get("max_gen_toks", self.max_gen_toks)) for r in requests)
             steps = -(-len(requests) // self._rows) * longest
             quantized = bool(getattr(self.model, "is_loaded_in_4bit", False))

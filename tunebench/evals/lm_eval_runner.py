@@ -99,8 +99,8 @@ def run_lm_eval(
             here on it (no child, no second load). Ignored with ``num_processes`` > 1 or when Unsloth has
             patched transformers in this process (lm-eval's HF model breaks on the patched classes).
         generate_batch_size: rows per generate call of generate_until tasks (None = ``batch_size``).
-        cache_implementation: KV cache of generate_until tasks: ``auto`` (static on CUDA for calls long enough to
-            repay compiling, ``generation.use_static_cache``), ``static`` or ``dynamic``.
+        cache_implementation: decode loop of generate_until tasks: ``auto``, ``graph``, ``static`` or ``dynamic``
+            (``generation.decode_path``).
 
     Returns:
         A partial Results (label, model, inputs, metrics, items, artifacts, timings) to merge into a full one.

@@ -485,7 +485,7 @@ def run_probes(
         label: ``base`` or ``tuned``.
         use_cache: False regenerates everything.
         progress: show progress bars.
-        cache_implementation: KV cache for generation (``auto``: see ``generation.use_static_cache``).
+        cache_implementation: decode loop for generation (``auto``: see ``generation.decode_path``).
 
     Returns:
         A partial Results: ``probes/<set>/<sampling>/pass_rate`` and ``.../<probe>/pass_rate`` metrics with
