@@ -103,3 +103,26 @@ def test_decoder_restores_the_models_attention_and_agrees_without_grouping():
            for grouped in (True, False)}
     assert torch.equal(out[True], out[False])
     assert model.config._attn_implementation == "sdpa"
+
+
+def test_decode_path_rules(caplog):
+    """auto: the loop on CUDA for models it supports, else transformers' rule (dynamic on CPU); graph asked for a
+    model the loop refuses falls back to dynamic and says why; static and dynamic are taken as given."""
+    from types import SimpleNamespace
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tunebench.evals.generation import STATIC_MIN_STEPS, decode_path
+
+    small = {"vocab_size": 64, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+             "num_attention_heads": 2, "num_key_value_heads": 1}
+    sdpa = SimpleNamespace(model=LlamaForCausalLM(LlamaConfig(**small, attn_implementation="sdpa")), device="cpu")
+    eager = SimpleNamespace(model=LlamaForCausalLM(LlamaConfig(**small, attn_implementation="eager")), device="cpu")
+    assert decode_path(sdpa, "auto", 10 * STATIC_MIN_STEPS) == "dynamic"  # CPU
+    assert decode_path(sdpa, "graph") == "graph"
+    assert decode_path(sdpa, "static") == "static" and decode_path(sdpa, "dynamic") == "dynamic"
+    assert decode_path(eager, "graph") == "dynamic"
+    assert "attention 'eager'" in caplog.text
+    gpu_stub = SimpleNamespace(model=SimpleNamespace(device="cuda:0"), device="cuda:0", load_in_4bit=False)
+    assert decode_path(gpu_stub, "auto", STATIC_MIN_STEPS) == "static"  # not a model the loop takes: the old rule
+    assert decode_path(gpu_stub, "auto", 64) == "dynamic"
