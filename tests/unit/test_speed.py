@@ -389,10 +389,16 @@ def test_world_size_launches_torchrun_and_scaling_is_computed_from_one_invocatio
 def test_train_worker_runs_one_point_through_the_suites_trainer(tmp_path, tiny_llama_dir):
     """The speed worker builds its run config itself: it must be resolved for the machine (dtype, optimizer), as
     a preset is, or the trainer refuses it. One hf point on CPU, bf16-LoRA settings (no 4-bit)."""
-    from tunebench.bench.shapes import prepare_data
+    from tunebench.bench.shapes import load_prepared, prepare_data
     from tunebench.bench.worker import run_train_point
+    from tunebench.data.sources import DataError
 
-    prepared, summary, _ = prepare_data(str(tiny_llama_dir), "auto", "packaged:sharegpt-v3", 256, 16, tmp_path)
+    prepared, summary, data = prepare_data(str(tiny_llama_dir), "auto", "packaged:sharegpt-v3", 256, 16, tmp_path)
+    assert prepared.suffix == ".json" and load_prepared(prepared) == data  # plain data, read back exactly
+    other = tmp_path / "other.json"
+    other.write_text('{"rows": []}')
+    with pytest.raises(DataError, match="not a tunebench prepared-data file"):
+        load_prepared(other)
     spec = {"kind": "train", "label": "cpu", "shape": "tiny", "backend": "hf", "model_dir": str(tiny_llama_dir),
             "chat_template": "auto", "prepared": str(prepared), "data_source": "packaged:sharegpt-v3",
             "batch_size": 2, "grad_accum": 1, "max_length": 256, "warmup": 1, "steps": 2, "r": 4, "alpha": 8,

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import pickle
 import shutil
 import time
 import uuid
@@ -31,9 +30,10 @@ from tunebench.core.io import (
     cache_root,
     environment,
     fingerprint,
+    read_json,
     sha256_file,
 )
-from tunebench.data.conversations import prepare, standardize_and_split
+from tunebench.data.conversations import prepare, prepared_from_dict, prepared_to_dict, standardize_and_split
 from tunebench.data.sources import read_source
 from tunebench.models.llama3_tokenizer import is_llama3_tokenizer, llama3_tokenizer
 from tunebench.models.loading import load_tokenizer, resolve_model, template_text
@@ -354,14 +354,14 @@ def resolve_shapes(names: list[str], tokenizer: str | None) -> dict[str, dict[st
 
 
 def save_prepared(prepared: Any, path: Path) -> Path:
-    """Pickle the encoded data for the workers (same code, same machine: pickle is the simple, exact form)."""
-    return atomic_write_bytes(path, pickle.dumps(prepared, protocol=pickle.HIGHEST_PROTOCOL))
+    """The encoded data for the workers, as JSON (no pickles: a cache file is read back as data, never as code)."""
+    atomic_write_json(path, prepared_to_dict(prepared))
+    return path
 
 
 def load_prepared(path: str | Path) -> Any:
     """Read back what ``save_prepared`` wrote."""
-    with open(path, "rb") as f:
-        return pickle.load(f)
+    return prepared_from_dict(read_json(Path(path)))
 
 
 def prepare_data(model_dir: str, chat_template: str, source: str, max_length: int, n_train: int,
@@ -373,7 +373,7 @@ def prepare_data(model_dir: str, chat_template: str, source: str, max_length: in
     src = Path(source)
     key = fingerprint([sha256_file(tok_file) if tok_file.exists() else model_dir, tok.chat_template, source,
                        [src.stat().st_size, int(src.stat().st_mtime)] if src.is_file() else None, max_length, n_train])
-    path = work / "data" / f"{key}.pkl"
+    path = work / "data" / f"{key}.json"
     if path.exists():
         prepared = load_prepared(path)
     else:

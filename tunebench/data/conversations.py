@@ -516,6 +516,32 @@ class PreparedData:
         return self.report["fingerprint"]
 
 
+def prepared_to_dict(prepared: PreparedData) -> dict[str, Any]:
+    """``prepared`` as plain JSON-ready data (``prepared_from_dict`` reads it back exactly)."""
+    return {
+        "schema": "tunebench.prepared/1",
+        "encoded": {s: [e.__dict__ for e in rows] for s, rows in prepared.encoded.items()},
+        "conversations": {s: [c.to_dict() for c in rows] for s, rows in prepared.conversations.items()},
+        "template": prepared.template.to_dict(),
+        "report": prepared.report,
+    }
+
+
+def prepared_from_dict(data: dict[str, Any]) -> PreparedData:
+    """The PreparedData ``prepared_to_dict`` wrote.
+
+    Raises:
+        DataError: not such a record (another schema, a damaged file)."""
+    if not isinstance(data, dict) or data.get("schema") != "tunebench.prepared/1":
+        raise DataError("not a tunebench prepared-data file (schema tunebench.prepared/1); delete it and prepare again")
+    return PreparedData(
+        encoded={s: [Encoded(**e) for e in rows] for s, rows in data["encoded"].items()},
+        conversations={s: [Conversation(**c) for c in rows] for s, rows in data["conversations"].items()},
+        template=TemplateInfo(**data["template"]),
+        report=data["report"],
+    )
+
+
 def prepare(tok: Any, template_name: str, cfg: DataConfig, out_dir: str | Path | None = None) -> PreparedData:
     """Read, standardize, split, encode; write the split files and the data report into ``out_dir``.
 
