@@ -201,6 +201,9 @@ def test_eval_markdown_and_targets():
         {**one, "variant": "base", "kind": "probe-run", "prompts": 34, "samples_per_prompt": 4, "batch": 256,
          "calls": 1, "new_tokens": 8704, "new_tokens_per_s": 21000.0, "cold_s": 30.0, "decode_path": "graph"},
         {**one, "variant": "lora-unmerged", "kind": "generation", "error": "RuntimeError: boom"},
+        {**one, "variant": "base", "kind": "decode-attention", "attention": "grouped", "batch": 128, "width": 1024,
+         "steps": 64, "captured": True, "seconds": 1.0, "ms_per_step": 15.0, "new_tokens_per_s": 8564.0},
+        {**one, "variant": "base", "kind": "graph-check", "sampling": "seed", "error": "RuntimeError: capture"},
     ]
     targets = eval_targets(res["rows"], ["llama-3.2-1b"], 64)
     by = {t["target"]: t for t in targets}
@@ -217,7 +220,9 @@ def test_eval_markdown_and_targets():
                    "| base | 16,384 | 1,000 | 100,000 (50,000) | 50.0% |",
                    "| base | suite generate (graph) | seed | 64 | 8,192 | 2,500 (2,000) |",
                    "| base | raw generate(static) | seed | 64 |", "| base | 34×4 (graph) | 256 | 1 | 8,704 | 21,000 |",
-                   "**failed**: RuntimeError: boom"):
+                   "**failed**: RuntimeError: boom", "| attention | batch | context width |",
+                   "|---|---:|---:|---:|---:|---:|", "| grouped | 128 | 1,024 | 64 | 15.00 | 8,564 |",
+                   "| seed | **failed**: RuntimeError: capture | | | | | |"):
         assert needle in md, needle
     # the note names the tokenizer the shapes used
     assert ("Random weights, Llama 3 tokenizer" in md) == str(

@@ -582,6 +582,21 @@ def write_eval(results: dict[str, Any], out: Path) -> None:
     atomic_write_text(out / "eval_speed.md", render_eval_md(results))
 
 
+def _section(rows: list[dict[str, Any]], intro: str, columns: list[str], cells: Any) -> list[str]:
+    """Markdown lines of one table after an intro line (nothing without rows). ``columns``: header names, a trailing
+    ``:`` right-aligns one; a row with an ``error`` shows it in place of the cells after the first."""
+    if not rows:
+        return []
+    names = [c.rstrip(":") for c in columns]
+    lines = ["", intro, "", "| " + " | ".join(names) + " |",
+             "|" + "|".join("---:" if c.endswith(":") else "---" for c in columns) + "|"]
+    for r in rows:
+        values = [str(v) for v in cells(r)] if "error" not in r else [
+            str(r.get(names[0], "")), f"**failed**: {r['error']}", *[""] * (len(columns) - 2)]
+        lines.append("|" + "|".join(f" {v} " if v else " " for v in values) + "|")
+    return lines
+
+
 def render_eval_md(results: dict[str, Any]) -> str:
     """Markdown view of eval_speed.json."""
 
@@ -628,24 +643,19 @@ def render_eval_md(results: dict[str, Any]) -> str:
                          f"{r['new_tokens']:,} | {_f(r['new_tokens_per_s'])} ({_f(r.get('cold_new_tokens_per_s'))}) | "
                          f"{_f(r.get('ms_per_step'), '.1f')} | {_f(r.get('rows_x_steps_per_s'))} | "
                          f"{_f(r['peak_allocated_gib'], '.2f')} |")
-        attn = [r for r in mine if r["kind"] == "decode-attention"]
-        if attn:
-            lines += ["", "Decode step attention (CUDA graph replays, greedy, random token ids; the suite decodes with "
-                      "`grouped`):", "",
-                      "| attention | batch | context width | steps | ms/step | new tokens/s |",
-                      "|---|---:|---:|---:|---:|---:|"]
-            lines += [("| " + (f"**failed**: {r['error']} | | | | | |" if "error" in r else
-                      f"{r['attention']} | {r['batch']} | {r['width']:,} | {r['steps']} | {r['ms_per_step']:.2f} | "
-                      f"{_f(r['new_tokens_per_s'])} |")) for r in attn]
-        checks = [r for r in mine if r["kind"] == "graph-check"]
-        if checks:
-            lines += ["", "The decode loop with each step one CUDA graph replay against the same loop run eagerly "
-                      "(one batch, one seed, full length):", "",
-                      "| sampling | batch | steps | captured | identical tokens | graph ms/step | eager ms/step |",
-                      "|---|---:|---:|---|---|---:|---:|"]
-            lines += [f"| {r.get('sampling', '')} | " + (f"**failed**: {r['error']} | | | | | |" if "error" in r else
-                      f"{r['batch']} | {r['steps']} | {r['captured']} | {r['identical']} | "
-                      f"{r['graph_ms_per_step']:.2f} | {r['eager_ms_per_step']:.2f} |") for r in checks]
+        lines += _section(
+            [r for r in mine if r["kind"] == "decode-attention"],
+            "Decode step attention (CUDA graph replays, greedy, random token ids; the suite decodes with `grouped`):",
+            ["attention", "batch:", "context width:", "steps:", "ms/step:", "new tokens/s:"],
+            lambda r: [r["attention"], r["batch"], f"{r['width']:,}", r["steps"], f"{r['ms_per_step']:.2f}",
+                       _f(r["new_tokens_per_s"])])
+        lines += _section(
+            [r for r in mine if r["kind"] == "graph-check"],
+            "The decode loop with each step one CUDA graph replay against the same loop run eagerly (one batch, one "
+            "seed, full length):",
+            ["sampling", "batch:", "steps:", "captured", "identical tokens", "graph ms/step:", "eager ms/step:"],
+            lambda r: [r.get("sampling", ""), r["batch"], r["steps"], r["captured"], r["identical"],
+                       f"{r['graph_ms_per_step']:.2f}", f"{r['eager_ms_per_step']:.2f}"])
         probe = [r for r in mine if r["kind"] == "probe-run"]
         if probe:
             lines += ["", "Default probe run (one pool of all answers; the decode loop that ran in brackets):", "",
