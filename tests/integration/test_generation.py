@@ -128,6 +128,24 @@ def test_decode_loop_stops_when_every_row_is_done(smol_base):
     assert torch.equal(early[:, :STOP_CHECK_EVERY], full[:, :STOP_CHECK_EVERY])
     assert (early[:, STOP_CHECK_EVERY:] == pad_id(tok)).all()
 
+    class Collect:  # transformers' streamer protocol: the prompt first, then tokens as they come, then end()
+        def __init__(self):
+            self.puts, self.ended = [], False
+
+        def put(self, value):
+            self.puts.append(value.reshape(-1).tolist())
+
+        def end(self):
+            self.ended = True
+
+    one = StaticDecoder(smol_base.model, 1, len(rows[1]), 40, stops, pad_id(tok))
+    streamer = Collect()
+    answer = one(torch.tensor([rows[1]]), torch.ones(1, len(rows[1]), dtype=torch.long), seed=0, streamer=streamer)
+    made = answer[0].tolist()
+    end = next(i for i, t in enumerate(made) if t in stops)  # "Hi!" is answered in a few tokens
+    assert streamer.puts[0] == rows[1] and streamer.ended
+    assert [t for p in streamer.puts[1:] for t in p] == made[:end + 1]  # up to and including the stop token
+
 
 def test_cache_avoids_regeneration(smol_base, counted_generate, tmp_path):
     kw = {"seed": 3, "batch_size": 2, "progress": False, "cache_dir": tmp_path}
@@ -226,6 +244,33 @@ def test_chat_streams_answers_and_keeps_history(smol_base, capsys):
     assert [m["role"] for m in history] == ["system", "user", "assistant", "user", "assistant"]
     assert history[2]["content"] and history[2]["content"] in out  # the answer was streamed to stdout
     assert history[4]["content"] in out
+
+
+def test_chat_through_the_decode_loop_streams_the_same_answers(smol_base, capsys):
+    """The chat on the suite's decode loop (what a GPU takes under auto; eager here) streams token by token and
+    answers as transformers' generate does, greedy; a sampled chat is reproducible per seed."""
+    turns = ["Hi!", "Name a color."]
+
+    def talk(sampling, cache, seed=None):
+        script = iter(turns)
+
+        def read(prompt):
+            try:
+                return next(script)
+            except StopIteration:  # end of the script is Ctrl-D
+                raise EOFError from None
+
+        return chat(smol_base, sampling, system="Be brief.", input_fn=read, seed=seed, cache_implementation=cache)
+
+    greedy = SamplingConfig(name="greedy", temperature=0.0, min_p=None, max_new_tokens=8)
+    histories = {}
+    for cache in ("dynamic", "graph"):
+        histories[cache] = talk(greedy, cache)
+        out = capsys.readouterr().out
+        assert histories[cache][2]["content"] in out and histories[cache][4]["content"] in out  # streamed
+    assert histories["graph"] == histories["dynamic"]
+    sampled = SamplingConfig(name="seed", temperature=1.5, min_p=0.1, max_new_tokens=8)
+    assert talk(sampled, "graph", seed=5) == talk(sampled, "graph", seed=5)
 
 
 def test_chat_reset_and_exit(smol_base, capsys):

@@ -10,13 +10,14 @@ from collections.abc import Callable
 from typing import Any
 
 from tunebench.core.config import SamplingConfig
+from tunebench.evals.decoding import StaticDecoder
 from tunebench.evals.generation import (
     batch_seed,
     count_new_tokens,
+    decode_path,
     generation_kwargs,
     render_prompt,
     static_cache_kwargs,
-    use_static_cache,
 )
 
 HELP = "/reset clears the conversation, /exit (or Ctrl-D) quits"
@@ -50,9 +51,9 @@ def chat(
         input_fn: reads one user line (``input``; tests pass a scripted one).
         print_fn: prints messages that are not the streamed answer.
         seed: makes sampled answers reproducible (turn t uses a seed derived from seed and t).
-        cache_implementation: KV cache of ``generate``, which streams (``auto``: static and compiled on CUDA, its
-            size rounded up so that the step recompiles only when the conversation outgrows it; dynamic on CPU;
-            ``graph``, the probes' CUDA graph loop, does not stream, so the chat takes the dynamic cache for it).
+        cache_implementation: decode loop (``generation.decode_path``; ``auto``: on CUDA the probes' CUDA graph loop,
+            one capture per answer, else transformers' static compiled cache, its size rounded up so that the step
+            recompiles only when the conversation outgrows it; dynamic on CPU). Every loop streams.
 
     Returns:
         The conversation as it stood when the chat ended.
@@ -65,7 +66,7 @@ def chat(
     history = list(base)
     kwargs = generation_kwargs(loaded, sampling)
     stops = set(kwargs["eos_token_id"])
-    static = use_static_cache(loaded, cache_implementation)
+    path = decode_path(loaded, cache_implementation)
     device = getattr(model, "device", None) or loaded.device
     who = loaded.source.ref + (f" + {loaded.adapter}" if loaded.adapter else "")
     print_fn(f"chatting with {who} ({sampling.name}: temperature {sampling.temperature}). {HELP}")
@@ -91,20 +92,26 @@ def chat(
         history.append({"role": "user", "content": line})
         ids = _fit_context(loaded, history, len(base), sampling.max_new_tokens)
         input_ids = torch.tensor([ids], device=device)
-        if static:
+        if path == "static":
             kwargs.update(static_cache_kwargs(len(ids) + sampling.max_new_tokens))
         streamer = TextStreamer(tok, skip_prompt=True, skip_special_tokens=True)
-        if seed is not None:
-            torch.manual_seed(batch_seed(seed, 0, turn))
+        turn_seed = batch_seed(seed, 0, turn) if seed is not None else int(torch.randint(2**62, (1,)).item())
         try:
-            with torch.inference_mode():
-                out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
-                                     streamer=streamer, **kwargs)
+            if path == "graph":  # one answer: a decoder of this prompt's length, captured once
+                decoder = StaticDecoder(model, 1, len(ids), sampling.max_new_tokens, kwargs["eos_token_id"],
+                                        kwargs["pad_token_id"], temperature=sampling.temperature,
+                                        top_p=sampling.top_p, min_p=sampling.min_p)
+                new = decoder(input_ids, torch.ones_like(input_ids), seed=turn_seed, streamer=streamer)[0].tolist()
+            else:
+                torch.manual_seed(turn_seed)
+                with torch.inference_mode():
+                    out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
+                                         streamer=streamer, **kwargs)
+                new = out[0, len(ids):].tolist()
         except KeyboardInterrupt:  # Ctrl-C stops this answer, not the chat
             history.pop()
             print_fn("\n(answer interrupted)")
             continue
-        new = out[0, len(ids):].tolist()
         answer = tok.decode(new[:count_new_tokens(new, stops)], skip_special_tokens=True).strip()
         history.append({"role": "assistant", "content": answer})
         turn += 1

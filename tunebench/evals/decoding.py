@@ -231,15 +231,19 @@ class StaticDecoder:
     # ------------------------------------------------------------------ one batch
 
     def __call__(self, input_ids: Any, attention_mask: Any, seed: int,
-                 stopped: Callable[[Any], Any] | None = None) -> Any:
+                 stopped: Callable[[Any], Any] | None = None, streamer: Any = None) -> Any:
         """New tokens [rows, max_new_tokens] (``pad_id`` after a row's stop token) for left-padded inputs.
 
         ``stopped(new_tokens_so_far) -> bool tensor [rows]`` marks rows done for reasons of the caller's own
-        (lm-eval's stop strings); it is asked every ``STOP_CHECK_EVERY`` steps, with the tokens on the host."""
+        (lm-eval's stop strings); it is asked every ``STOP_CHECK_EVERY`` steps, with the tokens on the host.
+        ``streamer`` (one row; transformers' ``TextStreamer`` or anything with its ``put`` / ``end``) gets the
+        prompt, then each token as it is made, up to and including the stop token, as ``generate`` feeds it."""
         import torch  # heavy: torch, imported when needed
 
         if tuple(input_ids.shape) != (self.rows, self.width):
             raise ValueError(f"batch of shape {tuple(input_ids.shape)}; this decoder takes {(self.rows, self.width)}")
+        if streamer is not None and self.rows != 1:
+            raise ValueError(f"a streamer takes one row; this decoder has {self.rows}")
         generator = torch.Generator(device=self.device)
         generator.manual_seed(seed)
         with torch.inference_mode():
@@ -257,6 +261,9 @@ class StaticDecoder:
             self.column.zero_()
             self._draw(generator)
             self._commit(self._pick(logits))
+            if streamer is not None:
+                streamer.put(input_ids.cpu())
+                streamer.put(self.token[:, 0].cpu())
             self.mask.zero_()
             self.mask[:, 0, 0, : self.width] = mask.bool()
             self.position.copy_(position[:, -1:] + 1)
@@ -264,6 +271,8 @@ class StaticDecoder:
             made = 1  # tokens per row so far
             with _attention(self.config, self.step_attention):
                 while made < self.max_new:
+                    if streamer is not None and bool(self.done.all()):
+                        break  # one row, streamed token by token: it has stopped
                     if self.graphs and not self.captured:
                         n = min(WARMUP_STEPS, self.max_new - made)
                         self._capture(generator, n)  # n real steps, then the capture
@@ -275,9 +284,14 @@ class StaticDecoder:
                         else:
                             self._step()
                     made += n
+                    if streamer is not None:  # one row: every token goes out as soon as it is made
+                        streamer.put(self.out[0, made - n:made].cpu())
+                        continue
                     if made % STOP_CHECK_EVERY < n or made == self.max_new:
                         if stopped is not None:
                             self.done |= stopped(self.out[:, :made].cpu()).to(self.device)
                         if bool(self.done.all()):
                             break
+            if streamer is not None:
+                streamer.end()
             return self.out.clone()
