@@ -28,6 +28,7 @@ from tunebench.evals.generation import (
     generation_kwargs,
     left_pad,
     render_prompt,
+    sampling_decoder,
 )
 from tunebench.evals.lm_eval_runner import _load_tasks, _task_manager
 from tunebench.evals.modeling import Loaded, load_for_eval
@@ -185,27 +186,29 @@ def generation_row(loaded: Any, prompts: list[Messages], sampling: Any, batch: i
     }
 
 
+def _second_call(decoder: Any, ids: Any, mask: Any, seed: int) -> tuple[Any, float]:
+    """(tokens on the host, seconds) of a decoder's second call on one batch: the first allocates and captures."""
+    import torch  # heavy: torch, imported when needed
+
+    decoder(ids, mask, seed=seed)
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    out = decoder(ids, mask, seed=seed).cpu()  # the copy to the host waits for the device
+    return out, time.perf_counter() - t
+
+
 def graph_check_row(loaded: Any, prompts: list[Messages], sampling: Any, batch: int) -> dict[str, Any]:
     """The decode loop with its step captured as a CUDA graph against the same loop run eagerly, on one batch with
     the same seed: the tokens must be identical (the same kernels run), and the time per step says what the
     capture saves."""
     import torch  # heavy: torch, imported when needed
 
-    from tunebench.evals.decoding import StaticDecoder
-
-    tok = loaded.tokenizer
     kw = generation_kwargs(loaded, sampling)
-    ids, mask = left_pad([render_prompt(tok, m) for m in prompts[:batch]], kw["pad_token_id"])
+    ids, mask = left_pad([render_prompt(loaded.tokenizer, m) for m in prompts[:batch]], kw["pad_token_id"])
     out, seconds, captured = {}, {}, False
     for graphs in (True, False):
-        decoder = StaticDecoder(loaded.model, ids.shape[0], ids.shape[1], sampling.max_new_tokens, kw["eos_token_id"],
-                                kw["pad_token_id"], temperature=sampling.temperature, top_p=sampling.top_p,
-                                min_p=sampling.min_p, graphs=graphs)
-        decoder(ids, mask, seed=11)  # first call: allocation (and the capture)
-        torch.cuda.synchronize()
-        t = time.perf_counter()
-        out[graphs] = decoder(ids, mask, seed=11).cpu()
-        seconds[graphs] = time.perf_counter() - t
+        decoder = sampling_decoder(loaded.model, ids.shape[0], ids.shape[1], sampling, kw, graphs=graphs)
+        out[graphs], seconds[graphs] = _second_call(decoder, ids, mask, seed=11)
         captured = captured or decoder.captured
     steps = sampling.max_new_tokens
     return {"kind": "graph-check", "sampling": sampling.name, "batch": int(ids.shape[0]), "steps": steps,
@@ -229,12 +232,7 @@ def decode_attention_rows(loaded: Any, batch: int, widths: list[int], new_tokens
         mask = torch.ones_like(ids)
         for grouped in (False, True):
             decoder = StaticDecoder(loaded.model, batch, width, new_tokens, [-1], pad, graphs=True, grouped=grouped)
-            decoder(ids, mask, seed=0)
-            torch.cuda.synchronize()
-            t = time.perf_counter()
-            decoder(ids, mask, seed=0)
-            torch.cuda.synchronize()
-            seconds = time.perf_counter() - t
+            _, seconds = _second_call(decoder, ids, mask, seed=0)
             rows.append({"kind": "decode-attention", "attention": "grouped" if grouped else "sdpa (repeat_kv)",
                          "batch": batch, "width": width, "steps": new_tokens, "captured": decoder.captured,
                          "seconds": round(seconds, 3), "ms_per_step": round(1000 * seconds / new_tokens, 2),

@@ -10,13 +10,13 @@ from collections.abc import Callable
 from typing import Any
 
 from tunebench.core.config import SamplingConfig
-from tunebench.evals.decoding import StaticDecoder
 from tunebench.evals.generation import (
     batch_seed,
     count_new_tokens,
     decode_path,
     generation_kwargs,
     render_prompt,
+    sampling_decoder,
     static_cache_kwargs,
 )
 
@@ -98,9 +98,7 @@ def chat(
         turn_seed = batch_seed(seed, 0, turn) if seed is not None else int(torch.randint(2**62, (1,)).item())
         try:
             if path == "graph":  # one answer: a decoder of this prompt's length, captured once
-                decoder = StaticDecoder(model, 1, len(ids), sampling.max_new_tokens, kwargs["eos_token_id"],
-                                        kwargs["pad_token_id"], temperature=sampling.temperature,
-                                        top_p=sampling.top_p, min_p=sampling.min_p)
+                decoder = sampling_decoder(model, 1, len(ids), sampling, kwargs)
                 new = decoder(input_ids, torch.ones_like(input_ids), seed=turn_seed, streamer=streamer)[0].tolist()
             else:
                 torch.manual_seed(turn_seed)

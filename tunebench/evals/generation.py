@@ -130,15 +130,20 @@ x new tokens): compiling costs 25-70 s per model and shape, and saves ~10 ms per
 for 64-token answers (compile included); the same runs on the dynamic cache took 6-25 s for the other models."""
 
 
+def _cuda_16bit(loaded: Any) -> bool:
+    """On a CUDA device, with weights that are not bitsandbytes 4-bit (the condition of both fast paths)."""
+    on_cuda = str(getattr(loaded.model, "device", loaded.device)).startswith("cuda")
+    return on_cuda and not getattr(loaded, "load_in_4bit", False)
+
+
 def use_static_cache(loaded: Any, choice: str = "auto", decode_steps: int | None = None) -> bool:
     """Static (compiled) KV cache: asked for, or ``auto`` on CUDA for a call of at least ``STATIC_MIN_STEPS``
     decode steps (``None``: an open-ended session such as chat); never for 4-bit weights (bitsandbytes layers do
     not compile) or on CPU under ``auto`` (compiling costs more than the decode steps it saves)."""
     if choice != "auto":
         return choice == "static"
-    on_cuda = str(getattr(loaded.model, "device", loaded.device)).startswith("cuda")
     long_enough = decode_steps is None or decode_steps >= STATIC_MIN_STEPS
-    return on_cuda and not getattr(loaded, "load_in_4bit", False) and long_enough
+    return _cuda_16bit(loaded) and long_enough
 
 
 def decode_path(loaded: Any, choice: str = "auto", decode_steps: int | None = None) -> str:
@@ -159,10 +164,19 @@ def decode_path(loaded: Any, choice: str = "auto", decode_steps: int | None = No
             return "graph"
         log.warning("generation_cache graph: %s, so transformers' dynamic cache generates instead", why)
         return "dynamic"
-    on_cuda = str(getattr(loaded.model, "device", loaded.device)).startswith("cuda")
-    if on_cuda and why is None and not getattr(loaded, "load_in_4bit", False):
+    if why is None and _cuda_16bit(loaded):
         return "graph"
     return "static" if use_static_cache(loaded, choice, decode_steps) else "dynamic"
+
+
+def sampling_decoder(model: Any, rows: int, width: int, sampling: SamplingConfig, kwargs: dict[str, Any],
+                     graphs: bool = True) -> Any:
+    """The decode loop (``evals.decoding.StaticDecoder``) for batches of ``rows`` x ``width``, decoding as
+    ``sampling`` says, stopping and padding with ``generation_kwargs``' ids."""
+    from tunebench.evals.decoding import StaticDecoder
+
+    return StaticDecoder(model, rows, width, sampling.max_new_tokens, kwargs["eos_token_id"], kwargs["pad_token_id"],
+                         temperature=sampling.temperature, top_p=sampling.top_p, min_p=sampling.min_p, graphs=graphs)
 
 
 def static_cache_kwargs(total_len: int) -> dict[str, Any]:
@@ -355,11 +369,7 @@ def generate(
     if out.path == "static":
         kwargs.update(static_cache_kwargs(width + sampling.max_new_tokens))
     elif out.path == "graph":
-        from tunebench.evals.decoding import StaticDecoder
-
-        decoder = StaticDecoder(model, rows_per_call, width, sampling.max_new_tokens, kwargs["eos_token_id"],
-                                kwargs["pad_token_id"], temperature=sampling.temperature, top_p=sampling.top_p,
-                                min_p=sampling.min_p)
+        decoder = sampling_decoder(model, rows_per_call, width, sampling, kwargs)
     done: dict[tuple[int, int], tuple[str, int]] = {}
 
     bar = tqdm(total=len(mine), desc=f"generate[{sampling.name}]",

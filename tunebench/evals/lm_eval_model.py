@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from tunebench.core.threads import tokenizer_threads
 from tunebench.evals import decoding
-from tunebench.evals.generation import decode_path, static_cache_kwargs
+from tunebench.evals.generation import decode_path, static_cache_kwargs, stop_token_ids
 
 RUNNER = "lm-eval hf"
 LOGITS_BUDGET = 2**28
@@ -324,11 +324,9 @@ def model_class() -> type:
             top_p = kwargs.get("top_p") if sampled else None
             key = (rows, width, new_tokens, temperature, top_p)
             if key not in self._decoders:
-                stops = [i for i in (self.tokenizer.eos_token_id, getattr(self.model.generation_config,
-                                                                           "eos_token_id", None)) if i is not None]
-                flat = [j for i in stops for j in (i if isinstance(i, list) else [i])]
+                stops = stop_token_ids(SimpleNamespace(tokenizer=self.tokenizer, model=self.model))
                 self._decoders[key] = decoding.StaticDecoder(
-                    self.model, rows, width, new_tokens, flat, self.tokenizer.pad_token_id,
+                    self.model, rows, width, new_tokens, stops, self.tokenizer.pad_token_id,
                     temperature=temperature, top_p=top_p)
             return self._decoders[key]
 
