@@ -239,11 +239,17 @@ def test_chat_streams_answers_and_keeps_history(smol_base, capsys):
             raise EOFError from None
 
     short = SamplingConfig(name="greedy", temperature=0.0, min_p=None, max_new_tokens=8)
-    history = chat(smol_base, short, system="Be brief.", input_fn=read)
+    timed = []
+    history = chat(smol_base, short, system="Be brief.", input_fn=read, on_answer=timed.append)
     out = capsys.readouterr().out
     assert [m["role"] for m in history] == ["system", "user", "assistant", "user", "assistant"]
     assert history[2]["content"] and history[2]["content"] in out  # the answer was streamed to stdout
     assert history[4]["content"] in out
+    # each answer reported: its turn, its prompt (the second holds the first exchange) and its new tokens
+    assert [t["turn"] for t in timed] == [0, 1] and timed[1]["prompt_tokens"] > timed[0]["prompt_tokens"]
+    for t, answer in zip(timed, (history[2], history[4]), strict=True):
+        n = len(smol_base.tokenizer(answer["content"], add_special_tokens=False)["input_ids"])
+        assert 0 < t["new_tokens"] <= 8 and abs(t["new_tokens"] - n) <= 1 and t["seconds"] > 0  # +1: a stop token
 
 
 def test_chat_through_the_decode_loop_streams_the_same_answers(smol_base, capsys):
@@ -293,3 +299,19 @@ def test_cache_keeps_entries_of_concurrent_writers_and_survives_damage(tmp_path,
     first.path.write_text("{ half a file", encoding="utf-8")
     assert GenerationCache(tmp_path, group).entries == {}  # a regeneration, never a crash or a wrong answer
     assert "unreadable generation cache" in caplog.text
+
+
+def test_bench_chat_rows_time_the_chat_and_raw_generate_on_the_same_prompts(smol_base, capsys):
+    """`bench eval --parts chat` (GPU): the suite's chat answers and raw generate(static) with a TextStreamer, one
+    answer at a time, the first of each untimed; nothing streamed reaches the log."""
+    from tunebench.bench.evalspeed import chat_rows
+
+    prompts = [[{"role": "user", "content": q}] for q in ("Hi!", "Name a color.", "Count to three.")]
+    sampling = SamplingConfig(name="greedy", temperature=0.0, min_p=None, max_new_tokens=6)
+    rows = chat_rows(smol_base, prompts, sampling, 3)
+    assert [r["path"] for r in rows] == ["tunebench chat", "raw generate(static) + TextStreamer"]
+    assert all(r["answers"] == 2 and r["batch"] == 1 and 0 < r["new_tokens"] <= 12 and r["new_tokens_per_s"] > 0
+               for r in rows)
+    assert rows[0]["decode_path"] == "dynamic"  # CPU: what decode_path picks for chat there
+    assert rows[0]["new_tokens"] == rows[1]["new_tokens"]  # greedy: the same answers either way
+    assert capsys.readouterr().out == ""

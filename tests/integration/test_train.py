@@ -89,6 +89,8 @@ def test_unsloth_backend_trains_in_its_own_process(tmp_path, smol_source):
     assert m["backend"]["name"] == "unsloth" and m["versions"]["unsloth"] == "2026.10.9"
     # Unsloth's train_on_responses_only labelled exactly the tokens of the shared mask
     assert m["backend"]["mask_agreement_with_shared"] == 1.0
+    # train.padding_free=auto asks for Unsloth's default; its CPU fallback pads, and the manifest says so
+    assert m["config"]["train"]["padding_free"] is True and m["backend"]["padding_free_batches"] is False
     assert all(math.isfinite(p["loss"]) for p in m["loss_history"]) and m["steps"] == 2
     tensors = load_file(str(tmp_path / "run" / "adapter" / "adapter_model.safetensors"))
     assert any("lora_B" in k and v.abs().sum() > 0 for k, v in tensors.items())
@@ -198,6 +200,7 @@ def test_padding_free_gives_the_padded_loss(tmp_path, tiny_llama_dir):
     for a, b in zip(padded["loss_history"], free["loss_history"], strict=True):
         assert a["loss"] == pytest.approx(b["loss"], abs=2e-4)
     assert free["tokens_seen"] == padded["tokens_seen"]  # real tokens only, either way
+    assert free["backend"]["padding_free_batches"] and not padded["backend"]["padding_free_batches"]
 
 
 def test_packed_rows_give_the_padded_loss_on_assistant_tokens_only(tmp_path, tiny_llama_dir, packaged_raw):

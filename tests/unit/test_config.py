@@ -41,17 +41,19 @@ CPU = Machine(cuda=False, bf16=False, world_size=1, unsloth_installed=True)
 
 @pytest.mark.parametrize("machine, expected", [
     (GPU, {"model.dtype": "bfloat16", "model.load_in_4bit": "on", "train.optimizer": "adamw_8bit",
-           "train.backend": "unsloth"}),
+           "train.backend": "unsloth", "train.padding_free": True}),
     (CPU, {"model.dtype": "float32", "model.load_in_4bit": "off", "train.optimizer": "adamw_torch",
-           "train.backend": "unsloth"}),
+           "train.backend": "unsloth", "train.padding_free": True}),
     (Machine(cuda=True, bf16=False, world_size=2, unsloth_installed=True),
-     {"model.dtype": "float16", "model.load_in_4bit": "on", "train.optimizer": "adamw_8bit", "train.backend": "hf"}),
+     {"model.dtype": "float16", "model.load_in_4bit": "on", "train.optimizer": "adamw_8bit", "train.backend": "hf",
+      "train.padding_free": False}),
     (Machine(cuda=False, bf16=False, world_size=1, unsloth_installed=False),
-     {"model.dtype": "float32", "model.load_in_4bit": "off", "train.optimizer": "adamw_torch", "train.backend": "hf"}),
+     {"model.dtype": "float32", "model.load_in_4bit": "off", "train.optimizer": "adamw_torch", "train.backend": "hf",
+      "train.padding_free": False}),
 ])
 def test_auto_is_resolved_once_with_reasons(machine, expected):
     cfg = load_config("smoke", ["model.dtype=auto", "model.load_in_4bit=auto", "train.optimizer=auto",
-                                "train.backend=auto"], machine=machine)
+                                "train.backend=auto", "train.padding_free=auto"], machine=machine)
     got = {k: getattr(getattr(cfg, k.split(".")[0]), k.split(".")[1]) for k in expected}
     assert got == expected
     assert set(cfg.resolution) == set(expected) and all(cfg.resolution.values())
@@ -59,6 +61,21 @@ def test_auto_is_resolved_once_with_reasons(machine, expected):
     back = asked(cfg)
     assert all(back[k.split(".")[0]][k.split(".")[1]] == "auto" for k in expected) and back["resolution"] == {}
     assert load_config("smoke", [f"{k}={v}" for k, v in expected.items()], machine=machine).resolution == {}
+
+
+def test_padding_free_auto_is_the_backends_own_default():
+    """auto = Unsloth's default (padding-free) on unsloth, padded on hf, off under packing; explicit values stay."""
+    def pf(*extra):
+        cfg = load_config("smoke", list(extra), machine=GPU)
+        return cfg.train.padding_free, "train.padding_free" in cfg.resolution
+
+    assert pf("train.backend=unsloth") == (True, True)
+    assert pf("train.backend=hf") == (False, True)
+    assert pf("train.backend=unsloth", "train.packing=true") == (False, True)
+    assert pf("train.backend=unsloth", "train.padding_free=false") == (False, False)
+    assert pf("train.backend=hf", "train.padding_free=true") == (True, False)
+    with pytest.raises(ConfigError, match="padding_free"):
+        load_config("smoke", ["train.padding_free=sometimes"], machine=GPU)
 
 
 def test_llama_presets_carry_the_notebook_settings():

@@ -24,6 +24,7 @@ from tunebench.core.errors import InvalidInput
 from tunebench.core.io import atomic_write_json, atomic_write_text, read_json
 from tunebench.evals import lm_eval_model
 from tunebench.evals.generation import (
+    count_new_tokens,
     generate,
     generation_kwargs,
     left_pad,
@@ -41,7 +42,7 @@ Messages = list[dict[str, str]]
 PROBE_RUN = {"probe_samples": 4, "probe_new_tokens": 64, "probe_batch": 256, "probe_prompts": 34}
 """The default probe run of the Llama presets: the shipped set's 34 prompts x 4 samples at temperature 1.5,
 64 new tokens, all answers in one pool (eval.probe_batch_size 256)."""
-PARTS = ("perplexity", "generation", "raw", "lm-eval", "probe", "merge", "decode")
+PARTS = ("perplexity", "generation", "raw", "lm-eval", "probe", "merge", "decode", "chat")
 """What ``bench eval --parts`` can choose (default: all): perplexity and generation rows per model; raw
 generate(static) and the CUDA graph check (base); lm-eval generate_until; the default probe run; the 4-bit merge
 comparison; the decode attention comparison."""
@@ -273,6 +274,53 @@ def raw_generation_row(loaded: Any, prompts: list[Messages], sampling: Any, batc
             "peak_allocated_gib": _peak_gib()}
 
 
+def chat_rows(loaded: Any, prompts: list[Messages], sampling: Any, answers: int) -> list[dict[str, Any]]:
+    """``tunebench chat``'s answers against raw ``generate(cache_implementation="static")`` streaming the same
+    prompts, one at a time (batch 1), same sampling: the suite through ``evals.chat.chat`` itself (scripted
+    input, each prompt then /reset, a TextStreamer per answer, one decode-loop capture per answer counted in its
+    time); raw with transformers' TextStreamer, after one untimed answer that compiles its step. Streamed text goes
+    to a buffer, not the log."""
+    import contextlib
+    import io
+
+    import torch  # heavy: torch, imported when needed
+    from transformers import TextStreamer  # heavy: transformers, imported when needed
+
+    from tunebench.evals.chat import chat
+
+    users = [m[-1]["content"] for m in prompts[:answers]]
+    script = iter([x for u in users for x in (u, "/reset")] + ["/exit"])
+    timed: list[dict[str, Any]] = []
+    with contextlib.redirect_stdout(io.StringIO()):
+        chat(loaded, sampling, input_fn=lambda _: next(script), print_fn=lambda *a, **k: None, seed=3,
+             on_answer=timed.append)
+    suite = timed[1:]  # the first answer pays the first-call costs, as raw's untimed one does
+    tok, model = loaded.tokenizer, loaded.model
+    kwargs = {**generation_kwargs(loaded, sampling), "cache_implementation": "static"}
+    raw: list[dict[str, Any]] = []
+    with contextlib.redirect_stdout(io.StringIO()):
+        for i, u in enumerate(users):
+            x = torch.tensor([render_prompt(tok, [{"role": "user", "content": u}])], device=model.device)
+            streamer = TextStreamer(tok, skip_prompt=True, skip_special_tokens=True)
+            torch.manual_seed(i)
+            t = time.perf_counter()
+            with torch.inference_mode():
+                out = model.generate(input_ids=x, attention_mask=torch.ones_like(x), streamer=streamer, **kwargs)
+            raw.append({"new_tokens": count_new_tokens(out[0, x.shape[1]:].tolist(), set(kwargs["eos_token_id"])),
+                        "seconds": time.perf_counter() - t})
+    raw = raw[1:]
+
+    def row(path: str, answers_: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+        new, seconds = sum(a["new_tokens"] for a in answers_), sum(a["seconds"] for a in answers_)
+        return {"kind": "chat", "path": path, "sampling": sampling.name, "batch": 1, "answers": len(answers_),
+                "max_new_tokens": sampling.max_new_tokens, "new_tokens": new, "seconds": round(seconds, 3),
+                "new_tokens_per_s": round(new / seconds, 1) if seconds else None,
+                "ms_per_token": round(1000 * seconds / max(1, new), 2), **extra}
+
+    return [row("tunebench chat", suite, decode_path=suite[0]["path"] if suite else None),
+            row("raw generate(static) + TextStreamer", raw)]
+
+
 def probe_run_row(loaded: Any, prompts: list[Messages], spec: dict[str, Any]) -> dict[str, Any]:
     """The default probe run's generation: the shipped probe set's prompt count, the sampled setting's samples
     per prompt, all answers in one pool (``spec['probe_batch']`` per call); cold (first call, compile included)
@@ -454,6 +502,13 @@ def run_eval_shape(spec: dict[str, Any]) -> dict[str, Any]:
             except Exception as e:
                 log.warning("lm-eval generate_until failed: %s", e)
                 rows.append({"kind": "lm-eval", "cache": CACHE, "error": f"{type(e).__name__}: {str(e)[:300]}"})
+        if variant == "base" and cuda and "chat" in parts:
+            log.info("%s/base: chat answers vs raw generate(static), batch 1", spec["shape"])
+            try:
+                rows += [{"variant": "base", **r} for r in chat_rows(loaded, gen_prompts, samplings[0], 9)]
+            except Exception as e:
+                log.warning("chat rows failed: %s", e)
+                rows.append({"kind": "chat", "error": f"{type(e).__name__}: {str(e)[:300]}"})
         if spec.get("probe_batch") and variant in ("base", "lora-merged") and "probe" in parts:
             log.info("%s/%s: default probe run", spec["shape"], variant)
             rows.append({"variant": variant, **_guarded(probe_run_row, loaded, prompts, spec)})
@@ -563,6 +618,12 @@ def eval_targets(rows: list[dict[str, Any]], shapes: list[str], gen_batch: int) 
             out.append(_target(f"suite generation ÷ raw generate(static) >= 1 [{sampling}]", shape,
                                g["new_tokens_per_s"] / raw["new_tokens_per_s"] if g and raw else None,
                                TARGETS["vs_raw_static"], True, f"batch {gen_batch}", "not measured"))
+        chat = {r["path"]: r for r in mine if r["kind"] == "chat" and r.get("new_tokens_per_s")}
+        suite, raw = chat.get("tunebench chat"), chat.get("raw generate(static) + TextStreamer")
+        out.append(_target("chat new tokens/s ÷ raw generate(static) >= 1 [streamed, batch 1]", shape,
+                           suite["new_tokens_per_s"] / raw["new_tokens_per_s"] if suite and raw else None,
+                           TARGETS["vs_raw_static"], True, f"{suite['answers']} answers" if suite else "chat",
+                           "not measured"))
         for variant in ("base", "lora-merged"):
             pr = next((r for r in mine if r["kind"] == "probe-run" and r.get("variant") == variant), None)
             out.append(_target(f"default probe run new tokens/s >= 20,000 [{variant}]", shape,
@@ -654,6 +715,13 @@ def render_eval_md(results: dict[str, Any]) -> str:
             ["sampling", "batch:", "steps:", "captured", "identical tokens", "graph ms/step:", "eager ms/step:"],
             lambda r: [r.get("sampling", ""), r["batch"], r["steps"], r["captured"], r["identical"],
                        f"{r['graph_ms_per_step']:.2f}", f"{r['eager_ms_per_step']:.2f}"])
+        lines += _section(
+            [r for r in mine if r["kind"] == "chat"],
+            "Chat, one streamed answer at a time (the suite: `evals.chat.chat` with scripted input, a capture of the "
+            "decode loop per answer included; raw: `generate` with TextStreamer after one untimed compiling answer):",
+            ["path", "sampling", "answers:", "new tokens:", "new tokens/s:", "ms/token:"],
+            lambda r: [r["path"] + (f" ({r['decode_path']})" if r.get("decode_path") else ""), r["sampling"],
+                       r["answers"], f"{r['new_tokens']:,}", _f(r["new_tokens_per_s"]), f"{r['ms_per_token']:.2f}"])
         probe = [r for r in mine if r["kind"] == "probe-run"]
         if probe:
             lines += ["", "Default probe run (one pool of all answers; the decode loop that ran in brackets):", "",

@@ -32,10 +32,12 @@ log = logging.getLogger("tunebench.speed")
 LAYOUTS: dict[str, tuple[bool, bool]] = {"padded": (False, False), "padfree": (True, False), "packed": (False, True)}
 
 # Name -> (train.backend, train.padding_free, train.packing, what it measures)
-BACKENDS: dict[str, tuple[str, bool, bool, str]] = {
-    "unsloth": ("unsloth", False, False, "Unsloth FastLanguageModel + its SFTTrainer patches, as the suite runs it by "
-                "default: train.padding_free=false reaches SFTConfig explicitly, which switches off Unsloth's own "
-                "padding-free choice, so batches are padded and each decoder block is compiled"),
+BACKENDS: dict[str, tuple[str, bool | str, bool, str]] = {
+    "unsloth": ("unsloth", "auto", False, "Unsloth FastLanguageModel + its SFTTrainer patches, as the suite runs it "
+                "by default: train.padding_free=auto resolves to Unsloth's own default, varlen batches without "
+                "padding"),
+    "unsloth-padded": ("unsloth", False, False, "unsloth backend with train.padding_free=false: padded batches, each "
+                       "decoder block compiled (Unsloth's choice only on GPUs it measured as host-bound)"),
     "unsloth-padfree": ("unsloth", True, False, "unsloth backend with train.padding_free=true: Unsloth's varlen "
                         "padding-free batches (no padding, no block compile)"),
     "unsloth-packed": ("unsloth", False, True, "unsloth backend with train.packing=true: TRL best-fit-decreasing "
@@ -51,8 +53,10 @@ BACKENDS: dict[str, tuple[str, bool, bool, str]] = {
 
 
 def backend_name(backend: str, layout: str) -> str:
-    """The BACKENDS entry of a backend family in a layout: ("unsloth", "packed") -> "unsloth-packed"."""
-    return backend if layout == "padded" else f"{backend}-{layout}"
+    """The BACKENDS entry of a backend family in a layout: ("unsloth", "packed") -> "unsloth-packed",
+    ("unsloth", "padded") -> "unsloth-padded" (plain "unsloth" is its default layout), ("hf", "padded") -> "hf"."""
+    name = f"{backend}-{layout}"
+    return name if name in BACKENDS else backend
 
 
 def run_train_point(spec: dict[str, Any]) -> dict[str, Any]:

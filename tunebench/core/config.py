@@ -119,8 +119,9 @@ class TrainConfig:
     """Gradient clipping."""
     seed: int = 3407
     """Seed for LoRA init, data order and dropout."""
-    padding_free: bool = False
-    """Concatenate a batch without padding (needs a flash/varlen attention path; Unsloth does its own)."""
+    padding_free: Literal["auto"] | bool = "auto"
+    """Concatenate a batch into one row without padding. auto = the backend's own default: true on unsloth
+    (Unsloth's default, its varlen attention; its CPU fallback pads anyway), false on hf and with packing."""
     packing: bool = False
     """Pack several conversations into one max_length row."""
     gradient_checkpointing: bool = True
@@ -549,6 +550,12 @@ def resolve(cfg: RunConfig, machine: Machine | None = None) -> tuple[RunConfig, 
         else:
             out.train.backend = "unsloth"
             why["train.backend"] = "unsloth is installed and this is a single-process job"
+    if out.train.padding_free == "auto":
+        out.train.padding_free = out.train.backend == "unsloth" and not out.train.packing
+        why["train.padding_free"] = (
+            "packing builds its own rows" if out.train.packing else
+            "unsloth: Unsloth's own default, varlen batches without padding (its CPU fallback pads)"
+            if out.train.padding_free else "hf: padded batches on SDPA")
     out.resolution = {**out.resolution, **why}
     return out, why
 

@@ -6,6 +6,7 @@ you see here is what the evaluation sees.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -41,6 +42,7 @@ def chat(
     print_fn: Callable[..., Any] = print,
     seed: int | None = None,
     cache_implementation: str = "auto",
+    on_answer: Callable[[dict[str, Any]], Any] | None = None,
 ) -> list[dict[str, str]]:
     """Talk to ``loaded`` until /exit or end of input, streaming each answer token by token.
 
@@ -54,6 +56,8 @@ def chat(
         cache_implementation: decode loop (``generation.decode_path``; ``auto``: on CUDA the probes' CUDA graph loop,
             one capture per answer, else transformers' static compiled cache, its size rounded up so that the step
             recompiles only when the conversation outgrows it; dynamic on CPU). Every loop streams.
+        on_answer: called after each answer with ``{"turn", "path", "prompt_tokens", "new_tokens", "seconds"}``
+            (new tokens up to and including the stop token; seconds from the prompt to the last streamed token).
 
     Returns:
         The conversation as it stood when the chat ended.
@@ -96,6 +100,7 @@ def chat(
             kwargs.update(static_cache_kwargs(len(ids) + sampling.max_new_tokens))
         streamer = TextStreamer(tok, skip_prompt=True, skip_special_tokens=True)
         turn_seed = batch_seed(seed, 0, turn) if seed is not None else int(torch.randint(2**62, (1,)).item())
+        started = time.perf_counter()
         try:
             if path == "graph":  # one answer: a decoder of this prompt's length, captured once
                 decoder = sampling_decoder(model, 1, len(ids), sampling, kwargs)
@@ -110,7 +115,11 @@ def chat(
             history.pop()
             print_fn("\n(answer interrupted)")
             continue
-        answer = tok.decode(new[:count_new_tokens(new, stops)], skip_special_tokens=True).strip()
+        n_new = count_new_tokens(new, stops)
+        if on_answer is not None:  # the streamer printed the last token: the answer is on the host
+            on_answer({"turn": turn, "path": path, "prompt_tokens": len(ids), "new_tokens": n_new,
+                       "seconds": time.perf_counter() - started})
+        answer = tok.decode(new[:n_new], skip_special_tokens=True).strip()
         history.append({"role": "assistant", "content": answer})
         turn += 1
     return history

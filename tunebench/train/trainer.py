@@ -226,6 +226,9 @@ def sft_config(cfg: RunConfig, ckpt_dir: Path, backend: str, has_val: bool, dtyp
     t = cfg.train
     cuda = torch.cuda.is_available()
     optim = t.optimizer  # resolved by core.config.resolve
+    padding_free = bool(t.padding_free)
+    if backend != t.backend and "train.padding_free" in cfg.resolution:
+        padding_free = False  # auto chose Unsloth's default, and Unsloth did not import: hf's default
     args = SFTConfig(
         output_dir=str(ckpt_dir),
         per_device_train_batch_size=t.batch_size,
@@ -254,9 +257,9 @@ def sft_config(cfg: RunConfig, ckpt_dir: Path, backend: str, has_val: bool, dtyp
         fp16=cuda and dtype == torch.float16,
         # the data step already cut every conversation to data.max_length; TRL refuses padding_free with a
         # max_length it cannot enforce without packing, so only pass it where it acts
-        max_length=None if (t.padding_free and not t.packing) else cfg.data.max_length,
+        max_length=None if (padding_free and not t.packing) else cfg.data.max_length,
         packing=t.packing,
-        padding_free=t.padding_free,
+        padding_free=padding_free,
         gradient_checkpointing=backend == "hf" and t.gradient_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False},
         dataloader_num_workers=0,
@@ -431,7 +434,9 @@ def train(
         model=manifest_of(source),
         template=prepared.template.to_dict(),
         backend={"name": backend_name, "reason": reason,
-                 "mask_agreement_with_shared": getattr(trainer, "_tunebench_mask_agreement", 1.0)},
+                 "mask_agreement_with_shared": getattr(trainer, "_tunebench_mask_agreement", 1.0),
+                 # what the batches were, whatever was asked (Unsloth's CPU fallback pads regardless)
+                 "padding_free_batches": bool(getattr(trainer.data_collator, "padding_free", False))},
         data={"fingerprint": prepared.fingerprint,
               "splits": {s: len(v) for s, v in prepared.encoded.items()},
               "split_fingerprints": {s: d["fingerprint"] for s, d in prepared.report["splits"].items()}},
