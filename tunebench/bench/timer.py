@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from tunebench.train.trainer import _count_tokens_hook
+from tunebench.train.trainer import TokenCounter, _count_tokens_hook
 
 
 def make_step_timer(warmup: int) -> Any:
@@ -24,7 +24,7 @@ def make_step_timer(warmup: int) -> Any:
 
     class StepTimer(TrainerCallback):
         def __init__(self) -> None:
-            self.tokens = 0  # written by _count_tokens_hook
+            self.counter = TokenCounter()  # written by _count_tokens_hook
             self.positions = 0
             self.marks: list[tuple[int, float, int, int]] = []
             self.memory: dict[str, float] = {}
@@ -38,10 +38,10 @@ def make_step_timer(warmup: int) -> Any:
         def _mark(self, step: int) -> None:
             if cuda:
                 torch.cuda.synchronize()
-            self.marks.append((step, time.perf_counter(), self.tokens, self.positions))
+            self.marks.append((step, time.perf_counter(), self.counter.tokens, self.positions))
 
         def on_train_begin(self, args, state, control, model=None, **kw):
-            self._handles = [_count_tokens_hook(model, self),
+            self._handles = [_count_tokens_hook(model, self.counter),
                              model.register_forward_pre_hook(self._positions_hook, with_kwargs=True)]
             if cuda:
                 self.memory["resident_at_train_begin_gib"] = torch.cuda.memory_allocated() / 2**30
