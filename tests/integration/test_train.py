@@ -85,6 +85,8 @@ def test_unsloth_backend_trains_in_its_own_process(tmp_path, smol_source):
     out = subprocess.run([sys.executable, "-m", "tunebench", "train", str(tmp_path / "cfg.yaml"), "--out",
                           str(tmp_path / "run")], capture_output=True, text=True, timeout=1200)
     assert out.returncode == 0, out.stderr[-3000:]
+    # Unsloth was imported before transformers (the template lookup and the checkpoint search come after it)
+    assert "should be imported before" not in out.stderr + out.stdout
     m = json.loads((tmp_path / "run" / "adapter" / "manifest.json").read_text())
     assert m["backend"]["name"] == "unsloth" and m["versions"]["unsloth"] == "2026.10.9"
     # Unsloth's train_on_responses_only labelled exactly the tokens of the shared mask
@@ -239,3 +241,13 @@ def test_packed_rows_give_the_padded_loss_on_assistant_tokens_only(tmp_path, tin
         for a, b in list(zip(bounds, bounds[1:], strict=False))[:4]:
             alone = model(input_ids=batch["input_ids"][:, a:b]).logits[0]
             assert torch.allclose(together[a:b], alone, atol=1e-4)
+
+
+def test_latest_checkpoint_is_the_highest_step(tmp_path):
+    """transformers' rule (folders named checkpoint-N, the highest N), without importing transformers."""
+    assert latest_checkpoint(tmp_path / "none") is None
+    assert latest_checkpoint(tmp_path) is None
+    for name in ("checkpoint-9", "checkpoint-120", "checkpoint-60", ".staging", "checkpoint-x"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "checkpoint-500").write_text("a file, not a checkpoint")
+    assert latest_checkpoint(tmp_path) == tmp_path / "checkpoint-120"

@@ -39,6 +39,7 @@ from tunebench.models.loading import load_tokenizer, resolve_model
 from tunebench.reports.compare import ARTIFACT_PREFIX, leaderboard_from_runs
 from tunebench.reports.gate import gate_main
 from tunebench.reports.render import render_leaderboard
+from tunebench.train.backends import import_unsloth
 from tunebench.train.export import export_merged
 from tunebench.train.gguf_export import export_gguf, parse_quants
 from tunebench.train.trainer import train
@@ -111,6 +112,8 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     cfg = _config(args)
+    if cfg.train.backend == "unsloth":
+        import_unsloth()  # before the template lookup imports transformers: Unsloth patches it on import
     cfg = resolve_template(cfg, resolve_model(cfg.model.ref, cfg.model.revision))
     run_dir = _run_dir(args, cfg)
     result = train(cfg, run_dir, resume=args.resume, overwrite=args.overwrite)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import shutil
 import signal
 import time
@@ -38,13 +39,16 @@ class TrainResult:
 
 
 def latest_checkpoint(ckpt_dir: Path) -> Path | None:
-    """The highest-step complete checkpoint (checkpoints appear only by atomic rename, so every one is whole)."""
-    from transformers.trainer_utils import get_last_checkpoint  # heavy: transformers
+    """The highest-step complete checkpoint (checkpoints appear only by atomic rename, so every one is whole).
 
+    The rule of transformers' ``get_last_checkpoint`` (folders named ``checkpoint-N``), without importing
+    transformers: ``train`` looks before Unsloth is imported, and Unsloth must come first.
+    """
     if not ckpt_dir.is_dir():
         return None
-    last = get_last_checkpoint(str(ckpt_dir))
-    return Path(last) if last else None
+    steps = {int(m.group(1)): p for p in ckpt_dir.iterdir()
+             if p.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", p.name))}
+    return steps[max(steps)] if steps else None
 
 
 # ----------------------------------------------------------------------------- callbacks
