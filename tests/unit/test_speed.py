@@ -204,7 +204,12 @@ def test_eval_markdown_and_targets():
         {**one, "variant": "base", "kind": "decode-attention", "attention": "grouped", "batch": 128, "width": 1024,
          "steps": 64, "captured": True, "seconds": 1.0, "ms_per_step": 15.0, "new_tokens_per_s": 8564.0},
         {**one, "variant": "base", "kind": "graph-check", "sampling": "seed", "error": "RuntimeError: capture"},
+        {**one, "variant": "base", "kind": "chat", "path": "tunebench chat", "decode_path": "graph", "sampling": "seed",
+         "batch": 1, "answers": 8, "new_tokens": 1024, "new_tokens_per_s": 344.0, "ms_per_token": 2.91},
+        {**one, "variant": "base", "kind": "chat", "path": "raw generate(static) + TextStreamer", "sampling": "seed",
+         "batch": 1, "answers": 8, "new_tokens": 1024, "new_tokens_per_s": 292.0, "ms_per_token": 3.42},
     ]
+    res["notes"] = ["Code: commit abc1234."]
     targets = eval_targets(res["rows"], ["llama-3.2-1b"], 64)
     by = {t["target"]: t for t in targets}
     assert by["perplexity MFU (2·N·tokens/s) >= 45% [base]"]["met"] is True
@@ -214,6 +219,8 @@ def test_eval_markdown_and_targets():
     assert by["suite generation ÷ raw generate(static) >= 1 [seed]"]["met"] is True
     assert by["default probe run new tokens/s >= 20,000 [base]"]["met"] is True
     assert by["perplexity tokens/s ÷ base >= 0.95 [lora-unmerged]"]["met"] is None  # not measured
+    chat = by["chat new tokens/s ÷ raw generate(static) >= 1 [streamed, batch 1]"]
+    assert chat["met"] is True and chat["value"] == pytest.approx(344 / 292, abs=1e-4)
     res["targets"] = targets
     md = render_eval_md(res)
     for needle in ("NVIDIA H100 80GB HBM3", "peft 0.21.0", "128 prompts of 64 tokens",
@@ -222,7 +229,8 @@ def test_eval_markdown_and_targets():
                    "| base | raw generate(static) | seed | 64 |", "| base | 34×4 (graph) | 256 | 1 | 8,704 | 21,000 |",
                    "**failed**: RuntimeError: boom", "| attention | batch | context width |",
                    "|---|---:|---:|---:|---:|---:|", "| grouped | 128 | 1,024 | 64 | 15.00 | 8,564 |",
-                   "| seed | **failed**: RuntimeError: capture | | | | | |"):
+                   "| seed | **failed**: RuntimeError: capture | | | | | |",
+                   "| tunebench chat (graph) | seed | 8 | 1,024 | 344 | 2.91 |", "## Notes\n\n- Code: commit abc1234."):
         assert needle in md, needle
     # the note names the tokenizer the shapes used
     assert ("Random weights, Llama 3 tokenizer" in md) == str(

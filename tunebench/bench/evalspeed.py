@@ -749,4 +749,6 @@ def render_eval_md(results: dict[str, Any]) -> str:
                       f"{r['positions']} | {r['kl_nats_per_token']:.2e} | {r['top1_agreement']:.2%} |") for r in merge]
         lines.append("")
     lines += target_table(results.get("targets") or [])
+    if results.get("notes"):  # what the person who ran it adds: conditions the numbers depend on
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in results["notes"]]
     return "\n".join(lines) + "\n"
