@@ -251,3 +251,16 @@ def test_latest_checkpoint_is_the_highest_step(tmp_path):
         (tmp_path / name).mkdir()
     (tmp_path / "checkpoint-500").write_text("a file, not a checkpoint")
     assert latest_checkpoint(tmp_path) == tmp_path / "checkpoint-120"
+
+
+def test_padding_free_auto_follows_the_backend_that_really_trains(tmp_path):
+    """auto resolved to Unsloth's padding-free default; when Unsloth then fails to import and auto falls back to hf,
+    the trainer pads as hf's own default does. An explicit padding_free=true stays."""
+    from tunebench.train.trainer import sft_config
+
+    cfg = load_config("smoke", ["train.backend=unsloth"])
+    assert cfg.train.padding_free is True and "train.padding_free" in cfg.resolution
+    assert sft_config(cfg, tmp_path, "unsloth", False, torch.float32).padding_free is True
+    assert sft_config(cfg, tmp_path, "hf", False, torch.float32).padding_free is False
+    explicit = load_config("smoke", ["train.backend=unsloth", "train.padding_free=true"])
+    assert sft_config(explicit, tmp_path, "hf", False, torch.float32).padding_free is True
