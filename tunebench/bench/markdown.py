@@ -35,7 +35,9 @@ def header_lines(results: dict[str, Any], title: str) -> list[str]:
         f"{card.get('capability', '?')}); bf16 matmul peak measured **{_f(cal.get('peak_tflops'), '.0f')} TFLOP/s** "
         f"({cal.get('method', 'not measured')}; datasheet dense bf16 {_f(cal.get('datasheet_tflops'), '.0f')})",
         f"- versions: python {env.get('python')} · CUDA {env.get('cuda')} · {versions}",
-        f"- tunebench commit: `{env.get('tunebench_commit')}` · created {results.get('created')} · "
+        f"- tunebench commit: `{env.get('tunebench_commit')}`"
+        + (f" (source `{env['tunebench_source']}`)" if env.get("tunebench_source") else "")
+        + f" · created {results.get('created')} · "
         f"command `{results.get('command')}`",
     ]
 

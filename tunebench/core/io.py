@@ -158,6 +158,23 @@ def git_commit() -> str | None:
         return None
 
 
+SOURCE_SUFFIXES = (".py", ".yaml", ".jinja", ".j2", ".json")
+
+
+def source_fingerprint(root: str | Path | None = None) -> str:
+    """sha256 (16 hex digits) of the package's own files (code, presets, templates, probe sets), by relative path.
+
+    Unlike the git commit it names the code that ran wherever it runs: an installed wheel, or a copied tree whose
+    ``.git`` belongs to another commit. Compare with ``python -c "from tunebench.core.io import
+    source_fingerprint; print(source_fingerprint())"`` in a checkout.
+    """
+    root = Path(root) if root is not None else Path(__file__).resolve().parent.parent
+    h = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.suffix in SOURCE_SUFFIXES and "__pycache__" not in p.parts):
+        h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
 def package_version(name: str) -> str | None:
     """Installed version of a distribution, without importing it."""
 
@@ -175,6 +192,7 @@ def environment() -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "tunebench_commit": git_commit(),
+        "tunebench_source": source_fingerprint(),
     }
     for name in ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "unsloth", "unsloth-zoo",
                  "bitsandbytes", "lm-eval"):

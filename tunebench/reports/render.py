@@ -290,6 +290,7 @@ def training_summary(m: dict[str, Any]) -> str | None:
         ("Final validation loss", _num(evals[-1].get("eval_loss"), "{:.4f}") if evals else None),
         ("Data fingerprint", _get(m, "data", "fingerprint")),
         ("Git commit", m.get("git_commit")),
+        ("Source fingerprint", _get(m, "versions", "tunebench_source")),
         ("Created", _utc(m.get("created"))),
     ], headers=("Training", ""))
 
