@@ -421,3 +421,15 @@ def test_train_worker_runs_one_point_through_the_suites_trainer(tmp_path, tiny_l
     assert 0 < summary["conversations"] <= 16
     assert row["steps_run"] == 3 and row["real_tokens_per_s"] > 0
     assert row["load_in_4bit"] is False and row["backend_used"] == "hf"
+
+
+def test_a_failing_part_becomes_a_row_that_says_so():
+    from tunebench.bench.evalspeed import _guarded, _guarded_rows
+
+    def boom(*args):
+        raise RuntimeError("out of memory")
+
+    assert _guarded("graph-check", boom, 1) == {"kind": "graph-check", "error": "RuntimeError: out of memory"}
+    assert _guarded_rows("lm-eval", boom, cache="auto") == [
+        {"kind": "lm-eval", "cache": "auto", "error": "RuntimeError: out of memory"}]
+    assert _guarded_rows("chat", lambda n: [{"n": n}], 3) == [{"n": 3}]

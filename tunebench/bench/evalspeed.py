@@ -419,14 +419,26 @@ class _Rows(list):
         return self
 
 
-def _guarded(fn: Any, *args: Any) -> dict[str, Any]:
-    """One row; a failure (a compile error, out of memory) becomes a row that says so, and the others go on."""
+def _failed(kind: str, fn: Any, e: Exception, **fields: Any) -> dict[str, Any]:
+    log.warning("%s failed: %s", fn.__name__, e)
+    return {"kind": kind, **fields, "error": f"{type(e).__name__}: {str(e)[:300]}"}
+
+
+def _guarded(kind: str, fn: Any, *args: Any) -> dict[str, Any]:
+    """One row; a failure (a compile error, out of memory) becomes a row of ``kind`` that says so, and the others
+    go on."""
     try:
         return fn(*args)
     except Exception as e:
-        log.warning("%s failed: %s", fn.__name__, e)
-        kind = {probe_run_row: "probe-run", graph_check_row: "graph-check"}.get(fn, "generation")
-        return {"kind": kind, "error": f"{type(e).__name__}: {str(e)[:300]}"}
+        return _failed(kind, fn, e)
+
+
+def _guarded_rows(kind: str, fn: Any, *args: Any, **fields: Any) -> list[dict[str, Any]]:
+    """``_guarded`` for a function of several rows: on failure one row of ``kind`` (with ``fields``) says so."""
+    try:
+        return fn(*args)
+    except Exception as e:
+        return [_failed(kind, fn, e, **fields)]
 
 
 def _logits(model: Any, probe: Any) -> Any:
@@ -460,11 +472,7 @@ def run_eval_shape(spec: dict[str, Any]) -> dict[str, Any]:
     parts = set(spec.get("parts") or PARTS)
     if "decode" in parts and cuda:
         log.info("%s/base: decode attention, sdpa vs grouped", spec["shape"])
-        try:
-            rows += decode_attention_rows(loaded, 128, [64, 1024], 64)
-        except Exception as e:
-            log.warning("decode attention rows failed: %s", e)
-            rows.append({"kind": "decode-attention", "error": f"{type(e).__name__}: {str(e)[:300]}"})
+        rows += _guarded_rows("decode-attention", decode_attention_rows, loaded, 128, [64, 1024], 64)
     for variant in ("base", "lora-unmerged", "lora-merged"):
         if cuda:  # each model compiles its own decode step: a graph recompiled for another model can turn dynamic
             torch._dynamo.reset()
@@ -484,34 +492,28 @@ def run_eval_shape(spec: dict[str, Any]) -> dict[str, Any]:
         for sampling in samplings if "generation" in parts else []:
             log.info("%s/%s: generation (%s), batch %d", spec["shape"], variant, sampling.name, spec["gen_batch"])
             rows.append({"variant": variant, "lora_dtype": lora_dtype, "path": "suite generate",
-                         **_guarded(generation_row, loaded, gen_prompts, sampling, spec["gen_batch"])})
+                         **_guarded("generation", generation_row, loaded, gen_prompts, sampling, spec["gen_batch"])})
         if variant == "base" and cuda and "raw" in parts:
             for sampling in samplings:
                 log.info("%s/base: decode loop, CUDA graph vs eager (%s)", spec["shape"], sampling.name)
-                rows.append({"variant": "base", **_guarded(graph_check_row, loaded, gen_prompts, sampling,
-                                                           spec["gen_batch"])})
+                rows.append({"variant": "base", **_guarded("graph-check", graph_check_row, loaded, gen_prompts,
+                                                           sampling, spec["gen_batch"])})
             for sampling in samplings:
                 log.info("%s/base: raw generate(static) (%s), batch %d", spec["shape"], sampling.name,
                          spec["gen_batch"])
                 rows.append({"variant": "base", "sampling": sampling.name,
-                             **_guarded(raw_generation_row, loaded, gen_prompts, sampling, spec["gen_batch"])})
+                             **_guarded("generation", raw_generation_row, loaded, gen_prompts, sampling,
+                                        spec["gen_batch"])})
         if variant == "base" and spec.get("lm_eval_batches") and cuda and "lm-eval" in parts:
             log.info("%s/base: lm-eval generate_until", spec["shape"])
-            try:
-                rows += lm_eval_generation_rows(loaded, spec["lm_eval_batches"])
-            except Exception as e:
-                log.warning("lm-eval generate_until failed: %s", e)
-                rows.append({"kind": "lm-eval", "cache": CACHE, "error": f"{type(e).__name__}: {str(e)[:300]}"})
+            rows += _guarded_rows("lm-eval", lm_eval_generation_rows, loaded, spec["lm_eval_batches"], cache=CACHE)
         if variant == "base" and cuda and "chat" in parts:
             log.info("%s/base: chat answers vs raw generate(static), batch 1", spec["shape"])
-            try:
-                rows += [{"variant": "base", **r} for r in chat_rows(loaded, gen_prompts, samplings[0], 9)]
-            except Exception as e:
-                log.warning("chat rows failed: %s", e)
-                rows.append({"kind": "chat", "error": f"{type(e).__name__}: {str(e)[:300]}"})
+            rows += [{"variant": "base", **r}
+                     for r in _guarded_rows("chat", chat_rows, loaded, gen_prompts, samplings[0], 9)]
         if spec.get("probe_batch") and variant in ("base", "lora-merged") and "probe" in parts:
             log.info("%s/%s: default probe run", spec["shape"], variant)
-            rows.append({"variant": variant, **_guarded(probe_run_row, loaded, prompts, spec)})
+            rows.append({"variant": variant, **_guarded("probe-run", probe_run_row, loaded, prompts, spec)})
     if spec.get("merge_base") and cuda and "merge" in parts:
         try:
             rows += [{"shape": spec["shape"], **r} for r in merge_base_rows(spec, encoded, ref_logits, probe)]
