@@ -256,11 +256,16 @@ def test_latest_checkpoint_is_the_highest_step(tmp_path):
 def test_padding_free_auto_follows_the_backend_that_really_trains(tmp_path):
     """auto resolved to Unsloth's padding-free default; when Unsloth then fails to import and auto falls back to hf,
     the trainer pads as hf's own default does. An explicit padding_free=true stays."""
+    from tunebench.core.config import with_backend
     from tunebench.train.trainer import sft_config
 
     cfg = load_config("smoke", ["train.backend=unsloth"])
     assert cfg.train.padding_free is True and "train.padding_free" in cfg.resolution
     assert sft_config(cfg, tmp_path, "unsloth", False, torch.float32).padding_free is True
-    assert sft_config(cfg, tmp_path, "hf", False, torch.float32).padding_free is False
+    fallback = with_backend(cfg, "hf", "unsloth does not import here")
+    assert fallback.train.backend == "hf" and fallback.resolution["train.backend"] == "unsloth does not import here"
+    assert sft_config(fallback, tmp_path, "hf", False, torch.float32).padding_free is False
+    assert cfg.train.backend == "unsloth" and cfg.train.padding_free is True  # the caller's config is not changed
+    assert with_backend(cfg, "unsloth", "same") is cfg
     explicit = load_config("smoke", ["train.backend=unsloth", "train.padding_free=true"])
-    assert sft_config(explicit, tmp_path, "hf", False, torch.float32).padding_free is True
+    assert sft_config(with_backend(explicit, "hf", "x"), tmp_path, "hf", False, torch.float32).padding_free is True

@@ -551,13 +551,31 @@ def resolve(cfg: RunConfig, machine: Machine | None = None) -> tuple[RunConfig, 
             out.train.backend = "unsloth"
             why["train.backend"] = "unsloth is installed and this is a single-process job"
     if out.train.padding_free == "auto":
-        out.train.padding_free = out.train.backend == "unsloth" and not out.train.packing
-        why["train.padding_free"] = (
-            "packing builds its own rows" if out.train.packing else
-            "unsloth: Unsloth's own default, varlen batches without padding (its CPU fallback pads)"
-            if out.train.padding_free else "hf: padded batches on SDPA")
+        out.train.padding_free, why["train.padding_free"] = auto_padding_free(out.train.backend, out.train.packing)
     out.resolution = {**out.resolution, **why}
     return out, why
+
+
+def auto_padding_free(backend: str, packing: bool) -> tuple[bool, str]:
+    """What ``train.padding_free: auto`` means for a backend, and why: the backend's own batching."""
+    if packing:
+        return False, "packing builds its own rows"
+    if backend == "unsloth":
+        return True, "unsloth: Unsloth's own default, varlen batches without padding (its CPU fallback pads)"
+    return False, "hf: padded batches on SDPA"
+
+
+def with_backend(cfg: RunConfig, backend: str, why: str) -> RunConfig:
+    """``cfg`` for the backend that really trains, when a runtime fact (Unsloth not importing) changed the resolved
+    one: a copy with ``train.backend`` set and ``train.padding_free`` re-resolved if it was ``auto``."""
+    if backend == cfg.train.backend:
+        return cfg
+    out = from_dict(to_dict(cfg))
+    out.train.backend = backend
+    out.resolution["train.backend"] = why
+    if "train.padding_free" in cfg.resolution:
+        out.train.padding_free, out.resolution["train.padding_free"] = auto_padding_free(backend, out.train.packing)
+    return out
 
 
 def asked(cfg: RunConfig) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from tunebench.core import dist
-from tunebench.core.config import RunConfig, to_dict
+from tunebench.core.config import RunConfig, to_dict, with_backend
 from tunebench.core.errors import RunExistsError, TrainingError
 from tunebench.core.io import atomic_dir, atomic_write_json, read_json
 from tunebench.data import conversations as data_mod
@@ -253,9 +253,6 @@ def sft_config(cfg: RunConfig, ckpt_dir: Path, backend: str, has_val: bool, dtyp
     t = cfg.train
     cuda = torch.cuda.is_available()
     optim = t.optimizer  # resolved by core.config.resolve
-    padding_free = bool(t.padding_free)
-    if backend != t.backend and "train.padding_free" in cfg.resolution:
-        padding_free = False  # auto chose Unsloth's default, and Unsloth did not import: hf's default
     args = SFTConfig(
         output_dir=str(ckpt_dir),
         per_device_train_batch_size=t.batch_size,
@@ -284,9 +281,9 @@ def sft_config(cfg: RunConfig, ckpt_dir: Path, backend: str, has_val: bool, dtyp
         fp16=cuda and dtype == torch.float16,
         # the data step already cut every conversation to data.max_length; TRL refuses padding_free with a
         # max_length it cannot enforce without packing, so only pass it where it acts
-        max_length=None if (padding_free and not t.packing) else cfg.data.max_length,
+        max_length=None if (t.padding_free and not t.packing) else cfg.data.max_length,
         packing=t.packing,
-        padding_free=padding_free,
+        padding_free=t.padding_free,
         gradient_checkpointing=backend == "hf" and t.gradient_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False},
         dataloader_num_workers=0,
@@ -388,6 +385,7 @@ def train(
         check_resume_world_size(latest_checkpoint(ckpt_dir))
 
     backend_name, reason = resolve_backend(cfg.train, cfg.resolution)  # before transformers is imported
+    cfg = with_backend(cfg, backend_name, reason)  # Unsloth did not import under auto: the config of hf
     import torch  # heavy: torch, imported when needed
 
 
