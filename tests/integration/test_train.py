@@ -91,8 +91,9 @@ def test_unsloth_backend_trains_in_its_own_process(tmp_path, smol_source):
     assert m["backend"]["name"] == "unsloth" and m["versions"]["unsloth"] == "2026.10.9"
     # Unsloth's train_on_responses_only labelled exactly the tokens of the shared mask
     assert m["backend"]["mask_agreement_with_shared"] == 1.0
-    # train.padding_free=auto asks for Unsloth's default; its CPU fallback pads, and the manifest says so
-    assert m["config"]["train"]["padding_free"] is True and m["backend"]["padding_free_batches"] is False
+    # train.padding_free=auto pads; train.compile_blocks=auto resolves to eager blocks on CPU, where nothing compiled
+    assert m["config"]["train"]["padding_free"] is False and m["backend"]["padding_free_batches"] is False
+    assert m["config"]["train"]["compile_blocks"] is False and m["backend"]["compiled_blocks"] == 0
     assert all(math.isfinite(p["loss"]) for p in m["loss_history"]) and m["steps"] == 2
     tensors = load_file(str(tmp_path / "run" / "adapter" / "adapter_model.safetensors"))
     assert any("lora_B" in k and v.abs().sum() > 0 for k, v in tensors.items())
@@ -253,19 +254,42 @@ def test_latest_checkpoint_is_the_highest_step(tmp_path):
     assert latest_checkpoint(tmp_path) == tmp_path / "checkpoint-120"
 
 
-def test_padding_free_auto_follows_the_backend_that_really_trains(tmp_path):
-    """auto resolved to Unsloth's padding-free default; when Unsloth then fails to import and auto falls back to hf,
-    the trainer pads as hf's own default does. An explicit padding_free=true stays."""
-    from tunebench.core.config import with_backend
+def test_auto_settings_follow_the_backend_that_really_trains(tmp_path):
+    """compile_blocks=auto resolved for Unsloth on a GPU (a long run compiles its blocks); when Unsloth then fails
+    to import and auto falls back to hf, the fallback's config says hf and no compile. Explicit values stay."""
+    from tunebench.core.config import COMPILE_BLOCKS_MIN_STEPS, Machine, with_backend
     from tunebench.train.trainer import sft_config
 
-    cfg = load_config("smoke", ["train.backend=unsloth"])
-    assert cfg.train.padding_free is True and "train.padding_free" in cfg.resolution
-    assert sft_config(cfg, tmp_path, "unsloth", False, torch.float32).padding_free is True
+    gpu = Machine(cuda=True, bf16=True, world_size=1, unsloth_installed=True)
+    cfg = load_config("smoke", ["train.backend=unsloth", f"train.max_steps={COMPILE_BLOCKS_MIN_STEPS}"], machine=gpu)
+    assert cfg.train.compile_blocks is True and cfg.train.padding_free is False
     fallback = with_backend(cfg, "hf", "unsloth does not import here")
     assert fallback.train.backend == "hf" and fallback.resolution["train.backend"] == "unsloth does not import here"
+    assert fallback.train.compile_blocks is False and fallback.resolution["train.compile_blocks"].startswith("hf")
     assert sft_config(fallback, tmp_path, "hf", False, torch.float32).padding_free is False
-    assert cfg.train.backend == "unsloth" and cfg.train.padding_free is True  # the caller's config is not changed
+    assert cfg.train.backend == "unsloth" and cfg.train.compile_blocks is True  # the caller's config is not changed
     assert with_backend(cfg, "unsloth", "same") is cfg
     explicit = load_config("smoke", ["train.backend=unsloth", "train.padding_free=true"])
     assert sft_config(with_backend(explicit, "hf", "x"), tmp_path, "hf", False, torch.float32).padding_free is True
+
+
+def test_compile_blocks_false_turns_unsloth_block_compile_off_while_training_only(monkeypatch):
+    """Unsloth reads UNSLOTH_BLOCK_COMPILE at every decoder block call: false sets it to 0 for trainer.train() and
+    restores what was there; true leaves Unsloth's own setting alone; an unresolved auto is refused."""
+    from tunebench.core.config import TrainConfig
+    from tunebench.train.backends import BackendError
+    from tunebench.train.backends.unsloth import UnslothBackend
+
+    backend = UnslothBackend()
+    for before in (None, "1"):
+        if before is None:
+            monkeypatch.delenv("UNSLOTH_BLOCK_COMPILE", raising=False)
+        else:
+            monkeypatch.setenv("UNSLOTH_BLOCK_COMPILE", before)
+        with backend.training(TrainConfig(compile_blocks=False)):
+            assert os.environ["UNSLOTH_BLOCK_COMPILE"] == "0"
+        assert os.environ.get("UNSLOTH_BLOCK_COMPILE") == before
+        with backend.training(TrainConfig(compile_blocks=True)):
+            assert os.environ.get("UNSLOTH_BLOCK_COMPILE") == before
+    with pytest.raises(BackendError, match="compile_blocks"):
+        backend.training(TrainConfig(compile_blocks="auto"))

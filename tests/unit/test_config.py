@@ -41,19 +41,20 @@ CPU = Machine(cuda=False, bf16=False, world_size=1, unsloth_installed=True)
 
 @pytest.mark.parametrize("machine, expected", [
     (GPU, {"model.dtype": "bfloat16", "model.load_in_4bit": "on", "train.optimizer": "adamw_8bit",
-           "train.backend": "unsloth", "train.padding_free": True}),
+           "train.backend": "unsloth", "train.padding_free": False, "train.compile_blocks": False}),
     (CPU, {"model.dtype": "float32", "model.load_in_4bit": "off", "train.optimizer": "adamw_torch",
-           "train.backend": "unsloth", "train.padding_free": True}),
+           "train.backend": "unsloth", "train.padding_free": False, "train.compile_blocks": False}),
     (Machine(cuda=True, bf16=False, world_size=2, unsloth_installed=True),
      {"model.dtype": "float16", "model.load_in_4bit": "on", "train.optimizer": "adamw_8bit", "train.backend": "hf",
-      "train.padding_free": False}),
+      "train.padding_free": False, "train.compile_blocks": False}),
     (Machine(cuda=False, bf16=False, world_size=1, unsloth_installed=False),
      {"model.dtype": "float32", "model.load_in_4bit": "off", "train.optimizer": "adamw_torch", "train.backend": "hf",
-      "train.padding_free": False}),
+      "train.padding_free": False, "train.compile_blocks": False}),
 ])
 def test_auto_is_resolved_once_with_reasons(machine, expected):
     cfg = load_config("smoke", ["model.dtype=auto", "model.load_in_4bit=auto", "train.optimizer=auto",
-                                "train.backend=auto", "train.padding_free=auto"], machine=machine)
+                                "train.backend=auto", "train.padding_free=auto", "train.compile_blocks=auto"],
+                      machine=machine)
     got = {k: getattr(getattr(cfg, k.split(".")[0]), k.split(".")[1]) for k in expected}
     assert got == expected
     assert set(cfg.resolution) == set(expected) and all(cfg.resolution.values())
@@ -63,19 +64,43 @@ def test_auto_is_resolved_once_with_reasons(machine, expected):
     assert load_config("smoke", [f"{k}={v}" for k, v in expected.items()], machine=machine).resolution == {}
 
 
-def test_padding_free_auto_is_the_backends_own_default():
-    """auto = Unsloth's default (padding-free) on unsloth, padded on hf, off under packing; explicit values stay."""
+def test_padding_free_auto_pads_on_both_backends():
+    """auto = padded batches (measured faster than Unsloth's padding-free default); explicit values stay."""
     def pf(*extra):
         cfg = load_config("smoke", list(extra), machine=GPU)
         return cfg.train.padding_free, "train.padding_free" in cfg.resolution
 
-    assert pf("train.backend=unsloth") == (True, True)
+    assert pf("train.backend=unsloth") == (False, True)
     assert pf("train.backend=hf") == (False, True)
     assert pf("train.backend=unsloth", "train.packing=true") == (False, True)
-    assert pf("train.backend=unsloth", "train.padding_free=false") == (False, False)
+    assert pf("train.backend=unsloth", "train.padding_free=true") == (True, False)
     assert pf("train.backend=hf", "train.padding_free=true") == (True, False)
     with pytest.raises(ConfigError, match="padding_free"):
         load_config("smoke", ["train.padding_free=sometimes"], machine=GPU)
+
+
+def test_compile_blocks_auto_compiles_only_long_padded_unsloth_runs_on_cuda():
+    """Compiling Unsloth's blocks costs ~40 s once: auto compiles from COMPILE_BLOCKS_MIN_STEPS optimizer steps on
+    (or an epoch-counted run), on unsloth with padded batches on CUDA only; explicit values stay."""
+    from tunebench.core.config import COMPILE_BLOCKS_MIN_STEPS
+
+    def cb(*extra, machine=GPU):
+        cfg = load_config("smoke", ["train.backend=unsloth", *extra], machine=machine)
+        return cfg.train.compile_blocks, cfg.resolution.get("train.compile_blocks", "")
+
+    long_run = f"train.max_steps={COMPILE_BLOCKS_MIN_STEPS}"
+    assert cb(long_run)[0] is True and "faster" in cb(long_run)[1]
+    assert cb("train.max_steps=-1")[0] is True and "epoch" in cb("train.max_steps=-1")[1]
+    short = cb(f"train.max_steps={COMPILE_BLOCKS_MIN_STEPS - 1}")
+    assert short[0] is False and "pays back" in short[1]
+    assert cb(long_run, machine=CPU) == (False, "CPU: Unsloth compiles decoder blocks on CUDA only")
+    assert cb(long_run, "train.padding_free=true")[0] is False
+    assert cb(long_run, "train.packing=true")[0] is False
+    assert cb(long_run, "train.backend=hf")[0] is False
+    assert cb("train.max_steps=10", "train.compile_blocks=true") == (True, "")
+    assert cb(long_run, "train.compile_blocks=false") == (False, "")
+    with pytest.raises(ConfigError, match="compile_blocks"):
+        load_config("smoke", ["train.compile_blocks=sometimes"], machine=GPU)
 
 
 def test_llama_presets_carry_the_notebook_settings():

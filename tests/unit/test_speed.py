@@ -267,6 +267,11 @@ def test_find_best_picks_the_fastest_row_that_fits_and_prints_its_config_line(tm
     cfg = load_config("smoke", shlex.split(line)[3:], machine=gpu)
     assert cfg.train.packing and not cfg.train.padding_free and cfg.train.batch_size == 8
     assert not cfg.train.gradient_checkpointing and cfg.model.load_in_4bit == "on"
+    padded = dict(base, backend="unsloth-padded", layout="padded", batch_size=8, compiled_blocks=16)
+    assert "train.padding_free=false train.packing=false" in speed.config_line(padded)
+    assert speed.config_line(padded).endswith("train.compile_blocks=true model.load_in_4bit=on")
+    assert "train.compile_blocks=false" in speed.config_line(dict(padded, compiled_blocks=0))
+    assert load_config("smoke", shlex.split(speed.config_line(padded))[3:], machine=gpu).train.compile_blocks is True
 
 
 def test_find_best_candidates_ascend_within_each_layout_and_the_report_shows_the_choice(tmp_path):

@@ -92,6 +92,7 @@ def render_speed_md(results: dict[str, Any]) -> str:
                 f"{_f(r['step_s_p90'], '.3f')}) | {_f(r.get('peak_allocated_gib'), '.2f')} "
                 f"({_f(r.get('steady_peak_allocated_gib'), '.2f')}) | {_f(r.get('peak_reserved_gib'), '.2f')} | "
                 f"{_f(r.get('mfu'), '.1%')} | ok ({r['measured_steps']} steps, {r['real_tokens']:,} real tokens"
+                + (f"; {r['compiled_blocks']} blocks compiled" if r.get("compiled_blocks") else "")
                 + ("" if r.get("mask_agreement") in (None, 1.0) else
                    f"; Unsloth's mask = shared mask on {r['mask_agreement']:.0%} of conversations") + ") |")
         lines.append("")

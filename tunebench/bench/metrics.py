@@ -183,6 +183,8 @@ def config_line(row: dict[str, Any], preset: str = "<preset>") -> str:
              f"train.grad_accum={row['grad_accum']}", f"train.padding_free={str(layout == 'padfree').lower()}",
              f"train.packing={str(layout == 'packed').lower()}",
              f"train.gradient_checkpointing={str(row.get('gradient_checkpointing', True)).lower()}"]
+    if family == "unsloth" and layout == "padded":  # rows that say nothing ran before the count was kept: compiled
+        parts.append(f"train.compile_blocks={str(bool(row.get('compiled_blocks', True))).lower()}")
     if row.get("load_in_4bit") is not None:  # the config reads on/off as the Literal, not a YAML boolean
         parts.append(f"model.load_in_4bit={'on' if row['load_in_4bit'] else 'off'}")
     return " ".join(parts)

@@ -43,7 +43,7 @@ def spawn(spec: dict[str, Any], work: Path, budget: Budget, min_seconds: float =
     label = spec["label"]
     left = budget.left()
     if left < min_seconds:
-        return {"status": "skipped", "error": f"skipped: {left:.0f} s of the --budget-s left, fewer than {min_seconds:.0f}"}
+        return {"status": "skipped", "error": f"{left:.0f} s of the --budget-s left, fewer than {min_seconds:.0f}"}
     spec = dict(spec, result=str(work / "results" / f"{label}.json"))
     spec_path = atomic_write_json(work / "specs" / f"{label}.json", spec)
     Path(spec["result"]).unlink(missing_ok=True)

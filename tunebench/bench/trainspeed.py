@@ -71,7 +71,7 @@ def new_results(args: argparse.Namespace, backends: list[str], sweep: list[str],
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "command": "tunebench bench " + " ".join(args.argv),
         "settings": {
-            "backends": {b: BACKENDS[b][3] for b in dict.fromkeys(backends + (sweep if len(points) > 1 else []))},
+            "backends": {b: BACKENDS[b].what for b in dict.fromkeys(backends + (sweep if len(points) > 1 else []))},
             "points": [list(p) for p in points],
             "sweep_backends": sweep, "max_length": args.max_length, "warmup_steps": args.warmup,
             "measured_steps_first_point": args.steps, "measured_steps_other_points": args.sweep_steps,
@@ -141,10 +141,10 @@ def run_sweeps(results: dict[str, Any], shapes: dict[str, dict[str, Any]], args:
                candidates: list[dict[str, Any]], work: Path, budget: Budget, peak: float | None,
                sheet: float | None, out: Path) -> None:
     """One sweep worker per shape; its rows join the results (marked ``find_best``), then the choice is printed."""
-    family = BACKENDS[parse_names(args.find_best_backend, BACKENDS, "--find-best-backend")[0]][0]
+    family = BACKENDS[parse_names(args.find_best_backend, BACKENDS, "--find-best-backend")[0]].backend
     for layout in dict.fromkeys(c["layout"] for c in candidates):
         name = backend_name(family, layout)
-        results["settings"]["backends"].setdefault(name, BACKENDS[name][3])
+        results["settings"]["backends"].setdefault(name, BACKENDS[name].what)
     results["settings"]["find_best"] = {"backend": family, "candidates": candidates,
                                         "memory_limit_gib": args.memory_limit_gib,
                                         "measured_steps": args.sweep_steps, "warmup_steps": args.warmup}

@@ -13,7 +13,7 @@ import os
 import shutil
 import time
 import traceback
-from typing import Any
+from typing import Any, NamedTuple
 
 from tunebench.bench.evalspeed import run_eval_shape
 from tunebench.bench.metrics import mfu, summarize_steps
@@ -31,24 +31,44 @@ log = logging.getLogger("tunebench.speed")
 # Batch layouts: name -> (train.padding_free, train.packing)
 LAYOUTS: dict[str, tuple[bool, bool]] = {"padded": (False, False), "padfree": (True, False), "packed": (False, True)}
 
-# Name -> (train.backend, train.padding_free, train.packing, what it measures)
-BACKENDS: dict[str, tuple[str, bool | str, bool, str]] = {
-    "unsloth": ("unsloth", "auto", False, "Unsloth FastLanguageModel + its SFTTrainer patches, as the suite runs it "
-                "by default: train.padding_free=auto resolves to Unsloth's own default, varlen batches without "
-                "padding"),
-    "unsloth-padded": ("unsloth", False, False, "unsloth backend with train.padding_free=false: padded batches, each "
-                       "decoder block compiled (Unsloth's choice only on GPUs it measured as host-bound)"),
-    "unsloth-padfree": ("unsloth", True, False, "unsloth backend with train.padding_free=true: Unsloth's varlen "
-                        "padding-free batches (no padding, no block compile)"),
-    "unsloth-packed": ("unsloth", False, True, "unsloth backend with train.packing=true: TRL best-fit-decreasing "
-                       "packing into max_length rows, Unsloth's packed varlen attention (no cross-conversation "
-                       "attention), labels from the shared assistant mask"),
-    "hf": ("hf", False, False, "transformers + peft + bitsandbytes, SDPA attention, right-padded batches"),
-    "hf-padfree": ("hf", True, False, "hf backend with train.padding_free=true: one flattened row per micro-batch; "
-                   "transformers 5 builds a block-causal SDPA mask from position_ids (masking_utils."
-                   "find_packed_sequence_indices)"),
-    "hf-packed": ("hf", False, True, "hf backend with train.packing=true (TRL best-fit packing into max_length rows, "
-                  "position_ids, the same block-causal SDPA mask)"),
+
+class Variant(NamedTuple):
+    """A benchmarked training setup: the train.* settings it runs with and what it measures."""
+
+    backend: str
+    padding_free: bool | str
+    packing: bool
+    what: str
+    compile_blocks: bool | str = "auto"
+
+
+BACKENDS: dict[str, Variant] = {
+    "unsloth": Variant("unsloth", "auto", False,
+                       "Unsloth FastLanguageModel + its SFTTrainer patches, as the suite runs it by default: "
+                       "train.padding_free=auto (padded batches) and train.compile_blocks=auto (compiled decoder "
+                       "blocks from 300 optimizer steps on, so eager blocks at a benchmark's few dozen)"),
+    "unsloth-padded": Variant("unsloth", False, False,
+                              "unsloth backend with train.padding_free=false and train.compile_blocks=true: padded "
+                              "batches, each decoder block compiled (Unsloth's per-block torch.compile, its default "
+                              "for padded batches on CUDA)", compile_blocks=True),
+    "unsloth-padded-eager": Variant("unsloth", False, False,
+                                    "unsloth backend with train.padding_free=false and train.compile_blocks=false: "
+                                    "padded batches on Unsloth's eager decoder blocks", compile_blocks=False),
+    "unsloth-padfree": Variant("unsloth", True, False,
+                               "unsloth backend with train.padding_free=true: Unsloth's varlen padding-free batches "
+                               "(no padding, no block compile; Unsloth's own default)"),
+    "unsloth-packed": Variant("unsloth", False, True,
+                              "unsloth backend with train.packing=true: TRL best-fit-decreasing packing into "
+                              "max_length rows, Unsloth's packed varlen attention (no cross-conversation attention), "
+                              "labels from the shared assistant mask"),
+    "hf": Variant("hf", False, False, "transformers + peft + bitsandbytes, SDPA attention, right-padded batches"),
+    "hf-padfree": Variant("hf", True, False,
+                          "hf backend with train.padding_free=true: one flattened row per micro-batch; transformers 5 "
+                          "builds a block-causal SDPA mask from position_ids (masking_utils."
+                          "find_packed_sequence_indices)"),
+    "hf-packed": Variant("hf", False, True,
+                         "hf backend with train.packing=true (TRL best-fit packing into max_length rows, position_ids, "
+                         "the same block-causal SDPA mask)"),
 }
 
 
@@ -65,7 +85,7 @@ def run_train_point(spec: dict[str, Any]) -> dict[str, Any]:
     import torch  # heavy: torch, imported when needed
 
 
-    backend, padding_free, packing, _ = BACKENDS[spec["backend"]]
+    variant = BACKENDS[spec["backend"]]
     cuda = torch.cuda.is_available()
     cfg = RunConfig(
         name=f"speed-{spec['shape']}-{spec['backend']}-{spec['batch_size']}x{spec['grad_accum']}",
@@ -73,9 +93,10 @@ def run_train_point(spec: dict[str, Any]) -> dict[str, Any]:
                           load_in_4bit="on" if cuda and spec.get("load_in_4bit", True) else "off"),
         data=DataConfig(source=spec["data_source"], max_length=spec["max_length"], max_validation=0, max_test=0),
         lora=LoraConfig(r=spec["r"], alpha=spec["alpha"], target_modules=list(spec["targets"])),
-        train=TrainConfig(backend=backend, batch_size=spec["batch_size"], grad_accum=spec["grad_accum"],
+        train=TrainConfig(backend=variant.backend, batch_size=spec["batch_size"], grad_accum=spec["grad_accum"],
                           max_steps=spec["warmup"] + spec["steps"], save_every=0, eval_every=0,
-                          padding_free=padding_free, packing=packing, seed=3407,
+                          padding_free=variant.padding_free, packing=variant.packing,
+                          compile_blocks=variant.compile_blocks, seed=3407,
                           gradient_checkpointing=spec.get("gradient_checkpointing", True)),
     )
     cfg, _ = resolve(cfg)  # dtype and optimizer for this machine, as load_config resolves a preset
@@ -97,6 +118,7 @@ def run_train_point(spec: dict[str, Any]) -> dict[str, Any]:
     row.update({
         "backend_used": (man.get("backend") or {}).get("name"),
         "mask_agreement": (man.get("backend") or {}).get("mask_agreement_with_shared"),
+        "compiled_blocks": (man.get("backend") or {}).get("compiled_blocks"),
         "trainable_params": man.get("trainable_params"),
         "steps_run": man.get("steps"),
         "first_loss": (man.get("loss_history") or [{}])[0].get("loss"),
@@ -168,7 +190,7 @@ def run_sweep(spec: dict[str, Any]) -> dict[str, Any]:
 def worker_main(spec_arg: str) -> int:
     """``python -m tunebench.bench.speed worker SPEC``: run one job, write its result JSON (errors included)."""
     spec = json.loads(spec_arg) if spec_arg.lstrip().startswith("{") else read_json(spec_arg)
-    if (spec["kind"] == "train" and BACKENDS[spec["backend"]][0] == "unsloth") or spec.get("family") == "unsloth":
+    if (spec["kind"] == "train" and BACKENDS[spec["backend"]].backend == "unsloth") or spec.get("family") == "unsloth":
 
         err = import_unsloth()  # before transformers/trl/peft: Unsloth patches them on import
         if err:

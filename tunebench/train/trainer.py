@@ -24,7 +24,14 @@ from tunebench.core.io import atomic_dir, atomic_write_json, read_json
 from tunebench.data import conversations as data_mod
 from tunebench.models.loading import load_tokenizer, manifest_of, resolve_model
 from tunebench.train import manifest as manifest_mod
-from tunebench.train.backends import BACKENDS, BackendError, compute_dtype, get_backend, import_unsloth
+from tunebench.train.backends import (
+    BACKENDS,
+    BackendError,
+    compiled_blocks,
+    compute_dtype,
+    get_backend,
+    import_unsloth,
+)
 
 log = logging.getLogger(__name__)
 
@@ -428,7 +435,8 @@ def train(
         torch.cuda.reset_peak_memory_stats()
     state.started = time.perf_counter()
     try:
-        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        with backend.training(cfg.train):
+            trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     finally:
         handle.remove()
     seconds = state.seconds
@@ -461,7 +469,8 @@ def train(
         backend={"name": backend_name, "reason": reason,
                  "mask_agreement_with_shared": getattr(trainer, "_tunebench_mask_agreement", 1.0),
                  # what the batches were, whatever was asked (Unsloth's CPU fallback pads regardless)
-                 "padding_free_batches": bool(getattr(trainer.data_collator, "padding_free", False))},
+                 "padding_free_batches": bool(getattr(trainer.data_collator, "padding_free", False)),
+                 "compiled_blocks": compiled_blocks(trainer.model)},
         data={"fingerprint": prepared.fingerprint,
               "splits": {s: len(v) for s, v in prepared.encoded.items()},
               "split_fingerprints": {s: d["fingerprint"] for s, d in prepared.report["splits"].items()}},

@@ -12,6 +12,7 @@ from tunebench.core.errors import BackendError
 from tunebench.train.backends.base import (
     BACKENDS,
     Backend,
+    compiled_blocks,
     compute_dtype,
     import_unsloth,
     labels_dataset,
@@ -20,7 +21,7 @@ from tunebench.train.backends.base import (
 from tunebench.train.backends.hf import HFBackend
 from tunebench.train.backends.unsloth import UnslothBackend
 
-__all__ = ["BACKENDS", "Backend", "BackendError", "compute_dtype", "get_backend", "import_unsloth",
+__all__ = ["BACKENDS", "Backend", "BackendError", "compiled_blocks", "compute_dtype", "get_backend", "import_unsloth",
            "labels_dataset", "use_4bit"]
 
 

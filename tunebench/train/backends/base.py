@@ -3,6 +3,7 @@ labelled dataset, and the Unsloth import."""
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 from tunebench.core.errors import BackendError
@@ -19,6 +20,10 @@ class Backend(Protocol):
     def datasets(self, prepared: Any, tokenizer: Any) -> tuple[Any, Any]: ...
 
     def finish_trainer(self, trainer: Any, prepared: Any) -> Any: ...
+
+    def training(self, train_cfg: Any) -> AbstractContextManager[None]:
+        """Backend settings that hold while ``trainer.train()`` runs."""
+        ...
 
 
 def import_unsloth() -> str | None:
@@ -56,3 +61,9 @@ def labels_dataset(encoded: list[Any], with_labels: bool = True) -> Any:
     if with_labels:
         data["labels"] = [e.labels for e in encoded]
     return Dataset.from_dict(data)
+
+
+def compiled_blocks(model: Any) -> int:
+    """How many decoder blocks ran through Unsloth's compiled forward (it marks a block once a compiled call of it
+    succeeded; padding-free batches, CPU and a failed compile all leave blocks on the stock forward)."""
+    return sum(1 for m in model.modules() if m.__dict__.get("_unsloth_block_checked", 0))

@@ -8,6 +8,7 @@ TRL's ``assistant_only_loss`` needs {% generation %} markers that stock template
 from __future__ import annotations
 
 import logging
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 from tunebench.core import dist
@@ -65,3 +66,5 @@ class HFBackend:
     def finish_trainer(self, trainer: Any, prepared: Any) -> Any:
         return trainer
 
+    def training(self, train_cfg: Any) -> AbstractContextManager[None]:
+        return nullcontext()

@@ -8,6 +8,9 @@ else in tunebench imports it, so evaluation never runs on patched transformers.
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from tunebench.core.errors import BackendError
@@ -100,6 +103,33 @@ class UnslothBackend:
             log.warning("Unsloth's response mask differs from the shared mask on %d of %d conversations",
                         len(ours) - same, len(ours))
         return trainer
+
+    def training(self, train_cfg: Any) -> Any:
+        """Unsloth's per-block compile as ``train.compile_blocks`` says, while ``trainer.train()`` runs."""
+        if not isinstance(train_cfg.compile_blocks, bool):
+            raise BackendError(f"train.compile_blocks is {train_cfg.compile_blocks!r}, not true or false: load the "
+                               "config with tunebench.core.config.load_config, which resolves auto")
+        return block_compile(train_cfg.compile_blocks)
+
+
+@contextmanager
+def block_compile(enabled: bool) -> Iterator[None]:
+    """Unsloth's per-block compile left to Unsloth (``enabled``) or off while training: Unsloth reads
+    ``UNSLOTH_BLOCK_COMPILE`` at every decoder block call, and a block it patched at load runs its stock forward
+    while the variable is 0. The variable is restored afterwards."""
+    key = "UNSLOTH_BLOCK_COMPILE"
+    if enabled:
+        yield
+        return
+    before = os.environ.get(key)
+    os.environ[key] = "0"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = before
 
 
 def check_llama31_template(unsloth_tok: Any, tok: Any) -> None:
