@@ -363,13 +363,17 @@ def test_speed_end_to_end_on_a_tiny_shape(tmp_path):
     inputs = ["--data", os.environ.get("TUNEBENCH_SPEED_DATA", "packaged:sharegpt-v3")]
     if os.environ.get("TUNEBENCH_SPEED_TOKENIZER"):
         inputs += ["--tokenizer", os.environ["TUNEBENCH_SPEED_TOKENIZER"]]
-    code = speed.main(["speed", "--shape", "tiny", "--backends", "unsloth,hf", "--steps", "2", "--warmup", "1",
+    code = speed.main(["speed", "--shape", "tiny", "--backends", "unsloth,unsloth-padded,hf", "--steps", "2",
+                       "--warmup", "1",
                        "--max-length", "512", "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work"),
                        *inputs])
     data = json.loads((tmp_path / "out" / "speed.json").read_text())
     assert code == 0, [r.get("error") for r in data["rows"]]
-    assert {r["backend"] for r in data["rows"]} == {"unsloth", "hf"}
+    assert {r["backend"] for r in data["rows"]} == {"unsloth", "unsloth-padded", "hf"}
     assert all(r["real_tokens_per_s"] > 0 and r["peak_allocated_gib"] > 0 for r in data["rows"])
+    rows = {r["backend"]: r for r in data["rows"]}
+    # a 3-step run: auto keeps Unsloth's eager blocks; compile_blocks=true compiles both of the shape's blocks
+    assert rows["unsloth"]["compiled_blocks"] == 0 and rows["unsloth-padded"]["compiled_blocks"] == 2
     assert (tmp_path / "out" / "speed.md").exists() and data["calibration"]["peak_tflops"] > 0
 
 
