@@ -167,17 +167,44 @@ def test_speed_ratios_and_targets():
     assert all(x["met"] is None for x in none)
 
 
+def _repeated(res, factors=(1.0, 1.02, 0.97)):
+    """The rows of ``res`` three times (repeat 0, 1, 2), each repeat's rates scaled by its factor."""
+    rows = []
+    for k, f in enumerate(factors):
+        for r in res["rows"]:
+            rows.append(dict(r, repeat=k, **({"real_tokens_per_s": r["real_tokens_per_s"] * f}
+                                            if "real_tokens_per_s" in r else {})))
+    return dict(res, rows=rows, settings=dict(res["settings"], repeats=len(factors)))
+
+
 def test_speed_markdown_has_card_versions_settings_rows_and_targets(tmp_path):
-    res = _speed_results()
+    res = _repeated(_speed_results())
+    res["host"] = {"before": {"cpu": "Intel Xeon Platinum 8480+", "cpu_count": 16, "hostname": "gpu-1",
+                              "loadavg_1_5_15": [0.5, 0.4, 0.3],
+                              "gpus": [{"name": "NVIDIA H100", "clocks.sm": "1980", "clocks.max.sm": "1980",
+                                        "clocks.mem": "2619", "power.limit": "700.00", "driver_version": "580.1",
+                                        "temperature.gpu": "35"}]},
+                   "after": {"loadavg_1_5_15": [1.5, 0.9, 0.5], "gpus": [{"clocks.sm": "1755"}]}}
     speed.write_speed(res, tmp_path)
     md = (tmp_path / "speed.md").read_text()
     data = json.loads((tmp_path / "speed.json").read_text())
-    assert data["targets"] and data["ratios"]
+    assert data["targets"] and data["ratios"] and data["ratio_summaries"]
     for needle in ("NVIDIA H100 80GB HBM3", "torch 2.11.0", "transformers 5.17.0", "trl 1.15.0", "peft 0.21.0",
                    "unsloth 2026.10.9", "bitsandbytes 0.50.2", "700 TFLOP/s", "r=16", "max length 2048",
-                   "Random weights", "stand-in tokenizer", "| unsloth | 2 × 4 | 19,000 |", "1.90",
-                   "error: ValueError: padding_free / max_length", "## Targets", "**yes**", "**no**"):
+                   "Random weights", "stand-in tokenizer", "| unsloth | 1 | 2 × 4 | 19,000 |", "1.90",
+                   "Intel Xeon Platinum 8480+ × 16", "[0.5, 0.4, 0.3] before, [1.5, 0.9, 0.5] after",
+                   "SM clock 1980 MHz before / 1755 after", "power limit 700.00 W", "driver 580.1",
+                   "## Over repeats", "| llama-3.2-1b | 2 × 4 | unsloth | 3 | 1.90 [",
+                   "error: ValueError: padding_free / max_length", "## Targets", "**met**", "**not met**"):
         assert needle in md, needle
+
+
+def test_one_repeat_states_no_claim(tmp_path):
+    res = _speed_results()
+    speed.write_speed(res, tmp_path)
+    md = (tmp_path / "speed.md").read_text()
+    assert "| **met** |" not in md and "inconclusive (one repeat: no interval, no claim)" in md
+    assert "host: not recorded" in md
 
 
 def test_eval_markdown_and_targets():
@@ -299,10 +326,12 @@ def test_find_best_candidates_ascend_within_each_layout_and_the_report_shows_the
     speed.write_speed(res, tmp_path)
     md = (tmp_path / "speed.md").read_text()
     for needle in ("## Fastest setting (--find-best)", "**unsloth-packed 8 × 1**", "40.0 GiB",
-                   "| unsloth-packed, no ckpt (find-best) | 8 × 1 | 60,000 |", "train.packing=true"):
+                   "| unsloth-packed, no ckpt (find-best) | 1 | 8 × 1 | 60,000 |", "train.packing=true"):
         assert needle in md, needle
     mfu_target = next(t for t in json.loads((tmp_path / "speed.json").read_text())["targets"] if "MFU" in t["target"])
-    assert mfu_target["met"] is True and mfu_target["where"] == "unsloth-packed 8x1"
+    # one sweep row: the best MFU is named, but one run states no interval, so no claim (issue 28)
+    assert mfu_target["value"] == 0.46 and mfu_target["where"] == "unsloth-packed 8x1"
+    assert mfu_target["verdict"] == "inconclusive" and mfu_target["met"] is None
 
 
 # ----------------------------------------------------------------------------- command line

@@ -32,6 +32,10 @@ def common_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="bench-out", help="folder for the JSON and Markdown results")
     p.add_argument("--work", help="scratch folder for shapes, encoded data and worker files "
                    "(default: the tunebench cache)")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="run every measured row this many times, interleaved (A B A B ...); each claim is the median "
+                   "over repeats with a bootstrap interval, and a target is met only when the interval clears it "
+                   "(default 3; 1 states no interval)")
     p.add_argument("--budget-s", type=float, default=570.0,
                    help="wall-clock budget; workers that would start after it are skipped (default 570)")
 
@@ -97,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.argv = argv
+    if getattr(args, "repeats", 1) < 1:
+        print(f"error: --repeats {args.repeats}: give at least 1", file=sys.stderr)
+        return EXIT_INPUT
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname).1s %(name)s: %(message)s",
                             datefmt="%H:%M:%S")

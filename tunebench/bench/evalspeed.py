@@ -15,8 +15,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tunebench.bench.host import host_snapshot
 from tunebench.bench.markdown import _f, header_lines, target_table, tokenizer_note
 from tunebench.bench.metrics import _target, mfu, parse_int_list
+from tunebench.bench.repeats import aggregate_targets, interleave
 from tunebench.bench.shapes import load_prepared, prepare_data, resolve_shapes
 from tunebench.bench.spawn import EXIT_INCOMPLETE, EXIT_OK, Budget, setup, spawn, work_dir
 from tunebench.core.config import SamplingConfig
@@ -532,6 +534,7 @@ def run_eval(args: argparse.Namespace) -> int:
     budgets = parse_int_list(args.ppl_batch_tokens, "--ppl-batch-tokens")
     parts = parse_parts(args.parts)
     budget, work, out = Budget(args.budget_s), work_dir(args), Path(args.out)
+    host = {"before": host_snapshot()}
     shapes = resolve_shapes([x.strip() for x in args.shape.split(",") if x.strip()], args.tokenizer)
     results: dict[str, Any] = {
         "schema": "tunebench.eval_speed/1",
@@ -543,8 +546,9 @@ def run_eval(args: argparse.Namespace) -> int:
                      "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens,
                      "lora": {"r": args.r, "alpha": args.alpha, "targets": args.lora_targets.split(","),
                               "init": "random (peft init_lora_weights=False)"},
-                     "data": args.data, "probe_run": PROBE_RUN, "parts": parts},
-        "rows": [],
+                     "data": args.data, "probe_run": PROBE_RUN, "parts": parts, "repeats": args.repeats,
+                     "order": "interleaved: every shape's worker once per repeat"},
+        "rows": [], "host": host,
     }
     setup_res = setup(shapes, args, work, budget)
     cal = setup_res.get("calibration") or {}
@@ -556,9 +560,10 @@ def run_eval(args: argparse.Namespace) -> int:
             max(args.ppl_conversations, 4 * args.gen_batch * args.gen_batches), work)
     write_eval(results, out)
     status = {}
-    for name, s in shapes.items():
+    for k, (name, s) in interleave(list(shapes.items()), args.repeats):
         info = s["info"]
-        spec = {"kind": "eval", "label": f"{name}-eval", "shape": name, "model_dir": s["path"],
+        label = f"{name}-eval" + (f"-r{k}" if args.repeats > 1 else "")
+        spec = {"kind": "eval", "label": label, "shape": name, "model_dir": s["path"],
                 "chat_template": s["chat_template"], "prepared": str(s["prepared"]),
                 "ppl_batch_tokens": budgets, "ppl_conversations": args.ppl_conversations,
                 "gen_batch": args.gen_batch, "gen_batches": args.gen_batches, "prompt_tokens": args.prompt_tokens,
@@ -567,17 +572,22 @@ def run_eval(args: argparse.Namespace) -> int:
                 "head_params": info["vocab_size"] * info["hidden_size"], "tied": info["tied_embeddings"],
                 "peak_tflops": cal.get("peak_tflops"), **PROBE_RUN, "merge_base": True, "parts": parts,
                 "lm_eval_batches": [80]}
-        partial = work / "results" / f"{name}-eval.partial.json"
+        partial = work / "results" / f"{label}.partial.json"
         partial.unlink(missing_ok=True)
         spec["partial"] = str(partial)
         res = spawn(spec, work, budget, min_seconds=60)
         if res.get("status") != "ok" and not res.get("rows") and partial.exists():  # stopped by the budget
             res["rows"] = read_json(partial)["rows"]
             res["error"] = f"{res.get('error')}; the rows it measured before are kept"
-        status[name] = {k: res.get(k) for k in ("status", "error", "prompts", "dtype", "worker_s")}
-        results["rows"] += [{"shape": name, **r} for r in res.get("rows", [])]
+        worst = status.get(name, {}).get("status", "ok")  # a shape is ok only if every repeat was
+        status[name] = {f: res.get(f) for f in ("status", "error", "prompts", "dtype", "worker_s")}
+        if worst != "ok":
+            status[name]["status"] = worst
+        results["rows"] += [{"shape": name, "repeat": k, **r} for r in res.get("rows", [])]
         results["workers"] = status
         write_eval(results, out)
+    host["after"] = host_snapshot()
+    write_eval(results, out)
     ok = all(v["status"] == "ok" for v in status.values())
     print(f"\nresults: {out / 'eval_speed.json'} and {out / 'eval_speed.md'}" + ("" if ok else " (a shape failed)"))
     return EXIT_OK if ok else EXIT_INCOMPLETE
@@ -637,8 +647,8 @@ def eval_targets(rows: list[dict[str, Any]], shapes: list[str], gen_batch: int) 
 
 def write_eval(results: dict[str, Any], out: Path) -> None:
     """eval_speed.json (the source of truth), then eval_speed.md rendered from it; both atomically."""
-    results["targets"] = eval_targets(results["rows"], list(results.get("shapes", {})),
-                                      results["settings"]["gen_batch"])
+    shapes, gen_batch = list(results.get("shapes", {})), results["settings"]["gen_batch"]
+    results["targets"] = aggregate_targets(results["rows"], lambda rows: eval_targets(rows, shapes, gen_batch))
     atomic_write_json(out / "eval_speed.json", results)
     atomic_write_text(out / "eval_speed.md", render_eval_md(results))
 

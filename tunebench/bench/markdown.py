@@ -6,15 +6,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tunebench.bench.metrics import speed_ratios, speed_targets
+from tunebench.bench.host import host_lines
+from tunebench.bench.metrics import repeated_speed_targets, row_key, speed_ratios
+from tunebench.bench.repeats import mark_cut_short, ratio_summaries, summarize_rows
 from tunebench.bench.scaling import render_scaling, scaling_rows
 from tunebench.core.io import atomic_write_json, atomic_write_text
 
 
 def write_speed(results: dict[str, Any], out: Path) -> None:
     """speed.json (the source of truth), then speed.md rendered from it; both atomically."""
+    mark_cut_short(results["rows"], lambda r: r.get("asked_steps"))
     results["ratios"] = speed_ratios(results["rows"])
-    results["targets"] = speed_targets(results["rows"], list(results.get("shapes", {})))
+    results["ratio_summaries"] = ratio_summaries(results["ratios"])
+    results["row_summaries"] = summarize_rows(results["rows"], row_key,
+                                              ("real_tokens_per_s", "peak_allocated_gib", "mfu"))
+    results["targets"] = repeated_speed_targets(results["rows"], list(results.get("shapes", {})))
     results["scaling"] = scaling_rows(results["rows"])
     atomic_write_json(out / "speed.json", results)
     atomic_write_text(out / "speed.md", render_speed_md(results))
@@ -35,6 +41,7 @@ def header_lines(results: dict[str, Any], title: str) -> list[str]:
         f"{card.get('capability', '?')}); bf16 matmul peak measured **{_f(cal.get('peak_tflops'), '.0f')} TFLOP/s** "
         f"({cal.get('method', 'not measured')}; datasheet dense bf16 {_f(cal.get('datasheet_tflops'), '.0f')})",
         f"- versions: python {env.get('python')} · CUDA {env.get('cuda')} · {versions}",
+        *host_lines(results.get("host")),
         f"- tunebench commit: `{env.get('tunebench_commit')}`"
         + (f" (source `{env['tunebench_source']}`)" if env.get("tunebench_source") else "")
         + f" · created {results.get('created')} · "
@@ -76,12 +83,13 @@ def render_speed_md(results: dict[str, Any]) -> str:
     rows = results.get("rows", [])
     for name, info in (results.get("shapes") or {}).items():
         lines += [f"## {name}: {info.get('params', 0):,} parameters, {info.get('weights')}", "",
-                  "| backend | batch × accum | real tok/s | tok/s incl. padding | step s median (p10–p90) | "
+                  "| backend | repeat | batch × accum | real tok/s | tok/s incl. padding | step s median (p10–p90) | "
                   "peak alloc GiB (steady) | peak reserved GiB | MFU | status |",
-                  "|---|---|---:|---:|---|---:|---:|---:|---|"]
+                  "|---|---:|---|---:|---:|---|---:|---:|---:|---|"]
         for r in (r for r in rows if r["shape"] == name):
             label = r["backend"] + ("" if r.get("gradient_checkpointing", True) else ", no ckpt") + (
                 " (find-best)" if r.get("find_best") else "")
+            label += f" | {r.get('repeat', 0) + 1}"
             if r.get("status") != "ok":
                 lines.append(f"| {label} | {r['batch_size']} × {r['grad_accum']} | | | | | | | "
                              f"{r.get('status')}: {str(r.get('error', ''))[:160].replace('|', '/')} |")
@@ -91,20 +99,24 @@ def render_speed_md(results: dict[str, Any]) -> str:
                 f"{_f(r['positions_per_s'])} | {_f(r['step_s_median'], '.3f')} ({_f(r['step_s_p10'], '.3f')}–"
                 f"{_f(r['step_s_p90'], '.3f')}) | {_f(r.get('peak_allocated_gib'), '.2f')} "
                 f"({_f(r.get('steady_peak_allocated_gib'), '.2f')}) | {_f(r.get('peak_reserved_gib'), '.2f')} | "
-                f"{_f(r.get('mfu'), '.1%')} | ok ({r['measured_steps']} steps, {r['real_tokens']:,} real tokens"
+                f"{_f(r.get('mfu'), '.1%')} | " + (f"**{r['cut_short']}** (feeds no ratio or target); "
+                                                   if r.get("cut_short") else "")
+                + f"ok ({r['measured_steps']} steps, {r['real_tokens']:,} real tokens"
                 + (f"; {r['compiled_blocks']} blocks compiled" if r.get("compiled_blocks") else "")
                 + ("" if r.get("mask_agreement") in (None, 1.0) else
                    f"; Unsloth's mask = shared mask on {r['mask_agreement']:.0%} of conversations") + ") |")
         lines.append("")
     ratios = results.get("ratios") or []
     if ratios:
-        lines += ["## Ratios against hf (same invocation)", "",
-                  "| shape | batch × accum | backend | real tok/s × | peak alloc × | peak reserved × | same batches |",
-                  "|---|---|---|---:|---:|---:|---|"]
+        lines += repeats_section(results)
+        lines += ["## Ratios against hf, per repeat (the two rows of a repeat ran back to back)", "",
+                  "| shape | batch × accum | backend | repeat | real tok/s × | peak alloc × | peak reserved × | "
+                  "same batches | used |", "|---|---|---|---:|---:|---:|---:|---|---|"]
         for q in ratios:
             lines.append(f"| {q['shape']} | {q['batch_size']} × {q['grad_accum']} | {q['backend']} | "
-                         f"{_f(q['real_tokens_per_s_ratio'], '.2f')} | {_f(q['peak_allocated_ratio'], '.2f')} | "
-                         f"{_f(q['peak_reserved_ratio'], '.2f')} | {'yes' if q['same_tokens'] else 'no'} |")
+                         f"{q.get('repeat', 0) + 1} | {_f(q['real_tokens_per_s_ratio'], '.2f')} | "
+                         f"{_f(q['peak_allocated_ratio'], '.2f')} | {_f(q['peak_reserved_ratio'], '.2f')} | "
+                         f"{'yes' if q['same_tokens'] else 'no'} | {('no: ' + q['excluded']) if q.get('excluded') else 'yes'} |")
         lines.append("")
     lines += render_scaling(results.get("scaling") or [])
     lines += find_best_section(results)
@@ -115,17 +127,55 @@ def render_speed_md(results: dict[str, Any]) -> str:
 
 
 def target_table(targets: list[dict[str, Any]]) -> list[str]:
-    """The targets section: value, threshold, met, margin."""
-    lines = ["## Targets", "", "| target | shape | where | value | met | margin |", "|---|---|---|---:|---|---:|"]
+    """The targets section: median [interval] over repeats, the verdict from the interval's conservative end, and
+    that end's margin."""
+    lines = ["## Targets", "", "Each value is the median over repeats with a bootstrap 95% interval; **met** only "
+             "when the interval's conservative end clears the threshold, **inconclusive** when it straddles it or "
+             "there was one repeat (no interval).", "",
+             "| target | shape | where | median [95% interval] | repeats | verdict | margin of the conservative end |",
+             "|---|---|---|---:|---:|---|---:|"]
     for t in targets:
         pct = abs(t["threshold"]) < 1 and "MFU" in t["target"]
-        val = "–" if t["value"] is None else (f"{t['value']:.1%}" if pct else f"{t['value']:,.2f}")
-        met = {True: "**yes**", False: "**no**", None: f"not measured ({t['note']})"}[t["met"]]
+
+        def num(x: float | None, pct: bool = pct) -> str:
+            return "–" if x is None else (f"{x:.1%}" if pct else f"{x:,.2f}")
+
+        val = num(t["value"]) + (f" [{num(t['ci'][0])}, {num(t['ci'][1])}]" if t.get("ci") else "")
+        v = t.get("verdict") or {True: "met", False: "not met", None: "not measured"}[t["met"]]
+        shown = {"met": "**met**", "not met": "**not met**", "inconclusive": "inconclusive"}.get(v, v)
+        if t.get("note"):
+            shown += f" ({t['note']})"
         margin = "–" if t["margin"] is None else (
             f"{t['margin']:+.1%}" if pct else f"{t['margin']:+,.2f}") + (
             "" if t["margin_relative"] is None else f" ({t['margin_relative']:+.0%} of the threshold)")
-        lines.append(f"| {t['target']} | {t['shape']} | {t['where']} | {val} | {met} | {margin} |")
+        reps = f"{t.get('repeats', 1)} of {t.get('repeats_asked', 1)}"
+        lines.append(f"| {t['target']} | {t['shape']} | {t['where']} | {val} | {reps} | {shown} | {margin} |")
     return lines
+
+
+def repeats_section(results: dict[str, Any]) -> list[str]:
+    """Each backend's rate over repeats (median, min–max) and each ratio against hf over repeats (median of the
+    paired per-repeat ratios, bootstrap interval)."""
+    lines = ["## Over repeats", "",
+             f"{(results.get('settings') or {}).get('repeats', 1)} repeat(s), interleaved. Rows that failed or were "
+             "cut short are left out.", "",
+             "| shape | backend | batch × accum | repeats | real tok/s median (min–max) | peak alloc GiB median | "
+             "left out |", "|---|---|---|---:|---:|---:|---|"]
+    for x in results.get("row_summaries") or []:
+        shape, backend, _, bs, ga = x["key"][:5]
+        t, m = x["real_tokens_per_s"], x["peak_allocated_gib"]
+        lines.append(f"| {shape} | {backend} | {bs} × {ga} | {x['repeats']} | {_f(t['median'])} ({_f(t['min'])}–"
+                     f"{_f(t['max'])}) | {_f(m['median'], '.2f')} | "
+                     + (f"{x['left_out']}: {', '.join(x['left_out_why'])}" if x["left_out"] else "–") + " |")
+    lines += ["", "| shape | batch × accum | backend | ratios used | real tok/s ÷ hf median [95% interval] (min–max) | "
+              "peak alloc ÷ hf median |", "|---|---|---|---:|---:|---:|"]
+    for q in results.get("ratio_summaries") or []:
+        t, m = q["real_tokens_per_s_ratio"], q["peak_allocated_ratio"]
+        ci = f" [{t['ci'][0]:.2f}, {t['ci'][1]:.2f}]" if t.get("ci") else " (one repeat: no interval)"
+        lines.append(f"| {q['shape']} | {q['batch_size']} × {q['grad_accum']} | {q['backend']} | {t['repeats']} | "
+                     f"{_f(t['median'], '.2f')}{ci} ({_f(t['min'], '.2f')}–{_f(t['max'], '.2f')}) | "
+                     f"{_f(m['median'], '.2f')} |")
+    return lines + [""]
 
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from tunebench.bench.repeats import aggregate, aggregate_targets, repeat_of, summarize_rows, usable
 from tunebench.core.errors import BenchmarkError, did_you_mean
 
 SEED_POINT = {"batch_size": 2, "grad_accum": 4, "max_length": 2048, "r": 16}
@@ -107,22 +108,40 @@ def points_of(batch_sizes: list[int], grad_accums: list[int]) -> list[tuple[int,
 
 
 def speed_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Every backend against hf at the same shape and point (same invocation, same card, same batches)."""
+    """Every backend against hf at the same shape, point and repeat (the two rows ran back to back, same batches).
+
+    A pair where either row was cut short, or whose rows did not train on the same tokens, is listed with
+    ``excluded`` (the reason) and its ratio feeds no summary or target.
+    """
     out = []
     ok = [r for r in rows if r.get("status") == "ok" and r.get("world_size", 1) == 1]
     for base in (r for r in ok if r["backend"] == "hf"):
         for r in ok:
-            if r is base or (r["shape"], r["point"]) != (base["shape"], base["point"]):
+            if r is base or (r["shape"], r["point"], repeat_of(r)) != (base["shape"], base["point"], repeat_of(base)):
                 continue
+            same = r["real_tokens"] == base["real_tokens"]
+            excluded = r.get("cut_short") or base.get("cut_short") or (
+                None if same else "not the same batches (real token counts differ)")
             out.append({
-                "shape": r["shape"], "point": r["point"], "batch_size": r["batch_size"], "grad_accum": r["grad_accum"],
-                "backend": r["backend"], "vs": "hf",
+                "shape": r["shape"], "point": r["point"], "repeat": repeat_of(r), "batch_size": r["batch_size"],
+                "grad_accum": r["grad_accum"], "backend": r["backend"], "vs": "hf",
                 "real_tokens_per_s_ratio": round(r["real_tokens_per_s"] / base["real_tokens_per_s"], 3),
                 "peak_allocated_ratio": _ratio(r.get("peak_allocated_gib"), base.get("peak_allocated_gib")),
                 "peak_reserved_ratio": _ratio(r.get("peak_reserved_gib"), base.get("peak_reserved_gib")),
-                "same_tokens": r["real_tokens"] == base["real_tokens"],
+                "same_tokens": same, "excluded": excluded,
             })
     return out
+
+
+def pair_problem(u: dict[str, Any] | None, h: dict[str, Any] | None) -> str:
+    """Why an Unsloth row and its hf row cannot give a ratio ('' when they can)."""
+    if not (u and h):
+        return "needs ok unsloth and hf rows at the first point"
+    if u.get("cut_short") or h.get("cut_short"):
+        return u.get("cut_short") or h.get("cut_short")
+    if u.get("real_tokens") != h.get("real_tokens"):
+        return "not the same batches (real token counts differ)"
+    return ""
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -143,17 +162,19 @@ def speed_targets(rows: list[dict[str, Any]], shapes: list[str]) -> list[dict[st
     """The issue's targets per shape: each Unsloth row vs hf at the first point, and the best MFU of any row."""
     out = []
     for shape in shapes:
-        ok = [r for r in rows if r.get("status") == "ok" and r["shape"] == shape]
-        first = {r["backend"]: r for r in ok if r["point"] == 0 and r.get("world_size", 1) == 1}
+        ok = [r for r in rows if usable(r) and r["shape"] == shape]
+        first = {r["backend"]: r for r in rows if r.get("status") == "ok" and r["shape"] == shape
+                 and r["point"] == 0 and r.get("world_size", 1) == 1}
         h = first.get("hf")
-        why = "needs ok unsloth and hf rows at the first point"
         for name in [b for b in first if b.startswith("unsloth")] or ["unsloth"]:
             u = first.get(name)
+            why = pair_problem(u, h)
+            pair = not why
             out.append(_target(f"{name} real tokens/s ÷ hf >= {SPEED_TARGETS['tokens_ratio']}", shape,
-                               u["real_tokens_per_s"] / h["real_tokens_per_s"] if u and h else None,
+                               u["real_tokens_per_s"] / h["real_tokens_per_s"] if pair else None,
                                SPEED_TARGETS["tokens_ratio"], True, "first point", why))
             out.append(_target(f"{name} peak allocated ÷ hf <= {SPEED_TARGETS['memory_ratio']}", shape,
-                               _ratio(u.get("peak_allocated_gib"), h.get("peak_allocated_gib")) if u and h else None,
+                               _ratio(u.get("peak_allocated_gib"), h.get("peak_allocated_gib")) if pair else None,
                                SPEED_TARGETS["memory_ratio"], False, "first point", why))
         best = max((r for r in ok if r.get("mfu") is not None), key=lambda r: r["mfu"], default=None)
         out.append(_target(f"MFU (6·N·real tokens/s ÷ measured peak) >= {SPEED_TARGETS['mfu']:.0%}", shape,
@@ -163,6 +184,31 @@ def speed_targets(rows: list[dict[str, Any]], shapes: list[str]) -> list[dict[st
     return out
 
 
+
+
+def row_key(r: dict[str, Any]) -> tuple:
+    """What makes rows repeats of one measurement: shape, backend, point, micro-batch, layout, checkpointing."""
+    return (r.get("shape"), r.get("backend"), r.get("point"), r.get("batch_size"), r.get("grad_accum"),
+            r.get("layout", "padded"), r.get("gradient_checkpointing", True), bool(r.get("find_best")),
+            r.get("world_size", 1))
+
+
+def repeated_speed_targets(rows: list[dict[str, Any]], shapes: list[str]) -> list[dict[str, Any]]:
+    """The targets over repeats: the ratios paired within each repeat, then stated as median [interval]; the MFU
+    target from the row whose median MFU is highest, over that row's own repeats."""
+    out = [t for t in aggregate_targets(rows, lambda rs: speed_targets(rs, shapes)) if "MFU" not in t["target"]]
+    repeats = len({repeat_of(r) for r in rows}) or 1
+    for shape in shapes:
+        lines = [x for x in summarize_rows([r for r in rows if r.get("shape") == shape], row_key, ("mfu",))
+                 if x["mfu"]["median"] is not None]
+        best = max(lines, key=lambda x: x["mfu"]["median"], default=None)
+        values = [] if best is None else [r["mfu"] for r in rows if usable(r) and row_key(r) == tuple(best["key"])
+                                          and r.get("mfu") is not None]
+        where = "best row" if best is None else f"{best['key'][1]} {best['key'][3]}x{best['key'][4]}"
+        t = {"target": f"MFU (6·N·real tokens/s ÷ measured peak) >= {SPEED_TARGETS['mfu']:.0%}", "shape": shape,
+             "threshold": SPEED_TARGETS["mfu"], "higher_is_better": True, "where": where}
+        out.append(aggregate(t, values, repeats, "no ok row"))
+    return out
 
 
 def find_best(rows: list[dict[str, Any]], memory_limit_gib: float | None) -> dict[str, Any] | None:

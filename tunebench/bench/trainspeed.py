@@ -8,8 +8,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tunebench.bench.host import host_snapshot
 from tunebench.bench.markdown import write_speed
 from tunebench.bench.metrics import SEED_POINT, config_line, find_best, parse_int_list, parse_names, points_of
+from tunebench.bench.repeats import interleave
 from tunebench.bench.shapes import prepare_data, resolve_shapes
 from tunebench.bench.spawn import EXIT_INCOMPLETE, EXIT_OK, Budget, setup, spawn, work_dir
 from tunebench.bench.worker import BACKENDS, LAYOUTS, backend_name
@@ -25,18 +27,21 @@ def run_speed(args: argparse.Namespace) -> int:
     candidates = find_best_candidates(args) if args.find_best else []
     parse_names(args.find_best_backend, BACKENDS, "--find-best-backend")  # bad input fails before any GPU work
     budget, work, out = Budget(args.budget_s), work_dir(args), Path(args.out)
+    host_before = host_snapshot()
     shapes = resolve_shapes([x.strip() for x in args.shape.split(",") if x.strip()], args.tokenizer)
     results = new_results(args, backends, sweep, points)
+    results["host"] = {"before": host_before}
     peak, sheet = setup_and_data(results, shapes, args, work, budget, data_need(args, points, candidates))
     write_speed(results, out)
     for i, (bs, ga) in enumerate(points):
         for name, s in shapes.items():
-            for backend in backends if i == 0 else sweep:
-                label = f"{name}-{backend}-{bs}x{ga}"
-                spec = train_spec(args, s, name, backend, label, work, peak, sheet, bs, ga,
-                                  args.steps if i == 0 else args.sweep_steps)
-                row = {"shape": name, "backend": backend, "point": i, "batch_size": bs, "grad_accum": ga,
-                       "max_length": args.max_length, "r": args.r}
+            # A B A B ...: each repeat runs every backend once, so drift over the call lands on all of them
+            for k, backend in interleave(backends if i == 0 else sweep, args.repeats):
+                steps = args.steps if i == 0 else args.sweep_steps
+                label = f"{name}-{backend}-{bs}x{ga}" + (f"-r{k}" if args.repeats > 1 else "")
+                spec = train_spec(args, s, name, backend, label, work, peak, sheet, bs, ga, steps)
+                row = {"shape": name, "backend": backend, "point": i, "repeat": k, "batch_size": bs,
+                       "grad_accum": ga, "max_length": args.max_length, "r": args.r, "asked_steps": steps}
                 row.update(spawn(spec, work, budget))
                 results["rows"].append(row)
                 write_speed(results, out)
@@ -57,6 +62,8 @@ def run_speed(args: argparse.Namespace) -> int:
             write_speed(results, out)
     if args.find_best:
         run_sweeps(results, shapes, args, candidates, work, budget, peak, sheet, out)
+    results["host"]["after"] = host_snapshot()
+    write_speed(results, out)
     ok = all(r["status"] == "ok" for r in results["rows"])
     print(f"\nresults: {out / 'speed.json'} and {out / 'speed.md'}" + ("" if ok else " (some rows failed or were skipped)"))
     return EXIT_OK if ok else EXIT_INCOMPLETE
@@ -75,6 +82,7 @@ def new_results(args: argparse.Namespace, backends: list[str], sweep: list[str],
             "points": [list(p) for p in points],
             "sweep_backends": sweep, "max_length": args.max_length, "warmup_steps": args.warmup,
             "measured_steps_first_point": args.steps, "measured_steps_other_points": args.sweep_steps,
+            "repeats": args.repeats, "order": "interleaved: every backend once per repeat (A B A B ...)",
             "lora": {"r": args.r, "alpha": args.alpha, "targets": args.lora_targets.split(","), "dropout": 0.0},
             "quantization": "none (bf16 LoRA)" if args.no_4bit else "4-bit nf4 base weights, double quant (QLoRA)",
             "gradient_checkpointing": "off" if args.no_grad_ckpt else "on (Unsloth's offloaded variant on unsloth)",
@@ -160,7 +168,7 @@ def run_sweeps(results: dict[str, Any], shapes: dict[str, dict[str, Any]], args:
                      "error": res.get("error")}]
         for r in rows:
             results["rows"].append(dict(r, shape=name, point=None, find_best=True, max_length=args.max_length,
-                                        r=args.r))
+                                        r=args.r, asked_steps=args.sweep_steps))
         best = find_best([r for r in results["rows"] if r.get("shape") == name], args.memory_limit_gib)
         results.setdefault("find_best", {})[name] = None if best is None else {
             "backend": best["backend"], "layout": best.get("layout", "padded"), "batch_size": best["batch_size"],
