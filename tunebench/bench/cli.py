@@ -78,6 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--gen-batches", type=int, default=2, help="timed generate() calls per setting")
     s.add_argument("--prompt-tokens", type=int, default=64, help="rendered prompt length in tokens")
     s.add_argument("--new-tokens", type=int, default=128, help="max new tokens per answer")
+    s.add_argument("--lm-eval-tasks", default="arc_easy,hellaswag,piqa",
+                   help="--parts lm-eval-ll: loglikelihood tasks run through lm-eval's HFLM and through the suite")
+    s.add_argument("--lm-eval-batch", type=int, default=64, help="--parts lm-eval-ll: batch size of both runners")
+    s.add_argument("--lm-eval-limit", type=int, help="--parts lm-eval-ll: documents per task (default: all)")
     s = sub.add_parser("export-data", help="write the first N clean training conversations as ShareGPT JSONL")
     s.add_argument("--n", type=int, default=3000)
     s.add_argument("--out", required=True)

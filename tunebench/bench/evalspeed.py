@@ -44,7 +44,7 @@ Messages = list[dict[str, str]]
 PROBE_RUN = {"probe_samples": 4, "probe_new_tokens": 64, "probe_batch": 256, "probe_prompts": 34}
 """The default probe run of the Llama presets: the shipped set's 34 prompts x 4 samples at temperature 1.5,
 64 new tokens, all answers in one pool (eval.probe_batch_size 256)."""
-PARTS = ("perplexity", "generation", "raw", "lm-eval", "probe", "merge", "decode", "chat")
+PARTS = ("perplexity", "generation", "raw", "lm-eval", "lm-eval-ll", "probe", "merge", "decode", "chat")
 """What ``bench eval --parts`` can choose (default: all): perplexity and generation rows per model; raw
 generate(static) and the CUDA graph check (base); lm-eval generate_until; the default probe run; the 4-bit merge
 comparison; the decode attention comparison."""
@@ -371,6 +371,39 @@ def merge_base_rows(spec: dict[str, Any], encoded: list[Any], merged_logits: Any
     return rows
 
 
+def lm_eval_loglikelihood_rows(loaded: Any, tasks: list[str], batch: int, limit: int | None,
+                               repeat: int = 0) -> list[dict[str, Any]]:
+    """Loglikelihood tasks (ARC-Easy, HellaSwag, PIQA by default, every document) through lm-eval 0.4.13's own HFLM
+    and through the suite's model class, on the same loaded model: wall time of each and whether every metric came
+    out equal. The order flips with each repeat, so neither runner always meets a cold process."""
+    import lm_eval  # heavy: lm_eval, imported when needed
+    from lm_eval.models.huggingface import HFLM  # heavy: lm_eval, imported when needed
+
+    manager = _task_manager(tasks)
+    rows, values = [], {}
+    runners = [("lm-eval HFLM", lambda: HFLM(pretrained=loaded.model, tokenizer=loaded.tokenizer, batch_size=batch)),
+               ("tunebench", lambda: lm_eval_model.model_class()(pretrained=loaded.model, tokenizer=loaded.tokenizer,
+                                                                  batch_size=batch, cache_implementation=CACHE))]
+    for runner, make in runners[::-1] if repeat % 2 else runners:
+        loaded_tasks = _load_tasks(manager, tasks)
+        documents = sum(len(t.eval_docs) if limit is None else min(limit, len(t.eval_docs))
+                        for t in loaded_tasks.values())
+        t0 = time.perf_counter()
+        out = lm_eval.simple_evaluate(model=make(), tasks=list(loaded_tasks.values()), limit=limit,
+                                      task_manager=manager, bootstrap_iters=0, log_samples=False)
+        seconds = time.perf_counter() - t0
+        values[runner] = {f"{task}/{metric}": v for task, res in (out.get("results") or {}).items()
+                          for metric, v in res.items() if isinstance(v, float) and "stderr" not in metric}
+        rows.append({"kind": "lm-eval-ll", "runner": runner, "tasks": ",".join(tasks), "documents": documents,
+                     "batch": batch, "seconds": round(seconds, 2), "metrics": values[runner]})
+    a, b = values["lm-eval HFLM"], values["tunebench"]
+    diff = max((abs(a[k] - b[k]) for k in a.keys() & b.keys()), default=None)
+    for r in rows:
+        r["same_metric_names"] = a.keys() == b.keys()
+        r["max_metric_difference"] = diff
+    return rows
+
+
 def lm_eval_generation_rows(loaded: Any, batches: list[int]) -> list[dict[str, Any]]:
     """generate_until as GSM8K runs it, on the shipped tunebench_arith_gen task, wall time per setting, two ways side
     by side: lm-eval 0.4.13's own HFLM (transformers' dynamic cache, its default) and the suite's path
@@ -509,6 +542,11 @@ def run_eval_shape(spec: dict[str, Any]) -> dict[str, Any]:
         if variant == "base" and spec.get("lm_eval_batches") and cuda and "lm-eval" in parts:
             log.info("%s/base: lm-eval generate_until", spec["shape"])
             rows += _guarded_rows("lm-eval", lm_eval_generation_rows, loaded, spec["lm_eval_batches"], cache=CACHE)
+        if variant == "base" and "lm-eval-ll" in parts:
+            log.info("%s/base: lm-eval loglikelihood tasks, HFLM vs the suite", spec["shape"])
+            rows += _guarded_rows("lm-eval-ll", lm_eval_loglikelihood_rows, loaded, spec["lm_eval_ll_tasks"],
+                                  spec.get("lm_eval_ll_batch", 64), spec.get("lm_eval_ll_limit"),
+                                  spec.get("repeat", 0))
         if variant == "base" and cuda and "chat" in parts:
             log.info("%s/base: chat answers vs raw generate(static), batch 1", spec["shape"])
             rows += [{"variant": "base", **r}
@@ -571,7 +609,8 @@ def run_eval(args: argparse.Namespace) -> int:
                 "targets": args.lora_targets.split(","), "params": info["params"],
                 "head_params": info["vocab_size"] * info["hidden_size"], "tied": info["tied_embeddings"],
                 "peak_tflops": cal.get("peak_tflops"), **PROBE_RUN, "merge_base": True, "parts": parts,
-                "lm_eval_batches": [80]}
+                "lm_eval_batches": [80], "lm_eval_ll_tasks": [t.strip() for t in args.lm_eval_tasks.split(",")],
+                "lm_eval_ll_batch": args.lm_eval_batch, "lm_eval_ll_limit": args.lm_eval_limit, "repeat": k}
         partial = work / "results" / f"{label}.partial.json"
         partial.unlink(missing_ok=True)
         spec["partial"] = str(partial)
@@ -636,6 +675,13 @@ def eval_targets(rows: list[dict[str, Any]], shapes: list[str], gen_batch: int) 
                            suite["new_tokens_per_s"] / raw["new_tokens_per_s"] if suite and raw else None,
                            TARGETS["vs_raw_static"], True, f"{suite['answers']} answers" if suite else "chat",
                            "not measured"))
+        ll = {r["runner"]: r for r in mine if r["kind"] == "lm-eval-ll" and r.get("seconds")}
+        hf, suite = ll.get("lm-eval HFLM"), ll.get("tunebench")
+        out.append(_target("lm-eval loglikelihood: HFLM wall time ÷ the suite's >= 1 [same metrics]", shape,
+                           hf["seconds"] / suite["seconds"] if hf and suite and suite.get("max_metric_difference")
+                           is not None and suite["max_metric_difference"] < 1e-6 else None,
+                           TARGETS["vs_raw_static"], True, suite["tasks"] if suite else "lm-eval-ll",
+                           "not measured, or the metrics differ"))
         for variant in ("base", "lora-merged"):
             pr = next((r for r in mine if r["kind"] == "probe-run" and r.get("variant") == variant), None)
             out.append(_target(f"default probe run new tokens/s >= 20,000 [{variant}]", shape,
@@ -743,6 +789,14 @@ def render_eval_md(results: dict[str, Any]) -> str:
                       f"{r['prompts']}×{r['samples_per_prompt']} ({r.get('decode_path', 'static')}) | {r['batch']} | "
                       f"{r['calls']} | {r['new_tokens']:,} | "
                       f"{_f(r['new_tokens_per_s'])} | {_f(r['cold_s'], '.1f')} |") for r in probe]
+        lines += _section(
+            [r for r in mine if r["kind"] == "lm-eval-ll"],
+            "lm-eval loglikelihood tasks, every document unless limited, no chat template: wall time of "
+            "simple_evaluate with lm-eval's own HFLM and with the suite's model class on the same model; the largest "
+            "difference between their metric values:",
+            ["runner", "repeat:", "tasks", "documents:", "batch:", "seconds:", "max metric difference:"],
+            lambda r: [r["runner"], r.get("repeat", 0) + 1, r["tasks"], f"{r['documents']:,}", r["batch"],
+                       _f(r["seconds"], ".1f"), _f(r.get("max_metric_difference"), ".2g")])
         lme = [r for r in mine if r["kind"] == "lm-eval"]
         if lme:
             lines += ["", "lm-eval generate_until (tunebench_arith_gen: 80 documents, greedy, up to 64 new tokens, chat "
