@@ -117,7 +117,7 @@ def check_json(data: Any, hint: Any, where: str, fix: str = REWRITE_HINT) -> Any
     except _Mismatch as m:
         field = m.path.lstrip(".") or "the top level"
         problem = (f"{field} is missing (it must be {_describe(m.hint)})" if m.got is _MISSING
-                   else f"{field} must be {_describe(m.hint)}, got {_show(m.got)}")
+                   else f"{field} must be {_describe(m.hint)}, got {show_json(m.got)}")
         raise RunFileError(f"{where}: {problem}; {fix}") from None
 
 
@@ -183,10 +183,13 @@ def _union_checker(hint: Any, args: tuple[Any, ...]) -> Check:
     def check(v: Any) -> Any:
         if v is None and nullable:
             return None
+        deeper = None
         for option in options:
-            with contextlib.suppress(_Mismatch):
+            try:
                 return option(v)
-        raise _Mismatch(hint, v)
+            except _Mismatch as m:  # an option that took the value's kind but not its contents says more
+                deeper = deeper or (m if m.path else None)
+        raise deeper or _Mismatch(hint, v)
     return check
 
 
@@ -232,7 +235,8 @@ def _describe(hint: Any) -> str:
     return names.get(origin or hint, getattr(hint, "__name__", str(hint)))
 
 
-def _show(value: Any) -> str:
+def show_json(value: Any) -> str:
+    """A JSON value, short, for messages: null, an object, a list of 3, "high", 1.5."""
     if value is None:
         return "null"
     if isinstance(value, dict):

@@ -34,7 +34,7 @@ import yaml
 
 from tunebench.core import stats
 from tunebench.core.errors import ComparisonError, MissingRunFile, RunFileError
-from tunebench.core.io import check_json, read_json
+from tunebench.core.io import check_json, read_json, show_json
 from tunebench.core.stats import fmt, fmt_interval, fmt_p  # noqa: F401  (re-exported for render, gate, tests)
 from tunebench.evals.results import Metric, Results
 
@@ -345,7 +345,7 @@ class Comparison:
         """
         schema = data.get("schema") if isinstance(data, dict) else None
         if schema != SCHEMA:
-            got = f"schema {schema!r}" if isinstance(data, dict) else f"a JSON {type(data).__name__}"
+            got = f"schema {schema!r}" if isinstance(data, dict) else f"holds {show_json(data)}"
             raise RunFileError(f"{where}: {got}, not a {SCHEMA!r} comparison; {fix}")
         return check_json(data, cls, where, fix)
 
