@@ -24,7 +24,7 @@ from importlib import metadata, resources
 from pathlib import Path
 from typing import Any, TypeVar
 
-from tunebench.core.errors import RunFileError
+from tunebench.core.errors import RunFileError, TunebenchError
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
@@ -121,9 +121,11 @@ def check_json(data: Any, hint: Any, where: str, fix: str = REWRITE_HINT) -> Any
         raise RunFileError(f"{where}: {problem}; {fix}") from None
 
 
-class _Mismatch(Exception):  # internal to check_json: surfaces as RunFileError
-    def __init__(self, hint: Any, got: Any, path: str = ""):
-        super().__init__(path)
+class _Mismatch(TunebenchError):
+    """A value that is not of its annotation; internal to check_json, which re-raises it as RunFileError."""
+
+    def __init__(self, hint: Any, got: Any = None, path: str = ""):
+        super().__init__(f"must be {_describe(hint)}")
         self.hint, self.got, self.path = hint, got, path
 
     def within(self, prefix: str) -> _Mismatch:
