@@ -27,8 +27,16 @@ import yaml
 
 from tunebench.core.config import RunConfig, asked, dump_yaml, from_dict, to_dict
 from tunebench.core.errors import ComparisonError, ConfigError, Interrupted, PipelineError
-from tunebench.core.io import atomic_write_json, atomic_write_text, fingerprint, package_version, read_json
+from tunebench.core.io import (
+    atomic_write_json,
+    atomic_write_text,
+    check_json,
+    fingerprint,
+    package_version,
+    read_json,
+)
 from tunebench.data import conversations as data_mod
+from tunebench.evals.results import Results
 from tunebench.evals.runner import evaluate_model, save_contamination
 from tunebench.models.loading import (
     ModelSource,
@@ -116,11 +124,20 @@ class Stages:
 
     def __init__(self, run_dir: Path):
         self.path = run_dir / "stages.json"
-        self.done: dict[str, str] = read_json(self.path) if self.path.exists() else {}
+        fix = f"delete {self.path} to re-run every stage (finished training resumes from its checkpoints)"
+        self.done: dict[str, str] = check_json(read_json(self.path, fix), dict[str, str], str(self.path), fix) \
+            if self.path.exists() else {}
         self.clock = StageClock(run_dir)
 
     def fresh(self, name: str, fp: str, *outputs: Path) -> bool:
-        return self.done.get(name) == fp and all(p.exists() for p in outputs)
+        """Same inputs as last time and every output present; a results output must also read back, so a damaged
+        one stops the run here (exit 2, naming the file and the field) instead of after the stages that follow."""
+        if self.done.get(name) != fp or not all(p.exists() for p in outputs):
+            return False
+        for p in outputs:
+            if p.name == "results.json":
+                Results.load(p)
+        return True
 
     def mark(self, name: str, fp: str) -> None:
         self.done[name] = fp
@@ -147,7 +164,9 @@ class StageClock:
 
     def __init__(self, run_dir: Path):
         self.path = run_dir / "timings.json"
-        old = read_json(self.path) if self.path.exists() else {}
+        fix = f"delete {self.path} (it only records how long each stage took)"
+        old = check_json(read_json(self.path, fix), dict[str, dict[str, float] | float], str(self.path), fix) \
+            if self.path.exists() else {}
         self.stages: dict[str, Any] = old.get("stages", {})
 
     @contextlib.contextmanager

@@ -103,6 +103,15 @@ class GateError(InvalidInput, ValueError):
     """Rules or inputs the gate cannot judge (exit code 2); the message says where and what to do."""
 
 
+class RunFileError(InvalidInput, ValueError):
+    """A file of a run folder (results, comparison, stages, reports) that is damaged, of another version or of the
+    wrong shape; the message names the file, the field and the command that writes it again."""
+
+
+class MissingRunFile(RunFileError, FileNotFoundError):
+    """A file or folder a command needs that is not there; the message says which step writes it."""
+
+
 class PipelineError(InvalidInput):
     """A run folder or stage problem the user must resolve."""
 

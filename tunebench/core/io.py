@@ -7,6 +7,8 @@ rename, so an interrupted process never leaves a half-written artifact that look
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -14,11 +16,15 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import types
+import typing
 import uuid
 from collections.abc import Iterator
 from importlib import metadata, resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from tunebench.core.errors import RunFileError, TunebenchError
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
@@ -59,15 +65,188 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"not JSON serializable: {type(o).__name__}")
 
 
-def read_json(path: str | Path) -> Any:
-    """Read a JSON file, with an error that names the file."""
+REWRITE_HINT = "re-run the command that wrote it"
+T = TypeVar("T")
+_MISSING = object()
+
+
+def read_json(path: str | Path, fix: str = REWRITE_HINT) -> Any:
+    """Read a JSON file, with an error that names the file and says how to write it again.
+
+    Args:
+        path: The file.
+        fix: What to do when it is damaged (e.g. "re-run `tunebench eval RUN`"), appended to the message.
+
+    Raises:
+        FileNotFoundError: no such file.
+        RunFileError: unreadable, not UTF-8, empty, not valid JSON, or nested too deeply.
+    """
     path = Path(path)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = path.read_bytes()
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: no such file") from None
+    except OSError as e:
+        raise RunFileError(f"{path}: cannot be read ({e.strerror or e}); {fix}") from None
+    try:
+        return json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        problem = f"not UTF-8 text (byte {e.start} is {data[e.start]:#04x}): damaged, or not a JSON file"
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
+        problem = ("empty or blank: not valid JSON (written by an interrupted copy?)" if not data.strip()
+                   else f"not valid JSON (line {e.lineno} column {e.colno}: {e.msg})")
+    except RecursionError:
+        problem = "not valid JSON for tunebench (nested too deeply to read)"
+    except ValueError as e:  # e.g. an integer of more than 4300 digits
+        problem = f"not valid JSON for tunebench ({e})"
+    raise RunFileError(f"{path}: {problem}; {fix}")
+
+
+def check_json(data: Any, hint: Any, where: str, fix: str = REWRITE_HINT) -> Any:
+    """Check JSON data against a type annotation and return it, dataclasses built: ``check_json(d, Results, ...)``,
+    ``check_json(d, dict[str, str], ...)``. Nested dataclasses, TypedDicts, ``X | None``, ``Literal``,
+    ``list[...]`` and ``dict[str, ...]`` are checked all the way down; keys a dataclass lacks are ignored, so a
+    newer writer's additions still read.
+
+    Raises:
+        RunFileError: the first value of the wrong type, or a required field missing, named by its path
+            (``metrics[0] (perplexity/test).value``), with ``fix``.
+    """
+    try:
+        return _checker(hint)(data)
+    except _Mismatch as m:
+        field = m.path.lstrip(".") or "the top level"
+        problem = (f"{field} is missing (it must be {_describe(m.hint)})" if m.got is _MISSING
+                   else f"{field} must be {_describe(m.hint)}, got {show_json(m.got)}")
+        raise RunFileError(f"{where}: {problem}; {fix}") from None
+
+
+class _Mismatch(TunebenchError):
+    """A value that is not of its annotation; internal to check_json, which re-raises it as RunFileError."""
+
+    def __init__(self, hint: Any, got: Any = None, path: str = ""):
+        super().__init__(f"must be {_describe(hint)}")
+        self.hint, self.got, self.path = hint, got, path
+
+    def within(self, prefix: str) -> _Mismatch:
+        self.path = prefix + self.path
+        return self
+
+
+Check = typing.Callable[[Any], Any]
+_SCALARS = {float: (float, int), int: (int,), bool: (bool,), str: (str,), dict: (dict,), list: (list,)}
+"""Exact JSON types each annotation accepts: ``type(x) in ...``, so true is never a number."""
+
+
+@functools.cache
+def _checker(hint: Any) -> Check:
+    """A function that checks (and for dataclasses builds) a JSON value of annotation ``hint``; compiled once per
+    annotation, because a results file holds ~10^4 per-item records."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return lambda v: v
+    if origin in (typing.Union, types.UnionType):
+        return _union_checker(hint, args)
+    if origin is typing.Literal:
+        def literal(v: Any) -> Any:
+            if isinstance(v, (dict, list)) or v not in args:
+                raise _Mismatch(hint, v)
+            return v
+        return literal
+    if dataclasses.is_dataclass(hint) or typing.is_typeddict(hint):
+        return _record_checker(hint)
+    allowed = _SCALARS.get(origin or hint)
+    if allowed is None:
+        raise TypeError(f"check_json cannot check annotation {hint!r}")
+    inner = _checker(args[-1]) if args and args[-1] is not Any else None
+
+    def check(v: Any) -> Any:
+        if type(v) not in allowed:
+            raise _Mismatch(hint, v)
+        if inner is None:
+            return v
+        if type(v) is list:
+            return [_within(inner, x, f"[{k}]{_label(x)}") for k, x in enumerate(v)]
+        return {k: _within(inner, x, f".{k}") for k, x in v.items()}
+    return check
+
+
+def _within(check: Check, value: Any, where: str) -> Any:
+    try:
+        return check(value)
+    except _Mismatch as m:
+        raise m.within(where) from None
+
+
+def _union_checker(hint: Any, args: tuple[Any, ...]) -> Check:
+    nullable = type(None) in args
+    options = [_checker(a) for a in args if a is not type(None)]
+
+    def check(v: Any) -> Any:
+        if v is None and nullable:
+            return None
+        deeper = None
+        for option in options:
+            try:
+                return option(v)
+            except _Mismatch as m:  # an option that took the value's kind but not its contents says more
+                deeper = deeper or (m if m.path else None)
+        raise deeper or _Mismatch(hint, v)
+    return check
+
+
+def _record_checker(cls: type) -> Check:
+    hints = typing.get_type_hints(cls)
+    if typing.is_typeddict(cls):
+        specs = [(k, _checker(hints[k]), k in cls.__required_keys__) for k in hints]  # type: ignore[attr-defined]
+    else:
+        specs = [(f.name, _checker(hints[f.name]),
+                  f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+                 for f in dataclasses.fields(cls)]
+    typed_dict = typing.is_typeddict(cls)
+
+    def check(v: Any) -> Any:
+        if type(v) is not dict:
+            raise _Mismatch(cls, v)
+        kwargs = {}
+        for name, field_check, required in specs:
+            if name in v:
+                kwargs[name] = _within(field_check, v[name], f".{name}")
+            elif required:
+                raise _Mismatch(hints[name], _MISSING, f".{name}")
+        return v if typed_dict else cls(**kwargs)
+    return check
+
+
+def _label(value: Any) -> str:
+    """`` (perplexity/test)`` for a list element that names itself, so the path says which metric."""
+    name = value.get("name", value.get("metric")) if isinstance(value, dict) else None
+    return f" ({name})" if isinstance(name, str) else ""
+
+
+def _describe(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args)
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    names = {float: "a number", int: "an integer", bool: "true or false", str: "a string", type(None): "null",
+             list: "a list", dict: "an object"}
+    if dataclasses.is_dataclass(hint) or typing.is_typeddict(hint):
+        return "an object"
+    return names.get(origin or hint, getattr(hint, "__name__", str(hint)))
+
+
+def show_json(value: Any) -> str:
+    """A JSON value, short, for messages: null, an object, a list of 3, "high", 1.5."""
+    if value is None:
+        return "null"
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return f"a list of {len(value)}"
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 @contextlib.contextmanager

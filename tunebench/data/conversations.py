@@ -17,13 +17,13 @@ import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from tqdm.auto import tqdm
 
 from tunebench.core.config import DataConfig
-from tunebench.core.errors import TemplateError
-from tunebench.core.io import atomic_write_json, atomic_write_text, fingerprint, read_json
+from tunebench.core.errors import MissingRunFile, TemplateError
+from tunebench.core.io import atomic_write_json, atomic_write_text, check_json, fingerprint, read_json
 from tunebench.core.markdown import table
 from tunebench.core.threads import tokenizer_threads
 from tunebench.data.sources import DataError, RawData, read_source
@@ -44,7 +44,8 @@ ROLE_ALIASES = {
 }
 
 DROP_REASONS = {
-    "malformed": "record is not a mapping with a list of turns",
+    "malformed": "line not UTF-8, not JSON, nested too deeply or holding a lone surrogate; or record not a mapping "
+                 "with a list of turns",
     "empty": "no turns",
     "unknown_role": "a turn's role is not one of " + ", ".join(sorted(ROLE_ALIASES)),
     "empty_content": "a turn's content is empty or not a string",
@@ -165,6 +166,14 @@ class Standardized:
     source: str
     identity: str
     drop_examples: dict[str, list[str]] = field(default_factory=dict)
+    malformed_lines: list[int] = field(default_factory=list)
+    """Line numbers of the source lines that could not be read (JSON Lines), all of them."""
+    malformed_reasons: list[str] = field(default_factory=list)
+    """Why, for the first few of them ('line 7: not UTF-8 (byte 0xff at column 3)')."""
+
+
+MALFORMED_SHOWN = 20
+"""Line numbers of unreadable lines listed in the data report; the count covers them all."""
 
 
 def standardize_and_split(raw: RawData, cfg: DataConfig) -> Standardized:
@@ -181,13 +190,15 @@ def standardize_and_split(raw: RawData, cfg: DataConfig) -> Standardized:
     for idx, record in enumerate(tqdm(raw.records, desc="standardize", unit="conv", leave=False)):
         rid = str(record.get("id", idx)) if isinstance(record, dict) else str(idx)
         messages, reason = standardize(record, cfg.conversations_field)
+        key = _split_key(rid, messages, cfg.split_salt) if reason is None else None
+        if reason is None and key is None:
+            reason = "malformed"  # a lone surrogate (\ud800) from a .json, parquet or hub source
         if reason is not None:
             dropped[reason] += 1
             examples.setdefault(reason, [])
-            if len(examples[reason]) < 5:
-                examples[reason].append(rid)
+            if len(examples[reason]) < 5:  # written to the report: a lone surrogate in the id shown escaped
+                examples[reason].append(rid.encode("utf-8", "backslashreplace").decode("utf-8"))
             continue
-        key = content_key(messages, cfg.split_salt)
         seen[key] += 1
         split = split_of(key, cfg.validation_fraction, cfg.test_fraction)
         buckets[split].append(Conversation(id=rid, messages=messages, key=key))
@@ -215,7 +226,19 @@ def standardize_and_split(raw: RawData, cfg: DataConfig) -> Standardized:
         source=raw.source,
         identity=raw.identity,
         drop_examples=examples,
+        malformed_lines=list(raw.malformed_lines),
+        malformed_reasons=raw.malformed[:5],
     )
+
+
+def _split_key(rid: str, messages: list[dict[str, str]], salt: str) -> str | None:
+    """The content key, or None when the id or a turn holds a lone surrogate: such text can be neither hashed,
+    tokenized nor written as UTF-8, so the conversation is dropped as malformed rather than crash a later step."""
+    try:
+        rid.encode("utf-8")
+        return content_key(messages, salt)
+    except UnicodeEncodeError:
+        return None
 
 
 # ----------------------------------------------------------------------------- render + mask
@@ -578,6 +601,9 @@ def prepare(tok: Any, template_name: str, cfg: DataConfig, out_dir: str | Path |
         "dropped_by_length": {s: dict(c) for s, c in length_dropped.items()},
         "drop_reasons": DROP_REASONS,
         "drop_examples": std.drop_examples,
+        "malformed_lines": std.malformed_lines[:MALFORMED_SHOWN],
+        "malformed_lines_total": len(std.malformed_lines),
+        "malformed_reasons": std.malformed_reasons,
         "clean": sum(std.uncapped.values()),
         "exact_duplicates": std.duplicates,
         "split_sizes_before_caps": std.uncapped,
@@ -621,9 +647,41 @@ def load_split(out_dir: str | Path, split: str) -> list[Conversation]:
     return [Conversation(**json.loads(line)) for line in path.read_text(encoding="utf-8").splitlines() if line]
 
 
+class _SplitFacts(TypedDict):
+    fingerprint: str
+
+
+class _ReportFacts(TypedDict):
+    """What the evaluation reads from a data report: the template it was rendered with, the test tokens' hash."""
+
+    fingerprint: str
+    template: TemplateInfo
+    splits: dict[str, _SplitFacts]
+
+
 def read_report(out_dir: str | Path) -> dict[str, Any]:
-    """The data report of a run folder."""
-    return read_json(Path(out_dir) / "data_report.json")
+    """The data report of a run folder, checked for what evaluation reads (template, split fingerprints).
+
+    Raises:
+        MissingRunFile: no data report (run the data step).
+        RunFileError: damaged, or a field of the wrong type; names the field.
+    """
+    path = Path(out_dir) / "data_report.json"
+    fix = f"re-run `tunebench data {path.parent.parent / 'config.yaml'} --out {path.parent.parent}`"
+    if not path.exists():
+        raise MissingRunFile(f"{path}: missing; {fix}")
+    report = read_json(path, fix)
+    check_json(report, _ReportFacts, str(path), fix)
+    return report
+
+
+def _malformed_line(report: dict[str, Any]) -> str:
+    """``malformed: 3 (lines 7, 12, 40: line 7: not UTF-8 ...)``: where the unreadable lines are, and why."""
+    shown, total = report["malformed_lines"], report.get("malformed_lines_total", len(report["malformed_lines"]))
+    more = f", ... ({total} lines in all)" if total > len(shown) else ""
+    why = "; ".join(report.get("malformed_reasons", [])[:3])
+    return (f"malformed: {report['dropped'].get('malformed', len(shown))} (lines {', '.join(map(str, shown))}{more})"
+            + (f"; first: {why}" if why else ""))
 
 
 def render_report(report: dict[str, Any]) -> str:
@@ -643,7 +701,10 @@ def render_report(report: dict[str, Any]) -> str:
     dropped = [(k, v, reasons.get(k, "")) for k, v in report["dropped"].items()]
     dropped += [(f"{k} ({s})", v, reasons.get(k, "")) for s, c in report["dropped_by_length"].items()
                 for k, v in c.items()]
-    lines += [table(dropped, ["reason", "conversations", "meaning"]), "", "## Splits", ""]
+    lines += [table(dropped, ["reason", "conversations", "meaning"]), ""]
+    if report.get("malformed_lines"):
+        lines += [_malformed_line(report), ""]
+    lines += ["## Splits", ""]
     splits = [(s, d["conversations"], d["truncated"], d["tokens"].get("p50"), d["tokens"].get("p90"),
                d["tokens"].get("max"), d["assistant_tokens"].get("total", 0), f"`{d['fingerprint']}`")
               for s, d in report["splits"].items()]

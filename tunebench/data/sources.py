@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -35,7 +36,9 @@ class RawData:
     """File hash, or hub id@revision: what the data fingerprint starts from."""
     warnings: list[str] = field(default_factory=list)
     malformed: list[str] = field(default_factory=list)
-    """Where unreadable records were (e.g. 'line 17')."""
+    """Unreadable records, where and why (e.g. 'line 17: not UTF-8 (byte 0xff at column 3)')."""
+    malformed_lines: list[int] = field(default_factory=list)
+    """Their line numbers (JSON Lines files), for the data report."""
 
 
 def packaged_data_file(ref: str = PACKAGED_DATA) -> Path:
@@ -90,33 +93,73 @@ def decode_json_array(text: str, where: str) -> tuple[list[Any], list[str]]:
                 f"the last {n - i} characters were skipped (file truncated?)"
             )
             break
+        except RecursionError:  # where a record nested this deep ends cannot be found without decoding it
+            warnings.append(f"{where}: record {len(out) + 1} at character {i} is nested too deeply to decode; it and "
+                            f"the last {n - i} characters were skipped (use .jsonl to lose one line instead)")
+            break
         out.append(obj)
     if not out and warnings:
         raise DataError(f"{warnings[0]}; no complete record could be recovered")
     return out, warnings
 
 
-def _read_jsonl(path: Path) -> tuple[list[Any], list[str], list[str]]:
+_ESCAPED_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")
+"""A ``\\ud800``-style escape: only these can decode to a lone surrogate, which no UTF-8 writer accepts."""
+
+
+def _read_jsonl(path: Path) -> tuple[list[Any], list[str], list[str], list[int]]:
+    """Records of a JSON Lines file; a line that is not UTF-8, not JSON, nested too deeply or holding a lone
+    surrogate is skipped and listed (reason and line number): one bad line never costs the rest of the file."""
     records: list[Any] = []
     warnings: list[str] = []
     malformed: list[str] = []
-    with open(path, encoding="utf-8") as f:
-        lines = f.readlines()
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
+    lines: list[int] = []
+    raw_lines = path.read_bytes().splitlines(keepends=True)  # \n, \r\n or \r, as text mode reads them
+    for lineno, raw in enumerate(raw_lines, 1):
+        if not raw.strip():
             continue
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as e:
-            if lineno == len(lines) and not line.endswith("\n"):
+            records.append(_decode_line(raw))
+        except ValueError as e:
+            if lineno == len(raw_lines) and not raw.endswith((b"\n", b"\r")):
                 warnings.append(f"{path}: last line {lineno} is incomplete (file truncated?); skipped it")
             else:
-                malformed.append(f"line {lineno}: {e.msg}")
+                malformed.append(f"line {lineno}: {e}")
+                lines.append(lineno)
     if malformed:
         warnings.append(
-            f"{path}: {len(malformed)} line(s) are not valid JSON and were skipped (first: {malformed[0]})"
+            f"{path}: {len(malformed)} line(s) could not be read and were skipped (first: {malformed[0]})"
         )
-    return records, warnings, malformed
+    return records, warnings, malformed, lines
+
+
+def _decode_line(raw: bytes) -> Any:
+    """One JSON Lines record.
+
+    Raises:
+        ValueError: with the reason (not UTF-8 at a column, the JSON error, nesting, a lone surrogate).
+    """
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"not UTF-8 (byte {raw[e.start]:#04x} at column {e.start + 1})") from None
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise ValueError(e.msg) from None
+    except RecursionError:
+        raise ValueError("nested too deeply to be a conversation") from None
+    if _ESCAPED_SURROGATE.search(line) and not _utf8_encodable(record):
+        raise ValueError("holds a lone surrogate escape such as \\ud800 (not a character; no UTF-8 text can hold it)")
+    return record
+
+
+def _utf8_encodable(obj: Any) -> bool:
+    try:
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def read_source(source: str, hub_split: str = "train") -> RawData:
@@ -147,8 +190,8 @@ def read_file(path: Path) -> RawData:
     """Read one local file, tolerating a truncated tail."""
     identity = f"sha256:{sha256_file(path)}"
     if path.suffix == ".jsonl":
-        records, warnings, malformed = _read_jsonl(path)
-        return RawData(records, str(path), identity, warnings, malformed)
+        records, warnings, malformed, lines = _read_jsonl(path)
+        return RawData(records, str(path), identity, warnings, malformed, lines)
     if path.suffix == ".json":
         text = path.read_text(encoding="utf-8", errors="replace")
         records, warnings = decode_json_array(text, str(path))

@@ -19,12 +19,21 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
-from tunebench.core.io import atomic_write_json, read_json
+from tunebench.core.errors import RunFileError
+from tunebench.core.io import atomic_write_json, check_json, read_json, show_json
 
 SCHEMA = "tunebench.results/1"
 Aggregate = Literal["mean", "exp_ratio"]
+
+
+class Item(TypedDict):
+    """One per-item record (see the module docstring)."""
+
+    id: str
+    num: float
+    den: float
 
 
 @dataclass
@@ -64,7 +73,7 @@ class Results:
     inputs: dict[str, Any]
     """Fingerprints of what was fed in (test tokens, probe sets, sampling, lm-eval tasks): comparisons require equality."""
     metrics: list[Metric] = field(default_factory=list)
-    items: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    items: dict[str, list[Item]] = field(default_factory=dict)
     artifacts: dict[str, Any] = field(default_factory=dict)
     """Extra data for reports: probe transcripts, contamination, lm-eval configs..."""
     environment: dict[str, Any] = field(default_factory=dict)
@@ -100,12 +109,18 @@ class Results:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], where: str = "results") -> Results:
-        if data.get("schema") != SCHEMA:
-            raise ValueError(f"{where}: schema {data.get('schema')!r} is not {SCHEMA!r}; re-run the evaluation")
-        metrics = [Metric(**m) for m in data.get("metrics", [])]
-        fields = {k: v for k, v in data.items() if k != "metrics"}
-        return cls(metrics=metrics, **fields)
+    def from_dict(cls, data: Any, where: str = "results", fix: str = "re-run the evaluation") -> Results:
+        """Results from their JSON form, every field checked against its type.
+
+        Raises:
+            RunFileError: another schema, a field of the wrong type or a required one missing (names ``where``,
+                the field and ``fix``).
+        """
+        schema = data.get("schema") if isinstance(data, dict) else None
+        if schema != SCHEMA:
+            got = f"schema {schema!r}" if isinstance(data, dict) else f"holds {show_json(data)}"
+            raise RunFileError(f"{where}: {got}, not a {SCHEMA!r} results object; {fix}")
+        return check_json(data, cls, where, fix)
 
     def save(self, path: str | Path) -> Path:
         """Write atomically."""
@@ -113,8 +128,28 @@ class Results:
 
     @classmethod
     def load(cls, path: str | Path) -> Results:
+        """Read and check a results.json.
+
+        Raises:
+            FileNotFoundError: no such file.
+            RunFileError: damaged or of the wrong shape; the message says which command writes it again.
+        """
         path = Path(path)
-        return cls.from_dict(read_json(path), where=str(path))
+        fix = rerun_hint(path)
+        return cls.from_dict(read_json(path, fix), where=str(path), fix=fix)
+
+
+def rerun_hint(path: str | Path) -> str:
+    """The command that writes a results file again, from where it lies in its run folder."""
+    path = Path(path)
+    if path.parent.parent.name != "eval":
+        return "re-run the `tunebench eval` that wrote it"
+    run, label = path.parents[2], path.parent.name
+    if label in ("base", "tuned"):
+        return f"re-run `tunebench eval {run}`"
+    if label.startswith("gguf-"):
+        return f"re-run `tunebench eval --model {run}/export/model-{label[5:]}.gguf --data-from {run}`"
+    return f"re-run `tunebench eval --model MODEL --data-from {run} --label {label}`"
 
 
 def aggregate(items: list[dict[str, Any]], how: Aggregate) -> float:

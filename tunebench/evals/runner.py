@@ -15,8 +15,15 @@ from typing import Any
 from tunebench.core import dist
 from tunebench.core.config import RunConfig
 from tunebench.core.errors import ModelError
-from tunebench.core.io import atomic_write_json, environment, fingerprint, read_json
-from tunebench.data.conversations import DataError, TemplateInfo, encode_split, load_split, tokens_fingerprint
+from tunebench.core.io import atomic_write_json, environment, fingerprint
+from tunebench.data.conversations import (
+    DataError,
+    TemplateInfo,
+    encode_split,
+    load_split,
+    read_report,
+    tokens_fingerprint,
+)
 from tunebench.evals import perplexity
 from tunebench.evals.contamination import contamination, conversation_text
 from tunebench.evals.lm_eval_runner import run_lm_eval, task_documents
@@ -34,7 +41,7 @@ def encoded_test_split(run_dir: Path, tokenizer: Any, cfg: RunConfig) -> tuple[l
     Raises:
         DataError: the tokens differ from the data report's fingerprint (another template or tokenizer).
     """
-    report = read_json(run_dir / "data" / "data_report.json")
+    report = read_report(run_dir / "data")
     info = TemplateInfo(**report["template"])
     convs = load_split(run_dir / "data", "test")
     encoded, _ = encode_split(tokenizer, convs, info.end_of_turn, cfg.data.max_length, cfg.data.truncation,
@@ -95,7 +102,7 @@ def check_artifact_template(gguf: str | Path, run_dir: Path) -> str:
             f"{gguf}: the GGUF metadata has no tokenizer.chat_template, so llama.cpp and Ollama would render prompts "
             "with a default template, not the run's. Re-export with `tunebench export RUN --gguf`"
         )
-    report = read_json(run_dir / "data" / "data_report.json")
+    report = read_report(run_dir / "data")
     want = report["template"]["sha"]
     if fingerprint(text) != want:
         raise ModelError(
@@ -129,6 +136,8 @@ def evaluate_model(
 
 
     run_dir = Path(run_dir)
+    if cfg.eval.perplexity or artifact:
+        read_report(run_dir / "data")  # a damaged data report stops here, not after minutes of model loading
     t0 = time.perf_counter()
     distributed = dist.init()  # under torchrun: perplexity and probe batches are split across processes
     if artifact:

@@ -26,14 +26,15 @@ import operator
 import re
 import zlib
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from tunebench.core import stats
-from tunebench.core.errors import ComparisonError
+from tunebench.core.errors import ComparisonError, MissingRunFile, RunFileError
+from tunebench.core.io import check_json, read_json, show_json
 from tunebench.core.stats import fmt, fmt_interval, fmt_p  # noqa: F401  (re-exported for render, gate, tests)
 from tunebench.evals.results import Metric, Results
 
@@ -335,12 +336,24 @@ class Comparison:
         return _clean(asdict(self))
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], where: str = "comparison") -> Comparison:
-        if data.get("schema") != SCHEMA:
-            raise ValueError(f"{where}: schema {data.get('schema')!r} is not {SCHEMA!r}; recompute the comparison")
-        known = {f.name for f in fields(MetricComparison)}
-        rows = [MetricComparison(**{k: v for k, v in r.items() if k in known}) for r in data.get("rows", [])]
-        return cls(rows=rows, **{k: v for k, v in data.items() if k != "rows"})
+    def from_dict(cls, data: Any, where: str = "comparison", fix: str = "recompute it with `tunebench report RUN`"
+                  ) -> Comparison:
+        """A Comparison from its JSON form (comparison.json), every field checked against its type.
+
+        Raises:
+            RunFileError: another schema, or a field of the wrong type (names ``where``, the field and ``fix``).
+        """
+        schema = data.get("schema") if isinstance(data, dict) else None
+        if schema != SCHEMA:
+            got = f"schema {schema!r}" if isinstance(data, dict) else f"holds {show_json(data)}"
+            raise RunFileError(f"{where}: {got}, not a {SCHEMA!r} comparison; {fix}")
+        return check_json(data, cls, where, fix)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Comparison:
+        """Read and check a comparison.json."""
+        fix = f"recompute it with `tunebench report {Path(path).parent}`"
+        return cls.from_dict(read_json(path, fix), str(path), fix)
 
 
 def _clean(obj: Any) -> Any:
@@ -373,9 +386,9 @@ def compare(base: Results, tuned: Results, alpha: float = 0.05, n_boot: int = 20
         ComparisonError: different input fingerprints, base model or template, or items that do not pair.
     """
     if not 0 < alpha < 0.5:
-        raise ValueError(f"alpha must be in (0, 0.5) (got {alpha})")
+        raise ComparisonError(f"alpha must be in (0, 0.5) (got {alpha}; report.alpha)")
     if 2 / (n_boot + 1) >= alpha:  # the smallest bootstrap p-value is 2 / (n_boot + 1)
-        raise ValueError(f"n_boot={n_boot} can never give p < alpha={alpha}; use at least {math.ceil(2 / alpha)} "
+        raise ComparisonError(f"n_boot={n_boot} can never give p < alpha={alpha}; use at least {math.ceil(2 / alpha)} "
                          "resamples (eval.bootstrap_samples; 2000 is the default)")
     inputs = check_same_inputs(base, tuned, same_base)
     t_by_name = {m.name: m for m in tuned.metrics}
@@ -481,17 +494,17 @@ def load_run_results(run_dir: str | Path) -> dict[str, Results]:
     """``{"base", "tuned"}`` Results of a run folder.
 
     Raises:
-        FileNotFoundError: a results file is missing (says which stage to run).
-        ValueError: a results file is not valid JSON or has another schema.
+        MissingRunFile: no such folder, or a results file is missing (says which stage to run).
+        RunFileError: a results file is damaged, of another schema or of the wrong shape (names the field).
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise FileNotFoundError(f"{run_dir}: no such run folder")
+        raise MissingRunFile(f"{run_dir}: no such run folder")
     out = {}
     for side in ("base", "tuned"):
         path = run_dir / "eval" / side / "results.json"
         if not path.exists():
-            raise FileNotFoundError(f"{path}: missing; evaluate the {side} model first (`tunebench eval`)")
+            raise MissingRunFile(f"{path}: missing; evaluate the {side} model first (`tunebench eval {run_dir}`)")
         out[side] = Results.load(path)
     return out
 
@@ -529,17 +542,28 @@ def compare_artifacts(tuned: Results, artifacts: dict[str, Results], alpha: floa
 def run_settings(run_dir: str | Path) -> dict[str, Any]:
     """alpha, n_boot and gate rules from a run's resolved config.yaml (defaults when absent)."""
 
-    cfg: dict[str, Any] = {}
+    cfg: Any = {}
     path = Path(run_dir) / "config.yaml"
     if path.exists():
-        cfg = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        try:
+            cfg = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (UnicodeDecodeError, yaml.YAMLError, RecursionError) as e:
+            raise RunFileError(f"{path}: not a readable YAML config ({str(e).splitlines()[0]}); restore it from "
+                               "config.asked.yaml or re-run `tunebench run`") from None
+    cfg = cfg if isinstance(cfg, dict) else {}
     section = lambda k: cfg.get(k) if isinstance(cfg.get(k), dict) else {}  # noqa: E731
-    return {
+    settings = {
         "name": cfg.get("name") or Path(run_dir).name,
-        "alpha": float(section("report").get("alpha") or 0.05),
-        "n_boot": int(section("eval").get("bootstrap_samples") or 2000),
+        "alpha": section("report").get("alpha") or 0.05,
+        "n_boot": section("eval").get("bootstrap_samples") or 2000,
         "gate_rules": section("gate").get("rules"),
     }
+    for key, field_name, kind in (("alpha", "report.alpha", (int, float)), ("n_boot", "eval.bootstrap_samples", (int,)),
+                                  ("gate_rules", "gate.rules", (str, type(None)))):
+        if type(settings[key]) not in kind:
+            raise RunFileError(f"{path}: {field_name} is {settings[key]!r}, not a {kind[0].__name__}; fix the value "
+                               "or re-run `tunebench run`")
+    return settings
 
 
 def compare_run(run_dir: str | Path, seed: int = 0) -> Comparison:

@@ -60,6 +60,7 @@ from tunebench.core.errors import (
     EXIT_INVALID_INPUT,
     EXIT_OK,
     GateError,
+    InvalidInput,
     did_you_mean,
 )
 from tunebench.core.io import atomic_write_json, package_path
@@ -245,6 +246,8 @@ def parse_rules(text: str, source: str = "rules") -> list[GateRule]:
     try:
         data = yaml.safe_load(text)
         node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except RecursionError:
+        raise GateError(f"{source}: nested too deeply to be a rules file") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark else ""
@@ -276,7 +279,12 @@ def resolve_rules_path(rules: str | Path | None) -> Path:
 def load_rules(path: str | Path | None = None) -> list[GateRule]:
     """Read and validate a rules file (None = the shipped default)."""
     p = resolve_rules_path(path)
-    return parse_rules(p.read_text(encoding="utf-8"), str(p))
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise GateError(f"{p}: cannot be read as a YAML rules file ({e}); give a rules YAML (README, 'Release gate')"
+                        ) from None
+    return parse_rules(text, str(p))
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -432,7 +440,7 @@ def gate_main(run_dir: str | Path, rules_path: str | Path | None = None, out_pat
                                       settings["n_boot"], seed) if any(r.artifact for r in rules) else {}
         verdict = evaluate_gate(comparison, rules, artifacts)
         verdict.rules_source = str(path)
-    except (OSError, ValueError, yaml.YAMLError) as e:  # GateError and ComparisonError are ValueErrors
+    except InvalidInput as e:  # only what the readers and rules raise on purpose: a bug keeps its traceback
         print(f"gate: invalid input: {e}", file=sys.stderr)
         if out.parent.is_dir():
             atomic_write_json(out, GateVerdict(False, [], None, status="invalid", error=str(e)).to_dict())
