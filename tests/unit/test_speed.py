@@ -459,6 +459,8 @@ def test_train_worker_runs_one_point_through_the_suites_trainer(tmp_path, tiny_l
     assert 0 < summary["conversations"] <= 16
     assert row["steps_run"] == 3 and row["real_tokens_per_s"] > 0
     assert row["load_in_4bit"] is False and row["backend_used"] == "hf"
+    # the host-side split of each step is recorded (on CPU there is no sync to wait in: the share is ~0)
+    assert 0 <= row["sync_wait_share_median"] < 0.5 and row["process_cpu_per_wall"] > 0
 
 
 def test_a_failing_part_becomes_a_row_that_says_so():

@@ -103,6 +103,8 @@ def render_speed_md(results: dict[str, Any]) -> str:
                                                    if r.get("cut_short") else "")
                 + f"ok ({r['measured_steps']} steps, {r['real_tokens']:,} real tokens"
                 + (f"; {r['compiled_blocks']} blocks compiled" if r.get("compiled_blocks") else "")
+                + (f"; host waited on the GPU {r['sync_wait_share_median']:.0%} of a step, process CPU "
+                   f"{r['process_cpu_per_wall']:.2f} s/s" if r.get("sync_wait_share_median") is not None else "")
                 + ("" if r.get("mask_agreement") in (None, 1.0) else
                    f"; Unsloth's mask = shared mask on {r['mask_agreement']:.0%} of conversations") + ") |")
         lines.append("")

@@ -27,6 +27,7 @@ def make_step_timer(warmup: int) -> Any:
             self.counter = TokenCounter()  # written by _count_tokens_hook
             self.positions = 0
             self.marks: list[tuple[int, float, int, int]] = []
+            self.waits: list[tuple[int, float, float]] = []  # (step, seconds waiting in the sync, process CPU s)
             self.memory: dict[str, float] = {}
             self._handles: list[Any] = []
 
@@ -36,9 +37,15 @@ def make_step_timer(warmup: int) -> Any:
                 self.positions += int(ids.numel())
 
         def _mark(self, step: int) -> None:
+            queued = time.perf_counter()
+            cpu = time.process_time()
             if cuda:
                 torch.cuda.synchronize()
-            self.marks.append((step, time.perf_counter(), self.counter.tokens, self.positions))
+            now = time.perf_counter()
+            # How long the host waited for the GPU at the step's end: near 0 means the GPU waited for the host
+            # (host-bound step), a large share means the host had queued work ahead (GPU-bound step).
+            self.waits.append((step, now - queued, cpu))
+            self.marks.append((step, now, self.counter.tokens, self.positions))
 
         def on_train_begin(self, args, state, control, model=None, **kw):
             self._handles = [_count_tokens_hook(model, self.counter),
@@ -61,6 +68,18 @@ def make_step_timer(warmup: int) -> Any:
             for h in self._handles:
                 h.remove()
             self._handles = []
+
+        def host_summary(self) -> dict[str, float | None]:
+            """Over the measured steps: the median share of a step the host spent waiting for the GPU at its end,
+            and the process CPU seconds per wall second (all threads; a busy-waiting sync counts as CPU too)."""
+            w = [x for x in self.waits if x[0] >= warmup]
+            m = [x for x in self.marks if x[0] >= warmup]
+            if len(w) < 2 or len(m) < 2:
+                return {"sync_wait_share_median": None, "process_cpu_per_wall": None}
+            shares = sorted(w[i][1] / (m[i][1] - m[i - 1][1]) for i in range(1, len(w)) if m[i][1] > m[i - 1][1])
+            wall = m[-1][1] - m[0][1]
+            return {"sync_wait_share_median": round(shares[len(shares) // 2], 4) if shares else None,
+                    "process_cpu_per_wall": round((w[-1][2] - w[0][2]) / wall, 3) if wall > 0 else None}
 
         def memory_summary(self) -> dict[str, float]:
             m = self.memory

@@ -112,6 +112,7 @@ def run_train_point(spec: dict[str, Any]) -> dict[str, Any]:
     row = summarize_steps(marks, spec["warmup"])
     row["world_size"] = dist.world_size()
     row.update(timer.memory_summary())
+    row.update(timer.host_summary())
     per_gpu = row["real_tokens_per_s"] / dist.world_size()  # MFU is per card: N cards have N times the peak
     row["mfu"] = mfu(spec["params"], per_gpu, spec.get("peak_tflops"))
     row["mfu_datasheet"] = mfu(spec["params"], per_gpu, spec.get("datasheet_tflops"))
