@@ -200,3 +200,31 @@ def test_importing_the_plugin_is_cheap():
     code = ("import sys, tunebench.reports.pytest_plugin; heavy = {'torch', 'transformers', 'numpy', 'tunebench.evals.results'} "
             "& set(sys.modules); assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2])
+
+
+def test_gate_fixture_judges_an_exported_artifact_against_the_adapter(run_tests, tmp_path):
+    base, tuned = synthetic.make_pair("improved")
+    run = synthetic.write_run(tmp_path / "run", base, tuned, n_boot=300)
+    tuned.save(run / "eval" / "gguf-q8_0" / "results.json")  # an export that scores exactly as the adapter
+    source = (
+        "def test_q8_0(tunebench_gate):\n"
+        "    rows = tunebench_gate.assert_non_inferior('perplexity/test', rel=0.01, artifact='q8_0')\n"
+        "    assert [r.metric for r in rows] == ['perplexity/test [q8_0 vs adapter]']\n"
+        "def test_q4_0(tunebench_gate):\n"
+        "    tunebench_gate.assert_non_inferior('perplexity/test', rel=0.01, artifact='q4_0')\n"
+    )
+    result = run_tests(source, f"--tunebench-run={run}")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*artifact 'q4_0' was not evaluated in * (evaluated: q8_0)*"])
+
+
+def test_gate_assertions_refuse_a_missing_or_negative_margin(tmp_path):
+    from tunebench.reports.gate import GateError
+    from tunebench.reports.quality import QualityGate
+
+    gate = QualityGate(tmp_path, compare(*synthetic.make_pair("same"), n_boot=200))
+    with pytest.raises(TypeError, match="needs a margin"):
+        gate.assert_non_inferior("perplexity/test")
+    with pytest.raises(GateError, match=r"assert_non_inferior\('perplexity/test'\).*must be >= 0"):
+        gate.assert_non_inferior("perplexity/test", -0.1)
+    assert [r.status for r in gate.assert_non_inferior("perplexity/test", 0)] == ["pass"]  # identical: Δ = 0 exactly

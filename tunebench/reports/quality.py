@@ -96,9 +96,11 @@ class QualityGate:
 
         Raises:
             AssertionError: a row failed or was inconclusive (with the items needed), or nothing matched.
-            GateError: neither margin nor rel given, or an invalid value.
+            TypeError: neither margin nor rel given. GateError: an invalid value (negative, not a number).
         """
         __tracebackhide__ = True
+        if margin is None and rel is None:
+            raise TypeError("assert_non_inferior needs a margin: margin=0.02 (metric units) or rel=0.05 (of base)")
         return self._assert_rule("assert_non_inferior", metric, direction, artifact,
                                  max_regression=margin, max_regression_rel=rel)
 
