@@ -94,10 +94,15 @@ def test_run_folder_as_a_separate_word_is_refused_not_taken_for_a_test_path(run_
     source = "def test_x(tunebench_run):\n    assert 0\n"
     result = run_tests(source, "--tunebench-run", str(run))
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines([f"*--tunebench-run {run}: write --tunebench-run={run}*rootdir*"])
+    result.stderr.fnmatch_lines([f"*--tunebench-run {run}: write --tunebench-run={run} (one word)*rootdir*"])
     result = run_tests(source, f"--tunebench-run={run}", "-rf")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines([f"rootdir: {pytester.path}", "FAILED test_q.py::test_x*"])
+    rules = run / "rules.yaml"  # the rules file's path is a path too
+    rules.write_text("- metric: perplexity/test\n  max_regression_rel: 0.05\n", encoding="utf-8")
+    result = run_tests(source, f"--tunebench-run={run}", "--tunebench-rules", str(rules))
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*write --tunebench-rules={rules} (one word)*"])
 
 
 # ----------------------------------------------------------------------------- gate assertions

@@ -110,9 +110,9 @@ def _refuse_separate_path_values(config: pytest.Config) -> None:
     for opt, value in zip(args, args[1:], strict=False):
         if opt in _PATH_OPTIONS and not value.startswith("-") and os.path.exists(here / value):
             raise pytest.UsageError(
-                f"{opt} {value}: write {opt}={value} (one word). Given as a separate word, pytest takes {value} for "
-                f"a test path when it picks the rootdir (before plugins load), and test ids come out relative to a "
-                f"folder above your tests (rootdir: {config.rootpath})."
+                f"{opt} {value}: write {opt}={value} (one word). As a separate word, pytest counts {value} among "
+                f"the test paths when it picks the rootdir and ini file (before plugins load), which can move the "
+                f"rootdir above your tests and make test ids read ../../<folder>::test_x."
             )
 
 
