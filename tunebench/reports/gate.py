@@ -407,11 +407,10 @@ def format_verdict(verdict: GateVerdict) -> str:
              f"[{fmt(r.ci_low, True)}, {fmt(r.ci_high, True)}]" if r.ci_low is not None else "n/a",
              r.threshold, r.reason] for r in verdict.rows]
     word = {PASS: "PASSED", FAIL: "FAILED", INCONCLUSIVE: "INCONCLUSIVE"}.get(verdict.status, verdict.status.upper())
-    why = f"{verdict.reason} (" if verdict.reason else ""
-    head = (f"gate {word}: {why}{verdict.counts.get(PASS, 0)} pass, {verdict.counts.get(FAIL, 0)} fail, "
-            f"{verdict.counts.get(INCONCLUSIVE, 0)} inconclusive, {verdict.counts.get(SKIPPED, 0)} skipped "
-            f"{'; ' if why else ' ('}two-sided {100 * (1 - verdict.alpha):g}% intervals; "
-            f"rules: {verdict.rules_source or 'inline'})")
+    tally = ", ".join(f"{verdict.counts.get(s, 0)} {s}" for s in (PASS, FAIL, INCONCLUSIVE, SKIPPED))
+    setting = f"two-sided {100 * (1 - verdict.alpha):g}% intervals; rules: {verdict.rules_source or 'inline'}"
+    head = (f"gate {word}: {verdict.reason} ({tally}; {setting})" if verdict.reason
+            else f"gate {word}: {tally} ({setting})")
     return head + "\n" + tabulate(body, headers=["Status", "Rule", "Metric", "Base", "Tuned", "Δ", "CI of Δ",
                                                  "Threshold", "Reason"], tablefmt="simple", disable_numparse=True)
 
