@@ -92,14 +92,31 @@ def test_gate_exit_codes_follow_the_rules(smoke_run, tmp_path):
     missing = tmp_path / "missing.yaml"
     missing.write_text("rules:\n  - metric: lm_eval/no_such_task/acc\n    max_regression: 0\n")
     assert tunebench("gate", str(out), "--rules", str(missing), "--out", str(tmp_path / "m.json")).returncode == 2
+    nothing = tmp_path / "nothing.yaml"  # an optional rule that matches no metric checks nothing: never a pass
+    nothing.write_text("rules:\n  - metric: lm_eval/no_such_task/acc\n    max_regression: 0\n    optional: true\n")
+    res = tunebench("gate", str(out), "--rules", str(nothing), "--out", str(tmp_path / "n.json"))
+    assert res.returncode == 3 and "no rule matched any metric: nothing was checked" in res.stdout, res.stdout
 
 
 def test_example_quality_tests_run_against_the_smoke_run(smoke_run):
     out, _, _ = smoke_run
-    res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(ROOT / "tests/quality"),
-                          "--tunebench-run", str(out)], capture_output=True, text=True, timeout=600, cwd=ROOT)
-    assert "test_perplexity_significantly_lower_after_tuning PASSED" in res.stdout or " passed" in res.stdout, res.stdout
-    assert res.returncode == 0, res.stdout[-3000:]
+    cmd = [sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider", str(ROOT / "tests/quality")]
+    res = subprocess.run([*cmd, f"--tunebench-run={out}", "--tunebench-require"], capture_output=True, text=True,
+                         timeout=600, cwd=ROOT)
+    # Perplexity concludes on smoke's conversations; every other test decides as the gate does and fails when
+    # its interval cannot exclude the regression (12 lm-eval documents, one sample per probe).
+    example = "tests/quality/test_quality.py::"
+    summary = [line for line in res.stdout.splitlines() if line.startswith(("PASSED ", "FAILED ", "ERROR "))]
+    assert len(summary) == 5 and all(line.split()[1].startswith(example) for line in summary), res.stdout[-3000:]
+    for name in ("test_perplexity_significantly_lower_after_tuning", "test_perplexity_at_most_5_percent_worse"):
+        assert f"PASSED {example}{name}" in summary, res.stdout[-3000:]
+    gate = json.loads((out / "gate.json").read_text())["status"]
+    assert any(line.startswith(f"{'PASSED' if gate == 'pass' else 'FAILED'} {example}test_release_gate_passes")
+               for line in summary), res.stdout[-3000:]
+    assert res.returncode == (1 if any(line.startswith("FAILED") for line in summary) else 0), res.stdout[-3000:]
+    # As two words the run folder is refused: pytest would take it for a test path when it picks the rootdir.
+    res = subprocess.run([*cmd, "--tunebench-run", str(out)], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert res.returncode == 4 and f"write --tunebench-run={out}" in res.stderr, res.stderr[-2000:]
 
 
 def test_compare_builds_a_leaderboard(smoke_run, tmp_path):

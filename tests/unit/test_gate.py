@@ -68,6 +68,25 @@ def test_default_rules_on_small_samples_are_inconclusive_exit_3(tmp_path):
     assert "gate INCONCLUSIVE" in out and "paired items would conclude" in out
 
 
+def test_rules_that_match_nothing_are_inconclusive_exit_3(tmp_path):
+    rules = "- metric: lm_eval/mmlu/acc\n  max_regression: 0.05\n  optional: true\n"
+    code, out, run = _run(tmp_path, "improved", rules=rules)
+    assert code == EXIT_GATE_INCONCLUSIVE, out
+    assert "gate INCONCLUSIVE: no rule matched any metric: nothing was checked" in out and "PASSED" not in out
+    verdict = GateVerdict.from_dict(json.loads((run / "gate.json").read_text(encoding="utf-8")))
+    assert verdict.status == "inconclusive" and not verdict.passed and verdict.exit_code == 3
+    assert verdict.reason == "no rule matched any metric: nothing was checked"
+    assert [r.status for r in verdict.rows] == ["skipped"]
+
+
+def test_skipped_rules_beside_a_judged_one_do_not_block_a_pass(comparisons):
+    verdict = evaluate_gate(comparisons["improved"], [
+        {"metric": "perplexity/test", "max_regression_rel": 0.05},
+        {"metric": "lm_eval/mmlu/acc", "max_regression": 0.05, "optional": True}])
+    assert verdict.status == "pass" and verdict.reason is None
+    assert [r.status for r in verdict.rows] == ["pass", "skipped"]
+
+
 def test_planted_regression_exits_1(tmp_path):
     code, out, run = _run(tmp_path, "regressed")
     assert code == 1, out
@@ -221,8 +240,9 @@ def test_glob_matches_within_segments_and_optional_skips(comparisons):
     verdict = evaluate_gate(same, [{"metric": "probes/*/*/pass_rate", "max_regression": 0}])
     assert [r.metric for r in verdict.rows] == ["probes/default/greedy/pass_rate", "probes/default/seed/pass_rate"]
     assert glob_to_regex("probes/**/pass_rate").match("probes/default/seed/fibonacci/pass_rate")
+    # An optional rule that matched nothing checked nothing: never a pass (issue 27).
     verdict = evaluate_gate(same, [{"metric": "lm_eval/mmlu/acc", "max_regression": 0, "optional": True}])
-    assert verdict.passed and verdict.rows[0].status == "skipped"
+    assert not verdict.passed and verdict.status == "inconclusive" and verdict.rows[0].status == "skipped"
     with pytest.raises(GateError, match="no compared metric matches"):
         evaluate_gate(same, [{"metric": "lm_eval/mmlu/acc", "max_regression": 0}])
 

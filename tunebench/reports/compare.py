@@ -111,10 +111,23 @@ class MetricComparison:
             raise AssertionError(f"expected a significant improvement, got '{self.verdict}'. {self.describe()}")
         return self
 
-    def assert_not_regressed(self) -> MetricComparison:
-        """Fail if tuned is significantly worse than base."""
-        if self.verdict == REGRESSED:
-            raise AssertionError(f"significant regression. {self.describe()}")
+    def assert_not_regressed(self, max_regression: float = 0.0, *, rel: bool = False) -> MetricComparison:
+        """Fail unless the interval of the change excludes a regression larger than ``max_regression``.
+
+        The release gate's non-inferiority rule judged on this row (reports.gate.judge): "not significantly
+        worse" is no evidence of "not worse", so an inconclusive row fails too, with the paired items that
+        would conclude. The default margin 0 asks the interval's worse end to be no regression at all.
+
+        Args:
+            max_regression: Tolerated regression in the metric's units, or a share of |base| when ``rel``.
+            rel: Read ``max_regression`` as a share of the base value (0.05 = 5%).
+        """
+        __tracebackhide__ = True  # pytest reports the test's line
+        # quality -> gate -> this module: imported at module level, the three would import in a cycle
+        from tunebench.reports import quality
+
+        quality.assert_rule_on_row(self, "assert_not_regressed",
+                                   **{"max_regression_rel" if rel else "max_regression": max_regression})
         return self
 
     def assert_value(self, op: str, x: float, side: str = "tuned") -> MetricComparison:

@@ -33,9 +33,12 @@ margin M on the improvement scale and has three verdicts:
 A rule with several thresholds fails if one fails, else is inconclusive if one is. An inconclusive row
 says how many paired items would conclude at the observed variance with 80% power
 (``core.stats.items_needed``). A metric without an interval is inconclusive: no rule passes on no evidence.
+Nor does a gate: when every rule was skipped (optional rules that matched no metric), nothing was checked and
+the verdict is inconclusive, with that reason.
 
-Exit codes of ``gate_main``: 0 every rule passed or was skipped, 1 a rule failed, 3 no rule failed but some
-were inconclusive, 2 invalid input (missing results or metric, mismatched inputs, bad rules file).
+Exit codes of ``gate_main``: 0 every rule that matched a metric passed (and at least one did; the others were
+skipped), 1 a rule failed, 3 no rule failed but some were inconclusive, or none matched any metric, 2 invalid
+input (missing results or metric, mismatched inputs, bad rules file).
 
 ``require_significant`` (tunebench.gate/1) is refused with a message: under the old meaning a regression
 that was not significant passed, which is absence of evidence read as evidence of no regression.
@@ -64,6 +67,7 @@ from tunebench.core.errors import (
     did_you_mean,
 )
 from tunebench.core.io import atomic_write_json, package_path
+from tunebench.evals.results import Results
 from tunebench.reports.compare import (
     Comparison,
     MetricComparison,
@@ -82,6 +86,7 @@ _THRESHOLDS = ("min_improvement", "min_improvement_rel", "max_regression", "max_
 MAX_ITEMS_SHOWN = 10**7
 """Beyond this many items the observed change sits on the margin for any practical purpose."""
 PASS, FAIL, INCONCLUSIVE, SKIPPED = "pass", "fail", "inconclusive", "skipped"
+NOTHING_CHECKED = "no rule matched any metric: nothing was checked"
 _REMOVED_KEYS = {
     "require_significant": (
         "'require_significant' was removed (gate schema 2): a rule now decides on the interval of the change. "
@@ -172,6 +177,8 @@ class GateVerdict:
     error: str | None = None
     counts: dict[str, int] = field(default_factory=dict)
     schema: str = SCHEMA
+    reason: str | None = None
+    """Why the gate as a whole is inconclusive when no single row says so (NOTHING_CHECKED); else None."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -353,8 +360,8 @@ def evaluate_gate(comparison: Comparison, rules: list[GateRule] | list[dict[str,
         artifacts: exported type -> adapter vs artifact comparison, read by rules that set ``artifact``.
 
     Returns:
-        GateVerdict: status fail when a rule failed, else inconclusive when one was, else pass
-        (skipped rules count as neither); passed is status == pass.
+        GateVerdict: status fail when a rule failed, else inconclusive when one was or when no rule judged
+        any metric (all skipped: ``reason`` says nothing was checked), else pass; passed is status == pass.
 
     Raises:
         GateError: invalid rules, or a non-optional rule matching no metric.
@@ -395,8 +402,11 @@ def evaluate_gate(comparison: Comparison, rules: list[GateRule] | list[dict[str,
             rows.append(row)
     counts = {s: sum(r.status == s for r in rows) for s in (PASS, FAIL, INCONCLUSIVE, SKIPPED)}
     status = FAIL if counts[FAIL] else INCONCLUSIVE if counts[INCONCLUSIVE] else PASS
+    reason = None
+    if not counts[PASS] and status == PASS:  # every rule skipped: no evidence was looked at, so no pass
+        status, reason = INCONCLUSIVE, NOTHING_CHECKED
     return GateVerdict(passed=status == PASS, rows=rows, alpha=comparison.alpha, rules_source=source,
-                       status=status, counts=counts)
+                       status=status, counts=counts, reason=reason)
 
 
 def format_verdict(verdict: GateVerdict) -> str:
@@ -405,16 +415,57 @@ def format_verdict(verdict: GateVerdict) -> str:
              f"[{fmt(r.ci_low, True)}, {fmt(r.ci_high, True)}]" if r.ci_low is not None else "n/a",
              r.threshold, r.reason] for r in verdict.rows]
     word = {PASS: "PASSED", FAIL: "FAILED", INCONCLUSIVE: "INCONCLUSIVE"}.get(verdict.status, verdict.status.upper())
-    head = (f"gate {word}: {verdict.counts.get(PASS, 0)} pass, {verdict.counts.get(FAIL, 0)} fail, "
-            f"{verdict.counts.get(INCONCLUSIVE, 0)} inconclusive, {verdict.counts.get(SKIPPED, 0)} skipped "
-            f"(two-sided {100 * (1 - verdict.alpha):g}% intervals; rules: {verdict.rules_source or 'inline'})")
+    tally = ", ".join(f"{verdict.counts.get(s, 0)} {s}" for s in (PASS, FAIL, INCONCLUSIVE, SKIPPED))
+    setting = f"two-sided {100 * (1 - verdict.alpha):g}% intervals; rules: {verdict.rules_source or 'inline'}"
+    head = (f"gate {word}: {verdict.reason} ({tally}; {setting})" if verdict.reason
+            else f"gate {word}: {tally} ({setting})")
     return head + "\n" + tabulate(body, headers=["Status", "Rule", "Metric", "Base", "Tuned", "Δ", "CI of Δ",
                                                  "Threshold", "Reason"], tablefmt="simple", disable_numparse=True)
 
 
+def artifact_comparisons(run_dir: str | Path, tuned: Results | None = None, seed: int = 0) -> dict[str, Comparison]:
+    """Each evaluated export of a run (eval/gguf-*/) against its adapter, at the run's alpha and bootstrap size.
+
+    Raises:
+        ComparisonError: an artifact scored on other inputs; OSError / ValueError: unreadable results.
+    """
+    settings = run_settings(run_dir)
+    tuned = tuned if tuned is not None else load_run_results(run_dir)["tuned"]
+    return compare_artifacts(tuned, load_artifact_results(run_dir), settings["alpha"], settings["n_boot"], seed)
+
+
+def judge_run(run_dir: str | Path, rules_path: str | Path | None = None, seed: int = 0,
+              comparison: Comparison | None = None) -> GateVerdict:
+    """What ``gate_main`` decides for a run folder, without printing or writing anything.
+
+    Args:
+        run_dir: Run folder with ``eval/base/results.json`` and ``eval/tuned/results.json``.
+        rules_path: Rules YAML or shipped gate name; default: the run config's ``gate.rules``, else
+            ``configs/gates/default.yaml``.
+        seed: Bootstrap seed (the pipeline's comparison uses 0 too).
+        comparison: The run's base vs tuned comparison at its own alpha, bootstrap size and ``seed``, when
+            the caller already holds it (the pytest plugin's session fixture); computed here otherwise.
+
+    Raises:
+        GateError, ComparisonError (both ValueErrors), OSError: invalid rules or results.
+    """
+    settings = run_settings(run_dir)
+    path = resolve_rules_path(rules_path or settings["gate_rules"])
+    rules = load_rules(path)
+    results = load_run_results(run_dir) if comparison is None else None
+    if comparison is None:
+        comparison = compare(results["base"], results["tuned"], settings["alpha"], settings["n_boot"], seed)
+    artifacts = {}
+    if any(r.artifact for r in rules):
+        artifacts = artifact_comparisons(run_dir, results["tuned"] if results else None, seed)
+    verdict = evaluate_gate(comparison, rules, artifacts)
+    verdict.rules_source = str(path)
+    return verdict
+
+
 def gate_main(run_dir: str | Path, rules_path: str | Path | None = None, out_path: str | Path | None = None,
               seed: int = 0, stream: TextIO | None = None) -> int:
-    """Judge a run folder, print the table and write ``gate.json`` atomically.
+    """Judge a run folder (``judge_run``), print the table and write ``gate.json`` atomically.
 
     Args:
         run_dir: Run folder with ``eval/base/results.json`` and ``eval/tuned/results.json``.
@@ -425,21 +476,14 @@ def gate_main(run_dir: str | Path, rules_path: str | Path | None = None, out_pat
         stream: Where to print (default stdout; errors go to stderr).
 
     Returns:
-        0 passed, 1 a rule failed, 3 inconclusive (no rule failed, some could not conclude), 2 invalid input.
+        0 passed, 1 a rule failed, 3 inconclusive (no rule failed, some could not conclude, or no rule
+        matched any metric), 2 invalid input.
     """
     stream = stream or sys.stdout
     run_dir = Path(run_dir)
     out = Path(out_path) if out_path else run_dir / "gate.json"
     try:
-        settings = run_settings(run_dir)
-        path = resolve_rules_path(rules_path or settings["gate_rules"])
-        rules = load_rules(path)
-        results = load_run_results(run_dir)
-        comparison = compare(results["base"], results["tuned"], settings["alpha"], settings["n_boot"], seed)
-        artifacts = compare_artifacts(results["tuned"], load_artifact_results(run_dir), settings["alpha"],
-                                      settings["n_boot"], seed) if any(r.artifact for r in rules) else {}
-        verdict = evaluate_gate(comparison, rules, artifacts)
-        verdict.rules_source = str(path)
+        verdict = judge_run(run_dir, rules_path, seed)
     except InvalidInput as e:  # only what the readers and rules raise on purpose: a bug keeps its traceback
         print(f"gate: invalid input: {e}", file=sys.stderr)
         if out.parent.is_dir():
