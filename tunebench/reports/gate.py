@@ -157,6 +157,8 @@ class GateRow:
     """The metric's minimum detectable effect at n (see compare.MetricComparison.mde)."""
     items_needed: int | None = None
     """Inconclusive rows: paired items that would conclude at the observed variance (80% power)."""
+    delta_margins: list[float] = field(default_factory=list)
+    """Each threshold's margin on the scale of delta (tuned - base), as the report's forest plot draws it."""
 
 
 @dataclass
@@ -316,7 +318,8 @@ def judge(rule: GateRule, r: MetricComparison) -> GateRow:
     for key, threshold, margin in rule.margins(r.base):
         kind = "improvement" if key.startswith("min_") else "regression"
         want = f"{threshold * 100:g}% of base" if key.endswith("_rel") else f"{threshold:g}"
-        worse = f"(Δ {'<' if hib else '>'} {fmt(margin if hib else -margin, True)})"  # the side the rule rejects
+        row.delta_margins.append(margin if hib else -margin)
+        worse = f"(Δ {'<' if hib else '>'} {fmt(row.delta_margins[-1], True)})"  # the side the rule rejects
         if lo >= margin:
             verdicts.append(PASS)
             reasons.append(f"{bounds} excludes {'an improvement below' if kind == 'improvement' else 'a regression beyond'}"
