@@ -251,7 +251,7 @@ def test_contamination_items_are_counted_in_ngrams_not_rounded_to_zero():
 
 
 def test_items_needed_names_the_setting_or_says_the_task_cannot_supply_them():
-    from tunebench.reports.render import more_items
+    from tunebench.reports.more_items import more_items
 
     base, tuned = synthetic.make_pair("improved")
     for res in (base, tuned):
