@@ -250,3 +250,12 @@ def test_counts_leave_out_breakdown_rows_too_few_to_judge(improved):
     assert len(per_probe) == 10 and all(r.n < 10 for r in per_probe)
     assert counts["too few samples"] == 10
     assert counts["improved"] + counts["regressed"] + counts["no significant change"] == len(improved.rows) - 10
+
+
+def test_a_comparison_written_before_families_still_counts_flagged_rows_apart(improved):
+    old = improved.to_dict()
+    for r in old["rows"]:
+        r.pop("family"), r.pop("p_adjusted")
+    back = Comparison.from_dict(old)
+    assert back.counts() == improved.counts()
+    assert back.row("probes/default/seed/fibonacci/pass_rate").family == "probes/default/seed/pass_rate"

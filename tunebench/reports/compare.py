@@ -379,6 +379,10 @@ class Comparison:
             raise ValueError(f"{where}: schema {data.get('schema')!r} is not {SCHEMA!r}; recompute the comparison")
         known = {f.name for f in fields(MetricComparison)}
         rows = [MetricComparison(**{k: v for k, v in r.items() if k in known}) for r in data.get("rows", [])]
+        names = {r.metric for r in rows}
+        for r, raw in zip(rows, data.get("rows", []), strict=True):
+            if "family" not in raw:  # written before families: still known from the names (for counts)
+                r.family = _parent(r.metric, names)
         return cls(rows=rows, **{k: v for k, v in data.items() if k != "rows"})
 
 
