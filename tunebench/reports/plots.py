@@ -145,7 +145,7 @@ def _interval_panels(panels: list[tuple[str, list[IntervalRow]]], path: Path, xl
         ax.set_ylim(-0.7, len(rows) - 0.3)
         ax.set_title(title, fontsize=8, loc="left")
         ax.tick_params(axis="x", labelsize=7)
-        ax.margins(x=0.15)
+        ax.margins(x=0.3)  # room for the status text right of each interval
         ax.grid(axis="x", alpha=0.3)
     axes[-1].set_xlabel(xlabel, fontsize=8)
     fig.tight_layout()
