@@ -271,6 +271,19 @@ def test_items_needed_names_the_setting_or_says_the_task_cannot_supply_them():
         "add prompts to probe set default (eval.probe_files): greedy decoding gives one answer per prompt")
     assert more_items("probes/default/seed/pass_rate", 15, 40, comp, cfg).startswith(
         "raise n_samples of eval.probe_sampling seed (now 3), or add prompts to probe set default")
+    # the smoke run: the shipped task's results record its size only in the metric (documents_in_task)
+    smoke_base, smoke_tuned = synthetic.make_pair("improved")
+    for res in (smoke_base, smoke_tuned):
+        res.inputs["lm_eval/tunebench_arith_gen"] = {"limit": 12, "data_source": {"source": "local files"}}
+        next(m for m in res.metrics if m.name == "lm_eval/tunebench_arith_gen/exact_match").details.update(
+            limit=12, documents_in_task=80)
+    smoke = compare(smoke_base, smoke_tuned, n_boot=200)
+    assert smoke.row("lm_eval/tunebench_arith_gen/exact_match").details["documents_in_task"] == 80
+    assert more_items("lm_eval/tunebench_arith_gen/exact_match", 12, 1584, smoke, {}) == (
+        "task tunebench_arith_gen has only 80 documents: it cannot supply them (gate on a larger task, or widen "
+        "the margin)")
+    assert more_items("lm_eval/tunebench_arith_gen/exact_match", 12, 55, smoke, {}) == (
+        "raise eval.lm_eval_limit (now 12; task tunebench_arith_gen has 80 documents)")
     report = {"clean": 17012}
     assert more_items("perplexity/test", 48, 100, comp, cfg, report) == "raise data.max_test (now 48)"
     assert more_items("perplexity/test", 48, 400, comp, cfg, report) == (

@@ -189,6 +189,8 @@ def compare_metric(
     base, tuned = _finite(bm.value), _finite(tm.value)
     delta = tuned - base if base is not None and tuned is not None else None
     details: dict[str, Any] = {}
+    if isinstance(bm.details.get("documents_in_task"), int):  # what a larger eval.lm_eval_limit could reach
+        details["documents_in_task"] = bm.details["documents_in_task"]
     low = high = p = None
     n = min(bm.n, tm.n)
     if b_items and t_items:

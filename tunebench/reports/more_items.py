@@ -23,12 +23,14 @@ def _get(d: Any, *path: str) -> Any:
 _UNKNOWN = object()
 
 
-def _lm_eval_documents(task: str, comparison: Comparison | None, cfg: dict[str, Any]) -> tuple[int | None, Any]:
-    """(documents the task has, eval.lm_eval_limit it ran under, or _UNKNOWN), from the comparison's inputs, else
-    the config."""
+def _lm_eval_documents(metric: str, task: str, comparison: Comparison | None,
+                       cfg: dict[str, Any]) -> tuple[int | None, Any]:
+    """(documents the task has, eval.lm_eval_limit it ran under, or _UNKNOWN), from the compared row and the
+    comparison's inputs, else the config."""
     inputs = ((comparison.inputs if comparison else None) or {}).get(f"lm_eval/{task}")
     inputs = inputs if isinstance(inputs, dict) else {}
-    docs = _get(inputs, "data_source", "documents")
+    row = next((r for r in comparison.rows if r.metric == metric), None) if comparison else None
+    docs = (row.details.get("documents_in_task") if row else None) or _get(inputs, "data_source", "documents")
     if "limit" in inputs:
         limit = inputs["limit"]
     else:
@@ -79,7 +81,7 @@ def more_items(metric: str, n: int, need: int, comparison: Comparison | None = N
         return f"raise {fraction}"
     if parts[0] == "lm_eval" and len(parts) > 2:
         task = parts[1]
-        docs, limit = _lm_eval_documents(task, comparison, cfg)
+        docs, limit = _lm_eval_documents(metric.split(" [", 1)[0], task, comparison, cfg)
         if docs is not None and need > docs:
             return (f"task {task} has only {docs:,} documents: it cannot supply them (gate on a larger task, or "
                     "widen the margin)")
