@@ -36,7 +36,7 @@ def test_smoke_run_writes_a_report_with_real_numbers(smoke_run):
     out, res, seconds = smoke_run
     for rel in ("config.yaml", "data/data_report.md", "adapter/manifest.json", "adapter/adapter_model.safetensors",
                 "loss_curve.png", "eval/base/results.json", "eval/tuned/results.json", "eval/contamination.json",
-                "comparison.json", "report.md", "gate.json"):
+                "comparison.json", "report.md", "gate.json", "forest.png"):
         assert (out / rel).exists(), rel
     assert f"report: {out / 'report.md'}" in res.stdout and "perplexity/test" in res.stdout  # headline printed
     comp = json.loads((out / "comparison.json").read_text())
@@ -61,6 +61,8 @@ def test_smoke_run_writes_a_report_with_real_numbers(smoke_run):
     assert set(timings["stages"]) == {"data", "train", "contamination", "eval_base", "eval_tuned"}
     assert all(s > 0 for s in timings["stages"].values())
     assert "wall time: train" in report and "wall time: eval tuned" in report
+    assert "](forest.png)" in report and "](loss_curve.png)" in report and "None GiB" not in report
+    assert manifest["eval_history"][0]["step"] == 0 and manifest["base_eval_loss"] is not None  # eval_on_start
     print(f"smoke run took {seconds:.0f} s; stages {timings['stages']}; eval {tuned['timings']}")
 
 

@@ -68,7 +68,9 @@ def test_hf_backend_trains_lora_only_on_assistant_tokens(tmp_path, smol_source):
     assert m["backend"]["name"] == "hf" and m["steps"] == 2
     assert all(math.isfinite(p["loss"]) for p in m["loss_history"]) and len(m["loss_history"]) == 2
     assert m["eval_history"] and math.isfinite(m["final_eval_loss"])
-    assert [h["step"] for h in m["eval_history"]] == [1, 2]  # no second evaluation of the last step
+    # step 0 is the base (eval_on_start: the loss curve's reference); no second evaluation of the last step
+    assert [h["step"] for h in m["eval_history"]] == [0, 1, 2]
+    assert m["base_eval_loss"] == m["eval_history"][0]["eval_loss"] and math.isfinite(m["base_eval_loss"])
     assert 0 < m["trainable_percent"] < 10 and m["tokens_seen"] > 0 and m["tokens_per_s"] > 0
     for key in ("versions", "data", "peak_memory", "git_commit", "config", "model", "template", "wall_time_s"):
         assert key in m

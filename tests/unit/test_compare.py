@@ -189,3 +189,73 @@ def test_runs_on_disk(tmp_path):
     (b / "eval" / "tuned" / "results.json").unlink()
     with pytest.raises(FileNotFoundError, match="tuned.*results.json: missing"):
         compare_run(b)
+
+
+def test_benjamini_hochberg_matches_scipy_and_keeps_missing_p_values_out():
+    from scipy.stats import false_discovery_control
+
+    ps = [0.001, 0.04, 0.03, 0.5, 0.2, 0.04, 0.9]
+    assert stats.benjamini_hochberg(ps) == pytest.approx(list(false_discovery_control(ps, method="bh")))
+    with_none = stats.benjamini_hochberg([0.01, None, 0.04])
+    assert with_none[1] is None and with_none[0] == pytest.approx(0.02) and with_none[2] == pytest.approx(0.04)
+    assert stats.benjamini_hochberg([]) == []
+
+
+def _subject_items(b_only: int, t_only: int, n: int = 100) -> tuple[list[dict], list[dict]]:
+    """n paired documents of which b_only pass on base alone and t_only on tuned alone (the rest agree)."""
+    base = [1] * b_only + [0] * t_only + [k % 2 for k in range(n - b_only - t_only)]
+    tuned = [0] * b_only + [1] * t_only + base[b_only + t_only:]
+    return ([{"id": str(k), "num": v, "den": 1} for k, v in enumerate(base)],
+            [{"id": str(k), "num": v, "den": 1} for k, v in enumerate(tuned)])
+
+
+def _mmlu_like(subjects: dict[str, tuple[int, int]]) -> tuple[Results, Results]:
+    """A group metric ``lm_eval/mmlu/acc`` with one breakdown row per subject, as lm_eval_groups names them."""
+    sides = [Results(label=label, model={}, inputs={}) for label in ("base", "tuned")]
+    pooled: list[list[dict]] = [[], []]
+    for subject, (b, c) in subjects.items():
+        for k, items in enumerate(_subject_items(b, c)):
+            sides[k].add(Metric(name=f"lm_eval/mmlu/{subject}/acc", value=sum(i["num"] for i in items) / len(items),
+                                higher_is_better=True, n=len(items), group="lm_eval"), items)
+            pooled[k] += [{**i, "id": f"{subject}/{i['id']}"} for i in items]
+    for side, items in zip(sides, pooled, strict=True):
+        side.add(Metric(name="lm_eval/mmlu/acc", value=sum(i["num"] for i in items) / len(items),
+                        higher_is_better=True, n=len(items), group="lm_eval"), items)
+    return sides[0], sides[1]
+
+
+def test_group_subjects_carry_bh_adjusted_p_and_counts_use_them():
+    """Two of 57 subjects below an uncorrected p of 0.05 (b=12, c=3: p = 0.035) are what chance gives; after
+    Benjamini-Hochberg they are no change. A subject with a real loss (b=30, c=0) stays regressed."""
+    subjects = {f"mmlu_s{k:02d}": (2, 2) for k in range(54)}
+    subjects |= {"mmlu_chance_a": (12, 3), "mmlu_chance_b": (12, 3), "mmlu_real": (30, 0)}
+    comp = compare(*_mmlu_like(subjects), n_boot=200)
+    chance = comp.row("lm_eval/mmlu/mmlu_chance_a/acc")
+    assert chance.p_value == pytest.approx(stats.mcnemar_exact(12, 3)) and chance.p_value < 0.05
+    assert chance.family == "lm_eval/mmlu/acc" and chance.p_adjusted > 0.05
+    assert chance.verdict == "no significant change" and not chance.significant
+    real = comp.row("lm_eval/mmlu/mmlu_real/acc")
+    assert real.p_adjusted < 0.05 and real.verdict == "regressed"
+    group = comp.row("lm_eval/mmlu/acc")
+    assert group.family is None and group.p_adjusted is None and group.headline
+    assert comp.counts()["regressed"] == 1 + (group.verdict == "regressed")
+    back = Comparison.from_dict(json.loads(json.dumps(comp.to_dict())))
+    assert back.row("lm_eval/mmlu/mmlu_chance_a/acc").p_adjusted == chance.p_adjusted
+
+
+def test_counts_leave_out_breakdown_rows_too_few_to_judge(improved):
+    """The synthetic per-probe rows have 1 or 3 samples: flagged in the report, so not counted as a verdict."""
+    counts = improved.counts()
+    per_probe = [r for r in improved.rows if r.family is not None]
+    assert len(per_probe) == 10 and all(r.n < 10 for r in per_probe)
+    assert counts["too few samples"] == 10
+    assert counts["improved"] + counts["regressed"] + counts["no significant change"] == len(improved.rows) - 10
+
+
+def test_a_comparison_written_before_families_still_counts_flagged_rows_apart(improved):
+    old = improved.to_dict()
+    for r in old["rows"]:
+        r.pop("family"), r.pop("p_adjusted")
+    back = Comparison.from_dict(old)
+    assert back.counts() == improved.counts()
+    assert back.row("probes/default/seed/fibonacci/pass_rate").family == "probes/default/seed/pass_rate"

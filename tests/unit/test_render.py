@@ -49,8 +49,8 @@ def _full_context(base, tuned, comparison) -> dict:
     gate = evaluate_gate(comparison, "default").to_dict()
     gate["rules_source"] = "configs/gates/default.yaml"  # the resolved path is machine-specific
     return {"name": "synthetic-smoke", "manifest": synthetic.manifest(), "data_report": synthetic.data_report(),
-            "loss_curve": "loss_curve.png", "environment": tuned.environment, "base_artifacts": base.artifacts,
-            "tuned_artifacts": tuned.artifacts, "gate": gate}
+            "loss_curve": "loss_curve.png", "forest_plot": "forest.png", "environment": tuned.environment,
+            "base_artifacts": base.artifacts, "tuned_artifacts": tuned.artifacts, "gate": gate}
 
 
 def test_golden_report():
@@ -202,3 +202,186 @@ def test_source_fingerprint_names_the_code_not_the_checkout(tmp_path):
     assert source_fingerprint(b) != source_fingerprint(a)
     (a / "notes.txt").write_text("not source")  # files that are not code, presets or templates do not count
     assert source_fingerprint(a) == source_fingerprint(pkg)
+
+
+# ----------------------------------------------------------------------------- issue 27: a report read once
+
+
+def _section(text: str, heading: str) -> str:
+    return text.split(f"\n{heading}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def test_peak_memory_on_cpu_says_not_measured_instead_of_none():
+    """A CPU manifest records the process's resident memory, not allocator peaks: no 'None GiB allocated'."""
+    comp = compare(*synthetic.make_pair("improved"), n_boot=200)
+    for mem, expected in (({"kind": "cpu_rss", "rss_gib": 1.5}, "not measured (CPU); peak resident memory of the "
+                           "process 1.50 GiB"), ({"kind": "cpu_rss"}, "not measured (CPU)"),
+                          ({"kind": "cuda", "allocated_gib": 1.289, "reserved_gib": 1.334},
+                           "1.29 GiB allocated, 1.33 GiB reserved (cuda)")):
+        text = render_report(comp, {"manifest": {**synthetic.manifest(), "peak_memory": mem}})
+        row = next(line for line in text.splitlines() if line.startswith("| Peak memory"))
+        assert expected in row and "None" not in row, row
+
+
+def test_environment_is_printed_once():
+    """The evaluation's environment, then only what training ran with differently (not the same versions twice)."""
+    base, tuned = synthetic.make_pair("improved")
+    comp = compare(base, tuned, n_boot=200)
+    versions = {"python": "3.12.3", "torch": "2.13.0", "transformers": "5.17.0", "cuda": None}
+    env = {"python": "3.12.3", "torch": "2.13.0", "transformers": "5.16.0"}
+    text = render_report(comp, {"environment": env, "manifest": {**synthetic.manifest(), "versions": versions}})
+    section = _section(text, "## Environment")
+    assert section.count("| python") == 1 and section.count("| torch") == 1
+    assert "| transformers" in section.split("Training ran with")[1] and "5.17.0" in section
+    same = render_report(comp, {"environment": env, "manifest": {**synthetic.manifest(), "versions": env}})
+    assert "Training ran with" not in same and _section(same, "## Environment").count("| torch") == 1
+
+
+def test_contamination_items_are_counted_in_ngrams_not_rounded_to_zero():
+    """2 overlapping items (4.44% of 45) each share 1 of their ~300 13-grams: '(0%)' beside them read as a
+    contradiction; the item column now gives the n-gram counts."""
+    cont = {"n": 13, "sets": {"test split": {"items": 45, "checked": 45, "contaminated": 2, "share": 2 / 45, "worst": [
+        {"id": "conv-a", "matched": 1, "ngrams": 310, "fraction": 1 / 310},
+        {"id": "conv-b", "matched": 2, "ngrams": 280, "fraction": 2 / 280}]}}}
+    comp = compare(*synthetic.make_pair("improved"), n_boot=200)
+    row = next(line for line in render_report(comp, {"tuned_artifacts": {"contamination": cont}}).splitlines()
+               if line.startswith("| test split"))
+    assert "4.44%" in row and "(0%)" not in row
+    assert "conv-a (1 of its 310 13-grams)" in row and "conv-b (2 of its 280 13-grams)" in row
+
+
+def test_items_needed_names_the_setting_or_says_the_task_cannot_supply_them():
+    from tunebench.reports.more_items import more_items
+
+    base, tuned = synthetic.make_pair("improved")
+    for res in (base, tuned):
+        res.inputs["lm_eval/tunebench_facts_mc"] = {"limit": None, "data_source": {"source": "packaged",
+                                                                                   "documents": 80}}
+        res.inputs["lm_eval/tunebench_arith_gen"] = {"limit": 12, "data_source": {"source": "packaged",
+                                                                                  "documents": 80}}
+    comp = compare(base, tuned, n_boot=200)
+    cfg = {"data": {"max_test": 48, "test_fraction": 0.02},
+           "eval": {"lm_eval_limit": 12, "probe_sampling": [{"name": "seed", "temperature": 1.5, "n_samples": 3}]}}
+    assert more_items("lm_eval/tunebench_facts_mc/acc", 80, 1584, comp, cfg) == (
+        "task tunebench_facts_mc has only 80 documents: it cannot supply them (gate on a larger task, or widen the "
+        "margin)")
+    assert more_items("lm_eval/tunebench_arith_gen/exact_match", 12, 50, comp, cfg) == (
+        "raise eval.lm_eval_limit (now 12; task tunebench_arith_gen has 80 documents)")
+    assert more_items("probes/default/greedy/pass_rate", 5, 9, comp, cfg).startswith(
+        "add prompts to probe set default (eval.probe_files): greedy decoding gives one answer per prompt")
+    assert more_items("probes/default/seed/pass_rate", 15, 40, comp, cfg).startswith(
+        "raise n_samples of eval.probe_sampling seed (now 3), or add prompts to probe set default")
+    # the smoke run: the shipped task's results record its size only in the metric (documents_in_task)
+    smoke_base, smoke_tuned = synthetic.make_pair("improved")
+    for res in (smoke_base, smoke_tuned):
+        res.inputs["lm_eval/tunebench_arith_gen"] = {"limit": 12, "data_source": {"source": "local files"}}
+        next(m for m in res.metrics if m.name == "lm_eval/tunebench_arith_gen/exact_match").details.update(
+            limit=12, documents_in_task=80)
+    smoke = compare(smoke_base, smoke_tuned, n_boot=200)
+    assert smoke.row("lm_eval/tunebench_arith_gen/exact_match").details["documents_in_task"] == 80
+    assert more_items("lm_eval/tunebench_arith_gen/exact_match", 12, 1584, smoke, {}) == (
+        "task tunebench_arith_gen has only 80 documents: it cannot supply them (gate on a larger task, or widen "
+        "the margin)")
+    assert more_items("lm_eval/tunebench_arith_gen/exact_match", 12, 55, smoke, {}) == (
+        "raise eval.lm_eval_limit (now 12; task tunebench_arith_gen has 80 documents)")
+    report = {"clean": 17012}
+    assert more_items("perplexity/test", 48, 100, comp, cfg, report) == "raise data.max_test (now 48)"
+    assert more_items("perplexity/test", 48, 400, comp, cfg, report) == (
+        "raise data.max_test (now 48) and data.test_fraction (now 0.02: about 340 conversations)")
+    assert "cannot supply them" in more_items("perplexity/test", 48, 20000, comp, cfg, report)
+    # in the report's first lines, after the count
+    gate = evaluate_gate(comp, [{"metric": "lm_eval/tunebench_facts_mc/acc", "max_regression": 0.03}]).to_dict()
+    row = gate["rows"][0]
+    assert row["status"] == "inconclusive" and row["items_needed"] > 80
+    head = render_report(comp, {"gate": gate, "config": cfg}).split("Adapter `tuned`")[0]
+    assert (f"- `lm_eval/tunebench_facts_mc/acc` (regression ≤ 0.03): about {row['items_needed']:,} paired items "
+            f"needed (has 40: {row['items_needed'] - 40:,} more); task tunebench_facts_mc has only 80 documents: it "
+            "cannot supply them") in head
+
+
+def test_gate_reason_quotes_the_interval_of_the_ci_column():
+    """The Reason column used to quote the interval of the improvement: for perplexity (lower is better) the
+    sign of every bound was flipped against the CI column beside it."""
+    comp = compare(*synthetic.make_pair("improved"), n_boot=300)
+    rules = [*[{"metric": m, "max_regression_rel": 0.05} for m in ("perplexity/test",)],
+             {"metric": "lm_eval/tunebench_facts_mc/acc", "min_improvement": -0.5}]
+    gate = evaluate_gate(comp, rules).to_dict()
+    section = _section(render_report(comp, {"gate": gate}), "## Release gate")
+    rows = [line.split("|")[1:-1] for line in section.splitlines() if line.startswith("| ") and "`" in line]
+    assert len(rows) == 2
+    for cells in rows:
+        ci, reason = cells[5].strip(), cells[9].strip()
+        assert f"interval of Δ {ci}" in reason, (ci, reason)
+    assert "(lower is better)" in rows[0][9] and "(Δ > +" in rows[0][9]
+    assert "excludes an improvement below -0.5" in rows[1][9] and "a improvement" not in section
+
+
+def test_counts_leave_out_rows_that_were_flagged_not_judged():
+    comp = compare(*synthetic.make_pair("improved"), n_boot=200)
+    text = render_report(comp, {})
+    judged = [r for r in comp.rows if r.judged]
+    assert len(judged) == 5 and len(comp.rows) == 15
+    counts = comp.counts()
+    assert (f"**{counts['improved']}** improved · **{counts['regressed']}** regressed · "
+            f"**{counts['no significant change']}** no significant change\n"
+            "· 10 breakdown rows with fewer than 10 samples not judged") in text
+    assert counts["improved"] + counts["regressed"] + counts["no significant change"] == 5
+
+
+def test_breakdown_rows_show_their_benjamini_hochberg_p():
+    comp = compare(*synthetic.make_pair("regressed"), n_boot=200)
+    text = render_report(comp, {})
+    fib = comp.row("probes/default/seed/fibonacci/pass_rate")
+    assert fib.p_adjusted is not None and fib.p_adjusted >= fib.p_value
+    line = next(line for line in _section(text, "### default · seed").splitlines() if "`fibonacci`" in line)
+    assert "(BH " in line and "Benjamini-Hochberg" in text
+    headline = _section(text, "## Headline")
+    assert "(BH " not in headline
+
+
+# ----------------------------------------------------------------------------- issue 27: plots that carry the decision
+
+
+def test_plots_are_drawn_from_the_comparison_and_linked_from_the_report(tmp_path):
+    """`tunebench report` draws the forest plot, the loss curve and the export plot beside report.md; what each
+    drew (rows, intervals, colours, margins) matches comparison.json, gate.json and export_comparison.json."""
+    from tunebench.app import cli
+    from tunebench.reports import plots
+
+    base, tuned = synthetic.make_pair("improved")
+    run = synthetic.write_run(tmp_path / "run", base, tuned)
+    artifact = synthetic.make_results("gguf-q8_0", "regressed")
+    artifact.save(run / "eval" / "gguf-q8_0" / "results.json")
+    manifest = synthetic.manifest()  # its eval_history starts at step 0 (eval_on_start: the base)
+    (run / "adapter").mkdir()
+    (run / "adapter" / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    assert cli.main(["report", str(run)]) == 0
+
+    report = (run / "report.md").read_text(encoding="utf-8")
+    for png in ("forest.png", "loss_curve.png", "export.png"):
+        assert (run / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
+        assert f"]({png})" in report, png
+
+    comparison = Comparison.from_dict(json.loads((run / "comparison.json").read_text(encoding="utf-8")))
+    gate = json.loads((run / "gate.json").read_text(encoding="utf-8"))
+    exports = {k: Comparison.from_dict(v) for k, v in
+               json.loads((run / "export_comparison.json").read_text(encoding="utf-8")).items()}
+    drawn = plots.draw_report_plots(tmp_path / "again", comparison, {"gate": gate, "manifest": manifest,
+                                                                     "export_comparisons": exports})
+    judged = [r for r in gate["rows"] if r["status"] in ("pass", "fail", "inconclusive")]
+    assert [r.metric for r in drawn.forest] == [r["metric"] for r in judged] and judged
+    for row, g in zip(drawn.forest, judged, strict=True):
+        c = comparison.row(row.metric)
+        assert (row.delta, row.ci_low, row.ci_high) == (c.delta, c.ci_low, c.ci_high)
+        assert row.status == g["status"] and row.colour == plots.STATUS_COLOURS[g["status"]]
+        assert row.margins and row.margins == g["delta_margins"]
+    ppl = next(r for r in drawn.forest if r.metric == "perplexity/test")
+    assert ppl.margins == [pytest.approx(0.05 * comparison.row("perplexity/test").base)]  # lower is better: Δ > +5%
+    assert drawn.loss.base == 2.44 and drawn.loss.validation[0] == (0, 2.44)
+    assert drawn.loss.train == [(p["step"], p["loss"]) for p in manifest["loss_history"]]
+    q8 = exports["q8_0"]
+    assert [(r.label, r.metric) for r in drawn.export] == [("q8_0", r.metric) for r in q8.headline_rows()]
+    for row in drawn.export:
+        c = q8.row(row.metric)
+        assert (row.delta, row.ci_low, row.ci_high, row.status) == (c.delta, c.ci_low, c.ci_high, c.verdict)
+    assert drawn.files == {"forest_plot": "forest.png", "loss_curve": "loss_curve.png", "export_plot": "export.png"}

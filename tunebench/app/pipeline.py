@@ -53,6 +53,7 @@ from tunebench.reports.compare import (
     load_run_results,
 )
 from tunebench.reports.gate import gate_main
+from tunebench.reports.plots import draw_report_plots
 from tunebench.reports.render import context_from_run, metric_table, render_report
 from tunebench.train.gguf_export import export_gguf
 
@@ -289,6 +290,7 @@ def finish(run_dir: Path, cfg: RunConfig) -> PipelineResult:
     context = context_from_run(run_dir, results)
     if exported:
         context["export_comparisons"] = exported
+    context.update(draw_report_plots(run_dir, comparison, context).files)  # PNGs beside report.md, linked from it
     report = render_report(comparison, context)
     atomic_write_text(run_dir / "report.md", report)
     headline = metric_table(comparison.headline_rows(), comparison.alpha, detailed=False)

@@ -374,6 +374,28 @@ def items_needed(n: int, ci_low: float, ci_high: float, distance: float, alpha: 
     return max(n + 1, math.ceil(((z + NormalDist().inv_cdf(power)) * sigma / distance) ** 2))
 
 
+def benjamini_hochberg(p_values: Sequence[float | None]) -> list[float | None]:
+    """Benjamini-Hochberg adjusted p-values (step-up, false discovery rate) of one family of tests.
+
+    ``adjusted[i] < alpha`` holds for exactly the tests the BH procedure rejects at FDR alpha. Among 57 MMLU
+    subjects a couple fall below an uncorrected 0.05 by chance alone; adjusted, they do only on real evidence.
+
+    Args:
+        p_values: The family's raw p-values; None (no test) stays None and does not count towards the family.
+
+    Returns:
+        Adjusted p-values in the input order: min over k >= rank of p_(k) * m / k, capped at 1.
+    """
+    known = [(p, i) for i, p in enumerate(p_values) if p is not None and math.isfinite(p)]
+    out: list[float | None] = [None] * len(p_values)
+    m = len(known)
+    running = 1.0
+    for rank, (p, i) in reversed(list(enumerate(sorted(known), start=1))):
+        running = min(running, p * m / rank)
+        out[i] = running
+    return out
+
+
 def is_binary(num: np.ndarray, den: np.ndarray) -> bool:
     """True when every item is a single pass/fail (den 1, num 0 or 1)."""
     return bool(num.size) and bool(np.all(den == 1)) and bool(np.all((num == 0) | (num == 1)))

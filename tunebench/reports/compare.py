@@ -16,6 +16,10 @@ any shared fingerprint in ``Results.inputs`` that differs raises ``ComparisonErr
 
 Every row carries ``mde``, its minimum detectable effect at its n (paired design, two-sided alpha,
 80% power, the observed variance): a metric whose mde exceeds a gate's margin cannot carry that decision.
+
+Rows that break one metric down (``lm_eval/mmlu/<subject>/acc`` under ``lm_eval/mmlu/acc``, per-probe rows under a
+probe set's pass rate) are one family of tests: they carry Benjamini-Hochberg adjusted p-values (``p_adjusted``)
+and their verdicts read those, so 57 subjects at alpha = 0.05 do not turn up "regressions" by chance alone.
 """
 
 from __future__ import annotations
@@ -41,6 +45,9 @@ from tunebench.evals.results import Metric, Results
 SCHEMA = "tunebench.comparison/1"
 LEADERBOARD_SCHEMA = "tunebench.leaderboard/1"
 IMPROVED, REGRESSED, UNCHANGED = "improved", "regressed", "no significant change"
+TOO_FEW = "too few samples"
+FEW_SAMPLES = 10
+"""Breakdown rows (one probe, one subject) with fewer paired units are flagged, not judged: a few samples are noise."""
 _SAMPLE_ID = re.compile(r"^(?P<unit>.+)#\d+$")
 
 
@@ -86,6 +93,15 @@ class MetricComparison:
     details: dict[str, Any] = field(default_factory=dict)
     mde: float | None = None
     """Minimum detectable effect at this n (paired, two-sided alpha, 80% power), in the metric's units."""
+    p_adjusted: float | None = None
+    """Benjamini-Hochberg adjusted p within the row's family (breakdown rows only; the verdict reads it)."""
+    family: str | None = None
+    """The metric this row breaks down (``lm_eval/mmlu/acc`` for a subject); None for a top-level row."""
+
+    @property
+    def judged(self) -> bool:
+        """False for a breakdown row with too few samples to judge (see FEW_SAMPLES)."""
+        return self.family is None or self.n >= FEW_SAMPLES
 
     @property
     def improvement(self) -> float | None:
@@ -187,6 +203,8 @@ def compare_metric(
     base, tuned = _finite(bm.value), _finite(tm.value)
     delta = tuned - base if base is not None and tuned is not None else None
     details: dict[str, Any] = {}
+    if isinstance(bm.details.get("documents_in_task"), int):  # what a larger eval.lm_eval_limit could reach
+        details["documents_in_task"] = bm.details["documents_in_task"]
     low = high = p = None
     n = min(bm.n, tm.n)
     if b_items and t_items:
@@ -222,9 +240,7 @@ def compare_metric(
             method = "no per-item records and no stderr/interval: no test possible"
     significant = p is not None and delta is not None and p < alpha
     oriented = None if delta is None else (delta if bm.higher_is_better else -delta)
-    verdict = UNCHANGED
-    if significant and oriented:
-        verdict = IMPROVED if oriented > 0 else REGRESSED
+    verdict = _verdict(significant, oriented)
     return MetricComparison(
         metric=name,
         group=bm.group or name.split("/", 1)[0],
@@ -295,16 +311,39 @@ def check_same_inputs(base: Results, tuned: Results, same_base: bool = True) -> 
     return {k: base.inputs[k] for k in base.inputs if k in tuned.inputs}
 
 
+def _parent(metric: str, names: set[str]) -> str | None:
+    """The metric that ``metric`` breaks down (``a/b/X/leaf`` -> ``a/b/leaf`` when that exists), else None."""
+    parts = metric.split("/")
+    parent = "/".join(parts[:-2] + parts[-1:]) if len(parts) >= 3 else None
+    return parent if parent in names else None
+
+
 def _mark_headlines(rows: list[MetricComparison], explicit: dict[str, Any]) -> None:
     """A row is a headline unless it breaks another row down (``a/b/X/leaf`` when ``a/b/leaf`` exists)."""
     names = {r.metric for r in rows}
     for r in rows:
+        r.family = _parent(r.metric, names)
         flag = explicit.get(r.metric)
-        if isinstance(flag, bool):
-            r.headline = flag
-            continue
-        parts = r.metric.split("/")
-        r.headline = not (len(parts) >= 3 and "/".join(parts[:-2] + parts[-1:]) in names)
+        r.headline = flag if isinstance(flag, bool) else r.family is None
+
+
+def _adjust_families(rows: list[MetricComparison]) -> None:
+    """Benjamini-Hochberg within each family of breakdown rows; their significance and verdict follow p_adjusted."""
+    families: dict[str, list[MetricComparison]] = {}
+    for r in rows:
+        if r.family is not None:
+            families.setdefault(r.family, []).append(r)
+    for members in families.values():
+        for r, q in zip(members, stats.benjamini_hochberg([r.p_value for r in members]), strict=True):
+            r.p_adjusted = q
+            r.significant = q is not None and r.delta is not None and q < r.alpha
+            r.verdict = _verdict(r.significant, r.improvement)
+
+
+def _verdict(significant: bool, oriented: float | None) -> str:
+    if significant and oriented:
+        return IMPROVED if oriented > 0 else REGRESSED
+    return UNCHANGED
 
 
 @dataclass
@@ -339,10 +378,12 @@ class Comparison:
         return [r for r in self.rows if r.headline]
 
     def counts(self) -> dict[str, int]:
-        """How many rows got each verdict."""
-        out = {IMPROVED: 0, REGRESSED: 0, UNCHANGED: 0}
+        """How many rows got each verdict; breakdown rows with too few samples count as ``too few samples``,
+        not as a verdict (they were never judged)."""
+        out = {IMPROVED: 0, REGRESSED: 0, UNCHANGED: 0, TOO_FEW: 0}
         for r in self.rows:
-            out[r.verdict] = out.get(r.verdict, 0) + 1
+            key = r.verdict if r.judged else TOO_FEW
+            out[key] = out.get(key, 0) + 1
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -360,7 +401,12 @@ class Comparison:
         if schema != SCHEMA:
             got = f"schema {schema!r}" if isinstance(data, dict) else f"holds {show_json(data)}"
             raise RunFileError(f"{where}: {got}, not a {SCHEMA!r} comparison; {fix}")
-        return check_json(data, cls, where, fix)
+        out = check_json(data, cls, where, fix)
+        names = {r.metric for r in out.rows}
+        for r, raw in zip(out.rows, data.get("rows", []), strict=True):
+            if "family" not in raw:  # written before families: still known from the names (for counts)
+                r.family = _parent(r.metric, names)
+        return out
 
     @classmethod
     def load(cls, path: str | Path) -> Comparison:
@@ -414,6 +460,7 @@ def compare(base: Results, tuned: Results, alpha: float = 0.05, n_boot: int = 20
         t_items = tuned.items.get(tm.items) if tm.items else None
         rows.append(compare_metric(bm, tm, b_items, t_items, alpha, n_boot, seed))
     _mark_headlines(rows, {m.name: m.details.get("headline") for m in base.metrics})
+    _adjust_families(rows)
     b_names = {m.name for m in base.metrics}
     return Comparison(
         base_label=base.label,

@@ -74,6 +74,7 @@ from tunebench.reports.compare import (
     compare,
     compare_artifacts,
     fmt,
+    fmt_interval,
     load_artifact_results,
     load_run_results,
     run_settings,
@@ -162,6 +163,8 @@ class GateRow:
     """The metric's minimum detectable effect at n (see compare.MetricComparison.mde)."""
     items_needed: int | None = None
     """Inconclusive rows: paired items that would conclude at the observed variance (80% power)."""
+    delta_margins: list[float] = field(default_factory=list)
+    """Each threshold's margin on the scale of delta (tuned - base), as the report's forest plot draws it."""
 
 
 @dataclass
@@ -323,17 +326,22 @@ def judge(rule: GateRule, r: MetricComparison) -> GateRow:
         return row
     imp, lo, hi = oriented
     level = f"{100 * (1 - r.alpha):g}%"
+    # the reason quotes the interval of delta itself, as the report's CI column does, with the margin on that scale
+    hib = r.higher_is_better if rule.direction == "auto" else rule.direction == "higher"
+    bounds = f"{level} interval of Δ {fmt_interval(r.ci_low, r.ci_high)}" + ("" if hib else " (lower is better)")
     verdicts, reasons, needed = [], [], []
     for key, threshold, margin in rule.margins(r.base):
         kind = "improvement" if key.startswith("min_") else "regression"
         want = f"{threshold * 100:g}% of base" if key.endswith("_rel") else f"{threshold:g}"
-        bounds = f"{level} interval of the improvement [{fmt(lo, True)}, {fmt(hi, True)}]"
+        row.delta_margins.append(margin if hib else -margin)
+        worse = f"(Δ {'<' if hib else '>'} {fmt(row.delta_margins[-1], True)})"  # the side the rule rejects
         if lo >= margin:
             verdicts.append(PASS)
-            reasons.append(f"{bounds} excludes a {kind} {'below' if kind == 'improvement' else 'beyond'} {want}")
+            reasons.append(f"{bounds} excludes {'an improvement below' if kind == 'improvement' else 'a regression beyond'}"
+                           f" {want} {worse}")
         elif hi < margin:
             verdicts.append(FAIL)
-            reasons.append(f"{bounds} lies entirely {'below an improvement of' if kind == 'improvement' else 'beyond a regression of'} {want}")
+            reasons.append(f"{bounds} lies entirely {'below an improvement of' if kind == 'improvement' else 'beyond a regression of'} {want} {worse}")
         else:
             verdicts.append(INCONCLUSIVE)
             more = stats.items_needed(r.n, lo, hi, abs(imp - margin), r.alpha)
@@ -343,7 +351,7 @@ def judge(rule: GateRule, r: MetricComparison) -> GateRow:
                 needed.append(more)
             hint = (f"; about {more} paired items would conclude (have {r.n}; observed variance, 80% power)"
                     if more is not None else "; the observed change sits on the margin")
-            reasons.append(f"{bounds} straddles the {kind} margin {want}{hint}")
+            reasons.append(f"{bounds} straddles the {kind} margin {want} {worse}{hint}")
     row.status = FAIL if FAIL in verdicts else INCONCLUSIVE if INCONCLUSIVE in verdicts else PASS
     row.reason = "; ".join(reasons)
     row.items_needed = max(needed) if row.status == INCONCLUSIVE and needed else None

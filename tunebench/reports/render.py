@@ -15,10 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import yaml
 
 from tunebench.core.io import package_path, read_json
 from tunebench.core.markdown import kv_table, table
 from tunebench.reports.compare import (
+    FEW_SAMPLES,
+    TOO_FEW,
     Comparison,
     Leaderboard,
     MetricComparison,
@@ -28,12 +31,11 @@ from tunebench.reports.compare import (
     load_run_results,
     run_settings,
 )
+from tunebench.reports.more_items import more_items
 
 TEMPLATES = package_path("reports", "templates")
 TEMPLATE = "report.md.j2"
 _VERDICT = {"improved": "**improved**", "regressed": "**regressed**"}
-FEW_SAMPLES = 10
-"""Per-probe rows with fewer samples are flagged instead of given a verdict: a few samples are noise."""
 
 
 # ----------------------------------------------------------------------------- cells and tables
@@ -57,33 +59,40 @@ def _mde(r: MetricComparison) -> str:
 
 
 def _flagged_verdict(r: MetricComparison) -> str:
-    """Verdict, or a flag where too few samples make any verdict noise."""
-    return f"too few samples (n={r.n} < {FEW_SAMPLES})" if r.n < FEW_SAMPLES else _verdict(r)
+    """Verdict, or a flag where too few samples make any verdict noise (compare.MetricComparison.judged)."""
+    return _verdict(r) if r.judged else f"{TOO_FEW} (n={r.n} < {FEW_SAMPLES})"
+
+
+def _p(r: MetricComparison) -> str:
+    """p, and for a breakdown row its Benjamini-Hochberg adjusted p (the one its verdict reads)."""
+    return fmt_p(r.p_value) + (f" (BH {fmt_p(r.p_adjusted)})" if r.p_adjusted is not None else "")
 
 
 def metric_table(rows: Sequence[MetricComparison], alpha: float, label=lambda r: f"`{r.metric}`",
-                 detailed: bool = True, verdict=_verdict) -> str:
+                 detailed: bool = True, verdict=_flagged_verdict) -> str:
     """Base, tuned, delta, interval, p, verdict, n and minimum detectable effect per row (plus CIs and method
     when detailed)."""
     level = f"{100 * (1 - alpha):g}% CI of Δ"
     if detailed:
         headers = ["Metric", "Base", "Tuned", "Δ", level, "p", "Verdict", "n", "MDE", "Method"]
         body = [[label(r), _with_ci(r.base, r.base_ci), _with_ci(r.tuned, r.tuned_ci), _delta(r),
-                 fmt_interval(r.ci_low, r.ci_high), fmt_p(r.p_value), verdict(r), f"{r.n} {r.unit}", _mde(r),
+                 fmt_interval(r.ci_low, r.ci_high), _p(r), verdict(r), f"{r.n} {r.unit}", _mde(r),
                  r.method] for r in rows]
     else:
         headers = ["Metric", "Better", "Base", "Tuned", "Δ", level, "p", "Verdict", "n", "MDE"]
         body = [[label(r), "higher" if r.higher_is_better else "lower", fmt(r.base), fmt(r.tuned), _delta(r),
-                 fmt_interval(r.ci_low, r.ci_high), fmt_p(r.p_value), verdict(r), f"{r.n} {r.unit}", _mde(r)]
+                 fmt_interval(r.ci_low, r.ci_high), _p(r), verdict(r), f"{r.n} {r.unit}", _mde(r)]
                 for r in rows]
     return table(body, headers)
 
 
-def decision(gate: dict[str, Any] | None) -> list[str]:
-    """The report's first lines: ship, don't ship, or not enough evidence (and how many more items, for what).
+def decision(gate: dict[str, Any] | None, comparison: Comparison | None = None, config: dict[str, Any] | None = None,
+             data_report: dict[str, Any] | None = None) -> list[str]:
+    """The report's first lines: ship, don't ship, or not enough evidence (and how many more items, from where).
 
     Args:
         gate: A GateVerdict as a dict, or None when no gate was evaluated.
+        comparison, config, data_report: What ``more_items`` reads to name the setting that gives more items.
 
     Returns:
         Markdown lines (a bold verdict, then one bullet per failed or inconclusive rule).
@@ -109,8 +118,10 @@ def decision(gate: dict[str, Any] | None) -> list[str]:
              "(the interval straddles the margin):"]
     for r in open_rows:
         need, n = r.get("items_needed"), r.get("n")
-        more = (f"about {need} paired items needed (has {n}: {need - n} more)" if need is not None and n is not None
+        more = (f"about {need:,} paired items needed (has {n:,}: {need - n:,} more)" if need is not None and n is not None
                 else "no finite number of items at the observed change")
+        where = more_items(str(r.get("metric")), n, need, comparison, config, data_report) if need and n else ""
+        more += f"; {where}" if where else ""
         lines.append(f"- `{r.get('metric')}` ({r.get('threshold')}): {more}")
     return lines
 
@@ -135,7 +146,8 @@ def _lm_eval_sections(rows: list[MetricComparison], alpha: float,
         parts = r.metric.split("/")
         tasks.setdefault(parts[1] if len(parts) > 2 else r.metric, []).append(r)
     return [{"task": t, "table": metric_table(rs, alpha, label=lambda r: f"`{'/'.join(r.metric.split('/')[2:])}`"),
-             "source": data_source(((inputs or {}).get(f"lm_eval/{t}") or {}).get("data_source"))}
+             "source": data_source(((inputs or {}).get(f"lm_eval/{t}") or {}).get("data_source")),
+             "adjusted": sum(r.p_adjusted is not None for r in rs)}
             for t, rs in tasks.items()]
 
 
@@ -249,6 +261,15 @@ def _utc(ts: Any) -> str | None:
     return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+def _peak_memory(mem: dict[str, Any]) -> str:
+    """The GPU allocator's peaks; on CPU there is none to read, only the process's peak resident memory."""
+    if mem.get("kind") != "cpu_rss":
+        return (f"{_num(mem.get('allocated_gib'), '{:.2f}')} GiB allocated, "
+                f"{_num(mem.get('reserved_gib'), '{:.2f}')} GiB reserved ({mem.get('kind')})")
+    rss = _num(mem.get("rss_gib"), "{:.2f}")
+    return "not measured (CPU)" + (f"; peak resident memory of the process {rss} GiB" if rss else "")
+
+
 def training_summary(m: dict[str, Any]) -> str | None:
     """Key facts of the training manifest as a two-column table."""
     cfg = m.get("config") or {}
@@ -258,10 +279,7 @@ def training_summary(m: dict[str, Any]) -> str | None:
     losses, evals = m.get("loss_history") or [], m.get("eval_history") or []
     batch = (f"{train['batch_size']} × {train['grad_accum']} accumulation"
              if "batch_size" in train and "grad_accum" in train else None)
-    memory = None
-    if mem:
-        memory = f"{_num(mem.get('allocated_gib'), '{:.2f}')} GiB allocated, " \
-                 f"{_num(mem.get('reserved_gib'), '{:.2f}')} GiB reserved ({mem.get('kind')})"
+    memory = _peak_memory(mem) if mem else None
     params = None
     if m.get("trainable_params") is not None:
         params = (f"{_num(m.get('trainable_params'))} of {_num(m.get('total_params'))} "
@@ -287,6 +305,7 @@ def training_summary(m: dict[str, Any]) -> str | None:
         ("Peak memory", memory),
         ("Trainable parameters", params),
         ("Final training loss", _num(losses[-1].get("loss"), "{:.4f}") if losses else None),
+        ("Base validation loss (step 0)", _num(m.get("base_eval_loss"), "{:.4f}")),
         ("Final validation loss", _num(evals[-1].get("eval_loss"), "{:.4f}") if evals else None),
         ("Data fingerprint", _get(m, "data", "fingerprint")),
         ("Git commit", m.get("git_commit")),
@@ -323,13 +342,19 @@ def contamination_table(artifacts: Sequence[dict[str, Any] | None]) -> str | Non
     if not isinstance(cont, dict):
         return None
     sets = cont["sets"] if isinstance(cont.get("sets"), dict) else cont
+    gram = f"{cont['n']}-grams" if isinstance(cont.get("n"), int) else "n-grams"
 
     def worst(ws: Any) -> str:
+        # an item's own share of n-grams found in training: "2 of 45", not a rounded "0%" beside a 4.44% share
         shown = []
         for w in (ws or [])[:3]:
             if isinstance(w, dict):
-                share = w.get("fraction", w.get("share"))
-                text = str(w.get("id", "?")) + (f" ({share * 100:.0f}%)" if isinstance(share, (int, float)) else "")
+                share, matched, total = w.get("fraction", w.get("share")), w.get("matched"), w.get("ngrams")
+                text = str(w.get("id", "?"))
+                if isinstance(matched, int) and isinstance(total, int):
+                    text += f" ({matched} of its {total} {gram})"
+                elif isinstance(share, (int, float)):
+                    text += f" ({share * 100:.2g}% of its {gram})"
             else:
                 text = str(w)
             shown.append(text if len(text) <= 60 else text[:57] + "...")
@@ -342,8 +367,8 @@ def contamination_table(artifacts: Sequence[dict[str, Any] | None]) -> str | Non
         share = c.get("share")
         rows.append([name, c.get("checked", c.get("n", c.get("items"))), c.get("contaminated", c.get("overlapping")),
                      f"{share * 100:.2f}%" if isinstance(share, (int, float)) else None, worst(c.get("worst"))])
-    return table(rows, ["Evaluation set", "Checked", "Overlapping with training", "Share", "Most overlapping"]) \
-        if rows else None
+    return table(rows, ["Evaluation set", "Items checked", "Items overlapping with training", "Share of items",
+                        "Most overlapping items"]) if rows else None
 
 
 def gate_table(gate: dict[str, Any]) -> str | None:
@@ -411,13 +436,29 @@ def _stage_rows(times: dict[str, Any] | None) -> list[tuple[str, Any]]:
     return rows + ([("wall time: all stages", f"{sum(stages.values()):.1f} s")] if stages else [])
 
 
+def environment_tables(evaluation: dict[str, Any] | None, training: dict[str, Any] | None,
+                       stage_times: dict[str, Any] | None = None) -> tuple[str | None, str | None]:
+    """The evaluation's environment (with stage times), then only what training ran with differently.
+
+    Both record mostly the same versions; printing both tables in full printed the environment twice.
+    """
+    evaluation = evaluation or {}
+    differs = [(k, v) for k, v in _flat(training) if v is not None and evaluation.get(k) != v]
+    env = kv_table(_flat(evaluation) + _stage_rows(stage_times), headers=("Environment", ""))
+    if not evaluation:  # no evaluation environment: the training one is the only one there is
+        return env, kv_table(_flat(training), headers=("Training environment", ""))
+    return env, kv_table(differs, headers=("Training ran with (where it differs)", ""))
+
+
 def build_view(comparison: Comparison, context: dict[str, Any]) -> dict[str, Any]:
     """Everything the template prints, already formatted."""
     c, ctx = comparison, context
     groups = {"perplexity", "lm_eval", "probes"}
     manifest, data_report, gate = ctx.get("manifest"), ctx.get("data_report"), ctx.get("gate")
     b_art, t_art = ctx.get("base_artifacts") or {}, ctx.get("tuned_artifacts") or {}
-    versions = (manifest or {}).get("versions")
+    config = ctx.get("config") or (manifest or {}).get("config")
+    environment, versions = environment_tables(ctx.get("environment"), (manifest or {}).get("versions"),
+                                               ctx.get("stage_times"))
     other = [r for r in c.rows if r.group not in groups]
     return {
         "title": ctx.get("title") or ctx.get("name") or f"{c.tuned_label} vs {c.base_label}",
@@ -425,8 +466,12 @@ def build_view(comparison: Comparison, context: dict[str, Any]) -> dict[str, Any
         "c": c,
         "level": f"{100 * (1 - c.alpha):g}%",
         "counts": c.counts(),
-        "decision": decision(gate),
+        "too_few": TOO_FEW,
+        "families": len({r.family for r in c.rows if r.family is not None and r.p_adjusted is not None}),
+        "decision": decision(gate, c, config, data_report),
         "few_samples": FEW_SAMPLES,
+        "forest_plot": ctx.get("forest_plot"),
+        "export_plot": ctx.get("export_plot"),
         "headline": metric_table(c.headline_rows(), c.alpha, detailed=False) if c.headline_rows() else None,
         "perplexity": metric_table(c.rows_in("perplexity"), c.alpha) if c.rows_in("perplexity") else None,
         "lm_eval": _lm_eval_sections(c.rows_in("lm_eval"), c.alpha, c.inputs),
@@ -438,9 +483,8 @@ def build_view(comparison: Comparison, context: dict[str, Any]) -> dict[str, Any
         "loss_curve": ctx.get("loss_curve"),
         "data": data_summary(data_report) if data_report else None,
         "contamination": contamination_table([t_art, b_art]),
-        "environment": kv_table(_flat(ctx.get("environment")) + _stage_rows(ctx.get("stage_times")),
-                                headers=("Environment", "")),
-        "versions": kv_table(_flat(versions), headers=("Package", "Version")),
+        "environment": environment,
+        "versions": versions,
         "gate": gate,
         "gate_table": gate_table(gate) if gate else None,
         "export": export_view(c, ctx.get("export_comparisons") or {}),
@@ -464,7 +508,8 @@ def render_report(comparison: Comparison, context: dict[str, Any] | None = None)
     Args:
         comparison: The run's Comparison.
         context: Optional facts, each adding a section when present: ``name``, ``title``, ``manifest``,
-            ``data_report``, ``loss_curve`` (path relative to the report), ``environment``,
+            ``data_report``, ``config`` (the run's resolved config.yaml), ``loss_curve``, ``forest_plot``,
+            ``export_plot`` (PNG paths relative to the report: ``plots.draw_report_plots``), ``environment``,
             ``base_artifacts`` / ``tuned_artifacts`` (Results.artifacts), ``gate`` (GateVerdict.to_dict()),
             ``export_comparisons`` (type -> adapter vs exported artifact Comparison).
             ``stage_times`` (the run's timings.json: wall time per pipeline stage).
@@ -496,6 +541,8 @@ def context_from_run(run_dir: str | Path, results: dict[str, Any] | None = None)
                      ("gate", "gate.json"), ("stage_times", "timings.json")):
         if (run / rel).exists():
             ctx[key] = read_json(run / rel)
+    if (run / "config.yaml").exists():  # names the settings that would give a metric more items
+        ctx["config"] = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
     if (run / "loss_curve.png").exists():
         ctx["loss_curve"] = "loss_curve.png"
     return {k: v for k, v in ctx.items() if v is not None}

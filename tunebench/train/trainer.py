@@ -279,6 +279,7 @@ def sft_config(cfg: RunConfig, ckpt_dir: Path, backend: str, has_val: bool, dtyp
         logging_nan_inf_filter=False,  # the default hides a NaN loss from the logs; the NaN guard must see it
         eval_strategy="steps" if (has_val and t.eval_every) else "no",
         eval_steps=t.eval_every or None,
+        eval_on_start=has_val,  # step 0 = the base (LoRA B starts at zero): the loss curve's reference point
         save_strategy="steps" if t.save_every else "no",
         save_steps=t.save_every or 500,
         report_to="none",
@@ -480,7 +481,9 @@ def train(
         tokens_seen=tokens_seen,
         wall_time_s=seconds,
         log_history=trainer.state.log_history,
-        extra={"world_size": dist.world_size(),
+        extra={"base_eval_loss": next((h["eval_loss"] for h in trainer.state.log_history  # eval_on_start's
+                                       if h.get("step") == 0 and "eval_loss" in h), None),
+               "world_size": dist.world_size(),
                "effective_batch_size": cfg.train.batch_size * cfg.train.grad_accum * dist.world_size(),
                # what the trainer trained through: DistributedDataParallel when the ranks kept one model
                "model_wrapper": type(getattr(trainer, "model_wrapped", trainer.model)).__name__},
