@@ -14,6 +14,7 @@ import traceback
 from pathlib import Path
 
 from tunebench.app.pipeline import finish, resolve_template, run, write_config
+from tunebench.app.preflight import preflight
 from tunebench.core import dist
 from tunebench.core.config import (
     RunConfig,
@@ -74,7 +75,9 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def _config(args: argparse.Namespace) -> RunConfig:
-    return load_config(args.preset, args.overrides)
+    cfg = load_config(args.preset, args.overrides)
+    preflight(cfg)  # task names, probe files, gate rules: before any model loads
+    return cfg
 
 
 def _run_dir(args: argparse.Namespace, cfg: RunConfig) -> Path:
@@ -89,10 +92,13 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 def cmd_config(args: argparse.Namespace) -> int:
     try:
-        print(dump_yaml(_config(args)), end="")
+        cfg, note = load_config(args.preset, args.overrides), None
     except ConfigError as e:  # a preset for another machine (a GPU preset here): show what it asks for
-        print(dump_yaml(load_config(args.preset, args.overrides, resolved=False)), end="")
-        print(f"# not resolvable on this machine: {e}")
+        cfg, note = load_config(args.preset, args.overrides, resolved=False), f"# not resolvable on this machine: {e}"
+    preflight(cfg)
+    print(dump_yaml(cfg), end="")
+    if note:
+        print(note)
     return 0
 
 
@@ -139,6 +145,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             raise PipelineError(f"{run_dir}: not a tunebench run folder (no config.yaml); give the folder that "
                                 "`tunebench run` or `tunebench train` wrote (runs/<name>)")
         cfg = load_config(run_dir / "config.yaml", args.overrides)
+        preflight(cfg)
         dist.init()
         contamination = save_contamination(run_dir, cfg) if dist.is_main() else None
         for label, adapter in (("base", None), ("tuned", run_dir / "adapter")):
@@ -155,6 +162,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     # a .gguf without an adapter is an exported artifact: checked for the run's template, scored as written
     artifact = Path(args.model).suffix == ".gguf" and not args.adapter
     cfg = load_config(run_dir / "config.yaml", [f"model.ref={args.model}", *args.overrides])
+    preflight(cfg)
     label = args.label or (artifact_label(args.model) if artifact else "tuned" if args.adapter else "base")
     out = Path(args.out) if args.out else run_dir / "eval" / label / "results.json"
     evaluate_model(cfg, run_dir, label, args.adapter, out, artifact=artifact)
@@ -170,7 +178,7 @@ def artifact_label(gguf: str | Path) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    cfg = _config(args)
+    cfg = load_config(args.preset, args.overrides)  # pipeline.run runs the preflight checks
     result = run(cfg, _run_dir(args, cfg), overwrite=args.overwrite)
     print("\n" + result.headline)
     print(f"report: {result.report}")

@@ -25,6 +25,7 @@ from typing import Any
 
 import yaml
 
+from tunebench.app.preflight import preflight
 from tunebench.core.config import RunConfig, asked, dump_yaml, from_dict, to_dict
 from tunebench.core.errors import ComparisonError, ConfigError, Interrupted, PipelineError
 from tunebench.core.io import atomic_write_json, atomic_write_text, fingerprint, package_version, read_json
@@ -178,6 +179,7 @@ def _train_child(run_dir: Path) -> None:
 def run(cfg: RunConfig, run_dir: str | Path, overwrite: bool = False, progress: bool = True) -> PipelineResult:
     """The whole pipeline. Returns where the report is and the gate's exit code."""
     run_dir = Path(run_dir)
+    preflight(cfg)  # a typo in a task name, probe file or gate rule fails here, not after training
     source = resolve_model(cfg.model.ref, cfg.model.revision)
     cfg = resolve_template(cfg, source)
     prepare_run_dir(cfg, run_dir, overwrite)

@@ -10,8 +10,8 @@ import ast
 import dataclasses
 import difflib
 import importlib.util
-import logging
 import inspect
+import logging
 import types
 import typing
 from dataclasses import dataclass, field
@@ -208,7 +208,8 @@ class EvalConfig:
     probe_seed: int = 1234
     """Base seed for sampling; base and tuned use the same seeds."""
     contamination_ngram: int = 13
-    """Word n-gram length for the train/eval overlap check."""
+    """Word n-gram length for the train/eval overlap check (at least evals.contamination.MIN_SHINGLE_WORDS,
+    checked by app.preflight before anything runs)."""
 
 
 @dataclass
@@ -417,8 +418,6 @@ def _validate(obj: Any, prefix: str) -> None:
         for name in ("lm_eval_batch_size", "lm_eval_generate_batch_size", "probe_batch_size"):
             if getattr(obj, name) < 1:
                 raise bad(name, "must be >= 1")
-        if obj.contamination_ngram < 3:
-            raise bad("contamination_ngram", "must be >= 3")
     if isinstance(obj, SamplingConfig):
         if obj.temperature < 0:
             raise bad("temperature", "must be >= 0 (0 = greedy)")
