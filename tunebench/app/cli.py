@@ -33,6 +33,7 @@ from tunebench.core.errors import (
 )
 from tunebench.core.io import atomic_write_text, read_json
 from tunebench.data import conversations as data_mod
+from tunebench.data.splits import MIN_TEST_CONVERSATIONS
 from tunebench.evals.chat import chat
 from tunebench.evals.modeling import load_for_eval
 from tunebench.evals.runner import evaluate_model, save_contamination
@@ -110,7 +111,8 @@ def cmd_data(args: argparse.Namespace) -> int:
     tok, tname = load_tokenizer(source, cfg.model.chat_template, cfg.model.trust_remote_code)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_config(cfg, run_dir)
-    prepared = data_mod.prepare(tok, tname, cfg.data, run_dir / "data")
+    prepared = data_mod.prepare(tok, tname, cfg.data, run_dir / "data", eval_every=cfg.train.eval_every,
+                                strict=args.strict)
     print(data_mod.render_report(prepared.report))
     print(f"data report: {run_dir / 'data' / 'data_report.md'}")
     return 0
@@ -122,7 +124,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         import_unsloth()  # before the template lookup imports transformers: Unsloth patches it on import
     cfg = resolve_template(cfg, resolve_model(cfg.model.ref, cfg.model.revision))
     run_dir = _run_dir(args, cfg)
-    result = train(cfg, run_dir, resume=args.resume, overwrite=args.overwrite)
+    result = train(cfg, run_dir, resume=args.resume, overwrite=args.overwrite, strict=args.strict)
     if result.interrupted:
         print(f"interrupted: checkpoint {result.checkpoint}; continue with `tunebench train ... --resume`",
               file=sys.stderr)
@@ -179,7 +181,7 @@ def artifact_label(gguf: str | Path) -> str:
 
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = load_config(args.preset, args.overrides)  # pipeline.run runs the preflight checks
-    result = run(cfg, _run_dir(args, cfg), overwrite=args.overwrite)
+    result = run(cfg, _run_dir(args, cfg), overwrite=args.overwrite, strict=args.strict)
     print("\n" + result.headline)
     print(f"report: {result.report}")
     return result.gate_code if args.gate_exit else 0
@@ -252,6 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=1e-4 lora.r=32")
         if out:
             s.add_argument("--out", help="run folder (default runs/<name>)")
+            s.add_argument("--strict", action="store_true", help="splits too small to decide anything are errors "
+                           f"(exit 2), not warnings: test below {MIN_TEST_CONVERSATIONS} conversations, or no "
+                           "validation while train.eval_every > 0")
         s.set_defaults(fn=fn)
         return s
 

@@ -176,8 +176,10 @@ def _train_child(run_dir: Path) -> None:
         raise PipelineError(f"training failed (exit code {code}); see the messages above")
 
 
-def run(cfg: RunConfig, run_dir: str | Path, overwrite: bool = False, progress: bool = True) -> PipelineResult:
-    """The whole pipeline. Returns where the report is and the gate's exit code."""
+def run(cfg: RunConfig, run_dir: str | Path, overwrite: bool = False, progress: bool = True,
+        strict: bool = False) -> PipelineResult:
+    """The whole pipeline. Returns where the report is and the gate's exit code; ``strict`` refuses splits too
+    small to decide anything (data.splits) instead of warning."""
     run_dir = Path(run_dir)
     preflight(cfg)  # a typo in a task name, probe file or gate rule fails here, not after training
     source = resolve_model(cfg.model.ref, cfg.model.revision)
@@ -187,7 +189,7 @@ def run(cfg: RunConfig, run_dir: str | Path, overwrite: bool = False, progress: 
 
     def data() -> None:
         tok, tname = load_tokenizer(source, cfg.model.chat_template, cfg.model.trust_remote_code)
-        data_mod.prepare(tok, tname, cfg.data, run_dir / "data")
+        data_mod.prepare(tok, tname, cfg.data, run_dir / "data", eval_every=cfg.train.eval_every, strict=strict)
 
     data_fp = fingerprint([to_dict(cfg.data), cfg.model.chat_template, source.identity])
     stages.run("data", data_fp, [run_dir / "data" / "data_report.json"], data)

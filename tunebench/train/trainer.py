@@ -367,11 +367,13 @@ def train(
     overwrite: bool = False,
     prepared: Any = None,
     extra_callbacks: list[Any] | None = None,
+    strict: bool = False,
 ) -> TrainResult:
     """Train a LoRA adapter into ``run_dir/adapter`` (with manifest.json) from ``cfg``.
 
     Raises:
         RunExistsError: the folder has training output and neither resume nor overwrite was asked.
+        DataError: (``strict``) a split too small to decide anything (data.splits).
         TrainingError: a non-finite loss (the last good checkpoint is kept).
         BackendError, ModelError, DataError: with what to do.
     """
@@ -401,7 +403,10 @@ def train(
         tok, tname = load_tokenizer(source, cfg.model.chat_template, cfg.model.trust_remote_code)
         report_path = run_dir / "data" / "data_report.json"
         write = dist.is_main() and not report_path.exists()
-        prepared = data_mod.prepare(tok, tname, cfg.data, run_dir / "data" if write else None)
+        # split sizes were checked when the data step wrote the folder; a fresh one is checked here
+        prepared = data_mod.prepare(tok, tname, cfg.data, run_dir / "data" if write else None,
+                                    eval_every=cfg.train.eval_every, strict=strict,
+                                    check_sizes=not report_path.exists())
         dist.barrier()
         if report_path.exists() and read_json(report_path)["fingerprint"] != prepared.fingerprint:
             raise TrainingError(
