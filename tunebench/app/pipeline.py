@@ -48,6 +48,7 @@ from tunebench.reports.compare import (
 from tunebench.reports.gate import gate_main
 from tunebench.reports.render import context_from_run, metric_table, render_report
 from tunebench.train.gguf_export import export_gguf
+from tunebench.train.model_card import append_evaluation
 
 log = logging.getLogger(__name__)
 
@@ -277,4 +278,5 @@ def finish(run_dir: Path, cfg: RunConfig) -> PipelineResult:
     report = render_report(comparison, context)
     atomic_write_text(run_dir / "report.md", report)
     headline = metric_table(comparison.headline_rows(), comparison.alpha, detailed=False)
+    append_evaluation(run_dir / "adapter", headline, run_dir / "report.md")
     return PipelineResult(run_dir, run_dir / "report.md", code, headline + "\n\n" + buf.getvalue())
