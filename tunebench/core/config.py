@@ -495,27 +495,28 @@ def read_aliases(data: dict[str, Any], where: str) -> dict[str, Any]:
         ConfigError: an alias and the field it names are both set (``where`` says in which file).
     """
     out: dict[str, Any] = {}
+    written_as: dict[str, str] = {}  # field -> the key that set it, for a clash message
     sections = _sections()
     for key, value in data.items():
         if key in sections and isinstance(value, dict):
             out.setdefault(key, {})
-            for name, v in value.items():
-                _put(out, canonical_key([key, str(name)]), v, f"{key}.{name}", where)
+            pairs = [([key, str(name)], v) for name, v in value.items()]
         else:
-            _put(out, canonical_key([str(key)]), value, str(key), where)
+            pairs = [([str(key)], value)]
+        for path, v in pairs:
+            target, written = canonical_key(path), ".".join(path)
+            node = out
+            for part in target[:-1]:
+                node = node.setdefault(part, {})
+                if not isinstance(node, dict):
+                    raise ConfigError(f"{where}: {written}: {part!r} is a value, not a section", key=written)
+            field_key = ".".join(target)
+            if field_key in written_as:
+                raise ConfigError(f"{where}: {written_as[field_key]} and {written} set the same field ({field_key}); "
+                                  "keep one", key=field_key)
+            written_as[field_key] = written
+            node[target[-1]] = v
     return out
-
-
-def _put(out: dict[str, Any], path: list[str], value: Any, written: str, where: str) -> None:
-    node = out
-    for part in path[:-1]:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"{where}: {written}: {part!r} is a value, not a section", key=written)
-    if path[-1] in node:
-        target = ".".join(path)
-        raise ConfigError(f"{where}: {written} and {target} set the same field ({target}); keep one", key=target)
-    node[path[-1]] = value
 
 
 def suggest_key(prefix: str, key: str, names: list[str]) -> str:
