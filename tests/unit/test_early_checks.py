@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 
 import pytest
 
@@ -221,3 +222,21 @@ def test_another_gguf_cache_path_is_another_base(tmp_path, smol_source):
 
     with pytest.raises(AdapterError, match="another GGUF file"):
         check_adapter(_foreign_adapter(tmp_path, "/x/.cache/tunebench/gguf/" + "0" * 24), smol_source)
+
+
+def test_the_model_card_holds_the_run_and_the_evaluation_replaces_an_earlier_one(tmp_path):
+    import synthetic
+
+    from tunebench.train.model_card import append_evaluation, write_adapter_metadata
+
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "/root/.cache/x/gguf/ab"}))
+    m = {**synthetic.manifest(), "final_train_loss": 1.97}
+    write_adapter_metadata(tmp_path, m)
+    assert json.loads((tmp_path / "adapter_config.json").read_text())["base_model_name_or_path"] == \
+        "packaged:smollm2-135m-instruct"
+    card = (tmp_path / "README.md").read_text()
+    assert re.search(r"\| final train loss +\| 1\.97 ", card) and re.search(r"\| train conversations +\| 400 ", card)
+    append_evaluation(tmp_path, "| metric | base |\n|---|---|\n| perplexity/test | 9.1 |", "runs/x/report.md")
+    append_evaluation(tmp_path, "| metric | base |\n|---|---|\n| perplexity/test | 8.7 |", "runs/x/report.md")
+    card = (tmp_path / "README.md").read_text()
+    assert card.count("## Evaluation") == 1 and "8.7" in card and "9.1" not in card and "1.97" in card

@@ -52,7 +52,7 @@ def model_card(m: dict[str, Any]) -> str:
         ("max length", data.get("max_length")), ("seed", train.get("seed")),
     ])
     splits = (m.get("data") or {}).get("splits") or {}
-    data_rows = kv_table([("source", f"`{data.get('source')}`"),
+    data_rows = kv_table([("source", f"`{data['source']}`" if data.get("source") else None),
                           *((f"{s} conversations", n) for s, n in splits.items()),
                           ("fingerprint", (m.get("data") or {}).get("fingerprint"))])
     result_rows = kv_table([
