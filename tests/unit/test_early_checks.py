@@ -132,11 +132,12 @@ def test_a_required_gate_rule_must_name_a_metric_the_config_produces(tmp_path, m
     preflight(optional)  # an optional rule may name what is absent
 
 
-def test_an_artifact_rule_needs_the_export_that_writes_it(tmp_path):
+def test_in_a_whole_run_an_artifact_rule_needs_the_export_that_writes_it(tmp_path):
     rules = _rules(tmp_path, "perplexity/test", artifact="q8_0")
     with pytest.raises(GateError, match="export.gguf"):
-        preflight(load_config("smoke", [f"gate.rules={rules}"]))
-    preflight(load_config("smoke", [f"gate.rules={rules}", "export.gguf=[q8_0]"]))
+        preflight(load_config("smoke", [f"gate.rules={rules}"]), whole_run=True)
+    preflight(load_config("smoke", [f"gate.rules={rules}", "export.gguf=[q8_0]"]), whole_run=True)
+    preflight(load_config("smoke", [f"gate.rules={rules}"]))  # `tunebench eval` of a hand-made export may follow
 
 
 def test_glob_matching_of_rules_against_metric_shapes():

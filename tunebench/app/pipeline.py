@@ -182,7 +182,7 @@ def run(cfg: RunConfig, run_dir: str | Path, overwrite: bool = False, progress: 
     """The whole pipeline. Returns where the report is and the gate's exit code; ``strict`` refuses splits too
     small to decide anything (data.splits) instead of warning."""
     run_dir = Path(run_dir)
-    preflight(cfg)  # a typo in a task name, probe file or gate rule fails here, not after training
+    preflight(cfg, whole_run=True)  # a typo in a task name, probe file or gate rule fails here, not after training
     source = resolve_model(cfg.model.ref, cfg.model.revision)
     cfg = resolve_template(cfg, source)
     prepare_run_dir(cfg, run_dir, overwrite)

@@ -33,8 +33,12 @@ class MetricShape:
         return "/".join(self.segments) + ("/..." if self.open else "")
 
 
-def preflight(cfg: RunConfig) -> None:
+def preflight(cfg: RunConfig, whole_run: bool = False) -> None:
     """Refuse a config whose evaluation or gate cannot work, before anything heavy runs.
+
+    Args:
+        whole_run: ``tunebench run``: its gate reads only the artifacts ``export.gguf`` writes, so a required rule
+            on another artifact is refused too (elsewhere it may be exported and evaluated by hand first).
 
     Raises:
         ConfigError: a contamination n-gram below the check's minimum.
@@ -52,7 +56,7 @@ def preflight(cfg: RunConfig) -> None:
         probe_sets = [load_probe_set(name).name for name in cfg.eval.probe_files]
     except ProbeError as e:
         raise ProbeError(f"eval.probe_files: {e}") from None
-    check_rules(cfg, load_rules(cfg.gate.rules), produced_metrics(cfg, probe_sets, index))
+    check_rules(cfg, load_rules(cfg.gate.rules), produced_metrics(cfg, probe_sets, index), whole_run)
 
 
 def produced_metrics(cfg: RunConfig, probe_sets: list[str], index: TaskIndex | None) -> list[MetricShape]:
@@ -83,8 +87,9 @@ def could_match(pattern: str, shape: MetricShape) -> bool:
     return len(rule) == len(shape.segments) and not shape.open
 
 
-def check_rules(cfg: RunConfig, rules: list[GateRule], produced: list[MetricShape]) -> None:
-    """A required rule must name a metric ``cfg`` produces, and an artifact ``cfg.export.gguf`` writes.
+def check_rules(cfg: RunConfig, rules: list[GateRule], produced: list[MetricShape], whole_run: bool = False) -> None:
+    """A required rule must name a metric ``cfg`` produces (and, for a whole run, an artifact ``cfg.export.gguf``
+    writes).
 
     Raises:
         GateError: naming the rule's file and line, what the config produces, and what to change.
@@ -94,7 +99,7 @@ def check_rules(cfg: RunConfig, rules: list[GateRule], produced: list[MetricShap
     for rule in rules:
         if rule.optional:
             continue
-        if rule.artifact is not None and rule.artifact not in cfg.export.gguf:
+        if whole_run and rule.artifact is not None and rule.artifact not in cfg.export.gguf:
             raise GateError(
                 f"{rule.where}: rule {rule.label!r} reads exported artifact {rule.artifact!r}, which this config "
                 f"does not write (export.gguf: {list(cfg.export.gguf)}); add it to export.gguf or set "
