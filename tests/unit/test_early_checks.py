@@ -248,3 +248,19 @@ def test_every_shipped_preset_passes_the_config_time_checks():
 
     for name in preset_names():
         preflight(load_config(name, resolved=False))  # GPU presets too: their tasks, probes and gate rules
+
+
+def test_the_report_stage_adds_the_headline_to_the_adapters_card(tmp_path):
+    import synthetic
+
+    from tunebench.app.pipeline import finish
+    from tunebench.core.config import read_run_config
+    from tunebench.train.model_card import write_adapter_metadata
+
+    run = synthetic.write_run(tmp_path / "run", *synthetic.make_pair("improved"))
+    (run / "adapter").mkdir()
+    (run / "adapter" / "adapter_config.json").write_text("{}")
+    write_adapter_metadata(run / "adapter", synthetic.manifest())
+    finish(run, read_run_config(run))
+    card = (run / "adapter" / "README.md").read_text()
+    assert "## Training results" in card and "## Evaluation" in card and "perplexity/test" in card
