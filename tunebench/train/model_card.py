@@ -81,4 +81,5 @@ def append_evaluation(folder: str | Path, rows: str, report: str | Path) -> None
         return
     text = card.read_text(encoding="utf-8").split("\n" + EVALUATION_HEADING + "\n")[0].rstrip("\n")
     atomic_write_text(card, f"{text}\n\n{EVALUATION_HEADING}\n\nBase vs this adapter on the run's held-out test "
-                            f"split, probes and lm-eval tasks (report: `{report}`):\n\n{rows.strip()}\n")
+                            f"split, probes and lm-eval tasks (the run's `{Path(report).name}`, beside this "
+                            f"folder):\n\n{rows.strip()}\n")
