@@ -451,6 +451,8 @@ def train(
         prior = read_json(resume_from / "tunebench_state.json") if (resume_from / "tunebench_state.json").exists() else {}
         state.prior_tokens, state.prior_seconds = prior.get("tokens_seen", 0), prior.get("seconds", 0.0)
         log.info("resuming from %s", resume_from)
+    if resume_from is None and dist.is_main():  # a fresh start: the log of an earlier attempt is not this run's
+        (run_dir / "train.log").unlink(missing_ok=True)
     handle = _count_tokens_hook(trainer.model, state)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
