@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -295,3 +296,21 @@ def test_compile_blocks_false_turns_unsloth_block_compile_off_while_training_onl
             assert os.environ.get("UNSLOTH_BLOCK_COMPILE") == before
     with pytest.raises(BackendError, match="compile_blocks"):
         backend.training(TrainConfig(compile_blocks="auto"))
+
+def test_training_shows_one_bar_and_logs_to_the_run_folder(tmp_path, tiny_llama_dir, capfd):
+    """The terminal gets the progress bar (loss and tokens/s as its postfix) and no {'loss': ...} dict lines: those
+    go to RUN/train.log. The adapter names its base as given (not a cache path) and carries a filled model card."""
+    train(tiny_cfg(tiny_llama_dir, "train.max_steps=3", "train.save_every=0"), tmp_path / "run")
+    out, err = capfd.readouterr()
+    assert "{'loss'" not in out + err and "'train_runtime'" not in out + err
+    assert "tok/s=" in err and "loss=" in err  # the bar's postfix
+    lines = [json.loads(x) for x in (tmp_path / "run" / "train.log").read_text().splitlines()]
+    assert [x["step"] for x in lines if "loss" in x] == [1, 2, 3] and any("train_runtime" in x for x in lines)
+    adapter = tmp_path / "run" / "adapter"
+    assert json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"] == str(tiny_llama_dir)
+    card = (adapter / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: peft") and "## Training results" in card
+    from tunebench.core.stats import fmt
+
+    final = json.loads((adapter / "manifest.json").read_text())["final_train_loss"]
+    assert re.search(rf"\| final train loss +\| {re.escape(fmt(final))} ", card)

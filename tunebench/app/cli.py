@@ -14,6 +14,7 @@ import traceback
 from pathlib import Path
 
 from tunebench.app.pipeline import finish, resolve_template, run, write_config
+from tunebench.app.preflight import preflight
 from tunebench.core import dist
 from tunebench.core.config import (
     RunConfig,
@@ -32,6 +33,7 @@ from tunebench.core.errors import (
 )
 from tunebench.core.io import atomic_write_text, read_json
 from tunebench.data import conversations as data_mod
+from tunebench.data.splits import MIN_TEST_CONVERSATIONS
 from tunebench.evals.chat import chat
 from tunebench.evals.modeling import load_for_eval
 from tunebench.evals.runner import evaluate_model, save_contamination
@@ -74,7 +76,9 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def _config(args: argparse.Namespace) -> RunConfig:
-    return load_config(args.preset, args.overrides)
+    cfg = load_config(args.preset, args.overrides)
+    preflight(cfg)  # task names, probe files, gate rules: before any model loads
+    return cfg
 
 
 def _run_dir(args: argparse.Namespace, cfg: RunConfig) -> Path:
@@ -89,10 +93,13 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 def cmd_config(args: argparse.Namespace) -> int:
     try:
-        print(dump_yaml(_config(args)), end="")
+        cfg, note = load_config(args.preset, args.overrides), None
     except ConfigError as e:  # a preset for another machine (a GPU preset here): show what it asks for
-        print(dump_yaml(load_config(args.preset, args.overrides, resolved=False)), end="")
-        print(f"# not resolvable on this machine: {e}")
+        cfg, note = load_config(args.preset, args.overrides, resolved=False), f"# not resolvable on this machine: {e}"
+    preflight(cfg)
+    print(dump_yaml(cfg), end="")
+    if note:
+        print(note)
     return 0
 
 
@@ -104,7 +111,8 @@ def cmd_data(args: argparse.Namespace) -> int:
     tok, tname = load_tokenizer(source, cfg.model.chat_template, cfg.model.trust_remote_code)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_config(cfg, run_dir)
-    prepared = data_mod.prepare(tok, tname, cfg.data, run_dir / "data")
+    prepared = data_mod.prepare(tok, tname, cfg.data, run_dir / "data", eval_every=cfg.train.eval_every,
+                                strict=args.strict)
     print(data_mod.render_report(prepared.report))
     print(f"data report: {run_dir / 'data' / 'data_report.md'}")
     return 0
@@ -116,7 +124,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         import_unsloth()  # before the template lookup imports transformers: Unsloth patches it on import
     cfg = resolve_template(cfg, resolve_model(cfg.model.ref, cfg.model.revision))
     run_dir = _run_dir(args, cfg)
-    result = train(cfg, run_dir, resume=args.resume, overwrite=args.overwrite)
+    result = train(cfg, run_dir, resume=args.resume, overwrite=args.overwrite, strict=args.strict)
     if result.interrupted:
         print(f"interrupted: checkpoint {result.checkpoint}; continue with `tunebench train ... --resume`",
               file=sys.stderr)
@@ -139,6 +147,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             raise PipelineError(f"{run_dir}: not a tunebench run folder (no config.yaml); give the folder that "
                                 "`tunebench run` or `tunebench train` wrote (runs/<name>)")
         cfg = load_config(run_dir / "config.yaml", args.overrides)
+        preflight(cfg)
         dist.init()
         contamination = save_contamination(run_dir, cfg) if dist.is_main() else None
         for label, adapter in (("base", None), ("tuned", run_dir / "adapter")):
@@ -155,6 +164,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     # a .gguf without an adapter is an exported artifact: checked for the run's template, scored as written
     artifact = Path(args.model).suffix == ".gguf" and not args.adapter
     cfg = load_config(run_dir / "config.yaml", [f"model.ref={args.model}", *args.overrides])
+    preflight(cfg)
     label = args.label or (artifact_label(args.model) if artifact else "tuned" if args.adapter else "base")
     out = Path(args.out) if args.out else run_dir / "eval" / label / "results.json"
     evaluate_model(cfg, run_dir, label, args.adapter, out, artifact=artifact)
@@ -170,8 +180,8 @@ def artifact_label(gguf: str | Path) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    cfg = _config(args)
-    result = run(cfg, _run_dir(args, cfg), overwrite=args.overwrite)
+    cfg = load_config(args.preset, args.overrides)  # pipeline.run runs the preflight checks
+    result = run(cfg, _run_dir(args, cfg), overwrite=args.overwrite, strict=args.strict)
     print("\n" + result.headline)
     print(f"report: {result.report}")
     return result.gate_code if args.gate_exit else 0
@@ -244,6 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=1e-4 lora.r=32")
         if out:
             s.add_argument("--out", help="run folder (default runs/<name>)")
+            s.add_argument("--strict", action="store_true", help="splits too small to decide anything are errors "
+                           f"(exit 2), not warnings: test below {MIN_TEST_CONVERSATIONS} conversations, or no "
+                           "validation while train.eval_every > 0")
         s.set_defaults(fn=fn)
         return s
 

@@ -25,6 +25,7 @@ from typing import Any
 
 import yaml
 
+from tunebench.app.preflight import preflight
 from tunebench.core.config import RunConfig, asked, dump_yaml, from_dict, to_dict
 from tunebench.core.errors import ComparisonError, ConfigError, Interrupted, PipelineError
 from tunebench.core.io import (
@@ -56,6 +57,7 @@ from tunebench.reports.gate import gate_main
 from tunebench.reports.plots import draw_report_plots
 from tunebench.reports.render import context_from_run, metric_table, render_report
 from tunebench.train.gguf_export import export_gguf
+from tunebench.train.model_card import append_evaluation
 
 log = logging.getLogger(__name__)
 
@@ -195,9 +197,12 @@ def _train_child(run_dir: Path) -> None:
         raise PipelineError(f"training failed (exit code {code}); see the messages above")
 
 
-def run(cfg: RunConfig, run_dir: str | Path, overwrite: bool = False, progress: bool = True) -> PipelineResult:
-    """The whole pipeline. Returns where the report is and the gate's exit code."""
+def run(cfg: RunConfig, run_dir: str | Path, overwrite: bool = False, progress: bool = True,
+        strict: bool = False) -> PipelineResult:
+    """The whole pipeline. Returns where the report is and the gate's exit code; ``strict`` refuses splits too
+    small to decide anything (data.splits) instead of warning."""
     run_dir = Path(run_dir)
+    preflight(cfg, whole_run=True)  # a typo in a task name, probe file or gate rule fails here, not after training
     source = resolve_model(cfg.model.ref, cfg.model.revision)
     cfg = resolve_template(cfg, source)
     prepare_run_dir(cfg, run_dir, overwrite)
@@ -205,7 +210,7 @@ def run(cfg: RunConfig, run_dir: str | Path, overwrite: bool = False, progress: 
 
     def data() -> None:
         tok, tname = load_tokenizer(source, cfg.model.chat_template, cfg.model.trust_remote_code)
-        data_mod.prepare(tok, tname, cfg.data, run_dir / "data")
+        data_mod.prepare(tok, tname, cfg.data, run_dir / "data", eval_every=cfg.train.eval_every, strict=strict)
 
     data_fp = fingerprint([to_dict(cfg.data), cfg.model.chat_template, source.identity])
     stages.run("data", data_fp, [run_dir / "data" / "data_report.json"], data)
@@ -294,4 +299,5 @@ def finish(run_dir: Path, cfg: RunConfig) -> PipelineResult:
     report = render_report(comparison, context)
     atomic_write_text(run_dir / "report.md", report)
     headline = metric_table(comparison.headline_rows(), comparison.alpha, detailed=False)
+    append_evaluation(run_dir / "adapter", headline, run_dir / "report.md")
     return PipelineResult(run_dir, run_dir / "report.md", code, headline + "\n\n" + buf.getvalue())

@@ -378,7 +378,7 @@ def prepare_data(model_dir: str, chat_template: str, source: str, max_length: in
         prepared = load_prepared(path)
     else:
         cfg = DataConfig(source=source, max_length=max_length, max_train=n_train, max_validation=0, max_test=0)
-        prepared = prepare(tok, tname, cfg)
+        prepared = prepare(tok, tname, cfg, check_sizes=False)  # training batches only: no test split wanted
         save_prepared(prepared, path)
     split = prepared.report["splits"]["train"]
     summary = {"source": prepared.report["source"], "identity": prepared.report["source_identity"],

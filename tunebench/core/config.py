@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import difflib
 import importlib.util
 import inspect
+import logging
 import types
 import typing
 from dataclasses import dataclass, field
@@ -21,6 +23,8 @@ import yaml
 from tunebench.core import dist
 from tunebench.core.errors import ConfigError, did_you_mean
 from tunebench.core.io import package_path
+
+log = logging.getLogger(__name__)
 
 CONFIGS_DIR = package_path("configs")
 PACKAGED_MODEL = "packaged:smollm2-135m-instruct"
@@ -204,7 +208,8 @@ class EvalConfig:
     probe_seed: int = 1234
     """Base seed for sampling; base and tuned use the same seeds."""
     contamination_ngram: int = 13
-    """Word n-gram length for the train/eval overlap check."""
+    """Word n-gram length for the train/eval overlap check (at least evals.contamination.MIN_SHINGLE_WORDS,
+    checked by app.preflight before anything runs)."""
 
 
 @dataclass
@@ -364,9 +369,13 @@ def build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     for key, value in data.items():
         full = f"{prefix}.{key}" if prefix else str(key)
         if key not in names:
-            dym = did_you_mean(full, [(prefix + "." if prefix else "") + n for n in names], "; did you mean ")
-            raise ConfigError(f"unknown key {full!r}{dym} (known: {', '.join(names)})")
-        kwargs[key] = _coerce(value, hints[key], full)
+            raise ConfigError(f"unknown key {full!r}{suggest_key(prefix, str(key), names)} (known: "
+                              f"{', '.join(names)})", key=full)
+        try:
+            kwargs[key] = _coerce(value, hints[key], full)
+        except ConfigError as e:
+            e.key = e.key or full
+            raise
     obj = cls(**kwargs)
     _validate(obj, prefix)
     return obj
@@ -376,7 +385,8 @@ def _validate(obj: Any, prefix: str) -> None:
     """Range checks that types cannot express."""
 
     def bad(name: str, msg: str) -> ConfigError:
-        return ConfigError(f"{prefix + '.' if prefix else ''}{name}: {getattr(obj, name)!r} {msg}")
+        key = f"{prefix + '.' if prefix else ''}{name}"
+        return ConfigError(f"{key}: {getattr(obj, name)!r} {msg}", key=key)
 
     if isinstance(obj, DataConfig):
         for name in ("validation_fraction", "test_fraction"):
@@ -408,8 +418,6 @@ def _validate(obj: Any, prefix: str) -> None:
         for name in ("lm_eval_batch_size", "lm_eval_generate_batch_size", "probe_batch_size"):
             if getattr(obj, name) < 1:
                 raise bad(name, "must be >= 1")
-        if obj.contamination_ngram < 3:
-            raise bad("contamination_ngram", "must be >= 3")
     if isinstance(obj, SamplingConfig):
         if obj.temperature < 0:
             raise bad("temperature", "must be >= 0 (0 = greedy)")
@@ -425,6 +433,107 @@ def _validate(obj: Any, prefix: str) -> None:
                           "q4_k_m need llama.cpp's llama-quantize)")
     if isinstance(obj, ReportConfig) and not 0 < obj.alpha < 0.5:
         raise bad("alpha", "must be in (0, 0.5)")
+
+
+# ----------------------------------------------------------------------------- the practitioner's names
+
+ALIASES: dict[str, str] = {
+    # TRL's SFTConfig / transformers' TrainingArguments
+    "train.learning_rate": "train.lr",
+    "train.per_device_train_batch_size": "train.batch_size",
+    "train.gradient_accumulation_steps": "train.grad_accum",
+    "train.num_train_epochs": "train.epochs",
+    "train.lr_scheduler_type": "train.scheduler",
+    "train.optim": "train.optimizer",
+    "train.eval_steps": "train.eval_every",
+    "train.save_steps": "train.save_every",
+    "train.max_seq_length": "data.max_length",  # the data step cuts conversations, so the length lives in data
+    "train.max_length": "data.max_length",
+    "data.max_seq_length": "data.max_length",
+    # PEFT's LoraConfig
+    "lora.rank": "lora.r",
+    "lora.lora_r": "lora.r",
+    "lora.lora_alpha": "lora.alpha",
+    "lora.lora_dropout": "lora.dropout",
+}
+"""TRL/PEFT key -> the field it sets here; accepted in presets and overrides, announced once as "read X as Y"."""
+
+BARE_ALIASES: dict[str, str] = {
+    **{a.split(".", 1)[1]: t for a, t in ALIASES.items() if a != "lora.rank"},  # a bare `rank` says nothing
+    **{n: f"train.{n}" for n in ("max_steps", "warmup_steps", "weight_decay", "max_grad_norm", "seed", "packing",
+                                 "padding_free", "gradient_checkpointing")},
+    **{n: f"lora.{n}" for n in ("r", "target_modules", "use_rslora")},
+}
+"""The same names without a section (``learning_rate=1e-4``, as TRL's command line takes them)."""
+
+_ANNOUNCED: set[str] = set()
+
+
+def canonical_key(path: list[str]) -> list[str]:
+    """The key path an alias stands for (``train.learning_rate`` -> ``train.lr``), logged once per process."""
+    written = ".".join(path)
+    if len(path) == 1 and path[0] in BARE_ALIASES:
+        target = BARE_ALIASES[path[0]]
+    elif len(path) >= 2 and ".".join(path[:2]) in ALIASES:
+        target = ".".join([ALIASES[".".join(path[:2])], *path[2:]])
+    else:
+        return path
+    if written not in _ANNOUNCED:
+        _ANNOUNCED.add(written)
+        log.info("read %s as %s", written, target)
+    return target.split(".")
+
+
+def _sections() -> dict[str, type]:
+    return {name: tp for name, tp in _hints(RunConfig).items() if dataclasses.is_dataclass(tp)}
+
+
+def read_aliases(data: dict[str, Any], where: str) -> dict[str, Any]:
+    """A raw config mapping with every alias key moved to the field it names.
+
+    Raises:
+        ConfigError: an alias and the field it names are both set (``where`` says in which file).
+    """
+    out: dict[str, Any] = {}
+    written_as: dict[str, str] = {}  # field -> the key that set it, for a clash message
+    sections = _sections()
+    for key, value in data.items():
+        if key in sections and isinstance(value, dict):
+            out.setdefault(key, {})
+            pairs = [([key, str(name)], v) for name, v in value.items()]
+        else:
+            pairs = [([str(key)], value)]
+        for path, v in pairs:
+            target, written = canonical_key(path), ".".join(path)
+            node = out
+            for part in target[:-1]:
+                node = node.setdefault(part, {})
+                if not isinstance(node, dict):
+                    raise ConfigError(f"{where}: {written}: {part!r} is a value, not a section", key=written)
+            field_key = ".".join(target)
+            if field_key in written_as:
+                raise ConfigError(f"{where}: {written_as[field_key]} and {written} set the same field ({field_key}); "
+                                  "keep one", key=field_key)
+            written_as[field_key] = written
+            node[target[-1]] = v
+    return out
+
+
+def suggest_key(prefix: str, key: str, names: list[str]) -> str:
+    """"; did you mean 'X'" for an unknown key, or "". Compared by the key's own name (a shared ``train.`` prefix
+    makes unrelated keys look alike), first against its section's fields and their aliases, then against every
+    field and bare alias, so ``train.lora_alpha`` points at ``lora.alpha``."""
+    dot = prefix + "." if prefix else ""
+    if prefix:
+        near = {n: dot + n for n in names} | {a[len(dot):]: t for a, t in ALIASES.items() if a.startswith(dot)}
+    else:
+        near = {n: n for n in names} | dict(BARE_ALIASES)
+    far = {n: f"{sec}.{n}" for sec, tp in _sections().items() for n in _hints(tp)} | dict(BARE_ALIASES)
+    for candidates in (near, far):
+        hint = difflib.get_close_matches(key, list(candidates), n=1)
+        if hint:
+            return f"; did you mean {candidates[hint[0]]!r}"
+    return ""
 
 
 # ----------------------------------------------------------------------------- presets and overrides
@@ -484,6 +593,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     """Apply dotted overrides to a raw config mapping (validated afterwards by build)."""
     for text in overrides:
         path, value = parse_override(text)
+        path = canonical_key(path)
         node = data
         for part in path[:-1]:
             nxt = node.setdefault(part, {})
@@ -642,14 +752,28 @@ def load_config(preset: str | Path, overrides: list[str] | None = None, *, resol
         ConfigError: unknown preset, bad YAML, unknown key or bad value, or a setting this machine can't honour.
     """
     path = resolve_preset_path(str(preset))
-    data = _read_yaml(path)
+    data = read_aliases(_read_yaml(path), str(path))
     data.setdefault("name", path.stem)
-    data = apply_overrides(data, list(overrides or []))
+    overrides = list(overrides or [])
+    try:
+        data = apply_overrides(data, overrides)
+    except ConfigError as e:
+        raise ConfigError(f"command line: {e}", key=e.key) from None
     try:
         cfg = build(RunConfig, data)
     except ConfigError as e:
-        raise ConfigError(f"{path}: {e}") from None
+        raise ConfigError(f"{_origin(e.key, overrides, path)}: {e}", key=e.key) from None
     return resolve(cfg, machine)[0] if resolved else cfg
+
+
+def _origin(key: str | None, overrides: list[str], path: Path) -> str:
+    """Where a bad key was set: the command-line override that set it (or a section above it), else the file."""
+    if key:
+        for text in reversed(overrides):  # the last override of a key is the one that counts
+            written = ".".join(canonical_key(parse_override(text)[0]))
+            if key == written or key.startswith((written + ".", written + "[")) or written.startswith(key + "."):
+                return f"command line ({text})"
+    return str(path)
 
 
 def read_run_config(run_dir: str | Path) -> RunConfig:

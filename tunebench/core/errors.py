@@ -54,6 +54,11 @@ class Interrupted(TunebenchError):
 class ConfigError(InvalidInput, ValueError):
     """A preset, override or value that cannot be used; the message says what to do."""
 
+    def __init__(self, message: str, key: str | None = None):
+        super().__init__(message)
+        self.key = key
+        """The dotted config key at fault, when one is (so the message can say where it was set)."""
+
 
 class DataError(InvalidInput):
     """Input data that cannot be used; the message says what, where and what to do."""

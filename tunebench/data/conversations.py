@@ -27,6 +27,7 @@ from tunebench.core.io import atomic_write_json, atomic_write_text, check_json, 
 from tunebench.core.markdown import table
 from tunebench.core.threads import tokenizer_threads
 from tunebench.data.sources import DataError, RawData, read_source
+from tunebench.data.splits import check_splits
 
 log = logging.getLogger(__name__)
 
@@ -565,16 +566,24 @@ def prepared_from_dict(data: dict[str, Any]) -> PreparedData:
     )
 
 
-def prepare(tok: Any, template_name: str, cfg: DataConfig, out_dir: str | Path | None = None) -> PreparedData:
+def prepare(tok: Any, template_name: str, cfg: DataConfig, out_dir: str | Path | None = None, *,
+            eval_every: int = 0, strict: bool = False, check_sizes: bool = True) -> PreparedData:
     """Read, standardize, split, encode; write the split files and the data report into ``out_dir``.
 
+    Args:
+        eval_every: ``train.eval_every``: above 0 an empty validation split is a problem (``data.splits``).
+        strict: split problems are errors, not warnings.
+        check_sizes: check the split sizes (off where the data step already did).
+
     Raises:
-        DataError: unreadable source, or nothing trainable.
+        DataError: unreadable source, nothing trainable, or (``strict``) a split too small to decide anything.
     """
     raw = read_source(cfg.source, cfg.hub_split)
     for w in raw.warnings:
         log.warning(w)
     std = standardize_and_split(raw, cfg)
+    if check_sizes:  # before encoding: a split too small is known from the hashes alone
+        std.warnings += check_splits({s: len(v) for s, v in std.splits.items()}, cfg, eval_every, strict)
     info = template_info(tok, template_name)
     encoded: dict[str, list[Encoded]] = {}
     length_dropped: dict[str, Counter] = {}

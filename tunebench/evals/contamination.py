@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from tunebench.core.errors import ConfigError
+
 MIN_SHINGLE_WORDS = 8
 """Items with fewer words than this are not checked: a short phrase in common says nothing."""
 CHUNK_WORDS = 1 << 18
@@ -117,10 +119,12 @@ def contamination(
         checked); ``worst`` lists contaminated items, most overlapping first.
 
     Raises:
-        ValueError: ``n`` below ``MIN_SHINGLE_WORDS`` or ``worst`` negative.
+        ConfigError: ``n`` below ``MIN_SHINGLE_WORDS`` (a ValueError; app.preflight refuses it at config time).
+        ValueError: ``worst`` negative.
     """
     if n < MIN_SHINGLE_WORDS:
-        raise ValueError(f"contamination n-gram length {n} is below {MIN_SHINGLE_WORDS}; use 13 (the default)")
+        raise ConfigError(f"eval.contamination_ngram: {n} is below {MIN_SHINGLE_WORDS}, the shortest n-gram the "
+                          "overlap check accepts; use 13 (the default)", key="eval.contamination_ngram")
     if worst < 0:
         raise ValueError(f"worst={worst}: must be 0 or more")
     sets = {name: _prepare(items, n) for name, items in eval_sets.items()}

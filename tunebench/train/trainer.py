@@ -4,6 +4,7 @@ resumable checkpoint, a NaN guard, a progress bar with tokens/s, and an adapter 
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -32,6 +33,7 @@ from tunebench.train.backends import (
     get_backend,
     import_unsloth,
 )
+from tunebench.train.model_card import write_adapter_metadata
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +102,12 @@ class _State(TokenCounter):
         return self.prior_seconds + time.perf_counter() - self.started
 
 
-def make_callbacks(state: _State, total_steps: int) -> list[Any]:
-    """Signal handling, NaN guard and progress bar, as transformers TrainerCallbacks."""
+def make_callbacks(state: _State, total_steps: int, log_path: Path | None = None) -> list[Any]:
+    """Signal handling, NaN guard, progress bar and the log file, as transformers TrainerCallbacks.
+
+    The bar (loss, validation loss, tokens/s as its postfix) is the only training output on the terminal; the
+    trainer's log dicts go to ``log_path`` (RUN/train.log, one JSON object per line) instead of transformers'
+    PrinterCallback, which ``train`` removes."""
     from transformers import TrainerCallback  # heavy: transformers, imported when needed
 
     class SignalCallback(TrainerCallback):
@@ -170,7 +176,16 @@ def make_callbacks(state: _State, total_steps: int) -> list[Any]:
         def on_train_end(self, args, st, control, **kw):
             self.bar.close()
 
-    return [SignalCallback(), NaNGuard(), Progress()]
+    class LogFile(TrainerCallback):
+        """Each log dict (loss, learning rate, grad norm, eval loss) as a JSON line in the run's train.log."""
+
+        def on_log(self, args, st, control, logs=None, **kw):
+            if log_path is not None and dist.is_main() and logs:
+                log_path.parent.mkdir(parents=True, exist_ok=True)
+                with open(log_path, "a", encoding="utf-8") as f:
+                    f.write(json.dumps({"step": st.global_step, **logs}, default=str) + "\n")
+
+    return [SignalCallback(), NaNGuard(), Progress(), LogFile()]
 
 
 def _trainer_class(state: _State, backend: str):
@@ -368,11 +383,13 @@ def train(
     overwrite: bool = False,
     prepared: Any = None,
     extra_callbacks: list[Any] | None = None,
+    strict: bool = False,
 ) -> TrainResult:
     """Train a LoRA adapter into ``run_dir/adapter`` (with manifest.json) from ``cfg``.
 
     Raises:
         RunExistsError: the folder has training output and neither resume nor overwrite was asked.
+        DataError: (``strict``) a split too small to decide anything (data.splits).
         TrainingError: a non-finite loss (the last good checkpoint is kept).
         BackendError, ModelError, DataError: with what to do.
     """
@@ -395,14 +412,17 @@ def train(
     backend_name, reason = resolve_backend(cfg.train, cfg.resolution)  # before transformers is imported
     cfg = with_backend(cfg, backend_name, reason)  # Unsloth did not import under auto: the config of hf
     import torch  # heavy: torch, imported when needed
-
+    from transformers import PrinterCallback  # heavy: transformers, after Unsloth (resolve_backend)
 
     source = resolve_model(cfg.model.ref, cfg.model.revision)
     if prepared is None:
         tok, tname = load_tokenizer(source, cfg.model.chat_template, cfg.model.trust_remote_code)
         report_path = run_dir / "data" / "data_report.json"
         write = dist.is_main() and not report_path.exists()
-        prepared = data_mod.prepare(tok, tname, cfg.data, run_dir / "data" if write else None)
+        # split sizes were checked when the data step wrote the folder; a fresh one is checked here
+        prepared = data_mod.prepare(tok, tname, cfg.data, run_dir / "data" if write else None,
+                                    eval_every=cfg.train.eval_every, strict=strict,
+                                    check_sizes=not report_path.exists())
         dist.barrier()
         if report_path.exists() and read_json(report_path)["fingerprint"] != prepared.fingerprint:
             raise TrainingError(
@@ -420,8 +440,9 @@ def train(
     state = _State()
     trainer = _trainer_class(state, backend_name)(
         model=model, processing_class=tok, train_dataset=train_ds, eval_dataset=val_ds, args=args,
-        callbacks=make_callbacks(state, total_steps) + list(extra_callbacks or []),
+        callbacks=make_callbacks(state, total_steps, run_dir / "train.log") + list(extra_callbacks or []),
     )
+    trainer.remove_callback(PrinterCallback)  # its {'loss': ...} lines go to train.log (LogFile), not the terminal
     trainer = backend.finish_trainer(trainer, prepared)
     trainable, total = manifest_mod.count_parameters(trainer.model)
     log.info("trainable parameters: %s of %s (%.3f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
@@ -431,6 +452,8 @@ def train(
         prior = read_json(resume_from / "tunebench_state.json") if (resume_from / "tunebench_state.json").exists() else {}
         state.prior_tokens, state.prior_seconds = prior.get("tokens_seen", 0), prior.get("seconds", 0.0)
         log.info("resuming from %s", resume_from)
+    if resume_from is None and dist.is_main():  # a fresh start: the log of an earlier attempt is not this run's
+        (run_dir / "train.log").unlink(missing_ok=True)
     handle = _count_tokens_hook(trainer.model, state)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
@@ -492,6 +515,7 @@ def train(
         trainer.model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
         atomic_write_json(tmp / "manifest.json", man)
+        write_adapter_metadata(tmp, man)  # the base by its hub id / packaged name, and the model card
     manifest_mod.plot_loss_curve(man, run_dir / "loss_curve.png")
     log.info("adapter written to %s (%.0f real tokens/s)", adapter_dir, man["tokens_per_s"] or 0)
     dist.barrier()
