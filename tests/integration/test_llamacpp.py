@@ -98,7 +98,7 @@ def test_contract_holds_and_a_planted_difference_is_refused(scored):
 
     run, cfg = scored
     contract = json.loads((run / "export" / "contract-q8_0.json").read_text())
-    assert contract["runtimes"] == ["transformers", "llama.cpp", "ollama"] and contract["prompts"] > 10
+    assert contract["runtimes"] == ["transformers", "llama.cpp", "ollama"] and contract["prompts"] >= 10
     assert contract["eos"]["transformers"] == contract["eos"]["llama.cpp"]
     gguf = run / "export" / "model-q8_0.gguf"
     llm = open_gguf(gguf, n_ctx=512)
