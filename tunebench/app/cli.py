@@ -15,6 +15,7 @@ from pathlib import Path
 
 from tunebench.app.pipeline import finish, resolve_template, run, write_config
 from tunebench.app.preflight import preflight
+from tunebench.app.serve import ServeOptions, serve
 from tunebench.core import dist
 from tunebench.core.config import (
     RunConfig,
@@ -31,10 +32,13 @@ from tunebench.core.errors import (
     PipelineError,
     TunebenchError,
 )
-from tunebench.core.io import atomic_write_text, read_json
+from tunebench.core.io import atomic_write_json, atomic_write_text, read_json
 from tunebench.data import conversations as data_mod
 from tunebench.data.splits import MIN_TEST_CONVERSATIONS
 from tunebench.evals.chat import chat
+from tunebench.evals.contract import check_contract
+from tunebench.evals.llamacpp import LABEL_SUFFIX
+from tunebench.evals.llamacpp_eval import evaluate_gguf_llamacpp
 from tunebench.evals.modeling import load_for_eval
 from tunebench.evals.runner import evaluate_model, save_contamination
 from tunebench.models.loading import load_tokenizer, resolve_model
@@ -42,7 +46,7 @@ from tunebench.reports.compare import ARTIFACT_PREFIX, leaderboard_from_runs
 from tunebench.reports.gate import gate_main
 from tunebench.reports.render import render_leaderboard
 from tunebench.train.backends import import_unsloth
-from tunebench.train.export import export_merged
+from tunebench.train.export import adapter_dir, export_merged
 from tunebench.train.gguf_export import export_gguf, parse_quants
 from tunebench.train.trainer import train
 
@@ -60,6 +64,8 @@ EXAMPLES = """examples:
   tunebench export runs/smoke --merged
   tunebench export runs/smoke --gguf --quant f16,q8_0
   tunebench eval --model runs/smoke/export/model-q8_0.gguf --data-from runs/smoke
+  tunebench eval --model runs/smoke/export/model-q8_0.gguf --runtime llama.cpp --data-from runs/smoke
+  tunebench serve runs/smoke --quant q8_0     # OpenAI-compatible server on 127.0.0.1:8080
   tunebench bench speed --shape llama-3.2-1b  # GPU only
 """
 
@@ -163,10 +169,22 @@ def cmd_eval(args: argparse.Namespace) -> int:
     run_dir = Path(args.data_from)
     # a .gguf without an adapter is an exported artifact: checked for the run's template, scored as written
     artifact = Path(args.model).suffix == ".gguf" and not args.adapter
+    if args.runtime == "llama.cpp":
+        if not artifact:
+            raise ConfigError(f"--runtime llama.cpp scores an exported GGUF (RUN/export/model-<type>.gguf) without "
+                              f"--adapter; got --model {args.model}" + (" with --adapter" if args.adapter else ""))
+        cfg = load_config(run_dir / "config.yaml", args.overrides)
+        label = args.label or artifact_label(args.model) + LABEL_SUFFIX
+        out = Path(args.out) if args.out else run_dir / "eval" / label / "results.json"
+        evaluate_gguf_llamacpp(cfg, run_dir, args.model, label, out)
+        print(f"{label}: {out}")
+        return 0
     cfg = load_config(run_dir / "config.yaml", [f"model.ref={args.model}", *args.overrides])
     preflight(cfg)
     label = args.label or (artifact_label(args.model) if artifact else "tuned" if args.adapter else "base")
     out = Path(args.out) if args.out else run_dir / "eval" / label / "results.json"
+    if artifact:
+        check_contract(args.model, run_dir / "adapter", list(cfg.eval.probe_files))
     evaluate_model(cfg, run_dir, label, args.adapter, out, artifact=artifact)
     if dist.is_main():
         print(f"{label}: {out}")
@@ -230,10 +248,25 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(f"merged model: {out}")
     if args.gguf:
         out = export_gguf(args.run, args.quant, args.out)
+        probe_files = list(read_run_config(args.run).eval.probe_files) if (Path(args.run) / "config.yaml").exists() \
+            else []
+        for q in parse_quants(args.quant):
+            report = check_contract(out / f"model-{q}.gguf", adapter_dir(args.run), probe_files)
+            atomic_write_json(out / f"contract-{q}.json", report.to_dict())
+            print(f"contract {q}: {', '.join(report.runtimes)} feed the same tokens on {report.prompts} prompts"
+                  + (f" (not checked: {'; '.join(report.skipped)})" if report.skipped else ""))
         for a in read_json(out / "export.json")["artifacts"]:
             print(f"gguf: {out / a['file']}  ({a['quant']}, {a['bytes'] / 1e6:.0f} MB)  Modelfile: {out / a['modelfile']}")
         print(f"evaluate: tunebench eval --model {out / 'model-<quant>.gguf'} --data-from {args.run}")
     return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    run_dir = Path(args.run)
+    probe_files = list(read_run_config(run_dir).eval.probe_files) if (run_dir / "config.yaml").exists() else []
+    opts = ServeOptions(run_dir, quant=args.quant, host=args.host, port=args.port, api_key_env=args.api_key_env,
+                        no_export=args.no_export, n_ctx=args.n_ctx)
+    return serve(opts, probe_files)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -279,6 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data-from", help="run folder whose test split and settings to use with --model")
     s.add_argument("--label", help="label in the results (default base/tuned)")
     s.add_argument("--out", help="results.json path")
+    s.add_argument("--runtime", choices=["transformers", "llama.cpp"], default="transformers",
+                   help="engine that scores a .gguf: transformers' GGUF loader, or llama.cpp itself (with parity "
+                        "against the run's adapter; needs the serve extra)")
     s.set_defaults(fn=cmd_eval)
 
     s = sub.add_parser("report", help="re-render report.md, comparison.json and gate.json of a run")
@@ -311,6 +347,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="output folder (default RUN/merged, or RUN/export with --gguf)")
     s.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     s.set_defaults(fn=cmd_export)
+    s = sub.add_parser("serve", help="OpenAI-compatible server (llama.cpp) on the run's exported GGUF")
+    s.add_argument("run", help="run folder (its export/model-<quant>.gguf; exported first when missing)")
+    s.add_argument("--quant", default="q8_0", help="which exported GGUF type to serve (default q8_0)")
+    s.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1; others need --api-key-env)")
+    s.add_argument("--port", type=int, default=8080)
+    s.add_argument("--api-key-env", help="name of the environment variable holding the API key clients must send")
+    s.add_argument("--no-export", action="store_true", help="fail (exit 2) instead of exporting a missing GGUF")
+    s.add_argument("--n-ctx", type=int, default=4096, help="context length of the server (tokens)")
+    s.set_defaults(fn=cmd_serve)
     s = sub.add_parser("bench", help="GPU benchmarks: `tunebench bench speed|eval --help`", add_help=False)
     s.add_argument("bench_args", nargs=argparse.REMAINDER)
     s.set_defaults(fn=cmd_bench)

@@ -37,6 +37,9 @@ from tunebench.core.io import (
     read_json,
 )
 from tunebench.data import conversations as data_mod
+from tunebench.evals.contract import check_contract
+from tunebench.evals.llamacpp import LABEL_SUFFIX
+from tunebench.evals.llamacpp_eval import evaluate_gguf_llamacpp
 from tunebench.evals.results import Results
 from tunebench.evals.runner import evaluate_model, save_contamination
 from tunebench.models.loading import (
@@ -261,17 +264,46 @@ def export_stage(cfg: RunConfig, run_dir: Path, stages: Stages, adapter_fp: str,
     files = [run_dir / "export" / f"model-{q}.gguf" for q in cfg.export.gguf]
     export_fp = fingerprint([adapter_fp, list(cfg.export.gguf), package_version("gguf")])
     stages.run("export", export_fp, [*files, run_dir / "export" / "export.json"],
-               lambda: export_gguf(run_dir, list(cfg.export.gguf)))
-    if not cfg.export.evaluate:
-        return files
+               lambda: export_and_check(run_dir, list(cfg.export.gguf), list(cfg.eval.probe_files)))
+    runtimes = artifact_runtimes(cfg.export.evaluate)
     for q, path in zip(cfg.export.gguf, files, strict=True):
-        label = ARTIFACT_PREFIX + q
-        out = run_dir / "eval" / label / "results.json"
-        acfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, ref=str(path)))
-        stages.run(f"eval_{label}", fingerprint([eval_fp, export_fp, q]), [out],
-                   lambda acfg=acfg, label=label, out=out: evaluate_model(acfg, run_dir, label, None, out,
-                                                                          contamination, progress, artifact=True))
+        if "transformers" in runtimes:
+            label = ARTIFACT_PREFIX + q
+            out = run_dir / "eval" / label / "results.json"
+            acfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, ref=str(path)))
+            stages.run(f"eval_{label}", fingerprint([eval_fp, export_fp, q]), [out],
+                       lambda acfg=acfg, label=label, out=out: evaluate_model(acfg, run_dir, label, None, out,
+                                                                              contamination, progress, artifact=True))
+        if "llama.cpp" in runtimes:
+            label = ARTIFACT_PREFIX + q + LABEL_SUFFIX
+            out = run_dir / "eval" / label / "results.json"
+            stages.run(f"eval_{label}", fingerprint([eval_fp, export_fp, q, package_version("llama_cpp_python")]),
+                       [out], lambda path=path, label=label, out=out: evaluate_gguf_llamacpp(
+                           cfg, run_dir, path, label, out, contamination, progress))
     return files
+
+
+def artifact_runtimes(evaluate: str | bool) -> list[str]:
+    """Runtimes that score each exported artifact (``export.evaluate``): true = transformers."""
+    if evaluate is False:
+        return []
+    return {"both": ["transformers", "llama.cpp"], "llama.cpp": ["llama.cpp"]}.get(str(evaluate), ["transformers"])
+
+
+def export_and_check(run_dir: Path, quants: list[str], probe_files: list[str]) -> Path:
+    """Write the GGUF files, then check each file's template and token contract (evals.contract).
+
+    Raises:
+        ContractError: a file would be fed other tokens than the run was evaluated on (the files stay, with
+            ``contract-<type>.json`` absent, and the stage is not recorded as done).
+    """
+    out = export_gguf(run_dir, quants)
+    for q in quants:
+        report = check_contract(out / f"model-{q}.gguf", run_dir / "adapter", probe_files)
+        atomic_write_json(out / f"contract-{q}.json", report.to_dict())
+        log.info("contract %s: %s agree on %d prompts%s", q, ", ".join(report.runtimes), report.prompts,
+                 f" (skipped: {'; '.join(report.skipped)})" if report.skipped else "")
+    return out
 
 
 def finish(run_dir: Path, cfg: RunConfig) -> PipelineResult:

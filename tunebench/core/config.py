@@ -240,8 +240,10 @@ class ExportConfig:
 
     gguf: list[str] = field(default_factory=list)
     """GGUF types to write into RUN/export (e.g. [f16, q8_0]); empty = no export stage."""
-    evaluate: bool = True
-    """Score each artifact on the run's test tokens, prompts and seeds (eval/gguf-<type>/results.json)."""
+    evaluate: Literal["transformers", "llama.cpp", "both"] | bool = True
+    """Score each artifact on the run's test tokens, prompts and seeds: ``transformers`` (true; its GGUF loader,
+    eval/gguf-<type>/), ``llama.cpp`` (the file in llama.cpp itself with parity against the adapter,
+    eval/gguf-<type>-llamacpp/; needs the serve extra), ``both``, or false."""
 
 
 @dataclass

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import itertools
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,7 @@ from tunebench.core.errors import ProbeError, ProbeSecurityError, did_you_mean
 from tunebench.core.io import fingerprint, package_path
 from tunebench.core.stats import Z95
 from tunebench.core.stats import wilson as wilson_interval
-from tunebench.evals.generation import generate, samples_per_prompt
+from tunebench.evals.generation import Generation, generate, samples_per_prompt
 from tunebench.evals.results import Metric, Results
 
 PROBES_DIR = package_path("evals", "probes")
@@ -472,6 +473,7 @@ def run_probes(
     use_cache: bool = True,
     progress: bool = False,
     cache_implementation: str = "auto",
+    generator: Callable[..., Generation] | None = None,
 ) -> Results:
     """Generate every probe under every sampling setting and score the answers.
 
@@ -486,6 +488,8 @@ def run_probes(
         use_cache: False regenerates everything.
         progress: show progress bars.
         cache_implementation: decode loop for generation (``auto``: see ``generation.decode_path``).
+        generator: another runtime's ``generate(prompts, sampling, seed)`` (llama.cpp's, ``evals.llamacpp``);
+            None = transformers' ``generation.generate`` on ``loaded``.
 
     Returns:
         A partial Results: ``probes/<set>/<sampling>/pass_rate`` and ``.../<probe>/pass_rate`` metrics with
@@ -510,8 +514,9 @@ def run_probes(
     for smp in samplings:
         # one pool per sampling: every sample of every prompt of every set fills the same batches
         pool = [p.messages for ps in sets for p in ps.prompts]
-        gen = generate(loaded, pool, smp, seed, batch_size, progress=progress, cache_dir=cache_dir,
-                       use_cache=use_cache, cache_implementation=cache_implementation)
+        gen = generator(pool, smp, seed) if generator is not None else generate(
+            loaded, pool, smp, seed, batch_size, progress=progress, cache_dir=cache_dir, use_cache=use_cache,
+            cache_implementation=cache_implementation)
         shared = {"new_tokens": gen.new_tokens, "seconds": gen.seconds, "tokens_per_s": gen.tokens_per_s,
                   "cache_hits": gen.cache_hits, "cache_misses": gen.cache_misses,
                   "generate_calls": gen.generate_calls, "batch_size": batch_size, "answers": len(pool) * (

@@ -594,9 +594,31 @@ def compare_artifacts(tuned: Results, artifacts: dict[str, Results], alpha: floa
     for name, res in artifacts.items():
         try:
             out[name] = compare(tuned, res, alpha, n_boot, seed, same_base=False)
+            out[name].rows += parity_rows(res, alpha, n_boot, seed)
+            out[name].only_in_tuned = [m for m in out[name].only_in_tuned if not m.startswith("parity/")]
         except ComparisonError as e:
             raise ComparisonError(f"artifact {name!r}: {e}") from None
     return out
+
+
+def parity_rows(artifact: Results, alpha: float = 0.05, n_boot: int = 2000, seed: int = 0) -> list[MetricComparison]:
+    """Rows of the artifact's parity metrics (evals.parity), each paired with a perfect copy's value.
+
+    ``base`` reads the reference (KL 0, agreement 1, ratio 1), so a gate rule's ``max_regression`` on
+    ``parity/kl_mean`` bounds the upper end of the KL's interval.
+    """
+    from tunebench.evals.parity import reference_side
+
+    rows = []
+    for m in artifact.metrics:
+        if m.group != "parity" or m.details.get("reference") is None:
+            continue
+        items = artifact.items.get(m.items) if m.items else None
+        ref, ref_items = reference_side(m, items)
+        row = compare_metric(ref, m, ref_items, items, alpha, n_boot, seed)
+        row.headline = True
+        rows.append(row)
+    return rows
 
 
 def run_settings(run_dir: str | Path) -> dict[str, Any]:

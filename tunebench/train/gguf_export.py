@@ -32,8 +32,8 @@ from typing import Any
 from tunebench.core.errors import ExportError, did_you_mean
 from tunebench.core.io import atomic_write_json, atomic_write_text, fingerprint, package_version, sha256_file
 from tunebench.models.loading import ModelSource, is_llama3
+from tunebench.models.modelfile import match_template, modelfile_text
 from tunebench.train.export import merge_adapter
-from tunebench.train.modelfile import match_template, modelfile_text
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,227 @@
+"""`tunebench serve RUN`: llama-cpp-python's OpenAI-compatible server on the run's exported GGUF.
+
+The file is the one `tunebench export --gguf` wrote and the contract check passed (exported first when
+missing, unless --no-export). The chat template is the GGUF's own (``chat_format=chat_template.default``,
+never a built-in look-alike). Binding is loopback by default; any other host needs an API key, read from
+the environment variable a flag names (never from the command line, where `ps` shows it). The server runs
+as a child process; "ready" is printed only once ``/v1/models`` answers, and SIGINT/SIGTERM stop it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from tunebench.core.errors import PipelineError
+from tunebench.evals.llamacpp import GGUF_TEMPLATE_FORMAT, cpu_threads, require_llama_cpp
+from tunebench.models.loading import gguf_field
+
+READY_TIMEOUT_S = 180.0
+"""Loading a 1B q8_0 on 2 cores takes seconds; a minute more covers a cold page cache."""
+HEALTH_PATH = "/v1/models"
+"""llama-cpp-python's server has no /health; its model list answers once the model is loaded."""
+
+
+class ServeError(PipelineError):
+    """The server cannot be started as asked (exit 2)."""
+
+
+@dataclass
+class ServeOptions:
+    """What `tunebench serve` was asked for."""
+
+    run: Path
+    quant: str = "q8_0"
+    host: str = "127.0.0.1"
+    port: int = 8080
+    api_key_env: str | None = None
+    """Name of the environment variable holding the API key (required off loopback)."""
+    no_export: bool = False
+    n_ctx: int = 4096
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 or localhost."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def api_key(opts: ServeOptions) -> str | None:
+    """The key from the named variable; required when binding anything but loopback.
+
+    Raises:
+        ServeError: a non-loopback host without --api-key-env, or the variable unset/empty.
+    """
+    if opts.api_key_env is None:
+        if not is_loopback(opts.host):
+            raise ServeError(f"--host {opts.host}: serving beyond this machine needs an API key; put it in an "
+                             "environment variable and name it with --api-key-env NAME (or bind 127.0.0.1)")
+        return None
+    key = os.environ.get(opts.api_key_env, "")
+    if not key:
+        raise ServeError(f"--api-key-env {opts.api_key_env}: that environment variable is unset or empty; "
+                         f"export {opts.api_key_env}=<a long random key> first")
+    return key
+
+
+def check_port(host: str, port: int) -> None:
+    """Raises ServeError when ``host:port`` cannot be bound (in use, or not an address of this machine)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise ServeError(f"{host}:{port}: cannot listen there ({e.strerror}); pick another --port "
+                             "(or stop what holds it)") from None
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port the OS says is free now (for tests and --port 0)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def served_gguf(opts: ServeOptions, probe_files: list[str] | None = None) -> Path:
+    """The run's ``export/model-<quant>.gguf``, exported (and contract-checked) first when missing.
+
+    Raises:
+        ServeError: no such file with --no-export, or a GGUF without a chat template.
+    """
+    path = opts.run / "export" / f"model-{opts.quant}.gguf"
+    if not path.exists():
+        if opts.no_export:
+            raise ServeError(f"{path}: not exported, and --no-export was given; run `tunebench export {opts.run} "
+                             f"--gguf --quant {opts.quant}` first, or drop --no-export")
+        from tunebench.app.pipeline import export_and_check
+
+        export_and_check(opts.run, [opts.quant], probe_files or [])
+    check_template(path)
+    return path
+
+
+def check_template(path: Path) -> None:
+    """Raises ServeError when the GGUF carries no ``tokenizer.chat_template`` (the server would guess one)."""
+    if not gguf_field(path, "tokenizer.chat_template"):
+        raise ServeError(f"{path}: the GGUF metadata has no tokenizer.chat_template, so the server would format "
+                         "chats with a default that is not the run's; re-export with `tunebench export RUN --gguf`")
+
+
+def server_command(gguf: Path, host: str, port: int, n_ctx: int) -> list[str]:
+    """The child's argv (the API key travels in its environment as API_KEY, not here)."""
+    return [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", host, "--port", str(port),
+            "--chat_format", GGUF_TEMPLATE_FORMAT, "--n_ctx", str(n_ctx), "--n_threads", str(cpu_threads()),
+            "--seed", "0"]
+
+
+def url_of(host: str, port: int) -> str:
+    return f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+
+
+def wait_ready(url: str, proc: subprocess.Popen, key: str | None, timeout: float = READY_TIMEOUT_S) -> None:
+    """Poll the model list until it answers 200.
+
+    Raises:
+        ServeError: the server exited, or did not answer within ``timeout`` seconds.
+    """
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise ServeError(f"the llama.cpp server exited with code {proc.returncode} before it was ready; "
+                             "its log says why (run with -v, or see the server log)")
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url + HEALTH_PATH, headers=headers), timeout=2) as r:
+                if r.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.25)
+    raise ServeError(f"{url}: no answer on {HEALTH_PATH} after {timeout:.0f}s; the model may be too large for "
+                     "this machine")
+
+
+def stop(proc: subprocess.Popen, grace: float = 10.0) -> int:
+    """SIGTERM the child, then SIGKILL it after ``grace`` seconds; returns its exit code."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
+@contextlib.contextmanager
+def running_server(gguf: Path, host: str = "127.0.0.1", port: int | None = None, key: str | None = None,
+                   n_ctx: int = 4096, log: IO[str] | None = None) -> Iterator[str]:
+    """Start the server on ``gguf``, wait until it answers, yield its URL, stop it on exit."""
+    require_llama_cpp()
+    port = port or free_port(host)
+    check_port(host, port)
+    env = {k: v for k, v in os.environ.items() if k != "API_KEY"}  # pydantic-settings reads the key from here
+    if key:
+        env["API_KEY"] = key
+    proc = subprocess.Popen(server_command(gguf, host, port, n_ctx), env=env, stdout=log or subprocess.DEVNULL,
+                            stderr=subprocess.STDOUT if log else None)
+    try:
+        url = url_of(host, port)
+        wait_ready(url, proc, key)
+        yield url
+    finally:
+        stop(proc)
+
+
+def curl_example(url: str, key_env: str | None) -> str:
+    auth = f" -H \"Authorization: Bearer ${key_env}\"" if key_env else ""
+    body = json.dumps({"messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 64})
+    return f"curl -s {url}/v1/chat/completions -H 'Content-Type: application/json'{auth} -d '{body}'"
+
+
+def serve(opts: ServeOptions, probe_files: list[str] | None = None) -> int:
+    """Run the server in the foreground until SIGINT or SIGTERM; returns 0 after a clean stop.
+
+    Raises:
+        ServeError / ModelError: bad input (see the module docstring), before anything starts.
+    """
+    key = api_key(opts)
+    require_llama_cpp()
+    check_port(opts.host, opts.port)
+    gguf = served_gguf(opts, probe_files)
+    stopping = {"signal": None}
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stopping["signal"] = signum
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, on_signal)
+    try:
+        with running_server(gguf, opts.host, opts.port, key, opts.n_ctx) as url:
+            print(f"ready: {gguf.name} (llama.cpp, the GGUF's chat template) at {url}/v1", flush=True)
+            print(f"try:   {curl_example(url, opts.api_key_env)}", flush=True)
+            print("stop:  Ctrl-C (or SIGTERM)", flush=True)
+            while True:
+                time.sleep(3600)
+    except KeyboardInterrupt:
+        print("stopped", flush=True)
+        return 0
+    finally:
+        signal.signal(signal.SIGTERM, old)
