@@ -42,8 +42,9 @@ def make_step_timer(warmup: int) -> Any:
             if cuda:
                 torch.cuda.synchronize()
             now = time.perf_counter()
-            # How long the host waited for the GPU at the step's end: near 0 means the GPU waited for the host
-            # (host-bound step), a large share means the host had queued work ahead (GPU-bound step).
+            # How long the host waited for the GPU at the step's end. A large share means the host had queued work
+            # ahead; near 0 is ambiguous under HF's Trainer, which already syncs inside the step (loss, grad norm):
+            # see reports/published/2026-12-03-h200-repeats for what it showed.
             self.waits.append((step, now - queued, cpu))
             self.marks.append((step, now, self.counter.tokens, self.positions))
 

@@ -5,7 +5,7 @@ The probe prompts (or, without probes, the Modelfile's plain sentinel conversati
 - ``transformers``: the run's tokenizer and chat template (what was trained and evaluated);
 - ``llama.cpp``: llama-cpp-python's chat handler on the GGUF's ``tokenizer.chat_template``
   (``Jinja2ChatFormatter`` + ``Llama.tokenize(special=True)``, no BOS added: the template carries it);
-- ``ollama``: the Modelfile's ``TEMPLATE`` rendered by its Python twin (train/modelfile.py), tokenized as
+- ``ollama``: the Modelfile's ``TEMPLATE`` rendered by its Python twin (models/modelfile.py), tokenized as
   Ollama does (special tokens parsed, BOS added when the GGUF says ``add_bos_token``).
 
 The token ids must be equal, and so must BOS/EOS, and the stop tokens of each runtime must cover the
