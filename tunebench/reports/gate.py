@@ -70,6 +70,7 @@ from tunebench.reports.compare import (
     compare_artifacts,
     fmt,
     load_artifact_results,
+    load_judge_results,
     load_run_results,
     run_settings,
 )
@@ -299,6 +300,9 @@ def judge(rule: GateRule, r: MetricComparison) -> GateRow:
     row = GateRow(rule=rule.label, metric=r.metric, status=PASS, reason="", threshold=rule.threshold_text(),
                   base=r.base, tuned=r.tuned, delta=r.delta, ci_low=r.ci_low, ci_high=r.ci_high, p_value=r.p_value,
                   n=r.n, mde=r.mde)
+    if r.details.get("paired") and r.ci_low is None:  # a judge metric marked invalid (compare.judged_row says why)
+        row.status, row.reason = INCONCLUSIVE, f"{r.method}: cannot conclude"
+        return row
     if r.delta is None or r.base is None:
         row.status, row.reason = FAIL, "no value on one side: cannot judge"
         return row
@@ -427,7 +431,8 @@ def gate_main(run_dir: str | Path, rules_path: str | Path | None = None, out_pat
         path = resolve_rules_path(rules_path or settings["gate_rules"])
         rules = load_rules(path)
         results = load_run_results(run_dir)
-        comparison = compare(results["base"], results["tuned"], settings["alpha"], settings["n_boot"], seed)
+        comparison = compare(results["base"], results["tuned"], settings["alpha"], settings["n_boot"], seed,
+                             judged=load_judge_results(run_dir))
         artifacts = compare_artifacts(results["tuned"], load_artifact_results(run_dir), settings["alpha"],
                                       settings["n_boot"], seed) if any(r.artifact for r in rules) else {}
         verdict = evaluate_gate(comparison, rules, artifacts)
