@@ -4,6 +4,7 @@ comparison, the gate and the report read a judge metric."""
 from __future__ import annotations
 
 import io
+import json
 
 import numpy as np
 import pytest
@@ -232,3 +233,17 @@ def test_report_has_the_judged_section_and_the_small_judge_note():
     assert "## Conversational quality (judged)" in text
     assert "Mechanism check, not a quality measure" in text and "135M" in text
     assert "30 / 10 / 10" in text and "Position consistency" in text
+
+
+def test_heldout_prompts_are_first_user_turns_of_the_test_split(tmp_path):
+    from tunebench.data.conversations import Conversation
+
+    (tmp_path / "data").mkdir()
+    convs = [Conversation("c1", [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"},
+                                 {"role": "assistant", "content": "hello"}, {"role": "user", "content": "more"}]),
+             Conversation("c2", [{"role": "user", "content": "second"}, {"role": "assistant", "content": "ok"}])]
+    (tmp_path / "data" / "test.jsonl").write_text("".join(json.dumps(c.to_dict()) + "\n" for c in convs))
+    items = jp.load_prompt_set("heldout", tmp_path, n=None)
+    assert [(i.id, i.turns) for i in items] == [("heldout/c1", ["hi"]), ("heldout/c2", ["second"])]
+    assert jd.pick_prompt(jp.mtbench_prompts(), items[0], 0).name == "pair-v2"
+    assert len(jp.load_prompt_set("heldout", tmp_path, n=1)) == 1

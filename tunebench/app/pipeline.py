@@ -29,7 +29,7 @@ from tunebench.core.config import RunConfig, asked, dump_yaml, from_dict, to_dic
 from tunebench.core.errors import ComparisonError, ConfigError, Interrupted, PipelineError
 from tunebench.core.io import atomic_write_json, atomic_write_text, fingerprint, package_version, read_json
 from tunebench.data import conversations as data_mod
-from tunebench.evals.judge import judge_fingerprint, run_judge
+from tunebench.evals.judge import judge_fingerprint, preflight, run_judge
 from tunebench.evals.runner import evaluate_model, save_contamination
 from tunebench.models.loading import (
     ModelSource,
@@ -180,6 +180,8 @@ def _train_child(run_dir: Path) -> None:
 def run(cfg: RunConfig, run_dir: str | Path, overwrite: bool = False, progress: bool = True) -> PipelineResult:
     """The whole pipeline. Returns where the report is and the gate's exit code."""
     run_dir = Path(run_dir)
+    if cfg.eval.judge.enabled:
+        preflight(cfg.eval.judge)
     source = resolve_model(cfg.model.ref, cfg.model.revision)
     cfg = resolve_template(cfg, source)
     prepare_run_dir(cfg, run_dir, overwrite)

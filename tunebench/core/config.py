@@ -210,6 +210,9 @@ class JudgeConfig:
     """Above this share of unparseable judgments the metric is invalid (the gate reads it as inconclusive)."""
     min_sanity: float = 0.75
     """Below this share of planted pairs judged right the judge is unreliable (the gate reads inconclusive)."""
+    sanity_questions: int = 6
+    """Planted questions (evals/judges/sanity.yaml, at most 6): each right answer vs an empty and an off-topic one,
+    both orders, so 4 judgments per question."""
     seed: int = 1234
     """Seed of the bootstrap and of any sampled decoding."""
 
@@ -219,7 +222,7 @@ class JudgeConfig:
                               "eval.judge.endpoint (an OpenAI-compatible server)")
         if not self.prompt_sets:
             raise ConfigError("eval.judge.prompt_sets: name at least one prompt set (mt_bench, heldout or a YAML file)")
-        for name in ("answer_max_new_tokens", "max_new_tokens", "batch_size"):
+        for name in ("answer_max_new_tokens", "max_new_tokens", "batch_size", "sanity_questions"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"eval.judge.{name}: {getattr(self, name)!r} must be >= 1")
         if self.n is not None and self.n < 1:

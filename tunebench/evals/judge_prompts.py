@@ -104,16 +104,16 @@ def load_mtbench(n: int | None = None) -> list[PromptItem]:
 
 
 def load_heldout(run_dir: Path, n: int | None = None) -> list[PromptItem]:
-    """The first user turn (after any system message) of each test-split conversation; its reply is the reference."""
+    """The first user turn of each test-split conversation.
+
+    The dataset's own reply is not given to the judge as a reference: it is one answer among many, not a correct
+    one, and MT-Bench shows references only where correctness is checkable (math, reasoning, coding).
+    """
     items = []
     for conv in load_split(run_dir / "data", "test"):
-        users = [k for k, m in enumerate(conv.messages) if m["role"] == "user"]
-        if not users:
-            continue
-        k = users[0]
-        reply = conv.messages[k + 1]["content"] if k + 1 < len(conv.messages) else None
-        items.append(PromptItem(f"heldout/{conv.id}", [conv.messages[k]["content"]], "heldout",
-                                None if reply is None else [reply]))
+        first = next((m["content"] for m in conv.messages if m["role"] == "user"), None)
+        if first:
+            items.append(PromptItem(f"heldout/{conv.id}", [first], "heldout"))
     return items[:n] if n else items
 
 
@@ -165,11 +165,12 @@ def load_prompt_set(spec: str, run_dir: Path, n: int | None = None) -> list[Prom
                      f"{', '.join(BUILTIN_SETS)} or the path of a YAML prompt set that exists")
 
 
-def sanity_pairs() -> list[tuple[str, str, str, str]]:
-    """Planted pairs (id, question, right answer, wrong answer): each answer vs empty, and vs the next one's."""
+def sanity_pairs(questions: int | None = None) -> list[tuple[str, str, str, str]]:
+    """Planted pairs (id, question, right answer, wrong answer) of the first ``questions`` planted questions: each
+    right answer vs an empty one, and vs the next question's answer (off-topic)."""
     qs = yaml.safe_load((JUDGES_DIR / "sanity.yaml").read_text(encoding="utf-8"))["questions"]
     out = []
-    for k, q in enumerate(qs):
+    for k, q in enumerate(qs[:questions] if questions else qs):
         out.append((f"sanity/{k}/empty", q["question"], q["answer"], ""))
         out.append((f"sanity/{k}/off_topic", q["question"], q["answer"], qs[(k + 1) % len(qs)]["answer"]))
     return out
