@@ -123,3 +123,42 @@ def test_the_key_comes_from_the_named_variable_and_is_never_stored(server, tmp_p
     assert parse_verdict(j.complete(REQ[:1])[0]) == "B"
     stored = "".join(p.read_text() for p in (tmp_path / "cache").glob("*.json"))
     assert "s3cret" not in stored and "s3cret" not in json.dumps(j.identity())
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_llama_cpp_server_on_the_packaged_gguf_judges(tmp_path):
+    """The real OpenAI-compatible server of the deployment issue, when llama-cpp-python is installed."""
+    import importlib.util
+    import subprocess
+    import sys
+    import urllib.request
+
+    if importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("llama_cpp.server") is None:
+        pytest.skip("llama-cpp-python (with its server extra) is not installed in this environment")
+    from tunebench.models.loading import packaged_file
+
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(packaged_file()),
+                             "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}/v1"
+        for _ in range(120):  # the server loads the model before it listens
+            try:
+                urllib.request.urlopen(url + "/models", timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("llama_cpp.server did not start within 60 s")
+        j = _judge(url, "smollm2", tmp_path, timeout_s=120.0)
+        texts = j.complete([[{"role": "user", "content": "Which is better, [[A]] or [[B]]? Answer [[A]] or [[B]]."}]])
+        assert isinstance(texts[0], str)  # a 135M judge may or may not give a verdict; the path is what is tested
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from tunebench.core.config import JudgeConfig, RunConfig, SamplingConfig
+from tunebench.core.errors import JudgeError
 from tunebench.core.io import atomic_write_text, environment, fingerprint
 from tunebench.evals import judge_metrics as jm
 from tunebench.evals import judge_prompts as jp
@@ -268,6 +269,10 @@ def run_judge(cfg: RunConfig, run_dir: str | Path, adapter: str | Path | None, o
     out_dir = Path(out_dir) if out_dir else run_dir / "eval" / "judge"
     prompts = judge_prompts_of(jc)  # a bad template fails before any model loads
     sets = {jp.set_name(s): jp.load_prompt_set(s, run_dir, jc.n) for s in jc.prompt_sets}
+    for name, items in sets.items():
+        if not items:
+            raise JudgeError(f"eval.judge.prompt_sets: prompt set {name!r} has no prompts (for heldout: the test split "
+                             "has no user turn); raise data.test_fraction or judge another set")
     answers: dict[str, dict[str, Answers]] = {name: {} for name in sets}
     for side, path in (("base", None), ("tuned", adapter)):
         loaded = load_for_eval(cfg.model.ref, path, cfg.model.chat_template, dtype=cfg.model.dtype,
