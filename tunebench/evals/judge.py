@@ -197,10 +197,11 @@ def sanity_check(judge: Judge, prompts: dict[str, jp.JudgePrompt], questions: in
     outputs = judge.complete(requests)
     verdicts = [jp.parse_verdict(o) for o in outputs]
     right = sum(v == e for v, e in zip(verdicts, expect, strict=True))
-    records = [{"id": f"{pid}/{order}", "expected": e, "verdict": v, "judgment": o}
-               for (pid, *_), order_pair in zip(pairs, zip(outputs[::2], outputs[1::2], strict=True), strict=True)
-               for order, o, e, v in (("right_first", order_pair[0], "A", jp.parse_verdict(order_pair[0])),
-                                      ("right_second", order_pair[1], "B", jp.parse_verdict(order_pair[1])))]
+    records = []
+    for k, (pid, *_) in enumerate(pairs):
+        for j, order in ((2 * k, "right_first"), (2 * k + 1, "right_second")):
+            records.append({"id": f"{pid}/{order}", "expected": expect[j], "verdict": verdicts[j],
+                            "judgment": outputs[j]})
     return {"right": right, "n": len(requests), "share": right / len(requests), "records": records}
 
 
@@ -275,7 +276,9 @@ def run_judge(cfg: RunConfig, run_dir: str | Path, adapter: str | Path | None, o
                              "has no user turn); raise data.test_fraction or judge another set")
     answers: dict[str, dict[str, Answers]] = {name: {} for name in sets}
     for side, path in (("base", None), ("tuned", adapter)):
+        # loaded as evals.runner loads them: a pair that differs only by the adapter
         loaded = load_for_eval(cfg.model.ref, path, cfg.model.chat_template, dtype=cfg.model.dtype,
+                               load_in_4bit=cfg.model.load_in_4bit == "on" and not cfg.eval.merge_adapter,
                                trust_remote_code=cfg.model.trust_remote_code, merge_adapter=cfg.eval.merge_adapter)
         for name, items in sets.items():
             answers[name][side] = answer(loaded, items, jc.answer_max_new_tokens, jc.batch_size, jc.seed, progress)
