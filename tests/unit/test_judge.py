@@ -202,6 +202,7 @@ def test_too_many_unparsed_judgments_make_the_metric_inconclusive_with_the_reaso
     res = _judge_results([1] * 200, unparsed=100)
     comp, verdict = _gate(res)
     assert comp.row("judge/heldout/win_rate").ci_low is None
+    assert comp.row("judge/heldout/win_rate").verdict == "invalid judge metric"
     assert verdict.rows[0].status == INCONCLUSIVE
     assert "gave no verdict" in verdict.rows[0].reason and "max_parse_failure" in verdict.rows[0].reason
 
@@ -229,8 +230,11 @@ def test_report_has_the_judged_section_and_the_small_judge_note():
     for m in res.metrics:
         m.details["judge_note"] = "the judge has 135M parameters: this checks the judging mechanism end to end"
     base, tuned = synthetic.make_pair("same")
-    text = render_report(compare(base, tuned, n_boot=500, judged=res), {"judge_artifacts": res.artifacts["judge"]})
+    comp = compare(base, tuned, n_boot=500, judged=res)
+    gate = evaluate_gate(comp, [{"metric": "perplexity/test", "max_regression_rel": 0.05}]).to_dict()
+    text = render_report(comp, {"judge_artifacts": res.artifacts["judge"], "gate": gate})
     assert "## Conversational quality (judged)" in text
+    assert "The release gate has no rule on `judge/heldout/win_rate`" in text
     assert "Mechanism check, not a quality measure" in text and "135M" in text
     assert "30 / 10 / 10" in text and "Position consistency" in text
 

@@ -40,6 +40,8 @@ from tunebench.evals.results import Metric, Results
 SCHEMA = "tunebench.comparison/1"
 LEADERBOARD_SCHEMA = "tunebench.leaderboard/1"
 IMPROVED, REGRESSED, UNCHANGED = "improved", "regressed", "no significant change"
+INVALID = "invalid judge metric"
+"""Verdict of a judge row whose metric cannot be read (too many unparseable judgments, an unreliable judge)."""
 _SAMPLE_ID = re.compile(r"^(?P<unit>.+)#\d+$")
 
 
@@ -260,7 +262,7 @@ def judged_row(m: Metric, alpha: float = 0.05) -> MetricComparison:
     high = m.ci_high - 0.5 if valid else None
     p = _finite(d.get("p_value")) if valid and d.get("p_value") is not None else None
     significant = p is not None and p < alpha and low is not None and (low > 0 or high < 0)
-    verdict = (IMPROVED if delta and delta > 0 else REGRESSED) if significant else UNCHANGED
+    verdict = (IMPROVED if delta and delta > 0 else REGRESSED) if significant else UNCHANGED if valid else INVALID
     method = (f"pairwise judge, both orders; {m.ci_method}" if valid else
               f"judge metric invalid: {d.get('invalid_reason') or 'no interval'}")
     return MetricComparison(

@@ -446,7 +446,7 @@ def build_view(comparison: Comparison, context: dict[str, Any]) -> dict[str, Any
         "gate": gate,
         "gate_table": gate_table(gate) if gate else None,
         "export": export_view(c, ctx.get("export_comparisons") or {}),
-        "judge": judge_view(c.rows_in("judge"), ctx.get("judge_artifacts")),
+        "judge": judge_view(c.rows_in("judge"), ctx.get("judge_artifacts"), gate),
     }
 
 

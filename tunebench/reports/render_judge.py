@@ -31,7 +31,7 @@ def _row(r: MetricComparison, label: str) -> list[Any]:
             f"{fmt(r.tuned)} {fmt_interval(*(r.tuned_ci or [None, None]), signed=False)}",
             f"{fmt(d.get('lc_win_rate'))} {fmt_interval(lc[0], lc[1], signed=False)}", fmt_p(r.p_value),
             "n/a" if r.mde is None else f"±{fmt(r.mde)}", f"{r.n} ({d.get('clusters', r.n)} questions)",
-            r.verdict if d.get("valid", True) else "**invalid**"]
+            r.verdict]
 
 
 def _set_lines(r: MetricComparison) -> list[str]:
@@ -54,7 +54,18 @@ def _set_lines(r: MetricComparison) -> list[str]:
     return lines
 
 
-def judge_view(rows: list[MetricComparison], artifacts: dict[str, Any] | None) -> dict[str, Any] | None:
+def _gate_line(metric: str, gate: dict[str, Any] | None) -> str | None:
+    """Whether the release gate read this metric (a reader must not take a shown number for a gated one)."""
+    if gate is None:
+        return None
+    rows = [r for r in gate.get("rows", []) if str(r.get("metric", "")).startswith(metric)]
+    if not rows:
+        return f"The release gate has no rule on `{metric}` ({gate.get('rules_source') or 'inline rules'})."
+    return "; ".join(f"Gate rule '{r['rule']}': **{r['status']}**" for r in rows) + "."
+
+
+def judge_view(rows: list[MetricComparison], artifacts: dict[str, Any] | None,
+               gate: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """Per prompt set: the headline table, per-category rows, notes and a few order disagreements; None without
     judge rows."""
     heads = [r for r in rows if r.metric.count("/") == 2]
@@ -71,5 +82,6 @@ def judge_view(rows: list[MetricComparison], artifacts: dict[str, Any] | None) -
         examples = [{"id": e["id"], "question": _cut(e["question"]), "base": _cut(e["base_answer"]),
                      "tuned": _cut(e["tuned_answer"]), "first": e["verdict_base_first"],
                      "second": e["verdict_tuned_first"]} for e in shown.get(name, [])]
-        sets.append({"name": name, "table": table(body, headers), "lines": _set_lines(h), "examples": examples})
+        lines = _set_lines(h) + [x for x in [_gate_line(h.metric, gate)] if x]
+        sets.append({"name": name, "table": table(body, headers), "lines": lines, "examples": examples})
     return {"sets": sets}
