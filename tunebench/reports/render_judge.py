@@ -40,7 +40,7 @@ def _set_lines(r: MetricComparison) -> list[str]:
     if d.get("judge_note"):
         lines.append(f"**Mechanism check, not a quality measure:** {d['judge_note']}.")
     if not d.get("valid", True):
-        lines.append(f"**Invalid, read as inconclusive by the gate:** {d.get('invalid_reason')}.")
+        lines.append(f"**Invalid**, so a gate rule on it is inconclusive: {d.get('invalid_reason')}.")
     san = d.get("sanity") or {}
     tokens = d.get("mean_tokens") or {}
     lines += [
