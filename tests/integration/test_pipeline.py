@@ -58,11 +58,19 @@ def test_smoke_run_writes_a_report_with_real_numbers(smoke_run):
     assert base["inputs"]["probe_sets"] == tuned["inputs"]["probe_sets"]
     assert tuned["model"]["adapter_merged"] is True  # evaluation merges by default: what ships
     timings = json.loads((out / "timings.json").read_text())
-    assert set(timings["stages"]) == {"data", "train", "contamination", "eval_base", "eval_tuned"}
+    assert set(timings["stages"]) == {"data", "train", "contamination", "eval_base", "eval_tuned", "judge"}
     assert all(s > 0 for s in timings["stages"].values())
     assert "wall time: train" in report and "wall time: eval tuned" in report
     assert "](forest.png)" in report and "](loss_curve.png)" in report and "None GiB" not in report
     assert manifest["eval_history"][0]["step"] == 0 and manifest["base_eval_loss"] is not None  # eval_on_start
+    # the judge stage: the packaged model judged its own base and tuned answers, both orders, and says so
+    judged = [json.loads(line) for line in (out / "eval" / "judge" / "judgments.jsonl").read_text().splitlines()]
+    pairs = [j for j in judged if "judgment_base_first" in j]
+    assert len(pairs) == 4 and all(j["base_answer"] and j["tuned_answer"] for j in pairs)
+    assert sum("expected" in j for j in judged) == 8  # 2 planted questions x (empty, off-topic) x both orders
+    assert "judge/heldout/win_rate" in rows and rows["judge/heldout/win_rate"]["base"] == 0.5
+    assert "## Conversational quality (judged)" in report and "not conversational quality" in report
+    assert not any(r["metric"].startswith("judge/") for r in json.loads((out / "gate.json").read_text())["rows"])
     print(f"smoke run took {seconds:.0f} s; stages {timings['stages']}; eval {tuned['timings']}")
 
 

@@ -28,10 +28,12 @@ from tunebench.reports.compare import (
     fmt,
     fmt_interval,
     fmt_p,
+    load_judge_results,
     load_run_results,
     run_settings,
 )
 from tunebench.reports.more_items import more_items
+from tunebench.reports.render_judge import judge_view
 
 TEMPLATES = package_path("reports", "templates")
 TEMPLATE = "report.md.j2"
@@ -453,7 +455,7 @@ def environment_tables(evaluation: dict[str, Any] | None, training: dict[str, An
 def build_view(comparison: Comparison, context: dict[str, Any]) -> dict[str, Any]:
     """Everything the template prints, already formatted."""
     c, ctx = comparison, context
-    groups = {"perplexity", "lm_eval", "probes"}
+    groups = {"perplexity", "lm_eval", "probes", "judge"}
     manifest, data_report, gate = ctx.get("manifest"), ctx.get("data_report"), ctx.get("gate")
     b_art, t_art = ctx.get("base_artifacts") or {}, ctx.get("tuned_artifacts") or {}
     config = ctx.get("config") or (manifest or {}).get("config")
@@ -488,6 +490,7 @@ def build_view(comparison: Comparison, context: dict[str, Any]) -> dict[str, Any
         "gate": gate,
         "gate_table": gate_table(gate) if gate else None,
         "export": export_view(c, ctx.get("export_comparisons") or {}),
+        "judge": judge_view(c.rows_in("judge"), ctx.get("judge_artifacts"), gate),
     }
 
 
@@ -512,7 +515,8 @@ def render_report(comparison: Comparison, context: dict[str, Any] | None = None)
             ``export_plot`` (PNG paths relative to the report: ``plots.draw_report_plots``), ``environment``,
             ``base_artifacts`` / ``tuned_artifacts`` (Results.artifacts), ``gate`` (GateVerdict.to_dict()),
             ``export_comparisons`` (type -> adapter vs exported artifact Comparison).
-            ``stage_times`` (the run's timings.json: wall time per pipeline stage).
+            ``stage_times`` (the run's timings.json: wall time per pipeline stage), ``judge_artifacts`` (the judge
+            results' ``artifacts["judge"]``: sanity records and order disagreements).
 
     Returns:
         Markdown text ending in a newline.
@@ -545,6 +549,9 @@ def context_from_run(run_dir: str | Path, results: dict[str, Any] | None = None)
         ctx["config"] = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
     if (run / "loss_curve.png").exists():
         ctx["loss_curve"] = "loss_curve.png"
+    judged = load_judge_results(run)
+    if judged is not None:
+        ctx["judge_artifacts"] = judged.artifacts.get("judge")
     return {k: v for k, v in ctx.items() if v is not None}
 
 
