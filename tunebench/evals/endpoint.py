@@ -38,7 +38,7 @@ FLUSH_EVERY = 16
 """Judgments written to the cache at least this often."""
 
 
-class _Retry(Exception):
+class _Retry(JudgeError):
     """A response worth retrying (429, 5xx, timeout)."""
 
 
