@@ -7,6 +7,7 @@ conclude (an interval straddles a margin; more items needed) · 130 interrupted 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -32,7 +33,7 @@ from tunebench.core.errors import (
 )
 from tunebench.core.io import atomic_write_text, read_json
 from tunebench.data import conversations as data_mod
-from tunebench.evals.chat import chat
+from tunebench.evals.chat import chat, quiet_loading
 from tunebench.evals.modeling import load_for_eval
 from tunebench.evals.runner import evaluate_model, save_contamination
 from tunebench.models.loading import load_tokenizer, resolve_model
@@ -202,7 +203,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
-    loaded = load_for_eval(args.model, args.adapter, args.template)
+    with contextlib.nullcontext() if args.verbose else quiet_loading():  # one line before the first prompt
+        loaded = load_for_eval(args.model, args.adapter, args.template)
     sampling = SamplingConfig(name="chat", temperature=args.temperature, min_p=args.min_p,
                               max_new_tokens=args.max_new_tokens)
     chat(loaded, sampling, system=args.system)
@@ -280,14 +282,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("runs", nargs="+")
     s.add_argument("--out", help="write the Markdown table here too")
     s.set_defaults(fn=cmd_compare)
-    s = sub.add_parser("chat", help="interactive chat, streamed token by token")
-    s.add_argument("--model", default="packaged:smollm2-135m-instruct")
-    s.add_argument("--adapter")
-    s.add_argument("--template", default="auto")
-    s.add_argument("--system")
-    s.add_argument("--temperature", type=float, default=1.5)
-    s.add_argument("--min-p", type=float, default=0.1)
-    s.add_argument("--max-new-tokens", type=int, default=256)
+    s = sub.add_parser("chat", help="interactive chat, streamed token by token",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    s.add_argument("--model", default="packaged:smollm2-135m-instruct",
+                   help="model reference (hub id, folder, .gguf, packaged:...)")
+    s.add_argument("--adapter", help="LoRA adapter folder (e.g. runs/smoke/adapter)")
+    s.add_argument("--template", default="auto", help="chat template (auto: the adapter's, else the model's)")
+    s.add_argument("--system", help="system prompt, kept across /reset")
+    s.add_argument("--temperature", type=float, default=1.5, help="sampling temperature (0 = greedy)")
+    s.add_argument("--min-p", type=float, default=0.1, help="min-p sampling cutoff")
+    s.add_argument("--max-new-tokens", type=int, default=256,
+                   help="longest answer in tokens (kept free in the model's context)")
     s.set_defaults(fn=cmd_chat)
     s = sub.add_parser("export", help="write the merged model: a 16-bit folder (--merged) and/or GGUF files (--gguf)")
     s.add_argument("run", help="run folder or adapter folder")
