@@ -244,7 +244,8 @@ def _run_interrupted(args: argparse.Namespace, cfg: RunConfig, run_dir: Path) ->
     done = list(read_json(path)) if path.exists() else []
     kept = [f"the finished stages ({', '.join(done)}) are recorded in {path}" if done else "no stage had finished"]
     if "train" not in done and "data" in done:
-        kept.append(f"training's {_checkpoint_note(run_dir).removeprefix('its ')}")
+        ckpt = latest_checkpoint(run_dir / "checkpoints")
+        kept.append(f"training resumes from {ckpt}" if ckpt else "training had saved no checkpoint yet")
     elif "train" in done and not all(f"eval_{side}" in done for side in ("base", "tuned")):
         kept.append(_cache_note(cfg))
     return (f"the run in {run_dir} stopped; {'; '.join(kept)}. Continue with `{_again(args)}`: finished stages "
