@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats as sps
 
-from tunebench.core.stats import PERCENTILE_METHOD, detectable_effect
+from tunebench.core.stats import _quantiles, detectable_effect
 
 RIDGE = 1e-3
 """L2 penalty of the length-controlled fit: keeps it finite when every prompt goes one way (separation)."""
@@ -81,14 +81,6 @@ def _resample_weights(inverse: np.ndarray, k: int, n_boot: int, rng: np.random.G
     return counts[:, inverse]
 
 
-def _interval(values: np.ndarray, alpha: float) -> tuple[float, float]:
-    finite = values[np.isfinite(values)]
-    if finite.size == 0:
-        return float("nan"), float("nan")
-    lo, hi = np.percentile(finite, [100 * alpha / 2, 100 * (1 - alpha / 2)], method=PERCENTILE_METHOD)
-    return float(lo), float(hi)
-
-
 def sign_test(wins: int, losses: int) -> float:
     """Exact two-sided sign test of wins vs losses (ties dropped); 1.0 when there is no decided prompt."""
     if wins + losses == 0:
@@ -120,7 +112,7 @@ def win_rate(scores: Sequence[float] | np.ndarray, clusters: Sequence[str] | Non
     w = _resample_weights(inverse, k, n_boot, np.random.default_rng(seed))
     with np.errstate(invalid="ignore", divide="ignore"):
         boot = (w @ pref) / w.sum(axis=1)
-    low, high = _interval(boot, alpha)
+    low, high = _quantiles(boot, alpha)
     wins, ties, losses = int(np.sum(s == 1)), int(np.sum(s == 0)), int(np.sum(s == -1))
     unit = "questions" if clusters is not None else "prompts"
     return WinRate(
@@ -189,7 +181,7 @@ def length_controlled(scores: Sequence[float] | np.ndarray, tuned_lengths: Seque
     inverse, k = _cluster_index(clusters, s.size)
     beta = _logistic_fit(x, y, np.ones((1, s.size)))[0]
     boot = _logistic_fit(x, y, _resample_weights(inverse, k, n_boot, np.random.default_rng(seed + 1)))
-    low, high = _interval(1.0 / (1.0 + np.exp(-boot[:, 0])), alpha)
+    low, high = _quantiles(1.0 / (1.0 + np.exp(-boot[:, 0])), alpha)
     return LengthControlled(
         value=float(1.0 / (1.0 + np.exp(-beta[0]))), low=low, high=high, slope=float(beta[1]),
         method=f"logistic regression of the preference on tanh(length difference / sd), read at 0; "
