@@ -1,6 +1,6 @@
 """One error hierarchy. Each class carries the exit code the command line returns for it, so the CLI maps
-errors by class (never by name): invalid input 2, a gate rule failed 1, the gate could not conclude 3,
-interrupted 130.
+errors by class (never by name): invalid input 2, interrupted 130. A gate verdict is not an error: the gate
+returns 1 (a rule failed) or 3 (could not conclude) as its result (EXIT_GATE_FAILED, EXIT_GATE_INCONCLUSIVE).
 
 Every stage raises these with a message that says what was wrong, where, and what to do; the CLI prints
 that one paragraph without a traceback (``-v`` adds it).
@@ -31,18 +31,6 @@ class InvalidInput(TunebenchError):
     """Input that cannot be used (config, data, model, adapter, rules, run folder): exit code 2."""
 
     exit_code = EXIT_INVALID_INPUT
-
-
-class GateFailed(TunebenchError):
-    """A release-gate rule failed: exit code 1."""
-
-    exit_code = EXIT_GATE_FAILED
-
-
-class GateInconclusive(TunebenchError):
-    """No gate rule failed but some could not conclude (interval straddles the margin): exit code 3."""
-
-    exit_code = EXIT_GATE_INCONCLUSIVE
 
 
 class Interrupted(TunebenchError):
