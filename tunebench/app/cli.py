@@ -7,6 +7,7 @@ conclude (an interval straddles a margin; more items needed) · 130 interrupted 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -33,6 +34,7 @@ from tunebench.core.errors import (
     TunebenchError,
 )
 from tunebench.core.io import atomic_write_json, atomic_write_text, read_json
+from tunebench.core.lock import run_lock
 from tunebench.data import conversations as data_mod
 from tunebench.data.splits import MIN_TEST_CONVERSATIONS
 from tunebench.evals.chat import chat
@@ -130,6 +132,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         import_unsloth()  # before the template lookup imports transformers: Unsloth patches it on import
     cfg = resolve_template(cfg, resolve_model(cfg.model.ref, cfg.model.revision))
     run_dir = _run_dir(args, cfg)
+    with run_lock(run_dir, "train"):
+        return _train(args, cfg, run_dir)
+
+
+def _train(args: argparse.Namespace, cfg: RunConfig, run_dir: Path) -> int:
     result = train(cfg, run_dir, resume=args.resume, overwrite=args.overwrite, strict=args.strict)
     if result.interrupted:
         print(f"interrupted: checkpoint {result.checkpoint}; continue with `tunebench train ... --resume`",
@@ -371,12 +378,27 @@ def _fail(err: BaseException, code: int, verbose: bool) -> int:
     return code
 
 
+LOCKED_COMMANDS = ("eval", "report", "export")
+"""Commands that write an existing run folder named on the command line; `run` and `train` lock the folder
+they resolve from the config (pipeline.run, cmd_train)."""
+
+
+def _command_lock(args: argparse.Namespace) -> contextlib.AbstractContextManager[None]:
+    """The run folder's lock for commands that write one (one writer per folder); a folder that is not there is
+    left to the command's own error."""
+    folder = getattr(args, "data_from", None) or getattr(args, "run", None)
+    if args.command in LOCKED_COMMANDS and folder and Path(folder).is_dir():
+        return run_lock(folder, args.command)
+    return contextlib.nullcontext()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse ``argv``, run one subcommand, and map errors to exit codes by class (see core.errors)."""
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
     try:
-        return args.fn(args)
+        with _command_lock(args):
+            return args.fn(args)
     except TunebenchError as e:
         return _fail(e, e.exit_code, args.verbose)
     except (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError) as e:

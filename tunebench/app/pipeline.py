@@ -28,6 +28,7 @@ import yaml
 from tunebench.app.preflight import preflight
 from tunebench.core.config import RunConfig, asked, dump_yaml, from_dict, to_dict
 from tunebench.core.errors import ComparisonError, ConfigError, Interrupted, PipelineError
+from tunebench.core.lock import LOCK_FILES, run_lock
 from tunebench.core.io import (
     atomic_write_json,
     atomic_write_text,
@@ -95,9 +96,14 @@ def write_config(cfg: RunConfig, run_dir: Path) -> None:
 def prepare_run_dir(cfg: RunConfig, run_dir: Path, overwrite: bool) -> None:
     """Create the run folder, or accept it if it holds the same config; refuse a different one."""
     cfg_path = run_dir / "config.yaml"
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if overwrite:
-            shutil.rmtree(run_dir)
+    if run_dir.exists() and any(p.name not in LOCK_FILES for p in run_dir.iterdir()):
+        if overwrite:  # everything but the lock this process holds (a new lock file would admit a second writer)
+            for p in run_dir.iterdir():
+                if p.name not in LOCK_FILES:
+                    if p.is_dir() and not p.is_symlink():
+                        shutil.rmtree(p)
+                    else:
+                        p.unlink()
         elif cfg_path.exists():
 
             old = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
@@ -206,6 +212,12 @@ def run(cfg: RunConfig, run_dir: str | Path, overwrite: bool = False, progress: 
     small to decide anything (data.splits) instead of warning."""
     run_dir = Path(run_dir)
     preflight(cfg, whole_run=True)  # a typo in a task name, probe file or gate rule fails here, not after training
+    with run_lock(run_dir, "run"):
+        return _run(cfg, run_dir, overwrite, progress, strict)
+
+
+def _run(cfg: RunConfig, run_dir: Path, overwrite: bool, progress: bool, strict: bool) -> PipelineResult:
+    """The stages of `run`, under the run folder's lock."""
     source = resolve_model(cfg.model.ref, cfg.model.revision)
     cfg = resolve_template(cfg, source)
     prepare_run_dir(cfg, run_dir, overwrite)

@@ -117,6 +117,10 @@ class MissingRunFile(RunFileError, FileNotFoundError):
     """A file or folder a command needs that is not there; the message says which step writes it."""
 
 
+class RunLocked(InvalidInput):
+    """Another live process is writing the run folder (its pid, host, command and start are named): exit code 2."""
+
+
 class PipelineError(InvalidInput):
     """A run folder or stage problem the user must resolve."""
 
