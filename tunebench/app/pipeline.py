@@ -28,7 +28,6 @@ import yaml
 from tunebench.app.preflight import preflight
 from tunebench.core.config import RunConfig, asked, dump_yaml, from_dict, to_dict
 from tunebench.core.errors import ComparisonError, ConfigError, Interrupted, PipelineError
-from tunebench.core.lock import LOCK_FILES, run_lock
 from tunebench.core.io import (
     atomic_write_json,
     atomic_write_text,
@@ -37,6 +36,7 @@ from tunebench.core.io import (
     package_version,
     read_json,
 )
+from tunebench.core.lock import LOCK_FILES, run_lock
 from tunebench.data import conversations as data_mod
 from tunebench.evals.contract import check_contract
 from tunebench.evals.llamacpp import LABEL_SUFFIX
