@@ -8,7 +8,6 @@ import json
 import logging
 import math
 import os
-import re
 import shutil
 import signal
 import time
@@ -33,6 +32,7 @@ from tunebench.train.backends import (
     get_backend,
     import_unsloth,
 )
+from tunebench.train.checkpoints import checkpoints, latest_checkpoint, require_resumable
 from tunebench.train.model_card import write_adapter_metadata
 
 log = logging.getLogger(__name__)
@@ -45,19 +45,6 @@ class TrainResult:
     manifest: dict[str, Any] | None
     interrupted: bool = False
     checkpoint: Path | None = None
-
-
-def latest_checkpoint(ckpt_dir: Path) -> Path | None:
-    """The highest-step complete checkpoint (checkpoints appear only by atomic rename, so every one is whole).
-
-    The rule of transformers' ``get_last_checkpoint`` (folders named ``checkpoint-N``), without importing
-    transformers: ``train`` looks before Unsloth is imported, and Unsloth must come first.
-    """
-    if not ckpt_dir.is_dir():
-        return None
-    steps = {int(m.group(1)): p for p in ckpt_dir.iterdir()
-             if p.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", p.name))}
-    return steps[max(steps)] if steps else None
 
 
 # ----------------------------------------------------------------------------- callbacks
@@ -395,7 +382,7 @@ def train(
     """
     run_dir = Path(run_dir)
     adapter_dir, ckpt_dir = run_dir / "adapter", run_dir / "checkpoints"
-    has_output = adapter_dir.exists() or latest_checkpoint(ckpt_dir) is not None
+    has_output = adapter_dir.exists() or bool(checkpoints(ckpt_dir))  # a broken one too: not silently replaced
     if has_output and not (resume or overwrite):
         raise RunExistsError(
             f"{run_dir} already holds training output; pass --resume to continue it or --overwrite to start over"
@@ -407,6 +394,7 @@ def train(
         log.info("%s is already trained; nothing to resume", adapter_dir)
         return TrainResult(run_dir, adapter_dir, read_json(adapter_dir / "manifest.json"))
     if resume:
+        require_resumable(ckpt_dir)
         check_resume_world_size(latest_checkpoint(ckpt_dir))
 
     backend_name, reason = resolve_backend(cfg.train, cfg.resolution)  # before transformers is imported
