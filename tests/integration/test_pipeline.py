@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -58,11 +62,19 @@ def test_smoke_run_writes_a_report_with_real_numbers(smoke_run):
     assert base["inputs"]["probe_sets"] == tuned["inputs"]["probe_sets"]
     assert tuned["model"]["adapter_merged"] is True  # evaluation merges by default: what ships
     timings = json.loads((out / "timings.json").read_text())
-    assert set(timings["stages"]) == {"data", "train", "contamination", "eval_base", "eval_tuned"}
+    assert set(timings["stages"]) == {"data", "train", "contamination", "eval_base", "eval_tuned", "judge"}
     assert all(s > 0 for s in timings["stages"].values())
     assert "wall time: train" in report and "wall time: eval tuned" in report
     assert "](forest.png)" in report and "](loss_curve.png)" in report and "None GiB" not in report
     assert manifest["eval_history"][0]["step"] == 0 and manifest["base_eval_loss"] is not None  # eval_on_start
+    # the judge stage: the packaged model judged its own base and tuned answers, both orders, and says so
+    judged = [json.loads(line) for line in (out / "eval" / "judge" / "judgments.jsonl").read_text().splitlines()]
+    pairs = [j for j in judged if "judgment_base_first" in j]
+    assert len(pairs) == 4 and all(j["base_answer"] and j["tuned_answer"] for j in pairs)
+    assert sum("expected" in j for j in judged) == 8  # 2 planted questions x (empty, off-topic) x both orders
+    assert "judge/heldout/win_rate" in rows and rows["judge/heldout/win_rate"]["base"] == 0.5
+    assert "## Conversational quality (judged)" in report and "not conversational quality" in report
+    assert not any(r["metric"].startswith("judge/") for r in json.loads((out / "gate.json").read_text())["rows"])
     print(f"smoke run took {seconds:.0f} s; stages {timings['stages']}; eval {tuned['timings']}")
 
 
@@ -126,3 +138,177 @@ def test_compare_builds_a_leaderboard(smoke_run, tmp_path):
     res = tunebench("compare", str(out), str(out), "--out", str(tmp_path / "board.md"))
     assert res.returncode == 0, res.stderr[-2000:]
     assert "perplexity/test" in (tmp_path / "board.md").read_text()
+
+
+# ----------------------------------------------------------------------------- the --help examples, as written
+
+PARSED_ONLY = {
+    # the same command as the smoke_run fixture's (which adds --out); ~10 min again here
+    "run smoke": "the smoke_run fixture runs it (with --out)",
+    "run llama-3.2-1b-finetome": "needs a GPU and the hub",
+    # 12 optimizer steps of the smoke preset: the fixture's train stage runs the same recipe
+    "train smoke train.lr=1e-4 lora.r=32": "the smoke_run fixture's train stage trains the same preset",
+    "bench speed --shape llama-3.2-1b": "GPU only (exits 4 without CUDA)",
+    # a server runs until it is stopped: tests/integration/test_llamacpp.py starts one, queries it and stops it
+    "serve runs/smoke --quant q8_0": "runs until stopped (test_llamacpp.py serves and stops one)",
+}
+"""Examples checked by argument parsing + config resolution (`tunebench config PRESET ...`, the bench parser and
+its shape), with the reason they are not run here; every other example runs for real on a copy of the smoke run."""
+
+
+def help_examples() -> list[list[str]]:
+    """`tunebench --help`'s examples as argv lists (without `tunebench` and the trailing comments)."""
+    from tunebench.app.cli import EXAMPLES
+
+    lines = [line.split("#")[0].strip() for line in EXAMPLES.splitlines()[1:]]
+    return [shlex.split(line)[1:] for line in lines if line]
+
+
+def tunebench_in(cwd, *args, timeout=900, stdin=None):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)}  # this checkout, from another folder
+    return subprocess.run([sys.executable, "-m", "tunebench", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=cwd, env=env, input=stdin)
+
+
+def check_parsed_only(argv: list[str]) -> subprocess.CompletedProcess:
+    """What a not-run example can be checked by: its arguments parse and its preset resolves with its overrides."""
+    if argv[0] == "bench":
+        from tunebench.bench.cli import build_parser
+        from tunebench.bench.shapes import shape_config
+
+        args = build_parser().parse_args(argv[1:])
+        shape_config(args.shape)  # the named shape builds
+        return subprocess.CompletedProcess(argv, 0, "", "")
+    from tunebench.app.cli import build_parser
+
+    args = build_parser().parse_args(argv)
+    assert args.fn.__name__ == f"cmd_{argv[0]}"
+    if argv[0] == "serve":  # a run folder, not a preset: its arguments parse (the server is tested elsewhere)
+        return subprocess.CompletedProcess(argv, 0, "", "")
+    return tunebench("config", args.preset, *args.overrides)  # a GPU preset prints what it asks for, exit 0
+
+
+@pytest.fixture(scope="module")
+def examples(smoke_run, tmp_path_factory):
+    """Every `tunebench --help` example in order, from a folder whose runs/smoke is a copy of the smoke run (runs/a
+    and runs/b name it too, for `compare`): {example: CompletedProcess}, and that folder."""
+    out, _, _ = smoke_run
+    cwd = tmp_path_factory.mktemp("examples")
+    shutil.copytree(out, cwd / "runs" / "smoke", ignore=shutil.ignore_patterns("checkpoints"))
+    for name in ("a", "b"):
+        (cwd / "runs" / name).symlink_to("smoke")
+    done = {}
+    for argv in help_examples():
+        key = shlex.join(argv)
+        if key in PARSED_ONLY:
+            done[key] = check_parsed_only(argv)
+        else:  # the chat reads /help, then end of input
+            done[key] = tunebench_in(cwd, *argv, stdin="/help\n" if argv[0] == "chat" else None)
+    return done, cwd
+
+
+def test_every_help_example_runs_as_written(examples):
+    done, cwd = examples
+    assert set(PARSED_ONLY) <= set(done)  # the exemptions name real examples
+    for key, res in done.items():
+        ok = (0, 1, 3) if key.startswith("gate ") else (0,)  # the gate's verdict is its exit code; 2 is bad input
+        assert res.returncode in ok, f"`tunebench {key}` exited {res.returncode}:\n{res.stderr[-3000:]}"
+    assert "report: runs/smoke/report.md" in done["eval runs/smoke"].stdout  # eval RUN re-renders the report
+    assert "rules: " in done["gate runs/smoke --rules default"].stdout
+    assert (cwd / "runs" / "smoke" / "merged" / "config.json").is_file()
+
+
+def test_export_hint_names_the_files_written(examples):
+    done, cwd = examples
+    out = done["export runs/smoke --gguf --quant f16,q8_0"].stdout
+    assert "<quant>" not in out
+    for quant in ("f16", "q8_0"):
+        hint = f"evaluate: tunebench eval --model runs/smoke/export/model-{quant}.gguf --data-from runs/smoke"
+        assert hint in out, out
+        assert (cwd / "runs" / "smoke" / "export" / f"model-{quant}.gguf").is_file()
+
+
+def test_eval_of_an_exported_gguf_refreshes_the_report_and_prints_its_delta(examples):
+    done, cwd = examples
+    run = cwd / "runs" / "smoke"
+    out = done["eval --model runs/smoke/export/model-q8_0.gguf --data-from runs/smoke"].stdout
+    assert "gguf-q8_0: runs/smoke/eval/gguf-q8_0/results.json" in out
+    assert "gguf-q8_0 against the adapter" in out and "changes `perplexity/test` by" in out, out
+    assert "report: runs/smoke/report.md" in out
+    exported = json.loads((run / "export_comparison.json").read_text())
+    assert "q8_0" in exported
+    report = (run / "report.md").read_text()
+    assert "## Export" in report and "**q8_0** changes `perplexity/test`" in report
+    line = next(x for x in out.splitlines() if "changes `perplexity/test`" in x)
+    assert line.removeprefix("- ") in report  # the printed Δ is the report's
+
+
+def test_chat_starts_quietly_and_lists_its_commands(examples):
+    done, _ = examples
+    res = done["chat --model packaged:smollm2-135m-instruct --adapter runs/smoke/adapter"]
+    before_prompt = res.stdout.split("you> ")[0]
+    assert before_prompt.startswith("chatting with packaged:smollm2-135m-instruct + runs/smoke/adapter")
+    assert len(before_prompt.strip().splitlines()) == 1 and res.stderr.strip() == "", res.stderr[-2000:]
+    assert all(c in res.stdout for c in ("/help", "/reset", "/exit")) and "unknown command" not in res.stdout
+
+
+# ----------------------------------------------------------------------------- Ctrl-C
+
+
+def interrupt_when(cwd, argv: list[str], ready, timeout=900) -> tuple[int, str]:
+    """Start `tunebench ARGV`, press Ctrl-C (SIGINT to its process group, as a terminal does) once ``ready(output)``
+    holds, and return the exit code and everything it printed."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)}
+    p = subprocess.Popen([sys.executable, "-m", "tunebench", *argv], cwd=cwd, env=env, text=True,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(p.stdout), daemon=True)
+    reader.start()
+    deadline = time.monotonic() + timeout
+    while p.poll() is None and not ready("".join(lines)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert p.poll() is None, "".join(lines)[-3000:]  # it must still be working when Ctrl-C comes
+    os.killpg(p.pid, signal.SIGINT)
+    code = p.wait(timeout=300)
+    reader.join(10)
+    return code, "".join(lines)
+
+
+def test_ctrl_c_in_training_names_the_checkpoint_and_the_command_that_resumes(smoke_run, tmp_path):
+    out, _, _ = smoke_run
+    run = tmp_path / "t"
+    run.mkdir()
+    shutil.copy(out / "config.yaml", run)
+    shutil.copytree(out / "data", run / "data")
+    argv = ["train", str(run / "config.yaml"), "train.max_steps=400", "train.save_every=1", "--out", str(run)]
+    code, text = interrupt_when(tmp_path, argv, lambda _: (run / "checkpoints" / "checkpoint-1").is_dir())
+    assert code == 130, text[-3000:]
+    last = next((x for x in reversed(text.splitlines()) if x.startswith("interrupted: ")), text[-3000:])
+    assert f"its latest checkpoint is {run / 'checkpoints' / 'checkpoint-'}" in last, last
+    assert f"Continue with `tunebench {shlex.join(argv)} --resume`" in last, last
+
+
+def test_ctrl_c_in_eval_names_the_cached_answers_and_the_command_that_continues(smoke_run, tmp_path):
+    out, _, _ = smoke_run
+    run = tmp_path / "e"
+    shutil.copytree(out, run, ignore=shutil.ignore_patterns("checkpoints"))
+    code, text = interrupt_when(tmp_path, ["eval", str(run)], lambda t: "perplexity/test =" in t)
+    assert code == 130, text[-3000:]
+    last = next((x for x in reversed(text.splitlines()) if x.startswith("interrupted: ")), text[-3000:])
+    assert f"evaluation of {run} stopped before {run / 'eval'}" in last, last
+    assert "probe answers generated so far are cached in" in last and "Continue with `tunebench eval " in last, last
+
+
+def test_ctrl_c_in_a_run_names_the_finished_stages_and_the_command_that_continues(smoke_run, tmp_path):
+    out, _, _ = smoke_run
+    run = tmp_path / "r"
+    shutil.copytree(out, run, ignore=shutil.ignore_patterns("checkpoints"))
+    (run / "eval" / "tuned" / "results.json").unlink()  # as if the first run had stopped in the tuned evaluation
+    stages = json.loads((run / "stages.json").read_text())
+    del stages["eval_tuned"]
+    (run / "stages.json").write_text(json.dumps(stages))
+    code, text = interrupt_when(ROOT, ["run", "smoke", "--out", str(run)], lambda t: "stage eval tuned" in t)
+    assert code == 130, text[-3000:]
+    last = next((x for x in reversed(text.splitlines()) if x.startswith("interrupted: ")), text[-3000:])
+    assert f"the finished stages ({', '.join(stages)}) are recorded in {run / 'stages.json'}" in last, last
+    assert f"Continue with `tunebench run smoke --out {run}`: finished stages are skipped" in last, last

@@ -64,6 +64,9 @@ def test_every_module_error_is_in_the_one_hierarchy():
     (["eval", "/nonexistent-run"], "not a tunebench run folder"),
     (["compare", "/nonexistent-a", "/nonexistent-b"], "no such run folder"),
     (["gate", "runs/x", "--rules", "/nonexistent-rules.yaml"], "rules"),
+    (["run", "smoke", "eval.judge.prompt_sets=[mtbenc]"], "did you mean 'mt_bench'"),
+    (["run", "smoke", "eval.judge.template=/nonexistent.jinja"], "does not exist"),
+    (["run", "smoke", "eval.judge.model=null"], "set exactly one of eval.judge.model"),
 ])
 def test_bad_input_exits_2_with_one_paragraph(capsys, tmp_path, monkeypatch, argv, needle):
     monkeypatch.chdir(tmp_path)

@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import logging
 import os
+import shlex
 import sys
 import traceback
 from pathlib import Path
@@ -30,27 +31,28 @@ from tunebench.core.errors import (
     EXIT_INTERRUPTED,
     EXIT_INVALID_INPUT,
     ConfigError,
+    Interrupted,
     PipelineError,
     TunebenchError,
 )
-from tunebench.core.io import atomic_write_json, atomic_write_text, read_json
+from tunebench.core.io import atomic_write_json, atomic_write_text, cache_root, read_json
 from tunebench.core.lock import run_lock
 from tunebench.data import conversations as data_mod
 from tunebench.data.splits import MIN_TEST_CONVERSATIONS
-from tunebench.evals.chat import chat
+from tunebench.evals.chat import chat, quiet_loading
 from tunebench.evals.contract import check_contract
 from tunebench.evals.llamacpp import LABEL_SUFFIX
 from tunebench.evals.llamacpp_eval import evaluate_gguf_llamacpp
 from tunebench.evals.modeling import load_for_eval
 from tunebench.evals.runner import evaluate_model, save_contamination
 from tunebench.models.loading import load_tokenizer, resolve_model
-from tunebench.reports.compare import ARTIFACT_PREFIX, leaderboard_from_runs
-from tunebench.reports.gate import gate_main
-from tunebench.reports.render import render_leaderboard
+from tunebench.reports.compare import ARTIFACT_PREFIX, Comparison, leaderboard_from_runs
+from tunebench.reports.gate import GATES_DIR, gate_main
+from tunebench.reports.render import export_view, render_leaderboard
 from tunebench.train.backends import import_unsloth
 from tunebench.train.export import adapter_dir, export_merged
 from tunebench.train.gguf_export import export_gguf, parse_quants
-from tunebench.train.trainer import train
+from tunebench.train.trainer import latest_checkpoint, train
 
 log = logging.getLogger("tunebench")
 
@@ -59,13 +61,13 @@ EXAMPLES = """examples:
   tunebench run llama-3.2-1b-finetome         # GPU + hub: Unsloth QLoRA on FineTome-100k
   tunebench train smoke train.lr=1e-4 lora.r=32
   tunebench eval runs/smoke                   # base and tuned of a trained run
-  tunebench eval --model packaged:smollm2-135m-instruct --adapter runs/smoke/adapter
-  tunebench gate runs/smoke --rules configs/gates/default.yaml
+  tunebench eval --model packaged:smollm2-135m-instruct --adapter runs/smoke/adapter --data-from runs/smoke
+  tunebench gate runs/smoke --rules default          # a shipped gate (configs/gates/default.yaml) or a YAML path
   tunebench compare runs/a runs/b             # leaderboard of adapters against one base
   tunebench chat --model packaged:smollm2-135m-instruct --adapter runs/smoke/adapter
   tunebench export runs/smoke --merged
   tunebench export runs/smoke --gguf --quant f16,q8_0
-  tunebench eval --model runs/smoke/export/model-q8_0.gguf --data-from runs/smoke
+  tunebench eval --model runs/smoke/export/model-q8_0.gguf --data-from runs/smoke   # + its Δ against the adapter
   tunebench eval --model runs/smoke/export/model-q8_0.gguf --runtime llama.cpp --data-from runs/smoke
   tunebench serve runs/smoke --quant q8_0     # OpenAI-compatible server on 127.0.0.1:8080
   tunebench bench speed --shape llama-3.2-1b  # GPU only
@@ -137,11 +139,16 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace, cfg: RunConfig, run_dir: Path) -> int:
-    result = train(cfg, run_dir, resume=args.resume, overwrite=args.overwrite, strict=args.strict)
+    resume = _again(args, add="--resume")
+    try:
+        result = train(cfg, run_dir, resume=args.resume, overwrite=args.overwrite, strict=args.strict)
+    except KeyboardInterrupt:  # before the trainer's own handler was up, or a second Ctrl-C
+        raise Interrupted(f"training in {run_dir} stopped; {_checkpoint_note(run_dir)}. Continue with `{resume}`") \
+            from None
     if result.interrupted:
-        print(f"interrupted: checkpoint {result.checkpoint}; continue with `tunebench train ... --resume`",
+        print(f"interrupted: training in {run_dir} stopped; {_checkpoint_note(run_dir)}. Continue with `{resume}`",
               file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     if result.manifest is None:  # not the main process of a distributed job: it wrote nothing
         return 0
     write_config(cfg, run_dir)
@@ -155,20 +162,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.run and "=" in args.run and not Path(args.run).exists():  # an override, not a run folder
         args.overrides, args.run = [args.run, *args.overrides], None
     if args.run:
-        run_dir = Path(args.run)
-        if not (run_dir / "config.yaml").is_file():
-            raise PipelineError(f"{run_dir}: not a tunebench run folder (no config.yaml); give the folder that "
-                                "`tunebench run` or `tunebench train` wrote (runs/<name>)")
-        cfg = load_config(run_dir / "config.yaml", args.overrides)
-        preflight(cfg)
-        dist.init()
-        contamination = save_contamination(run_dir, cfg) if dist.is_main() else None
-        for label, adapter in (("base", None), ("tuned", run_dir / "adapter")):
-            out = run_dir / "eval" / label / "results.json"
-            evaluate_model(cfg, run_dir, label, adapter, out, contamination)
-            if dist.is_main():
-                print(f"{label}: {out}")
-        return 0
+        return _eval_run(args)
     if not args.model:
         raise ConfigError("give a run folder (tunebench eval RUN) or --model REF [--adapter DIR] --data-from RUN")
     if not args.data_from:
@@ -185,6 +179,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         out = Path(args.out) if args.out else run_dir / "eval" / label / "results.json"
         evaluate_gguf_llamacpp(cfg, run_dir, args.model, label, out)
         print(f"{label}: {out}")
+        if label.startswith(ARTIFACT_PREFIX) and out == run_dir / "eval" / label / "results.json":
+            _report_artifact(run_dir, cfg, label)
         return 0
     cfg = load_config(run_dir / "config.yaml", [f"model.ref={args.model}", *args.overrides])
     preflight(cfg)
@@ -192,10 +188,104 @@ def cmd_eval(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else run_dir / "eval" / label / "results.json"
     if artifact:
         check_contract(args.model, run_dir / "adapter", list(cfg.eval.probe_files))
-    evaluate_model(cfg, run_dir, label, args.adapter, out, artifact=artifact)
+    try:
+        evaluate_model(cfg, run_dir, label, args.adapter, out, artifact=artifact)
+    except KeyboardInterrupt:
+        raise Interrupted(f"the evaluation of {args.model} stopped before {out} was written; {_cache_note(cfg)}. "
+                          f"Continue with `{_again(args)}`") from None
     if dist.is_main():
         print(f"{label}: {out}")
+        if artifact and label.startswith(ARTIFACT_PREFIX) and out == run_dir / "eval" / label / "results.json":
+            _report_artifact(run_dir, cfg, label)
     return 0
+
+
+def _eval_run(args: argparse.Namespace) -> int:
+    """`tunebench eval RUN`: base and tuned on the run's inputs, then the run's report re-rendered."""
+    run_dir = Path(args.run)
+    if not (run_dir / "config.yaml").is_file():
+        raise PipelineError(f"{run_dir}: not a tunebench run folder (no config.yaml); give the folder that "
+                            "`tunebench run` or `tunebench train` wrote (runs/<name>)")
+    cfg = load_config(run_dir / "config.yaml", args.overrides)
+    preflight(cfg)
+    dist.init()
+    contamination = save_contamination(run_dir, cfg) if dist.is_main() else None
+    for label, adapter in (("base", None), ("tuned", run_dir / "adapter")):
+        out = run_dir / "eval" / label / "results.json"
+        try:
+            evaluate_model(cfg, run_dir, label, adapter, out, contamination)
+        except KeyboardInterrupt:
+            kept = "the base results were written; " if label == "tuned" else ""
+            # base is done: the tuned side alone continues it
+            again = _again(args) if label == "base" else shlex.join(
+                ["tunebench", "eval", "--model", cfg.model.ref, "--adapter", str(adapter), "--data-from", str(run_dir),
+                 *args.overrides])
+            raise Interrupted(f"the {label} evaluation of {run_dir} stopped before {out} was written; {kept}"
+                              f"{_cache_note(cfg)}. Continue with `{again}`") from None
+        if dist.is_main():
+            print(f"{label}: {out}")
+    if dist.is_main():
+        result = finish(run_dir, cfg)
+        print("\n" + result.headline)
+        print(f"report: {result.report}")
+    return 0
+
+
+def _report_artifact(run_dir: Path, cfg: RunConfig, label: str) -> None:
+    """Re-render the run's report with the artifact just scored (report.md, comparison.json,
+    export_comparison.json) and print the artifact's Δ against the adapter as the report's export section does."""
+    if not all((run_dir / "eval" / side / "results.json").is_file() for side in ("base", "tuned")):
+        print(f"report: not refreshed: {run_dir} has no base and tuned results to compare with yet "
+              f"(`tunebench eval {run_dir}`)")
+        return
+    result = finish(run_dir, cfg)
+    name, path = label.removeprefix(ARTIFACT_PREFIX), run_dir / "export_comparison.json"
+    fresh = path.exists() and path.stat().st_mtime >= (run_dir / "eval" / label / "results.json").stat().st_mtime
+    exported = read_json(path) if fresh else {}
+    if name in exported:
+        view = export_view(Comparison.from_dict(read_json(run_dir / "comparison.json")),
+                           {name: Comparison.from_dict(exported[name])})
+        print(f"\n{label} against the adapter it was exported from (Δ = artifact − adapter, {view['level']} "
+              "intervals paired item by item):")
+        for line in view["lines"]:
+            print(f"- {line}")
+        print("\n" + view["table"])
+    else:
+        print(f"{label} was left out of the report's export section: the warning above says why")
+    print(f"report: {result.report}")
+
+
+def _again(args: argparse.Namespace, add: str | None = None) -> str:
+    """The command line that continues an interrupted command: the same one, less ``--overwrite`` (which would
+    discard what was saved), plus ``add``."""
+    argv = [a for a in args.argv if a != "--overwrite"]
+    return shlex.join(["tunebench", *argv, *([add] if add and add not in argv else [])])
+
+
+def _checkpoint_note(run_dir: Path) -> str:
+    ckpt = latest_checkpoint(run_dir / "checkpoints")
+    return f"its latest checkpoint is {ckpt}" if ckpt else "no checkpoint was saved yet (training starts over)"
+
+
+def _cache_note(cfg: RunConfig) -> str:
+    if cfg.eval.probe_files and cfg.eval.probe_sampling:
+        return (f"the probe answers generated so far are cached in {cache_root() / 'generations'} and are reused "
+                "(perplexity and lm-eval tasks run again)")
+    return "nothing of it was kept (perplexity and lm-eval tasks run again)"
+
+
+def _run_interrupted(args: argparse.Namespace, cfg: RunConfig, run_dir: Path) -> str:
+    """What a stopped `tunebench run` kept, and the command that continues it."""
+    path = run_dir / "stages.json"
+    done = list(read_json(path)) if path.exists() else []
+    kept = [f"the finished stages ({', '.join(done)}) are recorded in {path}" if done else "no stage had finished"]
+    if "train" not in done and "data" in done:
+        ckpt = latest_checkpoint(run_dir / "checkpoints")
+        kept.append(f"training resumes from {ckpt}" if ckpt else "training had saved no checkpoint yet")
+    elif "train" in done and not all(f"eval_{side}" in done for side in ("base", "tuned")):
+        kept.append(_cache_note(cfg))
+    return (f"the run in {run_dir} stopped; {'; '.join(kept)}. Continue with `{_again(args)}`: finished stages "
+            "are skipped")
 
 
 def artifact_label(gguf: str | Path) -> str:
@@ -205,8 +295,12 @@ def artifact_label(gguf: str | Path) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    cfg = load_config(args.preset, args.overrides)  # pipeline.run runs the preflight checks
-    result = run(cfg, _run_dir(args, cfg), overwrite=args.overwrite, strict=args.strict)
+    cfg = _config(args)
+    run_dir = _run_dir(args, cfg)
+    try:
+        result = run(cfg, run_dir, overwrite=args.overwrite, strict=args.strict)
+    except (KeyboardInterrupt, Interrupted):  # Ctrl-C here, or in the training child (it saved a checkpoint)
+        raise Interrupted(_run_interrupted(args, cfg, run_dir)) from None
     print("\n" + result.headline)
     print(f"report: {result.report}")
     return result.gate_code if args.gate_exit else 0
@@ -225,7 +319,17 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_gate(args: argparse.Namespace) -> int:
-    return gate_main(args.run, args.rules, args.out)
+    return gate_main(args.run, shipped_rules(args.rules), args.out)
+
+
+def shipped_rules(rules: str | None) -> str | None:
+    """``configs/gates/NAME.yaml``, as the docs write it, names the shipped file (package data) when the working
+    folder has no such file; any other value goes to the gate as given (a path, or a shipped name like ``default``)."""
+    if rules is None or Path(rules).exists():
+        return rules
+    p = Path(rules)
+    shipped = GATES_DIR / p.name
+    return str(shipped) if p.parent.parts[-2:] == ("configs", "gates") and shipped.is_file() else rules
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -237,7 +341,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
-    loaded = load_for_eval(args.model, args.adapter, args.template)
+    with contextlib.nullcontext() if args.verbose else quiet_loading():  # one line before the first prompt
+        loaded = load_for_eval(args.model, args.adapter, args.template)
     sampling = SamplingConfig(name="chat", temperature=args.temperature, min_p=args.min_p,
                               max_new_tokens=args.max_new_tokens)
     chat(loaded, sampling, system=args.system)
@@ -262,9 +367,12 @@ def cmd_export(args: argparse.Namespace) -> int:
             atomic_write_json(out / f"contract-{q}.json", report.to_dict())
             print(f"contract {q}: {', '.join(report.runtimes)} feed the same tokens on {report.prompts} prompts"
                   + (f" (not checked: {'; '.join(report.skipped)})" if report.skipped else ""))
-        for a in read_json(out / "export.json")["artifacts"]:
+        artifacts = read_json(out / "export.json")["artifacts"]
+        for a in artifacts:
             print(f"gguf: {out / a['file']}  ({a['quant']}, {a['bytes'] / 1e6:.0f} MB)  Modelfile: {out / a['modelfile']}")
-        print(f"evaluate: tunebench eval --model {out / 'model-<quant>.gguf'} --data-from {args.run}")
+        run_dir = _run_folder_of(Path(args.run))
+        for a in artifacts if run_dir else []:  # scored on the run's own test split, against its adapter
+            print(f"evaluate: tunebench eval --model {out / a['file']} --data-from {run_dir}")
     return 0
 
 
@@ -274,6 +382,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     opts = ServeOptions(run_dir, quant=args.quant, host=args.host, port=args.port, api_key_env=args.api_key_env,
                         no_export=args.no_export, n_ctx=args.n_ctx)
     return serve(opts, probe_files)
+
+
+def _run_folder_of(path: Path) -> Path | None:
+    """The run folder of ``path`` (a run folder, or the adapter folder inside one), or None."""
+    return next((p for p in (path, path.parent) if (p / "config.yaml").is_file()), None)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -329,21 +442,25 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_report)
     s = sub.add_parser("gate", help="release gate: exit 0 pass, 1 fail, 3 inconclusive, 2 invalid input")
     s.add_argument("run")
-    s.add_argument("--rules", help="rules YAML (default: the run's gate.rules, else configs/gates/default.yaml)")
+    s.add_argument("--rules", help="rules YAML, or a shipped gate name (default; configs/gates/NAME.yaml names the "
+                   "shipped file too); default: the run's gate.rules, else the shipped default")
     s.add_argument("--out", help="verdict JSON (default RUN/gate.json)")
     s.set_defaults(fn=cmd_gate)
     s = sub.add_parser("compare", help="leaderboard: several runs' adapters against their common base")
     s.add_argument("runs", nargs="+")
     s.add_argument("--out", help="write the Markdown table here too")
     s.set_defaults(fn=cmd_compare)
-    s = sub.add_parser("chat", help="interactive chat, streamed token by token")
-    s.add_argument("--model", default="packaged:smollm2-135m-instruct")
-    s.add_argument("--adapter")
-    s.add_argument("--template", default="auto")
-    s.add_argument("--system")
-    s.add_argument("--temperature", type=float, default=1.5)
-    s.add_argument("--min-p", type=float, default=0.1)
-    s.add_argument("--max-new-tokens", type=int, default=256)
+    s = sub.add_parser("chat", help="interactive chat, streamed token by token",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    s.add_argument("--model", default="packaged:smollm2-135m-instruct",
+                   help="model reference (hub id, folder, .gguf, packaged:...)")
+    s.add_argument("--adapter", help="LoRA adapter folder (e.g. runs/smoke/adapter)")
+    s.add_argument("--template", default="auto", help="chat template (auto: the adapter's, else the model's)")
+    s.add_argument("--system", help="system prompt, kept across /reset")
+    s.add_argument("--temperature", type=float, default=1.5, help="sampling temperature (0 = greedy)")
+    s.add_argument("--min-p", type=float, default=0.1, help="min-p sampling cutoff")
+    s.add_argument("--max-new-tokens", type=int, default=256,
+                   help="longest answer in tokens (kept free in the model's context)")
     s.set_defaults(fn=cmd_chat)
     s = sub.add_parser("export", help="write the merged model: a 16-bit folder (--merged) and/or GGUF files (--gguf)")
     s.add_argument("run", help="run folder or adapter folder")
@@ -394,7 +511,9 @@ def _command_lock(args: argparse.Namespace) -> contextlib.AbstractContextManager
 
 def main(argv: list[str] | None = None) -> int:
     """Parse ``argv``, run one subcommand, and map errors to exit codes by class (see core.errors)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # what an interrupted command tells the user to run again
     _setup_logging(args.verbose)
     try:
         with _command_lock(args):
@@ -403,8 +522,10 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(e, e.exit_code, args.verbose)
     except (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError) as e:
         return _fail(e, EXIT_INVALID_INPUT, args.verbose)  # a path the user named that is not there / not usable
-    except KeyboardInterrupt as e:
-        return _fail(e, EXIT_INTERRUPTED, args.verbose)
+    except KeyboardInterrupt as e:  # a command with nothing to resume: say so rather than print an empty line
+        stopped = Interrupted(f"`{_again(args)}` stopped before it finished. Run it again")
+        stopped.__traceback__ = e.__traceback__
+        return _fail(stopped, EXIT_INTERRUPTED, args.verbose)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ from tunebench.core.io import (
 from tunebench.core.lock import LOCK_FILES, run_lock
 from tunebench.data import conversations as data_mod
 from tunebench.evals.contract import check_contract
+from tunebench.evals.judge import judge_fingerprint, run_judge
 from tunebench.evals.llamacpp import LABEL_SUFFIX
 from tunebench.evals.llamacpp_eval import evaluate_gguf_llamacpp
 from tunebench.evals.results import Results
@@ -55,6 +56,7 @@ from tunebench.reports.compare import (
     compare,
     compare_artifacts,
     load_artifact_results,
+    load_judge_results,
     load_run_results,
 )
 from tunebench.reports.gate import gate_main
@@ -240,7 +242,9 @@ def _run(cfg: RunConfig, run_dir: Path, overwrite: bool, progress: bool, strict:
     adapter = run_dir / "adapter"
     stages.run("train", train_fp, [adapter / "manifest.json"], train)
 
-    eval_fp = fingerprint([data_fp, to_dict(cfg.model), to_dict(cfg.eval), cfg.report.alpha])
+    # the judge has its own stage: its settings leave perplexity, probes and lm-eval alone
+    eval_settings = {k: v for k, v in to_dict(cfg.eval).items() if k != "judge"}
+    eval_fp = fingerprint([data_fp, to_dict(cfg.model), eval_settings, cfg.report.alpha])
     contamination_path = run_dir / "eval" / "contamination.json"
     stages.run("contamination", eval_fp, [contamination_path], lambda: save_contamination(run_dir, cfg))
     contamination = read_json(contamination_path)
@@ -254,6 +258,12 @@ def _run(cfg: RunConfig, run_dir: Path, overwrite: bool, progress: bool, strict:
     tuned_path = run_dir / "eval" / "tuned" / "results.json"
     stages.run("eval_tuned", tuned_fp, [tuned_path],
                lambda: evaluate_model(cfg, run_dir, "tuned", adapter, tuned_path, contamination, progress))
+
+    if cfg.eval.judge.enabled:
+        judge_path = run_dir / "eval" / "judge"
+        stages.run("judge", fingerprint([data_fp, tuned_fp, judge_fingerprint(cfg)]),
+                   [judge_path / "results.json", judge_path / "judgments.jsonl"],
+                   lambda: run_judge(cfg, run_dir, adapter, judge_path, progress))
 
     if cfg.export.gguf:
         export_stage(cfg, run_dir, stages, fingerprint([train_fp, manifest.get("created")]), eval_fp, contamination,
@@ -323,7 +333,9 @@ def finish(run_dir: Path, cfg: RunConfig) -> PipelineResult:
 
 
     results = load_run_results(run_dir)
-    comparison = compare(results["base"], results["tuned"], cfg.report.alpha, cfg.eval.bootstrap_samples)
+    judged = load_judge_results(run_dir) if cfg.eval.judge.enabled else None
+    comparison = compare(results["base"], results["tuned"], cfg.report.alpha, cfg.eval.bootstrap_samples,
+                         judged=judged)
     atomic_write_json(run_dir / "comparison.json", comparison.to_dict())
     exported = {}
     for name, res in load_artifact_results(run_dir).items():

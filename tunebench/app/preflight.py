@@ -1,7 +1,8 @@
 """Checks a config can pass or fail before any model loads: a typo must cost seconds, not a training run.
 
 ``tunebench config`` and the start of ``run``, ``train``, ``eval`` and ``data`` call ``preflight``: lm-eval task
-names (lm-eval's task index, cached), probe files (parsed as evaluation will), the contamination n-gram length
+names (lm-eval's task index, cached), probe files (parsed as evaluation will), the judge's prompt sets and template,
+the contamination n-gram length
 (against the limit ``evals.contamination`` enforces) and the gate rules against the metrics this config can
 produce. It lives in the application layer because it asks evals and reports; core validates types and ranges.
 """
@@ -15,6 +16,8 @@ from dataclasses import dataclass
 from tunebench.core.config import RunConfig
 from tunebench.core.errors import ConfigError, GateError, ProbeError
 from tunebench.evals.contamination import MIN_SHINGLE_WORDS
+from tunebench.evals.judge import preflight as judge_preflight
+from tunebench.evals.judge_prompts import set_name
 from tunebench.evals.lm_eval_index import TaskIndex, check_task_names
 from tunebench.evals.probes import load_probe_set
 from tunebench.reports.gate import GateRule, load_rules
@@ -56,6 +59,8 @@ def preflight(cfg: RunConfig, whole_run: bool = False) -> None:
         probe_sets = [load_probe_set(name).name for name in cfg.eval.probe_files]
     except ProbeError as e:
         raise ProbeError(f"eval.probe_files: {e}") from None
+    if cfg.eval.judge.enabled:  # prompt sets, the judge's template and reference: its stage runs after evaluation
+        judge_preflight(cfg.eval.judge)
     check_rules(cfg, load_rules(cfg.gate.rules), produced_metrics(cfg, probe_sets, index), whole_run)
 
 
@@ -70,6 +75,8 @@ def produced_metrics(cfg: RunConfig, probe_sets: list[str], index: TaskIndex | N
         out.append(MetricShape(("lm_eval", name)))  # the task itself, or a group's pooled metrics
         for leaf, group in index.leaves(name).items():  # evals.lm_eval_groups.member_prefix
             out.append(MetricShape(("lm_eval", group, leaf) if group else ("lm_eval", leaf)))
+    if cfg.eval.judge.enabled:  # evals.judge_metrics: judge/<set>/win_rate, and per category below it
+        out += [MetricShape(("judge", set_name(spec))) for spec in cfg.eval.judge.prompt_sets]
     return list(dict.fromkeys(out))
 
 

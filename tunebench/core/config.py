@@ -162,6 +162,81 @@ class SamplingConfig:
 
 
 @dataclass
+class JudgeEndpointConfig:
+    """An OpenAI-compatible server that judges (vLLM, llama.cpp's server, Ollama, a hosted API)."""
+
+    base_url: str = ""
+    """Server root, e.g. http://127.0.0.1:8000/v1 (the client appends /chat/completions)."""
+    model: str = ""
+    """Model name the server knows."""
+    api_key_env: str | None = None
+    """Name of the environment variable that holds the key (the key itself is never written anywhere)."""
+    concurrency: int = 8
+    """Requests in flight at once."""
+    timeout_s: float = 120.0
+    """Seconds per request before it counts as failed (and is retried)."""
+    retries: int = 4
+    """Retries with exponential backoff on 429, 5xx and timeouts."""
+
+    def __post_init__(self) -> None:
+        if not self.base_url.startswith(("http://", "https://")):
+            raise ConfigError(f"eval.judge.endpoint.base_url: {self.base_url!r} must be an http(s) URL such as "
+                              "http://127.0.0.1:8000/v1")
+        if not self.model:
+            raise ConfigError("eval.judge.endpoint.model: name the model the server serves")
+        if self.concurrency < 1 or self.retries < 0 or self.timeout_s <= 0:
+            raise ConfigError("eval.judge.endpoint: concurrency must be >= 1, retries >= 0 and timeout_s > 0")
+
+
+@dataclass
+class JudgeConfig:
+    """Pairwise judge: tuned vs base answers on the same prompts, judged in both orders (evals.judge)."""
+
+    enabled: bool = False
+    """Run the judge stage after evaluation (`tunebench run`)."""
+    model: str | None = None
+    """Judge model: any reference tunebench loads (hub id, folder, .gguf, packaged:...); run in-process."""
+    endpoint: JudgeEndpointConfig | None = None
+    """Or an OpenAI-compatible server; set this or model, not both."""
+    prompt_sets: list[str] = field(default_factory=lambda: ["heldout"])
+    """mt_bench (80 two-turn questions), heldout (first user turn of test conversations) or a YAML file."""
+    n: int | None = 100
+    """Prompts per set at most (questions for mt_bench); null = all."""
+    answer_max_new_tokens: int = 256
+    """Length cap of base and tuned answers (greedy, the same for both)."""
+    max_new_tokens: int = 512
+    """Length cap of each judgment (the judge explains, then gives its verdict)."""
+    template: str | None = None
+    """A Jinja file that replaces the MT-Bench pairwise prompt; must use answer_a and answer_b."""
+    batch_size: int = 16
+    """Answers or judgments per generate() call (in-process)."""
+    max_parse_failure: float = 0.1
+    """Above this share of unparseable judgments the metric is invalid (the gate reads it as inconclusive)."""
+    min_sanity: float = 0.75
+    """Below this share of planted pairs judged right the judge is unreliable (the gate reads inconclusive)."""
+    sanity_questions: int = 6
+    """Planted questions (evals/judges/sanity.yaml, at most 6): each right answer vs an empty and an off-topic one,
+    both orders, so 4 judgments per question."""
+    seed: int = 1234
+    """Seed of the bootstrap and of any sampled decoding."""
+
+    def __post_init__(self) -> None:
+        if self.enabled and (self.model is None) == (self.endpoint is None):
+            raise ConfigError("eval.judge: set exactly one of eval.judge.model (a model reference) and "
+                              "eval.judge.endpoint (an OpenAI-compatible server)")
+        if not self.prompt_sets:
+            raise ConfigError("eval.judge.prompt_sets: name at least one prompt set (mt_bench, heldout or a YAML file)")
+        for name in ("answer_max_new_tokens", "max_new_tokens", "batch_size", "sanity_questions"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"eval.judge.{name}: {getattr(self, name)!r} must be >= 1")
+        if self.n is not None and self.n < 1:
+            raise ConfigError(f"eval.judge.n: {self.n!r} must be >= 1 or null (all prompts)")
+        for name in ("max_parse_failure", "min_sanity"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"eval.judge.{name}: {getattr(self, name)!r} must be a share in [0, 1]")
+
+
+@dataclass
 class EvalConfig:
     """What to measure on base and tuned."""
 
@@ -210,6 +285,8 @@ class EvalConfig:
     contamination_ngram: int = 13
     """Word n-gram length for the train/eval overlap check (at least evals.contamination.MIN_SHINGLE_WORDS,
     checked by app.preflight before anything runs)."""
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    """Pairwise judge of tuned vs base answers (its own stage; its settings do not re-run the evaluation)."""
 
 
 @dataclass

@@ -125,6 +125,10 @@ class PipelineError(InvalidInput):
     """A run folder or stage problem the user must resolve."""
 
 
+class JudgeError(InvalidInput, ValueError):
+    """Judge stage: unknown prompt set, bad judge template, unreachable endpoint, missing MT-Bench data."""
+
+
 class ExportError(InvalidInput):
     """An export that cannot be written (no adapter, unsupported architecture or quantization, disk full)."""
 

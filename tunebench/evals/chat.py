@@ -6,8 +6,11 @@ you see here is what the evaluation sees.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from tunebench.core.config import SamplingConfig
@@ -21,17 +24,96 @@ from tunebench.evals.generation import (
     static_cache_kwargs,
 )
 
-HELP = "/reset clears the conversation, /exit (or Ctrl-D) quits"
+COMMANDS = {
+    "/help": "list these commands",
+    "/reset": "clear the conversation (the system prompt stays)",
+    "/exit": "quit (also /quit or Ctrl-D); Ctrl-C stops an answer, not the chat",
+}
+HELP = "/help lists the commands, /exit (or Ctrl-D) quits"
+CHATTY_LOGGERS = ("transformers", "torch", "peft", "accelerate", "huggingface_hub", "bitsandbytes", "torchao")
+"""Libraries whose load-time warnings and progress bars would bury the chat's first prompt."""
 
 
-def _fit_context(loaded: Any, history: list[dict[str, str]], keep: int, max_new: int) -> list[int]:
-    """Prompt ids of ``history``, dropping the oldest exchanges (never the system prompt) until they fit."""
-    limit = getattr(getattr(loaded.model, "config", None), "max_position_embeddings", None)
+@contextlib.contextmanager
+def quiet_loading() -> Iterator[None]:
+    """Load a model without the libraries' chatter (deprecation warnings, weight-loading bars) before the first
+    prompt; errors still surface, and ``-v`` (which skips this) shows everything."""
+    import torch  # noqa: F401  (imported first: its import configures the "torch" loggers this then quiets)
+    from transformers.utils import logging as hf_logging  # heavy: transformers, imported when needed
+
+    loggers = [logging.getLogger(name) for name in CHATTY_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    bars = hf_logging.is_progress_bar_enabled()
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    hf_logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def context_limit(loaded: Any) -> int | None:
+    """The model's context length in tokens (``max_position_embeddings``), or None when it does not say."""
+    return getattr(getattr(loaded.model, "config", None), "max_position_embeddings", None)
+
+
+def _fit_context(loaded: Any, history: list[dict[str, str]], keep: int, max_new: int) -> tuple[list[int], str | None]:
+    """Prompt ids of ``history`` that leave ``max_new`` tokens of the model's context for the answer.
+
+    Drops the oldest exchanges first (never the system prompt), then keeps only the end of the new message
+    (where the question usually is); ``history`` is edited to what the model will see.
+
+    Returns:
+        The prompt ids (empty when nothing of the message fits) and a notice naming the limit and what was
+        kept and dropped, or None when everything fit.
+    """
+    limit = context_limit(loaded)
     ids = render_prompt(loaded.tokenizer, history)
-    while limit and len(ids) + max_new > limit and len(history) > keep + 1:
+    if not limit or len(ids) + max_new <= limit:
+        return ids, None
+    asked, dropped = len(ids), 0
+    while len(ids) + max_new > limit and len(history) > keep + 1:
         del history[keep:keep + 2]  # one user turn and its answer
+        dropped += 1
         ids = render_prompt(loaded.tokenizer, history)
-    return ids
+    done = [f"dropped the {dropped} oldest exchange{'s' * (dropped > 1)}"] if dropped else []
+    if len(ids) + max_new > limit:
+        ids, kept = _truncate_message(loaded.tokenizer, history, limit - max_new)
+        if not ids:
+            history.pop()
+            return [], (f"(not sent: the model's context is {limit:,} tokens and {max_new:,} are kept for the "
+                        "answer; the system prompt leaves no room for the message. Lower --max-new-tokens or "
+                        "shorten --system)")
+        done.append(f"kept the last {kept[0]:,} of your message's {kept[1]:,} tokens")
+    return ids, (f"(context: {asked:,} prompt tokens + {max_new:,} for the answer exceed the model's {limit:,}-token "
+                 f"context; {' and '.join(done)}: the model reads {len(ids):,} tokens)")
+
+
+def _truncate_message(tok: Any, history: list[dict[str, str]], budget: int) -> tuple[list[int], tuple[int, int]]:
+    """Cut the last message to its final tokens so the rendered prompt holds at most ``budget`` tokens.
+
+    Returns:
+        The prompt ids ([] when even an empty message is over budget) and (tokens kept, tokens it had).
+    """
+    content = history[-1]["content"]
+    msg = tok(content, add_special_tokens=False)["input_ids"]
+    history[-1]["content"] = ""
+    room = budget - len(render_prompt(tok, history))  # what the template and the earlier turns leave
+    keep = min(room, len(msg))
+    while keep > 0:  # decoding and re-encoding a cut can merge tokens differently: shrink until it fits
+        history[-1]["content"] = tok.decode(msg[-keep:], skip_special_tokens=True)
+        ids = render_prompt(tok, history)
+        if len(ids) <= budget:
+            return ids, (keep, len(msg))
+        keep -= len(ids) - budget
+    history[-1]["content"] = content
+    return [], (0, len(msg))
 
 
 def chat(
@@ -73,7 +155,9 @@ def chat(
     path = decode_path(loaded, cache_implementation)
     device = getattr(model, "device", None) or loaded.device
     who = loaded.source.ref + (f" + {loaded.adapter}" if loaded.adapter else "")
-    print_fn(f"chatting with {who} ({sampling.name}: temperature {sampling.temperature}). {HELP}")
+    limit = context_limit(loaded)
+    context = f", context {limit:,} tokens" if limit else ""
+    print_fn(f"chatting with {who} ({sampling.name}: temperature {sampling.temperature}{context}). {HELP}")
     turn = 0
     while True:
         try:
@@ -90,11 +174,18 @@ def chat(
             history = list(base)
             print_fn("(conversation cleared)")
             continue
+        if cmd == "/help":
+            print_fn("\n".join(f"  {name:<7} {what}" for name, what in COMMANDS.items()))
+            continue
         if cmd.startswith("/"):
             print_fn(f"unknown command {cmd!r}: {HELP}")
             continue
         history.append({"role": "user", "content": line})
-        ids = _fit_context(loaded, history, len(base), sampling.max_new_tokens)
+        ids, notice = _fit_context(loaded, history, len(base), sampling.max_new_tokens)
+        if notice:
+            print_fn(notice)
+        if not ids:
+            continue
         input_ids = torch.tensor([ids], device=device)
         if path == "static":
             kwargs.update(static_cache_kwargs(len(ids) + sampling.max_new_tokens))

@@ -48,6 +48,8 @@ IMPROVED, REGRESSED, UNCHANGED = "improved", "regressed", "no significant change
 TOO_FEW = "too few samples"
 FEW_SAMPLES = 10
 """Breakdown rows (one probe, one subject) with fewer paired units are flagged, not judged: a few samples are noise."""
+INVALID = "invalid judge metric"
+"""Verdict of a judge row whose metric cannot be read (too many unparseable judgments, an unreliable judge)."""
 _SAMPLE_ID = re.compile(r"^(?P<unit>.+)#\d+$")
 
 
@@ -268,6 +270,53 @@ def compare_metric(
     )
 
 
+# ----------------------------------------------------------------------------- judged (one-sided paired) metrics
+
+JUDGE_DIR = "judge"
+"""eval/judge/results.json holds the pairwise judge's metrics (label judge; evals.judge)."""
+
+
+def judged_row(m: Metric, alpha: float = 0.05) -> MetricComparison:
+    """A judge's win rate as a comparison row: base 0.5 (no preference), tuned the win rate, delta win_rate - 0.5.
+
+    A judge compares tuned with base on each prompt, so its metric is already paired and one-sided; the row carries
+    the judge stage's clustered bootstrap interval (shifted by 0.5), its sign-test p and its MDE, and gate rules
+    read it like any row (``min_improvement`` over 0.5, ``max_regression`` below it). An invalid metric (too many
+    unparseable judgments, an unreliable judge) has no interval: the gate reads it as inconclusive and says why.
+    """
+    d = m.details
+    value = _finite(m.value)
+    valid = bool(d.get("valid", True)) and value is not None and m.ci_low is not None and m.ci_high is not None
+    delta = value - 0.5 if value is not None else None
+    low = m.ci_low - 0.5 if valid else None
+    high = m.ci_high - 0.5 if valid else None
+    p = _finite(d.get("p_value")) if valid and d.get("p_value") is not None else None
+    significant = p is not None and p < alpha and low is not None and (low > 0 or high < 0)
+    verdict = (IMPROVED if delta and delta > 0 else REGRESSED) if significant else UNCHANGED if valid else INVALID
+    method = (f"pairwise judge, both orders; {m.ci_method}" if valid else
+              f"judge metric invalid: {d.get('invalid_reason') or 'no interval'}")
+    return MetricComparison(
+        metric=m.name, group="judge", unit=m.unit, higher_is_better=True, aggregate="mean", base=0.5,
+        tuned=value, delta=delta, rel_delta=None, ci_low=low, ci_high=high, p_value=p, significant=significant,
+        verdict=verdict, n=m.n, method=method, alpha=alpha, n_base=m.n, n_tuned=m.n,
+        tuned_ci=_metric_ci(m), headline=d.get("headline", True) is not False, details=dict(d),
+        mde=_finite(d["mde"]) if valid and d.get("mde") is not None else None,
+    )
+
+
+def judged_rows(judged: Results | None, alpha: float = 0.05) -> list[MetricComparison]:
+    """Rows of every paired judge metric in ``judged`` (none when the run has no judge stage)."""
+    if judged is None:
+        return []
+    return [judged_row(m, alpha) for m in judged.metrics if m.details.get("paired")]
+
+
+def load_judge_results(run_dir: str | Path) -> Results | None:
+    """A run's judge results (eval/judge/results.json), or None without a judge stage."""
+    path = Path(run_dir) / "eval" / JUDGE_DIR / "results.json"
+    return Results.load(path) if path.exists() else None
+
+
 # ----------------------------------------------------------------------------- whole results
 
 
@@ -427,7 +476,7 @@ def _clean(obj: Any) -> Any:
 
 
 def compare(base: Results, tuned: Results, alpha: float = 0.05, n_boot: int = 2000, seed: int = 0,
-            same_base: bool = True) -> Comparison:
+            same_base: bool = True, judged: Results | None = None) -> Comparison:
     """Compare every metric present in both results (pure: reads nothing, writes nothing).
 
     Args:
@@ -437,6 +486,7 @@ def compare(base: Results, tuned: Results, alpha: float = 0.05, n_boot: int = 20
         n_boot: Bootstrap resamples per metric.
         seed: Seed of the resampling (each metric derives its own stream from it and its name).
         same_base: require both sides to share base weights (False for the adapter vs an exported artifact).
+        judged: the judge stage's results (``load_judge_results``): its win rates become rows (``judged_row``).
 
     Returns:
         A Comparison whose rows follow the base results' metric order.
@@ -461,6 +511,7 @@ def compare(base: Results, tuned: Results, alpha: float = 0.05, n_boot: int = 20
         rows.append(compare_metric(bm, tm, b_items, t_items, alpha, n_boot, seed))
     _mark_headlines(rows, {m.name: m.details.get("headline") for m in base.metrics})
     _adjust_families(rows)
+    rows += judged_rows(judged, alpha)
     b_names = {m.name for m in base.metrics}
     return Comparison(
         base_label=base.label,
@@ -651,7 +702,8 @@ def run_settings(run_dir: str | Path) -> dict[str, Any]:
 def compare_run(run_dir: str | Path, seed: int = 0) -> Comparison:
     """Load a run folder's results and compare them with the run's own alpha and bootstrap size."""
     res, settings = load_run_results(run_dir), run_settings(run_dir)
-    return compare(res["base"], res["tuned"], settings["alpha"], settings["n_boot"], seed)
+    return compare(res["base"], res["tuned"], settings["alpha"], settings["n_boot"], seed,
+                   judged=load_judge_results(run_dir))
 
 
 def leaderboard_from_runs(run_dirs: Sequence[str | Path], seed: int = 0) -> Leaderboard:

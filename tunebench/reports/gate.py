@@ -76,6 +76,7 @@ from tunebench.reports.compare import (
     fmt,
     fmt_interval,
     load_artifact_results,
+    load_judge_results,
     load_run_results,
     run_settings,
 )
@@ -317,6 +318,9 @@ def judge(rule: GateRule, r: MetricComparison) -> GateRow:
     row = GateRow(rule=rule.label, metric=r.metric, status=PASS, reason="", threshold=rule.threshold_text(),
                   base=r.base, tuned=r.tuned, delta=r.delta, ci_low=r.ci_low, ci_high=r.ci_high, p_value=r.p_value,
                   n=r.n, mde=r.mde)
+    if r.details.get("paired") and r.ci_low is None:  # a judge metric marked invalid (compare.judged_row says why)
+        row.status, row.reason = INCONCLUSIVE, f"{r.method}: cannot conclude"
+        return row
     if r.delta is None or r.base is None:
         row.status, row.reason = FAIL, "no value on one side: cannot judge"
         return row
@@ -462,7 +466,8 @@ def judge_run(run_dir: str | Path, rules_path: str | Path | None = None, seed: i
     rules = load_rules(path)
     results = load_run_results(run_dir) if comparison is None else None
     if comparison is None:
-        comparison = compare(results["base"], results["tuned"], settings["alpha"], settings["n_boot"], seed)
+        comparison = compare(results["base"], results["tuned"], settings["alpha"], settings["n_boot"], seed,
+                             judged=load_judge_results(run_dir))
     artifacts = {}
     if any(r.artifact for r in rules):
         artifacts = artifact_comparisons(run_dir, results["tuned"] if results else None, seed)

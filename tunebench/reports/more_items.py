@@ -12,7 +12,8 @@ from typing import Any
 from tunebench.reports.compare import Comparison
 
 
-def _get(d: Any, *path: str) -> Any:
+def get_path(d: Any, *path: str) -> Any:
+    """``d[path[0]][path[1]]...``, None where a level is missing or not a dict."""
     for key in path:
         if not isinstance(d, dict):
             return None
@@ -30,7 +31,7 @@ def _lm_eval_documents(metric: str, task: str, comparison: Comparison | None,
     inputs = ((comparison.inputs if comparison else None) or {}).get(f"lm_eval/{task}")
     inputs = inputs if isinstance(inputs, dict) else {}
     row = next((r for r in comparison.rows if r.metric == metric), None) if comparison else None
-    docs = (row.details.get("documents_in_task") if row else None) or _get(inputs, "data_source", "documents")
+    docs = (row.details.get("documents_in_task") if row else None) or get_path(inputs, "data_source", "documents")
     if "limit" in inputs:
         limit = inputs["limit"]
     else:
@@ -44,7 +45,7 @@ def _sampling_spec(name: str, comparison: Comparison | None, cfg: dict[str, Any]
     legacy = inputs.get("sampling")
     if isinstance(legacy, dict) and isinstance(legacy.get(name), dict):  # {name: settings}
         return legacy[name]
-    listed = inputs.get("probe_sampling") or _get(cfg, "eval", "probe_sampling") or []
+    listed = inputs.get("probe_sampling") or get_path(cfg, "eval", "probe_sampling") or []
     return next((sp for sp in listed if isinstance(sp, dict) and sp.get("name") == name), None)
 
 
@@ -72,7 +73,7 @@ def more_items(metric: str, n: int, need: int, comparison: Comparison | None = N
         if isinstance(clean, int) and need > clean:
             return (f"the data set has only {clean:,} clean conversations: it cannot supply them (a larger data "
                     "set, or a wider margin)")
-        cap, share = _get(cfg, "data", "max_test"), _get(cfg, "data", "test_fraction")
+        cap, share = get_path(cfg, "data", "max_test"), get_path(cfg, "data", "test_fraction")
         drawn = round(share * clean) if isinstance(share, float) and isinstance(clean, int) else None
         fraction = (f"data.test_fraction (now {share}" + (f": about {drawn:,} conversations)" if drawn else ")")
                     if share is not None else "data.test_fraction")

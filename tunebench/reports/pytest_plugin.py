@@ -167,11 +167,17 @@ def tunebench_comparison(tunebench_run: Path, tunebench_results: dict[str, Any])
     rel=False)`` (the gate's non-inferiority rule: an inconclusive row fails), ``.assert_value(op, x,
     side="tuned")``; failures print both values, the delta and its interval.
     """
-    from tunebench.reports.compare import ComparisonError, compare, run_settings  # heavy: numpy (see above)
+    from tunebench.reports.compare import (  # heavy: numpy (see above)
+        ComparisonError,
+        compare,
+        load_judge_results,
+        run_settings,
+    )
 
     settings = run_settings(tunebench_run)
     try:
-        return compare(tunebench_results["base"], tunebench_results["tuned"], settings["alpha"], settings["n_boot"])
+        return compare(tunebench_results["base"], tunebench_results["tuned"], settings["alpha"], settings["n_boot"],
+                       judged=load_judge_results(tunebench_run))
     except ComparisonError as e:
         pytest.fail(f"base and tuned results cannot be compared: {e}", pytrace=False)
 

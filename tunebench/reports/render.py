@@ -28,10 +28,12 @@ from tunebench.reports.compare import (
     fmt,
     fmt_interval,
     fmt_p,
+    load_judge_results,
     load_run_results,
     run_settings,
 )
-from tunebench.reports.more_items import more_items
+from tunebench.reports.more_items import get_path, more_items
+from tunebench.reports.render_judge import judge_view
 
 TEMPLATES = package_path("reports", "templates")
 TEMPLATE = "report.md.j2"
@@ -239,14 +241,6 @@ def fibonacci_transcripts(base_artifacts: dict[str, Any], tuned_artifacts: dict[
     return out
 
 
-def _get(d: Any, *path: str) -> Any:
-    for key in path:
-        if not isinstance(d, dict):
-            return None
-        d = d.get(key)
-    return d
-
-
 def _num(x: Any, pattern: str = "{:,}") -> str | None:
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return None
@@ -288,9 +282,9 @@ def training_summary(m: dict[str, Any]) -> str | None:
                  f"rsLoRA={lora.get('use_rslora')}, targets: {', '.join(lora.get('target_modules') or [])}"
                  if lora else None)
     return kv_table([
-        ("Base model", _get(m, "model", "ref")),
-        ("Model identity", _get(m, "model", "identity")),
-        ("Chat template", _get(m, "template", "name")),
+        ("Base model", get_path(m, "model", "ref")),
+        ("Model identity", get_path(m, "model", "identity")),
+        ("Chat template", get_path(m, "template", "name")),
         ("Backend", f"{backend.get('name')} ({backend.get('reason')})" if backend else None),
         ("LoRA", lora_text),
         ("Learning rate", f"{train.get('lr')} ({train.get('scheduler')}, {train.get('warmup_steps')} warm-up steps)"
@@ -307,9 +301,9 @@ def training_summary(m: dict[str, Any]) -> str | None:
         ("Final training loss", _num(losses[-1].get("loss"), "{:.4f}") if losses else None),
         ("Base validation loss (step 0)", _num(m.get("base_eval_loss"), "{:.4f}")),
         ("Final validation loss", _num(evals[-1].get("eval_loss"), "{:.4f}") if evals else None),
-        ("Data fingerprint", _get(m, "data", "fingerprint")),
+        ("Data fingerprint", get_path(m, "data", "fingerprint")),
         ("Git commit", m.get("git_commit")),
-        ("Source fingerprint", _get(m, "versions", "tunebench_source")),
+        ("Source fingerprint", get_path(m, "versions", "tunebench_source")),
         ("Created", _utc(m.get("created"))),
     ], headers=("Training", ""))
 
@@ -317,7 +311,7 @@ def training_summary(m: dict[str, Any]) -> str | None:
 def data_summary(d: dict[str, Any]) -> dict[str, Any]:
     """Overview, per-split and dropped-record tables of the data report."""
     overview = kv_table([("Source", d.get("source")), ("Records read", _num(d.get("records"))),
-                         ("Clean conversations", _num(d.get("clean"))), ("Chat template", _get(d, "template", "name")),
+                         ("Clean conversations", _num(d.get("clean"))), ("Chat template", get_path(d, "template", "name")),
                          ("Fingerprint", d.get("fingerprint"))], headers=("Data", ""))
     total = lambda v: v.get("total") if isinstance(v, dict) else v  # noqa: E731
     splits = [[name, s.get("conversations"), _num(total(s.get("tokens"))), _num(total(s.get("assistant_tokens"))),
@@ -453,7 +447,7 @@ def environment_tables(evaluation: dict[str, Any] | None, training: dict[str, An
 def build_view(comparison: Comparison, context: dict[str, Any]) -> dict[str, Any]:
     """Everything the template prints, already formatted."""
     c, ctx = comparison, context
-    groups = {"perplexity", "lm_eval", "probes"}
+    groups = {"perplexity", "lm_eval", "probes", "judge"}
     manifest, data_report, gate = ctx.get("manifest"), ctx.get("data_report"), ctx.get("gate")
     b_art, t_art = ctx.get("base_artifacts") or {}, ctx.get("tuned_artifacts") or {}
     config = ctx.get("config") or (manifest or {}).get("config")
@@ -488,6 +482,7 @@ def build_view(comparison: Comparison, context: dict[str, Any]) -> dict[str, Any
         "gate": gate,
         "gate_table": gate_table(gate) if gate else None,
         "export": export_view(c, ctx.get("export_comparisons") or {}),
+        "judge": judge_view(c.rows_in("judge"), ctx.get("judge_artifacts"), gate),
     }
 
 
@@ -512,7 +507,8 @@ def render_report(comparison: Comparison, context: dict[str, Any] | None = None)
             ``export_plot`` (PNG paths relative to the report: ``plots.draw_report_plots``), ``environment``,
             ``base_artifacts`` / ``tuned_artifacts`` (Results.artifacts), ``gate`` (GateVerdict.to_dict()),
             ``export_comparisons`` (type -> adapter vs exported artifact Comparison).
-            ``stage_times`` (the run's timings.json: wall time per pipeline stage).
+            ``stage_times`` (the run's timings.json: wall time per pipeline stage), ``judge_artifacts`` (the judge
+            results' ``artifacts["judge"]``: sanity records and order disagreements).
 
     Returns:
         Markdown text ending in a newline.
@@ -545,6 +541,9 @@ def context_from_run(run_dir: str | Path, results: dict[str, Any] | None = None)
         ctx["config"] = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
     if (run / "loss_curve.png").exists():
         ctx["loss_curve"] = "loss_curve.png"
+    judged = load_judge_results(run)
+    if judged is not None:
+        ctx["judge_artifacts"] = judged.artifacts.get("judge")
     return {k: v for k, v in ctx.items() if v is not None}
 
 

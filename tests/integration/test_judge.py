@@ -1,0 +1,53 @@
+"""The judge stage end to end in-process: the packaged SmolLM2-135M answers as base and tuned (a trained adapter)
+and judges the pairs itself, both orders, with the planted sanity pairs; a re-run generates nothing."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tunebench.core.config import load_config
+from tunebench.evals.judge import run_judge
+
+
+@pytest.fixture(scope="module")
+def judged(smol_adapter_run, tmp_path_factory):
+    cache = tmp_path_factory.mktemp("judge-cache")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("TUNEBENCH_CACHE", str(cache))
+    cfg = load_config("smoke", ["eval.judge.n=2", "eval.judge.answer_max_new_tokens=8",
+                                "eval.judge.max_new_tokens=8", "model.dtype=float32"])
+    out = tmp_path_factory.mktemp("judge-out")
+    res = run_judge(cfg, smol_adapter_run, smol_adapter_run / "adapter", out, progress=False)
+    yield cfg, smol_adapter_run, out, res, cache
+    mp.undo()
+
+
+def test_packaged_model_judges_base_against_tuned_in_both_orders(judged):
+    _, _, out, res, _ = judged
+    lines = [json.loads(x) for x in (out / "judgments.jsonl").read_text().splitlines()]
+    pairs = [x for x in lines if "judgment_base_first" in x]
+    sanity = [x for x in lines if "expected" in x]
+    assert len(pairs) == 2 and len(sanity) == 8
+    for p in pairs:
+        assert p["question"] and p["base_answer"] and p["tuned_answer"]
+        assert isinstance(p["judgment_base_first"], str) and isinstance(p["judgment_tuned_first"], str)
+        assert p["verdict_base_first"] in ("A", "B", "C", None)
+    m = res.metric("judge/heldout/win_rate")
+    d = m.details
+    assert d["paired"] == "win_rate" and d["judgments"] == 4 and d["sanity"]["n"] == 8
+    assert "135M parameters" in d["judge_note"]
+    assert d["valid"] or d["invalid_reason"]  # a 135M judge may well fail its planted pairs: said, not hidden
+    assert res.model["kind"] == "in-process" and (out / "results.json").exists()
+
+
+def test_a_rerun_judges_nothing_again(judged):
+    cfg, run, out, res, cache = judged
+    files = sorted(cache.glob("generations/*.json"))
+    stamps = {p: p.stat().st_mtime_ns for p in files}
+    again = run_judge(cfg, run, run / "adapter", out, progress=False)
+    assert sorted(cache.glob("generations/*.json")) == files
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())  # nothing generated, nothing written
+    same = [json.dumps(vars(m), sort_keys=True) for m in again.metrics]
+    assert same == [json.dumps(vars(m), sort_keys=True) for m in res.metrics]
