@@ -35,8 +35,9 @@ from tunebench.core.errors import (
     PipelineError,
     TunebenchError,
 )
-from tunebench.core.io import atomic_write_json, atomic_write_text, cache_root, read_json
+from tunebench.core.io import atomic_write_json, atomic_write_text, cache_root, disk_full, is_disk_full, read_json
 from tunebench.core.lock import run_lock
+from tunebench.core.signals import sigterm_as_interrupt
 from tunebench.data import conversations as data_mod
 from tunebench.data.splits import MIN_TEST_CONVERSATIONS
 from tunebench.evals.chat import chat, quiet_loading
@@ -516,12 +517,18 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv  # what an interrupted command tells the user to run again
     _setup_logging(args.verbose)
     try:
-        with _command_lock(args):
+        with sigterm_as_interrupt(), _command_lock(args):
             return args.fn(args)
     except TunebenchError as e:
         return _fail(e, e.exit_code, args.verbose)
     except (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError) as e:
         return _fail(e, EXIT_INVALID_INPUT, args.verbose)  # a path the user named that is not there / not usable
+    except Exception as e:
+        if is_disk_full(e):  # a write outside tunebench's own (a library's save): name the file and the space
+            where = getattr(e, "filename", None) or getattr(args, "out", None) or "."
+            return _fail(disk_full(e, where), EXIT_INVALID_INPUT,
+                         args.verbose)
+        raise
     except KeyboardInterrupt as e:  # a command with nothing to resume: say so rather than print an empty line
         stopped = Interrupted(f"`{_again(args)}` stopped before it finished. Run it again")
         stopped.__traceback__ = e.__traceback__

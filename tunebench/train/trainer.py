@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from tunebench.core import dist
 from tunebench.core.config import RunConfig, to_dict, with_backend
 from tunebench.core.errors import RunExistsError, TrainingError
-from tunebench.core.io import atomic_dir, atomic_write_json, read_json
+from tunebench.core.io import atomic_dir, atomic_write_json, disk_full, is_disk_full, read_json
 from tunebench.data import conversations as data_mod
 from tunebench.models.loading import load_tokenizer, manifest_of, resolve_model
 from tunebench.train import manifest as manifest_mod
@@ -214,6 +214,12 @@ def _trainer_class(state: _State, backend: str):
             self.args.output_dir = staging
             try:
                 super()._save_checkpoint(model, trial)
+            except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
+                needed = _tree_size(latest_checkpoint(Path(real)))  # about what this one needs
+                if not is_disk_full(e, staging, needed):
+                    raise
+                shutil.rmtree(staging, ignore_errors=True)  # the space it took; checkpoints before it are whole
+                raise disk_full(e, os.path.join(real, f"checkpoint-{self.state.global_step}"), needed) from e
             finally:
                 self.args.output_dir = real
             tokens = sum(dist.gather(state.tokens)) + state.prior_tokens
@@ -233,6 +239,11 @@ def _trainer_class(state: _State, backend: str):
             dist.barrier()
 
     return TunebenchTrainer
+
+
+def _tree_size(path: Path | None) -> int | None:
+    """Bytes under ``path`` (the size the next checkpoint will about need), or None without one."""
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path is not None else None
 
 
 def _count_tokens_hook(model: Any, state: TokenCounter):
