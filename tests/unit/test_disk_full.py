@@ -5,7 +5,6 @@ has it); skipped with the reason where it cannot be mounted."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import uuid

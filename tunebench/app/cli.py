@@ -35,7 +35,14 @@ from tunebench.core.errors import (
     PipelineError,
     TunebenchError,
 )
-from tunebench.core.io import atomic_write_json, atomic_write_text, cache_root, disk_full, is_disk_full, read_json
+from tunebench.core.io import (
+    atomic_write_json,
+    atomic_write_text,
+    cache_root,
+    disk_full,
+    is_disk_full,
+    read_json,
+)
 from tunebench.core.lock import run_lock
 from tunebench.core.signals import sigterm_as_interrupt
 from tunebench.data import conversations as data_mod
@@ -526,8 +533,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         if is_disk_full(e):  # a write outside tunebench's own (a library's save): name the file and the space
             where = getattr(e, "filename", None) or getattr(args, "out", None) or "."
-            return _fail(disk_full(e, where), EXIT_INVALID_INPUT,
-                         args.verbose)
+            return _fail(disk_full(e, where), EXIT_INVALID_INPUT, args.verbose)
         raise
     except KeyboardInterrupt as e:  # a command with nothing to resume: say so rather than print an empty line
         stopped = Interrupted(f"`{_again(args)}` stopped before it finished. Run it again")
