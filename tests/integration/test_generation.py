@@ -157,13 +157,30 @@ def test_cache_avoids_regeneration(smol_base, counted_generate, tmp_path):
     assert len(counted_generate) == n_calls and cached.generate_calls == 0
     assert (cached.cache_hits, cached.cache_misses, cached.new_tokens) == (6, 0, 0)
     assert cached.samples == fresh.samples and cached.token_counts == fresh.token_counts
-    # another seed is another cache group: a miss; one new prompt only generates that prompt
+    # another seed is another cache group: a miss; one new prompt generates only its batch
     assert generate(smol_base, PROMPTS[:1], SAMPLED, **{**kw, "seed": 4}).cache_misses == 2
     extra = [{"role": "user", "content": "Name a color."}]
     mixed = generate(smol_base, [*PROMPTS, extra], SAMPLED, **kw)
     assert (mixed.cache_hits, mixed.cache_misses) == (6, 2)
     files = list(tmp_path.glob("*.json"))
     assert len(files) == 2 and all(json.loads(f.read_text())["entries"] for f in files)
+
+
+def test_a_generation_cut_short_continues_with_the_answers_of_an_uninterrupted_one(smol_base, tmp_path):
+    """Crash consistency: a run killed after some batches were cached (answers are cached batch by batch), then run
+    again, draws every missing answer from the batch and seed an uninterrupted run gave it, so the sampled answers
+    are the same, not merely as many."""
+    kw = {"seed": 3, "batch_size": 2, "progress": False}
+    whole = generate(smol_base, PROMPTS, SAMPLED, cache_dir=tmp_path / "a", **kw)
+    (cache_file,) = (tmp_path / "a").glob("*.json")
+    data = json.loads(cache_file.read_text())
+    keys = list(data["entries"])
+    data["entries"] = {k: data["entries"][k] for k in keys[::2]}  # what a kill leaves: some answers, not all
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / cache_file.name).write_text(json.dumps(data))
+    resumed = generate(smol_base, PROMPTS, SAMPLED, cache_dir=tmp_path / "b", **kw)
+    assert (resumed.cache_hits, resumed.cache_misses) == (len(keys[::2]), len(keys) - len(keys[::2]))
+    assert resumed.samples == whole.samples and resumed.token_counts == whole.token_counts
 
 
 def test_run_probes_scores_and_caches(smol_base, counted_generate, tmp_path):

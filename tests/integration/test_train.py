@@ -251,8 +251,12 @@ def test_latest_checkpoint_is_the_highest_step(tmp_path):
     """transformers' rule (folders named checkpoint-N, the highest N), without importing transformers."""
     assert latest_checkpoint(tmp_path / "none") is None
     assert latest_checkpoint(tmp_path) is None
+    from safetensors.torch import save_file
+
     for name in ("checkpoint-9", "checkpoint-120", "checkpoint-60", ".staging", "checkpoint-x"):
-        (tmp_path / name).mkdir()
+        (tmp_path / name).mkdir()  # complete ones: a trainer state and whole weights (tests/unit/test_checkpoints)
+        (tmp_path / name / "trainer_state.json").write_text('{"global_step": 1}')
+        save_file({"w": torch.zeros(2)}, str(tmp_path / name / "adapter_model.safetensors"))
     (tmp_path / "checkpoint-500").write_text("a file, not a checkpoint")
     assert latest_checkpoint(tmp_path) == tmp_path / "checkpoint-120"
 

@@ -234,7 +234,7 @@ def test_stages_file_and_the_outputs_it_skips_are_checked(tmp_path, good_run):
     run = tmp_path / "run"
     shutil.copytree(good_run, run)
     stages = run / "stages.json"
-    for data, needle in ((b'{"data": "ab', "not valid JSON"), (b'{"data": 3}', "data must be a string, got 3"),
+    for data, needle in ((b'{"data": "ab', "not valid JSON"), (b'{"data": 3}', "data must be a string or an object, got 3"),
                          (b"[]", "the top level must be an object")):
         stages.write_bytes(data)
         with pytest.raises(RunFileError, match=f"stages.json: .*{needle}.*delete .*stages.json"):

@@ -35,7 +35,16 @@ from tunebench.core.errors import (
     PipelineError,
     TunebenchError,
 )
-from tunebench.core.io import atomic_write_json, atomic_write_text, cache_root, read_json
+from tunebench.core.io import (
+    atomic_write_json,
+    atomic_write_text,
+    cache_root,
+    disk_full,
+    is_disk_full,
+    read_json,
+)
+from tunebench.core.lock import run_lock
+from tunebench.core.signals import sigterm_as_interrupt
 from tunebench.data import conversations as data_mod
 from tunebench.data.splits import MIN_TEST_CONVERSATIONS
 from tunebench.evals.chat import chat, quiet_loading
@@ -133,6 +142,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         import_unsloth()  # before the template lookup imports transformers: Unsloth patches it on import
     cfg = resolve_template(cfg, resolve_model(cfg.model.ref, cfg.model.revision))
     run_dir = _run_dir(args, cfg)
+    with run_lock(run_dir, "train"):
+        return _train(args, cfg, run_dir)
+
+
+def _train(args: argparse.Namespace, cfg: RunConfig, run_dir: Path) -> int:
     resume = _again(args, add="--resume")
     try:
         result = train(cfg, run_dir, resume=args.resume, overwrite=args.overwrite, strict=args.strict)
@@ -489,6 +503,20 @@ def _fail(err: BaseException, code: int, verbose: bool) -> int:
     return code
 
 
+LOCKED_COMMANDS = ("eval", "report", "export")
+"""Commands that write an existing run folder named on the command line; `run` and `train` lock the folder
+they resolve from the config (pipeline.run, cmd_train)."""
+
+
+def _command_lock(args: argparse.Namespace) -> contextlib.AbstractContextManager[None]:
+    """The run folder's lock for commands that write one (one writer per folder); a folder that is not there is
+    left to the command's own error."""
+    folder = getattr(args, "data_from", None) or getattr(args, "run", None)
+    if args.command in LOCKED_COMMANDS and folder and Path(folder).is_dir():
+        return run_lock(folder, args.command)
+    return contextlib.nullcontext()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse ``argv``, run one subcommand, and map errors to exit codes by class (see core.errors)."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -496,11 +524,17 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv  # what an interrupted command tells the user to run again
     _setup_logging(args.verbose)
     try:
-        return args.fn(args)
+        with sigterm_as_interrupt(), _command_lock(args):
+            return args.fn(args)
     except TunebenchError as e:
         return _fail(e, e.exit_code, args.verbose)
     except (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError) as e:
         return _fail(e, EXIT_INVALID_INPUT, args.verbose)  # a path the user named that is not there / not usable
+    except Exception as e:
+        if is_disk_full(e):  # a write outside tunebench's own (a library's save): name the file and the space
+            where = getattr(e, "filename", None) or getattr(args, "out", None) or "."
+            return _fail(disk_full(e, where), EXIT_INVALID_INPUT, args.verbose)
+        raise
     except KeyboardInterrupt as e:  # a command with nothing to resume: say so rather than print an empty line
         stopped = Interrupted(f"`{_again(args)}` stopped before it finished. Run it again")
         stopped.__traceback__ = e.__traceback__

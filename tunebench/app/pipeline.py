@@ -27,7 +27,14 @@ import yaml
 
 from tunebench.app.preflight import preflight
 from tunebench.core.config import RunConfig, asked, dump_yaml, from_dict, to_dict
-from tunebench.core.errors import ComparisonError, ConfigError, Interrupted, PipelineError
+from tunebench.core.errors import (
+    EXIT_INTERRUPTED,
+    ComparisonError,
+    ConfigError,
+    Interrupted,
+    PipelineError,
+    RunFileError,
+)
 from tunebench.core.io import (
     atomic_write_json,
     atomic_write_text,
@@ -35,7 +42,9 @@ from tunebench.core.io import (
     fingerprint,
     package_version,
     read_json,
+    sha256_file,
 )
+from tunebench.core.lock import LOCK_FILES, run_lock
 from tunebench.data import conversations as data_mod
 from tunebench.evals.contract import check_contract
 from tunebench.evals.judge import judge_fingerprint, run_judge
@@ -97,9 +106,14 @@ def write_config(cfg: RunConfig, run_dir: Path) -> None:
 def prepare_run_dir(cfg: RunConfig, run_dir: Path, overwrite: bool) -> None:
     """Create the run folder, or accept it if it holds the same config; refuse a different one."""
     cfg_path = run_dir / "config.yaml"
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if overwrite:
-            shutil.rmtree(run_dir)
+    if run_dir.exists() and any(p.name not in LOCK_FILES for p in run_dir.iterdir()):
+        if overwrite:  # everything but the lock this process holds (a new lock file would admit a second writer)
+            for p in run_dir.iterdir():
+                if p.name not in LOCK_FILES:
+                    if p.is_dir() and not p.is_symlink():
+                        shutil.rmtree(p)
+                    else:
+                        p.unlink()
         elif cfg_path.exists():
 
             old = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
@@ -128,31 +142,61 @@ def _diff(a: Any, b: Any, prefix: str = "") -> str:
 
 
 class Stages:
-    """stages.json: stage name -> fingerprint of the inputs it was completed with; timings.json: how long each took."""
+    """stages.json: stage name -> the fingerprint of the inputs it was completed with and the SHA-256 of each output
+    it wrote; timings.json: how long each took.
+
+    A stage is fresh only when its inputs are the same, every output is there, and every output still has the bytes
+    it was recorded with: a results file cut short, or replaced by another run's, is never read as this stage's.
+    """
 
     def __init__(self, run_dir: Path):
+        self.run_dir = run_dir
         self.path = run_dir / "stages.json"
         fix = f"delete {self.path} to re-run every stage (finished training resumes from its checkpoints)"
-        self.done: dict[str, str] = check_json(read_json(self.path, fix), dict[str, str], str(self.path), fix) \
+        recorded = check_json(read_json(self.path, fix), dict[str, str | dict[str, Any]], str(self.path), fix) \
             if self.path.exists() else {}
+        self.done: dict[str, str] = {}
+        self.sums: dict[str, dict[str, str]] = {}
+        for name, rec in recorded.items():  # a plain string: a run folder from before outputs were checksummed
+            entry = rec if isinstance(rec, dict) else {"fingerprint": rec}
+            if not isinstance(entry.get("fingerprint"), str) or not isinstance(entry.get("sha256", {}), dict):
+                raise RunFileError(f"{self.path}: stage {name!r} is not a fingerprint and its outputs' sha256; {fix}")
+            self.done[name], self.sums[name] = entry["fingerprint"], dict(entry.get("sha256", {}))
         self.clock = StageClock(run_dir)
 
+    def _rel(self, p: Path) -> str:
+        try:
+            return str(p.relative_to(self.run_dir))
+        except ValueError:
+            return str(p)
+
     def fresh(self, name: str, fp: str, *outputs: Path) -> bool:
-        """Same inputs as last time and every output present; a results output must also read back, so a damaged
-        one stops the run here (exit 2, naming the file and the field) instead of after the stages that follow."""
+        """Same inputs as last time, every output present with the bytes recorded for it; a results output must
+        also read back, so a damaged one stops the run here (exit 2, naming the file and the field) instead of after
+        the stages that follow."""
         if self.done.get(name) != fp or not all(p.exists() for p in outputs):
             return False
+        sums = self.sums.get(name, {})
+        for p in outputs:
+            want = sums.get(self._rel(p))
+            if want is not None and sha256_file(p) != want:
+                log.warning("%s is not the file stage %s wrote (cut short, or replaced by another one): the stage "
+                            "runs again", p, name.replace("_", " "))
+                return False
         for p in outputs:
             if p.name == "results.json":
                 Results.load(p)
         return True
 
-    def mark(self, name: str, fp: str) -> None:
+    def mark(self, name: str, fp: str, outputs: list[Path] | tuple[Path, ...] = ()) -> None:
         self.done[name] = fp
-        atomic_write_json(self.path, self.done)
+        self.sums[name] = {self._rel(p): sha256_file(p) for p in outputs if p.is_file()}
+        atomic_write_json(self.path, {n: {"fingerprint": f, "sha256": self.sums.get(n, {})}
+                                      for n, f in self.done.items()})
 
     def run(self, name: str, fp: str, outputs: list[Path], fn: Callable[[], Any]) -> bool:
-        """Run ``fn`` unless stage ``name`` is fresh (same inputs, outputs present); time it, then mark it done.
+        """Run ``fn`` unless stage ``name`` is fresh (same inputs, outputs present and unchanged); time it, then mark
+        it done with its outputs' checksums.
 
         Returns:
             Whether the stage ran.
@@ -162,7 +206,7 @@ class Stages:
         log.info("stage %s", name.replace("_", " "))
         with self.clock.stage(name):
             fn()
-        self.mark(name, fp)
+        self.mark(name, fp, outputs)
         return True
 
 
@@ -190,12 +234,17 @@ def _train_child(run_dir: Path) -> None:
     cmd = [sys.executable, "-m", "tunebench", "train", str(run_dir / "config.yaml"), "--out", str(run_dir),
            "--resume"]
     log.info("training in a child process: %s", " ".join(cmd))
-    old = signal.signal(signal.SIGINT, signal.SIG_IGN)  # the child gets the terminal's SIGINT and saves
+    proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    # the child gets the terminal's SIGINT itself; a SIGTERM sent to this process alone (a scheduler, `kill`) is
+    # passed on, so the child finishes its step and checkpoints instead of being killed mid-save
+    old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    old_term = signal.signal(signal.SIGTERM, lambda signum, frame: proc.send_signal(signal.SIGTERM))
     try:
-        code = subprocess.call(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        code = proc.wait()
     finally:
-        signal.signal(signal.SIGINT, old)
-    if code == 130:
+        signal.signal(signal.SIGINT, old_int)
+        signal.signal(signal.SIGTERM, old_term)
+    if code == EXIT_INTERRUPTED:
         raise Interrupted(f"training was interrupted; a checkpoint is in {run_dir}/checkpoints. "
                           "Run the same command again to continue.")
     if code != 0:
@@ -208,6 +257,12 @@ def run(cfg: RunConfig, run_dir: str | Path, overwrite: bool = False, progress: 
     small to decide anything (data.splits) instead of warning."""
     run_dir = Path(run_dir)
     preflight(cfg, whole_run=True)  # a typo in a task name, probe file or gate rule fails here, not after training
+    with run_lock(run_dir, "run"):
+        return _run(cfg, run_dir, overwrite, progress, strict)
+
+
+def _run(cfg: RunConfig, run_dir: Path, overwrite: bool, progress: bool, strict: bool) -> PipelineResult:
+    """The stages of `run`, under the run folder's lock."""
     source = resolve_model(cfg.model.ref, cfg.model.revision)
     cfg = resolve_template(cfg, source)
     prepare_run_dir(cfg, run_dir, overwrite)

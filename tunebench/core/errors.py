@@ -105,6 +105,15 @@ class MissingRunFile(RunFileError, FileNotFoundError):
     """A file or folder a command needs that is not there; the message says which step writes it."""
 
 
+class RunLocked(InvalidInput):
+    """Another live process is writing the run folder (its pid, host, command and start are named): exit code 2."""
+
+
+class DiskFull(InvalidInput, OSError):
+    """A write that ran out of space (ENOSPC): the message names the path, the space it needed and what is free;
+    the file that was there before is left as it was (exit code 2)."""
+
+
 class PipelineError(InvalidInput):
     """A run folder or stage problem the user must resolve."""
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import functools
 import hashlib
 import json
@@ -24,25 +25,79 @@ from importlib import metadata, resources
 from pathlib import Path
 from typing import Any, TypeVar
 
-from tunebench.core.errors import RunFileError, TunebenchError
+from tunebench.core.errors import DiskFull, RunFileError, TunebenchError
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temp file and ``os.replace``."""
+    """Write ``data`` to ``path`` through a temp file and ``os.replace``; a full disk raises DiskFull and leaves
+    the previous file as it was."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise disk_full(e, path, len(data)) from e
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise disk_full(e, path, len(data)) from e
         raise
     return path
+
+
+def free_bytes(path: str | Path) -> int | None:
+    """Free space on the filesystem holding ``path`` (its nearest existing parent), or None when unknown."""
+    p = Path(path).absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        return shutil.disk_usage(p).free
+    except OSError:
+        return None
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def is_disk_full(err: BaseException, path: str | Path | None = None, needed: int | None = None) -> bool:
+    """Whether ``err`` is a write that ran out of space: ENOSPC/EDQUOT, or torch.save's stream-writer failure (a
+    RuntimeError without an errno) where less is free than ``needed`` bytes (at least 16 MiB): a write that failed
+    for want of room leaves up to one write's worth free."""
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(err)
+    if "No space left on device" in text or "Disk quota exceeded" in text:
+        return True
+    # torch.save's stream writer: "file write failed", "iostream error", "unexpected pos N vs M"
+    torch_write = any(m in text for m in ("file write failed", "iostream error", "unexpected pos"))
+    free = free_bytes(path) if path is not None and torch_write else None
+    return free is not None and free < max(16 * 2**20, needed or 0)
+
+
+def disk_full(err: BaseException, path: str | Path, needed: int | None = None) -> BaseException:
+    """``err`` as DiskFull when it is a full disk (is_disk_full: naming the path, the space needed and what is
+    free), else itself."""
+    if isinstance(err, DiskFull) or not is_disk_full(err, path, needed):
+        return err
+    free = free_bytes(path)
+    need = f"writing about {_size(needed)}" if needed else "writing it"
+    left = f" than the {_size(free)} free there" if free is not None else ""
+    e = DiskFull(f"{path}: the disk is full ({need} needs more space{left}). The file that was there before, if "
+                 "any, is unchanged. Free some space, or point --out at a larger disk, and run the same command again")
+    e.errno = getattr(err, "errno", None) or errno.ENOSPC  # not .filename: OSError's str() would then drop the message
+    return e
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
@@ -270,8 +325,10 @@ def atomic_dir(final: str | Path, overwrite: bool = True) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, final)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, Exception) and is_disk_full(e, final):  # safetensors and torch say so in their own types
+            raise disk_full(e, final) from e
         raise
 
 

@@ -342,30 +342,35 @@ def generate(
     stops = set(kwargs["eos_token_id"])
     device = getattr(model, "device", None) or loaded.device
 
-    missing: list[tuple[int, int]] = []  # (prompt, sample) pairs to generate: one pool for all samples
-    for s in range(n_samples):
-        for i, messages in enumerate(prompts):
-            hit = cache.get(messages, s) if cache else None
-            if hit is None:
-                missing.append((i, s))
-            else:
-                out.samples[i][s], out.token_counts[i][s] = hit["text"], hit["new_tokens"]
-                out.cache_hits += 1
-    # longest first: similar lengths share a batch (little padding) and memory peaks at once
-    missing.sort(key=lambda p: (-len(ids[p[0]]), p[0], p[1]))
+    # The batches are planned over every (prompt, sample) pair, cached or not, longest first (similar lengths
+    # share a batch, memory peaks at once); a batch runs, whole and with its own seed, when any of its pairs is
+    # missing. So an evaluation that was killed and is run again draws each answer from the same batch and random
+    # stream as an uninterrupted one: crash consistent, not merely resumable.
+    pairs_all = sorted(((i, s) for s in range(n_samples) for i in range(len(prompts))),
+                       key=lambda p: (-len(ids[p[0]]), p[0], p[1]))
+    missing: list[tuple[int, int]] = []
+    for i, s in pairs_all:
+        hit = cache.get(prompts[i], s) if cache else None
+        if hit is None:
+            missing.append((i, s))
+        else:
+            out.samples[i][s], out.token_counts[i][s] = hit["text"], hit["new_tokens"]
+            out.cache_hits += 1
     out.cache_misses = len(missing)
+    todo = set(missing)
     # Under torchrun every process must see the same cache state before any of them writes to it: the
     # batches (and so each batch's seed) are then the ones a single process would make, and each process
     # takes every world_size-th of them.
     dist.barrier()
-    batches = [(b, missing[start:start + batch_size]) for b, start in enumerate(range(0, len(missing), batch_size))]
+    planned = [pairs_all[start:start + batch_size] for start in range(0, len(pairs_all), batch_size)]
+    batches = [(b, pairs) for b, pairs in enumerate(planned) if todo.intersection(pairs)]
     mine = [batches[k] for k in dist.shard(len(batches))]
     steps = len(mine) * sampling.max_new_tokens
     out.path = decode_path(loaded, cache_implementation, steps) if missing else ""
     width, rows_per_call, decoder = 0, 0, None
     if out.path in ("static", "graph"):  # one shape for every batch: one compiled step or one captured graph
-        width = max(len(ids[i]) for i, _ in missing)
-        rows_per_call = min(batch_size, len(missing))
+        width = max(len(ids[i]) for i, _ in pairs_all)
+        rows_per_call = min(batch_size, len(pairs_all))
     if out.path == "static":
         kwargs.update(static_cache_kwargs(width + sampling.max_new_tokens))
     elif out.path == "graph":
@@ -390,6 +395,8 @@ def generate(
         out.generate_calls += 1
         fresh = {}
         for (i, s), row in zip(pairs, new, strict=False):
+            if (i, s) not in todo:  # cached already (the batch ran for its other pairs): the answer stands
+                continue
             n_new = count_new_tokens(row, stops)
             text = tok.decode(row[:n_new], skip_special_tokens=True).strip()
             out.samples[i][s], out.token_counts[i][s] = text, n_new

@@ -8,7 +8,6 @@ import json
 import logging
 import math
 import os
-import re
 import shutil
 import signal
 import time
@@ -21,7 +20,7 @@ from tqdm.auto import tqdm
 from tunebench.core import dist
 from tunebench.core.config import RunConfig, to_dict, with_backend
 from tunebench.core.errors import RunExistsError, TrainingError
-from tunebench.core.io import atomic_dir, atomic_write_json, read_json
+from tunebench.core.io import atomic_dir, atomic_write_json, disk_full, is_disk_full, read_json
 from tunebench.data import conversations as data_mod
 from tunebench.models.loading import load_tokenizer, manifest_of, resolve_model
 from tunebench.train import manifest as manifest_mod
@@ -33,6 +32,7 @@ from tunebench.train.backends import (
     get_backend,
     import_unsloth,
 )
+from tunebench.train.checkpoints import checkpoints, latest_checkpoint, require_resumable
 from tunebench.train.model_card import write_adapter_metadata
 
 log = logging.getLogger(__name__)
@@ -45,19 +45,6 @@ class TrainResult:
     manifest: dict[str, Any] | None
     interrupted: bool = False
     checkpoint: Path | None = None
-
-
-def latest_checkpoint(ckpt_dir: Path) -> Path | None:
-    """The highest-step complete checkpoint (checkpoints appear only by atomic rename, so every one is whole).
-
-    The rule of transformers' ``get_last_checkpoint`` (folders named ``checkpoint-N``), without importing
-    transformers: ``train`` looks before Unsloth is imported, and Unsloth must come first.
-    """
-    if not ckpt_dir.is_dir():
-        return None
-    steps = {int(m.group(1)): p for p in ckpt_dir.iterdir()
-             if p.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", p.name))}
-    return steps[max(steps)] if steps else None
 
 
 # ----------------------------------------------------------------------------- callbacks
@@ -227,6 +214,12 @@ def _trainer_class(state: _State, backend: str):
             self.args.output_dir = staging
             try:
                 super()._save_checkpoint(model, trial)
+            except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
+                needed = _tree_size(latest_checkpoint(Path(real)))  # about what this one needs
+                if not is_disk_full(e, staging, needed):
+                    raise
+                shutil.rmtree(staging, ignore_errors=True)  # the space it took; checkpoints before it are whole
+                raise disk_full(e, os.path.join(real, f"checkpoint-{self.state.global_step}"), needed) from e
             finally:
                 self.args.output_dir = real
             tokens = sum(dist.gather(state.tokens)) + state.prior_tokens
@@ -246,6 +239,11 @@ def _trainer_class(state: _State, backend: str):
             dist.barrier()
 
     return TunebenchTrainer
+
+
+def _tree_size(path: Path | None) -> int | None:
+    """Bytes under ``path`` (the size the next checkpoint will about need), or None without one."""
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path is not None else None
 
 
 def _count_tokens_hook(model: Any, state: TokenCounter):
@@ -395,7 +393,7 @@ def train(
     """
     run_dir = Path(run_dir)
     adapter_dir, ckpt_dir = run_dir / "adapter", run_dir / "checkpoints"
-    has_output = adapter_dir.exists() or latest_checkpoint(ckpt_dir) is not None
+    has_output = adapter_dir.exists() or bool(checkpoints(ckpt_dir))  # a broken one too: not silently replaced
     if has_output and not (resume or overwrite):
         raise RunExistsError(
             f"{run_dir} already holds training output; pass --resume to continue it or --overwrite to start over"
@@ -407,6 +405,7 @@ def train(
         log.info("%s is already trained; nothing to resume", adapter_dir)
         return TrainResult(run_dir, adapter_dir, read_json(adapter_dir / "manifest.json"))
     if resume:
+        require_resumable(ckpt_dir)
         check_resume_world_size(latest_checkpoint(ckpt_dir))
 
     backend_name, reason = resolve_backend(cfg.train, cfg.resolution)  # before transformers is imported
