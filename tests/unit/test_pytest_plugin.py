@@ -52,8 +52,8 @@ def test_planted_regression_fails_with_values_and_interval(run_tests, tmp_path):
     row = compare(base, tuned, n_boot=500).row("perplexity/test")
     out = result.stdout.str()
     assert (f"FAIL perplexity/test (regression ≤ 5% of base): base {fmt(row.base)} -> tuned {fmt(row.tuned)}, "
-            f"Δ {fmt(row.delta, True)}; 95% interval of the improvement [{fmt(-row.ci_high, True)}, "
-            f"{fmt(-row.ci_low, True)}] lies entirely beyond a regression of 5% of base") in out
+            f"Δ {fmt(row.delta, True)}; 95% interval of Δ [{fmt(row.ci_low, True)}, {fmt(row.ci_high, True)}] "
+            "(lower is better) lies entirely beyond a regression of 5% of base") in out
     assert "FAIL lm_eval/tunebench_facts_mc/acc (regression ≤ 0.05): base 0.525 -> tuned 0.175" in out
     assert "INCONCLUSIVE probes/default/greedy/fibonacci/pass_rate (regression ≤ 0.1)" in out
     assert "gate FAIL (rules: " in out

@@ -52,7 +52,7 @@ from tunebench.evals.contract import check_contract
 from tunebench.evals.llamacpp import LABEL_SUFFIX
 from tunebench.evals.llamacpp_eval import evaluate_gguf_llamacpp
 from tunebench.evals.modeling import load_for_eval
-from tunebench.evals.runner import evaluate_model, save_contamination
+from tunebench.evals.runner import check_artifact_template, evaluate_model, save_contamination
 from tunebench.models.loading import load_tokenizer, resolve_model
 from tunebench.reports.compare import ARTIFACT_PREFIX, Comparison, leaderboard_from_runs
 from tunebench.reports.gate import GATES_DIR, gate_main
@@ -194,7 +194,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     preflight(cfg)
     label = args.label or (artifact_label(args.model) if artifact else "tuned" if args.adapter else "base")
     out = Path(args.out) if args.out else run_dir / "eval" / label / "results.json"
-    if artifact:
+    if artifact:  # the template in the metadata first: a file without one is named as such, not as unloadable
+        check_artifact_template(args.model, run_dir)
         check_contract(args.model, run_dir / "adapter", list(cfg.eval.probe_files))
     try:
         evaluate_model(cfg, run_dir, label, args.adapter, out, artifact=artifact)
