@@ -231,21 +231,26 @@ class StageClock:
         atomic_write_json(self.path, {"stages": self.stages, "total_s": round(sum(self.stages.values()), 2)})
 
 
+def run_child(cmd: list[str]) -> int:
+    """Run a training child and return its exit code. The child gets the terminal's SIGINT itself; a SIGTERM sent
+    to this process alone (a scheduler, `kill`) is passed on, so the child finishes its step and checkpoints instead
+    of being killed mid-save."""
+    proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    old_term = signal.signal(signal.SIGTERM, lambda signum, frame: proc.send_signal(signal.SIGTERM))
+    try:
+        return proc.wait()
+    finally:
+        signal.signal(signal.SIGINT, old_int)
+        signal.signal(signal.SIGTERM, old_term)
+
+
 def _train_child(run_dir: Path) -> None:
     """Run `tunebench train` on the run's config in a child process; Ctrl-C reaches it and it checkpoints."""
     cmd = [sys.executable, "-m", "tunebench", "train", str(run_dir / "config.yaml"), "--out", str(run_dir),
            "--resume"]
     log.info("training in a child process: %s", " ".join(cmd))
-    proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    # the child gets the terminal's SIGINT itself; a SIGTERM sent to this process alone (a scheduler, `kill`) is
-    # passed on, so the child finishes its step and checkpoints instead of being killed mid-save
-    old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    old_term = signal.signal(signal.SIGTERM, lambda signum, frame: proc.send_signal(signal.SIGTERM))
-    try:
-        code = proc.wait()
-    finally:
-        signal.signal(signal.SIGINT, old_int)
-        signal.signal(signal.SIGTERM, old_term)
+    code = run_child(cmd)
     if code == EXIT_INTERRUPTED:
         raise Interrupted(f"training was interrupted; a checkpoint is in {run_dir}/checkpoints. "
                           "Run the same command again to continue.")
