@@ -36,6 +36,10 @@ SPACES_DIR = CONFIGS_DIR / "spaces"
 KINDS = ("categorical", "float", "int")
 SPEC_KEYS = {"categorical": ("type", "choices"), "float": ("type", "low", "high", "log", "step"),
              "int": ("type", "low", "high", "log", "step")}
+OLD_KINDS = {"uniform": "write type: float", "loguniform": "write type: float with log: true",
+             "log_uniform": "write type: float with log: true", "discrete_uniform": "write type: float with step",
+             "int_uniform": "write type: int", "choice": "write type: categorical"}
+"""Distribution names of older Optuna and other tools, and what they are here."""
 TUNABLE_SECTIONS = ("lora", "train")
 NOT_TUNABLE = {
     "train.seed": "seeds are repeated with --seeds K, not searched",
@@ -200,8 +204,9 @@ def _param(path: Path, written: str, spec: Any, base: RunConfig) -> Param:
                           f"{' | '.join(KINDS)} (e.g. {{type: categorical, choices: [8, 16]}})", key=key)
     kind = spec.get("type")
     if kind not in KINDS:
+        hint = OLD_KINDS.get(str(kind)) or did_you_mean(str(kind), KINDS, "did you mean ", "?")
         raise ConfigError(f"{where}: type {kind!r} is not a distribution; choose one of {', '.join(KINDS)}"
-                          f"{did_you_mean(str(kind), KINDS, ' (did you mean ', '?)')}", key=key)
+                          + (f" ({hint})" if hint else ""), key=key)
     for k in spec:
         if k not in SPEC_KEYS[kind]:
             raise ConfigError(f"{where}: unknown field {k!r} of a {kind} distribution (known: "
@@ -246,7 +251,7 @@ def _range(where: str, key: str, kind: str, spec: dict[str, Any], tp: Any) -> Pa
         raise ConfigError(f"{where}: a {kind} range cannot set {key}, which takes {_type(tp)}; use type: categorical",
                           key=key)
     if field_kind != kind:
-        raise ConfigError(f"{where}: {key} is a{'n' if field_kind == 'int' else ''} {field_kind} field; use type: "
+        raise ConfigError(f"{where}: {key} is {'an integer' if field_kind == 'int' else 'a float'} field; use type: "
                           f"{field_kind} (or categorical)", key=key)
     bounds = {}
     for b in ("low", "high"):
