@@ -166,11 +166,12 @@ def open_study(url: str, name: str, opts: SweepOptions, identity: dict[str, Any]
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
     try:
-        storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url), heartbeat_interval=HEARTBEAT_S,
-                                             grace_period=3 * HEARTBEAT_S)
-        study = optuna.create_study(storage=storage, study_name=name, direction="minimize", load_if_exists=True,
-                                    sampler=optuna.samplers.TPESampler(seed=opts.sampler_seed),
-                                    pruner=make_pruner(opts.pruner, 0))
+        with _creation_lock(url):
+            storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url),
+                                                 heartbeat_interval=HEARTBEAT_S, grace_period=3 * HEARTBEAT_S)
+            study = optuna.create_study(storage=storage, study_name=name, direction="minimize", load_if_exists=True,
+                                        sampler=optuna.samplers.TPESampler(seed=opts.sampler_seed),
+                                        pruner=make_pruner(opts.pruner, 0))
     except (ImportError, ValueError, RuntimeError, OSError, sqlalchemy.exc.SQLAlchemyError) as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError(f"--storage {shown_url(url)}: cannot open the study storage ({type(e).__name__}: "
@@ -187,6 +188,15 @@ def open_study(url: str, name: str, opts: SweepOptions, identity: dict[str, Any]
                 f"{recorded.get('preset')} {' '.join(recorded.get('overrides', []))}`); resume it with the same "
                 "command, or start another study with --out DIR or --study NAME")
     return study, storage
+
+
+def _creation_lock(url: str) -> contextlib.AbstractContextManager[Any]:
+    """Workers starting together on one SQLite file create its tables and the study one at a time, so neither sees
+    the other's half-made schema; a database server orders that itself."""
+    path = Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
+    if path is None or not path.parent.is_dir():
+        return contextlib.nullcontext()
+    return FileLock(str(path) + ".lock")
 
 
 def max_steps(asked: RunConfig, space: Space) -> int:
