@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 optuna = pytest.importorskip("optuna")
+pytestmark = pytest.mark.slow  # ~3 min on 2 cores: 4 trainings of one step each, 5 sweep processes
 
 ROOT = Path(__file__).resolve().parents[2]
 SPACE = """\
@@ -37,10 +38,10 @@ def sweep_args(tmp: Path, trials: int) -> list[str]:
             "--no-confirm", *OVERRIDES]
 
 
-def spawn(tmp: Path, trials: int) -> subprocess.Popen:
+def spawn(tmp: Path, trials: int, threads: int | None = None) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
     return subprocess.Popen([sys.executable, "-m", "tunebench", *sweep_args(tmp, trials)], cwd=ROOT, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
 
 
 def states(out: Path) -> list[tuple[int, str, dict]]:
@@ -54,19 +55,21 @@ def study(tmp_path_factory):
     (tmp / "space.yaml").write_text(SPACE)
     out, steps, t0 = tmp / "out", {}, time.perf_counter()
 
-    workers = [spawn(tmp, 2), spawn(tmp, 2)]  # two processes, one SQLite study
+    workers = [spawn(tmp, 2, threads=1), spawn(tmp, 2, threads=1)]  # two processes, one SQLite study, a core each
     steps["workers"] = [(w.wait(timeout=900), *w.communicate()) for w in workers]
     steps["after_workers"] = states(out)
+    took = {"workers": time.perf_counter() - t0}
 
     stopped = spawn(tmp, 3)
     trial_file = out / "trials" / "2" / "trial.json"
     deadline = time.time() + 600
     while not trial_file.exists() and stopped.poll() is None and time.time() < deadline:
         time.sleep(0.5)
-    time.sleep(3)  # the trial's child is starting up
+    time.sleep(2)  # the trial's child is starting up
     stopped.send_signal(signal.SIGTERM)
     steps["stopped"] = (stopped.wait(timeout=300), *stopped.communicate())
     steps["after_stop"] = states(out)
+    took["stopped"] = time.perf_counter() - t0 - sum(took.values())
 
     from tunebench.app.cli import main
 
@@ -81,11 +84,13 @@ def study(tmp_path_factory):
     steps["resumed"] = main(sweep_args(tmp, 3))
     watching[0] = False
     steps["opened"] = opened
+    took["resumed"] = time.perf_counter() - t0 - sum(took.values())
 
     from tunebench.app.sweep import SweepOptions, sweep
 
     steps["again"] = sweep(SweepOptions("smoke", 3, OVERRIDES, out, str(tmp / "space.yaml"), confirm=False))
-    print(f"sweep study built in {time.perf_counter() - t0:.0f} s")
+    took["again"] = time.perf_counter() - t0 - sum(took.values())
+    print("sweep study built in " + ", ".join(f"{k} {v:.0f} s" for k, v in took.items()))
     return out, steps
 
 
