@@ -109,3 +109,7 @@ def test_pruning_callback_reports_perplexity_and_stops_a_bad_trial():
         assert control.should_training_stop is pruned and outcome.pruned is pruned
         assert outcome.step == 1 and outcome.value == pytest.approx(math.exp(loss))
         assert study.trials[trial.number].intermediate_values[1] == pytest.approx(math.exp(loss))
+    trial, outcome, control = study.ask(), Outcome(), TrainerControl()
+    report_callback(trial, outcome).on_evaluate(args, TrainerState(global_step=1, max_steps=1), control,
+                                                metrics={"eval_loss": math.log(9.0)})
+    assert not outcome.pruned and not control.should_training_stop  # the last step: training is over anyway

@@ -231,11 +231,11 @@ class StageClock:
         atomic_write_json(self.path, {"stages": self.stages, "total_s": round(sum(self.stages.values()), 2)})
 
 
-def run_child(cmd: list[str]) -> int:
+def run_child(cmd: list[str], env: dict[str, str] | None = None) -> int:
     """Run a training child and return its exit code. The child gets the terminal's SIGINT itself; a SIGTERM sent
     to this process alone (a scheduler, `kill`) is passed on, so the child finishes its step and checkpoints instead
     of being killed mid-save."""
-    proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
     old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
     old_term = signal.signal(signal.SIGTERM, lambda signum, frame: proc.send_signal(signal.SIGTERM))
     try:

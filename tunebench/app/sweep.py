@@ -34,7 +34,15 @@ from tunebench.app.pipeline import PipelineResult, Stages, resolve_template, run
 from tunebench.app.preflight import preflight
 from tunebench.app.sweep_space import Space, default_space, load_space, overrides_of
 from tunebench.app.sweep_summary import summarize, write_summary
-from tunebench.app.sweep_trial import OUTCOME_FILE, Outcome, TrialSpec, engine_kwargs, make_pruner, shown_url
+from tunebench.app.sweep_trial import (
+    OUTCOME_FILE,
+    STORAGE_ENV,
+    Outcome,
+    TrialSpec,
+    engine_kwargs,
+    make_pruner,
+    shown_url,
+)
 from tunebench.core import tracking
 from tunebench.core.config import RunConfig, load_config, resolve, to_dict, with_values
 from tunebench.core.errors import EXIT_INTERRUPTED, ConfigError, Interrupted, PipelineError, TunebenchError
@@ -119,6 +127,9 @@ def sweep(opts: SweepOptions) -> SweepResult:
     space = load_space(space_path, asked)
     cfg = resolve(asked)[0]
     preflight(cfg, whole_run=opts.confirm)
+    if opts.pruner != "none" and not cfg.train.eval_every:
+        log.warning("--pruner %s has no validation losses during training to act on (train.eval_every=0): no trial "
+                    "will be pruned; set train.eval_every=N", opts.pruner)
     out = Path(opts.out or Path("runs") / f"{asked.name}-sweep")
     out.mkdir(parents=True, exist_ok=True)
     url = opts.storage or f"sqlite:///{(out / 'study.db').resolve()}"
@@ -368,10 +379,10 @@ def train_trial(study: Study, trial: Any, cfg: RunConfig, run_dir: Path, report:
     run_dir.mkdir(parents=True, exist_ok=True)
     with run_lock(run_dir, "sweep"):
         write_config(cfg, run_dir)
-        TrialSpec(study.url, study.optuna.study_name, trial._trial_id, trial.number, study.opts.pruner,
-                  study.max_steps, str(study.data_path.resolve()), report).write(run_dir)
+        TrialSpec(study.optuna.study_name, trial._trial_id, trial.number, study.opts.pruner, study.max_steps,
+                  str(study.data_path.resolve()), report).write(run_dir)
         (run_dir / OUTCOME_FILE).unlink(missing_ok=True)
-        code = run_child([sys.executable, "-m", "tunebench.app.sweep_trial", str(run_dir)])
+        code = run_child([sys.executable, "-m", "tunebench.app.sweep_trial", str(run_dir)], env={STORAGE_ENV: study.url})
     if code == EXIT_INTERRUPTED:
         raise Interrupted(f"trial {trial.number} was interrupted in {run_dir}")
     if code != 0 or not (run_dir / OUTCOME_FILE).is_file():

@@ -1,8 +1,10 @@
 """One sweep trial's training, in a process of its own: ``python -m tunebench.app.sweep_trial RUN``.
 
+The study's storage URL comes in the environment (``STORAGE_ENV``), never in a file: it may hold a password.
+
 A child for the reason `tunebench run` trains in one: Unsloth must be imported before transformers, and the
 objective (scored by the sweep's own process) must never run on Unsloth-patched transformers. The child reads
-``RUN/trial.json`` (the study's storage, its name, the trial's id, the pruner, the study's prepared data), trains
+``RUN/trial.json`` (the study's name, the trial's id, the pruner, the study's prepared data), trains
 through ``train.trainer.train`` with the study's prepared data, and reports each validation loss to its Optuna trial
 as a perplexity, so the pruner can stop it. It writes ``RUN/outcome.json`` (pruned or not, the last value
 reported) and exits 0, 130 when interrupted (SIGINT or SIGTERM: the step finishes and a checkpoint is saved), or
@@ -13,13 +15,14 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from tunebench.core.config import load_config
-from tunebench.core.errors import EXIT_INTERRUPTED, TunebenchError
+from tunebench.core.errors import EXIT_INTERRUPTED, ConfigError, TunebenchError
 from tunebench.core.io import atomic_write_json, read_json
 from tunebench.core.signals import sigterm_as_interrupt
 from tunebench.data.conversations import prepared_from_dict
@@ -29,6 +32,8 @@ from tunebench.train.trainer import train
 
 log = logging.getLogger(__name__)
 
+STORAGE_ENV = "TUNEBENCH_SWEEP_STORAGE"
+"""The study's storage URL, for the trial's child."""
 TRIAL_FILE = "trial.json"
 OUTCOME_FILE = "outcome.json"
 
@@ -37,7 +42,6 @@ OUTCOME_FILE = "outcome.json"
 class TrialSpec:
     """What the sweep tells a trial's child (RUN/trial.json)."""
 
-    storage: str
     study: str
     trial_id: int
     """Optuna's storage id of the trial (not its number): the child reports to this trial."""
@@ -94,6 +98,8 @@ def report_callback(trial: Any, outcome: Outcome) -> Any:
             value = math.exp(loss)
             trial.report(value, state.global_step)  # the same scale as the objective: perplexity
             outcome.step, outcome.value = state.global_step, value
+            if state.max_steps and state.global_step >= state.max_steps:
+                return  # the last evaluation: training is over, nothing left to save by pruning
             if trial.should_prune():
                 log.info("trial %d pruned at step %d (validation perplexity %.4f)", trial.number, state.global_step,
                          value)
@@ -108,7 +114,11 @@ def open_trial(spec: TrialSpec) -> Any:
     import optuna  # optional: the sweep extra
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = optuna.storages.RDBStorage(spec.storage, engine_kwargs=engine_kwargs(spec.storage))
+    url = os.environ.get(STORAGE_ENV)
+    if not url:
+        raise ConfigError(f"{STORAGE_ENV} is not set: a sweep trial runs as `tunebench sweep`'s child, which names "
+                          "the study's storage there")
+    storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url))
     study = optuna.load_study(study_name=spec.study, storage=storage, pruner=make_pruner(spec.pruner, spec.max_steps))
     return optuna.trial.Trial(study, spec.trial_id)
 

@@ -98,7 +98,7 @@ def _confirm_section(summary: dict[str, Any]) -> list[str]:
     ppl = c.get("perplexity_test") or {}
     lines.append(f"`{c['run_dir']}`: test perplexity base {fmt(ppl.get('base'))} → tuned {fmt(ppl.get('tuned'))}, "
                  f"Δ {fmt(ppl.get('delta'), signed=True)} {fmt_interval(ppl.get('ci_low'), ppl.get('ci_high'))} over "
-                 f"{ppl.get('n')} conversations; gate: **{c.get('gate')}** ([report]({c['report']})). The winner's "
+                 f"{ppl.get('n')} conversations; gate: **{c.get('gate')}** ([report](confirm/report.md)). The winner's "
                  f"validation perplexity was {fmt(chosen['value'])}, on other conversations and chosen as the minimum: "
                  "read the test figure, not that one.")
     return lines + [""]
