@@ -18,7 +18,8 @@ outside=$("$py" - "$wheel" <<'PY'
 import re, sys, zipfile
 names = zipfile.ZipFile(sys.argv[1]).namelist()
 bad = [n for n in names if not re.match(r"^(tunebench/|tunebench-[^/]+\.dist-info/)", n)]
-need = ["tunebench/configs/smoke.yaml", "tunebench/configs/gates/default.yaml", "tunebench/models/templates/llama-3.1.jinja",
+need = ["tunebench/configs/smoke.yaml", "tunebench/configs/gates/default.yaml", "tunebench/configs/spaces/smoke.yaml",
+        "tunebench/models/templates/llama-3.1.jinja",
         "tunebench/evals/probes/default.yaml", "tunebench/reports/templates/report.md.j2"]
 missing = [n for n in need if n not in names]
 print("\n".join([f"outside tunebench/: {n}" for n in bad] + [f"missing package data: {n}" for n in missing]))

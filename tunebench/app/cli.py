@@ -18,6 +18,7 @@ from pathlib import Path
 from tunebench.app.pipeline import finish, resolve_template, run, write_config
 from tunebench.app.preflight import preflight
 from tunebench.app.serve import ServeOptions, serve
+from tunebench.app.sweep import SweepOptions, sweep
 from tunebench.core import dist
 from tunebench.core.config import (
     RunConfig,
@@ -78,6 +79,7 @@ EXAMPLES = """examples:
   tunebench eval --model runs/smoke/export/model-q8_0.gguf --data-from runs/smoke   # + its Δ against the adapter
   tunebench eval --model runs/smoke/export/model-q8_0.gguf --runtime llama.cpp --data-from runs/smoke
   tunebench serve runs/smoke --quant q8_0     # OpenAI-compatible server on 127.0.0.1:8080
+  tunebench sweep smoke --trials 8            # Optuna search; picks the cheapest config indistinguishable from the best
   tunebench bench speed --shape llama-3.2-1b  # GPU only
 """
 
@@ -315,6 +317,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     return result.gate_code if args.gate_exit else 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    opts = SweepOptions(args.preset, args.trials, list(args.overrides), Path(args.out) if args.out else None,
+                        args.space, args.storage, args.study, args.seeds, args.pruner, args.sampler_seed,
+                        confirm=not args.no_confirm)
+    try:
+        result = sweep(opts)
+    except KeyboardInterrupt:  # between trials, before the loop's own handler
+        raise Interrupted(f"the sweep stopped; every finished trial is kept. Continue with `{_again(args)}`") from None
+    print(f"\nsweep: {result.ran} trial(s) run here; report: {result.report}")
+    if result.config_line:
+        print(f"chosen: trial {result.chosen}: {result.config_line}")
+    if result.confirm is not None:
+        print("\n" + result.confirm.headline)
+        print(f"confirmation report: {result.confirm.report}")
+        return result.confirm.gate_code if args.gate_exit else 0
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     run_dir = Path(args.run)
     if not (run_dir / "config.yaml").is_file():
@@ -433,6 +453,25 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true", help="start the run folder from scratch")
     s.add_argument("--gate-exit", action="store_true", help="exit with the gate's code (1 a rule failed, 3 inconclusive)")
 
+    s = sub.add_parser("sweep", help="LoRA / hyperparameter search (Optuna) that picks a winner with confidence")
+    s.add_argument("preset", help="preset name (see `tunebench presets`) or a YAML file")
+    s.add_argument("overrides", nargs="*", help="dotted overrides every trial starts from, e.g. train.max_steps=30")
+    s.add_argument("--trials", type=int, required=True,
+                   help="finished trials the study should hold (a re-run counts those already there)")
+    s.add_argument("--space", help="search space YAML (default: the preset's, configs/spaces/PRESET.yaml)")
+    s.add_argument("--storage", help="Optuna storage URL (default sqlite:///OUT/study.db); postgresql://... or "
+                   "mysql://... shares one study across machines")
+    s.add_argument("--study", help="study name in the storage (default tunebench-<preset name>)")
+    s.add_argument("--out", help="sweep folder (default runs/<name>-sweep)")
+    s.add_argument("--seeds", type=int, default=1, help="train each configuration with K seeds (default 1)")
+    s.add_argument("--pruner", choices=["median", "hyperband", "none"], default="median",
+                   help="stop unpromising trials on their validation losses (needs train.eval_every > 0)")
+    s.add_argument("--sampler-seed", type=int, help="seed of the TPE sampler (default: random)")
+    s.add_argument("--no-confirm", action="store_true",
+                   help="skip the chosen configuration's test-split run against base (OUT/confirm)")
+    s.add_argument("--gate-exit", action="store_true", help="exit with the confirmation gate's code")
+    s.set_defaults(fn=cmd_sweep)
+
     s = sub.add_parser("eval", help="evaluate base and tuned of a run, or one model on a run's inputs")
     s.add_argument("run", nargs="?", help="run folder (evaluates base and tuned)")
     s.add_argument("overrides", nargs="*", default=[], help="dotted overrides of the run's config")
@@ -521,7 +560,13 @@ def _command_lock(args: argparse.Namespace) -> contextlib.AbstractContextManager
 def main(argv: list[str] | None = None) -> int:
     """Parse ``argv``, run one subcommand, and map errors to exit codes by class (see core.errors)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # dotted overrides may follow the options too (`tunebench sweep smoke --trials 8 train.max_steps=30`)
+    if extra and hasattr(args, "overrides") and all("=" in a and not a.startswith("-") for a in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.argv = argv  # what an interrupted command tells the user to run again
     _setup_logging(args.verbose)
     try:

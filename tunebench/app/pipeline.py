@@ -26,6 +26,7 @@ from typing import Any
 import yaml
 
 from tunebench.app.preflight import preflight
+from tunebench.core import tracking
 from tunebench.core.config import RunConfig, asked, dump_yaml, from_dict, to_dict
 from tunebench.core.errors import (
     EXIT_INTERRUPTED,
@@ -70,6 +71,7 @@ from tunebench.reports.compare import (
 from tunebench.reports.gate import gate_main
 from tunebench.reports.plots import draw_report_plots
 from tunebench.reports.render import context_from_run, metric_table, render_report
+from tunebench.reports.tracking import comparison_metrics, log_metrics
 from tunebench.train.gguf_export import export_gguf
 from tunebench.train.model_card import append_evaluation
 
@@ -229,26 +231,37 @@ class StageClock:
         atomic_write_json(self.path, {"stages": self.stages, "total_s": round(sum(self.stages.values()), 2)})
 
 
+def run_child(cmd: list[str], env: dict[str, str] | None = None) -> int:
+    """Run a training child and return its exit code. The child gets the terminal's SIGINT itself; a SIGTERM sent
+    to this process alone (a scheduler, `kill`) is passed on, so the child finishes its step and checkpoints instead
+    of being killed mid-save."""
+    proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+    old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    old_term = signal.signal(signal.SIGTERM, lambda signum, frame: proc.send_signal(signal.SIGTERM))
+    try:
+        return proc.wait()
+    finally:
+        signal.signal(signal.SIGINT, old_int)
+        signal.signal(signal.SIGTERM, old_term)
+
+
 def _train_child(run_dir: Path) -> None:
     """Run `tunebench train` on the run's config in a child process; Ctrl-C reaches it and it checkpoints."""
     cmd = [sys.executable, "-m", "tunebench", "train", str(run_dir / "config.yaml"), "--out", str(run_dir),
            "--resume"]
     log.info("training in a child process: %s", " ".join(cmd))
-    proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    # the child gets the terminal's SIGINT itself; a SIGTERM sent to this process alone (a scheduler, `kill`) is
-    # passed on, so the child finishes its step and checkpoints instead of being killed mid-save
-    old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    old_term = signal.signal(signal.SIGTERM, lambda signum, frame: proc.send_signal(signal.SIGTERM))
-    try:
-        code = proc.wait()
-    finally:
-        signal.signal(signal.SIGINT, old_int)
-        signal.signal(signal.SIGTERM, old_term)
+    code = run_child(cmd)
     if code == EXIT_INTERRUPTED:
         raise Interrupted(f"training was interrupted; a checkpoint is in {run_dir}/checkpoints. "
                           "Run the same command again to continue.")
     if code != 0:
         raise PipelineError(f"training failed (exit code {code}); see the messages above")
+
+
+def train_settings(cfg: RunConfig) -> dict[str, Any]:
+    """The train section as the train stage's fingerprint reads it: trackers watch training, they don't change the
+    adapter, so turning one on does not train again."""
+    return {k: v for k, v in to_dict(cfg.train).items() if k != "report_to"}
 
 
 def run(cfg: RunConfig, run_dir: str | Path, overwrite: bool = False, progress: bool = True,
@@ -281,7 +294,7 @@ def _run(cfg: RunConfig, run_dir: Path, overwrite: bool, progress: bool, strict:
             shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
         _train_child(run_dir)
 
-    train_fp = fingerprint([data_fp, to_dict(cfg.model), to_dict(cfg.lora), to_dict(cfg.train)])
+    train_fp = fingerprint([data_fp, to_dict(cfg.model), to_dict(cfg.lora), train_settings(cfg)])
     adapter = run_dir / "adapter"
     stages.run("train", train_fp, [adapter / "manifest.json"], train)
 
@@ -380,6 +393,10 @@ def finish(run_dir: Path, cfg: RunConfig) -> PipelineResult:
     comparison = compare(results["base"], results["tuned"], cfg.report.alpha, cfg.eval.bootstrap_samples,
                          judged=judged)
     atomic_write_json(run_dir / "comparison.json", comparison.to_dict())
+    if tracking.active(cfg.train.report_to):  # the results beside the training curves, at the last step
+        steps = (read_json(run_dir / "adapter" / "manifest.json").get("steps", 0)
+                 if (run_dir / "adapter" / "manifest.json").is_file() else 0)
+        log_metrics(cfg.train.report_to, run_dir, comparison_metrics(comparison.rows), step=steps, run_name=cfg.name)
     exported = {}
     for name, res in load_artifact_results(run_dir).items():
         try:

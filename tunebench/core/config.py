@@ -141,6 +141,11 @@ class TrainConfig:
     """Resumable checkpoint every N updates; 0 = only at the end or on interrupt."""
     logging_steps: int = 1
     """Loss logged every N updates."""
+    report_to: list[Literal["none", "tensorboard", "mlflow", "wandb", "trackio"]] = field(
+        default_factory=lambda: ["none"])
+    """Experiment trackers TRL logs training to, and the evaluation's metrics go to too (one or a list; none =
+    off). Offline by default: tensorboard and mlflow write into RUN/tracking/, wandb runs offline unless
+    WANDB_MODE says otherwise. Each but tensorboard is its own optional install (README: Tracking)."""
 
 
 @dataclass
@@ -490,6 +495,8 @@ def _validate(obj: Any, prefix: str) -> None:
             raise bad("max_steps", "must be a positive number of updates, or -1 to use epochs")
         if obj.lr <= 0:
             raise bad("lr", "must be > 0")
+        if not obj.report_to or ("none" in obj.report_to and len(obj.report_to) > 1):
+            raise bad("report_to", "must be none, or one or more of tensorboard, mlflow, wandb, trackio")
     if isinstance(obj, EvalConfig):
         names = [s.name for s in obj.probe_sampling]
         if len(set(names)) != len(names):
@@ -681,6 +688,61 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             node = nxt
         node[path[-1]] = value
     return data
+
+
+def field_type(key: str) -> Any:
+    """The type of the field a dotted key names (aliases read as the field they stand for).
+
+    Raises:
+        ConfigError: no such field, with a did-you-mean (the same as an unknown key in a preset or override).
+    """
+    path = canonical_key(key.split("."))
+    cls: Any = RunConfig
+    for depth, part in enumerate(path):
+        names = [f.name for f in dataclasses.fields(cls)]
+        prefix = ".".join(path[:depth])
+        if part not in names:
+            raise ConfigError(f"unknown key {'.'.join(path[:depth + 1])!r}{suggest_key(prefix, part, names)} "
+                              f"(known: {', '.join(names)})", key=".".join(path))
+        tp = _hints(cls)[part]
+        if depth == len(path) - 1:
+            return tp
+        if not dataclasses.is_dataclass(tp):
+            raise ConfigError(f"{key}: {part!r} is a value, not a section", key=key)
+        cls = tp
+    raise ConfigError(f"{key!r} names a section, not a value", key=key)
+
+
+def with_values(cfg: RunConfig, values: dict[str, Any]) -> RunConfig:
+    """A copy of ``cfg`` with dotted keys set to typed values, coerced and validated as overrides are.
+
+    Raises:
+        ConfigError: an unknown key (did-you-mean) or a value its field refuses, naming the key.
+    """
+    data = to_dict(cfg)
+    for key, value in values.items():
+        path = canonical_key(key.split("."))
+        node = data
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{key}: {part!r} is a value, not a section", key=key)
+        node[path[-1]] = value
+    return build(RunConfig, data)
+
+
+def override_text(key: str, value: Any) -> str:
+    """``key=value`` as a command line override that ``parse_override`` reads back as ``value`` (lists of names
+    comma-joined, so the line needs no shell quoting)."""
+    if isinstance(value, (list, tuple)):
+        text = ",".join(str(v) for v in value)
+    elif isinstance(value, bool):
+        text = "true" if value else "false"
+    elif value is None:
+        text = "null"
+    else:
+        text = repr(value) if isinstance(value, float) else str(value)
+    return f"{key}={text}"
 
 
 @dataclass(frozen=True)

@@ -396,6 +396,29 @@ def benjamini_hochberg(p_values: Sequence[float | None]) -> list[float | None]:
     return out
 
 
+def holm(p_values: Sequence[float | None]) -> list[float | None]:
+    """Holm-Bonferroni adjusted p-values (step-down, family-wise error rate) of one family of tests.
+
+    ``adjusted[i] < alpha`` holds for exactly the tests Holm's procedure rejects at FWER alpha: the chance that
+    any rejection in the family is false stays below alpha, where BH bounds only the share of false ones. A sweep
+    that calls a configuration worse than its best must not do so by chance in any of its comparisons.
+
+    Args:
+        p_values: The family's raw p-values; None (no test) stays None and does not count towards the family.
+
+    Returns:
+        Adjusted p-values in the input order: max over k <= rank of p_(k) * (m - k + 1), capped at 1.
+    """
+    known = [(p, i) for i, p in enumerate(p_values) if p is not None and math.isfinite(p)]
+    out: list[float | None] = [None] * len(p_values)
+    m = len(known)
+    running = 0.0
+    for rank, (p, i) in enumerate(sorted(known), start=1):
+        running = max(running, min(1.0, p * (m - rank + 1)))
+        out[i] = running
+    return out
+
+
 def is_binary(num: np.ndarray, den: np.ndarray) -> bool:
     """True when every item is a single pass/fail (den 1, num 0 or 1)."""
     return bool(num.size) and bool(np.all(den == 1)) and bool(np.all((num == 0) | (num == 1)))

@@ -17,7 +17,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from tunebench.core import dist
+from tunebench.core import dist, tracking
 from tunebench.core.config import RunConfig, to_dict, with_backend
 from tunebench.core.errors import RunExistsError, TrainingError
 from tunebench.core.io import atomic_dir, atomic_write_json, disk_full, is_disk_full, read_json
@@ -295,7 +295,7 @@ def sft_config(cfg: RunConfig, ckpt_dir: Path, backend: str, has_val: bool, dtyp
         eval_on_start=has_val,  # step 0 = the base (LoRA B starts at zero): the loss curve's reference point
         save_strategy="steps" if t.save_every else "no",
         save_steps=t.save_every or 500,
-        report_to="none",
+        report_to=tracking.active(t.report_to) or "none",
         disable_tqdm=True,
         use_cpu=not cuda,
         bf16=cuda and dtype == torch.bfloat16,
@@ -437,10 +437,11 @@ def train(
     steps_per_epoch = math.ceil(len(train_ds) / (cfg.train.batch_size * cfg.train.grad_accum))
     total_steps = cfg.train.max_steps if cfg.train.max_steps > 0 else math.ceil(steps_per_epoch * cfg.train.epochs)
     state = _State()
-    trainer = _trainer_class(state, backend_name)(
-        model=model, processing_class=tok, train_dataset=train_ds, eval_dataset=val_ds, args=args,
-        callbacks=make_callbacks(state, total_steps, run_dir / "train.log") + list(extra_callbacks or []),
-    )
+    with tracking.tracker_environment(cfg.train.report_to, run_dir):  # trackers read it when the trainer is built
+        trainer = _trainer_class(state, backend_name)(
+            model=model, processing_class=tok, train_dataset=train_ds, eval_dataset=val_ds, args=args,
+            callbacks=make_callbacks(state, total_steps, run_dir / "train.log") + list(extra_callbacks or []),
+        )
     trainer.remove_callback(PrinterCallback)  # its {'loss': ...} lines go to train.log (LogFile), not the terminal
     trainer = backend.finish_trainer(trainer, prepared)
     trainable, total = manifest_mod.count_parameters(trainer.model)
@@ -457,8 +458,8 @@ def train(
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     state.started = time.perf_counter()
-    try:
-        with backend.training(cfg.train):
+    try:  # mlflow and wandb read theirs when training begins
+        with backend.training(cfg.train), tracking.tracker_environment(cfg.train.report_to, run_dir):
             trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     finally:
         handle.remove()

@@ -1,0 +1,428 @@
+"""`tunebench sweep PRESET --trials N`: a LoRA and hyperparameter search on Optuna that picks a winner with confidence.
+
+A study lives in a storage (by default ``sqlite:///OUT/study.db``): running the same command again resumes it, and
+finished trials count toward N; with a shared server (``--storage postgresql://...``) every machine that runs the
+same command works on the same study (Optuna's own distributed mode). One sweep folder holds:
+
+    OUT/data/              the study's prepared data (prepared.json, data_report.*): once per study, by fingerprint,
+                           and without the test split (the sweep selects on validation only)
+    OUT/trials/<n>/        each trial a normal run folder (config, adapter + manifest, loss curve, validation.json);
+                           with --seeds K, OUT/trials/<n>/seed-<s>/ per seed
+    OUT/sweep.json, sweep.md, *.png     the report (app.sweep_summary, reports.render_sweep)
+    OUT/confirm/           the chosen configuration's one `tunebench run` against base, on the test split
+
+Each trial trains in a child (app.sweep_trial) that reports its validation losses to the trial for pruning; the
+objective (validation perplexity per conversation, evals.validation) is scored here, on unpatched transformers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+
+from tunebench.app.pipeline import PipelineResult, Stages, resolve_template, run, run_child, write_config
+from tunebench.app.preflight import preflight
+from tunebench.app.sweep_space import Space, default_space, load_space, overrides_of
+from tunebench.app.sweep_summary import summarize, write_summary
+from tunebench.app.sweep_trial import (
+    OUTCOME_FILE,
+    STORAGE_ENV,
+    Outcome,
+    TrialSpec,
+    engine_kwargs,
+    make_pruner,
+    shown_url,
+)
+from tunebench.core import tracking
+from tunebench.core.config import RunConfig, load_config, resolve, to_dict, with_values
+from tunebench.core.errors import EXIT_INTERRUPTED, ConfigError, Interrupted, PipelineError, TunebenchError
+from tunebench.core.io import atomic_write_json, atomic_write_text, fingerprint, read_json
+from tunebench.core.lock import run_lock
+from tunebench.core.stats import bootstrap_ci
+from tunebench.data import conversations as data_mod
+from tunebench.data.conversations import PreparedData, prepared_from_dict, prepared_to_dict
+from tunebench.evals.validation import require_no_test, score_validation
+from tunebench.models.loading import load_tokenizer, resolve_model
+from tunebench.reports.tracking import log_metrics
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_S = 60
+"""A running trial records a heartbeat this often; one silent for 3 beats (its worker died) is marked failed."""
+MAX_FAILURES = 3
+"""Consecutive failed trials (a NaN loss, a bad setting) after which the sweep stops: something is wrong with all."""
+
+
+@dataclass
+class SweepOptions:
+    """What `tunebench sweep` was asked."""
+
+    preset: str
+    trials: int
+    overrides: list[str] = field(default_factory=list)
+    out: Path | None = None
+    space: str | None = None
+    storage: str | None = None
+    study: str | None = None
+    seeds: int = 1
+    pruner: str = "median"
+    sampler_seed: int | None = None
+    confirm: bool = True
+    progress: bool = True
+
+
+@dataclass
+class SweepResult:
+    out: Path
+    report: Path
+    ran: int
+    """Trials this process ran (other workers run theirs)."""
+    chosen: int | None
+    config_line: str | None
+    confirm: PipelineResult | None
+
+
+@dataclass
+class Study:
+    """An open study and everything its trials share."""
+
+    optuna: Any
+    storage: Any
+    url: str
+    opts: SweepOptions
+    out: Path
+    asked: RunConfig
+    """The preset and overrides as asked (``auto`` unresolved): what each trial's values are applied to."""
+    space: Space
+    prepared: PreparedData
+    data_path: Path
+    max_steps: int
+
+
+def sweep(opts: SweepOptions) -> SweepResult:
+    """Run (or resume) the study to ``opts.trials`` finished trials, write the report, then confirm the choice.
+
+    Raises:
+        ConfigError: a bad preset, override, space file or option, or a storage that cannot be reached (before
+            anything trains).
+        Interrupted: Ctrl-C or SIGTERM; finished trials stay in the study, the one running is marked failed.
+    """
+    if opts.trials < 1 or opts.seeds < 1:
+        raise ConfigError(f"--trials and --seeds must be at least 1 (got --trials {opts.trials}, --seeds {opts.seeds})")
+    asked = load_config(opts.preset, opts.overrides, resolved=False)
+    space_path = opts.space or default_space(opts.preset)
+    if space_path is None:
+        raise ConfigError(f"preset {opts.preset!r} has no default search space (tunebench/configs/spaces/); give one "
+                          "with --space FILE (a YAML of dotted keys, e.g. lora.r: {type: categorical, choices: [8, 16]})")
+    space = load_space(space_path, asked)
+    cfg = resolve(asked)[0]
+    preflight(cfg, whole_run=opts.confirm)
+    if opts.pruner != "none" and not cfg.train.eval_every:
+        log.warning("--pruner %s has no validation losses during training to act on (train.eval_every=0): no trial "
+                    "will be pruned; set train.eval_every=N", opts.pruner)
+    out = Path(opts.out or Path("runs") / f"{asked.name}-sweep")
+    out.mkdir(parents=True, exist_ok=True)
+    url = opts.storage or f"sqlite:///{(out / 'study.db').resolve()}"
+    optuna_study, storage = open_study(url, opts.study or f"tunebench-{asked.name}", opts, study_identity(asked, space,
+                                                                                                          opts))
+    prepared, data_path = prepare_data(cfg, out)
+    study = Study(optuna_study, storage, url, opts, out, asked, space, prepared, data_path, max_steps(asked, space))
+    ran = run_trials(study)
+    summary = summarize(study)
+    report = write_summary(out, summary, study.optuna)
+    confirm = None
+    if opts.confirm and summary.get("chosen"):
+        confirm = confirm_choice(study, summary)
+        report = write_summary(out, summarize(study, confirm_dir=out / "confirm"), study.optuna)
+    chosen = summary.get("chosen") or {}
+    return SweepResult(out, report, ran, chosen.get("number"), chosen.get("config_line"), confirm)
+
+
+# ----------------------------------------------------------------------------- the study
+
+
+def study_identity(asked: RunConfig, space: Space, opts: SweepOptions) -> dict[str, Any]:
+    """What makes two invocations the same study: the config every trial starts from (trackers aside), the space,
+    the seeds and the pruner."""
+    config = to_dict(asked)
+    config["train"].pop("report_to", None)
+    return {"config": fingerprint(config), "space": space.fingerprint(), "seeds": opts.seeds, "pruner": opts.pruner,
+            "preset": opts.preset, "overrides": list(opts.overrides)}
+
+
+def open_study(url: str, name: str, opts: SweepOptions, identity: dict[str, Any]) -> tuple[Any, Any]:
+    """Create the study, or load it when it exists (``load_if_exists``), and check it is this sweep's.
+
+    Raises:
+        ConfigError: optuna missing, a storage that cannot be opened (named, password hidden), or a study of that
+            name made with another config, space, seeds or pruner.
+    """
+    try:
+        import optuna  # optional: the sweep extra
+        import sqlalchemy.exc  # optional: comes with optuna
+    except ImportError as e:
+        raise ConfigError(f"tunebench sweep needs optuna ({e}): pip install 'tunebench[sweep]'") from None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # the heartbeat is experimental, and documented for Study.optimize: here each trial records its own (heartbeat())
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+    try:
+        with _creation_lock(url):
+            storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url),
+                                                 heartbeat_interval=HEARTBEAT_S, grace_period=3 * HEARTBEAT_S)
+            study = optuna.create_study(storage=storage, study_name=name, direction="minimize", load_if_exists=True,
+                                        sampler=optuna.samplers.TPESampler(seed=opts.sampler_seed),
+                                        pruner=make_pruner(opts.pruner, 0))
+    except (ImportError, ValueError, RuntimeError, OSError, sqlalchemy.exc.SQLAlchemyError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"--storage {shown_url(url)}: cannot open the study storage ({type(e).__name__}: "
+                          f"{reason[:300]}). Check the URL, that the database server is up and reachable, and that its "
+                          "driver is installed (postgresql: psycopg2-binary, mysql: PyMySQL)") from None
+    recorded = study.user_attrs.get("tunebench")
+    if recorded is None:
+        study.set_user_attr("tunebench", identity)
+    else:
+        differ = [k for k in ("config", "space", "seeds", "pruner") if recorded.get(k) != identity[k]]
+        if differ:
+            raise ConfigError(
+                f"study {name!r} in {shown_url(url)} was made with another {', '.join(differ)} (by `tunebench sweep "
+                f"{recorded.get('preset')} {' '.join(recorded.get('overrides', []))}`); resume it with the same "
+                "command, or start another study with --out DIR or --study NAME")
+    return study, storage
+
+
+def _creation_lock(url: str) -> contextlib.AbstractContextManager[Any]:
+    """Workers starting together on one SQLite file create its tables and the study one at a time, so neither sees
+    the other's half-made schema; a database server orders that itself."""
+    path = Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
+    if path is None or not path.parent.is_dir():
+        return contextlib.nullcontext()
+    return FileLock(str(path) + ".lock")
+
+
+def max_steps(asked: RunConfig, space: Space) -> int:
+    """The most optimizer steps a trial can take (Hyperband's maximum resource); 0 when trials count epochs."""
+    p = next((p for p in space.params if p.key == "train.max_steps"), None)
+    if p is None:
+        return max(asked.train.max_steps, 0)
+    return int(max(p.choices) if p.kind == "categorical" else p.high)
+
+
+def prepare_data(cfg: RunConfig, out: Path) -> tuple[PreparedData, Path]:
+    """The data stage, once per study (its fingerprint in OUT/stages.json), without the test split: trials train on
+    it and the objective reads its validation split. Workers sharing the folder take turns."""
+    source = resolve_model(cfg.model.ref, cfg.model.revision)
+    cfg = resolve_template(cfg, source)
+    data_dir = out / "data"
+    path = data_dir / "prepared.json"
+
+    def data() -> None:
+        tok, tname = load_tokenizer(source, cfg.model.chat_template, cfg.model.trust_remote_code)
+        prepared = data_mod.prepare(tok, tname, cfg.data, None, eval_every=cfg.train.eval_every)
+        kept = PreparedData({**prepared.encoded, "test": []}, {**prepared.conversations, "test": []},
+                            prepared.template, prepared.report)  # the test split never enters the sweep
+        if not kept.encoded.get("validation"):
+            raise ConfigError("the validation split is empty: the sweep has nothing to select on; raise "
+                              "data.max_validation or data.validation_fraction")
+        atomic_write_json(path, prepared_to_dict(kept))
+        atomic_write_json(data_dir / "data_report.json", kept.report)
+        atomic_write_text(data_dir / "data_report.md", data_mod.render_report(kept.report))
+
+    fp = fingerprint([to_dict(cfg.data), cfg.model.chat_template, source.identity])
+    with FileLock(str(out / ".data.lock")):
+        Stages(out).run("data", fp, [path, data_dir / "data_report.json"], data)
+    prepared = prepared_from_dict(read_json(path))
+    require_no_test(prepared, str(path))
+    return prepared, path
+
+
+# ----------------------------------------------------------------------------- trials
+
+
+def run_trials(study: Study) -> int:
+    """Ask for trials until the study holds ``--trials`` finished ones (running ones in other workers counted).
+
+    Returns:
+        How many trials this process ran.
+    """
+    import optuna  # optional: the sweep extra
+
+    states = optuna.trial.TrialState
+    requeue_interrupted(study.optuna)
+    ran = failures = 0
+    while True:
+        optuna.storages.fail_stale_trials(study.optuna)  # a worker that died mid-trial: its trial failed
+        trials = study.optuna.get_trials(deepcopy=False, states=(states.COMPLETE, states.PRUNED, states.RUNNING))
+        if len(trials) >= study.opts.trials:
+            return ran
+        trial = study.optuna.ask()
+        log.info("trial %d (%d of %d in the study)", trial.number, len(trials) + 1, study.opts.trials)
+        try:
+            run_trial(study, trial)
+            failures = 0
+        except (KeyboardInterrupt, Interrupted):
+            fail(study.optuna, trial, "interrupted (Ctrl-C or SIGTERM)", interrupted=True)
+            done = len(study.optuna.get_trials(deepcopy=False, states=(states.COMPLETE, states.PRUNED)))
+            raise Interrupted(
+                f"the sweep in {study.out} stopped during trial {trial.number}; the {done} finished trials are kept in "
+                f"{shown_url(study.url)} and trial {trial.number} is recorded as failed (its configuration runs again "
+                f"first). Run the same command to continue: finished trials count toward --trials") from None
+        except TunebenchError as e:
+            fail(study.optuna, trial, str(e))
+            failures += 1
+            log.warning("trial %d failed: %s", trial.number, e)
+            if failures >= MAX_FAILURES:
+                raise PipelineError(f"{failures} trials in a row failed (the last: {e}); the sweep stopped. Fix the "
+                                    "cause and run the same command again: finished trials are kept") from None
+        except BaseException as e:
+            fail(study.optuna, trial, f"{type(e).__name__}: {e}")
+            raise
+        ran += 1
+
+
+def requeue_interrupted(study: Any) -> None:
+    """Queue the configuration of each trial an interrupt cut short, once, so the next run tries it first."""
+    import optuna  # optional: the sweep extra
+
+    done = set(study.user_attrs.get("requeued", []))
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)):
+        if t.user_attrs.get("interrupted") and t.number not in done and t.params:
+            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+            done.add(t.number)
+    if done:
+        study.set_user_attr("requeued", sorted(done))
+
+
+def fail(study: Any, trial: Any, why: str, interrupted: bool = False) -> None:
+    """Record a trial as failed, with why (an interrupted one is never complete)."""
+    import optuna  # optional: the sweep extra
+
+    with contextlib.suppress(Exception):  # the storage may be what failed
+        trial.set_user_attr("error", why[:2000])
+        if interrupted:
+            trial.set_user_attr("interrupted", True)
+    study.tell(trial, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+
+
+def trial_config(study: Study, values: dict[str, Any], seed: int) -> RunConfig:
+    """The resolved config of one trial: the asked config, the trial's values and its seed."""
+    cfg = resolve(with_values(study.asked, {**values, "train.seed": seed}))[0]
+    return resolve_template(cfg, resolve_model(cfg.model.ref, cfg.model.revision))
+
+
+def run_trial(study: Study, trial: Any) -> None:
+    """Train and score one configuration (each seed), then tell the study: complete with its validation perplexity,
+    or pruned."""
+    import optuna  # optional: the sweep extra
+
+    values = study.space.suggest(trial)
+    seeds = [study.asked.train.seed + k for k in range(study.opts.seeds)]
+    trial_dir = study.out / "trials" / str(trial.number)
+    trial.set_user_attr("overrides", overrides_of(values))
+    t0 = time.perf_counter()
+    pooled: dict[str, dict[str, Any]] = {}
+    per_seed, run_dirs = [], []
+    with heartbeat(study.storage, trial._trial_id):  # Trial has no public id; the child reports to it by id
+        for k, seed in enumerate(seeds):
+            run_dir = trial_dir if len(seeds) == 1 else trial_dir / f"seed-{seed}"
+            run_dirs.append(str(run_dir))
+            cfg = trial_config(study, values, seed)
+            outcome = train_trial(study, trial, cfg, run_dir, report=k == 0)
+            manifest = read_json(run_dir / "adapter" / "manifest.json")
+            trial.set_user_attr("trainable_params", manifest["trainable_params"])
+            trial.set_user_attr("steps", manifest["steps"])
+            trial.set_user_attr("run_dirs", run_dirs)
+            if outcome.pruned:
+                trial.set_user_attr("seconds", round(time.perf_counter() - t0, 1))
+                trial.set_user_attr("pruned_at_step", outcome.step)
+                study.optuna.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                return
+            metric, items = score_validation(cfg, study.prepared, run_dir / "adapter", progress=study.opts.progress)
+            atomic_write_json(run_dir / "validation.json", {"metric": metric.name, "value": metric.value,
+                                                            "ci_low": metric.ci_low, "ci_high": metric.ci_high,
+                                                            "items": items})
+            if tracking.active(cfg.train.report_to):
+                log_metrics(cfg.train.report_to, run_dir, {f"eval/{metric.name}": metric.value},
+                            step=manifest["steps"], run_name=f"trial-{trial.number}")
+            per_seed.append({"seed": seed, "perplexity": metric.value})
+            for it in items:  # one record per conversation, summed over seeds: the configuration's paired unit
+                rec = pooled.setdefault(str(it["id"]), {"id": str(it["id"]), "num": 0.0, "den": 0})
+                rec["num"] += it["num"]
+                rec["den"] += it["den"]
+    ci = bootstrap_ci(list(pooled.values()), "exp_ratio", n_boot=study.asked.eval.bootstrap_samples,
+                      alpha=study.asked.report.alpha)
+    trial.set_user_attr("items", [[r["id"], r["num"], r["den"]] for r in pooled.values()])
+    trial.set_user_attr("ci", [ci.low, ci.high])
+    trial.set_user_attr("per_seed", per_seed)
+    trial.set_user_attr("seconds", round(time.perf_counter() - t0, 1))
+    study.optuna.tell(trial, ci.value)
+    log.info("trial %d: validation perplexity %.4f [%.4f, %.4f]", trial.number, ci.value, ci.low, ci.high)
+
+
+def train_trial(study: Study, trial: Any, cfg: RunConfig, run_dir: Path, report: bool) -> Outcome:
+    """Write the run folder's config and trial.json, train in a child under the folder's lock, read its outcome.
+
+    Raises:
+        Interrupted: the child stopped on Ctrl-C or SIGTERM (its checkpoint is in the run folder).
+        PipelineError: the child failed (its own message was printed above).
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with run_lock(run_dir, "sweep"):
+        write_config(cfg, run_dir)
+        TrialSpec(study.optuna.study_name, trial._trial_id, trial.number, study.opts.pruner, study.max_steps,
+                  str(study.data_path.resolve()), report).write(run_dir)
+        (run_dir / OUTCOME_FILE).unlink(missing_ok=True)
+        code = run_child([sys.executable, "-m", "tunebench.app.sweep_trial", str(run_dir)], env={STORAGE_ENV: study.url})
+    if code == EXIT_INTERRUPTED:
+        raise Interrupted(f"trial {trial.number} was interrupted in {run_dir}")
+    if code != 0 or not (run_dir / OUTCOME_FILE).is_file():
+        raise PipelineError(f"trial {trial.number}: training in {run_dir} failed (exit code {code}); see the message "
+                            "above")
+    return Outcome(**read_json(run_dir / OUTCOME_FILE))
+
+
+@contextlib.contextmanager
+def heartbeat(storage: Any, trial_id: int) -> Iterator[None]:
+    """Record the trial's heartbeat while it runs, so a worker that dies (SIGKILL, a lost machine) leaves a trial
+    that ``fail_stale_trials`` marks failed instead of one that looks running for ever."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(HEARTBEAT_S):
+            with contextlib.suppress(Exception):  # a missed beat is retried at the next; never stops the trial
+                storage.record_heartbeat(trial_id)
+
+    storage.record_heartbeat(trial_id)
+    thread = threading.Thread(target=beat, name="sweep-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+# ----------------------------------------------------------------------------- confirmation
+
+
+def confirm_choice(study: Study, summary: dict[str, Any]) -> PipelineResult:
+    """The chosen configuration, once, through the normal pipeline into OUT/confirm: trained again with its first
+    seed, evaluated against base on the test split the sweep never read, reported and gated."""
+    chosen = summary["chosen"]
+    cfg = trial_config(study, study.space.values_of(chosen["params"]), study.asked.train.seed)
+    log.info("confirming trial %d on the test split: %s", chosen["number"], chosen["config_line"])
+    try:
+        return run(cfg, study.out / "confirm", progress=study.opts.progress)
+    except KeyboardInterrupt:
+        raise Interrupted(f"the confirmation run in {study.out / 'confirm'} stopped; every trial is kept. Run the same "
+                          "command to continue it (finished stages are skipped)") from None
