@@ -23,7 +23,6 @@ crashed run really regenerates what it lost. Fields left out of the comparison, 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -35,6 +34,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from tunebench.core.io import git_commit, sha256_file
 
 EVENTS = ("data", "step", "checkpoint", "eval_base", "eval_tuned", "judge", "report")
 """In pipeline order: the schedule is sorted by it, so each kill point is reached by the run after the one before."""
@@ -144,7 +145,7 @@ def check_state(run: Path) -> list[str]:
             p = run / rel
             if not p.is_file():
                 problems.append(f"stage {name} is recorded as done but {rel} is missing")
-            elif hashlib.sha256(p.read_bytes()).hexdigest() != want:
+            elif sha256_file(p) != want:
                 problems.append(f"stage {name} is recorded as done but {rel} is not the file it wrote")
     return problems
 
@@ -249,16 +250,8 @@ def crash_test(preset: str, n: int, seed: int, work: Path, overrides: list[str])
         "kills": kills,
         "seconds": {"reference": round(ref_s, 1), "crashed_with_restarts": round(time.perf_counter() - t1, 1)},
         "host": {"python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count()},
-        "commit": _commit(),
+        "commit": git_commit(),
     }
-
-
-def _commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, timeout=10).stdout.strip() or None
-    except (OSError, subprocess.TimeoutExpired):
-        return None
 
 
 def main(argv: list[str] | None = None) -> int:
