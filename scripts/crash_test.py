@@ -59,6 +59,9 @@ EXCLUDED = {
     "run_dir": "where the run folder is (the two runs are in different folders)",
     "path": "a file path inside the run folder",
     "rules_path": "the rules file's path",
+    "probe_generation": "what the generating process did (cache hits and misses, generate calls, tokens it made): "
+                        "a resumed process reads the answers its predecessor cached; the answers themselves are "
+                        "compared (probe_transcripts)",
 }
 """Keys dropped (at any depth) before the value-for-value comparison, and why: none of them is a result."""
 

@@ -151,6 +151,8 @@ PARSED_ONLY = {
     "bench speed --shape llama-3.2-1b": "GPU only (exits 4 without CUDA)",
     # a server runs until it is stopped: tests/integration/test_llamacpp.py starts one, queries it and stops it
     "serve runs/smoke --quant q8_0": "runs until stopped (test_llamacpp.py serves and stops one)",
+    # 8 trainings + a confirmation run (~40 min on 2 cores): tests/integration/test_sweep.py runs a 3-trial sweep
+    "sweep smoke --trials 8": "tests/integration/test_sweep.py runs a sweep of the same preset and space",
 }
 """Examples checked by argument parsing + config resolution (`tunebench config PRESET ...`, the bench parser and
 its shape), with the reason they are not run here; every other example runs for real on a copy of the smoke run."""
