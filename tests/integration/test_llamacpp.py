@@ -172,3 +172,89 @@ def test_a_gguf_without_chat_template_is_refused(tmp_path):
     w.close()
     with pytest.raises(ServeError, match="no tokenizer.chat_template"):
         check_template(path)
+
+
+def test_eval_endpoint_of_the_served_gguf_equals_in_process_llamacpp(scored, tmp_path, capsys):
+    """`tunebench eval --endpoint` on `tunebench serve`'s server: the log-prob check passes, perplexity and greedy
+    answers are llama.cpp's on the same file, and the served results pair with the adapter like an artifact."""
+    from tunebench.app.cli import main
+    from tunebench.app.serve import running_server
+    from tunebench.evals.results import Results
+    from tunebench.reports.compare import compare_artifacts, identical_answers, load_artifact_results
+
+    run, cfg = scored
+    gguf = run / "export" / "model-q8_0.gguf"
+    with open(tmp_path / "server.log", "w") as log, running_server(gguf, n_ctx=2048, log=log) as url:
+        assert main(["eval", *EVAL, "--endpoint", url, "--data-from", str(run), "--concurrency", "2"]) == 0
+    out = capsys.readouterr().out
+    served = Results.load(run / "eval" / "served" / "results.json")
+    local = Results.load(run / "eval" / "gguf-q8_0-llamacpp" / "results.json")
+    check = served.artifacts["likelihood_check"]
+    assert check["ok"] and check["mean_abs_diff"] < 0.1, check  # q8_0 in llama.cpp vs the f32 adapter
+    assert served.inputs["test_tokens"] == local.inputs["test_tokens"]  # the run's own token ids
+    assert served.metric("perplexity/test").value == pytest.approx(local.metric("perplexity/test").value, rel=1e-4)
+    equal, total = identical_answers(local, served)["greedy"]
+    assert equal == total > 10, (equal, total)
+    assert "served against q8_0-llamacpp" in out and f"greedy: {total} of {total} answers identical" in out, out
+    tuned = Results.load(run / "eval" / "tuned" / "results.json")
+    arts = load_artifact_results(run)
+    assert "served" in arts
+    comp = compare_artifacts(tuned, {"served": arts["served"]}, cfg.report.alpha, cfg.eval.bootstrap_samples)["served"]
+    assert abs(comp.row("perplexity/test").rel_delta) < 0.05 and any(r.metric.startswith("probes/") for r in comp.rows)
+
+
+def test_a_server_without_prompt_logprobs_gets_no_likelihood_metrics(scored, tmp_path, capsys):
+    """llama-cpp-python's server with logits_all off refuses echo + logprobs: perplexity is refused, said, not 0."""
+    import subprocess
+    import sys
+
+    from tunebench.app.cli import main
+    from tunebench.app.serve import free_port, wait_ready
+    from tunebench.evals.results import Results
+
+    run, _ = scored
+    port = free_port("127.0.0.1")
+    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(run / "export" / "model-q8_0.gguf"),
+                             "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "1024", "--logits_all", "False"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_ready(url, proc, None)
+        out = tmp_path / "served.json"
+        assert main(["eval", *EVAL, "eval.probe_sampling=[]", "--endpoint", url + "/v1", "--data-from", str(run),
+                     "--out", str(out)]) == 0
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    served = Results.load(out)
+    check = served.artifacts["likelihood_check"]
+    assert not check["ok"] and "refused echo with logprobs" in check["why"], check
+    assert not [m for m in served.metrics if m.name.startswith("perplexity/")]
+    assert "no likelihood metrics" in capsys.readouterr().out
+
+
+def test_bench_serve_loads_tunebench_serve_and_checks_every_answer(scored, tmp_path):
+    """`tunebench bench serve --run RUN`: 3 streaming clients, every 4th request dropped mid-stream; no request is
+    lost or answered twice, the server answers after the drops, and the figures come with their spread."""
+    from tunebench.bench.cli import main as bench_main
+
+    run, _ = scored
+    out = tmp_path / "bench"
+    code = bench_main(["serve", "--run", str(run), "--clients", "3", "--requests", "8", "--max-tokens", "8",
+                       "--disconnect-every", "4", "--repeats", "2", "--out", str(out)])
+    result = json.loads((out / "serve.json").read_text())
+    assert code == 0 and result["passed"], result["checks"]
+    assert len(result["rows"]) == 2
+    for row in result["rows"]:
+        assert row["dropped_on_purpose"] == 2 and row["answered"] == 6 and row["server_survived"]
+        assert row["ttft_p50_s"] <= row["latency_p50_s"] and row["tokens_per_s"] > 0
+    assert result["summary"]["latency_p95_s"]["ci"] is not None  # two repeats: an interval
+    md = (out / "serve.md").read_text()
+    assert "time to first token, p50" in md and "no request lost" in md and "127.0.0.1" in md
+
+
+def test_bench_serve_refuses_a_host_that_is_not_loopback(capsys):
+    from tunebench.bench.cli import main as bench_main
+
+    assert bench_main(["serve", "--url", "http://10.1.2.3:8080", "--repeats", "1"]) == 2
+    assert "loopback" in capsys.readouterr().err

@@ -106,6 +106,7 @@ def test_binding_beyond_loopback_needs_a_key_from_the_environment(monkeypatch, t
     assert api_key(ServeOptions(tmp_path, host="0.0.0.0", api_key_env="TB_KEY")) == "s3cret"
     cmd = server_command(tmp_path / "m.gguf", "0.0.0.0", 8080, 2048)
     assert "s3cret" not in " ".join(cmd) and cmd[cmd.index("--chat_format") + 1] == "chat_template.default"
+    assert cmd[cmd.index("--interrupt_requests") + 1] == "False"  # concurrent clients queue, none is cut short
 
 
 def test_a_port_in_use_is_refused():

@@ -14,6 +14,7 @@ import shlex
 import sys
 import traceback
 from pathlib import Path
+from typing import Any
 
 from tunebench.app.pipeline import finish, resolve_template, run, write_config
 from tunebench.app.preflight import preflight
@@ -31,8 +32,10 @@ from tunebench.core.config import (
 from tunebench.core.errors import (
     EXIT_INTERRUPTED,
     EXIT_INVALID_INPUT,
+    ComparisonError,
     ConfigError,
     Interrupted,
+    MissingRunFile,
     PipelineError,
     TunebenchError,
 )
@@ -55,9 +58,9 @@ from tunebench.evals.llamacpp_eval import evaluate_gguf_llamacpp
 from tunebench.evals.modeling import load_for_eval
 from tunebench.evals.runner import check_artifact_template, evaluate_model, save_contamination
 from tunebench.models.loading import load_tokenizer, resolve_model
-from tunebench.reports.compare import ARTIFACT_PREFIX, Comparison, leaderboard_from_runs
+from tunebench.reports.compare import ARTIFACT_PREFIX, SERVED_PREFIX, Comparison, leaderboard_from_runs
 from tunebench.reports.gate import GATES_DIR, gate_main
-from tunebench.reports.render import export_view, render_leaderboard
+from tunebench.reports.render import export_view, metric_table, render_leaderboard
 from tunebench.train.backends import import_unsloth
 from tunebench.train.export import adapter_dir, export_merged
 from tunebench.train.gguf_export import export_gguf, parse_quants
@@ -173,11 +176,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
         args.overrides, args.run = [args.run, *args.overrides], None
     if args.run:
         return _eval_run(args)
-    if not args.model:
-        raise ConfigError("give a run folder (tunebench eval RUN) or --model REF [--adapter DIR] --data-from RUN")
+    if args.endpoint and (args.model or args.adapter or args.runtime != "transformers"):
+        raise ConfigError("--endpoint evaluates what a server serves: leave out --model, --adapter and --runtime")
+    if not args.model and not args.endpoint:
+        raise ConfigError("give a run folder (tunebench eval RUN), --model REF [--adapter DIR] --data-from RUN, or "
+                          "--endpoint URL --data-from RUN")
     if not args.data_from:
-        raise ConfigError("--model needs --data-from RUN: the run folder whose test split and settings to use")
+        raise ConfigError(f"{'--endpoint' if args.endpoint else '--model'} needs --data-from RUN: the run folder "
+                          "whose test split and settings to use")
     run_dir = Path(args.data_from)
+    if args.endpoint:
+        return _eval_endpoint(args, run_dir)
     # a .gguf without an adapter is an exported artifact: checked for the run's template, scored as written
     artifact = Path(args.model).suffix == ".gguf" and not args.adapter
     if args.runtime == "llama.cpp":
@@ -242,6 +251,56 @@ def _eval_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_endpoint(args: argparse.Namespace, run_dir: Path) -> int:
+    """`tunebench eval --endpoint URL --data-from RUN`: the served model on the run's inputs, paired with the adapter
+    (the report's Export section) and with the in-process llama.cpp artifact the server serves, when scored."""
+    from tunebench.evals.served import evaluate_endpoint
+
+    if args.concurrency < 1:
+        raise ConfigError(f"--concurrency {args.concurrency}: use at least 1 request in flight")
+    if not (run_dir / "adapter").is_dir():
+        raise MissingRunFile(f"{run_dir}: no adapter/ to pair the served model with; give the run folder that "
+                             "`tunebench run` or `tunebench train` wrote")
+    cfg = load_config(run_dir / "config.yaml", args.overrides)
+    label = args.label or SERVED_PREFIX
+    out = Path(args.out) if args.out else run_dir / "eval" / label / "results.json"
+    try:
+        served = evaluate_endpoint(cfg, run_dir, args.endpoint, label, out, args.served_model, args.api_key_env,
+                                   args.concurrency)
+    except KeyboardInterrupt:
+        raise Interrupted(f"the evaluation of {args.endpoint} stopped before {out} was written (nothing of it is "
+                          f"kept: a server is asked again). Run `{_again(args)}` again") from None
+    check = served.artifacts.get("likelihood_check")
+    if check and not check["ok"]:
+        print(f"{label}: no likelihood metrics: the server at {args.endpoint} failed the log-prob check: {check['why']}")
+    print(f"{label}: {out}")
+    _served_vs_artifact(run_dir, cfg, served)
+    if label.startswith(SERVED_PREFIX) and out == run_dir / "eval" / label / "results.json":
+        _report_artifact(run_dir, cfg, label)
+    return 0
+
+
+def _served_vs_artifact(run_dir: Path, cfg: RunConfig, served: Any) -> None:
+    """Print the served answers against the in-process llama.cpp scoring of the file the server lists, if any."""
+    from tunebench.reports.compare import compare, identical_answers, load_artifact_results
+
+    name = Path(str(served.model.get("served_model", ""))).name
+    for key, res in load_artifact_results(run_dir).items():
+        if res.model.get("runtime") != "llama.cpp" or res.model.get("gguf") != name:
+            continue
+        try:
+            c = compare(res, served, cfg.report.alpha, cfg.eval.bootstrap_samples, same_base=False)
+        except ComparisonError as e:
+            print(f"{served.label} against {key} (in-process llama.cpp, same file): not comparable ({e})")
+            continue
+        same = identical_answers(res, served)
+        print(f"\n{served.label} against {key} (in-process llama.cpp on the same file {name}; Δ = served − "
+              f"in-process):")
+        for sampling, (equal, total) in same.items():
+            print(f"- {sampling}: {equal} of {total} answers identical")
+        print(metric_table(c.headline_rows(), c.alpha, detailed=False))
+
+
 def _report_artifact(run_dir: Path, cfg: RunConfig, label: str) -> None:
     """Re-render the run's report with the artifact just scored (report.md, comparison.json,
     export_comparison.json) and print the artifact's Δ against the adapter as the report's export section does."""
@@ -250,7 +309,7 @@ def _report_artifact(run_dir: Path, cfg: RunConfig, label: str) -> None:
               f"(`tunebench eval {run_dir}`)")
         return
     result = finish(run_dir, cfg)
-    name, path = label.removeprefix(ARTIFACT_PREFIX), run_dir / "export_comparison.json"
+    name, path = label.removeprefix(ARTIFACT_PREFIX), run_dir / "export_comparison.json"  # served keeps its label
     fresh = path.exists() and path.stat().st_mtime >= (run_dir / "eval" / label / "results.json").stat().st_mtime
     exported = read_json(path) if fresh else {}
     if name in exported:
@@ -483,6 +542,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--runtime", choices=["transformers", "llama.cpp"], default="transformers",
                    help="engine that scores a .gguf: transformers' GGUF loader, or llama.cpp itself (with parity "
                         "against the run's adapter; needs the serve extra)")
+    s.add_argument("--endpoint", metavar="URL", help="evaluate an OpenAI-compatible server (e.g. `tunebench serve`'s "
+                   "http://127.0.0.1:8080/v1) on --data-from's inputs; label served unless --label")
+    s.add_argument("--served-model", help="model name to send to --endpoint (default: the first it lists)")
+    s.add_argument("--api-key-env", help="environment variable holding --endpoint's key (never written anywhere)")
+    s.add_argument("--concurrency", type=int, default=8, help="--endpoint requests in flight at once (default 8)")
     s.set_defaults(fn=cmd_eval)
 
     s = sub.add_parser("report", help="re-render report.md, comparison.json and gate.json of a run")

@@ -128,7 +128,8 @@ def server_command(gguf: Path, host: str, port: int, n_ctx: int) -> list[str]:
     """The child's argv (the API key travels in its environment as API_KEY, not here)."""
     return [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", host, "--port", str(port),
             "--chat_format", GGUF_TEMPLATE_FORMAT, "--n_ctx", str(n_ctx), "--n_threads", str(cpu_threads()),
-            "--seed", "0"]
+            "--seed", "0", "--interrupt_requests", "False"]  # its default cuts a stream short when another request
+    # arrives: under concurrent clients most answers ended without a finish reason (`tunebench bench serve` found it)
 
 
 def url_of(host: str, port: int) -> str:

@@ -43,7 +43,7 @@ def common_flags(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tunebench bench", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", required=True, metavar="{speed,eval,export-data,export-tokenizer}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{speed,eval,serve,export-data,export-tokenizer}")
     s = sub.add_parser("speed", help="training speed: unsloth vs hf (each in its own process), GPU only")
     common_flags(s)
     s.add_argument("--backends", default="unsloth,hf,hf-padfree", help=f"any of {', '.join(BACKENDS)}")
@@ -82,6 +82,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--parts lm-eval-ll: loglikelihood tasks run through lm-eval's HFLM and through the suite")
     s.add_argument("--lm-eval-batch", type=int, default=64, help="--parts lm-eval-ll: batch size of both runners")
     s.add_argument("--lm-eval-limit", type=int, help="--parts lm-eval-ll: documents per task (default: all)")
+    s = sub.add_parser("serve", help="serving load: concurrent streaming clients against tunebench serve (CPU or GPU)")
+    s.add_argument("--run", help="run folder: starts `tunebench serve RUN --quant Q` on a free loopback port")
+    s.add_argument("--url", help="a server already running on loopback, e.g. http://127.0.0.1:8080")
+    s.add_argument("--quant", default="q8_0", help="with --run: the GGUF type served (default q8_0)")
+    s.add_argument("--clients", type=int, default=4, help="concurrent clients (default 4)")
+    s.add_argument("--requests", type=int, default=32, help="requests per repeat (default 32)")
+    s.add_argument("--max-tokens", type=int, default=32, help="max_tokens of each request (default 32)")
+    s.add_argument("--disconnect-every", type=int, default=8,
+                   help="every k-th request is dropped after its first chunk (default 8; 0: none)")
+    s.add_argument("--timeout-s", type=float, default=120.0, help="seconds per request before it counts as an error")
+    s.add_argument("--repeats", type=int, default=3, help="whole loads run; figures are medians with intervals")
+    s.add_argument("--budget-s", type=float, default=570.0, help="no repeat starts after this many seconds")
+    s.add_argument("--out", default="bench-out", help="folder for serve.json and serve.md")
     s = sub.add_parser("export-data", help="write the first N clean training conversations as ShareGPT JSONL")
     s.add_argument("--n", type=int, default=3000)
     s.add_argument("--out", required=True)
@@ -138,6 +151,10 @@ def dispatch(args: argparse.Namespace) -> int:
         else:
             print(f"Llama 3 tokenizer written to {export_llama3_tokenizer(args.out)}")
         return EXIT_OK
+    if args.command == "serve":  # a server on this machine's CPU or GPU: no CUDA needed
+        from tunebench.bench.serveload import run_bench_serve
+
+        return run_bench_serve(args)
     if args.command == "eval":
         parse_parts(args.parts)  # bad input fails before any GPU check
     import torch  # heavy: only the GPU benchmarks need it

@@ -122,6 +122,10 @@ class JudgeError(InvalidInput, ValueError):
     """Judge stage: unknown prompt set, bad judge template, unreachable endpoint, missing MT-Bench data."""
 
 
+class EndpointError(InvalidInput, ValueError):
+    """`eval --endpoint`: a server that cannot be reached, is not OpenAI-compatible, or failed a request (named)."""
+
+
 class ExportError(InvalidInput):
     """An export that cannot be written (no adapter, unsupported architecture or quantization, disk full)."""
 

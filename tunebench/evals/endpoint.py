@@ -13,6 +13,7 @@ the retries stops it too, naming the status (a re-run continues from the cache).
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import threading
@@ -38,8 +39,132 @@ FLUSH_EVERY = 16
 """Judgments written to the cache at least this often."""
 
 
-class _Retry(JudgeError):
-    """A response worth retrying (429, 5xx, timeout)."""
+class _Retry(Exception):
+    """A response worth retrying (429, 5xx, timeout), with the server's own words when it gave any."""
+
+    def __init__(self, what: str, detail: str = ""):
+        super().__init__(what)
+        self.detail = detail
+
+
+@dataclass
+class OpenAIClient:
+    """An OpenAI-compatible server's HTTP API: one request at a time, retried with exponential backoff on 429, 5xx
+    and timeouts; every other failure raises ``error`` saying what to do. The judge and ``eval --endpoint`` share it.
+    """
+
+    base_url: str
+    """Server root, e.g. http://127.0.0.1:8080/v1 (paths such as /chat/completions are appended)."""
+    api_key_env: str | None = None
+    timeout_s: float = 120.0
+    retries: int = 4
+    role: str = "judge endpoint"
+    """What the server is to the user, in messages ("cannot reach the judge endpoint ...")."""
+    setting: str = "eval.judge.endpoint"
+    """Where the user sets the URL and key (a config section, or the command's flags)."""
+    error: type[Exception] = JudgeError
+    key_setting: str = ""
+    """Where the key's variable is named (default ``<setting>.api_key_env``)."""
+
+    @property
+    def root(self) -> str:
+        return self.base_url.rstrip("/")
+
+    @property
+    def _key_setting(self) -> str:
+        return self.key_setting or f"{self.setting}.api_key_env"
+
+    def headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json"}
+        name = self.api_key_env
+        if name:
+            key = os.environ.get(name)
+            if not key:
+                raise self.error(f"{self._key_setting} names {name!r}, which is not set in the environment; "
+                                 f"export {name}=<your key> (the key is never written anywhere)")
+            headers["Authorization"] = f"Bearer {key}"
+        return headers
+
+    def once(self, path: str, body: dict[str, Any] | None, headers: dict[str, str]) -> Any:
+        """One request (POST with ``body``, GET without); the decoded JSON answer.
+
+        Raises:
+            _Retry: 429, 5xx or a timeout. ``error``: anything else.
+        """
+        url = self.root + path
+        data = json.dumps(body).encode("utf-8") if body is not None else None
+        req = urllib.request.Request(url, data=data, headers=headers, method="POST" if body is not None else "GET")
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
+                raw = resp.read().decode("utf-8")
+        except urllib.error.HTTPError as e:
+            if e.code in RETRY_STATUS:
+                raise _Retry(f"HTTP {e.code}", _error_detail(e)) from None
+            if e.code in (401, 403):
+                raise self.error(f"{url} refused the key (HTTP {e.code}); check the key in "
+                                 f"${self.api_key_env or '<no ' + self._key_setting + ' set>'}") from None
+            detail = _error_detail(e)
+            raise self.error(f"{url} answered HTTP {e.code} ({e.reason}{': ' + detail if detail else ''}); check "
+                             f"{self.setting}'s URL and model name") from None
+        except TimeoutError:  # socket.timeout is TimeoutError
+            raise _Retry(f"no answer within {self.timeout_s:g} s") from None
+        except urllib.error.URLError as e:
+            if isinstance(e.reason, TimeoutError):
+                raise _Retry(f"no answer within {self.timeout_s:g} s") from None
+            if isinstance(e.reason, (ConnectionResetError, http.client.HTTPException)):
+                raise _Retry(f"the connection was closed mid-answer ({type(e.reason).__name__})") from None
+            raise self.error(f"cannot reach the {self.role} {url} ({e.reason}); start the server or fix "
+                             f"{self.setting}'s URL (README, 'Pairwise judge' and 'Deploy')") from None
+        except (ConnectionResetError, http.client.HTTPException) as e:  # the server went away mid-answer
+            raise _Retry(f"the connection was closed mid-answer ({type(e).__name__})") from None
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise self.error(f"{url} answered with something that is not JSON; is it an OpenAI-compatible "
+                             "server?") from None
+
+    def request(self, path: str, body: dict[str, Any] | None = None, headers: dict[str, str] | None = None) -> Any:
+        """One request, retried with exponential backoff on 429, 5xx and timeouts.
+
+        Raises:
+            ``error``: refused connection or key, other HTTP errors, or retries exhausted.
+        """
+        headers = headers if headers is not None else self.headers()
+        wait = BACKOFF_S
+        for attempt in range(self.retries + 1):
+            try:
+                return self.once(path, body, headers)
+            except _Retry as e:
+                if attempt == self.retries:
+                    said = f" (the server said: {e.detail})" if e.detail else ""
+                    raise self.error(f"{self.root + path}: {e} after {self.retries + 1} attempts{said}; the server is "
+                                     f"overloaded or failing. Lower the concurrency or raise the timeout "
+                                     f"({self.setting}) and run again (answers already made are cached)") from None
+                time.sleep(wait)
+                wait = min(BACKOFF_MAX_S, wait * 2)
+        raise AssertionError("unreachable")
+
+    def chat(self, body: dict[str, Any], headers: dict[str, str] | None = None) -> tuple[str, dict[str, Any]]:
+        """(choices[0].message.content, the usage block) of one /chat/completions request."""
+        data = self.request("/chat/completions", body, headers)
+        try:
+            text = str(data["choices"][0]["message"]["content"] or "")
+        except (KeyError, IndexError, TypeError):
+            raise self.error(f"{self.root}/chat/completions answered without choices[0].message.content; is it an "
+                             "OpenAI-compatible chat completions server?") from None
+        usage = data.get("usage") if isinstance(data, dict) else None
+        return text, usage if isinstance(usage, dict) else {}
+
+
+def _error_detail(e: urllib.error.HTTPError) -> str:
+    """The server's own words about a refused request (OpenAI's ``error.message``), shortened."""
+    try:
+        body = json.loads(e.read().decode("utf-8", "replace"))
+        msg = body.get("error", body) if isinstance(body, dict) else body
+        msg = msg.get("message", msg) if isinstance(msg, dict) else msg
+        return str(msg)[:300]
+    except (OSError, ValueError, AttributeError):
+        return ""
 
 
 @dataclass
@@ -56,69 +181,17 @@ class EndpointJudge:
                 "max_tokens": self.max_new_tokens, "temperature": 0}
 
     @property
-    def url(self) -> str:
-        return self.cfg.base_url.rstrip("/") + "/chat/completions"
-
-    def _headers(self) -> dict[str, str]:
-        headers = {"Content-Type": "application/json"}
-        name = self.cfg.api_key_env
-        if name:
-            key = os.environ.get(name)
-            if not key:
-                raise JudgeError(f"eval.judge.endpoint.api_key_env names {name!r}, which is not set in the "
-                                 f"environment; export {name}=<your key> (the key is never written anywhere)")
-            headers["Authorization"] = f"Bearer {key}"
-        return headers
-
-    def _once(self, messages: Messages, headers: dict[str, str]) -> str:
-        body = json.dumps({"model": self.cfg.model, "messages": messages, "temperature": 0,
-                           "max_tokens": self.max_new_tokens}).encode("utf-8")
-        req = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
-        try:
-            with urllib.request.urlopen(req, timeout=self.cfg.timeout_s) as resp:
-                data = json.loads(resp.read().decode("utf-8"))
-        except urllib.error.HTTPError as e:
-            if e.code in RETRY_STATUS:
-                raise _Retry(f"HTTP {e.code}") from None
-            if e.code in (401, 403):
-                raise JudgeError(f"{self.url} refused the key (HTTP {e.code}); check the key in "
-                                 f"${self.cfg.api_key_env or '<no eval.judge.endpoint.api_key_env set>'}") from None
-            raise JudgeError(f"{self.url} answered HTTP {e.code} ({e.reason}); check eval.judge.endpoint.base_url "
-                             f"and model ({self.cfg.model!r})") from None
-        except TimeoutError:  # socket.timeout is TimeoutError
-            raise _Retry(f"no answer within {self.cfg.timeout_s:g} s") from None
-        except urllib.error.URLError as e:
-            if isinstance(e.reason, TimeoutError):
-                raise _Retry(f"no answer within {self.cfg.timeout_s:g} s") from None
-            raise JudgeError(f"cannot reach the judge endpoint {self.url} ({e.reason}); start the server or fix "
-                             "eval.judge.endpoint.base_url (README, 'Pairwise judge')") from None
-        except ValueError:
-            raise JudgeError(f"{self.url} answered with something that is not JSON; is it an OpenAI-compatible "
-                             "server?") from None
-        try:
-            return str(data["choices"][0]["message"]["content"] or "")
-        except (KeyError, IndexError, TypeError):
-            raise JudgeError(f"{self.url} answered without choices[0].message.content; is it an OpenAI-compatible "
-                             "chat completions server?") from None
+    def client(self) -> OpenAIClient:
+        return OpenAIClient(self.cfg.base_url, self.cfg.api_key_env, self.cfg.timeout_s, self.cfg.retries)
 
     def ask(self, messages: Messages, headers: dict[str, str]) -> str:
-        """One judgment, retried with exponential backoff on 429, 5xx and timeouts.
+        """One judgment (greedy), retried with exponential backoff on 429, 5xx and timeouts.
 
         Raises:
             JudgeError: refused connection or key, other HTTP errors, or retries exhausted.
         """
-        wait = BACKOFF_S
-        for attempt in range(self.cfg.retries + 1):
-            try:
-                return self._once(messages, headers)
-            except _Retry as e:
-                if attempt == self.cfg.retries:
-                    raise JudgeError(f"{self.url}: {e} after {self.cfg.retries + 1} attempts; the server is "
-                                     "overloaded or failing. Lower eval.judge.endpoint.concurrency or raise timeout_s "
-                                     "and run again (judgments already made are cached)") from None
-                time.sleep(wait)
-                wait = min(BACKOFF_MAX_S, wait * 2)
-        raise AssertionError("unreachable")
+        body = {"model": self.cfg.model, "messages": messages, "temperature": 0, "max_tokens": self.max_new_tokens}
+        return self.client.chat(body, headers)[0]
 
     def complete(self, requests: list[Messages]) -> list[str]:
         """Judgments for every request, in order (cached ones are not asked again)."""
@@ -133,7 +206,7 @@ class EndpointJudge:
             else:
                 out[i] = hit["text"]
         if todo:
-            headers = self._headers()
+            headers = self.client.headers()
             pending: dict[str, dict[str, Any]] = {}
             lock = threading.Lock()
             bar = tqdm(total=len(todo), desc="judge[endpoint]", disable=not self.progress)

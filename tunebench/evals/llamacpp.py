@@ -203,16 +203,11 @@ def perplexity_items(model: LlamaCppModel, encoded: list[Encoded], keep: bool = 
     return items, kept, time.perf_counter() - t0
 
 
-def perplexity_metric(model: LlamaCppModel, encoded: list[Encoded], split: str = "test", n_boot: int = 2000,
-                      alpha: float = 0.05, seed: int = 0) -> tuple[Metric, list[dict[str, Any]], dict[str, Any], list]:
-    """``perplexity/<split>`` from llama.cpp, defined as the suite's (evals.perplexity): it pairs with the adapter's.
-
-    Returns:
-        (metric, items, inputs fingerprint entries, the scored log-probs per conversation for parity)
-    """
-    if not encoded:
-        raise ValueError(f"the {split} split is empty: nothing to score")
-    items, kept, seconds = perplexity_items(model, encoded, keep=True)
+def perplexity_from_items(items: list[dict[str, Any]], encoded: list[Encoded], split: str = "test",
+                          n_boot: int = 2000, alpha: float = 0.05, seed: int = 0, seconds: float = 0.0,
+                          runtime: str = RUNTIME) -> tuple[Metric, list[dict[str, Any]], dict[str, Any]]:
+    """``perplexity/<split>`` from per-conversation NLL items of another runtime, defined as the suite's
+    (evals.perplexity) so that it pairs with the adapter's: (metric, items, inputs fingerprint entries)."""
     tokens = sum(i["den"] for i in items)
     nll = sum(i["num"] for i in items)
     total = sum(len(e.input_ids) for e in encoded)
@@ -223,10 +218,24 @@ def perplexity_metric(model: LlamaCppModel, encoded: list[Encoded], split: str =
                     group="perplexity", details={"scored_tokens": tokens, "input_tokens": total,
                                                  "mean_nll": nll / tokens, "seconds": round(seconds, 3),
                                                  "tokens_per_s": round(total / seconds, 1) if seconds else None,
-                                                 "runtime": RUNTIME})
+                                                 "runtime": runtime})
     inputs = {f"{split}_tokens": tokens_fingerprint(encoded), f"{split}_scored_tokens": tokens}
-    log.info("llama.cpp perplexity/%s = %.4f over %d conversations (%.0f tok/s)", split, metric.value, len(items),
+    log.info("%s perplexity/%s = %.4f over %d conversations (%.0f tok/s)", runtime, split, metric.value, len(items),
              metric.details["tokens_per_s"] or 0)
+    return metric, items, inputs
+
+
+def perplexity_metric(model: LlamaCppModel, encoded: list[Encoded], split: str = "test", n_boot: int = 2000,
+                      alpha: float = 0.05, seed: int = 0) -> tuple[Metric, list[dict[str, Any]], dict[str, Any], list]:
+    """``perplexity/<split>`` from llama.cpp, defined as the suite's (evals.perplexity): it pairs with the adapter's.
+
+    Returns:
+        (metric, items, inputs fingerprint entries, the scored log-probs per conversation for parity)
+    """
+    if not encoded:
+        raise ValueError(f"the {split} split is empty: nothing to score")
+    items, kept, seconds = perplexity_items(model, encoded, keep=True)
+    metric, items, inputs = perplexity_from_items(items, encoded, split, n_boot, alpha, seed, seconds, RUNTIME)
     return metric, items, inputs, kept
 
 

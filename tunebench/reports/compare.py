@@ -624,11 +624,31 @@ ARTIFACT_PREFIX = "gguf-"
 """eval/gguf-<type>/results.json holds an exported artifact's results (label gguf-<type>)."""
 
 
+SERVED_PREFIX = "served"
+"""eval/served*/results.json holds a served endpoint's results (`tunebench eval --endpoint`, label served*)."""
+
+
 def load_artifact_results(run_dir: str | Path) -> dict[str, Results]:
-    """Exported artifacts' Results of a run folder, by type (``{"q8_0": ...}``); {} when none was evaluated."""
+    """Exported artifacts' Results of a run folder, by type (``{"q8_0": ...}``), and served endpoints' by label
+    (``{"served": ...}``); {} when none was evaluated."""
     out = {}
     for path in sorted((Path(run_dir) / "eval").glob(f"{ARTIFACT_PREFIX}*/results.json")):
         out[path.parent.name.removeprefix(ARTIFACT_PREFIX)] = Results.load(path)
+    for path in sorted((Path(run_dir) / "eval").glob(f"{SERVED_PREFIX}*/results.json")):
+        out[path.parent.name] = Results.load(path)
+    return out
+
+
+def identical_answers(a: Results, b: Results) -> dict[str, tuple[int, int]]:
+    """Per sampling: how many probe answers of ``b`` equal ``a``'s, of those both have."""
+    out: dict[str, tuple[int, int]] = {}
+    ta, tb = a.artifacts.get("probe_transcripts", {}), b.artifacts.get("probe_transcripts", {})
+    for pset, by_sampling in ta.items():
+        for sampling, rows in by_sampling.items():
+            other = {r["id"]: r["output"] for r in tb.get(pset, {}).get(sampling, [])}
+            pairs = [(r["output"], other[r["id"]]) for r in rows if r["id"] in other]
+            equal, total = out.get(sampling, (0, 0))
+            out[sampling] = (equal + sum(x == y for x, y in pairs), total + len(pairs))
     return out
 
 

@@ -1,0 +1,286 @@
+"""`tunebench eval --endpoint URL --data-from RUN`: any OpenAI-compatible server, evaluated on the run's inputs.
+
+What is served is what users get, so it is scored on the same inputs as the adapter and its artifacts:
+- the probes go through ``/v1/chat/completions`` with the run's prompts and every sampling knob pinned
+  (temperature, top_p, min_p, top_k 0, repeat penalty 1, seed per (prompt, sample), max_tokens): the seeds are the
+  ones in-process llama.cpp uses (``evals.llamacpp``), so greedy answers of the served GGUF and of llama.cpp on the
+  same file are identical;
+- likelihood metrics only after a **capability check**: a canary conversation goes through ``/v1/completions``
+  with echo and logprobs, and the prompt's log-probs the server returns are compared with the in-process adapter's
+  on the same tokens. A server that drops them (llama.cpp #27174 returns the generated tokens' only) or mangles
+  them gets no perplexity, and the results say why: never a score at chance. Where they hold, perplexity on the
+  run's test split comes from the echoed log-probs of each conversation, paired with the adapter's.
+
+The results (``RUN/eval/served/results.json``) pair with the adapter's in the report's Export section like an
+exported artifact's. Nothing is cached: a re-run asks the server again (what it serves may have changed).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from tunebench.core.config import RunConfig, SamplingConfig
+from tunebench.core.errors import EndpointError
+from tunebench.core.io import environment
+from tunebench.data.conversations import Encoded, encode_messages
+from tunebench.evals.endpoint import OpenAIClient
+from tunebench.evals.generation import Generation, Messages, batch_seed, samples_per_prompt
+from tunebench.evals.llamacpp import perplexity_from_items, scored_positions
+from tunebench.evals.probes import run_probes
+from tunebench.evals.results import Results
+
+log = logging.getLogger(__name__)
+
+RUNTIME = "endpoint"
+CANARY: Messages = [
+    {"role": "user", "content": "What is the capital of France? Answer in one sentence."},
+    {"role": "assistant", "content": "The capital of France is Paris, on the river Seine."},
+]
+"""The conversation whose echoed log-probs decide whether the server's likelihoods can be used."""
+LOGPROB_TOLERANCE = 0.5
+"""Largest mean |log p(server) - log p(adapter)| per canary token (nats) that still counts as the same model:
+an 8-bit GGUF of the packaged model in llama.cpp stays far below it; an off-by-one or the top token's log-prob in
+place of the prompt token's is nats away."""
+
+
+def api_root(url: str) -> str:
+    """The API root with its version path (``http://host:port`` and ``.../v1`` both give ``.../v1``)."""
+    url = url.rstrip("/")
+    if not url.startswith(("http://", "https://")):
+        raise EndpointError(f"--endpoint {url!r}: give the server's http(s) URL, e.g. http://127.0.0.1:8080/v1")
+    return url if url.rsplit("/", 1)[-1].startswith("v1") else url + "/v1"
+
+
+def served_model_name(client: OpenAIClient) -> str:
+    """The first model the server lists (``GET /v1/models``); the name every request sends.
+
+    Raises:
+        EndpointError: no answer, or one without a model list (not an OpenAI-compatible server).
+    """
+    data = client.request("/models")
+    try:
+        return str(data["data"][0]["id"])
+    except (KeyError, IndexError, TypeError):
+        raise EndpointError(f"{client.root}/models answered without a model list (data[0].id); is it an "
+                            "OpenAI-compatible server? Name the model with --served-model if it lists none") from None
+
+
+@dataclass
+class EndpointModel:
+    """A model behind an OpenAI-compatible server: a generator (``generate(prompts, sampling, seed)``) like
+    ``generation.generate`` and ``LlamaCppModel``, with what results record about it."""
+
+    client: OpenAIClient
+    name: str
+    template: str | None
+    """The run's template name: results pair only on the same one."""
+    concurrency: int = 8
+    progress: bool = True
+
+    def identity(self) -> dict[str, Any]:
+        return {"runtime": RUNTIME, "base_url": self.client.root, "served_model": self.name,
+                "template": self.template}
+
+    def body(self, messages: Messages, sampling: SamplingConfig, seed: int) -> dict[str, Any]:
+        """A chat request with every sampling knob pinned (servers' defaults differ: top_k 40, min_p 0.05, ...)."""
+        return {"model": self.name, "messages": messages, "max_tokens": sampling.max_new_tokens,
+                "temperature": sampling.temperature, "top_p": 1.0 if sampling.top_p is None else sampling.top_p,
+                "min_p": 0.0 if sampling.min_p is None else sampling.min_p, "top_k": 0, "repeat_penalty": 1.0,
+                "seed": seed}
+
+    def generate(self, prompts: list[Messages], sampling: SamplingConfig, seed: int, **_: Any) -> Generation:
+        """Answer every prompt, ``concurrency`` requests in flight; answer (i, s) is drawn with seed
+        ``batch_seed(seed, s, i)``, as in-process llama.cpp draws it.
+
+        Raises:
+            EndpointError: a request that failed after its retries, named by prompt and sample.
+        """
+        n = samples_per_prompt(sampling)
+        out = Generation(samples=[[""] * n for _ in prompts], token_counts=[[0] * n for _ in prompts], path=RUNTIME)
+        jobs = [(i, s) for s in range(n) for i in range(len(prompts))]
+        headers = self.client.headers()
+        t0 = time.perf_counter()
+        bar = tqdm(total=len(jobs), desc=f"generate[{sampling.name}, endpoint]", disable=not self.progress)
+        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+            futures = {pool.submit(self.client.chat, self.body(prompts[i], sampling, batch_seed(seed, s, i)),
+                                   headers): (i, s) for i, s in jobs}
+            try:
+                for fut in as_completed(futures):
+                    i, s = futures[fut]
+                    try:
+                        text, usage = fut.result()
+                    except EndpointError as e:
+                        asked = prompts[i][-1]["content"]
+                        raise EndpointError(f"request for prompt {i + 1} of {len(prompts)} (sample {s}, "
+                                            f"{asked[:60]!r}) failed: {e}") from None
+                    out.samples[i][s] = text.strip()
+                    out.token_counts[i][s] = int(usage.get("completion_tokens") or 0)
+                    out.new_tokens += out.token_counts[i][s]
+                    out.generate_calls += 1
+                    bar.update(1)
+            except BaseException:  # stop asking: nothing half-done is kept
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
+            finally:
+                bar.close()
+        out.seconds = time.perf_counter() - t0
+        out.cache_misses = out.generate_calls
+        return out
+
+    def echo_logprobs(self, text: str) -> list[float | None]:
+        """The log-prob of every token of ``text`` as the server scores it (``/v1/completions``, echo)."""
+        body = {"model": self.name, "prompt": text, "max_tokens": 1, "temperature": 0.0, "echo": True, "logprobs": 1}
+        data = self.client.request("/completions", body)
+        try:
+            choice = data["choices"][0]
+        except (KeyError, IndexError, TypeError):
+            raise EndpointError(f"{self.client.root}/completions answered without choices[0]; is it an "
+                                "OpenAI-compatible completions server?") from None
+        lp = choice.get("logprobs") if isinstance(choice, dict) else None
+        values = lp.get("token_logprobs") if isinstance(lp, dict) else None
+        return list(values) if isinstance(values, list) else []
+
+
+def prompt_logprobs(model: EndpointModel, ids: list[int], tok: Any) -> list[float | None] | str:
+    """The server's log-probs of the run's token ``ids`` (one per id, the first None), or why they cannot be used.
+
+    The ids go as their text with the template's markup (the server tokenizes it, special tokens included); the
+    echo comes back as prompt tokens then the one generated token.
+    """
+    values = model.echo_logprobs(tok.decode(ids, skip_special_tokens=False))
+    if len(values) <= 1:
+        return ("it returned log-probs for the generated token only, not the echoed prompt's (llama.cpp #27174's "
+                "behaviour)") if values else "it returned no log-probs (logprobs with echo)"
+    if len(values) != len(ids) + 1:
+        return (f"it scored {len(values) - 1} prompt tokens where the run's tokenizer has {len(ids)}: its tokenizer "
+                "or template markup differs from the run's")
+    return values[:-1]
+
+
+def adapter_token_logprobs(loaded: Any, ids: list[int]) -> list[float]:
+    """log p(ids[t] | ids[:t]) for t >= 1 from the in-process model."""
+    import torch  # heavy: torch
+
+    with torch.inference_mode():
+        logits = loaded.model(input_ids=torch.tensor([ids], device=loaded.device)).logits[0].double()
+        lp = torch.log_softmax(logits, dim=-1)
+        return [float(lp[t - 1, ids[t]]) for t in range(1, len(ids))]
+
+
+def likelihood_check(model: EndpointModel, loaded: Any) -> dict[str, Any]:
+    """Whether the server's echoed prompt log-probs are the in-process adapter's on the canary conversation.
+
+    Returns:
+        ``{"ok", "why", "tokens", "mean_abs_diff", "max_abs_diff", "tolerance"}``; ``why`` names the server's
+        behaviour when ``ok`` is False.
+    """
+    ids = encode_messages(loaded.tokenizer, CANARY)
+    check: dict[str, Any] = {"ok": False, "tokens": len(ids), "tolerance": LOGPROB_TOLERANCE, "canary": CANARY}
+    try:
+        served = prompt_logprobs(model, ids, loaded.tokenizer)
+    except EndpointError as e:
+        check["why"] = f"its /v1/completions refused echo with logprobs ({e})"
+        return check
+    if isinstance(served, str):
+        check["why"] = served
+        return check
+    if any(v is None or not math.isfinite(v) for v in served[1:]):
+        check["why"] = "it returned empty or non-finite log-probs for prompt tokens"
+        return check
+    ours = adapter_token_logprobs(loaded, ids)
+    diffs = [abs(float(a) - b) for a, b in zip(served[1:], ours, strict=True)]
+    check.update(mean_abs_diff=sum(diffs) / len(diffs), max_abs_diff=max(diffs))
+    if check["mean_abs_diff"] > LOGPROB_TOLERANCE:
+        check["why"] = (f"its prompt log-probs differ from the in-process adapter's by {check['mean_abs_diff']:.3f} "
+                        f"nats per token on average (tolerance {LOGPROB_TOLERANCE}): mangled, shifted, or another "
+                        "model")
+        return check
+    check.update(ok=True, why="")
+    return check
+
+
+def endpoint_perplexity(model: EndpointModel, encoded: list[Encoded], tok: Any, cfg: RunConfig,
+                        split: str = "test") -> tuple[Any, list[dict[str, Any]], dict[str, Any]] | str:
+    """``perplexity/<split>`` from the server's echoed log-probs on the run's token ids, or why it cannot be had."""
+    items, t0 = [], time.perf_counter()
+    for e in tqdm(encoded, desc=f"perplexity/{split}[endpoint]", disable=not model.progress):
+        served = prompt_logprobs(model, list(e.input_ids), tok)
+        if isinstance(served, str):
+            return f"conversation {e.id}: {served}"
+        pos, _ = scored_positions(e)
+        nll = -sum(float(served[t + 1]) for t in pos)
+        items.append({"id": e.id, "num": nll, "den": len(pos)})
+    return perplexity_from_items(items, encoded, split, cfg.eval.bootstrap_samples, cfg.report.alpha,
+                                 seconds=time.perf_counter() - t0, runtime=RUNTIME)
+
+
+def evaluate_endpoint(cfg: RunConfig, run_dir: str | Path, url: str, label: str = "served",
+                      out_path: str | Path | None = None, served_model: str | None = None,
+                      api_key_env: str | None = None, concurrency: int = 8, timeout_s: float = 300.0,
+                      progress: bool = True) -> Results:
+    """Score the model behind ``url`` on the run's inputs; writes results.json atomically at the end.
+
+    Raises:
+        EndpointError: unreachable, not OpenAI-compatible, a refused key, or a request that failed (named).
+        DataError: the run's test split no longer encodes to the data step's tokens.
+    """
+    from tunebench.evals.modeling import load_for_eval
+    from tunebench.evals.runner import encoded_test_split
+    from tunebench.models.adapters import adapter_manifest
+    from tunebench.models.loading import resolve_model
+
+    run_dir, t0 = Path(run_dir), time.perf_counter()
+    client = OpenAIClient(api_root(url), api_key_env, timeout_s, retries=2, role="served endpoint",
+                          setting="--endpoint", error=EndpointError, key_setting="--api-key-env")
+    adapter = run_dir / "adapter"
+    manifest = adapter_manifest(adapter)
+    model = EndpointModel(client, served_model or served_model_name(client),
+                          manifest.get("template", {}).get("name", cfg.model.chat_template), concurrency, progress)
+    results = Results(label=label, model=model.identity(), inputs={}, environment=environment())
+    likelihood = bool(cfg.eval.perplexity)
+    if likelihood:  # the check, then perplexity, against the adapter on the run's own tokens
+        base = manifest.get("model", {})
+        loaded = load_for_eval(resolve_model(base.get("ref") or cfg.model.ref, base.get("revision")), adapter,
+                               cfg.model.chat_template, dtype=cfg.model.dtype, load_in_4bit=False,
+                               trust_remote_code=cfg.model.trust_remote_code, merge_adapter=cfg.eval.merge_adapter)
+        check = likelihood_check(model, loaded)
+        results.artifacts["likelihood_check"] = check
+        if check["ok"]:
+            t = time.perf_counter()
+            encoded, report = encoded_test_split(run_dir, loaded.tokenizer, cfg)
+            got = endpoint_perplexity(model, encoded, loaded.tokenizer, cfg)
+            if isinstance(got, str):
+                check.update(ok=False, why=got)
+            else:
+                metric, items, inputs = got
+                results.add(metric, items)
+                results.inputs.update(inputs)
+                results.inputs["template_sha"] = report["template"]["sha"]
+                results.timings["perplexity_s"] = round(time.perf_counter() - t, 2)
+        if not check["ok"]:
+            log.warning("%s: no likelihood metrics from this server: %s", client.root, check["why"])
+        loaded = None
+    if cfg.eval.lm_eval_tasks:
+        results.artifacts["lm_eval_skipped"] = ("lm-eval tasks are not run against an endpoint by tunebench yet "
+                                                "(lm-eval's own local-completions model can: README, 'Deploy')")
+    if cfg.eval.probe_files and cfg.eval.probe_sampling:
+        t = time.perf_counter()
+        probes = run_probes(model, list(cfg.eval.probe_files), list(cfg.eval.probe_sampling), seed=cfg.eval.probe_seed,
+                            label=label, generator=model.generate)
+        results.merge(probes)
+        results.timings["probes_s"] = round(time.perf_counter() - t, 2)
+    results.timings["total_s"] = round(time.perf_counter() - t0, 2)
+    if out_path is not None:
+        results.save(out_path)
+    return results
+
+
+__all__ = ["EndpointModel", "evaluate_endpoint", "likelihood_check", "api_root"]
