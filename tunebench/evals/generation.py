@@ -24,7 +24,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from filelock import FileLock
 from tqdm.auto import tqdm
@@ -70,6 +70,19 @@ class Generation:
     def tokens_per_s(self) -> float:
         """New tokens per second of generation (0 when nothing was generated)."""
         return self.new_tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+@runtime_checkable
+class Generator(Protocol):
+    """One contract for every decode path: transformers in process (``TransformersGenerator``, over the decode loops
+    of ``decode_path``), llama.cpp in process (``evals.llamacpp.LlamaCppModel``) and any OpenAI-compatible server
+    (``evals.served.EndpointModel``). The probes and the in-process judge call it; a new engine is one class."""
+
+    def identity(self) -> dict[str, Any]:
+        """What decides the answers besides the prompts and sampling (recorded in results, part of cache keys)."""
+
+    def generate(self, prompts: list[Messages], sampling: SamplingConfig, seed: int) -> Generation:
+        """Every prompt's answers (``samples_per_prompt(sampling)`` each), in the caller's order, seeded by ``seed``."""
 
 
 def is_greedy(sampling: SamplingConfig) -> bool:
@@ -417,3 +430,23 @@ def generate(
         log.info("generated %d new tokens in %.1fs (%.1f tok/s, %s decoding); cache hits %d, misses %d",
                  out.new_tokens, out.seconds, out.tokens_per_s, how, out.cache_hits, out.cache_misses)
     return out
+
+
+@dataclass
+class TransformersGenerator:
+    """``generate`` on a model tunebench loaded (an ``evals.modeling.Loaded``), as a ``Generator``."""
+
+    loaded: Any
+    batch_size: int = 32
+    cache_dir: str | Path | None = None
+    use_cache: bool = True
+    decode_loop: str = "auto"
+    """``auto``, ``graph``, ``static`` or ``dynamic`` (``decode_path``; the setting eval.generation_cache)."""
+    progress: bool = False
+
+    def identity(self) -> dict[str, Any]:
+        return self.loaded.identity()
+
+    def generate(self, prompts: list[Messages], sampling: SamplingConfig, seed: int) -> Generation:
+        return generate(self.loaded, prompts, sampling, seed, self.batch_size, progress=self.progress,
+                        cache_dir=self.cache_dir, use_cache=self.use_cache, cache_implementation=self.decode_loop)

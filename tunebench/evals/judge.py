@@ -31,7 +31,7 @@ from tunebench.core.errors import JudgeError
 from tunebench.core.io import atomic_write_text, environment, fingerprint
 from tunebench.evals import judge_metrics as jm
 from tunebench.evals import judge_prompts as jp
-from tunebench.evals.generation import Messages, generate
+from tunebench.evals.generation import Generator, Messages, TransformersGenerator
 from tunebench.evals.modeling import load_for_eval
 from tunebench.evals.results import Results
 
@@ -65,7 +65,8 @@ class InProcessJudge:
 
     def complete(self, requests: list[Messages]) -> list[str]:
         sampling = SamplingConfig(name="judge", temperature=0.0, min_p=None, max_new_tokens=self.max_new_tokens)
-        return generate(self.loaded, requests, sampling, 0, self.batch_size, self.progress).texts
+        return TransformersGenerator(self.loaded, self.batch_size, progress=self.progress).generate(
+            requests, sampling, 0).texts
 
     def parameters(self) -> int:
         return sum(p.numel() for p in self.loaded.model.parameters())
@@ -81,7 +82,12 @@ class Answers:
 
 def answer(loaded: Any, items: list[jp.PromptItem], max_new_tokens: int, batch_size: int, seed: int,
            progress: bool = True) -> Answers:
-    """Answer every turn of every item; turn t+1 sees the model's own earlier answers."""
+    """Answer every turn of every item; turn t+1 sees the model's own earlier answers.
+
+    ``loaded``: an ``evals.modeling.Loaded`` (transformers in process), or any ``generation.Generator`` (llama.cpp,
+    an endpoint), which then answers in its own runtime."""
+    generator = loaded if isinstance(loaded, Generator) else TransformersGenerator(loaded, batch_size,
+                                                                                  progress=progress)
     sampling = SamplingConfig(name="judge-answers", temperature=0.0, min_p=None, max_new_tokens=max_new_tokens)
     out = Answers([[] for _ in items], [[] for _ in items])
     turns = max(len(i.turns) for i in items)
@@ -94,7 +100,7 @@ def answer(loaded: Any, items: list[jp.PromptItem], max_new_tokens: int, batch_s
                 msgs += [{"role": "user", "content": items[k].turns[u]},
                          {"role": "assistant", "content": out.texts[k][u]}]
             prompts.append(msgs + [{"role": "user", "content": items[k].turns[t]}])
-        gen = generate(loaded, prompts, sampling, seed, batch_size, progress)
+        gen = generator.generate(prompts, sampling, seed)
         for k, text, n in zip(todo, gen.texts, gen.token_counts, strict=True):
             out.texts[k].append(text)
             out.tokens[k].append(n[0])

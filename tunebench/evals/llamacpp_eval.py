@@ -79,7 +79,7 @@ def evaluate_gguf_llamacpp(cfg: RunConfig, run_dir: str | Path, gguf: str | Path
     if cfg.eval.probe_files and cfg.eval.probe_sampling:
         t = time.perf_counter()
         probes = run_probes(model, list(cfg.eval.probe_files), list(cfg.eval.probe_sampling), seed=cfg.eval.probe_seed,
-                            label=label, generator=model.generate)
+                            label=label, generator=model)
         results.merge(probes)
         results.timings["probes_s"] = round(time.perf_counter() - t, 2)
     if cfg.eval.lm_eval_tasks:

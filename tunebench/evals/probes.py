@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +39,7 @@ from tunebench.core.errors import ProbeError, ProbeSecurityError, did_you_mean
 from tunebench.core.io import fingerprint, package_path
 from tunebench.core.stats import Z95
 from tunebench.core.stats import wilson as wilson_interval
-from tunebench.evals.generation import Generation, generate, samples_per_prompt
+from tunebench.evals.generation import Generator, TransformersGenerator, samples_per_prompt
 from tunebench.evals.results import Metric, Results
 
 PROBES_DIR = package_path("evals", "probes")
@@ -473,7 +472,7 @@ def run_probes(
     use_cache: bool = True,
     progress: bool = False,
     cache_implementation: str = "auto",
-    generator: Callable[..., Generation] | None = None,
+    generator: Generator | None = None,
 ) -> Results:
     """Generate every probe under every sampling setting and score the answers.
 
@@ -488,8 +487,8 @@ def run_probes(
         use_cache: False regenerates everything.
         progress: show progress bars.
         cache_implementation: decode loop for generation (``auto``: see ``generation.decode_path``).
-        generator: another runtime's ``generate(prompts, sampling, seed)`` (llama.cpp's, ``evals.llamacpp``);
-            None = transformers' ``generation.generate`` on ``loaded``.
+        generator: the decode path (``generation.Generator``: llama.cpp's, an endpoint's); None = transformers'
+            on ``loaded`` (``TransformersGenerator`` with the arguments above).
 
     Returns:
         A partial Results: ``probes/<set>/<sampling>/pass_rate`` and ``.../<probe>/pass_rate`` metrics with
@@ -500,6 +499,8 @@ def run_probes(
         ProbeError: a bad probe set, or two sets / samplings with the same name.
     """
     sets = [s if isinstance(s, ProbeSet) else load_probe_set(s) for s in probe_sets]
+    if generator is None:
+        generator = TransformersGenerator(loaded, batch_size, cache_dir, use_cache, cache_implementation, progress)
     for kind, names in (("probe set", [s.name for s in sets]), ("sampling", [s.name for s in samplings])):
         if len(set(names)) != len(names) or any("/" in n for n in names):
             raise ProbeError(f"{kind} names {names} must be unique and free of '/' (they form metric names)")
@@ -514,9 +515,7 @@ def run_probes(
     for smp in samplings:
         # one pool per sampling: every sample of every prompt of every set fills the same batches
         pool = [p.messages for ps in sets for p in ps.prompts]
-        gen = generator(pool, smp, seed) if generator is not None else generate(
-            loaded, pool, smp, seed, batch_size, progress=progress, cache_dir=cache_dir, use_cache=use_cache,
-            cache_implementation=cache_implementation)
+        gen = generator.generate(pool, smp, seed)
         shared = {"new_tokens": gen.new_tokens, "seconds": gen.seconds, "tokens_per_s": gen.tokens_per_s,
                   "cache_hits": gen.cache_hits, "cache_misses": gen.cache_misses,
                   "generate_calls": gen.generate_calls, "batch_size": batch_size, "answers": len(pool) * (
