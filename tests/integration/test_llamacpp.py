@@ -175,11 +175,16 @@ def test_a_gguf_without_chat_template_is_refused(tmp_path):
 
 
 def test_eval_endpoint_of_the_served_gguf_equals_in_process_llamacpp(scored, tmp_path, capsys):
-    """`tunebench eval --endpoint` on `tunebench serve`'s server: the log-prob check passes, perplexity and greedy
-    answers are llama.cpp's on the same file, and the served results pair with the adapter like an artifact."""
+    """`tunebench eval --endpoint` on `tunebench serve`'s server: greedy answers are in-process llama.cpp's on the same
+    file, one for one; the log-prob check lines the echo up (llama-cpp-python leaves `<|im_start|>`, SmolLM2's BOS id,
+    out of it) and agrees with the adapter; the test conversations, sent as text since this server takes no token
+    ids, re-tokenize otherwise than the run's ids, so perplexity is refused and said, never scored on other tokens.
+    The served results pair with the adapter like an artifact."""
     from tunebench.app.cli import main
     from tunebench.app.serve import running_server
+    from tunebench.evals.generation import Generator
     from tunebench.evals.results import Results
+    from tunebench.evals.served import EndpointModel
     from tunebench.reports.compare import compare_artifacts, identical_answers, load_artifact_results
 
     run, cfg = scored
@@ -189,18 +194,20 @@ def test_eval_endpoint_of_the_served_gguf_equals_in_process_llamacpp(scored, tmp
     out = capsys.readouterr().out
     served = Results.load(run / "eval" / "served" / "results.json")
     local = Results.load(run / "eval" / "gguf-q8_0-llamacpp" / "results.json")
-    check = served.artifacts["likelihood_check"]
-    assert check["ok"] and check["mean_abs_diff"] < 0.1, check  # q8_0 in llama.cpp vs the f32 adapter
-    assert served.inputs["test_tokens"] == local.inputs["test_tokens"]  # the run's own token ids
-    assert served.metric("perplexity/test").value == pytest.approx(local.metric("perplexity/test").value, rel=1e-4)
     equal, total = identical_answers(local, served)["greedy"]
-    assert equal == total > 10, (equal, total)
+    assert equal == total == 34, (equal, total)
     assert "served against q8_0-llamacpp" in out and f"greedy: {total} of {total} answers identical" in out, out
+    check = served.artifacts["likelihood_check"]
+    assert check["left_out"] == 3  # the canary's three <|im_start|>
+    assert check["mean_abs_diff"] < 0.25, check  # q8_0 in llama.cpp against the f32 adapter, token by token
+    assert not check["ok"] and "does not line up" in check["why"] and "takes no token-id prompts" in check["why"]
+    assert not [m for m in served.metrics if m.name.startswith("perplexity/")]
+    assert "no likelihood metrics" in out
     tuned = Results.load(run / "eval" / "tuned" / "results.json")
     arts = load_artifact_results(run)
-    assert "served" in arts
     comp = compare_artifacts(tuned, {"served": arts["served"]}, cfg.report.alpha, cfg.eval.bootstrap_samples)["served"]
-    assert abs(comp.row("perplexity/test").rel_delta) < 0.05 and any(r.metric.startswith("probes/") for r in comp.rows)
+    assert any(r.metric.startswith("probes/") for r in comp.rows)
+    assert isinstance(EndpointModel(None, "", None), Generator)  # one decode-path interface
 
 
 def test_a_server_without_prompt_logprobs_gets_no_likelihood_metrics(scored, tmp_path, capsys):

@@ -9,7 +9,10 @@ What is served is what users get, so it is scored on the same inputs as the adap
   with echo and logprobs, and the prompt's log-probs the server returns are compared with the in-process adapter's
   on the same tokens. A server that drops them (llama.cpp #27174 returns the generated tokens' only) or mangles
   them gets no perplexity, and the results say why: never a score at chance. Where they hold, perplexity on the
-  run's test split comes from the echoed log-probs of each conversation, paired with the adapter's.
+  run's test split comes from the echoed log-probs of each conversation on the run's own token ids: sent as ids
+  where the server takes them (the OpenAI API allows it), else as their text, and refused when the server's
+  tokenization of that text does not line up with the ids (the run tokenizes message contents apart from the
+  template's markup; a server tokenizes the whole text).
 
 The results (``RUN/eval/served/results.json``) pair with the adapter's in the report's Export section like an
 exported artifact's. Nothing is cached: a re-run asks the server again (what it serves may have changed).
@@ -84,6 +87,8 @@ class EndpointModel:
     """The run's template name: results pair only on the same one."""
     concurrency: int = 8
     progress: bool = True
+    takes_ids: bool | None = None
+    """Whether /v1/completions takes token-id prompts (None: not tried yet; llama-cpp-python's server does not)."""
 
     def identity(self) -> dict[str, Any]:
         return {"runtime": RUNTIME, "base_url": self.client.root, "served_model": self.name,
@@ -135,9 +140,12 @@ class EndpointModel:
         out.cache_misses = out.generate_calls
         return out
 
-    def echo_logprobs(self, text: str) -> list[float | None]:
-        """The log-prob of every token of ``text`` as the server scores it (``/v1/completions``, echo)."""
-        body = {"model": self.name, "prompt": text, "max_tokens": 1, "temperature": 0.0, "echo": True, "logprobs": 1}
+    def echo_logprobs(self, prompt: str | list[int]) -> list[tuple[str | None, int | None, float | None]]:
+        """(token text, text offset, log-prob) of every token of ``prompt`` (text, or token ids as the OpenAI API
+        allows) as the server scores it, then of the one token it generates (``/v1/completions`` with echo); []
+        when it returns none."""
+        body = {"model": self.name, "prompt": prompt, "max_tokens": 1, "temperature": 0.0, "echo": True,
+                "logprobs": 1}
         data = self.client.request("/completions", body)
         try:
             choice = data["choices"][0]
@@ -145,24 +153,67 @@ class EndpointModel:
             raise EndpointError(f"{self.client.root}/completions answered without choices[0]; is it an "
                                 "OpenAI-compatible completions server?") from None
         lp = choice.get("logprobs") if isinstance(choice, dict) else None
-        values = lp.get("token_logprobs") if isinstance(lp, dict) else None
-        return list(values) if isinstance(values, list) else []
+        lp = lp if isinstance(lp, dict) else {}
+        values, tokens, offsets = lp.get("token_logprobs"), lp.get("tokens"), lp.get("text_offset")
+        if not isinstance(values, list):
+            return []
+        tokens = tokens if isinstance(tokens, list) and len(tokens) == len(values) else [None] * len(values)
+        offsets = offsets if isinstance(offsets, list) and len(offsets) == len(values) else [None] * len(values)
+        return list(zip(tokens, offsets, values, strict=True))
+
+
+def align_echo(tok: Any, ids: list[int], entries: list[tuple[str | None, int | None, float | None]]
+               ) -> list[float | None] | str:
+    """The server's log-prob of each of ``ids`` (None where it gave none), or why the echo does not line up.
+
+    A server that scores every token returns len(ids) entries (+ the generated one) in order. llama-cpp-python
+    leaves out every token whose id is the model's BOS, which for ChatML models is ``<|im_start|>``: there the
+    entries are matched to the ids in order by their text pieces (a special token has none; a piece that is part of
+    a character has none on the server's side), and an id the server left out gets None.
+    """
+    if len(entries) in (len(ids), len(ids) + 1):
+        return [e[2] for e in entries[: len(ids)]]
+    out: list[float | None] = []
+    j = 0
+    for m, token in enumerate(ids):
+        piece = tok.decode([token], skip_special_tokens=True)
+        e = entries[j] if j < len(entries) else None
+        if e is not None and e[0] == piece.replace("\ufffd", ""):
+            out.append(e[2])
+            j += 1
+        elif not piece:  # a special token the server left out of the echo
+            out.append(None)
+        else:
+            return (f"its echo does not line up with the run's tokens at token {m} of {len(ids)} ({piece!r}; the "
+                    f"server has {e[0] if e else 'nothing'!r} there): it takes no token-id prompts, and it tokenizes "
+                    "the text otherwise than the run did (the run tokenizes each message's content apart from the "
+                    "template's markup)")
+    return out
 
 
 def prompt_logprobs(model: EndpointModel, ids: list[int], tok: Any) -> list[float | None] | str:
-    """The server's log-probs of the run's token ``ids`` (one per id, the first None), or why they cannot be used.
+    """The server's log-probs of the run's token ``ids`` (one per id; None for the first and any it left out), or
+    why they cannot be used.
 
     The ids go as their text with the template's markup (the server tokenizes it, special tokens included); the
     echo comes back as prompt tokens then the one generated token.
     """
-    values = model.echo_logprobs(tok.decode(ids, skip_special_tokens=False))
-    if len(values) <= 1:
+    entries = None
+    if model.takes_ids is not False:  # the run's own ids, as the API allows: nothing is re-tokenized
+        try:
+            entries = model.echo_logprobs(list(ids))
+            model.takes_ids = True
+        except EndpointError as e:
+            if model.takes_ids or "HTTP 4" not in str(e):
+                raise
+            model.takes_ids = False
+            log.info("%s takes no token-id prompts (%s); scoring the ids' text instead", model.client.root, e)
+    if entries is None:
+        entries = model.echo_logprobs(tok.decode(ids, skip_special_tokens=False))
+    if len(entries) <= 1:
         return ("it returned log-probs for the generated token only, not the echoed prompt's (llama.cpp #27174's "
-                "behaviour)") if values else "it returned no log-probs (logprobs with echo)"
-    if len(values) != len(ids) + 1:
-        return (f"it scored {len(values) - 1} prompt tokens where the run's tokenizer has {len(ids)}: its tokenizer "
-                "or template markup differs from the run's")
-    return values[:-1]
+                "behaviour)") if entries else "it returned no log-probs (logprobs with echo)"
+    return align_echo(tok, ids, entries)
 
 
 def adapter_token_logprobs(loaded: Any, ids: list[int]) -> list[float]:
@@ -192,11 +243,13 @@ def likelihood_check(model: EndpointModel, loaded: Any) -> dict[str, Any]:
     if isinstance(served, str):
         check["why"] = served
         return check
-    if any(v is None or not math.isfinite(v) for v in served[1:]):
-        check["why"] = "it returned empty or non-finite log-probs for prompt tokens"
-        return check
     ours = adapter_token_logprobs(loaded, ids)
-    diffs = [abs(float(a) - b) for a, b in zip(served[1:], ours, strict=True)]
+    pairs = [(float(a), b) for a, b in zip(served[1:], ours, strict=True) if a is not None]
+    check["left_out"] = len(ours) - len(pairs)
+    if len(pairs) < len(ours) / 2 or any(not math.isfinite(a) for a, _ in pairs):
+        check["why"] = f"it returned log-probs for {len(pairs)} of the {len(ours)} prompt tokens, or non-finite ones"
+        return check
+    diffs = [abs(a - b) for a, b in pairs]
     check.update(mean_abs_diff=sum(diffs) / len(diffs), max_abs_diff=max(diffs))
     if check["mean_abs_diff"] > LOGPROB_TOLERANCE:
         check["why"] = (f"its prompt log-probs differ from the in-process adapter's by {check['mean_abs_diff']:.3f} "
@@ -216,6 +269,9 @@ def endpoint_perplexity(model: EndpointModel, encoded: list[Encoded], tok: Any, 
         if isinstance(served, str):
             return f"conversation {e.id}: {served}"
         pos, _ = scored_positions(e)
+        missing = [t + 1 for t in pos if served[t + 1] is None]
+        if missing:
+            return f"conversation {e.id}: it left out the log-probs of {len(missing)} scored tokens"
         nll = -sum(float(served[t + 1]) for t in pos)
         items.append({"id": e.id, "num": nll, "den": len(pos)})
     return perplexity_from_items(items, encoded, split, cfg.eval.bootstrap_samples, cfg.report.alpha,
