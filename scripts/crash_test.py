@@ -123,11 +123,17 @@ def _command(preset: str, out: Path, overrides: list[str]) -> list[str]:
     return [sys.executable, "-m", "tunebench", "run", preset, *overrides, "--out", str(out)]
 
 
+LIVE: set[subprocess.Popen] = set()
+"""Runs in flight: a SIGTERM to this script (a test's timeout) takes their process groups with it."""
+
+
 def _start(cmd: list[str], cache: Path, log: Path) -> subprocess.Popen:
     env = {**os.environ, "TUNEBENCH_CACHE": str(cache), "PYTHONUNBUFFERED": "1"}
     env.pop("TUNEBENCH_RUN_LOCK", None)
     with log.open("ab") as f:
-        return subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+    LIVE.add(proc)
+    return proc
 
 
 def _kill(proc: subprocess.Popen) -> None:
@@ -136,6 +142,14 @@ def _kill(proc: subprocess.Popen) -> None:
     except ProcessLookupError:
         pass
     proc.wait()
+    LIVE.discard(proc)
+
+
+def _stop_all(signum: int, _frame: object) -> None:
+    """SIGTERM: kill every run in flight (each in its own session, so nothing else would), then exit."""
+    for proc in list(LIVE):
+        _kill(proc)
+    raise SystemExit(128 + signum)
 
 
 def check_state(run: Path) -> list[str]:
@@ -266,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", default="crash-test", help="folder for both runs, their logs and caches")
     ap.add_argument("--out", help="write the summary JSON here (default WORK/crash_test.json)")
     args = ap.parse_intermixed_args(argv)
+    signal.signal(signal.SIGTERM, _stop_all)
     work = Path(args.work)
     summary = crash_test(args.preset, args.n, args.seed, work, args.overrides)
     out = Path(args.out) if args.out else work / "crash_test.json"

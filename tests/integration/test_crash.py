@@ -21,8 +21,15 @@ SHORT = ["data.max_train=16", "data.max_validation=4", "data.max_test=8", "data.
 
 def test_killed_runs_complete_with_the_results_of_an_uninterrupted_one(tmp_path):
     work = tmp_path / "crash"
-    done = subprocess.run([sys.executable, str(SCRIPT), "smoke", "7", "--seed", "0", "--work", str(work), *SHORT],
-                          capture_output=True, text=True, timeout=1500, cwd=SCRIPT.parents[1])
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), "smoke", "7", "--seed", "0", "--work", str(work), *SHORT],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=SCRIPT.parents[1])
+    try:
+        stdout, stderr = proc.communicate(timeout=1500)
+    except subprocess.TimeoutExpired:
+        proc.terminate()  # the script kills the run in flight (its own session) before it exits
+        proc.communicate(timeout=120)
+        raise
+    done = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
     summary = json.loads((work / "crash_test.json").read_text())
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert summary["equal"] and not summary["differences"], summary["differences"]

@@ -1,6 +1,7 @@
 """`tunebench run smoke` end to end, as README's first Quick start line runs it: offline, CPU, real parts.
 
-The run is made once per session; the tests read its folder. It takes a few minutes on 2 cores.
+The run is made once per session (the smoke_run fixture, tests/integration/conftest.py); the tests read its folder.
+It takes a few minutes on 2 cores. The examples fixture runs every `tunebench --help` example on a copy of it.
 """
 
 from __future__ import annotations
@@ -14,26 +15,8 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
-import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def tunebench(*args, timeout=1500):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-m", "tunebench", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT, env=env)
-
-
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("pipeline") / "smoke"
-    t0 = time.perf_counter()
-    res = tunebench("run", "smoke", "--out", str(out))
-    assert res.returncode == 0, res.stderr[-4000:]
-    return out, res, time.perf_counter() - t0
+from e2e import PARSED_ONLY, ROOT, tunebench
 
 
 def test_smoke_run_writes_a_report_with_real_numbers(smoke_run):
@@ -141,73 +124,6 @@ def test_compare_builds_a_leaderboard(smoke_run, tmp_path):
 
 
 # ----------------------------------------------------------------------------- the --help examples, as written
-
-PARSED_ONLY = {
-    # the same command as the smoke_run fixture's (which adds --out); ~10 min again here
-    "run smoke": "the smoke_run fixture runs it (with --out)",
-    "run llama-3.2-1b-finetome": "needs a GPU and the hub",
-    # 12 optimizer steps of the smoke preset: the fixture's train stage runs the same recipe
-    "train smoke train.lr=1e-4 lora.r=32": "the smoke_run fixture's train stage trains the same preset",
-    "bench speed --shape llama-3.2-1b": "GPU only (exits 4 without CUDA)",
-    # a server runs until it is stopped: tests/integration/test_llamacpp.py starts one, queries it and stops it
-    "serve runs/smoke --quant q8_0": "runs until stopped (test_llamacpp.py serves and stops one)",
-    # 8 trainings + a confirmation run (~40 min on 2 cores): tests/integration/test_sweep.py runs a 3-trial sweep
-    "sweep smoke --trials 8": "tests/integration/test_sweep.py runs a sweep of the same preset and space",
-}
-"""Examples checked by argument parsing + config resolution (`tunebench config PRESET ...`, the bench parser and
-its shape), with the reason they are not run here; every other example runs for real on a copy of the smoke run."""
-
-
-def help_examples() -> list[list[str]]:
-    """`tunebench --help`'s examples as argv lists (without `tunebench` and the trailing comments)."""
-    from tunebench.app.cli import EXAMPLES
-
-    lines = [line.split("#")[0].strip() for line in EXAMPLES.splitlines()[1:]]
-    return [shlex.split(line)[1:] for line in lines if line]
-
-
-def tunebench_in(cwd, *args, timeout=900, stdin=None):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)}  # this checkout, from another folder
-    return subprocess.run([sys.executable, "-m", "tunebench", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=cwd, env=env, input=stdin)
-
-
-def check_parsed_only(argv: list[str]) -> subprocess.CompletedProcess:
-    """What a not-run example can be checked by: its arguments parse and its preset resolves with its overrides."""
-    if argv[0] == "bench":
-        from tunebench.bench.cli import build_parser
-        from tunebench.bench.shapes import shape_config
-
-        args = build_parser().parse_args(argv[1:])
-        shape_config(args.shape)  # the named shape builds
-        return subprocess.CompletedProcess(argv, 0, "", "")
-    from tunebench.app.cli import build_parser
-
-    args = build_parser().parse_args(argv)
-    assert args.fn.__name__ == f"cmd_{argv[0]}"
-    if argv[0] == "serve":  # a run folder, not a preset: its arguments parse (the server is tested elsewhere)
-        return subprocess.CompletedProcess(argv, 0, "", "")
-    return tunebench("config", args.preset, *args.overrides)  # a GPU preset prints what it asks for, exit 0
-
-
-@pytest.fixture(scope="module")
-def examples(smoke_run, tmp_path_factory):
-    """Every `tunebench --help` example in order, from a folder whose runs/smoke is a copy of the smoke run (runs/a
-    and runs/b name it too, for `compare`): {example: CompletedProcess}, and that folder."""
-    out, _, _ = smoke_run
-    cwd = tmp_path_factory.mktemp("examples")
-    shutil.copytree(out, cwd / "runs" / "smoke", ignore=shutil.ignore_patterns("checkpoints"))
-    for name in ("a", "b"):
-        (cwd / "runs" / name).symlink_to("smoke")
-    done = {}
-    for argv in help_examples():
-        key = shlex.join(argv)
-        if key in PARSED_ONLY:
-            done[key] = check_parsed_only(argv)
-        else:  # the chat reads /help, then end of input
-            done[key] = tunebench_in(cwd, *argv, stdin="/help\n" if argv[0] == "chat" else None)
-    return done, cwd
-
 
 def test_every_help_example_runs_as_written(examples):
     done, cwd = examples
