@@ -11,8 +11,8 @@ What is served is what users get, so it is scored on the same inputs as the adap
   them gets no perplexity, and the results say why: never a score at chance. Where they hold, perplexity on the
   run's test split comes from the echoed log-probs of each conversation on the run's own token ids: sent as ids
   where the server takes them (the OpenAI API allows it), else as their text, and refused when the server's
-  tokenization of that text does not line up with the ids (the run tokenizes message contents apart from the
-  template's markup; a server tokenizes the whole text).
+  tokenization of that text does not line up with the ids (another tokenizer implementation: llama.cpp's makes
+  one token of a blank line before a word where transformers' makes two).
 
 The results (``RUN/eval/served/results.json``) pair with the adapter's in the report's Export section like an
 exported artifact's. Nothing is cached: a re-run asks the server again (what it serves may have changed).
@@ -185,9 +185,8 @@ def align_echo(tok: Any, ids: list[int], entries: list[tuple[str | None, int | N
             out.append(None)
         else:
             return (f"its echo does not line up with the run's tokens at token {m} of {len(ids)} ({piece!r}; the "
-                    f"server has {e[0] if e else 'nothing'!r} there): it takes no token-id prompts, and it tokenizes "
-                    "the text otherwise than the run did (the run tokenizes each message's content apart from the "
-                    "template's markup)")
+                    f"server has {e[0] if e else 'nothing'!r} there): it takes no token-id prompts, and its tokenizer "
+                    "makes other tokens of the text than the run's did")
     return out
 
 
