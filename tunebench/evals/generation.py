@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from tunebench.core import dist
 from tunebench.core.config import SamplingConfig
+from tunebench.core.errors import ConfigError
 from tunebench.core.io import atomic_write_json, cache_root, fingerprint, package_version
 from tunebench.data.conversations import encode_messages
 from tunebench.models.loading import template_sha
@@ -336,12 +337,12 @@ def generate(
         A Generation with answers in the caller's order, token counts, timing and cache statistics.
 
     Raises:
-        ValueError: batch_size below 1.
+        ConfigError: batch_size below 1.
     """
     import torch  # heavy: torch, imported when needed
 
     if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size}: use at least 1 prompt per batch")
+        raise ConfigError(f"batch_size={batch_size}: use at least 1 prompt per batch (eval.probe_batch_size)")
     tok, model = loaded.tokenizer, loaded.model
     n_samples = samples_per_prompt(sampling)
     cache = None

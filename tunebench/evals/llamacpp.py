@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tunebench.core.config import SamplingConfig
-from tunebench.core.errors import ModelError
+from tunebench.core.errors import DataError, ModelError
 from tunebench.core.io import package_version, sha256_file
 from tunebench.core.stats import bootstrap_ci
 from tunebench.data.conversations import Encoded, tokens_fingerprint
@@ -233,7 +233,7 @@ def perplexity_metric(model: LlamaCppModel, encoded: list[Encoded], split: str =
         (metric, items, inputs fingerprint entries, the scored log-probs per conversation for parity)
     """
     if not encoded:
-        raise ValueError(f"the {split} split is empty: nothing to score")
+        raise DataError(f"the {split} split is empty: nothing to score (raise data.max_{split} or test_fraction)")
     items, kept, seconds = perplexity_items(model, encoded, keep=True)
     metric, items, inputs = perplexity_from_items(items, encoded, split, n_boot, alpha, seed, seconds, RUNTIME)
     return metric, items, inputs, kept

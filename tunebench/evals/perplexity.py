@@ -14,6 +14,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from tunebench.core import dist
+from tunebench.core.errors import DataError
 from tunebench.core.stats import bootstrap_ci
 from tunebench.data.conversations import Encoded, tokens_fingerprint
 from tunebench.evals.results import Metric
@@ -118,7 +119,7 @@ def evaluate(model: Any, tokenizer: Any, encoded: list[Encoded], *, split: str =
     """
 
     if not encoded:
-        raise ValueError(f"the {split} split is empty: nothing to score (raise data.max_{split} or test_fraction)")
+        raise DataError(f"the {split} split is empty: nothing to score (raise data.max_{split} or test_fraction)")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     items, seconds = score(model, encoded, batch_tokens, pad, progress)
     tokens = sum(i["den"] for i in items)
