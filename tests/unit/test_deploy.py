@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import socket
 
@@ -115,3 +116,39 @@ def test_a_port_in_use_is_refused():
         s.listen()
         with pytest.raises(ServeError, match="cannot listen there"):
             check_port("127.0.0.1", s.getsockname()[1])
+
+
+def _hub_run(tmp_path):
+    adapter = tmp_path / "run" / "adapter"
+    adapter.mkdir(parents=True)
+    (adapter / "adapter_config.json").write_text(json.dumps({"r": 32, "base_model_name_or_path": "x"}))
+    (adapter / "manifest.json").write_text(json.dumps({"model": {"ref": "unsloth/Llama-3.2-1B-Instruct"}}))
+    (adapter / "tokenizer_config.json").write_text(json.dumps({"chat_template": "{{ messages }}"}))
+    return tmp_path / "run"
+
+
+def test_the_vllm_command_serves_the_base_with_the_adapter_as_lora_and_the_runs_template(tmp_path, monkeypatch):
+    from tunebench.app.serve import vllm_command
+
+    run = _hub_run(tmp_path)
+    monkeypatch.setenv("TB_KEY", "s3cret")
+    cmd = vllm_command(ServeOptions(run, host="0.0.0.0", port=8000, api_key_env="TB_KEY", engine="vllm"))
+    assert cmd[:3] == ["vllm", "serve", "unsloth/Llama-3.2-1B-Instruct"] and "--enable-lora" in cmd
+    assert cmd[cmd.index("--lora-modules") + 1] == f"tuned={run / 'adapter'}"
+    assert cmd[cmd.index("--max-lora-rank") + 1] == "32"  # vLLM's default cap (16) would refuse r=32
+    template = cmd[cmd.index("--chat-template") + 1]
+    assert open(template).read() == "{{ messages }}"  # the run's template, not the base's
+    assert "s3cret" not in " ".join(cmd)  # the key goes in the child's environment (VLLM_API_KEY)
+
+
+def test_vllm_is_refused_for_a_gguf_base_and_when_not_installed(tmp_path, capsys, monkeypatch):
+    from tunebench.app.cli import main
+
+    packaged = _hub_run(tmp_path / "p")
+    (packaged / "adapter" / "manifest.json").write_text(json.dumps({"model": {"ref": "packaged:smollm2-135m-instruct"}}))
+    assert main(["serve", str(packaged), "--engine", "vllm"]) == 2  # the packaged base is a GGUF
+    err = capsys.readouterr().err
+    assert "packaged:smollm2-135m-instruct" in err and "--engine llama.cpp" in err and "Traceback" not in err, err
+    monkeypatch.setenv("PATH", str(tmp_path))  # no vllm executable anywhere
+    assert main(["serve", str(_hub_run(tmp_path)), "--engine", "vllm"]) == 2
+    assert "pip install vllm" in capsys.readouterr().err

@@ -468,7 +468,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     run_dir = Path(args.run)
     probe_files = list(read_run_config(run_dir).eval.probe_files) if (run_dir / "config.yaml").exists() else []
     opts = ServeOptions(run_dir, quant=args.quant, host=args.host, port=args.port, api_key_env=args.api_key_env,
-                        no_export=args.no_export, n_ctx=args.n_ctx)
+                        no_export=args.no_export, n_ctx=args.n_ctx, engine=args.engine)
     return serve(opts, probe_files)
 
 
@@ -591,6 +591,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--api-key-env", help="name of the environment variable holding the API key clients must send")
     s.add_argument("--no-export", action="store_true", help="fail (exit 2) instead of exporting a missing GGUF")
     s.add_argument("--n-ctx", type=int, default=4096, help="context length of the server (tokens)")
+    s.add_argument("--engine", choices=["llama.cpp", "vllm"], default="llama.cpp",
+                   help="llama.cpp on the exported GGUF (default), or vLLM on the base with the adapter as a runtime "
+                        "LoRA named `tuned` (GPU; needs vLLM installed; not run on the developers' machines)")
     s.set_defaults(fn=cmd_serve)
     s = sub.add_parser("bench", help="GPU benchmarks: `tunebench bench speed|eval --help`", add_help=False)
     s.add_argument("bench_args", nargs=argparse.REMAINDER)

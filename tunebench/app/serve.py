@@ -13,6 +13,7 @@ import contextlib
 import ipaddress
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -51,6 +52,8 @@ class ServeOptions:
     """Name of the environment variable holding the API key (required off loopback)."""
     no_export: bool = False
     n_ctx: int = 4096
+    engine: str = "llama.cpp"
+    """``llama.cpp`` (the exported GGUF, CPU or GPU) or ``vllm`` (the base + the run's adapter as a runtime LoRA)."""
 
 
 def is_loopback(host: str) -> bool:
@@ -97,6 +100,87 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+VLLM_LORA_NAME = "tuned"
+"""The model name clients send to reach the adapter on vLLM (the base answers under its own name)."""
+
+
+def vllm_command(opts: ServeOptions) -> list[str]:
+    """``vllm serve BASE --enable-lora --lora-modules tuned=RUN/adapter ...``.
+
+    The chat template is the adapter's own, written to RUN/export/chat_template.jinja (the base's may differ from
+    the one the run trained with); the LoRA rank cap is the adapter's; the key travels as VLLM_API_KEY in the
+    environment, never on the command line. Not run here (vLLM needs a GPU).
+
+    Raises:
+        ServeError: no adapter, or a base vLLM cannot load with a LoRA (a GGUF such as the packaged model).
+    """
+    from tunebench.models.adapters import adapter_manifest
+
+    adapter = opts.run / "adapter"
+    if not (adapter / "adapter_config.json").is_file():
+        raise ServeError(f"{adapter}: no trained adapter (adapter_config.json) to serve; train the run first")
+    base = adapter_manifest(adapter).get("model", {}).get("ref") or json.loads(
+        (adapter / "adapter_config.json").read_text()).get("base_model_name_or_path", "")
+    if not base or base.startswith("packaged:") or base.endswith(".gguf"):
+        raise ServeError(f"--engine vllm serves a hub or folder base with the adapter as a runtime LoRA; this run's "
+                         f"base is {base or 'not recorded'!r}. Serve its GGUF with the default --engine llama.cpp")
+    rank = int(json.loads((adapter / "adapter_config.json").read_text()).get("r", 16))
+    template = _adapter_template(adapter)
+    cmd = ["vllm", "serve", base, "--enable-lora", "--lora-modules", f"{VLLM_LORA_NAME}={adapter}",
+           "--max-lora-rank", str(max(rank, 8)), "--host", opts.host, "--port", str(opts.port),
+           "--max-model-len", str(opts.n_ctx), "--seed", "0"]
+    if template is not None:
+        path = opts.run / "export" / "chat_template.jinja"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(template, encoding="utf-8")
+        cmd += ["--chat-template", str(path)]
+    return cmd
+
+
+def _adapter_template(adapter: Path) -> str | None:
+    """The chat template the run trained with (saved beside the adapter), or None when it saved none."""
+    for name in ("chat_template.jinja", "tokenizer_config.json"):
+        path = adapter / name
+        if not path.is_file():
+            continue
+        if name.endswith(".jinja"):
+            return path.read_text(encoding="utf-8")
+        template = json.loads(path.read_text(encoding="utf-8")).get("chat_template")
+        if isinstance(template, str):
+            return template
+    return None
+
+
+def require_vllm() -> str:
+    """The ``vllm`` executable, or a ServeError naming what to install."""
+    exe = shutil.which("vllm")
+    if exe is None:
+        raise ServeError("--engine vllm needs vLLM (`pip install vllm` on a CUDA machine; it is not a tunebench "
+                         "extra because it pins its own torch); or serve the GGUF with --engine llama.cpp")
+    return exe
+
+
+def serve_vllm(opts: ServeOptions, key: str | None) -> int:
+    """vLLM in the foreground, the adapter as LoRA ``tuned``, until SIGINT or SIGTERM; 0 after a clean stop."""
+    cmd = vllm_command(opts)
+    require_vllm()
+    check_port(opts.host, opts.port)
+    env = {**os.environ, **({"VLLM_API_KEY": key} if key else {})}
+    proc = subprocess.Popen(cmd, env=env)
+    url = url_of(opts.host, opts.port)
+    try:
+        wait_ready(url, proc, key, timeout=900.0)  # vLLM loads and profiles the model first
+        print(f"ready: vLLM on {cmd[2]} + LoRA {VLLM_LORA_NAME!r} ({opts.run / 'adapter'}) at {url}/v1; send "
+              f"\"model\": \"{VLLM_LORA_NAME}\"", flush=True)
+        print("stop:  Ctrl-C (or SIGTERM)", flush=True)
+        proc.wait()
+    except KeyboardInterrupt:
+        print("stopped", flush=True)
+    finally:
+        stop(proc)
+    return 0
 
 
 def served_gguf(opts: ServeOptions, probe_files: list[str] | None = None) -> Path:
@@ -146,7 +230,7 @@ def wait_ready(url: str, proc: subprocess.Popen, key: str | None, timeout: float
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise ServeError(f"the llama.cpp server exited with code {proc.returncode} before it was ready; "
+            raise ServeError(f"the server exited with code {proc.returncode} before it was ready; "
                              "its log says why (run with -v, or see the server log)")
         try:
             with urllib.request.urlopen(urllib.request.Request(url + HEALTH_PATH, headers=headers), timeout=2) as r:
@@ -204,6 +288,8 @@ def serve(opts: ServeOptions, probe_files: list[str] | None = None) -> int:
         ServeError / ModelError: bad input (see the module docstring), before anything starts.
     """
     key = api_key(opts)
+    if opts.engine == "vllm":
+        return serve_vllm(opts, key)
     require_llama_cpp()
     check_port(opts.host, opts.port)
     gguf = served_gguf(opts, probe_files)
