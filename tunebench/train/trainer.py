@@ -4,18 +4,14 @@ resumable checkpoint, a NaN guard, a progress bar with tokens/s, and an adapter 
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 import shutil
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-from tqdm.auto import tqdm
 
 from tunebench.core import dist, tracking
 from tunebench.core.config import RunConfig, to_dict, with_backend
@@ -90,89 +86,15 @@ class _State(TokenCounter):
 
 
 def make_callbacks(state: _State, total_steps: int, log_path: Path | None = None) -> list[Any]:
-    """Signal handling, NaN guard, progress bar and the log file, as transformers TrainerCallbacks.
+    """Signal handling, NaN guard, progress bar and the log file, as transformers TrainerCallbacks
+    (``train.callbacks``, imported here because it imports transformers).
 
     The bar (loss, validation loss, tokens/s as its postfix) is the only training output on the terminal; the
     trainer's log dicts go to ``log_path`` (RUN/train.log, one JSON object per line) instead of transformers'
     PrinterCallback, which ``train`` removes."""
-    from transformers import TrainerCallback  # heavy: transformers, imported when needed
+    from tunebench.train.callbacks import LogFile, NaNGuard, Progress, SignalCallback  # heavy: transformers
 
-    class SignalCallback(TrainerCallback):
-        """First SIGINT/SIGTERM: finish the step, save a resumable checkpoint, stop. Second: abort."""
-
-        def on_train_begin(self, args, st, control, **kw):
-            self._old = {}
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                try:
-                    self._old[sig] = signal.signal(sig, self._handle)
-                except ValueError:  # not the main thread: leave signals alone
-                    pass
-
-        def _handle(self, signum, frame):
-            if state.signal is not None:
-                raise KeyboardInterrupt
-            state.signal = signal.Signals(signum).name
-            log.warning("%s received: saving a resumable checkpoint after this step (again to abort)", state.signal)
-
-        def on_step_end(self, args, st, control, **kw):
-            stop = state.signal is not None
-            if dist.world_size() > 1:  # every rank must stop at the same step, or DDP hangs
-                stop = any(dist.gather(stop))
-                if stop and state.signal is None:
-                    state.signal = "SIGINT (another rank)"
-            if stop:
-                control.should_save = True
-                control.should_training_stop = True
-
-        def on_train_end(self, args, st, control, **kw):
-            for sig, old in self._old.items():
-                signal.signal(sig, old)
-
-    class NaNGuard(TrainerCallback):
-        """Stop on a non-finite loss before it can be checkpointed."""
-
-        def on_log(self, args, st, control, logs=None, **kw):
-            loss = (logs or {}).get("loss")
-            if loss is not None and not math.isfinite(loss):
-                state.bad_loss = (st.global_step, loss)
-                control.should_save = False
-                control.should_training_stop = True
-
-    class Progress(TrainerCallback):
-        def on_train_begin(self, args, st, control, **kw):
-            self.bar = tqdm(total=total_steps, initial=st.global_step, desc="train", unit="step", dynamic_ncols=True,
-                            disable=not dist.is_main())
-            self._t0 = time.perf_counter()
-            self._tok0 = state.tokens
-
-        def on_log(self, args, st, control, logs=None, **kw):
-            logs = logs or {}
-            dt = time.perf_counter() - self._t0
-            # this process's tokens x processes: the job's rate (the manifest sums the exact counts)
-            rate = (state.tokens - self._tok0) * dist.world_size() / dt if dt > 0 else 0
-            post = {"tok/s": f"{rate:,.0f}" if dt > 0 else "-"}
-            if "loss" in logs:
-                post["loss"] = f"{logs['loss']:.4f}"
-            if "eval_loss" in logs:
-                post["val"] = f"{logs['eval_loss']:.4f}"
-            self.bar.set_postfix(post)
-
-        def on_step_end(self, args, st, control, **kw):
-            self.bar.update(st.global_step - self.bar.n)
-
-        def on_train_end(self, args, st, control, **kw):
-            self.bar.close()
-
-    class LogFile(TrainerCallback):
-        """Each log dict (loss, learning rate, grad norm, eval loss) as a JSON line in the run's train.log."""
-
-        def on_log(self, args, st, control, logs=None, **kw):
-            if log_path is not None and dist.is_main() and logs:
-                log_path.parent.mkdir(parents=True, exist_ok=True)
-                with open(log_path, "a", encoding="utf-8") as f:
-                    f.write(json.dumps({"step": st.global_step, **logs}, default=str) + "\n")
-
-    return [SignalCallback(), NaNGuard(), Progress(), LogFile()]
+    return [SignalCallback(state), NaNGuard(state), Progress(state, total_steps), LogFile(log_path)]
 
 
 def _trainer_class(state: _State, backend: str):
