@@ -365,7 +365,7 @@ def train(
             callbacks=make_callbacks(state, total_steps, run_dir / "train.log") + list(extra_callbacks or []),
         )
     trainer.remove_callback(PrinterCallback)  # its {'loss': ...} lines go to train.log (LogFile), not the terminal
-    trainer = backend.finish_trainer(trainer, prepared)
+    trainer, found = backend.finish_trainer(trainer, prepared)
     trainable, total = manifest_mod.count_parameters(trainer.model)
     log.info("trainable parameters: %s of %s (%.3f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
 
@@ -413,7 +413,7 @@ def train(
         model=manifest_of(source),
         template=prepared.template.to_dict(),
         backend={"name": backend_name, "reason": reason,
-                 "mask_agreement_with_shared": getattr(trainer, "_tunebench_mask_agreement", 1.0),
+                 **found,
                  # what the batches were, whatever was asked (Unsloth's CPU fallback pads regardless)
                  "padding_free_batches": bool(getattr(trainer.data_collator, "padding_free", False)),
                  "compiled_blocks": compiled_blocks(trainer.model)},

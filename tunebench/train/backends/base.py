@@ -19,7 +19,10 @@ class Backend(Protocol):
 
     def datasets(self, prepared: Any, tokenizer: Any) -> tuple[Any, Any]: ...
 
-    def finish_trainer(self, trainer: Any, prepared: Any) -> Any: ...
+    def finish_trainer(self, trainer: Any, prepared: Any) -> tuple[Any, dict[str, Any]]:
+        """The trainer with the backend's last touches, and what the backend found doing them (recorded in the
+        adapter's manifest under ``backend``, e.g. ``mask_agreement_with_shared``)."""
+        ...
 
     def training(self, train_cfg: Any) -> AbstractContextManager[None]:
         """Backend settings that hold while ``trainer.train()`` runs."""

@@ -63,8 +63,8 @@ class HFBackend:
         val = labels_dataset(prepared.encoded["validation"]) if prepared.encoded["validation"] else None
         return train, val
 
-    def finish_trainer(self, trainer: Any, prepared: Any) -> Any:
-        return trainer
+    def finish_trainer(self, trainer: Any, prepared: Any) -> tuple[Any, dict[str, Any]]:
+        return trainer, {"mask_agreement_with_shared": 1.0}  # the shared mask is the labels
 
     def training(self, train_cfg: Any) -> AbstractContextManager[None]:
         return nullcontext()

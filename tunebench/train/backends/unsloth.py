@@ -67,7 +67,7 @@ class UnslothBackend:
                if prepared.encoded["validation"] else None)
         return train, val
 
-    def finish_trainer(self, trainer: Any, prepared: Any) -> Any:
+    def finish_trainer(self, trainer: Any, prepared: Any) -> tuple[Any, dict[str, Any]]:
         """Mask everything but responses with Unsloth's own function, then check it against the shared mask.
 
         Raises:
@@ -78,8 +78,7 @@ class UnslothBackend:
         )
 
         if self.packing:
-            trainer._tunebench_mask_agreement = 1.0  # the shared mask is the labels (see datasets)
-            return trainer
+            return trainer, {"mask_agreement_with_shared": 1.0}  # the shared mask is the labels (see datasets)
         info = prepared.template
         try:
             trainer = train_on_responses_only(
@@ -98,11 +97,10 @@ class UnslothBackend:
             )
         ours = [e.labels for e in prepared.encoded["train"]]
         same = sum(1 for a, b in zip(labels, ours, strict=False) if list(a) == list(b))
-        trainer._tunebench_mask_agreement = same / max(1, len(ours))
         if same < len(ours):
             log.warning("Unsloth's response mask differs from the shared mask on %d of %d conversations",
                         len(ours) - same, len(ours))
-        return trainer
+        return trainer, {"mask_agreement_with_shared": same / max(1, len(ours))}
 
     def training(self, train_cfg: Any) -> Any:
         """Unsloth's per-block compile as ``train.compile_blocks`` says, while ``trainer.train()`` runs."""
