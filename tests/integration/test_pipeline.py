@@ -173,10 +173,11 @@ def test_chat_starts_quietly_and_lists_its_commands(examples):
 # ----------------------------------------------------------------------------- Ctrl-C
 
 
-def interrupt_when(cwd, argv: list[str], ready, timeout=900) -> tuple[int, str]:
+def interrupt_when(cwd, argv: list[str], ready, timeout=900, cache=None) -> tuple[int, str]:
     """Start `tunebench ARGV`, press Ctrl-C (SIGINT to its process group, as a terminal does) once ``ready(output)``
     holds, and return the exit code and everything it printed."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT),
+           **({"TUNEBENCH_CACHE": str(cache)} if cache else {})}  # a cold cache: warm ones finish before Ctrl-C
     p = subprocess.Popen([sys.executable, "-m", "tunebench", *argv], cwd=cwd, env=env, text=True,
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     lines: list[str] = []
@@ -210,7 +211,8 @@ def test_ctrl_c_in_eval_names_the_cached_answers_and_the_command_that_continues(
     out, _, _ = smoke_run
     run = tmp_path / "e"
     shutil.copytree(out, run, ignore=shutil.ignore_patterns("checkpoints"))
-    code, text = interrupt_when(tmp_path, ["eval", str(run)], lambda t: "perplexity/test =" in t)
+    code, text = interrupt_when(tmp_path, ["eval", str(run)], lambda t: "perplexity/test =" in t,
+                                cache=tmp_path / "cache")
     assert code == 130, text[-3000:]
     last = next((x for x in reversed(text.splitlines()) if x.startswith("interrupted: ")), text[-3000:])
     assert f"evaluation of {run} stopped before {run / 'eval'}" in last, last
@@ -225,7 +227,8 @@ def test_ctrl_c_in_a_run_names_the_finished_stages_and_the_command_that_continue
     stages = json.loads((run / "stages.json").read_text())
     del stages["eval_tuned"]
     (run / "stages.json").write_text(json.dumps(stages))
-    code, text = interrupt_when(ROOT, ["run", "smoke", "--out", str(run)], lambda t: "stage eval tuned" in t)
+    code, text = interrupt_when(ROOT, ["run", "smoke", "--out", str(run)], lambda t: "stage eval tuned" in t,
+                                cache=tmp_path / "cache")
     assert code == 130, text[-3000:]
     last = next((x for x in reversed(text.splitlines()) if x.startswith("interrupted: ")), text[-3000:])
     assert f"the finished stages ({', '.join(stages)}) are recorded in {run / 'stages.json'}" in last, last

@@ -27,7 +27,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from tunebench.core.config import JudgeEndpointConfig
-from tunebench.core.errors import JudgeError
+from tunebench.core.errors import JudgeError, TunebenchError
 from tunebench.core.io import cache_root
 from tunebench.evals.generation import GenerationCache, Messages
 
@@ -39,7 +39,7 @@ FLUSH_EVERY = 16
 """Judgments written to the cache at least this often."""
 
 
-class _Retry(Exception):
+class _Retry(TunebenchError):
     """A response worth retrying (429, 5xx, timeout), with the server's own words when it gave any."""
 
     def __init__(self, what: str, detail: str = ""):

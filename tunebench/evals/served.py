@@ -203,7 +203,7 @@ def prompt_logprobs(model: EndpointModel, ids: list[int], tok: Any) -> list[floa
             entries = model.echo_logprobs(list(ids))
             model.takes_ids = True
         except EndpointError as e:
-            if model.takes_ids or "HTTP 4" not in str(e):
+            if model.takes_ids:  # it took ids before: this is another failure
                 raise
             model.takes_ids = False
             log.info("%s takes no token-id prompts (%s); scoring the ids' text instead", model.client.root, e)
