@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from tunebench.bench.host import host_lines, host_snapshot
+from tunebench.bench.metrics import percentile
 from tunebench.bench.repeats import median_interval
 from tunebench.core.errors import BenchmarkError
 from tunebench.core.io import atomic_write_json, atomic_write_text, git_commit, package_version
@@ -171,14 +172,8 @@ def run_load(spec: LoadSpec) -> tuple[list[Outcome], float]:
 
 
 def pct(values: list[float], q: float) -> float | None:
-    """The q-quantile (0..1) by linear interpolation; None for no values."""
-    if not values:
-        return None
-    vals = sorted(values)
-    pos = q * (len(vals) - 1)
-    lo = int(pos)
-    hi = min(lo + 1, len(vals) - 1)
-    return vals[lo] + (vals[hi] - vals[lo]) * (pos - lo)
+    """The q-quantile (0..1), ``bench.metrics.percentile``'s; None for no values."""
+    return percentile(values, q * 100) if values else None
 
 
 def summarize(outcomes: list[Outcome], wall_s: float, asked: int) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from tunebench.core.io import atomic_write_json, environment
 from tunebench.evals.contract import check_contract
 from tunebench.evals.llamacpp import RUNTIME, LlamaCppModel, perplexity_metric
 from tunebench.evals.parity import adapter_logprobs, parity_metrics
-from tunebench.evals.probes import run_probes
+from tunebench.evals.probes import add_probes
 from tunebench.evals.results import Results
 from tunebench.evals.runner import check_artifact_template, encoded_test_split
 
@@ -76,12 +76,7 @@ def evaluate_gguf_llamacpp(cfg: RunConfig, run_dir: str | Path, gguf: str | Path
             results.add(m, its)
         results.timings["parity_s"] = round(time.perf_counter() - t, 2)
 
-    if cfg.eval.probe_files and cfg.eval.probe_sampling:
-        t = time.perf_counter()
-        probes = run_probes(model, list(cfg.eval.probe_files), list(cfg.eval.probe_sampling), seed=cfg.eval.probe_seed,
-                            label=label, generator=model)
-        results.merge(probes)
-        results.timings["probes_s"] = round(time.perf_counter() - t, 2)
+    add_probes(results, cfg.eval, model, label)
     if cfg.eval.lm_eval_tasks:
         results.artifacts["lm_eval_skipped"] = (f"lm-eval tasks are not run in the {RUNTIME} runtime in process; "
                                                 "they need a served endpoint's /v1/completions")

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import itertools
 import re
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -548,3 +549,14 @@ def run_probes(
     results.artifacts["probe_transcripts"] = transcripts
     results.artifacts["probe_generation"] = stats
     return results
+
+
+def add_probes(results: Results, eval_cfg: Any, generator: Generator, label: str) -> None:
+    """The run's probe sets under its samplings (``eval.probe_*``), answered by another runtime's ``generator``
+    (llama.cpp, an endpoint), merged into ``results`` with their wall time; nothing when no probes are set."""
+    if not (eval_cfg.probe_files and eval_cfg.probe_sampling):
+        return
+    t = time.perf_counter()
+    results.merge(run_probes(generator, list(eval_cfg.probe_files), list(eval_cfg.probe_sampling),
+                             seed=eval_cfg.probe_seed, label=label, generator=generator))
+    results.timings["probes_s"] = round(time.perf_counter() - t, 2)

@@ -37,7 +37,7 @@ from tunebench.data.conversations import Encoded, encode_messages
 from tunebench.evals.endpoint import OpenAIClient
 from tunebench.evals.generation import Generation, Messages, batch_seed, samples_per_prompt
 from tunebench.evals.llamacpp import perplexity_from_items, scored_positions
-from tunebench.evals.probes import run_probes
+from tunebench.evals.probes import add_probes
 from tunebench.evals.results import Results
 
 log = logging.getLogger(__name__)
@@ -326,12 +326,7 @@ def evaluate_endpoint(cfg: RunConfig, run_dir: str | Path, url: str, label: str 
     if cfg.eval.lm_eval_tasks:
         results.artifacts["lm_eval_skipped"] = ("lm-eval tasks are not run against an endpoint by tunebench yet "
                                                 "(lm-eval's own local-completions model can: README, 'Deploy')")
-    if cfg.eval.probe_files and cfg.eval.probe_sampling:
-        t = time.perf_counter()
-        probes = run_probes(model, list(cfg.eval.probe_files), list(cfg.eval.probe_sampling), seed=cfg.eval.probe_seed,
-                            label=label, generator=model)
-        results.merge(probes)
-        results.timings["probes_s"] = round(time.perf_counter() - t, 2)
+    add_probes(results, cfg.eval, model, label)
     results.timings["total_s"] = round(time.perf_counter() - t0, 2)
     if out_path is not None:
         results.save(out_path)
