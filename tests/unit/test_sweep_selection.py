@@ -113,3 +113,35 @@ def test_pruning_callback_reports_perplexity_and_stops_a_bad_trial():
     report_callback(trial, outcome).on_evaluate(args, TrainerState(global_step=1, max_steps=1), control,
                                                 metrics={"eval_loss": math.log(9.0)})
     assert not outcome.pruned and not control.should_training_stop  # the last step: training is over anyway
+
+
+def _study_with_trials(optuna):
+    study = optuna.create_study(direction="minimize", sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(lambda t: (t.suggest_float("x", -1, 1) - 0.2) ** 2 + t.suggest_int("r", 1, 4), n_trials=6)
+    return study
+
+
+def test_sweep_plots_are_drawn_as_pngs(tmp_path):
+    optuna = pytest.importorskip("optuna")
+    from tunebench.reports.render_sweep import draw_sweep_plots
+
+    drawn = draw_sweep_plots(_study_with_trials(optuna), tmp_path, importances=True)
+    assert set(drawn) == {"history", "parallel", "importances"}
+    for name in drawn.values():
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_broken_plotting_install_costs_the_plots_not_the_sweep(tmp_path, monkeypatch, caplog):
+    """Seen on a GPU machine whose optuna lacked a plotly helper module: the report is drawn second, so a plotting
+    import that fails leaves the PNGs out (with a warning that says how to get them) and raises nothing."""
+    optuna = pytest.importorskip("optuna")
+    import sys
+
+    from tunebench.reports.render_sweep import draw_sweep_plots
+
+    study = _study_with_trials(optuna)
+    monkeypatch.setitem(sys.modules, "optuna.visualization.matplotlib", None)  # import now raises ImportError
+    with caplog.at_level("WARNING"):
+        assert draw_sweep_plots(study, tmp_path, importances=True) == {}
+    assert not list(tmp_path.iterdir())
+    assert "sweep plots not drawn" in caplog.text and "pip install" in caplog.text

@@ -33,11 +33,16 @@ def draw_sweep_plots(study: Any, out_dir: str | Path, importances: bool) -> dict
     Returns:
         file stem -> PNG name, for the plots that could be drawn (a study with no finished trial has none).
     """
-    import matplotlib  # heavy: matplotlib, imported when needed
+    try:
+        import matplotlib  # heavy: matplotlib, imported when needed
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # heavy: matplotlib, imported when needed
-    import optuna.visualization.matplotlib as vis  # optional: the sweep extra
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt  # heavy: matplotlib, imported when needed
+        import optuna.visualization.matplotlib as vis  # optional: the sweep extra
+    except ImportError as e:  # plots are drawn second: a missing or broken plotting install never costs the report
+        log.warning("sweep plots not drawn (%s); sweep.json and sweep.md are complete without them. Install "
+                    "matplotlib and a whole optuna (pip install 'tunebench[sweep]') for the PNGs", e)
+        return {}
 
     drawn: dict[str, str] = {}
     finished = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
