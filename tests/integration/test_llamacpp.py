@@ -216,7 +216,8 @@ def test_a_server_without_prompt_logprobs_gets_no_likelihood_metrics(scored, tmp
     import sys
 
     from tunebench.app.cli import main
-    from tunebench.app.serve import free_port, wait_ready
+    from tunebench.app.serve import wait_ready
+    from tunebench.core.net import free_port
     from tunebench.evals.results import Results
 
     run, _ = scored

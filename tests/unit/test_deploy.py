@@ -152,3 +152,42 @@ def test_vllm_is_refused_for_a_gguf_base_and_when_not_installed(tmp_path, capsys
     monkeypatch.setenv("PATH", str(tmp_path))  # no vllm executable anywhere
     assert main(["serve", str(_hub_run(tmp_path)), "--engine", "vllm"]) == 2
     assert "pip install vllm" in capsys.readouterr().err
+
+
+def test_await_models_tells_ready_from_exited_and_silent(tmp_path):
+    """core.net.await_models, which `tunebench serve` and `bench serve` both wait with, against real children: an
+    http.server that lists a model, a child that exits, and a child that never listens."""
+    import subprocess
+    import sys
+    import textwrap
+
+    from tunebench.core.net import await_models, free_port
+
+    port = free_port()
+    script = tmp_path / "models.py"
+    script.write_text(textwrap.dedent(f"""
+        import http.server, json
+        class H(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                body = json.dumps({{"data": [{{"id": "m"}}]}}).encode()
+                self.send_response(200 if self.path == "/v1/models" else 404)
+                self.end_headers()
+                self.wfile.write(body)
+            def log_message(self, *a):
+                pass
+        http.server.HTTPServer(("127.0.0.1", {port}), H).serve_forever()
+    """))
+    server = subprocess.Popen([sys.executable, str(script)])
+    try:
+        assert await_models(f"http://127.0.0.1:{port}", server, timeout=30) == "ready"
+    finally:
+        server.kill()
+        server.wait()
+    gone = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    assert await_models(f"http://127.0.0.1:{free_port()}", gone, timeout=30) == "exited"
+    silent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        assert await_models(f"http://127.0.0.1:{free_port()}", silent, timeout=1.0) == "timeout"
+    finally:
+        silent.kill()
+        silent.wait()

@@ -14,6 +14,7 @@ import pytest
 
 from tunebench.core.config import JudgeEndpointConfig
 from tunebench.core.errors import EXIT_INVALID_INPUT, JudgeError
+from tunebench.core.net import free_port
 from tunebench.evals import endpoint as ep
 from tunebench.evals.judge_prompts import parse_verdict
 
@@ -125,12 +126,6 @@ def test_the_key_comes_from_the_named_variable_and_is_never_stored(server, tmp_p
     assert "s3cret" not in stored and "s3cret" not in json.dumps(j.identity())
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_llama_cpp_server_on_the_packaged_gguf_judges(tmp_path):
     """The real OpenAI-compatible server of the deployment issue, when llama-cpp-python is installed."""
     import importlib.util
@@ -142,7 +137,7 @@ def test_llama_cpp_server_on_the_packaged_gguf_judges(tmp_path):
         pytest.skip("llama-cpp-python (with its server extra) is not installed in this environment")
     from tunebench.models.loading import packaged_file
 
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(packaged_file()),
                              "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

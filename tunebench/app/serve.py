@@ -10,7 +10,6 @@ as a child process; "ready" is printed only once ``/v1/models`` answers, and SIG
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import json
 import os
 import shutil
@@ -19,20 +18,19 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
 from tunebench.core.errors import PipelineError
+from tunebench.core.net import MODELS_PATH, await_models, free_port, is_loopback
 from tunebench.evals.llamacpp import GGUF_TEMPLATE_FORMAT, cpu_threads, require_llama_cpp
 from tunebench.models.loading import gguf_field
 
 READY_TIMEOUT_S = 180.0
 """Loading a 1B q8_0 on 2 cores takes seconds; a minute more covers a cold page cache."""
-HEALTH_PATH = "/v1/models"
+HEALTH_PATH = MODELS_PATH
 """llama-cpp-python's server has no /health; its model list answers once the model is loaded."""
 
 
@@ -54,16 +52,6 @@ class ServeOptions:
     n_ctx: int = 4096
     engine: str = "llama.cpp"
     """``llama.cpp`` (the exported GGUF, CPU or GPU) or ``vllm`` (the base + the run's adapter as a runtime LoRA)."""
-
-
-def is_loopback(host: str) -> bool:
-    """127.0.0.0/8, ::1 or localhost."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def api_key(opts: ServeOptions) -> str | None:
@@ -93,13 +81,6 @@ def check_port(host: str, port: int) -> None:
         except OSError as e:
             raise ServeError(f"{host}:{port}: cannot listen there ({e.strerror}); pick another --port "
                              "(or stop what holds it)") from None
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port the OS says is free now (for tests and --port 0)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 VLLM_LORA_NAME = "tuned"
@@ -226,21 +207,13 @@ def wait_ready(url: str, proc: subprocess.Popen, key: str | None, timeout: float
     Raises:
         ServeError: the server exited, or did not answer within ``timeout`` seconds.
     """
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise ServeError(f"the server exited with code {proc.returncode} before it was ready; "
-                             "its log says why (run with -v, or see the server log)")
-        try:
-            with urllib.request.urlopen(urllib.request.Request(url + HEALTH_PATH, headers=headers), timeout=2) as r:
-                if r.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        time.sleep(0.25)
-    raise ServeError(f"{url}: no answer on {HEALTH_PATH} after {timeout:.0f}s; the model may be too large for "
-                     "this machine")
+    state = await_models(url, proc, timeout, key)
+    if state == "exited":
+        raise ServeError(f"the server exited with code {proc.returncode} before it was ready; "
+                         "its log says why (run with -v, or see the server log)")
+    if state == "timeout":
+        raise ServeError(f"{url}: no answer on {HEALTH_PATH} after {timeout:.0f}s; the model may be too large for "
+                         "this machine")
 
 
 def stop(proc: subprocess.Popen, grace: float = 10.0) -> int:

@@ -20,7 +20,6 @@ on a free port) and stops it after; with ``--url`` it loads a server already run
 from __future__ import annotations
 
 import http.client
-import ipaddress
 import json
 import os
 import queue
@@ -42,6 +41,7 @@ from tunebench.bench.repeats import median_interval
 from tunebench.core.errors import BenchmarkError
 from tunebench.core.io import atomic_write_json, atomic_write_text, git_commit, package_version
 from tunebench.core.markdown import table
+from tunebench.core.net import MODELS_PATH, await_models, free_port, is_loopback
 
 PROMPTS = [
     "Name three primary colours.",
@@ -93,11 +93,7 @@ def check_loopback(url: str) -> tuple[str, int]:
     if parsed.scheme != "http" or not parsed.hostname or not parsed.port:
         raise BenchmarkError(f"--url {url!r}: give the server as http://127.0.0.1:PORT (plain http, a port)")
     host = parsed.hostname
-    try:
-        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback:
+    if not is_loopback(host):
         raise BenchmarkError(f"--url {url!r}: bench serve only loads a server on this machine's loopback "
                              "(127.0.0.1, ::1, localhost); start one with `tunebench serve RUN`")
     return host, parsed.port
@@ -233,24 +229,18 @@ def bench_serve(spec: LoadSpec, repeats: int, budget_s: float) -> dict[str, Any]
 
 def start_server(run: str, quant: str, log_path: Path) -> tuple[subprocess.Popen, str]:
     """`tunebench serve RUN --quant Q --port P` in a child on a free loopback port; (process, URL) once ready."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     log = open(log_path, "w")  # noqa: SIM115 (the child writes it until it stops)
     proc = subprocess.Popen([sys.executable, "-m", "tunebench", "serve", run, "--quant", quant, "--port", str(port)],
                             stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise BenchmarkError(f"`tunebench serve {run}` exited {proc.returncode} before it was ready; see {log_path}")
-        try:
-            urllib.request.urlopen(url + "/v1/models", timeout=2).close()
-            return proc, url
-        except OSError:
-            time.sleep(0.5)
-    proc.terminate()
-    raise BenchmarkError(f"`tunebench serve {run}` was not ready within {READY_TIMEOUT_S:.0f} s; see {log_path}")
+    state = await_models(url, proc, READY_TIMEOUT_S, poll_s=0.5)
+    if state == "exited":
+        raise BenchmarkError(f"`tunebench serve {run}` exited {proc.returncode} before it was ready; see {log_path}")
+    if state == "timeout":
+        proc.terminate()
+        raise BenchmarkError(f"`tunebench serve {run}` was not ready within {READY_TIMEOUT_S:.0f} s; see {log_path}")
+    return proc, url
 
 
 def stop_server(proc: subprocess.Popen) -> None:
@@ -264,7 +254,7 @@ def stop_server(proc: subprocess.Popen) -> None:
 
 def served_model_id(url: str) -> str:
     try:
-        with urllib.request.urlopen(url + "/v1/models", timeout=10) as r:
+        with urllib.request.urlopen(url + MODELS_PATH, timeout=10) as r:
             return str(json.load(r)["data"][0]["id"])
     except (OSError, ValueError, KeyError, IndexError, TypeError):
         return "served"

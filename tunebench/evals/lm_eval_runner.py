@@ -22,7 +22,6 @@ import json
 import logging
 import math
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,7 @@ from typing import Any
 
 from tunebench.core.errors import LmEvalError
 from tunebench.core.io import atomic_write_json, fingerprint, package_version, read_json
+from tunebench.core.net import free_port
 from tunebench.core.stats import Z95
 from tunebench.evals import humaneval, lm_eval_model
 from tunebench.evals.lm_eval_groups import member_prefix, pool_group
@@ -151,7 +151,7 @@ def _in_child(spec: dict[str, Any], num_processes: int, timeout: float | None) -
         cmd = [sys.executable, "-m", "tunebench.evals.lm_eval_runner", str(spec_path), str(out_path)]
         if num_processes > 1:
             launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes),
-                      "--main_process_port", str(_free_port())]
+                      "--main_process_port", str(free_port())]
             cmd = launch + (["--multi_gpu"] if _cuda() else []) + ["-m", "tunebench.evals.lm_eval_runner", *cmd[3:]]
         rc, tail = _run_child(cmd, timeout)
         data = read_json(out_path) if out_path.exists() else {}
@@ -169,12 +169,6 @@ def _cuda() -> bool:
     import torch  # heavy: torch, imported when needed
 
     return torch.cuda.is_available()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _fmt(x: float | None) -> str:
