@@ -51,3 +51,21 @@ def test_a_rerun_judges_nothing_again(judged):
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())  # nothing generated, nothing written
     same = [json.dumps(vars(m), sort_keys=True) for m in again.metrics]
     assert same == [json.dumps(vars(m), sort_keys=True) for m in res.metrics]
+
+
+def test_judging_in_batches_of_similar_length_gives_the_one_call_verdicts(tmp_path, monkeypatch):
+    """InProcessJudge makes one generation call per batch of similar length (so short turn-1 prompts do not decode
+    at turn-2 widths); the judgments are those of one call over every request, each back in its request's place."""
+    from tunebench.core.config import SamplingConfig
+    from tunebench.evals.generation import TransformersGenerator
+    from tunebench.evals.judge import InProcessJudge
+    from tunebench.evals.modeling import load_for_eval
+
+    monkeypatch.setenv("TUNEBENCH_CACHE", str(tmp_path / "cache"))
+    loaded = load_for_eval("packaged:smollm2-135m-instruct", None, "auto", dtype="float32")
+    requests = [[{"role": "user", "content": "Which is larger, 3 or 7? " * k}] for k in (1, 6, 2, 9, 4)]
+    batched = InProcessJudge(loaded, 6, 2, progress=False).complete(requests)
+    monkeypatch.setenv("TUNEBENCH_CACHE", str(tmp_path / "cache-one-call"))
+    sampling = SamplingConfig(name="judge", temperature=0.0, min_p=None, max_new_tokens=6)
+    one_call = TransformersGenerator(loaded, 8, progress=False).generate(requests, sampling, 0).texts
+    assert batched == one_call and len(set(batched)) > 1

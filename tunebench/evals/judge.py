@@ -64,12 +64,28 @@ class InProcessJudge:
         return {"kind": "in-process", **self.loaded.identity()}
 
     def complete(self, requests: list[Messages]) -> list[str]:
+        """Greedy judgments, one generation call per batch of similar length (longest first).
+
+        The decode loop gives every batch of one call the width of the call's longest prompt, and a judge's prompts
+        range from one answer pair (turn 1) to both sides' whole conversations (turn 2): in one call the short
+        prompts would decode at the long ones' width."""
         sampling = SamplingConfig(name="judge", temperature=0.0, min_p=None, max_new_tokens=self.max_new_tokens)
-        return TransformersGenerator(self.loaded, self.batch_size, progress=self.progress).generate(
-            requests, sampling, 0).texts
+        generator = TransformersGenerator(self.loaded, self.batch_size, progress=self.progress)
+        order = sorted(range(len(requests)), key=lambda i: (-_length(requests[i]), i))
+        out = [""] * len(requests)
+        for start in range(0, len(order), self.batch_size):
+            part = order[start:start + self.batch_size]
+            texts = generator.generate([requests[i] for i in part], sampling, 0).texts
+            for i, text in zip(part, texts, strict=True):
+                out[i] = text
+        return out
 
     def parameters(self) -> int:
         return sum(p.numel() for p in self.loaded.model.parameters())
+
+
+def _length(messages: Messages) -> int:
+    return sum(len(m["content"]) for m in messages)
 
 
 @dataclass
