@@ -178,8 +178,11 @@ def interrupt_when(cwd, argv: list[str], ready, timeout=900, cache=None) -> tupl
     holds, and return the exit code and everything it printed."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT),
            **({"TUNEBENCH_CACHE": str(cache)} if cache else {})}  # a cold cache: warm ones finish before Ctrl-C
+    # as a terminal starts it: SIGINT at its default. A shell's background job (`cmd &`, as CI harnesses run) ignores
+    # SIGINT, children inherit that, and Python then never raises KeyboardInterrupt: the run would finish as asked
     p = subprocess.Popen([sys.executable, "-m", "tunebench", *argv], cwd=cwd, env=env, text=True,
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(p.stdout), daemon=True)
     reader.start()
