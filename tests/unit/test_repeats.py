@@ -90,3 +90,32 @@ def test_lm_eval_loglikelihood_part_times_both_runners_and_compares_their_metric
     assert rows[0]["max_metric_difference"] < 1e-6 and "arc_easy/acc,none" in rows[0]["metrics"]
     (t,) = [t for t in eval_targets([dict(r, shape="s") for r in rows], ["s"], 64) if "loglikelihood" in t["target"]]
     assert t["value"] == pytest.approx(rows[1]["seconds"] / rows[0]["seconds"], abs=1e-3)
+
+
+def test_repeats_in_worker_run_every_lm_eval_repeat_on_one_loaded_model(tmp_path, tiny_llama_dir):
+    """--repeats-in-worker: one eval worker runs every lm-eval-ll repeat, each tagged with its own repeat and with
+    the runners' order flipping, so the targets pair them as if each repeat had its own worker."""
+    from tunebench.bench.evalspeed import eval_targets, run_eval_shape
+    from tunebench.bench.repeats import aggregate_targets
+    from tunebench.bench.shapes import prepare_data
+
+    prepared, _, _ = prepare_data(str(tiny_llama_dir), "auto", "packaged:sharegpt-v3", 256, 8, tmp_path)
+    spec = {"kind": "eval", "label": "cpu", "shape": "s", "model_dir": str(tiny_llama_dir), "chat_template": "auto",
+            "prepared": str(prepared), "ppl_batch_tokens": [], "ppl_conversations": 2, "gen_batch": 2,
+            "gen_batches": 1, "prompt_tokens": 48, "new_tokens": 4, "parts": ["lm-eval-ll"],
+            "lm_eval_ll_tasks": ["arc_easy"], "lm_eval_ll_batch": 8, "lm_eval_ll_limit": 4, "repeat": 0,
+            "inner_repeats": 3, "partial": str(tmp_path / "partial.json"), "r": 4, "alpha": 8,
+            "targets": ["q_proj", "v_proj"]}
+    rows = [dict(r, shape="s") for r in run_eval_shape(spec)["rows"]]
+    assert [(r["repeat"], r["runner"]) for r in rows] == [
+        (0, "lm-eval HFLM"), (0, "tunebench"), (1, "tunebench"), (1, "lm-eval HFLM"),
+        (2, "lm-eval HFLM"), (2, "tunebench")]
+    (t,) = [t for t in aggregate_targets(rows, lambda rs: eval_targets(rs, ["s"], 2)) if "loglikelihood" in t["target"]]
+    assert t["repeats"] == 3 and len(t["values"]) == 3 and t["ci"] is not None
+
+
+def test_repeats_in_worker_refuses_parts_that_change_the_model(capsys, tmp_path):
+    from tunebench.bench.cli import main
+
+    code = main(["eval", "--parts", "lm-eval-ll,generation", "--repeats-in-worker", "--out", str(tmp_path)])
+    assert code == 2 and "--repeats-in-worker runs only with --parts lm-eval-ll" in capsys.readouterr().err

@@ -454,10 +454,14 @@ def test_train_worker_runs_one_point_through_the_suites_trainer(tmp_path, tiny_l
             "chat_template": "auto", "prepared": str(prepared), "data_source": "packaged:sharegpt-v3",
             "batch_size": 2, "grad_accum": 1, "max_length": 256, "warmup": 1, "steps": 2, "r": 4, "alpha": 8,
             "targets": ["q_proj", "v_proj"], "load_in_4bit": False, "params": 10**6, "peak_tflops": None,
-            "datasheet_tflops": None, "gradient_checkpointing": False, "run_dir": str(tmp_path / "run")}
+            "datasheet_tflops": None, "gradient_checkpointing": False, "run_dir": str(tmp_path / "run"),
+            "profile_steps": 1}
     row = run_train_point(spec)
     assert 0 < summary["conversations"] <= 16
-    assert row["steps_run"] == 3 and row["real_tokens_per_s"] > 0
+    # the profiled step runs after the measured ones and feeds no measured figure; on CPU the GPU was never busy
+    assert row["steps_run"] == 4 and row["measured_steps"] == 2 and row["real_tokens_per_s"] > 0
+    assert row["trace"]["profiled_steps"] == 1 and row["trace"]["gpu_busy_share"] == 0
+    assert row["trace"]["wall_s_per_step"] > 0
     assert row["load_in_4bit"] is False and row["backend_used"] == "hf"
     # the host-side split of each step is recorded (on CPU there is no sync to wait in: the share is ~0)
     assert 0 <= row["sync_wait_share_median"] < 0.5 and row["process_cpu_per_wall"] > 0
@@ -473,3 +477,24 @@ def test_a_failing_part_becomes_a_row_that_says_so():
     assert _guarded_rows("lm-eval", boom, cache="auto") == [
         {"kind": "lm-eval", "cache": "auto", "error": "RuntimeError: out of memory"}]
     assert _guarded_rows("chat", lambda n: [{"n": n}], 3) == [{"n": 3}]
+
+
+def test_trace_summary_reads_busy_idle_and_exposed_copy_time_from_device_events():
+    """bench speed --profile-steps: the GPU's busy share is the union of its events over the window's wall time,
+    and copy time under a kernel is hidden, the rest exposed."""
+    from tunebench.bench.trace import overlap_length, summarize_device_events, union_length
+
+    assert union_length([(0, 2), (1, 3), (5, 6)]) == 4 and union_length([]) == 0
+    assert overlap_length([(0, 4)], [(1, 2), (3, 6)]) == 2
+    us = 1e6
+    events = [("ampere_gemm", 0, 0.4 * us), ("void elementwise", 0.3 * us, 0.5 * us),  # kernels 0-0.5 s
+              ("Memcpy HtoD (Pinned -> Device)", 0.4 * us, 0.7 * us),  # 0.1 s under a kernel, 0.2 s exposed
+              ("Memcpy DtoH (Device -> Pinned)", 0.9 * us, 1.0 * us), ("Memset (Device)", 1.5 * us, 1.6 * us)]
+    s = summarize_device_events(events, wall_s=2.0, steps=2)
+    assert s["gpu_busy_share"] == pytest.approx((0.7 + 0.1 + 0.1) / 2)
+    assert s["kernel_busy_share"] == pytest.approx(0.25) and s["kernels_per_step"] == 1.0
+    assert s["htod_s_per_step"] == pytest.approx(0.15) and s["dtoh_s_per_step"] == pytest.approx(0.05)
+    assert s["copy_exposed_s_per_step"] == pytest.approx(0.15) and s["wall_s_per_step"] == 1.0
+    assert s["gpu_idle_s_per_step"] == pytest.approx(0.55)
+    with pytest.raises(ValueError, match="needs both > 0"):
+        summarize_device_events(events, wall_s=0, steps=2)

@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--sweep-steps", type=int, default=20, help="measured optimizer steps at the other points")
     s.add_argument("--sweep-backends", default="unsloth,hf",
                    help="backends run at the points after the first (any of the above)")
+    s.add_argument("--profile-steps", type=int, default=0,
+                   help="after each row's measured steps, run this many more under torch.profiler and report the "
+                   "GPU's busy share, copy time and kernels per step (default 0: none)")
     s.add_argument("--no-4bit", action="store_true", help="bf16 LoRA instead of QLoRA")
     s.add_argument("--no-grad-ckpt", action="store_true", help="train without gradient checkpointing")
     s.add_argument("--world-size", type=int, default=1,
@@ -82,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--parts lm-eval-ll: loglikelihood tasks run through lm-eval's HFLM and through the suite")
     s.add_argument("--lm-eval-batch", type=int, default=64, help="--parts lm-eval-ll: batch size of both runners")
     s.add_argument("--lm-eval-limit", type=int, help="--parts lm-eval-ll: documents per task (default: all)")
+    s.add_argument("--repeats-in-worker", action="store_true",
+                   help="--parts lm-eval-ll only: run the repeats in one worker on one loaded model, so a worker's "
+                   "setup is paid once (the runners still alternate which goes first)")
     s = sub.add_parser("serve", help="serving load: concurrent streaming clients against tunebench serve (CPU or GPU)")
     s.add_argument("--run", help="run folder: starts `tunebench serve RUN --quant Q` on a free loopback port")
     s.add_argument("--url", help="a server already running on loopback, e.g. http://127.0.0.1:8080")
@@ -121,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "repeats", 1) < 1:
         print(f"error: --repeats {args.repeats}: give at least 1", file=sys.stderr)
         return EXIT_INPUT
+    if getattr(args, "profile_steps", 0) < 0:
+        print(f"error: --profile-steps {args.profile_steps}: give 0 (none) or more", file=sys.stderr)
+        return EXIT_INPUT
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname).1s %(name)s: %(message)s",
                             datefmt="%H:%M:%S")
@@ -156,7 +165,11 @@ def dispatch(args: argparse.Namespace) -> int:
 
         return run_bench_serve(args)
     if args.command == "eval":
-        parse_parts(args.parts)  # bad input fails before any GPU check
+        parts = parse_parts(args.parts)  # bad input fails before any GPU check
+        if args.repeats_in_worker and parts != ["lm-eval-ll"]:
+            raise ValueError(f"--repeats-in-worker runs only with --parts lm-eval-ll (got --parts {args.parts}): the "
+                             "other parts change the loaded model between variants, so their repeats need a worker "
+                             "each")
     import torch  # heavy: only the GPU benchmarks need it
 
     if not torch.cuda.is_available():

@@ -544,9 +544,13 @@ def run_eval_shape(spec: dict[str, Any]) -> dict[str, Any]:
             rows += _guarded_rows("lm-eval", lm_eval_generation_rows, loaded, spec["lm_eval_batches"], cache=CACHE)
         if variant == "base" and "lm-eval-ll" in parts:
             log.info("%s/base: lm-eval loglikelihood tasks, HFLM vs the suite", spec["shape"])
-            rows += _guarded_rows("lm-eval-ll", lm_eval_loglikelihood_rows, loaded, spec["lm_eval_ll_tasks"],
-                                  spec.get("lm_eval_ll_batch", 64), spec.get("lm_eval_ll_limit"),
-                                  spec.get("repeat", 0))
+            # --repeats-in-worker: every repeat here, on the one loaded model (a worker's setup is ~35 s of a
+            # ~190 s repeat on an H200); the order still flips with each repeat
+            for k in range(spec.get("inner_repeats", 1)):
+                k = spec.get("repeat", 0) + k
+                rows += [{**r, "repeat": k} for r in _guarded_rows(
+                    "lm-eval-ll", lm_eval_loglikelihood_rows, loaded, spec["lm_eval_ll_tasks"],
+                    spec.get("lm_eval_ll_batch", 64), spec.get("lm_eval_ll_limit"), k)]
         if variant == "base" and cuda and "chat" in parts:
             log.info("%s/base: chat answers vs raw generate(static), batch 1", spec["shape"])
             rows += [{"variant": "base", **r}
@@ -585,7 +589,8 @@ def run_eval(args: argparse.Namespace) -> int:
                      "lora": {"r": args.r, "alpha": args.alpha, "targets": args.lora_targets.split(","),
                               "init": "random (peft init_lora_weights=False)"},
                      "data": args.data, "probe_run": PROBE_RUN, "parts": parts, "repeats": args.repeats,
-                     "order": "interleaved: every shape's worker once per repeat"},
+                     "order": "every repeat inside one worker per shape (--repeats-in-worker), runners alternating"
+                     if args.repeats_in_worker else "interleaved: every shape's worker once per repeat"},
         "rows": [], "host": host,
     }
     setup_res = setup(shapes, args, work, budget)
@@ -598,9 +603,10 @@ def run_eval(args: argparse.Namespace) -> int:
             max(args.ppl_conversations, 4 * args.gen_batch * args.gen_batches), work)
     write_eval(results, out)
     status = {}
-    for k, (name, s) in interleave(list(shapes.items()), args.repeats):
+    inner = args.repeats if args.repeats_in_worker else 1
+    for k, (name, s) in interleave(list(shapes.items()), args.repeats // inner):
         info = s["info"]
-        label = f"{name}-eval" + (f"-r{k}" if args.repeats > 1 else "")
+        label = f"{name}-eval" + (f"-r{k}" if args.repeats > inner else "")
         spec = {"kind": "eval", "label": label, "shape": name, "model_dir": s["path"],
                 "chat_template": s["chat_template"], "prepared": str(s["prepared"]),
                 "ppl_batch_tokens": budgets, "ppl_conversations": args.ppl_conversations,
@@ -610,7 +616,8 @@ def run_eval(args: argparse.Namespace) -> int:
                 "head_params": info["vocab_size"] * info["hidden_size"], "tied": info["tied_embeddings"],
                 "peak_tflops": cal.get("peak_tflops"), **PROBE_RUN, "merge_base": True, "parts": parts,
                 "lm_eval_batches": [80], "lm_eval_ll_tasks": [t.strip() for t in args.lm_eval_tasks.split(",")],
-                "lm_eval_ll_batch": args.lm_eval_batch, "lm_eval_ll_limit": args.lm_eval_limit, "repeat": k}
+                "lm_eval_ll_batch": args.lm_eval_batch, "lm_eval_ll_limit": args.lm_eval_limit, "repeat": k,
+                "inner_repeats": inner}
         partial = work / "results" / f"{label}.partial.json"
         partial.unlink(missing_ok=True)
         spec["partial"] = str(partial)
@@ -622,7 +629,7 @@ def run_eval(args: argparse.Namespace) -> int:
         status[name] = {f: res.get(f) for f in ("status", "error", "prompts", "dtype", "worker_s")}
         if worst != "ok":
             status[name]["status"] = worst
-        results["rows"] += [{"shape": name, "repeat": k, **r} for r in res.get("rows", [])]
+        results["rows"] += [{"shape": name, "repeat": k, **r} for r in res.get("rows", [])]  # a row's own repeat wins
         results["workers"] = status
         write_eval(results, out)
     host["after"] = host_snapshot()

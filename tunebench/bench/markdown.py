@@ -11,6 +11,7 @@ from tunebench.bench.metrics import repeated_speed_targets, row_key, speed_ratio
 from tunebench.bench.repeats import mark_cut_short, ratio_summaries, summarize_rows
 from tunebench.bench.scaling import render_scaling, scaling_rows
 from tunebench.core.io import atomic_write_json, atomic_write_text
+from tunebench.core.markdown import table
 
 
 def write_speed(results: dict[str, Any], out: Path) -> None:
@@ -120,12 +121,31 @@ def render_speed_md(results: dict[str, Any]) -> str:
                          f"{_f(q['peak_allocated_ratio'], '.2f')} | {_f(q['peak_reserved_ratio'], '.2f')} | "
                          f"{'yes' if q['same_tokens'] else 'no'} | {('no: ' + q['excluded']) if q.get('excluded') else 'yes'} |")
         lines.append("")
+    lines += trace_section(rows)
     lines += render_scaling(results.get("scaling") or [])
     lines += find_best_section(results)
     lines += target_table(results.get("targets") or [])
     if results.get("notes"):  # what the person who ran it adds: conditions the numbers depend on
         lines += ["", "## Notes", ""] + [f"- {n}" for n in results["notes"]]
     return "\n".join(lines) + "\n"
+
+
+def trace_section(rows: list[dict[str, Any]]) -> list[str]:
+    """The profiled steps of each row that has them (``--profile-steps``): where a step's wall time went."""
+    traced = [r for r in rows if r.get("status") == "ok" and r.get("trace")]
+    if not traced:
+        return []
+    cols = ["shape", "backend", "repeat", "batch × accum", "profiled steps", "wall s/step", "GPU busy", "kernels busy",
+            "GPU idle s/step", "kernels/step", "H→D s/step", "D→H s/step", "copy not hidden by a kernel s/step"]
+    body = [[r["shape"], r["backend"], r.get("repeat", 0) + 1, f"{r['batch_size']} × {r['grad_accum']}",
+             t["profiled_steps"], t["wall_s_per_step"], f"{t['gpu_busy_share']:.1%}", f"{t['kernel_busy_share']:.1%}",
+             t["gpu_idle_s_per_step"], t["kernels_per_step"], t["htod_s_per_step"], t["dtoh_s_per_step"],
+             t["copy_exposed_s_per_step"]] for r in traced for t in [r["trace"]]]
+    return ["## Where the step time goes (torch.profiler, steps after the measured ones)", "",
+            "The GPU's busy share is the union of its kernels and copies over the window's wall time: well under "
+            "100% means the GPU waited on the host. Copy time no kernel overlapped is what a step could wait on "
+            "host↔device bandwidth for. The profiler adds overhead, so read the rows side by side; the measured "
+            "steps above were not profiled.", "", table(body, cols), ""]
 
 
 def target_table(targets: list[dict[str, Any]]) -> list[str]:

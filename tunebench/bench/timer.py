@@ -5,16 +5,20 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from tunebench.bench.trace import ProfileWindow
 from tunebench.train.trainer import TokenCounter, _count_tokens_hook
 
 
-def make_step_timer(warmup: int) -> Any:
+def make_step_timer(warmup: int, profile_after: int | None = None, profile_steps: int = 0) -> Any:
     """A TrainerCallback that timestamps every optimizer step (after a CUDA sync) and counts tokens.
 
     Real tokens are counted by the suite's own ``tunebench.train.trainer._count_tokens_hook`` (attention-mask sum, or
     every position of a padding-free row); input positions (padding included) by a second hook. The peak
     memory counters are read and reset when warm-up ends, so the result holds both the peak of the whole
     ``trainer.train()`` and the steady-state peak of the measured steps.
+
+    With ``profile_steps``, the steps after ``profile_after`` (the last measured one) run under torch.profiler
+    (``bench.trace``): they leave no step marks, so no measured figure includes the profiler's overhead.
     """
     import torch  # heavy: torch, imported when needed
     from transformers import TrainerCallback  # heavy: transformers, imported when needed
@@ -30,6 +34,7 @@ def make_step_timer(warmup: int) -> Any:
             self.waits: list[tuple[int, float, float]] = []  # (step, seconds waiting in the sync, process CPU s)
             self.memory: dict[str, float] = {}
             self._handles: list[Any] = []
+            self.window = ProfileWindow(profile_after if profile_after is not None else 0, profile_steps)
 
         def _positions_hook(self, module, args, kwargs):
             ids = kwargs.get("input_ids", args[0] if args else None)
@@ -56,7 +61,9 @@ def make_step_timer(warmup: int) -> Any:
             self._mark(state.global_step)
 
         def on_step_end(self, args, state, control, **kw):
-            self._mark(state.global_step)
+            if not self.window.active(state.global_step):
+                self._mark(state.global_step)
+            self.window.on_step_end(state.global_step, torch.cuda.synchronize if cuda else lambda: None)
             if cuda and state.global_step == warmup:
                 self.memory["warmup_peak_allocated_gib"] = torch.cuda.max_memory_allocated() / 2**30
                 self.memory["warmup_peak_reserved_gib"] = torch.cuda.max_memory_reserved() / 2**30

@@ -82,6 +82,7 @@ def new_results(args: argparse.Namespace, backends: list[str], sweep: list[str],
             "points": [list(p) for p in points],
             "sweep_backends": sweep, "max_length": args.max_length, "warmup_steps": args.warmup,
             "measured_steps_first_point": args.steps, "measured_steps_other_points": args.sweep_steps,
+            "profiled_steps": getattr(args, "profile_steps", 0),
             "repeats": args.repeats, "order": "interleaved: every backend once per repeat (A B A B ...)",
             "lora": {"r": args.r, "alpha": args.alpha, "targets": args.lora_targets.split(","), "dropout": 0.0},
             "quantization": "none (bf16 LoRA)" if args.no_4bit else "4-bit nf4 base weights, double quant (QLoRA)",
@@ -96,7 +97,9 @@ def new_results(args: argparse.Namespace, backends: list[str], sweep: list[str],
 
 def data_need(args: argparse.Namespace, points: list[tuple[int, int]], candidates: list[dict[str, Any]]) -> int:
     """Conversations to encode: enough for the longest job (a packed row holds several conversations)."""
-    need = max((args.warmup + (args.steps if i == 0 else args.sweep_steps)) * b * a for i, (b, a) in enumerate(points))
+    extra = getattr(args, "profile_steps", 0)
+    need = max((args.warmup + (args.steps if i == 0 else args.sweep_steps) + extra) * b * a
+               for i, (b, a) in enumerate(points))
     for c in candidates:  # a packed row of max_length holds up to ~8 typical conversations
         need = max(need, (args.warmup + args.sweep_steps) * c["batch_size"] * (8 if c["layout"] == "packed" else 1))
     need *= max(1, args.world_size)  # each data-parallel process reads its own conversations
@@ -129,7 +132,7 @@ def train_spec(args: argparse.Namespace, s: dict[str, Any], name: str, backend: 
             "steps": steps, "r": args.r, "alpha": args.alpha, "targets": args.lora_targets.split(","),
             "load_in_4bit": not args.no_4bit, "params": s["info"]["params"], "peak_tflops": peak,
             "datasheet_tflops": sheet, "gradient_checkpointing": not args.no_grad_ckpt,
-            "run_dir": str(work / "runs" / label)}
+            "profile_steps": getattr(args, "profile_steps", 0), "run_dir": str(work / "runs" / label)}
 
 
 # ----------------------------------------------------------------------------- --find-best

@@ -94,14 +94,14 @@ def run_train_point(spec: dict[str, Any]) -> dict[str, Any]:
         data=DataConfig(source=spec["data_source"], max_length=spec["max_length"], max_validation=0, max_test=0),
         lora=LoraConfig(r=spec["r"], alpha=spec["alpha"], target_modules=list(spec["targets"])),
         train=TrainConfig(backend=variant.backend, batch_size=spec["batch_size"], grad_accum=spec["grad_accum"],
-                          max_steps=spec["warmup"] + spec["steps"], save_every=0, eval_every=0,
+                          max_steps=spec["warmup"] + spec["steps"] + spec.get("profile_steps", 0), save_every=0, eval_every=0,
                           padding_free=variant.padding_free, packing=variant.packing,
                           compile_blocks=variant.compile_blocks, seed=3407,
                           gradient_checkpointing=spec.get("gradient_checkpointing", True)),
     )
     cfg, _ = resolve(cfg)  # dtype and optimizer for this machine, as load_config resolves a preset
     prepared = load_prepared(spec["prepared"])
-    timer = make_step_timer(spec["warmup"])
+    timer = make_step_timer(spec["warmup"], spec["warmup"] + spec["steps"], spec.get("profile_steps", 0))
     t0 = time.perf_counter()
     result = train(cfg, spec["run_dir"], overwrite=True, prepared=prepared, extra_callbacks=[timer])
     wall = time.perf_counter() - t0
@@ -113,6 +113,8 @@ def run_train_point(spec: dict[str, Any]) -> dict[str, Any]:
     row["world_size"] = dist.world_size()
     row.update(timer.memory_summary())
     row.update(timer.host_summary())
+    if timer.window.summary:
+        row["trace"] = timer.window.summary
     per_gpu = row["real_tokens_per_s"] / dist.world_size()  # MFU is per card: N cards have N times the peak
     row["mfu"] = mfu(spec["params"], per_gpu, spec.get("peak_tflops"))
     row["mfu_datasheet"] = mfu(spec["params"], per_gpu, spec.get("datasheet_tflops"))
