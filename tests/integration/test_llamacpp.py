@@ -64,6 +64,10 @@ def test_artifact_is_scored_in_llamacpp_with_parity_against_the_adapter(scored):
         assert ratio.tuned == pytest.approx(ppl.tuned / ppl.base, rel=1e-3)
         assert c.row("parity/kl_p99").tuned >= kl.tuned
         assert any(r.metric.startswith("probes/") for r in c.rows)  # paired probe deltas
+        # lm-eval's tasks in llama.cpp (create_completion, continuation by text offset), paired document by document
+        lm = [r for r in c.rows if r.metric.startswith("lm_eval/")]
+        assert {r.metric for r in lm} == {m.name for m in tuned.metrics if m.name.startswith("lm_eval/")}, lm
+        assert all(r.n == tuned.metric(r.metric).n for r in lm)
         measured[q] = (kl.tuned, top1.tuned)
     assert measured["f16"][0] <= measured["q8_0"][0]  # rounding to 8 bits moves the distribution more
     print("measured parity (kl_mean, top1):", measured)
@@ -202,7 +206,17 @@ def test_eval_endpoint_of_the_served_gguf_equals_in_process_llamacpp(scored, tmp
         assert served.inputs["test_tokens"] == local.inputs["test_tokens"]
     else:  # one did not (llama.cpp makes one token of a blank line before a word, transformers two): refused, said
         assert "does not line up" in check["why"] and "takes no token-id prompts" in check["why"], check
-        assert not ppl and "no likelihood metrics" in out
+        assert not ppl and "no perplexity:" in out
+    # lm-eval's tasks through the server's /v1/completions: the text check holds (each side scores the canary's reply
+    # with its own tokenizer), and every value and document equals in-process llama.cpp's on the same file
+    assert served.artifacts["lm_eval_check"]["ok"], served.artifacts["lm_eval_check"]
+    lm_served = {m.name: m for m in served.metrics if m.name.startswith("lm_eval/")}
+    lm_local = {m.name: m for m in local.metrics if m.name.startswith("lm_eval/")}
+    assert lm_served and lm_served.keys() == lm_local.keys()
+    for name, m in lm_served.items():
+        assert m.value == lm_local[name].value, name
+        assert served.items[m.items] == local.items[lm_local[name].items], name
+    assert served.artifacts["lm_eval_text"]["requests"] > 0
     tuned = Results.load(run / "eval" / "tuned" / "results.json")
     arts = load_artifact_results(run)
     comp = compare_artifacts(tuned, {"served": arts["served"]}, cfg.report.alpha, cfg.eval.bootstrap_samples)["served"]
@@ -238,7 +252,10 @@ def test_a_server_without_prompt_logprobs_gets_no_likelihood_metrics(scored, tmp
     check = served.artifacts["likelihood_check"]
     assert not check["ok"] and "refused echo with logprobs" in check["why"], check
     assert not [m for m in served.metrics if m.name.startswith("perplexity/")]
-    assert "no likelihood metrics" in capsys.readouterr().out
+    assert not [m for m in served.metrics if m.name.startswith("lm_eval/")]  # never scored at chance
+    assert "cannot score a continuation" in served.artifacts["lm_eval_skipped"]
+    out = capsys.readouterr().out
+    assert "no perplexity:" in out and "no lm-eval tasks:" in out
 
 
 def test_bench_serve_loads_tunebench_serve_and_checks_every_answer(scored, tmp_path):

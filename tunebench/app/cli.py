@@ -272,7 +272,11 @@ def _eval_endpoint(args: argparse.Namespace, run_dir: Path) -> int:
                           f"kept: a server is asked again). Run `{_again(args)}` again") from None
     check = served.artifacts.get("likelihood_check")
     if check and not check["ok"]:
-        print(f"{label}: no likelihood metrics: the server at {args.endpoint} failed the log-prob check: {check['why']}")
+        print(f"{label}: no perplexity: the server at {args.endpoint} failed the log-prob check: {check['why']}")
+    lm_check = served.artifacts.get("lm_eval_check")
+    if lm_check and not lm_check["ok"]:
+        print(f"{label}: no lm-eval tasks: the server at {args.endpoint} failed the continuation check: "
+              f"{lm_check['why']}")
     print(f"{label}: {out}")
     _served_vs_artifact(run_dir, cfg, served)
     if label.startswith(SERVED_PREFIX) and out == run_dir / "eval" / label / "results.json":

@@ -157,14 +157,46 @@ def chat_kwargs(sampling: SamplingConfig, seed: int) -> dict[str, Any]:
             "max_tokens": sampling.max_new_tokens, "seed": seed}
 
 
-def position_logprobs(llm: Any, ids: list[int]) -> Any:
-    """Log-softmax of llama.cpp's logits at every position of ``ids`` (row t predicts token t + 1)."""
+def position_logprobs(llm: Any, ids: list[int], rows: Any = None) -> Any:
+    """Log-softmax of llama.cpp's logits at the positions ``rows`` of ``ids`` (all when None; row t predicts token
+    t + 1). Only the asked rows are converted: a full vocabulary per position is most of the cost."""
     import numpy as np
 
     llm.reset()
     llm.eval(ids)
-    logits = np.asarray(llm.scores[: len(ids)], dtype=np.float64)
+    scores = llm.scores[: len(ids)]
+    logits = np.asarray(scores if rows is None else scores[np.asarray(rows, dtype=np.int64)], dtype=np.float64)
     return logits - _logsumexp(logits)
+
+
+def completion_prompt_ids(llm: Any, text: str) -> list[int]:
+    """Token ids ``create_completion`` feeds the model for a text prompt: special tokens parsed, the BOS added
+    where the GGUF asks for one (llama-cpp-python's rule)."""
+    ids = list(llm.tokenize(text.encode("utf-8"), add_bos=False, special=True))
+    bos = llm.token_bos()
+    if llm._model.add_bos_token() and bos != -1:
+        ids = [bos, *ids]
+    return ids
+
+
+def continuation_logprob(llm: Any, context: str, continuation: str) -> tuple[float, bool, bool]:
+    """(summed log-prob of ``continuation`` after ``context``, whether each of its tokens is the top-1, whether the
+    tokenizer merged a token across the boundary) on the ids ``create_completion`` would feed: lm-eval's own split
+    (the context's tokens, then what the whole adds), scored from llama.cpp's logits of every position."""
+    import numpy as np
+
+    whole = completion_prompt_ids(llm, context + continuation)
+    ctx = completion_prompt_ids(llm, context)
+    if len(whole) > llm.n_ctx():
+        raise ModelError(f"an lm-eval request has {len(whole)} tokens, more than the llama.cpp context "
+                         f"({llm.n_ctx()}); open it with a larger n_ctx or lower the task's length")
+    n = next((i for i, (a, b) in enumerate(zip(whole, ctx, strict=False)) if a != b), len(ctx))  # ctx a prefix: its length
+    merged = n < len(ctx)
+    n = max(1, min(n, len(whole) - 1))
+    rows, targets = np.arange(n - 1, len(whole) - 1), np.asarray(whole[n:])
+    lp = position_logprobs(llm, whole, rows)
+    picked = lp[np.arange(len(rows)), targets]
+    return float(picked.sum()), bool((lp.argmax(axis=-1) == targets).all()), bool(merged)
 
 
 def _logsumexp(x: Any) -> Any:
@@ -195,7 +227,7 @@ def perplexity_items(model: LlamaCppModel, encoded: list[Encoded], keep: bool = 
             raise ModelError(f"{model.path}: conversation {e.id} has {len(e.input_ids)} tokens, more than the "
                              f"llama.cpp context ({model.llm.n_ctx()}); open it with a larger n_ctx")
         pos, targets = scored_positions(e)
-        lp = position_logprobs(model.llm, e.input_ids)[pos] if pos else np.zeros((0, 1))
+        lp = position_logprobs(model.llm, e.input_ids, pos) if pos else np.zeros((0, 1))
         nll = -float(lp[np.arange(len(pos)), targets].sum()) if pos else 0.0
         items.append({"id": e.id, "num": nll, "den": len(pos)})
         if keep:

@@ -143,6 +143,43 @@ def run_lm_eval(
     return results
 
 
+def run_lm_eval_text(complete: Any, model_name: str, tasks: list[str], limit: int | None, apply_chat_template: bool,
+                     label: str, identity: dict[str, Any], tokenizer: Any = None, template_name: str = "",
+                     source: str = "auto", concurrency: int = 1, describe: str = "completions",
+                     score_text: Any = None) -> Results:
+    """lm-eval tasks through a text completions API (``evals.lm_eval_text``): a served endpoint, or llama.cpp in
+    process. Same task loading, per-document items and metric names as ``run_lm_eval``, so the results pair with
+    the adapter's document by document. ``score_text`` scores a (context, continuation) itself where the runtime
+    can (see ``TextCompletionsLM``).
+
+    Raises:
+        LmEvalError: unknown task names, unreadable task data, a rolling-loglikelihood task, or a server whose
+            echo cannot place the continuation.
+    """
+    from tunebench.evals.lm_eval_text import TextCompletionsLM  # heavy: lm-eval
+
+    if not tasks:
+        raise LmEvalError("no lm-eval tasks given; set eval.lm_eval_tasks (e.g. [tunebench_facts_mc])")
+    spec = {"tasks": list(tasks), "limit": limit, "apply_chat_template": bool(apply_chat_template), "label": label}
+    start = time.perf_counter()
+    manager = _task_manager(list(tasks))
+    sources: dict[str, dict[str, Any]] = {}
+    groups: dict[str, str] = {}
+    loaded_tasks = _load_tasks(manager, list(tasks), source, sources, groups)
+    lm = TextCompletionsLM(complete, model_name, tokenizer, template_name, concurrency, describe, score_text)
+    logging.getLogger("lm_eval").setLevel(logging.WARNING)
+    log.info("lm-eval (%s) through %s: tasks %s, limit %s", label, describe, ", ".join(tasks), limit)
+    results = _run_tasks(spec, lm, loaded_tasks, manager, sources, groups,
+                         lambda: {**identity, "runner": f"lm-eval through {describe}"})
+    assert results is not None  # one process
+    results.artifacts["lm_eval_text"] = {"requests": lm.requests_sent, "boundary_merges": lm.boundary_merges,
+                                         "how": ("continuation scored on llama.cpp's token ids, split as lm-eval splits a pair"
+                                                 if score_text is not None else "continuation found in the "
+                                                 "server's echo (token strings and text_offset), not by token count")}
+    results.timings["lm_eval"] = round(time.perf_counter() - start, 3)
+    return results
+
+
 def _in_child(spec: dict[str, Any], num_processes: int, timeout: float | None) -> Results:
     """Run ``_evaluate`` in a child process (data-parallel under accelerate when asked) and read its result."""
     with tempfile.TemporaryDirectory(prefix="tunebench-lm-eval-") as tmp:
@@ -447,9 +484,6 @@ def _hflm(spec: dict[str, Any], tok: Any, device: str, dtype: str, loaded: Any =
 
 def _evaluate(spec: dict[str, Any], loaded: Any = None) -> Results | None:
     """Load tasks (and the model, unless ``loaded`` is given), run lm-eval, convert its output."""
-    import lm_eval  # heavy: lm-eval, imported when needed
-
-
     names = spec["tasks"]
     manager = _task_manager(names)
     sources: dict[str, dict[str, Any]] = {}
@@ -467,6 +501,15 @@ def _evaluate(spec: dict[str, Any], loaded: Any = None) -> Results | None:
         log.info("lm-eval task %s: %d of %d documents, %s, chat template %s", name, used, total,
                  task.OUTPUT_TYPE, "on" if spec["apply_chat_template"] else "off")
     lm = _hflm(spec, tok, device, dtype, loaded)
+    return _run_tasks(spec, lm, tasks, manager, sources, groups,
+                      lambda: _identity(spec, template_name, tok, device, dtype, lm_eval_model.describe(lm)))
+
+
+def _run_tasks(spec: dict[str, Any], lm: Any, tasks: dict[str, Any], manager: Any, sources: dict[str, Any],
+               groups: dict[str, str], identity: Any) -> Results | None:
+    """lm-eval on ``lm`` over the loaded ``tasks``, converted to Results (None on a data-parallel worker)."""
+    import lm_eval  # heavy: lm-eval, imported when needed
+
     out = lm_eval.simple_evaluate(
         model=lm, tasks=list(tasks.values()), limit=spec["limit"],
         apply_chat_template=spec["apply_chat_template"], log_samples=True, task_manager=manager,
@@ -476,8 +519,7 @@ def _evaluate(spec: dict[str, Any], loaded: Any = None) -> Results | None:
     )
     if out is None:  # a data-parallel worker: lm-eval gathered its documents onto the main process
         return None
-    res = Results(label=spec["label"], model=_identity(spec, template_name, tok, device, dtype,
-                                                                   lm_eval_model.describe(lm)), inputs={})
+    res = Results(label=spec["label"], model=identity(), inputs={})
     for name, task in tasks.items():
         _task_results(res, name, task, out, spec, sources.get(name, {"source": "hub"}), groups.get(name))
         shown = ", ".join(f"{m.details['metric']}={m.value:.4f}" for m in res.metrics if m.details["task"] == name)

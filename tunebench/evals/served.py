@@ -259,6 +259,51 @@ def likelihood_check(model: EndpointModel, loaded: Any) -> dict[str, Any]:
     return check
 
 
+def text_likelihood_check(model: EndpointModel, loaded: Any, chat_template: bool = True) -> dict[str, Any]:
+    """Whether lm-eval's loglikelihood requests can be scored on this server the way ``evals.lm_eval_text`` sends
+    them (the text of context + continuation, the continuation found in the server's echo): the canary reply's
+    log-prob given its prompt, served against the in-process adapter's, per continuation token. The prompt is
+    shaped as the tasks' are (the chat template on or off), because servers differ there: llama-cpp-python's echo
+    is misaligned on a prompt that does not begin with the BOS, and is caught here.
+
+    Unlike ``likelihood_check`` this needs no token-id agreement: each side scores the same string with its own
+    tokenizer, which is what an lm-eval task asks of it.
+    """
+    from tunebench.core.errors import LmEvalError
+    from tunebench.evals.lm_eval_text import continuation_score
+
+    tok = loaded.tokenizer
+    question, reply = CANARY[0]["content"], CANARY[-1]["content"]
+    context = (tok.apply_chat_template(CANARY[:-1], tokenize=False, add_generation_prompt=True) if chat_template
+               else f"Question: {question}\nAnswer: ")
+    stripped = context.rstrip()  # lm-eval's split: the context's trailing whitespace goes with the continuation
+    context, continuation = stripped, context[len(stripped):] + reply
+    full = context + continuation
+    check: dict[str, Any] = {"ok": False, "tolerance": LOGPROB_TOLERANCE, "continuation": continuation,
+                             "chat_template": chat_template}
+    body = {"model": model.name, "prompt": full, "max_tokens": 1, "temperature": 0.0, "echo": True, "logprobs": 1}
+    try:
+        served, _, _ = continuation_score(model.client.request("/completions", body), continuation)
+    except (EndpointError, LmEvalError) as e:
+        check["why"] = f"its /v1/completions cannot score a continuation ({e})"
+        return check
+    special = not chat_template  # a rendered template carries its own BOS; plain text gets the tokenizer's
+    ctx_ids = tok(context, add_special_tokens=special)["input_ids"]
+    ids = tok(full, add_special_tokens=special)["input_ids"]
+    if ids[: len(ctx_ids)] != ctx_ids or len(ids) == len(ctx_ids) or not ctx_ids:
+        check["why"] = "the run's tokenizer merges the canary's prompt and reply across their boundary"
+        return check
+    ours = sum(adapter_token_logprobs(loaded, ids)[len(ctx_ids) - 1:])
+    n = len(ids) - len(ctx_ids)
+    check.update(served_logprob=served, adapter_logprob=ours, tokens=n, mean_abs_diff=abs(served - ours) / n)
+    if check["mean_abs_diff"] > LOGPROB_TOLERANCE:
+        check["why"] = (f"its log-prob of the canary's reply differs from the in-process adapter's by "
+                        f"{check['mean_abs_diff']:.3f} nats per token (tolerance {LOGPROB_TOLERANCE})")
+        return check
+    check.update(ok=True, why="")
+    return check
+
+
 def endpoint_perplexity(model: EndpointModel, encoded: list[Encoded], tok: Any, cfg: RunConfig,
                         split: str = "test") -> tuple[Any, list[dict[str, Any]], dict[str, Any]] | str:
     """``perplexity/<split>`` from the server's echoed log-probs on the run's token ids, or why it cannot be had."""
@@ -275,6 +320,16 @@ def endpoint_perplexity(model: EndpointModel, encoded: list[Encoded], tok: Any, 
         items.append({"id": e.id, "num": nll, "den": len(pos)})
     return perplexity_from_items(items, encoded, split, cfg.eval.bootstrap_samples, cfg.report.alpha,
                                  seconds=time.perf_counter() - t0, runtime=RUNTIME)
+
+
+def endpoint_lm_eval(model: EndpointModel, cfg: RunConfig, tok: Any, label: str) -> Results:
+    """The run's lm-eval tasks through the server's /v1/completions (``evals.lm_eval_text``)."""
+    from tunebench.evals.lm_eval_runner import run_lm_eval_text
+
+    return run_lm_eval_text(lambda body: model.client.request("/completions", body), model.name,
+                            list(cfg.eval.lm_eval_tasks), cfg.eval.lm_eval_limit, cfg.eval.lm_eval_chat_template,
+                            label, model.identity(), tok, model.template or "", cfg.eval.lm_eval_source,
+                            model.concurrency, RUNTIME)
 
 
 def evaluate_endpoint(cfg: RunConfig, run_dir: str | Path, url: str, label: str = "served",
@@ -300,12 +355,13 @@ def evaluate_endpoint(cfg: RunConfig, run_dir: str | Path, url: str, label: str 
     model = EndpointModel(client, served_model or served_model_name(client),
                           manifest.get("template", {}).get("name", cfg.model.chat_template), concurrency, progress)
     results = Results(label=label, model=model.identity(), inputs={}, environment=environment())
-    likelihood = bool(cfg.eval.perplexity)
-    if likelihood:  # the check, then perplexity, against the adapter on the run's own tokens
+    loaded = None
+    if cfg.eval.perplexity or cfg.eval.lm_eval_tasks:  # the in-process adapter the checks compare against
         base = manifest.get("model", {})
         loaded = load_for_eval(resolve_model(base.get("ref") or cfg.model.ref, base.get("revision")), adapter,
                                cfg.model.chat_template, dtype=cfg.model.dtype, load_in_4bit=False,
                                trust_remote_code=cfg.model.trust_remote_code, merge_adapter=cfg.eval.merge_adapter)
+    if cfg.eval.perplexity:  # the check, then perplexity, against the adapter on the run's own tokens
         check = likelihood_check(model, loaded)
         results.artifacts["likelihood_check"] = check
         if check["ok"]:
@@ -321,11 +377,16 @@ def evaluate_endpoint(cfg: RunConfig, run_dir: str | Path, url: str, label: str 
                 results.inputs["template_sha"] = report["template"]["sha"]
                 results.timings["perplexity_s"] = round(time.perf_counter() - t, 2)
         if not check["ok"]:
-            log.warning("%s: no likelihood metrics from this server: %s", client.root, check["why"])
-        loaded = None
+            log.warning("%s: no perplexity from this server: %s", client.root, check["why"])
     if cfg.eval.lm_eval_tasks:
-        results.artifacts["lm_eval_skipped"] = ("lm-eval tasks are not run against an endpoint by tunebench yet "
-                                                "(lm-eval's own local-completions model can: README, 'Deploy')")
+        text_check = text_likelihood_check(model, loaded, cfg.eval.lm_eval_chat_template)
+        results.artifacts["lm_eval_check"] = text_check
+        if text_check["ok"]:
+            results.merge(endpoint_lm_eval(model, cfg, loaded.tokenizer, label))
+        else:
+            results.artifacts["lm_eval_skipped"] = f"lm-eval tasks refused on this server: {text_check['why']}"
+            log.warning("%s: no lm-eval tasks from this server: %s", client.root, text_check["why"])
+    loaded = None
     add_probes(results, cfg.eval, model, label)
     results.timings["total_s"] = round(time.perf_counter() - t0, 2)
     if out_path is not None:
