@@ -76,7 +76,8 @@ def test_artifact_is_scored_in_llamacpp_with_parity_against_the_adapter(scored):
 def test_gate_rules_bound_parity(scored):
     from tunebench.evals.results import Results
     from tunebench.reports.compare import compare, compare_artifacts, load_artifact_results
-    from tunebench.reports.gate import evaluate_gate
+    from tunebench.core.errors import GateError
+    from tunebench.reports.gate import evaluate_gate, load_rules
 
     run, cfg = scored
     tuned = Results.load(run / "eval" / "tuned" / "results.json")
@@ -88,6 +89,14 @@ def test_gate_rules_bound_parity(scored):
     strict = [{"metric": "parity/kl_mean", "artifact": "q8_0-llamacpp", "max_regression": 1e-9}]
     verdict = evaluate_gate(main, strict, comps)
     assert verdict.status == "fail" and verdict.rows[0].metric == "parity/kl_mean [q8_0-llamacpp vs adapter]"
+    # the shipped export gate: its parity rules decide on this q8_0 (their margins come from these measurements)
+    shipped = [r for r in load_rules("export") if r.artifact]
+    assert {r.metric for r in shipped} == {"parity/kl_mean", "parity/top1_agree", "perplexity/test"}
+    verdict = evaluate_gate(main, shipped, comps)
+    assert verdict.passed and [r.status for r in verdict.rows] == ["pass"] * 3, verdict.rows
+    without = {k: v for k, v in comps.items() if k != "q8_0-llamacpp"}
+    with pytest.raises(GateError, match=r"model-q8_0\.gguf --runtime llama\.cpp --data-from RUN"):
+        evaluate_gate(main, shipped, without)
 
 
 def test_contract_holds_and_a_planted_difference_is_refused(scored):

@@ -394,9 +394,11 @@ def evaluate_gate(comparison: Comparison, rules: list[GateRule] | list[dict[str,
                                         f"artifact {rule.artifact} not evaluated (optional rule)", rule.threshold_text()))
                     continue
                 known = ", ".join(artifacts or {}) or "none"
+                quant = rule.artifact.removesuffix("-llamacpp")
+                runtime = " --runtime llama.cpp" if rule.artifact.endswith("-llamacpp") else ""
                 raise GateError(f"{rule.where}: rule reads artifact {rule.artifact!r}, which this run has not evaluated "
-                                f"(evaluated: {known}); `tunebench export RUN --gguf --quant {rule.artifact}` then "
-                                f"`tunebench eval --model RUN/export/model-{rule.artifact}.gguf --data-from RUN`")
+                                f"(evaluated: {known}); `tunebench export RUN --gguf --quant {quant}` then "
+                                f"`tunebench eval --model RUN/export/model-{quant}.gguf{runtime} --data-from RUN`")
             source_rows = artifacts[rule.artifact].rows
         matched = [r for r in source_rows if rx.match(r.metric)]
         if not matched:
