@@ -74,9 +74,9 @@ def test_artifact_is_scored_in_llamacpp_with_parity_against_the_adapter(scored):
 
 
 def test_gate_rules_bound_parity(scored):
+    from tunebench.core.errors import GateError
     from tunebench.evals.results import Results
     from tunebench.reports.compare import compare, compare_artifacts, load_artifact_results
-    from tunebench.core.errors import GateError
     from tunebench.reports.gate import evaluate_gate, load_rules
 
     run, cfg = scored
@@ -230,6 +230,14 @@ def test_eval_endpoint_of_the_served_gguf_equals_in_process_llamacpp(scored, tmp
     arts = load_artifact_results(run)
     comp = compare_artifacts(tuned, {"served": arts["served"]}, cfg.report.alpha, cfg.eval.bootstrap_samples)["served"]
     assert any(r.metric.startswith("probes/") for r in comp.rows)
+    # the report's Export section: a served column against the adapter, and served against in-process llama.cpp
+    report = (run / "report.md").read_text()
+    assert "| served" in report.split("## Export", 1)[1], report
+    served_line = next(line for line in report.splitlines() if line.startswith("Served = evaluated:"))
+    assert served_line.startswith("Served = evaluated: **served** against **q8_0-llamacpp** (in-process llama.cpp "
+                                  "on the same file `model-q8_0.gguf`): "), served_line
+    assert f"greedy: {total} of {total} answers identical" in served_line, served_line
+    assert "Δ served − in-process" in report
     assert isinstance(EndpointModel(None, "", None), Generator)  # one decode-path interface
 
 

@@ -32,7 +32,6 @@ from tunebench.core.config import (
 from tunebench.core.errors import (
     EXIT_INTERRUPTED,
     EXIT_INVALID_INPUT,
-    ComparisonError,
     ConfigError,
     Interrupted,
     MissingRunFile,
@@ -286,23 +285,19 @@ def _eval_endpoint(args: argparse.Namespace, run_dir: Path) -> int:
 
 def _served_vs_artifact(run_dir: Path, cfg: RunConfig, served: Any) -> None:
     """Print the served answers against the in-process llama.cpp scoring of the file the server lists, if any."""
-    from tunebench.reports.compare import compare, identical_answers, load_artifact_results
+    from tunebench.reports.compare import load_artifact_results, served_against_artifacts
 
-    name = Path(str(served.model.get("served_model", ""))).name
-    for key, res in load_artifact_results(run_dir).items():
-        if res.model.get("runtime") != "llama.cpp" or res.model.get("gguf") != name:
+    results = {k: v for k, v in load_artifact_results(run_dir).items() if not k.startswith(SERVED_PREFIX)}
+    for p in served_against_artifacts({**results, served.label: served}, cfg.report.alpha,
+                                      cfg.eval.bootstrap_samples):
+        if p.comparison is None:
+            print(f"{served.label} against {p.artifact} (in-process llama.cpp, same file): not comparable ({p.why})")
             continue
-        try:
-            c = compare(res, served, cfg.report.alpha, cfg.eval.bootstrap_samples, same_base=False)
-        except ComparisonError as e:
-            print(f"{served.label} against {key} (in-process llama.cpp, same file): not comparable ({e})")
-            continue
-        same = identical_answers(res, served)
-        print(f"\n{served.label} against {key} (in-process llama.cpp on the same file {name}; Δ = served − "
+        print(f"\n{served.label} against {p.artifact} (in-process llama.cpp on the same file {p.gguf}; Δ = served − "
               f"in-process):")
-        for sampling, (equal, total) in same.items():
+        for sampling, (equal, total) in p.identical.items():
             print(f"- {sampling}: {equal} of {total} answers identical")
-        print(metric_table(c.headline_rows(), c.alpha, detailed=False))
+        print(metric_table(p.comparison.headline_rows(), p.comparison.alpha, detailed=False))
 
 
 def _report_artifact(run_dir: Path, cfg: RunConfig, label: str) -> None:

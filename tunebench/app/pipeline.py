@@ -67,6 +67,7 @@ from tunebench.reports.compare import (
     load_artifact_results,
     load_judge_results,
     load_run_results,
+    served_against_artifacts,
 )
 from tunebench.reports.gate import gate_main
 from tunebench.reports.plots import draw_report_plots
@@ -411,6 +412,8 @@ def finish(run_dir: Path, cfg: RunConfig) -> PipelineResult:
     context = context_from_run(run_dir, results)
     if exported:
         context["export_comparisons"] = exported
+        context["served_parity"] = served_against_artifacts(load_artifact_results(run_dir), cfg.report.alpha,
+                                                            cfg.eval.bootstrap_samples)
     context.update(draw_report_plots(run_dir, comparison, context).files)  # PNGs beside report.md, linked from it
     report = render_report(comparison, context)
     atomic_write_text(run_dir / "report.md", report)

@@ -652,6 +652,40 @@ def identical_answers(a: Results, b: Results) -> dict[str, tuple[int, int]]:
     return out
 
 
+@dataclass
+class ServedParity:
+    """A served endpoint against the in-process llama.cpp scoring of the file the server lists."""
+
+    served: str
+    artifact: str
+    gguf: str
+    identical: dict[str, tuple[int, int]]
+    """Per sampling: (probe answers identical, answers both have)."""
+    comparison: Comparison | None
+    """Δ = served − in-process, paired item by item; None when the two are not comparable (``why``)."""
+    why: str = ""
+
+
+def served_against_artifacts(results: dict[str, Results], alpha: float = 0.05, n_boot: int = 2000,
+                             seed: int = 0) -> list[ServedParity]:
+    """Each served endpoint's results (label ``served*``) against in-process llama.cpp on the same GGUF, where the
+    run has scored it: the "served = evaluated" check, answers and paired metrics."""
+    out = []
+    for label, served in results.items():
+        if not label.startswith(SERVED_PREFIX):
+            continue
+        name = Path(str(served.model.get("served_model", ""))).name
+        for key, res in results.items():
+            if key.startswith(SERVED_PREFIX) or res.model.get("runtime") != "llama.cpp" or res.model.get("gguf") != name:
+                continue
+            try:
+                comp, why = compare(res, served, alpha, n_boot, seed, same_base=False), ""
+            except ComparisonError as e:
+                comp, why = None, str(e)
+            out.append(ServedParity(label, key, name, identical_answers(res, served), comp, why))
+    return out
+
+
 def compare_artifacts(tuned: Results, artifacts: dict[str, Results], alpha: float = 0.05, n_boot: int = 2000,
                       seed: int = 0) -> dict[str, Comparison]:
     """Each exported artifact against the adapter it was exported from, paired item by item.

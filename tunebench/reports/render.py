@@ -378,6 +378,24 @@ def _rel(x: float | None, ref: float | None) -> str:
     return "–" if x is None or not ref else f"{x / abs(ref) * 100:+.2f}%"
 
 
+def served_view(parities: list[Any]) -> list[dict[str, Any]]:
+    """Served = evaluated: each served endpoint against in-process llama.cpp on the same file (a line of identical
+    answers per sampling, and the paired table of Δ = served − in-process)."""
+    out = []
+    for p in parities:
+        same = "; ".join(f"{s}: {e} of {t} answers identical" for s, (e, t) in p.identical.items()) or "no answers"
+        line = (f"**{p.served}** against **{p.artifact}** (in-process llama.cpp on the same file `{p.gguf}`): {same}")
+        if p.comparison is None:
+            out.append({"line": f"{line}; metrics not comparable ({p.why})", "table": None})
+            continue
+        level = f"{100 * (1 - p.comparison.alpha):g}%"
+        body = [[f"`{r.metric}`", r.base, r.tuned, f"{fmt(r.delta, True)} {fmt_interval(r.ci_low, r.ci_high)}, "
+                 f"{_verdict(r)}"] for r in p.comparison.headline_rows()]
+        out.append({"line": line, "table": table(body, ["Metric", p.artifact, p.served,
+                                                        f"Δ served − in-process ({level} CI)"]) if body else None})
+    return out
+
+
 def export_view(comparison: Comparison, artifacts: dict[str, Comparison]) -> dict[str, Any] | None:
     """The export section: base, adapter and each artifact side by side, Δ and intervals paired against the adapter.
 
@@ -482,6 +500,7 @@ def build_view(comparison: Comparison, context: dict[str, Any]) -> dict[str, Any
         "gate": gate,
         "gate_table": gate_table(gate) if gate else None,
         "export": export_view(c, ctx.get("export_comparisons") or {}),
+        "served_parity": served_view(ctx.get("served_parity") or []),
         "judge": judge_view(c.rows_in("judge"), ctx.get("judge_artifacts"), gate),
     }
 
