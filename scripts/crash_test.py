@@ -40,12 +40,24 @@ from tunebench.core.io import git_commit, sha256_file
 EVENTS = ("data", "step", "checkpoint", "eval_base", "eval_tuned", "judge", "report")
 """In pipeline order: the schedule is sorted by it, so each kill point is reached by the run after the one before."""
 
-MAX_DELAY_S = {"data": 3.0, "step": 6.0, "checkpoint": 0.0, "eval_base": 20.0, "eval_tuned": 20.0, "judge": 15.0,
-               "report": 0.0}
+MAX_DELAY_S = {
+    "data": 3.0,
+    "step": 6.0,
+    "checkpoint": 0.0,
+    "eval_base": 20.0,
+    "eval_tuned": 20.0,
+    "judge": 15.0,
+    "report": 0.0,
+}
 """The longest seeded wait after an event before the kill (0: at once, aimed inside a short write)."""
 
-COMPARED = ("eval/base/results.json", "eval/tuned/results.json", "eval/judge/results.json", "comparison.json",
-            "gate.json")
+COMPARED = (
+    "eval/base/results.json",
+    "eval/tuned/results.json",
+    "eval/judge/results.json",
+    "comparison.json",
+    "gate.json",
+)
 
 EXCLUDED = {
     "created": "when the file was written",
@@ -60,8 +72,8 @@ EXCLUDED = {
     "path": "a file path inside the run folder",
     "rules_path": "the rules file's path",
     "probe_generation": "what the generating process did (cache hits and misses, generate calls, tokens it made): "
-                        "a resumed process reads the answers its predecessor cached; the answers themselves are "
-                        "compared (probe_transcripts)",
+    "a resumed process reads the answers its predecessor cached; the answers themselves are "
+    "compared (probe_transcripts)",
 }
 """Keys dropped (at any depth) before the value-for-value comparison, and why: none of them is a result."""
 
@@ -110,8 +122,10 @@ def _cache_dir(work: Path, name: str) -> Path:
     """A cache root of its own (generation answers start empty) sharing the user's other derived files."""
     own = work / f"cache-{name}"
     own.mkdir(parents=True, exist_ok=True)
-    user = Path(os.environ.get("TUNEBENCH_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-                / "tunebench")
+    user = Path(
+        os.environ.get("TUNEBENCH_CACHE")
+        or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tunebench"
+    )
     if user.is_dir():
         for p in user.iterdir():
             if p.name != "generations" and not (own / p.name).exists():
@@ -226,8 +240,9 @@ def crash_test(preset: str, n: int, seed: int, work: Path, overrides: list[str])
     judge = not any(o.replace(" ", "") == "eval.judge.enabled=false" for o in overrides)
     ref, run = work / "reference", work / "crashed"
     t0 = time.perf_counter()
-    ref_code = _until_done(_command(preset, ref, overrides), _cache_dir(work, "reference"), work / "reference.log",
-                           tries=1)
+    ref_code = _until_done(
+        _command(preset, ref, overrides), _cache_dir(work, "reference"), work / "reference.log", tries=1
+    )
     ref_s = time.perf_counter() - t0
     judge = judge and (ref / "eval" / "judge" / "results.json").exists()
     cache, log, cmd = _cache_dir(work, "crashed"), work / "crashed.log", _command(preset, run, overrides)
@@ -250,20 +265,33 @@ def crash_test(preset: str, n: int, seed: int, work: Path, overrides: list[str])
         if proc.poll() is None:
             proc.wait()
         problems = check_state(run)
-        kills.append({"event": event, "delay_s": delay, "killed": fired is not None, **(fired or {}),
-                      "exit": proc.returncode, "state_problems": problems})
+        kills.append(
+            {
+                "event": event,
+                "delay_s": delay,
+                "killed": fired is not None,
+                **(fired or {}),
+                "exit": proc.returncode,
+                "state_problems": problems,
+            }
+        )
     code = _until_done(cmd, cache, log)
     diffs = compare_runs(ref, run)
     killed = [k for k in kills if k["killed"]]
     return {
-        "preset": preset, "overrides": overrides, "kill_points": n, "seed": seed,
+        "preset": preset,
+        "overrides": overrides,
+        "kill_points": n,
+        "seed": seed,
         "kills_fired": len(killed),
         "kills_inside_checkpoint_write": sum(1 for k in killed if k.get("inside_checkpoint_write")),
         "kills_missed": [k["event"] for k in kills if not k["killed"]],
         "state_problems": [p for k in kills for p in k["state_problems"]],
         "exit_codes": {"reference": ref_code, "crashed": code},
         "equal": not diffs and code == ref_code,
-        "differences": diffs, "compared": [r for r in COMPARED if (ref / r).exists()], "excluded": EXCLUDED,
+        "differences": diffs,
+        "compared": [r for r in COMPARED if (ref / r).exists()],
+        "excluded": EXCLUDED,
         "kills": kills,
         "seconds": {"reference": round(ref_s, 1), "crashed_with_restarts": round(time.perf_counter() - t1, 1)},
         "host": {"python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count()},
@@ -286,10 +314,12 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out) if args.out else work / "crash_test.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    print(f"crash test {args.preset}: {summary['kills_fired']} of {args.n} kills fired "
-          f"({summary['kills_inside_checkpoint_write']} inside a checkpoint write), "
-          f"{len(summary['state_problems'])} bad intermediate states, results "
-          f"{'equal' if summary['equal'] else 'DIFFERENT'} to an uninterrupted run; {out}")
+    print(
+        f"crash test {args.preset}: {summary['kills_fired']} of {args.n} kills fired "
+        f"({summary['kills_inside_checkpoint_write']} inside a checkpoint write), "
+        f"{len(summary['state_problems'])} bad intermediate states, results "
+        f"{'equal' if summary['equal'] else 'DIFFERENT'} to an uninterrupted run; {out}"
+    )
     for rel, diff in summary["differences"].items():
         print(f"  {rel}: " + "; ".join(diff[:5]) + (f" (+{len(diff) - 5} more)" if len(diff) > 5 else ""))
     return 0 if summary["equal"] and not summary["state_problems"] else 1

@@ -76,9 +76,16 @@ def tiny_llama_dir(tmp_path_factory, smol_source):
     out = tmp_path_factory.mktemp("tiny-llama")
     tok = AutoTokenizer.from_pretrained(smol_source.path)
     cfg = LlamaConfig(
-        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
         tie_word_embeddings=True,
     )
     torch.manual_seed(0)
@@ -94,11 +101,24 @@ def smol_adapter_run(tmp_path_factory):
     from tunebench.train.trainer import train
 
     out = tmp_path_factory.mktemp("smol-run")
-    cfg = load_config("smoke", [
-        "train.backend=hf", "train.max_steps=3", "train.save_every=0", "train.eval_every=0",
-        "train.gradient_checkpointing=false", "data.max_train=24", "data.max_validation=4", "data.max_test=12",
-        "data.max_length=160", "train.batch_size=4", "train.grad_accum=1", "train.lr=2e-3", "train.warmup_steps=0",
-    ])
+    cfg = load_config(
+        "smoke",
+        [
+            "train.backend=hf",
+            "train.max_steps=3",
+            "train.save_every=0",
+            "train.eval_every=0",
+            "train.gradient_checkpointing=false",
+            "data.max_train=24",
+            "data.max_validation=4",
+            "data.max_test=12",
+            "data.max_length=160",
+            "train.batch_size=4",
+            "train.grad_accum=1",
+            "train.lr=2e-3",
+            "train.warmup_steps=0",
+        ],
+    )
     (out / "config.yaml").write_text(dump_yaml(cfg))
     train(cfg, out)
     return out

@@ -12,17 +12,34 @@ from pathlib import Path
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "crash_test.py"
 
-SHORT = ["data.max_train=16", "data.max_validation=4", "data.max_test=8", "data.max_length=128", "train.max_steps=4",
-         "train.save_every=1", "train.eval_every=2", "train.batch_size=2", "train.warmup_steps=0",
-         "eval.lm_eval_limit=4", "eval.bootstrap_samples=200", "eval.judge.n=2", "eval.judge.sanity_questions=1",
-         "eval.probe_batch_size=8"]
+SHORT = [
+    "data.max_train=16",
+    "data.max_validation=4",
+    "data.max_test=8",
+    "data.max_length=128",
+    "train.max_steps=4",
+    "train.save_every=1",
+    "train.eval_every=2",
+    "train.batch_size=2",
+    "train.warmup_steps=0",
+    "eval.lm_eval_limit=4",
+    "eval.bootstrap_samples=200",
+    "eval.judge.n=2",
+    "eval.judge.sanity_questions=1",
+    "eval.probe_batch_size=8",
+]
 """The smoke preset cut to a few minutes on 2 cores; save_every=1 gives the checkpoint kill a save to land in."""
 
 
 def test_killed_runs_complete_with_the_results_of_an_uninterrupted_one(tmp_path):
     work = tmp_path / "crash"
-    proc = subprocess.Popen([sys.executable, str(SCRIPT), "smoke", "7", "--seed", "0", "--work", str(work), *SHORT],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=SCRIPT.parents[1])
+    proc = subprocess.Popen(
+        [sys.executable, str(SCRIPT), "smoke", "7", "--seed", "0", "--work", str(work), *SHORT],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=SCRIPT.parents[1],
+    )
     try:
         stdout, stderr = proc.communicate(timeout=1500)
     except subprocess.TimeoutExpired:
@@ -37,5 +54,6 @@ def test_killed_runs_complete_with_the_results_of_an_uninterrupted_one(tmp_path)
     assert summary["kills_fired"] >= 6, summary["kills"]
     assert summary["kills_inside_checkpoint_write"] >= 1, summary["kills"]
     assert {"eval/base/results.json", "eval/tuned/results.json", "comparison.json", "gate.json"} <= set(
-        summary["compared"])
+        summary["compared"]
+    )
     assert summary["exit_codes"]["crashed"] == summary["exit_codes"]["reference"]

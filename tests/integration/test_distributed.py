@@ -22,8 +22,11 @@ def launch(args, nproc=2, cache=None, timeout=900):
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     if cache:
         env["TUNEBENCH_CACHE"] = str(cache)  # separate generation caches: nothing is reused between runs
-    cmd = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-           if nproc > 1 else [sys.executable]) + ["-m", "tunebench", *args]
+    cmd = (
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+        if nproc > 1
+        else [sys.executable]
+    ) + ["-m", "tunebench", *args]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
     assert res.returncode == 0, res.stderr[-4000:]
     return res
@@ -32,14 +35,29 @@ def launch(args, nproc=2, cache=None, timeout=900):
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory, tiny_llama_dir):
     root = tmp_path_factory.mktemp("ddp")
-    cfg = load_config("smoke", [
-        f"model.ref={tiny_llama_dir}", "train.backend=auto", "train.max_steps=4", "train.save_every=2",
-        "train.gradient_checkpointing=false", "data.max_train=16", "data.max_validation=4", "data.max_test=10",
-        "data.max_length=128", "train.batch_size=2", "train.grad_accum=1", "train.warmup_steps=0",
-        "train.eval_every=0", "eval.lm_eval_tasks=[]",
-        "eval.probe_sampling=[{name: seed, temperature: 1.5, min_p: 0.1, max_new_tokens: 8, n_samples: 2},"
-        " {name: greedy, temperature: 0, max_new_tokens: 8}]", "eval.probe_batch_size=4",
-    ], resolved=False)  # a preset file: each process of the launch resolves `auto` for itself
+    cfg = load_config(
+        "smoke",
+        [
+            f"model.ref={tiny_llama_dir}",
+            "train.backend=auto",
+            "train.max_steps=4",
+            "train.save_every=2",
+            "train.gradient_checkpointing=false",
+            "data.max_train=16",
+            "data.max_validation=4",
+            "data.max_test=10",
+            "data.max_length=128",
+            "train.batch_size=2",
+            "train.grad_accum=1",
+            "train.warmup_steps=0",
+            "train.eval_every=0",
+            "eval.lm_eval_tasks=[]",
+            "eval.probe_sampling=[{name: seed, temperature: 1.5, min_p: 0.1, max_new_tokens: 8, n_samples: 2},"
+            " {name: greedy, temperature: 0, max_new_tokens: 8}]",
+            "eval.probe_batch_size=4",
+        ],
+        resolved=False,
+    )  # a preset file: each process of the launch resolves `auto` for itself
     (root / "cfg.yaml").write_text(dump_yaml(cfg))
     launch(["train", str(root / "cfg.yaml"), "--out", str(root / "run")])
     return root
@@ -78,19 +96,34 @@ def test_resume_on_another_world_size_is_refused_before_loading_anything(ddp_run
     shutil.copytree(ddp_run / "run", resumed)
     shutil.rmtree(resumed / "adapter")
     cfg = load_config(ddp_run / "cfg.yaml")
-    with pytest.raises(TrainingError, match=r"checkpoint-4 was written by a job of 2 process\(es\) and this one has 1"
-                                             r".*torchrun --nproc_per_node 2"):
+    with pytest.raises(
+        TrainingError,
+        match=r"checkpoint-4 was written by a job of 2 process\(es\) and this one has 1"
+        r".*torchrun --nproc_per_node 2",
+    ):
         train(cfg, resumed, resume=True)
     assert (resumed / "checkpoints" / "checkpoint-4").exists()  # nothing already written is touched
 
 
 def test_unsloth_under_torchrun_trains_one_model_data_parallel(tmp_path, tiny_llama_dir):
     """Unsloth's own DDP path (its loader maps each rank to its LOCAL_RANK device), here on CPU with gloo."""
-    cfg = load_config("smoke", [
-        f"model.ref={tiny_llama_dir}", "train.backend=unsloth", "train.max_steps=3", "train.save_every=0",
-        "data.max_train=16", "data.max_validation=4", "data.max_test=4", "data.max_length=128",
-        "train.batch_size=2", "train.grad_accum=1", "train.warmup_steps=0", "train.eval_every=0",
-    ])
+    cfg = load_config(
+        "smoke",
+        [
+            f"model.ref={tiny_llama_dir}",
+            "train.backend=unsloth",
+            "train.max_steps=3",
+            "train.save_every=0",
+            "data.max_train=16",
+            "data.max_validation=4",
+            "data.max_test=4",
+            "data.max_length=128",
+            "train.batch_size=2",
+            "train.grad_accum=1",
+            "train.warmup_steps=0",
+            "train.eval_every=0",
+        ],
+    )
     (tmp_path / "cfg.yaml").write_text(dump_yaml(cfg))
     launch(["train", str(tmp_path / "cfg.yaml"), "--out", str(tmp_path / "run")])
     m = json.loads((tmp_path / "run" / "adapter" / "manifest.json").read_text())
@@ -136,8 +169,10 @@ def test_sharded_evaluation_equals_one_process(ddp_run, tmp_path, tiny_llama_dir
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not __import__("torch").cuda.is_available() or __import__("torch").cuda.device_count() < 2,
-                    reason="needs a host with 2 or more CUDA GPUs")
+@pytest.mark.skipif(
+    not __import__("torch").cuda.is_available() or __import__("torch").cuda.device_count() < 2,
+    reason="needs a host with 2 or more CUDA GPUs",
+)
 def test_one_process_on_a_multi_gpu_host_trains_on_one_gpu(tmp_path):
     """Without a launcher, Trainer would wrap the model in nn.DataParallel, which TRL refuses: keep one GPU."""
     import torch

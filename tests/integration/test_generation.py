@@ -21,8 +21,10 @@ SAMPLED = SamplingConfig(name="seed", temperature=1.5, min_p=0.1, max_new_tokens
 PROMPTS = [  # different lengths, so the batch really is left padded
     [{"role": "user", "content": "Continue the Fibonacci sequence: 1, 1, 2, 3, 5, 8,"}],
     [{"role": "user", "content": "Hi!"}],
-    [{"role": "system", "content": "Answer briefly."},
-     {"role": "user", "content": "What is the capital of France? Please answer in one short sentence."}],
+    [
+        {"role": "system", "content": "Answer briefly."},
+        {"role": "user", "content": "What is the capital of France? Please answer in one short sentence."},
+    ],
 ]
 
 
@@ -53,8 +55,7 @@ def counted_generate(smol_base, monkeypatch):
 
 
 def test_left_padded_batch_matches_one_at_a_time(smol_base, counted_generate):
-    batched = generate(smol_base, PROMPTS, GREEDY, seed=0, batch_size=len(PROMPTS), progress=False,
-                       use_cache=False)
+    batched = generate(smol_base, PROMPTS, GREEDY, seed=0, batch_size=len(PROMPTS), progress=False, use_cache=False)
     assert counted_generate == [3]
     for i, prompt in enumerate(PROMPTS):
         alone = generate(smol_base, [prompt], GREEDY, seed=0, batch_size=1, progress=False, use_cache=False)
@@ -67,8 +68,9 @@ def test_left_padded_batch_matches_one_at_a_time(smol_base, counted_generate):
 
 def test_sampling_is_reproducible_per_seed(smol_base):
     def run(seed):
-        return generate(smol_base, PROMPTS[:2], SAMPLED, seed=seed, batch_size=2, progress=False,
-                        use_cache=False).samples
+        return generate(
+            smol_base, PROMPTS[:2], SAMPLED, seed=seed, batch_size=2, progress=False, use_cache=False
+        ).samples
 
     first, again, other = run(7), run(7), run(8)
     assert first == again
@@ -92,8 +94,16 @@ def test_decode_loop_answers_as_generate_and_one_at_a_time(smol_base):
     assert two.generate_calls == 2 and two.samples == loop.samples
 
     def sampled(seed):
-        return generate(smol_base, PROMPTS[:2], SAMPLED, seed=seed, batch_size=4, progress=False, use_cache=False,
-                        cache_implementation="graph").samples
+        return generate(
+            smol_base,
+            PROMPTS[:2],
+            SAMPLED,
+            seed=seed,
+            batch_size=4,
+            progress=False,
+            use_cache=False,
+            cache_implementation="graph",
+        ).samples
 
     first = sampled(7)
     assert first == sampled(7) and first != sampled(8)
@@ -116,7 +126,7 @@ def test_decode_loop_stops_when_every_row_is_done(smol_base):
     for row in full.tolist():
         if any(t in stops for t in row):
             end = next(i for i, t in enumerate(row) if t in stops)
-            assert all(t == pad_id(tok) for t in row[end + 1:])
+            assert all(t == pad_id(tok) for t in row[end + 1 :])
     asked = []
 
     def stop_now(so_far):
@@ -144,7 +154,7 @@ def test_decode_loop_stops_when_every_row_is_done(smol_base):
     made = answer[0].tolist()
     end = next(i for i, t in enumerate(made) if t in stops)  # "Hi!" is answered in a few tokens
     assert streamer.puts[0] == rows[1] and streamer.ended
-    assert [t for p in streamer.puts[1:] for t in p] == made[:end + 1]  # up to and including the stop token
+    assert [t for p in streamer.puts[1:] for t in p] == made[: end + 1]  # up to and including the stop token
 
 
 def test_cache_avoids_regeneration(smol_base, counted_generate, tmp_path):
@@ -185,7 +195,8 @@ def test_a_generation_cut_short_continues_with_the_answers_of_an_uninterrupted_o
 
 def test_run_probes_scores_and_caches(smol_base, counted_generate, tmp_path):
     probe_file = tmp_path / "mini.yaml"
-    probe_file.write_text(textwrap.dedent("""
+    probe_file.write_text(
+        textwrap.dedent("""
         name: mini
         version: 1
         probes:
@@ -196,7 +207,9 @@ def test_run_probes_scores_and_caches(smol_base, counted_generate, tmp_path):
             template: "What is the capital of {{ country }}? One sentence."
             vars: [{country: France, capital: Paris}, {country: Japan, capital: Tokyo}]
             checks: [{contains: "{{ capital }}", ignore_case: true}]
-    """), encoding="utf-8")
+    """),
+        encoding="utf-8",
+    )
     greedy = SamplingConfig(name="greedy", temperature=0.0, min_p=None, max_new_tokens=10)
     sampled = SamplingConfig(name="seed", temperature=1.5, min_p=0.1, max_new_tokens=6, n_samples=2)
     kw = {"batch_size": 4, "seed": 11, "cache_dir": tmp_path / "cache", "label": "base"}
@@ -212,7 +225,11 @@ def test_run_probes_scores_and_caches(smol_base, counted_generate, tmp_path):
     assert res.metric("probes/mini/seed/pass_rate").n == 6  # 3 prompts x 2 samples
     cap = res.metric("probes/mini/seed/capital/pass_rate")
     assert cap.n == 4 and [i["id"] for i in res.items[cap.items]] == [
-        "capital[0]#0", "capital[0]#1", "capital[1]#0", "capital[1]#1"]
+        "capital[0]#0",
+        "capital[0]#1",
+        "capital[1]#0",
+        "capital[1]#1",
+    ]
     assert {i["den"] for i in res.items[overall.items]} == {1}
     assert {i["num"] for i in res.items[overall.items]} <= {0.0, 1.0}
 
@@ -342,8 +359,9 @@ def test_chat_warns_on_overflow_drops_old_exchanges_then_answers(smol_base, caps
     script = iter(["Hi!", long, long * 3])
     short = SamplingConfig(name="greedy", temperature=0.0, min_p=None, max_new_tokens=8)
     timed = []
-    history = chat(smol_base, short, system="Be brief.", input_fn=lambda _: next(script, "/exit"),
-                   on_answer=timed.append)
+    history = chat(
+        smol_base, short, system="Be brief.", input_fn=lambda _: next(script, "/exit"), on_answer=timed.append
+    )
     out = capsys.readouterr().out
     notices = [line for line in out.splitlines() if line.startswith("(context:")]
     assert len(notices) == 2, out
@@ -375,8 +393,9 @@ def test_bench_chat_rows_time_the_chat_and_raw_generate_on_the_same_prompts(smol
     sampling = SamplingConfig(name="greedy", temperature=0.0, min_p=None, max_new_tokens=6)
     rows = chat_rows(smol_base, prompts, sampling, 3)
     assert [r["path"] for r in rows] == ["tunebench chat", "raw generate(static) + TextStreamer"]
-    assert all(r["answers"] == 2 and r["batch"] == 1 and 0 < r["new_tokens"] <= 12 and r["new_tokens_per_s"] > 0
-               for r in rows)
+    assert all(
+        r["answers"] == 2 and r["batch"] == 1 and 0 < r["new_tokens"] <= 12 and r["new_tokens_per_s"] > 0 for r in rows
+    )
     assert rows[0]["decode_path"] == "dynamic"  # CPU: what decode_path picks for chat there
     assert rows[0]["new_tokens"] == rows[1]["new_tokens"]  # greedy: the same answers either way
     assert capsys.readouterr().out == ""

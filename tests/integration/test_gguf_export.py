@@ -18,8 +18,7 @@ from tunebench.core.config import load_config
 from tunebench.core.errors import ExportError, ModelError
 from tunebench.core.io import sha256_file
 
-EVAL_ONLY_PPL = ["eval.lm_eval_tasks=[]", "eval.probe_files=[]", "eval.bootstrap_samples=400",
-                 "model.dtype=float32"]
+EVAL_ONLY_PPL = ["eval.lm_eval_tasks=[]", "eval.probe_files=[]", "eval.bootstrap_samples=400", "model.dtype=float32"]
 
 
 @pytest.fixture(scope="module")
@@ -47,10 +46,17 @@ def test_f16_gguf_gives_the_merged_models_logits(exported):
 
     run, _, _ = exported
     merged, tok, _, _ = merge_adapter(run, "float32")
-    back = AutoModelForCausalLM.from_pretrained(resolve_model(run / "export" / "model-f16.gguf").path,
-                                                dtype=torch.float32)
-    text = tok.apply_chat_template([{"role": "user", "content": "Write a haiku about the sea, ünïcødé 🙂"}],
-                                   tokenize=False, add_generation_prompt=True) + "Waves fold into foam"
+    back = AutoModelForCausalLM.from_pretrained(
+        resolve_model(run / "export" / "model-f16.gguf").path, dtype=torch.float32
+    )
+    text = (
+        tok.apply_chat_template(
+            [{"role": "user", "content": "Write a haiku about the sea, ünïcødé 🙂"}],
+            tokenize=False,
+            add_generation_prompt=True,
+        )
+        + "Waves fold into foam"
+    )
     ids = tok(text, return_tensors="pt").input_ids
     with torch.no_grad():
         want, got = merged(ids).logits, back(ids).logits
@@ -220,12 +226,28 @@ def test_llama3_rope_scaling_survives_the_round_trip(tiny_llama_dir, tmp_path):
 
     tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
     tok.chat_template = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
-    rope = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "low_freq_factor": 1.0,
-            "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=131072,
-                      rope_parameters=rope, tie_word_embeddings=True, bos_token_id=tok.bos_token_id,
-                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    rope = {
+        "rope_type": "llama3",
+        "rope_theta": 500000.0,
+        "factor": 32.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192,
+    }
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=131072,
+        rope_parameters=rope,
+        tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
     torch.manual_seed(1)
     model = LlamaForCausalLM(cfg).eval()
     meta = gguf_export.tokenizer_metadata(tok, cfg, resolve_model(tiny_llama_dir))

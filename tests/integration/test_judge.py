@@ -16,8 +16,10 @@ def judged(smol_adapter_run, tmp_path_factory):
     cache = tmp_path_factory.mktemp("judge-cache")
     mp = pytest.MonkeyPatch()
     mp.setenv("TUNEBENCH_CACHE", str(cache))
-    cfg = load_config("smoke", ["eval.judge.n=2", "eval.judge.answer_max_new_tokens=8",
-                                "eval.judge.max_new_tokens=8", "model.dtype=float32"])
+    cfg = load_config(
+        "smoke",
+        ["eval.judge.n=2", "eval.judge.answer_max_new_tokens=8", "eval.judge.max_new_tokens=8", "model.dtype=float32"],
+    )
     out = tmp_path_factory.mktemp("judge-out")
     res = run_judge(cfg, smol_adapter_run, smol_adapter_run / "adapter", out, progress=False)
     yield cfg, smol_adapter_run, out, res, cache

@@ -53,11 +53,18 @@ def test_special_tokens_sit_at_metas_ids(tok, meta):
     assert all(tok.convert_tokens_to_ids(n) == i for n, i in named.items() if n in names)
     # the reserved ones are numbered as the hub's Llama 3.1/3.2 tokenizer.json numbers them
     assert tok.convert_ids_to_tokens([128002, 128003, 128005, 128011, 128012, 128255]) == [
-        f"<|reserved_special_token_{i}|>" for i in (0, 1, 2, 3, 4, 247)]
-    assert (tok.bos_token, tok.eos_token, tok.pad_token) == ("<|begin_of_text|>", "<|eot_id|>",
-                                                             "<|finetune_right_pad_id|>")
+        f"<|reserved_special_token_{i}|>" for i in (0, 1, 2, 3, 4, 247)
+    ]
+    assert (tok.bos_token, tok.eos_token, tok.pad_token) == (
+        "<|begin_of_text|>",
+        "<|eot_id|>",
+        "<|finetune_right_pad_id|>",
+    )
     assert tok.convert_tokens_to_ids(["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]) == [
-        128006, 128007, 128009]
+        128006,
+        128007,
+        128009,
+    ]
 
 
 def test_llama31_mask_decodes_to_exactly_the_assistant_texts_plus_eot(tok, conversations):

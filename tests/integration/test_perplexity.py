@@ -28,8 +28,9 @@ def test_batched_perplexity_equals_direct_computation(smol_base, smol_adapter_ru
     cfg = load_config(smol_adapter_run / "config.yaml")
     encoded, _ = encoded_test_split(smol_adapter_run, smol_base.tokenizer, cfg)
     encoded = encoded[:6]
-    items, _ = score(smol_base.model, encoded, batch_tokens=600, pad_id=smol_base.tokenizer.pad_token_id,
-                     progress=False)
+    items, _ = score(
+        smol_base.model, encoded, batch_tokens=600, pad_id=smol_base.tokenizer.pad_token_id, progress=False
+    )
     assert [i["id"] for i in items] == [e.id for e in encoded]
     for e, item in zip(encoded, items, strict=True):
         nll, n = direct_nll(smol_base.model, e)
@@ -90,12 +91,16 @@ def test_merged_and_unmerged_adapter_agree(smol_source, smol_adapter_run):
     assert [i["num"] for i in items_m] == pytest.approx([i["num"] for i in items_u], rel=1e-4)
 
     torch.set_num_threads(1)  # see test_generation: decode steps on shared cores
-    prompts = [[{"role": "user", "content": "Continue the Fibonacci sequence: 1, 1, 2, 3, 5, 8,"}],
-               [{"role": "user", "content": "What is the capital of France?"}],
-               [{"role": "user", "content": "Name three colors."}]]
+    prompts = [
+        [{"role": "user", "content": "Continue the Fibonacci sequence: 1, 1, 2, 3, 5, 8,"}],
+        [{"role": "user", "content": "What is the capital of France?"}],
+        [{"role": "user", "content": "Name three colors."}],
+    ]
     greedy = SamplingConfig(name="greedy", temperature=0.0, min_p=None, max_new_tokens=16)
-    texts = [generate(m, prompts, greedy, seed=0, batch_size=3, progress=False, use_cache=False).texts
-             for m in (merged, unmerged)]
+    texts = [
+        generate(m, prompts, greedy, seed=0, batch_size=3, progress=False, use_cache=False).texts
+        for m in (merged, unmerged)
+    ]
     assert texts[0] == texts[1] and all(texts[0])
 
 

@@ -21,9 +21,20 @@ from e2e import PARSED_ONLY, ROOT, tunebench
 
 def test_smoke_run_writes_a_report_with_real_numbers(smoke_run):
     out, res, seconds = smoke_run
-    for rel in ("config.yaml", "data/data_report.md", "adapter/manifest.json", "adapter/adapter_model.safetensors",
-                "loss_curve.png", "eval/base/results.json", "eval/tuned/results.json", "eval/contamination.json",
-                "comparison.json", "report.md", "gate.json", "forest.png"):
+    for rel in (
+        "config.yaml",
+        "data/data_report.md",
+        "adapter/manifest.json",
+        "adapter/adapter_model.safetensors",
+        "loss_curve.png",
+        "eval/base/results.json",
+        "eval/tuned/results.json",
+        "eval/contamination.json",
+        "comparison.json",
+        "report.md",
+        "gate.json",
+        "forest.png",
+    ):
         assert (out / rel).exists(), rel
     assert f"report: {out / 'report.md'}" in res.stdout and "perplexity/test" in res.stdout  # headline printed
     comp = json.loads((out / "comparison.json").read_text())
@@ -33,8 +44,17 @@ def test_smoke_run_writes_a_report_with_real_numbers(smoke_run):
     assert any(m.startswith("lm_eval/tunebench_facts_mc/") for m in rows)
     assert "probes/default/seed/fibonacci/pass_rate" in rows and "probes/default/greedy/pass_rate" in rows
     report = (out / "report.md").read_text()
-    for section in ("## Headline", "## Perplexity", "## lm-eval tasks", "## Probes", "Fibonacci", "## Training",
-                    "## Data", "## Contamination", "## Environment"):
+    for section in (
+        "## Headline",
+        "## Perplexity",
+        "## lm-eval tasks",
+        "## Probes",
+        "Fibonacci",
+        "## Training",
+        "## Data",
+        "## Contamination",
+        "## Environment",
+    ):
         assert section in report, section
     manifest = json.loads((out / "adapter" / "manifest.json").read_text())
     assert manifest["backend"]["name"] == "unsloth"  # auto picks Unsloth: it imports and runs on CPU
@@ -98,8 +118,9 @@ def test_gate_exit_codes_follow_the_rules(smoke_run, tmp_path):
 def test_example_quality_tests_run_against_the_smoke_run(smoke_run):
     out, _, _ = smoke_run
     cmd = [sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider", str(ROOT / "tests/quality")]
-    res = subprocess.run([*cmd, f"--tunebench-run={out}", "--tunebench-require"], capture_output=True, text=True,
-                         timeout=600, cwd=ROOT)
+    res = subprocess.run(
+        [*cmd, f"--tunebench-run={out}", "--tunebench-require"], capture_output=True, text=True, timeout=600, cwd=ROOT
+    )
     # Perplexity concludes on smoke's conversations; every other test decides as the gate does and fails when
     # its interval cannot exclude the regression (12 lm-eval documents, one sample per probe).
     example = "tests/quality/test_quality.py::"
@@ -108,8 +129,10 @@ def test_example_quality_tests_run_against_the_smoke_run(smoke_run):
     for name in ("test_perplexity_significantly_lower_after_tuning", "test_perplexity_at_most_5_percent_worse"):
         assert f"PASSED {example}{name}" in summary, res.stdout[-3000:]
     gate = json.loads((out / "gate.json").read_text())["status"]
-    assert any(line.startswith(f"{'PASSED' if gate == 'pass' else 'FAILED'} {example}test_release_gate_passes")
-               for line in summary), res.stdout[-3000:]
+    assert any(
+        line.startswith(f"{'PASSED' if gate == 'pass' else 'FAILED'} {example}test_release_gate_passes")
+        for line in summary
+    ), res.stdout[-3000:]
     assert res.returncode == (1 if any(line.startswith("FAILED") for line in summary) else 0), res.stdout[-3000:]
     # As two words the run folder is refused: pytest would take it for a test path when it picks the rootdir.
     res = subprocess.run([*cmd, "--tunebench-run", str(out)], capture_output=True, text=True, timeout=600, cwd=ROOT)
@@ -124,6 +147,7 @@ def test_compare_builds_a_leaderboard(smoke_run, tmp_path):
 
 
 # ----------------------------------------------------------------------------- the --help examples, as written
+
 
 def test_every_help_example_runs_as_written(examples):
     done, cwd = examples
@@ -176,13 +200,24 @@ def test_chat_starts_quietly_and_lists_its_commands(examples):
 def interrupt_when(cwd, argv: list[str], ready, timeout=900, cache=None) -> tuple[int, str]:
     """Start `tunebench ARGV`, press Ctrl-C (SIGINT to its process group, as a terminal does) once ``ready(output)``
     holds, and return the exit code and everything it printed."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT),
-           **({"TUNEBENCH_CACHE": str(cache)} if cache else {})}  # a cold cache: warm ones finish before Ctrl-C
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONPATH": str(ROOT),
+        **({"TUNEBENCH_CACHE": str(cache)} if cache else {}),
+    }  # a cold cache: warm ones finish before Ctrl-C
     # as a terminal starts it: SIGINT at its default. A shell's background job (`cmd &`, as CI harnesses run) ignores
     # SIGINT, children inherit that, and Python then never raises KeyboardInterrupt: the run would finish as asked
-    p = subprocess.Popen([sys.executable, "-m", "tunebench", *argv], cwd=cwd, env=env, text=True,
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    p = subprocess.Popen(
+        [sys.executable, "-m", "tunebench", *argv],
+        cwd=cwd,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(p.stdout), daemon=True)
     reader.start()
@@ -214,8 +249,9 @@ def test_ctrl_c_in_eval_names_the_cached_answers_and_the_command_that_continues(
     out, _, _ = smoke_run
     run = tmp_path / "e"
     shutil.copytree(out, run, ignore=shutil.ignore_patterns("checkpoints"))
-    code, text = interrupt_when(tmp_path, ["eval", str(run)], lambda t: "perplexity/test =" in t,
-                                cache=tmp_path / "cache")
+    code, text = interrupt_when(
+        tmp_path, ["eval", str(run)], lambda t: "perplexity/test =" in t, cache=tmp_path / "cache"
+    )
     assert code == 130, text[-3000:]
     last = next((x for x in reversed(text.splitlines()) if x.startswith("interrupted: ")), text[-3000:])
     assert f"evaluation of {run} stopped before {run / 'eval'}" in last, last
@@ -230,8 +266,9 @@ def test_ctrl_c_in_a_run_names_the_finished_stages_and_the_command_that_continue
     stages = json.loads((run / "stages.json").read_text())
     del stages["eval_tuned"]
     (run / "stages.json").write_text(json.dumps(stages))
-    code, text = interrupt_when(ROOT, ["run", "smoke", "--out", str(run)], lambda t: "stage eval tuned" in t,
-                                cache=tmp_path / "cache")
+    code, text = interrupt_when(
+        ROOT, ["run", "smoke", "--out", str(run)], lambda t: "stage eval tuned" in t, cache=tmp_path / "cache"
+    )
     assert code == 130, text[-3000:]
     last = next((x for x in reversed(text.splitlines()) if x.startswith("interrupted: ")), text[-3000:])
     assert f"the finished stages ({', '.join(stages)}) are recorded in {run / 'stages.json'}" in last, last

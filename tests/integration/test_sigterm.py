@@ -30,9 +30,26 @@ def test_sigterm_during_an_evaluation_exits_130_and_keeps_nothing_half_written(s
     err = tmp_path / "stderr.txt"
     env = {**os.environ, "TUNEBENCH_CACHE": str(_own_cache(tmp_path)), "PYTHONUNBUFFERED": "1"}
     with err.open("wb") as f:
-        proc = subprocess.Popen([sys.executable, "-m", "tunebench", "eval", "--model", "packaged:smollm2-135m-instruct",
-                                 "--data-from", str(run), "--label", "sig", "--out", str(out)],
-                                stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tunebench",
+                "eval",
+                "--model",
+                "packaged:smollm2-135m-instruct",
+                "--data-from",
+                str(run),
+                "--label",
+                "sig",
+                "--out",
+                str(out),
+            ],
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and proc.poll() is None:

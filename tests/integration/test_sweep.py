@@ -27,21 +27,48 @@ lora.r: {type: categorical, choices: [4, 8]}
 lora.target_modules: {type: categorical, choices: [[q_proj, v_proj]]}
 train.lr: {type: float, low: 1.0e-4, high: 3.0e-3, log: true}
 """
-OVERRIDES = ["train.backend=hf", "data.max_train=16", "data.max_validation=3", "data.max_test=4",
-             "data.max_length=64", "train.batch_size=2", "train.grad_accum=1", "train.max_steps=1",
-             "train.eval_every=1", "train.save_every=0", "train.warmup_steps=0", "eval.bootstrap_samples=200",
-             "train.report_to=tensorboard"]
+OVERRIDES = [
+    "train.backend=hf",
+    "data.max_train=16",
+    "data.max_validation=3",
+    "data.max_test=4",
+    "data.max_length=64",
+    "train.batch_size=2",
+    "train.grad_accum=1",
+    "train.max_steps=1",
+    "train.eval_every=1",
+    "train.save_every=0",
+    "train.warmup_steps=0",
+    "eval.bootstrap_samples=200",
+    "train.report_to=tensorboard",
+]
 
 
 def sweep_args(tmp: Path, trials: int) -> list[str]:
-    return ["sweep", "smoke", "--trials", str(trials), "--space", str(tmp / "space.yaml"), "--out", str(tmp / "out"),
-            "--no-confirm", *OVERRIDES]
+    return [
+        "sweep",
+        "smoke",
+        "--trials",
+        str(trials),
+        "--space",
+        str(tmp / "space.yaml"),
+        "--out",
+        str(tmp / "out"),
+        "--no-confirm",
+        *OVERRIDES,
+    ]
 
 
 def spawn(tmp: Path, trials: int, threads: int | None = None) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
-    return subprocess.Popen([sys.executable, "-m", "tunebench", *sweep_args(tmp, trials)], cwd=ROOT, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    return subprocess.Popen(
+        [sys.executable, "-m", "tunebench", *sweep_args(tmp, trials)],
+        cwd=ROOT,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
 
 
 def states(out: Path) -> list[tuple[int, str, dict]]:
@@ -140,8 +167,14 @@ def test_the_same_command_resumes_to_three_finished_trials_and_reports(study):
     assert summary["chosen"]["config_line"].startswith("tunebench run smoke train.backend=hf")
     assert "lora.target_modules=q_proj,v_proj" in summary["chosen"]["config_line"]
     report = (out / "sweep.md").read_text()
-    for part in ("## Leaderboard", "Indistinguishable from the best: trials", "winner's curse", "## Parameter importances",
-                 "(chosen)", summary["chosen"]["config_line"]):
+    for part in (
+        "## Leaderboard",
+        "Indistinguishable from the best: trials",
+        "winner's curse",
+        "## Parameter importances",
+        "(chosen)",
+        summary["chosen"]["config_line"],
+    ):
         assert part in report, part
     assert (out / "history.png").stat().st_size > 1000 and "history.png" in report
     assert json.loads((out / "stages.json").read_text())["data"]  # one data stage for the whole study

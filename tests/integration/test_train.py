@@ -20,14 +20,33 @@ from tunebench.core.config import dump_yaml, load_config
 from tunebench.core.io import sha256_file
 from tunebench.train.trainer import RunExistsError, TrainingError, latest_checkpoint, train
 
-SMALL = ["data.max_train=16", "data.max_validation=4", "data.max_test=8", "data.max_length=128",
-         "train.batch_size=2", "train.grad_accum=1", "train.warmup_steps=0", "train.lr=1e-3",
-         "train.eval_every=0", "train.logging_steps=1"]
+SMALL = [
+    "data.max_train=16",
+    "data.max_validation=4",
+    "data.max_test=8",
+    "data.max_length=128",
+    "train.batch_size=2",
+    "train.grad_accum=1",
+    "train.warmup_steps=0",
+    "train.lr=1e-3",
+    "train.eval_every=0",
+    "train.logging_steps=1",
+]
 
 
 def tiny_cfg(model_dir, *extra):
-    return load_config("smoke", [f"model.ref={model_dir}", "train.backend=hf", "train.max_steps=6",
-                                 "train.save_every=2", "train.gradient_checkpointing=false", *SMALL, *extra])
+    return load_config(
+        "smoke",
+        [
+            f"model.ref={model_dir}",
+            "train.backend=hf",
+            "train.max_steps=6",
+            "train.save_every=2",
+            "train.gradient_checkpointing=false",
+            *SMALL,
+            *extra,
+        ],
+    )
 
 
 class Capture(TrainerCallback):
@@ -41,8 +60,9 @@ class Capture(TrainerCallback):
 
 
 def test_hf_backend_trains_lora_only_on_assistant_tokens(tmp_path, smol_source):
-    cfg = load_config("smoke", ["train.backend=hf", "train.max_steps=2", "train.save_every=0", *SMALL,
-                                "train.eval_every=1"])
+    cfg = load_config(
+        "smoke", ["train.backend=hf", "train.max_steps=2", "train.save_every=0", *SMALL, "train.eval_every=1"]
+    )
     cap = Capture()
     res = train(cfg, tmp_path / "run", extra_callbacks=[cap])
     m = res.manifest
@@ -80,13 +100,25 @@ def test_hf_backend_trains_lora_only_on_assistant_tokens(tmp_path, smol_source):
 
 def test_unsloth_backend_trains_in_its_own_process(tmp_path, smol_source):
     """Unsloth patches transformers at import, so it trains in a child process, as `tunebench run` does."""
-    cfg = load_config("smoke", ["train.backend=unsloth", "train.max_steps=2", "train.save_every=0",
-                                "train.gradient_checkpointing=true", *SMALL])
+    cfg = load_config(
+        "smoke",
+        [
+            "train.backend=unsloth",
+            "train.max_steps=2",
+            "train.save_every=0",
+            "train.gradient_checkpointing=true",
+            *SMALL,
+        ],
+    )
     (tmp_path / "cfg.yaml").write_text(dump_yaml(cfg))
     weights = os.path.join(smol_source.path, "model.safetensors")
     before = sha256_file(weights)
-    out = subprocess.run([sys.executable, "-m", "tunebench", "train", str(tmp_path / "cfg.yaml"), "--out",
-                          str(tmp_path / "run")], capture_output=True, text=True, timeout=1200)
+    out = subprocess.run(
+        [sys.executable, "-m", "tunebench", "train", str(tmp_path / "cfg.yaml"), "--out", str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     # Unsloth was imported before transformers (the template lookup and the checkpoint search come after it)
     assert "should be imported before" not in out.stderr + out.stdout
@@ -153,8 +185,10 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_reproduces_the_curve(tmp_path, tin
     # same seed, same data order, restored RNG and optimizer state: the curve matches to 1e-4 (stated tolerance)
     for a, b in zip(full, resumed["loss_history"], strict=True):
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-4), (a, b)
-    assert resumed["tokens_seen"] == train(tiny_cfg(tiny_llama_dir), tmp_path / "full", resume=True).manifest[
-        "tokens_seen"]
+    assert (
+        resumed["tokens_seen"]
+        == train(tiny_cfg(tiny_llama_dir), tmp_path / "full", resume=True).manifest["tokens_seen"]
+    )
 
 
 class PoisonAt(TrainerCallback):
@@ -215,17 +249,29 @@ def test_packed_rows_give_the_padded_loss_on_assistant_tokens_only(tmp_path, tin
     conversations, and no conversation attends to the one packed before it."""
     from tunebench.data.conversations import standardize
 
-    short = [r for r in packaged_raw.records[:2000] if standardize(r)[1] is None
-             and sum(len(t["value"]) for t in r["conversations"]) < 500][:10]
+    short = [
+        r
+        for r in packaged_raw.records[:2000]
+        if standardize(r)[1] is None and sum(len(t["value"]) for t in r["conversations"]) < 500
+    ][:10]
     src = tmp_path / "short.jsonl"
-    src.write_text("".join(json.dumps({"id": str(i), "conversations": r["conversations"]}) + "\n"
-                           for i, r in enumerate(short)))
-    args = ["train.max_steps=1", "train.save_every=0", "train.batch_size=16", "data.max_length=512",
-            f"data.source={src}", "data.max_validation=0", "data.max_test=0"]
+    src.write_text(
+        "".join(json.dumps({"id": str(i), "conversations": r["conversations"]}) + "\n" for i, r in enumerate(short))
+    )
+    args = [
+        "train.max_steps=1",
+        "train.save_every=0",
+        "train.batch_size=16",
+        "data.max_length=512",
+        f"data.source={src}",
+        "data.max_validation=0",
+        "data.max_test=0",
+    ]
     cap = Capture()
     padded = train(tiny_cfg(tiny_llama_dir, *args), tmp_path / "padded").manifest
-    packed = train(tiny_cfg(tiny_llama_dir, *args, "train.packing=true"), tmp_path / "packed",
-                   extra_callbacks=[cap]).manifest
+    packed = train(
+        tiny_cfg(tiny_llama_dir, *args, "train.packing=true"), tmp_path / "packed", extra_callbacks=[cap]
+    ).manifest
     assert packed["loss_history"][0]["loss"] == pytest.approx(padded["loss_history"][0]["loss"], abs=2e-4)
     assert packed["tokens_seen"] == padded["tokens_seen"]
     batch = cap.batch
@@ -300,6 +346,7 @@ def test_compile_blocks_false_turns_unsloth_block_compile_off_while_training_onl
             assert os.environ.get("UNSLOTH_BLOCK_COMPILE") == before
     with pytest.raises(BackendError, match="compile_blocks"):
         backend.training(TrainConfig(compile_blocks="auto"))
+
 
 def test_training_shows_one_bar_and_logs_to_the_run_folder(tmp_path, tiny_llama_dir, capfd):
     """The terminal gets the progress bar (loss and tokens/s as its postfix) and no {'loss': ...} dict lines: those

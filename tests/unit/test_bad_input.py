@@ -31,8 +31,12 @@ from tunebench.reports.compare import Comparison, compare
 
 
 def _conv(i: int, question: str | None = None) -> dict:
-    return {"conversations": [{"from": "human", "value": question or f"question {i}?"},
-                              {"from": "gpt", "value": f"answer {i}."}]}
+    return {
+        "conversations": [
+            {"from": "human", "value": question or f"question {i}?"},
+            {"from": "gpt", "value": f"answer {i}."},
+        ]
+    }
 
 
 def _jsonl_with_bad_lines(path: Path, n_good: int = 60) -> Path:
@@ -88,8 +92,11 @@ def test_a_damaged_data_report_names_the_field_and_the_data_command(tmp_path):
     data = tmp_path / "run" / "data"
     data.mkdir(parents=True)
     (data / "data_report.json").write_text(json.dumps({**synthetic.data_report(), "template": None}))
-    with pytest.raises(RunFileError, match=r"data_report.json: template must be an object, got null; re-run "
-                                           r"`tunebench data .*config.yaml --out"):
+    with pytest.raises(
+        RunFileError,
+        match=r"data_report.json: template must be an object, got null; re-run "
+        r"`tunebench data .*config.yaml --out",
+    ):
         read_report(data)
 
 
@@ -126,7 +133,7 @@ def broken_results(good_bytes: bytes) -> dict[str, tuple[bytes, str]]:
         "inputs-list": (_mutated(good, lambda d: d.update(inputs=[])), "inputs must be an object, got a list"),
         "metrics-null": (_mutated(good, lambda d: d.update(metrics=None)), "metrics must be a list, got null"),
         "metric-null": (_mutated(good, lambda d: d["metrics"].__setitem__(0, None)), "metrics[0] must be an object"),
-        "value-string": (_mutated(good, metric0(value="high")), "perplexity/test).value must be a number, got \"high\""),
+        "value-string": (_mutated(good, metric0(value="high")), 'perplexity/test).value must be a number, got "high"'),
         "value-missing": (_mutated(good, lambda d: d["metrics"][0].pop("value")), ".value is missing"),
         "direction-string": (_mutated(good, metric0(higher_is_better="yes")), "higher_is_better must be true or false"),
         "n-float": (_mutated(good, metric0(n=1.5)), ".n must be an integer, got 1.5"),
@@ -135,11 +142,19 @@ def broken_results(good_bytes: bytes) -> dict[str, tuple[bytes, str]]:
         "aggregate": (_mutated(good, metric0(aggregate="median")), "aggregate must be one of 'mean', 'exp_ratio'"),
         "details-list": (_mutated(good, metric0(details=[1])), ".details must be an object"),
         "items-null": (_mutated(good, lambda d: d.update(items=None)), "items must be an object, got null"),
-        "item-num-null": (_mutated(good, lambda d: d["items"][first_items][3].update(num=None)),
-                          f"items.{first_items}[3].num must be a number, got null"),
+        "item-num-null": (
+            _mutated(good, lambda d: d["items"][first_items][3].update(num=None)),
+            f"items.{first_items}[3].num must be a number, got null",
+        ),
         "item-id-missing": (_mutated(good, lambda d: d["items"][first_items][0].pop("id")), "[0].id is missing"),
-        "item-not-object": (_mutated(good, lambda d: d["items"][first_items].__setitem__(0, 7)), "[0] must be an object"),
-        "timings-string": (_mutated(good, lambda d: d["timings"].update(total_s="fast")), "timings.total_s must be a number"),
+        "item-not-object": (
+            _mutated(good, lambda d: d["items"][first_items].__setitem__(0, 7)),
+            "[0] must be an object",
+        ),
+        "timings-string": (
+            _mutated(good, lambda d: d["timings"].update(total_s="fast")),
+            "timings.total_s must be a number",
+        ),
         "artifacts-null": (_mutated(good, lambda d: d.update(artifacts=None)), "artifacts must be an object, got null"),
     }
 
@@ -186,8 +201,9 @@ def test_a_damaged_artifact_result_stops_the_report(tmp_path, capsys, good_run):
     path = run / "eval" / "gguf-q8_0" / "results.json"
     path.parent.mkdir()
     path.write_text("{", encoding="utf-8")
-    _one_paragraph_exit_2(["report", str(run)], capsys, str(path),
-                          f"--model {run}/export/model-q8_0.gguf --data-from {run}")
+    _one_paragraph_exit_2(
+        ["report", str(run)], capsys, str(path), f"--model {run}/export/model-q8_0.gguf --data-from {run}"
+    )
 
 
 def test_the_real_command_prints_one_paragraph(tmp_path, good_run):
@@ -199,11 +215,13 @@ def test_the_real_command_prints_one_paragraph(tmp_path, good_run):
     path = run / "eval" / "tuned" / "results.json"
     good = json.loads(path.read_text(encoding="utf-8"))
     for command, data, needle in (
-            ("report", b'{"schema": "tunebench.res', "not valid JSON"),
-            ("gate", _mutated(good, lambda d: d["metrics"][0].update(value="high")), ".value must be a number")):
+        ("report", b'{"schema": "tunebench.res', "not valid JSON"),
+        ("gate", _mutated(good, lambda d: d["metrics"][0].update(value="high")), ".value must be a number"),
+    ):
         path.write_bytes(data)
-        p = subprocess.run([sys.executable, "-m", "tunebench", command, str(run)], capture_output=True, text=True,
-                           timeout=120)
+        p = subprocess.run(
+            [sys.executable, "-m", "tunebench", command, str(run)], capture_output=True, text=True, timeout=120
+        )
         assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
         assert str(path) in p.stderr and needle in p.stderr and "tunebench eval" in p.stderr
 
@@ -216,9 +234,11 @@ def test_comparison_file_is_checked_field_by_field(tmp_path):
     path = tmp_path / "comparison.json"
     path.write_text(json.dumps(comp), encoding="utf-8")
     assert Comparison.load(path).to_dict() == comp
-    for change, needle in ((lambda d: d["rows"][0].update(delta="-0.3"), "rows[0] (perplexity/test).delta must be"),
-                           (lambda d: d.update(rows=None), "rows must be a list, got null"),
-                           (lambda d: d.update(alpha=None), "alpha must be a number, got null")):
+    for change, needle in (
+        (lambda d: d["rows"][0].update(delta="-0.3"), "rows[0] (perplexity/test).delta must be"),
+        (lambda d: d.update(rows=None), "rows must be a list, got null"),
+        (lambda d: d.update(alpha=None), "alpha must be a number, got null"),
+    ):
         path.write_bytes(_mutated(comp, change))
         with pytest.raises(RunFileError, match=r"comparison.json: .*tunebench report") as e:
             Comparison.load(path)
@@ -234,8 +254,11 @@ def test_stages_file_and_the_outputs_it_skips_are_checked(tmp_path, good_run):
     run = tmp_path / "run"
     shutil.copytree(good_run, run)
     stages = run / "stages.json"
-    for data, needle in ((b'{"data": "ab', "not valid JSON"), (b'{"data": 3}', "data must be a string or an object, got 3"),
-                         (b"[]", "the top level must be an object")):
+    for data, needle in (
+        (b'{"data": "ab', "not valid JSON"),
+        (b'{"data": 3}', "data must be a string or an object, got 3"),
+        (b"[]", "the top level must be an object"),
+    ):
         stages.write_bytes(data)
         with pytest.raises(RunFileError, match=f"stages.json: .*{needle}.*delete .*stages.json"):
             Stages(run)
@@ -266,8 +289,12 @@ def test_gate_keeps_the_traceback_of_a_real_bug(monkeypatch, good_run):
 def test_a_binary_rules_file_is_invalid_input(tmp_path, capsys, good_run):
     rules = tmp_path / "rules.yaml"
     rules.write_bytes(bytes(range(256)))
-    _one_paragraph_exit_2(["gate", str(good_run), "--rules", str(rules), "--out", str(tmp_path / "g.json")], capsys,
-                          str(rules), "cannot be read as a YAML rules file")
+    _one_paragraph_exit_2(
+        ["gate", str(good_run), "--rules", str(rules), "--out", str(tmp_path / "g.json")],
+        capsys,
+        str(rules),
+        "cannot be read as a YAML rules file",
+    )
 
 
 def test_results_written_by_tunebench_read_back_unchanged():

@@ -67,4 +67,3 @@ def test_no_complete_checkpoint_refuses_resume_naming_each(tmp_path):
 def test_no_checkpoints_at_all_is_a_fresh_start(tmp_path):
     require_resumable(tmp_path / "checkpoints")  # pipeline.run always passes --resume: nothing to resume is fine
     assert latest_checkpoint(tmp_path / "checkpoints") is None
-

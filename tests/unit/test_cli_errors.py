@@ -48,26 +48,33 @@ def test_every_module_error_is_in_the_one_hierarchy():
             continue
         m = importlib.import_module(mod.name)
         for name, obj in vars(m).items():
-            if (inspect.isclass(obj) and issubclass(obj, Exception) and obj.__module__ == m.__name__
-                    and not issubclass(obj, errors.TunebenchError)):
+            if (
+                inspect.isclass(obj)
+                and issubclass(obj, Exception)
+                and obj.__module__ == m.__name__
+                and not issubclass(obj, errors.TunebenchError)
+            ):
                 strays.append(f"{m.__name__}.{name}")
     assert not strays, f"error classes outside tunebench.core.errors' hierarchy: {strays}"
 
 
-@pytest.mark.parametrize("argv, needle", [
-    (["config", "smok"], "Did you mean 'smoke'?"),
-    (["config", "smoke", "train.lrr=1"], "did you mean 'train.lr'"),
-    (["data", "smoke", "data.source=/nonexistent.jsonl"], "no such file"),
-    (["data", "smoke", "model.ref=/nonexistent/x.gguf"], "no such GGUF file"),
-    (["chat", "--adapter", "/nonexistent"], "no such folder"),
-    (["gate", "/nonexistent-run"], "no such run folder"),
-    (["eval", "/nonexistent-run"], "not a tunebench run folder"),
-    (["compare", "/nonexistent-a", "/nonexistent-b"], "no such run folder"),
-    (["gate", "runs/x", "--rules", "/nonexistent-rules.yaml"], "rules"),
-    (["run", "smoke", "eval.judge.prompt_sets=[mtbenc]"], "did you mean 'mt_bench'"),
-    (["run", "smoke", "eval.judge.template=/nonexistent.jinja"], "does not exist"),
-    (["run", "smoke", "eval.judge.model=null"], "set exactly one of eval.judge.model"),
-])
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["config", "smok"], "Did you mean 'smoke'?"),
+        (["config", "smoke", "train.lrr=1"], "did you mean 'train.lr'"),
+        (["data", "smoke", "data.source=/nonexistent.jsonl"], "no such file"),
+        (["data", "smoke", "model.ref=/nonexistent/x.gguf"], "no such GGUF file"),
+        (["chat", "--adapter", "/nonexistent"], "no such folder"),
+        (["gate", "/nonexistent-run"], "no such run folder"),
+        (["eval", "/nonexistent-run"], "not a tunebench run folder"),
+        (["compare", "/nonexistent-a", "/nonexistent-b"], "no such run folder"),
+        (["gate", "runs/x", "--rules", "/nonexistent-rules.yaml"], "rules"),
+        (["run", "smoke", "eval.judge.prompt_sets=[mtbenc]"], "did you mean 'mt_bench'"),
+        (["run", "smoke", "eval.judge.template=/nonexistent.jinja"], "does not exist"),
+        (["run", "smoke", "eval.judge.model=null"], "set exactly one of eval.judge.model"),
+    ],
+)
 def test_bad_input_exits_2_with_one_paragraph(capsys, tmp_path, monkeypatch, argv, needle):
     monkeypatch.chdir(tmp_path)
     if argv[:2] == ["gate", "runs/x"]:
@@ -96,8 +103,21 @@ def test_report_rerenders_a_gpu_run_folder_on_a_cpu(tmp_path, capsys):
     gate, stored = (json.loads((d / "gate.json").read_text()) for d in (run, published))
     assert gate["status"] == stored["status"] == "inconclusive" and gate["counts"] == stored["counts"]
     # the same verdict on every rule (the rules file's path is this checkout's; the reason's wording is newer)
-    verdict = ("rule", "metric", "status", "base", "tuned", "delta", "ci_low", "ci_high", "p_value", "n", "items_needed")
-    assert [{k: r.get(k) for k in verdict} for r in gate["rows"]] == [{k: r.get(k) for k in verdict}
-                                                                     for r in stored["rows"]]
+    verdict = (
+        "rule",
+        "metric",
+        "status",
+        "base",
+        "tuned",
+        "delta",
+        "ci_low",
+        "ci_high",
+        "p_value",
+        "n",
+        "items_needed",
+    )
+    assert [{k: r.get(k) for k in verdict} for r in gate["rows"]] == [
+        {k: r.get(k) for k in verdict} for r in stored["rows"]
+    ]
     assert "report:" in capsys.readouterr().out
     assert cli.main(["report", str(tmp_path / "nothing")]) == 2

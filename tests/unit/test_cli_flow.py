@@ -51,6 +51,11 @@ def test_chat_help_shows_the_defaults(capsys):
     with pytest.raises(SystemExit):
         cli.main(["chat", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    for default in ("(default: packaged:smollm2-135m-instruct)", "(default: 1.5)", "(default: 0.1)", "(default: 256)",
-                    "(default: auto)"):
+    for default in (
+        "(default: packaged:smollm2-135m-instruct)",
+        "(default: 1.5)",
+        "(default: 0.1)",
+        "(default: 256)",
+        "(default: auto)",
+    ):
         assert default in text, default

@@ -1,4 +1,6 @@
-"""tunebench.reports.compare on synthetic base/tuned Results: verdicts, methods, refusals, JSON round-trip, leaderboard."""
+"""tunebench.reports.compare on synthetic base/tuned Results.
+
+Verdicts, methods, refusals, JSON round-trip, leaderboard."""
 
 from __future__ import annotations
 
@@ -48,7 +50,7 @@ def test_binary_items_use_mcnemar_and_samples_group_by_prompt(improved):
 def test_missing_items_fall_back_to_unpaired_normal_and_say_so(improved):
     em = improved.row("lm_eval/tunebench_arith_gen/exact_match")
     assert em.method.startswith("unpaired normal approximation")
-    se = 0.068 * 2 ** 0.5
+    se = 0.068 * 2**0.5
     assert (em.ci_low, em.ci_high) == pytest.approx((em.delta - 1.959964 * se, em.delta + 1.959964 * se), abs=1e-5)
 
 
@@ -68,8 +70,12 @@ def test_identical_results_change_nothing():
 def test_verdict_reads_higher_is_better_from_the_metric():
     def one(value_items, hib):
         res = Results(label="x", model={}, inputs={})
-        res.add(Metric(name="custom/score", value=sum(value_items) / len(value_items), higher_is_better=hib,
-                       n=len(value_items)), [{"id": str(k), "num": v, "den": 1} for k, v in enumerate(value_items)])
+        res.add(
+            Metric(
+                name="custom/score", value=sum(value_items) / len(value_items), higher_is_better=hib, n=len(value_items)
+            ),
+            [{"id": str(k), "num": v, "den": 1} for k, v in enumerate(value_items)],
+        )
         return res
 
     low, high = [0.1 * (k % 5) for k in range(50)], [0.1 * (k % 5) + 0.2 for k in range(50)]
@@ -77,12 +83,15 @@ def test_verdict_reads_higher_is_better_from_the_metric():
     assert compare(one(low, False), one(high, False)).row("custom/score").verdict == "regressed"
 
 
-@pytest.mark.parametrize(("key", "value"), [
-    ("test_tokens", "0000000000000000"),
-    ("template_sha", "llama-3.1-aaaa"),
-    ("probe_sets", {"default": "probes-v2"}),
-    ("sampling", {"greedy": {"temperature": 0.7}}),
-])
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("test_tokens", "0000000000000000"),
+        ("template_sha", "llama-3.1-aaaa"),
+        ("probe_sets", {"default": "probes-v2"}),
+        ("sampling", {"greedy": {"temperature": 0.7}}),
+    ],
+)
 def test_refuses_results_on_different_inputs(key, value):
     base, tuned = synthetic.make_pair("improved")
     tuned.inputs[key] = value
@@ -204,9 +213,11 @@ def test_benjamini_hochberg_matches_scipy_and_keeps_missing_p_values_out():
 def _subject_items(b_only: int, t_only: int, n: int = 100) -> tuple[list[dict], list[dict]]:
     """n paired documents of which b_only pass on base alone and t_only on tuned alone (the rest agree)."""
     base = [1] * b_only + [0] * t_only + [k % 2 for k in range(n - b_only - t_only)]
-    tuned = [0] * b_only + [1] * t_only + base[b_only + t_only:]
-    return ([{"id": str(k), "num": v, "den": 1} for k, v in enumerate(base)],
-            [{"id": str(k), "num": v, "den": 1} for k, v in enumerate(tuned)])
+    tuned = [0] * b_only + [1] * t_only + base[b_only + t_only :]
+    return (
+        [{"id": str(k), "num": v, "den": 1} for k, v in enumerate(base)],
+        [{"id": str(k), "num": v, "den": 1} for k, v in enumerate(tuned)],
+    )
 
 
 def _mmlu_like(subjects: dict[str, tuple[int, int]]) -> tuple[Results, Results]:
@@ -215,12 +226,28 @@ def _mmlu_like(subjects: dict[str, tuple[int, int]]) -> tuple[Results, Results]:
     pooled: list[list[dict]] = [[], []]
     for subject, (b, c) in subjects.items():
         for k, items in enumerate(_subject_items(b, c)):
-            sides[k].add(Metric(name=f"lm_eval/mmlu/{subject}/acc", value=sum(i["num"] for i in items) / len(items),
-                                higher_is_better=True, n=len(items), group="lm_eval"), items)
+            sides[k].add(
+                Metric(
+                    name=f"lm_eval/mmlu/{subject}/acc",
+                    value=sum(i["num"] for i in items) / len(items),
+                    higher_is_better=True,
+                    n=len(items),
+                    group="lm_eval",
+                ),
+                items,
+            )
             pooled[k] += [{**i, "id": f"{subject}/{i['id']}"} for i in items]
     for side, items in zip(sides, pooled, strict=True):
-        side.add(Metric(name="lm_eval/mmlu/acc", value=sum(i["num"] for i in items) / len(items),
-                        higher_is_better=True, n=len(items), group="lm_eval"), items)
+        side.add(
+            Metric(
+                name="lm_eval/mmlu/acc",
+                value=sum(i["num"] for i in items) / len(items),
+                higher_is_better=True,
+                n=len(items),
+                group="lm_eval",
+            ),
+            items,
+        )
     return sides[0], sides[1]
 
 

@@ -39,22 +39,68 @@ GPU = Machine(cuda=True, bf16=True, world_size=1, unsloth_installed=True)
 CPU = Machine(cuda=False, bf16=False, world_size=1, unsloth_installed=True)
 
 
-@pytest.mark.parametrize("machine, expected", [
-    (GPU, {"model.dtype": "bfloat16", "model.load_in_4bit": "on", "train.optimizer": "adamw_8bit",
-           "train.backend": "unsloth", "train.padding_free": False, "train.compile_blocks": False}),
-    (CPU, {"model.dtype": "float32", "model.load_in_4bit": "off", "train.optimizer": "adamw_torch",
-           "train.backend": "unsloth", "train.padding_free": False, "train.compile_blocks": False}),
-    (Machine(cuda=True, bf16=False, world_size=2, unsloth_installed=True),
-     {"model.dtype": "float16", "model.load_in_4bit": "on", "train.optimizer": "adamw_8bit", "train.backend": "hf",
-      "train.padding_free": False, "train.compile_blocks": False}),
-    (Machine(cuda=False, bf16=False, world_size=1, unsloth_installed=False),
-     {"model.dtype": "float32", "model.load_in_4bit": "off", "train.optimizer": "adamw_torch", "train.backend": "hf",
-      "train.padding_free": False, "train.compile_blocks": False}),
-])
+@pytest.mark.parametrize(
+    "machine, expected",
+    [
+        (
+            GPU,
+            {
+                "model.dtype": "bfloat16",
+                "model.load_in_4bit": "on",
+                "train.optimizer": "adamw_8bit",
+                "train.backend": "unsloth",
+                "train.padding_free": False,
+                "train.compile_blocks": False,
+            },
+        ),
+        (
+            CPU,
+            {
+                "model.dtype": "float32",
+                "model.load_in_4bit": "off",
+                "train.optimizer": "adamw_torch",
+                "train.backend": "unsloth",
+                "train.padding_free": False,
+                "train.compile_blocks": False,
+            },
+        ),
+        (
+            Machine(cuda=True, bf16=False, world_size=2, unsloth_installed=True),
+            {
+                "model.dtype": "float16",
+                "model.load_in_4bit": "on",
+                "train.optimizer": "adamw_8bit",
+                "train.backend": "hf",
+                "train.padding_free": False,
+                "train.compile_blocks": False,
+            },
+        ),
+        (
+            Machine(cuda=False, bf16=False, world_size=1, unsloth_installed=False),
+            {
+                "model.dtype": "float32",
+                "model.load_in_4bit": "off",
+                "train.optimizer": "adamw_torch",
+                "train.backend": "hf",
+                "train.padding_free": False,
+                "train.compile_blocks": False,
+            },
+        ),
+    ],
+)
 def test_auto_is_resolved_once_with_reasons(machine, expected):
-    cfg = load_config("smoke", ["model.dtype=auto", "model.load_in_4bit=auto", "train.optimizer=auto",
-                                "train.backend=auto", "train.padding_free=auto", "train.compile_blocks=auto"],
-                      machine=machine)
+    cfg = load_config(
+        "smoke",
+        [
+            "model.dtype=auto",
+            "model.load_in_4bit=auto",
+            "train.optimizer=auto",
+            "train.backend=auto",
+            "train.padding_free=auto",
+            "train.compile_blocks=auto",
+        ],
+        machine=machine,
+    )
     got = {k: getattr(getattr(cfg, k.split(".")[0]), k.split(".")[1]) for k in expected}
     assert got == expected
     assert set(cfg.resolution) == set(expected) and all(cfg.resolution.values())
@@ -66,6 +112,7 @@ def test_auto_is_resolved_once_with_reasons(machine, expected):
 
 def test_padding_free_auto_pads_on_both_backends():
     """auto = padded batches (measured faster than Unsloth's padding-free default); explicit values stay."""
+
     def pf(*extra):
         cfg = load_config("smoke", list(extra), machine=GPU)
         return cfg.train.padding_free, "train.padding_free" in cfg.resolution
@@ -112,7 +159,13 @@ def test_llama_presets_carry_the_notebook_settings():
         assert cfg.lora.target_modules == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
         t = cfg.train
         assert (t.batch_size, t.grad_accum, t.warmup_steps, t.lr, t.optimizer) == (2, 4, 5, 2e-4, "adamw_8bit")
-        assert (t.weight_decay, t.scheduler, t.seed, t.max_steps, cfg.data.max_length) == (0.01, "linear", 3407, 60, 2048)
+        assert (t.weight_decay, t.scheduler, t.seed, t.max_steps, cfg.data.max_length) == (
+            0.01,
+            "linear",
+            3407,
+            60,
+            2048,
+        )
         assert cfg.model.chat_template == "llama-3.1"
 
 
@@ -124,8 +177,17 @@ def test_each_preset_file_starts_with_the_command_that_runs_it():
 
 
 def test_dotted_overrides_are_typed():
-    cfg = load_config("smoke", ["train.lr=1e-4", "lora.r=32", "train.backend=hf", "data.max_test=null",
-                                "lora.target_modules=q_proj,v_proj", "model.trust_remote_code=false"])
+    cfg = load_config(
+        "smoke",
+        [
+            "train.lr=1e-4",
+            "lora.r=32",
+            "train.backend=hf",
+            "data.max_test=null",
+            "lora.target_modules=q_proj,v_proj",
+            "model.trust_remote_code=false",
+        ],
+    )
     assert cfg.train.lr == 1e-4 and isinstance(cfg.train.lr, float)
     assert cfg.lora.r == 32 and cfg.train.backend == "hf" and cfg.data.max_test is None
     assert cfg.lora.target_modules == ["q_proj", "v_proj"]
@@ -173,8 +235,17 @@ def test_sampling_entries_are_validated():
 def test_every_field_has_a_docstring():
     from tunebench.core import config as c
 
-    for cls in (c.ModelConfig, c.DataConfig, c.LoraConfig, c.TrainConfig, c.SamplingConfig, c.EvalConfig,
-                c.ReportConfig, c.GateConfig, c.RunConfig):
+    for cls in (
+        c.ModelConfig,
+        c.DataConfig,
+        c.LoraConfig,
+        c.TrainConfig,
+        c.SamplingConfig,
+        c.EvalConfig,
+        c.ReportConfig,
+        c.GateConfig,
+        c.RunConfig,
+    ):
         docs = field_docs(cls)
         missing = [f for f in cls.__dataclass_fields__ if f not in docs]
         assert not missing, f"{cls.__name__} fields without a docstring: {missing}"

@@ -7,8 +7,10 @@ import pytest
 from tunebench.evals import contamination as contam
 from tunebench.evals.contamination import MIN_SHINGLE_WORDS, contamination, conversation_text, words
 
-ITEM = ("The lighthouse keeper counted forty seven ships passing the northern rocks during the long "
-        "winter storm of that unusual year")  # 20 words: 8 13-grams
+ITEM = (
+    "The lighthouse keeper counted forty seven ships passing the northern rocks during the long "
+    "winter storm of that unusual year"
+)  # 20 words: 8 13-grams
 FILLER = "Lorem ipsum dolor sit amet and other unrelated words about cooking pasta at home. " * 3
 
 
@@ -17,7 +19,11 @@ def test_words_lowercase_and_strip_punctuation():
 
 
 def test_conversation_text_joins_turn_contents():
-    msgs = [{"role": "user", "content": "Hi there"}, {"from": "gpt", "value": "Hello!"}, {"role": "user", "content": ""}]
+    msgs = [
+        {"role": "user", "content": "Hi there"},
+        {"from": "gpt", "value": "Hello!"},
+        {"role": "user", "content": ""},
+    ]
     assert conversation_text(msgs) == "Hi there\nHello!"
 
 
@@ -50,12 +56,19 @@ def test_paraphrase_without_a_shared_13_gram_is_not_flagged():
 
 def test_share_and_worst_ordering():
     w = words(ITEM)
-    other = ("A small red bicycle leaned against the bakery wall while two children argued about "
-             "the price of warm bread rolls")
+    other = (
+        "A small red bicycle leaned against the bakery wall while two children argued about "
+        "the price of warm bread rolls"
+    )
     ow = words(other)
     train = [" ".join(w[:14]), " ".join(ow)]  # ITEM: 2 of its 8 n-grams; other: all of them
-    items = [("item", ITEM), ("other", other), ("clean", "completely different text " * 5),
-             ("tiny", "too short"), ("clean2", "yet another unrelated sentence about rivers " * 3)]
+    items = [
+        ("item", ITEM),
+        ("other", other),
+        ("clean", "completely different text " * 5),
+        ("tiny", "too short"),
+        ("clean2", "yet another unrelated sentence about rivers " * 3),
+    ]
     s = contamination(train, {"set": items}, worst=1)["sets"]["set"]
     assert s["items"] == 5 and s["checked"] == 4 and s["too_short"] == 1 and s["too_short_ids"] == ["tiny"]
     assert s["contaminated"] == 2 and s["share"] == pytest.approx(0.5)

@@ -7,9 +7,16 @@ import pytest
 torch = pytest.importorskip("torch")
 
 
-@pytest.mark.parametrize("temperature, top_p, min_p", [
-    (1.5, None, 0.1), (0.7, 0.9, None), (1.0, 0.5, 0.2), (1.3, None, None), (2.0, 0.95, 0.05),
-])
+@pytest.mark.parametrize(
+    "temperature, top_p, min_p",
+    [
+        (1.5, None, 0.1),
+        (0.7, 0.9, None),
+        (1.0, 0.5, 0.2),
+        (1.3, None, None),
+        (2.0, 0.95, 0.05),
+    ],
+)
 def test_processed_scores_equal_transformers_warpers(temperature, top_p, min_p):
     """Temperature, top-p and min-p as transformers applies them in generate (that order, min_tokens_to_keep=1)."""
     from transformers import LogitsProcessorList, MinPLogitsWarper, TemperatureLogitsWarper, TopPLogitsWarper
@@ -51,11 +58,18 @@ def test_models_the_loop_does_not_take():
 
     from tunebench.evals.decoding import unsupported_reason
 
-    small = {"vocab_size": 64, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
-             "num_attention_heads": 2, "num_key_value_heads": 1}
+    small = {
+        "vocab_size": 64,
+        "hidden_size": 16,
+        "intermediate_size": 32,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+    }
     assert unsupported_reason(LlamaForCausalLM(LlamaConfig(**small, attn_implementation="sdpa"))) is None
-    assert "attention 'eager'" in unsupported_reason(LlamaForCausalLM(LlamaConfig(**small,
-                                                                                 attn_implementation="eager")))
+    assert "attention 'eager'" in unsupported_reason(
+        LlamaForCausalLM(LlamaConfig(**small, attn_implementation="eager"))
+    )
     mistral = MistralForCausalLM(MistralConfig(**small, sliding_window=8, attn_implementation="sdpa"))
     assert "sliding-window" in unsupported_reason(mistral)
     assert unsupported_reason(object()) == "not a transformers generation model"
@@ -93,14 +107,23 @@ def test_decoder_restores_the_models_attention_and_agrees_without_grouping():
     from tunebench.evals.decoding import StaticDecoder
 
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                         num_attention_heads=4, num_key_value_heads=2,
-                                         attn_implementation="sdpa")).eval()
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=96,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            attn_implementation="sdpa",
+        )
+    ).eval()
     ids = torch.randint(3, 96, (3, 9))
     mask = torch.ones_like(ids)
     mask[1, :4] = 0  # left padding
-    out = {grouped: StaticDecoder(model, 3, 9, 12, [0], 1, grouped=grouped)(ids, mask, seed=0)
-           for grouped in (True, False)}
+    out = {
+        grouped: StaticDecoder(model, 3, 9, 12, [0], 1, grouped=grouped)(ids, mask, seed=0) for grouped in (True, False)
+    }
     assert torch.equal(out[True], out[False])
     assert model.config._attn_implementation == "sdpa"
 
@@ -114,8 +137,14 @@ def test_decode_path_rules(caplog):
 
     from tunebench.evals.generation import STATIC_MIN_STEPS, decode_path
 
-    small = {"vocab_size": 64, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
-             "num_attention_heads": 2, "num_key_value_heads": 1}
+    small = {
+        "vocab_size": 64,
+        "hidden_size": 16,
+        "intermediate_size": 32,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+    }
     sdpa = SimpleNamespace(model=LlamaForCausalLM(LlamaConfig(**small, attn_implementation="sdpa")), device="cpu")
     eager = SimpleNamespace(model=LlamaForCausalLM(LlamaConfig(**small, attn_implementation="eager")), device="cpu")
     assert decode_path(sdpa, "auto", 10 * STATIC_MIN_STEPS) == "dynamic"  # CPU

@@ -145,7 +145,9 @@ def test_vllm_is_refused_for_a_gguf_base_and_when_not_installed(tmp_path, capsys
     from tunebench.app.cli import main
 
     packaged = _hub_run(tmp_path / "p")
-    (packaged / "adapter" / "manifest.json").write_text(json.dumps({"model": {"ref": "packaged:smollm2-135m-instruct"}}))
+    (packaged / "adapter" / "manifest.json").write_text(
+        json.dumps({"model": {"ref": "packaged:smollm2-135m-instruct"}})
+    )
     assert main(["serve", str(packaged), "--engine", "vllm"]) == 2  # the packaged base is a GGUF
     err = capsys.readouterr().err
     assert "packaged:smollm2-135m-instruct" in err and "--engine llama.cpp" in err and "Traceback" not in err, err
@@ -165,7 +167,8 @@ def test_await_models_tells_ready_from_exited_and_silent(tmp_path):
 
     port = free_port()
     script = tmp_path / "models.py"
-    script.write_text(textwrap.dedent(f"""
+    script.write_text(
+        textwrap.dedent(f"""
         import http.server, json
         class H(http.server.BaseHTTPRequestHandler):
             def do_GET(self):
@@ -176,7 +179,8 @@ def test_await_models_tells_ready_from_exited_and_silent(tmp_path):
             def log_message(self, *a):
                 pass
         http.server.HTTPServer(("127.0.0.1", {port}), H).serve_forever()
-    """))
+    """)
+    )
     server = subprocess.Popen([sys.executable, str(script)])
     try:
         assert await_models(f"http://127.0.0.1:{port}", server, timeout=30) == "ready"

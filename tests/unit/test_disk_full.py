@@ -22,8 +22,12 @@ from tunebench.train.checkpoints import checkpoint_problem, checkpoints
 def _mount(where: Path, size: str) -> Path:
     where.mkdir(parents=True)
     try:
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
-                              capture_output=True, text=True, timeout=30)
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
     except (OSError, subprocess.TimeoutExpired) as e:
         pytest.skip(f"cannot mount a tmpfs here ({e}): needs root or CAP_SYS_ADMIN")
     if done.returncode != 0:
@@ -82,9 +86,24 @@ def test_checkpoint_save_on_a_full_disk_exits_2_and_keeps_the_previous_checkpoin
     fs = _mount(tmp_path / "fs", "100m")
     try:
         run = fs / "run"
-        code = main(["train", "smoke", "train.backend=hf", "train.max_steps=2", "train.save_every=1",
-                     "train.eval_every=0", "data.max_train=8", "data.max_validation=2", "data.max_test=2",
-                     "data.max_length=96", "train.batch_size=2", "train.warmup_steps=0", "--out", str(run)])
+        code = main(
+            [
+                "train",
+                "smoke",
+                "train.backend=hf",
+                "train.max_steps=2",
+                "train.save_every=1",
+                "train.eval_every=0",
+                "data.max_train=8",
+                "data.max_validation=2",
+                "data.max_test=2",
+                "data.max_length=96",
+                "train.batch_size=2",
+                "train.warmup_steps=0",
+                "--out",
+                str(run),
+            ]
+        )
         err = capsys.readouterr().err
         assert code == 2, err[-3000:]
         assert "disk is full" in err and "checkpoint-2" in err and "Traceback" not in err, err[-3000:]

@@ -22,9 +22,18 @@ from tunebench.evals.contamination import MIN_SHINGLE_WORDS
 
 
 def test_trl_and_peft_names_read_as_ours_and_say_so_once(caplog):
-    names = ["train.learning_rate=1e-4", "train.per_device_train_batch_size=3",
-             "train.gradient_accumulation_steps=2", "train.num_train_epochs=2", "lora.lora_alpha=8", "lora.rank=4",
-             "lora.lora_dropout=0.1", "train.max_seq_length=256", "warmup_steps=3", "weight_decay=0.1"]
+    names = [
+        "train.learning_rate=1e-4",
+        "train.per_device_train_batch_size=3",
+        "train.gradient_accumulation_steps=2",
+        "train.num_train_epochs=2",
+        "lora.lora_alpha=8",
+        "lora.rank=4",
+        "lora.lora_dropout=0.1",
+        "train.max_seq_length=256",
+        "warmup_steps=3",
+        "weight_decay=0.1",
+    ]
     with caplog.at_level(logging.INFO, logger="tunebench.core.config"):
         cfg = load_config("smoke", names)
         load_config("smoke", names)
@@ -33,7 +42,9 @@ def test_trl_and_peft_names_read_as_ours_and_say_so_once(caplog):
     assert (cfg.data.max_length, cfg.train.warmup_steps, cfg.train.weight_decay) == (256, 3, 0.1)
     lines = [r.getMessage() for r in caplog.records]
     assert lines.count("read train.learning_rate as train.lr") == 1
-    assert "read train.max_seq_length as data.max_length" in lines and "read warmup_steps as train.warmup_steps" in lines
+    assert (
+        "read train.max_seq_length as data.max_length" in lines and "read warmup_steps as train.warmup_steps" in lines
+    )
     assert load_config("smoke", ["learning_rate=3e-4"]).train.lr == 3e-4  # TRL's bare command-line name
 
 
@@ -43,18 +54,23 @@ def test_aliases_in_a_preset_file_and_a_clash_names_the_file(tmp_path):
     cfg = load_config(p)
     assert cfg.train.lr == 5e-5 and cfg.lora.alpha == 64
     p.write_text("train:\n  learning_rate: 5.0e-5\n  lr: 1.0e-4\n")
-    with pytest.raises(ConfigError, match=r"mine.yaml: train.learning_rate and train.lr set the same field \(train.lr\)"):
+    with pytest.raises(
+        ConfigError, match=r"mine.yaml: train.learning_rate and train.lr set the same field \(train.lr\)"
+    ):
         load_config(p)
 
 
-@pytest.mark.parametrize("override, right, wrong", [
-    ("train.learing_rate=1", "'train.lr'", "padding_free"),
-    ("train.gradient_acumulation_steps=2", "'train.grad_accum'", "gradient_checkpointing"),
-    ("train.per_device_batch_size=2", "'train.batch_size'", None),
-    ("train.lora_alpha=8", "'lora.alpha'", None),
-    ("lora.ranks=8", "'lora.r'", None),
-    ("train.lrr=1", "'train.lr'", None),
-])
+@pytest.mark.parametrize(
+    "override, right, wrong",
+    [
+        ("train.learing_rate=1", "'train.lr'", "padding_free"),
+        ("train.gradient_acumulation_steps=2", "'train.grad_accum'", "gradient_checkpointing"),
+        ("train.per_device_batch_size=2", "'train.batch_size'", None),
+        ("train.lora_alpha=8", "'lora.alpha'", None),
+        ("lora.ranks=8", "'lora.r'", None),
+        ("train.lrr=1", "'train.lr'", None),
+    ],
+)
 def test_did_you_mean_knows_the_aliases_and_compares_key_names(override, right, wrong):
     with pytest.raises(ConfigError) as e:
         load_config("smoke", [override])
@@ -77,19 +93,22 @@ def test_an_error_says_whether_the_command_line_or_which_file_set_the_key(tmp_pa
 # ----------------------------------------------------------------------------- before any model loads
 
 
-@pytest.mark.parametrize("override, needle", [
-    ("eval.lm_eval_tasks=arc_eassy", "did you mean 'arc_easy'"),
-    ("eval.probe_files=defualt", "eval.probe_files: unknown probe set 'defualt' (did you mean 'default'?)"),
-    ("eval.contamination_ngram=5", f"below {MIN_SHINGLE_WORDS}"),
-    ("eval.perplexity=false", "needs metric 'perplexity/test', which this config never produces"),
-    ("gate.rules=/nonexistent-rules.yaml", "rules file '/nonexistent-rules.yaml' not found"),
-    ("train.learing_rate=1", "did you mean 'train.lr'"),
-    ("train.batch_size=two", "not an integer"),
-    ("train.backend=unslot", "did you mean 'unsloth'"),
-    ("data.test_fraction=1.5", "[0, 1)"),
-    ("lora.rank=0", "lora.r: 0 must be >= 1"),
-    ("eval.probe_sampling=[{name: a, temperature: -1}]", "temperature"),
-])
+@pytest.mark.parametrize(
+    "override, needle",
+    [
+        ("eval.lm_eval_tasks=arc_eassy", "did you mean 'arc_easy'"),
+        ("eval.probe_files=defualt", "eval.probe_files: unknown probe set 'defualt' (did you mean 'default'?)"),
+        ("eval.contamination_ngram=5", f"below {MIN_SHINGLE_WORDS}"),
+        ("eval.perplexity=false", "needs metric 'perplexity/test', which this config never produces"),
+        ("gate.rules=/nonexistent-rules.yaml", "rules file '/nonexistent-rules.yaml' not found"),
+        ("train.learing_rate=1", "did you mean 'train.lr'"),
+        ("train.batch_size=two", "not an integer"),
+        ("train.backend=unslot", "did you mean 'unsloth'"),
+        ("data.test_fraction=1.5", "[0, 1)"),
+        ("lora.rank=0", "lora.r: 0 must be >= 1"),
+        ("eval.probe_sampling=[{name: a, temperature: -1}]", "temperature"),
+    ],
+)
 def test_bad_config_values_exit_2_at_config_time_without_a_traceback(capsys, override, needle):
     assert cli.main(["config", "smoke", override]) == 2
     out, err = capsys.readouterr()
@@ -110,16 +129,19 @@ def _rules(tmp_path, metric, **extra):
     return str(p)
 
 
-@pytest.mark.parametrize("metric, tasks, ok", [
-    ("lm_eval/arc_easy/acc", "[tunebench_facts_mc]", False),  # a task not configured
-    ("lm_eval/tunebench_facts_mc/acc", "[tunebench_facts_mc]", True),
-    ("lm_eval/tunebench/acc", "[tunebench]", True),  # a group's pooled metric
-    ("lm_eval/tunebench/tunebench_facts_mc/acc", "[tunebench]", True),  # a group member
-    ("lm_eval/*/acc**", "[]", False),
-    ("probes/default/greedy/pass_rate", "[]", True),
-    ("probes/nosuchset/*/pass_rate", "[]", False),
-    ("perplexity/validation", "[]", False),
-])
+@pytest.mark.parametrize(
+    "metric, tasks, ok",
+    [
+        ("lm_eval/arc_easy/acc", "[tunebench_facts_mc]", False),  # a task not configured
+        ("lm_eval/tunebench_facts_mc/acc", "[tunebench_facts_mc]", True),
+        ("lm_eval/tunebench/acc", "[tunebench]", True),  # a group's pooled metric
+        ("lm_eval/tunebench/tunebench_facts_mc/acc", "[tunebench]", True),  # a group member
+        ("lm_eval/*/acc**", "[]", False),
+        ("probes/default/greedy/pass_rate", "[]", True),
+        ("probes/nosuchset/*/pass_rate", "[]", False),
+        ("perplexity/validation", "[]", False),
+    ],
+)
 def test_a_required_gate_rule_must_name_a_metric_the_config_produces(tmp_path, metric, tasks, ok):
     cfg = load_config("smoke", [f"eval.lm_eval_tasks={tasks}", f"gate.rules={_rules(tmp_path, metric)}"])
     if ok:
@@ -127,8 +149,9 @@ def test_a_required_gate_rule_must_name_a_metric_the_config_produces(tmp_path, m
     else:
         with pytest.raises(GateError, match=r"rules.yaml rule 1|rules.yaml line \d+"):
             preflight(cfg)
-    optional = load_config("smoke", [f"eval.lm_eval_tasks={tasks}",
-                                     f"gate.rules={_rules(tmp_path, metric, optional=True)}"])
+    optional = load_config(
+        "smoke", [f"eval.lm_eval_tasks={tasks}", f"gate.rules={_rules(tmp_path, metric, optional=True)}"]
+    )
     preflight(optional)  # an optional rule may name what is absent
 
 
@@ -153,12 +176,18 @@ def test_glob_matching_of_rules_against_metric_shapes():
 # ----------------------------------------------------------------------------- splits
 
 
-@pytest.mark.parametrize("sizes, eval_every, fragments", [
-    ({"train": 65, "validation": 0, "test": 0}, 0, ["test split: 0", "data.test_fraction"]),
-    ({"train": 199, "validation": 0, "test": 1}, 6, ["test split: 1", "validation split: empty",
-                                                     "train.eval_every=6", "data.validation_fraction"]),
-    ({"train": 400, "validation": 16, "test": 12}, 6, ["data.max_test (now 12)"]),
-])
+@pytest.mark.parametrize(
+    "sizes, eval_every, fragments",
+    [
+        ({"train": 65, "validation": 0, "test": 0}, 0, ["test split: 0", "data.test_fraction"]),
+        (
+            {"train": 199, "validation": 0, "test": 1},
+            6,
+            ["test split: 1", "validation split: empty", "train.eval_every=6", "data.validation_fraction"],
+        ),
+        ({"train": 400, "validation": 16, "test": 12}, 6, ["data.max_test (now 12)"]),
+    ],
+)
 def test_splits_too_small_say_which_setting_to_change(sizes, eval_every, fragments):
     cfg = DataConfig(max_test=12) if "data.max_test (now 12)" in fragments else DataConfig()
     text = " ".join(split_problems(sizes, cfg, eval_every))
@@ -169,9 +198,20 @@ def test_splits_too_small_say_which_setting_to_change(sizes, eval_every, fragmen
 
 def test_tunebench_data_warns_on_a_small_source_and_strict_refuses_it(tmp_path, capsys, caplog):
     src = tmp_path / "small.jsonl"
-    src.write_text("".join(json.dumps({"conversations": [{"from": "human", "value": f"question {i}?"},
-                                                         {"from": "gpt", "value": f"answer {i}."}]}) + "\n"
-                           for i in range(65)))
+    src.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "conversations": [
+                        {"from": "human", "value": f"question {i}?"},
+                        {"from": "gpt", "value": f"answer {i}."},
+                    ]
+                }
+            )
+            + "\n"
+            for i in range(65)
+        )
+    )
     args = ["data", "smoke", f"data.source={src}", "--out", str(tmp_path / "run")]
     with caplog.at_level(logging.WARNING):
         assert cli.main(args) == 0
@@ -190,8 +230,9 @@ def test_tunebench_data_warns_on_a_small_source_and_strict_refuses_it(tmp_path, 
 def _foreign_adapter(tmp_path, base):
     folder = tmp_path / "foreign"
     folder.mkdir(exist_ok=True)
-    (folder / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": base, "peft_type": "LORA",
-                                                            "r": 8, "target_modules": ["q_proj"]}))
+    (folder / "adapter_config.json").write_text(
+        json.dumps({"base_model_name_or_path": base, "peft_type": "LORA", "r": 8, "target_modules": ["q_proj"]})
+    )
     (folder / "adapter_model.safetensors").write_bytes(b"not loaded: refused before")
     return folder
 
@@ -204,12 +245,16 @@ def test_an_adapter_naming_another_base_is_refused_before_the_base_loads(tmp_pat
     assert "another base model" in err and "Traceback" not in err
 
 
-@pytest.mark.parametrize("base", [
-    "packaged:smollm2-135m-instruct", "HuggingFaceTB/SmolLM2-135M-Instruct",
-    "/somewhere/.cache/huggingface/hub/models--HuggingFaceTB--SmolLM2-135M-Instruct/snapshots/0123abc",
-    "/another/host/.cache/tunebench/gguf/{digest}",  # tunebench's dequantized copy, cached on another host
-    "{path}",  # this host's cache path of the same model (what adapters saved before)
-])
+@pytest.mark.parametrize(
+    "base",
+    [
+        "packaged:smollm2-135m-instruct",
+        "HuggingFaceTB/SmolLM2-135M-Instruct",
+        "/somewhere/.cache/huggingface/hub/models--HuggingFaceTB--SmolLM2-135M-Instruct/snapshots/0123abc",
+        "/another/host/.cache/tunebench/gguf/{digest}",  # tunebench's dequantized copy, cached on another host
+        "{path}",  # this host's cache path of the same model (what adapters saved before)
+    ],
+)
 def test_the_same_base_under_another_name_still_matches(tmp_path, smol_source, base):
     from tunebench.models.adapters import check_adapter
 
@@ -233,8 +278,10 @@ def test_the_model_card_holds_the_run_and_the_evaluation_replaces_an_earlier_one
     (tmp_path / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "/root/.cache/x/gguf/ab"}))
     m = {**synthetic.manifest(), "final_train_loss": 1.97}
     write_adapter_metadata(tmp_path, m)
-    assert json.loads((tmp_path / "adapter_config.json").read_text())["base_model_name_or_path"] == \
-        "packaged:smollm2-135m-instruct"
+    assert (
+        json.loads((tmp_path / "adapter_config.json").read_text())["base_model_name_or_path"]
+        == "packaged:smollm2-135m-instruct"
+    )
     card = (tmp_path / "README.md").read_text()
     assert re.search(r"\| final train loss +\| 1\.97 ", card) and re.search(r"\| train conversations +\| 400 ", card)
     append_evaluation(tmp_path, "| metric | base |\n|---|---|\n| perplexity/test | 9.1 |", "runs/x/report.md")

@@ -49,8 +49,9 @@ def wrong_type(t: typing.Any) -> str | None:
 
 KEYS = leaf_keys()
 TYPED = [(k, wrong_type(t)) for k, t in KEYS if wrong_type(t) is not None]
-NUMERIC = [k for k, t in KEYS if t in (int, float) or set(typing.get_args(t)) in ({int, type(None)},
-                                                                                 {float, type(None)})]
+NUMERIC = [
+    k for k, t in KEYS if t in (int, float) or set(typing.get_args(t)) in ({int, type(None)}, {float, type(None)})
+]
 
 
 def test_the_walk_covers_the_config():

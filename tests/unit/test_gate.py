@@ -80,9 +80,13 @@ def test_rules_that_match_nothing_are_inconclusive_exit_3(tmp_path):
 
 
 def test_skipped_rules_beside_a_judged_one_do_not_block_a_pass(comparisons):
-    verdict = evaluate_gate(comparisons["improved"], [
-        {"metric": "perplexity/test", "max_regression_rel": 0.05},
-        {"metric": "lm_eval/mmlu/acc", "max_regression": 0.05, "optional": True}])
+    verdict = evaluate_gate(
+        comparisons["improved"],
+        [
+            {"metric": "perplexity/test", "max_regression_rel": 0.05},
+            {"metric": "lm_eval/mmlu/acc", "max_regression": 0.05, "optional": True},
+        ],
+    )
     assert verdict.status == "pass" and verdict.reason is None
     assert [r.status for r in verdict.rows] == ["pass", "skipped"]
 
@@ -112,7 +116,10 @@ def test_bad_yaml_exits_2_with_file_and_line(tmp_path, capsys):
 
 
 def test_unknown_key_exits_2_with_line_and_suggestion(tmp_path, capsys):
-    rules = "rules:\n  - metric: perplexity/test\n    max_regression: 0\n  - metric: perplexity/test\n    max_regresion: 0\n"
+    rules = (
+        "rules:\n  - metric: perplexity/test\n    max_regression: 0\n"
+        "  - metric: perplexity/test\n    max_regresion: 0\n"
+    )
     code, _, _ = _run(tmp_path, rules=rules)
     assert code == 2
     err = capsys.readouterr().err
@@ -160,9 +167,19 @@ def _binary_comparison(base: list[int], tuned: list[int]):
     for label, passes in (("base", base), ("tuned", tuned)):
         res = Results(label=label, model={"base": {"ref": "m"}}, inputs={})
         items = [{"id": f"d{k}", "num": int(v), "den": 1} for k, v in enumerate(passes)]
-        res.add(Metric(name="lm_eval/t/acc", value=sum(passes) / len(passes), higher_is_better=True,
-                       n=len(passes), unit="documents", aggregate="mean", group="lm_eval", items="lm_eval/t/acc"),
-                items)
+        res.add(
+            Metric(
+                name="lm_eval/t/acc",
+                value=sum(passes) / len(passes),
+                higher_is_better=True,
+                n=len(passes),
+                unit="documents",
+                aggregate="mean",
+                group="lm_eval",
+                items="lm_eval/t/acc",
+            ),
+            items,
+        )
         sides.append(res)
     return compare(*sides, n_boot=200)
 
@@ -247,15 +264,18 @@ def test_glob_matches_within_segments_and_optional_skips(comparisons):
         evaluate_gate(same, [{"metric": "lm_eval/mmlu/acc", "max_regression": 0}])
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("[]", "non-empty list"),
-    ("- metric: a\n", "sets no threshold"),
-    ("- metric: a\n  max_regression: -1\n", "must be >= 0"),
-    ("- metric: a\n  max_regression: lots\n", "must be a number"),
-    ("- metric: a\n  max_regression: 0\n  optional: maybe\n", "true or false"),
-    ("- metric: a\n  max_regression: 0\n  direction: up\n", "'auto', 'higher' or 'lower'"),
-    ("- 42\n", "must be a mapping"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[]", "non-empty list"),
+        ("- metric: a\n", "sets no threshold"),
+        ("- metric: a\n  max_regression: -1\n", "must be >= 0"),
+        ("- metric: a\n  max_regression: lots\n", "must be a number"),
+        ("- metric: a\n  max_regression: 0\n  optional: maybe\n", "true or false"),
+        ("- metric: a\n  max_regression: 0\n  direction: up\n", "'auto', 'higher' or 'lower'"),
+        ("- 42\n", "must be a mapping"),
+    ],
+)
 def test_invalid_rules_are_rejected_with_location(text, message):
     with pytest.raises(GateError, match=message) as e:
         parse_rules(text, "r.yaml")

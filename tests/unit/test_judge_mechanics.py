@@ -23,17 +23,20 @@ from tunebench.reports.render import render_report
 NI_RULE = [{"metric": "judge/*/win_rate", "max_regression": 0.05}]
 
 
-@pytest.mark.parametrize("text, want", [
-    ("Assistant B is more helpful. [[B]]", "B"),
-    ('Format: "[[A]]" if A is better... After comparing, my verdict: [[C]]', "C"),
-    ("**[[A]]**", "A"),
-    ("Final verdict: [A]", "A"),
-    ("Verdict: B", "B"),
-    ("My final verdict is **A**", "A"),
-    ("[[Tie]]", "C"),
-    ("Both answers are fine.", None),
-    ("", None),
-])
+@pytest.mark.parametrize(
+    "text, want",
+    [
+        ("Assistant B is more helpful. [[B]]", "B"),
+        ('Format: "[[A]]" if A is better... After comparing, my verdict: [[C]]', "C"),
+        ("**[[A]]**", "A"),
+        ("Final verdict: [A]", "A"),
+        ("Verdict: B", "B"),
+        ("My final verdict is **A**", "A"),
+        ("[[Tie]]", "C"),
+        ("Both answers are fine.", None),
+        ("", None),
+    ],
+)
 def test_parse_verdict_reads_common_variants_and_never_invents_a_tie(text, want):
     assert jp.parse_verdict(text) == want
 
@@ -81,8 +84,14 @@ def test_position_biased_judge_gives_ties_and_zero_consistency():
 def test_mtbench_turn_two_uses_the_multi_turn_prompt_with_each_models_own_first_answer():
     item = jp.PromptItem("mt_bench/1", ["q1", "q2"], "writing")
     judge = PlantedJudge(["[[B]]", "[[A]]", "[[B]]", "[[A]]"])
-    js = jd.judge_set("mt", [item], jd.Answers([["b1", "b2"]], [[1, 1]]), jd.Answers([["t1", "t2"]], [[1, 1]]),
-                      judge, jp.mtbench_prompts())
+    js = jd.judge_set(
+        "mt",
+        [item],
+        jd.Answers([["b1", "b2"]], [[1, 1]]),
+        jd.Answers([["t1", "t2"]], [[1, 1]]),
+        judge,
+        jp.mtbench_prompts(),
+    )
     turn2 = judge.calls[0][2][-1]["content"]
     assert "q2" in turn2 and "b1" in turn2 and "t2" in turn2 and "Assistant A's Conversation" in turn2
     assert [r["judge_prompt"] for r in js.records] == ["pair-v2", "pair-v2-multi-turn"]
@@ -117,8 +126,11 @@ def test_unknown_prompt_set_suggests_a_name(tmp_path):
 
 def test_yaml_prompt_set(tmp_path):
     path = tmp_path / "mine.yaml"
-    path.write_text("name: mine\nprompts:\n  - {id: a, prompt: Hello}\n  - id: b\n    turns: [x, y]\n"
-                    "    category: c\n    reference: [rx, ry]\n", encoding="utf-8")
+    path.write_text(
+        "name: mine\nprompts:\n  - {id: a, prompt: Hello}\n  - id: b\n    turns: [x, y]\n"
+        "    category: c\n    reference: [rx, ry]\n",
+        encoding="utf-8",
+    )
     items = jp.load_prompt_set(str(path), tmp_path)
     assert [i.id for i in items] == ["mine/a", "mine/b"] and items[1].turns == ["x", "y"]
     assert items[1].reference == ["rx", "ry"] and jp.set_name(str(path)) == "mine"
@@ -156,10 +168,25 @@ def test_sanity_pairs_score_a_judge_that_always_says_a_at_half():
 
 
 def _records(scores, tokens=(10, 10)):
-    return [{"id": f"p{k}", "cluster": f"p{k}", "category": "general", "question": "q", "score": s,
-             "score_base_first": s, "score_tuned_first": s, "consistent": True, "base_answer": "b",
-             "tuned_answer": "t", "verdict_base_first": "A", "verdict_tuned_first": "A",
-             "base_tokens": tokens[0], "tuned_tokens": tokens[1]} for k, s in enumerate(scores)]
+    return [
+        {
+            "id": f"p{k}",
+            "cluster": f"p{k}",
+            "category": "general",
+            "question": "q",
+            "score": s,
+            "score_base_first": s,
+            "score_tuned_first": s,
+            "consistent": True,
+            "base_answer": "b",
+            "tuned_answer": "t",
+            "verdict_base_first": "A",
+            "verdict_tuned_first": "A",
+            "base_tokens": tokens[0],
+            "tuned_tokens": tokens[1],
+        }
+        for k, s in enumerate(scores)
+    ]
 
 
 def _judge_results(scores, unparsed=0, sanity_share=1.0, cfg=None):
@@ -243,9 +270,18 @@ def test_heldout_prompts_are_first_user_turns_of_the_test_split(tmp_path):
     from tunebench.data.conversations import Conversation
 
     (tmp_path / "data").mkdir()
-    convs = [Conversation("c1", [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"},
-                                 {"role": "assistant", "content": "hello"}, {"role": "user", "content": "more"}]),
-             Conversation("c2", [{"role": "user", "content": "second"}, {"role": "assistant", "content": "ok"}])]
+    convs = [
+        Conversation(
+            "c1",
+            [
+                {"role": "system", "content": "be brief"},
+                {"role": "user", "content": "hi"},
+                {"role": "assistant", "content": "hello"},
+                {"role": "user", "content": "more"},
+            ],
+        ),
+        Conversation("c2", [{"role": "user", "content": "second"}, {"role": "assistant", "content": "ok"}]),
+    ]
     (tmp_path / "data" / "test.jsonl").write_text("".join(json.dumps(c.to_dict()) + "\n" for c in convs))
     items = jp.load_prompt_set("heldout", tmp_path, n=None)
     assert [(i.id, i.turns) for i in items] == [("heldout/c1", ["hi"]), ("heldout/c2", ["second"])]

@@ -17,10 +17,21 @@ def answer(tokens, values, generated=1, tops=None, skip=()):
     for t in tokens:
         offsets.append(at)
         at += 0 if t in skip else len(t)
-    return {"choices": [{"text": "".join(tokens), "finish_reason": "length", "logprobs": {
-        "tokens": [("" if t in skip else t) for t in tokens], "token_logprobs": values, "text_offset": offsets,
-        "top_logprobs": tops if tops is not None else [{t: v} for t, v in zip(tokens, values, strict=True)]}}],
-        "usage": {"completion_tokens": generated}}
+    return {
+        "choices": [
+            {
+                "text": "".join(tokens),
+                "finish_reason": "length",
+                "logprobs": {
+                    "tokens": [("" if t in skip else t) for t in tokens],
+                    "token_logprobs": values,
+                    "text_offset": offsets,
+                    "top_logprobs": tops if tops is not None else [{t: v} for t, v in zip(tokens, values, strict=True)],
+                },
+            }
+        ],
+        "usage": {"completion_tokens": generated},
+    }
 
 
 def test_the_continuation_ends_where_the_generated_token_begins_and_greedy_is_the_top_token():

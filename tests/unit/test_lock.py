@@ -19,8 +19,10 @@ from tunebench.core.errors import RunLocked
 from tunebench.core.lock import LOCK_NAME, RECORD_NAME, read_holder, run_lock
 
 ROOT = Path(__file__).resolve().parents[2]
-HOLD = ("import sys, time\nfrom tunebench.core.lock import run_lock\n"
-        "with run_lock(sys.argv[1], 'train'):\n    print('locked', flush=True)\n    time.sleep(120)\n")
+HOLD = (
+    "import sys, time\nfrom tunebench.core.lock import run_lock\n"
+    "with run_lock(sys.argv[1], 'train'):\n    print('locked', flush=True)\n    time.sleep(120)\n"
+)
 
 
 def _env() -> dict[str, str]:
@@ -47,8 +49,13 @@ def test_second_writer_is_refused_naming_the_holder(tmp_path):
         holder = read_holder(tmp_path)
         assert holder is not None and holder.pid == proc.pid and holder.command == "train"
         assert holder.host == socket.gethostname()
-        out = subprocess.run([sys.executable, "-m", "tunebench", "report", str(tmp_path)], capture_output=True,
-                             text=True, env=_env(), timeout=300)
+        out = subprocess.run(
+            [sys.executable, "-m", "tunebench", "report", str(tmp_path)],
+            capture_output=True,
+            text=True,
+            env=_env(),
+            timeout=300,
+        )
         assert out.returncode == 2, out.stderr
         assert f"pid {proc.pid} on {socket.gethostname()}" in out.stderr
         assert "`tunebench train`" in out.stderr and f"since {holder.since}" in out.stderr
@@ -74,8 +81,9 @@ def test_lock_of_a_killed_process_is_taken_over_with_a_warning(tmp_path, caplog)
 def test_lock_still_held_for_a_dead_recorded_pid_is_taken_over(tmp_path, caplog):
     # a child that inherited the lock's descriptor outlived the recorded holder: the OS lock is still held
     dead = _dead_pid()
-    (tmp_path / RECORD_NAME).write_text(json.dumps({"pid": dead, "host": socket.gethostname(), "command": "run",
-                                                    "since": "2025-01-01T00:00:00+00:00"}))
+    (tmp_path / RECORD_NAME).write_text(
+        json.dumps({"pid": dead, "host": socket.gethostname(), "command": "run", "since": "2025-01-01T00:00:00+00:00"})
+    )
     fd = os.open(tmp_path / LOCK_NAME, os.O_RDWR | os.O_CREAT)
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     try:
@@ -87,8 +95,9 @@ def test_lock_still_held_for_a_dead_recorded_pid_is_taken_over(tmp_path, caplog)
 
 
 def test_live_holder_on_another_host_is_never_judged_stale(tmp_path):
-    (tmp_path / RECORD_NAME).write_text(json.dumps({"pid": _dead_pid(), "host": "elsewhere", "command": "run",
-                                                    "since": "2025-01-01T00:00:00+00:00"}))
+    (tmp_path / RECORD_NAME).write_text(
+        json.dumps({"pid": _dead_pid(), "host": "elsewhere", "command": "run", "since": "2025-01-01T00:00:00+00:00"})
+    )
     fd = os.open(tmp_path / LOCK_NAME, os.O_RDWR | os.O_CREAT)
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     try:

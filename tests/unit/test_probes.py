@@ -26,8 +26,12 @@ def write(tmp_path, text: str, name: str = "set.yaml"):
 
 def one_check(tmp_path, check_yaml: str):
     """The single Check of a one-probe set whose checks list is ``check_yaml``."""
-    path = write(tmp_path, "name: t\nprobes:\n  - id: p\n    template: hi\n    checks:\n"
-                 + textwrap.indent(textwrap.dedent(check_yaml).strip(), "      ") + "\n")
+    path = write(
+        tmp_path,
+        "name: t\nprobes:\n  - id: p\n    template: hi\n    checks:\n"
+        + textwrap.indent(textwrap.dedent(check_yaml).strip(), "      ")
+        + "\n",
+    )
     (prompt,) = load_probe_set(path).prompts
     (check,) = prompt.checks
     return check
@@ -71,7 +75,9 @@ def test_unknown_set_name_suggests_a_shipped_one():
 
 
 def test_vars_mapping_expands_as_cartesian_product_and_checks_are_templated(tmp_path):
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
         name: t
         version: 3
         system: Be brief.
@@ -82,21 +88,23 @@ def test_vars_mapping_expands_as_cartesian_product_and_checks_are_templated(tmp_
             checks:
               - regex: '\\b{{ a + b }}\\b'
               - sequence: ["{{ a + b }}", "{{ a * b }}"]
-    """)
+    """,
+    )
     ps = load_probe_set(path)
     assert (ps.name, ps.version) == ("t", "3")
     assert [p.id for p in ps.prompts] == [f"add[{i}]" for i in range(6)]
     last = ps.prompts[-1]
     assert last.vars == {"a": 2, "b": 30}
-    assert last.messages == [{"role": "system", "content": "Be brief."},
-                             {"role": "user", "content": "What is 2 + 30?"}]
+    assert last.messages == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2 + 30?"}]
     assert last.checks[0].value == r"\b32\b"
     assert last.checks[1].value == [32, 60]
     assert last.evaluate("It is 32, and 60.") == []
 
 
 def test_vars_list_of_mappings_and_macros(tmp_path):
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
         name: t
         macros: |
           {%- macro twice(x) -%}{{ x * 2 }}{%- endmacro %}
@@ -112,7 +120,8 @@ def test_vars_list_of_mappings_and_macros(tmp_path):
           - id: plain
             template: "Hello"
             checks: [{max_words: 5}]
-    """)
+    """,
+    )
     ps = load_probe_set(path)
     assert [p.id for p in ps.prompts] == ["cap[0]", "cap[1]", "plain"]
     assert ps.prompts[1].text == "Capital of Japan? Double 10."
@@ -189,14 +198,17 @@ def test_every_kind_is_covered(tmp_path):
 
 
 def test_all_checks_of_a_probe_must_pass(tmp_path):
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
         probes:
           - id: p
             template: hi
             checks:
               - contains: blue
               - max_words: 2
-    """)
+    """,
+    )
     (prompt,) = load_probe_set(path).prompts
     assert prompt.evaluate("blue") == []
     assert prompt.evaluate("the sky is blue") == ["max_words: 4 words > 2"]
@@ -207,12 +219,15 @@ def test_all_checks_of_a_probe_must_pass(tmp_path):
 
 
 def test_sandbox_blocks_python_internals(tmp_path):
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
         probes:
           - id: evil
             template: "{{ ''.__class__.__mro__ }}"
             checks: [{max_words: 1}]
-    """)
+    """,
+    )
     with pytest.raises(SecurityError) as err:
         load_probe_set(path)
     assert isinstance(err.value, ProbeError)
@@ -220,25 +235,31 @@ def test_sandbox_blocks_python_internals(tmp_path):
 
 
 def test_sandbox_blocks_mutation(tmp_path):
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
         probes:
           - id: evil
             template: "{% set l = [1] %}{{ l.append(2) }}"
             checks: [{max_words: 1}]
-    """)
+    """,
+    )
     with pytest.raises(SecurityError):
         load_probe_set(path)
 
 
 def test_broken_yaml_names_file_and_line(tmp_path):
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
         name: t
         probes:
           - id: p
             template: "unclosed
             checks: [{max_words: 1}]
           - id: q
-    """)
+    """,
+    )
     with pytest.raises(ProbeError, match=r"not valid YAML") as err:
         load_probe_set(path)
     msg = str(err.value)
@@ -255,7 +276,9 @@ def test_unquoted_jinja_value_is_explained(tmp_path):
 
 
 def test_jinja_syntax_error_names_probe_and_template_line(tmp_path):
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
         name: t
         probes:
           - id: ok
@@ -266,7 +289,8 @@ def test_jinja_syntax_error_names_probe_and_template_line(tmp_path):
               first line
               second {{ oops ( }}
             checks: [{max_words: 1}]
-    """)
+    """,
+    )
     with pytest.raises(ProbeError, match=r"Jinja syntax error") as err:
         load_probe_set(path)
     assert f"{path}:9:" in str(err.value)  # the file line of "second {{ oops ( }}"
@@ -274,13 +298,16 @@ def test_jinja_syntax_error_names_probe_and_template_line(tmp_path):
 
 
 def test_undefined_variable_names_probe_line_and_suggests(tmp_path):
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
         probes:
           - id: cap
             template: "Capital of {{ contry }}?"
             vars: {country: [France]}
             checks: [{max_words: 1}]
-    """)
+    """,
+    )
     with pytest.raises(ProbeError) as err:
         load_probe_set(path)
     msg = str(err.value)
@@ -288,27 +315,33 @@ def test_undefined_variable_names_probe_line_and_suggests(tmp_path):
 
 
 def test_undefined_variable_in_a_check(tmp_path):
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
         probes:
           - id: cap
             template: "Capital of {{ country }}?"
             vars: {country: [France]}
             checks:
               - contains: "{{ capitol }}"
-    """)
+    """,
+    )
     with pytest.raises(ProbeError, match=r"undefined variable 'capitol'") as err:
         load_probe_set(path)
     assert f"{path}:6:" in str(err.value)
 
 
 def test_unknown_check_kind_lists_known_ones_with_did_you_mean(tmp_path):
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
         probes:
           - id: p
             template: hi
             checks:
               - contians: hello
-    """)
+    """,
+    )
     with pytest.raises(ProbeError) as err:
         load_probe_set(path)
     msg = str(err.value)
@@ -316,18 +349,24 @@ def test_unknown_check_kind_lists_known_ones_with_did_you_mean(tmp_path):
     assert all(kind in msg for kind in CHECK_KINDS)
 
 
-@pytest.mark.parametrize(("body", "pattern"), [
-    ("probes:\n  - id: p\n    templte: hi\n    checks: [{max_words: 1}]\n", r":3: .*did you mean 'template'"),
-    ("probes:\n  - id: p\n    template: hi\n    checks: [{regex: '('}]\n", r":4: .*invalid regular expression"),
-    ("probes:\n  - id: p\n    template: hi\n    checks: [{sequence: [a]}]\n", r"needs numbers"),
-    ("probes:\n  - id: p\n    template: hi\n    checks: [{max_words: 3, allow_echo: true}]\n", r"does not apply"),
-    ("probes:\n  - id: p\n    template: hi\n    checks: [{max_words: 3, max_chars: 4}]\n", r"exactly one kind"),
-    ("probes:\n  - {id: p, template: a, checks: [{max_words: 1}]}\n  - {id: p, template: b, checks: [{max_words: 1}]}\n",
-     r"unique `id`"),
-    ("probes:\n  - id: p\n    template: hi\n    checks: [{max_words: -1}]\n", r"whole number >= 0"),
-    ("probes: []\n", r"non-empty `probes:`"),
-    ("probes:\n  - id: p\n    template: hi\n    vars: {x: []}\n    checks: [{max_words: 1}]\n", r"no prompts"),
-])
+@pytest.mark.parametrize(
+    ("body", "pattern"),
+    [
+        ("probes:\n  - id: p\n    templte: hi\n    checks: [{max_words: 1}]\n", r":3: .*did you mean 'template'"),
+        ("probes:\n  - id: p\n    template: hi\n    checks: [{regex: '('}]\n", r":4: .*invalid regular expression"),
+        ("probes:\n  - id: p\n    template: hi\n    checks: [{sequence: [a]}]\n", r"needs numbers"),
+        ("probes:\n  - id: p\n    template: hi\n    checks: [{max_words: 3, allow_echo: true}]\n", r"does not apply"),
+        ("probes:\n  - id: p\n    template: hi\n    checks: [{max_words: 3, max_chars: 4}]\n", r"exactly one kind"),
+        (
+            "probes:\n  - {id: p, template: a, checks: [{max_words: 1}]}\n"
+            "  - {id: p, template: b, checks: [{max_words: 1}]}\n",
+            r"unique `id`",
+        ),
+        ("probes:\n  - id: p\n    template: hi\n    checks: [{max_words: -1}]\n", r"whole number >= 0"),
+        ("probes: []\n", r"non-empty `probes:`"),
+        ("probes:\n  - id: p\n    template: hi\n    vars: {x: []}\n    checks: [{max_words: 1}]\n", r"no prompts"),
+    ],
+)
 def test_other_mistakes_are_reported_with_a_fix(tmp_path, body, pattern):
     with pytest.raises(ProbeError, match=pattern):
         load_probe_set(write(tmp_path, body))

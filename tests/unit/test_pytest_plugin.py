@@ -51,9 +51,11 @@ def test_planted_regression_fails_with_values_and_interval(run_tests, tmp_path):
     result.assert_outcomes(failed=5)
     row = compare(base, tuned, n_boot=500).row("perplexity/test")
     out = result.stdout.str()
-    assert (f"FAIL perplexity/test (regression ≤ 5% of base): base {fmt(row.base)} -> tuned {fmt(row.tuned)}, "
-            f"Δ {fmt(row.delta, True)}; 95% interval of Δ [{fmt(row.ci_low, True)}, {fmt(row.ci_high, True)}] "
-            "(lower is better) lies entirely beyond a regression of 5% of base") in out
+    assert (
+        f"FAIL perplexity/test (regression ≤ 5% of base): base {fmt(row.base)} -> tuned {fmt(row.tuned)}, "
+        f"Δ {fmt(row.delta, True)}; 95% interval of Δ [{fmt(row.ci_low, True)}, {fmt(row.ci_high, True)}] "
+        "(lower is better) lies entirely beyond a regression of 5% of base"
+    ) in out
     assert "FAIL lm_eval/tunebench_facts_mc/acc (regression ≤ 0.05): base 0.525 -> tuned 0.175" in out
     assert "INCONCLUSIVE probes/default/greedy/fibonacci/pass_rate (regression ≤ 0.1)" in out
     assert "gate FAIL (rules: " in out
@@ -62,15 +64,21 @@ def test_planted_regression_fails_with_values_and_interval(run_tests, tmp_path):
 def test_no_run_skips_with_reason(run_tests):
     result = run_tests("def test_x(tunebench_comparison):\n    raise AssertionError('must not run')\n")
     result.assert_outcomes(skipped=1)
-    result.stdout.fnmatch_lines(["*no tunebench run folder: pass --tunebench-run=runs/<name> or set TUNEBENCH_RUN "
-                                 "(nothing is checked here; --tunebench-require makes this an error)*"])
+    result.stdout.fnmatch_lines(
+        [
+            "*no tunebench run folder: pass --tunebench-run=runs/<name> or set TUNEBENCH_RUN "
+            "(nothing is checked here; --tunebench-require makes this an error)*"
+        ]
+    )
 
 
 @pytest.mark.parametrize("how", ["option", "ini"])
 def test_require_makes_a_missing_run_an_error(run_tests, pytester, how):
     if how == "ini":
         pytester.makeini("[pytest]\ntunebench_require = true\n")
-    result = run_tests("def test_x(tunebench_comparison):\n    pass\n", *(["--tunebench-require"] if how == "option" else []))
+    result = run_tests(
+        "def test_x(tunebench_comparison):\n    pass\n", *(["--tunebench-require"] if how == "option" else [])
+    )
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*no tunebench run folder*tunebench_require*nothing would be checked*"])
     assert "skipped" not in result.stdout.str()
@@ -114,9 +122,11 @@ def test_not_regressed_never_passes_an_inconclusive_metric(run_tests, tmp_path):
     run = synthetic.write_run(tmp_path / "thin", base, tuned, n_boot=300)
     row = compare(base, tuned, n_boot=300).row("probes/default/greedy/pass_rate")
     assert row.verdict == "no significant change"
-    result = run_tests("def test_x(tunebench_comparison):\n"
-                       "    tunebench_comparison.row('probes/default/greedy/pass_rate').assert_not_regressed()\n",
-                       f"--tunebench-run={run}")
+    result = run_tests(
+        "def test_x(tunebench_comparison):\n"
+        "    tunebench_comparison.row('probes/default/greedy/pass_rate').assert_not_regressed()\n",
+        f"--tunebench-run={run}",
+    )
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*INCONCLUSIVE probes/default/greedy/pass_rate*straddles the regression margin 0*"])
 
@@ -148,12 +158,15 @@ def test_non_inferior_and_superior_decide_as_the_gate_does(run_tests, tmp_path):
     )
     result = run_tests(source, f"--tunebench-run={run}")
     result.assert_outcomes(passed=2, failed=3)
-    result.stdout.fnmatch_lines([
-        "*FAIL perplexity/test (improvement ≥ 50% of base)*lies entirely below an improvement of 50% of base*",
-        f"*INCONCLUSIVE probes/default/greedy/pass_rate (regression ≤ 0.1)*about {gate_row.items_needed} paired items "
-        f"would conclude (have {gate_row.n}*",
-        "*no compared metric matches 'lm_eval/mmlu/acc'*known: perplexity/test*",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*FAIL perplexity/test (improvement ≥ 50% of base)*lies entirely below an improvement of 50% of base*",
+            "*INCONCLUSIVE probes/default/greedy/pass_rate (regression ≤ 0.1)*"
+            f"about {gate_row.items_needed} paired items "
+            f"would conclude (have {gate_row.n}*",
+            "*no compared metric matches 'lm_eval/mmlu/acc'*known: perplexity/test*",
+        ]
+    )
 
 
 def test_gate_fixture_runs_the_runs_rules_a_rules_option_or_an_argument(run_tests, tmp_path):
@@ -173,13 +186,16 @@ def test_gate_fixture_runs_the_runs_rules_a_rules_option_or_an_argument(run_test
     result = run_tests(source, f"--tunebench-run={run}")
     # The default rules are inconclusive on 5 greedy probe samples and a stderr-only exact match.
     result.assert_outcomes(passed=1, failed=2)
-    result.stdout.fnmatch_lines([
-        "*gate INCONCLUSIVE (rules: *default.yaml): * of 5 rows did not pass*",
-        "*INCONCLUSIVE lm_eval/tunebench_arith_gen/exact_match*paired items would conclude*",
-        "*gate INCONCLUSIVE (rules: *nothing.yaml): no rule matched any metric: nothing was checked*",
-    ])
-    run_tests(source.split("def test_argument")[0], f"--tunebench-run={run}",
-              f"--tunebench-rules={ppl}").assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*gate INCONCLUSIVE (rules: *default.yaml): * of 5 rows did not pass*",
+            "*INCONCLUSIVE lm_eval/tunebench_arith_gen/exact_match*paired items would conclude*",
+            "*gate INCONCLUSIVE (rules: *nothing.yaml): no rule matched any metric: nothing was checked*",
+        ]
+    )
+    run_tests(
+        source.split("def test_argument")[0], f"--tunebench-run={run}", f"--tunebench-rules={ppl}"
+    ).assert_outcomes(passed=1)
 
 
 def test_env_var_fallback_and_fixtures(run_tests, tmp_path, monkeypatch):
@@ -202,8 +218,11 @@ def test_missing_run_folder_is_an_error_not_a_skip(run_tests, tmp_path):
 
 
 def test_importing_the_plugin_is_cheap():
-    code = ("import sys, tunebench.reports.pytest_plugin; heavy = {'torch', 'transformers', 'numpy', 'tunebench.evals.results'} "
-            "& set(sys.modules); assert not heavy, heavy")
+    code = (
+        "import sys, tunebench.reports.pytest_plugin; "
+        "heavy = {'torch', 'transformers', 'numpy', 'tunebench.evals.results'} "
+        "& set(sys.modules); assert not heavy, heavy"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2])
 
 

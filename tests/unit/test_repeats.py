@@ -11,15 +11,37 @@ from tunebench.bench.repeats import interleave, mark_cut_short, median_interval,
 
 
 def _row(backend, repeat, tok_s, mem, steps=40, tokens=1000, **kw):
-    return {"status": "ok", "shape": "s", "backend": backend, "point": 0, "repeat": repeat, "batch_size": 2,
-            "grad_accum": 4, "asked_steps": 40, "measured_steps": steps, "real_tokens": tokens,
-            "real_tokens_per_s": tok_s, "peak_allocated_gib": mem, "mfu": tok_s / 1e5, "positions_per_s": tok_s,
-            "step_s_median": 1.0, "step_s_p10": 0.9, "step_s_p90": 1.1, **kw}
+    return {
+        "status": "ok",
+        "shape": "s",
+        "backend": backend,
+        "point": 0,
+        "repeat": repeat,
+        "batch_size": 2,
+        "grad_accum": 4,
+        "asked_steps": 40,
+        "measured_steps": steps,
+        "real_tokens": tokens,
+        "real_tokens_per_s": tok_s,
+        "peak_allocated_gib": mem,
+        "mfu": tok_s / 1e5,
+        "positions_per_s": tok_s,
+        "step_s_median": 1.0,
+        "step_s_p10": 0.9,
+        "step_s_p90": 1.1,
+        **kw,
+    }
 
 
 def test_interleave_runs_every_job_once_per_repeat_in_turn():
-    assert interleave(["unsloth", "hf"], 3) == [(0, "unsloth"), (0, "hf"), (1, "unsloth"), (1, "hf"),
-                                               (2, "unsloth"), (2, "hf")]
+    assert interleave(["unsloth", "hf"], 3) == [
+        (0, "unsloth"),
+        (0, "hf"),
+        (1, "unsloth"),
+        (1, "hf"),
+        (2, "unsloth"),
+        (2, "hf"),
+    ]
     with pytest.raises(ValueError):
         interleave(["a"], 0)
 
@@ -48,16 +70,25 @@ def test_ratios_pair_within_a_repeat_and_the_target_uses_the_conservative_end():
     assert summary["real_tokens_per_s_ratio"]["median"] == 1.98 and summary["real_tokens_per_s_ratio"]["repeats"] == 3
     by = {t["target"].split()[1]: t for t in repeated_speed_targets(rows, ["s"])}
     tok = by["real"]
-    assert tok["value"] == pytest.approx(1.98, abs=1e-3) and tok["repeats"] == 3 and tok["values"] == [1.6172, 1.9798, 2.0005]
+    assert (
+        tok["value"] == pytest.approx(1.98, abs=1e-3)
+        and tok["repeats"] == 3
+        and tok["values"] == [1.6172, 1.9798, 2.0005]
+    )
     # the interval reaches down to the 1.62 repeat: 1.8 is straddled, so no claim either way
     assert tok["verdict"] == "inconclusive" and tok["met"] is None and tok["margin"] < 0
     assert by["peak"]["verdict"] == "met"  # 0.52 in every repeat
 
 
 def test_a_row_cut_short_feeds_no_ratio_and_no_target(tmp_path):
-    rows = [_row("unsloth", 0, 20000, 1.5), _row("hf", 0, 10000, 3.0),
-            _row("unsloth", 1, 30000, 1.5, steps=33), _row("hf", 1, 10000, 3.0),       # cut by the budget
-            _row("unsloth", 2, 20500, 1.5), _row("hf", 2, 10000, 3.0, tokens=999)]    # not the same batches
+    rows = [
+        _row("unsloth", 0, 20000, 1.5),
+        _row("hf", 0, 10000, 3.0),
+        _row("unsloth", 1, 30000, 1.5, steps=33),
+        _row("hf", 1, 10000, 3.0),  # cut by the budget
+        _row("unsloth", 2, 20500, 1.5),
+        _row("hf", 2, 10000, 3.0, tokens=999),
+    ]  # not the same batches
     mark_cut_short(rows, lambda r: r["asked_steps"])
     assert rows[2]["cut_short"] == "cut short: 33 of 40 measured steps" and "cut_short" not in rows[0]
     ratios = speed_ratios(rows)
@@ -100,16 +131,39 @@ def test_repeats_in_worker_run_every_lm_eval_repeat_on_one_loaded_model(tmp_path
     from tunebench.bench.shapes import prepare_data
 
     prepared, _, _ = prepare_data(str(tiny_llama_dir), "auto", "packaged:sharegpt-v3", 256, 8, tmp_path)
-    spec = {"kind": "eval", "label": "cpu", "shape": "s", "model_dir": str(tiny_llama_dir), "chat_template": "auto",
-            "prepared": str(prepared), "ppl_batch_tokens": [], "ppl_conversations": 2, "gen_batch": 2,
-            "gen_batches": 1, "prompt_tokens": 48, "new_tokens": 4, "parts": ["lm-eval-ll"],
-            "lm_eval_ll_tasks": ["arc_easy"], "lm_eval_ll_batch": 8, "lm_eval_ll_limit": 4, "repeat": 0,
-            "inner_repeats": 3, "partial": str(tmp_path / "partial.json"), "r": 4, "alpha": 8,
-            "targets": ["q_proj", "v_proj"]}
+    spec = {
+        "kind": "eval",
+        "label": "cpu",
+        "shape": "s",
+        "model_dir": str(tiny_llama_dir),
+        "chat_template": "auto",
+        "prepared": str(prepared),
+        "ppl_batch_tokens": [],
+        "ppl_conversations": 2,
+        "gen_batch": 2,
+        "gen_batches": 1,
+        "prompt_tokens": 48,
+        "new_tokens": 4,
+        "parts": ["lm-eval-ll"],
+        "lm_eval_ll_tasks": ["arc_easy"],
+        "lm_eval_ll_batch": 8,
+        "lm_eval_ll_limit": 4,
+        "repeat": 0,
+        "inner_repeats": 3,
+        "partial": str(tmp_path / "partial.json"),
+        "r": 4,
+        "alpha": 8,
+        "targets": ["q_proj", "v_proj"],
+    }
     rows = [dict(r, shape="s") for r in run_eval_shape(spec)["rows"]]
     assert [(r["repeat"], r["runner"]) for r in rows] == [
-        (0, "lm-eval HFLM"), (0, "tunebench"), (1, "tunebench"), (1, "lm-eval HFLM"),
-        (2, "lm-eval HFLM"), (2, "tunebench")]
+        (0, "lm-eval HFLM"),
+        (0, "tunebench"),
+        (1, "tunebench"),
+        (1, "lm-eval HFLM"),
+        (2, "lm-eval HFLM"),
+        (2, "tunebench"),
+    ]
     (t,) = [t for t in aggregate_targets(rows, lambda rs: eval_targets(rs, ["s"], 2)) if "loglikelihood" in t["target"]]
     assert t["repeats"] == 3 and len(t["values"]) == 3 and t["ci"] is not None
 

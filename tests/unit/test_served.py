@@ -16,8 +16,11 @@ from tunebench.app.cli import main
 from tunebench.evals import endpoint as ep
 from tunebench.evals.served import api_root
 
-NO_LIKELIHOOD = ["eval.perplexity=false", "eval.lm_eval_tasks=[]",
-                 "eval.probe_sampling=[{name: greedy, temperature: 0.0, min_p: null, max_new_tokens: 8}]"]
+NO_LIKELIHOOD = [
+    "eval.perplexity=false",
+    "eval.lm_eval_tasks=[]",
+    "eval.probe_sampling=[{name: greedy, temperature: 0.0, min_p: null, max_new_tokens: 8}]",
+]
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -67,12 +70,25 @@ def test_the_api_root_gains_v1_once():
     assert api_root("http://127.0.0.1:8080") == api_root("http://127.0.0.1:8080/v1/") == "http://127.0.0.1:8080/v1"
 
 
-def test_a_server_that_dies_mid_evaluation_names_the_request_and_keeps_the_results_there(server, smol_adapter_run,
-                                                                                         tmp_path, capsys):
+def test_a_server_that_dies_mid_evaluation_names_the_request_and_keeps_the_results_there(
+    server, smol_adapter_run, tmp_path, capsys
+):
     out = tmp_path / "served.json"
     out.write_text('{"kept": true}')
-    code = main(["eval", *NO_LIKELIHOOD, "--endpoint", server, "--data-from", str(smol_adapter_run), "--out",
-                 str(out), "--concurrency", "1"])
+    code = main(
+        [
+            "eval",
+            *NO_LIKELIHOOD,
+            "--endpoint",
+            server,
+            "--data-from",
+            str(smol_adapter_run),
+            "--out",
+            str(out),
+            "--concurrency",
+            "1",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err
     assert "request for prompt 4 of" in err and "closed mid-answer" in err and "after 3 attempts" in err, err
@@ -89,17 +105,22 @@ def test_nobody_listening_says_start_the_server(smol_adapter_run, capsys):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    code = main(["eval", *NO_LIKELIHOOD, "--endpoint", f"http://127.0.0.1:{port}", "--data-from", str(smol_adapter_run)])
+    code = main(
+        ["eval", *NO_LIKELIHOOD, "--endpoint", f"http://127.0.0.1:{port}", "--data-from", str(smol_adapter_run)]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "cannot reach the served endpoint" in err and "start the server" in err, err
 
 
-@pytest.mark.parametrize(("argv", "says"), [
-    (["--endpoint", "http://127.0.0.1:9/v1"], "needs --data-from"),
-    (["--endpoint", "127.0.0.1:9", "--data-from", "RUN"], "http(s) URL"),
-    (["--endpoint", "http://127.0.0.1:9", "--model", "x.gguf", "--data-from", "RUN"], "leave out --model"),
-    (["--endpoint", "http://127.0.0.1:9", "--data-from", "RUN", "--concurrency", "0"], "--concurrency 0"),
-])
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["--endpoint", "http://127.0.0.1:9/v1"], "needs --data-from"),
+        (["--endpoint", "127.0.0.1:9", "--data-from", "RUN"], "http(s) URL"),
+        (["--endpoint", "http://127.0.0.1:9", "--model", "x.gguf", "--data-from", "RUN"], "leave out --model"),
+        (["--endpoint", "http://127.0.0.1:9", "--data-from", "RUN", "--concurrency", "0"], "--concurrency 0"),
+    ],
+)
 def test_bad_flags_exit_2(argv, says, smol_adapter_run, capsys):
     argv = [str(smol_adapter_run) if a == "RUN" else a for a in argv]
     assert main(["eval", *argv]) == 2

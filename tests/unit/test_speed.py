@@ -63,8 +63,9 @@ def test_standin_tokenizer_renders_llama31_with_real_marker_tokens(standin):
     assert info.end_of_turn == "<|eot_id|>"
     assert info.response_part == "<|start_header_id|>assistant<|end_header_id|>\n\n"
     assert info.instruction_part == "<|start_header_id|>user<|end_header_id|>\n\n"
-    text = tok.apply_chat_template([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}],
-                                   tokenize=False)
+    text = tok.apply_chat_template(
+        [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}], tokenize=False
+    )
     assert text.startswith("<|begin_of_text|><|start_header_id|>system<|end_header_id|>")
     ids = tok(text, add_special_tokens=False)["input_ids"]
     assert max(ids) < 128256 and len(tok) < 128256
@@ -86,10 +87,17 @@ def test_fixed_length_prompts_have_exactly_the_asked_length(standin):
     from tunebench.evals.generation import render_prompt
 
     long_text = " ".join(f"word{i}" for i in range(200))
-    convs = [Conversation(id=str(i), messages=[{"role": "user", "content": f"{i} {long_text}"},
-                                               {"role": "assistant", "content": "ok"}]) for i in range(5)]
-    convs.insert(0, Conversation(id="short", messages=[{"role": "user", "content": "hi"},
-                                                        {"role": "assistant", "content": "ok"}]))
+    convs = [
+        Conversation(
+            id=str(i),
+            messages=[{"role": "user", "content": f"{i} {long_text}"}, {"role": "assistant", "content": "ok"}],
+        )
+        for i in range(5)
+    ]
+    convs.insert(
+        0,
+        Conversation(id="short", messages=[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"}]),
+    )
     prompts, info = fixed_length_prompts(standin, convs, 8, 64)
     assert len(prompts) == 8 and info["distinct"] == 5  # the short one is passed over; the rest repeat
     assert all(len(render_prompt(standin, p)) == 64 for p in prompts)
@@ -109,8 +117,14 @@ def test_mfu_arithmetic():
 
 def test_summarize_steps_excludes_warmup_and_counts_real_tokens():
     # (step, time, cumulative real tokens, cumulative positions); steps 1-2 are warm-up
-    marks = [(0, 0.0, 0, 0), (1, 10.0, 100, 200), (2, 11.0, 200, 400), (3, 12.0, 1200, 1600),
-             (4, 14.0, 2200, 2800), (5, 15.0, 3200, 4000)]
+    marks = [
+        (0, 0.0, 0, 0),
+        (1, 10.0, 100, 200),
+        (2, 11.0, 200, 400),
+        (3, 12.0, 1200, 1600),
+        (4, 14.0, 2200, 2800),
+        (5, 15.0, 3200, 4000),
+    ]
     s = speed.summarize_steps(marks, warmup=2)
     assert s["measured_steps"] == 3 and s["seconds"] == 4.0 and s["real_tokens"] == 3000
     assert s["real_tokens_per_s"] == 750.0 and s["positions_per_s"] == 900.0
@@ -132,24 +146,66 @@ def test_percentile_and_point_pairing():
 
 
 def _speed_results():
-    row = {"status": "ok", "shape": "llama-3.2-1b", "point": 0, "batch_size": 2, "grad_accum": 4,
-           "measured_steps": 40, "positions_per_s": 0, "step_s_median": 1.0, "step_s_p10": 0.9, "step_s_p90": 1.2,
-           "steady_peak_allocated_gib": 1.0, "peak_reserved_gib": 2.0}
+    row = {
+        "status": "ok",
+        "shape": "llama-3.2-1b",
+        "point": 0,
+        "batch_size": 2,
+        "grad_accum": 4,
+        "measured_steps": 40,
+        "positions_per_s": 0,
+        "step_s_median": 1.0,
+        "step_s_p10": 0.9,
+        "step_s_p90": 1.2,
+        "steady_peak_allocated_gib": 1.0,
+        "peak_reserved_gib": 2.0,
+    }
     return {
-        "created": "2026-11-27T00:00:00Z", "command": "tunebench bench speed",
+        "created": "2026-11-27T00:00:00Z",
+        "command": "tunebench bench speed",
         "card": {"name": "NVIDIA H100 80GB HBM3", "memory_gib": 79.1, "capability": "9.0"},
-        "environment": {"python": "3.12.3", "cuda": "13.0", "torch": "2.11.0", "transformers": "5.17.0",
-                        "trl": "1.15.0", "peft": "0.21.0", "unsloth": "2026.10.9", "bitsandbytes": "0.50.2"},
+        "environment": {
+            "python": "3.12.3",
+            "cuda": "13.0",
+            "torch": "2.11.0",
+            "transformers": "5.17.0",
+            "trl": "1.15.0",
+            "peft": "0.21.0",
+            "unsloth": "2026.10.9",
+            "bitsandbytes": "0.50.2",
+        },
         "calibration": {"peak_tflops": 700.0, "datasheet_tflops": 989.4, "method": "torch.mm"},
-        "settings": {"quantization": "4-bit nf4", "lora": {"r": 16, "alpha": 16, "targets": ["q_proj"]},
-                     "max_length": 2048, "warmup_steps": 6, "measured_steps_first_point": 40,
-                     "first_point_is_seed_settings": True, "backends": {"unsloth": "u", "hf": "h"}},
+        "settings": {
+            "quantization": "4-bit nf4",
+            "lora": {"r": 16, "alpha": 16, "targets": ["q_proj"]},
+            "max_length": 2048,
+            "warmup_steps": 6,
+            "measured_steps_first_point": 40,
+            "first_point_is_seed_settings": True,
+            "backends": {"unsloth": "u", "hf": "h"},
+        },
         "shapes": {"llama-3.2-1b": {"params": 1_235_814_400, "weights": "random init"}},
-        "rows": [dict(row, backend="unsloth", real_tokens_per_s=19000.0, real_tokens=1000, peak_allocated_gib=1.5,
-                      mfu=0.148, mask_agreement=1.0),
-                 dict(row, backend="hf", real_tokens_per_s=10000.0, real_tokens=1000, peak_allocated_gib=3.0, mfu=0.1),
-                 {"status": "error", "shape": "llama-3.2-1b", "backend": "hf-padfree", "point": 0, "batch_size": 2,
-                  "grad_accum": 4, "error": "ValueError: padding_free | max_length"}],
+        "rows": [
+            dict(
+                row,
+                backend="unsloth",
+                real_tokens_per_s=19000.0,
+                real_tokens=1000,
+                peak_allocated_gib=1.5,
+                mfu=0.148,
+                mask_agreement=1.0,
+            ),
+            dict(row, backend="hf", real_tokens_per_s=10000.0, real_tokens=1000, peak_allocated_gib=3.0, mfu=0.1),
+            {
+                "status": "error",
+                "shape": "llama-3.2-1b",
+                "backend": "hf-padfree",
+                "point": 0,
+                "batch_size": 2,
+                "grad_accum": 4,
+                "error": "ValueError: padding_free | max_length",
+            },
+        ],
     }
 
 
@@ -172,30 +228,69 @@ def _repeated(res, factors=(1.0, 1.02, 0.97)):
     rows = []
     for k, f in enumerate(factors):
         for r in res["rows"]:
-            rows.append(dict(r, repeat=k, **({"real_tokens_per_s": r["real_tokens_per_s"] * f}
-                                            if "real_tokens_per_s" in r else {})))
+            rows.append(
+                dict(
+                    r,
+                    repeat=k,
+                    **({"real_tokens_per_s": r["real_tokens_per_s"] * f} if "real_tokens_per_s" in r else {}),
+                )
+            )
     return dict(res, rows=rows, settings=dict(res["settings"], repeats=len(factors)))
 
 
 def test_speed_markdown_has_card_versions_settings_rows_and_targets(tmp_path):
     res = _repeated(_speed_results())
-    res["host"] = {"before": {"cpu": "Intel Xeon Platinum 8480+", "cpu_count": 16, "hostname": "gpu-1",
-                              "loadavg_1_5_15": [0.5, 0.4, 0.3],
-                              "gpus": [{"name": "NVIDIA H100", "clocks.sm": "1980", "clocks.max.sm": "1980",
-                                        "clocks.mem": "2619", "power.limit": "700.00", "driver_version": "580.1",
-                                        "temperature.gpu": "35"}]},
-                   "after": {"loadavg_1_5_15": [1.5, 0.9, 0.5], "gpus": [{"clocks.sm": "1755"}]}}
+    res["host"] = {
+        "before": {
+            "cpu": "Intel Xeon Platinum 8480+",
+            "cpu_count": 16,
+            "hostname": "gpu-1",
+            "loadavg_1_5_15": [0.5, 0.4, 0.3],
+            "gpus": [
+                {
+                    "name": "NVIDIA H100",
+                    "clocks.sm": "1980",
+                    "clocks.max.sm": "1980",
+                    "clocks.mem": "2619",
+                    "power.limit": "700.00",
+                    "driver_version": "580.1",
+                    "temperature.gpu": "35",
+                }
+            ],
+        },
+        "after": {"loadavg_1_5_15": [1.5, 0.9, 0.5], "gpus": [{"clocks.sm": "1755"}]},
+    }
     speed.write_speed(res, tmp_path)
     md = (tmp_path / "speed.md").read_text()
     data = json.loads((tmp_path / "speed.json").read_text())
     assert data["targets"] and data["ratios"] and data["ratio_summaries"]
-    for needle in ("NVIDIA H100 80GB HBM3", "torch 2.11.0", "transformers 5.17.0", "trl 1.15.0", "peft 0.21.0",
-                   "unsloth 2026.10.9", "bitsandbytes 0.50.2", "700 TFLOP/s", "r=16", "max length 2048",
-                   "Random weights", "stand-in tokenizer", "| unsloth | 1 | 2 × 4 | 19,000 |", "1.90",
-                   "Intel Xeon Platinum 8480+ × 16", "[0.5, 0.4, 0.3] before, [1.5, 0.9, 0.5] after",
-                   "SM clock 1980 MHz before / 1755 after", "power limit 700.00 W", "driver 580.1",
-                   "## Over repeats", "| llama-3.2-1b | 2 × 4 | unsloth | 3 | 1.90 [",
-                   "error: ValueError: padding_free / max_length", "## Targets", "**met**", "**not met**"):
+    for needle in (
+        "NVIDIA H100 80GB HBM3",
+        "torch 2.11.0",
+        "transformers 5.17.0",
+        "trl 1.15.0",
+        "peft 0.21.0",
+        "unsloth 2026.10.9",
+        "bitsandbytes 0.50.2",
+        "700 TFLOP/s",
+        "r=16",
+        "max length 2048",
+        "Random weights",
+        "stand-in tokenizer",
+        "| unsloth | 1 | 2 × 4 | 19,000 |",
+        "1.90",
+        "Intel Xeon Platinum 8480+ × 16",
+        "[0.5, 0.4, 0.3] before, [1.5, 0.9, 0.5] after",
+        "SM clock 1980 MHz before / 1755 after",
+        "power limit 700.00 W",
+        "driver 580.1",
+        "## Over repeats",
+        "| llama-3.2-1b | 2 × 4 | unsloth | 3 | 1.90 [",
+        "error: ValueError: padding_free / max_length",
+        "## Targets",
+        "**met**",
+        "**not met**",
+    ):
         assert needle in md, needle
 
 
@@ -209,32 +304,117 @@ def test_one_repeat_states_no_claim(tmp_path):
 
 def test_eval_markdown_and_targets():
     res = {k: v for k, v in _speed_results().items() if k not in ("rows", "settings")}
-    res["settings"] = {"dtype": "bfloat16", "attention": "sdpa", "max_length": 2048, "ppl_batch_tokens": [16384],
-                       "ppl_conversations": 500, "gen_batch": 64, "gen_batches": 2, "prompt_tokens": 64,
-                       "new_tokens": 128, "lora": {"r": 16, "alpha": 16, "targets": ["q_proj"], "init": "random"}}
+    res["settings"] = {
+        "dtype": "bfloat16",
+        "attention": "sdpa",
+        "max_length": 2048,
+        "ppl_batch_tokens": [16384],
+        "ppl_conversations": 500,
+        "gen_batch": 64,
+        "gen_batches": 2,
+        "prompt_tokens": 64,
+        "new_tokens": 128,
+        "lora": {"r": 16, "alpha": 16, "targets": ["q_proj"], "init": "random"},
+    }
     one = {"shape": "llama-3.2-1b"}
-    gen = {**one, "kind": "generation", "batch": 64, "new_tokens": 8192, "cold_new_tokens_per_s": 2000.0,
-           "ms_per_step": 25.0, "rows_x_steps_per_s": 2500.0, "peak_allocated_gib": 3.0}
+    gen = {
+        **one,
+        "kind": "generation",
+        "batch": 64,
+        "new_tokens": 8192,
+        "cold_new_tokens_per_s": 2000.0,
+        "ms_per_step": 25.0,
+        "rows_x_steps_per_s": 2500.0,
+        "peak_allocated_gib": 3.0,
+    }
     res["rows"] = [
-        {**one, "variant": "base", "kind": "perplexity", "batch_tokens": 16384,
-         "input_tokens": 1000, "tokens_per_s": 100000.0, "cold_tokens_per_s": 50000.0, "mfu": 0.5,
-         "mfu_actual_work": 0.45, "peak_allocated_gib": 7.0},
-        {**one, "variant": "lora-merged", "kind": "perplexity", "batch_tokens": 16384, "input_tokens": 1000,
-         "tokens_per_s": 99000.0, "cold_tokens_per_s": 50000.0, "mfu": 0.495, "mfu_actual_work": 0.44,
-         "peak_allocated_gib": 7.0},
-        {**gen, "variant": "base", "path": "suite generate", "decode_path": "graph", "sampling": "seed", "new_tokens_per_s": 2500.0},
+        {
+            **one,
+            "variant": "base",
+            "kind": "perplexity",
+            "batch_tokens": 16384,
+            "input_tokens": 1000,
+            "tokens_per_s": 100000.0,
+            "cold_tokens_per_s": 50000.0,
+            "mfu": 0.5,
+            "mfu_actual_work": 0.45,
+            "peak_allocated_gib": 7.0,
+        },
+        {
+            **one,
+            "variant": "lora-merged",
+            "kind": "perplexity",
+            "batch_tokens": 16384,
+            "input_tokens": 1000,
+            "tokens_per_s": 99000.0,
+            "cold_tokens_per_s": 50000.0,
+            "mfu": 0.495,
+            "mfu_actual_work": 0.44,
+            "peak_allocated_gib": 7.0,
+        },
+        {
+            **gen,
+            "variant": "base",
+            "path": "suite generate",
+            "decode_path": "graph",
+            "sampling": "seed",
+            "new_tokens_per_s": 2500.0,
+        },
         {**gen, "variant": "lora-merged", "path": "suite generate", "sampling": "seed", "new_tokens_per_s": 2000.0},
         {**gen, "variant": "base", "path": "raw generate(static)", "sampling": "seed", "new_tokens_per_s": 2400.0},
-        {**one, "variant": "base", "kind": "probe-run", "prompts": 34, "samples_per_prompt": 4, "batch": 256,
-         "calls": 1, "new_tokens": 8704, "new_tokens_per_s": 21000.0, "cold_s": 30.0, "decode_path": "graph"},
+        {
+            **one,
+            "variant": "base",
+            "kind": "probe-run",
+            "prompts": 34,
+            "samples_per_prompt": 4,
+            "batch": 256,
+            "calls": 1,
+            "new_tokens": 8704,
+            "new_tokens_per_s": 21000.0,
+            "cold_s": 30.0,
+            "decode_path": "graph",
+        },
         {**one, "variant": "lora-unmerged", "kind": "generation", "error": "RuntimeError: boom"},
-        {**one, "variant": "base", "kind": "decode-attention", "attention": "grouped", "batch": 128, "width": 1024,
-         "steps": 64, "captured": True, "seconds": 1.0, "ms_per_step": 15.0, "new_tokens_per_s": 8564.0},
+        {
+            **one,
+            "variant": "base",
+            "kind": "decode-attention",
+            "attention": "grouped",
+            "batch": 128,
+            "width": 1024,
+            "steps": 64,
+            "captured": True,
+            "seconds": 1.0,
+            "ms_per_step": 15.0,
+            "new_tokens_per_s": 8564.0,
+        },
         {**one, "variant": "base", "kind": "graph-check", "sampling": "seed", "error": "RuntimeError: capture"},
-        {**one, "variant": "base", "kind": "chat", "path": "tunebench chat", "decode_path": "graph", "sampling": "seed",
-         "batch": 1, "answers": 8, "new_tokens": 1024, "new_tokens_per_s": 344.0, "ms_per_token": 2.91},
-        {**one, "variant": "base", "kind": "chat", "path": "raw generate(static) + TextStreamer", "sampling": "seed",
-         "batch": 1, "answers": 8, "new_tokens": 1024, "new_tokens_per_s": 292.0, "ms_per_token": 3.42},
+        {
+            **one,
+            "variant": "base",
+            "kind": "chat",
+            "path": "tunebench chat",
+            "decode_path": "graph",
+            "sampling": "seed",
+            "batch": 1,
+            "answers": 8,
+            "new_tokens": 1024,
+            "new_tokens_per_s": 344.0,
+            "ms_per_token": 2.91,
+        },
+        {
+            **one,
+            "variant": "base",
+            "kind": "chat",
+            "path": "raw generate(static) + TextStreamer",
+            "sampling": "seed",
+            "batch": 1,
+            "answers": 8,
+            "new_tokens": 1024,
+            "new_tokens_per_s": 292.0,
+            "ms_per_token": 3.42,
+        },
     ]
     res["notes"] = ["Code: commit abc1234."]
     targets = eval_targets(res["rows"], ["llama-3.2-1b"], 64)
@@ -250,18 +430,27 @@ def test_eval_markdown_and_targets():
     assert chat["met"] is True and chat["value"] == pytest.approx(344 / 292, abs=1e-4)
     res["targets"] = targets
     md = render_eval_md(res)
-    for needle in ("NVIDIA H100 80GB HBM3", "peft 0.21.0", "128 prompts of 64 tokens",
-                   "| base | 16,384 | 1,000 | 100,000 (50,000) | 50.0% |",
-                   "| base | suite generate (graph) | seed | 64 | 8,192 | 2,500 (2,000) |",
-                   "| base | raw generate(static) | seed | 64 |", "| base | 34×4 (graph) | 256 | 1 | 8,704 | 21,000 |",
-                   "**failed**: RuntimeError: boom", "| attention | batch | context width |",
-                   "|---|---:|---:|---:|---:|---:|", "| grouped | 128 | 1,024 | 64 | 15.00 | 8,564 |",
-                   "| seed | **failed**: RuntimeError: capture | | | | | |",
-                   "| tunebench chat (graph) | seed | 8 | 1,024 | 344 | 2.91 |", "## Notes\n\n- Code: commit abc1234."):
+    for needle in (
+        "NVIDIA H100 80GB HBM3",
+        "peft 0.21.0",
+        "128 prompts of 64 tokens",
+        "| base | 16,384 | 1,000 | 100,000 (50,000) | 50.0% |",
+        "| base | suite generate (graph) | seed | 64 | 8,192 | 2,500 (2,000) |",
+        "| base | raw generate(static) | seed | 64 |",
+        "| base | 34×4 (graph) | 256 | 1 | 8,704 | 21,000 |",
+        "**failed**: RuntimeError: boom",
+        "| attention | batch | context width |",
+        "|---|---:|---:|---:|---:|---:|",
+        "| grouped | 128 | 1,024 | 64 | 15.00 | 8,564 |",
+        "| seed | **failed**: RuntimeError: capture | | | | | |",
+        "| tunebench chat (graph) | seed | 8 | 1,024 | 344 | 2.91 |",
+        "## Notes\n\n- Code: commit abc1234.",
+    ):
         assert needle in md, needle
     # the note names the tokenizer the shapes used
     assert ("Random weights, Llama 3 tokenizer" in md) == str(
-        res["shapes"]["llama-3.2-1b"].get("tokenizer", "")).startswith("Llama 3")
+        res["shapes"]["llama-3.2-1b"].get("tokenizer", "")
+    ).startswith("Llama 3")
     res["shapes"]["llama-3.2-1b"]["tokenizer"] = "Llama 3 (converted from llama-models)"
     assert "**Random weights, Llama 3 tokenizer**" in render_eval_md(res)
     res["shapes"]["llama-3.2-1b"]["tokenizer"] = "stand-in (SmolLM2 vocabulary)"
@@ -270,21 +459,46 @@ def test_eval_markdown_and_targets():
 
 def test_find_best_picks_the_fastest_row_that_fits_and_prints_its_config_line(tmp_path):
     base = {"status": "ok", "shape": "s", "grad_accum": 1, "find_best": True, "load_in_4bit": True}
-    rows = [dict(base, backend="unsloth", layout="padded", batch_size=8, real_tokens_per_s=30000.0,
-                 peak_reserved_gib=10.0, gradient_checkpointing=True),
-            dict(base, backend="unsloth-packed", layout="packed", batch_size=8, real_tokens_per_s=45000.0,
-                 peak_reserved_gib=30.0, gradient_checkpointing=False),
-            dict(base, backend="unsloth-packed", layout="packed", batch_size=16, real_tokens_per_s=50000.0,
-                 peak_reserved_gib=60.0, gradient_checkpointing=False),
-            dict(base, backend="unsloth-padfree", layout="padfree", batch_size=32, status="over_limit")]
+    rows = [
+        dict(
+            base,
+            backend="unsloth",
+            layout="padded",
+            batch_size=8,
+            real_tokens_per_s=30000.0,
+            peak_reserved_gib=10.0,
+            gradient_checkpointing=True,
+        ),
+        dict(
+            base,
+            backend="unsloth-packed",
+            layout="packed",
+            batch_size=8,
+            real_tokens_per_s=45000.0,
+            peak_reserved_gib=30.0,
+            gradient_checkpointing=False,
+        ),
+        dict(
+            base,
+            backend="unsloth-packed",
+            layout="packed",
+            batch_size=16,
+            real_tokens_per_s=50000.0,
+            peak_reserved_gib=60.0,
+            gradient_checkpointing=False,
+        ),
+        dict(base, backend="unsloth-padfree", layout="padfree", batch_size=32, status="over_limit"),
+    ]
     assert speed.find_best(rows, None)["real_tokens_per_s"] == 50000.0
     best = speed.find_best(rows, 40.0)  # the 16-row packed setting needs 60 GiB
     assert (best["layout"], best["batch_size"]) == ("packed", 8)
     assert speed.find_best(rows, 5.0) is None
     line = speed.config_line(best, "smollm2-gpu")
-    assert line == ("tunebench run smollm2-gpu train.backend=unsloth train.batch_size=8 train.grad_accum=1 "
-                    "train.padding_free=false train.packing=true train.gradient_checkpointing=false "
-                    "model.load_in_4bit=on")
+    assert line == (
+        "tunebench run smollm2-gpu train.backend=unsloth train.batch_size=8 train.grad_accum=1 "
+        "train.padding_free=false train.packing=true train.gradient_checkpointing=false "
+        "model.load_in_4bit=on"
+    )
     # every override the line gives is a real config key with a valid value
     import shlex
 
@@ -317,16 +531,40 @@ def test_find_best_candidates_ascend_within_each_layout_and_the_report_shows_the
         find_best_candidates(argparse.Namespace(layouts="padfre", grad_ckpt="on", find_best_batches="4"))
     res = _speed_results()
     res["settings"]["find_best"] = {"backend": "unsloth", "memory_limit_gib": 40.0, "measured_steps": 8}
-    row = dict(res["rows"][0], backend="unsloth-packed", layout="packed", batch_size=8, grad_accum=1,
-               find_best=True, gradient_checkpointing=False, point=None, real_tokens_per_s=60000.0, mfu=0.46)
+    row = dict(
+        res["rows"][0],
+        backend="unsloth-packed",
+        layout="packed",
+        batch_size=8,
+        grad_accum=1,
+        find_best=True,
+        gradient_checkpointing=False,
+        point=None,
+        real_tokens_per_s=60000.0,
+        mfu=0.46,
+    )
     res["rows"].append(row)
-    res["find_best"] = {"llama-3.2-1b": {"backend": "unsloth-packed", "batch_size": 8, "grad_accum": 1,
-                                         "gradient_checkpointing": False, "real_tokens_per_s": 60000.0, "mfu": 0.46,
-                                         "peak_reserved_gib": 2.0, "config_line": speed.config_line(row)}}
+    res["find_best"] = {
+        "llama-3.2-1b": {
+            "backend": "unsloth-packed",
+            "batch_size": 8,
+            "grad_accum": 1,
+            "gradient_checkpointing": False,
+            "real_tokens_per_s": 60000.0,
+            "mfu": 0.46,
+            "peak_reserved_gib": 2.0,
+            "config_line": speed.config_line(row),
+        }
+    }
     speed.write_speed(res, tmp_path)
     md = (tmp_path / "speed.md").read_text()
-    for needle in ("## Fastest setting (--find-best)", "**unsloth-packed 8 × 1**", "40.0 GiB",
-                   "| unsloth-packed, no ckpt (find-best) | 1 | 8 × 1 | 60,000 |", "train.packing=true"):
+    for needle in (
+        "## Fastest setting (--find-best)",
+        "**unsloth-packed 8 × 1**",
+        "40.0 GiB",
+        "| unsloth-packed, no ckpt (find-best) | 1 | 8 × 1 | 60,000 |",
+        "train.packing=true",
+    ):
         assert needle in md, needle
     mfu_target = next(t for t in json.loads((tmp_path / "speed.json").read_text())["targets"] if "MFU" in t["target"])
     # one sweep row: the best MFU is named, but one run states no interval, so no claim (issue 28)
@@ -375,7 +613,9 @@ def test_export_data_writes_sharegpt_jsonl_that_read_source_reads_back(tmp_path)
     raw = read_source(str(out))
     assert len(raw.records) == 25 and not raw.warnings and not raw.malformed
     std = standardize_and_split(raw, DataConfig(source=str(out), max_validation=0, max_test=0))
-    assert len(std.splits["train"]) == 25 and sum(std.dropped.values()) == 0  # same content hash: all land in train again
+    assert (
+        len(std.splits["train"]) == 25 and sum(std.dropped.values()) == 0
+    )  # same content hash: all land in train again
 
 
 # ----------------------------------------------------------------------------- on a GPU
@@ -392,10 +632,26 @@ def test_speed_end_to_end_on_a_tiny_shape(tmp_path):
     inputs = ["--data", os.environ.get("TUNEBENCH_SPEED_DATA", "packaged:sharegpt-v3")]
     if os.environ.get("TUNEBENCH_SPEED_TOKENIZER"):
         inputs += ["--tokenizer", os.environ["TUNEBENCH_SPEED_TOKENIZER"]]
-    code = speed.main(["speed", "--shape", "tiny", "--backends", "unsloth,unsloth-padded,hf", "--steps", "2",
-                       "--warmup", "1",
-                       "--max-length", "512", "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work"),
-                       *inputs])
+    code = speed.main(
+        [
+            "speed",
+            "--shape",
+            "tiny",
+            "--backends",
+            "unsloth,unsloth-padded,hf",
+            "--steps",
+            "2",
+            "--warmup",
+            "1",
+            "--max-length",
+            "512",
+            "--out",
+            str(tmp_path / "out"),
+            "--work",
+            str(tmp_path / "work"),
+            *inputs,
+        ]
+    )
     data = json.loads((tmp_path / "out" / "speed.json").read_text())
     assert code == 0, [r.get("error") for r in data["rows"]]
     assert {r["backend"] for r in data["rows"]} == {"unsloth", "unsloth-padded", "hf"}
@@ -422,10 +678,25 @@ def test_world_size_launches_torchrun_and_scaling_is_computed_from_one_invocatio
     marks = combine_rank_marks([[(0, 0.0, 0, 0), (1, 1.0, 100, 120)], [(0, 0.1, 0, 0), (1, 1.2, 80, 120)]])
     assert marks == [(0, 0.0, 0, 0), (1, 1.0, 180, 240)]
     rows = [
-        {"status": "ok", "shape": "s", "backend": "hf", "point": 0, "batch_size": 2, "grad_accum": 4,
-         "real_tokens_per_s": 1000.0},
-        {"status": "ok", "shape": "s", "backend": "hf", "point": 0, "batch_size": 2, "grad_accum": 4,
-         "real_tokens_per_s": 1800.0, "world_size": 2},
+        {
+            "status": "ok",
+            "shape": "s",
+            "backend": "hf",
+            "point": 0,
+            "batch_size": 2,
+            "grad_accum": 4,
+            "real_tokens_per_s": 1000.0,
+        },
+        {
+            "status": "ok",
+            "shape": "s",
+            "backend": "hf",
+            "point": 0,
+            "batch_size": 2,
+            "grad_accum": 4,
+            "real_tokens_per_s": 1800.0,
+            "world_size": 2,
+        },
     ]
     (s,) = scaling_rows(rows)
     assert (s["speedup"], s["efficiency"], s["effective_batch_n"]) == (1.8, 0.9, 16)
@@ -450,12 +721,31 @@ def test_train_worker_runs_one_point_through_the_suites_trainer(tmp_path, tiny_l
     other.write_text('{"rows": []}')
     with pytest.raises(DataError, match="not a tunebench prepared-data file"):
         load_prepared(other)
-    spec = {"kind": "train", "label": "cpu", "shape": "tiny", "backend": "hf", "model_dir": str(tiny_llama_dir),
-            "chat_template": "auto", "prepared": str(prepared), "data_source": "packaged:sharegpt-v3",
-            "batch_size": 2, "grad_accum": 1, "max_length": 256, "warmup": 1, "steps": 2, "r": 4, "alpha": 8,
-            "targets": ["q_proj", "v_proj"], "load_in_4bit": False, "params": 10**6, "peak_tflops": None,
-            "datasheet_tflops": None, "gradient_checkpointing": False, "run_dir": str(tmp_path / "run"),
-            "profile_steps": 1}
+    spec = {
+        "kind": "train",
+        "label": "cpu",
+        "shape": "tiny",
+        "backend": "hf",
+        "model_dir": str(tiny_llama_dir),
+        "chat_template": "auto",
+        "prepared": str(prepared),
+        "data_source": "packaged:sharegpt-v3",
+        "batch_size": 2,
+        "grad_accum": 1,
+        "max_length": 256,
+        "warmup": 1,
+        "steps": 2,
+        "r": 4,
+        "alpha": 8,
+        "targets": ["q_proj", "v_proj"],
+        "load_in_4bit": False,
+        "params": 10**6,
+        "peak_tflops": None,
+        "datasheet_tflops": None,
+        "gradient_checkpointing": False,
+        "run_dir": str(tmp_path / "run"),
+        "profile_steps": 1,
+    }
     row = run_train_point(spec)
     assert 0 < summary["conversations"] <= 16
     # the profiled step runs after the measured ones and feeds no measured figure; on CPU the GPU was never busy
@@ -475,7 +765,8 @@ def test_a_failing_part_becomes_a_row_that_says_so():
 
     assert _guarded("graph-check", boom, 1) == {"kind": "graph-check", "error": "RuntimeError: out of memory"}
     assert _guarded_rows("lm-eval", boom, cache="auto") == [
-        {"kind": "lm-eval", "cache": "auto", "error": "RuntimeError: out of memory"}]
+        {"kind": "lm-eval", "cache": "auto", "error": "RuntimeError: out of memory"}
+    ]
     assert _guarded_rows("chat", lambda n: [{"n": n}], 3) == [{"n": 3}]
 
 
@@ -487,9 +778,13 @@ def test_trace_summary_reads_busy_idle_and_exposed_copy_time_from_device_events(
     assert union_length([(0, 2), (1, 3), (5, 6)]) == 4 and union_length([]) == 0
     assert overlap_length([(0, 4)], [(1, 2), (3, 6)]) == 2
     us = 1e6
-    events = [("ampere_gemm", 0, 0.4 * us), ("void elementwise", 0.3 * us, 0.5 * us),  # kernels 0-0.5 s
-              ("Memcpy HtoD (Pinned -> Device)", 0.4 * us, 0.7 * us),  # 0.1 s under a kernel, 0.2 s exposed
-              ("Memcpy DtoH (Device -> Pinned)", 0.9 * us, 1.0 * us), ("Memset (Device)", 1.5 * us, 1.6 * us)]
+    events = [
+        ("ampere_gemm", 0, 0.4 * us),
+        ("void elementwise", 0.3 * us, 0.5 * us),  # kernels 0-0.5 s
+        ("Memcpy HtoD (Pinned -> Device)", 0.4 * us, 0.7 * us),  # 0.1 s under a kernel, 0.2 s exposed
+        ("Memcpy DtoH (Device -> Pinned)", 0.9 * us, 1.0 * us),
+        ("Memset (Device)", 1.5 * us, 1.6 * us),
+    ]
     s = summarize_device_events(events, wall_s=2.0, steps=2)
     assert s["gpu_busy_share"] == pytest.approx((0.7 + 0.1 + 0.1) / 2)
     assert s["kernel_busy_share"] == pytest.approx(0.25) and s["kernels_per_step"] == 1.0

@@ -14,6 +14,7 @@ def _stage(run, calls, text):
         calls.append(text)
         (run / "out").mkdir(exist_ok=True)
         (run / "out" / "result.json").write_text(json.dumps({"value": text}), encoding="utf-8")
+
     return write
 
 

@@ -14,7 +14,9 @@ from tunebench.evals.results import aggregate
 
 def _items(num, den=None, prefix="i"):
     den = np.ones(len(num)) if den is None else den
-    return [{"id": f"{prefix}{k}", "num": float(n), "den": float(d)} for k, (n, d) in enumerate(zip(num, den, strict=True))]
+    return [
+        {"id": f"{prefix}{k}", "num": float(n), "den": float(d)} for k, (n, d) in enumerate(zip(num, den, strict=True))
+    ]
 
 
 def _ppl_items(rng, n=80, shift=0.0):
@@ -27,8 +29,9 @@ def test_exp_ratio_is_exp_of_summed_nll_over_tokens():
     rng = np.random.default_rng(0)
     tokens, nll, items = _ppl_items(rng)
     expected = math.exp(float(np.sum(nll * tokens)) / float(np.sum(tokens)))
-    assert stats.aggregate_sums(sum(i["num"] for i in items), sum(i["den"] for i in items), "exp_ratio") == \
-        pytest.approx(expected, rel=1e-12)
+    assert stats.aggregate_sums(
+        sum(i["num"] for i in items), sum(i["den"] for i in items), "exp_ratio"
+    ) == pytest.approx(expected, rel=1e-12)
     assert aggregate(items, "exp_ratio") == pytest.approx(expected, rel=1e-12)
     # The bootstrap's point value is the same aggregate, not a mean of per-item perplexities.
     assert stats.bootstrap_ci(items, "exp_ratio", n_boot=50).value == pytest.approx(expected, rel=1e-12)
@@ -87,8 +90,9 @@ def test_paired_bootstrap_matches_items_by_id_not_position():
     base = _items(rng.random(40))
     tuned = _items(rng.random(40))
     shuffled = [tuned[k] for k in rng.permutation(40)]
-    assert stats.paired_bootstrap(base, shuffled, n_boot=300, seed=1) == \
-        stats.paired_bootstrap(base, tuned, n_boot=300, seed=1)
+    assert stats.paired_bootstrap(base, shuffled, n_boot=300, seed=1) == stats.paired_bootstrap(
+        base, tuned, n_boot=300, seed=1
+    )
 
 
 def test_paired_bootstrap_refuses_different_or_repeated_ids():

@@ -30,9 +30,9 @@ def test_holm_adjusts_step_down():
 
 def test_cheapest_of_the_indistinguishable_set_is_chosen():
     best = Candidate(0, 0, items(3.00, 0.01, 1), trainable_params=4_000_000, steps=60)
-    close = Candidate(1, 0, items(3.005, 0.01, 2), trainable_params=500_000, steps=60)   # as good, 8x smaller
+    close = Candidate(1, 0, items(3.005, 0.01, 2), trainable_params=500_000, steps=60)  # as good, 8x smaller
     closer_big = Candidate(2, 0, items(3.003, 0.01, 3), trainable_params=9_000_000, steps=60)
-    worse = Candidate(3, 0, items(3.60, 0.01, 4), trainable_params=100_000, steps=30)   # cheapest, clearly worse
+    worse = Candidate(3, 0, items(3.60, 0.01, 4), trainable_params=100_000, steps=30)  # cheapest, clearly worse
     cands = [_with_value(c) for c in (worse, closer_big, best, close)]
     sel = select(cands, alpha=0.05, n_boot=1000)
     ranked = sorted(cands, key=lambda c: c.value)
@@ -52,8 +52,10 @@ def test_ties_on_parameters_go_to_fewer_steps_and_top_limits_the_family():
     sel = select([a, b, c], top=2, n_boot=500)
     compared = {sel.best, *(v.number for v in sel.compared)}
     assert len(compared) == 2 and sel.not_compared == [n for n in (0, 1, 2) if n not in compared]
-    assert sel.chosen == min((x for x in (a, b, c) if x.number in compared), key=lambda x: (x.trainable_params,
-                                                                                             x.steps)).number
+    assert (
+        sel.chosen
+        == min((x for x in (a, b, c) if x.number in compared), key=lambda x: (x.trainable_params, x.steps)).number
+    )
 
 
 def test_one_candidate_is_chosen_and_says_why():
@@ -75,12 +77,14 @@ def test_the_objective_refuses_the_test_split():
     cfg = load_config("smoke", resolved=False)
     tmpl = TemplateInfo("chatml", "<|im_end|>", "", "", "x")
     conv = Conversation("t1", [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}])
-    clean = PreparedData({"train": [], "validation": [], "test": []}, {"train": [], "validation": [], "test": []},
-                         tmpl, {})
+    clean = PreparedData(
+        {"train": [], "validation": [], "test": []}, {"train": [], "validation": [], "test": []}, tmpl, {}
+    )
     with pytest.raises(TestSplitRefused, match="validation split only"):
         score_validation(cfg, clean, None, split="test")  # refused before any model loads
-    leaked = PreparedData({"train": [], "validation": [], "test": []}, {"train": [], "validation": [], "test": [conv]},
-                          tmpl, {})
+    leaked = PreparedData(
+        {"train": [], "validation": [], "test": []}, {"train": [], "validation": [], "test": [conv]}, tmpl, {}
+    )
     with pytest.raises(TestSplitRefused, match="test-split conversations"):
         require_no_test(leaked, "prepared.json")
     with pytest.raises(TestSplitRefused):
@@ -110,8 +114,9 @@ def test_pruning_callback_reports_perplexity_and_stops_a_bad_trial():
         assert outcome.step == 1 and outcome.value == pytest.approx(math.exp(loss))
         assert study.trials[trial.number].intermediate_values[1] == pytest.approx(math.exp(loss))
     trial, outcome, control = study.ask(), Outcome(), TrainerControl()
-    report_callback(trial, outcome).on_evaluate(args, TrainerState(global_step=1, max_steps=1), control,
-                                                metrics={"eval_loss": math.log(9.0)})
+    report_callback(trial, outcome).on_evaluate(
+        args, TrainerState(global_step=1, max_steps=1), control, metrics={"eval_loss": math.log(9.0)}
+    )
     assert not outcome.pruned and not control.should_training_stop  # the last step: training is over anyway
 
 

@@ -31,24 +31,29 @@ def refused(tmp_path, capsys, space_text: str | None, *extra: str) -> str:
     return msg[0]
 
 
-@pytest.mark.parametrize(("space", "expect"), [
-    ("lora.rr: {type: categorical, choices: [8, 16]}\n", "did you mean 'lora.r'"),
-    ("train.lerning_rate: {type: float, low: 1.0e-4, high: 1.0e-3}\n", "did you mean"),
-    ("lora.r: {type: categorical, choises: [8, 16]}\n", "did you mean 'choices'"),
-    ("train.lr: {type: float, low: 3.0e-3, high: 1.0e-4}\n", "bad bounds"),
-    ("train.lr: {type: float, low: 0, high: 1.0e-3, log: true}\n", "bad bounds"),
-    ("lora.dropout: {type: float, low: 0.0, high: 1.5}\n", "refused by the config"),
-    ("lora.r: {type: float, low: 4, high: 64}\n", "integer field"),
-    ("train.lr: {type: loguniform, low: 1.0e-4, high: 1.0e-3}\n", "type: float with log: true"),
-    ("train.lr: {type: flaot, low: 1.0e-4, high: 1.0e-3}\n", "did you mean 'float'"),
-    ("lora.r: [8, 16]\n", "not a distribution"),
-    ("data.max_length: {type: int, low: 64, high: 128}\n", "cannot be tuned"),
-    ("train.seed: {type: int, low: 1, high: 9}\n", "--seeds"),
-    ("", "empty"),
-    ("lora.r: {type: categorical, choices: [16]}\ntrain.lr: {type: float, low: 1.0e-4, high: 1.0e-4}\n",
-     "nothing to tune"),
-    ("lora.r: {type: categorical, choices: [8, 16\n", "not valid YAML"),
-])
+@pytest.mark.parametrize(
+    ("space", "expect"),
+    [
+        ("lora.rr: {type: categorical, choices: [8, 16]}\n", "did you mean 'lora.r'"),
+        ("train.lerning_rate: {type: float, low: 1.0e-4, high: 1.0e-3}\n", "did you mean"),
+        ("lora.r: {type: categorical, choises: [8, 16]}\n", "did you mean 'choices'"),
+        ("train.lr: {type: float, low: 3.0e-3, high: 1.0e-4}\n", "bad bounds"),
+        ("train.lr: {type: float, low: 0, high: 1.0e-3, log: true}\n", "bad bounds"),
+        ("lora.dropout: {type: float, low: 0.0, high: 1.5}\n", "refused by the config"),
+        ("lora.r: {type: float, low: 4, high: 64}\n", "integer field"),
+        ("train.lr: {type: loguniform, low: 1.0e-4, high: 1.0e-3}\n", "type: float with log: true"),
+        ("train.lr: {type: flaot, low: 1.0e-4, high: 1.0e-3}\n", "did you mean 'float'"),
+        ("lora.r: [8, 16]\n", "not a distribution"),
+        ("data.max_length: {type: int, low: 64, high: 128}\n", "cannot be tuned"),
+        ("train.seed: {type: int, low: 1, high: 9}\n", "--seeds"),
+        ("", "empty"),
+        (
+            "lora.r: {type: categorical, choices: [16]}\ntrain.lr: {type: float, low: 1.0e-4, high: 1.0e-4}\n",
+            "nothing to tune",
+        ),
+        ("lora.r: {type: categorical, choices: [8, 16\n", "not valid YAML"),
+    ],
+)
 def test_bad_space_exits_2_before_anything_runs(tmp_path, capsys, space, expect):
     assert expect in refused(tmp_path, capsys, space)
 
@@ -80,7 +85,8 @@ def test_space_values_round_trip_through_the_command_line(tmp_path):
         "lora:\n  lora_alpha: {type: categorical, choices: [16, 32]}\n"  # nested, and PEFT's name for lora.alpha
         "  target_modules: {type: categorical, choices: [[q_proj, v_proj], [q_proj, k_proj, v_proj, o_proj]]}\n"
         "train.lr: {type: float, low: 1.0e-5, high: 3.0e-3, log: true}\n"
-        "train.warmup_steps: {type: int, low: 0, high: 10, step: 5}\n")
+        "train.warmup_steps: {type: int, low: 0, high: 10, step: 5}\n"
+    )
     space = load_space(tmp_path / "s.yaml", load_config("smoke", resolved=False))
     assert [p.key for p in space.params] == ["lora.alpha", "lora.target_modules", "train.lr", "train.warmup_steps"]
     tm = space.params[1]

@@ -45,8 +45,9 @@ def test_evaluation_metrics_are_written_as_tensorboard_events_and_read_back(tmp_
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    written = log_metrics(["tensorboard"], tmp_path, {"eval/tuned/perplexity/test": 3.5,
-                                                      "eval/delta/perplexity/test": -0.25}, step=12)
+    written = log_metrics(
+        ["tensorboard"], tmp_path, {"eval/tuned/perplexity/test": 3.5, "eval/delta/perplexity/test": -0.25}, step=12
+    )
     assert written == ["tensorboard"]
     acc = EventAccumulator(str(tracking.tensorboard_dir(tmp_path)))
     acc.Reload()

@@ -95,8 +95,9 @@ def resolve_template(cfg: RunConfig, source: ModelSource) -> RunConfig:
     name = choose_template("auto", load_config_of(source, cfg.model.trust_remote_code))
     out = from_dict(to_dict(cfg))
     out.model.chat_template = name
-    out.resolution["model.chat_template"] = ("llama-3.1: a Llama 3.x model" if name == "llama-3.1"
-                                             else "the model's own template (not a Llama 3.x model)")
+    out.resolution["model.chat_template"] = (
+        "llama-3.1: a Llama 3.x model" if name == "llama-3.1" else "the model's own template (not a Llama 3.x model)"
+    )
     return out
 
 
@@ -118,7 +119,6 @@ def prepare_run_dir(cfg: RunConfig, run_dir: Path, overwrite: bool) -> None:
                     else:
                         p.unlink()
         elif cfg_path.exists():
-
             old = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
             try:  # a section added since (e.g. export) takes its defaults: the same run, not another config
                 old = to_dict(from_dict(old))
@@ -156,8 +156,11 @@ class Stages:
         self.run_dir = run_dir
         self.path = run_dir / "stages.json"
         fix = f"delete {self.path} to re-run every stage (finished training resumes from its checkpoints)"
-        recorded = check_json(read_json(self.path, fix), dict[str, str | dict[str, Any]], str(self.path), fix) \
-            if self.path.exists() else {}
+        recorded = (
+            check_json(read_json(self.path, fix), dict[str, str | dict[str, Any]], str(self.path), fix)
+            if self.path.exists()
+            else {}
+        )
         self.done: dict[str, str] = {}
         self.sums: dict[str, dict[str, str]] = {}
         for name, rec in recorded.items():  # a plain string: a run folder from before outputs were checksummed
@@ -183,8 +186,11 @@ class Stages:
         for p in outputs:
             want = sums.get(self._rel(p))
             if want is not None and sha256_file(p) != want:
-                log.warning("%s is not the file stage %s wrote (cut short, or replaced by another one): the stage "
-                            "runs again", p, name.replace("_", " "))
+                log.warning(
+                    "%s is not the file stage %s wrote (cut short, or replaced by another one): the stage runs again",
+                    p,
+                    name.replace("_", " "),
+                )
                 return False
         for p in outputs:
             if p.name == "results.json":
@@ -194,8 +200,9 @@ class Stages:
     def mark(self, name: str, fp: str, outputs: list[Path] | tuple[Path, ...] = ()) -> None:
         self.done[name] = fp
         self.sums[name] = {self._rel(p): sha256_file(p) for p in outputs if p.is_file()}
-        atomic_write_json(self.path, {n: {"fingerprint": f, "sha256": self.sums.get(n, {})}
-                                      for n, f in self.done.items()})
+        atomic_write_json(
+            self.path, {n: {"fingerprint": f, "sha256": self.sums.get(n, {})} for n, f in self.done.items()}
+        )
 
     def run(self, name: str, fp: str, outputs: list[Path], fn: Callable[[], Any]) -> bool:
         """Run ``fn`` unless stage ``name`` is fresh (same inputs, outputs present and unchanged); time it, then mark
@@ -220,8 +227,11 @@ class StageClock:
     def __init__(self, run_dir: Path):
         self.path = run_dir / "timings.json"
         fix = f"delete {self.path} (it only records how long each stage took)"
-        old = check_json(read_json(self.path, fix), dict[str, dict[str, float] | float], str(self.path), fix) \
-            if self.path.exists() else {}
+        old = (
+            check_json(read_json(self.path, fix), dict[str, dict[str, float] | float], str(self.path), fix)
+            if self.path.exists()
+            else {}
+        )
         self.stages: dict[str, Any] = old.get("stages", {})
 
     @contextlib.contextmanager
@@ -248,13 +258,14 @@ def run_child(cmd: list[str], env: dict[str, str] | None = None) -> int:
 
 def _train_child(run_dir: Path) -> None:
     """Run `tunebench train` on the run's config in a child process; Ctrl-C reaches it and it checkpoints."""
-    cmd = [sys.executable, "-m", "tunebench", "train", str(run_dir / "config.yaml"), "--out", str(run_dir),
-           "--resume"]
+    cmd = [sys.executable, "-m", "tunebench", "train", str(run_dir / "config.yaml"), "--out", str(run_dir), "--resume"]
     log.info("training in a child process: %s", " ".join(cmd))
     code = run_child(cmd)
     if code == EXIT_INTERRUPTED:
-        raise Interrupted(f"training was interrupted; a checkpoint is in {run_dir}/checkpoints. "
-                          "Run the same command again to continue.")
+        raise Interrupted(
+            f"training was interrupted; a checkpoint is in {run_dir}/checkpoints. "
+            "Run the same command again to continue."
+        )
     if code != 0:
         raise PipelineError(f"training failed (exit code {code}); see the messages above")
 
@@ -265,8 +276,9 @@ def train_settings(cfg: RunConfig) -> dict[str, Any]:
     return {k: v for k, v in to_dict(cfg.train).items() if k != "report_to"}
 
 
-def run(cfg: RunConfig, run_dir: str | Path, overwrite: bool = False, progress: bool = True,
-        strict: bool = False) -> PipelineResult:
+def run(
+    cfg: RunConfig, run_dir: str | Path, overwrite: bool = False, progress: bool = True, strict: bool = False
+) -> PipelineResult:
     """The whole pipeline. Returns where the report is and the gate's exit code; ``strict`` refuses splits too
     small to decide anything (data.splits) instead of warning."""
     run_dir = Path(run_dir)
@@ -307,29 +319,48 @@ def _run(cfg: RunConfig, run_dir: Path, overwrite: bool, progress: bool, strict:
     contamination = read_json(contamination_path)
 
     base_path = run_dir / "eval" / "base" / "results.json"
-    stages.run("eval_base", eval_fp, [base_path],
-               lambda: evaluate_model(cfg, run_dir, "base", None, base_path, contamination, progress))
+    stages.run(
+        "eval_base",
+        eval_fp,
+        [base_path],
+        lambda: evaluate_model(cfg, run_dir, "base", None, base_path, contamination, progress),
+    )
 
     manifest = read_json(adapter / "manifest.json")
     tuned_fp = fingerprint([eval_fp, train_fp, manifest.get("created")])
     tuned_path = run_dir / "eval" / "tuned" / "results.json"
-    stages.run("eval_tuned", tuned_fp, [tuned_path],
-               lambda: evaluate_model(cfg, run_dir, "tuned", adapter, tuned_path, contamination, progress))
+    stages.run(
+        "eval_tuned",
+        tuned_fp,
+        [tuned_path],
+        lambda: evaluate_model(cfg, run_dir, "tuned", adapter, tuned_path, contamination, progress),
+    )
 
     if cfg.eval.judge.enabled:
         judge_path = run_dir / "eval" / "judge"
-        stages.run("judge", fingerprint([data_fp, tuned_fp, judge_fingerprint(cfg)]),
-                   [judge_path / "results.json", judge_path / "judgments.jsonl"],
-                   lambda: run_judge(cfg, run_dir, adapter, judge_path, progress))
+        stages.run(
+            "judge",
+            fingerprint([data_fp, tuned_fp, judge_fingerprint(cfg)]),
+            [judge_path / "results.json", judge_path / "judgments.jsonl"],
+            lambda: run_judge(cfg, run_dir, adapter, judge_path, progress),
+        )
 
     if cfg.export.gguf:
-        export_stage(cfg, run_dir, stages, fingerprint([train_fp, manifest.get("created")]), eval_fp, contamination,
-                     progress)
+        export_stage(
+            cfg, run_dir, stages, fingerprint([train_fp, manifest.get("created")]), eval_fp, contamination, progress
+        )
     return finish(run_dir, cfg)
 
 
-def export_stage(cfg: RunConfig, run_dir: Path, stages: Stages, adapter_fp: str, eval_fp: str,
-                 contamination: dict[str, Any] | None = None, progress: bool = True) -> list[Path]:
+def export_stage(
+    cfg: RunConfig,
+    run_dir: Path,
+    stages: Stages,
+    adapter_fp: str,
+    eval_fp: str,
+    contamination: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> list[Path]:
     """Write the GGUF files of cfg.export.gguf, then score each like the adapter (eval/gguf-<type>/results.json).
 
     Cached like the other stages: the export reruns when the adapter, the types or gguf-py change; an
@@ -339,26 +370,39 @@ def export_stage(cfg: RunConfig, run_dir: Path, stages: Stages, adapter_fp: str,
         The GGUF paths.
     """
 
-
     files = [run_dir / "export" / f"model-{q}.gguf" for q in cfg.export.gguf]
     export_fp = fingerprint([adapter_fp, list(cfg.export.gguf), package_version("gguf")])
-    stages.run("export", export_fp, [*files, run_dir / "export" / "export.json"],
-               lambda: export_and_check(run_dir, list(cfg.export.gguf), list(cfg.eval.probe_files)))
+    stages.run(
+        "export",
+        export_fp,
+        [*files, run_dir / "export" / "export.json"],
+        lambda: export_and_check(run_dir, list(cfg.export.gguf), list(cfg.eval.probe_files)),
+    )
     runtimes = artifact_runtimes(cfg.export.evaluate)
     for q, path in zip(cfg.export.gguf, files, strict=True):
         if "transformers" in runtimes:
             label = ARTIFACT_PREFIX + q
             out = run_dir / "eval" / label / "results.json"
             acfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, ref=str(path)))
-            stages.run(f"eval_{label}", fingerprint([eval_fp, export_fp, q]), [out],
-                       lambda acfg=acfg, label=label, out=out: evaluate_model(acfg, run_dir, label, None, out,
-                                                                              contamination, progress, artifact=True))
+            stages.run(
+                f"eval_{label}",
+                fingerprint([eval_fp, export_fp, q]),
+                [out],
+                lambda acfg=acfg, label=label, out=out: evaluate_model(
+                    acfg, run_dir, label, None, out, contamination, progress, artifact=True
+                ),
+            )
         if "llama.cpp" in runtimes:
             label = ARTIFACT_PREFIX + q + LABEL_SUFFIX
             out = run_dir / "eval" / label / "results.json"
-            stages.run(f"eval_{label}", fingerprint([eval_fp, export_fp, q, package_version("llama_cpp_python")]),
-                       [out], lambda path=path, label=label, out=out: evaluate_gguf_llamacpp(
-                           cfg, run_dir, path, label, out, contamination, progress))
+            stages.run(
+                f"eval_{label}",
+                fingerprint([eval_fp, export_fp, q, package_version("llama_cpp_python")]),
+                [out],
+                lambda path=path, label=label, out=out: evaluate_gguf_llamacpp(
+                    cfg, run_dir, path, label, out, contamination, progress
+                ),
+            )
     return files
 
 
@@ -380,29 +424,36 @@ def export_and_check(run_dir: Path, quants: list[str], probe_files: list[str]) -
     for q in quants:
         report = check_contract(out / f"model-{q}.gguf", run_dir / "adapter", probe_files)
         atomic_write_json(out / f"contract-{q}.json", report.to_dict())
-        log.info("contract %s: %s agree on %d prompts%s", q, ", ".join(report.runtimes), report.prompts,
-                 f" (skipped: {'; '.join(report.skipped)})" if report.skipped else "")
+        log.info(
+            "contract %s: %s agree on %d prompts%s",
+            q,
+            ", ".join(report.runtimes),
+            report.prompts,
+            f" (skipped: {'; '.join(report.skipped)})" if report.skipped else "",
+        )
     return out
 
 
 def finish(run_dir: Path, cfg: RunConfig) -> PipelineResult:
     """Compare, gate and render from the results files (always recomputed: cheap and deterministic)."""
 
-
     results = load_run_results(run_dir)
     judged = load_judge_results(run_dir) if cfg.eval.judge.enabled else None
-    comparison = compare(results["base"], results["tuned"], cfg.report.alpha, cfg.eval.bootstrap_samples,
-                         judged=judged)
+    comparison = compare(results["base"], results["tuned"], cfg.report.alpha, cfg.eval.bootstrap_samples, judged=judged)
     atomic_write_json(run_dir / "comparison.json", comparison.to_dict())
     if tracking.active(cfg.train.report_to):  # the results beside the training curves, at the last step
-        steps = (read_json(run_dir / "adapter" / "manifest.json").get("steps", 0)
-                 if (run_dir / "adapter" / "manifest.json").is_file() else 0)
+        steps = (
+            read_json(run_dir / "adapter" / "manifest.json").get("steps", 0)
+            if (run_dir / "adapter" / "manifest.json").is_file()
+            else 0
+        )
         log_metrics(cfg.train.report_to, run_dir, comparison_metrics(comparison.rows), step=steps, run_name=cfg.name)
     exported = {}
     for name, res in load_artifact_results(run_dir).items():
         try:
-            exported.update(compare_artifacts(results["tuned"], {name: res}, cfg.report.alpha,
-                                              cfg.eval.bootstrap_samples))
+            exported.update(
+                compare_artifacts(results["tuned"], {name: res}, cfg.report.alpha, cfg.eval.bootstrap_samples)
+            )
         except ComparisonError as e:  # e.g. scored before the evaluation settings changed: left out, said why
             log.warning("export section: %s; re-evaluate it to include it", e)
     if exported:
@@ -412,8 +463,9 @@ def finish(run_dir: Path, cfg: RunConfig) -> PipelineResult:
     context = context_from_run(run_dir, results)
     if exported:
         context["export_comparisons"] = exported
-        context["served_parity"] = served_against_artifacts(load_artifact_results(run_dir), cfg.report.alpha,
-                                                            cfg.eval.bootstrap_samples)
+        context["served_parity"] = served_against_artifacts(
+            load_artifact_results(run_dir), cfg.report.alpha, cfg.eval.bootstrap_samples
+        )
     context.update(draw_report_plots(run_dir, comparison, context).files)  # PNGs beside report.md, linked from it
     report = render_report(comparison, context)
     atomic_write_text(run_dir / "report.md", report)

@@ -53,7 +53,9 @@ def preflight(cfg: RunConfig, whole_run: bool = False) -> None:
         raise ConfigError(
             f"eval.contamination_ngram: {cfg.eval.contamination_ngram} is below {MIN_SHINGLE_WORDS}, the shortest "
             "n-gram the train/eval overlap check accepts (shorter phrases in common say nothing); use 13 (the "
-            "default)", key="eval.contamination_ngram")
+            "default)",
+            key="eval.contamination_ngram",
+        )
     index = check_task_names(list(cfg.eval.lm_eval_tasks)) if cfg.eval.lm_eval_tasks else None
     try:
         probe_sets = [load_probe_set(name).name for name in cfg.eval.probe_files]
@@ -110,9 +112,11 @@ def check_rules(cfg: RunConfig, rules: list[GateRule], produced: list[MetricShap
             raise GateError(
                 f"{rule.where}: rule {rule.label!r} reads exported artifact {rule.artifact!r}, which this config "
                 f"does not write (export.gguf: {list(cfg.export.gguf)}); add it to export.gguf or set "
-                "'optional: true'")
+                "'optional: true'"
+            )
         if not any(could_match(rule.metric, s) for s in produced):
             raise GateError(
                 f"{rule.where}: rule {rule.label!r} needs metric {rule.metric!r}, which this config never "
                 f"produces (it produces {what}); add the lm-eval task, probe file or perplexity to eval, fix the "
-                "name, or set 'optional: true' on the rule")
+                "name, or set 'optional: true' on the rule"
+            )

@@ -62,13 +62,17 @@ def api_key(opts: ServeOptions) -> str | None:
     """
     if opts.api_key_env is None:
         if not is_loopback(opts.host):
-            raise ServeError(f"--host {opts.host}: serving beyond this machine needs an API key; put it in an "
-                             "environment variable and name it with --api-key-env NAME (or bind 127.0.0.1)")
+            raise ServeError(
+                f"--host {opts.host}: serving beyond this machine needs an API key; put it in an "
+                "environment variable and name it with --api-key-env NAME (or bind 127.0.0.1)"
+            )
         return None
     key = os.environ.get(opts.api_key_env, "")
     if not key:
-        raise ServeError(f"--api-key-env {opts.api_key_env}: that environment variable is unset or empty; "
-                         f"export {opts.api_key_env}=<a long random key> first")
+        raise ServeError(
+            f"--api-key-env {opts.api_key_env}: that environment variable is unset or empty; "
+            f"export {opts.api_key_env}=<a long random key> first"
+        )
     return key
 
 
@@ -79,8 +83,9 @@ def check_port(host: str, port: int) -> None:
         try:
             s.bind((host, port))
         except OSError as e:
-            raise ServeError(f"{host}:{port}: cannot listen there ({e.strerror}); pick another --port "
-                             "(or stop what holds it)") from None
+            raise ServeError(
+                f"{host}:{port}: cannot listen there ({e.strerror}); pick another --port (or stop what holds it)"
+            ) from None
 
 
 VLLM_LORA_NAME = "tuned"
@@ -103,15 +108,33 @@ def vllm_command(opts: ServeOptions) -> list[str]:
     if not (adapter / "adapter_config.json").is_file():
         raise ServeError(f"{adapter}: no trained adapter (adapter_config.json) to serve; train the run first")
     base = adapter_manifest(adapter).get("model", {}).get("ref") or json.loads(
-        (adapter / "adapter_config.json").read_text()).get("base_model_name_or_path", "")
+        (adapter / "adapter_config.json").read_text()
+    ).get("base_model_name_or_path", "")
     if not base or base.startswith("packaged:") or base.endswith(".gguf"):
-        raise ServeError(f"--engine vllm serves a hub or folder base with the adapter as a runtime LoRA; this run's "
-                         f"base is {base or 'not recorded'!r}. Serve its GGUF with the default --engine llama.cpp")
+        raise ServeError(
+            f"--engine vllm serves a hub or folder base with the adapter as a runtime LoRA; this run's "
+            f"base is {base or 'not recorded'!r}. Serve its GGUF with the default --engine llama.cpp"
+        )
     rank = int(json.loads((adapter / "adapter_config.json").read_text()).get("r", 16))
     template = _adapter_template(adapter)
-    cmd = ["vllm", "serve", base, "--enable-lora", "--lora-modules", f"{VLLM_LORA_NAME}={adapter}",
-           "--max-lora-rank", str(max(rank, 8)), "--host", opts.host, "--port", str(opts.port),
-           "--max-model-len", str(opts.n_ctx), "--seed", "0"]
+    cmd = [
+        "vllm",
+        "serve",
+        base,
+        "--enable-lora",
+        "--lora-modules",
+        f"{VLLM_LORA_NAME}={adapter}",
+        "--max-lora-rank",
+        str(max(rank, 8)),
+        "--host",
+        opts.host,
+        "--port",
+        str(opts.port),
+        "--max-model-len",
+        str(opts.n_ctx),
+        "--seed",
+        "0",
+    ]
     if template is not None:
         path = opts.run / "export" / "chat_template.jinja"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -138,8 +161,10 @@ def require_vllm() -> str:
     """The ``vllm`` executable, or a ServeError naming what to install."""
     exe = shutil.which("vllm")
     if exe is None:
-        raise ServeError("--engine vllm needs vLLM (`pip install vllm` on a CUDA machine; it is not a tunebench "
-                         "extra because it pins its own torch); or serve the GGUF with --engine llama.cpp")
+        raise ServeError(
+            "--engine vllm needs vLLM (`pip install vllm` on a CUDA machine; it is not a tunebench "
+            "extra because it pins its own torch); or serve the GGUF with --engine llama.cpp"
+        )
     return exe
 
 
@@ -153,8 +178,11 @@ def serve_vllm(opts: ServeOptions, key: str | None) -> int:
     url = url_of(opts.host, opts.port)
     try:
         wait_ready(url, proc, key, timeout=900.0)  # vLLM loads and profiles the model first
-        print(f"ready: vLLM on {cmd[2]} + LoRA {VLLM_LORA_NAME!r} ({opts.run / 'adapter'}) at {url}/v1; send "
-              f"\"model\": \"{VLLM_LORA_NAME}\"", flush=True)
+        print(
+            f"ready: vLLM on {cmd[2]} + LoRA {VLLM_LORA_NAME!r} ({opts.run / 'adapter'}) at {url}/v1; send "
+            f'"model": "{VLLM_LORA_NAME}"',
+            flush=True,
+        )
         print("stop:  Ctrl-C (or SIGTERM)", flush=True)
         proc.wait()
     except KeyboardInterrupt:
@@ -173,8 +201,10 @@ def served_gguf(opts: ServeOptions, probe_files: list[str] | None = None) -> Pat
     path = opts.run / "export" / f"model-{opts.quant}.gguf"
     if not path.exists():
         if opts.no_export:
-            raise ServeError(f"{path}: not exported, and --no-export was given; run `tunebench export {opts.run} "
-                             f"--gguf --quant {opts.quant}` first, or drop --no-export")
+            raise ServeError(
+                f"{path}: not exported, and --no-export was given; run `tunebench export {opts.run} "
+                f"--gguf --quant {opts.quant}` first, or drop --no-export"
+            )
         from tunebench.app.pipeline import export_and_check
 
         export_and_check(opts.run, [opts.quant], probe_files or [])
@@ -185,15 +215,35 @@ def served_gguf(opts: ServeOptions, probe_files: list[str] | None = None) -> Pat
 def check_template(path: Path) -> None:
     """Raises ServeError when the GGUF carries no ``tokenizer.chat_template`` (the server would guess one)."""
     if not gguf_field(path, "tokenizer.chat_template"):
-        raise ServeError(f"{path}: the GGUF metadata has no tokenizer.chat_template, so the server would format "
-                         "chats with a default that is not the run's; re-export with `tunebench export RUN --gguf`")
+        raise ServeError(
+            f"{path}: the GGUF metadata has no tokenizer.chat_template, so the server would format "
+            "chats with a default that is not the run's; re-export with `tunebench export RUN --gguf`"
+        )
 
 
 def server_command(gguf: Path, host: str, port: int, n_ctx: int) -> list[str]:
     """The child's argv (the API key travels in its environment as API_KEY, not here)."""
-    return [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", host, "--port", str(port),
-            "--chat_format", GGUF_TEMPLATE_FORMAT, "--n_ctx", str(n_ctx), "--n_threads", str(cpu_threads()),
-            "--seed", "0", "--interrupt_requests", "False"]  # its default cuts a stream short when another request
+    return [
+        sys.executable,
+        "-m",
+        "llama_cpp.server",
+        "--model",
+        str(gguf),
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--chat_format",
+        GGUF_TEMPLATE_FORMAT,
+        "--n_ctx",
+        str(n_ctx),
+        "--n_threads",
+        str(cpu_threads()),
+        "--seed",
+        "0",
+        "--interrupt_requests",
+        "False",
+    ]  # its default cuts a stream short when another request
     # arrives: under concurrent clients most answers ended without a finish reason (`tunebench bench serve` found it)
 
 
@@ -209,11 +259,14 @@ def wait_ready(url: str, proc: subprocess.Popen, key: str | None, timeout: float
     """
     state = await_models(url, proc, timeout, key)
     if state == "exited":
-        raise ServeError(f"the server exited with code {proc.returncode} before it was ready; "
-                         "its log says why (run with -v, or see the server log)")
+        raise ServeError(
+            f"the server exited with code {proc.returncode} before it was ready; "
+            "its log says why (run with -v, or see the server log)"
+        )
     if state == "timeout":
-        raise ServeError(f"{url}: no answer on {HEALTH_PATH} after {timeout:.0f}s; the model may be too large for "
-                         "this machine")
+        raise ServeError(
+            f"{url}: no answer on {HEALTH_PATH} after {timeout:.0f}s; the model may be too large for this machine"
+        )
 
 
 def stop(proc: subprocess.Popen, grace: float = 10.0) -> int:
@@ -229,8 +282,14 @@ def stop(proc: subprocess.Popen, grace: float = 10.0) -> int:
 
 
 @contextlib.contextmanager
-def running_server(gguf: Path, host: str = "127.0.0.1", port: int | None = None, key: str | None = None,
-                   n_ctx: int = 4096, log: IO[str] | None = None) -> Iterator[str]:
+def running_server(
+    gguf: Path,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    key: str | None = None,
+    n_ctx: int = 4096,
+    log: IO[str] | None = None,
+) -> Iterator[str]:
     """Start the server on ``gguf``, wait until it answers, yield its URL, stop it on exit."""
     require_llama_cpp()
     port = port or free_port(host)
@@ -238,8 +297,12 @@ def running_server(gguf: Path, host: str = "127.0.0.1", port: int | None = None,
     env = {k: v for k, v in os.environ.items() if k != "API_KEY"}  # pydantic-settings reads the key from here
     if key:
         env["API_KEY"] = key
-    proc = subprocess.Popen(server_command(gguf, host, port, n_ctx), env=env, stdout=log or subprocess.DEVNULL,
-                            stderr=subprocess.STDOUT if log else None)
+    proc = subprocess.Popen(
+        server_command(gguf, host, port, n_ctx),
+        env=env,
+        stdout=log or subprocess.DEVNULL,
+        stderr=subprocess.STDOUT if log else None,
+    )
     try:
         url = url_of(host, port)
         wait_ready(url, proc, key)
@@ -249,7 +312,7 @@ def running_server(gguf: Path, host: str = "127.0.0.1", port: int | None = None,
 
 
 def curl_example(url: str, key_env: str | None) -> str:
-    auth = f" -H \"Authorization: Bearer ${key_env}\"" if key_env else ""
+    auth = f' -H "Authorization: Bearer ${key_env}"' if key_env else ""
     body = json.dumps({"messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 64})
     return f"curl -s {url}/v1/chat/completions -H 'Content-Type: application/json'{auth} -d '{body}'"
 

@@ -122,19 +122,25 @@ def sweep(opts: SweepOptions) -> SweepResult:
     asked = load_config(opts.preset, opts.overrides, resolved=False)
     space_path = opts.space or default_space(opts.preset)
     if space_path is None:
-        raise ConfigError(f"preset {opts.preset!r} has no default search space (tunebench/configs/spaces/); give one "
-                          "with --space FILE (a YAML of dotted keys, e.g. lora.r: {type: categorical, choices: [8, 16]})")
+        raise ConfigError(
+            f"preset {opts.preset!r} has no default search space (tunebench/configs/spaces/); give one "
+            "with --space FILE (a YAML of dotted keys, e.g. lora.r: {type: categorical, choices: [8, 16]})"
+        )
     space = load_space(space_path, asked)
     cfg = resolve(asked)[0]
     preflight(cfg, whole_run=opts.confirm)
     if opts.pruner != "none" and not cfg.train.eval_every:
-        log.warning("--pruner %s has no validation losses during training to act on (train.eval_every=0): no trial "
-                    "will be pruned; set train.eval_every=N", opts.pruner)
+        log.warning(
+            "--pruner %s has no validation losses during training to act on (train.eval_every=0): no trial "
+            "will be pruned; set train.eval_every=N",
+            opts.pruner,
+        )
     out = Path(opts.out or Path("runs") / f"{asked.name}-sweep")
     out.mkdir(parents=True, exist_ok=True)
     url = opts.storage or f"sqlite:///{(out / 'study.db').resolve()}"
-    optuna_study, storage = open_study(url, opts.study or f"tunebench-{asked.name}", opts, study_identity(asked, space,
-                                                                                                          opts))
+    optuna_study, storage = open_study(
+        url, opts.study or f"tunebench-{asked.name}", opts, study_identity(asked, space, opts)
+    )
     prepared, data_path = prepare_data(cfg, out)
     study = Study(optuna_study, storage, url, opts, out, asked, space, prepared, data_path, max_steps(asked, space))
     ran = run_trials(study)
@@ -156,8 +162,14 @@ def study_identity(asked: RunConfig, space: Space, opts: SweepOptions) -> dict[s
     the seeds and the pruner."""
     config = to_dict(asked)
     config["train"].pop("report_to", None)
-    return {"config": fingerprint(config), "space": space.fingerprint(), "seeds": opts.seeds, "pruner": opts.pruner,
-            "preset": opts.preset, "overrides": list(opts.overrides)}
+    return {
+        "config": fingerprint(config),
+        "space": space.fingerprint(),
+        "seeds": opts.seeds,
+        "pruner": opts.pruner,
+        "preset": opts.preset,
+        "overrides": list(opts.overrides),
+    }
 
 
 def open_study(url: str, name: str, opts: SweepOptions, identity: dict[str, Any]) -> tuple[Any, Any]:
@@ -178,16 +190,24 @@ def open_study(url: str, name: str, opts: SweepOptions, identity: dict[str, Any]
     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
     try:
         with _creation_lock(url):
-            storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url),
-                                                 heartbeat_interval=HEARTBEAT_S, grace_period=3 * HEARTBEAT_S)
-            study = optuna.create_study(storage=storage, study_name=name, direction="minimize", load_if_exists=True,
-                                        sampler=optuna.samplers.TPESampler(seed=opts.sampler_seed),
-                                        pruner=make_pruner(opts.pruner, 0))
+            storage = optuna.storages.RDBStorage(
+                url, engine_kwargs=engine_kwargs(url), heartbeat_interval=HEARTBEAT_S, grace_period=3 * HEARTBEAT_S
+            )
+            study = optuna.create_study(
+                storage=storage,
+                study_name=name,
+                direction="minimize",
+                load_if_exists=True,
+                sampler=optuna.samplers.TPESampler(seed=opts.sampler_seed),
+                pruner=make_pruner(opts.pruner, 0),
+            )
     except (ImportError, ValueError, RuntimeError, OSError, sqlalchemy.exc.SQLAlchemyError) as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"--storage {shown_url(url)}: cannot open the study storage ({type(e).__name__}: "
-                          f"{reason[:300]}). Check the URL, that the database server is up and reachable, and that its "
-                          "driver is installed (postgresql: psycopg2-binary, mysql: PyMySQL)") from None
+        raise ConfigError(
+            f"--storage {shown_url(url)}: cannot open the study storage ({type(e).__name__}: "
+            f"{reason[:300]}). Check the URL, that the database server is up and reachable, and that its "
+            "driver is installed (postgresql: psycopg2-binary, mysql: PyMySQL)"
+        ) from None
     recorded = study.user_attrs.get("tunebench")
     if recorded is None:
         study.set_user_attr("tunebench", identity)
@@ -197,7 +217,8 @@ def open_study(url: str, name: str, opts: SweepOptions, identity: dict[str, Any]
             raise ConfigError(
                 f"study {name!r} in {shown_url(url)} was made with another {', '.join(differ)} (by `tunebench sweep "
                 f"{recorded.get('preset')} {' '.join(recorded.get('overrides', []))}`); resume it with the same "
-                "command, or start another study with --out DIR or --study NAME")
+                "command, or start another study with --out DIR or --study NAME"
+            )
     return study, storage
 
 
@@ -229,11 +250,14 @@ def prepare_data(cfg: RunConfig, out: Path) -> tuple[PreparedData, Path]:
     def data() -> None:
         tok, tname = load_tokenizer(source, cfg.model.chat_template, cfg.model.trust_remote_code)
         prepared = data_mod.prepare(tok, tname, cfg.data, None, eval_every=cfg.train.eval_every)
-        kept = PreparedData({**prepared.encoded, "test": []}, {**prepared.conversations, "test": []},
-                            prepared.template, prepared.report)  # the test split never enters the sweep
+        kept = PreparedData(
+            {**prepared.encoded, "test": []}, {**prepared.conversations, "test": []}, prepared.template, prepared.report
+        )  # the test split never enters the sweep
         if not kept.encoded.get("validation"):
-            raise ConfigError("the validation split is empty: the sweep has nothing to select on; raise "
-                              "data.max_validation or data.validation_fraction")
+            raise ConfigError(
+                "the validation split is empty: the sweep has nothing to select on; raise "
+                "data.max_validation or data.validation_fraction"
+            )
         atomic_write_json(path, prepared_to_dict(kept))
         atomic_write_json(data_dir / "data_report.json", kept.report)
         atomic_write_text(data_dir / "data_report.md", data_mod.render_report(kept.report))
@@ -276,14 +300,17 @@ def run_trials(study: Study) -> int:
             raise Interrupted(
                 f"the sweep in {study.out} stopped during trial {trial.number}; the {done} finished trials are kept in "
                 f"{shown_url(study.url)} and trial {trial.number} is recorded as failed (its configuration runs again "
-                f"first). Run the same command to continue: finished trials count toward --trials") from None
+                f"first). Run the same command to continue: finished trials count toward --trials"
+            ) from None
         except TunebenchError as e:
             fail(study.optuna, trial, str(e))
             failures += 1
             log.warning("trial %d failed: %s", trial.number, e)
             if failures >= MAX_FAILURES:
-                raise PipelineError(f"{failures} trials in a row failed (the last: {e}); the sweep stopped. Fix the "
-                                    "cause and run the same command again: finished trials are kept") from None
+                raise PipelineError(
+                    f"{failures} trials in a row failed (the last: {e}); the sweep stopped. Fix the "
+                    "cause and run the same command again: finished trials are kept"
+                ) from None
         except BaseException as e:
             fail(study.optuna, trial, f"{type(e).__name__}: {e}")
             raise
@@ -348,19 +375,32 @@ def run_trial(study: Study, trial: Any) -> None:
                 study.optuna.tell(trial, state=optuna.trial.TrialState.PRUNED)
                 return
             metric, items = score_validation(cfg, study.prepared, run_dir / "adapter", progress=study.opts.progress)
-            atomic_write_json(run_dir / "validation.json", {"metric": metric.name, "value": metric.value,
-                                                            "ci_low": metric.ci_low, "ci_high": metric.ci_high,
-                                                            "items": items})
+            atomic_write_json(
+                run_dir / "validation.json",
+                {
+                    "metric": metric.name,
+                    "value": metric.value,
+                    "ci_low": metric.ci_low,
+                    "ci_high": metric.ci_high,
+                    "items": items,
+                },
+            )
             if tracking.active(cfg.train.report_to):
-                log_metrics(cfg.train.report_to, run_dir, {f"eval/{metric.name}": metric.value},
-                            step=manifest["steps"], run_name=f"trial-{trial.number}")
+                log_metrics(
+                    cfg.train.report_to,
+                    run_dir,
+                    {f"eval/{metric.name}": metric.value},
+                    step=manifest["steps"],
+                    run_name=f"trial-{trial.number}",
+                )
             per_seed.append({"seed": seed, "perplexity": metric.value})
             for it in items:  # one record per conversation, summed over seeds: the configuration's paired unit
                 rec = pooled.setdefault(str(it["id"]), {"id": str(it["id"]), "num": 0.0, "den": 0})
                 rec["num"] += it["num"]
                 rec["den"] += it["den"]
-    ci = bootstrap_ci(list(pooled.values()), "exp_ratio", n_boot=study.asked.eval.bootstrap_samples,
-                      alpha=study.asked.report.alpha)
+    ci = bootstrap_ci(
+        list(pooled.values()), "exp_ratio", n_boot=study.asked.eval.bootstrap_samples, alpha=study.asked.report.alpha
+    )
     trial.set_user_attr("items", [[r["id"], r["num"], r["den"]] for r in pooled.values()])
     trial.set_user_attr("ci", [ci.low, ci.high])
     trial.set_user_attr("per_seed", per_seed)
@@ -379,15 +419,25 @@ def train_trial(study: Study, trial: Any, cfg: RunConfig, run_dir: Path, report:
     run_dir.mkdir(parents=True, exist_ok=True)
     with run_lock(run_dir, "sweep"):
         write_config(cfg, run_dir)
-        TrialSpec(study.optuna.study_name, trial._trial_id, trial.number, study.opts.pruner, study.max_steps,
-                  str(study.data_path.resolve()), report).write(run_dir)
+        TrialSpec(
+            study.optuna.study_name,
+            trial._trial_id,
+            trial.number,
+            study.opts.pruner,
+            study.max_steps,
+            str(study.data_path.resolve()),
+            report,
+        ).write(run_dir)
         (run_dir / OUTCOME_FILE).unlink(missing_ok=True)
-        code = run_child([sys.executable, "-m", "tunebench.app.sweep_trial", str(run_dir)], env={STORAGE_ENV: study.url})
+        code = run_child(
+            [sys.executable, "-m", "tunebench.app.sweep_trial", str(run_dir)], env={STORAGE_ENV: study.url}
+        )
     if code == EXIT_INTERRUPTED:
         raise Interrupted(f"trial {trial.number} was interrupted in {run_dir}")
     if code != 0 or not (run_dir / OUTCOME_FILE).is_file():
-        raise PipelineError(f"trial {trial.number}: training in {run_dir} failed (exit code {code}); see the message "
-                            "above")
+        raise PipelineError(
+            f"trial {trial.number}: training in {run_dir} failed (exit code {code}); see the message above"
+        )
     return Outcome(**read_json(run_dir / OUTCOME_FILE))
 
 
@@ -424,5 +474,7 @@ def confirm_choice(study: Study, summary: dict[str, Any]) -> PipelineResult:
     try:
         return run(cfg, study.out / "confirm", progress=study.opts.progress)
     except KeyboardInterrupt:
-        raise Interrupted(f"the confirmation run in {study.out / 'confirm'} stopped; every trial is kept. Run the same "
-                          "command to continue it (finished stages are skipped)") from None
+        raise Interrupted(
+            f"the confirmation run in {study.out / 'confirm'} stopped; every trial is kept. Run the same "
+            "command to continue it (finished stages are skipped)"
+        ) from None

@@ -34,11 +34,19 @@ from tunebench.core.io import fingerprint
 
 SPACES_DIR = CONFIGS_DIR / "spaces"
 KINDS = ("categorical", "float", "int")
-SPEC_KEYS = {"categorical": ("type", "choices"), "float": ("type", "low", "high", "log", "step"),
-             "int": ("type", "low", "high", "log", "step")}
-OLD_KINDS = {"uniform": "write type: float", "loguniform": "write type: float with log: true",
-             "log_uniform": "write type: float with log: true", "discrete_uniform": "write type: float with step",
-             "int_uniform": "write type: int", "choice": "write type: categorical"}
+SPEC_KEYS = {
+    "categorical": ("type", "choices"),
+    "float": ("type", "low", "high", "log", "step"),
+    "int": ("type", "low", "high", "log", "step"),
+}
+OLD_KINDS = {
+    "uniform": "write type: float",
+    "loguniform": "write type: float with log: true",
+    "log_uniform": "write type: float with log: true",
+    "discrete_uniform": "write type: float with step",
+    "int_uniform": "write type: int",
+    "choice": "write type: categorical",
+}
 """Distribution names of older Optuna and other tools, and what they are here."""
 TUNABLE_SECTIONS = ("lora", "train")
 NOT_TUNABLE = {
@@ -151,17 +159,22 @@ def load_space(path: str | Path, base: RunConfig) -> Space:
     """
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"--space {path}: no such file; give a YAML of dotted keys "
-                          "(e.g. lora.r: {type: categorical, choices: [8, 16, 32]})")
+        raise ConfigError(
+            f"--space {path}: no such file; give a YAML of dotted keys "
+            "(e.g. lora.r: {type: categorical, choices: [8, 16, 32]})"
+        )
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
-        raise ConfigError(f"{path}{f' line {mark.line + 1}' if mark else ''}: not valid YAML "
-                          f"({getattr(e, 'problem', e)})") from None
+        raise ConfigError(
+            f"{path}{f' line {mark.line + 1}' if mark else ''}: not valid YAML ({getattr(e, 'problem', e)})"
+        ) from None
     if data is None or data == {}:
-        raise ConfigError(f"{path}: the space is empty, so nothing would be tuned; give at least one key with "
-                          "two or more values (e.g. train.lr: {type: float, low: 1.0e-4, high: 3.0e-3, log: true})")
+        raise ConfigError(
+            f"{path}: the space is empty, so nothing would be tuned; give at least one key with "
+            "two or more values (e.g. train.lr: {type: float, low: 1.0e-4, high: 3.0e-3, log: true})"
+        )
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of dotted config keys to distributions")
     params = [_param(path, key, spec, base) for key, spec in _flatten(data).items()]
@@ -171,8 +184,10 @@ def load_space(path: str | Path, base: RunConfig) -> Space:
         raise ConfigError(f"{path}: {', '.join(dup)} set more than once (an alias and its field?); keep one")
     space = Space(tuple(params), str(path))
     if not space.searched:
-        raise ConfigError(f"{path}: every key has a single value ({', '.join(keys)}), so the space leaves nothing to "
-                          "tune; give some key two or more choices, or low < high")
+        raise ConfigError(
+            f"{path}: every key has a single value ({', '.join(keys)}), so the space leaves nothing to "
+            "tune; give some key two or more choices, or low < high"
+        )
     return space
 
 
@@ -196,22 +211,33 @@ def _param(path: Path, written: str, spec: Any, base: RunConfig) -> Param:
         raise ConfigError(f"{where}: {e}", key=written) from None
     key = ".".join(canonical_key(str(written).split(".")))
     if key.split(".")[0] not in TUNABLE_SECTIONS or key in NOT_TUNABLE:
-        why = NOT_TUNABLE.get(key, "the data stage runs once per study and the objective must stay the same for "
-                              "every trial, so only lora.* and train.* keys can be tuned; set it with key=value instead")
+        why = NOT_TUNABLE.get(
+            key,
+            "the data stage runs once per study and the objective must stay the same for "
+            "every trial, so only lora.* and train.* keys can be tuned; set it with key=value instead",
+        )
         raise ConfigError(f"{where}: cannot be tuned: {why}", key=key)
     if not isinstance(spec, dict):
-        raise ConfigError(f"{where}: {spec!r} is not a distribution; write a mapping with type: "
-                          f"{' | '.join(KINDS)} (e.g. {{type: categorical, choices: [8, 16]}})", key=key)
+        raise ConfigError(
+            f"{where}: {spec!r} is not a distribution; write a mapping with type: "
+            f"{' | '.join(KINDS)} (e.g. {{type: categorical, choices: [8, 16]}})",
+            key=key,
+        )
     kind = spec.get("type")
     if kind not in KINDS:
         hint = OLD_KINDS.get(str(kind)) or did_you_mean(str(kind), KINDS, "did you mean ", "?")
-        raise ConfigError(f"{where}: type {kind!r} is not a distribution; choose one of {', '.join(KINDS)}"
-                          + (f" ({hint})" if hint else ""), key=key)
+        raise ConfigError(
+            f"{where}: type {kind!r} is not a distribution; choose one of {', '.join(KINDS)}"
+            + (f" ({hint})" if hint else ""),
+            key=key,
+        )
     for k in spec:
         if k not in SPEC_KEYS[kind]:
-            raise ConfigError(f"{where}: unknown field {k!r} of a {kind} distribution (known: "
-                              f"{', '.join(SPEC_KEYS[kind])}){did_you_mean(str(k), SPEC_KEYS[kind], '; did you mean ', '')}",
-                              key=key)
+            raise ConfigError(
+                f"{where}: unknown field {k!r} of a {kind} distribution (known: "
+                f"{', '.join(SPEC_KEYS[kind])}){did_you_mean(str(k), SPEC_KEYS[kind], '; did you mean ', '')}",
+                key=key,
+            )
     param = _categorical(where, key, spec, tp) if kind == "categorical" else _range(where, key, kind, spec, tp)
     values = param.choices if kind == "categorical" else (param.low, param.high)
     for v in values:  # every value the trials can take must be one the config accepts
@@ -248,18 +274,27 @@ def _range(where: str, key: str, kind: str, spec: dict[str, Any], tp: Any) -> Pa
     number = int if kind == "int" else float
     field_kind = _numeric_kind(tp)
     if field_kind is None:
-        raise ConfigError(f"{where}: a {kind} range cannot set {key}, which takes {_type(tp)}; use type: categorical",
-                          key=key)
+        raise ConfigError(
+            f"{where}: a {kind} range cannot set {key}, which takes {_type(tp)}; use type: categorical", key=key
+        )
     if field_kind != kind:
-        raise ConfigError(f"{where}: {key} is {'an integer' if field_kind == 'int' else 'a float'} field; use type: "
-                          f"{field_kind} (or categorical)", key=key)
+        raise ConfigError(
+            f"{where}: {key} is {'an integer' if field_kind == 'int' else 'a float'} field; use type: "
+            f"{field_kind} (or categorical)",
+            key=key,
+        )
     bounds = {}
     for b in ("low", "high"):
         v = spec.get(b)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
-                or (number is int and v != int(v)):
-            raise ConfigError(f"{where}: {b} must be a{'n integer' if number is int else ' number'}, got {v!r}",
-                              key=key)
+        if (
+            isinstance(v, bool)
+            or not isinstance(v, (int, float))
+            or not math.isfinite(v)
+            or (number is int and v != int(v))
+        ):
+            raise ConfigError(
+                f"{where}: {b} must be a{'n integer' if number is int else ' number'}, got {v!r}", key=key
+            )
         bounds[b] = number(v)
     low, high = bounds["low"], bounds["high"]
     if low > high:
@@ -272,18 +307,28 @@ def _range(where: str, key: str, kind: str, spec: dict[str, Any], tp: Any) -> Pa
     step = spec.get("step")
     if step is not None:
         if log:
-            raise ConfigError(f"{where}: step and log: true cannot be combined (Optuna draws a log range without a "
-                              "grid); drop one", key=key)
-        if isinstance(step, bool) or not isinstance(step, (int, float)) or step <= 0 or (number is int and step != int(step)):
-            raise ConfigError(f"{where}: step must be a positive {'integer' if number is int else 'number'}, "
-                              f"got {step!r}", key=key)
+            raise ConfigError(
+                f"{where}: step and log: true cannot be combined (Optuna draws a log range without a grid); drop one",
+                key=key,
+            )
+        if (
+            isinstance(step, bool)
+            or not isinstance(step, (int, float))
+            or step <= 0
+            or (number is int and step != int(step))
+        ):
+            raise ConfigError(
+                f"{where}: step must be a positive {'integer' if number is int else 'number'}, got {step!r}", key=key
+            )
         step = number(step)
     return Param(key, kind, (), low, high, log, step)  # type: ignore[arg-type]
 
 
 def _numeric_kind(tp: Any) -> str | None:
     """int or float for a field of that type (optional or not), else None."""
-    args = [a for a in get_args(tp) if a is not type(None)] if get_origin(tp) in (typing.Union, types.UnionType) else [tp]
+    args = (
+        [a for a in get_args(tp) if a is not type(None)] if get_origin(tp) in (typing.Union, types.UnionType) else [tp]
+    )
     if args == [int]:
         return "int"
     if args == [float]:

@@ -30,11 +30,22 @@ def summarize(study: Study, confirm_dir: Path | None = None) -> dict[str, Any]:
     states = optuna.trial.TrialState
     trials = study.optuna.get_trials(deepcopy=False)
     rows = [_trial_row(study, t) for t in trials]
-    candidates = [Candidate(t.number, float(t.value), [{"id": i, "num": n, "den": d} for i, n, d in t.user_attrs["items"]],
-                            int(t.user_attrs["trainable_params"]), int(t.user_attrs["steps"]))
-                  for t in trials if t.state == states.COMPLETE and "items" in t.user_attrs]
-    selection = select(candidates, alpha=study.asked.report.alpha, n_boot=study.asked.eval.bootstrap_samples) \
-        if candidates else None
+    candidates = [
+        Candidate(
+            t.number,
+            float(t.value),
+            [{"id": i, "num": n, "den": d} for i, n, d in t.user_attrs["items"]],
+            int(t.user_attrs["trainable_params"]),
+            int(t.user_attrs["steps"]),
+        )
+        for t in trials
+        if t.state == states.COMPLETE and "items" in t.user_attrs
+    ]
+    selection = (
+        select(candidates, alpha=study.asked.report.alpha, n_boot=study.asked.eval.bootstrap_samples)
+        if candidates
+        else None
+    )
     versus = {v.number: v for v in selection.compared} if selection else {}
     for r in rows:
         v = versus.get(r["number"])
@@ -45,10 +56,24 @@ def summarize(study: Study, confirm_dir: Path | None = None) -> dict[str, Any]:
     if selection:
         t = next(t for t in trials if t.number == selection.chosen)
         over = t.user_attrs.get("overrides") or overrides_of(study.space.values_of(t.params))
-        line = shlex.join(["tunebench", "run", study.opts.preset, *study.opts.overrides, *over,
-                           *([f"train.seed={study.asked.train.seed}"] if study.opts.seeds > 1 else [])])
-        chosen = {"number": t.number, "params": dict(t.params), "overrides": over, "config_line": line,
-                  "value": t.value, "reason": selection.reason}
+        line = shlex.join(
+            [
+                "tunebench",
+                "run",
+                study.opts.preset,
+                *study.opts.overrides,
+                *over,
+                *([f"train.seed={study.asked.train.seed}"] if study.opts.seeds > 1 else []),
+            ]
+        )
+        chosen = {
+            "number": t.number,
+            "params": dict(t.params),
+            "overrides": over,
+            "config_line": line,
+            "value": t.value,
+            "reason": selection.reason,
+        }
     importances, note = param_importances(study.optuna, len(candidates))
     return {
         "schema": SCHEMA,
@@ -56,9 +81,13 @@ def summarize(study: Study, confirm_dir: Path | None = None) -> dict[str, Any]:
         "overrides": list(study.opts.overrides),
         "study": study.optuna.study_name,
         "storage": shown_url(study.url),
-        "objective": {"metric": OBJECTIVE_METRIC, "split": OBJECTIVE_SPLIT, "direction": "minimize",
-                      "conversations": len(study.prepared.conversations.get(OBJECTIVE_SPLIT, [])),
-                      "paired_by": "conversation"},
+        "objective": {
+            "metric": OBJECTIVE_METRIC,
+            "split": OBJECTIVE_SPLIT,
+            "direction": "minimize",
+            "conversations": len(study.prepared.conversations.get(OBJECTIVE_SPLIT, [])),
+            "paired_by": "conversation",
+        },
         "space": study.space.to_dict(),
         "space_file": study.space.source,
         "seeds": study.opts.seeds,
@@ -119,8 +148,14 @@ def pruning_savings(rows: list[dict[str, Any]], max_steps: int) -> dict[str, Any
     planned = max_steps * len(finished) if max_steps else None
     ran = sum(r["steps"] or 0 for r in finished)
     saved = sum(max(max_steps - (r["steps"] or 0), 0) for r in pruned) if max_steps else None
-    return {"pruned": len(pruned), "finished": len(finished), "steps_run": ran, "steps_planned": planned,
-            "steps_saved": saved, "share_saved": (saved / planned) if planned and saved is not None else None}
+    return {
+        "pruned": len(pruned),
+        "finished": len(finished),
+        "steps_run": ran,
+        "steps_planned": planned,
+        "steps_saved": saved,
+        "share_saved": (saved / planned) if planned and saved is not None else None,
+    }
 
 
 def confirmation(run_dir: Path) -> dict[str, Any] | None:
@@ -131,10 +166,14 @@ def confirmation(run_dir: Path) -> dict[str, Any] | None:
     rows = {r["metric"]: r for r in read_json(comp_path)["rows"]}
     ppl = rows.get("perplexity/test")
     gate = read_json(gate_path) if gate_path.is_file() else {}
-    return {"run_dir": str(run_dir), "report": str(run_dir / "report.md"),
-            "perplexity_test": {k: ppl.get(k) for k in ("base", "tuned", "delta", "ci_low", "ci_high", "n")}
-            if ppl else None,
-            "gate": gate.get("status")}
+    return {
+        "run_dir": str(run_dir),
+        "report": str(run_dir / "report.md"),
+        "perplexity_test": {k: ppl.get(k) for k in ("base", "tuned", "delta", "ci_low", "ci_high", "n")}
+        if ppl
+        else None,
+        "gate": gate.get("status"),
+    }
 
 
 def write_summary(out: Path, summary: dict[str, Any], study: Any) -> Path:

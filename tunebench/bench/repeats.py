@@ -89,17 +89,26 @@ def aggregate(t: dict[str, Any], values: list[float], repeats_asked: int, note: 
     s = median_interval(values)
     v = "not measured" if not values else verdict(s["ci"], t["threshold"], t["higher_is_better"])
     end = None if s["ci"] is None else (s["ci"][0] if t["higher_is_better"] else s["ci"][1])
-    return dict(t, value=None if s["median"] is None else round(s["median"], 4),
-                ci=None if s["ci"] is None else [round(x, 4) for x in s["ci"]],
-                min=s["min"], max=s["max"], repeats=s["repeats"], repeats_asked=repeats_asked,
-                values=[round(x, 4) for x in values], verdict=v, met={"met": True, "not met": False}.get(v),
-                margin=None if end is None else round(end - t["threshold"], 4),
-                margin_relative=None if end is None else round(end / t["threshold"] - 1, 4),
-                note=note if not values else ("one repeat: no interval, no claim" if s["ci"] is None else ""))
+    return dict(
+        t,
+        value=None if s["median"] is None else round(s["median"], 4),
+        ci=None if s["ci"] is None else [round(x, 4) for x in s["ci"]],
+        min=s["min"],
+        max=s["max"],
+        repeats=s["repeats"],
+        repeats_asked=repeats_asked,
+        values=[round(x, 4) for x in values],
+        verdict=v,
+        met={"met": True, "not met": False}.get(v),
+        margin=None if end is None else round(end - t["threshold"], 4),
+        margin_relative=None if end is None else round(end / t["threshold"] - 1, 4),
+        note=note if not values else ("one repeat: no interval, no claim" if s["ci"] is None else ""),
+    )
 
 
-def aggregate_targets(rows: list[dict[str, Any]], per_repeat: Callable[[list[dict[str, Any]]], list[dict[str, Any]]]
-                      ) -> list[dict[str, Any]]:
+def aggregate_targets(
+    rows: list[dict[str, Any]], per_repeat: Callable[[list[dict[str, Any]]], list[dict[str, Any]]]
+) -> list[dict[str, Any]]:
     """Each target over repeats: ``per_repeat`` computes the targets of one repeat's rows (one value each, its ratio
     paired within the repeat); each is then stated by ``aggregate``."""
     repeats = sorted({repeat_of(r) for r in rows}) or [0]
@@ -112,8 +121,9 @@ def aggregate_targets(rows: list[dict[str, Any]], per_repeat: Callable[[list[dic
     return out
 
 
-def summarize_rows(rows: list[dict[str, Any]], key: Callable[[dict[str, Any]], tuple],
-                   fields: tuple[str, ...]) -> list[dict[str, Any]]:
+def summarize_rows(
+    rows: list[dict[str, Any]], key: Callable[[dict[str, Any]], tuple], fields: tuple[str, ...]
+) -> list[dict[str, Any]]:
     """One line per ``key`` (a backend at a point, say): each field's median and min–max over the usable repeats,
     and how many rows were left out (failed or cut short)."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
@@ -122,9 +132,12 @@ def summarize_rows(rows: list[dict[str, Any]], key: Callable[[dict[str, Any]], t
     out = []
     for k, group in groups.items():
         ok = [r for r in group if usable(r)]
-        line: dict[str, Any] = {"key": list(k), "repeats": len(ok), "left_out": len(group) - len(ok),
-                                "left_out_why": sorted({r.get("cut_short") or r.get("status", "?")
-                                                        for r in group if not usable(r)})}
+        line: dict[str, Any] = {
+            "key": list(k),
+            "repeats": len(ok),
+            "left_out": len(group) - len(ok),
+            "left_out_why": sorted({r.get("cut_short") or r.get("status", "?") for r in group if not usable(r)}),
+        }
         for f in fields:
             s = median_interval([r[f] for r in ok if r.get(f) is not None])
             line[f] = {"median": s["median"], "min": s["min"], "max": s["max"]}
@@ -141,8 +154,15 @@ def ratio_summaries(ratios: list[dict[str, Any]], field: str = "real_tokens_per_
     out = []
     for (shape, point, backend, bs, ga), qs in groups.items():
         fed = [q for q in qs if not q.get("excluded")]
-        line = {"shape": shape, "point": point, "backend": backend, "batch_size": bs, "grad_accum": ga,
-                "vs": "hf", "excluded": [q["excluded"] for q in qs if q.get("excluded")]}
+        line = {
+            "shape": shape,
+            "point": point,
+            "backend": backend,
+            "batch_size": bs,
+            "grad_accum": ga,
+            "vs": "hf",
+            "excluded": [q["excluded"] for q in qs if q.get("excluded")],
+        }
         for f in (field, "peak_allocated_ratio"):
             s = median_interval([q[f] for q in fed if q.get(f) is not None])
             line[f] = s

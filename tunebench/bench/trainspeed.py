@@ -40,8 +40,17 @@ def run_speed(args: argparse.Namespace) -> int:
                 steps = args.steps if i == 0 else args.sweep_steps
                 label = f"{name}-{backend}-{bs}x{ga}" + (f"-r{k}" if args.repeats > 1 else "")
                 spec = train_spec(args, s, name, backend, label, work, peak, sheet, bs, ga, steps)
-                row = {"shape": name, "backend": backend, "point": i, "repeat": k, "batch_size": bs,
-                       "grad_accum": ga, "max_length": args.max_length, "r": args.r, "asked_steps": steps}
+                row = {
+                    "shape": name,
+                    "backend": backend,
+                    "point": i,
+                    "repeat": k,
+                    "batch_size": bs,
+                    "grad_accum": ga,
+                    "max_length": args.max_length,
+                    "r": args.r,
+                    "asked_steps": steps,
+                }
                 row.update(spawn(spec, work, budget))
                 results["rows"].append(row)
                 write_speed(results, out)
@@ -49,14 +58,40 @@ def run_speed(args: argparse.Namespace) -> int:
         bs, ga = points[0]
         for name, s in shapes.items():
             label = f"{name}-hf-{bs}x{ga}-ddp{args.world_size}"
-            spec = {"kind": "train", "label": label, "shape": name, "backend": "hf", "model_dir": s["path"],
-                    "chat_template": s["chat_template"], "prepared": str(s["prepared"]), "data_source": args.data,
-                    "batch_size": bs, "grad_accum": ga, "max_length": args.max_length, "warmup": args.warmup,
-                    "steps": args.steps, "r": args.r, "alpha": args.alpha, "targets": args.lora_targets.split(","),
-                    "load_in_4bit": not args.no_4bit, "params": s["info"]["params"], "peak_tflops": peak,
-                    "datasheet_tflops": sheet, "run_dir": str(work / "runs" / label), "world_size": args.world_size}
-            row = {"shape": name, "backend": "hf", "point": 0, "batch_size": bs, "grad_accum": ga,
-                   "max_length": args.max_length, "r": args.r, "world_size": args.world_size}
+            spec = {
+                "kind": "train",
+                "label": label,
+                "shape": name,
+                "backend": "hf",
+                "model_dir": s["path"],
+                "chat_template": s["chat_template"],
+                "prepared": str(s["prepared"]),
+                "data_source": args.data,
+                "batch_size": bs,
+                "grad_accum": ga,
+                "max_length": args.max_length,
+                "warmup": args.warmup,
+                "steps": args.steps,
+                "r": args.r,
+                "alpha": args.alpha,
+                "targets": args.lora_targets.split(","),
+                "load_in_4bit": not args.no_4bit,
+                "params": s["info"]["params"],
+                "peak_tflops": peak,
+                "datasheet_tflops": sheet,
+                "run_dir": str(work / "runs" / label),
+                "world_size": args.world_size,
+            }
+            row = {
+                "shape": name,
+                "backend": "hf",
+                "point": 0,
+                "batch_size": bs,
+                "grad_accum": ga,
+                "max_length": args.max_length,
+                "r": args.r,
+                "world_size": args.world_size,
+            }
             row.update(spawn(spec, work, budget))
             results["rows"].append(row)
             write_speed(results, out)
@@ -65,12 +100,16 @@ def run_speed(args: argparse.Namespace) -> int:
     results["host"]["after"] = host_snapshot()
     write_speed(results, out)
     ok = all(r["status"] == "ok" for r in results["rows"])
-    print(f"\nresults: {out / 'speed.json'} and {out / 'speed.md'}" + ("" if ok else " (some rows failed or were skipped)"))
+    print(
+        f"\nresults: {out / 'speed.json'} and {out / 'speed.md'}"
+        + ("" if ok else " (some rows failed or were skipped)")
+    )
     return EXIT_OK if ok else EXIT_INCOMPLETE
 
 
-def new_results(args: argparse.Namespace, backends: list[str], sweep: list[str],
-                points: list[tuple[int, int]]) -> dict[str, Any]:
+def new_results(
+    args: argparse.Namespace, backends: list[str], sweep: list[str], points: list[tuple[int, int]]
+) -> dict[str, Any]:
     """The results document before anything ran: command, settings, and no rows."""
     first = {"batch_size": points[0][0], "grad_accum": points[0][1], "max_length": args.max_length, "r": args.r}
     return {
@@ -80,15 +119,20 @@ def new_results(args: argparse.Namespace, backends: list[str], sweep: list[str],
         "settings": {
             "backends": {b: BACKENDS[b].what for b in dict.fromkeys(backends + (sweep if len(points) > 1 else []))},
             "points": [list(p) for p in points],
-            "sweep_backends": sweep, "max_length": args.max_length, "warmup_steps": args.warmup,
-            "measured_steps_first_point": args.steps, "measured_steps_other_points": args.sweep_steps,
+            "sweep_backends": sweep,
+            "max_length": args.max_length,
+            "warmup_steps": args.warmup,
+            "measured_steps_first_point": args.steps,
+            "measured_steps_other_points": args.sweep_steps,
             "profiled_steps": getattr(args, "profile_steps", 0),
-            "repeats": args.repeats, "order": "interleaved: every backend once per repeat (A B A B ...)",
+            "repeats": args.repeats,
+            "order": "interleaved: every backend once per repeat (A B A B ...)",
             "lora": {"r": args.r, "alpha": args.alpha, "targets": args.lora_targets.split(","), "dropout": 0.0},
             "quantization": "none (bf16 LoRA)" if args.no_4bit else "4-bit nf4 base weights, double quant (QLoRA)",
             "gradient_checkpointing": "off" if args.no_grad_ckpt else "on (Unsloth's offloaded variant on unsloth)",
             "optimizer": "adamw_8bit",
-            "first_point_is_seed_settings": first == SEED_POINT, "seed_settings": SEED_POINT,
+            "first_point_is_seed_settings": first == SEED_POINT,
+            "seed_settings": SEED_POINT,
             "data": args.data,
         },
         "rows": [],
@@ -98,41 +142,81 @@ def new_results(args: argparse.Namespace, backends: list[str], sweep: list[str],
 def data_need(args: argparse.Namespace, points: list[tuple[int, int]], candidates: list[dict[str, Any]]) -> int:
     """Conversations to encode: enough for the longest job (a packed row holds several conversations)."""
     extra = getattr(args, "profile_steps", 0)
-    need = max((args.warmup + (args.steps if i == 0 else args.sweep_steps) + extra) * b * a
-               for i, (b, a) in enumerate(points))
+    need = max(
+        (args.warmup + (args.steps if i == 0 else args.sweep_steps) + extra) * b * a for i, (b, a) in enumerate(points)
+    )
     for c in candidates:  # a packed row of max_length holds up to ~8 typical conversations
         need = max(need, (args.warmup + args.sweep_steps) * c["batch_size"] * (8 if c["layout"] == "packed" else 1))
     need *= max(1, args.world_size)  # each data-parallel process reads its own conversations
     return need + need // 10 + 8  # a few conversations lose every assistant token at max_length and are dropped
 
 
-def setup_and_data(results: dict[str, Any], shapes: dict[str, dict[str, Any]], args: argparse.Namespace, work: Path,
-                   budget: Budget, need: int) -> tuple[float | None, float | None]:
+def setup_and_data(
+    results: dict[str, Any],
+    shapes: dict[str, dict[str, Any]],
+    args: argparse.Namespace,
+    work: Path,
+    budget: Budget,
+    need: int,
+) -> tuple[float | None, float | None]:
     """Run the setup worker (card, peak, shapes), encode the data once per shape; returns (peak, datasheet)."""
 
     setup_res = setup(shapes, args, work, budget)
-    results.update(card=setup_res["card"], environment=setup_res["environment"],
-                   calibration=setup_res.get("calibration"),
-                   shapes={n: s["info"] for n, s in shapes.items()})
+    results.update(
+        card=setup_res["card"],
+        environment=setup_res["environment"],
+        calibration=setup_res.get("calibration"),
+        shapes={n: s["info"] for n, s in shapes.items()},
+    )
     data: dict[str, Any] = {}
     for name, s in shapes.items():
-        s["prepared"], data[name], _ = prepare_data(s["path"], s["chat_template"], args.data, args.max_length, need,
-                                                    work)
+        s["prepared"], data[name], _ = prepare_data(
+            s["path"], s["chat_template"], args.data, args.max_length, need, work
+        )
     results["data"] = data
     cal = setup_res.get("calibration") or {}
     return cal.get("peak_tflops"), cal.get("datasheet_tflops")
 
 
-def train_spec(args: argparse.Namespace, s: dict[str, Any], name: str, backend: str, label: str, work: Path,
-               peak: float | None, sheet: float | None, bs: int, ga: int, steps: int) -> dict[str, Any]:
+def train_spec(
+    args: argparse.Namespace,
+    s: dict[str, Any],
+    name: str,
+    backend: str,
+    label: str,
+    work: Path,
+    peak: float | None,
+    sheet: float | None,
+    bs: int,
+    ga: int,
+    steps: int,
+) -> dict[str, Any]:
     """A training worker's job: one backend at one point on one shape."""
-    return {"kind": "train", "label": label, "shape": name, "backend": backend, "model_dir": s["path"],
-            "chat_template": s["chat_template"], "prepared": str(s["prepared"]), "data_source": args.data,
-            "batch_size": bs, "grad_accum": ga, "max_length": args.max_length, "warmup": args.warmup,
-            "steps": steps, "r": args.r, "alpha": args.alpha, "targets": args.lora_targets.split(","),
-            "load_in_4bit": not args.no_4bit, "params": s["info"]["params"], "peak_tflops": peak,
-            "datasheet_tflops": sheet, "gradient_checkpointing": not args.no_grad_ckpt,
-            "profile_steps": getattr(args, "profile_steps", 0), "run_dir": str(work / "runs" / label)}
+    return {
+        "kind": "train",
+        "label": label,
+        "shape": name,
+        "backend": backend,
+        "model_dir": s["path"],
+        "chat_template": s["chat_template"],
+        "prepared": str(s["prepared"]),
+        "data_source": args.data,
+        "batch_size": bs,
+        "grad_accum": ga,
+        "max_length": args.max_length,
+        "warmup": args.warmup,
+        "steps": steps,
+        "r": args.r,
+        "alpha": args.alpha,
+        "targets": args.lora_targets.split(","),
+        "load_in_4bit": not args.no_4bit,
+        "params": s["info"]["params"],
+        "peak_tflops": peak,
+        "datasheet_tflops": sheet,
+        "gradient_checkpointing": not args.no_grad_ckpt,
+        "profile_steps": getattr(args, "profile_steps", 0),
+        "run_dir": str(work / "runs" / label),
+    }
 
 
 # ----------------------------------------------------------------------------- --find-best
@@ -144,46 +228,96 @@ def find_best_candidates(args: argparse.Namespace) -> list[dict[str, Any]]:
     layouts = parse_names(args.layouts, LAYOUTS, "--layouts")
     ckpt = parse_names(args.grad_ckpt, {"on": True, "off": False}, "--grad-ckpt")
     batches = sorted(set(parse_int_list(args.find_best_batches, "--find-best-batches")))
-    return [{"layout": lay, "gradient_checkpointing": c == "on", "batch_size": b, "grad_accum": 1}
-            for c in ckpt for lay in layouts for b in batches]
+    return [
+        {"layout": lay, "gradient_checkpointing": c == "on", "batch_size": b, "grad_accum": 1}
+        for c in ckpt
+        for lay in layouts
+        for b in batches
+    ]
 
 
-def run_sweeps(results: dict[str, Any], shapes: dict[str, dict[str, Any]], args: argparse.Namespace,
-               candidates: list[dict[str, Any]], work: Path, budget: Budget, peak: float | None,
-               sheet: float | None, out: Path) -> None:
+def run_sweeps(
+    results: dict[str, Any],
+    shapes: dict[str, dict[str, Any]],
+    args: argparse.Namespace,
+    candidates: list[dict[str, Any]],
+    work: Path,
+    budget: Budget,
+    peak: float | None,
+    sheet: float | None,
+    out: Path,
+) -> None:
     """One sweep worker per shape; its rows join the results (marked ``find_best``), then the choice is printed."""
     family = BACKENDS[parse_names(args.find_best_backend, BACKENDS, "--find-best-backend")[0]].backend
     for layout in dict.fromkeys(c["layout"] for c in candidates):
         name = backend_name(family, layout)
         results["settings"]["backends"].setdefault(name, BACKENDS[name].what)
-    results["settings"]["find_best"] = {"backend": family, "candidates": candidates,
-                                        "memory_limit_gib": args.memory_limit_gib,
-                                        "measured_steps": args.sweep_steps, "warmup_steps": args.warmup}
+    results["settings"]["find_best"] = {
+        "backend": family,
+        "candidates": candidates,
+        "memory_limit_gib": args.memory_limit_gib,
+        "measured_steps": args.sweep_steps,
+        "warmup_steps": args.warmup,
+    }
     for name, s in shapes.items():
         label = f"{name}-{family}-find-best"
         spec = train_spec(args, s, name, family, label, work, peak, sheet, 1, 1, args.sweep_steps)
-        spec.update(kind="sweep", family=family, candidates=candidates, memory_limit_gib=args.memory_limit_gib,
-                    deadline=budget.wall_deadline())
+        spec.update(
+            kind="sweep",
+            family=family,
+            candidates=candidates,
+            memory_limit_gib=args.memory_limit_gib,
+            deadline=budget.wall_deadline(),
+        )
         res = spawn(spec, work, budget, min_seconds=60)
         rows = res.get("rows") or []
         if not rows:
-            rows = [{"backend": family, "layout": "-", "batch_size": 0, "grad_accum": 1, "status": res["status"],
-                     "error": res.get("error")}]
+            rows = [
+                {
+                    "backend": family,
+                    "layout": "-",
+                    "batch_size": 0,
+                    "grad_accum": 1,
+                    "status": res["status"],
+                    "error": res.get("error"),
+                }
+            ]
         for r in rows:
-            results["rows"].append(dict(r, shape=name, point=None, find_best=True, max_length=args.max_length,
-                                        r=args.r, asked_steps=args.sweep_steps))
+            results["rows"].append(
+                dict(
+                    r,
+                    shape=name,
+                    point=None,
+                    find_best=True,
+                    max_length=args.max_length,
+                    r=args.r,
+                    asked_steps=args.sweep_steps,
+                )
+            )
         best = find_best([r for r in results["rows"] if r.get("shape") == name], args.memory_limit_gib)
-        results.setdefault("find_best", {})[name] = None if best is None else {
-            "backend": best["backend"], "layout": best.get("layout", "padded"), "batch_size": best["batch_size"],
-            "grad_accum": best["grad_accum"], "gradient_checkpointing": best.get("gradient_checkpointing", True),
-            "real_tokens_per_s": best["real_tokens_per_s"], "mfu": best.get("mfu"),
-            "peak_reserved_gib": best.get("peak_reserved_gib"), "config_line": config_line(best)}
+        results.setdefault("find_best", {})[name] = (
+            None
+            if best is None
+            else {
+                "backend": best["backend"],
+                "layout": best.get("layout", "padded"),
+                "batch_size": best["batch_size"],
+                "grad_accum": best["grad_accum"],
+                "gradient_checkpointing": best.get("gradient_checkpointing", True),
+                "real_tokens_per_s": best["real_tokens_per_s"],
+                "mfu": best.get("mfu"),
+                "peak_reserved_gib": best.get("peak_reserved_gib"),
+                "config_line": config_line(best),
+            }
+        )
         write_speed(results, out)
         if best is None:
             print(f"\nfind-best ({name}): no setting ran within the limit")
         else:
             b = results["find_best"][name]
-            print(f"\nfind-best ({name}): {b['backend']} {b['batch_size']}x{b['grad_accum']}, gradient checkpointing "
-                  f"{'on' if b['gradient_checkpointing'] else 'off'}: {b['real_tokens_per_s']:,.0f} real tokens/s"
-                  + (f", MFU {b['mfu']:.1%}" if b["mfu"] is not None else "")
-                  + f", peak reserved {b['peak_reserved_gib']} GiB\n  {b['config_line']}")
+            print(
+                f"\nfind-best ({name}): {b['backend']} {b['batch_size']}x{b['grad_accum']}, gradient checkpointing "
+                f"{'on' if b['gradient_checkpointing'] else 'off'}: {b['real_tokens_per_s']:,.0f} real tokens/s"
+                + (f", MFU {b['mfu']:.1%}" if b["mfu"] is not None else "")
+                + f", peak reserved {b['peak_reserved_gib']} GiB\n  {b['config_line']}"
+            )

@@ -43,32 +43,62 @@ class Variant(NamedTuple):
 
 
 BACKENDS: dict[str, Variant] = {
-    "unsloth": Variant("unsloth", "auto", False,
-                       "Unsloth FastLanguageModel + its SFTTrainer patches, as the suite runs it by default: "
-                       "train.padding_free=auto (padded batches) and train.compile_blocks=auto (compiled decoder "
-                       "blocks from 300 optimizer steps on, so eager blocks at a benchmark's few dozen)"),
-    "unsloth-padded": Variant("unsloth", False, False,
-                              "unsloth backend with train.padding_free=false and train.compile_blocks=true: padded "
-                              "batches, each decoder block compiled (Unsloth's per-block torch.compile, its default "
-                              "for padded batches on CUDA)", compile_blocks=True),
-    "unsloth-padded-eager": Variant("unsloth", False, False,
-                                    "unsloth backend with train.padding_free=false and train.compile_blocks=false: "
-                                    "padded batches on Unsloth's eager decoder blocks", compile_blocks=False),
-    "unsloth-padfree": Variant("unsloth", True, False,
-                               "unsloth backend with train.padding_free=true: Unsloth's varlen padding-free batches "
-                               "(no padding, no block compile; Unsloth's own default)"),
-    "unsloth-packed": Variant("unsloth", False, True,
-                              "unsloth backend with train.packing=true: TRL best-fit-decreasing packing into "
-                              "max_length rows, Unsloth's packed varlen attention (no cross-conversation attention), "
-                              "labels from the shared assistant mask"),
+    "unsloth": Variant(
+        "unsloth",
+        "auto",
+        False,
+        "Unsloth FastLanguageModel + its SFTTrainer patches, as the suite runs it by default: "
+        "train.padding_free=auto (padded batches) and train.compile_blocks=auto (compiled decoder "
+        "blocks from 300 optimizer steps on, so eager blocks at a benchmark's few dozen)",
+    ),
+    "unsloth-padded": Variant(
+        "unsloth",
+        False,
+        False,
+        "unsloth backend with train.padding_free=false and train.compile_blocks=true: padded "
+        "batches, each decoder block compiled (Unsloth's per-block torch.compile, its default "
+        "for padded batches on CUDA)",
+        compile_blocks=True,
+    ),
+    "unsloth-padded-eager": Variant(
+        "unsloth",
+        False,
+        False,
+        "unsloth backend with train.padding_free=false and train.compile_blocks=false: "
+        "padded batches on Unsloth's eager decoder blocks",
+        compile_blocks=False,
+    ),
+    "unsloth-padfree": Variant(
+        "unsloth",
+        True,
+        False,
+        "unsloth backend with train.padding_free=true: Unsloth's varlen padding-free batches "
+        "(no padding, no block compile; Unsloth's own default)",
+    ),
+    "unsloth-packed": Variant(
+        "unsloth",
+        False,
+        True,
+        "unsloth backend with train.packing=true: TRL best-fit-decreasing packing into "
+        "max_length rows, Unsloth's packed varlen attention (no cross-conversation attention), "
+        "labels from the shared assistant mask",
+    ),
     "hf": Variant("hf", False, False, "transformers + peft + bitsandbytes, SDPA attention, right-padded batches"),
-    "hf-padfree": Variant("hf", True, False,
-                          "hf backend with train.padding_free=true: one flattened row per micro-batch; transformers 5 "
-                          "builds a block-causal SDPA mask from position_ids (masking_utils."
-                          "find_packed_sequence_indices)"),
-    "hf-packed": Variant("hf", False, True,
-                         "hf backend with train.packing=true (TRL best-fit packing into max_length rows, position_ids, "
-                         "the same block-causal SDPA mask)"),
+    "hf-padfree": Variant(
+        "hf",
+        True,
+        False,
+        "hf backend with train.padding_free=true: one flattened row per micro-batch; transformers 5 "
+        "builds a block-causal SDPA mask from position_ids (masking_utils."
+        "find_packed_sequence_indices)",
+    ),
+    "hf-packed": Variant(
+        "hf",
+        False,
+        True,
+        "hf backend with train.packing=true (TRL best-fit packing into max_length rows, position_ids, "
+        "the same block-causal SDPA mask)",
+    ),
 }
 
 
@@ -84,20 +114,30 @@ def run_train_point(spec: dict[str, Any]) -> dict[str, Any]:
 
     import torch  # heavy: torch, imported when needed
 
-
     variant = BACKENDS[spec["backend"]]
     cuda = torch.cuda.is_available()
     cfg = RunConfig(
         name=f"speed-{spec['shape']}-{spec['backend']}-{spec['batch_size']}x{spec['grad_accum']}",
-        model=ModelConfig(ref=spec["model_dir"], chat_template=spec["chat_template"],
-                          load_in_4bit="on" if cuda and spec.get("load_in_4bit", True) else "off"),
+        model=ModelConfig(
+            ref=spec["model_dir"],
+            chat_template=spec["chat_template"],
+            load_in_4bit="on" if cuda and spec.get("load_in_4bit", True) else "off",
+        ),
         data=DataConfig(source=spec["data_source"], max_length=spec["max_length"], max_validation=0, max_test=0),
         lora=LoraConfig(r=spec["r"], alpha=spec["alpha"], target_modules=list(spec["targets"])),
-        train=TrainConfig(backend=variant.backend, batch_size=spec["batch_size"], grad_accum=spec["grad_accum"],
-                          max_steps=spec["warmup"] + spec["steps"] + spec.get("profile_steps", 0), save_every=0, eval_every=0,
-                          padding_free=variant.padding_free, packing=variant.packing,
-                          compile_blocks=variant.compile_blocks, seed=3407,
-                          gradient_checkpointing=spec.get("gradient_checkpointing", True)),
+        train=TrainConfig(
+            backend=variant.backend,
+            batch_size=spec["batch_size"],
+            grad_accum=spec["grad_accum"],
+            max_steps=spec["warmup"] + spec["steps"] + spec.get("profile_steps", 0),
+            save_every=0,
+            eval_every=0,
+            padding_free=variant.padding_free,
+            packing=variant.packing,
+            compile_blocks=variant.compile_blocks,
+            seed=3407,
+            gradient_checkpointing=spec.get("gradient_checkpointing", True),
+        ),
     )
     cfg, _ = resolve(cfg)  # dtype and optimizer for this machine, as load_config resolves a preset
     prepared = load_prepared(spec["prepared"])
@@ -118,19 +158,21 @@ def run_train_point(spec: dict[str, Any]) -> dict[str, Any]:
     per_gpu = row["real_tokens_per_s"] / dist.world_size()  # MFU is per card: N cards have N times the peak
     row["mfu"] = mfu(spec["params"], per_gpu, spec.get("peak_tflops"))
     row["mfu_datasheet"] = mfu(spec["params"], per_gpu, spec.get("datasheet_tflops"))
-    row.update({
-        "backend_used": (man.get("backend") or {}).get("name"),
-        "mask_agreement": (man.get("backend") or {}).get("mask_agreement_with_shared"),
-        "compiled_blocks": (man.get("backend") or {}).get("compiled_blocks"),
-        "trainable_params": man.get("trainable_params"),
-        "steps_run": man.get("steps"),
-        "first_loss": (man.get("loss_history") or [{}])[0].get("loss"),
-        "final_loss": man.get("final_train_loss"),
-        "train_wall_s": round(wall, 1),
-        "load_in_4bit": cfg.model.load_in_4bit == "on",
-        "gradient_checkpointing": cfg.train.gradient_checkpointing,
-        "optimizer": "adamw_8bit" if cuda else "adamw_torch",
-    })
+    row.update(
+        {
+            "backend_used": (man.get("backend") or {}).get("name"),
+            "mask_agreement": (man.get("backend") or {}).get("mask_agreement_with_shared"),
+            "compiled_blocks": (man.get("backend") or {}).get("compiled_blocks"),
+            "trainable_params": man.get("trainable_params"),
+            "steps_run": man.get("steps"),
+            "first_loss": (man.get("loss_history") or [{}])[0].get("loss"),
+            "final_loss": man.get("final_train_loss"),
+            "train_wall_s": round(wall, 1),
+            "load_in_4bit": cfg.model.load_in_4bit == "on",
+            "gradient_checkpointing": cfg.train.gradient_checkpointing,
+            "optimizer": "adamw_8bit" if cuda else "adamw_torch",
+        }
+    )
     shutil.rmtree(spec["run_dir"], ignore_errors=True)  # the adapter of a random model is worth nothing
     return row
 
@@ -155,19 +197,28 @@ def run_sweep(spec: dict[str, Any]) -> dict[str, Any]:
     for cand in spec["candidates"]:
         group = (cand["layout"], cand.get("gradient_checkpointing", True))
         row = {k: cand[k] for k in ("layout", "batch_size", "grad_accum")}
-        row.update(backend=backend_name(spec["family"], cand["layout"]),
-                   gradient_checkpointing=group[1])
+        row.update(backend=backend_name(spec["family"], cand["layout"]), gradient_checkpointing=group[1])
         if group in stopped:
             rows.append(dict(row, status="skipped", error="a smaller micro-batch of this layout was over the limit"))
             continue
         if time.time() > spec["deadline"] - spec.get("min_seconds", 40):
             rows.append(dict(row, status="skipped", error="the --budget-s ran out"))
             continue
-        point = dict(spec, backend=row["backend"], batch_size=cand["batch_size"], grad_accum=cand["grad_accum"],
-                     gradient_checkpointing=group[1],
-                     run_dir=f"{spec['run_dir']}-{cand['layout']}-{cand['batch_size']}-gc{int(group[1])}")
-        log.info("find-best: %s %dx%d, gradient checkpointing %s", row["backend"], cand["batch_size"],
-                 cand["grad_accum"], group[1])
+        point = dict(
+            spec,
+            backend=row["backend"],
+            batch_size=cand["batch_size"],
+            grad_accum=cand["grad_accum"],
+            gradient_checkpointing=group[1],
+            run_dir=f"{spec['run_dir']}-{cand['layout']}-{cand['batch_size']}-gc{int(group[1])}",
+        )
+        log.info(
+            "find-best: %s %dx%d, gradient checkpointing %s",
+            row["backend"],
+            cand["batch_size"],
+            cand["grad_accum"],
+            group[1],
+        )
         try:
             row.update(run_train_point(point), status="ok")
         except torch.OutOfMemoryError as e:
@@ -182,8 +233,14 @@ def run_sweep(spec: dict[str, Any]) -> dict[str, Any]:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats()
-        log.info("find-best: %s %dx%d -> %s %s", row["backend"], cand["batch_size"], cand["grad_accum"],
-                 row["status"], row.get("real_tokens_per_s", row.get("error", "")))
+        log.info(
+            "find-best: %s %dx%d -> %s %s",
+            row["backend"],
+            cand["batch_size"],
+            cand["grad_accum"],
+            row["status"],
+            row.get("real_tokens_per_s", row.get("error", "")),
+        )
         rows.append(row)
         if spec.get("result"):  # what is measured so far survives a timeout that ends this process
             atomic_write_json(spec["result"], {"status": "ok", "rows": rows, "partial": True})
@@ -194,21 +251,18 @@ def worker_main(spec_arg: str) -> int:
     """``python -m tunebench.bench.speed worker SPEC``: run one job, write its result JSON (errors included)."""
     spec = json.loads(spec_arg) if spec_arg.lstrip().startswith("{") else read_json(spec_arg)
     if (spec["kind"] == "train" and BACKENDS[spec["backend"]].backend == "unsloth") or spec.get("family") == "unsloth":
-
         err = import_unsloth()  # before transformers/trl/peft: Unsloth patches them on import
         if err:
             log.error("unsloth does not import: %s", err)
     t0 = time.perf_counter()
     try:
         if spec["kind"] == "setup":
-
             result = run_setup(spec)
         elif spec["kind"] == "train":
             result = run_train_point(spec)
         elif spec["kind"] == "sweep":
             result = run_sweep(spec)
         elif spec["kind"] == "eval":
-
             result = run_eval_shape(spec)
         else:
             raise ValueError(f"unknown worker kind {spec['kind']!r}")
@@ -222,4 +276,3 @@ def worker_main(spec_arg: str) -> int:
         return 0 if result["status"] == "ok" else 1
     atomic_write_json(spec["result"], result)
     return 0 if result["status"] == "ok" else 1
-

@@ -142,7 +142,8 @@ class TrainConfig:
     logging_steps: int = 1
     """Loss logged every N updates."""
     report_to: list[Literal["none", "tensorboard", "mlflow", "wandb", "trackio"]] = field(
-        default_factory=lambda: ["none"])
+        default_factory=lambda: ["none"]
+    )
     """Experiment trackers TRL logs training to, and the evaluation's metrics go to too (one or a list; none =
     off). Offline by default: tensorboard and mlflow write into RUN/tracking/, wandb runs offline unless
     WANDB_MODE says otherwise. Each but tensorboard is its own optional install (README: Tracking)."""
@@ -185,8 +186,10 @@ class JudgeEndpointConfig:
 
     def __post_init__(self) -> None:
         if not self.base_url.startswith(("http://", "https://")):
-            raise ConfigError(f"eval.judge.endpoint.base_url: {self.base_url!r} must be an http(s) URL such as "
-                              "http://127.0.0.1:8000/v1")
+            raise ConfigError(
+                f"eval.judge.endpoint.base_url: {self.base_url!r} must be an http(s) URL such as "
+                "http://127.0.0.1:8000/v1"
+            )
         if not self.model:
             raise ConfigError("eval.judge.endpoint.model: name the model the server serves")
         if self.concurrency < 1 or self.retries < 0 or self.timeout_s <= 0:
@@ -227,8 +230,10 @@ class JudgeConfig:
 
     def __post_init__(self) -> None:
         if self.enabled and (self.model is None) == (self.endpoint is None):
-            raise ConfigError("eval.judge: set exactly one of eval.judge.model (a model reference) and "
-                              "eval.judge.endpoint (an OpenAI-compatible server)")
+            raise ConfigError(
+                "eval.judge: set exactly one of eval.judge.model (a model reference) and "
+                "eval.judge.endpoint (an OpenAI-compatible server)"
+            )
         if not self.prompt_sets:
             raise ConfigError("eval.judge.prompt_sets: name at least one prompt set (mt_bench, heldout or a YAML file)")
         for name in ("answer_max_new_tokens", "max_new_tokens", "batch_size", "sanity_questions"):
@@ -453,8 +458,9 @@ def build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     for key, value in data.items():
         full = f"{prefix}.{key}" if prefix else str(key)
         if key not in names:
-            raise ConfigError(f"unknown key {full!r}{suggest_key(prefix, str(key), names)} (known: "
-                              f"{', '.join(names)})", key=full)
+            raise ConfigError(
+                f"unknown key {full!r}{suggest_key(prefix, str(key), names)} (known: {', '.join(names)})", key=full
+            )
         try:
             kwargs[key] = _coerce(value, hints[key], full)
         except ConfigError as e:
@@ -514,9 +520,13 @@ def _validate(obj: Any, prefix: str) -> None:
     if isinstance(obj, ExportConfig):
         for q in obj.gguf:
             if q not in EXPORT_QUANTS:
-                raise bad("gguf", f"names {q!r}, which the GGUF export cannot write; allowed: "
-                          f"{', '.join(EXPORT_QUANTS)}{did_you_mean(q, EXPORT_QUANTS, prefix='; did you mean ')} (k-quants such as "
-                          "q4_k_m need llama.cpp's llama-quantize)")
+                raise bad(
+                    "gguf",
+                    f"names {q!r}, which the GGUF export cannot write; allowed: "
+                    f"{', '.join(EXPORT_QUANTS)}{did_you_mean(q, EXPORT_QUANTS, prefix='; did you mean ')} "
+                    "(k-quants such as "
+                    "q4_k_m need llama.cpp's llama-quantize)",
+                )
     if isinstance(obj, ReportConfig) and not 0 < obj.alpha < 0.5:
         raise bad("alpha", "must be in (0, 0.5)")
 
@@ -546,8 +556,19 @@ ALIASES: dict[str, str] = {
 
 BARE_ALIASES: dict[str, str] = {
     **{a.split(".", 1)[1]: t for a, t in ALIASES.items() if a != "lora.rank"},  # a bare `rank` says nothing
-    **{n: f"train.{n}" for n in ("max_steps", "warmup_steps", "weight_decay", "max_grad_norm", "seed", "packing",
-                                 "padding_free", "gradient_checkpointing")},
+    **{
+        n: f"train.{n}"
+        for n in (
+            "max_steps",
+            "warmup_steps",
+            "weight_decay",
+            "max_grad_norm",
+            "seed",
+            "packing",
+            "padding_free",
+            "gradient_checkpointing",
+        )
+    },
     **{n: f"lora.{n}" for n in ("r", "target_modules", "use_rslora")},
 }
 """The same names without a section (``learning_rate=1e-4``, as TRL's command line takes them)."""
@@ -598,20 +619,22 @@ def read_aliases(data: dict[str, Any], where: str) -> dict[str, Any]:
                     raise ConfigError(f"{where}: {written}: {part!r} is a value, not a section", key=written)
             field_key = ".".join(target)
             if field_key in written_as:
-                raise ConfigError(f"{where}: {written_as[field_key]} and {written} set the same field ({field_key}); "
-                                  "keep one", key=field_key)
+                raise ConfigError(
+                    f"{where}: {written_as[field_key]} and {written} set the same field ({field_key}); keep one",
+                    key=field_key,
+                )
             written_as[field_key] = written
             node[target[-1]] = v
     return out
 
 
 def suggest_key(prefix: str, key: str, names: list[str]) -> str:
-    """"; did you mean 'X'" for an unknown key, or "". Compared by the key's own name (a shared ``train.`` prefix
+    """ "; did you mean 'X'" for an unknown key, or "". Compared by the key's own name (a shared ``train.`` prefix
     makes unrelated keys look alike), first against its section's fields and their aliases, then against every
     field and bare alias, so ``train.lora_alpha`` points at ``lora.alpha``."""
     dot = prefix + "." if prefix else ""
     if prefix:
-        near = {n: dot + n for n in names} | {a[len(dot):]: t for a, t in ALIASES.items() if a.startswith(dot)}
+        near = {n: dot + n for n in names} | {a[len(dot) :]: t for a, t in ALIASES.items() if a.startswith(dot)}
     else:
         near = {n: n for n in names} | dict(BARE_ALIASES)
     far = {n: f"{sec}.{n}" for sec, tp in _sections().items() for n in _hints(tp)} | dict(BARE_ALIASES)
@@ -702,8 +725,11 @@ def field_type(key: str) -> Any:
         names = [f.name for f in dataclasses.fields(cls)]
         prefix = ".".join(path[:depth])
         if part not in names:
-            raise ConfigError(f"unknown key {'.'.join(path[:depth + 1])!r}{suggest_key(prefix, part, names)} "
-                              f"(known: {', '.join(names)})", key=".".join(path))
+            raise ConfigError(
+                f"unknown key {'.'.join(path[: depth + 1])!r}{suggest_key(prefix, part, names)} "
+                f"(known: {', '.join(names)})",
+                key=".".join(path),
+            )
         tp = _hints(cls)[part]
         if depth == len(path) - 1:
             return tp
@@ -760,8 +786,12 @@ class Machine:
         import torch  # heavy: only to ask whether CUDA is there, when a config is resolved
 
         cuda = torch.cuda.is_available()
-        return cls(cuda=cuda, bf16=cuda and torch.cuda.is_bf16_supported(), world_size=dist.world_size(),
-                   unsloth_installed=importlib.util.find_spec("unsloth") is not None)
+        return cls(
+            cuda=cuda,
+            bf16=cuda and torch.cuda.is_bf16_supported(),
+            world_size=dist.world_size(),
+            unsloth_installed=importlib.util.find_spec("unsloth") is not None,
+        )
 
 
 def resolve(cfg: RunConfig, machine: Machine | None = None) -> tuple[RunConfig, dict[str, str]]:
@@ -791,15 +821,17 @@ def resolve(cfg: RunConfig, machine: Machine | None = None) -> tuple[RunConfig, 
         out.train.optimizer = "adamw_8bit" if m.cuda else "adamw_torch"
         why["train.optimizer"] = "CUDA: bitsandbytes 8-bit AdamW" if m.cuda else "CPU: torch AdamW"
     elif out.train.optimizer in ("adamw_8bit", "paged_adamw_8bit") and not m.cuda:
-        raise ConfigError(f"train.optimizer={out.train.optimizer} needs CUDA (bitsandbytes); use adamw_torch "
-                          "or auto on CPU")
+        raise ConfigError(
+            f"train.optimizer={out.train.optimizer} needs CUDA (bitsandbytes); use adamw_torch or auto on CPU"
+        )
     if out.train.backend == "auto":
         if m.world_size > 1:
             out.train.backend = "hf"
             why["train.backend"] = (
                 f"WORLD_SIZE={m.world_size}: tunebench's data-parallel training is verified on GPUs with "
                 "transformers+peft; Unsloth's own DDP runs under torchrun on CPU but is not yet verified on GPUs "
-                "(train.backend=unsloth chooses it)")
+                "(train.backend=unsloth chooses it)"
+            )
         elif not m.unsloth_installed:
             out.train.backend = "hf"
             why["train.backend"] = "unsloth is not installed (pip install 'tunebench[cuda]' on a CUDA box)"
@@ -826,8 +858,10 @@ def auto_padding_free(backend: str, packing: bool) -> tuple[bool, str]:
     if packing:
         return False, "packing builds its own rows"
     if backend == "unsloth":
-        return False, ("unsloth: padded batches, faster than Unsloth's padding-free default at every setting "
-                       "measured (H200, 1B shape: 11.3k vs 9.7k real tokens/s at 2 x 4 with eager blocks)")
+        return False, (
+            "unsloth: padded batches, faster than Unsloth's padding-free default at every setting "
+            "measured (H200, 1B shape: 11.3k vs 9.7k real tokens/s at 2 x 4 with eager blocks)"
+        )
     return False, "hf: padded batches on SDPA"
 
 
@@ -840,11 +874,15 @@ def auto_compile_blocks(train: TrainConfig, cuda: bool) -> tuple[bool, str]:
     if train.padding_free or train.packing:
         return False, "padding-free and packed batches run Unsloth's stock decoder blocks"
     if 0 < train.max_steps < COMPILE_BLOCKS_MIN_STEPS:
-        return False, (f"{train.max_steps} optimizer steps, fewer than the ~{COMPILE_BLOCKS_MIN_STEPS} after which "
-                       "compiling (~40 s once) pays back; eager blocks also peak lower")
+        return False, (
+            f"{train.max_steps} optimizer steps, fewer than the ~{COMPILE_BLOCKS_MIN_STEPS} after which "
+            "compiling (~40 s once) pays back; eager blocks also peak lower"
+        )
     steps = "an epoch-counted run" if train.max_steps <= 0 else f"{train.max_steps} optimizer steps"
-    return True, (f"{steps}: compiled blocks train ~16% faster, which pays back the compile (~40 s once) after "
-                  f"~{COMPILE_BLOCKS_MIN_STEPS} steps")
+    return True, (
+        f"{steps}: compiled blocks train ~16% faster, which pays back the compile (~40 s once) after "
+        f"~{COMPILE_BLOCKS_MIN_STEPS} steps"
+    )
 
 
 def with_backend(cfg: RunConfig, backend: str, why: str) -> RunConfig:
@@ -860,7 +898,8 @@ def with_backend(cfg: RunConfig, backend: str, why: str) -> RunConfig:
         out.train.padding_free, out.resolution["train.padding_free"] = auto_padding_free(backend, out.train.packing)
     if "train.compile_blocks" in cfg.resolution:
         out.train.compile_blocks, out.resolution["train.compile_blocks"] = auto_compile_blocks(
-            out.train, Machine.detect().cuda)
+            out.train, Machine.detect().cuda
+        )
     return out
 
 
@@ -879,8 +918,9 @@ def auto_dtype(cuda: bool, bf16: bool) -> str:
     return ("bfloat16" if bf16 else "float16") if cuda else "float32"
 
 
-def load_config(preset: str | Path, overrides: list[str] | None = None, *, resolved: bool = True,
-                machine: Machine | None = None) -> RunConfig:
+def load_config(
+    preset: str | Path, overrides: list[str] | None = None, *, resolved: bool = True, machine: Machine | None = None
+) -> RunConfig:
     """Load a preset (name or path), apply overrides, validate, and resolve ``auto`` for this machine.
 
     Args:

@@ -134,8 +134,9 @@ class BenchmarkError(InvalidInput, ValueError):
     """A benchmark shape, tokenizer source or setup that cannot be used; the message says what to do."""
 
 
-def did_you_mean(word: str, choices: Iterable[str], prefix: str = " Did you mean ", suffix: str = "?",
-                 n: int = 1) -> str:
+def did_you_mean(
+    word: str, choices: Iterable[str], prefix: str = " Did you mean ", suffix: str = "?", n: int = 1
+) -> str:
     """The closest of ``choices`` to ``word`` as a sentence fragment, or "" when none is close.
 
     Args:

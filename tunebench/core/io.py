@@ -94,8 +94,10 @@ def disk_full(err: BaseException, path: str | Path, needed: int | None = None) -
     free = free_bytes(path)
     need = f"writing about {_size(needed)}" if needed else "writing it"
     left = f" than the {_size(free)} free there" if free is not None else ""
-    e = DiskFull(f"{path}: the disk is full ({need} needs more space{left}). The file that was there before, if "
-                 "any, is unchanged. Free some space, or point --out at a larger disk, and run the same command again")
+    e = DiskFull(
+        f"{path}: the disk is full ({need} needs more space{left}). The file that was there before, if "
+        "any, is unchanged. Free some space, or point --out at a larger disk, and run the same command again"
+    )
     e.errno = getattr(err, "errno", None) or errno.ENOSPC  # not .filename: OSError's str() would then drop the message
     return e
 
@@ -148,8 +150,11 @@ def read_json(path: str | Path, fix: str = REWRITE_HINT) -> Any:
     except UnicodeDecodeError as e:
         problem = f"not UTF-8 text (byte {e.start} is {data[e.start]:#04x}): damaged, or not a JSON file"
     except json.JSONDecodeError as e:
-        problem = ("empty or blank: not valid JSON (written by an interrupted copy?)" if not data.strip()
-                   else f"not valid JSON (line {e.lineno} column {e.colno}: {e.msg})")
+        problem = (
+            "empty or blank: not valid JSON (written by an interrupted copy?)"
+            if not data.strip()
+            else f"not valid JSON (line {e.lineno} column {e.colno}: {e.msg})"
+        )
     except RecursionError:
         problem = "not valid JSON for tunebench (nested too deeply to read)"
     except ValueError as e:  # e.g. an integer of more than 4300 digits
@@ -171,8 +176,11 @@ def check_json(data: Any, hint: Any, where: str, fix: str = REWRITE_HINT) -> Any
         return _checker(hint)(data)
     except _Mismatch as m:
         field = m.path.lstrip(".") or "the top level"
-        problem = (f"{field} is missing (it must be {_describe(m.hint)})" if m.got is _MISSING
-                   else f"{field} must be {_describe(m.hint)}, got {show_json(m.got)}")
+        problem = (
+            f"{field} is missing (it must be {_describe(m.hint)})"
+            if m.got is _MISSING
+            else f"{field} must be {_describe(m.hint)}, got {show_json(m.got)}"
+        )
         raise RunFileError(f"{where}: {problem}; {fix}") from None
 
 
@@ -203,10 +211,12 @@ def _checker(hint: Any) -> Check:
     if origin in (typing.Union, types.UnionType):
         return _union_checker(hint, args)
     if origin is typing.Literal:
+
         def literal(v: Any) -> Any:
             if isinstance(v, (dict, list)) or v not in args:
                 raise _Mismatch(hint, v)
             return v
+
         return literal
     if dataclasses.is_dataclass(hint) or typing.is_typeddict(hint):
         return _record_checker(hint)
@@ -223,6 +233,7 @@ def _checker(hint: Any) -> Check:
         if type(v) is list:
             return [_within(inner, x, f"[{k}]{_label(x)}") for k, x in enumerate(v)]
         return {k: _within(inner, x, f".{k}") for k, x in v.items()}
+
     return check
 
 
@@ -247,6 +258,7 @@ def _union_checker(hint: Any, args: tuple[Any, ...]) -> Check:
             except _Mismatch as m:  # an option that took the value's kind but not its contents says more
                 deeper = deeper or (m if m.path else None)
         raise deeper or _Mismatch(hint, v)
+
     return check
 
 
@@ -255,9 +267,14 @@ def _record_checker(cls: type) -> Check:
     if typing.is_typeddict(cls):
         specs = [(k, _checker(hints[k]), k in cls.__required_keys__) for k in hints]  # type: ignore[attr-defined]
     else:
-        specs = [(f.name, _checker(hints[f.name]),
-                  f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
-                 for f in dataclasses.fields(cls)]
+        specs = [
+            (
+                f.name,
+                _checker(hints[f.name]),
+                f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING,
+            )
+            for f in dataclasses.fields(cls)
+        ]
     typed_dict = typing.is_typeddict(cls)
 
     def check(v: Any) -> Any:
@@ -270,6 +287,7 @@ def _record_checker(cls: type) -> Check:
             elif required:
                 raise _Mismatch(hints[name], _MISSING, f".{name}")
         return v if typed_dict else cls(**kwargs)
+
     return check
 
 
@@ -285,8 +303,15 @@ def _describe(hint: Any) -> str:
         return " or ".join(_describe(a) for a in args)
     if origin is typing.Literal:
         return "one of " + ", ".join(repr(a) for a in args)
-    names = {float: "a number", int: "an integer", bool: "true or false", str: "a string", type(None): "null",
-             list: "a list", dict: "an object"}
+    names = {
+        float: "a number",
+        int: "an integer",
+        bool: "true or false",
+        str: "a string",
+        type(None): "null",
+        list: "a list",
+        dict: "an object",
+    }
     if dataclasses.is_dataclass(hint) or typing.is_typeddict(hint):
         return "an object"
     return names.get(origin or hint, getattr(hint, "__name__", str(hint)))
@@ -378,9 +403,7 @@ def git_commit() -> str | None:
     """The suite's own git commit, if it runs from a checkout."""
     here = Path(__file__).resolve().parent.parent
     try:
-        out = subprocess.run(
-            ["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
-        )
+        out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
         if out.returncode != 0:
             return None
         dirty = subprocess.run(
@@ -430,8 +453,18 @@ def environment() -> dict[str, Any]:
         "tunebench_commit": git_commit(),
         "tunebench_source": source_fingerprint(),
     }
-    for name in ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "unsloth", "unsloth-zoo",
-                 "bitsandbytes", "lm-eval"):
+    for name in (
+        "torch",
+        "transformers",
+        "trl",
+        "peft",
+        "accelerate",
+        "datasets",
+        "unsloth",
+        "unsloth-zoo",
+        "bitsandbytes",
+        "lm-eval",
+    ):
         env[name] = package_version(name)
     env["cuda"] = torch.version.cuda if torch.cuda.is_available() else None
     if torch.cuda.is_available():

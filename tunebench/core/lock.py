@@ -113,8 +113,11 @@ def _acquire(run_dir: Path, path: Path) -> FileLock:
         holder = _wait_for_record(run_dir)
         if holder is None or not _is_dead(holder):
             raise _refusal(run_dir, holder) from None
-        log.warning("%s: taking over the lock of %s, which is no longer running (a child process of it still "
-                    "held the lock)", run_dir, holder.describe())
+        log.warning(
+            "%s: taking over the lock of %s, which is no longer running (a child process of it still held the lock)",
+            run_dir,
+            holder.describe(),
+        )
         path.unlink(missing_ok=True)  # the lock on the old file stays with that child; this one is new
         lock = FileLock(path, timeout=0, preserve_lock_file=True)
         try:
@@ -123,8 +126,12 @@ def _acquire(run_dir: Path, path: Path) -> FileLock:
             raise _refusal(run_dir, read_holder(run_dir)) from None
         return lock
     if previous is not None and previous.pid != os.getpid():
-        log.warning("%s: taking over a stale lock left by %s, which stopped without releasing it (killed?); "
-                    "stages it left unfinished are redone", run_dir, previous.describe())
+        log.warning(
+            "%s: taking over a stale lock left by %s, which stopped without releasing it (killed?); "
+            "stages it left unfinished are redone",
+            run_dir,
+            previous.describe(),
+        )
     return lock
 
 

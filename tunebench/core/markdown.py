@@ -27,8 +27,9 @@ def cell(value: Any) -> str:
 
 def table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
     """A GitHub-flavoured Markdown table; cells are passed through ``cell`` and never re-parsed as numbers."""
-    return tabulate([[cell(v) for v in r] for r in rows], headers=list(headers), tablefmt="github",
-                    disable_numparse=True)
+    return tabulate(
+        [[cell(v) for v in r] for r in rows], headers=list(headers), tablefmt="github", disable_numparse=True
+    )
 
 
 def kv_table(pairs: Iterable[tuple[str, Any]], headers: Sequence[str] = ("", "")) -> str | None:

@@ -33,8 +33,9 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def await_models(url: str, proc: subprocess.Popen, timeout: float, key: str | None = None,
-                 poll_s: float = 0.25) -> Literal["ready", "exited", "timeout"]:
+def await_models(
+    url: str, proc: subprocess.Popen, timeout: float, key: str | None = None, poll_s: float = 0.25
+) -> Literal["ready", "exited", "timeout"]:
     """Poll ``url``'s model list until it answers 200 (``ready``), the child exits (``exited``) or ``timeout``
     seconds pass (``timeout``)."""
     headers = {"Authorization": f"Bearer {key}"} if key else {}

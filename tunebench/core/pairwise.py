@@ -88,8 +88,13 @@ def sign_test(wins: int, losses: int) -> float:
     return min(1.0, float(sps.binomtest(int(wins), int(wins + losses), 0.5).pvalue))
 
 
-def win_rate(scores: Sequence[float] | np.ndarray, clusters: Sequence[str] | None = None, n_boot: int = 2000,
-             alpha: float = 0.05, seed: int = 0) -> WinRate:
+def win_rate(
+    scores: Sequence[float] | np.ndarray,
+    clusters: Sequence[str] | None = None,
+    n_boot: int = 2000,
+    alpha: float = 0.05,
+    seed: int = 0,
+) -> WinRate:
     """Win rate of tuned over base, with a clustered paired bootstrap interval, a sign test and the MDE.
 
     Args:
@@ -116,10 +121,18 @@ def win_rate(scores: Sequence[float] | np.ndarray, clusters: Sequence[str] | Non
     wins, ties, losses = int(np.sum(s == 1)), int(np.sum(s == 0)), int(np.sum(s == -1))
     unit = "questions" if clusters is not None else "prompts"
     return WinRate(
-        value=float(pref.mean()), low=low, high=high, wins=wins, ties=ties, losses=losses, n=int(s.size),
-        clusters=k, p_value=sign_test(wins, losses), mde=detectable_effect(low, high, alpha),
+        value=float(pref.mean()),
+        low=low,
+        high=high,
+        wins=wins,
+        ties=ties,
+        losses=losses,
+        n=int(s.size),
+        clusters=k,
+        p_value=sign_test(wins, losses),
+        mde=detectable_effect(low, high, alpha),
         method=f"paired percentile bootstrap over {k} {unit} ({n_boot} resamples); p: exact sign test "
-               f"({wins} wins vs {losses} losses, {ties} ties)",
+        f"({wins} wins vs {losses} losses, {ties} ties)",
     )
 
 
@@ -155,9 +168,15 @@ def _logistic_fit(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
     return beta
 
 
-def length_controlled(scores: Sequence[float] | np.ndarray, tuned_lengths: Sequence[float],
-                      base_lengths: Sequence[float], clusters: Sequence[str] | None = None, n_boot: int = 1000,
-                      alpha: float = 0.05, seed: int = 0) -> LengthControlled:
+def length_controlled(
+    scores: Sequence[float] | np.ndarray,
+    tuned_lengths: Sequence[float],
+    base_lengths: Sequence[float],
+    clusters: Sequence[str] | None = None,
+    n_boot: int = 1000,
+    alpha: float = 0.05,
+    seed: int = 0,
+) -> LengthControlled:
     """Length-controlled win rate: the fitted preference for tuned at zero length difference.
 
     The feature is tanh((len_tuned - len_base) / sd) with sd the standard deviation of the differences (AlpacaEval
@@ -183,7 +202,10 @@ def length_controlled(scores: Sequence[float] | np.ndarray, tuned_lengths: Seque
     boot = _logistic_fit(x, y, _resample_weights(inverse, k, n_boot, np.random.default_rng(seed + 1)))
     low, high = _quantiles(1.0 / (1.0 + np.exp(-boot[:, 0])), alpha)
     return LengthControlled(
-        value=float(1.0 / (1.0 + np.exp(-beta[0]))), low=low, high=high, slope=float(beta[1]),
+        value=float(1.0 / (1.0 + np.exp(-beta[0]))),
+        low=low,
+        high=high,
+        slope=float(beta[1]),
         method=f"logistic regression of the preference on tanh(length difference / sd), read at 0; "
-               f"bootstrap over {k} {'questions' if clusters is not None else 'prompts'} ({n_boot} refits)",
+        f"bootstrap over {k} {'questions' if clusters is not None else 'prompts'} ({n_boot} refits)",
     )

@@ -259,7 +259,13 @@ def paired_bootstrap(
     m = finite.size
     p = min(1.0, 2 * min((np.sum(finite <= 0) + 1) / (m + 1), (np.sum(finite >= 0) + 1) / (m + 1)))
     return PairedResult(
-        float(b), float(t), float(t - b), low, high, float(p), n,
+        float(b),
+        float(t),
+        float(t - b),
+        low,
+        high,
+        float(p),
+        n,
         f"paired bootstrap over {n} {unit} ({n_boot} resamples)",
     )
 
@@ -334,8 +340,9 @@ def paired_proportion_interval(b_num: np.ndarray, t_num: np.ndarray, alpha: floa
     return max(-1.0, delta - upper_theta), min(1.0, delta + lower_theta)
 
 
-def detectable_effect(ci_low: float | None, ci_high: float | None, alpha: float = 0.05,
-                      power: float = POWER) -> float | None:
+def detectable_effect(
+    ci_low: float | None, ci_high: float | None, alpha: float = 0.05, power: float = POWER
+) -> float | None:
     """Minimum detectable effect of a paired difference at its n and observed variance.
 
     The standard error comes from the (1 - alpha) two-sided interval of the difference,
@@ -352,8 +359,9 @@ def detectable_effect(ci_low: float | None, ci_high: float | None, alpha: float 
     return (z + NormalDist().inv_cdf(power)) * se
 
 
-def items_needed(n: int, ci_low: float, ci_high: float, distance: float, alpha: float = 0.05,
-                 power: float = POWER) -> int | None:
+def items_needed(
+    n: int, ci_low: float, ci_high: float, distance: float, alpha: float = 0.05, power: float = POWER
+) -> int | None:
     """Paired items needed for the interval to clear a margin that the observed effect lies ``distance`` from.
 
     Textbook sample size of a one-sample (paired) z-test: n* = ((z_{1-alpha/2} + z_power) * sigma_d / d)^2,

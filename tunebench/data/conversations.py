@@ -46,7 +46,7 @@ ROLE_ALIASES = {
 
 DROP_REASONS = {
     "malformed": "line not UTF-8, not JSON, nested too deeply or holding a lone surrogate; or record not a mapping "
-                 "with a list of turns",
+    "with a list of turns",
     "empty": "no turns",
     "unknown_role": "a turn's role is not one of " + ", ".join(sorted(ROLE_ALIASES)),
     "empty_content": "a turn's content is empty or not a string",
@@ -88,7 +88,9 @@ def _turns_of(record: Any, conversations_field: str) -> list[Any] | None:
     return None
 
 
-def standardize(record: Any, conversations_field: str = "conversations") -> tuple[list[dict[str, str]] | None, str | None]:
+def standardize(
+    record: Any, conversations_field: str = "conversations"
+) -> tuple[list[dict[str, str]] | None, str | None]:
     """Map one record to {role, content} messages, or return the reason it cannot be trained.
 
     Returns:
@@ -302,8 +304,9 @@ class Encoded:
         return sum(1 for x in self.labels if x != -100)
 
 
-def content_spans(tok: Any, messages: list[dict[str, str]], add_generation_prompt: bool = False
-                  ) -> tuple[str, list[tuple[int, int]]]:
+def content_spans(
+    tok: Any, messages: list[dict[str, str]], add_generation_prompt: bool = False
+) -> tuple[str, list[tuple[int, int]]]:
     """Render a conversation and return the character span of every message's content.
 
     Each content is replaced by a unique sentinel and rendered once, so the spans come from the template
@@ -313,8 +316,11 @@ def content_spans(tok: Any, messages: list[dict[str, str]], add_generation_promp
         TemplateError: the template rewrites message text (strips or changes it), so contents cannot be located.
     """
     sentinels = [f"\u2063S{i}\u2063" for i in range(len(messages))]
-    marked = tok.apply_chat_template([dict(m, content=s) for m, s in zip(messages, sentinels, strict=True)],
-                                     tokenize=False, add_generation_prompt=add_generation_prompt)
+    marked = tok.apply_chat_template(
+        [dict(m, content=s) for m, s in zip(messages, sentinels, strict=True)],
+        tokenize=False,
+        add_generation_prompt=add_generation_prompt,
+    )
     full = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
     spans, shift, pos = [], 0, 0
     for m, s in zip(messages, sentinels, strict=True):
@@ -328,7 +334,10 @@ def content_spans(tok: Any, messages: list[dict[str, str]], add_generation_promp
         start = at + shift
         spans.append((start, start + len(m["content"])))
         shift += len(m["content"]) - len(s)
-    if any(full[a:b] != m["content"] for (a, b), m in zip(spans, messages, strict=True)) or len(full) != len(marked) + shift:
+    if (
+        any(full[a:b] != m["content"] for (a, b), m in zip(spans, messages, strict=True))
+        or len(full) != len(marked) + shift
+    ):
         raise TemplateError(
             "the chat template changes message text (strips or rewrites it), so message tokens cannot "
             "be located; use model.chat_template=chatml or llama-3.1"
@@ -366,8 +375,9 @@ def tokenize_rendered(tok: Any, text: str, spans: list[tuple[int, int]]) -> tupl
     return tokenize_rendered_many(tok, [(text, spans)])[0]
 
 
-def tokenize_rendered_many(tok: Any, items: list[tuple[str, list[tuple[int, int]]]]
-                           ) -> list[tuple[list[int], list[tuple[int, int]]]]:
+def tokenize_rendered_many(
+    tok: Any, items: list[tuple[str, list[tuple[int, int]]]]
+) -> list[tuple[list[int], list[tuple[int, int]]]]:
     """``tokenize_rendered`` for many (text, spans) at once: the pieces of every text go to the fast tokenizer as
     one batch, which encodes them in parallel (each piece exactly as alone: no padding, no special tokens added).
     Tokenizing piece by piece cost about 15 tokenizer calls per ShareGPT conversation, most of the data step."""
@@ -417,7 +427,7 @@ def _encode_pieces(tok: Any, pieces: list[str]) -> list[tuple[list[int], list[tu
     out: list[tuple[list[int], list[tuple[int, int]]]] = []
     with tokenizer_threads():
         for start in range(0, len(pieces), 4096):
-            chunk = pieces[start:start + 4096]
+            chunk = pieces[start : start + 4096]
             if direct:
                 before = backend.encode_special_tokens
                 backend.encode_special_tokens = True
@@ -490,7 +500,7 @@ def encode_split(
     dropped: Counter = Counter()
     bar = tqdm(total=len(convs), desc=desc, unit="conv", leave=False)
     for start in range(0, len(convs), ENCODE_CHUNK):
-        chunk = encode_many(tok, convs[start:start + ENCODE_CHUNK], eot, max_length)
+        chunk = encode_many(tok, convs[start : start + ENCODE_CHUNK], eot, max_length)
         bar.update(len(chunk))
         for e in chunk:
             if e.truncated and truncation == "drop":
@@ -522,8 +532,16 @@ def _length_stats(values: list[int]) -> dict[str, float]:
         return {"n": 0}
     v = sorted(values)
     q = lambda p: v[min(len(v) - 1, int(p * (len(v) - 1) + 0.5))]  # noqa: E731
-    return {"n": len(v), "mean": round(statistics.fmean(v), 1), "min": v[0], "p50": q(0.5), "p90": q(0.9),
-            "p99": q(0.99), "max": v[-1], "total": sum(v)}
+    return {
+        "n": len(v),
+        "mean": round(statistics.fmean(v), 1),
+        "min": v[0],
+        "p50": q(0.5),
+        "p90": q(0.9),
+        "p99": q(0.99),
+        "max": v[-1],
+        "total": sum(v),
+    }
 
 
 @dataclass
@@ -566,8 +584,16 @@ def prepared_from_dict(data: dict[str, Any]) -> PreparedData:
     )
 
 
-def prepare(tok: Any, template_name: str, cfg: DataConfig, out_dir: str | Path | None = None, *,
-            eval_every: int = 0, strict: bool = False, check_sizes: bool = True) -> PreparedData:
+def prepare(
+    tok: Any,
+    template_name: str,
+    cfg: DataConfig,
+    out_dir: str | Path | None = None,
+    *,
+    eval_every: int = 0,
+    strict: bool = False,
+    check_sizes: bool = True,
+) -> PreparedData:
     """Read, standardize, split, encode; write the split files and the data report into ``out_dir``.
 
     Args:
@@ -689,8 +715,9 @@ def _malformed_line(report: dict[str, Any]) -> str:
     shown, total = report["malformed_lines"], report.get("malformed_lines_total", len(report["malformed_lines"]))
     more = f", ... ({total} lines in all)" if total > len(shown) else ""
     why = "; ".join(report.get("malformed_reasons", [])[:3])
-    return (f"malformed: {report['dropped'].get('malformed', len(shown))} (lines {', '.join(map(str, shown))}{more})"
-            + (f"; first: {why}" if why else ""))
+    return f"malformed: {report['dropped'].get('malformed', len(shown))} (lines {', '.join(map(str, shown))}{more})" + (
+        f"; first: {why}" if why else ""
+    )
 
 
 def render_report(report: dict[str, Any]) -> str:
@@ -699,7 +726,8 @@ def render_report(report: dict[str, Any]) -> str:
         "# Data report",
         "",
         f"- source: `{report['source']}` ({report['source_identity']})",
-        f"- records read: {report['records']}; clean: {report['clean']}; exact duplicates: {report['exact_duplicates']}",
+        f"- records read: {report['records']}; clean: {report['clean']}; "
+        f"exact duplicates: {report['exact_duplicates']}",
         f"- template: `{report['template']['name']}` (end of turn `{report['template']['end_of_turn']}`)",
         f"- fingerprint: `{report['fingerprint']}`",
         "",
@@ -708,17 +736,41 @@ def render_report(report: dict[str, Any]) -> str:
     ]
     reasons = report["drop_reasons"]
     dropped = [(k, v, reasons.get(k, "")) for k, v in report["dropped"].items()]
-    dropped += [(f"{k} ({s})", v, reasons.get(k, "")) for s, c in report["dropped_by_length"].items()
-                for k, v in c.items()]
+    dropped += [
+        (f"{k} ({s})", v, reasons.get(k, "")) for s, c in report["dropped_by_length"].items() for k, v in c.items()
+    ]
     lines += [table(dropped, ["reason", "conversations", "meaning"]), ""]
     if report.get("malformed_lines"):
         lines += [_malformed_line(report), ""]
     lines += ["## Splits", ""]
-    splits = [(s, d["conversations"], d["truncated"], d["tokens"].get("p50"), d["tokens"].get("p90"),
-               d["tokens"].get("max"), d["assistant_tokens"].get("total", 0), f"`{d['fingerprint']}`")
-              for s, d in report["splits"].items()]
-    lines.append(table(splits, ["split", "conversations", "truncated", "tokens p50", "tokens p90", "tokens max",
-                                "assistant tokens", "fingerprint"]))
+    splits = [
+        (
+            s,
+            d["conversations"],
+            d["truncated"],
+            d["tokens"].get("p50"),
+            d["tokens"].get("p90"),
+            d["tokens"].get("max"),
+            d["assistant_tokens"].get("total", 0),
+            f"`{d['fingerprint']}`",
+        )
+        for s, d in report["splits"].items()
+    ]
+    lines.append(
+        table(
+            splits,
+            [
+                "split",
+                "conversations",
+                "truncated",
+                "tokens p50",
+                "tokens p90",
+                "tokens max",
+                "assistant tokens",
+                "fingerprint",
+            ],
+        )
+    )
     if report["warnings"]:
         lines += ["", "## Warnings", ""] + [f"- {w}" for w in report["warnings"]]
     return "\n".join(lines) + "\n"

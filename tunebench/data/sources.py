@@ -94,8 +94,10 @@ def decode_json_array(text: str, where: str) -> tuple[list[Any], list[str]]:
             )
             break
         except RecursionError:  # where a record nested this deep ends cannot be found without decoding it
-            warnings.append(f"{where}: record {len(out) + 1} at character {i} is nested too deeply to decode; it and "
-                            f"the last {n - i} characters were skipped (use .jsonl to lose one line instead)")
+            warnings.append(
+                f"{where}: record {len(out) + 1} at character {i} is nested too deeply to decode; it and "
+                f"the last {n - i} characters were skipped (use .jsonl to lose one line instead)"
+            )
             break
         out.append(obj)
     if not out and warnings:
@@ -127,9 +129,7 @@ def _read_jsonl(path: Path) -> tuple[list[Any], list[str], list[str], list[int]]
                 malformed.append(f"line {lineno}: {e}")
                 lines.append(lineno)
     if malformed:
-        warnings.append(
-            f"{path}: {len(malformed)} line(s) could not be read and were skipped (first: {malformed[0]})"
-        )
+        warnings.append(f"{path}: {len(malformed)} line(s) could not be read and were skipped (first: {malformed[0]})")
     return records, warnings, malformed, lines
 
 
@@ -223,7 +223,8 @@ def _read_hub(name: str, split: str) -> RawData:
         ds = datasets.load_dataset(name, split=split)
     except Exception as e:  # datasets raises ConnectionError, FileNotFoundError, DatasetNotFoundError...
         raise DataError(
-            f"could not load hub dataset {name!r} split {split!r} ({type(e).__name__}: {str(e).splitlines()[0][:200]}). "
+            f"could not load hub dataset {name!r} split {split!r} "
+            f"({type(e).__name__}: {str(e).splitlines()[0][:200]}). "
             "Offline? Export it on a machine with internet "
             f"(`datasets.load_dataset({name!r}, split={split!r}).to_json('data.jsonl')`) and set data.source to "
             "that file, or use data.source=packaged:sharegpt-v3."

@@ -25,14 +25,23 @@ def split_problems(sizes: dict[str, int], cfg: DataConfig, eval_every: int) -> l
     out = []
     test = sizes.get("test", 0)
     if test < MIN_TEST_CONVERSATIONS:
-        fix = (f"raise data.max_test (now {cfg.max_test})" if cfg.max_test is not None and test >= cfg.max_test
-               else f"raise data.test_fraction (now {cfg.test_fraction:g}; about {MIN_TEST_CONVERSATIONS / total:.2g} "
-               f"of these {total} conversations) or give more data" if total else "give more data")
-        out.append(f"test split: {test} conversation(s), fewer than the {MIN_TEST_CONVERSATIONS} a base/tuned "
-                   f"comparison needs to decide anything (README, 'Splits'); {fix}")
+        fix = (
+            f"raise data.max_test (now {cfg.max_test})"
+            if cfg.max_test is not None and test >= cfg.max_test
+            else f"raise data.test_fraction (now {cfg.test_fraction:g}; about {MIN_TEST_CONVERSATIONS / total:.2g} "
+            f"of these {total} conversations) or give more data"
+            if total
+            else "give more data"
+        )
+        out.append(
+            f"test split: {test} conversation(s), fewer than the {MIN_TEST_CONVERSATIONS} a base/tuned "
+            f"comparison needs to decide anything (README, 'Splits'); {fix}"
+        )
     if eval_every > 0 and sizes.get("validation", 0) == 0:
-        out.append(f"validation split: empty, but train.eval_every={eval_every} asks for a validation loss; raise "
-                   f"data.validation_fraction (now {cfg.validation_fraction:g}) or set train.eval_every=0")
+        out.append(
+            f"validation split: empty, but train.eval_every={eval_every} asks for a validation loss; raise "
+            f"data.validation_fraction (now {cfg.validation_fraction:g}) or set train.eval_every=0"
+        )
     return out
 
 

@@ -79,7 +79,7 @@ def _fit_context(loaded: Any, history: list[dict[str, str]], keep: int, max_new:
         return ids, None
     asked, dropped = len(ids), 0
     while len(ids) + max_new > limit and len(history) > keep + 1:
-        del history[keep:keep + 2]  # one user turn and its answer
+        del history[keep : keep + 2]  # one user turn and its answer
         dropped += 1
         ids = render_prompt(loaded.tokenizer, history)
     done = [f"dropped the {dropped} oldest exchange{'s' * (dropped > 1)}"] if dropped else []
@@ -87,12 +87,16 @@ def _fit_context(loaded: Any, history: list[dict[str, str]], keep: int, max_new:
         ids, kept = _truncate_message(loaded.tokenizer, history, limit - max_new)
         if not ids:
             history.pop()
-            return [], (f"(not sent: the model's context is {limit:,} tokens and {max_new:,} are kept for the "
-                        "answer; the system prompt leaves no room for the message. Lower --max-new-tokens or "
-                        "shorten --system)")
+            return [], (
+                f"(not sent: the model's context is {limit:,} tokens and {max_new:,} are kept for the "
+                "answer; the system prompt leaves no room for the message. Lower --max-new-tokens or "
+                "shorten --system)"
+            )
         done.append(f"kept the last {kept[0]:,} of your message's {kept[1]:,} tokens")
-    return ids, (f"(context: {asked:,} prompt tokens + {max_new:,} for the answer exceed the model's {limit:,}-token "
-                 f"context; {' and '.join(done)}: the model reads {len(ids):,} tokens)")
+    return ids, (
+        f"(context: {asked:,} prompt tokens + {max_new:,} for the answer exceed the model's {limit:,}-token "
+        f"context; {' and '.join(done)}: the model reads {len(ids):,} tokens)"
+    )
 
 
 def _truncate_message(tok: Any, history: list[dict[str, str]], budget: int) -> tuple[list[int], tuple[int, int]]:
@@ -199,17 +203,25 @@ def chat(
             else:
                 torch.manual_seed(turn_seed)
                 with torch.inference_mode():
-                    out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
-                                         streamer=streamer, **kwargs)
-                new = out[0, len(ids):].tolist()
+                    out = model.generate(
+                        input_ids=input_ids, attention_mask=torch.ones_like(input_ids), streamer=streamer, **kwargs
+                    )
+                new = out[0, len(ids) :].tolist()
         except KeyboardInterrupt:  # Ctrl-C stops this answer, not the chat
             history.pop()
             print_fn("\n(answer interrupted)")
             continue
         n_new = count_new_tokens(new, stops)
         if on_answer is not None:  # the streamer printed the last token: the answer is on the host
-            on_answer({"turn": turn, "path": path, "prompt_tokens": len(ids), "new_tokens": n_new,
-                       "seconds": time.perf_counter() - started})
+            on_answer(
+                {
+                    "turn": turn,
+                    "path": path,
+                    "prompt_tokens": len(ids),
+                    "new_tokens": n_new,
+                    "seconds": time.perf_counter() - started,
+                }
+            )
         answer = tok.decode(new[:n_new], skip_special_tokens=True).strip()
         history.append({"role": "assistant", "content": answer})
         turn += 1

@@ -66,7 +66,7 @@ def _gram_hashes(h: np.ndarray, lengths: Iterable[int]) -> dict[int, np.ndarray]
     with np.errstate(over="ignore"):
         for length in range(1, wanted[-1] + 1):
             if length > 1:
-                acc = acc[:-1] * _BASE + h[length - 1:]
+                acc = acc[:-1] * _BASE + h[length - 1 :]
             if length in wanted:
                 out[length] = acc
             if len(acc) <= 1:
@@ -91,7 +91,7 @@ def _prepare(items: list[tuple[str, str]], n: int) -> tuple[list[_Item], list[st
             continue
         size = min(n, len(tokens))  # shorter than n: the whole item is its one shingle
         item = _Item(id=str(item_id))
-        item.grams = [tuple(tokens[i:i + size]) for i in range(len(tokens) - size + 1)]
+        item.grams = [tuple(tokens[i : i + size]) for i in range(len(tokens) - size + 1)]
         item.hashes = _gram_hashes(_word_hashes(tokens), [size])[size]
         prepared.append(item)
     return prepared, too_short
@@ -123,8 +123,11 @@ def contamination(
         ValueError: ``worst`` negative.
     """
     if n < MIN_SHINGLE_WORDS:
-        raise ConfigError(f"eval.contamination_ngram: {n} is below {MIN_SHINGLE_WORDS}, the shortest n-gram the "
-                          "overlap check accepts; use 13 (the default)", key="eval.contamination_ngram")
+        raise ConfigError(
+            f"eval.contamination_ngram: {n} is below {MIN_SHINGLE_WORDS}, the shortest n-gram the "
+            "overlap check accepts; use 13 (the default)",
+            key="eval.contamination_ngram",
+        )
     if worst < 0:
         raise ValueError(f"worst={worst}: must be 0 or more")
     sets = {name: _prepare(items, n) for name, items in eval_sets.items()}
@@ -158,21 +161,37 @@ def contamination(
     if buffer and lookup:
         scan(buffer)
 
-    report: dict[str, Any] = {"n": n, "min_shingle_words": MIN_SHINGLE_WORDS, "train_texts": n_texts,
-                              "train_words": n_words, "sets": {}}
+    report: dict[str, Any] = {
+        "n": n,
+        "min_shingle_words": MIN_SHINGLE_WORDS,
+        "train_texts": n_texts,
+        "train_words": n_words,
+        "sets": {},
+    }
     for name, (prepared, too_short) in sets.items():
         rows = []
         for item in prepared:
             found = hits[len(item.grams[0])]
             matched = [i for i, x in enumerate(item.hashes.tolist()) if x in found]
             if matched:
-                rows.append({"id": item.id, "matched": len(matched), "ngrams": len(item.grams),
-                             "fraction": len(matched) / len(item.grams), "example": " ".join(item.grams[matched[0]])})
+                rows.append(
+                    {
+                        "id": item.id,
+                        "matched": len(matched),
+                        "ngrams": len(item.grams),
+                        "fraction": len(matched) / len(item.grams),
+                        "example": " ".join(item.grams[matched[0]]),
+                    }
+                )
         rows.sort(key=lambda r: (-r["fraction"], -r["matched"], r["id"]))
         checked = len(prepared)
         report["sets"][name] = {
-            "items": checked + len(too_short), "checked": checked, "contaminated": len(rows),
-            "share": len(rows) / checked if checked else None, "too_short": len(too_short),
-            "too_short_ids": too_short[:20], "worst": rows[:worst],
+            "items": checked + len(too_short),
+            "checked": checked,
+            "contaminated": len(rows),
+            "share": len(rows) / checked if checked else None,
+            "too_short": len(too_short),
+            "too_short_ids": too_short[:20],
+            "worst": rows[:worst],
         }
     return report

@@ -1,6 +1,7 @@
 """The template and token contract of an exported GGUF: every runtime feeds the model the same tokens.
 
-The probe prompts (or, without probes, the Modelfile's plain sentinel conversations) are rendered and tokenized three ways:
+The probe prompts (or, without probes, the Modelfile's plain sentinel conversations) are rendered and tokenized
+three ways:
 
 - ``transformers``: the run's tokenizer and chat template (what was trained and evaluated);
 - ``llama.cpp``: llama-cpp-python's chat handler on the GGUF's ``tokenizer.chat_template``
@@ -59,7 +60,7 @@ def first_difference(a: list[int], b: list[int]) -> int | None:
 
 
 def _show(tok: Any, ids: list[int], k: int) -> str:
-    part = ids[max(0, k - 3):k + 3]
+    part = ids[max(0, k - 3) : k + 3]
     return f"ids[{max(0, k - 3)}:{k + 3}]={part} text={tok.decode(part)!r}"
 
 
@@ -70,8 +71,9 @@ def modelfile_parts(path: Path) -> tuple[str | None, list[str]]:
     return (m.group(1) if m else None), _STOP_RE.findall(text)
 
 
-def check_prompts(tok: Any, llm: Any, gguf: Path, prompts: list[Messages], modelfile: Path | None = None
-                  ) -> ContractReport:
+def check_prompts(
+    tok: Any, llm: Any, gguf: Path, prompts: list[Messages], modelfile: Path | None = None
+) -> ContractReport:
     """Compare the three renderings of every prompt, then BOS/EOS and stop tokens.
 
     Args:
@@ -87,7 +89,7 @@ def check_prompts(tok: Any, llm: Any, gguf: Path, prompts: list[Messages], model
 
     report = ContractReport(gguf=gguf.name, prompts=len(prompts), runtimes=["transformers"])
     if llm is None:
-        report.skipped.append("llama.cpp, ollama: llama-cpp-python is not installed (pip install \"tunebench[serve]\")")
+        report.skipped.append('llama.cpp, ollama: llama-cpp-python is not installed (pip install "tunebench[serve]")')
         return report
     formatter = chat_formatter(llm)
     report.runtimes.append("llama.cpp")
@@ -99,8 +101,10 @@ def check_prompts(tok: Any, llm: Any, gguf: Path, prompts: list[Messages], model
             report.skipped.append(f"ollama: {modelfile.name} has no TEMPLATE; Ollama uses the GGUF's template")
             go = None
         elif go.template != go_text:
-            raise ContractError(f"{modelfile}: its TEMPLATE is not the {go.family} Go template tunebench writes and "
-                                "checks; re-export with `tunebench export RUN --gguf`")
+            raise ContractError(
+                f"{modelfile}: its TEMPLATE is not the {go.family} Go template tunebench writes and "
+                "checks; re-export with `tunebench export RUN --gguf`"
+            )
         else:
             report.runtimes.append("ollama")
     add_bos = bool(llm.metadata.get("tokenizer.ggml.add_bos_token", "false") == "true")
@@ -117,7 +121,8 @@ def check_prompts(tok: Any, llm: Any, gguf: Path, prompts: list[Messages], model
                     f"than in transformers (what the run was evaluated on), first at position {d}: transformers "
                     f"{_show(tok, want, d)}; {runtime} {_show(tok, ids, d)} ({len(want)} vs {len(ids)} tokens). "
                     "Re-export with `tunebench export RUN --gguf`; if it persists, the template or tokenizer "
-                    "metadata is not carried over faithfully")
+                    "metadata is not carried over faithfully"
+                )
     _check_special(tok, llm, gguf, report, stops if go is not None else None)
     return report
 
@@ -131,18 +136,22 @@ def _check_special(tok: Any, llm: Any, gguf: Path, report: ContractReport, ollam
     report.bos = {"transformers": tok.bos_token_id, "llama.cpp": llm.token_bos()}
     report.eos = {"transformers": tok.eos_token_id, "llama.cpp": llm.token_eos()}
     if tok.eos_token_id is not None and tok.eos_token_id != llm.token_eos():
-        raise ContractError(f"{gguf}: llama.cpp's EOS is token {llm.token_eos()} "
-                            f"({llm.detokenize([llm.token_eos()], special=True)!r}) but the run's end-of-turn is "
-                            f"{tok.eos_token_id} ({tok.eos_token!r}): generation would not stop where it did in "
-                            "evaluation. Re-export with `tunebench export RUN --gguf`")
+        raise ContractError(
+            f"{gguf}: llama.cpp's EOS is token {llm.token_eos()} "
+            f"({llm.detokenize([llm.token_eos()], special=True)!r}) but the run's end-of-turn is "
+            f"{tok.eos_token_id} ({tok.eos_token!r}): generation would not stop where it did in "
+            "evaluation. Re-export with `tunebench export RUN --gguf`"
+        )
     if tok.bos_token_id is not None and llm.token_bos() not in (-1, tok.bos_token_id):
         raise ContractError(f"{gguf}: llama.cpp's BOS is token {llm.token_bos()} but the run's is {tok.bos_token_id}")
     report.stops = {"transformers": stop_token_ids(_L), "llama.cpp": [llm.token_eos()]}
     if ollama_stops is not None:
         report.stops["ollama"] = ollama_stops
         if tok.eos_token and tok.eos_token not in ollama_stops:
-            raise ContractError(f"{gguf}: the Modelfile's stop parameters {ollama_stops} miss the run's end-of-turn "
-                                f"{tok.eos_token!r}: Ollama would run past the answer. Re-export")
+            raise ContractError(
+                f"{gguf}: the Modelfile's stop parameters {ollama_stops} miss the run's end-of-turn "
+                f"{tok.eos_token!r}: Ollama would run past the answer. Re-export"
+            )
 
 
 def contract_prompts(probe_files: list[str]) -> list[Messages]:
@@ -158,8 +167,9 @@ def contract_prompts(probe_files: list[str]) -> list[Messages]:
     return out or [m for m in SENTINELS[:3] if m[-1]["role"] == "user"]
 
 
-def check_contract(gguf: str | Path, adapter_dir: str | Path, probe_files: list[str], llm: Any = None
-                   ) -> ContractReport:
+def check_contract(
+    gguf: str | Path, adapter_dir: str | Path, probe_files: list[str], llm: Any = None
+) -> ContractReport:
     """The contract check of one exported GGUF against the run's tokenizer (opens the file when ``llm`` is None).
 
     Raises:

@@ -47,8 +47,16 @@ DECODE_ATTENTION = "tunebench_grouped_decode"
 """The name ``grouped_decode_attention`` is registered under in transformers' AttentionInterface."""
 
 
-def grouped_decode_attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any,
-                             dropout: float = 0.0, scaling: float | None = None, **kwargs: Any) -> tuple[Any, None]:
+def grouped_decode_attention(
+    module: Any,
+    query: Any,
+    key: Any,
+    value: Any,
+    attention_mask: Any,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs: Any,
+) -> tuple[Any, None]:
     """transformers' SDPA attention, except for one query position under grouped-query attention: query heads
     ``[b, kv_heads * groups, 1, d]`` become ``[b, kv_heads, groups, d]`` rows against ``[b, kv_heads, L, d]``
     keys and values (head ``i`` reads key/value head ``i // groups``, as ``repeat_kv`` lays them out), so the cache
@@ -59,8 +67,9 @@ def grouped_decode_attention(module: Any, query: Any, key: Any, value: Any, atte
     b, heads, q_len, d = query.shape
     kv_heads = key.shape[1]
     if q_len != 1 or kv_heads == heads or heads % kv_heads or dropout:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                      **kwargs)
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
     mask = None if attention_mask is None else attention_mask[:, :, :, : key.shape[-2]]
     rows = query.reshape(b, kv_heads, heads // kv_heads, d)
     out = torch.nn.functional.scaled_dot_product_attention(rows, key, value, attn_mask=mask, scale=scaling)
@@ -142,9 +151,20 @@ class StaticDecoder:
         grouped: decode steps attend through ``grouped_decode_attention`` (else transformers' SDPA path).
     """
 
-    def __init__(self, model: Any, rows: int, width: int, max_new_tokens: int, stop_ids: list[int], pad_id: int,
-                 temperature: float = 0.0, top_p: float | None = None, min_p: float | None = None,
-                 graphs: bool = True, grouped: bool = True):
+    def __init__(
+        self,
+        model: Any,
+        rows: int,
+        width: int,
+        max_new_tokens: int,
+        stop_ids: list[int],
+        pad_id: int,
+        temperature: float = 0.0,
+        top_p: float | None = None,
+        min_p: float | None = None,
+        graphs: bool = True,
+        grouped: bool = True,
+    ):
         import torch  # heavy: torch, imported when needed
         from transformers.cache_utils import StaticCache  # heavy: transformers
 
@@ -195,8 +215,18 @@ class StaticDecoder:
     def _step(self) -> None:
         """Feed ``token`` at ``write``, pick the next token: the captured unit, device work only."""
         self.mask.index_fill_(3, self.write, True)
-        logits = self.model(input_ids=self.token, attention_mask=self.mask, position_ids=self.position,
-                            past_key_values=self.cache, use_cache=True, logits_to_keep=1).logits[:, -1].float()
+        logits = (
+            self.model(
+                input_ids=self.token,
+                attention_mask=self.mask,
+                position_ids=self.position,
+                past_key_values=self.cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            .logits[:, -1]
+            .float()
+        )
         self._commit(self._pick(logits))
         self.position.add_(1)
         self.write.add_(1)
@@ -230,8 +260,14 @@ class StaticDecoder:
 
     # ------------------------------------------------------------------ one batch
 
-    def __call__(self, input_ids: Any, attention_mask: Any, seed: int,
-                 stopped: Callable[[Any], Any] | None = None, streamer: Any = None) -> Any:
+    def __call__(
+        self,
+        input_ids: Any,
+        attention_mask: Any,
+        seed: int,
+        stopped: Callable[[Any], Any] | None = None,
+        streamer: Any = None,
+    ) -> Any:
         """New tokens [rows, max_new_tokens] (``pad_id`` after a row's stop token) for left-padded inputs.
 
         ``stopped(new_tokens_so_far) -> bool tensor [rows]`` marks rows done for reasons of the caller's own
@@ -252,8 +288,18 @@ class StaticDecoder:
                 if layer.is_initialized:
                     layer.cumulative_length.zero_()
             position = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
-            logits = self.model(input_ids=ids, attention_mask=mask, position_ids=position, past_key_values=self.cache,
-                                use_cache=True, logits_to_keep=1).logits[:, -1].float()
+            logits = (
+                self.model(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    position_ids=position,
+                    past_key_values=self.cache,
+                    use_cache=True,
+                    logits_to_keep=1,
+                )
+                .logits[:, -1]
+                .float()
+            )
             if self.noise is None and not self.greedy:
                 self.noise = torch.empty_like(logits)
             self.done.zero_()
@@ -285,7 +331,7 @@ class StaticDecoder:
                             self._step()
                     made += n
                     if streamer is not None:  # one row: every token goes out as soon as it is made
-                        streamer.put(self.out[0, made - n:made].cpu())
+                        streamer.put(self.out[0, made - n : made].cpu())
                         continue
                     if made % STOP_CHECK_EVERY < n or made == self.max_new:
                         if stopped is not None:

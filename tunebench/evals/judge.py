@@ -74,7 +74,7 @@ class InProcessJudge:
         order = sorted(range(len(requests)), key=lambda i: (-_length(requests[i]), i))
         out = [""] * len(requests)
         for start in range(0, len(order), self.batch_size):
-            part = order[start:start + self.batch_size]
+            part = order[start : start + self.batch_size]
             texts = generator.generate([requests[i] for i in part], sampling, 0).texts
             for i, text in zip(part, texts, strict=True):
                 out[i] = text
@@ -96,14 +96,16 @@ class Answers:
     tokens: list[list[int]] = field(default_factory=list)
 
 
-def answer(loaded: Any, items: list[jp.PromptItem], max_new_tokens: int, batch_size: int, seed: int,
-           progress: bool = True) -> Answers:
+def answer(
+    loaded: Any, items: list[jp.PromptItem], max_new_tokens: int, batch_size: int, seed: int, progress: bool = True
+) -> Answers:
     """Answer every turn of every item; turn t+1 sees the model's own earlier answers.
 
     ``loaded``: an ``evals.modeling.Loaded`` (transformers in process), or any ``generation.Generator`` (llama.cpp,
     an endpoint), which then answers in its own runtime."""
-    generator = loaded if isinstance(loaded, Generator) else TransformersGenerator(loaded, batch_size,
-                                                                                  progress=progress)
+    generator = (
+        loaded if isinstance(loaded, Generator) else TransformersGenerator(loaded, batch_size, progress=progress)
+    )
     sampling = SamplingConfig(name="judge-answers", temperature=0.0, min_p=None, max_new_tokens=max_new_tokens)
     out = Answers([[] for _ in items], [[] for _ in items])
     turns = max(len(i.turns) for i in items)
@@ -113,8 +115,10 @@ def answer(loaded: Any, items: list[jp.PromptItem], max_new_tokens: int, batch_s
         for k in todo:
             msgs: Messages = []
             for u in range(t):
-                msgs += [{"role": "user", "content": items[k].turns[u]},
-                         {"role": "assistant", "content": out.texts[k][u]}]
+                msgs += [
+                    {"role": "user", "content": items[k].turns[u]},
+                    {"role": "assistant", "content": out.texts[k][u]},
+                ]
             prompts.append(msgs + [{"role": "user", "content": items[k].turns[t]}])
         gen = generator.generate(prompts, sampling, seed)
         for k, text, n in zip(todo, gen.texts, gen.token_counts, strict=True):
@@ -129,9 +133,15 @@ def answer(loaded: Any, items: list[jp.PromptItem], max_new_tokens: int, batch_s
 def _context(item: jp.PromptItem, t: int, first: list[str], second: list[str]) -> dict[str, Any]:
     """Every variable a judge template may use, for turn t with ``first`` shown as assistant A."""
     ref = item.reference or []
-    ctx: dict[str, Any] = {"question": item.turns[t], "answer_a": first[t], "answer_b": second[t],
-                           "reference": ref[t] if t < len(ref) else "", "turn": t + 1, "category": item.category,
-                           "ref_answer_1": ref[0] if ref else ""}
+    ctx: dict[str, Any] = {
+        "question": item.turns[t],
+        "answer_a": first[t],
+        "answer_b": second[t],
+        "reference": ref[t] if t < len(ref) else "",
+        "turn": t + 1,
+        "category": item.category,
+        "ref_answer_1": ref[0] if ref else "",
+    }
     for u in range(len(item.turns)):
         ctx[f"question_{u + 1}"] = item.turns[u]
         ctx[f"answer_a_{u + 1}"] = first[u]
@@ -174,8 +184,14 @@ class JudgedSet:
     unparsed: int = 0
 
 
-def judge_set(name: str, items: list[jp.PromptItem], base: Answers, tuned: Answers, judge: Judge,
-              prompts: dict[str, jp.JudgePrompt]) -> JudgedSet:
+def judge_set(
+    name: str,
+    items: list[jp.PromptItem],
+    base: Answers,
+    tuned: Answers,
+    judge: Judge,
+    prompts: dict[str, jp.JudgePrompt],
+) -> JudgedSet:
     """Judge every (item, turn) in both orders; one record per judged prompt."""
     keys, requests = [], []
     for k, item in enumerate(items):
@@ -191,16 +207,29 @@ def judge_set(name: str, items: list[jp.PromptItem], base: Answers, tuned: Answe
         v_ab, v_ba = jp.parse_verdict(raw_ab), jp.parse_verdict(raw_ba)
         s_ab, s_ba = score(v_ab, True), score(v_ba, False)
         item = items[k]
-        out.records.append({
-            "id": f"{item.id}/turn{t + 1}" if len(item.turns) > 1 else item.id, "set": name, "cluster": item.id,
-            "category": item.category, "turn": t + 1, "question": item.turns[t], "judge_prompt": pname,
-            "base_answer": base.texts[k][t], "tuned_answer": tuned.texts[k][t],
-            "base_tokens": base.tokens[k][t], "tuned_tokens": tuned.tokens[k][t],
-            "judgment_base_first": raw_ab, "judgment_tuned_first": raw_ba,
-            "verdict_base_first": v_ab, "verdict_tuned_first": v_ba,
-            "score_base_first": s_ab, "score_tuned_first": s_ba, "score": combine(s_ab, s_ba),
-            "consistent": None if s_ab is None or s_ba is None else s_ab == s_ba,
-        })
+        out.records.append(
+            {
+                "id": f"{item.id}/turn{t + 1}" if len(item.turns) > 1 else item.id,
+                "set": name,
+                "cluster": item.id,
+                "category": item.category,
+                "turn": t + 1,
+                "question": item.turns[t],
+                "judge_prompt": pname,
+                "base_answer": base.texts[k][t],
+                "tuned_answer": tuned.texts[k][t],
+                "base_tokens": base.tokens[k][t],
+                "tuned_tokens": tuned.tokens[k][t],
+                "judgment_base_first": raw_ab,
+                "judgment_tuned_first": raw_ba,
+                "verdict_base_first": v_ab,
+                "verdict_tuned_first": v_ba,
+                "score_base_first": s_ab,
+                "score_tuned_first": s_ba,
+                "score": combine(s_ab, s_ba),
+                "consistent": None if s_ab is None or s_ba is None else s_ab == s_ba,
+            }
+        )
         out.judgments += 2
         out.unparsed += (v_ab is None) + (v_ba is None)
     return out
@@ -213,8 +242,10 @@ def sanity_check(judge: Judge, prompts: dict[str, jp.JudgePrompt], questions: in
     requests, expect = [], []
     for _, q, right, wrong in pairs:
         item = jp.PromptItem("sanity", [q])
-        requests += [jp.render_judge(p, _context(item, 0, [right], [wrong])),
-                     jp.render_judge(p, _context(item, 0, [wrong], [right]))]
+        requests += [
+            jp.render_judge(p, _context(item, 0, [right], [wrong])),
+            jp.render_judge(p, _context(item, 0, [wrong], [right])),
+        ]
         expect += ["A", "B"]
     outputs = judge.complete(requests)
     verdicts = [jp.parse_verdict(o) for o in outputs]
@@ -222,8 +253,9 @@ def sanity_check(judge: Judge, prompts: dict[str, jp.JudgePrompt], questions: in
     records = []
     for k, (pid, *_) in enumerate(pairs):
         for j, order in ((2 * k, "right_first"), (2 * k + 1, "right_second")):
-            records.append({"id": f"{pid}/{order}", "expected": expect[j], "verdict": verdicts[j],
-                            "judgment": outputs[j]})
+            records.append(
+                {"id": f"{pid}/{order}", "expected": expect[j], "verdict": verdicts[j], "judgment": outputs[j]}
+            )
     return {"right": right, "n": len(requests), "share": right / len(requests), "records": records}
 
 
@@ -250,14 +282,17 @@ def make_judge(cfg: JudgeConfig, model_cfg: Any, progress: bool) -> tuple[Judge,
         from tunebench.evals.endpoint import EndpointJudge  # only when configured: the client is optional
 
         return EndpointJudge(cfg.endpoint, cfg.max_new_tokens, progress=progress), None
-    loaded = load_for_eval(cfg.model, None, "auto", dtype=model_cfg.dtype,
-                           trust_remote_code=model_cfg.trust_remote_code)
+    loaded = load_for_eval(
+        cfg.model, None, "auto", dtype=model_cfg.dtype, trust_remote_code=model_cfg.trust_remote_code
+    )
     judge = InProcessJudge(loaded, cfg.max_new_tokens, cfg.batch_size, progress)
     params = judge.parameters()
     note = None
     if params < TINY_JUDGE_PARAMS:
-        note = (f"the judge has {params / 1e6:.0f}M parameters: this checks the judging mechanism end to end, "
-                "not conversational quality")
+        note = (
+            f"the judge has {params / 1e6:.0f}M parameters: this checks the judging mechanism end to end, "
+            "not conversational quality"
+        )
     return judge, note
 
 
@@ -276,12 +311,22 @@ def preflight(cfg: JudgeConfig) -> None:
 def judge_fingerprint(cfg: RunConfig) -> dict[str, Any]:
     """Settings that decide the judge stage's outputs (the pipeline adds data and adapter fingerprints)."""
     judge = {k: v for k, v in dataclasses.asdict(cfg.eval.judge).items() if k != "enabled"}
-    return {"judge": judge, "model": dataclasses.asdict(cfg.model),
-            "merge": cfg.eval.merge_adapter, "alpha": cfg.report.alpha, "n_boot": cfg.eval.bootstrap_samples}
+    return {
+        "judge": judge,
+        "model": dataclasses.asdict(cfg.model),
+        "merge": cfg.eval.merge_adapter,
+        "alpha": cfg.report.alpha,
+        "n_boot": cfg.eval.bootstrap_samples,
+    }
 
 
-def run_judge(cfg: RunConfig, run_dir: str | Path, adapter: str | Path | None, out_dir: str | Path | None = None,
-              progress: bool = True) -> Results:
+def run_judge(
+    cfg: RunConfig,
+    run_dir: str | Path,
+    adapter: str | Path | None,
+    out_dir: str | Path | None = None,
+    progress: bool = True,
+) -> Results:
     """Answers from base and tuned, judgments in both orders, sanity, metrics; writes results.json and
     judgments.jsonl into ``out_dir`` (default ``RUN/eval/judge``).
 
@@ -294,36 +339,55 @@ def run_judge(cfg: RunConfig, run_dir: str | Path, adapter: str | Path | None, o
     sets = {jp.set_name(s): jp.load_prompt_set(s, run_dir, jc.n) for s in jc.prompt_sets}
     for name, items in sets.items():
         if not items:
-            raise JudgeError(f"eval.judge.prompt_sets: prompt set {name!r} has no prompts (for heldout: the test split "
-                             "has no user turn); raise data.test_fraction or judge another set")
+            raise JudgeError(
+                f"eval.judge.prompt_sets: prompt set {name!r} has no prompts (for heldout: the test split "
+                "has no user turn); raise data.test_fraction or judge another set"
+            )
     answers: dict[str, dict[str, Answers]] = {name: {} for name in sets}
     for side, path in (("base", None), ("tuned", adapter)):
         # loaded as evals.runner loads them: a pair that differs only by the adapter
-        loaded = load_for_eval(cfg.model.ref, path, cfg.model.chat_template, dtype=cfg.model.dtype,
-                               load_in_4bit=cfg.model.load_in_4bit == "on" and not cfg.eval.merge_adapter,
-                               trust_remote_code=cfg.model.trust_remote_code, merge_adapter=cfg.eval.merge_adapter)
+        loaded = load_for_eval(
+            cfg.model.ref,
+            path,
+            cfg.model.chat_template,
+            dtype=cfg.model.dtype,
+            load_in_4bit=cfg.model.load_in_4bit == "on" and not cfg.eval.merge_adapter,
+            trust_remote_code=cfg.model.trust_remote_code,
+            merge_adapter=cfg.eval.merge_adapter,
+        )
         for name, items in sets.items():
             answers[name][side] = answer(loaded, items, jc.answer_max_new_tokens, jc.batch_size, jc.seed, progress)
         _release(loaded)
     judge, note = make_judge(jc, cfg.model, progress)
     sanity = sanity_check(judge, prompts, jc.sanity_questions)
-    results = Results(label="judge", model=judge.identity(), inputs={"judge_prompts": jp.prompt_sha(prompts)},
-                      environment=environment())
+    results = Results(
+        label="judge",
+        model=judge.identity(),
+        inputs={"judge_prompts": jp.prompt_sha(prompts)},
+        environment=environment(),
+    )
     lines, shown = [], {}
     for name, items in sets.items():
         js = judge_set(name, items, answers[name]["base"], answers[name]["tuned"], judge, prompts)
-        for metric, recs in jm.set_metrics(name, js.records, js.judgments, js.unparsed, sanity, jc,
-                                           cfg.report.alpha, cfg.eval.bootstrap_samples, note):
+        for metric, recs in jm.set_metrics(
+            name, js.records, js.judgments, js.unparsed, sanity, jc, cfg.report.alpha, cfg.eval.bootstrap_samples, note
+        ):
             results.add(metric, recs)
             log.info("%s", jm.summary_line(metric))
         results.inputs[f"judge/{name}"] = fingerprint([r["question"] for r in js.records])
         shown[name] = jm.disagreements(js.records, SHOWN_DISAGREEMENTS)
         lines += js.records
-    results.artifacts["judge"] = {"sanity": sanity, "disagreements": shown, "note": note,
-                                  "prompt_sets": list(sets), "thresholds": {"max_parse_failure": jc.max_parse_failure,
-                                                                            "min_sanity": jc.min_sanity}}
+    results.artifacts["judge"] = {
+        "sanity": sanity,
+        "disagreements": shown,
+        "note": note,
+        "prompt_sets": list(sets),
+        "thresholds": {"max_parse_failure": jc.max_parse_failure, "min_sanity": jc.min_sanity},
+    }
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_dir / "judgments.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n"
-                                                          for r in lines + sanity["records"]))
+    atomic_write_text(
+        out_dir / "judgments.jsonl",
+        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in lines + sanity["records"]),
+    )
     results.save(out_dir / "results.json")
     return results

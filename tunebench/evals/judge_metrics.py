@@ -30,16 +30,21 @@ def validity(unparsed: int, judgments: int, sanity: dict[str, Any], cfg: JudgeCo
     if decided == 0:
         return "no judged prompt had a verdict in both orders"
     if share > cfg.max_parse_failure:
-        return (f"{unparsed} of {judgments} judgments ({share:.0%}) gave no verdict, above "
-                f"eval.judge.max_parse_failure={cfg.max_parse_failure:g}")
+        return (
+            f"{unparsed} of {judgments} judgments ({share:.0%}) gave no verdict, above "
+            f"eval.judge.max_parse_failure={cfg.max_parse_failure:g}"
+        )
     if sanity["share"] < cfg.min_sanity:
-        return (f"the judge got {sanity['right']} of {sanity['n']} planted pairs right ({sanity['share']:.0%}), "
-                f"below eval.judge.min_sanity={cfg.min_sanity:g}: unreliable judge")
+        return (
+            f"the judge got {sanity['right']} of {sanity['n']} planted pairs right ({sanity['share']:.0%}), "
+            f"below eval.judge.min_sanity={cfg.min_sanity:g}: unreliable judge"
+        )
     return None
 
 
-def win_rate_metric(name: str, records: list[dict[str, Any]], alpha: float, n_boot: int, seed: int
-                    ) -> tuple[Metric, list[dict[str, Any]]] | None:
+def win_rate_metric(
+    name: str, records: list[dict[str, Any]], alpha: float, n_boot: int, seed: int
+) -> tuple[Metric, list[dict[str, Any]]] | None:
     """One win-rate metric over the records that have a verdict in both orders (None when there are none)."""
     done = [r for r in records if r["score"] is not None]
     if not done:
@@ -47,49 +52,104 @@ def win_rate_metric(name: str, records: list[dict[str, Any]], alpha: float, n_bo
     scores = [r["score"] for r in done]
     clusters = [r["cluster"] for r in done]
     wr = pairwise.win_rate(scores, clusters, n_boot, alpha, seed)
-    lc = pairwise.length_controlled(scores, [r["tuned_tokens"] for r in done], [r["base_tokens"] for r in done],
-                                    clusters, min(n_boot, 1000), alpha, seed)
+    lc = pairwise.length_controlled(
+        scores,
+        [r["tuned_tokens"] for r in done],
+        [r["base_tokens"] for r in done],
+        clusters,
+        min(n_boot, 1000),
+        alpha,
+        seed,
+    )
     both = [r for r in records if r["consistent"] is not None]
     details = {
-        "paired": PAIRED_KIND, "wins": wr.wins, "ties": wr.ties, "losses": wr.losses, "p_value": wr.p_value,
-        "mde": wr.mde, "clusters": wr.clusters,
-        "lc_win_rate": lc.value, "lc_ci": [lc.low, lc.high], "lc_slope": lc.slope, "lc_method": lc.method,
+        "paired": PAIRED_KIND,
+        "wins": wr.wins,
+        "ties": wr.ties,
+        "losses": wr.losses,
+        "p_value": wr.p_value,
+        "mde": wr.mde,
+        "clusters": wr.clusters,
+        "lc_win_rate": lc.value,
+        "lc_ci": [lc.low, lc.high],
+        "lc_slope": lc.slope,
+        "lc_method": lc.method,
         "consistency": (sum(r["consistent"] for r in both) / len(both)) if both else None,
         "win_rate_base_first": _order_rate([r["score_base_first"] for r in both]),
         "win_rate_tuned_first": _order_rate([r["score_tuned_first"] for r in both]),
-        "mean_tokens": {"base": float(np.mean([r["base_tokens"] for r in done])),
-                        "tuned": float(np.mean([r["tuned_tokens"] for r in done]))},
+        "mean_tokens": {
+            "base": float(np.mean([r["base_tokens"] for r in done])),
+            "tuned": float(np.mean([r["tuned_tokens"] for r in done])),
+        },
         "unparsed_prompts": len(records) - len(done),
     }
     items = [{"id": r["id"], "num": (r["score"] + 1) / 2, "den": 1.0, "cluster": r["cluster"]} for r in done]
-    metric = Metric(name=name, value=wr.value, higher_is_better=True, n=wr.n, unit="judged prompts",
-                    ci_low=wr.low, ci_high=wr.high, ci_method=wr.method, group="judge", items=name, details=details)
+    metric = Metric(
+        name=name,
+        value=wr.value,
+        higher_is_better=True,
+        n=wr.n,
+        unit="judged prompts",
+        ci_low=wr.low,
+        ci_high=wr.high,
+        ci_method=wr.method,
+        group="judge",
+        items=name,
+        details=details,
+    )
     return metric, items
 
 
-def set_metrics(name: str, records: list[dict[str, Any]], judgments: int, unparsed: int, sanity: dict[str, Any],
-                cfg: JudgeConfig, alpha: float, n_boot: int, judge_note: str | None = None
-                ) -> list[tuple[Metric, list[dict[str, Any]]]]:
+def set_metrics(
+    name: str,
+    records: list[dict[str, Any]],
+    judgments: int,
+    unparsed: int,
+    sanity: dict[str, Any],
+    cfg: JudgeConfig,
+    alpha: float,
+    n_boot: int,
+    judge_note: str | None = None,
+) -> list[tuple[Metric, list[dict[str, Any]]]]:
     """The set's win rate and one per category (categories only when there are several)."""
     decided = sum(r["score"] is not None for r in records)
     reason = validity(unparsed, judgments, sanity, cfg, decided)
     out = []
     head = win_rate_metric(f"judge/{name}/win_rate", records, alpha, n_boot, cfg.seed)
     if head is None:  # nothing decided: a metric without a value, invalid, so the gate reads it and says why
-        head = (Metric(name=f"judge/{name}/win_rate", value=float("nan"), higher_is_better=True, n=0,
-                       unit="judged prompts", group="judge", details={"paired": PAIRED_KIND}), [])
+        head = (
+            Metric(
+                name=f"judge/{name}/win_rate",
+                value=float("nan"),
+                higher_is_better=True,
+                n=0,
+                unit="judged prompts",
+                group="judge",
+                details={"paired": PAIRED_KIND},
+            ),
+            [],
+        )
     cats = sorted({r["category"] for r in records})
     if len(cats) > 1:
         for cat in cats:
-            m = win_rate_metric(f"judge/{name}/{cat}/win_rate", [r for r in records if r["category"] == cat],
-                                alpha, n_boot, cfg.seed)
+            m = win_rate_metric(
+                f"judge/{name}/{cat}/win_rate", [r for r in records if r["category"] == cat], alpha, n_boot, cfg.seed
+            )
             if m is not None:
                 m[0].details["headline"] = False
                 out.append(m)
     for m, _ in [head, *out]:
-        m.details.update({"valid": reason is None, "invalid_reason": reason, "judgments": judgments,
-                          "unparsed_judgments": unparsed, "parse_failure_share": unparsed / judgments if judgments else None,
-                          "sanity": {k: sanity[k] for k in ("right", "n", "share")}, "judge_note": judge_note})
+        m.details.update(
+            {
+                "valid": reason is None,
+                "invalid_reason": reason,
+                "judgments": judgments,
+                "unparsed_judgments": unparsed,
+                "parse_failure_share": unparsed / judgments if judgments else None,
+                "sanity": {k: sanity[k] for k in ("right", "n", "share")},
+                "judge_note": judge_note,
+            }
+        )
     return [head, *out]
 
 
@@ -101,5 +161,7 @@ def disagreements(records: list[dict[str, Any]], k: int) -> list[dict[str, Any]]
 def summary_line(m: Metric) -> str:
     """One line for logs."""
     d = m.details
-    return (f"{m.name}: {fmt(m.value)} [{fmt(m.ci_low)}, {fmt(m.ci_high)}] ({d.get('wins')}/{d.get('ties')}/"
-            f"{d.get('losses')} w/t/l, n={m.n}){'' if d.get('valid') else ' INVALID: ' + str(d.get('invalid_reason'))}")
+    return (
+        f"{m.name}: {fmt(m.value)} [{fmt(m.ci_low)}, {fmt(m.ci_high)}] ({d.get('wins')}/{d.get('ties')}/"
+        f"{d.get('losses')} w/t/l, n={m.n}){'' if d.get('valid') else ' INVALID: ' + str(d.get('invalid_reason'))}"
+    )

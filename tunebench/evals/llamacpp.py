@@ -45,7 +45,7 @@ def require_llama_cpp() -> Any:
         return llama_cpp
     except ImportError as e:
         raise ModelError(
-            f"the llama.cpp runtime needs llama-cpp-python ({e}); install it with `pip install \"tunebench[serve]\"` "
+            f'the llama.cpp runtime needs llama-cpp-python ({e}); install it with `pip install "tunebench[serve]"` '
             "(builds llama.cpp from source, about 7 minutes on 2 cores; on CPUs with AMX set CMAKE_ARGS as "
             "scripts/setup.sh does)"
         ) from None
@@ -70,9 +70,16 @@ def open_gguf(path: str | Path, n_ctx: int = 2048, logits_all: bool = False, see
     if not path.is_file():
         raise ModelError(f"{path}: no such GGUF file; export it with `tunebench export RUN --gguf`")
     try:
-        return llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_batch=min(n_ctx, 512), logits_all=logits_all,
-                               seed=seed, n_threads=cpu_threads(), verbose=False,
-                               chat_format=GGUF_TEMPLATE_FORMAT if "tokenizer.chat_template" in _meta(path) else None)
+        return llama_cpp.Llama(
+            model_path=str(path),
+            n_ctx=n_ctx,
+            n_batch=min(n_ctx, 512),
+            logits_all=logits_all,
+            seed=seed,
+            n_threads=cpu_threads(),
+            verbose=False,
+            chat_format=GGUF_TEMPLATE_FORMAT if "tokenizer.chat_template" in _meta(path) else None,
+        )
     except ValueError as e:
         raise ModelError(f"{path}: llama.cpp could not load the file ({e}); re-export it") from None
 
@@ -90,11 +97,14 @@ def chat_formatter(llm: Any) -> Any:
 
     template = llm.metadata.get("tokenizer.chat_template")
     if not template:
-        raise ModelError(f"{llm.model_path}: the GGUF metadata has no tokenizer.chat_template; llama.cpp would fall "
-                         "back to a built-in format. Re-export with `tunebench export RUN --gguf`")
+        raise ModelError(
+            f"{llm.model_path}: the GGUF metadata has no tokenizer.chat_template; llama.cpp would fall "
+            "back to a built-in format. Re-export with `tunebench export RUN --gguf`"
+        )
     eos, bos = llm.token_eos(), llm.token_bos()
-    return Jinja2ChatFormatter(template=template, eos_token=_token_text(llm, eos), bos_token=_token_text(llm, bos),
-                               stop_token_ids=[eos])
+    return Jinja2ChatFormatter(
+        template=template, eos_token=_token_text(llm, eos), bos_token=_token_text(llm, bos), stop_token_ids=[eos]
+    )
 
 
 def _token_text(llm: Any, token: int) -> str:
@@ -124,9 +134,15 @@ class LlamaCppModel:
         return cls(path, open_gguf(path, n_ctx=n_ctx, logits_all=True), template, sha256_file(path))
 
     def identity(self) -> dict[str, Any]:
-        return {"runtime": RUNTIME, "engine": f"llama-cpp-python {package_version('llama_cpp_python')}",
-                "gguf": self.path.name, "gguf_sha256": self.sha256, "template": self.template,
-                "chat_format": GGUF_TEMPLATE_FORMAT, "device": "cpu"}
+        return {
+            "runtime": RUNTIME,
+            "engine": f"llama-cpp-python {package_version('llama_cpp_python')}",
+            "gguf": self.path.name,
+            "gguf_sha256": self.sha256,
+            "template": self.template,
+            "chat_format": GGUF_TEMPLATE_FORMAT,
+            "device": "cpu",
+        }
 
     def generate(self, prompts: list[Messages], sampling: SamplingConfig, seed: int, **_: Any) -> Generation:
         """Answer every prompt through ``create_chat_completion`` (the GGUF's template, llama.cpp's sampler).
@@ -152,9 +168,15 @@ class LlamaCppModel:
 
 def chat_kwargs(sampling: SamplingConfig, seed: int) -> dict[str, Any]:
     """Sampling settings for llama-cpp-python, every knob pinned (its defaults are top_k 40, min_p 0.05)."""
-    return {"temperature": sampling.temperature, "top_p": sampling.top_p if sampling.top_p is not None else 1.0,
-            "min_p": sampling.min_p if sampling.min_p is not None else 0.0, "top_k": 0, "repeat_penalty": 1.0,
-            "max_tokens": sampling.max_new_tokens, "seed": seed}
+    return {
+        "temperature": sampling.temperature,
+        "top_p": sampling.top_p if sampling.top_p is not None else 1.0,
+        "min_p": sampling.min_p if sampling.min_p is not None else 0.0,
+        "top_k": 0,
+        "repeat_penalty": 1.0,
+        "max_tokens": sampling.max_new_tokens,
+        "seed": seed,
+    }
 
 
 def position_logprobs(llm: Any, ids: list[int], rows: Any = None) -> Any:
@@ -188,9 +210,13 @@ def continuation_logprob(llm: Any, context: str, continuation: str) -> tuple[flo
     whole = completion_prompt_ids(llm, context + continuation)
     ctx = completion_prompt_ids(llm, context)
     if len(whole) > llm.n_ctx():
-        raise ModelError(f"an lm-eval request has {len(whole)} tokens, more than the llama.cpp context "
-                         f"({llm.n_ctx()}); open it with a larger n_ctx or lower the task's length")
-    n = next((i for i, (a, b) in enumerate(zip(whole, ctx, strict=False)) if a != b), len(ctx))  # ctx a prefix: its length
+        raise ModelError(
+            f"an lm-eval request has {len(whole)} tokens, more than the llama.cpp context "
+            f"({llm.n_ctx()}); open it with a larger n_ctx or lower the task's length"
+        )
+    n = next(
+        (i for i, (a, b) in enumerate(zip(whole, ctx, strict=False)) if a != b), len(ctx)
+    )  # ctx a prefix: its length
     merged = n < len(ctx)
     n = max(1, min(n, len(whole) - 1))
     rows, targets = np.arange(n - 1, len(whole) - 1), np.asarray(whole[n:])
@@ -212,8 +238,9 @@ def scored_positions(e: Encoded) -> tuple[list[int], list[int]]:
     return pos, [e.input_ids[t + 1] for t in pos]
 
 
-def perplexity_items(model: LlamaCppModel, encoded: list[Encoded], keep: bool = False
-                     ) -> tuple[list[dict[str, Any]], list[Any], float]:
+def perplexity_items(
+    model: LlamaCppModel, encoded: list[Encoded], keep: bool = False
+) -> tuple[list[dict[str, Any]], list[Any], float]:
     """Summed NLL and scored-token count per conversation, from llama.cpp's logits.
 
     Returns:
@@ -224,8 +251,10 @@ def perplexity_items(model: LlamaCppModel, encoded: list[Encoded], keep: bool = 
     items, kept, t0 = [], [], time.perf_counter()
     for e in encoded:
         if len(e.input_ids) > model.llm.n_ctx():
-            raise ModelError(f"{model.path}: conversation {e.id} has {len(e.input_ids)} tokens, more than the "
-                             f"llama.cpp context ({model.llm.n_ctx()}); open it with a larger n_ctx")
+            raise ModelError(
+                f"{model.path}: conversation {e.id} has {len(e.input_ids)} tokens, more than the "
+                f"llama.cpp context ({model.llm.n_ctx()}); open it with a larger n_ctx"
+            )
         pos, targets = scored_positions(e)
         lp = position_logprobs(model.llm, e.input_ids, pos) if pos else np.zeros((0, 1))
         nll = -float(lp[np.arange(len(pos)), targets].sum()) if pos else 0.0
@@ -235,30 +264,62 @@ def perplexity_items(model: LlamaCppModel, encoded: list[Encoded], keep: bool = 
     return items, kept, time.perf_counter() - t0
 
 
-def perplexity_from_items(items: list[dict[str, Any]], encoded: list[Encoded], split: str = "test",
-                          n_boot: int = 2000, alpha: float = 0.05, seed: int = 0, seconds: float = 0.0,
-                          runtime: str = RUNTIME) -> tuple[Metric, list[dict[str, Any]], dict[str, Any]]:
+def perplexity_from_items(
+    items: list[dict[str, Any]],
+    encoded: list[Encoded],
+    split: str = "test",
+    n_boot: int = 2000,
+    alpha: float = 0.05,
+    seed: int = 0,
+    seconds: float = 0.0,
+    runtime: str = RUNTIME,
+) -> tuple[Metric, list[dict[str, Any]], dict[str, Any]]:
     """``perplexity/<split>`` from per-conversation NLL items of another runtime, defined as the suite's
     (evals.perplexity) so that it pairs with the adapter's: (metric, items, inputs fingerprint entries)."""
     tokens = sum(i["den"] for i in items)
     nll = sum(i["num"] for i in items)
     total = sum(len(e.input_ids) for e in encoded)
     ci = bootstrap_ci(items, "exp_ratio", n_boot=n_boot, alpha=alpha, seed=seed)
-    metric = Metric(name=f"perplexity/{split}", value=math.exp(nll / tokens), higher_is_better=False, n=len(items),
-                    unit="conversations", ci_low=ci.low, ci_high=ci.high,
-                    ci_method=f"bootstrap over conversations ({n_boot} resamples, percentile)", aggregate="exp_ratio",
-                    group="perplexity", details={"scored_tokens": tokens, "input_tokens": total,
-                                                 "mean_nll": nll / tokens, "seconds": round(seconds, 3),
-                                                 "tokens_per_s": round(total / seconds, 1) if seconds else None,
-                                                 "runtime": runtime})
+    metric = Metric(
+        name=f"perplexity/{split}",
+        value=math.exp(nll / tokens),
+        higher_is_better=False,
+        n=len(items),
+        unit="conversations",
+        ci_low=ci.low,
+        ci_high=ci.high,
+        ci_method=f"bootstrap over conversations ({n_boot} resamples, percentile)",
+        aggregate="exp_ratio",
+        group="perplexity",
+        details={
+            "scored_tokens": tokens,
+            "input_tokens": total,
+            "mean_nll": nll / tokens,
+            "seconds": round(seconds, 3),
+            "tokens_per_s": round(total / seconds, 1) if seconds else None,
+            "runtime": runtime,
+        },
+    )
     inputs = {f"{split}_tokens": tokens_fingerprint(encoded), f"{split}_scored_tokens": tokens}
-    log.info("%s perplexity/%s = %.4f over %d conversations (%.0f tok/s)", runtime, split, metric.value, len(items),
-             metric.details["tokens_per_s"] or 0)
+    log.info(
+        "%s perplexity/%s = %.4f over %d conversations (%.0f tok/s)",
+        runtime,
+        split,
+        metric.value,
+        len(items),
+        metric.details["tokens_per_s"] or 0,
+    )
     return metric, items, inputs
 
 
-def perplexity_metric(model: LlamaCppModel, encoded: list[Encoded], split: str = "test", n_boot: int = 2000,
-                      alpha: float = 0.05, seed: int = 0) -> tuple[Metric, list[dict[str, Any]], dict[str, Any], list]:
+def perplexity_metric(
+    model: LlamaCppModel,
+    encoded: list[Encoded],
+    split: str = "test",
+    n_boot: int = 2000,
+    alpha: float = 0.05,
+    seed: int = 0,
+) -> tuple[Metric, list[dict[str, Any]], dict[str, Any], list]:
     """``perplexity/<split>`` from llama.cpp, defined as the suite's (evals.perplexity): it pairs with the adapter's.
 
     Returns:
@@ -271,5 +332,13 @@ def perplexity_metric(model: LlamaCppModel, encoded: list[Encoded], split: str =
     return metric, items, inputs, kept
 
 
-__all__ = ["LlamaCppModel", "open_gguf", "chat_formatter", "chat_prompt_ids", "perplexity_metric", "RUNTIME",
-           "LABEL_SUFFIX", "require_llama_cpp"]
+__all__ = [
+    "LlamaCppModel",
+    "open_gguf",
+    "chat_formatter",
+    "chat_prompt_ids",
+    "perplexity_metric",
+    "RUNTIME",
+    "LABEL_SUFFIX",
+    "require_llama_cpp",
+]

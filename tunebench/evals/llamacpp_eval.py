@@ -36,9 +36,15 @@ def _context(encoded: list[Any], cfg: RunConfig) -> int:
     return -(-need // CONTEXT_STEP) * CONTEXT_STEP
 
 
-def evaluate_gguf_llamacpp(cfg: RunConfig, run_dir: str | Path, gguf: str | Path, label: str,
-                           out_path: str | Path | None = None, contamination: dict[str, Any] | None = None,
-                           progress: bool = True) -> Results:
+def evaluate_gguf_llamacpp(
+    cfg: RunConfig,
+    run_dir: str | Path,
+    gguf: str | Path,
+    label: str,
+    out_path: str | Path | None = None,
+    contamination: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> Results:
     """Score one exported GGUF in llama.cpp on the run's fixed inputs; writes results.json atomically.
 
     Raises:
@@ -59,15 +65,17 @@ def evaluate_gguf_llamacpp(cfg: RunConfig, run_dir: str | Path, gguf: str | Path
     model = LlamaCppModel.open(gguf, template, n_ctx=_context(encoded, cfg))
     contract = check_contract(gguf, adapter, list(cfg.eval.probe_files), llm=model.llm)
     atomic_write_json(gguf.parent / f"contract-{gguf.stem.removeprefix('model-')}.json", contract.to_dict())
-    results = Results(label=label, model={**model.identity(), "artifact": gguf.name}, inputs={},
-                      environment=environment())
+    results = Results(
+        label=label, model={**model.identity(), "artifact": gguf.name}, inputs={}, environment=environment()
+    )
     results.artifacts["contract"] = contract.to_dict()
     results.timings["load_s"] = round(time.perf_counter() - t0, 2)
 
     if cfg.eval.perplexity:
         t = time.perf_counter()
-        metric, items, inputs, artifact_lp = perplexity_metric(model, encoded, "test", cfg.eval.bootstrap_samples,
-                                                               cfg.report.alpha)
+        metric, items, inputs, artifact_lp = perplexity_metric(
+            model, encoded, "test", cfg.eval.bootstrap_samples, cfg.report.alpha
+        )
         results.add(metric, items)
         results.inputs.update(inputs)
         results.inputs["template_sha"] = report["template"]["sha"]
@@ -87,9 +95,23 @@ def evaluate_gguf_llamacpp(cfg: RunConfig, run_dir: str | Path, gguf: str | Path
         def score_text(context: str, continuation: str) -> tuple[float, bool, bool]:
             return continuation_logprob(model.llm, context, continuation)
 
-        results.merge(run_lm_eval_text(complete, gguf.name, list(cfg.eval.lm_eval_tasks), cfg.eval.lm_eval_limit,
-                                       cfg.eval.lm_eval_chat_template, label, results.model, tok, template or "",
-                                       cfg.eval.lm_eval_source, 1, RUNTIME, score_text))
+        results.merge(
+            run_lm_eval_text(
+                complete,
+                gguf.name,
+                list(cfg.eval.lm_eval_tasks),
+                cfg.eval.lm_eval_limit,
+                cfg.eval.lm_eval_chat_template,
+                label,
+                results.model,
+                tok,
+                template or "",
+                cfg.eval.lm_eval_source,
+                1,
+                RUNTIME,
+                score_text,
+            )
+        )
     if contamination is not None:
         results.artifacts["contamination"] = contamination
     results.timings["total_s"] = round(time.perf_counter() - t0, 2)
@@ -106,8 +128,15 @@ def adapter_parity(cfg: RunConfig, adapter: Path, encoded: list[Any], artifact_l
 
     base = adapter_manifest(adapter).get("model", {})
     source = resolve_model(base.get("ref") or cfg.model.ref, base.get("revision"))
-    loaded = load_for_eval(source, adapter, cfg.model.chat_template, dtype=cfg.model.dtype, load_in_4bit=False,
-                           trust_remote_code=cfg.model.trust_remote_code, merge_adapter=cfg.eval.merge_adapter)
+    loaded = load_for_eval(
+        source,
+        adapter,
+        cfg.model.chat_template,
+        dtype=cfg.model.dtype,
+        load_in_4bit=False,
+        trust_remote_code=cfg.model.trust_remote_code,
+        merge_adapter=cfg.eval.merge_adapter,
+    )
     adapter_lp = [adapter_logprobs(loaded, e) for e in encoded]
     loaded = None
     gc.collect()

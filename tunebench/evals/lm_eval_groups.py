@@ -41,8 +41,7 @@ def pool_group(res: Results, group: str, members: list[str]) -> list[Metric]:
     for suffix, per_task in by_leaf.items():
         if set(per_task) != set(members):
             continue  # a metric some members lack cannot be pooled over the group
-        items = [{**item, "id": f"{task}/{item['id']}"} for task in members
-                 for item in res.items[per_task[task].items]]
+        items = [{**item, "id": f"{task}/{item['id']}"} for task in members for item in res.items[per_task[task].items]]
         values = [i["num"] / i["den"] for i in items]
         n = len(values)
         mean = sum(values) / n
@@ -52,18 +51,36 @@ def pool_group(res: Results, group: str, members: list[str]) -> list[Metric]:
         if all(0.0 <= v <= 1.0 for v in values):  # a proportion
             low, high = max(0.0, low), min(1.0, high)
         first = per_task[members[0]]
-        details = {k: v for k, v in first.details.items() if k not in ("task", "task_version", "documents_in_task", "in_group")}
-        details.update(task=group, members=list(members), pooled="mean over all member documents "
-                       "(lm-eval's weight_by_size group aggregate)",
-                       documents_in_task=sum(per_task[t].details.get("documents_in_task") or 0 for t in members))
-        metric = Metric(name=f"lm_eval/{group}/{suffix}", value=mean, higher_is_better=first.higher_is_better,
-                        n=n, unit="documents", ci_low=low, ci_high=high,
-                        ci_method="normal over pooled documents", stderr=stderr, aggregate="mean",
-                        group="lm_eval", details=details)
+        details = {
+            k: v for k, v in first.details.items() if k not in ("task", "task_version", "documents_in_task", "in_group")
+        }
+        details.update(
+            task=group,
+            members=list(members),
+            pooled="mean over all member documents (lm-eval's weight_by_size group aggregate)",
+            documents_in_task=sum(per_task[t].details.get("documents_in_task") or 0 for t in members),
+        )
+        metric = Metric(
+            name=f"lm_eval/{group}/{suffix}",
+            value=mean,
+            higher_is_better=first.higher_is_better,
+            n=n,
+            unit="documents",
+            ci_low=low,
+            ci_high=high,
+            ci_method="normal over pooled documents",
+            stderr=stderr,
+            aggregate="mean",
+            group="lm_eval",
+            details=details,
+        )
         added.append(res.add(metric, items))
     if added:  # the group's inputs: its members' (compared between base and tuned like theirs) and their source
-        source = {k: v for k, v in (added[0].details.get("data_source") or {}).items()
-                  if k not in ("dataset", "split", "documents")}
+        source = {
+            k: v
+            for k, v in (added[0].details.get("data_source") or {}).items()
+            if k not in ("dataset", "split", "documents")
+        }
         res.inputs[f"lm_eval/{group}"] = {
             "members": fingerprint([res.inputs.get(f"lm_eval/{t}") for t in members]),
             "data_source": {**source, "documents": added[0].details["documents_in_task"]} if source else None,

@@ -67,8 +67,11 @@ def _build_index() -> TaskIndex:
         elif kind == "GROUP":
             groups.add(name)
             tasks = (entry.cfg or {}).get("task") or []
-            members[name] = [t if isinstance(t, str) else str(t.get("task")) for t in tasks
-                             if isinstance(t, str) or isinstance(t, dict) and t.get("task")]
+            members[name] = [
+                t if isinstance(t, str) else str(t.get("task"))
+                for t in tasks
+                if isinstance(t, str) or isinstance(t, dict) and t.get("task")
+            ]
     return TaskIndex(names=set(manager.all_tasks), members=members, groups=groups)
 
 
@@ -84,15 +87,23 @@ def task_index() -> TaskIndex:
             log.warning("%s is unreadable; indexing lm-eval's tasks again", path)
     log.info("indexing lm-eval's tasks once (cached in %s)", path.parent)
     index = _build_index()
-    atomic_write_json(path, {"schema": INDEX_SCHEMA, "names": sorted(index.names), "members": index.members,
-                             "groups": sorted(index.groups)})
+    atomic_write_json(
+        path,
+        {
+            "schema": INDEX_SCHEMA,
+            "names": sorted(index.names),
+            "members": index.members,
+            "groups": sorted(index.groups),
+        },
+    )
     return index
 
 
 def shipped_index() -> TaskIndex:
     """The shipped tasks alone (no lm-eval import): ``tunebench`` is the group of both."""
-    return TaskIndex(names={SHIPPED_GROUP, *SHIPPED_TASKS}, members={SHIPPED_GROUP: list(SHIPPED_TASKS)},
-                     groups={SHIPPED_GROUP})
+    return TaskIndex(
+        names={SHIPPED_GROUP, *SHIPPED_TASKS}, members={SHIPPED_GROUP: list(SHIPPED_TASKS)}, groups={SHIPPED_GROUP}
+    )
 
 
 def index_for(names: list[str]) -> TaskIndex:

@@ -16,8 +16,9 @@ What changes is only how the tokens are produced, never which prompts, settings 
   cache sized to a multiple of ``generation.STATIC_CACHE_STEP``) serves the call. Decoding settings other than
   greedy or temperature / top-p sampling go through ``model.generate``;
 - one stopping criterion marks each row done as soon as any of its stop strings occurs in what it generated (the
-  decode loop asks every ``decoding.STOP_CHECK_EVERY`` steps), and the batch ends when every row is done. lm-eval cuts each answer at the first stop string anyway
-  (``postprocess_generated_text``), so where generation stops never changes the answer; it only saves steps.
+  decode loop asks every ``decoding.STOP_CHECK_EVERY`` steps), and the batch ends when every row is done. lm-eval
+  cuts each answer at the first stop string anyway (``postprocess_generated_text``), so where generation stops
+  never changes the answer; it only saves steps.
 - generation runs at its own batch size (``eval.lm_eval_generate_batch_size``);
 - loglikelihood asks the model for the logits of scored positions only (``TunebenchLM._loglikelihood_tokens``),
   so its batches can be large;
@@ -94,7 +95,7 @@ def model_class() -> type:
         def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
             todo = (~self.done).nonzero().flatten().tolist()
             if todo and self.stops and input_ids.shape[1] > self.start:
-                window = input_ids[todo, self.start:][:, -self.lookback:].tolist()
+                window = input_ids[todo, self.start :][:, -self.lookback :].tolist()
                 for row, text in zip(todo, self.tokenizer.batch_decode(window), strict=True):
                     if any(s in text for s in self.stops):
                         self.done[row] = True
@@ -103,8 +104,9 @@ def model_class() -> type:
     class TunebenchLM(HFLM):
         """``HFLM`` whose generation runs at fixed shapes on a static cache (see the module docstring)."""
 
-        def __init__(self, *args: Any, generate_batch_size: int | None = None, cache_implementation: str = "auto",
-                     **kwargs: Any):
+        def __init__(
+            self, *args: Any, generate_batch_size: int | None = None, cache_implementation: str = "auto", **kwargs: Any
+        ):
             super().__init__(*args, **kwargs)
             self.generate_batch_size = int(generate_batch_size or self.batch_size_per_gpu)
             self.cache_implementation = cache_implementation
@@ -116,8 +118,13 @@ def model_class() -> type:
 
         # ------------------------------------------------------------------ tokenization, batched up front
 
-        def tok_encode(self, string: str, add_special_tokens: bool | None = None,
-                       left_truncate_len: int | None = None, **kwargs: Any) -> list[int]:
+        def tok_encode(
+            self,
+            string: str,
+            add_special_tokens: bool | None = None,
+            left_truncate_len: int | None = None,
+            **kwargs: Any,
+        ) -> list[int]:
             hit = self._encoded.get(string) if add_special_tokens is None and not kwargs else None
             if hit is None:
                 return super().tok_encode(string, add_special_tokens, left_truncate_len, **kwargs)
@@ -134,7 +141,7 @@ def model_class() -> type:
                 for special, texts in groups.items():
                     kw = {} if special is None else {"add_special_tokens": special}
                     for start in range(0, len(texts), 4096):
-                        chunk = texts[start:start + 4096]
+                        chunk = texts[start : start + 4096]
                         self._encoded.update(zip(chunk, self.tokenizer(chunk, **kw)["input_ids"], strict=True))
 
         def loglikelihood(self, requests: list[Any], disable_tqdm: bool = False) -> list[tuple[float, bool]]:
@@ -155,8 +162,9 @@ def model_class() -> type:
 
         # ------------------------------------------------------------------ loglikelihood, scored positions only
 
-        def _loglikelihood_tokens(self, requests: list[Any], disable_tqdm: bool = False,
-                                  override_bs: int | None = None) -> list[tuple[float, bool]]:
+        def _loglikelihood_tokens(
+            self, requests: list[Any], disable_tqdm: bool = False, override_bs: int | None = None
+        ) -> list[tuple[float, bool]]:
             """``HFLM._loglikelihood_tokens`` with the LM head applied only where a continuation is scored.
 
             The same collation (longest first; one-token continuations of one context share a row), left
@@ -181,11 +189,16 @@ def model_class() -> type:
             def _lookup_one_token_cont(req: Any) -> list[int]:
                 return req[-2] + req[-1][:-1]
 
-            re_ord = Collator(requests, sort_fn=_collate, group_by="contexts" if self.logits_cache else None,
-                              group_fn=_lookup_one_token_cont)
+            re_ord = Collator(
+                requests,
+                sort_fn=_collate,
+                group_by="contexts" if self.logits_cache else None,
+                group_fn=_lookup_one_token_cont,
+            )
             res: list[tuple[float, bool]] = []
-            pbar = tqdm(total=len(requests), disable=(disable_tqdm or (self.rank != 0)),
-                        desc="Running loglikelihood requests")
+            pbar = tqdm(
+                total=len(requests), disable=(disable_tqdm or (self.rank != 0)), desc="Running loglikelihood requests"
+            )
             for chunk in re_ord.get_batched(n=self.batch_size, batch_fn=None):
                 rows = []
                 for _, context_enc, continuation_enc in chunk:
@@ -196,8 +209,9 @@ def model_class() -> type:
                         eval_logger.warning(
                             f"Combined length of context ({len(context_enc)}) and continuation "
                             f"({len(continuation_enc)}) exceeds model's maximum length ({self.max_length}). "
-                            f"Truncating {total - self.max_length + 1} tokens from the left.")
-                    rows.append((context_enc + continuation_enc)[-(self.max_length + 1):][:-1])
+                            f"Truncating {total - self.max_length + 1} tokens from the left."
+                        )
+                    rows.append((context_enc + continuation_enc)[-(self.max_length + 1) :][:-1])
                 chunk = list(chunk)
                 for lo, hi in self._logit_parts(rows, chunk):
                     for req_str, answer in self._score_part(rows[lo:hi], chunk[lo:hi], re_ord):
@@ -208,29 +222,36 @@ def model_class() -> type:
             pbar.close()
             return re_ord.get_original(res)
 
-        def _score_part(self, rows: list[list[int]], part: list[Any],
-                        re_ord: Any) -> list[tuple[Any, tuple[float, bool]]]:
+        def _score_part(
+            self, rows: list[list[int]], part: list[Any], re_ord: Any
+        ) -> list[tuple[Any, tuple[float, bool]]]:
             """(request strings, (log-likelihood, is greedy)) of one forward's requests, in lm-eval's order."""
             width, first = _scored_span(rows, part)
             batched = torch.tensor([r + [0] * (width - len(r)) for r in rows], dtype=torch.long)
-            multi_logits = F.log_softmax(self._scored_logits(batched.to(self.device), width - first), dim=-1,
-                                         dtype=self.softmax_dtype)  # [batch, width - first, vocab]
+            multi_logits = F.log_softmax(
+                self._scored_logits(batched.to(self.device), width - first), dim=-1, dtype=self.softmax_dtype
+            )  # [batch, width - first, vocab]
             scored = []  # (request strings, continuation, its logits, the row's greedy tokens)
             for (request_str, ctx_tokens, cont_toks), logits, row in zip(part, multi_logits, rows, strict=True):
-                logits = logits[len(row) - len(cont_toks) - first:len(row) - first].unsqueeze(0)
+                logits = logits[len(row) - len(cont_toks) - first : len(row) - first].unsqueeze(0)
                 greedy = logits.argmax(dim=-1)
-                for req_str, cont, cont_logits in re_ord.get_cache(req_str=request_str, cxt_toks=ctx_tokens,
-                                                                    cont_toks=cont_toks, logits=logits):
+                for req_str, cont, cont_logits in re_ord.get_cache(
+                    req_str=request_str, cxt_toks=ctx_tokens, cont_toks=cont_toks, logits=logits
+                ):
                     scored.append((req_str, cont, cont_logits, greedy))
             conts = torch.tensor([t for _, cont, _, _ in scored for t in cont], dtype=torch.long)
             conts = conts.to(self.device).split([len(cont) for _, cont, _, _ in scored])
             sums, equal = [], []
             for (_, _, logits, greedy), cont in zip(scored, conts, strict=True):
                 cont = cont.unsqueeze(0)  # [1, seq]
-                equal.append((greedy[:, -cont.shape[1]:] == cont).all())
+                equal.append((greedy[:, -cont.shape[1] :] == cont).all())
                 sums.append(torch.gather(logits, 2, cont.unsqueeze(-1)).squeeze(-1).sum())
-            return [(req_str, (float(lp), bool(eq))) for (req_str, _, _, _), lp, eq in zip(
-                scored, torch.stack(sums).tolist(), torch.stack(equal).tolist(), strict=True)]
+            return [
+                (req_str, (float(lp), bool(eq)))
+                for (req_str, _, _, _), lp, eq in zip(
+                    scored, torch.stack(sums).tolist(), torch.stack(equal).tolist(), strict=True
+                )
+            ]
 
         def _logit_parts(self, rows: list[list[int]], chunk: list[Any]) -> list[tuple[int, int]]:
             """Consecutive (start, end) slices of a batch whose kept logits stay within ``LOGITS_BUDGET`` elements
@@ -242,12 +263,20 @@ def model_class() -> type:
 
         def _scored_logits(self, inps: Any, keep: int) -> Any:
             """Logits of the last ``keep`` positions (lm-eval's ``_model_call``, asking the model for fewer)."""
-            with torch.no_grad(), torch.autocast(device_type=self.device.type, dtype=self.mixed_precision_dtype,
-                                                 enabled=self.mixed_precision_dtype is not None):
+            with (
+                torch.no_grad(),
+                torch.autocast(
+                    device_type=self.device.type,
+                    dtype=self.mixed_precision_dtype,
+                    enabled=self.mixed_precision_dtype is not None,
+                ),
+            ):
                 logits = self.model(inps, logits_to_keep=keep).logits
             if logits.shape[1] != keep:
-                raise RuntimeError(f"{type(self.model).__name__} returned logits for {logits.shape[1]} positions "
-                                   f"when asked for the last {keep} (logits_to_keep)")
+                raise RuntimeError(
+                    f"{type(self.model).__name__} returned logits for {logits.shape[1]} positions "
+                    f"when asked for the last {keep} (logits_to_keep)"
+                )
             return logits
 
         # ------------------------------------------------------------------ generation
@@ -261,8 +290,11 @@ def model_class() -> type:
             longest = max(int(r.args[1].get("max_gen_toks", self.max_gen_toks)) for r in requests)
             steps = -(-len(requests) // self._rows) * longest
             quantized = bool(getattr(self.model, "is_loaded_in_4bit", False))
-            self.path = decode_path(SimpleNamespace(model=self.model, device=str(self.device), load_in_4bit=quantized),
-                                    self.cache_implementation, steps)
+            self.path = decode_path(
+                SimpleNamespace(model=self.model, device=str(self.device), load_in_4bit=quantized),
+                self.cache_implementation,
+                steps,
+            )
             # the widest context of the call (a little slack: batch tokenization may add BOS), capped as lm-eval caps
             widest = max(len(self.tok_encode(r.args[0])) for r in requests) + 2
             self._width = min(widest, self.max_length)
@@ -304,12 +336,21 @@ def model_class() -> type:
                 self.loop_batches += 1
                 return torch.cat([original.to(new.device), new[:n]], dim=1)
             stopping = StoppingCriteriaList([StopStrings(self.tokenizer, stop, target, rows)])
-            with torch.autocast(device_type=self.device.type, dtype=self.mixed_precision_dtype,
-                                enabled=self.mixed_precision_dtype is not None):
-                out = self.model.generate(input_ids=context, attention_mask=mask,
-                                          max_new_tokens=max_length - width, stopping_criteria=stopping,
-                                          pad_token_id=self.tokenizer.pad_token_id, use_cache=True, **kwargs)
-            return out[:n, target - width:]  # lm-eval slices the continuation off at the original width
+            with torch.autocast(
+                device_type=self.device.type,
+                dtype=self.mixed_precision_dtype,
+                enabled=self.mixed_precision_dtype is not None,
+            ):
+                out = self.model.generate(
+                    input_ids=context,
+                    attention_mask=mask,
+                    max_new_tokens=max_length - width,
+                    stopping_criteria=stopping,
+                    pad_token_id=self.tokenizer.pad_token_id,
+                    use_cache=True,
+                    **kwargs,
+                )
+            return out[:n, target - width :]  # lm-eval slices the continuation off at the original width
 
         def _decoder(self, rows: int, width: int, new_tokens: int, kwargs: dict[str, Any]) -> Any:
             """The call's ``decoding.StaticDecoder`` for these settings (made once per shape), or None where
@@ -326,8 +367,15 @@ def model_class() -> type:
             if key not in self._decoders:
                 stops = stop_token_ids(SimpleNamespace(tokenizer=self.tokenizer, model=self.model))
                 self._decoders[key] = decoding.StaticDecoder(
-                    self.model, rows, width, new_tokens, stops, self.tokenizer.pad_token_id,
-                    temperature=temperature, top_p=top_p)
+                    self.model,
+                    rows,
+                    width,
+                    new_tokens,
+                    stops,
+                    self.tokenizer.pad_token_id,
+                    temperature=temperature,
+                    top_p=top_p,
+                )
             return self._decoders[key]
 
     def _scored_span(rows: list[list[int]], requests: list[Any]) -> tuple[int, int]:
@@ -352,6 +400,9 @@ def model_class() -> type:
 
 def describe(lm: Any) -> str:
     """How generate_until ran, for the results' model identity."""
-    cache = {"graph": "static cache, CUDA graph decode loop", "static": "static cache, compiled",
-             "dynamic": "dynamic cache"}[lm.path]
+    cache = {
+        "graph": "static cache, CUDA graph decode loop",
+        "static": "static cache, compiled",
+        "dynamic": "dynamic cache",
+    }[lm.path]
     return f"{RUNNER} (generate_until: {cache}, batch {lm.generate_batch_size}, per-row stop strings)"

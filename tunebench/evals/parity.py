@@ -50,21 +50,33 @@ def token_parity(p: Any, q: Any, targets: list[int]) -> dict[str, Any]:
     q = q - _logsumexp(q)
     kl = (np.exp(p) * (p - q)).sum(axis=1)
     rows = np.arange(len(targets))
-    return {"kl": np.maximum(kl, 0.0), "agree": int((p.argmax(1) == q.argmax(1)).sum()),
-            "nll_p": -float(p[rows, targets].sum()), "nll_q": -float(q[rows, targets].sum())}
+    return {
+        "kl": np.maximum(kl, 0.0),
+        "agree": int((p.argmax(1) == q.argmax(1)).sum()),
+        "nll_p": -float(p[rows, targets].sum()),
+        "nll_q": -float(q[rows, targets].sum()),
+    }
 
 
-def parity_metrics(encoded: list[Encoded], adapter_lp: list[Any], artifact_lp: list[Any], n_boot: int = 2000,
-                   alpha: float = 0.05, seed: int = 0) -> list[tuple[Metric, list[dict[str, Any]] | None]]:
+def parity_metrics(
+    encoded: list[Encoded],
+    adapter_lp: list[Any],
+    artifact_lp: list[Any],
+    n_boot: int = 2000,
+    alpha: float = 0.05,
+    seed: int = 0,
+) -> list[tuple[Metric, list[dict[str, Any]] | None]]:
     """The four parity metrics (see the module docstring) with their per-conversation items."""
     import numpy as np
 
-    per = [token_parity(p, q, scored_positions(e)[1]) for e, p, q in zip(encoded, adapter_lp, artifact_lp,
-                                                                         strict=True)]
-    kl_items = [{"id": e.id, "num": float(x["kl"].sum()), "den": len(x["kl"])} for e, x in zip(encoded, per, strict=True)]
+    per = [token_parity(p, q, scored_positions(e)[1]) for e, p, q in zip(encoded, adapter_lp, artifact_lp, strict=True)]
+    kl_items = [
+        {"id": e.id, "num": float(x["kl"].sum()), "den": len(x["kl"])} for e, x in zip(encoded, per, strict=True)
+    ]
     top_items = [{"id": e.id, "num": float(x["agree"]), "den": len(x["kl"])} for e, x in zip(encoded, per, strict=True)]
-    ratio_items = [{"id": e.id, "num": x["nll_q"] - x["nll_p"], "den": len(x["kl"])} for e, x in zip(encoded, per,
-                                                                                                    strict=True)]
+    ratio_items = [
+        {"id": e.id, "num": x["nll_q"] - x["nll_p"], "den": len(x["kl"])} for e, x in zip(encoded, per, strict=True)
+    ]
     tokens = sum(i["den"] for i in kl_items)
     common = {"unit": "conversations", "group": "parity", "n": len(encoded)}
 
@@ -72,9 +84,20 @@ def parity_metrics(encoded: list[Encoded], adapter_lp: list[Any], artifact_lp: l
         num, den = sum(i["num"] for i in items), sum(i["den"] for i in items)
         value = math.exp(num / den) if how == "exp_ratio" else num / den
         ci = bootstrap_ci(items, how, n_boot=n_boot, alpha=alpha, seed=seed)
-        return (Metric(name=name, value=value, higher_is_better=hib, ci_low=ci.low, ci_high=ci.high,
-                       ci_method=f"bootstrap over conversations ({n_boot} resamples, percentile)", aggregate=how,
-                       details={"reference": ref, "scored_tokens": tokens, "what": doc}, **common), items)
+        return (
+            Metric(
+                name=name,
+                value=value,
+                higher_is_better=hib,
+                ci_low=ci.low,
+                ci_high=ci.high,
+                ci_method=f"bootstrap over conversations ({n_boot} resamples, percentile)",
+                aggregate=how,
+                details={"reference": ref, "scored_tokens": tokens, "what": doc},
+                **common,
+            ),
+            items,
+        )
 
     all_kl = np.concatenate([x["kl"] for x in per]) if per else np.zeros(0)
     rng = np.random.default_rng(seed)
@@ -83,13 +106,21 @@ def parity_metrics(encoded: list[Encoded], adapter_lp: list[Any], artifact_lp: l
         pick = rng.integers(0, len(per), len(per))
         sample = np.concatenate([per[k]["kl"] for k in pick])
         boots.append(float(np.quantile(sample, P99)) if sample.size else 0.0)
-    p99 = Metric(name="parity/kl_p99", value=float(np.quantile(all_kl, P99)) if all_kl.size else 0.0,
-                 higher_is_better=False, ci_low=float(np.quantile(boots, alpha / 2)),
-                 ci_high=float(np.quantile(boots, 1 - alpha / 2)), ci_method="bootstrap over conversations "
-                 f"({len(boots)} resamples, percentile)", details={"reference": 0.0, "scored_tokens": tokens,
-                                                                    "kl_max": float(all_kl.max()) if all_kl.size else 0.0,
-                                                                    "what": "99th percentile of per-token KL"},
-                 **common)
+    p99 = Metric(
+        name="parity/kl_p99",
+        value=float(np.quantile(all_kl, P99)) if all_kl.size else 0.0,
+        higher_is_better=False,
+        ci_low=float(np.quantile(boots, alpha / 2)),
+        ci_high=float(np.quantile(boots, 1 - alpha / 2)),
+        ci_method=f"bootstrap over conversations ({len(boots)} resamples, percentile)",
+        details={
+            "reference": 0.0,
+            "scored_tokens": tokens,
+            "kl_max": float(all_kl.max()) if all_kl.size else 0.0,
+            "what": "99th percentile of per-token KL",
+        },
+        **common,
+    )
     return [
         from_items("parity/kl_mean", kl_items, "mean", False, 0.0, "mean per-token KL(adapter || artifact), nats"),
         (p99, None),
@@ -105,6 +136,17 @@ def reference_side(metric: Metric, items: list[dict[str, Any]] | None) -> tuple[
     if items is not None:
         per_den = math.log(ref) if metric.aggregate == "exp_ratio" else ref
         ref_items = [{"id": i["id"], "num": per_den * i["den"], "den": i["den"]} for i in items]
-    return Metric(name=metric.name, value=ref, higher_is_better=metric.higher_is_better, n=metric.n, unit=metric.unit,
-                  ci_low=ref, ci_high=ref, stderr=0.0, aggregate=metric.aggregate, group=metric.group,
-                  items=metric.items, details=dict(metric.details)), ref_items
+    return Metric(
+        name=metric.name,
+        value=ref,
+        higher_is_better=metric.higher_is_better,
+        n=metric.n,
+        unit=metric.unit,
+        ci_low=ref,
+        ci_high=ref,
+        stderr=0.0,
+        aggregate=metric.aggregate,
+        group=metric.group,
+        items=metric.items,
+        details=dict(metric.details),
+    ), ref_items

@@ -49,8 +49,9 @@ def _backbone_and_head(model: Any) -> tuple[Any, Any]:
     return backbone, head
 
 
-def score(model: Any, encoded: list[Encoded], batch_tokens: int = 16384, pad_id: int = 0,
-          progress: bool = True) -> tuple[list[dict[str, Any]], float]:
+def score(
+    model: Any, encoded: list[Encoded], batch_tokens: int = 16384, pad_id: int = 0, progress: bool = True
+) -> tuple[list[dict[str, Any]], float]:
     """Summed NLL and scored-token count per conversation.
 
     Returns:
@@ -66,8 +67,13 @@ def score(model: Any, encoded: list[Encoded], batch_tokens: int = 16384, pad_id:
     # gathered records equal a single-process run
     mine = [groups[g] for g in dist.shard(len(groups))]
     t0 = time.perf_counter()
-    bar = tqdm(total=sum(len(encoded[i].input_ids) for g in mine for i in g), desc="perplexity", unit="tok",
-               disable=not progress or not dist.is_main(), leave=False)
+    bar = tqdm(
+        total=sum(len(encoded[i].input_ids) for g in mine for i in g),
+        desc="perplexity",
+        unit="tok",
+        disable=not progress or not dist.is_main(),
+        leave=False,
+    )
     with torch.inference_mode():
         for group in mine:
             width = max(len(encoded[i].input_ids) for i in group)
@@ -90,7 +96,8 @@ def score(model: Any, encoded: list[Encoded], batch_tokens: int = 16384, pad_id:
                 for s in range(0, t.shape[0], HEAD_CHUNK):
                     logits = head(h[s : s + HEAD_CHUNK]).float()
                     nll[s : s + HEAD_CHUNK] = torch.nn.functional.cross_entropy(
-                        logits, t[s : s + HEAD_CHUNK], reduction="none")
+                        logits, t[s : s + HEAD_CHUNK], reduction="none"
+                    )
             else:  # models whose head does more than a matmul: full logits, still batched
                 logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
                 nll = torch.nn.functional.cross_entropy(logits[scored], target[scored], reduction="none")
@@ -109,9 +116,18 @@ def score(model: Any, encoded: list[Encoded], batch_tokens: int = 16384, pad_id:
     return [x for x in items if x is not None], time.perf_counter() - t0
 
 
-def evaluate(model: Any, tokenizer: Any, encoded: list[Encoded], *, split: str = "test", batch_tokens: int = 16384,
-             n_boot: int = 2000, alpha: float = 0.05, seed: int = 0, progress: bool = True
-             ) -> tuple[Metric, list[dict[str, Any]], dict[str, Any]]:
+def evaluate(
+    model: Any,
+    tokenizer: Any,
+    encoded: list[Encoded],
+    *,
+    split: str = "test",
+    batch_tokens: int = 16384,
+    n_boot: int = 2000,
+    alpha: float = 0.05,
+    seed: int = 0,
+    progress: bool = True,
+) -> tuple[Metric, list[dict[str, Any]], dict[str, Any]]:
     """Token-weighted perplexity with a bootstrap interval over conversations.
 
     Returns:
@@ -146,6 +162,14 @@ def evaluate(model: Any, tokenizer: Any, encoded: list[Encoded], *, split: str =
         },
     )
     inputs = {f"{split}_tokens": tokens_fingerprint(encoded), f"{split}_scored_tokens": tokens}
-    log.info("perplexity/%s = %.4f [%.4f, %.4f] over %d conversations, %d tokens (%.0f tok/s)", split,
-             metric.value, ci.low, ci.high, len(items), tokens, metric.details["tokens_per_s"] or 0)
+    log.info(
+        "perplexity/%s = %.4f [%.4f, %.4f] over %d conversations, %d tokens (%.0f tok/s)",
+        split,
+        metric.value,
+        ci.low,
+        ci.high,
+        len(items),
+        tokens,
+        metric.details["tokens_per_s"] or 0,
+    )
     return metric, items, inputs

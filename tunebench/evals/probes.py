@@ -87,7 +87,8 @@ def _construct_map(loader: _Loader, node: yaml.MappingNode) -> _Map:
         key = loader.construct_object(key_node, deep=True)
         if isinstance(key, (dict, list)):
             raise yaml.constructor.ConstructorError(
-                None, None, "a mapping is used as a key (an unquoted '{{ ... }}'?)", key_node.start_mark)
+                None, None, "a mapping is used as a key (an unquoted '{{ ... }}'?)", key_node.start_mark
+            )
         m[key] = loader.construct_object(value_node, deep=True)
         m.value_lines[key] = value_node.start_mark.line + 1
         # a literal/folded block's text starts on the line after its '|' or '>'
@@ -151,23 +152,30 @@ def render(text: str, ctx: dict[str, Any], src: _Src, what: str) -> str:
     try:
         tree = _ENV.parse(text)
     except TemplateSyntaxError as e:
-        raise ProbeError(f"{src.at(e.lineno)}: {what}: Jinja syntax error: {e.message}. Fix the template "
-                         "(write literal braces as {{ '{{' }}).") from None
+        raise ProbeError(
+            f"{src.at(e.lineno)}: {what}: Jinja syntax error: {e.message}. Fix the template "
+            "(write literal braces as {{ '{{' }})."
+        ) from None
     known = sorted(ctx)
     unknown = sorted(meta.find_undeclared_variables(tree) - set(ctx) - set(_ENV.globals))
     if unknown:
         name = unknown[0]
         line = next((n.lineno for n in tree.find_all(nodes.Name) if n.name == name), None)
-        raise ProbeError(f"{src.at(line)}: {what}: undefined variable {name!r}{_dym(name, known)}; define it "
-                         f"under vars (defined: {', '.join(known) or 'none'}) or fix its spelling")
+        raise ProbeError(
+            f"{src.at(line)}: {what}: undefined variable {name!r}{_dym(name, known)}; define it "
+            f"under vars (defined: {', '.join(known) or 'none'}) or fix its spelling"
+        )
     try:
         return _ENV.from_string(tree).render(ctx)
     except SecurityError as e:
-        raise ProbeSecurityError(f"{src.at(_template_line(e))}: {what}: {e} Probe templates run in a sandbox; "
-                                 "use variables, filters and macros only.") from e
+        raise ProbeSecurityError(
+            f"{src.at(_template_line(e))}: {what}: {e} Probe templates run in a sandbox; "
+            "use variables, filters and macros only."
+        ) from e
     except Exception as e:  # user code: any failure is reported at its line
-        raise ProbeError(f"{src.at(_template_line(e))}: {what}: {type(e).__name__}: {e}. Fix the template "
-                         "or its vars.") from e
+        raise ProbeError(
+            f"{src.at(_template_line(e))}: {what}: {type(e).__name__}: {e}. Fix the template or its vars."
+        ) from e
 
 
 def _render_deep(value: Any, ctx: dict[str, Any], src: _Src, what: str) -> Any:
@@ -228,7 +236,7 @@ class Check:
             got = numbers_in(output)
             echo = numbers_in(prompt)
             if self.allow_echo and echo and got[: len(echo)] == echo:
-                got = got[len(echo):]
+                got = got[len(echo) :]
             head = [_num(x) for x in got[: len(v)]]
             return None if head == v else f"sequence: expected {v}, first numbers were {head}"
         if k == "max_words":
@@ -242,22 +250,26 @@ def _parse_check(raw: Any, ctx: dict[str, Any], path: Path, where: str) -> Check
     """Validate and render one check mapping (e.g. ``{contains: "{{ capital }}", ignore_case: true}``)."""
     line = getattr(raw, "line", 0)
     if not isinstance(raw, dict):
-        raise ProbeError(f"{path}:{line}: {where}: each check is a mapping such as `- contains: Paris`, "
-                         f"got {raw!r}")
+        raise ProbeError(f"{path}:{line}: {where}: each check is a mapping such as `- contains: Paris`, got {raw!r}")
     kinds = [k for k in raw if k in CHECK_KINDS]
     for key in raw:
         if key not in CHECK_KINDS and key not in CHECK_OPTIONS:
-            raise ProbeError(f"{path}:{getattr(raw, 'value_lines', {}).get(key, line)}: {where}: unknown check "
-                             f"kind {key!r}{_dym(key, [*CHECK_KINDS, *CHECK_OPTIONS])}; known kinds: "
-                             f"{', '.join(CHECK_KINDS)} (options: {', '.join(CHECK_OPTIONS)})")
+            raise ProbeError(
+                f"{path}:{getattr(raw, 'value_lines', {}).get(key, line)}: {where}: unknown check "
+                f"kind {key!r}{_dym(key, [*CHECK_KINDS, *CHECK_OPTIONS])}; known kinds: "
+                f"{', '.join(CHECK_KINDS)} (options: {', '.join(CHECK_OPTIONS)})"
+            )
     if len(kinds) != 1:
-        raise ProbeError(f"{path}:{line}: {where}: a check has exactly one kind, found {kinds or 'none'}; "
-                         "write each as its own list item")
+        raise ProbeError(
+            f"{path}:{line}: {where}: a check has exactly one kind, found {kinds or 'none'}; "
+            "write each as its own list item"
+        )
     kind = kinds[0]
     for opt, allowed in CHECK_OPTIONS.items():
         if opt in raw and kind not in allowed:
-            raise ProbeError(f"{path}:{line}: {where}: option {opt!r} does not apply to {kind!r} "
-                             f"(only to {', '.join(allowed)})")
+            raise ProbeError(
+                f"{path}:{line}: {where}: option {opt!r} does not apply to {kind!r} (only to {', '.join(allowed)})"
+            )
         if opt in raw and not isinstance(raw[opt], bool):
             raise ProbeError(f"{path}:{line}: {where}: {opt} must be true or false, got {raw[opt]!r}")
     src = _Src.of(path, raw, kind)
@@ -274,8 +286,10 @@ def _parse_check(raw: Any, ctx: dict[str, Any], path: Path, where: str) -> Check
         try:
             re.compile(value)
         except re.error as e:
-            raise ProbeError(f"{bad}: invalid regular expression {value!r} ({e}); quote it with single "
-                             "quotes in YAML so backslashes survive") from None
+            raise ProbeError(
+                f"{bad}: invalid regular expression {value!r} ({e}); quote it with single "
+                "quotes in YAML so backslashes survive"
+            ) from None
     elif kind == "sequence":
         nums: list[float] = []
         for x in value if isinstance(value, list) else [value]:
@@ -294,8 +308,9 @@ def _parse_check(raw: Any, ctx: dict[str, Any], path: Path, where: str) -> Check
         if not (whole or isinstance(value, str) and value.strip().isdigit()):
             raise ProbeError(f"{bad} needs a whole number >= 0, got {value!r}")
         value = int(value)
-    return Check(kind, value, ignore_case=bool(raw.get("ignore_case", False)),
-                 allow_echo=bool(raw.get("allow_echo", False)))
+    return Check(
+        kind, value, ignore_case=bool(raw.get("ignore_case", False)), allow_echo=bool(raw.get("allow_echo", False))
+    )
 
 
 # ----------------------------------------------------------------------------- probe sets
@@ -338,8 +353,15 @@ class ProbeSet:
     @property
     def fingerprint(self) -> str:
         """Hash of everything that decides the scores: names, expanded messages and checks."""
-        return fingerprint({"name": self.name, "version": self.version, "prompts": [
-            {"id": p.id, "messages": p.messages, "checks": [c.spec() for c in p.checks]} for p in self.prompts]})
+        return fingerprint(
+            {
+                "name": self.name,
+                "version": self.version,
+                "prompts": [
+                    {"id": p.id, "messages": p.messages, "checks": [c.spec() for c in p.checks]} for p in self.prompts
+                ],
+            }
+        )
 
 
 def shipped_sets() -> list[str]:
@@ -358,8 +380,10 @@ def load_probe_set(name_or_path: str | Path) -> ProbeSet:
         path = PROBES_DIR / f"{name_or_path}.yaml"
         if not path.exists():
             known = shipped_sets()
-            raise ProbeError(f"unknown probe set {str(name_or_path)!r}{_dym(str(name_or_path), known)}: "
-                             f"pass a .yaml path or one of {', '.join(known)}")
+            raise ProbeError(
+                f"unknown probe set {str(name_or_path)!r}{_dym(str(name_or_path), known)}: "
+                f"pass a .yaml path or one of {', '.join(known)}"
+            )
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
@@ -369,8 +393,10 @@ def load_probe_set(name_or_path: str | Path) -> ProbeSet:
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        raise ProbeError(f"{where}: not valid YAML: {e.problem or e.context}. Fix the syntax there (a value "
-                         "starting with '{{' or '{%' must be quoted or written as a | block).") from None
+        raise ProbeError(
+            f"{where}: not valid YAML: {e.problem or e.context}. Fix the syntax there (a value "
+            "starting with '{{' or '{%' must be quoted or written as a | block)."
+        ) from None
     return parse_probe_set(data, path)
 
 
@@ -378,8 +404,9 @@ def _check_keys(raw: dict, allowed: tuple[str, ...], path: Path, where: str) -> 
     for key in raw:
         if key not in allowed:
             line = getattr(raw, "value_lines", {}).get(key, getattr(raw, "line", 0))
-            raise ProbeError(f"{path}:{line}: {where}: unknown key {key!r}{_dym(key, list(allowed))}; "
-                             f"allowed: {', '.join(allowed)}")
+            raise ProbeError(
+                f"{path}:{line}: {where}: unknown key {key!r}{_dym(key, list(allowed))}; allowed: {', '.join(allowed)}"
+            )
 
 
 def _var_rows(raw: Any, path: Path, line: int, where: str) -> list[dict[str, Any]]:
@@ -391,8 +418,10 @@ def _var_rows(raw: Any, path: Path, line: int, where: str) -> list[dict[str, Any
         return [_plain(dict(zip(raw, combo, strict=True))) for combo in itertools.product(*lists)]
     if isinstance(raw, list) and all(isinstance(r, dict) for r in raw):
         return [_plain(r) for r in raw]
-    raise ProbeError(f"{path}:{line}: {where}: vars must be a mapping of lists (expanded as a cartesian "
-                     "product) or a list of mappings")
+    raise ProbeError(
+        f"{path}:{line}: {where}: vars must be a mapping of lists (expanded as a cartesian "
+        "product) or a list of mappings"
+    )
 
 
 def parse_probe_set(data: Any, path: str | Path) -> ProbeSet:
@@ -403,8 +432,9 @@ def parse_probe_set(data: Any, path: str | Path) -> ProbeSet:
     _check_keys(data, SET_KEYS, path, "probe set")
     name = str(data.get("name", path.stem))
     if not _ID.match(name):
-        raise ProbeError(f"{path}: name {name!r} may use only letters, digits, '_', '-' and '.' "
-                         "(it becomes part of metric names)")
+        raise ProbeError(
+            f"{path}: name {name!r} may use only letters, digits, '_', '-' and '.' (it becomes part of metric names)"
+        )
     macros: dict[str, Any] = {}
     if data.get("macros"):
         src = _Src.of(path, data, "macros")
@@ -440,9 +470,9 @@ def parse_probe_set(data: Any, path: str | Path) -> ProbeSet:
             text = render(raw["template"], ctx, _Src.of(path, raw, "template"), label).strip()
             checks = [_parse_check(c, ctx, path, label) for c in raw["checks"]]
             messages = ([{"role": "system", "content": str(system)}] if system else []) + [
-                {"role": "user", "content": text}]
-            prompts.append(Prompt(pid if "vars" not in raw else f"{pid}[{j}]", pid, messages, checks,
-                                  dict(row)))
+                {"role": "user", "content": text}
+            ]
+            prompts.append(Prompt(pid if "vars" not in raw else f"{pid}[{j}]", pid, messages, checks, dict(row)))
     return ProbeSet(name, str(data.get("version", "1")), str(path), set_system, prompts)
 
 
@@ -457,9 +487,19 @@ def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
 def _pass_rate(name: str, items: list[dict[str, Any]], details: dict[str, Any]) -> Metric:
     k, n = int(sum(i["num"] for i in items)), len(items)
     low, high = wilson(k, n)
-    return Metric(name=name, value=k / n if n else float("nan"), higher_is_better=True, n=n, unit="samples",
-                  ci_low=low, ci_high=high, ci_method="wilson", aggregate="mean", group="probes",
-                  details={"passed": k, **details})
+    return Metric(
+        name=name,
+        value=k / n if n else float("nan"),
+        higher_is_better=True,
+        n=n,
+        unit="samples",
+        ci_low=low,
+        ci_high=high,
+        ci_method="wilson",
+        aggregate="mean",
+        group="probes",
+        details={"passed": k, **details},
+    )
 
 
 def run_probes(
@@ -505,27 +545,39 @@ def run_probes(
     for kind, names in (("probe set", [s.name for s in sets]), ("sampling", [s.name for s in samplings])):
         if len(set(names)) != len(names) or any("/" in n for n in names):
             raise ProbeError(f"{kind} names {names} must be unique and free of '/' (they form metric names)")
-    results = Results(label=label, model=loaded.identity(), inputs={
-        "probe_sets": {s.name: {"fingerprint": s.fingerprint, "version": s.version, "prompts": len(s.prompts)}
-                       for s in sets},
-        "probe_sampling": [asdict(s) for s in samplings],
-        "probe_seed": seed,
-    })
+    results = Results(
+        label=label,
+        model=loaded.identity(),
+        inputs={
+            "probe_sets": {
+                s.name: {"fingerprint": s.fingerprint, "version": s.version, "prompts": len(s.prompts)} for s in sets
+            },
+            "probe_sampling": [asdict(s) for s in samplings],
+            "probe_seed": seed,
+        },
+    )
     transcripts: dict[str, dict[str, list]] = {}
     stats: dict[str, dict[str, dict]] = {}
     for smp in samplings:
         # one pool per sampling: every sample of every prompt of every set fills the same batches
         pool = [p.messages for ps in sets for p in ps.prompts]
         gen = generator.generate(pool, smp, seed)
-        shared = {"new_tokens": gen.new_tokens, "seconds": gen.seconds, "tokens_per_s": gen.tokens_per_s,
-                  "cache_hits": gen.cache_hits, "cache_misses": gen.cache_misses,
-                  "generate_calls": gen.generate_calls, "batch_size": batch_size, "answers": len(pool) * (
-                      samples_per_prompt(smp)), "sets": [ps.name for ps in sets]}
+        shared = {
+            "new_tokens": gen.new_tokens,
+            "seconds": gen.seconds,
+            "tokens_per_s": gen.tokens_per_s,
+            "cache_hits": gen.cache_hits,
+            "cache_misses": gen.cache_misses,
+            "generate_calls": gen.generate_calls,
+            "batch_size": batch_size,
+            "answers": len(pool) * (samples_per_prompt(smp)),
+            "sets": [ps.name for ps in sets],
+        }
         results.timings[f"probes/{smp.name}/generate_s"] = gen.seconds
         offset = 0
         for ps in sets:
-            outs_of = gen.samples[offset:offset + len(ps.prompts)]
-            counts_of = gen.token_counts[offset:offset + len(ps.prompts)]
+            outs_of = gen.samples[offset : offset + len(ps.prompts)]
+            counts_of = gen.token_counts[offset : offset + len(ps.prompts)]
             offset += len(ps.prompts)
             items: list[dict[str, Any]] = []
             by_probe: dict[str, list[dict[str, Any]]] = {pid: [] for pid in ps.probe_ids}
@@ -536,11 +588,24 @@ def run_probes(
                     item = {"id": f"{p.id}#{s}", "num": 0.0 if failed else 1.0, "den": 1}
                     items.append(item)
                     by_probe[p.probe].append(item)
-                    rows.append({"id": item["id"], "probe": p.probe, "prompt": p.text, "output": text,
-                                 "passed": not failed, "failed": failed, "new_tokens": n_tok})
+                    rows.append(
+                        {
+                            "id": item["id"],
+                            "probe": p.probe,
+                            "prompt": p.text,
+                            "output": text,
+                            "passed": not failed,
+                            "failed": failed,
+                            "new_tokens": n_tok,
+                        }
+                    )
             prefix = f"probes/{ps.name}/{smp.name}"
-            common = {"set": ps.name, "set_version": ps.version, "sampling": smp.name,
-                      "samples_per_prompt": samples_per_prompt(smp)}
+            common = {
+                "set": ps.name,
+                "set_version": ps.version,
+                "sampling": smp.name,
+                "samples_per_prompt": samples_per_prompt(smp),
+            }
             results.add(_pass_rate(f"{prefix}/pass_rate", items, common), items)
             for pid, its in by_probe.items():
                 results.add(_pass_rate(f"{prefix}/{pid}/pass_rate", its, {**common, "probe": pid}), its)
@@ -557,6 +622,14 @@ def add_probes(results: Results, eval_cfg: Any, generator: Generator, label: str
     if not (eval_cfg.probe_files and eval_cfg.probe_sampling):
         return
     t = time.perf_counter()
-    results.merge(run_probes(generator, list(eval_cfg.probe_files), list(eval_cfg.probe_sampling),
-                             seed=eval_cfg.probe_seed, label=label, generator=generator))
+    results.merge(
+        run_probes(
+            generator,
+            list(eval_cfg.probe_files),
+            list(eval_cfg.probe_sampling),
+            seed=eval_cfg.probe_seed,
+            label=label,
+            generator=generator,
+        )
+    )
     results.timings["probes_s"] = round(time.perf_counter() - t, 2)

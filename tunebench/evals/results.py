@@ -71,7 +71,9 @@ class Results:
     model: dict[str, Any]
     """What was evaluated: base model source, adapter path and hash, chat template."""
     inputs: dict[str, Any]
-    """Fingerprints of what was fed in (test tokens, probe sets, sampling, lm-eval tasks): comparisons require equality."""
+    """Fingerprints of what was fed in (test tokens, probe sets, sampling, lm-eval tasks).
+
+    Comparisons require equality."""
     metrics: list[Metric] = field(default_factory=list)
     items: dict[str, list[Item]] = field(default_factory=dict)
     artifacts: dict[str, Any] = field(default_factory=dict)

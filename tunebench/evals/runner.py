@@ -44,19 +44,22 @@ def encoded_test_split(run_dir: Path, tokenizer: Any, cfg: RunConfig) -> tuple[l
     report = read_report(run_dir / "data")
     info = TemplateInfo(**report["template"])
     convs = load_split(run_dir / "data", "test")
-    encoded, _ = encode_split(tokenizer, convs, info.end_of_turn, cfg.data.max_length, cfg.data.truncation,
-                              desc="encode test")
+    encoded, _ = encode_split(
+        tokenizer, convs, info.end_of_turn, cfg.data.max_length, cfg.data.truncation, desc="encode test"
+    )
     want = report["splits"]["test"]["fingerprint"]
     if tokens_fingerprint(encoded) != want:
         raise DataError(
             f"{run_dir}/data: the test split encodes to different tokens than the data step recorded "
-            f"({tokens_fingerprint(encoded)} != {want}); the tokenizer or chat template changed. Re-run `tunebench data`."
+            f"({tokens_fingerprint(encoded)} != {want}); the tokenizer or chat template changed. "
+            "Re-run `tunebench data`."
         )
     return encoded, report
 
 
-def contamination_report(run_dir: Path, cfg: RunConfig, probe_prompts: list[tuple[str, str]] | None = None
-                         ) -> dict[str, Any]:
+def contamination_report(
+    run_dir: Path, cfg: RunConfig, probe_prompts: list[tuple[str, str]] | None = None
+) -> dict[str, Any]:
     """Overlap of training conversations with the test split, lm-eval documents and probe prompts."""
 
     train = load_split(run_dir / "data", "train")
@@ -64,9 +67,9 @@ def contamination_report(run_dir: Path, cfg: RunConfig, probe_prompts: list[tupl
     sets: dict[str, list[tuple[str, str]]] = {"test split": [(c.id, conversation_text(c.messages)) for c in test]}
     if cfg.eval.lm_eval_tasks:
         try:
-
-            for task, docs in task_documents(cfg.eval.lm_eval_tasks, cfg.eval.lm_eval_limit,
-                                              cfg.eval.lm_eval_source).items():
+            for task, docs in task_documents(
+                cfg.eval.lm_eval_tasks, cfg.eval.lm_eval_limit, cfg.eval.lm_eval_source
+            ).items():
                 sets[f"lm_eval/{task}"] = docs
         except Exception as e:  # a task whose documents cannot be read offline is reported, not fatal here
             log.warning("contamination: could not read lm-eval documents (%s)", e)
@@ -134,7 +137,6 @@ def evaluate_model(
     """
     import torch  # heavy: torch, imported when needed
 
-
     run_dir = Path(run_dir)
     if cfg.eval.perplexity or artifact:
         read_report(run_dir / "data")  # a damaged data report stops here, not after minutes of model loading
@@ -145,10 +147,15 @@ def evaluate_model(
     source = resolve_model(cfg.model.ref, cfg.model.revision)
     # merging evaluates the 16-bit model users ship; the base is then scored in 16 bit too, so the pair differs
     # only by the adapter (unmerged keeps a QLoRA adapter on the 4-bit base it was trained against)
-    loaded = load_for_eval(source, adapter, cfg.model.chat_template, dtype=cfg.model.dtype,
-                           load_in_4bit=False if artifact else (cfg.model.load_in_4bit == "on"
-                                                                 and not cfg.eval.merge_adapter),
-                           trust_remote_code=cfg.model.trust_remote_code, merge_adapter=cfg.eval.merge_adapter)
+    loaded = load_for_eval(
+        source,
+        adapter,
+        cfg.model.chat_template,
+        dtype=cfg.model.dtype,
+        load_in_4bit=False if artifact else (cfg.model.load_in_4bit == "on" and not cfg.eval.merge_adapter),
+        trust_remote_code=cfg.model.trust_remote_code,
+        merge_adapter=cfg.eval.merge_adapter,
+    )
     template = loaded.template
     results = Results(label=label, model=loaded.identity(), inputs={}, environment=environment())
     if artifact:
@@ -159,8 +166,15 @@ def evaluate_model(
         encoded, report = encoded_test_split(run_dir, loaded.tokenizer, cfg)
         t = time.perf_counter()
         metric, items, inputs = perplexity.evaluate(
-            loaded.model, loaded.tokenizer, encoded, split="test", batch_tokens=cfg.eval.ppl_batch_tokens,
-            n_boot=cfg.eval.bootstrap_samples, alpha=cfg.report.alpha, progress=progress)
+            loaded.model,
+            loaded.tokenizer,
+            encoded,
+            split="test",
+            batch_tokens=cfg.eval.ppl_batch_tokens,
+            n_boot=cfg.eval.bootstrap_samples,
+            alpha=cfg.report.alpha,
+            progress=progress,
+        )
         results.add(metric, items)
         results.inputs.update(inputs)
         results.inputs["template_sha"] = report["template"]["sha"]
@@ -168,14 +182,20 @@ def evaluate_model(
 
     if cfg.eval.probe_files and cfg.eval.probe_sampling:
         t = time.perf_counter()
-        probes = run_probes(loaded, list(cfg.eval.probe_files), list(cfg.eval.probe_sampling),
-                            batch_size=cfg.eval.probe_batch_size, seed=cfg.eval.probe_seed, label=label,
-                            progress=progress, cache_implementation=cfg.eval.generation_cache)
+        probes = run_probes(
+            loaded,
+            list(cfg.eval.probe_files),
+            list(cfg.eval.probe_sampling),
+            batch_size=cfg.eval.probe_batch_size,
+            seed=cfg.eval.probe_seed,
+            label=label,
+            progress=progress,
+            cache_implementation=cfg.eval.generation_cache,
+        )
         results.merge(probes)
         results.timings["probes_s"] = round(time.perf_counter() - t, 2)
 
     if cfg.eval.lm_eval_tasks and dist.is_main():
-
         # under torchrun on GPUs the main process launches lm-eval data-parallel over the same GPUs, in a child
         # that loads its own copy: free ours first. One process runs lm-eval on the model it already holds.
         procs = dist.world_size() if distributed and torch.cuda.is_available() else 1
@@ -183,12 +203,23 @@ def evaluate_model(
             loaded = None
             _release_memory()
         t = time.perf_counter()
-        lm = run_lm_eval(source.path, str(adapter) if adapter else None, list(cfg.eval.lm_eval_tasks),
-                         cfg.eval.lm_eval_limit, cfg.eval.lm_eval_batch_size, cfg.eval.lm_eval_chat_template,
-                         dtype=cfg.model.dtype, label=label, template=template, num_processes=procs,
-                         source=cfg.eval.lm_eval_source, merge_adapter=cfg.eval.merge_adapter, loaded=loaded,
-                         generate_batch_size=cfg.eval.lm_eval_generate_batch_size,
-                         cache_implementation=cfg.eval.generation_cache)
+        lm = run_lm_eval(
+            source.path,
+            str(adapter) if adapter else None,
+            list(cfg.eval.lm_eval_tasks),
+            cfg.eval.lm_eval_limit,
+            cfg.eval.lm_eval_batch_size,
+            cfg.eval.lm_eval_chat_template,
+            dtype=cfg.model.dtype,
+            label=label,
+            template=template,
+            num_processes=procs,
+            source=cfg.eval.lm_eval_source,
+            merge_adapter=cfg.eval.merge_adapter,
+            loaded=loaded,
+            generate_batch_size=cfg.eval.lm_eval_generate_batch_size,
+            cache_implementation=cfg.eval.generation_cache,
+        )
         results.merge(lm)
         results.timings["lm_eval_s"] = round(time.perf_counter() - t, 2)
     loaded = None

@@ -72,8 +72,10 @@ def served_model_name(client: OpenAIClient) -> str:
     try:
         return str(data["data"][0]["id"])
     except (KeyError, IndexError, TypeError):
-        raise EndpointError(f"{client.root}/models answered without a model list (data[0].id); is it an "
-                            "OpenAI-compatible server? Name the model with --served-model if it lists none") from None
+        raise EndpointError(
+            f"{client.root}/models answered without a model list (data[0].id); is it an "
+            "OpenAI-compatible server? Name the model with --served-model if it lists none"
+        ) from None
 
 
 @dataclass
@@ -91,15 +93,21 @@ class EndpointModel:
     """Whether /v1/completions takes token-id prompts (None: not tried yet; llama-cpp-python's server does not)."""
 
     def identity(self) -> dict[str, Any]:
-        return {"runtime": RUNTIME, "base_url": self.client.root, "served_model": self.name,
-                "template": self.template}
+        return {"runtime": RUNTIME, "base_url": self.client.root, "served_model": self.name, "template": self.template}
 
     def body(self, messages: Messages, sampling: SamplingConfig, seed: int) -> dict[str, Any]:
         """A chat request with every sampling knob pinned (servers' defaults differ: top_k 40, min_p 0.05, ...)."""
-        return {"model": self.name, "messages": messages, "max_tokens": sampling.max_new_tokens,
-                "temperature": sampling.temperature, "top_p": 1.0 if sampling.top_p is None else sampling.top_p,
-                "min_p": 0.0 if sampling.min_p is None else sampling.min_p, "top_k": 0, "repeat_penalty": 1.0,
-                "seed": seed}
+        return {
+            "model": self.name,
+            "messages": messages,
+            "max_tokens": sampling.max_new_tokens,
+            "temperature": sampling.temperature,
+            "top_p": 1.0 if sampling.top_p is None else sampling.top_p,
+            "min_p": 0.0 if sampling.min_p is None else sampling.min_p,
+            "top_k": 0,
+            "repeat_penalty": 1.0,
+            "seed": seed,
+        }
 
     def generate(self, prompts: list[Messages], sampling: SamplingConfig, seed: int, **_: Any) -> Generation:
         """Answer every prompt, ``concurrency`` requests in flight; answer (i, s) is drawn with seed
@@ -115,8 +123,10 @@ class EndpointModel:
         t0 = time.perf_counter()
         bar = tqdm(total=len(jobs), desc=f"generate[{sampling.name}, endpoint]", disable=not self.progress)
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-            futures = {pool.submit(self.client.chat, self.body(prompts[i], sampling, batch_seed(seed, s, i)),
-                                   headers): (i, s) for i, s in jobs}
+            futures = {
+                pool.submit(self.client.chat, self.body(prompts[i], sampling, batch_seed(seed, s, i)), headers): (i, s)
+                for i, s in jobs
+            }
             try:
                 for fut in as_completed(futures):
                     i, s = futures[fut]
@@ -124,8 +134,9 @@ class EndpointModel:
                         text, usage = fut.result()
                     except EndpointError as e:
                         asked = prompts[i][-1]["content"]
-                        raise EndpointError(f"request for prompt {i + 1} of {len(prompts)} (sample {s}, "
-                                            f"{asked[:60]!r}) failed: {e}") from None
+                        raise EndpointError(
+                            f"request for prompt {i + 1} of {len(prompts)} (sample {s}, {asked[:60]!r}) failed: {e}"
+                        ) from None
                     out.samples[i][s] = text.strip()
                     out.token_counts[i][s] = int(usage.get("completion_tokens") or 0)
                     out.new_tokens += out.token_counts[i][s]
@@ -144,14 +155,15 @@ class EndpointModel:
         """(token text, text offset, log-prob) of every token of ``prompt`` (text, or token ids as the OpenAI API
         allows) as the server scores it, then of the one token it generates (``/v1/completions`` with echo); []
         when it returns none."""
-        body = {"model": self.name, "prompt": prompt, "max_tokens": 1, "temperature": 0.0, "echo": True,
-                "logprobs": 1}
+        body = {"model": self.name, "prompt": prompt, "max_tokens": 1, "temperature": 0.0, "echo": True, "logprobs": 1}
         data = self.client.request("/completions", body)
         try:
             choice = data["choices"][0]
         except (KeyError, IndexError, TypeError):
-            raise EndpointError(f"{self.client.root}/completions answered without choices[0]; is it an "
-                                "OpenAI-compatible completions server?") from None
+            raise EndpointError(
+                f"{self.client.root}/completions answered without choices[0]; is it an "
+                "OpenAI-compatible completions server?"
+            ) from None
         lp = choice.get("logprobs") if isinstance(choice, dict) else None
         lp = lp if isinstance(lp, dict) else {}
         values, tokens, offsets = lp.get("token_logprobs"), lp.get("tokens"), lp.get("text_offset")
@@ -162,8 +174,9 @@ class EndpointModel:
         return list(zip(tokens, offsets, values, strict=True))
 
 
-def align_echo(tok: Any, ids: list[int], entries: list[tuple[str | None, int | None, float | None]]
-               ) -> list[float | None] | str:
+def align_echo(
+    tok: Any, ids: list[int], entries: list[tuple[str | None, int | None, float | None]]
+) -> list[float | None] | str:
     """The server's log-prob of each of ``ids`` (None where it gave none), or why the echo does not line up.
 
     A server that scores every token returns len(ids) entries (+ the generated one) in order. llama-cpp-python
@@ -184,9 +197,11 @@ def align_echo(tok: Any, ids: list[int], entries: list[tuple[str | None, int | N
         elif not piece:  # a special token the server left out of the echo
             out.append(None)
         else:
-            return (f"its echo does not line up with the run's tokens at token {m} of {len(ids)} ({piece!r}; the "
-                    f"server has {e[0] if e else 'nothing'!r} there): it takes no token-id prompts, and its tokenizer "
-                    "makes other tokens of the text than the run's did")
+            return (
+                f"its echo does not line up with the run's tokens at token {m} of {len(ids)} ({piece!r}; the "
+                f"server has {e[0] if e else 'nothing'!r} there): it takes no token-id prompts, and its tokenizer "
+                "makes other tokens of the text than the run's did"
+            )
     return out
 
 
@@ -210,8 +225,14 @@ def prompt_logprobs(model: EndpointModel, ids: list[int], tok: Any) -> list[floa
     if entries is None:
         entries = model.echo_logprobs(tok.decode(ids, skip_special_tokens=False))
     if len(entries) <= 1:
-        return ("it returned log-probs for the generated token only, not the echoed prompt's (llama.cpp #27174's "
-                "behaviour)") if entries else "it returned no log-probs (logprobs with echo)"
+        return (
+            (
+                "it returned log-probs for the generated token only, not the echoed prompt's (llama.cpp #27174's "
+                "behaviour)"
+            )
+            if entries
+            else "it returned no log-probs (logprobs with echo)"
+        )
     return align_echo(tok, ids, entries)
 
 
@@ -251,9 +272,11 @@ def likelihood_check(model: EndpointModel, loaded: Any) -> dict[str, Any]:
     diffs = [abs(a - b) for a, b in pairs]
     check.update(mean_abs_diff=sum(diffs) / len(diffs), max_abs_diff=max(diffs))
     if check["mean_abs_diff"] > LOGPROB_TOLERANCE:
-        check["why"] = (f"its prompt log-probs differ from the in-process adapter's by {check['mean_abs_diff']:.3f} "
-                        f"nats per token on average (tolerance {LOGPROB_TOLERANCE}): mangled, shifted, or another "
-                        "model")
+        check["why"] = (
+            f"its prompt log-probs differ from the in-process adapter's by {check['mean_abs_diff']:.3f} "
+            f"nats per token on average (tolerance {LOGPROB_TOLERANCE}): mangled, shifted, or another "
+            "model"
+        )
         return check
     check.update(ok=True, why="")
     return check
@@ -274,13 +297,20 @@ def text_likelihood_check(model: EndpointModel, loaded: Any, chat_template: bool
 
     tok = loaded.tokenizer
     question, reply = CANARY[0]["content"], CANARY[-1]["content"]
-    context = (tok.apply_chat_template(CANARY[:-1], tokenize=False, add_generation_prompt=True) if chat_template
-               else f"Question: {question}\nAnswer: ")
+    context = (
+        tok.apply_chat_template(CANARY[:-1], tokenize=False, add_generation_prompt=True)
+        if chat_template
+        else f"Question: {question}\nAnswer: "
+    )
     stripped = context.rstrip()  # lm-eval's split: the context's trailing whitespace goes with the continuation
-    context, continuation = stripped, context[len(stripped):] + reply
+    context, continuation = stripped, context[len(stripped) :] + reply
     full = context + continuation
-    check: dict[str, Any] = {"ok": False, "tolerance": LOGPROB_TOLERANCE, "continuation": continuation,
-                             "chat_template": chat_template}
+    check: dict[str, Any] = {
+        "ok": False,
+        "tolerance": LOGPROB_TOLERANCE,
+        "continuation": continuation,
+        "chat_template": chat_template,
+    }
     body = {"model": model.name, "prompt": full, "max_tokens": 1, "temperature": 0.0, "echo": True, "logprobs": 1}
     try:
         served, _, _ = continuation_score(model.client.request("/completions", body), continuation)
@@ -293,19 +323,22 @@ def text_likelihood_check(model: EndpointModel, loaded: Any, chat_template: bool
     if ids[: len(ctx_ids)] != ctx_ids or len(ids) == len(ctx_ids) or not ctx_ids:
         check["why"] = "the run's tokenizer merges the canary's prompt and reply across their boundary"
         return check
-    ours = sum(adapter_token_logprobs(loaded, ids)[len(ctx_ids) - 1:])
+    ours = sum(adapter_token_logprobs(loaded, ids)[len(ctx_ids) - 1 :])
     n = len(ids) - len(ctx_ids)
     check.update(served_logprob=served, adapter_logprob=ours, tokens=n, mean_abs_diff=abs(served - ours) / n)
     if check["mean_abs_diff"] > LOGPROB_TOLERANCE:
-        check["why"] = (f"its log-prob of the canary's reply differs from the in-process adapter's by "
-                        f"{check['mean_abs_diff']:.3f} nats per token (tolerance {LOGPROB_TOLERANCE})")
+        check["why"] = (
+            f"its log-prob of the canary's reply differs from the in-process adapter's by "
+            f"{check['mean_abs_diff']:.3f} nats per token (tolerance {LOGPROB_TOLERANCE})"
+        )
         return check
     check.update(ok=True, why="")
     return check
 
 
-def endpoint_perplexity(model: EndpointModel, encoded: list[Encoded], tok: Any, cfg: RunConfig,
-                        split: str = "test") -> tuple[Any, list[dict[str, Any]], dict[str, Any]] | str:
+def endpoint_perplexity(
+    model: EndpointModel, encoded: list[Encoded], tok: Any, cfg: RunConfig, split: str = "test"
+) -> tuple[Any, list[dict[str, Any]], dict[str, Any]] | str:
     """``perplexity/<split>`` from the server's echoed log-probs on the run's token ids, or why it cannot be had."""
     items, t0 = [], time.perf_counter()
     for e in tqdm(encoded, desc=f"perplexity/{split}[endpoint]", disable=not model.progress):
@@ -318,24 +351,49 @@ def endpoint_perplexity(model: EndpointModel, encoded: list[Encoded], tok: Any, 
             return f"conversation {e.id}: it left out the log-probs of {len(missing)} scored tokens"
         nll = -sum(float(served[t + 1]) for t in pos)
         items.append({"id": e.id, "num": nll, "den": len(pos)})
-    return perplexity_from_items(items, encoded, split, cfg.eval.bootstrap_samples, cfg.report.alpha,
-                                 seconds=time.perf_counter() - t0, runtime=RUNTIME)
+    return perplexity_from_items(
+        items,
+        encoded,
+        split,
+        cfg.eval.bootstrap_samples,
+        cfg.report.alpha,
+        seconds=time.perf_counter() - t0,
+        runtime=RUNTIME,
+    )
 
 
 def endpoint_lm_eval(model: EndpointModel, cfg: RunConfig, tok: Any, label: str) -> Results:
     """The run's lm-eval tasks through the server's /v1/completions (``evals.lm_eval_text``)."""
     from tunebench.evals.lm_eval_runner import run_lm_eval_text
 
-    return run_lm_eval_text(lambda body: model.client.request("/completions", body), model.name,
-                            list(cfg.eval.lm_eval_tasks), cfg.eval.lm_eval_limit, cfg.eval.lm_eval_chat_template,
-                            label, model.identity(), tok, model.template or "", cfg.eval.lm_eval_source,
-                            model.concurrency, RUNTIME)
+    return run_lm_eval_text(
+        lambda body: model.client.request("/completions", body),
+        model.name,
+        list(cfg.eval.lm_eval_tasks),
+        cfg.eval.lm_eval_limit,
+        cfg.eval.lm_eval_chat_template,
+        label,
+        model.identity(),
+        tok,
+        model.template or "",
+        cfg.eval.lm_eval_source,
+        model.concurrency,
+        RUNTIME,
+    )
 
 
-def evaluate_endpoint(cfg: RunConfig, run_dir: str | Path, url: str, label: str = "served",
-                      out_path: str | Path | None = None, served_model: str | None = None,
-                      api_key_env: str | None = None, concurrency: int = 8, timeout_s: float = 300.0,
-                      progress: bool = True) -> Results:
+def evaluate_endpoint(
+    cfg: RunConfig,
+    run_dir: str | Path,
+    url: str,
+    label: str = "served",
+    out_path: str | Path | None = None,
+    served_model: str | None = None,
+    api_key_env: str | None = None,
+    concurrency: int = 8,
+    timeout_s: float = 300.0,
+    progress: bool = True,
+) -> Results:
     """Score the model behind ``url`` on the run's inputs; writes results.json atomically at the end.
 
     Raises:
@@ -348,19 +406,38 @@ def evaluate_endpoint(cfg: RunConfig, run_dir: str | Path, url: str, label: str 
     from tunebench.models.loading import resolve_model
 
     run_dir, t0 = Path(run_dir), time.perf_counter()
-    client = OpenAIClient(api_root(url), api_key_env, timeout_s, retries=2, role="served endpoint",
-                          setting="--endpoint", error=EndpointError, key_setting="--api-key-env")
+    client = OpenAIClient(
+        api_root(url),
+        api_key_env,
+        timeout_s,
+        retries=2,
+        role="served endpoint",
+        setting="--endpoint",
+        error=EndpointError,
+        key_setting="--api-key-env",
+    )
     adapter = run_dir / "adapter"
     manifest = adapter_manifest(adapter)
-    model = EndpointModel(client, served_model or served_model_name(client),
-                          manifest.get("template", {}).get("name", cfg.model.chat_template), concurrency, progress)
+    model = EndpointModel(
+        client,
+        served_model or served_model_name(client),
+        manifest.get("template", {}).get("name", cfg.model.chat_template),
+        concurrency,
+        progress,
+    )
     results = Results(label=label, model=model.identity(), inputs={}, environment=environment())
     loaded = None
     if cfg.eval.perplexity or cfg.eval.lm_eval_tasks:  # the in-process adapter the checks compare against
         base = manifest.get("model", {})
-        loaded = load_for_eval(resolve_model(base.get("ref") or cfg.model.ref, base.get("revision")), adapter,
-                               cfg.model.chat_template, dtype=cfg.model.dtype, load_in_4bit=False,
-                               trust_remote_code=cfg.model.trust_remote_code, merge_adapter=cfg.eval.merge_adapter)
+        loaded = load_for_eval(
+            resolve_model(base.get("ref") or cfg.model.ref, base.get("revision")),
+            adapter,
+            cfg.model.chat_template,
+            dtype=cfg.model.dtype,
+            load_in_4bit=False,
+            trust_remote_code=cfg.model.trust_remote_code,
+            merge_adapter=cfg.eval.merge_adapter,
+        )
     if cfg.eval.perplexity:  # the check, then perplexity, against the adapter on the run's own tokens
         check = likelihood_check(model, loaded)
         results.artifacts["likelihood_check"] = check

@@ -33,13 +33,20 @@ def require_no_test(prepared: PreparedData, where: str) -> None:
         TestSplitRefused: naming ``where``.
     """
     if prepared.encoded.get("test") or prepared.conversations.get("test"):
-        raise TestSplitRefused(f"{where} holds test-split conversations; a sweep selects on the validation split "
-                               "only and its data must not carry the test split (prepare it again with `tunebench "
-                               "sweep`)")
+        raise TestSplitRefused(
+            f"{where} holds test-split conversations; a sweep selects on the validation split "
+            "only and its data must not carry the test split (prepare it again with `tunebench "
+            "sweep`)"
+        )
 
 
-def score_validation(cfg: RunConfig, prepared: PreparedData, adapter: str | Path | None,
-                     split: str = OBJECTIVE_SPLIT, progress: bool = True) -> tuple[Metric, list[dict[str, Any]]]:
+def score_validation(
+    cfg: RunConfig,
+    prepared: PreparedData,
+    adapter: str | Path | None,
+    split: str = OBJECTIVE_SPLIT,
+    progress: bool = True,
+) -> tuple[Metric, list[dict[str, Any]]]:
     """Perplexity of base + ``adapter`` on the prepared validation split, with one record per conversation.
 
     The model is loaded as `tunebench eval` loads it (merged by default, transformers without Unsloth's patches),
@@ -54,24 +61,48 @@ def score_validation(cfg: RunConfig, prepared: PreparedData, adapter: str | Path
         DataError: an empty validation split, or tokens that differ from the data step's.
     """
     if split != OBJECTIVE_SPLIT:
-        raise TestSplitRefused(f"the sweep's objective reads the {OBJECTIVE_SPLIT} split only, not {split!r}: the "
-                               "test split is kept for the chosen configuration's one confirmation run")
+        raise TestSplitRefused(
+            f"the sweep's objective reads the {OBJECTIVE_SPLIT} split only, not {split!r}: the "
+            "test split is kept for the chosen configuration's one confirmation run"
+        )
     require_no_test(prepared, "the sweep's prepared data")
     convs = prepared.conversations.get(OBJECTIVE_SPLIT) or []
     if not convs:
-        raise DataError("the validation split is empty: the sweep has nothing to select on; raise "
-                        "data.max_validation or data.validation_fraction")
-    loaded = load_for_eval(resolve_model(cfg.model.ref, cfg.model.revision), adapter, cfg.model.chat_template,
-                           dtype=cfg.model.dtype,
-                           load_in_4bit=cfg.model.load_in_4bit == "on" and not cfg.eval.merge_adapter,
-                           trust_remote_code=cfg.model.trust_remote_code, merge_adapter=cfg.eval.merge_adapter)
-    encoded, _ = encode_split(loaded.tokenizer, convs, prepared.template.end_of_turn, cfg.data.max_length,
-                              cfg.data.truncation, desc=f"encode {OBJECTIVE_SPLIT}")
+        raise DataError(
+            "the validation split is empty: the sweep has nothing to select on; raise "
+            "data.max_validation or data.validation_fraction"
+        )
+    loaded = load_for_eval(
+        resolve_model(cfg.model.ref, cfg.model.revision),
+        adapter,
+        cfg.model.chat_template,
+        dtype=cfg.model.dtype,
+        load_in_4bit=cfg.model.load_in_4bit == "on" and not cfg.eval.merge_adapter,
+        trust_remote_code=cfg.model.trust_remote_code,
+        merge_adapter=cfg.eval.merge_adapter,
+    )
+    encoded, _ = encode_split(
+        loaded.tokenizer,
+        convs,
+        prepared.template.end_of_turn,
+        cfg.data.max_length,
+        cfg.data.truncation,
+        desc=f"encode {OBJECTIVE_SPLIT}",
+    )
     want = prepared.report["splits"][OBJECTIVE_SPLIT]["fingerprint"]
     if tokens_fingerprint(encoded) != want:
-        raise DataError(f"the validation split encodes to other tokens than the sweep's data step recorded "
-                        f"({tokens_fingerprint(encoded)} != {want}): the tokenizer or chat template changed")
-    metric, items, _ = perplexity.evaluate(loaded.model, loaded.tokenizer, encoded, split=OBJECTIVE_SPLIT,
-                                           batch_tokens=cfg.eval.ppl_batch_tokens, n_boot=cfg.eval.bootstrap_samples,
-                                           alpha=cfg.report.alpha, progress=progress)
+        raise DataError(
+            f"the validation split encodes to other tokens than the sweep's data step recorded "
+            f"({tokens_fingerprint(encoded)} != {want}): the tokenizer or chat template changed"
+        )
+    metric, items, _ = perplexity.evaluate(
+        loaded.model,
+        loaded.tokenizer,
+        encoded,
+        split=OBJECTIVE_SPLIT,
+        batch_tokens=cfg.eval.ppl_batch_tokens,
+        n_boot=cfg.eval.bootstrap_samples,
+        alpha=cfg.report.alpha,
+        progress=progress,
+    )
     return metric, items

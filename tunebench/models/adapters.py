@@ -71,8 +71,15 @@ def check_adapter(adapter: str | Path, source: ModelSource) -> str:
 _PACKAGING = re.compile(r"([-_.](unsloth|bnb|4bit|8bit|gguf|awq|gptq|fp16|bf16|f16|f32|q\d(_[0-9a-z]+)*))+$")
 _HF_CACHE = re.compile(r"models--([^/]+)--([^/]+)(/snapshots/[^/]+)?/?$")
 _GGUF_CACHE = re.compile(r"gguf/([0-9a-f]{24})/?$")
-_SHAPE_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-               "intermediate_size", "vocab_size")
+_SHAPE_KEYS = (
+    "model_type",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "intermediate_size",
+    "vocab_size",
+)
 
 
 def model_name(ref: str) -> str:
@@ -144,8 +151,9 @@ def check_named_base(adapter: str | Path, source: ModelSource) -> None:
         _refuse(adapter, base, source, ", ".join(f"{k} {theirs[k]} vs {ours[k]}" for k in diff))
     if source.kind in ("hub", "packaged") or m:
         _refuse(adapter, base, source, f"model {model_name(base)!r} vs {' / '.join(sorted(_source_names(source)))}")
-    log.warning("adapter %s names base %r; cannot tell whether %s is the same model (loading it)", adapter, base,
-                source.ref)
+    log.warning(
+        "adapter %s names base %r; cannot tell whether %s is the same model (loading it)", adapter, base, source.ref
+    )
 
 
 def _adapter_config(adapter: str | Path) -> dict[str, Any]:

@@ -29,14 +29,27 @@ log = logging.getLogger(__name__)
 BASE_TOKENS = 128_000
 VOCAB_SIZE = 128_256
 # Llama 3's pre-tokenizer split (llama_models/llama3/tokenizer.py ``pat_str``).
-PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
-           r"\s*[\r\n]+|\s+(?!\S)|\s+")
+PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
+    r"\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 # ids 128000-128011 as the Llama 3.1/3.2 tokenizer.json on the hub names them; every other id up to 128255 is
 # <|reserved_special_token_N|>, numbered on from 4. (llama-models 0.3.0 names 128005 <|step_id|> and 128011
 # <|image|>: the hub's 3.1/3.2 text tokenizers call them reserved 2 and 3, and so do we.)
-NAMED = ["<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>", "<|reserved_special_token_1|>",
-         "<|finetune_right_pad_id|>", "<|reserved_special_token_2|>", "<|start_header_id|>", "<|end_header_id|>",
-         "<|eom_id|>", "<|eot_id|>", "<|python_tag|>", "<|reserved_special_token_3|>"]
+NAMED = [
+    "<|begin_of_text|>",
+    "<|end_of_text|>",
+    "<|reserved_special_token_0|>",
+    "<|reserved_special_token_1|>",
+    "<|finetune_right_pad_id|>",
+    "<|reserved_special_token_2|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|eom_id|>",
+    "<|eot_id|>",
+    "<|python_tag|>",
+    "<|reserved_special_token_3|>",
+]
 INSTALL_HINT = "pip install llama-models==0.3.0 --no-deps tiktoken (or pass a tokenizer folder written by export)"
 
 
@@ -77,23 +90,35 @@ def convert(model_file: str | Path | None = None) -> Any:
 
     path = Path(model_file) if model_file is not None else tokenizer_model_file()
     try:
-        backend = TikTokenConverter(vocab_file=str(path), pattern=PATTERN,
-                                    extra_special_tokens=special_tokens()).converted()
+        backend = TikTokenConverter(
+            vocab_file=str(path), pattern=PATTERN, extra_special_tokens=special_tokens()
+        ).converted()
     except (OSError, ValueError) as e:
         raise ModelError(f"{path}: cannot read it as a tiktoken BPE file ({e}); {INSTALL_HINT}") from None
     if backend.get_vocab_size(with_added_tokens=True) != VOCAB_SIZE:
-        raise ModelError(f"{path}: {backend.get_vocab_size(with_added_tokens=True)} tokens after conversion, "
-                         f"expected {VOCAB_SIZE:,} (128,000 ranks + 256 special); is it the Llama 3 file?")
+        raise ModelError(
+            f"{path}: {backend.get_vocab_size(with_added_tokens=True)} tokens after conversion, "
+            f"expected {VOCAB_SIZE:,} (128,000 ranks + 256 special); is it the Llama 3 file?"
+        )
     bos = "<|begin_of_text|>"
     # as the hub's Llama 3 tokenizer.json: byte-level offsets, then BOS before every sequence
-    backend.post_processor = processors.Sequence([
-        processors.ByteLevel(trim_offsets=False),
-        processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
-                                      special_tokens=[(bos, BASE_TOKENS)]),
-    ])
-    tok = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=bos, eos_token="<|eot_id|>",
-                                  pad_token="<|finetune_right_pad_id|>", clean_up_tokenization_spaces=False,
-                                  model_max_length=131072, model_input_names=["input_ids", "attention_mask"])
+    backend.post_processor = processors.Sequence(
+        [
+            processors.ByteLevel(trim_offsets=False),
+            processors.TemplateProcessing(
+                single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, BASE_TOKENS)]
+            ),
+        ]
+    )
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token=bos,
+        eos_token="<|eot_id|>",
+        pad_token="<|finetune_right_pad_id|>",
+        clean_up_tokenization_spaces=False,
+        model_max_length=131072,
+        model_input_names=["input_ids", "attention_mask"],
+    )
     tok.chat_template = template_text("llama-3.1")
     return tok
 
@@ -133,7 +158,9 @@ def llama3_tokenizer(model_file: str | Path | None = None, root: str | Path | No
     """The converted Llama 3 tokenizer (see ``convert``), loaded from the cache folder."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(llama3_tokenizer_dir(model_file, root)), clean_up_tokenization_spaces=False)
+    return AutoTokenizer.from_pretrained(
+        str(llama3_tokenizer_dir(model_file, root)), clean_up_tokenization_spaces=False
+    )
 
 
 def is_llama3_tokenizer(tok: Any) -> bool:

@@ -94,8 +94,7 @@ def resolve_model(ref: str | Path, revision: str | None = None) -> ModelSource:
     if _looks_like_hub_id(ref):
         return ModelSource(ref=ref, kind="hub", path=ref, identity=f"hub:{ref}@{revision or 'main'}", revision=revision)
     raise ModelError(
-        f"model.ref {ref!r} is not a folder, a .gguf file, a hub id (org/name) or one of "
-        f"{', '.join(PACKAGED_MODELS)}"
+        f"model.ref {ref!r} is not a folder, a .gguf file, a hub id (org/name) or one of {', '.join(PACKAGED_MODELS)}"
     )
 
 
@@ -226,9 +225,7 @@ def load_config_of(source: ModelSource, trust_remote_code: bool = False) -> Any:
     from transformers import AutoConfig  # heavy: transformers, imported when needed
 
     try:
-        return AutoConfig.from_pretrained(
-            source.path, revision=source.revision, trust_remote_code=trust_remote_code
-        )
+        return AutoConfig.from_pretrained(source.path, revision=source.revision, trust_remote_code=trust_remote_code)
     except OSError as e:
         if source.kind == "hub":
             raise hub_error(source.ref, e) from None
@@ -244,9 +241,7 @@ def load_tokenizer(source: ModelSource, template_choice: str = "auto", trust_rem
     from transformers import AutoTokenizer  # heavy: transformers, imported when needed
 
     try:
-        tok = AutoTokenizer.from_pretrained(
-            source.path, revision=source.revision, trust_remote_code=trust_remote_code
-        )
+        tok = AutoTokenizer.from_pretrained(source.path, revision=source.revision, trust_remote_code=trust_remote_code)
     except OSError as e:
         if source.kind == "hub":
             raise hub_error(source.ref, e) from None
@@ -280,8 +275,9 @@ def template_sha(tok: Any) -> str:
     return fingerprint(tok.chat_template or "")
 
 
-def load_causal_lm(source: ModelSource, dtype: Any, load_in_4bit: bool, device: str,
-                   trust_remote_code: bool = False) -> Any:
+def load_causal_lm(
+    source: ModelSource, dtype: Any, load_in_4bit: bool, device: str, trust_remote_code: bool = False
+) -> Any:
     """Base weights for training or evaluation: bitsandbytes nf4 (double quant) on ``device`` when asked.
 
     Raises:
@@ -296,7 +292,9 @@ def load_causal_lm(source: ModelSource, dtype: Any, load_in_4bit: bool, device: 
         from transformers import BitsAndBytesConfig  # heavy: transformers, imported when needed
 
         kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype,
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_compute_dtype=dtype,
             bnb_4bit_use_double_quant=True,
         )
         kwargs["device_map"] = {"": device}

@@ -42,10 +42,17 @@ Today Date: 26 July 2024
 SENTINELS: list[Messages] = [
     [{"role": "user", "content": "Hi there"}],
     [{"role": "system", "content": "You answer in French."}, {"role": "user", "content": "What is 2+2?"}],
-    [{"role": "user", "content": "Name a prime."}, {"role": "assistant", "content": "Seven."},
-     {"role": "user", "content": "Another one?"}],
-    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Ünïcødé ✓ 日本語 — emoji 🙂?"},
-     {"role": "assistant", "content": "Oui: ½ ≠ ⅓."}, {"role": "user", "content": "Merci 🙏"}],
+    [
+        {"role": "user", "content": "Name a prime."},
+        {"role": "assistant", "content": "Seven."},
+        {"role": "user", "content": "Another one?"},
+    ],
+    [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Ünïcødé ✓ 日本語 — emoji 🙂?"},
+        {"role": "assistant", "content": "Oui: ½ ≠ ⅓."},
+        {"role": "user", "content": "Merci 🙏"},
+    ],
 ]
 
 
@@ -85,8 +92,9 @@ def llama31() -> GoTemplate:
         out += "".join(f"<|start_header_id|>{m['role']}<|end_header_id|>\n\n{m['content']}<|eot_id|>" for m in rest)
         return out + "<|start_header_id|>assistant<|end_header_id|>\n\n"
 
-    return GoTemplate("llama-3.1", LLAMA31_GO, None,
-                      ["<|eot_id|>", "<|start_header_id|>", "<|end_header_id|>", "<|eom_id|>"], render)
+    return GoTemplate(
+        "llama-3.1", LLAMA31_GO, None, ["<|eot_id|>", "<|start_header_id|>", "<|end_header_id|>", "<|eom_id|>"], render
+    )
 
 
 def jinja_render(tok: Any, messages: Messages) -> str:
@@ -94,14 +102,14 @@ def jinja_render(tok: Any, messages: Messages) -> str:
     text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     bos = getattr(tok, "bos_token", None)
     emits_bos = "bos_token" in (tok.chat_template or "")
-    return text[len(bos):] if emits_bos and bos and text.startswith(bos) else text
+    return text[len(bos) :] if emits_bos and bos and text.startswith(bos) else text
 
 
 def _default_chatml_system(tok: Any) -> str | None:
     text = jinja_render(tok, SENTINELS[0])
     head = "<|im_start|>system\n"
     if text.startswith(head) and "<|im_end|>" in text:
-        return text[len(head):text.index("<|im_end|>")]
+        return text[len(head) : text.index("<|im_end|>")]
     return None
 
 
@@ -121,8 +129,11 @@ def match_template(tok: Any) -> GoTemplate | None:
 
 def modelfile_text(gguf_name: str, tok: Any, go: GoTemplate | None, note: str = "") -> str:
     """The Modelfile beside ``gguf_name`` (a relative FROM, so the folder can move)."""
-    lines = ["# Ollama Modelfile written by `tunebench export --gguf`" + (f" ({note})" if note else ""),
-             f"# use: ollama create NAME -f {gguf_name.rsplit('.', 1)[0]}.Modelfile", f"FROM ./{gguf_name}"]
+    lines = [
+        "# Ollama Modelfile written by `tunebench export --gguf`" + (f" ({note})" if note else ""),
+        f"# use: ollama create NAME -f {gguf_name.rsplit('.', 1)[0]}.Modelfile",
+        f"FROM ./{gguf_name}",
+    ]
     stops: list[str] = []
     if go is not None:
         lines.append(f'TEMPLATE """{go.template}"""')
@@ -130,8 +141,10 @@ def modelfile_text(gguf_name: str, tok: Any, go: GoTemplate | None, note: str = 
             lines.append(f'SYSTEM """{go.system}"""')
         stops = list(go.stops)
     else:
-        lines.append("# no TEMPLATE: the chat template is of no family tunebench translates to Go; "
-                     "Ollama falls back to the GGUF's tokenizer.chat_template")
+        lines.append(
+            "# no TEMPLATE: the chat template is of no family tunebench translates to Go; "
+            "Ollama falls back to the GGUF's tokenizer.chat_template"
+        )
     eos = getattr(tok, "eos_token", None)
     if eos and eos not in stops:
         stops.append(eos)

@@ -144,14 +144,21 @@ class MetricComparison:
         # quality -> gate -> this module: imported at module level, the three would import in a cycle
         from tunebench.reports import quality
 
-        quality.assert_rule_on_row(self, "assert_not_regressed",
-                                   **{"max_regression_rel" if rel else "max_regression": max_regression})
+        quality.assert_rule_on_row(
+            self, "assert_not_regressed", **{"max_regression_rel" if rel else "max_regression": max_regression}
+        )
         return self
 
     def assert_value(self, op: str, x: float, side: str = "tuned") -> MetricComparison:
         """Fail unless ``<side value> <op> x`` (side: tuned | base | delta; op: < <= > >= == !=)."""
-        ops = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge,
-               "==": operator.eq, "!=": operator.ne}
+        ops = {
+            "<": operator.lt,
+            "<=": operator.le,
+            ">": operator.gt,
+            ">=": operator.ge,
+            "==": operator.eq,
+            "!=": operator.ne,
+        }
         if op not in ops:
             raise ValueError(f"unknown operator {op!r}; use one of {', '.join(ops)}")
         if side not in ("tuned", "base", "delta"):
@@ -213,8 +220,9 @@ def compare_metric(
         try:
             ids, b_num, b_den, t_num, t_den = stats.pair_items(b_items, t_items)
             clusters = _cluster_keys(ids)
-            pr = stats.paired_bootstrap(b_items, t_items, bm.aggregate, n_boot, alpha, _sub_seed(seed, name),
-                                        clusters=clusters)
+            pr = stats.paired_bootstrap(
+                b_items, t_items, bm.aggregate, n_boot, alpha, _sub_seed(seed, name), clusters=clusters
+            )
         except ValueError as e:
             raise ComparisonError(f"{name}: {e}") from None
         low, high, p, n, method = _finite(pr.low), _finite(pr.high), pr.p_value, pr.n, pr.method
@@ -228,8 +236,10 @@ def compare_metric(
             details["discordant"] = {"base_only": b, "tuned_only": c}
             if not clusters:  # one pass/fail per item: a score interval, honest also at small n
                 low, high = stats.paired_proportion_interval(b_num, t_num, alpha)
-                method = (f"McNemar exact test on {n} paired items (b={b}, c={c}); "
-                          "interval: Newcombe paired score (method 10)")
+                method = (
+                    f"McNemar exact test on {n} paired items (b={b}, c={c}); "
+                    "interval: Newcombe paired score (method 10)"
+                )
             else:
                 method = f"McNemar exact test on {n} paired items (b={b}, c={c}); interval: {method}"
     else:
@@ -293,13 +303,34 @@ def judged_row(m: Metric, alpha: float = 0.05) -> MetricComparison:
     p = _finite(d.get("p_value")) if valid and d.get("p_value") is not None else None
     significant = p is not None and p < alpha and low is not None and (low > 0 or high < 0)
     verdict = (IMPROVED if delta and delta > 0 else REGRESSED) if significant else UNCHANGED if valid else INVALID
-    method = (f"pairwise judge, both orders; {m.ci_method}" if valid else
-              f"judge metric invalid: {d.get('invalid_reason') or 'no interval'}")
+    method = (
+        f"pairwise judge, both orders; {m.ci_method}"
+        if valid
+        else f"judge metric invalid: {d.get('invalid_reason') or 'no interval'}"
+    )
     return MetricComparison(
-        metric=m.name, group="judge", unit=m.unit, higher_is_better=True, aggregate="mean", base=0.5,
-        tuned=value, delta=delta, rel_delta=None, ci_low=low, ci_high=high, p_value=p, significant=significant,
-        verdict=verdict, n=m.n, method=method, alpha=alpha, n_base=m.n, n_tuned=m.n,
-        tuned_ci=_metric_ci(m), headline=d.get("headline", True) is not False, details=dict(d),
+        metric=m.name,
+        group="judge",
+        unit=m.unit,
+        higher_is_better=True,
+        aggregate="mean",
+        base=0.5,
+        tuned=value,
+        delta=delta,
+        rel_delta=None,
+        ci_low=low,
+        ci_high=high,
+        p_value=p,
+        significant=significant,
+        verdict=verdict,
+        n=m.n,
+        method=method,
+        alpha=alpha,
+        n_base=m.n,
+        n_tuned=m.n,
+        tuned_ci=_metric_ci(m),
+        headline=d.get("headline", True) is not False,
+        details=dict(d),
         mde=_finite(d["mde"]) if valid and d.get("mde") is not None else None,
     )
 
@@ -439,8 +470,9 @@ class Comparison:
         return _clean(asdict(self))
 
     @classmethod
-    def from_dict(cls, data: Any, where: str = "comparison", fix: str = "recompute it with `tunebench report RUN`"
-                  ) -> Comparison:
+    def from_dict(
+        cls, data: Any, where: str = "comparison", fix: str = "recompute it with `tunebench report RUN`"
+    ) -> Comparison:
         """A Comparison from its JSON form (comparison.json), every field checked against its type.
 
         Raises:
@@ -475,8 +507,15 @@ def _clean(obj: Any) -> Any:
     return obj
 
 
-def compare(base: Results, tuned: Results, alpha: float = 0.05, n_boot: int = 2000, seed: int = 0,
-            same_base: bool = True, judged: Results | None = None) -> Comparison:
+def compare(
+    base: Results,
+    tuned: Results,
+    alpha: float = 0.05,
+    n_boot: int = 2000,
+    seed: int = 0,
+    same_base: bool = True,
+    judged: Results | None = None,
+) -> Comparison:
     """Compare every metric present in both results (pure: reads nothing, writes nothing).
 
     Args:
@@ -497,8 +536,10 @@ def compare(base: Results, tuned: Results, alpha: float = 0.05, n_boot: int = 20
     if not 0 < alpha < 0.5:
         raise ComparisonError(f"alpha must be in (0, 0.5) (got {alpha}; report.alpha)")
     if 2 / (n_boot + 1) >= alpha:  # the smallest bootstrap p-value is 2 / (n_boot + 1)
-        raise ComparisonError(f"n_boot={n_boot} can never give p < alpha={alpha}; use at least {math.ceil(2 / alpha)} "
-                         "resamples (eval.bootstrap_samples; 2000 is the default)")
+        raise ComparisonError(
+            f"n_boot={n_boot} can never give p < alpha={alpha}; use at least {math.ceil(2 / alpha)} "
+            "resamples (eval.bootstrap_samples; 2000 is the default)"
+        )
     inputs = check_same_inputs(base, tuned, same_base)
     t_by_name = {m.name: m for m in tuned.metrics}
     rows = []
@@ -549,13 +590,26 @@ class Leaderboard:
         for name in self.metrics:
             per = {a: next((r for r in c.rows if r.metric == name), None) for a, c in self.comparisons.items()}
             first = next((r for r in per.values() if r is not None), None)
-            out.append({"metric": name, "base": first.base if first else None,
-                        "higher_is_better": first.higher_is_better if first else None, "adapters": per})
+            out.append(
+                {
+                    "metric": name,
+                    "base": first.base if first else None,
+                    "higher_is_better": first.higher_is_better if first else None,
+                    "adapters": per,
+                }
+            )
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        return _clean({"schema": self.schema, "base_label": self.base_label, "alpha": self.alpha,
-                       "metrics": self.metrics, "comparisons": {k: c.to_dict() for k, c in self.comparisons.items()}})
+        return _clean(
+            {
+                "schema": self.schema,
+                "base_label": self.base_label,
+                "alpha": self.alpha,
+                "metrics": self.metrics,
+                "comparisons": {k: c.to_dict() for k, c in self.comparisons.items()},
+            }
+        )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Leaderboard:
@@ -666,8 +720,9 @@ class ServedParity:
     why: str = ""
 
 
-def served_against_artifacts(results: dict[str, Results], alpha: float = 0.05, n_boot: int = 2000,
-                             seed: int = 0) -> list[ServedParity]:
+def served_against_artifacts(
+    results: dict[str, Results], alpha: float = 0.05, n_boot: int = 2000, seed: int = 0
+) -> list[ServedParity]:
     """Each served endpoint's results (label ``served*``) against in-process llama.cpp on the same GGUF, where the
     run has scored it: the "served = evaluated" check, answers and paired metrics."""
     out = []
@@ -676,7 +731,11 @@ def served_against_artifacts(results: dict[str, Results], alpha: float = 0.05, n
             continue
         name = Path(str(served.model.get("served_model", ""))).name
         for key, res in results.items():
-            if key.startswith(SERVED_PREFIX) or res.model.get("runtime") != "llama.cpp" or res.model.get("gguf") != name:
+            if (
+                key.startswith(SERVED_PREFIX)
+                or res.model.get("runtime") != "llama.cpp"
+                or res.model.get("gguf") != name
+            ):
                 continue
             try:
                 comp, why = compare(res, served, alpha, n_boot, seed, same_base=False), ""
@@ -686,8 +745,9 @@ def served_against_artifacts(results: dict[str, Results], alpha: float = 0.05, n
     return out
 
 
-def compare_artifacts(tuned: Results, artifacts: dict[str, Results], alpha: float = 0.05, n_boot: int = 2000,
-                      seed: int = 0) -> dict[str, Comparison]:
+def compare_artifacts(
+    tuned: Results, artifacts: dict[str, Results], alpha: float = 0.05, n_boot: int = 2000, seed: int = 0
+) -> dict[str, Comparison]:
     """Each exported artifact against the adapter it was exported from, paired item by item.
 
     Rows read ``base`` = the adapter, ``tuned`` = the artifact, delta = artifact - adapter.
@@ -735,8 +795,10 @@ def run_settings(run_dir: str | Path) -> dict[str, Any]:
         try:
             cfg = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except (UnicodeDecodeError, yaml.YAMLError, RecursionError) as e:
-            raise RunFileError(f"{path}: not a readable YAML config ({str(e).splitlines()[0]}); restore it from "
-                               "config.asked.yaml or re-run `tunebench run`") from None
+            raise RunFileError(
+                f"{path}: not a readable YAML config ({str(e).splitlines()[0]}); restore it from "
+                "config.asked.yaml or re-run `tunebench run`"
+            ) from None
     cfg = cfg if isinstance(cfg, dict) else {}
     section = lambda k: cfg.get(k) if isinstance(cfg.get(k), dict) else {}  # noqa: E731
     settings = {
@@ -745,19 +807,25 @@ def run_settings(run_dir: str | Path) -> dict[str, Any]:
         "n_boot": section("eval").get("bootstrap_samples") or 2000,
         "gate_rules": section("gate").get("rules"),
     }
-    for key, field_name, kind in (("alpha", "report.alpha", (int, float)), ("n_boot", "eval.bootstrap_samples", (int,)),
-                                  ("gate_rules", "gate.rules", (str, type(None)))):
+    for key, field_name, kind in (
+        ("alpha", "report.alpha", (int, float)),
+        ("n_boot", "eval.bootstrap_samples", (int,)),
+        ("gate_rules", "gate.rules", (str, type(None))),
+    ):
         if type(settings[key]) not in kind:
-            raise RunFileError(f"{path}: {field_name} is {settings[key]!r}, not a {kind[0].__name__}; fix the value "
-                               "or re-run `tunebench run`")
+            raise RunFileError(
+                f"{path}: {field_name} is {settings[key]!r}, not a {kind[0].__name__}; fix the value "
+                "or re-run `tunebench run`"
+            )
     return settings
 
 
 def compare_run(run_dir: str | Path, seed: int = 0) -> Comparison:
     """Load a run folder's results and compare them with the run's own alpha and bootstrap size."""
     res, settings = load_run_results(run_dir), run_settings(run_dir)
-    return compare(res["base"], res["tuned"], settings["alpha"], settings["n_boot"], seed,
-                   judged=load_judge_results(run_dir))
+    return compare(
+        res["base"], res["tuned"], settings["alpha"], settings["n_boot"], seed, judged=load_judge_results(run_dir)
+    )
 
 
 def leaderboard_from_runs(run_dirs: Sequence[str | Path], seed: int = 0) -> Leaderboard:

@@ -17,8 +17,8 @@ when the export loses what training gained::
         artifact: q8_0                    # q8_0 perplexity at most 1% above the adapter's
         max_regression_rel: 0.01
 
-Fields: ``metric`` (required), ``name`` (label), ``artifact``, ``direction`` (``auto`` = the metric's ``higher_is_better``,
-or ``higher`` / ``lower``), ``min_improvement``, ``min_improvement_rel``, ``max_regression``,
+Fields: ``metric`` (required), ``name`` (label), ``artifact``, ``direction`` (``auto`` = the metric's
+``higher_is_better``, or ``higher`` / ``lower``), ``min_improvement``, ``min_improvement_rel``, ``max_regression``,
 ``max_regression_rel`` (at least one threshold), ``optional`` (default false).
 
 Improvement I is delta oriented so that positive is better; [lo, hi] is the comparison's two-sided
@@ -123,8 +123,12 @@ class GateRule:
 
     def threshold_text(self) -> str:
         parts = []
-        for key, text in (("min_improvement", "improvement ≥ {}"), ("min_improvement_rel", "improvement ≥ {} of base"),
-                          ("max_regression", "regression ≤ {}"), ("max_regression_rel", "regression ≤ {} of base")):
+        for key, text in (
+            ("min_improvement", "improvement ≥ {}"),
+            ("min_improvement_rel", "improvement ≥ {} of base"),
+            ("max_regression", "regression ≤ {}"),
+            ("max_regression_rel", "regression ≤ {} of base"),
+        ):
             v = getattr(self, key)
             if v is not None:
                 parts.append(text.format(f"{v * 100:g}%" if key.endswith("_rel") else f"{v:g}"))
@@ -191,7 +195,8 @@ class GateVerdict:
     def exit_code(self) -> int:
         """0 pass, 1 fail, 3 inconclusive, 2 invalid (core.errors)."""
         return {PASS: EXIT_OK, FAIL: EXIT_GATE_FAILED, INCONCLUSIVE: EXIT_GATE_INCONCLUSIVE}.get(
-            self.status, EXIT_INVALID_INPUT)
+            self.status, EXIT_INVALID_INPUT
+        )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> GateVerdict:
@@ -269,8 +274,10 @@ def parse_rules(text: str, source: str = "rules") -> list[GateRule]:
     if not isinstance(data, list) or not data:
         raise GateError(f"{source}: expected a non-empty list of rules (or a mapping with a 'rules:' list)")
     lines = [n.start_mark.line + 1 for n in node.value] if isinstance(node, yaml.SequenceNode) else []
-    return [parse_rule(d, f"{source} line {lines[k]}" if k < len(lines) else f"{source} rule {k + 1}")
-            for k, d in enumerate(data)]
+    return [
+        parse_rule(d, f"{source} line {lines[k]}" if k < len(lines) else f"{source} rule {k + 1}")
+        for k, d in enumerate(data)
+    ]
 
 
 def resolve_rules_path(rules: str | Path | None) -> Path:
@@ -293,8 +300,9 @@ def load_rules(path: str | Path | None = None) -> list[GateRule]:
     try:
         text = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
-        raise GateError(f"{p}: cannot be read as a YAML rules file ({e}); give a rules YAML (README, 'Release gate')"
-                        ) from None
+        raise GateError(
+            f"{p}: cannot be read as a YAML rules file ({e}); give a rules YAML (README, 'Release gate')"
+        ) from None
     return parse_rules(text, str(p))
 
 
@@ -315,9 +323,21 @@ def judge(rule: GateRule, r: MetricComparison) -> GateRow:
     See the module docstring for the semantics. The one place verdicts are decided; new rule kinds add a
     field to GateRule and a branch here.
     """
-    row = GateRow(rule=rule.label, metric=r.metric, status=PASS, reason="", threshold=rule.threshold_text(),
-                  base=r.base, tuned=r.tuned, delta=r.delta, ci_low=r.ci_low, ci_high=r.ci_high, p_value=r.p_value,
-                  n=r.n, mde=r.mde)
+    row = GateRow(
+        rule=rule.label,
+        metric=r.metric,
+        status=PASS,
+        reason="",
+        threshold=rule.threshold_text(),
+        base=r.base,
+        tuned=r.tuned,
+        delta=r.delta,
+        ci_low=r.ci_low,
+        ci_high=r.ci_high,
+        p_value=r.p_value,
+        n=r.n,
+        mde=r.mde,
+    )
     if r.details.get("paired") and r.ci_low is None:  # a judge metric marked invalid (compare.judged_row says why)
         row.status, row.reason = INCONCLUSIVE, f"{r.method}: cannot conclude"
         return row
@@ -341,11 +361,16 @@ def judge(rule: GateRule, r: MetricComparison) -> GateRow:
         worse = f"(Δ {'<' if hib else '>'} {fmt(row.delta_margins[-1], True)})"  # the side the rule rejects
         if lo >= margin:
             verdicts.append(PASS)
-            reasons.append(f"{bounds} excludes {'an improvement below' if kind == 'improvement' else 'a regression beyond'}"
-                           f" {want} {worse}")
+            reasons.append(
+                f"{bounds} excludes {'an improvement below' if kind == 'improvement' else 'a regression beyond'}"
+                f" {want} {worse}"
+            )
         elif hi < margin:
             verdicts.append(FAIL)
-            reasons.append(f"{bounds} lies entirely {'below an improvement of' if kind == 'improvement' else 'beyond a regression of'} {want} {worse}")
+            reasons.append(
+                f"{bounds} lies entirely "
+                f"{'below an improvement of' if kind == 'improvement' else 'beyond a regression of'} {want} {worse}"
+            )
         else:
             verdicts.append(INCONCLUSIVE)
             more = stats.items_needed(r.n, lo, hi, abs(imp - margin), r.alpha)
@@ -353,8 +378,11 @@ def judge(rule: GateRule, r: MetricComparison) -> GateRow:
                 more = None
             if more is not None:
                 needed.append(more)
-            hint = (f"; about {more} paired items would conclude (have {r.n}; observed variance, 80% power)"
-                    if more is not None else "; the observed change sits on the margin")
+            hint = (
+                f"; about {more} paired items would conclude (have {r.n}; observed variance, 80% power)"
+                if more is not None
+                else "; the observed change sits on the margin"
+            )
             reasons.append(f"{bounds} straddles the {kind} margin {want} {worse}{hint}")
     row.status = FAIL if FAIL in verdicts else INCONCLUSIVE if INCONCLUSIVE in verdicts else PASS
     row.reason = "; ".join(reasons)
@@ -362,8 +390,11 @@ def judge(rule: GateRule, r: MetricComparison) -> GateRow:
     return row
 
 
-def evaluate_gate(comparison: Comparison, rules: list[GateRule] | list[dict[str, Any]] | str | Path | None,
-                  artifacts: dict[str, Comparison] | None = None) -> GateVerdict:
+def evaluate_gate(
+    comparison: Comparison,
+    rules: list[GateRule] | list[dict[str, Any]] | str | Path | None,
+    artifacts: dict[str, Comparison] | None = None,
+) -> GateVerdict:
     """Apply rules to a comparison.
 
     Args:
@@ -390,25 +421,39 @@ def evaluate_gate(comparison: Comparison, rules: list[GateRule] | list[dict[str,
         if rule.artifact is not None:
             if rule.artifact not in (artifacts or {}):
                 if rule.optional:
-                    rows.append(GateRow(rule.label, rule.metric, "skipped",
-                                        f"artifact {rule.artifact} not evaluated (optional rule)", rule.threshold_text()))
+                    rows.append(
+                        GateRow(
+                            rule.label,
+                            rule.metric,
+                            "skipped",
+                            f"artifact {rule.artifact} not evaluated (optional rule)",
+                            rule.threshold_text(),
+                        )
+                    )
                     continue
                 known = ", ".join(artifacts or {}) or "none"
                 quant = rule.artifact.removesuffix("-llamacpp")
                 runtime = " --runtime llama.cpp" if rule.artifact.endswith("-llamacpp") else ""
-                raise GateError(f"{rule.where}: rule reads artifact {rule.artifact!r}, which this run has not evaluated "
-                                f"(evaluated: {known}); `tunebench export RUN --gguf --quant {quant}` then "
-                                f"`tunebench eval --model RUN/export/model-{quant}.gguf{runtime} --data-from RUN`")
+                raise GateError(
+                    f"{rule.where}: rule reads artifact {rule.artifact!r}, which this run has not evaluated "
+                    f"(evaluated: {known}); `tunebench export RUN --gguf --quant {quant}` then "
+                    f"`tunebench eval --model RUN/export/model-{quant}.gguf{runtime} --data-from RUN`"
+                )
             source_rows = artifacts[rule.artifact].rows
         matched = [r for r in source_rows if rx.match(r.metric)]
         if not matched:
             if rule.optional:
-                rows.append(GateRow(rule.label, rule.metric, "skipped", "no metric matches (optional rule)",
-                                    rule.threshold_text()))
+                rows.append(
+                    GateRow(
+                        rule.label, rule.metric, "skipped", "no metric matches (optional rule)", rule.threshold_text()
+                    )
+                )
                 continue
             known = ", ".join(r.metric for r in comparison.rows) or "none"
-            raise GateError(f"{rule.where}: no compared metric matches {rule.metric!r} (known: {known}); "
-                            "fix the name, or set 'optional: true' if the metric may be absent")
+            raise GateError(
+                f"{rule.where}: no compared metric matches {rule.metric!r} (known: {known}); "
+                "fix the name, or set 'optional: true' if the metric may be absent"
+            )
         for r in matched:
             row = judge(rule, r)
             if rule.artifact is not None:  # base/tuned columns hold adapter/artifact values
@@ -419,22 +464,49 @@ def evaluate_gate(comparison: Comparison, rules: list[GateRule] | list[dict[str,
     reason = None
     if not counts[PASS] and status == PASS:  # every rule skipped: no evidence was looked at, so no pass
         status, reason = INCONCLUSIVE, NOTHING_CHECKED
-    return GateVerdict(passed=status == PASS, rows=rows, alpha=comparison.alpha, rules_source=source,
-                       status=status, counts=counts, reason=reason)
+    return GateVerdict(
+        passed=status == PASS,
+        rows=rows,
+        alpha=comparison.alpha,
+        rules_source=source,
+        status=status,
+        counts=counts,
+        reason=reason,
+    )
 
 
 def format_verdict(verdict: GateVerdict) -> str:
     """Plain-text table for the terminal."""
-    body = [[r.status.upper(), r.rule, r.metric, fmt(r.base), fmt(r.tuned), fmt(r.delta, True),
-             f"[{fmt(r.ci_low, True)}, {fmt(r.ci_high, True)}]" if r.ci_low is not None else "n/a",
-             r.threshold, r.reason] for r in verdict.rows]
+    body = [
+        [
+            r.status.upper(),
+            r.rule,
+            r.metric,
+            fmt(r.base),
+            fmt(r.tuned),
+            fmt(r.delta, True),
+            f"[{fmt(r.ci_low, True)}, {fmt(r.ci_high, True)}]" if r.ci_low is not None else "n/a",
+            r.threshold,
+            r.reason,
+        ]
+        for r in verdict.rows
+    ]
     word = {PASS: "PASSED", FAIL: "FAILED", INCONCLUSIVE: "INCONCLUSIVE"}.get(verdict.status, verdict.status.upper())
     tally = ", ".join(f"{verdict.counts.get(s, 0)} {s}" for s in (PASS, FAIL, INCONCLUSIVE, SKIPPED))
     setting = f"two-sided {100 * (1 - verdict.alpha):g}% intervals; rules: {verdict.rules_source or 'inline'}"
-    head = (f"gate {word}: {verdict.reason} ({tally}; {setting})" if verdict.reason
-            else f"gate {word}: {tally} ({setting})")
-    return head + "\n" + tabulate(body, headers=["Status", "Rule", "Metric", "Base", "Tuned", "Δ", "CI of Δ",
-                                                 "Threshold", "Reason"], tablefmt="simple", disable_numparse=True)
+    head = (
+        f"gate {word}: {verdict.reason} ({tally}; {setting})" if verdict.reason else f"gate {word}: {tally} ({setting})"
+    )
+    return (
+        head
+        + "\n"
+        + tabulate(
+            body,
+            headers=["Status", "Rule", "Metric", "Base", "Tuned", "Δ", "CI of Δ", "Threshold", "Reason"],
+            tablefmt="simple",
+            disable_numparse=True,
+        )
+    )
 
 
 def artifact_comparisons(run_dir: str | Path, tuned: Results | None = None, seed: int = 0) -> dict[str, Comparison]:
@@ -448,8 +520,9 @@ def artifact_comparisons(run_dir: str | Path, tuned: Results | None = None, seed
     return compare_artifacts(tuned, load_artifact_results(run_dir), settings["alpha"], settings["n_boot"], seed)
 
 
-def judge_run(run_dir: str | Path, rules_path: str | Path | None = None, seed: int = 0,
-              comparison: Comparison | None = None) -> GateVerdict:
+def judge_run(
+    run_dir: str | Path, rules_path: str | Path | None = None, seed: int = 0, comparison: Comparison | None = None
+) -> GateVerdict:
     """What ``gate_main`` decides for a run folder, without printing or writing anything.
 
     Args:
@@ -468,8 +541,14 @@ def judge_run(run_dir: str | Path, rules_path: str | Path | None = None, seed: i
     rules = load_rules(path)
     results = load_run_results(run_dir) if comparison is None else None
     if comparison is None:
-        comparison = compare(results["base"], results["tuned"], settings["alpha"], settings["n_boot"], seed,
-                             judged=load_judge_results(run_dir))
+        comparison = compare(
+            results["base"],
+            results["tuned"],
+            settings["alpha"],
+            settings["n_boot"],
+            seed,
+            judged=load_judge_results(run_dir),
+        )
     artifacts = {}
     if any(r.artifact for r in rules):
         artifacts = artifact_comparisons(run_dir, results["tuned"] if results else None, seed)
@@ -478,8 +557,13 @@ def judge_run(run_dir: str | Path, rules_path: str | Path | None = None, seed: i
     return verdict
 
 
-def gate_main(run_dir: str | Path, rules_path: str | Path | None = None, out_path: str | Path | None = None,
-              seed: int = 0, stream: TextIO | None = None) -> int:
+def gate_main(
+    run_dir: str | Path,
+    rules_path: str | Path | None = None,
+    out_path: str | Path | None = None,
+    seed: int = 0,
+    stream: TextIO | None = None,
+) -> int:
     """Judge a run folder (``judge_run``), print the table and write ``gate.json`` atomically.
 
     Args:

@@ -24,8 +24,9 @@ def get_path(d: Any, *path: str) -> Any:
 _UNKNOWN = object()
 
 
-def _lm_eval_documents(metric: str, task: str, comparison: Comparison | None,
-                       cfg: dict[str, Any]) -> tuple[int | None, Any]:
+def _lm_eval_documents(
+    metric: str, task: str, comparison: Comparison | None, cfg: dict[str, Any]
+) -> tuple[int | None, Any]:
     """(documents the task has, eval.lm_eval_limit it ran under, or _UNKNOWN), from the compared row and the
     comparison's inputs, else the config."""
     inputs = ((comparison.inputs if comparison else None) or {}).get(f"lm_eval/{task}")
@@ -49,8 +50,14 @@ def _sampling_spec(name: str, comparison: Comparison | None, cfg: dict[str, Any]
     return next((sp for sp in listed if isinstance(sp, dict) and sp.get("name") == name), None)
 
 
-def more_items(metric: str, n: int, need: int, comparison: Comparison | None = None,
-               config: dict[str, Any] | None = None, data_report: dict[str, Any] | None = None) -> str:
+def more_items(
+    metric: str,
+    n: int,
+    need: int,
+    comparison: Comparison | None = None,
+    config: dict[str, Any] | None = None,
+    data_report: dict[str, Any] | None = None,
+) -> str:
     """The setting that gives a metric more paired items, or why its source cannot supply ``need`` of them.
 
     Args:
@@ -71,12 +78,17 @@ def more_items(metric: str, n: int, need: int, comparison: Comparison | None = N
     if parts[0] == "perplexity":
         clean = (data_report or {}).get("clean")
         if isinstance(clean, int) and need > clean:
-            return (f"the data set has only {clean:,} clean conversations: it cannot supply them (a larger data "
-                    "set, or a wider margin)")
+            return (
+                f"the data set has only {clean:,} clean conversations: it cannot supply them (a larger data "
+                "set, or a wider margin)"
+            )
         cap, share = get_path(cfg, "data", "max_test"), get_path(cfg, "data", "test_fraction")
         drawn = round(share * clean) if isinstance(share, float) and isinstance(clean, int) else None
-        fraction = (f"data.test_fraction (now {share}" + (f": about {drawn:,} conversations)" if drawn else ")")
-                    if share is not None else "data.test_fraction")
+        fraction = (
+            f"data.test_fraction (now {share}" + (f": about {drawn:,} conversations)" if drawn else ")")
+            if share is not None
+            else "data.test_fraction"
+        )
         if isinstance(cap, int) and cap < need:
             return f"raise data.max_test (now {cap})" + (f" and {fraction}" if drawn is None or drawn < need else "")
         return f"raise {fraction}"
@@ -84,10 +96,14 @@ def more_items(metric: str, n: int, need: int, comparison: Comparison | None = N
         task = parts[1]
         docs, limit = _lm_eval_documents(metric.split(" [", 1)[0], task, comparison, cfg)
         if docs is not None and need > docs:
-            return (f"task {task} has only {docs:,} documents: it cannot supply them (gate on a larger task, or "
-                    "widen the margin)")
+            return (
+                f"task {task} has only {docs:,} documents: it cannot supply them (gate on a larger task, or "
+                "widen the margin)"
+            )
         if isinstance(limit, int):
-            return f"raise eval.lm_eval_limit (now {limit}" + (f"; task {task} has {docs:,} documents)" if docs else ")")
+            return f"raise eval.lm_eval_limit (now {limit}" + (
+                f"; task {task} has {docs:,} documents)" if docs else ")"
+            )
         if limit is _UNKNOWN:
             return f"raise eval.lm_eval_limit if it was set, else task {task} cannot supply them (a larger task)"
         return f"task {task} has only its {n:,} documents (eval.lm_eval_limit is not set): it cannot supply them"
@@ -98,6 +114,8 @@ def more_items(metric: str, n: int, need: int, comparison: Comparison | None = N
         if spec is not None and not spec.get("temperature"):
             return f"{prompts}: greedy decoding gives one answer per prompt"
         now = f" (now {spec.get('n_samples', 1)})" if spec else ""
-        return (f"raise n_samples of eval.probe_sampling {sampling}{now}, or {prompts}; samples of one prompt are "
-                "not independent, so new prompts count for more")
+        return (
+            f"raise n_samples of eval.probe_sampling {sampling}{now}, or {prompts}; samples of one prompt are "
+            "not independent, so new prompts count for more"
+        )
     return ""

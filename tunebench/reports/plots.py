@@ -74,9 +74,18 @@ def forest_rows(gate: dict[str, Any] | None) -> list[IntervalRow]:
     for r in (gate or {}).get("rows") or []:
         if r.get("status") not in STATUS_COLOURS or None in (r.get("delta"), r.get("ci_low"), r.get("ci_high")):
             continue
-        rows.append(IntervalRow(label=str(r.get("threshold")), metric=r["metric"], delta=r["delta"],
-                                ci_low=r["ci_low"], ci_high=r["ci_high"], status=r["status"],
-                                colour=STATUS_COLOURS[r["status"]], margins=list(r.get("delta_margins") or [])))
+        rows.append(
+            IntervalRow(
+                label=str(r.get("threshold")),
+                metric=r["metric"],
+                delta=r["delta"],
+                ci_low=r["ci_low"],
+                ci_high=r["ci_high"],
+                status=r["status"],
+                colour=STATUS_COLOURS[r["status"]],
+                margins=list(r.get("delta_margins") or []),
+            )
+        )
     return rows
 
 
@@ -100,9 +109,17 @@ def export_rows(exports: dict[str, Comparison] | None) -> list[IntervalRow]:
         for r in comp.headline_rows():
             if None in (r.delta, r.ci_low, r.ci_high):
                 continue
-            rows.append(IntervalRow(label=artifact, metric=r.metric, delta=r.delta, ci_low=r.ci_low,
-                                    ci_high=r.ci_high, status=r.verdict,
-                                    colour=VERDICT_COLOURS.get(r.verdict, NEUTRAL)))
+            rows.append(
+                IntervalRow(
+                    label=artifact,
+                    metric=r.metric,
+                    delta=r.delta,
+                    ci_low=r.ci_low,
+                    ci_high=r.ci_high,
+                    status=r.verdict,
+                    colour=VERDICT_COLOURS.get(r.verdict, NEUTRAL),
+                )
+            )
     return rows
 
 
@@ -124,20 +141,29 @@ def _save(fig: Any, path: Path) -> Path:
     return atomic_write_bytes(path, buf.getvalue())
 
 
-def _interval_panels(panels: list[tuple[str, list[IntervalRow]]], path: Path, xlabel: str,
-                     with_labels: bool = True) -> Path:
+def _interval_panels(
+    panels: list[tuple[str, list[IntervalRow]]], path: Path, xlabel: str, with_labels: bool = True
+) -> Path:
     """One panel per metric: each row's interval and point, zero as a grey line, margins dashed."""
     height = sum(0.45 * len(rows) + 0.75 for _, rows in panels)
     fig = _figure(7.5, max(1.8, height))
-    axes = fig.subplots(len(panels), 1, squeeze=False,
-                        gridspec_kw={"height_ratios": [len(rows) + 1 for _, rows in panels]})[:, 0]
+    axes = fig.subplots(
+        len(panels), 1, squeeze=False, gridspec_kw={"height_ratios": [len(rows) + 1 for _, rows in panels]}
+    )[:, 0]
     for ax, (title, rows) in zip(axes, panels, strict=True):
         ys = list(range(len(rows)))[::-1]
         for y, r in zip(ys, rows, strict=True):
             ax.hlines(y, r.ci_low, r.ci_high, colors=r.colour, linewidth=2.5)
             ax.plot([r.delta], [y], "o", color=r.colour)
-            ax.annotate(f"{r.status}", (r.ci_high, y), xytext=(4, 0), textcoords="offset points",
-                        va="center", fontsize=7, color=r.colour)
+            ax.annotate(
+                f"{r.status}",
+                (r.ci_high, y),
+                xytext=(4, 0),
+                textcoords="offset points",
+                va="center",
+                fontsize=7,
+                color=r.colour,
+            )
             for m in r.margins:
                 ax.vlines(m, y - 0.4, y + 0.4, colors="black", linestyles="dashed", linewidth=1)
         ax.axvline(0, color="grey", linewidth=0.8)
@@ -155,8 +181,12 @@ def _interval_panels(panels: list[tuple[str, list[IntervalRow]]], path: Path, xl
 def draw_forest(rows: list[IntervalRow], path: str | Path, level: str = "95%") -> Path:
     """The gate's forest plot: Δ of each gated metric with its interval, the rule's margin dashed."""
     panels = [(f"{r.metric} · {r.label}: {r.status}", [r]) for r in rows]
-    return _interval_panels(panels, Path(path), f"Δ = tuned − base with its {level} interval; dashed: the "
-                                                "rule's margin; colour: gate status", with_labels=False)
+    return _interval_panels(
+        panels,
+        Path(path),
+        f"Δ = tuned − base with its {level} interval; dashed: the rule's margin; colour: gate status",
+        with_labels=False,
+    )
 
 
 def draw_export(rows: list[IntervalRow], path: str | Path, level: str = "95%") -> Path:
@@ -164,8 +194,9 @@ def draw_export(rows: list[IntervalRow], path: str | Path, level: str = "95%") -
     by_metric: dict[str, list[IntervalRow]] = {}
     for r in rows:
         by_metric.setdefault(r.metric, []).append(r)
-    return _interval_panels(list(by_metric.items()), Path(path),
-                            f"Δ = artifact − adapter with its {level} interval, paired item by item")
+    return _interval_panels(
+        list(by_metric.items()), Path(path), f"Δ = artifact − adapter with its {level} interval, paired item by item"
+    )
 
 
 def draw_loss_curve(curve: LossCurve, path: str | Path) -> Path:
@@ -199,8 +230,11 @@ def draw_report_plots(run_dir: str | Path, comparison: Comparison, context: dict
         The files drawn (``forest_plot``, ``loss_curve``, ``export_plot`` -> file name) and the rows each shows.
     """
     run, level = Path(run_dir), f"{100 * (1 - comparison.alpha):g}%"
-    out = ReportPlots(forest=forest_rows(context.get("gate")), loss=loss_curve(context.get("manifest")),
-                      export=export_rows(context.get("export_comparisons")))
+    out = ReportPlots(
+        forest=forest_rows(context.get("gate")),
+        loss=loss_curve(context.get("manifest")),
+        export=export_rows(context.get("export_comparisons")),
+    )
     if out.forest:
         draw_forest(out.forest, run / FOREST_PNG, level)
         out.files["forest_plot"] = FOREST_PNG

@@ -58,7 +58,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         metavar="DIR",
         help=f"run folder (runs/<name>) whose results the quality tests check; write --tunebench-run=DIR; "
-             f"falls back to ${ENV_VAR}",
+        f"falls back to ${ENV_VAR}",
     )
     group.addoption(
         "--tunebench-rules",
@@ -73,8 +73,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=False,
         help="a missing run folder is an error (exit 4), not a skip, when collected tests use the tunebench fixtures",
     )
-    parser.addini("tunebench_require", type="bool", default=False,
-                  help="as --tunebench-require: a missing run folder is an error, not a skip")
+    parser.addini(
+        "tunebench_require",
+        type="bool",
+        default=False,
+        help="as --tunebench-require: a missing run folder is an error, not a skip",
+    )
 
 
 def _run_arg(config: pytest.Config) -> str | None:
@@ -176,8 +180,13 @@ def tunebench_comparison(tunebench_run: Path, tunebench_results: dict[str, Any])
 
     settings = run_settings(tunebench_run)
     try:
-        return compare(tunebench_results["base"], tunebench_results["tuned"], settings["alpha"], settings["n_boot"],
-                       judged=load_judge_results(tunebench_run))
+        return compare(
+            tunebench_results["base"],
+            tunebench_results["tuned"],
+            settings["alpha"],
+            settings["n_boot"],
+            judged=load_judge_results(tunebench_run),
+        )
     except ComparisonError as e:
         pytest.fail(f"base and tuned results cannot be compared: {e}", pytrace=False)
 
@@ -186,8 +195,9 @@ def tunebench_comparison(tunebench_run: Path, tunebench_results: dict[str, Any])
 def tunebench_gate(pytestconfig: pytest.Config, tunebench_run: Path, tunebench_comparison):
     """Gate-rule assertions on the run (reports.quality.QualityGate), decided as ``tunebench gate`` decides.
 
-    ``.assert_non_inferior(metric, margin | rel=)``, ``.assert_superior(metric, t | rel=)``, ``.assert_passed(rules=None)``
-    (rules default: ``--tunebench-rules``, else the run's gate.rules, else the shipped default).
+    ``.assert_non_inferior(metric, margin | rel=)``, ``.assert_superior(metric, t | rel=)``,
+    ``.assert_passed(rules=None)`` (rules default: ``--tunebench-rules``, else the run's gate.rules, else the
+    shipped default).
     """
     from tunebench.reports.quality import QualityGate  # heavy: numpy (see above)
 

@@ -35,7 +35,9 @@ from tunebench.reports.gate import (
 
 def describe_row(row: GateRow) -> str:
     """One gate row for an assertion message: status, metric, threshold, values, the gate's reason."""
-    values = f"base {fmt(row.base)} -> tuned {fmt(row.tuned)}, Δ {fmt(row.delta, True)}; " if row.base is not None else ""
+    values = (
+        f"base {fmt(row.base)} -> tuned {fmt(row.tuned)}, Δ {fmt(row.delta, True)}; " if row.base is not None else ""
+    )
     return f"{row.status.upper()} {row.metric} ({row.threshold}): {values}{row.reason}"
 
 
@@ -77,8 +79,15 @@ class QualityGate:
     seed: int = 0
     _artifacts: dict[str, Comparison] | None = field(default=None, init=False, repr=False)
 
-    def assert_non_inferior(self, metric: str, margin: float | None = None, *, rel: float | None = None,
-                            direction: str = "auto", artifact: str | None = None) -> list[GateRow]:
+    def assert_non_inferior(
+        self,
+        metric: str,
+        margin: float | None = None,
+        *,
+        rel: float | None = None,
+        direction: str = "auto",
+        artifact: str | None = None,
+    ) -> list[GateRow]:
         """Fail unless the interval of the change excludes a regression larger than the margin.
 
         The gate's ``max_regression`` (``rel``: ``max_regression_rel``, a share of |base|) rule on every metric
@@ -101,11 +110,19 @@ class QualityGate:
         __tracebackhide__ = True
         if margin is None and rel is None:
             raise TypeError("assert_non_inferior needs a margin: margin=0.02 (metric units) or rel=0.05 (of base)")
-        return self._assert_rule("assert_non_inferior", metric, direction, artifact,
-                                 max_regression=margin, max_regression_rel=rel)
+        return self._assert_rule(
+            "assert_non_inferior", metric, direction, artifact, max_regression=margin, max_regression_rel=rel
+        )
 
-    def assert_superior(self, metric: str, t: float | None = None, *, rel: float | None = None,
-                        direction: str = "auto", artifact: str | None = None) -> list[GateRow]:
+    def assert_superior(
+        self,
+        metric: str,
+        t: float | None = None,
+        *,
+        rel: float | None = None,
+        direction: str = "auto",
+        artifact: str | None = None,
+    ) -> list[GateRow]:
         """Fail unless the interval's worse end still improves by ``t`` (default 0: a significant improvement).
 
         The gate's ``min_improvement`` (``rel``: ``min_improvement_rel``) rule; arguments, return value and
@@ -114,8 +131,9 @@ class QualityGate:
         __tracebackhide__ = True
         if t is None and rel is None:
             t = 0.0
-        return self._assert_rule("assert_superior", metric, direction, artifact,
-                                 min_improvement=t, min_improvement_rel=rel)
+        return self._assert_rule(
+            "assert_superior", metric, direction, artifact, min_improvement=t, min_improvement_rel=rel
+        )
 
     def verdict(self, rules: str | Path | None = None) -> GateVerdict:
         """The gate's verdict on this run, as ``tunebench gate`` decides it (``rules`` overrides ``self.rules``).
@@ -143,22 +161,31 @@ class QualityGate:
             raise AssertionError(verdict_failure(verdict, "gate", verdict.rules_source))
         return verdict
 
-    def _assert_rule(self, what: str, metric: str, direction: str, artifact: str | None,
-                     **thresholds: float | None) -> list[GateRow]:
+    def _assert_rule(
+        self, what: str, metric: str, direction: str, artifact: str | None, **thresholds: float | None
+    ) -> list[GateRow]:
         __tracebackhide__ = True
-        spec = {"metric": metric, "direction": direction, "artifact": artifact,
-                **{k: v for k, v in thresholds.items() if v is not None}}
+        spec = {
+            "metric": metric,
+            "direction": direction,
+            "artifact": artifact,
+            **{k: v for k, v in thresholds.items() if v is not None},
+        }
         what = f"{what}({metric!r})"
         rule = parse_rule(spec, what)
         artifacts = self._artifact_comparisons() if artifact is not None else {}
         if artifact is not None and artifact not in artifacts:
-            raise AssertionError(f"{what}: artifact {artifact!r} was not evaluated in {self.run_dir} (evaluated: "
-                                 f"{', '.join(artifacts) or 'none'}); `tunebench eval --model "
-                                 f"RUN/export/model-{artifact}.gguf --data-from RUN`")
+            raise AssertionError(
+                f"{what}: artifact {artifact!r} was not evaluated in {self.run_dir} (evaluated: "
+                f"{', '.join(artifacts) or 'none'}); `tunebench eval --model "
+                f"RUN/export/model-{artifact}.gguf --data-from RUN`"
+            )
         rows = artifacts[artifact].rows if artifact is not None else self.comparison.rows
         if not any(glob_to_regex(metric).match(r.metric) for r in rows):  # here: the gate's hint is for rules files
-            raise AssertionError(f"{what}: no compared metric matches {metric!r}; nothing was checked "
-                                 f"(known: {', '.join(r.metric for r in rows) or 'none'})")
+            raise AssertionError(
+                f"{what}: no compared metric matches {metric!r}; nothing was checked "
+                f"(known: {', '.join(r.metric for r in rows) or 'none'})"
+            )
         verdict = evaluate_gate(self.comparison, [rule], artifacts)
         if verdict.status != PASS:
             raise AssertionError(verdict_failure(verdict, what))

@@ -70,26 +70,59 @@ def _p(r: MetricComparison) -> str:
     return fmt_p(r.p_value) + (f" (BH {fmt_p(r.p_adjusted)})" if r.p_adjusted is not None else "")
 
 
-def metric_table(rows: Sequence[MetricComparison], alpha: float, label=lambda r: f"`{r.metric}`",
-                 detailed: bool = True, verdict=_flagged_verdict) -> str:
+def metric_table(
+    rows: Sequence[MetricComparison],
+    alpha: float,
+    label=lambda r: f"`{r.metric}`",
+    detailed: bool = True,
+    verdict=_flagged_verdict,
+) -> str:
     """Base, tuned, delta, interval, p, verdict, n and minimum detectable effect per row (plus CIs and method
     when detailed)."""
     level = f"{100 * (1 - alpha):g}% CI of Δ"
     if detailed:
         headers = ["Metric", "Base", "Tuned", "Δ", level, "p", "Verdict", "n", "MDE", "Method"]
-        body = [[label(r), _with_ci(r.base, r.base_ci), _with_ci(r.tuned, r.tuned_ci), _delta(r),
-                 fmt_interval(r.ci_low, r.ci_high), _p(r), verdict(r), f"{r.n} {r.unit}", _mde(r),
-                 r.method] for r in rows]
+        body = [
+            [
+                label(r),
+                _with_ci(r.base, r.base_ci),
+                _with_ci(r.tuned, r.tuned_ci),
+                _delta(r),
+                fmt_interval(r.ci_low, r.ci_high),
+                _p(r),
+                verdict(r),
+                f"{r.n} {r.unit}",
+                _mde(r),
+                r.method,
+            ]
+            for r in rows
+        ]
     else:
         headers = ["Metric", "Better", "Base", "Tuned", "Δ", level, "p", "Verdict", "n", "MDE"]
-        body = [[label(r), "higher" if r.higher_is_better else "lower", fmt(r.base), fmt(r.tuned), _delta(r),
-                 fmt_interval(r.ci_low, r.ci_high), _p(r), verdict(r), f"{r.n} {r.unit}", _mde(r)]
-                for r in rows]
+        body = [
+            [
+                label(r),
+                "higher" if r.higher_is_better else "lower",
+                fmt(r.base),
+                fmt(r.tuned),
+                _delta(r),
+                fmt_interval(r.ci_low, r.ci_high),
+                _p(r),
+                verdict(r),
+                f"{r.n} {r.unit}",
+                _mde(r),
+            ]
+            for r in rows
+        ]
     return table(body, headers)
 
 
-def decision(gate: dict[str, Any] | None, comparison: Comparison | None = None, config: dict[str, Any] | None = None,
-             data_report: dict[str, Any] | None = None) -> list[str]:
+def decision(
+    gate: dict[str, Any] | None,
+    comparison: Comparison | None = None,
+    config: dict[str, Any] | None = None,
+    data_report: dict[str, Any] | None = None,
+) -> list[str]:
     """The report's first lines: ship, don't ship, or not enough evidence (and how many more items, from where).
 
     Args:
@@ -110,18 +143,28 @@ def decision(gate: dict[str, Any] | None, comparison: Comparison | None = None, 
         return [f"**Ship.** Every release-gate rule passed on its confidence bound ({len(judged)} metrics judged)."]
     if status == "fail":
         failed = [r for r in rows if r.get("status") == "fail"]
-        lines = [f"**Don't ship.** {len(failed)} release-gate rule{'s' if len(failed) != 1 else ''} failed: "
-                 "the interval of the change lies beyond the margin."]
-        lines += [f"- `{r.get('metric')}` ({r.get('rule')}): Δ {fmt(r.get('delta'), True)}, "
-                  f"CI {fmt_interval(r.get('ci_low'), r.get('ci_high'))}, {r.get('threshold')}" for r in failed]
+        lines = [
+            f"**Don't ship.** {len(failed)} release-gate rule{'s' if len(failed) != 1 else ''} failed: "
+            "the interval of the change lies beyond the margin."
+        ]
+        lines += [
+            f"- `{r.get('metric')}` ({r.get('rule')}): Δ {fmt(r.get('delta'), True)}, "
+            f"CI {fmt_interval(r.get('ci_low'), r.get('ci_high'))}, {r.get('threshold')}"
+            for r in failed
+        ]
         return lines
     open_rows = [r for r in rows if r.get("status") == "inconclusive"]
-    lines = [f"**Not enough evidence.** No release-gate rule failed, but {len(open_rows)} could not conclude "
-             "(the interval straddles the margin):"]
+    lines = [
+        f"**Not enough evidence.** No release-gate rule failed, but {len(open_rows)} could not conclude "
+        "(the interval straddles the margin):"
+    ]
     for r in open_rows:
         need, n = r.get("items_needed"), r.get("n")
-        more = (f"about {need:,} paired items needed (has {n:,}: {need - n:,} more)" if need is not None and n is not None
-                else "no finite number of items at the observed change")
+        more = (
+            f"about {need:,} paired items needed (has {n:,}: {need - n:,} more)"
+            if need is not None and n is not None
+            else "no finite number of items at the observed change"
+        )
         where = more_items(str(r.get("metric")), n, need, comparison, config, data_report) if need and n else ""
         more += f"; {where}" if where else ""
         lines.append(f"- `{r.get('metric')}` ({r.get('threshold')}): {more}")
@@ -137,20 +180,30 @@ def data_source(src: Any) -> str | None:
         return None
     if src["source"] != "packaged":
         return str(src["source"])
-    where = f" ({src['dataset']} {src.get('split', '')}, {src.get('documents', '?')} documents)" if src.get("dataset") else ""
+    where = (
+        f" ({src['dataset']} {src.get('split', '')}, {src.get('documents', '?')} documents)"
+        if src.get("dataset")
+        else ""
+    )
     return f"packaged, {src.get('package')} {src.get('version')}{where}"
 
 
-def _lm_eval_sections(rows: list[MetricComparison], alpha: float,
-                      inputs: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+def _lm_eval_sections(
+    rows: list[MetricComparison], alpha: float, inputs: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
     tasks: dict[str, list[MetricComparison]] = {}
     for r in rows:  # lm_eval/<task>/<metric>
         parts = r.metric.split("/")
         tasks.setdefault(parts[1] if len(parts) > 2 else r.metric, []).append(r)
-    return [{"task": t, "table": metric_table(rs, alpha, label=lambda r: f"`{'/'.join(r.metric.split('/')[2:])}`"),
-             "source": data_source(((inputs or {}).get(f"lm_eval/{t}") or {}).get("data_source")),
-             "adjusted": sum(r.p_adjusted is not None for r in rs)}
-            for t, rs in tasks.items()]
+    return [
+        {
+            "task": t,
+            "table": metric_table(rs, alpha, label=lambda r: f"`{'/'.join(r.metric.split('/')[2:])}`"),
+            "source": data_source(((inputs or {}).get(f"lm_eval/{t}") or {}).get("data_source")),
+            "adjusted": sum(r.p_adjusted is not None for r in rs),
+        }
+        for t, rs in tasks.items()
+    ]
 
 
 def _probe_sections(rows: list[MetricComparison], alpha: float) -> list[dict[str, Any]]:
@@ -166,14 +219,23 @@ def _probe_sections(rows: list[MetricComparison], alpha: float) -> list[dict[str
     for name, samplings in sets.items():
         items = []
         for sampling, slot in samplings.items():
-            items.append({
-                "sampling": sampling,
-                "overall": metric_table(slot["overall"], alpha, label=lambda r: f"`{r.metric.split('/')[-1]}`")
-                if slot["overall"] else None,
-                "probes": metric_table(slot["probes"], alpha, label=lambda r: f"`{'/'.join(r.metric.split('/')[3:-1])}`",
-                                       verdict=_flagged_verdict) if slot["probes"] else None,
-                "few": sum(r.n < FEW_SAMPLES for r in slot["probes"]),
-            })
+            items.append(
+                {
+                    "sampling": sampling,
+                    "overall": metric_table(slot["overall"], alpha, label=lambda r: f"`{r.metric.split('/')[-1]}`")
+                    if slot["overall"]
+                    else None,
+                    "probes": metric_table(
+                        slot["probes"],
+                        alpha,
+                        label=lambda r: f"`{'/'.join(r.metric.split('/')[3:-1])}`",
+                        verdict=_flagged_verdict,
+                    )
+                    if slot["probes"]
+                    else None,
+                    "few": sum(r.n < FEW_SAMPLES for r in slot["probes"]),
+                }
+            )
         out.append({"name": name, "samplings": items})
     return out
 
@@ -201,8 +263,9 @@ def _status(t: dict[str, Any] | None) -> str:
     return "❌ failed" + (f": {html.escape(str(failed))}" if failed else "")
 
 
-def fibonacci_transcripts(base_artifacts: dict[str, Any], tuned_artifacts: dict[str, Any],
-                          needle: str = "fibonacci") -> list[dict[str, Any]]:
+def fibonacci_transcripts(
+    base_artifacts: dict[str, Any], tuned_artifacts: dict[str, Any], needle: str = "fibonacci"
+) -> list[dict[str, Any]]:
     """Side-by-side HTML blocks of the transcripts whose probe or prompt id contains ``needle``.
 
     Transcripts are ``artifacts["probe_transcripts"][set][sampling]`` lists of
@@ -227,15 +290,19 @@ def fibonacci_transcripts(base_artifacts: dict[str, Any], tuned_artifacts: dict[
                 bs = [t for t in b_ts if _prompt_id(t) == pid]
                 ts = [t for t in t_ts if _prompt_id(t) == pid]
                 prompt = (bs or ts)[0].get("prompt", "")
-                rows = [f'<tr><th colspan="2">{html.escape(pid)}</th></tr>',
-                        f'<tr><td colspan="2">{_pre(prompt)}</td></tr>',
-                        "<tr><th>base</th><th>tuned</th></tr>"]
+                rows = [
+                    f'<tr><th colspan="2">{html.escape(pid)}</th></tr>',
+                    f'<tr><td colspan="2">{_pre(prompt)}</td></tr>',
+                    "<tr><th>base</th><th>tuned</th></tr>",
+                ]
                 for k in range(max(len(bs), len(ts))):
                     b = bs[k] if k < len(bs) else None
                     t = ts[k] if k < len(ts) else None
                     rows.append(f"<tr><td>{_status(b)}</td><td>{_status(t)}</td></tr>")
-                    rows.append(f"<tr><td>{_pre(b.get('output') if b else '')}</td>"
-                                f"<td>{_pre(t.get('output') if t else '')}</td></tr>")
+                    rows.append(
+                        f"<tr><td>{_pre(b.get('output') if b else '')}</td>"
+                        f"<td>{_pre(t.get('output') if t else '')}</td></tr>"
+                    )
                 blocks.append("<table>\n" + "\n".join(rows) + "\n</table>")
             out.append({"set": set_name, "sampling": sampling, "html": "\n\n".join(blocks)})
     return out
@@ -258,8 +325,10 @@ def _utc(ts: Any) -> str | None:
 def _peak_memory(mem: dict[str, Any]) -> str:
     """The GPU allocator's peaks; on CPU there is none to read, only the process's peak resident memory."""
     if mem.get("kind") != "cpu_rss":
-        return (f"{_num(mem.get('allocated_gib'), '{:.2f}')} GiB allocated, "
-                f"{_num(mem.get('reserved_gib'), '{:.2f}')} GiB reserved ({mem.get('kind')})")
+        return (
+            f"{_num(mem.get('allocated_gib'), '{:.2f}')} GiB allocated, "
+            f"{_num(mem.get('reserved_gib'), '{:.2f}')} GiB reserved ({mem.get('kind')})"
+        )
     rss = _num(mem.get("rss_gib"), "{:.2f}")
     return "not measured (CPU)" + (f"; peak resident memory of the process {rss} GiB" if rss else "")
 
@@ -271,56 +340,87 @@ def training_summary(m: dict[str, Any]) -> str | None:
     backend = m.get("backend") or {}
     mem = m.get("peak_memory") or {}
     losses, evals = m.get("loss_history") or [], m.get("eval_history") or []
-    batch = (f"{train['batch_size']} × {train['grad_accum']} accumulation"
-             if "batch_size" in train and "grad_accum" in train else None)
+    batch = (
+        f"{train['batch_size']} × {train['grad_accum']} accumulation"
+        if "batch_size" in train and "grad_accum" in train
+        else None
+    )
     memory = _peak_memory(mem) if mem else None
     params = None
     if m.get("trainable_params") is not None:
-        params = (f"{_num(m.get('trainable_params'))} of {_num(m.get('total_params'))} "
-                  f"({_num(m.get('trainable_percent'), '{:.3f}')}%)")
-    lora_text = (f"r={lora.get('r')}, alpha={lora.get('alpha')}, dropout={lora.get('dropout')}, "
-                 f"rsLoRA={lora.get('use_rslora')}, targets: {', '.join(lora.get('target_modules') or [])}"
-                 if lora else None)
-    return kv_table([
-        ("Base model", get_path(m, "model", "ref")),
-        ("Model identity", get_path(m, "model", "identity")),
-        ("Chat template", get_path(m, "template", "name")),
-        ("Backend", f"{backend.get('name')} ({backend.get('reason')})" if backend else None),
-        ("LoRA", lora_text),
-        ("Learning rate", f"{train.get('lr')} ({train.get('scheduler')}, {train.get('warmup_steps')} warm-up steps)"
-         if "lr" in train else None),
-        ("Batch", batch),
-        ("Optimizer", train.get("optimizer")),
-        ("Seed", train.get("seed")),
-        ("Steps", m.get("steps")),
-        ("Tokens seen", _num(m.get("tokens_seen"))),
-        ("Wall time", _num(m.get("wall_time_s"), "{:.1f} s")),
-        ("Throughput", _num(m.get("tokens_per_s"), "{:.1f} tokens/s")),
-        ("Peak memory", memory),
-        ("Trainable parameters", params),
-        ("Final training loss", _num(losses[-1].get("loss"), "{:.4f}") if losses else None),
-        ("Base validation loss (step 0)", _num(m.get("base_eval_loss"), "{:.4f}")),
-        ("Final validation loss", _num(evals[-1].get("eval_loss"), "{:.4f}") if evals else None),
-        ("Data fingerprint", get_path(m, "data", "fingerprint")),
-        ("Git commit", m.get("git_commit")),
-        ("Source fingerprint", get_path(m, "versions", "tunebench_source")),
-        ("Created", _utc(m.get("created"))),
-    ], headers=("Training", ""))
+        params = (
+            f"{_num(m.get('trainable_params'))} of {_num(m.get('total_params'))} "
+            f"({_num(m.get('trainable_percent'), '{:.3f}')}%)"
+        )
+    lora_text = (
+        f"r={lora.get('r')}, alpha={lora.get('alpha')}, dropout={lora.get('dropout')}, "
+        f"rsLoRA={lora.get('use_rslora')}, targets: {', '.join(lora.get('target_modules') or [])}"
+        if lora
+        else None
+    )
+    return kv_table(
+        [
+            ("Base model", get_path(m, "model", "ref")),
+            ("Model identity", get_path(m, "model", "identity")),
+            ("Chat template", get_path(m, "template", "name")),
+            ("Backend", f"{backend.get('name')} ({backend.get('reason')})" if backend else None),
+            ("LoRA", lora_text),
+            (
+                "Learning rate",
+                f"{train.get('lr')} ({train.get('scheduler')}, {train.get('warmup_steps')} warm-up steps)"
+                if "lr" in train
+                else None,
+            ),
+            ("Batch", batch),
+            ("Optimizer", train.get("optimizer")),
+            ("Seed", train.get("seed")),
+            ("Steps", m.get("steps")),
+            ("Tokens seen", _num(m.get("tokens_seen"))),
+            ("Wall time", _num(m.get("wall_time_s"), "{:.1f} s")),
+            ("Throughput", _num(m.get("tokens_per_s"), "{:.1f} tokens/s")),
+            ("Peak memory", memory),
+            ("Trainable parameters", params),
+            ("Final training loss", _num(losses[-1].get("loss"), "{:.4f}") if losses else None),
+            ("Base validation loss (step 0)", _num(m.get("base_eval_loss"), "{:.4f}")),
+            ("Final validation loss", _num(evals[-1].get("eval_loss"), "{:.4f}") if evals else None),
+            ("Data fingerprint", get_path(m, "data", "fingerprint")),
+            ("Git commit", m.get("git_commit")),
+            ("Source fingerprint", get_path(m, "versions", "tunebench_source")),
+            ("Created", _utc(m.get("created"))),
+        ],
+        headers=("Training", ""),
+    )
 
 
 def data_summary(d: dict[str, Any]) -> dict[str, Any]:
     """Overview, per-split and dropped-record tables of the data report."""
-    overview = kv_table([("Source", d.get("source")), ("Records read", _num(d.get("records"))),
-                         ("Clean conversations", _num(d.get("clean"))), ("Chat template", get_path(d, "template", "name")),
-                         ("Fingerprint", d.get("fingerprint"))], headers=("Data", ""))
+    overview = kv_table(
+        [
+            ("Source", d.get("source")),
+            ("Records read", _num(d.get("records"))),
+            ("Clean conversations", _num(d.get("clean"))),
+            ("Chat template", get_path(d, "template", "name")),
+            ("Fingerprint", d.get("fingerprint")),
+        ],
+        headers=("Data", ""),
+    )
     total = lambda v: v.get("total") if isinstance(v, dict) else v  # noqa: E731
-    splits = [[name, s.get("conversations"), _num(total(s.get("tokens"))), _num(total(s.get("assistant_tokens"))),
-               s.get("fingerprint")] for name, s in (d.get("splits") or {}).items()]
+    splits = [
+        [
+            name,
+            s.get("conversations"),
+            _num(total(s.get("tokens"))),
+            _num(total(s.get("assistant_tokens"))),
+            s.get("fingerprint"),
+        ]
+        for name, s in (d.get("splits") or {}).items()
+    ]
     dropped = [[reason, n] for reason, n in (d.get("dropped") or {}).items()]
     return {
         "overview": overview,
         "splits": table(splits, ["Split", "Conversations", "Tokens", "Assistant tokens", "Fingerprint"])
-        if splits else None,
+        if splits
+        else None,
         "dropped": table(dropped, ["Dropped because", "Records"]) if dropped else None,
         "warnings": [str(w) for w in d.get("warnings") or []],
     }
@@ -359,19 +459,54 @@ def contamination_table(artifacts: Sequence[dict[str, Any] | None]) -> str | Non
         if not isinstance(c, dict):
             continue
         share = c.get("share")
-        rows.append([name, c.get("checked", c.get("n", c.get("items"))), c.get("contaminated", c.get("overlapping")),
-                     f"{share * 100:.2f}%" if isinstance(share, (int, float)) else None, worst(c.get("worst"))])
-    return table(rows, ["Evaluation set", "Items checked", "Items overlapping with training", "Share of items",
-                        "Most overlapping items"]) if rows else None
+        rows.append(
+            [
+                name,
+                c.get("checked", c.get("n", c.get("items"))),
+                c.get("contaminated", c.get("overlapping")),
+                f"{share * 100:.2f}%" if isinstance(share, (int, float)) else None,
+                worst(c.get("worst")),
+            ]
+        )
+    return (
+        table(
+            rows,
+            [
+                "Evaluation set",
+                "Items checked",
+                "Items overlapping with training",
+                "Share of items",
+                "Most overlapping items",
+            ],
+        )
+        if rows
+        else None
+    )
 
 
 def gate_table(gate: dict[str, Any]) -> str | None:
-    rows = [[r.get("rule"), f"`{r.get('metric')}`", r.get("base"), r.get("tuned"), fmt(r.get("delta"), True),
-             fmt_interval(r.get("ci_low"), r.get("ci_high")), r.get("threshold"), r.get("status"),
-             r.get("items_needed") if r.get("items_needed") is not None else "", r.get("reason")]
-            for r in gate.get("rows") or []]
-    return table(rows, ["Rule", "Metric", "Base", "Tuned", "Δ", "CI of Δ", "Threshold", "Status", "Items needed",
-                        "Reason"]) if rows else None
+    rows = [
+        [
+            r.get("rule"),
+            f"`{r.get('metric')}`",
+            r.get("base"),
+            r.get("tuned"),
+            fmt(r.get("delta"), True),
+            fmt_interval(r.get("ci_low"), r.get("ci_high")),
+            r.get("threshold"),
+            r.get("status"),
+            r.get("items_needed") if r.get("items_needed") is not None else "",
+            r.get("reason"),
+        ]
+        for r in gate.get("rows") or []
+    ]
+    return (
+        table(
+            rows, ["Rule", "Metric", "Base", "Tuned", "Δ", "CI of Δ", "Threshold", "Status", "Items needed", "Reason"]
+        )
+        if rows
+        else None
+    )
 
 
 def _rel(x: float | None, ref: float | None) -> str:
@@ -384,15 +519,28 @@ def served_view(parities: list[Any]) -> list[dict[str, Any]]:
     out = []
     for p in parities:
         same = "; ".join(f"{s}: {e} of {t} answers identical" for s, (e, t) in p.identical.items()) or "no answers"
-        line = (f"**{p.served}** against **{p.artifact}** (in-process llama.cpp on the same file `{p.gguf}`): {same}")
+        line = f"**{p.served}** against **{p.artifact}** (in-process llama.cpp on the same file `{p.gguf}`): {same}"
         if p.comparison is None:
             out.append({"line": f"{line}; metrics not comparable ({p.why})", "table": None})
             continue
         level = f"{100 * (1 - p.comparison.alpha):g}%"
-        body = [[f"`{r.metric}`", r.base, r.tuned, f"{fmt(r.delta, True)} {fmt_interval(r.ci_low, r.ci_high)}, "
-                 f"{_verdict(r)}"] for r in p.comparison.headline_rows()]
-        out.append({"line": line, "table": table(body, ["Metric", p.artifact, p.served,
-                                                        f"Δ served − in-process ({level} CI)"]) if body else None})
+        body = [
+            [
+                f"`{r.metric}`",
+                r.base,
+                r.tuned,
+                f"{fmt(r.delta, True)} {fmt_interval(r.ci_low, r.ci_high)}, {_verdict(r)}",
+            ]
+            for r in p.comparison.headline_rows()
+        ]
+        out.append(
+            {
+                "line": line,
+                "table": table(body, ["Metric", p.artifact, p.served, f"Δ served − in-process ({level} CI)"])
+                if body
+                else None,
+            }
+        )
     return out
 
 
@@ -417,10 +565,12 @@ def export_view(comparison: Comparison, artifacts: dict[str, Comparison]) -> dic
         for r in comp.rows:
             if r.group == "perplexity" and r.headline:
                 better = "lower" if not r.higher_is_better else "higher"
-                lines.append(f"**{name}** changes `{r.metric}` by {_rel(r.delta, r.base)} "
-                             f"[{_rel(r.ci_low, r.base)}, {_rel(r.ci_high, r.base)}] against the adapter "
-                             f"(Δ {fmt(r.delta, True)}, p={fmt_p(r.p_value)}, n={r.n} {r.unit}; {better} is better; "
-                             f"{r.verdict})")
+                lines.append(
+                    f"**{name}** changes `{r.metric}` by {_rel(r.delta, r.base)} "
+                    f"[{_rel(r.ci_low, r.base)}, {_rel(r.ci_high, r.base)}] against the adapter "
+                    f"(Δ {fmt(r.delta, True)}, p={fmt_p(r.p_value)}, n={r.n} {r.unit}; {better} is better; "
+                    f"{r.verdict})"
+                )
     headers = ["Metric", "Base", "Adapter"]
     for name in artifacts:
         headers += [name, f"Δ {name} vs adapter ({level} CI)"]
@@ -430,9 +580,15 @@ def export_view(comparison: Comparison, artifacts: dict[str, Comparison]) -> dic
         ref = next((r for r in rows.values() if r is not None), None)
         line = [f"`{m}`", main[m].base if m in main else None, ref.base if ref else None]
         for r in rows.values():
-            line += [None, None] if r is None else [
-                r.tuned, f"{fmt(r.delta, True)} ({_rel(r.delta, r.base)}) {fmt_interval(r.ci_low, r.ci_high)}, "
-                         f"{_verdict(r)}"]
+            line += (
+                [None, None]
+                if r is None
+                else [
+                    r.tuned,
+                    f"{fmt(r.delta, True)} ({_rel(r.delta, r.base)}) {fmt_interval(r.ci_low, r.ci_high)}, "
+                    f"{_verdict(r)}",
+                ]
+            )
         body.append(line)
     return {"lines": lines, "table": table(body, headers), "level": level}
 
@@ -448,8 +604,9 @@ def _stage_rows(times: dict[str, Any] | None) -> list[tuple[str, Any]]:
     return rows + ([("wall time: all stages", f"{sum(stages.values()):.1f} s")] if stages else [])
 
 
-def environment_tables(evaluation: dict[str, Any] | None, training: dict[str, Any] | None,
-                       stage_times: dict[str, Any] | None = None) -> tuple[str | None, str | None]:
+def environment_tables(
+    evaluation: dict[str, Any] | None, training: dict[str, Any] | None, stage_times: dict[str, Any] | None = None
+) -> tuple[str | None, str | None]:
     """The evaluation's environment (with stage times), then only what training ran with differently.
 
     Both record mostly the same versions; printing both tables in full printed the environment twice.
@@ -469,8 +626,9 @@ def build_view(comparison: Comparison, context: dict[str, Any]) -> dict[str, Any
     manifest, data_report, gate = ctx.get("manifest"), ctx.get("data_report"), ctx.get("gate")
     b_art, t_art = ctx.get("base_artifacts") or {}, ctx.get("tuned_artifacts") or {}
     config = ctx.get("config") or (manifest or {}).get("config")
-    environment, versions = environment_tables(ctx.get("environment"), (manifest or {}).get("versions"),
-                                               ctx.get("stage_times"))
+    environment, versions = environment_tables(
+        ctx.get("environment"), (manifest or {}).get("versions"), ctx.get("stage_times")
+    )
     other = [r for r in c.rows if r.group not in groups]
     return {
         "title": ctx.get("title") or ctx.get("name") or f"{c.tuned_label} vs {c.base_label}",
@@ -548,12 +706,18 @@ def context_from_run(run_dir: str | Path, results: dict[str, Any] | None = None)
 
     run = Path(run_dir)
     results = results or load_run_results(run)
-    ctx: dict[str, Any] = {"name": run_settings(run)["name"],
-                           "base_artifacts": results["base"].artifacts,
-                           "tuned_artifacts": results["tuned"].artifacts,
-                           "environment": results["tuned"].environment or None}
-    for key, rel in (("manifest", "adapter/manifest.json"), ("data_report", "data/data_report.json"),
-                     ("gate", "gate.json"), ("stage_times", "timings.json")):
+    ctx: dict[str, Any] = {
+        "name": run_settings(run)["name"],
+        "base_artifacts": results["base"].artifacts,
+        "tuned_artifacts": results["tuned"].artifacts,
+        "environment": results["tuned"].environment or None,
+    }
+    for key, rel in (
+        ("manifest", "adapter/manifest.json"),
+        ("data_report", "data/data_report.json"),
+        ("gate", "gate.json"),
+        ("stage_times", "timings.json"),
+    ):
         if (run / rel).exists():
             ctx[key] = read_json(run / rel)
     if (run / "config.yaml").exists():  # names the settings that would give a metric more items
@@ -574,8 +738,11 @@ def render_leaderboard(board: Leaderboard) -> str:
         cells = [f"`{row['metric']}`", "higher" if row["higher_is_better"] else "lower", fmt(row["base"])]
         for a in names:
             r = row["adapters"][a]
-            cells.append("–" if r is None else
-                         f"{fmt(r.tuned)} ({fmt(r.delta, True)} {fmt_interval(r.ci_low, r.ci_high)}, {r.verdict})")
+            cells.append(
+                "–"
+                if r is None
+                else f"{fmt(r.tuned)} ({fmt(r.delta, True)} {fmt_interval(r.ci_low, r.ci_high)}, {r.verdict})"
+            )
         body.append(cells)
     level = f"{100 * (1 - board.alpha):g}%"
     head = f"Adapters against base `{board.base_label}`; cells: tuned value (Δ and its {level} interval, verdict).\n\n"

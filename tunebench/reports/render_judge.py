@@ -27,11 +27,16 @@ def _cut(text: Any) -> str:
 def _row(r: MetricComparison, label: str) -> list[Any]:
     d = r.details
     lc = d.get("lc_ci") or [None, None]
-    return [label, f"{d.get('wins', 0)} / {d.get('ties', 0)} / {d.get('losses', 0)}",
-            f"{fmt(r.tuned)} {fmt_interval(*(r.tuned_ci or [None, None]), signed=False)}",
-            f"{fmt(d.get('lc_win_rate'))} {fmt_interval(lc[0], lc[1], signed=False)}", fmt_p(r.p_value),
-            "n/a" if r.mde is None else f"±{fmt(r.mde)}", f"{r.n} ({d.get('clusters', r.n)} questions)",
-            r.verdict]
+    return [
+        label,
+        f"{d.get('wins', 0)} / {d.get('ties', 0)} / {d.get('losses', 0)}",
+        f"{fmt(r.tuned)} {fmt_interval(*(r.tuned_ci or [None, None]), signed=False)}",
+        f"{fmt(d.get('lc_win_rate'))} {fmt_interval(lc[0], lc[1], signed=False)}",
+        fmt_p(r.p_value),
+        "n/a" if r.mde is None else f"±{fmt(r.mde)}",
+        f"{r.n} ({d.get('clusters', r.n)} questions)",
+        r.verdict,
+    ]
 
 
 def _set_lines(r: MetricComparison) -> list[str]:
@@ -64,24 +69,41 @@ def _gate_line(metric: str, gate: dict[str, Any] | None) -> str | None:
     return "; ".join(f"Gate rule '{r['rule']}': **{r['status']}**" for r in rows) + "."
 
 
-def judge_view(rows: list[MetricComparison], artifacts: dict[str, Any] | None,
-               gate: dict[str, Any] | None = None) -> dict[str, Any] | None:
+def judge_view(
+    rows: list[MetricComparison], artifacts: dict[str, Any] | None, gate: dict[str, Any] | None = None
+) -> dict[str, Any] | None:
     """Per prompt set: the headline table, per-category rows, notes and a few order disagreements; None without
     judge rows."""
     heads = [r for r in rows if r.metric.count("/") == 2]
     if not heads:
         return None
-    headers = ["Prompts", "Win / tie / loss", "Win rate (95% CI)", "Length-controlled (95% CI)", "p (sign)", "MDE",
-               "n", "Verdict"]
+    headers = [
+        "Prompts",
+        "Win / tie / loss",
+        "Win rate (95% CI)",
+        "Length-controlled (95% CI)",
+        "p (sign)",
+        "MDE",
+        "n",
+        "Verdict",
+    ]
     shown = (artifacts or {}).get("disagreements") or {}
     sets = []
     for h in heads:
         name = h.metric.split("/")[1]
         cats = [r for r in rows if r.metric.startswith(f"judge/{name}/") and r.metric.count("/") == 3]
         body = [_row(h, f"`{h.metric}`")] + [_row(r, r.metric.split("/")[2]) for r in cats]
-        examples = [{"id": e["id"], "question": _cut(e["question"]), "base": _cut(e["base_answer"]),
-                     "tuned": _cut(e["tuned_answer"]), "first": e["verdict_base_first"],
-                     "second": e["verdict_tuned_first"]} for e in shown.get(name, [])]
+        examples = [
+            {
+                "id": e["id"],
+                "question": _cut(e["question"]),
+                "base": _cut(e["base_answer"]),
+                "tuned": _cut(e["tuned_answer"]),
+                "first": e["verdict_base_first"],
+                "second": e["verdict_tuned_first"],
+            }
+            for e in shown.get(name, [])
+        ]
         lines = _set_lines(h) + [x for x in [_gate_line(h.metric, gate)] if x]
         sets.append({"name": name, "table": table(body, headers), "lines": lines, "examples": examples})
     return {"sets": sets}

@@ -14,8 +14,11 @@ from tunebench.core.stats import fmt, fmt_interval, fmt_p
 
 log = logging.getLogger(__name__)
 
-PLOTS = {"history": "plot_optimization_history", "parallel": "plot_parallel_coordinate",
-         "importances": "plot_param_importances"}
+PLOTS = {
+    "history": "plot_optimization_history",
+    "parallel": "plot_parallel_coordinate",
+    "importances": "plot_param_importances",
+}
 """File stem -> the optuna.visualization.matplotlib function that draws it."""
 
 WINNERS_CURSE = (
@@ -40,8 +43,11 @@ def draw_sweep_plots(study: Any, out_dir: str | Path, importances: bool) -> dict
         import matplotlib.pyplot as plt  # heavy: matplotlib, imported when needed
         import optuna.visualization.matplotlib as vis  # optional: the sweep extra
     except ImportError as e:  # plots are drawn second: a missing or broken plotting install never costs the report
-        log.warning("sweep plots not drawn (%s); sweep.json and sweep.md are complete without them. Install "
-                    "matplotlib and a whole optuna (pip install 'tunebench[sweep]') for the PNGs", e)
+        log.warning(
+            "sweep plots not drawn (%s); sweep.json and sweep.md are complete without them. Install "
+            "matplotlib and a whole optuna (pip install 'tunebench[sweep]') for the PNGs",
+            e,
+        )
         return {}
 
     drawn: dict[str, str] = {}
@@ -72,24 +78,54 @@ def _params(params: dict[str, Any]) -> str:
 
 def _leaderboard(summary: dict[str, Any]) -> str:
     order = {"complete": 0, "pruned": 1, "running": 2, "waiting": 3, "fail": 4}
-    rows = sorted(summary["trials"], key=lambda r: (order.get(r["state"], 5), r["value"] if r["value"] is not None
-                                                     else float("inf"), r["number"]))
+    rows = sorted(
+        summary["trials"],
+        key=lambda r: (order.get(r["state"], 5), r["value"] if r["value"] is not None else float("inf"), r["number"]),
+    )
     chosen = (summary.get("chosen") or {}).get("number")
     selection = summary.get("selection") or {}
     out = []
     for r in rows:
         mark = " (chosen)" if r["number"] == chosen else " (best)" if r["number"] == selection.get("best") else ""
-        vs = (f"{fmt(r['delta'], signed=True)} {fmt_interval(r['delta_low'], r['delta_high'])}, Holm p "
-              f"{fmt_p(r['p_holm'])}") if r.get("delta") is not None else None
+        vs = (
+            (
+                f"{fmt(r['delta'], signed=True)} {fmt_interval(r['delta_low'], r['delta_high'])}, Holm p "
+                f"{fmt_p(r['p_holm'])}"
+            )
+            if r.get("delta") is not None
+            else None
+        )
         state = r["state"] + (f" at step {r['pruned_at_step']}" if r["pruned"] and r.get("pruned_at_step") else "")
         value = r["value"] if r["state"] == "complete" else r.get("last_intermediate")
-        out.append([f"{r['number']}{mark}", _params(r["params"]), value,
-                    fmt_interval(r["ci_low"], r["ci_high"], signed=False) if r["ci_low"] is not None else None, vs,
-                    "yes" if r["indistinguishable"] else ("no" if r["state"] == "complete" else None), state,
-                    f"{r['trainable_params']:,}" if r.get("trainable_params") else None, r.get("steps"),
-                    f"{r['seconds']:.0f} s" if r.get("seconds") is not None else None])
-    return table(out, ["trial", "parameters", "validation perplexity", "95% interval", "Δ vs best [interval]",
-                       "indistinguishable", "state", "trainable", "steps", "time"])
+        out.append(
+            [
+                f"{r['number']}{mark}",
+                _params(r["params"]),
+                value,
+                fmt_interval(r["ci_low"], r["ci_high"], signed=False) if r["ci_low"] is not None else None,
+                vs,
+                "yes" if r["indistinguishable"] else ("no" if r["state"] == "complete" else None),
+                state,
+                f"{r['trainable_params']:,}" if r.get("trainable_params") else None,
+                r.get("steps"),
+                f"{r['seconds']:.0f} s" if r.get("seconds") is not None else None,
+            ]
+        )
+    return table(
+        out,
+        [
+            "trial",
+            "parameters",
+            "validation perplexity",
+            "95% interval",
+            "Δ vs best [interval]",
+            "indistinguishable",
+            "state",
+            "trainable",
+            "steps",
+            "time",
+        ],
+    )
 
 
 def _confirm_section(summary: dict[str, Any]) -> list[str]:
@@ -98,14 +134,20 @@ def _confirm_section(summary: dict[str, Any]) -> list[str]:
     if not chosen:
         return lines + ["No trial has finished: nothing to confirm yet.", ""]
     if not c:
-        return lines + ["Not run in this invocation (`--no-confirm`, or it stopped). Run it with:", "",
-                        f"    {chosen['config_line']}", ""]
+        return lines + [
+            "Not run in this invocation (`--no-confirm`, or it stopped). Run it with:",
+            "",
+            f"    {chosen['config_line']}",
+            "",
+        ]
     ppl = c.get("perplexity_test") or {}
-    lines.append(f"`{c['run_dir']}`: test perplexity base {fmt(ppl.get('base'))} → tuned {fmt(ppl.get('tuned'))}, "
-                 f"Δ {fmt(ppl.get('delta'), signed=True)} {fmt_interval(ppl.get('ci_low'), ppl.get('ci_high'))} over "
-                 f"{ppl.get('n')} conversations; gate: **{c.get('gate')}** ([report](confirm/report.md)). The winner's "
-                 f"validation perplexity was {fmt(chosen['value'])}, on other conversations and chosen as the minimum: "
-                 "read the test figure, not that one.")
+    lines.append(
+        f"`{c['run_dir']}`: test perplexity base {fmt(ppl.get('base'))} → tuned {fmt(ppl.get('tuned'))}, "
+        f"Δ {fmt(ppl.get('delta'), signed=True)} {fmt_interval(ppl.get('ci_low'), ppl.get('ci_high'))} over "
+        f"{ppl.get('n')} conversations; gate: **{c.get('gate')}** ([report](confirm/report.md)). The winner's "
+        f"validation perplexity was {fmt(chosen['value'])}, on other conversations and chosen as the minimum: "
+        "read the test figure, not that one."
+    )
     return lines + [""]
 
 
@@ -118,24 +160,34 @@ def render_sweep(summary: dict[str, Any]) -> str:
         lines += [f"**Chosen: {chosen['reason']}.**", "", "    " + chosen["config_line"], ""]
     else:
         lines += ["**No trial has finished yet: nothing is chosen.**", ""]
-    lines += [f"{counts.get('complete', 0)} complete, {counts.get('pruned', 0)} pruned, {counts.get('fail', 0)} failed"
-              + (f", {counts['running']} still running in other workers" if counts.get("running") else "")
-              + f" (target {summary['target_trials']}). Objective: {obj['metric']} (assistant tokens, "
-              f"{obj['conversations']} conversations, paired per conversation; lower is better); the test split is "
-              f"never read. Sampler {summary['sampler']}, pruner {summary['pruner']}, {summary['seeds']} seed(s) per "
-              "configuration.", ""]
+    lines += [
+        f"{counts.get('complete', 0)} complete, {counts.get('pruned', 0)} pruned, {counts.get('fail', 0)} failed"
+        + (f", {counts['running']} still running in other workers" if counts.get("running") else "")
+        + f" (target {summary['target_trials']}). Objective: {obj['metric']} (assistant tokens, "
+        f"{obj['conversations']} conversations, paired per conversation; lower is better); the test split is "
+        f"never read. Sampler {summary['sampler']}, pruner {summary['pruner']}, {summary['seeds']} seed(s) per "
+        "configuration.",
+        "",
+    ]
     lines += ["## Leaderboard", "", _leaderboard(summary), ""]
     if sel:
         level = f"{100 * (1 - sel['alpha']):g}%"
-        lines += ["## Selection", "",
-                  f"Each of the top {sel['top']} finished trials is compared with the best (trial {sel['best']}) on the "
-                  "same validation conversations: a paired bootstrap of the perplexity difference, p-values "
-                  f"Holm-corrected as one family (family-wise {level}). Indistinguishable from the best: trials "
-                  f"{', '.join(str(n) for n in sel['indistinguishable'])}. Among them the cheapest is chosen (fewest "
-                  "trainable parameters, then fewest steps): a difference the validation split cannot resolve is not "
-                  "worth the larger adapter." + (f" Not compared (below the top {sel['top']}): "
-                                                 f"{', '.join(map(str, sel['not_compared']))}." if sel["not_compared"]
-                                                 else ""), ""]
+        lines += [
+            "## Selection",
+            "",
+            f"Each of the top {sel['top']} finished trials is compared with the best (trial {sel['best']}) on the "
+            "same validation conversations: a paired bootstrap of the perplexity difference, p-values "
+            f"Holm-corrected as one family (family-wise {level}). Indistinguishable from the best: trials "
+            f"{', '.join(str(n) for n in sel['indistinguishable'])}. Among them the cheapest is chosen (fewest "
+            "trainable parameters, then fewest steps): a difference the validation split cannot resolve is not "
+            "worth the larger adapter."
+            + (
+                f" Not compared (below the top {sel['top']}): {', '.join(map(str, sel['not_compared']))}."
+                if sel["not_compared"]
+                else ""
+            ),
+            "",
+        ]
     lines += _confirm_section(summary)
     lines += ["## Parameter importances", ""]
     if summary.get("importances"):
@@ -143,21 +195,47 @@ def render_sweep(summary: dict[str, Any]) -> str:
     else:
         lines += [f"{summary.get('importances_note')}.", ""]
     plots = summary.get("plots") or {}
-    for stem, title in (("importances", "importances"), ("history", "Optimisation history"),
-                        ("parallel", "Parallel coordinates")):
+    for stem, title in (
+        ("importances", "importances"),
+        ("history", "Optimisation history"),
+        ("parallel", "Parallel coordinates"),
+    ):
         if stem in plots:
             lines += [f"![{title}]({plots[stem]})", ""]
     pr = summary["pruning"]
-    lines += ["## Pruning", "", f"{pr['pruned']} of {pr['finished']} finished trials pruned; {pr['steps_run']} "
-              "optimizer steps run" + (f" of {pr['steps_planned']} planned, {pr['steps_saved']} saved "
-                                       f"({100 * pr['share_saved']:.0f}%)" if pr.get("share_saved") is not None else "")
-              + ".", ""]
-    space = [[p["key"], p["kind"], (" | ".join(",".join(c) if isinstance(c, (list, tuple)) else str(c)
-                                               for c in p["choices"]) if p["kind"] == "categorical" else
-                                    f"[{p['low']}, {p['high']}]" + (" log" if p["log"] else ""))]
-             for p in summary["space"]]
-    lines += ["## Study", "", f"Storage `{summary['storage']}`, space `{summary['space_file']}`:", "",
-              table(space, ["key", "distribution", "values"]), ""]
+    lines += [
+        "## Pruning",
+        "",
+        f"{pr['pruned']} of {pr['finished']} finished trials pruned; {pr['steps_run']} "
+        "optimizer steps run"
+        + (
+            f" of {pr['steps_planned']} planned, {pr['steps_saved']} saved ({100 * pr['share_saved']:.0f}%)"
+            if pr.get("share_saved") is not None
+            else ""
+        )
+        + ".",
+        "",
+    ]
+    space = [
+        [
+            p["key"],
+            p["kind"],
+            (
+                " | ".join(",".join(c) if isinstance(c, (list, tuple)) else str(c) for c in p["choices"])
+                if p["kind"] == "categorical"
+                else f"[{p['low']}, {p['high']}]" + (" log" if p["log"] else "")
+            ),
+        ]
+        for p in summary["space"]
+    ]
+    lines += [
+        "## Study",
+        "",
+        f"Storage `{summary['storage']}`, space `{summary['space_file']}`:",
+        "",
+        table(space, ["key", "distribution", "values"]),
+        "",
+    ]
     failed = [r for r in summary["trials"] if r["state"] == "fail" and r.get("error")]
     if failed:
         lines += ["Failed trials: " + "; ".join(f"{r['number']}: {r['error']}" for r in failed), ""]

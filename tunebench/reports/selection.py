@@ -65,8 +65,9 @@ class Selection:
         return asdict(self)
 
 
-def select(candidates: Sequence[Candidate], alpha: float = 0.05, top: int = TOP, n_boot: int = 2000,
-           seed: int = 0) -> Selection:
+def select(
+    candidates: Sequence[Candidate], alpha: float = 0.05, top: int = TOP, n_boot: int = 2000, seed: int = 0
+) -> Selection:
     """Compare the top candidates with the best, Holm-corrected, and choose the cheapest indistinguishable one.
 
     Args:
@@ -84,13 +85,16 @@ def select(candidates: Sequence[Candidate], alpha: float = 0.05, top: int = TOP,
     ranked = sorted(candidates, key=lambda c: (c.value, c.number))
     best, rest = ranked[0], ranked[1:top]
     out = Selection(best=best.number, alpha=alpha, top=top, not_compared=[c.number for c in ranked[top:]])
-    tests = [paired_bootstrap(best.items, c.items, aggregate="exp_ratio", n_boot=n_boot, alpha=alpha, seed=seed)
-             for c in rest]
+    tests = [
+        paired_bootstrap(best.items, c.items, aggregate="exp_ratio", n_boot=n_boot, alpha=alpha, seed=seed)
+        for c in rest
+    ]
     adjusted = holm([t.p_value for t in tests])
     for c, t, p in zip(rest, tests, adjusted, strict=True):
         same = p is None or p >= alpha
-        out.compared.append(Versus(c.number, t.delta, t.low, t.high, t.p_value, float(p if p is not None else 1.0),
-                                   same))
+        out.compared.append(
+            Versus(c.number, t.delta, t.low, t.high, t.p_value, float(p if p is not None else 1.0), same)
+        )
     in_set = [best] + [c for c, v in zip(rest, out.compared, strict=True) if v.indistinguishable]
     out.indistinguishable = [c.number for c in in_set]
     chosen = min(in_set, key=lambda c: (c.trainable_params, c.steps, c.value, c.number))
@@ -104,12 +108,18 @@ def _reason(best: Candidate, chosen: Candidate, in_set: list[Candidate], alpha: 
     if len(in_set) == 1 and n_compared == 0:
         return f"trial {best.number}: the only finished trial, so nothing was compared with it"
     if len(in_set) == 1:
-        return (f"trial {best.number}: every other compared configuration is worse than it (Holm-corrected, family-"
-                f"wise {level}), so the best is the only candidate")
+        return (
+            f"trial {best.number}: every other compared configuration is worse than it (Holm-corrected, family-"
+            f"wise {level}), so the best is the only candidate"
+        )
     if chosen.number == best.number:
-        return (f"trial {best.number}: the best, and also the cheapest of the {len(in_set)} configurations "
-                f"indistinguishable from it ({chosen.trainable_params:,} trainable parameters, {chosen.steps} steps)")
-    return (f"trial {chosen.number}: the cheapest of the {len(in_set)} configurations indistinguishable from the best "
-            f"(trial {best.number}, perplexity {fmt(best.value)}): {chosen.trainable_params:,} trainable parameters "
-            f"and {chosen.steps} steps against the best's {best.trainable_params:,} and {best.steps}, at perplexity "
-            f"{fmt(chosen.value)}; no Holm-corrected comparison at family-wise {level} separates them")
+        return (
+            f"trial {best.number}: the best, and also the cheapest of the {len(in_set)} configurations "
+            f"indistinguishable from it ({chosen.trainable_params:,} trainable parameters, {chosen.steps} steps)"
+        )
+    return (
+        f"trial {chosen.number}: the cheapest of the {len(in_set)} configurations indistinguishable from the best "
+        f"(trial {best.number}, perplexity {fmt(best.value)}): {chosen.trainable_params:,} trainable parameters "
+        f"and {chosen.steps} steps against the best's {best.trainable_params:,} and {best.steps}, at perplexity "
+        f"{fmt(chosen.value)}; no Holm-corrected comparison at family-wise {level} separates them"
+    )

@@ -16,8 +16,9 @@ from tunebench.core import tracking
 log = logging.getLogger(__name__)
 
 
-def log_metrics(report_to: Sequence[str], run_dir: str | Path, metrics: dict[str, float], step: int = 0,
-                run_name: str | None = None) -> list[str]:
+def log_metrics(
+    report_to: Sequence[str], run_dir: str | Path, metrics: dict[str, float], step: int = 0, run_name: str | None = None
+) -> list[str]:
     """Log ``metrics`` (name -> value; names like ``eval/tuned/perplexity/test``) at ``step`` to every tracker on.
 
     Returns:
@@ -31,8 +32,12 @@ def log_metrics(report_to: Sequence[str], run_dir: str | Path, metrics: dict[str
                 _WRITERS[name](Path(run_dir), values, step, run_name or Path(run_dir).name)
             written.append(name)
         except ImportError as e:
-            log.warning("train.report_to names %s, which does not import here (%s): the evaluation's metrics were "
-                        "not logged to it", name, e)
+            log.warning(
+                "train.report_to names %s, which does not import here (%s): the evaluation's metrics were "
+                "not logged to it",
+                name,
+                e,
+            )
     return written
 
 

@@ -40,7 +40,9 @@ class SignalCallback(TrainerCallback):
         if self.run_state.signal is not None:
             raise KeyboardInterrupt
         self.run_state.signal = signal.Signals(signum).name
-        log.warning("%s received: saving a resumable checkpoint after this step (again to abort)", self.run_state.signal)
+        log.warning(
+            "%s received: saving a resumable checkpoint after this step (again to abort)", self.run_state.signal
+        )
 
     def on_step_end(self, args, st, control, **kw):
         stop = self.run_state.signal is not None
@@ -56,6 +58,7 @@ class SignalCallback(TrainerCallback):
         for sig, old in self._old.items():
             signal.signal(sig, old)
 
+
 class NaNGuard(TrainerCallback):
     """Stop on a non-finite loss before it can be checkpointed."""
 
@@ -69,15 +72,23 @@ class NaNGuard(TrainerCallback):
             control.should_save = False
             control.should_training_stop = True
 
+
 class Progress(TrainerCallback):
     """The one progress bar of training: loss, validation loss and tokens/s as its postfix."""
 
     def __init__(self, state: Any, total_steps: int):
         self.run_state = state
         self.total_steps = total_steps
+
     def on_train_begin(self, args, st, control, **kw):
-        self.bar = tqdm(total=self.total_steps, initial=st.global_step, desc="train", unit="step", dynamic_ncols=True,
-                        disable=not dist.is_main())
+        self.bar = tqdm(
+            total=self.total_steps,
+            initial=st.global_step,
+            desc="train",
+            unit="step",
+            dynamic_ncols=True,
+            disable=not dist.is_main(),
+        )
         self._t0 = time.perf_counter()
         self._tok0 = self.run_state.tokens
 
@@ -98,6 +109,7 @@ class Progress(TrainerCallback):
 
     def on_train_end(self, args, st, control, **kw):
         self.bar.close()
+
 
 class LogFile(TrainerCallback):
     """Each log dict (loss, learning rate, grad norm, eval loss) as a JSON line in the run's train.log."""

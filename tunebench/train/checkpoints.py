@@ -37,8 +37,11 @@ def checkpoints(ckpt_dir: Path) -> list[Path]:
     """``checkpoint-N`` folders, highest step first."""
     if not ckpt_dir.is_dir():
         return []
-    steps = {int(m.group(1)): p for p in ckpt_dir.iterdir()
-             if p.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", p.name))}
+    steps = {
+        int(m.group(1)): p
+        for p in ckpt_dir.iterdir()
+        if p.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", p.name))
+    }
     return [steps[n] for n in sorted(steps, reverse=True)]
 
 
@@ -95,5 +98,7 @@ def require_resumable(ckpt_dir: Path) -> None:
     found = checkpoints(ckpt_dir)
     if found and latest_checkpoint(ckpt_dir) is None:
         problems = "; ".join(f"{p.name}: {checkpoint_problem(p)}" for p in found)
-        raise TrainingError(f"no complete checkpoint to resume in {ckpt_dir} ({problems}). Start over with "
-                            "--overwrite (or delete the broken checkpoint folders).")
+        raise TrainingError(
+            f"no complete checkpoint to resume in {ckpt_dir} ({problems}). Start over with "
+            "--overwrite (or delete the broken checkpoint folders)."
+        )

@@ -26,12 +26,15 @@ def adapter_dir(run_or_adapter: str | Path) -> Path:
         return p
     if (p / "adapter" / "adapter_config.json").exists():
         return p / "adapter"
-    raise ExportError(f"{p}: no adapter to export (neither a run folder with adapter/adapter_config.json nor an "
-                      "adapter folder); train it first (`tunebench train` or `tunebench run`)")
+    raise ExportError(
+        f"{p}: no adapter to export (neither a run folder with adapter/adapter_config.json nor an "
+        "adapter folder); train it first (`tunebench train` or `tunebench run`)"
+    )
 
 
-def merge_adapter(run_or_adapter: str | Path, dtype: str = "bfloat16", check: Callable[[Any], None] | None = None
-                  ) -> tuple[Any, Any, ModelSource, Path]:
+def merge_adapter(
+    run_or_adapter: str | Path, dtype: str = "bfloat16", check: Callable[[Any], None] | None = None
+) -> tuple[Any, Any, ModelSource, Path]:
     """Fold a run's adapter into an unquantized copy of its base.
 
     Args:
@@ -80,7 +83,8 @@ def export_merged(run_or_adapter: str | Path, out: str | Path | None = None, dty
     with atomic_dir(out) as tmp:
         merged.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
-        atomic_write_json(tmp / "tunebench_export.json", {"adapter": str(adapter), "base": source.to_dict(),
-                                                          "dtype": dtype})
+        atomic_write_json(
+            tmp / "tunebench_export.json", {"adapter": str(adapter), "base": source.to_dict(), "dtype": dtype}
+        )
     log.info("merged model written to %s", out)
     return out

@@ -39,14 +39,41 @@ log = logging.getLogger(__name__)
 
 # name -> (GGMLQuantizationType name, LlamaFileType name). Pure files: every 2-D tensor takes the type.
 QUANTS = {
-    "f32": ("F32", "ALL_F32"), "f16": ("F16", "MOSTLY_F16"), "bf16": ("BF16", "MOSTLY_BF16"),
-    "q8_0": ("Q8_0", "MOSTLY_Q8_0"), "q5_1": ("Q5_1", "MOSTLY_Q5_1"), "q5_0": ("Q5_0", "MOSTLY_Q5_0"),
-    "q4_1": ("Q4_1", "MOSTLY_Q4_1"), "q4_0": ("Q4_0", "MOSTLY_Q4_0"),
+    "f32": ("F32", "ALL_F32"),
+    "f16": ("F16", "MOSTLY_F16"),
+    "bf16": ("BF16", "MOSTLY_BF16"),
+    "q8_0": ("Q8_0", "MOSTLY_Q8_0"),
+    "q5_1": ("Q5_1", "MOSTLY_Q5_1"),
+    "q5_0": ("Q5_0", "MOSTLY_Q5_0"),
+    "q4_1": ("Q4_1", "MOSTLY_Q4_1"),
+    "q4_0": ("Q4_0", "MOSTLY_Q4_0"),
 }
 # llama-quantize's recipes: several types per file, chosen per tensor by rules only llama.cpp implements
-MIXTURES = {"q2_k", "q3_k_s", "q3_k_m", "q3_k_l", "q4_k_s", "q4_k_m", "q5_k_s", "q5_k_m", "q6_k", "iq4_xs",
-            "iq4_nl", "iq3_xxs", "iq3_s", "iq3_m", "iq2_xxs", "iq2_xs", "iq2_s", "iq2_m", "iq1_s", "iq1_m",
-            "tq1_0", "tq2_0", "mxfp4"}
+MIXTURES = {
+    "q2_k",
+    "q3_k_s",
+    "q3_k_m",
+    "q3_k_l",
+    "q4_k_s",
+    "q4_k_m",
+    "q5_k_s",
+    "q5_k_m",
+    "q6_k",
+    "iq4_xs",
+    "iq4_nl",
+    "iq3_xxs",
+    "iq3_s",
+    "iq3_m",
+    "iq2_xxs",
+    "iq2_xs",
+    "iq2_s",
+    "iq2_m",
+    "iq1_s",
+    "iq1_m",
+    "tq1_0",
+    "tq2_0",
+    "mxfp4",
+}
 DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 # pre-tokenizer names llama.cpp keys its split regex on (convert_hf_to_gguf.get_vocab_base_pre)
 PRE_BY_FAMILY = {"llama3": "llama-bpe", "smollm": "smollm"}
@@ -87,11 +114,14 @@ def parse_quants(text: str | list[str] | tuple[str, ...]) -> list[str]:
     for q in names:
         if q in ok:
             continue
-        why = (f"{q} is a llama.cpp mixture recipe (k-quant/i-quant types chosen per tensor by llama-quantize); "
-               f"gguf-py {version} has no quantizer for those types, only dequantizers"
-               if q in MIXTURES else
-               f"gguf-py {version} cannot quantize to {q}" if q in QUANTS else
-               f"unknown quantization type {q!r}{did_you_mean(q, [*QUANTS, *MIXTURES])}")
+        why = (
+            f"{q} is a llama.cpp mixture recipe (k-quant/i-quant types chosen per tensor by llama-quantize); "
+            f"gguf-py {version} has no quantizer for those types, only dequantizers"
+            if q in MIXTURES
+            else f"gguf-py {version} cannot quantize to {q}"
+            if q in QUANTS
+            else f"unknown quantization type {q!r}{did_you_mean(q, [*QUANTS, *MIXTURES])}"
+        )
         raise ExportError(
             f"{why}. Supported here: {', '.join(ok)}. For {q}, export f16 and run llama.cpp's "
             f"`llama-quantize model-f16.gguf model-{q}.gguf {q.upper()}`, then evaluate that file with "
@@ -132,8 +162,10 @@ def tokenizer_metadata(tok: Any, config: Any, source: ModelSource) -> dict[str, 
     backend = getattr(tok, "backend_tokenizer", None)
     model = json.loads(backend.to_str())["model"] if backend is not None else {}
     if model.get("type") != "BPE":
-        raise ExportError(f"{source.ref}: tokenizer model {model.get('type')!r} is not BPE; GGUF export writes "
-                          "gpt2-style BPE tokenizers (Llama 3, SmolLM2) only")
+        raise ExportError(
+            f"{source.ref}: tokenizer model {model.get('type')!r} is not BPE; GGUF export writes "
+            "gpt2-style BPE tokenizers (Llama 3, SmolLM2) only"
+        )
     if not tok.chat_template:
         raise ExportError(f"{source.ref}: the run's tokenizer has no chat template to put in the GGUF")
     merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
@@ -152,9 +184,16 @@ def tokenizer_metadata(tok: Any, config: Any, source: ModelSource) -> dict[str, 
             types.append(g.TokenType.NORMAL)
     probe = tok("a", add_special_tokens=True)["input_ids"]
     return {
-        "pre": _pre_tokenizer(tok, config, source), "tokens": tokens, "types": types, "merges": merges,
-        "bos": tok.bos_token_id, "eos": tok.eos_token_id, "pad": tok.pad_token_id, "unk": tok.unk_token_id,
-        "add_bos": bool(probe) and probe[0] == tok.bos_token_id, "chat_template": tok.chat_template,
+        "pre": _pre_tokenizer(tok, config, source),
+        "tokens": tokens,
+        "types": types,
+        "merges": merges,
+        "bos": tok.bos_token_id,
+        "eos": tok.eos_token_id,
+        "pad": tok.pad_token_id,
+        "unk": tok.unk_token_id,
+        "add_bos": bool(probe) and probe[0] == tok.bos_token_id,
+        "chat_template": tok.chat_template,
     }
 
 
@@ -191,7 +230,9 @@ def _rope_freqs(config: Any) -> Any | None:
 
 
 def rope_provenance(config: Any) -> dict[str, str]:
-    """``{"rope_parameters": json}`` when rope is scaled: transformers' GGUF reader drops it, models.loading restores it."""
+    """``{"rope_parameters": json}`` when rope is scaled.
+
+    transformers' GGUF reader drops it, models.loading restores it."""
     import json
 
     rope = getattr(config, "rope_parameters", None) or {}
@@ -208,8 +249,10 @@ def check_architecture(config: Any) -> None:
     """
     arch = getattr(config, "model_type", None)
     if arch != "llama":
-        raise ExportError(f"architecture {arch!r} is not supported by the GGUF export (llama only: Llama 3.x, "
-                          "SmolLM2); use llama.cpp's convert_hf_to_gguf.py on `tunebench export RUN --merged`")
+        raise ExportError(
+            f"architecture {arch!r} is not supported by the GGUF export (llama only: Llama 3.x, "
+            "SmolLM2); use llama.cpp's convert_hf_to_gguf.py on `tunebench export RUN --merged`"
+        )
     if getattr(config, "attention_bias", False) or getattr(config, "mlp_bias", False):
         raise ExportError("llama with attention/MLP biases is not supported by the GGUF export")
 
@@ -278,8 +321,10 @@ def write_gguf(path: Path, model: Any, tok_meta: dict[str, Any], quant: str, met
     path.parent.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(path.parent).free
     if free < need:
-        raise ExportError(f"{path}: needs about {need / 1e6:.0f} MB but {path.parent} has {free / 1e6:.0f} MB free; "
-                          "free space or pass --out on another disk (nothing was written)")
+        raise ExportError(
+            f"{path}: needs about {need / 1e6:.0f} MB but {path.parent} has {free / 1e6:.0f} MB free; "
+            "free space or pass --out on another disk (nothing was written)"
+        )
     tmp = _temp_path(path)
     w = g.GGUFWriter(tmp, g.MODEL_ARCH_NAMES[g.MODEL_ARCH.LLAMA])
     try:
@@ -303,8 +348,12 @@ def write_gguf(path: Path, model: Any, tok_meta: dict[str, Any], quant: str, met
         w.add_token_list(tok_meta["tokens"])
         w.add_token_types(tok_meta["types"])
         w.add_token_merges(tok_meta["merges"])
-        for key, add in (("bos", w.add_bos_token_id), ("eos", w.add_eos_token_id), ("pad", w.add_pad_token_id),
-                         ("unk", w.add_unk_token_id)):
+        for key, add in (
+            ("bos", w.add_bos_token_id),
+            ("eos", w.add_eos_token_id),
+            ("pad", w.add_pad_token_id),
+            ("unk", w.add_unk_token_id),
+        ):
             if tok_meta[key] is not None:
                 add(int(tok_meta[key]))
         w.add_add_bos_token(tok_meta["add_bos"])
@@ -324,14 +373,22 @@ def write_gguf(path: Path, model: Any, tok_meta: dict[str, Any], quant: str, met
     except OSError as e:
         _discard(w, tmp)
         if e.errno in DISK_FULL:
-            raise ExportError(f"{path}: the disk filled up while writing ({e.strerror}); the previous file, if any, "
-                              f"is untouched. Free about {need / 1e6:.0f} MB and export again") from None
+            raise ExportError(
+                f"{path}: the disk filled up while writing ({e.strerror}); the previous file, if any, "
+                f"is untouched. Free about {need / 1e6:.0f} MB and export again"
+            ) from None
         raise ExportError(f"{path}: could not write the GGUF ({e}); the previous file, if any, is untouched") from None
     except BaseException:
         _discard(w, tmp)
         raise
-    return {"file": path.name, "quant": quant, "bytes": path.stat().st_size, "sha256": sha256_file(path),
-            "f16_fallback_tensors": fallback, "tensors": len(tensors)}
+    return {
+        "file": path.name,
+        "quant": quant,
+        "bytes": path.stat().st_size,
+        "sha256": sha256_file(path),
+        "f16_fallback_tensors": fallback,
+        "tensors": len(tensors),
+    }
 
 
 def _discard(w: Any, tmp: Path) -> None:
@@ -358,8 +415,9 @@ def _kept_artifacts(out_dir: Path, adapter_sha256: str, names: list[str]) -> lis
     return [a for a in old.get("artifacts", []) if a.get("quant") not in names and (out_dir / a["file"]).exists()]
 
 
-def export_gguf(run_or_adapter: str | Path, quants: str | list[str] = "f16,q8_0", out: str | Path | None = None
-                ) -> Path:
+def export_gguf(
+    run_or_adapter: str | Path, quants: str | list[str] = "f16,q8_0", out: str | Path | None = None
+) -> Path:
     """Merge the run's adapter and write ``model-<quant>.gguf`` + ``model-<quant>.Modelfile`` per type.
 
     Args:
@@ -382,25 +440,38 @@ def export_gguf(run_or_adapter: str | Path, quants: str | list[str] = "f16,q8_0"
 
     manifest = adapter_manifest(adapter)
     template = manifest.get("template", {}) or {}
-    provenance = {"base": source.identity, "adapter_sha256": adapter_sha(adapter),
-                  "template": template.get("name", "model"), "template_sha": fingerprint(tok.chat_template),
-                  **rope_provenance(merged.config)}
+    provenance = {
+        "base": source.identity,
+        "adapter_sha256": adapter_sha(adapter),
+        "template": template.get("name", "model"),
+        "template_sha": fingerprint(tok.chat_template),
+        **rope_provenance(merged.config),
+    }
     run_name = adapter.parent.name
     artifacts = []
     for q in names:
         path = out_dir / f"model-{q}.gguf"
         log.info("writing %s (%s)", path, q)
-        info = write_gguf(path, merged, tok_meta, q, {"name": f"{run_name} ({source.ref} + LoRA)",
-                                                      "tunebench": provenance})
+        info = write_gguf(
+            path, merged, tok_meta, q, {"name": f"{run_name} ({source.ref} + LoRA)", "tunebench": provenance}
+        )
         mf = path.with_suffix(".Modelfile")
         atomic_write_text(mf, modelfile_text(path.name, tok, go, note=f"run {run_name}, {q}"))
         artifacts.append({**info, "modelfile": mf.name})
     atomic_write_text(out_dir / "Modelfile", modelfile_text(artifacts[0]["file"], tok, go, note=f"run {run_name}"))
     artifacts = _kept_artifacts(out_dir, provenance["adapter_sha256"], names) + artifacts
-    atomic_write_json(out_dir / "export.json", {
-        "schema": "tunebench.export/1", "adapter": str(adapter), "base": source.to_dict(), **provenance,
-        "writer": f"gguf-py {package_version('gguf')}", "pre_tokenizer": tok_meta["pre"],
-        "ollama_template": go.family if go else None, "artifacts": artifacts,
-    })
+    atomic_write_json(
+        out_dir / "export.json",
+        {
+            "schema": "tunebench.export/1",
+            "adapter": str(adapter),
+            "base": source.to_dict(),
+            **provenance,
+            "writer": f"gguf-py {package_version('gguf')}",
+            "pre_tokenizer": tok_meta["pre"],
+            "ollama_template": go.family if go else None,
+            "artifacts": artifacts,
+        },
+    )
     log.info("GGUF export written to %s (gguf-py %s, types %s)", out_dir, package_version("gguf"), ", ".join(names))
     return out_dir

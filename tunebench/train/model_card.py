@@ -41,35 +41,63 @@ def model_card(m: dict[str, Any]) -> str:
     if model.get("kind") == "hub":  # the hub checks base_model against its ids; a local base has none
         front.append(f"base_model: {ref}")
     front += ["tags:", "- tunebench", "- lora", "- sft", "- trl"] + ([f"- {backend}"] if backend else []) + ["---"]
-    config_rows = kv_table([
-        ("base model", f"`{ref}`"), ("base identity", model.get("identity")),
-        ("chat template", (m.get("template") or {}).get("name")), ("backend", backend),
-        ("LoRA", f"r={lora.get('r')}, alpha={lora.get('alpha')}, dropout={lora.get('dropout')}, "
-                 f"rsLoRA={lora.get('use_rslora')}"),
-        ("target modules", ", ".join(lora.get("target_modules") or [])),
-        ("optimizer steps", m.get("steps")), ("effective batch", m.get("effective_batch_size")),
-        ("learning rate", f"{train.get('lr')} ({train.get('scheduler')}, {train.get('warmup_steps')} warm-up)"),
-        ("max length", data.get("max_length")), ("seed", train.get("seed")),
-    ])
+    config_rows = kv_table(
+        [
+            ("base model", f"`{ref}`"),
+            ("base identity", model.get("identity")),
+            ("chat template", (m.get("template") or {}).get("name")),
+            ("backend", backend),
+            (
+                "LoRA",
+                f"r={lora.get('r')}, alpha={lora.get('alpha')}, dropout={lora.get('dropout')}, "
+                f"rsLoRA={lora.get('use_rslora')}",
+            ),
+            ("target modules", ", ".join(lora.get("target_modules") or [])),
+            ("optimizer steps", m.get("steps")),
+            ("effective batch", m.get("effective_batch_size")),
+            ("learning rate", f"{train.get('lr')} ({train.get('scheduler')}, {train.get('warmup_steps')} warm-up)"),
+            ("max length", data.get("max_length")),
+            ("seed", train.get("seed")),
+        ]
+    )
     splits = (m.get("data") or {}).get("splits") or {}
-    data_rows = kv_table([("source", f"`{data['source']}`" if data.get("source") else None),
-                          *((f"{s} conversations", n) for s, n in splits.items()),
-                          ("fingerprint", (m.get("data") or {}).get("fingerprint"))])
-    result_rows = kv_table([
-        ("final train loss", m.get("final_train_loss")), ("final validation loss", m.get("final_eval_loss")),
-        ("real tokens/s", m.get("tokens_per_s")), ("wall time (s)", m.get("wall_time_s")),
-        ("trainable parameters", f"{m.get('trainable_params'):,} ({m.get('trainable_percent')}%)"
-         if m.get("trainable_params") else None),
-    ])
+    data_rows = kv_table(
+        [
+            ("source", f"`{data['source']}`" if data.get("source") else None),
+            *((f"{s} conversations", n) for s, n in splits.items()),
+            ("fingerprint", (m.get("data") or {}).get("fingerprint")),
+        ]
+    )
+    result_rows = kv_table(
+        [
+            ("final train loss", m.get("final_train_loss")),
+            ("final validation loss", m.get("final_eval_loss")),
+            ("real tokens/s", m.get("tokens_per_s")),
+            ("wall time (s)", m.get("wall_time_s")),
+            (
+                "trainable parameters",
+                f"{m.get('trainable_params'):,} ({m.get('trainable_percent')}%)" if m.get("trainable_params") else None,
+            ),
+        ]
+    )
     parts = [
-        "\n".join(front), f"# {m.get('name')}: LoRA adapter for `{ref}`",
+        "\n".join(front),
+        f"# {m.get('name')}: LoRA adapter for `{ref}`",
         "Trained with tunebench (`tunebench run`/`train`); `manifest.json` beside this card holds the full "
         "resolved config, versions and loss history. Losses are over assistant tokens only.",
-        "## Training", config_rows or "", "## Data", data_rows or "", "## Training results", result_rows or "",
-        "## Use", f"`tunebench chat --model {ref} --adapter path/to/this/adapter`",
+        "## Training",
+        config_rows or "",
+        "## Data",
+        data_rows or "",
+        "## Training results",
+        result_rows or "",
+        "## Use",
+        f"`tunebench chat --model {ref} --adapter path/to/this/adapter`",
         "```python\nfrom peft import PeftModel\nfrom transformers import AutoModelForCausalLM\n\n"
-        f"base = AutoModelForCausalLM.from_pretrained(\"{ref}\")\n"
-        "model = PeftModel.from_pretrained(base, \"path/to/this/adapter\")\n```" if model.get("kind") == "hub" else "",
+        f'base = AutoModelForCausalLM.from_pretrained("{ref}")\n'
+        'model = PeftModel.from_pretrained(base, "path/to/this/adapter")\n```'
+        if model.get("kind") == "hub"
+        else "",
     ]
     return "\n\n".join(p for p in parts if p) + "\n"
 
@@ -80,6 +108,9 @@ def append_evaluation(folder: str | Path, rows: str, report: str | Path) -> None
     if not card.exists():
         return
     text = card.read_text(encoding="utf-8").split("\n" + EVALUATION_HEADING + "\n")[0].rstrip("\n")
-    atomic_write_text(card, f"{text}\n\n{EVALUATION_HEADING}\n\nBase vs this adapter on the run's held-out test "
-                            f"split, probes and lm-eval tasks (the run's `{Path(report).name}`, beside this "
-                            f"folder):\n\n{rows.strip()}\n")
+    atomic_write_text(
+        card,
+        f"{text}\n\n{EVALUATION_HEADING}\n\nBase vs this adapter on the run's held-out test "
+        f"split, probes and lm-eval tasks (the run's `{Path(report).name}`, beside this "
+        f"folder):\n\n{rows.strip()}\n",
+    )

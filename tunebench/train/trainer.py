@@ -117,10 +117,12 @@ def _trainer_class(state: _State, backend: str):
                 # torch.load cannot restore to; on CPU the plain "cpu" location is the same memory
                 import torch  # heavy: torch, imported when needed
 
-                self.optimizer.load_state_dict(torch.load(os.path.join(checkpoint, "optimizer.pt"),
-                                                          map_location="cpu", weights_only=True))
-                self.lr_scheduler.load_state_dict(torch.load(os.path.join(checkpoint, "scheduler.pt"),
-                                                             weights_only=True))
+                self.optimizer.load_state_dict(
+                    torch.load(os.path.join(checkpoint, "optimizer.pt"), map_location="cpu", weights_only=True)
+                )
+                self.lr_scheduler.load_state_dict(
+                    torch.load(os.path.join(checkpoint, "scheduler.pt"), weights_only=True)
+                )
                 return
             super()._load_optimizer_and_scheduler(checkpoint)
 
@@ -148,9 +150,10 @@ def _trainer_class(state: _State, backend: str):
             dist.barrier()
             if dist.is_main():
                 name = f"checkpoint-{self.state.global_step}"
-                atomic_write_json(os.path.join(staging, name, "tunebench_state.json"),
-                                  {"tokens_seen": tokens, "seconds": state.seconds,
-                                   "world_size": dist.world_size()})
+                atomic_write_json(
+                    os.path.join(staging, name, "tunebench_state.json"),
+                    {"tokens_seen": tokens, "seconds": state.seconds, "world_size": dist.world_size()},
+                )
                 final = os.path.join(real, name)
                 if os.path.exists(final):
                     shutil.rmtree(final)
@@ -248,8 +251,11 @@ def one_gpu_per_process(args: Any) -> Any:
     if dist.world_size() == 1 and torch.cuda.is_available() and torch.cuda.device_count() > 1:
         _ = args.device  # sets n_gpu from the visible devices; then pin it
         args._n_gpu = 1
-        log.info("%d GPUs visible to one process: training on cuda:0 only; for data-parallel training launch "
-                 "with torchrun or accelerate launch (README: Several GPUs)", torch.cuda.device_count())
+        log.info(
+            "%d GPUs visible to one process: training on cuda:0 only; for data-parallel training launch "
+            "with torchrun or accelerate launch (README: Several GPUs)",
+            torch.cuda.device_count(),
+        )
     return args
 
 
@@ -261,8 +267,10 @@ def resolve_backend(train_cfg: Any, resolution: dict[str, str]) -> tuple[str, st
     """
     name = train_cfg.backend
     if name not in BACKENDS:
-        raise BackendError(f"train.backend {name!r} is unknown or unresolved (known: {', '.join(BACKENDS)}); "
-                           "load the config with tunebench.core.config.load_config")
+        raise BackendError(
+            f"train.backend {name!r} is unknown or unresolved (known: {', '.join(BACKENDS)}); "
+            "load the config with tunebench.core.config.load_config"
+        )
     asked_auto = "train.backend" in resolution
     reason = resolution.get("train.backend", "requested in the config")
     if name == "unsloth":
@@ -286,8 +294,11 @@ def check_resume_world_size(checkpoint: Path | None) -> None:
     state_file = checkpoint / "tunebench_state.json"
     saved = int(read_json(state_file).get("world_size", 1)) if state_file.exists() else 1
     if saved != dist.world_size():
-        launch = (f"torchrun --nproc_per_node {saved} -m tunebench train ... --resume" if saved > 1
-                  else "tunebench train ... --resume (one process, no launcher)")
+        launch = (
+            f"torchrun --nproc_per_node {saved} -m tunebench train ... --resume"
+            if saved > 1
+            else "tunebench train ... --resume (one process, no launcher)"
+        )
         raise TrainingError(
             f"{checkpoint} was written by a job of {saved} process(es) and this one has {dist.world_size()}: "
             f"the data order and effective batch would change mid-run. Resume with {launch}, or start over "
@@ -341,9 +352,15 @@ def train(
         report_path = run_dir / "data" / "data_report.json"
         write = dist.is_main() and not report_path.exists()
         # split sizes were checked when the data step wrote the folder; a fresh one is checked here
-        prepared = data_mod.prepare(tok, tname, cfg.data, run_dir / "data" if write else None,
-                                    eval_every=cfg.train.eval_every, strict=strict,
-                                    check_sizes=not report_path.exists())
+        prepared = data_mod.prepare(
+            tok,
+            tname,
+            cfg.data,
+            run_dir / "data" if write else None,
+            eval_every=cfg.train.eval_every,
+            strict=strict,
+            check_sizes=not report_path.exists(),
+        )
         dist.barrier()
         if report_path.exists() and read_json(report_path)["fingerprint"] != prepared.fingerprint:
             raise TrainingError(
@@ -361,7 +378,11 @@ def train(
     state = _State()
     with tracking.tracker_environment(cfg.train.report_to, run_dir):  # trackers read it when the trainer is built
         trainer = _trainer_class(state, backend_name)(
-            model=model, processing_class=tok, train_dataset=train_ds, eval_dataset=val_ds, args=args,
+            model=model,
+            processing_class=tok,
+            train_dataset=train_ds,
+            eval_dataset=val_ds,
+            args=args,
             callbacks=make_callbacks(state, total_steps, run_dir / "train.log") + list(extra_callbacks or []),
         )
     trainer.remove_callback(PrinterCallback)  # its {'loss': ...} lines go to train.log (LogFile), not the terminal
@@ -371,7 +392,9 @@ def train(
 
     resume_from = latest_checkpoint(ckpt_dir) if resume else None
     if resume_from is not None:
-        prior = read_json(resume_from / "tunebench_state.json") if (resume_from / "tunebench_state.json").exists() else {}
+        prior = (
+            read_json(resume_from / "tunebench_state.json") if (resume_from / "tunebench_state.json").exists() else {}
+        )
         state.prior_tokens, state.prior_seconds = prior.get("tokens_seen", 0), prior.get("seconds", 0.0)
         log.info("resuming from %s", resume_from)
     if resume_from is None and dist.is_main():  # a fresh start: the log of an earlier attempt is not this run's
@@ -392,13 +415,20 @@ def train(
         last = latest_checkpoint(ckpt_dir)
         raise TrainingError(
             f"loss became {loss} at step {step}; training stopped and nothing was saved after it. "
-            + (f"Last good checkpoint: {last} (lower train.lr and run with --resume)." if last else
-               "No checkpoint was saved before it (set train.save_every); lower train.lr and start over.")
+            + (
+                f"Last good checkpoint: {last} (lower train.lr and run with --resume)."
+                if last
+                else "No checkpoint was saved before it (set train.save_every); lower train.lr and start over."
+            )
         )
     if state.signal is not None:
         ckpt = latest_checkpoint(ckpt_dir)
-        log.warning("interrupted by %s at step %d; checkpoint %s; continue with --resume",
-                    state.signal, trainer.state.global_step, ckpt)
+        log.warning(
+            "interrupted by %s at step %d; checkpoint %s; continue with --resume",
+            state.signal,
+            trainer.state.global_step,
+            ckpt,
+        )
         return TrainResult(run_dir, None, None, interrupted=True, checkpoint=ckpt)
 
     evaluated = any(h.get("step") == trainer.state.global_step and "eval_loss" in h for h in trainer.state.log_history)
@@ -412,26 +442,39 @@ def train(
         cfg=to_dict(cfg),
         model=manifest_of(source),
         template=prepared.template.to_dict(),
-        backend={"name": backend_name, "reason": reason,
-                 **found,
-                 # what the batches were, whatever was asked (Unsloth's CPU fallback pads regardless)
-                 "padding_free_batches": bool(getattr(trainer.data_collator, "padding_free", False)),
-                 "compiled_blocks": compiled_blocks(trainer.model)},
-        data={"fingerprint": prepared.fingerprint,
-              "splits": {s: len(v) for s, v in prepared.encoded.items()},
-              "split_fingerprints": {s: d["fingerprint"] for s, d in prepared.report["splits"].items()}},
+        backend={
+            "name": backend_name,
+            "reason": reason,
+            **found,
+            # what the batches were, whatever was asked (Unsloth's CPU fallback pads regardless)
+            "padding_free_batches": bool(getattr(trainer.data_collator, "padding_free", False)),
+            "compiled_blocks": compiled_blocks(trainer.model),
+        },
+        data={
+            "fingerprint": prepared.fingerprint,
+            "splits": {s: len(v) for s, v in prepared.encoded.items()},
+            "split_fingerprints": {s: d["fingerprint"] for s, d in prepared.report["splits"].items()},
+        },
         trainable=trainable,
         total=total,
         steps=trainer.state.global_step,
         tokens_seen=tokens_seen,
         wall_time_s=seconds,
         log_history=trainer.state.log_history,
-        extra={"base_eval_loss": next((h["eval_loss"] for h in trainer.state.log_history  # eval_on_start's
-                                       if h.get("step") == 0 and "eval_loss" in h), None),
-               "world_size": dist.world_size(),
-               "effective_batch_size": cfg.train.batch_size * cfg.train.grad_accum * dist.world_size(),
-               # what the trainer trained through: DistributedDataParallel when the ranks kept one model
-               "model_wrapper": type(getattr(trainer, "model_wrapped", trainer.model)).__name__},
+        extra={
+            "base_eval_loss": next(
+                (
+                    h["eval_loss"]
+                    for h in trainer.state.log_history  # eval_on_start's
+                    if h.get("step") == 0 and "eval_loss" in h
+                ),
+                None,
+            ),
+            "world_size": dist.world_size(),
+            "effective_batch_size": cfg.train.batch_size * cfg.train.grad_accum * dist.world_size(),
+            # what the trainer trained through: DistributedDataParallel when the ranks kept one model
+            "model_wrapper": type(getattr(trainer, "model_wrapped", trainer.model)).__name__,
+        },
     )
     with atomic_dir(adapter_dir) as tmp:
         trainer.model.save_pretrained(tmp, safe_serialization=True)

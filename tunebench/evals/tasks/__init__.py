@@ -4,7 +4,6 @@ Each task is a YAML file here; its data is a JSONL file beside it, read by ``uti
 ``!function utils.<name>`` relative to the YAML file, so nothing depends on the working directory).
 """
 
-
 from tunebench.core.io import package_path
 
 TASKS_DIR = package_path("evals", "tasks")

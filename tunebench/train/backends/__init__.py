@@ -21,8 +21,17 @@ from tunebench.train.backends.base import (
 from tunebench.train.backends.hf import HFBackend
 from tunebench.train.backends.unsloth import UnslothBackend
 
-__all__ = ["BACKENDS", "Backend", "BackendError", "compiled_blocks", "compute_dtype", "get_backend", "import_unsloth",
-           "labels_dataset", "use_4bit"]
+__all__ = [
+    "BACKENDS",
+    "Backend",
+    "BackendError",
+    "compiled_blocks",
+    "compute_dtype",
+    "get_backend",
+    "import_unsloth",
+    "labels_dataset",
+    "use_4bit",
+]
 
 
 def get_backend(name: str) -> Backend:

@@ -14,8 +14,9 @@ BACKENDS = ("unsloth", "hf")
 class Backend(Protocol):
     name: str
 
-    def load(self, source: Any, model_cfg: Any, lora_cfg: Any, train_cfg: Any, max_length: int,
-             template_name: str) -> tuple[Any, Any]: ...
+    def load(
+        self, source: Any, model_cfg: Any, lora_cfg: Any, train_cfg: Any, max_length: int, template_name: str
+    ) -> tuple[Any, Any]: ...
 
     def datasets(self, prepared: Any, tokenizer: Any) -> tuple[Any, Any]: ...
 
@@ -43,16 +44,20 @@ def compute_dtype(model_cfg: Any) -> Any:
     import torch  # heavy: torch only when a model is built
 
     if model_cfg.dtype == "auto":
-        raise BackendError("model.dtype is still 'auto': load the config with tunebench.core.config.load_config, "
-                           "which resolves it for this machine")
+        raise BackendError(
+            "model.dtype is still 'auto': load the config with tunebench.core.config.load_config, "
+            "which resolves it for this machine"
+        )
     return getattr(torch, model_cfg.dtype)
 
 
 def use_4bit(model_cfg: Any) -> bool:
     """4-bit base weights: the resolved ``model.load_in_4bit`` (core.config.resolve)."""
     if model_cfg.load_in_4bit == "auto":
-        raise BackendError("model.load_in_4bit is still 'auto': load the config with "
-                           "tunebench.core.config.load_config, which resolves it for this machine")
+        raise BackendError(
+            "model.load_in_4bit is still 'auto': load the config with "
+            "tunebench.core.config.load_config, which resolves it for this machine"
+        )
     return model_cfg.load_in_4bit == "on"
 
 

@@ -21,8 +21,9 @@ log = logging.getLogger(__name__)
 class HFBackend:
     name = "hf"
 
-    def load(self, source: Any, model_cfg: Any, lora_cfg: Any, train_cfg: Any, max_length: int,
-             template_name: str) -> tuple[Any, Any]:
+    def load(
+        self, source: Any, model_cfg: Any, lora_cfg: Any, train_cfg: Any, max_length: int, template_name: str
+    ) -> tuple[Any, Any]:
         """Base model (4-bit nf4 on CUDA when enabled) with a fresh LoRA adapter attached."""
         import torch  # heavy: torch, imported when needed
         from peft import (  # heavy: peft, imported when needed
@@ -31,14 +32,14 @@ class HFBackend:
             prepare_model_for_kbit_training,
         )
 
-
         dtype = compute_dtype(model_cfg)
         four_bit = use_4bit(model_cfg)
         device = f"cuda:{dist.local_rank()}" if torch.cuda.is_available() else "cpu"
         model = load_causal_lm(source, dtype, four_bit, device, model_cfg.trust_remote_code)
         if four_bit:
             model = prepare_model_for_kbit_training(
-                model, use_gradient_checkpointing=train_cfg.gradient_checkpointing,
+                model,
+                use_gradient_checkpointing=train_cfg.gradient_checkpointing,
                 gradient_checkpointing_kwargs={"use_reentrant": False},
             )
         elif train_cfg.gradient_checkpointing:
@@ -49,9 +50,13 @@ class HFBackend:
         model = get_peft_model(
             model,
             LoraConfig(
-                r=lora_cfg.r, lora_alpha=lora_cfg.alpha, lora_dropout=lora_cfg.dropout,
-                target_modules=list(lora_cfg.target_modules), use_rslora=lora_cfg.use_rslora,
-                bias="none", task_type="CAUSAL_LM",
+                r=lora_cfg.r,
+                lora_alpha=lora_cfg.alpha,
+                lora_dropout=lora_cfg.dropout,
+                target_modules=list(lora_cfg.target_modules),
+                use_rslora=lora_cfg.use_rslora,
+                bias="none",
+                task_type="CAUSAL_LM",
             ),
         )
         tok, _ = load_tokenizer(source, model_cfg.chat_template, model_cfg.trust_remote_code)

@@ -24,13 +24,13 @@ class UnslothBackend:
     name = "unsloth"
     packing = False
 
-    def load(self, source: Any, model_cfg: Any, lora_cfg: Any, train_cfg: Any, max_length: int,
-             template_name: str) -> tuple[Any, Any]:
+    def load(
+        self, source: Any, model_cfg: Any, lora_cfg: Any, train_cfg: Any, max_length: int, template_name: str
+    ) -> tuple[Any, Any]:
         """FastLanguageModel + get_peft_model; the tokenizer keeps the template tunebench renders with."""
         from unsloth import (  # heavy: unsloth patches transformers on import
             FastLanguageModel,  # heavy: unsloth patches transformers on import, imported when needed
         )
-
 
         self.packing = bool(train_cfg.packing)
         model, _unsloth_tok = FastLanguageModel.from_pretrained(
@@ -63,8 +63,11 @@ class UnslothBackend:
         train on the next conversation's system header (it runs from one response marker to the next user one)."""
         packing = self.packing
         train = labels_dataset(prepared.encoded["train"], with_labels=packing)
-        val = (labels_dataset(prepared.encoded["validation"], with_labels=packing)
-               if prepared.encoded["validation"] else None)
+        val = (
+            labels_dataset(prepared.encoded["validation"], with_labels=packing)
+            if prepared.encoded["validation"]
+            else None
+        )
         return train, val
 
     def finish_trainer(self, trainer: Any, prepared: Any) -> tuple[Any, dict[str, Any]]:
@@ -98,15 +101,20 @@ class UnslothBackend:
         ours = [e.labels for e in prepared.encoded["train"]]
         same = sum(1 for a, b in zip(labels, ours, strict=False) if list(a) == list(b))
         if same < len(ours):
-            log.warning("Unsloth's response mask differs from the shared mask on %d of %d conversations",
-                        len(ours) - same, len(ours))
+            log.warning(
+                "Unsloth's response mask differs from the shared mask on %d of %d conversations",
+                len(ours) - same,
+                len(ours),
+            )
         return trainer, {"mask_agreement_with_shared": same / max(1, len(ours))}
 
     def training(self, train_cfg: Any) -> Any:
         """Unsloth's per-block compile as ``train.compile_blocks`` says, while ``trainer.train()`` runs."""
         if not isinstance(train_cfg.compile_blocks, bool):
-            raise BackendError(f"train.compile_blocks is {train_cfg.compile_blocks!r}, not true or false: load the "
-                               "config with tunebench.core.config.load_config, which resolves auto")
+            raise BackendError(
+                f"train.compile_blocks is {train_cfg.compile_blocks!r}, not true or false: load the "
+                "config with tunebench.core.config.load_config, which resolves auto"
+            )
         return block_compile(train_cfg.compile_blocks)
 
 
