@@ -214,6 +214,10 @@ class JudgeConfig:
     """Length cap of base and tuned answers (greedy, the same for both)."""
     max_new_tokens: int = 512
     """Length cap of each judgment (the judge explains, then gives its verdict)."""
+    verdict: Literal["explain", "logprobs"] = "explain"
+    """explain: the judge writes its reasoning, then [[A]]/[[B]]/[[C]] (MT-Bench). logprobs: the prompt asks for the
+    verdict only and the judge's next-token probabilities of A, B and C after "[[" decide (AlpacaEval 2's idea): one
+    prefill per judgment, no decoding; over an endpoint through chat logprobs."""
     template: str | None = None
     """A Jinja file that replaces the MT-Bench pairwise prompt; must use answer_a and answer_b."""
     batch_size: int = 16
