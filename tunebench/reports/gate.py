@@ -1,25 +1,7 @@
 """Release gate: rules over a Comparison decide, on confidence bounds, whether an adapter may ship.
 
-Rules file (YAML; a list, or a mapping with a ``rules:`` list)::
-
-    rules:
-      - metric: perplexity/test           # exact name, or a glob: * = one path segment, ** = any depth
-        max_regression_rel: 0.05          # non-inferiority: tuned at most 5% of base worse
-      - metric: "lm_eval/*/acc"
-        max_regression: 0.02              # absolute, in the metric's units (2 points of accuracy)
-        optional: true                    # skip (not fail) when no metric matches
-
-A rule with ``artifact: q8_0`` reads the comparison of that exported artifact against the adapter
-(eval/gguf-q8_0/results.json vs eval/tuned/results.json) instead of adapter vs base, so a release is blocked
-when the export loses what training gained::
-
-      - metric: perplexity/test
-        artifact: q8_0                    # q8_0 perplexity at most 1% above the adapter's
-        max_regression_rel: 0.01
-
-Fields: ``metric`` (required), ``name`` (label), ``artifact``, ``direction`` (``auto`` = the metric's
-``higher_is_better``, or ``higher`` / ``lower``), ``min_improvement``, ``min_improvement_rel``, ``max_regression``,
-``max_regression_rel`` (at least one threshold), ``optional`` (default false).
+Rules files (YAML: ``metric`` globs, thresholds, ``artifact``, ``optional``) are read by ``reports.gate_rules``,
+whose docstring shows one; every rule name is importable from here too.
 
 Improvement I is delta oriented so that positive is better; [lo, hi] is the comparison's two-sided
 (1 - alpha) interval of I (95% by default: each bound is a one-sided 97.5% bound). Each threshold sets a
@@ -39,21 +21,15 @@ the verdict is inconclusive, with that reason.
 Exit codes of ``gate_main``: 0 every rule that matched a metric passed (and at least one did; the others were
 skipped), 1 a rule failed, 3 no rule failed but some were inconclusive, or none matched any metric, 2 invalid
 input (missing results or metric, mismatched inputs, bad rules file).
-
-``require_significant`` (tunebench.gate/1) is refused with a message: under the old meaning a regression
-that was not significant passed, which is absence of evidence read as evidence of no regression.
 """
 
 from __future__ import annotations
 
-import math
-import re
 import sys
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-import yaml
 from tabulate import tabulate
 
 from tunebench.core import stats
@@ -64,9 +40,8 @@ from tunebench.core.errors import (
     EXIT_OK,
     GateError,
     InvalidInput,
-    did_you_mean,
 )
-from tunebench.core.io import atomic_write_json, package_path
+from tunebench.core.io import atomic_write_json
 from tunebench.evals.results import Results
 from tunebench.reports.compare import (
     Comparison,
@@ -80,70 +55,22 @@ from tunebench.reports.compare import (
     load_run_results,
     run_settings,
 )
+from tunebench.reports.gate_rules import (  # noqa: F401  (re-exported: the gate's one import path)
+    DEFAULT_RULES,
+    GATES_DIR,
+    GateRule,
+    glob_to_regex,
+    load_rules,
+    parse_rule,
+    parse_rules,
+    resolve_rules_path,
+)
 
-GATES_DIR = package_path("configs", "gates")
-DEFAULT_RULES = GATES_DIR / "default.yaml"
 SCHEMA = "tunebench.gate/2"
-_THRESHOLDS = ("min_improvement", "min_improvement_rel", "max_regression", "max_regression_rel")
 MAX_ITEMS_SHOWN = 10**7
 """Beyond this many items the observed change sits on the margin for any practical purpose."""
 PASS, FAIL, INCONCLUSIVE, SKIPPED = "pass", "fail", "inconclusive", "skipped"
 NOTHING_CHECKED = "no rule matched any metric: nothing was checked"
-_REMOVED_KEYS = {
-    "require_significant": (
-        "'require_significant' was removed (gate schema 2): a rule now decides on the interval of the change. "
-        "max_regression passes only when the interval excludes a larger regression, fails when the interval lies "
-        "entirely beyond it, and is inconclusive (exit 3) otherwise; delete the key. Old 'max_regression: 0' + "
-        "'require_significant: true' rules read best as a small margin, e.g. 'max_regression: 0.02' for "
-        "accuracies or 'max_regression_rel: 0.05' for perplexity (README, 'Release gate')."
-    ),
-}
-
-
-@dataclass
-class GateRule:
-    """One rule of a rules file."""
-
-    metric: str
-    name: str | None = None
-    direction: str = "auto"
-    min_improvement: float | None = None
-    min_improvement_rel: float | None = None
-    max_regression: float | None = None
-    max_regression_rel: float | None = None
-    optional: bool = False
-    artifact: str | None = None
-    """Exported artifact (GGUF type) whose comparison against the adapter this rule reads; None = adapter vs base."""
-    where: str = "rules"
-    """File and line the rule came from (for messages)."""
-
-    @property
-    def label(self) -> str:
-        return self.name or self.metric
-
-    def threshold_text(self) -> str:
-        parts = []
-        for key, text in (
-            ("min_improvement", "improvement ≥ {}"),
-            ("min_improvement_rel", "improvement ≥ {} of base"),
-            ("max_regression", "regression ≤ {}"),
-            ("max_regression_rel", "regression ≤ {} of base"),
-        ):
-            v = getattr(self, key)
-            if v is not None:
-                parts.append(text.format(f"{v * 100:g}%" if key.endswith("_rel") else f"{v:g}"))
-        return ", ".join(parts)
-
-    def margins(self, base: float) -> list[tuple[str, float, float]]:
-        """Each threshold as (key, threshold, margin on the improvement scale in the metric's units)."""
-        out = []
-        for key in _THRESHOLDS:
-            v = getattr(self, key)
-            if v is None:
-                continue
-            scale = abs(base) if key.endswith("_rel") else 1.0
-            out.append((key, v, (v if key.startswith("min_") else -v) * scale))
-        return out
 
 
 @dataclass
@@ -202,108 +129,6 @@ class GateVerdict:
     def from_dict(cls, data: dict[str, Any]) -> GateVerdict:
         rows = [GateRow(**r) for r in data.get("rows", [])]
         return cls(rows=rows, **{k: v for k, v in data.items() if k != "rows"})
-
-
-# ----------------------------------------------------------------------------- rules
-
-
-def glob_to_regex(pattern: str) -> re.Pattern[str]:
-    """``*`` matches within one path segment, ``**`` across segments, ``?`` one character."""
-    out = []
-    for tok in re.split(r"(\*\*|\*|\?)", pattern):
-        out.append({"**": ".*", "*": "[^/]*", "?": "[^/]"}.get(tok, re.escape(tok)))
-    return re.compile("^" + "".join(out) + "$")
-
-
-def parse_rule(data: Any, where: str) -> GateRule:
-    """Validate one rule mapping.
-
-    Raises:
-        GateError: unknown key (with a did-you-mean), wrong type, or no threshold; names ``where``.
-    """
-    if not isinstance(data, dict):
-        raise GateError(f"{where}: a rule must be a mapping with at least 'metric' and a threshold, got {data!r}")
-    names = [f.name for f in fields(GateRule) if f.name != "where"]
-    for key in data:
-        if key in _REMOVED_KEYS:
-            raise GateError(f"{where}: {_REMOVED_KEYS[key]}")
-        if key not in names:
-            dym = did_you_mean(str(key), names, " (did you mean ", "?)")
-            raise GateError(f"{where}: unknown key {key!r}{dym}; allowed: {', '.join(names)}")
-    metric = data.get("metric")
-    if not isinstance(metric, str) or not metric.strip():
-        raise GateError(f"{where}: 'metric' must be a metric name or glob such as 'perplexity/test'")
-    if data.get("direction", "auto") not in ("auto", "higher", "lower"):
-        raise GateError(f"{where}: direction {data['direction']!r} must be 'auto', 'higher' or 'lower'")
-    for key in _THRESHOLDS:
-        v = data.get(key)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):
-            raise GateError(f"{where}: {key} must be a number, got {v!r}")
-        if v is not None and key.startswith("max_") and v < 0:
-            raise GateError(f"{where}: {key} must be >= 0 (it is how much worse the tuned model may be)")
-    if all(data.get(k) is None for k in _THRESHOLDS):
-        raise GateError(f"{where}: rule for {metric!r} sets no threshold; add one of {', '.join(_THRESHOLDS)}")
-    if "optional" in data and not isinstance(data["optional"], bool):
-        raise GateError(f"{where}: optional must be true or false, got {data['optional']!r}")
-    if "name" in data and not isinstance(data["name"], str):
-        raise GateError(f"{where}: name must be a string")
-    if data.get("artifact") is not None and not isinstance(data["artifact"], str):
-        raise GateError(f"{where}: artifact must be an exported type such as q8_0, got {data['artifact']!r}")
-    kwargs = {k: (float(v) if k in _THRESHOLDS and v is not None else v) for k, v in data.items()}
-    return GateRule(where=where, **kwargs)
-
-
-def parse_rules(text: str, source: str = "rules") -> list[GateRule]:
-    """Parse a rules document (YAML text), with file:line in every error.
-
-    Raises:
-        GateError: invalid YAML or an invalid rule.
-    """
-    try:
-        data = yaml.safe_load(text)
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-    except RecursionError:
-        raise GateError(f"{source}: nested too deeply to be a rules file") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = f" line {mark.line + 1}" if mark else ""
-        raise GateError(f"{source}{line}: not valid YAML ({getattr(e, 'problem', None) or e})") from None
-    if isinstance(data, dict) and set(data) <= {"rules", "description"}:
-        data = data.get("rules")
-        node = next((v for k, v in node.value if k.value == "rules"), None) if node is not None else None
-    if not isinstance(data, list) or not data:
-        raise GateError(f"{source}: expected a non-empty list of rules (or a mapping with a 'rules:' list)")
-    lines = [n.start_mark.line + 1 for n in node.value] if isinstance(node, yaml.SequenceNode) else []
-    return [
-        parse_rule(d, f"{source} line {lines[k]}" if k < len(lines) else f"{source} rule {k + 1}")
-        for k, d in enumerate(data)
-    ]
-
-
-def resolve_rules_path(rules: str | Path | None) -> Path:
-    """A rules file path, a shipped gate name (``default``), or None for the default rules."""
-    if rules is None:
-        return DEFAULT_RULES
-    p = Path(rules)
-    if p.is_file():
-        return p
-    shipped = GATES_DIR / f"{rules}.yaml"
-    if p.suffix == "" and shipped.is_file():
-        return shipped
-    known = ", ".join(sorted(q.stem for q in GATES_DIR.glob("*.yaml")))
-    raise GateError(f"rules file {str(rules)!r} not found; give a YAML path or a shipped gate ({known})")
-
-
-def load_rules(path: str | Path | None = None) -> list[GateRule]:
-    """Read and validate a rules file (None = the shipped default)."""
-    p = resolve_rules_path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise GateError(
-            f"{p}: cannot be read as a YAML rules file ({e}); give a rules YAML (README, 'Release gate')"
-        ) from None
-    return parse_rules(text, str(p))
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -390,6 +215,64 @@ def judge(rule: GateRule, r: MetricComparison) -> GateRow:
     return row
 
 
+def _artifact_rows(rule: GateRule, artifacts: dict[str, Comparison] | None) -> list[MetricComparison] | GateRow:
+    """The rows an ``artifact:`` rule reads, or its skipped row when the artifact was not evaluated (optional rule).
+
+    Raises:
+        GateError: a non-optional rule on an artifact the run has not evaluated (says how to evaluate it).
+    """
+    if rule.artifact in (artifacts or {}):
+        return artifacts[rule.artifact].rows
+    if rule.optional:
+        return GateRow(
+            rule.label,
+            rule.metric,
+            "skipped",
+            f"artifact {rule.artifact} not evaluated (optional rule)",
+            rule.threshold_text(),
+        )
+    known = ", ".join(artifacts or {}) or "none"
+    quant = rule.artifact.removesuffix("-llamacpp")
+    runtime = " --runtime llama.cpp" if rule.artifact.endswith("-llamacpp") else ""
+    raise GateError(
+        f"{rule.where}: rule reads artifact {rule.artifact!r}, which this run has not evaluated "
+        f"(evaluated: {known}); `tunebench export RUN --gguf --quant {quant}` then "
+        f"`tunebench eval --model RUN/export/model-{quant}.gguf{runtime} --data-from RUN`"
+    )
+
+
+def _rule_rows(rule: GateRule, comparison: Comparison, artifacts: dict[str, Comparison] | None) -> list[GateRow]:
+    """One rule on every metric it matches (a skipped row when an optional rule matches none).
+
+    Raises:
+        GateError: a non-optional rule matching no metric, or reading an artifact that was not evaluated.
+    """
+    rx = glob_to_regex(rule.metric)
+    source_rows = comparison.rows
+    if rule.artifact is not None:
+        source_rows = _artifact_rows(rule, artifacts)
+        if isinstance(source_rows, GateRow):
+            return [source_rows]
+    matched = [r for r in source_rows if rx.match(r.metric)]
+    if not matched:
+        if rule.optional:
+            return [
+                GateRow(rule.label, rule.metric, "skipped", "no metric matches (optional rule)", rule.threshold_text())
+            ]
+        known = ", ".join(r.metric for r in comparison.rows) or "none"
+        raise GateError(
+            f"{rule.where}: no compared metric matches {rule.metric!r} (known: {known}); "
+            "fix the name, or set 'optional: true' if the metric may be absent"
+        )
+    rows = []
+    for r in matched:
+        row = judge(rule, r)
+        if rule.artifact is not None:  # base/tuned columns hold adapter/artifact values
+            row.metric = f"{r.metric} [{rule.artifact} vs adapter]"
+        rows.append(row)
+    return rows
+
+
 def evaluate_gate(
     comparison: Comparison,
     rules: list[GateRule] | list[dict[str, Any]] | str | Path | None,
@@ -414,51 +297,7 @@ def evaluate_gate(
         source = str(resolve_rules_path(rules))
         rules = load_rules(rules)
     parsed = [r if isinstance(r, GateRule) else parse_rule(r, f"rule {k + 1}") for k, r in enumerate(rules)]
-    rows: list[GateRow] = []
-    for rule in parsed:
-        rx = glob_to_regex(rule.metric)
-        source_rows = comparison.rows
-        if rule.artifact is not None:
-            if rule.artifact not in (artifacts or {}):
-                if rule.optional:
-                    rows.append(
-                        GateRow(
-                            rule.label,
-                            rule.metric,
-                            "skipped",
-                            f"artifact {rule.artifact} not evaluated (optional rule)",
-                            rule.threshold_text(),
-                        )
-                    )
-                    continue
-                known = ", ".join(artifacts or {}) or "none"
-                quant = rule.artifact.removesuffix("-llamacpp")
-                runtime = " --runtime llama.cpp" if rule.artifact.endswith("-llamacpp") else ""
-                raise GateError(
-                    f"{rule.where}: rule reads artifact {rule.artifact!r}, which this run has not evaluated "
-                    f"(evaluated: {known}); `tunebench export RUN --gguf --quant {quant}` then "
-                    f"`tunebench eval --model RUN/export/model-{quant}.gguf{runtime} --data-from RUN`"
-                )
-            source_rows = artifacts[rule.artifact].rows
-        matched = [r for r in source_rows if rx.match(r.metric)]
-        if not matched:
-            if rule.optional:
-                rows.append(
-                    GateRow(
-                        rule.label, rule.metric, "skipped", "no metric matches (optional rule)", rule.threshold_text()
-                    )
-                )
-                continue
-            known = ", ".join(r.metric for r in comparison.rows) or "none"
-            raise GateError(
-                f"{rule.where}: no compared metric matches {rule.metric!r} (known: {known}); "
-                "fix the name, or set 'optional: true' if the metric may be absent"
-            )
-        for r in matched:
-            row = judge(rule, r)
-            if rule.artifact is not None:  # base/tuned columns hold adapter/artifact values
-                row.metric = f"{r.metric} [{rule.artifact} vs adapter]"
-            rows.append(row)
+    rows = [row for rule in parsed for row in _rule_rows(rule, comparison, artifacts)]
     counts = {s: sum(r.status == s for r in rows) for s in (PASS, FAIL, INCONCLUSIVE, SKIPPED)}
     status = FAIL if counts[FAIL] else INCONCLUSIVE if counts[INCONCLUSIVE] else PASS
     reason = None
@@ -513,7 +352,7 @@ def artifact_comparisons(run_dir: str | Path, tuned: Results | None = None, seed
     """Each evaluated export of a run (eval/gguf-*/) against its adapter, at the run's alpha and bootstrap size.
 
     Raises:
-        ComparisonError: an artifact scored on other inputs; OSError / ValueError: unreadable results.
+        ComparisonError: an artifact scored on other inputs; RunFileError: damaged results.
     """
     settings = run_settings(run_dir)
     tuned = tuned if tuned is not None else load_run_results(run_dir)["tuned"]
@@ -534,7 +373,9 @@ def judge_run(
             the caller already holds it (the pytest plugin's session fixture); computed here otherwise.
 
     Raises:
-        GateError, ComparisonError (both ValueErrors), OSError: invalid rules or results.
+        InvalidInput: invalid rules (GateError), results that do not compare (ComparisonError), missing or
+            damaged results or config (MissingRunFile, RunFileError); ``gate_main`` maps these, and only these,
+            to exit code 2.
     """
     settings = run_settings(run_dir)
     path = resolve_rules_path(rules_path or settings["gate_rules"])
