@@ -1,7 +1,7 @@
 """The training callbacks (transformers ``TrainerCallback``s), at module level so they can be named and read alone.
 
 Imported by ``trainer.make_callbacks`` when training starts (this module imports transformers). ``run_state`` is the
-trainer's ``_State``: the token counter, the signal received, the first non-finite loss.
+``run_state.RunState``: the token counter, the signal received, the first non-finite loss.
 """
 
 from __future__ import annotations

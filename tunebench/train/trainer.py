@@ -1,12 +1,15 @@
 """`tunebench train`: TRL's SFTTrainer around a backend, with atomic checkpoints, Ctrl-C that saves a
 resumable checkpoint, a NaN guard, a progress bar with tokens/s, and an adapter that carries its manifest.
+
+A recipe read top to bottom: ``train`` calls ``prepare_folder``, ``resolve_backend``, ``prepare_data``,
+``build_trainer`` (the subclass in ``sft_trainer``, the callbacks in ``callbacks``: both imported when training
+starts), ``run_training``, ``stopped_early``, then ``build_manifest`` and ``save_adapter``.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -16,7 +19,7 @@ from typing import Any
 from tunebench.core import dist, tracking
 from tunebench.core.config import RunConfig, to_dict, with_backend
 from tunebench.core.errors import RunExistsError, TrainingError
-from tunebench.core.io import atomic_dir, atomic_write_json, disk_full, is_disk_full, read_json
+from tunebench.core.io import atomic_dir, atomic_write_json, read_json
 from tunebench.data import conversations as data_mod
 from tunebench.models.loading import load_tokenizer, manifest_of, resolve_model
 from tunebench.train import manifest as manifest_mod
@@ -30,6 +33,11 @@ from tunebench.train.backends import (
 )
 from tunebench.train.checkpoints import checkpoints, latest_checkpoint, require_resumable
 from tunebench.train.model_card import write_adapter_metadata
+from tunebench.train.run_state import RunState
+from tunebench.train.run_state import TokenCounter as TokenCounter  # re-exported: bench.timer counts with it
+from tunebench.train.run_state import _count_tokens_hook as _count_tokens_hook  # re-exported: bench.timer
+from tunebench.train.sft_args import one_gpu_per_process as one_gpu_per_process  # re-exported
+from tunebench.train.sft_args import sft_config as sft_config  # re-exported: the tests build it alone
 
 log = logging.getLogger(__name__)
 
@@ -43,49 +51,7 @@ class TrainResult:
     checkpoint: Path | None = None
 
 
-# ----------------------------------------------------------------------------- callbacks
-
-
-class TokenCounter:
-    """Real tokens of the training forward passes (see ``_count_tokens_hook``)."""
-
-    def __init__(self) -> None:
-        self._tokens = 0
-        self._on_device: Any = None  # counts not yet read back: adding them on the GPU keeps the host running ahead
-
-    def add_tokens(self, n: Any) -> None:
-        """Add a count: an int, or a 0-d tensor on the device (read back when ``tokens`` is next read)."""
-        if isinstance(n, int):
-            self._tokens += n
-        else:
-            self._on_device = n if self._on_device is None else self._on_device + n
-
-    @property
-    def tokens(self) -> int:
-        """Real tokens counted so far (reading it waits for the device once)."""
-        if self._on_device is not None:
-            self._tokens += int(self._on_device)
-            self._on_device = None
-        return self._tokens
-
-
-class _State(TokenCounter):
-    """Counters shared between the trainer subclass and the callbacks."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.prior_tokens = 0
-        self.prior_seconds = 0.0
-        self.started = time.perf_counter()
-        self.signal: str | None = None
-        self.bad_loss: tuple[int, float] | None = None
-
-    @property
-    def seconds(self) -> float:
-        return self.prior_seconds + time.perf_counter() - self.started
-
-
-def make_callbacks(state: _State, total_steps: int, log_path: Path | None = None) -> list[Any]:
+def make_callbacks(state: RunState, total_steps: int, log_path: Path | None = None) -> list[Any]:
     """Signal handling, NaN guard, progress bar and the log file, as transformers TrainerCallbacks
     (``train.callbacks``, imported here because it imports transformers).
 
@@ -97,166 +63,7 @@ def make_callbacks(state: _State, total_steps: int, log_path: Path | None = None
     return [SignalCallback(state), NaNGuard(state), Progress(state, total_steps), LogFile(log_path)]
 
 
-def _trainer_class(state: _State, backend: str):
-    """SFTTrainer (Unsloth's patched one when Unsloth was imported first) with atomic checkpoints."""
-    from transformers import Trainer  # heavy: transformers, imported when needed
-    from trl import SFTTrainer  # heavy: trl, imported when needed
-
-    class TunebenchTrainer(SFTTrainer):
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            if backend == "hf" and self.args.device.type == "cpu":
-                # TRL 1.15 computes the SFT loss through a fused LM head whose Triton kernel has no CPU driver;
-                # transformers' own loss is the same token-mean NLL over the labels (and honours
-                # num_items_in_batch under gradient accumulation).
-                return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
-            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-
-        def _load_optimizer_and_scheduler(self, checkpoint):
-            if checkpoint is not None and self.args.world_size > 1 and self.args.device.type == "cpu":
-                # transformers maps the optimizer state to args.device ("cpu:N" under multi-CPU DDP), which
-                # torch.load cannot restore to; on CPU the plain "cpu" location is the same memory
-                import torch  # heavy: torch, imported when needed
-
-                self.optimizer.load_state_dict(
-                    torch.load(os.path.join(checkpoint, "optimizer.pt"), map_location="cpu", weights_only=True)
-                )
-                self.lr_scheduler.load_state_dict(
-                    torch.load(os.path.join(checkpoint, "scheduler.pt"), weights_only=True)
-                )
-                return
-            super()._load_optimizer_and_scheduler(checkpoint)
-
-        def _save_checkpoint(self, model, trial):
-            # Build the checkpoint in a staging folder, then rename: a crash mid-save leaves no
-            # checkpoint-N that looks complete.
-            real = self.args.output_dir
-            staging = os.path.join(real, ".staging")
-            if dist.is_main():
-                shutil.rmtree(staging, ignore_errors=True)
-                os.makedirs(staging)
-            dist.barrier()  # every rank writes its RNG state into the same staging folder
-            self.args.output_dir = staging
-            try:
-                super()._save_checkpoint(model, trial)
-            except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
-                needed = _tree_size(latest_checkpoint(Path(real)))  # about what this one needs
-                if not is_disk_full(e, staging, needed):
-                    raise
-                shutil.rmtree(staging, ignore_errors=True)  # the space it took; checkpoints before it are whole
-                raise disk_full(e, os.path.join(real, f"checkpoint-{self.state.global_step}"), needed) from e
-            finally:
-                self.args.output_dir = real
-            tokens = sum(dist.gather(state.tokens)) + state.prior_tokens
-            dist.barrier()
-            if dist.is_main():
-                name = f"checkpoint-{self.state.global_step}"
-                atomic_write_json(
-                    os.path.join(staging, name, "tunebench_state.json"),
-                    {"tokens_seen": tokens, "seconds": state.seconds, "world_size": dist.world_size()},
-                )
-                final = os.path.join(real, name)
-                if os.path.exists(final):
-                    shutil.rmtree(final)
-                os.replace(os.path.join(staging, name), final)
-                shutil.rmtree(staging, ignore_errors=True)
-                for old in sorted(Path(real).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))[:-2]:
-                    shutil.rmtree(old, ignore_errors=True)
-            dist.barrier()
-
-    return TunebenchTrainer
-
-
-def _tree_size(path: Path | None) -> int | None:
-    """Bytes under ``path`` (the size the next checkpoint will about need), or None without one."""
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path is not None else None
-
-
-def _count_tokens_hook(model: Any, state: TokenCounter):
-    """Count real (non-padding) input tokens of every training forward pass."""
-
-    def hook(module, args, kwargs):
-        if not module.training:
-            return
-        mask = kwargs.get("attention_mask")
-        ids = kwargs.get("input_ids", args[0] if args else None)
-        if mask is not None and mask.dim() == 2:
-            state.add_tokens(mask.sum())  # no int(): a read-back per micro-batch would stall the host on the GPU
-        elif ids is not None:  # padding-free batches carry no padding
-            state.add_tokens(int(ids.numel()))
-
-    return model.register_forward_pre_hook(hook, with_kwargs=True)
-
-
 # ----------------------------------------------------------------------------- the stage
-
-
-def sft_config(cfg: RunConfig, ckpt_dir: Path, backend: str, has_val: bool, dtype: Any) -> Any:
-    """TRL SFTConfig from the typed config."""
-    import torch  # heavy: torch, imported when needed
-    from trl import SFTConfig  # heavy: trl, imported when needed
-
-    t = cfg.train
-    cuda = torch.cuda.is_available()
-    optim = t.optimizer  # resolved by core.config.resolve
-    args = SFTConfig(
-        output_dir=str(ckpt_dir),
-        per_device_train_batch_size=t.batch_size,
-        per_device_eval_batch_size=t.batch_size,
-        gradient_accumulation_steps=t.grad_accum,
-        max_steps=t.max_steps,
-        num_train_epochs=t.epochs,
-        learning_rate=t.lr,
-        lr_scheduler_type=t.scheduler,
-        warmup_steps=t.warmup_steps,
-        optim=optim,
-        weight_decay=t.weight_decay,
-        max_grad_norm=t.max_grad_norm,
-        seed=t.seed,
-        data_seed=t.seed,
-        logging_steps=t.logging_steps,
-        logging_nan_inf_filter=False,  # the default hides a NaN loss from the logs; the NaN guard must see it
-        eval_strategy="steps" if (has_val and t.eval_every) else "no",
-        eval_steps=t.eval_every or None,
-        eval_on_start=has_val,  # step 0 = the base (LoRA B starts at zero): the loss curve's reference point
-        save_strategy="steps" if t.save_every else "no",
-        save_steps=t.save_every or 500,
-        report_to=tracking.active(t.report_to) or "none",
-        disable_tqdm=True,
-        use_cpu=not cuda,
-        bf16=cuda and dtype == torch.bfloat16,
-        fp16=cuda and dtype == torch.float16,
-        # the data step already cut every conversation to data.max_length; TRL refuses padding_free with a
-        # max_length it cannot enforce without packing, so only pass it where it acts
-        max_length=None if (t.padding_free and not t.packing) else cfg.data.max_length,
-        packing=t.packing,
-        padding_free=t.padding_free,
-        gradient_checkpointing=backend == "hf" and t.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False},
-        dataloader_num_workers=0,
-        ddp_find_unused_parameters=False,
-    )
-    return one_gpu_per_process(args)
-
-
-def one_gpu_per_process(args: Any) -> Any:
-    """Keep a process that no launcher started on one GPU when the host has several.
-
-    Left alone, ``Trainer`` wraps the model in ``nn.DataParallel`` over every visible GPU, which TRL's
-    trainers refuse ("does not support nn.DataParallel") and which would not be the data-parallel training
-    tunebench does under torchrun anyway. The model was loaded on ``cuda:LOCAL_RANK`` (0 here); train there,
-    as ``Trainer`` itself does for a model split with ``device_map``.
-    """
-    import torch  # heavy: torch, imported when needed
-
-    if dist.world_size() == 1 and torch.cuda.is_available() and torch.cuda.device_count() > 1:
-        _ = args.device  # sets n_gpu from the visible devices; then pin it
-        args._n_gpu = 1
-        log.info(
-            "%d GPUs visible to one process: training on cuda:0 only; for data-parallel training launch "
-            "with torchrun or accelerate launch (README: Several GPUs)",
-            torch.cuda.device_count(),
-        )
-    return args
 
 
 def resolve_backend(train_cfg: Any, resolution: dict[str, str]) -> tuple[str, str]:
@@ -306,25 +113,16 @@ def check_resume_world_size(checkpoint: Path | None) -> None:
         )
 
 
-def train(
-    cfg: RunConfig,
-    run_dir: str | Path,
-    *,
-    resume: bool = False,
-    overwrite: bool = False,
-    prepared: Any = None,
-    extra_callbacks: list[Any] | None = None,
-    strict: bool = False,
-) -> TrainResult:
-    """Train a LoRA adapter into ``run_dir/adapter`` (with manifest.json) from ``cfg``.
+def prepare_folder(run_dir: Path, resume: bool, overwrite: bool) -> TrainResult | None:
+    """Apply the folder policy: refuse to replace output silently, clear it on ``overwrite``, check a resume.
+
+    Returns:
+        The finished result when ``resume`` finds the adapter already trained, else None (train).
 
     Raises:
         RunExistsError: the folder has training output and neither resume nor overwrite was asked.
-        DataError: (``strict``) a split too small to decide anything (data.splits).
-        TrainingError: a non-finite loss (the last good checkpoint is kept).
-        BackendError, ModelError, DataError: with what to do.
+        TrainingError: the checkpoint to resume was written by a job of another size.
     """
-    run_dir = Path(run_dir)
     adapter_dir, ckpt_dir = run_dir / "adapter", run_dir / "checkpoints"
     has_output = adapter_dir.exists() or bool(checkpoints(ckpt_dir))  # a broken one too: not silently replaced
     if has_output and not (resume or overwrite):
@@ -340,57 +138,96 @@ def train(
     if resume:
         require_resumable(ckpt_dir)
         check_resume_world_size(latest_checkpoint(ckpt_dir))
+    return None
 
-    backend_name, reason = resolve_backend(cfg.train, cfg.resolution)  # before transformers is imported
-    cfg = with_backend(cfg, backend_name, reason)  # Unsloth did not import under auto: the config of hf
+
+def prepare_data(cfg: RunConfig, source: Any, run_dir: Path, strict: bool) -> Any:
+    """Encode the conversations with the model's tokenizer and check them against the folder's data report.
+
+    Split sizes were checked when the data step wrote the folder; a fresh folder is checked here.
+
+    Raises:
+        TrainingError: ``run_dir/data`` was prepared from other data or another template.
+        DataError: (``strict``) a split too small to decide anything (data.splits).
+    """
+    tok, tname = load_tokenizer(source, cfg.model.chat_template, cfg.model.trust_remote_code)
+    report_path = run_dir / "data" / "data_report.json"
+    write = dist.is_main() and not report_path.exists()
+    prepared = data_mod.prepare(
+        tok,
+        tname,
+        cfg.data,
+        run_dir / "data" if write else None,
+        eval_every=cfg.train.eval_every,
+        strict=strict,
+        check_sizes=not report_path.exists(),
+    )
+    dist.barrier()
+    if report_path.exists() and read_json(report_path)["fingerprint"] != prepared.fingerprint:
+        raise TrainingError(
+            f"{run_dir}/data was prepared from other data or another template than this config gives; "
+            "re-run `tunebench data` (or --overwrite)"
+        )
+    return prepared
+
+
+@dataclass
+class Assembled:
+    """What ``build_trainer`` put together: the trainer and what the manifest records of it."""
+
+    trainer: Any
+    tokenizer: Any
+    has_val: bool
+    found: dict[str, Any]  # what the backend found finishing the trainer (e.g. mask_agreement_with_shared)
+    trainable: int
+    total: int
+
+
+def build_trainer(
+    cfg: RunConfig,
+    backend_name: str,
+    source: Any,
+    prepared: Any,
+    run_dir: Path,
+    state: RunState,
+    extra_callbacks: list[Any],
+) -> Assembled:
+    """Load the model through the backend and build the trainer around it, with tunebench's callbacks."""
     import torch  # heavy: torch, imported when needed
     from transformers import PrinterCallback  # heavy: transformers, after Unsloth (resolve_backend)
 
-    source = resolve_model(cfg.model.ref, cfg.model.revision)
-    if prepared is None:
-        tok, tname = load_tokenizer(source, cfg.model.chat_template, cfg.model.trust_remote_code)
-        report_path = run_dir / "data" / "data_report.json"
-        write = dist.is_main() and not report_path.exists()
-        # split sizes were checked when the data step wrote the folder; a fresh one is checked here
-        prepared = data_mod.prepare(
-            tok,
-            tname,
-            cfg.data,
-            run_dir / "data" if write else None,
-            eval_every=cfg.train.eval_every,
-            strict=strict,
-            check_sizes=not report_path.exists(),
-        )
-        dist.barrier()
-        if report_path.exists() and read_json(report_path)["fingerprint"] != prepared.fingerprint:
-            raise TrainingError(
-                f"{run_dir}/data was prepared from other data or another template than this config gives; "
-                "re-run `tunebench data` (or --overwrite)"
-            )
+    from tunebench.train.sft_trainer import TunebenchTrainer  # heavy: transformers and trl
+
     backend = get_backend(backend_name)
     torch.manual_seed(cfg.train.seed)
     model, tok = backend.load(source, cfg.model, cfg.lora, cfg.train, cfg.data.max_length, prepared.template.name)
     train_ds, val_ds = backend.datasets(prepared, tok)
-    dtype = compute_dtype(cfg.model)
-    args = sft_config(cfg, ckpt_dir, backend_name, val_ds is not None, dtype)
+    args = sft_config(cfg, run_dir / "checkpoints", backend_name, val_ds is not None, compute_dtype(cfg.model))
     steps_per_epoch = math.ceil(len(train_ds) / (cfg.train.batch_size * cfg.train.grad_accum))
     total_steps = cfg.train.max_steps if cfg.train.max_steps > 0 else math.ceil(steps_per_epoch * cfg.train.epochs)
-    state = _State()
     with tracking.tracker_environment(cfg.train.report_to, run_dir):  # trackers read it when the trainer is built
-        trainer = _trainer_class(state, backend_name)(
+        trainer = TunebenchTrainer(
             model=model,
             processing_class=tok,
             train_dataset=train_ds,
             eval_dataset=val_ds,
             args=args,
-            callbacks=make_callbacks(state, total_steps, run_dir / "train.log") + list(extra_callbacks or []),
+            callbacks=make_callbacks(state, total_steps, run_dir / "train.log") + extra_callbacks,
+            run_state=state,
+            backend_name=backend_name,
         )
     trainer.remove_callback(PrinterCallback)  # its {'loss': ...} lines go to train.log (LogFile), not the terminal
     trainer, found = backend.finish_trainer(trainer, prepared)
     trainable, total = manifest_mod.count_parameters(trainer.model)
     log.info("trainable parameters: %s of %s (%.3f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
+    return Assembled(trainer, tok, val_ds is not None, found, trainable, total)
 
-    resume_from = latest_checkpoint(ckpt_dir) if resume else None
+
+def run_training(cfg: RunConfig, trainer: Any, backend_name: str, run_dir: Path, state: RunState, resume: bool) -> None:
+    """Run ``trainer.train()`` from the latest checkpoint (``resume``) or from the start, counting real tokens."""
+    import torch  # heavy: torch, imported when needed
+
+    resume_from = latest_checkpoint(run_dir / "checkpoints") if resume else None
     if resume_from is not None:
         prior = (
             read_json(resume_from / "tunebench_state.json") if (resume_from / "tunebench_state.json").exists() else {}
@@ -404,12 +241,19 @@ def train(
         torch.cuda.reset_peak_memory_stats()
     state.started = time.perf_counter()
     try:  # mlflow and wandb read theirs when training begins
-        with backend.training(cfg.train), tracking.tracker_environment(cfg.train.report_to, run_dir):
+        with get_backend(backend_name).training(cfg.train), tracking.tracker_environment(cfg.train.report_to, run_dir):
             trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     finally:
         handle.remove()
-    seconds = state.seconds
 
+
+def stopped_early(trainer: Any, state: RunState, run_dir: Path) -> TrainResult | None:
+    """The result of a run a signal stopped (with its checkpoint), or None when training ran to its end.
+
+    Raises:
+        TrainingError: the loss became non-finite (the last good checkpoint is kept).
+    """
+    ckpt_dir = run_dir / "checkpoints"
     if state.bad_loss is not None:
         step, loss = state.bad_loss
         last = latest_checkpoint(ckpt_dir)
@@ -430,22 +274,30 @@ def train(
             ckpt,
         )
         return TrainResult(run_dir, None, None, interrupted=True, checkpoint=ckpt)
+    return None
 
-    evaluated = any(h.get("step") == trainer.state.global_step and "eval_loss" in h for h in trainer.state.log_history)
-    if val_ds is not None and not evaluated:
-        trainer.evaluate()  # final response-only validation loss, in the log history
-    tokens_seen = sum(dist.gather(state.tokens)) + state.prior_tokens  # the whole job's real tokens
-    if not dist.is_main():
-        dist.barrier()  # the main process writes the adapter, manifest and plot
-        return TrainResult(run_dir, adapter_dir, None)
-    man = manifest_mod.build(
+
+def build_manifest(
+    cfg: RunConfig,
+    built: Assembled,
+    backend_name: str,
+    reason: str,
+    source: Any,
+    prepared: Any,
+    tokens_seen: int,
+    seconds: float,
+) -> dict[str, Any]:
+    """The adapter's manifest: config, model, template, backend, data, counts and the log history."""
+    trainer = built.trainer
+    history = trainer.state.log_history
+    return manifest_mod.build(
         cfg=to_dict(cfg),
         model=manifest_of(source),
         template=prepared.template.to_dict(),
         backend={
             "name": backend_name,
             "reason": reason,
-            **found,
+            **built.found,
             # what the batches were, whatever was asked (Unsloth's CPU fallback pads regardless)
             "padding_free_batches": bool(getattr(trainer.data_collator, "padding_free", False)),
             "compiled_blocks": compiled_blocks(trainer.model),
@@ -455,33 +307,83 @@ def train(
             "splits": {s: len(v) for s, v in prepared.encoded.items()},
             "split_fingerprints": {s: d["fingerprint"] for s, d in prepared.report["splits"].items()},
         },
-        trainable=trainable,
-        total=total,
+        trainable=built.trainable,
+        total=built.total,
         steps=trainer.state.global_step,
         tokens_seen=tokens_seen,
         wall_time_s=seconds,
-        log_history=trainer.state.log_history,
+        log_history=history,
         extra={
-            "base_eval_loss": next(
-                (
-                    h["eval_loss"]
-                    for h in trainer.state.log_history  # eval_on_start's
-                    if h.get("step") == 0 and "eval_loss" in h
-                ),
-                None,
-            ),
+            # eval_on_start's
+            "base_eval_loss": next((h["eval_loss"] for h in history if h.get("step") == 0 and "eval_loss" in h), None),
             "world_size": dist.world_size(),
             "effective_batch_size": cfg.train.batch_size * cfg.train.grad_accum * dist.world_size(),
             # what the trainer trained through: DistributedDataParallel when the ranks kept one model
             "model_wrapper": type(getattr(trainer, "model_wrapped", trainer.model)).__name__,
         },
     )
+
+
+def save_adapter(built: Assembled, man: dict[str, Any], run_dir: Path) -> Path:
+    """Write the adapter, tokenizer, manifest and model card atomically into ``run_dir/adapter``, and the loss plot."""
+    adapter_dir = run_dir / "adapter"
     with atomic_dir(adapter_dir) as tmp:
-        trainer.model.save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
+        built.trainer.model.save_pretrained(tmp, safe_serialization=True)
+        built.tokenizer.save_pretrained(tmp)
         atomic_write_json(tmp / "manifest.json", man)
         write_adapter_metadata(tmp, man)  # the base by its hub id / packaged name, and the model card
     manifest_mod.plot_loss_curve(man, run_dir / "loss_curve.png")
     log.info("adapter written to %s (%.0f real tokens/s)", adapter_dir, man["tokens_per_s"] or 0)
+    return adapter_dir
+
+
+def train(
+    cfg: RunConfig,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    prepared: Any = None,
+    extra_callbacks: list[Any] | None = None,
+    strict: bool = False,
+) -> TrainResult:
+    """Train a LoRA adapter into ``run_dir/adapter`` (with manifest.json) from ``cfg``.
+
+    The recipe: prepare the folder, resolve the backend, prepare and check the data, build the trainer, run,
+    then save the adapter and its manifest.
+
+    Raises:
+        RunExistsError: the folder has training output and neither resume nor overwrite was asked.
+        DataError: (``strict``) a split too small to decide anything (data.splits).
+        TrainingError: a non-finite loss (the last good checkpoint is kept).
+        BackendError, ModelError, DataError: with what to do.
+    """
+    run_dir = Path(run_dir)
+    done = prepare_folder(run_dir, resume, overwrite)
+    if done is not None:
+        return done
+    backend_name, reason = resolve_backend(cfg.train, cfg.resolution)  # before transformers is imported
+    cfg = with_backend(cfg, backend_name, reason)  # Unsloth did not import under auto: the config of hf
+    source = resolve_model(cfg.model.ref, cfg.model.revision)
+    if prepared is None:
+        prepared = prepare_data(cfg, source, run_dir, strict)
+    state = RunState()
+    built = build_trainer(cfg, backend_name, source, prepared, run_dir, state, list(extra_callbacks or []))
+    run_training(cfg, built.trainer, backend_name, run_dir, state, resume)
+    seconds = state.seconds
+    stopped = stopped_early(built.trainer, state, run_dir)
+    if stopped is not None:
+        return stopped
+
+    trainer = built.trainer
+    evaluated = any(h.get("step") == trainer.state.global_step and "eval_loss" in h for h in trainer.state.log_history)
+    if built.has_val and not evaluated:
+        trainer.evaluate()  # final response-only validation loss, in the log history
+    tokens_seen = sum(dist.gather(state.tokens)) + state.prior_tokens  # the whole job's real tokens
+    if not dist.is_main():
+        dist.barrier()  # the main process writes the adapter, manifest and plot
+        return TrainResult(run_dir, run_dir / "adapter", None)
+    man = build_manifest(cfg, built, backend_name, reason, source, prepared, tokens_seen, seconds)
+    adapter_dir = save_adapter(built, man, run_dir)
     dist.barrier()
     return TrainResult(run_dir, adapter_dir, man)
