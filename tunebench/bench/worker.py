@@ -15,7 +15,7 @@ import time
 import traceback
 from typing import Any, NamedTuple
 
-from tunebench.bench.evalspeed import run_eval_shape
+from tunebench.bench.evalworker import run_eval_shape
 from tunebench.bench.metrics import mfu, summarize_steps
 from tunebench.bench.scaling import combine_rank_marks
 from tunebench.bench.shapes import load_prepared, run_setup

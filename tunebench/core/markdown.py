@@ -36,3 +36,23 @@ def kv_table(pairs: Iterable[tuple[str, Any]], headers: Sequence[str] = ("", "")
     """Two-column table of the pairs whose value is present."""
     rows = [(k, v) for k, v in pairs if v is not None and v != {} and v != []]
     return table(rows, headers) if rows else None
+
+
+def compact_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
+    """The lines of a GitHub-flavoured Markdown table without column padding, for cells formatted by the caller.
+
+    Args:
+        headers: column names; a trailing ``:`` right-aligns that column (``"tokens/s:"``).
+        rows: one sequence of cells per row, each written as ``str(cell)``; an empty cell is a single space.
+
+    Returns:
+        The header, the alignment row and one line per row (no trailing newline).
+    """
+    names = [h.rstrip(":") for h in headers]
+    lines = [
+        "| " + " | ".join(names) + " |",
+        "|" + "|".join("---:" if h.endswith(":") else "---" for h in headers) + "|",
+    ]
+    for r in rows:
+        lines.append("|" + "|".join(f" {v} " if str(v) else " " for v in r) + "|")
+    return lines
