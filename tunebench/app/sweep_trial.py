@@ -14,7 +14,6 @@ the exit code of a tunebench error, printed as one paragraph.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import sys
 from dataclasses import asdict, dataclass
@@ -88,26 +87,9 @@ def make_pruner(name: str, max_steps: int) -> Any:
 def report_callback(trial: Any, outcome: Outcome) -> Any:
     """A TrainerCallback that reports each validation loss to ``trial`` as a perplexity and stops training when the
     pruner says so (recorded in ``outcome``)."""
-    from transformers import TrainerCallback  # heavy: transformers, after Unsloth (main imports it first)
+    from tunebench.app.sweep_callback import ReportToTrial  # heavy: transformers, after Unsloth (main imports it)
 
-    class ReportToTrial(TrainerCallback):
-        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-            loss = (metrics or {}).get("eval_loss")
-            if loss is None or not math.isfinite(loss):
-                return
-            value = math.exp(loss)
-            trial.report(value, state.global_step)  # the same scale as the objective: perplexity
-            outcome.step, outcome.value = state.global_step, value
-            if state.max_steps and state.global_step >= state.max_steps:
-                return  # the last evaluation: training is over, nothing left to save by pruning
-            if trial.should_prune():
-                log.info(
-                    "trial %d pruned at step %d (validation perplexity %.4f)", trial.number, state.global_step, value
-                )
-                outcome.pruned = True
-                control.should_training_stop = True
-
-    return ReportToTrial()
+    return ReportToTrial(trial, outcome)
 
 
 def open_trial(spec: TrialSpec) -> Any:
