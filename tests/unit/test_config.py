@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from tunebench.core.config import (
@@ -271,3 +273,72 @@ def test_a_run_folder_from_before_a_new_config_section_is_still_the_same_run(tmp
     prepare_run_dir(cfg, tmp_path, overwrite=False)  # accepted: the defaults make it the same config
     with pytest.raises(PipelineError, match="export.gguf"):
         prepare_run_dir(load_config("smoke", ["export.gguf=[q8_0]"]), tmp_path, overwrite=False)
+
+
+@pytest.fixture
+def fresh_announcements(monkeypatch):
+    """Aliases and renamed keys are announced once per process: start each test with none announced yet."""
+    from tunebench.core import config_build
+
+    monkeypatch.setattr(config_build, "_ANNOUNCED", set())
+
+
+def _deprecations(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "deprecated" in r.getMessage()]
+
+
+def test_the_decode_loop_setting_loads_by_its_new_name(fresh_announcements, caplog):
+    with caplog.at_level(logging.INFO, logger="tunebench.core.config"):
+        cfg = load_config("smoke", ["eval.decode_loop=dynamic"])
+    assert cfg.eval.decode_loop == "dynamic" and load_config("smoke").eval.decode_loop == "auto"
+    assert not _deprecations(caplog)
+
+
+def test_the_old_decode_loop_key_still_loads_with_one_deprecation_warning(fresh_announcements, caplog, tmp_path):
+    preset = tmp_path / "old.yaml"
+    preset.write_text("eval:\n  generation_cache: static\n")
+    with caplog.at_level(logging.INFO, logger="tunebench.core.config"):
+        by_override = load_config("smoke", ["eval.generation_cache=graph"])
+        load_config("smoke", ["eval.generation_cache=graph"])
+        in_a_preset = load_config(preset)
+    assert by_override.eval.decode_loop == "graph" and in_a_preset.eval.decode_loop == "static"
+    assert "generation_cache" not in to_dict(by_override)["eval"]
+    warned = _deprecations(caplog)
+    assert warned == ["eval.generation_cache is deprecated: it is read as eval.decode_loop, the setting's new name"]
+    with pytest.raises(ConfigError, match="set the same field"):
+        preset.write_text("eval:\n  generation_cache: static\n  decode_loop: graph\n")
+        load_config(preset)
+
+
+def test_a_run_folder_written_with_the_old_decode_loop_key_is_still_the_same_run(fresh_announcements, tmp_path):
+    import yaml
+
+    from tunebench.app.pipeline import prepare_run_dir
+
+    cfg = load_config("smoke")
+    old = to_dict(cfg)
+    old["eval"]["generation_cache"] = old["eval"].pop("decode_loop")  # written before the rename
+    assert from_dict(old) == cfg
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
+    prepare_run_dir(cfg, tmp_path, overwrite=False)  # accepted: the same config under the new name
+
+
+@pytest.mark.parametrize("key", ["eval.decode_loop", "eval.generation_cache"])
+def test_a_bad_decode_loop_exits_2_naming_the_setting_and_its_choices(key, fresh_announcements, capsys):
+    from tunebench.app.cli import main
+
+    assert main(["config", "smoke", f"{key}=cuda-graphs"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "eval.decode_loop" in err and "'graph'" in err, err
+    assert f"command line ({key}=cuda-graphs)" in err, err
+
+
+def test_a_section_built_by_code_validates_itself():
+    from tunebench.core.config import DataConfig, TrainConfig
+
+    with pytest.raises(ConfigError, match=r"^temperature: -1 must be >= 0"):
+        SamplingConfig(temperature=-1)
+    with pytest.raises(ConfigError, match=r"^max_length: 8 must be at least 16 tokens"):
+        DataConfig(max_length=8)
+    with pytest.raises(ConfigError, match=r"^max_steps: 0 must be a positive number"):
+        TrainConfig(max_steps=0)

@@ -27,10 +27,10 @@ from tunebench.data.conversations import (
 from tunebench.evals import perplexity
 from tunebench.evals.contamination import contamination, conversation_text
 from tunebench.evals.lm_eval_runner import run_lm_eval, task_documents
-from tunebench.evals.modeling import load_for_eval
+from tunebench.evals.modeling import Loaded, load_for_eval
 from tunebench.evals.probes import load_probe_set, run_probes
 from tunebench.evals.results import Results
-from tunebench.models.loading import resolve_model
+from tunebench.models.loading import ModelSource, resolve_model
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +142,42 @@ def evaluate_model(
         read_report(run_dir / "data")  # a damaged data report stops here, not after minutes of model loading
     t0 = time.perf_counter()
     distributed = dist.init()  # under torchrun: perplexity and probe batches are split across processes
+    source, loaded = _load_model(cfg, run_dir, adapter, artifact)
+    template = loaded.template
+    results = Results(label=label, model=loaded.identity(), inputs={}, environment=environment())
+    if artifact:
+        results.model["artifact"] = Path(cfg.model.ref).name
+    results.timings["load_s"] = round(time.perf_counter() - t0, 2)
+
+    if cfg.eval.perplexity:
+        _score_perplexity(results, loaded, run_dir, cfg, progress)
+    if cfg.eval.probe_files and cfg.eval.probe_sampling:
+        _score_probes(results, loaded, cfg, label, progress)
+    if cfg.eval.lm_eval_tasks and dist.is_main():
+        # under torchrun on GPUs the main process launches lm-eval data-parallel over the same GPUs, in a child
+        # that loads its own copy: free ours first. One process runs lm-eval on the model it already holds.
+        procs = dist.world_size() if distributed and torch.cuda.is_available() else 1
+        if procs > 1:
+            loaded = None
+            _release_memory()
+        _score_lm_eval(results, loaded, source.path, adapter, template, cfg, label, procs)
+    loaded = None
+    _release_memory()
+    dist.barrier()
+
+    if contamination is not None:
+        results.artifacts["contamination"] = contamination
+    results.timings["total_s"] = round(time.perf_counter() - t0, 2)
+    results.environment["world_size"] = dist.world_size()
+    if out_path is not None and dist.is_main():
+        results.save(out_path)
+    return results
+
+
+def _load_model(
+    cfg: RunConfig, run_dir: Path, adapter: str | Path | None, artifact: bool
+) -> tuple[ModelSource, Loaded]:
+    """The model source and the model loaded for evaluation (an artifact's chat template checked first)."""
     if artifact:
         check_artifact_template(cfg.model.ref, run_dir)
     source = resolve_model(cfg.model.ref, cfg.model.revision)
@@ -156,83 +192,78 @@ def evaluate_model(
         trust_remote_code=cfg.model.trust_remote_code,
         merge_adapter=cfg.eval.merge_adapter,
     )
-    template = loaded.template
-    results = Results(label=label, model=loaded.identity(), inputs={}, environment=environment())
-    if artifact:
-        results.model["artifact"] = Path(cfg.model.ref).name
-    results.timings["load_s"] = round(time.perf_counter() - t0, 2)
+    return source, loaded
 
-    if cfg.eval.perplexity:
-        encoded, report = encoded_test_split(run_dir, loaded.tokenizer, cfg)
-        t = time.perf_counter()
-        metric, items, inputs = perplexity.evaluate(
-            loaded.model,
-            loaded.tokenizer,
-            encoded,
-            split="test",
-            batch_tokens=cfg.eval.ppl_batch_tokens,
-            n_boot=cfg.eval.bootstrap_samples,
-            alpha=cfg.report.alpha,
-            progress=progress,
-        )
-        results.add(metric, items)
-        results.inputs.update(inputs)
-        results.inputs["template_sha"] = report["template"]["sha"]
-        results.timings["perplexity_s"] = round(time.perf_counter() - t, 2)
 
-    if cfg.eval.probe_files and cfg.eval.probe_sampling:
-        t = time.perf_counter()
-        probes = run_probes(
-            loaded,
-            list(cfg.eval.probe_files),
-            list(cfg.eval.probe_sampling),
-            batch_size=cfg.eval.probe_batch_size,
-            seed=cfg.eval.probe_seed,
-            label=label,
-            progress=progress,
-            cache_implementation=cfg.eval.generation_cache,
-        )
-        results.merge(probes)
-        results.timings["probes_s"] = round(time.perf_counter() - t, 2)
+def _score_perplexity(results: Results, loaded: Loaded, run_dir: Path, cfg: RunConfig, progress: bool) -> None:
+    """Held-out perplexity on the run's test tokens (checked to be the data step's) into ``results``."""
+    encoded, report = encoded_test_split(run_dir, loaded.tokenizer, cfg)
+    t = time.perf_counter()
+    metric, items, inputs = perplexity.evaluate(
+        loaded.model,
+        loaded.tokenizer,
+        encoded,
+        split="test",
+        batch_tokens=cfg.eval.ppl_batch_tokens,
+        n_boot=cfg.eval.bootstrap_samples,
+        alpha=cfg.report.alpha,
+        progress=progress,
+    )
+    results.add(metric, items)
+    results.inputs.update(inputs)
+    results.inputs["template_sha"] = report["template"]["sha"]
+    results.timings["perplexity_s"] = round(time.perf_counter() - t, 2)
 
-    if cfg.eval.lm_eval_tasks and dist.is_main():
-        # under torchrun on GPUs the main process launches lm-eval data-parallel over the same GPUs, in a child
-        # that loads its own copy: free ours first. One process runs lm-eval on the model it already holds.
-        procs = dist.world_size() if distributed and torch.cuda.is_available() else 1
-        if procs > 1:
-            loaded = None
-            _release_memory()
-        t = time.perf_counter()
-        lm = run_lm_eval(
-            source.path,
-            str(adapter) if adapter else None,
-            list(cfg.eval.lm_eval_tasks),
-            cfg.eval.lm_eval_limit,
-            cfg.eval.lm_eval_batch_size,
-            cfg.eval.lm_eval_chat_template,
-            dtype=cfg.model.dtype,
-            label=label,
-            template=template,
-            num_processes=procs,
-            source=cfg.eval.lm_eval_source,
-            merge_adapter=cfg.eval.merge_adapter,
-            loaded=loaded,
-            generate_batch_size=cfg.eval.lm_eval_generate_batch_size,
-            cache_implementation=cfg.eval.generation_cache,
-        )
-        results.merge(lm)
-        results.timings["lm_eval_s"] = round(time.perf_counter() - t, 2)
-    loaded = None
-    _release_memory()
-    dist.barrier()
 
-    if contamination is not None:
-        results.artifacts["contamination"] = contamination
-    results.timings["total_s"] = round(time.perf_counter() - t0, 2)
-    results.environment["world_size"] = dist.world_size()
-    if out_path is not None and dist.is_main():
-        results.save(out_path)
-    return results
+def _score_probes(results: Results, loaded: Loaded, cfg: RunConfig, label: str, progress: bool) -> None:
+    """Every probe set under every sampling setting into ``results``."""
+    t = time.perf_counter()
+    probes = run_probes(
+        loaded,
+        list(cfg.eval.probe_files),
+        list(cfg.eval.probe_sampling),
+        batch_size=cfg.eval.probe_batch_size,
+        seed=cfg.eval.probe_seed,
+        label=label,
+        progress=progress,
+        cache_implementation=cfg.eval.decode_loop,
+    )
+    results.merge(probes)
+    results.timings["probes_s"] = round(time.perf_counter() - t, 2)
+
+
+def _score_lm_eval(
+    results: Results,
+    loaded: Loaded | None,
+    model_path: str,
+    adapter: str | Path | None,
+    template: Any,
+    cfg: RunConfig,
+    label: str,
+    procs: int,
+) -> None:
+    """The lm-eval tasks into ``results``: on ``loaded`` in this process, or (``loaded`` None) in a child over
+    ``procs`` processes that loads its own copy."""
+    t = time.perf_counter()
+    lm = run_lm_eval(
+        model_path,
+        str(adapter) if adapter else None,
+        list(cfg.eval.lm_eval_tasks),
+        cfg.eval.lm_eval_limit,
+        cfg.eval.lm_eval_batch_size,
+        cfg.eval.lm_eval_chat_template,
+        dtype=cfg.model.dtype,
+        label=label,
+        template=template,
+        num_processes=procs,
+        source=cfg.eval.lm_eval_source,
+        merge_adapter=cfg.eval.merge_adapter,
+        loaded=loaded,
+        generate_batch_size=cfg.eval.lm_eval_generate_batch_size,
+        cache_implementation=cfg.eval.decode_loop,
+    )
+    results.merge(lm)
+    results.timings["lm_eval_s"] = round(time.perf_counter() - t, 2)
 
 
 def _release_memory() -> None:
