@@ -251,7 +251,7 @@ def test_fixed_shape_generate_until_answers_as_lm_evals_own(smol_base):
     for ans in answers[1:]:
         assert not any("\n\n" in a or "Question:" in a for a in ans)  # cut at the stop strings
     assert all(lm.batch_size_per_gpu == 4 for lm in fast.values())  # the loglikelihood batch size is restored
-    assert fast["static"].path == "static" and fast["graph"].path == "graph"
+    assert fast["static"].decode_loop == "static" and fast["graph"].decode_loop == "graph"
     assert fast["static"].loop_batches == 0 and fast["graph"].loop_batches == 2  # 5 documents, 3 rows a batch
     assert describe(fast["static"]).endswith("static cache, compiled, batch 3, per-row stop strings)")
     assert describe(fast["graph"]).endswith("CUDA graph decode loop, batch 3, per-row stop strings)")
@@ -403,7 +403,7 @@ def test_loglikelihood_on_scored_positions_gives_lm_evals_own_values(smol_base, 
     assert kept and all(1 <= keep <= width for keep, width in kept)
     # under a logits budget a batch is scored in parts, and scores the same
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("tunebench.evals.lm_eval_model.LOGITS_BUDGET", 49152 * 8)
+        mp.setattr("tunebench.evals.lm_eval_hf.LOGITS_BUDGET", 49152 * 8)
         forwards = len(kept)
         split = lm_eval.simple_evaluate(
             model=fast,

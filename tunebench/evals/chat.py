@@ -14,15 +14,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from tunebench.core.config import SamplingConfig
-from tunebench.evals.generation import (
-    batch_seed,
-    count_new_tokens,
-    decode_path,
-    generation_kwargs,
-    render_prompt,
-    sampling_decoder,
-    static_cache_kwargs,
-)
+from tunebench.evals.decode_loops import decode, decode_path, sampling_decoder, static_cache_kwargs
+from tunebench.evals.generation import batch_seed, count_new_tokens, generation_kwargs, render_prompt
 
 COMMANDS = {
     "/help": "list these commands",
@@ -143,21 +136,17 @@ def chat(
             one capture per answer, else transformers' static compiled cache, its size rounded up so that the step
             recompiles only when the conversation outgrows it; dynamic on CPU). Every loop streams.
         on_answer: called after each answer with ``{"turn", "path", "prompt_tokens", "new_tokens", "seconds"}``
-            (new tokens up to and including the stop token; seconds from the prompt to the last streamed token).
+            (``path``: the decode loop; new tokens up to and including the stop token; seconds from the prompt to
+            the last streamed token).
 
     Returns:
         The conversation as it stood when the chat ended.
     """
-    import torch  # heavy: torch, imported when needed
-    from transformers import TextStreamer  # heavy: transformers, imported when needed
-
-    tok, model = loaded.tokenizer, loaded.model
+    tok = loaded.tokenizer
     base: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
     history = list(base)
     kwargs = generation_kwargs(loaded, sampling)
-    stops = set(kwargs["eos_token_id"])
-    path = decode_path(loaded, cache_implementation)
-    device = getattr(model, "device", None) or loaded.device
+    decode_loop = decode_path(loaded, cache_implementation)
     who = loaded.source.ref + (f" + {loaded.adapter}" if loaded.adapter else "")
     limit = context_limit(loaded)
     context = f", context {limit:,} tokens" if limit else ""
@@ -170,19 +159,11 @@ def chat(
             print_fn("")
             break
         cmd = line.strip()
-        if not cmd:
-            continue
         if cmd in ("/exit", "/quit"):
             break
-        if cmd == "/reset":
-            history = list(base)
-            print_fn("(conversation cleared)")
-            continue
-        if cmd == "/help":
-            print_fn("\n".join(f"  {name:<7} {what}" for name, what in COMMANDS.items()))
-            continue
-        if cmd.startswith("/"):
-            print_fn(f"unknown command {cmd!r}: {HELP}")
+        if not cmd or _command(cmd, print_fn):
+            if cmd == "/reset":
+                history = list(base)
             continue
         history.append({"role": "user", "content": line})
         ids, notice = _fit_context(loaded, history, len(base), sampling.max_new_tokens)
@@ -190,39 +171,60 @@ def chat(
             print_fn(notice)
         if not ids:
             continue
-        input_ids = torch.tensor([ids], device=device)
-        if path == "static":
-            kwargs.update(static_cache_kwargs(len(ids) + sampling.max_new_tokens))
-        streamer = TextStreamer(tok, skip_prompt=True, skip_special_tokens=True)
-        turn_seed = batch_seed(seed, 0, turn) if seed is not None else int(torch.randint(2**62, (1,)).item())
         started = time.perf_counter()
         try:
-            if path == "graph":  # one answer: a decoder of this prompt's length, captured once
-                decoder = sampling_decoder(model, 1, len(ids), sampling, kwargs)
-                new = decoder(input_ids, torch.ones_like(input_ids), seed=turn_seed, streamer=streamer)[0].tolist()
-            else:
-                torch.manual_seed(turn_seed)
-                with torch.inference_mode():
-                    out = model.generate(
-                        input_ids=input_ids, attention_mask=torch.ones_like(input_ids), streamer=streamer, **kwargs
-                    )
-                new = out[0, len(ids) :].tolist()
+            new = _answer(loaded, ids, sampling, kwargs, decode_loop, seed, turn)
         except KeyboardInterrupt:  # Ctrl-C stops this answer, not the chat
             history.pop()
             print_fn("\n(answer interrupted)")
             continue
-        n_new = count_new_tokens(new, stops)
+        n_new = count_new_tokens(new, set(kwargs["eos_token_id"]))
         if on_answer is not None:  # the streamer printed the last token: the answer is on the host
+            seconds = time.perf_counter() - started
             on_answer(
-                {
-                    "turn": turn,
-                    "path": path,
-                    "prompt_tokens": len(ids),
-                    "new_tokens": n_new,
-                    "seconds": time.perf_counter() - started,
-                }
+                {"turn": turn, "path": decode_loop, "prompt_tokens": len(ids), "new_tokens": n_new, "seconds": seconds}
             )
         answer = tok.decode(new[:n_new], skip_special_tokens=True).strip()
         history.append({"role": "assistant", "content": answer})
         turn += 1
     return history
+
+
+def _command(cmd: str, print_fn: Callable[..., Any]) -> bool:
+    """Handle a chat command other than /exit (``/reset`` is the caller's: it owns the history); False for a
+    line that is a message."""
+    if cmd == "/reset":
+        print_fn("(conversation cleared)")
+    elif cmd == "/help":
+        print_fn("\n".join(f"  {name:<7} {what}" for name, what in COMMANDS.items()))
+    elif cmd.startswith("/"):
+        print_fn(f"unknown command {cmd!r}: {HELP}")
+    else:
+        return False
+    return True
+
+
+def _answer(
+    loaded: Any,
+    ids: list[int],
+    sampling: SamplingConfig,
+    kwargs: dict[str, Any],
+    decode_loop: str,
+    seed: int | None,
+    turn: int,
+) -> list[int]:
+    """One answer's new tokens, streamed to stdout as they come (the turn's seed derives from ``seed``)."""
+    import torch  # heavy: torch, imported when needed
+    from transformers import TextStreamer  # heavy: transformers, imported when needed
+
+    model = loaded.model
+    device = getattr(model, "device", None) or loaded.device
+    input_ids = torch.tensor([ids], device=device)
+    if decode_loop == "static":
+        kwargs.update(static_cache_kwargs(len(ids) + sampling.max_new_tokens))
+    streamer = TextStreamer(loaded.tokenizer, skip_prompt=True, skip_special_tokens=True)
+    turn_seed = batch_seed(seed, 0, turn) if seed is not None else int(torch.randint(2**62, (1,)).item())
+    # the graph loop: a decoder of this prompt's length, captured once for the one answer
+    decoder = sampling_decoder(model, 1, len(ids), sampling, kwargs) if decode_loop == "graph" else None
+    mask = torch.ones_like(input_ids)
+    return decode(model, input_ids, mask, kwargs, decoder, turn_seed, streamer=streamer, device=device)[0].tolist()

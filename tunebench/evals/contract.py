@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from tunebench.core.errors import ExportError
@@ -130,9 +131,6 @@ def check_prompts(
 def _check_special(tok: Any, llm: Any, gguf: Path, report: ContractReport, ollama_stops: list[str] | None) -> None:
     """BOS/EOS ids agree, and each runtime stops on the run's end-of-turn."""
 
-    class _L:  # stop_token_ids reads .tokenizer and .model.generation_config
-        tokenizer, model = tok, None
-
     report.bos = {"transformers": tok.bos_token_id, "llama.cpp": llm.token_bos()}
     report.eos = {"transformers": tok.eos_token_id, "llama.cpp": llm.token_eos()}
     if tok.eos_token_id is not None and tok.eos_token_id != llm.token_eos():
@@ -144,7 +142,8 @@ def _check_special(tok: Any, llm: Any, gguf: Path, report: ContractReport, ollam
         )
     if tok.bos_token_id is not None and llm.token_bos() not in (-1, tok.bos_token_id):
         raise ContractError(f"{gguf}: llama.cpp's BOS is token {llm.token_bos()} but the run's is {tok.bos_token_id}")
-    report.stops = {"transformers": stop_token_ids(_L), "llama.cpp": [llm.token_eos()]}
+    transformers_stops = stop_token_ids(SimpleNamespace(tokenizer=tok, model=None))  # it reads .tokenizer, .model
+    report.stops = {"transformers": transformers_stops, "llama.cpp": [llm.token_eos()]}
     if ollama_stops is not None:
         report.stops["ollama"] = ollama_stops
         if tok.eos_token and tok.eos_token not in ollama_stops:

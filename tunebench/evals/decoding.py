@@ -1,11 +1,11 @@
 """The suite's decode loop: a static KV cache, and on CUDA each decode step replayed as one CUDA graph.
 
 Why: ``model.generate`` runs every decode step as Python over the model's eager modules, plus its logits
-processors, stopping criteria and a host sync. For small models that host work is the whole step: SmolLM2-135M
-took 90-110 ms per step on an H200's host (about 6,000 aten operations per step, counted on CPU), whatever the
-batch. transformers' static cache removes it by compiling the step with inductor, which costs 25-70 s per model
-and shape. This loop captures one step (the model's forward on a static cache, the sampling, the stop check)
-as a CUDA graph instead: capture costs about one eager step, and a replay is one launch.
+processors, stopping criteria and a host sync. For small models that host work is the whole step, whatever the
+batch (figures: reports/published/README.md, "smollm2-gpu timed" and "The decode loop"). transformers' static cache
+removes it by compiling the step with inductor, which costs tens of seconds per model and shape. This loop captures
+one step (the model's forward on a static cache, the sampling, the stop check) as a CUDA graph instead: capture
+costs about one eager step, and a replay is one launch.
 
 What runs is the model's own forward: transformers' ``StaticCache`` and the model's modules, given a 4-D
 boolean attention mask that the loop keeps (padding on the left; position p opened when its token is written),
@@ -314,30 +314,34 @@ class StaticDecoder:
             self.mask[:, 0, 0, : self.width] = mask.bool()
             self.position.copy_(position[:, -1:] + 1)
             self.write.fill_(self.width)
-            made = 1  # tokens per row so far
-            with _attention(self.config, self.step_attention):
-                while made < self.max_new:
-                    if streamer is not None and bool(self.done.all()):
-                        break  # one row, streamed token by token: it has stopped
-                    if self.graphs and not self.captured:
-                        n = min(WARMUP_STEPS, self.max_new - made)
-                        self._capture(generator, n)  # n real steps, then the capture
-                    else:
-                        n = 1
-                        self._draw(generator)
-                        if self.captured:
-                            self.graph.replay()
-                        else:
-                            self._step()
-                    made += n
-                    if streamer is not None:  # one row: every token goes out as soon as it is made
-                        streamer.put(self.out[0, made - n : made].cpu())
-                        continue
-                    if made % STOP_CHECK_EVERY < n or made == self.max_new:
-                        if stopped is not None:
-                            self.done |= stopped(self.out[:, :made].cpu()).to(self.device)
-                        if bool(self.done.all()):
-                            break
+            self._decode_steps(generator, stopped, streamer)
             if streamer is not None:
                 streamer.end()
             return self.out.clone()
+
+    def _decode_steps(self, generator: Any, stopped: Callable[[Any], Any] | None, streamer: Any) -> None:
+        """The steps after the first token: until ``max_new`` tokens per row, or every row has stopped."""
+        made = 1  # tokens per row so far
+        with _attention(self.config, self.step_attention):
+            while made < self.max_new:
+                if streamer is not None and bool(self.done.all()):
+                    return  # one row, streamed token by token: it has stopped
+                if self.graphs and not self.captured:
+                    n = min(WARMUP_STEPS, self.max_new - made)
+                    self._capture(generator, n)  # n real steps, then the capture
+                else:
+                    n = 1
+                    self._draw(generator)
+                    if self.captured:
+                        self.graph.replay()
+                    else:
+                        self._step()
+                made += n
+                if streamer is not None:  # one row: every token goes out as soon as it is made
+                    streamer.put(self.out[0, made - n : made].cpu())
+                    continue
+                if made % STOP_CHECK_EVERY < n or made == self.max_new:
+                    if stopped is not None:
+                        self.done |= stopped(self.out[:, :made].cpu()).to(self.device)
+                    if bool(self.done.all()):
+                        return

@@ -34,13 +34,17 @@ from tunebench.core.config import SamplingConfig
 from tunebench.core.errors import ConfigError
 from tunebench.core.io import atomic_write_json, cache_root, fingerprint, package_version
 from tunebench.data.conversations import encode_messages
+from tunebench.evals.decode_loops import (  # re-exported: callers import the loop choice from here too
+    STATIC_CACHE_STEP as STATIC_CACHE_STEP,
+)
+from tunebench.evals.decode_loops import STATIC_MIN_STEPS as STATIC_MIN_STEPS
+from tunebench.evals.decode_loops import decode, decode_path, sampling_decoder, static_cache_kwargs
+from tunebench.evals.decode_loops import use_static_cache as use_static_cache
 from tunebench.models.loading import template_sha
 
 log = logging.getLogger(__name__)
 
 Messages = list[dict[str, str]]
-STATIC_CACHE_STEP = 256
-"""Static caches are sized up to a multiple of this, so nearby prompt lengths share one compiled step."""
 
 
 @dataclass
@@ -57,10 +61,16 @@ class Generation:
     cache_misses: int = 0
     generate_calls: int = 0
     """How many batches were generated (0 when everything came from the cache)."""
-    path: str = ""
-    """The decode loop that ran (``decode_path``): graph, static or dynamic; empty when nothing was generated."""
+    decode_loop: str = ""
+    """The decode loop that ran (``decode_path``): graph, static or dynamic (or another runtime's name); empty when
+    nothing was generated. Results record it as ``decode_path``."""
     token_counts: list[list[int]] = field(default_factory=list)
     """token_counts[i][s]: new tokens of that answer (up to and including the end-of-turn token)."""
+
+    @property
+    def path(self) -> str:
+        """The former name of ``decode_loop`` (read by bench.evalspeed)."""
+        return self.decode_loop
 
     @property
     def texts(self) -> list[str]:
@@ -134,81 +144,6 @@ def generation_kwargs(loaded: Any, sampling: SamplingConfig) -> dict[str, Any]:
             top_k=0,
         )
     return kw
-
-
-STATIC_MIN_STEPS = 4096
-"""Under ``auto``, for a model the decode loop does not support (``decode_path``), a call takes transformers' static
-compiled cache only when it runs at least this many decode steps (batches
-x new tokens): compiling costs 25-70 s per model and shape, and saves ~10 ms per step (1B shape, batch 64: 5.9 vs
-15 ms on an H100). In a `tunebench run smollm2-standard` on an H200 the static probe runs took 38.6 s and 68.2 s
-for 64-token answers (compile included); the same runs on the dynamic cache took 6-25 s for the other models."""
-
-
-def _cuda_16bit(loaded: Any) -> bool:
-    """On a CUDA device, with weights that are not bitsandbytes 4-bit (the condition of both fast paths)."""
-    on_cuda = str(getattr(loaded.model, "device", loaded.device)).startswith("cuda")
-    return on_cuda and not getattr(loaded, "load_in_4bit", False)
-
-
-def use_static_cache(loaded: Any, choice: str = "auto", decode_steps: int | None = None) -> bool:
-    """Static (compiled) KV cache: asked for, or ``auto`` on CUDA for a call of at least ``STATIC_MIN_STEPS``
-    decode steps (``None``: an open-ended session such as chat); never for 4-bit weights (bitsandbytes layers do
-    not compile) or on CPU under ``auto`` (compiling costs more than the decode steps it saves)."""
-    if choice != "auto":
-        return choice == "static"
-    long_enough = decode_steps is None or decode_steps >= STATIC_MIN_STEPS
-    return _cuda_16bit(loaded) and long_enough
-
-
-def decode_path(loaded: Any, choice: str = "auto", decode_steps: int | None = None) -> str:
-    """Which loop generates: ``graph`` (the suite's static-cache loop, ``evals.decoding``; one CUDA graph per call
-    on CUDA, eager elsewhere), ``static`` (transformers' static cache, compiled) or ``dynamic`` (transformers'
-    default cache).
-
-    ``auto``: ``graph`` on CUDA for every model the loop supports (capture costs about one step, so short calls
-    gain too); otherwise ``use_static_cache``'s rule. ``graph`` asked for a model the loop does not support
-    falls back to ``dynamic`` with a warning that says why."""
-    from tunebench.evals.decoding import unsupported_reason
-
-    if choice in ("static", "dynamic"):
-        return choice
-    why = unsupported_reason(loaded.model)
-    if choice == "graph":
-        if why is None:
-            return "graph"
-        log.warning("generation_cache graph: %s, so transformers' dynamic cache generates instead", why)
-        return "dynamic"
-    if why is None and _cuda_16bit(loaded):
-        return "graph"
-    return "static" if use_static_cache(loaded, choice, decode_steps) else "dynamic"
-
-
-def sampling_decoder(
-    model: Any, rows: int, width: int, sampling: SamplingConfig, kwargs: dict[str, Any], graphs: bool = True
-) -> Any:
-    """The decode loop (``evals.decoding.StaticDecoder``) for batches of ``rows`` x ``width``, decoding as
-    ``sampling`` says, stopping and padding with ``generation_kwargs``' ids."""
-    from tunebench.evals.decoding import StaticDecoder
-
-    return StaticDecoder(
-        model,
-        rows,
-        width,
-        sampling.max_new_tokens,
-        kwargs["eos_token_id"],
-        kwargs["pad_token_id"],
-        temperature=sampling.temperature,
-        top_p=sampling.top_p,
-        min_p=sampling.min_p,
-        graphs=graphs,
-    )
-
-
-def static_cache_kwargs(total_len: int) -> dict[str, Any]:
-    """``generate`` keywords for a static cache that holds ``total_len`` positions, rounded up so that calls
-    of nearby lengths reuse one cache size and one compiled decode step."""
-    step = STATIC_CACHE_STEP
-    return {"cache_implementation": "static", "max_cache_len": -(-total_len // step) * step}
 
 
 def render_prompt(tokenizer: Any, messages: Messages) -> list[int]:
@@ -355,26 +290,56 @@ def generate(
     Raises:
         ConfigError: batch_size below 1.
     """
-    import torch  # heavy: torch, imported when needed
-
     if batch_size < 1:
         raise ConfigError(f"batch_size={batch_size}: use at least 1 prompt per batch (eval.probe_batch_size)")
-    tok, model = loaded.tokenizer, loaded.model
     n_samples = samples_per_prompt(sampling)
     cache = None
     if use_cache:
         root = Path(cache_dir) if cache_dir is not None else cache_root() / "generations"
         cache = GenerationCache(root, cache_group(loaded, sampling, seed))
     out = Generation(samples=[[""] * n_samples for _ in prompts], token_counts=[[0] * n_samples for _ in prompts])
-    ids = [render_prompt(tok, m) for m in prompts]
+    ids = [render_prompt(loaded.tokenizer, m) for m in prompts]
     kwargs = generation_kwargs(loaded, sampling)
-    stops = set(kwargs["eos_token_id"])
-    device = getattr(model, "device", None) or loaded.device
+    pairs_all, todo = _read_cached(out, prompts, ids, n_samples, cache)
+    mine = _my_batches(pairs_all, todo, batch_size)
+    out.decode_loop = decode_path(loaded, cache_implementation, len(mine) * sampling.max_new_tokens) if todo else ""
+    shape, decoder = _loop_shape(out.decode_loop, loaded.model, ids, pairs_all, batch_size, sampling, kwargs)
+    done: dict[tuple[int, int], tuple[str, int]] = {}
+    bar = tqdm(
+        total=len(mine), desc=f"generate[{sampling.name}]", disable=not progress or not mine or not dist.is_main()
+    )
+    device = getattr(loaded.model, "device", None) or loaded.device
+    for b, pairs in mine:
+        rows = [ids[i] for i, _ in pairs]
+        rows += [rows[-1]] * (shape[0] - len(rows))  # one shape: filler rows, answers discarded
+        input_ids, mask = left_pad(rows, kwargs["pad_token_id"], shape[1])
+        t0 = time.perf_counter()
+        new = decode(loaded.model, input_ids, mask, kwargs, decoder, batch_seed(seed, 0, b), device=device).tolist()
+        out.seconds += time.perf_counter() - t0
+        out.generate_calls += 1
+        fresh = _record(out, done, loaded.tokenizer, prompts, pairs, new, todo, set(kwargs["eos_token_id"]))
+        if cache:
+            cache.put_many(fresh)  # per batch: an interrupted run keeps what it generated
+        bar.update(1)
+        bar.set_postfix(tok_s=f"{out.tokens_per_s:.1f}")
+    bar.close()
+    if dist.world_size() > 1:
+        for part in dist.gather(done):
+            for (i, s), (text, n_new) in part.items():
+                out.samples[i][s], out.token_counts[i][s] = text, n_new
+    _log_generation(out, decoder)
+    return out
 
-    # The batches are planned over every (prompt, sample) pair, cached or not, longest first (similar lengths
-    # share a batch, memory peaks at once); a batch runs, whole and with its own seed, when any of its pairs is
-    # missing. So an evaluation that was killed and is run again draws each answer from the same batch and random
-    # stream as an uninterrupted one: crash consistent, not merely resumable.
+
+def _read_cached(
+    out: Generation, prompts: list[Messages], ids: list[list[int]], n_samples: int, cache: GenerationCache | None
+) -> tuple[list[tuple[int, int]], set[tuple[int, int]]]:
+    """Every (prompt, sample) pair in batch order, and the ones the cache lacks (cached answers go into ``out``).
+
+    The batches are planned over every pair, cached or not, longest first (similar lengths share a batch, memory
+    peaks at once); a batch runs, whole and with its own seed, when any of its pairs is missing. So an evaluation
+    that was killed and is run again draws each answer from the same batch and random stream as an uninterrupted
+    one: crash consistent, not merely resumable."""
     pairs_all = sorted(
         ((i, s) for s in range(n_samples) for i in range(len(prompts))), key=lambda p: (-len(ids[p[0]]), p[0], p[1])
     )
@@ -387,64 +352,70 @@ def generate(
             out.samples[i][s], out.token_counts[i][s] = hit["text"], hit["new_tokens"]
             out.cache_hits += 1
     out.cache_misses = len(missing)
-    todo = set(missing)
+    return pairs_all, set(missing)
+
+
+def _my_batches(
+    pairs_all: list[tuple[int, int]], todo: set[tuple[int, int]], batch_size: int
+) -> list[tuple[int, list[tuple[int, int]]]]:
+    """(batch index, its pairs) of the batches this process generates: those with a missing pair, every
+    world_size-th one under torchrun."""
     # Under torchrun every process must see the same cache state before any of them writes to it: the
-    # batches (and so each batch's seed) are then the ones a single process would make, and each process
-    # takes every world_size-th of them.
+    # batches (and so each batch's seed) are then the ones a single process would make.
     dist.barrier()
     planned = [pairs_all[start : start + batch_size] for start in range(0, len(pairs_all), batch_size)]
     batches = [(b, pairs) for b, pairs in enumerate(planned) if todo.intersection(pairs)]
-    mine = [batches[k] for k in dist.shard(len(batches))]
-    steps = len(mine) * sampling.max_new_tokens
-    out.path = decode_path(loaded, cache_implementation, steps) if missing else ""
-    width, rows_per_call, decoder = 0, 0, None
-    if out.path in ("static", "graph"):  # one shape for every batch: one compiled step or one captured graph
-        width = max(len(ids[i]) for i, _ in pairs_all)
-        rows_per_call = min(batch_size, len(pairs_all))
-    if out.path == "static":
-        kwargs.update(static_cache_kwargs(width + sampling.max_new_tokens))
-    elif out.path == "graph":
-        decoder = sampling_decoder(model, rows_per_call, width, sampling, kwargs)
-    done: dict[tuple[int, int], tuple[str, int]] = {}
+    return [batches[k] for k in dist.shard(len(batches))]
 
-    bar = tqdm(
-        total=len(mine), desc=f"generate[{sampling.name}]", disable=not progress or not mine or not dist.is_main()
-    )
-    for b, pairs in mine:
-        rows = [ids[i] for i, _ in pairs]
-        rows += [rows[-1]] * (rows_per_call - len(rows))  # one shape: filler rows, answers discarded
-        input_ids, mask = left_pad(rows, kwargs["pad_token_id"], width)
-        t0 = time.perf_counter()
-        if decoder is not None:
-            new = decoder(input_ids, mask, seed=batch_seed(seed, 0, b)).tolist()
-        else:
-            torch.manual_seed(batch_seed(seed, 0, b))
-            with torch.inference_mode():
-                gen = model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device), **kwargs)
-            new = gen[:, input_ids.shape[1] :].tolist()
-        out.seconds += time.perf_counter() - t0
-        out.generate_calls += 1
-        fresh = {}
-        for (i, s), row in zip(pairs, new, strict=False):
-            if (i, s) not in todo:  # cached already (the batch ran for its other pairs): the answer stands
-                continue
-            n_new = count_new_tokens(row, stops)
-            text = tok.decode(row[:n_new], skip_special_tokens=True).strip()
-            out.samples[i][s], out.token_counts[i][s] = text, n_new
-            out.new_tokens += n_new
-            done[(i, s)] = (text, n_new)
-            fresh[GenerationCache.key(prompts[i], s)] = {"text": text, "new_tokens": n_new}
-        if cache:
-            cache.put_many(fresh)  # per batch: an interrupted run keeps what it generated
-        bar.update(1)
-        bar.set_postfix(tok_s=f"{out.tokens_per_s:.1f}")
-    bar.close()
-    if dist.world_size() > 1:
-        for part in dist.gather(done):
-            for (i, s), (text, n_new) in part.items():
-                out.samples[i][s], out.token_counts[i][s] = text, n_new
+
+def _loop_shape(
+    decode_loop: str,
+    model: Any,
+    ids: list[list[int]],
+    pairs_all: list[tuple[int, int]],
+    batch_size: int,
+    sampling: SamplingConfig,
+    kwargs: dict[str, Any],
+) -> tuple[tuple[int, int], Any]:
+    """((rows, width) every batch is padded to, 0 = as it comes; the graph loop's decoder or None); a static cache's
+    size goes into ``kwargs``. On the static loops one shape serves every batch: one compiled step or one graph."""
+    if decode_loop not in ("static", "graph"):
+        return (0, 0), None
+    width = max(len(ids[i]) for i, _ in pairs_all)
+    rows = min(batch_size, len(pairs_all))
+    if decode_loop == "static":
+        kwargs.update(static_cache_kwargs(width + sampling.max_new_tokens))
+        return (rows, width), None
+    return (rows, width), sampling_decoder(model, rows, width, sampling, kwargs)
+
+
+def _record(
+    out: Generation,
+    done: dict[tuple[int, int], tuple[str, int]],
+    tok: Any,
+    prompts: list[Messages],
+    pairs: list[tuple[int, int]],
+    new: list[list[int]],
+    todo: set[tuple[int, int]],
+    stops: set[int],
+) -> dict[str, dict[str, Any]]:
+    """Put one batch's answers into ``out`` and ``done``; return its cache entries."""
+    fresh = {}
+    for (i, s), row in zip(pairs, new, strict=False):
+        if (i, s) not in todo:  # cached already (the batch ran for its other pairs): the answer stands
+            continue
+        n_new = count_new_tokens(row, stops)
+        text = tok.decode(row[:n_new], skip_special_tokens=True).strip()
+        out.samples[i][s], out.token_counts[i][s] = text, n_new
+        out.new_tokens += n_new
+        done[(i, s)] = (text, n_new)
+        fresh[GenerationCache.key(prompts[i], s)] = {"text": text, "new_tokens": n_new}
+    return fresh
+
+
+def _log_generation(out: Generation, decoder: Any) -> None:
     if out.generate_calls:
-        how = out.path + (f" ({decoder.why_eager})" if decoder is not None and decoder.why_eager else "")
+        how = out.decode_loop + (f" ({decoder.why_eager})" if decoder is not None and decoder.why_eager else "")
         log.info(
             "generated %d new tokens in %.1fs (%.1f tok/s, %s decoding); cache hits %d, misses %d",
             out.new_tokens,
@@ -454,7 +425,6 @@ def generate(
             out.cache_hits,
             out.cache_misses,
         )
-    return out
 
 
 @dataclass

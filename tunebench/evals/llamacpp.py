@@ -152,7 +152,9 @@ class LlamaCppModel:
         per prompt, not per random stream; greedy answers are exact.
         """
         n = samples_per_prompt(sampling)
-        out = Generation(samples=[[""] * n for _ in prompts], token_counts=[[0] * n for _ in prompts], path=RUNTIME)
+        out = Generation(
+            samples=[[""] * n for _ in prompts], token_counts=[[0] * n for _ in prompts], decode_loop=RUNTIME
+        )
         for s in range(n):
             for i, messages in enumerate(prompts):
                 t0 = time.perf_counter()

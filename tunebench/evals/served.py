@@ -117,7 +117,9 @@ class EndpointModel:
             EndpointError: a request that failed after its retries, named by prompt and sample.
         """
         n = samples_per_prompt(sampling)
-        out = Generation(samples=[[""] * n for _ in prompts], token_counts=[[0] * n for _ in prompts], path=RUNTIME)
+        out = Generation(
+            samples=[[""] * n for _ in prompts], token_counts=[[0] * n for _ in prompts], decode_loop=RUNTIME
+        )
         jobs = [(i, s) for s in range(n) for i in range(len(prompts))]
         headers = self.client.headers()
         t0 = time.perf_counter()

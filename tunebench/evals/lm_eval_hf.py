@@ -1,0 +1,376 @@
+"""lm-eval's own HF model (``HFLM``) as ``TunebenchLM``: batched tokenization, logits only where scored, and a
+faster ``generate_until``. Imports lm-eval, transformers and torch at its top: callers import this module when they
+run lm-eval (``lm_eval_model.model_class()`` does), never at their own import.
+
+Why: lm-eval generates at the loglikelihood batch size, each batch at its own shape, until every row has printed
+a stop string, and tokenizes every request one string at a time; for a small model both are most of a standard
+evaluation's time (figures: README "How lm-eval runs" and reports/published/2026-11-28-h100-eval-issue13.md).
+
+What changes is only how the tokens are produced, never which prompts, settings or post-processing:
+
+- on CUDA every batch goes through the suite's decode loop (``evals.decoding``, each step one CUDA graph replay),
+  or, where the model does not allow it, through transformers' compiled static cache for calls long enough to
+  repay compiling (``decode_loops.decode_path``, as the probes choose). On both, every batch of one
+  ``generate_until`` call has one shape: rows are padded with copies of the last row up to the generation batch
+  size and contexts left-padded to the widest context of the call, so one capture (or one compiled step, the
+  cache sized to a multiple of ``decode_loops.STATIC_CACHE_STEP``) serves the call. Decoding settings other than
+  greedy or temperature / top-p sampling go through ``model.generate``;
+- one stopping criterion marks each row done as soon as any of its stop strings occurs in what it generated (the
+  decode loop asks every ``decoding.STOP_CHECK_EVERY`` steps), and the batch ends when every row is done. lm-eval
+  cuts each answer at the first stop string anyway (``postprocess_generated_text``), so where generation stops
+  never changes the answer; it only saves steps.
+- generation runs at its own batch size (``eval.lm_eval_generate_batch_size``);
+- loglikelihood asks the model for the logits of scored positions only (``TunebenchLM._loglikelihood_tokens``),
+  so its batches can be large;
+- the distinct strings of a call are tokenized up front in batches on every core (the fast tokenizer's batch
+  encoding gives the same ids as lm-eval's one-string ``tok_encode``, which then reads them from a memo).
+
+Tokenization, left truncation, the stop strings (with EOS), decoding, post-processing and lm-eval's request cache
+stay lm-eval's (``HFLM.generate_until`` runs unchanged around ``_model_generate``). Greedy answers equal lm-eval's
+plain path up to the numerics of another batch shape (bf16 on GPUs), as with another lm-eval batch size.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lm_eval.models.huggingface import HFLM, eval_logger
+from lm_eval.models.utils import Collator, _add_special_kwargs, has_bos_prefix
+from tqdm.auto import tqdm
+from transformers import StoppingCriteria, StoppingCriteriaList
+
+from tunebench.core.threads import tokenizer_threads
+from tunebench.evals import decoding
+from tunebench.evals.decode_loops import decode, decode_path, static_cache_kwargs
+from tunebench.evals.generation import stop_token_ids
+
+LOGITS_BUDGET = 2**28
+"""Most logits one loglikelihood forward may return (batch x kept positions x vocabulary; 1 GiB in float32): a
+batch whose scored positions spread wider is scored in consecutive parts."""
+
+
+class StopStrings(StoppingCriteria):
+    """Per row: done once one of ``stops`` occurs in the tokens generated after ``start``; done stays done.
+    ``every``: how many tokens arrive between two calls (the window looks back that much further)."""
+
+    def __init__(self, tokenizer: Any, stops: list[str], start: int, rows: int, every: int = 1):
+        self.tokenizer, self.stops, self.start = tokenizer, [s for s in stops if s], start
+        # lm-eval looks back len(tokens of the stop) + 2 tokens; the longest stop's window covers every stop
+        longest = max((len(tokenizer.encode(s, add_special_tokens=False)) for s in self.stops), default=0)
+        self.lookback = longest + 2 + every - 1
+        self.done = torch.zeros(rows, dtype=torch.bool)
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        todo = (~self.done).nonzero().flatten().tolist()
+        if todo and self.stops and input_ids.shape[1] > self.start:
+            window = input_ids[todo, self.start :][:, -self.lookback :].tolist()
+            for row, text in zip(todo, self.tokenizer.batch_decode(window), strict=True):
+                if any(s in text for s in self.stops):
+                    self.done[row] = True
+        return self.done.to(input_ids.device)
+
+
+class TunebenchLM(HFLM):
+    """``HFLM`` whose generation runs at fixed shapes on a static cache (see the module docstring)."""
+
+    def __init__(
+        self, *args: Any, generate_batch_size: int | None = None, cache_implementation: str = "auto", **kwargs: Any
+    ):
+        super().__init__(*args, **kwargs)
+        self.generate_batch_size = int(generate_batch_size or self.batch_size_per_gpu)
+        self.cache_implementation = cache_implementation
+        self.decode_loop = "dynamic"  # decided per generate_until call, as for the probes (decode_path)
+        self._rows = self._width = 0
+        self._decoders: dict[tuple[Any, ...], Any] = {}
+        self.loop_batches = 0  # batches the suite's decode loop generated (the rest went through generate)
+        self._encoded: dict[str, list[int]] = {}
+
+    # ------------------------------------------------------------------ tokenization, batched up front
+
+    def tok_encode(
+        self,
+        string: str,
+        add_special_tokens: bool | None = None,
+        left_truncate_len: int | None = None,
+        **kwargs: Any,
+    ) -> list[int]:
+        hit = self._encoded.get(string) if add_special_tokens is None and not kwargs else None
+        if hit is None:
+            return super().tok_encode(string, add_special_tokens, left_truncate_len, **kwargs)
+        return hit[-left_truncate_len:] if left_truncate_len else list(hit)
+
+    def _encode_all(self, strings: set[str]) -> None:
+        """Fill the memo: each string with the special-token setting ``HFLM.tok_encode`` gives it."""
+        bos = self.tokenizer.decode(self.prefix_token_id)
+        groups: dict[bool | None, list[str]] = {}
+        for text in strings:
+            special = _add_special_kwargs(None, self.add_bos_token).get("add_special_tokens")
+            groups.setdefault(False if has_bos_prefix(text, bos) else special, []).append(text)
+        with tokenizer_threads():
+            for special, texts in groups.items():
+                kw = {} if special is None else {"add_special_tokens": special}
+                for start in range(0, len(texts), 4096):
+                    chunk = texts[start : start + 4096]
+                    self._encoded.update(zip(chunk, self.tokenizer(chunk, **kw)["input_ids"], strict=True))
+
+    def loglikelihood(self, requests: list[Any], disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+        strings: set[str] = set()
+        for context, continuation in (r.args for r in requests):
+            if not context:
+                strings.add(continuation)
+                continue
+            spaces = len(context) - len(context.rstrip())  # as TemplateLM._encode_pair splits the pair
+            if spaces:
+                context, continuation = context[:-spaces], context[-spaces:] + continuation
+            strings.update((context, context + continuation))
+        self._encode_all(strings)
+        try:
+            return super().loglikelihood(requests, disable_tqdm)
+        finally:
+            self._encoded = {}
+
+    # ------------------------------------------------------------------ loglikelihood, scored positions only
+
+    def _loglikelihood_tokens(
+        self, requests: list[Any], disable_tqdm: bool = False, override_bs: int | None = None
+    ) -> list[tuple[float, bool]]:
+        """``HFLM._loglikelihood_tokens`` with the LM head applied only where a continuation is scored.
+
+        The same collation (longest first; one-token continuations of one context share a row), left
+        truncation, right padding, log-softmax and per-request operations in the same order. The model is asked
+        for the logits of the batch's last positions only, from the first scored position of any row on
+        (``logits_to_keep``): lm-eval computed and log-softmaxed ``[batch, length, vocab]`` for every position,
+        most of the work and memory for short answers after long contexts (MMLU: one scored position in
+        hundreds). So batches can be many times larger (``eval.lm_eval_batch_size``), and fewer forwards matter
+        for a small model, whose forwards cost about their eager host overhead (reports/published/README.md).
+        Values equal lm-eval's up to the LM head's matmul
+        running on fewer rows (float rounding, as with another batch size; tested). Inputs go to the device as one
+        tensor and the answers come back as one list per batch. Falls back to lm-eval's own for seq2seq models
+        and ``auto`` batch sizes.
+        """
+        if self.backend != "causal" or self.batch_size == "auto":
+            return super()._loglikelihood_tokens(requests, disable_tqdm, override_bs)
+
+        def _collate(req: Any) -> tuple[int, tuple[int, ...]]:
+            toks = req[1] + req[2]
+            return -len(toks), tuple(toks)
+
+        def _lookup_one_token_cont(req: Any) -> list[int]:
+            return req[-2] + req[-1][:-1]
+
+        re_ord = Collator(
+            requests,
+            sort_fn=_collate,
+            group_by="contexts" if self.logits_cache else None,
+            group_fn=_lookup_one_token_cont,
+        )
+        res: list[tuple[float, bool]] = []
+        pbar = tqdm(
+            total=len(requests), disable=(disable_tqdm or (self.rank != 0)), desc="Running loglikelihood requests"
+        )
+        for chunk in re_ord.get_batched(n=self.batch_size, batch_fn=None):
+            rows = []
+            for _, context_enc, continuation_enc in chunk:
+                assert len(context_enc) > 0 and len(continuation_enc) > 0
+                assert len(continuation_enc) <= self.max_length
+                total = len(context_enc) + len(continuation_enc)
+                if total > self.max_length + 1:
+                    eval_logger.warning(
+                        f"Combined length of context ({len(context_enc)}) and continuation "
+                        f"({len(continuation_enc)}) exceeds model's maximum length ({self.max_length}). "
+                        f"Truncating {total - self.max_length + 1} tokens from the left."
+                    )
+                rows.append((context_enc + continuation_enc)[-(self.max_length + 1) :][:-1])
+            chunk = list(chunk)
+            for lo, hi in self._logit_parts(rows, chunk):
+                for req_str, answer in self._score_part(rows[lo:hi], chunk[lo:hi], re_ord):
+                    res.append(answer)
+                    if req_str is not None:
+                        self.cache_hook.add_partial("loglikelihood", req_str, answer)
+                    pbar.update(1)
+        pbar.close()
+        return re_ord.get_original(res)
+
+    def _score_part(self, rows: list[list[int]], part: list[Any], re_ord: Any) -> list[tuple[Any, tuple[float, bool]]]:
+        """(request strings, (log-likelihood, is greedy)) of one forward's requests, in lm-eval's order."""
+        width, first = _scored_span(rows, part)
+        batched = torch.tensor([r + [0] * (width - len(r)) for r in rows], dtype=torch.long)
+        multi_logits = F.log_softmax(
+            self._scored_logits(batched.to(self.device), width - first), dim=-1, dtype=self.softmax_dtype
+        )  # [batch, width - first, vocab]
+        scored = []  # (request strings, continuation, its logits, the row's greedy tokens)
+        for (request_str, ctx_tokens, cont_toks), logits, row in zip(part, multi_logits, rows, strict=True):
+            logits = logits[len(row) - len(cont_toks) - first : len(row) - first].unsqueeze(0)
+            greedy = logits.argmax(dim=-1)
+            for req_str, cont, cont_logits in re_ord.get_cache(
+                req_str=request_str, cxt_toks=ctx_tokens, cont_toks=cont_toks, logits=logits
+            ):
+                scored.append((req_str, cont, cont_logits, greedy))
+        conts = torch.tensor([t for _, cont, _, _ in scored for t in cont], dtype=torch.long)
+        conts = conts.to(self.device).split([len(cont) for _, cont, _, _ in scored])
+        sums, equal = [], []
+        for (_, _, logits, greedy), cont in zip(scored, conts, strict=True):
+            cont = cont.unsqueeze(0)  # [1, seq]
+            equal.append((greedy[:, -cont.shape[1] :] == cont).all())
+            sums.append(torch.gather(logits, 2, cont.unsqueeze(-1)).squeeze(-1).sum())
+        return [
+            (req_str, (float(lp), bool(eq)))
+            for (req_str, _, _, _), lp, eq in zip(
+                scored, torch.stack(sums).tolist(), torch.stack(equal).tolist(), strict=True
+            )
+        ]
+
+    def _logit_parts(self, rows: list[list[int]], chunk: list[Any]) -> list[tuple[int, int]]:
+        """Consecutive (start, end) slices of a batch whose kept logits stay within ``LOGITS_BUDGET`` elements
+        (one slice unless the batch's scored positions spread wide, as in the first, longest batch)."""
+        vocab = int(getattr(self._config, "vocab_size", 0) or 1)
+        width, first = _scored_span(rows, chunk)
+        step = max(1, LOGITS_BUDGET // ((width - first) * vocab))
+        return [(lo, min(lo + step, len(rows))) for lo in range(0, len(rows), step)]
+
+    def _scored_logits(self, inps: Any, keep: int) -> Any:
+        """Logits of the last ``keep`` positions (lm-eval's ``_model_call``, asking the model for fewer)."""
+        with (
+            torch.no_grad(),
+            torch.autocast(
+                device_type=self.device.type,
+                dtype=self.mixed_precision_dtype,
+                enabled=self.mixed_precision_dtype is not None,
+            ),
+        ):
+            logits = self.model(inps, logits_to_keep=keep).logits
+        if logits.shape[1] != keep:
+            raise RuntimeError(
+                f"{type(self.model).__name__} returned logits for {logits.shape[1]} positions "
+                f"when asked for the last {keep} (logits_to_keep)"
+            )
+        return logits
+
+    # ------------------------------------------------------------------ generation
+
+    def generate_until(self, requests: list[Any], disable_tqdm: bool = False) -> list[str]:
+        if not requests:
+            return []
+        self._encode_all({r.args[0] for r in requests})
+        self._rows = min(self.generate_batch_size, len(requests))
+        # the probes' rule (decode_path): the CUDA graph loop, else static where steps repay compiling
+        longest = max(int(r.args[1].get("max_gen_toks", self.max_gen_toks)) for r in requests)
+        steps = -(-len(requests) // self._rows) * longest
+        quantized = bool(getattr(self.model, "is_loaded_in_4bit", False))
+        self.decode_loop = decode_path(
+            SimpleNamespace(model=self.model, device=str(self.device), load_in_4bit=quantized),
+            self.cache_implementation,
+            steps,
+        )
+        # the widest context of the call (a little slack: batch tokenization may add BOS), capped as lm-eval caps
+        widest = max(len(self.tok_encode(r.args[0])) for r in requests) + 2
+        self._width = min(widest, self.max_length)
+        loglikelihood_batch = self.batch_size_per_gpu
+        self.batch_size_per_gpu = self.generate_batch_size
+        try:
+            return super().generate_until(requests, disable_tqdm)
+        finally:
+            self.batch_size_per_gpu = loglikelihood_batch
+            self._encoded = {}
+            self._decoders = {}  # their KV caches and graphs: freed with the call
+
+    def _model_generate(self, context: Any, max_length: int, stop: list[str], **kwargs: Any) -> Any:
+        n, width = context.shape
+        mask = kwargs.pop("attention_mask", None)
+        if mask is None:
+            mask = torch.ones_like(context)
+        rows, target = n, width
+        original = context
+        if self.decode_loop != "dynamic":  # one shape for every batch of the call: one capture or compiled step
+            rows, target = max(n, self._rows), max(width, self._width)
+            context = _pad_rows(_pad_left(context, target, self.tokenizer.pad_token_id), rows)
+            mask = _pad_rows(_pad_left(mask.to(context.device), target, 0), rows)
+        if self.decode_loop == "static":
+            kwargs.update(static_cache_kwargs(target + max_length - width))
+        _normalize_sampling(kwargs)
+        decoder = self._decoder(rows, target, max_length - width, kwargs)
+        if decoder is not None:
+            crit = StopStrings(self.tokenizer, stop, 0, rows, decoding.STOP_CHECK_EVERY)
+            # no seed: the decoder's is drawn from lm-eval's seeded torch RNG, so runs reproduce
+            new = decode(self.model, context, mask, kwargs, decoder, stopped=lambda so_far: crit(so_far, None).cpu())
+            self.loop_batches += 1
+        else:
+            generate_kwargs = {
+                "max_new_tokens": max_length - width,
+                "stopping_criteria": StoppingCriteriaList([StopStrings(self.tokenizer, stop, target, rows)]),
+                "pad_token_id": self.tokenizer.pad_token_id,
+                "use_cache": True,
+                **kwargs,
+            }
+            autocast = torch.autocast(
+                device_type=self.device.type,
+                dtype=self.mixed_precision_dtype,
+                enabled=self.mixed_precision_dtype is not None,
+            )
+            new = decode(self.model, context, mask, generate_kwargs, autocast=autocast, device=context.device)
+        # lm-eval slices the continuation off at the original width: the call's own rows and context, then new tokens
+        return torch.cat([original.to(new.device), new[:n]], dim=1)
+
+    @property
+    def path(self) -> str:
+        """The former name of ``decode_loop`` (read by bench.evalspeed)."""
+        return self.decode_loop
+
+    def _decoder(self, rows: int, width: int, new_tokens: int, kwargs: dict[str, Any]) -> Any:
+        """The call's ``decoding.StaticDecoder`` for these settings (made once per shape), or None where
+        ``model.generate`` runs: another path, mixed precision, or decoding knobs the loop does not have."""
+        if self.decode_loop != "graph" or self.mixed_precision_dtype is not None:
+            return None
+        knobs = {k: v for k, v in kwargs.items() if k not in ("do_sample", "temperature", "top_p")}
+        if knobs:
+            return None
+        sampled = bool(kwargs.get("do_sample"))
+        temperature = float(kwargs.get("temperature", 1.0)) if sampled else 0.0
+        top_p = kwargs.get("top_p") if sampled else None
+        key = (rows, width, new_tokens, temperature, top_p)
+        if key not in self._decoders:
+            stops = stop_token_ids(SimpleNamespace(tokenizer=self.tokenizer, model=self.model))
+            self._decoders[key] = decoding.StaticDecoder(
+                self.model,
+                rows,
+                width,
+                new_tokens,
+                stops,
+                self.tokenizer.pad_token_id,
+                temperature=temperature,
+                top_p=top_p,
+            )
+        return self._decoders[key]
+
+
+def _normalize_sampling(kwargs: dict[str, Any]) -> None:
+    """lm-eval's normalization of the decoding settings (``HFLM._model_generate``), in place."""
+    kwargs["temperature"] = kwargs.get("temperature", 0.0)
+    do_sample = kwargs.get("do_sample")
+    if kwargs["temperature"] == 0.0 and do_sample is None:
+        kwargs["do_sample"] = do_sample = False
+    if do_sample is False and kwargs["temperature"] == 0.0:
+        kwargs.pop("temperature", None)
+
+
+def _scored_span(rows: list[list[int]], requests: list[Any]) -> tuple[int, int]:
+    """(padded width, first scored position) of a batch: logits at position p score token p + 1, so row r's
+    continuation is scored at [len(r) - len(continuation), len(r))."""
+    first = min(len(row) - len(cont) for row, (_, _, cont) in zip(rows, requests, strict=True))
+    return max(len(r) for r in rows), first
+
+
+def _pad_left(x: Any, width: int, value: int) -> Any:
+    if x.shape[1] >= width:
+        return x
+    pad = torch.full((x.shape[0], width - x.shape[1]), value, dtype=x.dtype, device=x.device)
+    return torch.cat([pad, x], dim=1)
+
+
+def _pad_rows(x: Any, rows: int) -> Any:
+    if x.shape[0] >= rows:
+        return x
+    return torch.cat([x, x[-1:].expand(rows - x.shape[0], -1)], dim=0)  # filler rows, answers discarded
