@@ -151,16 +151,15 @@ def _confirm_section(summary: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
-def render_sweep(summary: dict[str, Any]) -> str:
-    """The sweep report in Markdown."""
-    counts, chosen, sel = summary["counts"], summary.get("chosen"), summary.get("selection")
-    obj = summary["objective"]
+def _head(summary: dict[str, Any]) -> list[str]:
+    """Title, the chosen configuration and what the study ran."""
+    counts, chosen, obj = summary["counts"], summary.get("chosen"), summary["objective"]
     lines = [f"# Sweep: {summary['preset']} ({summary['study']})", ""]
     if chosen:
         lines += [f"**Chosen: {chosen['reason']}.**", "", "    " + chosen["config_line"], ""]
     else:
         lines += ["**No trial has finished yet: nothing is chosen.**", ""]
-    lines += [
+    return lines + [
         f"{counts.get('complete', 0)} complete, {counts.get('pruned', 0)} pruned, {counts.get('fail', 0)} failed"
         + (f", {counts['running']} still running in other workers" if counts.get("running") else "")
         + f" (target {summary['target_trials']}). Objective: {obj['metric']} (assistant tokens, "
@@ -169,27 +168,34 @@ def render_sweep(summary: dict[str, Any]) -> str:
         "configuration.",
         "",
     ]
-    lines += ["## Leaderboard", "", _leaderboard(summary), ""]
-    if sel:
-        level = f"{100 * (1 - sel['alpha']):g}%"
-        lines += [
-            "## Selection",
-            "",
-            f"Each of the top {sel['top']} finished trials is compared with the best (trial {sel['best']}) on the "
-            "same validation conversations: a paired bootstrap of the perplexity difference, p-values "
-            f"Holm-corrected as one family (family-wise {level}). Indistinguishable from the best: trials "
-            f"{', '.join(str(n) for n in sel['indistinguishable'])}. Among them the cheapest is chosen (fewest "
-            "trainable parameters, then fewest steps): a difference the validation split cannot resolve is not "
-            "worth the larger adapter."
-            + (
-                f" Not compared (below the top {sel['top']}): {', '.join(map(str, sel['not_compared']))}."
-                if sel["not_compared"]
-                else ""
-            ),
-            "",
-        ]
-    lines += _confirm_section(summary)
-    lines += ["## Parameter importances", ""]
+
+
+def _selection_section(sel: dict[str, Any] | None) -> list[str]:
+    """How the chosen trial was picked among those indistinguishable from the best (none without a selection)."""
+    if not sel:
+        return []
+    level = f"{100 * (1 - sel['alpha']):g}%"
+    return [
+        "## Selection",
+        "",
+        f"Each of the top {sel['top']} finished trials is compared with the best (trial {sel['best']}) on the "
+        "same validation conversations: a paired bootstrap of the perplexity difference, p-values "
+        f"Holm-corrected as one family (family-wise {level}). Indistinguishable from the best: trials "
+        f"{', '.join(str(n) for n in sel['indistinguishable'])}. Among them the cheapest is chosen (fewest "
+        "trainable parameters, then fewest steps): a difference the validation split cannot resolve is not "
+        "worth the larger adapter."
+        + (
+            f" Not compared (below the top {sel['top']}): {', '.join(map(str, sel['not_compared']))}."
+            if sel["not_compared"]
+            else ""
+        ),
+        "",
+    ]
+
+
+def _importances_section(summary: dict[str, Any]) -> list[str]:
+    """Parameter importances (or why there are none) and the study's plots."""
+    lines = ["## Parameter importances", ""]
     if summary.get("importances"):
         lines += [table([[k, v] for k, v in summary["importances"].items()], ["parameter", "importance"]), ""]
     else:
@@ -202,8 +208,11 @@ def render_sweep(summary: dict[str, Any]) -> str:
     ):
         if stem in plots:
             lines += [f"![{title}]({plots[stem]})", ""]
-    pr = summary["pruning"]
-    lines += [
+    return lines
+
+
+def _pruning_section(pr: dict[str, Any]) -> list[str]:
+    return [
         "## Pruning",
         "",
         f"{pr['pruned']} of {pr['finished']} finished trials pruned; {pr['steps_run']} "
@@ -216,6 +225,10 @@ def render_sweep(summary: dict[str, Any]) -> str:
         + ".",
         "",
     ]
+
+
+def _study_section(summary: dict[str, Any]) -> list[str]:
+    """The search space and storage, then the failed trials' errors."""
     space = [
         [
             p["key"],
@@ -228,7 +241,7 @@ def render_sweep(summary: dict[str, Any]) -> str:
         ]
         for p in summary["space"]
     ]
-    lines += [
+    lines = [
         "## Study",
         "",
         f"Storage `{summary['storage']}`, space `{summary['space_file']}`:",
@@ -239,4 +252,16 @@ def render_sweep(summary: dict[str, Any]) -> str:
     failed = [r for r in summary["trials"] if r["state"] == "fail" and r.get("error")]
     if failed:
         lines += ["Failed trials: " + "; ".join(f"{r['number']}: {r['error']}" for r in failed), ""]
+    return lines
+
+
+def render_sweep(summary: dict[str, Any]) -> str:
+    """The sweep report in Markdown."""
+    lines = _head(summary)
+    lines += ["## Leaderboard", "", _leaderboard(summary), ""]
+    lines += _selection_section(summary.get("selection"))
+    lines += _confirm_section(summary)
+    lines += _importances_section(summary)
+    lines += _pruning_section(summary["pruning"])
+    lines += _study_section(summary)
     return "\n".join(lines)
