@@ -1,0 +1,221 @@
+"""`tunebench eval`: a run's base and tuned, one model (an adapter, an exported GGUF in transformers or llama.cpp) on a
+run's inputs, or an OpenAI-compatible endpoint; then the run's report re-rendered with what was scored."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+from pathlib import Path
+from typing import Any
+
+from tunebench.app.cli_notes import again_command, cache_note
+from tunebench.app.pipeline import finish
+from tunebench.app.preflight import preflight
+from tunebench.core import dist
+from tunebench.core.config import RunConfig, load_config
+from tunebench.core.errors import ConfigError, Interrupted, MissingRunFile, PipelineError
+from tunebench.core.io import read_json
+from tunebench.evals.contract import check_contract
+from tunebench.evals.llamacpp import LABEL_SUFFIX
+from tunebench.evals.llamacpp_eval import evaluate_gguf_llamacpp
+from tunebench.evals.runner import check_artifact_template, evaluate_model, save_contamination
+from tunebench.reports.compare import ARTIFACT_PREFIX, SERVED_PREFIX, Comparison
+from tunebench.reports.render import export_view, metric_table
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    if args.run and "=" in args.run and not Path(args.run).exists():  # an override, not a run folder
+        args.overrides, args.run = [args.run, *args.overrides], None
+    if args.run:
+        return _eval_run(args)
+    if args.endpoint and (args.model or args.adapter or args.runtime != "transformers"):
+        raise ConfigError("--endpoint evaluates what a server serves: leave out --model, --adapter and --runtime")
+    if not args.model and not args.endpoint:
+        raise ConfigError(
+            "give a run folder (tunebench eval RUN), --model REF [--adapter DIR] --data-from RUN, or "
+            "--endpoint URL --data-from RUN"
+        )
+    if not args.data_from:
+        raise ConfigError(
+            f"{'--endpoint' if args.endpoint else '--model'} needs --data-from RUN: the run folder "
+            "whose test split and settings to use"
+        )
+    run_dir = Path(args.data_from)
+    if args.endpoint:
+        return _eval_endpoint(args, run_dir)
+    # a .gguf without an adapter is an exported artifact: checked for the run's template, scored as written
+    artifact = Path(args.model).suffix == ".gguf" and not args.adapter
+    if args.runtime == "llama.cpp":
+        if not artifact:
+            raise ConfigError(
+                f"--runtime llama.cpp scores an exported GGUF (RUN/export/model-<type>.gguf) without "
+                f"--adapter; got --model {args.model}" + (" with --adapter" if args.adapter else "")
+            )
+        cfg = load_config(run_dir / "config.yaml", args.overrides)
+        label = args.label or artifact_label(args.model) + LABEL_SUFFIX
+        out = Path(args.out) if args.out else run_dir / "eval" / label / "results.json"
+        evaluate_gguf_llamacpp(cfg, run_dir, args.model, label, out)
+        print(f"{label}: {out}")
+        if label.startswith(ARTIFACT_PREFIX) and out == run_dir / "eval" / label / "results.json":
+            _report_artifact(run_dir, cfg, label)
+        return 0
+    cfg = load_config(run_dir / "config.yaml", [f"model.ref={args.model}", *args.overrides])
+    preflight(cfg)
+    label = args.label or (artifact_label(args.model) if artifact else "tuned" if args.adapter else "base")
+    out = Path(args.out) if args.out else run_dir / "eval" / label / "results.json"
+    if artifact:  # the template in the metadata first: a file without one is named as such, not as unloadable
+        check_artifact_template(args.model, run_dir)
+        check_contract(args.model, run_dir / "adapter", list(cfg.eval.probe_files))
+    try:
+        evaluate_model(cfg, run_dir, label, args.adapter, out, artifact=artifact)
+    except KeyboardInterrupt:
+        raise Interrupted(
+            f"the evaluation of {args.model} stopped before {out} was written; {cache_note(cfg)}. "
+            f"Continue with `{again_command(args)}`"
+        ) from None
+    if dist.is_main():
+        print(f"{label}: {out}")
+        if artifact and label.startswith(ARTIFACT_PREFIX) and out == run_dir / "eval" / label / "results.json":
+            _report_artifact(run_dir, cfg, label)
+    return 0
+
+
+def _eval_run(args: argparse.Namespace) -> int:
+    """`tunebench eval RUN`: base and tuned on the run's inputs, then the run's report re-rendered."""
+    run_dir = Path(args.run)
+    if not (run_dir / "config.yaml").is_file():
+        raise PipelineError(
+            f"{run_dir}: not a tunebench run folder (no config.yaml); give the folder that "
+            "`tunebench run` or `tunebench train` wrote (runs/<name>)"
+        )
+    cfg = load_config(run_dir / "config.yaml", args.overrides)
+    preflight(cfg)
+    dist.init()
+    contamination = save_contamination(run_dir, cfg) if dist.is_main() else None
+    for label, adapter in (("base", None), ("tuned", run_dir / "adapter")):
+        out = run_dir / "eval" / label / "results.json"
+        try:
+            evaluate_model(cfg, run_dir, label, adapter, out, contamination)
+        except KeyboardInterrupt:
+            kept = "the base results were written; " if label == "tuned" else ""
+            # base is done: the tuned side alone continues it
+            again = (
+                again_command(args)
+                if label == "base"
+                else shlex.join(
+                    [
+                        "tunebench",
+                        "eval",
+                        "--model",
+                        cfg.model.ref,
+                        "--adapter",
+                        str(adapter),
+                        "--data-from",
+                        str(run_dir),
+                        *args.overrides,
+                    ]
+                )
+            )
+            raise Interrupted(
+                f"the {label} evaluation of {run_dir} stopped before {out} was written; {kept}"
+                f"{cache_note(cfg)}. Continue with `{again}`"
+            ) from None
+        if dist.is_main():
+            print(f"{label}: {out}")
+    if dist.is_main():
+        result = finish(run_dir, cfg)
+        print("\n" + result.headline)
+        print(f"report: {result.report}")
+    return 0
+
+
+def _eval_endpoint(args: argparse.Namespace, run_dir: Path) -> int:
+    """`tunebench eval --endpoint URL --data-from RUN`: the served model on the run's inputs, paired with the adapter
+    (the report's Export section) and with the in-process llama.cpp artifact the server serves, when scored."""
+    from tunebench.evals.served import evaluate_endpoint
+
+    if args.concurrency < 1:
+        raise ConfigError(f"--concurrency {args.concurrency}: use at least 1 request in flight")
+    if not (run_dir / "adapter").is_dir():
+        raise MissingRunFile(
+            f"{run_dir}: no adapter/ to pair the served model with; give the run folder that "
+            "`tunebench run` or `tunebench train` wrote"
+        )
+    cfg = load_config(run_dir / "config.yaml", args.overrides)
+    label = args.label or SERVED_PREFIX
+    out = Path(args.out) if args.out else run_dir / "eval" / label / "results.json"
+    try:
+        served = evaluate_endpoint(
+            cfg, run_dir, args.endpoint, label, out, args.served_model, args.api_key_env, args.concurrency
+        )
+    except KeyboardInterrupt:
+        raise Interrupted(
+            f"the evaluation of {args.endpoint} stopped before {out} was written (nothing of it is "
+            f"kept: a server is asked again). Run `{again_command(args)}` again"
+        ) from None
+    check = served.artifacts.get("likelihood_check")
+    if check and not check["ok"]:
+        print(f"{label}: no perplexity: the server at {args.endpoint} failed the log-prob check: {check['why']}")
+    lm_check = served.artifacts.get("lm_eval_check")
+    if lm_check and not lm_check["ok"]:
+        print(
+            f"{label}: no lm-eval tasks: the server at {args.endpoint} failed the continuation check: {lm_check['why']}"
+        )
+    print(f"{label}: {out}")
+    _served_vs_artifact(run_dir, cfg, served)
+    if label.startswith(SERVED_PREFIX) and out == run_dir / "eval" / label / "results.json":
+        _report_artifact(run_dir, cfg, label)
+    return 0
+
+
+def _served_vs_artifact(run_dir: Path, cfg: RunConfig, served: Any) -> None:
+    """Print the served answers against the in-process llama.cpp scoring of the file the server lists, if any."""
+    from tunebench.reports.compare import load_artifact_results, served_against_artifacts
+
+    results = {k: v for k, v in load_artifact_results(run_dir).items() if not k.startswith(SERVED_PREFIX)}
+    for p in served_against_artifacts({**results, served.label: served}, cfg.report.alpha, cfg.eval.bootstrap_samples):
+        if p.comparison is None:
+            print(f"{served.label} against {p.artifact} (in-process llama.cpp, same file): not comparable ({p.why})")
+            continue
+        print(
+            f"\n{served.label} against {p.artifact} (in-process llama.cpp on the same file {p.gguf}; Δ = served − "
+            f"in-process):"
+        )
+        for sampling, (equal, total) in p.identical.items():
+            print(f"- {sampling}: {equal} of {total} answers identical")
+        print(metric_table(p.comparison.headline_rows(), p.comparison.alpha, detailed=False))
+
+
+def _report_artifact(run_dir: Path, cfg: RunConfig, label: str) -> None:
+    """Re-render the run's report with the artifact just scored (report.md, comparison.json,
+    export_comparison.json) and print the artifact's Δ against the adapter as the report's export section does."""
+    if not all((run_dir / "eval" / side / "results.json").is_file() for side in ("base", "tuned")):
+        print(
+            f"report: not refreshed: {run_dir} has no base and tuned results to compare with yet "
+            f"(`tunebench eval {run_dir}`)"
+        )
+        return
+    result = finish(run_dir, cfg)
+    name, path = label.removeprefix(ARTIFACT_PREFIX), run_dir / "export_comparison.json"  # served keeps its label
+    fresh = path.exists() and path.stat().st_mtime >= (run_dir / "eval" / label / "results.json").stat().st_mtime
+    exported = read_json(path) if fresh else {}
+    if name in exported:
+        view = export_view(
+            Comparison.from_dict(read_json(run_dir / "comparison.json")), {name: Comparison.from_dict(exported[name])}
+        )
+        print(
+            f"\n{label} against the adapter it was exported from (Δ = artifact − adapter, {view['level']} "
+            "intervals paired item by item):"
+        )
+        for line in view["lines"]:
+            print(f"- {line}")
+        print("\n" + view["table"])
+    else:
+        print(f"{label} was left out of the report's export section: the warning above says why")
+    print(f"report: {result.report}")
+
+
+def artifact_label(gguf: str | Path) -> str:
+    """``RUN/export/model-q8_0.gguf`` -> ``gguf-q8_0``: the results folder and label of an exported artifact."""
+
+    return ARTIFACT_PREFIX + Path(gguf).stem.removeprefix("model-")

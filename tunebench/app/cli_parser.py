@@ -1,0 +1,243 @@
+"""The `tunebench` command's parser: one function per subcommand (or family of them), each adding its flags.
+
+``build_parser`` takes the handlers by subcommand name (``cli.build_parser`` passes its ``cmd_*`` functions), so the
+parser is read apart from what the commands do. Its ``--help`` texts are the command's documentation: the tests
+run every example of ``EXAMPLES``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from tunebench.data.splits import MIN_TEST_CONVERSATIONS
+
+Handlers = Mapping[str, Callable[[argparse.Namespace], int]]
+"""Subcommand name -> the function that runs it (``args.fn``)."""
+Subparsers = Any  # argparse's _SubParsersAction: private in typeshed
+
+EXAMPLES = """examples:
+  tunebench run smoke                         # offline CPU demo: packaged SmolLM2 + ShareGPT, ~10 min
+  tunebench run llama-3.2-1b-finetome         # GPU + hub: Unsloth QLoRA on FineTome-100k
+  tunebench train smoke train.lr=1e-4 lora.r=32
+  tunebench eval runs/smoke                   # base and tuned of a trained run
+  tunebench eval --model packaged:smollm2-135m-instruct --adapter runs/smoke/adapter --data-from runs/smoke
+  tunebench gate runs/smoke --rules default          # a shipped gate (configs/gates/default.yaml) or a YAML path
+  tunebench compare runs/a runs/b             # leaderboard of adapters against one base
+  tunebench chat --model packaged:smollm2-135m-instruct --adapter runs/smoke/adapter
+  tunebench export runs/smoke --merged
+  tunebench export runs/smoke --gguf --quant f16,q8_0
+  tunebench eval --model runs/smoke/export/model-q8_0.gguf --data-from runs/smoke   # + its Δ against the adapter
+  tunebench eval --model runs/smoke/export/model-q8_0.gguf --runtime llama.cpp --data-from runs/smoke
+  tunebench serve runs/smoke --quant q8_0     # OpenAI-compatible server on 127.0.0.1:8080
+  tunebench sweep smoke --trials 8            # Optuna search; picks the cheapest config indistinguishable from the best
+  tunebench bench speed --shape llama-3.2-1b  # GPU only
+"""
+
+
+def build_parser(fns: Handlers) -> argparse.ArgumentParser:
+    """The `tunebench` parser, whose subcommands call ``fns[name]`` (as ``args.fn``)."""
+    p = argparse.ArgumentParser(
+        prog="tunebench",
+        description="Fine-tune chat models with LoRA and prove, with intervals, whether the adapter beats its base.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+    add_preset_commands(sub, fns)
+    add_sweep(sub, fns)
+    add_eval(sub, fns)
+    add_run_readers(sub, fns)
+    add_chat(sub, fns)
+    add_export(sub, fns)
+    add_serve(sub, fns)
+    s = sub.add_parser("bench", help="GPU benchmarks: `tunebench bench speed|eval --help`", add_help=False)
+    s.add_argument("bench_args", nargs=argparse.REMAINDER)
+    s.set_defaults(fn=fns["bench"])
+    return p
+
+
+def add_preset_commands(sub: Subparsers, fns: Handlers) -> None:
+    """presets, and the commands that take a preset and dotted overrides: config, data, train, run."""
+    s = sub.add_parser("presets", help="list the shipped presets")
+    s.set_defaults(fn=fns["presets"])
+    add_preset_command(sub, "config", fns["config"], "print the resolved config", out=False)
+    add_preset_command(
+        sub, "data", fns["data"], "prepare data: standardize, split, render, mask; write the data report"
+    )
+    s = add_preset_command(sub, "train", fns["train"], "train a LoRA adapter")
+    s.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+    s.add_argument("--overwrite", action="store_true", help="discard earlier training output in the folder")
+    s = add_preset_command(
+        sub, "run", fns["run"], "the whole pipeline: data, train, eval base+tuned, compare, report, gate"
+    )
+    s.add_argument("--overwrite", action="store_true", help="start the run folder from scratch")
+    s.add_argument(
+        "--gate-exit", action="store_true", help="exit with the gate's code (1 a rule failed, 3 inconclusive)"
+    )
+
+
+def add_preset_command(
+    sub: Subparsers, name: str, fn: Callable[[argparse.Namespace], int], help: str, out: bool = True
+) -> argparse.ArgumentParser:
+    """A subcommand of a preset and dotted overrides (with ``--out`` and ``--strict`` when it writes a run folder)."""
+    s = sub.add_parser(name, help=help)
+    s.add_argument("preset", help="preset name (see `tunebench presets`) or a YAML file")
+    s.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=1e-4 lora.r=32")
+    if out:
+        s.add_argument("--out", help="run folder (default runs/<name>)")
+        s.add_argument(
+            "--strict",
+            action="store_true",
+            help="splits too small to decide anything are errors "
+            f"(exit 2), not warnings: test below {MIN_TEST_CONVERSATIONS} conversations, or no "
+            "validation while train.eval_every > 0",
+        )
+    s.set_defaults(fn=fn)
+    return s
+
+
+def add_sweep(sub: Subparsers, fns: Handlers) -> None:
+    """`tunebench sweep`: the study's size, space, storage, seeds, pruner and confirmation."""
+    s = sub.add_parser("sweep", help="LoRA / hyperparameter search (Optuna) that picks a winner with confidence")
+    s.add_argument("preset", help="preset name (see `tunebench presets`) or a YAML file")
+    s.add_argument("overrides", nargs="*", help="dotted overrides every trial starts from, e.g. train.max_steps=30")
+    s.add_argument(
+        "--trials",
+        type=int,
+        required=True,
+        help="finished trials the study should hold (a re-run counts those already there)",
+    )
+    s.add_argument("--space", help="search space YAML (default: the preset's, configs/spaces/PRESET.yaml)")
+    s.add_argument(
+        "--storage",
+        help="Optuna storage URL (default sqlite:///OUT/study.db); postgresql://... or "
+        "mysql://... shares one study across machines",
+    )
+    s.add_argument("--study", help="study name in the storage (default tunebench-<preset name>)")
+    s.add_argument("--out", help="sweep folder (default runs/<name>-sweep)")
+    s.add_argument("--seeds", type=int, default=1, help="train each configuration with K seeds (default 1)")
+    s.add_argument(
+        "--pruner",
+        choices=["median", "hyperband", "none"],
+        default="median",
+        help="stop unpromising trials on their validation losses (needs train.eval_every > 0)",
+    )
+    s.add_argument("--sampler-seed", type=int, help="seed of the TPE sampler (default: random)")
+    s.add_argument(
+        "--no-confirm",
+        action="store_true",
+        help="skip the chosen configuration's test-split run against base (OUT/confirm)",
+    )
+    s.add_argument("--gate-exit", action="store_true", help="exit with the confirmation gate's code")
+    s.set_defaults(fn=fns["sweep"])
+
+
+def add_eval(sub: Subparsers, fns: Handlers) -> None:
+    """`tunebench eval`: a run's base and tuned, one model on a run's inputs, or a served endpoint."""
+    s = sub.add_parser("eval", help="evaluate base and tuned of a run, or one model on a run's inputs")
+    s.add_argument("run", nargs="?", help="run folder (evaluates base and tuned)")
+    s.add_argument("overrides", nargs="*", default=[], help="dotted overrides of the run's config")
+    s.add_argument("--model", help="model reference (hub id, folder, .gguf, packaged:...)")
+    s.add_argument("--adapter", help="LoRA adapter folder")
+    s.add_argument("--data-from", help="run folder whose test split and settings to use with --model")
+    s.add_argument("--label", help="label in the results (default base/tuned)")
+    s.add_argument("--out", help="results.json path")
+    s.add_argument(
+        "--runtime",
+        choices=["transformers", "llama.cpp"],
+        default="transformers",
+        help="engine that scores a .gguf: transformers' GGUF loader, or llama.cpp itself (with parity "
+        "against the run's adapter; needs the serve extra)",
+    )
+    s.add_argument(
+        "--endpoint",
+        metavar="URL",
+        help="evaluate an OpenAI-compatible server (e.g. `tunebench serve`'s "
+        "http://127.0.0.1:8080/v1) on --data-from's inputs; label served unless --label",
+    )
+    s.add_argument("--served-model", help="model name to send to --endpoint (default: the first it lists)")
+    s.add_argument("--api-key-env", help="environment variable holding --endpoint's key (never written anywhere)")
+    s.add_argument("--concurrency", type=int, default=8, help="--endpoint requests in flight at once (default 8)")
+    s.set_defaults(fn=fns["eval"])
+
+
+def add_run_readers(sub: Subparsers, fns: Handlers) -> None:
+    """The commands that read finished runs: report, gate, compare."""
+    s = sub.add_parser("report", help="re-render report.md, comparison.json and gate.json of a run")
+    s.add_argument("run")
+    s.set_defaults(fn=fns["report"])
+    s = sub.add_parser("gate", help="release gate: exit 0 pass, 1 fail, 3 inconclusive, 2 invalid input")
+    s.add_argument("run")
+    s.add_argument(
+        "--rules",
+        help="rules YAML, or a shipped gate name (default; configs/gates/NAME.yaml names the "
+        "shipped file too); default: the run's gate.rules, else the shipped default",
+    )
+    s.add_argument("--out", help="verdict JSON (default RUN/gate.json)")
+    s.set_defaults(fn=fns["gate"])
+    s = sub.add_parser("compare", help="leaderboard: several runs' adapters against their common base")
+    s.add_argument("runs", nargs="+")
+    s.add_argument("--out", help="write the Markdown table here too")
+    s.set_defaults(fn=fns["compare"])
+
+
+def add_chat(sub: Subparsers, fns: Handlers) -> None:
+    """`tunebench chat`: the model, adapter, template and sampling of an interactive chat."""
+    s = sub.add_parser(
+        "chat", help="interactive chat, streamed token by token", formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    s.add_argument(
+        "--model",
+        default="packaged:smollm2-135m-instruct",
+        help="model reference (hub id, folder, .gguf, packaged:...)",
+    )
+    s.add_argument("--adapter", help="LoRA adapter folder (e.g. runs/smoke/adapter)")
+    s.add_argument("--template", default="auto", help="chat template (auto: the adapter's, else the model's)")
+    s.add_argument("--system", help="system prompt, kept across /reset")
+    s.add_argument("--temperature", type=float, default=1.5, help="sampling temperature (0 = greedy)")
+    s.add_argument("--min-p", type=float, default=0.1, help="min-p sampling cutoff")
+    s.add_argument(
+        "--max-new-tokens", type=int, default=256, help="longest answer in tokens (kept free in the model's context)"
+    )
+    s.set_defaults(fn=fns["chat"])
+
+
+def add_export(sub: Subparsers, fns: Handlers) -> None:
+    """`tunebench export`: a merged 16-bit folder and/or GGUF files."""
+    s = sub.add_parser("export", help="write the merged model: a 16-bit folder (--merged) and/or GGUF files (--gguf)")
+    s.add_argument("run", help="run folder or adapter folder")
+    s.add_argument("--merged", action="store_true", help="a merged 16-bit transformers folder (RUN/merged)")
+    s.add_argument(
+        "--gguf", action="store_true", help="GGUF files + Ollama Modelfiles for llama.cpp/Ollama (RUN/export)"
+    )
+    s.add_argument(
+        "--quant",
+        default="f16,q8_0",
+        help="GGUF types, comma-separated (default f16,q8_0; also f32, bf16, q4_0, q4_1, q5_0, q5_1)",
+    )
+    s.add_argument("--out", help="output folder (default RUN/merged, or RUN/export with --gguf)")
+    s.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    s.set_defaults(fn=fns["export"])
+
+
+def add_serve(sub: Subparsers, fns: Handlers) -> None:
+    """`tunebench serve`: the served GGUF, address, key, context and engine."""
+    s = sub.add_parser("serve", help="OpenAI-compatible server (llama.cpp) on the run's exported GGUF")
+    s.add_argument("run", help="run folder (its export/model-<quant>.gguf; exported first when missing)")
+    s.add_argument("--quant", default="q8_0", help="which exported GGUF type to serve (default q8_0)")
+    s.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1; others need --api-key-env)")
+    s.add_argument("--port", type=int, default=8080)
+    s.add_argument("--api-key-env", help="name of the environment variable holding the API key clients must send")
+    s.add_argument("--no-export", action="store_true", help="fail (exit 2) instead of exporting a missing GGUF")
+    s.add_argument("--n-ctx", type=int, default=4096, help="context length of the server (tokens)")
+    s.add_argument(
+        "--engine",
+        choices=["llama.cpp", "vllm"],
+        default="llama.cpp",
+        help="llama.cpp on the exported GGUF (default), or vLLM on the base with the adapter as a runtime "
+        "LoRA named `tuned` (GPU; needs vLLM installed; not run on the developers' machines)",
+    )
+    s.set_defaults(fn=fns["serve"])
