@@ -342,3 +342,10 @@ def test_a_section_built_by_code_validates_itself():
         DataConfig(max_length=8)
     with pytest.raises(ConfigError, match=r"^max_steps: 0 must be a positive number"):
         TrainConfig(max_steps=0)
+
+
+def test_the_export_types_a_config_may_name_are_the_ones_the_export_writes():
+    from tunebench.core.config import EXPORT_QUANTS
+    from tunebench.train.gguf_export import QUANTS
+
+    assert EXPORT_QUANTS == tuple(QUANTS)  # the core layer cannot import the export: the two lists stay in step

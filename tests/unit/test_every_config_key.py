@@ -80,3 +80,20 @@ def test_a_bad_value_stops_run_before_anything_is_written(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["run", "smoke", "train.max_steps=not-a-number", "--out", str(out)]) == 2
     assert "train.max_steps" in capsys.readouterr().err and not out.exists()
+
+
+def test_every_bad_value_stops_run_before_anything_is_written(tmp_path, capsys):
+    for key, bad in TYPED:
+        out = tmp_path / key
+        code = main(["run", "smoke", f"{key}={bad}", "--out", str(out)])
+        err = capsys.readouterr().err
+        assert code == 2 and "Traceback" not in err and not out.exists(), f"{key}={bad}: exit {code}\n{err[-2000:]}"
+
+
+def test_a_contamination_ngram_below_the_checks_minimum_stops_run_before_anything_is_written(tmp_path, capsys):
+    from tunebench.evals.contamination import MIN_SHINGLE_WORDS
+
+    out = tmp_path / "run"
+    assert main(["run", "smoke", f"eval.contamination_ngram={MIN_SHINGLE_WORDS - 1}", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "eval.contamination_ngram" in err and "Traceback" not in err and not out.exists()
