@@ -131,21 +131,30 @@ def contamination(
     if worst < 0:
         raise ValueError(f"worst={worst}: must be 0 or more")
     sets = {name: _prepare(items, n) for name, items in eval_sets.items()}
-    # per shingle length, the sorted eval hashes to look training windows up in
+    lookup = _lookup_tables([item for prepared, _ in sets.values() for item in prepared])
+    hits, n_texts, n_words = _scan_training(train_texts, lookup)
+    report: dict[str, Any] = {
+        "n": n,
+        "min_shingle_words": MIN_SHINGLE_WORDS,
+        "train_texts": n_texts,
+        "train_words": n_words,
+        "sets": {name: _set_report(prepared, too_short, hits, worst) for name, (prepared, too_short) in sets.items()},
+    }
+    return report
+
+
+def _lookup_tables(items: list[_Item]) -> dict[int, np.ndarray]:
+    """Per shingle length, the sorted eval hashes to look training windows up in."""
     wanted: dict[int, list[np.ndarray]] = {}
-    for prepared, _ in sets.values():
-        for item in prepared:
-            wanted.setdefault(len(item.grams[0]), []).append(item.hashes)
-    lookup = {length: np.unique(np.concatenate(arrays)) for length, arrays in wanted.items()}
+    for item in items:
+        wanted.setdefault(len(item.grams[0]), []).append(item.hashes)
+    return {length: np.unique(np.concatenate(arrays)) for length, arrays in wanted.items()}
+
+
+def _scan_training(train_texts: Iterable[str], lookup: dict[int, np.ndarray]) -> tuple[dict[int, set[int]], int, int]:
+    """Stream the training texts past the eval hashes in chunks; returns the hashes found per shingle length and
+    the number of training texts and words read."""
     hits: dict[int, set[int]] = {length: set() for length in lookup}
-
-    def scan(buffer: list[int]) -> None:
-        h = np.array(buffer, dtype=np.int64).view(np.uint64)
-        for length, grams in _gram_hashes(h, lookup).items():
-            table = lookup[length]
-            pos = np.minimum(np.searchsorted(table, grams), len(table) - 1)
-            hits[length].update(np.unique(grams[table[pos] == grams]).tolist())
-
     n_texts = n_words = 0
     buffer: list[int] = []
     for text in train_texts:
@@ -156,42 +165,46 @@ def contamination(
         buffer.append(_SEPARATOR)
         if len(buffer) >= CHUNK_WORDS:  # chunks end between texts: no n-gram is cut in two
             if lookup:
-                scan(buffer)
+                _scan_chunk(buffer, lookup, hits)
             buffer = []
     if buffer and lookup:
-        scan(buffer)
+        _scan_chunk(buffer, lookup, hits)
+    return hits, n_texts, n_words
 
-    report: dict[str, Any] = {
-        "n": n,
-        "min_shingle_words": MIN_SHINGLE_WORDS,
-        "train_texts": n_texts,
-        "train_words": n_words,
-        "sets": {},
+
+def _scan_chunk(buffer: list[int], lookup: dict[int, np.ndarray], hits: dict[int, set[int]]) -> None:
+    """Add to ``hits`` the eval hashes that a chunk of training word hashes contains."""
+    h = np.array(buffer, dtype=np.int64).view(np.uint64)
+    for length, grams in _gram_hashes(h, lookup).items():
+        table = lookup[length]
+        pos = np.minimum(np.searchsorted(table, grams), len(table) - 1)
+        hits[length].update(np.unique(grams[table[pos] == grams]).tolist())
+
+
+def _set_report(prepared: list[_Item], too_short: list[str], hits: dict[int, set[int]], worst: int) -> dict[str, Any]:
+    """One evaluation set's overlap: counts, share, and its ``worst`` most overlapping items."""
+    rows = []
+    for item in prepared:
+        found = hits[len(item.grams[0])]
+        matched = [i for i, x in enumerate(item.hashes.tolist()) if x in found]
+        if matched:
+            rows.append(
+                {
+                    "id": item.id,
+                    "matched": len(matched),
+                    "ngrams": len(item.grams),
+                    "fraction": len(matched) / len(item.grams),
+                    "example": " ".join(item.grams[matched[0]]),
+                }
+            )
+    rows.sort(key=lambda r: (-r["fraction"], -r["matched"], r["id"]))
+    checked = len(prepared)
+    return {
+        "items": checked + len(too_short),
+        "checked": checked,
+        "contaminated": len(rows),
+        "share": len(rows) / checked if checked else None,
+        "too_short": len(too_short),
+        "too_short_ids": too_short[:20],
+        "worst": rows[:worst],
     }
-    for name, (prepared, too_short) in sets.items():
-        rows = []
-        for item in prepared:
-            found = hits[len(item.grams[0])]
-            matched = [i for i, x in enumerate(item.hashes.tolist()) if x in found]
-            if matched:
-                rows.append(
-                    {
-                        "id": item.id,
-                        "matched": len(matched),
-                        "ngrams": len(item.grams),
-                        "fraction": len(matched) / len(item.grams),
-                        "example": " ".join(item.grams[matched[0]]),
-                    }
-                )
-        rows.sort(key=lambda r: (-r["fraction"], -r["matched"], r["id"]))
-        checked = len(prepared)
-        report["sets"][name] = {
-            "items": checked + len(too_short),
-            "checked": checked,
-            "contaminated": len(rows),
-            "share": len(rows) / checked if checked else None,
-            "too_short": len(too_short),
-            "too_short_ids": too_short[:20],
-            "worst": rows[:worst],
-        }
-    return report

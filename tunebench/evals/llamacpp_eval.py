@@ -72,52 +72,65 @@ def evaluate_gguf_llamacpp(
     results.timings["load_s"] = round(time.perf_counter() - t0, 2)
 
     if cfg.eval.perplexity:
-        t = time.perf_counter()
-        metric, items, inputs, artifact_lp = perplexity_metric(
-            model, encoded, "test", cfg.eval.bootstrap_samples, cfg.report.alpha
-        )
-        results.add(metric, items)
-        results.inputs.update(inputs)
-        results.inputs["template_sha"] = report["template"]["sha"]
-        results.timings["perplexity_s"] = round(time.perf_counter() - t, 2)
-        t = time.perf_counter()
-        for m, its in adapter_parity(cfg, adapter, encoded, artifact_lp):
-            results.add(m, its)
-        results.timings["parity_s"] = round(time.perf_counter() - t, 2)
-
+        _add_perplexity_and_parity(results, cfg, model, encoded, report, adapter)
     add_probes(results, cfg.eval, model, label)
     if cfg.eval.lm_eval_tasks:  # on the ids and logits create_completion (the server's call) would use
-        from tunebench.evals.lm_eval_runner import run_lm_eval_text
-
-        def complete(body: dict[str, Any]) -> dict[str, Any]:
-            return model.llm.create_completion(**{k: v for k, v in body.items() if k != "model"})
-
-        def score_text(context: str, continuation: str) -> tuple[float, bool, bool]:
-            return continuation_logprob(model.llm, context, continuation)
-
-        results.merge(
-            run_lm_eval_text(
-                complete,
-                gguf.name,
-                list(cfg.eval.lm_eval_tasks),
-                cfg.eval.lm_eval_limit,
-                cfg.eval.lm_eval_chat_template,
-                label,
-                results.model,
-                tok,
-                template or "",
-                cfg.eval.lm_eval_source,
-                1,
-                RUNTIME,
-                score_text,
-            )
-        )
+        _add_lm_eval(results, cfg, model, gguf, tok, template, label)
     if contamination is not None:
         results.artifacts["contamination"] = contamination
     results.timings["total_s"] = round(time.perf_counter() - t0, 2)
     if out_path is not None:
         results.save(out_path)
     return results
+
+
+def _add_perplexity_and_parity(
+    results: Results, cfg: RunConfig, model: LlamaCppModel, encoded: list[Any], report: Any, adapter: Path
+) -> None:
+    """Perplexity from llama.cpp's logits on the run's test tokens, then parity with the adapter on the same ids."""
+    t = time.perf_counter()
+    metric, items, inputs, artifact_lp = perplexity_metric(
+        model, encoded, "test", cfg.eval.bootstrap_samples, cfg.report.alpha
+    )
+    results.add(metric, items)
+    results.inputs.update(inputs)
+    results.inputs["template_sha"] = report["template"]["sha"]
+    results.timings["perplexity_s"] = round(time.perf_counter() - t, 2)
+    t = time.perf_counter()
+    for m, its in adapter_parity(cfg, adapter, encoded, artifact_lp):
+        results.add(m, its)
+    results.timings["parity_s"] = round(time.perf_counter() - t, 2)
+
+
+def _add_lm_eval(
+    results: Results, cfg: RunConfig, model: LlamaCppModel, gguf: Path, tok: Any, template: str | None, label: str
+) -> None:
+    """lm-eval tasks through llama.cpp: generation by ``create_completion``, log-likelihoods from its logits."""
+    from tunebench.evals.lm_eval_runner import run_lm_eval_text
+
+    def complete(body: dict[str, Any]) -> dict[str, Any]:
+        return model.llm.create_completion(**{k: v for k, v in body.items() if k != "model"})
+
+    def score_text(context: str, continuation: str) -> tuple[float, bool, bool]:
+        return continuation_logprob(model.llm, context, continuation)
+
+    results.merge(
+        run_lm_eval_text(
+            complete,
+            gguf.name,
+            list(cfg.eval.lm_eval_tasks),
+            cfg.eval.lm_eval_limit,
+            cfg.eval.lm_eval_chat_template,
+            label,
+            results.model,
+            tok,
+            template or "",
+            cfg.eval.lm_eval_source,
+            1,
+            RUNTIME,
+            score_text,
+        )
+    )
 
 
 def adapter_parity(cfg: RunConfig, adapter: Path, encoded: list[Any], artifact_lp: list[Any]) -> list[tuple]:

@@ -308,6 +308,43 @@ def _temp_path(final: Path) -> Path:
     return final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
 
 
+def _add_metadata(w: Any, g: Any, cfg: Any, tok_meta: dict[str, Any], quant: str, meta: dict[str, Any]) -> None:
+    """The GGUF key-values: the llama architecture's shapes, the file type, the tokenizer and tunebench's provenance."""
+    w.add_type("model")
+    w.add_name(meta["name"])
+    w.add_context_length(cfg.max_position_embeddings)
+    w.add_embedding_length(cfg.hidden_size)
+    w.add_block_count(cfg.num_hidden_layers)
+    w.add_feed_forward_length(cfg.intermediate_size)
+    w.add_head_count(cfg.num_attention_heads)
+    w.add_head_count_kv(cfg.num_key_value_heads)
+    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    rope = getattr(cfg, "rope_parameters", None) or {}
+    w.add_rope_freq_base(float(rope.get("rope_theta", getattr(cfg, "rope_theta", None) or 10000.0)))
+    w.add_rope_dimension_count(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
+    w.add_vocab_size(cfg.vocab_size)
+    w.add_file_type(g.LlamaFileType[QUANTS[quant][1]])
+    w.add_quantization_version(g.GGML_QUANT_VERSION)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre(tok_meta["pre"])
+    w.add_token_list(tok_meta["tokens"])
+    w.add_token_types(tok_meta["types"])
+    w.add_token_merges(tok_meta["merges"])
+    for key, add in (
+        ("bos", w.add_bos_token_id),
+        ("eos", w.add_eos_token_id),
+        ("pad", w.add_pad_token_id),
+        ("unk", w.add_unk_token_id),
+    ):
+        if tok_meta[key] is not None:
+            add(int(tok_meta[key]))
+    w.add_add_bos_token(tok_meta["add_bos"])
+    w.add_add_eos_token(False)
+    w.add_chat_template(tok_meta["chat_template"])
+    for key, value in meta["tunebench"].items():  # provenance; readers ignore unknown keys
+        w.add_string(f"tunebench.{key}", str(value))
+
+
 def write_gguf(path: Path, model: Any, tok_meta: dict[str, Any], quant: str, meta: dict[str, Any]) -> dict[str, Any]:
     """Write one GGUF file atomically; return what the export manifest records about it.
 
@@ -328,39 +365,7 @@ def write_gguf(path: Path, model: Any, tok_meta: dict[str, Any], quant: str, met
     tmp = _temp_path(path)
     w = g.GGUFWriter(tmp, g.MODEL_ARCH_NAMES[g.MODEL_ARCH.LLAMA])
     try:
-        w.add_type("model")
-        w.add_name(meta["name"])
-        w.add_context_length(cfg.max_position_embeddings)
-        w.add_embedding_length(cfg.hidden_size)
-        w.add_block_count(cfg.num_hidden_layers)
-        w.add_feed_forward_length(cfg.intermediate_size)
-        w.add_head_count(cfg.num_attention_heads)
-        w.add_head_count_kv(cfg.num_key_value_heads)
-        w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
-        rope = getattr(cfg, "rope_parameters", None) or {}
-        w.add_rope_freq_base(float(rope.get("rope_theta", getattr(cfg, "rope_theta", None) or 10000.0)))
-        w.add_rope_dimension_count(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
-        w.add_vocab_size(cfg.vocab_size)
-        w.add_file_type(g.LlamaFileType[QUANTS[quant][1]])
-        w.add_quantization_version(g.GGML_QUANT_VERSION)
-        w.add_tokenizer_model("gpt2")
-        w.add_tokenizer_pre(tok_meta["pre"])
-        w.add_token_list(tok_meta["tokens"])
-        w.add_token_types(tok_meta["types"])
-        w.add_token_merges(tok_meta["merges"])
-        for key, add in (
-            ("bos", w.add_bos_token_id),
-            ("eos", w.add_eos_token_id),
-            ("pad", w.add_pad_token_id),
-            ("unk", w.add_unk_token_id),
-        ):
-            if tok_meta[key] is not None:
-                add(int(tok_meta[key]))
-        w.add_add_bos_token(tok_meta["add_bos"])
-        w.add_add_eos_token(False)
-        w.add_chat_template(tok_meta["chat_template"])
-        for key, value in meta["tunebench"].items():  # provenance; readers ignore unknown keys
-            w.add_string(f"tunebench.{key}", str(value))
+        _add_metadata(w, g, cfg, tok_meta, quant, meta)
         for t in tensors:
             w.add_tensor(t.name, t.data, raw_dtype=t.qtype)
         w.write_header_to_file()
