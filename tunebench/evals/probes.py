@@ -19,7 +19,9 @@ A probe set file (``evals/probes/default.yaml`` is the shipped one)::
 
 Templates and check strings are Jinja rendered in an immutable sandbox with StrictUndefined: a probe
 file cannot reach Python internals, and a misspelt variable is an error rather than an empty string.
-Every error names the file and line and says what to change.
+Every error names the file and line and says what to change. The check kinds are in ``probe_checks``
+(``CHECK_KINDS``), the line-tracking YAML and the sandbox in ``probe_template``; this module reads probe sets and
+runs them.
 """
 
 from __future__ import annotations
@@ -32,285 +34,27 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from jinja2 import StrictUndefined, TemplateSyntaxError, meta, nodes
-from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
 from tunebench.core.config import SamplingConfig
-from tunebench.core.errors import ProbeError, ProbeSecurityError, did_you_mean
+from tunebench.core.errors import ProbeError
 from tunebench.core.io import fingerprint, package_path
 from tunebench.core.stats import Z95
 from tunebench.core.stats import wilson as wilson_interval
 from tunebench.evals.generation import Generator, TransformersGenerator, samples_per_prompt
+from tunebench.evals.probe_checks import CHECK_KINDS as CHECK_KINDS  # re-exported: the check kinds' docs
+from tunebench.evals.probe_checks import Check as Check  # re-exported
+from tunebench.evals.probe_checks import _parse_check
+from tunebench.evals.probe_checks import numbers_in as numbers_in  # re-exported
+from tunebench.evals.probe_template import _ENV as _ENV  # re-exported: judge_prompts renders in the same sandbox
+from tunebench.evals.probe_template import _dym, _Loader, _plain
+from tunebench.evals.probe_template import _Src as _Src  # re-exported: judge_prompts
+from tunebench.evals.probe_template import render as render  # re-exported: judge_prompts
 from tunebench.evals.results import Metric, Results
 
 PROBES_DIR = package_path("evals", "probes")
 SET_KEYS = ("name", "version", "description", "system", "macros", "probes")
 PROBE_KEYS = ("id", "description", "template", "system", "vars", "checks")
-CHECK_KINDS = {
-    "contains": "every listed string appears in the answer",
-    "contains_any": "at least one listed string appears",
-    "not_contains": "none of the listed strings appears",
-    "regex": "the regular expression matches somewhere (re.search)",
-    "not_regex": "the regular expression matches nowhere",
-    "sequence": "the first numbers in the answer are exactly these, in order",
-    "max_words": "at most this many whitespace-separated words",
-    "max_chars": "at most this many characters (surrounding whitespace ignored)",
-}
-TEXT_KINDS = ("contains", "contains_any", "not_contains", "regex", "not_regex")
-CHECK_OPTIONS = {"ignore_case": TEXT_KINDS, "allow_echo": ("sequence",)}
 _ID = re.compile(r"^[A-Za-z0-9_.\-]+$")
-# a number not glued to a word ("v2") or to a preceding digit/dot; "1-2" reads as 1, 2
-_NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?")
-_ENV = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
-
-
-# ----------------------------------------------------------------------------- YAML with line numbers
-
-
-class _Map(dict):
-    """A YAML mapping that remembers its line and where each value starts (1-based)."""
-
-    line: int = 0
-    value_lines: dict[Any, int]
-    block: dict[Any, bool]
-
-
-class _Loader(yaml.SafeLoader):
-    """SafeLoader (no Python objects can be built) that records source lines of mappings."""
-
-
-def _construct_map(loader: _Loader, node: yaml.MappingNode) -> _Map:
-    loader.flatten_mapping(node)
-    m = _Map()
-    m.line, m.value_lines, m.block = node.start_mark.line + 1, {}, {}
-    for key_node, value_node in node.value:
-        key = loader.construct_object(key_node, deep=True)
-        if isinstance(key, (dict, list)):
-            raise yaml.constructor.ConstructorError(
-                None, None, "a mapping is used as a key (an unquoted '{{ ... }}'?)", key_node.start_mark
-            )
-        m[key] = loader.construct_object(value_node, deep=True)
-        m.value_lines[key] = value_node.start_mark.line + 1
-        # a literal/folded block's text starts on the line after its '|' or '>'
-        m.block[key] = getattr(value_node, "style", None) in ("|", ">")
-    return m
-
-
-_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_map)
-
-
-@dataclass(frozen=True)
-class _Src:
-    """Where a template's text sits in its file."""
-
-    path: Path
-    line: int
-    block: bool = False
-
-    @classmethod
-    def of(cls, path: Path, parent: Any, key: str) -> _Src:
-        lines = getattr(parent, "value_lines", {})
-        return cls(path, lines.get(key, getattr(parent, "line", 0)), getattr(parent, "block", {}).get(key, False))
-
-    def at(self, template_line: int | None = None) -> str:
-        if not template_line:
-            return f"{self.path}:{self.line}"
-        return f"{self.path}:{self.line + template_line - (0 if self.block else 1)}"
-
-
-def _plain(value: Any) -> Any:
-    """Line-tracking mappings back to plain dicts (what templates and JSON see)."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    return [_plain(v) for v in value] if isinstance(value, list) else value
-
-
-def _dym(name: str, known: list[str]) -> str:
-    return did_you_mean(str(name), known, " (did you mean ", "?)")
-
-
-# ----------------------------------------------------------------------------- Jinja in a sandbox
-
-
-def _template_line(exc: BaseException) -> int | None:
-    """The template line a render error came from (Jinja rewrites tracebacks to template lines)."""
-    tb, line = exc.__traceback__, None
-    while tb is not None:
-        if tb.tb_frame.f_code.co_filename == "<template>":
-            line = line or tb.tb_lineno
-        tb = tb.tb_next
-    return line
-
-
-def render(text: str, ctx: dict[str, Any], src: _Src, what: str) -> str:
-    """Render user-written Jinja ``text`` with ``ctx`` in the sandbox.
-
-    Raises:
-        ProbeError: syntax error, undefined variable, or a failing expression, with file and line.
-        ProbeSecurityError: the template reached for something the sandbox forbids.
-    """
-    try:
-        tree = _ENV.parse(text)
-    except TemplateSyntaxError as e:
-        raise ProbeError(
-            f"{src.at(e.lineno)}: {what}: Jinja syntax error: {e.message}. Fix the template "
-            "(write literal braces as {{ '{{' }})."
-        ) from None
-    known = sorted(ctx)
-    unknown = sorted(meta.find_undeclared_variables(tree) - set(ctx) - set(_ENV.globals))
-    if unknown:
-        name = unknown[0]
-        line = next((n.lineno for n in tree.find_all(nodes.Name) if n.name == name), None)
-        raise ProbeError(
-            f"{src.at(line)}: {what}: undefined variable {name!r}{_dym(name, known)}; define it "
-            f"under vars (defined: {', '.join(known) or 'none'}) or fix its spelling"
-        )
-    try:
-        return _ENV.from_string(tree).render(ctx)
-    except SecurityError as e:
-        raise ProbeSecurityError(
-            f"{src.at(_template_line(e))}: {what}: {e} Probe templates run in a sandbox; "
-            "use variables, filters and macros only."
-        ) from e
-    except Exception as e:  # user code: any failure is reported at its line
-        raise ProbeError(
-            f"{src.at(_template_line(e))}: {what}: {type(e).__name__}: {e}. Fix the template or its vars."
-        ) from e
-
-
-def _render_deep(value: Any, ctx: dict[str, Any], src: _Src, what: str) -> Any:
-    if isinstance(value, str):
-        return render(value, ctx, src, what) if ("{{" in value or "{%" in value) else value
-    if isinstance(value, list):
-        return [_render_deep(v, ctx, src, what) for v in value]
-    return value
-
-
-# ----------------------------------------------------------------------------- checks
-
-
-def numbers_in(text: str) -> list[float]:
-    """The numbers in ``text`` in order ("13, 21 and 34." -> [13, 21, 34])."""
-    return [float(m) for m in _NUMBER.findall(text)]
-
-
-def _num(x: float) -> int | float:
-    return int(x) if float(x).is_integer() else float(x)
-
-
-@dataclass
-class Check:
-    """One objective test of an answer."""
-
-    kind: str
-    value: Any
-    """list[str] for the contains kinds, a pattern for regex kinds, numbers for sequence, int for max_*."""
-    ignore_case: bool = False
-    allow_echo: bool = False
-    """sequence: skip the prompt's numbers if the answer starts by repeating them."""
-
-    def spec(self) -> dict[str, Any]:
-        """The check as written (options only when on): part of the set's fingerprint."""
-        options = {"ignore_case": self.ignore_case, "allow_echo": self.allow_echo}
-        return {self.kind: self.value, **{k: True for k, on in options.items() if on}}
-
-    def __call__(self, output: str, prompt: str = "") -> str | None:
-        """None if ``output`` passes, else why it failed."""
-        k, v = self.kind, self.value
-        fold = (lambda s: s.casefold()) if self.ignore_case else (lambda s: s)
-        if k in ("contains", "contains_any", "not_contains"):
-            found = [s for s in v if fold(s) in fold(output)]
-            if k == "contains" and len(found) < len(v):
-                return f"contains: missing {[s for s in v if s not in found]}"
-            if k == "contains_any" and not found:
-                return f"contains_any: none of {v}"
-            if k == "not_contains" and found:
-                return f"not_contains: found {found}"
-            return None
-        if k in ("regex", "not_regex"):
-            m = re.search(v, output, re.IGNORECASE if self.ignore_case else 0)
-            if k == "regex" and not m:
-                return f"regex: no match for {v!r}"
-            return f"not_regex: {v!r} matched {m.group(0)!r}" if k == "not_regex" and m else None
-        if k == "sequence":
-            got = numbers_in(output)
-            echo = numbers_in(prompt)
-            if self.allow_echo and echo and got[: len(echo)] == echo:
-                got = got[len(echo) :]
-            head = [_num(x) for x in got[: len(v)]]
-            return None if head == v else f"sequence: expected {v}, first numbers were {head}"
-        if k == "max_words":
-            n = len(output.split())
-            return None if n <= v else f"max_words: {n} words > {v}"
-        n = len(output.strip())
-        return None if n <= v else f"max_chars: {n} characters > {v}"
-
-
-def _parse_check(raw: Any, ctx: dict[str, Any], path: Path, where: str) -> Check:
-    """Validate and render one check mapping (e.g. ``{contains: "{{ capital }}", ignore_case: true}``)."""
-    line = getattr(raw, "line", 0)
-    if not isinstance(raw, dict):
-        raise ProbeError(f"{path}:{line}: {where}: each check is a mapping such as `- contains: Paris`, got {raw!r}")
-    kinds = [k for k in raw if k in CHECK_KINDS]
-    for key in raw:
-        if key not in CHECK_KINDS and key not in CHECK_OPTIONS:
-            raise ProbeError(
-                f"{path}:{getattr(raw, 'value_lines', {}).get(key, line)}: {where}: unknown check "
-                f"kind {key!r}{_dym(key, [*CHECK_KINDS, *CHECK_OPTIONS])}; known kinds: "
-                f"{', '.join(CHECK_KINDS)} (options: {', '.join(CHECK_OPTIONS)})"
-            )
-    if len(kinds) != 1:
-        raise ProbeError(
-            f"{path}:{line}: {where}: a check has exactly one kind, found {kinds or 'none'}; "
-            "write each as its own list item"
-        )
-    kind = kinds[0]
-    for opt, allowed in CHECK_OPTIONS.items():
-        if opt in raw and kind not in allowed:
-            raise ProbeError(
-                f"{path}:{line}: {where}: option {opt!r} does not apply to {kind!r} (only to {', '.join(allowed)})"
-            )
-        if opt in raw and not isinstance(raw[opt], bool):
-            raise ProbeError(f"{path}:{line}: {where}: {opt} must be true or false, got {raw[opt]!r}")
-    src = _Src.of(path, raw, kind)
-    value = _render_deep(raw[kind], ctx, src, f"{where}, check {kind!r}")
-    bad = f"{src.at()}: {where}: {kind}"
-    if kind in ("contains", "contains_any", "not_contains"):
-        value = value if isinstance(value, list) else [value]
-        if not value or not all(isinstance(s, (str, int, float)) for s in value):
-            raise ProbeError(f"{bad} needs a string or a list of strings, got {raw[kind]!r}")
-        value = [str(s) for s in value]
-    elif kind in ("regex", "not_regex"):
-        if not isinstance(value, str):
-            raise ProbeError(f"{bad} needs one pattern string, got {value!r}")
-        try:
-            re.compile(value)
-        except re.error as e:
-            raise ProbeError(
-                f"{bad}: invalid regular expression {value!r} ({e}); quote it with single "
-                "quotes in YAML so backslashes survive"
-            ) from None
-    elif kind == "sequence":
-        nums: list[float] = []
-        for x in value if isinstance(value, list) else [value]:
-            if isinstance(x, str):  # a rendered template such as "{{ a + d }} {{ a + 2 * d }}"
-                nums += numbers_in(x)
-            elif isinstance(x, (int, float)) and not isinstance(x, bool):
-                nums.append(x)
-            else:
-                nums = []
-                break
-        if not nums:
-            raise ProbeError(f"{bad} needs numbers, e.g. `sequence: [13, 21, 34]`, got {value!r}")
-        value = [_num(n) for n in nums]
-    else:
-        whole = isinstance(value, int) and not isinstance(value, bool) and value >= 0
-        if not (whole or isinstance(value, str) and value.strip().isdigit()):
-            raise ProbeError(f"{bad} needs a whole number >= 0, got {value!r}")
-        value = int(value)
-    return Check(
-        kind, value, ignore_case=bool(raw.get("ignore_case", False)), allow_echo=bool(raw.get("allow_echo", False))
-    )
 
 
 # ----------------------------------------------------------------------------- probe sets
@@ -562,58 +306,71 @@ def run_probes(
         # one pool per sampling: every sample of every prompt of every set fills the same batches
         pool = [p.messages for ps in sets for p in ps.prompts]
         gen = generator.generate(pool, smp, seed)
-        shared = {
-            "new_tokens": gen.new_tokens,
-            "seconds": gen.seconds,
-            "tokens_per_s": gen.tokens_per_s,
-            "cache_hits": gen.cache_hits,
-            "cache_misses": gen.cache_misses,
-            "generate_calls": gen.generate_calls,
-            "batch_size": batch_size,
-            "answers": len(pool) * (samples_per_prompt(smp)),
-            "sets": [ps.name for ps in sets],
-        }
+        shared = _generation_stats(gen, batch_size, len(pool) * samples_per_prompt(smp), sets)
         results.timings[f"probes/{smp.name}/generate_s"] = gen.seconds
         offset = 0
         for ps in sets:
             outs_of = gen.samples[offset : offset + len(ps.prompts)]
             counts_of = gen.token_counts[offset : offset + len(ps.prompts)]
             offset += len(ps.prompts)
-            items: list[dict[str, Any]] = []
-            by_probe: dict[str, list[dict[str, Any]]] = {pid: [] for pid in ps.probe_ids}
-            rows = []
-            for p, outs, counts in zip(ps.prompts, outs_of, counts_of, strict=True):
-                for s, (text, n_tok) in enumerate(zip(outs, counts, strict=True)):
-                    failed = p.evaluate(text)
-                    item = {"id": f"{p.id}#{s}", "num": 0.0 if failed else 1.0, "den": 1}
-                    items.append(item)
-                    by_probe[p.probe].append(item)
-                    rows.append(
-                        {
-                            "id": item["id"],
-                            "probe": p.probe,
-                            "prompt": p.text,
-                            "output": text,
-                            "passed": not failed,
-                            "failed": failed,
-                            "new_tokens": n_tok,
-                        }
-                    )
-            prefix = f"probes/{ps.name}/{smp.name}"
-            common = {
-                "set": ps.name,
-                "set_version": ps.version,
-                "sampling": smp.name,
-                "samples_per_prompt": samples_per_prompt(smp),
-            }
-            results.add(_pass_rate(f"{prefix}/pass_rate", items, common), items)
-            for pid, its in by_probe.items():
-                results.add(_pass_rate(f"{prefix}/{pid}/pass_rate", its, {**common, "probe": pid}), its)
-            transcripts.setdefault(ps.name, {})[smp.name] = rows
+            transcripts.setdefault(ps.name, {})[smp.name] = _score_set(results, ps, smp, outs_of, counts_of)
             stats.setdefault(ps.name, {})[smp.name] = shared  # the generate() call that served all sets
     results.artifacts["probe_transcripts"] = transcripts
     results.artifacts["probe_generation"] = stats
     return results
+
+
+def _generation_stats(gen: Any, batch_size: int, answers: int, sets: list[ProbeSet]) -> dict[str, Any]:
+    """What the one generate() call of a sampling cost, recorded under every set it served."""
+    return {
+        "new_tokens": gen.new_tokens,
+        "seconds": gen.seconds,
+        "tokens_per_s": gen.tokens_per_s,
+        "cache_hits": gen.cache_hits,
+        "cache_misses": gen.cache_misses,
+        "generate_calls": gen.generate_calls,
+        "batch_size": batch_size,
+        "answers": answers,
+        "sets": [ps.name for ps in sets],
+    }
+
+
+def _score_set(
+    results: Results, ps: ProbeSet, smp: SamplingConfig, outs_of: list[list[str]], counts_of: list[list[int]]
+) -> list[dict[str, Any]]:
+    """Check every answer of one set under one sampling; add its pass rates (the set's and each probe's) to
+    ``results`` and return its transcript rows."""
+    items: list[dict[str, Any]] = []
+    by_probe: dict[str, list[dict[str, Any]]] = {pid: [] for pid in ps.probe_ids}
+    rows = []
+    for p, outs, counts in zip(ps.prompts, outs_of, counts_of, strict=True):
+        for s, (text, n_tok) in enumerate(zip(outs, counts, strict=True)):
+            failed = p.evaluate(text)
+            item = {"id": f"{p.id}#{s}", "num": 0.0 if failed else 1.0, "den": 1}
+            items.append(item)
+            by_probe[p.probe].append(item)
+            rows.append(
+                {
+                    "id": item["id"],
+                    "probe": p.probe,
+                    "prompt": p.text,
+                    "output": text,
+                    "passed": not failed,
+                    "failed": failed,
+                    "new_tokens": n_tok,
+                }
+            )
+    prefix = f"probes/{ps.name}/{smp.name}"
+    common = {
+        "set": ps.name,
+        "set_version": ps.version,
+        "sampling": smp.name,
+        "samples_per_prompt": samples_per_prompt(smp),
+    }
+    results.add(_pass_rate(f"{prefix}/pass_rate", items, common), items)
+    for pid, its in by_probe.items():
+        results.add(_pass_rate(f"{prefix}/{pid}/pass_rate", its, {**common, "probe": pid}), its)
+    return rows
 
 
 def add_probes(results: Results, eval_cfg: Any, generator: Generator, label: str) -> None:
