@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from typing import Any
 
 from tunebench.bench.evalspeed import PARTS, parse_parts, run_eval
 from tunebench.bench.shapes import export_data, export_eval_data, export_tokenizer
@@ -61,12 +62,22 @@ def common_flags(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``tunebench bench`` parser: one subcommand per benchmark, the exports, and the hidden worker."""
     p = argparse.ArgumentParser(
         prog="tunebench bench",
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="{speed,eval,serve,export-data,export-tokenizer}")
+    _speed_parser(sub)
+    _eval_parser(sub)
+    _serve_parser(sub)
+    _export_parsers(sub)
+    return p
+
+
+def _speed_parser(sub: Any) -> None:
+    """``bench speed``: training speed per backend, and --find-best."""
     s = sub.add_parser("speed", help="training speed: unsloth vs hf (each in its own process), GPU only")
     common_flags(s)
     s.add_argument("--backends", default="unsloth,hf,hf-padfree", help=f"any of {', '.join(BACKENDS)}")
@@ -108,6 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--find-best-batches", default="4,8,16,32", help="--find-best micro-batches")
     s.add_argument("--find-best-backend", default="unsloth", help="--find-best backend family (unsloth or hf)")
     s.add_argument("--memory-limit-gib", type=float, help="--find-best memory cap (default: the whole card)")
+
+
+def _eval_parser(sub: Any) -> None:
+    """``bench eval``: evaluation speed."""
     s = sub.add_parser("eval", help="evaluation speed: perplexity and batched generation, GPU only")
     common_flags(s)
     s.add_argument("--ppl-batch-tokens", default="16384,65536", help="perplexity batch-token budgets (a list sweeps)")
@@ -131,6 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="--parts lm-eval-ll only: run the repeats in one worker on one loaded model, so a worker's "
         "setup is paid once (the runners still alternate which goes first)",
     )
+
+
+def _serve_parser(sub: Any) -> None:
+    """``bench serve``: serving load."""
     s = sub.add_parser("serve", help="serving load: concurrent streaming clients against tunebench serve (CPU or GPU)")
     s.add_argument("--run", help="run folder: starts `tunebench serve RUN --quant Q` on a free loopback port")
     s.add_argument("--url", help="a server already running on loopback, e.g. http://127.0.0.1:8080")
@@ -148,6 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--repeats", type=int, default=3, help="whole loads run; figures are medians with intervals")
     s.add_argument("--budget-s", type=float, default=570.0, help="no repeat starts after this many seconds")
     s.add_argument("--out", default="bench-out", help="folder for serve.json and serve.md")
+
+
+def _export_parsers(sub: Any) -> None:
+    """The exports that carry data, a tokenizer or lm-eval files to a GPU machine, and the worker."""
     s = sub.add_parser("export-data", help="write the first N clean training conversations as ShareGPT JSONL")
     s.add_argument("--n", type=int, default=3000)
     s.add_argument("--out", required=True)
@@ -166,7 +189,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s = sub.add_parser("worker", help=argparse.SUPPRESS)
     s.add_argument("spec")
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,7 +11,7 @@ from tunebench.bench.metrics import repeated_speed_targets, row_key, speed_ratio
 from tunebench.bench.repeats import mark_cut_short, ratio_summaries, summarize_rows
 from tunebench.bench.scaling import render_scaling, scaling_rows
 from tunebench.core.io import atomic_write_json, atomic_write_text
-from tunebench.core.markdown import table
+from tunebench.core.markdown import compact_table, table
 
 
 def write_speed(results: dict[str, Any], out: Path) -> None:
@@ -56,10 +56,30 @@ def header_lines(results: dict[str, Any], title: str) -> list[str]:
 
 def render_speed_md(results: dict[str, Any]) -> str:
     """Markdown view of speed.json (the JSON is the source of truth)."""
+    lines = header_lines(results, "Training speed: the suite's train() per backend")
+    lines += _speed_settings_lines(results)
+    rows = results.get("rows", [])
+    for name, info in (results.get("shapes") or {}).items():
+        lines += [f"## {name}: {info.get('params', 0):,} parameters, {info.get('weights')}", ""]
+        lines += compact_table(SPEED_COLUMNS, [_speed_cells(r) for r in rows if r["shape"] == name])
+        lines.append("")
+    if results.get("ratios"):
+        lines += repeats_section(results)
+        lines += _ratio_lines(results["ratios"])
+    lines += trace_section(rows)
+    lines += render_scaling(results.get("scaling") or [])
+    lines += find_best_section(results)
+    lines += target_table(results.get("targets") or [])
+    if results.get("notes"):  # what the person who ran it adds: conditions the numbers depend on
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in results["notes"]]
+    return "\n".join(lines) + "\n"
+
+
+def _speed_settings_lines(results: dict[str, Any]) -> list[str]:
+    """The settings, data and backend lines, and the note on what the columns mean."""
     st = results.get("settings", {})
     lora = st.get("lora", {})
-    lines = header_lines(results, "Training speed: the suite's train() per backend")
-    lines += [
+    lines = [
         f"- settings: {st.get('quantization')}; LoRA r={lora.get('r')} alpha={lora.get('alpha')} on "
         f"{', '.join(lora.get('targets', []))}; max length {st.get('max_length')}; {st.get('optimizer')}; "
         f"gradient checkpointing {st.get('gradient_checkpointing')}; warm-up {st.get('warmup_steps')} steps, then "
@@ -81,7 +101,7 @@ def render_speed_md(results: dict[str, Any]) -> str:
     for b, note in st.get("backends", {}).items():
         lines.append(f"- `{b}`: {note}")
     title, note = tokenizer_note(results)
-    lines += [
+    return lines + [
         "",
         f"> **Random weights, {title}.** {note} Each shape is the published Llama 3.2 "
         "architecture with random bf16 weights (speed does not depend on their values; losses do, so ignore "
@@ -94,76 +114,97 @@ def render_speed_md(results: dict[str, Any]) -> str:
         "every row at one point draws the same batches (same seed, same data).",
         "",
     ]
-    rows = results.get("rows", [])
-    for name, info in (results.get("shapes") or {}).items():
-        lines += [
-            f"## {name}: {info.get('params', 0):,} parameters, {info.get('weights')}",
-            "",
-            "| backend | repeat | batch × accum | real tok/s | tok/s incl. padding | step s median (p10–p90) | "
-            "peak alloc GiB (steady) | peak reserved GiB | MFU | status |",
-            "|---|---:|---|---:|---:|---|---:|---:|---:|---|",
+
+
+SPEED_COLUMNS = [
+    "backend",
+    "repeat:",
+    "batch × accum",
+    "real tok/s:",
+    "tok/s incl. padding:",
+    "step s median (p10–p90)",
+    "peak alloc GiB (steady):",
+    "peak reserved GiB:",
+    "MFU:",
+    "status",
+]
+
+
+def _speed_cells(r: dict[str, Any]) -> list[Any]:
+    """One measured row's cells (a failed or skipped row: its status and error in the last cell)."""
+    label = (
+        r["backend"]
+        + ("" if r.get("gradient_checkpointing", True) else ", no ckpt")
+        + (" (find-best)" if r.get("find_best") else "")
+    )
+    head = [label, r.get("repeat", 0) + 1, f"{r['batch_size']} × {r['grad_accum']}"]
+    if r.get("status") != "ok":
+        return head + [""] * 6 + [f"{r.get('status')}: {str(r.get('error', ''))[:160].replace('|', '/')}"]
+    return head + [
+        _f(r["real_tokens_per_s"]),
+        _f(r["positions_per_s"]),
+        f"{_f(r['step_s_median'], '.3f')} ({_f(r['step_s_p10'], '.3f')}–{_f(r['step_s_p90'], '.3f')})",
+        f"{_f(r.get('peak_allocated_gib'), '.2f')} ({_f(r.get('steady_peak_allocated_gib'), '.2f')})",
+        _f(r.get("peak_reserved_gib"), ".2f"),
+        _f(r.get("mfu"), ".1%"),
+        _speed_status(r),
+    ]
+
+
+def _speed_status(r: dict[str, Any]) -> str:
+    """The status cell of a measured row: steps, tokens, and what else the row says about itself."""
+    return (
+        (f"**{r['cut_short']}** (feeds no ratio or target); " if r.get("cut_short") else "")
+        + f"ok ({r['measured_steps']} steps, {r['real_tokens']:,} real tokens"
+        + (f"; {r['compiled_blocks']} blocks compiled" if r.get("compiled_blocks") else "")
+        + (
+            f"; host waited on the GPU {r['sync_wait_share_median']:.0%} of a step, process CPU "
+            f"{r['process_cpu_per_wall']:.2f} s/s"
+            if r.get("sync_wait_share_median") is not None
+            else ""
+        )
+        + (
+            ""
+            if r.get("mask_agreement") in (None, 1.0)
+            else f"; Unsloth's mask = shared mask on {r['mask_agreement']:.0%} of conversations"
+        )
+        + ")"
+    )
+
+
+def _ratio_lines(ratios: list[dict[str, Any]]) -> list[str]:
+    """Each row against hf in its own repeat."""
+    cols = [
+        "shape",
+        "batch × accum",
+        "backend",
+        "repeat:",
+        "real tok/s ×:",
+        "peak alloc ×:",
+        "peak reserved ×:",
+        "same batches",
+        "used",
+    ]
+    body = [
+        [
+            q["shape"],
+            f"{q['batch_size']} × {q['grad_accum']}",
+            q["backend"],
+            q.get("repeat", 0) + 1,
+            _f(q["real_tokens_per_s_ratio"], ".2f"),
+            _f(q["peak_allocated_ratio"], ".2f"),
+            _f(q["peak_reserved_ratio"], ".2f"),
+            "yes" if q["same_tokens"] else "no",
+            ("no: " + q["excluded"]) if q.get("excluded") else "yes",
         ]
-        for r in (r for r in rows if r["shape"] == name):
-            label = (
-                r["backend"]
-                + ("" if r.get("gradient_checkpointing", True) else ", no ckpt")
-                + (" (find-best)" if r.get("find_best") else "")
-            )
-            label += f" | {r.get('repeat', 0) + 1}"
-            if r.get("status") != "ok":
-                lines.append(
-                    f"| {label} | {r['batch_size']} × {r['grad_accum']} | | | | | | | "
-                    f"{r.get('status')}: {str(r.get('error', ''))[:160].replace('|', '/')} |"
-                )
-                continue
-            lines.append(
-                f"| {label} | {r['batch_size']} × {r['grad_accum']} | {_f(r['real_tokens_per_s'])} | "
-                f"{_f(r['positions_per_s'])} | {_f(r['step_s_median'], '.3f')} ({_f(r['step_s_p10'], '.3f')}–"
-                f"{_f(r['step_s_p90'], '.3f')}) | {_f(r.get('peak_allocated_gib'), '.2f')} "
-                f"({_f(r.get('steady_peak_allocated_gib'), '.2f')}) | {_f(r.get('peak_reserved_gib'), '.2f')} | "
-                f"{_f(r.get('mfu'), '.1%')} | "
-                + (f"**{r['cut_short']}** (feeds no ratio or target); " if r.get("cut_short") else "")
-                + f"ok ({r['measured_steps']} steps, {r['real_tokens']:,} real tokens"
-                + (f"; {r['compiled_blocks']} blocks compiled" if r.get("compiled_blocks") else "")
-                + (
-                    f"; host waited on the GPU {r['sync_wait_share_median']:.0%} of a step, process CPU "
-                    f"{r['process_cpu_per_wall']:.2f} s/s"
-                    if r.get("sync_wait_share_median") is not None
-                    else ""
-                )
-                + (
-                    ""
-                    if r.get("mask_agreement") in (None, 1.0)
-                    else f"; Unsloth's mask = shared mask on {r['mask_agreement']:.0%} of conversations"
-                )
-                + ") |"
-            )
-        lines.append("")
-    ratios = results.get("ratios") or []
-    if ratios:
-        lines += repeats_section(results)
-        lines += [
-            "## Ratios against hf, per repeat (the two rows of a repeat ran back to back)",
-            "",
-            "| shape | batch × accum | backend | repeat | real tok/s × | peak alloc × | peak reserved × | "
-            "same batches | used |",
-            "|---|---|---|---:|---:|---:|---:|---|---|",
-        ]
-        for q in ratios:
-            lines.append(
-                f"| {q['shape']} | {q['batch_size']} × {q['grad_accum']} | {q['backend']} | "
-                f"{q.get('repeat', 0) + 1} | {_f(q['real_tokens_per_s_ratio'], '.2f')} | "
-                f"{_f(q['peak_allocated_ratio'], '.2f')} | {_f(q['peak_reserved_ratio'], '.2f')} | "
-                f"{'yes' if q['same_tokens'] else 'no'} | {('no: ' + q['excluded']) if q.get('excluded') else 'yes'} |"
-            )
-        lines.append("")
-    lines += trace_section(rows)
-    lines += render_scaling(results.get("scaling") or [])
-    lines += find_best_section(results)
-    lines += target_table(results.get("targets") or [])
-    if results.get("notes"):  # what the person who ran it adds: conditions the numbers depend on
-        lines += ["", "## Notes", ""] + [f"- {n}" for n in results["notes"]]
-    return "\n".join(lines) + "\n"
+        for q in ratios
+    ]
+    return [
+        "## Ratios against hf, per repeat (the two rows of a repeat ran back to back)",
+        "",
+        *compact_table(cols, body),
+        "",
+    ]
 
 
 def trace_section(rows: list[dict[str, Any]]) -> list[str]:
@@ -228,68 +269,103 @@ def target_table(targets: list[dict[str, Any]]) -> list[str]:
         "when the interval's conservative end clears the threshold, **inconclusive** when it straddles it or "
         "there was one repeat (no interval).",
         "",
-        "| target | shape | where | median [95% interval] | repeats | verdict | margin of the conservative end |",
-        "|---|---|---|---:|---:|---|---:|",
     ]
-    for t in targets:
-        pct = abs(t["threshold"]) < 1 and "MFU" in t["target"]
+    cols = [
+        "target",
+        "shape",
+        "where",
+        "median [95% interval]:",
+        "repeats:",
+        "verdict",
+        "margin of the conservative end:",
+    ]
+    return lines + compact_table(cols, [_target_cells(t) for t in targets])
 
-        def num(x: float | None, pct: bool = pct) -> str:
-            return "–" if x is None else (f"{x:.1%}" if pct else f"{x:,.2f}")
 
-        val = num(t["value"]) + (f" [{num(t['ci'][0])}, {num(t['ci'][1])}]" if t.get("ci") else "")
-        v = t.get("verdict") or {True: "met", False: "not met", None: "not measured"}[t["met"]]
-        shown = {"met": "**met**", "not met": "**not met**", "inconclusive": "inconclusive"}.get(v, v)
-        if t.get("note"):
-            shown += f" ({t['note']})"
-        margin = (
-            "–"
-            if t["margin"] is None
-            else (f"{t['margin']:+.1%}" if pct else f"{t['margin']:+,.2f}")
-            + ("" if t["margin_relative"] is None else f" ({t['margin_relative']:+.0%} of the threshold)")
-        )
-        reps = f"{t.get('repeats', 1)} of {t.get('repeats_asked', 1)}"
-        lines.append(f"| {t['target']} | {t['shape']} | {t['where']} | {val} | {reps} | {shown} | {margin} |")
-    return lines
+def _target_cells(t: dict[str, Any]) -> list[Any]:
+    """One target's cells: its value (a share for an MFU target), repeats, verdict and margin."""
+    pct = abs(t["threshold"]) < 1 and "MFU" in t["target"]
+
+    def num(x: float | None) -> str:
+        return "–" if x is None else (f"{x:.1%}" if pct else f"{x:,.2f}")
+
+    val = num(t["value"]) + (f" [{num(t['ci'][0])}, {num(t['ci'][1])}]" if t.get("ci") else "")
+    v = t.get("verdict") or {True: "met", False: "not met", None: "not measured"}[t["met"]]
+    shown = {"met": "**met**", "not met": "**not met**", "inconclusive": "inconclusive"}.get(v, v)
+    if t.get("note"):
+        shown += f" ({t['note']})"
+    margin = (
+        "–"
+        if t["margin"] is None
+        else (f"{t['margin']:+.1%}" if pct else f"{t['margin']:+,.2f}")
+        + ("" if t["margin_relative"] is None else f" ({t['margin_relative']:+.0%} of the threshold)")
+    )
+    reps = f"{t.get('repeats', 1)} of {t.get('repeats_asked', 1)}"
+    return [t["target"], t["shape"], t["where"], val, reps, shown, margin]
 
 
 def repeats_section(results: dict[str, Any]) -> list[str]:
     """Each backend's rate over repeats (median, min–max) and each ratio against hf over repeats (median of the
     paired per-repeat ratios, bootstrap interval)."""
-    lines = [
+    rows = []
+    for x in results.get("row_summaries") or []:
+        shape, backend, _, bs, ga = x["key"][:5]
+        t, m = x["real_tokens_per_s"], x["peak_allocated_gib"]
+        rows.append(
+            [
+                shape,
+                backend,
+                f"{bs} × {ga}",
+                x["repeats"],
+                f"{_f(t['median'])} ({_f(t['min'])}–{_f(t['max'])})",
+                _f(m["median"], ".2f"),
+                f"{x['left_out']}: {', '.join(x['left_out_why'])}" if x["left_out"] else "–",
+            ]
+        )
+    ratios = []
+    for q in results.get("ratio_summaries") or []:
+        t, m = q["real_tokens_per_s_ratio"], q["peak_allocated_ratio"]
+        ci = f" [{t['ci'][0]:.2f}, {t['ci'][1]:.2f}]" if t.get("ci") else " (one repeat: no interval)"
+        ratios.append(
+            [
+                q["shape"],
+                f"{q['batch_size']} × {q['grad_accum']}",
+                q["backend"],
+                t["repeats"],
+                f"{_f(t['median'], '.2f')}{ci} ({_f(t['min'], '.2f')}–{_f(t['max'], '.2f')})",
+                _f(m["median"], ".2f"),
+            ]
+        )
+    return [
         "## Over repeats",
         "",
         f"{(results.get('settings') or {}).get('repeats', 1)} repeat(s), interleaved. Rows that failed or were "
         "cut short are left out.",
         "",
-        "| shape | backend | batch × accum | repeats | real tok/s median (min–max) | peak alloc GiB median | "
-        "left out |",
-        "|---|---|---|---:|---:|---:|---|",
-    ]
-    for x in results.get("row_summaries") or []:
-        shape, backend, _, bs, ga = x["key"][:5]
-        t, m = x["real_tokens_per_s"], x["peak_allocated_gib"]
-        lines.append(
-            f"| {shape} | {backend} | {bs} × {ga} | {x['repeats']} | {_f(t['median'])} ({_f(t['min'])}–"
-            f"{_f(t['max'])}) | {_f(m['median'], '.2f')} | "
-            + (f"{x['left_out']}: {', '.join(x['left_out_why'])}" if x["left_out"] else "–")
-            + " |"
-        )
-    lines += [
+        *compact_table(REPEAT_COLUMNS, rows),
         "",
-        "| shape | batch × accum | backend | ratios used | real tok/s ÷ hf median [95% interval] (min–max) | "
-        "peak alloc ÷ hf median |",
-        "|---|---|---|---:|---:|---:|",
+        *compact_table(RATIO_SUMMARY_COLUMNS, ratios),
+        "",
     ]
-    for q in results.get("ratio_summaries") or []:
-        t, m = q["real_tokens_per_s_ratio"], q["peak_allocated_ratio"]
-        ci = f" [{t['ci'][0]:.2f}, {t['ci'][1]:.2f}]" if t.get("ci") else " (one repeat: no interval)"
-        lines.append(
-            f"| {q['shape']} | {q['batch_size']} × {q['grad_accum']} | {q['backend']} | {t['repeats']} | "
-            f"{_f(t['median'], '.2f')}{ci} ({_f(t['min'], '.2f')}–{_f(t['max'], '.2f')}) | "
-            f"{_f(m['median'], '.2f')} |"
-        )
-    return lines + [""]
+
+
+REPEAT_COLUMNS = [
+    "shape",
+    "backend",
+    "batch × accum",
+    "repeats:",
+    "real tok/s median (min–max):",
+    "peak alloc GiB median:",
+    "left out",
+]
+RATIO_SUMMARY_COLUMNS = [
+    "shape",
+    "batch × accum",
+    "backend",
+    "ratios used:",
+    "real tok/s ÷ hf median [95% interval] (min–max):",
+    "peak alloc ÷ hf median:",
+]
 
 
 def tokenizer_note(results: dict[str, Any]) -> tuple[str, str]:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from tunebench.core.markdown import compact_table
+
 
 def worker_command(spec_path: str, world_size: int) -> list[str]:
     """The worker's command line: plain Python, or torchrun with one process per GPU."""
@@ -82,13 +84,29 @@ def render_scaling(scaling: list[dict[str, Any]]) -> list[str]:
         "Per-process batch unchanged, so N processes take N× the conversations per optimizer step. "
         "Efficiency = tokens/s on N ÷ (N × tokens/s on 1).",
         "",
-        "| shape | backend | batch × accum per process | processes | tok/s on 1 | tok/s on N | speed-up | efficiency |",
-        "|---|---|---|---:|---:|---:|---:|---:|",
     ]
-    for s in scaling:
-        lines.append(
-            f"| {s['shape']} | {s['backend']} | {s['batch_size']} × {s['grad_accum']} | {s['world_size']} | "
-            f"{s['tokens_per_s_1']:,.0f} | {s['tokens_per_s_n']:,.0f} | {s['speedup']:.2f}× | "
-            f"{s['efficiency']:.0%} |"
-        )
+    cols = [
+        "shape",
+        "backend",
+        "batch × accum per process",
+        "processes:",
+        "tok/s on 1:",
+        "tok/s on N:",
+        "speed-up:",
+        "efficiency:",
+    ]
+    body = [
+        [
+            s["shape"],
+            s["backend"],
+            f"{s['batch_size']} × {s['grad_accum']}",
+            s["world_size"],
+            f"{s['tokens_per_s_1']:,.0f}",
+            f"{s['tokens_per_s_n']:,.0f}",
+            f"{s['speedup']:.2f}×",
+            f"{s['efficiency']:.0%}",
+        ]
+        for s in scaling
+    ]
+    lines += compact_table(cols, body)
     return lines + [""]

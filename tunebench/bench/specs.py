@@ -122,3 +122,78 @@ class EvalSpec(_Spec):
     """Where the rows measured so far are written after each one."""
     result: str | None = None
     """Where the worker writes its result JSON (``bench.spawn`` sets it)."""
+
+
+@dataclass
+class TrainSpec(_Spec):
+    """One ``bench speed`` training worker: one backend at one (batch, accumulation) point on one shape."""
+
+    shape: str
+    """The shape's name in the results."""
+    backend: str
+    """A ``bench.worker.BACKENDS`` entry."""
+    model_dir: str
+    """The model folder."""
+    chat_template: str
+    """The chat template name."""
+    prepared: str
+    """The encoded conversations (``bench.prepared.save_prepared``)."""
+    data_source: str
+    """``data.source`` of the run config (the encoded data is handed over as ``prepared``)."""
+    batch_size: int
+    """``train.batch_size``."""
+    grad_accum: int
+    """``train.grad_accum``."""
+    max_length: int
+    """``data.max_length``."""
+    warmup: int
+    """Optimizer steps before the measured ones."""
+    steps: int
+    """Measured optimizer steps."""
+    r: int
+    """LoRA rank."""
+    alpha: int
+    """LoRA alpha."""
+    targets: list[str]
+    """LoRA target modules."""
+    run_dir: str
+    """The run folder (removed after the run)."""
+    kind: str = "train"
+    """The worker kind (``bench.worker`` dispatches on it)."""
+    label: str = "train"
+    """The job's name: its spec and result file names."""
+    load_in_4bit: bool = True
+    """4-bit base weights (CUDA only)."""
+    params: int = 0
+    """All parameters (tied embeddings once): the MFU numerator's N."""
+    peak_tflops: float | None = None
+    """The card's measured bf16 matmul peak (None: no MFU)."""
+    datasheet_tflops: float | None = None
+    """The card's datasheet bf16 peak (None: no datasheet MFU)."""
+    gradient_checkpointing: bool = True
+    """``train.gradient_checkpointing``."""
+    profile_steps: int = 0
+    """Steps after the measured ones run under torch.profiler."""
+    world_size: int = 1
+    """Processes under torchrun (1: a plain process)."""
+    result: str | None = None
+    """Where the worker writes its result JSON (``bench.spawn`` sets it)."""
+
+
+@dataclass
+class SweepSpec(TrainSpec):
+    """The ``--find-best`` worker: many (layout, micro-batch) candidates of one backend family in one process; each
+    candidate runs as this spec with its own backend, batch and run folder."""
+
+    kind: str = "sweep"
+    """The worker kind (``bench.worker`` dispatches on it)."""
+    family: str = "hf"
+    """The backend family (``unsloth`` or ``hf``)."""
+    candidates: list[dict[str, Any]] = field(default_factory=list)
+    """Layout, gradient checkpointing, batch size and accumulation of each candidate, in order."""
+    memory_limit_gib: float | None = None
+    """The card is capped there (None: the whole card)."""
+    deadline: float = 0.0
+    """Wall-clock time (``time.time()``) after which no candidate starts."""
+    min_seconds: float = 40.0
+    """A candidate starts only with this much of the deadline left."""

@@ -4,9 +4,10 @@ rewritten after each), and `bench speed --find-best` (micro-batch x layout sweep
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from tunebench.bench.host import host_snapshot
 from tunebench.bench.markdown import write_speed
@@ -14,6 +15,7 @@ from tunebench.bench.metrics import SEED_POINT, config_line, find_best, parse_in
 from tunebench.bench.repeats import interleave
 from tunebench.bench.shapes import prepare_data, resolve_shapes
 from tunebench.bench.spawn import EXIT_INCOMPLETE, EXIT_OK, Budget, setup, spawn, work_dir
+from tunebench.bench.specs import SweepSpec, TrainSpec
 from tunebench.bench.worker import BACKENDS, LAYOUTS, backend_name
 
 
@@ -33,13 +35,48 @@ def run_speed(args: argparse.Namespace) -> int:
     results["host"] = {"before": host_before}
     peak, sheet = setup_and_data(results, shapes, args, work, budget, data_need(args, points, candidates))
     write_speed(results, out)
+    job = Job(args, shapes, work, budget, peak, sheet, out)
+    run_points(results, job, points, backends, sweep)
+    if args.world_size > 1:  # hf under torchrun at the first point, against its one-process row above
+        run_ddp(results, job, points[0])
+    if args.find_best:
+        run_sweeps(results, shapes, args, candidates, work, budget, peak, sheet, out)
+    results["host"]["after"] = host_snapshot()
+    write_speed(results, out)
+    ok = all(r["status"] == "ok" for r in results["rows"])
+    print(
+        f"\nresults: {out / 'speed.json'} and {out / 'speed.md'}"
+        + ("" if ok else " (some rows failed or were skipped)")
+    )
+    return EXIT_OK if ok else EXIT_INCOMPLETE
+
+
+class Job(NamedTuple):
+    """What every training worker of one ``bench speed`` shares: the arguments, the shapes, where and how long
+    to run, the card's peaks, and where the results go."""
+
+    args: argparse.Namespace
+    shapes: dict[str, dict[str, Any]]
+    work: Path
+    budget: Budget
+    peak: float | None
+    sheet: float | None
+    out: Path
+
+
+def run_points(
+    results: dict[str, Any], job: Job, points: list[tuple[int, int]], backends: list[str], sweep: list[str]
+) -> None:
+    """One worker per (point, shape, backend, repeat): the first point with ``backends``, the others with
+    ``sweep``; the results are rewritten after each."""
+    args = job.args
     for i, (bs, ga) in enumerate(points):
-        for name, s in shapes.items():
+        for name, s in job.shapes.items():
             # A B A B ...: each repeat runs every backend once, so drift over the call lands on all of them
             for k, backend in interleave(backends if i == 0 else sweep, args.repeats):
                 steps = args.steps if i == 0 else args.sweep_steps
                 label = f"{name}-{backend}-{bs}x{ga}" + (f"-r{k}" if args.repeats > 1 else "")
-                spec = train_spec(args, s, name, backend, label, work, peak, sheet, bs, ga, steps)
+                spec = train_spec(args, s, name, backend, label, job.work, job.peak, job.sheet, bs, ga, steps)
                 row = {
                     "shape": name,
                     "backend": backend,
@@ -51,60 +88,35 @@ def run_speed(args: argparse.Namespace) -> int:
                     "r": args.r,
                     "asked_steps": steps,
                 }
-                row.update(spawn(spec, work, budget))
+                row.update(spawn(spec, job.work, job.budget))
                 results["rows"].append(row)
-                write_speed(results, out)
-    if args.world_size > 1:  # hf under torchrun at the first point, against its one-process row above
-        bs, ga = points[0]
-        for name, s in shapes.items():
-            label = f"{name}-hf-{bs}x{ga}-ddp{args.world_size}"
-            spec = {
-                "kind": "train",
-                "label": label,
-                "shape": name,
-                "backend": "hf",
-                "model_dir": s["path"],
-                "chat_template": s["chat_template"],
-                "prepared": str(s["prepared"]),
-                "data_source": args.data,
-                "batch_size": bs,
-                "grad_accum": ga,
-                "max_length": args.max_length,
-                "warmup": args.warmup,
-                "steps": args.steps,
-                "r": args.r,
-                "alpha": args.alpha,
-                "targets": args.lora_targets.split(","),
-                "load_in_4bit": not args.no_4bit,
-                "params": s["info"]["params"],
-                "peak_tflops": peak,
-                "datasheet_tflops": sheet,
-                "run_dir": str(work / "runs" / label),
-                "world_size": args.world_size,
-            }
-            row = {
-                "shape": name,
-                "backend": "hf",
-                "point": 0,
-                "batch_size": bs,
-                "grad_accum": ga,
-                "max_length": args.max_length,
-                "r": args.r,
-                "world_size": args.world_size,
-            }
-            row.update(spawn(spec, work, budget))
-            results["rows"].append(row)
-            write_speed(results, out)
-    if args.find_best:
-        run_sweeps(results, shapes, args, candidates, work, budget, peak, sheet, out)
-    results["host"]["after"] = host_snapshot()
-    write_speed(results, out)
-    ok = all(r["status"] == "ok" for r in results["rows"])
-    print(
-        f"\nresults: {out / 'speed.json'} and {out / 'speed.md'}"
-        + ("" if ok else " (some rows failed or were skipped)")
-    )
-    return EXIT_OK if ok else EXIT_INCOMPLETE
+                write_speed(results, job.out)
+
+
+def run_ddp(results: dict[str, Any], job: Job, point: tuple[int, int]) -> None:
+    """hf under torchrun (``--world-size``) at ``point``, one row per shape."""
+    args, (bs, ga) = job.args, point
+    for name, s in job.shapes.items():
+        label = f"{name}-hf-{bs}x{ga}-ddp{args.world_size}"
+        spec = dataclasses.replace(
+            train_spec(args, s, name, "hf", label, job.work, job.peak, job.sheet, bs, ga, args.steps),
+            gradient_checkpointing=True,  # the data-parallel row keeps the defaults, whatever --no-grad-ckpt says
+            profile_steps=0,
+            world_size=args.world_size,
+        )
+        row = {
+            "shape": name,
+            "backend": "hf",
+            "point": 0,
+            "batch_size": bs,
+            "grad_accum": ga,
+            "max_length": args.max_length,
+            "r": args.r,
+            "world_size": args.world_size,
+        }
+        row.update(spawn(spec, job.work, job.budget))
+        results["rows"].append(row)
+        write_speed(results, job.out)
 
 
 def new_results(
@@ -190,33 +202,32 @@ def train_spec(
     bs: int,
     ga: int,
     steps: int,
-) -> dict[str, Any]:
+) -> TrainSpec:
     """A training worker's job: one backend at one point on one shape."""
-    return {
-        "kind": "train",
-        "label": label,
-        "shape": name,
-        "backend": backend,
-        "model_dir": s["path"],
-        "chat_template": s["chat_template"],
-        "prepared": str(s["prepared"]),
-        "data_source": args.data,
-        "batch_size": bs,
-        "grad_accum": ga,
-        "max_length": args.max_length,
-        "warmup": args.warmup,
-        "steps": steps,
-        "r": args.r,
-        "alpha": args.alpha,
-        "targets": args.lora_targets.split(","),
-        "load_in_4bit": not args.no_4bit,
-        "params": s["info"]["params"],
-        "peak_tflops": peak,
-        "datasheet_tflops": sheet,
-        "gradient_checkpointing": not args.no_grad_ckpt,
-        "profile_steps": getattr(args, "profile_steps", 0),
-        "run_dir": str(work / "runs" / label),
-    }
+    return TrainSpec(
+        label=label,
+        shape=name,
+        backend=backend,
+        model_dir=s["path"],
+        chat_template=s["chat_template"],
+        prepared=str(s["prepared"]),
+        data_source=args.data,
+        batch_size=bs,
+        grad_accum=ga,
+        max_length=args.max_length,
+        warmup=args.warmup,
+        steps=steps,
+        r=args.r,
+        alpha=args.alpha,
+        targets=args.lora_targets.split(","),
+        load_in_4bit=not args.no_4bit,
+        params=s["info"]["params"],
+        peak_tflops=peak,
+        datasheet_tflops=sheet,
+        gradient_checkpointing=not args.no_grad_ckpt,
+        profile_steps=getattr(args, "profile_steps", 0),
+        run_dir=str(work / "runs" / label),
+    )
 
 
 # ----------------------------------------------------------------------------- --find-best
@@ -261,63 +272,76 @@ def run_sweeps(
     }
     for name, s in shapes.items():
         label = f"{name}-{family}-find-best"
-        spec = train_spec(args, s, name, family, label, work, peak, sheet, 1, 1, args.sweep_steps)
-        spec.update(
-            kind="sweep",
-            family=family,
-            candidates=candidates,
-            memory_limit_gib=args.memory_limit_gib,
-            deadline=budget.wall_deadline(),
-        )
-        res = spawn(spec, work, budget, min_seconds=60)
-        rows = res.get("rows") or []
-        if not rows:
-            rows = [
-                {
-                    "backend": family,
-                    "layout": "-",
-                    "batch_size": 0,
-                    "grad_accum": 1,
-                    "status": res["status"],
-                    "error": res.get("error"),
-                }
-            ]
-        for r in rows:
-            results["rows"].append(
-                dict(
-                    r,
-                    shape=name,
-                    point=None,
-                    find_best=True,
-                    max_length=args.max_length,
-                    r=args.r,
-                    asked_steps=args.sweep_steps,
-                )
-            )
-        best = find_best([r for r in results["rows"] if r.get("shape") == name], args.memory_limit_gib)
-        results.setdefault("find_best", {})[name] = (
-            None
-            if best is None
-            else {
-                "backend": best["backend"],
-                "layout": best.get("layout", "padded"),
-                "batch_size": best["batch_size"],
-                "grad_accum": best["grad_accum"],
-                "gradient_checkpointing": best.get("gradient_checkpointing", True),
-                "real_tokens_per_s": best["real_tokens_per_s"],
-                "mfu": best.get("mfu"),
-                "peak_reserved_gib": best.get("peak_reserved_gib"),
-                "config_line": config_line(best),
+        point = train_spec(args, s, name, family, label, work, peak, sheet, 1, 1, args.sweep_steps)
+        spec = SweepSpec(
+            **{
+                **point.to_dict(),
+                "kind": "sweep",
+                "family": family,
+                "candidates": candidates,
+                "memory_limit_gib": args.memory_limit_gib,
+                "deadline": budget.wall_deadline(),
             }
         )
+        res = spawn(spec, work, budget, min_seconds=60)
+        results["rows"] += sweep_rows(res, name, family, args)
+        best = find_best([r for r in results["rows"] if r.get("shape") == name], args.memory_limit_gib)
+        results.setdefault("find_best", {})[name] = None if best is None else best_summary(best)
         write_speed(results, out)
-        if best is None:
-            print(f"\nfind-best ({name}): no setting ran within the limit")
-        else:
-            b = results["find_best"][name]
-            print(
-                f"\nfind-best ({name}): {b['backend']} {b['batch_size']}x{b['grad_accum']}, gradient checkpointing "
-                f"{'on' if b['gradient_checkpointing'] else 'off'}: {b['real_tokens_per_s']:,.0f} real tokens/s"
-                + (f", MFU {b['mfu']:.1%}" if b["mfu"] is not None else "")
-                + f", peak reserved {b['peak_reserved_gib']} GiB\n  {b['config_line']}"
-            )
+        print_best(name, results["find_best"][name])
+
+
+def sweep_rows(res: dict[str, Any], name: str, family: str, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """A sweep worker's rows as result rows (marked ``find_best``); one row that says why when it has none."""
+    rows = res.get("rows") or []
+    if not rows:
+        rows = [
+            {
+                "backend": family,
+                "layout": "-",
+                "batch_size": 0,
+                "grad_accum": 1,
+                "status": res["status"],
+                "error": res.get("error"),
+            }
+        ]
+    return [
+        dict(
+            r,
+            shape=name,
+            point=None,
+            find_best=True,
+            max_length=args.max_length,
+            r=args.r,
+            asked_steps=args.sweep_steps,
+        )
+        for r in rows
+    ]
+
+
+def best_summary(best: dict[str, Any]) -> dict[str, Any]:
+    """What the results keep of the fastest setting, with the config line that trains at it."""
+    return {
+        "backend": best["backend"],
+        "layout": best.get("layout", "padded"),
+        "batch_size": best["batch_size"],
+        "grad_accum": best["grad_accum"],
+        "gradient_checkpointing": best.get("gradient_checkpointing", True),
+        "real_tokens_per_s": best["real_tokens_per_s"],
+        "mfu": best.get("mfu"),
+        "peak_reserved_gib": best.get("peak_reserved_gib"),
+        "config_line": config_line(best),
+    }
+
+
+def print_best(name: str, b: dict[str, Any] | None) -> None:
+    """The --find-best choice of one shape, on the terminal."""
+    if b is None:
+        print(f"\nfind-best ({name}): no setting ran within the limit")
+        return
+    print(
+        f"\nfind-best ({name}): {b['backend']} {b['batch_size']}x{b['grad_accum']}, gradient checkpointing "
+        f"{'on' if b['gradient_checkpointing'] else 'off'}: {b['real_tokens_per_s']:,.0f} real tokens/s"
+        + (f", MFU {b['mfu']:.1%}" if b["mfu"] is not None else "")
+        + f", peak reserved {b['peak_reserved_gib']} GiB\n  {b['config_line']}"
+    )
