@@ -12,8 +12,8 @@ from tunebench.core.errors import BenchmarkError, did_you_mean
 SEED_POINT = {"batch_size": 2, "grad_accum": 4, "max_length": 2048, "r": 16}
 """The seed notebook's settings: the point at which the Unsloth-vs-hf targets are judged."""
 
-# Issue 13: at the seed settings Unsloth >= 1.8x hf's real tokens/s with <= 0.55x its peak memory; the best
-# settings reach >= 45% MFU.
+# The training targets: at the seed settings Unsloth >= 1.8x hf's real tokens/s with <= 0.55x its peak memory; the
+# best settings reach >= 45% MFU.
 SPEED_TARGETS = {"tokens_ratio": 1.8, "memory_ratio": 0.55, "mfu": 0.45}
 EVAL_TARGETS = {"ppl_mfu": 0.45, "gen_tokens_per_s": 3000.0}
 

@@ -2,11 +2,12 @@
 ones, summarised as the share of wall time the GPU was busy (kernels, copies), the host<->device copy time and how
 much of it no kernel hid, and kernels launched per step.
 
-The question it answers (issue 28): is a backend host-bound (the GPU idles between kernels while Python and the
-launch path catch up: busy share well under 1), and does Unsloth's offloaded gradient checkpointing wait on
-host<->device bandwidth (copy time a kernel does not overlap)? The step-end sync wait cannot tell these apart under
-transformers' Trainer, which syncs inside every step. Profiling adds its own overhead (CUPTI), so the shares are read
-side by side across backends, not as absolute step times; the measured steps are never profiled.
+The question it answers: is a backend host-bound (the GPU idles between kernels while Python and the launch path
+catch up: busy share well under 1), and does Unsloth's offloaded gradient checkpointing wait on host<->device
+bandwidth (copy time a kernel does not overlap)? The step-end sync wait cannot tell these apart under transformers'
+Trainer, which syncs inside every step. Profiling adds its own overhead (CUPTI), so the shares are read side by side
+across backends, not as absolute step times; the measured steps are never profiled. What it showed:
+reports/published/2026-12-04-h200-speed-trace.
 """
 
 from __future__ import annotations

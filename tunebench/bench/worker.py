@@ -183,7 +183,7 @@ def run_train_point(spec: TrainSpec | dict[str, Any]) -> dict[str, Any]:
 def run_sweep(spec: SweepSpec | dict[str, Any]) -> dict[str, Any]:
     """Worker for ``--find-best``: many (layout, micro-batch) candidates of one backend in this one process.
 
-    One process pays the backend's import (Unsloth: ~30 s) once. The card is capped at the memory limit
+    One process pays the backend's import (Unsloth's is slow) once. The card is capped at the memory limit
     (``torch.cuda.set_per_process_memory_fraction``), so a candidate over it fails with an out-of-memory
     error instead of borrowing memory the user does not have; then the larger micro-batches of the same
     layout are skipped. Candidates that would start after ``spec.deadline`` (wall clock) are skipped.
