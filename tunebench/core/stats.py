@@ -469,10 +469,20 @@ def standard_error(stderr: float | None, ci_low: float | None, ci_high: float | 
 # ----------------------------------------------------------------------------- formatting for people
 
 
-def fmt(x: float | None, signed: bool = False) -> str:
-    """Four significant digits (``n/a`` for missing): the one number style of messages and reports."""
+def fmt(x: float | None, signed: bool = False, pattern: str | None = None, missing: str | None = "n/a") -> str | None:
+    """Four significant digits (``n/a`` for missing): the one number style of messages and reports.
+
+    Args:
+        x: The number (None, NaN or infinite is missing).
+        signed: A leading ``+`` on positive values.
+        pattern: A ``str.format`` pattern (``"{:,}"``, ``"{:.2f} GiB"``) for a count, a size or a time, in place
+            of the four significant digits.
+        missing: What a missing value reads (None lets a two-column table leave its row out).
+    """
     if x is None or not math.isfinite(x):
-        return "n/a"
+        return missing
+    if pattern is not None:
+        return pattern.format(x)
     x = x + 0.0  # -0.0 -> 0.0: no "-0" in reports
     return f"{x:+.4g}" if signed else f"{x:.4g}"
 

@@ -3,19 +3,12 @@
 from __future__ import annotations
 
 import datetime
-import math
 from collections.abc import Sequence
 from typing import Any
 
 from tunebench.core.markdown import kv_table, table
 from tunebench.reports.compare import fmt, fmt_interval
 from tunebench.reports.more_items import get_path
-
-
-def _num(x: Any, pattern: str = "{:,}") -> str | None:
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return None
-    return pattern.format(x)
 
 
 def _utc(ts: Any) -> str | None:
@@ -30,10 +23,10 @@ def _peak_memory(mem: dict[str, Any]) -> str:
     """The GPU allocator's peaks; on CPU there is none to read, only the process's peak resident memory."""
     if mem.get("kind") != "cpu_rss":
         return (
-            f"{_num(mem.get('allocated_gib'), '{:.2f}')} GiB allocated, "
-            f"{_num(mem.get('reserved_gib'), '{:.2f}')} GiB reserved ({mem.get('kind')})"
+            f"{fmt(mem.get('allocated_gib'), pattern='{:.2f}', missing=None)} GiB allocated, "
+            f"{fmt(mem.get('reserved_gib'), pattern='{:.2f}', missing=None)} GiB reserved ({mem.get('kind')})"
         )
-    rss = _num(mem.get("rss_gib"), "{:.2f}")
+    rss = fmt(mem.get("rss_gib"), pattern="{:.2f}", missing=None)
     return "not measured (CPU)" + (f"; peak resident memory of the process {rss} GiB" if rss else "")
 
 
@@ -52,10 +45,9 @@ def training_summary(m: dict[str, Any]) -> str | None:
     memory = _peak_memory(mem) if mem else None
     params = None
     if m.get("trainable_params") is not None:
-        params = (
-            f"{_num(m.get('trainable_params'))} of {_num(m.get('total_params'))} "
-            f"({_num(m.get('trainable_percent'), '{:.3f}')}%)"
-        )
+        trainable = fmt(m.get("trainable_params"), pattern="{:,}", missing=None)
+        total = fmt(m.get("total_params"), pattern="{:,}", missing=None)
+        params = f"{trainable} of {total} ({fmt(m.get('trainable_percent'), pattern='{:.3f}', missing=None)}%)"
     lora_text = (
         f"r={lora.get('r')}, alpha={lora.get('alpha')}, dropout={lora.get('dropout')}, "
         f"rsLoRA={lora.get('use_rslora')}, targets: {', '.join(lora.get('target_modules') or [])}"
@@ -79,14 +71,17 @@ def training_summary(m: dict[str, Any]) -> str | None:
             ("Optimizer", train.get("optimizer")),
             ("Seed", train.get("seed")),
             ("Steps", m.get("steps")),
-            ("Tokens seen", _num(m.get("tokens_seen"))),
-            ("Wall time", _num(m.get("wall_time_s"), "{:.1f} s")),
-            ("Throughput", _num(m.get("tokens_per_s"), "{:.1f} tokens/s")),
+            ("Tokens seen", fmt(m.get("tokens_seen"), pattern="{:,}", missing=None)),
+            ("Wall time", fmt(m.get("wall_time_s"), pattern="{:.1f} s", missing=None)),
+            ("Throughput", fmt(m.get("tokens_per_s"), pattern="{:.1f} tokens/s", missing=None)),
             ("Peak memory", memory),
             ("Trainable parameters", params),
-            ("Final training loss", _num(losses[-1].get("loss"), "{:.4f}") if losses else None),
-            ("Base validation loss (step 0)", _num(m.get("base_eval_loss"), "{:.4f}")),
-            ("Final validation loss", _num(evals[-1].get("eval_loss"), "{:.4f}") if evals else None),
+            ("Final training loss", fmt(losses[-1].get("loss"), pattern="{:.4f}", missing=None) if losses else None),
+            ("Base validation loss (step 0)", fmt(m.get("base_eval_loss"), pattern="{:.4f}", missing=None)),
+            (
+                "Final validation loss",
+                fmt(evals[-1].get("eval_loss"), pattern="{:.4f}", missing=None) if evals else None,
+            ),
             ("Data fingerprint", get_path(m, "data", "fingerprint")),
             ("Git commit", m.get("git_commit")),
             ("Source fingerprint", get_path(m, "versions", "tunebench_source")),
@@ -101,8 +96,8 @@ def data_summary(d: dict[str, Any]) -> dict[str, Any]:
     overview = kv_table(
         [
             ("Source", d.get("source")),
-            ("Records read", _num(d.get("records"))),
-            ("Clean conversations", _num(d.get("clean"))),
+            ("Records read", fmt(d.get("records"), pattern="{:,}", missing=None)),
+            ("Clean conversations", fmt(d.get("clean"), pattern="{:,}", missing=None)),
             ("Chat template", get_path(d, "template", "name")),
             ("Fingerprint", d.get("fingerprint")),
         ],
@@ -113,8 +108,8 @@ def data_summary(d: dict[str, Any]) -> dict[str, Any]:
         [
             name,
             s.get("conversations"),
-            _num(total(s.get("tokens"))),
-            _num(total(s.get("assistant_tokens"))),
+            fmt(total(s.get("tokens")), pattern="{:,}", missing=None),
+            fmt(total(s.get("assistant_tokens")), pattern="{:,}", missing=None),
             s.get("fingerprint"),
         ]
         for name, s in (d.get("splits") or {}).items()
