@@ -32,12 +32,15 @@ from tunebench.core.config import JudgeEndpointConfig
 from tunebench.core.errors import JudgeError, TunebenchError
 from tunebench.core.io import cache_root
 from tunebench.evals.generation import GenerationCache, Messages
+from tunebench.evals.judge_logprobs import TOP_LOGPROBS, probs_from_chat_logprobs, verdict_text
 
 RETRY_STATUS = (429, 500, 502, 503, 504)
 BACKOFF_S = 0.5
 """First retry waits this long; each further one twice as long (capped at BACKOFF_MAX_S)."""
 BACKOFF_MAX_S = 30.0
 FLUSH_EVERY = 16
+LOGPROB_MAX_TOKENS = 4
+"""Reply length with verdict: logprobs: enough for ``[[A]]``, whose letter's probabilities are read."""
 """Judgments written to the cache at least this often."""
 
 
@@ -190,15 +193,20 @@ class EndpointJudge:
     max_new_tokens: int
     progress: bool = True
     cache_dir: str | None = None
+    verdict: str = "explain"
+    """explain: the verdict is parsed from the reply; logprobs: read from the reply's token probabilities."""
 
     def identity(self) -> dict[str, Any]:
-        return {
+        ident: dict[str, Any] = {
             "kind": "endpoint",
             "base_url": self.cfg.base_url.rstrip("/"),
             "model": self.cfg.model,
             "max_tokens": self.max_new_tokens,
             "temperature": 0,
         }
+        if self.verdict == "logprobs":
+            ident.update(verdict="logprobs", max_tokens=LOGPROB_MAX_TOKENS, top_logprobs=TOP_LOGPROBS)
+        return ident
 
     @property
     def client(self) -> OpenAIClient:
@@ -210,8 +218,23 @@ class EndpointJudge:
         Raises:
             JudgeError: refused connection or key, other HTTP errors, or retries exhausted.
         """
-        body = {"model": self.cfg.model, "messages": messages, "temperature": 0, "max_tokens": self.max_new_tokens}
-        return self.client.chat(body, headers)[0]
+        body: dict[str, Any] = {"model": self.cfg.model, "messages": messages, "temperature": 0}
+        if self.verdict != "logprobs":
+            return self.client.chat({**body, "max_tokens": self.max_new_tokens}, headers)[0]
+        body.update(max_tokens=LOGPROB_MAX_TOKENS, logprobs=True, top_logprobs=TOP_LOGPROBS)
+        data = self.client.request("/chat/completions", body, headers)
+        try:
+            content = data["choices"][0]["logprobs"]["content"]
+        except (KeyError, IndexError, TypeError):
+            content = None
+        if not content:
+            raise JudgeError(
+                f"{self.client.root}/chat/completions answered without choices[0].logprobs.content, so "
+                "eval.judge.verdict: logprobs cannot read the verdict; use a server that returns chat logprobs "
+                "(vLLM, OpenAI; llama-cpp-python's server started with --logits_all true) or set "
+                "eval.judge.verdict=explain"
+            )
+        return verdict_text(probs_from_chat_logprobs(content))
 
     def complete(self, requests: list[Messages]) -> list[str]:
         """Judgments for every request, in order (cached ones are not asked again)."""

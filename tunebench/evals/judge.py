@@ -32,6 +32,7 @@ from tunebench.core.io import atomic_write_text, environment, fingerprint
 from tunebench.evals import judge_metrics as jm
 from tunebench.evals import judge_prompts as jp
 from tunebench.evals.generation import Generator, Messages, TransformersGenerator
+from tunebench.evals.judge_logprobs import LogprobJudge, letter_tokens
 from tunebench.evals.modeling import load_for_eval
 from tunebench.evals.results import Results
 
@@ -272,8 +273,10 @@ def _release(loaded: Any) -> None:
 
 
 def judge_prompts_of(cfg: JudgeConfig) -> dict[str, jp.JudgePrompt]:
-    """MT-Bench's prompts, or the user's template under the key ``user``."""
-    return {"user": jp.user_prompt(cfg.template)} if cfg.template else jp.mtbench_prompts()
+    """MT-Bench's prompts, or the user's template under the key ``user``; asking for the verdict alone when it is
+    read from probabilities (``verdict: logprobs``)."""
+    prompts = {"user": jp.user_prompt(cfg.template)} if cfg.template else jp.mtbench_prompts()
+    return jp.verdict_only(prompts) if cfg.verdict == "logprobs" else prompts
 
 
 def make_judge(cfg: JudgeConfig, model_cfg: Any, progress: bool) -> tuple[Judge, str | None]:
@@ -281,11 +284,20 @@ def make_judge(cfg: JudgeConfig, model_cfg: Any, progress: bool) -> tuple[Judge,
     if cfg.endpoint is not None:
         from tunebench.evals.endpoint import EndpointJudge  # only when configured: the client is optional
 
-        return EndpointJudge(cfg.endpoint, cfg.max_new_tokens, progress=progress), None
+        return EndpointJudge(cfg.endpoint, cfg.max_new_tokens, progress=progress, verdict=cfg.verdict), None
     loaded = load_for_eval(
         cfg.model, None, "auto", dtype=model_cfg.dtype, trust_remote_code=model_cfg.trust_remote_code
     )
-    judge = InProcessJudge(loaded, cfg.max_new_tokens, cfg.batch_size, progress)
+    judge: InProcessJudge | LogprobJudge = InProcessJudge(loaded, cfg.max_new_tokens, cfg.batch_size, progress)
+    if cfg.verdict == "logprobs":
+        try:
+            letter_tokens(loaded.tokenizer)
+        except ValueError as e:
+            raise JudgeError(
+                f"eval.judge.verdict: logprobs reads the verdict as one token after '[[', but {cfg.model}'s {e}; "
+                "use eval.judge.verdict=explain for this judge"
+            ) from None
+        judge = LogprobJudge(loaded, cfg.batch_size, progress)
     params = judge.parameters()
     note = None
     if params < TINY_JUDGE_PARAMS:
@@ -311,6 +323,8 @@ def preflight(cfg: JudgeConfig) -> None:
 def judge_fingerprint(cfg: RunConfig) -> dict[str, Any]:
     """Settings that decide the judge stage's outputs (the pipeline adds data and adapter fingerprints)."""
     judge = {k: v for k, v in dataclasses.asdict(cfg.eval.judge).items() if k != "enabled"}
+    if judge.get("verdict") == "explain":  # the default, as before the setting existed: earlier runs stay current
+        del judge["verdict"]
     return {
         "judge": judge,
         "model": dataclasses.asdict(cfg.model),

@@ -21,6 +21,7 @@ use ``answer_a`` and ``answer_b`` (and may use ``question``, ``reference``, ``tu
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import re
@@ -237,6 +238,37 @@ def render_judge(prompt: JudgePrompt, ctx: dict[str, Any]) -> list[dict[str, str
     return ([{"role": "system", "content": prompt.system}] if prompt.system else []) + [
         {"role": "user", "content": text}
     ]
+
+
+_VERDICT_ONLY = (
+    (re.compile(r"Begin your evaluation by comparing [^.]*? and provide a short explanation\.\s*"), ""),
+    (re.compile(r"Begin your evaluation by comparing ([^.]*?)\.\s*"), r"Compare \1. "),
+    (re.compile(r"Identify and correct any mistakes\.\s*"), ""),
+    (
+        re.compile(r"After providing your explanation, output your final verdict by strictly following this format: "),
+        "Do not explain your choice: output only your final verdict, strictly in this format: ",
+    ),
+)
+VERDICT_ONLY_SYSTEM = (
+    'Do not explain your choice: output only your final verdict, strictly in this format: "[[A]]" if assistant A '
+    'is better, "[[B]]" if assistant B is better, and "[[C]]" for a tie.'
+)
+"""The system prompt of a user's template (which has none) when the verdict is read from probabilities."""
+
+
+def verdict_only(prompts: dict[str, JudgePrompt]) -> dict[str, JudgePrompt]:
+    """The prompts of ``eval.judge.verdict: logprobs``: the judge is asked for its verdict alone.
+
+    MT-Bench's system prompts lose the requests to explain (and, with a reference, to correct mistakes) and end
+    with "Do not explain your choice: output only your final verdict, strictly in this format: ..."; everything
+    they ask the judge to weigh stays. A user's template gets that instruction as its system prompt."""
+    out = {}
+    for key, p in prompts.items():
+        system = p.system
+        for rx, repl in _VERDICT_ONLY:
+            system = rx.sub(repl, system)
+        out[key] = dataclasses.replace(p, system=system.strip() if system else VERDICT_ONLY_SYSTEM)
+    return out
 
 
 def prompt_sha(prompts: dict[str, JudgePrompt]) -> str:
