@@ -2,9 +2,9 @@
 
 Words are lowercased ``\\w+`` runs (punctuation dropped). Only the evaluation side is held in memory: its
 n-grams are hashed into a small set, and the training texts are streamed past it in chunks, each chunk's
-n-gram hashes computed at once with numpy (a polynomial hash over per-word hashes, wrapping at 2**64). About
-0.4 us per training word on a busy 2-core CPU (100k ShareGPT conversations, 106M words: ~50 s) and
-~20 MB besides the eval side, instead of a set of every training n-gram.
+n-gram hashes computed at once with numpy (a polynomial hash over per-word hashes, wrapping at 2**64): time
+linear in the training words and memory bounded by a chunk (``CHUNK_WORDS``) besides the eval side, instead of a
+set of every training n-gram.
 
 An item shorter than n words is checked as one shingle (the whole item) when it has at least
 ``MIN_SHINGLE_WORDS`` words; shorter ones are reported as too short to judge.
