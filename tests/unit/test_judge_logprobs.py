@@ -116,3 +116,20 @@ def test_a_bad_verdict_mode_is_a_config_error():
 
     with pytest.raises(ConfigError, match="verdict"):
         load_config("smoke", ["eval.judge.verdict=probabilities"])
+
+
+def test_published_judge_speed_runs_render_from_their_json_and_state_the_spread():
+    import json
+    from pathlib import Path
+
+    from tunebench.bench.judgespeed import render, stage_ratios
+
+    root = Path(__file__).resolve().parents[2] / "reports" / "published"
+    runs = sorted(root.glob("2026-12-0[34]-h200-judge-*/**/judgespeed*.json"))
+    assert len(runs) >= 7
+    for path in runs:
+        assert render(json.loads(path.read_text())) == path.with_suffix(".md").read_text(), path
+    res = json.loads((root / "2026-12-04-h200-judge-logprobs" / "judgespeed.json").read_text())
+    ratios = {k: [s / a for s, a in v] for k, v in stage_ratios(res).items()}
+    assert len(ratios[("logprobs", None)]) == 3 and max(ratios[("logprobs", None)]) < 1  # the claim README makes
+    assert min(ratios[("explain", 256)]) > 1

@@ -101,6 +101,7 @@ def run(
                 )
                 _, sec = _timed(lambda judge=judge, ps=ps: jd.sanity_check(judge, ps))
                 n = 2 * len(jp.sanity_pairs())
+                extra = {"verdict": verdict, "repeat": rep}  # the set's unparsed count belongs to its row only
                 rows.append({"phase": "sanity pairs", "requests": n, "max_new_tokens": cap, "seconds": sec} | extra)
     return {
         "shape": shape,
