@@ -160,9 +160,15 @@ def _kill(proc: subprocess.Popen) -> None:
 
 
 def _stop_all(signum: int, _frame: object) -> None:
-    """SIGTERM: kill every run in flight (each in its own session, so nothing else would), then exit."""
+    """SIGTERM: kill every run in flight (each in its own session, so nothing else would), then exit.
+
+    No wait here: the signal may arrive inside ``proc.wait()``, whose lock a second wait in the handler would
+    block on forever; the killed runs are reaped when this script exits."""
     for proc in list(LIVE):
-        _kill(proc)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     raise SystemExit(128 + signum)
 
 
