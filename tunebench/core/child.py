@@ -62,7 +62,13 @@ class ChildError(TunebenchError):
     """
 
     def __init__(
-        self, message: str, returncode: int | None, timed_out: bool, elapsed: float, tail: str, data: Any
+        self,
+        message: str,
+        returncode: int | None = None,
+        timed_out: bool = False,
+        elapsed: float = 0.0,
+        tail: str = "",
+        data: Any = None,
     ) -> None:
         super().__init__(message)
         self.returncode = returncode
