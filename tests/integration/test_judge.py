@@ -71,3 +71,31 @@ def test_judging_in_batches_of_similar_length_gives_the_one_call_verdicts(tmp_pa
     sampling = SamplingConfig(name="judge", temperature=0.0, min_p=None, max_new_tokens=6)
     one_call = TransformersGenerator(loaded, 8, progress=False).generate(requests, sampling, 0).texts
     assert batched == one_call and len(set(batched)) > 1
+
+
+def test_the_logprobs_verdict_judges_the_same_answers_end_to_end(judged, tmp_path):
+    """eval.judge.verdict=logprobs through the stage: the same (cached) answers, judgments that show their reading,
+    verdicts parsed from it, and the metric read like any judge metric."""
+    cfg, run, out, _, _ = judged
+    lp_cfg = load_config(
+        "smoke",
+        [
+            "eval.judge.n=2",
+            "eval.judge.answer_max_new_tokens=8",
+            "eval.judge.max_new_tokens=8",
+            "model.dtype=float32",
+            "eval.judge.verdict=logprobs",
+        ],
+    )
+    res = run_judge(lp_cfg, run, run / "adapter", tmp_path, progress=False)
+    explained = [json.loads(x) for x in (out / "judgments.jsonl").read_text().splitlines()]
+    lines = [json.loads(x) for x in (tmp_path / "judgments.jsonl").read_text().splitlines()]
+    pairs = [x for x in lines if "judgment_base_first" in x]
+    assert [p["base_answer"] for p in pairs] == [p["base_answer"] for p in explained if "judgment_base_first" in p]
+    for p in pairs:
+        for side in ("base_first", "tuned_first"):
+            assert "p(A)=" in p[f"judgment_{side}"]
+            assert p[f"verdict_{side}"] == (
+                p[f"judgment_{side}"][2] if p[f"judgment_{side}"].startswith("[[") else None
+            )
+    assert res.model["verdict"] == "logprobs" and res.metric("judge/heldout/win_rate").details["judgments"] == 4
