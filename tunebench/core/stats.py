@@ -19,6 +19,10 @@ from typing import Any
 import numpy as np
 from scipy import stats as sps
 
+from tunebench.core.numbers import fmt as fmt  # the one number formatter, re-exported
+from tunebench.core.numbers import fmt_interval as fmt_interval
+from tunebench.core.numbers import fmt_p as fmt_p
+
 Z95 = NormalDist().inv_cdf(0.975)
 """z of a two-sided 95% interval; metric CIs in results files are 95% by schema. The one such constant."""
 POWER = 0.8
@@ -464,38 +468,3 @@ def standard_error(stderr: float | None, ci_low: float | None, ci_high: float | 
     if ci_low is not None and ci_high is not None and math.isfinite(ci_high - ci_low):
         return (ci_high - ci_low) / (2 * Z95)
     return None
-
-
-# ----------------------------------------------------------------------------- formatting for people
-
-
-def fmt(x: float | None, signed: bool = False, pattern: str | None = None, missing: str | None = "n/a") -> str | None:
-    """Four significant digits (``n/a`` for missing): the one number style of messages and reports.
-
-    Args:
-        x: The number (None, NaN or infinite is missing).
-        signed: A leading ``+`` on positive values.
-        pattern: A ``str.format`` pattern (``"{:,}"``, ``"{:.2f} GiB"``) for a count, a size or a time, in place
-            of the four significant digits.
-        missing: What a missing value reads (None lets a two-column table leave its row out).
-    """
-    if x is None or not math.isfinite(x):
-        return missing
-    if pattern is not None:
-        return pattern.format(x)
-    x = x + 0.0  # -0.0 -> 0.0: no "-0" in reports
-    return f"{x:+.4g}" if signed else f"{x:.4g}"
-
-
-def fmt_p(p: float | None) -> str:
-    """A p-value, floored at <0.001."""
-    if p is None or not math.isfinite(p):
-        return "n/a"
-    return "<0.001" if p < 0.001 else f"{p:.3f}"
-
-
-def fmt_interval(low: float | None, high: float | None, signed: bool = True) -> str:
-    """``[low, high]`` or ``n/a``."""
-    if low is None or high is None:
-        return "n/a"
-    return f"[{fmt(low, signed)}, {fmt(high, signed)}]"
