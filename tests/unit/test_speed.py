@@ -793,3 +793,14 @@ def test_trace_summary_reads_busy_idle_and_exposed_copy_time_from_device_events(
     assert s["gpu_idle_s_per_step"] == pytest.approx(0.55)
     with pytest.raises(ValueError, match="needs both > 0"):
         summarize_device_events(events, wall_s=0, steps=2)
+
+
+def test_spawn_runs_a_real_worker_through_core_child_and_returns_what_it_wrote(tmp_path):
+    """The bench parent and lm-eval share one child runner: the spec is written, the worker process runs and its
+    result file is read back (here a job the worker refuses, which it records instead of crashing)."""
+    from tunebench.bench.spawn import Budget, spawn
+
+    res = spawn({"label": "bogus", "kind": "no-such-kind"}, tmp_path, Budget(300), min_seconds=1)
+    assert res["status"] == "error" and "unknown worker kind 'no-such-kind'" in res["error"], res
+    assert res["worker_s"] > 0 and (tmp_path / "specs" / "bogus.json").exists()
+    assert spawn({"label": "late"}, tmp_path, Budget(5), min_seconds=60)["status"] == "skipped"

@@ -62,7 +62,7 @@ def fixed_length_prompts(tok: Any, conversations: list[Any], n: int, prompt_toke
 
 
 CACHE = "auto"
-"""The suite's generation rows run what evaluations run (``generation_cache: auto``: on CUDA the decode loop of
+"""The suite's generation rows run what evaluations run (``decode_loop: auto``: on CUDA the decode loop of
 ``evals.decoding``, each step one CUDA graph replay); each row records the loop that ran."""
 
 

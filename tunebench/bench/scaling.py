@@ -12,13 +12,20 @@ from typing import Any
 
 from tunebench.core.markdown import compact_table
 
+WORKER_MODULE = "tunebench.bench.speed"
+"""The module a worker runs (``python -m tunebench.bench.speed worker SPEC``)."""
+
+
+def worker_launcher(world_size: int) -> list[str]:
+    """What runs between ``python`` and ``-m MODULE``: nothing, or torchrun with one process per GPU."""
+    if world_size <= 1:
+        return []
+    return ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={world_size}"]
+
 
 def worker_command(spec_path: str, world_size: int) -> list[str]:
     """The worker's command line: plain Python, or torchrun with one process per GPU."""
-    cmd = ["-m", "tunebench.bench.speed", "worker", spec_path]
-    if world_size <= 1:
-        return [sys.executable, *cmd]
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={world_size}", *cmd]
+    return [sys.executable, *worker_launcher(world_size), "-m", WORKER_MODULE, "worker", spec_path]
 
 
 def combine_rank_marks(per_rank: list[list[tuple[int, float, int, int]]]) -> list[tuple[int, float, int, int]]:

@@ -4,20 +4,19 @@ job that measures the card and builds the shapes."""
 from __future__ import annotations
 
 import argparse
-import os
-import signal
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
-from tunebench.bench.scaling import worker_command
+from tunebench.bench.scaling import WORKER_MODULE, worker_launcher
 from tunebench.bench.shapes import describe
 from tunebench.bench.specs import SetupSpec
+from tunebench.core.child import SPEC, ChildError, run_child
 from tunebench.core.errors import TunebenchError
-from tunebench.core.io import atomic_write_json, cache_root, read_json
+from tunebench.core.io import cache_root
 
 EXIT_OK, EXIT_INCOMPLETE, EXIT_INPUT, EXIT_NO_CUDA = 0, 1, 2, 3
+WORKER_ENV = {"PYTHONUNBUFFERED": "1", "TQDM_MININTERVAL": "5", "TOKENIZERS_PARALLELISM": "false"}
 
 
 class SetupError(TunebenchError):
@@ -42,6 +41,9 @@ class Budget:
 def spawn(spec: Any, work: Path, budget: Budget, min_seconds: float = 45.0) -> dict[str, Any]:
     """Run one worker process (output streamed through), bounded by the budget; return its result.
 
+    The worker runs through ``core.child`` (the runner lm-eval's child uses too), in its own process group, so a
+    timeout ends it and the processes a launcher started.
+
     Args:
         spec: the job, a ``bench.specs`` spec or its ``to_dict()``; written as JSON for the worker, with the path
             of its result file added.
@@ -53,36 +55,32 @@ def spawn(spec: Any, work: Path, budget: Budget, min_seconds: float = 45.0) -> d
         return {"status": "skipped", "error": f"{left:.0f} s of the --budget-s left, fewer than {min_seconds:.0f}"}
     result_path = work / "results" / f"{label}.json"
     job["result"] = str(result_path)
-    spec_path = atomic_write_json(work / "specs" / f"{label}.json", job)
-    result_path.unlink(missing_ok=True)
-    env = dict(os.environ, PYTHONUNBUFFERED="1", TQDM_MININTERVAL="5", TOKENIZERS_PARALLELISM="false")
-    root = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     print(f"\n=== {label}: starting worker ({left:.0f} s of budget left) ===", flush=True)
     t0 = time.monotonic()
-    proc = subprocess.Popen(
-        worker_command(str(spec_path), job.get("world_size", 1)), env=env, start_new_session=True
-    )  # its own group: a timeout ends it and its children
     try:
-        code = proc.wait(timeout=left)
-    except subprocess.TimeoutExpired:
-        _stop(proc)
-        timed_out = f"timed out after {time.monotonic() - t0:.0f} s (the --budget-s ran out)"
-        if result_path.exists():  # a sweep writes what it measured after each candidate
-            return dict(read_json(result_path), error=timed_out)
-        return {"status": "error", "error": timed_out}
-    except KeyboardInterrupt:
-        _stop(proc)
-        raise
-    elapsed = time.monotonic() - t0
-    if result_path.exists():
-        result = read_json(result_path)
-    else:
+        result = run_child(
+            WORKER_MODULE,
+            job,
+            result_path,
+            spec_path=work / "specs" / f"{label}.json",
+            args=("worker", SPEC),
+            launcher=worker_launcher(job.get("world_size", 1)),
+            timeout=left,
+            env=WORKER_ENV,
+            capture=False,
+            own_group=True,
+        )
+    except ChildError as e:
+        if e.timed_out:
+            timed_out = f"timed out after {e.elapsed:.0f} s (the --budget-s ran out)"
+            # a sweep writes what it measured after each candidate
+            return dict(e.data, error=timed_out) if e.data is not None else {"status": "error", "error": timed_out}
         result = {
             "status": "error",
-            "error": f"worker exited with code {code} and wrote no result "
+            "error": f"worker exited with code {e.returncode} and wrote no result "
             "(killed for memory, or a crash below Python; see its output above)",
         }
+    elapsed = time.monotonic() - t0
     result["worker_s"] = round(elapsed, 1)
     print(
         f"=== {label}: {result['status']} in {elapsed:.0f} s"
@@ -91,16 +89,6 @@ def spawn(spec: Any, work: Path, budget: Budget, min_seconds: float = 45.0) -> d
         flush=True,
     )
     return result
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
-        try:
-            os.killpg(proc.pid, sig)
-            proc.wait(timeout=wait)
-            return
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            continue
 
 
 def setup(shapes: dict[str, dict[str, Any]], args: argparse.Namespace, work: Path, budget: Budget) -> dict[str, Any]:

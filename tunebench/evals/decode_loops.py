@@ -56,7 +56,7 @@ def decode_path(loaded: Any, choice: str = "auto", decode_steps: int | None = No
     if choice == "graph":
         if why is None:
             return "graph"
-        log.warning("generation_cache graph: %s, so transformers' dynamic cache generates instead", why)
+        log.warning("eval.decode_loop graph: %s, so transformers' dynamic cache generates instead", why)
         return "dynamic"
     if why is None and _cuda_16bit(loaded):
         return "graph"

@@ -436,7 +436,7 @@ class TransformersGenerator:
     cache_dir: str | Path | None = None
     use_cache: bool = True
     decode_loop: str = "auto"
-    """``auto``, ``graph``, ``static`` or ``dynamic`` (``decode_path``; the setting eval.generation_cache)."""
+    """``auto``, ``graph``, ``static`` or ``dynamic`` (``decode_path``; the setting eval.decode_loop)."""
     progress: bool = False
 
     def identity(self) -> dict[str, Any]:
