@@ -399,3 +399,20 @@ def test_bench_chat_rows_time_the_chat_and_raw_generate_on_the_same_prompts(smol
     assert rows[0]["decode_path"] == "dynamic"  # CPU: what decode_path picks for chat there
     assert rows[0]["new_tokens"] == rows[1]["new_tokens"]  # greedy: the same answers either way
     assert capsys.readouterr().out == ""
+
+
+def test_the_generator_streams_one_answer_through_on_token(smol_base, tmp_path):
+    """Generator.generate(..., on_token): the pieces arrive as decoded and make up the answer (what the chat
+    prints); a cached answer arrives at once; more than one answer to stream is refused."""
+    from tunebench.evals.generation import TransformersGenerator
+
+    greedy = SamplingConfig(name="greedy", temperature=0.0, min_p=None, max_new_tokens=12)
+    prompt = [[{"role": "user", "content": "Name three colours."}]]
+    gen = TransformersGenerator(smol_base, 1, cache_dir=tmp_path)
+    pieces: list[str] = []
+    out = gen.generate(prompt, greedy, 0, on_token=pieces.append)
+    assert len(pieces) > 1 and "".join(pieces).strip() == out.texts[0]  # streamed piece by piece
+    again: list[str] = []
+    assert gen.generate(prompt, greedy, 0, on_token=again.append).texts == out.texts and again == out.texts
+    with pytest.raises(ValueError, match="streams one answer"):
+        gen.generate(prompt * 2, greedy, 0, on_token=print)

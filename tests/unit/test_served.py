@@ -126,3 +126,17 @@ def test_bad_flags_exit_2(argv, says, smol_adapter_run, capsys):
     assert main(["eval", *argv]) == 2
     err = capsys.readouterr().err
     assert says in err and "Traceback" not in err, err
+
+
+def test_an_endpoint_generator_gives_on_token_each_whole_answer(server):
+    """The one Generator contract: an engine that returns whole answers streams each at once through on_token."""
+    from tunebench.core.config import SamplingConfig
+    from tunebench.evals.generation import Generator
+    from tunebench.evals.served import EndpointModel
+
+    model = EndpointModel(ep.OpenAIClient(server + "/v1", role="endpoint"), "dying", None, progress=False)
+    assert isinstance(model, Generator)
+    pieces = []
+    greedy = SamplingConfig(name="greedy", temperature=0.0, min_p=None, max_new_tokens=4)
+    out = model.generate([[{"role": "user", "content": "2+2?"}]], greedy, 0, on_token=pieces.append)
+    assert out.texts == ["4"] and pieces == ["4"]

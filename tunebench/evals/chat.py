@@ -14,8 +14,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from tunebench.core.config import SamplingConfig
-from tunebench.evals.decode_loops import decode, decode_path, sampling_decoder, static_cache_kwargs
-from tunebench.evals.generation import batch_seed, count_new_tokens, generation_kwargs, render_prompt
+from tunebench.evals.decode_loops import decode_path
+from tunebench.evals.generation import Generation, TransformersGenerator, batch_seed, render_prompt
 
 COMMANDS = {
     "/help": "list these commands",
@@ -142,10 +142,8 @@ def chat(
     Returns:
         The conversation as it stood when the chat ended.
     """
-    tok = loaded.tokenizer
     base: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
     history = list(base)
-    kwargs = generation_kwargs(loaded, sampling)
     decode_loop = decode_path(loaded, cache_implementation)
     who = loaded.source.ref + (f" + {loaded.adapter}" if loaded.adapter else "")
     limit = context_limit(loaded)
@@ -172,20 +170,25 @@ def chat(
         if not ids:
             continue
         started = time.perf_counter()
-        try:
-            new = _answer(loaded, ids, sampling, kwargs, decode_loop, seed, turn)
+        try:  # history is what the model sees (``_fit_context`` edited it): its rendering is ``ids``
+            gen = _answer(loaded, history, sampling, decode_loop, seed, turn)
         except KeyboardInterrupt:  # Ctrl-C stops this answer, not the chat
             history.pop()
             print_fn("\n(answer interrupted)")
             continue
-        n_new = count_new_tokens(new, set(kwargs["eos_token_id"]))
         if on_answer is not None:  # the streamer printed the last token: the answer is on the host
             seconds = time.perf_counter() - started
+            n_new = gen.token_counts[0][0]
             on_answer(
-                {"turn": turn, "path": decode_loop, "prompt_tokens": len(ids), "new_tokens": n_new, "seconds": seconds}
+                {
+                    "turn": turn,
+                    "path": gen.decode_loop,
+                    "prompt_tokens": len(ids),
+                    "new_tokens": n_new,
+                    "seconds": seconds,
+                }
             )
-        answer = tok.decode(new[:n_new], skip_special_tokens=True).strip()
-        history.append({"role": "assistant", "content": answer})
+        history.append({"role": "assistant", "content": gen.texts[0]})
         turn += 1
     return history
 
@@ -205,26 +208,18 @@ def _command(cmd: str, print_fn: Callable[..., Any]) -> bool:
 
 
 def _answer(
-    loaded: Any,
-    ids: list[int],
-    sampling: SamplingConfig,
-    kwargs: dict[str, Any],
-    decode_loop: str,
-    seed: int | None,
-    turn: int,
-) -> list[int]:
-    """One answer's new tokens, streamed to stdout as they come (the turn's seed derives from ``seed``)."""
+    loaded: Any, history: list[dict[str, str]], sampling: SamplingConfig, decode_loop: str, seed: int | None, turn: int
+) -> Generation:
+    """One answer through the suite's Generator, streamed to stdout as it comes (``on_token``); the turn's seed
+    derives from ``seed``. No generation cache: a chat is a conversation, not an evaluation."""
     import torch  # heavy: torch, imported when needed
-    from transformers import TextStreamer  # heavy: transformers, imported when needed
 
-    model = loaded.model
-    device = getattr(model, "device", None) or loaded.device
-    input_ids = torch.tensor([ids], device=device)
-    if decode_loop == "static":
-        kwargs.update(static_cache_kwargs(len(ids) + sampling.max_new_tokens))
-    streamer = TextStreamer(loaded.tokenizer, skip_prompt=True, skip_special_tokens=True)
     turn_seed = batch_seed(seed, 0, turn) if seed is not None else int(torch.randint(2**62, (1,)).item())
-    # the graph loop: a decoder of this prompt's length, captured once for the one answer
-    decoder = sampling_decoder(model, 1, len(ids), sampling, kwargs) if decode_loop == "graph" else None
-    mask = torch.ones_like(input_ids)
-    return decode(model, input_ids, mask, kwargs, decoder, turn_seed, streamer=streamer, device=device)[0].tolist()
+    generator = TransformersGenerator(loaded, batch_size=1, use_cache=False, decode_loop=decode_loop)
+    out = generator.generate([history], sampling, turn_seed, on_token=_print_piece)
+    print(flush=True)  # the stream's end, as TextStreamer ends it
+    return out
+
+
+def _print_piece(text: str) -> None:
+    print(text, end="", flush=True)

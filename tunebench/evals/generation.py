@@ -22,6 +22,7 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -87,13 +88,24 @@ class Generation:
 class Generator(Protocol):
     """One contract for every decode path: transformers in process (``TransformersGenerator``, over the decode loops
     of ``decode_path``), llama.cpp in process (``evals.llamacpp.LlamaCppModel``) and any OpenAI-compatible server
-    (``evals.served.EndpointModel``). The probes and the in-process judge call it; a new engine is one class."""
+    (``evals.served.EndpointModel``). The probes, the chat (streaming through ``on_token``) and the judge call it;
+    a new engine is one class. lm-eval's generate_until shares its decode loops (``decode_loops.decode``), with its
+    stop strings."""
 
     def identity(self) -> dict[str, Any]:
         """What decides the answers besides the prompts and sampling (recorded in results, part of cache keys)."""
 
-    def generate(self, prompts: list[Messages], sampling: SamplingConfig, seed: int) -> Generation:
-        """Every prompt's answers (``samples_per_prompt(sampling)`` each), in the caller's order, seeded by ``seed``."""
+    def generate(
+        self,
+        prompts: list[Messages],
+        sampling: SamplingConfig,
+        seed: int,
+        on_token: Callable[[str], None] | None = None,
+    ) -> Generation:
+        """Every prompt's answers (``samples_per_prompt(sampling)`` each), in the caller's order, seeded by ``seed``.
+
+        ``on_token`` receives the answer's text as it is decoded, piece by piece, in a call of one answer (the chat
+        streams through it); an engine that returns whole answers gives it each answer at once."""
 
 
 def is_greedy(sampling: SamplingConfig) -> bool:
@@ -270,6 +282,7 @@ def generate(
     cache_dir: str | Path | None = None,
     use_cache: bool = True,
     cache_implementation: str = "auto",
+    on_token: Callable[[str], None] | None = None,
 ) -> Generation:
     """Answer every conversation in ``prompts``, batched with left padding.
 
@@ -283,16 +296,20 @@ def generate(
         cache_dir: folder of the generation cache; default ``cache_root()/"generations"``.
         use_cache: read and write the cache (False regenerates everything and stores nothing).
         cache_implementation: ``auto``, ``graph``, ``static`` or ``dynamic`` (see ``decode_path``).
+        on_token: receives the text as it is decoded (one answer per call: the chat); a cached answer at once.
 
     Returns:
         A Generation with answers in the caller's order, token counts, timing and cache statistics.
 
     Raises:
         ConfigError: batch_size below 1.
+        ValueError: ``on_token`` with more than one answer to stream.
     """
     if batch_size < 1:
         raise ConfigError(f"batch_size={batch_size}: use at least 1 prompt per batch (eval.probe_batch_size)")
     n_samples = samples_per_prompt(sampling)
+    if on_token is not None and len(prompts) * n_samples != 1:
+        raise ValueError(f"on_token streams one answer; this call asks for {len(prompts) * n_samples}")
     cache = None
     if use_cache:
         root = Path(cache_dir) if cache_dir is not None else cache_root() / "generations"
@@ -309,12 +326,14 @@ def generate(
         total=len(mine), desc=f"generate[{sampling.name}]", disable=not progress or not mine or not dist.is_main()
     )
     device = getattr(loaded.model, "device", None) or loaded.device
+    streamer = _streamer(loaded.tokenizer, on_token) if on_token is not None and mine else None
     for b, pairs in mine:
         rows = [ids[i] for i, _ in pairs]
         rows += [rows[-1]] * (shape[0] - len(rows))  # one shape: filler rows, answers discarded
         input_ids, mask = left_pad(rows, kwargs["pad_token_id"], shape[1])
         t0 = time.perf_counter()
-        new = decode(loaded.model, input_ids, mask, kwargs, decoder, batch_seed(seed, 0, b), device=device).tolist()
+        seeded = batch_seed(seed, 0, b)
+        new = decode(loaded.model, input_ids, mask, kwargs, decoder, seeded, streamer=streamer, device=device).tolist()
         out.seconds += time.perf_counter() - t0
         out.generate_calls += 1
         fresh = _record(out, done, loaded.tokenizer, prompts, pairs, new, todo, set(kwargs["eos_token_id"]))
@@ -327,8 +346,16 @@ def generate(
         for part in dist.gather(done):
             for (i, s), (text, n_new) in part.items():
                 out.samples[i][s], out.token_counts[i][s] = text, n_new
+    if on_token is not None and not mine:  # the answer came from the cache: streamed at once
+        on_token(out.samples[0][0])
     _log_generation(out, decoder)
     return out
+
+
+def _streamer(tokenizer: Any, on_token: Callable[[str], None]) -> Any:
+    from tunebench.evals.streaming import CallbackStreamer  # heavy: transformers, imported when streaming
+
+    return CallbackStreamer(tokenizer, on_token)
 
 
 def _read_cached(
@@ -442,7 +469,13 @@ class TransformersGenerator:
     def identity(self) -> dict[str, Any]:
         return self.loaded.identity()
 
-    def generate(self, prompts: list[Messages], sampling: SamplingConfig, seed: int) -> Generation:
+    def generate(
+        self,
+        prompts: list[Messages],
+        sampling: SamplingConfig,
+        seed: int,
+        on_token: Callable[[str], None] | None = None,
+    ) -> Generation:
         return generate(
             self.loaded,
             prompts,
@@ -453,4 +486,5 @@ class TransformersGenerator:
             cache_dir=self.cache_dir,
             use_cache=self.use_cache,
             cache_implementation=self.decode_loop,
+            on_token=on_token,
         )

@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -144,7 +145,13 @@ class LlamaCppModel:
             "device": "cpu",
         }
 
-    def generate(self, prompts: list[Messages], sampling: SamplingConfig, seed: int, **_: Any) -> Generation:
+    def generate(
+        self,
+        prompts: list[Messages],
+        sampling: SamplingConfig,
+        seed: int,
+        on_token: Callable[[str], None] | None = None,
+    ) -> Generation:
         """Answer every prompt through ``create_chat_completion`` (the GGUF's template, llama.cpp's sampler).
 
         Each (prompt, sample) gets its own seed from (seed, sample, prompt index), so a re-run draws the same
@@ -165,6 +172,9 @@ class LlamaCppModel:
                 out.new_tokens += out.token_counts[i][s]
                 out.generate_calls += 1
         out.cache_misses = out.generate_calls
+        if on_token is not None:  # whole answers: each streamed at once
+            for sample in out.samples:
+                on_token(sample[0])
         return out
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,7 +103,13 @@ class EndpointModel:
             "seed": seed,
         }
 
-    def generate(self, prompts: list[Messages], sampling: SamplingConfig, seed: int, **_: Any) -> Generation:
+    def generate(
+        self,
+        prompts: list[Messages],
+        sampling: SamplingConfig,
+        seed: int,
+        on_token: Callable[[str], None] | None = None,
+    ) -> Generation:
         """Answer every prompt, ``concurrency`` requests in flight; answer (i, s) is drawn with seed
         ``batch_seed(seed, s, i)``, as in-process llama.cpp draws it.
 
@@ -144,6 +151,9 @@ class EndpointModel:
                 bar.close()
         out.seconds = time.perf_counter() - t0
         out.cache_misses = out.generate_calls
+        if on_token is not None:  # whole answers: each streamed at once
+            for sample in out.samples:
+                on_token(sample[0])
         return out
 
     def echo_logprobs(self, prompt: str | list[int]) -> list[tuple[str | None, int | None, float | None]]:
