@@ -275,6 +275,22 @@ def test_a_run_folder_from_before_a_new_config_section_is_still_the_same_run(tmp
         prepare_run_dir(load_config("smoke", ["export.gguf=[q8_0]"]), tmp_path, overwrite=False)
 
 
+def test_a_run_folder_whose_recorded_reasons_are_worded_differently_is_still_the_same_run(tmp_path):
+    import yaml
+
+    from tunebench.app.pipeline import prepare_run_dir
+    from tunebench.core.errors import PipelineError
+
+    cfg = load_config("smoke")
+    cfg.resolution["train.backend"] = "unsloth is installed and this is a single-process job"
+    old = to_dict(cfg)
+    old["resolution"]["train.backend"] = "an older version's wording of the same reason"
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
+    prepare_run_dir(cfg, tmp_path, overwrite=False)  # accepted: the reasons explain values, they are not settings
+    with pytest.raises(PipelineError, match="train.max_steps"):
+        prepare_run_dir(load_config("smoke", ["train.max_steps=3"]), tmp_path, overwrite=False)
+
+
 @pytest.fixture
 def fresh_announcements(monkeypatch):
     """Aliases and renamed keys are announced once per process: start each test with none announced yet."""

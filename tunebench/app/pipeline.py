@@ -119,8 +119,9 @@ def prepare_run_dir(cfg: RunConfig, run_dir: Path, overwrite: bool) -> None:
                 old = to_dict(from_dict(old))
             except ConfigError:
                 pass
-            if fingerprint(old) != fingerprint(to_dict(cfg)):
-                diff = _diff(old, to_dict(cfg))
+            old, new = _settings(old), _settings(to_dict(cfg))
+            if fingerprint(old) != fingerprint(new):
+                diff = _diff(old, new)
                 raise PipelineError(
                     f"{run_dir} holds a run with another config ({diff}); pass --overwrite to replace it or "
                     "--out to use another folder"
@@ -129,6 +130,12 @@ def prepare_run_dir(cfg: RunConfig, run_dir: Path, overwrite: bool) -> None:
             raise PipelineError(f"{run_dir} exists and is not a tunebench run; pass --overwrite or --out")
     run_dir.mkdir(parents=True, exist_ok=True)
     write_config(cfg, run_dir)
+
+
+def _settings(cfg: dict[str, Any]) -> dict[str, Any]:
+    """What makes two configs the same run: every setting, not the reasons ``auto`` recorded for its values (their
+    wording may change between versions; the values they explain are settings themselves)."""
+    return {k: v for k, v in cfg.items() if k != "resolution"}
 
 
 def _diff(a: Any, b: Any, prefix: str = "") -> str:
