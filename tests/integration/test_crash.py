@@ -27,6 +27,9 @@ SHORT = [
     "eval.judge.n=2",
     "eval.judge.sanity_questions=1",
     "eval.probe_batch_size=8",
+    # both samplings of the preset (the seeded one must regenerate identically after a kill), shorter answers
+    "eval.probe_sampling=[{name: seed, temperature: 1.5, min_p: 0.1, max_new_tokens: 8},"
+    " {name: greedy, temperature: 0.0, min_p: null, max_new_tokens: 8}]",
 ]
 """The smoke preset cut to a few minutes on 2 cores; save_every=1 gives the checkpoint kill a save to land in."""
 
