@@ -197,6 +197,19 @@ def test_chat_starts_quietly_and_lists_its_commands(examples):
 # ----------------------------------------------------------------------------- Ctrl-C
 
 
+def cold_answers_cache(path):
+    """A cache root whose generated answers start empty (warm ones finish an evaluation before Ctrl-C), sharing the
+    user's other derived files: the dequantized model is not what these tests interrupt."""
+    from tunebench.core.io import cache_root
+
+    path.mkdir(parents=True)
+    if cache_root().is_dir():
+        for p in cache_root().iterdir():
+            if p.name != "generations":
+                (path / p.name).symlink_to(p.resolve())
+    return path
+
+
 def interrupt_when(cwd, argv: list[str], ready, timeout=900, cache=None) -> tuple[int, str]:
     """Start `tunebench ARGV`, press Ctrl-C (SIGINT to its process group, as a terminal does) once ``ready(output)``
     holds, and return the exit code and everything it printed."""
@@ -204,8 +217,8 @@ def interrupt_when(cwd, argv: list[str], ready, timeout=900, cache=None) -> tupl
         **os.environ,
         "PYTHONUNBUFFERED": "1",
         "PYTHONPATH": str(ROOT),
-        **({"TUNEBENCH_CACHE": str(cache)} if cache else {}),
-    }  # a cold cache: warm ones finish before Ctrl-C
+        **({"TUNEBENCH_CACHE": str(cold_answers_cache(cache))} if cache else {}),
+    }
     # as a terminal starts it: SIGINT at its default. A shell's background job (`cmd &`, as CI harnesses run) ignores
     # SIGINT, children inherit that, and Python then never raises KeyboardInterrupt: the run would finish as asked
     p = subprocess.Popen(
