@@ -12,6 +12,7 @@ from tunebench.bench.repeats import mark_cut_short, ratio_summaries, summarize_r
 from tunebench.bench.scaling import render_scaling, scaling_rows
 from tunebench.core.io import atomic_write_json, atomic_write_text
 from tunebench.core.markdown import compact_table, table
+from tunebench.core.numbers import fmt
 
 
 def write_speed(results: dict[str, Any], out: Path) -> None:
@@ -28,8 +29,9 @@ def write_speed(results: dict[str, Any], out: Path) -> None:
     atomic_write_text(out / "speed.md", render_speed_md(results))
 
 
-def _f(x: Any, fmt: str = ",.0f", none: str = "–") -> str:
-    return none if x is None else format(x, fmt)
+def _f(x: Any, spec: str = ",.0f", none: str = "–") -> str:
+    """A number in the format ``spec`` through the one formatter (``–`` when missing)."""
+    return str(fmt(x, pattern="{:" + spec + "}", missing=none))
 
 
 def header_lines(results: dict[str, Any], title: str) -> list[str]:

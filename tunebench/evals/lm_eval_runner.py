@@ -25,6 +25,7 @@ from typing import Any
 from tunebench.core.child import ChildError, run_child
 from tunebench.core.errors import LmEvalError as LmEvalError
 from tunebench.core.net import free_port
+from tunebench.core.numbers import fmt
 from tunebench.evals.lm_eval_child import evaluate, run_tasks
 from tunebench.evals.lm_eval_index import check_task_names
 from tunebench.evals.lm_eval_index import unknown_tasks_message as unknown_tasks_message  # re-export
@@ -211,4 +212,4 @@ def _cuda() -> bool:
 
 
 def _fmt(x: float | None) -> str:
-    return "-" if x is None else f"{x:.4f}"
+    return str(fmt(x, pattern="{:.4f}", missing="-"))

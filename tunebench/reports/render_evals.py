@@ -146,7 +146,7 @@ def fibonacci_transcripts(
 
 
 def _rel(x: float | None, ref: float | None) -> str:
-    return "–" if x is None or not ref else f"{x / abs(ref) * 100:+.2f}%"
+    return str(fmt(None if x is None or not ref else x / abs(ref) * 100, pattern="{:+.2f}%", missing="–"))
 
 
 def served_view(parities: list[Any]) -> list[dict[str, Any]]:

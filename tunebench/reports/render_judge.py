@@ -16,7 +16,7 @@ SHOWN_CHARS = 300
 
 
 def _pct(x: Any) -> str:
-    return "n/a" if x is None else f"{100 * float(x):.0f}%"
+    return str(fmt(None if x is None else 100 * float(x), pattern="{:.0f}%"))
 
 
 def _cut(text: Any) -> str:
