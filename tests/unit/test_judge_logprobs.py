@@ -100,6 +100,14 @@ def test_a_tokenizer_whose_letters_need_two_tokens_is_refused_and_merged_letters
     with pytest.raises(ValueError, match="splits"):
         letter_tokens(Split())
     assert letter_tokens(Merged()) == ([], {"A": 11, "B": 12, "C": 13})
+    from types import SimpleNamespace
+
+    from tunebench.core.errors import JudgeError
+    from tunebench.evals.judge_logprobs import LogprobJudge
+
+    judge = SimpleNamespace(tokenizer=Split(), source=SimpleNamespace(ref="my/judge"))
+    with pytest.raises(JudgeError, match="my/judge.*eval.judge.verdict=explain"):  # refused before any prompt
+        LogprobJudge(judge, 8)
 
 
 def test_the_modes_have_their_own_cache_and_stage_identities():

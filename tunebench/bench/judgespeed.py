@@ -115,16 +115,22 @@ def run(
     }
 
 
+def answers_by_repeat(rows: list[dict[str, Any]]) -> dict[int, float]:
+    """Repeat -> seconds of both sides' answers in it."""
+    answers: dict[int, float] = {}
+    for r in rows:
+        if r["phase"].startswith("answers"):
+            answers[r.get("repeat", 0)] = answers.get(r.get("repeat", 0), 0.0) + r["seconds"]
+    return answers
+
+
 def stage_ratios(res: dict[str, Any]) -> dict[tuple[str, Any], list[tuple[float, float]]]:
     """(verdict, cap) -> per repeat (judge stage seconds, that repeat's both sides' answers seconds)."""
-    answers: dict[int, float] = {}
+    answers = answers_by_repeat(res["rows"])
     stage: dict[tuple[str, Any], dict[int, float]] = {}
     for r in res["rows"]:
-        rep = r.get("repeat", 0)
-        if r["phase"].startswith("answers"):
-            answers[rep] = answers.get(rep, 0.0) + r["seconds"]
-        else:
-            key = (r.get("verdict", "explain"), r["max_new_tokens"])
+        if not r["phase"].startswith("answers"):
+            rep, key = r.get("repeat", 0), (r.get("verdict", "explain"), r["max_new_tokens"])
             stage.setdefault(key, {})[rep] = stage.get(key, {}).get(rep, 0.0) + r["seconds"]
     return {k: [(sec, answers[rep]) for rep, sec in sorted(v.items())] for k, v in stage.items()}
 
@@ -141,13 +147,9 @@ def _stage_line(verdict: str, cap: Any, runs: list[tuple[float, float]]) -> str:
 def render(res: dict[str, Any]) -> str:
     reps = {r.get("repeat", 0) for r in res["rows"]}
     answers = sum(r["seconds"] for r in res["rows"] if r["phase"].startswith("answers")) / len(reps)
-    body = []
+    per_repeat, body = answers_by_repeat(res["rows"]), []
     for r in res["rows"]:
-        rep_answers = sum(
-            x["seconds"]
-            for x in res["rows"]
-            if x["phase"].startswith("answers") and x.get("repeat", 0) == r.get("repeat", 0)
-        )
+        rep_answers = per_repeat[r.get("repeat", 0)]
         label = r["phase"] + (" [logprobs]" if r.get("verdict") == "logprobs" else "")
         cap = "-" if r["max_new_tokens"] is None else r["max_new_tokens"]
         cells = [label, r["requests"], cap, f"{r['seconds']:.1f}", f"{r['seconds'] / rep_answers:.2f}x"]

@@ -32,7 +32,7 @@ from tunebench.core.io import atomic_write_text, environment, fingerprint
 from tunebench.evals import judge_metrics as jm
 from tunebench.evals import judge_prompts as jp
 from tunebench.evals.generation import Generator, Messages, TransformersGenerator
-from tunebench.evals.judge_logprobs import LogprobJudge, letter_tokens
+from tunebench.evals.judge_logprobs import LogprobJudge
 from tunebench.evals.modeling import load_for_eval
 from tunebench.evals.results import Results
 
@@ -80,9 +80,6 @@ class InProcessJudge:
             for i, text in zip(part, texts, strict=True):
                 out[i] = text
         return out
-
-    def parameters(self) -> int:
-        return sum(p.numel() for p in self.loaded.model.parameters())
 
 
 def _length(messages: Messages) -> int:
@@ -288,17 +285,12 @@ def make_judge(cfg: JudgeConfig, model_cfg: Any, progress: bool) -> tuple[Judge,
     loaded = load_for_eval(
         cfg.model, None, "auto", dtype=model_cfg.dtype, trust_remote_code=model_cfg.trust_remote_code
     )
-    judge: InProcessJudge | LogprobJudge = InProcessJudge(loaded, cfg.max_new_tokens, cfg.batch_size, progress)
-    if cfg.verdict == "logprobs":
-        try:
-            letter_tokens(loaded.tokenizer)
-        except ValueError as e:
-            raise JudgeError(
-                f"eval.judge.verdict: logprobs reads the verdict as one token after '[[', but {cfg.model}'s {e}; "
-                "use eval.judge.verdict=explain for this judge"
-            ) from None
-        judge = LogprobJudge(loaded, cfg.batch_size, progress)
-    params = judge.parameters()
+    judge: InProcessJudge | LogprobJudge = (
+        LogprobJudge(loaded, cfg.batch_size, progress)
+        if cfg.verdict == "logprobs"
+        else InProcessJudge(loaded, cfg.max_new_tokens, cfg.batch_size, progress)
+    )
+    params = sum(p.numel() for p in loaded.model.parameters())
     note = None
     if params < TINY_JUDGE_PARAMS:
         note = (

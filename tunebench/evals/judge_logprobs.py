@@ -19,9 +19,10 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from tunebench.core.io import cache_root, package_version
-from tunebench.evals.generation import GenerationCache, Messages, left_pad, render_prompt, stop_token_ids
-from tunebench.models.loading import template_sha
+from tunebench.core.config import SamplingConfig
+from tunebench.core.errors import JudgeError
+from tunebench.core.io import cache_root
+from tunebench.evals.generation import GenerationCache, Messages, cache_group, left_pad, pad_id, render_prompt
 
 LETTERS = ("A", "B", "C")
 PREFILL = "[["
@@ -71,7 +72,11 @@ class LogprobJudge:
     """An in-process judge whose verdicts are next-token probabilities after the prefilled ``[[``.
 
     Prompts are batched by length (longest first) and left-padded; positions follow the mask, so a padded row
-    sees the positions it would alone, and the model computes logits at the last position only."""
+    sees the positions it would alone, and the model computes logits at the last position only.
+
+    Raises:
+        JudgeError: a judge whose tokenizer does not split ``[[A`` into the prefill and one letter token.
+    """
 
     loaded: Any
     batch_size: int
@@ -79,21 +84,25 @@ class LogprobJudge:
     min_mass: float = MIN_MASS
     cache_dir: str | None = None
 
+    def __post_init__(self) -> None:
+        try:
+            self.prefill, self.letters = letter_tokens(self.loaded.tokenizer)
+        except ValueError as e:
+            raise JudgeError(
+                f"eval.judge.verdict: logprobs reads the verdict as one token after {PREFILL!r}, but "
+                f"{self.loaded.source.ref}'s {e}; use eval.judge.verdict=explain for this judge"
+            ) from None
+
     def identity(self) -> dict[str, Any]:
         return {"kind": "in-process", "verdict": "logprobs", **self.loaded.identity()}
 
-    def parameters(self) -> int:
-        return sum(p.numel() for p in self.loaded.model.parameters())
-
     def group(self) -> dict[str, Any]:
-        """Everything besides the messages that decides a reading (the judgments' cache group)."""
-        model = self.loaded.model
+        """Everything besides the messages that decides a reading (the judgments' cache group): what decides a
+        greedy answer of this model (``generation.cache_group``), the prefill and the verdict threshold."""
+        greedy = SamplingConfig(name="judge", temperature=0.0, min_p=None, max_new_tokens=1)
         return {
+            **cache_group(self.loaded, greedy, 0),
             "judge": self.identity(),
-            "quantized": bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False)),
-            "versions": {name: package_version(name) for name in ("torch", "transformers", "peft")},
-            "chat_template_sha": template_sha(self.loaded.tokenizer),
-            "stop_tokens": stop_token_ids(self.loaded),
             "prefill": PREFILL,
             "min_mass": self.min_mass,
         }
@@ -120,11 +129,10 @@ class LogprobJudge:
         import torch  # heavy: torch, imported when needed
 
         tok, model = self.loaded.tokenizer, self.loaded.model
-        prefill, letters = letter_tokens(tok)
-        rows = [render_prompt(tok, m) + prefill for m in requests]
+        rows = [render_prompt(tok, m) + self.prefill for m in requests]
         order = sorted(range(len(rows)), key=lambda i: (-len(rows[i]), i))
         device = getattr(model, "device", None) or self.loaded.device
-        pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+        pad = pad_id(tok)
         out: list[dict[str, float]] = [{} for _ in rows]
         bar = tqdm(total=len(rows), desc="judge[logprobs]", disable=not self.progress)
         with torch.inference_mode():
@@ -136,7 +144,7 @@ class LogprobJudge:
                 logits = _last_logits(model, ids, mask, positions)
                 p = torch.softmax(logits.float(), dim=-1)
                 for j, i in enumerate(part):
-                    out[i] = {k: float(p[j, t]) for k, t in letters.items()}
+                    out[i] = {k: float(p[j, t]) for k, t in self.letters.items()}
                 bar.update(len(part))
         bar.close()
         return out
