@@ -346,9 +346,15 @@ def generate(
         for part in dist.gather(done):
             for (i, s), (text, n_new) in part.items():
                 out.samples[i][s], out.token_counts[i][s] = text, n_new
-    if on_token is not None and not mine:  # the answer came from the cache: streamed at once
-        on_token(out.samples[0][0])
     _log_generation(out, decoder)
+    return out if mine else stream_whole(out, on_token)  # a cached answer is streamed at once
+
+
+def stream_whole(out: Generation, on_token: Callable[[str], None] | None) -> Generation:
+    """``on_token`` for answers that came whole (an engine without streaming, the cache): each answer at once."""
+    if on_token is not None:
+        for samples in out.samples:
+            on_token(samples[0])
     return out
 
 

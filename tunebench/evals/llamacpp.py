@@ -25,7 +25,7 @@ from tunebench.core.errors import DataError, ModelError
 from tunebench.core.io import package_version, sha256_file
 from tunebench.core.stats import bootstrap_ci
 from tunebench.data.conversations import Encoded, tokens_fingerprint
-from tunebench.evals.generation import Generation, batch_seed, samples_per_prompt
+from tunebench.evals.generation import Generation, batch_seed, samples_per_prompt, stream_whole
 from tunebench.evals.results import Metric
 
 log = logging.getLogger(__name__)
@@ -172,10 +172,7 @@ class LlamaCppModel:
                 out.new_tokens += out.token_counts[i][s]
                 out.generate_calls += 1
         out.cache_misses = out.generate_calls
-        if on_token is not None:  # whole answers: each streamed at once
-            for sample in out.samples:
-                on_token(sample[0])
-        return out
+        return stream_whole(out, on_token)
 
 
 def chat_kwargs(sampling: SamplingConfig, seed: int) -> dict[str, Any]:

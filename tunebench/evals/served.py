@@ -35,7 +35,7 @@ from tunebench.core.errors import EndpointError
 from tunebench.core.io import environment
 from tunebench.data.conversations import Encoded
 from tunebench.evals.endpoint import OpenAIClient
-from tunebench.evals.generation import Generation, Messages, batch_seed, samples_per_prompt
+from tunebench.evals.generation import Generation, Messages, batch_seed, samples_per_prompt, stream_whole
 from tunebench.evals.llamacpp import perplexity_from_items, scored_positions
 from tunebench.evals.probes import add_probes
 from tunebench.evals.results import Results
@@ -151,10 +151,7 @@ class EndpointModel:
                 bar.close()
         out.seconds = time.perf_counter() - t0
         out.cache_misses = out.generate_calls
-        if on_token is not None:  # whole answers: each streamed at once
-            for sample in out.samples:
-                on_token(sample[0])
-        return out
+        return stream_whole(out, on_token)
 
     def echo_logprobs(self, prompt: str | list[int]) -> list[tuple[str | None, int | None, float | None]]:
         """(token text, text offset, log-prob) of every token of ``prompt`` (text, or token ids as the OpenAI API
