@@ -13,7 +13,8 @@ import pytest
 
 from tunebench.core.config import SamplingConfig
 from tunebench.evals.chat import chat
-from tunebench.evals.generation import GenerationCache, generate
+from tunebench.evals.generation import generate
+from tunebench.evals.generation_cache import GenerationCache
 from tunebench.evals.probes import load_probe_set, run_probes, wilson
 
 GREEDY = SamplingConfig(name="greedy", temperature=0.0, min_p=None, max_new_tokens=12)
@@ -110,12 +111,40 @@ def test_decode_loop_answers_as_generate_and_one_at_a_time(smol_base):
     assert all(len(s) == SAMPLED.n_samples and all(s) for s in first)
 
 
+def test_prompt_kinds_and_stop_strings(smol_base):
+    """One contract for every prompt kind: a chat, its token ids and its text give the same answer (a chat's
+    stripped, a completion's as generated); stop strings end each row early on both loops and cut the answer
+    before the first one, leaving what came before it as it was."""
+    from tunebench.evals.prompting import cut_at_stops, prompt_ids, render_prompt
+
+    tok, long = smol_base.tokenizer, SamplingConfig(name="greedy", temperature=0.0, min_p=None, max_new_tokens=40)
+    kw = {"seed": 0, "progress": False, "use_cache": False}
+    ids = [render_prompt(tok, p) for p in PROMPTS]
+    chat_gen = generate(smol_base, PROMPTS, long, batch_size=3, **kw)
+    ids_gen = generate(smol_base, ids, long, batch_size=3, **kw)
+    assert [a.strip() for a in ids_gen.texts] == chat_gen.texts and ids_gen.token_counts == chat_gen.token_counts
+    text = tok.decode(ids[0])
+    assert prompt_ids(tok, text) == ids[0]  # the template's text tokenizes back to its ids
+    assert generate(smol_base, [text], long, batch_size=1, **kw).texts == ids_gen.texts[:1]
+
+    full = ids_gen.texts
+    stop = [full[0][6:9], "never printed"]  # inside the first answer
+    for loop in ("dynamic", "graph"):
+        cut = generate(smol_base, ids, long, batch_size=3, cache_implementation=loop, stop=stop, **kw)
+        assert cut.texts == [cut_at_stops(a, stop) for a in full], loop
+        assert len(cut.texts[0]) <= 6 and cut.texts[0] == full[0][: len(cut.texts[0])], loop
+        assert cut.token_counts[0][0] <= ids_gen.token_counts[0][0], loop
+    assert cut.token_counts[0][0] < ids_gen.token_counts[0][0]  # the graph loop, checking every 8 steps, stopped early
+    with pytest.raises(ValueError, match="empty prompt"):
+        generate(smol_base, [[]], long, batch_size=1, **kw)
+
+
 def test_decode_loop_stops_when_every_row_is_done(smol_base):
     """Rows end at their stop token (padding after it); a caller's own stop rule ends the batch early."""
     import torch
 
     from tunebench.evals.decoding import STOP_CHECK_EVERY, StaticDecoder
-    from tunebench.evals.generation import left_pad, pad_id, render_prompt, stop_token_ids
+    from tunebench.evals.prompting import left_pad, pad_id, render_prompt, stop_token_ids
 
     tok = smol_base.tokenizer
     rows = [render_prompt(tok, m) for m in PROMPTS]

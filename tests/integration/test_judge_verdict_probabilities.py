@@ -71,7 +71,7 @@ def test_endpoint_reads_the_verdict_probabilities_of_the_served_model(server, sm
     import torch
 
     from tunebench.evals.endpoint import EndpointJudge
-    from tunebench.evals.generation import render_prompt
+    from tunebench.evals.prompting import render_prompt
 
     cfg = JudgeEndpointConfig(base_url=server + "/v1", model="judge", concurrency=2)
     judge = EndpointJudge(cfg, 512, progress=False, cache_dir=str(tmp_path), verdict="logprobs")

@@ -138,11 +138,13 @@ def test_contract_holds_and_a_planted_difference_is_refused(scored):
 def test_served_greedy_answers_equal_in_process_llamacpp(scored, tmp_path):
     from tunebench.app.serve import running_server
     from tunebench.evals.llamacpp import LlamaCppModel
+    from tunebench.evals.served import open_endpoint
 
     run, _ = scored
     gguf = run / "export" / "model-q8_0.gguf"
     prompts = [[{"role": "user", "content": t}] for t in ("What is 2+2?", "Name a colour.", "Say hello in French.")]
-    local = LlamaCppModel.open(gguf, "chatml", n_ctx=1024).generate(prompts, GREEDY, seed=0).texts
+    model = LlamaCppModel.open(gguf, "chatml", n_ctx=1024)
+    local = model.generate(prompts, GREEDY, seed=0).texts
     with open(tmp_path / "server.log", "w") as log, running_server(gguf, n_ctx=1024, log=log) as url:
         served = []
         for messages in prompts:
@@ -161,7 +163,15 @@ def test_served_greedy_answers_equal_in_process_llamacpp(scored, tmp_path):
             req = urllib.request.Request(url + "/v1/chat/completions", body, {"Content-Type": "application/json"})
             with urllib.request.urlopen(req, timeout=120) as r:
                 served.append(json.load(r)["choices"][0]["message"]["content"].strip())
-    assert served == local and all(served)
+        # the Generator contract's completions: a text to continue, with stop strings, in process and over HTTP
+        endpoint = open_endpoint(url, None, None, 2, 120.0, False, {}, load_config("smoke"))
+        text, stop = ["Question: What is 2+2?\nAnswer:", "1, 1, 2, 3, 5, 8,"], ["\n", "Question:"]
+        served_text = endpoint.generate(text, GREEDY, seed=0, stop=stop).texts
+        served_chat = endpoint.generate(prompts, GREEDY, seed=0).texts
+    assert served == local and all(served) and served_chat == local
+    local_text = model.generate(text, GREEDY, seed=0, stop=stop).texts
+    assert served_text == local_text and all(local_text), local_text
+    assert not any("\n" in a or "Question:" in a for a in local_text)  # cut before the first stop string
     with pytest.raises(OSError):  # stopped: nothing listens any more
         urllib.request.urlopen(url + "/v1/models", timeout=2)
 

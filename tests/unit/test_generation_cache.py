@@ -8,11 +8,11 @@ import subprocess
 import sys
 import textwrap
 
-from tunebench.evals.generation import GenerationCache
+from tunebench.evals.generation_cache import GenerationCache
 
 WRITER = textwrap.dedent("""
     import sys
-    from tunebench.evals.generation import GenerationCache
+    from tunebench.evals.generation_cache import GenerationCache
     root, who, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
     group = {"model": "m", "sampling": "s", "seed": 1}
     for b in range(n):  # one put per batch, as generate() does

@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 
 from tunebench.core.errors import LmEvalError
-from tunebench.evals.lm_eval_text import continuation_score, cut_at_stops
+from tunebench.evals.lm_eval_text import continuation_score, lm_eval_sampling
+from tunebench.evals.prompting import cut_at_stops
 
 
 def answer(tokens, values, generated=1, tops=None, skip=()):
@@ -76,3 +77,14 @@ def test_an_echo_that_does_not_hold_the_prompt_is_refused():
 def test_answers_stop_at_the_first_stop_string():
     assert cut_at_stops("42\n\nQuestion: next", ["\n\n", "Question:"]) == "42"
     assert cut_at_stops("42", []) == "42"
+
+
+def test_lm_eval_settings_become_the_generator_contracts_sampling():
+    greedy = lm_eval_sampling({"until": ["\n"], "do_sample": False, "temperature": 0.7, "max_gen_toks": 32}, 256)
+    assert (greedy.temperature, greedy.top_p, greedy.min_p, greedy.max_new_tokens) == (0.0, None, None, 32)
+    assert lm_eval_sampling({}, 256).max_new_tokens == 256  # lm-eval's default length
+    sampled = lm_eval_sampling({"do_sample": True, "temperature": 0.8, "top_p": 0.95, "max_new_tokens": 8}, 256)
+    assert (sampled.temperature, sampled.top_p, sampled.min_p, sampled.max_new_tokens) == (0.8, 0.95, None, 8)
+    beams = {"do_sample": False, "num_beams": 4}
+    assert lm_eval_sampling(beams, 256) is None  # a knob the contract has not: lm-eval's own path
+    assert lm_eval_sampling(beams, 256, strict=False).temperature == 0.0  # a text API: left out

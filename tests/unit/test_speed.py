@@ -84,7 +84,7 @@ def test_standin_tokenizer_keeps_newlines_together_as_llama3_does(standin):
 
 def test_fixed_length_prompts_have_exactly_the_asked_length(standin):
     from tunebench.data.conversations import Conversation
-    from tunebench.evals.generation import render_prompt
+    from tunebench.evals.prompting import render_prompt
 
     long_text = " ".join(f"word{i}" for i in range(200))
     convs = [

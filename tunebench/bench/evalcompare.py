@@ -9,8 +9,8 @@ from typing import Any
 
 from tunebench.bench.evalrows import CACHE, Messages
 from tunebench.evals import lm_eval_model
-from tunebench.evals.generation import count_new_tokens, generation_kwargs, render_prompt
 from tunebench.evals.lm_eval_runner import _load_tasks, _task_manager
+from tunebench.evals.prompting import count_new_tokens, generation_kwargs, render_prompt
 
 
 def chat_rows(loaded: Any, prompts: list[Messages], sampling: Any, answers: int) -> list[dict[str, Any]]:

@@ -11,10 +11,11 @@ from typing import Any
 from tunebench.bench.metrics import mfu
 from tunebench.bench.specs import EvalSpec
 from tunebench.core.config import SamplingConfig
-from tunebench.evals.generation import generate, generation_kwargs, left_pad, render_prompt, sampling_decoder
+from tunebench.evals.generation import generate, sampling_decoder
 from tunebench.evals.modeling import Loaded, load_for_eval
 from tunebench.evals.perplexity import batches_by_length, score
 from tunebench.evals.probes import load_probe_set
+from tunebench.evals.prompting import generation_kwargs, left_pad, render_prompt
 
 Messages = list[dict[str, str]]
 

@@ -15,7 +15,8 @@ from typing import Any
 
 from tunebench.core.config import SamplingConfig
 from tunebench.evals.decode_loops import decode_path
-from tunebench.evals.generation import Generation, TransformersGenerator, batch_seed, render_prompt
+from tunebench.evals.generation import Generation, TransformersGenerator
+from tunebench.evals.prompting import batch_seed, render_prompt
 
 COMMANDS = {
     "/help": "list these commands",

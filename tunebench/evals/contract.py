@@ -23,7 +23,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from tunebench.core.errors import ExportError
-from tunebench.evals.generation import render_prompt, stop_token_ids
+from tunebench.evals.prompting import render_prompt, stop_token_ids
 from tunebench.models.modelfile import SENTINELS, match_template
 
 Messages = list[dict[str, str]]

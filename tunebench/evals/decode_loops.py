@@ -1,7 +1,7 @@
 """Which decode loop generates (``graph``, ``static`` or ``dynamic``) and the one call that runs a batch through it.
 
-The probes (``generation.generate``), the chat REPL (``chat.chat``) and lm-eval's generate_until
-(``lm_eval_hf.TunebenchLM``) choose the loop with ``decode_path`` and run every batch with ``decode``: the suite's
+``generation.generate`` (the ``Generator`` behind the probes, the chat, the judge and lm-eval's generate_until)
+chooses the loop with ``decode_path`` and runs every batch with ``decode``: the suite's
 static-cache loop (``evals.decoding.StaticDecoder``, one CUDA graph per call on CUDA) where the model allows it,
 else ``model.generate`` on transformers' static compiled cache or its default dynamic one.
 """
@@ -100,7 +100,6 @@ def decode(
     seed: int | None = None,
     streamer: Any = None,
     stopped: Any = None,
-    autocast: Any = None,
     device: Any = None,
 ) -> Any:
     """One batch through the chosen loop: the new tokens of every row, ``[rows, new]``.
@@ -112,11 +111,10 @@ def decode(
             and ``dynamic`` loops.
         decoder: The ``graph`` loop's ``decoding.StaticDecoder`` for this shape, or None for ``model.generate``.
         seed: Seeds the batch: the decoder's own generator, or torch's before ``generate``. None leaves torch's
-            random state as it is (lm-eval seeds it) and gives the decoder a seed drawn from it.
+            random state as it is and gives the decoder a seed drawn from it.
         streamer: Streams the answer as it comes (batch 1, as the chat does).
-        stopped: The decoder's early stop (``rows done`` from the tokens so far); ``generate`` takes its
-            stopping criteria in ``kwargs``.
-        autocast: A context for ``generate`` (lm-eval's mixed precision); None = ``torch.inference_mode()``.
+        stopped: The decoder's early stop (``rows done`` from the tokens so far: stop strings); ``generate`` takes
+            its stopping criteria in ``kwargs``.
         device: Where ``generate``'s inputs go; None = the model's device.
     """
     import torch  # heavy: torch, imported when needed
@@ -130,6 +128,6 @@ def decode(
         torch.manual_seed(seed)
     device = device if device is not None else model.device
     extra.pop("stopped", None)
-    with autocast if autocast is not None else torch.inference_mode():
+    with torch.inference_mode():
         out = model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device), **extra, **kwargs)
     return out[:, input_ids.shape[1] :]

@@ -31,8 +31,9 @@ from tqdm.auto import tqdm
 from tunebench.core.config import JudgeEndpointConfig
 from tunebench.core.errors import JudgeError, TunebenchError
 from tunebench.core.io import cache_root
-from tunebench.evals.generation import GenerationCache, Messages
+from tunebench.evals.generation_cache import GenerationCache
 from tunebench.evals.judge_logprobs import TOP_LOGPROBS, probs_from_chat_logprobs, verdict_text
+from tunebench.evals.prompting import Messages
 
 RETRY_STATUS = (429, 500, 502, 503, 504)
 BACKOFF_S = 0.5
@@ -169,6 +170,19 @@ class OpenAIClient:
             raise self.error(
                 f"{self.root}/chat/completions answered without choices[0].message.content; is it an "
                 "OpenAI-compatible chat completions server?"
+            ) from None
+        usage = data.get("usage") if isinstance(data, dict) else None
+        return text, usage if isinstance(usage, dict) else {}
+
+    def complete(self, body: dict[str, Any], headers: dict[str, str] | None = None) -> tuple[str, dict[str, Any]]:
+        """(choices[0].text, the usage block) of one /completions request (a text or token-id prompt)."""
+        data = self.request("/completions", body, headers)
+        try:
+            text = str(data["choices"][0]["text"] or "")
+        except (KeyError, IndexError, TypeError):
+            raise self.error(
+                f"{self.root}/completions answered without choices[0].text; is it an OpenAI-compatible "
+                "completions server?"
             ) from None
         usage = data.get("usage") if isinstance(data, dict) else None
         return text, usage if isinstance(usage, dict) else {}

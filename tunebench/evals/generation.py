@@ -18,8 +18,6 @@ messages and the sampling settings means re-running an unchanged evaluation gene
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -27,25 +25,32 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from filelock import FileLock
 from tqdm.auto import tqdm
 
 from tunebench.core import dist
 from tunebench.core.config import SamplingConfig
 from tunebench.core.errors import ConfigError
-from tunebench.core.io import atomic_write_json, cache_root, fingerprint, package_version
-from tunebench.data.conversations import encode_messages
+from tunebench.core.io import cache_root
 from tunebench.evals.decode_loops import (  # re-exported: callers import the loop choice from here too
     STATIC_CACHE_STEP as STATIC_CACHE_STEP,
 )
 from tunebench.evals.decode_loops import STATIC_MIN_STEPS as STATIC_MIN_STEPS
 from tunebench.evals.decode_loops import decode, decode_path, sampling_decoder, static_cache_kwargs
 from tunebench.evals.decode_loops import use_static_cache as use_static_cache
-from tunebench.models.loading import template_sha
+from tunebench.evals.generation_cache import GenerationCache, cache_group
+from tunebench.evals.prompting import (
+    Prompt,
+    batch_seed,
+    count_new_tokens,
+    cut_at_stops,
+    generation_kwargs,
+    is_chat,
+    left_pad,
+    prompt_ids,
+    samples_per_prompt,
+)
 
 log = logging.getLogger(__name__)
-
-Messages = list[dict[str, str]]
 
 
 @dataclass
@@ -88,185 +93,31 @@ class Generation:
 class Generator(Protocol):
     """One contract for every decode path: transformers in process (``TransformersGenerator``, over the decode loops
     of ``decode_path``), llama.cpp in process (``evals.llamacpp.LlamaCppModel``) and any OpenAI-compatible server
-    (``evals.served.EndpointModel``). The probes, the chat (streaming through ``on_token``) and the judge call it;
-    a new engine is one class. lm-eval's generate_until shares its decode loops (``decode_loops.decode``), with its
-    stop strings."""
+    (``evals.served.EndpointModel``). The probes, the chat (streaming through ``on_token``), the judge and lm-eval's
+    generate_until (token ids in process, text through llama.cpp and endpoints, with its stop strings) call it; a
+    new engine is one class."""
 
     def identity(self) -> dict[str, Any]:
         """What decides the answers besides the prompts and sampling (recorded in results, part of cache keys)."""
 
     def generate(
         self,
-        prompts: list[Messages],
+        prompts: list[Prompt],
         sampling: SamplingConfig,
         seed: int,
         on_token: Callable[[str], None] | None = None,
+        stop: list[str] | None = None,
     ) -> Generation:
         """Every prompt's answers (``samples_per_prompt(sampling)`` each), in the caller's order, seeded by ``seed``.
 
+        ``prompts``: chat conversations, texts or token ids (``Prompt``); an engine that cannot take a kind says so
+        with a ``TunebenchError``. Answers to chat prompts come stripped of surrounding whitespace; completions come
+        as generated (leading spaces and newlines are part of what a benchmark scores).
+
         ``on_token`` receives the answer's text as it is decoded, piece by piece, in a call of one answer (the chat
-        streams through it); an engine that returns whole answers gives it each answer at once."""
+        streams through it); an engine that returns whole answers gives it each answer at once.
 
-
-def is_greedy(sampling: SamplingConfig) -> bool:
-    """Temperature 0 means greedy decoding."""
-    return sampling.temperature == 0
-
-
-def samples_per_prompt(sampling: SamplingConfig) -> int:
-    """Greedy decoding is deterministic, so extra samples would be copies."""
-    return 1 if is_greedy(sampling) else sampling.n_samples
-
-
-def stop_token_ids(loaded: Any) -> list[int]:
-    """The chat template's end-of-turn (tokenizer.eos) plus the model's own EOS ids."""
-    ids = [loaded.tokenizer.eos_token_id]
-    model_eos = getattr(getattr(loaded.model, "generation_config", None), "eos_token_id", None)
-    ids += model_eos if isinstance(model_eos, list) else [model_eos]
-    return list(dict.fromkeys(i for i in ids if i is not None))
-
-
-def pad_id(tokenizer: Any) -> int:
-    """The padding id (EOS when the tokenizer has none: the attention mask hides padding anyway)."""
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-
-
-def generation_kwargs(loaded: Any, sampling: SamplingConfig) -> dict[str, Any]:
-    """Keyword arguments for ``model.generate`` that pin every decoding knob.
-
-    Unset knobs in transformers fall back to the model's generation_config.json (Llama 3.2 ships
-    temperature 0.6 / top_p 0.9) and to top_k=50, so each one is set here explicitly: the settings in
-    the report are the ones that ran.
-    """
-    kw: dict[str, Any] = {
-        "max_new_tokens": sampling.max_new_tokens,
-        "pad_token_id": pad_id(loaded.tokenizer),
-        "eos_token_id": stop_token_ids(loaded),
-        "repetition_penalty": 1.0,
-    }
-    if is_greedy(sampling):
-        # neutral values, so that a sampling default in the model's config cannot warn or leak in
-        kw.update(do_sample=False, temperature=1.0, top_p=1.0)
-    else:
-        kw.update(
-            do_sample=True,
-            temperature=sampling.temperature,
-            top_p=1.0 if sampling.top_p is None else sampling.top_p,
-            min_p=0.0 if sampling.min_p is None else sampling.min_p,
-            top_k=0,
-        )
-    return kw
-
-
-def render_prompt(tokenizer: Any, messages: Messages) -> list[int]:
-    """Token ids of a conversation with the assistant turn opened (the template adds special tokens).
-
-    Message contents stay text: control strings typed into a prompt or a chat never become control tokens
-    (the same tokenization training uses, see ``data.conversations.tokenize_rendered``)."""
-    return encode_messages(tokenizer, list(messages), add_generation_prompt=True)
-
-
-def batch_seed(seed: int, sample: int, batch: int) -> int:
-    """A seed for one batch, derived so that neighbouring (sample, batch) pairs are unrelated."""
-    digest = hashlib.sha256(f"{seed}:{sample}:{batch}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") % (2**63 - 1)
-
-
-def left_pad(rows: list[list[int]], pad_id: int, width: int | None = None) -> tuple[Any, Any]:
-    """(input_ids, attention_mask) with padding on the left, so every row ends where generation starts.
-
-    ``width`` pads to a fixed length (at least the longest row), as a static cache wants."""
-    import torch  # heavy: torch, imported when needed
-
-    width = max(width or 0, max(len(r) for r in rows))
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, width - len(r) :] = torch.tensor(r, dtype=torch.long)
-        mask[i, width - len(r) :] = 1
-    return ids, mask
-
-
-def count_new_tokens(row: list[int], stops: set[int]) -> int:
-    """Generated tokens up to and including the first stop token (the rest is padding)."""
-    for i, t in enumerate(row):
-        if t in stops:
-            return i + 1
-    return len(row)
-
-
-# ----------------------------------------------------------------------------- cache
-
-
-class GenerationCache:
-    """Answers on disk, one JSON file per (model, template, sampling, seed) group.
-
-    Entries are keyed by the messages' fingerprint and the sample index. Writes merge with what is on
-    disk under a lock and land through an atomic rename, so concurrent evaluations neither corrupt the
-    file nor drop each other's entries.
-    """
-
-    def __init__(self, root: str | Path, group: dict[str, Any]):
-        self.group = group
-        self.path = Path(root) / f"{fingerprint(group)}.json"
-        self.entries: dict[str, dict[str, Any]] = self._read()
-
-    def _read(self) -> dict[str, dict[str, Any]]:
-        try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return {}
-        except (OSError, ValueError) as e:
-            # a damaged cache costs a regeneration, never a wrong answer
-            log.warning("ignoring unreadable generation cache %s (%s); it will be rewritten", self.path, e)
-            return {}
-        ok = isinstance(data, dict) and data.get("group") == self.group  # else a foreign or damaged file
-        return data.get("entries", {}) if ok else {}
-
-    @staticmethod
-    def key(messages: Messages, sample: int) -> str:
-        return f"{fingerprint(messages)}#{sample}"
-
-    def get(self, messages: Messages, sample: int) -> dict[str, Any] | None:
-        return self.entries.get(self.key(messages, sample))
-
-    def put_many(self, new: dict[str, dict[str, Any]]) -> None:
-        """Merge ``new`` into the file (and into memory)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(self.path.with_suffix(".lock")):  # processes sharing one cache merge, never clobber
-            merged = self._read()
-            merged.update(new)
-            atomic_write_json(self.path, {"group": self.group, "entries": merged})
-        self.entries = merged
-
-
-def cache_group(loaded: Any, sampling: SamplingConfig, seed: int) -> dict[str, Any]:
-    """Everything besides the messages that decides an answer; the sampling's name is only a label."""
-
-    if is_greedy(sampling):
-        decoding: dict[str, Any] = {"do_sample": False}
-        seed_part: int | None = None  # greedy answers do not depend on the seed: share them
-    else:
-        decoding = {
-            "do_sample": True,
-            "temperature": sampling.temperature,
-            "min_p": sampling.min_p,
-            "top_p": sampling.top_p,
-        }
-        seed_part = seed
-    return {
-        "model": loaded.identity(),
-        # 4-bit weights answer differently from the same checkpoint in bf16; identity() records no quantization
-        "quantized": bool(
-            getattr(loaded.model, "is_loaded_in_4bit", False) or getattr(loaded.model, "is_loaded_in_8bit", False)
-        ),
-        "versions": {name: package_version(name) for name in ("torch", "transformers", "peft")},
-        "chat_template_sha": template_sha(loaded.tokenizer),
-        "stop_tokens": stop_token_ids(loaded),
-        "decoding": decoding,
-        "max_new_tokens": sampling.max_new_tokens,
-        "seed": seed_part,
-    }
+        ``stop``: strings that end an answer; the answer is cut before the first one (OpenAI's ``stop``)."""
 
 
 # ----------------------------------------------------------------------------- generation
@@ -274,7 +125,7 @@ def cache_group(loaded: Any, sampling: SamplingConfig, seed: int) -> dict[str, A
 
 def generate(
     loaded: Any,
-    prompts: list[Messages],
+    prompts: list[Prompt],
     sampling: SamplingConfig,
     seed: int,
     batch_size: int,
@@ -283,12 +134,13 @@ def generate(
     use_cache: bool = True,
     cache_implementation: str = "auto",
     on_token: Callable[[str], None] | None = None,
+    stop: list[str] | None = None,
 ) -> Generation:
-    """Answer every conversation in ``prompts``, batched with left padding.
+    """Answer every prompt in ``prompts``, batched with left padding.
 
     Args:
         loaded: an ``evals.modeling.Loaded`` (model, tokenizer, identity).
-        prompts: chat conversations, each a list of ``{"role", "content"}`` messages.
+        prompts: chat conversations (lists of ``{"role", "content"}`` messages), texts or token ids (``Prompt``).
         sampling: decoding settings; temperature 0 is greedy and ignores ``n_samples``.
         seed: base seed; batch seeds derive from it and the batch index.
         batch_size: answers per ``model.generate`` call; the samples of all prompts share the batches.
@@ -297,6 +149,8 @@ def generate(
         use_cache: read and write the cache (False regenerates everything and stores nothing).
         cache_implementation: ``auto``, ``graph``, ``static`` or ``dynamic`` (see ``decode_path``).
         on_token: receives the text as it is decoded (one answer per call: the chat); a cached answer at once.
+        stop: strings that end an answer: a row stops once one occurs in what it generated (checked every
+            ``decoding.STOP_CHECK_EVERY`` steps on the decode loop), and the answer is cut before it.
 
     Returns:
         A Generation with answers in the caller's order, token counts, timing and cache statistics.
@@ -310,12 +164,9 @@ def generate(
     n_samples = samples_per_prompt(sampling)
     if on_token is not None and len(prompts) * n_samples != 1:
         raise ValueError(f"on_token streams one answer; this call asks for {len(prompts) * n_samples}")
-    cache = None
-    if use_cache:
-        root = Path(cache_dir) if cache_dir is not None else cache_root() / "generations"
-        cache = GenerationCache(root, cache_group(loaded, sampling, seed))
+    cache = _open_cache(loaded, sampling, seed, stop, cache_dir) if use_cache else None
     out = Generation(samples=[[""] * n_samples for _ in prompts], token_counts=[[0] * n_samples for _ in prompts])
-    ids = [render_prompt(loaded.tokenizer, m) for m in prompts]
+    ids = [prompt_ids(loaded.tokenizer, p) for p in prompts]
     kwargs = generation_kwargs(loaded, sampling)
     pairs_all, todo = _read_cached(out, prompts, ids, n_samples, cache)
     mine = _my_batches(pairs_all, todo, batch_size)
@@ -333,21 +184,36 @@ def generate(
         input_ids, mask = left_pad(rows, kwargs["pad_token_id"], shape[1])
         t0 = time.perf_counter()
         seeded = batch_seed(seed, 0, b)
-        new = decode(loaded.model, input_ids, mask, kwargs, decoder, seeded, streamer=streamer, device=device).tolist()
+        batch_kwargs, stopped = _stop_criterion(loaded.tokenizer, stop, input_ids.shape, kwargs, decoder)
+        new = decode(
+            loaded.model, input_ids, mask, batch_kwargs, decoder, seeded, streamer, stopped, device=device
+        ).tolist()
         out.seconds += time.perf_counter() - t0
         out.generate_calls += 1
-        fresh = _record(out, done, loaded.tokenizer, prompts, pairs, new, todo, set(kwargs["eos_token_id"]))
+        fresh = _record(out, done, loaded.tokenizer, prompts, pairs, new, todo, set(kwargs["eos_token_id"]), stop)
         if cache:
             cache.put_many(fresh)  # per batch: an interrupted run keeps what it generated
         bar.update(1)
         bar.set_postfix(tok_s=f"{out.tokens_per_s:.1f}")
     bar.close()
+    _gather(out, done)
+    _log_generation(out, decoder)
+    return out if mine else stream_whole(out, on_token)  # a cached answer is streamed at once
+
+
+def _open_cache(
+    loaded: Any, sampling: SamplingConfig, seed: int, stop: list[str] | None, cache_dir: str | Path | None
+) -> GenerationCache:
+    root = Path(cache_dir) if cache_dir is not None else cache_root() / "generations"
+    return GenerationCache(root, cache_group(loaded, sampling, seed, stop))
+
+
+def _gather(out: Generation, done: dict[tuple[int, int], tuple[str, int]]) -> None:
+    """Under torchrun: every process's answers into ``out``."""
     if dist.world_size() > 1:
         for part in dist.gather(done):
             for (i, s), (text, n_new) in part.items():
                 out.samples[i][s], out.token_counts[i][s] = text, n_new
-    _log_generation(out, decoder)
-    return out if mine else stream_whole(out, on_token)  # a cached answer is streamed at once
 
 
 def stream_whole(out: Generation, on_token: Callable[[str], None] | None) -> Generation:
@@ -358,6 +224,26 @@ def stream_whole(out: Generation, on_token: Callable[[str], None] | None) -> Gen
     return out
 
 
+def _stop_criterion(
+    tokenizer: Any, stop: list[str] | None, shape: tuple[int, int], kwargs: dict[str, Any], decoder: Any
+) -> tuple[dict[str, Any], Any]:
+    """(``generate`` keywords, the decode loop's ``stopped``) for one batch of ``shape`` with stop strings: a fresh
+    criterion per batch (it keeps which rows are done)."""
+    if not [s for s in stop or () if s]:
+        return kwargs, None
+    from tunebench.evals import decoding  # heavy: torch, imported when needed
+    from tunebench.evals.stop_strings import StopStrings  # heavy: torch, transformers
+
+    rows, width = shape
+    if decoder is not None:  # the decode loop asks with the new tokens so far, every STOP_CHECK_EVERY steps
+        crit = StopStrings(tokenizer, list(stop or ()), 0, rows, decoding.STOP_CHECK_EVERY)
+        return kwargs, lambda so_far: crit(so_far, None).cpu()
+    from transformers import StoppingCriteriaList  # heavy: transformers
+
+    crit = StopStrings(tokenizer, list(stop or ()), width, rows)
+    return kwargs | {"stopping_criteria": StoppingCriteriaList([crit])}, None
+
+
 def _streamer(tokenizer: Any, on_token: Callable[[str], None]) -> Any:
     from tunebench.evals.streaming import CallbackStreamer  # heavy: transformers, imported when streaming
 
@@ -365,7 +251,7 @@ def _streamer(tokenizer: Any, on_token: Callable[[str], None]) -> Any:
 
 
 def _read_cached(
-    out: Generation, prompts: list[Messages], ids: list[list[int]], n_samples: int, cache: GenerationCache | None
+    out: Generation, prompts: list[Prompt], ids: list[list[int]], n_samples: int, cache: GenerationCache | None
 ) -> tuple[list[tuple[int, int]], set[tuple[int, int]]]:
     """Every (prompt, sample) pair in batch order, and the ones the cache lacks (cached answers go into ``out``).
 
@@ -426,19 +312,22 @@ def _record(
     out: Generation,
     done: dict[tuple[int, int], tuple[str, int]],
     tok: Any,
-    prompts: list[Messages],
+    prompts: list[Prompt],
     pairs: list[tuple[int, int]],
     new: list[list[int]],
     todo: set[tuple[int, int]],
     stops: set[int],
+    stop: list[str] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Put one batch's answers into ``out`` and ``done``; return its cache entries."""
+    """Put one batch's answers into ``out`` and ``done`` (cut at the first stop string; a chat's answer stripped);
+    return its cache entries."""
     fresh = {}
     for (i, s), row in zip(pairs, new, strict=False):
         if (i, s) not in todo:  # cached already (the batch ran for its other pairs): the answer stands
             continue
         n_new = count_new_tokens(row, stops)
-        text = tok.decode(row[:n_new], skip_special_tokens=True).strip()
+        text = cut_at_stops(tok.decode(row[:n_new], skip_special_tokens=True), stop)
+        text = text.strip() if is_chat(prompts[i]) else text
         out.samples[i][s], out.token_counts[i][s] = text, n_new
         out.new_tokens += n_new
         done[(i, s)] = (text, n_new)
@@ -477,10 +366,11 @@ class TransformersGenerator:
 
     def generate(
         self,
-        prompts: list[Messages],
+        prompts: list[Prompt],
         sampling: SamplingConfig,
         seed: int,
         on_token: Callable[[str], None] | None = None,
+        stop: list[str] | None = None,
     ) -> Generation:
         return generate(
             self.loaded,
@@ -493,4 +383,5 @@ class TransformersGenerator:
             use_cache=self.use_cache,
             cache_implementation=self.decode_loop,
             on_token=on_token,
+            stop=stop,
         )

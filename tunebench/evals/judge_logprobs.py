@@ -22,7 +22,8 @@ from tqdm.auto import tqdm
 from tunebench.core.config import SamplingConfig
 from tunebench.core.errors import JudgeError
 from tunebench.core.io import cache_root
-from tunebench.evals.generation import GenerationCache, Messages, cache_group, left_pad, pad_id, render_prompt
+from tunebench.evals.generation_cache import GenerationCache, cache_group
+from tunebench.evals.prompting import Messages, left_pad, pad_id, render_prompt
 
 LETTERS = ("A", "B", "C")
 PREFILL = "[["
@@ -98,7 +99,7 @@ class LogprobJudge:
 
     def group(self) -> dict[str, Any]:
         """Everything besides the messages that decides a reading (the judgments' cache group): what decides a
-        greedy answer of this model (``generation.cache_group``), the prefill and the verdict threshold."""
+        greedy answer of this model (``generation_cache.cache_group``), the prefill and the verdict threshold."""
         greedy = SamplingConfig(name="judge", temperature=0.0, min_p=None, max_new_tokens=1)
         return {
             **cache_group(self.loaded, greedy, 0),

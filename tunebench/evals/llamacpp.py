@@ -12,7 +12,6 @@ assistant-token mask the suite's perplexity uses), so each conversation pairs wi
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 from collections.abc import Callable
@@ -20,12 +19,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from tunebench.core.config import SamplingConfig
 from tunebench.core.errors import DataError, ModelError
 from tunebench.core.io import package_version, sha256_file
-from tunebench.core.stats import bootstrap_ci
-from tunebench.data.conversations import Encoded, tokens_fingerprint
-from tunebench.evals.generation import Generation, batch_seed, samples_per_prompt, stream_whole
+from tunebench.data.conversations import Encoded
+from tunebench.evals.generation import Generation, stream_whole
+from tunebench.evals.perplexity import metric_from_items
+from tunebench.evals.prompting import Prompt, batch_seed, cut_at_stops, is_chat, samples_per_prompt
 from tunebench.evals.results import Metric
 
 log = logging.getLogger(__name__)
@@ -128,6 +130,8 @@ class LlamaCppModel:
     """The run's template name (as the adapter's results record it): results pair only on the same one."""
     sha256: str = ""
     stats: dict[str, Any] = field(default_factory=dict)
+    progress: bool = True
+    """A progress bar over a ``generate`` call's answers."""
 
     @classmethod
     def open(cls, path: str | Path, template: str | None, n_ctx: int = 2048) -> LlamaCppModel:
@@ -147,12 +151,15 @@ class LlamaCppModel:
 
     def generate(
         self,
-        prompts: list[Messages],
+        prompts: list[Prompt],
         sampling: SamplingConfig,
         seed: int,
         on_token: Callable[[str], None] | None = None,
+        stop: list[str] | None = None,
     ) -> Generation:
-        """Answer every prompt through ``create_chat_completion`` (the GGUF's template, llama.cpp's sampler).
+        """Answer every prompt: a conversation through ``create_chat_completion`` (the GGUF's template), a text or
+        token ids through ``create_completion`` (llama.cpp's tokenizer, special tokens parsed, with BOS); llama.cpp's
+        sampler, ``stop`` as its stop strings.
 
         Each (prompt, sample) gets its own seed from (seed, sample, prompt index), so a re-run draws the same
         answers. llama.cpp applies min_p before temperature (transformers after): sampled answers are paired
@@ -162,15 +169,25 @@ class LlamaCppModel:
         out = Generation(
             samples=[[""] * n for _ in prompts], token_counts=[[0] * n for _ in prompts], decode_loop=RUNTIME
         )
-        for s in range(n):
-            for i, messages in enumerate(prompts):
-                t0 = time.perf_counter()
-                r = self.llm.create_chat_completion(messages=messages, **chat_kwargs(sampling, batch_seed(seed, s, i)))
-                out.seconds += time.perf_counter() - t0
-                out.samples[i][s] = (r["choices"][0]["message"]["content"] or "").strip()
-                out.token_counts[i][s] = int(r["usage"]["completion_tokens"])
-                out.new_tokens += out.token_counts[i][s]
-                out.generate_calls += 1
+        stops = {"stop": [x for x in stop if x]} if stop else {}
+        jobs = [(i, s) for s in range(n) for i in range(len(prompts))]
+        bar = tqdm(total=len(jobs), desc=f"generate[{sampling.name}, llama.cpp]", disable=not self.progress)
+        for i, s in jobs:
+            prompt = prompts[i]
+            t0 = time.perf_counter()
+            kw = chat_kwargs(sampling, batch_seed(seed, s, i)) | stops
+            if is_chat(prompt):
+                r = self.llm.create_chat_completion(messages=prompt, **kw)
+                out.samples[i][s] = cut_at_stops(r["choices"][0]["message"]["content"] or "", stop).strip()
+            else:
+                r = self.llm.create_completion(prompt=prompt, **kw)
+                out.samples[i][s] = cut_at_stops(r["choices"][0]["text"] or "", stop)
+            out.seconds += time.perf_counter() - t0
+            out.token_counts[i][s] = int(r["usage"]["completion_tokens"])
+            out.new_tokens += out.token_counts[i][s]
+            out.generate_calls += 1
+            bar.update(1)
+        bar.close()
         out.cache_misses = out.generate_calls
         return stream_whole(out, on_token)
 
@@ -273,54 +290,6 @@ def perplexity_items(
     return items, kept, time.perf_counter() - t0
 
 
-def perplexity_from_items(
-    items: list[dict[str, Any]],
-    encoded: list[Encoded],
-    split: str = "test",
-    n_boot: int = 2000,
-    alpha: float = 0.05,
-    seed: int = 0,
-    seconds: float = 0.0,
-    runtime: str = RUNTIME,
-) -> tuple[Metric, list[dict[str, Any]], dict[str, Any]]:
-    """``perplexity/<split>`` from per-conversation NLL items of another runtime, defined as the suite's
-    (evals.perplexity) so that it pairs with the adapter's: (metric, items, inputs fingerprint entries)."""
-    tokens = sum(i["den"] for i in items)
-    nll = sum(i["num"] for i in items)
-    total = sum(len(e.input_ids) for e in encoded)
-    ci = bootstrap_ci(items, "exp_ratio", n_boot=n_boot, alpha=alpha, seed=seed)
-    metric = Metric(
-        name=f"perplexity/{split}",
-        value=math.exp(nll / tokens),
-        higher_is_better=False,
-        n=len(items),
-        unit="conversations",
-        ci_low=ci.low,
-        ci_high=ci.high,
-        ci_method=f"bootstrap over conversations ({n_boot} resamples, percentile)",
-        aggregate="exp_ratio",
-        group="perplexity",
-        details={
-            "scored_tokens": tokens,
-            "input_tokens": total,
-            "mean_nll": nll / tokens,
-            "seconds": round(seconds, 3),
-            "tokens_per_s": round(total / seconds, 1) if seconds else None,
-            "runtime": runtime,
-        },
-    )
-    inputs = {f"{split}_tokens": tokens_fingerprint(encoded), f"{split}_scored_tokens": tokens}
-    log.info(
-        "%s perplexity/%s = %.4f over %d conversations (%.0f tok/s)",
-        runtime,
-        split,
-        metric.value,
-        len(items),
-        metric.details["tokens_per_s"] or 0,
-    )
-    return metric, items, inputs
-
-
 def perplexity_metric(
     model: LlamaCppModel,
     encoded: list[Encoded],
@@ -337,7 +306,9 @@ def perplexity_metric(
     if not encoded:
         raise DataError(f"the {split} split is empty: nothing to score (raise data.max_{split} or test_fraction)")
     items, kept, seconds = perplexity_items(model, encoded, keep=True)
-    metric, items, inputs = perplexity_from_items(items, encoded, split, n_boot, alpha, seed, seconds, RUNTIME)
+    metric, items, inputs = metric_from_items(
+        items, encoded, split, n_boot=n_boot, alpha=alpha, seed=seed, seconds=seconds, runtime=RUNTIME
+    )
     return metric, items, inputs, kept
 
 

@@ -105,18 +105,17 @@ def _add_perplexity_and_parity(
 def _add_lm_eval(
     results: Results, cfg: RunConfig, model: LlamaCppModel, gguf: Path, tok: Any, template: str | None, label: str
 ) -> None:
-    """lm-eval tasks through llama.cpp: generation by ``create_completion``, log-likelihoods from its logits."""
+    """lm-eval tasks through llama.cpp: generation through ``model`` (its ``Generator``: ``create_completion``),
+    log-likelihoods from its logits."""
     from tunebench.evals.lm_eval_runner import run_lm_eval_text
-
-    def complete(body: dict[str, Any]) -> dict[str, Any]:
-        return model.llm.create_completion(**{k: v for k, v in body.items() if k != "model"})
 
     def score_text(context: str, continuation: str) -> tuple[float, bool, bool]:
         return continuation_logprob(model.llm, context, continuation)
 
     results.merge(
         run_lm_eval_text(
-            complete,
+            None,
+            model,
             gguf.name,
             list(cfg.eval.lm_eval_tasks),
             cfg.eval.lm_eval_limit,

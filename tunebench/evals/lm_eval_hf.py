@@ -8,26 +8,27 @@ evaluation's time (figures: README "How lm-eval runs" and reports/published/2026
 
 What changes is only how the tokens are produced, never which prompts, settings or post-processing:
 
-- on CUDA every batch goes through the suite's decode loop (``evals.decoding``, each step one CUDA graph replay),
-  or, where the model does not allow it, through transformers' compiled static cache for calls long enough to
-  repay compiling (``decode_loops.decode_path``, as the probes choose). On both, every batch of one
-  ``generate_until`` call has one shape: rows are padded with copies of the last row up to the generation batch
-  size and contexts left-padded to the widest context of the call, so one capture (or one compiled step, the
-  cache sized to a multiple of ``decode_loops.STATIC_CACHE_STEP``) serves the call. Decoding settings other than
-  greedy or temperature / top-p sampling go through ``model.generate``;
-- one stopping criterion marks each row done as soon as any of its stop strings occurs in what it generated (the
-  decode loop asks every ``decoding.STOP_CHECK_EVERY`` steps), and the batch ends when every row is done. lm-eval
-  cuts each answer at the first stop string anyway (``postprocess_generated_text``), so where generation stops
-  never changes the answer; it only saves steps.
+- generate_until is the suite's ``Generator`` contract (``generation.TransformersGenerator``), as the probes, the
+  chat and the judge use it: each group of requests with one generation setting is one ``generate`` call on
+  lm-eval's token ids, with lm-eval's stop strings. So on CUDA every batch goes through the suite's decode loop
+  (``evals.decoding``, each step one CUDA graph replay) or, where the model does not allow it, transformers'
+  compiled static cache for calls long enough to repay compiling (``decode_loops.decode_path``), every batch of a
+  call at one shape (rows padded with copies of the last, contexts left-padded to the widest of the call): one
+  capture or one compiled step serves the call. Settings the contract does not carry (top_k, beams, ...) go
+  through lm-eval's own ``HFLM.generate_until``;
+- one stopping criterion (``stop_strings.StopStrings``) marks each row done as soon as any of its stop strings
+  occurs in what it generated (the decode loop asks every ``decoding.STOP_CHECK_EVERY`` steps), and the batch ends
+  when every row is done. lm-eval cuts each answer at the first stop string anyway (``postprocess_generated_text``),
+  so where generation stops never changes the answer; it only saves steps.
 - generation runs at its own batch size (``eval.lm_eval_generate_batch_size``);
 - loglikelihood asks the model for the logits of scored positions only (``TunebenchLM._loglikelihood_tokens``),
   so its batches can be large;
 - the distinct strings of a call are tokenized up front in batches on every core (the fast tokenizer's batch
   encoding gives the same ids as lm-eval's one-string ``tok_encode``, which then reads them from a memo).
 
-Tokenization, left truncation, the stop strings (with EOS), decoding, post-processing and lm-eval's request cache
-stay lm-eval's (``HFLM.generate_until`` runs unchanged around ``_model_generate``). Greedy answers equal lm-eval's
-plain path up to the numerics of another batch shape (bf16 on GPUs), as with another lm-eval batch size.
+Tokenization, left truncation, the stop strings (with EOS), the order of requests, post-processing and lm-eval's
+request cache stay lm-eval's. Greedy answers equal lm-eval's plain path up to the numerics of another batch shape
+(bf16 on GPUs), as with another lm-eval batch size.
 """
 
 from __future__ import annotations
@@ -38,39 +39,23 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from lm_eval.models.huggingface import HFLM, eval_logger
-from lm_eval.models.utils import Collator, _add_special_kwargs, has_bos_prefix
+from lm_eval.models.utils import (
+    Collator,
+    _add_special_kwargs,
+    handle_stop_sequences,
+    has_bos_prefix,
+    postprocess_generated_text,
+)
 from tqdm.auto import tqdm
-from transformers import StoppingCriteria, StoppingCriteriaList
 
+from tunebench.core.errors import LmEvalError
 from tunebench.core.threads import tokenizer_threads
-from tunebench.evals import decoding
-from tunebench.evals.decode_loops import decode, decode_path, static_cache_kwargs
-from tunebench.evals.generation import stop_token_ids
+from tunebench.evals.generation import TransformersGenerator
+from tunebench.evals.lm_eval_text import by_settings, lm_eval_sampling, stop_strings
 
 LOGITS_BUDGET = 2**28
 """Most logits one loglikelihood forward may return (batch x kept positions x vocabulary; 1 GiB in float32): a
 batch whose scored positions spread wider is scored in consecutive parts."""
-
-
-class StopStrings(StoppingCriteria):
-    """Per row: done once one of ``stops`` occurs in the tokens generated after ``start``; done stays done.
-    ``every``: how many tokens arrive between two calls (the window looks back that much further)."""
-
-    def __init__(self, tokenizer: Any, stops: list[str], start: int, rows: int, every: int = 1):
-        self.tokenizer, self.stops, self.start = tokenizer, [s for s in stops if s], start
-        # lm-eval looks back len(tokens of the stop) + 2 tokens; the longest stop's window covers every stop
-        longest = max((len(tokenizer.encode(s, add_special_tokens=False)) for s in self.stops), default=0)
-        self.lookback = longest + 2 + every - 1
-        self.done = torch.zeros(rows, dtype=torch.bool)
-
-    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-        todo = (~self.done).nonzero().flatten().tolist()
-        if todo and self.stops and input_ids.shape[1] > self.start:
-            window = input_ids[todo, self.start :][:, -self.lookback :].tolist()
-            for row, text in zip(todo, self.tokenizer.batch_decode(window), strict=True):
-                if any(s in text for s in self.stops):
-                    self.done[row] = True
-        return self.done.to(input_ids.device)
 
 
 class TunebenchLM(HFLM):
@@ -83,8 +68,6 @@ class TunebenchLM(HFLM):
         self.generate_batch_size = int(generate_batch_size or self.batch_size_per_gpu)
         self.cache_implementation = cache_implementation
         self.decode_loop = "dynamic"  # decided per generate_until call, as for the probes (decode_path)
-        self._rows = self._width = 0
-        self._decoders: dict[tuple[Any, ...], Any] = {}
         self.loop_batches = 0  # batches the suite's decode loop generated (the rest went through generate)
         self._encoded: dict[str, list[int]] = {}
 
@@ -252,108 +235,84 @@ class TunebenchLM(HFLM):
     # ------------------------------------------------------------------ generation
 
     def generate_until(self, requests: list[Any], disable_tqdm: bool = False) -> list[str]:
+        """lm-eval's generate_until through the suite's ``Generator`` (``generation.TransformersGenerator``): each
+        group of requests with the same generation settings is one ``generate`` call on lm-eval's own token ids
+        (left-truncated as lm-eval truncates), with its stop strings (``until`` and EOS), then lm-eval's
+        post-processing and request cache. Settings the contract does not carry (``lm_eval_text.lm_eval_sampling``),
+        mixed precision, thinking tokens, seq2seq and ``auto`` batch sizes go through lm-eval's own
+        ``HFLM.generate_until``."""
         if not requests:
             return []
+        own = self.backend != "causal" or self.batch_size == "auto" or self.mixed_precision_dtype is not None
+        if own or self.think_end_token is not None:
+            return self._lm_eval_generate_until(requests, disable_tqdm)
         self._encode_all({r.args[0] for r in requests})
-        self._rows = min(self.generate_batch_size, len(requests))
-        # the probes' rule (decode_path): the CUDA graph loop, else static where steps repay compiling
-        longest = max(int(r.args[1].get("max_gen_toks", self.max_gen_toks)) for r in requests)
-        steps = -(-len(requests) // self._rows) * longest
+        answers: list[str] = [""] * len(requests)
+        try:
+            for idx in by_settings(requests):
+                mine = [requests[i] for i in idx]
+                for i, text in zip(idx, self._generate_group(mine, disable_tqdm), strict=True):
+                    answers[i] = text
+        finally:
+            self._encoded = {}
+        return answers
+
+    def _generate_group(self, requests: list[Any], disable_tqdm: bool) -> list[str]:
+        """One ``Generator.generate`` call for requests of one generation setting, answers in their order."""
+        eos = self.tok_decode(self.eot_token_id, skip_special_tokens=False)
+        sampling = lm_eval_sampling(requests[0].args[1], self.max_gen_toks)
+        if sampling is None:  # knobs the contract has not
+            return self._lm_eval_generate_until(requests, disable_tqdm)
+        until = handle_stop_sequences(stop_strings(requests[0].args[1]), eos=eos)
+        max_gen_toks = sampling.max_new_tokens
+        if self.max_length - max_gen_toks <= 0:
+            raise LmEvalError(
+                f"an lm-eval task asks for {max_gen_toks} new tokens, not less than the model's maximum length "
+                f"({self.max_length}): lower the task's max_gen_toks"
+            )
+        # lm-eval's order (longest context first, then the text), so batches hold the requests lm-eval's would
+        contexts = [r.args[0] for r in requests]
+        order = sorted(range(len(requests)), key=lambda j: (-len(self.tok_encode(contexts[j])), contexts[j]))
+        prompts = [self.tok_encode(contexts[j], left_truncate_len=self.max_length - max_gen_toks) for j in order]
+        # sampled tasks: a seed drawn from lm-eval's seeded torch RNG, so runs reproduce
+        seed = int(torch.randint(2**62, (1,)).item()) if sampling.temperature > 0 else 0
+        gen = self._generator(disable_tqdm).generate(prompts, sampling, seed, stop=until)
+        if gen.decode_loop:
+            self.decode_loop = gen.decode_loop
+        self.loop_batches += gen.generate_calls if gen.decode_loop == "graph" else 0
+        answers = [""] * len(requests)
+        for j, text in zip(order, gen.texts, strict=True):
+            answers[j] = postprocess_generated_text(text, until, None)
+            self.cache_hook.add_partial("generate_until", requests[j].args, answers[j])
+        return answers
+
+    def _generator(self, disable_tqdm: bool) -> TransformersGenerator:
+        """This model as the suite's Generator: lm-eval keeps its own request cache, so the answer cache is off."""
         quantized = bool(getattr(self.model, "is_loaded_in_4bit", False))
-        self.decode_loop = decode_path(
-            SimpleNamespace(model=self.model, device=str(self.device), load_in_4bit=quantized),
-            self.cache_implementation,
-            steps,
+        model = SimpleNamespace(
+            model=self.model, tokenizer=self.tokenizer, device=str(self.device), load_in_4bit=quantized
         )
-        # the widest context of the call (a little slack: batch tokenization may add BOS), capped as lm-eval caps
-        widest = max(len(self.tok_encode(r.args[0])) for r in requests) + 2
-        self._width = min(widest, self.max_length)
+        return TransformersGenerator(
+            model,
+            batch_size=self.generate_batch_size,
+            use_cache=False,
+            decode_loop=self.cache_implementation,
+            progress=not disable_tqdm and self.rank == 0,
+        )
+
+    def _lm_eval_generate_until(self, requests: list[Any], disable_tqdm: bool) -> list[str]:
+        """lm-eval's own generate_until (``model.generate`` at lm-eval's batching), at the generation batch size."""
         loglikelihood_batch = self.batch_size_per_gpu
         self.batch_size_per_gpu = self.generate_batch_size
         try:
             return super().generate_until(requests, disable_tqdm)
         finally:
             self.batch_size_per_gpu = loglikelihood_batch
-            self._encoded = {}
-            self._decoders = {}  # their KV caches and graphs: freed with the call
-
-    def _model_generate(self, context: Any, max_length: int, stop: list[str], **kwargs: Any) -> Any:
-        n, width = context.shape
-        mask = kwargs.pop("attention_mask", None)
-        if mask is None:
-            mask = torch.ones_like(context)
-        rows, target = n, width
-        original = context
-        if self.decode_loop != "dynamic":  # one shape for every batch of the call: one capture or compiled step
-            rows, target = max(n, self._rows), max(width, self._width)
-            context = _pad_rows(_pad_left(context, target, self.tokenizer.pad_token_id), rows)
-            mask = _pad_rows(_pad_left(mask.to(context.device), target, 0), rows)
-        if self.decode_loop == "static":
-            kwargs.update(static_cache_kwargs(target + max_length - width))
-        _normalize_sampling(kwargs)
-        decoder = self._decoder(rows, target, max_length - width, kwargs)
-        if decoder is not None:
-            crit = StopStrings(self.tokenizer, stop, 0, rows, decoding.STOP_CHECK_EVERY)
-            # no seed: the decoder's is drawn from lm-eval's seeded torch RNG, so runs reproduce
-            new = decode(self.model, context, mask, kwargs, decoder, stopped=lambda so_far: crit(so_far, None).cpu())
-            self.loop_batches += 1
-        else:
-            generate_kwargs = {
-                "max_new_tokens": max_length - width,
-                "stopping_criteria": StoppingCriteriaList([StopStrings(self.tokenizer, stop, target, rows)]),
-                "pad_token_id": self.tokenizer.pad_token_id,
-                "use_cache": True,
-                **kwargs,
-            }
-            autocast = torch.autocast(
-                device_type=self.device.type,
-                dtype=self.mixed_precision_dtype,
-                enabled=self.mixed_precision_dtype is not None,
-            )
-            new = decode(self.model, context, mask, generate_kwargs, autocast=autocast, device=context.device)
-        # lm-eval slices the continuation off at the original width: the call's own rows and context, then new tokens
-        return torch.cat([original.to(new.device), new[:n]], dim=1)
 
     @property
     def path(self) -> str:
         """The former name of ``decode_loop`` (read by bench.evalspeed)."""
         return self.decode_loop
-
-    def _decoder(self, rows: int, width: int, new_tokens: int, kwargs: dict[str, Any]) -> Any:
-        """The call's ``decoding.StaticDecoder`` for these settings (made once per shape), or None where
-        ``model.generate`` runs: another path, mixed precision, or decoding knobs the loop does not have."""
-        if self.decode_loop != "graph" or self.mixed_precision_dtype is not None:
-            return None
-        knobs = {k: v for k, v in kwargs.items() if k not in ("do_sample", "temperature", "top_p")}
-        if knobs:
-            return None
-        sampled = bool(kwargs.get("do_sample"))
-        temperature = float(kwargs.get("temperature", 1.0)) if sampled else 0.0
-        top_p = kwargs.get("top_p") if sampled else None
-        key = (rows, width, new_tokens, temperature, top_p)
-        if key not in self._decoders:
-            stops = stop_token_ids(SimpleNamespace(tokenizer=self.tokenizer, model=self.model))
-            self._decoders[key] = decoding.StaticDecoder(
-                self.model,
-                rows,
-                width,
-                new_tokens,
-                stops,
-                self.tokenizer.pad_token_id,
-                temperature=temperature,
-                top_p=top_p,
-            )
-        return self._decoders[key]
-
-
-def _normalize_sampling(kwargs: dict[str, Any]) -> None:
-    """lm-eval's normalization of the decoding settings (``HFLM._model_generate``), in place."""
-    kwargs["temperature"] = kwargs.get("temperature", 0.0)
-    do_sample = kwargs.get("do_sample")
-    if kwargs["temperature"] == 0.0 and do_sample is None:
-        kwargs["do_sample"] = do_sample = False
-    if do_sample is False and kwargs["temperature"] == 0.0:
-        kwargs.pop("temperature", None)
 
 
 def _scored_span(rows: list[list[int]], requests: list[Any]) -> tuple[int, int]:
@@ -361,16 +320,3 @@ def _scored_span(rows: list[list[int]], requests: list[Any]) -> tuple[int, int]:
     continuation is scored at [len(r) - len(continuation), len(r))."""
     first = min(len(row) - len(cont) for row, (_, _, cont) in zip(rows, requests, strict=True))
     return max(len(r) for r in rows), first
-
-
-def _pad_left(x: Any, width: int, value: int) -> Any:
-    if x.shape[1] >= width:
-        return x
-    pad = torch.full((x.shape[0], width - x.shape[1]), value, dtype=x.dtype, device=x.device)
-    return torch.cat([pad, x], dim=1)
-
-
-def _pad_rows(x: Any, rows: int) -> Any:
-    if x.shape[0] >= rows:
-        return x
-    return torch.cat([x, x[-1:].expand(rows - x.shape[0], -1)], dim=0)  # filler rows, answers discarded

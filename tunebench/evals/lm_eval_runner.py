@@ -114,6 +114,7 @@ def run_lm_eval_args(*args: Any, loaded: Any = None, **kwargs: Any) -> Results:
 
 def run_lm_eval_text(
     complete: Any,
+    generator: Any,
     model_name: str,
     tasks: list[str],
     limit: int | None,
@@ -128,9 +129,10 @@ def run_lm_eval_text(
     score_text: Any = None,
 ) -> Results:
     """lm-eval tasks through a text completions API (``evals.lm_eval_text``): a served endpoint, or llama.cpp in
-    process. Same task loading, per-document items and metric names as ``run_lm_eval``, so the results pair with
-    the adapter's document by document. ``score_text`` scores a (context, continuation) itself where the runtime
-    can (see ``TextCompletionsLM``).
+    process; generate_until through the runtime's ``generator`` (a ``generation.Generator``), loglikelihood through
+    ``complete`` (an echo request) or, where the runtime scores token ids itself, ``score_text`` (context,
+    continuation; see ``TextCompletionsLM``). Same task loading, per-document items and metric names as
+    ``run_lm_eval``, so the results pair with the adapter's document by document.
 
     Raises:
         LmEvalError: unknown task names, unreadable task data, a rolling-loglikelihood task, or a server whose
@@ -145,7 +147,7 @@ def run_lm_eval_text(
     sources: dict[str, dict[str, Any]] = {}
     groups: dict[str, str] = {}
     loaded_tasks = load_tasks(manager, list(tasks), source, sources, groups)
-    lm = TextCompletionsLM(complete, model_name, tokenizer, template_name, concurrency, describe, score_text)
+    lm = TextCompletionsLM(complete, generator, model_name, tokenizer, template_name, concurrency, describe, score_text)
     logging.getLogger("lm_eval").setLevel(logging.WARNING)
     log.info("lm-eval (%s) through %s: tasks %s, limit %s", label, describe, ", ".join(tasks), limit)
     results = run_tasks(

@@ -18,6 +18,7 @@ scored on its token ids instead, see ``evals.served``).
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +26,9 @@ from typing import Any
 
 from lm_eval.api.model import LM  # heavy: lm-eval; this module is imported only when tasks run
 
+from tunebench.core.config import SamplingConfig
 from tunebench.core.errors import LmEvalError
+from tunebench.evals.generation import Generator
 
 Complete = Callable[[dict[str, Any]], dict[str, Any]]
 """One completions request (an OpenAI ``/v1/completions`` body) -> its JSON answer."""
@@ -102,25 +105,52 @@ def continuation_score(response: dict[str, Any], continuation: str) -> tuple[flo
     return total, greedy, merged
 
 
-def cut_at_stops(text: str, until: list[str]) -> str:
-    """The answer up to its first stop string (a server may return text past one)."""
-    cut = len(text)
-    for s in until:
-        i = text.find(s) if s else -1
-        if i != -1:
-            cut = min(cut, i)
-    return text[:cut]
+def lm_eval_sampling(gen_kwargs: dict[str, Any], default_max: int, strict: bool = True) -> SamplingConfig | None:
+    """lm-eval's generation settings (normalized as lm-eval's own models normalize them) as the ``Generator``
+    contract's ``SamplingConfig``: greedy, or temperature and top-p sampling with every other knob off. A knob the
+    contract has not (top_k, beams, ...) gives None when ``strict``, else it is left out (a text API's own)."""
+    from lm_eval.models.utils import normalize_gen_kwargs  # heavy: lm-eval
+
+    rest = normalize_gen_kwargs(gen_kwargs, default_max)
+    rest.pop("until", None)
+    max_new = int(rest.pop("max_gen_toks"))
+    sample = bool(rest.pop("do_sample", False))
+    temperature = float(rest.pop("temperature", 0.0) or 0.0)
+    top_p = rest.pop("top_p", None)
+    if rest and strict:
+        return None
+    if not sample or temperature == 0:
+        return SamplingConfig(name="lm-eval", temperature=0.0, min_p=None, max_new_tokens=max_new)
+    top_p = None if top_p is None else float(top_p)
+    return SamplingConfig(name="lm-eval", temperature=temperature, min_p=None, top_p=top_p, max_new_tokens=max_new)
+
+
+def stop_strings(gen_kwargs: dict[str, Any]) -> list[str]:
+    """A request's ``until`` as a list."""
+    until = gen_kwargs.get("until") or []
+    return [until] if isinstance(until, str) else list(until)
+
+
+def by_settings(requests: list[Any]) -> list[list[int]]:
+    """Indices of the requests, grouped by their generation settings (one ``generate`` call each)."""
+    groups: dict[str, list[int]] = {}
+    for i, r in enumerate(requests):
+        groups.setdefault(json.dumps(r.args[1], sort_keys=True, default=str), []).append(i)
+    return list(groups.values())
 
 
 class TextCompletionsLM(LM):
-    """lm-eval's LM contract over ``complete`` (one completions request -> its answer), ``concurrency``
-    requests in flight (1 for an in-process llama.cpp, which is not thread-safe). ``score_text`` (context,
-    continuation) -> (log-prob, greedy, merged) replaces the echo request where the runtime scores token ids
-    itself (in-process llama.cpp: its server's echo path sorts the whole vocabulary in Python per token)."""
+    """lm-eval's LM contract over a runtime's text completions: generate_until through its ``Generator`` (text
+    prompts, the request's stop strings), loglikelihood through ``complete`` (one completions request with echo ->
+    its answer), ``concurrency`` requests in flight (1 for an in-process llama.cpp, which is not thread-safe).
+    ``score_text`` (context, continuation) -> (log-prob, greedy, merged) replaces the echo request where the runtime
+    scores token ids itself (in-process llama.cpp: its server's echo path sorts the whole vocabulary in Python per
+    token)."""
 
     def __init__(
         self,
-        complete: Complete,
+        complete: Complete | None,
+        generator: Generator,
         model_name: str,
         tokenizer: Any = None,
         template_name: str = "",
@@ -130,7 +160,7 @@ class TextCompletionsLM(LM):
     ) -> None:
         super().__init__()
         self.score_text = score_text
-        self.complete, self.model_name, self.tok = complete, model_name, tokenizer
+        self.complete, self.generator, self.model_name, self.tok = complete, generator, model_name, tokenizer
         self.template_name, self.concurrency, self.describe = template_name, max(1, concurrency), describe
         self.boundary_merges = 0
         self.requests_sent = 0
@@ -165,6 +195,8 @@ class TextCompletionsLM(LM):
         context, continuation = stripped, context[len(stripped) :] + continuation
         if self.score_text is not None:
             return self.score_text(context, continuation)
+        if self.complete is None:
+            raise LmEvalError("loglikelihood needs a completions request with echo (complete) or score_text")
         body = {
             "model": self.model_name,
             "prompt": context + continuation,
@@ -188,35 +220,17 @@ class TextCompletionsLM(LM):
             "for artifacts and endpoints (the run's own perplexity is scored on its token ids)"
         )
 
-    def _generate(self, args: tuple[str, dict[str, Any]]) -> str:
-        context, kw = args
-        kw = dict(kw or {})
-        until = kw.pop("until", None) or []
-        until = [until] if isinstance(until, str) else list(until)
-        sample = bool(kw.pop("do_sample", False))
-        temperature = float(kw.pop("temperature", 0.0) or 0.0) if sample else 0.0
-        body = {
-            "model": self.model_name,
-            "prompt": context,
-            "max_tokens": int(kw.pop("max_gen_toks", 256)),
-            "temperature": temperature,
-            "top_p": 1.0,
-            "min_p": 0.0,
-            "top_k": 0,
-            "repeat_penalty": 1.0,
-            "seed": 0,
-        }
-        if until:
-            body["stop"] = until
-        answer = self.complete(body)
-        try:
-            text = str(answer["choices"][0]["text"] or "")
-        except (KeyError, IndexError, TypeError):
-            raise LmEvalError("the completions answer has no choices[0].text") from None
-        return cut_at_stops(text, until)
-
     def generate_until(self, requests: list[Any], disable_tqdm: bool = False) -> list[str]:
-        out = self._map(self._generate, [r.args for r in requests], "generate_until", disable_tqdm)
+        """Each group of requests with one generation setting is one ``Generator.generate`` call on the contexts as
+        text, with the requests' stop strings (answers cut at the first)."""
+        out = [""] * len(requests)
+        for idx in by_settings(requests):
+            kwargs = requests[idx[0]].args[1] or {}
+            sampling = lm_eval_sampling(kwargs, 256, strict=False)
+            assert sampling is not None  # not strict: always a setting
+            gen = self.generator.generate([requests[i].args[0] for i in idx], sampling, 0, stop=stop_strings(kwargs))
+            for i, text in zip(idx, gen.texts, strict=True):
+                out[i] = text
         self.requests_sent += len(out)
         return out
 
@@ -236,4 +250,4 @@ class TextCompletionsLM(LM):
         )
 
 
-__all__ = ["TextCompletionsLM", "continuation_score", "cut_at_stops"]
+__all__ = ["TextCompletionsLM", "continuation_score", "lm_eval_sampling"]

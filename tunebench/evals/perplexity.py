@@ -138,6 +138,27 @@ def evaluate(
         raise DataError(f"the {split} split is empty: nothing to score (raise data.max_{split} or test_fraction)")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     items, seconds = score(model, encoded, batch_tokens, pad, progress)
+    return metric_from_items(items, encoded, split, n_boot=n_boot, alpha=alpha, seed=seed, seconds=seconds)
+
+
+def metric_from_items(
+    items: list[dict[str, Any]],
+    encoded: list[Encoded],
+    split: str = "test",
+    *,
+    n_boot: int = 2000,
+    alpha: float = 0.05,
+    seed: int = 0,
+    seconds: float = 0.0,
+    runtime: str | None = None,
+) -> tuple[Metric, list[dict[str, Any]], dict[str, Any]]:
+    """``perplexity/<split>`` from per-conversation NLL items (``{"id", "num", "den"}``), with a bootstrap interval
+    over conversations; every runtime's (transformers, llama.cpp, an endpoint) so that theirs pair with the
+    adapter's. ``runtime`` (not transformers) is recorded in the details and the log line.
+
+    Returns:
+        (metric, per-conversation items, inputs fingerprint entries)
+    """
     tokens = sum(i["den"] for i in items)
     total_tokens = sum(len(e.input_ids) for e in encoded)
     nll = sum(i["num"] for i in items)
@@ -159,11 +180,13 @@ def evaluate(
             "mean_nll": nll / tokens,
             "seconds": round(seconds, 3),
             "tokens_per_s": round(total_tokens / seconds, 1) if seconds > 0 else None,
+            **({"runtime": runtime} if runtime else {}),
         },
     )
     inputs = {f"{split}_tokens": tokens_fingerprint(encoded), f"{split}_scored_tokens": tokens}
     log.info(
-        "perplexity/%s = %.4f [%.4f, %.4f] over %d conversations, %d tokens (%.0f tok/s)",
+        "%sperplexity/%s = %.4f [%.4f, %.4f] over %d conversations, %d tokens (%.0f tok/s)",
+        f"{runtime} " if runtime else "",
         split,
         metric.value,
         ci.low,

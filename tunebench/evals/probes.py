@@ -40,7 +40,7 @@ from tunebench.core.errors import ProbeError
 from tunebench.core.io import fingerprint, package_path
 from tunebench.core.stats import Z95
 from tunebench.core.stats import wilson as wilson_interval
-from tunebench.evals.generation import Generator, TransformersGenerator, samples_per_prompt
+from tunebench.evals.generation import Generator, TransformersGenerator
 from tunebench.evals.probe_checks import CHECK_KINDS as CHECK_KINDS  # re-exported: the check kinds' docs
 from tunebench.evals.probe_checks import Check as Check  # re-exported
 from tunebench.evals.probe_checks import _parse_check
@@ -49,6 +49,7 @@ from tunebench.evals.probe_template import _ENV as _ENV  # re-exported: judge_pr
 from tunebench.evals.probe_template import _dym, _Loader, _plain
 from tunebench.evals.probe_template import _Src as _Src  # re-exported: judge_prompts
 from tunebench.evals.probe_template import render as render  # re-exported: judge_prompts
+from tunebench.evals.prompting import samples_per_prompt
 from tunebench.evals.results import Metric, Results
 
 PROBES_DIR = package_path("evals", "probes")

@@ -35,9 +35,11 @@ from tunebench.core.errors import EndpointError
 from tunebench.core.io import environment
 from tunebench.data.conversations import Encoded
 from tunebench.evals.endpoint import OpenAIClient
-from tunebench.evals.generation import Generation, Messages, batch_seed, samples_per_prompt, stream_whole
-from tunebench.evals.llamacpp import perplexity_from_items, scored_positions
+from tunebench.evals.generation import Generation, stream_whole
+from tunebench.evals.llamacpp import scored_positions
+from tunebench.evals.perplexity import metric_from_items
 from tunebench.evals.probes import add_probes
+from tunebench.evals.prompting import Prompt, batch_seed, cut_at_stops, is_chat, samples_per_prompt
 from tunebench.evals.results import Results
 from tunebench.evals.served_checks import CANARY as CANARY  # re-exported
 from tunebench.evals.served_checks import LOGPROB_TOLERANCE as LOGPROB_TOLERANCE  # re-exported
@@ -89,11 +91,24 @@ class EndpointModel:
     def identity(self) -> dict[str, Any]:
         return {"runtime": RUNTIME, "base_url": self.client.root, "served_model": self.name, "template": self.template}
 
-    def body(self, messages: Messages, sampling: SamplingConfig, seed: int) -> dict[str, Any]:
-        """A chat request with every sampling knob pinned (servers' defaults differ: top_k 40, min_p 0.05, ...)."""
+    def body(
+        self, prompt: Prompt, sampling: SamplingConfig, seed: int, stop: list[str] | None = None
+    ) -> dict[str, Any]:
+        """A chat request (a conversation) or a completions request (a text, token ids), every sampling knob pinned
+        (servers' defaults differ: top_k 40, min_p 0.05, ...).
+
+        Raises:
+            EndpointError: token ids for a server known not to take them (``takes_ids`` False)."""
+        if not is_chat(prompt) and not isinstance(prompt, str) and self.takes_ids is False:
+            raise EndpointError(
+                f"{self.client.root}/completions does not take token-id prompts (llama-cpp-python's server "
+                "does not); send the prompt as text"
+            )
+        key = "messages" if is_chat(prompt) else "prompt"
         return {
             "model": self.name,
-            "messages": messages,
+            key: prompt,
+            **({"stop": [s for s in stop if s]} if stop else {}),
             "max_tokens": sampling.max_new_tokens,
             "temperature": sampling.temperature,
             "top_p": 1.0 if sampling.top_p is None else sampling.top_p,
@@ -105,13 +120,15 @@ class EndpointModel:
 
     def generate(
         self,
-        prompts: list[Messages],
+        prompts: list[Prompt],
         sampling: SamplingConfig,
         seed: int,
         on_token: Callable[[str], None] | None = None,
+        stop: list[str] | None = None,
     ) -> Generation:
         """Answer every prompt, ``concurrency`` requests in flight; answer (i, s) is drawn with seed
-        ``batch_seed(seed, s, i)``, as in-process llama.cpp draws it.
+        ``batch_seed(seed, s, i)``, as in-process llama.cpp draws it. Conversations go to /chat/completions,
+        texts and token ids to /completions; ``stop`` is sent as the API's ``stop`` and the answer cut at it too.
 
         Raises:
             EndpointError: a request that failed after its retries, named by prompt and sample.
@@ -126,7 +143,7 @@ class EndpointModel:
         bar = tqdm(total=len(jobs), desc=f"generate[{sampling.name}, endpoint]", disable=not self.progress)
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
             futures = {
-                pool.submit(self.client.chat, self.body(prompts[i], sampling, batch_seed(seed, s, i)), headers): (i, s)
+                pool.submit(self._ask, self.body(prompts[i], sampling, batch_seed(seed, s, i), stop), headers): (i, s)
                 for i, s in jobs
             }
             try:
@@ -135,11 +152,12 @@ class EndpointModel:
                     try:
                         text, usage = fut.result()
                     except EndpointError as e:
-                        asked = prompts[i][-1]["content"]
+                        asked = prompts[i][-1]["content"] if is_chat(prompts[i]) else str(prompts[i])
                         raise EndpointError(
                             f"request for prompt {i + 1} of {len(prompts)} (sample {s}, {asked[:60]!r}) failed: {e}"
                         ) from None
-                    out.samples[i][s] = text.strip()
+                    text = cut_at_stops(text, stop)
+                    out.samples[i][s] = text.strip() if is_chat(prompts[i]) else text
                     out.token_counts[i][s] = int(usage.get("completion_tokens") or 0)
                     out.new_tokens += out.token_counts[i][s]
                     out.generate_calls += 1
@@ -152,6 +170,9 @@ class EndpointModel:
         out.seconds = time.perf_counter() - t0
         out.cache_misses = out.generate_calls
         return stream_whole(out, on_token)
+
+    def _ask(self, body: dict[str, Any], headers: dict[str, str]) -> tuple[str, dict[str, Any]]:
+        return self.client.chat(body, headers) if "messages" in body else self.client.complete(body, headers)
 
     def echo_logprobs(self, prompt: str | list[int]) -> list[tuple[str | None, int | None, float | None]]:
         """(token text, text offset, log-prob) of every token of ``prompt`` (text, or token ids as the OpenAI API
@@ -191,12 +212,12 @@ def endpoint_perplexity(
             return f"conversation {e.id}: it left out the log-probs of {len(missing)} scored tokens"
         nll = -sum(float(served[t + 1]) for t in pos)
         items.append({"id": e.id, "num": nll, "den": len(pos)})
-    return perplexity_from_items(
+    return metric_from_items(
         items,
         encoded,
         split,
-        cfg.eval.bootstrap_samples,
-        cfg.report.alpha,
+        n_boot=cfg.eval.bootstrap_samples,
+        alpha=cfg.report.alpha,
         seconds=time.perf_counter() - t0,
         runtime=RUNTIME,
     )
@@ -208,6 +229,7 @@ def endpoint_lm_eval(model: EndpointModel, cfg: RunConfig, tok: Any, label: str)
 
     return run_lm_eval_text(
         lambda body: model.client.request("/completions", body),
+        model,
         model.name,
         list(cfg.eval.lm_eval_tasks),
         cfg.eval.lm_eval_limit,

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from tunebench.core.errors import EndpointError
 from tunebench.data.conversations import encode_messages
-from tunebench.evals.generation import Messages
+from tunebench.evals.prompting import Messages
 
 if TYPE_CHECKING:
     from tunebench.evals.served import EndpointModel
