@@ -1,8 +1,10 @@
-"""Batched, seeded, cached generation from chat messages (the probes and the chat REPL share it).
+"""The ``Generator`` contract every decode path implements, and batched, seeded, cached generation on a transformers
+model (``generate``, ``TransformersGenerator``: the probes, the chat REPL, the judge and lm-eval's generate_until).
 
-Prompts are rendered with the model's chat template; every sample of every prompt goes into one pool,
-sorted by length and cut into left-padded batches, so one ``model.generate`` call serves a whole batch. Each
-batch is seeded from (seed, batch index) right before it runs: base and tuned, given the same prompts, batch
+Prompts are chat messages rendered with the model's chat template, texts, or token ids (``prompting.Prompt``);
+stop strings end a row early (``stop_strings.StopStrings``) and cut its answer. Every sample of every prompt goes
+into one pool, sorted by length and cut into left-padded batches, so one ``model.generate`` call serves a whole
+batch. Each batch is seeded from (seed, batch index) right before it runs: base and tuned, given the same prompts, batch
 size and seed, make the same batches and draw from the same random streams, which makes their sampled answers
 paired rather than independent.
 
@@ -12,8 +14,8 @@ as one CUDA graph) where the model allows it, else, for calls long enough to rep
 see ``decode_path``. On either static path every batch of a call has the same shape (rows padded to the batch size,
 prompts to the longest one), so one capture or one compiled step serves the whole call.
 
-A generation cache keyed by the model's identity (adapter hash included), the chat template, the
-messages and the sampling settings means re-running an unchanged evaluation generates nothing.
+A generation cache (``generation_cache``) keyed by the model's identity (adapter hash included), the chat template,
+the prompt, the sampling settings and any stop strings means re-running an unchanged evaluation generates nothing.
 """
 
 from __future__ import annotations
