@@ -85,7 +85,7 @@ def test_decode_loop_answers_as_generate_and_one_at_a_time(smol_base):
     kw = {"seed": 0, "progress": False, "use_cache": False}
     reference = generate(smol_base, PROMPTS, GREEDY, batch_size=len(PROMPTS), cache_implementation="dynamic", **kw)
     loop = generate(smol_base, PROMPTS, GREEDY, batch_size=len(PROMPTS), cache_implementation="graph", **kw)
-    assert (reference.path, loop.path) == ("dynamic", "graph")
+    assert (reference.decode_loop, loop.decode_loop) == ("dynamic", "graph")
     assert loop.samples == reference.samples and loop.token_counts == reference.token_counts
     for i, prompt in enumerate(PROMPTS):
         alone = generate(smol_base, [prompt], GREEDY, batch_size=1, cache_implementation="graph", **kw)

@@ -180,7 +180,7 @@ def generation_row(loaded: Any, prompts: list[Messages], sampling: Any, batch: i
         "sampling": sampling.name,
         "temperature": sampling.temperature,
         "min_p": sampling.min_p,
-        "decode_path": g.path,
+        "decode_path": g.decode_loop,
         "batch": batch,
         "calls": g.generate_calls,
         "prompts": len(prompts),
@@ -347,7 +347,7 @@ def probe_run_row(loaded: Any, prompts: list[Messages], spec: EvalSpec) -> dict[
     return {
         "kind": "probe-run",
         "path": "suite generate (pooled)",
-        "decode_path": g.path,
+        "decode_path": g.decode_loop,
         "sampling": smp.name,
         "prompts": n,
         "samples_per_prompt": smp.n_samples,

@@ -76,11 +76,6 @@ class Generation:
     """token_counts[i][s]: new tokens of that answer (up to and including the end-of-turn token)."""
 
     @property
-    def path(self) -> str:
-        """The former name of ``decode_loop`` (read by bench.evalspeed)."""
-        return self.decode_loop
-
-    @property
     def texts(self) -> list[str]:
         """The first sample of every prompt."""
         return [s[0] for s in self.samples]

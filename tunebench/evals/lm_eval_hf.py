@@ -309,11 +309,6 @@ class TunebenchLM(HFLM):
         finally:
             self.batch_size_per_gpu = loglikelihood_batch
 
-    @property
-    def path(self) -> str:
-        """The former name of ``decode_loop`` (read by bench.evalspeed)."""
-        return self.decode_loop
-
 
 def _scored_span(rows: list[list[int]], requests: list[Any]) -> tuple[int, int]:
     """(padded width, first scored position) of a batch: logits at position p score token p + 1, so row r's
