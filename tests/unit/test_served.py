@@ -140,3 +140,21 @@ def test_an_endpoint_generator_gives_on_token_each_whole_answer(server):
     greedy = SamplingConfig(name="greedy", temperature=0.0, min_p=None, max_new_tokens=4)
     out = model.generate([[{"role": "user", "content": "2+2?"}]], greedy, 0, on_token=pieces.append)
     assert out.texts == ["4"] and pieces == ["4"]
+
+
+def test_an_endpoint_refuses_token_ids_it_is_known_not_to_take():
+    """Token-id prompts go to /v1/completions as the OpenAI API allows, unless the server is known not to take them:
+    then the request is refused before it is sent, saying to send text."""
+    from tunebench.core.config import SamplingConfig
+    from tunebench.core.errors import EndpointError
+    from tunebench.evals.served import EndpointModel
+
+    model = EndpointModel(ep.OpenAIClient("http://127.0.0.1:9/v1", role="endpoint"), "m", None, progress=False)
+    greedy = SamplingConfig(name="greedy", temperature=0.0, min_p=None, max_new_tokens=4)
+    body = model.body([1, 2, 3], greedy, 5, stop=["\n", ""])
+    assert body["prompt"] == [1, 2, 3] and body["stop"] == ["\n"] and "messages" not in body
+    assert model.body("Q: 2+2?\nA:", greedy, 5)["prompt"] == "Q: 2+2?\nA:"
+    assert model.body([{"role": "user", "content": "hi"}], greedy, 5)["messages"][0]["content"] == "hi"
+    model.takes_ids = False
+    with pytest.raises(EndpointError, match="send the prompt as text"):
+        model.generate([[1, 2, 3]], greedy, 0)

@@ -138,14 +138,12 @@ class EndpointModel:
             samples=[[""] * n for _ in prompts], token_counts=[[0] * n for _ in prompts], decode_loop=RUNTIME
         )
         jobs = [(i, s) for s in range(n) for i in range(len(prompts))]
+        bodies = [self.body(prompts[i], sampling, batch_seed(seed, s, i), stop) for i, s in jobs]  # refused: none sent
         headers = self.client.headers()
         t0 = time.perf_counter()
         bar = tqdm(total=len(jobs), desc=f"generate[{sampling.name}, endpoint]", disable=not self.progress)
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-            futures = {
-                pool.submit(self._ask, self.body(prompts[i], sampling, batch_seed(seed, s, i), stop), headers): (i, s)
-                for i, s in jobs
-            }
+            futures = {pool.submit(self._ask, body, headers): job for job, body in zip(jobs, bodies, strict=True)}
             try:
                 for fut in as_completed(futures):
                     i, s = futures[fut]
