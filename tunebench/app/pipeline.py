@@ -120,11 +120,18 @@ def prepare_run_dir(cfg: RunConfig, run_dir: Path, overwrite: bool) -> None:
             except ConfigError:
                 pass
             old, new = _settings(old), _settings(to_dict(cfg))
-            if fingerprint(old) != fingerprint(new):
-                diff = _diff(old, new)
+            if fingerprint(_trained(old)) != fingerprint(_trained(new)):
                 raise PipelineError(
-                    f"{run_dir} holds a run with another config ({diff}); pass --overwrite to replace it or "
-                    "--out to use another folder"
+                    f"{run_dir} holds a run with another config ({_diff(_trained(old), _trained(new))}); pass "
+                    f"--overwrite to replace it or --out to use another folder (the {', '.join(EVAL_SECTIONS)} "
+                    "settings may change: a run reuses its adapter and evaluates again)"
+                )
+            if fingerprint(old) != fingerprint(new):
+                log.info(
+                    "%s: the settings changed since the last run (%s); the adapter is reused, the stages they feed "
+                    "run again",
+                    run_dir,
+                    "; ".join(_diffs(old, new)),
                 )
         else:
             raise PipelineError(f"{run_dir} exists and is not a tunebench run; pass --overwrite or --out")
@@ -138,12 +145,29 @@ def _settings(cfg: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in cfg.items() if k != "resolution"}
 
 
+EVAL_SECTIONS = ("eval", "report", "gate")
+"""Config sections no training stage reads (the judge is eval.judge): a finished run whose config differs only in
+them is the same run, and `run` reruns just the stages they feed (each stage's fingerprint decides)."""
+
+
+def _trained(settings: dict[str, Any]) -> dict[str, Any]:
+    """The settings without the sections that only evaluation, report and gate read."""
+    return {k: v for k, v in settings.items() if k not in EVAL_SECTIONS}
+
+
 def _diff(a: Any, b: Any, prefix: str = "") -> str:
+    return (_diffs(a, b, prefix) or ["the settings differ"])[0]
+
+
+def _diffs(a: Any, b: Any, prefix: str = "") -> list[str]:
+    """Every setting that differs, as ``key: old -> new`` (dotted keys, sorted)."""
     if isinstance(a, dict) and isinstance(b, dict):
+        out = []
         for k in sorted(set(a) | set(b)):
             if a.get(k) != b.get(k):
-                return _diff(a.get(k), b.get(k), f"{prefix}{k}.")
-    return f"{prefix.rstrip('.')}: {a!r} -> {b!r}"
+                out += _diffs(a.get(k), b.get(k), f"{prefix}{k}.")
+        return out
+    return [f"{prefix.rstrip('.')}: {a!r} -> {b!r}"]
 
 
 def run_child(cmd: list[str], env: dict[str, str] | None = None) -> int:
@@ -253,7 +277,16 @@ def _run(cfg: RunConfig, run_dir: Path, overwrite: bool, progress: bool, strict:
         export_stage(
             cfg, run_dir, stages, fingerprint([train_fp, manifest.get("created")]), eval_fp, contamination, progress
         )
-    return finish(run_dir, cfg)
+    if stages.reuse_line():
+        log.info("%s", stages.reuse_line())
+    result = finish(run_dir, cfg)
+    # compare, gate and report always run (cheap, deterministic); recorded so stages.json tells when each stage ran
+    stages.mark(
+        "report",
+        fingerprint([to_dict(cfg.report), to_dict(cfg.gate), cfg.eval.judge.enabled]),
+        [run_dir / "comparison.json", run_dir / "report.md"],
+    )
+    return result
 
 
 def export_stage(
