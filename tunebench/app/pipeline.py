@@ -65,6 +65,8 @@ from tunebench.reports.compare import (
     served_against_artifacts,
 )
 from tunebench.reports.gate import gate_main
+from tunebench.reports.per_item import FILE as PER_ITEM_FILE
+from tunebench.reports.per_item import per_item_of_run
 from tunebench.reports.plots import draw_report_plots
 from tunebench.reports.render import context_from_run, metric_table, render_report
 from tunebench.reports.tracking import comparison_metrics, log_metrics
@@ -395,9 +397,14 @@ def finish(run_dir: Path, cfg: RunConfig) -> PipelineResult:
             log.warning("export section: %s; re-evaluate it to include it", e)
     if exported:
         atomic_write_json(run_dir / "export_comparison.json", {q: c.to_dict() for q, c in exported.items()})
+    per = per_item_of_run(
+        run_dir, results, comparison, judged is not None, cfg.report.side_by_side, cfg.report.flips
+    )  # data first: per_item.json, then the report's answers side by side and flips
+    atomic_write_json(run_dir / PER_ITEM_FILE, per.to_dict())
     buf = io.StringIO()
     code = gate_main(run_dir, cfg.gate.rules, stream=buf)
     context = context_from_run(run_dir, results)
+    context["per_item"] = per
     if exported:
         context["export_comparisons"] = exported
         context["served_parity"] = served_against_artifacts(

@@ -38,6 +38,13 @@ from tunebench.reports.render_evals import (  # noqa: F401  (re-exported: the re
     served_view,
 )
 from tunebench.reports.render_judge import judge_view
+from tunebench.reports.render_per_item import (
+    as_per_item,
+    flips_view,
+    not_measured_table,
+    side_by_side_view,
+    unmeasured,
+)
 from tunebench.reports.render_run import (  # noqa: F401  (re-exported)
     _flat,
     contamination_table,
@@ -63,6 +70,8 @@ def build_view(comparison: Comparison, context: dict[str, Any]) -> dict[str, Any
         ctx.get("environment"), (manifest or {}).get("versions"), ctx.get("stage_times")
     )
     other = [r for r in c.rows if r.group not in groups]
+    headline = [r for r in c.headline_rows() if unmeasured(r) is None]  # the rest: under "Not measured"
+    per_item = as_per_item(ctx.get("per_item"))
     return {
         "title": ctx.get("title") or ctx.get("name") or f"{c.tuned_label} vs {c.base_label}",
         "name": ctx.get("name"),
@@ -75,7 +84,10 @@ def build_view(comparison: Comparison, context: dict[str, Any]) -> dict[str, Any
         "few_samples": FEW_SAMPLES,
         "forest_plot": ctx.get("forest_plot"),
         "export_plot": ctx.get("export_plot"),
-        "headline": metric_table(c.headline_rows(), c.alpha, detailed=False) if c.headline_rows() else None,
+        "headline": metric_table(headline, c.alpha, detailed=False) if headline else None,
+        "not_measured": not_measured_table(c.rows),
+        "side_by_side": side_by_side_view(per_item),
+        "flips": flips_view(per_item),
         "perplexity": metric_table(c.rows_in("perplexity"), c.alpha) if c.rows_in("perplexity") else None,
         "lm_eval": _lm_eval_sections(c.rows_in("lm_eval"), c.alpha, c.inputs),
         "probes": _probe_sections(c.rows_in("probes"), c.alpha),
@@ -118,7 +130,8 @@ def render_report(comparison: Comparison, context: dict[str, Any] | None = None)
             ``base_artifacts`` / ``tuned_artifacts`` (Results.artifacts), ``gate`` (GateVerdict.to_dict()),
             ``export_comparisons`` (type -> adapter vs exported artifact Comparison).
             ``stage_times`` (the run's timings.json: wall time per pipeline stage), ``judge_artifacts`` (the judge
-            results' ``artifacts["judge"]``: sanity records and order disagreements).
+            results' ``artifacts["judge"]``: sanity records and order disagreements), ``per_item`` (a
+            ``reports.per_item.PerItem`` or its JSON form: answers side by side and the items that changed most).
 
     Returns:
         Markdown text ending in a newline.
