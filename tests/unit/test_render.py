@@ -212,6 +212,38 @@ def test_leaderboard_table():
     assert "improved" in ppl and "regressed" in ppl
 
 
+def test_compare_ranks_the_runs_adapters_and_prints_adapter_against_adapter(tmp_path, capsys):
+    """`tunebench compare A B C --metric M --json F`: ranked on M, every pair with its paired Δ and interval."""
+    from tunebench.app import cli
+
+    base, good = synthetic.make_pair("improved")
+    runs = [
+        synthetic.write_run(tmp_path / "bad", base, synthetic.make_results("tuned", "regressed")),
+        synthetic.write_run(tmp_path / "good", base, good),
+    ]
+    assert cli.main(["compare", *map(str, runs), "--json", str(tmp_path / "board.json")]) == 0
+    text = capsys.readouterr().out
+    ranked = text.split("## Ranked by `perplexity/test` (lower is better)")[1]
+    rows = [line for line in ranked.splitlines() if line.startswith("| 1 ") or line.startswith("| 2 ")]
+    assert "`good`" in rows[0] and "improved" in rows[0] and "`bad`" in rows[1] and "regressed" in rows[1]
+    assert "paired over the same 60 conversations" in ranked and "Holm-adjusted over the 1 pair(s)" in ranked
+    pair = next(line for line in ranked.splitlines() if line.startswith("| `good`"))
+    board = json.loads((tmp_path / "board.json").read_text())
+    (v,) = board["versus"]
+    assert board["ranking"] == ["good", "bad"] and (v["first"], v["second"], v["verdict"]) == (
+        "good",
+        "bad",
+        "good better",
+    )
+    assert f"[{v['row']['ci_low']:+.4g}, {v['row']['ci_high']:+.4g}]" in pair and pair.rstrip(" |").endswith(
+        "good better"
+    )
+    assert cli.main(["compare", *map(str, runs), "--metric", "lm_eval/tunebench_facts_mc/acc"]) == 0
+    assert "## Ranked by `lm_eval/tunebench_facts_mc/acc` (higher is better)" in capsys.readouterr().out
+    assert cli.main(["compare", *map(str, runs), "--metric", "perplexity/tset"]) == 2
+    assert "no metric 'perplexity/tset' to rank the adapters by" in capsys.readouterr().err
+
+
 def test_report_leads_with_the_decision_and_flags_thin_probe_rows():
     base, tuned = synthetic.make_pair("improved")
     comp = compare(base, tuned, n_boot=200)

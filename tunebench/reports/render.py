@@ -25,6 +25,7 @@ from tunebench.reports.compare import (
     Leaderboard,
     fmt,
     fmt_interval,
+    fmt_p,
     load_judge_results,
     load_run_results,
     run_settings,
@@ -192,4 +193,44 @@ def render_leaderboard(board: Leaderboard) -> str:
         body.append(cells)
     level = f"{100 * (1 - board.alpha):g}%"
     head = f"Adapters against base `{board.base_label}`; cells: tuned value (Δ and its {level} interval, verdict).\n\n"
-    return head + table(body, ["Metric", "Better", "Base", *names]) + "\n"
+    return head + table(body, ["Metric", "Better", "Base", *names]) + "\n" + _ranking(board)
+
+
+def _ranking(board: Leaderboard) -> str:
+    """The adapters ranked on the primary metric, then every pair of them compared on it (paired, Holm-adjusted)."""
+    if not board.primary or not board.ranking:
+        return ""
+    m, level = board.primary, f"{100 * (1 - board.alpha):g}%"
+    rows = {a: next((r for r in c.rows if r.metric == m), None) for a, c in board.comparisons.items()}
+    some = next(r for r in rows.values() if r is not None)
+    better = "higher" if some.higher_is_better else "lower"
+    ranked = [
+        [k, f"`{a}`", fmt(r.tuned) if r else None]
+        + ([f"{fmt(r.delta, True)} {fmt_interval(r.ci_low, r.ci_high)}", r.verdict] if r else [None, None])
+        for k, (a, r) in enumerate(((a, rows[a]) for a in board.ranking), start=1)
+    ]
+    out = f"\n## Ranked by `{m}` ({better} is better)\n\n"
+    out += table(ranked, ["Rank", "Adapter", m, f"Δ vs base ({level} CI)", "Verdict vs base"]) + "\n"
+    if not board.versus:
+        return out + "\nOne adapter: no pair to compare.\n"
+    n = board.versus[0].row
+    out += (
+        f"\nAdapter against adapter on `{m}`, paired over the same {n.n} {n.unit}: Δ = second − first, with its "
+        f"{level} interval and p; a pair's verdict reads p Holm-adjusted over the {len(board.versus)} pair(s).\n\n"
+    )
+    pairs = [
+        [
+            f"`{v.first}`",
+            f"`{v.second}`",
+            fmt(v.row.base),
+            fmt(v.row.tuned),
+            fmt(v.row.delta, True),
+            fmt_interval(v.row.ci_low, v.row.ci_high),
+            fmt_p(v.row.p_value),
+            fmt_p(v.p_holm),
+            v.verdict,
+        ]
+        for v in board.versus
+    ]
+    headers = ["First", "Second", "First's value", "Second's value", "Δ", f"{level} CI of Δ", "p", "p (Holm)"]
+    return out + table(pairs, [*headers, "Verdict"]) + "\n"
