@@ -1,6 +1,7 @@
 """A finished run gains an evaluation without training again (issue 40 item 10): `tunebench run` on the folder of a
 finished run with the judge turned on reuses the data, training and evaluation stages, says so, runs the judge, and
-records the new settings in config.yaml and when each stage ran in stages.json."""
+records the new settings in config.yaml and when each stage ran in stages.json; another evaluation setting reruns the
+evaluations but not the judge; a training setting is still refused."""
 
 from __future__ import annotations
 
@@ -45,7 +46,7 @@ def test_a_finished_run_gains_a_judge_without_training_again(tmp_path):
     tuned_mtime = tuned.stat().st_mtime_ns
     before = json.loads((out / "stages.json").read_text())
     assert "judge" not in before and {"data", "train", "eval_base", "eval_tuned", "report"} <= set(before)
-    assert "## Answers side by side" in (out / "report.md").read_text()  # no judge, no probes: it says so
+    assert "No answers were saved for this run" in (out / "report.md").read_text()  # no judge, no probes: it says so
 
     second = tunebench("run", "smoke", *TINY, "eval.judge.enabled=true", "--out", str(out))
     assert second.returncode == 0, second.stderr[-3000:]
@@ -70,7 +71,21 @@ def test_a_finished_run_gains_a_judge_without_training_again(tmp_path):
     sample = report.split("## Answers side by side")[1].split("\n## ")[0]
     assert "judge" in sample and "| Base " in sample, sample
 
+    # another evaluation setting: the evaluations run again, the judge (which does not read it) and training do not
+    more = ["eval.judge.enabled=true", "eval.lm_eval_limit=5", "report.side_by_side=1"]
+    third = tunebench("run", "smoke", *TINY, *more, "--out", str(out))
+    assert third.returncode == 0, third.stderr[-3000:]
+    reused = next(line for line in third.stderr.splitlines() if "reused (inputs unchanged" in line)
+    assert "train" in reused and "judge" in reused and "eval tuned" not in reused, reused
+    log = third.stderr
+    assert "stage eval tuned" in log and "stage judge" not in log and "stage train" not in log, log[-3000:]
+    assert tuned.stat().st_mtime_ns != tuned_mtime and _sha(weights) == digest
+    again = json.loads((out / "stages.json").read_text())
+    assert again["judge"] == after["judge"] and again["train"] == before["train"]
+    sample = (out / "report.md").read_text().split("## Answers side by side")[1].split("\n## ")[0]
+    assert "The first prompt the judge compared" in sample  # report.side_by_side read from the new config
+
     # a setting training reads still needs --overwrite (exit 2, naming it), and changes nothing
-    third = tunebench("run", "smoke", *TINY, "eval.judge.enabled=true", "train.max_steps=3", "--out", str(out))
-    assert third.returncode == 2 and "train.max_steps: 2 -> 3" in third.stderr and "--overwrite" in third.stderr
-    assert _sha(weights) == digest and json.loads((out / "stages.json").read_text()) == after
+    fourth = tunebench("run", "smoke", *TINY, *more, "train.max_steps=3", "--out", str(out))
+    assert fourth.returncode == 2 and "train.max_steps: 2 -> 3" in fourth.stderr and "--overwrite" in fourth.stderr
+    assert _sha(weights) == digest and json.loads((out / "stages.json").read_text()) == again

@@ -257,6 +257,7 @@ def _run(cfg: RunConfig, run_dir: Path, overwrite: bool, progress: bool, strict:
     )
 
     manifest = read_json(adapter / "manifest.json")
+    adapter_fp = fingerprint([train_fp, manifest.get("created")])  # this adapter, as trained
     tuned_fp = fingerprint([eval_fp, train_fp, manifest.get("created")])
     tuned_path = run_dir / "eval" / "tuned" / "results.json"
     stages.run(
@@ -270,15 +271,15 @@ def _run(cfg: RunConfig, run_dir: Path, overwrite: bool, progress: bool, strict:
         judge_path = run_dir / "eval" / "judge"
         stages.run(
             "judge",
-            fingerprint([data_fp, tuned_fp, judge_fingerprint(cfg)]),
+            # the adapter and the judge's own settings (judge_fingerprint), not the other evaluations': a new
+            # lm-eval task or probe set leaves the judgments standing
+            fingerprint([data_fp, adapter_fp, judge_fingerprint(cfg)]),
             [judge_path / "results.json", judge_path / "judgments.jsonl"],
             lambda: run_judge(cfg, run_dir, adapter, judge_path, progress),
         )
 
     if cfg.export.gguf:
-        export_stage(
-            cfg, run_dir, stages, fingerprint([train_fp, manifest.get("created")]), eval_fp, contamination, progress
-        )
+        export_stage(cfg, run_dir, stages, adapter_fp, eval_fp, contamination, progress)
     if stages.reuse_line():
         log.info("%s", stages.reuse_line())
     result = finish(run_dir, cfg)

@@ -49,15 +49,14 @@ def side_by_side_view(per: PerItem | None) -> dict[str, Any] | None:
     if not per.side_by_side:
         return {"source": None, "table": None, "note": NO_ANSWERS}
     source = per.side_by_side_source or ""
+    k = len(per.side_by_side)
+    first = "the first prompt" if k == 1 else f"the first {k} prompts"
     if source.startswith("judge/"):
-        note = (
-            f"The first {len(per.side_by_side)} prompts the judge compared (prompt set `{source[6:]}`), with its "
-            "verdict over both orders."
-        )
+        note = f"{first.capitalize()} the judge compared (prompt set `{source[6:]}`), with its verdict (both orders)."
     else:
         note = (
-            f"No judge ran: the first {len(per.side_by_side)} prompts of `{source}` (the probes' answers), with each "
-            "side's probe checks as the verdict. Turn the judge on to compare answers on held-out prompts."
+            f"No judge ran: {first} of `{source}` (the probes' answers), with each side's probe checks as the "
+            "verdict. Turn the judge on to compare answers on held-out prompts."
         )
     body = [
         [
