@@ -1,0 +1,110 @@
+"""Files in and out, for every stage: the one safe reader, the atomic writers, typed reading of run files, and
+the fingerprints and environment facts a run records.
+
+- ``read``: every file a user hands us or a run folder holds (YAML, JSON, JSON Lines, text) is read here: strict
+  UTF-8, a size cap, a depth limit, no lone surrogate, no YAML alias, and messages that never print an unbounded
+  value (``short``). ``tests/unit/test_safe_reading.py`` lists every other read in the package.
+- ``write``: a temp file (or folder) beside the target, then a rename, with the umask's mode.
+- ``json_check``: ``check_json`` checks parsed JSON against a type annotation, naming the first wrong field.
+- ``env``: fingerprints, package data, the environment a run records.
+"""
+
+from tunebench.core.io.env import (
+    PACKAGE_ROOT,
+    SOURCE_SUFFIXES,
+    cache_root,
+    environment,
+    fingerprint,
+    git_commit,
+    package_path,
+    package_version,
+    sha256_dir,
+    sha256_file,
+    source_fingerprint,
+)
+from tunebench.core.io.json_check import REWRITE_HINT, check_json, show_json
+from tunebench.core.io.read import (
+    JSON_MAX_BYTES,
+    LINE_MAX_BYTES,
+    MAX_DEPTH,
+    TEXT_MAX_BYTES,
+    YAML_MAX_BYTES,
+    JsonLines,
+    StrictLoader,
+    check_tree,
+    decode,
+    decode_line,
+    parse_json,
+    parse_yaml,
+    parse_yaml_value,
+    read_bytes,
+    read_json,
+    read_json_lines,
+    read_text,
+    read_yaml,
+    read_yaml_text,
+    short,
+    tree_problem,
+    yaml_problem,
+)
+from tunebench.core.io.write import (
+    atomic_dir,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    disk_full,
+    file_mode,
+    free_bytes,
+    is_disk_full,
+    json_default,
+    umask,
+)
+
+__all__ = [
+    "JSON_MAX_BYTES",
+    "LINE_MAX_BYTES",
+    "MAX_DEPTH",
+    "PACKAGE_ROOT",
+    "REWRITE_HINT",
+    "SOURCE_SUFFIXES",
+    "TEXT_MAX_BYTES",
+    "YAML_MAX_BYTES",
+    "JsonLines",
+    "StrictLoader",
+    "atomic_dir",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_write_text",
+    "cache_root",
+    "check_json",
+    "check_tree",
+    "decode",
+    "decode_line",
+    "disk_full",
+    "environment",
+    "file_mode",
+    "fingerprint",
+    "free_bytes",
+    "git_commit",
+    "is_disk_full",
+    "json_default",
+    "package_path",
+    "package_version",
+    "parse_json",
+    "parse_yaml",
+    "parse_yaml_value",
+    "read_bytes",
+    "read_json",
+    "read_json_lines",
+    "read_text",
+    "read_yaml",
+    "read_yaml_text",
+    "sha256_dir",
+    "sha256_file",
+    "short",
+    "show_json",
+    "source_fingerprint",
+    "tree_problem",
+    "umask",
+    "yaml_problem",
+]
