@@ -11,6 +11,7 @@ from typing import Any
 from tunebench.app.cli_notes import again_command, cache_note
 from tunebench.app.pipeline import finish
 from tunebench.app.preflight import preflight
+from tunebench.app.stages import check_run_folder
 from tunebench.core import dist
 from tunebench.core.config import RunConfig, load_config
 from tunebench.core.errors import ConfigError, Interrupted, MissingRunFile, PipelineError
@@ -88,6 +89,7 @@ def _eval_run(args: argparse.Namespace) -> int:
             f"{run_dir}: not a tunebench run folder (no config.yaml); give the folder that "
             "`tunebench run` or `tunebench train` wrote (runs/<name>)"
         )
+    check_run_folder(run_dir, splits=True)  # a damaged config or split exits 2 here, before any model loads
     cfg = load_config(run_dir / "config.yaml", args.overrides)
     preflight(cfg)
     dist.init()

@@ -64,12 +64,12 @@ from tunebench.reports.compare import (
     load_run_results,
     served_against_artifacts,
 )
-from tunebench.reports.gate import gate_main
+from tunebench.reports.gate import judge_run, write_verdict
 from tunebench.reports.plots import draw_report_plots
 from tunebench.reports.render import context_from_run, metric_table, render_report
 from tunebench.reports.tracking import comparison_metrics, log_metrics
 from tunebench.train.gguf_export import export_gguf
-from tunebench.train.model_card import append_evaluation
+from tunebench.train.model_card import with_evaluation
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +203,8 @@ def _run(cfg: RunConfig, run_dir: Path, overwrite: bool, progress: bool, strict:
         data_mod.prepare(tok, tname, cfg.data, run_dir / "data", eval_every=cfg.train.eval_every, strict=strict)
 
     data_fp = fingerprint([to_dict(cfg.data), cfg.model.chat_template, source.identity])
-    stages.run("data", data_fp, [run_dir / "data" / "data_report.json"], data)
+    splits = [run_dir / "data" / f"{s}.jsonl" for s in data_mod.SPLITS]  # a damaged split is noticed, not skipped
+    stages.run("data", data_fp, [run_dir / "data" / "data_report.json", *splits], data)
 
     def train() -> None:
         if stages.done.get("train") not in (None, train_fp):  # settings changed: old checkpoints don't apply
@@ -339,19 +340,14 @@ def export_and_check(run_dir: Path, quants: list[str], probe_files: list[str]) -
 
 
 def finish(run_dir: Path, cfg: RunConfig) -> PipelineResult:
-    """Compare, gate and render from the results files (always recomputed: cheap and deterministic)."""
+    """Compare, gate and render from the results files (always recomputed: cheap and deterministic).
 
+    Everything is read and judged before anything is written, so a damaged file or invalid gate rules exit 2 with
+    the run folder as it was (comparison.json, gate.json, report.md, the plots and the model card untouched).
+    """
     results = load_run_results(run_dir)
     judged = load_judge_results(run_dir) if cfg.eval.judge.enabled else None
     comparison = compare(results["base"], results["tuned"], cfg.report.alpha, cfg.eval.bootstrap_samples, judged=judged)
-    atomic_write_json(run_dir / "comparison.json", comparison.to_dict())
-    if tracking.active(cfg.train.report_to):  # the results beside the training curves, at the last step
-        steps = (
-            read_json(run_dir / "adapter" / "manifest.json").get("steps", 0)
-            if (run_dir / "adapter" / "manifest.json").is_file()
-            else 0
-        )
-        log_metrics(cfg.train.report_to, run_dir, comparison_metrics(comparison.rows), step=steps, run_name=cfg.name)
     exported = {}
     for name, res in load_artifact_results(run_dir).items():
         try:
@@ -360,19 +356,26 @@ def finish(run_dir: Path, cfg: RunConfig) -> PipelineResult:
             )
         except ComparisonError as e:  # e.g. scored before the evaluation settings changed: left out, said why
             log.warning("export section: %s; re-evaluate it to include it", e)
-    if exported:
-        atomic_write_json(run_dir / "export_comparison.json", {q: c.to_dict() for q, c in exported.items()})
-    buf = io.StringIO()
-    code = gate_main(run_dir, cfg.gate.rules, stream=buf)
-    context = context_from_run(run_dir, results)
+    verdict = judge_run(run_dir, cfg.gate.rules)
+    context = context_from_run(run_dir, results, gate=verdict.to_dict())
     if exported:
         context["export_comparisons"] = exported
         context["served_parity"] = served_against_artifacts(
             load_artifact_results(run_dir), cfg.report.alpha, cfg.eval.bootstrap_samples
         )
-    context.update(draw_report_plots(run_dir, comparison, context).files)  # PNGs beside report.md, linked from it
-    report = render_report(comparison, context)
-    atomic_write_text(run_dir / "report.md", report)
     headline = metric_table(comparison.headline_rows(), comparison.alpha, detailed=False)
-    append_evaluation(run_dir / "adapter", headline, run_dir / "report.md")
-    return PipelineResult(run_dir, run_dir / "report.md", code, headline + "\n\n" + buf.getvalue())
+    card = with_evaluation(run_dir / "adapter", headline, run_dir / "report.md")
+    steps = (context.get("manifest") or {}).get("steps", 0)
+    # everything read and judged: now write
+    atomic_write_json(run_dir / "comparison.json", comparison.to_dict())
+    if tracking.active(cfg.train.report_to):  # the results beside the training curves, at the last step
+        log_metrics(cfg.train.report_to, run_dir, comparison_metrics(comparison.rows), step=steps, run_name=cfg.name)
+    if exported:
+        atomic_write_json(run_dir / "export_comparison.json", {q: c.to_dict() for q, c in exported.items()})
+    buf = io.StringIO()
+    write_verdict(verdict, run_dir / "gate.json", buf)
+    context.update(draw_report_plots(run_dir, comparison, context).files)  # PNGs beside report.md, linked from it
+    atomic_write_text(run_dir / "report.md", render_report(comparison, context))
+    if card is not None:
+        atomic_write_text(run_dir / "adapter" / "README.md", card)
+    return PipelineResult(run_dir, run_dir / "report.md", verdict.exit_code, headline + "\n\n" + buf.getvalue())

@@ -10,11 +10,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from tunebench.core.errors import RunFileError
-from tunebench.core.io import atomic_write_json, check_json, read_json, sha256_file
+from tunebench.core.config import read_run_config
+from tunebench.core.errors import PipelineError, RunFileError
+from tunebench.core.io import atomic_write_json, check_json, fingerprint, read_json, read_yaml, sha256_file
+from tunebench.data.conversations import SPLITS, load_split
 from tunebench.evals.results import Results
 
 log = logging.getLogger("tunebench.app.pipeline")  # the messages read as the pipeline's, as before
+CONFIG_RECORD = "_config"
+"""stages.json's entry for the settings of config.yaml when a stage was last marked done (not a stage)."""
 
 
 class Stages:
@@ -34,6 +38,9 @@ class Stages:
             if self.path.exists()
             else {}
         )
+        config = recorded.pop(CONFIG_RECORD, {})
+        self.config: str | None = config.get("settings") if isinstance(config, dict) else None
+        """The fingerprint of config.yaml's settings when a stage was last marked done (None before it was kept)."""
         self.done: dict[str, str] = {}
         self.sums: dict[str, dict[str, str]] = {}
         for name, rec in recorded.items():  # a plain string: a run folder from before outputs were checksummed
@@ -68,14 +75,16 @@ class Stages:
         for p in outputs:
             if p.name == "results.json":
                 Results.load(p)
+            elif p.suffix == ".jsonl" and self._rel(p) not in sums:  # a folder from before splits were checksummed
+                load_split(p.parent, p.stem)
         return True
 
     def mark(self, name: str, fp: str, outputs: list[Path] | tuple[Path, ...] = ()) -> None:
         self.done[name] = fp
         self.sums[name] = {self._rel(p): sha256_file(p) for p in outputs if p.is_file()}
-        atomic_write_json(
-            self.path, {n: {"fingerprint": f, "sha256": self.sums.get(n, {})} for n, f in self.done.items()}
-        )
+        self.config = settings_fingerprint(self.run_dir)
+        stages = {n: {"fingerprint": f, "sha256": self.sums.get(n, {})} for n, f in self.done.items()}
+        atomic_write_json(self.path, {CONFIG_RECORD: {"settings": self.config}, **stages})
 
     def run(self, name: str, fp: str, outputs: list[Path], fn: Callable[[], Any]) -> bool:
         """Run ``fn`` unless stage ``name`` is fresh (same inputs, outputs present and unchanged); time it, then mark
@@ -91,6 +100,38 @@ class Stages:
             fn()
         self.mark(name, fp, outputs)
         return True
+
+
+def settings_fingerprint(run_dir: Path) -> str | None:
+    """The fingerprint of a run's config.yaml settings (the ``resolution`` notes left out: their wording may change
+    while the values they explain stay); None without a config.yaml."""
+    path = run_dir / "config.yaml"
+    if not path.exists():
+        return None
+    data = read_yaml(path, f"restore {path} from a copy", RunFileError)
+    return fingerprint({k: v for k, v in data.items() if k != "resolution"} if isinstance(data, dict) else data)
+
+
+def check_run_folder(run_dir: Path, splits: bool = False) -> None:
+    """A run folder checked before a command uses it: its config.yaml reads and is the one its stages were computed
+    with, and (``splits``) every split under data/ reads whole, as many conversations as the data report records.
+
+    Raises:
+        ConfigError: config.yaml empty or unreadable. RunFileError: stages.json damaged, or a damaged split (file and
+            line). PipelineError: config.yaml changed since the stages ran.
+    """
+    read_run_config(run_dir)
+    recorded = Stages(run_dir).config if (run_dir / "stages.json").exists() else None
+    if recorded is not None and recorded != settings_fingerprint(run_dir):
+        raise PipelineError(
+            f"{run_dir / 'config.yaml'} is not the config the run's stages were computed with (stages.json records "
+            "other settings: it was edited or replaced since). Put the original back, or compute the stages again "
+            f"on these settings with `tunebench run {run_dir / 'config.yaml'} --out {run_dir}` (only the stages "
+            "whose settings changed run again)"
+        )
+    for split in SPLITS if splits else ():
+        if (run_dir / "data" / f"{split}.jsonl").exists():
+            load_split(run_dir / "data", split)
 
 
 class StageClock:
