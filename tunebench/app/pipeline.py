@@ -40,6 +40,8 @@ from tunebench.core.io import (
     fingerprint,
     package_version,
     read_json,
+    read_yaml,
+    short,
 )
 from tunebench.core.lock import LOCK_FILES, run_lock
 from tunebench.data import conversations as data_mod
@@ -114,7 +116,10 @@ def prepare_run_dir(cfg: RunConfig, run_dir: Path, overwrite: bool) -> None:
                     else:
                         p.unlink()
         elif cfg_path.exists():
-            old = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
+            fix = "restore it from a copy, or pass --overwrite to start the run again (--out to use another folder)"
+            old = read_yaml(cfg_path, fix, PipelineError)
+            if not isinstance(old, dict) or not old:  # never compared as the defaults
+                raise PipelineError(f"{cfg_path}: {'empty' if old is None else 'not a mapping of sections'}; {fix}")
             try:  # a section added since (e.g. export) takes its defaults: the same run, not another config
                 old = to_dict(from_dict(old))
             except ConfigError:
@@ -143,7 +148,7 @@ def _diff(a: Any, b: Any, prefix: str = "") -> str:
         for k in sorted(set(a) | set(b)):
             if a.get(k) != b.get(k):
                 return _diff(a.get(k), b.get(k), f"{prefix}{k}.")
-    return f"{prefix.rstrip('.')}: {a!r} -> {b!r}"
+    return f"{prefix.rstrip('.')}: {short(a)} -> {short(b)}"
 
 
 def run_child(cmd: list[str], env: dict[str, str] | None = None) -> int:

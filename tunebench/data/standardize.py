@@ -195,10 +195,13 @@ def standardize_and_split(raw: RawData, cfg: DataConfig) -> Standardized:
             buckets[s] = buckets[s][: caps[s]]
     if not buckets["train"]:
         total = sum(dropped.values())
+        first = f"; first unreadable: {raw.malformed[0]}" if raw.malformed else ""
         raise DataError(
-            f"{raw.source}: no trainable conversation remains ({len(raw.records)} records, {total} dropped: "
+            f"{raw.source}: no trainable conversation remains ({len(raw.records) + len(raw.malformed)} records, "
+            f"{total} dropped: "
             + ", ".join(f"{k}={v}" for k, v in dropped.most_common())
-            + "). Check data.conversations_field and the role names (see DROP_REASONS in train/data.py)."
+            + f"{first}). README's 'Data' section says what each reason means (tunebench.data.standardize."
+            "DROP_REASONS); check data.conversations_field and the role names, or fix the lines named."
         )
     return Standardized(
         splits=buckets,

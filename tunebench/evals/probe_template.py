@@ -15,6 +15,7 @@ from jinja2 import StrictUndefined, TemplateSyntaxError, meta, nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
 from tunebench.core.errors import ProbeError, ProbeSecurityError, did_you_mean
+from tunebench.core.io import StrictLoader
 
 _ENV = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
 
@@ -30,8 +31,9 @@ class _Map(dict):
     block: dict[Any, bool]
 
 
-class _Loader(yaml.SafeLoader):
-    """SafeLoader (no Python objects can be built) that records source lines of mappings."""
+class _Loader(StrictLoader):
+    """SafeLoader (no Python objects can be built, no alias expanded, no deep nesting) that records source lines of
+    mappings."""
 
 
 def _construct_map(loader: _Loader, node: yaml.MappingNode) -> _Map:

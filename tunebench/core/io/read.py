@@ -28,7 +28,7 @@ from typing import Any, BinaryIO
 
 import yaml
 
-from tunebench.core.errors import InvalidInput, MissingRunFile, RunFileError
+from tunebench.core.errors import InvalidInput, MissingRunFile, RunFileError, TunebenchError
 from tunebench.core.io.json_check import REWRITE_HINT
 
 MAX_DEPTH = 100
@@ -233,8 +233,9 @@ def read_json(path: str | Path, fix: str = REWRITE_HINT, *, error: type[InvalidI
 # ----------------------------------------------------------------------------- YAML
 
 
-class _Refused(yaml.composer.ComposerError):
-    """What StrictLoader refuses (an alias, nesting), as opposed to YAML that is not valid."""
+class _Refused(yaml.composer.ComposerError, TunebenchError):
+    """What StrictLoader refuses (an alias, nesting), as opposed to YAML that is not valid; never leaves this module
+    (the readers raise each caller's own error class)."""
 
 
 class StrictLoader(yaml.SafeLoader):
@@ -272,7 +273,8 @@ def yaml_problem(e: yaml.YAMLError, text: str) -> tuple[int | None, int | None, 
     if isinstance(e, yaml.reader.ReaderError):  # a control character: its position is in characters
         line = text.count("\n", 0, e.position) + 1
         column = e.position - (text.rfind("\n", 0, e.position) + 1) + 1
-        return line, column, f"a control character ({e.character!r}) that YAML does not allow"
+        code = e.character if isinstance(e.character, int) else ord(str(e.character)[:1] or "\0")
+        return line, column, f"a control character (U+{code:04X}) that YAML does not allow"
     return None, None, short(str(e))
 
 
@@ -287,24 +289,33 @@ def _flow_depth(text: str) -> tuple[int, int]:
     return deepest, text.count("\n", 0, at) + 1
 
 
+def load_yaml(text: str, loader: type = StrictLoader) -> Any:
+    """``yaml.load`` with the reader's refusals (``loader`` a StrictLoader subclass), each as a marked YAML error.
+
+    Raises:
+        yaml.YAMLError: not valid YAML, an alias, nesting deeper than MAX_DEPTH (a ``problem_mark`` says where).
+    """
+    deepest, line = _flow_depth(text)
+    if deepest > MAX_DEPTH:
+        mark = yaml.Mark("<text>", 0, line - 1, 0, None, None)
+        raise _Refused(None, None, f"nested more than {MAX_DEPTH} levels deep", mark)
+    try:
+        return yaml.load(text, Loader=loader)  # noqa: S506 - a SafeLoader subclass
+    except RecursionError:
+        raise _Refused(None, None, "nested too deeply to read", None) from None
+
+
 def parse_yaml(text: str, where: str, fix: str, error: type[InvalidInput], loader: type = StrictLoader) -> Any:
     """YAML text, checked: no alias, not nested too deeply, no lone surrogate (``loader`` a StrictLoader subclass).
 
     Raises:
         error: ``where line N: not valid YAML (what)``, or what else is wrong, with ``fix``.
     """
-    deepest, line = _flow_depth(text)
-    if deepest > MAX_DEPTH:
-        raise error(
-            f"{where} line {line}: not valid YAML for tunebench (nested more than {MAX_DEPTH} levels deep); {fix}"
-        )
     try:
-        value = yaml.load(text, Loader=loader)  # noqa: S506 - a SafeLoader subclass
+        value = load_yaml(text, loader)
     except yaml.YAMLError as e:
         line, _, what = yaml_problem(e, text)
         raise error(f"{where}{f' line {line}' if line else ''}: not valid YAML ({what}); {fix}") from None
-    except RecursionError:
-        raise error(f"{where}: not valid YAML for tunebench (nested too deeply to read); {fix}") from None
     return check_tree(value, where, fix, error, text)
 
 
@@ -318,13 +329,12 @@ def parse_yaml_value(text: str, where: str, fix: str, error: type[InvalidInput])
     """
     if not _encodable(text):
         raise error(f"{where}: holds bytes that are not UTF-8 (shown as {short(text, 80)}); type it as UTF-8 text")
-    if _flow_depth(text)[0] <= MAX_DEPTH:
-        try:
-            yaml.load(text, Loader=StrictLoader)  # noqa: S506 - a SafeLoader subclass
-        except _Refused:
-            pass  # parse_yaml says why
-        except yaml.YAMLError:
-            return text
+    try:
+        load_yaml(text)
+    except _Refused:
+        pass  # parse_yaml says why
+    except yaml.YAMLError:
+        return text
     return parse_yaml(text, where, fix, error)
 
 
