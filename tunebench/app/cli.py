@@ -22,7 +22,7 @@ from tunebench.app.cli_parser import EXAMPLES as EXAMPLES  # re-exported: the te
 from tunebench.app.pipeline import finish, resolve_template, run, write_config
 from tunebench.app.preflight import preflight
 from tunebench.app.serve import ServeOptions, serve
-from tunebench.app.stages import check_run_folder
+from tunebench.app.stages import check_run_folder, run_folder
 from tunebench.app.sweep import SweepOptions, sweep
 from tunebench.core.config import RunConfig, SamplingConfig, dump_yaml, load_config, preset_names, read_run_config
 from tunebench.core.errors import (
@@ -33,7 +33,14 @@ from tunebench.core.errors import (
     PipelineError,
     TunebenchError,
 )
-from tunebench.core.io import atomic_write_json, atomic_write_text, disk_full, is_disk_full, read_json
+from tunebench.core.io import (
+    atomic_write_json,
+    atomic_write_text,
+    disk_full,
+    folder_problem,
+    is_disk_full,
+    read_json,
+)
 from tunebench.core.lock import run_lock
 from tunebench.core.signals import sigterm_as_interrupt
 from tunebench.data import conversations as data_mod
@@ -73,7 +80,11 @@ def _config(args: argparse.Namespace) -> RunConfig:
 
 
 def _run_dir(args: argparse.Namespace, cfg: RunConfig) -> Path:
-    return Path(args.out) if getattr(args, "out", None) else Path("runs") / cfg.name
+    path = Path(args.out) if getattr(args, "out", None) else Path("runs") / cfg.name
+    problem = folder_problem(path, must_exist=False)
+    if problem:
+        raise PipelineError(f"{path}: {problem}; give --out a folder (it is made when it is not there)")
+    return path
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
@@ -187,12 +198,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    run_dir = Path(args.run)
-    if not (run_dir / "config.yaml").is_file():
-        raise PipelineError(
-            f"{run_dir}: not a tunebench run folder (no config.yaml); give the folder that "
-            "`tunebench run` wrote (runs/<name>)"
-        )
+    run_dir = run_folder(args.run, "`tunebench run`")
     check_run_folder(run_dir)  # an empty or replaced config.yaml exits 2, never renders on the defaults
     # the run's own resolved config, as recorded: a GPU run's folder re-renders on any machine
     result = finish(run_dir, read_run_config(run_dir))
@@ -203,6 +209,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_gate(args: argparse.Namespace) -> int:
     rules = shipped_rules(args.rules)
+    if folder_problem(args.run):
+        run_folder(args.run)  # says why it is not one
     if (Path(args.run) / "config.yaml").exists():
         check_run_folder(Path(args.run))
     # other rules than the run's own write gate-<name>.json beside gate.json, never over it
@@ -222,6 +230,8 @@ def shipped_rules(rules: str | None) -> str | None:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     for folder in args.runs:
+        if folder_problem(folder):
+            run_folder(folder)  # says why it is not one
         if (Path(folder) / "config.yaml").exists():
             check_run_folder(Path(folder))
     text = render_leaderboard(leaderboard_from_runs(args.runs))

@@ -12,7 +12,15 @@ from typing import Any
 
 from tunebench.core.config import read_run_config
 from tunebench.core.errors import PipelineError, RunFileError
-from tunebench.core.io import atomic_write_json, check_json, fingerprint, read_json, read_yaml, sha256_file
+from tunebench.core.io import (
+    atomic_write_json,
+    check_json,
+    fingerprint,
+    folder_problem,
+    read_json,
+    read_yaml,
+    sha256_file,
+)
 from tunebench.data.conversations import SPLITS, load_split
 from tunebench.evals.results import Results
 
@@ -110,6 +118,17 @@ def settings_fingerprint(run_dir: Path) -> str | None:
         return None
     data = read_yaml(path, f"restore {path} from a copy", RunFileError)
     return fingerprint({k: v for k, v in data.items() if k != "resolution"} if isinstance(data, dict) else data)
+
+
+def run_folder(path: str | Path, wrote_it: str = "`tunebench run` or `tunebench train`") -> Path:
+    """``path`` as a run folder, or PipelineError saying why it is not one (a link loop, a file, no config.yaml)."""
+    path = Path(path)
+    problem = folder_problem(path)
+    if problem is None and not (path / "config.yaml").is_file():
+        problem = "not a tunebench run folder (no config.yaml)"
+    if problem:
+        raise PipelineError(f"{path}: {problem}; give the folder that {wrote_it} wrote (runs/<name>)")
+    return path
 
 
 def check_run_folder(run_dir: Path, splits: bool = False) -> None:

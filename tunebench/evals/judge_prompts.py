@@ -219,6 +219,8 @@ def user_prompt(path: str | Path) -> JudgePrompt:
         used = meta.find_undeclared_variables(_ENV.parse(text))
     except TemplateSyntaxError as e:
         raise JudgeError(f"{p}:{e.lineno}: judge template: Jinja syntax error: {e.message}; fix the template") from None
+    except RecursionError:
+        raise JudgeError(f"{p}: judge template: blocks nested too deeply to read; flatten the template") from None
     missing = [v for v in ANSWER_PLACEHOLDERS if v not in used]
     if missing:
         raise JudgeError(

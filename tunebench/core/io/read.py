@@ -187,6 +187,22 @@ def check_tree(value: Any, where: str, fix: str, error: type[InvalidInput], text
     return value
 
 
+def folder_problem(path: str | Path, must_exist: bool = True) -> str | None:
+    """Why ``path`` cannot be used as a folder, in words (a link that loops, a file, nothing there when
+    ``must_exist``), or None when it can."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        if os.path.lexists(path):
+            return "a symbolic link to something that is not there; point it at a real folder or remove it"
+        return "no such folder" if must_exist else None
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "a symbolic link that leads back to itself (a loop); point it at a real folder or remove it"
+        return f"cannot be reached ({e.strerror or e})"
+    return None if stat.S_ISDIR(st.st_mode) else "a file, not a folder"
+
+
 # ----------------------------------------------------------------------------- JSON
 
 
