@@ -73,11 +73,14 @@ def preset_names() -> list[str]:
 def _fix(path: Path) -> str:
     """What to do about a config file that cannot be read: a run folder's (config.asked.yaml beside it) is restored,
     a preset is fixed."""
-    if (path.parent / "config.asked.yaml").is_file():
+    asked = path.parent / "config.asked.yaml"
+    if asked.is_file():
         return (
-            f"restore {path.name} from a copy; {path.parent / 'config.asked.yaml'} holds what the run asked for "
-            f"(`tunebench config {path.parent / 'config.asked.yaml'}` shows it resolved for this machine)"
+            f"restore {path.name} from a copy; {asked} holds what the run asked for (`tunebench config {asked}` "
+            "shows it resolved for this machine)"
         )
+    if path.name == "config.yaml" and (path.parent / "stages.json").is_file():  # a run folder's
+        return f"restore {path.name} from a copy: it is the config the run's stages were computed with"
     return "fix the file, or start from a shipped preset (`tunebench presets`, `tunebench config smoke`)"
 
 
@@ -110,6 +113,10 @@ def resolve_preset_path(preset: str) -> Path:
     raise ConfigError(f"unknown preset {preset!r}: not a file and not one of {', '.join(names)}.{dym}")
 
 
+OVERRIDE_MAX = 2**17
+"""Characters of one override value: Linux passes no longer argument (MAX_ARG_STRLEN), and PyYAML reads slowly."""
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """Split ``a.b.c=value`` into a key path and a YAML-typed value."""
     if "=" not in text:
@@ -118,6 +125,11 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key = key.strip()
     if not key:
         raise ConfigError(f"override {short(text)} has an empty key")
+    if len(raw) > OVERRIDE_MAX:
+        raise ConfigError(
+            f"override {short(key, 80)}: a value of {len(raw):,} characters, more than the {OVERRIDE_MAX:,} a command "
+            "line value may be; put long values in a preset file"
+        )
     where = f"override {short(key, 80)}"
     value = parse_yaml_value(raw, where, "type the value again", ConfigError) if raw.strip() else ""
     if isinstance(value, str):

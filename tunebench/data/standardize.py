@@ -196,10 +196,12 @@ def standardize_and_split(raw: RawData, cfg: DataConfig) -> Standardized:
     if not buckets["train"]:
         total = sum(dropped.values())
         first = f"; first unreadable: {raw.malformed[0]}" if raw.malformed else ""
+        n = len(raw.records) + len(raw.malformed)
+        if n == 0:
+            raise DataError(f"{raw.source}: holds no records at all (an empty file?); give a file of conversations")
         raise DataError(
-            f"{raw.source}: no trainable conversation remains ({len(raw.records) + len(raw.malformed)} records, "
-            f"{total} dropped: "
-            + ", ".join(f"{k}={v}" for k, v in dropped.most_common())
+            f"{raw.source}: no trainable conversation remains ({n} records, {total} dropped: "
+            + ", ".join(f"{k}={v}" for k, v in dropped.most_common() if v)
             + f"{first}). README's 'Data' section says what each reason means (tunebench.data.standardize."
             "DROP_REASONS); check data.conversations_field and the role names, or fix the lines named."
         )

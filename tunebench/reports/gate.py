@@ -405,11 +405,19 @@ def other_verdicts(run_dir: str | Path) -> dict[str, GateVerdict]:
     Raises:
         RunFileError: a damaged one, naming it.
     """
-    out = {}
-    for path in sorted(Path(run_dir).glob("gate-*.json")):
-        fix = f"delete it, or judge the run again with `tunebench gate {run_dir} --rules FILE`"
-        out[path.name] = check_json(read_json(path, fix), GateVerdict, str(path), fix)
-    return out
+    return {path.name: read_verdict(path) for path in sorted(Path(run_dir).glob("gate-*.json"))}
+
+
+def read_verdict(path: str | Path) -> GateVerdict:
+    """A verdict file (gate.json, gate-<name>.json), every field checked.
+
+    Raises:
+        RunFileError: damaged, or a field of the wrong type (named), with how to write it again.
+    """
+    path = Path(path)
+    rules = "" if path.name == "gate.json" else " --rules FILE"
+    fix = f"delete it, or judge the run again with `tunebench gate {path.parent}{rules}`"
+    return check_json(read_json(path, fix), GateVerdict, str(path), fix)
 
 
 def other_gate_line(name: str, verdict: GateVerdict) -> str:

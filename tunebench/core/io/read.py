@@ -145,7 +145,7 @@ def decode(data: bytes, where: str, fix: str = REWRITE_HINT, error: type[Invalid
 def tree_problem(value: Any, strings: bool = True) -> str | None:
     """Why ``value`` (parsed JSON or YAML) cannot be used: nesting deeper than MAX_DEPTH, or (``strings``) a string
     or key holding a lone surrogate; None when it can."""
-    stack = [(value, 1)]
+    stack = [(value, 1) if not isinstance(value, str) else ([value], 0)]  # a lone string is looked at as a list's
     while stack:
         v, depth = stack.pop()
         if isinstance(v, dict):
@@ -162,8 +162,7 @@ def tree_problem(value: Any, strings: bool = True) -> str | None:
                     bad = next(c for c in s if 0xD800 <= ord(c) <= 0xDFFF)
                     return (
                         f"holds a lone surrogate ({ascii(bad)[1:-1]} in {short(s, 60)}): not a character, and no "
-                        "UTF-8 text can hold it (write the character itself, or in YAML \\U0001F600 for one "
-                        "beyond \\uFFFF)"
+                        "UTF-8 text can hold it; write the character itself"
                     )
             if isinstance(x, (dict, list, tuple)):
                 stack.append((x, depth + 1))
@@ -448,6 +447,8 @@ def read_json_lines(path: str | Path, fix: str = REWRITE_HINT, error: type[Inval
         if raw is None:
             out.bad.append((lineno, f"longer than {_size(limit)}: not one record"))
             continue
+        if lineno == 1 and raw.startswith(codecs.BOM_UTF8):  # a byte-order mark is not part of the first record
+            raw = raw[len(codecs.BOM_UTF8) :]
         if not raw.strip():
             continue
         try:
