@@ -248,7 +248,7 @@ def _origin(key: str | None, overrides: list[str], path: Path) -> str:
         for text in reversed(overrides):  # the last override of a key is the one that counts
             written = ".".join(canonical_key(parse_override(text)[0]))
             if key == written or key.startswith((written + ".", written + "[")) or written.startswith(key + "."):
-                return f"command line ({text})"
+                return f"command line ({text if len(text) <= 200 else text[:197] + '...'})"
     return str(path)
 
 
