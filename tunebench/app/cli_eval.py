@@ -15,7 +15,7 @@ from tunebench.app.stages import check_run_folder, run_folder
 from tunebench.core import dist
 from tunebench.core.config import RunConfig, load_config
 from tunebench.core.errors import ConfigError, Interrupted, MissingRunFile
-from tunebench.core.io import read_json
+from tunebench.core.io import check_json, read_json
 from tunebench.evals.contract import check_contract
 from tunebench.evals.llamacpp import LABEL_SUFFIX
 from tunebench.evals.llamacpp_eval import evaluate_gguf_llamacpp
@@ -195,7 +195,8 @@ def _report_artifact(run_dir: Path, cfg: RunConfig, label: str) -> None:
     result = finish(run_dir, cfg)
     name, path = label.removeprefix(ARTIFACT_PREFIX), run_dir / "export_comparison.json"  # served keeps its label
     fresh = path.exists() and path.stat().st_mtime >= (run_dir / "eval" / label / "results.json").stat().st_mtime
-    exported = read_json(path) if fresh else {}
+    fix = f"recompute it with `tunebench report {run_dir}`"
+    exported = check_json(read_json(path, fix), dict[str, Any], str(path), fix) if fresh else {}
     if name in exported:
         view = export_view(
             Comparison.from_dict(read_json(run_dir / "comparison.json")), {name: Comparison.from_dict(exported[name])}

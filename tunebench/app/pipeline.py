@@ -39,7 +39,7 @@ from tunebench.core.io import (
     atomic_write_text,
     fingerprint,
     package_version,
-    read_json,
+    read_json_object,
     read_yaml,
     short,
 )
@@ -226,7 +226,9 @@ def _run(cfg: RunConfig, run_dir: Path, overwrite: bool, progress: bool, strict:
     eval_fp = fingerprint([data_fp, to_dict(cfg.model), eval_settings, cfg.report.alpha])
     contamination_path = run_dir / "eval" / "contamination.json"
     stages.run("contamination", eval_fp, [contamination_path], lambda: save_contamination(run_dir, cfg))
-    contamination = read_json(contamination_path)
+    contamination = read_json_object(
+        contamination_path, f"delete it to compute it again (`tunebench run` with --out {run_dir})"
+    )
 
     base_path = run_dir / "eval" / "base" / "results.json"
     stages.run(
@@ -236,7 +238,7 @@ def _run(cfg: RunConfig, run_dir: Path, overwrite: bool, progress: bool, strict:
         lambda: evaluate_model(cfg, run_dir, "base", None, base_path, contamination, progress),
     )
 
-    manifest = read_json(adapter / "manifest.json")
+    manifest = read_json_object(adapter / "manifest.json", "train the adapter again (delete adapter/ and run again)")
     tuned_fp = fingerprint([eval_fp, train_fp, manifest.get("created")])
     tuned_path = run_dir / "eval" / "tuned" / "results.json"
     stages.run(

@@ -29,7 +29,7 @@ from typing import Any, BinaryIO
 import yaml
 
 from tunebench.core.errors import InvalidInput, MissingRunFile, RunFileError, TunebenchError
-from tunebench.core.io.json_check import REWRITE_HINT
+from tunebench.core.io.json_check import REWRITE_HINT, show_json
 
 MAX_DEPTH = 100
 """Deepest nesting read: a config is 3 levels, a results file 6; the YAML composer recurses, and so do the checks and
@@ -243,6 +243,18 @@ def read_json(path: str | Path, fix: str = REWRITE_HINT, *, error: type[InvalidI
             lone surrogate.
     """
     return parse_json(read_bytes(path, fix=fix, error=error, limit=limit), str(path), fix, error)
+
+
+def read_json_object(path: str | Path, fix: str = REWRITE_HINT, *, error: type[InvalidInput] = RunFileError) -> dict:
+    """``read_json`` of a file whose top level must be an object (a manifest, a state file, a report).
+
+    Raises:
+        error: what ``read_json`` refuses, or a top level that is not an object.
+    """
+    data = read_json(path, fix, error=error)
+    if not isinstance(data, dict):
+        raise error(f"{path}: the top level must be an object, got {show_json(data)}; {fix}")
+    return data
 
 
 # ----------------------------------------------------------------------------- YAML
