@@ -385,3 +385,27 @@ def test_gate_rules_errors_are_gate_errors():
 
     with pytest.raises(GateError, match="r.yaml line 2: not valid YAML .*alias"):
         parse_rules("a: &a [1]\nrules: *a\n", "r.yaml")
+
+
+def test_a_link_loop_is_named_as_such_not_as_a_missing_preset_or_raw_errno(tmp_path, capsys):
+    loop = tmp_path / "loop"
+    os.symlink(loop, loop)
+    for argv in (
+        ["report", str(loop)],
+        ["eval", "--model", "packaged:smollm2-135m-instruct", "--data-from", str(loop)],
+        ["run", "smoke", "--out", str(loop)],
+    ):
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err
+        assert "symbolic link that leads back to itself" in err and "Errno" not in err, err
+
+
+def test_data_that_cannot_be_used_leaves_the_run_folder_as_it_was(tmp_path, capsys, reported_run):
+    """`tunebench data` reads the data before it writes config.yaml (one tokenizer load, about 10 s)."""
+    data = tmp_path / "d.jsonl"
+    data.write_bytes(b'{"conversations": [{"from": "human", "value": "q\xff?"}, {"from": "gpt", "value": "a."}]}\n')
+    before = _snapshot(reported_run)
+    assert cli.main(["data", "smoke", f"data.source={data}", "--out", str(reported_run)]) == 2
+    err = capsys.readouterr().err
+    assert "d.jsonl: no trainable conversation remains" in err and "line 1: not UTF-8 (byte 0xff" in err
+    assert _snapshot(reported_run) == before
