@@ -132,6 +132,7 @@ def test_an_alias_bomb_is_refused_at_once_within_a_small_memory(tmp_path):
         (b'a: "\\ud800"\n', "lone surrogate (\\ud800"),
         (b"a: 1\nb: \x00\n", "line 2: not valid YAML (a control character (U+0000)"),
         (b"x" * (2**20 + 1), "more than the 1 MiB"),
+        (b"a: " + b"9" * 5000, "a value Python cannot read"),  # int() refuses 4300+ digits with a ValueError
     ],
 )
 def test_yaml_refusals_name_the_file_and_where(tmp_path, data, needle):

@@ -63,7 +63,10 @@ def short(value: Any, limit: int = SHOWN) -> str:
     r = reprlib.Repr()
     r.maxstring = r.maxother = r.maxlong = limit
     r.maxlevel, r.maxdict, r.maxlist, r.maxtuple, r.maxset = 3, 6, 6, 6, 6
-    text = r.repr(value)
+    try:
+        text = r.repr(value)
+    except ValueError:  # an integer too long to convert to text
+        return f"<{type(value).__name__} too long to show>"
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -330,6 +333,8 @@ def load_yaml(text: str, loader: type = StrictLoader) -> Any:
         return yaml.load(text, Loader=loader)  # noqa: S506 - a SafeLoader subclass
     except RecursionError:
         raise _Refused(None, None, "nested too deeply to read", None) from None
+    except ValueError as e:  # an integer of more than 4300 digits, which Python refuses to convert
+        raise _Refused(None, None, f"a value Python cannot read ({short(str(e), 100)})", None) from None
 
 
 def parse_yaml(text: str, where: str, fix: str, error: type[InvalidInput], loader: type = StrictLoader) -> Any:
