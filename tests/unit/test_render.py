@@ -286,9 +286,9 @@ def test_source_fingerprint_names_the_code_not_the_checkout(tmp_path):
     """The same files give the same fingerprint wherever they lie; a changed preset or module changes it."""
     import shutil
 
-    from tunebench.core.io import source_fingerprint
+    from tunebench.core.io import PACKAGE_ROOT, source_fingerprint
 
-    pkg = Path(source_fingerprint.__code__.co_filename).resolve().parent.parent
+    pkg = PACKAGE_ROOT  # the package folder, which source_fingerprint reads by default
     a, b = tmp_path / "a", tmp_path / "b"
     for dst in (a, b):
         shutil.copytree(pkg, dst, ignore=shutil.ignore_patterns("__pycache__"))

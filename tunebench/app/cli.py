@@ -22,6 +22,7 @@ from tunebench.app.cli_parser import EXAMPLES as EXAMPLES  # re-exported: the te
 from tunebench.app.pipeline import finish, resolve_template, run, write_config
 from tunebench.app.preflight import preflight
 from tunebench.app.serve import ServeOptions, serve
+from tunebench.app.stages import check_run_folder, run_folder
 from tunebench.app.sweep import SweepOptions, sweep
 from tunebench.core.config import RunConfig, SamplingConfig, dump_yaml, load_config, preset_names, read_run_config
 from tunebench.core.errors import (
@@ -32,7 +33,14 @@ from tunebench.core.errors import (
     PipelineError,
     TunebenchError,
 )
-from tunebench.core.io import atomic_write_json, atomic_write_text, disk_full, is_disk_full, read_json
+from tunebench.core.io import (
+    atomic_write_json,
+    atomic_write_text,
+    disk_full,
+    folder_problem,
+    is_disk_full,
+    read_json,
+)
 from tunebench.core.lock import run_lock
 from tunebench.core.signals import sigterm_as_interrupt
 from tunebench.data import conversations as data_mod
@@ -41,7 +49,7 @@ from tunebench.evals.contract import check_contract
 from tunebench.evals.modeling import load_for_eval
 from tunebench.models.loading import load_tokenizer, resolve_model
 from tunebench.reports.compare import leaderboard_from_runs
-from tunebench.reports.gate import GATES_DIR, gate_main
+from tunebench.reports.gate import GATES_DIR, gate_main, verdict_path
 from tunebench.reports.render import render_leaderboard
 from tunebench.train.backends import import_unsloth
 from tunebench.train.export import adapter_dir, export_merged
@@ -72,7 +80,11 @@ def _config(args: argparse.Namespace) -> RunConfig:
 
 
 def _run_dir(args: argparse.Namespace, cfg: RunConfig) -> Path:
-    return Path(args.out) if getattr(args, "out", None) else Path("runs") / cfg.name
+    path = Path(args.out) if getattr(args, "out", None) else Path("runs") / cfg.name
+    problem = folder_problem(path, must_exist=False)
+    if problem:
+        raise PipelineError(f"{path}: {problem}; give --out a folder (it is made when it is not there)")
+    return path
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
@@ -99,11 +111,10 @@ def cmd_data(args: argparse.Namespace) -> int:
     source = resolve_model(cfg.model.ref, cfg.model.revision)
     cfg = resolve_template(cfg, source)
     tok, tname = load_tokenizer(source, cfg.model.chat_template, cfg.model.trust_remote_code)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_config(cfg, run_dir)
     prepared = data_mod.prepare(
         tok, tname, cfg.data, run_dir / "data", eval_every=cfg.train.eval_every, strict=args.strict
     )
+    write_config(cfg, run_dir)  # after the data step: data that cannot be used leaves the folder as it was
     print(data_mod.render_report(prepared.report))
     print(f"data report: {run_dir / 'data' / 'data_report.md'}")
     return 0
@@ -187,12 +198,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    run_dir = Path(args.run)
-    if not (run_dir / "config.yaml").is_file():
-        raise PipelineError(
-            f"{run_dir}: not a tunebench run folder (no config.yaml); give the folder that "
-            "`tunebench run` wrote (runs/<name>)"
-        )
+    run_dir = run_folder(args.run, "`tunebench run`")
+    check_run_folder(run_dir)  # an empty or replaced config.yaml exits 2, never renders on the defaults
     # the run's own resolved config, as recorded: a GPU run's folder re-renders on any machine
     result = finish(run_dir, read_run_config(run_dir))
     print(result.headline)
@@ -201,7 +208,14 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_gate(args: argparse.Namespace) -> int:
-    return gate_main(args.run, shipped_rules(args.rules), args.out)
+    rules = shipped_rules(args.rules)
+    if folder_problem(args.run):
+        run_folder(args.run)  # says why it is not one
+    if (Path(args.run) / "config.yaml").exists():
+        check_run_folder(Path(args.run))
+    # other rules than the run's own write gate-<name>.json beside gate.json, never over it
+    out = args.out or (verdict_path(args.run, rules) if rules is not None and Path(args.run).is_dir() else None)
+    return gate_main(args.run, rules, out)
 
 
 def shipped_rules(rules: str | None) -> str | None:
@@ -215,6 +229,11 @@ def shipped_rules(rules: str | None) -> str | None:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    for folder in args.runs:
+        if folder_problem(folder):
+            run_folder(folder)  # says why it is not one
+        if (Path(folder) / "config.yaml").exists():
+            check_run_folder(Path(folder))
     board = leaderboard_from_runs(args.runs, primary=args.metric)
     text = render_leaderboard(board)
     print(text)
@@ -316,12 +335,19 @@ def build_parser() -> argparse.ArgumentParser:
     return cli_parser.build_parser(handlers)
 
 
+MESSAGE_MAX = 4000
+"""Characters of an error message printed at most: the readers cut each value they show, this bounds the rest."""
+
+
 def _fail(err: BaseException, code: int, verbose: bool) -> int:
     """Print one paragraph (the traceback too with -v) and return the exit code."""
     if verbose:
         traceback.print_exception(err)
     label = "interrupted" if code == EXIT_INTERRUPTED else "error"
-    print(f"{label}: {err}", file=sys.stderr)
+    text = " ".join(str(err).split("\n"))  # one paragraph, whatever a library put in its message
+    if len(text) > MESSAGE_MAX:
+        text = text[: MESSAGE_MAX // 2] + " [...] " + text[-MESSAGE_MAX // 4 :]
+    print(f"{label}: {text}", file=sys.stderr)
     return code
 
 

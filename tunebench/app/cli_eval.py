@@ -11,10 +11,11 @@ from typing import Any
 from tunebench.app.cli_notes import again_command, cache_note
 from tunebench.app.pipeline import finish
 from tunebench.app.preflight import preflight
+from tunebench.app.stages import check_run_folder, run_folder
 from tunebench.core import dist
 from tunebench.core.config import RunConfig, load_config
-from tunebench.core.errors import ConfigError, Interrupted, MissingRunFile, PipelineError
-from tunebench.core.io import read_json
+from tunebench.core.errors import ConfigError, Interrupted, MissingRunFile
+from tunebench.core.io import check_json, read_json
 from tunebench.evals.contract import check_contract
 from tunebench.evals.llamacpp import LABEL_SUFFIX
 from tunebench.evals.llamacpp_eval import evaluate_gguf_llamacpp
@@ -40,7 +41,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             f"{'--endpoint' if args.endpoint else '--model'} needs --data-from RUN: the run folder "
             "whose test split and settings to use"
         )
-    run_dir = Path(args.data_from)
+    run_dir = run_folder(args.data_from)  # a link loop or a file is named as such, not as a missing preset
     if args.endpoint:
         return _eval_endpoint(args, run_dir)
     # a .gguf without an adapter is an exported artifact: checked for the run's template, scored as written
@@ -82,12 +83,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def _eval_run(args: argparse.Namespace) -> int:
     """`tunebench eval RUN`: base and tuned on the run's inputs, then the run's report re-rendered."""
-    run_dir = Path(args.run)
-    if not (run_dir / "config.yaml").is_file():
-        raise PipelineError(
-            f"{run_dir}: not a tunebench run folder (no config.yaml); give the folder that "
-            "`tunebench run` or `tunebench train` wrote (runs/<name>)"
-        )
+    run_dir = run_folder(args.run)
+    check_run_folder(run_dir, splits=True)  # a damaged config or split exits 2 here, before any model loads
     cfg = load_config(run_dir / "config.yaml", args.overrides)
     preflight(cfg)
     dist.init()
@@ -198,7 +195,8 @@ def _report_artifact(run_dir: Path, cfg: RunConfig, label: str) -> None:
     result = finish(run_dir, cfg)
     name, path = label.removeprefix(ARTIFACT_PREFIX), run_dir / "export_comparison.json"  # served keeps its label
     fresh = path.exists() and path.stat().st_mtime >= (run_dir / "eval" / label / "results.json").stat().st_mtime
-    exported = read_json(path) if fresh else {}
+    fix = f"recompute it with `tunebench report {run_dir}`"
+    exported = check_json(read_json(path, fix), dict[str, Any], str(path), fix) if fresh else {}
     if name in exported:
         view = export_view(
             Comparison.from_dict(read_json(run_dir / "comparison.json")), {name: Comparison.from_dict(exported[name])}

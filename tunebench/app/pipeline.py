@@ -39,7 +39,9 @@ from tunebench.core.io import (
     atomic_write_text,
     fingerprint,
     package_version,
-    read_json,
+    read_json_object,
+    read_yaml,
+    short,
 )
 from tunebench.core.lock import LOCK_FILES, run_lock
 from tunebench.data import conversations as data_mod
@@ -64,14 +66,14 @@ from tunebench.reports.compare import (
     load_run_results,
     served_against_artifacts,
 )
-from tunebench.reports.gate import gate_main
+from tunebench.reports.gate import judge_run, write_verdict
 from tunebench.reports.per_item import FILE as PER_ITEM_FILE
 from tunebench.reports.per_item import per_item_of_run
 from tunebench.reports.plots import draw_report_plots
 from tunebench.reports.render import context_from_run, metric_table, render_report
 from tunebench.reports.tracking import comparison_metrics, log_metrics
 from tunebench.train.gguf_export import export_gguf
-from tunebench.train.model_card import append_evaluation
+from tunebench.train.model_card import with_evaluation
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +118,10 @@ def prepare_run_dir(cfg: RunConfig, run_dir: Path, overwrite: bool) -> None:
                     else:
                         p.unlink()
         elif cfg_path.exists():
-            old = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
+            fix = "restore it from a copy, or pass --overwrite to start the run again (--out to use another folder)"
+            old = read_yaml(cfg_path, fix, PipelineError)
+            if not isinstance(old, dict) or not old:  # never compared as the defaults
+                raise PipelineError(f"{cfg_path}: {'empty' if old is None else 'not a mapping of sections'}; {fix}")
             try:  # a section added since (e.g. export) takes its defaults: the same run, not another config
                 old = to_dict(from_dict(old))
             except ConfigError:
@@ -169,7 +174,7 @@ def _diffs(a: Any, b: Any, prefix: str = "") -> list[str]:
             if a.get(k) != b.get(k):
                 out += _diffs(a.get(k), b.get(k), f"{prefix}{k}.")
         return out
-    return [f"{prefix.rstrip('.')}: {a!r} -> {b!r}"]
+    return [f"{prefix.rstrip('.')}: {short(a)} -> {short(b)}"]
 
 
 def run_child(cmd: list[str], env: dict[str, str] | None = None) -> int:
@@ -229,7 +234,8 @@ def _run(cfg: RunConfig, run_dir: Path, overwrite: bool, progress: bool, strict:
         data_mod.prepare(tok, tname, cfg.data, run_dir / "data", eval_every=cfg.train.eval_every, strict=strict)
 
     data_fp = fingerprint([to_dict(cfg.data), cfg.model.chat_template, source.identity])
-    stages.run("data", data_fp, [run_dir / "data" / "data_report.json"], data)
+    splits = [run_dir / "data" / f"{s}.jsonl" for s in data_mod.SPLITS]  # a damaged split is noticed, not skipped
+    stages.run("data", data_fp, [run_dir / "data" / "data_report.json", *splits], data)
 
     def train() -> None:
         if stages.done.get("train") not in (None, train_fp):  # settings changed: old checkpoints don't apply
@@ -246,7 +252,9 @@ def _run(cfg: RunConfig, run_dir: Path, overwrite: bool, progress: bool, strict:
     eval_fp = fingerprint([data_fp, to_dict(cfg.model), eval_settings, cfg.report.alpha])
     contamination_path = run_dir / "eval" / "contamination.json"
     stages.run("contamination", eval_fp, [contamination_path], lambda: save_contamination(run_dir, cfg))
-    contamination = read_json(contamination_path)
+    contamination = read_json_object(
+        contamination_path, f"delete it to compute it again (`tunebench run` with --out {run_dir})"
+    )
 
     base_path = run_dir / "eval" / "base" / "results.json"
     stages.run(
@@ -256,7 +264,7 @@ def _run(cfg: RunConfig, run_dir: Path, overwrite: bool, progress: bool, strict:
         lambda: evaluate_model(cfg, run_dir, "base", None, base_path, contamination, progress),
     )
 
-    manifest = read_json(adapter / "manifest.json")
+    manifest = read_json_object(adapter / "manifest.json", "train the adapter again (delete adapter/ and run again)")
     adapter_fp = fingerprint([train_fp, manifest.get("created")])  # this adapter, as trained
     tuned_fp = fingerprint([eval_fp, train_fp, manifest.get("created")])
     tuned_path = run_dir / "eval" / "tuned" / "results.json"
@@ -372,19 +380,14 @@ def export_and_check(run_dir: Path, quants: list[str], probe_files: list[str]) -
 
 
 def finish(run_dir: Path, cfg: RunConfig) -> PipelineResult:
-    """Compare, gate and render from the results files (always recomputed: cheap and deterministic)."""
+    """Compare, gate and render from the results files (always recomputed: cheap and deterministic).
 
+    Everything is read and judged before anything is written, so a damaged file or invalid gate rules exit 2 with
+    the run folder as it was (comparison.json, gate.json, report.md, the plots and the model card untouched).
+    """
     results = load_run_results(run_dir)
     judged = load_judge_results(run_dir) if cfg.eval.judge.enabled else None
     comparison = compare(results["base"], results["tuned"], cfg.report.alpha, cfg.eval.bootstrap_samples, judged=judged)
-    atomic_write_json(run_dir / "comparison.json", comparison.to_dict())
-    if tracking.active(cfg.train.report_to):  # the results beside the training curves, at the last step
-        steps = (
-            read_json(run_dir / "adapter" / "manifest.json").get("steps", 0)
-            if (run_dir / "adapter" / "manifest.json").is_file()
-            else 0
-        )
-        log_metrics(cfg.train.report_to, run_dir, comparison_metrics(comparison.rows), step=steps, run_name=cfg.name)
     exported = {}
     for name, res in load_artifact_results(run_dir).items():
         try:
@@ -393,24 +396,31 @@ def finish(run_dir: Path, cfg: RunConfig) -> PipelineResult:
             )
         except ComparisonError as e:  # e.g. scored before the evaluation settings changed: left out, said why
             log.warning("export section: %s; re-evaluate it to include it", e)
-    if exported:
-        atomic_write_json(run_dir / "export_comparison.json", {q: c.to_dict() for q, c in exported.items()})
+    verdict = judge_run(run_dir, cfg.gate.rules)
+    context = context_from_run(run_dir, results, gate=verdict.to_dict())
     per = per_item_of_run(
         run_dir, results, comparison, judged is not None, cfg.report.side_by_side, cfg.report.flips
     )  # data first: per_item.json, then the report's answers side by side and flips
-    atomic_write_json(run_dir / PER_ITEM_FILE, per.to_dict())
-    buf = io.StringIO()
-    code = gate_main(run_dir, cfg.gate.rules, stream=buf)
-    context = context_from_run(run_dir, results)
     context["per_item"] = per
     if exported:
         context["export_comparisons"] = exported
         context["served_parity"] = served_against_artifacts(
             load_artifact_results(run_dir), cfg.report.alpha, cfg.eval.bootstrap_samples
         )
-    context.update(draw_report_plots(run_dir, comparison, context).files)  # PNGs beside report.md, linked from it
-    report = render_report(comparison, context)
-    atomic_write_text(run_dir / "report.md", report)
     headline = metric_table(comparison.headline_rows(), comparison.alpha, detailed=False)
-    append_evaluation(run_dir / "adapter", headline, run_dir / "report.md")
-    return PipelineResult(run_dir, run_dir / "report.md", code, headline + "\n\n" + buf.getvalue())
+    card = with_evaluation(run_dir / "adapter", headline, run_dir / "report.md")
+    steps = (context.get("manifest") or {}).get("steps", 0)
+    # everything read and judged: now write
+    atomic_write_json(run_dir / "comparison.json", comparison.to_dict())
+    if tracking.active(cfg.train.report_to):  # the results beside the training curves, at the last step
+        log_metrics(cfg.train.report_to, run_dir, comparison_metrics(comparison.rows), step=steps, run_name=cfg.name)
+    if exported:
+        atomic_write_json(run_dir / "export_comparison.json", {q: c.to_dict() for q, c in exported.items()})
+    atomic_write_json(run_dir / PER_ITEM_FILE, per.to_dict())
+    buf = io.StringIO()
+    write_verdict(verdict, run_dir / "gate.json", buf)
+    context.update(draw_report_plots(run_dir, comparison, context).files)  # PNGs beside report.md, linked from it
+    atomic_write_text(run_dir / "report.md", render_report(comparison, context))
+    if card is not None:
+        atomic_write_text(run_dir / "adapter" / "README.md", card)
+    return PipelineResult(run_dir, run_dir / "report.md", verdict.exit_code, headline + "\n\n" + buf.getvalue())

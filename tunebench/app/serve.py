@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import IO
 
 from tunebench.core.errors import PipelineError
+from tunebench.core.io import atomic_write_text, read_json, read_text
 from tunebench.core.net import MODELS_PATH, await_models, free_port, is_loopback
 from tunebench.evals.llamacpp import GGUF_TEMPLATE_FORMAT, cpu_threads, require_llama_cpp
 from tunebench.models.loading import gguf_field
@@ -102,20 +103,25 @@ def vllm_command(opts: ServeOptions) -> list[str]:
     Raises:
         ServeError: no adapter, or a base vLLM cannot load with a LoRA (a GGUF such as the packaged model).
     """
-    from tunebench.models.adapters import adapter_manifest
+    from tunebench.models.adapters import adapter_config, adapter_manifest
 
     adapter = opts.run / "adapter"
     if not (adapter / "adapter_config.json").is_file():
         raise ServeError(f"{adapter}: no trained adapter (adapter_config.json) to serve; train the run first")
-    base = adapter_manifest(adapter).get("model", {}).get("ref") or json.loads(
-        (adapter / "adapter_config.json").read_text()
-    ).get("base_model_name_or_path", "")
+    model = adapter_manifest(adapter).get("model")
+    base = str((model.get("ref") if isinstance(model, dict) else None) or "") or str(
+        adapter_config(adapter).get("base_model_name_or_path") or ""
+    )
     if not base or base.startswith("packaged:") or base.endswith(".gguf"):
         raise ServeError(
             f"--engine vllm serves a hub or folder base with the adapter as a runtime LoRA; this run's "
             f"base is {base or 'not recorded'!r}. Serve its GGUF with the default --engine llama.cpp"
         )
-    rank = int(json.loads((adapter / "adapter_config.json").read_text()).get("r", 16))
+    rank = adapter_config(adapter).get("r", 16)
+    if type(rank) is not int:
+        raise ServeError(
+            f"{adapter / 'adapter_config.json'}: r must be the LoRA rank, an integer; save the adapter again"
+        )
     template = _adapter_template(adapter)
     cmd = [
         "vllm",
@@ -137,8 +143,7 @@ def vllm_command(opts: ServeOptions) -> list[str]:
     ]
     if template is not None:
         path = opts.run / "export" / "chat_template.jinja"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(template, encoding="utf-8")
+        atomic_write_text(path, template)
         cmd += ["--chat-template", str(path)]
     return cmd
 
@@ -149,9 +154,11 @@ def _adapter_template(adapter: Path) -> str | None:
         path = adapter / name
         if not path.is_file():
             continue
+        fix = "save the adapter again (it holds the tokenizer it trained with)"
         if name.endswith(".jinja"):
-            return path.read_text(encoding="utf-8")
-        template = json.loads(path.read_text(encoding="utf-8")).get("chat_template")
+            return read_text(path, fix)
+        config = read_json(path, fix)
+        template = config.get("chat_template") if isinstance(config, dict) else None
         if isinstance(template, str):
             return template
     return None

@@ -11,11 +11,23 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from tunebench.core.errors import RunFileError
-from tunebench.core.io import atomic_write_json, check_json, read_json, sha256_file
+from tunebench.core.config import read_run_config
+from tunebench.core.errors import PipelineError, RunFileError
+from tunebench.core.io import (
+    atomic_write_json,
+    check_json,
+    fingerprint,
+    folder_problem,
+    read_json,
+    read_yaml,
+    sha256_file,
+)
+from tunebench.data.conversations import SPLITS, load_split
 from tunebench.evals.results import Results
 
 log = logging.getLogger("tunebench.app.pipeline")  # the messages read as the pipeline's, as before
+CONFIG_RECORD = "_config"
+"""stages.json's entry for the settings of config.yaml when a stage was last marked done (not a stage)."""
 
 
 class Stages:
@@ -35,6 +47,9 @@ class Stages:
             if self.path.exists()
             else {}
         )
+        config = recorded.pop(CONFIG_RECORD, {})
+        self.config: str | None = config.get("settings") if isinstance(config, dict) else None
+        """The fingerprint of config.yaml's settings when a stage was last marked done (None before it was kept)."""
         self.done: dict[str, str] = {}
         self.sums: dict[str, dict[str, str]] = {}
         self.ran_at: dict[str, str] = {}
@@ -75,6 +90,8 @@ class Stages:
         for p in outputs:
             if p.name == "results.json":
                 Results.load(p)
+            elif p.suffix == ".jsonl" and self._rel(p) not in sums:  # a folder from before splits were checksummed
+                load_split(p.parent, p.stem)
         return True
 
     def mark(self, name: str, fp: str, outputs: list[Path] | tuple[Path, ...] = ()) -> None:
@@ -82,7 +99,8 @@ class Stages:
         self.done[name] = fp
         self.sums[name] = {self._rel(p): sha256_file(p) for p in outputs if p.is_file()}
         self.ran_at[name] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-        record = {}
+        self.config = settings_fingerprint(self.run_dir)
+        record: dict[str, Any] = {CONFIG_RECORD: {"settings": self.config}}
         for n, f in self.done.items():
             record[n] = {"fingerprint": f, "sha256": self.sums.get(n, {})}
             if n in self.ran_at:
@@ -111,6 +129,49 @@ class Stages:
             return None
         names = ", ".join(n.replace("_", " ") for n in self.reused)
         return f"reused (inputs unchanged; when each ran: {self._rel(self.path)}): {names}"
+
+
+def settings_fingerprint(run_dir: Path) -> str | None:
+    """The fingerprint of a run's config.yaml settings (the ``resolution`` notes left out: their wording may change
+    while the values they explain stay); None without a config.yaml."""
+    path = run_dir / "config.yaml"
+    if not path.exists():
+        return None
+    data = read_yaml(path, f"restore {path} from a copy", RunFileError)
+    return fingerprint({k: v for k, v in data.items() if k != "resolution"} if isinstance(data, dict) else data)
+
+
+def run_folder(path: str | Path, wrote_it: str = "`tunebench run` or `tunebench train`") -> Path:
+    """``path`` as a run folder, or PipelineError saying why it is not one (a link loop, a file, no config.yaml)."""
+    path = Path(path)
+    problem = folder_problem(path)
+    if problem is None and not (path / "config.yaml").is_file():
+        problem = "not a tunebench run folder (no config.yaml)"
+    if problem:
+        raise PipelineError(f"{path}: {problem}; give the folder that {wrote_it} wrote (runs/<name>)")
+    return path
+
+
+def check_run_folder(run_dir: Path, splits: bool = False) -> None:
+    """A run folder checked before a command uses it: its config.yaml reads and is the one its stages were computed
+    with, and (``splits``) every split under data/ reads whole, as many conversations as the data report records.
+
+    Raises:
+        ConfigError: config.yaml empty or unreadable. RunFileError: stages.json damaged, or a damaged split (file and
+            line). PipelineError: config.yaml changed since the stages ran.
+    """
+    read_run_config(run_dir)
+    recorded = Stages(run_dir).config if (run_dir / "stages.json").exists() else None
+    if recorded is not None and recorded != settings_fingerprint(run_dir):
+        raise PipelineError(
+            f"{run_dir / 'config.yaml'} is not the config the run's stages were computed with (stages.json records "
+            "other settings: it was edited or replaced since). Put the original back, or compute the stages again "
+            f"on these settings with `tunebench run {run_dir / 'config.yaml'} --out {run_dir}` (only the stages "
+            "whose settings changed run again)"
+        )
+    for split in SPLITS if splits else ():
+        if (run_dir / "data" / f"{split}.jsonl").exists():
+            load_split(run_dir / "data", split)
 
 
 class StageClock:

@@ -19,8 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
-import yaml
-
 from tunebench.core.config import (
     CONFIGS_DIR,
     RunConfig,
@@ -30,7 +28,7 @@ from tunebench.core.config import (
     with_values,
 )
 from tunebench.core.errors import ConfigError, did_you_mean
-from tunebench.core.io import fingerprint
+from tunebench.core.io import fingerprint, read_yaml, short
 
 SPACES_DIR = CONFIGS_DIR / "spaces"
 KINDS = ("categorical", "float", "int")
@@ -150,6 +148,9 @@ def default_space(preset: str) -> Path | None:
     return path if path.is_file() else None
 
 
+SPACE_FIX = "give a YAML of dotted keys (e.g. lora.r: {type: categorical, choices: [8, 16, 32]})"
+
+
 def load_space(path: str | Path, base: RunConfig) -> Space:
     """Read and validate a space file against the config every trial starts from.
 
@@ -163,14 +164,8 @@ def load_space(path: str | Path, base: RunConfig) -> Space:
             f"--space {path}: no such file; give a YAML of dotted keys "
             "(e.g. lora.r: {type: categorical, choices: [8, 16, 32]})"
         )
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        raise ConfigError(
-            f"{path}{f' line {mark.line + 1}' if mark else ''}: not valid YAML ({getattr(e, 'problem', e)})"
-        ) from None
-    if data is None or data == {}:
+    data = read_yaml(path, SPACE_FIX, ConfigError)
+    if data is None or data == {}:  # an empty file too
         raise ConfigError(
             f"{path}: the space is empty, so nothing would be tuned; give at least one key with "
             "two or more values (e.g. train.lr: {type: float, low: 1.0e-4, high: 3.0e-3, log: true})"
@@ -204,7 +199,7 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _param(path: Path, written: str, spec: Any, base: RunConfig) -> Param:
-    where = f"{path}: {written}"
+    where = f"{path}: {written[:200]}"
     try:
         tp = field_type(str(written))
     except ConfigError as e:
@@ -219,7 +214,7 @@ def _param(path: Path, written: str, spec: Any, base: RunConfig) -> Param:
         raise ConfigError(f"{where}: cannot be tuned: {why}", key=key)
     if not isinstance(spec, dict):
         raise ConfigError(
-            f"{where}: {spec!r} is not a distribution; write a mapping with type: "
+            f"{where}: {short(spec)} is not a distribution; write a mapping with type: "
             f"{' | '.join(KINDS)} (e.g. {{type: categorical, choices: [8, 16]}})",
             key=key,
         )
@@ -227,14 +222,14 @@ def _param(path: Path, written: str, spec: Any, base: RunConfig) -> Param:
     if kind not in KINDS:
         hint = OLD_KINDS.get(str(kind)) or did_you_mean(str(kind), KINDS, "did you mean ", "?")
         raise ConfigError(
-            f"{where}: type {kind!r} is not a distribution; choose one of {', '.join(KINDS)}"
+            f"{where}: type {short(kind)} is not a distribution; choose one of {', '.join(KINDS)}"
             + (f" ({hint})" if hint else ""),
             key=key,
         )
     for k in spec:
         if k not in SPEC_KEYS[kind]:
             raise ConfigError(
-                f"{where}: unknown field {k!r} of a {kind} distribution (known: "
+                f"{where}: unknown field {short(k)} of a {kind} distribution (known: "
                 f"{', '.join(SPEC_KEYS[kind])}){did_you_mean(str(k), SPEC_KEYS[kind], '; did you mean ', '')}",
                 key=key,
             )
@@ -245,7 +240,7 @@ def _param(path: Path, written: str, spec: Any, base: RunConfig) -> Param:
         try:
             with_values(base, {key: value})
         except ConfigError as e:
-            raise ConfigError(f"{where}: {value!r} is refused by the config ({e})", key=key) from None
+            raise ConfigError(f"{where}: {short(value)} is refused by the config ({e})", key=key) from None
     return param
 
 
@@ -259,10 +254,10 @@ def _categorical(where: str, key: str, spec: dict[str, Any], tp: Any) -> Param:
         if is_list:
             c = [s.strip() for s in c.split(",")] if isinstance(c, str) else c
             if not isinstance(c, list) or not all(isinstance(s, str) for s in c):
-                raise ConfigError(f"{where}: each choice must be a list of names, got {c!r}", key=key)
+                raise ConfigError(f"{where}: each choice must be a list of names, got {short(c)}", key=key)
             out.append(tuple(c))
         elif isinstance(c, (list, dict)):
-            raise ConfigError(f"{where}: {c!r} is not a single value; {key} takes {_type(tp)}", key=key)
+            raise ConfigError(f"{where}: {short(c)} is not a single value; {key} takes {_type(tp)}", key=key)
         else:
             out.append(c)
     if len(set(out)) != len(out):
@@ -293,7 +288,7 @@ def _range(where: str, key: str, kind: str, spec: dict[str, Any], tp: Any) -> Pa
             or (number is int and v != int(v))
         ):
             raise ConfigError(
-                f"{where}: {b} must be a{'n integer' if number is int else ' number'}, got {v!r}", key=key
+                f"{where}: {b} must be a{'n integer' if number is int else ' number'}, got {short(v)}", key=key
             )
         bounds[b] = number(v)
     low, high = bounds["low"], bounds["high"]
@@ -301,7 +296,7 @@ def _range(where: str, key: str, kind: str, spec: dict[str, Any], tp: Any) -> Pa
         raise ConfigError(f"{where}: bad bounds: low {low} is above high {high}", key=key)
     log = spec.get("log", False)
     if not isinstance(log, bool):
-        raise ConfigError(f"{where}: log must be true or false, got {log!r}", key=key)
+        raise ConfigError(f"{where}: log must be true or false, got {short(log)}", key=key)
     if log and low <= 0:
         raise ConfigError(f"{where}: bad bounds: a log range needs low > 0, got {low}", key=key)
     step = spec.get("step")
@@ -318,7 +313,8 @@ def _range(where: str, key: str, kind: str, spec: dict[str, Any], tp: Any) -> Pa
             or (number is int and step != int(step))
         ):
             raise ConfigError(
-                f"{where}: step must be a positive {'integer' if number is int else 'number'}, got {step!r}", key=key
+                f"{where}: step must be a positive {'integer' if number is int else 'number'}, got {short(step)}",
+                key=key,
             )
         step = number(step)
     return Param(key, kind, (), low, high, log, step)  # type: ignore[arg-type]

@@ -10,8 +10,10 @@ from typing import TYPE_CHECKING, Any
 
 from tunebench.app.sweep_space import overrides_of
 from tunebench.app.sweep_trial import shown_url
-from tunebench.core.io import atomic_write_json, atomic_write_text, read_json
+from tunebench.core.io import atomic_write_json, atomic_write_text
 from tunebench.evals.validation import OBJECTIVE_METRIC, OBJECTIVE_SPLIT
+from tunebench.reports.compare import Comparison
+from tunebench.reports.gate import read_verdict
 from tunebench.reports.render_sweep import draw_sweep_plots, render_sweep
 from tunebench.reports.selection import Candidate, select
 
@@ -163,16 +165,16 @@ def confirmation(run_dir: Path) -> dict[str, Any] | None:
     comp_path, gate_path = run_dir / "comparison.json", run_dir / "gate.json"
     if not comp_path.is_file():
         return None
-    rows = {r["metric"]: r for r in read_json(comp_path)["rows"]}
+    rows = {r.metric: r for r in Comparison.load(comp_path).rows}
     ppl = rows.get("perplexity/test")
-    gate = read_json(gate_path) if gate_path.is_file() else {}
+    gate = read_verdict(gate_path) if gate_path.is_file() else None
     return {
         "run_dir": str(run_dir),
         "report": str(run_dir / "report.md"),
-        "perplexity_test": {k: ppl.get(k) for k in ("base", "tuned", "delta", "ci_low", "ci_high", "n")}
+        "perplexity_test": {k: getattr(ppl, k) for k in ("base", "tuned", "delta", "ci_low", "ci_high", "n")}
         if ppl
         else None,
-        "gate": gate.get("status"),
+        "gate": gate.status if gate else None,
     }
 
 

@@ -12,7 +12,6 @@ Llama 3 special tokens and split), whose token counts differ from Llama 3's.
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import time
@@ -32,7 +31,7 @@ from tunebench.bench.specs import SetupSpec
 from tunebench.core.config import PACKAGED_MODEL
 from tunebench.core.errors import BenchmarkError as ShapeError
 from tunebench.core.errors import did_you_mean
-from tunebench.core.io import atomic_write_json, cache_root, environment, fingerprint
+from tunebench.core.io import atomic_write_json, cache_root, environment, fingerprint, read_json
 from tunebench.models.llama3_tokenizer import is_llama3_tokenizer, llama3_tokenizer
 from tunebench.models.loading import resolve_model, template_text
 
@@ -310,7 +309,7 @@ def describe(name_or_ref: str, folder: str | Path) -> dict[str, Any]:
         "tied_embeddings": bool(getattr(config, "tie_word_embeddings", False)),
     }
     if marker.exists():
-        meta = json.loads(marker.read_text(encoding="utf-8"))
+        meta = read_json(marker, f"delete {folder} (a benchmark cache folder): it is made again")
         info["weights"], info["tokenizer"] = meta["weights"], meta["tokenizer"]
     else:
         info["weights"], info["tokenizer"] = "as given (the model's own)", "the model's own"

@@ -16,8 +16,6 @@ import typing
 from pathlib import Path
 from typing import Any, Literal  # noqa: F401  (Literal: the sections' annotations resolve in this namespace too)
 
-import yaml
-
 from tunebench.core.config_build import (
     ALIASES,
     BARE_ALIASES,
@@ -59,7 +57,7 @@ from tunebench.core.config_schema import (
     field_docs,
 )
 from tunebench.core.errors import ConfigError, did_you_mean
-from tunebench.core.io import package_path
+from tunebench.core.io import package_path, parse_yaml_value, read_yaml, short
 
 CONFIGS_DIR = package_path("configs")
 
@@ -72,15 +70,33 @@ def preset_names() -> list[str]:
     return sorted(p.stem for p in CONFIGS_DIR.glob("*.yaml"))
 
 
+def _fix(path: Path) -> str:
+    """What to do about a config file that cannot be read: a run folder's (config.asked.yaml beside it) is restored,
+    a preset is fixed."""
+    asked = path.parent / "config.asked.yaml"
+    if asked.is_file():
+        return (
+            f"restore {path.name} from a copy; {asked} holds what the run asked for (`tunebench config {asked}` "
+            "shows it resolved for this machine)"
+        )
+    if path.name == "config.yaml" and (path.parent / "stages.json").is_file():  # a run folder's
+        return f"restore {path.name} from a copy: it is the config the run's stages were computed with"
+    return "fix the file, or start from a shipped preset (`tunebench presets`, `tunebench config smoke`)"
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    """A config file's sections; an empty file is refused, never read as the defaults."""
+    data = read_yaml(path, _fix(path), ConfigError)
+    if data is None:
+        raise ConfigError(
+            f"{path}: empty (no settings at all: an interrupted copy?); a config names at least one section, "
+            f"e.g. `train: {{max_steps: 60}}`; {_fix(path)}"
+        )
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of config sections")
+        raise ConfigError(
+            f"{path}: the top level must be a mapping of config sections (model, data, lora, train, eval, ...), "
+            f"not {type(data).__name__} {short(data, 80)}; {_fix(path)}"
+        )
     return data
 
 
@@ -97,18 +113,25 @@ def resolve_preset_path(preset: str) -> Path:
     raise ConfigError(f"unknown preset {preset!r}: not a file and not one of {', '.join(names)}.{dym}")
 
 
+OVERRIDE_MAX = 2**17
+"""Characters of one override value: Linux passes no longer argument (MAX_ARG_STRLEN), and PyYAML reads slowly."""
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """Split ``a.b.c=value`` into a key path and a YAML-typed value."""
     if "=" not in text:
-        raise ConfigError(f"override {text!r} must look like section.key=value (e.g. train.lr=1e-4)")
+        raise ConfigError(f"override {short(text)} must look like section.key=value (e.g. train.lr=1e-4)")
     key, raw = text.split("=", 1)
     key = key.strip()
     if not key:
-        raise ConfigError(f"override {text!r} has an empty key")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
+        raise ConfigError(f"override {short(text)} has an empty key")
+    if len(raw) > OVERRIDE_MAX:
+        raise ConfigError(
+            f"override {short(key, 80)}: a value of {len(raw):,} characters, more than the {OVERRIDE_MAX:,} a command "
+            "line value may be; put long values in a preset file"
+        )
+    where = f"override {short(key, 80)}"
+    value = parse_yaml_value(raw, where, "type the value again", ConfigError) if raw.strip() else ""
     if isinstance(value, str):
         try:  # "1e-4" is a string to YAML 1.1; accept it as a number
             value = ast.literal_eval(value) if value.strip() and value.strip()[0] in "-+.0123456789" else value
@@ -126,7 +149,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         for part in path[:-1]:
             nxt = node.setdefault(part, {})
             if not isinstance(nxt, dict):
-                raise ConfigError(f"override {text!r}: {part!r} is a value, not a section")
+                raise ConfigError(f"override {short(text)}: {short(part)} is a value, not a section")
             node = nxt
         node[path[-1]] = value
     return data
@@ -225,13 +248,17 @@ def _origin(key: str | None, overrides: list[str], path: Path) -> str:
         for text in reversed(overrides):  # the last override of a key is the one that counts
             written = ".".join(canonical_key(parse_override(text)[0]))
             if key == written or key.startswith((written + ".", written + "[")) or written.startswith(key + "."):
-                return f"command line ({text})"
+                return f"command line ({text if len(text) <= 200 else text[:197] + '...'})"
     return str(path)
 
 
 def read_run_config(run_dir: str | Path) -> RunConfig:
     """The resolved config a run folder was made with (its config.yaml), without resolving anything again;
-    defaults when the folder has none (results copied without their config)."""
+    defaults when the folder has none (results copied without their config).
+
+    Raises:
+        ConfigError: a config.yaml that is empty, unreadable or invalid (never read as the defaults).
+    """
     path = Path(run_dir) / "config.yaml"
     if not path.exists():
         return RunConfig(name=Path(run_dir).name)

@@ -17,6 +17,7 @@ import yaml
 
 from tunebench.core.config_schema import RunConfig
 from tunebench.core.errors import ConfigError, did_you_mean
+from tunebench.core.io import short
 
 # the config's one logger (users and tests filter on it), whichever of its modules speaks
 log = logging.getLogger("tunebench.core.config")
@@ -52,58 +53,58 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return _coerce(value, arg, key)
             except ConfigError as e:
                 errors.append(e)
-        raise ConfigError(f"{key}: {value!r} is not allowed; expected {_type_name(tp)}")
+        raise ConfigError(f"{key}: {short(value)} is not allowed; expected {_type_name(tp)}")
     if origin is Literal:
         allowed = get_args(tp)
         if isinstance(value, bool) and {"on", "off"} <= set(allowed):  # YAML 1.1 reads on/off as booleans
             value = "on" if value else "off"
         if value in allowed:
             return value
-        dym = did_you_mean(str(value), allowed, " (did you mean ", "?)")
-        raise ConfigError(f"{key}: {value!r} is not allowed; choose one of {', '.join(map(repr, allowed))}{dym}")
+        dym = did_you_mean(short(value), allowed, " (did you mean ", "?)")
+        raise ConfigError(f"{key}: {short(value)} is not allowed; choose one of {', '.join(map(repr, allowed))}{dym}")
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{key}: {value!r} is not a mapping")
+            raise ConfigError(f"{key}: {short(value)} is not a mapping")
         return {str(k): str(v) for k, v in value.items()}
     if origin is list:
         (item_tp,) = get_args(tp)
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, list):
-            raise ConfigError(f"{key}: {value!r} is not a list; expected {_type_name(tp)}")
+            raise ConfigError(f"{key}: {short(value)} is not a list; expected {_type_name(tp)}")
         return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
         if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping of {tp.__name__} fields, got {value!r}")
+            raise ConfigError(f"{key}: expected a mapping of {tp.__name__} fields, got {short(value)}")
         return build(tp, value, prefix=key)
     if tp is bool:
         if isinstance(value, bool):
             return value
         if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "on", "off", "1", "0"):
             return value.lower() in ("true", "yes", "on", "1")
-        raise ConfigError(f"{key}: {value!r} is not a boolean; use true or false")
+        raise ConfigError(f"{key}: {short(value)} is not a boolean; use true or false")
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, (int, str, float)):
-            raise ConfigError(f"{key}: {value!r} is not an integer")
+            raise ConfigError(f"{key}: {short(value)} is not an integer")
         try:
             f = float(value)
         except ValueError:
-            raise ConfigError(f"{key}: {value!r} is not an integer") from None
+            raise ConfigError(f"{key}: {short(value)} is not an integer") from None
         if f != int(f):
-            raise ConfigError(f"{key}: {value!r} is not an integer")
+            raise ConfigError(f"{key}: {short(value)} is not an integer")
         return int(f)
     if tp is float:
         if isinstance(value, bool):
-            raise ConfigError(f"{key}: {value!r} is not a number")
+            raise ConfigError(f"{key}: {short(value)} is not a number")
         try:
             return float(value)
         except (TypeError, ValueError):
-            raise ConfigError(f"{key}: {value!r} is not a number") from None
+            raise ConfigError(f"{key}: {short(value)} is not a number") from None
     if tp is str:
         if isinstance(value, (dict, list)):
-            raise ConfigError(f"{key}: {value!r} is not a string")
+            raise ConfigError(f"{key}: {short(value)} is not a string")
         return str(value)
     raise ConfigError(f"{key}: unsupported type {tp!r}")
 
@@ -125,7 +126,8 @@ def build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
         full = f"{prefix}.{key}" if prefix else str(key)
         if key not in names:
             raise ConfigError(
-                f"unknown key {full!r}{suggest_key(prefix, str(key), names)} (known: {', '.join(names)})", key=full
+                f"unknown key {short(full)}{suggest_key(prefix, str(key)[:100], names)} (known: {', '.join(names)})",
+                key=full,
             )
         try:
             kwargs[key] = _coerce(value, hints[key], full)
@@ -250,7 +252,8 @@ def read_aliases(data: dict[str, Any], where: str) -> dict[str, Any]:
             for part in target[:-1]:
                 node = node.setdefault(part, {})
                 if not isinstance(node, dict):
-                    raise ConfigError(f"{where}: {written}: {part!r} is a value, not a section", key=written)
+                    problem = f"{short(written)}: {short(part)} is a value, not a section"
+                    raise ConfigError(f"{where}: {problem}", key=written)
             field_key = ".".join(target)
             if field_key in written_as:
                 raise ConfigError(

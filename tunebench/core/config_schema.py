@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from tunebench.core.errors import ConfigError, did_you_mean
+from tunebench.core.io import short
 
 PACKAGED_MODEL = "packaged:smollm2-135m-instruct"
 PACKAGED_DATA = "packaged:sharegpt-v3"
@@ -22,7 +23,7 @@ PACKAGED_DATA = "packaged:sharegpt-v3"
 def refuse(name: str, value: Any, allowed: str) -> ConfigError:
     """The error of a field whose value its section refuses: ``name: value allowed``, keyed by the bare field name
     (``config_build.build`` prefixes the section's dotted key)."""
-    return ConfigError(f"{name}: {value!r} {allowed}", key=name)
+    return ConfigError(f"{name}: {short(value)} {allowed}", key=name)
 
 
 @dataclass
@@ -223,7 +224,7 @@ class JudgeEndpointConfig:
     def __post_init__(self) -> None:
         if not self.base_url.startswith(("http://", "https://")):
             raise ConfigError(
-                f"eval.judge.endpoint.base_url: {self.base_url!r} must be an http(s) URL such as "
+                f"eval.judge.endpoint.base_url: {short(self.base_url)} must be an http(s) URL such as "
                 "http://127.0.0.1:8000/v1"
             )
         if not self.model:
@@ -404,7 +405,7 @@ class ExportConfig:
                 raise refuse(
                     "gguf",
                     self.gguf,
-                    f"names {q!r}, which the GGUF export cannot write; allowed: "
+                    f"names {short(q)}, which the GGUF export cannot write; allowed: "
                     f"{', '.join(EXPORT_QUANTS)}{did_you_mean(q, EXPORT_QUANTS, prefix='; did you mean ')} "
                     "(k-quants such as "
                     "q4_k_m need llama.cpp's llama-quantize)",

@@ -149,5 +149,8 @@ def did_you_mean(
     Returns:
         e.g. ``" Did you mean 'unsloth'?"``, or an empty string.
     """
-    hints = difflib.get_close_matches(str(word), [str(c) for c in choices], n=n)
+    word = str(word)
+    if len(word) > 200:  # no name is this long, and difflib's time grows with it
+        return ""
+    hints = difflib.get_close_matches(word, [str(c) for c in choices], n=n)
     return f"{prefix}{' or '.join(repr(h) for h in hints)}{suffix}" if hints else ""

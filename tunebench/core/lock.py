@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import json
 import logging
 import os
 import socket
@@ -27,8 +26,8 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from tunebench.core import dist
-from tunebench.core.errors import RunLocked
-from tunebench.core.io import atomic_write_json
+from tunebench.core.errors import InvalidInput, RunLocked
+from tunebench.core.io import atomic_write_json, read_json
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +58,9 @@ class Holder:
 def read_holder(run_dir: str | Path) -> Holder | None:
     """The record beside the lock, or None when there is none or it cannot be read (a foreign or cut file)."""
     try:
-        data = json.loads((Path(run_dir) / RECORD_NAME).read_text(encoding="utf-8"))
+        data = read_json(Path(run_dir) / RECORD_NAME, limit=2**16)
         return Holder(int(data["pid"]), str(data["host"]), str(data["command"]), str(data["since"]))
-    except (OSError, ValueError, KeyError, TypeError):
+    except (InvalidInput, FileNotFoundError, ValueError, KeyError, TypeError):
         return None
 
 

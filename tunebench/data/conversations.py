@@ -17,7 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from tunebench.core.config import DataConfig
-from tunebench.core.io import atomic_write_json, atomic_write_text, fingerprint
+from tunebench.core.errors import RunFileError
+from tunebench.core.io import (
+    atomic_write_json,
+    atomic_write_text,
+    check_json,
+    fingerprint,
+    read_json,
+    read_json_lines,
+)
 from tunebench.data.data_report import read_report, render_report  # noqa: F401  (re-exported)
 from tunebench.data.encode import (  # noqa: F401  (re-exported: the data step's one import path)
     ENCODE_CHUNK,
@@ -199,9 +207,40 @@ def write(prepared: PreparedData, out_dir: Path) -> None:
 
 
 def load_split(out_dir: str | Path, split: str) -> list[Conversation]:
-    """Read back a split written by ``write``."""
+    """Read back a split written by ``write``, whole: every line a conversation, as many as the data report records.
 
+    Raises:
+        DataError: the split is missing (run the data step).
+        RunFileError: a line that does not read or is not a conversation (named by its line), or fewer or more
+            conversations than the data report records (cut short, emptied or replaced).
+    """
     path = Path(out_dir) / f"{split}.jsonl"
+    run = path.parent.parent
+    fix = f"the split is damaged; write it again with `tunebench data {run / 'config.yaml'} --out {run}`"
     if not path.exists():
         raise DataError(f"{path}: missing; run `tunebench data` first")
-    return [Conversation(**json.loads(line)) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    lines = read_json_lines(path, fix)
+    bad = lines.bad + ([(lines.cut_last, "cut short (the last line has no end)")] if lines.cut_last else [])
+    if bad:
+        more = f" ({len(bad)} such lines)" if len(bad) > 1 else ""
+        raise RunFileError(f"{path} line {bad[0][0]}: {bad[0][1]}{more}; {fix}")
+    convs = [check_json(rec, Conversation, f"{path} line {n}", fix) for n, rec in lines.records]
+    want = _recorded_size(Path(out_dir), split)
+    if want is not None and want != len(convs):
+        raise RunFileError(
+            f"{path}: {len(convs)} conversations where the data report records {want} (cut short, emptied or "
+            f"replaced); {fix}"
+        )
+    return convs
+
+
+def _recorded_size(out_dir: Path, split: str) -> int | None:
+    """How many conversations the data report says ``split`` holds; None without a report that says."""
+    path = out_dir / "data_report.json"
+    if not path.exists():
+        return None
+    report = read_json(path, f"re-run `tunebench data {out_dir.parent / 'config.yaml'} --out {out_dir.parent}`")
+    splits = report.get("splits") if isinstance(report, dict) else None
+    facts = splits.get(split) if isinstance(splits, dict) else None
+    size = facts.get("conversations") if isinstance(facts, dict) else None
+    return size if type(size) is int else None

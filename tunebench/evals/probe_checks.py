@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from tunebench.core.errors import ProbeError
+from tunebench.core.io import short
 from tunebench.evals.probe_template import _dym, _render_deep, _Src
 
 CHECK_KINDS = {
@@ -88,13 +89,15 @@ def _parse_check(raw: Any, ctx: dict[str, Any], path: Path, where: str) -> Check
     """Validate and render one check mapping (e.g. ``{contains: "{{ capital }}", ignore_case: true}``)."""
     line = getattr(raw, "line", 0)
     if not isinstance(raw, dict):
-        raise ProbeError(f"{path}:{line}: {where}: each check is a mapping such as `- contains: Paris`, got {raw!r}")
+        raise ProbeError(
+            f"{path}:{line}: {where}: each check is a mapping such as `- contains: Paris`, got {short(raw)}"
+        )
     kinds = [k for k in raw if k in CHECK_KINDS]
     for key in raw:
         if key not in CHECK_KINDS and key not in CHECK_OPTIONS:
             raise ProbeError(
                 f"{path}:{getattr(raw, 'value_lines', {}).get(key, line)}: {where}: unknown check "
-                f"kind {key!r}{_dym(key, [*CHECK_KINDS, *CHECK_OPTIONS])}; known kinds: "
+                f"kind {short(key)}{_dym(key, [*CHECK_KINDS, *CHECK_OPTIONS])}; known kinds: "
                 f"{', '.join(CHECK_KINDS)} (options: {', '.join(CHECK_OPTIONS)})"
             )
     if len(kinds) != 1:
@@ -106,26 +109,27 @@ def _parse_check(raw: Any, ctx: dict[str, Any], path: Path, where: str) -> Check
     for opt, allowed in CHECK_OPTIONS.items():
         if opt in raw and kind not in allowed:
             raise ProbeError(
-                f"{path}:{line}: {where}: option {opt!r} does not apply to {kind!r} (only to {', '.join(allowed)})"
+                f"{path}:{line}: {where}: option {short(opt)} does not apply to {short(kind)} "
+                f"(only to {', '.join(allowed)})"
             )
         if opt in raw and not isinstance(raw[opt], bool):
-            raise ProbeError(f"{path}:{line}: {where}: {opt} must be true or false, got {raw[opt]!r}")
+            raise ProbeError(f"{path}:{line}: {where}: {opt} must be true or false, got {short(raw[opt])}")
     src = _Src.of(path, raw, kind)
-    value = _render_deep(raw[kind], ctx, src, f"{where}, check {kind!r}")
+    value = _render_deep(raw[kind], ctx, src, f"{where}, check {short(kind)}")
     bad = f"{src.at()}: {where}: {kind}"
     if kind in ("contains", "contains_any", "not_contains"):
         value = value if isinstance(value, list) else [value]
         if not value or not all(isinstance(s, (str, int, float)) for s in value):
-            raise ProbeError(f"{bad} needs a string or a list of strings, got {raw[kind]!r}")
+            raise ProbeError(f"{bad} needs a string or a list of strings, got {short(raw[kind])}")
         value = [str(s) for s in value]
     elif kind in ("regex", "not_regex"):
         if not isinstance(value, str):
-            raise ProbeError(f"{bad} needs one pattern string, got {value!r}")
+            raise ProbeError(f"{bad} needs one pattern string, got {short(value)}")
         try:
             re.compile(value)
         except re.error as e:
             raise ProbeError(
-                f"{bad}: invalid regular expression {value!r} ({e}); quote it with single "
+                f"{bad}: invalid regular expression {short(value)} ({e}); quote it with single "
                 "quotes in YAML so backslashes survive"
             ) from None
     elif kind == "sequence":
@@ -139,12 +143,12 @@ def _parse_check(raw: Any, ctx: dict[str, Any], path: Path, where: str) -> Check
                 nums = []
                 break
         if not nums:
-            raise ProbeError(f"{bad} needs numbers, e.g. `sequence: [13, 21, 34]`, got {value!r}")
+            raise ProbeError(f"{bad} needs numbers, e.g. `sequence: [13, 21, 34]`, got {short(value)}")
         value = [_num(n) for n in nums]
     else:
         whole = isinstance(value, int) and not isinstance(value, bool) and value >= 0
         if not (whole or isinstance(value, str) and value.strip().isdigit()):
-            raise ProbeError(f"{bad} needs a whole number >= 0, got {value!r}")
+            raise ProbeError(f"{bad} needs a whole number >= 0, got {short(value)}")
         value = int(value)
     return Check(
         kind, value, ignore_case=bool(raw.get("ignore_case", False)), allow_echo=bool(raw.get("allow_echo", False))

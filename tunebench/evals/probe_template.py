@@ -15,8 +15,29 @@ from jinja2 import StrictUndefined, TemplateSyntaxError, meta, nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
 from tunebench.core.errors import ProbeError, ProbeSecurityError, did_you_mean
+from tunebench.core.io import StrictLoader, short
 
-_ENV = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
+MAX_PRODUCT = 10**6
+"""Items or characters one ``*`` may make, and the largest exponent ``**`` takes: a short template must not grow
+into gigabytes (the sandbox limits ``range`` alone)."""
+
+
+class _Sandbox(ImmutableSandboxedEnvironment):
+    """The immutable sandbox, with ``*`` and ``**`` held to MAX_PRODUCT."""
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "**" and isinstance(right, (int, float)) and abs(right) > MAX_PRODUCT:
+            raise SecurityError(f"an exponent of {short(right, 40)} is beyond what a template may compute")
+        if operator == "*":
+            for seq, n in ((left, right), (right, left)):
+                if isinstance(seq, (str, list, tuple)) and isinstance(n, int) and len(seq) * n > MAX_PRODUCT:
+                    raise SecurityError(f"repeating {len(seq)} items {n} times is beyond what a template may make")
+        return super().call_binop(context, operator, left, right)
+
+
+_ENV = _Sandbox(undefined=StrictUndefined, autoescape=False)
 
 
 # ----------------------------------------------------------------------------- YAML with line numbers
@@ -30,8 +51,9 @@ class _Map(dict):
     block: dict[Any, bool]
 
 
-class _Loader(yaml.SafeLoader):
-    """SafeLoader (no Python objects can be built) that records source lines of mappings."""
+class _Loader(StrictLoader):
+    """SafeLoader (no Python objects can be built, no alias expanded, no deep nesting) that records source lines of
+    mappings."""
 
 
 def _construct_map(loader: _Loader, node: yaml.MappingNode) -> _Map:
@@ -111,6 +133,8 @@ def render(text: str, ctx: dict[str, Any], src: _Src, what: str) -> str:
             f"{src.at(e.lineno)}: {what}: Jinja syntax error: {e.message}. Fix the template "
             "(write literal braces as {{ '{{' }})."
         ) from None
+    except RecursionError:
+        raise ProbeError(f"{src.at()}: {what}: the template nests blocks too deeply to read; flatten it") from None
     known = sorted(ctx)
     unknown = sorted(meta.find_undeclared_variables(tree) - set(ctx) - set(_ENV.globals))
     if unknown:

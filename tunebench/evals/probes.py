@@ -27,6 +27,7 @@ runs them.
 from __future__ import annotations
 
 import itertools
+import math
 import re
 import time
 from dataclasses import asdict, dataclass, field
@@ -37,7 +38,7 @@ import yaml
 
 from tunebench.core.config import SamplingConfig
 from tunebench.core.errors import ProbeError
-from tunebench.core.io import fingerprint, package_path
+from tunebench.core.io import check_tree, fingerprint, load_yaml, package_path, read_yaml_text, short, yaml_problem
 from tunebench.core.stats import Z95
 from tunebench.core.stats import wilson as wilson_interval
 from tunebench.evals.generation import Generator, TransformersGenerator
@@ -56,6 +57,9 @@ PROBES_DIR = package_path("evals", "probes")
 SET_KEYS = ("name", "version", "description", "system", "macros", "probes")
 PROBE_KEYS = ("id", "description", "template", "system", "vars", "checks")
 _ID = re.compile(r"^[A-Za-z0-9_.\-]+$")
+PROBE_FIX = "fix the probe file (the shipped evals/probes/default.yaml shows every field)"
+MAX_PROMPTS = 100_000
+"""Prompts one probe's vars may expand to: a cartesian product of a few lists grows past any evaluation."""
 
 
 # ----------------------------------------------------------------------------- probe sets
@@ -126,22 +130,20 @@ def load_probe_set(name_or_path: str | Path) -> ProbeSet:
         if not path.exists():
             known = shipped_sets()
             raise ProbeError(
-                f"unknown probe set {str(name_or_path)!r}{_dym(str(name_or_path), known)}: "
+                f"unknown probe set {short(str(name_or_path))}{_dym(str(name_or_path), known)}: "
                 f"pass a .yaml path or one of {', '.join(known)}"
             )
+    text = read_yaml_text(path, PROBE_FIX, ProbeError)
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise ProbeError(f"{path}: cannot read the probe file ({e.strerror}); check the path") from None
-    try:
-        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        data = load_yaml(text, _Loader)
+    except yaml.YAMLError as e:
+        line, column, what = yaml_problem(e, text)
+        where = f"{path}:{line}:{column}" if line else str(path)
         raise ProbeError(
-            f"{where}: not valid YAML: {e.problem or e.context}. Fix the syntax there (a value "
+            f"{where}: not valid YAML: {what}. Fix the syntax there (a value "
             "starting with '{{' or '{%' must be quoted or written as a | block)."
         ) from None
+    check_tree(data, str(path), PROBE_FIX, ProbeError, text)
     return parse_probe_set(data, path)
 
 
@@ -150,7 +152,8 @@ def _check_keys(raw: dict, allowed: tuple[str, ...], path: Path, where: str) -> 
         if key not in allowed:
             line = getattr(raw, "value_lines", {}).get(key, getattr(raw, "line", 0))
             raise ProbeError(
-                f"{path}:{line}: {where}: unknown key {key!r}{_dym(key, list(allowed))}; allowed: {', '.join(allowed)}"
+                f"{path}:{line}: {where}: unknown key {short(key)}{_dym(str(key), list(allowed))}; allowed: "
+                f"{', '.join(allowed)}"
             )
 
 
@@ -160,6 +163,11 @@ def _var_rows(raw: Any, path: Path, line: int, where: str) -> list[dict[str, Any
         return [{}]
     if isinstance(raw, dict):
         lists = [v if isinstance(v, list) else [v] for v in raw.values()]
+        if math.prod(len(v) for v in lists) > MAX_PROMPTS:
+            raise ProbeError(
+                f"{path}:{line}: {where}: vars expand to {math.prod(len(v) for v in lists):,} prompts, more than "
+                f"{MAX_PROMPTS:,}; list the combinations you mean as a list of mappings"
+            )
         return [_plain(dict(zip(raw, combo, strict=True))) for combo in itertools.product(*lists)]
     if isinstance(raw, list) and all(isinstance(r, dict) for r in raw):
         return [_plain(r) for r in raw]
@@ -175,11 +183,13 @@ def parse_probe_set(data: Any, path: str | Path) -> ProbeSet:
     if not isinstance(data, dict):
         raise ProbeError(f"{path}: the top level must be a mapping with name, version and probes")
     _check_keys(data, SET_KEYS, path, "probe set")
-    name = str(data.get("name", path.stem))
-    if not _ID.match(name):
+    name = data.get("name", path.stem)
+    if not isinstance(name, (str, int, float)) or not _ID.match(str(name)):
         raise ProbeError(
-            f"{path}: name {name!r} may use only letters, digits, '_', '-' and '.' (it becomes part of metric names)"
+            f"{path}: name {short(name)} may use only letters, digits, '_', '-' and '.' (it becomes part of metric "
+            "names)"
         )
+    name = str(name)
     macros: dict[str, Any] = {}
     if data.get("macros"):
         src = _Src.of(path, data, "macros")
@@ -197,7 +207,7 @@ def parse_probe_set(data: Any, path: str | Path) -> ProbeSet:
         if not isinstance(raw, dict):
             raise ProbeError(f"{path}:{line}: probes[{i}] must be a mapping with id, template and checks")
         pid = raw.get("id")
-        where = f"probe {pid!r}" if pid else f"probes[{i}]"
+        where = f"probe {short(pid, 80)}" if pid else f"probes[{i}]"
         _check_keys(raw, PROBE_KEYS, path, where)
         if not isinstance(pid, str) or not _ID.match(pid) or pid in seen:
             raise ProbeError(f"{path}:{line}: {where}: needs a unique `id` of letters, digits, '_', '-', '.'")
@@ -211,7 +221,7 @@ def parse_probe_set(data: Any, path: str | Path) -> ProbeSet:
         system = raw.get("system", set_system)
         for j, row in enumerate(rows):
             ctx = {**macros, **row}
-            label = where if "vars" not in raw else f"{where} (vars {row})"
+            label = where if "vars" not in raw else f"{where} (vars {short(row)})"
             text = render(raw["template"], ctx, _Src.of(path, raw, "template"), label).strip()
             checks = [_parse_check(c, ctx, path, label) for c in raw["checks"]]
             messages = ([{"role": "system", "content": str(system)}] if system else []) + [

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Literal, TypedDict
 
 from tunebench.core.errors import RunFileError
-from tunebench.core.io import atomic_write_json, check_json, read_json, show_json
+from tunebench.core.io import atomic_write_json, check_json, read_json, short, show_json
 
 SCHEMA = "tunebench.results/1"
 Aggregate = Literal["mean", "exp_ratio"]
@@ -120,7 +120,7 @@ class Results:
         """
         schema = data.get("schema") if isinstance(data, dict) else None
         if schema != SCHEMA:
-            got = f"schema {schema!r}" if isinstance(data, dict) else f"holds {show_json(data)}"
+            got = f"schema {short(schema)}" if isinstance(data, dict) else f"holds {show_json(data)}"
             raise RunFileError(f"{where}: {got}, not a {SCHEMA!r} results object; {fix}")
         return check_json(data, cls, where, fix)
 

@@ -5,24 +5,28 @@ Both evaluation (evals.modeling) and export (train.export) check adapters, so th
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from pathlib import Path
 from typing import Any
 
 from tunebench.core.errors import AdapterError
-from tunebench.core.io import sha256_file
+from tunebench.core.io import check_json, read_json, sha256_file
 from tunebench.models.loading import PACKAGED_MODELS, ModelSource
 
 log = logging.getLogger(__name__)
 
 
 def adapter_manifest(adapter: str | Path) -> dict[str, Any]:
-    """The tunebench manifest beside an adapter, or {} for a foreign adapter."""
+    """The tunebench manifest beside an adapter, or {} for a foreign adapter.
+
+    Raises:
+        AdapterError: a manifest that does not read, or is not a JSON object.
+    """
     for p in (Path(adapter) / "manifest.json", Path(adapter).parent / "manifest.json"):
         if p.exists():
-            return json.loads(p.read_text(encoding="utf-8"))
+            fix = "train the adapter again, or remove the manifest to use the adapter as a foreign one"
+            return check_json(read_json(p, fix, error=AdapterError), dict[str, Any], str(p), fix)
     return {}
 
 
@@ -54,8 +58,8 @@ def check_adapter(adapter: str | Path, source: ModelSource) -> str:
         AdapterError: missing folder/files, or a manifest or adapter_config.json that names another base.
     """
     sha = adapter_sha(adapter)
-    manifest = adapter_manifest(adapter)
-    trained_on = (manifest.get("model") or {}).get("identity")
+    model = adapter_manifest(adapter).get("model")
+    trained_on = model.get("identity") if isinstance(model, dict) else None
     if trained_on and trained_on != source.identity:
         raise AdapterError(
             f"adapter {str(adapter)!r} was trained on {trained_on} but the base is {source.identity} "
@@ -105,9 +109,10 @@ def _source_names(source: ModelSource) -> set[str]:
 def _local_config(path: str | Path) -> dict[str, Any] | None:
     p = Path(path) / "config.json"
     try:
-        return json.loads(p.read_text(encoding="utf-8")) if p.is_file() else None
-    except (OSError, ValueError):
+        config = read_json(p, error=AdapterError) if p.is_file() else None
+    except AdapterError:  # a config that does not read says nothing about the architecture
         return None
+    return config if isinstance(config, dict) else None
 
 
 def _hub_cached_config(hub_id: str) -> dict[str, Any] | None:
@@ -132,7 +137,7 @@ def check_named_base(adapter: str | Path, source: ModelSource) -> None:
     Raises:
         AdapterError: naming both bases.
     """
-    base = str(_adapter_config(adapter).get("base_model_name_or_path") or "")
+    base = str(adapter_config(adapter).get("base_model_name_or_path") or "")
     if not base or base in (source.ref, source.path) or Path(base).resolve() == Path(source.path).resolve():
         return
     m = _GGUF_CACHE.search(base.rstrip("/"))
@@ -156,11 +161,15 @@ def check_named_base(adapter: str | Path, source: ModelSource) -> None:
     )
 
 
-def _adapter_config(adapter: str | Path) -> dict[str, Any]:
-    try:
-        return json.loads((Path(adapter) / "adapter_config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise AdapterError(f"adapter {str(adapter)!r}: adapter_config.json is unreadable ({e})") from None
+def adapter_config(adapter: str | Path) -> dict[str, Any]:
+    """An adapter folder's adapter_config.json (PEFT's), as a mapping.
+
+    Raises:
+        AdapterError: missing or unreadable; RunFileError: not a JSON object.
+    """
+    path = Path(adapter) / "adapter_config.json"
+    fix = "give an adapter folder that PEFT's save_pretrained wrote"
+    return check_json(read_json(path, fix, error=AdapterError), dict[str, Any], str(path), fix)
 
 
 def _refuse(adapter: str | Path, base: str, source: ModelSource, why: str) -> None:

@@ -18,7 +18,16 @@ from typing import Any
 
 from tunebench.core.config import PACKAGED_MODEL
 from tunebench.core.errors import ModelError
-from tunebench.core.io import atomic_write_json, cache_root, fingerprint, package_path, read_json, sha256_file
+from tunebench.core.io import (
+    atomic_write_json,
+    cache_root,
+    fingerprint,
+    package_path,
+    parse_json,
+    read_json,
+    read_text,
+    sha256_file,
+)
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +115,8 @@ def folder_identity(folder: str | Path) -> str:
         if p.is_file() and p.suffix in (".safetensors", ".json", ".bin", ".jinja"):
             st = p.stat()
             items.append([p.name, st.st_size, int(st.st_mtime)])
-    cfg = (folder / "config.json").read_text(encoding="utf-8") if (folder / "config.json").exists() else ""
+    fix = "give a model folder that save_pretrained wrote"
+    cfg = read_text(folder / "config.json", fix, ModelError) if (folder / "config.json").exists() else ""
     return fingerprint([items, cfg])
 
 
@@ -170,11 +180,10 @@ def _restore_rope(gguf: Path, config: Any) -> None:
     ``tunebench export --gguf`` records the model's rope parameters as ``tunebench.rope_parameters``; files
     from elsewhere are left as transformers reads them.
     """
-    import json
-
     text = gguf_field(gguf, "tunebench.rope_parameters")
     if text:
-        config.rope_parameters = json.loads(text)
+        fix = "export the file again with `tunebench export RUN --gguf`"
+        config.rope_parameters = parse_json(str(text), f"{gguf}: tunebench.rope_parameters", fix, ModelError)
 
 
 def _fix_gguf_special_tokens(tok: Any, config: Any) -> None:
@@ -201,7 +210,7 @@ def template_text(name: str) -> str:
     if not path.exists():
         known = sorted(p.stem for p in TEMPLATES_DIR.glob("*.jinja"))
         raise ModelError(f"unknown chat template {name!r}; shipped: {', '.join(known)}, or 'model'")
-    return path.read_text(encoding="utf-8")
+    return read_text(path, "reinstall tunebench", ModelError)
 
 
 def choose_template(choice: str, config: Any) -> str:
@@ -314,5 +323,5 @@ def manifest_of(source: ModelSource) -> dict[str, Any]:
     d = source.to_dict()
     meta = Path(source.path) / "tunebench_gguf.json"
     if meta.exists():
-        d["gguf"] = read_json(meta)
+        d["gguf"] = read_json(meta, f"delete {meta.parent} (a cache folder): it is made again")
     return d

@@ -13,9 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from tunebench.core.errors import ComparisonError, MissingRunFile, RunFileError
+from tunebench.core.io import read_yaml, short
 from tunebench.core.stats import fmt, fmt_interval, fmt_p  # noqa: F401  (re-exported for render, gate, tests)
 from tunebench.evals.results import Metric, Results  # noqa: F401  (re-exported)
 from tunebench.reports.comparison import (  # noqa: F401  (re-exported: the comparison's one import path)
@@ -182,15 +181,11 @@ def run_settings(run_dir: str | Path) -> dict[str, Any]:
 
     cfg: Any = {}
     path = Path(run_dir) / "config.yaml"
-    if path.exists():
-        try:
-            cfg = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except (UnicodeDecodeError, yaml.YAMLError, RecursionError) as e:
-            raise RunFileError(
-                f"{path}: not a readable YAML config ({str(e).splitlines()[0]}); restore it from "
-                "config.asked.yaml or re-run `tunebench run`"
-            ) from None
-    cfg = cfg if isinstance(cfg, dict) else {}
+    fix = f"restore it from a copy ({Path(run_dir) / 'config.asked.yaml'} holds what the run asked for)"
+    if path.exists():  # absent: results copied without their config read at the defaults; empty is never that
+        cfg = read_yaml(path, fix, RunFileError)
+        if not isinstance(cfg, dict) or not cfg:
+            raise RunFileError(f"{path}: {'empty' if cfg is None else 'not a mapping of config sections'}; {fix}")
     section = lambda k: cfg.get(k) if isinstance(cfg.get(k), dict) else {}  # noqa: E731
     settings = {
         "name": cfg.get("name") or Path(run_dir).name,
@@ -205,7 +200,7 @@ def run_settings(run_dir: str | Path) -> dict[str, Any]:
     ):
         if type(settings[key]) not in kind:
             raise RunFileError(
-                f"{path}: {field_name} is {settings[key]!r}, not a {kind[0].__name__}; fix the value "
+                f"{path}: {field_name} is {short(settings[key])}, not a {kind[0].__name__}; fix the value "
                 "or re-run `tunebench run`"
             )
     return settings

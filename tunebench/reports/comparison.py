@@ -21,7 +21,7 @@ from typing import Any
 
 from tunebench.core import stats
 from tunebench.core.errors import ComparisonError, RunFileError
-from tunebench.core.io import check_json, read_json, show_json
+from tunebench.core.io import check_json, read_json, short, show_json
 from tunebench.evals.results import Results
 from tunebench.reports.rows import (
     IMPROVED,
@@ -74,8 +74,8 @@ def check_same_inputs(base: Results, tuned: Results, same_base: bool = True) -> 
     for key in sorted(set(b_facts) & set(t_facts)):
         if b_facts[key] != t_facts[key]:
             raise ComparisonError(
-                f"{base.label!r} and {tuned.label!r} were not evaluated on the same inputs: {key} is "
-                f"{_short(b_facts[key])} for {base.label} but {_short(t_facts[key])} for {tuned.label}. "
+                f"{short(base.label)} and {short(tuned.label)} were not evaluated on the same inputs: {short(key)} is "
+                f"{_short(b_facts[key])} for {short(base.label)} but {_short(t_facts[key])} for {short(tuned.label)}. "
                 "Re-run both evaluations with the same data, template, probe sets and sampling."
             )
     return {k: base.inputs[k] for k in base.inputs if k in tuned.inputs}
@@ -164,7 +164,7 @@ class Comparison:
         """
         schema = data.get("schema") if isinstance(data, dict) else None
         if schema != SCHEMA:
-            got = f"schema {schema!r}" if isinstance(data, dict) else f"holds {show_json(data)}"
+            got = f"schema {short(schema)}" if isinstance(data, dict) else f"holds {show_json(data)}"
             raise RunFileError(f"{where}: {got}, not a {SCHEMA!r} comparison; {fix}")
         out = check_json(data, cls, where, fix)
         names = {r.metric for r in out.rows}

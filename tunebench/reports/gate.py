@@ -41,7 +41,7 @@ from tunebench.core.errors import (
     GateError,
     InvalidInput,
 )
-from tunebench.core.io import atomic_write_json
+from tunebench.core.io import atomic_write_json, check_json, read_json, short
 from tunebench.evals.results import Results
 from tunebench.reports.compare import (
     Comparison,
@@ -261,7 +261,7 @@ def _rule_rows(rule: GateRule, comparison: Comparison, artifacts: dict[str, Comp
             ]
         known = ", ".join(r.metric for r in comparison.rows) or "none"
         raise GateError(
-            f"{rule.where}: no compared metric matches {rule.metric!r} (known: {known}); "
+            f"{rule.where}: no compared metric matches {short(rule.metric)} (known: {known}); "
             "fix the name, or set 'optional: true' if the metric may be absent"
         )
     rows = []
@@ -398,6 +398,48 @@ def judge_run(
     return verdict
 
 
+def other_verdicts(run_dir: str | Path) -> dict[str, GateVerdict]:
+    """The verdicts of rules other than the run's own (``gate-<name>.json``, written by ``tunebench gate RUN --rules
+    FILE``), by file name.
+
+    Raises:
+        RunFileError: a damaged one, naming it.
+    """
+    return {path.name: read_verdict(path) for path in sorted(Path(run_dir).glob("gate-*.json"))}
+
+
+def read_verdict(path: str | Path) -> GateVerdict:
+    """A verdict file (gate.json, gate-<name>.json), every field checked.
+
+    Raises:
+        RunFileError: damaged, or a field of the wrong type (named), with how to write it again.
+    """
+    path = Path(path)
+    rules = "" if path.name == "gate.json" else " --rules FILE"
+    fix = f"delete it, or judge the run again with `tunebench gate {path.parent}{rules}`"
+    return check_json(read_json(path, fix), GateVerdict, str(path), fix)
+
+
+def other_gate_line(name: str, verdict: GateVerdict) -> str:
+    """One line of the report's list of other verdicts: file, status, rules, tally."""
+    tally = ", ".join(f"{verdict.counts.get(s, 0)} {s}" for s in (PASS, FAIL, INCONCLUSIVE, SKIPPED))
+    return f"`{name}`: **{verdict.status.upper()}** (rules: `{verdict.rules_source or 'inline'}`; {tally})"
+
+
+def verdict_path(run_dir: str | Path, rules_path: str | Path | None = None) -> Path:
+    """Where ``tunebench gate RUN --rules X`` writes its verdict: ``gate.json`` for the run's own rules (its config's
+    ``gate.rules``, else the default), ``gate-<name>.json`` beside it for any other rules file, so judging a run by
+    other rules never replaces the run's own verdict (the report lists both).
+
+    Raises:
+        GateError: rules that cannot be found; RunFileError: a config.yaml that cannot be read.
+    """
+    run_dir = Path(run_dir)
+    own = resolve_rules_path(run_settings(run_dir)["gate_rules"]).resolve()
+    asked = resolve_rules_path(rules_path).resolve() if rules_path is not None else own
+    return run_dir / ("gate.json" if asked == own else f"gate-{asked.stem}.json")
+
+
 def gate_main(
     run_dir: str | Path,
     rules_path: str | Path | None = None,
@@ -405,19 +447,20 @@ def gate_main(
     seed: int = 0,
     stream: TextIO | None = None,
 ) -> int:
-    """Judge a run folder (``judge_run``), print the table and write ``gate.json`` atomically.
+    """Judge a run folder (``judge_run``), print the table and write the verdict atomically.
 
     Args:
         run_dir: Run folder with ``eval/base/results.json`` and ``eval/tuned/results.json``.
         rules_path: Rules YAML or shipped gate name; default: the run config's ``gate.rules``, else
             ``configs/gates/default.yaml``.
-        out_path: Where to write the verdict; default ``<run_dir>/gate.json``.
+        out_path: Where to write the verdict; default ``<run_dir>/gate.json`` (``verdict_path`` names the file for
+            rules other than the run's own).
         seed: Bootstrap seed (the pipeline's comparison uses 0 too).
         stream: Where to print (default stdout; errors go to stderr).
 
     Returns:
         0 passed, 1 a rule failed, 3 inconclusive (no rule failed, some could not conclude, or no rule
-        matched any metric), 2 invalid input.
+        matched any metric), 2 invalid input: then nothing is written, and a verdict already there stays as it was.
     """
     stream = stream or sys.stdout
     run_dir = Path(run_dir)
@@ -426,10 +469,13 @@ def gate_main(
         verdict = judge_run(run_dir, rules_path, seed)
     except InvalidInput as e:  # only what the readers and rules raise on purpose: a bug keeps its traceback
         print(f"gate: invalid input: {e}", file=sys.stderr)
-        if out.parent.is_dir():
-            atomic_write_json(out, GateVerdict(False, [], None, status="invalid", error=str(e)).to_dict())
         return EXIT_INVALID_INPUT
+    write_verdict(verdict, out, stream)
+    return verdict.exit_code
+
+
+def write_verdict(verdict: GateVerdict, out: Path, stream: TextIO) -> None:
+    """Print the verdict's table to ``stream`` and write it to ``out`` atomically."""
     print(format_verdict(verdict), file=stream)
     atomic_write_json(out, verdict.to_dict())
     print(f"wrote {out}", file=stream)
-    return verdict.exit_code

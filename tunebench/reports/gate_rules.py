@@ -29,6 +29,7 @@ that was not significant passed, which is absence of evidence read as evidence o
 from __future__ import annotations
 
 import math
+import os
 import re
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -37,7 +38,7 @@ from typing import Any
 import yaml
 
 from tunebench.core.errors import GateError, did_you_mean
-from tunebench.core.io import package_path
+from tunebench.core.io import StrictLoader, package_path, parse_yaml, read_yaml_text, short
 
 GATES_DIR = package_path("configs", "gates")
 DEFAULT_RULES = GATES_DIR / "default.yaml"
@@ -117,57 +118,56 @@ def parse_rule(data: Any, where: str) -> GateRule:
         GateError: unknown key (with a did-you-mean), wrong type, or no threshold; names ``where``.
     """
     if not isinstance(data, dict):
-        raise GateError(f"{where}: a rule must be a mapping with at least 'metric' and a threshold, got {data!r}")
+        raise GateError(f"{where}: a rule must be a mapping with at least 'metric' and a threshold, got {short(data)}")
     names = [f.name for f in fields(GateRule) if f.name != "where"]
     for key in data:
         if key in _REMOVED_KEYS:
             raise GateError(f"{where}: {_REMOVED_KEYS[key]}")
         if key not in names:
             dym = did_you_mean(str(key), names, " (did you mean ", "?)")
-            raise GateError(f"{where}: unknown key {key!r}{dym}; allowed: {', '.join(names)}")
+            raise GateError(f"{where}: unknown key {short(key)}{dym}; allowed: {', '.join(names)}")
     metric = data.get("metric")
     if not isinstance(metric, str) or not metric.strip():
         raise GateError(f"{where}: 'metric' must be a metric name or glob such as 'perplexity/test'")
     if data.get("direction", "auto") not in ("auto", "higher", "lower"):
-        raise GateError(f"{where}: direction {data['direction']!r} must be 'auto', 'higher' or 'lower'")
+        raise GateError(f"{where}: direction {short(data['direction'])} must be 'auto', 'higher' or 'lower'")
     for key in _THRESHOLDS:
         v = data.get(key)
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):
-            raise GateError(f"{where}: {key} must be a number, got {v!r}")
+            raise GateError(f"{where}: {key} must be a number, got {short(v)}")
         if v is not None and key.startswith("max_") and v < 0:
             raise GateError(f"{where}: {key} must be >= 0 (it is how much worse the tuned model may be)")
     if all(data.get(k) is None for k in _THRESHOLDS):
-        raise GateError(f"{where}: rule for {metric!r} sets no threshold; add one of {', '.join(_THRESHOLDS)}")
+        raise GateError(f"{where}: rule for {short(metric)} sets no threshold; add one of {', '.join(_THRESHOLDS)}")
     if "optional" in data and not isinstance(data["optional"], bool):
-        raise GateError(f"{where}: optional must be true or false, got {data['optional']!r}")
+        raise GateError(f"{where}: optional must be true or false, got {short(data['optional'])}")
     if "name" in data and not isinstance(data["name"], str):
         raise GateError(f"{where}: name must be a string")
     if data.get("artifact") is not None and not isinstance(data["artifact"], str):
-        raise GateError(f"{where}: artifact must be an exported type such as q8_0, got {data['artifact']!r}")
+        raise GateError(f"{where}: artifact must be an exported type such as q8_0, got {short(data['artifact'])}")
     kwargs = {k: (float(v) if k in _THRESHOLDS and v is not None else v) for k, v in data.items()}
     return GateRule(where=where, **kwargs)
+
+
+RULES_FIX = "give a rules YAML (README, 'Release gate')"
 
 
 def parse_rules(text: str, source: str = "rules") -> list[GateRule]:
     """Parse a rules document (YAML text), with file:line in every error.
 
     Raises:
-        GateError: invalid YAML or an invalid rule.
+        GateError: invalid YAML (or what the safe reader refuses: an alias, deep nesting, a lone surrogate) or an
+            invalid rule.
     """
-    try:
-        data = yaml.safe_load(text)
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-    except RecursionError:
-        raise GateError(f"{source}: nested too deeply to be a rules file") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = f" line {mark.line + 1}" if mark else ""
-        raise GateError(f"{source}{line}: not valid YAML ({getattr(e, 'problem', None) or e})") from None
+    data = parse_yaml(text, source, RULES_FIX, GateError)
+    node = yaml.compose(text, Loader=StrictLoader)  # the same text again, for each rule's line
     if isinstance(data, dict) and set(data) <= {"rules", "description"}:
         data = data.get("rules")
         node = next((v for k, v in node.value if k.value == "rules"), None) if node is not None else None
     if not isinstance(data, list) or not data:
-        raise GateError(f"{source}: expected a non-empty list of rules (or a mapping with a 'rules:' list)")
+        raise GateError(
+            f"{source}: expected a non-empty list of rules (or a mapping with a 'rules:' list), got {short(data, 80)}"
+        )
     lines = [n.start_mark.line + 1 for n in node.value] if isinstance(node, yaml.SequenceNode) else []
     return [
         parse_rule(d, f"{source} line {lines[k]}" if k < len(lines) else f"{source} rule {k + 1}")
@@ -180,22 +180,16 @@ def resolve_rules_path(rules: str | Path | None) -> Path:
     if rules is None:
         return DEFAULT_RULES
     p = Path(rules)
-    if p.is_file():
+    if p.is_file() or (os.path.lexists(p) and p.suffix):  # a folder or a looping link: the reader says which
         return p
     shipped = GATES_DIR / f"{rules}.yaml"
     if p.suffix == "" and shipped.is_file():
         return shipped
     known = ", ".join(sorted(q.stem for q in GATES_DIR.glob("*.yaml")))
-    raise GateError(f"rules file {str(rules)!r} not found; give a YAML path or a shipped gate ({known})")
+    raise GateError(f"rules file {short(str(rules))} not found; give a YAML path or a shipped gate ({known})")
 
 
 def load_rules(path: str | Path | None = None) -> list[GateRule]:
     """Read and validate a rules file (None = the shipped default)."""
     p = resolve_rules_path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise GateError(
-            f"{p}: cannot be read as a YAML rules file ({e}); give a rules YAML (README, 'Release gate')"
-        ) from None
-    return parse_rules(text, str(p))
+    return parse_rules(read_yaml_text(p, f"it cannot be read as a YAML rules file; {RULES_FIX}", GateError), str(p))

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
-import yaml
 
-from tunebench.core.io import package_path, read_json
+from tunebench.core.errors import RunFileError
+from tunebench.core.io import check_json, package_path, read_json, read_yaml
 from tunebench.core.markdown import kv_table, table
 from tunebench.reports.compare import (
     FEW_SAMPLES,
@@ -30,6 +30,7 @@ from tunebench.reports.compare import (
     load_run_results,
     run_settings,
 )
+from tunebench.reports.gate import other_gate_line, other_verdicts
 from tunebench.reports.render_evals import (  # noqa: F401  (re-exported: the report's one import path)
     _lm_eval_sections,
     _probe_sections,
@@ -103,6 +104,7 @@ def build_view(comparison: Comparison, context: dict[str, Any]) -> dict[str, Any
         "versions": versions,
         "gate": gate,
         "gate_table": gate_table(gate) if gate else None,
+        "other_gates": [other_gate_line(name, v) for name, v in (ctx.get("other_gates") or {}).items()],
         "export": export_view(c, ctx.get("export_comparisons") or {}),
         "served_parity": served_view(ctx.get("served_parity") or []),
         "judge": judge_view(c.rows_in("judge"), ctx.get("judge_artifacts"), gate),
@@ -143,12 +145,26 @@ def render_report(comparison: Comparison, context: dict[str, Any] | None = None)
     return text.rstrip("\n") + "\n"
 
 
-def context_from_run(run_dir: str | Path, results: dict[str, Any] | None = None) -> dict[str, Any]:
+_RUN_FILES = (  # context key, file, its type, the command that writes it again
+    ("manifest", "adapter/manifest.json", dict[str, Any], "tunebench train CONFIG --out RUN --overwrite"),
+    ("data_report", "data/data_report.json", dict[str, Any], "tunebench data RUN/config.yaml --out RUN"),
+    ("gate", "gate.json", dict[str, Any], "tunebench report RUN"),
+    ("stage_times", "timings.json", dict[str, dict[str, float] | float], "delete it: it only records stage times"),
+)
+
+
+def context_from_run(
+    run_dir: str | Path, results: dict[str, Any] | None = None, gate: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Collect the report context from a run folder (files that are absent are simply left out).
 
     Args:
         run_dir: The run folder.
         results: Optional already-loaded ``{"base", "tuned"}`` Results (saves re-reading them).
+        gate: The verdict about to be written as gate.json (``finish``), instead of the one there now.
+
+    Raises:
+        RunFileError: a file the report reads is damaged or of the wrong shape (names it and how to write it again).
     """
 
     run = Path(run_dir)
@@ -158,17 +174,17 @@ def context_from_run(run_dir: str | Path, results: dict[str, Any] | None = None)
         "base_artifacts": results["base"].artifacts,
         "tuned_artifacts": results["tuned"].artifacts,
         "environment": results["tuned"].environment or None,
+        "gate": gate,
     }
-    for key, rel in (
-        ("manifest", "adapter/manifest.json"),
-        ("data_report", "data/data_report.json"),
-        ("gate", "gate.json"),
-        ("stage_times", "timings.json"),
-    ):
-        if (run / rel).exists():
-            ctx[key] = read_json(run / rel)
+    for key, rel, hint, command in _RUN_FILES:
+        path = run / rel
+        if ctx.get(key) is None and path.exists():
+            fix = command.replace("RUN", str(run)) if command.startswith("tunebench") else command
+            fix = f"re-run `{fix}`" if command.startswith("tunebench") else fix
+            ctx[key] = check_json(read_json(path, fix), hint, str(path), fix)
     if (run / "config.yaml").exists():  # names the settings that would give a metric more items
-        ctx["config"] = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
+        ctx["config"] = read_yaml(run / "config.yaml", f"restore {run / 'config.yaml'} from a copy", RunFileError)
+    ctx["other_gates"] = other_verdicts(run) or None
     if (run / "loss_curve.png").exists():
         ctx["loss_curve"] = "loss_curve.png"
     judged = load_judge_results(run)

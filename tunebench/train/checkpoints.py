@@ -7,13 +7,13 @@ Nothing here imports transformers or torch (``train`` looks before Unsloth is im
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import zipfile
 from pathlib import Path
 
-from tunebench.core.errors import TrainingError
+from tunebench.core.errors import InvalidInput, TrainingError
+from tunebench.core.io import parse_json, read_json
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +57,11 @@ def checkpoint_problem(path: Path) -> str | None:
     """
     state = path / "trainer_state.json"
     try:
-        if not isinstance(json.loads(state.read_text(encoding="utf-8")).get("global_step"), int):
-            return f"{state} has no global_step"
-    except (OSError, ValueError, AttributeError) as e:
-        return f"{state} is missing or not valid JSON ({type(e).__name__}: {e})"
+        data = read_json(state)
+    except (InvalidInput, FileNotFoundError) as e:
+        return f"{state} is missing or not valid JSON ({e})"
+    if not isinstance(data, dict) or not isinstance(data.get("global_step"), int):
+        return f"{state} has no global_step"
     weights = path / "adapter_model.safetensors"
     if (problem := _safetensors_problem(weights)) is not None:
         return f"{weights} {problem}"
@@ -78,12 +79,12 @@ def _safetensors_problem(path: Path) -> str | None:
             n = int.from_bytes(f.read(8), "little")
             if size < 8 + n:
                 return f"is cut short ({size} bytes, header alone needs {8 + n})"
-            header = json.loads(f.read(n))
+            header = parse_json(f.read(n), str(path))
+        end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
     except FileNotFoundError:
         return "is missing"
-    except (OSError, ValueError) as e:
+    except (OSError, InvalidInput, AttributeError, TypeError, KeyError, IndexError) as e:
         return f"has an unreadable header ({type(e).__name__})"
-    end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
     if size != 8 + n + end:
         return f"is cut short ({size} bytes of {8 + n + end})"
     return None

@@ -27,8 +27,15 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from tunebench.core.errors import ExportError, did_you_mean
-from tunebench.core.io import atomic_write_json, atomic_write_text, fingerprint, package_version, sha256_file
+from tunebench.core.errors import ExportError, InvalidInput, did_you_mean
+from tunebench.core.io import (
+    atomic_write_json,
+    atomic_write_text,
+    fingerprint,
+    package_version,
+    read_json,
+    sha256_file,
+)
 from tunebench.models.loading import ModelSource, is_llama3
 from tunebench.models.modelfile import match_template, modelfile_text
 from tunebench.train.export import merge_adapter
@@ -285,15 +292,21 @@ def _discard(w: Any, tmp: Path) -> None:
 
 def _kept_artifacts(out_dir: Path, adapter_sha256: str, names: list[str]) -> list[dict[str, Any]]:
     """Artifacts of an earlier export of the same adapter that this one did not rewrite (still listed)."""
-    import json
-
     try:
-        old = json.loads((out_dir / "export.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        old = read_json(out_dir / "export.json")
+    except (InvalidInput, FileNotFoundError):  # none, or damaged: the artifacts it listed are written again
         return []
-    if old.get("adapter_sha256") != adapter_sha256:
+    if not isinstance(old, dict) or old.get("adapter_sha256") != adapter_sha256:
         return []
-    return [a for a in old.get("artifacts", []) if a.get("quant") not in names and (out_dir / a["file"]).exists()]
+    listed = old.get("artifacts") if isinstance(old.get("artifacts"), list) else []
+    return [
+        a
+        for a in listed
+        if isinstance(a, dict)
+        and isinstance(a.get("file"), str)
+        and a.get("quant") not in names
+        and (out_dir / a["file"]).exists()
+    ]
 
 
 def export_gguf(

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tunebench.core.io import atomic_write_text
+from tunebench.core.io import atomic_write_text, read_json, read_text
 from tunebench.core.markdown import kv_table
 
 EVALUATION_HEADING = "## Evaluation"
@@ -25,7 +25,7 @@ def write_adapter_metadata(folder: str | Path, manifest: dict[str, Any]) -> None
     """Rewrite ``base_model_name_or_path`` in adapter_config.json and write README.md (the model card)."""
     folder = Path(folder)
     cfg_path = folder / "adapter_config.json"
-    adapter_cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    adapter_cfg = read_json(cfg_path, "save the adapter again")
     adapter_cfg["base_model_name_or_path"] = base_reference(manifest["model"])
     atomic_write_text(cfg_path, json.dumps(adapter_cfg, indent=2, sort_keys=True) + "\n")
     atomic_write_text(folder / "README.md", model_card(manifest))
@@ -102,15 +102,26 @@ def model_card(m: dict[str, Any]) -> str:
     return "\n\n".join(p for p in parts if p) + "\n"
 
 
-def append_evaluation(folder: str | Path, rows: str, report: str | Path) -> None:
-    """Put the evaluation's headline table at the end of the card (replacing an earlier one)."""
+def with_evaluation(folder: str | Path, rows: str, report: str | Path) -> str | None:
+    """The card with the evaluation's headline table at its end (replacing an earlier one); None without a card.
+
+    Raises:
+        RunFileError: a card that cannot be read (not UTF-8, too large).
+    """
     card = Path(folder) / "README.md"
     if not card.exists():
-        return
-    text = card.read_text(encoding="utf-8").split("\n" + EVALUATION_HEADING + "\n")[0].rstrip("\n")
-    atomic_write_text(
-        card,
+        return None
+    fix = "restore the adapter's model card from a copy, or delete it (the adapter then has no card)"
+    text = read_text(card, fix).split("\n" + EVALUATION_HEADING + "\n")[0].rstrip("\n")
+    return (
         f"{text}\n\n{EVALUATION_HEADING}\n\nBase vs this adapter on the run's held-out test "
         f"split, probes and lm-eval tasks (the run's `{Path(report).name}`, beside this "
-        f"folder):\n\n{rows.strip()}\n",
+        f"folder):\n\n{rows.strip()}\n"
     )
+
+
+def append_evaluation(folder: str | Path, rows: str, report: str | Path) -> None:
+    """Put the evaluation's headline table at the end of the card (replacing an earlier one)."""
+    text = with_evaluation(folder, rows, report)
+    if text is not None:
+        atomic_write_text(Path(folder) / "README.md", text)

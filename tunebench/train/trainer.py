@@ -19,7 +19,7 @@ from typing import Any
 from tunebench.core import dist, tracking
 from tunebench.core.config import RunConfig, to_dict, with_backend
 from tunebench.core.errors import RunExistsError, TrainingError
-from tunebench.core.io import atomic_dir, atomic_write_json, read_json
+from tunebench.core.io import atomic_dir, atomic_write_json, read_json_object
 from tunebench.data import conversations as data_mod
 from tunebench.models.loading import load_tokenizer, manifest_of, resolve_model
 from tunebench.train import manifest as manifest_mod
@@ -99,7 +99,7 @@ def check_resume_world_size(checkpoint: Path | None) -> None:
     if checkpoint is None:
         return
     state_file = checkpoint / "tunebench_state.json"
-    saved = int(read_json(state_file).get("world_size", 1)) if state_file.exists() else 1
+    saved = int(read_json_object(state_file).get("world_size", 1)) if state_file.exists() else 1
     if saved != dist.world_size():
         launch = (
             f"torchrun --nproc_per_node {saved} -m tunebench train ... --resume"
@@ -134,7 +134,7 @@ def prepare_folder(run_dir: Path, resume: bool, overwrite: bool) -> TrainResult 
         shutil.rmtree(ckpt_dir, ignore_errors=True)
     if resume and adapter_dir.exists():
         log.info("%s is already trained; nothing to resume", adapter_dir)
-        return TrainResult(run_dir, adapter_dir, read_json(adapter_dir / "manifest.json"))
+        return TrainResult(run_dir, adapter_dir, read_json_object(adapter_dir / "manifest.json"))
     if resume:
         require_resumable(ckpt_dir)
         check_resume_world_size(latest_checkpoint(ckpt_dir))
@@ -163,7 +163,7 @@ def prepare_data(cfg: RunConfig, source: Any, run_dir: Path, strict: bool) -> An
         check_sizes=not report_path.exists(),
     )
     dist.barrier()
-    if report_path.exists() and read_json(report_path)["fingerprint"] != prepared.fingerprint:
+    if report_path.exists() and read_json_object(report_path).get("fingerprint") != prepared.fingerprint:
         raise TrainingError(
             f"{run_dir}/data was prepared from other data or another template than this config gives; "
             "re-run `tunebench data` (or --overwrite)"
@@ -230,7 +230,9 @@ def run_training(cfg: RunConfig, trainer: Any, backend_name: str, run_dir: Path,
     resume_from = latest_checkpoint(run_dir / "checkpoints") if resume else None
     if resume_from is not None:
         prior = (
-            read_json(resume_from / "tunebench_state.json") if (resume_from / "tunebench_state.json").exists() else {}
+            read_json_object(resume_from / "tunebench_state.json")
+            if (resume_from / "tunebench_state.json").exists()
+            else {}
         )
         state.prior_tokens, state.prior_seconds = prior.get("tokens_seen", 0), prior.get("seconds", 0.0)
         log.info("resuming from %s", resume_from)
