@@ -145,6 +145,8 @@ def run_folder(path: str | Path, wrote_it: str = "`tunebench run` or `tunebench 
     """``path`` as a run folder, or PipelineError saying why it is not one (a link loop, a file, no config.yaml)."""
     path = Path(path)
     problem = folder_problem(path)
+    if problem == "no such folder":
+        problem = "not a tunebench run folder (no such run folder exists)"
     if problem is None and not (path / "config.yaml").is_file():
         problem = "not a tunebench run folder (no config.yaml)"
     if problem:
