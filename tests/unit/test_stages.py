@@ -7,6 +7,7 @@ import json
 import logging
 
 from tunebench.app.pipeline import Stages
+from tunebench.app.stages import CONFIG_RECORD
 
 
 def _stage(run, calls, text):
@@ -65,4 +66,5 @@ def test_stages_record_when_each_ran_and_name_the_ones_reused(tmp_path):
     assert again.reuse_line() == "reused (inputs unchanged; when each ran: stages.json): score"
     recorded = json.loads((run / "stages.json").read_text())
     assert recorded["score"]["ran_at"] == ran_at  # a reused stage keeps the time it ran
-    assert set(recorded) == {"score", "judge"} and recorded["judge"]["ran_at"] >= ran_at
+    # the stages, and the settings they were computed with (the run-folder check reads them)
+    assert set(recorded) == {"score", "judge", CONFIG_RECORD} and recorded["judge"]["ran_at"] >= ran_at

@@ -14,7 +14,6 @@ most between base and tuned, and a side-by-side sample of both models' answers.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,7 +23,7 @@ import numpy as np
 
 from tunebench.core import stats
 from tunebench.core.errors import RunFileError
-from tunebench.core.io import check_json, read_json
+from tunebench.core.io import JSON_MAX_BYTES, check_json, parse_json, read_json, read_json_lines, read_text
 from tunebench.evals.results import Results
 from tunebench.reports.comparison import Comparison
 
@@ -305,6 +304,11 @@ def per_item(
 # ----------------------------------------------------------------------------- run folders (I/O)
 
 
+def _fragment(text: str) -> Any:
+    """One JSON scalar cut from a line of a file already read through core.io (a key or an id)."""
+    return parse_json(text, "results.json")
+
+
 def record_lines(text: str) -> dict[str, dict[str, int]]:
     """Items key -> item id -> the 1-based line its record opens on, in a results.json as ``atomic_write_json``
     writes it (indented by 2); {} for any other layout (the links then name the file alone)."""
@@ -317,14 +321,14 @@ def record_lines(text: str) -> dict[str, dict[str, int]]:
             break
         elif line.startswith('    "') and line.endswith("["):
             try:
-                key = json.loads(line.strip()[: -len(": [")])
-            except ValueError:
+                key = _fragment(line.strip()[: -len(": [")])
+            except RunFileError:
                 key = None
             out.setdefault(str(key), {})
         elif key is not None and line.startswith('        "id": '):
             try:
-                out[str(key)][str(json.loads(line.strip()[len('"id": ') :].rstrip(",")))] = prev
-            except ValueError:
+                out[str(key)][str(_fragment(line.strip()[len('"id": ') :].rstrip(",")))] = prev
+            except RunFileError:
                 pass
         if line.strip() == "{":
             prev = n
@@ -340,16 +344,15 @@ def read_judgments(run_dir: str | Path) -> list[dict[str, Any]] | None:
     path = Path(run_dir) / JUDGMENTS
     if not path.is_file():
         return None
+    fix = "re-run the judge stage (`tunebench run`)"
+    lines = read_json_lines(path, fix)
+    if lines.bad or lines.cut_last is not None:
+        n, why = lines.bad[0] if lines.bad else (lines.cut_last, "cut short")
+        raise RunFileError(f"{path} line {n}: {why}; {fix}")
     out = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            rec = None
+    for n, rec in lines.records:
         if not isinstance(rec, dict):
-            raise RunFileError(f"{path} line {n}: not a JSON object; re-run the judge stage (`tunebench run`)")
+            raise RunFileError(f"{path} line {n}: not a JSON object; {fix}")
         out.append({**rec, "line": n})
     return out
 
@@ -365,7 +368,9 @@ def per_item_of_run(
     """The per-item view of a run folder: its results files' record lines and, when ``with_judge``, its judgments."""
     run = Path(run_dir)
     lines = {
-        side: record_lines((run / rel).read_text(encoding="utf-8")) if (run / rel).is_file() else {}
+        side: record_lines(read_text(run / rel, "re-run its evaluation (`tunebench eval RUN`)", limit=JSON_MAX_BYTES))
+        if (run / rel).is_file()
+        else {}
         for side, rel in RESULTS.items()
     }
     judgments = read_judgments(run) if with_judge else None

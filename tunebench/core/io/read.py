@@ -98,6 +98,10 @@ def _opened(path: Path, fix: str, error: type[InvalidInput]) -> Iterator[BinaryI
             raise error(f"{path}: cannot be read ({e.strerror or e}); {fix}") from None
 
 
+READ_BLOCK = 1 << 20
+"""Bytes read at a time: memory follows the file's size, not the limit."""
+
+
 def read_bytes(path: str | Path, *, fix: str = REWRITE_HINT, error: type[InvalidInput] = RunFileError,
                limit: int = JSON_MAX_BYTES) -> bytes:  # fmt: skip
     """The bytes of a file, refusing what cannot be a tunebench file before reading it whole.
@@ -117,7 +121,12 @@ def read_bytes(path: str | Path, *, fix: str = REWRITE_HINT, error: type[Invalid
         st = os.fstat(f.fileno())
         if stat.S_ISREG(st.st_mode) and st.st_size > limit:
             raise error(f"{path}: {_size(st.st_size)}, more than the {_size(limit)} this kind of file may be; {fix}")
-        data = f.read(limit + 1)  # a FIFO or device has no size to check first
+        # in blocks: read(limit + 1) would reserve the whole limit up front; a FIFO or device has no size to check
+        chunks, size = [], 0
+        while size <= limit and (block := f.read(min(READ_BLOCK, limit + 1 - size))):
+            chunks.append(block)
+            size += len(block)
+        data = b"".join(chunks)
     if len(data) > limit:
         raise error(f"{path}: more than the {_size(limit)} this kind of file may be; {fix}")
     return data
