@@ -209,10 +209,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_gate(args: argparse.Namespace) -> int:
     rules = shipped_rules(args.rules)
-    if folder_problem(args.run):
-        run_folder(args.run)  # says why it is not one
-    if (Path(args.run) / "config.yaml").exists():
-        check_run_folder(Path(args.run))
+    _check_folder(args.run)
     # other rules than the run's own write gate-<name>.json beside gate.json, never over it
     out = args.out or (verdict_path(args.run, rules) if rules is not None and Path(args.run).is_dir() else None)
     return gate_main(args.run, rules, out)
@@ -228,12 +225,18 @@ def shipped_rules(rules: str | None) -> str | None:
     return str(shipped) if p.parent.parts[-2:] == ("configs", "gates") and shipped.is_file() else rules
 
 
+def _check_folder(folder: str) -> None:
+    """A run folder that `gate` or `compare` reads, checked before use (``check_run_folder``); one without a
+    config.yaml (results copied alone) is read at the default settings, as before."""
+    if folder_problem(folder):
+        run_folder(folder)  # says why it is not one
+    if (Path(folder) / "config.yaml").exists():
+        check_run_folder(Path(folder))
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     for folder in args.runs:
-        if folder_problem(folder):
-            run_folder(folder)  # says why it is not one
-        if (Path(folder) / "config.yaml").exists():
-            check_run_folder(Path(folder))
+        _check_folder(folder)
     board = leaderboard_from_runs(args.runs, primary=args.metric)
     text = render_leaderboard(board)
     print(text)
