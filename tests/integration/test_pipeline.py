@@ -158,6 +158,8 @@ def test_every_help_example_runs_as_written(examples):
     assert "report: runs/smoke/report.md" in done["eval runs/smoke"].stdout  # eval RUN re-renders the report
     # ... from the run's own results: `run` recorded the fingerprints `eval RUN` computes, so nothing is evaluated again
     assert "base and tuned: reused runs/smoke/eval/base/results.json" in done["eval runs/smoke"].stdout
+    tuned = "eval --model packaged:smollm2-135m-instruct --adapter runs/smoke/adapter --data-from runs/smoke"
+    assert "tuned: reused runs/smoke/eval/tuned/results.json" in done[tuned].stdout, done[tuned].stdout
     assert "rules: " in done["gate runs/smoke --rules default"].stdout
     assert (cwd / "runs" / "smoke" / "merged" / "config.json").is_file()
 

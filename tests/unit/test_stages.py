@@ -80,6 +80,11 @@ def test_eval_of_a_run_reuses_its_current_results_and_says_so(tmp_path, capsys, 
     assert [x for x in out.splitlines() if "reused" in x] == [f"base and tuned: reused {base}, {tuned} {why}"], out
     assert {p: p.read_bytes() for p in before} == before  # nothing evaluated, nothing rewritten
     assert f"report: {run / 'report.md'}" in out and (run / "report.md").is_file()
+    # one side named as the run's own: the same results, reused
+    model = ["--model", "packaged:smollm2-135m-instruct", "--data-from", str(run)]
+    assert main(["eval", *model, "--adapter", str(run / "adapter")]) == 0
+    assert main(["eval", *model]) == 0
+    assert capsys.readouterr().out.splitlines() == [f"tuned: reused {tuned} {why}", f"base: reused {base} {why}"]
 
     other = Fingerprints.of(load_config(run / "config.yaml", ["eval.lm_eval_limit=3"]), smol_source.identity)
     assert not Stages(run).fresh("eval_base", other.eval, base)  # another setting: evaluated again

@@ -24,6 +24,9 @@ from tunebench.models.loading import resolve_model
 from tunebench.reports.compare import ARTIFACT_PREFIX, SERVED_PREFIX, Comparison
 from tunebench.reports.render import export_view, metric_table
 
+REUSED = "same model, adapter, data and settings; --force recomputes"
+"""Why `tunebench eval` reused saved results instead of computing them again."""
+
 
 def cmd_eval(args: argparse.Namespace) -> int:
     if args.run and "=" in args.run and not Path(args.run).exists():  # an override, not a run folder
@@ -65,6 +68,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     preflight(cfg)
     label = args.label or (artifact_label(args.model) if artifact else "tuned" if args.adapter else "base")
     out = Path(args.out) if args.out else run_dir / "eval" / label / "results.json"
+    if not artifact and _current_side(args, cfg, run_dir, label, out):
+        print(f"{label}: reused {out} ({REUSED})")
+        return 0
     if artifact:  # the template in the metadata first: a file without one is named as such, not as unloadable
         check_artifact_template(args.model, run_dir)
         check_contract(args.model, run_dir / "adapter", list(cfg.eval.probe_files))
@@ -120,12 +126,23 @@ def _eval_run(args: argparse.Namespace) -> int:
     if dist.is_main():
         if reused:  # one line: what was not computed again, and why
             files = ", ".join(str(run_dir / "eval" / x / "results.json") for x in reused)
-            why = "same model, adapter, data and settings; --force recomputes"
-            print(f"{' and '.join(reused)}: reused {files} ({why})")
+            print(f"{' and '.join(reused)}: reused {files} ({REUSED})")
         result = finish(run_dir, cfg)
         print("\n" + result.headline)
         print(f"report: {result.report}")
     return 0
+
+
+def _current_side(args: argparse.Namespace, cfg: RunConfig, run_dir: Path, label: str, out: Path) -> bool:
+    """Whether `eval --model M [--adapter A] --data-from RUN` asks for what the run's own base or tuned results already
+    hold, still current: the same file, model, adapter, data and settings (and no --force)."""
+    if args.force or label not in ("base", "tuned") or out != run_dir / "eval" / label / "results.json":
+        return False
+    given = Path(args.adapter).resolve() if args.adapter else None
+    if given != (None if label == "base" else (run_dir / "adapter").resolve()):
+        return False
+    stage = f"eval_{label}"
+    return Stages(run_dir).fresh(stage, _stage_fingerprints(cfg, run_dir)[stage], out)
 
 
 def _stage_fingerprints(cfg: RunConfig, run_dir: Path) -> dict[str, str | None]:

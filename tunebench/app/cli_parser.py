@@ -164,7 +164,8 @@ def add_eval(sub: Subparsers, fns: Handlers) -> None:
     s.add_argument(
         "--force",
         action="store_true",
-        help="with RUN: evaluate again even where the saved results are current (same model, adapter, data, settings)",
+        help="evaluate again even where the run's saved base/tuned results are current (same model, adapter, data, "
+        "settings)",
     )
     s.set_defaults(fn=fns["eval"])
 
