@@ -25,7 +25,17 @@ def _cuda() -> bool:
         return False
 
 
+SLOW_FIXTURES = frozenset({"smoke_run", "examples", "scored", "smol_adapter_run"})
+"""Fixtures that train a model or run the pipeline (tests/integration/conftest.py and below): a test that uses one is
+in the slow tier, whatever its own marks say. `pytest -m "not slow"` is the fast tier (README, Tests)."""
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` selects by marker
 def pytest_collection_modifyitems(config, items):
+    slow = pytest.mark.slow
+    for item in items:
+        if SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(slow)
     if _cuda():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU (run on the GPU machine)")

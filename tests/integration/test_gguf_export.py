@@ -138,6 +138,45 @@ def test_q8_0_is_scored_on_the_runs_inputs_and_compared_with_the_adapter(exporte
     assert gate_main(run, rules, tmp_path / "gate.json") == 2  # an artifact never evaluated
 
 
+def test_llamacpp_parity_reuses_the_tuned_evaluations_pass(exported, tmp_path):
+    """Parity in llama.cpp takes the adapter's log-probs from the tuned evaluation's saved pass (its hidden states at
+    the scored positions, through the adapter's head) instead of running the adapter again: the same metrics as a
+    forward pass of its own, which it falls back to when the file is gone or was written for another adapter.
+    (test_llamacpp.py checks that `eval --runtime llama.cpp` of the smoke run's exports takes this path.)"""
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
+    from safetensors import safe_open
+    from transformers import AutoTokenizer
+
+    from tunebench.evals.llamacpp import LlamaCppModel, perplexity_metric
+    from tunebench.evals.llamacpp_eval import _context, adapter_parity
+    from tunebench.evals.parity import HIDDEN_FILE
+    from tunebench.evals.runner import encoded_test_split
+
+    run, cfg, _ = exported
+    saved = run / "eval" / "tuned" / HIDDEN_FILE
+    assert saved.is_file()
+    encoded, _ = encoded_test_split(run, AutoTokenizer.from_pretrained(str(run / "adapter")), cfg)
+    model = LlamaCppModel.open(run / "export" / "model-q8_0.gguf", "chatml", n_ctx=_context(encoded, cfg))
+    artifact_lp = perplexity_metric(model, encoded, "test", cfg.eval.bootstrap_samples, cfg.report.alpha)[3]
+    reused, side = adapter_parity(cfg, run / "adapter", encoded, artifact_lp)
+    assert side.startswith("the tuned evaluation's pass")
+    alone = tmp_path / "alone"
+    shutil.copytree(run / "adapter", alone / "adapter")
+    computed, side = adapter_parity(cfg, alone / "adapter", encoded, artifact_lp)
+    assert side == "a forward pass of the adapter"
+    assert [m.name for m, _ in reused] == [m.name for m, _ in computed] and len(reused) == 4
+    for (a, _), (b, _) in zip(reused, computed, strict=True):  # batched (the evaluation's) and one-at-a-time passes
+        assert a.n == b.n and a.details["scored_tokens"] == b.details["scored_tokens"], a.name
+        for x, y in ((a.value, b.value), (a.ci_low, b.ci_low), (a.ci_high, b.ci_high)):
+            assert x == pytest.approx(y, rel=1e-4, abs=1e-6), a.name
+    with safe_open(str(saved), framework="pt") as f:  # a file written for another adapter is never read
+        key = f.metadata()["key"]
+    (alone / "eval" / "tuned").mkdir(parents=True)
+    forged = saved.read_bytes().replace(key.encode(), f"{int(key, 16) ^ 1:0{len(key)}x}".encode(), 1)
+    (alone / "eval" / "tuned" / HIDDEN_FILE).write_bytes(forged)
+    assert adapter_parity(cfg, alone / "adapter", encoded, artifact_lp)[1] == "a forward pass of the adapter"
+
+
 def test_export_stage_is_cached(exported):
     from tunebench.app.pipeline import export_stage
 

@@ -58,6 +58,8 @@ def test_artifact_is_scored_in_llamacpp_with_parity_against_the_adapter(scored):
     q8 = arts["q8_0-llamacpp"]
     assert q8.model["runtime"] == "llama.cpp" and q8.model["chat_format"] == "chat_template.default"
     assert q8.inputs["test_tokens"] == tuned.inputs["test_tokens"]  # the adapter's own token ids
+    for name in ("f16-llamacpp", "q8_0-llamacpp"):  # parity read the tuned evaluation's pass, ran no adapter again
+        assert arts[name].artifacts["parity_adapter_side"].startswith("the tuned evaluation's pass"), name
     comps = compare_artifacts(tuned, arts, cfg.report.alpha, cfg.eval.bootstrap_samples)
     measured = {}
     for q in ("f16", "q8_0"):

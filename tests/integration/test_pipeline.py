@@ -156,6 +156,10 @@ def test_every_help_example_runs_as_written(examples):
         ok = (0, 1, 3) if key.startswith("gate ") else (0,)  # the gate's verdict is its exit code; 2 is bad input
         assert res.returncode in ok, f"`tunebench {key}` exited {res.returncode}:\n{res.stderr[-3000:]}"
     assert "report: runs/smoke/report.md" in done["eval runs/smoke"].stdout  # eval RUN re-renders the report
+    # ... from the run's own results: `run` recorded the fingerprints `eval RUN` computes, so nothing is evaluated again
+    assert "base and tuned: reused runs/smoke/eval/base/results.json" in done["eval runs/smoke"].stdout
+    tuned = "eval --model packaged:smollm2-135m-instruct --adapter runs/smoke/adapter --data-from runs/smoke"
+    assert "tuned: reused runs/smoke/eval/tuned/results.json" in done[tuned].stdout, done[tuned].stdout
     assert "rules: " in done["gate runs/smoke --rules default"].stdout
     assert (cwd / "runs" / "smoke" / "merged" / "config.json").is_file()
 
@@ -262,8 +266,8 @@ def test_ctrl_c_in_eval_names_the_cached_answers_and_the_command_that_continues(
     out, _, _ = smoke_run
     run = tmp_path / "e"
     shutil.copytree(out, run, ignore=shutil.ignore_patterns("checkpoints"))
-    code, text = interrupt_when(
-        tmp_path, ["eval", str(run)], lambda t: "perplexity/test =" in t, cache=tmp_path / "cache"
+    code, text = interrupt_when(  # --force: the copied results are current, and would be reused
+        tmp_path, ["eval", str(run), "--force"], lambda t: "perplexity/test =" in t, cache=tmp_path / "cache"
     )
     assert code == 130, text[-3000:]
     last = next((x for x in reversed(text.splitlines()) if x.startswith("interrupted: ")), text[-3000:])

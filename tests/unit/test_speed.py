@@ -708,6 +708,7 @@ def test_world_size_launches_torchrun_and_scaling_is_computed_from_one_invocatio
     assert all(t["value"] is None for t in speed_targets(rows, ["s"]) if "÷ hf" in t["target"])
 
 
+@pytest.mark.slow  # trains through the suite's trainer
 def test_train_worker_runs_one_point_through_the_suites_trainer(tmp_path, tiny_llama_dir):
     """The speed worker builds its run config itself: it must be resolved for the machine (dtype, optimizer), as
     a preset is, or the trainer refuses it. One hf point on CPU, bf16-LoRA settings (no 4-bit)."""

@@ -68,3 +68,45 @@ def test_stages_record_when_each_ran_and_name_the_ones_reused(tmp_path):
     assert recorded["score"]["ran_at"] == ran_at  # a reused stage keeps the time it ran
     # the stages, and the settings they were computed with (the run-folder check reads them)
     assert set(recorded) == {"score", "judge", CONFIG_RECORD} and recorded["judge"]["ran_at"] >= ran_at
+
+
+def test_eval_of_a_run_reuses_its_current_results_and_says_so(tmp_path, capsys, smol_source):
+    """`tunebench eval RUN` computes nothing whose saved results were made from the same model, adapter, data and
+    settings (the fingerprints `tunebench run` records in stages.json): one line says so, the report is re-rendered.
+    Another setting or another adapter makes the side stale (`--force` recomputes either way: test_pipeline.py)."""
+    import synthetic
+
+    from tunebench.app.cli import main
+    from tunebench.app.stages import Fingerprints
+    from tunebench.core.config import load_config
+
+    run = synthetic.write_run(tmp_path / "run", *synthetic.make_pair("improved"))
+    manifest = synthetic.manifest()
+    (run / "adapter").mkdir()
+    (run / "adapter" / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    contamination = run / "eval" / "contamination.json"
+    contamination.write_text(json.dumps({"n": 0, "sets": {}}), encoding="utf-8")
+    base, tuned = run / "eval" / "base" / "results.json", run / "eval" / "tuned" / "results.json"
+    fps = Fingerprints.of(load_config(run / "config.yaml"), smol_source.identity)
+    stages = Stages(run)
+    stages.mark("contamination", fps.eval, [contamination])
+    stages.mark("eval_base", fps.eval, [base])
+    stages.mark("eval_tuned", fps.tuned(manifest), [tuned])
+    before = {p: p.read_bytes() for p in (base, tuned, contamination, run / "stages.json")}
+
+    assert main(["eval", str(run)]) == 0
+    out = capsys.readouterr().out
+    why = "(same model, adapter, data and settings; --force recomputes)"
+    assert [x for x in out.splitlines() if "reused" in x] == [f"base and tuned: reused {base}, {tuned} {why}"], out
+    assert {p: p.read_bytes() for p in before} == before  # nothing evaluated, nothing rewritten
+    assert f"report: {run / 'report.md'}" in out and (run / "report.md").is_file()
+    # one side named as the run's own: the same results, reused
+    model = ["--model", "packaged:smollm2-135m-instruct", "--data-from", str(run)]
+    assert main(["eval", *model, "--adapter", str(run / "adapter")]) == 0
+    assert main(["eval", *model]) == 0
+    assert capsys.readouterr().out.splitlines() == [f"tuned: reused {tuned} {why}", f"base: reused {base} {why}"]
+
+    other = Fingerprints.of(load_config(run / "config.yaml", ["eval.lm_eval_limit=3"]), smol_source.identity)
+    assert not Stages(run).fresh("eval_base", other.eval, base)  # another setting: evaluated again
+    assert not Stages(run).fresh("eval_tuned", fps.tuned({**manifest, "created": "later"}), tuned)  # another adapter
+    assert Stages(run).fresh("eval_tuned", fps.tuned(manifest), tuned)

@@ -11,7 +11,7 @@ from typing import Any
 from tunebench.app.cli_notes import again_command, cache_note
 from tunebench.app.pipeline import finish
 from tunebench.app.preflight import preflight
-from tunebench.app.stages import check_run_folder, run_folder
+from tunebench.app.stages import Fingerprints, Stages, check_run_folder, run_folder
 from tunebench.core import dist
 from tunebench.core.config import RunConfig, load_config
 from tunebench.core.errors import ConfigError, Interrupted, MissingRunFile
@@ -20,8 +20,12 @@ from tunebench.evals.contract import check_contract
 from tunebench.evals.llamacpp import LABEL_SUFFIX
 from tunebench.evals.llamacpp_eval import evaluate_gguf_llamacpp
 from tunebench.evals.runner import check_artifact_template, evaluate_model, save_contamination
+from tunebench.models.loading import resolve_model
 from tunebench.reports.compare import ARTIFACT_PREFIX, SERVED_PREFIX, Comparison
 from tunebench.reports.render import export_view, metric_table
+
+REUSED = "same model, adapter, data and settings; --force recomputes"
+"""Why `tunebench eval` reused saved results instead of computing them again."""
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -64,6 +68,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     preflight(cfg)
     label = args.label or (artifact_label(args.model) if artifact else "tuned" if args.adapter else "base")
     out = Path(args.out) if args.out else run_dir / "eval" / label / "results.json"
+    if not artifact and _current_side(args, cfg, run_dir, label, out):
+        print(f"{label}: reused {out} ({REUSED})")
+        return 0
     if artifact:  # the template in the metadata first: a file without one is named as such, not as unloadable
         check_artifact_template(args.model, run_dir)
         check_contract(args.model, run_dir / "adapter", list(cfg.eval.probe_files))
@@ -82,48 +89,92 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _eval_run(args: argparse.Namespace) -> int:
-    """`tunebench eval RUN`: base and tuned on the run's inputs, then the run's report re-rendered."""
+    """`tunebench eval RUN`: base and tuned on the run's inputs (each reused when its saved results are current, unless
+    --force), then the run's report re-rendered."""
     run_dir = run_folder(args.run)
     check_run_folder(run_dir, splits=True)  # a damaged config or split exits 2 here, before any model loads
     cfg = load_config(run_dir / "config.yaml", args.overrides)
     preflight(cfg)
     dist.init()
-    contamination = save_contamination(run_dir, cfg) if dist.is_main() else None
-    for label, adapter in (("base", None), ("tuned", run_dir / "adapter")):
-        out = run_dir / "eval" / label / "results.json"
-        try:
-            evaluate_model(cfg, run_dir, label, adapter, out, contamination)
-        except KeyboardInterrupt:
-            kept = "the base results were written; " if label == "tuned" else ""
-            # base is done: the tuned side alone continues it
-            again = (
-                again_command(args)
-                if label == "base"
-                else shlex.join(
-                    [
-                        "tunebench",
-                        "eval",
-                        "--model",
-                        cfg.model.ref,
-                        "--adapter",
-                        str(adapter),
-                        "--data-from",
-                        str(run_dir),
-                        *args.overrides,
-                    ]
-                )
-            )
-            raise Interrupted(
-                f"the {label} evaluation of {run_dir} stopped before {out} was written; {kept}"
-                f"{cache_note(cfg)}. Continue with `{again}`"
-            ) from None
+    stages = Stages(run_dir)
+    wanted = _stage_fingerprints(cfg, run_dir)
+    contamination_path = run_dir / "eval" / "contamination.json"
+    if not args.force and stages.fresh("contamination", wanted["contamination"], contamination_path):
+        contamination = read_json(contamination_path)
+    else:
+        contamination = save_contamination(run_dir, cfg) if dist.is_main() else None
         if dist.is_main():
+            stages.mark("contamination", wanted["contamination"], [contamination_path])
+    reused = []
+    for label, adapter in (("base", None), ("tuned", run_dir / "adapter")):
+        out, stage = run_dir / "eval" / label / "results.json", f"eval_{label}"
+        if not args.force and stages.fresh(stage, wanted[stage], out):
+            reused.append(label)
+            continue
+        try:
+            with stages.clock.stage(stage):
+                evaluate_model(cfg, run_dir, label, adapter, out, contamination)
+        except KeyboardInterrupt:
+            raise Interrupted(_eval_run_interrupted(args, cfg, run_dir, label, out)) from None
+        if dist.is_main():
+            stages.mark(stage, wanted[stage], [out])
             print(f"{label}: {out}")
     if dist.is_main():
+        if reused:  # one line: what was not computed again, and why
+            files = ", ".join(str(run_dir / "eval" / x / "results.json") for x in reused)
+            print(f"{' and '.join(reused)}: reused {files} ({REUSED})")
         result = finish(run_dir, cfg)
         print("\n" + result.headline)
         print(f"report: {result.report}")
     return 0
+
+
+def _current_side(args: argparse.Namespace, cfg: RunConfig, run_dir: Path, label: str, out: Path) -> bool:
+    """Whether `eval --model M [--adapter A] --data-from RUN` asks for what the run's own base or tuned results already
+    hold, still current: the same file, model, adapter, data and settings (and no --force)."""
+    if args.force or label not in ("base", "tuned") or out != run_dir / "eval" / label / "results.json":
+        return False
+    given = Path(args.adapter).resolve() if args.adapter else None
+    if given != (None if label == "base" else (run_dir / "adapter").resolve()):
+        return False
+    stage = f"eval_{label}"
+    return Stages(run_dir).fresh(stage, _stage_fingerprints(cfg, run_dir)[stage], out)
+
+
+def _stage_fingerprints(cfg: RunConfig, run_dir: Path) -> dict[str, str | None]:
+    """What `tunebench run` records for the stages `eval RUN` computes (its results are the same files): the
+    contamination and base evaluation on the model, data and settings; the tuned one on the adapter too."""
+    fps = Fingerprints.of(cfg, resolve_model(cfg.model.ref, cfg.model.revision).identity)
+    manifest = run_dir / "adapter" / "manifest.json"
+    tuned = fps.tuned(read_json(manifest)) if manifest.is_file() else None
+    return {"contamination": fps.eval, "eval_base": fps.eval, "eval_tuned": tuned}
+
+
+def _eval_run_interrupted(args: argparse.Namespace, cfg: RunConfig, run_dir: Path, label: str, out: Path) -> str:
+    """What a stopped `eval RUN` kept, and the command that continues it: the same one while the base was running;
+    the tuned side alone once the base results are written."""
+    kept = "the base results were written; " if label == "tuned" else ""
+    again = (
+        again_command(args)
+        if label == "base"
+        else shlex.join(
+            [
+                "tunebench",
+                "eval",
+                "--model",
+                cfg.model.ref,
+                "--adapter",
+                str(run_dir / "adapter"),
+                "--data-from",
+                str(run_dir),
+                *args.overrides,
+            ]
+        )
+    )
+    return (
+        f"the {label} evaluation of {run_dir} stopped before {out} was written; {kept}"
+        f"{cache_note(cfg)}. Continue with `{again}`"
+    )
 
 
 def _eval_endpoint(args: argparse.Namespace, run_dir: Path) -> int:

@@ -13,9 +13,9 @@ from tunebench.train.trainer import latest_checkpoint
 
 
 def again_command(args: argparse.Namespace, add: str | None = None) -> str:
-    """The command line that continues an interrupted command: the same one, less ``--overwrite`` (which would
-    discard what was saved), plus ``add``."""
-    argv = [a for a in args.argv if a != "--overwrite"]
+    """The command line that continues an interrupted command: the same one, less ``--overwrite`` and ``--force``
+    (which would discard or redo what was saved), plus ``add``."""
+    argv = [a for a in args.argv if a not in ("--overwrite", "--force")]
     return shlex.join(["tunebench", *argv, *([add] if add and add not in argv else [])])
 
 

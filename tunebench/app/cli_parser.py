@@ -161,6 +161,12 @@ def add_eval(sub: Subparsers, fns: Handlers) -> None:
     s.add_argument("--served-model", help="model name to send to --endpoint (default: the first it lists)")
     s.add_argument("--api-key-env", help="environment variable holding --endpoint's key (never written anywhere)")
     s.add_argument("--concurrency", type=int, default=8, help="--endpoint requests in flight at once (default 8)")
+    s.add_argument(
+        "--force",
+        action="store_true",
+        help="evaluate again even where the run's saved base/tuned results are current (same model, adapter, data, "
+        "settings)",
+    )
     s.set_defaults(fn=fns["eval"])
 
 

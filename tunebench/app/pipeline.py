@@ -23,8 +23,8 @@ from typing import Any
 import yaml
 
 from tunebench.app.preflight import preflight
+from tunebench.app.stages import Fingerprints, Stages
 from tunebench.app.stages import StageClock as StageClock  # re-exported
-from tunebench.app.stages import Stages
 from tunebench.core import tracking
 from tunebench.core.config import RunConfig, asked, dump_yaml, from_dict, to_dict
 from tunebench.core.errors import (
@@ -205,12 +205,6 @@ def _train_child(run_dir: Path) -> None:
         raise PipelineError(f"training failed (exit code {code}); see the messages above")
 
 
-def train_settings(cfg: RunConfig) -> dict[str, Any]:
-    """The train section as the train stage's fingerprint reads it: trackers watch training, they don't change the
-    adapter, so turning one on does not train again."""
-    return {k: v for k, v in to_dict(cfg.train).items() if k != "report_to"}
-
-
 def run(
     cfg: RunConfig, run_dir: str | Path, overwrite: bool = False, progress: bool = True, strict: bool = False
 ) -> PipelineResult:
@@ -233,7 +227,8 @@ def _run(cfg: RunConfig, run_dir: Path, overwrite: bool, progress: bool, strict:
         tok, tname = load_tokenizer(source, cfg.model.chat_template, cfg.model.trust_remote_code)
         data_mod.prepare(tok, tname, cfg.data, run_dir / "data", eval_every=cfg.train.eval_every, strict=strict)
 
-    data_fp = fingerprint([to_dict(cfg.data), cfg.model.chat_template, source.identity])
+    fps = Fingerprints.of(cfg, source.identity)
+    data_fp, train_fp, eval_fp = fps.data, fps.train, fps.eval
     splits = [run_dir / "data" / f"{s}.jsonl" for s in data_mod.SPLITS]  # a damaged split is noticed, not skipped
     stages.run("data", data_fp, [run_dir / "data" / "data_report.json", *splits], data)
 
@@ -243,13 +238,9 @@ def _run(cfg: RunConfig, run_dir: Path, overwrite: bool, progress: bool, strict:
             shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
         _train_child(run_dir)
 
-    train_fp = fingerprint([data_fp, to_dict(cfg.model), to_dict(cfg.lora), train_settings(cfg)])
     adapter = run_dir / "adapter"
     stages.run("train", train_fp, [adapter / "manifest.json"], train)
 
-    # the judge has its own stage: its settings leave perplexity, probes and lm-eval alone
-    eval_settings = {k: v for k, v in to_dict(cfg.eval).items() if k != "judge"}
-    eval_fp = fingerprint([data_fp, to_dict(cfg.model), eval_settings, cfg.report.alpha])
     contamination_path = run_dir / "eval" / "contamination.json"
     stages.run("contamination", eval_fp, [contamination_path], lambda: save_contamination(run_dir, cfg))
     contamination = read_json_object(
@@ -266,7 +257,7 @@ def _run(cfg: RunConfig, run_dir: Path, overwrite: bool, progress: bool, strict:
 
     manifest = read_json_object(adapter / "manifest.json", "train the adapter again (delete adapter/ and run again)")
     adapter_fp = fingerprint([train_fp, manifest.get("created")])  # this adapter, as trained
-    tuned_fp = fingerprint([eval_fp, train_fp, manifest.get("created")])
+    tuned_fp = fps.tuned(manifest)
     tuned_path = run_dir / "eval" / "tuned" / "results.json"
     stages.run(
         "eval_tuned",

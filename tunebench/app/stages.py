@@ -1,5 +1,6 @@
 """A run folder's stages: what each finished stage was computed from and wrote (stages.json), and how long each
-took (timings.json). ``pipeline.run`` skips a stage whose inputs and outputs are unchanged."""
+took (timings.json). ``pipeline.run`` and `tunebench eval RUN` skip a stage whose inputs and outputs are unchanged:
+both compute its inputs' fingerprint here (``Fingerprints``)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ import datetime
 import logging
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tunebench.core.config import read_run_config
+from tunebench.core.config import RunConfig, read_run_config, to_dict
 from tunebench.core.errors import PipelineError, RunFileError
 from tunebench.core.io import (
     atomic_write_json,
@@ -28,6 +30,35 @@ from tunebench.evals.results import Results
 log = logging.getLogger("tunebench.app.pipeline")  # the messages read as the pipeline's, as before
 CONFIG_RECORD = "_config"
 """stages.json's entry for the settings of config.yaml when a stage was last marked done (not a stage)."""
+
+
+def train_settings(cfg: RunConfig) -> dict[str, Any]:
+    """The train section as the train stage's fingerprint reads it: trackers watch training, they don't change the
+    adapter, so turning one on does not train again."""
+    return {k: v for k, v in to_dict(cfg.train).items() if k != "report_to"}
+
+
+@dataclass(frozen=True)
+class Fingerprints:
+    """The inputs of a run's data, train and evaluation stages, as recorded in stages.json."""
+
+    data: str
+    train: str
+    eval: str
+    """Base evaluation and contamination: the data, the model and every evaluation setting but the judge's."""
+
+    @classmethod
+    def of(cls, cfg: RunConfig, source_identity: Any) -> Fingerprints:
+        """The fingerprints of ``cfg`` (template resolved) on the model whose ``ModelSource.identity`` is given."""
+        data = fingerprint([to_dict(cfg.data), cfg.model.chat_template, source_identity])
+        train = fingerprint([data, to_dict(cfg.model), to_dict(cfg.lora), train_settings(cfg)])
+        # the judge has its own stage: its settings leave perplexity, probes and lm-eval alone
+        eval_settings = {k: v for k, v in to_dict(cfg.eval).items() if k != "judge"}
+        return cls(data, train, fingerprint([data, to_dict(cfg.model), eval_settings, cfg.report.alpha]))
+
+    def tuned(self, manifest: dict[str, Any]) -> str:
+        """The tuned evaluation's: the base's, the training's, and which adapter it wrote (its manifest)."""
+        return fingerprint([self.eval, self.train, manifest.get("created")])
 
 
 class Stages:

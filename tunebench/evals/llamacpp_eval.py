@@ -19,7 +19,7 @@ from tunebench.core.config import RunConfig
 from tunebench.core.io import atomic_write_json, environment
 from tunebench.evals.contract import check_contract
 from tunebench.evals.llamacpp import RUNTIME, LlamaCppModel, continuation_logprob, perplexity_metric
-from tunebench.evals.parity import adapter_logprobs, parity_metrics
+from tunebench.evals.parity import HIDDEN_FILE, adapter_logprobs, parity_metrics, saved_adapter_logprobs
 from tunebench.evals.probes import add_probes
 from tunebench.evals.results import Results
 from tunebench.evals.runner import check_artifact_template, encoded_test_split
@@ -97,7 +97,8 @@ def _add_perplexity_and_parity(
     results.inputs["template_sha"] = report["template"]["sha"]
     results.timings["perplexity_s"] = round(time.perf_counter() - t, 2)
     t = time.perf_counter()
-    for m, its in adapter_parity(cfg, adapter, encoded, artifact_lp):
+    metrics, results.artifacts["parity_adapter_side"] = adapter_parity(cfg, adapter, encoded, artifact_lp)
+    for m, its in metrics:
         results.add(m, its)
     results.timings["parity_s"] = round(time.perf_counter() - t, 2)
 
@@ -132,8 +133,14 @@ def _add_lm_eval(
     )
 
 
-def adapter_parity(cfg: RunConfig, adapter: Path, encoded: list[Any], artifact_lp: list[Any]) -> list[tuple]:
-    """Parity metrics of the artifact's log-probs against the in-process adapter's on the same token ids."""
+def adapter_parity(
+    cfg: RunConfig, adapter: Path, encoded: list[Any], artifact_lp: list[Any]
+) -> tuple[list[tuple], str]:
+    """Parity metrics of the artifact's log-probs against the in-process adapter's on the same token ids: from the
+    tuned evaluation's saved pass when it was made on this model and these ids (evals.parity), else computed here.
+
+    Returns:
+        (the metrics with their items, where the adapter's log-probs came from)"""
     from tunebench.evals.modeling import load_for_eval
     from tunebench.models.adapters import adapter_manifest
     from tunebench.models.loading import resolve_model
@@ -149,10 +156,14 @@ def adapter_parity(cfg: RunConfig, adapter: Path, encoded: list[Any], artifact_l
         trust_remote_code=cfg.model.trust_remote_code,
         merge_adapter=cfg.eval.merge_adapter,
     )
-    adapter_lp = [adapter_logprobs(loaded, e) for e in encoded]
+    saved = adapter.parent / "eval" / "tuned" / HIDDEN_FILE
+    adapter_lp = saved_adapter_logprobs(saved, loaded, encoded)
+    side = f"the tuned evaluation's pass ({saved.name}) through the adapter's LM head"
+    if adapter_lp is None:
+        adapter_lp, side = [adapter_logprobs(loaded, e) for e in encoded], "a forward pass of the adapter"
     loaded = None
     gc.collect()
-    return parity_metrics(encoded, adapter_lp, artifact_lp, cfg.eval.bootstrap_samples, cfg.report.alpha)
+    return parity_metrics(encoded, adapter_lp, artifact_lp, cfg.eval.bootstrap_samples, cfg.report.alpha), side
 
 
 __all__ = ["evaluate_gguf_llamacpp"]

@@ -11,19 +11,32 @@ the artifact's Q (llama.cpp's logits), both from the same token ids:
 
 Each metric's ``details["reference"]`` is the value of a perfect copy (0, 0, 1, 1): the export comparison
 pairs the artifact against it, so gate rules bound parity like any other metric.
+
+The adapter's side reuses the tuned evaluation's pass over the same tokens: that evaluation saves the final hidden
+states at the scored positions (``HIDDEN_FILE``, the LM head's input; a full vocabulary per token would be 1.4 GB
+for the smoke preset's test split), and parity applies the adapter's head to them instead of running the whole
+model again. It does so only when the file was written for the model parity loads (same base, adapter weights,
+merge, dtype and device) and the same token ids; otherwise it runs the forward pass itself.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+from pathlib import Path
 from typing import Any
 
+from tunebench.core.io import atomic_write_bytes, fingerprint
 from tunebench.core.stats import bootstrap_ci
-from tunebench.data.conversations import Encoded
+from tunebench.data.conversations import Encoded, tokens_fingerprint
 from tunebench.evals.llamacpp import _logsumexp, scored_positions
 from tunebench.evals.results import Metric
 
+log = logging.getLogger(__name__)
+
 P99 = 0.99
+HIDDEN_FILE = "scored_hidden.safetensors"
+"""Beside an adapter's results.json: its final hidden states at the test split's scored positions."""
 
 
 def adapter_logprobs(loaded: Any, e: Encoded) -> Any:
@@ -38,6 +51,70 @@ def adapter_logprobs(loaded: Any, e: Encoded) -> Any:
         ids = torch.tensor([e.input_ids], device=loaded.device)
         logits = loaded.model(input_ids=ids).logits[0, pos].double().cpu().numpy()
     return logits - _logsumexp(logits)
+
+
+def _hidden_key(identity: dict[str, Any], encoded: list[Encoded]) -> str:
+    """What saved hidden states were computed from: the loaded model (``Loaded.identity``: the base's content, the
+    adapter's weights, how it was applied, dtype, device; not where the files are, so a copied run folder keeps
+    them) and the token ids."""
+    fields = ("adapter_sha256", "adapter_merged", "adapter_base", "dtype", "device", "weights")
+    model = {k: identity.get(k) for k in fields}
+    return fingerprint([(identity.get("base") or {}).get("identity"), model, tokens_fingerprint(encoded)])
+
+
+def save_scored_hidden(
+    path: str | Path, hidden: dict[int, Any], encoded: list[Encoded], identity: dict[str, Any]
+) -> bool:
+    """Write ``hidden`` (``perplexity.score``'s, one tensor per conversation of ``encoded``) to ``path`` atomically,
+    keyed by the model's ``identity`` and the token ids; when ``hidden`` lacks a conversation (score kept none), remove
+    an older file instead.
+
+    Returns:
+        Whether the file was written.
+    """
+    import torch  # heavy: torch
+    from safetensors.torch import save  # heavy: safetensors
+
+    if not encoded or len(hidden) != len(encoded):
+        Path(path).unlink(missing_ok=True)
+        return False
+    rows = [hidden[i] for i in range(len(encoded))]
+    counts = torch.tensor([0] + [len(t) for t in rows], dtype=torch.int64).cumsum(0)
+    blob = save({"hidden": torch.cat(rows).contiguous(), "offsets": counts}, {"key": _hidden_key(identity, encoded)})
+    atomic_write_bytes(path, blob)
+    return True
+
+
+def saved_adapter_logprobs(path: str | Path, loaded: Any, encoded: list[Encoded]) -> list[Any] | None:
+    """The adapter's log-probs at the scored positions (float64 numpy, one array per conversation) from the hidden
+    states a tuned evaluation saved at ``path``, through ``loaded``'s LM head; None when there is no such file, it
+    is unreadable, or it was written for another model or other token ids."""
+    import numpy as np
+    import torch  # heavy: torch
+    from safetensors import SafetensorError, safe_open  # heavy: safetensors
+
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            key = (f.metadata() or {}).get("key")
+            hidden, offsets = f.get_tensor("hidden"), f.get_tensor("offsets").tolist()
+    except (OSError, ValueError, KeyError, SafetensorError) as e:
+        log.warning("%s is unreadable (%s): parity runs the adapter's forward pass itself", path, e)
+        return None
+    if key != _hidden_key(loaded.identity(), encoded) or len(offsets) != len(encoded) + 1:
+        return None
+    head = loaded.model.get_output_embeddings()
+    out = []
+    with torch.inference_mode():
+        for a, b in zip(offsets, offsets[1:], strict=False):
+            if b == a:
+                out.append(np.zeros((0, 1)))
+                continue
+            logits = head(hidden[a:b].to(loaded.device)).double().cpu().numpy()
+            out.append(logits - _logsumexp(logits))
+    return out
 
 
 def token_parity(p: Any, q: Any, targets: list[int]) -> dict[str, Any]:

@@ -22,6 +22,9 @@ from tunebench.evals.results import Metric
 log = logging.getLogger(__name__)
 
 HEAD_CHUNK = 4096  # scored positions per LM-head matmul: bounds the fp32 logits buffer to HEAD_CHUNK x vocab
+MAX_KEPT_HIDDEN_BYTES = 64 << 20
+"""``score(scored_hidden=...)`` keeps at most this much (the smoke preset's test split takes 16 MB); a larger pass
+(a 1B model on a large test split) keeps none, and parity runs the model itself, on the GPU such runs have."""
 
 
 def batches_by_length(encoded: list[Encoded], batch_tokens: int) -> list[list[int]]:
@@ -49,10 +52,37 @@ def _backbone_and_head(model: Any) -> tuple[Any, Any]:
     return backbone, head
 
 
+def _padded(rows: list[Encoded], pad_id: int, device: Any) -> tuple[Any, Any, Any]:
+    """(input ids, labels, attention mask) of ``rows``, right-padded to the longest, on ``device``."""
+    import torch
+
+    width = max(len(e.input_ids) for e in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for r, e in enumerate(rows):
+        n = len(e.input_ids)
+        ids[r, :n] = torch.tensor(e.input_ids)
+        labels[r, :n] = torch.tensor(e.labels)
+        mask[r, :n] = 1
+    return ids.to(device), labels.to(device), mask.to(device)
+
+
 def score(
-    model: Any, encoded: list[Encoded], batch_tokens: int = 16384, pad_id: int = 0, progress: bool = True
+    model: Any,
+    encoded: list[Encoded],
+    batch_tokens: int = 16384,
+    pad_id: int = 0,
+    progress: bool = True,
+    scored_hidden: dict[int, Any] | None = None,
 ) -> tuple[list[dict[str, Any]], float]:
     """Summed NLL and scored-token count per conversation.
+
+    Args:
+        scored_hidden: filled, when given, with each conversation's final hidden states at its scored positions
+            (index in ``encoded`` -> a CPU tensor, the LM head's input): what parity needs of this pass
+            (evals.parity). Left empty where the head is more than a matmul, the batches are split across processes,
+            or they would take more than ``MAX_KEPT_HIDDEN_BYTES``.
 
     Returns:
         (items, seconds) with items ``{"id", "num": summed NLL (nats), "den": assistant tokens}`` in input order.
@@ -66,6 +96,8 @@ def score(
     # under torchrun each process scores whole batches (the same batches one process would), so the
     # gathered records equal a single-process run
     mine = [groups[g] for g in dist.shard(len(groups))]
+    keep = scored_hidden is not None and backbone is not None and dist.world_size() == 1
+    kept_bytes = 0
     t0 = time.perf_counter()
     bar = tqdm(
         total=sum(len(encoded[i].input_ids) for g in mine for i in g),
@@ -76,16 +108,7 @@ def score(
     )
     with torch.inference_mode():
         for group in mine:
-            width = max(len(encoded[i].input_ids) for i in group)
-            ids = torch.full((len(group), width), pad_id, dtype=torch.long)
-            labels = torch.full((len(group), width), -100, dtype=torch.long)
-            mask = torch.zeros((len(group), width), dtype=torch.long)
-            for r, i in enumerate(group):
-                n = len(encoded[i].input_ids)
-                ids[r, :n] = torch.tensor(encoded[i].input_ids)
-                labels[r, :n] = torch.tensor(encoded[i].labels)
-                mask[r, :n] = 1
-            ids, labels, mask = ids.to(device), labels.to(device), mask.to(device)
+            ids, labels, mask = _padded([encoded[i] for i in group], pad_id, device)
             target = labels[:, 1:]
             scored = target != -100
             if backbone is not None:
@@ -105,6 +128,13 @@ def score(
             row_index = torch.arange(len(group), device=device).unsqueeze(1).expand_as(target)[scored]
             per_row.index_add_(0, row_index, nll.double())
             counts = scored.sum(dim=1)
+            if keep:
+                for i, rows in zip(group, torch.split(h, counts.tolist()), strict=True):
+                    scored_hidden[i] = rows.cpu().clone()
+                kept_bytes += h.numel() * h.element_size()
+                if kept_bytes > MAX_KEPT_HIDDEN_BYTES:
+                    keep = False
+                    scored_hidden.clear()
             for r, i in enumerate(group):
                 items[i] = {"id": encoded[i].id, "num": float(per_row[r]), "den": int(counts[r])}
             bar.update(sum(len(encoded[i].input_ids) for i in group))
@@ -127,8 +157,12 @@ def evaluate(
     alpha: float = 0.05,
     seed: int = 0,
     progress: bool = True,
+    scored_hidden: dict[int, Any] | None = None,
 ) -> tuple[Metric, list[dict[str, Any]], dict[str, Any]]:
     """Token-weighted perplexity with a bootstrap interval over conversations.
+
+    Args:
+        scored_hidden: filled with the scored positions' final hidden states (see ``score``).
 
     Returns:
         (metric, per-conversation items, inputs fingerprint entries)
@@ -137,7 +171,7 @@ def evaluate(
     if not encoded:
         raise DataError(f"the {split} split is empty: nothing to score (raise data.max_{split} or test_fraction)")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    items, seconds = score(model, encoded, batch_tokens, pad, progress)
+    items, seconds = score(model, encoded, batch_tokens, pad, progress, scored_hidden)
     return metric_from_items(items, encoded, split, n_boot=n_boot, alpha=alpha, seed=seed, seconds=seconds)
 
 

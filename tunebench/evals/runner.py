@@ -28,6 +28,7 @@ from tunebench.evals import perplexity
 from tunebench.evals.contamination import contamination, conversation_text
 from tunebench.evals.lm_eval_runner import run_lm_eval, task_documents
 from tunebench.evals.modeling import Loaded, load_for_eval
+from tunebench.evals.parity import HIDDEN_FILE, save_scored_hidden
 from tunebench.evals.probes import load_probe_set, run_probes
 from tunebench.evals.results import Results
 from tunebench.models.loading import ModelSource, resolve_model
@@ -149,8 +150,11 @@ def evaluate_model(
         results.model["artifact"] = Path(cfg.model.ref).name
     results.timings["load_s"] = round(time.perf_counter() - t0, 2)
 
+    # an adapter's perplexity pass is kept for parity with its exports (evals.parity), beside its results
+    kept: dict[int, Any] | None = {} if adapter is not None and out_path is not None else None
+    encoded: list[Any] = []
     if cfg.eval.perplexity:
-        _score_perplexity(results, loaded, run_dir, cfg, progress)
+        encoded = _score_perplexity(results, loaded, run_dir, cfg, progress, kept)
     if cfg.eval.probe_files and cfg.eval.probe_sampling:
         _score_probes(results, loaded, cfg, label, progress)
     if cfg.eval.lm_eval_tasks and dist.is_main():
@@ -171,6 +175,8 @@ def evaluate_model(
     results.environment["world_size"] = dist.world_size()
     if out_path is not None and dist.is_main():
         results.save(out_path)
+        if kept is not None:
+            save_scored_hidden(Path(out_path).parent / HIDDEN_FILE, kept, encoded, results.model)
     return results
 
 
@@ -195,8 +201,19 @@ def _load_model(
     return source, loaded
 
 
-def _score_perplexity(results: Results, loaded: Loaded, run_dir: Path, cfg: RunConfig, progress: bool) -> None:
-    """Held-out perplexity on the run's test tokens (checked to be the data step's) into ``results``."""
+def _score_perplexity(
+    results: Results,
+    loaded: Loaded,
+    run_dir: Path,
+    cfg: RunConfig,
+    progress: bool,
+    hidden: dict[int, Any] | None = None,
+) -> list[Any]:
+    """Held-out perplexity on the run's test tokens (checked to be the data step's) into ``results``; ``hidden`` gets
+    the pass's scored hidden states (``perplexity.score``).
+
+    Returns:
+        The encoded test split."""
     encoded, report = encoded_test_split(run_dir, loaded.tokenizer, cfg)
     t = time.perf_counter()
     metric, items, inputs = perplexity.evaluate(
@@ -208,11 +225,13 @@ def _score_perplexity(results: Results, loaded: Loaded, run_dir: Path, cfg: RunC
         n_boot=cfg.eval.bootstrap_samples,
         alpha=cfg.report.alpha,
         progress=progress,
+        scored_hidden=hidden,
     )
     results.add(metric, items)
     results.inputs.update(inputs)
     results.inputs["template_sha"] = report["template"]["sha"]
     results.timings["perplexity_s"] = round(time.perf_counter() - t, 2)
+    return encoded
 
 
 def _score_probes(results: Results, loaded: Loaded, cfg: RunConfig, label: str, progress: bool) -> None:
