@@ -52,19 +52,23 @@ def test_passing_run_exits_0_and_writes_gate_json(tmp_path):
 
 
 def test_default_rules_on_small_samples_are_inconclusive_exit_3(tmp_path):
-    # perplexity concludes (60 conversations, a 14% drop), and so does accuracy (40 paired documents, 3
-    # discordant); exact match has only stderrs (an unpaired interval of ±0.19) and 5 greedy samples
-    # cannot exclude a 10-point drop, so the release is not passed on that evidence.
+    # perplexity concludes (60 conversations, a 14% drop); accuracy does not (40 paired documents, 1 discordant:
+    # Tango's interval [-0.065, +0.129] still holds a 5-point loss); exact match has only stderrs (Welch's interval
+    # of ±0.19); the probes rest on 5 prompts, under report.min_n = 10, flagged "too few samples" by the report, so
+    # their rule is inconclusive whatever the interval says. The release is not passed on that evidence.
     code, out, run = _run(tmp_path, "improved")
     assert code == EXIT_GATE_INCONCLUSIVE == 3, out
     verdict = GateVerdict.from_dict(json.loads((run / "gate.json").read_text(encoding="utf-8")))
     assert verdict.status == "inconclusive" and not verdict.passed and verdict.rules_source == str(DEFAULT_RULES)
     by_metric = {r.metric: r for r in verdict.rows}
     assert by_metric["perplexity/test"].status == "pass"
-    assert by_metric["lm_eval/tunebench_facts_mc/acc"].status == "pass"
+    acc = by_metric["lm_eval/tunebench_facts_mc/acc"]
+    assert acc.status == "inconclusive" and acc.items_needed > acc.n == 40
     em = by_metric["lm_eval/tunebench_arith_gen/exact_match"]
     assert em.status == "inconclusive" and em.items_needed > em.n == 40
-    assert by_metric["probes/default/greedy/pass_rate"].status == "inconclusive"
+    greedy = by_metric["probes/default/greedy/pass_rate"]
+    assert greedy.status == "inconclusive" and greedy.items_needed >= 10 and greedy.n == 5
+    assert "too few samples: n=5 < report.min_n=10" in greedy.reason
     assert "gate INCONCLUSIVE" in out and "paired items would conclude" in out
 
 

@@ -195,7 +195,7 @@ def _judge_results(scores, unparsed=0, sanity_share=1.0, cfg=None):
     judgments = 2 * len(recs) + unparsed
     sanity = {"right": int(12 * sanity_share), "n": 12, "share": sanity_share}
     res = Results(label="judge", model={"kind": "planted"}, inputs={})
-    for m, items in jm.set_metrics("heldout", recs, judgments, unparsed, sanity, cfg, 0.05, 1000):
+    for m, items in jm.set_metrics("heldout", recs, judgments, unparsed, sanity, cfg, 0.05):
         res.add(m, items)
     res.artifacts["judge"] = {"disagreements": {}}
     return res

@@ -343,7 +343,14 @@ def finish(run_dir: Path, cfg: RunConfig) -> PipelineResult:
 
     results = load_run_results(run_dir)
     judged = load_judge_results(run_dir) if cfg.eval.judge.enabled else None
-    comparison = compare(results["base"], results["tuned"], cfg.report.alpha, cfg.eval.bootstrap_samples, judged=judged)
+    comparison = compare(
+        results["base"],
+        results["tuned"],
+        cfg.report.alpha,
+        cfg.eval.bootstrap_samples,
+        judged=judged,
+        min_n=cfg.report.min_n,
+    )
     atomic_write_json(run_dir / "comparison.json", comparison.to_dict())
     if tracking.active(cfg.train.report_to):  # the results beside the training curves, at the last step
         steps = (
@@ -356,7 +363,9 @@ def finish(run_dir: Path, cfg: RunConfig) -> PipelineResult:
     for name, res in load_artifact_results(run_dir).items():
         try:
             exported.update(
-                compare_artifacts(results["tuned"], {name: res}, cfg.report.alpha, cfg.eval.bootstrap_samples)
+                compare_artifacts(
+                    results["tuned"], {name: res}, cfg.report.alpha, cfg.eval.bootstrap_samples, min_n=cfg.report.min_n
+                )
             )
         except ComparisonError as e:  # e.g. scored before the evaluation settings changed: left out, said why
             log.warning("export section: %s; re-evaluate it to include it", e)

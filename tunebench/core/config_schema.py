@@ -360,10 +360,15 @@ class ReportConfig:
     """Significance level for verdicts (95% intervals at 0.05)."""
     title: str | None = None
     """Report title; defaults to the run name."""
+    min_n: int = 10
+    """Fewest paired units (items, or prompts when samples are grouped) a metric needs for a verdict: below it the
+    report flags the row "too few samples" and a gate rule on it is inconclusive, with the units needed."""
 
     def __post_init__(self) -> None:
         if not 0 < self.alpha < 0.5:
             raise refuse("alpha", self.alpha, "must be in (0, 0.5)")
+        if self.min_n < 2:
+            raise refuse("min_n", self.min_n, "must be at least 2 (an interval needs two units)")
 
 
 @dataclass

@@ -19,7 +19,6 @@ import yaml
 from tunebench.core.io import package_path, read_json
 from tunebench.core.markdown import kv_table, table
 from tunebench.reports.compare import (
-    FEW_SAMPLES,
     TOO_FEW,
     Comparison,
     Leaderboard,
@@ -72,7 +71,7 @@ def build_view(comparison: Comparison, context: dict[str, Any]) -> dict[str, Any
         "too_few": TOO_FEW,
         "families": len({r.family for r in c.rows if r.family is not None and r.p_adjusted is not None}),
         "decision": decision(gate, c, config, data_report),
-        "few_samples": FEW_SAMPLES,
+        "few_samples": c.min_n,
         "forest_plot": ctx.get("forest_plot"),
         "export_plot": ctx.get("export_plot"),
         "headline": metric_table(c.headline_rows(), c.alpha, detailed=False) if c.headline_rows() else None,

@@ -7,7 +7,7 @@ import html
 from typing import Any
 
 from tunebench.core.markdown import table
-from tunebench.reports.compare import FEW_SAMPLES, Comparison, MetricComparison, fmt, fmt_interval, fmt_p
+from tunebench.reports.compare import Comparison, MetricComparison, fmt, fmt_interval, fmt_p
 from tunebench.reports.render_tables import _flagged_verdict, _verdict, metric_table
 
 
@@ -70,7 +70,7 @@ def _probe_sections(rows: list[MetricComparison], alpha: float) -> list[dict[str
                     )
                     if slot["probes"]
                     else None,
-                    "few": sum(r.n < FEW_SAMPLES for r in slot["probes"]),
+                    "few": sum(not r.judged for r in slot["probes"]),
                 }
             )
         out.append({"name": name, "samplings": items})
