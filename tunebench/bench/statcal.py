@@ -129,7 +129,7 @@ def false_positives(datasets: int, judged_datasets: int, n_boot: int, seed: int)
 # ----------------------------------------------------------------------------- coverage
 
 
-def _coverage_specs(n_boot: int) -> list[tuple[str, str, Callable[[np.random.Generator, int], tuple]]]:
+def _coverage_specs(n_boot: int) -> list[tuple[str, str, Callable[[np.random.Generator, int], tuple] | None]]:
     """(interval method, case, one dataset's (low, high, truth) at n units)."""
 
     def boot_mean(shape: str):
@@ -139,9 +139,9 @@ def _coverage_specs(n_boot: int) -> list[tuple[str, str, Callable[[np.random.Gen
 
         return one
 
-    def boot_ppl(shape: str, paired: bool):
+    def boot_ppl(shape: str, paired: bool, capped: bool = True):
         def one(rng: np.random.Generator, n: int) -> tuple:
-            (b, t), truth_b, truth_d = sim.perplexity_items(rng, n, -0.1, shape)
+            (b, t), truth_b, truth_d = sim.perplexity_items(rng, n, -0.1, shape, capped)
             if paired:
                 pr = stats.paired_bootstrap(b, t, "exp_ratio", n_boot, sim.ALPHA, _s(rng))
                 return pr.low, pr.high, truth_d
@@ -190,6 +190,12 @@ def _coverage_specs(n_boot: int) -> list[tuple[str, str, Callable[[np.random.Gen
         ("paired studentized bootstrap: mean score", "skewed noise (exponential)", boot_mean("skewed")),
         ("paired studentized bootstrap: perplexity change", "normal NLL", boot_ppl("normal", True)),
         ("paired studentized bootstrap: perplexity change", "skewed NLL (gamma)", boot_ppl("skewed", True)),
+        (
+            "paired studentized bootstrap: perplexity change",
+            "stress: skewed NLL, tokens uncapped (a few conversations carry most tokens)",
+            boot_ppl("skewed", True, capped=False),
+        ),
+        ("paired studentized bootstrap: perplexity change", "resampled from a published run", _published_ppl(n_boot)),
         ("studentized bootstrap: one model's perplexity", "normal NLL", boot_ppl("normal", False)),
         ("studentized bootstrap: one model's perplexity", "skewed NLL (gamma)", boot_ppl("skewed", False)),
         ("Tango matched pairs: pass/fail change", "balanced (0.35/0.10/0.20/0.35)", tango((0.35, 0.10, 0.20, 0.35))),
@@ -207,6 +213,33 @@ def _coverage_specs(n_boot: int) -> list[tuple[str, str, Callable[[np.random.Gen
     ]
 
 
+PUBLISHED_RUN = Path(__file__).resolve().parents[2] / "reports/published/2026-12-01-h200-smollm2-standard-limit100"
+"""A published SmolLM2 run whose 365 test conversations (base and tuned per-conversation NLL and tokens) serve as a
+population: n of them are drawn with replacement, and the truth is the whole set's change of perplexity."""
+
+
+def _published_ppl(n_boot: int) -> Callable[[np.random.Generator, int], tuple] | None:
+    """Coverage on real perplexity items, when this checkout has the published run (else None: the row is left out)."""
+    from tunebench.evals.results import Results
+
+    paths = [PUBLISHED_RUN / "eval" / side / "results.json" for side in ("base", "tuned")]
+    if not all(p.is_file() for p in paths):
+        return None
+    base, tuned = (Results.load(p) for p in paths)
+    key = next(m.items for m in base.metrics if m.name == "perplexity/test")
+    t_by_id = {i["id"]: i for i in tuned.items[key]}
+    cols = np.array([[i["num"], i["den"], t_by_id[i["id"]]["num"]] for i in base.items[key]])
+    truth = math.exp(cols[:, 2].sum() / cols[:, 1].sum()) - math.exp(cols[:, 0].sum() / cols[:, 1].sum())
+
+    def one(rng: np.random.Generator, n: int) -> tuple:
+        draw = cols[rng.integers(0, len(cols), size=n)]
+        pairs = sim.records(draw[:, 0], draw[:, 2], draw[:, 1])
+        pr = stats.paired_bootstrap(*pairs, "exp_ratio", n_boot, sim.ALPHA, _s(rng))
+        return pr.low, pr.high, truth
+
+    return one
+
+
 def _s(rng: np.random.Generator) -> int:
     """A bootstrap seed drawn from the dataset's stream (so each figure is reproduced by its seed alone)."""
     return int(rng.integers(2**31))
@@ -217,14 +250,23 @@ def coverage(datasets: int, slow_datasets: int, n_boot: int, seed: int, sizes=CO
     and the bootstrap at n 400: ``slow_datasets``)."""
     out = []
     for k, (method, case, one) in enumerate(_coverage_specs(n_boot)):
+        if one is None:
+            continue
         cells = {}
         for j, n in enumerate(sizes):
-            slow = n >= 400 and ("bootstrap" in method or "Firth" in method)
-            slow = slow or ("Firth" in method and n >= 30)
+            slow = "Firth" in method or (n >= 400 and "bootstrap" in method)
             cells[str(n)] = sim.covered(
                 lambda rng, n=n, one=one: one(rng, n), slow_datasets if slow else datasets, seed + 100 * k + j
             )
-        out.append({"method": method, "case": case, "coverage": cells})
+        out.append(
+            {
+                "method": method,
+                "case": case,
+                "coverage": cells,
+                "stress": case.startswith("stress"),
+                "display": "one model's" in method,  # a value's own interval, read by no verdict nor gate
+            }
+        )
     return out
 
 
@@ -313,15 +355,22 @@ def checks(results: dict[str, Any]) -> dict[str, Any]:
         fp[k]["rate"] <= TARGETS["false_positive_rate"] and fp[k]["high"] <= TARGETS["false_positive_upper"]
         for k in ("verdict", "gate")
     )
-    low10 = [
-        (r["method"], r["case"], r["coverage"]["10"]["rate"]) for r in results["coverage"] if "10" in r["coverage"]
-    ]
-    worst = min(low10, key=lambda x: x[2]) if low10 else None
+
+    def lowest(display: bool) -> list[Any] | None:
+        at10 = [
+            [r["method"], r["case"], r["coverage"]["10"]["rate"]]
+            for r in results["coverage"]
+            if "10" in r["coverage"] and not r.get("stress") and r.get("display", False) == display
+        ]
+        return min(at10, key=lambda x: x[2]) if at10 else None
+
+    worst = lowest(False)
     return {
         "clustered_false_positives_met": fp_ok,
         "verdict_gate_disagreements": sum(r["disagreements"] for r in results["false_positives"]),
         "coverage_at_10_min": worst,
         "coverage_at_10_met": worst is not None and worst[2] >= TARGETS["coverage_at_10"],
+        "display_coverage_at_10_min": lowest(True),
     }
 
 
@@ -336,7 +385,8 @@ def render_md(results: dict[str, Any]) -> str:
         f"- versions: Python {env['python']}, numpy {env['numpy']}, scipy {env['scipy']}; tunebench commit "
         f"`{env['tunebench_commit']}`",
         f"- settings: α = {s['alpha']}, {s['n_boot']} bootstrap resamples, {s['datasets']} datasets per figure "
-        f"({s['slow_datasets']} for the judged rows, the Firth fits and the n = 400 bootstrap), base seed {s['seed']}",
+        f"({s['slow_datasets']} for the judged rows, the length-controlled fits and the n = 400 bootstrap), "
+        f"base seed {s['seed']}",
         f"- command: `{results['command']}`; created {results['created']}",
         "- each figure: share of simulated datasets, 95% Wilson interval in brackets, and the seed that reproduces it",
         "",
@@ -375,20 +425,23 @@ def render_md(results: dict[str, Any]) -> str:
     pw_rows = [[r["design"], r["mde"], _pct(r["power"]), r["power"]["seed"]] for r in results["power"]]
     lines += [table(pw_rows, ["Design", "Median reported MDE", "Power", "Seed"]), ""]
     c = results["checks"]
-    worst = c["coverage_at_10_min"]
     lines += [
         "## Checks (issue 35)",
         "",
         f"- clustered pass/fail, 30 prompts × 8 samples, ICC 0.5: false positives ≤ 6% with the upper bound ≤ 7.5%, "
         f"verdict and gate: **{'met' if c['clustered_false_positives_met'] else 'not met'}**",
         f"- datasets where the verdict and the gate disagree about a change: {c['verdict_gate_disagreements']}",
-        f"- lowest coverage at n = 10: {fmt(100 * worst[2], pattern='{:.1f}')}% ({worst[0]}, {worst[1]}): "
-        f"**{'met' if c['coverage_at_10_met'] else 'not met'}** (target ≥ 93%)"
-        if worst
-        else "- coverage: none",
+        f"- lowest coverage at n = 10 of an interval a verdict or the gate reads: {_share(c['coverage_at_10_min'])}: "
+        f"**{'met' if c['coverage_at_10_met'] else 'not met'}** (target ≥ 93%; stress cases apart)",
+        "- lowest coverage at n = 10 of a single model's interval (shown beside its value, read by no decision): "
+        + _share(c.get("display_coverage_at_10_min")),
         "",
     ]
     return "\n".join(lines)
+
+
+def _share(worst: list[Any] | None) -> str:
+    return "none" if not worst else f"{fmt(100 * worst[2], pattern='{:.1f}')}% ({worst[0]}, {worst[1]})"
 
 
 def run_bench_stats(args: argparse.Namespace) -> int:

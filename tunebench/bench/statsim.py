@@ -35,7 +35,8 @@ def figure(hits: int, datasets: int, seed: int) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- data of known truth
 
 
-def _records(base: np.ndarray, tuned: np.ndarray, den: np.ndarray | None = None, ids: list[str] | None = None) -> Pairs:
+def records(base: np.ndarray, tuned: np.ndarray, den: np.ndarray | None = None, ids: list[str] | None = None) -> Pairs:
+    """Base and tuned ``{"id", "num", "den"}`` records of the given values (den 1 unless given; ids 0, 1, ...)."""
     den = np.ones_like(base) if den is None else den
     ids = ids or [str(k) for k in range(base.size)]
     b = [{"id": i, "num": float(v), "den": float(d)} for i, v, d in zip(ids, base, den, strict=True)]
@@ -46,7 +47,7 @@ def _records(base: np.ndarray, tuned: np.ndarray, den: np.ndarray | None = None,
 def pass_fail(rng: np.random.Generator, n: int, cells: tuple[float, float, float, float]) -> Pairs:
     """n paired pass/fail items; ``cells`` = P(both pass, base only, tuned only, neither)."""
     kind = rng.choice(4, size=n, p=cells)
-    return _records((kind <= 1).astype(float), ((kind == 0) | (kind == 2)).astype(float))
+    return records((kind <= 1).astype(float), ((kind == 0) | (kind == 2)).astype(float))
 
 
 def beta_rates(rng: np.random.Generator, k: int, mean: float, icc: float) -> np.ndarray:
@@ -68,14 +69,14 @@ def clustered_pass_fail(
     q = beta_rates(rng, prompts, tuned_mean, icc)[:, None]
     base = (rng.random((prompts, samples)) < p).astype(float).ravel()
     tuned = (rng.random((prompts, samples)) < q).astype(float).ravel()
-    return _records(base, tuned, ids=[f"p{k}#{j}" for k in range(prompts) for j in range(samples)])
+    return records(base, tuned, ids=[f"p{k}#{j}" for k in range(prompts) for j in range(samples)])
 
 
 def mean_scores(rng: np.random.Generator, n: int, shift: float, shape: str) -> Pairs:
     """n paired scores: tuned = base + shift + noise, the noise normal or skewed (exponential - 1), both sd 1."""
     base = rng.normal(5.0, 2.0, size=n)
     noise = rng.standard_normal(n) if shape == "normal" else rng.exponential(1.0, size=n) - 1.0
-    return _records(base, base + shift + noise)
+    return records(base, base + shift + noise)
 
 
 def perplexity_items(
@@ -100,7 +101,7 @@ def perplexity_items(
     else:
         nll, noise = rng.gamma(1.0, 0.5, size=n) + 1.5, rng.exponential(1.0, n) - 1.0
     tuned = nll + shift + 0.3 * noise
-    return _records(nll * tokens, tuned * tokens, tokens), math.exp(2.0), math.exp(2.0 + shift) - math.exp(2.0)
+    return records(nll * tokens, tuned * tokens, tokens), math.exp(2.0), math.exp(2.0 + shift) - math.exp(2.0)
 
 
 def judge_scores(rng: np.random.Generator, questions: int, p: tuple[float, float, float], icc: float) -> np.ndarray:

@@ -34,7 +34,11 @@ THETA_BOUND = 10.0
 """Log-odds searched for the length-controlled rate: beyond +-10 (a rate within 5e-5 of 0 or 1) the end is 0 or 1."""
 SLOPE_BOUND = 50.0
 """Log-odds per unit of tanh(length difference / sd) searched for the length slope (|x| <= 1: 50 is a step)."""
-_XTOL = 1e-9
+_XTOL = 1e-8
+"""Tolerance of the ends on the log-odds scale (a rate to about 2e-9)."""
+_STEP_TOL = 1e-8
+"""Newton stops when a step moves less: the profile value is then off by about its square."""
+NEWTON_STEPS = 60
 
 
 @dataclass(frozen=True)
@@ -134,17 +138,58 @@ def _penalized_loglik(theta: float, slope: float, x: np.ndarray | None, y: np.nd
     return loglik + 0.5 * math.log(det) if det > 0 else -math.inf
 
 
-def _profile(theta: float, x: np.ndarray | None, y: np.ndarray) -> tuple[float, float]:
+def _newton(theta: float, slope: float, x: np.ndarray | None, y: np.ndarray, fit_theta: bool) -> tuple[float, float]:
+    """Maximize the penalized log-likelihood by Newton steps on Firth's modified score (Heinze & Schemper 2002):
+    over the slope at a fixed intercept (a profile point), or over both (``fit_theta``; the intercept alone without
+    a length term). Step-halving keeps every step uphill.
+
+    Returns:
+        (theta, slope); NaN when the steps do not settle (the caller falls back to a bracketing search).
+    """
+    value = _penalized_loglik(theta, slope, x, y)
+    xs = np.zeros_like(y) if x is None else x
+    for _ in range(NEWTON_STEPS):
+        p = expit(theta + slope * xs)
+        w = p * (1 - p)
+        s0, s1, s2 = float(w.sum()), float(np.dot(w, xs)), float(np.dot(w * xs, xs))
+        det = s0 * s2 - s1 * s1 if x is not None else s0
+        if det <= 0:
+            break
+        h = w * ((s2 - 2 * s1 * xs + s0 * xs * xs) / det if x is not None else 1 / s0)  # hat values
+        r = y - p + h * (0.5 - p)
+        g0, g1 = float(r.sum()), float(np.dot(r, xs))
+        if x is None:
+            d0, d1 = g0 / s0, 0.0
+        elif fit_theta:
+            d0, d1 = (s2 * g0 - s1 * g1) / det, (s0 * g1 - s1 * g0) / det
+        else:
+            d0, d1 = 0.0, g1 / s2
+        if max(abs(d0), abs(d1)) < _STEP_TOL:
+            return theta, slope
+        t, new = 1.0, _penalized_loglik(theta + d0, slope + d1, x, y)
+        while new < value - 1e-12 * abs(value) and t > 1e-8:  # uphill, up to rounding at the top
+            t /= 2
+            new = _penalized_loglik(theta + t * d0, slope + t * d1, x, y)
+        theta, slope, value = theta + t * d0, slope + t * d1, new
+        if max(abs(t * d0), abs(t * d1)) < _STEP_TOL:
+            return theta, slope
+    return math.nan, math.nan
+
+
+def _profile(theta: float, x: np.ndarray | None, y: np.ndarray, start: float = 0.0) -> tuple[float, float]:
     """(penalized log-likelihood maximized over the slope at this intercept, that slope)."""
     if x is None:
         return _penalized_loglik(theta, 0.0, None, y), 0.0
-    res = minimize_scalar(
-        lambda b: -_penalized_loglik(theta, b, x, y),
-        bounds=(-SLOPE_BOUND, SLOPE_BOUND),
-        method="bounded",
-        options={"xatol": _XTOL},
-    )
-    return -float(res.fun), float(res.x)
+    _, slope = _newton(theta, start, x, y, fit_theta=False)
+    if not abs(slope) < SLOPE_BOUND:  # no settled Newton point: a bracketing search cannot miss it
+        res = minimize_scalar(
+            lambda b: -_penalized_loglik(theta, b, x, y),
+            bounds=(-SLOPE_BOUND, SLOPE_BOUND),
+            method="bounded",
+            options={"xatol": _XTOL},
+        )
+        slope = float(res.x)
+    return _penalized_loglik(theta, slope, x, y), slope
 
 
 def _design_effect(theta: float, slope: float, x: np.ndarray | None, y: np.ndarray, clusters: Sequence[str]) -> float:
@@ -215,15 +260,20 @@ def length_controlled(
     sd = float(d.std())
     x = np.tanh(d / sd) if sd > 0 else None  # equal differences throughout: nothing to control, intercept only
     y = (s + 1) / 2
-    res = minimize_scalar(
-        lambda t: -_profile(t, x, y)[0], bounds=(-THETA_BOUND, THETA_BOUND), method="bounded", options={"xatol": _XTOL}
-    )
-    theta, top = float(res.x), -float(res.fun)
-    slope = _profile(theta, x, y)[1]
+    theta, slope = _newton(0.0, 0.0, x, y, fit_theta=True)
+    if not (abs(theta) < THETA_BOUND and abs(slope) < SLOPE_BOUND):  # not settled: maximize the profile instead
+        res = minimize_scalar(
+            lambda t: -_profile(t, x, y)[0],
+            bounds=(-THETA_BOUND, THETA_BOUND),
+            method="bounded",
+            options={"xatol": _XTOL},
+        )
+        theta = float(res.x)
+    top, slope = _profile(theta, x, y, slope if math.isfinite(slope) else 0.0)
     deff = _design_effect(theta, slope, x, y, clusters) if clusters is not None else 1.0
 
     def lr(t: float) -> float:
-        return 2 * (top - _profile(t, x, y)[0]) / deff
+        return 2 * (top - _profile(t, x, y, slope)[0]) / deff
 
     crit = NormalDist().inv_cdf(1 - alpha / 2) ** 2
     p = math.erfc(math.sqrt(max(lr(0.0), 0.0) / 2))
