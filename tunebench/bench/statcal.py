@@ -130,86 +130,44 @@ def false_positives(datasets: int, judged_datasets: int, n_boot: int, seed: int)
 
 
 def _coverage_specs(n_boot: int) -> list[tuple[str, str, Callable[[np.random.Generator, int], tuple] | None]]:
-    """(interval method, case, one dataset's (low, high, truth) at n units)."""
-
-    def boot_mean(shape: str):
-        def one(rng: np.random.Generator, n: int) -> tuple:
-            pr = stats.paired_bootstrap(*sim.mean_scores(rng, n, 0.3, shape), "mean", n_boot, sim.ALPHA, _s(rng))
-            return pr.low, pr.high, 0.3
-
-        return one
-
-    def boot_ppl(shape: str, paired: bool, capped: bool = True):
-        def one(rng: np.random.Generator, n: int) -> tuple:
-            (b, t), truth_b, truth_d = sim.perplexity_items(rng, n, -0.1, shape, capped)
-            if paired:
-                pr = stats.paired_bootstrap(b, t, "exp_ratio", n_boot, sim.ALPHA, _s(rng))
-                return pr.low, pr.high, truth_d
-            ci = stats.bootstrap_ci(b, "exp_ratio", n_boot, sim.ALPHA, _s(rng))
-            return ci.low, ci.high, truth_b
-
-        return one
-
-    def tango(cells: tuple[float, float, float, float]):
-        return lambda rng, n: (*sim.tango_of(sim.pass_fail(rng, n, cells)), cells[2] - cells[1])
-
-    def clustered(base: float, tuned: float):
-        def one(rng: np.random.Generator, n: int) -> tuple:
-            pairs = sim.clustered_pass_fail(rng, n, 4, 0.3, base, tuned)
-            return (*sim.tango_of(pairs, [i["id"].split("#")[0] for i in pairs[0]]), tuned - base)
-
-        return one
-
-    def win(p: tuple[float, float, float]):
-        def one(rng: np.random.Generator, n: int) -> tuple:
-            wr = sim.pairwise.win_rate(rng.choice([1.0, 0.0, -1.0], size=n, p=p), alpha=sim.ALPHA)
-            return wr.low, wr.high, 0.5 + (p[0] - p[2]) / 2
-
-        return one
-
-    def lc(rate: float, slope: float):
-        theta = math.log(rate / (1 - rate))
-        return lambda rng, n: (*sim.lc_interval(*sim.length_judged(rng, n, theta, slope)), rate)
-
-    def wilson(p: float):
-        return lambda rng, n: (*stats.wilson(int(rng.binomial(n, p)), n), p)
-
-    def welch(shape: str):
-        def one(rng: np.random.Generator, n: int) -> tuple:
-            draw = (lambda: rng.normal(0, 1, n)) if shape == "normal" else (lambda: rng.exponential(1, n) - 1)
-            b, t = draw(), draw() + 0.3
-            se_b, se_t = b.std(ddof=1) / math.sqrt(n), t.std(ddof=1) / math.sqrt(n)
-            df = stats.welch_df(se_b, n, se_t, n)
-            _, low, high, _ = stats.normal_difference(b.mean(), se_b, t.mean(), se_t, sim.ALPHA, df)
-            return low, high, 0.3
-
-        return one
-
+    """(interval method, case, one dataset's (low, high, truth) at n units; None: not available here)."""
     return [
-        ("paired studentized bootstrap: mean score", "normal noise", boot_mean("normal")),
-        ("paired studentized bootstrap: mean score", "skewed noise (exponential)", boot_mean("skewed")),
-        ("paired studentized bootstrap: perplexity change", "normal NLL", boot_ppl("normal", True)),
-        ("paired studentized bootstrap: perplexity change", "skewed NLL (gamma)", boot_ppl("skewed", True)),
+        ("paired studentized bootstrap: mean score", "normal noise", sim.boot_mean("normal", n_boot)),
+        ("paired studentized bootstrap: mean score", "skewed noise (exponential)", sim.boot_mean("skewed", n_boot)),
+        ("paired studentized bootstrap: perplexity change", "normal NLL", sim.boot_ppl("normal", True, n_boot)),
+        ("paired studentized bootstrap: perplexity change", "skewed NLL (gamma)", sim.boot_ppl("skewed", True, n_boot)),
         (
             "paired studentized bootstrap: perplexity change",
             "stress: skewed NLL, tokens uncapped (a few conversations carry most tokens)",
-            boot_ppl("skewed", True, capped=False),
+            sim.boot_ppl("skewed", True, n_boot, capped=False),
         ),
         ("paired studentized bootstrap: perplexity change", "resampled from a published run", _published_ppl(n_boot)),
-        ("studentized bootstrap: one model's perplexity", "normal NLL", boot_ppl("normal", False)),
-        ("studentized bootstrap: one model's perplexity", "skewed NLL (gamma)", boot_ppl("skewed", False)),
-        ("Tango matched pairs: pass/fail change", "balanced (0.35/0.10/0.20/0.35)", tango((0.35, 0.10, 0.20, 0.35))),
-        ("Tango matched pairs: pass/fail change", "near 100% (0.85/0.02/0.08/0.05)", tango((0.85, 0.02, 0.08, 0.05))),
-        ("Tango + Rao-Scott: prompts × 4 samples, ICC 0.3", "pass rate 0.5 -> 0.6", clustered(0.5, 0.6)),
-        ("Tango + Rao-Scott: prompts × 4 samples, ICC 0.3", "pass rate 0.85 -> 0.9", clustered(0.85, 0.9)),
-        ("win rate (Tango on wins/ties/losses)", "0.45 / 0.20 / 0.35", win((0.45, 0.20, 0.35))),
-        ("win rate (Tango on wins/ties/losses)", "lopsided 0.80 / 0.15 / 0.05", win((0.80, 0.15, 0.05))),
-        ("length-controlled win rate (Firth, profile)", "0.7, no length effect", lc(0.7, 0.0)),
-        ("length-controlled win rate (Firth, profile)", "0.6, judge also prefers length (slope 2)", lc(0.6, 2.0)),
-        ("Wilson: one model's pass rate", "p = 0.5", wilson(0.5)),
-        ("Wilson: one model's pass rate", "p = 0.9", wilson(0.9)),
-        ("Welch t: no per-item records", "normal", welch("normal")),
-        ("Welch t: no per-item records", "skewed (exponential)", welch("skewed")),
+        ("studentized bootstrap: one model's perplexity", "normal NLL", sim.boot_ppl("normal", False, n_boot)),
+        ("studentized bootstrap: one model's perplexity", "skewed NLL (gamma)", sim.boot_ppl("skewed", False, n_boot)),
+        (
+            "Tango matched pairs: pass/fail change",
+            "balanced (0.35/0.10/0.20/0.35)",
+            sim.tango_case((0.35, 0.10, 0.20, 0.35)),
+        ),
+        (
+            "Tango matched pairs: pass/fail change",
+            "near 100% (0.85/0.02/0.08/0.05)",
+            sim.tango_case((0.85, 0.02, 0.08, 0.05)),
+        ),
+        ("Tango + Rao-Scott: prompts × 4 samples, ICC 0.3", "pass rate 0.5 -> 0.6", sim.clustered_case(0.5, 0.6)),
+        ("Tango + Rao-Scott: prompts × 4 samples, ICC 0.3", "pass rate 0.85 -> 0.9", sim.clustered_case(0.85, 0.9)),
+        ("win rate (Tango on wins/ties/losses)", "0.45 / 0.20 / 0.35", sim.win_case(0.45, 0.20, 0.35)),
+        ("win rate (Tango on wins/ties/losses)", "lopsided 0.80 / 0.15 / 0.05", sim.win_case(0.80, 0.15, 0.05)),
+        ("length-controlled win rate (Firth, profile)", "0.7, no length effect", sim.lc_case(0.7, 0.0)),
+        (
+            "length-controlled win rate (Firth, profile)",
+            "0.6, judge also prefers length (slope 2)",
+            sim.lc_case(0.6, 2.0),
+        ),
+        ("Wilson: one model's pass rate", "p = 0.5", sim.wilson_case(0.5)),
+        ("Wilson: one model's pass rate", "p = 0.9", sim.wilson_case(0.9)),
+        ("Welch t: no per-item records", "normal", sim.welch_case("normal")),
+        ("Welch t: no per-item records", "skewed (exponential)", sim.welch_case("skewed")),
     ]
 
 
@@ -234,15 +192,10 @@ def _published_ppl(n_boot: int) -> Callable[[np.random.Generator, int], tuple] |
     def one(rng: np.random.Generator, n: int) -> tuple:
         draw = cols[rng.integers(0, len(cols), size=n)]
         pairs = sim.records(draw[:, 0], draw[:, 2], draw[:, 1])
-        pr = stats.paired_bootstrap(*pairs, "exp_ratio", n_boot, sim.ALPHA, _s(rng))
+        pr = stats.paired_bootstrap(*pairs, "exp_ratio", n_boot, sim.ALPHA, sim.bootstrap_seed(rng))
         return pr.low, pr.high, truth
 
     return one
-
-
-def _s(rng: np.random.Generator) -> int:
-    """A bootstrap seed drawn from the dataset's stream (so each figure is reproduced by its seed alone)."""
-    return int(rng.integers(2**31))
 
 
 def coverage(datasets: int, slow_datasets: int, n_boot: int, seed: int, sizes=COVERAGE_N) -> list[dict[str, Any]]:

@@ -224,3 +224,88 @@ def tango_of(pairs: Pairs, clusters: list[str] | None = None) -> tuple[float, fl
 def lc_interval(scores: np.ndarray, tuned: np.ndarray, base: np.ndarray) -> tuple[float, float]:
     lc = pairwise.length_controlled(scores, tuned, base, alpha=ALPHA)
     return lc.low, lc.high
+
+
+# ----------------------------------------------------------------------------- one dataset's interval and its truth
+
+Case = Callable[[np.random.Generator, int], tuple[float, float, float]]
+"""A dataset of n units drawn from ``rng``, and the (low, high, truth) of the interval method under test."""
+
+
+def bootstrap_seed(rng: np.random.Generator) -> int:
+    """A bootstrap seed drawn from the dataset's stream (so each figure is reproduced by its seed alone)."""
+    return int(rng.integers(2**31))
+
+
+def boot_mean(shape: str, n_boot: int) -> Case:
+    """Paired studentized bootstrap of a mean score; true change 0.3."""
+
+    def one(rng: np.random.Generator, n: int) -> tuple[float, float, float]:
+        pr = stats.paired_bootstrap(*mean_scores(rng, n, 0.3, shape), "mean", n_boot, ALPHA, bootstrap_seed(rng))
+        return pr.low, pr.high, 0.3
+
+    return one
+
+
+def boot_ppl(shape: str, paired: bool, n_boot: int, capped: bool = True) -> Case:
+    """Studentized bootstrap of perplexity: the paired change (true shift -0.1 nats/token) or one model's value."""
+
+    def one(rng: np.random.Generator, n: int) -> tuple[float, float, float]:
+        (b, t), truth_b, truth_d = perplexity_items(rng, n, -0.1, shape, capped)
+        if paired:
+            pr = stats.paired_bootstrap(b, t, "exp_ratio", n_boot, ALPHA, bootstrap_seed(rng))
+            return pr.low, pr.high, truth_d
+        ci = stats.bootstrap_ci(b, "exp_ratio", n_boot, ALPHA, bootstrap_seed(rng))
+        return ci.low, ci.high, truth_b
+
+    return one
+
+
+def tango_case(cells: tuple[float, float, float, float]) -> Case:
+    """Tango's interval of independent pass/fail pairs; ``cells`` = P(both pass, base only, tuned only, neither)."""
+    return lambda rng, n: (*tango_of(pass_fail(rng, n, cells)), cells[2] - cells[1])
+
+
+def clustered_case(base: float, tuned: float) -> Case:
+    """Tango's interval with the Rao-Scott design effect: n prompts x 4 samples, ICC 0.3."""
+
+    def one(rng: np.random.Generator, n: int) -> tuple[float, float, float]:
+        pairs = clustered_pass_fail(rng, n, 4, 0.3, base, tuned)
+        return (*tango_of(pairs, [i["id"].split("#")[0] for i in pairs[0]]), tuned - base)
+
+    return one
+
+
+def win_case(win: float, tie: float, loss: float) -> Case:
+    """The raw win rate's interval on n independent verdicts."""
+
+    def one(rng: np.random.Generator, n: int) -> tuple[float, float, float]:
+        wr = pairwise.win_rate(rng.choice([1.0, 0.0, -1.0], size=n, p=(win, tie, loss)), alpha=ALPHA)
+        return wr.low, wr.high, 0.5 + (win - loss) / 2
+
+    return one
+
+
+def lc_case(rate: float, slope: float) -> Case:
+    """The length-controlled win rate's interval; the truth is the preference at equal lengths."""
+    theta = math.log(rate / (1 - rate))
+    return lambda rng, n: (*lc_interval(*length_judged(rng, n, theta, slope)), rate)
+
+
+def wilson_case(p: float) -> Case:
+    """Wilson's interval of one model's pass rate over n independent samples."""
+    return lambda rng, n: (*stats.wilson(int(rng.binomial(n, p)), n), p)
+
+
+def welch_case(shape: str) -> Case:
+    """Welch's interval from two recorded standard errors (no per-item records); true change 0.3."""
+
+    def one(rng: np.random.Generator, n: int) -> tuple[float, float, float]:
+        draw = (lambda: rng.normal(0, 1, n)) if shape == "normal" else (lambda: rng.exponential(1, n) - 1)
+        b, t = draw(), draw() + 0.3
+        se_b, se_t = b.std(ddof=1) / math.sqrt(n), t.std(ddof=1) / math.sqrt(n)
+        df = stats.welch_df(se_b, n, se_t, n)
+        _, low, high, _ = stats.normal_difference(b.mean(), se_b, t.mean(), se_t, ALPHA, df)
+        return low, high, 0.3
+
+    return one
