@@ -155,8 +155,8 @@ class Comparison:
         return [r for r in self.rows if r.headline]
 
     def counts(self) -> dict[str, int]:
-        """How many rows got each verdict; breakdown rows with too few samples count as ``too few samples``,
-        not as a verdict (they were never judged)."""
+        """How many rows got each verdict; rows under ``min_n`` paired units count as ``too few samples``, not as a
+        verdict (they were never judged)."""
         out = {IMPROVED: 0, REGRESSED: 0, UNCHANGED: 0, TOO_FEW: 0}
         for r in self.rows:
             key = r.verdict if r.judged else TOO_FEW
