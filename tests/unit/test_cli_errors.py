@@ -103,21 +103,17 @@ def test_report_rerenders_a_gpu_run_folder_on_a_cpu(tmp_path, capsys):
     gate, stored = (json.loads((d / "gate.json").read_text()) for d in (run, published))
     assert gate["status"] == stored["status"] == "inconclusive" and gate["counts"] == stored["counts"]
     # the same verdict on every rule (the rules file's path is this checkout's; the reason's wording is newer)
-    verdict = (
-        "rule",
-        "metric",
-        "status",
-        "base",
-        "tuned",
-        "delta",
-        "ci_low",
-        "ci_high",
-        "p_value",
-        "n",
-        "items_needed",
-    )
+    verdict = ("rule", "metric", "status", "base", "tuned", "delta")
     assert [{k: r.get(k) for k in verdict} for r in gate["rows"]] == [
         {k: r.get(k) for k in verdict} for r in stored["rows"]
+    ]
+    # intervals, p-values, n and items needed are issue 35's (one method per row; clustered probe samples count
+    # prompts), so they match the library's judgment of the published folder now, not the stored file
+    from tunebench.reports.gate import judge_run
+
+    numbers = ("ci_low", "ci_high", "p_value", "n", "items_needed")
+    assert [{k: r.get(k) for k in numbers} for r in gate["rows"]] == [
+        {k: getattr(r, k) for k in numbers} for r in judge_run(published).rows
     ]
     assert "report:" in capsys.readouterr().out
     assert cli.main(["report", str(tmp_path / "nothing")]) == 2

@@ -10,7 +10,8 @@ import json
 import pytest
 import synthetic  # tests/fixtures/synthetic.py (on sys.path via conftest)
 
-from tunebench.core import stats
+from tunebench.core import matched_pairs
+from tunebench.core.multiplicity import benjamini_hochberg, holm
 from tunebench.evals.results import Metric, Results
 from tunebench.reports.compare import (
     Comparison,
@@ -31,7 +32,8 @@ def improved() -> Comparison:
 def test_improvement_verdicts_methods_and_intervals(improved):
     ppl = improved.row("perplexity/test")
     assert ppl.verdict == "improved" and ppl.delta < 0 and ppl.ci_high < 0 and ppl.p_value < 0.01
-    assert ppl.n == 60 and ppl.unit == "conversations" and "paired bootstrap over 60 items" in ppl.method
+    assert ppl.n == 60 and ppl.unit == "conversations" and "paired studentized bootstrap over 60 items" in ppl.method
+    assert ppl.df == 59  # a t-type interval: the MDE and the gate's items needed read Student's t
     assert ppl.rel_delta == pytest.approx(ppl.delta / ppl.base)
     # Every metric carries n and an interval of its delta.
     for r in improved.rows:
@@ -40,18 +42,33 @@ def test_improvement_verdicts_methods_and_intervals(improved):
 
 
 def test_binary_items_use_mcnemar_and_samples_group_by_prompt(improved):
+    """Pass/fail rows: Tango's interval with the McNemar score test it inverts (statsmodels' uncorrected McNemar);
+    a probe's repeated samples are clustered by prompt, and the row counts prompts, not samples."""
+    from statsmodels.stats.contingency_tables import mcnemar
+
     acc = improved.row("lm_eval/tunebench_facts_mc/acc")
     b, c = acc.details["discordant"]["base_only"], acc.details["discordant"]["tuned_only"]
-    assert acc.method.startswith("McNemar exact") and acc.p_value == stats.mcnemar_exact(b, c)
+    assert acc.method.startswith("Tango score interval and McNemar score test")
+    assert acc.p_value == pytest.approx(mcnemar([[20, b], [c, 19]], exact=False, correction=False).pvalue, rel=1e-12)
+    assert acc.df is None  # a score interval: read on the normal scale
     seed = improved.row("probes/default/seed/pass_rate")
-    assert "5 prompts (samples grouped per prompt)" in seed.method and seed.details["samples"] == 15
+    assert "clustered by 5 prompts (samples grouped per prompt" in seed.method and seed.details["samples"] == 15
+    assert seed.n == 5 and seed.details["design_effect"] >= 1
 
 
-def test_missing_items_fall_back_to_unpaired_normal_and_say_so(improved):
+def test_missing_items_fall_back_to_unpaired_welch_and_say_so(improved):
+    """Without items: Welch's t from the two recorded stderrs (equal stderrs and n = 40 each: 78 df), not z."""
+    from scipy.stats import t, ttest_ind_from_stats
+
     em = improved.row("lm_eval/tunebench_arith_gen/exact_match")
-    assert em.method.startswith("unpaired normal approximation")
+    assert em.method.startswith("unpaired Welch interval and test")
     se = 0.068 * 2**0.5
-    assert (em.ci_low, em.ci_high) == pytest.approx((em.delta - 1.959964 * se, em.delta + 1.959964 * se), abs=1e-5)
+    q = t.ppf(0.975, 78)
+    assert em.df == pytest.approx(78)
+    assert (em.ci_low, em.ci_high) == pytest.approx((em.delta - q * se, em.delta + q * se), abs=1e-5)
+    sd = 0.068 * 40**0.5  # stderr * sqrt(n): the reference test from the same summary statistics
+    ref = ttest_ind_from_stats(em.tuned, sd, 40, em.base, sd, 40, equal_var=False)
+    assert em.p_value == pytest.approx(ref.pvalue, rel=1e-9)
 
 
 def test_planted_regression_is_regressed():
@@ -64,7 +81,8 @@ def test_planted_regression_is_regressed():
 def test_identical_results_change_nothing():
     comp = compare(*synthetic.make_pair("same"))
     for r in comp.rows:
-        assert r.delta == 0 and r.verdict == "no significant change" and r.p_value == pytest.approx(1.0), r
+        assert r.delta == 0 and r.p_value == pytest.approx(1.0), r
+        assert r.verdict == ("no significant change" if r.n >= 10 else "too few samples"), r
 
 
 def test_verdict_reads_higher_is_better_from_the_metric():
@@ -160,7 +178,7 @@ def test_assertion_helpers_print_values_delta_and_interval(improved):
     with pytest.raises(AssertionError) as e:
         em.assert_improved()
     msg = str(e.value)
-    assert "base 0.25 -> tuned 0.3" in msg and "delta +0.05" in msg and "95% CI [-0.1385, +0.2385]" in msg
+    assert "base 0.25 -> tuned 0.3" in msg and "delta +0.05" in msg and "95% CI [-0.1415, +0.2415]" in msg
     with pytest.raises(AssertionError, match=r"expected tuned >= 0.5, got 0.3"):
         em.assert_value(">=", 0.5)
     with pytest.raises(ValueError, match="unknown operator"):
@@ -202,11 +220,11 @@ def test_leaderboard_ranks_on_the_primary_metric_and_compares_adapters_pairwise(
         direct.ci_high,
         direct.p_value,
     )
-    assert gb.row.n == 60 and gb.row.unit == "conversations" and "paired bootstrap" in gb.row.method
+    assert gb.row.n == 60 and gb.row.unit == "conversations" and "paired studentized bootstrap" in gb.row.method
     assert gb.row.delta == pytest.approx(
         board.comparisons["bad"].row("perplexity/test").tuned - good.metric("perplexity/test").value
     )
-    assert [v.p_holm for v in board.versus] == stats.holm([v.row.p_value for v in board.versus])  # one family
+    assert [v.p_holm for v in board.versus] == holm([v.row.p_value for v in board.versus])  # one family
     assert gb.verdict == "good better" and pairs[("twin", "bad")].verdict == "twin better"
     same = pairs[("good", "twin")]
     assert same.row.delta == 0 and same.verdict == "no significant difference"
@@ -243,10 +261,10 @@ def test_benjamini_hochberg_matches_scipy_and_keeps_missing_p_values_out():
     from scipy.stats import false_discovery_control
 
     ps = [0.001, 0.04, 0.03, 0.5, 0.2, 0.04, 0.9]
-    assert stats.benjamini_hochberg(ps) == pytest.approx(list(false_discovery_control(ps, method="bh")))
-    with_none = stats.benjamini_hochberg([0.01, None, 0.04])
+    assert benjamini_hochberg(ps) == pytest.approx(list(false_discovery_control(ps, method="bh")))
+    with_none = benjamini_hochberg([0.01, None, 0.04])
     assert with_none[1] is None and with_none[0] == pytest.approx(0.02) and with_none[2] == pytest.approx(0.04)
-    assert stats.benjamini_hochberg([]) == []
+    assert benjamini_hochberg([]) == []
 
 
 def _subject_items(b_only: int, t_only: int, n: int = 100) -> tuple[list[dict], list[dict]]:
@@ -291,31 +309,41 @@ def _mmlu_like(subjects: dict[str, tuple[int, int]]) -> tuple[Results, Results]:
 
 
 def test_group_subjects_carry_bh_adjusted_p_and_counts_use_them():
-    """Two of 57 subjects below an uncorrected p of 0.05 (b=12, c=3: p = 0.035) are what chance gives; after
-    Benjamini-Hochberg they are no change. A subject with a real loss (b=30, c=0) stays regressed."""
+    """Two of 57 subjects below an uncorrected p of 0.05 (b=12, c=3: p = 0.020) are what chance gives; after
+    Benjamini-Hochberg they are no change. A subject with a real loss (b=30, c=0) stays regressed. The family's
+    intervals are false-coverage-rate adjusted (level 1 - 1 x 0.05 / 57: one rejection), so each excludes 0 exactly
+    where the adjusted p is below 0.05."""
     subjects = {f"mmlu_s{k:02d}": (2, 2) for k in range(54)}
     subjects |= {"mmlu_chance_a": (12, 3), "mmlu_chance_b": (12, 3), "mmlu_real": (30, 0)}
     comp = compare(*_mmlu_like(subjects), n_boot=200)
     chance = comp.row("lm_eval/mmlu/mmlu_chance_a/acc")
-    assert chance.p_value == pytest.approx(stats.mcnemar_exact(12, 3)) and chance.p_value < 0.05
+    assert chance.p_value == pytest.approx(matched_pairs.tango_interval(12, 3, 100)[2]) and chance.p_value < 0.05
     assert chance.family == "lm_eval/mmlu/acc" and chance.p_adjusted > 0.05
     assert chance.verdict == "no significant change" and not chance.significant
     real = comp.row("lm_eval/mmlu/mmlu_real/acc")
     assert real.p_adjusted < 0.05 and real.verdict == "regressed"
+    members = [r for r in comp.rows if r.family == "lm_eval/mmlu/acc"]
+    assert len(members) == 57 and all(r.ci_alpha == pytest.approx(0.05 / 57) for r in members)
+    assert all((r.ci_low > 0 or r.ci_high < 0) == (r.p_adjusted < 0.05) for r in members)
+    assert "99.9" in chance.describe()  # the interval's own level, not the family's alpha
     group = comp.row("lm_eval/mmlu/acc")
-    assert group.family is None and group.p_adjusted is None and group.headline
+    assert group.family is None and group.p_adjusted is None and group.headline and group.ci_alpha is None
     assert comp.counts()["regressed"] == 1 + (group.verdict == "regressed")
     back = Comparison.from_dict(json.loads(json.dumps(comp.to_dict())))
     assert back.row("lm_eval/mmlu/mmlu_chance_a/acc").p_adjusted == chance.p_adjusted
 
 
-def test_counts_leave_out_breakdown_rows_too_few_to_judge(improved):
-    """The synthetic per-probe rows have 1 or 3 samples: flagged in the report, so not counted as a verdict."""
+def test_counts_leave_out_rows_too_few_to_judge(improved):
+    """The synthetic probe rows rest on 5 prompts (per probe: 1 prompt of 1 or 3 samples), under report.min_n = 10:
+    flagged in the report and by the gate, so not counted as a verdict; min_n is one setting of the comparison."""
     counts = improved.counts()
-    per_probe = [r for r in improved.rows if r.family is not None]
-    assert len(per_probe) == 10 and all(r.n < 10 for r in per_probe)
-    assert counts["too few samples"] == 10
-    assert counts["improved"] + counts["regressed"] + counts["no significant change"] == len(improved.rows) - 10
+    probes = [r for r in improved.rows if r.group == "probes"]
+    assert len(probes) == 12 and all(r.n < 10 and r.verdict == "too few samples" for r in probes)
+    assert counts["too few samples"] == 12
+    assert counts["improved"] + counts["regressed"] + counts["no significant change"] == len(improved.rows) - 12
+    loose = compare(*synthetic.make_pair("improved"), min_n=5)
+    assert loose.min_n == 5 and loose.row("probes/default/seed/pass_rate").verdict != "too few samples"
+    assert all(r.min_n == 5 for r in loose.rows)
 
 
 def test_a_comparison_written_before_families_still_counts_flagged_rows_apart(improved):

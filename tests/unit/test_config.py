@@ -205,6 +205,7 @@ def test_dotted_overrides_are_typed():
         ("train.batch_size=0", ["train.batch_size", "must be >= 1"]),
         ("data.test_fraction=1.5", ["data.test_fraction", "[0, 1)"]),
         ("lora.dropout=1.0", ["lora.dropout"]),
+        ("report.min_n=1", ["report.min_n", "at least 2"]),
         ("train.lr", ["section.key=value"]),
     ],
 )
@@ -251,6 +252,17 @@ def test_every_field_has_a_docstring():
         docs = field_docs(cls)
         missing = [f for f in cls.__dataclass_fields__ if f not in docs]
         assert not missing, f"{cls.__name__} fields without a docstring: {missing}"
+
+
+def test_report_min_n_is_the_one_minimum_of_report_and_gate(tmp_path):
+    """report.min_n defaults to the rows' FEW_SAMPLES, and a run's value reaches the comparison both read."""
+    from tunebench.reports.compare import FEW_SAMPLES, run_settings
+
+    assert load_config("smoke").report.min_n == FEW_SAMPLES == 10
+    cfg = load_config("smoke", ["report.min_n=25"])
+    assert cfg.report.min_n == 25
+    (tmp_path / "config.yaml").write_text(dump_yaml(cfg))
+    assert run_settings(tmp_path)["min_n"] == 25
 
 
 def test_resolved_yaml_round_trips(tmp_path):

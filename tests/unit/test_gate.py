@@ -52,19 +52,23 @@ def test_passing_run_exits_0_and_writes_gate_json(tmp_path):
 
 
 def test_default_rules_on_small_samples_are_inconclusive_exit_3(tmp_path):
-    # perplexity concludes (60 conversations, a 14% drop), and so does accuracy (40 paired documents, 3
-    # discordant); exact match has only stderrs (an unpaired interval of ±0.19) and 5 greedy samples
-    # cannot exclude a 10-point drop, so the release is not passed on that evidence.
+    # perplexity concludes (60 conversations, a 14% drop); accuracy does not (40 paired documents, 1 discordant:
+    # Tango's interval [-0.065, +0.129] still holds a 5-point loss); exact match has only stderrs (Welch's interval
+    # of ±0.19); the probes rest on 5 prompts, under report.min_n = 10, flagged "too few samples" by the report, so
+    # their rule is inconclusive whatever the interval says. The release is not passed on that evidence.
     code, out, run = _run(tmp_path, "improved")
     assert code == EXIT_GATE_INCONCLUSIVE == 3, out
     verdict = GateVerdict.from_dict(json.loads((run / "gate.json").read_text(encoding="utf-8")))
     assert verdict.status == "inconclusive" and not verdict.passed and verdict.rules_source == str(DEFAULT_RULES)
     by_metric = {r.metric: r for r in verdict.rows}
     assert by_metric["perplexity/test"].status == "pass"
-    assert by_metric["lm_eval/tunebench_facts_mc/acc"].status == "pass"
+    acc = by_metric["lm_eval/tunebench_facts_mc/acc"]
+    assert acc.status == "inconclusive" and acc.items_needed > acc.n == 40
     em = by_metric["lm_eval/tunebench_arith_gen/exact_match"]
     assert em.status == "inconclusive" and em.items_needed > em.n == 40
-    assert by_metric["probes/default/greedy/pass_rate"].status == "inconclusive"
+    greedy = by_metric["probes/default/greedy/pass_rate"]
+    assert greedy.status == "inconclusive" and greedy.items_needed >= 10 and greedy.n == 5
+    assert "too few samples: n=5 < report.min_n=10" in greedy.reason
     assert "gate INCONCLUSIVE" in out and "paired items would conclude" in out
 
 
@@ -288,3 +292,61 @@ def test_shipped_default_rules_load():
     assert load_rules(DEFAULT_RULES) == rules
     with pytest.raises(GateError, match="not found.*default"):
         load_rules("no-such-gate")
+
+
+# ----------------------------------------------------------------------------- verdict and gate agree (issue 35)
+
+
+def _row_of(base_values, tuned_values, min_n, n_boot=2000, seed=0):
+    from tunebench.evals.results import Metric
+    from tunebench.reports.rows import compare_metric
+
+    b = [{"id": str(k), "num": float(v), "den": 1.0} for k, v in enumerate(base_values)]
+    t = [{"id": str(k), "num": float(v), "den": 1.0} for k, v in enumerate(tuned_values)]
+    bm = Metric("x/acc", float(np.mean(base_values)), True, len(b))
+    tm = Metric("x/acc", float(np.mean(tuned_values)), True, len(t))
+    return compare_metric(bm, tm, b, t, 0.05, n_boot, seed, min_n)
+
+
+SUPERIOR, NON_INFERIOR = parse_rules("- metric: x/acc\n  min_improvement: 0\n- metric: x/acc\n  max_regression: 0\n")
+
+
+def test_every_small_paired_table_verdict_and_gate_agree_about_zero():
+    """Every paired pass/fail table with n <= 30 (b base-only, c tuned-only, the concordant pairs split both ways):
+    min_improvement: 0 passes exactly when the verdict is "improved", max_regression: 0 fails exactly when it is
+    "regressed"; with report.min_n = 10 no rule passes or fails on a row under 10, and the row reads too few."""
+    from tunebench.reports.gate import judge
+
+    for n in range(1, 31):
+        for b in range(n + 1):
+            for c in range(n + 1 - b):
+                both = (n - b - c) // 2
+                base = [1] * both + [1] * b + [0] * c + [0] * (n - b - c - both)
+                tuned = [1] * both + [0] * b + [1] * c + [0] * (n - b - c - both)
+                row = _row_of(base, tuned, min_n=1)
+                up, down = judge(SUPERIOR, row).status, judge(NON_INFERIOR, row).status
+                assert (up == "pass") == (row.verdict == "improved"), (b, c, n, row.ci_low, row.p_value)
+                assert (down == "fail") == (row.verdict == "regressed"), (b, c, n, row.ci_high, row.p_value)
+                if n < 10:
+                    flagged = _row_of(base, tuned, min_n=10)
+                    assert flagged.verdict == "too few samples"
+                    rows = (judge(SUPERIOR, flagged), judge(NON_INFERIOR, flagged))
+                    assert all(r.status == "inconclusive" and r.items_needed >= 10 for r in rows)
+
+
+def test_bootstrap_rows_verdict_and_gate_agree_on_random_data():
+    """Scores (not pass/fail) take the studentized bootstrap: on random datasets of every size the verdict and the
+    gate agree about 0, and a shifted metric is found."""
+    from tunebench.reports.gate import judge
+
+    rng = np.random.default_rng(35)
+    found = 0
+    for k in range(150):
+        n = int(rng.integers(2, 60))
+        base = rng.normal(0, 1, n)
+        tuned = base + rng.normal(float(rng.choice([0.0, 0.3, -0.5])), 1.0, n) + rng.exponential(0.5, n)
+        row = _row_of(base, tuned, min_n=1, n_boot=499, seed=k)
+        up, down = judge(SUPERIOR, row).status, judge(NON_INFERIOR, row).status
+        assert (up == "pass") == (row.verdict == "improved") and (down == "fail") == (row.verdict == "regressed")
+        found += row.verdict != "no significant change"
+    assert found > 30

@@ -195,7 +195,7 @@ def _judge_results(scores, unparsed=0, sanity_share=1.0, cfg=None):
     judgments = 2 * len(recs) + unparsed
     sanity = {"right": int(12 * sanity_share), "n": 12, "share": sanity_share}
     res = Results(label="judge", model={"kind": "planted"}, inputs={})
-    for m, items in jm.set_metrics("heldout", recs, judgments, unparsed, sanity, cfg, 0.05, 1000):
+    for m, items in jm.set_metrics("heldout", recs, judgments, unparsed, sanity, cfg, 0.05):
         res.add(m, items)
     res.artifacts["judge"] = {"disagreements": {}}
     return res
@@ -287,3 +287,29 @@ def test_heldout_prompts_are_first_user_turns_of_the_test_split(tmp_path):
     assert [(i.id, i.turns) for i in items] == [("heldout/c1", ["hi"]), ("heldout/c2", ["second"])]
     assert jd.pick_prompt(jp.mtbench_prompts(), items[0], 0).name == "pair-v2"
     assert len(jp.load_prompt_set("heldout", tmp_path, n=1)) == 1
+
+
+def test_a_preference_that_length_explains_is_flagged_and_not_gated_as_a_win():
+    """Tuned answers are longer, and the judge picks the longer one: the raw win rate reads a clear win, the judged
+    row (length-controlled) no change, and the report says length explains the preference."""
+    rng = np.random.default_rng(4)
+    base_len = rng.integers(40, 120, size=120)
+    tuned_len = base_len + rng.integers(-20, 60, size=120)
+    scores = [1 if t > b else -1 for t, b in zip(tuned_len, base_len, strict=True)]
+    recs = _records(scores)
+    for r, b, t in zip(recs, base_len, tuned_len, strict=True):
+        r["base_tokens"], r["tuned_tokens"] = int(b), int(t)
+    res = Results(label="judge", model={"kind": "planted"}, inputs={})
+    sanity = {"right": 12, "n": 12, "share": 1.0}
+    for m, items in jm.set_metrics("heldout", recs, 240, 0, sanity, JudgeConfig(), 0.05):
+        res.add(m, items)
+    res.artifacts["judge"] = {"disagreements": {}}
+    base, tuned = synthetic.make_pair("same")
+    comp = compare(base, tuned, n_boot=500, judged=res)
+    row = comp.row("judge/heldout/win_rate")
+    assert row.details["raw_p_value"] < 0.001 and row.details["raw_win_rate"] > 0.6
+    assert row.verdict == "no significant change" and row.details["explained_by_length"]
+    gate = evaluate_gate(comp, [{"metric": "judge/*/win_rate", "min_improvement": 0}])
+    assert gate.rows[0].status != PASS
+    text = render_report(comp, {"judge_artifacts": res.artifacts["judge"], "gate": gate.to_dict()})
+    assert "**Length explains the preference:**" in text and "(length explains the raw preference)" in text

@@ -445,21 +445,22 @@ def test_gate_reason_quotes_the_interval_of_the_ci_column():
         ci, reason = cells[5].strip(), cells[9].strip()
         assert f"interval of Δ {ci}" in reason, (ci, reason)
     assert "(lower is better)" in rows[0][9] and "(Δ > +" in rows[0][9]
-    assert "excludes an improvement below -0.5" in rows[1][9] and "a improvement" not in section
+    # superiority passes on an improvement above the margin: the interval excludes the margin itself
+    assert "excludes an improvement of -0.5 or less" in rows[1][9] and "a improvement" not in section
 
 
 def test_counts_leave_out_rows_that_were_flagged_not_judged():
     comp = compare(*synthetic.make_pair("improved"), n_boot=200)
     text = render_report(comp, {})
-    judged = [r for r in comp.rows if r.judged]
-    assert len(judged) == 5 and len(comp.rows) == 15
+    judged = [r for r in comp.rows if r.judged]  # the probe rows rest on 5 prompts or fewer (report.min_n = 10)
+    assert len(judged) == 3 and len(comp.rows) == 15
     counts = comp.counts()
     assert (
         f"**{counts['improved']}** improved · **{counts['regressed']}** regressed · "
         f"**{counts['no significant change']}** no significant change\n"
-        "· 10 breakdown rows with fewer than 10 samples not judged"
+        "· 12 rows with fewer than 10 paired units not judged (`report.min_n`)"
     ) in text
-    assert counts["improved"] + counts["regressed"] + counts["no significant change"] == 5
+    assert counts["improved"] + counts["regressed"] + counts["no significant change"] == 3
 
 
 def test_breakdown_rows_show_their_benjamini_hochberg_p():

@@ -1,4 +1,4 @@
-"""Numerical checks of reports.stats against planted effects and reference values."""
+"""Numerical checks of core.stats and core.matched_pairs against planted effects and reference values."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from tunebench.core import stats
+from tunebench.core import matched_pairs, stats
 from tunebench.evals.results import aggregate
 
 
@@ -105,15 +105,33 @@ def test_paired_bootstrap_refuses_different_or_repeated_ids():
         stats.paired_bootstrap([], [])
 
 
-def test_p_value_agrees_with_interval():
+def test_p_value_agrees_with_interval_exactly():
+    """The bootstrap p inverts the interval: "excludes 0" and "p < alpha" agree on every dataset, boundary included
+    (was: only where p was more than 0.01 from alpha), for means, ratios, clusters and other alphas."""
     rng = np.random.default_rng(7)
-    for seed in range(12):
-        base = _items(rng.random(30))
-        tuned = [{**i, "num": i["num"] + 0.08 * rng.standard_normal()} for i in base]
-        r = stats.paired_bootstrap(base, tuned, n_boot=1000, alpha=0.05, seed=seed)
-        excludes_zero = r.low > 0 or r.high < 0
-        if abs(r.p_value - 0.05) > 0.01:  # the smoothing term only matters at the boundary
-            assert (r.p_value < 0.05) == excludes_zero, r
+    for seed in range(60):
+        n = int(rng.integers(3, 40))
+        base = _items(rng.random(n), rng.integers(1, 50, size=n).astype(float))
+        tuned = [{**i, "num": i["num"] + (0.02 + 0.2 * rng.standard_normal()) * i["den"]} for i in base]
+        how = "exp_ratio" if seed % 2 else "mean"
+        alpha = (0.05, 0.1, 0.01)[seed % 3]
+        clusters = [str(k // 2) for k in range(n)] if seed % 5 == 0 else None
+        r = stats.paired_bootstrap(base, tuned, how, n_boot=499, alpha=alpha, seed=seed, clusters=clusters)
+        assert (r.low > 0 or r.high < 0) == (r.p_value < alpha), r
+
+
+def test_interval_holds_the_equal_tailed_and_symmetric_bootstrap_t():
+    """The interval is value ± q se with q the larger tail quantile of the studentized replicates."""
+    rng = np.random.default_rng(9)
+    reps = rng.standard_exponential(1999) - 1.0
+    low, high, p = stats._invert(0.5, 0.1, reps, 0.05)
+    s = np.sort(reps)
+    m = 49  # 2 (49 + 1) / 2000 = 0.05: the 49th value from each end
+    assert (low, high) == pytest.approx((0.5 - 0.1 * max(s[-m], -s[m - 1]), 0.5 + 0.1 * max(s[-m], -s[m - 1])))
+    assert low <= 0.5 - 0.1 * s[-m] and high >= 0.5 - 0.1 * s[m - 1]  # holds the equal-tailed interval
+    q = np.quantile(np.abs(reps), 0.95)
+    assert low <= 0.5 - 0.1 * q and high >= 0.5 + 0.1 * q  # and the symmetric one
+    assert (p < 0.05) == (low > 0 or high < 0)
 
 
 def test_cluster_bootstrap_resamples_prompts_whole():
@@ -130,19 +148,85 @@ def test_cluster_bootstrap_resamples_prompts_whole():
     assert (grouped.high - grouped.low) > 1.5 * (flat.high - flat.low)
 
 
-@pytest.mark.parametrize(("b", "c", "expected"), [(10, 2, 0.0385742), (0, 0, 1.0), (5, 5, 1.0), (0, 6, 0.03125)])
-def test_mcnemar_exact_known_values(b, c, expected):
-    assert stats.mcnemar_exact(b, c) == pytest.approx(expected, abs=1e-6)
+@pytest.mark.parametrize(("b", "c"), [(10, 2), (0, 0), (5, 5), (0, 6), (3, 17), (40, 20)])
+def test_mcnemar_score_test_matches_statsmodels(b, c):
+    """At delta = 0 Tango's statistic is McNemar's without continuity correction (statsmodels' mcnemar,
+    exact=False, correction=False), whatever the concordant cells hold."""
+    from statsmodels.stats.contingency_tables import mcnemar
+
+    for both, neither in ((0, 0), (7, 30)):
+        n = b + c + both + neither
+        if n == 0:
+            continue
+        _, _, p = matched_pairs.tango_interval(b, c, n)
+        ref = 1.0 if b + c == 0 else mcnemar([[both, b], [c, neither]], exact=False, correction=False).pvalue
+        assert p == pytest.approx(ref, rel=1e-12, abs=1e-15)
+        assert matched_pairs.tango_interval(c, b, n)[2] == p  # symmetric
 
 
-def test_mcnemar_exact_matches_scipy_binomtest_and_is_symmetric():
-    for b in range(0, 25, 3):
-        for c in range(0, 25, 4):
-            if b + c:
-                ref = scipy.stats.binomtest(min(b, c), b + c, 0.5).pvalue
-                assert stats.mcnemar_exact(b, c) == pytest.approx(ref, rel=1e-9)
-            assert stats.mcnemar_exact(b, c) == stats.mcnemar_exact(c, b)
-    assert 0 < stats.mcnemar_exact(600, 500) < 0.01  # large counts stay exact (integer arithmetic)
+def test_tango_interval_solves_the_score_equation_with_a_numerical_constrained_mle():
+    """Each end of the interval is where the score statistic, its nuisance rate maximized numerically (not by the
+    closed-form root), equals the critical value; the interval is the set of deltas the score test keeps."""
+    from scipy.optimize import minimize_scalar
+
+    def numeric_t(delta0, b, c, n):  # p_c - p_b = delta0; maximize the multinomial likelihood over p_b
+        def nll(pb):
+            pc = pb + delta0
+            return -(b * np.log(pb) + c * np.log(pc) + (n - b - c) * np.log(1 - pb - pc))
+
+        lo, hi = max(0.0, -delta0) + 1e-12, (1 - delta0) / 2 - 1e-12
+        pb = minimize_scalar(nll, bounds=(lo, hi), method="bounded", options={"xatol": 1e-13}).x
+        return (c - b - n * delta0) / np.sqrt(n * (2 * pb + delta0 - delta0**2))
+
+    for b, c, n in [(16, 6, 161), (7, 1, 21), (3, 9, 30), (2, 9, 20), (12, 3, 100)]:
+        low, high, p = matched_pairs.tango_interval(b, c, n)
+        z = scipy.stats.norm.ppf(0.975)
+        assert numeric_t(low, b, c, n) == pytest.approx(z, abs=1e-5)
+        assert numeric_t(high, b, c, n) == pytest.approx(-z, abs=1e-5)
+        for d in np.linspace(low + 1e-3, high - 1e-3, 7):
+            assert abs(numeric_t(d, b, c, n)) < z
+    # Cavo et al. 2012, 6 and 16 discordant of 161 (Fagerland, Lydersen & Laake's book, and the tests of their R
+    # package contingencytables): Tango -0.0621 (-0.1240 to -0.0054), McNemar asymptotic P = 0.033006
+    low, high, p = matched_pairs.tango_interval(16, 6, 161)
+    assert (low, high) == pytest.approx((-0.1240, -0.0054), abs=5e-5) and p == pytest.approx(0.033006, abs=5e-7)
+
+
+def test_tango_interval_and_test_agree_on_every_table_to_n_30():
+    """ "The interval excludes 0" is "p < alpha" on all 5,456 (b, c, n) with n <= 30, at alpha 0.05 and 0.01, and
+    with a design effect; 2 of 2 improved is no longer significant (Newcombe's interval excluded 0 there, p 0.5)."""
+    for n in range(1, 31):
+        for b in range(n + 1):
+            for c in range(n + 1 - b):
+                for alpha, deff in ((0.05, 1.0), (0.01, 1.0), (0.05, 2.5)):
+                    low, high, p = matched_pairs.tango_interval(b, c, n, alpha, deff)
+                    assert low <= (c - b) / n <= high
+                    assert (low > 0 or high < 0) == (p < alpha), (b, c, n, alpha, deff)
+    low, high, p = matched_pairs.tango_interval(0, 2, 2)
+    assert low < 0 < high and p > 0.05
+
+
+def test_clustered_matched_pairs_are_durkalski_at_zero_and_plain_without_clusters():
+    """With clusters the statistic at 0 is (c - b) / sqrt(sum_k (c_k - b_k)^2) (Durkalski et al. 2003); one pair
+    per cluster gives design effect 1, the unclustered answer."""
+    rng = np.random.default_rng(2)
+    up = (rng.random(120) < 0.2).astype(float)
+    down = ((rng.random(120) < 0.15) & (up == 0)).astype(float)
+    keys = [str(k // 6) for k in range(120)]
+    mp = matched_pairs.matched_pairs(up, down, keys)
+    d = np.bincount(np.arange(120) // 6, weights=up - down)
+    durkalski = (up.sum() - down.sum()) / np.sqrt(np.sum(d**2))
+    deff = max(1.0, np.sum(d**2) / (up.sum() + down.sum()))
+    assert mp.design_effect == pytest.approx(deff) and mp.units == 20
+    if deff > 1:
+        assert mp.p_value == pytest.approx(2 * scipy.stats.norm.sf(abs(durkalski)), rel=1e-9)
+    flat = matched_pairs.matched_pairs(up, down)
+    single = matched_pairs.matched_pairs(up, down, [str(k) for k in range(120)])
+    assert single.design_effect == 1.0 and (single.low, single.high, single.p_value) == (
+        flat.low,
+        flat.high,
+        flat.p_value,
+    )
+    assert (mp.high - mp.low) >= (flat.high - flat.low)
 
 
 def test_wilson_matches_reference():
@@ -168,7 +252,8 @@ def test_binary_detection_and_discordant_counts():
     b = np.array([1, 1, 0, 0, 1.0])
     t = np.array([1, 0, 1, 1, 1.0])
     assert stats.is_binary(b, np.ones(5)) and not stats.is_binary(b * 0.5, np.ones(5))
-    assert stats.discordant(b, t) == (1, 2)
+    mp = matched_pairs.matched_pairs((t == 1) & (b == 0), (b == 1) & (t == 0))
+    assert (mp.b, mp.c, mp.n) == (1, 2, 5) and mp.delta == pytest.approx(0.2)
 
 
 def test_items_needed_matches_the_textbook_formula_and_a_simulation():
@@ -191,20 +276,52 @@ def test_items_needed_matches_the_textbook_formula_and_a_simulation():
     assert detectable_effect(-half, half) == pytest.approx((Z95 + NormalDist().inv_cdf(0.8)) * sd / n**0.5)
 
 
-def test_wilson_and_mcnemar_agree_with_closed_forms():
-    from tunebench.core.stats import mcnemar_exact, paired_proportion_interval, wilson
+def test_mde_and_items_needed_use_t_at_small_n():
+    """At n = 5 and sigma 1 a paired t-test finds 1.68 sigma with 80% power (noncentral t); the normal formula said
+    1.25. With the row's df the MDE is (t_{0.975,4} + t_{0.8,4}) SE = 1.66 sigma, and items_needed solves the t
+    equation (a simulation of the t-test at that n has 80% power)."""
+    from statistics import NormalDist
 
-    low, high = wilson(3, 10)
+    from tunebench.core.stats import detectable_effect, items_needed
+
+    n, sd = 5, 1.0
+    half = scipy.stats.t.ppf(0.975, n - 1) * sd / n**0.5  # a t-interval of the paired difference
+    mde_t = detectable_effect(-half, half, df=n - 1)
+    assert mde_t == pytest.approx(1.66, abs=0.01)
+    rng = np.random.default_rng(1)
+    draws = rng.normal(mde_t, sd, size=(20000, n))
+    t = draws.mean(axis=1) / (draws.std(axis=1, ddof=1) / n**0.5)
+    assert abs(np.mean(t > scipy.stats.t.ppf(0.975, n - 1)) - 0.8) < 0.03  # power at the reported MDE
+    z_half = NormalDist().inv_cdf(0.975) * sd / n**0.5
+    assert detectable_effect(-z_half, z_half) == pytest.approx(1.25, abs=0.01)  # the normal reading, df None
+    need = items_needed(n, -half, half, 0.5, df=n - 1)  # an effect of 0.5 sigma
+    assert need > items_needed(n, -z_half, z_half, 0.5) == 32  # the same sigma read on the normal scale
+    draws = rng.normal(0.5, sd, size=(20000, need))
+    t = draws.mean(axis=1) / (draws.std(axis=1, ddof=1) / need**0.5)
+    assert np.mean(t > scipy.stats.t.ppf(0.975, need - 1)) >= 0.79
+
+
+def test_wilson_agrees_with_closed_form_and_tango_covers_at_small_n():
+    low, high = stats.wilson(3, 10)
     assert low == pytest.approx(0.10779, abs=1e-4) and high == pytest.approx(0.60322, abs=1e-4)
-    assert mcnemar_exact(4, 14) == pytest.approx(2 * sum(math.comb(18, i) for i in range(5)) / 2**18)
-    # Newcombe's paired interval covers the true difference at about its nominal level, also at small n
+    # Tango's paired interval covers the true difference at about its nominal level, also at small n
     rng = np.random.default_rng(3)
     cells = np.array([0.5, 0.15, 0.05, 0.3])  # both pass, base only, tuned only, neither: true delta -0.10
     hits = 0
     for _ in range(1000):
         kind = rng.choice(4, size=30, p=cells)
-        low, high = paired_proportion_interval((kind <= 1).astype(int), ((kind == 0) | (kind == 2)).astype(int))
+        low, high, _ = matched_pairs.tango_interval(int(np.sum(kind == 1)), int(np.sum(kind == 2)), 30)
         hits += low <= -0.10 <= high
     assert 0.93 <= hits / 1000 <= 0.99
-    low, high = paired_proportion_interval(np.ones(3), np.ones(3))  # three that agree: wide, not [0, 0]
+    low, high, _ = matched_pairs.tango_interval(0, 0, 3)  # three that agree: wide, not [0, 0]
     assert low < -0.4 and high > 0.4
+
+
+def test_welch_matches_scipy():
+    from scipy.stats import ttest_ind_from_stats
+
+    df = stats.welch_df(0.1, 12, 0.25, 20)
+    delta, low, high, p = stats.normal_difference(1.0, 0.1, 1.4, 0.25, 0.05, df)
+    ref = ttest_ind_from_stats(1.4, 0.25 * 20**0.5, 20, 1.0, 0.1 * 12**0.5, 12, equal_var=False)
+    assert p == pytest.approx(ref.pvalue, rel=1e-9)
+    assert (high - low) / 2 == pytest.approx(scipy.stats.t.ppf(0.975, df) * np.hypot(0.1, 0.25), rel=1e-9)

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from tunebench.core.stats import holm
+from tunebench.core.multiplicity import holm
 from tunebench.reports.selection import Candidate, select
 
 

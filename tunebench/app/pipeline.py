@@ -378,12 +378,21 @@ def finish(run_dir: Path, cfg: RunConfig) -> PipelineResult:
     """
     results = load_run_results(run_dir)
     judged = load_judge_results(run_dir) if cfg.eval.judge.enabled else None
-    comparison = compare(results["base"], results["tuned"], cfg.report.alpha, cfg.eval.bootstrap_samples, judged=judged)
+    comparison = compare(
+        results["base"],
+        results["tuned"],
+        cfg.report.alpha,
+        cfg.eval.bootstrap_samples,
+        judged=judged,
+        min_n=cfg.report.min_n,
+    )
     exported = {}
     for name, res in load_artifact_results(run_dir).items():
         try:
             exported.update(
-                compare_artifacts(results["tuned"], {name: res}, cfg.report.alpha, cfg.eval.bootstrap_samples)
+                compare_artifacts(
+                    results["tuned"], {name: res}, cfg.report.alpha, cfg.eval.bootstrap_samples, min_n=cfg.report.min_n
+                )
             )
         except ComparisonError as e:  # e.g. scored before the evaluation settings changed: left out, said why
             log.warning("export section: %s; re-evaluate it to include it", e)

@@ -68,10 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = p.add_subparsers(dest="command", required=True, metavar="{speed,eval,serve,export-data,export-tokenizer}")
+    sub = p.add_subparsers(
+        dest="command", required=True, metavar="{speed,eval,serve,stats,export-data,export-tokenizer}"
+    )
     _speed_parser(sub)
     _eval_parser(sub)
     _serve_parser(sub)
+    _stats_parser(sub)
     _export_parsers(sub)
     return p
 
@@ -169,6 +172,24 @@ def _serve_parser(sub: Any) -> None:
     s.add_argument("--out", default="bench-out", help="folder for serve.json and serve.md")
 
 
+def _stats_parser(sub: Any) -> None:
+    """``bench stats``: calibration of the statistics by simulation (CPU, minutes)."""
+    s = sub.add_parser(
+        "stats",
+        help="statistics calibration on CPU: false positives, interval coverage and power, by simulation",
+    )
+    s.add_argument("--datasets", type=int, default=1000, help="simulated datasets per figure (default 1000)")
+    s.add_argument(
+        "--slow-datasets",
+        type=int,
+        default=300,
+        help="datasets for the judged rows, the length-controlled fits and the n = 400 bootstrap (default 300)",
+    )
+    s.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples, as eval.bootstrap_samples (2000)")
+    s.add_argument("--seed", type=int, default=35, help="base seed; every figure records its own (default 35)")
+    s.add_argument("--out", default="bench-out", help="folder for stats.json and stats.md")
+
+
 def _export_parsers(sub: Any) -> None:
     """The exports that carry data, a tokenizer or lm-eval files to a GPU machine, and the worker."""
     s = sub.add_parser("export-data", help="write the first N clean training conversations as ShareGPT JSONL")
@@ -235,6 +256,10 @@ def dispatch(args: argparse.Namespace) -> int:
         else:
             print(f"Llama 3 tokenizer written to {export_llama3_tokenizer(args.out)}")
         return EXIT_OK
+    if args.command == "stats":  # simulation on the CPU: no CUDA needed
+        from tunebench.bench.statcal import run_bench_stats
+
+        return run_bench_stats(args)
     if args.command == "serve":  # a server on this machine's CPU or GPU: no CUDA needed
         from tunebench.bench.serveload import run_bench_serve
 

@@ -367,6 +367,9 @@ class ReportConfig:
     flips: int = 5
     """Items shown each way per metric under "Items that changed most" (per_item.json keeps as many); 0 = counts
     only."""
+    min_n: int = 10
+    """Fewest paired units (items, or prompts when samples are grouped) a metric needs for a verdict: below it the
+    report flags the row "too few samples" and a gate rule on it is inconclusive, with the units needed."""
 
     def __post_init__(self) -> None:
         if not 0 < self.alpha < 0.5:
@@ -374,6 +377,8 @@ class ReportConfig:
         for name in ("side_by_side", "flips"):
             if getattr(self, name) < 0:
                 raise refuse(name, getattr(self, name), "must be >= 0")
+        if self.min_n < 2:
+            raise refuse("min_n", self.min_n, "must be at least 2 (an interval needs two units)")
 
 
 @dataclass

@@ -377,7 +377,7 @@ def run_judge(
     for name, items in sets.items():
         js = judge_set(name, items, answers[name]["base"], answers[name]["tuned"], judge, prompts)
         for metric, recs in jm.set_metrics(
-            name, js.records, js.judgments, js.unparsed, sanity, jc, cfg.report.alpha, cfg.eval.bootstrap_samples, note
+            name, js.records, js.judgments, js.unparsed, sanity, jc, cfg.report.alpha, note
         ):
             results.add(metric, recs)
             log.info("%s", jm.summary_line(metric))

@@ -1,9 +1,10 @@
 """Judged records -> metrics: ``judge/<set>/win_rate`` (and per category), with validity and position bias.
 
-A metric's ``details`` carry ``paired: "win_rate"`` (``reports.compare`` reads such a metric as one paired row
-whose change is win_rate - 0.5), the counts, the sign-test p, the MDE, the length-controlled win rate, the
-position-consistency rate, each order's win rate, the parse failures, the sanity share and ``valid`` with the
-reason when it is not.
+A metric's value and interval are the raw win rate's (``core.pairwise.win_rate``). Its ``details`` carry
+``paired: "win_rate"`` (``reports.compare`` reads such a metric as one paired row: the length-controlled rate - 0.5,
+the raw rate beside it), the counts, the raw rate's score-test p and MDE, the length-controlled win rate with its
+interval and p (``lc_*``), the position-consistency rate, each order's win rate, the parse failures, the sanity share
+and ``valid`` with the reason when it is not.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def validity(unparsed: int, judgments: int, sanity: dict[str, Any], cfg: JudgeCo
 
 
 def win_rate_metric(
-    name: str, records: list[dict[str, Any]], alpha: float, n_boot: int, seed: int
+    name: str, records: list[dict[str, Any]], alpha: float
 ) -> tuple[Metric, list[dict[str, Any]]] | None:
     """One win-rate metric over the records that have a verdict in both orders (None when there are none)."""
     done = [r for r in records if r["score"] is not None]
@@ -51,15 +52,9 @@ def win_rate_metric(
         return None
     scores = [r["score"] for r in done]
     clusters = [r["cluster"] for r in done]
-    wr = pairwise.win_rate(scores, clusters, n_boot, alpha, seed)
+    wr = pairwise.win_rate(scores, clusters, alpha)
     lc = pairwise.length_controlled(
-        scores,
-        [r["tuned_tokens"] for r in done],
-        [r["base_tokens"] for r in done],
-        clusters,
-        min(n_boot, 1000),
-        alpha,
-        seed,
+        scores, [r["tuned_tokens"] for r in done], [r["base_tokens"] for r in done], clusters, alpha
     )
     both = [r for r in records if r["consistent"] is not None]
     details = {
@@ -73,6 +68,8 @@ def win_rate_metric(
         "lc_win_rate": lc.value,
         "lc_ci": [lc.low, lc.high],
         "lc_slope": lc.slope,
+        "lc_p_value": lc.p_value,
+        "lc_design_effect": lc.design_effect,
         "lc_method": lc.method,
         "consistency": (sum(r["consistent"] for r in both) / len(both)) if both else None,
         "win_rate_base_first": _order_rate([r["score_base_first"] for r in both]),
@@ -108,14 +105,13 @@ def set_metrics(
     sanity: dict[str, Any],
     cfg: JudgeConfig,
     alpha: float,
-    n_boot: int,
     judge_note: str | None = None,
 ) -> list[tuple[Metric, list[dict[str, Any]]]]:
     """The set's win rate and one per category (categories only when there are several)."""
     decided = sum(r["score"] is not None for r in records)
     reason = validity(unparsed, judgments, sanity, cfg, decided)
     out = []
-    head = win_rate_metric(f"judge/{name}/win_rate", records, alpha, n_boot, cfg.seed)
+    head = win_rate_metric(f"judge/{name}/win_rate", records, alpha)
     if head is None:  # nothing decided: a metric without a value, invalid, so the gate reads it and says why
         head = (
             Metric(
@@ -132,9 +128,7 @@ def set_metrics(
     cats = sorted({r["category"] for r in records})
     if len(cats) > 1:
         for cat in cats:
-            m = win_rate_metric(
-                f"judge/{name}/{cat}/win_rate", [r for r in records if r["category"] == cat], alpha, n_boot, cfg.seed
-            )
+            m = win_rate_metric(f"judge/{name}/{cat}/win_rate", [r for r in records if r["category"] == cat], alpha)
             if m is not None:
                 m[0].details["headline"] = False
                 out.append(m)

@@ -136,7 +136,12 @@ def served_against_artifacts(
 
 
 def compare_artifacts(
-    tuned: Results, artifacts: dict[str, Results], alpha: float = 0.05, n_boot: int = 2000, seed: int = 0
+    tuned: Results,
+    artifacts: dict[str, Results],
+    alpha: float = 0.05,
+    n_boot: int = 2000,
+    seed: int = 0,
+    min_n: int = FEW_SAMPLES,
 ) -> dict[str, Comparison]:
     """Each exported artifact against the adapter it was exported from, paired item by item.
 
@@ -148,15 +153,17 @@ def compare_artifacts(
     out = {}
     for name, res in artifacts.items():
         try:
-            out[name] = compare(tuned, res, alpha, n_boot, seed, same_base=False)
-            out[name].rows += parity_rows(res, alpha, n_boot, seed)
+            out[name] = compare(tuned, res, alpha, n_boot, seed, same_base=False, min_n=min_n)
+            out[name].rows += parity_rows(res, alpha, n_boot, seed, min_n)
             out[name].only_in_tuned = [m for m in out[name].only_in_tuned if not m.startswith("parity/")]
         except ComparisonError as e:
             raise ComparisonError(f"artifact {name!r}: {e}") from None
     return out
 
 
-def parity_rows(artifact: Results, alpha: float = 0.05, n_boot: int = 2000, seed: int = 0) -> list[MetricComparison]:
+def parity_rows(
+    artifact: Results, alpha: float = 0.05, n_boot: int = 2000, seed: int = 0, min_n: int = FEW_SAMPLES
+) -> list[MetricComparison]:
     """Rows of the artifact's parity metrics (evals.parity), each paired with a perfect copy's value.
 
     ``base`` reads the reference (KL 0, agreement 1, ratio 1), so a gate rule's ``max_regression`` on
@@ -170,14 +177,14 @@ def parity_rows(artifact: Results, alpha: float = 0.05, n_boot: int = 2000, seed
             continue
         items = artifact.items.get(m.items) if m.items else None
         ref, ref_items = reference_side(m, items)
-        row = compare_metric(ref, m, ref_items, items, alpha, n_boot, seed)
+        row = compare_metric(ref, m, ref_items, items, alpha, n_boot, seed, min_n)
         row.headline = True
         rows.append(row)
     return rows
 
 
 def run_settings(run_dir: str | Path) -> dict[str, Any]:
-    """alpha, n_boot and gate rules from a run's resolved config.yaml (defaults when absent)."""
+    """alpha, n_boot, min_n and gate rules from a run's resolved config.yaml (defaults when absent)."""
 
     cfg: Any = {}
     path = Path(run_dir) / "config.yaml"
@@ -191,11 +198,13 @@ def run_settings(run_dir: str | Path) -> dict[str, Any]:
         "name": cfg.get("name") or Path(run_dir).name,
         "alpha": section("report").get("alpha") or 0.05,
         "n_boot": section("eval").get("bootstrap_samples") or 2000,
+        "min_n": section("report").get("min_n") or FEW_SAMPLES,
         "gate_rules": section("gate").get("rules"),
     }
     for key, field_name, kind in (
         ("alpha", "report.alpha", (int, float)),
         ("n_boot", "eval.bootstrap_samples", (int,)),
+        ("min_n", "report.min_n", (int,)),
         ("gate_rules", "gate.rules", (str, type(None))),
     ):
         if type(settings[key]) not in kind:
@@ -210,7 +219,13 @@ def compare_run(run_dir: str | Path, seed: int = 0) -> Comparison:
     """Load a run folder's results and compare them with the run's own alpha and bootstrap size."""
     res, settings = load_run_results(run_dir), run_settings(run_dir)
     return compare(
-        res["base"], res["tuned"], settings["alpha"], settings["n_boot"], seed, judged=load_judge_results(run_dir)
+        res["base"],
+        res["tuned"],
+        settings["alpha"],
+        settings["n_boot"],
+        seed,
+        judged=load_judge_results(run_dir),
+        min_n=settings["min_n"],
     )
 
 
@@ -235,4 +250,6 @@ def leaderboard_from_runs(run_dirs: Sequence[str | Path], seed: int = 0, primary
             raise ComparisonError(f"run {d} has a different base than {first_dir}: {e}") from None
         name = d.name if d.name not in tuned else str(d)
         tuned[name] = res["tuned"]
-    return leaderboard(first["base"], tuned, settings["alpha"], settings["n_boot"], seed, primary=primary)
+    return leaderboard(
+        first["base"], tuned, settings["alpha"], settings["n_boot"], seed, primary=primary, min_n=settings["min_n"]
+    )

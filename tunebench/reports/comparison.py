@@ -6,7 +6,9 @@ differs raises ``ComparisonError``.
 
 Rows that break one metric down (``lm_eval/mmlu/<subject>/acc`` under ``lm_eval/mmlu/acc``, per-probe rows under a
 probe set's pass rate) are one family of tests: they carry Benjamini-Hochberg adjusted p-values (``p_adjusted``)
-and their verdicts read those, so 57 subjects at alpha = 0.05 do not turn up "regressions" by chance alone.
+and their verdicts read those, so 57 subjects at alpha = 0.05 do not turn up "regressions" by chance alone. Their
+intervals are false-coverage-rate adjusted (Benjamini & Yekutieli 2005: level 1 - R alpha / m, R the rejections), so
+a member's interval, which the gate reads, excludes 0 exactly when its adjusted p is below alpha.
 ``leaderboard`` compares several adapters with one base.
 """
 
@@ -14,24 +16,25 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunebench.core import stats
 from tunebench.core.errors import ComparisonError, RunFileError
 from tunebench.core.io import check_json, read_json, short, show_json
+from tunebench.core.multiplicity import benjamini_hochberg, fcr_alpha, holm
 from tunebench.evals.results import Results
 from tunebench.reports.rows import (
+    FEW_SAMPLES,
     IMPROVED,
     REGRESSED,
     TOO_FEW,
     UNCHANGED,
     MetricComparison,
-    _verdict,
     compare_metric,
     judged_rows,
+    verdict_of,
 )
 
 SCHEMA = "tunebench.comparison/1"
@@ -97,17 +100,25 @@ def _mark_headlines(rows: list[MetricComparison], explicit: dict[str, Any]) -> N
         r.headline = flag if isinstance(flag, bool) else r.family is None
 
 
-def _adjust_families(rows: list[MetricComparison]) -> None:
-    """Benjamini-Hochberg within each family of breakdown rows; their significance and verdict follow p_adjusted."""
+def _adjust_families(
+    rows: list[MetricComparison], recompute: Callable[[MetricComparison, float], MetricComparison]
+) -> None:
+    """Benjamini-Hochberg within each family of breakdown rows; their significance and verdict follow p_adjusted, and
+    their intervals are recomputed at the family's false-coverage-rate level (``recompute(row, level)``)."""
     families: dict[str, list[MetricComparison]] = {}
     for r in rows:
         if r.family is not None:
             families.setdefault(r.family, []).append(r)
     for members in families.values():
-        for r, q in zip(members, stats.benjamini_hochberg([r.p_value for r in members]), strict=True):
+        adjusted = benjamini_hochberg([r.p_value for r in members])
+        level = fcr_alpha(members[0].alpha, adjusted)
+        for r, q in zip(members, adjusted, strict=True):
             r.p_adjusted = q
             r.significant = q is not None and r.delta is not None and q < r.alpha
-            r.verdict = _verdict(r.significant, r.improvement)
+            if level != r.alpha and r.ci_low is not None:
+                wider = recompute(r, level)
+                r.ci_low, r.ci_high, r.mde, r.ci_alpha = wider.ci_low, wider.ci_high, wider.mde, level
+            r.verdict = verdict_of(r)
 
 
 @dataclass
@@ -127,6 +138,8 @@ class Comparison:
     only_in_base: list[str] = field(default_factory=list)
     only_in_tuned: list[str] = field(default_factory=list)
     schema: str = SCHEMA
+    min_n: int = FEW_SAMPLES
+    """Fewest paired units a row's verdict needs (``report.min_n``); each row carries it too."""
 
     def row(self, metric: str) -> MetricComparison:
         """The row of one metric. Raises KeyError listing the known metrics."""
@@ -142,8 +155,8 @@ class Comparison:
         return [r for r in self.rows if r.headline]
 
     def counts(self) -> dict[str, int]:
-        """How many rows got each verdict; breakdown rows with too few samples count as ``too few samples``,
-        not as a verdict (they were never judged)."""
+        """How many rows got each verdict; rows under ``min_n`` paired units count as ``too few samples``, not as a
+        verdict (they were never judged)."""
         out = {IMPROVED: 0, REGRESSED: 0, UNCHANGED: 0, TOO_FEW: 0}
         for r in self.rows:
             key = r.verdict if r.judged else TOO_FEW
@@ -199,6 +212,7 @@ def compare(
     seed: int = 0,
     same_base: bool = True,
     judged: Results | None = None,
+    min_n: int = FEW_SAMPLES,
 ) -> Comparison:
     """Compare every metric present in both results (pure: reads nothing, writes nothing).
 
@@ -210,6 +224,7 @@ def compare(
         seed: Seed of the resampling (each metric derives its own stream from it and its name).
         same_base: require both sides to share base weights (False for the adapter vs an exported artifact).
         judged: the judge stage's results (``load_judge_results``): its win rates become rows (``judged_row``).
+        min_n: Fewest paired units a verdict needs (``report.min_n``); rows below it are ``too few samples``.
 
     Returns:
         A Comparison whose rows follow the base results' metric order.
@@ -224,19 +239,22 @@ def compare(
             f"n_boot={n_boot} can never give p < alpha={alpha}; use at least {math.ceil(2 / alpha)} "
             "resamples (eval.bootstrap_samples; 2000 is the default)"
         )
+    if min_n < 1:
+        raise ComparisonError(f"min_n must be at least 1 (got {min_n}; report.min_n)")
     inputs = check_same_inputs(base, tuned, same_base)
     t_by_name = {m.name: m for m in tuned.metrics}
-    rows = []
+    pairs = {}
     for bm in base.metrics:
         tm = t_by_name.get(bm.name)
         if tm is None:
             continue
         b_items = base.items.get(bm.items) if bm.items else None
         t_items = tuned.items.get(tm.items) if tm.items else None
-        rows.append(compare_metric(bm, tm, b_items, t_items, alpha, n_boot, seed))
+        pairs[bm.name] = (bm, tm, b_items, t_items)
+    rows = [compare_metric(*pair, alpha, n_boot, seed, min_n) for pair in pairs.values()]
     _mark_headlines(rows, {m.name: m.details.get("headline") for m in base.metrics})
-    _adjust_families(rows)
-    rows += judged_rows(judged, alpha)
+    _adjust_families(rows, lambda r, level: compare_metric(*pairs[r.metric], level, n_boot, seed, min_n))
+    rows += judged_rows(judged, alpha, min_n)
     b_names = {m.name for m in base.metrics}
     return Comparison(
         base_label=base.label,
@@ -250,6 +268,7 @@ def compare(
         tuned_model=tuned.model,
         only_in_base=[m.name for m in base.metrics if m.name not in t_by_name],
         only_in_tuned=[m.name for m in tuned.metrics if m.name not in b_names],
+        min_n=min_n,
     )
 
 
@@ -377,7 +396,7 @@ def versus(
             except ComparisonError as e:
                 raise ComparisonError(f"adapters {first!r} and {second!r}: {e}") from None
             out.append(Versus(first, second, row))
-    for v, q in zip(out, stats.holm([v.row.p_value for v in out]), strict=True):
+    for v, q in zip(out, holm([v.row.p_value for v in out]), strict=True):
         v.p_holm = q
         if q is not None and q < alpha and v.row.improvement:
             v.verdict = f"{v.second if v.row.improvement > 0 else v.first} better"
@@ -392,6 +411,7 @@ def leaderboard(
     seed: int = 0,
     metrics: Sequence[str] | None = None,
     primary: str | None = None,
+    min_n: int = FEW_SAMPLES,
 ) -> Leaderboard:
     """Compare several adapters with one base, rank them on the primary metric and compare each pair on it.
 
@@ -402,7 +422,7 @@ def leaderboard(
     Args:
         base: Results of the shared base model.
         tuned: Adapter name -> its Results.
-        alpha, n_boot, seed: As for ``compare``.
+        alpha, n_boot, seed, min_n: As for ``compare``.
         metrics: Metrics to tabulate; default = every headline metric, in first-seen order.
         primary: The metric to rank by; default = the first tabulated metric.
 
@@ -415,7 +435,7 @@ def leaderboard(
     comps = {}
     for name, res in tuned.items():
         try:
-            comps[name] = compare(base, res, alpha, n_boot, seed)
+            comps[name] = compare(base, res, alpha, n_boot, seed, min_n=min_n)
         except ComparisonError as e:
             raise ComparisonError(f"adapter {name!r}: {e}") from None
     if metrics is None:

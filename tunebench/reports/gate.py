@@ -9,8 +9,13 @@ margin M on the improvement scale and has three verdicts:
 
 - ``max_regression: m`` (non-inferiority, M = -m): pass when lo >= -m (the evidence excludes a regression
   larger than m), fail when hi < -m (a regression larger than m is established), else inconclusive.
-- ``min_improvement: t`` (superiority, M = t): pass when lo >= t, fail when hi < t, else inconclusive.
+- ``min_improvement: t`` (superiority, M = t): pass when lo > t (an improvement above t), fail when hi <= t, else
+  inconclusive; ``min_improvement: 0`` passes exactly when the row's verdict is "improved" (interval and p come
+  from one method, ``reports.rows``).
 - ``_rel`` variants scale the margin by |base| (0.02 = 2% of the base value).
+
+A row with fewer paired units than ``report.min_n`` (the report flags it "too few samples") makes any rule on it
+inconclusive, pass or fail, with the units a verdict needs.
 
 A rule with several thresholds fails if one fails, else is inconclusive if one is. An inconclusive row
 says how many paired items would conclude at the observed variance with 80% power
@@ -174,7 +179,7 @@ def judge(rule: GateRule, r: MetricComparison) -> GateRow:
         row.status, row.reason = INCONCLUSIVE, f"no interval of the change ({r.method}): cannot conclude"
         return row
     imp, lo, hi = oriented
-    level = f"{100 * (1 - r.alpha):g}%"
+    level = f"{100 * (1 - r.interval_alpha):g}%"
     # the reason quotes the interval of delta itself, as the report's CI column does, with the margin on that scale
     hib = r.higher_is_better if rule.direction == "auto" else rule.direction == "higher"
     bounds = f"{level} interval of Δ {fmt_interval(r.ci_low, r.ci_high)}" + ("" if hib else " (lower is better)")
@@ -184,27 +189,33 @@ def judge(rule: GateRule, r: MetricComparison) -> GateRow:
         want = f"{threshold * 100:g}% of base" if key.endswith("_rel") else f"{threshold:g}"
         row.delta_margins.append(margin if hib else -margin)
         worse = f"(Δ {'<' if hib else '>'} {fmt(row.delta_margins[-1], True)})"  # the side the rule rejects
-        if lo >= margin:
+        # non-inferiority claims I >= -m, superiority I > t: pass when every value in the interval satisfies the
+        # claim, fail when none does (so min_improvement: 0 passes exactly when the row's verdict is "improved")
+        superior = kind == "improvement"
+        if lo > margin or (not superior and lo >= margin):
             verdicts.append(PASS)
             reasons.append(
-                f"{bounds} excludes {'an improvement below' if kind == 'improvement' else 'a regression beyond'}"
-                f" {want} {worse}"
+                f"{bounds} excludes "
+                + (f"an improvement of {want} or less" if superior else f"a regression beyond {want}")
+                + f" {worse}"
             )
-        elif hi < margin:
+        elif hi < margin or (superior and hi <= margin):
             verdicts.append(FAIL)
             reasons.append(
                 f"{bounds} lies entirely "
-                f"{'below an improvement of' if kind == 'improvement' else 'beyond a regression of'} {want} {worse}"
+                f"{'at or below an improvement of' if superior else 'beyond a regression of'} {want} {worse}"
             )
         else:
             verdicts.append(INCONCLUSIVE)
-            more = stats.items_needed(r.n, lo, hi, abs(imp - margin), r.alpha)
+            more = stats.items_needed(r.n, lo, hi, abs(imp - margin), r.interval_alpha, df=r.df)
             if more is not None and more > MAX_ITEMS_SHOWN:  # the change sits almost on the margin
                 more = None
             if more is not None:
                 needed.append(more)
             hint = (
-                f"; about {more} paired items would conclude (have {r.n}; observed variance, 80% power)"
+                ""  # a row under min_n says what a verdict needs in one place (_too_few)
+                if not r.judged
+                else f"; about {more} paired items would conclude (have {r.n}; observed variance, 80% power)"
                 if more is not None
                 else "; the observed change sits on the margin"
             )
@@ -212,7 +223,20 @@ def judge(rule: GateRule, r: MetricComparison) -> GateRow:
     row.status = FAIL if FAIL in verdicts else INCONCLUSIVE if INCONCLUSIVE in verdicts else PASS
     row.reason = "; ".join(reasons)
     row.items_needed = max(needed) if row.status == INCONCLUSIVE and needed else None
+    if not r.judged:  # the report flags the row: no verdict, pass or fail, rests on it
+        _too_few(row, r, needed if row.status == INCONCLUSIVE else [])
     return row
+
+
+def _too_few(row: GateRow, r: MetricComparison, needed: list[int]) -> None:
+    """Make a rule on a row with fewer than ``min_n`` paired units inconclusive, with the items a verdict needs."""
+    need = max([r.min_n, *needed])
+    row.status = INCONCLUSIVE
+    row.items_needed = need
+    row.reason = (
+        f"too few samples: n={r.n} < report.min_n={r.min_n}, no verdict here nor in the report; about {need} paired "
+        f"items would conclude (have {r.n}); {row.reason}"
+    )
 
 
 def _artifact_rows(rule: GateRule, artifacts: dict[str, Comparison] | None) -> list[MetricComparison] | GateRow:
@@ -356,7 +380,9 @@ def artifact_comparisons(run_dir: str | Path, tuned: Results | None = None, seed
     """
     settings = run_settings(run_dir)
     tuned = tuned if tuned is not None else load_run_results(run_dir)["tuned"]
-    return compare_artifacts(tuned, load_artifact_results(run_dir), settings["alpha"], settings["n_boot"], seed)
+    return compare_artifacts(
+        tuned, load_artifact_results(run_dir), settings["alpha"], settings["n_boot"], seed, settings["min_n"]
+    )
 
 
 def judge_run(
@@ -389,6 +415,7 @@ def judge_run(
             settings["n_boot"],
             seed,
             judged=load_judge_results(run_dir),
+            min_n=settings["min_n"],
         )
     artifacts = {}
     if any(r.artifact for r in rules):

@@ -186,6 +186,7 @@ def tunebench_comparison(tunebench_run: Path, tunebench_results: dict[str, Any])
             settings["alpha"],
             settings["n_boot"],
             judged=load_judge_results(tunebench_run),
+            min_n=settings["min_n"],
         )
     except ComparisonError as e:
         pytest.fail(f"base and tuned results cannot be compared: {e}", pytrace=False)

@@ -19,7 +19,6 @@ from tunebench.core.errors import RunFileError
 from tunebench.core.io import check_json, package_path, read_json, read_yaml
 from tunebench.core.markdown import kv_table, table
 from tunebench.reports.compare import (
-    FEW_SAMPLES,
     TOO_FEW,
     Comparison,
     Leaderboard,
@@ -83,7 +82,7 @@ def build_view(comparison: Comparison, context: dict[str, Any]) -> dict[str, Any
         "too_few": TOO_FEW,
         "families": len({r.family for r in c.rows if r.family is not None and r.p_adjusted is not None}),
         "decision": decision(gate, c, config, data_report),
-        "few_samples": FEW_SAMPLES,
+        "few_samples": c.min_n,
         "forest_plot": ctx.get("forest_plot"),
         "export_plot": ctx.get("export_plot"),
         "headline": metric_table(headline, c.alpha, detailed=False) if headline else None,

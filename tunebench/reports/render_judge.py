@@ -27,15 +27,16 @@ def _cut(text: Any) -> str:
 def _row(r: MetricComparison, label: str) -> list[Any]:
     d = r.details
     lc = d.get("lc_ci") or [None, None]
+    raw, raw_ci = (d["raw_win_rate"], d.get("raw_ci")) if "raw_win_rate" in d else (r.tuned, r.tuned_ci)
+    prompts = d.get("wins", 0) + d.get("ties", 0) + d.get("losses", 0)
     return [
         label,
         f"{d.get('wins', 0)} / {d.get('ties', 0)} / {d.get('losses', 0)}",
-        f"{fmt(r.tuned)} {fmt_interval(*(r.tuned_ci or [None, None]), signed=False)}",
-        f"{fmt(d.get('lc_win_rate'))} {fmt_interval(lc[0], lc[1], signed=False)}",
-        fmt_p(r.p_value),
+        f"{fmt(raw)} {fmt_interval(*(raw_ci or [None, None]), signed=False)} (p {fmt_p(d.get('raw_p_value'))})",
+        f"{fmt(d.get('lc_win_rate'))} {fmt_interval(lc[0], lc[1], signed=False)} (p {fmt_p(d.get('lc_p_value'))})",
         "n/a" if r.mde is None else f"±{fmt(r.mde)}",
-        f"{r.n} ({d.get('clusters', r.n)} questions)",
-        r.verdict,
+        f"{prompts} ({d.get('clusters', r.n)} questions)",
+        r.verdict + (" (length explains the raw preference)" if d.get("explained_by_length") else ""),
     ]
 
 
@@ -48,6 +49,13 @@ def _set_lines(r: MetricComparison) -> list[str]:
         lines.append(f"**Invalid**, so a gate rule on it is inconclusive: {d.get('invalid_reason')}.")
     san = d.get("sanity") or {}
     tokens = d.get("mean_tokens") or {}
+    if d.get("explained_by_length"):
+        lines.append(
+            f"**Length explains the preference:** the raw win rate {fmt(d.get('raw_win_rate'))} differs from 0.5 "
+            f"(p {fmt_p(d.get('raw_p_value'))}), the length-controlled rate {fmt(d.get('lc_win_rate'))} does not "
+            f"(p {fmt_p(d.get('lc_p_value'))}): the judge prefers the longer answer (slope {fmt(d.get('lc_slope'))} "
+            "log-odds per standardized length difference), and the verdict and the gate read the controlled rate."
+        )
     lines += [
         f"Position consistency (both orders agree): {_pct(d.get('consistency'))}; win rate with base shown first "
         f"{fmt(d.get('win_rate_base_first'))}, with tuned shown first {fmt(d.get('win_rate_tuned_first'))}.",
@@ -80,9 +88,8 @@ def judge_view(
     headers = [
         "Prompts",
         "Win / tie / loss",
-        "Win rate (95% CI)",
-        "Length-controlled (95% CI)",
-        "p (sign)",
+        "Win rate, raw (95% CI)",
+        "Length-controlled (95% CI), gated",
         "MDE",
         "n",
         "Verdict",

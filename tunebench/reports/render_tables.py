@@ -8,7 +8,6 @@ from typing import Any
 
 from tunebench.core.markdown import table
 from tunebench.reports.compare import (
-    FEW_SAMPLES,
     TOO_FEW,
     Comparison,
     MetricComparison,
@@ -40,7 +39,7 @@ def _mde(r: MetricComparison) -> str:
 
 def _flagged_verdict(r: MetricComparison) -> str:
     """Verdict, or a flag where too few samples make any verdict noise (compare.MetricComparison.judged)."""
-    return _verdict(r) if r.judged else f"{TOO_FEW} (n={r.n} < {FEW_SAMPLES})"
+    return _verdict(r) if r.judged else f"{TOO_FEW} (n={r.n} < {r.min_n})"
 
 
 def fold_unjudged(
@@ -59,7 +58,7 @@ def fold_unjudged(
     if not thin:
         return judged, None
     named = ", ".join(f"{label(r)} {fmt(r.base)} → {fmt(r.tuned)} (n={r.n})" for r in thin)
-    return judged, f"{len(thin)} {what} with fewer than {FEW_SAMPLES} samples, not judged: {named}."
+    return judged, f"{len(thin)} {what} with fewer than {thin[0].min_n} {thin[0].unit}, not judged: {named}."
 
 
 def _p(r: MetricComparison) -> str:

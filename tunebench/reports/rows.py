@@ -1,18 +1,23 @@
 """One metric, base vs tuned: a ``MetricComparison`` row from two ``Metric`` records and their per-item records.
 
-The row's delta = tuned - base, its (1 - alpha) interval and a p-value come from paired statistics:
+The row's delta = tuned - base, its (1 - alpha) interval and its p-value come from one method, so "the interval
+excludes 0" holds exactly when "p < alpha" does, and the release gate (which reads the interval) and the verdict
+(which reads p) cannot disagree:
 
-- paired bootstrap over items (conversations, documents, samples); items whose ids all look like
-  ``<prompt>#<k>`` are repeated samples of one prompt and are resampled per prompt;
-- for pass/fail items, the p-value is McNemar's exact test on the discordant pairs and the interval
-  Newcombe's paired score interval (the bootstrap collapses to [0, 0] when a few items all agree);
-- without per-item records on both sides, an unpaired normal approximation from the two recorded
-  stderrs/intervals (the row's ``method`` says so).
+- pass/fail items: ``core.matched_pairs``, Tango's score interval with McNemar's score test; items whose ids all look
+  like ``<prompt>#<k>`` are repeated samples of one prompt, clustered by prompt (Rao-Scott design effect, Durkalski's
+  clustered McNemar test) and counted as prompts;
+- other items (perplexity, mean scores): ``core.stats.paired_bootstrap``, a studentized bootstrap over items (or
+  prompts) with the p-value that inverts it;
+- without per-item records on both sides, an unpaired interval and test from the two recorded stderrs/intervals
+  (Welch's t; the row's ``method`` says so).
 
 The verdict reads ``higher_is_better`` from the metric: ``improved`` / ``regressed`` when p < alpha,
-``no significant change`` otherwise. Every row carries ``mde``, its minimum detectable effect at its n (paired
-design, two-sided alpha, 80% power, the observed variance): a metric whose mde exceeds a gate's margin cannot carry
-that decision. A pairwise judge's win rate is already paired and one-sided: ``judged_row`` reads it as a row.
+``no significant change`` otherwise, and ``too few samples`` below ``min_n`` paired units (``report.min_n``, also read
+by the gate, which calls such a rule inconclusive). Every row carries ``mde``, its minimum detectable effect at its n
+(paired design, two-sided alpha, 80% power, the observed variance; Student's t for a bootstrap row): a metric whose
+mde exceeds a gate's margin cannot carry that decision. A pairwise judge's win rate is already paired: ``judged_row``
+reads its length-controlled rate as the row, the raw rate beside it.
 """
 
 from __future__ import annotations
@@ -27,13 +32,16 @@ from typing import Any
 
 from tunebench.core import stats
 from tunebench.core.errors import ComparisonError
+from tunebench.core.matched_pairs import matched_pairs
+from tunebench.core.pairwise import explained_by_length
 from tunebench.core.stats import fmt, fmt_interval, fmt_p
 from tunebench.evals.results import Metric, Results
 
 IMPROVED, REGRESSED, UNCHANGED = "improved", "regressed", "no significant change"
 TOO_FEW = "too few samples"
 FEW_SAMPLES = 10
-"""Breakdown rows (one probe, one subject) with fewer paired units are flagged, not judged: a few samples are noise."""
+"""Default of ``report.min_n``: rows with fewer paired units are flagged, not judged (a few samples are noise), and a
+gate rule on them is inconclusive."""
 INVALID = "invalid judge metric"
 """Verdict of a judge row whose metric cannot be read (too many unparseable judgments, an unreliable judge)."""
 _SAMPLE_ID = re.compile(r"^(?P<unit>.+)#\d+$")
@@ -85,11 +93,24 @@ class MetricComparison:
     """Benjamini-Hochberg adjusted p within the row's family (breakdown rows only; the verdict reads it)."""
     family: str | None = None
     """The metric this row breaks down (``lm_eval/mmlu/acc`` for a subject); None for a top-level row."""
+    min_n: int = FEW_SAMPLES
+    """Fewest paired units a verdict needs (``report.min_n``): below it the row is ``too few samples``."""
+    df: float | None = None
+    """Degrees of freedom of a t-type interval (a bootstrap row: units - 1); None for score and likelihood
+    intervals, read on the normal scale. The MDE and the gate's items needed use it."""
+    ci_alpha: float | None = None
+    """1 - coverage of ci_low/ci_high when it is not ``alpha``: a breakdown family's false-coverage-rate adjusted
+    interval (``core.multiplicity.fcr_alpha``), which excludes 0 exactly when the adjusted p is below alpha."""
 
     @property
     def judged(self) -> bool:
-        """False for a breakdown row with too few samples to judge (see FEW_SAMPLES)."""
-        return self.family is None or self.n >= FEW_SAMPLES
+        """False for a row with fewer paired units than ``min_n``: flagged, not judged, and inconclusive at the gate."""
+        return self.n >= self.min_n
+
+    @property
+    def interval_alpha(self) -> float:
+        """1 - coverage of the row's interval of delta."""
+        return self.alpha if self.ci_alpha is None else self.ci_alpha
 
     @property
     def improvement(self) -> float | None:
@@ -100,7 +121,7 @@ class MetricComparison:
 
     def describe(self) -> str:
         """One line with both values, the delta, its interval, p and n."""
-        level = f"{100 * (1 - self.alpha):g}%"
+        level = f"{100 * (1 - self.interval_alpha):g}%"
         rel = f" ({self.rel_delta * 100:+.1f}%)" if self.rel_delta is not None else ""
         better = "higher" if self.higher_is_better else "lower"
         return (
@@ -156,14 +177,16 @@ class MetricComparison:
 
 
 def _cluster_keys(ids: list[str]) -> dict[str, str] | None:
-    """Prompt of each ``prompt#k`` sample id, when grouping gives 2..n-1 clusters; else None."""
+    """Prompt of each ``prompt#k`` sample id, when some prompt has several samples; else None (one sample per prompt,
+    ids of another shape, or samples of a single prompt, as a per-probe row is: every item is its own unit, and the
+    row's inference is about that one prompt)."""
     keys = {}
     for i in ids:
         m = _SAMPLE_ID.match(i)
         if not m:
             return None
         keys[i] = m.group("unit")
-    return keys if 2 <= len(set(keys.values())) < len(ids) else None
+    return keys if 1 < len(set(keys.values())) < len(ids) else None
 
 
 def _sub_seed(seed: int, name: str) -> int:
@@ -184,6 +207,7 @@ class _Stats:
     p: float | None
     n: int
     method: str
+    df: float | None = None
 
 
 def _paired_stats(
@@ -195,7 +219,7 @@ def _paired_stats(
     seed: int,
     details: dict[str, Any],
 ) -> _Stats:
-    """Paired bootstrap over the items (per prompt for ``prompt#k`` samples); McNemar for pass/fail items.
+    """Matched pairs for pass/fail items, else a paired studentized bootstrap; per prompt for ``prompt#k`` samples.
 
     Records the samples and discordant pairs in ``details``.
     """
@@ -203,40 +227,39 @@ def _paired_stats(
     try:
         ids, b_num, b_den, t_num, t_den = stats.pair_items(b_items, t_items)
         clusters = _cluster_keys(ids)
+        if clusters:
+            details["samples"] = len(ids)
+        if stats.is_binary(b_num, b_den) and stats.is_binary(t_num, t_den):
+            keys = [clusters[i] for i in ids] if clusters else None
+            mp = matched_pairs((t_num == 1) & (b_num == 0), (b_num == 1) & (t_num == 0), keys, alpha)
+            details["discordant"] = {"base_only": mp.b, "tuned_only": mp.c}
+            if clusters:
+                details["design_effect"] = mp.design_effect
+            method = mp.method.replace("units", "prompts (samples grouped per prompt)")
+            return _Stats(_finite(mp.low), _finite(mp.high), mp.p_value, mp.units, method)
         pr = stats.paired_bootstrap(
             b_items, t_items, bm.aggregate, n_boot, alpha, _sub_seed(seed, name), clusters=clusters
         )
     except ValueError as e:
         raise ComparisonError(f"{name}: {e}") from None
-    out = _Stats(_finite(pr.low), _finite(pr.high), pr.p_value, pr.n, pr.method)
-    if clusters:
-        out.method = out.method.replace("clusters", "prompts (samples grouped per prompt)")
-        details["samples"] = len(ids)
-    if stats.is_binary(b_num, b_den) and stats.is_binary(t_num, t_den):
-        b, c = stats.discordant(b_num, t_num)
-        out.p = stats.mcnemar_exact(b, c)
-        out.n = len(ids)
-        details["discordant"] = {"base_only": b, "tuned_only": c}
-        if not clusters:  # one pass/fail per item: a score interval, honest also at small n
-            out.low, out.high = stats.paired_proportion_interval(b_num, t_num, alpha)
-            out.method = (
-                f"McNemar exact test on {out.n} paired items (b={b}, c={c}); "
-                "interval: Newcombe paired score (method 10)"
-            )
-        else:
-            out.method = f"McNemar exact test on {out.n} paired items (b={b}, c={c}); interval: {out.method}"
-    return out
+    method = pr.method.replace("clusters", "prompts (samples grouped per prompt)") if clusters else pr.method
+    return _Stats(_finite(pr.low), _finite(pr.high), _finite(pr.p_value), pr.n, method, pr.n - 1 if pr.n > 1 else None)
 
 
 def _unpaired_stats(bm: Metric, tm: Metric, alpha: float) -> _Stats:
-    """Without per-item records on both sides: a normal approximation from the recorded stderrs, when there are."""
+    """Without per-item records on both sides: Welch's interval and test from the recorded stderrs, when there are."""
     base, tuned = _finite(bm.value), _finite(tm.value)
     b_se = stats.standard_error(bm.stderr, bm.ci_low, bm.ci_high)
     t_se = stats.standard_error(tm.stderr, tm.ci_low, tm.ci_high)
     if base is not None and tuned is not None and b_se is not None and t_se is not None:
-        _, low, high, p = stats.normal_difference(base, b_se, tuned, t_se, alpha)
-        method = "unpaired normal approximation from recorded stderrs (no per-item records; ignores pairing)"
-        return _Stats(low, high, p, min(bm.n, tm.n), method)
+        df = stats.welch_df(b_se, bm.n, t_se, tm.n)
+        _, low, high, p = stats.normal_difference(base, b_se, tuned, t_se, alpha, df)
+        method = (
+            "unpaired Welch interval and test from recorded stderrs (no per-item records; ignores pairing)"
+            if df is not None
+            else "unpaired normal approximation from recorded stderrs (no per-item records; ignores pairing)"
+        )
+        return _Stats(low, high, p, min(bm.n, tm.n), method, df)
     return _Stats(None, None, None, min(bm.n, tm.n), "no per-item records and no stderr/interval: no test possible")
 
 
@@ -248,8 +271,10 @@ def compare_metric(
     alpha: float = 0.05,
     n_boot: int = 2000,
     seed: int = 0,
+    min_n: int = FEW_SAMPLES,
 ) -> MetricComparison:
-    """Compare one metric (see the module docstring for the methods).
+    """Compare one metric (see the module docstring for the methods); below ``min_n`` paired units the verdict is
+    ``too few samples``.
 
     Raises:
         ComparisonError: items that do not pair up (different ids), or disagreeing metric definitions.
@@ -271,12 +296,10 @@ def compare_metric(
         st = _unpaired_stats(bm, tm, alpha)
     low, high, p, n, method = st.low, st.high, st.p, st.n, st.method
     significant = p is not None and delta is not None and p < alpha
-    oriented = None if delta is None else (delta if bm.higher_is_better else -delta)
-    verdict = _verdict(significant, oriented)
-    return MetricComparison(
+    row = MetricComparison(
         metric=name,
         group=bm.group or name.split("/", 1)[0],
-        unit=bm.unit,
+        unit="prompts" if "samples" in details else bm.unit,  # n counts prompts once samples are grouped
         higher_is_better=bm.higher_is_better,
         aggregate=bm.aggregate,
         base=base,
@@ -287,7 +310,7 @@ def compare_metric(
         ci_high=high,
         p_value=_finite(p) if p is not None else None,
         significant=significant,
-        verdict=verdict,
+        verdict=UNCHANGED,
         n=n,
         method=method,
         alpha=alpha,
@@ -296,14 +319,29 @@ def compare_metric(
         base_ci=_metric_ci(bm),
         tuned_ci=_metric_ci(tm),
         details=details,
-        mde=stats.detectable_effect(low, high, alpha),
+        mde=stats.detectable_effect(low, high, alpha, df=st.df),
+        min_n=min_n,
+        df=st.df,
     )
+    row.verdict = verdict_of(row)
+    return row
 
 
-def _verdict(significant: bool, oriented: float | None) -> str:
-    if significant and oriented:
-        return IMPROVED if oriented > 0 else REGRESSED
-    return UNCHANGED
+def verdict_of(r: MetricComparison) -> str:
+    """``too few samples`` below min_n units, else improved / regressed when significant, else no significant change.
+
+    The direction is the side of 0 the interval lies on (the one the gate reads), the delta's sign without one.
+    """
+    if not r.judged:
+        return TOO_FEW
+    if not r.significant or r.delta is None:
+        return UNCHANGED
+    side = r.delta
+    if r.ci_low is not None and r.ci_high is not None and (r.ci_low > 0 or r.ci_high < 0):
+        side = r.ci_low if r.ci_low > 0 else r.ci_high
+    if side == 0:
+        return UNCHANGED
+    return IMPROVED if (side > 0) == r.higher_is_better else REGRESSED
 
 
 # ----------------------------------------------------------------------------- judged (one-sided paired) metrics
@@ -312,32 +350,54 @@ JUDGE_DIR = "judge"
 """eval/judge/results.json holds the pairwise judge's metrics (label judge; evals.judge)."""
 
 
-def judged_row(m: Metric, alpha: float = 0.05) -> MetricComparison:
-    """A judge's win rate as a comparison row: base 0.5 (no preference), tuned the win rate, delta win_rate - 0.5.
-
-    A judge compares tuned with base on each prompt, so its metric is already paired and one-sided; the row carries
-    the judge stage's clustered bootstrap interval (shifted by 0.5), its sign-test p and its MDE, and gate rules
-    read it like any row (``min_improvement`` over 0.5, ``max_regression`` below it). An invalid metric (too many
-    unparseable judgments, an unreliable judge) has no interval: the gate reads it as inconclusive and says why.
-    """
+def _judged_reading(m: Metric) -> tuple[str, float | None, list[float | None], float | None]:
+    """(what the row reads, its value, interval, p): the length-controlled win rate when the judge stage recorded its
+    test, else (results written before it) the raw win rate."""
     d = m.details
-    value = _finite(m.value)
-    valid = bool(d.get("valid", True)) and value is not None and m.ci_low is not None and m.ci_high is not None
+    lc_ci = d.get("lc_ci") or [None, None]
+    if d.get("lc_p_value") is not None and _finite(d.get("lc_win_rate")) is not None and None not in lc_ci:
+        return "length-controlled win rate", _finite(d["lc_win_rate"]), list(lc_ci), _finite(d["lc_p_value"])
+    return "raw win rate", _finite(m.value), [m.ci_low, m.ci_high], _finite(d.get("p_value"))
+
+
+def judged_row(m: Metric, alpha: float = 0.05, min_n: int = FEW_SAMPLES) -> MetricComparison:
+    """A judge's win rate as a comparison row: base 0.5 (no preference), tuned the rate, delta rate - 0.5.
+
+    A judge compares tuned with base on each prompt, so its metric is already paired; gate rules read the row like
+    any other (``min_improvement`` over 0.5, ``max_regression`` below it). The row reads the **length-controlled**
+    win rate (``core.pairwise.length_controlled``: the preference at equal answer lengths, with its interval and the
+    test that inverts it), so a preference that length alone explains neither reads "improved" nor passes a gate; the
+    raw win rate, its interval and p stay in ``details`` (``raw_win_rate``, ``raw_ci``, ``raw_p_value``) and in the
+    report, with ``explained_by_length`` set when the raw rate differs from 0.5 and the controlled one does not. The
+    row's n is the judged questions (a question's turns are one unit). An invalid metric (too many unparseable
+    judgments, an unreliable judge) has no interval: the gate reads it as inconclusive and says why.
+    """
+    d = dict(m.details)
+    reads, value, ci, p = _judged_reading(m)
+    valid = bool(d.get("valid", True)) and value is not None and None not in ci
     delta = value - 0.5 if value is not None else None
-    low = m.ci_low - 0.5 if valid else None
-    high = m.ci_high - 0.5 if valid else None
-    p = _finite(d.get("p_value")) if valid and d.get("p_value") is not None else None
-    significant = p is not None and p < alpha and low is not None and (low > 0 or high < 0)
-    verdict = (IMPROVED if delta and delta > 0 else REGRESSED) if significant else UNCHANGED if valid else INVALID
+    low, high = (ci[0] - 0.5, ci[1] - 0.5) if valid else (None, None)
+    p = p if valid else None
+    raw_p = _finite(d.get("p_value"))
+    d.update(
+        reads=reads,
+        raw_win_rate=_finite(m.value),
+        raw_ci=_metric_ci(m),
+        raw_p_value=raw_p,
+        explained_by_length=bool(
+            valid and reads.startswith("length") and raw_p is not None and explained_by_length(raw_p, p, alpha)
+        ),
+    )
     method = (
-        f"pairwise judge, both orders; {m.ci_method}"
+        f"pairwise judge, both orders; {reads}: "
+        + (d.get("lc_method") if reads.startswith("length") else m.ci_method or "interval as recorded")
         if valid
         else f"judge metric invalid: {d.get('invalid_reason') or 'no interval'}"
     )
-    return MetricComparison(
+    row = MetricComparison(
         metric=m.name,
         group="judge",
-        unit=m.unit,
+        unit="judged questions",
         higher_is_better=True,
         aggregate="mean",
         base=0.5,
@@ -347,25 +407,29 @@ def judged_row(m: Metric, alpha: float = 0.05) -> MetricComparison:
         ci_low=low,
         ci_high=high,
         p_value=p,
-        significant=significant,
-        verdict=verdict,
-        n=m.n,
-        method=method,
+        significant=p is not None and p < alpha,
+        verdict=INVALID,
+        n=int(d.get("clusters") or m.n),
+        method=str(method),
         alpha=alpha,
         n_base=m.n,
         n_tuned=m.n,
-        tuned_ci=_metric_ci(m),
+        tuned_ci=[ci[0], ci[1]] if valid else None,
         headline=d.get("headline", True) is not False,
-        details=dict(d),
-        mde=_finite(d["mde"]) if valid and d.get("mde") is not None else None,
+        details=d,
+        mde=stats.detectable_effect(low, high, alpha) if valid else None,
+        min_n=min_n,
     )
+    if valid:
+        row.verdict = verdict_of(row)
+    return row
 
 
-def judged_rows(judged: Results | None, alpha: float = 0.05) -> list[MetricComparison]:
+def judged_rows(judged: Results | None, alpha: float = 0.05, min_n: int = FEW_SAMPLES) -> list[MetricComparison]:
     """Rows of every paired judge metric in ``judged`` (none when the run has no judge stage)."""
     if judged is None:
         return []
-    return [judged_row(m, alpha) for m in judged.metrics if m.details.get("paired")]
+    return [judged_row(m, alpha, min_n) for m in judged.metrics if m.details.get("paired")]
 
 
 def load_judge_results(run_dir: str | Path) -> Results | None:

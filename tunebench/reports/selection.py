@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from tunebench.core.stats import fmt, holm, paired_bootstrap
+from tunebench.core.multiplicity import holm
+from tunebench.core.stats import fmt, paired_bootstrap
 
 TOP = 10
 """Candidates compared with the best; the rest rank below all of them and are not in the set."""
