@@ -1,9 +1,10 @@
 """Conversations, the data step: read a source, standardize and split it, encode each split, write the split files
 and the data report.
 
-The step's rooms: ``data.standardize`` (ShareGPT turns -> conversations, drop reasons, content-hash splits),
-``data.encode`` (chat template, assistant-token mask), ``data.data_report`` (the report read back, its Markdown)
-and ``data.sources`` (files, folders, the hub). Every public name of them is importable from here.
+The step's rooms: ``data.standardize`` (ShareGPT, OpenAI-messages or Alpaca records -> conversations, drop
+reasons, content-hash splits), ``data.encode`` (chat template, assistant-token mask), ``data.data_report`` (the
+report read back, its Markdown) and ``data.sources`` (files, folders, the hub). Every public name of them is
+importable from here.
 """
 
 from __future__ import annotations
