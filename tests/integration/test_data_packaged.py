@@ -44,6 +44,8 @@ def test_prepare_writes_report_and_splits(tmp_path, smol_tokenizer):
     prepared = prepare(tok, name, cfg, tmp_path)
     rep = json.loads((tmp_path / "data_report.json").read_text())
     assert rep["records"] == 17671 and rep["clean"] == 11121
+    assert rep["formats"] == {"sharegpt": 17671}  # every record read as ShareGPT (data.format: auto)
+    assert "- format: sharegpt (17671 records; data.format: auto)" in (tmp_path / "data_report.md").read_text()
     assert rep["splits"]["train"]["conversations"] == len(prepared.encoded["train"]) > 150
     assert rep["dropped_by_length"]["train"].get("no_assistant_token_within_max_length", 0) > 0
     assert rep["splits"]["train"]["tokens"]["max"] <= 512

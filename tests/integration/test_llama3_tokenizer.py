@@ -1,7 +1,12 @@
 """Meta's Llama 3 tokenizer converted from llama-models' tiktoken file: the same ids as tiktoken on real text,
-Meta's special tokens at their ids, and the llama-3.1 template's assistant mask exactly over assistant text."""
+Meta's special tokens at their ids, the llama-3.1 template's assistant mask exactly over assistant text, and
+ChatML's end-of-turn (no token of Llama 3's) trained whole, equal to Unsloth's own mask."""
 
 from __future__ import annotations
+
+import json
+import subprocess
+import sys
 
 import pytest
 
@@ -105,3 +110,90 @@ def test_benchmark_shapes_count_tokens_with_it(llama3_tokenizer_dir):
     assert (cfg.bos_token_id, cfg.eos_token_id, cfg.pad_token_id, cfg.vocab_size) == (128000, 128009, 128004, len(tok))
     text = tok.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True)
     assert text.endswith("<|start_header_id|>assistant<|end_header_id|>\n\n")
+
+
+def _runs(ids: list[int], labels: list[int]) -> list[list[int]]:
+    """The labelled stretches of a sequence (each one trained span)."""
+    runs, run = [], []
+    for i, lab in zip(ids, labels, strict=True):
+        if lab != -100:
+            run.append(i)
+        elif run:
+            runs.append(run)
+            run = []
+    return runs + [run] if run else runs
+
+
+UNSLOTH_MASKS = """
+import json, sys
+import unsloth  # noqa: F401  (patches transformers first, as in training)
+from unsloth.chat_templates import train_on_responses_only
+from transformers import AutoTokenizer
+out = {}
+for case, job in json.load(open(sys.argv[1])).items():
+    tok = AutoTokenizer.from_pretrained(job["tokenizer"])
+    mask = train_on_responses_only(
+        None, instruction_part=job["instruction_part"], response_part=job["response_part"], tokenizer=tok,
+        return_function=True,
+    )
+    out[case] = mask({"input_ids": job["input_ids"]})["labels"]
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def unsloth_masks(llama3_tokenizer_dir, smol_source, smol_tokenizer, conversations, tmp_path_factory):
+    """Our encodings of 200 real conversations for three tokenizer/template pairs, and the labels that Unsloth's
+    own ``train_on_responses_only`` (unsloth 2026.10.9, in its own process, on CPU) gives the same token ids with
+    the markers we derive: what the unsloth backend runs in training (``finish_trainer``)."""
+    from transformers import AutoTokenizer
+
+    from tunebench.data.conversations import encode_many
+    from tunebench.models.loading import template_text
+
+    ours, jobs = {}, {}
+    for case, path in (("llama3-chatml", llama3_tokenizer_dir), ("llama3-llama-3.1", llama3_tokenizer_dir)):
+        tok = AutoTokenizer.from_pretrained(str(path), clean_up_tokenization_spaces=False)
+        tok.chat_template = template_text(case.removeprefix("llama3-"))
+        ours[case] = (tok, template_info(tok, case.removeprefix("llama3-")))
+    ours["smollm2-chatml"] = (smol_tokenizer[0], template_info(*smol_tokenizer))
+    for case, (tok, info) in ours.items():
+        encoded = encode_many(tok, conversations[:200], info.end_of_turn)
+        ours[case] = (tok, info, encoded)
+        jobs[case] = {
+            "tokenizer": str(smol_source.path if case.startswith("smollm2") else llama3_tokenizer_dir),
+            "instruction_part": info.instruction_part,
+            "response_part": info.response_part,
+            "input_ids": [e.input_ids for e in encoded],
+        }
+    src = tmp_path_factory.mktemp("unsloth-masks") / "jobs.json"
+    src.write_text(json.dumps(jobs))
+    out = subprocess.run([sys.executable, "-c", UNSLOTH_MASKS, str(src)], capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return ours, json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_chatml_end_marker_is_trained_whole_and_equals_unsloths_mask(unsloth_masks, conversations):
+    """Llama 3's vocabulary has no <|im_end|>: ChatML's end-of-turn is six ordinary tokens ('<', '|', 'im', '_end',
+    '|', '>\\n'), and the mask trains them all, token for token as Unsloth's train_on_responses_only does."""
+    ours, theirs = unsloth_masks
+    tok, info, encoded = ours["llama3-chatml"]
+    assert (info.end_of_turn, info.instruction_part, info.response_part) == (
+        "<|im_end|>\n",
+        "<|im_start|>user\n",
+        "<|im_start|>assistant\n",
+    )
+    assert len(tok(info.end_of_turn, add_special_tokens=False)["input_ids"]) == 6
+    assert [e.labels for e in encoded] == theirs["llama3-chatml"]
+    for e, conv in zip(encoded, conversations[:200], strict=True):
+        runs = [tok.decode(r) for r in _runs(e.input_ids, e.labels)]
+        assert runs == [m["content"] + "<|im_end|>\n" for m in conv.messages if m["role"] == "assistant"], e.id
+
+
+@pytest.mark.parametrize("case", ["llama3-llama-3.1", "smollm2-chatml"])
+def test_one_token_end_markers_are_unchanged_and_equal_unsloths_mask(unsloth_masks, case):
+    ours, theirs = unsloth_masks
+    tok, info, encoded = ours[case]
+    assert info.end_of_turn == {"llama3-llama-3.1": "<|eot_id|>", "smollm2-chatml": "<|im_end|>"}[case]
+    assert len(tok(info.end_of_turn, add_special_tokens=False)["input_ids"]) == 1
+    assert [e.labels for e in encoded] == theirs[case]

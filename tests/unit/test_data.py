@@ -14,6 +14,7 @@ from tunebench.data.conversations import (
     encode,
     encode_many,
     encode_split,
+    prepare,
     split_of,
     standardize,
     standardize_and_split,
@@ -162,6 +163,74 @@ def test_template_markers_are_derived_from_the_template(smol_tokenizer):
         "<|im_start|>user\n",
         "<|im_start|>assistant\n",
     )
+
+
+@pytest.fixture
+def plain_marker_tokenizer(smol_source):
+    """SmolLM2's tokenizer with a template whose turn markers are no tokens of its vocabulary (as ChatML is for
+    Meta's Llama 3 tokenizer): each marker is several ordinary tokens."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(smol_source.path)
+    tok.chat_template = (
+        "{% for m in messages %}{{ '<|turn|>' + m['role'] + '\\n' + m['content'] + '<|turn_end|>\\n' }}{% endfor %}"
+    )
+    return tok
+
+
+def test_an_end_marker_of_several_ordinary_tokens_is_trained_whole(plain_marker_tokenizer):
+    tok = plain_marker_tokenizer
+    info = template_info(tok, "custom")
+    assert (info.end_of_turn, info.instruction_part, info.response_part) == (
+        "<|turn_end|>\n",
+        "<|turn|>user\n",
+        "<|turn|>assistant\n",
+    )
+    assert len(tok("<|turn_end|>\n", add_special_tokens=False)["input_ids"]) > 3
+    for messages in CASES:
+        e = encode(tok, Conversation("c", messages), info.end_of_turn)
+        assert [tok.decode(r) for r in _labelled_runs(e)] == [
+            m["content"] + "<|turn_end|>\n" for m in messages if m["role"] == "assistant"
+        ]
+
+
+@pytest.mark.parametrize(
+    "template, why",
+    [
+        # nothing after the last answer: no marker to learn when to stop
+        (
+            "{% for m in messages %}{{ m['role'] + ':\\n' + m['content'] }}{% if not loop.last %}{{ '\\n' }}"
+            "{% endif %}{% endfor %}",
+            "writes no text after the last one",
+        ),
+        # the last answer ends otherwise than the earlier ones
+        (
+            "{% for m in messages %}{{ m['role'] + ':\\n' + m['content'] }}{% if loop.last %}{{ '\\nEND' }}{% else %}"
+            "{{ '\\nNEXT\\n' }}{% endif %}{% endfor %}",
+            "is not how it ends the earlier ones",
+        ),
+        # '\\n\\n' is one token: the marker's last newline and the next turn's first are cut together
+        (
+            "{% for m in messages %}{{ m['role'] + ':\\n' + m['content'] + '\\nEND\\n' }}{% if not loop.last %}"
+            "{{ '\\n\\n' }}{% endif %}{% endfor %}",
+            "runs into the next turn's opener",
+        ),
+    ],
+)
+def test_an_end_marker_that_cannot_be_trained_whole_refuses_the_data_step(
+    plain_marker_tokenizer, tmp_path, template, why
+):
+    from tunebench.core.errors import InvalidInput, TemplateError
+
+    tok = plain_marker_tokenizer
+    tok.chat_template = template
+    src = tmp_path / "d.jsonl"
+    src.write_text("".join(json.dumps(conv(("human", f"q{i}"), ("gpt", f"a{i}"))) + "\n" for i in range(40)))
+    with pytest.raises(TemplateError, match=why) as err:
+        prepare(tok, "custom", DataConfig(source=str(src), validation_fraction=0.0), tmp_path / "out")
+    assert isinstance(err.value, InvalidInput)  # exit 2, no traceback
+    assert "chat template 'custom'" in str(err.value) and "model.chat_template" in str(err.value)
+    assert not (tmp_path / "out").exists()  # a refused step writes nothing
 
 
 @pytest.fixture(scope="module")

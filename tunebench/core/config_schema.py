@@ -53,7 +53,10 @@ class DataConfig:
     hub_split: str = "train"
     """Split to read from a hub dataset."""
     conversations_field: str = "conversations"
-    """Field holding the list of turns in each record."""
+    """Field holding the list of turns in each record (`conversations` and `messages` are looked at too)."""
+    format: Literal["auto", "sharegpt", "openai", "alpaca"] = "auto"
+    """Record format: ShareGPT (from/value turns), OpenAI messages (role/content turns), Alpaca
+    (instruction/input/output); auto reads each record in its own and the data report counts them."""
     validation_fraction: float = 0.01
     """Share of conversations (by content hash) in the validation split."""
     test_fraction: float = 0.02

@@ -53,7 +53,8 @@ class DataError(InvalidInput):
 
 
 class TemplateError(DataError):
-    """The chat template does not reproduce message contents verbatim, so no mask can be derived."""
+    """The chat template does not reproduce message contents verbatim, or its end-of-turn marker cannot be trained
+    whole, so no mask can be derived."""
 
 
 class ModelError(InvalidInput):

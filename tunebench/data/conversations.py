@@ -1,9 +1,10 @@
 """Conversations, the data step: read a source, standardize and split it, encode each split, write the split files
 and the data report.
 
-The step's rooms: ``data.standardize`` (ShareGPT turns -> conversations, drop reasons, content-hash splits),
-``data.encode`` (chat template, assistant-token mask), ``data.data_report`` (the report read back, its Markdown)
-and ``data.sources`` (files, folders, the hub). Every public name of them is importable from here.
+The step's rooms: ``data.standardize`` (ShareGPT, OpenAI-messages or Alpaca records -> conversations, drop
+reasons, content-hash splits), ``data.encode`` (chat template, assistant-token mask), ``data.data_report`` (the
+report read back, its Markdown) and ``data.sources`` (files, folders, the hub). Every public name of them is
+importable from here.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from tunebench.data.encode import (  # noqa: F401  (re-exported: the data step's
     encode_many,
     encode_messages,
     encode_split,
+    renders_tool_turns,
     template_info,
     tokenize_rendered,
     tokenize_rendered_many,
@@ -45,13 +47,16 @@ from tunebench.data.sources import DataError, RawData, read_source  # noqa: F401
 from tunebench.data.splits import check_splits
 from tunebench.data.standardize import (  # noqa: F401  (re-exported)
     DROP_REASONS,
+    FORMATS,
     MALFORMED_SHOWN,
     ROLE_ALIASES,
     SPLITS,
+    TOOL_ROLES,
     Conversation,
     Standardized,
     content_key,
     normalize_for_hash,
+    record_format,
     split_of,
     standardize,
     standardize_and_split,
@@ -137,13 +142,13 @@ def prepare(
     Raises:
         DataError: unreadable source, nothing trainable, or (``strict``) a split too small to decide anything.
     """
+    info = template_info(tok, template_name)  # first: a template that cannot be masked is refused before reading
     raw = read_source(cfg.source, cfg.hub_split)
     for w in raw.warnings:
         log.warning(w)
-    std = standardize_and_split(raw, cfg)
+    std = standardize_and_split(raw, cfg, keep_tools=renders_tool_turns(tok))
     if check_sizes:  # before encoding: a split too small is known from the hashes alone
         std.warnings += check_splits({s: len(v) for s, v in std.splits.items()}, cfg, eval_every, strict)
-    info = template_info(tok, template_name)
     encoded: dict[str, list[Encoded]] = {}
     length_dropped: dict[str, Counter] = {}
     for s in SPLITS:
@@ -165,6 +170,7 @@ def prepare(
         "config": cfg.__dict__,
         "template": info.to_dict(),
         "records": std.n_records,
+        "formats": dict(std.formats.most_common()),
         "dropped": dict(std.dropped.most_common()),
         "dropped_by_length": {s: dict(c) for s, c in length_dropped.items()},
         "drop_reasons": DROP_REASONS,

@@ -49,6 +49,26 @@ def _malformed_line(report: dict[str, Any]) -> str:
     )
 
 
+def _format_line(report: dict[str, Any]) -> list[str]:
+    """``- format: sharegpt (40 records; data.format: auto)``, or each format's count where records were mixed;
+    nothing for a report written before formats were counted."""
+    formats = report.get("formats")
+    if not formats:
+        return []
+    asked = report.get("config", {}).get("format", "auto")
+    if len(formats) == 1:
+        ((name, n),) = formats.items()
+        return [f"- format: {name} ({n} records; data.format: {asked})"]
+    counts = ", ".join(f"{name} {n}" for name, n in formats.items())
+    return [f"- formats: mixed, {counts} records (data.format: {asked})"]
+
+
+def _shown(marker: str) -> str:
+    """A marker as one line of inline code: ``<|im_end|>\\n`` (several tokens with a newline) keeps its newline
+    visible instead of breaking the line."""
+    return marker.replace("\n", "\\n")
+
+
 def render_report(report: dict[str, Any]) -> str:
     """Markdown view of the data report (the JSON is the source of truth)."""
     lines = [
@@ -57,7 +77,8 @@ def render_report(report: dict[str, Any]) -> str:
         f"- source: `{report['source']}` ({report['source_identity']})",
         f"- records read: {report['records']}; clean: {report['clean']}; "
         f"exact duplicates: {report['exact_duplicates']}",
-        f"- template: `{report['template']['name']}` (end of turn `{report['template']['end_of_turn']}`)",
+        *_format_line(report),
+        f"- template: `{report['template']['name']}` (end of turn `{_shown(report['template']['end_of_turn'])}`)",
         f"- fingerprint: `{report['fingerprint']}`",
         "",
         "## Dropped",

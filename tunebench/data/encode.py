@@ -40,7 +40,18 @@ class TemplateInfo:
 
 
 def template_info(tok: Any, name: str) -> TemplateInfo:
-    """Derive end-of-turn and the user/assistant markers from the template itself, not per model family."""
+    """Derive end-of-turn and the user/assistant markers from the template itself, not per model family.
+
+    The end-of-turn marker is what the template writes after an assistant's text before the next turn opens.
+    Where it starts with a control token (``<|eot_id|>``, SmolLM2's ``<|im_end|>``), that one token is the marker.
+    Where the tokenizer has no such token (ChatML's ``<|im_end|>`` with Meta's Llama 3 tokenizer), the marker is
+    the whole text that closes the last assistant turn (``<|im_end|>\\n``, several ordinary tokens), which is
+    what Unsloth's ``train_on_responses_only`` trains: everything from the response to the next user turn.
+
+    Raises:
+        TemplateError: the template rewrites message text, or its end-of-turn marker cannot be masked whole (none
+            found, or a token straddles the marker and the next turn's opener).
+    """
     u1, a1, u2, a2 = "\u2063U1\u2063", "\u2063A1\u2063", "\u2063U2\u2063", "\u2063A2\u2063"
     msgs = [
         {"role": "user", "content": u1},
@@ -54,12 +65,72 @@ def template_info(tok: Any, name: str) -> TemplateInfo:
     after_user = text[text.index(u1) + len(u1) : text.index(a1)]
     after_assistant = text[text.index(a1) + len(a1) : text.index(u2)]
     ids = tok(after_assistant, add_special_tokens=False)["input_ids"]
-    eot = tok.decode(ids[:1]) if ids else ""
+    if ids and ids[0] in _special_tokens(tok).values():
+        eot = tok.decode(ids[:1])
+    else:
+        eot = _whole_end_marker(tok, name, msgs, text.index(a1) + len(a1))
     if not eot.strip() or not after_assistant.startswith(eot):
         raise TemplateError(f"chat template {name!r}: cannot find the token that ends an assistant turn")
     response_part = after_user[len(eot) :].lstrip() if after_user.startswith(eot) else after_user.lstrip()
     instruction_part = after_assistant[len(eot) :].lstrip()
     return TemplateInfo(name, eot, instruction_part, response_part, fingerprint(tok.chat_template or ""))
+
+
+def _whole_end_marker(tok: Any, name: str, msgs: list[dict[str, str]], end_of_first: int) -> str:
+    """The end-of-turn marker made of ordinary tokens: the text the template writes after the last assistant
+    turn, checked to be how the first assistant turn (ending at ``end_of_first``) ends too, and to end on a token
+    boundary there, before the next turn opens (else no mask can hold it whole).
+
+    Raises:
+        TemplateError: no such text, it is not how a turn ends mid-conversation, or it ends inside a token.
+    """
+    text, spans = content_spans(tok, msgs)
+    tail, after_assistant = text[spans[-1][1] :], text[end_of_first : spans[2][0]]
+    fix = (
+        "use a tokenizer whose vocabulary holds the template's end-of-turn token, or the template made for the "
+        "model (model.chat_template=model, llama-3.1 or chatml)"
+    )
+    if not tail.strip():
+        raise TemplateError(
+            f"chat template {name!r}: the tokenizer has no control token that ends an assistant turn, and the "
+            f"template writes no text after the last one ({tail!r}), so nothing can be trained as the end of an "
+            f"answer (the model would not learn to stop); {fix}"
+        )
+    if not after_assistant.startswith(tail):
+        raise TemplateError(
+            f"chat template {name!r}: the tokenizer has no control token that ends an assistant turn, and the text "
+            f"the template writes after the last assistant turn ({tail!r}) is not how it ends the earlier ones "
+            f"({after_assistant!r}), so no one end-of-turn marker can be trained whole; {fix}"
+        )
+    _, offsets = tokenize_rendered(tok, text, spans)
+    if not any(start == end_of_first + len(tail) for start, _ in offsets):
+        raise TemplateError(
+            f"chat template {name!r}: its end-of-turn marker {tail!r} is several tokens and the last of them runs "
+            f"into the next turn's opener ({after_assistant[len(tail) :]!r}), so the marker cannot be trained whole "
+            f"without training part of the next turn; {fix}"
+        )
+    return tail
+
+
+TOOL_PROBE = '{"city": "Zürich", "forecast": ["sun", "rain"]}\n\\ <ok> \'done\''
+"""A tool answer as tools write them (JSON, a newline, a backslash, quotes, angle brackets): a template that writes
+it verbatim keeps tool turns; one that quotes or escapes it (llama-3.1's ``tojson``) cannot have them located."""
+
+
+def renders_tool_turns(tok: Any) -> bool:
+    """Whether the chat template writes a tool turn's text verbatim, so its tokens can be located (and left out of
+    the mask). ChatML does (``<|im_start|>tool``); tunebench's llama-3.1 writes it as JSON under ``ipython``."""
+    probe = [
+        {"role": "user", "content": "What is the weather?"},
+        {"role": "assistant", "content": "Let me look it up."},
+        {"role": "tool", "content": TOOL_PROBE},
+        {"role": "assistant", "content": "Sunny, then rain."},
+    ]
+    try:
+        content_spans(tok, probe)
+    except Exception:  # TemplateError, or the template's own raise_exception on a role it does not take
+        return False
+    return True
 
 
 @dataclass
