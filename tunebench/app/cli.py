@@ -339,6 +339,8 @@ def _command_lock(args: argparse.Namespace) -> contextlib.AbstractContextManager
 def main(argv: list[str] | None = None) -> int:
     """Parse ``argv``, run one subcommand, and map errors to exit codes by class (see core.errors)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    # before parsing: a config key written as a flag (--learning_rate) is read, and announced, while parsing
+    _setup_logging(bool({"-v", "--verbose"} & set(argv[: next((i for i, a in enumerate(argv) if a[:1] != "-"), 0)])))
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # dotted overrides may follow the options too (`tunebench sweep smoke --trials 8 train.max_steps=30`)
@@ -347,7 +349,6 @@ def main(argv: list[str] | None = None) -> int:
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.argv = argv  # what an interrupted command tells the user to run again
-    _setup_logging(args.verbose)
     try:
         with sigterm_as_interrupt(), _command_lock(args):
             return args.fn(args)
