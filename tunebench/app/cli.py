@@ -225,8 +225,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_chat(args: argparse.Namespace) -> int:
     with contextlib.nullcontext() if args.verbose else quiet_loading():  # one line before the first prompt
         loaded = load_for_eval(args.model, args.adapter, args.template)
+    greedy = args.temperature == 0
     sampling = SamplingConfig(
-        name="chat", temperature=args.temperature, min_p=args.min_p, max_new_tokens=args.max_new_tokens
+        name="greedy" if greedy else "sampled",
+        temperature=args.temperature,
+        min_p=None if greedy else args.min_p,
+        max_new_tokens=args.max_new_tokens,
     )
     chat(loaded, sampling, system=args.system)
     return 0

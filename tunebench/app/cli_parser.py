@@ -256,8 +256,13 @@ def add_chat(sub: Subparsers, fns: Handlers) -> None:
     s.add_argument("--adapter", help="LoRA adapter folder (e.g. runs/smoke/adapter)")
     s.add_argument("--template", default="auto", help="chat template (auto: the adapter's, else the model's)")
     s.add_argument("--system", help="system prompt, kept across /reset")
-    s.add_argument("--temperature", type=float, default=1.5, help="sampling temperature (0 = greedy)")
-    s.add_argument("--min-p", type=float, default=0.1, help="min-p sampling cutoff")
+    s.add_argument(
+        "--temperature",
+        type=float,
+        default=0.0,
+        help="0 decodes greedily (the same answer every time); above 0 samples",
+    )
+    s.add_argument("--min-p", type=float, default=0.1, help="min-p cutoff when sampling (temperature above 0)")
     s.add_argument(
         "--max-new-tokens", type=int, default=256, help="longest answer in tokens (kept free in the model's context)"
     )
