@@ -282,6 +282,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         no_export=args.no_export,
         n_ctx=args.n_ctx,
         engine=args.engine,
+        verbose=args.verbose,
     )
     return serve(opts, probe_files)
 

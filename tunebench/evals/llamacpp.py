@@ -68,12 +68,14 @@ def open_gguf(path: str | Path, n_ctx: int = 2048, logits_all: bool = False, see
     Raises:
         ModelError: no such file, or llama.cpp cannot load it.
     """
-    llama_cpp = require_llama_cpp()
+    require_llama_cpp()
+    from tunebench.evals import llamacpp_whole  # heavy: llama.cpp (the serve extra, checked above)
+
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"{path}: no such GGUF file; export it with `tunebench export RUN --gguf`")
-    try:
-        return llama_cpp.Llama(
+    try:  # every prompt evaluated whole, as the server does: greedy answers depend on the prompt alone
+        return llamacpp_whole.WholePromptLlama(
             model_path=str(path),
             n_ctx=n_ctx,
             n_batch=min(n_ctx, 512),
