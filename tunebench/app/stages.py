@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from tunebench.core import output
 from tunebench.core.errors import RunFileError
 from tunebench.core.io import atomic_write_json, check_json, read_json, sha256_file
 from tunebench.evals.results import Results
@@ -87,7 +88,7 @@ class Stages:
         if self.fresh(name, fp, *outputs):
             return False
         log.info("stage %s", name.replace("_", " "))
-        with self.clock.stage(name):
+        with self.clock.stage(name), output.stage(name.replace("_", " ")):  # one bar: the loops inside advance it
             fn()
         self.mark(name, fp, outputs)
         return True

@@ -10,8 +10,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from tqdm.auto import tqdm
-
+from tunebench.core import output
 from tunebench.core.config import DataConfig
 from tunebench.data.sources import DataError, RawData
 
@@ -171,7 +170,7 @@ def standardize_and_split(raw: RawData, cfg: DataConfig) -> Standardized:
     dropped["malformed"] += len(raw.malformed)
     buckets: dict[str, list[Conversation]] = {s: [] for s in SPLITS}
     seen: Counter = Counter()
-    for idx, record in enumerate(tqdm(raw.records, desc="standardize", unit="conv", leave=False)):
+    for idx, record in enumerate(output.bar(raw.records, desc="standardize", unit="conv", leave=False)):
         rid = str(record.get("id", idx)) if isinstance(record, dict) else str(idx)
         messages, reason = standardize(record, cfg.conversations_field)
         key = _split_key(rid, messages, cfg.split_salt) if reason is None else None

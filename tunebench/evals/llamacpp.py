@@ -19,8 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
+from tunebench.core import output
 from tunebench.core.config import SamplingConfig
 from tunebench.core.errors import DataError, ModelError
 from tunebench.core.io import package_version, sha256_file
@@ -173,7 +172,7 @@ class LlamaCppModel:
         )
         stops = {"stop": [x for x in stop if x]} if stop else {}
         jobs = [(i, s) for s in range(n) for i in range(len(prompts))]
-        bar = tqdm(total=len(jobs), desc=f"generate[{sampling.name}, llama.cpp]", disable=not self.progress)
+        bar = output.bar(total=len(jobs), desc=f"generate[{sampling.name}, llama.cpp]", disable=not self.progress)
         for i, s in jobs:
             prompt = prompts[i]
             t0 = time.perf_counter()

@@ -46,8 +46,8 @@ from lm_eval.models.utils import (
     has_bos_prefix,
     postprocess_generated_text,
 )
-from tqdm.auto import tqdm
 
+from tunebench.core import output
 from tunebench.core.errors import LmEvalError
 from tunebench.core.threads import tokenizer_threads
 from tunebench.evals.generation import TransformersGenerator
@@ -151,7 +151,7 @@ class TunebenchLM(HFLM):
             group_fn=_lookup_one_token_cont,
         )
         res: list[tuple[float, bool]] = []
-        pbar = tqdm(
+        pbar = output.bar(
             total=len(requests), disable=(disable_tqdm or (self.rank != 0)), desc="Running loglikelihood requests"
         )
         for chunk in re_ord.get_batched(n=self.batch_size, batch_fn=None):
