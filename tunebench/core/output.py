@@ -33,9 +33,9 @@ BARS_ENV = "TUNEBENCH_BARS"
 """``off`` in a child whose parent shows the bar (a sweep's trials, under the sweep's bar over trials)."""
 LIBRARY_BARS_OFF = {"TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
 """The libraries' own bars off: each library reads these when it is imported (children; later imports here)."""
-OWN_HANDLERS = {"transformers.utils.logging": "transformers", "optuna.logging": "optuna"}
-"""Libraries that print through a terminal handler of their own, not the root logger's: module -> logger. Their
-handler is taken off when the module is imported, so their records reach the run's log instead."""
+OWN_HANDLERS = ("transformers.utils.logging", "optuna.logging", "torch")
+"""Modules of libraries that print through terminal handlers of their own, not the root logger's: the handlers are
+taken off when the module has been imported, so their records reach the run's log instead."""
 OURS = ("tunebench", "__main__")  # a tunebench module run with -m logs as __main__
 FORMAT = "%(asctime)s %(levelname).1s %(name)s: %(message)s"
 NOISY = ("httpx", "urllib3", "filelock", "matplotlib", "datasets", "huggingface_hub")
@@ -187,9 +187,20 @@ def _take_own_handlers() -> None:
 
 
 def _adopt(module: ModuleType) -> None:
-    """Take a library's terminal handler off and let its records propagate (its own switches, where it has them)."""
-    for name in ("disable_default_handler", "enable_propagation"):
-        getattr(module, name, lambda: None)()
+    """Take a library's terminal handlers off and let its records propagate: through its own switches where it has
+    them (transformers and optuna add their handler on first use), else by taking the plain stream handlers off its
+    loggers (torch adds one to each of its registered loggers on import)."""
+    if hasattr(module, "disable_default_handler"):
+        module.disable_default_handler()
+        module.enable_propagation()
+    else:
+        prefix = module.__name__
+        for name, logger in list(logging.root.manager.loggerDict.items()):
+            if isinstance(logger, logging.Logger) and (name == prefix or name.startswith(prefix + ".")):
+                for handler in list(logger.handlers):
+                    if type(handler) is logging.StreamHandler:  # not a file the user asked for
+                        logger.removeHandler(handler)
+                logger.propagate = True
     if module.__name__ == "transformers.utils.logging":
         module.disable_progress_bar()  # its weight-loading bars: read from a flag it set on import
 
