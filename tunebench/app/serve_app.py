@@ -155,7 +155,13 @@ def main(argv: list[str] | None = None) -> int:
     model = parse_model_from_args(ModelSettings, args)
     verbose = "--verbose" in argv and model.verbose  # the library's default is verbose: ours is one line a request
     model.verbose = verbose
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
+    handler = logging.StreamHandler(sys.stderr)  # the request lines only; libraries' records too with --verbose
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    if verbose:
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     app = server_app.create_app(server_settings=server, model_settings=[model])
     # the library constructs its Llama itself: adopt the loaded one (no state added, `generate` overridden)
     whole_prompts(server_app._llama_proxy())  # type: ignore[misc]

@@ -23,8 +23,6 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from tqdm.auto import tqdm
-
 VERBOSE_ENV = "TUNEBENCH_VERBOSE"
 """``1``: everything on the terminal (``-v``), in this process and its children."""
 RUN_LOG_ENV = "TUNEBENCH_RUN_LOG"
@@ -40,6 +38,14 @@ OURS = ("tunebench", "__main__")  # a tunebench module run with -m logs as __mai
 FORMAT = "%(asctime)s %(levelname).1s %(name)s: %(message)s"
 NOISY = ("httpx", "urllib3", "filelock", "matplotlib", "datasets", "huggingface_hub")
 """Chatty at INFO even in a verbose run: their warnings still count."""
+
+
+def _tqdm() -> Any:
+    """tqdm's class, imported on first use: ``setup`` sets TQDM_DISABLE first, and tqdm reads it on import."""
+    from tqdm.auto import tqdm
+
+    return tqdm
+
 
 _state: dict[str, Any] = {"file": None, "buffer": None, "terminal": None, "stages": [], "hook": None}
 
@@ -154,7 +160,7 @@ class TerminalHandler(logging.StreamHandler):
     def emit(self, record: logging.LogRecord) -> None:
         """Write one formatted record above the bar."""
         try:
-            with tqdm.external_write_mode(file=sys.stderr):
+            with _tqdm().external_write_mode(file=sys.stderr):
                 sys.stderr.write(self.format(record) + "\n")
                 sys.stderr.flush()
         except Exception:
@@ -163,7 +169,7 @@ class TerminalHandler(logging.StreamHandler):
 
 def echo(text: str) -> None:
     """Write a child process's output to stderr between the redraws of the stage's bar."""
-    with tqdm.external_write_mode(file=sys.stderr):
+    with _tqdm().external_write_mode(file=sys.stderr):
         sys.stderr.write(text)
         sys.stderr.flush()
 
@@ -257,7 +263,7 @@ class Stage:
             self._open(total, initial)
 
     def _open(self, total: int | None, initial: int = 0) -> None:
-        self.bar = tqdm(
+        self.bar = _tqdm()(
             total=total,
             initial=initial,
             desc=self.name,
@@ -372,7 +378,7 @@ def bar(iterable: Iterable[Any] | None = None, total: int | None = None, desc: s
     verbose; else a part of the current stage's bar (nothing when no stage is open, or the stage counts its own
     units, or ``disable`` is true)."""
     if is_verbose():
-        return tqdm(iterable, total=total, desc=desc, **kwargs)
+        return _tqdm()(iterable, total=total, desc=desc, **kwargs)
     current = _state["stages"][-1] if _state["stages"] else None
     owner = current if current is not None and not current.counted and not kwargs.get("disable") else None
     return Part(owner, iterable, total, desc)
