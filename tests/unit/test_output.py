@@ -27,6 +27,8 @@ logging.getLogger("somelib.sub").warning("a library warning")
 logging.getLogger("somelib").error("a library error")
 from transformers.utils import logging as hf_logging  # installs its own terminal handler on first use
 hf_logging.get_logger("transformers.demo").warning("a transformers warning")
+with output.prints_to_log("somelib"):
+    print("a library banner")
 with output.stage("eval base"):
     for desc in ("perplexity", "generate[greedy]"):
         bar = output.bar(total=4, desc=desc)
@@ -49,14 +51,14 @@ def run(tmp_path: Path, *flags: str) -> tuple[str, str]:
         [sys.executable, str(script), str(log), *flags], capture_output=True, text=True, env=env, timeout=300
     )
     assert res.returncode == 0, res.stderr[-3000:]
-    return res.stderr, log.read_text()
+    return res.stdout + res.stderr, log.read_text()
 
 
 def test_quiet_terminal_and_everything_in_the_run_log(tmp_path):
     err, log = run(tmp_path, "-q")
     for line in ("ours before the folder", "a library error", "ours after"):
         assert line in err, err
-    for line in ("a library warning", "a python warning", "a transformers warning"):
+    for line in ("a library warning", "a python warning", "a transformers warning", "a library banner"):
         assert line not in err, err
         assert line in log, log
     assert "a library warning before the folder" in log  # held until the folder was known
@@ -68,6 +70,6 @@ def test_quiet_terminal_and_everything_in_the_run_log(tmp_path):
 
 def test_verbose_shows_everything_each_loop_its_bar(tmp_path):
     err, log = run(tmp_path, "-v")
-    for line in ("a library warning", "a python warning", "a transformers warning", "ours after"):
+    for line in ("a library warning", "a python warning", "a transformers warning", "a library banner", "ours after"):
         assert line in err, err
     assert set(bar_names(err)) >= {"perplexity", "generate[greedy]", "judge"}, err

@@ -12,8 +12,10 @@ bar through the environment (``VERBOSE_ENV``, ``RUN_LOG_ENV``, ``BARS_ENV``).
 
 from __future__ import annotations
 
+import contextlib
 import importlib.abc
 import importlib.machinery
+import io
 import logging
 import logging.handlers
 import os
@@ -165,6 +167,46 @@ class TerminalHandler(logging.StreamHandler):
                 sys.stderr.flush()
         except Exception:
             self.handleError(record)
+
+
+class LogLines(io.TextIOBase):
+    """A text stream whose lines become log records of ``logger`` (a library's prints, as records of its name)."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        super().__init__()
+        self.logger, self.pending = logger, ""
+
+    def writable(self) -> bool:
+        """A stream one writes to."""
+        return True
+
+    def write(self, text: str) -> int:
+        """Log each complete line; keep the rest for the next write."""
+        *lines, self.pending = (self.pending + text).split("\n")
+        for line in lines:
+            if line.strip():
+                self.logger.info(line.rstrip())
+        return len(text)
+
+    def flush(self) -> None:
+        """Log what is left of a last line."""
+        if self.pending.strip():
+            self.logger.info(self.pending.rstrip())
+        self.pending = ""
+
+
+@contextlib.contextmanager
+def prints_to_log(name: str) -> Iterator[None]:
+    """What a library prints to stdout meanwhile, as log records of ``name`` (the run's log), unless verbose."""
+    if is_verbose():
+        yield
+        return
+    lines = LogLines(logging.getLogger(name))
+    try:
+        with contextlib.redirect_stdout(lines):
+            yield
+    finally:
+        lines.flush()
 
 
 def echo(text: str) -> None:
