@@ -76,8 +76,9 @@ class RequestLog:
     """ASGI middleware: a POST body that is not a valid request is answered 400 here, before any route; every
     request is logged in one line when its response is done."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, api_key: str | None = None) -> None:
         self.app = app
+        self.authorization = f"Bearer {api_key}".encode() if api_key else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve one ASGI connection (HTTP requests checked and logged; lifespan and the rest passed through)."""
@@ -92,7 +93,7 @@ class RequestLog:
             await send(message)
 
         try:
-            if scope["method"] == "POST":
+            if scope["method"] == "POST" and self._authorized(scope):  # else the app answers 401, as before
                 body = await _read_body(receive)
                 refused = refusal(body, scope["path"])
                 if refused is not None:
@@ -112,6 +113,12 @@ class RequestLog:
                 time.perf_counter() - started,
                 f": {why}" if why else "",
             )
+
+    def _authorized(self, scope: Scope) -> bool:
+        """The request carries the server's key, or the server has none."""
+        if self.authorization is None:
+            return True
+        return dict(scope.get("headers") or []).get(b"authorization") == self.authorization
 
 
 async def _read_body(receive: Receive) -> bytes:
@@ -166,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     # the library constructs its Llama itself: adopt the loaded one (no state added, `generate` overridden)
     whole_prompts(server_app._llama_proxy())  # type: ignore[misc]
     uvicorn.run(
-        RequestLog(app),
+        RequestLog(app, server.api_key),
         host=server.host,
         port=server.port,
         ssl_keyfile=server.ssl_keyfile,
