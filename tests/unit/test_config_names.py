@@ -192,3 +192,12 @@ def test_own_options_keep_their_meaning():
     args, overrides = parse("sweep", "smoke", "--trials", "2", "--max_steps", "3")
     assert args.trials == 2 and overrides == ["max_steps=3"]
     assert parse("report", "runs/x", "--learning_rate", "1e-4")[1] == ["--learning_rate", "1e-4"]  # not taken
+
+
+def test_an_unset_warmup_ratio_leaves_earlier_fingerprints_alone():
+    """A run folder or sweep study made before train.warmup_ratio existed is the same run: not trained again."""
+    from tunebench.app.pipeline import train_settings
+
+    cfg = load_config("smoke", resolved=False)
+    assert "warmup_ratio" not in train_settings(cfg)
+    assert train_settings(load_config("smoke", ["warmup_ratio=0.1"], resolved=False))["warmup_ratio"] == 0.1

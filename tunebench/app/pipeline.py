@@ -176,8 +176,9 @@ def _train_child(run_dir: Path) -> None:
 
 def train_settings(cfg: RunConfig) -> dict[str, Any]:
     """The train section as the train stage's fingerprint reads it: trackers watch training, they don't change the
-    adapter, so turning one on does not train again."""
-    return {k: v for k, v in to_dict(cfg.train).items() if k != "report_to"}
+    adapter, so turning one on does not train again; a setting added since (warmup_ratio) left unset leaves the
+    fingerprint of a run folder written before it as it was."""
+    return {k: v for k, v in to_dict(cfg.train).items() if k != "report_to" and not (k == "warmup_ratio" and v is None)}
 
 
 def run(
