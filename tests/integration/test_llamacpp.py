@@ -26,6 +26,14 @@ pytest.importorskip(
 from tunebench.core.config import SamplingConfig, load_config  # noqa: E402
 
 GREEDY = SamplingConfig(name="greedy", temperature=0.0, min_p=None, max_new_tokens=12)
+QUESTIONS = [
+    "What is the capital of France?",
+    "Write one sentence about the sea.",
+    "Give me a synonym for happy.",
+    "How many legs does a spider have?",
+]
+"""Of 8 questions asked twice in a row, llama-cpp-python's own Llama answered the last three otherwise the second time
+on the packaged GGUF (2 CPU threads); the first is one it never changed."""
 
 
 @pytest.fixture(scope="module")
@@ -216,7 +224,7 @@ def test_served_greedy_answers_do_not_depend_on_earlier_requests(packaged_server
         assert status == 200, answer
         return answer["choices"][0]["message"]["content"]
 
-    question = "What is the capital of France?"
+    question = "How many legs does a spider have?"  # llama_cpp.server answered ": 8", then "indeed", then ": 8"...
     answers = [ask(question) for _ in range(3)]
     ask("Name a colour.")
     ask("Write one sentence about the sea.")
@@ -226,6 +234,28 @@ def test_served_greedy_answers_do_not_depend_on_earlier_requests(packaged_server
     local = LlamaCppModel.open(packaged_file(), "chatml", n_ctx=1024)
     prompts = [[{"role": "user", "content": q}] for q in ("Name a colour.", question)]
     assert [ask(p[0]["content"], **pinned).strip() for p in prompts] == local.generate(prompts, GREEDY, seed=0).texts
+
+
+def test_llamacpp_scores_a_prompt_the_same_whatever_was_evaluated_before():
+    """The cause, where it is fixed: llama.cpp's logits depend on the batch a token is evaluated in, and
+    llama-cpp-python's Llama evaluated only what a prompt did not share with the previous one (a repeated prompt: its
+    last token alone), so the first token's log-probability moved by up to 0.2 nats and greedy answers changed
+    (measured on this file: 3 of 8 questions asked twice). open_gguf's Llama evaluates every prompt whole."""
+    from tunebench.evals.llamacpp import chat_formatter, chat_prompt_ids, open_gguf
+    from tunebench.models.loading import packaged_file
+
+    llm = open_gguf(packaged_file(), n_ctx=1024, logits_all=True)
+    ids = [chat_prompt_ids(llm, chat_formatter(llm), [{"role": "user", "content": q}]) for q in QUESTIONS]
+    knobs = {"max_tokens": 24, "temperature": 0, "logprobs": 1, "top_k": 0, "top_p": 1.0, "min_p": 0.0}
+
+    def first(prompt: list[int]) -> tuple[str, float]:
+        choice = llm.create_completion(prompt, repeat_penalty=1.0, **knobs)["choices"][0]
+        return choice["text"], choice["logprobs"]["token_logprobs"][0]
+
+    for i, prompt in enumerate(ids):
+        fresh, again = first(prompt), first(prompt)  # again: the whole prompt is the previous one's prefix
+        first(ids[(i + 1) % len(ids)])
+        assert fresh == again == first(prompt), QUESTIONS[i]  # the same text and bit for bit the same log-prob
 
 
 def test_a_malformed_body_gets_400_with_an_openai_error_and_one_log_line(packaged_server):
