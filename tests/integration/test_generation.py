@@ -342,6 +342,33 @@ def test_chat_through_the_decode_loop_streams_the_same_answers(smol_base, capsys
     assert talk(sampled, "graph", seed=5) == talk(sampled, "graph", seed=5)
 
 
+def test_tunebench_chat_decodes_greedily_unless_asked_otherwise(smol_base, capsys, monkeypatch):
+    """`tunebench chat` with no decoding flags answers as greedy decoding does, the same answer every time (it used to
+    sample at temperature 1.5: the base answered "capital of France?" with 146 tokens of nonsense)."""
+    import io
+
+    from tunebench import cli
+
+    question = "What is the capital of France?"
+    answers = []
+    for _ in range(2):
+        monkeypatch.setattr("sys.stdin", io.StringIO(question + "\n"))
+        assert cli.main(["chat", "--max-new-tokens", "16"]) == 0
+        answers.append(capsys.readouterr().out)
+    short = SamplingConfig(name="greedy", temperature=0.0, min_p=None, max_new_tokens=16)
+    script = iter([question])
+
+    def read(_prompt):
+        try:
+            return next(script)
+        except StopIteration:  # end of the script is Ctrl-D
+            raise EOFError from None
+
+    expected = chat(smol_base, short, input_fn=read)[-1]["content"]
+    assert answers[0] == answers[1] and "(greedy: temperature 0.0" in answers[0]
+    assert expected and expected in answers[0]
+
+
 def test_chat_reset_and_exit(smol_base, capsys):
     script = iter(["Hi!", "/reset", "Name a color.", "/exit", "never read"])
     short = SamplingConfig(name="greedy", temperature=0.0, min_p=None, max_new_tokens=6)

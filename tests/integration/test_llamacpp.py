@@ -10,8 +10,11 @@ run's inputs, and `bench serve` loads it.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import socket
+import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -23,6 +26,14 @@ pytest.importorskip(
 from tunebench.core.config import SamplingConfig, load_config  # noqa: E402
 
 GREEDY = SamplingConfig(name="greedy", temperature=0.0, min_p=None, max_new_tokens=12)
+QUESTIONS = [
+    "What is the capital of France?",
+    "Write one sentence about the sea.",
+    "Give me a synonym for happy.",
+    "How many legs does a spider have?",
+]
+"""Of 8 questions asked twice in a row, llama-cpp-python's own Llama answered the last three otherwise the second time
+on the packaged GGUF (2 CPU threads); the first is one it never changed."""
 
 
 @pytest.fixture(scope="module")
@@ -176,6 +187,104 @@ def test_served_greedy_answers_equal_in_process_llamacpp(scored, tmp_path):
     assert not any("\n" in a or "Question:" in a for a in local_text)  # cut before the first stop string
     with pytest.raises(OSError):  # stopped: nothing listens any more
         urllib.request.urlopen(url + "/v1/models", timeout=2)
+
+
+@pytest.fixture(scope="module")
+def packaged_server(tmp_path_factory):
+    """`tunebench serve`'s server process (app.serve_app) on the packaged GGUF (SmolLM2-135M-Instruct Q4_1) on
+    127.0.0.1, its log in a file: (url, log path)."""
+    from tunebench.app.serve import running_server
+    from tunebench.models.loading import packaged_file
+
+    log_path = tmp_path_factory.mktemp("serve") / "server.log"
+    with open(log_path, "w") as log, running_server(packaged_file(), n_ctx=1024, log=log) as url:
+        yield url, log_path
+
+
+def _post(url: str, body: bytes | dict) -> tuple[int, dict]:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    req = urllib.request.Request(url + "/v1/chat/completions", data, {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=120) as r:
+            return r.status, json.load(r)
+    except urllib.error.HTTPError as e:
+        return e.code, json.load(e)
+
+
+def test_served_greedy_answers_do_not_depend_on_earlier_requests(packaged_server):
+    """The same request at temperature 0 gets the same answer every time, also after other requests (the server
+    used to reuse the previous request's cached prefix and evaluate only the rest, in another batch shape: one
+    question was answered "In", then "This", then "In"); and it is in-process llama.cpp's answer on the same file."""
+    from tunebench.evals.llamacpp import LlamaCppModel
+    from tunebench.models.loading import packaged_file
+
+    url, _ = packaged_server
+
+    def ask(question: str, **knobs) -> str:
+        body = {"messages": [{"role": "user", "content": question}], "temperature": 0, "max_tokens": 24, **knobs}
+        status, answer = _post(url, body)
+        assert status == 200, answer
+        return answer["choices"][0]["message"]["content"]
+
+    question = "How many legs does a spider have?"  # llama_cpp.server answered ": 8", then "indeed", then ": 8"...
+    answers = [ask(question) for _ in range(3)]
+    ask("Name a colour.")
+    ask("Write one sentence about the sea.")
+    answers += [ask(question) for _ in range(2)]
+    assert len(set(answers)) == 1 and answers[0], answers
+    pinned = {"top_k": 0, "top_p": 1.0, "min_p": 0.0, "repeat_penalty": 1.0, "seed": 0, "max_tokens": 12}
+    local = LlamaCppModel.open(packaged_file(), "chatml", n_ctx=1024)
+    prompts = [[{"role": "user", "content": q}] for q in ("Name a colour.", question)]
+    assert [ask(p[0]["content"], **pinned).strip() for p in prompts] == local.generate(prompts, GREEDY, seed=0).texts
+
+
+def test_llamacpp_scores_a_prompt_the_same_whatever_was_evaluated_before():
+    """The cause, where it is fixed: llama.cpp's logits depend on the batch a token is evaluated in, and
+    llama-cpp-python's Llama evaluated only what a prompt did not share with the previous one (a repeated prompt: its
+    last token alone), so the first token's log-probability moved by up to 0.2 nats and greedy answers changed
+    (measured on this file: 3 of 8 questions asked twice). open_gguf's Llama evaluates every prompt whole."""
+    from tunebench.evals.llamacpp import chat_formatter, chat_prompt_ids, open_gguf
+    from tunebench.models.loading import packaged_file
+
+    llm = open_gguf(packaged_file(), n_ctx=1024, logits_all=True)
+    ids = [chat_prompt_ids(llm, chat_formatter(llm), [{"role": "user", "content": q}]) for q in QUESTIONS]
+    knobs = {"max_tokens": 24, "temperature": 0, "logprobs": 1, "top_k": 0, "top_p": 1.0, "min_p": 0.0}
+
+    def first(prompt: list[int]) -> tuple[str, float]:
+        choice = llm.create_completion(prompt, repeat_penalty=1.0, **knobs)["choices"][0]
+        return choice["text"], choice["logprobs"]["token_logprobs"][0]
+
+    for i, prompt in enumerate(ids):
+        fresh, again = first(prompt), first(prompt)  # again: the whole prompt is the previous one's prefix
+        first(ids[(i + 1) % len(ids)])
+        assert fresh == again == first(prompt), QUESTIONS[i]  # the same text and bit for bit the same log-prob
+
+
+def test_a_malformed_body_gets_400_with_an_openai_error_and_one_log_line(packaged_server):
+    url, log_path = packaged_server
+    before = log_path.read_text().splitlines()
+    refused = {
+        b'{"messages": [{"role": "user", "content": "hi"}': ("invalid_json", "the request body is not valid JSON"),
+        b"[1, 2]": ("invalid_json", "must be a JSON object, not list"),
+        b'{"messages": "hi"}': ("invalid_request", "messages: Input should be a valid list"),
+    }
+    for body, (code, message) in refused.items():
+        status, answer = _post(url, body)
+        assert status == 400, answer
+        assert set(answer) == {"error"} and {"message", "type", "code"} <= set(answer["error"])
+        assert answer["error"]["type"] == "invalid_request_error" and answer["error"]["code"] == code
+        assert message in answer["error"]["message"], answer
+    status, _ = _post(url, {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2})
+    assert status == 200  # the server serves on
+    time.sleep(0.5)  # the last line is written once the response is sent
+    lines = log_path.read_text().splitlines()[len(before) :]
+    assert len(lines) == 4, lines  # one line per request, nothing else (no traceback, no llama.cpp log)
+    line = re.compile(r"^\d\d:\d\d:\d\d 127\.0\.0\.1 POST /v1/chat/completions (\d{3}) \d+\.\d\d s(: .+)?$")
+    statuses = [line.match(text).group(1) if line.match(text) else text for text in lines]
+    assert statuses == ["400", "400", "400", "200"], lines
+    assert "not valid JSON" in lines[0] and "messages: Input should be a valid list" in lines[2]
+    everything = log_path.read_text()
+    assert "Traceback" not in everything and "llama_model_loader" not in everything
 
 
 def test_serve_refuses_bad_input_with_exit_code_2(scored, tmp_path, capsys, monkeypatch):

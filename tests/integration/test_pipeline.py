@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 
-from e2e import PARSED_ONLY, ROOT, tunebench
+from e2e import PARSED_ONLY, ROOT, bar_names, tunebench, warning_lines
 
 
 def test_smoke_run_writes_a_report_with_real_numbers(smoke_run):
@@ -79,6 +79,23 @@ def test_smoke_run_writes_a_report_with_real_numbers(smoke_run):
     assert "## Conversational quality (judged)" in report and "not conversational quality" in report
     assert not any(r["metric"].startswith("judge/") for r in json.loads((out / "gate.json").read_text())["rows"])
     print(f"smoke run took {seconds:.0f} s; stages {timings['stages']}; eval {tuned['timings']}")
+
+
+def test_the_smoke_runs_terminal_is_quiet_and_its_libraries_speak_in_run_log(smoke_run):
+    """Issue 40: the smoke run showed ~23 progress bars and 18 warnings after setup. Now: at most 3 warning lines, one
+    bar per stage (named as the stage; the loops inside are its postfix), and the libraries' lines in RUN/run.log."""
+    out, res, _ = smoke_run
+    terminal = res.stdout + res.stderr
+    warned = warning_lines(terminal)
+    assert len(warned) <= 3, "\n".join(warned)
+    stages = {name.replace("_", " ") for name in json.loads((out / "stages.json").read_text())}
+    bars = bar_names(terminal)
+    assert bars and set(bars) <= stages and len(bars) == len(set(bars)), (bars, stages)
+    assert {"train", "eval base", "eval tuned"} <= set(bars), bars
+    log = (out / "run.log").read_text()
+    assert "tunebench.app.pipeline: stage eval tuned" in log  # ours, and the libraries' beside them
+    assert not [line for line in terminal.splitlines() if line.startswith("[transformers]")], terminal[-3000:]
+    print(f"terminal: {len(warned)} warning lines, bars {bars}; run.log {len(log.splitlines())} lines")
 
 
 def test_rerun_skips_finished_stages(smoke_run):

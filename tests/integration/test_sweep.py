@@ -121,6 +121,21 @@ def study(tmp_path_factory):
     return out, steps
 
 
+def test_a_sweep_shows_one_bar_over_its_trials_with_an_eta(study):
+    """Each worker's terminal: one bar, over the study's trials (finished ones counted, other workers' included),
+    with its elapsed and remaining time; the trials' training bars and library warnings stay off it."""
+    from e2e import bar_names
+
+    _, steps = study
+    lasts = []
+    for code, _, err in steps["workers"]:
+        assert code == 0 and bar_names(err) == ["sweep"], err[-3000:]
+        lasts.append([s for s in err.replace("\r", "\n").splitlines() if s.startswith("sweep:")][-1])
+        assert re.search(r"\b\d/2 \[\d\d:\d\d<", lasts[-1]), lasts[-1]  # finished of 2, elapsed<remaining
+        assert "pip install kernels" not in err and "Warning" not in err, err[-3000:]
+    assert any(re.search(r"<\d\d:\d\d", last) for last in lasts), lasts  # an ETA once a trial of its own ended
+
+
 def test_two_workers_share_one_sqlite_study(study):
     out, steps = study
     ran = []

@@ -53,7 +53,7 @@ def test_chat_help_shows_the_defaults(capsys):
     text = " ".join(capsys.readouterr().out.split())
     for default in (
         "(default: packaged:smollm2-135m-instruct)",
-        "(default: 1.5)",
+        "(default: 0.0)",  # greedy unless asked otherwise (issue 40)
         "(default: 0.1)",
         "(default: 256)",
         "(default: auto)",

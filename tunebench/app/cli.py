@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import os
 import sys
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 
 from tunebench.app import cli_parser
@@ -24,6 +24,7 @@ from tunebench.app.preflight import preflight
 from tunebench.app.serve import ServeOptions, serve
 from tunebench.app.stages import check_run_folder, run_folder
 from tunebench.app.sweep import SweepOptions, sweep
+from tunebench.core import output
 from tunebench.core.config import RunConfig, SamplingConfig, dump_yaml, load_config, preset_names, read_run_config
 from tunebench.core.errors import (
     EXIT_INTERRUPTED,
@@ -49,7 +50,8 @@ from tunebench.evals.contract import check_contract
 from tunebench.evals.modeling import load_for_eval
 from tunebench.models.loading import load_tokenizer, resolve_model
 from tunebench.reports.compare import leaderboard_from_runs
-from tunebench.reports.gate import GATES_DIR, gate_main, verdict_path
+from tunebench.reports.gate import GATES_DIR, gate_main
+from tunebench.reports.gate_files import verdict_path
 from tunebench.reports.render import render_leaderboard
 from tunebench.train.backends import import_unsloth
 from tunebench.train.export import adapter_dir, export_merged
@@ -57,20 +59,6 @@ from tunebench.train.gguf_export import export_gguf, parse_quants
 from tunebench.train.trainer import train
 
 log = logging.getLogger("tunebench")
-
-
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname).1s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
-    for noisy in ("httpx", "urllib3", "filelock", "matplotlib", "datasets", "huggingface_hub"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    # optional native kernels that a CPU install lacks by design: their load failures are not the user's problem
-    for noisy in ("torchao", "bitsandbytes.backends.cpu.ops"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def _config(args: argparse.Namespace) -> RunConfig:
@@ -114,6 +102,7 @@ def cmd_data(args: argparse.Namespace) -> int:
     prepared = data_mod.prepare(
         tok, tname, cfg.data, run_dir / "data", eval_every=cfg.train.eval_every, strict=args.strict
     )
+    output.log_to(run_dir / "run.log")  # with what was said so far
     write_config(cfg, run_dir)  # after the data step: data that cannot be used leaves the folder as it was
     print(data_mod.render_report(prepared.report))
     print(f"data report: {run_dir / 'data' / 'data_report.md'}")
@@ -132,6 +121,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace, cfg: RunConfig, run_dir: Path) -> int:
     resume = again_command(args, add="--resume")
+    output.log_to(run_dir / "run.log")  # `run`'s training child: the run's log already
     try:
         result = train(cfg, run_dir, resume=args.resume, overwrite=args.overwrite, strict=args.strict)
     except KeyboardInterrupt:  # before the trainer's own handler was up, or a second Ctrl-C
@@ -250,8 +240,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_chat(args: argparse.Namespace) -> int:
     with contextlib.nullcontext() if args.verbose else quiet_loading():  # one line before the first prompt
         loaded = load_for_eval(args.model, args.adapter, args.template)
+    greedy = args.temperature == 0
     sampling = SamplingConfig(
-        name="chat", temperature=args.temperature, min_p=args.min_p, max_new_tokens=args.max_new_tokens
+        name="greedy" if greedy else "sampled",
+        temperature=args.temperature,
+        min_p=None if greedy else args.min_p,
+        max_new_tokens=args.max_new_tokens,
     )
     chat(loaded, sampling, system=args.system)
     return 0
@@ -303,6 +297,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         no_export=args.no_export,
         n_ctx=args.n_ctx,
         engine=args.engine,
+        verbose=args.verbose,
     )
     return serve(opts, probe_files)
 
@@ -368,9 +363,31 @@ def _command_lock(args: argparse.Namespace) -> contextlib.AbstractContextManager
     return contextlib.nullcontext()
 
 
+STAGE_COMMANDS = ("data", "eval", "export")
+"""Commands that are one stage: one bar over the work inside (`run` has a bar per stage, `train` its steps' bar,
+`sweep` its trials' bar)."""
+
+
+@contextlib.contextmanager
+def _command_output(args: argparse.Namespace) -> Iterator[None]:
+    """The run folder's run.log for a command that names an existing run folder (`run`, `train` and `sweep` open
+    theirs once they have it), and the bar of a command that is one stage."""
+    folder = getattr(args, "data_from", None) or getattr(args, "run", None)
+    run_dir = _run_folder_of(Path(folder)) if args.command in ("eval", "export") and folder else None
+    if run_dir is not None:
+        output.log_to(run_dir / "run.log")
+    if args.command not in STAGE_COMMANDS:
+        yield
+        return
+    with output.stage(args.command):
+        yield
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse ``argv``, run one subcommand, and map errors to exit codes by class (see core.errors)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    # before parsing: a config key written as a flag (--learning_rate) is read, and announced, while parsing
+    output.setup(bool({"-v", "--verbose"} & set(argv[: next((i for i, a in enumerate(argv) if a[:1] != "-"), 0)])))
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # dotted overrides may follow the options too (`tunebench sweep smoke --trials 8 train.max_steps=30`)
@@ -379,9 +396,8 @@ def main(argv: list[str] | None = None) -> int:
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.argv = argv  # what an interrupted command tells the user to run again
-    _setup_logging(args.verbose)
     try:
-        with sigterm_as_interrupt(), _command_lock(args):
+        with sigterm_as_interrupt(), _command_lock(args), _command_output(args):
             return args.fn(args)
     except TunebenchError as e:
         return _fail(e, e.exit_code, args.verbose)
@@ -396,6 +412,8 @@ def main(argv: list[str] | None = None) -> int:
         stopped = Interrupted(f"`{again_command(args)}` stopped before it finished. Run it again")
         stopped.__traceback__ = e.__traceback__
         return _fail(stopped, EXIT_INTERRUPTED, args.verbose)
+    finally:
+        output.reset()
 
 
 if __name__ == "__main__":

@@ -8,9 +8,12 @@ run every example of ``EXAMPLES``.
 from __future__ import annotations
 
 import argparse
+import typing
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from tunebench.core.config import field_type, switch_of
+from tunebench.core.errors import ConfigError
 from tunebench.data.splits import MIN_TEST_CONVERSATIONS
 
 Handlers = Mapping[str, Callable[[argparse.Namespace], int]]
@@ -36,9 +39,60 @@ EXAMPLES = """examples:
 """
 
 
+BOOLEAN_WORDS = ("true", "false", "yes", "no", "on", "off", "1", "0")
+
+
+class FlagParser(argparse.ArgumentParser):
+    """An argparse parser whose subcommands that take dotted overrides (``takes_overrides``) also read a config key
+    or alias written as a flag, as TRL's command line takes them: ``--learning_rate 2e-4``, ``--lora-r=8``,
+    ``--train.max_steps -1``, ``--bf16`` (a boolean without a value is true) become ``learning_rate=2e-4``... The
+    command's own options (and their abbreviations) keep their meaning; an unknown flag is refused with a
+    did-you-mean."""
+
+    takes_overrides = False
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        """argparse's, after the flags that name config keys were rewritten as dotted overrides."""
+        if args is not None and self.takes_overrides:
+            args = self._flags_as_overrides(list(args))
+        return super().parse_known_args(args, namespace)
+
+    def _own_option(self, flag: str) -> bool:
+        """``flag`` is one of this command's options or an abbreviation argparse expands to one."""
+        return any(option.startswith(flag) for option in self._option_string_actions)
+
+    def _flags_as_overrides(self, args: list[str]) -> list[str]:
+        out, i = [], 0
+        while i < len(args):
+            arg = args[i]
+            if arg == "--":
+                return out + args[i:]
+            flag, eq, value = arg.partition("=")
+            if not arg.startswith("--") or self._own_option(flag):
+                out.append(arg)
+                i += 1
+                continue
+            key = flag[2:].replace("-", "_")
+            try:
+                tp = field_type(key)
+            except ConfigError as e:
+                self.error(f"{flag} is not an option of this command, nor a config key: {e}")
+            boolean = switch_of(key.split(".")) is not None or tp is bool or bool in typing.get_args(tp)
+            nxt = args[i + 1] if i + 1 < len(args) else None
+            if not eq and boolean:  # `--bf16` alone is true, as on TRL's command line
+                value, i = (nxt, i + 1) if nxt is not None and nxt.lower() in BOOLEAN_WORDS else ("true", i)
+            elif not eq:
+                if nxt is None or nxt.startswith("--"):
+                    self.error(f"{flag} needs a value (e.g. {flag} VALUE, or {key}=VALUE)")
+                value, i = nxt, i + 1
+            out.append(f"{key}={value}")
+            i += 1
+        return out
+
+
 def build_parser(fns: Handlers) -> argparse.ArgumentParser:
     """The `tunebench` parser, whose subcommands call ``fns[name]`` (as ``args.fn``)."""
-    p = argparse.ArgumentParser(
+    p = FlagParser(
         prog="tunebench",
         description="Fine-tune chat models with LoRA and prove, with intervals, whether the adapter beats its base.",
         epilog=EXAMPLES,
@@ -84,8 +138,11 @@ def add_preset_command(
 ) -> argparse.ArgumentParser:
     """A subcommand of a preset and dotted overrides (with ``--out`` and ``--strict`` when it writes a run folder)."""
     s = sub.add_parser(name, help=help)
+    s.takes_overrides = True
     s.add_argument("preset", help="preset name (see `tunebench presets`) or a YAML file")
-    s.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=1e-4 lora.r=32")
+    s.add_argument(
+        "overrides", nargs="*", help="dotted overrides, e.g. train.lr=1e-4 lora.r=32 (or flags: --learning_rate 1e-4)"
+    )
     if out:
         s.add_argument("--out", help="run folder (default runs/<name>)")
         s.add_argument(
@@ -102,6 +159,7 @@ def add_preset_command(
 def add_sweep(sub: Subparsers, fns: Handlers) -> None:
     """`tunebench sweep`: the study's size, space, storage, seeds, pruner and confirmation."""
     s = sub.add_parser("sweep", help="LoRA / hyperparameter search (Optuna) that picks a winner with confidence")
+    s.takes_overrides = True
     s.add_argument("preset", help="preset name (see `tunebench presets`) or a YAML file")
     s.add_argument("overrides", nargs="*", help="dotted overrides every trial starts from, e.g. train.max_steps=30")
     s.add_argument(
@@ -138,6 +196,7 @@ def add_sweep(sub: Subparsers, fns: Handlers) -> None:
 def add_eval(sub: Subparsers, fns: Handlers) -> None:
     """`tunebench eval`: a run's base and tuned, one model on a run's inputs, or a served endpoint."""
     s = sub.add_parser("eval", help="evaluate base and tuned of a run, or one model on a run's inputs")
+    s.takes_overrides = True
     s.add_argument("run", nargs="?", help="run folder (evaluates base and tuned)")
     s.add_argument("overrides", nargs="*", default=[], help="dotted overrides of the run's config")
     s.add_argument("--model", help="model reference (hub id, folder, .gguf, packaged:...)")
@@ -207,8 +266,13 @@ def add_chat(sub: Subparsers, fns: Handlers) -> None:
     s.add_argument("--adapter", help="LoRA adapter folder (e.g. runs/smoke/adapter)")
     s.add_argument("--template", default="auto", help="chat template (auto: the adapter's, else the model's)")
     s.add_argument("--system", help="system prompt, kept across /reset")
-    s.add_argument("--temperature", type=float, default=1.5, help="sampling temperature (0 = greedy)")
-    s.add_argument("--min-p", type=float, default=0.1, help="min-p sampling cutoff")
+    s.add_argument(
+        "--temperature",
+        type=float,
+        default=0.0,
+        help="0 decodes greedily (the same answer every time); above 0 samples",
+    )
+    s.add_argument("--min-p", type=float, default=0.1, help="min-p cutoff when sampling (temperature above 0)")
     s.add_argument(
         "--max-new-tokens", type=int, default=256, help="longest answer in tokens (kept free in the model's context)"
     )

@@ -25,7 +25,7 @@ import yaml
 from tunebench.app.preflight import preflight
 from tunebench.app.stages import Fingerprints, Stages
 from tunebench.app.stages import StageClock as StageClock  # re-exported
-from tunebench.core import tracking
+from tunebench.core import output, tracking
 from tunebench.core.config import RunConfig, asked, dump_yaml, from_dict, to_dict
 from tunebench.core.errors import (
     EXIT_INTERRUPTED,
@@ -221,6 +221,7 @@ def _run(cfg: RunConfig, run_dir: Path, overwrite: bool, progress: bool, strict:
     source = resolve_model(cfg.model.ref, cfg.model.revision)
     cfg = resolve_template(cfg, source)
     prepare_run_dir(cfg, run_dir, overwrite)
+    output.log_to(run_dir / "run.log")  # library warnings and log lines (the terminal shows ours): after --overwrite
     stages = Stages(run_dir)
 
     def data() -> None:

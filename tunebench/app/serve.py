@@ -1,4 +1,6 @@
-"""`tunebench serve RUN`: llama-cpp-python's OpenAI-compatible server on the run's exported GGUF.
+"""`tunebench serve RUN`: llama-cpp-python's OpenAI-compatible server on the run's exported GGUF (in a child process,
+``app.serve_app``: every prompt evaluated whole, so temperature 0 is deterministic; a malformed body answered 400;
+one log line per request).
 
 The file is the one `tunebench export --gguf` wrote and the contract check passed (exported first when
 missing, unless --no-export). The chat template is the GGUF's own (``chat_format=chat_template.default``,
@@ -53,6 +55,8 @@ class ServeOptions:
     n_ctx: int = 4096
     engine: str = "llama.cpp"
     """``llama.cpp`` (the exported GGUF, CPU or GPU) or ``vllm`` (the base + the run's adapter as a runtime LoRA)."""
+    verbose: bool = False
+    """The server's own logs too (llama.cpp's model load, uvicorn's lines), not only one line per request."""
 
 
 def api_key(opts: ServeOptions) -> str | None:
@@ -228,12 +232,13 @@ def check_template(path: Path) -> None:
         )
 
 
-def server_command(gguf: Path, host: str, port: int, n_ctx: int) -> list[str]:
-    """The child's argv (the API key travels in its environment as API_KEY, not here)."""
+def server_command(gguf: Path, host: str, port: int, n_ctx: int, verbose: bool = False) -> list[str]:
+    """The child's argv (the API key travels in its environment as API_KEY, not here): ``app.serve_app``, which
+    takes llama-cpp-python's server flags."""
     return [
         sys.executable,
         "-m",
-        "llama_cpp.server",
+        "tunebench.app.serve_app",
         "--model",
         str(gguf),
         "--host",
@@ -250,6 +255,7 @@ def server_command(gguf: Path, host: str, port: int, n_ctx: int) -> list[str]:
         "0",
         "--interrupt_requests",
         "False",
+        *(["--verbose", "True"] if verbose else []),
     ]  # its default cuts a stream short when another request
     # arrives: under concurrent clients most answers ended without a finish reason (`tunebench bench serve` found it)
 
@@ -296,8 +302,10 @@ def running_server(
     key: str | None = None,
     n_ctx: int = 4096,
     log: IO[str] | None = None,
+    verbose: bool = False,
 ) -> Iterator[str]:
-    """Start the server on ``gguf``, wait until it answers, yield its URL, stop it on exit."""
+    """Start the server on ``gguf``, wait until it answers, yield its URL, stop it on exit (its one line per request
+    go to ``log``, else to this process's stderr)."""
     require_llama_cpp()
     port = port or free_port(host)
     check_port(host, port)
@@ -305,7 +313,7 @@ def running_server(
     if key:
         env["API_KEY"] = key
     proc = subprocess.Popen(
-        server_command(gguf, host, port, n_ctx),
+        server_command(gguf, host, port, n_ctx, verbose),
         env=env,
         stdout=log or subprocess.DEVNULL,
         stderr=subprocess.STDOUT if log else None,
@@ -344,7 +352,7 @@ def serve(opts: ServeOptions, probe_files: list[str] | None = None) -> int:
 
     old = signal.signal(signal.SIGTERM, on_signal)
     try:
-        with running_server(gguf, opts.host, opts.port, key, opts.n_ctx) as url:
+        with running_server(gguf, opts.host, opts.port, key, opts.n_ctx, verbose=opts.verbose) as url:
             print(f"ready: {gguf.name} (llama.cpp, the GGUF's chat template) at {url}/v1", flush=True)
             print(f"try:   {curl_example(url, opts.api_key_env)}", flush=True)
             print("stop:  Ctrl-C (or SIGTERM)", flush=True)

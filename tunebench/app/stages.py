@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tunebench.core import output
 from tunebench.core.config import RunConfig, read_run_config, to_dict
 from tunebench.core.errors import PipelineError, RunFileError
 from tunebench.core.io import (
@@ -34,8 +35,9 @@ CONFIG_RECORD = "_config"
 
 def train_settings(cfg: RunConfig) -> dict[str, Any]:
     """The train section as the train stage's fingerprint reads it: trackers watch training, they don't change the
-    adapter, so turning one on does not train again."""
-    return {k: v for k, v in to_dict(cfg.train).items() if k != "report_to"}
+    adapter, so turning one on does not train again; a setting added since (warmup_ratio) left unset leaves the
+    fingerprint of a run folder written before it as it was."""
+    return {k: v for k, v in to_dict(cfg.train).items() if k != "report_to" and not (k == "warmup_ratio" and v is None)}
 
 
 @dataclass(frozen=True)
@@ -149,7 +151,7 @@ class Stages:
             self.reused.append(name)
             return False
         log.info("stage %s", name.replace("_", " "))
-        with self.clock.stage(name):
+        with self.clock.stage(name), output.stage(name.replace("_", " ")):  # one bar: the loops inside advance it
             fn()
         self.mark(name, fp, outputs)
         return True

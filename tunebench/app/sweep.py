@@ -33,7 +33,7 @@ from tunebench.app.sweep_space import Space, default_space, load_space, override
 from tunebench.app.sweep_study import HEARTBEAT_S, max_steps, open_study, prepare_data, study_identity
 from tunebench.app.sweep_summary import summarize, write_summary
 from tunebench.app.sweep_trial import OUTCOME_FILE, STORAGE_ENV, Outcome, TrialSpec, shown_url
-from tunebench.core import tracking
+from tunebench.core import output, tracking
 from tunebench.core.config import RunConfig, load_config, resolve, with_values
 from tunebench.core.errors import EXIT_INTERRUPTED, ConfigError, Interrupted, PipelineError, TunebenchError
 from tunebench.core.io import atomic_write_json, read_json
@@ -124,6 +124,7 @@ def sweep(opts: SweepOptions) -> SweepResult:
         )
     out = Path(opts.out or Path("runs") / f"{asked.name}-sweep")
     out.mkdir(parents=True, exist_ok=True)
+    output.log_to(out / "run.log")
     url = opts.storage or f"sqlite:///{(out / 'study.db').resolve()}"
     optuna_study, storage = open_study(
         url, opts.study or f"tunebench-{asked.name}", opts, study_identity(asked, space, opts)
@@ -150,14 +151,29 @@ def run_trials(study: Study) -> int:
     Returns:
         How many trials this process ran.
     """
+    requeue_interrupted(study.optuna)
+    with output.stage("sweep", study.opts.trials, initial=_finished(study.optuna), unit="trial") as bar:
+        return _trial_loop(study, bar)
+
+
+def _finished(study: Any) -> int:
     import optuna  # optional: the sweep extra
 
     states = optuna.trial.TrialState
-    requeue_interrupted(study.optuna)
+    return len(study.get_trials(deepcopy=False, states=(states.COMPLETE, states.PRUNED)))
+
+
+def _trial_loop(study: Study, bar: output.Stage) -> int:
+    """``run_trials``' loop, advancing the sweep's one bar (finished trials, other workers' included; its ETA from
+    this process's pace)."""
+    import optuna  # optional: the sweep extra
+
+    states = optuna.trial.TrialState
     ran = failures = 0
     while True:
         optuna.storages.fail_stale_trials(study.optuna)  # a worker that died mid-trial: its trial failed
         trials = study.optuna.get_trials(deepcopy=False, states=(states.COMPLETE, states.PRUNED, states.RUNNING))
+        bar.count(_finished(study.optuna))
         if len(trials) >= study.opts.trials:
             return ran
         trial = study.optuna.ask()
@@ -300,8 +316,9 @@ def train_trial(study: Study, trial: Any, cfg: RunConfig, run_dir: Path, report:
             report,
         ).write(run_dir)
         (run_dir / OUTCOME_FILE).unlink(missing_ok=True)
-        code = run_child(
-            [sys.executable, "-m", "tunebench.app.sweep_trial", str(run_dir)], env={STORAGE_ENV: study.url}
+        code = run_child(  # its training bar off: the sweep's bar over trials is the one shown
+            [sys.executable, "-m", "tunebench.app.sweep_trial", str(run_dir)],
+            env={STORAGE_ENV: study.url, output.BARS_ENV: "off"},
         )
     if code == EXIT_INTERRUPTED:
         raise Interrupted(f"trial {trial.number} was interrupted in {run_dir}")

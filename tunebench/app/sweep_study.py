@@ -33,6 +33,8 @@ def study_identity(asked: RunConfig, space: Space, opts: SweepOptions) -> dict[s
     the seeds and the pruner."""
     config = to_dict(asked)
     config["train"].pop("report_to", None)
+    if config["train"].get("warmup_ratio") is None:  # added since: unset, a study begun before it is the same
+        config["train"].pop("warmup_ratio", None)
     return {
         "config": fingerprint(config),
         "space": space.fingerprint(),

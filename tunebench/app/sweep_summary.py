@@ -13,8 +13,8 @@ from tunebench.app.sweep_trial import shown_url
 from tunebench.core.io import atomic_write_json, atomic_write_text
 from tunebench.evals.validation import OBJECTIVE_METRIC, OBJECTIVE_SPLIT
 from tunebench.reports.compare import Comparison
-from tunebench.reports.gate import read_verdict
-from tunebench.reports.render_sweep import draw_sweep_plots, render_sweep
+from tunebench.reports.gate_files import read_verdict
+from tunebench.reports.render_sweep import draw_sweep_plots, importances_withheld, render_sweep
 from tunebench.reports.selection import Candidate, select
 
 if TYPE_CHECKING:
@@ -76,7 +76,7 @@ def summarize(study: Study, confirm_dir: Path | None = None) -> dict[str, Any]:
             "value": t.value,
             "reason": selection.reason,
         }
-    importances, note = param_importances(study.optuna, len(candidates))
+    importances, note = param_importances(study.optuna, len(candidates), len(study.space.params))
     return {
         "schema": SCHEMA,
         "preset": study.opts.preset,
@@ -131,12 +131,14 @@ def _trial_row(study: Study, t: Any) -> dict[str, Any]:
     }
 
 
-def param_importances(study: Any, finished: int) -> tuple[dict[str, float] | None, str | None]:
-    """``optuna.importance`` of each searched parameter, or why there are none yet."""
+def param_importances(study: Any, finished: int, searched: int) -> tuple[dict[str, float] | None, str | None]:
+    """``optuna.importance`` of each of the ``searched`` parameters, or why there are none (yet): withheld below
+    ``render_sweep.MIN_IMPORTANCE_TRIALS`` complete trials (``finished``)."""
     import optuna  # optional: the sweep extra
 
-    if finished < 2:
-        return None, f"parameter importances need at least 2 finished trials; this study has {finished}"
+    withheld = importances_withheld(finished, searched)
+    if withheld:
+        return None, withheld
     try:
         return {k: float(v) for k, v in optuna.importance.get_param_importances(study).items()}, None
     except (ValueError, RuntimeError, ZeroDivisionError) as e:

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from tunebench.core import output
 from tunebench.core.config import load_config
 from tunebench.core.errors import EXIT_INTERRUPTED, ConfigError, TunebenchError
 from tunebench.core.io import atomic_write_json, read_json
@@ -142,9 +143,8 @@ def run_trial(run_dir: Path) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname).1s %(name)s: %(message)s", datefmt="%H:%M:%S"
-    )
+    output.setup()  # as the sweep's (quiet unless -v; the sweep shows the bar over trials)
+    output.log_to(Path(argv[0]) / "run.log")
     try:
         with sigterm_as_interrupt():
             return run_trial(Path(argv[0]))

@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from tunebench.core import output
 from tunebench.core.errors import TunebenchError
 from tunebench.core.io import atomic_write_json, read_json
 
@@ -192,8 +193,7 @@ def _pump(proc: subprocess.Popen, tail: deque[str]) -> None:
     while chunk := os.read(proc.stdout.fileno(), 8192):
         text = decoder.decode(chunk)
         tail.append(text)
-        sys.stderr.write(text)
-        sys.stderr.flush()
+        output.echo(text)  # between the redraws of the stage's bar
 
 
 def _last_lines(tail: deque[str]) -> str:

@@ -20,12 +20,15 @@ from tunebench.core.config_build import (
     ALIASES,
     BARE_ALIASES,
     RENAMED,
+    SWITCHES,
     build,
+    canonical_item,
     canonical_key,
     dump_yaml,
     from_dict,
     read_aliases,
     suggest_key,
+    switch_of,
     to_dict,
 )
 from tunebench.core.config_resolve import (
@@ -143,8 +146,10 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply dotted overrides to a raw config mapping (validated afterwards by build)."""
     for text in overrides:
-        path, value = parse_override(text)
-        path = canonical_key(path)
+        written, value = parse_override(text)
+        path, value = canonical_item(written, value)
+        if path is None:  # a switch set to false sets nothing
+            continue
         node = data
         for part in path[:-1]:
             nxt = node.setdefault(part, {})
@@ -189,7 +194,9 @@ def with_values(cfg: RunConfig, values: dict[str, Any]) -> RunConfig:
     """
     data = to_dict(cfg)
     for key, value in values.items():
-        path = canonical_key(key.split("."))
+        path, value = canonical_item(key.split("."), value)
+        if path is None:
+            continue
         node = data
         for part in path[:-1]:
             node = node.setdefault(part, {})
@@ -274,6 +281,7 @@ __all__ = [
     "PACKAGED_DATA",
     "PACKAGED_MODEL",
     "RENAMED",
+    "SWITCHES",
     "ConfigError",
     "DataConfig",
     "EvalConfig",
@@ -294,6 +302,7 @@ __all__ = [
     "auto_dtype",
     "auto_padding_free",
     "build",
+    "canonical_item",
     "canonical_key",
     "dump_yaml",
     "field_docs",
@@ -308,6 +317,7 @@ __all__ = [
     "resolve",
     "resolve_preset_path",
     "suggest_key",
+    "switch_of",
     "to_dict",
     "with_backend",
     "with_values",

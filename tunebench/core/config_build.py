@@ -7,7 +7,6 @@ Every error names the dotted key, the bad value and what is allowed.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import logging
 import types
 import typing
@@ -16,7 +15,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 import yaml
 
 from tunebench.core.config_schema import RunConfig
-from tunebench.core.errors import ConfigError, did_you_mean
+from tunebench.core.errors import ConfigError, closest, did_you_mean
 from tunebench.core.io import short
 
 # the config's one logger (users and tests filter on it), whichever of its modules speaks
@@ -175,27 +174,40 @@ ALIASES: dict[str, str] = {
     "lora.lora_r": "lora.r",
     "lora.lora_alpha": "lora.alpha",
     "lora.lora_dropout": "lora.dropout",
+    # TRL's model arguments
+    "model.model_name": "model.ref",
+    "model.model_name_or_path": "model.ref",
 }
 """TRL/PEFT key -> the field it sets here; accepted in presets and overrides, announced once as "read X as Y"."""
 
 BARE_ALIASES: dict[str, str] = {
-    **{a.split(".", 1)[1]: t for a, t in ALIASES.items() if a != "lora.rank"},  # a bare `rank` says nothing
+    **{a.split(".", 1)[1]: t for a, t in ALIASES.items()},
     **{
         n: f"train.{n}"
         for n in (
             "max_steps",
             "warmup_steps",
+            "warmup_ratio",
             "weight_decay",
             "max_grad_norm",
             "seed",
             "packing",
             "padding_free",
             "gradient_checkpointing",
+            "logging_steps",
+            "report_to",
         )
     },
     **{n: f"lora.{n}" for n in ("r", "target_modules", "use_rslora")},
 }
 """The same names without a section (``learning_rate=1e-4``, as TRL's command line takes them)."""
+
+SWITCHES: dict[str, tuple[str, str]] = {
+    "bf16": ("model.dtype", "bfloat16"),
+    "fp16": ("model.dtype", "float16"),
+}
+"""TRL's mixed-precision switches (bare or under ``train.``) -> the field and the value ``true`` gives it. ``false``
+sets nothing: it does not say which dtype to use instead, so ``model.dtype`` keeps its value (``auto`` by default)."""
 
 RENAMED: dict[str, str] = {
     "eval.generation_cache": "eval.decode_loop",
@@ -206,10 +218,53 @@ RENAMED: dict[str, str] = {
 _ANNOUNCED: set[str] = set()
 
 
+def switch_of(path: list[str]) -> str | None:
+    """The switch (``bf16``, ``fp16``) a key path names, bare or under ``train.``, or None."""
+    if len(path) == 1 or (len(path) == 2 and path[0] == "train"):
+        return path[-1] if path[-1] in SWITCHES else None
+    return None
+
+
+def canonical_item(path: list[str], value: Any) -> tuple[list[str] | None, Any]:
+    """The key path and value an alias stands for: ``canonical_key`` for names, and a switch's value read as the
+    field's (``bf16=true`` -> ``model.dtype=bfloat16``); ``(None, None)`` for a switch set to false, which sets
+    nothing. Each is announced once per process.
+
+    Raises:
+        ConfigError: a switch whose value is not a boolean.
+    """
+    name = switch_of(path)
+    if name is None:
+        return canonical_key(path), value
+    written, (target, on) = ".".join(path), SWITCHES[name]
+    try:
+        flag = _coerce(value, bool, written)
+    except ConfigError:
+        raise ConfigError(f"{written}: {value!r} is not a boolean; true sets {target}={on}", key=written) from None
+    _announce(
+        f"{written}={str(flag).lower()}",
+        f"read {written}=true as {target}={on}"
+        if flag
+        else f"{written}=false sets nothing: {target} keeps its value (auto: bf16 on CUDA with bf16, fp16 before "
+        "Ampere, fp32 on CPU); set model.dtype to choose one",
+    )
+    return (target.split("."), on) if flag else (None, None)
+
+
+def _announce(key: str, line: str, warn: bool = False) -> None:
+    """Log ``line`` the first time ``key`` is read in this process."""
+    if key not in _ANNOUNCED:
+        _ANNOUNCED.add(key)
+        (log.warning if warn else log.info)(line)
+
+
 def canonical_key(path: list[str]) -> list[str]:
     """The key path an alias or a renamed key stands for (``train.learning_rate`` -> ``train.lr``), logged once per
-    process (a renamed key as a deprecation warning)."""
+    process (a renamed key as a deprecation warning). A switch (``bf16``) names the field it sets; its value is
+    read by ``canonical_item``."""
     written, head = ".".join(path), ".".join(path[:2])
+    if switch_of(path):
+        return SWITCHES[path[-1]][0].split(".")
     if len(path) == 1 and path[0] in BARE_ALIASES:
         target = BARE_ALIASES[path[0]]
     elif len(path) >= 2 and head in ALIASES:
@@ -218,12 +273,10 @@ def canonical_key(path: list[str]) -> list[str]:
         target = ".".join([RENAMED[head], *path[2:]])
     else:
         return path
-    if written not in _ANNOUNCED:
-        _ANNOUNCED.add(written)
-        if head in RENAMED:
-            log.warning("%s is deprecated: it is read as %s, the setting's new name", written, target)
-        else:
-            log.info("read %s as %s", written, target)
+    if head in RENAMED:
+        _announce(written, f"{written} is deprecated: it is read as {target}, the setting's new name", warn=True)
+    else:
+        _announce(written, f"read {written} as {target}")
     return target.split(".")
 
 
@@ -247,7 +300,10 @@ def read_aliases(data: dict[str, Any], where: str) -> dict[str, Any]:
         else:
             pairs = [([str(key)], value)]
         for path, v in pairs:
-            target, written = canonical_key(path), ".".join(path)
+            written = ".".join(path)
+            target, v = canonical_item(path, v)
+            if target is None:  # a switch set to false
+                continue
             node = out
             for part in target[:-1]:
                 node = node.setdefault(part, {})
@@ -267,18 +323,27 @@ def read_aliases(data: dict[str, Any], where: str) -> dict[str, Any]:
 
 def suggest_key(prefix: str, key: str, names: list[str]) -> str:
     """ "; did you mean 'X'" for an unknown key, or "". Compared by the key's own name (a shared ``train.`` prefix
-    makes unrelated keys look alike), first against its section's fields and their aliases, then against every
-    field and bare alias, so ``train.lora_alpha`` points at ``lora.alpha``."""
+    makes unrelated keys look alike), the practitioner's names ranked first: the name exactly, anywhere (an alias
+    before a field: ``rank`` -> ``lora.r``, ``logging_steps`` -> ``train.logging_steps``); then the closest among
+    its section's fields and aliases; then among every field and alias, so ``train.lora_alpha`` points at
+    ``lora.alpha``. An alias wins a tie."""
     dot = prefix + "." if prefix else ""
     if prefix:
-        near = {n: dot + n for n in names} | {a[len(dot) :]: t for a, t in ALIASES.items() if a.startswith(dot)}
+        own_aliases = {a[len(dot) :]: t for a, t in ALIASES.items() if a.startswith(dot)}
+        own_fields = {n: dot + n for n in names}
     else:
-        near = {n: n for n in names} | dict(BARE_ALIASES)
-    far = {n: f"{sec}.{n}" for sec, tp in _sections().items() for n in _hints(tp)} | dict(BARE_ALIASES)
-    for candidates in (near, far):
-        hint = difflib.get_close_matches(key, list(candidates), n=1)
+        own_aliases = {**BARE_ALIASES, **{n: target for n, (target, _) in SWITCHES.items()}}
+        own_fields = {n: n for n in names}
+    all_aliases = {a.split(".", 1)[1]: t for a, t in ALIASES.items()} | BARE_ALIASES
+    all_aliases |= {n: target for n, (target, _) in SWITCHES.items()}
+    all_fields = {n: f"{sec}.{n}" for sec, tp in _sections().items() for n in _hints(tp)}
+    for table in (own_aliases, own_fields, all_aliases, all_fields):
+        if key in table:
+            return f"; did you mean {table[key]!r}"
+    for aliases, fields in ((own_aliases, own_fields), (all_aliases, all_fields)):
+        hint = closest(key, [*fields, *aliases], first=aliases)
         if hint:
-            return f"; did you mean {candidates[hint[0]]!r}"
+            return f"; did you mean {aliases.get(hint, fields.get(hint))!r}"
     return ""
 
 

@@ -6,6 +6,8 @@ optimizer, backend, padding-free batches, compiled blocks) decided once, with th
 from __future__ import annotations
 
 import importlib.util
+import logging
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +15,10 @@ from tunebench.core import dist
 from tunebench.core.config_build import from_dict, to_dict
 from tunebench.core.config_schema import RunConfig, TrainConfig
 from tunebench.core.errors import ConfigError
+
+# the config's one logger (users and tests filter on it), whichever of its modules speaks
+log = logging.getLogger("tunebench.core.config")
+_SAID: set[str] = set()
 
 
 @dataclass(frozen=True)
@@ -87,7 +93,41 @@ def resolve(cfg: RunConfig, machine: Machine | None = None) -> tuple[RunConfig, 
     if out.train.compile_blocks == "auto":
         out.train.compile_blocks, why["train.compile_blocks"] = auto_compile_blocks(out.train, m.cuda)
     out.resolution = {**out.resolution, **why}
+    for line in overridden(out):
+        if line not in _SAID:  # once per process: a sweep resolves each trial's config
+            _SAID.add(line)
+            log.warning(line)
     return out, why
+
+
+def overridden(cfg: RunConfig) -> list[str]:
+    """One line for each setting that another one makes do nothing (epochs under max_steps, warm-up steps under
+    warmup_ratio or a constant schedule, samples of a greedy decode), saying which wins and how to change it."""
+    t, lines = cfg.train, []
+    if t.max_steps > 0 and t.epochs != TrainConfig.epochs:
+        lines.append(
+            f"train.epochs={t.epochs:g} does nothing: train.max_steps={t.max_steps} sets the length of training "
+            f"(add train.max_steps=-1 to train for {t.epochs:g} epochs)"
+        )
+    if t.warmup_ratio is not None and t.warmup_steps != 0:
+        steps = f" ({math.ceil(t.warmup_ratio * t.max_steps)} of {t.max_steps} updates)" if t.max_steps > 0 else ""
+        lines.append(f"train.warmup_ratio={t.warmup_ratio:g} replaces train.warmup_steps={t.warmup_steps}{steps}")
+    warmup = t.warmup_ratio if t.warmup_ratio is not None else t.warmup_steps
+    if t.scheduler == "constant" and warmup:
+        name = "warmup_ratio" if t.warmup_ratio is not None else "warmup_steps"
+        lines.append(
+            f"train.scheduler=constant has no warm-up, so train.{name}={warmup:g} does nothing "
+            "(train.scheduler=constant_with_warmup warms up first)"
+        )
+    for s in cfg.eval.probe_sampling:
+        ignored = [f"n_samples={s.n_samples}"] if s.n_samples > 1 else []
+        ignored += [f"top_p={s.top_p:g}"] if s.top_p is not None else []
+        if s.temperature == 0 and ignored:
+            lines.append(
+                f"eval.probe_sampling {s.name!r}: temperature 0 decodes greedily, so {' and '.join(ignored)} "
+                "does nothing (one answer per prompt)"
+            )
+    return lines
 
 
 # Optimizer steps from which train.compile_blocks=auto compiles Unsloth's decoder blocks: the point where the one-off

@@ -132,6 +132,9 @@ class TrainConfig:
     """Learning-rate schedule after warm-up."""
     warmup_steps: int = 5
     """Linear warm-up updates."""
+    warmup_ratio: float | None = None
+    """Share of all optimizer updates spent warming up (TRL's warmup_ratio); when set, it replaces warmup_steps
+    (rounded up to whole updates; a line at config resolution says so)."""
     optimizer: Literal["auto", "adamw_torch", "adamw_8bit", "paged_adamw_8bit", "sgd"] = "auto"
     """auto = adamw_8bit on CUDA, adamw_torch on CPU (bitsandbytes 8-bit optimizers need CUDA)."""
     weight_decay: float = 0.01
@@ -175,6 +178,10 @@ class TrainConfig:
             raise refuse("max_steps", self.max_steps, "must be a positive number of updates, or -1 to use epochs")
         if self.lr <= 0:
             raise refuse("lr", self.lr, "must be > 0")
+        if self.warmup_steps < 0:
+            raise refuse("warmup_steps", self.warmup_steps, "must be >= 0")
+        if self.warmup_ratio is not None and not 0.0 <= self.warmup_ratio < 1.0:
+            raise refuse("warmup_ratio", self.warmup_ratio, "must be a share of the updates in [0, 1), or null")
         if not self.report_to or ("none" in self.report_to and len(self.report_to) > 1):
             raise refuse(
                 "report_to", self.report_to, "must be none, or one or more of tensorboard, mlflow, wandb, trackio"

@@ -155,3 +155,23 @@ def did_you_mean(
         return ""
     hints = difflib.get_close_matches(word, [str(c) for c in choices], n=n)
     return f"{prefix}{' or '.join(repr(h) for h in hints)}{suffix}" if hints else ""
+
+
+def closest(word: str, choices: Iterable[str], first: Iterable[str] = ()) -> str | None:
+    """The choice closest to ``word`` (difflib's ratio, at least 0.6, as ``did_you_mean``), or None.
+
+    Args:
+        word: what the user wrote.
+        choices: the known names.
+        first: names that win a tie (the practitioner's names before the fields that look alike).
+
+    Returns:
+        the closest choice, or None when none is close.
+    """
+    preferred = set(first)
+    scored = []
+    for c in dict.fromkeys(choices):
+        ratio = difflib.SequenceMatcher(None, word, c).ratio()
+        if ratio >= 0.6:
+            scored.append((ratio, c in preferred, c))
+    return max(scored)[2] if scored else None

@@ -137,15 +137,16 @@ def prepare(
     Args:
         eval_every: ``train.eval_every``: above 0 an empty validation split is a problem (``data.splits``).
         strict: split problems are errors, not warnings.
-        check_sizes: check the split sizes (off where the data step already did).
+        check_sizes: check the split sizes and say what was wrong with the source (off where the data step already
+            did).
 
     Raises:
         DataError: unreadable source, nothing trainable, or (``strict``) a split too small to decide anything.
     """
     info = template_info(tok, template_name)  # first: a template that cannot be masked is refused before reading
     raw = read_source(cfg.source, cfg.hub_split)
-    for w in raw.warnings:
-        log.warning(w)
+    for w in raw.warnings:  # once: where the data step did (training re-reads the source), it said them already
+        (log.warning if check_sizes else log.debug)(w)
     std = standardize_and_split(raw, cfg, keep_tools=renders_tool_turns(tok))
     if check_sizes:  # before encoding: a split too small is known from the hashes alone
         std.warnings += check_splits({s: len(v) for s, v in std.splits.items()}, cfg, eval_every, strict)

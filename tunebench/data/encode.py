@@ -14,8 +14,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from tqdm.auto import tqdm
-
+from tunebench.core import output
 from tunebench.core.errors import TemplateError
 from tunebench.core.io import fingerprint
 from tunebench.core.threads import tokenizer_threads
@@ -344,7 +343,7 @@ def encode_split(
     """Encode a split, applying the truncation policy; return (kept, dropped-by-reason)."""
     kept: list[Encoded] = []
     dropped: Counter = Counter()
-    bar = tqdm(total=len(convs), desc=desc, unit="conv", leave=False)
+    bar = output.bar(total=len(convs), desc=desc, unit="conv", leave=False)
     for start in range(0, len(convs), ENCODE_CHUNK):
         chunk = encode_many(tok, convs[start : start + ENCODE_CHUNK], eot, max_length)
         bar.update(len(chunk))

@@ -18,8 +18,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from tqdm.auto import tqdm
-
+from tunebench.core import output
 from tunebench.core.config import DataConfig
 from tunebench.data.sources import DataError, RawData
 
@@ -257,7 +256,7 @@ def standardize_and_split(raw: RawData, cfg: DataConfig, keep_tools: bool = True
     buckets: dict[str, list[Conversation]] = {s: [] for s in SPLITS}
     seen: Counter = Counter()
     formats: Counter = Counter()
-    for idx, record in enumerate(tqdm(raw.records, desc="standardize", unit="conv", leave=False)):
+    for idx, record in enumerate(output.bar(raw.records, desc="standardize", unit="conv", leave=False)):
         rid = str(record.get("id", idx)) if isinstance(record, dict) else str(idx)
         found = record_format(record, cfg.conversations_field)
         if found is not None:

@@ -26,8 +26,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Any
 
-from tqdm.auto import tqdm
-
+from tunebench.core import output
 from tunebench.core.config import JudgeEndpointConfig
 from tunebench.core.errors import JudgeError, TunebenchError
 from tunebench.core.io import cache_root
@@ -266,7 +265,7 @@ class EndpointJudge:
             headers = self.client.headers()
             pending: dict[str, dict[str, Any]] = {}
             lock = threading.Lock()
-            bar = tqdm(total=len(todo), desc="judge[endpoint]", disable=not self.progress)
+            bar = output.bar(total=len(todo), desc="judge[endpoint]", disable=not self.progress)
             try:
                 with ThreadPoolExecutor(max_workers=self.cfg.concurrency) as pool:
                     futures = {pool.submit(self.ask, requests[i], headers): i for i in todo}

@@ -27,9 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from tqdm.auto import tqdm
-
-from tunebench.core import dist
+from tunebench.core import dist, output
 from tunebench.core.config import SamplingConfig
 from tunebench.core.errors import ConfigError
 from tunebench.core.io import cache_root
@@ -170,7 +168,7 @@ def generate(
     out.decode_loop = decode_path(loaded, cache_implementation, len(mine) * sampling.max_new_tokens) if todo else ""
     shape, decoder = _loop_shape(out.decode_loop, loaded.model, ids, pairs_all, batch_size, sampling, kwargs)
     done: dict[tuple[int, int], tuple[str, int]] = {}
-    bar = tqdm(
+    bar = output.bar(
         total=len(mine), desc=f"generate[{sampling.name}]", disable=not progress or not mine or not dist.is_main()
     )
     device = getattr(loaded.model, "device", None) or loaded.device

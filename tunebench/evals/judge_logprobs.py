@@ -17,8 +17,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from tqdm.auto import tqdm
-
+from tunebench.core import output
 from tunebench.core.config import SamplingConfig
 from tunebench.core.errors import JudgeError
 from tunebench.core.io import cache_root
@@ -135,7 +134,7 @@ class LogprobJudge:
         device = getattr(model, "device", None) or self.loaded.device
         pad = pad_id(tok)
         out: list[dict[str, float]] = [{} for _ in rows]
-        bar = tqdm(total=len(rows), desc="judge[logprobs]", disable=not self.progress)
+        bar = output.bar(total=len(rows), desc="judge[logprobs]", disable=not self.progress)
         with torch.inference_mode():
             for start in range(0, len(order), self.batch_size):
                 part = order[start : start + self.batch_size]

@@ -19,8 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
+from tunebench.core import output
 from tunebench.core.config import SamplingConfig
 from tunebench.core.errors import DataError, ModelError
 from tunebench.core.io import package_version, sha256_file
@@ -68,12 +67,14 @@ def open_gguf(path: str | Path, n_ctx: int = 2048, logits_all: bool = False, see
     Raises:
         ModelError: no such file, or llama.cpp cannot load it.
     """
-    llama_cpp = require_llama_cpp()
+    require_llama_cpp()
+    from tunebench.evals import llamacpp_whole  # heavy: llama.cpp (the serve extra, checked above)
+
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"{path}: no such GGUF file; export it with `tunebench export RUN --gguf`")
-    try:
-        return llama_cpp.Llama(
+    try:  # every prompt evaluated whole, as the server does: greedy answers depend on the prompt alone
+        return llamacpp_whole.WholePromptLlama(
             model_path=str(path),
             n_ctx=n_ctx,
             n_batch=min(n_ctx, 512),
@@ -171,7 +172,7 @@ class LlamaCppModel:
         )
         stops = {"stop": [x for x in stop if x]} if stop else {}
         jobs = [(i, s) for s in range(n) for i in range(len(prompts))]
-        bar = tqdm(total=len(jobs), desc=f"generate[{sampling.name}, llama.cpp]", disable=not self.progress)
+        bar = output.bar(total=len(jobs), desc=f"generate[{sampling.name}, llama.cpp]", disable=not self.progress)
         for i, s in jobs:
             prompt = prompts[i]
             t0 = time.perf_counter()

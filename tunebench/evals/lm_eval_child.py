@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tunebench.core import output
 from tunebench.core.errors import LmEvalError
 from tunebench.core.io import atomic_write_json, read_json
 from tunebench.evals import lm_eval_model
@@ -185,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    output.setup()  # as the parent's: quiet unless -v, library lines to the run's log (inherited)
     logging.getLogger("lm_eval").setLevel(logging.WARNING)
     for handler in logging.getLogger().handlers:
         handler.addFilter(_DropNoise())

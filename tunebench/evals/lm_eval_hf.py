@@ -46,8 +46,8 @@ from lm_eval.models.utils import (
     has_bos_prefix,
     postprocess_generated_text,
 )
-from tqdm.auto import tqdm
 
+from tunebench.core import output
 from tunebench.core.errors import LmEvalError
 from tunebench.core.threads import tokenizer_threads
 from tunebench.evals.generation import TransformersGenerator
@@ -110,8 +110,8 @@ class TunebenchLM(HFLM):
                 context, continuation = context[:-spaces], context[-spaces:] + continuation
             strings.update((context, context + continuation))
         self._encode_all(strings)
-        try:
-            return super().loglikelihood(requests, disable_tqdm)
+        try:  # lm-eval's own bars ("Tokenizing inputs") only with -v; the scoring's below is ours
+            return super().loglikelihood(requests, disable_tqdm or not output.is_verbose())
         finally:
             self._encoded = {}
 
@@ -151,9 +151,7 @@ class TunebenchLM(HFLM):
             group_fn=_lookup_one_token_cont,
         )
         res: list[tuple[float, bool]] = []
-        pbar = tqdm(
-            total=len(requests), disable=(disable_tqdm or (self.rank != 0)), desc="Running loglikelihood requests"
-        )
+        pbar = output.bar(total=len(requests), disable=self.rank != 0, desc="Running loglikelihood requests")
         for chunk in re_ord.get_batched(n=self.batch_size, batch_fn=None):
             rows = []
             for _, context_enc, continuation_enc in chunk:
@@ -305,7 +303,7 @@ class TunebenchLM(HFLM):
         loglikelihood_batch = self.batch_size_per_gpu
         self.batch_size_per_gpu = self.generate_batch_size
         try:
-            return super().generate_until(requests, disable_tqdm)
+            return super().generate_until(requests, disable_tqdm or not output.is_verbose())
         finally:
             self.batch_size_per_gpu = loglikelihood_batch
 

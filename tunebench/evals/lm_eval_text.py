@@ -26,6 +26,7 @@ from typing import Any
 
 from lm_eval.api.model import LM  # heavy: lm-eval; this module is imported only when tasks run
 
+from tunebench.core import output
 from tunebench.core.config import SamplingConfig
 from tunebench.core.errors import LmEvalError
 from tunebench.evals.generation import Generator
@@ -167,9 +168,7 @@ class TextCompletionsLM(LM):
 
     def _map(self, fn: Callable[[Any], Any], items: list[Any], desc: str, disable: bool) -> list[Any]:
         """``fn`` over ``items`` in order, ``concurrency`` at a time, under one progress bar."""
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(items), desc=f"{desc}[{self.describe}]", disable=disable)
+        bar = output.bar(total=len(items), desc=f"{desc}[{self.describe}]", disable=disable)
         try:
             if self.concurrency == 1:
                 out = []

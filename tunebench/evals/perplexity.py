@@ -11,9 +11,7 @@ import math
 import time
 from typing import Any
 
-from tqdm.auto import tqdm
-
-from tunebench.core import dist
+from tunebench.core import dist, output
 from tunebench.core.errors import DataError
 from tunebench.core.stats import bootstrap_ci
 from tunebench.data.conversations import Encoded, tokens_fingerprint
@@ -99,7 +97,7 @@ def score(
     keep = scored_hidden is not None and backbone is not None and dist.world_size() == 1
     kept_bytes = 0
     t0 = time.perf_counter()
-    bar = tqdm(
+    bar = output.bar(
         total=sum(len(encoded[i].input_ids) for g in mine for i in g),
         desc="perplexity",
         unit="tok",

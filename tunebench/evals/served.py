@@ -28,8 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
+from tunebench.core import output
 from tunebench.core.config import RunConfig, SamplingConfig
 from tunebench.core.errors import EndpointError
 from tunebench.core.io import environment
@@ -141,7 +140,7 @@ class EndpointModel:
         bodies = [self.body(prompts[i], sampling, batch_seed(seed, s, i), stop) for i, s in jobs]  # refused: none sent
         headers = self.client.headers()
         t0 = time.perf_counter()
-        bar = tqdm(total=len(jobs), desc=f"generate[{sampling.name}, endpoint]", disable=not self.progress)
+        bar = output.bar(total=len(jobs), desc=f"generate[{sampling.name}, endpoint]", disable=not self.progress)
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
             futures = {pool.submit(self._ask, body, headers): job for job, body in zip(jobs, bodies, strict=True)}
             try:
@@ -200,7 +199,7 @@ def endpoint_perplexity(
 ) -> tuple[Any, list[dict[str, Any]], dict[str, Any]] | str:
     """``perplexity/<split>`` from the server's echoed log-probs on the run's token ids, or why it cannot be had."""
     items, t0 = [], time.perf_counter()
-    for e in tqdm(encoded, desc=f"perplexity/{split}[endpoint]", disable=not model.progress):
+    for e in output.bar(encoded, desc=f"perplexity/{split}[endpoint]", disable=not model.progress):
         served = prompt_logprobs(model, list(e.input_ids), tok)
         if isinstance(served, str):
             return f"conversation {e.id}: {served}"

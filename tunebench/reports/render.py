@@ -29,7 +29,7 @@ from tunebench.reports.compare import (
     load_run_results,
     run_settings,
 )
-from tunebench.reports.gate import other_gate_line, other_verdicts
+from tunebench.reports.gate_files import other_gate_line, other_verdicts
 from tunebench.reports.render_evals import (  # noqa: F401  (re-exported: the report's one import path)
     _lm_eval_sections,
     _probe_sections,

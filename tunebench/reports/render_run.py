@@ -63,9 +63,7 @@ def training_summary(m: dict[str, Any]) -> str | None:
             ("LoRA", lora_text),
             (
                 "Learning rate",
-                f"{train.get('lr')} ({train.get('scheduler')}, {train.get('warmup_steps')} warm-up steps)"
-                if "lr" in train
-                else None,
+                f"{train.get('lr')} ({train.get('scheduler')}, {_warmup(train)})" if "lr" in train else None,
             ),
             ("Batch", batch),
             ("Optimizer", train.get("optimizer")),
@@ -232,3 +230,13 @@ def environment_tables(
     if not evaluation:  # no evaluation environment: the training one is the only one there is
         return env, kv_table(_flat(training), headers=("Training environment", ""))
     return env, kv_table(differs, headers=("Training ran with (where it differs)", ""))
+
+
+def _warmup(train: dict[str, Any]) -> str:
+    """The warm-up as configured: a share of the updates (warmup_ratio, which replaces the steps) or steps."""
+    ratio = train.get("warmup_ratio")
+    return (
+        f"{fmt(ratio, pattern='{:.0%}')} of the updates warming up"
+        if ratio is not None
+        else (f"{train.get('warmup_steps')} warm-up steps")
+    )

@@ -21,6 +21,24 @@ PLOTS = {
 }
 """File stem -> the optuna.visualization.matplotlib function that draws it."""
 
+MIN_IMPORTANCE_TRIALS = 10
+"""Complete trials below which parameter importances are withheld (and never fewer than two per searched
+parameter): optuna's fANOVA fits a random forest to the complete trials, and with fewer, each parameter has too few
+values for its effect to be told apart from the others' and from the objective's noise."""
+
+
+def importances_withheld(complete: int, searched: int) -> str | None:
+    """Why a study of ``complete`` trials over ``searched`` parameters gets no importances, or None when it does."""
+    need = max(MIN_IMPORTANCE_TRIALS, 2 * searched)
+    if complete >= need:
+        return None
+    return (
+        f"Parameter importances are withheld below {need} complete trials ({MIN_IMPORTANCE_TRIALS} at least, and two "
+        f"per searched parameter: {searched} searched); this study has {complete}, too few to tell one parameter's "
+        "effect from another's"
+    )
+
+
 WINNERS_CURSE = (
     "**Why the test split, once.** The best validation perplexity is the minimum of many noisy estimates, so it is "
     "biased low: the trial that wins is partly the one whose noise fell luckiest (the winner's curse), and the more "
@@ -196,11 +214,14 @@ def _selection_section(sel: dict[str, Any] | None) -> list[str]:
 def _importances_section(summary: dict[str, Any]) -> list[str]:
     """Parameter importances (or why there are none) and the study's plots."""
     lines = ["## Parameter importances", ""]
-    if summary.get("importances"):
-        lines += [table([[k, v] for k, v in summary["importances"].items()], ["parameter", "importance"]), ""]
+    importances = summary.get("importances")
+    # a sweep.json written before the minimum existed may hold importances of too few trials: withheld here too
+    withheld = importances_withheld(summary["counts"]["complete"], len(summary["space"])) if importances else None
+    if importances and not withheld:
+        lines += [table([[k, v] for k, v in importances.items()], ["parameter", "importance"]), ""]
     else:
-        lines += [f"{summary.get('importances_note')}.", ""]
-    plots = summary.get("plots") or {}
+        lines += [f"{withheld or summary.get('importances_note')}.", ""]
+    plots = {k: v for k, v in (summary.get("plots") or {}).items() if not (withheld and k == "importances")}
     for stem, title in (
         ("importances", "importances"),
         ("history", "Optimisation history"),

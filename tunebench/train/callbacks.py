@@ -14,10 +14,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
 from transformers import TrainerCallback  # heavy: transformers (this module is imported lazily)
 
-from tunebench.core import dist
+from tunebench.core import dist, output
 
 log = logging.getLogger("tunebench.train.trainer")  # the messages read as the trainer's, as before
 
@@ -81,16 +80,10 @@ class Progress(TrainerCallback):
         self.total_steps = total_steps
 
     def on_train_begin(self, args, st, control, **kw):
-        self.bar = tqdm(
-            total=self.total_steps,
-            initial=st.global_step,
-            desc="train",
-            unit="step",
-            dynamic_ncols=True,
-            disable=not dist.is_main(),
-        )
+        self.bar = output.stage("train", self.total_steps, initial=st.global_step, unit="step", show=dist.is_main())
         self._t0 = time.perf_counter()
         self._tok0 = self.run_state.tokens
+        self._step = st.global_step
 
     def on_log(self, args, st, control, logs=None, **kw):
         logs = logs or {}
@@ -105,7 +98,8 @@ class Progress(TrainerCallback):
         self.bar.set_postfix(post)
 
     def on_step_end(self, args, st, control, **kw):
-        self.bar.update(st.global_step - self.bar.n)
+        self.bar.update(st.global_step - self._step)
+        self._step = st.global_step
 
     def on_train_end(self, args, st, control, **kw):
         self.bar.close()

@@ -11,6 +11,7 @@ from typing import Any
 
 from tunebench.core.io import atomic_write_text, read_json, read_text
 from tunebench.core.markdown import kv_table
+from tunebench.core.numbers import fmt
 
 EVALUATION_HEADING = "## Evaluation"
 
@@ -55,7 +56,15 @@ def model_card(m: dict[str, Any]) -> str:
             ("target modules", ", ".join(lora.get("target_modules") or [])),
             ("optimizer steps", m.get("steps")),
             ("effective batch", m.get("effective_batch_size")),
-            ("learning rate", f"{train.get('lr')} ({train.get('scheduler')}, {train.get('warmup_steps')} warm-up)"),
+            (
+                "learning rate",
+                f"{train.get('lr')} ({train.get('scheduler')}, "
+                + (
+                    f"{fmt(train['warmup_ratio'], pattern='{:.0%}')} of the updates warm-up)"
+                    if train.get("warmup_ratio") is not None
+                    else f"{train.get('warmup_steps')} warm-up)"
+                ),
+            ),
             ("max length", data.get("max_length")),
             ("seed", train.get("seed")),
         ]

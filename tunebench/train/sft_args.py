@@ -29,7 +29,8 @@ def sft_config(cfg: RunConfig, ckpt_dir: Path, backend: str, has_val: bool, dtyp
         num_train_epochs=t.epochs,
         learning_rate=t.lr,
         lr_scheduler_type=t.scheduler,
-        warmup_steps=t.warmup_steps,
+        # transformers reads a warmup_steps below 1 as a share of the updates (its former warmup_ratio)
+        warmup_steps=t.warmup_ratio if t.warmup_ratio is not None else t.warmup_steps,
         optim=optim,
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tunebench.core import dist, tracking
+from tunebench.core import dist, output, tracking
 from tunebench.core.config import RunConfig, to_dict, with_backend
 from tunebench.core.errors import RunExistsError, TrainingError
 from tunebench.core.io import atomic_dir, atomic_write_json, read_json_object
@@ -370,8 +370,9 @@ def train(
     if prepared is None:
         prepared = prepare_data(cfg, source, run_dir, strict)
     state = RunState()
-    built = build_trainer(cfg, backend_name, source, prepared, run_dir, state, list(extra_callbacks or []))
-    run_training(cfg, built.trainer, backend_name, run_dir, state, resume)
+    with output.prints_to_log(backend_name):  # the backend's banners and notices (Unsloth prints them)
+        built = build_trainer(cfg, backend_name, source, prepared, run_dir, state, list(extra_callbacks or []))
+        run_training(cfg, built.trainer, backend_name, run_dir, state, resume)
     seconds = state.seconds
     stopped = stopped_early(built.trainer, state, run_dir)
     if stopped is not None:

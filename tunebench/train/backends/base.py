@@ -6,6 +6,7 @@ from __future__ import annotations
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
+from tunebench.core import output
 from tunebench.core.errors import BackendError
 
 BACKENDS = ("unsloth", "hf")
@@ -33,7 +34,8 @@ class Backend(Protocol):
 def import_unsloth() -> str | None:
     """Import Unsloth before transformers (it patches them). Returns the error text, or None on success."""
     try:
-        import unsloth  # noqa: F401
+        with output.prints_to_log("unsloth"):  # its banner: to the run's log, unless -v
+            import unsloth  # noqa: F401
     except Exception as e:  # unsloth raises many kinds (NotImplementedError, ImportError, RuntimeError)
         return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
     return None
