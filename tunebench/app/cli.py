@@ -22,6 +22,7 @@ from tunebench.app.cli_parser import EXAMPLES as EXAMPLES  # re-exported: the te
 from tunebench.app.pipeline import finish, resolve_template, run, write_config
 from tunebench.app.preflight import preflight
 from tunebench.app.serve import ServeOptions, serve
+from tunebench.app.shards import merge
 from tunebench.app.sweep import SweepOptions, sweep
 from tunebench.core.config import RunConfig, SamplingConfig, dump_yaml, load_config, preset_names, read_run_config
 from tunebench.core.errors import (
@@ -200,6 +201,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_merge(args: argparse.Namespace) -> int:
+    result = merge(Path(args.run), args.overrides)
+    print(result.headline)
+    print(f"report: {result.report}")
+    return 0
+
+
 def cmd_gate(args: argparse.Namespace) -> int:
     return gate_main(args.run, shipped_rules(args.rules), args.out)
 
@@ -303,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
         "sweep": cmd_sweep,
         "eval": cmd_eval,
         "report": cmd_report,
+        "merge": cmd_merge,
         "gate": cmd_gate,
         "compare": cmd_compare,
         "chat": cmd_chat,
@@ -322,7 +331,7 @@ def _fail(err: BaseException, code: int, verbose: bool) -> int:
     return code
 
 
-LOCKED_COMMANDS = ("eval", "report", "export")
+LOCKED_COMMANDS = ("eval", "report", "export", "merge")
 """Commands that write an existing run folder named on the command line; `run` and `train` lock the folder
 they resolve from the config (pipeline.run, cmd_train)."""
 
@@ -331,7 +340,8 @@ def _command_lock(args: argparse.Namespace) -> contextlib.AbstractContextManager
     """The run folder's lock for commands that write one (one writer per folder); a folder that is not there is
     left to the command's own error."""
     folder = getattr(args, "data_from", None) or getattr(args, "run", None)
-    if args.command in LOCKED_COMMANDS and folder and Path(folder).is_dir():
+    # a shard locks its own folder (app.shards): every shard of a run writes at once
+    if args.command in LOCKED_COMMANDS and folder and Path(folder).is_dir() and not getattr(args, "shard", None):
         return run_lock(folder, args.command)
     return contextlib.nullcontext()
 

@@ -11,6 +11,7 @@ from typing import Any
 from tunebench.app.cli_notes import again_command, cache_note
 from tunebench.app.pipeline import finish
 from tunebench.app.preflight import preflight
+from tunebench.app.shards import eval_shard
 from tunebench.core import dist
 from tunebench.core.config import RunConfig, load_config
 from tunebench.core.errors import ConfigError, Interrupted, MissingRunFile, PipelineError
@@ -26,6 +27,8 @@ from tunebench.reports.render import export_view, metric_table
 def cmd_eval(args: argparse.Namespace) -> int:
     if args.run and "=" in args.run and not Path(args.run).exists():  # an override, not a run folder
         args.overrides, args.run = [args.run, *args.overrides], None
+    if args.shard is not None:
+        return eval_shard(args)
     if args.run:
         return _eval_run(args)
     if args.endpoint and (args.model or args.adapter or args.runtime != "transformers"):

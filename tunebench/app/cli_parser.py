@@ -135,9 +135,22 @@ def add_sweep(sub: Subparsers, fns: Handlers) -> None:
     s.set_defaults(fn=fns["sweep"])
 
 
+SHARD_EXAMPLES = """sharded over machines (0-based shards; merge refuses missing, duplicated or mismatched ones):
+  tunebench eval runs/smoke --shard 0/2       # on machine A
+  tunebench eval runs/smoke --shard 1/2       # on machine B, same run folder (shared disk)
+  tunebench merge runs/smoke                  # once both are written: eval/{base,tuned}/results.json + report
+  sbatch --array=0-7 --wrap 'tunebench eval runs/x --shard slurm'   # a SLURM array: index and count from it
+"""
+
+
 def add_eval(sub: Subparsers, fns: Handlers) -> None:
     """`tunebench eval`: a run's base and tuned, one model on a run's inputs, or a served endpoint."""
-    s = sub.add_parser("eval", help="evaluate base and tuned of a run, or one model on a run's inputs")
+    s = sub.add_parser(
+        "eval",
+        help="evaluate base and tuned of a run, or one model on a run's inputs",
+        epilog=SHARD_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     s.add_argument("run", nargs="?", help="run folder (evaluates base and tuned)")
     s.add_argument("overrides", nargs="*", default=[], help="dotted overrides of the run's config")
     s.add_argument("--model", help="model reference (hub id, folder, .gguf, packaged:...)")
@@ -161,7 +174,26 @@ def add_eval(sub: Subparsers, fns: Handlers) -> None:
     s.add_argument("--served-model", help="model name to send to --endpoint (default: the first it lists)")
     s.add_argument("--api-key-env", help="environment variable holding --endpoint's key (never written anywhere)")
     s.add_argument("--concurrency", type=int, default=8, help="--endpoint requests in flight at once (default 8)")
+    s.add_argument(
+        "--shard",
+        metavar="I/N|slurm",
+        help="evaluate only shard I of N (0-based: 0/N .. N-1/N) of a run's items, into RUN/eval/shards/I-of-N/; "
+        "`slurm` takes I and N from SLURM_ARRAY_TASK_ID/_MIN/_COUNT. Join with `tunebench merge RUN`",
+    )
     s.set_defaults(fn=fns["eval"])
+    s = sub.add_parser(
+        "merge",
+        help="join the shards of `eval RUN --shard I/N` into the run's results and report",
+        description="Join RUN/eval/shards/*-of-N/ into RUN/eval/{base,tuned}/results.json (values and intervals "
+        "computed again from every shard's per-item records: equal to one unsharded evaluation), then render the "
+        "report as `tunebench eval RUN` does. Refuses (exit 2, nothing written) missing or duplicated shards, shards "
+        "of two splits, and shards evaluated with other settings, data, adapter or package versions.",
+        epilog=SHARD_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    s.add_argument("run", help="run folder whose eval/shards/ to join")
+    s.add_argument("overrides", nargs="*", default=[], help="the dotted overrides the shards were evaluated with")
+    s.set_defaults(fn=fns["merge"])
 
 
 def add_run_readers(sub: Subparsers, fns: Handlers) -> None:

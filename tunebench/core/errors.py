@@ -151,3 +151,8 @@ def did_you_mean(
     """
     hints = difflib.get_close_matches(str(word), [str(c) for c in choices], n=n)
     return f"{prefix}{' or '.join(repr(h) for h in hints)}{suffix}" if hints else ""
+
+
+class ShardError(InvalidInput):
+    """`tunebench merge`: shards missing, duplicated, of another split or evaluated on other settings (named, with
+    the command that writes the right one); nothing is written."""
