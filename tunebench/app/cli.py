@@ -19,6 +19,7 @@ from tunebench.app.cli_eval import artifact_label as artifact_label  # re-export
 from tunebench.app.cli_eval import cmd_eval
 from tunebench.app.cli_notes import again_command, checkpoint_note, run_interrupted_note
 from tunebench.app.cli_parser import EXAMPLES as EXAMPLES  # re-exported: the tests run every example
+from tunebench.app.lm_eval_compare import compare_lm_eval
 from tunebench.app.pipeline import finish, resolve_template, run, write_config
 from tunebench.app.preflight import preflight
 from tunebench.app.serve import ServeOptions, serve
@@ -223,11 +224,23 @@ def shipped_rules(rules: str | None) -> str | None:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    if args.lm_eval:
+        return _compare_lm_eval(args)
     text = render_leaderboard(leaderboard_from_runs(args.runs))
     print(text)
     if args.out:
         atomic_write_text(args.out, text)
     return 0
+
+
+def _compare_lm_eval(args: argparse.Namespace) -> int:
+    if len(args.runs) != 2:
+        raise ConfigError(f"--lm-eval compares two lm-eval runs, A and B (B - A); got {len(args.runs)}")
+    if not 0 < args.alpha < 1 or args.n_boot < 100:
+        raise ConfigError(f"--alpha {args.alpha} must lie in (0, 1) and --n-boot {args.n_boot} be at least 100")
+    done = compare_lm_eval(*args.runs, out=args.out, rules=args.rules, alpha=args.alpha, n_boot=args.n_boot)
+    print(done.text)
+    return done.verdict.exit_code if args.gate_exit else 0
 
 
 def cmd_chat(args: argparse.Namespace) -> int:

@@ -210,9 +210,34 @@ def add_run_readers(sub: Subparsers, fns: Handlers) -> None:
     )
     s.add_argument("--out", help="verdict JSON (default RUN/gate.json)")
     s.set_defaults(fn=fns["gate"])
-    s = sub.add_parser("compare", help="leaderboard: several runs' adapters against their common base")
-    s.add_argument("runs", nargs="+")
-    s.add_argument("--out", help="write the Markdown table here too")
+    s = sub.add_parser(
+        "compare",
+        help="leaderboard: several runs' adapters against their common base; or two lm-eval runs, paired (--lm-eval)",
+        epilog="""examples:
+  tunebench compare runs/a runs/b             # adapters of runs a, b against run a's base
+  lm_eval --model hf --model_args pretrained=M --tasks arc_easy --log_samples --output_path out/base
+  lm_eval --model hf --model_args pretrained=M,peft=ADAPTER --tasks arc_easy --log_samples --output_path out/lora
+  tunebench compare --lm-eval out/base out/lora --out cmp --gate-exit   # B - A paired by doc_id; report, gate
+""",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    s.add_argument("runs", nargs="+", help="run folders; with --lm-eval, A B: two lm-eval --output_path folders")
+    s.add_argument(
+        "--lm-eval",
+        action="store_true",
+        help="A B are lm-eval runs written with --log_samples (the --output_path folder, the model folder in it, or "
+        "its results_*.json): B against A, paired document by document, with tunebench's rows, report and gate",
+    )
+    s.add_argument(
+        "--out",
+        help="write the Markdown table here too; with --lm-eval, a folder for report.md, comparison.json and gate.json",
+    )
+    s.add_argument("--rules", help="with --lm-eval: gate rules YAML or shipped gate name (default lm_eval)")
+    s.add_argument("--alpha", type=float, default=0.05, help="with --lm-eval: two-sided level (default 0.05)")
+    s.add_argument("--n-boot", type=int, default=2000, help="with --lm-eval: bootstrap resamples (default 2000)")
+    s.add_argument(
+        "--gate-exit", action="store_true", help="with --lm-eval: exit with the gate's code (1 fail, 3 inconclusive)"
+    )
     s.set_defaults(fn=fns["compare"])
 
 
