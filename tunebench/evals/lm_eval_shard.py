@@ -22,8 +22,9 @@ from tunebench.core.io import fingerprint
 from tunebench.core.shards import Shard
 from tunebench.evals.results import SHARD_ORDER, Results
 
-GROUPS = "shard_groups/lm_eval"
-"""Artifact of a shard's results: ``{group: [member tasks]}``, for the merge to pool each group again."""
+TASKS = "shard_tasks/lm_eval"
+"""Artifact of a shard's results: ``{"tasks": [every task, in order], "groups": {group: [member tasks]}}``, for the
+merge to list the tasks' metrics in unsharded order and to pool each group again."""
 
 
 def shard_documents(tasks: dict[str, Any], limit: int | None, shard: Shard) -> dict[str, list[int]]:
@@ -86,7 +87,10 @@ def record_shard(res: Results, tasks: dict[str, Any], limit: int | None, groups:
     res.items = {k: v for k, v in res.items.items() if k in {m.items for m in res.metrics}}
     res.inputs = {k: v for k, v in res.inputs.items() if k.removeprefix("lm_eval/") not in set(groups.values())}
     res.artifacts[f"{SHARD_ORDER}/lm_eval"] = order
-    res.artifacts[GROUPS] = {g: [t for t in tasks if groups.get(t) == g] for g in dict.fromkeys(groups.values())}
+    res.artifacts[TASKS] = {
+        "tasks": list(tasks),
+        "groups": {g: [t for t in tasks if groups.get(t) == g] for g in dict.fromkeys(groups.values())},
+    }
 
 
 def _doc_ids(task: Any, limit: int | None) -> list[int]:

@@ -19,7 +19,7 @@ from typing import Any
 from tunebench.core.errors import ShardError
 from tunebench.evals.lm_eval_convert import mean_metric
 from tunebench.evals.lm_eval_groups import pool_group
-from tunebench.evals.lm_eval_shard import GROUPS
+from tunebench.evals.lm_eval_shard import TASKS
 from tunebench.evals.perplexity import perplexity_metric
 from tunebench.evals.probes import pass_rate
 from tunebench.evals.results import SHARD_ORDER, Metric, Results
@@ -59,11 +59,11 @@ def merge_parts(parts: Sequence[Part], n_boot: int, alpha: float) -> Results:
         created=max(p.results.created for p in parts),
     )
     orders = _joined(parts, lambda r: _orders(r), "the unsharded order of the items of")
-    for name in dict.fromkeys([*orders, *(m.name for p in parts for m in p.results.metrics)]):
+    lm_eval = _joined(parts, lambda r: r.artifacts.get(TASKS, {}), "the lm-eval")
+    for name in _in_order([*orders, *(m.name for p in parts for m in p.results.metrics)], parts, lm_eval):
         metric, items = _metric(parts, name, orders.get(name), n_boot, alpha)
         merged.add(metric, items)
-    groups = _joined(parts, lambda r: r.artifacts.get(GROUPS, {}), "the members of lm-eval group")
-    for group, members in groups.items():
+    for group, members in lm_eval.get("groups", {}).items():
         pool_group(merged, group, members)
     merged.artifacts = _artifacts(parts, orders)
     merged.artifacts["sharded"] = {
@@ -73,6 +73,19 @@ def merge_parts(parts: Sequence[Part], n_boot: int, alpha: float) -> Results:
     }
     merged.timings = {k: round(sum(p.results.timings.get(k, 0.0) for p in parts), 3) for k in _keys(parts)}
     return merged
+
+
+def _in_order(names: list[str], parts: Sequence[Part], lm_eval: dict[str, Any]) -> list[str]:
+    """Metric names in the order an unsharded run lists them: perplexity and probes first (every shard records all
+    of theirs), then lm-eval's by task (a shard records only the tasks it scored a document of)."""
+    tasks = list(lm_eval.get("tasks", []))
+    task_of = {m.name: m.details.get("task") for p in parts for m in p.results.metrics if m.group == "lm_eval"}
+
+    def rank(name: str) -> tuple[int, int]:
+        task = task_of.get(name)
+        return (0, 0) if task is None else (1, tasks.index(task) if task in tasks else len(tasks))
+
+    return sorted(dict.fromkeys(names), key=rank)
 
 
 def _keys(parts: Sequence[Part]) -> list[str]:
@@ -185,7 +198,7 @@ def _artifacts(parts: Sequence[Part], orders: dict[str, list[str]]) -> dict[str,
     out: dict[str, Any] = {}
     for key in dict.fromkeys(k for p in parts for k in p.results.artifacts):
         values = [p.results.artifacts[key] for p in parts if key in p.results.artifacts]
-        if key.startswith(f"{SHARD_ORDER}/") or key == GROUPS:
+        if key.startswith(f"{SHARD_ORDER}/") or key == TASKS:
             continue
         if key == "probe_transcripts":
             out[key] = _transcripts(values, orders)
