@@ -136,6 +136,8 @@ def merge(run_dir: Path, overrides: list[str]) -> PipelineResult:
         label: [Part(str(f / label / "results.json"), _load(f, label, run_dir)) for f in folders] for label in LABELS
     }
     record = _check_records(parts, cfg, run_dir)
+    for part in (p for ps in parts.values() for p in ps):
+        del part.results.artifacts[RECORD]  # checked: the unsharded results have no shard
     merged = {label: merge_parts(p, record["bootstrap_samples"], record["alpha"]) for label, p in parts.items()}
     for label, res in merged.items():
         res.save(run_dir / "eval" / label / "results.json")
