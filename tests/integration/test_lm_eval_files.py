@@ -49,7 +49,7 @@ def both(smol_adapter_run, smol_source, tmp_path_factory):
     own = {}
     settings = [f"eval.lm_eval_tasks=[{','.join(TASKS)}]", f"eval.lm_eval_limit={LIMIT}"]
     settings += ["eval.lm_eval_chat_template=false", "eval.lm_eval_batch_size=4", "eval.perplexity=false"]
-    settings += ["eval.probe_files=[]", "eval.judge.enabled=false"]
+    settings += ["eval.probe_files=[]", "eval.judge.enabled=false", "gate.rules=lm_eval"]
     for label, extra in (("base", []), ("tuned", ["--adapter", str(adapter)])):
         out = root / "own" / f"{label}.json"
         done = tunebench(
