@@ -109,12 +109,13 @@ def read_lm_eval_run(path: str | Path, label: str) -> LmEvalRun:
         inputs={},
         environment={k: out[k] for k in ("lm_eval_version", "transformers_version", "date") if k in out},
     )
-    limit = (out.get("config") or {}).get("limit")
+    limit = (out.get("config") or {}).get("limit")  # lm-eval writes --limit 6 as 6.0; below 1, a fraction
+    limit = int(limit) if isinstance(limit, (int, float)) and limit >= 1 and float(limit).is_integer() else None
     chat = out.get("chat_template") is not None
     for task in tasks:
         config = out["configs"][task]
         view = TaskView(str(config.get("output_type", "")), _aggregations(config, out["results"].get(task, {})))
-        run = TaskRun(limit if isinstance(limit, int) else None, chat, SOURCE, groups.get(task))
+        run = TaskRun(limit, chat, SOURCE, groups.get(task))
         task_results(res, task, view, out, run)
         # lm-eval copies the model's arguments into every task's metadata: not part of what the task asks
         config = res.artifacts[f"lm_eval/{task}"]["config"]
