@@ -73,6 +73,8 @@ def test_rows_from_lm_evals_files_equal_tunebenchs_own_comparison(both, capsys):
     }
     for files, mine in ((base, own["base"]), (tuned, own["tuned"])):
         assert {m.name for m in files.metrics} == names
+        for task in TASKS:  # the same documents: lm-eval's own hash of each, in doc_id order
+            assert files.inputs[f"lm_eval/{task}"]["docs"] == mine.inputs[f"lm_eval/{task}"]["docs"]
         for name in names:
             a, b = files.metric(name), mine.metric(name)
             assert (a.value, a.stderr, a.ci_low, a.ci_high, a.n) == (b.value, b.stderr, b.ci_low, b.ci_high, b.n)
