@@ -19,9 +19,11 @@ from tunebench.app.cli_eval import artifact_label as artifact_label  # re-export
 from tunebench.app.cli_eval import cmd_eval
 from tunebench.app.cli_notes import again_command, checkpoint_note, run_interrupted_note
 from tunebench.app.cli_parser import EXAMPLES as EXAMPLES  # re-exported: the tests run every example
+from tunebench.app.lm_eval_compare import compare_lm_eval
 from tunebench.app.pipeline import finish, resolve_template, run, write_config
 from tunebench.app.preflight import preflight
 from tunebench.app.serve import ServeOptions, serve
+from tunebench.app.shards import merge
 from tunebench.app.stages import check_run_folder, run_folder
 from tunebench.app.sweep import SweepOptions, sweep
 from tunebench.core import output
@@ -197,6 +199,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_merge(args: argparse.Namespace) -> int:
+    result = merge(Path(args.run), args.overrides)
+    print(result.headline)
+    print(f"report: {result.report}")
+    return 0
+
+
 def cmd_gate(args: argparse.Namespace) -> int:
     rules = shipped_rules(args.rules)
     _check_folder(args.run)
@@ -225,6 +234,8 @@ def _check_folder(folder: str) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    if args.lm_eval:
+        return _compare_lm_eval(args)
     for folder in args.runs:
         _check_folder(folder)
     board = leaderboard_from_runs(args.runs, primary=args.metric)
@@ -235,6 +246,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.out:
         atomic_write_text(args.out, text)
     return 0
+
+
+def _compare_lm_eval(args: argparse.Namespace) -> int:
+    if len(args.runs) != 2:
+        raise ConfigError(f"--lm-eval compares two lm-eval runs, A and B (B - A); got {len(args.runs)}")
+    if not 0 < args.alpha < 1 or args.n_boot < 100:
+        raise ConfigError(f"--alpha {args.alpha} must lie in (0, 1) and --n-boot {args.n_boot} be at least 100")
+    done = compare_lm_eval(*args.runs, out=args.out, rules=args.rules, alpha=args.alpha, n_boot=args.n_boot)
+    print(done.text)
+    return done.verdict.exit_code if args.gate_exit else 0
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
@@ -323,6 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
         "sweep": cmd_sweep,
         "eval": cmd_eval,
         "report": cmd_report,
+        "merge": cmd_merge,
         "gate": cmd_gate,
         "compare": cmd_compare,
         "chat": cmd_chat,
@@ -349,7 +371,7 @@ def _fail(err: BaseException, code: int, verbose: bool) -> int:
     return code
 
 
-LOCKED_COMMANDS = ("eval", "report", "export")
+LOCKED_COMMANDS = ("eval", "report", "export", "merge")
 """Commands that write an existing run folder named on the command line; `run` and `train` lock the folder
 they resolve from the config (pipeline.run, cmd_train)."""
 
@@ -358,7 +380,8 @@ def _command_lock(args: argparse.Namespace) -> contextlib.AbstractContextManager
     """The run folder's lock for commands that write one (one writer per folder); a folder that is not there is
     left to the command's own error."""
     folder = getattr(args, "data_from", None) or getattr(args, "run", None)
-    if args.command in LOCKED_COMMANDS and folder and Path(folder).is_dir():
+    # a shard locks its own folder (app.shards): every shard of a run writes at once
+    if args.command in LOCKED_COMMANDS and folder and Path(folder).is_dir() and not getattr(args, "shard", None):
         return run_lock(folder, args.command)
     return contextlib.nullcontext()
 

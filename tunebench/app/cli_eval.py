@@ -11,6 +11,7 @@ from typing import Any
 from tunebench.app.cli_notes import again_command, cache_note
 from tunebench.app.pipeline import finish
 from tunebench.app.preflight import preflight
+from tunebench.app.shards import eval_shard
 from tunebench.app.stages import Fingerprints, Stages, check_run_folder, run_folder
 from tunebench.core import dist
 from tunebench.core.config import RunConfig, load_config
@@ -31,6 +32,8 @@ REUSED = "same model, adapter, data and settings; --force recomputes"
 def cmd_eval(args: argparse.Namespace) -> int:
     if args.run and "=" in args.run and not Path(args.run).exists():  # an override, not a run folder
         args.overrides, args.run = [args.run, *args.overrides], None
+    if args.shard is not None:
+        return eval_shard(args)
     if args.run:
         return _eval_run(args)
     if args.endpoint and (args.model or args.adapter or args.runtime != "transformers"):

@@ -193,9 +193,22 @@ def add_sweep(sub: Subparsers, fns: Handlers) -> None:
     s.set_defaults(fn=fns["sweep"])
 
 
+SHARD_EXAMPLES = """sharded over machines (0-based shards; merge refuses missing, duplicated or mismatched ones):
+  tunebench eval runs/smoke --shard 0/2       # on machine A
+  tunebench eval runs/smoke --shard 1/2       # on machine B, same run folder (shared disk)
+  tunebench merge runs/smoke                  # once both are written: eval/{base,tuned}/results.json + report
+  sbatch --array=0-7 --wrap 'tunebench eval runs/x --shard slurm'   # a SLURM array: index and count from it
+"""
+
+
 def add_eval(sub: Subparsers, fns: Handlers) -> None:
     """`tunebench eval`: a run's base and tuned, one model on a run's inputs, or a served endpoint."""
-    s = sub.add_parser("eval", help="evaluate base and tuned of a run, or one model on a run's inputs")
+    s = sub.add_parser(
+        "eval",
+        help="evaluate base and tuned of a run, or one model on a run's inputs",
+        epilog=SHARD_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     s.takes_overrides = True
     s.add_argument("run", nargs="?", help="run folder (evaluates base and tuned)")
     s.add_argument("overrides", nargs="*", default=[], help="dotted overrides of the run's config")
@@ -226,7 +239,26 @@ def add_eval(sub: Subparsers, fns: Handlers) -> None:
         help="evaluate again even where the run's saved base/tuned results are current (same model, adapter, data, "
         "settings)",
     )
+    s.add_argument(
+        "--shard",
+        metavar="I/N|slurm",
+        help="evaluate only shard I of N (0-based: 0/N .. N-1/N) of a run's items, into RUN/eval/shards/I-of-N/; "
+        "`slurm` takes I and N from SLURM_ARRAY_TASK_ID/_MIN/_COUNT. Join with `tunebench merge RUN`",
+    )
     s.set_defaults(fn=fns["eval"])
+    s = sub.add_parser(
+        "merge",
+        help="join the shards of `eval RUN --shard I/N` into the run's results and report",
+        description="Join RUN/eval/shards/*-of-N/ into RUN/eval/{base,tuned}/results.json (values and intervals "
+        "computed again from every shard's per-item records: equal to one unsharded evaluation), then render the "
+        "report as `tunebench eval RUN` does. Refuses (exit 2, nothing written) missing or duplicated shards, shards "
+        "of two splits, and shards evaluated with other settings, data, adapter or package versions.",
+        epilog=SHARD_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    s.add_argument("run", help="run folder whose eval/shards/ to join")
+    s.add_argument("overrides", nargs="*", default=[], help="the dotted overrides the shards were evaluated with")
+    s.set_defaults(fn=fns["merge"])
 
 
 def add_run_readers(sub: Subparsers, fns: Handlers) -> None:
@@ -244,12 +276,35 @@ def add_run_readers(sub: Subparsers, fns: Handlers) -> None:
     s.add_argument("--out", help="verdict JSON (default RUN/gate.json)")
     s.set_defaults(fn=fns["gate"])
     s = sub.add_parser(
-        "compare", help="leaderboard: several runs' adapters against their common base, ranked, and pairwise"
+        "compare",
+        help="leaderboard: several runs' adapters against their common base; or two lm-eval runs, paired (--lm-eval)",
+        epilog="""examples:
+  tunebench compare runs/a runs/b             # adapters of runs a, b against run a's base
+  lm_eval --model hf --model_args pretrained=M --tasks arc_easy --log_samples --output_path out/base
+  lm_eval --model hf --model_args pretrained=M,peft=ADAPTER --tasks arc_easy --log_samples --output_path out/lora
+  tunebench compare --lm-eval out/base out/lora --out cmp --gate-exit   # B - A paired by doc_id; report, gate
+""",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    s.add_argument("runs", nargs="+")
-    s.add_argument("--out", help="write the Markdown table here too")
+    s.add_argument("runs", nargs="+", help="run folders; with --lm-eval, A B: two lm-eval --output_path folders")
     s.add_argument("--metric", help="rank the adapters by this metric (default: the first headline metric)")
     s.add_argument("--json", help="write the leaderboard's data (ranking, pairs, comparisons) here as JSON")
+    s.add_argument(
+        "--lm-eval",
+        action="store_true",
+        help="A B are lm-eval runs written with --log_samples (the --output_path folder, the model folder in it, or "
+        "its results_*.json): B against A, paired document by document, with tunebench's rows, report and gate",
+    )
+    s.add_argument(
+        "--out",
+        help="write the Markdown table here too; with --lm-eval, a folder for report.md, comparison.json and gate.json",
+    )
+    s.add_argument("--rules", help="with --lm-eval: gate rules YAML or shipped gate name (default lm_eval)")
+    s.add_argument("--alpha", type=float, default=0.05, help="with --lm-eval: two-sided level (default 0.05)")
+    s.add_argument("--n-boot", type=int, default=2000, help="with --lm-eval: bootstrap resamples (default 2000)")
+    s.add_argument(
+        "--gate-exit", action="store_true", help="with --lm-eval: exit with the gate's code (1 fail, 3 inconclusive)"
+    )
     s.set_defaults(fn=fns["compare"])
 
 

@@ -175,3 +175,8 @@ def closest(word: str, choices: Iterable[str], first: Iterable[str] = ()) -> str
         if ratio >= 0.6:
             scored.append((ratio, c in preferred, c))
     return max(scored)[2] if scored else None
+
+
+class ShardError(InvalidInput):
+    """`tunebench merge`: shards missing, duplicated, of another split or evaluated on other settings (named, with
+    the command that writes the right one); nothing is written."""

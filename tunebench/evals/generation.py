@@ -31,6 +31,7 @@ from tunebench.core import dist, output
 from tunebench.core.config import SamplingConfig
 from tunebench.core.errors import ConfigError
 from tunebench.core.io import cache_root
+from tunebench.core.shards import Shard
 from tunebench.evals.decode_loops import (  # re-exported: callers import the loop choice from here too
     STATIC_CACHE_STEP as STATIC_CACHE_STEP,
 )
@@ -72,6 +73,9 @@ class Generation:
     nothing was generated. Results record it as ``decode_path``."""
     token_counts: list[list[int]] = field(default_factory=list)
     """token_counts[i][s]: new tokens of that answer (up to and including the end-of-turn token)."""
+    answered: set[tuple[int, int]] | None = None
+    """The (prompt, sample) pairs a call of one shard answers (its batches of the unsharded plan); None: every
+    pair. The others' answers are left empty (or as the cache holds them) and belong to other shards."""
 
     @property
     def texts(self) -> list[str]:
@@ -130,6 +134,7 @@ def generate(
     cache_implementation: str = "auto",
     on_token: Callable[[str], None] | None = None,
     stop: list[str] | None = None,
+    shard: Shard | None = None,
 ) -> Generation:
     """Answer every prompt in ``prompts``, batched with left padding.
 
@@ -146,6 +151,8 @@ def generate(
         on_token: receives the text as it is decoded (one answer per call: the chat); a cached answer at once.
         stop: strings that end an answer: a row stops once one occurs in what it generated (checked every
             ``decoding.STOP_CHECK_EVERY`` steps on the decode loop), and the answer is cut before it.
+        shard: generate only this shard's batches of the plan an unsharded call makes, each with the seed it has
+            there (``core.shards``); ``Generation.answered`` names their pairs.
 
     Returns:
         A Generation with answers in the caller's order, token counts, timing and cache statistics.
@@ -164,7 +171,8 @@ def generate(
     ids = [prompt_ids(loaded.tokenizer, p) for p in prompts]
     kwargs = generation_kwargs(loaded, sampling)
     pairs_all, todo = _read_cached(out, prompts, ids, n_samples, cache)
-    mine = _my_batches(pairs_all, todo, batch_size)
+    mine = _my_batches(pairs_all, todo, batch_size, shard)
+    out.answered = _answered(pairs_all, batch_size, shard)
     out.decode_loop = decode_path(loaded, cache_implementation, len(mine) * sampling.max_new_tokens) if todo else ""
     shape, decoder = _loop_shape(out.decode_loop, loaded.model, ids, pairs_all, batch_size, sampling, kwargs)
     done: dict[tuple[int, int], tuple[str, int]] = {}
@@ -269,16 +277,31 @@ def _read_cached(
     return pairs_all, set(missing)
 
 
+def _plan(pairs_all: list[tuple[int, int]], batch_size: int) -> list[tuple[int, list[tuple[int, int]]]]:
+    """(batch index, its pairs) of every batch of a call, cached or not: the index seeds the batch."""
+    return [(b, pairs_all[start : start + batch_size]) for b, start in enumerate(range(0, len(pairs_all), batch_size))]
+
+
+def _answered(pairs_all: list[tuple[int, int]], batch_size: int, shard: Shard | None) -> set[tuple[int, int]] | None:
+    """The pairs of ``shard``'s batches (None without a shard: every pair)."""
+    if shard is None:
+        return None
+    return {p for b, pairs in _plan(pairs_all, batch_size) if shard.owns_batch(b) for p in pairs}
+
+
 def _my_batches(
-    pairs_all: list[tuple[int, int]], todo: set[tuple[int, int]], batch_size: int
+    pairs_all: list[tuple[int, int]], todo: set[tuple[int, int]], batch_size: int, shard: Shard | None = None
 ) -> list[tuple[int, list[tuple[int, int]]]]:
-    """(batch index, its pairs) of the batches this process generates: those with a missing pair, every
-    world_size-th one under torchrun."""
+    """(batch index, its pairs) of the batches this process generates: those with a missing pair (of ``shard``'s
+    batches, with one), every world_size-th one under torchrun."""
     # Under torchrun every process must see the same cache state before any of them writes to it: the
     # batches (and so each batch's seed) are then the ones a single process would make.
     dist.barrier()
-    planned = [pairs_all[start : start + batch_size] for start in range(0, len(pairs_all), batch_size)]
-    batches = [(b, pairs) for b, pairs in enumerate(planned) if todo.intersection(pairs)]
+    batches = [
+        (b, pairs)
+        for b, pairs in _plan(pairs_all, batch_size)
+        if todo.intersection(pairs) and (shard is None or shard.owns_batch(b))
+    ]
     return [batches[k] for k in dist.shard(len(batches))]
 
 
@@ -355,6 +378,8 @@ class TransformersGenerator:
     decode_loop: str = "auto"
     """``auto``, ``graph``, ``static`` or ``dynamic`` (``decode_path``; the setting eval.decode_loop)."""
     progress: bool = False
+    shard: Shard | None = None
+    """Generate only this shard's batches (``generate``'s ``shard``): the probes of ``tunebench eval --shard``."""
 
     def identity(self) -> dict[str, Any]:
         return self.loaded.identity()
@@ -379,4 +404,5 @@ class TransformersGenerator:
             cache_implementation=self.decode_loop,
             on_token=on_token,
             stop=stop,
+            shard=self.shard,
         )

@@ -18,10 +18,12 @@ from typing import Any
 from tunebench.core import output
 from tunebench.core.errors import LmEvalError
 from tunebench.core.io import atomic_write_json, read_json
+from tunebench.core.shards import Shard
 from tunebench.evals import lm_eval_model
 from tunebench.evals.lm_eval_convert import TaskRun, task_results
 from tunebench.evals.lm_eval_groups import pool_group
 from tunebench.evals.lm_eval_load import load_tasks, task_manager
+from tunebench.evals.lm_eval_shard import record_shard, shard_documents
 from tunebench.evals.lm_eval_spec import LmEvalSpec
 from tunebench.evals.modeling import adapter_manifest, pick_device, pick_dtype
 from tunebench.evals.results import Results
@@ -87,11 +89,19 @@ def _hflm(spec: LmEvalSpec, tok: Any, device: str, dtype: str, loaded: Any = Non
 
 
 def evaluate(spec: LmEvalSpec, loaded: Any = None) -> Results | None:
-    """Load tasks (and the model, unless ``loaded`` is given), run lm-eval, convert its output."""
+    """Load tasks (and the model, unless ``loaded`` is given), run lm-eval, convert its output; of one shard's
+    documents when ``spec.shard`` is set (``evals.lm_eval_shard``)."""
     manager = task_manager(spec.tasks)
     sources: dict[str, dict[str, Any]] = {}
     groups: dict[str, str] = {}
-    tasks = load_tasks(manager, spec.tasks, spec.source, sources, groups)
+    everything = tasks = load_tasks(manager, spec.tasks, spec.source, sources, groups)
+    samples = shard_documents(tasks, spec.limit, Shard(*spec.shard)) if spec.shard else None
+    if samples is not None:
+        tasks = {name: task for name, task in tasks.items() if samples[name]}  # lm-eval reads [] as every document
+        if not tasks:
+            empty = Results(label=spec.label, model={}, inputs={})
+            record_shard(empty, everything, spec.limit, groups)
+            return empty
     if loaded is not None:
         tok, template_name, device, dtype = loaded.tokenizer, loaded.template, loaded.device, loaded.dtype
     else:
@@ -110,7 +120,7 @@ def evaluate(spec: LmEvalSpec, loaded: Any = None) -> Results | None:
             "on" if spec.apply_chat_template else "off",
         )
     lm = _hflm(spec, tok, device, dtype, loaded)
-    return run_tasks(
+    res = run_tasks(
         lm,
         tasks,
         manager,
@@ -120,7 +130,11 @@ def evaluate(spec: LmEvalSpec, loaded: Any = None) -> Results | None:
         label=spec.label,
         limit=spec.limit,
         apply_chat_template=spec.apply_chat_template,
+        samples=samples,
     )
+    if res is not None and samples is not None:
+        record_shard(res, everything, spec.limit, groups)
+    return res
 
 
 def run_tasks(
@@ -134,14 +148,17 @@ def run_tasks(
     label: str,
     limit: int | None,
     apply_chat_template: bool,
+    samples: dict[str, list[int]] | None = None,
 ) -> Results | None:
-    """lm-eval on ``lm`` over the loaded ``tasks``, converted to Results (None on a data-parallel worker)."""
+    """lm-eval on ``lm`` over the loaded ``tasks``, converted to Results (None on a data-parallel worker); with
+    ``samples`` (task -> document ids, one shard's) on those documents instead of the first ``limit``."""
     import lm_eval  # heavy: lm-eval, imported when needed
 
     out = lm_eval.simple_evaluate(
         model=lm,
         tasks=list(tasks.values()),
-        limit=limit,
+        limit=None if samples is not None else limit,
+        samples=samples,
         apply_chat_template=apply_chat_template,
         log_samples=True,
         task_manager=manager,
@@ -157,7 +174,7 @@ def run_tasks(
         task_results(res, name, task, out, run)
         shown = ", ".join(f"{m.details['metric']}={m.value:.4f}" for m in res.metrics if m.details["task"] == name)
         log.info("lm-eval task %s done: %s", name, shown)
-    for group in dict.fromkeys(groups.values()):
+    for group in dict.fromkeys(groups.get(t) for t in tasks if t in groups):
         pooled = pool_group(res, group, [t for t in tasks if groups.get(t) == group])
         log.info(
             "lm-eval group %s (%d tasks): %s",

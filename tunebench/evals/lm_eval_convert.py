@@ -8,6 +8,7 @@ come from lm-eval's logged samples, so base and tuned can be compared document b
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections import defaultdict
@@ -158,3 +159,31 @@ def _task_inputs(
             {"id": str(s["doc_id"]), "target": str(s.get("target")), **_response(s, task.OUTPUT_TYPE)} for s in first
         ],
     }
+
+
+def mean_metric(template: Metric, items: list[dict[str, Any]]) -> Metric:
+    """``template`` (one shard's metric) over ``items`` (every shard's documents, in document order): the value and
+    stderr computed as lm-eval computes them for a ``mean`` metric (``api.metrics.mean`` and ``mean_stderr``, in
+    the same order of operations, so the numbers equal an unsharded run's), and the interval as ``_metric`` makes
+    it."""
+    values = [float(i["num"]) for i in items]
+    n = len(values)
+    value = sum(values) / n
+    stderr = None
+    if n > 1:  # lm-eval reports "N/A" for one document
+        stderr = math.sqrt(sum([(x - value) ** 2 for x in values]) / (n - 1)) / math.sqrt(n)
+    ci_low = ci_high = None
+    if stderr is not None:
+        ci_low, ci_high = value - Z95 * stderr, value + Z95 * stderr
+        if all(0.0 <= v <= 1.0 for v in values):  # a proportion
+            ci_low, ci_high = max(0.0, ci_low), min(1.0, ci_high)
+    return dataclasses.replace(
+        template,
+        value=value,
+        n=n,
+        ci_low=ci_low,
+        ci_high=ci_high,
+        stderr=stderr,
+        ci_method="lm-eval stderr (normal)" if stderr is not None else None,
+        details=dict(template.details),
+    )

@@ -50,6 +50,8 @@ class LmEvalSpec:
     """Decode loop of generate_until tasks: ``auto``, ``graph``, ``static`` or ``dynamic`` (``decode_path``)."""
     adapter_sha256: str | None = field(default=None)
     """The adapter's weights hash, filled in by ``run_lm_eval`` before a child starts (recorded in results)."""
+    shard: list[int] | None = None
+    """``[index, count]``: evaluate only the documents of that shard (``core.shards``; ``tunebench eval --shard``)."""
 
     def __post_init__(self) -> None:
         if not self.tasks:

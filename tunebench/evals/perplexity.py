@@ -13,6 +13,7 @@ from typing import Any
 
 from tunebench.core import dist, output
 from tunebench.core.errors import DataError
+from tunebench.core.shards import Shard
 from tunebench.core.stats import bootstrap_ci
 from tunebench.data.conversations import Encoded, tokens_fingerprint
 from tunebench.evals.results import Metric
@@ -73,6 +74,7 @@ def score(
     pad_id: int = 0,
     progress: bool = True,
     scored_hidden: dict[int, Any] | None = None,
+    shard: Shard | None = None,
 ) -> tuple[list[dict[str, Any]], float]:
     """Summed NLL and scored-token count per conversation.
 
@@ -81,6 +83,7 @@ def score(
             (index in ``encoded`` -> a CPU tensor, the LM head's input): what parity needs of this pass
             (evals.parity). Left empty where the head is more than a matmul, the batches are split across processes,
             or they would take more than ``MAX_KEPT_HIDDEN_BYTES``.
+        shard: score only this shard's batches of the plan an unsharded run makes (``core.shards``).
 
     Returns:
         (items, seconds) with items ``{"id", "num": summed NLL (nats), "den": assistant tokens}`` in input order.
@@ -90,11 +93,11 @@ def score(
     device = next(model.parameters()).device
     backbone, head = _backbone_and_head(model)
     items: list[dict[str, Any] | None] = [None] * len(encoded)
-    groups = batches_by_length(encoded, batch_tokens)
+    groups = [g for b, g in enumerate(batches_by_length(encoded, batch_tokens)) if shard is None or shard.owns_batch(b)]
     # under torchrun each process scores whole batches (the same batches one process would), so the
     # gathered records equal a single-process run
     mine = [groups[g] for g in dist.shard(len(groups))]
-    keep = scored_hidden is not None and backbone is not None and dist.world_size() == 1
+    keep = scored_hidden is not None and shard is None and backbone is not None and dist.world_size() == 1
     kept_bytes = 0
     t0 = time.perf_counter()
     bar = output.bar(
@@ -156,21 +159,42 @@ def evaluate(
     seed: int = 0,
     progress: bool = True,
     scored_hidden: dict[int, Any] | None = None,
-) -> tuple[Metric, list[dict[str, Any]], dict[str, Any]]:
+    shard: Shard | None = None,
+) -> tuple[Metric | None, list[dict[str, Any]], dict[str, Any]]:
     """Token-weighted perplexity with a bootstrap interval over conversations.
 
     Args:
         scored_hidden: filled with the scored positions' final hidden states (see ``score``).
+        shard: score this shard's batches only (``core.shards``): the metric covers its conversations (None when
+            it has none), the inputs the whole split, as an unsharded run records them; ``tunebench merge``
+            computes the metric of the whole split from every shard's items.
 
     Returns:
-        (metric, per-conversation items, inputs fingerprint entries)
+        (metric, per-conversation items, inputs fingerprint entries); the metric is None only for a shard without
+        conversations.
     """
 
     if not encoded:
         raise DataError(f"the {split} split is empty: nothing to score (raise data.max_{split} or test_fraction)")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    items, seconds = score(model, encoded, batch_tokens, pad, progress, scored_hidden)
-    return metric_from_items(items, encoded, split, n_boot=n_boot, alpha=alpha, seed=seed, seconds=seconds)
+    items, seconds = score(model, encoded, batch_tokens, pad, progress, scored_hidden=scored_hidden, shard=shard)
+    if shard is None:
+        return metric_from_items(items, encoded, split, n_boot=n_boot, alpha=alpha, seed=seed, seconds=seconds)
+    inputs = split_inputs(encoded, split)
+    if not items:
+        return None, items, inputs
+    mine = {i["id"] for i in items}
+    metric, _, _ = metric_from_items(
+        items, [e for e in encoded if e.id in mine], split, n_boot=n_boot, alpha=alpha, seed=seed, seconds=seconds
+    )
+    return metric, items, inputs
+
+
+def split_inputs(encoded: list[Encoded], split: str = "test") -> dict[str, Any]:
+    """The inputs fingerprint entries of a whole split: its tokens and how many of them are scored (the tokens
+    after the first whose label is not masked, as ``score`` counts them)."""
+    scored = sum(sum(label != -100 for label in e.labels[1:]) for e in encoded)
+    return {f"{split}_tokens": tokens_fingerprint(encoded), f"{split}_scored_tokens": int(scored)}
 
 
 def metric_from_items(
@@ -191,11 +215,52 @@ def metric_from_items(
     Returns:
         (metric, per-conversation items, inputs fingerprint entries)
     """
+    metric = perplexity_metric(
+        items,
+        split,
+        sum(len(e.input_ids) for e in encoded),
+        n_boot=n_boot,
+        alpha=alpha,
+        seed=seed,
+        seconds=seconds,
+        runtime=runtime,
+    )
+    inputs = {f"{split}_tokens": tokens_fingerprint(encoded), f"{split}_scored_tokens": metric.details["scored_tokens"]}
+    log.info(
+        "%sperplexity/%s = %.4f [%.4f, %.4f] over %d conversations, %d tokens (%.0f tok/s)",
+        f"{runtime} " if runtime else "",
+        split,
+        metric.value,
+        metric.ci_low,
+        metric.ci_high,
+        len(items),
+        metric.details["scored_tokens"],
+        metric.details["tokens_per_s"] or 0,
+    )
+    return metric, items, inputs
+
+
+def perplexity_metric(
+    items: list[dict[str, Any]],
+    split: str,
+    input_tokens: int,
+    *,
+    n_boot: int = 2000,
+    alpha: float = 0.05,
+    seed: int = 0,
+    seconds: float = 0.0,
+    runtime: str | None = None,
+) -> Metric:
+    """The ``perplexity/<split>`` metric of per-conversation items, in their order (the bootstrap resamples
+    positions): ``metric_from_items`` and ``tunebench merge`` (the shards' items joined) both build it here.
+
+    Args:
+        input_tokens: tokens of the scored conversations (prompts included), for the throughput.
+    """
     tokens = sum(i["den"] for i in items)
-    total_tokens = sum(len(e.input_ids) for e in encoded)
     nll = sum(i["num"] for i in items)
     ci = bootstrap_ci(items, "exp_ratio", n_boot=n_boot, alpha=alpha, seed=seed)
-    metric = Metric(
+    return Metric(
         name=f"perplexity/{split}",
         value=math.exp(nll / tokens),
         higher_is_better=False,
@@ -208,23 +273,10 @@ def metric_from_items(
         group="perplexity",
         details={
             "scored_tokens": tokens,
-            "input_tokens": total_tokens,
+            "input_tokens": input_tokens,
             "mean_nll": nll / tokens,
             "seconds": round(seconds, 3),
-            "tokens_per_s": round(total_tokens / seconds, 1) if seconds > 0 else None,
+            "tokens_per_s": round(input_tokens / seconds, 1) if seconds > 0 else None,
             **({"runtime": runtime} if runtime else {}),
         },
     )
-    inputs = {f"{split}_tokens": tokens_fingerprint(encoded), f"{split}_scored_tokens": tokens}
-    log.info(
-        "%sperplexity/%s = %.4f [%.4f, %.4f] over %d conversations, %d tokens (%.0f tok/s)",
-        f"{runtime} " if runtime else "",
-        split,
-        metric.value,
-        ci.low,
-        ci.high,
-        len(items),
-        tokens,
-        metric.details["tokens_per_s"] or 0,
-    )
-    return metric, items, inputs

@@ -39,6 +39,7 @@ import yaml
 from tunebench.core.config import SamplingConfig
 from tunebench.core.errors import ProbeError
 from tunebench.core.io import check_tree, fingerprint, load_yaml, package_path, read_yaml_text, short, yaml_problem
+from tunebench.core.shards import Shard
 from tunebench.core.stats import Z95
 from tunebench.core.stats import wilson as wilson_interval
 from tunebench.evals.generation import Generator, TransformersGenerator
@@ -51,7 +52,7 @@ from tunebench.evals.probe_template import _dym, _Loader, _plain
 from tunebench.evals.probe_template import _Src as _Src  # re-exported: judge_prompts
 from tunebench.evals.probe_template import render as render  # re-exported: judge_prompts
 from tunebench.evals.prompting import samples_per_prompt
-from tunebench.evals.results import Metric, Results
+from tunebench.evals.results import SHARD_ORDER, Metric, Results
 
 PROBES_DIR = package_path("evals", "probes")
 SET_KEYS = ("name", "version", "description", "system", "macros", "probes")
@@ -239,7 +240,8 @@ def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
     return (0.0, 1.0) if n == 0 else wilson_interval(k, n, z)
 
 
-def _pass_rate(name: str, items: list[dict[str, Any]], details: dict[str, Any]) -> Metric:
+def pass_rate(name: str, items: list[dict[str, Any]], details: dict[str, Any]) -> Metric:
+    """A pass-rate metric of pass/fail items with its Wilson interval (``tunebench merge`` rebuilds it here too)."""
     k, n = int(sum(i["num"] for i in items)), len(items)
     low, high = wilson(k, n)
     return Metric(
@@ -269,6 +271,7 @@ def run_probes(
     progress: bool = False,
     cache_implementation: str = "auto",
     generator: Generator | None = None,
+    shard: Shard | None = None,
 ) -> Results:
     """Generate every probe under every sampling setting and score the answers.
 
@@ -285,6 +288,8 @@ def run_probes(
         cache_implementation: decode loop for generation (``auto``: see ``generation.decode_path``).
         generator: the decode path (``generation.Generator``: llama.cpp's, an endpoint's); None = transformers'
             on ``loaded`` (``TransformersGenerator`` with the arguments above).
+        shard: only this shard's batches (``core.shards``), on transformers (not ``generator``): metrics over its
+            samples, every metric's item ids in unsharded order in ``artifacts["shard_order/probes"]``.
 
     Returns:
         A partial Results: ``probes/<set>/<sampling>/pass_rate`` and ``.../<probe>/pass_rate`` metrics with
@@ -295,8 +300,10 @@ def run_probes(
         ProbeError: a bad probe set, or two sets / samplings with the same name.
     """
     sets = [s if isinstance(s, ProbeSet) else load_probe_set(s) for s in probe_sets]
-    if generator is None:
-        generator = TransformersGenerator(loaded, batch_size, cache_dir, use_cache, cache_implementation, progress)
+    if generator is None or shard is not None:  # a shard's batches: transformers' generator only
+        generator = TransformersGenerator(
+            loaded, batch_size, cache_dir, use_cache, cache_implementation, progress, shard
+        )
     for kind, names in (("probe set", [s.name for s in sets]), ("sampling", [s.name for s in samplings])):
         if len(set(names)) != len(names) or any("/" in n for n in names):
             raise ProbeError(f"{kind} names {names} must be unique and free of '/' (they form metric names)")
@@ -323,12 +330,28 @@ def run_probes(
         for ps in sets:
             outs_of = gen.samples[offset : offset + len(ps.prompts)]
             counts_of = gen.token_counts[offset : offset + len(ps.prompts)]
+            keep = None if gen.answered is None else {(i - offset, s) for i, s in gen.answered}
             offset += len(ps.prompts)
-            transcripts.setdefault(ps.name, {})[smp.name] = _score_set(results, ps, smp, outs_of, counts_of)
+            transcripts.setdefault(ps.name, {})[smp.name] = _score_set(results, ps, smp, outs_of, counts_of, keep)
             stats.setdefault(ps.name, {})[smp.name] = shared  # the generate() call that served all sets
     results.artifacts["probe_transcripts"] = transcripts
     results.artifacts["probe_generation"] = stats
+    if shard is not None:
+        results.artifacts[f"{SHARD_ORDER}/probes"] = item_order(sets, samplings)
     return results
+
+
+def item_order(sets: list[ProbeSet], samplings: list[SamplingConfig]) -> dict[str, list[str]]:
+    """Every probe metric's item ids, in the order an unsharded run lists them (``tunebench merge`` restores it)."""
+    out: dict[str, list[str]] = {}
+    for smp in samplings:
+        for ps in sets:
+            prefix = f"probes/{ps.name}/{smp.name}"
+            ids = [(p.probe, f"{p.id}#{s}") for p in ps.prompts for s in range(samples_per_prompt(smp))]
+            out[f"{prefix}/pass_rate"] = [i for _, i in ids]
+            for pid in ps.probe_ids:
+                out[f"{prefix}/{pid}/pass_rate"] = [i for probe, i in ids if probe == pid]
+    return out
 
 
 def _generation_stats(gen: Any, batch_size: int, answers: int, sets: list[ProbeSet]) -> dict[str, Any]:
@@ -347,15 +370,22 @@ def _generation_stats(gen: Any, batch_size: int, answers: int, sets: list[ProbeS
 
 
 def _score_set(
-    results: Results, ps: ProbeSet, smp: SamplingConfig, outs_of: list[list[str]], counts_of: list[list[int]]
+    results: Results,
+    ps: ProbeSet,
+    smp: SamplingConfig,
+    outs_of: list[list[str]],
+    counts_of: list[list[int]],
+    keep: set[tuple[int, int]] | None = None,
 ) -> list[dict[str, Any]]:
-    """Check every answer of one set under one sampling; add its pass rates (the set's and each probe's) to
-    ``results`` and return its transcript rows."""
+    """Check every answer of one set under one sampling (of a shard: the (prompt, sample) pairs in ``keep``); add
+    its pass rates (the set's and each probe's, those with answers) to ``results`` and return its transcript rows."""
     items: list[dict[str, Any]] = []
     by_probe: dict[str, list[dict[str, Any]]] = {pid: [] for pid in ps.probe_ids}
     rows = []
-    for p, outs, counts in zip(ps.prompts, outs_of, counts_of, strict=True):
+    for k, (p, outs, counts) in enumerate(zip(ps.prompts, outs_of, counts_of, strict=True)):
         for s, (text, n_tok) in enumerate(zip(outs, counts, strict=True)):
+            if keep is not None and (k, s) not in keep:
+                continue
             failed = p.evaluate(text)
             item = {"id": f"{p.id}#{s}", "num": 0.0 if failed else 1.0, "den": 1}
             items.append(item)
@@ -378,9 +408,11 @@ def _score_set(
         "sampling": smp.name,
         "samples_per_prompt": samples_per_prompt(smp),
     }
-    results.add(_pass_rate(f"{prefix}/pass_rate", items, common), items)
+    if items:  # a shard may hold none of a set's or a probe's samples
+        results.add(pass_rate(f"{prefix}/pass_rate", items, common), items)
     for pid, its in by_probe.items():
-        results.add(_pass_rate(f"{prefix}/{pid}/pass_rate", its, {**common, "probe": pid}), its)
+        if its:
+            results.add(pass_rate(f"{prefix}/{pid}/pass_rate", its, {**common, "probe": pid}), its)
     return rows
 
 

@@ -26,6 +26,9 @@ from tunebench.core.io import atomic_write_json, check_json, read_json, short, s
 
 SCHEMA = "tunebench.results/1"
 Aggregate = Literal["mean", "exp_ratio"]
+SHARD_ORDER = "shard_order"
+"""Results of one shard (``tunebench eval RUN --shard i/N``) carry ``artifacts["shard_order/<family>"]``: every
+metric's item ids in the order an unsharded run lists them, for ``tunebench merge``."""
 
 
 class Item(TypedDict):
@@ -144,6 +147,10 @@ class Results:
 def rerun_hint(path: str | Path) -> str:
     """The command that writes a results file again, from where it lies in its run folder."""
     path = Path(path)
+    up = [p.name for p in path.parents]
+    if len(up) > 4 and up[2] == "shards" and up[3] == "eval":  # RUN/eval/shards/i-of-N/LABEL/results.json
+        index, _, count = path.parents[1].name.partition("-of-")
+        return f"re-run `tunebench eval {path.parents[4]} --shard {index}/{count}`"
     if path.parent.parent.name != "eval":
         return "re-run the `tunebench eval` that wrote it"
     run, label = path.parents[2], path.parent.name

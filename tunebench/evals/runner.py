@@ -16,6 +16,7 @@ from tunebench.core import dist
 from tunebench.core.config import RunConfig
 from tunebench.core.errors import ModelError
 from tunebench.core.io import atomic_write_json, environment, fingerprint
+from tunebench.core.shards import Shard
 from tunebench.data.conversations import (
     DataError,
     TemplateInfo,
@@ -30,7 +31,7 @@ from tunebench.evals.lm_eval_runner import run_lm_eval, task_documents
 from tunebench.evals.modeling import Loaded, load_for_eval
 from tunebench.evals.parity import HIDDEN_FILE, save_scored_hidden
 from tunebench.evals.probes import load_probe_set, run_probes
-from tunebench.evals.results import Results
+from tunebench.evals.results import SHARD_ORDER, Results
 from tunebench.models.loading import ModelSource, resolve_model
 
 log = logging.getLogger(__name__)
@@ -126,12 +127,16 @@ def evaluate_model(
     contamination: dict[str, Any] | None = None,
     progress: bool = True,
     artifact: bool = False,
+    shard: Shard | None = None,
 ) -> Results:
     """Perplexity, probes and lm-eval tasks for one model; writes results.json atomically.
 
     Args:
         artifact: ``cfg.model.ref`` is an exported GGUF of this run: its metadata must carry the run's chat
             template (checked before loading), and it is loaded as written (never re-quantized to 4-bit).
+        shard: score one shard of the items (``core.shards``): metrics over its items, the inputs of the whole
+            evaluation, and every metric's unsharded item order (``artifacts["shard_order/..."]``), which
+            ``evals.shard_merge`` joins with the other shards' into the unsharded results.
 
     Raises:
         ModelError, AdapterError, DataError, ProbeError, LmEvalError: with what to do.
@@ -154,9 +159,9 @@ def evaluate_model(
     kept: dict[int, Any] | None = {} if adapter is not None and out_path is not None else None
     encoded: list[Any] = []
     if cfg.eval.perplexity:
-        encoded = _score_perplexity(results, loaded, run_dir, cfg, progress, kept)
+        encoded = _score_perplexity(results, loaded, run_dir, cfg, progress, kept, shard)
     if cfg.eval.probe_files and cfg.eval.probe_sampling:
-        _score_probes(results, loaded, cfg, label, progress)
+        _score_probes(results, loaded, cfg, label, progress, shard)
     if cfg.eval.lm_eval_tasks and dist.is_main():
         # under torchrun on GPUs the main process launches lm-eval data-parallel over the same GPUs, in a child
         # that loads its own copy: free ours first. One process runs lm-eval on the model it already holds.
@@ -164,7 +169,7 @@ def evaluate_model(
         if procs > 1:
             loaded = None
             _release_memory()
-        _score_lm_eval(results, loaded, source.path, adapter, template, cfg, label, procs)
+        _score_lm_eval(results, loaded, source.path, adapter, template, cfg, label, procs, shard)
     loaded = None
     _release_memory()
     dist.barrier()
@@ -208,9 +213,10 @@ def _score_perplexity(
     cfg: RunConfig,
     progress: bool,
     hidden: dict[int, Any] | None = None,
+    shard: Shard | None = None,
 ) -> list[Any]:
     """Held-out perplexity on the run's test tokens (checked to be the data step's) into ``results``; ``hidden`` gets
-    the pass's scored hidden states (``perplexity.score``).
+    the pass's scored hidden states (``perplexity.score``); ``shard``: only that shard's batches.
 
     Returns:
         The encoded test split."""
@@ -226,15 +232,21 @@ def _score_perplexity(
         alpha=cfg.report.alpha,
         progress=progress,
         scored_hidden=hidden,
+        shard=shard,
     )
-    results.add(metric, items)
+    if metric is not None:  # None: a shard without a batch of the test split
+        results.add(metric, items)
+    if shard is not None:
+        results.artifacts[f"{SHARD_ORDER}/perplexity"] = {"perplexity/test": [e.id for e in encoded]}
     results.inputs.update(inputs)
     results.inputs["template_sha"] = report["template"]["sha"]
     results.timings["perplexity_s"] = round(time.perf_counter() - t, 2)
     return encoded
 
 
-def _score_probes(results: Results, loaded: Loaded, cfg: RunConfig, label: str, progress: bool) -> None:
+def _score_probes(
+    results: Results, loaded: Loaded, cfg: RunConfig, label: str, progress: bool, shard: Shard | None = None
+) -> None:
     """Every probe set under every sampling setting into ``results``."""
     t = time.perf_counter()
     probes = run_probes(
@@ -246,6 +258,7 @@ def _score_probes(results: Results, loaded: Loaded, cfg: RunConfig, label: str, 
         label=label,
         progress=progress,
         cache_implementation=cfg.eval.decode_loop,
+        shard=shard,
     )
     results.merge(probes)
     results.timings["probes_s"] = round(time.perf_counter() - t, 2)
@@ -260,6 +273,7 @@ def _score_lm_eval(
     cfg: RunConfig,
     label: str,
     procs: int,
+    shard: Shard | None = None,
 ) -> None:
     """The lm-eval tasks into ``results``: on ``loaded`` in this process, or (``loaded`` None) in a child over
     ``procs`` processes that loads its own copy."""
@@ -280,6 +294,7 @@ def _score_lm_eval(
         loaded=loaded,
         generate_batch_size=cfg.eval.lm_eval_generate_batch_size,
         cache_implementation=cfg.eval.decode_loop,
+        shard=shard.to_list() if shard is not None else None,
     )
     results.merge(lm)
     results.timings["lm_eval_s"] = round(time.perf_counter() - t, 2)
