@@ -169,6 +169,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         args.pruner,
         args.sampler_seed,
         confirm=not args.no_confirm,
+        heartbeat=args.heartbeat,
     )
     try:
         result = sweep(opts)
