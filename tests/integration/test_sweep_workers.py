@@ -55,7 +55,7 @@ def overrides(model: Path) -> list[str]:
     ]
 
 
-def spawn(tmp: Path, name: str, url: str, model: Path) -> subprocess.Popen:
+def spawn(tmp: Path, name: str, url: str, model: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
     """One worker, as a machine would run it: the same command, its own folder; its output in tmp/<name>.log.
     Its own session, so killing it kills its trial's child too, as losing the machine would."""
     args = [
@@ -63,7 +63,7 @@ def spawn(tmp: Path, name: str, url: str, model: Path) -> subprocess.Popen:
         *("--storage", url, "--study", STUDY, "--heartbeat", str(HEARTBEAT), "--pruner", "none", "--no-confirm"),
         *("--out", str(tmp / name), *overrides(model)),
     ]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})}
     with open(tmp / f"{name}.log", "w") as log:
         return subprocess.Popen(
             [sys.executable, "-m", "tunebench", *args],
@@ -79,7 +79,7 @@ def started(out: Path) -> list[Path]:
     return sorted(p.parent for p in (out / "trials").glob("*/trial.json"))
 
 
-def run_story(tmp: Path, url: str, model: Path) -> dict:
+def run_story(tmp: Path, url: str, model: Path, password: str | None = None) -> dict:
     (tmp / "space.yaml").write_text(SPACE)
     a, b = spawn(tmp, "a", url, model), spawn(tmp, "b", url, model)
     deadline = time.time() + 600
@@ -90,7 +90,10 @@ def run_story(tmp: Path, url: str, model: Path) -> dict:
     os.killpg(a.pid, signal.SIGKILL)
     a.wait()
     (killed_in,) = [run for run in started(tmp / "a") if not (run / "validation.json").exists()]
-    c = spawn(tmp, "c", url, model)
+    if password:  # C keeps the password off its command line: libpq reads PGPASSWORD
+        c = spawn(tmp, "c", url.replace(f":{password}@", "@"), model, {"PGPASSWORD": password})
+    else:
+        c = spawn(tmp, "c", url, model)
     codes = {n: w.wait(timeout=900) for n, w in (("b", b), ("c", c))}
     study = optuna.load_study(study_name=STUDY, storage=open_storage(url))
     return {"tmp": tmp, "codes": codes, "killed_in": killed_in, "trials": study.get_trials()}
@@ -111,7 +114,7 @@ def story(request, tmp_path_factory, tiny_llama_dir):
         result = run_story(tmp, f"journal:{tmp / 'shared' / 'study.journal'}", tiny_llama_dir)
     else:
         with postgres_server() as (url, password):
-            result = run_story(tmp, url, tiny_llama_dir)
+            result = run_story(tmp, url, tiny_llama_dir, password)
         result["password"] = password
     print(f"{request.param}: the workers' story took {time.perf_counter() - t0:.0f} s")
     return result

@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from tunebench.app import ranks
 from tunebench.app.preflight import preflight
 from tunebench.app.stages import StageClock as StageClock  # re-exported
 from tunebench.app.stages import Stages
@@ -160,11 +161,12 @@ def run_child(cmd: list[str], env: dict[str, str] | None = None) -> int:
         signal.signal(signal.SIGTERM, old_term)
 
 
-def _train_child(run_dir: Path) -> None:
-    """Run `tunebench train` on the run's config in a child process; Ctrl-C reaches it and it checkpoints."""
+def _train_child(run_dir: Path, env: dict[str, str] | None = None) -> None:
+    """Run `tunebench train` on the run's config in a child process; Ctrl-C reaches it and it checkpoints. ``env``:
+    under a launcher, the child's ranks and rendezvous (``ranks.Crew.training_env``)."""
     cmd = [sys.executable, "-m", "tunebench", "train", str(run_dir / "config.yaml"), "--out", str(run_dir), "--resume"]
     log.info("training in a child process: %s", " ".join(cmd))
-    code = run_child(cmd)
+    code = run_child(cmd, env)
     if code == EXIT_INTERRUPTED:
         raise Interrupted(
             f"training was interrupted; a checkpoint is in {run_dir}/checkpoints. "
@@ -182,17 +184,35 @@ def train_settings(cfg: RunConfig) -> dict[str, Any]:
 
 def run(
     cfg: RunConfig, run_dir: str | Path, overwrite: bool = False, progress: bool = True, strict: bool = False
-) -> PipelineResult:
+) -> PipelineResult | None:
     """The whole pipeline. Returns where the report is and the gate's exit code; ``strict`` refuses splits too
-    small to decide anything (data.splits) instead of warning."""
+    small to decide anything (data.splits) instead of warning.
+
+    Under a launcher (app.ranks) rank 0 runs it and returns the result; the other processes train and evaluate
+    when it says so, and return None.
+    """
     run_dir = Path(run_dir)
     preflight(cfg, whole_run=True)  # a typo in a task name, probe file or gate rule fails here, not after training
+    crew = ranks.join()
+    if crew is not None and not crew.main:
+        ranks.follow(
+            crew,
+            run_dir,
+            _train_child,
+            lambda config, label, adapter: evaluate_model(
+                from_dict(config), run_dir, label, adapter, None, None, progress=False
+            ),
+        )
+        return None
     with run_lock(run_dir, "run"):
-        return _run(cfg, run_dir, overwrite, progress, strict)
+        return _run(cfg, run_dir, overwrite, progress, strict, crew)
 
 
-def _run(cfg: RunConfig, run_dir: Path, overwrite: bool, progress: bool, strict: bool) -> PipelineResult:
-    """The stages of `run`, under the run folder's lock."""
+def _run(
+    cfg: RunConfig, run_dir: Path, overwrite: bool, progress: bool, strict: bool, crew: ranks.Crew | None = None
+) -> PipelineResult:
+    """The stages of `run`, under the run folder's lock; with a ``crew`` (a launcher's processes), training and the
+    evaluations of base and tuned spread over them."""
     source = resolve_model(cfg.model.ref, cfg.model.revision)
     cfg = resolve_template(cfg, source)
     prepare_run_dir(cfg, run_dir, overwrite)
@@ -209,7 +229,12 @@ def _run(cfg: RunConfig, run_dir: Path, overwrite: bool, progress: bool, strict:
         if stages.done.get("train") not in (None, train_fp):  # settings changed: old checkpoints don't apply
             shutil.rmtree(adapter, ignore_errors=True)
             shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
-        _train_child(run_dir)
+        if crew is None:
+            _train_child(run_dir)
+        else:  # every process's child, meeting at a port of their own
+            port = ranks.free_port()
+            crew.tell(ranks.Message("train", port=port))
+            _train_child(run_dir, crew.training_env(port))
 
     train_fp = fingerprint([data_fp, to_dict(cfg.model), to_dict(cfg.lora), train_settings(cfg)])
     adapter = run_dir / "adapter"
@@ -227,7 +252,7 @@ def _run(cfg: RunConfig, run_dir: Path, overwrite: bool, progress: bool, strict:
         "eval_base",
         eval_fp,
         [base_path],
-        lambda: evaluate_model(cfg, run_dir, "base", None, base_path, contamination, progress),
+        lambda: _evaluate(crew, cfg, run_dir, "base", None, base_path, contamination, progress),
     )
 
     manifest = read_json(adapter / "manifest.json")
@@ -237,8 +262,10 @@ def _run(cfg: RunConfig, run_dir: Path, overwrite: bool, progress: bool, strict:
         "eval_tuned",
         tuned_fp,
         [tuned_path],
-        lambda: evaluate_model(cfg, run_dir, "tuned", adapter, tuned_path, contamination, progress),
+        lambda: _evaluate(crew, cfg, run_dir, "tuned", adapter, tuned_path, contamination, progress),
     )
+    if crew is not None:
+        crew.release()  # the rest is rank 0's alone
 
     if cfg.eval.judge.enabled:
         judge_path = run_dir / "eval" / "judge"
@@ -254,6 +281,22 @@ def _run(cfg: RunConfig, run_dir: Path, overwrite: bool, progress: bool, strict:
             cfg, run_dir, stages, fingerprint([train_fp, manifest.get("created")]), eval_fp, contamination, progress
         )
     return finish(run_dir, cfg)
+
+
+def _evaluate(
+    crew: ranks.Crew | None,
+    cfg: RunConfig,
+    run_dir: Path,
+    label: str,
+    adapter: Path | None,
+    out: Path,
+    contamination: dict[str, Any],
+    progress: bool,
+) -> None:
+    """Evaluate one model (``evals.runner.evaluate_model``); with a crew, every process its share of the batches."""
+    if crew is not None:
+        crew.tell(ranks.Message("eval", config=to_dict(cfg), label=label, adapter=str(adapter) if adapter else None))
+    evaluate_model(cfg, run_dir, label, adapter, out, contamination, progress)
 
 
 def export_stage(
