@@ -145,3 +145,16 @@ def test_a_study_made_with_another_heartbeat_is_refused(tmp_path):
     open_study(url, "s", SweepOptions("smoke", 2, heartbeat=60), {**identity, "heartbeat": 60})  # the same: resumes
     with pytest.raises(ConfigError, match=r"another heartbeat .*--heartbeat 60"):
         open_study(url, "s", SweepOptions("smoke", 2, heartbeat=5), {**identity, "heartbeat": 5})
+
+
+def test_a_run_folders_lock_record_hides_the_storage_password(tmp_path, monkeypatch):
+    """A trial's folder is locked by the worker, whose command line may carry the database URL with its password."""
+    import json
+
+    from tunebench.core.lock import RECORD_NAME, run_lock
+
+    url = "postgresql://sweeper:s3cret@db.cluster:5432/tunebench"
+    monkeypatch.setattr("sys.argv", ["tunebench", "sweep", "smoke", "--storage", url, "train.lr=1e-3"])
+    with run_lock(tmp_path / "trial", "sweep"):
+        argv = json.loads((tmp_path / "trial" / RECORD_NAME).read_text())["argv"]
+    assert argv[4] == "postgresql://sweeper:***@db.cluster:5432/tunebench" and argv[5] == "train.lr=1e-3"
