@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,7 +100,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def follow(crew: Crew, run_dir: Path, train_child: Any, evaluate: Any) -> None:
+def follow(
+    crew: Crew,
+    run_dir: Path,
+    train_child: Callable[[Path, dict[str, str]], None],
+    evaluate: Callable[[dict[str, Any], str, str | None], Any],
+) -> None:
     """The other processes: do what rank 0 says until it says done.
 
     Args:
