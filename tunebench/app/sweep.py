@@ -208,8 +208,9 @@ def run_trials(study: Study) -> int:
                 "trial %d was failed by another worker, which heard no heartbeat from this one for %d s (suspended?); "
                 "this worker's result is dropped and the configuration runs again",
                 trial.number,
-                LostTrials(study.opts.heartbeat).grace,
+                lost.grace,
             )
+            continue
         except BaseException as e:
             fail(study.optuna, trial, f"{type(e).__name__}: {e}")
             raise
