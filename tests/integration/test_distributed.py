@@ -1,5 +1,6 @@
-"""Data-parallel runs under torchrun on CPU (2 processes, gloo): training writes from rank 0 only and
-resumes; evaluation splits batches across processes and gathers results identical to one process."""
+"""Data-parallel runs under torchrun and accelerate launch on CPU (2 processes, gloo): training writes from rank 0
+only and resumes; evaluation splits batches across processes and gathers results identical to one process; the whole
+`tunebench run` under either launcher trains and evaluates in both processes and reports once."""
 
 from __future__ import annotations
 
@@ -18,15 +19,21 @@ from tunebench.core.config import dump_yaml, load_config
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def launch(args, nproc=2, cache=None, timeout=900):
+LAUNCHERS = {
+    "torchrun": ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"],
+    # on a host without GPUs accelerate starts one process unless told --multi_gpu (torchrun underneath, gloo)
+    "accelerate": [
+        *("-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes=2", "--num_machines=1"),
+        *("--mixed_precision=no", "--dynamo_backend=no", "--main_process_port=0"),
+    ],
+}
+
+
+def launch(args, nproc=2, cache=None, timeout=900, launcher="torchrun"):
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     if cache:
         env["TUNEBENCH_CACHE"] = str(cache)  # separate generation caches: nothing is reused between runs
-    cmd = (
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-        if nproc > 1
-        else [sys.executable]
-    ) + ["-m", "tunebench", *args]
+    cmd = [sys.executable, *(LAUNCHERS[launcher] if nproc > 1 else []), "-m", "tunebench", *args]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
     assert res.returncode == 0, res.stderr[-4000:]
     return res
@@ -166,6 +173,69 @@ def test_sharded_evaluation_equals_one_process(ddp_run, tmp_path, tiny_llama_dir
     assert not verdict["same"]
     assert verdict["item_sets"]["perplexity/test"]["first_differing"] == [p1[0]["id"]]
     assert verdict["probe_texts"]["default/greedy"]["differing"] == 1
+
+
+def test_accelerate_launch_trains_one_model_data_parallel(ddp_run, tmp_path):
+    """`tunebench train` under accelerate launch: the same job as under torchrun (which the fixture ran)."""
+    launch(["train", str(ddp_run / "cfg.yaml"), "--out", str(tmp_path / "run")], launcher="accelerate")
+    m = json.loads((tmp_path / "run" / "adapter" / "manifest.json").read_text())
+    assert m["world_size"] == 2 and m["effective_batch_size"] == 4 and m["steps"] == 4
+    assert m["backend"]["name"] == "hf" and m["model_wrapper"] == "DistributedDataParallel"
+    assert all(math.isfinite(p["loss"]) for p in m["loss_history"])
+    assert len(list((tmp_path / "run").rglob("manifest.json"))) == 1 and not list((tmp_path / "run").rglob("*.tmp"))
+
+
+def run_config(tiny_llama_dir, judge: bool) -> list[str]:
+    return [
+        f"model.ref={tiny_llama_dir}",
+        "train.max_steps=2",
+        "train.save_every=0",
+        "train.eval_every=0",
+        "data.max_train=8",
+        "data.max_validation=2",
+        "data.max_test=8",
+        "data.max_length=96",
+        "train.batch_size=2",
+        "train.grad_accum=1",
+        "train.warmup_steps=0",
+        "eval.lm_eval_tasks=[]",
+        "eval.bootstrap_samples=200",
+        "eval.probe_sampling=[{name: greedy, temperature: 0, max_new_tokens: 4}]",
+        "eval.probe_batch_size=8",
+        # rank 0 judges alone once the others are done: a generation that waits for them would hang
+        *(
+            ["eval.judge.n=2", "eval.judge.answer_max_new_tokens=8", "eval.judge.max_new_tokens=8"]
+            + ["eval.judge.sanity_questions=1"]
+            if judge
+            else ["eval.judge.enabled=false"]
+        ),
+    ]
+
+
+@pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
+def test_run_under_a_launcher_trains_and_evaluates_in_every_process_and_reports_once(
+    launcher, tmp_path, tiny_llama_dir
+):
+    cfg = load_config("smoke", run_config(tiny_llama_dir, judge=launcher == "torchrun"), resolved=False)
+    (tmp_path / "cfg.yaml").write_text(dump_yaml(cfg))
+    run = tmp_path / "run"
+    res = launch(["run", str(tmp_path / "cfg.yaml"), "--out", str(run)], launcher=launcher)
+    assert res.stdout.count("report: ") == 1  # rank 0 reports; the other process says nothing
+    m = json.loads((run / "adapter" / "manifest.json").read_text())
+    assert m["world_size"] == 2 and m["model_wrapper"] == "DistributedDataParallel" and m["steps"] == 2
+    assert m["backend"]["name"] == "hf" and "WORLD_SIZE=2" in m["backend"]["reason"]
+    test_split = json.loads((run / "data" / "data_report.json").read_text())["splits"]["test"]["conversations"]
+    for label in ("base", "tuned"):
+        results = json.loads((run / "eval" / label / "results.json").read_text())
+        assert results["environment"]["world_size"] == 2, label  # the batches were split over both
+        assert len(results["items"]["perplexity/test"]) == test_split > 0, label  # every item once, gathered
+    stages = json.loads((run / "stages.json").read_text())
+    assert {"data", "train", "eval_base", "eval_tuned"} <= set(stages)
+    assert ("judge" in stages) == (launcher == "torchrun")
+    comparison = json.loads((run / "comparison.json").read_text())
+    assert any(r["metric"] == "perplexity/test" for r in comparison["rows"])
+    assert (run / "report.md").is_file() and not list(run.rglob("*.tmp"))
+    assert len(list(run.rglob("manifest.json"))) == 1
 
 
 @pytest.mark.gpu

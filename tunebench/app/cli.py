@@ -154,6 +154,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         result = run(cfg, run_dir, overwrite=args.overwrite, strict=args.strict)
     except (KeyboardInterrupt, Interrupted):  # Ctrl-C here, or in the training child (it saved a checkpoint)
         raise Interrupted(run_interrupted_note(args, cfg, run_dir)) from None
+    if result is None:  # not the main process of a launched run: rank 0 reports
+        return 0
     print("\n" + result.headline)
     print(f"report: {result.report}")
     return result.gate_code if args.gate_exit else 0
@@ -172,6 +174,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         args.pruner,
         args.sampler_seed,
         confirm=not args.no_confirm,
+        heartbeat=args.heartbeat,
     )
     try:
         result = sweep(opts)

@@ -12,6 +12,7 @@ import typing
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from tunebench.app.sweep_study import HEARTBEAT_S, LOST_AFTER
 from tunebench.core.config import field_type, switch_of
 from tunebench.core.errors import ConfigError
 from tunebench.data.splits import MIN_TEST_CONVERSATIONS
@@ -171,8 +172,17 @@ def add_sweep(sub: Subparsers, fns: Handlers) -> None:
     s.add_argument("--space", help="search space YAML (default: the preset's, configs/spaces/PRESET.yaml)")
     s.add_argument(
         "--storage",
-        help="Optuna storage URL (default sqlite:///OUT/study.db); postgresql://... or "
-        "mysql://... shares one study across machines",
+        help="where the study lives (default sqlite:///OUT/study.db); to share one study across machines, "
+        "a database server, postgresql://USER:PASS@HOST/DB (or mysql://...), or journal:PATH, an Optuna journal "
+        "file on a disk every machine mounts. Every worker runs the same command (docs/scale-out.md)",
+    )
+    s.add_argument(
+        "--heartbeat",
+        type=int,
+        default=HEARTBEAT_S,
+        metavar="SECONDS",
+        help=f"a running trial's heartbeat period (default {HEARTBEAT_S}); a trial silent for {LOST_AFTER} beats "
+        "lost its worker: another worker fails it and runs its configuration again. The same for every worker",
     )
     s.add_argument("--study", help="study name in the storage (default tunebench-<preset name>)")
     s.add_argument("--out", help="sweep folder (default runs/<name>-sweep)")

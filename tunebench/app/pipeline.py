@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from tunebench.app import ranks
 from tunebench.app.preflight import preflight
 from tunebench.app.stages import Fingerprints, Stages
 from tunebench.app.stages import StageClock as StageClock  # re-exported
@@ -191,11 +192,12 @@ def run_child(cmd: list[str], env: dict[str, str] | None = None) -> int:
         signal.signal(signal.SIGTERM, old_term)
 
 
-def _train_child(run_dir: Path) -> None:
-    """Run `tunebench train` on the run's config in a child process; Ctrl-C reaches it and it checkpoints."""
+def _train_child(run_dir: Path, env: dict[str, str] | None = None) -> None:
+    """Run `tunebench train` on the run's config in a child process; Ctrl-C reaches it and it checkpoints. ``env``:
+    under a launcher, the child's ranks and rendezvous (``ranks.Crew.training_env``)."""
     cmd = [sys.executable, "-m", "tunebench", "train", str(run_dir / "config.yaml"), "--out", str(run_dir), "--resume"]
     log.info("training in a child process: %s", " ".join(cmd))
-    code = run_child(cmd)
+    code = run_child(cmd, env)
     if code == EXIT_INTERRUPTED:
         raise Interrupted(
             f"training was interrupted; a checkpoint is in {run_dir}/checkpoints. "
@@ -207,17 +209,35 @@ def _train_child(run_dir: Path) -> None:
 
 def run(
     cfg: RunConfig, run_dir: str | Path, overwrite: bool = False, progress: bool = True, strict: bool = False
-) -> PipelineResult:
+) -> PipelineResult | None:
     """The whole pipeline. Returns where the report is and the gate's exit code; ``strict`` refuses splits too
-    small to decide anything (data.splits) instead of warning."""
+    small to decide anything (data.splits) instead of warning.
+
+    Under a launcher (app.ranks) rank 0 runs it and returns the result; the other processes train and evaluate
+    when it says so, and return None.
+    """
     run_dir = Path(run_dir)
     preflight(cfg, whole_run=True)  # a typo in a task name, probe file or gate rule fails here, not after training
+    crew = ranks.join()
+    if crew is not None and not crew.main:
+        ranks.follow(
+            crew,
+            run_dir,
+            _train_child,
+            lambda config, label, adapter: evaluate_model(
+                from_dict(config), run_dir, label, adapter, None, None, progress=False
+            ),
+        )
+        return None
     with run_lock(run_dir, "run"):
-        return _run(cfg, run_dir, overwrite, progress, strict)
+        return _run(cfg, run_dir, overwrite, progress, strict, crew)
 
 
-def _run(cfg: RunConfig, run_dir: Path, overwrite: bool, progress: bool, strict: bool) -> PipelineResult:
-    """The stages of `run`, under the run folder's lock."""
+def _run(
+    cfg: RunConfig, run_dir: Path, overwrite: bool, progress: bool, strict: bool, crew: ranks.Crew | None = None
+) -> PipelineResult:
+    """The stages of `run`, under the run folder's lock; with a ``crew`` (a launcher's processes), training and the
+    evaluations of base and tuned spread over them."""
     source = resolve_model(cfg.model.ref, cfg.model.revision)
     cfg = resolve_template(cfg, source)
     prepare_run_dir(cfg, run_dir, overwrite)
@@ -237,7 +257,12 @@ def _run(cfg: RunConfig, run_dir: Path, overwrite: bool, progress: bool, strict:
         if stages.done.get("train") not in (None, train_fp):  # settings changed: old checkpoints don't apply
             shutil.rmtree(adapter, ignore_errors=True)
             shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
-        _train_child(run_dir)
+        if crew is None:
+            _train_child(run_dir)
+        else:  # every process's child, meeting at a port of their own
+            port = ranks.free_port()
+            crew.tell(ranks.Message("train", port=port))
+            _train_child(run_dir, crew.training_env(port))
 
     adapter = run_dir / "adapter"
     stages.run("train", train_fp, [adapter / "manifest.json"], train)
@@ -253,7 +278,7 @@ def _run(cfg: RunConfig, run_dir: Path, overwrite: bool, progress: bool, strict:
         "eval_base",
         eval_fp,
         [base_path],
-        lambda: evaluate_model(cfg, run_dir, "base", None, base_path, contamination, progress),
+        lambda: _evaluate(crew, cfg, run_dir, "base", None, base_path, contamination, progress),
     )
 
     manifest = read_json_object(adapter / "manifest.json", "train the adapter again (delete adapter/ and run again)")
@@ -264,20 +289,13 @@ def _run(cfg: RunConfig, run_dir: Path, overwrite: bool, progress: bool, strict:
         "eval_tuned",
         tuned_fp,
         [tuned_path],
-        lambda: evaluate_model(cfg, run_dir, "tuned", adapter, tuned_path, contamination, progress),
+        lambda: _evaluate(crew, cfg, run_dir, "tuned", adapter, tuned_path, contamination, progress),
     )
+    if crew is not None:
+        crew.release()  # the rest is rank 0's alone
 
     if cfg.eval.judge.enabled:
-        judge_path = run_dir / "eval" / "judge"
-        stages.run(
-            "judge",
-            # the adapter and the judge's own settings (judge_fingerprint), not the other evaluations': a new
-            # lm-eval task or probe set leaves the judgments standing
-            fingerprint([data_fp, adapter_fp, judge_fingerprint(cfg)]),
-            [judge_path / "results.json", judge_path / "judgments.jsonl"],
-            lambda: run_judge(cfg, run_dir, adapter, judge_path, progress),
-        )
-
+        _judge_stage(cfg, run_dir, stages, fingerprint([data_fp, adapter_fp, judge_fingerprint(cfg)]), progress)
     if cfg.export.gguf:
         export_stage(cfg, run_dir, stages, adapter_fp, eval_fp, contamination, progress)
     if stages.reuse_line():
@@ -287,6 +305,34 @@ def _run(cfg: RunConfig, run_dir: Path, overwrite: bool, progress: bool, strict:
     # without checksums (every finish rewrites them: a run stopped inside one must not leave stale sums "done")
     stages.mark("report", fingerprint([to_dict(cfg.report), to_dict(cfg.gate), cfg.eval.judge.enabled]))
     return result
+
+
+def _judge_stage(cfg: RunConfig, run_dir: Path, stages: Stages, judge_fp: str, progress: bool) -> None:
+    """The judge's stage; ``judge_fp``: the data, the adapter and the judge's own settings (judge_fingerprint), not the
+    other evaluations': a new lm-eval task or probe set leaves the judgments standing."""
+    judge_path = run_dir / "eval" / "judge"
+    stages.run(
+        "judge",
+        judge_fp,
+        [judge_path / "results.json", judge_path / "judgments.jsonl"],
+        lambda: run_judge(cfg, run_dir, run_dir / "adapter", judge_path, progress),
+    )
+
+
+def _evaluate(
+    crew: ranks.Crew | None,
+    cfg: RunConfig,
+    run_dir: Path,
+    label: str,
+    adapter: Path | None,
+    out: Path,
+    contamination: dict[str, Any],
+    progress: bool,
+) -> None:
+    """Evaluate one model (``evals.runner.evaluate_model``); with a crew, every process its share of the batches."""
+    if crew is not None:
+        crew.tell(ranks.Message("eval", config=to_dict(cfg), label=label, adapter=str(adapter) if adapter else None))
+    evaluate_model(cfg, run_dir, label, adapter, out, contamination, progress)
 
 
 def export_stage(

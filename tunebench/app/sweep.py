@@ -1,8 +1,9 @@
 """`tunebench sweep PRESET --trials N`: a LoRA and hyperparameter search on Optuna that picks a winner with confidence.
 
 A study lives in a storage (by default ``sqlite:///OUT/study.db``): running the same command again resumes it, and
-finished trials count toward N; with a shared server (``--storage postgresql://...``) every machine that runs the
-same command works on the same study (Optuna's own distributed mode). One sweep folder holds:
+finished trials count toward N; with a shared server (``--storage postgresql://...``) or a journal file on a shared disk
+(``--storage journal:PATH``) every machine that runs the same command works on the same study (app.sweep_storage;
+docs/scale-out.md). One sweep folder holds:
 
     OUT/data/              the study's prepared data (prepared.json, data_report.*): once per study, by fingerprint,
                            and without the test split (the sweep selects on validation only)
@@ -20,9 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
-import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,9 +29,20 @@ from typing import Any
 from tunebench.app.pipeline import PipelineResult, resolve_template, run, run_child, write_config
 from tunebench.app.preflight import preflight
 from tunebench.app.sweep_space import Space, default_space, load_space, overrides_of
-from tunebench.app.sweep_study import HEARTBEAT_S, max_steps, open_study, prepare_data, study_identity
+from tunebench.app.sweep_storage import normalize_url, shown_url
+from tunebench.app.sweep_study import (
+    HEARTBEAT_S,
+    POLL_S,
+    LostTrials,
+    claim_next,
+    heartbeat,
+    max_steps,
+    open_study,
+    prepare_data,
+    study_identity,
+)
 from tunebench.app.sweep_summary import summarize, write_summary
-from tunebench.app.sweep_trial import OUTCOME_FILE, STORAGE_ENV, Outcome, TrialSpec, shown_url
+from tunebench.app.sweep_trial import OUTCOME_FILE, STORAGE_ENV, Outcome, TrialSpec
 from tunebench.core import output, tracking
 from tunebench.core.config import RunConfig, load_config, resolve, with_values
 from tunebench.core.errors import EXIT_INTERRUPTED, ConfigError, Interrupted, PipelineError, TunebenchError
@@ -66,6 +76,8 @@ class SweepOptions:
     sampler_seed: int | None = None
     confirm: bool = True
     progress: bool = True
+    heartbeat: int = HEARTBEAT_S
+    """Seconds between a running trial's heartbeats; every worker of a study gives the same."""
 
 
 @dataclass
@@ -104,8 +116,12 @@ def sweep(opts: SweepOptions) -> SweepResult:
             anything trains).
         Interrupted: Ctrl-C or SIGTERM; finished trials stay in the study, the one running is marked failed.
     """
-    if opts.trials < 1 or opts.seeds < 1:
-        raise ConfigError(f"--trials and --seeds must be at least 1 (got --trials {opts.trials}, --seeds {opts.seeds})")
+    if opts.trials < 1 or opts.seeds < 1 or opts.heartbeat < 1:
+        raise ConfigError(
+            f"--trials, --seeds and --heartbeat must be at least 1 (got --trials {opts.trials}, --seeds {opts.seeds}, "
+            f"--heartbeat {opts.heartbeat})"
+        )
+    url = normalize_url(opts.storage) if opts.storage else None
     asked = load_config(opts.preset, opts.overrides, resolved=False)
     space_path = opts.space or default_space(opts.preset)
     if space_path is None:
@@ -125,7 +141,7 @@ def sweep(opts: SweepOptions) -> SweepResult:
     out = Path(opts.out or Path("runs") / f"{asked.name}-sweep")
     out.mkdir(parents=True, exist_ok=True)
     output.log_to(out / "run.log")
-    url = opts.storage or f"sqlite:///{(out / 'study.db').resolve()}"
+    url = url or f"sqlite:///{(out / 'study.db').resolve()}"
     optuna_study, storage = open_study(
         url, opts.study or f"tunebench-{asked.name}", opts, study_identity(asked, space, opts)
     )
@@ -146,12 +162,12 @@ def sweep(opts: SweepOptions) -> SweepResult:
 
 
 def run_trials(study: Study) -> int:
-    """Ask for trials until the study holds ``--trials`` finished ones (running ones in other workers counted).
+    """Claim trials until the study holds ``--trials`` finished ones, then wait for those other workers still run, so
+    every worker reports the same study. A trial whose worker is lost is failed and its configuration run again.
 
     Returns:
         How many trials this process ran.
     """
-    requeue_interrupted(study.optuna)
     with output.stage("sweep", study.opts.trials, initial=_finished(study.optuna), unit="trial") as bar:
         return _trial_loop(study, bar)
 
@@ -169,15 +185,20 @@ def _trial_loop(study: Study, bar: output.Stage) -> int:
     import optuna  # optional: the sweep extra
 
     states = optuna.trial.TrialState
-    ran = failures = 0
+    lost, ran, failures, waiting = LostTrials(study.opts.heartbeat), 0, 0, False
     while True:
-        optuna.storages.fail_stale_trials(study.optuna)  # a worker that died mid-trial: its trial failed
-        trials = study.optuna.get_trials(deepcopy=False, states=(states.COMPLETE, states.PRUNED, states.RUNNING))
-        bar.count(_finished(study.optuna))
-        if len(trials) >= study.opts.trials:
-            return ran
-        trial = study.optuna.ask()
-        log.info("trial %d (%d of %d in the study)", trial.number, len(trials) + 1, study.opts.trials)
+        trial, finished, running = claim_next(study.optuna, study.storage, study.url, study.opts.trials, lost)
+        bar.count(finished)
+        if trial is None:
+            if finished >= study.opts.trials:
+                return ran
+            if not waiting:
+                log.info("%d trial(s) finished; waiting for the %d running in other workers", finished, running)
+            waiting = True
+            time.sleep(min(POLL_S, study.opts.heartbeat))
+            continue
+        waiting = False
+        log.info("trial %d (%d of %d in the study)", trial.number, finished + running + 1, study.opts.trials)
         try:
             run_trial(study, trial)
             failures = 0
@@ -198,23 +219,18 @@ def _trial_loop(study: Study, bar: output.Stage) -> int:
                     f"{failures} trials in a row failed (the last: {e}); the sweep stopped. Fix the "
                     "cause and run the same command again: finished trials are kept"
                 ) from None
+        except optuna.exceptions.UpdateFinishedTrialError:
+            log.warning(
+                "trial %d was failed by another worker, which heard no heartbeat from this one for %d s (suspended?); "
+                "this worker's result is dropped and the configuration runs again",
+                trial.number,
+                lost.grace,
+            )
+            continue
         except BaseException as e:
             fail(study.optuna, trial, f"{type(e).__name__}: {e}")
             raise
         ran += 1
-
-
-def requeue_interrupted(study: Any) -> None:
-    """Queue the configuration of each trial an interrupt cut short, once, so the next run tries it first."""
-    import optuna  # optional: the sweep extra
-
-    done = set(study.user_attrs.get("requeued", []))
-    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)):
-        if t.user_attrs.get("interrupted") and t.number not in done and t.params:
-            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
-            done.add(t.number)
-    if done:
-        study.set_user_attr("requeued", sorted(done))
 
 
 def fail(study: Any, trial: Any, why: str, interrupted: bool = False) -> None:
@@ -226,6 +242,15 @@ def fail(study: Any, trial: Any, why: str, interrupted: bool = False) -> None:
         if interrupted:
             trial.set_user_attr("interrupted", True)
     study.tell(trial, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+
+
+def tell(study: Any, trial: Any, value: float | None = None, state: Any = None) -> None:
+    """Tell the study a trial's end, unless another worker failed it as lost meanwhile (then raise so)."""
+    import optuna  # optional: the sweep extra
+
+    frozen = study.tell(trial, value, state=state, skip_if_finished=True)
+    if frozen.state == optuna.trial.TrialState.FAIL:
+        raise optuna.exceptions.UpdateFinishedTrialError(f"trial {trial.number} was failed as lost")
 
 
 def trial_config(study: Study, values: dict[str, Any], seed: int) -> RunConfig:
@@ -246,7 +271,8 @@ def run_trial(study: Study, trial: Any) -> None:
     t0 = time.perf_counter()
     pooled: dict[str, dict[str, Any]] = {}
     per_seed, run_dirs = [], []
-    with heartbeat(study.storage, trial._trial_id):  # Trial has no public id; the child reports to it by id
+    # Trial has no public id; the heartbeat and the child reach it by id
+    with heartbeat(study.storage, trial._trial_id, study.opts.heartbeat):
         for k, seed in enumerate(seeds):
             run_dir = trial_dir if len(seeds) == 1 else trial_dir / f"seed-{seed}"
             run_dirs.append(str(run_dir))
@@ -259,7 +285,7 @@ def run_trial(study: Study, trial: Any) -> None:
             if outcome.pruned:
                 trial.set_user_attr("seconds", round(time.perf_counter() - t0, 1))
                 trial.set_user_attr("pruned_at_step", outcome.step)
-                study.optuna.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                tell(study.optuna, trial, state=optuna.trial.TrialState.PRUNED)
                 return
             metric, items = score_validation(cfg, study.prepared, run_dir / "adapter", progress=study.opts.progress)
             atomic_write_json(
@@ -292,7 +318,7 @@ def run_trial(study: Study, trial: Any) -> None:
     trial.set_user_attr("ci", [ci.low, ci.high])
     trial.set_user_attr("per_seed", per_seed)
     trial.set_user_attr("seconds", round(time.perf_counter() - t0, 1))
-    study.optuna.tell(trial, ci.value)
+    tell(study.optuna, trial, ci.value)
     log.info("trial %d: validation perplexity %.4f [%.4f, %.4f]", trial.number, ci.value, ci.low, ci.high)
 
 
@@ -327,27 +353,6 @@ def train_trial(study: Study, trial: Any, cfg: RunConfig, run_dir: Path, report:
             f"trial {trial.number}: training in {run_dir} failed (exit code {code}); see the message above"
         )
     return Outcome(**read_json(run_dir / OUTCOME_FILE))
-
-
-@contextlib.contextmanager
-def heartbeat(storage: Any, trial_id: int) -> Iterator[None]:
-    """Record the trial's heartbeat while it runs, so a worker that dies (SIGKILL, a lost machine) leaves a trial
-    that ``fail_stale_trials`` marks failed instead of one that looks running for ever."""
-    stop = threading.Event()
-
-    def beat() -> None:
-        while not stop.wait(HEARTBEAT_S):
-            with contextlib.suppress(Exception):  # a missed beat is retried at the next; never stops the trial
-                storage.record_heartbeat(trial_id)
-
-    storage.record_heartbeat(trial_id)
-    thread = threading.Thread(target=beat, name="sweep-heartbeat", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join(timeout=5)
 
 
 # ----------------------------------------------------------------------------- confirmation

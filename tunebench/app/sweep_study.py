@@ -1,10 +1,14 @@
 """A sweep's study: what makes two invocations the same study, opening it in its storage (created once, checked
-after), the most steps a trial can take, and the data stage every trial shares."""
+after), how workers claim its trials (the heartbeat that tells a lost trial from a running one), the most steps a
+trial can take, and the data stage every trial shares."""
 
 from __future__ import annotations
 
 import contextlib
-import warnings
+import logging
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -12,7 +16,8 @@ from filelock import FileLock
 
 from tunebench.app.pipeline import Stages, resolve_template
 from tunebench.app.sweep_space import Space
-from tunebench.app.sweep_trial import engine_kwargs, make_pruner, shown_url
+from tunebench.app.sweep_storage import open_storage, shown_url, study_lock
+from tunebench.app.sweep_trial import make_pruner
 from tunebench.core.config import RunConfig, to_dict
 from tunebench.core.errors import ConfigError
 from tunebench.core.io import atomic_write_json, atomic_write_text, fingerprint, read_json
@@ -24,8 +29,17 @@ from tunebench.models.loading import load_tokenizer, resolve_model
 if TYPE_CHECKING:
     from tunebench.app.sweep import SweepOptions
 
+log = logging.getLogger(__name__)
+
 HEARTBEAT_S = 60
-"""A running trial records a heartbeat this often; one silent for 3 beats (its worker died) is marked failed."""
+"""A running trial's worker records a heartbeat this often (``--heartbeat``); one silent for LOST_AFTER beats lost
+its worker (killed, its machine gone): another worker marks it failed and runs its configuration again."""
+LOST_AFTER = 3
+"""Beats a trial's heartbeat may stay unchanged before it counts as lost."""
+HEARTBEAT_ATTR = "heartbeat"
+"""The trial's user attribute the heartbeat rewrites (the writer's clock; only its changes are read)."""
+POLL_S = 10
+"""How often, at most, a worker with nothing left to ask looks again at the trials other workers run."""
 
 
 def study_identity(asked: RunConfig, space: Space, opts: SweepOptions) -> dict[str, Any]:
@@ -42,6 +56,7 @@ def study_identity(asked: RunConfig, space: Space, opts: SweepOptions) -> dict[s
         "pruner": opts.pruner,
         "preset": opts.preset,
         "overrides": list(opts.overrides),
+        "heartbeat": opts.heartbeat,
     }
 
 
@@ -50,7 +65,7 @@ def open_study(url: str, name: str, opts: SweepOptions, identity: dict[str, Any]
 
     Raises:
         ConfigError: optuna missing, a storage that cannot be opened (named, password hidden), or a study of that
-            name made with another config, space, seeds or pruner.
+            name made with another config, space, seeds, pruner or heartbeat.
     """
     try:
         import optuna  # optional: the sweep extra
@@ -58,14 +73,9 @@ def open_study(url: str, name: str, opts: SweepOptions, identity: dict[str, Any]
     except ImportError as e:
         raise ConfigError(f"tunebench sweep needs optuna ({e}): pip install 'tunebench[sweep]'") from None
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    # the heartbeat is experimental, and documented for Study.optimize: here each trial records its own (heartbeat())
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
     try:
-        with _creation_lock(url):
-            storage = optuna.storages.RDBStorage(
-                url, engine_kwargs=engine_kwargs(url), heartbeat_interval=HEARTBEAT_S, grace_period=3 * HEARTBEAT_S
-            )
+        with study_lock(url):  # workers starting together: one creates the tables and the study, the others load it
+            storage = open_storage(url)
             study = optuna.create_study(
                 storage=storage,
                 study_name=name,
@@ -74,34 +84,135 @@ def open_study(url: str, name: str, opts: SweepOptions, identity: dict[str, Any]
                 sampler=optuna.samplers.TPESampler(seed=opts.sampler_seed),
                 pruner=make_pruner(opts.pruner, 0),
             )
+            recorded = study.user_attrs.get("tunebench")
+            if recorded is None:
+                study.set_user_attr("tunebench", identity)
     except (ImportError, ValueError, RuntimeError, OSError, sqlalchemy.exc.SQLAlchemyError) as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError(
             f"--storage {shown_url(url)}: cannot open the study storage ({type(e).__name__}: "
-            f"{reason[:300]}). Check the URL, that the database server is up and reachable, and that its "
-            "driver is installed (postgresql: psycopg2-binary, mysql: PyMySQL)"
+            f"{reason[:300]}). Check the URL, that the database server is up and reachable (a journal: that its "
+            "folder is mounted), and that its driver is installed (postgresql://: pip install 'psycopg[binary]', or "
+            "postgresql+psycopg2:// with psycopg2-binary; mysql://: PyMySQL)"
         ) from None
-    recorded = study.user_attrs.get("tunebench")
-    if recorded is None:
-        study.set_user_attr("tunebench", identity)
-    else:
-        differ = [k for k in ("config", "space", "seeds", "pruner") if recorded.get(k) != identity[k]]
+    if recorded is not None:
+        recorded = {"heartbeat": HEARTBEAT_S, **recorded}  # studies made before --heartbeat beat every 60 s
+        differ = [k for k in ("config", "space", "seeds", "pruner", "heartbeat") if recorded.get(k) != identity[k]]
         if differ:
             raise ConfigError(
                 f"study {name!r} in {shown_url(url)} was made with another {', '.join(differ)} (by `tunebench sweep "
-                f"{recorded.get('preset')} {' '.join(recorded.get('overrides', []))}`); resume it with the same "
-                "command, or start another study with --out DIR or --study NAME"
+                f"{recorded.get('preset')} {' '.join(recorded.get('overrides', []))}`"
+                + (f" --heartbeat {recorded['heartbeat']}" if "heartbeat" in differ else "")
+                + "); resume it with the same command, or start another study with --out DIR or --study NAME"
             )
     return study, storage
 
 
-def _creation_lock(url: str) -> contextlib.AbstractContextManager[Any]:
-    """Workers starting together on one SQLite file create its tables and the study one at a time, so neither sees
-    the other's half-made schema; a database server orders that itself."""
-    path = Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
-    if path is None or not path.parent.is_dir():
-        return contextlib.nullcontext()
-    return FileLock(str(path) + ".lock")
+# ----------------------------------------------------------------------------- claiming trials
+
+
+def claim_next(study: Any, storage: Any, url: str, target: int, lost: LostTrials) -> tuple[Any | None, int, int]:
+    """Under the study's lock: queue again what was interrupted, fail lost trials (queued again too), count, and ask
+    for the next trial unless the finished and running trials already make ``target``.
+
+    Returns:
+        (the trial to run, or None; finished trials, complete or pruned; trials running in any worker).
+    """
+    import optuna  # optional: the sweep extra
+
+    states = optuna.trial.TrialState
+    with study_lock(url):
+        requeue_interrupted(study)
+        lost.fail(study, storage)
+        trials = study.get_trials(deepcopy=False, states=(states.COMPLETE, states.PRUNED, states.RUNNING))
+        running = sum(t.state == states.RUNNING for t in trials)
+        trial = study.ask() if len(trials) < target else None  # pops a queued retry first
+    return trial, len(trials) - running, running
+
+
+def requeue_interrupted(study: Any) -> None:
+    """Queue the configuration of each trial an interrupt cut short, once, so the next run tries it first."""
+    import optuna  # optional: the sweep extra
+
+    done = set(study.user_attrs.get("requeued", []))
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)):
+        if t.user_attrs.get("interrupted") and t.number not in done and t.params:
+            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+            done.add(t.number)
+    if done != set(study.user_attrs.get("requeued", [])):
+        study.set_user_attr("requeued", sorted(done))
+
+
+class LostTrials:
+    """Running trials whose worker is gone: their heartbeat unchanged for LOST_AFTER beats, as this worker's own
+    monotonic clock sees it (the machines' clocks need not agree).
+
+    Args:
+        every: the study's heartbeat, in seconds.
+    """
+
+    def __init__(self, every: float) -> None:
+        self.grace = LOST_AFTER * every
+        self.seen: dict[int, tuple[Any, float]] = {}
+        """Trial id: (its heartbeat when it last changed, this worker's monotonic time then)."""
+
+    def fail(self, study: Any, storage: Any) -> None:
+        """Mark each lost trial failed, and queue its configuration once more (unless it was itself a retry)."""
+        import optuna  # optional: the sweep extra
+
+        now, lost = time.monotonic(), []
+        running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+        for t in running:
+            beat, last = t.user_attrs.get(HEARTBEAT_ATTR), self.seen.get(t._trial_id)
+            if last is None or last[0] != beat:
+                self.seen[t._trial_id] = (beat, now)
+            elif now - last[1] > self.grace:
+                lost.append(t)
+        self.seen = {t._trial_id: self.seen[t._trial_id] for t in running if t not in lost}
+        for t in lost:
+            self._fail_one(study, storage, t)
+
+    def _fail_one(self, study: Any, storage: Any, t: Any) -> None:
+        import optuna  # optional: the sweep extra
+
+        failed = optuna.trial.TrialState.FAIL
+        why = f"its worker stopped: no heartbeat for {self.grace:g} s (killed, or its machine lost)"
+        try:
+            storage.set_trial_user_attr(t._trial_id, "error", why)
+            storage.set_trial_user_attr(t._trial_id, "lost", True)
+            storage.set_trial_state_values(t._trial_id, failed)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return  # it finished after all
+        if storage.get_trial(t._trial_id).state != failed:
+            return  # a journal keeps the first end written: its worker's, just before ours
+        again = bool(t.params) and t.user_attrs.get("retry_of") is None
+        if again:
+            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+        log.warning("trial %d failed: %s%s", t.number, why, "; its configuration runs again" if again else "")
+
+
+@contextlib.contextmanager
+def heartbeat(storage: Any, trial_id: int, every: float) -> Iterator[None]:
+    """Record the trial's heartbeat every ``every`` seconds while it runs, so a worker that dies (SIGKILL, a lost
+    machine) leaves a trial the other workers fail (``LostTrials``) instead of one that looks running for ever."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(every):
+            with contextlib.suppress(Exception):  # a missed beat is retried at the next; never stops the trial
+                storage.set_trial_user_attr(trial_id, HEARTBEAT_ATTR, time.time())
+
+    storage.set_trial_user_attr(trial_id, HEARTBEAT_ATTR, time.time())
+    thread = threading.Thread(target=beat, name="sweep-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+# ----------------------------------------------------------------------------- the study's shared parts
 
 
 def max_steps(asked: RunConfig, space: Space) -> int:

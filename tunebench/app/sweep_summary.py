@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tunebench.app.sweep_space import overrides_of
-from tunebench.app.sweep_trial import shown_url
+from tunebench.app.sweep_storage import shown_url
 from tunebench.core.io import atomic_write_json, atomic_write_text
 from tunebench.evals.validation import OBJECTIVE_METRIC, OBJECTIVE_SPLIT
 from tunebench.reports.compare import Comparison

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from tunebench.app.sweep_storage import open_storage
 from tunebench.core import output
 from tunebench.core.config import load_config
 from tunebench.core.errors import EXIT_INTERRUPTED, ConfigError, TunebenchError
@@ -104,24 +105,9 @@ def open_trial(spec: TrialSpec) -> Any:
             f"{STORAGE_ENV} is not set: a sweep trial runs as `tunebench sweep`'s child, which names "
             "the study's storage there"
         )
-    storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url))
+    storage = open_storage(url)
     study = optuna.load_study(study_name=spec.study, storage=storage, pruner=make_pruner(spec.pruner, spec.max_steps))
     return optuna.trial.Trial(study, spec.trial_id)
-
-
-def engine_kwargs(url: str) -> dict[str, Any]:
-    """SQLite waits for a writer instead of failing at once: several processes share one study file."""
-    return {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-
-
-def shown_url(url: str) -> str:
-    """A storage URL with its password hidden."""
-    try:
-        from sqlalchemy.engine import make_url  # optional: comes with optuna
-
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # not a URL sqlalchemy parses: keep what follows the credentials
-        return url.split("@")[-1] if "@" in url else url
 
 
 def run_trial(run_dir: Path) -> int:

@@ -16,6 +16,7 @@ import contextlib
 import datetime
 import logging
 import os
+import re
 import socket
 import sys
 import time
@@ -134,6 +135,11 @@ def _acquire(run_dir: Path, path: Path) -> FileLock:
     return lock
 
 
+def _hide_password(arg: str) -> str:
+    """An argument with the password of any URL in it hidden (`sweep --storage postgresql://user:PASS@host/db`)."""
+    return re.sub(r"(://[^/:@\s]*:)[^/@\s]+@", r"\1***@", arg)
+
+
 @contextlib.contextmanager
 def run_lock(run_dir: str | Path, command: str) -> Iterator[None]:
     """Hold ``run_dir``'s lock for the block (creating the folder); nested and child-of-holder uses pass through.
@@ -161,7 +167,7 @@ def run_lock(run_dir: str | Path, command: str) -> Iterator[None]:
     lock = _acquire(run_dir, path)
     since = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     record = Holder(os.getpid(), socket.gethostname(), command, since)
-    atomic_write_json(run_dir / RECORD_NAME, {**asdict(record), "argv": sys.argv})
+    atomic_write_json(run_dir / RECORD_NAME, {**asdict(record), "argv": [_hide_password(a) for a in sys.argv]})
     _held[path], old_env = 1, os.environ.get(ENV)
     os.environ[ENV] = str(path)
     try:
