@@ -183,6 +183,45 @@ def test_leaderboard_compares_each_adapter_with_one_base():
         leaderboard(base, {"good": good, "other": other})
 
 
+def test_leaderboard_ranks_on_the_primary_metric_and_compares_adapters_pairwise():
+    """Issue 40 item 8: ranked best first on the primary metric (its direction from the data), and every pair of
+    adapters compared on it with the same paired statistics as each against the base (same items on both sides)."""
+    base, good = synthetic.make_pair("improved")
+    bad = synthetic.make_results("tuned", "regressed")
+    twin = synthetic.make_results("tuned", "improved")  # the same adapter evaluated again: indistinguishable
+    board = leaderboard(base, {"bad": bad, "good": good, "twin": twin}, n_boot=400)
+    assert board.primary == "perplexity/test" and board.ranking == ["good", "twin", "bad"]  # lower is better
+    pairs = {(v.first, v.second): v for v in board.versus}
+    assert list(pairs) == [("good", "twin"), ("good", "bad"), ("twin", "bad")]
+    gb = pairs[("good", "bad")]
+    paired = compare(good, bad, n_boot=400)  # the good adapter as "base", the bad one as "tuned": the same statistics
+    direct = paired.row("perplexity/test")
+    assert (gb.row.delta, gb.row.ci_low, gb.row.ci_high, gb.row.p_value) == (
+        direct.delta,
+        direct.ci_low,
+        direct.ci_high,
+        direct.p_value,
+    )
+    assert gb.row.n == 60 and gb.row.unit == "conversations" and "paired bootstrap" in gb.row.method
+    assert gb.row.delta == pytest.approx(
+        board.comparisons["bad"].row("perplexity/test").tuned - good.metric("perplexity/test").value
+    )
+    assert [v.p_holm for v in board.versus] == stats.holm([v.row.p_value for v in board.versus])  # one family
+    assert gb.verdict == "good better" and pairs[("twin", "bad")].verdict == "twin better"
+    same = pairs[("good", "twin")]
+    assert same.row.delta == 0 and same.verdict == "no significant difference"
+    assert Leaderboard.from_dict(json.loads(json.dumps(board.to_dict()))).to_dict() == board.to_dict()
+
+    acc = leaderboard(base, {"bad": bad, "good": good}, n_boot=400, primary="lm_eval/tunebench_facts_mc/acc")
+    assert acc.ranking == ["good", "bad"]  # higher is better
+    (v,) = acc.versus
+    assert v.verdict == "good better" and "McNemar" in v.row.method and v.row.details["discordant"]["base_only"] > 0
+    with pytest.raises(ComparisonError, match="no metric 'nope' to rank the adapters by; known: .*perplexity/test"):
+        leaderboard(base, {"good": good}, primary="nope")
+    alone = leaderboard(base, {"good": good}, n_boot=400)
+    assert alone.ranking == ["good"] and alone.versus == []
+
+
 def test_runs_on_disk(tmp_path):
     a = synthetic.write_run(tmp_path / "a", *synthetic.make_pair("improved"), alpha=0.1, n_boot=400)
     b = synthetic.write_run(tmp_path / "b", *synthetic.make_pair("regressed"))

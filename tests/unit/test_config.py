@@ -291,6 +291,34 @@ def test_a_run_folder_whose_recorded_reasons_are_worded_differently_is_still_the
         prepare_run_dir(load_config("smoke", ["train.max_steps=3"]), tmp_path, overwrite=False)
 
 
+def test_a_finished_run_takes_new_eval_judge_report_and_gate_settings_but_not_new_training(tmp_path, caplog):
+    """Issue 40 item 10: only the sections no training stage reads may change without --overwrite; config.yaml then
+    records the new settings (the stages' fingerprints decide what runs again)."""
+    import yaml
+
+    from tunebench.app.pipeline import prepare_run_dir
+    from tunebench.core.errors import PipelineError
+
+    prepare_run_dir(load_config("smoke", ["eval.judge.enabled=false"]), tmp_path, overwrite=False)
+    changed = load_config(
+        "smoke", ["eval.judge.enabled=true", "eval.lm_eval_limit=4", "report.alpha=0.1", "gate.rules=strict"]
+    )
+    with caplog.at_level(logging.INFO, logger="tunebench.app.pipeline"):
+        prepare_run_dir(changed, tmp_path, overwrite=False)
+    note = caplog.text
+    for diff in ("eval.judge.enabled: False -> True", "eval.lm_eval_limit: 12 -> 4", "report.alpha: 0.05 -> 0.1"):
+        assert diff in note, note
+    assert "the adapter is reused" in note
+    written = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    assert written["eval"]["judge"]["enabled"] is True and written["gate"]["rules"] == "strict"
+    assert load_config(tmp_path / "config.yaml") == changed
+    for training in ("train.max_steps=3", "lora.r=8", "data.max_train=10", "model.dtype=bfloat16"):
+        with pytest.raises(PipelineError, match=training.split("=")[0]) as e:
+            prepare_run_dir(load_config("smoke", [training]), tmp_path, overwrite=False)
+        assert "--overwrite" in str(e.value) and "eval, report, gate settings may change" in str(e.value)
+    assert load_config(tmp_path / "config.yaml") == changed  # a refused run leaves the recorded config alone
+
+
 @pytest.fixture
 def fresh_announcements(monkeypatch):
     """Aliases and renamed keys are announced once per process: start each test with none announced yet."""

@@ -13,6 +13,7 @@ import importlib.util
 import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ import pytest
 from tunebench.core.markdown import cell
 from tunebench.reports.compare import Comparison, compare, leaderboard
 from tunebench.reports.gate import evaluate_gate
+from tunebench.reports.per_item import per_item, record_lines
 from tunebench.reports.render import (
     context_from_run,
     fibonacci_transcripts,
@@ -45,10 +47,19 @@ def _load_synthetic():
 synthetic = _load_synthetic()
 
 
-def _full_context(base, tuned, comparison) -> dict:
+def _record_lines(base, tuned) -> dict:
+    """Where each item's record opens in the results files as the pipeline writes them (for the flips' links)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        return {r.label: record_lines(r.save(Path(tmp) / f"{r.label}.json").read_text()) for r in (base, tuned)}
+
+
+def _full_context(base, tuned, comparison, judgments=None, judge_artifacts=None) -> dict:
     gate = evaluate_gate(comparison, "default").to_dict()
     gate["rules_source"] = "configs/gates/default.yaml"  # the resolved path is machine-specific
+    per = per_item(base, tuned, comparison, judgments, side_by_side=5, flips=3, lines=_record_lines(base, tuned))
     return {
+        "per_item": per.to_dict(),
+        **({"judge_artifacts": judge_artifacts} if judge_artifacts else {}),
         "name": "synthetic-smoke",
         "manifest": synthetic.manifest(),
         "data_report": synthetic.data_report(),
@@ -65,9 +76,11 @@ def test_golden_report():
     """The rendered report of a fixed Comparison + context is pinned byte for byte."""
     if os.environ.get("TUNEBENCH_UPDATE_GOLDEN") == "1":
         base, tuned = synthetic.make_pair("improved")
-        comp = compare(base, tuned, alpha=0.05, n_boot=1000, seed=0)
+        judgments, judged = synthetic.judge_stage()  # an invalid judge metric: listed under "Not measured"
+        comp = compare(base, tuned, alpha=0.05, n_boot=1000, seed=0, judged=judged)
         GOLDEN_COMPARISON.write_text(json.dumps(comp.to_dict(), indent=2) + "\n", encoding="utf-8")
-        GOLDEN_CONTEXT.write_text(json.dumps(_full_context(base, tuned, comp), indent=2) + "\n", encoding="utf-8")
+        context = _full_context(base, tuned, comp, judgments, judged.artifacts["judge"])
+        GOLDEN_CONTEXT.write_text(json.dumps(context, indent=2) + "\n", encoding="utf-8")
     comp = Comparison.from_dict(json.loads(GOLDEN_COMPARISON.read_text(encoding="utf-8")))
     context = json.loads(GOLDEN_CONTEXT.read_text(encoding="utf-8"))
     text = render_report(comp, context)
@@ -199,6 +212,38 @@ def test_leaderboard_table():
     assert "improved" in ppl and "regressed" in ppl
 
 
+def test_compare_ranks_the_runs_adapters_and_prints_adapter_against_adapter(tmp_path, capsys):
+    """`tunebench compare A B C --metric M --json F`: ranked on M, every pair with its paired Δ and interval."""
+    from tunebench.app import cli
+
+    base, good = synthetic.make_pair("improved")
+    runs = [
+        synthetic.write_run(tmp_path / "bad", base, synthetic.make_results("tuned", "regressed")),
+        synthetic.write_run(tmp_path / "good", base, good),
+    ]
+    assert cli.main(["compare", *map(str, runs), "--json", str(tmp_path / "board.json")]) == 0
+    text = capsys.readouterr().out
+    ranked = text.split("## Ranked by `perplexity/test` (lower is better)")[1]
+    rows = [line for line in ranked.splitlines() if line.startswith("| 1 ") or line.startswith("| 2 ")]
+    assert "`good`" in rows[0] and "improved" in rows[0] and "`bad`" in rows[1] and "regressed" in rows[1]
+    assert "paired over the same 60 conversations" in ranked and "Holm-adjusted over the 1 pair(s)" in ranked
+    pair = next(line for line in ranked.splitlines() if line.startswith("| `good`"))
+    board = json.loads((tmp_path / "board.json").read_text())
+    (v,) = board["versus"]
+    assert board["ranking"] == ["good", "bad"] and (v["first"], v["second"], v["verdict"]) == (
+        "good",
+        "bad",
+        "good better",
+    )
+    assert f"[{v['row']['ci_low']:+.4g}, {v['row']['ci_high']:+.4g}]" in pair and pair.rstrip(" |").endswith(
+        "good better"
+    )
+    assert cli.main(["compare", *map(str, runs), "--metric", "lm_eval/tunebench_facts_mc/acc"]) == 0
+    assert "## Ranked by `lm_eval/tunebench_facts_mc/acc` (higher is better)" in capsys.readouterr().out
+    assert cli.main(["compare", *map(str, runs), "--metric", "perplexity/tset"]) == 2
+    assert "no metric 'perplexity/tset' to rank the adapters by" in capsys.readouterr().err
+
+
 def test_report_leads_with_the_decision_and_flags_thin_probe_rows():
     base, tuned = synthetic.make_pair("improved")
     comp = compare(base, tuned, n_boot=200)
@@ -209,7 +254,9 @@ def test_report_leads_with_the_decision_and_flags_thin_probe_rows():
     head = text.split("Adapter `tuned`")[0]
     assert "**Not enough evidence.**" in head
     assert "`lm_eval/tunebench_arith_gen/exact_match` (regression ≤ 0.05): about" in head and "more)" in head
-    assert "too few samples (n=3 < 10)" in text and "flagged, not judged" in text
+    # thin per-probe rows are flagged in one line each sampling, not judged in a table of noise (issue 40)
+    assert "5 probes with fewer than 10 samples, not judged: `fibonacci` 0.6667 → 0.6667 (n=3)," in text
+    assert "| `fibonacci`" not in text
     assert render_report(comp, {}).startswith("# tuned vs base\n\n**No release decision**")
 
 
@@ -416,12 +463,12 @@ def test_counts_leave_out_rows_that_were_flagged_not_judged():
 
 
 def test_breakdown_rows_show_their_benjamini_hochberg_p():
-    comp = compare(*synthetic.make_pair("regressed"), n_boot=200)
+    comp = compare(*synthetic.make_pair("regressed", seed_samples=12), n_boot=200)  # seed rows: enough to judge
     text = render_report(comp, {})
     fib = comp.row("probes/default/seed/fibonacci/pass_rate")
-    assert fib.p_adjusted is not None and fib.p_adjusted >= fib.p_value
+    assert fib.p_adjusted is not None and fib.p_adjusted >= fib.p_value and fib.judged
     line = next(line for line in _section(text, "### default · seed").splitlines() if "`fibonacci`" in line)
-    assert "(BH " in line and "Benjamini-Hochberg" in text
+    assert line.startswith("| `fibonacci`") and "(BH " in line and "Benjamini-Hochberg" in text
     headline = _section(text, "## Headline")
     assert "(BH " not in headline
 

@@ -48,3 +48,21 @@ def test_a_stages_file_from_before_checksums_still_skips_its_stages(tmp_path):
     (tmp_path / "stages.json").write_text('{"score": "fp1"}', encoding="utf-8")
     assert Stages(tmp_path).fresh("score", "fp1", out)
     assert not Stages(tmp_path).fresh("score", "fp2", out)
+
+
+def test_stages_record_when_each_ran_and_name_the_ones_reused(tmp_path):
+    run, calls = tmp_path, []
+    out = run / "out" / "result.json"
+    first = Stages(run)
+    assert first.run("score", "fp1", [out], _stage(run, calls, "first")) and first.reuse_line() is None
+    ran_at = json.loads((run / "stages.json").read_text())["score"]["ran_at"]
+    assert ran_at.endswith("+00:00") and "T" in ran_at  # ISO 8601, UTC
+
+    again = Stages(run)
+    assert not again.run("score", "fp1", [out], _stage(run, calls, "skipped"))
+    assert again.run("judge", "fpj", [], _stage(run, calls, "judged"))
+    assert again.reused == ["score"] and calls == ["first", "judged"]
+    assert again.reuse_line() == "reused (inputs unchanged; when each ran: stages.json): score"
+    recorded = json.loads((run / "stages.json").read_text())
+    assert recorded["score"]["ran_at"] == ran_at  # a reused stage keeps the time it ran
+    assert set(recorded) == {"score", "judge"} and recorded["judge"]["ran_at"] >= ran_at

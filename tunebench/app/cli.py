@@ -215,8 +215,11 @@ def shipped_rules(rules: str | None) -> str | None:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    text = render_leaderboard(leaderboard_from_runs(args.runs))
+    board = leaderboard_from_runs(args.runs, primary=args.metric)
+    text = render_leaderboard(board)
     print(text)
+    if args.json:
+        atomic_write_json(args.json, board.to_dict())
     if args.out:
         atomic_write_text(args.out, text)
     return 0

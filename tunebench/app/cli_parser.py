@@ -24,7 +24,7 @@ EXAMPLES = """examples:
   tunebench eval runs/smoke                   # base and tuned of a trained run
   tunebench eval --model packaged:smollm2-135m-instruct --adapter runs/smoke/adapter --data-from runs/smoke
   tunebench gate runs/smoke --rules default          # a shipped gate (configs/gates/default.yaml) or a YAML path
-  tunebench compare runs/a runs/b             # leaderboard of adapters against one base
+  tunebench compare runs/a runs/b             # adapters against one base, ranked, and each pair paired
   tunebench chat --model packaged:smollm2-135m-instruct --adapter runs/smoke/adapter
   tunebench export runs/smoke --merged
   tunebench export runs/smoke --gguf --quant f16,q8_0
@@ -178,9 +178,13 @@ def add_run_readers(sub: Subparsers, fns: Handlers) -> None:
     )
     s.add_argument("--out", help="verdict JSON (default RUN/gate.json)")
     s.set_defaults(fn=fns["gate"])
-    s = sub.add_parser("compare", help="leaderboard: several runs' adapters against their common base")
+    s = sub.add_parser(
+        "compare", help="leaderboard: several runs' adapters against their common base, ranked, and pairwise"
+    )
     s.add_argument("runs", nargs="+")
     s.add_argument("--out", help="write the Markdown table here too")
+    s.add_argument("--metric", help="rank the adapters by this metric (default: the first headline metric)")
+    s.add_argument("--json", help="write the leaderboard's data (ranking, pairs, comparisons) here as JSON")
     s.set_defaults(fn=fns["compare"])
 
 

@@ -65,6 +65,8 @@ from tunebench.reports.compare import (
     served_against_artifacts,
 )
 from tunebench.reports.gate import gate_main
+from tunebench.reports.per_item import FILE as PER_ITEM_FILE
+from tunebench.reports.per_item import per_item_of_run
 from tunebench.reports.plots import draw_report_plots
 from tunebench.reports.render import context_from_run, metric_table, render_report
 from tunebench.reports.tracking import comparison_metrics, log_metrics
@@ -120,11 +122,18 @@ def prepare_run_dir(cfg: RunConfig, run_dir: Path, overwrite: bool) -> None:
             except ConfigError:
                 pass
             old, new = _settings(old), _settings(to_dict(cfg))
-            if fingerprint(old) != fingerprint(new):
-                diff = _diff(old, new)
+            if fingerprint(_trained(old)) != fingerprint(_trained(new)):
                 raise PipelineError(
-                    f"{run_dir} holds a run with another config ({diff}); pass --overwrite to replace it or "
-                    "--out to use another folder"
+                    f"{run_dir} holds a run with another config ({_diff(_trained(old), _trained(new))}); pass "
+                    f"--overwrite to replace it or --out to use another folder (the {', '.join(EVAL_SECTIONS)} "
+                    "settings may change: a run reuses its adapter and evaluates again)"
+                )
+            if fingerprint(old) != fingerprint(new):
+                log.info(
+                    "%s: the settings changed since the last run (%s); the adapter is reused, the stages they feed "
+                    "run again",
+                    run_dir,
+                    "; ".join(_diffs(old, new)),
                 )
         else:
             raise PipelineError(f"{run_dir} exists and is not a tunebench run; pass --overwrite or --out")
@@ -138,12 +147,29 @@ def _settings(cfg: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in cfg.items() if k != "resolution"}
 
 
+EVAL_SECTIONS = ("eval", "report", "gate")
+"""Config sections no training stage reads (the judge is eval.judge): a finished run whose config differs only in
+them is the same run, and `run` reruns just the stages they feed (each stage's fingerprint decides)."""
+
+
+def _trained(settings: dict[str, Any]) -> dict[str, Any]:
+    """The settings without the sections that only evaluation, report and gate read."""
+    return {k: v for k, v in settings.items() if k not in EVAL_SECTIONS}
+
+
 def _diff(a: Any, b: Any, prefix: str = "") -> str:
+    return (_diffs(a, b, prefix) or ["the settings differ"])[0]
+
+
+def _diffs(a: Any, b: Any, prefix: str = "") -> list[str]:
+    """Every setting that differs, as ``key: old -> new`` (dotted keys, sorted)."""
     if isinstance(a, dict) and isinstance(b, dict):
+        out = []
         for k in sorted(set(a) | set(b)):
             if a.get(k) != b.get(k):
-                return _diff(a.get(k), b.get(k), f"{prefix}{k}.")
-    return f"{prefix.rstrip('.')}: {a!r} -> {b!r}"
+                out += _diffs(a.get(k), b.get(k), f"{prefix}{k}.")
+        return out
+    return [f"{prefix.rstrip('.')}: {a!r} -> {b!r}"]
 
 
 def run_child(cmd: list[str], env: dict[str, str] | None = None) -> int:
@@ -231,6 +257,7 @@ def _run(cfg: RunConfig, run_dir: Path, overwrite: bool, progress: bool, strict:
     )
 
     manifest = read_json(adapter / "manifest.json")
+    adapter_fp = fingerprint([train_fp, manifest.get("created")])  # this adapter, as trained
     tuned_fp = fingerprint([eval_fp, train_fp, manifest.get("created")])
     tuned_path = run_dir / "eval" / "tuned" / "results.json"
     stages.run(
@@ -244,16 +271,22 @@ def _run(cfg: RunConfig, run_dir: Path, overwrite: bool, progress: bool, strict:
         judge_path = run_dir / "eval" / "judge"
         stages.run(
             "judge",
-            fingerprint([data_fp, tuned_fp, judge_fingerprint(cfg)]),
+            # the adapter and the judge's own settings (judge_fingerprint), not the other evaluations': a new
+            # lm-eval task or probe set leaves the judgments standing
+            fingerprint([data_fp, adapter_fp, judge_fingerprint(cfg)]),
             [judge_path / "results.json", judge_path / "judgments.jsonl"],
             lambda: run_judge(cfg, run_dir, adapter, judge_path, progress),
         )
 
     if cfg.export.gguf:
-        export_stage(
-            cfg, run_dir, stages, fingerprint([train_fp, manifest.get("created")]), eval_fp, contamination, progress
-        )
-    return finish(run_dir, cfg)
+        export_stage(cfg, run_dir, stages, adapter_fp, eval_fp, contamination, progress)
+    if stages.reuse_line():
+        log.info("%s", stages.reuse_line())
+    result = finish(run_dir, cfg)
+    # compare, gate and report always run (cheap, deterministic): recorded so stages.json tells when they last ran,
+    # without checksums (every finish rewrites them: a run stopped inside one must not leave stale sums "done")
+    stages.mark("report", fingerprint([to_dict(cfg.report), to_dict(cfg.gate), cfg.eval.judge.enabled]))
+    return result
 
 
 def export_stage(
@@ -362,9 +395,14 @@ def finish(run_dir: Path, cfg: RunConfig) -> PipelineResult:
             log.warning("export section: %s; re-evaluate it to include it", e)
     if exported:
         atomic_write_json(run_dir / "export_comparison.json", {q: c.to_dict() for q, c in exported.items()})
+    per = per_item_of_run(
+        run_dir, results, comparison, judged is not None, cfg.report.side_by_side, cfg.report.flips
+    )  # data first: per_item.json, then the report's answers side by side and flips
+    atomic_write_json(run_dir / PER_ITEM_FILE, per.to_dict())
     buf = io.StringIO()
     code = gate_main(run_dir, cfg.gate.rules, stream=buf)
     context = context_from_run(run_dir, results)
+    context["per_item"] = per
     if exported:
         context["export_comparisons"] = exported
         context["served_parity"] = served_against_artifacts(

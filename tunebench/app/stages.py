@@ -4,6 +4,7 @@ took (timings.json). ``pipeline.run`` skips a stage whose inputs and outputs are
 from __future__ import annotations
 
 import contextlib
+import datetime
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -36,11 +37,17 @@ class Stages:
         )
         self.done: dict[str, str] = {}
         self.sums: dict[str, dict[str, str]] = {}
+        self.ran_at: dict[str, str] = {}
+        """When each stage last ran (UTC, ISO 8601); absent in run folders from before it was recorded."""
+        self.reused: list[str] = []
+        """Stages this process found fresh and skipped, in order."""
         for name, rec in recorded.items():  # a plain string: a run folder from before outputs were checksummed
             entry = rec if isinstance(rec, dict) else {"fingerprint": rec}
             if not isinstance(entry.get("fingerprint"), str) or not isinstance(entry.get("sha256", {}), dict):
                 raise RunFileError(f"{self.path}: stage {name!r} is not a fingerprint and its outputs' sha256; {fix}")
             self.done[name], self.sums[name] = entry["fingerprint"], dict(entry.get("sha256", {}))
+            if isinstance(entry.get("ran_at"), str):
+                self.ran_at[name] = entry["ran_at"]
         self.clock = StageClock(run_dir)
 
     def _rel(self, p: Path) -> str:
@@ -71,11 +78,16 @@ class Stages:
         return True
 
     def mark(self, name: str, fp: str, outputs: list[Path] | tuple[Path, ...] = ()) -> None:
+        """Record stage ``name`` as done now, with its inputs' fingerprint and its outputs' checksums."""
         self.done[name] = fp
         self.sums[name] = {self._rel(p): sha256_file(p) for p in outputs if p.is_file()}
-        atomic_write_json(
-            self.path, {n: {"fingerprint": f, "sha256": self.sums.get(n, {})} for n, f in self.done.items()}
-        )
+        self.ran_at[name] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        record = {}
+        for n, f in self.done.items():
+            record[n] = {"fingerprint": f, "sha256": self.sums.get(n, {})}
+            if n in self.ran_at:
+                record[n]["ran_at"] = self.ran_at[n]
+        atomic_write_json(self.path, record)
 
     def run(self, name: str, fp: str, outputs: list[Path], fn: Callable[[], Any]) -> bool:
         """Run ``fn`` unless stage ``name`` is fresh (same inputs, outputs present and unchanged); time it, then mark
@@ -85,12 +97,20 @@ class Stages:
             Whether the stage ran.
         """
         if self.fresh(name, fp, *outputs):
+            self.reused.append(name)
             return False
         log.info("stage %s", name.replace("_", " "))
         with self.clock.stage(name):
             fn()
         self.mark(name, fp, outputs)
         return True
+
+    def reuse_line(self) -> str | None:
+        """One line naming the stages this process reused (inputs and outputs unchanged), or None."""
+        if not self.reused:
+            return None
+        names = ", ".join(n.replace("_", " ") for n in self.reused)
+        return f"reused (inputs unchanged; when each ran: {self._rel(self.path)}): {names}"
 
 
 class StageClock:

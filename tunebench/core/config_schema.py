@@ -360,10 +360,19 @@ class ReportConfig:
     """Significance level for verdicts (95% intervals at 0.05)."""
     title: str | None = None
     """Report title; defaults to the run name."""
+    side_by_side: int = 5
+    """Prompts in the report's side-by-side sample of base and tuned answers (the judge's held-out prompts, else the
+    probes'); 0 = none."""
+    flips: int = 5
+    """Items shown each way per metric under "Items that changed most" (per_item.json keeps as many); 0 = counts
+    only."""
 
     def __post_init__(self) -> None:
         if not 0 < self.alpha < 0.5:
             raise refuse("alpha", self.alpha, "must be in (0, 0.5)")
+        for name in ("side_by_side", "flips"):
+            if getattr(self, name) < 0:
+                raise refuse(name, getattr(self, name), "must be >= 0")
 
 
 @dataclass

@@ -23,6 +23,7 @@ from tunebench.reports.comparison import (  # noqa: F401  (re-exported: the comp
     SCHEMA,
     Comparison,
     Leaderboard,
+    Versus,
     check_same_inputs,
     compare,
     leaderboard,
@@ -218,11 +219,13 @@ def compare_run(run_dir: str | Path, seed: int = 0) -> Comparison:
     )
 
 
-def leaderboard_from_runs(run_dirs: Sequence[str | Path], seed: int = 0) -> Leaderboard:
-    """``tunebench compare RUN_A RUN_B ...``: every run's adapter against the first run's base.
+def leaderboard_from_runs(run_dirs: Sequence[str | Path], seed: int = 0, primary: str | None = None) -> Leaderboard:
+    """``tunebench compare RUN_A RUN_B ...``: every run's adapter against the first run's base, ranked on ``primary``
+    (default the first headline metric) and compared pairwise on it.
 
     Raises:
-        ComparisonError: a run whose base model or evaluation inputs differ from the first run's.
+        ComparisonError: a run whose base model or evaluation inputs differ from the first run's, or an unknown
+            primary metric.
     """
     if not run_dirs:
         raise ValueError("give at least one run folder")
@@ -237,4 +240,4 @@ def leaderboard_from_runs(run_dirs: Sequence[str | Path], seed: int = 0) -> Lead
             raise ComparisonError(f"run {d} has a different base than {first_dir}: {e}") from None
         name = d.name if d.name not in tuned else str(d)
         tuned[name] = res["tuned"]
-    return leaderboard(first["base"], tuned, settings["alpha"], settings["n_boot"], seed)
+    return leaderboard(first["base"], tuned, settings["alpha"], settings["n_boot"], seed, primary=primary)

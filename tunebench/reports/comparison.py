@@ -255,10 +255,27 @@ def compare(
 
 # ----------------------------------------------------------------------------- several adapters
 
+SAME = "no significant difference"
+
+
+@dataclass
+class Versus:
+    """Two adapters on the primary metric, paired over the items both were evaluated on: Δ = second − first."""
+
+    first: str
+    second: str
+    row: MetricComparison
+    """``base`` = the first adapter's value, ``tuned`` = the second's, with the interval, p and MDE of the same paired
+    statistics as base vs tuned (``rows.compare_metric``)."""
+    p_holm: float | None = None
+    """Holm-adjusted over every pair of the leaderboard: the verdict reads it."""
+    verdict: str = SAME
+    """``<name> better`` when p_holm < alpha, else ``no significant difference``."""
+
 
 @dataclass
 class Leaderboard:
-    """Several adapters, each compared with the same base."""
+    """Several adapters, each compared with the same base, ranked on a primary metric and compared pairwise on it."""
 
     base_label: str
     alpha: float
@@ -267,6 +284,12 @@ class Leaderboard:
     comparisons: dict[str, Comparison]
     """Adapter name -> its comparison with the base."""
     schema: str = LEADERBOARD_SCHEMA
+    primary: str | None = None
+    """The metric the adapters are ranked by (``--metric``; default the first headline metric)."""
+    ranking: list[str] = field(default_factory=list)
+    """Adapter names, best first on the primary metric (an adapter without it last)."""
+    versus: list[Versus] = field(default_factory=list)
+    """Every pair of adapters in ranking order, paired on the primary metric."""
 
     def rows(self) -> list[dict[str, Any]]:
         """One dict per metric: metric, base value, and per adapter its row (or None when absent)."""
@@ -292,13 +315,73 @@ class Leaderboard:
                 "alpha": self.alpha,
                 "metrics": self.metrics,
                 "comparisons": {k: c.to_dict() for k, c in self.comparisons.items()},
+                "primary": self.primary,
+                "ranking": self.ranking,
+                "versus": [asdict(v) for v in self.versus],
             }
         )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Leaderboard:
         comps = {k: Comparison.from_dict(v) for k, v in data["comparisons"].items()}
-        return cls(data["base_label"], data["alpha"], data["metrics"], comps, data.get("schema", LEADERBOARD_SCHEMA))
+        where, fix = "leaderboard", "recompute it with `tunebench compare`"
+        return cls(
+            data["base_label"],
+            data["alpha"],
+            data["metrics"],
+            comps,
+            data.get("schema", LEADERBOARD_SCHEMA),
+            check_json(data.get("primary"), str | None, where, fix),
+            check_json(data.get("ranking", []), list[str], where, fix),
+            check_json(data.get("versus", []), list[Versus], where, fix),
+        )
+
+
+def rank(comps: dict[str, Comparison], metric: str) -> list[str]:
+    """Adapter names, best first on ``metric`` (its direction read from the rows); those without a value last."""
+
+    def key(name: str) -> tuple[bool, float]:
+        r = next((r for r in comps[name].rows if r.metric == metric), None)
+        if r is None or r.tuned is None or not math.isfinite(r.tuned):
+            return (True, 0.0)
+        return (False, -r.tuned if r.higher_is_better else r.tuned)
+
+    return sorted(comps, key=key)  # stable: a tie keeps the order the adapters were given
+
+
+def versus(
+    tuned: dict[str, Results], order: Sequence[str], metric: str, alpha: float, n_boot: int, seed: int
+) -> list[Versus]:
+    """Every pair of adapters (in ``order``) on ``metric``, paired item by item, Holm-adjusted over the pairs.
+
+    Raises:
+        ComparisonError: two adapters evaluated on other inputs, or items that do not pair (names both).
+    """
+    have = [a for a in order if any(m.name == metric for m in tuned[a].metrics)]
+    out = []
+    for i, first in enumerate(have):
+        for second in have[i + 1 :]:
+            a, b = tuned[first], tuned[second]
+            try:
+                check_same_inputs(a, b)
+                am, bm = a.metric(metric), b.metric(metric)
+                row = compare_metric(
+                    am,
+                    bm,
+                    a.items.get(am.items) if am.items else None,
+                    b.items.get(bm.items) if bm.items else None,
+                    alpha,
+                    n_boot,
+                    seed,
+                )
+            except ComparisonError as e:
+                raise ComparisonError(f"adapters {first!r} and {second!r}: {e}") from None
+            out.append(Versus(first, second, row))
+    for v, q in zip(out, stats.holm([v.row.p_value for v in out]), strict=True):
+        v.p_holm = q
+        if q is not None and q < alpha and v.row.improvement:
+            v.verdict = f"{v.second if v.row.improvement > 0 else v.first} better"
+    return out
 
 
 def leaderboard(
@@ -308,17 +391,24 @@ def leaderboard(
     n_boot: int = 2000,
     seed: int = 0,
     metrics: Sequence[str] | None = None,
+    primary: str | None = None,
 ) -> Leaderboard:
-    """Compare several adapters with one base.
+    """Compare several adapters with one base, rank them on the primary metric and compare each pair on it.
+
+    Both adapters of a pair were evaluated on the same items (their inputs are checked equal), so a pair's Δ, interval
+    and p come from the same paired statistics as each adapter against the base; the pairs are one family of tests,
+    their p-values Holm-adjusted.
 
     Args:
         base: Results of the shared base model.
         tuned: Adapter name -> its Results.
         alpha, n_boot, seed: As for ``compare``.
         metrics: Metrics to tabulate; default = every headline metric, in first-seen order.
+        primary: The metric to rank by; default = the first tabulated metric.
 
     Raises:
-        ComparisonError: an adapter evaluated on another base model or other inputs (names the adapter).
+        ComparisonError: an adapter evaluated on another base model or other inputs (names the adapter), or a
+            primary metric no adapter has (names the known ones).
     """
     if not tuned:
         raise ValueError("leaderboard needs at least one adapter")
@@ -333,4 +423,15 @@ def leaderboard(
         for c in comps.values():
             seen.update({r.metric: None for r in c.headline_rows()})
         metrics = list(seen)
-    return Leaderboard(base.label, alpha, list(metrics), comps)
+    board = Leaderboard(base.label, alpha, list(metrics), comps)
+    board.primary = primary or next(iter(metrics), None)
+    if board.primary is None:
+        return board
+    known = {r.metric for c in comps.values() for r in c.rows}
+    if board.primary not in known:
+        raise ComparisonError(
+            f"no metric {board.primary!r} to rank the adapters by; known: {', '.join(sorted(known))} (--metric)"
+        )
+    board.ranking = rank(comps, board.primary)
+    board.versus = versus(tuned, board.ranking, board.primary, alpha, n_boot, seed)
+    return board

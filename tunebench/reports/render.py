@@ -25,6 +25,7 @@ from tunebench.reports.compare import (
     Leaderboard,
     fmt,
     fmt_interval,
+    fmt_p,
     load_judge_results,
     load_run_results,
     run_settings,
@@ -38,6 +39,13 @@ from tunebench.reports.render_evals import (  # noqa: F401  (re-exported: the re
     served_view,
 )
 from tunebench.reports.render_judge import judge_view
+from tunebench.reports.render_per_item import (
+    as_per_item,
+    flips_view,
+    not_measured_table,
+    side_by_side_view,
+    unmeasured,
+)
 from tunebench.reports.render_run import (  # noqa: F401  (re-exported)
     _flat,
     contamination_table,
@@ -63,6 +71,8 @@ def build_view(comparison: Comparison, context: dict[str, Any]) -> dict[str, Any
         ctx.get("environment"), (manifest or {}).get("versions"), ctx.get("stage_times")
     )
     other = [r for r in c.rows if r.group not in groups]
+    headline = [r for r in c.headline_rows() if unmeasured(r) is None]  # the rest: under "Not measured"
+    per_item = as_per_item(ctx.get("per_item"))
     return {
         "title": ctx.get("title") or ctx.get("name") or f"{c.tuned_label} vs {c.base_label}",
         "name": ctx.get("name"),
@@ -75,7 +85,10 @@ def build_view(comparison: Comparison, context: dict[str, Any]) -> dict[str, Any
         "few_samples": FEW_SAMPLES,
         "forest_plot": ctx.get("forest_plot"),
         "export_plot": ctx.get("export_plot"),
-        "headline": metric_table(c.headline_rows(), c.alpha, detailed=False) if c.headline_rows() else None,
+        "headline": metric_table(headline, c.alpha, detailed=False) if headline else None,
+        "not_measured": not_measured_table(c.rows),
+        "side_by_side": side_by_side_view(per_item),
+        "flips": flips_view(per_item),
         "perplexity": metric_table(c.rows_in("perplexity"), c.alpha) if c.rows_in("perplexity") else None,
         "lm_eval": _lm_eval_sections(c.rows_in("lm_eval"), c.alpha, c.inputs),
         "probes": _probe_sections(c.rows_in("probes"), c.alpha),
@@ -118,7 +131,8 @@ def render_report(comparison: Comparison, context: dict[str, Any] | None = None)
             ``base_artifacts`` / ``tuned_artifacts`` (Results.artifacts), ``gate`` (GateVerdict.to_dict()),
             ``export_comparisons`` (type -> adapter vs exported artifact Comparison).
             ``stage_times`` (the run's timings.json: wall time per pipeline stage), ``judge_artifacts`` (the judge
-            results' ``artifacts["judge"]``: sanity records and order disagreements).
+            results' ``artifacts["judge"]``: sanity records and order disagreements), ``per_item`` (a
+            ``reports.per_item.PerItem`` or its JSON form: answers side by side and the items that changed most).
 
     Returns:
         Markdown text ending in a newline.
@@ -179,4 +193,44 @@ def render_leaderboard(board: Leaderboard) -> str:
         body.append(cells)
     level = f"{100 * (1 - board.alpha):g}%"
     head = f"Adapters against base `{board.base_label}`; cells: tuned value (Δ and its {level} interval, verdict).\n\n"
-    return head + table(body, ["Metric", "Better", "Base", *names]) + "\n"
+    return head + table(body, ["Metric", "Better", "Base", *names]) + "\n" + _ranking(board)
+
+
+def _ranking(board: Leaderboard) -> str:
+    """The adapters ranked on the primary metric, then every pair of them compared on it (paired, Holm-adjusted)."""
+    if not board.primary or not board.ranking:
+        return ""
+    m, level = board.primary, f"{100 * (1 - board.alpha):g}%"
+    rows = {a: next((r for r in c.rows if r.metric == m), None) for a, c in board.comparisons.items()}
+    some = next(r for r in rows.values() if r is not None)
+    better = "higher" if some.higher_is_better else "lower"
+    ranked = [
+        [k, f"`{a}`", fmt(r.tuned) if r else None]
+        + ([f"{fmt(r.delta, True)} {fmt_interval(r.ci_low, r.ci_high)}", r.verdict] if r else [None, None])
+        for k, (a, r) in enumerate(((a, rows[a]) for a in board.ranking), start=1)
+    ]
+    out = f"\n## Ranked by `{m}` ({better} is better)\n\n"
+    out += table(ranked, ["Rank", "Adapter", m, f"Δ vs base ({level} CI)", "Verdict vs base"]) + "\n"
+    if not board.versus:
+        return out + "\nOne adapter: no pair to compare.\n"
+    n = board.versus[0].row
+    out += (
+        f"\nAdapter against adapter on `{m}`, paired over the same {n.n} {n.unit}: Δ = second − first, with its "
+        f"{level} interval and p; a pair's verdict reads p Holm-adjusted over the {len(board.versus)} pair(s).\n\n"
+    )
+    pairs = [
+        [
+            f"`{v.first}`",
+            f"`{v.second}`",
+            fmt(v.row.base),
+            fmt(v.row.tuned),
+            fmt(v.row.delta, True),
+            fmt_interval(v.row.ci_low, v.row.ci_high),
+            fmt_p(v.row.p_value),
+            fmt_p(v.p_holm),
+            v.verdict,
+        ]
+        for v in board.versus
+    ]
+    headers = ["First", "Second", "First's value", "Second's value", "Δ", f"{level} CI of Δ", "p", "p (Holm)"]
+    return out + table(pairs, [*headers, "Verdict"]) + "\n"

@@ -7,8 +7,8 @@ import html
 from typing import Any
 
 from tunebench.core.markdown import table
-from tunebench.reports.compare import FEW_SAMPLES, Comparison, MetricComparison, fmt, fmt_interval, fmt_p
-from tunebench.reports.render_tables import _flagged_verdict, _verdict, metric_table
+from tunebench.reports.compare import Comparison, MetricComparison, fmt, fmt_interval, fmt_p
+from tunebench.reports.render_tables import _flagged_verdict, _verdict, fold_unjudged, metric_table
 
 
 def data_source(src: Any) -> str | None:
@@ -32,15 +32,20 @@ def _lm_eval_sections(
     for r in rows:  # lm_eval/<task>/<metric>
         parts = r.metric.split("/")
         tasks.setdefault(parts[1] if len(parts) > 2 else r.metric, []).append(r)
-    return [
-        {
-            "task": t,
-            "table": metric_table(rs, alpha, label=lambda r: f"`{'/'.join(r.metric.split('/')[2:])}`"),
-            "source": data_source(((inputs or {}).get(f"lm_eval/{t}") or {}).get("data_source")),
-            "adjusted": sum(r.p_adjusted is not None for r in rs),
-        }
-        for t, rs in tasks.items()
-    ]
+    out = []
+    for t, rs in tasks.items():
+        label = lambda r: f"`{'/'.join(r.metric.split('/')[2:])}`"  # noqa: E731
+        shown, folded = fold_unjudged(rs, label, "members")  # a group's own rows are always judged
+        out.append(
+            {
+                "task": t,
+                "table": metric_table(shown, alpha, label=label),
+                "folded": folded,
+                "source": data_source(((inputs or {}).get(f"lm_eval/{t}") or {}).get("data_source")),
+                "adjusted": sum(r.p_adjusted is not None for r in rs),
+            }
+        )
+    return out
 
 
 def _probe_sections(rows: list[MetricComparison], alpha: float) -> list[dict[str, Any]]:
@@ -56,21 +61,16 @@ def _probe_sections(rows: list[MetricComparison], alpha: float) -> list[dict[str
     for name, samplings in sets.items():
         items = []
         for sampling, slot in samplings.items():
+            label = lambda r: f"`{'/'.join(r.metric.split('/')[3:-1])}`"  # noqa: E731
+            judged, folded = fold_unjudged(slot["probes"], label, "probes")
             items.append(
                 {
                     "sampling": sampling,
                     "overall": metric_table(slot["overall"], alpha, label=lambda r: f"`{r.metric.split('/')[-1]}`")
                     if slot["overall"]
                     else None,
-                    "probes": metric_table(
-                        slot["probes"],
-                        alpha,
-                        label=lambda r: f"`{'/'.join(r.metric.split('/')[3:-1])}`",
-                        verdict=_flagged_verdict,
-                    )
-                    if slot["probes"]
-                    else None,
-                    "few": sum(r.n < FEW_SAMPLES for r in slot["probes"]),
+                    "probes": metric_table(judged, alpha, label=label, verdict=_flagged_verdict) if judged else None,
+                    "folded": folded,
                 }
             )
         out.append({"name": name, "samplings": items})

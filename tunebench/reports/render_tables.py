@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from tunebench.core.markdown import table
@@ -41,6 +41,25 @@ def _mde(r: MetricComparison) -> str:
 def _flagged_verdict(r: MetricComparison) -> str:
     """Verdict, or a flag where too few samples make any verdict noise (compare.MetricComparison.judged)."""
     return _verdict(r) if r.judged else f"{TOO_FEW} (n={r.n} < {FEW_SAMPLES})"
+
+
+def fold_unjudged(
+    rows: Sequence[MetricComparison], label: Callable[[MetricComparison], str], what: str
+) -> tuple[list[MetricComparison], str | None]:
+    """Split breakdown rows into those judged (a table's rows) and one line for the rest (too few samples to judge:
+    ``MetricComparison.judged``), which names each with its values and n instead of a table row of noise.
+
+    Args:
+        rows: Breakdown rows of one metric (per probe, per subject).
+        label: A row's name in the line.
+        what: What a row is, plural (``probes``, ``members``).
+    """
+    judged = [r for r in rows if r.judged]
+    thin = [r for r in rows if not r.judged]
+    if not thin:
+        return judged, None
+    named = ", ".join(f"{label(r)} {fmt(r.base)} → {fmt(r.tuned)} (n={r.n})" for r in thin)
+    return judged, f"{len(thin)} {what} with fewer than {FEW_SAMPLES} samples, not judged: {named}."
 
 
 def _p(r: MetricComparison) -> str:
