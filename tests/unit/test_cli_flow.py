@@ -76,8 +76,8 @@ def test_chat_help_shows_the_defaults(capsys):
     ],
 )
 def test_overrides_may_follow_the_options(argv, overrides):
-    """README writes `tunebench sweep smollm2-gpu --trials 12 ... train.max_steps=200`: overrides after the options
-    join the ones before them, in order."""
+    """docs/sweeps.md writes `tunebench sweep smollm2-gpu --trials 12 ... train.max_steps=200`: overrides after the
+    options join the ones before them, in order."""
     args = app_cli.parse_args(argv)
     assert args.overrides == overrides
     assert args.fn.__name__ == f"cmd_{argv[0]}"

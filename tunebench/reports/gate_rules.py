@@ -48,7 +48,7 @@ _REMOVED_KEYS = {
         "max_regression passes only when the interval excludes a larger regression, fails when the interval lies "
         "entirely beyond it, and is inconclusive (exit 3) otherwise; delete the key. Old 'max_regression: 0' + "
         "'require_significant: true' rules read best as a small margin, e.g. 'max_regression: 0.02' for "
-        "accuracies or 'max_regression_rel: 0.05' for perplexity (README, 'Release gate')."
+        "accuracies or 'max_regression_rel: 0.05' for perplexity (docs/gate.md)."
     ),
 }
 
@@ -195,7 +195,5 @@ def load_rules(path: str | Path | None = None) -> list[GateRule]:
     try:
         text = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
-        raise GateError(
-            f"{p}: cannot be read as a YAML rules file ({e}); give a rules YAML (README, 'Release gate')"
-        ) from None
+        raise GateError(f"{p}: cannot be read as a YAML rules file ({e}); give a rules YAML (docs/gate.md)") from None
     return parse_rules(text, str(p))
