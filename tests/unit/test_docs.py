@@ -55,3 +55,21 @@ def test_configuration_reference_lists_every_key(site):
     page = (site / "configuration" / "index.html").read_text(encoding="utf-8")
     missing = [k for k in _keys(RunConfig) if f"<code>{k}</code>" not in page]
     assert not missing, f"keys missing from the generated reference: {missing}"
+
+
+README_MAX_BYTES = 12 * 1024
+"""README sells and starts (issue 40): what it is, a sample, the Quick start, own data, the decision, links. The rest
+lives in docs/."""
+
+
+def test_readme_stays_short_and_links_every_docs_page():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert len(readme.encode("utf-8")) <= README_MAX_BYTES, "README grew past 12 KB: move the detail into docs/"
+    pages = sorted(p.name for p in (ROOT / "docs").glob("*.md"))
+    unlinked = [p for p in pages if f"(docs/{p})" not in readme and f"(docs/{p}#" not in readme]
+    assert not unlinked, f"docs pages README does not link: {unlinked}"
+
+
+def test_no_docs_page_is_a_stub():
+    stubs = [p.name for p in sorted((ROOT / "docs").glob("*.md")) if "(being written)" in p.read_text(encoding="utf-8")]
+    assert not stubs, f"placeholder pages: {stubs}"
