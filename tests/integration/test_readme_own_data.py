@@ -14,7 +14,7 @@ from doc_commands import ROOT, DocCommand, check, runnable_lines
 from e2e import tunebench_in
 
 MARKER = "<!-- readme:own-data -->"
-CONVERSATIONS = 2000
+CONVERSATIONS = 2500
 """Enough for smoke's 2% test split to hold more than the 30 conversations a decision needs (README says so)."""
 GATE_EXITS = {"pass": 0, "fail": 1, "inconclusive": 3}
 
