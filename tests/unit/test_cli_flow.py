@@ -59,3 +59,43 @@ def test_chat_help_shows_the_defaults(capsys):
         "(default: auto)",
     ):
         assert default in text, default
+
+
+@pytest.mark.parametrize(
+    "argv, overrides",
+    [
+        (
+            ["sweep", "smoke", "--trials", "12", "--seeds", "2", "--pruner", "hyperband", "train.max_steps=200"],
+            ["train.max_steps=200"],
+        ),
+        (["run", "smoke", "lora.r=8", "--gate-exit", "train.lr=1e-4"], ["lora.r=8", "train.lr=1e-4"]),
+        (
+            ["train", "smoke", "--overwrite", "train.max_steps=2", "data.max_train=10"],
+            ["train.max_steps=2", "data.max_train=10"],
+        ),
+    ],
+)
+def test_overrides_may_follow_the_options(argv, overrides):
+    """docs/sweeps.md writes `tunebench sweep smollm2-gpu --trials 12 ... train.max_steps=200`: overrides after the
+    options join the ones before them, in order."""
+    args = app_cli.parse_args(argv)
+    assert args.overrides == overrides
+    assert args.fn.__name__ == f"cmd_{argv[0]}"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["run", "smoke", "--gate-exit", "--bogus"],  # an unknown flag
+        ["run", "smoke", "--gate-exit", "train.lr=1e-4", "stray"],  # a word that is no override
+        ["gate", "runs/smoke", "--rules", "default", "train.lr=1e-4"],  # gate takes no overrides
+    ],
+)
+def test_anything_else_after_the_options_is_refused_as_argparse_does(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    # argparse's refusal; a flag that looks like a config key (--learning_rate) is tried as one first and refused as
+    # an unknown key, with argparse's usage line
+    assert "unrecognized arguments" in err or ("usage: tunebench" in err and "unknown key 'bogus'" in err), err

@@ -1,7 +1,8 @@
 """The house rules of the package, checked rather than hoped for: modules under 500 lines, functions and methods
 that fit on a screen (80 lines, docstring included), and no class defined inside a function (such a class cannot
 be imported, named in a type hint or read alone; a class that needs a heavy base lives at module level in a module
-its callers import lazily). README names any exception with its reason; there is none today."""
+its callers import lazily). docs/contributing.md ("House rules") names any exception with its reason; there is none
+today."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "tunebench"
 MAX_MODULE_LINES = 500
 MAX_FUNCTION_LINES = 80
 EXCEPTIONS: dict[str, str] = {}
-"""``path`` or ``path:function`` -> the reason README gives for it."""
+"""``path`` or ``path:function`` -> the reason docs/contributing.md gives for it."""
 
 
 def _modules() -> list[Path]:

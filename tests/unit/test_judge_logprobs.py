@@ -139,5 +139,5 @@ def test_published_judge_speed_runs_render_from_their_json_and_state_the_spread(
         assert render(json.loads(path.read_text())) == path.with_suffix(".md").read_text(), path
     res = json.loads((root / "2026-12-04-h200-judge-logprobs" / "judgespeed.json").read_text())
     ratios = {k: [s / a for s, a in v] for k, v in stage_ratios(res).items()}
-    assert len(ratios[("logprobs", None)]) == 3 and max(ratios[("logprobs", None)]) < 1  # the claim README makes
+    assert len(ratios[("logprobs", None)]) == 3 and max(ratios[("logprobs", None)]) < 1  # the claim docs/judge.md makes
     assert min(ratios[("explain", 256)]) > 1

@@ -409,18 +409,34 @@ def _command_output(args: argparse.Namespace) -> Iterator[None]:
         yield
 
 
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """Parse ``argv`` as `tunebench` does: dotted overrides may also follow the options.
+
+    Args:
+        argv: the arguments after `tunebench`.
+
+    Returns:
+        The namespace; a subcommand that takes overrides has every ``key=value`` in ``overrides``, in order.
+
+    Raises:
+        SystemExit: exit 2 with argparse's usage line for anything the parser does not know (argparse's own refusal).
+    """
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # `tunebench sweep smoke --trials 8 train.max_steps=30`: argparse stops the positional list at the first option
+    if extra and hasattr(args, "overrides") and all("=" in a and not a.startswith("-") for a in extra):
+        args.overrides = [*(args.overrides or []), *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse ``argv``, run one subcommand, and map errors to exit codes by class (see core.errors)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     # before parsing: a config key written as a flag (--learning_rate) is read, and announced, while parsing
     output.setup(bool({"-v", "--verbose"} & set(argv[: next((i for i, a in enumerate(argv) if a[:1] != "-"), 0)])))
-    parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    # dotted overrides may follow the options too (`tunebench sweep smoke --trials 8 train.max_steps=30`)
-    if extra and hasattr(args, "overrides") and all("=" in a and not a.startswith("-") for a in extra):
-        args.overrides = [*args.overrides, *extra]
-    elif extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args = parse_args(argv)
     args.argv = argv  # what an interrupted command tells the user to run again
     try:
         with sigterm_as_interrupt(), _command_lock(args), _command_output(args):

@@ -168,7 +168,7 @@ class TrainConfig:
     )
     """Experiment trackers TRL logs training to, and the evaluation's metrics go to too (one or a list; none =
     off). Offline by default: tensorboard and mlflow write into RUN/tracking/, wandb runs offline unless
-    WANDB_MODE says otherwise. Each but tensorboard is its own optional install (README: Tracking)."""
+    WANDB_MODE says otherwise. Each but tensorboard is its own optional install (docs: Configuration, Tracking)."""
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "grad_accum"):

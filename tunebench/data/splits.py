@@ -35,7 +35,7 @@ def split_problems(sizes: dict[str, int], cfg: DataConfig, eval_every: int) -> l
         )
         out.append(
             f"test split: {test} conversation(s), fewer than the {MIN_TEST_CONVERSATIONS} a base/tuned "
-            f"comparison needs to decide anything (README, 'Splits'); {fix}"
+            f"comparison needs to decide anything (docs/data.md, 'Splits'); {fix}"
         )
     if eval_every > 0 and sizes.get("validation", 0) == 0:
         out.append(

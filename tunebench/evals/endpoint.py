@@ -126,7 +126,7 @@ class OpenAIClient:
                 raise _Retry(f"the connection was closed mid-answer ({type(e.reason).__name__})") from None
             raise self.error(
                 f"cannot reach the {self.role} {url} ({e.reason}); start the server or fix "
-                f"{self.setting}'s URL (README, 'Pairwise judge' and 'Deploy')"
+                f"{self.setting}'s URL (docs/judge.md and docs/deploy.md)"
             ) from None
         except (ConnectionResetError, http.client.HTTPException) as e:  # the server went away mid-answer
             raise _Retry(f"the connection was closed mid-answer ({type(e).__name__})") from None

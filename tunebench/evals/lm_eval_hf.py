@@ -4,7 +4,8 @@ run lm-eval (``lm_eval_model.model_class()`` does), never at their own import.
 
 Why: lm-eval generates at the loglikelihood batch size, each batch at its own shape, until every row has printed
 a stop string, and tokenizes every request one string at a time; for a small model both are most of a standard
-evaluation's time (figures: README "How lm-eval runs" and reports/published/2026-11-28-h100-eval-issue13.md).
+evaluation's time (figures: docs/evaluation.md, "How lm-eval runs", and
+reports/published/2026-11-28-h100-eval-issue13.md).
 
 What changes is only how the tokens are produced, never which prompts, settings or post-processing:
 

@@ -28,7 +28,7 @@ def cache_task_templates() -> None:
 
     lm-eval renders ``doc_to_text``/``doc_to_target``/``doc_to_choice`` through ``utils.apply_template``, which
     calls ``Environment.from_string`` every time, most of lm-eval's time outside the model on the standard tasks
-    (README, "How lm-eval runs"). Idempotent.
+    (docs/evaluation.md, "How lm-eval runs"). Idempotent.
     """
     from lm_eval import utils  # heavy: lm-eval
 

@@ -49,7 +49,7 @@ _REMOVED_KEYS = {
         "max_regression passes only when the interval excludes a larger regression, fails when the interval lies "
         "entirely beyond it, and is inconclusive (exit 3) otherwise; delete the key. Old 'max_regression: 0' + "
         "'require_significant: true' rules read best as a small margin, e.g. 'max_regression: 0.02' for "
-        "accuracies or 'max_regression_rel: 0.05' for perplexity (README, 'Release gate')."
+        "accuracies or 'max_regression_rel: 0.05' for perplexity (docs/gate.md)."
     ),
 }
 
@@ -149,7 +149,7 @@ def parse_rule(data: Any, where: str) -> GateRule:
     return GateRule(where=where, **kwargs)
 
 
-RULES_FIX = "give a rules YAML (README, 'Release gate')"
+RULES_FIX = "give a rules YAML (docs/gate.md)"
 
 
 def parse_rules(text: str, source: str = "rules") -> list[GateRule]:

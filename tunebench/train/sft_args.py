@@ -76,7 +76,7 @@ def one_gpu_per_process(args: Any) -> Any:
         args._n_gpu = 1
         log.info(
             "%d GPUs visible to one process: training on cuda:0 only; for data-parallel training launch "
-            "with torchrun or accelerate launch (README: Several GPUs)",
+            "with torchrun or accelerate launch (docs/scale-out.md)",
             torch.cuda.device_count(),
         )
     return args
