@@ -87,7 +87,7 @@ def test_export_evaluate_takes_the_runtime():
 
 
 def test_artifact_runtimes():
-    from tunebench.app.pipeline import artifact_runtimes
+    from tunebench.evals.llamacpp import artifact_runtimes
 
     assert artifact_runtimes(True) == ["transformers"] and artifact_runtimes(False) == []
     assert artifact_runtimes("both") == ["transformers", "llama.cpp"]

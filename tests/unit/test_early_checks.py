@@ -163,6 +163,26 @@ def test_in_a_whole_run_an_artifact_rule_needs_the_export_that_writes_it(tmp_pat
     preflight(load_config("smoke", [f"gate.rules={rules}"]))  # `tunebench eval` of a hand-made export may follow
 
 
+def test_the_shipped_export_gate_passes_preflight_with_the_export_its_header_recommends():
+    """configs/gates/export.yaml reads q8_0-llamacpp (perplexity and parity/*): a run with `export: {gguf: [q8_0],
+    evaluate: llama.cpp}`, as its header says, is accepted; one that scores the GGUF in transformers only, or exports
+    nothing, is refused before training, naming what it evaluates and what to set (issue 38)."""
+    export = ["gate.rules=export", "export.gguf=[q8_0]"]
+    preflight(load_config("smoke", [*export, "export.evaluate=llama.cpp"]), whole_run=True)
+    preflight(load_config("smoke", [*export, "export.evaluate=both"]), whole_run=True)
+    with pytest.raises(GateError, match=r"q8_0-llamacpp.*it evaluates \['q8_0'\].*export.evaluate: llama.cpp"):
+        preflight(load_config("smoke", [*export, "export.evaluate=transformers"]), whole_run=True)
+    with pytest.raises(GateError, match="it evaluates none"):
+        preflight(load_config("smoke", ["gate.rules=export"]), whole_run=True)
+    preflight(load_config("smoke", ["gate.rules=export"]))  # `tunebench eval --runtime llama.cpp` may follow
+
+
+def test_parity_metrics_are_known_only_for_an_artifact_scored_in_llama_cpp(tmp_path):
+    rules = _rules(tmp_path, "parity/kl_mean", artifact="q8_0")  # parity is measured in llama.cpp alone
+    with pytest.raises(GateError, match="parity/kl_mean"):
+        preflight(load_config("smoke", [f"gate.rules={rules}", "export.gguf=[q8_0]"]), whole_run=True)
+
+
 def test_glob_matching_of_rules_against_metric_shapes():
     group = MetricShape(("lm_eval", "mmlu"))
     assert could_match("lm_eval/*/acc**", group) and could_match("lm_eval/mmlu/acc", group)

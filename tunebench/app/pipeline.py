@@ -48,7 +48,7 @@ from tunebench.core.lock import LOCK_FILES, run_lock
 from tunebench.data import conversations as data_mod
 from tunebench.evals.contract import check_contract
 from tunebench.evals.judge import judge_fingerprint, run_judge
-from tunebench.evals.llamacpp import LABEL_SUFFIX
+from tunebench.evals.llamacpp import LABEL_SUFFIX, artifact_runtimes
 from tunebench.evals.llamacpp_eval import evaluate_gguf_llamacpp
 from tunebench.evals.runner import evaluate_model, save_contamination
 from tunebench.models.loading import (
@@ -387,13 +387,6 @@ def export_stage(
                 ),
             )
     return files
-
-
-def artifact_runtimes(evaluate: str | bool) -> list[str]:
-    """Runtimes that score each exported artifact (``export.evaluate``): true = transformers."""
-    if evaluate is False:
-        return []
-    return {"both": ["transformers", "llama.cpp"], "llama.cpp": ["llama.cpp"]}.get(str(evaluate), ["transformers"])
 
 
 def export_and_check(run_dir: Path, quants: list[str], probe_files: list[str]) -> Path:

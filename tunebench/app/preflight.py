@@ -18,6 +18,7 @@ from tunebench.core.errors import ConfigError, GateError, ProbeError
 from tunebench.evals.contamination import MIN_SHINGLE_WORDS
 from tunebench.evals.judge import preflight as judge_preflight
 from tunebench.evals.judge_prompts import set_name
+from tunebench.evals.llamacpp import LABEL_SUFFIX, PARITY_METRICS, artifact_names
 from tunebench.evals.lm_eval_index import TaskIndex, check_task_names
 from tunebench.evals.probes import load_probe_set
 from tunebench.reports.gate import GateRule, load_rules
@@ -108,13 +109,19 @@ def check_rules(cfg: RunConfig, rules: list[GateRule], produced: list[MetricShap
     for rule in rules:
         if rule.optional:
             continue
-        if whole_run and rule.artifact is not None and rule.artifact not in cfg.export.gguf:
-            raise GateError(
-                f"{rule.where}: rule {rule.label!r} reads exported artifact {rule.artifact!r}, which this config "
-                f"does not write (export.gguf: {list(cfg.export.gguf)}); add it to export.gguf or set "
-                "'optional: true'"
-            )
-        if not any(could_match(rule.metric, s) for s in produced):
+        shapes = produced
+        if rule.artifact is not None:
+            names = artifact_names(cfg.export.gguf, cfg.export.evaluate)
+            if whole_run and rule.artifact not in names:
+                raise GateError(
+                    f"{rule.where}: rule {rule.label!r} reads exported artifact {rule.artifact!r}, which this config "
+                    f"does not evaluate (export.gguf: {list(cfg.export.gguf)}, export.evaluate: "
+                    f"{cfg.export.evaluate!r}: it evaluates {sorted(names) or 'none'}); export and evaluate it "
+                    "(a '-llamacpp' artifact is scored with export.evaluate: llama.cpp) or set 'optional: true'"
+                )
+            if rule.artifact.endswith(LABEL_SUFFIX):  # scored in llama.cpp: parity with the adapter too
+                shapes = [*produced, *(MetricShape(tuple(m.split("/")), open=False) for m in PARITY_METRICS)]
+        if not any(could_match(rule.metric, s) for s in shapes):
             raise GateError(
                 f"{rule.where}: rule {rule.label!r} needs metric {rule.metric!r}, which this config never "
                 f"produces (it produces {what}); add the lm-eval task, probe file or perplexity to eval, fix the "

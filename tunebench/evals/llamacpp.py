@@ -33,6 +33,28 @@ log = logging.getLogger(__name__)
 
 RUNTIME = "llama.cpp"
 LABEL_SUFFIX = "-llamacpp"
+
+PARITY_METRICS = ("parity/kl_mean", "parity/kl_p99", "parity/top1_agree", "parity/ppl_ratio")
+"""What an artifact scored in llama.cpp adds to its results: its agreement with the adapter (evals.parity)."""
+
+
+def artifact_runtimes(evaluate: str | bool) -> list[str]:
+    """Runtimes that score each exported artifact (``export.evaluate``): true = transformers."""
+    if evaluate is False:
+        return []
+    return {"both": ["transformers", "llama.cpp"], "llama.cpp": ["llama.cpp"]}.get(str(evaluate), ["transformers"])
+
+
+def artifact_names(quants: list[str], evaluate: str | bool) -> dict[str, str]:
+    """The artifact names a run's export stage evaluates (what a gate rule's ``artifact:`` names: ``q8_0``, or
+    ``q8_0-llamacpp`` when scored in llama.cpp), each with its runtime: the one place they are derived."""
+    return {
+        q + (LABEL_SUFFIX if runtime == "llama.cpp" else ""): runtime
+        for q in quants
+        for runtime in artifact_runtimes(evaluate)
+    }
+
+
 """eval/gguf-<type>-llamacpp/results.json: an artifact scored in llama.cpp (gguf-<type> is transformers')."""
 GGUF_TEMPLATE_FORMAT = "chat_template.default"
 """llama-cpp-python's name for the GGUF's own template: pinned, so it never swaps in a built-in look-alike."""
@@ -321,5 +343,8 @@ __all__ = [
     "perplexity_metric",
     "RUNTIME",
     "LABEL_SUFFIX",
+    "PARITY_METRICS",
+    "artifact_names",
+    "artifact_runtimes",
     "require_llama_cpp",
 ]
