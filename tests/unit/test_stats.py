@@ -325,3 +325,11 @@ def test_welch_matches_scipy():
     ref = ttest_ind_from_stats(1.4, 0.25 * 20**0.5, 20, 1.0, 0.1 * 12**0.5, 12, equal_var=False)
     assert p == pytest.approx(ref.pvalue, rel=1e-9)
     assert (high - low) / 2 == pytest.approx(scipy.stats.t.ppf(0.975, df) * np.hypot(0.1, 0.25), rel=1e-9)
+
+
+def test_a_perplexity_interval_past_float_range_is_unbounded_not_a_crash():
+    """Found by `tunebench bench stats` (skewed NLL at n = 5): one wild conversation put the log-scale end of the
+    studentized interval past exp's range, and math.exp raised OverflowError. The end is +inf instead."""
+    items = [{"id": str(i), "num": v, "den": 1} for i, v in enumerate([2.0, 3.0, 2.5, 300.0, 2.2])]
+    ci = stats.bootstrap_ci(items, "exp_ratio", 2000, 0.05, 0)
+    assert ci.high == float("inf") and 0 <= ci.low <= ci.value

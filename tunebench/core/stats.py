@@ -263,10 +263,15 @@ def bootstrap_ci(
     value = aggregate_sums(num.sum(), den.sum(), aggregate)
     centre, se, reps = _studentized(np.vstack([num, den]), _ratio(aggregate, log_scale=True), n_boot, seed)
     low, high, _ = _invert(centre, se, reps, alpha)
-    if aggregate == "exp_ratio":
-        low, high = math.exp(low), math.exp(high)
+    if aggregate == "exp_ratio":  # a log-scale end past float range (a few wild units) is an unbounded end, not a crash
+        low, high = _exp(low), _exp(high)
     unit = "clusters" if clusters is not None else "items"
     return Interval(float(value), low, high, n, f"studentized bootstrap over {n} {unit} ({n_boot} resamples)")
+
+
+def _exp(x: float) -> float:
+    """``math.exp`` that gives inf past float range (and keeps NaN)."""
+    return math.inf if x > 709.0 else math.exp(x)
 
 
 def pair_items(
