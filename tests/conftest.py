@@ -30,12 +30,26 @@ SLOW_FIXTURES = frozenset({"smoke_run", "examples", "scored", "smol_adapter_run"
 in the slow tier, whatever its own marks say. `pytest -m "not slow"` is the fast tier (README, Tests)."""
 
 
+SESSION_GROUPS = ("smoke_run", "smol_adapter_run")
+"""The session fixtures that run the pipeline or train (``examples`` and ``scored`` build on ``smoke_run``): under
+pytest-xdist (`-n 2`, pyproject's addopts) the tests that use one share a worker, so each is built once."""
+
+
+def xdist_group(item: pytest.Item) -> str:
+    """The worker group of a test: the first of SESSION_GROUPS it uses, else its file (module-scoped fixtures, like
+    the session ones, are built once per worker that runs them)."""
+    names = set(getattr(item, "fixturenames", ()))
+    return next((g for g in SESSION_GROUPS if g in names), item.nodeid.split("::")[0])
+
+
 @pytest.hookimpl(tryfirst=True)  # before `-m` selects by marker
 def pytest_collection_modifyitems(config, items):
     slow = pytest.mark.slow
     for item in items:
         if SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(slow)
+        if not item.get_closest_marker("xdist_group"):
+            item.add_marker(pytest.mark.xdist_group(xdist_group(item)))
     if _cuda():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU (run on the GPU machine)")
