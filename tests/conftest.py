@@ -14,6 +14,13 @@ sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Under pytest-xdist (pyproject's `-n 2`) the workers share the cores: each worker, and every process it starts,
+# takes its share of threads, before torch is imported (OpenMP spinning on more threads than cores slows a step by
+# an order of magnitude, not by the share).
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 0)
+if _WORKERS > 1:
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_var, str(max(1, (os.cpu_count() or 1) // _WORKERS)))
 
 
 def _cuda() -> bool:
