@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import sys
 from pathlib import Path
@@ -37,16 +38,37 @@ SLOW_FIXTURES = frozenset({"smoke_run", "examples", "scored", "smol_adapter_run"
 in the slow tier, whatever its own marks say. `pytest -m "not slow"` is the fast tier (README, Tests)."""
 
 
-SESSION_GROUPS = ("smoke_run", "smol_adapter_run")
-"""The session fixtures that run the pipeline or train (``examples`` and ``scored`` build on ``smoke_run``): under
-pytest-xdist (`-n 2`, pyproject's addopts) the tests that use one share a worker, so each is built once."""
+SESSION_RUNS = {"smoke": ("smoke_run", "examples", "scored"), "smol-adapter": ("smol_adapter_run",)}
+"""The session fixtures that run the pipeline or train, by the run they build (``examples`` and ``scored`` build on
+``smoke_run``)."""
 
 
-def xdist_group(item: pytest.Item) -> str:
-    """The worker group of a test: the first of SESSION_GROUPS it uses, else its file (module-scoped fixtures, like
-    the session ones, are built once per worker that runs them)."""
-    names = set(getattr(item, "fixturenames", ()))
-    return next((g for g in SESSION_GROUPS if g in names), item.nodeid.split("::")[0])
+def _run_groups() -> dict[str, str]:
+    """Test file -> the session run it needs (its name in SESSION_RUNS), read from the files' text: under pytest-xdist
+    (pyproject's `-n 2`) the files that need one run on one worker, so each run is built once."""
+    root = Path(__file__).parent
+    out = {}
+    for path in sorted(root.rglob("test_*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        args = {a.arg for f in ast.walk(tree) if isinstance(f, ast.FunctionDef) for a in f.args.args}
+        group = next((g for g, names in SESSION_RUNS.items() if args.intersection(names)), None)
+        if group:
+            out[path.relative_to(root.parent).as_posix()] = group
+    return out
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """Whole files to a worker (module fixtures built once), and the files of one session run together."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    groups = _run_groups()
+
+    class ByRun(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::")[0]
+            return groups.get(path, path)
+
+    return ByRun(config, log)
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` selects by marker
@@ -55,8 +77,6 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(slow)
-        if not item.get_closest_marker("xdist_group"):
-            item.add_marker(pytest.mark.xdist_group(xdist_group(item)))
     if _cuda():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU (run on the GPU machine)")
