@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -82,7 +83,8 @@ def test_rows_from_lm_evals_files_equal_tunebenchs_own_comparison(both, capsys):
     from_files = compare(base, tuned, 0.05, 2000, same_base=False).to_dict()["rows"]
     from_own = compare(own["base"], own["tuned"], 0.05, 2000).to_dict()["rows"]
     assert from_files == from_own
-    assert all("paired" in r["method"] for r in from_files)
+    # paired methods (McNemar's test on pairs, the paired bootstrap), never Welch's unpaired interval
+    assert all(re.search(r"\bpair", r["method"]) for r in from_files), [r["method"] for r in from_files]
 
     out = root / "cmp"
     code = cli.main(["compare", "--lm-eval", str(root / "base"), str(root / "lora"), "--out", str(out), "--gate-exit"])
