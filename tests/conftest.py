@@ -57,22 +57,50 @@ def _run_groups() -> dict[str, str]:
     return out
 
 
+LONGEST_FIRST = (
+    "tests/integration/test_crash.py",
+    "smoke",
+    "smol-adapter",
+    "tests/integration/test_distributed.py",
+    "tests/integration/test_sweep_workers.py",
+    "tests/integration/test_add_evaluation.py",
+    "tests/integration/test_readme_own_data.py",
+    "tests/integration/test_sweep.py",
+)
+"""The work units that took longest on 2 cores (pytest --durations, 2026-12-06), handed out first so that no long
+one starts last; the other integration files follow, then the unit files, each in collection order."""
+
+
+def _scope(nodeid: str, groups: dict[str, str]) -> str:
+    path = nodeid.split("::")[0]
+    return groups.get(path, path)
+
+
+def _longest_first(scope: str) -> tuple[int, int]:
+    rank = LONGEST_FIRST.index(scope) if scope in LONGEST_FIRST else len(LONGEST_FIRST)
+    return rank, 0 if scope.startswith("tests/integration/") else 1
+
+
 def pytest_xdist_make_scheduler(config, log):
-    """Whole files to a worker (module fixtures built once), and the files of one session run together."""
+    """Whole files to a worker (module fixtures built once), the files of one session run together, the longest
+    units first (``LONGEST_FIRST``; xdist's own order, most tests first, started the longest test last)."""
     from xdist.scheduler import LoadScopeScheduling
 
     groups = _run_groups()
+    config.option.loadscopereorder = False  # the collection's order, which pytest_collection_modifyitems sets
 
     class ByRun(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            path = nodeid.split("::")[0]
-            return groups.get(path, path)
+            return _scope(nodeid, groups)
 
     return ByRun(config, log)
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` selects by marker
 def pytest_collection_modifyitems(config, items):
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # the order the scheduler hands the work units out in
+        groups = _run_groups()
+        items.sort(key=lambda item: _longest_first(_scope(item.nodeid, groups)))  # stable: file order kept within
     slow = pytest.mark.slow
     for item in items:
         if SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())):
