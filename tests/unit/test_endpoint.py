@@ -171,3 +171,19 @@ def test_llama_cpp_server_on_the_packaged_gguf_judges(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_llama_cpp_threads_are_the_cores_capped_by_omp_num_threads(monkeypatch):
+    """llama.cpp's threads spin while they wait: where OMP_NUM_THREADS caps a process's threads (several processes on
+    the cores, as under pytest-xdist), llama.cpp takes that many, never more than the cores it may use."""
+    from tunebench.evals.llamacpp import cpu_threads
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    cores = cpu_threads()
+    assert cores >= 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert cpu_threads() == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", str(cores + 8))
+    assert cpu_threads() == cores
+    monkeypatch.setenv("OMP_NUM_THREADS", "not a number")
+    assert cpu_threads() == cores

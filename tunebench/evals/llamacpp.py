@@ -76,11 +76,15 @@ def require_llama_cpp() -> Any:
 
 
 def cpu_threads() -> int:
-    """Threads for llama.cpp: the cores this process may use (2 on the CI machine)."""
+    """Threads for llama.cpp: the cores this process may use (2 on the CI machine), at most ``OMP_NUM_THREADS`` where
+    that is set (the usual cap when several processes share the cores: llama.cpp's threads spin while they wait, so
+    more threads than free cores made a perplexity pass several times slower, not a share slower)."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cores = max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
+        cores = max(1, os.cpu_count() or 1)
+    cap = os.environ.get("OMP_NUM_THREADS", "")
+    return min(cores, int(cap)) if cap.isdigit() and int(cap) > 0 else cores
 
 
 def open_gguf(path: str | Path, n_ctx: int = 2048, logits_all: bool = False, seed: int = 0) -> Any:
