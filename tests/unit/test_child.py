@@ -56,3 +56,22 @@ def test_timeout_stops_the_child_and_keeps_what_it_wrote(child_module, tmp_path)
     with pytest.raises(ChildError, match="did not finish") as e:
         run_child(child_module, spec, out, spec_path=tmp_path / "s.json", args=(SPEC,), timeout=5, own_group=True)
     assert e.value.timed_out and e.value.returncode is None and e.value.data == {"partial": True}
+
+
+def test_a_training_child_that_dies_of_a_passed_on_sigterm_is_interrupted_not_failed():
+    """`tunebench sweep` stopped by SIGTERM while its trial's child was still starting up: the child died of the signal
+    passed on to it (SIGABRT inside an import, seen under two test workers), and the trial was recorded as failed
+    instead of interrupted, so the sweep went on. run_child reports any unclean end after a passed-on SIGTERM as an
+    interruption."""
+    import os
+    import signal
+    import sys
+    import threading
+
+    from tunebench.app.pipeline import run_child
+    from tunebench.core.errors import EXIT_INTERRUPTED
+
+    child = "import os, signal, time; signal.signal(signal.SIGTERM, lambda *a: os.abort()); time.sleep(60)"
+    threading.Timer(2.0, lambda: os.kill(os.getpid(), signal.SIGTERM)).start()
+    assert run_child([sys.executable, "-c", child]) == EXIT_INTERRUPTED
+    assert run_child([sys.executable, "-c", "raise SystemExit(3)"]) == 3  # no signal: the child's own code

@@ -181,12 +181,21 @@ def _diffs(a: Any, b: Any, prefix: str = "") -> list[str]:
 def run_child(cmd: list[str], env: dict[str, str] | None = None) -> int:
     """Run a training child and return its exit code. The child gets the terminal's SIGINT itself; a SIGTERM sent
     to this process alone (a scheduler, `kill`) is passed on, so the child finishes its step and checkpoints instead
-    of being killed mid-save."""
+    of being killed mid-save. A child that ends otherwise than cleanly after a SIGTERM was passed on (one still
+    starting up can die of it, e.g. SIGABRT inside an import) is reported as interrupted (``EXIT_INTERRUPTED``), not
+    as a failure: this process was asked to stop."""
     proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+    stopped = []
+
+    def pass_on(signum: int, frame: Any) -> None:
+        stopped.append(signum)
+        proc.send_signal(signal.SIGTERM)
+
     old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    old_term = signal.signal(signal.SIGTERM, lambda signum, frame: proc.send_signal(signal.SIGTERM))
+    old_term = signal.signal(signal.SIGTERM, pass_on)
     try:
-        return proc.wait()
+        code = proc.wait()
+        return EXIT_INTERRUPTED if stopped and code != 0 else code
     finally:
         signal.signal(signal.SIGINT, old_int)
         signal.signal(signal.SIGTERM, old_term)
