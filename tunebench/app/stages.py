@@ -140,9 +140,12 @@ class Stages:
                 record[n]["ran_at"] = self.ran_at[n]
         atomic_write_json(self.path, record)
 
-    def run(self, name: str, fp: str, outputs: list[Path], fn: Callable[[], Any]) -> bool:
+    def run(self, name: str, fp: str, outputs: list[Path], fn: Callable[[], Any], bar: bool = True) -> bool:
         """Run ``fn`` unless stage ``name`` is fresh (same inputs, outputs present and unchanged); time it, then mark
         it done with its outputs' checksums.
+
+        Args:
+            bar: Show the stage's bar (a sweep's one bar is over its trials: its data stage shows none).
 
         Returns:
             Whether the stage ran.
@@ -151,7 +154,8 @@ class Stages:
             self.reused.append(name)
             return False
         log.info("stage %s", name.replace("_", " "))
-        with self.clock.stage(name), output.stage(name.replace("_", " ")):  # one bar: the loops inside advance it
+        shown = output.stage(name.replace("_", " ")) if bar else contextlib.nullcontext()
+        with self.clock.stage(name), shown:  # one bar: the loops inside advance it
             fn()
         self.mark(name, fp, outputs)
         return True

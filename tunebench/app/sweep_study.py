@@ -248,7 +248,7 @@ def prepare_data(cfg: RunConfig, out: Path) -> tuple[PreparedData, Path]:
 
     fp = fingerprint([to_dict(cfg.data), cfg.model.chat_template, source.identity])
     with FileLock(str(out / ".data.lock")):
-        Stages(out).run("data", fp, [path, data_dir / "data_report.json"], data)
+        Stages(out).run("data", fp, [path, data_dir / "data_report.json"], data, bar=False)  # the sweep's one bar
     prepared = prepared_from_dict(read_json(path))
     require_no_test(prepared, str(path))
     return prepared, path
