@@ -10,6 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # 9 `tunebench run`s, killed and resumed: about 13 minutes on 2 cores
+
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "crash_test.py"
 
 SHORT = [

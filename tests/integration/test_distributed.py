@@ -16,6 +16,8 @@ import pytest
 
 from tunebench.core.config import dump_yaml, load_config
 
+pytestmark = pytest.mark.slow  # trainings and evaluations under torchrun and accelerate: 45-90 s each
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -20,6 +20,8 @@ from tunebench.core.config import dump_yaml, load_config
 from tunebench.core.io import sha256_file
 from tunebench.train.trainer import RunExistsError, TrainingError, latest_checkpoint, train
 
+pytestmark = pytest.mark.slow  # each test trains a model in a child process
+
 SMALL = [
     "data.max_train=16",
     "data.max_validation=4",
