@@ -138,6 +138,23 @@ def smol_base(smol_source):
     return load_for_eval(smol_source, device="cpu", dtype="float32")
 
 
+@pytest.fixture(scope="module")
+def llama31_tokenizer(smol_source):
+    """SmolLM2's tokenizer with the Llama-3 special tokens added and the shipped llama-3.1 template (a copy per test
+    module)."""
+    from transformers import AutoTokenizer
+
+    from tunebench.models.loading import template_text
+
+    tok = AutoTokenizer.from_pretrained(smol_source.path)
+    tok.add_special_tokens(
+        {"additional_special_tokens": ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]}
+    )
+    tok.bos_token = "<|begin_of_text|>"
+    tok.chat_template = template_text("llama-3.1")
+    return tok
+
+
 @pytest.fixture(scope="session")
 def packaged_raw():
     """The packaged ShareGPT records (17,671 recovered from the truncated file)."""

@@ -233,22 +233,6 @@ def test_an_end_marker_that_cannot_be_trained_whole_refuses_the_data_step(
     assert not (tmp_path / "out").exists()  # a refused step writes nothing
 
 
-@pytest.fixture(scope="module")
-def llama31_tokenizer(smol_source):
-    """SmolLM2's tokenizer with the Llama-3 special tokens added and the shipped llama-3.1 template."""
-    from transformers import AutoTokenizer
-
-    from tunebench.models.loading import template_text
-
-    tok = AutoTokenizer.from_pretrained(smol_source.path)
-    tok.add_special_tokens(
-        {"additional_special_tokens": ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]}
-    )
-    tok.bos_token = "<|begin_of_text|>"
-    tok.chat_template = template_text("llama-3.1")
-    return tok
-
-
 def test_mask_with_the_llama31_template(llama31_tokenizer):
     tok = llama31_tokenizer
     info = template_info(tok, "llama-3.1")

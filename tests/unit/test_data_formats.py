@@ -174,22 +174,6 @@ def test_a_template_that_writes_tool_turns_as_json_drops_them_with_a_reason(tmp_
     assert "tool_turn_not_rendered" in (tmp_path / "out" / "data_report.md").read_text()
 
 
-@pytest.fixture
-def llama31_tokenizer(smol_source):
-    """SmolLM2's tokenizer with the Llama-3 special tokens added and the shipped llama-3.1 template."""
-    from transformers import AutoTokenizer
-
-    from tunebench.models.loading import template_text
-
-    tok = AutoTokenizer.from_pretrained(smol_source.path)
-    tok.add_special_tokens(
-        {"additional_special_tokens": ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]}
-    )
-    tok.bos_token = "<|begin_of_text|>"
-    tok.chat_template = template_text("llama-3.1")
-    return tok
-
-
 @pytest.mark.parametrize(
     "fmt, filename, records, found",
     [
