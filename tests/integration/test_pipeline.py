@@ -283,9 +283,10 @@ def test_ctrl_c_in_eval_names_the_cached_answers_and_the_command_that_continues(
     out, _, _ = smoke_run
     run = tmp_path / "e"
     shutil.copytree(out, run, ignore=shutil.ignore_patterns("checkpoints"))
-    code, text = interrupt_when(  # --force: the copied results are current, and would be reused
-        tmp_path, ["eval", str(run), "--force"], lambda t: "perplexity/test =" in t, cache=tmp_path / "cache"
-    )
+    # --force: the copied results are current, and would be reused. Ctrl-C once the base model is loaded and the
+    # test split encoded: it lands in the base's perplexity pass
+    ready = lambda t: "encode test" in t  # noqa: E731
+    code, text = interrupt_when(tmp_path, ["eval", str(run), "--force"], ready, cache=tmp_path / "cache")
     assert code == 130, text[-3000:]
     last = next((x for x in reversed(text.splitlines()) if x.startswith("interrupted: ")), text[-3000:])
     assert f"evaluation of {run} stopped before {run / 'eval'}" in last, last
