@@ -1,4 +1,5 @@
-"""A sweep's study: what makes two invocations the same study, opening it in its storage (created once, checked
+"""A sweep's study: what `tunebench sweep` was asked (``SweepOptions``), an open study and what its trials share
+(``Study``), what makes two invocations the same study, opening it in its storage (created once, checked
 after), how workers claim its trials (the heartbeat that tells a lost trial from a running one), the most steps a
 trial can take, and the data stage every trial shares."""
 
@@ -9,8 +10,9 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from filelock import FileLock
 
@@ -26,9 +28,6 @@ from tunebench.data.conversations import PreparedData, prepared_from_dict, prepa
 from tunebench.evals.validation import require_no_test
 from tunebench.models.loading import load_tokenizer, resolve_model
 
-if TYPE_CHECKING:
-    from tunebench.app.sweep import SweepOptions
-
 log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 60
@@ -40,6 +39,43 @@ HEARTBEAT_ATTR = "heartbeat"
 """The trial's user attribute the heartbeat rewrites (the writer's clock; only its changes are read)."""
 POLL_S = 10
 """How often, at most, a worker with nothing left to ask looks again at the trials other workers run."""
+
+
+@dataclass
+class SweepOptions:
+    """What `tunebench sweep` was asked."""
+
+    preset: str
+    trials: int
+    overrides: list[str] = field(default_factory=list)
+    out: Path | None = None
+    space: str | None = None
+    storage: str | None = None
+    study: str | None = None
+    seeds: int = 1
+    pruner: str = "median"
+    sampler_seed: int | None = None
+    confirm: bool = True
+    progress: bool = True
+    heartbeat: int = HEARTBEAT_S
+    """Seconds between a running trial's heartbeats; every worker of a study gives the same."""
+
+
+@dataclass
+class Study:
+    """An open study and everything its trials share."""
+
+    optuna: Any
+    storage: Any
+    url: str
+    opts: SweepOptions
+    out: Path
+    asked: RunConfig
+    """The preset and overrides as asked (``auto`` unresolved): what each trial's values are applied to."""
+    space: Space
+    prepared: PreparedData
+    data_path: Path
+    max_steps: int
 
 
 def study_identity(asked: RunConfig, space: Space, opts: SweepOptions) -> dict[str, Any]:

@@ -2,8 +2,8 @@
 intervals and decisions on them.
 
 Every decision goes through the code a run uses: a row from ``reports.rows.compare_metric`` (or ``judged_row`` on
-a metric built by ``evals.judge_metrics``) and the gate's ``reports.gate.judge``; every interval through the
-function the row calls. Each figure is a share of simulated datasets with a Wilson interval and its seed.
+a metric built by ``evals.judge_metrics``) and the gate's decision on it (``reports.rows.judge``); every interval
+through the function the row calls. Each figure is a share of simulated datasets with a Wilson interval and its seed.
 """
 
 from __future__ import annotations
