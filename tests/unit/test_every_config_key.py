@@ -11,7 +11,7 @@ import pytest
 
 import tunebench.core.config as config_module
 from tunebench.app.cli import main
-from tunebench.core.config import RunConfig
+from tunebench.core.config_schema import RunConfig
 
 
 def leaf_keys(cls: type = RunConfig, prefix: str = "") -> list[tuple[str, typing.Any]]:

@@ -45,7 +45,9 @@ from tunebench.app.sweep_study import (
 from tunebench.app.sweep_summary import summarize, write_summary
 from tunebench.app.sweep_trial import OUTCOME_FILE, STORAGE_ENV, Outcome, TrialSpec
 from tunebench.core import output, tracking
-from tunebench.core.config import RunConfig, load_config, resolve, with_values
+from tunebench.core.config import load_config, with_values
+from tunebench.core.config_resolve import resolve
+from tunebench.core.config_schema import RunConfig
 from tunebench.core.errors import EXIT_INTERRUPTED, ConfigError, Interrupted, PipelineError, TunebenchError
 from tunebench.core.io import atomic_write_json, read_json
 from tunebench.core.lock import run_lock

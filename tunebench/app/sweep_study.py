@@ -16,15 +16,18 @@ from typing import Any
 
 from filelock import FileLock
 
-from tunebench.app.pipeline import Stages, resolve_template
+from tunebench.app.pipeline import resolve_template
+from tunebench.app.stages import Stages
 from tunebench.app.sweep_space import Space
 from tunebench.app.sweep_storage import open_storage, shown_url, study_lock
 from tunebench.app.sweep_trial import make_pruner
-from tunebench.core.config import RunConfig, to_dict
+from tunebench.core.config_build import to_dict
+from tunebench.core.config_schema import RunConfig
 from tunebench.core.errors import ConfigError
 from tunebench.core.io import atomic_write_json, atomic_write_text, fingerprint, read_json
 from tunebench.data import conversations as data_mod
 from tunebench.data.conversations import PreparedData, prepared_from_dict, prepared_to_dict
+from tunebench.data.data_report import render_report
 from tunebench.evals.validation import require_no_test
 from tunebench.models.loading import load_tokenizer, resolve_model
 
@@ -280,7 +283,7 @@ def prepare_data(cfg: RunConfig, out: Path) -> tuple[PreparedData, Path]:
             )
         atomic_write_json(path, prepared_to_dict(kept))
         atomic_write_json(data_dir / "data_report.json", kept.report)
-        atomic_write_text(data_dir / "data_report.md", data_mod.render_report(kept.report))
+        atomic_write_text(data_dir / "data_report.md", render_report(kept.report))
 
     fp = fingerprint([to_dict(cfg.data), cfg.model.chat_template, source.identity])
     with FileLock(str(out / ".data.lock")):

@@ -9,7 +9,8 @@ from typing import Any
 
 from tunebench.bench.evalrows import CACHE, Messages
 from tunebench.evals import lm_eval_model
-from tunebench.evals.lm_eval_runner import _load_tasks, _task_manager
+from tunebench.evals.lm_eval_load import load_tasks as _load_tasks
+from tunebench.evals.lm_eval_load import task_manager as _task_manager
 from tunebench.evals.prompting import count_new_tokens, generation_kwargs, render_prompt
 
 

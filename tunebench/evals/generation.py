@@ -28,16 +28,11 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from tunebench.core import dist, output
-from tunebench.core.config import SamplingConfig
+from tunebench.core.config_schema import SamplingConfig
 from tunebench.core.errors import ConfigError
 from tunebench.core.io import cache_root
 from tunebench.core.shards import Shard
-from tunebench.evals.decode_loops import (  # re-exported: callers import the loop choice from here too
-    STATIC_CACHE_STEP as STATIC_CACHE_STEP,
-)
-from tunebench.evals.decode_loops import STATIC_MIN_STEPS as STATIC_MIN_STEPS
 from tunebench.evals.decode_loops import decode, decode_path, sampling_decoder, static_cache_kwargs
-from tunebench.evals.decode_loops import use_static_cache as use_static_cache
 from tunebench.evals.generation_cache import GenerationCache, cache_group
 from tunebench.evals.prompting import (
     Prompt,

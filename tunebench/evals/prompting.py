@@ -7,9 +7,9 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from tunebench.core.config import SamplingConfig
+from tunebench.core.config_schema import SamplingConfig
 from tunebench.core.errors import ConfigError
-from tunebench.data.conversations import encode_messages
+from tunebench.data.encode import encode_messages
 
 Messages = list[dict[str, str]]
 Prompt = Messages | str | list[int]

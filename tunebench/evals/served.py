@@ -26,17 +26,15 @@ from pathlib import Path
 from typing import Any
 
 from tunebench.core import output
-from tunebench.core.config import RunConfig
+from tunebench.core.config_schema import RunConfig
 from tunebench.core.errors import EndpointError
 from tunebench.core.io import environment
-from tunebench.data.conversations import Encoded
+from tunebench.data.encode import Encoded
 from tunebench.evals.endpoint import OpenAIClient
 from tunebench.evals.llamacpp import scored_positions
 from tunebench.evals.perplexity import metric_from_items
 from tunebench.evals.probes import add_probes
 from tunebench.evals.results import Results
-from tunebench.evals.served_checks import CANARY as CANARY  # re-exported
-from tunebench.evals.served_checks import LOGPROB_TOLERANCE as LOGPROB_TOLERANCE  # re-exported
 from tunebench.evals.served_checks import (
     RUNTIME,
     EndpointModel,

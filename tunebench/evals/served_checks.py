@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from tunebench.core import output
-from tunebench.core.config import SamplingConfig
+from tunebench.core.config_schema import SamplingConfig
 from tunebench.core.errors import EndpointError
-from tunebench.data.conversations import encode_messages
+from tunebench.data.encode import encode_messages
 from tunebench.evals.endpoint import OpenAIClient
 from tunebench.evals.generation import Generation, stream_whole
 from tunebench.evals.prompting import Messages, Prompt, batch_seed, cut_at_stops, is_chat, samples_per_prompt

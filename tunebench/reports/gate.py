@@ -46,29 +46,21 @@ from tunebench.core.errors import (
     InvalidInput,
 )
 from tunebench.core.io import atomic_write_json, short
+from tunebench.core.numbers import fmt
 from tunebench.evals.results import Results
-from tunebench.reports.compare import (
-    Comparison,
+from tunebench.reports.compare import compare_artifacts, load_artifact_results, load_run_results, run_settings
+from tunebench.reports.comparison import Comparison, compare
+from tunebench.reports.gate_rules import GateRule, glob_to_regex, load_rules, parse_rule, resolve_rules_path
+from tunebench.reports.rows import (
+    FAIL,
+    INCONCLUSIVE,
+    PASS,
+    SKIPPED,
+    GateRow,
     MetricComparison,
-    compare,
-    compare_artifacts,
-    fmt,
-    load_artifact_results,
+    judge,
     load_judge_results,
-    load_run_results,
-    run_settings,
 )
-from tunebench.reports.gate_rules import (  # noqa: F401  (re-exported: the gate's one import path)
-    DEFAULT_RULES,
-    GATES_DIR,
-    GateRule,
-    glob_to_regex,
-    load_rules,
-    parse_rule,
-    parse_rules,
-    resolve_rules_path,
-)
-from tunebench.reports.rows import FAIL, INCONCLUSIVE, PASS, SKIPPED, GateRow, judge
 
 SCHEMA = "tunebench.gate/2"
 NOTHING_CHECKED = "no rule matched any metric: nothing was checked"

@@ -171,12 +171,10 @@ def tunebench_comparison(tunebench_run: Path, tunebench_results: dict[str, Any])
     rel=False)`` (the gate's non-inferiority rule: an inconclusive row fails), ``.assert_value(op, x,
     side="tuned")``; failures print both values, the delta and its interval.
     """
-    from tunebench.reports.compare import (  # heavy: numpy (see above)
-        ComparisonError,
-        compare,
-        load_judge_results,
-        run_settings,
-    )
+    from tunebench.core.errors import ComparisonError
+    from tunebench.reports.compare import run_settings  # heavy: numpy (see above)
+    from tunebench.reports.comparison import compare  # heavy: numpy (see above)
+    from tunebench.reports.rows import load_judge_results  # heavy: numpy (see above)
 
     settings = run_settings(tunebench_run)
     try:

@@ -18,15 +18,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tunebench.reports.compare import Comparison
-from tunebench.reports.gate import (
-    GateVerdict,
-    artifact_comparisons,
-    evaluate_gate,
-    glob_to_regex,
-    judge_run,
-    parse_rule,
-)
+from tunebench.reports.comparison import Comparison
+from tunebench.reports.gate import GateVerdict, artifact_comparisons, evaluate_gate, judge_run
+from tunebench.reports.gate_rules import glob_to_regex, parse_rule
 from tunebench.reports.rows import PASS, SKIPPED, GateRow, describe_row
 
 

@@ -7,15 +7,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from tunebench.core.markdown import table
-from tunebench.reports.compare import (
-    TOO_FEW,
-    Comparison,
-    MetricComparison,
-    fmt,
-    fmt_interval,
-    fmt_p,
-)
+from tunebench.core.numbers import fmt, fmt_interval, fmt_p
+from tunebench.reports.comparison import Comparison
 from tunebench.reports.more_items import more_items
+from tunebench.reports.rows import TOO_FEW, MetricComparison
 
 _VERDICT = {"improved": "**improved**", "regressed": "**regressed**"}
 

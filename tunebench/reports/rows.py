@@ -37,8 +37,8 @@ from typing import Any
 from tunebench.core import stats
 from tunebench.core.errors import ComparisonError
 from tunebench.core.matched_pairs import matched_pairs
+from tunebench.core.numbers import fmt, fmt_interval, fmt_p
 from tunebench.core.pairwise import explained_by_length
-from tunebench.core.stats import fmt, fmt_interval, fmt_p
 from tunebench.evals.results import Metric, Results
 from tunebench.reports.gate_rules import GateRule, parse_rule
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from tunebench.core import dist, tracking
-from tunebench.core.config import RunConfig
+from tunebench.core.config_schema import RunConfig
 
 log = logging.getLogger("tunebench.train.trainer")  # the messages read as the trainer's, as before
 
