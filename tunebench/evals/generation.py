@@ -87,9 +87,9 @@ class Generation:
 class Generator(Protocol):
     """One contract for every decode path: transformers in process (``TransformersGenerator``, over the decode loops
     of ``decode_path``), llama.cpp in process (``evals.llamacpp.LlamaCppModel``) and any OpenAI-compatible server
-    (``evals.served.EndpointModel``). The probes, the chat (streaming through ``on_token``), the judge and lm-eval's
-    generate_until (token ids in process, text through llama.cpp and endpoints, with its stop strings) call it; a
-    new engine is one class."""
+    (``evals.served_checks.EndpointModel``). The probes, the chat (streaming through ``on_token``), the judge and
+    lm-eval's generate_until (token ids in process, text through llama.cpp and endpoints, with its stop strings) call
+    it; a new engine is one class."""
 
     def identity(self) -> dict[str, Any]:
         """What decides the answers besides the prompts and sampling (recorded in results, part of cache keys)."""

@@ -279,7 +279,7 @@ def run_probes(
         label: ``base`` or ``tuned``.
         use_cache: False regenerates everything.
         progress: show progress bars.
-        cache_implementation: decode loop for generation (``auto``: see ``generation.decode_path``).
+        cache_implementation: decode loop for generation (``auto``: see ``decode_loops.decode_path``).
         generator: the decode path (``generation.Generator``: llama.cpp's, an endpoint's); None = transformers'
             on ``loaded`` (``TransformersGenerator`` with the arguments above).
         shard: only this shard's batches (``core.shards``), on transformers (not ``generator``): metrics over its

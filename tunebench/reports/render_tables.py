@@ -33,7 +33,7 @@ def _mde(r: MetricComparison) -> str:
 
 
 def _flagged_verdict(r: MetricComparison) -> str:
-    """Verdict, or a flag where too few samples make any verdict noise (compare.MetricComparison.judged)."""
+    """Verdict, or a flag where too few samples make any verdict noise (rows.MetricComparison.judged)."""
     return _verdict(r) if r.judged else f"{TOO_FEW} (n={r.n} < {r.min_n})"
 
 

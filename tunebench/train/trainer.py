@@ -68,7 +68,7 @@ def make_callbacks(state: RunState, total_steps: int, log_path: Path | None = No
 def resolve_backend(train_cfg: Any, resolution: dict[str, str]) -> tuple[str, str]:
     """The resolved backend and why; import Unsloth now (before transformers) when it is the choice.
 
-    The config resolved ``auto`` already (core.config.resolve); only a failed Unsloth import, a runtime fact,
+    The config resolved ``auto`` already (core.config_resolve.resolve); only a failed Unsloth import, a runtime fact,
     changes the choice here: to ``hf`` when the user asked for ``auto``, to an error when they asked for Unsloth.
     """
     name = train_cfg.backend
