@@ -116,7 +116,7 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def smol_source():
     """The packaged model, dequantized into the cache (first use ~30 s)."""
-    from tunebench.core.config import PACKAGED_MODEL
+    from tunebench.core.config_schema import PACKAGED_MODEL
     from tunebench.models.loading import resolve_model
 
     return resolve_model(PACKAGED_MODEL)
@@ -193,7 +193,8 @@ def tiny_llama_dir(tmp_path_factory, smol_source):
 @pytest.fixture(scope="session")
 def smol_adapter_run(tmp_path_factory):
     """A run folder whose adapter was trained (hf backend, 3 steps) on the packaged model and data."""
-    from tunebench.core.config import dump_yaml, load_config
+    from tunebench.core.config import load_config
+    from tunebench.core.config_build import dump_yaml
     from tunebench.train.trainer import train
 
     out = tmp_path_factory.mktemp("smol-run")

@@ -6,14 +6,14 @@ from __future__ import annotations
 import sys
 
 from tunebench.app import cli as app_cli
-from tunebench.bench import speed
+from tunebench.bench import cli as bench_cli
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run one `tunebench` subcommand and return its exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["bench"]:
-        return speed.main(argv[1:])
+        return bench_cli.main(argv[1:])
     return app_cli.main(argv)
 
 

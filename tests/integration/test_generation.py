@@ -11,7 +11,7 @@ import textwrap
 
 import pytest
 
-from tunebench.core.config import SamplingConfig
+from tunebench.core.config_schema import SamplingConfig
 from tunebench.evals.chat import chat
 from tunebench.evals.generation import generate
 from tunebench.evals.generation_cache import GenerationCache
@@ -443,7 +443,7 @@ def test_cache_keeps_entries_of_concurrent_writers_and_survives_damage(tmp_path,
 def test_bench_chat_rows_time_the_chat_and_raw_generate_on_the_same_prompts(smol_base, capsys):
     """`bench eval --parts chat` (GPU): the suite's chat answers and raw generate(static) with a TextStreamer, one
     answer at a time, the first of each untimed; nothing streamed reaches the log."""
-    from tunebench.bench.evalspeed import chat_rows
+    from tunebench.bench.evalcompare import chat_rows
 
     prompts = [[{"role": "user", "content": q}] for q in ("Hi!", "Name a color.", "Count to three.")]
     sampling = SamplingConfig(name="greedy", temperature=0.0, min_p=None, max_new_tokens=6)

@@ -24,7 +24,8 @@ EVAL_ONLY_PPL = ["eval.lm_eval_tasks=[]", "eval.probe_files=[]", "eval.bootstrap
 @pytest.fixture(scope="module")
 def exported(smol_adapter_run, tmp_path_factory):
     """A copy of the session run with its tuned results, f16 + q8_0 exports and their results (pipeline stage)."""
-    from tunebench.app.pipeline import Stages, export_stage
+    from tunebench.app.pipeline import export_stage
+    from tunebench.app.stages import Stages
     from tunebench.evals.runner import evaluate_model
 
     run = tmp_path_factory.mktemp("gguf") / "run"
@@ -105,7 +106,8 @@ def test_modelfile_carries_the_template_and_stop_tokens(exported):
 
 
 def test_q8_0_is_scored_on_the_runs_inputs_and_compared_with_the_adapter(exported, tmp_path):
-    from tunebench.reports.compare import compare, compare_artifacts, load_artifact_results, load_run_results
+    from tunebench.reports.compare import compare_artifacts, load_artifact_results, load_run_results
+    from tunebench.reports.comparison import compare
     from tunebench.reports.gate import evaluate_gate, gate_main
     from tunebench.reports.render import render_report
 
@@ -195,7 +197,8 @@ def test_bad_input_is_refused_with_exit_code_2(exported, tmp_path, capsys):
     from transformers import GPT2Config
 
     from tunebench.app.cli import main
-    from tunebench.train.gguf_export import check_architecture, parse_quants
+    from tunebench.train.gguf_export import parse_quants
+    from tunebench.train.gguf_tensors import check_architecture
 
     run, _, _ = exported
     with pytest.raises(ExportError, match=r"q4_k_m is a llama.cpp mixture.*Supported here: .*q8_0.*llama-quantize"):

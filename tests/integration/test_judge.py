@@ -58,7 +58,7 @@ def test_a_rerun_judges_nothing_again(judged):
 def test_judging_in_batches_of_similar_length_gives_the_one_call_verdicts(tmp_path, monkeypatch):
     """InProcessJudge makes one generation call per batch of similar length (so short turn-1 prompts do not decode
     at turn-2 widths); the judgments are those of one call over every request, each back in its request's place."""
-    from tunebench.core.config import SamplingConfig
+    from tunebench.core.config_schema import SamplingConfig
     from tunebench.evals.generation import TransformersGenerator
     from tunebench.evals.judge import InProcessJudge
     from tunebench.evals.modeling import load_for_eval

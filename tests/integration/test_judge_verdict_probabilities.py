@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from tunebench.core.config import JudgeEndpointConfig
+from tunebench.core.config_schema import JudgeEndpointConfig
 from tunebench.core.errors import JudgeError
 from tunebench.evals import judge_prompts as jp
 from tunebench.evals.judge import _context

@@ -10,7 +10,8 @@ import sys
 
 import pytest
 
-from tunebench.data.conversations import Conversation, encode, standardize, template_info
+from tunebench.data.encode import encode, template_info
+from tunebench.data.standardize import Conversation, standardize
 from tunebench.models.llama3_tokenizer import VOCAB_SIZE, convert, is_llama3_tokenizer, special_tokens
 
 
@@ -148,7 +149,7 @@ def unsloth_masks(llama3_tokenizer_dir, smol_source, smol_tokenizer, conversatio
     the markers we derive: what the unsloth backend runs in training (``finish_trainer``)."""
     from transformers import AutoTokenizer
 
-    from tunebench.data.conversations import encode_many
+    from tunebench.data.encode import encode_many
     from tunebench.models.loading import template_text
 
     ours, jobs = {}, {}

@@ -23,7 +23,8 @@ pytest.importorskip(
     "llama_cpp", reason='llama-cpp-python is not installed (pip install "tunebench[serve]"; scripts/setup.sh builds it)'
 )
 
-from tunebench.core.config import SamplingConfig, load_config  # noqa: E402
+from tunebench.core.config import load_config  # noqa: E402
+from tunebench.core.config_schema import SamplingConfig  # noqa: E402
 
 GREEDY = SamplingConfig(name="greedy", temperature=0.0, min_p=None, max_new_tokens=12)
 QUESTIONS = [
@@ -97,8 +98,10 @@ def test_artifact_is_scored_in_llamacpp_with_parity_against_the_adapter(scored):
 def test_gate_rules_bound_parity(scored):
     from tunebench.core.errors import GateError
     from tunebench.evals.results import Results
-    from tunebench.reports.compare import compare, compare_artifacts, load_artifact_results
-    from tunebench.reports.gate import evaluate_gate, load_rules
+    from tunebench.reports.compare import compare_artifacts, load_artifact_results
+    from tunebench.reports.comparison import compare
+    from tunebench.reports.gate import evaluate_gate
+    from tunebench.reports.gate_rules import load_rules
 
     run, cfg = scored
     tuned = Results.load(run / "eval" / "tuned" / "results.json")
@@ -349,7 +352,7 @@ def test_eval_endpoint_of_the_served_gguf_equals_in_process_llamacpp(scored, tmp
     from tunebench.app.serve import running_server
     from tunebench.evals.generation import Generator
     from tunebench.evals.results import Results
-    from tunebench.evals.served import EndpointModel
+    from tunebench.evals.served_checks import EndpointModel
     from tunebench.reports.compare import compare_artifacts, identical_answers, load_artifact_results
 
     run, cfg = scored

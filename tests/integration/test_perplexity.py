@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from tunebench.core.config import load_config
-from tunebench.data.conversations import Encoded
-from tunebench.evals.modeling import AdapterError, load_for_eval
+from tunebench.core.errors import AdapterError
+from tunebench.data.encode import Encoded
+from tunebench.evals.modeling import load_for_eval
 from tunebench.evals.perplexity import batches_by_length, evaluate, score
 from tunebench.evals.runner import encoded_test_split
 
@@ -71,7 +72,7 @@ def test_merged_and_unmerged_adapter_agree(smol_source, smol_adapter_run):
     """Merging (the default) changes the arithmetic, not the model: same perplexity, same greedy answers."""
     from peft import PeftModel
 
-    from tunebench.core.config import SamplingConfig
+    from tunebench.core.config_schema import SamplingConfig
     from tunebench.evals.generation import generate
 
     cfg = load_config(smol_adapter_run / "config.yaml")

@@ -23,7 +23,7 @@ def _write_own_data(path) -> int:
     """The first clean conversations of the packaged ShareGPT file, written as a user's OpenAI-messages JSONL
     (``{"messages": [{"role", "content"}, ...]}``), in the file's order (not split order, so every split gets its
     share)."""
-    from tunebench.core.config import PACKAGED_DATA
+    from tunebench.core.config_schema import PACKAGED_DATA
     from tunebench.data.sources import read_source
     from tunebench.data.standardize import standardize
 

@@ -113,7 +113,8 @@ def study(tmp_path_factory):
     steps["opened"] = opened
     took["resumed"] = time.perf_counter() - t0 - sum(took.values())
 
-    from tunebench.app.sweep import SweepOptions, sweep
+    from tunebench.app.sweep import sweep
+    from tunebench.app.sweep_study import SweepOptions
 
     steps["again"] = sweep(SweepOptions("smoke", 3, OVERRIDES, out, str(tmp / "space.yaml"), confirm=False))
     took["again"] = time.perf_counter() - t0 - sum(took.values())

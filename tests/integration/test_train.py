@@ -16,9 +16,12 @@ import torch
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-from tunebench.core.config import dump_yaml, load_config
+from tunebench.core.config import load_config
+from tunebench.core.config_build import dump_yaml
+from tunebench.core.errors import RunExistsError, TrainingError
 from tunebench.core.io import sha256_file
-from tunebench.train.trainer import RunExistsError, TrainingError, latest_checkpoint, train
+from tunebench.train.checkpoints import latest_checkpoint
+from tunebench.train.trainer import train
 
 pytestmark = pytest.mark.slow  # each test trains a model in a child process
 
@@ -249,7 +252,7 @@ def test_packed_rows_give_the_padded_loss_on_assistant_tokens_only(tmp_path, tin
     """TRL best-fit packing (several conversations per max_length row, position_ids restart per conversation)
     trains on the same assistant tokens and computes the same first-step loss as padded batches of the same
     conversations, and no conversation attends to the one packed before it."""
-    from tunebench.data.conversations import standardize
+    from tunebench.data.standardize import standardize
 
     short = [
         r
@@ -312,8 +315,8 @@ def test_latest_checkpoint_is_the_highest_step(tmp_path):
 def test_auto_settings_follow_the_backend_that_really_trains(tmp_path):
     """compile_blocks=auto resolved for Unsloth on a GPU (a long run compiles its blocks); when Unsloth then fails
     to import and auto falls back to hf, the fallback's config says hf and no compile. Explicit values stay."""
-    from tunebench.core.config import COMPILE_BLOCKS_MIN_STEPS, Machine, with_backend
-    from tunebench.train.trainer import sft_config
+    from tunebench.core.config_resolve import COMPILE_BLOCKS_MIN_STEPS, Machine, with_backend
+    from tunebench.train.sft_args import sft_config
 
     gpu = Machine(cuda=True, bf16=True, world_size=1, unsloth_installed=True)
     cfg = load_config("smoke", ["train.backend=unsloth", f"train.max_steps={COMPILE_BLOCKS_MIN_STEPS}"], machine=gpu)
@@ -331,7 +334,7 @@ def test_auto_settings_follow_the_backend_that_really_trains(tmp_path):
 def test_compile_blocks_false_turns_unsloth_block_compile_off_while_training_only(monkeypatch):
     """Unsloth reads UNSLOTH_BLOCK_COMPILE at every decoder block call: false sets it to 0 for trainer.train() and
     restores what was there; true leaves Unsloth's own setting alone; an unresolved auto is refused."""
-    from tunebench.core.config import TrainConfig
+    from tunebench.core.config_schema import TrainConfig
     from tunebench.train.backends import BackendError
     from tunebench.train.backends.unsloth import UnslothBackend
 
@@ -363,7 +366,7 @@ def test_training_shows_one_bar_and_logs_to_the_run_folder(tmp_path, tiny_llama_
     assert json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"] == str(tiny_llama_dir)
     card = (adapter / "README.md").read_text()
     assert card.startswith("---\nlibrary_name: peft") and "## Training results" in card
-    from tunebench.core.stats import fmt
+    from tunebench.core.numbers import fmt
 
     final = json.loads((adapter / "manifest.json").read_text())["final_train_loss"]
     assert re.search(rf"\| final train loss +\| {re.escape(fmt(final))} ", card)

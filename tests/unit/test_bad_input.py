@@ -18,14 +18,16 @@ import pytest
 import synthetic  # tests/fixtures/synthetic.py (on sys.path via conftest)
 
 from tunebench import cli
-from tunebench.app.pipeline import Stages
-from tunebench.core.config import DataConfig
+from tunebench.app.stages import Stages
+from tunebench.core.config_schema import DataConfig
 from tunebench.core.errors import RunFileError
-from tunebench.data.conversations import prepare, read_report, standardize_and_split
+from tunebench.data.conversations import prepare
+from tunebench.data.data_report import read_report
 from tunebench.data.sources import read_file
+from tunebench.data.standardize import standardize_and_split
 from tunebench.evals.results import Results
 from tunebench.reports import gate as gate_mod
-from tunebench.reports.compare import Comparison, compare
+from tunebench.reports.comparison import Comparison, compare
 
 # ----------------------------------------------------------------------------- data lines
 

@@ -12,14 +12,16 @@ import pytest
 
 from tunebench import cli
 from tunebench.app import cli as app_cli
+from tunebench.app.cli_parser import EXAMPLES
 from tunebench.bench import cli as bench_cli
+from tunebench.reports.gate_rules import GATES_DIR
 
 PUBLISHED = Path(__file__).resolve().parents[2] / "reports/published/2026-12-01-h200-smollm2-standard-limit100"
 
 
 def help_examples() -> list[list[str]]:
     """`tunebench --help`'s examples as argv lists (without `tunebench` and the trailing comments)."""
-    lines = [line.split("#")[0].strip() for line in app_cli.EXAMPLES.splitlines()[1:]]
+    lines = [line.split("#")[0].strip() for line in EXAMPLES.splitlines()[1:]]
     return [shlex.split(line)[1:] for line in lines if line]
 
 
@@ -42,7 +44,7 @@ def test_gate_takes_the_shipped_rules_by_name_or_as_the_docs_write_the_path(tmp_
     for rules in ("configs/gates/default.yaml", "default"):
         assert cli.main(["gate", str(run), "--rules", rules, "--out", str(tmp_path / "v.json")]) in (0, 1, 3)
         out = capsys.readouterr().out
-        assert str(app_cli.GATES_DIR / "default.yaml") in out
+        assert str(GATES_DIR / "default.yaml") in out
     assert cli.main(["gate", str(run), "--rules", "configs/gates/nothing.yaml"]) == 2
     assert "not found" in capsys.readouterr().err
 

@@ -11,17 +11,11 @@ import pytest
 import synthetic  # tests/fixtures/synthetic.py (on sys.path via conftest)
 
 from tunebench.core import matched_pairs
+from tunebench.core.errors import ComparisonError
 from tunebench.core.multiplicity import benjamini_hochberg, holm
 from tunebench.evals.results import Metric, Results
-from tunebench.reports.compare import (
-    Comparison,
-    ComparisonError,
-    Leaderboard,
-    compare,
-    compare_run,
-    leaderboard,
-    leaderboard_from_runs,
-)
+from tunebench.reports.compare import compare_run, leaderboard_from_runs
+from tunebench.reports.comparison import Comparison, Leaderboard, compare, leaderboard
 
 
 @pytest.fixture(scope="module")

@@ -6,19 +6,11 @@ import logging
 
 import pytest
 
-from tunebench.core.config import (
-    ConfigError,
-    Machine,
-    RunConfig,
-    SamplingConfig,
-    asked,
-    dump_yaml,
-    field_docs,
-    from_dict,
-    load_config,
-    preset_names,
-    to_dict,
-)
+from tunebench.core.config import load_config, preset_names
+from tunebench.core.config_build import dump_yaml, from_dict, to_dict
+from tunebench.core.config_resolve import Machine, asked
+from tunebench.core.config_schema import RunConfig, SamplingConfig, field_docs
+from tunebench.core.errors import ConfigError
 
 
 def test_every_preset_loads_and_validates():
@@ -131,7 +123,7 @@ def test_padding_free_auto_pads_on_both_backends():
 def test_compile_blocks_auto_compiles_only_long_padded_unsloth_runs_on_cuda():
     """Compiling Unsloth's blocks costs ~40 s once: auto compiles from COMPILE_BLOCKS_MIN_STEPS optimizer steps on
     (or an epoch-counted run), on unsloth with padded batches on CUDA only; explicit values stay."""
-    from tunebench.core.config import COMPILE_BLOCKS_MIN_STEPS
+    from tunebench.core.config_resolve import COMPILE_BLOCKS_MIN_STEPS
 
     def cb(*extra, machine=GPU):
         cfg = load_config("smoke", ["train.backend=unsloth", *extra], machine=machine)
@@ -236,18 +228,28 @@ def test_sampling_entries_are_validated():
 
 
 def test_every_field_has_a_docstring():
-    from tunebench.core import config as c
+    from tunebench.core.config_schema import (
+        DataConfig,
+        EvalConfig,
+        GateConfig,
+        LoraConfig,
+        ModelConfig,
+        ReportConfig,
+        RunConfig,
+        SamplingConfig,
+        TrainConfig,
+    )
 
     for cls in (
-        c.ModelConfig,
-        c.DataConfig,
-        c.LoraConfig,
-        c.TrainConfig,
-        c.SamplingConfig,
-        c.EvalConfig,
-        c.ReportConfig,
-        c.GateConfig,
-        c.RunConfig,
+        ModelConfig,
+        DataConfig,
+        LoraConfig,
+        TrainConfig,
+        SamplingConfig,
+        EvalConfig,
+        ReportConfig,
+        GateConfig,
+        RunConfig,
     ):
         docs = field_docs(cls)
         missing = [f for f in cls.__dataclass_fields__ if f not in docs]
@@ -256,7 +258,8 @@ def test_every_field_has_a_docstring():
 
 def test_report_min_n_is_the_one_minimum_of_report_and_gate(tmp_path):
     """report.min_n defaults to the rows' FEW_SAMPLES, and a run's value reaches the comparison both read."""
-    from tunebench.reports.compare import FEW_SAMPLES, run_settings
+    from tunebench.reports.compare import run_settings
+    from tunebench.reports.rows import FEW_SAMPLES
 
     assert load_config("smoke").report.min_n == FEW_SAMPLES == 10
     cfg = load_config("smoke", ["report.min_n=25"])
@@ -390,7 +393,7 @@ def test_a_bad_decode_loop_exits_2_naming_the_setting_and_its_choices(key, fresh
 
 
 def test_a_section_built_by_code_validates_itself():
-    from tunebench.core.config import DataConfig, TrainConfig
+    from tunebench.core.config_schema import DataConfig, TrainConfig
 
     with pytest.raises(ConfigError, match=r"^temperature: -1 must be >= 0"):
         SamplingConfig(temperature=-1)
@@ -401,7 +404,7 @@ def test_a_section_built_by_code_validates_itself():
 
 
 def test_the_export_types_a_config_may_name_are_the_ones_the_export_writes():
-    from tunebench.core.config import EXPORT_QUANTS
-    from tunebench.train.gguf_export import QUANTS
+    from tunebench.core.config_schema import EXPORT_QUANTS
+    from tunebench.train.gguf_tensors import QUANTS
 
     assert EXPORT_QUANTS == tuple(QUANTS)  # the core layer cannot import the export: the two lists stay in step

@@ -6,21 +6,19 @@ import json
 
 import pytest
 
-from tunebench.core.config import DataConfig
-from tunebench.data.conversations import (
+from tunebench.core.config_schema import DataConfig
+from tunebench.core.errors import DataError
+from tunebench.data.conversations import prepare
+from tunebench.data.encode import encode, encode_many, encode_split, template_info
+from tunebench.data.sources import RawData, decode_json_array, read_file
+from tunebench.data.standardize import (
     DROP_REASONS,
     Conversation,
     content_key,
-    encode,
-    encode_many,
-    encode_split,
-    prepare,
     split_of,
     standardize,
     standardize_and_split,
-    template_info,
 )
-from tunebench.data.sources import DataError, RawData, decode_json_array, read_file
 
 
 def conv(*turns):

@@ -8,18 +8,11 @@ import json
 import pytest
 
 from tunebench.app import cli
-from tunebench.core.config import DataConfig
-from tunebench.data.conversations import (
-    DROP_REASONS,
-    Conversation,
-    encode,
-    prepare,
-    record_format,
-    render_report,
-    renders_tool_turns,
-    standardize,
-    template_info,
-)
+from tunebench.core.config_schema import DataConfig
+from tunebench.data.conversations import prepare
+from tunebench.data.data_report import render_report
+from tunebench.data.encode import encode, renders_tool_turns, template_info
+from tunebench.data.standardize import DROP_REASONS, Conversation, record_format, standardize
 
 
 def sharegpt(i: int) -> dict:

@@ -135,7 +135,7 @@ def test_decode_path_rules(caplog):
 
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from tunebench.evals.generation import STATIC_MIN_STEPS, decode_path
+    from tunebench.evals.decode_loops import STATIC_MIN_STEPS, decode_path
 
     small = {
         "vocab_size": 64,

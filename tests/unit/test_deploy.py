@@ -9,10 +9,11 @@ import socket
 import numpy as np
 import pytest
 
-from tunebench.app.serve import ServeError, ServeOptions, api_key, check_port, is_loopback, server_command
+from tunebench.app.serve import ServeError, ServeOptions, api_key, check_port, server_command
 from tunebench.core.config import load_config
 from tunebench.core.errors import ConfigError
-from tunebench.data.conversations import Encoded
+from tunebench.core.net import is_loopback
+from tunebench.data.encode import Encoded
 from tunebench.evals.contract import first_difference
 from tunebench.evals.parity import parity_metrics, token_parity
 from tunebench.evals.results import Results

@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from tunebench.core.config import JudgeEndpointConfig
+from tunebench.core.config_schema import JudgeEndpointConfig
 from tunebench.core.errors import EXIT_INVALID_INPUT, JudgeError
 from tunebench.core.net import free_port
 from tunebench.evals import endpoint as ep

@@ -9,13 +9,13 @@ import typing
 
 import pytest
 
-import tunebench.core.config as config_module
 from tunebench.app.cli import main
-from tunebench.core.config import RunConfig
+from tunebench.core import config_schema
+from tunebench.core.config_schema import RunConfig
 
 
 def leaf_keys(cls: type = RunConfig, prefix: str = "") -> list[tuple[str, typing.Any]]:
-    hints = typing.get_type_hints(cls, vars(config_module))
+    hints = typing.get_type_hints(cls, vars(config_schema))  # the sections' annotations name what it defines
     out = []
     for f in dataclasses.fields(cls):
         t = hints[f.name]

@@ -7,7 +7,8 @@ import math
 
 import pytest
 
-from tunebench.core.config import JudgeConfig, JudgeEndpointConfig, load_config
+from tunebench.core.config import load_config
+from tunebench.core.config_schema import JudgeConfig, JudgeEndpointConfig
 from tunebench.evals import judge as jd
 from tunebench.evals import judge_prompts as jp
 from tunebench.evals.endpoint import EndpointJudge

@@ -10,15 +10,16 @@ import numpy as np
 import pytest
 import synthetic  # tests/fixtures/synthetic.py
 
-from tunebench.core.config import JudgeConfig
+from tunebench.core.config_schema import JudgeConfig
 from tunebench.core.errors import EXIT_INVALID_INPUT, JudgeError
 from tunebench.evals import judge as jd
 from tunebench.evals import judge_metrics as jm
 from tunebench.evals import judge_prompts as jp
 from tunebench.evals.results import Results
-from tunebench.reports.compare import compare, judged_row
-from tunebench.reports.gate import FAIL, INCONCLUSIVE, PASS, evaluate_gate, gate_main
+from tunebench.reports.comparison import compare
+from tunebench.reports.gate import evaluate_gate, gate_main
 from tunebench.reports.render import render_report
+from tunebench.reports.rows import FAIL, INCONCLUSIVE, PASS, judged_row
 
 NI_RULE = [{"metric": "judge/*/win_rate", "max_regression": 0.05}]
 
@@ -267,7 +268,7 @@ def test_report_has_the_judged_section_and_the_small_judge_note():
 
 
 def test_heldout_prompts_are_first_user_turns_of_the_test_split(tmp_path):
-    from tunebench.data.conversations import Conversation
+    from tunebench.data.standardize import Conversation
 
     (tmp_path / "data").mkdir()
     convs = [

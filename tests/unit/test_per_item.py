@@ -12,7 +12,7 @@ import yaml
 
 from tunebench.app import cli
 from tunebench.core.errors import RunFileError
-from tunebench.reports.compare import compare
+from tunebench.reports.comparison import compare
 from tunebench.reports.per_item import (
     JUDGMENTS,
     PerItem,

@@ -7,15 +7,9 @@ import textwrap
 import pytest
 from jinja2.sandbox import SecurityError
 
-from tunebench.evals.probes import (
-    CHECK_KINDS,
-    Check,
-    ProbeError,
-    load_probe_set,
-    numbers_in,
-    shipped_sets,
-    wilson,
-)
+from tunebench.core.errors import ProbeError
+from tunebench.evals.probe_checks import CHECK_KINDS, Check, numbers_in
+from tunebench.evals.probes import load_probe_set, shipped_sets, wilson
 
 
 def write(tmp_path, text: str, name: str = "set.yaml"):
@@ -388,7 +382,7 @@ def test_auto_cache_compiles_only_calls_long_enough_to_repay_it():
     calls and for 4-bit weights; an explicit choice is taken as given."""
     from types import SimpleNamespace
 
-    from tunebench.evals.generation import STATIC_MIN_STEPS, use_static_cache
+    from tunebench.evals.decode_loops import STATIC_MIN_STEPS, use_static_cache
 
     def on(device, four_bit=False):
         return SimpleNamespace(model=SimpleNamespace(device=device), device=device, load_in_4bit=four_bit)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tunebench.core.io import read_json
-from tunebench.data.conversations import read_report, render_report
+from tunebench.data.data_report import read_report, render_report
 from tunebench.reports.render_sweep import render_sweep
 
 PUBLISHED = Path(__file__).resolve().parents[2] / "reports" / "published"

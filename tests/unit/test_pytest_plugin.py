@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import synthetic  # tests/fixtures/synthetic.py (on sys.path via conftest)
 
-from tunebench.reports.compare import compare, fmt
+from tunebench.core.numbers import fmt
+from tunebench.reports.comparison import compare
 from tunebench.reports.gate import evaluate_gate
 
 pytest_plugins = ["pytester"]
@@ -248,7 +249,7 @@ def test_gate_fixture_judges_an_exported_artifact_against_the_adapter(run_tests,
 
 
 def test_gate_assertions_refuse_a_missing_or_negative_margin(tmp_path):
-    from tunebench.reports.gate import GateError
+    from tunebench.core.errors import GateError
     from tunebench.reports.quality import QualityGate
 
     gate = QualityGate(tmp_path, compare(*synthetic.make_pair("same"), n_boot=200))

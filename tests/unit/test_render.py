@@ -19,15 +19,11 @@ from pathlib import Path
 import pytest
 
 from tunebench.core.markdown import cell
-from tunebench.reports.compare import Comparison, compare, leaderboard
+from tunebench.reports.comparison import Comparison, compare, leaderboard
 from tunebench.reports.gate import evaluate_gate
 from tunebench.reports.per_item import per_item, record_lines
-from tunebench.reports.render import (
-    context_from_run,
-    fibonacci_transcripts,
-    render_leaderboard,
-    render_report,
-)
+from tunebench.reports.render import context_from_run, render_leaderboard, render_report
+from tunebench.reports.render_evals import fibonacci_transcripts
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 GOLDEN_MD = FIXTURES / "report_golden.md"
@@ -261,7 +257,7 @@ def test_report_leads_with_the_decision_and_flags_thin_probe_rows():
 
 
 def test_lm_eval_task_sections_name_their_data_source():
-    from tunebench.reports.render import data_source
+    from tunebench.reports.render_evals import data_source
 
     base, tuned = synthetic.make_pair("improved")
     src = {

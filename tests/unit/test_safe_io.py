@@ -196,7 +196,7 @@ def test_an_override_value_is_read_as_the_files_are():
 def test_a_json_data_record_with_a_bad_byte_is_malformed_by_line(tmp_path):
     """Never read with replacement characters: the record is dropped as malformed, named by its line, and the
     others are read, as a JSON Lines line would be."""
-    from tunebench.core.config import DataConfig
+    from tunebench.core.config_schema import DataConfig
     from tunebench.data.sources import read_file
     from tunebench.data.standardize import standardize_and_split
 
@@ -215,7 +215,7 @@ def synthetic_conv(i: int) -> dict:
 
 
 def test_nothing_trainable_names_the_readme_not_a_file_that_does_not_exist(tmp_path):
-    from tunebench.core.config import DataConfig
+    from tunebench.core.config_schema import DataConfig
     from tunebench.core.errors import DataError
     from tunebench.data.sources import read_file
     from tunebench.data.standardize import standardize_and_split

@@ -130,9 +130,9 @@ def test_bad_flags_exit_2(argv, says, smol_adapter_run, capsys):
 
 def test_an_endpoint_generator_gives_on_token_each_whole_answer(server):
     """The one Generator contract: an engine that returns whole answers streams each at once through on_token."""
-    from tunebench.core.config import SamplingConfig
+    from tunebench.core.config_schema import SamplingConfig
     from tunebench.evals.generation import Generator
-    from tunebench.evals.served import EndpointModel
+    from tunebench.evals.served_checks import EndpointModel
 
     model = EndpointModel(ep.OpenAIClient(server + "/v1", role="endpoint"), "dying", None, progress=False)
     assert isinstance(model, Generator)
@@ -145,9 +145,9 @@ def test_an_endpoint_generator_gives_on_token_each_whole_answer(server):
 def test_an_endpoint_refuses_token_ids_it_is_known_not_to_take():
     """Token-id prompts go to /v1/completions as the OpenAI API allows, unless the server is known not to take them:
     then the request is refused before it is sent, saying to send text."""
-    from tunebench.core.config import SamplingConfig
+    from tunebench.core.config_schema import SamplingConfig
     from tunebench.core.errors import EndpointError
-    from tunebench.evals.served import EndpointModel
+    from tunebench.evals.served_checks import EndpointModel
 
     model = EndpointModel(ep.OpenAIClient("http://127.0.0.1:9/v1", role="endpoint"), "m", None, progress=False)
     greedy = SamplingConfig(name="greedy", temperature=0.0, min_p=None, max_new_tokens=4)

@@ -12,7 +12,8 @@ import sys
 import pytest
 
 from tunebench.app import cli
-from tunebench.core.config import dump_yaml, load_config
+from tunebench.core.config import load_config
+from tunebench.core.config_build import dump_yaml
 from tunebench.core.errors import ConfigError, ShardError
 from tunebench.core.shards import Shard, from_slurm, parse_shard, stable_hash
 from tunebench.evals.lm_eval_convert import mean_metric

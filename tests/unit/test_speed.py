@@ -8,9 +8,26 @@ import os
 
 import pytest
 
-from tunebench.bench import speed
-from tunebench.bench.evalspeed import eval_targets, fixed_length_prompts, render_eval_md
+from tunebench.bench.cli import main
+from tunebench.bench.evalmarkdown import render_eval_md
+from tunebench.bench.evalrows import fixed_length_prompts
+from tunebench.bench.evaltargets import eval_targets
+from tunebench.bench.markdown import write_speed
+from tunebench.bench.metrics import (
+    config_line,
+    find_best,
+    mfu,
+    parse_int_list,
+    parse_names,
+    percentile,
+    points_of,
+    speed_ratios,
+    speed_targets,
+    summarize_steps,
+)
 from tunebench.bench.shapes import PUBLISHED_PARAMS, count_params, shape_config, standin_tokenizer
+from tunebench.bench.spawn import EXIT_NO_CUDA
+from tunebench.bench.worker import BACKENDS
 
 
 def _cuda() -> bool:
@@ -56,7 +73,7 @@ def test_unknown_shape_names_the_known_ones():
 
 
 def test_standin_tokenizer_renders_llama31_with_real_marker_tokens(standin):
-    from tunebench.data.conversations import template_info
+    from tunebench.data.encode import template_info
 
     tok = standin
     info = template_info(tok, "llama-3.1")
@@ -83,7 +100,7 @@ def test_standin_tokenizer_keeps_newlines_together_as_llama3_does(standin):
 
 
 def test_fixed_length_prompts_have_exactly_the_asked_length(standin):
-    from tunebench.data.conversations import Conversation
+    from tunebench.data.standardize import Conversation
     from tunebench.evals.prompting import render_prompt
 
     long_text = " ".join(f"word{i}" for i in range(200))
@@ -110,9 +127,9 @@ def test_fixed_length_prompts_have_exactly_the_asked_length(standin):
 
 def test_mfu_arithmetic():
     # 6 * 1e9 params * 1e4 tokens/s = 6e13 FLOP/s against 100 TFLOP/s
-    assert speed.mfu(1_000_000_000, 10_000, 100.0) == pytest.approx(0.6)
-    assert speed.mfu(1_000_000_000, 10_000, 100.0, flops_per_param_token=2.0) == pytest.approx(0.2)
-    assert speed.mfu(1, 1.0, None) is None
+    assert mfu(1_000_000_000, 10_000, 100.0) == pytest.approx(0.6)
+    assert mfu(1_000_000_000, 10_000, 100.0, flops_per_param_token=2.0) == pytest.approx(0.2)
+    assert mfu(1, 1.0, None) is None
 
 
 def test_summarize_steps_excludes_warmup_and_counts_real_tokens():
@@ -125,21 +142,21 @@ def test_summarize_steps_excludes_warmup_and_counts_real_tokens():
         (4, 14.0, 2200, 2800),
         (5, 15.0, 3200, 4000),
     ]
-    s = speed.summarize_steps(marks, warmup=2)
+    s = summarize_steps(marks, warmup=2)
     assert s["measured_steps"] == 3 and s["seconds"] == 4.0 and s["real_tokens"] == 3000
     assert s["real_tokens_per_s"] == 750.0 and s["positions_per_s"] == 900.0
     assert s["step_s_median"] == 1.0 and s["step_s_p90"] == pytest.approx(1.8)
     assert s["padding_fraction"] == pytest.approx(1 - 3000 / 3600, abs=1e-4)
     with pytest.raises(ValueError, match="warm-up"):
-        speed.summarize_steps(marks[:3], warmup=2)
+        summarize_steps(marks[:3], warmup=2)
 
 
 def test_percentile_and_point_pairing():
-    assert speed.percentile([1, 2, 3, 4], 50) == 2.5
-    assert speed.points_of([2, 8, 16], [4]) == [(2, 4), (8, 4), (16, 4)]
-    assert speed.points_of([2, 16], [4, 1]) == [(2, 4), (16, 1)]
+    assert percentile([1, 2, 3, 4], 50) == 2.5
+    assert points_of([2, 8, 16], [4]) == [(2, 4), (8, 4), (16, 4)]
+    assert points_of([2, 16], [4, 1]) == [(2, 4), (16, 1)]
     with pytest.raises(ValueError, match="one per batch size"):
-        speed.points_of([2, 8, 16], [4, 1])
+        points_of([2, 8, 16], [4, 1])
 
 
 # ----------------------------------------------------------------------------- reports
@@ -211,15 +228,15 @@ def _speed_results():
 
 def test_speed_ratios_and_targets():
     res = _speed_results()
-    (ratio,) = speed.speed_ratios(res["rows"])
+    (ratio,) = speed_ratios(res["rows"])
     assert ratio["backend"] == "unsloth" and ratio["real_tokens_per_s_ratio"] == 1.9
     assert ratio["peak_allocated_ratio"] == 0.5 and ratio["same_tokens"]
-    t = {x["target"].split()[1]: x for x in speed.speed_targets(res["rows"], ["llama-3.2-1b"])}
+    t = {x["target"].split()[1]: x for x in speed_targets(res["rows"], ["llama-3.2-1b"])}
     assert t["real"]["met"] is True and t["real"]["margin"] == pytest.approx(0.1)
     assert t["peak"]["met"] is True and t["peak"]["value"] == 0.5
-    mfu_target = next(x for x in speed.speed_targets(res["rows"], ["llama-3.2-1b"]) if "MFU" in x["target"])
+    mfu_target = next(x for x in speed_targets(res["rows"], ["llama-3.2-1b"]) if "MFU" in x["target"])
     assert mfu_target["met"] is False and mfu_target["where"] == "unsloth 2x4"
-    none = speed.speed_targets([], ["llama-3.2-1b"])
+    none = speed_targets([], ["llama-3.2-1b"])
     assert all(x["met"] is None for x in none)
 
 
@@ -260,7 +277,7 @@ def test_speed_markdown_has_card_versions_settings_rows_and_targets(tmp_path):
         },
         "after": {"loadavg_1_5_15": [1.5, 0.9, 0.5], "gpus": [{"clocks.sm": "1755"}]},
     }
-    speed.write_speed(res, tmp_path)
+    write_speed(res, tmp_path)
     md = (tmp_path / "speed.md").read_text()
     data = json.loads((tmp_path / "speed.json").read_text())
     assert data["targets"] and data["ratios"] and data["ratio_summaries"]
@@ -296,7 +313,7 @@ def test_speed_markdown_has_card_versions_settings_rows_and_targets(tmp_path):
 
 def test_one_repeat_states_no_claim(tmp_path):
     res = _speed_results()
-    speed.write_speed(res, tmp_path)
+    write_speed(res, tmp_path)
     md = (tmp_path / "speed.md").read_text()
     assert "| **met** |" not in md and "inconclusive (one repeat: no interval, no claim)" in md
     assert "host: not recorded" in md
@@ -489,11 +506,11 @@ def test_find_best_picks_the_fastest_row_that_fits_and_prints_its_config_line(tm
         ),
         dict(base, backend="unsloth-padfree", layout="padfree", batch_size=32, status="over_limit"),
     ]
-    assert speed.find_best(rows, None)["real_tokens_per_s"] == 50000.0
-    best = speed.find_best(rows, 40.0)  # the 16-row packed setting needs 60 GiB
+    assert find_best(rows, None)["real_tokens_per_s"] == 50000.0
+    best = find_best(rows, 40.0)  # the 16-row packed setting needs 60 GiB
     assert (best["layout"], best["batch_size"]) == ("packed", 8)
-    assert speed.find_best(rows, 5.0) is None
-    line = speed.config_line(best, "smollm2-gpu")
+    assert find_best(rows, 5.0) is None
+    line = config_line(best, "smollm2-gpu")
     assert line == (
         "tunebench run smollm2-gpu train.backend=unsloth train.batch_size=8 train.grad_accum=1 "
         "train.padding_free=false train.packing=true train.gradient_checkpointing=false "
@@ -502,17 +519,18 @@ def test_find_best_picks_the_fastest_row_that_fits_and_prints_its_config_line(tm
     # every override the line gives is a real config key with a valid value
     import shlex
 
-    from tunebench.core.config import Machine, load_config
+    from tunebench.core.config import load_config
+    from tunebench.core.config_resolve import Machine
 
     gpu = Machine(cuda=True, bf16=True, world_size=1, unsloth_installed=True)  # the line is for the GPU it ran on
     cfg = load_config("smoke", shlex.split(line)[3:], machine=gpu)
     assert cfg.train.packing and not cfg.train.padding_free and cfg.train.batch_size == 8
     assert not cfg.train.gradient_checkpointing and cfg.model.load_in_4bit == "on"
     padded = dict(base, backend="unsloth-padded", layout="padded", batch_size=8, compiled_blocks=16)
-    assert "train.padding_free=false train.packing=false" in speed.config_line(padded)
-    assert speed.config_line(padded).endswith("train.compile_blocks=true model.load_in_4bit=on")
-    assert "train.compile_blocks=false" in speed.config_line(dict(padded, compiled_blocks=0))
-    assert load_config("smoke", shlex.split(speed.config_line(padded))[3:], machine=gpu).train.compile_blocks is True
+    assert "train.padding_free=false train.packing=false" in config_line(padded)
+    assert config_line(padded).endswith("train.compile_blocks=true model.load_in_4bit=on")
+    assert "train.compile_blocks=false" in config_line(dict(padded, compiled_blocks=0))
+    assert load_config("smoke", shlex.split(config_line(padded))[3:], machine=gpu).train.compile_blocks is True
 
 
 def test_find_best_candidates_ascend_within_each_layout_and_the_report_shows_the_choice(tmp_path):
@@ -553,10 +571,10 @@ def test_find_best_candidates_ascend_within_each_layout_and_the_report_shows_the
             "real_tokens_per_s": 60000.0,
             "mfu": 0.46,
             "peak_reserved_gib": 2.0,
-            "config_line": speed.config_line(row),
+            "config_line": config_line(row),
         }
     }
-    speed.write_speed(res, tmp_path)
+    write_speed(res, tmp_path)
     md = (tmp_path / "speed.md").read_text()
     for needle in (
         "## Fastest setting (--find-best)",
@@ -576,7 +594,7 @@ def test_find_best_candidates_ascend_within_each_layout_and_the_report_shows_the
 
 
 def test_eval_parts_are_checked_before_anything_runs(capsys, tmp_path):
-    assert speed.main(["eval", "--parts", "generation,decodes", "--out", str(tmp_path / "out")]) == 2
+    assert main(["eval", "--parts", "generation,decodes", "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert "unknown decodes" in err and "choose from perplexity, generation" in err
     assert not (tmp_path / "out").exists()
@@ -585,7 +603,7 @@ def test_eval_parts_are_checked_before_anything_runs(capsys, tmp_path):
 @pytest.mark.skipif(_cuda(), reason="checks the behaviour without CUDA")
 @pytest.mark.parametrize("command", ["speed", "eval"])
 def test_without_cuda_speed_and_eval_exit_3_and_say_why(command, capsys, tmp_path):
-    assert speed.main([command, "--out", str(tmp_path / "out")]) == speed.EXIT_NO_CUDA
+    assert main([command, "--out", str(tmp_path / "out")]) == EXIT_NO_CUDA
     assert "needs a CUDA GPU; measured numbers only come from one" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
@@ -594,18 +612,18 @@ def test_bad_flag_values_are_named():
     import argparse
 
     with pytest.raises(argparse.ArgumentTypeError, match="--batch-size"):
-        speed.parse_int_list("2,x", "--batch-size")
+        parse_int_list("2,x", "--batch-size")
     with pytest.raises(ValueError, match="did you mean 'unsloth'"):
-        speed.parse_names("unslot", speed.BACKENDS, "--backends")
+        parse_names("unslot", BACKENDS, "--backends")
 
 
 def test_export_data_writes_sharegpt_jsonl_that_read_source_reads_back(tmp_path):
-    from tunebench.core.config import DataConfig
-    from tunebench.data.conversations import standardize_and_split
+    from tunebench.core.config_schema import DataConfig
     from tunebench.data.sources import read_source
+    from tunebench.data.standardize import standardize_and_split
 
     out = tmp_path / "convs.jsonl"
-    assert speed.main(["export-data", "--n", "25", "--out", str(out)]) == 0
+    assert main(["export-data", "--n", "25", "--out", str(out)]) == 0
     lines = out.read_text(encoding="utf-8").splitlines()
     assert len(lines) == 25
     first = json.loads(lines[0])
@@ -632,7 +650,7 @@ def test_speed_end_to_end_on_a_tiny_shape(tmp_path):
     inputs = ["--data", os.environ.get("TUNEBENCH_SPEED_DATA", "packaged:sharegpt-v3")]
     if os.environ.get("TUNEBENCH_SPEED_TOKENIZER"):
         inputs += ["--tokenizer", os.environ["TUNEBENCH_SPEED_TOKENIZER"]]
-    code = speed.main(
+    code = main(
         [
             "speed",
             "--shape",
@@ -702,7 +720,7 @@ def test_world_size_launches_torchrun_and_scaling_is_computed_from_one_invocatio
     assert (s["speedup"], s["efficiency"], s["effective_batch_n"]) == (1.8, 0.9, 16)
     assert "90%" in "\n".join(render_scaling([s]))
     # the one-process ratios and targets ignore the data-parallel row
-    from tunebench.bench.speed import speed_ratios, speed_targets
+    from tunebench.bench.metrics import speed_ratios, speed_targets
 
     assert speed_ratios(rows) == []
     assert all(t["value"] is None for t in speed_targets(rows, ["s"]) if "÷ hf" in t["target"])
@@ -712,9 +730,9 @@ def test_world_size_launches_torchrun_and_scaling_is_computed_from_one_invocatio
 def test_train_worker_runs_one_point_through_the_suites_trainer(tmp_path, tiny_llama_dir):
     """The speed worker builds its run config itself: it must be resolved for the machine (dtype, optimizer), as
     a preset is, or the trainer refuses it. One hf point on CPU, bf16-LoRA settings (no 4-bit)."""
-    from tunebench.bench.shapes import load_prepared, prepare_data
+    from tunebench.bench.prepared import load_prepared, prepare_data
     from tunebench.bench.worker import run_train_point
-    from tunebench.data.sources import DataError
+    from tunebench.core.errors import DataError
 
     prepared, summary, data = prepare_data(str(tiny_llama_dir), "auto", "packaged:sharegpt-v3", 256, 16, tmp_path)
     assert prepared.suffix == ".json" and load_prepared(prepared) == data  # plain data, read back exactly
@@ -759,7 +777,7 @@ def test_train_worker_runs_one_point_through_the_suites_trainer(tmp_path, tiny_l
 
 
 def test_a_failing_part_becomes_a_row_that_says_so():
-    from tunebench.bench.evalspeed import _guarded, _guarded_rows
+    from tunebench.bench.evalworker import _guarded, _guarded_rows
 
     def boom(*args):
         raise RuntimeError("out of memory")

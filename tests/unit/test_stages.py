@@ -6,8 +6,7 @@ from __future__ import annotations
 import json
 import logging
 
-from tunebench.app.pipeline import Stages
-from tunebench.app.stages import CONFIG_RECORD
+from tunebench.app.stages import CONFIG_RECORD, Stages
 
 
 def _stage(run, calls, text):

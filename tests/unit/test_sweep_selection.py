@@ -71,7 +71,9 @@ def _with_value(c: Candidate) -> Candidate:
 
 def test_the_objective_refuses_the_test_split():
     from tunebench.core.config import load_config
-    from tunebench.data.conversations import Conversation, PreparedData, TemplateInfo
+    from tunebench.data.conversations import PreparedData
+    from tunebench.data.encode import TemplateInfo
+    from tunebench.data.standardize import Conversation
     from tunebench.evals.validation import TestSplitRefused, require_no_test, score_validation
 
     cfg = load_config("smoke", resolved=False)

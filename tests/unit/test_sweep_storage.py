@@ -10,9 +10,8 @@ import time
 import pytest
 
 from tunebench.app.cli import main
-from tunebench.app.sweep import SweepOptions
 from tunebench.app.sweep_storage import journal_path, normalize_url, open_storage, shown_url, study_lock
-from tunebench.app.sweep_study import HEARTBEAT_ATTR, LostTrials, claim_next, open_study
+from tunebench.app.sweep_study import HEARTBEAT_ATTR, LostTrials, SweepOptions, claim_next, open_study
 from tunebench.core.errors import ConfigError
 
 optuna = pytest.importorskip("optuna")

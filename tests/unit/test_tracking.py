@@ -23,7 +23,7 @@ def test_report_to_reads_one_name_or_a_list_and_refuses_unknown_ones():
 
 
 def test_sft_config_gets_the_trackers(tmp_path):
-    from tunebench.train.trainer import sft_config
+    from tunebench.train.sft_args import sft_config
 
     cfg = load_config("smoke", ["train.backend=hf", "train.report_to=tensorboard"])
     assert sft_config(cfg, tmp_path, "hf", False, None).report_to == ["tensorboard"]

@@ -15,19 +15,20 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from tunebench.app import cli_parser
-from tunebench.app.cli_eval import artifact_label as artifact_label  # re-exported
 from tunebench.app.cli_eval import cmd_eval
 from tunebench.app.cli_notes import again_command, checkpoint_note, run_interrupted_note
-from tunebench.app.cli_parser import EXAMPLES as EXAMPLES  # re-exported: the tests run every example
 from tunebench.app.lm_eval_compare import compare_lm_eval
 from tunebench.app.pipeline import finish, resolve_template, run, write_config
 from tunebench.app.preflight import preflight
 from tunebench.app.serve import ServeOptions, serve
 from tunebench.app.shards import merge
 from tunebench.app.stages import check_run_folder, run_folder
-from tunebench.app.sweep import SweepOptions, sweep
+from tunebench.app.sweep import sweep
+from tunebench.app.sweep_study import SweepOptions
 from tunebench.core import output
-from tunebench.core.config import RunConfig, SamplingConfig, dump_yaml, load_config, preset_names, read_run_config
+from tunebench.core.config import load_config, preset_names, read_run_config
+from tunebench.core.config_build import dump_yaml
+from tunebench.core.config_schema import RunConfig, SamplingConfig
 from tunebench.core.errors import (
     EXIT_INTERRUPTED,
     EXIT_INVALID_INPUT,
@@ -47,13 +48,15 @@ from tunebench.core.io import (
 from tunebench.core.lock import run_lock
 from tunebench.core.signals import sigterm_as_interrupt
 from tunebench.data import conversations as data_mod
+from tunebench.data.data_report import render_report
 from tunebench.evals.chat import chat, quiet_loading
 from tunebench.evals.contract import check_contract
 from tunebench.evals.modeling import load_for_eval
 from tunebench.models.loading import load_tokenizer, resolve_model
 from tunebench.reports.compare import leaderboard_from_runs
-from tunebench.reports.gate import GATES_DIR, gate_main
+from tunebench.reports.gate import gate_main
 from tunebench.reports.gate_files import verdict_path
+from tunebench.reports.gate_rules import GATES_DIR
 from tunebench.reports.render import render_leaderboard
 from tunebench.train.backends import import_unsloth
 from tunebench.train.export import adapter_dir, export_merged
@@ -106,7 +109,7 @@ def cmd_data(args: argparse.Namespace) -> int:
     )
     output.log_to(run_dir / "run.log")  # with what was said so far
     write_config(cfg, run_dir)  # after the data step: data that cannot be used leaves the folder as it was
-    print(data_mod.render_report(prepared.report))
+    print(render_report(prepared.report))
     print(f"data report: {run_dir / 'data' / 'data_report.md'}")
     return 0
 

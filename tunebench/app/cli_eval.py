@@ -14,7 +14,8 @@ from tunebench.app.preflight import preflight
 from tunebench.app.shards import eval_shard
 from tunebench.app.stages import Fingerprints, Stages, check_run_folder, run_folder
 from tunebench.core import dist
-from tunebench.core.config import RunConfig, load_config
+from tunebench.core.config import load_config
+from tunebench.core.config_schema import RunConfig
 from tunebench.core.errors import ConfigError, Interrupted, MissingRunFile
 from tunebench.core.io import check_json, read_json
 from tunebench.evals.contract import check_contract
@@ -22,8 +23,10 @@ from tunebench.evals.llamacpp import LABEL_SUFFIX
 from tunebench.evals.llamacpp_eval import evaluate_gguf_llamacpp
 from tunebench.evals.runner import check_artifact_template, evaluate_model, save_contamination
 from tunebench.models.loading import resolve_model
-from tunebench.reports.compare import ARTIFACT_PREFIX, SERVED_PREFIX, Comparison
-from tunebench.reports.render import export_view, metric_table
+from tunebench.reports.compare import ARTIFACT_PREFIX, SERVED_PREFIX
+from tunebench.reports.comparison import Comparison
+from tunebench.reports.render_evals import export_view
+from tunebench.reports.render_tables import metric_table
 
 REUSED = "same model, adapter, data and settings; --force recomputes"
 """Why `tunebench eval` reused saved results instead of computing them again."""

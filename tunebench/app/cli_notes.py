@@ -7,9 +7,9 @@ import argparse
 import shlex
 from pathlib import Path
 
-from tunebench.core.config import RunConfig
+from tunebench.core.config_schema import RunConfig
 from tunebench.core.io import cache_root, read_json
-from tunebench.train.trainer import latest_checkpoint
+from tunebench.train.checkpoints import latest_checkpoint
 
 
 def again_command(args: argparse.Namespace, add: str | None = None) -> str:

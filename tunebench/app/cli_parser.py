@@ -13,7 +13,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from tunebench.app.sweep_study import HEARTBEAT_S, LOST_AFTER
-from tunebench.core.config import field_type, switch_of
+from tunebench.core.config import field_type
+from tunebench.core.config_build import switch_of
 from tunebench.core.errors import ConfigError
 from tunebench.data.splits import MIN_TEST_CONVERSATIONS
 

@@ -15,9 +15,10 @@ from pathlib import Path
 
 from tunebench.core.io import atomic_write_json, atomic_write_text
 from tunebench.evals.lm_eval_files import check_same_documents, read_lm_eval_run
-from tunebench.reports.compare import Comparison, compare
+from tunebench.reports.comparison import Comparison, compare
 from tunebench.reports.gate import GateVerdict, evaluate_gate, format_verdict
-from tunebench.reports.render import metric_table, render_report
+from tunebench.reports.render import render_report
+from tunebench.reports.render_tables import metric_table
 
 DEFAULT_RULES = "lm_eval"
 """The shipped gate of lm-eval-only comparisons (configs/gates/lm_eval.yaml)."""

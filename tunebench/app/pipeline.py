@@ -25,9 +25,10 @@ import yaml
 from tunebench.app import ranks
 from tunebench.app.preflight import preflight
 from tunebench.app.stages import Fingerprints, Stages
-from tunebench.app.stages import StageClock as StageClock  # re-exported
 from tunebench.core import output, tracking
-from tunebench.core.config import RunConfig, asked, dump_yaml, from_dict, to_dict
+from tunebench.core.config_build import dump_yaml, from_dict, to_dict
+from tunebench.core.config_resolve import asked
+from tunebench.core.config_schema import RunConfig
 from tunebench.core.errors import (
     EXIT_INTERRUPTED,
     ComparisonError,
@@ -46,6 +47,7 @@ from tunebench.core.io import (
 )
 from tunebench.core.lock import LOCK_FILES, run_lock
 from tunebench.data import conversations as data_mod
+from tunebench.data.standardize import SPLITS
 from tunebench.evals.contract import check_contract
 from tunebench.evals.judge import judge_fingerprint, run_judge
 from tunebench.evals.llamacpp import LABEL_SUFFIX, artifact_runtimes
@@ -60,18 +62,19 @@ from tunebench.models.loading import (
 )
 from tunebench.reports.compare import (
     ARTIFACT_PREFIX,
-    compare,
     compare_artifacts,
     load_artifact_results,
-    load_judge_results,
     load_run_results,
     served_against_artifacts,
 )
+from tunebench.reports.comparison import compare
 from tunebench.reports.gate import judge_run, write_verdict
 from tunebench.reports.per_item import FILE as PER_ITEM_FILE
 from tunebench.reports.per_item import per_item_of_run
 from tunebench.reports.plots import draw_report_plots
-from tunebench.reports.render import context_from_run, metric_table, render_report
+from tunebench.reports.render import context_from_run, render_report
+from tunebench.reports.render_tables import metric_table
+from tunebench.reports.rows import load_judge_results
 from tunebench.reports.tracking import comparison_metrics, log_metrics
 from tunebench.train.gguf_export import export_gguf
 from tunebench.train.model_card import with_evaluation
@@ -259,7 +262,7 @@ def _run(
 
     fps = Fingerprints.of(cfg, source.identity)
     data_fp, train_fp, eval_fp = fps.data, fps.train, fps.eval
-    splits = [run_dir / "data" / f"{s}.jsonl" for s in data_mod.SPLITS]  # a damaged split is noticed, not skipped
+    splits = [run_dir / "data" / f"{s}.jsonl" for s in SPLITS]  # a damaged split is noticed, not skipped
     stages.run("data", data_fp, [run_dir / "data" / "data_report.json", *splits], data)
 
     def train() -> None:

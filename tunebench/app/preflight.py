@@ -13,7 +13,7 @@ import fnmatch
 import logging
 from dataclasses import dataclass
 
-from tunebench.core.config import RunConfig
+from tunebench.core.config_schema import RunConfig
 from tunebench.core.errors import ConfigError, GateError, ProbeError
 from tunebench.evals.contamination import MIN_SHINGLE_WORDS
 from tunebench.evals.judge import preflight as judge_preflight
@@ -21,7 +21,7 @@ from tunebench.evals.judge_prompts import set_name
 from tunebench.evals.llamacpp import LABEL_SUFFIX, PARITY_METRICS, artifact_names
 from tunebench.evals.lm_eval_index import TaskIndex, check_task_names
 from tunebench.evals.probes import load_probe_set
-from tunebench.reports.gate import GateRule, load_rules
+from tunebench.reports.gate_rules import GateRule, load_rules
 
 log = logging.getLogger(__name__)
 

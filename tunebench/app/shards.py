@@ -22,12 +22,14 @@ from tunebench.app.cli_notes import again_command, cache_note
 from tunebench.app.pipeline import PipelineResult, finish
 from tunebench.app.preflight import preflight
 from tunebench.core import dist
-from tunebench.core.config import RunConfig, load_config, to_dict
+from tunebench.core.config import load_config
+from tunebench.core.config_build import to_dict
+from tunebench.core.config_schema import RunConfig
 from tunebench.core.errors import ConfigError, Interrupted, MissingRunFile, PipelineError, ShardError
 from tunebench.core.io import atomic_write_json, fingerprint, package_version
 from tunebench.core.lock import run_lock
 from tunebench.core.shards import Shard, parse_shard
-from tunebench.data.conversations import read_report
+from tunebench.data.data_report import read_report
 from tunebench.evals.results import Results
 from tunebench.evals.runner import contamination_report, evaluate_model, probe_prompt_texts
 from tunebench.evals.shard_merge import Part, merge_parts

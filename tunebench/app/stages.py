@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from tunebench.core import output
-from tunebench.core.config import RunConfig, read_run_config, to_dict
+from tunebench.core.config import read_run_config
+from tunebench.core.config_build import to_dict
+from tunebench.core.config_schema import RunConfig
 from tunebench.core.errors import PipelineError, RunFileError
 from tunebench.core.io import (
     atomic_write_json,
@@ -25,7 +27,8 @@ from tunebench.core.io import (
     read_yaml,
     sha256_file,
 )
-from tunebench.data.conversations import SPLITS, load_split
+from tunebench.data.conversations import load_split
+from tunebench.data.standardize import SPLITS
 from tunebench.evals.results import Results
 
 log = logging.getLogger("tunebench.app.pipeline")  # the messages read as the pipeline's, as before

@@ -22,18 +22,19 @@ import contextlib
 import logging
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tunebench.app.pipeline import PipelineResult, resolve_template, run, run_child, write_config
 from tunebench.app.preflight import preflight
-from tunebench.app.sweep_space import Space, default_space, load_space, overrides_of
+from tunebench.app.sweep_space import default_space, load_space, overrides_of
 from tunebench.app.sweep_storage import normalize_url, shown_url
 from tunebench.app.sweep_study import (
-    HEARTBEAT_S,
     POLL_S,
     LostTrials,
+    Study,
+    SweepOptions,
     claim_next,
     heartbeat,
     max_steps,
@@ -44,12 +45,13 @@ from tunebench.app.sweep_study import (
 from tunebench.app.sweep_summary import summarize, write_summary
 from tunebench.app.sweep_trial import OUTCOME_FILE, STORAGE_ENV, Outcome, TrialSpec
 from tunebench.core import output, tracking
-from tunebench.core.config import RunConfig, load_config, resolve, with_values
+from tunebench.core.config import load_config, with_values
+from tunebench.core.config_resolve import resolve
+from tunebench.core.config_schema import RunConfig
 from tunebench.core.errors import EXIT_INTERRUPTED, ConfigError, Interrupted, PipelineError, TunebenchError
 from tunebench.core.io import atomic_write_json, read_json
 from tunebench.core.lock import run_lock
 from tunebench.core.stats import bootstrap_ci
-from tunebench.data.conversations import PreparedData
 from tunebench.evals.validation import score_validation
 from tunebench.models.loading import resolve_model
 from tunebench.reports.tracking import log_metrics
@@ -61,26 +63,6 @@ MAX_FAILURES = 3
 
 
 @dataclass
-class SweepOptions:
-    """What `tunebench sweep` was asked."""
-
-    preset: str
-    trials: int
-    overrides: list[str] = field(default_factory=list)
-    out: Path | None = None
-    space: str | None = None
-    storage: str | None = None
-    study: str | None = None
-    seeds: int = 1
-    pruner: str = "median"
-    sampler_seed: int | None = None
-    confirm: bool = True
-    progress: bool = True
-    heartbeat: int = HEARTBEAT_S
-    """Seconds between a running trial's heartbeats; every worker of a study gives the same."""
-
-
-@dataclass
 class SweepResult:
     out: Path
     report: Path
@@ -89,23 +71,6 @@ class SweepResult:
     chosen: int | None
     config_line: str | None
     confirm: PipelineResult | None
-
-
-@dataclass
-class Study:
-    """An open study and everything its trials share."""
-
-    optuna: Any
-    storage: Any
-    url: str
-    opts: SweepOptions
-    out: Path
-    asked: RunConfig
-    """The preset and overrides as asked (``auto`` unresolved): what each trial's values are applied to."""
-    space: Space
-    prepared: PreparedData
-    data_path: Path
-    max_steps: int
 
 
 def sweep(opts: SweepOptions) -> SweepResult:

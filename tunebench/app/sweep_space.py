@@ -19,14 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
-from tunebench.core.config import (
-    CONFIGS_DIR,
-    RunConfig,
-    canonical_key,
-    field_type,
-    override_text,
-    with_values,
-)
+from tunebench.core.config import CONFIGS_DIR, field_type, override_text, with_values
+from tunebench.core.config_build import canonical_key
+from tunebench.core.config_schema import RunConfig
 from tunebench.core.errors import ConfigError, did_you_mean
 from tunebench.core.io import fingerprint, read_yaml, short
 

@@ -1,4 +1,5 @@
-"""A sweep's study: what makes two invocations the same study, opening it in its storage (created once, checked
+"""A sweep's study: what `tunebench sweep` was asked (``SweepOptions``), an open study and what its trials share
+(``Study``), what makes two invocations the same study, opening it in its storage (created once, checked
 after), how workers claim its trials (the heartbeat that tells a lost trial from a running one), the most steps a
 trial can take, and the data stage every trial shares."""
 
@@ -9,25 +10,26 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from filelock import FileLock
 
-from tunebench.app.pipeline import Stages, resolve_template
+from tunebench.app.pipeline import resolve_template
+from tunebench.app.stages import Stages
 from tunebench.app.sweep_space import Space
 from tunebench.app.sweep_storage import open_storage, shown_url, study_lock
 from tunebench.app.sweep_trial import make_pruner
-from tunebench.core.config import RunConfig, to_dict
+from tunebench.core.config_build import to_dict
+from tunebench.core.config_schema import RunConfig
 from tunebench.core.errors import ConfigError
 from tunebench.core.io import atomic_write_json, atomic_write_text, fingerprint, read_json
 from tunebench.data import conversations as data_mod
 from tunebench.data.conversations import PreparedData, prepared_from_dict, prepared_to_dict
+from tunebench.data.data_report import render_report
 from tunebench.evals.validation import require_no_test
 from tunebench.models.loading import load_tokenizer, resolve_model
-
-if TYPE_CHECKING:
-    from tunebench.app.sweep import SweepOptions
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,43 @@ HEARTBEAT_ATTR = "heartbeat"
 """The trial's user attribute the heartbeat rewrites (the writer's clock; only its changes are read)."""
 POLL_S = 10
 """How often, at most, a worker with nothing left to ask looks again at the trials other workers run."""
+
+
+@dataclass
+class SweepOptions:
+    """What `tunebench sweep` was asked."""
+
+    preset: str
+    trials: int
+    overrides: list[str] = field(default_factory=list)
+    out: Path | None = None
+    space: str | None = None
+    storage: str | None = None
+    study: str | None = None
+    seeds: int = 1
+    pruner: str = "median"
+    sampler_seed: int | None = None
+    confirm: bool = True
+    progress: bool = True
+    heartbeat: int = HEARTBEAT_S
+    """Seconds between a running trial's heartbeats; every worker of a study gives the same."""
+
+
+@dataclass
+class Study:
+    """An open study and everything its trials share."""
+
+    optuna: Any
+    storage: Any
+    url: str
+    opts: SweepOptions
+    out: Path
+    asked: RunConfig
+    """The preset and overrides as asked (``auto`` unresolved): what each trial's values are applied to."""
+    space: Space
+    prepared: PreparedData
+    data_path: Path
+    max_steps: int
 
 
 def study_identity(asked: RunConfig, space: Space, opts: SweepOptions) -> dict[str, Any]:
@@ -244,7 +283,7 @@ def prepare_data(cfg: RunConfig, out: Path) -> tuple[PreparedData, Path]:
             )
         atomic_write_json(path, prepared_to_dict(kept))
         atomic_write_json(data_dir / "data_report.json", kept.report)
-        atomic_write_text(data_dir / "data_report.md", data_mod.render_report(kept.report))
+        atomic_write_text(data_dir / "data_report.md", render_report(kept.report))
 
     fp = fingerprint([to_dict(cfg.data), cfg.model.chat_template, source.identity])
     with FileLock(str(out / ".data.lock")):

@@ -6,19 +6,17 @@ from __future__ import annotations
 import logging
 import shlex
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from tunebench.app.sweep_space import overrides_of
 from tunebench.app.sweep_storage import shown_url
+from tunebench.app.sweep_study import Study
 from tunebench.core.io import atomic_write_json, atomic_write_text
 from tunebench.evals.validation import OBJECTIVE_METRIC, OBJECTIVE_SPLIT
-from tunebench.reports.compare import Comparison
+from tunebench.reports.comparison import Comparison
 from tunebench.reports.gate_files import read_verdict
 from tunebench.reports.render_sweep import draw_sweep_plots, importances_withheld, render_sweep
 from tunebench.reports.selection import Candidate, select
-
-if TYPE_CHECKING:
-    from tunebench.app.sweep import Study
 
 log = logging.getLogger(__name__)
 

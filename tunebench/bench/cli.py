@@ -7,8 +7,10 @@ import logging
 import sys
 from typing import Any
 
-from tunebench.bench.evalspeed import PARTS, parse_parts, run_eval
-from tunebench.bench.shapes import export_data, export_eval_data, export_tokenizer
+from tunebench.bench.evalspeed import parse_parts, run_eval
+from tunebench.bench.evalworker import PARTS
+from tunebench.bench.prepared import export_data, export_eval_data
+from tunebench.bench.shapes import export_tokenizer
 from tunebench.bench.spawn import EXIT_INPUT, EXIT_NO_CUDA, EXIT_OK, SetupError
 from tunebench.bench.trainspeed import run_speed
 from tunebench.bench.worker import BACKENDS, LAYOUTS, worker_main

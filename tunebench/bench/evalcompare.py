@@ -9,7 +9,7 @@ from typing import Any
 
 from tunebench.bench.evalrows import CACHE, Messages
 from tunebench.evals import lm_eval_model
-from tunebench.evals.lm_eval_runner import _load_tasks, _task_manager
+from tunebench.evals.lm_eval_load import load_tasks, task_manager
 from tunebench.evals.prompting import count_new_tokens, generation_kwargs, render_prompt
 
 
@@ -90,7 +90,7 @@ def lm_eval_loglikelihood_rows(
     import lm_eval  # heavy: lm_eval, imported when needed
     from lm_eval.models.huggingface import HFLM  # heavy: lm_eval, imported when needed
 
-    manager = _task_manager(tasks)
+    manager = task_manager(tasks)
     rows, values = [], {}
     runners = [
         ("lm-eval HFLM", lambda: HFLM(pretrained=loaded.model, tokenizer=loaded.tokenizer, batch_size=batch)),
@@ -102,7 +102,7 @@ def lm_eval_loglikelihood_rows(
         ),
     ]
     for runner, make in runners[::-1] if repeat % 2 else runners:
-        loaded_tasks = _load_tasks(manager, tasks)
+        loaded_tasks = load_tasks(manager, tasks)
         documents = sum(
             len(t.eval_docs) if limit is None else min(limit, len(t.eval_docs)) for t in loaded_tasks.values()
         )
@@ -148,12 +148,12 @@ def lm_eval_generation_rows(loaded: Any, batches: list[int]) -> list[dict[str, A
     import lm_eval  # heavy: lm_eval, imported when needed
     from lm_eval.models.huggingface import HFLM  # heavy: lm_eval, imported when needed
 
-    manager = _task_manager(["tunebench_arith_gen"])
+    manager = task_manager(["tunebench_arith_gen"])
     rows = []
 
     def timed(lm: Any, batch: int, runner: str) -> None:
         for attempt in ("cold", "warm"):
-            tasks = _load_tasks(manager, ["tunebench_arith_gen"])
+            tasks = load_tasks(manager, ["tunebench_arith_gen"])
             t = time.perf_counter()
             lm_eval.simple_evaluate(
                 model=lm,

@@ -10,8 +10,9 @@ from typing import Any
 
 from tunebench.bench.metrics import mfu
 from tunebench.bench.specs import EvalSpec
-from tunebench.core.config import SamplingConfig
-from tunebench.evals.generation import generate, sampling_decoder
+from tunebench.core.config_schema import SamplingConfig
+from tunebench.evals.decode_loops import sampling_decoder
+from tunebench.evals.generation import generate
 from tunebench.evals.modeling import Loaded, load_for_eval
 from tunebench.evals.perplexity import batches_by_length, score
 from tunebench.evals.probes import load_probe_set

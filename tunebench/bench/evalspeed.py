@@ -14,30 +14,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tunebench.bench.evalcompare import chat_rows as chat_rows
-from tunebench.bench.evalcompare import lm_eval_generation_rows as lm_eval_generation_rows
-from tunebench.bench.evalcompare import lm_eval_loglikelihood_rows as lm_eval_loglikelihood_rows
 from tunebench.bench.evalmarkdown import render_eval_md
-from tunebench.bench.evalrows import CACHE as CACHE
-from tunebench.bench.evalrows import decode_attention_rows as decode_attention_rows
-from tunebench.bench.evalrows import fixed_length_prompts as fixed_length_prompts
-from tunebench.bench.evalrows import generation_row as generation_row
-from tunebench.bench.evalrows import graph_check_row as graph_check_row
-from tunebench.bench.evalrows import merge_base_rows as merge_base_rows
-from tunebench.bench.evalrows import perplexity_row as perplexity_row
-from tunebench.bench.evalrows import probe_run_row as probe_run_row
-from tunebench.bench.evalrows import raw_generation_row as raw_generation_row
-from tunebench.bench.evalrows import with_random_lora as with_random_lora
-from tunebench.bench.evaltargets import TARGETS as TARGETS
 from tunebench.bench.evaltargets import eval_targets
 from tunebench.bench.evalworker import PARTS
-from tunebench.bench.evalworker import _guarded as _guarded
-from tunebench.bench.evalworker import _guarded_rows as _guarded_rows
-from tunebench.bench.evalworker import run_eval_shape as run_eval_shape
 from tunebench.bench.host import host_snapshot
 from tunebench.bench.metrics import parse_int_list
+from tunebench.bench.prepared import prepare_data
 from tunebench.bench.repeats import aggregate_targets, interleave
-from tunebench.bench.shapes import prepare_data, resolve_shapes
+from tunebench.bench.shapes import resolve_shapes
 from tunebench.bench.spawn import EXIT_INCOMPLETE, EXIT_OK, Budget, setup, spawn, work_dir
 from tunebench.bench.specs import EvalSpec
 from tunebench.core.errors import InvalidInput

@@ -24,9 +24,9 @@ from tunebench.bench.evalrows import (
     raw_generation_row,
     with_random_lora,
 )
-from tunebench.bench.shapes import load_prepared
+from tunebench.bench.prepared import load_prepared
 from tunebench.bench.specs import EvalSpec
-from tunebench.core.config import SamplingConfig
+from tunebench.core.config_schema import SamplingConfig
 from tunebench.core.io import atomic_write_json
 from tunebench.evals.modeling import Loaded, load_for_eval
 

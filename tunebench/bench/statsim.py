@@ -2,8 +2,8 @@
 intervals and decisions on them.
 
 Every decision goes through the code a run uses: a row from ``reports.rows.compare_metric`` (or ``judged_row`` on
-a metric built by ``evals.judge_metrics``) and the gate's ``reports.gate.judge``; every interval through the
-function the row calls. Each figure is a share of simulated datasets with a Wilson interval and its seed.
+a metric built by ``evals.judge_metrics``) and the gate's decision on it (``reports.rows.judge``); every interval
+through the function the row calls. Each figure is a share of simulated datasets with a Wilson interval and its seed.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from scipy import stats as sps
 from tunebench.core import matched_pairs, pairwise, stats
 from tunebench.evals import judge_metrics
 from tunebench.evals.results import Metric
-from tunebench.reports.gate import judge, parse_rule
-from tunebench.reports.rows import IMPROVED, REGRESSED, compare_metric, judged_row
+from tunebench.reports.gate_rules import parse_rule
+from tunebench.reports.rows import IMPROVED, REGRESSED, compare_metric, judge, judged_row
 
 ALPHA = 0.05
 Pairs = tuple[list[dict[str, Any]], list[dict[str, Any]]]

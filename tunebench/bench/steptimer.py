@@ -10,7 +10,7 @@ import torch
 from transformers import TrainerCallback
 
 from tunebench.bench.trace import ProfileWindow
-from tunebench.train.trainer import TokenCounter, _count_tokens_hook
+from tunebench.train.run_state import TokenCounter, _count_tokens_hook
 
 
 class StepTimer(TrainerCallback):

@@ -12,8 +12,9 @@ from typing import Any, NamedTuple
 from tunebench.bench.host import host_snapshot
 from tunebench.bench.markdown import write_speed
 from tunebench.bench.metrics import SEED_POINT, config_line, find_best, parse_int_list, parse_names, points_of
+from tunebench.bench.prepared import prepare_data
 from tunebench.bench.repeats import interleave
-from tunebench.bench.shapes import prepare_data, resolve_shapes
+from tunebench.bench.shapes import resolve_shapes
 from tunebench.bench.spawn import EXIT_INCOMPLETE, EXIT_OK, Budget, setup, spawn, work_dir
 from tunebench.bench.specs import SweepSpec, TrainSpec
 from tunebench.bench.worker import BACKENDS, LAYOUTS, backend_name

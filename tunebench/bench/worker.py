@@ -18,12 +18,14 @@ from typing import Any, NamedTuple
 
 from tunebench.bench.evalworker import run_eval_shape
 from tunebench.bench.metrics import mfu, summarize_steps
+from tunebench.bench.prepared import load_prepared
 from tunebench.bench.scaling import combine_rank_marks
-from tunebench.bench.shapes import load_prepared, run_setup
+from tunebench.bench.shapes import run_setup
 from tunebench.bench.specs import EvalSpec, SetupSpec, SweepSpec, TrainSpec
 from tunebench.bench.timer import make_step_timer
 from tunebench.core import dist
-from tunebench.core.config import DataConfig, LoraConfig, ModelConfig, RunConfig, TrainConfig, resolve
+from tunebench.core.config_resolve import resolve
+from tunebench.core.config_schema import DataConfig, LoraConfig, ModelConfig, RunConfig, TrainConfig
 from tunebench.core.io import atomic_write_json, read_json
 from tunebench.train.backends import import_unsloth
 from tunebench.train.trainer import train

@@ -3,9 +3,10 @@
 Load order: preset YAML -> dotted CLI overrides (``train.lr=1e-4``) -> validation -> resolution.
 Every error names the key, the bad value and what is allowed.
 
-This module reads presets and overrides and holds ``load_config``; the rest lives beside it and is importable from
-here too: the sections and their checks (``config_schema``), reading plain data into them with the practitioner's
-names (``config_build``), and resolving ``auto`` for this machine (``config_resolve``).
+This module reads presets and overrides and holds ``load_config``; the rest lives beside it, imported from where it
+is defined: the sections and their checks (``config_schema``: ``RunConfig``, ``SamplingConfig``, ...), reading plain
+data into them with the practitioner's names (``config_build``), and resolving ``auto`` for this machine
+(``config_resolve``).
 """
 
 from __future__ import annotations
@@ -14,51 +15,11 @@ import ast
 import dataclasses
 import typing
 from pathlib import Path
-from typing import Any, Literal  # noqa: F401  (Literal: the sections' annotations resolve in this namespace too)
+from typing import Any
 
-from tunebench.core.config_build import (
-    ALIASES,
-    BARE_ALIASES,
-    RENAMED,
-    SWITCHES,
-    build,
-    canonical_item,
-    canonical_key,
-    dump_yaml,
-    from_dict,
-    read_aliases,
-    suggest_key,
-    switch_of,
-    to_dict,
-)
-from tunebench.core.config_resolve import (
-    COMPILE_BLOCKS_MIN_STEPS,
-    Machine,
-    asked,
-    auto_compile_blocks,
-    auto_dtype,
-    auto_padding_free,
-    resolve,
-    with_backend,
-)
-from tunebench.core.config_schema import (
-    EXPORT_QUANTS,
-    PACKAGED_DATA,
-    PACKAGED_MODEL,
-    DataConfig,
-    EvalConfig,
-    ExportConfig,
-    GateConfig,
-    JudgeConfig,
-    JudgeEndpointConfig,
-    LoraConfig,
-    ModelConfig,
-    ReportConfig,
-    RunConfig,
-    SamplingConfig,
-    TrainConfig,
-    field_docs,
-)
+from tunebench.core.config_build import build, canonical_item, canonical_key, read_aliases, suggest_key, to_dict
+from tunebench.core.config_resolve import Machine, resolve
+from tunebench.core.config_schema import RunConfig
 from tunebench.core.errors import ConfigError, did_you_mean
 from tunebench.core.io import package_path, parse_yaml_value, read_yaml, short
 
@@ -273,52 +234,14 @@ def read_run_config(run_dir: str | Path) -> RunConfig:
 
 
 __all__ = [
-    "ALIASES",
-    "BARE_ALIASES",
-    "COMPILE_BLOCKS_MIN_STEPS",
     "CONFIGS_DIR",
-    "EXPORT_QUANTS",
-    "PACKAGED_DATA",
-    "PACKAGED_MODEL",
-    "RENAMED",
-    "SWITCHES",
-    "ConfigError",
-    "DataConfig",
-    "EvalConfig",
-    "ExportConfig",
-    "GateConfig",
-    "JudgeConfig",
-    "JudgeEndpointConfig",
-    "LoraConfig",
-    "Machine",
-    "ModelConfig",
-    "ReportConfig",
-    "RunConfig",
-    "SamplingConfig",
-    "TrainConfig",
     "apply_overrides",
-    "asked",
-    "auto_compile_blocks",
-    "auto_dtype",
-    "auto_padding_free",
-    "build",
-    "canonical_item",
-    "canonical_key",
-    "dump_yaml",
-    "field_docs",
     "field_type",
-    "from_dict",
     "load_config",
     "override_text",
     "parse_override",
     "preset_names",
-    "read_aliases",
     "read_run_config",
-    "resolve",
     "resolve_preset_path",
-    "suggest_key",
-    "switch_of",
-    "to_dict",
-    "with_backend",
     "with_values",
 ]

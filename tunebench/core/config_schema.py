@@ -338,7 +338,7 @@ class EvalConfig:
     replay (evals.decoding; eager on CPU); static = transformers' static cache, compiled (a first call of tens of
     seconds per model: reports/published/2026-12-01-h200-eval-speed-llama-3.2-1b.md); dynamic = transformers'
     default. auto = graph on CUDA where the model allows it, else static on CUDA for calls of at least
-    generation.STATIC_MIN_STEPS decode steps, else dynamic (always dynamic on CPU). Formerly
+    evals.decode_loops.STATIC_MIN_STEPS decode steps, else dynamic (always dynamic on CPU). Formerly
     eval.generation_cache (still read, deprecated)."""
     merge_adapter: bool = True
     """Fold the LoRA adapter into 16-bit base weights before evaluating (what `export --merged` ships, and as

@@ -8,7 +8,7 @@ from typing import Any
 
 from tabulate import tabulate
 
-from tunebench.core.stats import fmt
+from tunebench.core.numbers import fmt
 
 
 def cell(value: Any) -> str:

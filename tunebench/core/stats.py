@@ -27,10 +27,6 @@ from typing import Any
 import numpy as np
 from scipy import stats as sps
 
-from tunebench.core.numbers import fmt as fmt  # the one number formatter, re-exported
-from tunebench.core.numbers import fmt_interval as fmt_interval
-from tunebench.core.numbers import fmt_p as fmt_p
-
 Z95 = NormalDist().inv_cdf(0.975)
 """z of a two-sided 95% interval; metric CIs in results files are 95% by schema. The one such constant."""
 POWER = 0.8

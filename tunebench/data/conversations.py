@@ -3,8 +3,8 @@ and the data report.
 
 The step's rooms: ``data.standardize`` (ShareGPT, OpenAI-messages or Alpaca records -> conversations, drop
 reasons, content-hash splits), ``data.encode`` (chat template, assistant-token mask), ``data.data_report`` (the
-report read back, its Markdown) and ``data.sources`` (files, folders, the hub). Every public name of them is
-importable from here.
+report read back, its Markdown) and ``data.sources`` (files, folders, the hub). Each name is imported from the module
+that defines it.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tunebench.core.config import DataConfig
-from tunebench.core.errors import RunFileError
+from tunebench.core.config_schema import DataConfig
+from tunebench.core.errors import DataError, RunFileError
 from tunebench.core.io import (
     atomic_write_json,
     atomic_write_text,
@@ -27,40 +27,18 @@ from tunebench.core.io import (
     read_json,
     read_json_lines,
 )
-from tunebench.data.data_report import read_report, render_report  # noqa: F401  (re-exported)
-from tunebench.data.encode import (  # noqa: F401  (re-exported: the data step's one import path)
-    ENCODE_CHUNK,
+from tunebench.data.data_report import render_report
+from tunebench.data.encode import (
     Encoded,
     TemplateInfo,
-    content_spans,
-    encode,
-    encode_many,
-    encode_messages,
     encode_split,
     renders_tool_turns,
     template_info,
-    tokenize_rendered,
-    tokenize_rendered_many,
     tokens_fingerprint,
 )
-from tunebench.data.sources import DataError, RawData, read_source  # noqa: F401  (re-exported)
+from tunebench.data.sources import read_source
 from tunebench.data.splits import check_splits
-from tunebench.data.standardize import (  # noqa: F401  (re-exported)
-    DROP_REASONS,
-    FORMATS,
-    MALFORMED_SHOWN,
-    ROLE_ALIASES,
-    SPLITS,
-    TOOL_ROLES,
-    Conversation,
-    Standardized,
-    content_key,
-    normalize_for_hash,
-    record_format,
-    split_of,
-    standardize,
-    standardize_and_split,
-)
+from tunebench.data.standardize import DROP_REASONS, MALFORMED_SHOWN, SPLITS, Conversation, standardize_and_split
 
 log = logging.getLogger(__name__)
 

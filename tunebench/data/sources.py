@@ -16,7 +16,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from tunebench.core.config import PACKAGED_DATA
+from tunebench.core.config_schema import PACKAGED_DATA
 from tunebench.core.errors import DataError
 from tunebench.core.io import decode, read_bytes, read_json_lines, sha256_file, tree_problem
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 
-from tunebench.core.config import DataConfig
+from tunebench.core.config_schema import DataConfig
 from tunebench.core.errors import DataError
 
 log = logging.getLogger(__name__)

@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tunebench.core import output
-from tunebench.core.config import DataConfig
-from tunebench.data.sources import DataError, RawData
+from tunebench.core.config_schema import DataConfig
+from tunebench.core.errors import DataError
+from tunebench.data.sources import RawData
 
 # Unsloth's standardize_sharegpt aliases (unsloth_zoo.dataset_utils.standardize_data_formats), compared
 # case-insensitively. Other roles seen in real ShareGPT dumps (chatgpt, bing, bard) say which product

@@ -13,7 +13,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from tunebench.core.config import SamplingConfig
+from tunebench.core.config_schema import SamplingConfig
 from tunebench.evals.decode_loops import decode_path
 from tunebench.evals.generation import Generation, TransformersGenerator
 from tunebench.evals.prompting import batch_seed, render_prompt
@@ -133,7 +133,7 @@ def chat(
         input_fn: reads one user line (``input``; tests pass a scripted one).
         print_fn: prints messages that are not the streamed answer.
         seed: makes sampled answers reproducible (turn t uses a seed derived from seed and t).
-        cache_implementation: decode loop (``generation.decode_path``; ``auto``: on CUDA the probes' CUDA graph loop,
+        cache_implementation: decode loop (``decode_loops.decode_path``; ``auto``: on CUDA the probes' CUDA graph loop,
             one capture per answer, else transformers' static compiled cache, its size rounded up so that the step
             recompiles only when the conversation outgrows it; dynamic on CPU). Every loop streams.
         on_answer: called after each answer with ``{"turn", "path", "prompt_tokens", "new_tokens", "seconds"}``

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from tunebench.core.config import SamplingConfig
+from tunebench.core.config_schema import SamplingConfig
 
 log = logging.getLogger(__name__)
 

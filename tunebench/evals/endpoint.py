@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tunebench.core import output
-from tunebench.core.config import JudgeEndpointConfig
+from tunebench.core.config_schema import JudgeEndpointConfig
 from tunebench.core.errors import JudgeError, TunebenchError
 from tunebench.core.io import cache_root
 from tunebench.evals.generation_cache import GenerationCache

@@ -28,16 +28,11 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from tunebench.core import dist, output
-from tunebench.core.config import SamplingConfig
+from tunebench.core.config_schema import SamplingConfig
 from tunebench.core.errors import ConfigError
 from tunebench.core.io import cache_root
 from tunebench.core.shards import Shard
-from tunebench.evals.decode_loops import (  # re-exported: callers import the loop choice from here too
-    STATIC_CACHE_STEP as STATIC_CACHE_STEP,
-)
-from tunebench.evals.decode_loops import STATIC_MIN_STEPS as STATIC_MIN_STEPS
 from tunebench.evals.decode_loops import decode, decode_path, sampling_decoder, static_cache_kwargs
-from tunebench.evals.decode_loops import use_static_cache as use_static_cache
 from tunebench.evals.generation_cache import GenerationCache, cache_group
 from tunebench.evals.prompting import (
     Prompt,
@@ -92,9 +87,9 @@ class Generation:
 class Generator(Protocol):
     """One contract for every decode path: transformers in process (``TransformersGenerator``, over the decode loops
     of ``decode_path``), llama.cpp in process (``evals.llamacpp.LlamaCppModel``) and any OpenAI-compatible server
-    (``evals.served.EndpointModel``). The probes, the chat (streaming through ``on_token``), the judge and lm-eval's
-    generate_until (token ids in process, text through llama.cpp and endpoints, with its stop strings) call it; a
-    new engine is one class."""
+    (``evals.served_checks.EndpointModel``). The probes, the chat (streaming through ``on_token``), the judge and
+    lm-eval's generate_until (token ids in process, text through llama.cpp and endpoints, with its stop strings) call
+    it; a new engine is one class."""
 
     def identity(self) -> dict[str, Any]:
         """What decides the answers besides the prompts and sampling (recorded in results, part of cache keys)."""

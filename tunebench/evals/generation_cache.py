@@ -9,7 +9,7 @@ from typing import Any
 
 from filelock import FileLock
 
-from tunebench.core.config import SamplingConfig
+from tunebench.core.config_schema import SamplingConfig
 from tunebench.core.errors import InvalidInput
 from tunebench.core.io import atomic_write_json, fingerprint, package_version, read_json
 from tunebench.evals.prompting import Prompt, is_greedy, stop_token_ids

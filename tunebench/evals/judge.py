@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from tunebench.core.config import JudgeConfig, RunConfig, SamplingConfig
+from tunebench.core.config_schema import JudgeConfig, RunConfig, SamplingConfig
 from tunebench.core.errors import JudgeError
 from tunebench.core.io import atomic_write_text, environment, fingerprint
 from tunebench.evals import judge_metrics as jm

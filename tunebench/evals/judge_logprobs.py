@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tunebench.core import output
-from tunebench.core.config import SamplingConfig
+from tunebench.core.config_schema import SamplingConfig
 from tunebench.core.errors import JudgeError
 from tunebench.core.io import cache_root
 from tunebench.evals.generation_cache import GenerationCache, cache_group

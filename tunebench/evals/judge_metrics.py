@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 
 from tunebench.core import pairwise
-from tunebench.core.config import JudgeConfig
-from tunebench.core.stats import fmt
+from tunebench.core.config_schema import JudgeConfig
+from tunebench.core.numbers import fmt
 from tunebench.evals.results import Metric
 
 PAIRED_KIND = "win_rate"

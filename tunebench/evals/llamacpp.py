@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from tunebench.core import output
-from tunebench.core.config import SamplingConfig
+from tunebench.core.config_schema import SamplingConfig
 from tunebench.core.errors import DataError, ModelError
 from tunebench.core.io import package_version, sha256_file
-from tunebench.data.conversations import Encoded
+from tunebench.data.encode import Encoded
 from tunebench.evals.generation import Generation, stream_whole
 from tunebench.evals.perplexity import metric_from_items
 from tunebench.evals.prompting import Prompt, batch_seed, cut_at_stops, is_chat, samples_per_prompt

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tunebench.core.config import RunConfig
+from tunebench.core.config_schema import RunConfig
 from tunebench.core.io import atomic_write_json, environment
 from tunebench.evals.contract import check_contract
 from tunebench.evals.llamacpp import RUNTIME, LlamaCppModel, continuation_logprob, perplexity_metric

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tunebench.core import output
-from tunebench.core.errors import LmEvalError
+from tunebench.core.errors import LmEvalError, ModelError
 from tunebench.core.io import atomic_write_json, read_json
 from tunebench.core.shards import Shard
 from tunebench.evals import lm_eval_model
@@ -25,9 +25,10 @@ from tunebench.evals.lm_eval_groups import pool_group
 from tunebench.evals.lm_eval_load import load_tasks, task_manager
 from tunebench.evals.lm_eval_shard import record_shard, shard_documents
 from tunebench.evals.lm_eval_spec import LmEvalSpec
-from tunebench.evals.modeling import adapter_manifest, pick_device, pick_dtype
+from tunebench.evals.modeling import pick_device, pick_dtype
 from tunebench.evals.results import Results
-from tunebench.models.loading import ModelError, load_tokenizer, resolve_model, template_sha
+from tunebench.models.adapters import adapter_manifest
+from tunebench.models.loading import load_tokenizer, resolve_model, template_sha
 
 log = logging.getLogger(__name__)
 

@@ -28,25 +28,15 @@ from tunebench.core.net import free_port
 from tunebench.core.numbers import fmt
 from tunebench.evals.lm_eval_child import evaluate, run_tasks
 from tunebench.evals.lm_eval_index import check_task_names
-from tunebench.evals.lm_eval_index import unknown_tasks_message as unknown_tasks_message  # re-export
-from tunebench.evals.lm_eval_load import load_tasks, task_documents, task_manager
-from tunebench.evals.lm_eval_load import load_tasks as _load_tasks  # former names: bench and tests import them
-from tunebench.evals.lm_eval_load import task_manager as _task_manager
+from tunebench.evals.lm_eval_load import load_tasks, task_manager
 from tunebench.evals.lm_eval_spec import LmEvalSpec
-from tunebench.evals.modeling import adapter_sha as weights_sha
 from tunebench.evals.results import Results
+from tunebench.models.adapters import adapter_sha as weights_sha
 
 __all__ = [
-    "LmEvalError",
-    "LmEvalSpec",
-    "_load_tasks",
-    "_task_manager",
-    "check_task_names",
     "run_lm_eval",
     "run_lm_eval_args",
     "run_lm_eval_text",
-    "task_documents",
-    "unknown_tasks_message",
 ]
 
 log = logging.getLogger(__name__)

@@ -27,7 +27,7 @@ from typing import Any
 from lm_eval.api.model import LM  # heavy: lm-eval; this module is imported only when tasks run
 
 from tunebench.core import output
-from tunebench.core.config import SamplingConfig
+from tunebench.core.config_schema import SamplingConfig
 from tunebench.core.errors import LmEvalError
 from tunebench.evals.generation import Generator
 

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from tunebench.core import dist
-from tunebench.core.config import auto_dtype
+from tunebench.core.config_resolve import auto_dtype
 from tunebench.core.errors import AdapterError
-from tunebench.models.adapters import adapter_manifest, adapter_sha, check_adapter  # noqa: F401  (moved down; re-exported)
+from tunebench.models.adapters import adapter_manifest, check_adapter
 from tunebench.models.loading import ModelSource, load_causal_lm, load_tokenizer, resolve_model
 
 log = logging.getLogger(__name__)

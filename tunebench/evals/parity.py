@@ -28,7 +28,7 @@ from typing import Any
 
 from tunebench.core.io import atomic_write_bytes, fingerprint
 from tunebench.core.stats import bootstrap_ci
-from tunebench.data.conversations import Encoded, tokens_fingerprint
+from tunebench.data.encode import Encoded, tokens_fingerprint
 from tunebench.evals.llamacpp import _logsumexp, scored_positions
 from tunebench.evals.results import Metric
 

@@ -15,7 +15,7 @@ from tunebench.core import dist, output
 from tunebench.core.errors import DataError
 from tunebench.core.shards import Shard
 from tunebench.core.stats import bootstrap_ci
-from tunebench.data.conversations import Encoded, tokens_fingerprint
+from tunebench.data.encode import Encoded, tokens_fingerprint
 from tunebench.evals.results import Metric
 
 log = logging.getLogger(__name__)

@@ -36,21 +36,15 @@ from typing import Any
 
 import yaml
 
-from tunebench.core.config import SamplingConfig
+from tunebench.core.config_schema import SamplingConfig
 from tunebench.core.errors import ProbeError
 from tunebench.core.io import check_tree, fingerprint, load_yaml, package_path, read_yaml_text, short, yaml_problem
 from tunebench.core.shards import Shard
 from tunebench.core.stats import Z95
 from tunebench.core.stats import wilson as wilson_interval
 from tunebench.evals.generation import Generator, TransformersGenerator
-from tunebench.evals.probe_checks import CHECK_KINDS as CHECK_KINDS  # re-exported: the check kinds' docs
-from tunebench.evals.probe_checks import Check as Check  # re-exported
-from tunebench.evals.probe_checks import _parse_check
-from tunebench.evals.probe_checks import numbers_in as numbers_in  # re-exported
-from tunebench.evals.probe_template import _ENV as _ENV  # re-exported: judge_prompts renders in the same sandbox
-from tunebench.evals.probe_template import _dym, _Loader, _plain
-from tunebench.evals.probe_template import _Src as _Src  # re-exported: judge_prompts
-from tunebench.evals.probe_template import render as render  # re-exported: judge_prompts
+from tunebench.evals.probe_checks import Check, _parse_check
+from tunebench.evals.probe_template import _ENV, _dym, _Loader, _plain, _Src, render
 from tunebench.evals.prompting import samples_per_prompt
 from tunebench.evals.results import SHARD_ORDER, Metric, Results
 
@@ -285,7 +279,7 @@ def run_probes(
         label: ``base`` or ``tuned``.
         use_cache: False regenerates everything.
         progress: show progress bars.
-        cache_implementation: decode loop for generation (``auto``: see ``generation.decode_path``).
+        cache_implementation: decode loop for generation (``auto``: see ``decode_loops.decode_path``).
         generator: the decode path (``generation.Generator``: llama.cpp's, an endpoint's); None = transformers'
             on ``loaded`` (``TransformersGenerator`` with the arguments above).
         shard: only this shard's batches (``core.shards``), on transformers (not ``generator``): metrics over its

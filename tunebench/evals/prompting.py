@@ -7,9 +7,9 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from tunebench.core.config import SamplingConfig
+from tunebench.core.config_schema import SamplingConfig
 from tunebench.core.errors import ConfigError
-from tunebench.data.conversations import encode_messages
+from tunebench.data.encode import encode_messages
 
 Messages = list[dict[str, str]]
 Prompt = Messages | str | list[int]
@@ -98,7 +98,7 @@ def render_prompt(tokenizer: Any, messages: Messages) -> list[int]:
     """Token ids of a conversation with the assistant turn opened (the template adds special tokens).
 
     Message contents stay text: control strings typed into a prompt or a chat never become control tokens
-    (the same tokenization training uses, see ``data.conversations.tokenize_rendered``)."""
+    (the same tokenization training uses, see ``data.encode.tokenize_rendered``)."""
     return encode_messages(tokenizer, list(messages), add_generation_prompt=True)
 
 

@@ -13,21 +13,17 @@ from pathlib import Path
 from typing import Any
 
 from tunebench.core import dist
-from tunebench.core.config import RunConfig
-from tunebench.core.errors import ModelError
+from tunebench.core.config_schema import RunConfig
+from tunebench.core.errors import DataError, ModelError
 from tunebench.core.io import atomic_write_json, environment, fingerprint
 from tunebench.core.shards import Shard
-from tunebench.data.conversations import (
-    DataError,
-    TemplateInfo,
-    encode_split,
-    load_split,
-    read_report,
-    tokens_fingerprint,
-)
+from tunebench.data.conversations import load_split
+from tunebench.data.data_report import read_report
+from tunebench.data.encode import TemplateInfo, encode_split, tokens_fingerprint
 from tunebench.evals import perplexity
 from tunebench.evals.contamination import contamination, conversation_text
-from tunebench.evals.lm_eval_runner import run_lm_eval, task_documents
+from tunebench.evals.lm_eval_load import task_documents
+from tunebench.evals.lm_eval_runner import run_lm_eval
 from tunebench.evals.modeling import Loaded, load_for_eval
 from tunebench.evals.parity import HIDDEN_FILE, save_scored_hidden
 from tunebench.evals.probes import load_probe_set, run_probes

@@ -1,4 +1,5 @@
-"""Whether a server's likelihoods can be used: its echoed prompt log-probs against the in-process adapter's.
+"""A model behind an OpenAI-compatible server (``EndpointModel``: a generator, and its echoed log-probs), and whether
+the server's likelihoods can be used: its echoed prompt log-probs against the in-process adapter's.
 
 A canary conversation goes through ``/v1/completions`` with echo and logprobs (``likelihood_check``: on the run's
 token ids; ``text_likelihood_check``: on text, the way lm-eval's loglikelihood requests are sent). A server that
@@ -9,14 +10,19 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import TYPE_CHECKING, Any
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from typing import Any
 
+from tunebench.core import output
+from tunebench.core.config_schema import SamplingConfig
 from tunebench.core.errors import EndpointError
-from tunebench.data.conversations import encode_messages
-from tunebench.evals.prompting import Messages
-
-if TYPE_CHECKING:
-    from tunebench.evals.served import EndpointModel
+from tunebench.data.encode import encode_messages
+from tunebench.evals.endpoint import OpenAIClient
+from tunebench.evals.generation import Generation, stream_whole
+from tunebench.evals.prompting import Messages, Prompt, batch_seed, cut_at_stops, is_chat, samples_per_prompt
 
 log = logging.getLogger("tunebench.evals.served")  # the messages read as the endpoint evaluation's, as before
 
@@ -29,6 +35,128 @@ LOGPROB_TOLERANCE = 0.5
 """Largest mean |log p(server) - log p(adapter)| per canary token (nats) that still counts as the same model:
 an 8-bit GGUF of the packaged model in llama.cpp stays far below it; an off-by-one or the top token's log-prob in
 place of the prompt token's is nats away."""
+RUNTIME = "endpoint"
+
+
+@dataclass
+class EndpointModel:
+    """A model behind an OpenAI-compatible server: a generator (``generate(prompts, sampling, seed)``) like
+    ``generation.generate`` and ``LlamaCppModel``, with what results record about it."""
+
+    client: OpenAIClient
+    name: str
+    template: str | None
+    """The run's template name: results pair only on the same one."""
+    concurrency: int = 8
+    progress: bool = True
+    takes_ids: bool | None = None
+    """Whether /v1/completions takes token-id prompts (None: not tried yet; llama-cpp-python's server does not)."""
+
+    def identity(self) -> dict[str, Any]:
+        return {"runtime": RUNTIME, "base_url": self.client.root, "served_model": self.name, "template": self.template}
+
+    def body(
+        self, prompt: Prompt, sampling: SamplingConfig, seed: int, stop: list[str] | None = None
+    ) -> dict[str, Any]:
+        """A chat request (a conversation) or a completions request (a text, token ids), every sampling knob pinned
+        (servers' defaults differ: top_k 40, min_p 0.05, ...).
+
+        Raises:
+            EndpointError: token ids for a server known not to take them (``takes_ids`` False)."""
+        if not is_chat(prompt) and not isinstance(prompt, str) and self.takes_ids is False:
+            raise EndpointError(
+                f"{self.client.root}/completions does not take token-id prompts (llama-cpp-python's server "
+                "does not); send the prompt as text"
+            )
+        key = "messages" if is_chat(prompt) else "prompt"
+        return {
+            "model": self.name,
+            key: prompt,
+            **({"stop": [s for s in stop if s]} if stop else {}),
+            "max_tokens": sampling.max_new_tokens,
+            "temperature": sampling.temperature,
+            "top_p": 1.0 if sampling.top_p is None else sampling.top_p,
+            "min_p": 0.0 if sampling.min_p is None else sampling.min_p,
+            "top_k": 0,
+            "repeat_penalty": 1.0,
+            "seed": seed,
+        }
+
+    def generate(
+        self,
+        prompts: list[Prompt],
+        sampling: SamplingConfig,
+        seed: int,
+        on_token: Callable[[str], None] | None = None,
+        stop: list[str] | None = None,
+    ) -> Generation:
+        """Answer every prompt, ``concurrency`` requests in flight; answer (i, s) is drawn with seed
+        ``batch_seed(seed, s, i)``, as in-process llama.cpp draws it. Conversations go to /chat/completions,
+        texts and token ids to /completions; ``stop`` is sent as the API's ``stop`` and the answer cut at it too.
+
+        Raises:
+            EndpointError: a request that failed after its retries, named by prompt and sample.
+        """
+        n = samples_per_prompt(sampling)
+        out = Generation(
+            samples=[[""] * n for _ in prompts], token_counts=[[0] * n for _ in prompts], decode_loop=RUNTIME
+        )
+        jobs = [(i, s) for s in range(n) for i in range(len(prompts))]
+        bodies = [self.body(prompts[i], sampling, batch_seed(seed, s, i), stop) for i, s in jobs]  # refused: none sent
+        headers = self.client.headers()
+        t0 = time.perf_counter()
+        bar = output.bar(total=len(jobs), desc=f"generate[{sampling.name}, endpoint]", disable=not self.progress)
+        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+            futures = {pool.submit(self._ask, body, headers): job for job, body in zip(jobs, bodies, strict=True)}
+            try:
+                for fut in as_completed(futures):
+                    i, s = futures[fut]
+                    try:
+                        text, usage = fut.result()
+                    except EndpointError as e:
+                        asked = prompts[i][-1]["content"] if is_chat(prompts[i]) else str(prompts[i])
+                        raise EndpointError(
+                            f"request for prompt {i + 1} of {len(prompts)} (sample {s}, {asked[:60]!r}) failed: {e}"
+                        ) from None
+                    text = cut_at_stops(text, stop)
+                    out.samples[i][s] = text.strip() if is_chat(prompts[i]) else text
+                    out.token_counts[i][s] = int(usage.get("completion_tokens") or 0)
+                    out.new_tokens += out.token_counts[i][s]
+                    out.generate_calls += 1
+                    bar.update(1)
+            except BaseException:  # stop asking: nothing half-done is kept
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
+            finally:
+                bar.close()
+        out.seconds = time.perf_counter() - t0
+        out.cache_misses = out.generate_calls
+        return stream_whole(out, on_token)
+
+    def _ask(self, body: dict[str, Any], headers: dict[str, str]) -> tuple[str, dict[str, Any]]:
+        return self.client.chat(body, headers) if "messages" in body else self.client.complete(body, headers)
+
+    def echo_logprobs(self, prompt: str | list[int]) -> list[tuple[str | None, int | None, float | None]]:
+        """(token text, text offset, log-prob) of every token of ``prompt`` (text, or token ids as the OpenAI API
+        allows) as the server scores it, then of the one token it generates (``/v1/completions`` with echo); []
+        when it returns none."""
+        body = {"model": self.name, "prompt": prompt, "max_tokens": 1, "temperature": 0.0, "echo": True, "logprobs": 1}
+        data = self.client.request("/completions", body)
+        try:
+            choice = data["choices"][0]
+        except (KeyError, IndexError, TypeError):
+            raise EndpointError(
+                f"{self.client.root}/completions answered without choices[0]; is it an "
+                "OpenAI-compatible completions server?"
+            ) from None
+        lp = choice.get("logprobs") if isinstance(choice, dict) else None
+        lp = lp if isinstance(lp, dict) else {}
+        values, tokens, offsets = lp.get("token_logprobs"), lp.get("tokens"), lp.get("text_offset")
+        if not isinstance(values, list):
+            return []
+        tokens = tokens if isinstance(tokens, list) and len(tokens) == len(values) else [None] * len(values)
+        offsets = offsets if isinstance(offsets, list) and len(offsets) == len(values) else [None] * len(values)
+        return list(zip(tokens, offsets, values, strict=True))
 
 
 def align_echo(

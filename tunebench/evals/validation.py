@@ -10,9 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tunebench.core.config import RunConfig
+from tunebench.core.config_schema import RunConfig
 from tunebench.core.errors import DataError, InvalidInput
-from tunebench.data.conversations import PreparedData, encode_split, tokens_fingerprint
+from tunebench.data.conversations import PreparedData
+from tunebench.data.encode import encode_split, tokens_fingerprint
 from tunebench.evals import perplexity
 from tunebench.evals.modeling import load_for_eval
 from tunebench.evals.results import Metric

@@ -16,7 +16,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from tunebench.core.config import PACKAGED_MODEL
+from tunebench.core.config_schema import PACKAGED_MODEL
 from tunebench.core.errors import ModelError
 from tunebench.core.io import (
     atomic_write_json,

@@ -1,9 +1,9 @@
-"""Base vs tuned from run folders, and the one import path of the comparison.
+"""Base vs tuned from run folders: their results files read and compared.
 
 The comparison lives in three rooms: ``reports.rows`` (one metric: paired statistics, verdict, MDE; judged rows),
 ``reports.comparison`` (two ``Results`` -> a ``Comparison``, pure; several adapters -> a ``Leaderboard``) and this
 module: the run folder's results files, exported artifacts and served endpoints, read and compared (I/O, not pure).
-Every public name of the three is importable from here.
+Each name is imported from the module that defines it.
 """
 
 from __future__ import annotations
@@ -15,32 +15,9 @@ from typing import Any
 
 from tunebench.core.errors import ComparisonError, MissingRunFile, RunFileError
 from tunebench.core.io import read_yaml, short
-from tunebench.core.stats import fmt, fmt_interval, fmt_p  # noqa: F401  (re-exported for render, gate, tests)
-from tunebench.evals.results import Metric, Results  # noqa: F401  (re-exported)
-from tunebench.reports.comparison import (  # noqa: F401  (re-exported: the comparison's one import path)
-    LEADERBOARD_SCHEMA,
-    SCHEMA,
-    Comparison,
-    Leaderboard,
-    Versus,
-    check_same_inputs,
-    compare,
-    leaderboard,
-)
-from tunebench.reports.rows import (  # noqa: F401  (re-exported)
-    FEW_SAMPLES,
-    IMPROVED,
-    INVALID,
-    JUDGE_DIR,
-    REGRESSED,
-    TOO_FEW,
-    UNCHANGED,
-    MetricComparison,
-    compare_metric,
-    judged_row,
-    judged_rows,
-    load_judge_results,
-)
+from tunebench.evals.results import Results
+from tunebench.reports.comparison import Comparison, Leaderboard, check_same_inputs, compare, leaderboard
+from tunebench.reports.rows import FEW_SAMPLES, MetricComparison, compare_metric, load_judge_results
 
 # ----------------------------------------------------------------------------- run folders (I/O, not pure)
 

@@ -1,7 +1,7 @@
 """Release gate: rules over a Comparison decide, on confidence bounds, whether an adapter may ship.
 
 Rules files (YAML: ``metric`` globs, thresholds, ``artifact``, ``optional``) are read by ``reports.gate_rules``,
-whose docstring shows one; every rule name is importable from here too.
+whose docstring shows one; one rule on one row is judged by ``reports.rows.judge``.
 
 Improvement I is delta oriented so that positive is better; [lo, hi] is the comparison's two-sided
 (1 - alpha) interval of I (95% by default: each bound is a one-sided 97.5% bound). Each threshold sets a
@@ -37,7 +37,6 @@ from typing import Any, TextIO
 
 from tabulate import tabulate
 
-from tunebench.core import stats
 from tunebench.core.errors import (
     EXIT_GATE_FAILED,
     EXIT_GATE_INCONCLUSIVE,
@@ -47,61 +46,24 @@ from tunebench.core.errors import (
     InvalidInput,
 )
 from tunebench.core.io import atomic_write_json, short
+from tunebench.core.numbers import fmt
 from tunebench.evals.results import Results
-from tunebench.reports.compare import (
-    Comparison,
+from tunebench.reports.compare import compare_artifacts, load_artifact_results, load_run_results, run_settings
+from tunebench.reports.comparison import Comparison, compare
+from tunebench.reports.gate_rules import GateRule, glob_to_regex, load_rules, parse_rule, resolve_rules_path
+from tunebench.reports.rows import (
+    FAIL,
+    INCONCLUSIVE,
+    PASS,
+    SKIPPED,
+    GateRow,
     MetricComparison,
-    compare,
-    compare_artifacts,
-    fmt,
-    fmt_interval,
-    load_artifact_results,
+    judge,
     load_judge_results,
-    load_run_results,
-    run_settings,
-)
-from tunebench.reports.gate_rules import (  # noqa: F401  (re-exported: the gate's one import path)
-    DEFAULT_RULES,
-    GATES_DIR,
-    GateRule,
-    glob_to_regex,
-    load_rules,
-    parse_rule,
-    parse_rules,
-    resolve_rules_path,
 )
 
 SCHEMA = "tunebench.gate/2"
-MAX_ITEMS_SHOWN = 10**7
-"""Beyond this many items the observed change sits on the margin for any practical purpose."""
-PASS, FAIL, INCONCLUSIVE, SKIPPED = "pass", "fail", "inconclusive", "skipped"
 NOTHING_CHECKED = "no rule matched any metric: nothing was checked"
-
-
-@dataclass
-class GateRow:
-    """The verdict of one rule on one metric."""
-
-    rule: str
-    metric: str
-    status: str
-    """pass | fail | inconclusive | skipped"""
-    reason: str
-    threshold: str
-    base: float | None = None
-    tuned: float | None = None
-    delta: float | None = None
-    ci_low: float | None = None
-    ci_high: float | None = None
-    p_value: float | None = None
-    n: int | None = None
-    """Paired units the interval rests on."""
-    mde: float | None = None
-    """The metric's minimum detectable effect at n (see compare.MetricComparison.mde)."""
-    items_needed: int | None = None
-    """Inconclusive rows: paired items that would conclude at the observed variance (80% power)."""
-    delta_margins: list[float] = field(default_factory=list)
-    """Each threshold's margin on the scale of delta (tuned - base), as the report's forest plot draws it."""
 
 
 @dataclass
@@ -137,106 +99,6 @@ class GateVerdict:
 
 
 # ----------------------------------------------------------------------------- evaluation
-
-
-def _oriented_interval(rule: GateRule, r: MetricComparison) -> tuple[float, float, float] | None:
-    """(improvement, low, high) with positive = better under the rule's direction; None without an interval."""
-    hib = r.higher_is_better if rule.direction == "auto" else rule.direction == "higher"
-    if r.delta is None or r.ci_low is None or r.ci_high is None:
-        return None
-    return (r.delta, r.ci_low, r.ci_high) if hib else (-r.delta, -r.ci_high, -r.ci_low)
-
-
-def judge(rule: GateRule, r: MetricComparison) -> GateRow:
-    """One rule on one compared metric: pass, fail or inconclusive from the interval of the change.
-
-    See the module docstring for the semantics. The one place verdicts are decided; new rule kinds add a
-    field to GateRule and a branch here.
-    """
-    row = GateRow(
-        rule=rule.label,
-        metric=r.metric,
-        status=PASS,
-        reason="",
-        threshold=rule.threshold_text(),
-        base=r.base,
-        tuned=r.tuned,
-        delta=r.delta,
-        ci_low=r.ci_low,
-        ci_high=r.ci_high,
-        p_value=r.p_value,
-        n=r.n,
-        mde=r.mde,
-    )
-    if r.details.get("paired") and r.ci_low is None:  # a judge metric marked invalid (compare.judged_row says why)
-        row.status, row.reason = INCONCLUSIVE, f"{r.method}: cannot conclude"
-        return row
-    if r.delta is None or r.base is None:
-        row.status, row.reason = FAIL, "no value on one side: cannot judge"
-        return row
-    oriented = _oriented_interval(rule, r)
-    if oriented is None:
-        row.status, row.reason = INCONCLUSIVE, f"no interval of the change ({r.method}): cannot conclude"
-        return row
-    imp, lo, hi = oriented
-    level = f"{100 * (1 - r.interval_alpha):g}%"
-    # the reason quotes the interval of delta itself, as the report's CI column does, with the margin on that scale
-    hib = r.higher_is_better if rule.direction == "auto" else rule.direction == "higher"
-    bounds = f"{level} interval of Δ {fmt_interval(r.ci_low, r.ci_high)}" + ("" if hib else " (lower is better)")
-    verdicts, reasons, needed = [], [], []
-    for key, threshold, margin in rule.margins(r.base):
-        kind = "improvement" if key.startswith("min_") else "regression"
-        want = f"{threshold * 100:g}% of base" if key.endswith("_rel") else f"{threshold:g}"
-        row.delta_margins.append(margin if hib else -margin)
-        worse = f"(Δ {'<' if hib else '>'} {fmt(row.delta_margins[-1], True)})"  # the side the rule rejects
-        # non-inferiority claims I >= -m, superiority I > t: pass when every value in the interval satisfies the
-        # claim, fail when none does (so min_improvement: 0 passes exactly when the row's verdict is "improved")
-        superior = kind == "improvement"
-        if lo > margin or (not superior and lo >= margin):
-            verdicts.append(PASS)
-            reasons.append(
-                f"{bounds} excludes "
-                + (f"an improvement of {want} or less" if superior else f"a regression beyond {want}")
-                + f" {worse}"
-            )
-        elif hi < margin or (superior and hi <= margin):
-            verdicts.append(FAIL)
-            reasons.append(
-                f"{bounds} lies entirely "
-                f"{'at or below an improvement of' if superior else 'beyond a regression of'} {want} {worse}"
-            )
-        else:
-            verdicts.append(INCONCLUSIVE)
-            more = stats.items_needed(r.n, lo, hi, abs(imp - margin), r.interval_alpha, df=r.df)
-            if more is not None and more > MAX_ITEMS_SHOWN:  # the change sits almost on the margin
-                more = None
-            if more is not None:
-                needed.append(more)
-            hint = (
-                ""  # a row under min_n says what a verdict needs in one place (_too_few)
-                if not r.judged
-                else f"; about {more} paired items would conclude (have {r.n}; observed variance, 80% power)"
-                if more is not None
-                else "; the observed change sits on the margin"
-            )
-            reasons.append(f"{bounds} straddles the {kind} margin {want} {worse}{hint}")
-    row.status = FAIL if FAIL in verdicts else INCONCLUSIVE if INCONCLUSIVE in verdicts else PASS
-    row.reason = "; ".join(reasons)
-    row.items_needed = max(needed) if row.status == INCONCLUSIVE and needed else None
-    if not r.judged:  # the report flags the row: no verdict, pass or fail, rests on it
-        _too_few(row, r, needed if row.status == INCONCLUSIVE else [])
-    return row
-
-
-def _too_few(row: GateRow, r: MetricComparison, needed: list[int]) -> None:
-    """Make a rule on a row with fewer than ``min_n`` paired units inconclusive, with the items a verdict needs."""
-    need = max([r.min_n, *needed])
-    row.status = INCONCLUSIVE
-    row.items_needed = need
-    row.reason = (
-        f"too few samples: n={r.n} < report.min_n={r.min_n}, no verdict here nor in the report; about {need} paired "
-        f"items would conclude (have {r.n}); {row.reason}"
-    )
 
 
 def _artifact_rows(rule: GateRule, artifacts: dict[str, Comparison] | None) -> list[MetricComparison] | GateRow:

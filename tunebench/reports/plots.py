@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from tunebench.core.io import atomic_write_bytes
-from tunebench.core.stats import fmt
-from tunebench.reports.compare import IMPROVED, REGRESSED, Comparison
+from tunebench.core.numbers import fmt
+from tunebench.reports.comparison import Comparison
+from tunebench.reports.rows import IMPROVED, REGRESSED
 
 FOREST_PNG, LOSS_PNG, EXPORT_PNG = "forest.png", "loss_curve.png", "export.png"
 STATUS_COLOURS = {"pass": "#2e7d32", "fail": "#c62828", "inconclusive": "#ef6c00"}

@@ -31,7 +31,7 @@ Options:
   Without it those tests are skipped with the reason, and a CI job would stay green with nothing checked.
 
 Fixtures (session scope): ``tunebench_run`` (Path), ``tunebench_results`` (``{"base", "tuned"}`` Results),
-``tunebench_comparison`` (reports.compare.Comparison; rows have ``.assert_improved()``,
+``tunebench_comparison`` (reports.comparison.Comparison; rows have ``.assert_improved()``,
 ``.assert_not_regressed(max_regression=0, rel=False)`` (the gate's non-inferiority rule on that row) and
 ``.assert_value(op, x)``), ``tunebench_gate`` (reports.quality.QualityGate).
 """
@@ -165,18 +165,16 @@ def tunebench_results(tunebench_run: Path) -> dict[str, Any]:
 
 @pytest.fixture(scope="session")
 def tunebench_comparison(tunebench_run: Path, tunebench_results: dict[str, Any]):
-    """The run's Comparison (reports.compare), at the run's own alpha and bootstrap size.
+    """The run's Comparison (reports.comparison), at the run's own alpha and bootstrap size.
 
     Rows have assertion helpers: ``.row(name).assert_improved()``, ``.assert_not_regressed(max_regression=0,
     rel=False)`` (the gate's non-inferiority rule: an inconclusive row fails), ``.assert_value(op, x,
     side="tuned")``; failures print both values, the delta and its interval.
     """
-    from tunebench.reports.compare import (  # heavy: numpy (see above)
-        ComparisonError,
-        compare,
-        load_judge_results,
-        run_settings,
-    )
+    from tunebench.core.errors import ComparisonError
+    from tunebench.reports.compare import run_settings  # heavy: numpy (see above)
+    from tunebench.reports.comparison import compare  # heavy: numpy (see above)
+    from tunebench.reports.rows import load_judge_results  # heavy: numpy (see above)
 
     settings = run_settings(tunebench_run)
     try:

@@ -18,27 +18,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tunebench.reports.compare import Comparison, MetricComparison, fmt
-from tunebench.reports.gate import (
-    PASS,
-    SKIPPED,
-    GateRow,
-    GateVerdict,
-    artifact_comparisons,
-    evaluate_gate,
-    glob_to_regex,
-    judge,
-    judge_run,
-    parse_rule,
-)
-
-
-def describe_row(row: GateRow) -> str:
-    """One gate row for an assertion message: status, metric, threshold, values, the gate's reason."""
-    values = (
-        f"base {fmt(row.base)} -> tuned {fmt(row.tuned)}, Δ {fmt(row.delta, True)}; " if row.base is not None else ""
-    )
-    return f"{row.status.upper()} {row.metric} ({row.threshold}): {values}{row.reason}"
+from tunebench.reports.comparison import Comparison
+from tunebench.reports.gate import GateVerdict, artifact_comparisons, evaluate_gate, judge_run
+from tunebench.reports.gate_rules import glob_to_regex, parse_rule
+from tunebench.reports.rows import PASS, SKIPPED, GateRow, describe_row
 
 
 def verdict_failure(verdict: GateVerdict, what: str, source: str | None = None) -> str:
@@ -52,19 +35,6 @@ def verdict_failure(verdict: GateVerdict, what: str, source: str | None = None) 
     if verdict.reason:
         return f"{head}: {verdict.reason}\n" + "\n".join(f"  - {describe_row(r)}" for r in verdict.rows)
     return f"{head}: {len(bad)} of {len(judged)} rows did not pass\n" + "\n".join(f"  - {describe_row(r)}" for r in bad)
-
-
-def assert_rule_on_row(row: MetricComparison, what: str, **thresholds: float) -> GateRow:
-    """One gate rule (thresholds as in a rules file) judged on one compared metric; fail unless it passes.
-
-    Raises:
-        AssertionError: the rule failed or was inconclusive; the message has the gate's reason and the row.
-    """
-    __tracebackhide__ = True  # pytest reports the test's line: the message says the rest
-    judged = judge(parse_rule({"metric": row.metric, **thresholds}, what), row)
-    if judged.status != PASS:
-        raise AssertionError(f"{what}: {describe_row(judged)}. {row.describe()}")
-    return judged
 
 
 @dataclass

@@ -3,8 +3,8 @@
 ``render_report(comparison, context)`` turns a Comparison plus optional run facts (manifest, data report,
 artifacts, environment, gate verdict) into Markdown. The view's tables are built by ``render_tables`` (metric
 tables, the release decision), ``render_evals`` (lm-eval, probes, exports, served endpoints), ``render_run``
-(training, data, contamination, gate, environment) and ``render_judge``; every public name of those is importable
-from here. Tables go through ``tabulate(tablefmt="github")``; the output depends only on its inputs, so a golden
+(training, data, contamination, gate, environment) and ``render_judge``, each imported from there. Tables go
+through ``tabulate(tablefmt="github")``; the output depends only on its inputs, so a golden
 file can pin it.
 """
 
@@ -18,22 +18,13 @@ import jinja2
 from tunebench.core.errors import RunFileError
 from tunebench.core.io import check_json, package_path, read_json, read_yaml
 from tunebench.core.markdown import kv_table, table
-from tunebench.reports.compare import (
-    TOO_FEW,
-    Comparison,
-    Leaderboard,
-    fmt,
-    fmt_interval,
-    fmt_p,
-    load_judge_results,
-    load_run_results,
-    run_settings,
-)
+from tunebench.core.numbers import fmt, fmt_interval, fmt_p
+from tunebench.reports.compare import load_run_results, run_settings
+from tunebench.reports.comparison import Comparison, Leaderboard
 from tunebench.reports.gate_files import other_gate_line, other_verdicts
-from tunebench.reports.render_evals import (  # noqa: F401  (re-exported: the report's one import path)
+from tunebench.reports.render_evals import (
     _lm_eval_sections,
     _probe_sections,
-    data_source,
     export_view,
     fibonacci_transcripts,
     served_view,
@@ -46,7 +37,7 @@ from tunebench.reports.render_per_item import (
     side_by_side_view,
     unmeasured,
 )
-from tunebench.reports.render_run import (  # noqa: F401  (re-exported)
+from tunebench.reports.render_run import (
     _flat,
     contamination_table,
     data_summary,
@@ -54,7 +45,8 @@ from tunebench.reports.render_run import (  # noqa: F401  (re-exported)
     gate_table,
     training_summary,
 )
-from tunebench.reports.render_tables import decision, metric_table  # noqa: F401  (re-exported)
+from tunebench.reports.render_tables import decision, metric_table
+from tunebench.reports.rows import TOO_FEW, load_judge_results
 
 TEMPLATES = package_path("reports", "templates")
 TEMPLATE = "report.md.j2"

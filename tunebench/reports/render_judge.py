@@ -9,7 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from tunebench.core.markdown import table
-from tunebench.reports.compare import MetricComparison, fmt, fmt_interval, fmt_p
+from tunebench.core.numbers import fmt, fmt_interval, fmt_p
+from tunebench.reports.rows import MetricComparison
 
 SHOWN_CHARS = 300
 """Answer and judgment excerpts in the disagreement examples are cut to this many characters."""

@@ -8,9 +8,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from tunebench.core.markdown import table
-from tunebench.reports.compare import INVALID, MetricComparison, fmt
+from tunebench.core.numbers import fmt
 from tunebench.reports.per_item import Flip, MetricFlips, PerItem
 from tunebench.reports.render_judge import SHOWN_CHARS
+from tunebench.reports.rows import INVALID, MetricComparison
 
 NO_ANSWERS = (
     "No answers were saved for this run: no judge ran and no probe set was evaluated, so there is nothing to show "

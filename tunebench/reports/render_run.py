@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from tunebench.core.markdown import kv_table, table
-from tunebench.reports.compare import fmt, fmt_interval
+from tunebench.core.numbers import fmt, fmt_interval
 from tunebench.reports.more_items import get_path
 
 

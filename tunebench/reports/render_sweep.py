@@ -10,7 +10,7 @@ from typing import Any
 
 from tunebench.core.io import atomic_write_bytes
 from tunebench.core.markdown import table
-from tunebench.core.stats import fmt, fmt_interval, fmt_p
+from tunebench.core.numbers import fmt, fmt_interval, fmt_p
 
 log = logging.getLogger(__name__)
 

@@ -7,15 +7,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from tunebench.core.markdown import table
-from tunebench.reports.compare import (
-    TOO_FEW,
-    Comparison,
-    MetricComparison,
-    fmt,
-    fmt_interval,
-    fmt_p,
-)
+from tunebench.core.numbers import fmt, fmt_interval, fmt_p
+from tunebench.reports.comparison import Comparison
 from tunebench.reports.more_items import more_items
+from tunebench.reports.rows import TOO_FEW, MetricComparison
 
 _VERDICT = {"improved": "**improved**", "regressed": "**regressed**"}
 
@@ -38,7 +33,7 @@ def _mde(r: MetricComparison) -> str:
 
 
 def _flagged_verdict(r: MetricComparison) -> str:
-    """Verdict, or a flag where too few samples make any verdict noise (compare.MetricComparison.judged)."""
+    """Verdict, or a flag where too few samples make any verdict noise (rows.MetricComparison.judged)."""
     return _verdict(r) if r.judged else f"{TOO_FEW} (n={r.n} < {r.min_n})"
 
 

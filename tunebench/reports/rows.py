@@ -18,6 +18,10 @@ by the gate, which calls such a rule inconclusive). Every row carries ``mde``, i
 (paired design, two-sided alpha, 80% power, the observed variance; Student's t for a bootstrap row): a metric whose
 mde exceeds a gate's margin cannot carry that decision. A pairwise judge's win rate is already paired: ``judged_row``
 reads its length-controlled rate as the row, the raw rate beside it.
+
+One gate rule on one row is decided here too (``judge``, ``GateRow``: the release gate's semantics are in
+``reports.gate``), so a row's ``assert_not_regressed`` and the gate decide with one function and this module imports
+nothing above it.
 """
 
 from __future__ import annotations
@@ -33,9 +37,10 @@ from typing import Any
 from tunebench.core import stats
 from tunebench.core.errors import ComparisonError
 from tunebench.core.matched_pairs import matched_pairs
+from tunebench.core.numbers import fmt, fmt_interval, fmt_p
 from tunebench.core.pairwise import explained_by_length
-from tunebench.core.stats import fmt, fmt_interval, fmt_p
 from tunebench.evals.results import Metric, Results
+from tunebench.reports.gate_rules import GateRule, parse_rule
 
 IMPROVED, REGRESSED, UNCHANGED = "improved", "regressed", "no significant change"
 TOO_FEW = "too few samples"
@@ -139,7 +144,7 @@ class MetricComparison:
     def assert_not_regressed(self, max_regression: float = 0.0, *, rel: bool = False) -> MetricComparison:
         """Fail unless the interval of the change excludes a regression larger than ``max_regression``.
 
-        The release gate's non-inferiority rule judged on this row (reports.gate.judge): "not significantly
+        The release gate's non-inferiority rule judged on this row (``judge`` below): "not significantly
         worse" is no evidence of "not worse", so an inconclusive row fails too, with the paired items that
         would conclude. The default margin 0 asks the interval's worse end to be no regression at all.
 
@@ -148,10 +153,7 @@ class MetricComparison:
             rel: Read ``max_regression`` as a share of the base value (0.05 = 5%).
         """
         __tracebackhide__ = True  # pytest reports the test's line
-        # quality -> gate -> this module: imported at module level, the three would import in a cycle
-        from tunebench.reports import quality
-
-        quality.assert_rule_on_row(
+        assert_rule_on_row(
             self, "assert_not_regressed", **{"max_regression_rel" if rel else "max_regression": max_regression}
         )
         return self
@@ -436,3 +438,157 @@ def load_judge_results(run_dir: str | Path) -> Results | None:
     """A run's judge results (eval/judge/results.json), or None without a judge stage."""
     path = Path(run_dir) / "eval" / JUDGE_DIR / "results.json"
     return Results.load(path) if path.exists() else None
+
+
+# ----------------------------------------------------------------------------- a gate rule on one row
+
+MAX_ITEMS_SHOWN = 10**7
+"""Beyond this many items the observed change sits on the margin for any practical purpose."""
+PASS, FAIL, INCONCLUSIVE, SKIPPED = "pass", "fail", "inconclusive", "skipped"
+
+
+@dataclass
+class GateRow:
+    """The verdict of one rule on one metric."""
+
+    rule: str
+    metric: str
+    status: str
+    """pass | fail | inconclusive | skipped"""
+    reason: str
+    threshold: str
+    base: float | None = None
+    tuned: float | None = None
+    delta: float | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    p_value: float | None = None
+    n: int | None = None
+    """Paired units the interval rests on."""
+    mde: float | None = None
+    """The metric's minimum detectable effect at n (see MetricComparison.mde)."""
+    items_needed: int | None = None
+    """Inconclusive rows: paired items that would conclude at the observed variance (80% power)."""
+    delta_margins: list[float] = field(default_factory=list)
+    """Each threshold's margin on the scale of delta (tuned - base), as the report's forest plot draws it."""
+
+
+def _oriented_interval(rule: GateRule, r: MetricComparison) -> tuple[float, float, float] | None:
+    """(improvement, low, high) with positive = better under the rule's direction; None without an interval."""
+    hib = r.higher_is_better if rule.direction == "auto" else rule.direction == "higher"
+    if r.delta is None or r.ci_low is None or r.ci_high is None:
+        return None
+    return (r.delta, r.ci_low, r.ci_high) if hib else (-r.delta, -r.ci_high, -r.ci_low)
+
+
+def judge(rule: GateRule, r: MetricComparison) -> GateRow:
+    """One rule on one compared metric: pass, fail or inconclusive from the interval of the change.
+
+    See ``reports.gate``'s docstring for the semantics. The one place verdicts are decided; new rule kinds add a
+    field to GateRule and a branch here.
+    """
+    row = GateRow(
+        rule=rule.label,
+        metric=r.metric,
+        status=PASS,
+        reason="",
+        threshold=rule.threshold_text(),
+        base=r.base,
+        tuned=r.tuned,
+        delta=r.delta,
+        ci_low=r.ci_low,
+        ci_high=r.ci_high,
+        p_value=r.p_value,
+        n=r.n,
+        mde=r.mde,
+    )
+    if r.details.get("paired") and r.ci_low is None:  # a judge metric marked invalid (judged_row says why)
+        row.status, row.reason = INCONCLUSIVE, f"{r.method}: cannot conclude"
+        return row
+    if r.delta is None or r.base is None:
+        row.status, row.reason = FAIL, "no value on one side: cannot judge"
+        return row
+    oriented = _oriented_interval(rule, r)
+    if oriented is None:
+        row.status, row.reason = INCONCLUSIVE, f"no interval of the change ({r.method}): cannot conclude"
+        return row
+    imp, lo, hi = oriented
+    level = f"{100 * (1 - r.interval_alpha):g}%"
+    # the reason quotes the interval of delta itself, as the report's CI column does, with the margin on that scale
+    hib = r.higher_is_better if rule.direction == "auto" else rule.direction == "higher"
+    bounds = f"{level} interval of Δ {fmt_interval(r.ci_low, r.ci_high)}" + ("" if hib else " (lower is better)")
+    verdicts, reasons, needed = [], [], []
+    for key, threshold, margin in rule.margins(r.base):
+        kind = "improvement" if key.startswith("min_") else "regression"
+        want = f"{threshold * 100:g}% of base" if key.endswith("_rel") else f"{threshold:g}"
+        row.delta_margins.append(margin if hib else -margin)
+        worse = f"(Δ {'<' if hib else '>'} {fmt(row.delta_margins[-1], True)})"  # the side the rule rejects
+        # non-inferiority claims I >= -m, superiority I > t: pass when every value in the interval satisfies the
+        # claim, fail when none does (so min_improvement: 0 passes exactly when the row's verdict is "improved")
+        superior = kind == "improvement"
+        if lo > margin or (not superior and lo >= margin):
+            verdicts.append(PASS)
+            reasons.append(
+                f"{bounds} excludes "
+                + (f"an improvement of {want} or less" if superior else f"a regression beyond {want}")
+                + f" {worse}"
+            )
+        elif hi < margin or (superior and hi <= margin):
+            verdicts.append(FAIL)
+            reasons.append(
+                f"{bounds} lies entirely "
+                f"{'at or below an improvement of' if superior else 'beyond a regression of'} {want} {worse}"
+            )
+        else:
+            verdicts.append(INCONCLUSIVE)
+            more = stats.items_needed(r.n, lo, hi, abs(imp - margin), r.interval_alpha, df=r.df)
+            if more is not None and more > MAX_ITEMS_SHOWN:  # the change sits almost on the margin
+                more = None
+            if more is not None:
+                needed.append(more)
+            hint = (
+                ""  # a row under min_n says what a verdict needs in one place (_too_few)
+                if not r.judged
+                else f"; about {more} paired items would conclude (have {r.n}; observed variance, 80% power)"
+                if more is not None
+                else "; the observed change sits on the margin"
+            )
+            reasons.append(f"{bounds} straddles the {kind} margin {want} {worse}{hint}")
+    row.status = FAIL if FAIL in verdicts else INCONCLUSIVE if INCONCLUSIVE in verdicts else PASS
+    row.reason = "; ".join(reasons)
+    row.items_needed = max(needed) if row.status == INCONCLUSIVE and needed else None
+    if not r.judged:  # the report flags the row: no verdict, pass or fail, rests on it
+        _too_few(row, r, needed if row.status == INCONCLUSIVE else [])
+    return row
+
+
+def _too_few(row: GateRow, r: MetricComparison, needed: list[int]) -> None:
+    """Make a rule on a row with fewer than ``min_n`` paired units inconclusive, with the items a verdict needs."""
+    need = max([r.min_n, *needed])
+    row.status = INCONCLUSIVE
+    row.items_needed = need
+    row.reason = (
+        f"too few samples: n={r.n} < report.min_n={r.min_n}, no verdict here nor in the report; about {need} paired "
+        f"items would conclude (have {r.n}); {row.reason}"
+    )
+
+
+def describe_row(row: GateRow) -> str:
+    """One gate row for an assertion message: status, metric, threshold, values, the gate's reason."""
+    values = (
+        f"base {fmt(row.base)} -> tuned {fmt(row.tuned)}, Δ {fmt(row.delta, True)}; " if row.base is not None else ""
+    )
+    return f"{row.status.upper()} {row.metric} ({row.threshold}): {values}{row.reason}"
+
+
+def assert_rule_on_row(row: MetricComparison, what: str, **thresholds: float) -> GateRow:
+    """One gate rule (thresholds as in a rules file) judged on one compared metric; fail unless it passes.
+
+    Raises:
+        AssertionError: the rule failed or was inconclusive; the message has the gate's reason and the row.
+    """
+    __tracebackhide__ = True  # pytest reports the test's line: the message says the rest
+    judged = judge(parse_rule({"metric": row.metric, **thresholds}, what), row)
+    if judged.status != PASS:
+        raise AssertionError(f"{what}: {describe_row(judged)}. {row.describe()}")
+    return judged

@@ -15,7 +15,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from tunebench.core.multiplicity import holm
-from tunebench.core.stats import fmt, paired_bootstrap
+from tunebench.core.numbers import fmt
+from tunebench.core.stats import paired_bootstrap
 
 TOP = 10
 """Candidates compared with the best; the rest rank below all of them and are not in the set."""

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from tunebench.core import dist, tracking
-from tunebench.core.config import RunConfig
+from tunebench.core.config_schema import RunConfig
 
 log = logging.getLogger("tunebench.train.trainer")  # the messages read as the trainer's, as before
 
@@ -19,7 +19,7 @@ def sft_config(cfg: RunConfig, ckpt_dir: Path, backend: str, has_val: bool, dtyp
 
     t = cfg.train
     cuda = torch.cuda.is_available()
-    optim = t.optimizer  # resolved by core.config.resolve
+    optim = t.optimizer  # resolved by core.config_resolve.resolve
     args = SFTConfig(
         output_dir=str(ckpt_dir),
         per_device_train_batch_size=t.batch_size,

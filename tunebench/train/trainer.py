@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from tunebench.core import dist, output, tracking
-from tunebench.core.config import RunConfig, to_dict, with_backend
+from tunebench.core.config_build import to_dict
+from tunebench.core.config_resolve import with_backend
+from tunebench.core.config_schema import RunConfig
 from tunebench.core.errors import RunExistsError, TrainingError
 from tunebench.core.io import atomic_dir, atomic_write_json, read_json_object
 from tunebench.data import conversations as data_mod
@@ -33,11 +35,8 @@ from tunebench.train.backends import (
 )
 from tunebench.train.checkpoints import checkpoints, latest_checkpoint, require_resumable
 from tunebench.train.model_card import write_adapter_metadata
-from tunebench.train.run_state import RunState
-from tunebench.train.run_state import TokenCounter as TokenCounter  # re-exported: bench.timer counts with it
-from tunebench.train.run_state import _count_tokens_hook as _count_tokens_hook  # re-exported: bench.timer
-from tunebench.train.sft_args import one_gpu_per_process as one_gpu_per_process  # re-exported
-from tunebench.train.sft_args import sft_config as sft_config  # re-exported: the tests build it alone
+from tunebench.train.run_state import RunState, _count_tokens_hook
+from tunebench.train.sft_args import sft_config
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +68,7 @@ def make_callbacks(state: RunState, total_steps: int, log_path: Path | None = No
 def resolve_backend(train_cfg: Any, resolution: dict[str, str]) -> tuple[str, str]:
     """The resolved backend and why; import Unsloth now (before transformers) when it is the choice.
 
-    The config resolved ``auto`` already (core.config.resolve); only a failed Unsloth import, a runtime fact,
+    The config resolved ``auto`` already (core.config_resolve.resolve); only a failed Unsloth import, a runtime fact,
     changes the choice here: to ``hf`` when the user asked for ``auto``, to an error when they asked for Unsloth.
     """
     name = train_cfg.backend

@@ -42,7 +42,7 @@ def import_unsloth() -> str | None:
 
 
 def compute_dtype(model_cfg: Any) -> Any:
-    """The torch dtype both backends train in: the resolved ``model.dtype`` (core.config.resolve)."""
+    """The torch dtype both backends train in: the resolved ``model.dtype`` (core.config_resolve.resolve)."""
     import torch  # heavy: torch only when a model is built
 
     if model_cfg.dtype == "auto":
@@ -54,7 +54,7 @@ def compute_dtype(model_cfg: Any) -> Any:
 
 
 def use_4bit(model_cfg: Any) -> bool:
-    """4-bit base weights: the resolved ``model.load_in_4bit`` (core.config.resolve)."""
+    """4-bit base weights: the resolved ``model.load_in_4bit`` (core.config_resolve.resolve)."""
     if model_cfg.load_in_4bit == "auto":
         raise BackendError(
             "model.load_in_4bit is still 'auto': load the config with "
