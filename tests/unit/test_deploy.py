@@ -87,14 +87,6 @@ def test_export_evaluate_takes_the_runtime():
         load_config("smoke", ["export.evaluate=vllm"])
 
 
-def test_artifact_runtimes():
-    from tunebench.evals.llamacpp import artifact_runtimes
-
-    assert artifact_runtimes(True) == ["transformers"] and artifact_runtimes(False) == []
-    assert artifact_runtimes("both") == ["transformers", "llama.cpp"]
-    assert artifact_runtimes("llama.cpp") == ["llama.cpp"]
-
-
 def test_binding_beyond_loopback_needs_a_key_from_the_environment(monkeypatch, tmp_path):
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.4")

@@ -46,6 +46,7 @@ from tunebench.core.io import (
     read_json,
 )
 from tunebench.core.lock import run_lock
+from tunebench.core.runtimes import gguf_file_name
 from tunebench.core.signals import sigterm_as_interrupt
 from tunebench.data import conversations as data_mod
 from tunebench.data.data_report import render_report
@@ -295,7 +296,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             list(read_run_config(args.run).eval.probe_files) if (Path(args.run) / "config.yaml").exists() else []
         )
         for q in parse_quants(args.quant):
-            report = check_contract(out / f"model-{q}.gguf", adapter_dir(args.run), probe_files)
+            report = check_contract(out / gguf_file_name(q), adapter_dir(args.run), probe_files)
             atomic_write_json(out / f"contract-{q}.json", report.to_dict())
             print(
                 f"contract {q}: {', '.join(report.runtimes)} feed the same tokens on {report.prompts} prompts"

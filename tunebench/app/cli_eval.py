@@ -18,12 +18,19 @@ from tunebench.core.config import load_config
 from tunebench.core.config_schema import RunConfig
 from tunebench.core.errors import ConfigError, Interrupted, MissingRunFile
 from tunebench.core.io import check_json, read_json
+from tunebench.core.runtimes import (
+    LLAMA_CPP,
+    SERVED_PREFIX,
+    TRANSFORMERS,
+    file_label,
+    is_artifact_label,
+    is_served_label,
+    label_artifact,
+)
 from tunebench.evals.contract import check_contract
-from tunebench.evals.llamacpp import LABEL_SUFFIX
 from tunebench.evals.llamacpp_eval import evaluate_gguf_llamacpp
 from tunebench.evals.runner import check_artifact_template, evaluate_model, save_contamination
 from tunebench.models.loading import resolve_model
-from tunebench.reports.compare import ARTIFACT_PREFIX, SERVED_PREFIX
 from tunebench.reports.comparison import Comparison
 from tunebench.reports.render_evals import export_view
 from tunebench.reports.render_tables import metric_table
@@ -39,7 +46,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return eval_shard(args)
     if args.run:
         return _eval_run(args)
-    if args.endpoint and (args.model or args.adapter or args.runtime != "transformers"):
+    if args.endpoint and (args.model or args.adapter or args.runtime != TRANSFORMERS):
         raise ConfigError("--endpoint evaluates what a server serves: leave out --model, --adapter and --runtime")
     if not args.model and not args.endpoint:
         raise ConfigError(
@@ -56,23 +63,23 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return _eval_endpoint(args, run_dir)
     # a .gguf without an adapter is an exported artifact: checked for the run's template, scored as written
     artifact = Path(args.model).suffix == ".gguf" and not args.adapter
-    if args.runtime == "llama.cpp":
+    if args.runtime == LLAMA_CPP:
         if not artifact:
             raise ConfigError(
-                f"--runtime llama.cpp scores an exported GGUF (RUN/export/model-<type>.gguf) without "
+                f"--runtime {LLAMA_CPP} scores an exported GGUF (RUN/export/model-<type>.gguf) without "
                 f"--adapter; got --model {args.model}" + (" with --adapter" if args.adapter else "")
             )
         cfg = load_config(run_dir / "config.yaml", args.overrides)
-        label = args.label or artifact_label(args.model) + LABEL_SUFFIX
+        label = args.label or file_label(args.model, LLAMA_CPP)
         out = Path(args.out) if args.out else run_dir / "eval" / label / "results.json"
         evaluate_gguf_llamacpp(cfg, run_dir, args.model, label, out)
         print(f"{label}: {out}")
-        if label.startswith(ARTIFACT_PREFIX) and out == run_dir / "eval" / label / "results.json":
+        if is_artifact_label(label) and out == run_dir / "eval" / label / "results.json":
             _report_artifact(run_dir, cfg, label)
         return 0
     cfg = load_config(run_dir / "config.yaml", [f"model.ref={args.model}", *args.overrides])
     preflight(cfg)
-    label = args.label or (artifact_label(args.model) if artifact else "tuned" if args.adapter else "base")
+    label = args.label or (file_label(args.model) if artifact else "tuned" if args.adapter else "base")
     out = Path(args.out) if args.out else run_dir / "eval" / label / "results.json"
     if not artifact and _current_side(args, cfg, run_dir, label, out):
         print(f"{label}: reused {out} ({REUSED})")
@@ -89,7 +96,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         ) from None
     if dist.is_main():
         print(f"{label}: {out}")
-        if artifact and label.startswith(ARTIFACT_PREFIX) and out == run_dir / "eval" / label / "results.json":
+        if artifact and is_artifact_label(label) and out == run_dir / "eval" / label / "results.json":
             _report_artifact(run_dir, cfg, label)
     return 0
 
@@ -217,7 +224,7 @@ def _eval_endpoint(args: argparse.Namespace, run_dir: Path) -> int:
         )
     print(f"{label}: {out}")
     _served_vs_artifact(run_dir, cfg, served)
-    if label.startswith(SERVED_PREFIX) and out == run_dir / "eval" / label / "results.json":
+    if is_served_label(label) and out == run_dir / "eval" / label / "results.json":
         _report_artifact(run_dir, cfg, label)
     return 0
 
@@ -226,7 +233,7 @@ def _served_vs_artifact(run_dir: Path, cfg: RunConfig, served: Any) -> None:
     """Print the served answers against the in-process llama.cpp scoring of the file the server lists, if any."""
     from tunebench.reports.compare import load_artifact_results, served_against_artifacts
 
-    results = {k: v for k, v in load_artifact_results(run_dir).items() if not k.startswith(SERVED_PREFIX)}
+    results = {k: v for k, v in load_artifact_results(run_dir).items() if not is_served_label(k)}
     for p in served_against_artifacts({**results, served.label: served}, cfg.report.alpha, cfg.eval.bootstrap_samples):
         if p.comparison is None:
             print(f"{served.label} against {p.artifact} (in-process llama.cpp, same file): not comparable ({p.why})")
@@ -250,7 +257,7 @@ def _report_artifact(run_dir: Path, cfg: RunConfig, label: str) -> None:
         )
         return
     result = finish(run_dir, cfg)
-    name, path = label.removeprefix(ARTIFACT_PREFIX), run_dir / "export_comparison.json"  # served keeps its label
+    name, path = label_artifact(label), run_dir / "export_comparison.json"  # served keeps its label
     fresh = path.exists() and path.stat().st_mtime >= (run_dir / "eval" / label / "results.json").stat().st_mtime
     fix = f"recompute it with `tunebench report {run_dir}`"
     exported = check_json(read_json(path, fix), dict[str, Any], str(path), fix) if fresh else {}
@@ -268,9 +275,3 @@ def _report_artifact(run_dir: Path, cfg: RunConfig, label: str) -> None:
     else:
         print(f"{label} was left out of the report's export section: the warning above says why")
     print(f"report: {result.report}")
-
-
-def artifact_label(gguf: str | Path) -> str:
-    """``RUN/export/model-q8_0.gguf`` -> ``gguf-q8_0``: the results folder and label of an exported artifact."""
-
-    return ARTIFACT_PREFIX + Path(gguf).stem.removeprefix("model-")

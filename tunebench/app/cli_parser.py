@@ -16,6 +16,7 @@ from tunebench.app.sweep_study import HEARTBEAT_S, LOST_AFTER
 from tunebench.core.config import field_type
 from tunebench.core.config_build import switch_of
 from tunebench.core.errors import ConfigError
+from tunebench.core.runtimes import EVAL_RUNTIMES, LLAMA_CPP, SERVE_ENGINES, TRANSFORMERS
 from tunebench.data.splits import MIN_TEST_CONVERSATIONS
 
 Handlers = Mapping[str, Callable[[argparse.Namespace], int]]
@@ -230,8 +231,8 @@ def add_eval(sub: Subparsers, fns: Handlers) -> None:
     s.add_argument("--out", help="results.json path")
     s.add_argument(
         "--runtime",
-        choices=["transformers", "llama.cpp"],
-        default="transformers",
+        choices=list(EVAL_RUNTIMES),
+        default=TRANSFORMERS,
         help="engine that scores a .gguf: transformers' GGUF loader, or llama.cpp itself (with parity "
         "against the run's adapter; needs the serve extra)",
     )
@@ -375,8 +376,8 @@ def add_serve(sub: Subparsers, fns: Handlers) -> None:
     s.add_argument("--n-ctx", type=int, default=4096, help="context length of the server (tokens)")
     s.add_argument(
         "--engine",
-        choices=["llama.cpp", "vllm"],
-        default="llama.cpp",
+        choices=list(SERVE_ENGINES),
+        default=LLAMA_CPP,
         help="llama.cpp on the exported GGUF (default), or vLLM on the base with the adapter as a runtime "
         "LoRA named `tuned` (GPU; needs vLLM installed; not run on the developers' machines)",
     )

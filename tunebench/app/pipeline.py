@@ -46,11 +46,11 @@ from tunebench.core.io import (
     short,
 )
 from tunebench.core.lock import LOCK_FILES, run_lock
+from tunebench.core.runtimes import LLAMA_CPP, TRANSFORMERS, artifact_label, artifact_runtimes, gguf_file_name
 from tunebench.data import conversations as data_mod
 from tunebench.data.standardize import SPLITS
 from tunebench.evals.contract import check_contract
 from tunebench.evals.judge import judge_fingerprint, run_judge
-from tunebench.evals.llamacpp import LABEL_SUFFIX, artifact_runtimes
 from tunebench.evals.llamacpp_eval import evaluate_gguf_llamacpp
 from tunebench.evals.runner import evaluate_model, save_contamination
 from tunebench.models.loading import (
@@ -61,7 +61,6 @@ from tunebench.models.loading import (
     resolve_model,
 )
 from tunebench.reports.compare import (
-    ARTIFACT_PREFIX,
     compare_artifacts,
     load_artifact_results,
     load_run_results,
@@ -365,7 +364,7 @@ def export_stage(
         The GGUF paths.
     """
 
-    files = [run_dir / "export" / f"model-{q}.gguf" for q in cfg.export.gguf]
+    files = [run_dir / "export" / gguf_file_name(q) for q in cfg.export.gguf]
     export_fp = fingerprint([adapter_fp, list(cfg.export.gguf), package_version("gguf")])
     stages.run(
         "export",
@@ -375,8 +374,8 @@ def export_stage(
     )
     runtimes = artifact_runtimes(cfg.export.evaluate)
     for q, path in zip(cfg.export.gguf, files, strict=True):
-        if "transformers" in runtimes:
-            label = ARTIFACT_PREFIX + q
+        if TRANSFORMERS in runtimes:
+            label = artifact_label(q, TRANSFORMERS)
             out = run_dir / "eval" / label / "results.json"
             acfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, ref=str(path)))
             stages.run(
@@ -387,8 +386,8 @@ def export_stage(
                     acfg, run_dir, label, None, out, contamination, progress, artifact=True
                 ),
             )
-        if "llama.cpp" in runtimes:
-            label = ARTIFACT_PREFIX + q + LABEL_SUFFIX
+        if LLAMA_CPP in runtimes:
+            label = artifact_label(q, LLAMA_CPP)
             out = run_dir / "eval" / label / "results.json"
             stages.run(
                 f"eval_{label}",
@@ -410,7 +409,7 @@ def export_and_check(run_dir: Path, quants: list[str], probe_files: list[str]) -
     """
     out = export_gguf(run_dir, quants)
     for q in quants:
-        report = check_contract(out / f"model-{q}.gguf", run_dir / "adapter", probe_files)
+        report = check_contract(out / gguf_file_name(q), run_dir / "adapter", probe_files)
         atomic_write_json(out / f"contract-{q}.json", report.to_dict())
         log.info(
             "contract %s: %s agree on %d prompts%s",

@@ -15,10 +15,11 @@ from dataclasses import dataclass
 
 from tunebench.core.config_schema import RunConfig
 from tunebench.core.errors import ConfigError, GateError, ProbeError
+from tunebench.core.runtimes import LLAMA_CPP, artifact_names, artifact_runtime
 from tunebench.evals.contamination import MIN_SHINGLE_WORDS
 from tunebench.evals.judge import preflight as judge_preflight
 from tunebench.evals.judge_prompts import set_name
-from tunebench.evals.llamacpp import LABEL_SUFFIX, PARITY_METRICS, artifact_names
+from tunebench.evals.llamacpp import PARITY_METRICS
 from tunebench.evals.lm_eval_index import TaskIndex, check_task_names
 from tunebench.evals.probes import load_probe_set
 from tunebench.reports.gate_rules import GateRule, load_rules
@@ -119,7 +120,7 @@ def check_rules(cfg: RunConfig, rules: list[GateRule], produced: list[MetricShap
                     f"{cfg.export.evaluate!r}: it evaluates {sorted(names) or 'none'}); export and evaluate it "
                     "(a '-llamacpp' artifact is scored with export.evaluate: llama.cpp) or set 'optional: true'"
                 )
-            if rule.artifact.endswith(LABEL_SUFFIX):  # scored in llama.cpp: parity with the adapter too
+            if artifact_runtime(rule.artifact) == LLAMA_CPP:  # scored in llama.cpp: parity with the adapter too
                 shapes = [*produced, *(MetricShape(tuple(m.split("/")), open=False) for m in PARITY_METRICS)]
         if not any(could_match(rule.metric, s) for s in shapes):
             raise GateError(

@@ -28,6 +28,7 @@ from typing import IO
 from tunebench.core.errors import PipelineError
 from tunebench.core.io import atomic_write_text, read_json, read_text
 from tunebench.core.net import MODELS_PATH, await_models, free_port, is_loopback
+from tunebench.core.runtimes import LLAMA_CPP, VLLM, gguf_file_name
 from tunebench.evals.llamacpp import GGUF_TEMPLATE_FORMAT, cpu_threads, require_llama_cpp
 from tunebench.models.loading import gguf_field
 
@@ -53,7 +54,7 @@ class ServeOptions:
     """Name of the environment variable holding the API key (required off loopback)."""
     no_export: bool = False
     n_ctx: int = 4096
-    engine: str = "llama.cpp"
+    engine: str = LLAMA_CPP
     """``llama.cpp`` (the exported GGUF, CPU or GPU) or ``vllm`` (the base + the run's adapter as a runtime LoRA)."""
     verbose: bool = False
     """The server's own logs too (llama.cpp's model load, uvicorn's lines), not only one line per request."""
@@ -209,7 +210,7 @@ def served_gguf(opts: ServeOptions, probe_files: list[str] | None = None) -> Pat
     Raises:
         ServeError: no such file with --no-export, or a GGUF without a chat template.
     """
-    path = opts.run / "export" / f"model-{opts.quant}.gguf"
+    path = opts.run / "export" / gguf_file_name(opts.quant)
     if not path.exists():
         if opts.no_export:
             raise ServeError(
@@ -339,7 +340,7 @@ def serve(opts: ServeOptions, probe_files: list[str] | None = None) -> int:
         ServeError / ModelError: bad input (see the module docstring), before anything starts.
     """
     key = api_key(opts)
-    if opts.engine == "vllm":
+    if opts.engine == VLLM:
         return serve_vllm(opts, key)
     require_llama_cpp()
     check_port(opts.host, opts.port)

@@ -28,6 +28,7 @@ from tunebench.core.config_schema import RunConfig
 from tunebench.core.errors import ConfigError, Interrupted, MissingRunFile, PipelineError, ShardError
 from tunebench.core.io import atomic_write_json, fingerprint, package_version
 from tunebench.core.lock import run_lock
+from tunebench.core.runtimes import TRANSFORMERS
 from tunebench.core.shards import Shard, parse_shard
 from tunebench.data.data_report import read_report
 from tunebench.evals.results import Results
@@ -77,7 +78,7 @@ def eval_shard(args: argparse.Namespace) -> int:
     shard = parse_shard(args.shard)
     flags = {"--model": args.model, "--endpoint": args.endpoint, "--out": args.out, "--label": args.label}
     others = [f for f, v in {**flags, "--data-from": args.data_from}.items() if v]
-    others += ["--runtime"] if args.runtime != "transformers" else []
+    others += ["--runtime"] if args.runtime != TRANSFORMERS else []
     if not args.run or others:
         raise ConfigError(
             "--shard splits the evaluation of a run's base and tuned (`tunebench eval RUN --shard i/N`)"

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from tunebench.core.errors import ConfigError, did_you_mean
 from tunebench.core.io import short
+from tunebench.core.runtimes import ExportEvaluate
 
 PACKAGED_MODEL = "packaged:smollm2-135m-instruct"
 PACKAGED_DATA = "packaged:sharegpt-v3"
@@ -409,7 +410,7 @@ class ExportConfig:
 
     gguf: list[str] = field(default_factory=list)
     """GGUF types to write into RUN/export (e.g. [f16, q8_0]); empty = no export stage."""
-    evaluate: Literal["transformers", "llama.cpp", "both"] | bool = True
+    evaluate: ExportEvaluate | bool = True
     """Score each artifact on the run's test tokens, prompts and seeds: ``transformers`` (true; its GGUF loader,
     eval/gguf-<type>/), ``llama.cpp`` (the file in llama.cpp itself with parity against the adapter,
     eval/gguf-<type>-llamacpp/; needs the serve extra), ``both``, or false."""

@@ -24,6 +24,7 @@ from typing import Any
 
 from tunebench.core.errors import ExportError
 from tunebench.core.io import read_text
+from tunebench.core.runtimes import LLAMA_CPP, OLLAMA, TRANSFORMERS
 from tunebench.evals.prompting import render_prompt, stop_token_ids
 from tunebench.models.modelfile import SENTINELS, match_template
 
@@ -89,12 +90,12 @@ def check_prompts(
     """
     from tunebench.evals.llamacpp import chat_formatter, chat_prompt_ids
 
-    report = ContractReport(gguf=gguf.name, prompts=len(prompts), runtimes=["transformers"])
+    report = ContractReport(gguf=gguf.name, prompts=len(prompts), runtimes=[TRANSFORMERS])
     if llm is None:
         report.skipped.append('llama.cpp, ollama: llama-cpp-python is not installed (pip install "tunebench[serve]")')
         return report
     formatter = chat_formatter(llm)
-    report.runtimes.append("llama.cpp")
+    report.runtimes.append(LLAMA_CPP)
     go, stops = None, []
     if modelfile is not None and modelfile.exists():
         go_text, stops = modelfile_parts(modelfile)
@@ -108,13 +109,13 @@ def check_prompts(
                 "checks; re-export with `tunebench export RUN --gguf`"
             )
         else:
-            report.runtimes.append("ollama")
+            report.runtimes.append(OLLAMA)
     add_bos = bool(llm.metadata.get("tokenizer.ggml.add_bos_token", "false") == "true")
     for k, messages in enumerate(prompts):
         want = render_prompt(tok, messages)
-        got = {"llama.cpp": chat_prompt_ids(llm, formatter, messages)}
+        got = {LLAMA_CPP: chat_prompt_ids(llm, formatter, messages)}
         if go is not None:
-            got["ollama"] = list(llm.tokenize(go.render(messages).encode("utf-8"), add_bos=add_bos, special=True))
+            got[OLLAMA] = list(llm.tokenize(go.render(messages).encode("utf-8"), add_bos=add_bos, special=True))
         for runtime, ids in got.items():
             d = first_difference(want, ids)
             if d is not None:
@@ -132,8 +133,8 @@ def check_prompts(
 def _check_special(tok: Any, llm: Any, gguf: Path, report: ContractReport, ollama_stops: list[str] | None) -> None:
     """BOS/EOS ids agree, and each runtime stops on the run's end-of-turn."""
 
-    report.bos = {"transformers": tok.bos_token_id, "llama.cpp": llm.token_bos()}
-    report.eos = {"transformers": tok.eos_token_id, "llama.cpp": llm.token_eos()}
+    report.bos = {TRANSFORMERS: tok.bos_token_id, LLAMA_CPP: llm.token_bos()}
+    report.eos = {TRANSFORMERS: tok.eos_token_id, LLAMA_CPP: llm.token_eos()}
     if tok.eos_token_id is not None and tok.eos_token_id != llm.token_eos():
         raise ContractError(
             f"{gguf}: llama.cpp's EOS is token {llm.token_eos()} "
@@ -144,9 +145,9 @@ def _check_special(tok: Any, llm: Any, gguf: Path, report: ContractReport, ollam
     if tok.bos_token_id is not None and llm.token_bos() not in (-1, tok.bos_token_id):
         raise ContractError(f"{gguf}: llama.cpp's BOS is token {llm.token_bos()} but the run's is {tok.bos_token_id}")
     transformers_stops = stop_token_ids(SimpleNamespace(tokenizer=tok, model=None))  # it reads .tokenizer, .model
-    report.stops = {"transformers": transformers_stops, "llama.cpp": [llm.token_eos()]}
+    report.stops = {TRANSFORMERS: transformers_stops, LLAMA_CPP: [llm.token_eos()]}
     if ollama_stops is not None:
-        report.stops["ollama"] = ollama_stops
+        report.stops[OLLAMA] = ollama_stops
         if tok.eos_token and tok.eos_token not in ollama_stops:
             raise ContractError(
                 f"{gguf}: the Modelfile's stop parameters {ollama_stops} miss the run's end-of-turn "

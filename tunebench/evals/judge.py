@@ -33,7 +33,7 @@ from tunebench.evals import judge_metrics as jm
 from tunebench.evals import judge_prompts as jp
 from tunebench.evals.generation import Generator, TransformersGenerator
 from tunebench.evals.judge_logprobs import LogprobJudge
-from tunebench.evals.modeling import load_for_eval
+from tunebench.evals.modeling import eval_in_4bit, load_for_eval
 from tunebench.evals.prompting import Messages
 from tunebench.evals.results import Results
 
@@ -358,7 +358,7 @@ def run_judge(
             path,
             cfg.model.chat_template,
             dtype=cfg.model.dtype,
-            load_in_4bit=cfg.model.load_in_4bit == "on" and not cfg.eval.merge_adapter,
+            load_in_4bit=eval_in_4bit(cfg),
             trust_remote_code=cfg.model.trust_remote_code,
             merge_adapter=cfg.eval.merge_adapter,
         )

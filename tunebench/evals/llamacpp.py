@@ -23,6 +23,7 @@ from tunebench.core import output
 from tunebench.core.config_schema import SamplingConfig
 from tunebench.core.errors import DataError, ModelError
 from tunebench.core.io import package_version, sha256_file
+from tunebench.core.runtimes import LLAMA_CPP
 from tunebench.data.encode import Encoded
 from tunebench.evals.generation import Generation, stream_whole
 from tunebench.evals.perplexity import metric_from_items
@@ -31,31 +32,9 @@ from tunebench.evals.results import Metric
 
 log = logging.getLogger(__name__)
 
-RUNTIME = "llama.cpp"
-LABEL_SUFFIX = "-llamacpp"
-
 PARITY_METRICS = ("parity/kl_mean", "parity/kl_p99", "parity/top1_agree", "parity/ppl_ratio")
 """What an artifact scored in llama.cpp adds to its results: its agreement with the adapter (evals.parity)."""
 
-
-def artifact_runtimes(evaluate: str | bool) -> list[str]:
-    """Runtimes that score each exported artifact (``export.evaluate``): true = transformers."""
-    if evaluate is False:
-        return []
-    return {"both": ["transformers", "llama.cpp"], "llama.cpp": ["llama.cpp"]}.get(str(evaluate), ["transformers"])
-
-
-def artifact_names(quants: list[str], evaluate: str | bool) -> dict[str, str]:
-    """The artifact names a run's export stage evaluates (what a gate rule's ``artifact:`` names: ``q8_0``, or
-    ``q8_0-llamacpp`` when scored in llama.cpp), each with its runtime: the one place they are derived."""
-    return {
-        q + (LABEL_SUFFIX if runtime == "llama.cpp" else ""): runtime
-        for q in quants
-        for runtime in artifact_runtimes(evaluate)
-    }
-
-
-"""eval/gguf-<type>-llamacpp/results.json: an artifact scored in llama.cpp (gguf-<type> is transformers')."""
 GGUF_TEMPLATE_FORMAT = "chat_template.default"
 """llama-cpp-python's name for the GGUF's own template: pinned, so it never swaps in a built-in look-alike."""
 Messages = list[dict[str, str]]
@@ -167,7 +146,7 @@ class LlamaCppModel:
 
     def identity(self) -> dict[str, Any]:
         return {
-            "runtime": RUNTIME,
+            "runtime": LLAMA_CPP,
             "engine": f"llama-cpp-python {package_version('llama_cpp_python')}",
             "gguf": self.path.name,
             "gguf_sha256": self.sha256,
@@ -194,7 +173,7 @@ class LlamaCppModel:
         """
         n = samples_per_prompt(sampling)
         out = Generation(
-            samples=[[""] * n for _ in prompts], token_counts=[[0] * n for _ in prompts], decode_loop=RUNTIME
+            samples=[[""] * n for _ in prompts], token_counts=[[0] * n for _ in prompts], decode_loop=LLAMA_CPP
         )
         stops = {"stop": [x for x in stop if x]} if stop else {}
         jobs = [(i, s) for s in range(n) for i in range(len(prompts))]
@@ -334,7 +313,7 @@ def perplexity_metric(
         raise DataError(f"the {split} split is empty: nothing to score (raise data.max_{split} or test_fraction)")
     items, kept, seconds = perplexity_items(model, encoded, keep=True)
     metric, items, inputs = metric_from_items(
-        items, encoded, split, n_boot=n_boot, alpha=alpha, seed=seed, seconds=seconds, runtime=RUNTIME
+        items, encoded, split, n_boot=n_boot, alpha=alpha, seed=seed, seconds=seconds, runtime=LLAMA_CPP
     )
     return metric, items, inputs, kept
 
@@ -345,10 +324,6 @@ __all__ = [
     "chat_formatter",
     "chat_prompt_ids",
     "perplexity_metric",
-    "RUNTIME",
-    "LABEL_SUFFIX",
     "PARITY_METRICS",
-    "artifact_names",
-    "artifact_runtimes",
     "require_llama_cpp",
 ]

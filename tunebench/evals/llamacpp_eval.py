@@ -17,8 +17,9 @@ from typing import Any
 
 from tunebench.core.config_schema import RunConfig
 from tunebench.core.io import atomic_write_json, environment
+from tunebench.core.runtimes import LLAMA_CPP
 from tunebench.evals.contract import check_contract
-from tunebench.evals.llamacpp import RUNTIME, LlamaCppModel, continuation_logprob, perplexity_metric
+from tunebench.evals.llamacpp import LlamaCppModel, continuation_logprob, perplexity_metric
 from tunebench.evals.parity import HIDDEN_FILE, adapter_logprobs, parity_metrics, saved_adapter_logprobs
 from tunebench.evals.probes import add_probes
 from tunebench.evals.results import Results
@@ -127,7 +128,7 @@ def _add_lm_eval(
             template or "",
             cfg.eval.lm_eval_source,
             1,
-            RUNTIME,
+            LLAMA_CPP,
             score_text,
         )
     )

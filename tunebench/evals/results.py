@@ -23,6 +23,7 @@ from typing import Any, Literal, TypedDict
 
 from tunebench.core.errors import RunFileError
 from tunebench.core.io import atomic_write_json, check_json, read_json, short, show_json
+from tunebench.core.runtimes import gguf_file_name, is_artifact_label, label_artifact
 
 SCHEMA = "tunebench.results/1"
 Aggregate = Literal["mean", "exp_ratio"]
@@ -156,8 +157,8 @@ def rerun_hint(path: str | Path) -> str:
     run, label = path.parents[2], path.parent.name
     if label in ("base", "tuned"):
         return f"re-run `tunebench eval {run}`"
-    if label.startswith("gguf-"):
-        return f"re-run `tunebench eval --model {run}/export/model-{label[5:]}.gguf --data-from {run}`"
+    if is_artifact_label(label):
+        return f"re-run `tunebench eval --model {run}/export/{gguf_file_name(label_artifact(label))} --data-from {run}`"
     return f"re-run `tunebench eval --model MODEL --data-from {run} --label {label}`"
 
 

@@ -24,7 +24,7 @@ from tunebench.evals import perplexity
 from tunebench.evals.contamination import contamination, conversation_text
 from tunebench.evals.lm_eval_load import task_documents
 from tunebench.evals.lm_eval_runner import run_lm_eval
-from tunebench.evals.modeling import Loaded, load_for_eval
+from tunebench.evals.modeling import Loaded, eval_in_4bit, load_for_eval
 from tunebench.evals.parity import HIDDEN_FILE, save_scored_hidden
 from tunebench.evals.probes import load_probe_set, run_probes
 from tunebench.evals.results import SHARD_ORDER, Results
@@ -195,7 +195,7 @@ def _load_model(
         adapter,
         cfg.model.chat_template,
         dtype=cfg.model.dtype,
-        load_in_4bit=False if artifact else (cfg.model.load_in_4bit == "on" and not cfg.eval.merge_adapter),
+        load_in_4bit=eval_in_4bit(cfg, artifact),
         trust_remote_code=cfg.model.trust_remote_code,
         merge_adapter=cfg.eval.merge_adapter,
     )

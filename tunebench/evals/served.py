@@ -29,6 +29,7 @@ from tunebench.core import output
 from tunebench.core.config_schema import RunConfig
 from tunebench.core.errors import EndpointError
 from tunebench.core.io import environment
+from tunebench.core.runtimes import ENDPOINT, SERVED_PREFIX
 from tunebench.data.encode import Encoded
 from tunebench.evals.endpoint import OpenAIClient
 from tunebench.evals.llamacpp import scored_positions
@@ -36,7 +37,6 @@ from tunebench.evals.perplexity import metric_from_items
 from tunebench.evals.probes import add_probes
 from tunebench.evals.results import Results
 from tunebench.evals.served_checks import (
-    RUNTIME,
     EndpointModel,
     likelihood_check,
     prompt_logprobs,
@@ -92,7 +92,7 @@ def endpoint_perplexity(
         n_boot=cfg.eval.bootstrap_samples,
         alpha=cfg.report.alpha,
         seconds=time.perf_counter() - t0,
-        runtime=RUNTIME,
+        runtime=ENDPOINT,
     )
 
 
@@ -113,7 +113,7 @@ def endpoint_lm_eval(model: EndpointModel, cfg: RunConfig, tok: Any, label: str)
         model.template or "",
         cfg.eval.lm_eval_source,
         model.concurrency,
-        RUNTIME,
+        ENDPOINT,
     )
 
 
@@ -121,7 +121,7 @@ def evaluate_endpoint(
     cfg: RunConfig,
     run_dir: str | Path,
     url: str,
-    label: str = "served",
+    label: str = SERVED_PREFIX,
     out_path: str | Path | None = None,
     served_model: str | None = None,
     api_key_env: str | None = None,

@@ -19,6 +19,7 @@ from typing import Any
 from tunebench.core import output
 from tunebench.core.config_schema import SamplingConfig
 from tunebench.core.errors import EndpointError
+from tunebench.core.runtimes import ENDPOINT
 from tunebench.data.encode import encode_messages
 from tunebench.evals.endpoint import OpenAIClient
 from tunebench.evals.generation import Generation, stream_whole
@@ -35,7 +36,6 @@ LOGPROB_TOLERANCE = 0.5
 """Largest mean |log p(server) - log p(adapter)| per canary token (nats) that still counts as the same model:
 an 8-bit GGUF of the packaged model in llama.cpp stays far below it; an off-by-one or the top token's log-prob in
 place of the prompt token's is nats away."""
-RUNTIME = "endpoint"
 
 
 @dataclass
@@ -53,7 +53,7 @@ class EndpointModel:
     """Whether /v1/completions takes token-id prompts (None: not tried yet; llama-cpp-python's server does not)."""
 
     def identity(self) -> dict[str, Any]:
-        return {"runtime": RUNTIME, "base_url": self.client.root, "served_model": self.name, "template": self.template}
+        return {"runtime": ENDPOINT, "base_url": self.client.root, "served_model": self.name, "template": self.template}
 
     def body(
         self, prompt: Prompt, sampling: SamplingConfig, seed: int, stop: list[str] | None = None
@@ -99,7 +99,7 @@ class EndpointModel:
         """
         n = samples_per_prompt(sampling)
         out = Generation(
-            samples=[[""] * n for _ in prompts], token_counts=[[0] * n for _ in prompts], decode_loop=RUNTIME
+            samples=[[""] * n for _ in prompts], token_counts=[[0] * n for _ in prompts], decode_loop=ENDPOINT
         )
         jobs = [(i, s) for s in range(n) for i in range(len(prompts))]
         bodies = [self.body(prompts[i], sampling, batch_seed(seed, s, i), stop) for i, s in jobs]  # refused: none sent

@@ -15,7 +15,7 @@ from tunebench.core.errors import DataError, InvalidInput
 from tunebench.data.conversations import PreparedData
 from tunebench.data.encode import encode_split, tokens_fingerprint
 from tunebench.evals import perplexity
-from tunebench.evals.modeling import load_for_eval
+from tunebench.evals.modeling import eval_in_4bit, load_for_eval
 from tunebench.evals.results import Metric
 from tunebench.models.loading import resolve_model
 
@@ -78,7 +78,7 @@ def score_validation(
         adapter,
         cfg.model.chat_template,
         dtype=cfg.model.dtype,
-        load_in_4bit=cfg.model.load_in_4bit == "on" and not cfg.eval.merge_adapter,
+        load_in_4bit=eval_in_4bit(cfg),
         trust_remote_code=cfg.model.trust_remote_code,
         merge_adapter=cfg.eval.merge_adapter,
     )

@@ -15,6 +15,7 @@ from typing import Any
 
 from tunebench.core.errors import ComparisonError, MissingRunFile, RunFileError
 from tunebench.core.io import read_yaml, short
+from tunebench.core.runtimes import ARTIFACT_PREFIX, LLAMA_CPP, SERVED_PREFIX, is_served_label, label_artifact
 from tunebench.evals.results import Results
 from tunebench.reports.comparison import Comparison, Leaderboard, check_same_inputs, compare, leaderboard
 from tunebench.reports.rows import FEW_SAMPLES, MetricComparison, compare_metric, load_judge_results
@@ -41,20 +42,12 @@ def load_run_results(run_dir: str | Path) -> dict[str, Results]:
     return out
 
 
-ARTIFACT_PREFIX = "gguf-"
-"""eval/gguf-<type>/results.json holds an exported artifact's results (label gguf-<type>)."""
-
-
-SERVED_PREFIX = "served"
-"""eval/served*/results.json holds a served endpoint's results (`tunebench eval --endpoint`, label served*)."""
-
-
 def load_artifact_results(run_dir: str | Path) -> dict[str, Results]:
     """Exported artifacts' Results of a run folder, by type (``{"q8_0": ...}``), and served endpoints' by label
     (``{"served": ...}``); {} when none was evaluated."""
     out = {}
     for path in sorted((Path(run_dir) / "eval").glob(f"{ARTIFACT_PREFIX}*/results.json")):
-        out[path.parent.name.removeprefix(ARTIFACT_PREFIX)] = Results.load(path)
+        out[label_artifact(path.parent.name)] = Results.load(path)
     for path in sorted((Path(run_dir) / "eval").glob(f"{SERVED_PREFIX}*/results.json")):
         out[path.parent.name] = Results.load(path)
     return out
@@ -94,15 +87,11 @@ def served_against_artifacts(
     run has scored it: the "served = evaluated" check, answers and paired metrics."""
     out = []
     for label, served in results.items():
-        if not label.startswith(SERVED_PREFIX):
+        if not is_served_label(label):
             continue
         name = Path(str(served.model.get("served_model", ""))).name
         for key, res in results.items():
-            if (
-                key.startswith(SERVED_PREFIX)
-                or res.model.get("runtime") != "llama.cpp"
-                or res.model.get("gguf") != name
-            ):
+            if is_served_label(key) or res.model.get("runtime") != LLAMA_CPP or res.model.get("gguf") != name:
                 continue
             try:
                 comp, why = compare(res, served, alpha, n_boot, seed, same_base=False), ""

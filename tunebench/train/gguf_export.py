@@ -36,6 +36,7 @@ from tunebench.core.io import (
     read_json,
     sha256_file,
 )
+from tunebench.core.runtimes import gguf_file_name
 from tunebench.models.loading import ModelSource, is_llama3
 from tunebench.models.modelfile import match_template, modelfile_text
 from tunebench.train.export import merge_adapter
@@ -344,7 +345,7 @@ def export_gguf(
     run_name = adapter.parent.name
     artifacts = []
     for q in names:
-        path = out_dir / f"model-{q}.gguf"
+        path = out_dir / gguf_file_name(q)
         log.info("writing %s (%s)", path, q)
         info = write_gguf(
             path, merged, tok_meta, q, {"name": f"{run_name} ({source.ref} + LoRA)", "tunebench": provenance}

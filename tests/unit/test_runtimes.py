@@ -1,0 +1,112 @@
+"""Runtime names and the labels derived from them (core.runtimes), and the rule for loading in 4 bit
+(evals.modeling.eval_in_4bit): each written once, so these pin what every user of them writes to disk."""
+
+from __future__ import annotations
+
+import typing
+from types import SimpleNamespace
+
+import pytest
+
+from tunebench.core.config_schema import ExportConfig
+from tunebench.core.runtimes import (
+    BOTH,
+    ENDPOINT,
+    EVAL_RUNTIMES,
+    LLAMA_CPP,
+    SERVE_ENGINES,
+    TRANSFORMERS,
+    VLLM,
+    ExportEvaluate,
+    artifact_label,
+    artifact_name,
+    artifact_names,
+    artifact_quant,
+    artifact_runtime,
+    artifact_runtimes,
+    file_label,
+    gguf_file_name,
+    is_artifact_label,
+    is_served_label,
+    label_artifact,
+)
+from tunebench.evals.modeling import eval_in_4bit
+
+QUANTS = ["f32", "f16", "bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0"]
+
+
+def test_the_names_as_written_to_results_and_accepted_on_the_command_line():
+    assert (TRANSFORMERS, LLAMA_CPP, ENDPOINT, VLLM, BOTH) == ("transformers", "llama.cpp", "endpoint", "vllm", "both")
+    assert EVAL_RUNTIMES == ("transformers", "llama.cpp")
+    assert SERVE_ENGINES == ("llama.cpp", "vllm")
+    assert typing.get_args(ExportEvaluate) == (*EVAL_RUNTIMES, BOTH)
+    assert typing.get_type_hints(ExportConfig)["evaluate"] == ExportEvaluate | bool
+
+
+def test_artifact_runtimes():
+    assert artifact_runtimes(True) == ["transformers"] and artifact_runtimes(False) == []
+    assert artifact_runtimes("transformers") == ["transformers"]
+    assert artifact_runtimes("both") == ["transformers", "llama.cpp"]
+    assert artifact_runtimes("llama.cpp") == ["llama.cpp"]
+
+
+@pytest.mark.parametrize("quant", QUANTS)
+def test_labels_of_each_type_in_each_runtime(quant):
+    assert gguf_file_name(quant) == f"model-{quant}.gguf"
+    assert artifact_name(quant) == artifact_name(quant, TRANSFORMERS) == quant
+    assert artifact_name(quant, LLAMA_CPP) == f"{quant}-llamacpp"
+    assert artifact_label(quant) == f"gguf-{quant}"
+    assert artifact_label(quant, LLAMA_CPP) == f"gguf-{quant}-llamacpp"
+    path = f"runs/smoke/export/{gguf_file_name(quant)}"
+    assert file_label(path) == f"gguf-{quant}" and file_label(path, LLAMA_CPP) == f"gguf-{quant}-llamacpp"
+    for runtime in EVAL_RUNTIMES:
+        label = artifact_label(quant, runtime)
+        assert is_artifact_label(label) and not is_served_label(label)
+        assert label_artifact(label) == artifact_name(quant, runtime)
+        assert artifact_quant(label_artifact(label)) == quant
+        assert artifact_runtime(label_artifact(label)) == runtime
+
+
+def test_a_file_of_another_name_keeps_its_stem():
+    assert file_label("/tmp/my-model.Q4_0.gguf") == "gguf-my-model.Q4_0"
+    assert file_label("/tmp/my-model.gguf", LLAMA_CPP) == "gguf-my-model-llamacpp"
+
+
+def test_artifact_names_per_evaluate_setting():
+    assert artifact_names(["f16", "q8_0"], True) == {"f16": "transformers", "q8_0": "transformers"}
+    assert artifact_names(["q8_0"], "llama.cpp") == {"q8_0-llamacpp": "llama.cpp"}
+    assert artifact_names(["q8_0"], "both") == {"q8_0": "transformers", "q8_0-llamacpp": "llama.cpp"}
+    assert artifact_names(["q8_0"], False) == {} and artifact_names([], "both") == {}
+
+
+def test_served_labels_are_kept_whole():
+    for label in ("served", "served-vllm", "served2"):
+        assert is_served_label(label) and not is_artifact_label(label) and label_artifact(label) == label
+    for label in ("base", "tuned", "my-served"):
+        assert not is_served_label(label) and not is_artifact_label(label)
+
+
+def _cfg(load_in_4bit: str, merge_adapter: bool) -> SimpleNamespace:
+    """What eval_in_4bit reads of a RunConfig (``on`` needs CUDA to load, so not a loaded config here)."""
+    return SimpleNamespace(
+        model=SimpleNamespace(load_in_4bit=load_in_4bit), eval=SimpleNamespace(merge_adapter=merge_adapter)
+    )
+
+
+@pytest.mark.parametrize(
+    ("load_in_4bit", "merge_adapter", "artifact", "want"),
+    [
+        ("on", False, False, True),  # a QLoRA adapter, unmerged: on the 4-bit base it was trained against
+        ("on", True, False, False),  # merged: into the original 16-bit weights, the base in 16 bit too
+        ("on", False, True, False),  # an exported GGUF: scored as written
+        ("on", True, True, False),
+        ("off", False, False, False),
+        ("off", True, False, False),
+        ("off", False, True, False),
+        ("auto", False, False, False),  # unresolved: never 4-bit by accident
+    ],
+)
+def test_eval_in_4bit(load_in_4bit, merge_adapter, artifact, want):
+    assert eval_in_4bit(_cfg(load_in_4bit, merge_adapter), artifact) is want
+    if not artifact:
+        assert eval_in_4bit(_cfg(load_in_4bit, merge_adapter)) is want
