@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tunebench.core.runtimes import gguf_file_name
 from tunebench.reports.comparison import Comparison
 from tunebench.reports.gate import GateVerdict, artifact_comparisons, evaluate_gate, judge_run
 from tunebench.reports.gate_rules import glob_to_regex, parse_rule
@@ -148,7 +149,7 @@ class QualityGate:
             raise AssertionError(
                 f"{what}: artifact {artifact!r} was not evaluated in {self.run_dir} (evaluated: "
                 f"{', '.join(artifacts) or 'none'}); `tunebench eval --model "
-                f"RUN/export/model-{artifact}.gguf --data-from RUN`"
+                f"RUN/export/{gguf_file_name(artifact)} --data-from RUN`"
             )
         rows = artifacts[artifact].rows if artifact is not None else self.comparison.rows
         if not any(glob_to_regex(metric).match(r.metric) for r in rows):  # here: the gate's hint is for rules files
