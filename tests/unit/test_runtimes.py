@@ -110,3 +110,21 @@ def test_eval_in_4bit(load_in_4bit, merge_adapter, artifact, want):
     assert eval_in_4bit(_cfg(load_in_4bit, merge_adapter), artifact) is want
     if not artifact:
         assert eval_in_4bit(_cfg(load_in_4bit, merge_adapter)) is want
+
+
+def test_the_command_that_scores_an_artifact_names_its_file_and_runtime():
+    from tunebench.core.runtimes import artifact_eval_command
+    from tunebench.evals.results import rerun_hint
+
+    assert (
+        artifact_eval_command("q8_0", "runs/a")
+        == "tunebench eval --model runs/a/export/model-q8_0.gguf --data-from runs/a"
+    )
+    assert artifact_eval_command("q8_0-llamacpp", "RUN") == (
+        "tunebench eval --model RUN/export/model-q8_0.gguf --runtime llama.cpp --data-from RUN"
+    )
+    hint = rerun_hint("runs/a/eval/gguf-q4_k_m-llamacpp/results.json")
+    assert (
+        hint == "re-run `tunebench eval --model runs/a/export/model-q4_k_m.gguf --runtime llama.cpp --data-from runs/a`"
+    )
+    assert rerun_hint("runs/a/eval/gguf-f16/results.json").endswith("model-f16.gguf --data-from runs/a`")

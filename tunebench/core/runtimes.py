@@ -102,3 +102,11 @@ def artifact_quant(name: str) -> str:
 def artifact_runtime(name: str) -> str:
     """An artifact name -> the runtime that scores it: ``q8_0-llamacpp`` -> llama.cpp, ``q8_0`` -> transformers."""
     return LLAMA_CPP if name.endswith(LLAMACPP_SUFFIX) else TRANSFORMERS
+
+
+def artifact_eval_command(name: str, run: str | Path) -> str:
+    """The `tunebench eval` command line that scores artifact ``name`` of ``run`` (``q8_0``, or ``q8_0-llamacpp``
+    in llama.cpp): the file is the GGUF type's, the runtime follows the name."""
+    runtime = artifact_runtime(name)
+    flag = f" --runtime {runtime}" if runtime != TRANSFORMERS else ""
+    return f"tunebench eval --model {run}/export/{gguf_file_name(artifact_quant(name))}{flag} --data-from {run}"

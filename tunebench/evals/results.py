@@ -23,7 +23,7 @@ from typing import Any, Literal, TypedDict
 
 from tunebench.core.errors import RunFileError
 from tunebench.core.io import atomic_write_json, check_json, read_json, short, show_json
-from tunebench.core.runtimes import gguf_file_name, is_artifact_label, label_artifact
+from tunebench.core.runtimes import artifact_eval_command, is_artifact_label, label_artifact
 
 SCHEMA = "tunebench.results/1"
 Aggregate = Literal["mean", "exp_ratio"]
@@ -158,7 +158,7 @@ def rerun_hint(path: str | Path) -> str:
     if label in ("base", "tuned"):
         return f"re-run `tunebench eval {run}`"
     if is_artifact_label(label):
-        return f"re-run `tunebench eval --model {run}/export/{gguf_file_name(label_artifact(label))} --data-from {run}`"
+        return f"re-run `{artifact_eval_command(label_artifact(label), run)}`"
     return f"re-run `tunebench eval --model MODEL --data-from {run} --label {label}`"
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tunebench.core.runtimes import gguf_file_name
+from tunebench.core.runtimes import artifact_eval_command
 from tunebench.reports.comparison import Comparison
 from tunebench.reports.gate import GateVerdict, artifact_comparisons, evaluate_gate, judge_run
 from tunebench.reports.gate_rules import glob_to_regex, parse_rule
@@ -148,8 +148,7 @@ class QualityGate:
         if artifact is not None and artifact not in artifacts:
             raise AssertionError(
                 f"{what}: artifact {artifact!r} was not evaluated in {self.run_dir} (evaluated: "
-                f"{', '.join(artifacts) or 'none'}); `tunebench eval --model "
-                f"RUN/export/{gguf_file_name(artifact)} --data-from RUN`"
+                f"{', '.join(artifacts) or 'none'}); `{artifact_eval_command(artifact, 'RUN')}`"
             )
         rows = artifacts[artifact].rows if artifact is not None else self.comparison.rows
         if not any(glob_to_regex(metric).match(r.metric) for r in rows):  # here: the gate's hint is for rules files
