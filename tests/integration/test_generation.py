@@ -17,6 +17,8 @@ from tunebench.evals.generation import generate
 from tunebench.evals.generation_cache import GenerationCache
 from tunebench.evals.probes import load_probe_set, run_probes, wilson
 
+pytestmark = pytest.mark.slow  # generates with the packaged model: 7-26 s a test on 2 cores
+
 GREEDY = SamplingConfig(name="greedy", temperature=0.0, min_p=None, max_new_tokens=12)
 SAMPLED = SamplingConfig(name="seed", temperature=1.5, min_p=0.1, max_new_tokens=10, n_samples=2)
 PROMPTS = [  # different lengths, so the batch really is left padded

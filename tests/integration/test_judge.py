@@ -10,6 +10,8 @@ import pytest
 from tunebench.core.config import load_config
 from tunebench.evals.judge import run_judge
 
+pytestmark = pytest.mark.slow  # the packaged model judges: up to 60 s a test
+
 
 @pytest.fixture(scope="module")
 def judged(smol_adapter_run, tmp_path_factory):

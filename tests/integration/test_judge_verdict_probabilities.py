@@ -15,6 +15,8 @@ from tunebench.evals.judge_logprobs import LETTERS, LogprobJudge
 
 pytest.importorskip("llama_cpp.server.app", reason="llama-cpp-python[server] (scripts/setup.sh builds it)")
 
+pytestmark = pytest.mark.slow  # the packaged model in process and served by llama.cpp: 20-30 s a test
+
 PAIRS = [
     ("What is 2+2?", "4", ""),
     ("What is 2+2?", "", "4"),

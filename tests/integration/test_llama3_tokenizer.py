@@ -14,6 +14,8 @@ from tunebench.data.encode import encode, template_info
 from tunebench.data.standardize import Conversation, standardize
 from tunebench.models.llama3_tokenizer import VOCAB_SIZE, convert, is_llama3_tokenizer, special_tokens
 
+pytestmark = pytest.mark.slow  # Meta's tokenizer converted and Unsloth's masks computed: ~40 s
+
 
 @pytest.fixture(scope="module")
 def tok(llama3_tokenizer_dir):

@@ -26,6 +26,8 @@ pytest.importorskip(
 from tunebench.core.config import load_config  # noqa: E402
 from tunebench.core.config_schema import SamplingConfig  # noqa: E402
 
+pytestmark = pytest.mark.slow  # GGUFs scored and served by llama.cpp: up to 90 s a test
+
 GREEDY = SamplingConfig(name="greedy", temperature=0.0, min_p=None, max_new_tokens=12)
 QUESTIONS = [
     "What is the capital of France?",

@@ -15,6 +15,8 @@ from tunebench.evals.lm_eval_load import task_documents
 from tunebench.evals.lm_eval_runner import run_lm_eval
 from tunebench.evals.results import aggregate
 
+pytestmark = pytest.mark.slow  # real lm-eval on the packaged model: 15-60 s a test on 2 cores
+
 LIMIT = 8
 TASKS = ["tunebench_facts_mc", "tunebench_arith_gen"]
 EXPECTED = {
