@@ -12,12 +12,13 @@ import re
 import pytest
 
 from tunebench import cli
-from tunebench.app.preflight import MetricShape, could_match, preflight
+from tunebench.app.preflight import could_match, preflight
 from tunebench.core.config import load_config
 from tunebench.core.config_schema import DataConfig
 from tunebench.core.errors import AdapterError, ConfigError, GateError, ProbeError
 from tunebench.data.splits import MIN_TEST_CONVERSATIONS, split_problems
 from tunebench.evals.contamination import MIN_SHINGLE_WORDS
+from tunebench.evals.families import MetricShape
 
 # ----------------------------------------------------------------------------- the practitioner's names
 

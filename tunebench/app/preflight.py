@@ -4,38 +4,26 @@
 names (lm-eval's task index, cached), probe files (parsed as evaluation will), the judge's prompt sets and template,
 the contamination n-gram length
 (against the limit ``evals.contamination`` enforces) and the gate rules against the metrics this config can
-produce. It lives in the application layer because it asks evals and reports; core validates types and ranges.
+produce (each registered evaluation family's, evals.families). It lives in the application layer because it asks
+evals and reports; core validates types and ranges.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import logging
-from dataclasses import dataclass
 
 from tunebench.core.config_schema import RunConfig
 from tunebench.core.errors import ConfigError, GateError, ProbeError
-from tunebench.core.runtimes import LLAMA_CPP, artifact_names, artifact_runtime
+from tunebench.core.runtimes import artifact_names, artifact_runtime
 from tunebench.evals.contamination import MIN_SHINGLE_WORDS
+from tunebench.evals.families import MetricShape, artifact_metrics, produced_metrics
 from tunebench.evals.judge import preflight as judge_preflight
-from tunebench.evals.judge_prompts import set_name
-from tunebench.evals.llamacpp import PARITY_METRICS
-from tunebench.evals.lm_eval_index import TaskIndex, check_task_names
+from tunebench.evals.lm_eval_index import check_task_names
 from tunebench.evals.probes import load_probe_set
 from tunebench.reports.gate_rules import GateRule, load_rules
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class MetricShape:
-    """A family of metric names a config produces: fixed leading segments, then any tail when ``open``."""
-
-    segments: tuple[str, ...]
-    open: bool = True
-
-    def text(self) -> str:
-        return "/".join(self.segments) + ("/..." if self.open else "")
 
 
 def preflight(cfg: RunConfig, whole_run: bool = False) -> None:
@@ -58,30 +46,16 @@ def preflight(cfg: RunConfig, whole_run: bool = False) -> None:
             "default)",
             key="eval.contamination_ngram",
         )
-    index = check_task_names(list(cfg.eval.lm_eval_tasks)) if cfg.eval.lm_eval_tasks else None
+    if cfg.eval.lm_eval_tasks:
+        check_task_names(list(cfg.eval.lm_eval_tasks))
     try:
-        probe_sets = [load_probe_set(name).name for name in cfg.eval.probe_files]
+        for name in cfg.eval.probe_files:
+            load_probe_set(name)
     except ProbeError as e:
         raise ProbeError(f"eval.probe_files: {e}") from None
     if cfg.eval.judge.enabled:  # prompt sets, the judge's template and reference: its stage runs after evaluation
         judge_preflight(cfg.eval.judge)
-    check_rules(cfg, load_rules(cfg.gate.rules), produced_metrics(cfg, probe_sets, index), whole_run)
-
-
-def produced_metrics(cfg: RunConfig, probe_sets: list[str], index: TaskIndex | None) -> list[MetricShape]:
-    """The metric names an evaluation under ``cfg`` can produce (evals.runner: perplexity, probes, lm-eval)."""
-    out = []
-    if cfg.eval.perplexity:
-        out.append(MetricShape(("perplexity", "test"), open=False))
-    if cfg.eval.probe_sampling:
-        out += [MetricShape(("probes", s, smp.name)) for s in probe_sets for smp in cfg.eval.probe_sampling]
-    for name in cfg.eval.lm_eval_tasks if index is not None else []:
-        out.append(MetricShape(("lm_eval", name)))  # the task itself, or a group's pooled metrics
-        for leaf, group in index.leaves(name).items():  # evals.lm_eval_groups.member_prefix
-            out.append(MetricShape(("lm_eval", group, leaf) if group else ("lm_eval", leaf)))
-    if cfg.eval.judge.enabled:  # evals.judge_metrics: judge/<set>/win_rate, and per category below it
-        out += [MetricShape(("judge", set_name(spec))) for spec in cfg.eval.judge.prompt_sets]
-    return list(dict.fromkeys(out))
+    check_rules(cfg, load_rules(cfg.gate.rules), produced_metrics(cfg.eval), whole_run)
 
 
 def could_match(pattern: str, shape: MetricShape) -> bool:
@@ -120,8 +94,7 @@ def check_rules(cfg: RunConfig, rules: list[GateRule], produced: list[MetricShap
                     f"{cfg.export.evaluate!r}: it evaluates {sorted(names) or 'none'}); export and evaluate it "
                     "(a '-llamacpp' artifact is scored with export.evaluate: llama.cpp) or set 'optional: true'"
                 )
-            if artifact_runtime(rule.artifact) == LLAMA_CPP:  # scored in llama.cpp: parity with the adapter too
-                shapes = [*produced, *(MetricShape(tuple(m.split("/")), open=False) for m in PARITY_METRICS)]
+            shapes = [*produced, *artifact_metrics(cfg.eval, artifact_runtime(rule.artifact))]  # llama.cpp: parity
         if not any(could_match(rule.metric, s) for s in shapes):
             raise GateError(
                 f"{rule.where}: rule {rule.label!r} needs metric {rule.metric!r}, which this config never "

@@ -14,8 +14,10 @@ from typing import Any
 import numpy as np
 
 from tunebench.core import pairwise
-from tunebench.core.config_schema import JudgeConfig
+from tunebench.core.config_schema import EvalConfig, JudgeConfig
 from tunebench.core.numbers import fmt
+from tunebench.evals.families import MetricShape
+from tunebench.evals.judge_prompts import set_name
 from tunebench.evals.results import Metric
 
 PAIRED_KIND = "win_rate"
@@ -159,3 +161,8 @@ def summary_line(m: Metric) -> str:
         f"{m.name}: {fmt(m.value)} [{fmt(m.ci_low)}, {fmt(m.ci_high)}] ({d.get('wins')}/{d.get('ties')}/"
         f"{d.get('losses')} w/t/l, n={m.n}){'' if d.get('valid') else ' INVALID: ' + str(d.get('invalid_reason'))}"
     )
+
+
+def produced(settings: EvalConfig) -> list[MetricShape]:
+    """The family's metrics (evals.families): judge/<set>/win_rate, and per category below it."""
+    return [MetricShape(("judge", set_name(spec)), higher_is_better=True) for spec in settings.judge.prompt_sets]

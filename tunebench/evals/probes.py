@@ -36,12 +36,13 @@ from typing import Any
 
 import yaml
 
-from tunebench.core.config_schema import SamplingConfig
+from tunebench.core.config_schema import EvalConfig, SamplingConfig
 from tunebench.core.errors import ProbeError
 from tunebench.core.io import check_tree, fingerprint, load_yaml, package_path, read_yaml_text, short, yaml_problem
 from tunebench.core.shards import Shard
 from tunebench.core.stats import Z95
 from tunebench.core.stats import wilson as wilson_interval
+from tunebench.evals.families import MetricShape
 from tunebench.evals.generation import Generator, TransformersGenerator
 from tunebench.evals.probe_checks import Check, _parse_check
 from tunebench.evals.probe_template import _ENV, _dym, _Loader, _plain, _Src, render
@@ -427,3 +428,10 @@ def add_probes(results: Results, eval_cfg: Any, generator: Generator, label: str
         )
     )
     results.timings["probes_s"] = round(time.perf_counter() - t, 2)
+
+
+def produced(settings: EvalConfig) -> list[MetricShape]:
+    """The family's metrics (evals.families): probes/<set>/<sampling>/..., one per probe set and sampling."""
+    sets = [load_probe_set(name).name for name in settings.probe_files]
+    samplings = [smp.name for smp in settings.probe_sampling]
+    return [MetricShape(("probes", s, smp), higher_is_better=True) for s in sets for smp in samplings]

@@ -1,7 +1,9 @@
 """Markdown report of a run: one Jinja template fed by one view of formatted tables (the only Markdown formatter).
 
 ``render_report(comparison, context)`` turns a Comparison plus optional run facts (manifest, data report,
-artifacts, environment, gate verdict) into Markdown. The view's tables are built by ``render_tables`` (metric
+artifacts, environment, gate verdict) into Markdown. Each registered evaluation family with a report section
+(``evals.families``) places its rows: a ``table`` section is a heading, a line and one metric table; the rest are
+laid out by report.md.j2's own blocks. The view's tables are built by ``render_tables`` (metric
 tables, the release decision), ``render_evals`` (lm-eval, probes, exports, served endpoints), ``render_run``
 (training, data, contamination, gate, environment) and ``render_judge``, each imported from there. Tables go
 through ``tabulate(tablefmt="github")``; the output depends only on its inputs, so a golden
@@ -19,6 +21,7 @@ from tunebench.core.errors import RunFileError
 from tunebench.core.io import check_json, package_path, read_json, read_yaml
 from tunebench.core.markdown import kv_table, table
 from tunebench.core.numbers import fmt, fmt_interval, fmt_p
+from tunebench.evals.families import families
 from tunebench.reports.compare import load_run_results, run_settings
 from tunebench.reports.comparison import Comparison, Leaderboard
 from tunebench.reports.gate_files import other_gate_line, other_verdicts
@@ -55,14 +58,14 @@ TEMPLATE = "report.md.j2"
 def build_view(comparison: Comparison, context: dict[str, Any]) -> dict[str, Any]:
     """Everything the template prints, already formatted."""
     c, ctx = comparison, context
-    groups = {"perplexity", "lm_eval", "probes", "judge"}
+    sectioned = [f for f in families() if f.section is not None]  # the rest: under "Other metrics"
     manifest, data_report, gate = ctx.get("manifest"), ctx.get("data_report"), ctx.get("gate")
     b_art, t_art = ctx.get("base_artifacts") or {}, ctx.get("tuned_artifacts") or {}
     config = ctx.get("config") or (manifest or {}).get("config")
     environment, versions = environment_tables(
         ctx.get("environment"), (manifest or {}).get("versions"), ctx.get("stage_times")
     )
-    other = [r for r in c.rows if r.group not in groups]
+    other = [r for r in c.rows if r.group not in {f.name for f in sectioned}]
     headline = [r for r in c.headline_rows() if unmeasured(r) is None]  # the rest: under "Not measured"
     per_item = as_per_item(ctx.get("per_item"))
     return {
@@ -81,7 +84,11 @@ def build_view(comparison: Comparison, context: dict[str, Any]) -> dict[str, Any
         "not_measured": not_measured_table(c.rows),
         "side_by_side": side_by_side_view(per_item),
         "flips": flips_view(per_item),
-        "perplexity": metric_table(c.rows_in("perplexity"), c.alpha) if c.rows_in("perplexity") else None,
+        "sections": [
+            {"title": f.section.title, "intro": f.section.intro, "table": metric_table(c.rows_in(f.name), c.alpha)}
+            for f in sectioned
+            if f.section.layout == "table" and c.rows_in(f.name)
+        ],
         "lm_eval": _lm_eval_sections(c.rows_in("lm_eval"), c.alpha, c.inputs),
         "probes": _probe_sections(c.rows_in("probes"), c.alpha),
         "fibonacci": fibonacci_transcripts(b_art, t_art),
