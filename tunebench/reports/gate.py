@@ -47,7 +47,7 @@ from tunebench.core.errors import (
 )
 from tunebench.core.io import atomic_write_json, short
 from tunebench.core.numbers import fmt
-from tunebench.core.runtimes import LLAMA_CPP, artifact_quant, artifact_runtime, gguf_file_name
+from tunebench.core.runtimes import artifact_eval_command, artifact_quant
 from tunebench.evals.results import Results
 from tunebench.reports.compare import compare_artifacts, load_artifact_results, load_run_results, run_settings
 from tunebench.reports.comparison import Comparison, compare
@@ -119,12 +119,10 @@ def _artifact_rows(rule: GateRule, artifacts: dict[str, Comparison] | None) -> l
             rule.threshold_text(),
         )
     known = ", ".join(artifacts or {}) or "none"
-    quant = artifact_quant(rule.artifact)
-    runtime = f" --runtime {LLAMA_CPP}" if artifact_runtime(rule.artifact) == LLAMA_CPP else ""
     raise GateError(
         f"{rule.where}: rule reads artifact {rule.artifact!r}, which this run has not evaluated "
-        f"(evaluated: {known}); `tunebench export RUN --gguf --quant {quant}` then "
-        f"`tunebench eval --model RUN/export/{gguf_file_name(quant)}{runtime} --data-from RUN`"
+        f"(evaluated: {known}); `tunebench export RUN --gguf --quant {artifact_quant(rule.artifact)}` then "
+        f"`{artifact_eval_command(rule.artifact, 'RUN')}`"
     )
 
 
