@@ -14,6 +14,7 @@ import shutil
 
 import pytest
 
+from tunebench.app.eval_settings import eval_settings
 from tunebench.core.config import load_config
 from tunebench.core.errors import ExportError, ModelError
 from tunebench.core.io import sha256_file
@@ -31,8 +32,9 @@ def exported(smol_adapter_run, tmp_path_factory):
     run = tmp_path_factory.mktemp("gguf") / "run"
     shutil.copytree(smol_adapter_run, run, ignore=shutil.ignore_patterns("checkpoints", "eval", "export"))
     cfg = load_config(run / "config.yaml", [*EVAL_ONLY_PPL, "export.gguf=[f16,q8_0]"])
-    evaluate_model(cfg, run, "tuned", run / "adapter", run / "eval" / "tuned" / "results.json", progress=False)
-    evaluate_model(cfg, run, "base", None, run / "eval" / "base" / "results.json", progress=False)
+    settings = eval_settings(cfg)
+    evaluate_model(settings, run, "tuned", run / "adapter", run / "eval" / "tuned" / "results.json", progress=False)
+    evaluate_model(settings, run, "base", None, run / "eval" / "base" / "results.json", progress=False)
     stages = Stages(run)
     export_stage(cfg, run, stages, "adapter-fp", "eval-fp", progress=False)
     return run, cfg, stages
@@ -157,14 +159,15 @@ def test_llamacpp_parity_reuses_the_tuned_evaluations_pass(exported, tmp_path):
     run, cfg, _ = exported
     saved = run / "eval" / "tuned" / HIDDEN_FILE
     assert saved.is_file()
-    encoded, _ = encoded_test_split(run, AutoTokenizer.from_pretrained(str(run / "adapter")), cfg)
-    model = LlamaCppModel.open(run / "export" / "model-q8_0.gguf", "chatml", n_ctx=_context(encoded, cfg))
+    settings = eval_settings(cfg)
+    encoded, _ = encoded_test_split(run, AutoTokenizer.from_pretrained(str(run / "adapter")), settings)
+    model = LlamaCppModel.open(run / "export" / "model-q8_0.gguf", "chatml", n_ctx=_context(encoded, settings))
     artifact_lp = perplexity_metric(model, encoded, "test", cfg.eval.bootstrap_samples, cfg.report.alpha)[3]
-    reused, side = adapter_parity(cfg, run / "adapter", encoded, artifact_lp)
+    reused, side = adapter_parity(settings, run / "adapter", encoded, artifact_lp)
     assert side.startswith("the tuned evaluation's pass")
     alone = tmp_path / "alone"
     shutil.copytree(run / "adapter", alone / "adapter")
-    computed, side = adapter_parity(cfg, alone / "adapter", encoded, artifact_lp)
+    computed, side = adapter_parity(settings, alone / "adapter", encoded, artifact_lp)
     assert side == "a forward pass of the adapter"
     assert [m.name for m, _ in reused] == [m.name for m, _ in computed] and len(reused) == 4
     for (a, _), (b, _) in zip(reused, computed, strict=True):  # batched (the evaluation's) and one-at-a-time passes

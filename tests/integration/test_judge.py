@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from tunebench.app.eval_settings import eval_settings
 from tunebench.core.config import load_config
 from tunebench.evals.judge import run_judge
 
@@ -23,7 +24,7 @@ def judged(smol_adapter_run, tmp_path_factory):
         ["eval.judge.n=2", "eval.judge.answer_max_new_tokens=8", "eval.judge.max_new_tokens=8", "model.dtype=float32"],
     )
     out = tmp_path_factory.mktemp("judge-out")
-    res = run_judge(cfg, smol_adapter_run, smol_adapter_run / "adapter", out, progress=False)
+    res = run_judge(eval_settings(cfg), smol_adapter_run, smol_adapter_run / "adapter", out, progress=False)
     yield cfg, smol_adapter_run, out, res, cache
     mp.undo()
 
@@ -50,7 +51,7 @@ def test_a_rerun_judges_nothing_again(judged):
     cfg, run, out, res, cache = judged
     files = sorted(cache.glob("generations/*.json"))
     stamps = {p: p.stat().st_mtime_ns for p in files}
-    again = run_judge(cfg, run, run / "adapter", out, progress=False)
+    again = run_judge(eval_settings(cfg), run, run / "adapter", out, progress=False)
     assert sorted(cache.glob("generations/*.json")) == files
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())  # nothing generated, nothing written
     same = [json.dumps(vars(m), sort_keys=True) for m in again.metrics]
@@ -89,7 +90,7 @@ def test_the_logprobs_verdict_judges_the_same_answers_end_to_end(judged, tmp_pat
             "eval.judge.verdict=logprobs",
         ],
     )
-    res = run_judge(lp_cfg, run, run / "adapter", tmp_path, progress=False)
+    res = run_judge(eval_settings(lp_cfg), run, run / "adapter", tmp_path, progress=False)
     explained = [json.loads(x) for x in (out / "judgments.jsonl").read_text().splitlines()]
     lines = [json.loads(x) for x in (tmp_path / "judgments.jsonl").read_text().splitlines()]
     pairs = [x for x in lines if "judgment_base_first" in x]

@@ -23,6 +23,7 @@ pytest.importorskip(
     "llama_cpp", reason='llama-cpp-python is not installed (pip install "tunebench[serve]"; scripts/setup.sh builds it)'
 )
 
+from tunebench.app.eval_settings import eval_settings  # noqa: E402
 from tunebench.core.config import load_config  # noqa: E402
 from tunebench.core.config_schema import SamplingConfig  # noqa: E402
 
@@ -51,7 +52,7 @@ def scored(examples, tmp_path_factory):
     assert (run / "eval" / "gguf-q8_0-llamacpp" / "results.json").is_file()
     cfg = load_config(run / "config.yaml")
     evaluate_gguf_llamacpp(
-        cfg,
+        eval_settings(cfg),
         run,
         run / "export" / "model-f16.gguf",
         "gguf-f16-llamacpp",
@@ -182,7 +183,7 @@ def test_served_greedy_answers_equal_in_process_llamacpp(scored, tmp_path):
             with urllib.request.urlopen(req, timeout=120) as r:
                 served.append(json.load(r)["choices"][0]["message"]["content"].strip())
         # the Generator contract's completions: a text to continue, with stop strings, in process and over HTTP
-        endpoint = open_endpoint(url, None, None, 2, 120.0, False, {}, load_config("smoke"))
+        endpoint = open_endpoint(url, None, None, 2, 120.0, False, {}, load_config("smoke").model.chat_template)
         text, stop = ["Question: What is 2+2?\nAnswer:", "1, 1, 2, 3, 5, 8,"], ["\n", "Question:"]
         served_text = endpoint.generate(text, GREEDY, seed=0, stop=stop).texts
         served_chat = endpoint.generate(prompts, GREEDY, seed=0).texts

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from tunebench.app.eval_settings import eval_settings
 from tunebench.core.config import load_config
 from tunebench.core.errors import AdapterError
 from tunebench.data.encode import Encoded
@@ -27,7 +28,7 @@ def direct_nll(model, e: Encoded) -> tuple[float, int]:
 
 def test_batched_perplexity_equals_direct_computation(smol_base, smol_adapter_run):
     cfg = load_config(smol_adapter_run / "config.yaml")
-    encoded, _ = encoded_test_split(smol_adapter_run, smol_base.tokenizer, cfg)
+    encoded, _ = encoded_test_split(smol_adapter_run, smol_base.tokenizer, eval_settings(cfg))
     encoded = encoded[:6]
     items, _ = score(
         smol_base.model, encoded, batch_tokens=600, pad_id=smol_base.tokenizer.pad_token_id, progress=False
@@ -58,8 +59,8 @@ def test_trained_adapter_changes_the_test_perplexity(smol_source, smol_adapter_r
     cfg = load_config(smol_adapter_run / "config.yaml")
     base = load_for_eval(smol_source, device="cpu", dtype="float32")
     tuned = load_for_eval(smol_source, smol_adapter_run / "adapter", device="cpu", dtype="float32")
-    enc_b, _ = encoded_test_split(smol_adapter_run, base.tokenizer, cfg)
-    enc_t, _ = encoded_test_split(smol_adapter_run, tuned.tokenizer, cfg)
+    enc_b, _ = encoded_test_split(smol_adapter_run, base.tokenizer, eval_settings(cfg))
+    enc_t, _ = encoded_test_split(smol_adapter_run, tuned.tokenizer, eval_settings(cfg))
     assert [e.input_ids for e in enc_b] == [e.input_ids for e in enc_t]  # identical tokens for both sides
     mb, _, ib = evaluate(base.model, base.tokenizer, enc_b, n_boot=200, progress=False)
     mt, _, it = evaluate(tuned.model, tuned.tokenizer, enc_t, n_boot=200, progress=False)
@@ -85,7 +86,7 @@ def test_merged_and_unmerged_adapter_agree(smol_source, smol_adapter_run):
     assert merged.identity()["adapter_merged"] is True and unmerged.identity()["adapter_merged"] is False
     assert "16-bit" in merged.identity()["adapter_base"]
 
-    encoded, _ = encoded_test_split(smol_adapter_run, merged.tokenizer, cfg)
+    encoded, _ = encoded_test_split(smol_adapter_run, merged.tokenizer, eval_settings(cfg))
     pm, items_m, _ = evaluate(merged.model, merged.tokenizer, encoded, n_boot=50, progress=False)
     pu, items_u, _ = evaluate(unmerged.model, unmerged.tokenizer, encoded, n_boot=50, progress=False)
     assert pm.value == pytest.approx(pu.value, rel=1e-4)

@@ -7,6 +7,7 @@ import math
 
 import pytest
 
+from tunebench.app.eval_settings import eval_settings
 from tunebench.core.config import load_config
 from tunebench.core.config_schema import JudgeConfig, JudgeEndpointConfig
 from tunebench.evals import judge as jd
@@ -115,8 +116,8 @@ def test_the_modes_have_their_own_cache_and_stage_identities():
     cfg = JudgeEndpointConfig(base_url="http://127.0.0.1:1/v1", model="m")
     explain, logprobs = EndpointJudge(cfg, 512), EndpointJudge(cfg, 512, verdict="logprobs")
     assert "verdict" not in explain.identity() and logprobs.identity()["verdict"] == "logprobs"
-    base = jd.judge_fingerprint(load_config("smoke"))
-    other = jd.judge_fingerprint(load_config("smoke", ["eval.judge.verdict=logprobs"]))
+    base = jd.judge_fingerprint(eval_settings(load_config("smoke")))
+    other = jd.judge_fingerprint(eval_settings(load_config("smoke", ["eval.judge.verdict=logprobs"])))
     assert "verdict" not in base["judge"] and other["judge"]["verdict"] == "logprobs"  # earlier runs stay current
 
 

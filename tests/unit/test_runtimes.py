@@ -1,13 +1,14 @@
 """Runtime names and the labels derived from them (core.runtimes), and the rule for loading in 4 bit
-(evals.modeling.eval_in_4bit): each written once, so these pin what every user of them writes to disk."""
+(evals.settings.in_4bit): each written once, so these pin what every user of them writes to disk."""
 
 from __future__ import annotations
 
 import typing
-from types import SimpleNamespace
 
 import pytest
 
+from tunebench.app.eval_settings import eval_settings
+from tunebench.core.config import load_config
 from tunebench.core.config_schema import ExportConfig
 from tunebench.core.runtimes import (
     BOTH,
@@ -30,7 +31,7 @@ from tunebench.core.runtimes import (
     is_served_label,
     label_artifact,
 )
-from tunebench.evals.modeling import eval_in_4bit
+from tunebench.evals.settings import EvalSettings, in_4bit
 
 QUANTS = ["f32", "f16", "bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0"]
 
@@ -86,10 +87,14 @@ def test_served_labels_are_kept_whole():
         assert not is_served_label(label) and not is_artifact_label(label)
 
 
-def _cfg(load_in_4bit: str, merge_adapter: bool) -> SimpleNamespace:
-    """What eval_in_4bit reads of a RunConfig (``on`` needs CUDA to load, so not a loaded config here)."""
-    return SimpleNamespace(
-        model=SimpleNamespace(load_in_4bit=load_in_4bit), eval=SimpleNamespace(merge_adapter=merge_adapter)
+def _settings(load_in_4bit: str, merge_adapter: bool) -> EvalSettings:
+    """Evaluation settings with a 4-bit choice as resolved (``on`` needs CUDA to load, so not a loaded config)."""
+    return eval_settings(
+        load_config(
+            "smoke",
+            [f"model.load_in_4bit={load_in_4bit}", f"eval.merge_adapter={str(merge_adapter).lower()}"],
+            resolved=False,
+        )
     )
 
 
@@ -106,10 +111,10 @@ def _cfg(load_in_4bit: str, merge_adapter: bool) -> SimpleNamespace:
         ("auto", False, False, False),  # unresolved: never 4-bit by accident
     ],
 )
-def test_eval_in_4bit(load_in_4bit, merge_adapter, artifact, want):
-    assert eval_in_4bit(_cfg(load_in_4bit, merge_adapter), artifact) is want
-    if not artifact:
-        assert eval_in_4bit(_cfg(load_in_4bit, merge_adapter)) is want
+def test_the_4bit_rule(load_in_4bit, merge_adapter, artifact, want):
+    assert in_4bit(load_in_4bit, merge_adapter, artifact) is want
+    settings = _settings(load_in_4bit, merge_adapter)
+    assert (settings.for_artifact("model-q8_0.gguf") if artifact else settings).load_in_4bit is want
 
 
 def test_the_command_that_scores_an_artifact_names_its_file_and_runtime():

@@ -70,6 +70,7 @@ def _with_value(c: Candidate) -> Candidate:
 
 
 def test_the_objective_refuses_the_test_split():
+    from tunebench.app.eval_settings import eval_settings
     from tunebench.core.config import load_config
     from tunebench.data.conversations import PreparedData
     from tunebench.data.encode import TemplateInfo
@@ -83,14 +84,14 @@ def test_the_objective_refuses_the_test_split():
         {"train": [], "validation": [], "test": []}, {"train": [], "validation": [], "test": []}, tmpl, {}
     )
     with pytest.raises(TestSplitRefused, match="validation split only"):
-        score_validation(cfg, clean, None, split="test")  # refused before any model loads
+        score_validation(eval_settings(cfg), clean, None, split="test")  # refused before any model loads
     leaked = PreparedData(
         {"train": [], "validation": [], "test": []}, {"train": [], "validation": [], "test": [conv]}, tmpl, {}
     )
     with pytest.raises(TestSplitRefused, match="test-split conversations"):
         require_no_test(leaked, "prepared.json")
     with pytest.raises(TestSplitRefused):
-        score_validation(cfg, leaked, None)
+        score_validation(eval_settings(cfg), leaked, None)
 
 
 def test_pruning_callback_reports_perplexity_and_stops_a_bad_trial():

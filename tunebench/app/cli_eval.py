@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from tunebench.app.cli_notes import again_command, cache_note
+from tunebench.app.eval_settings import eval_settings
 from tunebench.app.pipeline import finish
 from tunebench.app.preflight import preflight
 from tunebench.app.shards import eval_shard
@@ -72,7 +73,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         cfg = load_config(run_dir / "config.yaml", args.overrides)
         label = args.label or file_label(args.model, LLAMA_CPP)
         out = Path(args.out) if args.out else run_dir / "eval" / label / "results.json"
-        evaluate_gguf_llamacpp(cfg, run_dir, args.model, label, out)
+        evaluate_gguf_llamacpp(eval_settings(cfg), run_dir, args.model, label, out)
         print(f"{label}: {out}")
         if is_artifact_label(label) and out == run_dir / "eval" / label / "results.json":
             _report_artifact(run_dir, cfg, label)
@@ -88,7 +89,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         check_artifact_template(args.model, run_dir)
         check_contract(args.model, run_dir / "adapter", list(cfg.eval.probe_files))
     try:
-        evaluate_model(cfg, run_dir, label, args.adapter, out, artifact=artifact)
+        settings = eval_settings(cfg)
+        evaluate_model(settings.for_artifact(args.model) if artifact else settings, run_dir, label, args.adapter, out)
     except KeyboardInterrupt:
         raise Interrupted(
             f"the evaluation of {args.model} stopped before {out} was written; {cache_note(cfg)}. "
@@ -115,7 +117,7 @@ def _eval_run(args: argparse.Namespace) -> int:
     if not args.force and stages.fresh("contamination", wanted["contamination"], contamination_path):
         contamination = read_json(contamination_path)
     else:
-        contamination = save_contamination(run_dir, cfg) if dist.is_main() else None
+        contamination = save_contamination(run_dir, cfg.eval) if dist.is_main() else None
         if dist.is_main():
             stages.mark("contamination", wanted["contamination"], [contamination_path])
     reused = []
@@ -126,7 +128,7 @@ def _eval_run(args: argparse.Namespace) -> int:
             continue
         try:
             with stages.clock.stage(stage):
-                evaluate_model(cfg, run_dir, label, adapter, out, contamination)
+                evaluate_model(eval_settings(cfg), run_dir, label, adapter, out, contamination)
         except KeyboardInterrupt:
             raise Interrupted(_eval_run_interrupted(args, cfg, run_dir, label, out)) from None
         if dist.is_main():
@@ -207,7 +209,14 @@ def _eval_endpoint(args: argparse.Namespace, run_dir: Path) -> int:
     out = Path(args.out) if args.out else run_dir / "eval" / label / "results.json"
     try:
         served = evaluate_endpoint(
-            cfg, run_dir, args.endpoint, label, out, args.served_model, args.api_key_env, args.concurrency
+            eval_settings(cfg),
+            run_dir,
+            args.endpoint,
+            label,
+            out,
+            args.served_model,
+            args.api_key_env,
+            args.concurrency,
         )
     except KeyboardInterrupt:
         raise Interrupted(

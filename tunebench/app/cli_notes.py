@@ -9,6 +9,7 @@ from pathlib import Path
 
 from tunebench.core.config_schema import RunConfig
 from tunebench.core.io import cache_root, read_json
+from tunebench.evals.settings import probes_on
 from tunebench.train.checkpoints import latest_checkpoint
 
 
@@ -27,7 +28,7 @@ def checkpoint_note(run_dir: Path) -> str:
 
 def cache_note(cfg: RunConfig) -> str:
     """What a stopped evaluation kept."""
-    if cfg.eval.probe_files and cfg.eval.probe_sampling:
+    if probes_on(cfg.eval):
         return (
             f"the probe answers generated so far are cached in {cache_root() / 'generations'} and are reused "
             "(perplexity and lm-eval tasks run again)"

@@ -8,7 +8,6 @@ evaluation must never run on Unsloth-patched transformers.
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import logging
 import os
@@ -23,6 +22,7 @@ from typing import Any
 import yaml
 
 from tunebench.app import ranks
+from tunebench.app.eval_settings import eval_settings
 from tunebench.app.preflight import preflight
 from tunebench.app.stages import Fingerprints, Stages
 from tunebench.core import output, tracking
@@ -46,12 +46,12 @@ from tunebench.core.io import (
     short,
 )
 from tunebench.core.lock import LOCK_FILES, run_lock
-from tunebench.core.runtimes import LLAMA_CPP, TRANSFORMERS, artifact_label, artifact_runtimes, gguf_file_name
+from tunebench.core.runtimes import RUNTIME_PACKAGES, artifact_label, artifact_runtimes, gguf_file_name
 from tunebench.data import conversations as data_mod
 from tunebench.data.standardize import SPLITS
 from tunebench.evals.contract import check_contract
+from tunebench.evals.driver import evaluate, open_runtime
 from tunebench.evals.judge import judge_fingerprint, run_judge
-from tunebench.evals.llamacpp_eval import evaluate_gguf_llamacpp
 from tunebench.evals.runner import evaluate_model, save_contamination
 from tunebench.models.loading import (
     ModelSource,
@@ -236,7 +236,7 @@ def run(
             run_dir,
             _train_child,
             lambda config, label, adapter: evaluate_model(
-                from_dict(config), run_dir, label, adapter, None, None, progress=False
+                eval_settings(from_dict(config)), run_dir, label, adapter, None, None, progress=False
             ),
         )
         return None
@@ -279,7 +279,7 @@ def _run(
     stages.run("train", train_fp, [adapter / "manifest.json"], train)
 
     contamination_path = run_dir / "eval" / "contamination.json"
-    stages.run("contamination", eval_fp, [contamination_path], lambda: save_contamination(run_dir, cfg))
+    stages.run("contamination", eval_fp, [contamination_path], lambda: save_contamination(run_dir, cfg.eval))
     contamination = read_json_object(
         contamination_path, f"delete it to compute it again (`tunebench run` with --out {run_dir})"
     )
@@ -306,7 +306,8 @@ def _run(
         crew.release()  # the rest is rank 0's alone
 
     if cfg.eval.judge.enabled:
-        _judge_stage(cfg, run_dir, stages, fingerprint([data_fp, adapter_fp, judge_fingerprint(cfg)]), progress)
+        judge_fp = fingerprint([data_fp, adapter_fp, judge_fingerprint(eval_settings(cfg))])
+        _judge_stage(cfg, run_dir, stages, judge_fp, progress)
     if cfg.export.gguf:
         export_stage(cfg, run_dir, stages, adapter_fp, eval_fp, contamination, progress)
     if stages.reuse_line():
@@ -326,7 +327,7 @@ def _judge_stage(cfg: RunConfig, run_dir: Path, stages: Stages, judge_fp: str, p
         "judge",
         judge_fp,
         [judge_path / "results.json", judge_path / "judgments.jsonl"],
-        lambda: run_judge(cfg, run_dir, run_dir / "adapter", judge_path, progress),
+        lambda: run_judge(eval_settings(cfg), run_dir, run_dir / "adapter", judge_path, progress),
     )
 
 
@@ -340,10 +341,11 @@ def _evaluate(
     contamination: dict[str, Any],
     progress: bool,
 ) -> None:
-    """Evaluate one model (``evals.runner.evaluate_model``); with a crew, every process its share of the batches."""
+    """Evaluate one model (``evals.runner.evaluate_model``: the driver in transformers); with a crew, every process
+    its share of the batches."""
     if crew is not None:
         crew.tell(ranks.Message("eval", config=to_dict(cfg), label=label, adapter=str(adapter) if adapter else None))
-    evaluate_model(cfg, run_dir, label, adapter, out, contamination, progress)
+    evaluate_model(eval_settings(cfg), run_dir, label, adapter, out, contamination, progress)
 
 
 def export_stage(
@@ -372,29 +374,24 @@ def export_stage(
         [*files, run_dir / "export" / "export.json"],
         lambda: export_and_check(run_dir, list(cfg.export.gguf), list(cfg.eval.probe_files)),
     )
-    runtimes = artifact_runtimes(cfg.export.evaluate)
+    settings = eval_settings(cfg)
     for q, path in zip(cfg.export.gguf, files, strict=True):
-        if TRANSFORMERS in runtimes:
-            label = artifact_label(q, TRANSFORMERS)
+        for runtime in artifact_runtimes(cfg.export.evaluate):  # each scores the file as written
+            label = artifact_label(q, runtime)
             out = run_dir / "eval" / label / "results.json"
-            acfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, ref=str(path)))
+            engine = [package_version(RUNTIME_PACKAGES[runtime])] if runtime in RUNTIME_PACKAGES else []
             stages.run(
                 f"eval_{label}",
-                fingerprint([eval_fp, export_fp, q]),
+                fingerprint([eval_fp, export_fp, q, *engine]),
                 [out],
-                lambda acfg=acfg, label=label, out=out: evaluate_model(
-                    acfg, run_dir, label, None, out, contamination, progress, artifact=True
-                ),
-            )
-        if LLAMA_CPP in runtimes:
-            label = artifact_label(q, LLAMA_CPP)
-            out = run_dir / "eval" / label / "results.json"
-            stages.run(
-                f"eval_{label}",
-                fingerprint([eval_fp, export_fp, q, package_version("llama_cpp_python")]),
-                [out],
-                lambda path=path, label=label, out=out: evaluate_gguf_llamacpp(
-                    cfg, run_dir, path, label, out, contamination, progress
+                lambda runtime=runtime, path=path, label=label, out=out: evaluate(
+                    open_runtime(runtime, settings.for_artifact(path), run_dir),
+                    settings,
+                    run_dir,
+                    label,
+                    out,
+                    contamination,
+                    progress,
                 ),
             )
     return files

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from tunebench.app.cli_notes import again_command, cache_note
+from tunebench.app.eval_settings import eval_settings
 from tunebench.app.pipeline import PipelineResult, finish
 from tunebench.app.preflight import preflight
 from tunebench.core import dist
@@ -101,13 +102,13 @@ def eval_shard(args: argparse.Namespace) -> int:
         "bootstrap_samples": cfg.eval.bootstrap_samples,
         "alpha": cfg.report.alpha,
     }
-    probes = probe_prompt_texts(cfg) if cfg.eval.probe_files else None
-    contamination = contamination_report(run_dir, cfg, probes) if dist.is_main() else None
+    probes = probe_prompt_texts(cfg.eval) if cfg.eval.probe_files else None
+    contamination = contamination_report(run_dir, cfg.eval, probes) if dist.is_main() else None
     with run_lock(shard_dir(run_dir, shard), f"eval --shard {shard.index}/{shard.count}"):
         for label, adapter in zip(LABELS, (None, run_dir / "adapter"), strict=True):
             out = shard_dir(run_dir, shard) / label / "results.json"
             try:
-                res = evaluate_model(cfg, run_dir, label, adapter, None, contamination, shard=shard)
+                res = evaluate_model(eval_settings(cfg), run_dir, label, adapter, None, contamination, shard=shard)
             except KeyboardInterrupt:
                 raise Interrupted(
                     f"shard {shard.index}/{shard.count} of {run_dir} stopped before {out} was written; "

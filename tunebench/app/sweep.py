@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tunebench.app.eval_settings import eval_settings
 from tunebench.app.pipeline import PipelineResult, resolve_template, run, run_child, write_config
 from tunebench.app.preflight import preflight
 from tunebench.app.sweep_space import default_space, load_space, overrides_of
@@ -252,7 +253,9 @@ def run_trial(study: Study, trial: Any) -> None:
                 trial.set_user_attr("pruned_at_step", outcome.step)
                 tell(study.optuna, trial, state=optuna.trial.TrialState.PRUNED)
                 return
-            metric, items = score_validation(cfg, study.prepared, run_dir / "adapter", progress=study.opts.progress)
+            metric, items = score_validation(
+                eval_settings(cfg), study.prepared, run_dir / "adapter", progress=study.opts.progress
+            )
             atomic_write_json(
                 run_dir / "validation.json",
                 {

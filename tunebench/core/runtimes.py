@@ -33,6 +33,9 @@ SERVE_ENGINES = (LLAMA_CPP, VLLM)
 ExportEvaluate = Literal["transformers", "llama.cpp", "both"]
 """``export.evaluate``'s names (besides true and false): TRANSFORMERS, LLAMA_CPP, BOTH."""
 
+RUNTIME_PACKAGES = {LLAMA_CPP: "llama_cpp_python"}
+"""The package whose version decides a runtime's scores besides tunebench's own (part of a stage's fingerprint)."""
+
 ARTIFACT_PREFIX = "gguf-"
 """eval/gguf-<type>/results.json holds an exported artifact's results (label gguf-<type>)."""
 LLAMACPP_SUFFIX = "-llamacpp"

@@ -16,10 +16,11 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from tunebench.core.config_schema import EvalConfig
 from tunebench.core.runtimes import LLAMA_CPP
+from tunebench.evals.settings import probes_on
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,9 @@ class Section:
 
 
 Produced = Callable[[EvalConfig], list[MetricShape]]
+Measure = Callable[[Any, Any], None]
+"""``(runtime, job)``: an ``evals.driver.Runtime`` and ``evals.driver.Job`` (typed loosely: the driver imports this
+module)."""
 
 
 @dataclass(frozen=True)
@@ -65,16 +69,31 @@ class Family:
     """Its report section; None: its rows (if any) go under "Other metrics"."""
     runtimes: tuple[str, ...] | None = None
     """None: measured on every model evaluated; else only on an exported artifact scored in one of these."""
+    measure: Measure | str | None = None
+    """``(runtime, job) -> None``, or ``"module:function"`` naming one: how ``evals.driver.evaluate`` measures it on
+    any runtime (writing into ``job.results``); None: not measured by the driver (the judge is its own stage,
+    parity is read off the perplexity pass, contamination is computed once per run)."""
+    needs: tuple[str, ...] = ()
+    """The runtime capabilities ``measure`` uses (``evals.driver``: generate, token_logprobs, ...); a runtime
+    without them skips the family."""
+
+    def measurer(self) -> Measure:
+        """``measure`` as a function (imported now when it names one)."""
+        return _resolve(self.measure)
 
     def shapes(self, settings: EvalConfig) -> list[MetricShape]:
         """The metric names it produces under ``settings`` (none when it is not enabled)."""
         if self.produced is None or not self.enabled(settings):
             return []
-        produced = self.produced
-        if isinstance(produced, str):
-            module, _, name = produced.partition(":")
-            produced = getattr(importlib.import_module(module), name)
-        return list(produced(settings))
+        return list(_resolve(self.produced)(settings))
+
+
+def _resolve(target: Any) -> Any:
+    """A ``"module:function"`` string imported (anything else as it is)."""
+    if isinstance(target, str):
+        module, _, name = target.partition(":")
+        return getattr(importlib.import_module(module), name)
+    return target
 
 
 _REGISTRY: dict[str, Family] = {}
@@ -123,20 +142,25 @@ def artifact_metrics(settings: EvalConfig, runtime: str) -> list[MetricShape]:
 PERPLEXITY_INTRO = "Held-out perplexity over assistant tokens (lower is better); paired over conversations."
 
 
-def _probes_on(settings: EvalConfig) -> bool:
-    return bool(settings.probe_files and settings.probe_sampling)
-
-
 register(
     Family(
         "perplexity",
         "tunebench.evals.perplexity:produced",
         enabled=lambda settings: settings.perplexity,
         section=Section("Perplexity", PERPLEXITY_INTRO),
+        measure="tunebench.evals.driver:measure_perplexity",
+        needs=("token_logprobs",),
     )
 )
 register(
-    Family("probes", "tunebench.evals.probes:produced", enabled=_probes_on, section=Section("Probes", layout="own"))
+    Family(
+        "probes",
+        "tunebench.evals.probes:produced",
+        enabled=probes_on,
+        section=Section("Probes", layout="own"),
+        measure="tunebench.evals.driver:measure_probes",
+        needs=("generate",),
+    )
 )
 register(
     Family(
@@ -144,6 +168,8 @@ register(
         "tunebench.evals.lm_eval_index:produced",
         enabled=lambda settings: bool(settings.lm_eval_tasks),
         section=Section("lm-eval tasks", layout="own"),
+        measure="tunebench.evals.driver:measure_lm_eval",
+        needs=("continuation_logprobs", "generate"),
     )
 )
 register(

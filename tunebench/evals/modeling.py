@@ -13,7 +13,6 @@ from typing import Any
 
 from tunebench.core import dist
 from tunebench.core.config_resolve import auto_dtype
-from tunebench.core.config_schema import RunConfig
 from tunebench.core.errors import AdapterError
 from tunebench.models.adapters import adapter_manifest, check_adapter
 from tunebench.models.loading import ModelSource, load_causal_lm, load_tokenizer, resolve_model
@@ -60,18 +59,6 @@ def merge_base(merged: bool, load_in_4bit: bool) -> str:
     if merged:
         return "merged into the original 16-bit base weights (what `tunebench export --merged` ships)"
     return "unmerged (peft) on the " + ("nf4 4-bit base it was trained against" if load_in_4bit else "16-bit base")
-
-
-def eval_in_4bit(cfg: RunConfig, artifact: bool = False) -> bool:
-    """Whether evaluation loads the base in 4 bit (bitsandbytes nf4): only when ``model.load_in_4bit`` is ``on``
-    (as resolved for this machine), the adapter is not merged (``eval.merge_adapter`` false: merging uses the
-    original 16-bit weights, and the base is then scored in 16 bit too, so the pair differs only by the adapter)
-    and the model is not an exported artifact (a GGUF is scored as written, never requantized).
-
-    The one rule for every evaluation that loads the run's model: the suite (evals.runner), the judge's answers
-    (evals.judge) and a sweep's validation perplexity (evals.validation).
-    """
-    return not artifact and cfg.model.load_in_4bit == "on" and not cfg.eval.merge_adapter
 
 
 def pick_device(device: str = "auto") -> str:

@@ -29,7 +29,6 @@ from __future__ import annotations
 import itertools
 import math
 import re
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -295,7 +294,7 @@ def run_probes(
         ProbeError: a bad probe set, or two sets / samplings with the same name.
     """
     sets = [s if isinstance(s, ProbeSet) else load_probe_set(s) for s in probe_sets]
-    if generator is None or shard is not None:  # a shard's batches: transformers' generator only
+    if generator is None:  # a shard's batches: transformers' generator only (it is built with the shard)
         generator = TransformersGenerator(
             loaded, batch_size, cache_dir, use_cache, cache_implementation, progress, shard
         )
@@ -409,25 +408,6 @@ def _score_set(
         if its:
             results.add(pass_rate(f"{prefix}/{pid}/pass_rate", its, {**common, "probe": pid}), its)
     return rows
-
-
-def add_probes(results: Results, eval_cfg: Any, generator: Generator, label: str) -> None:
-    """The run's probe sets under its samplings (``eval.probe_*``), answered by another runtime's ``generator``
-    (llama.cpp, an endpoint), merged into ``results`` with their wall time; nothing when no probes are set."""
-    if not (eval_cfg.probe_files and eval_cfg.probe_sampling):
-        return
-    t = time.perf_counter()
-    results.merge(
-        run_probes(
-            generator,
-            list(eval_cfg.probe_files),
-            list(eval_cfg.probe_sampling),
-            seed=eval_cfg.probe_seed,
-            label=label,
-            generator=generator,
-        )
-    )
-    results.timings["probes_s"] = round(time.perf_counter() - t, 2)
 
 
 def produced(settings: EvalConfig) -> list[MetricShape]:

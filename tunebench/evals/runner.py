@@ -13,27 +13,31 @@ from pathlib import Path
 from typing import Any
 
 from tunebench.core import dist
-from tunebench.core.config_schema import RunConfig
+from tunebench.core.config_schema import EvalConfig
 from tunebench.core.errors import DataError, ModelError
-from tunebench.core.io import atomic_write_json, environment, fingerprint
+from tunebench.core.io import atomic_write_json, fingerprint
+from tunebench.core.runtimes import TRANSFORMERS
 from tunebench.core.shards import Shard
 from tunebench.data.conversations import load_split
 from tunebench.data.data_report import read_report
 from tunebench.data.encode import TemplateInfo, encode_split, tokens_fingerprint
 from tunebench.evals import perplexity
 from tunebench.evals.contamination import contamination, conversation_text
+from tunebench.evals.driver import CONTINUATION_LOGPROBS, GENERATE, SHARDS, TOKEN_LOGPROBS, Job, evaluate
+from tunebench.evals.generation import TransformersGenerator
 from tunebench.evals.lm_eval_load import task_documents
 from tunebench.evals.lm_eval_runner import run_lm_eval
-from tunebench.evals.modeling import Loaded, eval_in_4bit, load_for_eval
+from tunebench.evals.modeling import Loaded
 from tunebench.evals.parity import HIDDEN_FILE, save_scored_hidden
-from tunebench.evals.probes import load_probe_set, run_probes
+from tunebench.evals.probes import load_probe_set
 from tunebench.evals.results import SHARD_ORDER, Results
+from tunebench.evals.settings import EvalSettings, load_model
 from tunebench.models.loading import ModelSource, resolve_model
 
 log = logging.getLogger(__name__)
 
 
-def encoded_test_split(run_dir: Path, tokenizer: Any, cfg: RunConfig) -> tuple[list[Any], dict[str, Any]]:
+def encoded_test_split(run_dir: Path, tokenizer: Any, settings: EvalSettings) -> tuple[list[Any], dict[str, Any]]:
     """Re-encode the run's test split with the evaluation tokenizer and check it is the data step's tokens.
 
     Raises:
@@ -43,7 +47,7 @@ def encoded_test_split(run_dir: Path, tokenizer: Any, cfg: RunConfig) -> tuple[l
     info = TemplateInfo(**report["template"])
     convs = load_split(run_dir / "data", "test")
     encoded, _ = encode_split(
-        tokenizer, convs, info.end_of_turn, cfg.data.max_length, cfg.data.truncation, desc="encode test"
+        tokenizer, convs, info.end_of_turn, settings.max_length, settings.truncation, desc="encode test"
     )
     want = report["splits"]["test"]["fingerprint"]
     if tokens_fingerprint(encoded) != want:
@@ -56,31 +60,29 @@ def encoded_test_split(run_dir: Path, tokenizer: Any, cfg: RunConfig) -> tuple[l
 
 
 def contamination_report(
-    run_dir: Path, cfg: RunConfig, probe_prompts: list[tuple[str, str]] | None = None
+    run_dir: Path, ev: EvalConfig, probe_prompts: list[tuple[str, str]] | None = None
 ) -> dict[str, Any]:
     """Overlap of training conversations with the test split, lm-eval documents and probe prompts."""
 
     train = load_split(run_dir / "data", "train")
     test = load_split(run_dir / "data", "test")
     sets: dict[str, list[tuple[str, str]]] = {"test split": [(c.id, conversation_text(c.messages)) for c in test]}
-    if cfg.eval.lm_eval_tasks:
+    if ev.lm_eval_tasks:
         try:
-            for task, docs in task_documents(
-                cfg.eval.lm_eval_tasks, cfg.eval.lm_eval_limit, cfg.eval.lm_eval_source
-            ).items():
+            for task, docs in task_documents(ev.lm_eval_tasks, ev.lm_eval_limit, ev.lm_eval_source).items():
                 sets[f"lm_eval/{task}"] = docs
         except Exception as e:  # a task whose documents cannot be read offline is reported, not fatal here
             log.warning("contamination: could not read lm-eval documents (%s)", e)
     if probe_prompts:
         sets["probes"] = probe_prompts
-    return contamination((conversation_text(c.messages) for c in train), sets, n=cfg.eval.contamination_ngram)
+    return contamination((conversation_text(c.messages) for c in train), sets, n=ev.contamination_ngram)
 
 
-def probe_prompt_texts(cfg: RunConfig) -> list[tuple[str, str]]:
+def probe_prompt_texts(ev: EvalConfig) -> list[tuple[str, str]]:
     """(id, prompt text) of every probe prompt, for the contamination check."""
 
     out = []
-    for name in cfg.eval.probe_files:
+    for name in ev.probe_files:
         s = load_probe_set(name)
         out += [(f"{s.name}/{p.id}", p.text) for p in s.prompts]
     return out
@@ -115,21 +117,21 @@ def check_artifact_template(gguf: str | Path, run_dir: Path) -> str:
 
 
 def evaluate_model(
-    cfg: RunConfig,
+    settings: EvalSettings,
     run_dir: str | Path,
     label: str,
     adapter: str | Path | None = None,
     out_path: str | Path | None = None,
     contamination: dict[str, Any] | None = None,
     progress: bool = True,
-    artifact: bool = False,
     shard: Shard | None = None,
 ) -> Results:
-    """Perplexity, probes and lm-eval tasks for one model; writes results.json atomically.
+    """Perplexity, probes and lm-eval tasks for one model in transformers (``evals.driver.evaluate`` on a
+    ``TransformersRuntime``); writes results.json atomically.
 
     Args:
-        artifact: ``cfg.model.ref`` is an exported GGUF of this run: its metadata must carry the run's chat
-            template (checked before loading), and it is loaded as written (never re-quantized to 4-bit).
+        settings: ``settings.artifact``: ``settings.model.ref`` is an exported GGUF of this run: its metadata must
+            carry the run's chat template (checked before loading), and it is loaded as written (never 4-bit).
         shard: score one shard of the items (``core.shards``): metrics over its items, the inputs of the whole
             evaluation, and every metric's unsharded item order (``artifacts["shard_order/..."]``), which
             ``evals.shard_merge`` joins with the other shards' into the unsharded results.
@@ -137,76 +139,122 @@ def evaluate_model(
     Raises:
         ModelError, AdapterError, DataError, ProbeError, LmEvalError: with what to do.
     """
-    import torch  # heavy: torch, imported when needed
-
-    run_dir = Path(run_dir)
-    if cfg.eval.perplexity or artifact:
-        read_report(run_dir / "data")  # a damaged data report stops here, not after minutes of model loading
-    t0 = time.perf_counter()
-    distributed = dist.init()  # under torchrun: perplexity and probe batches are split across processes
-    source, loaded = _load_model(cfg, run_dir, adapter, artifact)
-    template = loaded.template
-    results = Results(label=label, model=loaded.identity(), inputs={}, environment=environment())
-    if artifact:
-        results.model["artifact"] = Path(cfg.model.ref).name
-    results.timings["load_s"] = round(time.perf_counter() - t0, 2)
-
     # an adapter's perplexity pass is kept for parity with its exports (evals.parity), beside its results
-    kept: dict[int, Any] | None = {} if adapter is not None and out_path is not None else None
-    encoded: list[Any] = []
-    if cfg.eval.perplexity:
-        encoded = _score_perplexity(results, loaded, run_dir, cfg, progress, kept, shard)
-    if cfg.eval.probe_files and cfg.eval.probe_sampling:
-        _score_probes(results, loaded, cfg, label, progress, shard)
-    if cfg.eval.lm_eval_tasks and dist.is_main():
+    runtime = TransformersRuntime.open(
+        settings, run_dir, adapter, keep_logprobs=adapter is not None and out_path is not None
+    )
+    return evaluate(runtime, settings, run_dir, label, out_path, contamination, progress, shard)
+
+
+class TransformersRuntime:
+    """A model in transformers, in process (base, base + adapter, or an exported GGUF through transformers' loader):
+    a ``evals.driver.Runtime``. Under torchrun, perplexity and probe batches are split across processes and lm-eval
+    runs data-parallel from the main process."""
+
+    name = TRANSFORMERS
+    capabilities = frozenset({GENERATE, TOKEN_LOGPROBS, CONTINUATION_LOGPROBS, SHARDS})
+
+    def __init__(
+        self,
+        settings: EvalSettings,
+        run_dir: Path,
+        adapter: str | Path | None,
+        source: ModelSource,
+        loaded: Loaded | None,
+        started: float,
+        distributed: bool,
+        keep_logprobs: bool,
+    ) -> None:
+        self.settings, self.run_dir, self.adapter, self.source = settings, run_dir, adapter, source
+        self.loaded, self.started, self.distributed = loaded, started, distributed
+        self.template = loaded.template if loaded is not None else None
+        self.kept: dict[int, Any] | None = {} if keep_logprobs else None
+
+    @classmethod
+    def open(
+        cls, settings: EvalSettings, run_dir: str | Path, adapter: str | Path | None = None, keep_logprobs: bool = False
+    ) -> TransformersRuntime:
+        """Load the model (an artifact's chat template checked first).
+
+        Args:
+            keep_logprobs: keep the perplexity pass's scored hidden states and save them beside the results, for
+                the parity of this adapter's exports (``evals.parity``)."""
+        run_dir = Path(run_dir)
+        if settings.eval.perplexity or settings.artifact:
+            read_report(run_dir / "data")  # a damaged data report stops here, not after minutes of model loading
+        started = time.perf_counter()
+        distributed = dist.init()  # under torchrun: perplexity and probe batches are split across processes
+        if settings.artifact:
+            check_artifact_template(settings.model.ref, run_dir)
+        source = resolve_model(settings.model.ref, settings.model.revision)
+        # merging evaluates the 16-bit model users ship; the base is then scored in 16 bit too, so the pair differs
+        # only by the adapter (unmerged keeps a QLoRA adapter on the 4-bit base it was trained against)
+        loaded = load_model(settings, adapter, source=source)
+        return cls(settings, run_dir, adapter, source, loaded, started, distributed, keep_logprobs)
+
+    def identity(self) -> dict[str, Any]:
+        ident = self.loaded.identity()
+        if self.settings.artifact:
+            ident["artifact"] = Path(self.settings.model.ref).name
+        return ident
+
+    def check(self, job: Job) -> None:
+        job.results.environment["world_size"] = dist.world_size()
+
+    def generator(self, job: Job) -> TransformersGenerator:
+        ev = job.settings.eval
+        return TransformersGenerator(
+            self.loaded, ev.probe_batch_size, None, True, ev.decode_loop, job.progress, job.shard
+        )
+
+    def score_perplexity(self, job: Job) -> None:
+        job.scratch["encoded"] = _score_perplexity(
+            job.results, self.loaded, job.run_dir, job.settings, job.progress, self.kept, job.shard
+        )
+
+    def score_lm_eval(self, job: Job) -> None:
+        import torch  # heavy: torch, imported when needed
+
+        if not dist.is_main():
+            return
         # under torchrun on GPUs the main process launches lm-eval data-parallel over the same GPUs, in a child
         # that loads its own copy: free ours first. One process runs lm-eval on the model it already holds.
-        procs = dist.world_size() if distributed and torch.cuda.is_available() else 1
+        procs = dist.world_size() if self.distributed and torch.cuda.is_available() else 1
         if procs > 1:
-            loaded = None
+            self.loaded = None
             _release_memory()
-        _score_lm_eval(results, loaded, source.path, adapter, template, cfg, label, procs, shard)
-    loaded = None
-    _release_memory()
-    dist.barrier()
+        _score_lm_eval(
+            job.results,
+            self.loaded,
+            self.source.path,
+            self.adapter,
+            self.template,
+            job.settings,
+            job.label,
+            procs,
+            job.shard,
+        )
 
-    if contamination is not None:
-        results.artifacts["contamination"] = contamination
-    results.timings["total_s"] = round(time.perf_counter() - t0, 2)
-    results.environment["world_size"] = dist.world_size()
-    if out_path is not None and dist.is_main():
-        results.save(out_path)
-        if kept is not None:
-            save_scored_hidden(Path(out_path).parent / HIDDEN_FILE, kept, encoded, results.model)
-    return results
+    def close(self) -> None:
+        self.loaded = None
+        _release_memory()
+        dist.barrier()
 
-
-def _load_model(
-    cfg: RunConfig, run_dir: Path, adapter: str | Path | None, artifact: bool
-) -> tuple[ModelSource, Loaded]:
-    """The model source and the model loaded for evaluation (an artifact's chat template checked first)."""
-    if artifact:
-        check_artifact_template(cfg.model.ref, run_dir)
-    source = resolve_model(cfg.model.ref, cfg.model.revision)
-    # merging evaluates the 16-bit model users ship; the base is then scored in 16 bit too, so the pair differs
-    # only by the adapter (unmerged keeps a QLoRA adapter on the 4-bit base it was trained against)
-    loaded = load_for_eval(
-        source,
-        adapter,
-        cfg.model.chat_template,
-        dtype=cfg.model.dtype,
-        load_in_4bit=eval_in_4bit(cfg, artifact),
-        trust_remote_code=cfg.model.trust_remote_code,
-        merge_adapter=cfg.eval.merge_adapter,
-    )
-    return source, loaded
+    def save(self, job: Job, out_path: Path) -> None:
+        if not dist.is_main():
+            return
+        job.results.save(out_path)
+        if self.kept is not None:
+            save_scored_hidden(
+                out_path.parent / HIDDEN_FILE, self.kept, job.scratch.get("encoded", []), job.results.model
+            )
 
 
 def _score_perplexity(
     results: Results,
     loaded: Loaded,
     run_dir: Path,
-    cfg: RunConfig,
+    settings: EvalSettings,
     progress: bool,
     hidden: dict[int, Any] | None = None,
     shard: Shard | None = None,
@@ -216,16 +264,16 @@ def _score_perplexity(
 
     Returns:
         The encoded test split."""
-    encoded, report = encoded_test_split(run_dir, loaded.tokenizer, cfg)
+    encoded, report = encoded_test_split(run_dir, loaded.tokenizer, settings)
     t = time.perf_counter()
     metric, items, inputs = perplexity.evaluate(
         loaded.model,
         loaded.tokenizer,
         encoded,
         split="test",
-        batch_tokens=cfg.eval.ppl_batch_tokens,
-        n_boot=cfg.eval.bootstrap_samples,
-        alpha=cfg.report.alpha,
+        batch_tokens=settings.eval.ppl_batch_tokens,
+        n_boot=settings.eval.bootstrap_samples,
+        alpha=settings.alpha,
         progress=progress,
         scored_hidden=hidden,
         shard=shard,
@@ -240,56 +288,37 @@ def _score_perplexity(
     return encoded
 
 
-def _score_probes(
-    results: Results, loaded: Loaded, cfg: RunConfig, label: str, progress: bool, shard: Shard | None = None
-) -> None:
-    """Every probe set under every sampling setting into ``results``."""
-    t = time.perf_counter()
-    probes = run_probes(
-        loaded,
-        list(cfg.eval.probe_files),
-        list(cfg.eval.probe_sampling),
-        batch_size=cfg.eval.probe_batch_size,
-        seed=cfg.eval.probe_seed,
-        label=label,
-        progress=progress,
-        cache_implementation=cfg.eval.decode_loop,
-        shard=shard,
-    )
-    results.merge(probes)
-    results.timings["probes_s"] = round(time.perf_counter() - t, 2)
-
-
 def _score_lm_eval(
     results: Results,
     loaded: Loaded | None,
     model_path: str,
     adapter: str | Path | None,
     template: Any,
-    cfg: RunConfig,
+    settings: EvalSettings,
     label: str,
     procs: int,
     shard: Shard | None = None,
 ) -> None:
     """The lm-eval tasks into ``results``: on ``loaded`` in this process, or (``loaded`` None) in a child over
     ``procs`` processes that loads its own copy."""
+    ev = settings.eval
     t = time.perf_counter()
     lm = run_lm_eval(
         model_path,
         str(adapter) if adapter else None,
-        list(cfg.eval.lm_eval_tasks),
-        cfg.eval.lm_eval_limit,
-        cfg.eval.lm_eval_batch_size,
-        cfg.eval.lm_eval_chat_template,
-        dtype=cfg.model.dtype,
+        list(ev.lm_eval_tasks),
+        ev.lm_eval_limit,
+        ev.lm_eval_batch_size,
+        ev.lm_eval_chat_template,
+        dtype=settings.model.dtype,
         label=label,
         template=template,
         num_processes=procs,
-        source=cfg.eval.lm_eval_source,
-        merge_adapter=cfg.eval.merge_adapter,
+        source=ev.lm_eval_source,
+        merge_adapter=ev.merge_adapter,
         loaded=loaded,
-        generate_batch_size=cfg.eval.lm_eval_generate_batch_size,
-        cache_implementation=cfg.eval.decode_loop,
+        generate_batch_size=ev.lm_eval_generate_batch_size,
+        cache_implementation=ev.decode_loop,
         shard=shard.to_list() if shard is not None else None,
     )
     results.merge(lm)
@@ -305,12 +334,13 @@ def _release_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def save_contamination(run_dir: Path, cfg: RunConfig) -> dict[str, Any]:
-    """Compute the contamination report once per run (it depends on data, not on the model)."""
+def save_contamination(run_dir: Path, ev: EvalConfig) -> dict[str, Any]:
+    """Compute the contamination report once per run (it depends on data, not on the model; ``ev``: the run's eval
+    section)."""
     path = run_dir / "eval" / "contamination.json"
-    rep = contamination_report(run_dir, cfg, probe_prompt_texts(cfg) if cfg.eval.probe_files else None)
+    rep = contamination_report(run_dir, ev, probe_prompt_texts(ev) if ev.probe_files else None)
     atomic_write_json(path, rep)
     return rep
 
 
-__all__ = ["evaluate_model", "save_contamination", "encoded_test_split"]
+__all__ = ["TransformersRuntime", "evaluate_model", "save_contamination", "encoded_test_split"]

@@ -26,15 +26,14 @@ from pathlib import Path
 from typing import Any
 
 from tunebench.core import output
-from tunebench.core.config_schema import RunConfig
+from tunebench.core.config_schema import EvalConfig
 from tunebench.core.errors import EndpointError
-from tunebench.core.io import environment
 from tunebench.core.runtimes import ENDPOINT, SERVED_PREFIX
 from tunebench.data.encode import Encoded
+from tunebench.evals.driver import CONTINUATION_LOGPROBS, GENERATE, TOKEN_LOGPROBS, Job, evaluate
 from tunebench.evals.endpoint import OpenAIClient
 from tunebench.evals.llamacpp import scored_positions
 from tunebench.evals.perplexity import metric_from_items
-from tunebench.evals.probes import add_probes
 from tunebench.evals.results import Results
 from tunebench.evals.served_checks import (
     EndpointModel,
@@ -42,6 +41,7 @@ from tunebench.evals.served_checks import (
     prompt_logprobs,
     text_likelihood_check,
 )
+from tunebench.evals.settings import EvalSettings, load_model
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def served_model_name(client: OpenAIClient) -> str:
 
 
 def endpoint_perplexity(
-    model: EndpointModel, encoded: list[Encoded], tok: Any, cfg: RunConfig, split: str = "test"
+    model: EndpointModel, encoded: list[Encoded], tok: Any, settings: EvalSettings, split: str = "test"
 ) -> tuple[Any, list[dict[str, Any]], dict[str, Any]] | str:
     """``perplexity/<split>`` from the server's echoed log-probs on the run's token ids, or why it cannot be had."""
     items, t0 = [], time.perf_counter()
@@ -89,36 +89,37 @@ def endpoint_perplexity(
         items,
         encoded,
         split,
-        n_boot=cfg.eval.bootstrap_samples,
-        alpha=cfg.report.alpha,
+        n_boot=settings.eval.bootstrap_samples,
+        alpha=settings.alpha,
         seconds=time.perf_counter() - t0,
         runtime=ENDPOINT,
     )
 
 
-def endpoint_lm_eval(model: EndpointModel, cfg: RunConfig, tok: Any, label: str) -> Results:
-    """The run's lm-eval tasks through the server's /v1/completions (``evals.lm_eval_text``)."""
+def endpoint_lm_eval(model: EndpointModel, ev: EvalConfig, tok: Any, label: str) -> Results:
+    """The run's lm-eval tasks (``ev``: the run's eval section) through the server's /v1/completions
+    (``evals.lm_eval_text``)."""
     from tunebench.evals.lm_eval_runner import run_lm_eval_text
 
     return run_lm_eval_text(
         lambda body: model.client.request("/completions", body),
         model,
         model.name,
-        list(cfg.eval.lm_eval_tasks),
-        cfg.eval.lm_eval_limit,
-        cfg.eval.lm_eval_chat_template,
+        list(ev.lm_eval_tasks),
+        ev.lm_eval_limit,
+        ev.lm_eval_chat_template,
         label,
         model.identity(),
         tok,
         model.template or "",
-        cfg.eval.lm_eval_source,
+        ev.lm_eval_source,
         model.concurrency,
         ENDPOINT,
     )
 
 
 def evaluate_endpoint(
-    cfg: RunConfig,
+    settings: EvalSettings,
     run_dir: str | Path,
     url: str,
     label: str = SERVED_PREFIX,
@@ -129,32 +130,109 @@ def evaluate_endpoint(
     timeout_s: float = 300.0,
     progress: bool = True,
 ) -> Results:
-    """Score the model behind ``url`` on the run's inputs; writes results.json atomically at the end.
+    """Score the model behind ``url`` on the run's inputs (``evals.driver.evaluate`` on an ``EndpointRuntime``);
+    writes results.json atomically at the end.
 
     Raises:
         EndpointError: unreachable, not OpenAI-compatible, a refused key, or a request that failed (named).
         DataError: the run's test split no longer encodes to the data step's tokens.
     """
-    from tunebench.models.adapters import adapter_manifest
+    runtime = EndpointRuntime.open(settings, run_dir, url, served_model, api_key_env, concurrency, timeout_s, progress)
+    return evaluate(runtime, settings, run_dir, label, out_path, progress=progress)
 
-    run_dir, t0 = Path(run_dir), time.perf_counter()
-    adapter = run_dir / "adapter"
-    manifest = adapter_manifest(adapter)
-    model = open_endpoint(url, served_model, api_key_env, concurrency, timeout_s, progress, manifest, cfg)
-    results = Results(label=label, model=model.identity(), inputs={}, environment=environment())
-    loaded = None
-    if cfg.eval.perplexity or cfg.eval.lm_eval_tasks:  # the in-process adapter the checks compare against
-        loaded = _reference_adapter(cfg, adapter, manifest)
-    if cfg.eval.perplexity:  # the check, then perplexity, against the adapter on the run's own tokens
-        _add_perplexity(results, model, loaded, cfg, run_dir)
-    if cfg.eval.lm_eval_tasks:
-        _add_lm_eval(results, model, loaded, cfg, label)
-    loaded = None
-    add_probes(results, cfg.eval, model, label)
-    results.timings["total_s"] = round(time.perf_counter() - t0, 2)
-    if out_path is not None:
-        results.save(out_path)
-    return results
+
+class EndpointRuntime:
+    """Any OpenAI-compatible server: a ``evals.driver.Runtime``. Likelihood metrics come only after a check against
+    the run's adapter in process (loaded once, when a likelihood family first asks for it)."""
+
+    name = ENDPOINT
+    capabilities = frozenset({GENERATE, TOKEN_LOGPROBS, CONTINUATION_LOGPROBS})
+
+    def __init__(
+        self, settings: EvalSettings, run_dir: Path, model: EndpointModel, manifest: dict[str, Any], started: float
+    ) -> None:
+        self.settings, self.run_dir, self.model, self.manifest = settings, run_dir, model, manifest
+        self.started = started
+        self._reference: Any = None
+
+    @classmethod
+    def open(
+        cls,
+        settings: EvalSettings,
+        run_dir: str | Path,
+        url: str,
+        served_model: str | None = None,
+        api_key_env: str | None = None,
+        concurrency: int = 8,
+        timeout_s: float = 300.0,
+        progress: bool = True,
+    ) -> EndpointRuntime:
+        """The server at ``url``: its model (the first it lists unless named), the run's template."""
+        from tunebench.models.adapters import adapter_manifest
+
+        run_dir, started = Path(run_dir), time.perf_counter()
+        manifest = adapter_manifest(run_dir / "adapter")
+        model = open_endpoint(
+            url, served_model, api_key_env, concurrency, timeout_s, progress, manifest, settings.model.chat_template
+        )
+        return cls(settings, run_dir, model, manifest, started)
+
+    @property
+    def reference(self) -> Any:
+        """The run's adapter in process, on the base it was trained on: what the likelihood checks compare with."""
+        if self._reference is None:
+            self._reference = load_model(
+                self.settings, self.run_dir / "adapter", base=self.manifest.get("model", {}), in_4bit=False
+            )
+        return self._reference
+
+    def identity(self) -> dict[str, Any]:
+        return self.model.identity()
+
+    def check(self, job: Job) -> None:
+        pass  # each likelihood family checks the server's log-probs first (a server without them keeps the rest)
+
+    def generator(self, job: Job) -> EndpointModel:
+        return self.model
+
+    def score_perplexity(self, job: Job) -> None:
+        """The likelihood check, then (when it holds) perplexity from the server on the run's test tokens."""
+        from tunebench.evals.runner import encoded_test_split
+
+        results, model, loaded = job.results, self.model, self.reference
+        check = likelihood_check(model, loaded)
+        results.artifacts["likelihood_check"] = check
+        if check["ok"]:
+            t = time.perf_counter()
+            encoded, report = encoded_test_split(job.run_dir, loaded.tokenizer, job.settings)
+            got = endpoint_perplexity(model, encoded, loaded.tokenizer, job.settings)
+            if isinstance(got, str):
+                check.update(ok=False, why=got)
+            else:
+                metric, items, inputs = got
+                results.add(metric, items)
+                results.inputs.update(inputs)
+                results.inputs["template_sha"] = report["template"]["sha"]
+                results.timings["perplexity_s"] = round(time.perf_counter() - t, 2)
+        if not check["ok"]:
+            log.warning("%s: no perplexity from this server: %s", model.client.root, check["why"])
+
+    def score_lm_eval(self, job: Job) -> None:
+        """The text likelihood check, then (when it holds) the run's lm-eval tasks through the server."""
+        results, model, loaded, ev = job.results, self.model, self.reference, job.settings.eval
+        text_check = text_likelihood_check(model, loaded, ev.lm_eval_chat_template)
+        results.artifacts["lm_eval_check"] = text_check
+        if text_check["ok"]:
+            results.merge(endpoint_lm_eval(model, ev, loaded.tokenizer, job.label))
+        else:
+            results.artifacts["lm_eval_skipped"] = f"lm-eval tasks refused on this server: {text_check['why']}"
+            log.warning("%s: no lm-eval tasks from this server: %s", model.client.root, text_check["why"])
+
+    def close(self) -> None:
+        self._reference = None
+
+    def save(self, job: Job, out_path: Path) -> None:
+        job.results.save(out_path)
 
 
 def open_endpoint(
@@ -165,7 +243,7 @@ def open_endpoint(
     timeout_s: float,
     progress: bool,
     manifest: dict[str, Any],
-    cfg: RunConfig,
+    chat_template: str = "auto",
 ) -> EndpointModel:
     """The server at ``url`` as an ``EndpointModel``: its model (the first it lists unless named), the run's
     template."""
@@ -182,57 +260,7 @@ def open_endpoint(
     return EndpointModel(
         client,
         served_model or served_model_name(client),
-        manifest.get("template", {}).get("name", cfg.model.chat_template),
+        manifest.get("template", {}).get("name", chat_template),
         concurrency,
         progress,
     )
-
-
-def _reference_adapter(cfg: RunConfig, adapter: Path, manifest: dict[str, Any]) -> Any:
-    """The run's adapter in process, on the base it was trained on: what the likelihood checks compare with."""
-    from tunebench.evals.modeling import load_for_eval
-    from tunebench.models.loading import resolve_model
-
-    base = manifest.get("model", {})
-    return load_for_eval(
-        resolve_model(base.get("ref") or cfg.model.ref, base.get("revision")),
-        adapter,
-        cfg.model.chat_template,
-        dtype=cfg.model.dtype,
-        load_in_4bit=False,
-        trust_remote_code=cfg.model.trust_remote_code,
-        merge_adapter=cfg.eval.merge_adapter,
-    )
-
-
-def _add_perplexity(results: Results, model: EndpointModel, loaded: Any, cfg: RunConfig, run_dir: Path) -> None:
-    """The likelihood check, then (when it holds) perplexity from the server on the run's test tokens."""
-    from tunebench.evals.runner import encoded_test_split
-
-    check = likelihood_check(model, loaded)
-    results.artifacts["likelihood_check"] = check
-    if check["ok"]:
-        t = time.perf_counter()
-        encoded, report = encoded_test_split(run_dir, loaded.tokenizer, cfg)
-        got = endpoint_perplexity(model, encoded, loaded.tokenizer, cfg)
-        if isinstance(got, str):
-            check.update(ok=False, why=got)
-        else:
-            metric, items, inputs = got
-            results.add(metric, items)
-            results.inputs.update(inputs)
-            results.inputs["template_sha"] = report["template"]["sha"]
-            results.timings["perplexity_s"] = round(time.perf_counter() - t, 2)
-    if not check["ok"]:
-        log.warning("%s: no perplexity from this server: %s", model.client.root, check["why"])
-
-
-def _add_lm_eval(results: Results, model: EndpointModel, loaded: Any, cfg: RunConfig, label: str) -> None:
-    """The text likelihood check, then (when it holds) the run's lm-eval tasks through the server."""
-    text_check = text_likelihood_check(model, loaded, cfg.eval.lm_eval_chat_template)
-    results.artifacts["lm_eval_check"] = text_check
-    if text_check["ok"]:
-        results.merge(endpoint_lm_eval(model, cfg, loaded.tokenizer, label))
-    else:
-        results.artifacts["lm_eval_skipped"] = f"lm-eval tasks refused on this server: {text_check['why']}"
-        log.warning("%s: no lm-eval tasks from this server: %s", model.client.root, text_check["why"])

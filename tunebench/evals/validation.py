@@ -10,14 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tunebench.core.config_schema import RunConfig
 from tunebench.core.errors import DataError, InvalidInput
 from tunebench.data.conversations import PreparedData
 from tunebench.data.encode import encode_split, tokens_fingerprint
 from tunebench.evals import perplexity
-from tunebench.evals.modeling import eval_in_4bit, load_for_eval
 from tunebench.evals.results import Metric
-from tunebench.models.loading import resolve_model
+from tunebench.evals.settings import EvalSettings, load_model
 
 OBJECTIVE_SPLIT = "validation"
 OBJECTIVE_METRIC = f"perplexity/{OBJECTIVE_SPLIT}"
@@ -42,7 +40,7 @@ def require_no_test(prepared: PreparedData, where: str) -> None:
 
 
 def score_validation(
-    cfg: RunConfig,
+    settings: EvalSettings,
     prepared: PreparedData,
     adapter: str | Path | None,
     split: str = OBJECTIVE_SPLIT,
@@ -73,21 +71,13 @@ def score_validation(
             "the validation split is empty: the sweep has nothing to select on; raise "
             "data.max_validation or data.validation_fraction"
         )
-    loaded = load_for_eval(
-        resolve_model(cfg.model.ref, cfg.model.revision),
-        adapter,
-        cfg.model.chat_template,
-        dtype=cfg.model.dtype,
-        load_in_4bit=eval_in_4bit(cfg),
-        trust_remote_code=cfg.model.trust_remote_code,
-        merge_adapter=cfg.eval.merge_adapter,
-    )
+    loaded = load_model(settings, adapter)
     encoded, _ = encode_split(
         loaded.tokenizer,
         convs,
         prepared.template.end_of_turn,
-        cfg.data.max_length,
-        cfg.data.truncation,
+        settings.max_length,
+        settings.truncation,
         desc=f"encode {OBJECTIVE_SPLIT}",
     )
     want = prepared.report["splits"][OBJECTIVE_SPLIT]["fingerprint"]
@@ -101,9 +91,9 @@ def score_validation(
         loaded.tokenizer,
         encoded,
         split=OBJECTIVE_SPLIT,
-        batch_tokens=cfg.eval.ppl_batch_tokens,
-        n_boot=cfg.eval.bootstrap_samples,
-        alpha=cfg.report.alpha,
+        batch_tokens=settings.eval.ppl_batch_tokens,
+        n_boot=settings.eval.bootstrap_samples,
+        alpha=settings.alpha,
         progress=progress,
     )
     return metric, items
