@@ -286,6 +286,21 @@ def test_every_import_names_the_module_that_defines_the_name():
     assert not _pass_throughs(), "imports through another module:\n" + "\n".join(_pass_throughs())
 
 
+def test_every_subpackage_has_a_face():
+    """Each subpackage's ``__init__.py`` says what the package offers (its docstring) and holds nothing else but
+    the names it offers (imports and ``__all__``): no code."""
+    faceless, busy = [], []
+    for init in sorted(PACKAGE.rglob("__init__.py")):
+        tree = _tree(init)
+        where = str(init.relative_to(ROOT))
+        if not (ast.get_docstring(tree) or "").strip():
+            faceless.append(where)
+        allowed = (ast.Import, ast.ImportFrom, ast.Expr, ast.Assign, ast.AnnAssign)
+        busy += [f"{where}:{node.lineno}" for node in tree.body if not isinstance(node, allowed)]
+    assert not faceless, f"subpackages without a face (a docstring saying what they offer): {faceless}"
+    assert not busy, f"code in a face (move it to a module of the package): {busy}"
+
+
 def test_no_import_circle():
     assert not _circles(), "import circles:\n" + "\n".join(_circles())
 

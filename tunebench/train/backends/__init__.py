@@ -18,8 +18,7 @@ from tunebench.train.backends.base import (
     labels_dataset,
     use_4bit,
 )
-from tunebench.train.backends.hf import HFBackend
-from tunebench.train.backends.unsloth import UnslothBackend
+from tunebench.train.backends.registry import get_backend
 
 __all__ = [
     "BACKENDS",
@@ -32,11 +31,3 @@ __all__ = [
     "labels_dataset",
     "use_4bit",
 ]
-
-
-def get_backend(name: str) -> Backend:
-    """The backend object for a resolved name."""
-    backends = {"unsloth": UnslothBackend, "hf": HFBackend}
-    if name not in backends:
-        raise BackendError(f"unknown backend {name!r}; known: {', '.join(backends)}")
-    return backends[name]()
