@@ -290,7 +290,7 @@ def test_a_group_is_one_pooled_paired_metric_over_its_members(tiny_llama_dir):
     <subject>/<doc>), each subject under it, and the default gate glob picks the group alone."""
     from tunebench.evals.modeling import load_for_eval
     from tunebench.models.loading import resolve_model
-    from tunebench.reports.gate_rules import glob_to_regex
+    from tunebench.gate.rules import glob_to_regex
 
     loaded = load_for_eval(resolve_model(str(tiny_llama_dir)), device="cpu", dtype="float32")
     res = run_lm_eval(

@@ -18,7 +18,7 @@ import pytest
 
 from tunebench.app import cli
 from tunebench.evals.results import Results
-from tunebench.reports.comparison import compare
+from tunebench.compare.comparison import compare
 
 PROBES = """name: shardprobes
 version: 1

@@ -26,8 +26,8 @@ from tunebench.data.data_report import read_report
 from tunebench.data.sources import read_file
 from tunebench.data.standardize import standardize_and_split
 from tunebench.evals.results import Results
-from tunebench.reports import gate as gate_mod
-from tunebench.reports.comparison import Comparison, compare
+from tunebench.gate import verdict as gate_mod
+from tunebench.compare.comparison import Comparison, compare
 
 # ----------------------------------------------------------------------------- data lines
 

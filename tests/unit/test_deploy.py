@@ -17,7 +17,7 @@ from tunebench.data.encode import Encoded
 from tunebench.evals.contract import first_difference
 from tunebench.evals.parity import parity_metrics, token_parity
 from tunebench.evals.results import Results
-from tunebench.reports.compare import parity_rows
+from tunebench.compare.runs import parity_rows
 
 
 def _encoded(n: int, length: int = 6) -> list[Encoded]:

@@ -26,8 +26,8 @@ from tunebench.evals.families import (
 )
 from tunebench.evals.llamacpp import PARITY_METRICS
 from tunebench.evals.results import Metric
-from tunebench.reports.comparison import compare
-from tunebench.reports.gate import evaluate_gate
+from tunebench.compare.comparison import compare
+from tunebench.gate.verdict import evaluate_gate
 from tunebench.reports.render import render_report
 
 TOY = Family(

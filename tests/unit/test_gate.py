@@ -10,9 +10,9 @@ import pytest
 import synthetic  # tests/fixtures/synthetic.py (on sys.path via conftest)
 
 from tunebench.core.errors import EXIT_GATE_INCONCLUSIVE, GateError
-from tunebench.reports.comparison import compare
-from tunebench.reports.gate import GateVerdict, evaluate_gate, gate_main
-from tunebench.reports.gate_rules import DEFAULT_RULES, glob_to_regex, load_rules, parse_rules
+from tunebench.compare.comparison import compare
+from tunebench.gate.verdict import GateVerdict, evaluate_gate, gate_main
+from tunebench.gate.rules import DEFAULT_RULES, glob_to_regex, load_rules, parse_rules
 
 
 @pytest.fixture(scope="module")
@@ -237,8 +237,8 @@ def test_direction_override_and_relative_regression(comparisons):
 def test_metric_without_interval_is_inconclusive(comparisons):
     row = comparisons["same"].row("lm_eval/tunebench_arith_gen/exact_match")
     row = type(row)(**{**row.__dict__, "ci_low": None, "ci_high": None})
-    from tunebench.reports.gate_rules import parse_rule
-    from tunebench.reports.rows import judge
+    from tunebench.gate.rules import parse_rule
+    from tunebench.compare.rows import judge
 
     out = judge(parse_rule({"metric": row.metric, "max_regression": 0.5}, "r"), row)
     assert out.status == "inconclusive" and "no interval" in out.reason
@@ -292,7 +292,7 @@ def test_shipped_default_rules_load():
 
 def _row_of(base_values, tuned_values, min_n, n_boot=2000, seed=0):
     from tunebench.evals.results import Metric
-    from tunebench.reports.rows import compare_metric
+    from tunebench.compare.rows import compare_metric
 
     b = [{"id": str(k), "num": float(v), "den": 1.0} for k, v in enumerate(base_values)]
     t = [{"id": str(k), "num": float(v), "den": 1.0} for k, v in enumerate(tuned_values)]
@@ -308,7 +308,7 @@ def test_every_small_paired_table_verdict_and_gate_agree_about_zero():
     """Every paired pass/fail table with n <= 30 (b base-only, c tuned-only, the concordant pairs split both ways):
     min_improvement: 0 passes exactly when the verdict is "improved", max_regression: 0 fails exactly when it is
     "regressed"; with report.min_n = 10 no rule passes or fails on a row under 10, and the row reads too few."""
-    from tunebench.reports.rows import judge
+    from tunebench.compare.rows import judge
 
     for n in range(1, 31):
         for b in range(n + 1):
@@ -330,7 +330,7 @@ def test_every_small_paired_table_verdict_and_gate_agree_about_zero():
 def test_bootstrap_rows_verdict_and_gate_agree_on_random_data():
     """Scores (not pass/fail) take the studentized bootstrap: on random datasets of every size the verdict and the
     gate agree about 0, and a shifted metric is found."""
-    from tunebench.reports.rows import judge
+    from tunebench.compare.rows import judge
 
     rng = np.random.default_rng(35)
     found = 0

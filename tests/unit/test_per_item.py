@@ -12,8 +12,8 @@ import yaml
 
 from tunebench.app import cli
 from tunebench.core.errors import RunFileError
-from tunebench.reports.comparison import compare
-from tunebench.reports.per_item import (
+from tunebench.compare.comparison import compare
+from tunebench.compare.per_item import (
     JUDGMENTS,
     PerItem,
     load_per_item,

@@ -60,20 +60,20 @@ from tunebench.models.loading import (
     load_tokenizer,
     resolve_model,
 )
-from tunebench.reports.compare import (
+from tunebench.compare.runs import (
     compare_artifacts,
     load_artifact_results,
     load_run_results,
     served_against_artifacts,
 )
-from tunebench.reports.comparison import compare
-from tunebench.reports.gate import judge_run, write_verdict
-from tunebench.reports.per_item import FILE as PER_ITEM_FILE
-from tunebench.reports.per_item import per_item_of_run
+from tunebench.compare.comparison import compare
+from tunebench.gate.verdict import judge_run, write_verdict
+from tunebench.compare.per_item import FILE as PER_ITEM_FILE
+from tunebench.compare.per_item import per_item_of_run
 from tunebench.reports.plots import draw_report_plots
 from tunebench.reports.render import context_from_run, render_report
 from tunebench.reports.render_tables import metric_table
-from tunebench.reports.rows import load_judge_results
+from tunebench.compare.rows import load_judge_results
 from tunebench.reports.tracking import comparison_metrics, log_metrics
 from tunebench.train.gguf_export import export_gguf
 from tunebench.train.model_card import with_evaluation

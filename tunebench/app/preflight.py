@@ -21,7 +21,7 @@ from tunebench.evals.families import MetricShape, artifact_metrics, produced_met
 from tunebench.evals.judge import preflight as judge_preflight
 from tunebench.evals.lm_eval_index import check_task_names
 from tunebench.evals.probes import load_probe_set
-from tunebench.reports.gate_rules import GateRule, load_rules
+from tunebench.gate.rules import GateRule, load_rules
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ def preflight(cfg: RunConfig, whole_run: bool = False) -> None:
 
 
 def could_match(pattern: str, shape: MetricShape) -> bool:
-    """Whether a rule's metric glob (reports.gate: ``*`` within a segment, ``**`` across) can match a name of
+    """Whether a rule's metric glob (gate.verdict: ``*`` within a segment, ``**`` across) can match a name of
     ``shape``. Lenient where it cannot tell (past a ``**``): a false refusal would block a good run."""
     rule = pattern.split("/")
     for k, seg in enumerate(rule):

@@ -10,7 +10,7 @@ from typing import Any
 
 from tunebench.core.markdown import table
 from tunebench.core.numbers import fmt, fmt_interval, fmt_p
-from tunebench.reports.rows import MetricComparison
+from tunebench.compare.rows import MetricComparison
 
 SHOWN_CHARS = 300
 """Answer and judgment excerpts in the disagreement examples are cut to this many characters."""

@@ -8,9 +8,9 @@ from typing import Any
 
 from tunebench.core.markdown import table
 from tunebench.core.numbers import fmt, fmt_interval, fmt_p
-from tunebench.reports.comparison import Comparison
+from tunebench.compare.comparison import Comparison
 from tunebench.reports.more_items import more_items
-from tunebench.reports.rows import TOO_FEW, MetricComparison
+from tunebench.compare.rows import TOO_FEW, MetricComparison
 
 _VERDICT = {"improved": "**improved**", "regressed": "**regressed**"}
 

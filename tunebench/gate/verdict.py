@@ -1,7 +1,7 @@
 """Release gate: rules over a Comparison decide, on confidence bounds, whether an adapter may ship.
 
-Rules files (YAML: ``metric`` globs, thresholds, ``artifact``, ``optional``) are read by ``reports.gate_rules``,
-whose docstring shows one; one rule on one row is judged by ``reports.rows.judge``.
+Rules files (YAML: ``metric`` globs, thresholds, ``artifact``, ``optional``) are read by ``gate.rules``,
+whose docstring shows one; one rule on one row is judged by ``compare.rows.judge``.
 
 Improvement I is delta oriented so that positive is better; [lo, hi] is the comparison's two-sided
 (1 - alpha) interval of I (95% by default: each bound is a one-sided 97.5% bound). Each threshold sets a
@@ -11,7 +11,7 @@ margin M on the improvement scale and has three verdicts:
   larger than m), fail when hi < -m (a regression larger than m is established), else inconclusive.
 - ``min_improvement: t`` (superiority, M = t): pass when lo > t (an improvement above t), fail when hi <= t, else
   inconclusive; ``min_improvement: 0`` passes exactly when the row's verdict is "improved" (interval and p come
-  from one method, ``reports.rows``).
+  from one method, ``compare.rows``).
 - ``_rel`` variants scale the margin by |base| (0.02 = 2% of the base value).
 
 A row with fewer paired units than ``report.min_n`` (the report flags it "too few samples") makes any rule on it
@@ -49,10 +49,10 @@ from tunebench.core.io import atomic_write_json, short
 from tunebench.core.numbers import fmt
 from tunebench.core.runtimes import artifact_eval_command, artifact_quant
 from tunebench.evals.results import Results
-from tunebench.reports.compare import compare_artifacts, load_artifact_results, load_run_results, run_settings
-from tunebench.reports.comparison import Comparison, compare
-from tunebench.reports.gate_rules import GateRule, glob_to_regex, load_rules, parse_rule, resolve_rules_path
-from tunebench.reports.rows import (
+from tunebench.compare.runs import compare_artifacts, load_artifact_results, load_run_results, run_settings
+from tunebench.compare.comparison import Comparison, compare
+from tunebench.gate.rules import GateRule, glob_to_regex, load_rules, parse_rule, resolve_rules_path
+from tunebench.compare.rows import (
     FAIL,
     INCONCLUSIVE,
     PASS,

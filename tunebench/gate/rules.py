@@ -20,7 +20,7 @@ when the export loses what training gained::
 Fields: ``metric`` (required), ``name`` (label), ``artifact``, ``direction`` (``auto`` = the metric's
 ``higher_is_better``, or ``higher`` / ``lower``), ``min_improvement``, ``min_improvement_rel``, ``max_regression``,
 ``max_regression_rel`` (at least one threshold), ``optional`` (default false). What each threshold decides is
-``reports.gate``'s docstring.
+``gate.verdict``'s docstring.
 
 ``require_significant`` (tunebench.gate/1) is refused with a message: under the old meaning a regression
 that was not significant passed, which is absence of evidence read as evidence of no regression.
