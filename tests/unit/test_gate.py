@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import synthetic  # tests/fixtures/synthetic.py (on sys.path via conftest)
 
-from tunebench.core.errors import EXIT_GATE_INCONCLUSIVE, GateError
 from tunebench.compare.comparison import compare
+from tunebench.compare.rule import glob_to_regex
+from tunebench.core.errors import EXIT_GATE_INCONCLUSIVE, GateError
+from tunebench.gate.rules import DEFAULT_RULES, load_rules, parse_rules
 from tunebench.gate.verdict import GateVerdict, evaluate_gate, gate_main
-from tunebench.gate.rules import DEFAULT_RULES, glob_to_regex, load_rules, parse_rules
 
 
 @pytest.fixture(scope="module")
@@ -237,8 +238,8 @@ def test_direction_override_and_relative_regression(comparisons):
 def test_metric_without_interval_is_inconclusive(comparisons):
     row = comparisons["same"].row("lm_eval/tunebench_arith_gen/exact_match")
     row = type(row)(**{**row.__dict__, "ci_low": None, "ci_high": None})
-    from tunebench.gate.rules import parse_rule
     from tunebench.compare.rows import judge
+    from tunebench.compare.rule import parse_rule
 
     out = judge(parse_rule({"metric": row.metric, "max_regression": 0.5}, "r"), row)
     assert out.status == "inconclusive" and "no interval" in out.reason
@@ -291,8 +292,8 @@ def test_shipped_default_rules_load():
 
 
 def _row_of(base_values, tuned_values, min_n, n_boot=2000, seed=0):
-    from tunebench.evals.results import Metric
     from tunebench.compare.rows import compare_metric
+    from tunebench.evals.results import Metric
 
     b = [{"id": str(k), "num": float(v), "den": 1.0} for k, v in enumerate(base_values)]
     t = [{"id": str(k), "num": float(v), "den": 1.0} for k, v in enumerate(tuned_values)]

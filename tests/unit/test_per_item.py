@@ -11,7 +11,6 @@ import synthetic  # tests/fixtures/synthetic.py
 import yaml
 
 from tunebench.app import cli
-from tunebench.core.errors import RunFileError
 from tunebench.compare.comparison import compare
 from tunebench.compare.per_item import (
     JUDGMENTS,
@@ -21,6 +20,7 @@ from tunebench.compare.per_item import (
     per_item_of_run,
     record_lines,
 )
+from tunebench.core.errors import RunFileError
 from tunebench.reports.render import render_report
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import synthetic  # tests/fixtures/synthetic.py (on sys.path via conftest)
 
-from tunebench.core.numbers import fmt
 from tunebench.compare.comparison import compare
+from tunebench.core.numbers import fmt
 from tunebench.gate.verdict import evaluate_gate
 
 pytest_plugins = ["pytester"]

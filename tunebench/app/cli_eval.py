@@ -13,6 +13,7 @@ from tunebench.app.pipeline import finish
 from tunebench.app.preflight import preflight
 from tunebench.app.shards import eval_shard
 from tunebench.app.stages import Fingerprints, Stages, check_run_folder, run_folder
+from tunebench.compare.comparison import Comparison
 from tunebench.core import dist
 from tunebench.core.config import load_config
 from tunebench.core.config_schema import RunConfig
@@ -31,7 +32,6 @@ from tunebench.evals.contract import check_contract
 from tunebench.evals.llamacpp_eval import evaluate_gguf_llamacpp
 from tunebench.evals.runner import check_artifact_template, evaluate_model, save_contamination
 from tunebench.models.loading import resolve_model
-from tunebench.compare.comparison import Comparison
 from tunebench.reports.render_evals import export_view
 from tunebench.reports.render_tables import metric_table
 

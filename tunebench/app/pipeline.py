@@ -25,6 +25,16 @@ import yaml
 from tunebench.app import ranks
 from tunebench.app.preflight import preflight
 from tunebench.app.stages import Fingerprints, Stages
+from tunebench.compare.comparison import compare
+from tunebench.compare.per_item import FILE as PER_ITEM_FILE
+from tunebench.compare.per_item import per_item_of_run
+from tunebench.compare.rows import load_judge_results
+from tunebench.compare.runs import (
+    compare_artifacts,
+    load_artifact_results,
+    load_run_results,
+    served_against_artifacts,
+)
 from tunebench.core import output, tracking
 from tunebench.core.config_build import dump_yaml, from_dict, to_dict
 from tunebench.core.config_resolve import asked
@@ -53,6 +63,7 @@ from tunebench.evals.contract import check_contract
 from tunebench.evals.judge import judge_fingerprint, run_judge
 from tunebench.evals.llamacpp_eval import evaluate_gguf_llamacpp
 from tunebench.evals.runner import evaluate_model, save_contamination
+from tunebench.gate.verdict import judge_run, write_verdict
 from tunebench.models.loading import (
     ModelSource,
     choose_template,
@@ -60,20 +71,9 @@ from tunebench.models.loading import (
     load_tokenizer,
     resolve_model,
 )
-from tunebench.compare.runs import (
-    compare_artifacts,
-    load_artifact_results,
-    load_run_results,
-    served_against_artifacts,
-)
-from tunebench.compare.comparison import compare
-from tunebench.gate.verdict import judge_run, write_verdict
-from tunebench.compare.per_item import FILE as PER_ITEM_FILE
-from tunebench.compare.per_item import per_item_of_run
 from tunebench.reports.plots import draw_report_plots
 from tunebench.reports.render import context_from_run, render_report
 from tunebench.reports.render_tables import metric_table
-from tunebench.compare.rows import load_judge_results
 from tunebench.reports.tracking import comparison_metrics, log_metrics
 from tunebench.train.gguf_export import export_gguf
 from tunebench.train.model_card import with_evaluation

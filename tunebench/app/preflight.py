@@ -13,6 +13,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 
+from tunebench.compare.rule import GateRule
 from tunebench.core.config_schema import RunConfig
 from tunebench.core.errors import ConfigError, GateError, ProbeError
 from tunebench.core.runtimes import artifact_names, artifact_runtime
@@ -21,7 +22,7 @@ from tunebench.evals.families import MetricShape, artifact_metrics, produced_met
 from tunebench.evals.judge import preflight as judge_preflight
 from tunebench.evals.lm_eval_index import check_task_names
 from tunebench.evals.probes import load_probe_set
-from tunebench.gate.rules import GateRule, load_rules
+from tunebench.gate.rules import load_rules
 
 log = logging.getLogger(__name__)
 

@@ -15,11 +15,11 @@ from typing import Any
 import numpy as np
 from scipy import stats as sps
 
+from tunebench.compare.rows import IMPROVED, REGRESSED, compare_metric, judge, judged_row
+from tunebench.compare.rule import parse_rule
 from tunebench.core import matched_pairs, pairwise, stats
 from tunebench.evals import judge_metrics
 from tunebench.evals.results import Metric
-from tunebench.gate.rules import parse_rule
-from tunebench.compare.rows import IMPROVED, REGRESSED, compare_metric, judge, judged_row
 
 ALPHA = 0.05
 Pairs = tuple[list[dict[str, Any]], list[dict[str, Any]]]

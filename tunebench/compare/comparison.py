@@ -21,10 +21,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunebench.core.errors import ComparisonError, RunFileError
-from tunebench.core.io import check_json, read_json, short, show_json
-from tunebench.core.multiplicity import benjamini_hochberg, fcr_alpha, holm
-from tunebench.evals.results import Results
 from tunebench.compare.rows import (
     FEW_SAMPLES,
     IMPROVED,
@@ -36,6 +32,10 @@ from tunebench.compare.rows import (
     judged_rows,
     verdict_of,
 )
+from tunebench.core.errors import ComparisonError, RunFileError
+from tunebench.core.io import check_json, read_json, short, show_json
+from tunebench.core.multiplicity import benjamini_hochberg, fcr_alpha, holm
+from tunebench.evals.results import Results
 
 SCHEMA = "tunebench.comparison/1"
 LEADERBOARD_SCHEMA = "tunebench.leaderboard/1"

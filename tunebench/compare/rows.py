@@ -34,13 +34,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tunebench.compare.rule import GateRule, parse_rule
 from tunebench.core import stats
 from tunebench.core.errors import ComparisonError
 from tunebench.core.matched_pairs import matched_pairs
 from tunebench.core.numbers import fmt, fmt_interval, fmt_p
 from tunebench.core.pairwise import explained_by_length
 from tunebench.evals.results import Metric, Results
-from tunebench.gate.rules import GateRule, parse_rule
 
 IMPROVED, REGRESSED, UNCHANGED = "improved", "regressed", "no significant change"
 TOO_FEW = "too few samples"

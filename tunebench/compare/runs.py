@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tunebench.compare.comparison import Comparison, Leaderboard, check_same_inputs, compare, leaderboard
+from tunebench.compare.rows import FEW_SAMPLES, MetricComparison, compare_metric, load_judge_results
 from tunebench.core.errors import ComparisonError, MissingRunFile, RunFileError
 from tunebench.core.io import read_yaml, short
 from tunebench.core.runtimes import ARTIFACT_PREFIX, LLAMA_CPP, SERVED_PREFIX, is_served_label, label_artifact
 from tunebench.evals.results import Results
-from tunebench.compare.comparison import Comparison, Leaderboard, check_same_inputs, compare, leaderboard
-from tunebench.compare.rows import FEW_SAMPLES, MetricComparison, compare_metric, load_judge_results
 
 # ----------------------------------------------------------------------------- run folders (I/O, not pure)
 

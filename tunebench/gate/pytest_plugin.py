@@ -171,10 +171,10 @@ def tunebench_comparison(tunebench_run: Path, tunebench_results: dict[str, Any])
     rel=False)`` (the gate's non-inferiority rule: an inconclusive row fails), ``.assert_value(op, x,
     side="tuned")``; failures print both values, the delta and its interval.
     """
-    from tunebench.core.errors import ComparisonError
-    from tunebench.compare.runs import run_settings  # heavy: numpy (see above)
     from tunebench.compare.comparison import compare  # heavy: numpy (see above)
     from tunebench.compare.rows import load_judge_results  # heavy: numpy (see above)
+    from tunebench.compare.runs import run_settings  # heavy: numpy (see above)
+    from tunebench.core.errors import ComparisonError
 
     settings = run_settings(tunebench_run)
     try:

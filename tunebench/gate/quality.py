@@ -18,11 +18,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tunebench.core.runtimes import artifact_eval_command
 from tunebench.compare.comparison import Comparison
-from tunebench.gate.verdict import GateVerdict, artifact_comparisons, evaluate_gate, judge_run
-from tunebench.gate.rules import glob_to_regex, parse_rule
 from tunebench.compare.rows import PASS, SKIPPED, GateRow, describe_row
+from tunebench.compare.rule import glob_to_regex, parse_rule
+from tunebench.core.runtimes import artifact_eval_command
+from tunebench.gate.verdict import GateVerdict, artifact_comparisons, evaluate_gate, judge_run
 
 
 def verdict_failure(verdict: GateVerdict, what: str, source: str | None = None) -> str:

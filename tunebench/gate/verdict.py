@@ -37,6 +37,19 @@ from typing import Any, TextIO
 
 from tabulate import tabulate
 
+from tunebench.compare.comparison import Comparison, compare
+from tunebench.compare.rows import (
+    FAIL,
+    INCONCLUSIVE,
+    PASS,
+    SKIPPED,
+    GateRow,
+    MetricComparison,
+    judge,
+    load_judge_results,
+)
+from tunebench.compare.rule import GateRule, glob_to_regex, parse_rule
+from tunebench.compare.runs import compare_artifacts, load_artifact_results, load_run_results, run_settings
 from tunebench.core.errors import (
     EXIT_GATE_FAILED,
     EXIT_GATE_INCONCLUSIVE,
@@ -49,19 +62,7 @@ from tunebench.core.io import atomic_write_json, short
 from tunebench.core.numbers import fmt
 from tunebench.core.runtimes import artifact_eval_command, artifact_quant
 from tunebench.evals.results import Results
-from tunebench.compare.runs import compare_artifacts, load_artifact_results, load_run_results, run_settings
-from tunebench.compare.comparison import Comparison, compare
-from tunebench.gate.rules import GateRule, glob_to_regex, load_rules, parse_rule, resolve_rules_path
-from tunebench.compare.rows import (
-    FAIL,
-    INCONCLUSIVE,
-    PASS,
-    SKIPPED,
-    GateRow,
-    MetricComparison,
-    judge,
-    load_judge_results,
-)
+from tunebench.gate.rules import load_rules, resolve_rules_path
 
 SCHEMA = "tunebench.gate/2"
 NOTHING_CHECKED = "no rule matched any metric: nothing was checked"

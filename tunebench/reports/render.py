@@ -17,13 +17,14 @@ from typing import Any
 
 import jinja2
 
+from tunebench.compare.comparison import Comparison, Leaderboard
+from tunebench.compare.rows import TOO_FEW, load_judge_results
+from tunebench.compare.runs import load_run_results, run_settings
 from tunebench.core.errors import RunFileError
 from tunebench.core.io import check_json, package_path, read_json, read_yaml
 from tunebench.core.markdown import kv_table, table
 from tunebench.core.numbers import fmt, fmt_interval, fmt_p
 from tunebench.evals.families import families
-from tunebench.compare.runs import load_run_results, run_settings
-from tunebench.compare.comparison import Comparison, Leaderboard
 from tunebench.gate.files import other_gate_line, other_verdicts
 from tunebench.reports.render_evals import (
     _lm_eval_sections,
@@ -49,7 +50,6 @@ from tunebench.reports.render_run import (
     training_summary,
 )
 from tunebench.reports.render_tables import decision, metric_table
-from tunebench.compare.rows import TOO_FEW, load_judge_results
 
 TEMPLATES = package_path("reports", "templates")
 TEMPLATE = "report.md.j2"
