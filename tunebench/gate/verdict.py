@@ -248,7 +248,11 @@ def artifact_comparisons(run_dir: str | Path, tuned: Results | None = None, seed
 
 
 def judge_run(
-    run_dir: str | Path, rules_path: str | Path | None = None, seed: int = 0, comparison: Comparison | None = None
+    run_dir: str | Path,
+    rules_path: str | Path | None = None,
+    seed: int = 0,
+    comparison: Comparison | None = None,
+    artifacts: dict[str, Comparison] | None = None,
 ) -> GateVerdict:
     """What ``gate_main`` decides for a run folder, without printing or writing anything.
 
@@ -258,7 +262,11 @@ def judge_run(
             ``configs/gates/default.yaml``.
         seed: Bootstrap seed (the pipeline's comparison uses 0 too).
         comparison: The run's base vs tuned comparison at its own alpha, bootstrap size and ``seed``, when
-            the caller already holds it (the pytest plugin's session fixture); computed here otherwise.
+            the caller already holds it (the pytest plugin's session fixture, the pipeline's ``finish``); computed
+            here otherwise.
+        artifacts: Every evaluated export's comparison against the adapter, as ``artifact_comparisons`` computes
+            it (the same settings and ``seed``), when the caller already holds them (``finish``); computed here
+            otherwise, and only when a rule reads an artifact.
 
     Raises:
         InvalidInput: invalid rules (GateError), results that do not compare (ComparisonError), missing or
@@ -279,9 +287,10 @@ def judge_run(
             judged=load_judge_results(run_dir),
             min_n=settings["min_n"],
         )
-    artifacts = {}
-    if any(r.artifact for r in rules):
-        artifacts = artifact_comparisons(run_dir, results["tuned"] if results else None, seed)
+    if artifacts is None:
+        artifacts = {}
+        if any(r.artifact for r in rules):
+            artifacts = artifact_comparisons(run_dir, results["tuned"] if results else None, seed)
     verdict = evaluate_gate(comparison, rules, artifacts)
     verdict.rules_source = str(path)
     return verdict
