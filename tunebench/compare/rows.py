@@ -19,9 +19,9 @@ by the gate, which calls such a rule inconclusive). Every row carries ``mde``, i
 mde exceeds a gate's margin cannot carry that decision. A pairwise judge's win rate is already paired: ``judged_row``
 reads its length-controlled rate as the row, the raw rate beside it.
 
-One gate rule on one row is decided here too (``judge``, ``GateRow``: the release gate's semantics are in
-``gate.verdict``), so a row's ``assert_not_regressed`` and the gate decide with one function and this module imports
-nothing above it.
+One gate rule (``compare.rule``) on one row is decided here too (``judge``, ``GateRow``: the release gate's semantics
+are in ``gate.verdict``), so a row's ``assert_not_regressed`` and the gate decide with one function and this module
+imports nothing above its floor.
 """
 
 from __future__ import annotations

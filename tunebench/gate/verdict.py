@@ -1,7 +1,8 @@
 """Release gate: rules over a Comparison decide, on confidence bounds, whether an adapter may ship.
 
 Rules files (YAML: ``metric`` globs, thresholds, ``artifact``, ``optional``) are read by ``gate.rules``,
-whose docstring shows one; one rule on one row is judged by ``compare.rows.judge``.
+whose docstring shows one; each rule is a ``compare.rule.GateRule``, and one rule on one row is judged by
+``compare.rows.judge``.
 
 Improvement I is delta oriented so that positive is better; [lo, hi] is the comparison's two-sided
 (1 - alpha) interval of I (95% by default: each bound is a one-sided 97.5% bound). Each threshold sets a
