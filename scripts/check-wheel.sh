@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the wheel, installs it (not editable) into a fresh virtual environment, and uses it from a folder
-# whose own train.py, reports/ and evals/ would shadow generic package names: presets, config, the release
-# gate on a stored real run folder, and the pytest plugin's fixtures. Fails when the wheel carries anything
+# whose own train.py, reports/, gate/, compare/ and evals/ would shadow generic package names: presets, config, the
+# release gate on a stored real run folder, and the pytest plugin's fixtures. Fails when the wheel carries anything
 # outside tunebench/ and its dist-info.  Usage: bash scripts/check-wheel.sh   (PYTHON picks the interpreter)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,9 +34,11 @@ v="$work/venv/bin"
 
 # a user's project folder: generic names that must not shadow tunebench's modules
 proj="$work/project"
-mkdir -p "$proj/reports" "$proj/evals" "$proj/tests"
+mkdir -p "$proj/reports" "$proj/gate" "$proj/compare" "$proj/evals" "$proj/tests"
 echo 'raise SystemExit("the user train.py was imported instead of tunebench")' > "$proj/train.py"
-echo 'raise ImportError("the user reports/ package was imported instead of tunebench")' > "$proj/reports/__init__.py"
+for pkg in reports gate compare; do
+  echo "raise ImportError(\"the user $pkg/ package was imported instead of tunebench\")" > "$proj/$pkg/__init__.py"
+done
 touch "$proj/evals/__init__.py"
 run="$proj/stored-run"
 pub="$root/reports/published/2026-11-27-h200-smollm2-gpu"

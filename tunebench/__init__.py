@@ -2,6 +2,6 @@
 base, and whether what ships behaves like what was evaluated.
 
 The floors, each importing only those below (docs/architecture.md): ``cli`` → ``app`` | ``bench`` → ``reports`` →
-``train`` | ``evals`` → ``data`` | ``models`` → ``core``. The command line is ``tunebench`` (``cli``); the pytest
-plugin is ``reports.pytest_plugin``.
+``gate`` → ``compare`` → ``train`` | ``evals`` → ``data`` | ``models`` → ``core``. The command line is ``tunebench``
+(``cli``); the pytest plugin is ``gate.pytest_plugin``.
 """

@@ -108,9 +108,9 @@ def test_modelfile_carries_the_template_and_stop_tokens(exported):
 
 
 def test_q8_0_is_scored_on_the_runs_inputs_and_compared_with_the_adapter(exported, tmp_path):
-    from tunebench.reports.compare import compare_artifacts, load_artifact_results, load_run_results
-    from tunebench.reports.comparison import compare
-    from tunebench.reports.gate import evaluate_gate, gate_main
+    from tunebench.compare.comparison import compare
+    from tunebench.compare.runs import compare_artifacts, load_artifact_results, load_run_results
+    from tunebench.gate.verdict import evaluate_gate, gate_main
     from tunebench.reports.render import render_report
 
     run, cfg, _ = exported

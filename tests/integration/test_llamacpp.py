@@ -63,8 +63,8 @@ def scored(examples, tmp_path_factory):
 
 
 def test_artifact_is_scored_in_llamacpp_with_parity_against_the_adapter(scored):
+    from tunebench.compare.runs import compare_artifacts, load_artifact_results
     from tunebench.evals.results import Results
-    from tunebench.reports.compare import compare_artifacts, load_artifact_results
 
     run, cfg = scored
     tuned = Results.load(run / "eval" / "tuned" / "results.json")
@@ -99,12 +99,12 @@ def test_artifact_is_scored_in_llamacpp_with_parity_against_the_adapter(scored):
 
 
 def test_gate_rules_bound_parity(scored):
+    from tunebench.compare.comparison import compare
+    from tunebench.compare.runs import compare_artifacts, load_artifact_results
     from tunebench.core.errors import GateError
     from tunebench.evals.results import Results
-    from tunebench.reports.compare import compare_artifacts, load_artifact_results
-    from tunebench.reports.comparison import compare
-    from tunebench.reports.gate import evaluate_gate
-    from tunebench.reports.gate_rules import load_rules
+    from tunebench.gate.rules import load_rules
+    from tunebench.gate.verdict import evaluate_gate
 
     run, cfg = scored
     tuned = Results.load(run / "eval" / "tuned" / "results.json")
@@ -353,10 +353,10 @@ def test_eval_endpoint_of_the_served_gguf_equals_in_process_llamacpp(scored, tmp
     The served results pair with the adapter like an artifact."""
     from tunebench.app.cli import main
     from tunebench.app.serve import running_server
+    from tunebench.compare.runs import compare_artifacts, identical_answers, load_artifact_results
     from tunebench.evals.generation import Generator
     from tunebench.evals.results import Results
     from tunebench.evals.served_checks import EndpointModel
-    from tunebench.reports.compare import compare_artifacts, identical_answers, load_artifact_results
 
     run, cfg = scored
     gguf = run / "export" / "model-q8_0.gguf"

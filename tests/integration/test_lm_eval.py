@@ -288,9 +288,9 @@ def test_batched_tokenization_gives_lm_evals_own_ids(smol_base, stock_manager):
 def test_a_group_is_one_pooled_paired_metric_over_its_members(tiny_llama_dir):
     """mmlu runs as its 57 subjects; results carry lm_eval/mmlu/acc over every subject's documents (ids
     <subject>/<doc>), each subject under it, and the default gate glob picks the group alone."""
+    from tunebench.compare.rule import glob_to_regex
     from tunebench.evals.modeling import load_for_eval
     from tunebench.models.loading import resolve_model
-    from tunebench.reports.gate_rules import glob_to_regex
 
     loaded = load_for_eval(resolve_model(str(tiny_llama_dir)), device="cpu", dtype="float32")
     res = run_lm_eval(

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from tunebench.app import cli
+from tunebench.compare.comparison import compare
 from tunebench.evals.results import Results
-from tunebench.reports.comparison import compare
 
 PROBES = """name: shardprobes
 version: 1

@@ -3,7 +3,7 @@
     pytest tests/quality --tunebench-run=runs/smoke --tunebench-require
 
 Each assertion is a release-gate rule judged on the run's interval of the change (the tunebench pytest
-plugin, reports/pytest_plugin.py; the decisions are reports/gate.py's). A test passes only when the interval
+plugin, gate/pytest_plugin.py; the decisions are gate/verdict.py's). A test passes only when the interval
 concludes: a metric that cannot yet exclude the regression fails as INCONCLUSIVE, with the paired items that
 would conclude. On `smoke` (a few dozen conversations, 12 lm-eval documents, one sample per probe) the
 perplexity tests pass and the thinly sampled ones fail that way: the answer is "not enough evidence".

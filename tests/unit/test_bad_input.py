@@ -19,6 +19,7 @@ import synthetic  # tests/fixtures/synthetic.py (on sys.path via conftest)
 
 from tunebench import cli
 from tunebench.app.stages import Stages
+from tunebench.compare.comparison import Comparison, compare
 from tunebench.core.config_schema import DataConfig
 from tunebench.core.errors import RunFileError
 from tunebench.data.conversations import prepare
@@ -26,8 +27,7 @@ from tunebench.data.data_report import read_report
 from tunebench.data.sources import read_file
 from tunebench.data.standardize import standardize_and_split
 from tunebench.evals.results import Results
-from tunebench.reports import gate as gate_mod
-from tunebench.reports.comparison import Comparison, compare
+from tunebench.gate import verdict as gate_mod
 
 # ----------------------------------------------------------------------------- data lines
 

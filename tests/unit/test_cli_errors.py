@@ -109,7 +109,7 @@ def test_report_rerenders_a_gpu_run_folder_on_a_cpu(tmp_path, capsys):
     ]
     # intervals, p-values, n and items needed are issue 35's (one method per row; clustered probe samples count
     # prompts), so they match the library's judgment of the published folder now, not the stored file
-    from tunebench.reports.gate import judge_run
+    from tunebench.gate.verdict import judge_run
 
     numbers = ("ci_low", "ci_high", "p_value", "n", "items_needed")
     assert [{k: r.get(k) for k in numbers} for r in gate["rows"]] == [

@@ -14,7 +14,7 @@ from tunebench import cli
 from tunebench.app import cli as app_cli
 from tunebench.app.cli_parser import EXAMPLES
 from tunebench.bench import cli as bench_cli
-from tunebench.reports.gate_rules import GATES_DIR
+from tunebench.gate.rules import GATES_DIR
 
 PUBLISHED = Path(__file__).resolve().parents[2] / "reports/published/2026-12-01-h200-smollm2-standard-limit100"
 

@@ -1,4 +1,4 @@
-"""tunebench.reports.compare on synthetic base/tuned Results.
+"""tunebench.compare.runs on synthetic base/tuned Results.
 
 Verdicts, methods, refusals, JSON round-trip, leaderboard."""
 
@@ -10,12 +10,12 @@ import json
 import pytest
 import synthetic  # tests/fixtures/synthetic.py (on sys.path via conftest)
 
+from tunebench.compare.comparison import Comparison, Leaderboard, compare, leaderboard
+from tunebench.compare.runs import compare_run, leaderboard_from_runs
 from tunebench.core import matched_pairs
 from tunebench.core.errors import ComparisonError
 from tunebench.core.multiplicity import benjamini_hochberg, holm
 from tunebench.evals.results import Metric, Results
-from tunebench.reports.compare import compare_run, leaderboard_from_runs
-from tunebench.reports.comparison import Comparison, Leaderboard, compare, leaderboard
 
 
 @pytest.fixture(scope="module")

@@ -258,8 +258,8 @@ def test_every_field_has_a_docstring():
 
 def test_report_min_n_is_the_one_minimum_of_report_and_gate(tmp_path):
     """report.min_n defaults to the rows' FEW_SAMPLES, and a run's value reaches the comparison both read."""
-    from tunebench.reports.compare import run_settings
-    from tunebench.reports.rows import FEW_SAMPLES
+    from tunebench.compare.rows import FEW_SAMPLES
+    from tunebench.compare.runs import run_settings
 
     assert load_config("smoke").report.min_n == FEW_SAMPLES == 10
     cfg = load_config("smoke", ["report.min_n=25"])

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from tunebench.app.serve import ServeError, ServeOptions, api_key, check_port, server_command
+from tunebench.compare.runs import parity_rows
 from tunebench.core.config import load_config
 from tunebench.core.errors import ConfigError
 from tunebench.core.net import is_loopback
@@ -17,7 +18,6 @@ from tunebench.data.encode import Encoded
 from tunebench.evals.contract import first_difference
 from tunebench.evals.parity import parity_metrics, token_parity
 from tunebench.evals.results import Results
-from tunebench.reports.compare import parity_rows
 
 
 def _encoded(n: int, length: int = 6) -> list[Encoded]:

@@ -10,6 +10,7 @@ import pytest
 import synthetic  # tests/fixtures/synthetic.py (on sys.path via conftest)
 
 from tunebench.app.preflight import preflight
+from tunebench.compare.comparison import compare
 from tunebench.core.config import load_config
 from tunebench.core.config_schema import EvalConfig
 from tunebench.core.errors import GateError
@@ -26,8 +27,7 @@ from tunebench.evals.families import (
 )
 from tunebench.evals.llamacpp import PARITY_METRICS
 from tunebench.evals.results import Metric
-from tunebench.reports.comparison import compare
-from tunebench.reports.gate import evaluate_gate
+from tunebench.gate.verdict import evaluate_gate
 from tunebench.reports.render import render_report
 
 TOY = Family(

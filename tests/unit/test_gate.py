@@ -9,10 +9,13 @@ import numpy as np
 import pytest
 import synthetic  # tests/fixtures/synthetic.py (on sys.path via conftest)
 
+from tunebench.compare.comparison import compare
+from tunebench.compare.rule import glob_to_regex
+from tunebench.compare.runs import run_settings
 from tunebench.core.errors import EXIT_GATE_INCONCLUSIVE, GateError
-from tunebench.reports.comparison import compare
-from tunebench.reports.gate import GateVerdict, evaluate_gate, gate_main
-from tunebench.reports.gate_rules import DEFAULT_RULES, glob_to_regex, load_rules, parse_rules
+from tunebench.gate import verdict as verdict_module
+from tunebench.gate.rules import DEFAULT_RULES, load_rules, parse_rules
+from tunebench.gate.verdict import GateVerdict, artifact_comparisons, evaluate_gate, gate_main, judge_run
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +32,54 @@ def _run(tmp_path, scenario="improved", rules=None, **kw):
     out = io.StringIO()
     code = gate_main(run, rules, stream=out)
     return code, out.getvalue(), run
+
+
+ARTIFACT_RULES = (
+    "- metric: perplexity/test\n  max_regression_rel: 0.05\n"
+    "- metric: perplexity/test\n  artifact: q8_0\n  max_regression_rel: 0.01\n"
+)
+
+
+def _artifact_run(tmp_path):
+    """A run folder with an evaluated export (scoring as the adapter) and rules that read it too."""
+    base, tuned = synthetic.make_pair("improved")
+    run = synthetic.write_run(tmp_path / "run", base, tuned, n_boot=300, gate_rules=str(tmp_path / "rules.yaml"))
+    tuned.save(run / "eval" / "gguf-q8_0" / "results.json")
+    (tmp_path / "rules.yaml").write_text(ARTIFACT_RULES, encoding="utf-8")
+    return run
+
+
+def _nothing_computed_again(monkeypatch):
+    def computed_again(*args, **kwargs):
+        raise AssertionError("the gate computed a comparison it was given")
+
+    for name in ("compare", "compare_artifacts", "artifact_comparisons", "load_run_results", "load_artifact_results"):
+        monkeypatch.setattr(verdict_module, name, computed_again)
+
+
+def test_judge_run_given_the_comparisons_computes_none_and_decides_the_same(tmp_path, monkeypatch):
+    run = _artifact_run(tmp_path)
+    computed = judge_run(run)
+    settings = run_settings(run)
+    base, tuned = synthetic.make_pair("improved")
+    comparison = compare(base, tuned, settings["alpha"], settings["n_boot"], min_n=settings["min_n"])
+    artifacts = artifact_comparisons(run)
+    _nothing_computed_again(monkeypatch)
+    given = judge_run(run, comparison=comparison, artifacts=artifacts)
+    assert given.to_dict() == computed.to_dict()
+    assert [r.metric for r in given.rows] == ["perplexity/test", "perplexity/test [q8_0 vs adapter]"]
+
+
+def test_finish_hands_the_gate_its_comparisons(tmp_path, monkeypatch):
+    from tunebench.app.pipeline import finish
+    from tunebench.core.config import read_run_config
+
+    run = _artifact_run(tmp_path)
+    computed = judge_run(run)
+    _nothing_computed_again(monkeypatch)
+    result = finish(run, read_run_config(run))
+    assert result.gate_code == computed.exit_code == 0
+    assert json.loads((run / "gate.json").read_text(encoding="utf-8")) == json.loads(json.dumps(computed.to_dict()))
 
 
 # ----------------------------------------------------------------------------- exit codes
@@ -237,8 +288,8 @@ def test_direction_override_and_relative_regression(comparisons):
 def test_metric_without_interval_is_inconclusive(comparisons):
     row = comparisons["same"].row("lm_eval/tunebench_arith_gen/exact_match")
     row = type(row)(**{**row.__dict__, "ci_low": None, "ci_high": None})
-    from tunebench.reports.gate_rules import parse_rule
-    from tunebench.reports.rows import judge
+    from tunebench.compare.rows import judge
+    from tunebench.compare.rule import parse_rule
 
     out = judge(parse_rule({"metric": row.metric, "max_regression": 0.5}, "r"), row)
     assert out.status == "inconclusive" and "no interval" in out.reason
@@ -291,8 +342,8 @@ def test_shipped_default_rules_load():
 
 
 def _row_of(base_values, tuned_values, min_n, n_boot=2000, seed=0):
+    from tunebench.compare.rows import compare_metric
     from tunebench.evals.results import Metric
-    from tunebench.reports.rows import compare_metric
 
     b = [{"id": str(k), "num": float(v), "den": 1.0} for k, v in enumerate(base_values)]
     t = [{"id": str(k), "num": float(v), "den": 1.0} for k, v in enumerate(tuned_values)]
@@ -308,7 +359,7 @@ def test_every_small_paired_table_verdict_and_gate_agree_about_zero():
     """Every paired pass/fail table with n <= 30 (b base-only, c tuned-only, the concordant pairs split both ways):
     min_improvement: 0 passes exactly when the verdict is "improved", max_regression: 0 fails exactly when it is
     "regressed"; with report.min_n = 10 no rule passes or fails on a row under 10, and the row reads too few."""
-    from tunebench.reports.rows import judge
+    from tunebench.compare.rows import judge
 
     for n in range(1, 31):
         for b in range(n + 1):
@@ -330,7 +381,7 @@ def test_every_small_paired_table_verdict_and_gate_agree_about_zero():
 def test_bootstrap_rows_verdict_and_gate_agree_on_random_data():
     """Scores (not pass/fail) take the studentized bootstrap: on random datasets of every size the verdict and the
     gate agree about 0, and a shifted metric is found."""
-    from tunebench.reports.rows import judge
+    from tunebench.compare.rows import judge
 
     rng = np.random.default_rng(35)
     found = 0

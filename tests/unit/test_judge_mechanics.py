@@ -10,16 +10,16 @@ import numpy as np
 import pytest
 import synthetic  # tests/fixtures/synthetic.py
 
+from tunebench.compare.comparison import compare
+from tunebench.compare.rows import FAIL, INCONCLUSIVE, PASS, judged_row
 from tunebench.core.config_schema import JudgeConfig
 from tunebench.core.errors import EXIT_INVALID_INPUT, JudgeError
 from tunebench.evals import judge as jd
 from tunebench.evals import judge_metrics as jm
 from tunebench.evals import judge_prompts as jp
 from tunebench.evals.results import Results
-from tunebench.reports.comparison import compare
-from tunebench.reports.gate import evaluate_gate, gate_main
+from tunebench.gate.verdict import evaluate_gate, gate_main
 from tunebench.reports.render import render_report
-from tunebench.reports.rows import FAIL, INCONCLUSIVE, PASS, judged_row
 
 NI_RULE = [{"metric": "judge/*/win_rate", "max_regression": 0.05}]
 

@@ -110,9 +110,9 @@ def test_planted_length_only_preference_is_flagged_and_not_a_win():
     """The issue's planted set: the longer answer wins 299 of 300. The raw rate reads a clear win; the
     length-controlled rate (Firth, profile interval) holds 0.5, so the judged row is no change and a gate rule that
     asks for any improvement does not pass; the preference is flagged as explained by length."""
+    from tunebench.compare.rows import judged_row
     from tunebench.evals.results import Metric
-    from tunebench.reports.gate import evaluate_gate
-    from tunebench.reports.rows import judged_row
+    from tunebench.gate.verdict import evaluate_gate
 
     rng = np.random.default_rng(0)
     base_len = rng.integers(50, 150, size=300).astype(float)
@@ -142,7 +142,7 @@ def test_planted_length_only_preference_is_flagged_and_not_a_win():
 
 
 def _one_row(row):
-    from tunebench.reports.comparison import Comparison
+    from tunebench.compare.comparison import Comparison
 
     return Comparison("base", "tuned", 0.05, 2000, 0, [row])
 

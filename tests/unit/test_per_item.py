@@ -11,9 +11,8 @@ import synthetic  # tests/fixtures/synthetic.py
 import yaml
 
 from tunebench.app import cli
-from tunebench.core.errors import RunFileError
-from tunebench.reports.comparison import compare
-from tunebench.reports.per_item import (
+from tunebench.compare.comparison import compare
+from tunebench.compare.per_item import (
     JUDGMENTS,
     PerItem,
     load_per_item,
@@ -21,6 +20,7 @@ from tunebench.reports.per_item import (
     per_item_of_run,
     record_lines,
 )
+from tunebench.core.errors import RunFileError
 from tunebench.reports.render import render_report
 
 

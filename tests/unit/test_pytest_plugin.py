@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import synthetic  # tests/fixtures/synthetic.py (on sys.path via conftest)
 
+from tunebench.compare.comparison import compare
 from tunebench.core.numbers import fmt
-from tunebench.reports.comparison import compare
-from tunebench.reports.gate import evaluate_gate
+from tunebench.gate.verdict import evaluate_gate
 
 pytest_plugins = ["pytester"]
 
@@ -23,7 +23,7 @@ def run_tests(pytester, request, monkeypatch):
     """Run pytest in-process on the given test source, loading the plugin once however it is installed."""
     monkeypatch.delenv("TUNEBENCH_RUN", raising=False)
     # The pytest11 entry point loads the plugin in an installed checkout; load it explicitly otherwise.
-    extra = [] if request.config.pluginmanager.has_plugin("tunebench") else ["-p", "tunebench.reports.pytest_plugin"]
+    extra = [] if request.config.pluginmanager.has_plugin("tunebench") else ["-p", "tunebench.gate.pytest_plugin"]
 
     def run(source: str, *args: str):
         pytester.makepyfile(test_q=source)
@@ -225,7 +225,7 @@ def test_missing_run_folder_is_an_error_not_a_skip(run_tests, tmp_path):
 
 def test_importing_the_plugin_is_cheap():
     code = (
-        "import sys, tunebench.reports.pytest_plugin; "
+        "import sys, tunebench.gate.pytest_plugin; "
         "heavy = {'torch', 'transformers', 'numpy', 'tunebench.evals.results'} "
         "& set(sys.modules); assert not heavy, heavy"
     )
@@ -250,7 +250,7 @@ def test_gate_fixture_judges_an_exported_artifact_against_the_adapter(run_tests,
 
 def test_gate_assertions_refuse_a_missing_or_negative_margin(tmp_path):
     from tunebench.core.errors import GateError
-    from tunebench.reports.quality import QualityGate
+    from tunebench.gate.quality import QualityGate
 
     gate = QualityGate(tmp_path, compare(*synthetic.make_pair("same"), n_boot=200))
     with pytest.raises(TypeError, match="needs a margin"):

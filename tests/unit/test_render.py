@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
+from tunebench.compare.comparison import Comparison, compare, leaderboard
+from tunebench.compare.per_item import per_item, record_lines
 from tunebench.core.markdown import cell
-from tunebench.reports.comparison import Comparison, compare, leaderboard
-from tunebench.reports.gate import evaluate_gate
-from tunebench.reports.per_item import per_item, record_lines
+from tunebench.gate.verdict import evaluate_gate
 from tunebench.reports.render import context_from_run, render_leaderboard, render_report
 from tunebench.reports.render_evals import fibonacci_transcripts
 

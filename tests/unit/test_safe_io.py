@@ -382,7 +382,7 @@ def test_a_real_process_prints_one_paragraph(reported_run):
 
 
 def test_gate_rules_errors_are_gate_errors():
-    from tunebench.reports.gate_rules import parse_rules
+    from tunebench.gate.rules import parse_rules
 
     with pytest.raises(GateError, match="r.yaml line 2: not valid YAML .*alias"):
         parse_rules("a: &a [1]\nrules: *a\n", "r.yaml")

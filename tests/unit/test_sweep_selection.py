@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
+from tunebench.compare.selection import Candidate, select
 from tunebench.core.multiplicity import holm
-from tunebench.reports.selection import Candidate, select
 
 
 def items(ppl: float, noise: float, seed: int, n: int = 60) -> list[dict]:

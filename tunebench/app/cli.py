@@ -25,6 +25,7 @@ from tunebench.app.shards import merge
 from tunebench.app.stages import check_run_folder, run_folder
 from tunebench.app.sweep import sweep
 from tunebench.app.sweep_study import SweepOptions
+from tunebench.compare.runs import leaderboard_from_runs
 from tunebench.core import output
 from tunebench.core.config import load_config, preset_names, read_run_config
 from tunebench.core.config_build import dump_yaml
@@ -53,11 +54,10 @@ from tunebench.data.data_report import render_report
 from tunebench.evals.chat import chat, quiet_loading
 from tunebench.evals.contract import check_contract
 from tunebench.evals.modeling import load_for_eval
+from tunebench.gate.files import verdict_path
+from tunebench.gate.rules import GATES_DIR
+from tunebench.gate.verdict import gate_main
 from tunebench.models.loading import load_tokenizer, resolve_model
-from tunebench.reports.compare import leaderboard_from_runs
-from tunebench.reports.gate import gate_main
-from tunebench.reports.gate_files import verdict_path
-from tunebench.reports.gate_rules import GATES_DIR
 from tunebench.reports.render import render_leaderboard
 from tunebench.train.backends import import_unsloth
 from tunebench.train.export import adapter_dir, export_merged

@@ -14,6 +14,7 @@ from tunebench.app.pipeline import finish
 from tunebench.app.preflight import preflight
 from tunebench.app.shards import eval_shard
 from tunebench.app.stages import Fingerprints, Stages, check_run_folder, run_folder
+from tunebench.compare.comparison import Comparison
 from tunebench.core import dist
 from tunebench.core.config import load_config
 from tunebench.core.config_schema import RunConfig
@@ -32,7 +33,6 @@ from tunebench.evals.contract import check_contract
 from tunebench.evals.llamacpp_eval import evaluate_gguf_llamacpp
 from tunebench.evals.runner import check_artifact_template, evaluate_model, save_contamination
 from tunebench.models.loading import resolve_model
-from tunebench.reports.comparison import Comparison
 from tunebench.reports.render_evals import export_view
 from tunebench.reports.render_tables import metric_table
 
@@ -240,7 +240,7 @@ def _eval_endpoint(args: argparse.Namespace, run_dir: Path) -> int:
 
 def _served_vs_artifact(run_dir: Path, cfg: RunConfig, served: Any) -> None:
     """Print the served answers against the in-process llama.cpp scoring of the file the server lists, if any."""
-    from tunebench.reports.compare import load_artifact_results, served_against_artifacts
+    from tunebench.compare.runs import load_artifact_results, served_against_artifacts
 
     results = {k: v for k, v in load_artifact_results(run_dir).items() if not is_served_label(k)}
     for p in served_against_artifacts({**results, served.label: served}, cfg.report.alpha, cfg.eval.bootstrap_samples):

@@ -13,10 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from tunebench.compare.comparison import Comparison, compare
 from tunebench.core.io import atomic_write_json, atomic_write_text
 from tunebench.evals.lm_eval_files import check_same_documents, read_lm_eval_run
-from tunebench.reports.comparison import Comparison, compare
-from tunebench.reports.gate import GateVerdict, evaluate_gate, format_verdict
+from tunebench.gate.verdict import GateVerdict, evaluate_gate, format_verdict
 from tunebench.reports.render import render_report
 from tunebench.reports.render_tables import metric_table
 

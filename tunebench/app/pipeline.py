@@ -25,6 +25,17 @@ from tunebench.app import ranks
 from tunebench.app.eval_settings import eval_settings
 from tunebench.app.preflight import preflight
 from tunebench.app.stages import Fingerprints, Stages
+from tunebench.compare.comparison import Comparison, compare
+from tunebench.compare.per_item import FILE as PER_ITEM_FILE
+from tunebench.compare.per_item import per_item_of_run
+from tunebench.compare.rows import JUDGE_DIR, load_judge_results
+from tunebench.compare.runs import (
+    compare_artifacts,
+    load_artifact_results,
+    load_run_results,
+    run_settings,
+    served_against_artifacts,
+)
 from tunebench.core import output, tracking
 from tunebench.core.config_build import dump_yaml, from_dict, to_dict
 from tunebench.core.config_resolve import asked
@@ -52,7 +63,9 @@ from tunebench.data.standardize import SPLITS
 from tunebench.evals.contract import check_contract
 from tunebench.evals.driver import evaluate, open_runtime
 from tunebench.evals.judge import judge_fingerprint, run_judge
+from tunebench.evals.results import Results
 from tunebench.evals.runner import evaluate_model, save_contamination
+from tunebench.gate.verdict import judge_run, write_verdict
 from tunebench.models.loading import (
     ModelSource,
     choose_template,
@@ -60,20 +73,9 @@ from tunebench.models.loading import (
     load_tokenizer,
     resolve_model,
 )
-from tunebench.reports.compare import (
-    compare_artifacts,
-    load_artifact_results,
-    load_run_results,
-    served_against_artifacts,
-)
-from tunebench.reports.comparison import compare
-from tunebench.reports.gate import judge_run, write_verdict
-from tunebench.reports.per_item import FILE as PER_ITEM_FILE
-from tunebench.reports.per_item import per_item_of_run
 from tunebench.reports.plots import draw_report_plots
 from tunebench.reports.render import context_from_run, render_report
 from tunebench.reports.render_tables import metric_table
-from tunebench.reports.rows import load_judge_results
 from tunebench.reports.tracking import comparison_metrics, log_metrics
 from tunebench.train.gguf_export import export_gguf
 from tunebench.train.model_card import with_evaluation
@@ -418,6 +420,17 @@ def export_and_check(run_dir: Path, quants: list[str], probe_files: list[str]) -
     return out
 
 
+def _as_the_gate_computes(run_dir: Path, comparison: Comparison, judged: Results | None) -> bool:
+    """Whether ``comparison`` is the one ``judge_run`` would compute for the run: at the alpha, bootstrap size and
+    min_n of its config.yaml (``run_settings``), with the judge's results whenever the run folder has them (the
+    gate reads them even where the config turns the judge off, and the report does not)."""
+    settings = run_settings(run_dir)
+    recorded = (settings["alpha"], settings["n_boot"], settings["min_n"])
+    if (comparison.alpha, comparison.n_boot, comparison.min_n) != recorded:
+        return False
+    return judged is not None or not (run_dir / "eval" / JUDGE_DIR / "results.json").exists()
+
+
 def finish(run_dir: Path, cfg: RunConfig) -> PipelineResult:
     """Compare, gate and render from the results files (always recomputed: cheap and deterministic).
 
@@ -434,8 +447,9 @@ def finish(run_dir: Path, cfg: RunConfig) -> PipelineResult:
         judged=judged,
         min_n=cfg.report.min_n,
     )
-    exported = {}
-    for name, res in load_artifact_results(run_dir).items():
+    artifacts = load_artifact_results(run_dir)
+    exported, skipped = {}, False
+    for name, res in artifacts.items():
         try:
             exported.update(
                 compare_artifacts(
@@ -444,7 +458,14 @@ def finish(run_dir: Path, cfg: RunConfig) -> PipelineResult:
             )
         except ComparisonError as e:  # e.g. scored before the evaluation settings changed: left out, said why
             log.warning("export section: %s; re-evaluate it to include it", e)
-    verdict = judge_run(run_dir, cfg.gate.rules)
+            skipped = True
+    if _as_the_gate_computes(run_dir, comparison, judged):  # judged on what was just computed, not computed again
+        # with an artifact left out, the gate compares the artifacts itself (and refuses a rule on that one, as before)
+        verdict = judge_run(
+            run_dir, cfg.gate.rules, comparison.seed, comparison=comparison, artifacts=None if skipped else exported
+        )
+    else:
+        verdict = judge_run(run_dir, cfg.gate.rules)
     context = context_from_run(run_dir, results, gate=verdict.to_dict())
     per = per_item_of_run(
         run_dir, results, comparison, judged is not None, cfg.report.side_by_side, cfg.report.flips
@@ -452,9 +473,7 @@ def finish(run_dir: Path, cfg: RunConfig) -> PipelineResult:
     context["per_item"] = per
     if exported:
         context["export_comparisons"] = exported
-        context["served_parity"] = served_against_artifacts(
-            load_artifact_results(run_dir), cfg.report.alpha, cfg.eval.bootstrap_samples
-        )
+        context["served_parity"] = served_against_artifacts(artifacts, cfg.report.alpha, cfg.eval.bootstrap_samples)
     headline = metric_table(comparison.headline_rows(), comparison.alpha, detailed=False)
     card = with_evaluation(run_dir / "adapter", headline, run_dir / "report.md")
     steps = (context.get("manifest") or {}).get("steps", 0)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 
+from tunebench.compare.rule import GateRule
 from tunebench.core.config_schema import RunConfig
 from tunebench.core.errors import ConfigError, GateError, ProbeError
 from tunebench.core.runtimes import artifact_names, artifact_runtime
@@ -21,7 +22,7 @@ from tunebench.evals.families import MetricShape, artifact_metrics, produced_met
 from tunebench.evals.judge import preflight as judge_preflight
 from tunebench.evals.lm_eval_index import check_task_names
 from tunebench.evals.probes import load_probe_set
-from tunebench.reports.gate_rules import GateRule, load_rules
+from tunebench.gate.rules import load_rules
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ def preflight(cfg: RunConfig, whole_run: bool = False) -> None:
 
 
 def could_match(pattern: str, shape: MetricShape) -> bool:
-    """Whether a rule's metric glob (reports.gate: ``*`` within a segment, ``**`` across) can match a name of
+    """Whether a rule's metric glob (gate.verdict: ``*`` within a segment, ``**`` across) can match a name of
     ``shape``. Lenient where it cannot tell (past a ``**``): a false refusal would block a good run."""
     rule = pattern.split("/")
     for k, seg in enumerate(rule):

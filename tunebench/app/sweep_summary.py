@@ -11,12 +11,12 @@ from typing import Any
 from tunebench.app.sweep_space import overrides_of
 from tunebench.app.sweep_storage import shown_url
 from tunebench.app.sweep_study import Study
+from tunebench.compare.comparison import Comparison
+from tunebench.compare.selection import Candidate, select
 from tunebench.core.io import atomic_write_json, atomic_write_text
 from tunebench.evals.validation import OBJECTIVE_METRIC, OBJECTIVE_SPLIT
-from tunebench.reports.comparison import Comparison
-from tunebench.reports.gate_files import read_verdict
+from tunebench.gate.files import read_verdict
 from tunebench.reports.render_sweep import draw_sweep_plots, importances_withheld, render_sweep
-from tunebench.reports.selection import Candidate, select
 
 log = logging.getLogger(__name__)
 

@@ -27,11 +27,11 @@ import numpy as np
 
 from tunebench.bench import statsim as sim
 from tunebench.bench.host import host_snapshot
+from tunebench.compare.rows import IMPROVED
 from tunebench.core import stats
 from tunebench.core.io import atomic_write_json, atomic_write_text, git_commit, package_version
 from tunebench.core.markdown import table
 from tunebench.core.numbers import fmt
-from tunebench.reports.rows import IMPROVED
 
 SCHEMA = "tunebench.bench.stats/1"
 ICCS = (0.0, 0.1, 0.3, 0.5, 0.8)

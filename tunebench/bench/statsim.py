@@ -1,8 +1,8 @@
 """Simulated evaluations of known truth for ``tunebench bench stats``: data generators, and the suite's own
 intervals and decisions on them.
 
-Every decision goes through the code a run uses: a row from ``reports.rows.compare_metric`` (or ``judged_row`` on
-a metric built by ``evals.judge_metrics``) and the gate's decision on it (``reports.rows.judge``); every interval
+Every decision goes through the code a run uses: a row from ``compare.rows.compare_metric`` (or ``judged_row`` on
+a metric built by ``evals.judge_metrics``) and the gate's decision on it (``compare.rows.judge``); every interval
 through the function the row calls. Each figure is a share of simulated datasets with a Wilson interval and its seed.
 """
 
@@ -15,11 +15,11 @@ from typing import Any
 import numpy as np
 from scipy import stats as sps
 
+from tunebench.compare.rows import IMPROVED, REGRESSED, compare_metric, judge, judged_row
+from tunebench.compare.rule import parse_rule
 from tunebench.core import matched_pairs, pairwise, stats
 from tunebench.evals import judge_metrics
 from tunebench.evals.results import Metric
-from tunebench.reports.gate_rules import parse_rule
-from tunebench.reports.rows import IMPROVED, REGRESSED, compare_metric, judge, judged_row
 
 ALPHA = 0.05
 Pairs = tuple[list[dict[str, Any]], list[dict[str, Any]]]
@@ -147,7 +147,7 @@ def _aggregate(items: list[dict[str, Any]], how: str) -> float:
 
 
 def metric_row(pairs: Pairs, aggregate: str = "mean", n_boot: int = 2000, seed: int = 0) -> Any:
-    """The comparison row of one simulated metric (``reports.rows.compare_metric``), as a run computes it."""
+    """The comparison row of one simulated metric (``compare.rows.compare_metric``), as a run computes it."""
     b, t = pairs
     bm, tm = (
         Metric("sim/metric", float(_aggregate(items, aggregate)), True, len(items), aggregate=aggregate)

@@ -7,7 +7,7 @@
    shown, never read as a tie: its prompt leaves the win rate.
 3. Sanity: planted pairs (a right answer vs an empty or off-topic one, both orders) say how often the judge is right.
 4. Statistics (``core.pairwise``): win rate with a clustered paired bootstrap interval, sign test, MDE, and the
-   length-controlled win rate. The metric ``judge/<set>/win_rate`` is one-sided and paired: ``reports.compare``
+   length-controlled win rate. The metric ``judge/<set>/win_rate`` is one-sided and paired: ``compare.rows``
    reads it as a row whose change is win_rate - 0.5. Above ``max_parse_failure`` unparseable judgments, or below
    ``min_sanity`` right planted pairs, the metric has no interval and the gate reads it as inconclusive, saying why.
 

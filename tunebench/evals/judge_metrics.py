@@ -1,7 +1,7 @@
 """Judged records -> metrics: ``judge/<set>/win_rate`` (and per category), with validity and position bias.
 
 A metric's value and interval are the raw win rate's (``core.pairwise.win_rate``). Its ``details`` carry
-``paired: "win_rate"`` (``reports.compare`` reads such a metric as one paired row: the length-controlled rate - 0.5,
+``paired: "win_rate"`` (``compare.rows`` reads such a metric as one paired row: the length-controlled rate - 0.5,
 the raw rate beside it), the counts, the raw rate's score-test p and MDE, the length-controlled win rate with its
 interval and p (``lc_*``), the position-consistency rate, each order's win rate, the parse failures, the sanity share
 and ``valid`` with the reason when it is not.

@@ -1,3 +1,4 @@
-"""What a run's results are turned into: the paired comparison, the gate's verdicts and the pytest plugin, and their
-rendering (report.md, plots, tracking).
+"""Rendering: the run's report (Markdown from ``templates/``, tables, plots), the sweep's, and the evaluation's
+metrics sent to trackers. It decides nothing: the statistics come from ``tunebench.compare`` and the verdicts from
+``tunebench.gate``, the floors below it.
 """

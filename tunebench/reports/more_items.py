@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tunebench.reports.comparison import Comparison
+from tunebench.compare.comparison import Comparison
 
 
 def get_path(d: Any, *path: str) -> Any:

@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tunebench.compare.comparison import Comparison
+from tunebench.compare.rows import IMPROVED, REGRESSED
 from tunebench.core.io import atomic_write_bytes
 from tunebench.core.numbers import fmt
-from tunebench.reports.comparison import Comparison
-from tunebench.reports.rows import IMPROVED, REGRESSED
 
 FOREST_PNG, LOSS_PNG, EXPORT_PNG = "forest.png", "loss_curve.png", "export.png"
 STATUS_COLOURS = {"pass": "#2e7d32", "fail": "#c62828", "inconclusive": "#ef6c00"}

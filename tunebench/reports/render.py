@@ -17,14 +17,15 @@ from typing import Any
 
 import jinja2
 
+from tunebench.compare.comparison import Comparison, Leaderboard
+from tunebench.compare.rows import TOO_FEW, load_judge_results
+from tunebench.compare.runs import load_run_results, run_settings
 from tunebench.core.errors import RunFileError
 from tunebench.core.io import check_json, package_path, read_json, read_yaml
 from tunebench.core.markdown import kv_table, table
 from tunebench.core.numbers import fmt, fmt_interval, fmt_p
 from tunebench.evals.families import families
-from tunebench.reports.compare import load_run_results, run_settings
-from tunebench.reports.comparison import Comparison, Leaderboard
-from tunebench.reports.gate_files import other_gate_line, other_verdicts
+from tunebench.gate.files import other_gate_line, other_verdicts
 from tunebench.reports.render_evals import (
     _lm_eval_sections,
     _probe_sections,
@@ -49,7 +50,6 @@ from tunebench.reports.render_run import (
     training_summary,
 )
 from tunebench.reports.render_tables import decision, metric_table
-from tunebench.reports.rows import TOO_FEW, load_judge_results
 
 TEMPLATES = package_path("reports", "templates")
 TEMPLATE = "report.md.j2"
@@ -132,7 +132,7 @@ def render_report(comparison: Comparison, context: dict[str, Any] | None = None)
             ``export_comparisons`` (type -> adapter vs exported artifact Comparison).
             ``stage_times`` (the run's timings.json: wall time per pipeline stage), ``judge_artifacts`` (the judge
             results' ``artifacts["judge"]``: sanity records and order disagreements), ``per_item`` (a
-            ``reports.per_item.PerItem`` or its JSON form: answers side by side and the items that changed most).
+            ``compare.per_item.PerItem`` or its JSON form: answers side by side and the items that changed most).
 
     Returns:
         Markdown text ending in a newline.

@@ -6,11 +6,11 @@ from __future__ import annotations
 import html
 from typing import Any
 
+from tunebench.compare.comparison import Comparison
+from tunebench.compare.rows import MetricComparison
 from tunebench.core.markdown import table
 from tunebench.core.numbers import fmt, fmt_interval, fmt_p
-from tunebench.reports.comparison import Comparison
 from tunebench.reports.render_tables import _flagged_verdict, _verdict, fold_unjudged, metric_table
-from tunebench.reports.rows import MetricComparison
 
 
 def data_source(src: Any) -> str | None:

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from tunebench.compare.rows import MetricComparison
 from tunebench.core.markdown import table
 from tunebench.core.numbers import fmt, fmt_interval, fmt_p
-from tunebench.reports.rows import MetricComparison
 
 SHOWN_CHARS = 300
 """Answer and judgment excerpts in the disagreement examples are cut to this many characters."""

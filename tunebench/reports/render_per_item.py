@@ -1,4 +1,4 @@
-"""The report's per-item sections, from the per-item view (``reports.per_item``) and the comparison's rows: answers
+"""The report's per-item sections, from the per-item view (``compare.per_item``) and the comparison's rows: answers
 side by side, the items that changed most (with links to their records), and the metrics that could not be measured.
 """
 
@@ -7,11 +7,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from tunebench.compare.per_item import Flip, MetricFlips, PerItem
+from tunebench.compare.rows import INVALID, MetricComparison
 from tunebench.core.markdown import table
 from tunebench.core.numbers import fmt
-from tunebench.reports.per_item import Flip, MetricFlips, PerItem
 from tunebench.reports.render_judge import SHOWN_CHARS
-from tunebench.reports.rows import INVALID, MetricComparison
 
 NO_ANSWERS = (
     "No answers were saved for this run: no judge ran and no probe set was evaluated, so there is nothing to show "

@@ -6,11 +6,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from tunebench.compare.comparison import Comparison
+from tunebench.compare.rows import TOO_FEW, MetricComparison
 from tunebench.core.markdown import table
 from tunebench.core.numbers import fmt, fmt_interval, fmt_p
-from tunebench.reports.comparison import Comparison
 from tunebench.reports.more_items import more_items
-from tunebench.reports.rows import TOO_FEW, MetricComparison
 
 _VERDICT = {"improved": "**improved**", "regressed": "**regressed**"}
 

@@ -21,11 +21,11 @@ from typing import Any, Literal
 
 import numpy as np
 
+from tunebench.compare.comparison import Comparison
 from tunebench.core import stats
 from tunebench.core.errors import RunFileError
 from tunebench.core.io import JSON_MAX_BYTES, check_json, parse_json, read_json, read_json_lines, read_text
 from tunebench.evals.results import Results
-from tunebench.reports.comparison import Comparison
 
 SCHEMA = "tunebench.per_item/1"
 FILE = "per_item.json"

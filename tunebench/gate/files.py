@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tunebench.compare.rows import FAIL, INCONCLUSIVE, PASS, SKIPPED
+from tunebench.compare.runs import run_settings
 from tunebench.core.io import check_json, read_json
-from tunebench.reports.compare import run_settings
-from tunebench.reports.gate import GateVerdict
-from tunebench.reports.gate_rules import resolve_rules_path
-from tunebench.reports.rows import FAIL, INCONCLUSIVE, PASS, SKIPPED
+from tunebench.gate.rules import resolve_rules_path
+from tunebench.gate.verdict import GateVerdict
 
 
 def other_verdicts(run_dir: str | Path) -> dict[str, GateVerdict]:

@@ -16,7 +16,7 @@ Usage (tests/quality/test_quality.py is the worked example)::
     def test_release_gate(tunebench_gate):
         tunebench_gate.assert_passed()            # the run's gate rules, --tunebench-rules=FILE, or an argument
 
-Every assertion is a release-gate rule judged by reports.gate on the same intervals (reports.quality): it
+Every assertion is a release-gate rule judged by gate.verdict on the same intervals (gate.quality): it
 passes only on the gate's pass. An inconclusive metric fails with the paired items that would conclude, and a
 metric name that matches nothing fails: no test passes on no evidence.
 
@@ -31,9 +31,9 @@ Options:
   Without it those tests are skipped with the reason, and a CI job would stay green with nothing checked.
 
 Fixtures (session scope): ``tunebench_run`` (Path), ``tunebench_results`` (``{"base", "tuned"}`` Results),
-``tunebench_comparison`` (reports.comparison.Comparison; rows have ``.assert_improved()``,
+``tunebench_comparison`` (compare.comparison.Comparison; rows have ``.assert_improved()``,
 ``.assert_not_regressed(max_regression=0, rel=False)`` (the gate's non-inferiority rule on that row) and
-``.assert_value(op, x)``), ``tunebench_gate`` (reports.quality.QualityGate).
+``.assert_value(op, x)``), ``tunebench_gate`` (gate.quality.QualityGate).
 """
 
 from __future__ import annotations
@@ -153,7 +153,7 @@ def tunebench_run(pytestconfig: pytest.Config) -> Path:
 @pytest.fixture(scope="session")
 def tunebench_results(tunebench_run: Path) -> dict[str, Any]:
     """``{"base": Results, "tuned": Results}`` of the run."""
-    from tunebench.reports.compare import (
+    from tunebench.compare.runs import (
         load_run_results,  # heavy: numpy; pytest loads this plugin in every session
     )
 
@@ -165,16 +165,16 @@ def tunebench_results(tunebench_run: Path) -> dict[str, Any]:
 
 @pytest.fixture(scope="session")
 def tunebench_comparison(tunebench_run: Path, tunebench_results: dict[str, Any]):
-    """The run's Comparison (reports.comparison), at the run's own alpha and bootstrap size.
+    """The run's Comparison (compare.comparison), at the run's own alpha and bootstrap size.
 
     Rows have assertion helpers: ``.row(name).assert_improved()``, ``.assert_not_regressed(max_regression=0,
     rel=False)`` (the gate's non-inferiority rule: an inconclusive row fails), ``.assert_value(op, x,
     side="tuned")``; failures print both values, the delta and its interval.
     """
+    from tunebench.compare.comparison import compare  # heavy: numpy (see above)
+    from tunebench.compare.rows import load_judge_results  # heavy: numpy (see above)
+    from tunebench.compare.runs import run_settings  # heavy: numpy (see above)
     from tunebench.core.errors import ComparisonError
-    from tunebench.reports.compare import run_settings  # heavy: numpy (see above)
-    from tunebench.reports.comparison import compare  # heavy: numpy (see above)
-    from tunebench.reports.rows import load_judge_results  # heavy: numpy (see above)
 
     settings = run_settings(tunebench_run)
     try:
@@ -192,12 +192,12 @@ def tunebench_comparison(tunebench_run: Path, tunebench_results: dict[str, Any])
 
 @pytest.fixture(scope="session")
 def tunebench_gate(pytestconfig: pytest.Config, tunebench_run: Path, tunebench_comparison):
-    """Gate-rule assertions on the run (reports.quality.QualityGate), decided as ``tunebench gate`` decides.
+    """Gate-rule assertions on the run (gate.quality.QualityGate), decided as ``tunebench gate`` decides.
 
     ``.assert_non_inferior(metric, margin | rel=)``, ``.assert_superior(metric, t | rel=)``,
     ``.assert_passed(rules=None)`` (rules default: ``--tunebench-rules``, else the run's gate.rules, else the
     shipped default).
     """
-    from tunebench.reports.quality import QualityGate  # heavy: numpy (see above)
+    from tunebench.gate.quality import QualityGate  # heavy: numpy (see above)
 
     return QualityGate(tunebench_run, tunebench_comparison, pytestconfig.getoption("--tunebench-rules", default=None))

@@ -1,6 +1,6 @@
 """Quality assertions that decide exactly as the release gate does, for tests and scripts over a run folder.
 
-Each assertion is one gate rule judged by ``reports.gate`` on the run's comparison (the same intervals, the
+Each assertion is one gate rule judged by ``gate.verdict`` on the run's comparison (the same intervals, the
 same margins, the same verdicts); it passes only on the gate's ``pass``. An inconclusive metric fails with
 the paired items that would conclude (``core.stats.items_needed``, as the gate prints it), and a metric
 name that matches nothing fails too: no assertion passes on no evidence.
@@ -10,7 +10,7 @@ name that matches nothing fails too: no assertion passes on no evidence.
     gate.assert_superior("lm_eval/*/acc", 0.02)               # at least 2 points better, every matching task
     gate.assert_passed()                                      # the run's gate rules (or a rules file)
 
-The pytest plugin (``reports.pytest_plugin``) hands one of these to tests as the ``tunebench_gate`` fixture.
+The pytest plugin (``gate.pytest_plugin``) hands one of these to tests as the ``tunebench_gate`` fixture.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tunebench.compare.comparison import Comparison
+from tunebench.compare.rows import PASS, SKIPPED, GateRow, describe_row
+from tunebench.compare.rule import glob_to_regex, parse_rule
 from tunebench.core.runtimes import artifact_eval_command
-from tunebench.reports.comparison import Comparison
-from tunebench.reports.gate import GateVerdict, artifact_comparisons, evaluate_gate, judge_run
-from tunebench.reports.gate_rules import glob_to_regex, parse_rule
-from tunebench.reports.rows import PASS, SKIPPED, GateRow, describe_row
+from tunebench.gate.verdict import GateVerdict, artifact_comparisons, evaluate_gate, judge_run
 
 
 def verdict_failure(verdict: GateVerdict, what: str, source: str | None = None) -> str:

@@ -19,9 +19,9 @@ by the gate, which calls such a rule inconclusive). Every row carries ``mde``, i
 mde exceeds a gate's margin cannot carry that decision. A pairwise judge's win rate is already paired: ``judged_row``
 reads its length-controlled rate as the row, the raw rate beside it.
 
-One gate rule on one row is decided here too (``judge``, ``GateRow``: the release gate's semantics are in
-``reports.gate``), so a row's ``assert_not_regressed`` and the gate decide with one function and this module imports
-nothing above it.
+One gate rule (``compare.rule``) on one row is decided here too (``judge``, ``GateRow``: the release gate's semantics
+are in ``gate.verdict``), so a row's ``assert_not_regressed`` and the gate decide with one function and this module
+imports nothing above its floor.
 """
 
 from __future__ import annotations
@@ -34,13 +34,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tunebench.compare.rule import GateRule, parse_rule
 from tunebench.core import stats
 from tunebench.core.errors import ComparisonError
 from tunebench.core.matched_pairs import matched_pairs
 from tunebench.core.numbers import fmt, fmt_interval, fmt_p
 from tunebench.core.pairwise import explained_by_length
 from tunebench.evals.results import Metric, Results
-from tunebench.reports.gate_rules import GateRule, parse_rule
 
 IMPROVED, REGRESSED, UNCHANGED = "improved", "regressed", "no significant change"
 TOO_FEW = "too few samples"
@@ -484,7 +484,7 @@ def _oriented_interval(rule: GateRule, r: MetricComparison) -> tuple[float, floa
 def judge(rule: GateRule, r: MetricComparison) -> GateRow:
     """One rule on one compared metric: pass, fail or inconclusive from the interval of the change.
 
-    See ``reports.gate``'s docstring for the semantics. The one place verdicts are decided; new rule kinds add a
+    See ``gate.verdict``'s docstring for the semantics. The one place verdicts are decided; new rule kinds add a
     field to GateRule and a branch here.
     """
     row = GateRow(

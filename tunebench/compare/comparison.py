@@ -1,6 +1,6 @@
 """Base vs tuned: a pure function from two ``Results`` to a ``Comparison`` (schema ``tunebench.comparison/1``).
 
-Every metric present in both results becomes one row (``reports.rows.compare_metric``: paired statistics, verdict,
+Every metric present in both results becomes one row (``compare.rows.compare_metric``: paired statistics, verdict,
 MDE). Base and tuned must have been computed on the same inputs: any shared fingerprint in ``Results.inputs`` that
 differs raises ``ComparisonError``.
 
@@ -21,11 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunebench.core.errors import ComparisonError, RunFileError
-from tunebench.core.io import check_json, read_json, short, show_json
-from tunebench.core.multiplicity import benjamini_hochberg, fcr_alpha, holm
-from tunebench.evals.results import Results
-from tunebench.reports.rows import (
+from tunebench.compare.rows import (
     FEW_SAMPLES,
     IMPROVED,
     REGRESSED,
@@ -36,6 +32,10 @@ from tunebench.reports.rows import (
     judged_rows,
     verdict_of,
 )
+from tunebench.core.errors import ComparisonError, RunFileError
+from tunebench.core.io import check_json, read_json, short, show_json
+from tunebench.core.multiplicity import benjamini_hochberg, fcr_alpha, holm
+from tunebench.evals.results import Results
 
 SCHEMA = "tunebench.comparison/1"
 LEADERBOARD_SCHEMA = "tunebench.leaderboard/1"

@@ -1,7 +1,7 @@
 """Base vs tuned from run folders: their results files read and compared.
 
-The comparison lives in three rooms: ``reports.rows`` (one metric: paired statistics, verdict, MDE; judged rows),
-``reports.comparison`` (two ``Results`` -> a ``Comparison``, pure; several adapters -> a ``Leaderboard``) and this
+The comparison lives in three rooms: ``compare.rows`` (one metric: paired statistics, verdict, MDE; judged rows),
+``compare.comparison`` (two ``Results`` -> a ``Comparison``, pure; several adapters -> a ``Leaderboard``) and this
 module: the run folder's results files, exported artifacts and served endpoints, read and compared (I/O, not pure).
 Each name is imported from the module that defines it.
 """
@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tunebench.compare.comparison import Comparison, Leaderboard, check_same_inputs, compare, leaderboard
+from tunebench.compare.rows import FEW_SAMPLES, MetricComparison, compare_metric, load_judge_results
 from tunebench.core.errors import ComparisonError, MissingRunFile, RunFileError
 from tunebench.core.io import read_yaml, short
 from tunebench.core.runtimes import ARTIFACT_PREFIX, LLAMA_CPP, SERVED_PREFIX, is_served_label, label_artifact
 from tunebench.evals.results import Results
-from tunebench.reports.comparison import Comparison, Leaderboard, check_same_inputs, compare, leaderboard
-from tunebench.reports.rows import FEW_SAMPLES, MetricComparison, compare_metric, load_judge_results
 
 # ----------------------------------------------------------------------------- run folders (I/O, not pure)
 

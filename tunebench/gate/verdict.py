@@ -1,7 +1,8 @@
 """Release gate: rules over a Comparison decide, on confidence bounds, whether an adapter may ship.
 
-Rules files (YAML: ``metric`` globs, thresholds, ``artifact``, ``optional``) are read by ``reports.gate_rules``,
-whose docstring shows one; one rule on one row is judged by ``reports.rows.judge``.
+Rules files (YAML: ``metric`` globs, thresholds, ``artifact``, ``optional``) are read by ``gate.rules``,
+whose docstring shows one; each rule is a ``compare.rule.GateRule``, and one rule on one row is judged by
+``compare.rows.judge``.
 
 Improvement I is delta oriented so that positive is better; [lo, hi] is the comparison's two-sided
 (1 - alpha) interval of I (95% by default: each bound is a one-sided 97.5% bound). Each threshold sets a
@@ -11,7 +12,7 @@ margin M on the improvement scale and has three verdicts:
   larger than m), fail when hi < -m (a regression larger than m is established), else inconclusive.
 - ``min_improvement: t`` (superiority, M = t): pass when lo > t (an improvement above t), fail when hi <= t, else
   inconclusive; ``min_improvement: 0`` passes exactly when the row's verdict is "improved" (interval and p come
-  from one method, ``reports.rows``).
+  from one method, ``compare.rows``).
 - ``_rel`` variants scale the margin by |base| (0.02 = 2% of the base value).
 
 A row with fewer paired units than ``report.min_n`` (the report flags it "too few samples") makes any rule on it
@@ -37,6 +38,19 @@ from typing import Any, TextIO
 
 from tabulate import tabulate
 
+from tunebench.compare.comparison import Comparison, compare
+from tunebench.compare.rows import (
+    FAIL,
+    INCONCLUSIVE,
+    PASS,
+    SKIPPED,
+    GateRow,
+    MetricComparison,
+    judge,
+    load_judge_results,
+)
+from tunebench.compare.rule import GateRule, glob_to_regex, parse_rule
+from tunebench.compare.runs import compare_artifacts, load_artifact_results, load_run_results, run_settings
 from tunebench.core.errors import (
     EXIT_GATE_FAILED,
     EXIT_GATE_INCONCLUSIVE,
@@ -49,19 +63,7 @@ from tunebench.core.io import atomic_write_json, short
 from tunebench.core.numbers import fmt
 from tunebench.core.runtimes import artifact_eval_command, artifact_quant
 from tunebench.evals.results import Results
-from tunebench.reports.compare import compare_artifacts, load_artifact_results, load_run_results, run_settings
-from tunebench.reports.comparison import Comparison, compare
-from tunebench.reports.gate_rules import GateRule, glob_to_regex, load_rules, parse_rule, resolve_rules_path
-from tunebench.reports.rows import (
-    FAIL,
-    INCONCLUSIVE,
-    PASS,
-    SKIPPED,
-    GateRow,
-    MetricComparison,
-    judge,
-    load_judge_results,
-)
+from tunebench.gate.rules import load_rules, resolve_rules_path
 
 SCHEMA = "tunebench.gate/2"
 NOTHING_CHECKED = "no rule matched any metric: nothing was checked"
@@ -247,7 +249,11 @@ def artifact_comparisons(run_dir: str | Path, tuned: Results | None = None, seed
 
 
 def judge_run(
-    run_dir: str | Path, rules_path: str | Path | None = None, seed: int = 0, comparison: Comparison | None = None
+    run_dir: str | Path,
+    rules_path: str | Path | None = None,
+    seed: int = 0,
+    comparison: Comparison | None = None,
+    artifacts: dict[str, Comparison] | None = None,
 ) -> GateVerdict:
     """What ``gate_main`` decides for a run folder, without printing or writing anything.
 
@@ -257,7 +263,11 @@ def judge_run(
             ``configs/gates/default.yaml``.
         seed: Bootstrap seed (the pipeline's comparison uses 0 too).
         comparison: The run's base vs tuned comparison at its own alpha, bootstrap size and ``seed``, when
-            the caller already holds it (the pytest plugin's session fixture); computed here otherwise.
+            the caller already holds it (the pytest plugin's session fixture, the pipeline's ``finish``); computed
+            here otherwise.
+        artifacts: Every evaluated export's comparison against the adapter, as ``artifact_comparisons`` computes
+            it (the same settings and ``seed``), when the caller already holds them (``finish``); computed here
+            otherwise, and only when a rule reads an artifact.
 
     Raises:
         InvalidInput: invalid rules (GateError), results that do not compare (ComparisonError), missing or
@@ -278,9 +288,10 @@ def judge_run(
             judged=load_judge_results(run_dir),
             min_n=settings["min_n"],
         )
-    artifacts = {}
-    if any(r.artifact for r in rules):
-        artifacts = artifact_comparisons(run_dir, results["tuned"] if results else None, seed)
+    if artifacts is None:
+        artifacts = {}
+        if any(r.artifact for r in rules):
+            artifacts = artifact_comparisons(run_dir, results["tuned"] if results else None, seed)
     verdict = evaluate_gate(comparison, rules, artifacts)
     verdict.rules_source = str(path)
     return verdict
