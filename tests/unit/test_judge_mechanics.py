@@ -12,9 +12,9 @@ import synthetic  # tests/fixtures/synthetic.py
 
 from tunebench.core.config_schema import JudgeConfig
 from tunebench.core.errors import EXIT_INVALID_INPUT, JudgeError
-from tunebench.evals import judge as jd
-from tunebench.evals import judge_metrics as jm
-from tunebench.evals import judge_prompts as jp
+from tunebench.evals.judge import metrics as jm
+from tunebench.evals.judge import prompts as jp
+from tunebench.evals.judge import stage as jd
 from tunebench.evals.results import Results
 from tunebench.reports.comparison import compare
 from tunebench.reports.gate import evaluate_gate, gate_main
