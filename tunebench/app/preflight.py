@@ -20,7 +20,7 @@ from tunebench.evals.contamination import MIN_SHINGLE_WORDS
 from tunebench.evals.families import MetricShape, artifact_metrics, produced_metrics
 from tunebench.evals.judge.stage import preflight as judge_preflight
 from tunebench.evals.lm_eval.index import check_task_names
-from tunebench.evals.probes import load_probe_set
+from tunebench.evals.probes.sets import load_probe_set
 from tunebench.reports.gate_rules import GateRule, load_rules
 
 log = logging.getLogger(__name__)

@@ -155,7 +155,7 @@ register(
 register(
     Family(
         "probes",
-        "tunebench.evals.probes:produced",
+        "tunebench.evals.probes.sets:produced",
         enabled=probes_on,
         section=Section("Probes", layout="own"),
         measure="tunebench.evals.driver:measure_probes",

