@@ -20,7 +20,9 @@ names = zipfile.ZipFile(sys.argv[1]).namelist()
 bad = [n for n in names if not re.match(r"^(tunebench/|tunebench-[^/]+\.dist-info/)", n)]
 need = ["tunebench/configs/smoke.yaml", "tunebench/configs/gates/default.yaml", "tunebench/configs/spaces/smoke.yaml",
         "tunebench/models/templates/llama-3.1.jinja",
-        "tunebench/evals/probes/default.yaml", "tunebench/reports/templates/report.md.j2"]
+        "tunebench/evals/probes/default.yaml", "tunebench/reports/templates/report.md.j2",
+        "tunebench/evals/lm_eval/tasks/tunebench.yaml", "tunebench/evals/lm_eval/tasks/facts_mc.jsonl",
+        "tunebench/evals/judge/data/sanity.yaml", "tunebench/evals/judge/data/mt_bench_pairwise.yaml"]
 missing = [n for n in need if n not in names]
 print("\n".join([f"outside tunebench/: {n}" for n in bad] + [f"missing package data: {n}" for n in missing]))
 PY

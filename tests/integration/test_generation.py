@@ -15,7 +15,7 @@ from tunebench.core.config_schema import SamplingConfig
 from tunebench.evals.chat import chat
 from tunebench.evals.generation import generate
 from tunebench.evals.generation_cache import GenerationCache
-from tunebench.evals.probes import load_probe_set, run_probes, wilson
+from tunebench.evals.probes.sets import load_probe_set, run_probes, wilson
 
 pytestmark = pytest.mark.slow  # generates with the packaged model: 7-26 s a test on 2 cores
 

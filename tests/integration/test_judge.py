@@ -9,7 +9,7 @@ import pytest
 
 from tunebench.app.eval_settings import eval_settings
 from tunebench.core.config import load_config
-from tunebench.evals.judge import run_judge
+from tunebench.evals.judge.stage import run_judge
 
 pytestmark = pytest.mark.slow  # the packaged model judges: up to 60 s a test
 
@@ -63,7 +63,7 @@ def test_judging_in_batches_of_similar_length_gives_the_one_call_verdicts(tmp_pa
     at turn-2 widths); the judgments are those of one call over every request, each back in its request's place."""
     from tunebench.core.config_schema import SamplingConfig
     from tunebench.evals.generation import TransformersGenerator
-    from tunebench.evals.judge import InProcessJudge
+    from tunebench.evals.judge.stage import InProcessJudge
     from tunebench.evals.modeling import load_for_eval
 
     monkeypatch.setenv("TUNEBENCH_CACHE", str(tmp_path / "cache"))

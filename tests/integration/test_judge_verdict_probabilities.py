@@ -9,9 +9,9 @@ import pytest
 
 from tunebench.core.config_schema import JudgeEndpointConfig
 from tunebench.core.errors import JudgeError
-from tunebench.evals import judge_prompts as jp
-from tunebench.evals.judge import _context
-from tunebench.evals.judge_logprobs import LETTERS, LogprobJudge
+from tunebench.evals.judge import prompts as jp
+from tunebench.evals.judge.logprobs import LETTERS, LogprobJudge
+from tunebench.evals.judge.stage import _context
 
 pytest.importorskip("llama_cpp.server.app", reason="llama-cpp-python[server] (scripts/setup.sh builds it)")
 

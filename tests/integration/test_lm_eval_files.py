@@ -21,9 +21,9 @@ from e2e import tunebench
 from tunebench.app import cli
 from tunebench.compare.comparison import compare
 from tunebench.core.config_schema import PACKAGED_MODEL
-from tunebench.evals.lm_eval_files import read_lm_eval_run
+from tunebench.evals.lm_eval.files import read_lm_eval_run
+from tunebench.evals.lm_eval.tasks import TASKS_DIR
 from tunebench.evals.results import Results
-from tunebench.evals.tasks import TASKS_DIR
 
 TASKS = ["tunebench_facts_mc", "tunebench_arith_gen"]
 LIMIT = 6

@@ -1,5 +1,7 @@
 """The module map in docs/architecture.md (the block that README's "Layout" section held) lists every module of the
-package, in the section of its subpackage, and none that is gone."""
+package, in the section of its subpackage, and none that is gone. A module of a nested subpackage is named with its
+path inside its top-level subpackage (``lm_eval/runner.py`` in ``evals/``'s section), so two modules of one name
+(``evals/runner.py``, ``evals/lm_eval/runner.py``) are each checked."""
 
 from __future__ import annotations
 
@@ -12,7 +14,8 @@ MAP_PAGE = ROOT / "docs" / "architecture.md"
 
 
 def map_sections() -> dict[str, set[str]]:
-    """Subpackage (or ``.`` for the package's own modules) -> the ``*.py`` names its section of the map lists."""
+    """Subpackage (or ``.`` for the package's own modules) -> the ``*.py`` names its section of the map lists (a
+    nested subpackage's modules with their folder: ``lm_eval/runner.py``)."""
     text = MAP_PAGE.read_text(encoding="utf-8")
     block = text[text.index("\ntunebench/ ") :]
     block = block[: block.index("```")]
@@ -28,7 +31,7 @@ def map_sections() -> dict[str, set[str]]:
             sections.setdefault(".", set()).add(root_module.group(1))
             continue
         if current is not None:
-            sections.setdefault(current, set()).update(re.findall(r"\b(\w+\.py)\b", line))
+            sections.setdefault(current, set()).update(re.findall(r"\b((?:\w+/)*\w+\.py)\b", line))
     return sections
 
 
@@ -37,7 +40,7 @@ def package_modules() -> dict[str, set[str]]:
         ".": {p.name for p in PACKAGE.glob("*.py") if p.name not in ("__init__.py", "__main__.py")}
     }
     for sub in sorted(p for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists()):
-        out[sub.name] = {p.name for p in sub.rglob("*.py") if p.name != "__init__.py"}
+        out[sub.name] = {p.relative_to(sub).as_posix() for p in sub.rglob("*.py") if p.name != "__init__.py"}
     return out
 
 

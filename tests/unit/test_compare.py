@@ -272,7 +272,7 @@ def _subject_items(b_only: int, t_only: int, n: int = 100) -> tuple[list[dict], 
 
 
 def _mmlu_like(subjects: dict[str, tuple[int, int]]) -> tuple[Results, Results]:
-    """A group metric ``lm_eval/mmlu/acc`` with one breakdown row per subject, as lm_eval_groups names them."""
+    """A group metric ``lm_eval/mmlu/acc`` with one breakdown row per subject, as evals.lm_eval.groups names them."""
     sides = [Results(label=label, model={}, inputs={}) for label in ("base", "tuned")]
     pooled: list[list[dict]] = [[], []]
     for subject, (b, c) in subjects.items():

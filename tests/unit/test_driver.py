@@ -31,7 +31,7 @@ from tunebench.evals.driver import (
 )
 from tunebench.evals.families import Family, MetricShape, register, unregister
 from tunebench.evals.generation import Generation
-from tunebench.evals.probes import load_probe_set
+from tunebench.evals.probes.sets import load_probe_set
 from tunebench.evals.prompting import samples_per_prompt
 from tunebench.evals.results import Metric
 

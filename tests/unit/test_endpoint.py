@@ -16,7 +16,7 @@ from tunebench.core.config_schema import JudgeEndpointConfig
 from tunebench.core.errors import EXIT_INVALID_INPUT, JudgeError
 from tunebench.core.net import free_port
 from tunebench.evals import endpoint as ep
-from tunebench.evals.judge_prompts import parse_verdict
+from tunebench.evals.judge.prompts import parse_verdict
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tunebench.evals import humaneval
+from tunebench.evals.lm_eval import humaneval
 
 
 def test_stock_task_offline_scores_programs_in_a_child_process_with_a_timeout():
     import lm_eval.tasks
 
-    from tunebench.evals.packaged_data import packaged_tasks
+    from tunebench.evals.lm_eval.packaged_data import packaged_tasks
 
     used: dict = {}
     with packaged_tasks("packaged", used):

@@ -10,10 +10,10 @@ import pytest
 from tunebench.app.eval_settings import eval_settings
 from tunebench.core.config import load_config
 from tunebench.core.config_schema import JudgeConfig, JudgeEndpointConfig
-from tunebench.evals import judge as jd
-from tunebench.evals import judge_prompts as jp
 from tunebench.evals.endpoint import EndpointJudge
-from tunebench.evals.judge_logprobs import letter_tokens, probs_from_chat_logprobs, verdict_text
+from tunebench.evals.judge import prompts as jp
+from tunebench.evals.judge import stage as jd
+from tunebench.evals.judge.logprobs import letter_tokens, probs_from_chat_logprobs, verdict_text
 
 
 @pytest.mark.parametrize(
@@ -105,7 +105,7 @@ def test_a_tokenizer_whose_letters_need_two_tokens_is_refused_and_merged_letters
     from types import SimpleNamespace
 
     from tunebench.core.errors import JudgeError
-    from tunebench.evals.judge_logprobs import LogprobJudge
+    from tunebench.evals.judge.logprobs import LogprobJudge
 
     judge = SimpleNamespace(tokenizer=Split(), source=SimpleNamespace(ref="my/judge"))
     with pytest.raises(JudgeError, match="my/judge.*eval.judge.verdict=explain"):  # refused before any prompt

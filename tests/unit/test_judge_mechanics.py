@@ -14,9 +14,9 @@ from tunebench.compare.comparison import compare
 from tunebench.compare.rows import FAIL, INCONCLUSIVE, PASS, judged_row
 from tunebench.core.config_schema import JudgeConfig
 from tunebench.core.errors import EXIT_INVALID_INPUT, JudgeError
-from tunebench.evals import judge as jd
-from tunebench.evals import judge_metrics as jm
-from tunebench.evals import judge_prompts as jp
+from tunebench.evals.judge import metrics as jm
+from tunebench.evals.judge import prompts as jp
+from tunebench.evals.judge import stage as jd
 from tunebench.evals.results import Results
 from tunebench.gate.verdict import evaluate_gate, gate_main
 from tunebench.reports.render import render_report

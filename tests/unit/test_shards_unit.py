@@ -16,9 +16,9 @@ from tunebench.core.config import load_config
 from tunebench.core.config_build import dump_yaml
 from tunebench.core.errors import ConfigError, ShardError
 from tunebench.core.shards import Shard, from_slurm, parse_shard, stable_hash
-from tunebench.evals.lm_eval_convert import mean_metric
+from tunebench.evals.lm_eval.convert import mean_metric
 from tunebench.evals.perplexity import perplexity_metric
-from tunebench.evals.probes import pass_rate
+from tunebench.evals.probes.sets import pass_rate
 from tunebench.evals.results import Metric, Results
 from tunebench.evals.shard_merge import Part, merge_parts
 

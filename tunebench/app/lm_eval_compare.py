@@ -2,7 +2,7 @@
 
 lm-eval reports each run's score with its own stderr; two runs on the same documents compared that way are treated
 as independent samples, which throws away the pairing (the same question answered by both models). This reads both
-runs' per-document scores (``evals.lm_eval_files``), refuses runs of other tasks or documents, and hands them to
+runs' per-document scores (``evals.lm_eval.files``), refuses runs of other tasks or documents, and hands them to
 the comparison, report and gate that decide tunebench's own runs: rows with paired bootstrap intervals of B - A,
 p-values, verdicts and detectable effects, the report, and the gate's verdict (shipped rules ``lm_eval`` unless
 ``--rules``).
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tunebench.compare.comparison import Comparison, compare
 from tunebench.core.io import atomic_write_json, atomic_write_text
-from tunebench.evals.lm_eval_files import check_same_documents, read_lm_eval_run
+from tunebench.evals.lm_eval.files import check_same_documents, read_lm_eval_run
 from tunebench.gate.verdict import GateVerdict, evaluate_gate, format_verdict
 from tunebench.reports.render import render_report
 from tunebench.reports.render_tables import metric_table

@@ -62,7 +62,7 @@ from tunebench.data import conversations as data_mod
 from tunebench.data.standardize import SPLITS
 from tunebench.evals.contract import check_contract
 from tunebench.evals.driver import evaluate, open_runtime
-from tunebench.evals.judge import judge_fingerprint, run_judge
+from tunebench.evals.judge.stage import judge_fingerprint, run_judge
 from tunebench.evals.results import Results
 from tunebench.evals.runner import evaluate_model, save_contamination
 from tunebench.gate.verdict import judge_run, write_verdict

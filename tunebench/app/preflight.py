@@ -19,9 +19,9 @@ from tunebench.core.errors import ConfigError, GateError, ProbeError
 from tunebench.core.runtimes import artifact_names, artifact_runtime
 from tunebench.evals.contamination import MIN_SHINGLE_WORDS
 from tunebench.evals.families import MetricShape, artifact_metrics, produced_metrics
-from tunebench.evals.judge import preflight as judge_preflight
-from tunebench.evals.lm_eval_index import check_task_names
-from tunebench.evals.probes import load_probe_set
+from tunebench.evals.judge.stage import preflight as judge_preflight
+from tunebench.evals.lm_eval.index import check_task_names
+from tunebench.evals.probes.sets import load_probe_set
 from tunebench.gate.rules import load_rules
 
 log = logging.getLogger(__name__)

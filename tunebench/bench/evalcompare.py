@@ -8,8 +8,8 @@ import time
 from typing import Any
 
 from tunebench.bench.evalrows import CACHE, Messages
-from tunebench.evals import lm_eval_model
-from tunebench.evals.lm_eval_load import load_tasks, task_manager
+from tunebench.evals.lm_eval import model as lm_eval_model
+from tunebench.evals.lm_eval.load import load_tasks, task_manager
 from tunebench.evals.prompting import count_new_tokens, generation_kwargs, render_prompt
 
 
@@ -144,7 +144,7 @@ def lm_eval_loglikelihood_rows(
 def lm_eval_generation_rows(loaded: Any, batches: list[int]) -> list[dict[str, Any]]:
     """generate_until as GSM8K runs it, on the shipped tunebench_arith_gen task, wall time per setting, two ways side
     by side: lm-eval 0.4.13's own HFLM (transformers' dynamic cache, its default) and the suite's path
-    (``evals.lm_eval_model``: fixed-shape batches, per-row stop strings, the decode loop ``auto`` picks)."""
+    (``evals.lm_eval.model``: fixed-shape batches, per-row stop strings, the decode loop ``auto`` picks)."""
     import lm_eval  # heavy: lm_eval, imported when needed
     from lm_eval.models.huggingface import HFLM  # heavy: lm_eval, imported when needed
 

@@ -204,7 +204,7 @@ def _lm_eval_sections(mine: list[Row]) -> list[str]:
         "",
         "lm-eval generate_until (tunebench_arith_gen: 80 documents, greedy, up to 64 new tokens, chat "
         "template), wall time of simple_evaluate; runner `lm-eval HFLM` is lm-eval's own model, `tunebench` "
-        "the suite's (evals/lm_eval_model.py):",
+        "the suite's (evals/lm_eval/model.py):",
         "",
         *compact_table(["runner", "batch:", "KV cache", "pass", "seconds:"], body),
     ]

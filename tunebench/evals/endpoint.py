@@ -31,7 +31,7 @@ from tunebench.core.config_schema import JudgeEndpointConfig
 from tunebench.core.errors import JudgeError, TunebenchError
 from tunebench.core.io import cache_root
 from tunebench.evals.generation_cache import GenerationCache
-from tunebench.evals.judge_logprobs import TOP_LOGPROBS, probs_from_chat_logprobs, verdict_text
+from tunebench.evals.judge.logprobs import TOP_LOGPROBS, probs_from_chat_logprobs, verdict_text
 from tunebench.evals.prompting import Messages
 
 RETRY_STATUS = (429, 500, 502, 503, 504)

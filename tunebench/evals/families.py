@@ -155,7 +155,7 @@ register(
 register(
     Family(
         "probes",
-        "tunebench.evals.probes:produced",
+        "tunebench.evals.probes.sets:produced",
         enabled=probes_on,
         section=Section("Probes", layout="own"),
         measure="tunebench.evals.driver:measure_probes",
@@ -165,7 +165,7 @@ register(
 register(
     Family(
         "lm_eval",
-        "tunebench.evals.lm_eval_index:produced",
+        "tunebench.evals.lm_eval.index:produced",
         enabled=lambda settings: bool(settings.lm_eval_tasks),
         section=Section("lm-eval tasks", layout="own"),
         measure="tunebench.evals.driver:measure_lm_eval",
@@ -175,7 +175,7 @@ register(
 register(
     Family(
         "judge",
-        "tunebench.evals.judge_metrics:produced",
+        "tunebench.evals.judge.metrics:produced",
         enabled=lambda settings: settings.judge.enabled,
         section=Section("Conversational quality (judged)", layout="own"),
     )

@@ -25,11 +25,11 @@ from tunebench.evals import perplexity
 from tunebench.evals.contamination import contamination, conversation_text
 from tunebench.evals.driver import CONTINUATION_LOGPROBS, GENERATE, SHARDS, TOKEN_LOGPROBS, Job, evaluate
 from tunebench.evals.generation import TransformersGenerator
-from tunebench.evals.lm_eval_load import task_documents
-from tunebench.evals.lm_eval_runner import run_lm_eval
+from tunebench.evals.lm_eval.load import task_documents
+from tunebench.evals.lm_eval.runner import run_lm_eval
 from tunebench.evals.modeling import Loaded
 from tunebench.evals.parity import HIDDEN_FILE, save_scored_hidden
-from tunebench.evals.probes import load_probe_set
+from tunebench.evals.probes.sets import load_probe_set
 from tunebench.evals.results import SHARD_ORDER, Results
 from tunebench.evals.settings import EvalSettings, load_model
 from tunebench.models.loading import ModelSource, resolve_model

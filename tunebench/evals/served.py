@@ -98,8 +98,8 @@ def endpoint_perplexity(
 
 def endpoint_lm_eval(model: EndpointModel, ev: EvalConfig, tok: Any, label: str) -> Results:
     """The run's lm-eval tasks (``ev``: the run's eval section) through the server's /v1/completions
-    (``evals.lm_eval_text``)."""
-    from tunebench.evals.lm_eval_runner import run_lm_eval_text
+    (``evals.lm_eval.text``)."""
+    from tunebench.evals.lm_eval.runner import run_lm_eval_text
 
     return run_lm_eval_text(
         lambda body: model.client.request("/completions", body),

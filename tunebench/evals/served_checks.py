@@ -268,7 +268,7 @@ def likelihood_check(model: EndpointModel, loaded: Any) -> dict[str, Any]:
 
 
 def text_likelihood_check(model: EndpointModel, loaded: Any, chat_template: bool = True) -> dict[str, Any]:
-    """Whether lm-eval's loglikelihood requests can be scored on this server the way ``evals.lm_eval_text`` sends
+    """Whether lm-eval's loglikelihood requests can be scored on this server the way ``evals.lm_eval.text`` sends
     them (the text of context + continuation, the continuation found in the server's echo): the canary reply's
     log-prob given its prompt, served against the in-process adapter's, per continuation token. The prompt is
     shaped as the tasks' are (the chat template on or off), because servers differ there: llama-cpp-python's echo
@@ -278,7 +278,7 @@ def text_likelihood_check(model: EndpointModel, loaded: Any, chat_template: bool
     tokenizer, which is what an lm-eval task asks of it.
     """
     from tunebench.core.errors import LmEvalError
-    from tunebench.evals.lm_eval_text import continuation_score
+    from tunebench.evals.lm_eval.text import continuation_score
 
     tok = loaded.tokenizer
     question, reply = CANARY[0]["content"], CANARY[-1]["content"]

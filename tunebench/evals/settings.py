@@ -23,7 +23,7 @@ def in_4bit(load_in_4bit: str, merge_adapter: bool, artifact: bool = False) -> b
     and the model is not an exported artifact (a GGUF is scored as written, never requantized).
 
     The one rule for every evaluation that loads the run's model: the suite (evals.driver), the judge's answers
-    (evals.judge) and a sweep's validation perplexity (evals.validation).
+    (evals.judge.stage) and a sweep's validation perplexity (evals.validation).
     """
     return not artifact and load_in_4bit == "on" and not merge_adapter
 

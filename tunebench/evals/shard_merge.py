@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from tunebench.core.errors import ShardError
-from tunebench.evals.lm_eval_convert import mean_metric
-from tunebench.evals.lm_eval_groups import pool_group
-from tunebench.evals.lm_eval_shard import TASKS
+from tunebench.evals.lm_eval.convert import mean_metric
+from tunebench.evals.lm_eval.groups import pool_group
+from tunebench.evals.lm_eval.shard import TASKS
 from tunebench.evals.perplexity import perplexity_metric
-from tunebench.evals.probes import pass_rate
+from tunebench.evals.probes.sets import pass_rate
 from tunebench.evals.results import SHARD_ORDER, Metric, Results
 
 MODEL_FACTS = ("adapter_sha256", "template", "dtype", "adapter_merged", "weights")

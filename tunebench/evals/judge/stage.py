@@ -29,10 +29,10 @@ from typing import Any, Protocol
 from tunebench.core.config_schema import JudgeConfig, SamplingConfig
 from tunebench.core.errors import JudgeError
 from tunebench.core.io import atomic_write_text, environment, fingerprint
-from tunebench.evals import judge_metrics as jm
-from tunebench.evals import judge_prompts as jp
 from tunebench.evals.generation import Generator, TransformersGenerator
-from tunebench.evals.judge_logprobs import LogprobJudge
+from tunebench.evals.judge import metrics as jm
+from tunebench.evals.judge import prompts as jp
+from tunebench.evals.judge.logprobs import LogprobJudge
 from tunebench.evals.modeling import load_for_eval
 from tunebench.evals.prompting import Messages
 from tunebench.evals.results import Results

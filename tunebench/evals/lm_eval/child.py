@@ -1,5 +1,5 @@
-"""The side of an lm-eval evaluation that runs lm-eval: ``python -m tunebench.evals.lm_eval_child SPEC OUT`` in
-a child process (started by ``lm_eval_runner.run_lm_eval`` through ``core.child``), or the same steps in this
+"""The side of an lm-eval evaluation that runs lm-eval: ``python -m tunebench.evals.lm_eval.child SPEC OUT`` in
+a child process (started by ``runner.run_lm_eval`` through ``core.child``), or the same steps in this
 process on a model it already holds.
 
 The child reads an ``LmEvalSpec`` (JSON), loads the tasks, the tokenizer and the model (+ adapter), runs lm-eval
@@ -19,12 +19,12 @@ from tunebench.core import output
 from tunebench.core.errors import LmEvalError, ModelError
 from tunebench.core.io import atomic_write_json, read_json
 from tunebench.core.shards import Shard
-from tunebench.evals import lm_eval_model
-from tunebench.evals.lm_eval_convert import TaskRun, task_results
-from tunebench.evals.lm_eval_groups import pool_group
-from tunebench.evals.lm_eval_load import load_tasks, task_manager
-from tunebench.evals.lm_eval_shard import record_shard, shard_documents
-from tunebench.evals.lm_eval_spec import LmEvalSpec
+from tunebench.evals.lm_eval import model as lm_eval_model
+from tunebench.evals.lm_eval.convert import TaskRun, task_results
+from tunebench.evals.lm_eval.groups import pool_group
+from tunebench.evals.lm_eval.load import load_tasks, task_manager
+from tunebench.evals.lm_eval.shard import record_shard, shard_documents
+from tunebench.evals.lm_eval.spec import LmEvalSpec
 from tunebench.evals.modeling import pick_device, pick_dtype
 from tunebench.evals.results import Results
 from tunebench.models.adapters import adapter_manifest
@@ -91,7 +91,7 @@ def _hflm(spec: LmEvalSpec, tok: Any, device: str, dtype: str, loaded: Any = Non
 
 def evaluate(spec: LmEvalSpec, loaded: Any = None) -> Results | None:
     """Load tasks (and the model, unless ``loaded`` is given), run lm-eval, convert its output; of one shard's
-    documents when ``spec.shard`` is set (``evals.lm_eval_shard``)."""
+    documents when ``spec.shard`` is set (``evals.lm_eval.shard``)."""
     manager = task_manager(spec.tasks)
     sources: dict[str, dict[str, Any]] = {}
     groups: dict[str, str] = {}
@@ -194,13 +194,13 @@ class _DropNoise(logging.Filter):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Child entry point: ``python -m tunebench.evals.lm_eval_child SPEC.json OUT.json``; exit 0, 2 (usage error,
+    """Child entry point: ``python -m tunebench.evals.lm_eval.child SPEC.json OUT.json``; exit 0, 2 (usage error,
     message in OUT) or 1 (unexpected failure, traceback on stderr, summary in OUT)."""
 
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 2:
         print(
-            "usage: python -m tunebench.evals.lm_eval_child SPEC.json OUT.json (started by run_lm_eval)",
+            "usage: python -m tunebench.evals.lm_eval.child SPEC.json OUT.json (started by run_lm_eval)",
             file=sys.stderr,
         )
         return 2

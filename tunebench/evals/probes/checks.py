@@ -10,7 +10,7 @@ from typing import Any
 
 from tunebench.core.errors import ProbeError
 from tunebench.core.io import short
-from tunebench.evals.probe_template import _dym, _render_deep, _Src
+from tunebench.evals.probes.template import _dym, _render_deep, _Src
 
 CHECK_KINDS = {
     "contains": "every listed string appears in the answer",

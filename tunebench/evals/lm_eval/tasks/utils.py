@@ -17,7 +17,9 @@ def read_jsonl(name: str) -> list[dict[str, Any]]:
     """Rows of a JSONL file in this folder, with an error that names the file and line."""
     path = HERE / name
     if not path.exists():
-        raise FileNotFoundError(f"{path}: missing task data; reinstall tunebench (it ships evals/tasks/*.jsonl)")
+        raise FileNotFoundError(
+            f"{path}: missing task data; reinstall tunebench (it ships evals/lm_eval/tasks/*.jsonl)"
+        )
     rows = []
     with path.open(encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):

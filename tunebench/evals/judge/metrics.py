@@ -17,7 +17,7 @@ from tunebench.core import pairwise
 from tunebench.core.config_schema import EvalConfig, JudgeConfig
 from tunebench.core.numbers import fmt
 from tunebench.evals.families import MetricShape
-from tunebench.evals.judge_prompts import set_name
+from tunebench.evals.judge.prompts import set_name
 from tunebench.evals.results import Metric
 
 PAIRED_KIND = "win_rate"

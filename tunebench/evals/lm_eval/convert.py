@@ -1,5 +1,5 @@
 """lm-eval's output for one task turned into tunebench metrics, per-document items, an input fingerprint and
-artifacts (named under its group's, if it is a group member: see ``evals.lm_eval_groups``).
+artifacts (named under its group's, if it is a group member: see ``evals.lm_eval.groups``).
 
 Metric names are ``lm_eval/<task>/<metric>`` (``lm_eval/<task>/<metric>/<filter>`` when a task reports the
 same metric under several filters, as gsm8k does). Per-document items ``{"id": doc_id, "num": value, "den": 1}``
@@ -17,7 +17,7 @@ from typing import Any
 
 from tunebench.core.io import fingerprint, package_version
 from tunebench.core.stats import Z95
-from tunebench.evals.lm_eval_groups import member_prefix
+from tunebench.evals.lm_eval.groups import member_prefix
 from tunebench.evals.results import Metric, Results
 
 RESPONSE_CHARS = 300

