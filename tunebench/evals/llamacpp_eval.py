@@ -131,31 +131,17 @@ class LlamaCppRuntime:
     def score_lm_eval(self, job: Job) -> None:
         """lm-eval tasks through llama.cpp, on the ids and logits ``create_completion`` (the server's call) would
         use: generation through the model's ``Generator``, log-likelihoods from its logits."""
-        from tunebench.evals.lm_eval.runner import run_lm_eval_text
+        from tunebench.evals.lm_eval.runner import TextRuntime, run_lm_eval_text
 
-        model, ev = self.model, job.settings.eval
+        model = self.model
 
         def score_text(context: str, continuation: str) -> tuple[float, bool, bool]:
             return continuation_logprob(model.llm, context, continuation)
 
-        job.results.merge(
-            run_lm_eval_text(
-                None,
-                model,
-                self.gguf.name,
-                list(ev.lm_eval_tasks),
-                ev.lm_eval_limit,
-                ev.lm_eval_chat_template,
-                job.label,
-                job.results.model,
-                self.tok,
-                self.template or "",
-                ev.lm_eval_source,
-                1,
-                LLAMA_CPP,
-                score_text,
-            )
+        text = TextRuntime(
+            model, self.gguf.name, self.tok, self.template or "", score_text=score_text, describe=LLAMA_CPP
         )
+        job.results.merge(run_lm_eval_text(text, job.settings.eval, job.label, job.results.model))
 
     def close(self) -> None:
         pass  # the file stays open until the runtime is dropped (the probes and lm-eval share one context)

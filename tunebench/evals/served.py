@@ -99,23 +99,18 @@ def endpoint_perplexity(
 def endpoint_lm_eval(model: EndpointModel, ev: EvalConfig, tok: Any, label: str) -> Results:
     """The run's lm-eval tasks (``ev``: the run's eval section) through the server's /v1/completions
     (``evals.lm_eval.text``)."""
-    from tunebench.evals.lm_eval.runner import run_lm_eval_text
+    from tunebench.evals.lm_eval.runner import TextRuntime, run_lm_eval_text
 
-    return run_lm_eval_text(
-        lambda body: model.client.request("/completions", body),
+    text = TextRuntime(
         model,
         model.name,
-        list(ev.lm_eval_tasks),
-        ev.lm_eval_limit,
-        ev.lm_eval_chat_template,
-        label,
-        model.identity(),
         tok,
         model.template or "",
-        ev.lm_eval_source,
-        model.concurrency,
-        ENDPOINT,
+        complete=lambda body: model.client.request("/completions", body),
+        concurrency=model.concurrency,
+        describe=ENDPOINT,
     )
+    return run_lm_eval_text(text, ev, label, model.identity())
 
 
 def evaluate_endpoint(

@@ -20,9 +20,11 @@ import logging
 import os
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from tunebench.core.child import ChildError, run_child
+from tunebench.core.config_schema import EvalConfig
 from tunebench.core.errors import LmEvalError as LmEvalError
 from tunebench.core.net import free_port
 from tunebench.core.numbers import fmt
@@ -102,27 +104,34 @@ def run_lm_eval_args(*args: Any, loaded: Any = None, **kwargs: Any) -> Results:
     return run_lm_eval(LmEvalSpec(*args, **kwargs), loaded=loaded)
 
 
-def run_lm_eval_text(
-    complete: Any,
-    generator: Any,
-    model_name: str,
-    tasks: list[str],
-    limit: int | None,
-    apply_chat_template: bool,
-    label: str,
-    identity: dict[str, Any],
-    tokenizer: Any = None,
-    template_name: str = "",
-    source: str = "auto",
-    concurrency: int = 1,
-    describe: str = "completions",
-    score_text: Any = None,
-) -> Results:
+@dataclass(frozen=True)
+class TextRuntime:
+    """A runtime lm-eval reaches through text (``run_lm_eval_text``): llama.cpp in process or a served endpoint."""
+
+    generator: Any
+    """Its ``generation.Generator``: generate_until's answers."""
+    model_name: str
+    """What results name (the GGUF's file name, the served model)."""
+    tokenizer: Any = None
+    """The run's tokenizer (the chat template lm-eval applies)."""
+    template_name: str = ""
+    complete: Any = None
+    """``body -> response`` of ``/v1/completions`` with echo and logprobs (a server), or None."""
+    score_text: Any = None
+    """``(context, continuation) -> (log-prob, greedy, merged)`` where the runtime scores token ids itself."""
+    concurrency: int = 1
+    """Requests in flight."""
+    describe: str = "completions"
+    """How results name the path (``llama.cpp``, ``endpoint``)."""
+
+
+def run_lm_eval_text(runtime: TextRuntime, ev: EvalConfig, label: str, identity: dict[str, Any]) -> Results:
     """lm-eval tasks through a text completions API (``evals.lm_eval.text``): a served endpoint, or llama.cpp in
     process; generate_until through the runtime's ``generator`` (a ``generation.Generator``), loglikelihood through
     ``complete`` (an echo request) or, where the runtime scores token ids itself, ``score_text`` (context,
-    continuation; see ``TextCompletionsLM``). Same task loading, per-document items and metric names as
-    ``run_lm_eval``, so the results pair with the adapter's document by document.
+    continuation; see ``TextCompletionsLM``). The tasks, limit, chat template choice and document source are ``ev``'s
+    (the run's eval section). Same task loading, per-document items and metric names as ``run_lm_eval``, so the
+    results pair with the adapter's document by document.
 
     Raises:
         LmEvalError: unknown task names, unreadable task data, a rolling-loglikelihood task, or a server whose
@@ -130,26 +139,36 @@ def run_lm_eval_text(
     """
     from tunebench.evals.lm_eval.text import TextCompletionsLM  # heavy: lm-eval
 
+    tasks, limit, rt = list(ev.lm_eval_tasks), ev.lm_eval_limit, runtime
     if not tasks:
         raise LmEvalError("no lm-eval tasks given; set eval.lm_eval_tasks (e.g. [tunebench_facts_mc])")
     start = time.perf_counter()
-    manager = task_manager(list(tasks))
+    manager = task_manager(tasks)
     sources: dict[str, dict[str, Any]] = {}
     groups: dict[str, str] = {}
-    loaded_tasks = load_tasks(manager, list(tasks), source, sources, groups)
-    lm = TextCompletionsLM(complete, generator, model_name, tokenizer, template_name, concurrency, describe, score_text)
+    loaded_tasks = load_tasks(manager, tasks, ev.lm_eval_source, sources, groups)
+    lm = TextCompletionsLM(
+        rt.complete,
+        rt.generator,
+        rt.model_name,
+        rt.tokenizer,
+        rt.template_name,
+        rt.concurrency,
+        rt.describe,
+        rt.score_text,
+    )
     logging.getLogger("lm_eval").setLevel(logging.WARNING)
-    log.info("lm-eval (%s) through %s: tasks %s, limit %s", label, describe, ", ".join(tasks), limit)
+    log.info("lm-eval (%s) through %s: tasks %s, limit %s", label, rt.describe, ", ".join(tasks), limit)
     results = run_tasks(
         lm,
         loaded_tasks,
         manager,
         sources,
         groups,
-        lambda: {**identity, "runner": f"lm-eval through {describe}"},
+        lambda: {**identity, "runner": f"lm-eval through {rt.describe}"},
         label=label,
         limit=limit,
-        apply_chat_template=bool(apply_chat_template),
+        apply_chat_template=bool(ev.lm_eval_chat_template),
     )
     assert results is not None  # one process
     results.artifacts["lm_eval_text"] = {
@@ -157,7 +176,7 @@ def run_lm_eval_text(
         "boundary_merges": lm.boundary_merges,
         "how": (
             "continuation scored on llama.cpp's token ids, split as lm-eval splits a pair"
-            if score_text is not None
+            if rt.score_text is not None
             else "continuation found in the server's echo (token strings and text_offset), not by token count"
         ),
     }
