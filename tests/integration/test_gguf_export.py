@@ -179,7 +179,7 @@ def test_llamacpp_parity_reuses_the_tuned_evaluations_pass(exported, tmp_path):
     (alone / "eval" / "tuned").mkdir(parents=True)
     forged = saved.read_bytes().replace(key.encode(), f"{int(key, 16) ^ 1:0{len(key)}x}".encode(), 1)
     (alone / "eval" / "tuned" / HIDDEN_FILE).write_bytes(forged)
-    assert adapter_parity(cfg, alone / "adapter", encoded, artifact_lp)[1] == "a forward pass of the adapter"
+    assert adapter_parity(settings, alone / "adapter", encoded, artifact_lp)[1] == "a forward pass of the adapter"
 
 
 def test_export_stage_is_cached(exported):
