@@ -133,3 +133,20 @@ def test_the_command_that_scores_an_artifact_names_its_file_and_runtime():
         hint == "re-run `tunebench eval --model runs/a/export/model-q4_k_m.gguf --runtime llama.cpp --data-from runs/a`"
     )
     assert rerun_hint("runs/a/eval/gguf-f16/results.json").endswith("model-f16.gguf --data-from runs/a`")
+
+
+def test_another_runtime_gets_its_artifact_names_by_the_same_rule(monkeypatch):
+    """A runtime added to EVAL_RUNTIMES (docs/architecture.md, "How to add a runtime") names its artifacts, labels and
+    eval command by the rule llama.cpp's follow, with no other edit."""
+    from tunebench.core import runtimes
+
+    monkeypatch.setattr(runtimes, "EVAL_RUNTIMES", (*EVAL_RUNTIMES, "vllm-offline"))
+    assert runtimes.runtime_suffix("llama.cpp") == "-llamacpp" and runtimes.runtime_suffix(TRANSFORMERS) == ""
+    name = runtimes.artifact_name("q8_0", "vllm-offline")
+    assert name == "q8_0-vllmoffline" and runtimes.artifact_label("q8_0", "vllm-offline") == "gguf-q8_0-vllmoffline"
+    assert runtimes.artifact_runtime(name) == "vllm-offline" and runtimes.artifact_quant(name) == "q8_0"
+    assert runtimes.artifact_runtime("q8_0-llamacpp") == LLAMA_CPP and runtimes.artifact_quant("q8_0") == "q8_0"
+    assert runtimes.artifact_runtimes("vllm-offline") == ["vllm-offline"]
+    assert runtimes.artifact_eval_command(name, "runs/smoke") == (
+        "tunebench eval --model runs/smoke/export/model-q8_0.gguf --runtime vllm-offline --data-from runs/smoke"
+    )

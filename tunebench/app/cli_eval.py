@@ -21,7 +21,6 @@ from tunebench.core.config_schema import RunConfig
 from tunebench.core.errors import ConfigError, Interrupted, MissingRunFile
 from tunebench.core.io import check_json, read_json
 from tunebench.core.runtimes import (
-    LLAMA_CPP,
     SERVED_PREFIX,
     TRANSFORMERS,
     file_label,
@@ -30,7 +29,7 @@ from tunebench.core.runtimes import (
     label_artifact,
 )
 from tunebench.evals.contract import check_contract
-from tunebench.evals.llamacpp_eval import evaluate_gguf_llamacpp
+from tunebench.evals.driver import evaluate, open_runtime
 from tunebench.evals.runner import check_artifact_template, evaluate_model, save_contamination
 from tunebench.models.loading import resolve_model
 from tunebench.reports.render_evals import export_view
@@ -64,16 +63,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return _eval_endpoint(args, run_dir)
     # a .gguf without an adapter is an exported artifact: checked for the run's template, scored as written
     artifact = Path(args.model).suffix == ".gguf" and not args.adapter
-    if args.runtime == LLAMA_CPP:
+    if args.runtime != TRANSFORMERS:  # another runtime scores an exported file as written (evals.driver's registry)
         if not artifact:
             raise ConfigError(
-                f"--runtime {LLAMA_CPP} scores an exported GGUF (RUN/export/model-<type>.gguf) without "
+                f"--runtime {args.runtime} scores an exported GGUF (RUN/export/model-<type>.gguf) without "
                 f"--adapter; got --model {args.model}" + (" with --adapter" if args.adapter else "")
             )
         cfg = load_config(run_dir / "config.yaml", args.overrides)
-        label = args.label or file_label(args.model, LLAMA_CPP)
+        label = args.label or file_label(args.model, args.runtime)
         out = Path(args.out) if args.out else run_dir / "eval" / label / "results.json"
-        evaluate_gguf_llamacpp(eval_settings(cfg), run_dir, args.model, label, out)
+        settings = eval_settings(cfg)
+        evaluate(open_runtime(args.runtime, settings.for_artifact(args.model), run_dir), settings, run_dir, label, out)
         print(f"{label}: {out}")
         if is_artifact_label(label) and out == run_dir / "eval" / label / "results.json":
             _report_artifact(run_dir, cfg, label)

@@ -10,6 +10,7 @@ llama.cpp itself it is ``q8_0-llamacpp`` (label ``gguf-q8_0-llamacpp``). A serve
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -38,8 +39,6 @@ RUNTIME_PACKAGES = {LLAMA_CPP: "llama_cpp_python"}
 
 ARTIFACT_PREFIX = "gguf-"
 """eval/gguf-<type>/results.json holds an exported artifact's results (label gguf-<type>)."""
-LLAMACPP_SUFFIX = "-llamacpp"
-"""eval/gguf-<type>-llamacpp/results.json: an artifact scored in llama.cpp (gguf-<type> is transformers')."""
 SERVED_PREFIX = "served"
 """eval/served*/results.json holds a served endpoint's results (`tunebench eval --endpoint`, label served*)."""
 GGUF_STEM_PREFIX = "model-"
@@ -52,15 +51,24 @@ def gguf_file_name(quant: str) -> str:
 
 
 def artifact_runtimes(evaluate: str | bool) -> list[str]:
-    """Runtimes that score each exported artifact (``export.evaluate``): true = transformers."""
+    """Runtimes that score each exported artifact (``export.evaluate``): true = transformers, ``both`` = transformers
+    and llama.cpp, a runtime's name = that runtime."""
     if evaluate is False:
         return []
-    return {BOTH: [TRANSFORMERS, LLAMA_CPP], LLAMA_CPP: [LLAMA_CPP]}.get(str(evaluate), [TRANSFORMERS])
+    if evaluate == BOTH:
+        return [TRANSFORMERS, LLAMA_CPP]
+    return [str(evaluate)] if evaluate in EVAL_RUNTIMES else [TRANSFORMERS]
+
+
+def runtime_suffix(runtime: str) -> str:
+    """What an artifact's name gains when ``runtime`` scores it: none in transformers, else ``-`` and the runtime's
+    name in lower-case letters and digits (``llama.cpp`` -> ``-llamacpp``)."""
+    return "" if runtime == TRANSFORMERS else "-" + re.sub(r"[^a-z0-9]", "", runtime.lower())
 
 
 def artifact_name(quant: str, runtime: str = TRANSFORMERS) -> str:
     """``q8_0`` scored in ``runtime`` -> ``q8_0``, or ``q8_0-llamacpp`` in llama.cpp (a gate rule's ``artifact:``)."""
-    return quant + (LLAMACPP_SUFFIX if runtime == LLAMA_CPP else "")
+    return quant + runtime_suffix(runtime)
 
 
 def artifact_names(quants: list[str], evaluate: str | bool) -> dict[str, str]:
@@ -99,12 +107,12 @@ def label_artifact(label: str) -> str:
 
 def artifact_quant(name: str) -> str:
     """An artifact name -> its GGUF type: ``q8_0-llamacpp`` -> ``q8_0``."""
-    return name.removesuffix(LLAMACPP_SUFFIX)
+    return name.removesuffix(runtime_suffix(artifact_runtime(name)))
 
 
 def artifact_runtime(name: str) -> str:
     """An artifact name -> the runtime that scores it: ``q8_0-llamacpp`` -> llama.cpp, ``q8_0`` -> transformers."""
-    return LLAMA_CPP if name.endswith(LLAMACPP_SUFFIX) else TRANSFORMERS
+    return next((r for r in EVAL_RUNTIMES if r != TRANSFORMERS and name.endswith(runtime_suffix(r))), TRANSFORMERS)
 
 
 def artifact_eval_command(name: str, run: str | Path) -> str:
