@@ -72,8 +72,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         cfg = load_config(run_dir / "config.yaml", args.overrides)
         label = args.label or file_label(args.model, args.runtime)
         out = Path(args.out) if args.out else run_dir / "eval" / label / "results.json"
-        settings = eval_settings(cfg)
-        evaluate(open_runtime(args.runtime, settings.for_artifact(args.model), run_dir), settings, run_dir, label, out)
+        settings = eval_settings(cfg).for_artifact(args.model)
+        evaluate(open_runtime(args.runtime, settings, run_dir), settings, run_dir, label, out)
         print(f"{label}: {out}")
         if is_artifact_label(label) and out == run_dir / "eval" / label / "results.json":
             _report_artifact(run_dir, cfg, label)

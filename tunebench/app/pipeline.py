@@ -386,9 +386,9 @@ def export_stage(
                 f"eval_{label}",
                 fingerprint([eval_fp, export_fp, q, *engine]),
                 [out],
-                lambda runtime=runtime, path=path, label=label, out=out: evaluate(
-                    open_runtime(runtime, settings.for_artifact(path), run_dir),
-                    settings,
+                lambda runtime=runtime, scored=settings.for_artifact(path), label=label, out=out: evaluate(
+                    open_runtime(runtime, scored, run_dir),
+                    scored,
                     run_dir,
                     label,
                     out,

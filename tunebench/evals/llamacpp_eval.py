@@ -66,10 +66,9 @@ class LlamaCppRuntime:
     capabilities = frozenset({GENERATE, TOKEN_LOGPROBS, CONTINUATION_LOGPROBS})
 
     def __init__(
-        self, run_dir: Path, gguf: Path, model: LlamaCppModel, tok: Any, template: str | None, test: Any, started: float
+        self, adapter: Path, gguf: Path, model: LlamaCppModel, tok: Any, template: str | None, test: Any, started: float
     ) -> None:
-        self.run_dir, self.gguf, self.model, self.tok, self.template = run_dir, gguf, model, tok, template
-        self.adapter = run_dir / "adapter"
+        self.adapter, self.gguf, self.model, self.tok, self.template = adapter, gguf, model, tok, template
         self.encoded, self.report = test
         self.started = started
 
@@ -92,7 +91,7 @@ class LlamaCppRuntime:
         template = adapter_manifest(adapter).get("template", {}).get("name", settings.model.chat_template)
         test = encoded_test_split(run_dir, tok, settings) if settings.eval.perplexity else ([], None)
         model = LlamaCppModel.open(gguf, template, n_ctx=_context(test[0], settings))
-        return cls(run_dir, gguf, model, tok, template, test, started)
+        return cls(adapter, gguf, model, tok, template, test, started)
 
     def identity(self) -> dict[str, Any]:
         return {**self.model.identity(), "artifact": self.gguf.name}

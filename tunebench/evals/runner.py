@@ -157,17 +157,17 @@ class TransformersRuntime:
     def __init__(
         self,
         settings: EvalSettings,
-        run_dir: Path,
         adapter: str | Path | None,
         source: ModelSource,
-        loaded: Loaded | None,
+        loaded: Loaded,
         started: float,
         distributed: bool,
         keep_logprobs: bool,
     ) -> None:
-        self.settings, self.run_dir, self.adapter, self.source = settings, run_dir, adapter, source
-        self.loaded, self.started, self.distributed = loaded, started, distributed
-        self.template = loaded.template if loaded is not None else None
+        self.settings, self.adapter, self.source = settings, adapter, source
+        self.loaded: Loaded | None = loaded
+        self.started, self.distributed = started, distributed
+        self.template = loaded.template
         self.kept: dict[int, Any] | None = {} if keep_logprobs else None
 
     @classmethod
@@ -190,7 +190,7 @@ class TransformersRuntime:
         # merging evaluates the 16-bit model users ship; the base is then scored in 16 bit too, so the pair differs
         # only by the adapter (unmerged keeps a QLoRA adapter on the 4-bit base it was trained against)
         loaded = load_model(settings, adapter, source=source)
-        return cls(settings, run_dir, adapter, source, loaded, started, distributed, keep_logprobs)
+        return cls(settings, adapter, source, loaded, started, distributed, keep_logprobs)
 
     def identity(self) -> dict[str, Any]:
         ident = self.loaded.identity()

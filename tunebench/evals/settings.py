@@ -50,11 +50,6 @@ class EvalSettings:
         """The base is loaded in 4 bit (``in_4bit``: the one rule)."""
         return in_4bit(self.model.load_in_4bit, self.eval.merge_adapter, self.artifact)
 
-    @property
-    def probes_on(self) -> bool:
-        """Probes are measured: probe sets and sampling settings both given."""
-        return probes_on(self.eval)
-
     def for_artifact(self, ref: str | Path) -> EvalSettings:
         """These settings for an exported artifact of the run at ``ref`` (scored as written)."""
         return dataclasses.replace(self, model=dataclasses.replace(self.model, ref=str(ref)), artifact=True)
